@@ -1,0 +1,152 @@
+// Package embedded starts the NATS server and the single-node etcd that
+// `downpour train` runs in-process when given no endpoints, and that tests
+// use as real servers. Both bind to 127.0.0.1 on free ports and keep their
+// data under one directory.
+//
+//	c, err := embedded.Start(ctx, dir)
+//	defer c.Close()
+//	nc, _ := nats.Connect(c.NATSURL)
+//	cli, _ := clientv3.New(clientv3.Config{Endpoints: c.EtcdEndpoints})
+package embedded
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// Cluster is an embedded NATS server and etcd member.
+type Cluster struct {
+	NATS          *server.Server
+	Etcd          *embed.Etcd
+	NATSURL       string
+	EtcdEndpoints []string
+}
+
+// Start starts both servers with their data under dir.
+func Start(ctx context.Context, dir string) (*Cluster, error) {
+	ns, err := StartNATS(filepath.Join(dir, "nats"), 0)
+	if err != nil {
+		return nil, err
+	}
+	e, err := StartEtcd(ctx, filepath.Join(dir, "etcd"))
+	if err != nil {
+		ns.Shutdown()
+		ns.WaitForShutdown()
+		return nil, err
+	}
+	return &Cluster{NATS: ns, Etcd: e, NATSURL: ns.ClientURL(), EtcdEndpoints: []string{e.Config().AdvertiseClientUrls[0].String()}}, nil
+}
+
+// Close stops both servers and waits until they have stopped.
+func (c *Cluster) Close() {
+	c.Etcd.Close()
+	c.NATS.Shutdown()
+	c.NATS.WaitForShutdown()
+}
+
+// StartNATS starts a NATS server with JetStream on 127.0.0.1 and a free port.
+// maxPayload 0 keeps the server's default (1 MiB).
+func StartNATS(storeDir string, maxPayload int32) (*server.Server, error) {
+	opts := &server.Options{
+		Host:               "127.0.0.1",
+		Port:               server.RANDOM_PORT,
+		NoSigs:             true,
+		NoLog:              true,
+		JetStream:          true,
+		StoreDir:           storeDir,
+		JetStreamMaxMemory: 64 << 20,
+		JetStreamMaxStore:  1 << 30,
+		MaxPayload:         maxPayload,
+	}
+	s, err := server.NewServer(opts)
+	if err != nil {
+		return nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		s.Shutdown()
+		return nil, errors.New("embedded NATS: not ready for connections after 10s")
+	}
+	return s, nil
+}
+
+// StartEtcd starts a single-member etcd on 127.0.0.1 with free ports and short
+// raft ticks (a single member needs no election margin).
+func StartEtcd(ctx context.Context, dataDir string) (*embed.Etcd, error) {
+	var lastErr error
+	for attempt := 0; attempt < 3; attempt++ { // a free port can be taken between probe and bind
+		e, err := startEtcd(ctx, dataDir)
+		if err == nil {
+			return e, nil
+		}
+		lastErr = err
+		if !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+	}
+	return nil, lastErr
+}
+
+func startEtcd(ctx context.Context, dataDir string) (*embed.Etcd, error) {
+	ports, err := freePorts(2)
+	if err != nil {
+		return nil, err
+	}
+	cu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[0])}
+	pu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[1])}
+	cfg := embed.NewConfig()
+	cfg.Name = "downpour"
+	cfg.Dir = dataDir
+	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{cu}, []url.URL{cu}
+	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{pu}, []url.URL{pu}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	cfg.TickMs, cfg.ElectionMs = 10, 100
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	cfg.ListenMetricsUrls = nil
+	e, err := embed.StartEtcd(cfg)
+	if err != nil {
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+		return e, nil
+	case err := <-e.Err():
+		e.Close()
+		return nil, fmt.Errorf("embedded etcd: %w", err)
+	case <-time.After(30 * time.Second):
+		e.Close()
+		return nil, errors.New("embedded etcd: not ready after 30s")
+	case <-ctx.Done():
+		e.Close()
+		return nil, ctx.Err()
+	}
+}
+
+func freePorts(n int) ([]int, error) {
+	var ls []net.Listener
+	defer func() {
+		for _, l := range ls {
+			l.Close()
+		}
+	}()
+	var ports []int
+	for range n {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, fmt.Errorf("finding a free port: %w", err)
+		}
+		ls = append(ls, l)
+		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
+	}
+	return ports, nil
+}

@@ -1,0 +1,51 @@
+package wire
+
+import "testing"
+
+func seeds(f *testing.F, msgs ...any) {
+	for _, m := range msgs {
+		b, err := Encode(m)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(b)
+	}
+	f.Add([]byte{})
+	f.Add([]byte{0xde, 0xff, 0xff, 0xff, 0xff})
+}
+
+func FuzzDecodePush(f *testing.F) {
+	seeds(f, &PushRequest{V: Version, Job: "j", Blocks: []Block{{ID: 1, Data: make([]byte, 8)}}})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := DecodePush(data)
+		if err == nil && (m.V != Version || ValidJob(m.Job) != nil || m.Step < 0) {
+			t.Fatalf("accepted a bad push: %+v", m)
+		}
+	})
+}
+
+func FuzzDecodePull(f *testing.F) {
+	seeds(f, &PullRequest{V: Version, Job: "j", IDs: []uint32{1, 2}})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := DecodePull(data)
+		if err == nil && (m.V != Version || len(m.IDs) > MaxBlocksPerMessage) {
+			t.Fatalf("accepted a bad pull: %+v", m)
+		}
+	})
+}
+
+func FuzzDecodeReplies(f *testing.F) {
+	seeds(f, &Reply{V: Version, Kind: StaleEpoch, Msg: "x"}, &PullReply{V: Version, Blocks: []Block{{ID: 3, Data: make([]byte, 4)}}},
+		&Progress{V: Version, Rank: 1, Step: 2, Loss: 3})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		DecodeReply(data)
+		if m, err := DecodePullReply(data); err == nil {
+			for _, b := range m.Blocks {
+				if len(b.Data)%4 != 0 {
+					t.Fatalf("accepted block of %d bytes", len(b.Data))
+				}
+			}
+		}
+		DecodeProgress(data)
+	})
+}

@@ -1,0 +1,38 @@
+package wire
+
+import "fmt"
+
+// Headroom bounds what a push or pull message adds to its blocks' data
+// (header fields, job name, msgpack framing), and PerBlock what each block adds
+// (its id and bin header). A message of blocks whose data adds up to at most
+// maxPayload - Headroom - PerBlock*len(blocks) fits in maxPayload.
+const (
+	Headroom = 512
+	PerBlock = 16
+)
+
+// Group cuts a list of blocks, given their data sizes in bytes, into runs of
+// consecutive blocks whose messages fit in maxPayload. It returns the end
+// index of each run. A block that alone does not fit is an error: the job's
+// block size is too large for the server's max_payload.
+func Group(sizes []int, maxPayload int) ([]int, error) {
+	budget := maxPayload - Headroom
+	var ends []int
+	used, count := 0, 0
+	for i, s := range sizes {
+		need := s + PerBlock
+		if need > budget {
+			return nil, fmt.Errorf("block of %d bytes does not fit in a %d-byte message: lower the block size", s, maxPayload)
+		}
+		if used+need > budget || count == MaxBlocksPerMessage {
+			ends = append(ends, i)
+			used, count = 0, 0
+		}
+		used += need
+		count++
+	}
+	if len(sizes) > 0 {
+		ends = append(ends, len(sizes))
+	}
+	return ends, nil
+}

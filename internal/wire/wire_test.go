@@ -1,0 +1,141 @@
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/vmihailenco/msgpack/v5"
+)
+
+func TestFloatBytesMatchEncodingBinary(t *testing.T) {
+	f := []float32{0, 1, -1, float32(math.Pi), float32(math.Inf(1)), 1e-45, -3.4e38}
+	var want []byte
+	for _, v := range f {
+		want = binary.LittleEndian.AppendUint32(want, math.Float32bits(v))
+	}
+	if got := AppendFloats(nil, f); !slices.Equal(got, want) {
+		t.Fatalf("AppendFloats = %x, want %x", got, want)
+	}
+	if got := FloatBytes(f); !slices.Equal(got, want) {
+		t.Fatalf("FloatBytes = %x, want %x", got, want)
+	}
+	back := make([]float32, len(f))
+	if !CopyFloats(back, want) || !slices.Equal(back, f) {
+		t.Fatalf("CopyFloats = %v, want %v", back, f)
+	}
+	if CopyFloats(back, want[:5]) {
+		t.Fatal("CopyFloats accepted a length that is not 4*len(dst)")
+	}
+}
+
+func TestPushRoundTrip(t *testing.T) {
+	in := &PushRequest{V: Version, Job: "j-1", Rank: 3, Epoch: 9, Step: 77,
+		Blocks: []Block{{ID: 4, Data: AppendFloats(nil, []float32{1, 2})}, {ID: 5, Data: nil}}}
+	data, err := Encode(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := DecodePush(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out.Job != in.Job || out.Rank != 3 || out.Epoch != 9 || out.Step != 77 || len(out.Blocks) != 2 ||
+		out.Blocks[0].ID != 4 || !slices.Equal(out.Blocks[0].Data, in.Blocks[0].Data) {
+		t.Fatalf("round trip: %+v", out)
+	}
+}
+
+// The tensor bytes must travel as a msgpack bin (0xc4-0xc6), not an array.
+func TestBlockDataIsBin(t *testing.T) {
+	data, _ := Encode(&Block{ID: 1, Data: make([]byte, 300)})
+	var raw map[string]msgpack.RawMessage
+	if err := msgpack.Unmarshal(data, &raw); err != nil {
+		t.Fatal(err)
+	}
+	if c := raw["b"][0]; c != 0xc5 {
+		t.Fatalf("block data encoded with msgpack code %#x, want bin16 0xc5", c)
+	}
+}
+
+func TestDecodeRefusals(t *testing.T) {
+	enc := func(m any) []byte { b, _ := Encode(m); return b }
+	cases := []struct {
+		name string
+		data []byte
+		want Kind
+	}{
+		{"garbage", []byte{0xc1, 0x00}, Malformed},
+		{"empty", nil, Malformed},
+		{"wrong type", enc("hello"), Malformed},
+		{"version", enc(&PushRequest{V: 2, Job: "a"}), BadVersion},
+		{"bad job", enc(&PushRequest{V: Version, Job: "a.b"}), UnknownJob},
+		{"negative step", enc(&PushRequest{V: Version, Job: "a", Step: -1}), Malformed},
+		{"odd length", enc(&PushRequest{V: Version, Job: "a", Blocks: []Block{{ID: 1, Data: []byte{1, 2, 3}}}}), BadLength},
+		{"too many", enc(&PushRequest{V: Version, Job: "a", Blocks: make([]Block, MaxBlocksPerMessage+1)}), TooLarge},
+	}
+	for _, c := range cases {
+		_, err := DecodePush(c.data)
+		if ErrKind(err) != c.want || !errors.Is(err, &Error{Kind: c.want}) {
+			t.Errorf("%s: got %v, want kind %v", c.name, err, c.want)
+		}
+	}
+	if _, err := DecodePull(enc(&PullRequest{V: Version, Job: "a", IDs: make([]uint32, MaxBlocksPerMessage+1)})); ErrKind(err) != TooLarge {
+		t.Errorf("oversize pull: %v", err)
+	}
+}
+
+func TestValidJob(t *testing.T) {
+	for _, ok := range []string{"a", "job-1", "A_b", strings.Repeat("x", 64)} {
+		if ValidJob(ok) != nil {
+			t.Errorf("ValidJob(%q) refused", ok)
+		}
+	}
+	for _, bad := range []string{"", "a.b", "a b", "a*", ">", strings.Repeat("x", 65), "é"} {
+		if ValidJob(bad) == nil {
+			t.Errorf("ValidJob(%q) accepted", bad)
+		}
+	}
+}
+
+// Every run Group makes must fit, and the runs must cover the blocks in order.
+func TestGroupFits(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 1))
+	const maxPayload = 1 << 20
+	for trial := 0; trial < 200; trial++ {
+		sizes := make([]int, rng.IntN(50))
+		for i := range sizes {
+			sizes[i] = 4 * rng.IntN(100000)
+		}
+		ends, err := Group(sizes, maxPayload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := 0
+		for _, end := range ends {
+			if end <= start {
+				t.Fatalf("empty or backward run %d..%d", start, end)
+			}
+			msg := &PushRequest{V: Version, Job: strings.Repeat("j", MaxJobName), Rank: math.MaxUint32,
+				Epoch: math.MaxUint64, Step: math.MaxInt64}
+			for i := start; i < end; i++ {
+				msg.Blocks = append(msg.Blocks, Block{ID: math.MaxUint32, Data: make([]byte, sizes[i])})
+			}
+			data, _ := Encode(msg)
+			if len(data) > maxPayload {
+				t.Fatalf("run of %d blocks encodes to %d bytes > %d", end-start, len(data), maxPayload)
+			}
+			start = end
+		}
+		if start != len(sizes) {
+			t.Fatalf("runs cover %d of %d blocks", start, len(sizes))
+		}
+	}
+	if _, err := Group([]int{maxPayload}, maxPayload); err == nil {
+		t.Fatal("Group accepted a block larger than a message")
+	}
+}

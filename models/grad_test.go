@@ -1,0 +1,196 @@
+package models
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
+// checkGrad compares analytic gradients with central differences of f with
+// respect to every element of x, in float64.
+func checkGrad(t *testing.T, name string, x, analytic []float64, f func() float64) {
+	t.Helper()
+	const eps = 1e-6
+	worst := 0.0
+	for i := range x {
+		orig := x[i]
+		x[i] = orig + eps
+		fp := f()
+		x[i] = orig - eps
+		fm := f()
+		x[i] = orig
+		num := (fp - fm) / (2 * eps)
+		den := math.Max(1e-6, math.Abs(num)+math.Abs(analytic[i]))
+		rel := math.Abs(num-analytic[i]) / den
+		if rel > worst {
+			worst = rel
+		}
+		if rel > 1e-5 && math.Abs(num-analytic[i]) > 1e-8 {
+			t.Errorf("%s[%d]: analytic %.10g, numeric %.10g (rel err %.3g)", name, i, analytic[i], num, rel)
+			return
+		}
+	}
+	t.Logf("%s: %d elements, worst relative error %.3g", name, len(x), worst)
+}
+
+func randSlice(rng *rand.Rand, n int, scale float64) []float64 {
+	s := make([]float64, n)
+	for i := range s {
+		s[i] = (2*rng.Float64() - 1) * scale
+	}
+	return s
+}
+
+func dot(a, b []float64) float64 {
+	var s float64
+	for i := range a {
+		s += a[i] * b[i]
+	}
+	return s
+}
+
+func TestLSTMGradient(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	const in, hid, steps, batch = 3, 4, 3, 2
+	ts := LSTMTensors("l", in, hid)
+	params := randSlice(rng, TotalSize(ts), 0.5)
+	grads := make([]float64, len(params))
+	l := newLSTM(in, hid, &view[float64]{buf: params}, &view[float64]{buf: grads})
+	x := randSlice(rng, steps*batch*in, 1)
+	h0 := randSlice(rng, batch*hid, 0.5)
+	c0 := randSlice(rng, batch*hid, 0.5)
+	// A loss that touches every output: random weights on h_1..h_T, h_T, c_T.
+	rOut := randSlice(rng, steps*batch*hid, 1)
+	rh := randSlice(rng, batch*hid, 1)
+	rc := randSlice(rng, batch*hid, 1)
+	loss := func() float64 {
+		c := l.Forward(x, steps, batch, h0, c0)
+		h, cell := c.Final(hid)
+		return dot(rOut, c.Out(hid)) + dot(rh, h) + dot(rc, cell)
+	}
+	c := l.Forward(x, steps, batch, h0, c0)
+	clear(grads)
+	dx, dh0, dc0 := l.Backward(c, rOut, rh, rc, true)
+	checkGrad(t, "params", params, grads, loss)
+	checkGrad(t, "x", x, dx, loss)
+	checkGrad(t, "h0", h0, dh0, loss)
+	checkGrad(t, "c0", c0, dc0, loss)
+}
+
+func TestSoftmaxCrossEntropyGradient(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	const rows, vocab = 4, 5
+	logits := randSlice(rng, rows*vocab, 3)
+	labels := []int32{0, 4, -1, 2}
+	loss := func() float64 {
+		l := append([]float64(nil), logits...)
+		v, _ := SoftmaxCrossEntropy(l, vocab, labels, 0.5)
+		return 0.5 * v
+	}
+	g := append([]float64(nil), logits...)
+	_, n := SoftmaxCrossEntropy(g, vocab, labels, 0.5)
+	if n != 3 {
+		t.Fatalf("counted %d rows, want 3 (one is padding)", n)
+	}
+	checkGrad(t, "logits", logits, g, loss)
+}
+
+func TestSoftmaxCrossEntropyValue(t *testing.T) {
+	// Uniform logits: loss is log(vocab) per counted row.
+	l := make([]float32, 2*4)
+	loss, n := SoftmaxCrossEntropy(l, 4, []int32{1, 3}, 1)
+	if n != 2 || math.Abs(loss-2*math.Log(4)) > 1e-6 {
+		t.Fatalf("loss %v over %d rows, want %v over 2", loss, n, 2*math.Log(4))
+	}
+	// Huge logits must not overflow.
+	l = []float32{1e30, 0, -1e30}
+	loss, _ = SoftmaxCrossEntropy(l, 3, []int32{0}, 1)
+	if loss != 0 || math.IsNaN(float64(l[1])) {
+		t.Fatalf("stable softmax: loss %v, grad %v", loss, l)
+	}
+}
+
+func smallBatch(rng *rand.Rand, cfg Seq2SeqConfig, size, srcLen, tgtLen int) *SeqBatch {
+	b := &SeqBatch{Size: size, SrcLen: srcLen, TgtLen: tgtLen}
+	for range size * srcLen {
+		b.Src = append(b.Src, int32(rng.IntN(cfg.SrcVocab)))
+	}
+	for range size * tgtLen {
+		b.TgtIn = append(b.TgtIn, int32(rng.IntN(cfg.TgtVocab)))
+		b.TgtOut = append(b.TgtOut, int32(rng.IntN(cfg.TgtVocab)))
+	}
+	b.TgtOut[len(b.TgtOut)-1] = -1 // one padded position
+	return b
+}
+
+func TestSeq2SeqGradient(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 6))
+	cfg := Seq2SeqConfig{SrcVocab: 6, TgtVocab: 5, Embed: 3, Hidden: 4, Layers: 2, InitScale: 0.5}
+	m := NewSeq2Seq[float64](cfg)
+	m.Init(7)
+	b := smallBatch(rng, cfg, 2, 3, 4)
+	if err := b.Validate(cfg); err != nil {
+		t.Fatal(err)
+	}
+	loss := func() float64 {
+		l, _ := m.Loss(b, false)
+		return l / float64(b.Size)
+	}
+	_, n := m.Loss(b, true)
+	if n != 7 {
+		t.Fatalf("counted %d target tokens, want 7", n)
+	}
+	g := append([]float64(nil), m.Grads()...)
+	checkGrad(t, "seq2seq", m.Params(), g, loss)
+}
+
+func TestSeq2SeqFloat32MatchesFloat64(t *testing.T) {
+	rng := rand.New(rand.NewPCG(8, 9))
+	cfg := Seq2SeqConfig{SrcVocab: 12, TgtVocab: 11, Embed: 8, Hidden: 16, Layers: 2}
+	m32, m64 := NewSeq2Seq[float32](cfg), NewSeq2Seq[float64](cfg)
+	m32.Init(3)
+	m64.Init(3)
+	b := smallBatch(rng, cfg, 4, 5, 6)
+	l32, _ := m32.Loss(b, true)
+	l64, _ := m64.Loss(b, true)
+	if math.Abs(l32-l64) > 1e-4*math.Abs(l64) {
+		t.Fatalf("loss float32 %v, float64 %v", l32, l64)
+	}
+	for i, g := range m64.Grads() {
+		if math.Abs(float64(m32.Grads()[i])-g) > 1e-4+1e-3*math.Abs(g) {
+			t.Fatalf("grad[%d]: float32 %v, float64 %v", i, m32.Grads()[i], g)
+		}
+	}
+}
+
+func TestInitIsPerTensor(t *testing.T) {
+	cfg := Seq2SeqConfig{SrcVocab: 5, TgtVocab: 5, Embed: 2, Hidden: 3, Layers: 1}
+	m := NewSeq2Seq[float32](cfg)
+	m.Init(42)
+	ts := cfg.Tensors()
+	off := Offsets(ts)
+	for i, tn := range ts {
+		want := make([]float32, tn.Size())
+		cfg.InitTensor(want, 42, tn)
+		for j, v := range want {
+			if m.Params()[off[i]+j] != v {
+				t.Fatalf("%s[%d]: model %v, InitTensor %v", tn.Name, j, m.Params()[off[i]+j], v)
+			}
+			if v < -0.08 || v > 0.08 {
+				t.Fatalf("%s[%d] = %v outside U(-0.08, 0.08)", tn.Name, j, v)
+			}
+		}
+	}
+}
+
+func TestClipGlobalNorm(t *testing.T) {
+	g := []float32{3, 4}
+	if n := ClipGlobalNorm(g, 1); n != 5 || math.Abs(float64(g[0])-0.6) > 1e-6 || math.Abs(float64(g[1])-0.8) > 1e-6 {
+		t.Fatalf("clip: norm %v, g %v", n, g)
+	}
+	g = []float32{0.3, 0.4}
+	ClipGlobalNorm(g, 5)
+	if g[0] != 0.3 || g[1] != 0.4 {
+		t.Fatalf("clip changed a small gradient: %v", g)
+	}
+}

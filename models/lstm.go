@@ -1,0 +1,166 @@
+package models
+
+import "math"
+
+// LSTM is one LSTM layer with input size In and hidden size Hidden. Its
+// parameters are views into the model's flat parameter and gradient vectors:
+// Wx (In x 4H), Wh (H x 4H) and B (4H), gates in the order i, f, g, o.
+//
+//	i = σ(x Wxi + h Whi + bi)   f = σ(...)   g = tanh(...)   o = σ(...)
+//	c' = f*c + i*g              h' = o*tanh(c')
+type LSTM[T Float] struct {
+	In, Hidden int
+	Wx, Wh, B  []T // parameters
+	DWx, DWh   []T // their gradients
+	DB         []T
+}
+
+// LSTMTensors lists the tensors of an LSTM layer named prefix.
+func LSTMTensors(prefix string, in, hidden int) []Tensor {
+	return []Tensor{
+		{Name: prefix + ".wx", Shape: []int{in, 4 * hidden}},
+		{Name: prefix + ".wh", Shape: []int{hidden, 4 * hidden}},
+		{Name: prefix + ".b", Shape: []int{4 * hidden}},
+	}
+}
+
+func newLSTM[T Float](in, hidden int, w, g *view[T]) *LSTM[T] {
+	h4 := 4 * hidden
+	return &LSTM[T]{
+		In: in, Hidden: hidden,
+		Wx: w.take(in * h4), Wh: w.take(hidden * h4), B: w.take(h4),
+		DWx: g.take(in * h4), DWh: g.take(hidden * h4), DB: g.take(h4),
+	}
+}
+
+// LSTMCache holds what the backward pass of one forward pass needs.
+type LSTMCache[T Float] struct {
+	Steps, Batch int
+	X            []T // input, Steps*Batch x In (time-major)
+	HS           []T // h0 then h_1..h_T: (Steps+1)*Batch x H
+	CS           []T // c0 then c_1..c_T: (Steps+1)*Batch x H
+	Gates        []T // activated gates: Steps*Batch x 4H
+	TanhC        []T // tanh(c_t): Steps*Batch x H
+}
+
+// Out returns the hidden states h_1..h_T, Steps*Batch x H.
+func (c *LSTMCache[T]) Out(hidden int) []T { return c.HS[c.Batch*hidden:] }
+
+// Final returns h_T and c_T, Batch x H each.
+func (c *LSTMCache[T]) Final(hidden int) (h, cell []T) {
+	n := c.Batch * hidden
+	return c.HS[c.Steps*n:], c.CS[c.Steps*n:]
+}
+
+func sigmoid(x float64) float64 { return 1 / (1 + math.Exp(-x)) }
+
+// Forward runs the layer over x (steps*batch x In, time-major) from the
+// initial state (h0, c0), each batch x H, or zero when nil.
+func (l *LSTM[T]) Forward(x []T, steps, batch int, h0, c0 []T) *LSTMCache[T] {
+	H, H4 := l.Hidden, 4*l.Hidden
+	mustLen("lstm input", x, steps*batch*l.In)
+	c := &LSTMCache[T]{
+		Steps: steps, Batch: batch, X: x,
+		HS:    make([]T, (steps+1)*batch*H),
+		CS:    make([]T, (steps+1)*batch*H),
+		Gates: make([]T, steps*batch*H4),
+		TanhC: make([]T, steps*batch*H),
+	}
+	if h0 != nil {
+		copy(c.HS, h0)
+	}
+	if c0 != nil {
+		copy(c.CS, c0)
+	}
+	// The input projections of all time steps in one GEMM.
+	for r := 0; r < steps*batch; r++ {
+		copy(c.Gates[r*H4:(r+1)*H4], l.B)
+	}
+	matmul(c.Gates, x, false, l.Wx, false, steps*batch, H4, l.In, true)
+	n := batch * H
+	for t := 0; t < steps; t++ {
+		g := c.Gates[t*batch*H4 : (t+1)*batch*H4]
+		matmul(g, c.HS[t*n:(t+1)*n], false, l.Wh, false, batch, H4, H, true)
+		cPrev, cNext := c.CS[t*n:(t+1)*n], c.CS[(t+1)*n:(t+2)*n]
+		hNext, tc := c.HS[(t+1)*n:(t+2)*n], c.TanhC[t*n:(t+1)*n]
+		for b := 0; b < batch; b++ {
+			row := g[b*H4 : (b+1)*H4]
+			for j := 0; j < H; j++ {
+				i := T(sigmoid(float64(row[j])))
+				f := T(sigmoid(float64(row[H+j])))
+				gg := T(math.Tanh(float64(row[2*H+j])))
+				o := T(sigmoid(float64(row[3*H+j])))
+				row[j], row[H+j], row[2*H+j], row[3*H+j] = i, f, gg, o
+				k := b*H + j
+				cn := f*cPrev[k] + i*gg
+				cNext[k] = cn
+				th := T(math.Tanh(float64(cn)))
+				tc[k] = th
+				hNext[k] = o * th
+			}
+		}
+	}
+	return c
+}
+
+// Backward takes the gradient of the loss with respect to the layer's outputs
+// dOut (steps*batch x H, or nil for none) and final state (dhT, dcT, each
+// batch x H, or nil), adds the parameter gradients into DWx, DWh and DB, and
+// returns the gradients with respect to the input x (nil unless wantDX) and the
+// initial state (dh0, dc0).
+func (l *LSTM[T]) Backward(c *LSTMCache[T], dOut, dhT, dcT []T, wantDX bool) (dx, dh0, dc0 []T) {
+	H, H4 := l.Hidden, 4*l.Hidden
+	steps, batch := c.Steps, c.Batch
+	n := batch * H
+	dA := make([]T, steps*batch*H4) // gradients of the gate pre-activations
+	dh := make([]T, n)
+	dc := make([]T, n)
+	if dhT != nil {
+		copy(dh, dhT)
+	}
+	if dcT != nil {
+		copy(dc, dcT)
+	}
+	for t := steps - 1; t >= 0; t-- {
+		if dOut != nil {
+			d := dOut[t*n : (t+1)*n]
+			for k := range dh {
+				dh[k] += d[k]
+			}
+		}
+		g := c.Gates[t*batch*H4 : (t+1)*batch*H4]
+		da := dA[t*batch*H4 : (t+1)*batch*H4]
+		cPrev, tc := c.CS[t*n:(t+1)*n], c.TanhC[t*n:(t+1)*n]
+		for b := 0; b < batch; b++ {
+			row, drow := g[b*H4:(b+1)*H4], da[b*H4:(b+1)*H4]
+			for j := 0; j < H; j++ {
+				k := b*H + j
+				i, f, gg, o := row[j], row[H+j], row[2*H+j], row[3*H+j]
+				th := tc[k]
+				do := dh[k] * th
+				dck := dh[k]*o*(1-th*th) + dc[k]
+				drow[j] = dck * gg * i * (1 - i)
+				drow[H+j] = dck * cPrev[k] * f * (1 - f)
+				drow[2*H+j] = dck * i * (1 - gg*gg)
+				drow[3*H+j] = do * o * (1 - o)
+				dc[k] = dck * f
+			}
+		}
+		// dh_{t-1} = dA_t Wh^T
+		matmul(dh, da, false, l.Wh, true, batch, H, H4, false)
+	}
+	// Parameter gradients over all time steps at once.
+	matmul(l.DWh, c.HS[:steps*n], true, dA, false, H, H4, steps*batch, true)
+	matmul(l.DWx, c.X, true, dA, false, l.In, H4, steps*batch, true)
+	for r := 0; r < steps*batch; r++ {
+		row := dA[r*H4 : (r+1)*H4]
+		for j, v := range row {
+			l.DB[j] += v
+		}
+	}
+	if wantDX {
+		dx = make([]T, steps*batch*l.In)
+		matmul(dx, dA, false, l.Wx, true, steps*batch, l.In, H4, false)
+	}
+	return dx, dh, dc
+}

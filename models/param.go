@@ -1,0 +1,97 @@
+package models
+
+import (
+	"fmt"
+	"hash/fnv"
+	"math"
+	"math/rand/v2"
+)
+
+// Tensor names one parameter tensor of a model and its shape. A model's
+// parameters are the concatenation of its tensors in order.
+type Tensor struct {
+	Name  string `json:"name"`
+	Shape []int  `json:"shape"`
+}
+
+// Size is the number of elements of t.
+func (t Tensor) Size() int {
+	n := 1
+	for _, d := range t.Shape {
+		n *= d
+	}
+	return n
+}
+
+// TotalSize is the number of elements of all tensors.
+func TotalSize(ts []Tensor) int {
+	n := 0
+	for _, t := range ts {
+		n += t.Size()
+	}
+	return n
+}
+
+// Offsets returns the offset of each tensor in the flat parameter vector.
+func Offsets(ts []Tensor) []int {
+	off := make([]int, len(ts))
+	n := 0
+	for i, t := range ts {
+		off[i] = n
+		n += t.Size()
+	}
+	return off
+}
+
+// InitUniform fills dst, the whole of tensor name, with values drawn uniformly
+// from [-scale, scale] by a generator seeded from (seed, name). The values of
+// a tensor therefore do not depend on which process initialises it or on how
+// the parameter vector is cut into blocks.
+func InitUniform[T Float](dst []T, seed uint64, name string, scale float64) {
+	h := fnv.New64a()
+	h.Write([]byte(name))
+	rng := rand.New(rand.NewPCG(seed, h.Sum64()))
+	for i := range dst {
+		dst[i] = T((2*rng.Float64() - 1) * scale)
+	}
+}
+
+// view carves consecutive tensors out of a flat slice.
+type view[T Float] struct {
+	buf []T
+	off int
+}
+
+func (v *view[T]) take(n int) []T {
+	s := v.buf[v.off : v.off+n : v.off+n]
+	v.off += n
+	return s
+}
+
+// GlobalNorm is the Euclidean norm of g, accumulated in float64.
+func GlobalNorm[T Float](g []T) float64 {
+	var s float64
+	for _, v := range g {
+		s += float64(v) * float64(v)
+	}
+	return math.Sqrt(s)
+}
+
+// ClipGlobalNorm rescales g to norm max when its norm exceeds max (the rule of
+// Sutskever et al.: max = 5). It returns the norm before clipping.
+func ClipGlobalNorm[T Float](g []T, max float64) float64 {
+	n := GlobalNorm(g)
+	if max > 0 && n > max {
+		s := T(max / n)
+		for i := range g {
+			g[i] *= s
+		}
+	}
+	return n
+}
+
+func mustLen[T Float](name string, s []T, n int) {
+	if len(s) != n {
+		panic(fmt.Sprintf("models: %s has length %d, want %d", name, len(s), n))
+	}
+}

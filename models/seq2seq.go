@@ -1,0 +1,211 @@
+package models
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Seq2SeqConfig is the shape of a Seq2Seq model (Sutskever et al., 2014): a
+// deep LSTM encoder whose final state starts a deep LSTM decoder, with a
+// softmax over the target vocabulary.
+type Seq2SeqConfig struct {
+	SrcVocab  int     `json:"src_vocab"`
+	TgtVocab  int     `json:"tgt_vocab"`
+	Embed     int     `json:"embed"`
+	Hidden    int     `json:"hidden"`
+	Layers    int     `json:"layers"`
+	InitScale float64 `json:"init_scale"` // parameters start U(-InitScale, InitScale); 0 means 0.08
+}
+
+// Validate reports whether the shape is usable.
+func (c Seq2SeqConfig) Validate() error {
+	switch {
+	case c.SrcVocab < 2 || c.TgtVocab < 2:
+		return fmt.Errorf("seq2seq: vocabularies must hold at least 2 words (got %d, %d)", c.SrcVocab, c.TgtVocab)
+	case c.Embed < 1 || c.Hidden < 1 || c.Layers < 1:
+		return fmt.Errorf("seq2seq: embed, hidden and layers must be positive (got %d, %d, %d)", c.Embed, c.Hidden, c.Layers)
+	case c.InitScale < 0:
+		return errors.New("seq2seq: init scale must not be negative")
+	}
+	return nil
+}
+
+func (c Seq2SeqConfig) initScale() float64 {
+	if c.InitScale == 0 {
+		return 0.08
+	}
+	return c.InitScale
+}
+
+// Tensors lists the model's parameter tensors in the order of the flat
+// parameter vector.
+func (c Seq2SeqConfig) Tensors() []Tensor {
+	ts := []Tensor{
+		{Name: "src_emb", Shape: []int{c.SrcVocab, c.Embed}},
+		{Name: "tgt_emb", Shape: []int{c.TgtVocab, c.Embed}},
+	}
+	for _, side := range []string{"enc", "dec"} {
+		for l := 0; l < c.Layers; l++ {
+			in := c.Hidden
+			if l == 0 {
+				in = c.Embed
+			}
+			ts = append(ts, LSTMTensors(fmt.Sprintf("%s.l%d", side, l), in, c.Hidden)...)
+		}
+	}
+	return append(ts,
+		Tensor{Name: "out.w", Shape: []int{c.Hidden, c.TgtVocab}},
+		Tensor{Name: "out.b", Shape: []int{c.TgtVocab}})
+}
+
+// InitTensor fills dst with the initial value of tensor t of a model seeded
+// with seed: U(-InitScale, InitScale) for every tensor, as in the paper.
+func (c Seq2SeqConfig) InitTensor(dst []float32, seed uint64, t Tensor) {
+	InitUniform(dst, seed, t.Name, c.initScale())
+}
+
+// SeqBatch is a batch of sequence pairs, time-major: token (t, b) of the
+// source is Src[t*Size+b]. TgtIn is the decoder input (the target shifted
+// right behind a start symbol) and TgtOut the labels; a negative label marks
+// padding, which is not counted.
+type SeqBatch struct {
+	Size   int
+	SrcLen int
+	TgtLen int
+	Src    []int32
+	TgtIn  []int32
+	TgtOut []int32
+}
+
+// Validate checks the batch's shape and ids against the model's vocabularies.
+func (b *SeqBatch) Validate(c Seq2SeqConfig) error {
+	if b.Size < 1 || b.SrcLen < 1 || b.TgtLen < 1 {
+		return fmt.Errorf("seq2seq batch: empty batch (%d x %d -> %d)", b.Size, b.SrcLen, b.TgtLen)
+	}
+	if len(b.Src) != b.Size*b.SrcLen || len(b.TgtIn) != b.Size*b.TgtLen || len(b.TgtOut) != b.Size*b.TgtLen {
+		return errors.New("seq2seq batch: token slices do not match the batch shape")
+	}
+	for _, id := range b.Src {
+		if id < 0 || int(id) >= c.SrcVocab {
+			return fmt.Errorf("seq2seq batch: source id %d outside vocabulary of %d", id, c.SrcVocab)
+		}
+	}
+	for i, id := range b.TgtIn {
+		if id < 0 || int(id) >= c.TgtVocab || int(b.TgtOut[i]) >= c.TgtVocab {
+			return fmt.Errorf("seq2seq batch: target id outside vocabulary of %d", c.TgtVocab)
+		}
+	}
+	return nil
+}
+
+// Seq2Seq is a model instance: its parameters, its gradients and views of
+// both per layer.
+type Seq2Seq[T Float] struct {
+	Cfg      Seq2SeqConfig
+	params   []T
+	grads    []T
+	srcEmb   []T
+	tgtEmb   []T
+	dSrcEmb  []T
+	dTgtEmb  []T
+	enc, dec []*LSTM[T]
+	outW     []T
+	outB     []T
+	dOutW    []T
+	dOutB    []T
+}
+
+// NewSeq2Seq allocates a model of shape cfg with zero parameters. It panics on
+// an invalid shape (validate configs with cfg.Validate first).
+func NewSeq2Seq[T Float](cfg Seq2SeqConfig) *Seq2Seq[T] {
+	if err := cfg.Validate(); err != nil {
+		panic(err)
+	}
+	n := TotalSize(cfg.Tensors())
+	m := &Seq2Seq[T]{Cfg: cfg, params: make([]T, n), grads: make([]T, n)}
+	w, g := &view[T]{buf: m.params}, &view[T]{buf: m.grads}
+	E, H, V := cfg.Embed, cfg.Hidden, cfg.TgtVocab
+	m.srcEmb, m.dSrcEmb = w.take(cfg.SrcVocab*E), g.take(cfg.SrcVocab*E)
+	m.tgtEmb, m.dTgtEmb = w.take(V*E), g.take(V*E)
+	for _, layers := range []*[]*LSTM[T]{&m.enc, &m.dec} {
+		for l := 0; l < cfg.Layers; l++ {
+			in := H
+			if l == 0 {
+				in = E
+			}
+			*layers = append(*layers, newLSTM(in, H, w, g))
+		}
+	}
+	m.outW, m.dOutW = w.take(H*V), g.take(H*V)
+	m.outB, m.dOutB = w.take(V), g.take(V)
+	return m
+}
+
+// Params is the flat parameter vector, in the order of Cfg.Tensors().
+func (m *Seq2Seq[T]) Params() []T { return m.params }
+
+// Grads is the flat gradient vector, laid out like Params.
+func (m *Seq2Seq[T]) Grads() []T { return m.grads }
+
+// Init sets every parameter to its initial value for seed.
+func (m *Seq2Seq[T]) Init(seed uint64) {
+	ts := m.Cfg.Tensors()
+	for i, off := range Offsets(ts) {
+		InitUniform(m.params[off:off+ts[i].Size()], seed, ts[i].Name, m.Cfg.initScale())
+	}
+}
+
+// Loss runs the model on b and returns the summed cross-entropy of the target
+// tokens and their count. With backward, it also sets Grads() to the gradient
+// of (summed loss) / b.Size: the paper's rule of dividing by the batch size.
+func (m *Seq2Seq[T]) Loss(b *SeqBatch, backward bool) (loss float64, tokens int) {
+	cfg := m.Cfg
+	E, H, V, B := cfg.Embed, cfg.Hidden, cfg.TgtVocab, b.Size
+	// Encoder.
+	x := make([]T, b.SrcLen*B*E)
+	Embedding(x, m.srcEmb, E, b.Src)
+	encC := make([]*LSTMCache[T], cfg.Layers)
+	in := x
+	for l, layer := range m.enc {
+		encC[l] = layer.Forward(in, b.SrcLen, B, nil, nil)
+		in = encC[l].Out(H)
+	}
+	// Decoder, started from the encoder's final state layer by layer.
+	y := make([]T, b.TgtLen*B*E)
+	Embedding(y, m.tgtEmb, E, b.TgtIn)
+	decC := make([]*LSTMCache[T], cfg.Layers)
+	in = y
+	for l, layer := range m.dec {
+		h0, c0 := encC[l].Final(H)
+		decC[l] = layer.Forward(in, b.TgtLen, B, h0, c0)
+		in = decC[l].Out(H)
+	}
+	rows := b.TgtLen * B
+	logits := make([]T, rows*V)
+	for r := 0; r < rows; r++ {
+		copy(logits[r*V:(r+1)*V], m.outB)
+	}
+	matmul(logits, in, false, m.outW, false, rows, V, H, true)
+	loss, tokens = SoftmaxCrossEntropy(logits, V, b.TgtOut, 1/float64(B))
+	if !backward {
+		return loss, tokens
+	}
+	clear(m.grads)
+	dlog := logits // now the gradient of the scaled loss
+	matmul(m.dOutW, in, true, dlog, false, H, V, rows, true)
+	addColSums(m.dOutB, dlog)
+	dIn := make([]T, rows*H)
+	matmul(dIn, dlog, false, m.outW, true, rows, H, V, false)
+	dh0 := make([][]T, cfg.Layers)
+	dc0 := make([][]T, cfg.Layers)
+	for l := cfg.Layers - 1; l >= 0; l-- {
+		dIn, dh0[l], dc0[l] = m.dec[l].Backward(decC[l], dIn, nil, nil, true)
+	}
+	EmbeddingBackward(m.dTgtEmb, dIn, E, b.TgtIn)
+	dIn = nil
+	for l := cfg.Layers - 1; l >= 0; l-- {
+		dIn, _, _ = m.enc[l].Backward(encC[l], dIn, dh0[l], dc0[l], true)
+	}
+	EmbeddingBackward(m.dSrcEmb, dIn, E, b.Src)
+	return loss, tokens
+}

@@ -1,0 +1,94 @@
+// Package shard holds downpour's data: synthetic tasks generated from a seed,
+// and their deterministic split into data shards, one per worker rank.
+//
+// A batch is a pure function of (task, seed, data shard, step), so a rerun of
+// a step after a fault sees exactly the same examples:
+//
+//	task, _ := shard.NewSynthetic("reverse", 3, 8)
+//	b := task.Batch(seed, dataShard, step, 32)
+package shard
+
+import (
+	"fmt"
+	"math/rand/v2"
+	"slices"
+
+	"github.com/downpour-ml/downpour/models"
+)
+
+// Reserved token ids of the synthetic vocabularies.
+const (
+	Pad = 0 // padding (unused by fixed-length batches)
+	Go  = 1 // start of the decoder input
+	EOS = 2 // end of sequence
+	// FirstSymbol is the id of the first digit; digit d has id FirstSymbol+d.
+	FirstSymbol = 3
+	// Digits is the number of distinct symbols of the synthetic tasks.
+	Digits = 10
+	// Vocab is the size of the source and target vocabularies.
+	Vocab = FirstSymbol + Digits
+)
+
+// Tasks lists the synthetic tasks by name.
+var Tasks = []string{"copy", "reverse", "sort"}
+
+// Synthetic is a sequence-to-sequence task over the digits 0-9 whose examples
+// are generated from a seed: copy, reverse or sort the source sequence. The
+// target is the transformed sequence followed by <eos>.
+type Synthetic struct {
+	Name           string
+	MinLen, MaxLen int
+}
+
+// NewSynthetic returns the named task with source lengths in [minLen, maxLen].
+func NewSynthetic(name string, minLen, maxLen int) (*Synthetic, error) {
+	if !slices.Contains(Tasks, name) {
+		return nil, fmt.Errorf("unknown synthetic task %q (known: %v)", name, Tasks)
+	}
+	if minLen < 1 || maxLen < minLen || maxLen > 1000 {
+		return nil, fmt.Errorf("synthetic task lengths must satisfy 1 <= min <= max <= 1000 (got %d..%d)", minLen, maxLen)
+	}
+	return &Synthetic{Name: name, MinLen: minLen, MaxLen: maxLen}, nil
+}
+
+// Batch returns the batch of size examples that data shard dataShard sees at
+// step step of a job seeded with seed. All examples of a batch have the same
+// length (a length bucket), drawn per batch.
+func (s *Synthetic) Batch(seed uint64, dataShard int, step int64, size int) *models.SeqBatch {
+	rng := rand.New(rand.NewPCG(seed, uint64(dataShard)<<40^uint64(step)))
+	n := s.MinLen + rng.IntN(s.MaxLen-s.MinLen+1)
+	b := &models.SeqBatch{
+		Size: size, SrcLen: n, TgtLen: n + 1,
+		Src:    make([]int32, n*size),
+		TgtIn:  make([]int32, (n+1)*size),
+		TgtOut: make([]int32, (n+1)*size),
+	}
+	src := make([]int32, n)
+	for e := 0; e < size; e++ {
+		for t := range src {
+			src[t] = int32(FirstSymbol + rng.IntN(Digits))
+		}
+		tgt := s.transform(src)
+		for t := 0; t < n; t++ {
+			b.Src[t*size+e] = src[t]
+		}
+		b.TgtIn[e] = Go
+		for t := 0; t < n; t++ {
+			b.TgtIn[(t+1)*size+e] = tgt[t]
+			b.TgtOut[t*size+e] = tgt[t]
+		}
+		b.TgtOut[n*size+e] = EOS
+	}
+	return b
+}
+
+func (s *Synthetic) transform(src []int32) []int32 {
+	out := slices.Clone(src)
+	switch s.Name {
+	case "reverse":
+		slices.Reverse(out)
+	case "sort":
+		slices.Sort(out)
+	}
+	return out
+}
