@@ -110,10 +110,14 @@ func ValidJob(name string) error {
 }
 
 // PushSubject is the subject shard listens on for pushes.
-func PushSubject(job string, shard int) string { return fmt.Sprintf("downpour.%s.ps.%d.push", job, shard) }
+func PushSubject(job string, shard int) string {
+	return fmt.Sprintf("downpour.%s.ps.%d.push", job, shard)
+}
 
 // PullSubject is the subject shard listens on for pulls.
-func PullSubject(job string, shard int) string { return fmt.Sprintf("downpour.%s.ps.%d.pull", job, shard) }
+func PullSubject(job string, shard int) string {
+	return fmt.Sprintf("downpour.%s.ps.%d.pull", job, shard)
+}
 
 // ProgressSubject is where workers publish Progress.
 func ProgressSubject(job string) string { return fmt.Sprintf("downpour.%s.progress", job) }
