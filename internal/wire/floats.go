@@ -54,3 +54,14 @@ func CopyFloats(dst []float32, b []byte) bool {
 	}
 	return true
 }
+
+// Finite reports whether every little-endian float32 in b is finite (neither
+// NaN nor ±Inf: the exponent bits are not all ones).
+func Finite(b []byte) bool {
+	for i := 0; i+4 <= len(b); i += 4 {
+		if binary.LittleEndian.Uint32(b[i:])&0x7f800000 == 0x7f800000 {
+			return false
+		}
+	}
+	return true
+}

@@ -17,13 +17,16 @@ const (
 	StaleEpoch               // the sender's epoch is older than its rank's current one
 	TooLarge                 // more blocks or bytes than the limits allow
 	Internal                 // the receiver failed; the message may be retried
+	BadStep                  // a step the receiver's clock does not allow (sync: only the current step)
+	BadRank                  // a rank outside the job's ranks
 	numKinds
 )
 
 var kindNames = [...]string{
 	OK: "ok", Malformed: "malformed", BadVersion: "bad_version", UnknownJob: "unknown_job",
 	UnknownBlock: "unknown_block", BadLength: "bad_length", NonFinite: "non_finite",
-	StaleEpoch: "stale_epoch", TooLarge: "too_large", Internal: "internal",
+	StaleEpoch: "stale_epoch", TooLarge: "too_large", Internal: "internal", BadStep: "bad_step",
+	BadRank: "bad_rank",
 }
 
 // NumKinds is the number of defined kinds, for per-kind counters.

@@ -1,0 +1,120 @@
+package job
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+)
+
+// Keys names the etcd keys of one job.
+type Keys struct{ root string }
+
+// KeysFor returns the keys of job name.
+func KeysFor(name string) Keys { return Keys{root: "/downpour/jobs/" + name + "/"} }
+
+func (k Keys) Root() string            { return k.root }
+func (k Keys) Spec() string            { return k.root + "spec" }
+func (k Keys) State() string           { return k.root + "state" }
+func (k Keys) Placement() string       { return k.root + "placement" }
+func (k Keys) Workers() string         { return k.root + "members/workers/" }
+func (k Keys) Worker(id string) string { return k.Workers() + id }
+func (k Keys) Shards() string          { return k.root + "members/ps/" }
+func (k Keys) Shard(i int) string      { return k.Shards() + strconv.Itoa(i) }
+func (k Keys) Assigns() string         { return k.root + "assign/" }
+func (k Keys) Assign(id string) string { return k.Assigns() + id }
+func (k Keys) Dones() string           { return k.root + "done/" }
+func (k Keys) Done(rank int) string    { return k.Dones() + strconv.Itoa(rank) }
+
+// Job states.
+const (
+	StateRunning = "running"
+	StateDone    = "done"
+)
+
+// ErrTimeout is returned when a wait on etcd runs past its deadline.
+var ErrTimeout = errors.New("timed out")
+
+// Connect opens an etcd client and checks, within timeout, that the cluster
+// answers, so that a wrong endpoint is a clear error and not a hang.
+func Connect(ctx context.Context, endpoints []string, timeout time.Duration) (*clientv3.Client, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: timeout, Logger: zap.NewNop()})
+	if err != nil {
+		return nil, fmt.Errorf("etcd at %s: %w", strings.Join(endpoints, ","), err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	if _, err := cli.Get(cctx, "/downpour/ping"); err != nil {
+		cli.Close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, fmt.Errorf("etcd at %s did not answer within %v (is it running? check --etcd): %w", strings.Join(endpoints, ","), timeout, err)
+	}
+	return cli, nil
+}
+
+// Wait returns the first value of key once it exists, watching from the
+// revision it last read. It fails with ErrTimeout after timeout.
+func Wait(ctx context.Context, cli *clientv3.Client, key string, timeout time.Duration) ([]byte, error) {
+	var val []byte
+	err := WaitPrefix(ctx, cli, key, timeout, func(kvs map[string][]byte) bool {
+		v, ok := kvs[key]
+		val = v
+		return ok
+	})
+	return val, err
+}
+
+// WaitPrefix calls done with every key and value under prefix, first as they
+// are and then after each change, until done returns true. It fails with
+// ErrTimeout after timeout.
+func WaitPrefix(ctx context.Context, cli *clientv3.Client, prefix string, timeout time.Duration, done func(map[string][]byte) bool) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	ctx = clientv3.WithRequireLeader(ctx)
+	r, err := cli.Get(ctx, prefix, clientv3.WithPrefix())
+	if err != nil {
+		return waitErr(ctx, prefix, timeout, err)
+	}
+	kvs := map[string][]byte{}
+	for _, kv := range r.Kvs {
+		kvs[string(kv.Key)] = kv.Value
+	}
+	if done(kvs) {
+		return nil
+	}
+	wc := cli.Watch(ctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision+1))
+	for wr := range wc {
+		if err := wr.Err(); err != nil {
+			return waitErr(ctx, prefix, timeout, err)
+		}
+		for _, ev := range wr.Events {
+			if ev.Type == mvccpb.DELETE {
+				delete(kvs, string(ev.Kv.Key))
+			} else {
+				kvs[string(ev.Kv.Key)] = ev.Kv.Value
+			}
+		}
+		if done(kvs) {
+			return nil
+		}
+	}
+	return waitErr(ctx, prefix, timeout, ctx.Err())
+}
+
+func waitErr(ctx context.Context, key string, timeout time.Duration, err error) error {
+	if errors.Is(ctx.Err(), context.DeadlineExceeded) {
+		return fmt.Errorf("waiting for %s: %w after %v", key, ErrTimeout, timeout)
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	return fmt.Errorf("waiting for %s: %w", key, err)
+}

@@ -1,0 +1,143 @@
+// Package job holds what every role of a downpour job agrees on: the job
+// spec, the layout of the job's keys in etcd, and small helpers to wait on
+// those keys with watches.
+//
+// All keys of job J live under /downpour/jobs/J/:
+//
+//	spec                    the Spec, JSON, written once by the coordinator
+//	state                   "running" or "done"
+//	placement               the block placement, JSON, versioned
+//	members/workers/<id>    one key per live worker, under its lease
+//	members/ps/<i>          one key per live parameter-server shard, under its lease
+//	assign/<id>             the rank, epoch and data shard given to worker <id>
+//	done/<rank>             written by a rank when it has pushed its last step
+package job
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/downpour-ml/downpour/internal/wire"
+	"github.com/downpour-ml/downpour/models"
+	"github.com/downpour-ml/downpour/shard"
+)
+
+// Spec is a training job, as the coordinator writes it to etcd.
+type Spec struct {
+	Name      string               `json:"name"`
+	Model     string               `json:"model"` // "seq2seq"
+	Seq2Seq   models.Seq2SeqConfig `json:"seq2seq"`
+	Task      string               `json:"task"` // synthetic task name
+	MinLen    int                  `json:"min_len"`
+	MaxLen    int                  `json:"max_len"`
+	Seed      uint64               `json:"seed"`
+	Steps     int64                `json:"steps"`
+	Workers   int                  `json:"workers"`
+	Shards    int                  `json:"shards"`
+	BlockSize int                  `json:"block_size"` // floats per parameter block
+	Batch     int                  `json:"batch"`      // examples per worker per step
+	Mode      string               `json:"mode"`       // consistency mode: "sync"
+	LR        float64              `json:"lr"`
+	ClipNorm  float64              `json:"clip_norm"` // global-norm clip applied by workers; 0 = none
+	LogEvery  int64                `json:"log_every"`
+}
+
+// Default is the job `downpour train` runs with no flags: a one-layer LSTM
+// encoder-decoder learning to reverse digit sequences.
+func Default() Spec {
+	return Spec{
+		Name:      "demo",
+		Model:     "seq2seq",
+		Seq2Seq:   models.Seq2SeqConfig{SrcVocab: shard.Vocab, TgtVocab: shard.Vocab, Embed: 32, Hidden: 128, Layers: 1},
+		Task:      "reverse",
+		MinLen:    3,
+		MaxLen:    6,
+		Seed:      1,
+		Steps:     300,
+		Workers:   2,
+		Shards:    2,
+		BlockSize: 16 << 10,
+		Batch:     32,
+		Mode:      "sync",
+		LR:        0.7,
+		ClipNorm:  5,
+		LogEvery:  10,
+	}
+}
+
+// Validate reports the first thing wrong with s, naming the field.
+func (s *Spec) Validate() error {
+	if err := wire.ValidJob(s.Name); err != nil {
+		return err
+	}
+	if s.Model != "seq2seq" {
+		return fmt.Errorf("model %q: the only model is seq2seq", s.Model)
+	}
+	if err := s.Seq2Seq.Validate(); err != nil {
+		return err
+	}
+	if s.Seq2Seq.SrcVocab < shard.Vocab || s.Seq2Seq.TgtVocab < shard.Vocab {
+		return fmt.Errorf("synthetic tasks need vocabularies of at least %d", shard.Vocab)
+	}
+	if _, err := shard.NewSynthetic(s.Task, s.MinLen, s.MaxLen); err != nil {
+		return err
+	}
+	switch {
+	case s.Steps < 1:
+		return errors.New("steps must be at least 1")
+	case s.Workers < 1 || s.Workers > 1024:
+		return fmt.Errorf("workers must be in 1..1024 (got %d)", s.Workers)
+	case s.Shards < 1 || s.Shards > 1024:
+		return fmt.Errorf("ps shards must be in 1..1024 (got %d)", s.Shards)
+	case s.BlockSize < 1 || s.BlockSize > 2<<20:
+		return fmt.Errorf("block size must be in 1..%d floats (got %d)", 2<<20, s.BlockSize)
+	case s.Batch < 1:
+		return errors.New("batch must be at least 1")
+	case s.Mode != "sync":
+		return fmt.Errorf("mode %q: only sync is implemented", s.Mode)
+	case !(s.LR > 0):
+		return errors.New("lr must be positive")
+	case s.ClipNorm < 0:
+		return errors.New("clip norm must not be negative")
+	case s.LogEvery < 1:
+		return errors.New("log every must be at least 1")
+	}
+	return nil
+}
+
+// Tensors lists the model's parameter tensors.
+func (s *Spec) Tensors() []models.Tensor { return s.Seq2Seq.Tensors() }
+
+// InitTensor fills dst with the initial value of tensor t.
+func (s *Spec) InitTensor(dst []float32, t models.Tensor) { s.Seq2Seq.InitTensor(dst, s.Seed, t) }
+
+// Encode is the canonical JSON of s, compared byte for byte to detect a
+// second coordinator with a different spec under the same job name.
+func (s *Spec) Encode() []byte {
+	b, err := json.Marshal(s)
+	if err != nil {
+		panic(err) // a Spec has no unmarshalable field
+	}
+	return b
+}
+
+// DecodeSpec parses and validates a spec.
+func DecodeSpec(b []byte) (*Spec, error) {
+	var s Spec
+	if err := json.Unmarshal(b, &s); err != nil {
+		return nil, fmt.Errorf("job spec: %w", err)
+	}
+	if err := s.Validate(); err != nil {
+		return nil, fmt.Errorf("job spec: %w", err)
+	}
+	return &s, nil
+}
+
+// Assignment is what the coordinator gives a worker: its rank, the fencing
+// epoch of that rank, and the data shard it reads.
+type Assignment struct {
+	Rank      int    `json:"rank"`
+	Epoch     uint64 `json:"epoch"`
+	DataShard int    `json:"data_shard"`
+}

@@ -1,0 +1,166 @@
+package paramserver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/downpour-ml/downpour/internal/wire"
+)
+
+// Client pushes gradients to and pulls parameters from every shard of a job
+// on behalf of one rank. Each push or pull is cut into messages that fit the
+// server's max_payload, sent concurrently, and retried on timeout until the
+// caller's context ends; the shards' exactly-once rule makes a resent push
+// harmless.
+type Client struct {
+	nc      *nats.Conn
+	job     string
+	rank    uint32
+	epoch   uint64
+	groups  []group
+	Attempt time.Duration // timeout of one request before it is resent
+}
+
+type group struct {
+	shard  int
+	blocks []Block
+	ids    []uint32
+}
+
+// NewClient prepares the messages of placement p for rank and epoch.
+func NewClient(nc *nats.Conn, job string, p *Placement, rank int, epoch uint64) (*Client, error) {
+	c := &Client{nc: nc, job: job, rank: uint32(rank), epoch: epoch, Attempt: 10 * time.Second}
+	for s := 0; s < p.Shards; s++ {
+		bs := p.OnShard(s)
+		sizes := make([]int, len(bs))
+		for i, b := range bs {
+			sizes[i] = 4 * b.Len
+		}
+		ends, err := wire.Group(sizes, int(nc.MaxPayload()))
+		if err != nil {
+			return nil, err
+		}
+		start := 0
+		for _, end := range ends {
+			g := group{shard: s, blocks: bs[start:end]}
+			for _, b := range g.blocks {
+				g.ids = append(g.ids, b.ID)
+			}
+			c.groups = append(c.groups, g)
+			start = end
+		}
+	}
+	return c, nil
+}
+
+// Pull fills params (the flat parameter vector) from every shard once each
+// has applied at least minClock steps.
+func (c *Client) Pull(ctx context.Context, minClock int64, params []float32) error {
+	return c.each(ctx, func(ctx context.Context, g group) error {
+		data, err := wire.Encode(&wire.PullRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch, MinClock: minClock, IDs: g.ids})
+		if err != nil {
+			return err
+		}
+		msg, err := c.request(ctx, wire.PullSubject(c.job, g.shard), data)
+		if err != nil {
+			return err
+		}
+		r, err := wire.DecodePullReply(msg.Data)
+		if err != nil {
+			return fmt.Errorf("pull reply from shard %d: %w", g.shard, err)
+		}
+		if err := r.Err(); err != nil {
+			return fmt.Errorf("pull from shard %d refused: %w", g.shard, err)
+		}
+		if len(r.Blocks) != len(g.blocks) {
+			return fmt.Errorf("pull from shard %d: %d blocks, asked for %d", g.shard, len(r.Blocks), len(g.blocks))
+		}
+		for i, b := range g.blocks {
+			if r.Blocks[i].ID != b.ID || !wire.CopyFloats(params[b.Offset:b.Offset+b.Len], r.Blocks[i].Data) {
+				return fmt.Errorf("pull from shard %d: block %d does not match the placement", g.shard, r.Blocks[i].ID)
+			}
+		}
+		return nil
+	})
+}
+
+// Push sends grads (laid out like the flat parameter vector) as this rank's
+// gradient for step.
+func (c *Client) Push(ctx context.Context, step int64, grads []float32) error {
+	return c.each(ctx, func(ctx context.Context, g group) error {
+		req := &wire.PushRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch, Step: step, Blocks: make([]wire.Block, len(g.blocks))}
+		for i, b := range g.blocks {
+			req.Blocks[i] = wire.Block{ID: b.ID, Data: wire.FloatBytes(grads[b.Offset : b.Offset+b.Len])}
+		}
+		data, err := wire.Encode(req)
+		if err != nil {
+			return err
+		}
+		msg, err := c.request(ctx, wire.PushSubject(c.job, g.shard), data)
+		if err != nil {
+			return err
+		}
+		r, err := wire.DecodeReply(msg.Data)
+		if err != nil {
+			return fmt.Errorf("push reply from shard %d: %w", g.shard, err)
+		}
+		if err := r.Err(); err != nil {
+			return fmt.Errorf("push of step %d to shard %d refused: %w", step, g.shard, err)
+		}
+		return nil
+	})
+}
+
+// each runs f for every message group concurrently and returns the first
+// error, after all have returned.
+func (c *Client) each(ctx context.Context, f func(context.Context, group) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, len(c.groups))
+	for i, g := range c.groups {
+		wg.Go(func() {
+			if errs[i] = f(ctx, g); errs[i] != nil {
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil && !errors.Is(err, context.Canceled) {
+			return err
+		}
+	}
+	return ctx.Err()
+}
+
+// request sends data and waits for the reply, resending after each Attempt
+// timeout or while no shard is subscribed, until ctx ends.
+func (c *Client) request(ctx context.Context, subject string, data []byte) (*nats.Msg, error) {
+	backoff := 10 * time.Millisecond
+	for {
+		actx, cancel := context.WithTimeout(ctx, c.Attempt)
+		msg, err := c.nc.RequestWithContext(actx, subject, data)
+		cancel()
+		if err == nil {
+			return msg, nil
+		}
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%s: %w (last error: %v)", subject, ctx.Err(), err)
+		}
+		if !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+			return nil, fmt.Errorf("%s: %w", subject, err)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%s: %w (last error: %v)", subject, ctx.Err(), err)
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, time.Second)
+	}
+}
