@@ -52,7 +52,7 @@ func Default() Spec {
 		Seq2Seq:   models.Seq2SeqConfig{SrcVocab: shard.Vocab, TgtVocab: shard.Vocab, Embed: 32, Hidden: 128, Layers: 1},
 		Task:      "reverse",
 		MinLen:    3,
-		MaxLen:    6,
+		MaxLen:    5,
 		Seed:      1,
 		Steps:     300,
 		Workers:   2,
@@ -60,7 +60,7 @@ func Default() Spec {
 		BlockSize: 16 << 10,
 		Batch:     32,
 		Mode:      "sync",
-		LR:        0.7,
+		LR:        1.5,
 		ClipNorm:  5,
 		LogEvery:  10,
 	}

@@ -77,14 +77,15 @@ type PullReply struct {
 	Blocks []Block `msgpack:"b"`
 }
 
-// Progress is what a worker reports after a step it logs.
+// Progress is what a worker reports at a step it logs; it covers the steps
+// since its previous report.
 type Progress struct {
 	V      uint8   `msgpack:"v"`
 	Rank   uint32  `msgpack:"r"`
 	Step   int64   `msgpack:"s"`
-	Loss   float64 `msgpack:"l"` // summed loss of the step's batch
+	Loss   float64 `msgpack:"l"` // summed loss of the batches since the last report
 	Tokens int64   `msgpack:"t"` // tokens (or examples) the loss is summed over
-	Nanos  int64   `msgpack:"n"` // wall time of the step
+	Nanos  int64   `msgpack:"n"` // wall time of those steps
 }
 
 // Err builds the error a Reply or PullReply carries.

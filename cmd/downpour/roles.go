@@ -1,0 +1,198 @@
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/downpour-ml/downpour/coordinator"
+	"github.com/downpour-ml/downpour/internal/checkpoint"
+	"github.com/downpour-ml/downpour/internal/embedded"
+	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/psnode"
+	"github.com/downpour-ml/downpour/internal/telemetry"
+	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/worker"
+)
+
+// coordinate runs the coordinator of spec and, beside it, what fills the run
+// directory out: metrics.jsonl from the workers' progress, and the final
+// parameters pulled from the shards into checkpoint/final.ckpt.
+func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec job.Spec, out string,
+	console io.Writer, log *slog.Logger) (*telemetry.Collector, error) {
+	col, err := telemetry.NewCollector(nc, spec.Name, spec.Workers, spec.Steps, filepath.Join(out, "metrics.jsonl"), console)
+	if err != nil {
+		return nil, err
+	}
+	defer col.Close()
+	ckpt := filepath.Join(out, "checkpoint", "final.ckpt")
+	err = coordinator.Run(ctx, cli, coordinator.Config{Spec: spec, Log: log,
+		OnFinish: func(ctx context.Context, p *paramserver.Placement) error {
+			c, err := paramserver.NewClient(nc, spec.Name, p, 0, 0)
+			if err != nil {
+				return err
+			}
+			params := make([]float32, p.Size())
+			pctx, cancel := context.WithTimeout(ctx, time.Minute)
+			defer cancel()
+			if err := c.Pull(pctx, spec.Steps, params); err != nil {
+				return fmt.Errorf("pulling the final parameters: %w", err)
+			}
+			if err := os.MkdirAll(filepath.Dir(ckpt), 0o755); err != nil {
+				return err
+			}
+			return checkpoint.Write(ckpt, &checkpoint.Meta{Job: spec.Name, Step: spec.Steps, Model: spec.Model,
+				Config: spec.Encode(), Tensors: p.Tensors}, params)
+		}})
+	if err != nil {
+		return nil, err
+	}
+	if !col.WaitStep(spec.Steps-1, 5*time.Second) {
+		log.Warn("the last step's progress did not arrive")
+	}
+	return col, col.Close()
+}
+
+// prepareOut makes the run directory: its parent must exist and it must not
+// hold an earlier run.
+func prepareOut(out string) error {
+	parent := filepath.Dir(out)
+	if st, err := os.Stat(parent); err != nil || !st.IsDir() {
+		return fmt.Errorf("run directory parent %s does not exist: create it or choose another --out", parent)
+	}
+	if ents, err := os.ReadDir(out); err == nil && len(ents) > 0 {
+		return fmt.Errorf("run directory %s already holds a run: choose another --out", out)
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return fmt.Errorf("creating run directory: %w", err)
+	}
+	return nil
+}
+
+func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("coordinator", flag.ContinueOnError)
+	spec := job.Default()
+	specFlags(fs, &spec)
+	var ep endpoints
+	endpointFlags(fs, &ep)
+	out := fs.String("out", "", "run directory for metrics.jsonl and the final checkpoint (default runs/<job>-<time>)")
+	if err := parse(fs, args, stderr, "downpour coordinator --nats nats://127.0.0.1:4222 --etcd http://127.0.0.1:2379 --job demo --workers 2 --ps-shards 2"); err != nil {
+		return err
+	}
+	if err := ep.require("coordinator"); err != nil {
+		return err
+	}
+	if err := spec.Validate(); err != nil {
+		return fmt.Errorf("%w: %v", errUsage, err)
+	}
+	if *out == "" {
+		*out = defaultOut(spec.Name)
+	}
+	if err := prepareOut(*out); err != nil {
+		return err
+	}
+	log := ep.logger(stderr)
+	cli, err := connectEtcd(ctx, ep.etcd, ep.timeout)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	nc, err := connectNATS(ep.nats, "coordinator", ep.timeout)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	fmt.Fprintf(stdout, "coordinating job %s: %d workers, %d shards, %d steps; run directory %s\n", spec.Name, spec.Workers, spec.Shards, spec.Steps, *out)
+	_, err = coordinate(ctx, cli, nc, spec, *out, stdout, log)
+	if err == nil {
+		fmt.Fprintf(stdout, "job %s done; final checkpoint in %s\n", spec.Name, filepath.Join(*out, "checkpoint", "final.ckpt"))
+	}
+	return err
+}
+
+func defaultOut(name string) string {
+	return filepath.Join("runs", name+"-"+time.Now().Format("20060102-150405"))
+}
+
+func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("ps", flag.ContinueOnError)
+	var ep endpoints
+	endpointFlags(fs, &ep)
+	name := fs.String("job", "demo", "job to serve")
+	shard := fs.Int("shard", -1, "shard index to serve (-1: the lowest free one)")
+	if err := parse(fs, args, stderr, "downpour ps --nats nats://127.0.0.1:4222 --etcd http://127.0.0.1:2379 --job demo"); err != nil {
+		return err
+	}
+	if err := ep.require("ps"); err != nil {
+		return err
+	}
+	cli, err := connectEtcd(ctx, ep.etcd, ep.timeout)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	nc, err := connectNATS(ep.nats, "ps", ep.timeout)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	return psnode.Run(ctx, psnode.Config{Job: *name, NATS: nc, Etcd: cli, Log: ep.logger(stderr), Shard: *shard,
+		Ready: func(i int, _ *paramserver.Service) { fmt.Fprintf(stdout, "serving shard %d of job %s\n", i, *name) }})
+}
+
+func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	var ep endpoints
+	endpointFlags(fs, &ep)
+	name := fs.String("job", "demo", "job to join")
+	id := fs.String("id", "", "worker id, unique in the job (default host-pid-time)")
+	if err := parse(fs, args, stderr, "downpour worker --nats nats://127.0.0.1:4222 --etcd http://127.0.0.1:2379 --job demo"); err != nil {
+		return err
+	}
+	if err := ep.require("worker"); err != nil {
+		return err
+	}
+	cli, err := connectEtcd(ctx, ep.etcd, ep.timeout)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	nc, err := connectNATS(ep.nats, "worker", ep.timeout)
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	return worker.Run(ctx, worker.Config{Job: *name, ID: *id, NATS: nc, Etcd: cli, Log: ep.logger(stderr)})
+}
+
+func cmdServers(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("servers", flag.ContinueOnError)
+	dir := fs.String("dir", "", "data directory of both servers (default: a new temporary directory)")
+	if err := parse(fs, args, stderr, "downpour servers --dir /tmp/downpour-servers"); err != nil {
+		return err
+	}
+	if *dir == "" {
+		d, err := os.MkdirTemp("", "downpour-servers-")
+		if err != nil {
+			return err
+		}
+		*dir = d
+	}
+	c, err := embedded.Start(ctx, *dir)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	fmt.Fprintf(stdout, "NATS %s\netcd %s\ndata %s\n", c.NATSURL, c.EtcdEndpoints[0], *dir)
+	fmt.Fprintf(stdout, "run roles with: --nats %s --etcd %s\n", c.NATSURL, c.EtcdEndpoints[0])
+	<-ctx.Done()
+	return nil
+}

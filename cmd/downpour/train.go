@@ -1,0 +1,145 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/downpour-ml/downpour/internal/embedded"
+	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/psnode"
+	"github.com/downpour-ml/downpour/worker"
+)
+
+func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("train", flag.ContinueOnError)
+	spec := job.Default()
+	specFlags(fs, &spec)
+	var ep endpoints
+	endpointFlags(fs, &ep)
+	out := fs.String("out", "", "run directory (default runs/<job>-<time>)")
+	if err := parse(fs, args, stderr, "downpour train --steps 300 --workers 2 --ps-shards 2"); err != nil {
+		return err
+	}
+	if err := spec.Validate(); err != nil {
+		fmt.Fprintf(stderr, "downpour train: %v\n", err)
+		return errUsage
+	}
+	if (ep.nats == "") != (ep.etcd == "") {
+		fmt.Fprintln(stderr, "downpour train: give both --nats and --etcd to join a cluster, or neither to run an embedded one")
+		return errUsage
+	}
+	if *out == "" {
+		*out = defaultOut(spec.Name)
+		if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
+			return err
+		}
+	}
+	if err := prepareOut(*out); err != nil {
+		return err
+	}
+	log := ep.logger(stderr)
+	start := time.Now()
+	if ep.nats == "" {
+		c, err := embedded.Start(ctx, filepath.Join(*out, "cluster"))
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		ep.nats, ep.etcd = c.NATSURL, c.EtcdEndpoints[0]
+		log.Info("embedded cluster up", "nats", ep.nats, "etcd", ep.etcd, "took", time.Since(start))
+	}
+	fmt.Fprintf(stdout, "training job %s: %s task, %d workers, %d ps shards, %d steps, mode %s; run directory %s\n",
+		spec.Name, spec.Task, spec.Workers, spec.Shards, spec.Steps, spec.Mode, *out)
+	first, last, err := trainAll(ctx, spec, ep, *out, stdout, log)
+	if err != nil {
+		return err
+	}
+	if first != nil && last != nil {
+		fmt.Fprintf(stdout, "done: %d steps in %.1fs; loss %.4f -> %.4f; checkpoint %s\n", spec.Steps,
+			time.Since(start).Seconds(), first.Loss, last.Loss, filepath.Join(*out, "checkpoint", "final.ckpt"))
+	}
+	return nil
+}
+
+type lossRecord struct{ Loss float64 }
+
+type roleConns struct{ cli *clientv3.Client }
+
+// trainAll runs the coordinator, the shards and the workers of spec in this
+// process, each with its own NATS connection and etcd client, exactly as
+// separate processes would. It returns once the coordinator has finished the
+// job and every role has stopped, or on the first error (stopping the rest).
+func trainAll(ctx context.Context, spec job.Spec, ep endpoints, out string, stdout io.Writer, log *slog.Logger) (first, last *lossRecord, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex // guards errs
+		errs []error
+	)
+	fail := func(role string, err error) {
+		if err == nil || errors.Is(err, context.Canceled) && ctx.Err() != nil {
+			return
+		}
+		mu.Lock()
+		errs = append(errs, fmt.Errorf("%s: %w", role, err))
+		mu.Unlock()
+		cancel()
+	}
+	// role connects a role's clients and runs f with them.
+	role := func(name string, f func(ctx context.Context, nc *nats.Conn, r roleConns) error) {
+		wg.Go(func() {
+			cli, err := connectEtcd(ctx, ep.etcd, ep.timeout)
+			if err != nil {
+				fail(name, err)
+				return
+			}
+			defer cli.Close()
+			nc, err := connectNATS(ep.nats, name, ep.timeout)
+			if err != nil {
+				fail(name, err)
+				return
+			}
+			defer nc.Close()
+			fail(name, f(ctx, nc, roleConns{cli: cli}))
+		})
+	}
+	role("coordinator", func(ctx context.Context, nc *nats.Conn, r roleConns) error {
+		col, err := coordinate(ctx, r.cli, nc, spec, out, stdout, log)
+		if col != nil {
+			if f, l := col.Span(); f != nil {
+				first, last = &lossRecord{f.Loss}, &lossRecord{l.Loss}
+			}
+		}
+		return err
+	})
+	for i := 0; i < spec.Shards; i++ {
+		role(fmt.Sprintf("ps %d", i), func(ctx context.Context, nc *nats.Conn, r roleConns) error {
+			return psnode.Run(ctx, psnode.Config{Job: spec.Name, NATS: nc, Etcd: r.cli, Log: log, Shard: i})
+		})
+	}
+	for i := 0; i < spec.Workers; i++ {
+		role(fmt.Sprintf("worker %d", i), func(ctx context.Context, nc *nats.Conn, r roleConns) error {
+			return worker.Run(ctx, worker.Config{Job: spec.Name, ID: fmt.Sprintf("local-%d", i), NATS: nc, Etcd: r.cli, Log: log})
+		})
+	}
+	wg.Wait()
+	if len(errs) > 0 {
+		return nil, nil, errors.Join(errs...)
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, nil, err
+	}
+	return first, last, nil
+}

@@ -1,0 +1,80 @@
+package coordinator
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/downpour-ml/downpour/internal/job"
+)
+
+// A script of events and the assignments each must produce, as
+// "worker:rank@epoch" separated by spaces ("-" for none).
+func TestRanksScript(t *testing.T) {
+	r := NewRanks(2)
+	steps := []struct {
+		ev   string
+		want string
+	}{
+		{"up a", "a:0@1"},
+		{"up a", "-"}, // a second registration of the same worker
+		{"up b", "b:1@1"},
+		{"up c", "-"},       // no free rank: c waits
+		{"down a", "c:0@2"}, // a's rank goes to c with a higher epoch
+		{"down c", "-"},
+		{"up d", "d:0@3"},
+		{"done 1", "-"},
+		{"down b", "-"}, // a done rank is not reassigned
+		{"up e", "-"},
+		{"down e", "-"}, // waiting workers can leave
+	}
+	for _, s := range steps {
+		var out []Assign
+		f := strings.Fields(s.ev)
+		switch f[0] {
+		case "up":
+			out = r.Up(f[1])
+		case "down":
+			out = r.Down(f[1])
+		case "done":
+			var rank int
+			fmt.Sscan(f[1], &rank)
+			r.Done(rank)
+		}
+		got := "-"
+		if len(out) > 0 {
+			var parts []string
+			for _, a := range out {
+				parts = append(parts, fmt.Sprintf("%s:%d@%d", a.Worker, a.Rank, a.Epoch))
+			}
+			got = strings.Join(parts, " ")
+		}
+		if got != s.want {
+			t.Fatalf("%s: got %s, want %s", s.ev, got, s.want)
+		}
+	}
+	if r.Unassigned() != 0 {
+		t.Fatalf("unassigned %d", r.Unassigned())
+	}
+	if !r.Done(0) {
+		t.Fatal("all ranks done but Done reported false")
+	}
+}
+
+func TestRanksRestoreThenContinue(t *testing.T) {
+	r := NewRanks(3)
+	r.Restore("a", job.Assignment{Rank: 0, Epoch: 4})
+	r.Restore("b", job.Assignment{Rank: 2, Epoch: 1})
+	r.Restore("x", job.Assignment{Rank: 7, Epoch: 1}) // out of range: ignored
+	if out := r.Up("a"); out != nil {
+		t.Fatalf("restored worker reassigned: %v", out)
+	}
+	out := r.Up("c")
+	if len(out) != 1 || out[0].Rank != 1 || out[0].Epoch != 1 {
+		t.Fatalf("got %+v, want c on rank 1 epoch 1", out)
+	}
+	out = append(r.Down("a"), r.Up("d")...)
+	if len(out) != 1 || out[0].Worker != "d" || out[0].Rank != 0 || out[0].Epoch != 5 {
+		t.Fatalf("got %+v, want d on rank 0 epoch 5", out)
+	}
+}

@@ -1,0 +1,200 @@
+package coordinator
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/paramserver"
+)
+
+// Errors a caller can branch on.
+var (
+	ErrSpecConflict = errors.New("a job of that name exists with a different spec")
+	ErrJobDone      = errors.New("the job has already finished")
+)
+
+// Config is what Run needs besides an etcd client.
+type Config struct {
+	Spec job.Spec
+	Log  *slog.Logger
+	// JoinTimeout bounds how long a rank may stay without a worker; 0 means
+	// 5 minutes.
+	JoinTimeout time.Duration
+	// OnFinish runs once every rank is done and before the job is marked
+	// done (while the shards still serve), e.g. to save the final parameters.
+	OnFinish func(ctx context.Context, p *paramserver.Placement) error
+}
+
+// Run coordinates the job until every rank is done, then marks it done. It
+// returns early with ctx's error, or when the job cannot proceed.
+func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
+	spec := &cfg.Spec
+	if err := spec.Validate(); err != nil {
+		return err
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.JoinTimeout == 0 {
+		cfg.JoinTimeout = 5 * time.Minute
+	}
+	keys := job.KeysFor(spec.Name)
+	p := paramserver.Place(spec.Tensors(), spec.BlockSize, spec.Shards)
+	if len(p.Blocks) < spec.Shards {
+		return fmt.Errorf("the model has %d blocks of %d floats for %d shards: lower --block-size or --ps-shards", len(p.Blocks), spec.BlockSize, spec.Shards)
+	}
+	// Create the job, or join it if it exists with the same spec.
+	resp, err := cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(keys.Spec()), "=", 0)).
+		Then(clientv3.OpPut(keys.Spec(), string(spec.Encode())),
+			clientv3.OpPut(keys.Placement(), string(p.Encode())),
+			clientv3.OpPut(keys.State(), job.StateRunning)).
+		Else(clientv3.OpGet(keys.Spec()), clientv3.OpGet(keys.State())).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("creating job %s in etcd: %w", spec.Name, err)
+	}
+	if !resp.Succeeded {
+		old := resp.Responses[0].GetResponseRange().Kvs[0].Value
+		if !bytes.Equal(old, spec.Encode()) {
+			return fmt.Errorf("job %s: %w (stored: %s)", spec.Name, ErrSpecConflict, old)
+		}
+		if st := resp.Responses[1].GetResponseRange().Kvs; len(st) > 0 && string(st[0].Value) == job.StateDone {
+			return fmt.Errorf("job %s: %w", spec.Name, ErrJobDone)
+		}
+		cfg.Log.Info("joined existing job", "job", spec.Name)
+	} else {
+		cfg.Log.Info("created job", "job", spec.Name, "params", p.Size(), "blocks", len(p.Blocks), "shards", spec.Shards)
+	}
+	c := &run{cli: cli, cfg: cfg, keys: keys, ranks: NewRanks(spec.Workers), placement: p}
+	return c.loop(ctx)
+}
+
+type run struct {
+	cli       *clientv3.Client
+	cfg       Config
+	keys      job.Keys
+	ranks     *Ranks
+	placement *paramserver.Placement
+}
+
+// loop rebuilds the rank state from etcd, then follows membership and
+// completion events until every rank is done.
+func (c *run) loop(ctx context.Context) error {
+	snap, err := c.cli.Get(ctx, c.keys.Root(), clientv3.WithPrefix())
+	if err != nil {
+		return fmt.Errorf("reading job state: %w", err)
+	}
+	var events []*mvccpb.KeyValue
+	for _, kv := range snap.Kvs {
+		k := string(kv.Key)
+		if id, ok := strings.CutPrefix(k, c.keys.Assigns()); ok {
+			var a job.Assignment
+			if json.Unmarshal(kv.Value, &a) == nil {
+				c.ranks.Restore(id, a)
+			}
+		} else {
+			events = append(events, kv)
+		}
+	}
+	// Workers whose assignment exists but whose lease is gone are down.
+	live := map[string]bool{}
+	for _, kv := range snap.Kvs {
+		if id, ok := strings.CutPrefix(string(kv.Key), c.keys.Workers()); ok {
+			live[id] = true
+		}
+	}
+	for id := range c.ranks.rankOf {
+		if !live[id] {
+			if err := c.apply(ctx, c.ranks.Down(id)); err != nil {
+				return err
+			}
+		}
+	}
+	for _, kv := range events {
+		if finished, err := c.handle(ctx, mvccpb.PUT, kv); err != nil || finished {
+			return err
+		}
+	}
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	wc := c.cli.Watch(wctx, c.keys.Root(), clientv3.WithPrefix(), clientv3.WithRev(snap.Header.Revision+1))
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	since := time.Now() // since when a rank has been without a worker
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+			if c.ranks.Unassigned() == 0 {
+				since = time.Now()
+			} else if time.Since(since) > c.cfg.JoinTimeout {
+				return fmt.Errorf("job %s: %d ranks have had no worker for %v: start more workers", c.cfg.Spec.Name, c.ranks.Unassigned(), c.cfg.JoinTimeout)
+			}
+		case wr, ok := <-wc:
+			if !ok {
+				return fmt.Errorf("etcd watch closed: %w", ctx.Err())
+			}
+			if err := wr.Err(); err != nil {
+				return fmt.Errorf("watching job %s: %w", c.cfg.Spec.Name, err)
+			}
+			for _, ev := range wr.Events {
+				if finished, err := c.handle(ctx, ev.Type, ev.Kv); err != nil || finished {
+					return err
+				}
+			}
+		}
+	}
+}
+
+// handle feeds one key change to the rank state and carries out its actions.
+func (c *run) handle(ctx context.Context, typ mvccpb.Event_EventType, kv *mvccpb.KeyValue) (finished bool, err error) {
+	k := string(kv.Key)
+	if id, ok := strings.CutPrefix(k, c.keys.Workers()); ok {
+		if typ == mvccpb.DELETE {
+			c.cfg.Log.Info("worker left", "worker", id)
+			return false, c.apply(ctx, c.ranks.Down(id))
+		}
+		return false, c.apply(ctx, c.ranks.Up(id))
+	}
+	if r, ok := strings.CutPrefix(k, c.keys.Dones()); ok && typ == mvccpb.PUT {
+		rank, err := strconv.Atoi(r)
+		if err != nil || !c.ranks.Done(rank) {
+			return false, nil
+		}
+		c.cfg.Log.Info("all ranks done", "job", c.cfg.Spec.Name)
+		if c.cfg.OnFinish != nil {
+			if err := c.cfg.OnFinish(ctx, c.placement); err != nil {
+				return false, err
+			}
+		}
+		if _, err := c.cli.Put(ctx, c.keys.State(), job.StateDone); err != nil {
+			return false, fmt.Errorf("marking job done: %w", err)
+		}
+		return true, nil
+	}
+	return false, nil
+}
+
+func (c *run) apply(ctx context.Context, as []Assign) error {
+	for _, a := range as {
+		b, _ := json.Marshal(a.Assignment)
+		if _, err := c.cli.Put(ctx, c.keys.Assign(a.Worker), string(b)); err != nil {
+			return fmt.Errorf("assigning rank %d to %s: %w", a.Rank, a.Worker, err)
+		}
+		c.cfg.Log.Info("assigned rank", "worker", a.Worker, "rank", a.Rank, "epoch", a.Epoch, "data_shard", a.DataShard)
+	}
+	return nil
+}

@@ -1,0 +1,84 @@
+package checkpoint
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/downpour-ml/downpour/models"
+)
+
+func sample() (*Meta, []float32) {
+	m := &Meta{Job: "j", Step: 12, Model: "seq2seq", Tensors: []models.Tensor{{Name: "a", Shape: []int{2, 3}}, {Name: "b", Shape: []int{4}}}}
+	p := make([]float32, 10)
+	for i := range p {
+		p[i] = float32(i) * 0.25
+	}
+	return m, p
+}
+
+func TestWriteReadRoundTrip(t *testing.T) {
+	m, p := sample()
+	path := filepath.Join(t.TempDir(), "final.ckpt")
+	if err := Write(path, m, p); err != nil {
+		t.Fatal(err)
+	}
+	m2, p2, err := Read(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m2.Job != "j" || m2.Step != 12 || len(m2.Tensors) != 2 || !slices.Equal(p, p2) {
+		t.Fatalf("round trip: %+v %v", m2, p2)
+	}
+	if ents, _ := os.ReadDir(filepath.Dir(path)); len(ents) != 1 {
+		t.Fatalf("temporary files left behind: %v", ents)
+	}
+}
+
+// Every truncation and every single flipped bit is detected.
+func TestCorruptionDetected(t *testing.T) {
+	m, p := sample()
+	b, err := Encode(m, p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n := 0; n < len(b); n++ {
+		if _, _, err := Decode(b[:n]); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("truncated to %d bytes: %v", n, err)
+		}
+	}
+	for i := 0; i < len(b); i++ {
+		if i == 4 || i == 5 { // the version field has its own error
+			continue
+		}
+		for bit := 0; bit < 8; bit++ {
+			c := slices.Clone(b)
+			c[i] ^= 1 << bit
+			if _, _, err := Decode(c); err == nil {
+				t.Fatalf("flipping bit %d of byte %d went unnoticed", bit, i)
+			}
+		}
+	}
+}
+
+func TestEncodeRefusesWrongLength(t *testing.T) {
+	m, p := sample()
+	if _, err := Encode(m, p[:9]); err == nil {
+		t.Fatal("accepted 9 parameters for 10")
+	}
+}
+
+func FuzzDecode(f *testing.F) {
+	m, p := sample()
+	b, _ := Encode(m, p)
+	f.Add(b)
+	f.Add([]byte("DPCK\x01\x00\x00\x00\xff\xff\xff\xff"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, p, err := Decode(data)
+		if err == nil && models.TotalSize(m.Tensors) != len(p) {
+			t.Fatalf("decoded %d parameters for tensors of %d", len(p), models.TotalSize(m.Tensors))
+		}
+	})
+}

@@ -1,0 +1,168 @@
+// Package telemetry turns the progress that workers publish on NATS into what
+// a person watches: a line per logged step on the console and one JSON object
+// per logged step in metrics.jsonl.
+package telemetry
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/downpour-ml/downpour/internal/wire"
+)
+
+// Record is one line of metrics.jsonl: a step, averaged over the ranks.
+type Record struct {
+	Step         int64   `json:"step"`
+	Loss         float64 `json:"loss"`   // mean loss per target token, all ranks, since the previous record
+	Tokens       int64   `json:"tokens"` // target tokens since the previous record, all ranks
+	Ranks        int     `json:"ranks"`
+	StepSeconds  float64 `json:"busy_seconds"`  // slowest rank's wall time since the previous record
+	StepsPerSec  float64 `json:"steps_per_sec"` // since the previous record
+	TokensPerSec float64 `json:"tokens_per_sec"`
+	Elapsed      float64 `json:"elapsed_seconds"`
+	Time         string  `json:"time"`
+}
+
+// Collector subscribes to a job's progress and writes a Record once every
+// rank has reported a step.
+type Collector struct {
+	ranks   int
+	steps   int64
+	start   time.Time
+	sub     *nats.Subscription
+	console io.Writer
+
+	mu       sync.Mutex // guards everything below
+	file     *os.File
+	enc      *json.Encoder
+	pending  map[int64]*Record
+	first    *Record
+	last     *Record
+	lastTime time.Time
+	records  int
+	closed   bool
+	err      error
+}
+
+// NewCollector starts collecting progress of job (ranks ranks, steps steps),
+// appending records to the file at path and printing them to console (nil
+// for none).
+func NewCollector(nc *nats.Conn, job string, ranks int, steps int64, path string, console io.Writer) (*Collector, error) {
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
+	c := &Collector{ranks: ranks, steps: steps, start: time.Now(), console: console, file: f,
+		enc: json.NewEncoder(f), pending: map[int64]*Record{}, lastTime: time.Now()}
+	c.sub, err = nc.Subscribe(wire.ProgressSubject(job), c.onProgress)
+	if err == nil {
+		err = nc.Flush()
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("metrics: subscribing to progress: %w", err)
+	}
+	return c, nil
+}
+
+func (c *Collector) onProgress(m *nats.Msg) {
+	p, err := wire.DecodeProgress(m.Data)
+	if err != nil || int(p.Rank) >= c.ranks || math.IsNaN(p.Loss) {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	r := c.pending[p.Step]
+	if r == nil {
+		r = &Record{Step: p.Step}
+		c.pending[p.Step] = r
+	}
+	r.Loss += p.Loss
+	r.Tokens += p.Tokens
+	r.Ranks++
+	r.StepSeconds = math.Max(r.StepSeconds, float64(p.Nanos)/1e9)
+	if r.Ranks < c.ranks {
+		return
+	}
+	delete(c.pending, p.Step)
+	now := time.Now()
+	if r.Tokens > 0 {
+		r.Loss /= float64(r.Tokens)
+	}
+	if c.last != nil && r.Step > c.last.Step {
+		dt := now.Sub(c.lastTime).Seconds()
+		r.StepsPerSec = float64(r.Step-c.last.Step) / dt
+		r.TokensPerSec = float64(r.Tokens) / dt
+	} else if r.StepSeconds > 0 {
+		r.StepsPerSec = 1 / r.StepSeconds
+		r.TokensPerSec = float64(r.Tokens) / r.StepSeconds
+	}
+	r.Elapsed = now.Sub(c.start).Seconds()
+	r.Time = now.UTC().Format(time.RFC3339Nano)
+	if c.first == nil {
+		c.first = r
+	}
+	c.last, c.lastTime = r, now
+	c.records++
+	if err := c.enc.Encode(r); err != nil && c.err == nil {
+		c.err = err
+	}
+	if c.console != nil {
+		fmt.Fprintf(c.console, "step %*d/%d  loss %.4f  %.1f steps/s  %.0f tokens/s\n",
+			len(fmt.Sprint(c.steps)), r.Step+1, c.steps, r.Loss, r.StepsPerSec, r.TokensPerSec)
+	}
+}
+
+// Span returns the first and the last record written (nil before any).
+func (c *Collector) Span() (first, last *Record) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.first, c.last
+}
+
+// Records is the number of records written so far.
+func (c *Collector) Records() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.records
+}
+
+// WaitStep waits up to timeout until the record of step has been written,
+// and reports whether it was.
+func (c *Collector) WaitStep(step int64, timeout time.Duration) bool {
+	deadline := time.Now().Add(timeout)
+	for {
+		c.mu.Lock()
+		ok := c.last != nil && c.last.Step >= step
+		c.mu.Unlock()
+		if ok || time.Now().After(deadline) {
+			return ok
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Close stops collecting and closes the metrics file.
+func (c *Collector) Close() error {
+	c.sub.Unsubscribe()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return c.err
+	}
+	c.closed = true
+	if err := c.file.Close(); err != nil && c.err == nil {
+		c.err = err
+	}
+	return c.err
+}

@@ -1,0 +1,185 @@
+// Package worker is one model replica of a downpour job: it registers in etcd
+// under a lease, waits for the coordinator to give it a rank and a data shard,
+// and then, step after step, pulls the parameters from the shards, computes
+// the loss and gradient of a batch of its data shard, clips the gradient and
+// pushes it.
+//
+//	err := worker.Run(ctx, worker.Config{Job: "demo", ID: "w1", NATS: nc, Etcd: cli})
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/wire"
+	"github.com/downpour-ml/downpour/models"
+	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/shard"
+)
+
+// Config is a worker's connections and limits. Zero values get the defaults
+// named on each field.
+type Config struct {
+	Job  string
+	ID   string // unique among the job's workers; default host-pid-time
+	NATS *nats.Conn
+	Etcd *clientv3.Client
+	Log  *slog.Logger
+	// LeaseTTL is the lease of the worker's membership, in seconds; default 10.
+	LeaseTTL int64
+	// WaitTimeout bounds each wait for the job (spec, rank, placement,
+	// shards); default 5 minutes.
+	WaitTimeout time.Duration
+	// StepTimeout bounds one step's pull and push; default 5 minutes.
+	StepTimeout time.Duration
+}
+
+func (c *Config) defaults() {
+	if c.ID == "" {
+		host, _ := os.Hostname()
+		c.ID = fmt.Sprintf("%s-%d-%d", host, os.Getpid(), time.Now().UnixNano())
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 10
+	}
+	if c.WaitTimeout == 0 {
+		c.WaitTimeout = 5 * time.Minute
+	}
+	if c.StepTimeout == 0 {
+		c.StepTimeout = 5 * time.Minute
+	}
+}
+
+// Run joins the job and trains until its last step is pushed.
+func Run(ctx context.Context, cfg Config) error {
+	cfg.defaults()
+	if err := wire.ValidJob(cfg.Job); err != nil {
+		return err
+	}
+	keys := job.KeysFor(cfg.Job)
+	log := cfg.Log.With("worker", cfg.ID)
+
+	specData, err := job.Wait(ctx, cfg.Etcd, keys.Spec(), cfg.WaitTimeout)
+	if err != nil {
+		return fmt.Errorf("job %s not found (start its coordinator first): %w", cfg.Job, err)
+	}
+	spec, err := job.DecodeSpec(specData)
+	if err != nil {
+		return err
+	}
+	lease, err := job.Grant(ctx, cfg.Etcd, cfg.LeaseTTL)
+	if err != nil {
+		return err
+	}
+	defer lease.Close()
+	if _, err := cfg.Etcd.Put(ctx, keys.Worker(cfg.ID), "{}", clientv3.WithLease(lease.ID)); err != nil {
+		return fmt.Errorf("registering worker: %w", err)
+	}
+	assignData, err := job.Wait(ctx, cfg.Etcd, keys.Assign(cfg.ID), cfg.WaitTimeout)
+	if err != nil {
+		return fmt.Errorf("waiting for a rank: %w", err)
+	}
+	var a job.Assignment
+	if err := json.Unmarshal(assignData, &a); err != nil {
+		return fmt.Errorf("assignment: %w", err)
+	}
+	placeData, err := job.Wait(ctx, cfg.Etcd, keys.Placement(), cfg.WaitTimeout)
+	if err != nil {
+		return err
+	}
+	p, err := paramserver.DecodePlacement(placeData)
+	if err != nil {
+		return err
+	}
+	err = job.WaitPrefix(ctx, cfg.Etcd, keys.Shards(), cfg.WaitTimeout, func(kvs map[string][]byte) bool {
+		return len(kvs) >= spec.Shards
+	})
+	if err != nil {
+		return fmt.Errorf("waiting for %d parameter-server shards: %w", spec.Shards, err)
+	}
+	log.Info("joined", "rank", a.Rank, "epoch", a.Epoch, "data_shard", a.DataShard)
+
+	client, err := paramserver.NewClient(cfg.NATS, spec.Name, p, a.Rank, a.Epoch)
+	if err != nil {
+		return err
+	}
+	t := &trainer{cfg: cfg, spec: spec, a: a, client: client, model: models.NewSeq2Seq[float32](spec.Seq2Seq)}
+	t.task, err = shard.NewSynthetic(spec.Task, spec.MinLen, spec.MaxLen)
+	if err != nil {
+		return err
+	}
+	for step := int64(0); step < spec.Steps; step++ {
+		select {
+		case <-lease.Lost():
+			return errors.New("lost the etcd lease: this worker is no longer a member of the job")
+		default:
+		}
+		if err := t.step(ctx, step); err != nil {
+			return err
+		}
+	}
+	if err := cfg.NATS.FlushTimeout(5 * time.Second); err != nil { // the last progress report goes out before "done"
+		log.Warn("flushing progress", "err", err)
+	}
+	if _, err := cfg.Etcd.Put(ctx, keys.Done(a.Rank), strconv.FormatUint(a.Epoch, 10)); err != nil {
+		return fmt.Errorf("reporting rank %d done: %w", a.Rank, err)
+	}
+	log.Info("finished", "rank", a.Rank, "steps", spec.Steps)
+	return nil
+}
+
+type trainer struct {
+	cfg    Config
+	spec   *job.Spec
+	a      job.Assignment
+	client *paramserver.Client
+	model  *models.Seq2Seq[float32]
+	task   *shard.Synthetic
+	// Loss, tokens and wall time since the last progress report: a report
+	// covers every step of its logging interval, not just its last one.
+	loss   float64
+	tokens int64
+	nanos  int64
+}
+
+// step runs one synchronous step: pull the parameters after step applied
+// steps, compute the gradient of this rank's batch, clip, push.
+func (t *trainer) step(ctx context.Context, step int64) error {
+	start := time.Now()
+	sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
+	defer cancel()
+	if err := t.client.Pull(sctx, step, t.model.Params()); err != nil {
+		return fmt.Errorf("step %d: pull: %w", step, err)
+	}
+	b := t.task.Batch(t.spec.Seed, t.a.DataShard, step, t.spec.Batch)
+	loss, tokens := t.model.Loss(b, true)
+	models.ClipGlobalNorm(t.model.Grads(), t.spec.ClipNorm)
+	if err := t.client.Push(sctx, step, t.model.Grads()); err != nil {
+		return fmt.Errorf("step %d: push: %w", step, err)
+	}
+	t.loss += loss
+	t.tokens += int64(tokens)
+	t.nanos += time.Since(start).Nanoseconds()
+	if step%t.spec.LogEvery == 0 || step == t.spec.Steps-1 {
+		data, _ := wire.Encode(&wire.Progress{V: wire.Version, Rank: uint32(t.a.Rank), Step: step, Loss: t.loss,
+			Tokens: t.tokens, Nanos: t.nanos})
+		t.loss, t.tokens, t.nanos = 0, 0, 0
+		if err := t.cfg.NATS.Publish(wire.ProgressSubject(t.spec.Name), data); err != nil {
+			t.cfg.Log.Warn("progress report failed", "err", err)
+		}
+	}
+	return nil
+}
