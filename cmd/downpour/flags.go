@@ -51,9 +51,10 @@ func endpointFlags(fs *flag.FlagSet, e *endpoints) {
 	fs.BoolVar(&e.verbose, "v", false, "log every role's progress (info level)")
 }
 
-func (e *endpoints) require(cmd string) error {
+func (e *endpoints) require(cmd string, stderr io.Writer) error {
 	if e.nats == "" || e.etcd == "" {
-		return fmt.Errorf("%w: downpour %s needs --nats and --etcd (start them with 'downpour servers')", errUsage, cmd)
+		fmt.Fprintf(stderr, "downpour %s: needs --nats and --etcd (start a local pair with 'downpour servers')\n", cmd)
+		return errUsage
 	}
 	return nil
 }

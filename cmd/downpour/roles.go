@@ -87,11 +87,12 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err := parse(fs, args, stderr, "downpour coordinator --nats nats://127.0.0.1:4222 --etcd http://127.0.0.1:2379 --job demo --workers 2 --ps-shards 2"); err != nil {
 		return err
 	}
-	if err := ep.require("coordinator"); err != nil {
+	if err := ep.require("coordinator", stderr); err != nil {
 		return err
 	}
 	if err := spec.Validate(); err != nil {
-		return fmt.Errorf("%w: %v", errUsage, err)
+		fmt.Fprintf(stderr, "downpour coordinator: %v\n", err)
+		return errUsage
 	}
 	if *out == "" {
 		*out = defaultOut(spec.Name)
@@ -131,7 +132,7 @@ func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := parse(fs, args, stderr, "downpour ps --nats nats://127.0.0.1:4222 --etcd http://127.0.0.1:2379 --job demo"); err != nil {
 		return err
 	}
-	if err := ep.require("ps"); err != nil {
+	if err := ep.require("ps", stderr); err != nil {
 		return err
 	}
 	cli, err := connectEtcd(ctx, ep.etcd, ep.timeout)
@@ -157,7 +158,7 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := parse(fs, args, stderr, "downpour worker --nats nats://127.0.0.1:4222 --etcd http://127.0.0.1:2379 --job demo"); err != nil {
 		return err
 	}
-	if err := ep.require("worker"); err != nil {
+	if err := ep.require("worker", stderr); err != nil {
 		return err
 	}
 	cli, err := connectEtcd(ctx, ep.etcd, ep.timeout)
@@ -176,7 +177,11 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 func cmdServers(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("servers", flag.ContinueOnError)
 	dir := fs.String("dir", "", "data directory of both servers (default: a new temporary directory)")
-	if err := parse(fs, args, stderr, "downpour servers --dir /tmp/downpour-servers"); err != nil {
+	var opts embedded.Options
+	fs.IntVar(&opts.NATSPort, "nats-port", 0, "NATS client port (0: a free one)")
+	fs.IntVar(&opts.EtcdPort, "etcd-port", 0, "etcd client port (0: a free one)")
+	fs.IntVar(&opts.EtcdPeerPort, "etcd-peer-port", 0, "etcd peer port (0: a free one)")
+	if err := parse(fs, args, stderr, "downpour servers --dir /tmp/downpour-servers --nats-port 4222 --etcd-port 2379"); err != nil {
 		return err
 	}
 	if *dir == "" {
@@ -186,7 +191,8 @@ func cmdServers(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		*dir = d
 	}
-	c, err := embedded.Start(ctx, *dir)
+	opts.Dir = *dir
+	c, err := embedded.StartWith(ctx, opts)
 	if err != nil {
 		return err
 	}

@@ -32,13 +32,32 @@ type Cluster struct {
 	EtcdEndpoints []string
 }
 
-// Start starts both servers with their data under dir.
+// Options places the servers. Zero ports mean free ports chosen at start.
+type Options struct {
+	Dir          string // data of both servers
+	NATSPort     int
+	EtcdPort     int // client port
+	EtcdPeerPort int
+}
+
+// Start starts both servers with their data under dir, on free ports.
 func Start(ctx context.Context, dir string) (*Cluster, error) {
-	ns, err := StartNATS(filepath.Join(dir, "nats"), 0)
+	return StartWith(ctx, Options{Dir: dir})
+}
+
+// StartWith starts both servers as opts says. A port that is taken is an
+// error that names it.
+func StartWith(ctx context.Context, opts Options) (*Cluster, error) {
+	for _, p := range []int{opts.NATSPort, opts.EtcdPort, opts.EtcdPeerPort} {
+		if err := portFree(p); err != nil {
+			return nil, err
+		}
+	}
+	ns, err := startNATS(filepath.Join(opts.Dir, "nats"), opts.NATSPort, 0)
 	if err != nil {
 		return nil, err
 	}
-	e, err := StartEtcd(ctx, filepath.Join(dir, "etcd"))
+	e, err := startEtcdPorts(ctx, filepath.Join(opts.Dir, "etcd"), opts.EtcdPort, opts.EtcdPeerPort)
 	if err != nil {
 		ns.Shutdown()
 		ns.WaitForShutdown()
@@ -57,9 +76,16 @@ func (c *Cluster) Close() {
 // StartNATS starts a NATS server with JetStream on 127.0.0.1 and a free port.
 // maxPayload 0 keeps the server's default (1 MiB).
 func StartNATS(storeDir string, maxPayload int32) (*server.Server, error) {
+	return startNATS(storeDir, 0, maxPayload)
+}
+
+func startNATS(storeDir string, port int, maxPayload int32) (*server.Server, error) {
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
 	opts := &server.Options{
 		Host:               "127.0.0.1",
-		Port:               server.RANDOM_PORT,
+		Port:               port,
 		NoSigs:             true,
 		NoLog:              true,
 		JetStream:          true,
@@ -83,24 +109,34 @@ func StartNATS(storeDir string, maxPayload int32) (*server.Server, error) {
 // StartEtcd starts a single-member etcd on 127.0.0.1 with free ports and short
 // raft ticks (a single member needs no election margin).
 func StartEtcd(ctx context.Context, dataDir string) (*embed.Etcd, error) {
+	return startEtcdPorts(ctx, dataDir, 0, 0)
+}
+
+func startEtcdPorts(ctx context.Context, dataDir string, client, peer int) (*embed.Etcd, error) {
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ { // a free port can be taken between probe and bind
-		e, err := startEtcd(ctx, dataDir)
+		e, err := startEtcd(ctx, dataDir, client, peer)
 		if err == nil {
 			return e, nil
 		}
 		lastErr = err
-		if !strings.Contains(err.Error(), "address already in use") {
+		if client != 0 && peer != 0 || !strings.Contains(err.Error(), "address already in use") {
 			break
 		}
 	}
 	return nil, lastErr
 }
 
-func startEtcd(ctx context.Context, dataDir string) (*embed.Etcd, error) {
+func startEtcd(ctx context.Context, dataDir string, client, peer int) (*embed.Etcd, error) {
 	ports, err := freePorts(2)
 	if err != nil {
 		return nil, err
+	}
+	if client != 0 {
+		ports[0] = client
+	}
+	if peer != 0 {
+		ports[1] = peer
 	}
 	cu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[0])}
 	pu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[1])}
@@ -130,6 +166,18 @@ func startEtcd(ctx context.Context, dataDir string) (*embed.Etcd, error) {
 		e.Close()
 		return nil, ctx.Err()
 	}
+}
+
+// portFree reports an error naming port when something listens on it.
+func portFree(port int) error {
+	if port == 0 {
+		return nil
+	}
+	l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return fmt.Errorf("port %d is in use on 127.0.0.1: stop what holds it or choose another port", port)
+	}
+	return l.Close()
 }
 
 func freePorts(n int) ([]int, error) {

@@ -1,0 +1,229 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+
+	"github.com/downpour-ml/downpour/internal/checkpoint"
+	"github.com/downpour-ml/downpour/internal/telemetry"
+	"github.com/downpour-ml/downpour/models"
+)
+
+// runCmd runs a command line in-process with a deadline and returns its exit
+// code and output.
+func runCmd(t *testing.T, timeout time.Duration, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	var o, e bytes.Buffer
+	code = run(ctx, args, &o, &e)
+	if ctx.Err() != nil {
+		t.Fatalf("%v did not finish within %v:\n%s%s", args, timeout, o.String(), e.String())
+	}
+	return code, o.String(), e.String()
+}
+
+func readMetrics(t *testing.T, path string) []telemetry.Record {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var rs []telemetry.Record
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var r telemetry.Record
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			t.Fatalf("metrics.jsonl line %q: %v", sc.Text(), err)
+		}
+		rs = append(rs, r)
+	}
+	return rs
+}
+
+// trainRun trains in-process and returns the final checkpoint's parameters.
+func trainRun(t *testing.T, out string, args ...string) ([]float32, *checkpoint.Meta) {
+	t.Helper()
+	code, stdout, stderr := runCmd(t, 3*time.Minute, append([]string{"train", "--out", out}, args...)...)
+	if code != 0 {
+		t.Fatalf("train %v: exit %d\n%s%s", args, code, stdout, stderr)
+	}
+	m, p, err := checkpoint.Read(filepath.Join(out, "checkpoint", "final.ckpt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, m
+}
+
+// The run directory holds one metrics record per logged step, in order, with
+// the fields a person reads, and a final checkpoint of the whole model.
+func TestTrainWritesRunDirectory(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "run")
+	params, meta := trainRun(t, out, "--steps", "25", "--log-every", "5", "--job", "rundir")
+	rs := readMetrics(t, filepath.Join(out, "metrics.jsonl"))
+	var steps []int64
+	for _, r := range rs {
+		steps = append(steps, r.Step)
+		if r.Ranks != 2 || r.Tokens <= 0 || !(r.Loss > 0) || r.StepsPerSec <= 0 || r.Time == "" {
+			t.Errorf("record %+v is missing a field", r)
+		}
+	}
+	if want := []int64{0, 5, 10, 15, 20, 24}; !slices.Equal(steps, want) {
+		t.Fatalf("logged steps %v, want %v", steps, want)
+	}
+	if meta.Step != 25 || meta.Job != "rundir" {
+		t.Fatalf("checkpoint meta %+v", meta)
+	}
+	if want := models.TotalSize(meta.Tensors); len(params) != want || want == 0 {
+		t.Fatalf("checkpoint holds %d parameters, tensors %d", len(params), want)
+	}
+}
+
+// Invariant 1: a sync run's parameters are bit-identical whatever the number
+// of shards and the block size; a different seed gives different ones.
+func TestTrainSyncDeterministicAcrossShardCounts(t *testing.T) {
+	dir := t.TempDir()
+	base := []string{"--steps", "12", "--hidden", "32", "--embed", "16", "--log-every", "4"}
+	ref, _ := trainRun(t, filepath.Join(dir, "a"), append(base, "--ps-shards", "1")...)
+	for i, extra := range [][]string{
+		{"--ps-shards", "3"},
+		{"--ps-shards", "4", "--block-size", "1000"},
+		{"--ps-shards", "2"},
+	} {
+		got, _ := trainRun(t, filepath.Join(dir, fmt.Sprint(i)), append(base, extra...)...)
+		if !slices.Equal(got, ref) {
+			t.Fatalf("%v: final parameters differ from the 1-shard run", extra)
+		}
+	}
+	other, _ := trainRun(t, filepath.Join(dir, "seed"), append(base, "--seed", "2")...)
+	if slices.Equal(other, ref) {
+		t.Fatal("a different seed gave the same parameters")
+	}
+}
+
+// The default job learns: the last logged loss is below half the first.
+func TestTrainDefaultLearns(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "run")
+	trainRun(t, out)
+	rs := readMetrics(t, filepath.Join(out, "metrics.jsonl"))
+	first, last := rs[0], rs[len(rs)-1]
+	t.Logf("loss %.4f -> %.4f over %d records", first.Loss, last.Loss, len(rs))
+	if last.Step != 299 || !(last.Loss < first.Loss/2) {
+		t.Fatalf("step %d: loss %.4f -> %.4f, want the last below half the first", last.Step, first.Loss, last.Loss)
+	}
+}
+
+func TestBadUsage(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		code int
+		says string
+	}{
+		{[]string{"train", "--no-such-flag"}, 2, "flag provided but not defined"},
+		{[]string{"train", "--steps", "0"}, 2, "steps must be at least 1"},
+		{[]string{"train", "--mode", "bogus"}, 2, "mode"},
+		{[]string{"train", "--job", "a.b"}, 2, "job name"},
+		{[]string{"train", "--nats", "nats://127.0.0.1:4222"}, 2, "both --nats and --etcd"},
+		{[]string{"train", "extra"}, 2, "unexpected argument"},
+		{[]string{"worker"}, 2, "needs --nats and --etcd"},
+		{[]string{"frobnicate"}, 2, "unknown command"},
+		{nil, 2, "usage: downpour"},
+		{[]string{"train", "--out", "/nonexistent-parent/run"}, 1, "parent /nonexistent-parent does not exist"},
+		{[]string{"train", "--help"}, 0, "example:"},
+	} {
+		code, _, stderr := runCmd(t, 10*time.Second, c.args...)
+		if code != c.code || !strings.Contains(stderr, c.says) {
+			t.Errorf("%v: exit %d, stderr %q; want exit %d saying %q", c.args, code, stderr, c.code, c.says)
+		}
+		if strings.Contains(stderr, "panic") || strings.Contains(stderr, "goroutine ") {
+			t.Errorf("%v panicked: %s", c.args, stderr)
+		}
+	}
+}
+
+// An endpoint that does not answer is a one-line error within the connect
+// timeout, not a hang.
+func TestUnreachableEndpoints(t *testing.T) {
+	dead := deadPort(t)
+	for _, args := range [][]string{
+		{"worker", "--nats", "nats://127.0.0.1:" + dead, "--etcd", "http://127.0.0.1:" + dead, "--connect-timeout", "1s"},
+		{"ps", "--nats", "nats://127.0.0.1:" + dead, "--etcd", "http://127.0.0.1:" + dead, "--connect-timeout", "1s"},
+		{"train", "--nats", "nats://127.0.0.1:" + dead, "--etcd", "http://127.0.0.1:" + dead, "--connect-timeout", "1s", "--out", filepath.Join(t.TempDir(), "r")},
+	} {
+		start := time.Now()
+		code, _, stderr := runCmd(t, 30*time.Second, args...)
+		if code != 1 || !strings.Contains(stderr, "did not answer") && !strings.Contains(stderr, "cannot reach") {
+			t.Errorf("%s: exit %d, stderr %q", args[0], code, stderr)
+		}
+		if d := time.Since(start); d > 15*time.Second {
+			t.Errorf("%s: took %v to give up", args[0], d)
+		}
+	}
+}
+
+func deadPort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	return port
+}
+
+func TestServersPortInUse(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	port := fmt.Sprint(l.Addr().(*net.TCPAddr).Port)
+	code, _, stderr := runCmd(t, 10*time.Second, "servers", "--dir", t.TempDir(), "--nats-port", port)
+	if code != 1 || !strings.Contains(stderr, "port "+port+" is in use") {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+}
+
+// Cancelling a training run (what SIGINT and SIGTERM do) stops every role,
+// both servers and every goroutine, promptly.
+func TestTrainCancelStopsEverything(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	out := filepath.Join(t.TempDir(), "run")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan int, 1)
+	var o, e bytes.Buffer
+	go func() { done <- run(ctx, []string{"train", "--out", out, "--steps", "100000", "--log-every", "1"}, &o, &e) }()
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if b, _ := os.ReadFile(filepath.Join(out, "metrics.jsonl")); bytes.Count(b, []byte("\n")) >= 3 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("training did not start within a minute")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	select {
+	case code := <-done:
+		if code != 130 {
+			t.Fatalf("exit %d after cancel, want 130; stderr: %s", code, e.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("training did not stop within 20s of cancel")
+	}
+}

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/downpour-ml/downpour/internal/checkpoint"
+	"github.com/downpour-ml/downpour/internal/embedded"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// binary builds the downpour command once per test run.
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "downpour-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "downpour")
+		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	out  bytes.Buffer
+	done chan error
+}
+
+func start(t *testing.T, name string, args ...string) *proc {
+	t.Helper()
+	p := &proc{name: name, cmd: exec.Command(binary(t), args...), done: make(chan error, 1)}
+	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.done <- p.cmd.Wait() }()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+	})
+	return p
+}
+
+func (p *proc) wait(t *testing.T, timeout time.Duration) {
+	t.Helper()
+	select {
+	case err := <-p.done:
+		p.done <- err
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", p.name, err, p.out.String())
+		}
+	case <-time.After(timeout):
+		t.Fatalf("%s did not exit within %v:\n%s", p.name, timeout, p.out.String())
+	}
+}
+
+// The same job run as five OS processes (a coordinator, two shards, two
+// workers) against real NATS and etcd finishes, and its final parameters are
+// bit-identical to the single-process run of the same spec.
+func TestMultiProcessJob(t *testing.T) {
+	binary(t)
+	dir := t.TempDir()
+	c, err := embedded.Start(context.Background(), filepath.Join(dir, "servers"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ep := []string{"--nats", c.NATSURL, "--etcd", c.EtcdEndpoints[0]}
+	spec := []string{"--job", "mp", "--steps", "40", "--hidden", "64", "--log-every", "10"}
+	// Start workers and shards first: they must wait for the coordinator.
+	var procs []*proc
+	for i := 0; i < 2; i++ {
+		procs = append(procs, start(t, fmt.Sprintf("worker %d", i), append([]string{"worker", "--job", "mp"}, ep...)...))
+		procs = append(procs, start(t, fmt.Sprintf("ps %d", i), append([]string{"ps", "--job", "mp"}, ep...)...))
+	}
+	out := filepath.Join(dir, "run")
+	coord := start(t, "coordinator", append(append([]string{"coordinator", "--out", out}, spec...), ep...)...)
+	coord.wait(t, 2*time.Minute)
+	for _, p := range procs {
+		p.wait(t, 30*time.Second)
+	}
+	_, got, err := checkpoint.Read(filepath.Join(out, "checkpoint", "final.ckpt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := trainRun(t, filepath.Join(dir, "inproc"), spec...)
+	if !slices.Equal(got, want) {
+		t.Fatal("the multi-process run's parameters differ from the in-process run's")
+	}
+	if rs := readMetrics(t, filepath.Join(out, "metrics.jsonl")); len(rs) != 5 {
+		t.Fatalf("%d metrics records, want 5", len(rs))
+	}
+}
+
+// SIGTERM stops `downpour train` within seconds with exit code 130.
+func TestTrainSIGTERM(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "run")
+	p := start(t, "train", "train", "--out", out, "--steps", "1000000", "--log-every", "1")
+	deadline := time.Now().Add(time.Minute)
+	for {
+		if b, _ := os.ReadFile(filepath.Join(out, "metrics.jsonl")); bytes.Count(b, []byte("\n")) >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("training did not start within a minute:\n%s", p.out.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-p.done:
+		p.done <- err
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 130 {
+			t.Fatalf("exit %v after SIGTERM, want 130:\n%s", err, p.out.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("train did not stop within 20s of SIGTERM:\n%s", p.out.String())
+	}
+}

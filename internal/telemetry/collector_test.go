@@ -1,0 +1,72 @@
+package telemetry
+
+import (
+	"bufio"
+	"encoding/json"
+	"math"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/downpour-ml/downpour/internal/embedded"
+	"github.com/downpour-ml/downpour/internal/wire"
+)
+
+// A record is written once every rank reported the step; its loss is the
+// token-weighted mean over ranks; garbage and out-of-range ranks are ignored.
+func TestCollectorAggregatesRanks(t *testing.T) {
+	s, err := embedded.StartNATS(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { s.Shutdown(); s.WaitForShutdown() }()
+	nc, err := nats.Connect(s.ClientURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	path := filepath.Join(t.TempDir(), "metrics.jsonl")
+	c, err := NewCollector(nc, "j", 2, 10, path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := func(p wire.Progress) {
+		p.V = wire.Version
+		b, _ := wire.Encode(&p)
+		nc.Publish(wire.ProgressSubject("j"), b)
+	}
+	nc.Publish(wire.ProgressSubject("j"), []byte("garbage"))
+	pub(wire.Progress{Rank: 7, Step: 0, Loss: 1e9, Tokens: 1})
+	pub(wire.Progress{Rank: 0, Step: 0, Loss: 6, Tokens: 3, Nanos: 1e9})
+	pub(wire.Progress{Rank: 0, Step: 5, Loss: 1, Tokens: 1, Nanos: 1})
+	pub(wire.Progress{Rank: 1, Step: 0, Loss: 2, Tokens: 1, Nanos: 2e9})
+	nc.Flush()
+	if !c.WaitStep(0, 5*time.Second) {
+		t.Fatal("step 0 never recorded")
+	}
+	if c.WaitStep(5, 100*time.Millisecond) {
+		t.Fatal("step 5 recorded with one rank of two")
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	f, _ := os.Open(path)
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	var rs []Record
+	for sc.Scan() {
+		var r Record
+		json.Unmarshal(sc.Bytes(), &r)
+		rs = append(rs, r)
+	}
+	if len(rs) != 1 {
+		t.Fatalf("%d records, want 1", len(rs))
+	}
+	r := rs[0]
+	if r.Step != 0 || r.Ranks != 2 || r.Tokens != 4 || math.Abs(r.Loss-2) > 1e-12 || r.StepSeconds != 2 {
+		t.Fatalf("record %+v, want loss 8/4 = 2 over 4 tokens, busy 2s", r)
+	}
+}
