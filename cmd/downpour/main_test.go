@@ -206,7 +206,9 @@ func TestTrainCancelStopsEverything(t *testing.T) {
 	defer cancel()
 	done := make(chan int, 1)
 	var o, e bytes.Buffer
-	go func() { done <- run(ctx, []string{"train", "--out", out, "--steps", "100000", "--log-every", "1"}, &o, &e) }()
+	go func() {
+		done <- run(ctx, []string{"train", "--out", out, "--steps", "100000", "--log-every", "1"}, &o, &e)
+	}()
 	deadline := time.Now().Add(time.Minute)
 	for {
 		if b, _ := os.ReadFile(filepath.Join(out, "metrics.jsonl")); bytes.Count(b, []byte("\n")) >= 3 {
