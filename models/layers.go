@@ -53,17 +53,6 @@ func SoftmaxCrossEntropy[T Float](logits []T, vocab int, labels []int32, scale f
 	return loss, count
 }
 
-// addBias adds b to every row of m (rows x len(b)).
-func addBias[T Float](m, b []T) {
-	n := len(b)
-	for r := 0; r+n <= len(m); r += n {
-		row := m[r : r+n]
-		for j, v := range b {
-			row[j] += v
-		}
-	}
-}
-
 // addColSums adds the column sums of m (rows x len(db)) into db.
 func addColSums[T Float](db, m []T) {
 	n := len(db)
