@@ -61,9 +61,17 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 	return col, col.Close()
 }
 
-// prepareOut makes the run directory: its parent must exist and it must not
-// hold an earlier run.
-func prepareOut(out string) error {
+// prepareOut makes the run directory: the default runs/<job>-<time> when out
+// is empty, else *out, whose parent must exist. It must not hold an earlier
+// run.
+func prepareOut(outp *string, name string) error {
+	if *outp == "" {
+		*outp = filepath.Join("runs", name+"-"+time.Now().Format("20060102-150405"))
+		if err := os.MkdirAll("runs", 0o755); err != nil {
+			return fmt.Errorf("creating the runs directory: %w", err)
+		}
+	}
+	out := *outp
 	parent := filepath.Dir(out)
 	if st, err := os.Stat(parent); err != nil || !st.IsDir() {
 		return fmt.Errorf("run directory parent %s does not exist: create it or choose another --out", parent)
@@ -94,10 +102,7 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		fmt.Fprintf(stderr, "downpour coordinator: %v\n", err)
 		return errUsage
 	}
-	if *out == "" {
-		*out = defaultOut(spec.Name)
-	}
-	if err := prepareOut(*out); err != nil {
+	if err := prepareOut(out, spec.Name); err != nil {
 		return err
 	}
 	log := ep.logger(stderr)
@@ -117,10 +122,6 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		fmt.Fprintf(stdout, "job %s done; final checkpoint in %s\n", spec.Name, filepath.Join(*out, "checkpoint", "final.ckpt"))
 	}
 	return err
-}
-
-func defaultOut(name string) string {
-	return filepath.Join("runs", name+"-"+time.Now().Format("20060102-150405"))
 }
 
 func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -171,7 +172,11 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer nc.Close()
-	return worker.Run(ctx, worker.Config{Job: *name, ID: *id, NATS: nc, Etcd: cli, Log: ep.logger(stderr)})
+	if err := worker.Run(ctx, worker.Config{Job: *name, ID: *id, NATS: nc, Etcd: cli, Log: ep.logger(stderr)}); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "worker finished its steps of job %s\n", *name)
+	return nil
 }
 
 func cmdServers(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -39,13 +38,7 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintln(stderr, "downpour train: give both --nats and --etcd to join a cluster, or neither to run an embedded one")
 		return errUsage
 	}
-	if *out == "" {
-		*out = defaultOut(spec.Name)
-		if err := os.MkdirAll(filepath.Dir(*out), 0o755); err != nil {
-			return err
-		}
-	}
-	if err := prepareOut(*out); err != nil {
+	if err := prepareOut(out, spec.Name); err != nil {
 		return err
 	}
 	log := ep.logger(stderr)

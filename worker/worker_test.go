@@ -1,0 +1,53 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/downpour-ml/downpour/internal/embedded"
+	"github.com/downpour-ml/downpour/internal/job"
+)
+
+// A worker for a job nobody created gives up after its wait timeout with an
+// error that says what to do, and leaves no membership behind.
+func TestUnknownJobTimesOut(t *testing.T) {
+	c, err := embedded.Start(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	nc, err := nats.Connect(c.NATSURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	cli, err := job.Connect(context.Background(), c.EtcdEndpoints, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	start := time.Now()
+	err = Run(context.Background(), Config{Job: "ghost", NATS: nc, Etcd: cli, WaitTimeout: 300 * time.Millisecond,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if !errors.Is(err, job.ErrTimeout) || !strings.Contains(err.Error(), "start its coordinator first") {
+		t.Fatalf("got %v", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("gave up after %v", d)
+	}
+	r, _ := cli.Get(context.Background(), job.KeysFor("ghost").Root(), clientv3.WithPrefix())
+	if len(r.Kvs) != 0 {
+		t.Fatalf("left keys behind: %v", r.Kvs)
+	}
+	if err := Run(context.Background(), Config{Job: "bad.name", NATS: nc, Etcd: cli}); err == nil {
+		t.Fatal("accepted an invalid job name")
+	}
+}
