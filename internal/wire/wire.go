@@ -128,6 +128,9 @@ func Encode(m any) ([]byte, error) { return msgpack.Marshal(m) }
 
 // decode unmarshals data into m and checks its version.
 func decode(data []byte, m any, v *uint8) error {
+	if err := skim(data); err != nil {
+		return &Error{Kind: Malformed, Msg: err.Error()}
+	}
 	if err := msgpack.Unmarshal(data, m); err != nil {
 		return &Error{Kind: Malformed, Msg: err.Error()}
 	}

@@ -139,3 +139,45 @@ func TestGroupFits(t *testing.T) {
 		t.Fatal("Group accepted a block larger than a message")
 	}
 }
+
+// skim accepts every message we encode and refuses what could make a decoder
+// over-allocate or over-recurse.
+func TestSkim(t *testing.T) {
+	good := []any{
+		&PushRequest{V: Version, Job: "j", Blocks: []Block{{ID: 1, Data: make([]byte, 70000)}}},
+		&PullRequest{V: Version, Job: "j", IDs: make([]uint32, 70000)},
+		&PullReply{V: Version, Blocks: []Block{{ID: 1, Data: make([]byte, 300)}}},
+		&Reply{V: Version, Kind: StaleEpoch, Msg: strings.Repeat("x", 40)},
+		&Progress{V: Version, Loss: 1.5, Step: -5, Nanos: math.MaxInt64},
+		map[string]any{"a": []any{nil, true, false, int8(-3), uint64(1 << 60), float32(1), "s", []byte{1}}},
+	}
+	for _, m := range good {
+		b, err := Encode(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := skim(b); err != nil {
+			t.Errorf("%T refused: %v", m, err)
+		}
+	}
+	deep := []byte{}
+	for range MaxDepth + 1 {
+		deep = append(deep, 0x91)
+	}
+	deep = append(deep, 0xc0)
+	for _, bad := range [][]byte{
+		{},                                // empty
+		{0xc1},                            // reserved
+		{0xdd, 0xff, 0xff, 0xff, 0xff, 0}, // array of 4G elements in 1 byte
+		{0xdf, 0, 1, 0, 0, 1, 2},          // map of 65536 pairs
+		{0xc6, 0x7f, 0xff, 0xff, 0xff, 1}, // bin of 2 GB
+		{0xc0, 0xc0},                      // trailing byte
+		{0x92, 0xc0},                      // truncated array
+		{0xcb, 0, 0},                      // truncated float64
+		deep,
+	} {
+		if err := skim(bad); err == nil {
+			t.Errorf("skim accepted % x", bad)
+		}
+	}
+}
