@@ -32,7 +32,7 @@ func skim(data []byte) error {
 		}
 		c := data[pos]
 		pos++
-		var skip, items int // bytes to step over; elements of a new container
+		var skip, items int                   // bytes to step over; elements of a new container
 		need := func(n int) (uint64, error) { // reads an n-byte big-endian length
 			if len(data)-pos < n {
 				return 0, fmt.Errorf("truncated length at byte %d", pos)
