@@ -34,7 +34,7 @@ type group struct {
 
 // NewClient prepares the messages of placement p for rank and epoch.
 func NewClient(nc *nats.Conn, job string, p *Placement, rank int, epoch uint64) (*Client, error) {
-	c := &Client{nc: nc, job: job, rank: uint32(rank), epoch: epoch, Attempt: 10 * time.Second}
+	c := &Client{nc: nc, job: job, rank: uint32(rank), epoch: epoch, Attempt: 15 * time.Second}
 	for s := 0; s < p.Shards; s++ {
 		bs := p.OnShard(s)
 		sizes := make([]int, len(bs))
@@ -66,13 +66,18 @@ func (c *Client) Pull(ctx context.Context, minClock int64, params []float32) err
 		if err != nil {
 			return err
 		}
-		msg, err := c.request(ctx, wire.PullSubject(c.job, g.shard), data)
-		if err != nil {
-			return err
-		}
-		r, err := wire.DecodePullReply(msg.Data)
-		if err != nil {
-			return fmt.Errorf("pull reply from shard %d: %w", g.shard, err)
+		var r *wire.PullReply
+		for {
+			msg, err := c.request(ctx, wire.PullSubject(c.job, g.shard), data)
+			if err != nil {
+				return err
+			}
+			if r, err = wire.DecodePullReply(msg.Data); err != nil {
+				return fmt.Errorf("pull reply from shard %d: %w", g.shard, err)
+			}
+			if r.Kind != wire.Expired { // held longer than the shard holds pulls: ask again
+				break
+			}
 		}
 		if err := r.Err(); err != nil {
 			return fmt.Errorf("pull from shard %d refused: %w", g.shard, err)

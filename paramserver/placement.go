@@ -3,6 +3,7 @@ package paramserver
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"sort"
 
 	"github.com/downpour-ml/downpour/models"
@@ -28,11 +29,37 @@ type Placement struct {
 	Blocks    []Block         `json:"blocks"` // by id: Blocks[i].ID == i
 }
 
+// HashFunc scores a (block, shard) pair for rendezvous hashing: a block
+// prefers the shards that score it highest.
+type HashFunc func(block uint32, shard int) uint64
+
+// DefaultHash is a 64-bit mix (splitmix64) of the pair.
+func DefaultHash(block uint32, shard int) uint64 {
+	x := uint64(block)<<32 | uint64(uint32(shard))
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
+	x = (x ^ x>>27) * 0x94d049bb133111eb
+	return x ^ x>>31
+}
+
+// DefaultSlack is how far above the mean a shard's bytes may go.
+const DefaultSlack = 0.05
+
 // Place cuts each tensor into blocks of at most blockSize elements (a block
-// never spans two tensors) and assigns blocks to shards by bytes: largest
-// block first, each to the shard holding the fewest bytes so far, ties to the
-// lowest shard. The result depends only on its arguments.
+// never spans two tensors) and places them with PlaceWith(DefaultHash,
+// DefaultSlack).
 func Place(tensors []models.Tensor, blockSize, shards int) *Placement {
+	return PlaceWith(tensors, blockSize, shards, DefaultHash, DefaultSlack)
+}
+
+// PlaceWith places blocks by rendezvous hashing with bounded loads: each
+// block, largest first (ties by id), goes to the shard that scores it highest
+// under hash among those that still have room, where a shard has room while
+// its elements stay within (1+slack) times the mean. So no shard holds more
+// than (1+slack) times its share of bytes (unless a single block is larger
+// than that), and a block keeps its shard when shards come and go unless
+// loads force a move. The result depends only on the arguments.
+func PlaceWith(tensors []models.Tensor, blockSize, shards int, hash HashFunc, slack float64) *Placement {
 	if blockSize < 1 || shards < 1 {
 		panic("paramserver: Place needs a positive block size and shard count")
 	}
@@ -45,21 +72,39 @@ func Place(tensors []models.Tensor, blockSize, shards int) *Placement {
 		}
 		off += n
 	}
+	capacity := int(math.Ceil((1 + slack) * float64(off) / float64(shards)))
 	order := make([]int, len(p.Blocks))
 	for i := range order {
 		order[i] = i
 	}
 	sort.SliceStable(order, func(a, b int) bool { return p.Blocks[order[a]].Len > p.Blocks[order[b]].Len })
 	load := make([]int, shards)
+	ranked := make([]int, shards)
 	for _, i := range order {
-		best := 0
-		for s := 1; s < shards; s++ {
-			if load[s] < load[best] {
-				best = s
+		b := &p.Blocks[i]
+		for s := range ranked {
+			ranked[s] = s
+		}
+		sort.Slice(ranked, func(x, y int) bool {
+			hx, hy := hash(b.ID, ranked[x]), hash(b.ID, ranked[y])
+			return hx > hy || hx == hy && ranked[x] < ranked[y]
+		})
+		b.Shard = -1
+		for _, s := range ranked {
+			if load[s]+b.Len <= capacity {
+				b.Shard = s
+				break
 			}
 		}
-		p.Blocks[i].Shard = best
-		load[best] += p.Blocks[i].Len
+		if b.Shard < 0 { // no shard has room: the least loaded takes it
+			b.Shard = 0
+			for s := range load {
+				if load[s] < load[b.Shard] {
+					b.Shard = s
+				}
+			}
+		}
+		load[b.Shard] += b.Len
 	}
 	return p
 }

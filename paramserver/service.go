@@ -3,68 +3,140 @@ package paramserver
 import (
 	"fmt"
 	"log/slog"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/nats-io/nats.go"
 
 	"github.com/downpour-ml/downpour/internal/wire"
 )
 
-// MaxWaitingPulls bounds the pulls a shard holds until its clock catches up;
+// MaxWaitingPulls bounds the pulls a shard holds until it can answer them;
 // past it, pulls are refused with TooLarge rather than growing memory.
 const MaxWaitingPulls = 1 << 14
 
-// Service serves one shard's Core on NATS: pushes on
-// wire.PushSubject(job, shard) and pulls on wire.PullSubject(job, shard). A
-// pull that asks for a clock the shard has not reached is answered when it
-// does.
-type Service struct {
-	nc    *nats.Conn
-	job   string
-	shard int
-	log   *slog.Logger
+// ServiceConfig places a shard on NATS and says where its snapshots go.
+type ServiceConfig struct {
+	Job       string
+	Shard     int
+	Placement int64 // placement version, recorded in snapshots
+	Log       *slog.Logger
+	// Tick is the period of the shard's clock (held pulls expire after
+	// ShardConfig.PullTTL ticks); default 100ms.
+	Tick time.Duration
+	// SnapshotDir receives the shard's snapshots, one file per snapshot:
+	// shard-<i>-step-<t>.dpss. Empty: snapshots are refused.
+	SnapshotDir string
+	// SnapshotEvery (sync mode): snapshot at every multiple of this many
+	// steps; 0 for only when asked on the snapshot subject.
+	SnapshotEvery int64
+	// OnSnapshot, when set, is called (from the writer goroutine) after a
+	// snapshot has been written and synced.
+	OnSnapshot func(path string, s *Snapshot)
+}
 
-	mu      sync.Mutex // guards core and waiting
-	core    *Core
-	waiting []waitingPull
+// Service serves one Shard on NATS: pushes on wire.PushSubject, pulls on
+// wire.PullSubject, snapshot requests on wire.SnapshotSubject. It is the
+// shard's only IO: it owns the ticker, the reply subjects of held pulls and
+// the snapshot files.
+type Service struct {
+	nc  *nats.Conn
+	cfg ServiceConfig
+
+	mu        sync.Mutex // guards shard, held, nextToken, closed
+	shard     *Shard
+	held      map[uint64]heldPull
+	nextToken uint64
+	closed    bool
 
 	subs    []*nats.Subscription
+	stop    chan struct{}
+	snapsCh chan *Snapshot
+	wg      sync.WaitGroup
 	refused [wire.NumKinds]atomic.Int64
-	applied atomic.Int64 // steps applied
+	written atomic.Int64 // snapshots written
 }
 
-type waitingPull struct {
+type heldPull struct {
 	reply string
-	req   *wire.PullRequest
+	ids   []uint32
 }
 
-// Serve subscribes shard's subjects and serves core until Close.
-func Serve(nc *nats.Conn, job string, shard int, core *Core, log *slog.Logger) (*Service, error) {
-	s := &Service{nc: nc, job: job, shard: shard, core: core, log: log}
+// outbox collects replies built under the lock, to send after it.
+type outbox struct {
+	subjects []string
+	data     [][]byte
+}
+
+func (o *outbox) add(subject string, data []byte) {
+	o.subjects = append(o.subjects, subject)
+	o.data = append(o.data, data)
+}
+
+// Serve subscribes the shard's subjects and serves shard until Close.
+func Serve(nc *nats.Conn, shard *Shard, cfg ServiceConfig) (*Service, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	if cfg.Tick == 0 {
+		cfg.Tick = 100 * time.Millisecond
+	}
+	s := &Service{nc: nc, cfg: cfg, shard: shard, held: map[uint64]heldPull{}, stop: make(chan struct{}),
+		snapsCh: make(chan *Snapshot, 4)}
+	if cfg.SnapshotEvery > 0 {
+		if cfg.SnapshotDir == "" {
+			return nil, fmt.Errorf("shard %d: periodic snapshots need a snapshot directory", cfg.Shard)
+		}
+		if shard.cfg.Mode == Sync {
+			next := (shard.Clock()/cfg.SnapshotEvery + 1) * cfg.SnapshotEvery
+			if err := shard.RequestSnapshot(next); err != nil {
+				return nil, err
+			}
+		}
+	}
 	for subj, h := range map[string]nats.MsgHandler{
-		wire.PushSubject(job, shard): s.onPush,
-		wire.PullSubject(job, shard): s.onPull,
+		wire.PushSubject(cfg.Job, cfg.Shard):     s.onPush,
+		wire.PullSubject(cfg.Job, cfg.Shard):     s.onPull,
+		wire.SnapshotSubject(cfg.Job, cfg.Shard): s.onSnapshot,
 	} {
 		sub, err := nc.Subscribe(subj, h)
 		if err != nil {
-			s.Close()
+			s.unsubscribe()
 			return nil, fmt.Errorf("subscribing %s: %w", subj, err)
 		}
 		s.subs = append(s.subs, sub)
 	}
 	if err := nc.Flush(); err != nil {
-		s.Close()
-		return nil, fmt.Errorf("subscribing shard %d: %w", shard, err)
+		s.unsubscribe()
+		return nil, fmt.Errorf("subscribing shard %d: %w", cfg.Shard, err)
 	}
+	s.wg.Add(2)
+	go s.ticker()
+	go s.writer()
 	return s, nil
 }
 
-// Close stops serving. Pulls still waiting are dropped; their senders retry.
-func (s *Service) Close() {
+func (s *Service) unsubscribe() {
 	for _, sub := range s.subs {
 		sub.Unsubscribe()
 	}
+}
+
+// Close stops serving and waits until every snapshot taken has been
+// written. Held pulls are dropped; their senders resend elsewhere.
+func (s *Service) Close() {
+	s.unsubscribe()
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	s.mu.Unlock()
+	close(s.stop)
+	s.wg.Wait()
 }
 
 // Refused returns how many messages were refused, by kind.
@@ -78,118 +150,235 @@ func (s *Service) Refused() map[wire.Kind]int64 {
 	return m
 }
 
-// Clock is the number of steps the shard has applied.
+// Clock is the shard's clock (see Shard.Clock).
 func (s *Service) Clock() int64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.core.Clock()
+	return s.shard.Clock()
 }
+
+// Stats returns the shard's counts.
+func (s *Service) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shard.Stats()
+}
+
+// SnapshotsWritten is the number of snapshot files written.
+func (s *Service) SnapshotsWritten() int64 { return s.written.Load() }
 
 func (s *Service) count(err error) wire.Kind {
 	k := wire.ErrKind(err)
 	s.refused[k].Add(1)
-	s.log.Warn("refused message", "shard", s.shard, "kind", k, "err", err)
+	s.cfg.Log.Warn("refused message", "shard", s.cfg.Shard, "kind", k, "err", err)
 	return k
 }
 
-func (s *Service) respond(reply string, m any) {
-	if reply == "" {
-		return
-	}
-	data, err := wire.Encode(m)
-	if err == nil {
-		err = s.nc.Publish(reply, data)
-	}
-	if err != nil {
-		s.log.Warn("reply failed", "shard", s.shard, "err", err)
+func (s *Service) send(o *outbox) {
+	for i, subj := range o.subjects {
+		if err := s.nc.Publish(subj, o.data[i]); err != nil {
+			s.cfg.Log.Warn("reply failed", "shard", s.cfg.Shard, "err", err)
+		}
 	}
 }
 
+func encode(m any) []byte {
+	data, err := wire.Encode(m)
+	if err != nil {
+		data, _ = wire.Encode(&wire.Reply{V: wire.Version, Kind: wire.Internal, Msg: err.Error()})
+	}
+	return data
+}
+
+func (s *Service) refusal(reply string, o *outbox, err error, pull bool) {
+	k := s.count(err)
+	if reply == "" {
+		return
+	}
+	if pull {
+		o.add(reply, encode(&wire.PullReply{V: wire.Version, Kind: k, Msg: err.Error()}))
+	} else {
+		o.add(reply, encode(&wire.Reply{V: wire.Version, Kind: k, Msg: err.Error()}))
+	}
+}
+
+func (s *Service) checkJob(job string) error {
+	if job != s.cfg.Job {
+		return &wire.Error{Kind: wire.UnknownJob, Msg: fmt.Sprintf("job %q is not served here", job)}
+	}
+	return nil
+}
+
 func (s *Service) onPush(m *nats.Msg) {
+	var o outbox
+	defer s.send(&o)
 	req, err := wire.DecodePush(m.Data)
-	if err == nil && req.Job != s.job {
-		err = &wire.Error{Kind: wire.UnknownJob, Msg: fmt.Sprintf("job %q is not served here", req.Job)}
+	if err == nil {
+		err = s.checkJob(req.Job)
 	}
 	if err != nil {
-		s.respond(m.Reply, &wire.Reply{V: wire.Version, Kind: s.count(err), Msg: err.Error()})
+		s.refusal(m.Reply, &o, err, false)
 		return
 	}
 	s.mu.Lock()
-	applied, err := s.core.Push(req)
-	clock := s.core.Clock()
-	var ready [][]byte
-	var readyTo []string
-	if applied {
-		s.applied.Add(1)
-		keep := s.waiting[:0]
-		for _, w := range s.waiting {
-			if w.req.MinClock <= clock {
-				ready = append(ready, s.encodePullLocked(w.req))
-				readyTo = append(readyTo, w.reply)
-			} else {
-				keep = append(keep, w)
-			}
-		}
-		clear(s.waiting[len(keep):])
-		s.waiting = keep
-	}
+	err = s.shard.Push(req)
+	clock := s.shard.Clock()
+	s.drainLocked(&o)
 	s.mu.Unlock()
-	r := &wire.Reply{V: wire.Version, Clock: clock}
 	if err != nil {
-		r.Kind, r.Msg = s.count(err), err.Error()
+		s.refusal(m.Reply, &o, err, false)
+		return
 	}
-	s.respond(m.Reply, r)
-	for i, data := range ready {
-		if err := s.nc.Publish(readyTo[i], data); err != nil {
-			s.log.Warn("pull reply failed", "shard", s.shard, "err", err)
-		}
+	if m.Reply != "" {
+		o.add(m.Reply, encode(&wire.Reply{V: wire.Version, Clock: clock}))
 	}
 }
 
 func (s *Service) onPull(m *nats.Msg) {
+	var o outbox
+	defer s.send(&o)
 	req, err := wire.DecodePull(m.Data)
-	if err == nil && req.Job != s.job {
-		err = &wire.Error{Kind: wire.UnknownJob, Msg: fmt.Sprintf("job %q is not served here", req.Job)}
+	if err == nil {
+		err = s.checkJob(req.Job)
 	}
-	if err != nil {
-		s.respond(m.Reply, &wire.PullReply{V: wire.Version, Kind: s.count(err), Msg: err.Error()})
-		return
-	}
-	if m.Reply == "" {
+	if err != nil || m.Reply == "" {
+		if err != nil {
+			s.refusal(m.Reply, &o, err, true)
+		}
 		return
 	}
 	s.mu.Lock()
-	var data []byte
-	if s.core.Clock() >= req.MinClock {
-		data = s.encodePullLocked(req)
-	} else if len(s.waiting) < MaxWaitingPulls {
-		s.waiting = append(s.waiting, waitingPull{reply: m.Reply, req: req})
-	} else {
-		err = &wire.Error{Kind: wire.TooLarge, Msg: fmt.Sprintf("%d pulls already waiting", len(s.waiting))}
+	defer s.mu.Unlock()
+	if len(s.held) >= MaxWaitingPulls {
+		s.refusal(m.Reply, &o, &wire.Error{Kind: wire.TooLarge, Msg: fmt.Sprintf("%d pulls already held", len(s.held))}, true)
+		return
 	}
-	s.mu.Unlock()
+	s.nextToken++
+	now, err := s.shard.Pull(req, s.nextToken)
+	switch {
+	case err != nil:
+		s.refusal(m.Reply, &o, err, true)
+	case now:
+		o.add(m.Reply, s.readLocked(req.IDs))
+	default:
+		s.held[s.nextToken] = heldPull{reply: m.Reply, ids: req.IDs}
+	}
+}
+
+func (s *Service) onSnapshot(m *nats.Msg) {
+	var o outbox
+	defer s.send(&o)
+	req, err := wire.DecodeSnapshotRequest(m.Data)
+	if err == nil {
+		err = s.checkJob(req.Job)
+	}
+	if err == nil && s.cfg.SnapshotDir == "" {
+		err = &wire.Error{Kind: wire.Refused, Msg: "this shard has no snapshot directory"}
+	}
+	if err == nil {
+		s.mu.Lock()
+		if err = s.shard.RequestSnapshot(req.Step); err != nil {
+			err = &wire.Error{Kind: wire.Refused, Msg: err.Error()}
+		}
+		s.drainLocked(&o)
+		s.mu.Unlock()
+	}
 	if err != nil {
-		s.respond(m.Reply, &wire.PullReply{V: wire.Version, Kind: s.count(err), Msg: err.Error()})
-	} else if data != nil {
-		if err := s.nc.Publish(m.Reply, data); err != nil {
-			s.log.Warn("pull reply failed", "shard", s.shard, "err", err)
+		s.refusal(m.Reply, &o, err, false)
+	} else if m.Reply != "" {
+		o.add(m.Reply, encode(&wire.Reply{V: wire.Version, Clock: req.Step}))
+	}
+}
+
+// drainLocked turns the shard's outputs into replies and snapshot writes.
+func (s *Service) drainLocked(o *outbox) {
+	for _, a := range s.shard.Ready() {
+		h, ok := s.held[a.Token]
+		if !ok {
+			continue
+		}
+		delete(s.held, a.Token)
+		if a.Kind == wire.OK {
+			o.add(h.reply, s.readLocked(h.ids))
+		} else {
+			o.add(h.reply, encode(&wire.PullReply{V: wire.Version, Kind: a.Kind, Msg: "held too long; resend"}))
+		}
+	}
+	for _, snap := range s.shard.Snapshots() {
+		if s.closed {
+			break // the writer may be gone
+		}
+		snap.Job, snap.Shard, snap.Placement = s.cfg.Job, s.cfg.Shard, s.cfg.Placement
+		s.snapsCh <- snap // the writer drains it; at most a few are ever queued
+		if s.cfg.SnapshotEvery > 0 && s.shard.cfg.Mode == Sync {
+			if err := s.shard.RequestSnapshot(snap.Step + s.cfg.SnapshotEvery); err != nil {
+				s.cfg.Log.Error("scheduling the next snapshot", "shard", s.cfg.Shard, "err", err)
+			}
 		}
 	}
 }
 
-// encodePullLocked builds the reply to req from the current parameters. The
-// caller holds s.mu: the blocks view live parameters until encoded.
-func (s *Service) encodePullLocked(req *wire.PullRequest) []byte {
-	r := &wire.PullReply{V: wire.Version, Clock: s.core.Clock()}
-	blocks, err := s.core.Read(req.IDs)
+// readLocked encodes the reply to a pull of ids from the live parameters.
+func (s *Service) readLocked(ids []uint32) []byte {
+	r := &wire.PullReply{V: wire.Version, Clock: s.shard.Clock()}
+	blocks, err := s.shard.Read(ids)
 	if err != nil {
 		r.Kind, r.Msg = s.count(err), err.Error()
 	} else {
 		r.Blocks = blocks
 	}
-	data, err := wire.Encode(r)
-	if err != nil {
-		data, _ = wire.Encode(&wire.PullReply{V: wire.Version, Kind: wire.Internal, Msg: err.Error()})
+	return encode(r)
+}
+
+func (s *Service) ticker() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.Tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.stop:
+			return
+		case <-t.C:
+			var o outbox
+			s.mu.Lock()
+			s.shard.Tick()
+			s.drainLocked(&o)
+			s.mu.Unlock()
+			s.send(&o)
+		}
 	}
-	return data
+}
+
+// writer writes snapshots to files, in the order they were taken.
+func (s *Service) writer() {
+	defer s.wg.Done()
+	for {
+		select {
+		case snap := <-s.snapsCh:
+			s.write(snap)
+		case <-s.stop:
+			for {
+				select {
+				case snap := <-s.snapsCh:
+					s.write(snap)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+func (s *Service) write(snap *Snapshot) {
+	path := filepath.Join(s.cfg.SnapshotDir, fmt.Sprintf("shard-%d-step-%d.dpss", snap.Shard, snap.Step))
+	start := time.Now()
+	if err := WriteSnapshot(path, snap); err != nil {
+		s.cfg.Log.Error("writing snapshot", "shard", s.cfg.Shard, "step", snap.Step, "err", err)
+		return
+	}
+	s.written.Add(1)
+	s.cfg.Log.Info("snapshot written", "shard", s.cfg.Shard, "step", snap.Step, "path", path, "took", time.Since(start))
+	if s.cfg.OnSnapshot != nil {
+		s.cfg.OnSnapshot(path, snap)
+	}
 }

@@ -18,7 +18,7 @@ import (
 	"github.com/downpour-ml/downpour/models"
 )
 
-func startNATS(t *testing.T, maxPayload int32) *nats.Conn {
+func startNATS(t testing.TB, maxPayload int32) *nats.Conn {
 	t.Helper()
 	s, err := embedded.StartNATS(t.TempDir(), maxPayload)
 	if err != nil {
@@ -35,22 +35,32 @@ func startNATS(t *testing.T, maxPayload int32) *nats.Conn {
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
+func serveAll(t testing.TB, nc *nats.Conn, shards []*Shard, cfg ServiceConfig) []*Service {
+	t.Helper()
+	var svcs []*Service
+	for i, sh := range shards {
+		c := cfg
+		c.Job, c.Shard, c.Log = "j", i, quiet
+		svc, err := Serve(nc, sh, c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(svc.Close)
+		svcs = append(svcs, svc)
+	}
+	return svcs
+}
+
 // Two ranks train through two shards over a real NATS server, with a small
 // max_payload so that pushes and pulls are cut into several messages; the
 // result must equal the single-process reference bit for bit.
 func TestServiceSyncOverNATS(t *testing.T) {
 	nc := startNATS(t, 64<<10)
 	ts := []models.Tensor{{Name: "big", Shape: []int{300, 200}}, {Name: "small", Shape: []int{17}}}
-	const ranks, steps, lr = 2, 3, 0.05
+	const ranks, steps = 2, 3
+	opt := DefaultOptimizer("adam", 0.01)
 	p := Place(ts, 5000, 2)
-	cores := newCores(p, ranks, lr)
-	for s, core := range cores {
-		svc, err := Serve(nc, "j", s, core, quiet)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(svc.Close)
-	}
+	serveAll(t, nc, newShards(p, syncCfg(ranks, opt)), ServiceConfig{})
 	ref := initFlat(p)
 	rng := rand.New(rand.NewPCG(9, 9))
 	gs := make([][][]float32, steps)
@@ -94,12 +104,55 @@ func TestServiceSyncOverNATS(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	ro := &refOptimizer{opt: opt}
 	for s := 0; s < steps; s++ {
-		reference(ref, gs[s], lr)
+		ro.syncStep(ref, gs[s], int64(s))
 	}
 	for r := range final {
 		if !slices.Equal(final[r], ref) {
 			t.Fatalf("rank %d pulled parameters that differ from the reference", r)
+		}
+	}
+}
+
+// Exactly once under concurrent resends: many goroutines send the same push
+// messages at once, over and over; each gradient is applied once.
+func TestServiceConcurrentResends(t *testing.T) {
+	nc := startNATS(t, 0)
+	p := Place(testTensors, 8, 2)
+	for _, mode := range []string{Sync, Async} {
+		job := "j"
+		shards := newShards(p, ShardConfig{Mode: mode, Ranks: 1, Optimizer: DefaultOptimizer("sgd", 1)})
+		svcs := serveAll(t, nc, shards, ServiceConfig{})
+		g := grads(rand.New(rand.NewPCG(2, 2)), p.Size())
+		c, _ := NewClient(nc, job, p, 0, 1)
+		var wg sync.WaitGroup
+		for range 8 {
+			wg.Go(func() {
+				for range 5 {
+					if err := c.Push(context.Background(), 0, g); err != nil {
+						t.Error(err)
+					}
+				}
+			})
+		}
+		wg.Wait()
+		want := initFlat(p)
+		for i := range want {
+			want[i] -= g[i]
+		}
+		w := make([]float32, p.Size())
+		if err := c.Pull(context.Background(), 1, w); err != nil || !slices.Equal(w, want) {
+			t.Fatalf("%s: %v; parameters differ from one application", mode, err)
+		}
+		var st Stats
+		for _, s := range svcs {
+			x := s.Stats()
+			st.Applied, st.Duplicates, st.Accepted = st.Applied+x.Applied, st.Duplicates+x.Duplicates, st.Accepted+x.Accepted
+			s.Close()
+		}
+		if st.Applied != int64(len(p.Blocks)) || st.Accepted != int64(len(p.Blocks)) || st.Duplicates != int64(39*len(p.Blocks)) {
+			t.Fatalf("%s: stats %+v, want %d applied and %d duplicates", mode, st, len(p.Blocks), 39*len(p.Blocks))
 		}
 	}
 }
@@ -109,11 +162,7 @@ func TestServiceSyncOverNATS(t *testing.T) {
 func TestServiceRefusesBadInput(t *testing.T) {
 	nc := startNATS(t, 0)
 	p := Place(testTensors, 8, 1)
-	svc, err := Serve(nc, "j", 0, newCores(p, 1, 0.1)[0], quiet)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer svc.Close()
+	svc := serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1))), ServiceConfig{})[0]
 	ask := func(subj string, data []byte) wire.Kind {
 		m, err := nc.Request(subj, data, 5*time.Second)
 		if err != nil {
@@ -126,7 +175,7 @@ func TestServiceRefusesBadInput(t *testing.T) {
 		return 0
 	}
 	enc := func(m any) []byte { b, _ := wire.Encode(m); return b }
-	push, pull := wire.PushSubject("j", 0), wire.PullSubject("j", 0)
+	push, pull, snap := wire.PushSubject("j", 0), wire.PullSubject("j", 0), wire.SnapshotSubject("j", 0)
 	for _, c := range []struct {
 		subj string
 		data []byte
@@ -138,19 +187,55 @@ func TestServiceRefusesBadInput(t *testing.T) {
 		{pull, enc(&wire.PullRequest{V: wire.Version, Job: "j", IDs: []uint32{77}}), wire.UnknownBlock},
 		{push, enc(&wire.PushRequest{V: wire.Version, Job: "j", Blocks: []wire.Block{{ID: 0, Data: make([]byte, 4)}}}), wire.BadLength},
 		{push, enc(&wire.PushRequest{V: 9, Job: "j"}), wire.BadVersion},
+		{snap, enc(&wire.SnapshotRequest{V: wire.Version, Job: "j", Step: 3}), wire.Refused}, // no snapshot directory
 	} {
 		if got := ask(c.subj, c.data); got != c.want {
 			t.Errorf("%s %q: kind %v, want %v", c.subj, c.data, got, c.want)
 		}
 	}
-	want := map[wire.Kind]int64{wire.Malformed: 2, wire.UnknownJob: 1, wire.UnknownBlock: 1, wire.BadLength: 1, wire.BadVersion: 1}
+	want := map[wire.Kind]int64{wire.Malformed: 2, wire.UnknownJob: 1, wire.UnknownBlock: 1, wire.BadLength: 1, wire.BadVersion: 1, wire.Refused: 1}
 	if got := svc.Refused(); !maps.Equal(got, want) {
 		t.Errorf("refused counters %v, want %v", got, want)
 	}
-	// Still serving.
 	c, _ := NewClient(nc, "j", p, 0, 1)
 	w := make([]float32, p.Size())
 	if err := c.Pull(context.Background(), 0, w); err != nil || !slices.Equal(w, initFlat(p)) {
 		t.Fatalf("pull after bad input: %v", err)
+	}
+}
+
+// A pull held past PullTTL ticks is answered Expired; the client resends it
+// and gets its answer once the shard can give it.
+func TestServiceHeldPullExpiresAndIsResent(t *testing.T) {
+	nc := startNATS(t, 0)
+	p := Place(testTensors, 100, 1)
+	cfg := syncCfg(1, DefaultOptimizer("sgd", 1))
+	cfg.PullTTL = 2
+	svc := serveAll(t, nc, newShards(p, cfg), ServiceConfig{Tick: 20 * time.Millisecond})[0]
+	c, _ := NewClient(nc, "j", p, 0, 1)
+	done := make(chan error, 1)
+	w := make([]float32, p.Size())
+	go func() { done <- c.Pull(context.Background(), 1, w) }()
+	time.Sleep(300 * time.Millisecond) // several expiries and resends
+	select {
+	case err := <-done:
+		t.Fatalf("pull for an unapplied step returned: %v", err)
+	default:
+	}
+	g := slices.Repeat([]float32{1}, p.Size())
+	if err := c.Push(context.Background(), 0, g); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if w[0] != initFlat(p)[0]-1 {
+		t.Fatal("the resent pull returned stale parameters")
+	}
+	svc.mu.Lock()
+	held := len(svc.held)
+	svc.mu.Unlock()
+	if held != 0 {
+		t.Fatalf("%d pulls still held", held)
 	}
 }

@@ -117,6 +117,9 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	t := &trainer{cfg: cfg, spec: spec, a: a, client: client, model: models.NewSeq2Seq[float32](spec.Seq2Seq)}
+	if spec.NPush > 1 {
+		t.acc = make([]float32, len(t.model.Grads()))
+	}
 	t.task, err = shard.NewSynthetic(spec.Task, spec.MinLen, spec.MaxLen)
 	if err != nil {
 		return err
@@ -148,6 +151,7 @@ type trainer struct {
 	client *paramserver.Client
 	model  *models.Seq2Seq[float32]
 	task   *shard.Synthetic
+	acc    []float32 // async with n_push > 1: gradients summed since the last push
 	// Loss, tokens and wall time since the last progress report: a report
 	// covers every step of its logging interval, not just its last one.
 	loss   float64
@@ -155,20 +159,37 @@ type trainer struct {
 	nanos  int64
 }
 
-// step runs one synchronous step: pull the parameters after step applied
-// steps, compute the gradient of this rank's batch, clip, push.
+// step runs one step: pull the parameters (in sync and ssp modes, those
+// after step applied steps, as far as the mode requires; in async mode,
+// whatever the shards hold, every n_fetch steps), compute the gradient of
+// this rank's batch, clip it, and push it (in async mode, the sum of the last
+// n_push steps' gradients, every n_push steps).
 func (t *trainer) step(ctx context.Context, step int64) error {
 	start := time.Now()
 	sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
 	defer cancel()
-	if err := t.client.Pull(sctx, step, t.model.Params()); err != nil {
-		return fmt.Errorf("step %d: pull: %w", step, err)
+	if step%t.spec.NFetch == 0 {
+		if err := t.client.Pull(sctx, step, t.model.Params()); err != nil {
+			return fmt.Errorf("step %d: pull: %w", step, err)
+		}
 	}
 	b := t.task.Batch(t.spec.Seed, t.a.DataShard, step, t.spec.Batch)
 	loss, tokens := t.model.Loss(b, true)
-	models.ClipGlobalNorm(t.model.Grads(), t.spec.ClipNorm)
-	if err := t.client.Push(sctx, step, t.model.Grads()); err != nil {
-		return fmt.Errorf("step %d: push: %w", step, err)
+	grads := t.model.Grads()
+	models.ClipGlobalNorm(grads, t.spec.ClipNorm)
+	if t.acc != nil {
+		for i, g := range grads {
+			t.acc[i] += g
+		}
+		grads = t.acc
+	}
+	if (step+1)%t.spec.NPush == 0 || step == t.spec.Steps-1 {
+		if err := t.client.Push(sctx, step, grads); err != nil {
+			return fmt.Errorf("step %d: push: %w", step, err)
+		}
+		if t.acc != nil {
+			clear(t.acc)
+		}
 	}
 	t.loss += loss
 	t.tokens += int64(tokens)

@@ -13,10 +13,68 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/paramserver"
 )
 
+// optimizerFlags are the flags of the shards' update rule. Flags not given
+// keep the chosen optimizer's defaults.
+type optimizerFlags struct {
+	kind, schedule          string
+	lr, decay, floor        float64
+	halveAfter, halveEvery  int64
+	momentum, momentumFinal float64
+	rampStart, rampEnd      int64
+	beta1, beta2, eps       float64
+}
+
+// defaultLR is each optimizer's learning rate when --lr is not given (sgd's
+// suits the demo task).
+var defaultLR = map[string]float64{"sgd": 1.5, "momentum": 0.1, "adagrad": 0.2, "adam": 0.003}
+
+func (o *optimizerFlags) bind(fs *flag.FlagSet) {
+	fs.StringVar(&o.kind, "optimizer", "sgd", "update rule on the shards: sgd, momentum, adagrad or adam")
+	fs.Float64Var(&o.lr, "lr", 0, "learning rate (default 1.5 for sgd, 0.1 momentum, 0.2 adagrad, 0.003 adam)")
+	fs.StringVar(&o.schedule, "lr-schedule", "constant", "learning-rate schedule: constant, halving (the Seq2Seq paper's) or exp (the GAN code's)")
+	fs.Int64Var(&o.halveAfter, "lr-halve-after", 0, "halving: updates before the first halving")
+	fs.Int64Var(&o.halveEvery, "lr-halve-every", 1, "halving: updates between halvings")
+	fs.Float64Var(&o.decay, "lr-decay", 1.000004, "exp: divide the rate by this after every update")
+	fs.Float64Var(&o.floor, "lr-floor", 1e-6, "exp: never below this rate")
+	fs.Float64Var(&o.momentum, "momentum", 0.9, "momentum: initial coefficient")
+	fs.Float64Var(&o.momentumFinal, "momentum-final", 0.9, "momentum: coefficient after the ramp")
+	fs.Int64Var(&o.rampStart, "momentum-ramp-start", 0, "momentum: update at which the linear ramp starts")
+	fs.Int64Var(&o.rampEnd, "momentum-ramp-end", 0, "momentum: update at which the ramp reaches --momentum-final")
+	fs.Float64Var(&o.beta1, "beta1", 0.9, "adam: first-moment decay")
+	fs.Float64Var(&o.beta2, "beta2", 0.999, "adam: second-moment decay")
+	fs.Float64Var(&o.eps, "eps", 1e-8, "adagrad, adam: denominator epsilon")
+}
+
+func (o *optimizerFlags) optimizer() paramserver.Optimizer {
+	lr := o.lr
+	if lr == 0 {
+		lr = defaultLR[o.kind]
+	}
+	opt := paramserver.DefaultOptimizer(o.kind, lr)
+	opt.Schedule = paramserver.Schedule{Kind: o.schedule}
+	switch o.schedule {
+	case "halving":
+		opt.Schedule.HalveAfter, opt.Schedule.HalveEvery = o.halveAfter, o.halveEvery
+	case "exp":
+		opt.Schedule.Decay, opt.Schedule.Floor = o.decay, o.floor
+	}
+	switch o.kind {
+	case "momentum":
+		opt.Momentum, opt.MomentumFinal, opt.RampStart, opt.RampEnd = o.momentum, o.momentumFinal, o.rampStart, o.rampEnd
+	case "adagrad":
+		opt.Eps = o.eps
+	case "adam":
+		opt.Beta1, opt.Beta2, opt.Eps = o.beta1, o.beta2, o.eps
+	}
+	return opt
+}
+
 // specFlags binds the job spec's fields to flags, starting from the defaults.
-func specFlags(fs *flag.FlagSet, s *job.Spec) {
+// Call finish after parsing.
+func specFlags(fs *flag.FlagSet, s *job.Spec) (finish func()) {
 	fs.StringVar(&s.Name, "job", s.Name, "job name (letters, digits, '_' and '-')")
 	fs.StringVar(&s.Task, "task", s.Task, "synthetic task: copy, reverse or sort")
 	fs.IntVar(&s.MinLen, "min-len", s.MinLen, "shortest source sequence")
@@ -30,10 +88,17 @@ func specFlags(fs *flag.FlagSet, s *job.Spec) {
 	fs.IntVar(&s.Shards, "ps-shards", s.Shards, "parameter-server shards")
 	fs.IntVar(&s.BlockSize, "block-size", s.BlockSize, "floats per parameter block")
 	fs.IntVar(&s.Batch, "batch", s.Batch, "examples per worker per step")
-	fs.StringVar(&s.Mode, "mode", s.Mode, "consistency mode: sync")
-	fs.Float64Var(&s.LR, "lr", s.LR, "SGD learning rate")
+	fs.StringVar(&s.Mode, "mode", s.Mode, "consistency mode: sync, ssp or async")
+	fs.Int64Var(&s.Staleness, "staleness", s.Staleness, "ssp: how many steps the fastest worker may run ahead of the slowest")
+	fs.Int64Var(&s.NFetch, "n-fetch", s.NFetch, "async: pull parameters every N steps")
+	fs.Int64Var(&s.NPush, "n-push", s.NPush, "async: push the summed gradients every N steps")
+	fs.StringVar(&s.NonFinite, "non-finite", s.NonFinite, "what shards do with a NaN/Inf gradient: refuse the push, or skip its update")
+	fs.Int64Var(&s.CheckpointEvery, "checkpoint-every", s.CheckpointEvery, "sync: every shard snapshots its state every N steps (0: never)")
 	fs.Float64Var(&s.ClipNorm, "clip", s.ClipNorm, "rescale the gradient to this global norm when larger (0: never)")
 	fs.Int64Var(&s.LogEvery, "log-every", s.LogEvery, "log every N steps")
+	var o optimizerFlags
+	o.bind(fs)
+	return func() { s.Optimizer = o.optimizer() }
 }
 
 // endpoints are the cluster flags every role has.

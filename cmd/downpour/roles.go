@@ -88,7 +88,7 @@ func prepareOut(outp *string, name string) error {
 func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("coordinator", flag.ContinueOnError)
 	spec := job.Default()
-	specFlags(fs, &spec)
+	finishSpec := specFlags(fs, &spec)
 	var ep endpoints
 	endpointFlags(fs, &ep)
 	out := fs.String("out", "", "run directory for metrics.jsonl and the final checkpoint (default runs/<job>-<time>)")
@@ -98,6 +98,7 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err := ep.require("coordinator", stderr); err != nil {
 		return err
 	}
+	finishSpec()
 	if err := spec.Validate(); err != nil {
 		fmt.Fprintf(stderr, "downpour coordinator: %v\n", err)
 		return errUsage
@@ -130,6 +131,8 @@ func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	endpointFlags(fs, &ep)
 	name := fs.String("job", "demo", "job to serve")
 	shard := fs.Int("shard", -1, "shard index to serve (-1: the lowest free one)")
+	dataDir := fs.String("data-dir", "", "directory for the shard's snapshots (needed when the job checkpoints)")
+	restore := fs.String("restore", "", "start from this snapshot file instead of the initial parameters")
 	if err := parse(fs, args, stderr, "downpour ps --nats nats://127.0.0.1:4222 --etcd http://127.0.0.1:2379 --job demo"); err != nil {
 		return err
 	}
@@ -147,6 +150,7 @@ func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer nc.Close()
 	return psnode.Run(ctx, psnode.Config{Job: *name, NATS: nc, Etcd: cli, Log: ep.logger(stderr), Shard: *shard,
+		DataDir: *dataDir, Restore: *restore,
 		Ready: func(i int, _ *paramserver.Service) { fmt.Fprintf(stdout, "serving shard %d of job %s\n", i, *name) }})
 }
 

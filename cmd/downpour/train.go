@@ -23,13 +23,14 @@ import (
 func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("train", flag.ContinueOnError)
 	spec := job.Default()
-	specFlags(fs, &spec)
+	finishSpec := specFlags(fs, &spec)
 	var ep endpoints
 	endpointFlags(fs, &ep)
 	out := fs.String("out", "", "run directory (default runs/<job>-<time>)")
 	if err := parse(fs, args, stderr, "downpour train --steps 300 --workers 2 --ps-shards 2"); err != nil {
 		return err
 	}
+	finishSpec()
 	if err := spec.Validate(); err != nil {
 		fmt.Fprintf(stderr, "downpour train: %v\n", err)
 		return errUsage
@@ -119,7 +120,8 @@ func trainAll(ctx context.Context, spec job.Spec, ep endpoints, out string, stdo
 	})
 	for i := 0; i < spec.Shards; i++ {
 		role(fmt.Sprintf("ps %d", i), func(ctx context.Context, nc *nats.Conn, r roleConns) error {
-			return psnode.Run(ctx, psnode.Config{Job: spec.Name, NATS: nc, Etcd: r.cli, Log: log, Shard: i})
+			return psnode.Run(ctx, psnode.Config{Job: spec.Name, NATS: nc, Etcd: r.cli, Log: log, Shard: i,
+				DataDir: filepath.Join(out, fmt.Sprintf("ps-%d", i))})
 		})
 	}
 	for i := 0; i < spec.Workers; i++ {

@@ -45,8 +45,14 @@ func TestSpecValidate(t *testing.T) {
 		{func(s *Spec) { s.Workers = 0 }, "workers"},
 		{func(s *Spec) { s.Shards = 2000 }, "ps shards"},
 		{func(s *Spec) { s.BlockSize = 0 }, "block size"},
-		{func(s *Spec) { s.Mode = "async" }, "only sync"},
-		{func(s *Spec) { s.LR = -1 }, "lr"},
+		{func(s *Spec) { s.Mode = "bogus" }, "mode"},
+		{func(s *Spec) { s.Mode, s.Staleness = "ssp", -1 }, "staleness"},
+		{func(s *Spec) { s.NFetch = 2 }, "need --mode async"},
+		{func(s *Spec) { s.Mode, s.NPush = "async", 0 }, "n-push"},
+		{func(s *Spec) { s.Optimizer.LR = -1 }, "learning rate"},
+		{func(s *Spec) { s.Optimizer.Kind = "rmsprop" }, "optimizer"},
+		{func(s *Spec) { s.NonFinite = "ignore" }, "non-finite"},
+		{func(s *Spec) { s.CheckpointEvery = -1 }, "checkpoint"},
 		{func(s *Spec) { s.LogEvery = 0 }, "log every"},
 	} {
 		s := Default()

@@ -32,6 +32,17 @@ func (k Keys) Assign(id string) string { return k.Assigns() + id }
 func (k Keys) Dones() string           { return k.root + "done/" }
 func (k Keys) Done(rank int) string    { return k.Dones() + strconv.Itoa(rank) }
 
+// ShardSnapshots is the prefix under which shards record the snapshots they
+// have written: shard-snapshots/<step>/<shard>.
+func (k Keys) ShardSnapshots() string { return k.root + "shard-snapshots/" }
+func (k Keys) ShardSnapshot(step int64, shard int) string {
+	return fmt.Sprintf("%s%d/%d", k.ShardSnapshots(), step, shard)
+}
+
+// Checkpoint holds the last complete checkpoint: a step for which every
+// shard has recorded its snapshot.
+func (k Keys) Checkpoint() string { return k.root + "checkpoint" }
+
 // Job states.
 const (
 	StateRunning = "running"

@@ -20,6 +20,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
+	"github.com/downpour-ml/downpour/paramserver"
 	"github.com/downpour-ml/downpour/shard"
 )
 
@@ -37,10 +38,20 @@ type Spec struct {
 	Shards    int                  `json:"shards"`
 	BlockSize int                  `json:"block_size"` // floats per parameter block
 	Batch     int                  `json:"batch"`      // examples per worker per step
-	Mode      string               `json:"mode"`       // consistency mode: "sync"
-	LR        float64              `json:"lr"`
-	ClipNorm  float64              `json:"clip_norm"` // global-norm clip applied by workers; 0 = none
+	ClipNorm  float64              `json:"clip_norm"`  // global-norm clip applied by workers; 0 = none
 	LogEvery  int64                `json:"log_every"`
+	// Consistency: "sync", "ssp" (with Staleness) or "async" (workers pull
+	// every NFetch steps and push every NPush steps).
+	Mode      string `json:"mode"`
+	Staleness int64  `json:"staleness,omitempty"`
+	NFetch    int64  `json:"n_fetch,omitempty"`
+	NPush     int64  `json:"n_push,omitempty"`
+	// The update rule the shards apply, and what they do with NaN/Inf.
+	Optimizer paramserver.Optimizer `json:"optimizer"`
+	NonFinite string                `json:"non_finite"`
+	// CheckpointEvery (sync): every shard snapshots its state at each
+	// multiple of this many steps; 0 for never.
+	CheckpointEvery int64 `json:"checkpoint_every,omitempty"`
 }
 
 // Default is the job `downpour train` runs with no flags: a one-layer LSTM
@@ -59,10 +70,13 @@ func Default() Spec {
 		Shards:    2,
 		BlockSize: 16 << 10,
 		Batch:     32,
-		Mode:      "sync",
-		LR:        1.5,
 		ClipNorm:  5,
 		LogEvery:  10,
+		Mode:      paramserver.Sync,
+		NFetch:    1,
+		NPush:     1,
+		Optimizer: paramserver.DefaultOptimizer("sgd", 1.5),
+		NonFinite: paramserver.Refuse,
 	}
 }
 
@@ -94,16 +108,24 @@ func (s *Spec) Validate() error {
 		return fmt.Errorf("block size must be in 1..%d floats (got %d)", 2<<20, s.BlockSize)
 	case s.Batch < 1:
 		return errors.New("batch must be at least 1")
-	case s.Mode != "sync":
-		return fmt.Errorf("mode %q: only sync is implemented", s.Mode)
-	case !(s.LR > 0):
-		return errors.New("lr must be positive")
+	case s.NFetch < 1 || s.NPush < 1:
+		return fmt.Errorf("n-fetch and n-push must be at least 1 (got %d, %d)", s.NFetch, s.NPush)
+	case s.Mode != paramserver.Async && (s.NFetch != 1 || s.NPush != 1):
+		return errors.New("n-fetch and n-push other than 1 need --mode async")
+	case s.CheckpointEvery < 0:
+		return errors.New("checkpoint every must not be negative")
 	case s.ClipNorm < 0:
 		return errors.New("clip norm must not be negative")
 	case s.LogEvery < 1:
 		return errors.New("log every must be at least 1")
 	}
-	return nil
+	return s.ShardConfig().Validate()
+}
+
+// ShardConfig is the part of the spec every parameter-server shard runs by.
+func (s *Spec) ShardConfig() paramserver.ShardConfig {
+	return paramserver.ShardConfig{Mode: s.Mode, Staleness: s.Staleness, Ranks: s.Workers,
+		Optimizer: s.Optimizer, NonFinite: s.NonFinite, PullTTL: 100}
 }
 
 // Tensors lists the model's parameter tensors.
@@ -132,6 +154,20 @@ func DecodeSpec(b []byte) (*Spec, error) {
 		return nil, fmt.Errorf("job spec: %w", err)
 	}
 	return &s, nil
+}
+
+// SnapshotRecord is what a shard records in etcd for a snapshot it wrote.
+type SnapshotRecord struct {
+	Path  string `json:"path"`
+	Step  int64  `json:"step"`
+	Shard int    `json:"shard"`
+}
+
+// CheckpointRecord names the last complete checkpoint: the step, and each
+// shard's snapshot file.
+type CheckpointRecord struct {
+	Step  int64    `json:"step"`
+	Files []string `json:"files"` // by shard
 }
 
 // Assignment is what the coordinator gives a worker: its rank, the fencing

@@ -6,8 +6,11 @@ package psnode
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -31,6 +34,11 @@ type Config struct {
 	LeaseTTL int64
 	// WaitTimeout bounds the wait for the job's spec and placement; default 5 minutes.
 	WaitTimeout time.Duration
+	// DataDir holds the shard's snapshots (DataDir/snapshots); empty: none.
+	DataDir string
+	// Restore, when set, is a snapshot file to start from instead of the
+	// job's initial parameters.
+	Restore string
 	// Ready, when set, is called with the shard's service once it serves.
 	Ready func(shard int, svc *paramserver.Service)
 }
@@ -77,23 +85,30 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log := cfg.Log.With("shard", idx)
 
-	// Initialise the owned blocks from the seed: each tensor's initial value
-	// is a function of (seed, tensor), whichever shard computes it.
 	blocks := p.OnShard(idx)
-	offsets := models.Offsets(p.Tensors)
-	cur := -1
-	var full []float32
-	core := paramserver.NewCore(spec.Workers, spec.LR, blocks, func(b paramserver.Block, dst []float32) {
-		if b.Tensor != cur {
-			t := p.Tensors[b.Tensor]
-			full = make([]float32, t.Size())
-			spec.InitTensor(full, t)
-			cur = b.Tensor
+	shard, err := newShard(spec, p, blocks, cfg.Restore)
+	if err != nil {
+		return fmt.Errorf("shard %d: %w", idx, err)
+	}
+	svcCfg := paramserver.ServiceConfig{Job: spec.Name, Shard: idx, Placement: p.Version, Log: log}
+	if cfg.DataDir != "" {
+		svcCfg.SnapshotDir = filepath.Join(cfg.DataDir, "snapshots")
+		if err := os.MkdirAll(svcCfg.SnapshotDir, 0o755); err != nil {
+			return err
 		}
-		start := b.Offset - offsets[b.Tensor]
-		copy(dst, full[start:start+b.Len])
-	})
-	svc, err := paramserver.Serve(cfg.NATS, spec.Name, idx, core, log)
+		svcCfg.SnapshotEvery = spec.CheckpointEvery
+		svcCfg.OnSnapshot = func(path string, snap *paramserver.Snapshot) {
+			rec, _ := json.Marshal(job.SnapshotRecord{Path: path, Step: snap.Step, Shard: idx})
+			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			defer cancel()
+			if _, err := cfg.Etcd.Put(pctx, keys.ShardSnapshot(snap.Step, idx), string(rec)); err != nil {
+				log.Error("recording snapshot", "step", snap.Step, "err", err)
+			}
+		}
+	} else if spec.CheckpointEvery > 0 {
+		return fmt.Errorf("the job checkpoints every %d steps: give the shard a data directory", spec.CheckpointEvery)
+	}
+	svc, err := paramserver.Serve(cfg.NATS, shard, svcCfg)
 	if err != nil {
 		return err
 	}
@@ -118,6 +133,35 @@ func Run(ctx context.Context, cfg Config) error {
 	case <-lease.Lost():
 		return fmt.Errorf("shard %d lost its etcd lease", idx)
 	}
+}
+
+// newShard makes the shard's state: from the snapshot file restore when
+// given, else from the job's initial parameters. Each tensor's initial value
+// is a function of (seed, tensor), whichever shard computes it.
+func newShard(spec *job.Spec, p *paramserver.Placement, blocks []paramserver.Block, restore string) (*paramserver.Shard, error) {
+	if restore != "" {
+		snap, err := paramserver.ReadSnapshot(restore)
+		if err != nil {
+			return nil, err
+		}
+		if snap.Job != spec.Name {
+			return nil, fmt.Errorf("snapshot %s belongs to job %q, not %q", restore, snap.Job, spec.Name)
+		}
+		return paramserver.RestoreShard(spec.ShardConfig(), blocks, snap)
+	}
+	offsets := models.Offsets(p.Tensors)
+	cur := -1
+	var full []float32
+	return paramserver.NewShard(spec.ShardConfig(), blocks, func(b paramserver.Block, dst []float32) {
+		if b.Tensor != cur {
+			t := p.Tensors[b.Tensor]
+			full = make([]float32, t.Size())
+			spec.InitTensor(full, t)
+			cur = b.Tensor
+		}
+		start := b.Offset - offsets[b.Tensor]
+		copy(dst, full[start:start+b.Len])
+	}), nil
 }
 
 // claim takes shard index want, or the lowest free index when want < 0, by

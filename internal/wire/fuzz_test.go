@@ -36,7 +36,7 @@ func FuzzDecodePull(f *testing.F) {
 
 func FuzzDecodeReplies(f *testing.F) {
 	seeds(f, &Reply{V: Version, Kind: StaleEpoch, Msg: "x"}, &PullReply{V: Version, Blocks: []Block{{ID: 3, Data: make([]byte, 4)}}},
-		&Progress{V: Version, Rank: 1, Step: 2, Loss: 3})
+		&Progress{V: Version, Rank: 1, Step: 2, Loss: 3}, &SnapshotRequest{V: Version, Job: "j", Step: 4})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		DecodeReply(data)
 		if m, err := DecodePullReply(data); err == nil {
@@ -47,5 +47,8 @@ func FuzzDecodeReplies(f *testing.F) {
 			}
 		}
 		DecodeProgress(data)
+		if m, err := DecodeSnapshotRequest(data); err == nil && ValidJob(m.Job) != nil {
+			t.Fatalf("accepted a bad snapshot request: %+v", m)
+		}
 	})
 }

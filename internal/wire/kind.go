@@ -19,6 +19,8 @@ const (
 	Internal                 // the receiver failed; the message may be retried
 	BadStep                  // a step the receiver's clock does not allow (sync: only the current step)
 	BadRank                  // a rank outside the job's ranks
+	Expired                  // a held pull waited longer than the shard holds pulls; resend it
+	Refused                  // a valid request the receiver cannot honour now (e.g. a snapshot step already passed)
 	numKinds
 )
 
@@ -26,7 +28,7 @@ var kindNames = [...]string{
 	OK: "ok", Malformed: "malformed", BadVersion: "bad_version", UnknownJob: "unknown_job",
 	UnknownBlock: "unknown_block", BadLength: "bad_length", NonFinite: "non_finite",
 	StaleEpoch: "stale_epoch", TooLarge: "too_large", Internal: "internal", BadStep: "bad_step",
-	BadRank: "bad_rank",
+	BadRank: "bad_rank", Expired: "expired", Refused: "refused",
 }
 
 // NumKinds is the number of defined kinds, for per-kind counters.

@@ -7,6 +7,7 @@
 //
 //	downpour.<job>.ps.<shard>.push    PushRequest  -> Reply
 //	downpour.<job>.ps.<shard>.pull    PullRequest  -> PullReply
+//	downpour.<job>.ps.<shard>.snapshot SnapshotRequest -> Reply
 //	downpour.<job>.progress           Progress     (publish only)
 package wire
 
@@ -57,6 +58,14 @@ type PullRequest struct {
 	Epoch    uint64   `msgpack:"e"`
 	MinClock int64    `msgpack:"c"`
 	IDs      []uint32 `msgpack:"i"`
+}
+
+// SnapshotRequest asks a shard to snapshot its state at the boundary of
+// Step (sync mode) or now (ssp, async).
+type SnapshotRequest struct {
+	V    uint8  `msgpack:"v"`
+	Job  string `msgpack:"j"`
+	Step int64  `msgpack:"s"`
 }
 
 // Reply answers a push. Kind is OK or says why the push was refused; Clock is
@@ -120,6 +129,11 @@ func PullSubject(job string, shard int) string {
 	return fmt.Sprintf("downpour.%s.ps.%d.pull", job, shard)
 }
 
+// SnapshotSubject is where shard takes snapshot requests.
+func SnapshotSubject(job string, shard int) string {
+	return fmt.Sprintf("downpour.%s.ps.%d.snapshot", job, shard)
+}
+
 // ProgressSubject is where workers publish Progress.
 func ProgressSubject(job string) string { return fmt.Sprintf("downpour.%s.progress", job) }
 
@@ -178,6 +192,18 @@ func DecodePull(data []byte) (*PullRequest, error) {
 	}
 	if len(m.IDs) > MaxBlocksPerMessage {
 		return nil, &Error{Kind: TooLarge, Msg: fmt.Sprintf("%d block ids in one pull (limit %d)", len(m.IDs), MaxBlocksPerMessage)}
+	}
+	return &m, nil
+}
+
+// DecodeSnapshotRequest decodes and checks a snapshot request.
+func DecodeSnapshotRequest(data []byte) (*SnapshotRequest, error) {
+	var m SnapshotRequest
+	if err := decode(data, &m, &m.V); err != nil {
+		return nil, err
+	}
+	if err := ValidJob(m.Job); err != nil {
+		return nil, &Error{Kind: UnknownJob, Msg: err.Error()}
 	}
 	return &m, nil
 }
