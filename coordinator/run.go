@@ -77,7 +77,8 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 	} else {
 		cfg.Log.Info("created job", "job", spec.Name, "params", p.Size(), "blocks", len(p.Blocks), "shards", spec.Shards)
 	}
-	c := &run{cli: cli, cfg: cfg, keys: keys, ranks: NewRanks(spec.Workers), placement: p}
+	c := &run{cli: cli, cfg: cfg, keys: keys, ranks: NewRanks(spec.Workers), placement: p,
+		snaps: map[int64]map[int]string{}, complete: -1}
 	return c.loop(ctx)
 }
 
@@ -87,6 +88,8 @@ type run struct {
 	keys      job.Keys
 	ranks     *Ranks
 	placement *paramserver.Placement
+	snaps     map[int64]map[int]string // shard snapshot files by step and shard
+	complete  int64                    // last step every shard has a snapshot of
 }
 
 // loop rebuilds the rank state from etcd, then follows membership and
@@ -169,6 +172,9 @@ func (c *run) handle(ctx context.Context, typ mvccpb.Event_EventType, kv *mvccpb
 		}
 		return false, c.apply(ctx, c.ranks.Up(id))
 	}
+	if rest, ok := strings.CutPrefix(k, c.keys.ShardSnapshots()); ok && typ == mvccpb.PUT {
+		return false, c.recordSnapshot(ctx, rest, kv.Value)
+	}
 	if r, ok := strings.CutPrefix(k, c.keys.Dones()); ok && typ == mvccpb.PUT {
 		rank, err := strconv.Atoi(r)
 		if err != nil || !c.ranks.Done(rank) {
@@ -186,6 +192,45 @@ func (c *run) handle(ctx context.Context, typ mvccpb.Event_EventType, kv *mvccpb
 		return true, nil
 	}
 	return false, nil
+}
+
+// recordSnapshot notes a shard's snapshot (key "<step>/<shard>") and, once
+// every shard has one for a step, records that step as the last complete
+// checkpoint.
+func (c *run) recordSnapshot(ctx context.Context, key string, value []byte) error {
+	var rec job.SnapshotRecord
+	if err := json.Unmarshal(value, &rec); err != nil || rec.Shard < 0 || rec.Shard >= c.cfg.Spec.Shards {
+		c.cfg.Log.Warn("ignoring a malformed snapshot record", "key", key)
+		return nil
+	}
+	if rec.Step <= c.complete {
+		return nil
+	}
+	m := c.snaps[rec.Step]
+	if m == nil {
+		m = map[int]string{}
+		c.snaps[rec.Step] = m
+	}
+	m[rec.Shard] = rec.Path
+	if len(m) < c.cfg.Spec.Shards {
+		return nil
+	}
+	cp := job.CheckpointRecord{Step: rec.Step, Files: make([]string, c.cfg.Spec.Shards)}
+	for i, f := range m {
+		cp.Files[i] = f
+	}
+	b, _ := json.Marshal(cp)
+	if _, err := c.cli.Put(ctx, c.keys.Checkpoint(), string(b)); err != nil {
+		return fmt.Errorf("recording checkpoint %d: %w", rec.Step, err)
+	}
+	c.complete = rec.Step
+	for step := range c.snaps {
+		if step <= rec.Step {
+			delete(c.snaps, step)
+		}
+	}
+	c.cfg.Log.Info("checkpoint complete", "step", rec.Step)
+	return nil
 }
 
 func (c *run) apply(ctx context.Context, as []Assign) error {

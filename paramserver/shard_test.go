@@ -367,3 +367,5 @@ func TestAsyncDuplicatesAfterNewerSteps(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 }
+
+func nan() float64 { return math.NaN() }

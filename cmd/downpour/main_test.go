@@ -17,8 +17,10 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/downpour-ml/downpour/internal/checkpoint"
+	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/telemetry"
 	"github.com/downpour-ml/downpour/models"
+	"github.com/downpour-ml/downpour/paramserver"
 )
 
 // runCmd runs a command line in-process with a deadline and returns its exit
@@ -227,5 +229,59 @@ func TestTrainCancelStopsEverything(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("training did not stop within 20s of cancel")
+	}
+}
+
+// Every consistency mode and optimizer trains through the shards to the end.
+func TestTrainModesAndOptimizers(t *testing.T) {
+	dir := t.TempDir()
+	for i, args := range [][]string{
+		{"--mode", "ssp", "--staleness", "1"},
+		{"--mode", "async", "--n-fetch", "2", "--n-push", "3"},
+		{"--optimizer", "adam"},
+		{"--optimizer", "momentum", "--momentum", "0.5", "--momentum-final", "0.7", "--momentum-ramp-end", "10", "--lr-schedule", "exp", "--lr-decay", "1.01"},
+		{"--optimizer", "adagrad", "--lr-schedule", "halving", "--lr-halve-after", "10", "--lr-halve-every", "5"},
+	} {
+		out := filepath.Join(dir, fmt.Sprint(i))
+		params, meta := trainRun(t, out, append([]string{"--steps", "20", "--hidden", "32", "--log-every", "5"}, args...)...)
+		if meta.Step != 20 || len(params) == 0 {
+			t.Fatalf("%v: checkpoint %+v", args, meta)
+		}
+		if rs := readMetrics(t, filepath.Join(out, "metrics.jsonl")); len(rs) != 5 || rs[len(rs)-1].Step != 19 {
+			t.Fatalf("%v: %d records", args, len(rs))
+		}
+	}
+}
+
+// Shard snapshots taken every K steps in a sync run hold exactly the
+// parameters a run of K steps ends with.
+func TestTrainShardSnapshotsMatchShorterRun(t *testing.T) {
+	dir := t.TempDir()
+	base := []string{"--hidden", "32", "--embed", "16", "--optimizer", "adam", "--ps-shards", "2"}
+	trainRun(t, filepath.Join(dir, "long"), append(base, "--steps", "12", "--checkpoint-every", "5")...)
+	short, meta := trainRun(t, filepath.Join(dir, "short"), append(base, "--steps", "10")...)
+	p := paramserver.Place(meta.Tensors, job.Default().BlockSize, 2)
+	got := make([]float32, len(short))
+	for s := 0; s < 2; s++ {
+		for _, step := range []int{5, 10} {
+			path := filepath.Join(dir, "long", fmt.Sprintf("ps-%d", s), "snapshots", fmt.Sprintf("shard-%d-step-%d.dpss", s, step))
+			snap, err := paramserver.ReadSnapshot(path)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if snap.Step != int64(step) || snap.Shard != s {
+				t.Fatalf("%s: step %d shard %d", path, snap.Step, snap.Shard)
+			}
+			if step != 10 {
+				continue
+			}
+			for _, bs := range snap.Blocks {
+				b := p.Blocks[bs.ID]
+				copy(got[b.Offset:b.Offset+b.Len], bs.W)
+			}
+		}
+	}
+	if !slices.Equal(got, short) {
+		t.Fatal("the step-10 snapshots differ from a 10-step run's final parameters")
 	}
 }

@@ -1,0 +1,136 @@
+package paramserver
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/downpour-ml/downpour/models"
+)
+
+// The W2 workload of the benchmarks: 4 layers, hidden and embedding 512,
+// vocabularies 16000 and 8000.
+var w2 = models.Seq2SeqConfig{SrcVocab: 16000, TgtVocab: 8000, Embed: 512, Hidden: 512, Layers: 4}
+
+func loads(p *Placement) []int {
+	l := make([]int, p.Shards)
+	for _, b := range p.Blocks {
+		l[b.Shard] += b.Len
+	}
+	return l
+}
+
+// Bytes per shard stay within 5% of the mean for the W2 model, whatever the
+// shard count and block size.
+func TestPlacementBalanceW2(t *testing.T) {
+	ts := w2.Tensors()
+	for _, bs := range []int{16 << 10, 64 << 10, 256 << 10} {
+		for _, shards := range []int{2, 3, 4, 8} {
+			p := Place(ts, bs, shards)
+			q, err := DecodePlacement(p.Encode())
+			if err != nil {
+				t.Fatal(err)
+			}
+			l := loads(q)
+			ratio := float64(slices.Max(l)) / (float64(p.Size()) / float64(shards))
+			t.Logf("W2, %d-float blocks, %d shards: max/mean bytes %.4f", bs, shards, ratio)
+			if ratio > 1.05 {
+				t.Errorf("W2, %d-float blocks, %d shards: max/mean %.4f > 1.05", bs, shards, ratio)
+			}
+		}
+	}
+}
+
+// With an injected hash the placement is exactly what the hash prefers, until
+// a shard is full.
+func TestPlacementFollowsInjectedHash(t *testing.T) {
+	ts := []models.Tensor{{Name: "x", Shape: []int{40}}}
+	prefer := func(b uint32, s int) uint64 { // block b prefers shard b%3, then (b+1)%3, ...
+		return uint64(3 - (s-int(b)%3+3)%3)
+	}
+	p := PlaceWith(ts, 4, 3, prefer, 0.5)
+	var got []int
+	for _, b := range p.Blocks {
+		got = append(got, b.Shard)
+	}
+	if want := []int{0, 1, 2, 0, 1, 2, 0, 1, 2, 0}; !slices.Equal(got, want) {
+		t.Fatalf("placement %v, want %v", got, want)
+	}
+	// Everything prefers shard 0: it fills to capacity ceil(1.0*40/2) = 20
+	// elements (5 blocks), the rest spill to shard 1.
+	p = PlaceWith(ts, 4, 2, func(b uint32, s int) uint64 { return uint64(2 - s) }, 0)
+	if l := loads(p); !slices.Equal(l, []int{20, 20}) {
+		t.Fatalf("loads %v, want [20 20]", l)
+	}
+}
+
+// Adding a shard moves about its share of the bytes, not everything.
+func TestPlacementStableWhenAddingAShard(t *testing.T) {
+	ts := w2.Tensors()
+	for _, shards := range []int{2, 3, 4, 7} {
+		a, b := Place(ts, 64<<10, shards), Place(ts, 64<<10, shards+1)
+		moved := 0
+		for i := range a.Blocks {
+			if a.Blocks[i].Shard != b.Blocks[i].Shard {
+				moved += a.Blocks[i].Len
+			}
+		}
+		frac := float64(moved) / float64(a.Size())
+		share := 1 / float64(shards+1)
+		t.Logf("%d -> %d shards: %.1f%% of the bytes move (the new shard's share is %.1f%%)", shards, shards+1, 100*frac, 100*share)
+		if frac > share+0.15 {
+			t.Errorf("%d -> %d shards: %.2f of the bytes moved", shards, shards+1, frac)
+		}
+	}
+}
+
+func TestPlacementDeterministic(t *testing.T) {
+	ts := w2.Tensors()
+	if !slices.Equal(Place(ts, 1000, 3).Encode(), Place(ts, 1000, 3).Encode()) {
+		t.Fatal("placement is not deterministic")
+	}
+	// A block larger than a shard's share still lands somewhere.
+	p := Place([]models.Tensor{{Name: "big", Shape: []int{100}}, {Name: "s", Shape: []int{3}}}, 100, 4)
+	if _, err := DecodePlacement(p.Encode()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestDecodePlacementRejects(t *testing.T) {
+	p := Place(testTensors, 4, 2)
+	for name, mut := range map[string]func(*Placement){
+		"gap":       func(p *Placement) { p.Blocks[1].Offset++ },
+		"shard":     func(p *Placement) { p.Blocks[0].Shard = 2 },
+		"short":     func(p *Placement) { p.Blocks = p.Blocks[:len(p.Blocks)-1] },
+		"too long":  func(p *Placement) { p.Blocks[0].Len = 5 },
+		"no shards": func(p *Placement) { p.Shards = 0 },
+		"tensor":    func(p *Placement) { p.Blocks[0].Tensor = 9 },
+	} {
+		q, _ := DecodePlacement(p.Encode())
+		mut(q)
+		if _, err := DecodePlacement(q.Encode()); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if _, err := DecodePlacement([]byte("{")); err == nil {
+		t.Error("accepted bad JSON")
+	}
+}
+
+func FuzzDecodePlacement(f *testing.F) {
+	f.Add(Place(testTensors, 4, 2).Encode())
+	f.Add([]byte(`{"shards":1,"block_size":1,"tensors":[{"name":"x","shape":[-1]}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := DecodePlacement(data)
+		if err != nil {
+			return
+		}
+		for s := 0; s < p.Shards && s < 64; s++ {
+			for _, b := range p.OnShard(s) {
+				if b.Shard != s || b.Len < 1 {
+					t.Fatal(fmt.Sprint("bad block ", b))
+				}
+			}
+		}
+	})
+}

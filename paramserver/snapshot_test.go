@@ -1,0 +1,200 @@
+package paramserver
+
+import (
+	"errors"
+	"math/rand/v2"
+	"path/filepath"
+	"slices"
+	"testing"
+
+	"github.com/downpour-ml/downpour/internal/wire"
+)
+
+// feed pushes every rank's gradient of step s to the blocks in ids only.
+func feed(t *testing.T, p *Placement, sh *Shard, ranks int, s int64, gs [][][]float32, ids map[uint32]bool) {
+	t.Helper()
+	for r := 0; r < ranks; r++ {
+		for _, m := range pushes(p, r, 1, s, gs[s][r]) {
+			if ids == nil || ids[m.Blocks[0].ID] {
+				if err := sh.Push(m); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+}
+
+// A sync snapshot at step k is the exact state after k steps even when some
+// blocks have already moved past k; restoring it and rerunning the remaining
+// steps gives bit-identical parameters and optimizer state.
+func TestSyncSnapshotRestoreIsExact(t *testing.T) {
+	const ranks, steps, k = 2, 5, 2
+	p := Place(testTensors, 6, 1)
+	cfg := syncCfg(ranks, DefaultOptimizer("adam", 0.05))
+	rng := rand.New(rand.NewPCG(7, 7))
+	gs := make([][][]float32, steps)
+	for s := range gs {
+		gs[s] = [][]float32{grads(rng, p.Size()), grads(rng, p.Size())}
+	}
+	// The uninterrupted run, snapshotting at step k of a shard where half of
+	// the blocks run one step ahead before the others reach k.
+	sh := newShards(p, cfg)[0]
+	if err := sh.RequestSnapshot(k); err != nil {
+		t.Fatal(err)
+	}
+	if err := sh.RequestSnapshot(k + 1); !errors.Is(err, ErrSnapshotPending) {
+		t.Fatalf("second pending snapshot: %v", err)
+	}
+	early := map[uint32]bool{}
+	for _, b := range p.Blocks[:len(p.Blocks)/2] {
+		early[b.ID] = true
+	}
+	for s := int64(0); s < k; s++ {
+		feed(t, p, sh, ranks, s, gs, nil)
+	}
+	feed(t, p, sh, ranks, k, gs, early) // early blocks apply step k first
+	if snaps := sh.Snapshots(); len(snaps) != 1 || snaps[0].Step != k {
+		t.Fatalf("snapshots %v, want one at step %d", snaps, k)
+	}
+	// Meanwhile the state at step k, from a fresh run.
+	atK := newShards(p, cfg)[0]
+	for s := int64(0); s < k; s++ {
+		feed(t, p, atK, ranks, s, gs, nil)
+	}
+	if err := atK.RequestSnapshot(k); err != nil {
+		t.Fatal(err)
+	}
+	want := atK.Snapshots()[0]
+	// The first run's snapshot equals the state at k.
+	sh2 := newShards(p, cfg)[0]
+	sh2.RequestSnapshot(k)
+	for s := int64(0); s < k; s++ {
+		feed(t, p, sh2, ranks, s, gs, nil)
+	}
+	feed(t, p, sh2, ranks, k, gs, early)
+	got := sh2.Snapshots()[0]
+	if !got.Equal(want) {
+		t.Fatal("snapshot taken while blocks advanced differs from the state at its step")
+	}
+	// Through the file format, then restore and finish the run.
+	path := filepath.Join(t.TempDir(), "s.dpss")
+	got.Job = "j"
+	if err := WriteSnapshot(path, got); err != nil {
+		t.Fatal(err)
+	}
+	read, err := ReadSnapshot(path)
+	if err != nil || !read.Equal(got) || read.Job != "j" {
+		t.Fatalf("read back: %v", err)
+	}
+	restored, err := RestoreShard(cfg, p.OnShard(0), read)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for s := int64(k); s < steps; s++ {
+		feed(t, p, restored, ranks, s, gs, nil)
+		feed(t, p, sh, ranks, s, gs, nil) // at step k the early blocks see duplicates
+	}
+	restored.RequestSnapshot(steps)
+	sh.RequestSnapshot(steps)
+	if a, b := restored.Snapshots(), sh.Snapshots(); len(a) != 1 || len(b) != 1 || !a[0].Equal(b[0]) {
+		t.Fatal("restored run ends in a different state")
+	}
+}
+
+func TestAsyncSnapshotRestore(t *testing.T) {
+	p := Place(testTensors, 6, 1)
+	cfg := ShardConfig{Mode: SSP, Staleness: 1, Ranks: 2, Optimizer: DefaultOptimizer("momentum", 0.1)}
+	sh := newShards(p, cfg)[0]
+	rng := rand.New(rand.NewPCG(3, 9))
+	for s := int64(0); s < 3; s++ {
+		for _, m := range pushes(p, int(s%2), 4, s, grads(rng, p.Size())) {
+			sh.Push(m)
+		}
+	}
+	sh.RequestSnapshot(0)
+	snap := sh.Snapshots()[0]
+	back, err := DecodeSnapshot(snap.Encode())
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := RestoreShard(cfg, p.OnShard(0), back)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.RequestSnapshot(0)
+	if !r.Snapshots()[0].Equal(snap) {
+		t.Fatal("restored shard differs")
+	}
+	// The restored shard still knows the last steps: a resend is a duplicate.
+	old := pushes(p, 0, 4, 2, grads(rng, p.Size()))[0]
+	before := slices.Clone(gather(p, []*Shard{r}))
+	if err := r.Push(old); err != nil || !slices.Equal(before, gather(p, []*Shard{r})) {
+		t.Fatalf("resend after restore: %v", err)
+	}
+	stale := pushes(p, 0, 3, 9, grads(rng, p.Size()))[0]
+	if err := r.Push(stale); wire.ErrKind(err) != wire.StaleEpoch {
+		t.Fatalf("epochs not restored: %v", err)
+	}
+}
+
+func TestRestoreRefusesMismatch(t *testing.T) {
+	p := Place(testTensors, 6, 2)
+	cfg := syncCfg(2, DefaultOptimizer("adam", 0.1))
+	sh := newShards(p, cfg)
+	sh[0].RequestSnapshot(0)
+	snap := sh[0].Snapshots()[0]
+	for name, c := range map[string]struct {
+		cfg    ShardConfig
+		blocks []Block
+	}{
+		"other shard's blocks": {cfg, p.OnShard(1)},
+		"other optimizer":      {syncCfg(2, DefaultOptimizer("sgd", 0.1)), p.OnShard(0)},
+		"other ranks":          {syncCfg(3, DefaultOptimizer("adam", 0.1)), p.OnShard(0)},
+		"other mode":           {ShardConfig{Mode: Async, Ranks: 2, Optimizer: DefaultOptimizer("adam", 0.1)}, p.OnShard(0)},
+	} {
+		if _, err := RestoreShard(c.cfg, c.blocks, snap); err == nil {
+			t.Errorf("%s: restored", name)
+		}
+	}
+}
+
+func TestSnapshotCorruptionDetected(t *testing.T) {
+	p := Place(testTensors, 30, 1)
+	sh := newShards(p, ShardConfig{Mode: Async, Ranks: 2, Optimizer: DefaultOptimizer("adagrad", 0.1)})[0]
+	sh.RequestSnapshot(0)
+	b := sh.Snapshots()[0].Encode()
+	for n := 0; n < len(b); n++ {
+		if _, err := DecodeSnapshot(b[:n]); !errors.Is(err, ErrCorruptSnapshot) {
+			t.Fatalf("truncated to %d bytes: %v", n, err)
+		}
+	}
+	for i := 0; i < len(b); i++ {
+		if i == 4 || i == 5 {
+			continue // the version has its own error
+		}
+		c := slices.Clone(b)
+		c[i] ^= 0x10
+		if _, err := DecodeSnapshot(c); err == nil {
+			t.Fatalf("a flipped bit in byte %d went unnoticed", i)
+		}
+	}
+}
+
+func FuzzDecodeSnapshot(f *testing.F) {
+	p := Place(testTensors, 30, 1)
+	sh := newShards(p, ShardConfig{Mode: Async, Ranks: 2, Optimizer: DefaultOptimizer("adam", 0.1)})[0]
+	sh.RequestSnapshot(0)
+	f.Add(sh.Snapshots()[0].Encode())
+	f.Fuzz(func(t *testing.T, data []byte) {
+		s, err := DecodeSnapshot(data)
+		if err != nil {
+			return
+		}
+		if !s.Equal(s) {
+			t.Fatal("snapshot not equal to itself")
+		}
+		if _, err := DecodeSnapshot(s.Encode()); err != nil {
+			t.Fatalf("re-encoding a decoded snapshot fails: %v", err)
+		}
+	})
+}
