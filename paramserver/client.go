@@ -24,7 +24,15 @@ type Client struct {
 	epoch   uint64
 	groups  []group
 	Attempt time.Duration // timeout of one request before it is resent
+	// Window bounds the requests in flight at once. Without a bound, a pull
+	// of a large model asks for more replies at once than a NATS connection
+	// buffers for its subscriber (64 MB by default), and the server drops
+	// them as a slow consumer.
+	Window int
 }
+
+// DefaultWindow is the default bound on requests in flight per client.
+const DefaultWindow = 16
 
 type group struct {
 	shard  int
@@ -34,7 +42,7 @@ type group struct {
 
 // NewClient prepares the messages of placement p for rank and epoch.
 func NewClient(nc *nats.Conn, job string, p *Placement, rank int, epoch uint64) (*Client, error) {
-	c := &Client{nc: nc, job: job, rank: uint32(rank), epoch: epoch, Attempt: 15 * time.Second}
+	c := &Client{nc: nc, job: job, rank: uint32(rank), epoch: epoch, Attempt: 15 * time.Second, Window: DefaultWindow}
 	for s := 0; s < p.Shards; s++ {
 		bs := p.OnShard(s)
 		sizes := make([]int, len(bs))
@@ -102,11 +110,10 @@ func (c *Client) Push(ctx context.Context, step int64, grads []float32) error {
 		for i, b := range g.blocks {
 			req.Blocks[i] = wire.Block{ID: b.ID, Data: wire.FloatBytes(grads[b.Offset : b.Offset+b.Len])}
 		}
-		data, err := wire.Encode(req)
-		if err != nil {
-			return err
-		}
-		msg, err := c.request(ctx, wire.PushSubject(c.job, g.shard), data)
+		buf := getBuf()
+		defer putBuf(buf)
+		*buf = wire.AppendPush((*buf)[:0], req)
+		msg, err := c.request(ctx, wire.PushSubject(c.job, g.shard), *buf)
 		if err != nil {
 			return err
 		}
@@ -121,15 +128,26 @@ func (c *Client) Push(ctx context.Context, step int64, grads []float32) error {
 	})
 }
 
-// each runs f for every message group concurrently and returns the first
-// error, after all have returned.
+// bufs recycles message buffers: NATS copies a payload into its own write
+// buffer before Publish or Request returns, so a buffer can be reused at
+// once, sparing a large allocation (and its zeroing) per message.
+var bufs = sync.Pool{New: func() any { return new([]byte) }}
+
+func getBuf() *[]byte  { return bufs.Get().(*[]byte) }
+func putBuf(b *[]byte) { bufs.Put(b) }
+
+// each runs f for every message group, at most Window at once, and returns
+// the first error after all have returned.
 func (c *Client) each(ctx context.Context, f func(context.Context, group) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
 	errs := make([]error, len(c.groups))
+	sem := make(chan struct{}, max(1, c.Window))
 	for i, g := range c.groups {
+		sem <- struct{}{}
 		wg.Go(func() {
+			defer func() { <-sem }()
 			if errs[i] = f(ctx, g); errs[i] != nil {
 				cancel()
 			}

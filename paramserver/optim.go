@@ -4,6 +4,8 @@ import (
 	"errors"
 	"fmt"
 	"math"
+
+	"github.com/downpour-ml/downpour/internal/wire"
 )
 
 // Schedule is a learning-rate schedule over the update count t of a block
@@ -167,7 +169,32 @@ func (o Optimizer) coef(t int64) coef {
 // nothing; element i depends only on element i, so applying a block in pieces
 // (or in parallel) gives bit-identical results.
 func (o Optimizer) Apply(w, g []float32, slots [][]float32, t int64) {
+	o.apply(o.coef(t), w, g, slots)
+}
+
+// applyChunk is how many gradient floats ApplyBytes converts at a time: the
+// chunk stays in L1 cache, so reading the gradient from the message costs
+// no extra pass over memory.
+const applyChunk = 2048
+
+// ApplyBytes is Apply with the gradient given as little-endian float32 bytes
+// (len(g) == 4*len(w)), straight from a message. Its results are
+// bit-identical to Apply's.
+func (o Optimizer) ApplyBytes(w []float32, g []byte, slots [][]float32, t int64) {
 	c := o.coef(t)
+	var buf [applyChunk]float32
+	var sub [2][]float32
+	for off := 0; off < len(w); off += applyChunk {
+		end := min(off+applyChunk, len(w))
+		wire.CopyFloats(buf[:end-off], g[4*off:4*end])
+		for k := range slots {
+			sub[k] = slots[k][off:end]
+		}
+		o.apply(c, w[off:end], buf[:end-off], sub[:len(slots)])
+	}
+}
+
+func (o Optimizer) apply(c coef, w, g []float32, slots [][]float32) {
 	g = g[:len(w)]
 	switch o.Kind {
 	case "sgd":

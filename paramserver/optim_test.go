@@ -2,8 +2,12 @@ package paramserver
 
 import (
 	"math"
+	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/downpour-ml/downpour/internal/wire"
 )
 
 func TestScheduleRates(t *testing.T) {
@@ -69,6 +73,34 @@ func TestOptimizerValidate(t *testing.T) {
 	} {
 		if err := c.o.Validate(); err == nil || !strings.Contains(err.Error(), c.says) {
 			t.Errorf("%+v: %v, want an error about %q", c.o, err, c.says)
+		}
+	}
+}
+
+// ApplyBytes (the gradient read from message bytes in cache-sized chunks) is
+// bit-identical to Apply, for every optimizer and lengths around the chunk.
+func TestApplyBytesMatchesApply(t *testing.T) {
+	rng := rand.New(rand.NewPCG(8, 8))
+	for _, o := range testOptimizers() {
+		for _, n := range []int{1, applyChunk - 1, applyChunk, 3*applyChunk + 5} {
+			w1, g := grads(rng, n), grads(rng, n)
+			w2 := slices.Clone(w1)
+			s1, s2 := make([][]float32, o.Slots()), make([][]float32, o.Slots())
+			for k := range s1 {
+				s1[k], s2[k] = make([]float32, n), make([]float32, n)
+			}
+			for step := int64(0); step < 3; step++ {
+				o.Apply(w1, g, s1, step)
+				o.ApplyBytes(w2, wire.AppendFloats(nil, g), s2, step)
+			}
+			if !slices.Equal(w1, w2) {
+				t.Fatalf("%s, n=%d: ApplyBytes differs from Apply", o.Kind, n)
+			}
+			for k := range s1 {
+				if !slices.Equal(s1[k], s2[k]) {
+					t.Fatalf("%s, n=%d: optimizer state differs", o.Kind, n)
+				}
+			}
 		}
 	}
 }

@@ -64,10 +64,12 @@ type heldPull struct {
 	ids   []uint32
 }
 
-// outbox collects replies built under the lock, to send after it.
+// outbox collects replies built under the lock, to send after it. Pooled
+// buffers go back to the pool once sent.
 type outbox struct {
 	subjects []string
 	data     [][]byte
+	pooled   []*[]byte
 }
 
 func (o *outbox) add(subject string, data []byte) {
@@ -180,6 +182,9 @@ func (s *Service) send(o *outbox) {
 			s.cfg.Log.Warn("reply failed", "shard", s.cfg.Shard, "err", err)
 		}
 	}
+	for _, b := range o.pooled {
+		putBuf(b)
+	}
 }
 
 func encode(m any) []byte {
@@ -259,7 +264,7 @@ func (s *Service) onPull(m *nats.Msg) {
 	case err != nil:
 		s.refusal(m.Reply, &o, err, true)
 	case now:
-		o.add(m.Reply, s.readLocked(req.IDs))
+		o.add(m.Reply, s.readLocked(req.IDs, &o))
 	default:
 		s.held[s.nextToken] = heldPull{reply: m.Reply, ids: req.IDs}
 	}
@@ -299,7 +304,7 @@ func (s *Service) drainLocked(o *outbox) {
 		}
 		delete(s.held, a.Token)
 		if a.Kind == wire.OK {
-			o.add(h.reply, s.readLocked(h.ids))
+			o.add(h.reply, s.readLocked(h.ids, o))
 		} else {
 			o.add(h.reply, encode(&wire.PullReply{V: wire.Version, Kind: a.Kind, Msg: "held too long; resend"}))
 		}
@@ -318,8 +323,9 @@ func (s *Service) drainLocked(o *outbox) {
 	}
 }
 
-// readLocked encodes the reply to a pull of ids from the live parameters.
-func (s *Service) readLocked(ids []uint32) []byte {
+// readLocked encodes the reply to a pull of ids from the live parameters,
+// into a pooled buffer that o returns to the pool once sent.
+func (s *Service) readLocked(ids []uint32, o *outbox) []byte {
 	r := &wire.PullReply{V: wire.Version, Clock: s.shard.Clock()}
 	blocks, err := s.shard.Read(ids)
 	if err != nil {
@@ -327,7 +333,10 @@ func (s *Service) readLocked(ids []uint32) []byte {
 	} else {
 		r.Blocks = blocks
 	}
-	return encode(r)
+	buf := getBuf()
+	*buf = wire.AppendPullReply((*buf)[:0], r)
+	o.pooled = append(o.pooled, buf)
+	return *buf
 }
 
 func (s *Service) ticker() {

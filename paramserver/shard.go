@@ -281,16 +281,27 @@ func (s *Shard) pushSync(b *block, r int, step int64, data []byte, finite bool) 
 		return false
 	}
 	s.stats.Accepted++
+	if !finite {
+		s.stats.Skipped++
+		b.bad = true
+	}
+	if s.cfg.Ranks == 1 { // nothing to wait for: apply straight from the message
+		s.snapBlock(b)
+		if !b.bad {
+			s.cfg.Optimizer.ApplyBytes(b.w, data, b.slots, b.clock)
+			s.stats.Applied++
+		}
+		b.bad = false
+		b.clock++
+		s.snapBlock(b)
+		return true
+	}
 	if b.g[r] == nil {
 		b.g[r] = make([]float32, b.Len)
 	}
 	wire.CopyFloats(b.g[r], data)
 	b.got[r] = true
 	b.n++
-	if !finite {
-		s.stats.Skipped++
-		b.bad = true
-	}
 	if b.n < s.cfg.Ranks {
 		return false
 	}
@@ -303,11 +314,9 @@ func (s *Shard) pushSync(b *block, r int, step int64, data []byte, finite bool) 
 				sum[j] += v
 			}
 		}
-		if s.cfg.Ranks > 1 {
-			scale := 1 / float32(s.cfg.Ranks)
-			for j := range sum {
-				sum[j] *= scale
-			}
+		scale := 1 / float32(s.cfg.Ranks)
+		for j := range sum {
+			sum[j] *= scale
 		}
 		s.cfg.Optimizer.Apply(b.w, sum, b.slots, b.clock)
 		s.stats.Applied++
@@ -330,9 +339,7 @@ func (s *Shard) pushAsync(b *block, r int, step int64, data []byte, finite bool)
 		s.stats.Skipped++
 		return false
 	}
-	g := s.sum[:b.Len]
-	wire.CopyFloats(g, data)
-	s.cfg.Optimizer.Apply(b.w, g, b.slots, b.clock)
+	s.cfg.Optimizer.ApplyBytes(b.w, data, b.slots, b.clock)
 	s.stats.Applied++
 	b.clock++
 	return true

@@ -137,8 +137,17 @@ func SnapshotSubject(job string, shard int) string {
 // ProgressSubject is where workers publish Progress.
 func ProgressSubject(job string) string { return fmt.Sprintf("downpour.%s.progress", job) }
 
-// Encode marshals a message.
-func Encode(m any) ([]byte, error) { return msgpack.Marshal(m) }
+// Encode marshals a message (pushes and pull replies through their
+// hand-written encoders).
+func Encode(m any) ([]byte, error) {
+	switch m := m.(type) {
+	case *PushRequest:
+		return EncodePush(m), nil
+	case *PullReply:
+		return EncodePullReply(m), nil
+	}
+	return msgpack.Marshal(m)
+}
 
 // decode unmarshals data into m and checks its version.
 func decode(data []byte, m any, v *uint8) error {
@@ -166,11 +175,33 @@ func checkBlocks(bs []Block) error {
 	return nil
 }
 
-// DecodePush decodes and checks the form of a push.
+// DecodePush decodes and checks the form of a push. The blocks' data view
+// data: copy what must outlive it.
 func DecodePush(data []byte) (*PushRequest, error) {
 	var m PushRequest
-	if err := decode(data, &m, &m.V); err != nil {
+	err := decodeFast(data, func(r *reader, key string) {
+		switch key {
+		case "v":
+			m.V = uint8(r.uint(8))
+		case "j":
+			m.Job = string(r.strBytes())
+		case "r":
+			m.Rank = uint32(r.uint(32))
+		case "e":
+			m.Epoch = r.uint(64)
+		case "s":
+			m.Step = r.int()
+		case "k":
+			m.Blocks = r.blocks()
+		default:
+			r.skip()
+		}
+	})
+	if err != nil {
 		return nil, err
+	}
+	if m.V != Version {
+		return nil, &Error{Kind: BadVersion, Msg: fmt.Sprintf("protocol version %d, want %d", m.V, Version)}
 	}
 	if err := ValidJob(m.Job); err != nil {
 		return nil, &Error{Kind: UnknownJob, Msg: err.Error()}
@@ -217,11 +248,30 @@ func DecodeReply(data []byte) (*Reply, error) {
 	return &m, nil
 }
 
-// DecodePullReply decodes a pull reply.
+// DecodePullReply decodes a pull reply. The blocks' data view data.
 func DecodePullReply(data []byte) (*PullReply, error) {
 	var m PullReply
-	if err := decode(data, &m, &m.V); err != nil {
+	err := decodeFast(data, func(r *reader, key string) {
+		switch key {
+		case "v":
+			m.V = uint8(r.uint(8))
+		case "k":
+			m.Kind = Kind(r.uint(8))
+		case "m":
+			m.Msg = string(r.strBytes())
+		case "c":
+			m.Clock = r.int()
+		case "b":
+			m.Blocks = r.blocks()
+		default:
+			r.skip()
+		}
+	})
+	if err != nil {
 		return nil, err
+	}
+	if m.V != Version {
+		return nil, &Error{Kind: BadVersion, Msg: fmt.Sprintf("protocol version %d, want %d", m.V, Version)}
 	}
 	return &m, checkBlocks(m.Blocks)
 }

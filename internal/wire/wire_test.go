@@ -181,3 +181,27 @@ func TestSkim(t *testing.T) {
 		}
 	}
 }
+
+func TestFinite(t *testing.T) {
+	for n := 0; n < 9; n++ {
+		f := make([]float32, n)
+		for i := range f {
+			f[i] = float32(i) - 3.5
+		}
+		if !Finite(AppendFloats(nil, f)) {
+			t.Fatalf("finite floats of length %d refused", n)
+		}
+		for i := range f {
+			for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1)), math.Float32frombits(0x7f800001)} {
+				g := slices.Clone(f)
+				g[i] = bad
+				if Finite(AppendFloats(nil, g)) {
+					t.Fatalf("%v at %d of %d accepted", bad, i, n)
+				}
+			}
+		}
+	}
+	if !Finite([]byte{1, 2, 3}) {
+		t.Fatal("a trailing partial float is not a float")
+	}
+}

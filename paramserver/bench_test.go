@@ -1,0 +1,260 @@
+package paramserver
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/downpour-ml/downpour/internal/wire"
+	"github.com/downpour-ml/downpour/models"
+)
+
+// benchBlockSize is the block size of the push/pull benchmarks: the default
+// of `downpour train`.
+const benchBlockSize = 16 << 10
+
+// BenchmarkEncodeDecode1MiB encodes and decodes a push of 1 MiB of gradient
+// (16 blocks of 16 Ki floats): the wire cost per MiB, which must stay a raw
+// byte copy with no per-float work.
+func BenchmarkEncodeDecode1MiB(b *testing.B) {
+	req := &wire.PushRequest{V: wire.Version, Job: "bench", Rank: 1, Epoch: 1, Step: 7}
+	g := make([]float32, 1<<18)
+	for i := range g {
+		g[i] = float32(i)
+	}
+	for i := 0; i < 16; i++ {
+		req.Blocks = append(req.Blocks, wire.Block{ID: uint32(i), Data: wire.FloatBytes(g[i<<14 : (i+1)<<14])})
+	}
+	data, _ := wire.Encode(req)
+	b.Run("encode", func(b *testing.B) {
+		b.SetBytes(1 << 20)
+		b.ReportAllocs()
+		var buf []byte // the client reuses its buffers, as here
+		for b.Loop() {
+			buf = wire.AppendPush(buf[:0], req)
+		}
+	})
+	b.Run("decode", func(b *testing.B) {
+		b.SetBytes(1 << 20)
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := wire.DecodePush(data); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkApply measures each optimizer's update of one 1 Mi-float block:
+// gradient bytes per second.
+func BenchmarkApply(b *testing.B) {
+	const n = 1 << 20
+	rng := rand.New(rand.NewPCG(1, 1))
+	w, g := grads(rng, n), grads(rng, n)
+	for _, kind := range []string{"sgd", "momentum", "adagrad", "adam"} {
+		o := DefaultOptimizer(kind, 0.001)
+		slots := make([][]float32, o.Slots())
+		for i := range slots {
+			slots[i] = make([]float32, n)
+		}
+		b.Run(kind, func(b *testing.B) {
+			b.SetBytes(4 * n)
+			var t int64
+			for b.Loop() {
+				o.Apply(w, g, slots, t)
+				t++
+			}
+		})
+	}
+}
+
+// rig is a shard set served on an embedded NATS server and one worker's
+// client, for the push/pull benchmarks.
+type rig struct {
+	nc     *nats.Conn
+	p      *Placement
+	client *Client
+	grads  []float32
+	params []float32
+	step   int64
+}
+
+// Each shard and the worker have their own connection, as separate processes
+// would.
+func newRig(b *testing.B, tensors []models.Tensor, shards int, maxPayload int32) *rig {
+	nc := startNATS(b, maxPayload)
+	p := Place(tensors, benchBlockSize, shards)
+	for s := 0; s < shards; s++ {
+		sh := NewShard(syncCfg(1, DefaultOptimizer("sgd", 1e-6)), p.OnShard(s), func(Block, []float32) {})
+		svc, err := Serve(connect(b, nc.ConnectedUrl()), sh, ServiceConfig{Job: "j", Shard: s, Log: quiet})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(svc.Close)
+	}
+	c, err := NewClient(nc, "j", p, 0, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return &rig{nc: nc, p: p, client: c, grads: grads(rand.New(rand.NewPCG(1, 2)), p.Size()), params: make([]float32, p.Size())}
+}
+
+// pushPull runs one step through the shards and returns how long the push
+// and the pull took.
+func (r *rig) pushPull(b *testing.B) (push, pull time.Duration) {
+	ctx := context.Background()
+	start := time.Now()
+	if err := r.client.Push(ctx, r.step, r.grads); err != nil {
+		b.Fatal(err)
+	}
+	mid := time.Now()
+	r.step++
+	if err := r.client.Pull(ctx, r.step, r.params); err != nil {
+		b.Fatal(err)
+	}
+	return mid.Sub(start), time.Since(mid)
+}
+
+// rawEcho serves, on the same server and with the same topology (one
+// responder per shard), plain NATS request/reply of the same message sizes as
+// the rig's pushes and pulls: an acknowledgement for each push message and a
+// payload of the pulled size for each pull message.
+type rawEcho struct {
+	nc      *nats.Conn
+	shard   []int    // per group: its shard
+	pushMsg [][]byte // per group: a message the size of its push
+	pullMsg [][]byte // per group: a small request naming the group
+	reply   [][]byte // per group: a reply the size of its pull reply
+}
+
+func newRawEcho(b *testing.B, r *rig) *rawEcho {
+	e := &rawEcho{nc: r.nc}
+	for i, g := range r.client.groups {
+		n := 0
+		for _, blk := range g.blocks {
+			n += 4 * blk.Len
+		}
+		e.shard = append(e.shard, g.shard)
+		e.pushMsg = append(e.pushMsg, make([]byte, n+64))
+		req := make([]byte, 16+4*len(g.ids))
+		binary.LittleEndian.PutUint32(req, uint32(i))
+		e.pullMsg = append(e.pullMsg, req)
+		e.reply = append(e.reply, make([]byte, n+64))
+	}
+	for s := 0; s < r.p.Shards; s++ {
+		nc := connect(b, r.nc.ConnectedUrl()) // a connection per responder, like the shards
+		push, err := nc.Subscribe(fmt.Sprintf("raw.%d.push", s), func(m *nats.Msg) { m.Respond([]byte("ok")) })
+		if err != nil {
+			b.Fatal(err)
+		}
+		pull, err := nc.Subscribe(fmt.Sprintf("raw.%d.pull", s), func(m *nats.Msg) {
+			m.Respond(e.reply[binary.LittleEndian.Uint32(m.Data)])
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() { push.Unsubscribe(); pull.Unsubscribe() })
+	}
+	return e
+}
+
+// run does what a push and a pull do in raw NATS: every group's request,
+// as many in flight as the client allows, pushes first, then pulls.
+func (e *rawEcho) run(b *testing.B) (push, pull time.Duration) {
+	phase := func(suffix string, msgs [][]byte) time.Duration {
+		start := time.Now()
+		var wg sync.WaitGroup
+		sem := make(chan struct{}, DefaultWindow) // the client's bound on requests in flight
+		for i, m := range msgs {
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				if _, err := e.nc.Request(fmt.Sprintf("raw.%d.%s", e.shard[i], suffix), m, 30*time.Second); err != nil {
+					b.Error(err)
+				}
+			})
+		}
+		wg.Wait()
+		return time.Since(start)
+	}
+	return phase("push", e.pushMsg), phase("pull", e.pullMsg)
+}
+
+func median(ds []time.Duration) time.Duration {
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[len(s)/2]
+}
+
+// BenchmarkPushPullW2 moves the W2 model's whole gradient to 2 shards and its
+// whole parameter set back, through the embedded NATS server, beside raw NATS
+// request/reply of the same message sizes in the same run. ratio_to_raw is
+// raw time / downpour time (1 means no overhead over NATS itself).
+func BenchmarkPushPullW2(b *testing.B) {
+	r := newRig(b, w2.Tensors(), 2, 0)
+	e := newRawEcho(b, r)
+	r.pushPull(b) // warm up
+	e.run(b)
+	var ours, raw, oursPush, rawPush []time.Duration
+	for b.Loop() {
+		p1, p2 := r.pushPull(b)
+		q1, q2 := e.run(b)
+		ours, raw = append(ours, p1+p2), append(raw, q1+q2)
+		oursPush, rawPush = append(oursPush, p1), append(rawPush, q1)
+	}
+	b.ReportMetric(float64(median(oursPush).Milliseconds()), "ms/push")
+	b.ReportMetric(float64(median(rawPush).Milliseconds()), "raw_ms/push")
+	bytes := float64(2 * 4 * r.p.Size())
+	b.ReportMetric(bytes/median(ours).Seconds()/1e6, "MB/s")
+	b.ReportMetric(bytes/median(raw).Seconds()/1e6, "raw_MB/s")
+	b.ReportMetric(median(raw).Seconds()/median(ours).Seconds(), "ratio_to_raw")
+}
+
+// BenchmarkPushPull10M pushes 10M float32 gradients to one shard, which
+// applies SGD, and pulls the 10M parameters back: the workload ps-lite's own
+// benchmark measures (130 ms push + 180 ms pull on this machine kind, with an
+// empty server handler).
+func BenchmarkPushPull10M(b *testing.B) {
+	r := newRig(b, []models.Tensor{{Name: "x", Shape: []int{10_000_000}}}, 1, 0)
+	r.pushPull(b)
+	var push, pull []time.Duration
+	for b.Loop() {
+		p1, p2 := r.pushPull(b)
+		push, pull = append(push, p1), append(pull, p2)
+	}
+	b.ReportMetric(float64(median(push).Microseconds())/1e3, "ms/push")
+	b.ReportMetric(float64(median(pull).Microseconds())/1e3, "ms/pull")
+	b.ReportMetric(float64((median(push)+median(pull)).Microseconds())/1e3, "ms/pushpull")
+}
+
+// BenchmarkSyncOverheadW2 compares one sync step of a W2-sized model through
+// the parameter server (1 worker, 2 shards, embedded NATS: push the gradient,
+// SGD on the shards, pull the parameters) with the same step done locally
+// (SGD on the worker, no PS). The gradient is synthetic: the W2 model's
+// compute is not part of either side, so the ratio here is the PS's cost
+// against the bare optimizer; against a real W2 step (seconds of compute) the
+// PS adds the absolute ms/step reported.
+func BenchmarkSyncOverheadW2(b *testing.B) {
+	r := newRig(b, w2.Tensors(), 2, 0)
+	r.pushPull(b)
+	w := make([]float32, r.p.Size())
+	opt := DefaultOptimizer("sgd", 1e-6)
+	var ps, local []time.Duration
+	for b.Loop() {
+		p1, p2 := r.pushPull(b)
+		start := time.Now()
+		opt.Apply(w, r.grads, nil, 0)
+		local = append(local, time.Since(start))
+		ps = append(ps, p1+p2)
+	}
+	b.ReportMetric(float64(median(ps).Microseconds())/1e3, "ms/ps_step")
+	b.ReportMetric(float64(median(local).Microseconds())/1e3, "ms/local_step")
+	b.ReportMetric(median(ps).Seconds()/median(local).Seconds(), "ratio")
+}
