@@ -56,18 +56,28 @@ func CopyFloats(dst []float32, b []byte) bool {
 }
 
 // Finite reports whether every little-endian float32 in b is finite (neither
-// NaN nor ±Inf: the exponent bits are not all ones). It reads two floats per
-// 8-byte load.
+// NaN nor ±Inf: the exponent bits are not all ones). It tests four 8-byte
+// words per iteration without branching: a float's exponent field XOR all
+// ones is zero exactly when it is NaN or Inf, and (t-1)&^t sets a lane's top
+// bit exactly when the lane t is zero (t never has that bit set).
 func Finite(b []byte) bool {
 	const exp, exp2 = 0x7f800000, 0x7f8000007f800000
-	for ; len(b) >= 8; b = b[8:] {
-		x := binary.LittleEndian.Uint64(b) & exp2
-		if uint32(x) == exp || x>>32 == exp {
+	const ones, high = 0x0000000100000001, 0x8000000080000000
+	var acc uint64
+	for ; len(b) >= 32; b = b[32:] {
+		t0 := binary.LittleEndian.Uint64(b)&exp2 ^ exp2
+		t1 := binary.LittleEndian.Uint64(b[8:])&exp2 ^ exp2
+		t2 := binary.LittleEndian.Uint64(b[16:])&exp2 ^ exp2
+		t3 := binary.LittleEndian.Uint64(b[24:])&exp2 ^ exp2
+		acc |= (t0-ones)&^t0 | (t1-ones)&^t1 | (t2-ones)&^t2 | (t3-ones)&^t3
+	}
+	if acc&high != 0 {
+		return false
+	}
+	for ; len(b) >= 4; b = b[4:] {
+		if binary.LittleEndian.Uint32(b)&exp == exp {
 			return false
 		}
-	}
-	if len(b) >= 4 && binary.LittleEndian.Uint32(b)&exp == exp {
-		return false
 	}
 	return true
 }

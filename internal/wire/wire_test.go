@@ -183,7 +183,7 @@ func TestSkim(t *testing.T) {
 }
 
 func TestFinite(t *testing.T) {
-	for n := 0; n < 9; n++ {
+	for n := 0; n < 21; n++ {
 		f := make([]float32, n)
 		for i := range f {
 			f[i] = float32(i) - 3.5
@@ -192,7 +192,8 @@ func TestFinite(t *testing.T) {
 			t.Fatalf("finite floats of length %d refused", n)
 		}
 		for i := range f {
-			for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1)), math.Float32frombits(0x7f800001)} {
+			for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(1)), float32(math.Inf(-1)),
+				math.Float32frombits(0x7f800001), math.Float32frombits(0xffffffff)} {
 				g := slices.Clone(f)
 				g[i] = bad
 				if Finite(AppendFloats(nil, g)) {
@@ -201,7 +202,38 @@ func TestFinite(t *testing.T) {
 			}
 		}
 	}
+	// Extremes that are finite: the largest float, the smallest subnormal, -0.
+	if !Finite(AppendFloats(nil, slices.Repeat([]float32{math.MaxFloat32, -math.MaxFloat32, math.SmallestNonzeroFloat32, float32(math.Copysign(0, -1))}, 9))) {
+		t.Fatal("finite extremes refused")
+	}
 	if !Finite([]byte{1, 2, 3}) {
 		t.Fatal("a trailing partial float is not a float")
+	}
+}
+
+// Finite agrees with the obvious per-float check on random bytes, where
+// about one word in a few hundred is NaN or Inf.
+func TestFiniteMatchesReference(t *testing.T) {
+	rng := rand.New(rand.NewPCG(6, 6))
+	slow := func(b []byte) bool {
+		for i := 0; i+4 <= len(b); i += 4 {
+			v := float64(math.Float32frombits(binary.LittleEndian.Uint32(b[i:])))
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				return false
+			}
+		}
+		return true
+	}
+	for trial := 0; trial < 5000; trial++ {
+		b := make([]byte, rng.IntN(300))
+		for i := range b {
+			b[i] = byte(rng.Uint32())
+			if i%4 == 3 && rng.IntN(8) != 0 {
+				b[i] &= 0x7e // mostly finite exponents
+			}
+		}
+		if Finite(b) != slow(b) {
+			t.Fatalf("Finite(% x) = %v", b, Finite(b))
+		}
 	}
 }
