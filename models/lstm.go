@@ -83,21 +83,10 @@ func (l *LSTM[T]) Forward(x []T, steps, batch int, h0, c0 []T) *LSTMCache[T] {
 		matmul(g, c.HS[t*n:(t+1)*n], false, l.Wh, false, batch, H4, H, true)
 		cPrev, cNext := c.CS[t*n:(t+1)*n], c.CS[(t+1)*n:(t+2)*n]
 		hNext, tc := c.HS[(t+1)*n:(t+2)*n], c.TanhC[t*n:(t+1)*n]
-		for b := 0; b < batch; b++ {
-			row := g[b*H4 : (b+1)*H4]
-			for j := 0; j < H; j++ {
-				i := T(sigmoid(float64(row[j])))
-				f := T(sigmoid(float64(row[H+j])))
-				gg := T(math.Tanh(float64(row[2*H+j])))
-				o := T(sigmoid(float64(row[3*H+j])))
-				row[j], row[H+j], row[2*H+j], row[3*H+j] = i, f, gg, o
-				k := b*H + j
-				cn := f*cPrev[k] + i*gg
-				cNext[k] = cn
-				th := T(math.Tanh(float64(cn)))
-				tc[k] = th
-				hNext[k] = o * th
-			}
+		if g32, ok := any(g).([]float32); ok {
+			cellForwardFast(g32, any(cPrev).([]float32), any(cNext).([]float32), any(hNext).([]float32), any(tc).([]float32), H)
+		} else {
+			cellForward(g, cPrev, cNext, hNext, tc, H)
 		}
 	}
 	return c
@@ -163,4 +152,47 @@ func (l *LSTM[T]) Backward(c *LSTMCache[T], dOut, dhT, dcT []T, wantDX bool) (dx
 		matmul(dx, dA, false, l.Wx, true, steps*batch, l.In, H4, false)
 	}
 	return dx, dh, dc
+}
+
+// cellForward applies the gate nonlinearities to the pre-activations g
+// (rows of 4H: i, f, g, o) in place and computes the new cell state, its
+// tanh and the new hidden state, in float64 math: the reference for
+// cellForward32, and the float64 model's path.
+func cellForward[T Float](g, cPrev, cNext, hNext, tc []T, H int) {
+	H4 := 4 * H
+	for b := 0; b < len(g)/H4; b++ {
+		row := g[b*H4 : (b+1)*H4]
+		for j := 0; j < H; j++ {
+			i := T(sigmoid(float64(row[j])))
+			f := T(sigmoid(float64(row[H+j])))
+			gg := T(math.Tanh(float64(row[2*H+j])))
+			o := T(sigmoid(float64(row[3*H+j])))
+			row[j], row[H+j], row[2*H+j], row[3*H+j] = i, f, gg, o
+			k := b*H + j
+			cn := f*cPrev[k] + i*gg
+			cNext[k] = cn
+			th := T(math.Tanh(float64(cn)))
+			tc[k] = th
+			hNext[k] = o * th
+		}
+	}
+}
+
+// cellForward32 is cellForward with float32 activation kernels.
+func cellForward32(g, cPrev, cNext, hNext, tc []float32, H int) {
+	H4 := 4 * H
+	for b := 0; b < len(g)/H4; b++ {
+		row := g[b*H4 : (b+1)*H4]
+		ri, rf, rg, ro := row[:H], row[H:2*H], row[2*H:3*H], row[3*H:H4]
+		cp, cn, hn, t := cPrev[b*H:(b+1)*H], cNext[b*H:(b+1)*H], hNext[b*H:(b+1)*H], tc[b*H:(b+1)*H]
+		for j := range ri {
+			i, f, gg, o := sigmoid32(ri[j]), sigmoid32(rf[j]), tanh32(rg[j]), sigmoid32(ro[j])
+			ri[j], rf[j], rg[j], ro[j] = i, f, gg, o
+			c := f*cp[j] + i*gg
+			cn[j] = c
+			th := tanh32(c)
+			t[j] = th
+			hn[j] = o * th
+		}
+	}
 }
