@@ -101,7 +101,7 @@ func BenchmarkSigmoid32Slice(b *testing.B) {
 	b.SetBytes(4 * 4096)
 	for b.Loop() {
 		for i, x := range xs {
-			xs[i] = sigmoid32(x) * 20 - 10
+			xs[i] = sigmoid32(x)*20 - 10
 		}
 	}
 }

@@ -2,7 +2,9 @@
 
 package models
 
-func cellForwardFast(g, cPrev, cNext, hNext, tc []float32, H int) { cellForward32(g, cPrev, cNext, hNext, tc, H) }
+func cellForwardFast(g, cPrev, cNext, hNext, tc []float32, H int) {
+	cellForward32(g, cPrev, cNext, hNext, tc, H)
+}
 
 // expShift sets row[j] = e^(row[j]-mx) and returns their sum.
 func expShift(row []float32, mx float32) float64 {
