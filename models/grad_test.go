@@ -64,11 +64,11 @@ func TestLSTMGradient(t *testing.T) {
 	rh := randSlice(rng, batch*hid, 1)
 	rc := randSlice(rng, batch*hid, 1)
 	loss := func() float64 {
-		c := l.Forward(x, steps, batch, h0, c0)
+		c := l.Forward(nil, x, steps, batch, h0, c0)
 		h, cell := c.Final(hid)
 		return dot(rOut, c.Out(hid)) + dot(rh, h) + dot(rc, cell)
 	}
-	c := l.Forward(x, steps, batch, h0, c0)
+	c := l.Forward(nil, x, steps, batch, h0, c0)
 	clear(grads)
 	dx, dh0, dc0 := l.Backward(c, rOut, rh, rc, true)
 	checkGrad(t, "params", params, grads, loss)

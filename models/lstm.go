@@ -33,7 +33,9 @@ func newLSTM[T Float](in, hidden int, w, g *view[T]) *LSTM[T] {
 	}
 }
 
-// LSTMCache holds what the backward pass of one forward pass needs.
+// LSTMCache holds what the backward pass of one forward pass needs, and the
+// backward pass's own buffers. A cache is reused from step to step: once its
+// buffers have grown to the largest batch, a training step allocates nothing.
 type LSTMCache[T Float] struct {
 	Steps, Batch int
 	X            []T // input, Steps*Batch x In (time-major)
@@ -41,6 +43,17 @@ type LSTMCache[T Float] struct {
 	CS           []T // c0 then c_1..c_T: (Steps+1)*Batch x H
 	Gates        []T // activated gates: Steps*Batch x 4H
 	TanhC        []T // tanh(c_t): Steps*Batch x H
+	// Backward's buffers: gate gradients, running dh and dc, and dx.
+	DA, DH, DC, DX []T
+}
+
+// grow returns s resized to n elements, reallocating only when its capacity
+// is short. The contents are not cleared.
+func grow[T Float](s []T, n int) []T {
+	if cap(s) >= n {
+		return s[:n]
+	}
+	return make([]T, n)
 }
 
 // Out returns the hidden states h_1..h_T, Steps*Batch x H.
@@ -55,22 +68,28 @@ func (c *LSTMCache[T]) Final(hidden int) (h, cell []T) {
 func sigmoid(x float64) float64 { return 1 / (1 + math.Exp(-x)) }
 
 // Forward runs the layer over x (steps*batch x In, time-major) from the
-// initial state (h0, c0), each batch x H, or zero when nil.
-func (l *LSTM[T]) Forward(x []T, steps, batch int, h0, c0 []T) *LSTMCache[T] {
+// initial state (h0, c0), each batch x H, or zero when nil, filling c (a new
+// cache when nil) and returning it.
+func (l *LSTM[T]) Forward(c *LSTMCache[T], x []T, steps, batch int, h0, c0 []T) *LSTMCache[T] {
 	H, H4 := l.Hidden, 4*l.Hidden
 	mustLen("lstm input", x, steps*batch*l.In)
-	c := &LSTMCache[T]{
-		Steps: steps, Batch: batch, X: x,
-		HS:    make([]T, (steps+1)*batch*H),
-		CS:    make([]T, (steps+1)*batch*H),
-		Gates: make([]T, steps*batch*H4),
-		TanhC: make([]T, steps*batch*H),
+	if c == nil {
+		c = &LSTMCache[T]{}
 	}
+	c.Steps, c.Batch, c.X = steps, batch, x
+	c.HS = grow(c.HS, (steps+1)*batch*H)
+	c.CS = grow(c.CS, (steps+1)*batch*H)
+	c.Gates = grow(c.Gates, steps*batch*H4)
+	c.TanhC = grow(c.TanhC, steps*batch*H)
 	if h0 != nil {
 		copy(c.HS, h0)
+	} else {
+		clear(c.HS[:batch*H])
 	}
 	if c0 != nil {
 		copy(c.CS, c0)
+	} else {
+		clear(c.CS[:batch*H])
 	}
 	// The input projections of all time steps in one GEMM.
 	for r := 0; r < steps*batch; r++ {
@@ -96,19 +115,24 @@ func (l *LSTM[T]) Forward(x []T, steps, batch int, h0, c0 []T) *LSTMCache[T] {
 // dOut (steps*batch x H, or nil for none) and final state (dhT, dcT, each
 // batch x H, or nil), adds the parameter gradients into DWx, DWh and DB, and
 // returns the gradients with respect to the input x (nil unless wantDX) and the
-// initial state (dh0, dc0).
+// initial state (dh0, dc0). The returned slices live in c: use them before
+// c's next Backward.
 func (l *LSTM[T]) Backward(c *LSTMCache[T], dOut, dhT, dcT []T, wantDX bool) (dx, dh0, dc0 []T) {
 	H, H4 := l.Hidden, 4*l.Hidden
 	steps, batch := c.Steps, c.Batch
 	n := batch * H
-	dA := make([]T, steps*batch*H4) // gradients of the gate pre-activations
-	dh := make([]T, n)
-	dc := make([]T, n)
+	c.DA = grow(c.DA, steps*batch*H4) // gradients of the gate pre-activations
+	c.DH, c.DC = grow(c.DH, n), grow(c.DC, n)
+	dA, dh, dc := c.DA, c.DH, c.DC
 	if dhT != nil {
 		copy(dh, dhT)
+	} else {
+		clear(dh)
 	}
 	if dcT != nil {
 		copy(dc, dcT)
+	} else {
+		clear(dc)
 	}
 	for t := steps - 1; t >= 0; t-- {
 		if dOut != nil {
@@ -148,7 +172,8 @@ func (l *LSTM[T]) Backward(c *LSTMCache[T], dOut, dhT, dcT []T, wantDX bool) (dx
 		}
 	}
 	if wantDX {
-		dx = make([]T, steps*batch*l.In)
+		c.DX = grow(c.DX, steps*batch*l.In)
+		dx = c.DX
 		matmul(dx, dA, false, l.Wx, true, steps*batch, l.In, H4, false)
 	}
 	return dx, dh, dc

@@ -113,6 +113,13 @@ type Seq2Seq[T Float] struct {
 	outB     []T
 	dOutW    []T
 	dOutB    []T
+	ws       workspace[T]
+}
+
+// workspace holds a model's step buffers, reused from step to step.
+type workspace[T Float] struct {
+	x, y, logits, dIn []T
+	enc, dec          []*LSTMCache[T]
 }
 
 // NewSeq2Seq allocates a model of shape cfg with zero parameters. It panics on
@@ -159,29 +166,31 @@ func (m *Seq2Seq[T]) Init(seed uint64) {
 // tokens and their count. With backward, it also sets Grads() to the gradient
 // of (summed loss) / b.Size: the paper's rule of dividing by the batch size.
 func (m *Seq2Seq[T]) Loss(b *SeqBatch, backward bool) (loss float64, tokens int) {
-	cfg := m.Cfg
+	cfg, ws := m.Cfg, &m.ws
 	E, H, V, B := cfg.Embed, cfg.Hidden, cfg.TgtVocab, b.Size
+	if ws.enc == nil {
+		ws.enc, ws.dec = make([]*LSTMCache[T], cfg.Layers), make([]*LSTMCache[T], cfg.Layers)
+	}
 	// Encoder.
-	x := make([]T, b.SrcLen*B*E)
-	Embedding(x, m.srcEmb, E, b.Src)
-	encC := make([]*LSTMCache[T], cfg.Layers)
-	in := x
+	ws.x = grow(ws.x, b.SrcLen*B*E)
+	Embedding(ws.x, m.srcEmb, E, b.Src)
+	in := ws.x
 	for l, layer := range m.enc {
-		encC[l] = layer.Forward(in, b.SrcLen, B, nil, nil)
-		in = encC[l].Out(H)
+		ws.enc[l] = layer.Forward(ws.enc[l], in, b.SrcLen, B, nil, nil)
+		in = ws.enc[l].Out(H)
 	}
 	// Decoder, started from the encoder's final state layer by layer.
-	y := make([]T, b.TgtLen*B*E)
-	Embedding(y, m.tgtEmb, E, b.TgtIn)
-	decC := make([]*LSTMCache[T], cfg.Layers)
-	in = y
+	ws.y = grow(ws.y, b.TgtLen*B*E)
+	Embedding(ws.y, m.tgtEmb, E, b.TgtIn)
+	in = ws.y
 	for l, layer := range m.dec {
-		h0, c0 := encC[l].Final(H)
-		decC[l] = layer.Forward(in, b.TgtLen, B, h0, c0)
-		in = decC[l].Out(H)
+		h0, c0 := ws.enc[l].Final(H)
+		ws.dec[l] = layer.Forward(ws.dec[l], in, b.TgtLen, B, h0, c0)
+		in = ws.dec[l].Out(H)
 	}
 	rows := b.TgtLen * B
-	logits := make([]T, rows*V)
+	ws.logits = grow(ws.logits, rows*V)
+	logits := ws.logits
 	for r := 0; r < rows; r++ {
 		copy(logits[r*V:(r+1)*V], m.outB)
 	}
@@ -194,17 +203,17 @@ func (m *Seq2Seq[T]) Loss(b *SeqBatch, backward bool) (loss float64, tokens int)
 	dlog := logits // now the gradient of the scaled loss
 	matmul(m.dOutW, in, true, dlog, false, H, V, rows, true)
 	addColSums(m.dOutB, dlog)
-	dIn := make([]T, rows*H)
+	ws.dIn = grow(ws.dIn, rows*H)
+	dIn := ws.dIn
 	matmul(dIn, dlog, false, m.outW, true, rows, H, V, false)
-	dh0 := make([][]T, cfg.Layers)
-	dc0 := make([][]T, cfg.Layers)
 	for l := cfg.Layers - 1; l >= 0; l-- {
-		dIn, dh0[l], dc0[l] = m.dec[l].Backward(decC[l], dIn, nil, nil, true)
+		dIn, _, _ = m.dec[l].Backward(ws.dec[l], dIn, nil, nil, true)
 	}
 	EmbeddingBackward(m.dTgtEmb, dIn, E, b.TgtIn)
 	dIn = nil
 	for l := cfg.Layers - 1; l >= 0; l-- {
-		dIn, _, _ = m.enc[l].Backward(encC[l], dIn, dh0[l], dc0[l], true)
+		// The decoder's initial-state gradients are in its caches.
+		dIn, _, _ = m.enc[l].Backward(ws.enc[l], dIn, ws.dec[l].DH, ws.dec[l].DC, true)
 	}
 	EmbeddingBackward(m.dSrcEmb, dIn, E, b.Src)
 	return loss, tokens
