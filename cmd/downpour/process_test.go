@@ -16,6 +16,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/checkpoint"
 	"github.com/downpour-ml/downpour/internal/embedded"
+	"github.com/downpour-ml/downpour/models"
 )
 
 var (
@@ -34,7 +35,11 @@ func binary(t *testing.T) string {
 			return
 		}
 		binPath = filepath.Join(dir, "downpour")
-		out, err := exec.Command("go", "build", "-o", binPath, ".").CombinedOutput()
+		args := []string{"build", "-o", binPath}
+		if models.BLAS == "openblas" { // the binary is built like this test
+			args = append(args, "-tags", "openblas")
+		}
+		out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
 		if err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
 		}
