@@ -25,8 +25,8 @@ const (
 	FirstSymbol = 3
 	// Digits is the number of distinct symbols of the synthetic tasks.
 	Digits = 10
-	// Vocab is the size of the source and target vocabularies.
-	Vocab = FirstSymbol + Digits
+	// SyntheticVocab is the size of the synthetic tasks' vocabularies.
+	SyntheticVocab = FirstSymbol + Digits
 )
 
 // Tasks lists the synthetic tasks by name.

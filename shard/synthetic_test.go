@@ -25,7 +25,7 @@ func TestSyntheticTasks(t *testing.T) {
 			t.Fatal(err)
 		}
 		b := task.Batch(1, 0, 0, 5)
-		if err := b.Validate(models.Seq2SeqConfig{SrcVocab: Vocab, TgtVocab: Vocab, Embed: 1, Hidden: 1, Layers: 1}); err != nil {
+		if err := b.Validate(models.Seq2SeqConfig{SrcVocab: SyntheticVocab, TgtVocab: SyntheticVocab, Embed: 1, Hidden: 1, Layers: 1}); err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
 		if b.SrcLen < 3 || b.SrcLen > 6 || b.TgtLen != b.SrcLen+1 {

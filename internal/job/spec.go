@@ -60,7 +60,7 @@ func Default() Spec {
 	return Spec{
 		Name:      "demo",
 		Model:     "seq2seq",
-		Seq2Seq:   models.Seq2SeqConfig{SrcVocab: shard.Vocab, TgtVocab: shard.Vocab, Embed: 32, Hidden: 128, Layers: 1},
+		Seq2Seq:   models.Seq2SeqConfig{SrcVocab: shard.SyntheticVocab, TgtVocab: shard.SyntheticVocab, Embed: 32, Hidden: 128, Layers: 1},
 		Task:      "reverse",
 		MinLen:    3,
 		MaxLen:    5,
@@ -91,8 +91,8 @@ func (s *Spec) Validate() error {
 	if err := s.Seq2Seq.Validate(); err != nil {
 		return err
 	}
-	if s.Seq2Seq.SrcVocab < shard.Vocab || s.Seq2Seq.TgtVocab < shard.Vocab {
-		return fmt.Errorf("synthetic tasks need vocabularies of at least %d", shard.Vocab)
+	if s.Seq2Seq.SrcVocab < shard.SyntheticVocab || s.Seq2Seq.TgtVocab < shard.SyntheticVocab {
+		return fmt.Errorf("synthetic tasks need vocabularies of at least %d", shard.SyntheticVocab)
 	}
 	if _, err := shard.NewSynthetic(s.Task, s.MinLen, s.MaxLen); err != nil {
 		return err
