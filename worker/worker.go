@@ -120,8 +120,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if spec.NPush > 1 {
 		t.acc = make([]float32, len(t.model.Grads()))
 	}
-	t.task, err = shard.NewSynthetic(spec.Task, spec.MinLen, spec.MaxLen)
-	if err != nil {
+	if t.data, err = spec.OpenData(); err != nil {
 		return err
 	}
 	for step := int64(0); step < spec.Steps; step++ {
@@ -150,7 +149,7 @@ type trainer struct {
 	a      job.Assignment
 	client *paramserver.Client
 	model  *models.Seq2Seq[float32]
-	task   *shard.Synthetic
+	data   shard.Dataset
 	acc    []float32 // async with n_push > 1: gradients summed since the last push
 	// Loss, tokens and wall time since the last progress report: a report
 	// covers every step of its logging interval, not just its last one.
@@ -173,7 +172,7 @@ func (t *trainer) step(ctx context.Context, step int64) error {
 			return fmt.Errorf("step %d: pull: %w", step, err)
 		}
 	}
-	b := t.task.Batch(t.spec.Seed, t.a.DataShard, step, t.spec.Batch)
+	b := t.data.Batch(t.spec.Seed, t.a.DataShard, step, t.spec.Batch)
 	loss, tokens := t.model.Loss(b, true)
 	grads := t.model.Grads()
 	models.ClipGlobalNorm(grads, t.spec.ClipNorm)

@@ -76,9 +76,14 @@ func (o *optimizerFlags) optimizer() paramserver.Optimizer {
 // Call finish after parsing.
 func specFlags(fs *flag.FlagSet, s *job.Spec) (finish func()) {
 	fs.StringVar(&s.Name, "job", s.Name, "job name (letters, digits, '_' and '-')")
-	fs.StringVar(&s.Task, "task", s.Task, "synthetic task: copy, reverse or sort")
-	fs.IntVar(&s.MinLen, "min-len", s.MinLen, "shortest source sequence")
-	fs.IntVar(&s.MaxLen, "max-len", s.MaxLen, "longest source sequence")
+	fs.StringVar(&s.Data, "data", s.Data, "training data: a parallel corpus file (source<TAB>target lines) or synthetic:copy|reverse|sort")
+	fs.IntVar(&s.MinLen, "min-len", s.MinLen, "synthetic: shortest source sequence")
+	fs.IntVar(&s.MaxLen, "max-len", s.MaxLen, "synthetic: longest source sequence")
+	fs.BoolVar(&s.Reverse, "reverse", s.Reverse, "feed source sentences reversed (the paper's trick; --reverse=false for the ablation)")
+	fs.IntVar(&s.VocabMax, "vocab", s.VocabMax, "corpus: words per vocabulary (most frequent first; the rest become <unk>)")
+	fs.StringVar(&s.Tokenizer, "tokenizer", s.Tokenizer, "corpus: split on spaces, or 13a (mteval's tokenizer)")
+	fs.IntVar(&s.HeldOut, "held-out", s.HeldOut, "examples set aside for evaluation")
+	fs.Int64Var(&s.EvalEvery, "eval-every", s.EvalEvery, "evaluate held-out loss, BLEU and exact match every N steps (0: only at the end)")
 	fs.IntVar(&s.Seq2Seq.Embed, "embed", s.Seq2Seq.Embed, "embedding size")
 	fs.IntVar(&s.Seq2Seq.Hidden, "hidden", s.Seq2Seq.Hidden, "LSTM hidden size")
 	fs.IntVar(&s.Seq2Seq.Layers, "layers", s.Seq2Seq.Layers, "LSTM layers in the encoder and in the decoder")

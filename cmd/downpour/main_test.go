@@ -37,7 +37,14 @@ func runCmd(t *testing.T, timeout time.Duration, args ...string) (code int, stdo
 	return code, o.String(), e.String()
 }
 
+// readMetrics returns the training and the evaluation records of a
+// metrics.jsonl file.
 func readMetrics(t *testing.T, path string) []telemetry.Record {
+	rs, _ := readAllMetrics(t, path)
+	return rs
+}
+
+func readAllMetrics(t *testing.T, path string) ([]telemetry.Record, []telemetry.EvalRecord) {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -45,15 +52,29 @@ func readMetrics(t *testing.T, path string) []telemetry.Record {
 	}
 	defer f.Close()
 	var rs []telemetry.Record
+	var es []telemetry.EvalRecord
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		var r telemetry.Record
-		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+		var kind struct{ Kind string }
+		json.Unmarshal(sc.Bytes(), &kind)
+		var err error
+		switch kind.Kind {
+		case "train":
+			var r telemetry.Record
+			err = json.Unmarshal(sc.Bytes(), &r)
+			rs = append(rs, r)
+		case "eval":
+			var r telemetry.EvalRecord
+			err = json.Unmarshal(sc.Bytes(), &r)
+			es = append(es, r)
+		default:
+			t.Fatalf("metrics.jsonl line %q has no known kind", sc.Text())
+		}
+		if err != nil {
 			t.Fatalf("metrics.jsonl line %q: %v", sc.Text(), err)
 		}
-		rs = append(rs, r)
 	}
-	return rs
+	return rs, es
 }
 
 // trainRun trains in-process and returns the final checkpoint's parameters.
@@ -116,15 +137,29 @@ func TestTrainSyncDeterministicAcrossShardCounts(t *testing.T) {
 	}
 }
 
-// The default job learns: the last logged loss is below half the first.
+// The default job learns: the last logged loss is below half the first, and
+// the held-out evaluations (every 100 steps and at the end) improve to most
+// sentences copied exactly.
 func TestTrainDefaultLearns(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "run")
 	trainRun(t, out)
-	rs := readMetrics(t, filepath.Join(out, "metrics.jsonl"))
+	rs, es := readAllMetrics(t, filepath.Join(out, "metrics.jsonl"))
 	first, last := rs[0], rs[len(rs)-1]
 	t.Logf("loss %.4f -> %.4f over %d records", first.Loss, last.Loss, len(rs))
 	if last.Step != 299 || !(last.Loss < first.Loss/2) {
 		t.Fatalf("step %d: loss %.4f -> %.4f, want the last below half the first", last.Step, first.Loss, last.Loss)
+	}
+	var steps []int64
+	for _, e := range es {
+		steps = append(steps, e.Step)
+		t.Logf("eval at %d: loss %.3f BLEU %.1f exact %.3f", e.Step, e.EvalLoss, e.BLEU, e.ExactMatch)
+	}
+	if !slices.Equal(steps, []int64{100, 200, 300}) {
+		t.Fatalf("evaluations at %v", steps)
+	}
+	end := es[len(es)-1]
+	if end.HeldOut != 200 || end.ExactMatch < 0.8 || end.BLEU < 80 || !(end.EvalLoss < es[0].EvalLoss) {
+		t.Fatalf("final evaluation %+v", end)
 	}
 }
 
@@ -283,5 +318,40 @@ func TestTrainShardSnapshotsMatchShorterRun(t *testing.T) {
 	}
 	if !slices.Equal(got, short) {
 		t.Fatal("the step-10 snapshots differ from a 10-step run's final parameters")
+	}
+}
+
+// A parallel corpus file trains too: its vocabularies size the model, and
+// evaluation on its held-out pairs reports BLEU.
+func TestTrainOnCorpusFile(t *testing.T) {
+	dir := t.TempDir()
+	corpus := filepath.Join(dir, "toy.tsv")
+	var b strings.Builder
+	words := []string{"zero", "one", "two", "three", "four"}
+	for i := 0; i < 400; i++ {
+		a, c := i%5, (i/5)%5
+		fmt.Fprintf(&b, "%s %s\t%d %d\tattribution\n", words[a], words[c], c, a)
+	}
+	b.WriteString("\nmalformed line\n")
+	os.WriteFile(corpus, []byte(b.String()), 0o644)
+	out := filepath.Join(dir, "run")
+	_, meta := trainRun(t, out, "--data", corpus, "--steps", "30", "--held-out", "20", "--eval-every", "0", "--optimizer", "adam")
+	var cfg struct {
+		Seq2Seq models.Seq2SeqConfig `json:"seq2seq"`
+		DataCRC uint32               `json:"data_crc"`
+	}
+	if err := json.Unmarshal(meta.Config, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Seq2Seq.SrcVocab != 4+5 || cfg.Seq2Seq.TgtVocab != 4+5 || cfg.DataCRC == 0 {
+		t.Fatalf("model config %+v", cfg)
+	}
+	_, es := readAllMetrics(t, filepath.Join(out, "metrics.jsonl"))
+	if len(es) != 1 || es[0].HeldOut != 20 || es[0].Step != 30 {
+		t.Fatalf("evaluations %+v", es)
+	}
+	code, _, stderr := runCmd(t, time.Minute, "train", "--data", filepath.Join(dir, "missing.tsv"), "--out", filepath.Join(dir, "r2"))
+	if code != 1 || !strings.Contains(stderr, "missing.tsv") {
+		t.Fatalf("missing corpus: exit %d, %q", code, stderr)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -19,38 +20,73 @@ import (
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/psnode"
 	"github.com/downpour-ml/downpour/internal/telemetry"
+	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/shard"
 	"github.com/downpour-ml/downpour/worker"
 )
 
 // coordinate runs the coordinator of spec and, beside it, what fills the run
-// directory out: metrics.jsonl from the workers' progress, and the final
-// parameters pulled from the shards into checkpoint/final.ckpt.
+// directory out: metrics.jsonl from the workers' progress and from held-out
+// evaluations every spec.EvalEvery steps, and the final parameters pulled
+// from the shards into checkpoint/final.ckpt (evaluated once more).
 func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec job.Spec, out string,
 	console io.Writer, log *slog.Logger) (*telemetry.Collector, error) {
+	data, err := spec.OpenData()
+	if err != nil {
+		return nil, err
+	}
 	col, err := telemetry.NewCollector(nc, spec.Name, spec.Workers, spec.Steps, filepath.Join(out, "metrics.jsonl"), console)
 	if err != nil {
 		return nil, err
 	}
 	defer col.Close()
+	ev := &evaluator{spec: &spec, data: data, col: col, nc: nc}
+	// Periodic evaluations, while training runs.
+	ectx, stopEval := context.WithCancel(ctx)
+	var evalDone sync.WaitGroup
+	evalDone.Go(func() {
+		if spec.EvalEvery == 0 {
+			return
+		}
+		raw, err := job.Wait(ectx, cli, job.KeysFor(spec.Name).Placement(), 5*time.Minute)
+		if err != nil {
+			return
+		}
+		p, err := paramserver.DecodePlacement(raw)
+		if err != nil {
+			return
+		}
+		for step := spec.EvalEvery; step < spec.Steps; step += spec.EvalEvery {
+			params, err := ev.pull(ectx, p, step)
+			if err != nil {
+				if ectx.Err() == nil {
+					log.Warn("evaluation pull failed", "step", step, "err", err)
+				}
+				return
+			}
+			ev.eval(step, params)
+		}
+	})
+	defer func() { stopEval(); evalDone.Wait() }()
 	ckpt := filepath.Join(out, "checkpoint", "final.ckpt")
 	err = coordinator.Run(ctx, cli, coordinator.Config{Spec: spec, Log: log,
 		OnFinish: func(ctx context.Context, p *paramserver.Placement) error {
-			c, err := paramserver.NewClient(nc, spec.Name, p, 0, 0)
+			stopEval()
+			evalDone.Wait()
+			params, err := ev.pull(ctx, p, spec.Steps)
 			if err != nil {
-				return err
-			}
-			params := make([]float32, p.Size())
-			pctx, cancel := context.WithTimeout(ctx, time.Minute)
-			defer cancel()
-			if err := c.Pull(pctx, spec.Steps, params); err != nil {
 				return fmt.Errorf("pulling the final parameters: %w", err)
 			}
 			if err := os.MkdirAll(filepath.Dir(ckpt), 0o755); err != nil {
 				return err
 			}
-			return checkpoint.Write(ckpt, &checkpoint.Meta{Job: spec.Name, Step: spec.Steps, Model: spec.Model,
-				Config: spec.Encode(), Tensors: p.Tensors}, params)
+			if err := checkpoint.Write(ckpt, &checkpoint.Meta{Job: spec.Name, Step: spec.Steps, Model: spec.Model,
+				Config: spec.Encode(), Tensors: p.Tensors}, params); err != nil {
+				return err
+			}
+			ev.eval(spec.Steps, params)
+			return nil
 		}})
 	if err != nil {
 		return nil, err
@@ -59,6 +95,47 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 		log.Warn("the last step's progress did not arrive")
 	}
 	return col, col.Close()
+}
+
+// evaluator scores pulled parameters on the job's held-out set.
+type evaluator struct {
+	spec *job.Spec
+	data shard.Dataset
+	col  *telemetry.Collector
+	nc   *nats.Conn
+}
+
+func (e *evaluator) pull(ctx context.Context, p *paramserver.Placement, step int64) ([]float32, error) {
+	c, err := paramserver.NewClient(e.nc, e.spec.Name, p, 0, 0)
+	if err != nil {
+		return nil, err
+	}
+	params := make([]float32, p.Size())
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+	defer cancel()
+	return params, c.Pull(pctx, step, params)
+}
+
+func (e *evaluator) eval(step int64, params []float32) {
+	held := e.data.HeldOut()
+	if len(held) == 0 {
+		return
+	}
+	r := evaluate(e.spec, e.data, params, held)
+	e.col.WriteEval(telemetry.EvalRecord{Step: step, EvalLoss: r.Loss, Perplexity: r.Perplexity, BLEU: r.BLEU,
+		ExactMatch: r.ExactMatch, HeldOut: r.Sentences})
+}
+
+// evaluate scores parameters on examples with greedy decoding.
+func evaluate(spec *job.Spec, data shard.Dataset, params []float32, examples []shard.Example) models.EvalResult {
+	m := models.NewSeq2Seq[float32](spec.Seq2Seq)
+	copy(m.Params(), params)
+	src, tgt := make([][]int32, len(examples)), make([][]int32, len(examples))
+	for i, ex := range examples {
+		src[i], tgt[i] = ex.Src, ex.Tgt
+	}
+	return models.Evaluate(m, src, tgt, data.Special(), max(spec.Batch, 32),
+		func(n int) int { return 2*n + 10 }, data.TgtWords)
 }
 
 // prepareOut makes the run directory: the default runs/<job>-<time> when out
@@ -102,6 +179,9 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err := spec.Validate(); err != nil {
 		fmt.Fprintf(stderr, "downpour coordinator: %v\n", err)
 		return errUsage
+	}
+	if err := spec.Resolve(); err != nil {
+		return err
 	}
 	if err := prepareOut(out, spec.Name); err != nil {
 		return err

@@ -35,6 +35,9 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintf(stderr, "downpour train: %v\n", err)
 		return errUsage
 	}
+	if err := spec.Resolve(); err != nil {
+		return err
+	}
 	if (ep.nats == "") != (ep.etcd == "") {
 		fmt.Fprintln(stderr, "downpour train: give both --nats and --etcd to join a cluster, or neither to run an embedded one")
 		return errUsage
@@ -53,8 +56,8 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		ep.nats, ep.etcd = c.NATSURL, c.EtcdEndpoints[0]
 		log.Info("embedded cluster up", "nats", ep.nats, "etcd", ep.etcd, "took", time.Since(start))
 	}
-	fmt.Fprintf(stdout, "training job %s: %s task, %d workers, %d ps shards, %d steps, mode %s; run directory %s\n",
-		spec.Name, spec.Task, spec.Workers, spec.Shards, spec.Steps, spec.Mode, *out)
+	fmt.Fprintf(stdout, "training job %s: data %s, %d workers, %d ps shards, %d steps, mode %s; run directory %s\n",
+		spec.Name, spec.Data, spec.Workers, spec.Shards, spec.Steps, spec.Mode, *out)
 	first, last, err := trainAll(ctx, spec, ep, *out, stdout, log)
 	if err != nil {
 		return err

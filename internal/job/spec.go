@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
@@ -26,20 +27,28 @@ import (
 
 // Spec is a training job, as the coordinator writes it to etcd.
 type Spec struct {
-	Name      string               `json:"name"`
-	Model     string               `json:"model"` // "seq2seq"
-	Seq2Seq   models.Seq2SeqConfig `json:"seq2seq"`
-	Task      string               `json:"task"` // synthetic task name
-	MinLen    int                  `json:"min_len"`
-	MaxLen    int                  `json:"max_len"`
-	Seed      uint64               `json:"seed"`
-	Steps     int64                `json:"steps"`
-	Workers   int                  `json:"workers"`
-	Shards    int                  `json:"shards"`
-	BlockSize int                  `json:"block_size"` // floats per parameter block
-	Batch     int                  `json:"batch"`      // examples per worker per step
-	ClipNorm  float64              `json:"clip_norm"`  // global-norm clip applied by workers; 0 = none
-	LogEvery  int64                `json:"log_every"`
+	Name    string               `json:"name"`
+	Model   string               `json:"model"` // "seq2seq"
+	Seq2Seq models.Seq2SeqConfig `json:"seq2seq"`
+	// Data is "synthetic:<copy|reverse|sort>" or the path of a parallel
+	// corpus (source<TAB>target lines) that every worker can read.
+	Data      string  `json:"data"`
+	DataCRC   uint32  `json:"data_crc,omitempty"` // CRC32C of a corpus file, set by the coordinator
+	MinLen    int     `json:"min_len"`            // synthetic: shortest source
+	MaxLen    int     `json:"max_len"`            // synthetic: longest source
+	Reverse   bool    `json:"reverse_source"`     // feed sources reversed (the paper's trick)
+	VocabMax  int     `json:"vocab_max"`          // corpus: words per vocabulary, reserved ids included
+	Tokenizer string  `json:"tokenizer"`          // corpus: space or 13a
+	HeldOut   int     `json:"held_out"`           // examples set aside for evaluation
+	EvalEvery int64   `json:"eval_every"`         // evaluate on the held-out set every N steps (0: only at the end)
+	Seed      uint64  `json:"seed"`
+	Steps     int64   `json:"steps"`
+	Workers   int     `json:"workers"`
+	Shards    int     `json:"shards"`
+	BlockSize int     `json:"block_size"` // floats per parameter block
+	Batch     int     `json:"batch"`      // examples per worker per step
+	ClipNorm  float64 `json:"clip_norm"`  // global-norm clip applied by workers; 0 = none
+	LogEvery  int64   `json:"log_every"`
 	// Consistency: "sync", "ssp" (with Staleness) or "async" (workers pull
 	// every NFetch steps and push every NPush steps).
 	Mode      string `json:"mode"`
@@ -61,9 +70,14 @@ func Default() Spec {
 		Name:      "demo",
 		Model:     "seq2seq",
 		Seq2Seq:   models.Seq2SeqConfig{SrcVocab: shard.SyntheticVocab, TgtVocab: shard.SyntheticVocab, Embed: 32, Hidden: 128, Layers: 1},
-		Task:      "reverse",
+		Data:      "synthetic:copy",
 		MinLen:    3,
 		MaxLen:    5,
+		Reverse:   true,
+		VocabMax:  30000,
+		Tokenizer: "space",
+		HeldOut:   200,
+		EvalEvery: 100,
 		Seed:      1,
 		Steps:     300,
 		Workers:   2,
@@ -91,11 +105,18 @@ func (s *Spec) Validate() error {
 	if err := s.Seq2Seq.Validate(); err != nil {
 		return err
 	}
-	if s.Seq2Seq.SrcVocab < shard.SyntheticVocab || s.Seq2Seq.TgtVocab < shard.SyntheticVocab {
-		return fmt.Errorf("synthetic tasks need vocabularies of at least %d", shard.SyntheticVocab)
+	if task, ok := strings.CutPrefix(s.Data, "synthetic:"); ok {
+		if _, err := shard.NewSynthetic(task, s.MinLen, s.MaxLen); err != nil {
+			return err
+		}
+	} else if s.Data == "" {
+		return errors.New("data: give a corpus file or synthetic:<copy|reverse|sort>")
 	}
-	if _, err := shard.NewSynthetic(s.Task, s.MinLen, s.MaxLen); err != nil {
-		return err
+	if s.VocabMax < 5 || s.HeldOut < 0 || s.EvalEvery < 0 {
+		return fmt.Errorf("vocab max must be at least 5, held out and eval every not negative (got %d, %d, %d)", s.VocabMax, s.HeldOut, s.EvalEvery)
+	}
+	if s.Tokenizer != "space" && s.Tokenizer != "13a" {
+		return fmt.Errorf("tokenizer %q: use space or 13a", s.Tokenizer)
 	}
 	switch {
 	case s.Steps < 1:
@@ -120,6 +141,40 @@ func (s *Spec) Validate() error {
 		return errors.New("log every must be at least 1")
 	}
 	return s.ShardConfig().Validate()
+}
+
+// DataConfig is the part of the spec that says how to read the data.
+func (s *Spec) DataConfig() shard.DataConfig {
+	return shard.DataConfig{Source: s.Data, MinLen: s.MinLen, MaxLen: s.MaxLen, Reverse: s.Reverse, VocabMax: s.VocabMax,
+		HeldOut: s.HeldOut, Tokenizer: s.Tokenizer, Seed: s.Seed, Shards: s.Workers, CRC: s.DataCRC}
+}
+
+// OpenData opens the job's data and checks it against the spec's vocabulary
+// sizes (every role must see the same data).
+func (s *Spec) OpenData() (shard.Dataset, error) {
+	d, _, err := shard.Open(s.DataConfig())
+	if err != nil {
+		return nil, err
+	}
+	if d.SrcVocab() != s.Seq2Seq.SrcVocab || d.TgtVocab() != s.Seq2Seq.TgtVocab {
+		return nil, fmt.Errorf("data %s has vocabularies of %d and %d words, the job %d and %d", s.Data,
+			d.SrcVocab(), d.TgtVocab(), s.Seq2Seq.SrcVocab, s.Seq2Seq.TgtVocab)
+	}
+	return d, nil
+}
+
+// Resolve reads the data to fix what depends on it: the vocabulary sizes of
+// the model and the corpus checksum. The coordinator (and train) call it
+// before writing the spec.
+func (s *Spec) Resolve() error {
+	s.DataCRC = 0
+	d, crc, err := shard.Open(s.DataConfig())
+	if err != nil {
+		return err
+	}
+	s.DataCRC = crc
+	s.Seq2Seq.SrcVocab, s.Seq2Seq.TgtVocab = d.SrcVocab(), d.TgtVocab()
+	return nil
 }
 
 // ShardConfig is the part of the spec every parameter-server shard runs by.

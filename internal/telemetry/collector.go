@@ -19,6 +19,7 @@ import (
 
 // Record is one line of metrics.jsonl: a step, averaged over the ranks.
 type Record struct {
+	Kind         string  `json:"kind"` // "train"
 	Step         int64   `json:"step"`
 	Loss         float64 `json:"loss"`   // mean loss per target token, all ranks, since the previous record
 	Tokens       int64   `json:"tokens"` // target tokens since the previous record, all ranks
@@ -48,6 +49,7 @@ type Collector struct {
 	lastTime time.Time
 	records  int
 	closed   bool
+	evals    []EvalRecord
 	err      error
 }
 
@@ -84,7 +86,7 @@ func (c *Collector) onProgress(m *nats.Msg) {
 	}
 	r := c.pending[p.Step]
 	if r == nil {
-		r = &Record{Step: p.Step}
+		r = &Record{Kind: "train", Step: p.Step}
 		c.pending[p.Step] = r
 	}
 	r.Loss += p.Loss
@@ -121,6 +123,45 @@ func (c *Collector) onProgress(m *nats.Msg) {
 		fmt.Fprintf(c.console, "step %*d/%d  loss %.4f  %.1f steps/s  %.0f tokens/s\n",
 			len(fmt.Sprint(c.steps)), r.Step+1, c.steps, r.Loss, r.StepsPerSec, r.TokensPerSec)
 	}
+}
+
+// EvalRecord is a line of metrics.jsonl holding a held-out evaluation.
+type EvalRecord struct {
+	Kind       string  `json:"kind"` // "eval"
+	Step       int64   `json:"step"`
+	EvalLoss   float64 `json:"eval_loss"`
+	Perplexity float64 `json:"perplexity"`
+	BLEU       float64 `json:"bleu"`
+	ExactMatch float64 `json:"exact_match"`
+	HeldOut    int     `json:"held_out"`
+	Elapsed    float64 `json:"elapsed_seconds"`
+	Time       string  `json:"time"`
+}
+
+// WriteEval appends an evaluation record (and prints it).
+func (c *Collector) WriteEval(r EvalRecord) {
+	now := time.Now()
+	r.Kind, r.Elapsed, r.Time = "eval", now.Sub(c.start).Seconds(), now.UTC().Format(time.RFC3339Nano)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	c.evals = append(c.evals, r)
+	if err := c.enc.Encode(r); err != nil && c.err == nil {
+		c.err = err
+	}
+	if c.console != nil {
+		fmt.Fprintf(c.console, "eval at step %d: loss %.4f  perplexity %.2f  BLEU %.2f  exact match %.1f%% of %d\n",
+			r.Step, r.EvalLoss, r.Perplexity, r.BLEU, 100*r.ExactMatch, r.HeldOut)
+	}
+}
+
+// Evals returns the evaluation records written so far.
+func (c *Collector) Evals() []EvalRecord {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]EvalRecord(nil), c.evals...)
 }
 
 // Span returns the first and the last record written (nil before any).

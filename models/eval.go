@@ -1,0 +1,108 @@
+package models
+
+import (
+	"math"
+	"sort"
+)
+
+// EvalResult is a model's score on a held-out set.
+type EvalResult struct {
+	Loss       float64 // mean cross-entropy per target token (teacher forcing)
+	Perplexity float64
+	BLEU       float64 // corpus BLEU of greedy translations, 0-100
+	ExactMatch float64 // fraction of sentences translated exactly
+	Sentences  int
+}
+
+// Evaluate scores m on examples (source and target ids without EOS): the
+// teacher-forced loss, and greedy translations of at most maxLen(src)
+// tokens against their references, in batches of up to batch sentences of
+// equal source length. words turns target ids into the tokens BLEU counts.
+func Evaluate[T Float](m *Seq2Seq[T], src, tgt [][]int32, sp Special, batch int, maxLen func(srcLen int) int, words func([]int32) []string) EvalResult {
+	byLen := map[int][]int{}
+	var lens []int
+	for i, s := range src {
+		if len(s) == 0 {
+			continue
+		}
+		if byLen[len(s)] == nil {
+			lens = append(lens, len(s))
+		}
+		byLen[len(s)] = append(byLen[len(s)], i)
+	}
+	sort.Ints(lens)
+	var res EvalResult
+	var bleu BLEU
+	var loss float64
+	var tokens, exact int
+	for _, l := range lens {
+		idx := byLen[l]
+		for k := 0; k < len(idx); k += batch {
+			ids := idx[k:min(k+batch, len(idx))]
+			n := len(ids)
+			tl := 0
+			for _, i := range ids {
+				tl = max(tl, len(tgt[i])+1)
+			}
+			b := &SeqBatch{Size: n, SrcLen: l, TgtLen: tl, Src: make([]int32, l*n), TgtIn: make([]int32, tl*n), TgtOut: make([]int32, tl*n)}
+			for c, i := range ids {
+				for t, id := range src[i] {
+					b.Src[t*n+c] = id
+				}
+				for t := 0; t < tl; t++ {
+					in, out := int32(0), int32(-1)
+					if t == 0 {
+						in = sp.Go
+					} else if t <= len(tgt[i]) {
+						in = tgt[i][t-1]
+					}
+					if t < len(tgt[i]) {
+						out = tgt[i][t]
+					} else if t == len(tgt[i]) {
+						out = sp.EOS
+					}
+					b.TgtIn[t*n+c], b.TgtOut[t*n+c] = in, out
+				}
+			}
+			lsum, cnt := m.Loss(b, false)
+			loss += lsum
+			tokens += cnt
+			hyps := m.Greedy(b.Src, l, n, sp, maxLen(l))
+			for c, i := range ids {
+				if equalIDs(hyps[c], tgt[i]) {
+					exact++
+				}
+				bleu.Add(words(hyps[c]), words(tgt[i]))
+				res.Sentences++
+			}
+		}
+	}
+	if tokens > 0 {
+		res.Loss = loss / float64(tokens)
+		res.Perplexity = expFloat(res.Loss)
+	}
+	if res.Sentences > 0 {
+		res.ExactMatch = float64(exact) / float64(res.Sentences)
+	}
+	res.BLEU = bleu.Score()
+	return res
+}
+
+func equalIDs(a, b []int32) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+func expFloat(x float64) float64 {
+	if x > 700 {
+		x = 700
+	}
+	return math.Exp(x)
+}

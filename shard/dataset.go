@@ -1,0 +1,193 @@
+package shard
+
+import (
+	"fmt"
+	"hash/crc32"
+	"math/rand/v2"
+	"os"
+	"strconv"
+	"strings"
+
+	"github.com/downpour-ml/downpour/models"
+)
+
+// Dataset is what training and evaluation need of a job's data: batches per
+// data shard and step, a held-out set, and the vocabularies.
+type Dataset interface {
+	// Batch is the batch data shard s trains on at step.
+	Batch(seed uint64, s int, step int64, size int) *models.SeqBatch
+	// HeldOut is the evaluation set (never trained on).
+	HeldOut() []Example
+	// SrcVocab and TgtVocab are the vocabulary sizes.
+	SrcVocab() int
+	TgtVocab() int
+	// SrcIDs encodes a source sentence as the model reads it (reversed when
+	// the job reverses sources).
+	SrcIDs(sentence string) []int32
+	// TgtWords decodes target ids.
+	TgtWords(ids []int32) []string
+	// Special are the decoder's start and end ids.
+	Special() models.Special
+}
+
+// DataConfig says where a job's data comes from and how to prepare it.
+type DataConfig struct {
+	// Source is "synthetic:<task>" or the path of a parallel corpus.
+	Source    string
+	MinLen    int    // synthetic: shortest source
+	MaxLen    int    // synthetic: longest source
+	Reverse   bool   // feed sources reversed (the paper's default)
+	VocabMax  int    // corpus: words per vocabulary, the four reserved ids included
+	HeldOut   int    // examples set aside for evaluation
+	Tokenizer string // corpus: "space" (default) or "13a"
+	Seed      uint64
+	Shards    int    // data shards (one per rank)
+	CRC       uint32 // corpus: CRC32C of the file, when known; a different file is refused
+}
+
+// Open prepares the data of cfg. For a corpus it returns the file's CRC32C
+// too (0 for synthetic data).
+func Open(cfg DataConfig) (Dataset, uint32, error) {
+	if task, ok := strings.CutPrefix(cfg.Source, "synthetic:"); ok {
+		s, err := NewSynthetic(task, cfg.MinLen, cfg.MaxLen)
+		if err != nil {
+			return nil, 0, err
+		}
+		return &synthData{s: s, cfg: cfg}, 0, nil
+	}
+	raw, err := os.ReadFile(cfg.Source)
+	if err != nil {
+		return nil, 0, fmt.Errorf("data: %w", err)
+	}
+	crc := crc32.Checksum(raw, crc32.MakeTable(crc32.Castagnoli))
+	if cfg.CRC != 0 && crc != cfg.CRC {
+		return nil, 0, fmt.Errorf("data %s: checksum %08x differs from the job's %08x: every role must read the same file", cfg.Source, crc, cfg.CRC)
+	}
+	tok := strings.Fields
+	switch cfg.Tokenizer {
+	case "", "space":
+	case "13a":
+		tok = models.Tokenize13a
+	default:
+		return nil, 0, fmt.Errorf("tokenizer %q: use space or 13a", cfg.Tokenizer)
+	}
+	pairs, _, err := ReadCorpus(strings.NewReader(string(raw)), tok)
+	if err != nil {
+		return nil, 0, fmt.Errorf("data %s: %w", cfg.Source, err)
+	}
+	train, held := SplitHeldOut(pairs, cfg.HeldOut, cfg.Seed)
+	var srcs, tgts [][]string
+	for _, p := range train {
+		srcs, tgts = append(srcs, p.Src), append(tgts, p.Tgt)
+	}
+	d := &corpusData{cfg: cfg, tok: tok, src: BuildVocab(srcs, cfg.VocabMax), tgt: BuildVocab(tgts, cfg.VocabMax)}
+	d.corpus = NewCorpus(Encode(train, d.src, d.tgt, cfg.Reverse), max(1, cfg.Shards), cfg.Seed)
+	d.held = Encode(held, d.src, d.tgt, cfg.Reverse)
+	return d, crc, nil
+}
+
+type corpusData struct {
+	cfg      DataConfig
+	tok      func(string) []string
+	src, tgt *Vocab
+	corpus   *Corpus
+	held     []Example
+}
+
+func (d *corpusData) Batch(seed uint64, s int, step int64, size int) *models.SeqBatch {
+	return d.corpus.Batch(seed, s, step, size)
+}
+func (d *corpusData) HeldOut() []Example            { return d.held }
+func (d *corpusData) SrcVocab() int                 { return d.src.Size() }
+func (d *corpusData) TgtVocab() int                 { return d.tgt.Size() }
+func (d *corpusData) TgtWords(ids []int32) []string { return d.tgt.Decode(ids) }
+func (d *corpusData) Special() models.Special       { return models.Special{Go: VocabGo, EOS: VocabEOS} }
+func (d *corpusData) SrcIDs(sentence string) []int32 {
+	ids := d.src.IDs(d.tok(sentence))
+	if d.cfg.Reverse {
+		for a, b := 0, len(ids)-1; a < b; a, b = a+1, b-1 {
+			ids[a], ids[b] = ids[b], ids[a]
+		}
+	}
+	return ids
+}
+
+// synthData serves a synthetic task. Its held-out examples come from a
+// stream of their own, which no data shard draws from.
+type synthData struct {
+	s   *Synthetic
+	cfg DataConfig
+}
+
+// heldOutShard is the data-shard number of the synthetic held-out stream.
+const heldOutShard = 1 << 20
+
+func (d *synthData) Batch(seed uint64, s int, step int64, size int) *models.SeqBatch {
+	b := d.s.Batch(seed, s, step, size)
+	if d.cfg.Reverse {
+		reverseBatchSources(b)
+	}
+	return b
+}
+
+func reverseBatchSources(b *models.SeqBatch) {
+	n := b.Size
+	for a, c := 0, b.SrcLen-1; a < c; a, c = a+1, c-1 {
+		for e := 0; e < n; e++ {
+			b.Src[a*n+e], b.Src[c*n+e] = b.Src[c*n+e], b.Src[a*n+e]
+		}
+	}
+}
+
+func (d *synthData) HeldOut() []Example {
+	var out []Example
+	rng := rand.New(rand.NewPCG(d.cfg.Seed, heldOutShard))
+	for range max(d.cfg.HeldOut, 0) {
+		n := d.s.MinLen + rng.IntN(d.s.MaxLen-d.s.MinLen+1)
+		src := make([]int32, n)
+		for i := range src {
+			src[i] = int32(FirstSymbol + rng.IntN(Digits))
+		}
+		tgt := d.s.transform(src)
+		if d.cfg.Reverse {
+			for a, b := 0, len(src)-1; a < b; a, b = a+1, b-1 {
+				src[a], src[b] = src[b], src[a]
+			}
+		}
+		out = append(out, Example{Src: src, Tgt: tgt})
+	}
+	return out
+}
+
+func (d *synthData) SrcVocab() int           { return SyntheticVocab }
+func (d *synthData) TgtVocab() int           { return SyntheticVocab }
+func (d *synthData) Special() models.Special { return models.Special{Go: Go, EOS: EOS} }
+
+// SrcIDs reads digits separated by spaces ("3 1 4"); anything else is
+// skipped.
+func (d *synthData) SrcIDs(sentence string) []int32 {
+	var ids []int32
+	for _, f := range strings.Fields(sentence) {
+		if v, err := strconv.Atoi(f); err == nil && v >= 0 && v < Digits {
+			ids = append(ids, int32(FirstSymbol+v))
+		}
+	}
+	if d.cfg.Reverse {
+		for a, b := 0, len(ids)-1; a < b; a, b = a+1, b-1 {
+			ids[a], ids[b] = ids[b], ids[a]
+		}
+	}
+	return ids
+}
+
+func (d *synthData) TgtWords(ids []int32) []string {
+	out := make([]string, 0, len(ids))
+	for _, id := range ids {
+		if id >= FirstSymbol && id < SyntheticVocab {
+			out = append(out, strconv.Itoa(int(id-FirstSymbol)))
+		} else {
+			out = append(out, "<"+strconv.Itoa(int(id))+">")
+		}
+	}
+	return out
+}
