@@ -9,16 +9,31 @@ import (
 type EvalResult struct {
 	Loss       float64 // mean cross-entropy per target token (teacher forcing)
 	Perplexity float64
-	BLEU       float64 // corpus BLEU of greedy translations, 0-100
+	BLEU       float64 // corpus BLEU of the translations, 0-100
 	ExactMatch float64 // fraction of sentences translated exactly
 	Sentences  int
+	Counts     BLEU // the n-gram counts behind BLEU
+}
+
+// EvalOptions tune Evaluate.
+type EvalOptions struct {
+	Batch  int                 // sentences per batch (of equal source length)
+	MaxLen func(srcLen int) int // longest translation
+	Words  func([]int32) []string
+	// Refs, when set, are the references BLEU counts against (tokenized
+	// text, so words outside the vocabulary still count); else Words(tgt).
+	Refs [][]string
+	// Beam, when above 1, translates each sentence by beam search instead of
+	// greedily in batches.
+	Beam int
 }
 
 // Evaluate scores m on examples (source and target ids without EOS): the
-// teacher-forced loss, and greedy translations of at most maxLen(src)
-// tokens against their references, in batches of up to batch sentences of
-// equal source length. words turns target ids into the tokens BLEU counts.
-func Evaluate[T Float](m *Seq2Seq[T], src, tgt [][]int32, sp Special, batch int, maxLen func(srcLen int) int, words func([]int32) []string) EvalResult {
+// teacher-forced loss, and translations of at most MaxLen(len(src)) tokens
+// against their references, in batches of sentences of equal source length.
+// Words turns target ids into the tokens BLEU counts.
+func Evaluate[T Float](m *Seq2Seq[T], src, tgt [][]int32, sp Special, o EvalOptions) EvalResult {
+	batch, maxLen, words := max(o.Batch, 1), o.MaxLen, o.Words
 	byLen := map[int][]int{}
 	var lens []int
 	for i, s := range src {
@@ -67,12 +82,23 @@ func Evaluate[T Float](m *Seq2Seq[T], src, tgt [][]int32, sp Special, batch int,
 			lsum, cnt := m.Loss(b, false)
 			loss += lsum
 			tokens += cnt
-			hyps := m.Greedy(b.Src, l, n, sp, maxLen(l))
+			var hyps [][]int32
+			if o.Beam > 1 {
+				for _, i := range ids {
+					hyps = append(hyps, m.Beam(src[i], sp, o.Beam, maxLen(l))[0].Tokens)
+				}
+			} else {
+				hyps = m.Greedy(b.Src, l, n, sp, maxLen(l))
+			}
 			for c, i := range ids {
 				if equalIDs(hyps[c], tgt[i]) {
 					exact++
 				}
-				bleu.Add(words(hyps[c]), words(tgt[i]))
+				ref := words(tgt[i])
+				if o.Refs != nil {
+					ref = o.Refs[i]
+				}
+				bleu.Add(words(hyps[c]), ref)
 				res.Sentences++
 			}
 		}
@@ -84,7 +110,7 @@ func Evaluate[T Float](m *Seq2Seq[T], src, tgt [][]int32, sp Special, batch int,
 	if res.Sentences > 0 {
 		res.ExactMatch = float64(exact) / float64(res.Sentences)
 	}
-	res.BLEU = bleu.Score()
+	res.BLEU, res.Counts = bleu.Score(), bleu
 	return res
 }
 

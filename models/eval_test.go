@@ -20,7 +20,7 @@ func TestEvaluateAgreesWithParts(t *testing.T) {
 		return w
 	}
 	maxLen := func(n int) int { return 2*n + 2 }
-	res := Evaluate(m, src, tgt, sp, 3, maxLen, words)
+	res := Evaluate(m, src, tgt, sp, EvalOptions{Batch: 3, MaxLen: maxLen, Words: words})
 	var loss float64
 	var tokens, exact int
 	var bleu BLEU
@@ -39,5 +39,30 @@ func TestEvaluateAgreesWithParts(t *testing.T) {
 	}
 	if math.Abs(res.Perplexity-math.Exp(res.Loss)) > 1e-9 {
 		t.Fatal("perplexity")
+	}
+}
+
+// With a beam of 1 per sentence, Evaluate gives greedy's results; given
+// text references, BLEU counts against them.
+func TestEvaluateBeamAndRefs(t *testing.T) {
+	m := decodeModel(6)
+	src := [][]int32{{2, 3}, {4, 5, 1}}
+	tgt := [][]int32{{3, 4}, {5}}
+	words := func(ids []int32) []string {
+		var w []string
+		for _, id := range ids {
+			w = append(w, strconv.Itoa(int(id)))
+		}
+		return w
+	}
+	o := EvalOptions{Batch: 8, MaxLen: func(n int) int { return 5 }, Words: words}
+	g := Evaluate(m, src, tgt, sp, o)
+	o.Beam = 1
+	if b := Evaluate(m, src, tgt, sp, o); b.BLEU != g.BLEU || b.ExactMatch != g.ExactMatch {
+		t.Fatalf("beam 1 %+v, greedy %+v", b, g)
+	}
+	o.Beam, o.Refs = 0, [][]string{{"never"}, {"seen"}}
+	if r := Evaluate(m, src, tgt, sp, o); r.Counts.RefLen != 2 || r.Counts.Match[0] != 0 {
+		t.Fatalf("text references not used: %+v", r.Counts)
 	}
 }

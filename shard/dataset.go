@@ -26,6 +26,10 @@ type Dataset interface {
 	SrcIDs(sentence string) []int32
 	// TgtWords decodes target ids.
 	TgtWords(ids []int32) []string
+	// Tokenize splits a sentence as the data's tokenizer does.
+	Tokenize(sentence string) []string
+	// EncodePair encodes a tokenized pair as the model reads it.
+	EncodePair(p Pair) Example
 	// Special are the decoder's start and end ids.
 	Special() models.Special
 }
@@ -97,11 +101,15 @@ type corpusData struct {
 func (d *corpusData) Batch(seed uint64, s int, step int64, size int) *models.SeqBatch {
 	return d.corpus.Batch(seed, s, step, size)
 }
-func (d *corpusData) HeldOut() []Example            { return d.held }
-func (d *corpusData) SrcVocab() int                 { return d.src.Size() }
-func (d *corpusData) TgtVocab() int                 { return d.tgt.Size() }
-func (d *corpusData) TgtWords(ids []int32) []string { return d.tgt.Decode(ids) }
-func (d *corpusData) Special() models.Special       { return models.Special{Go: VocabGo, EOS: VocabEOS} }
+func (d *corpusData) HeldOut() []Example                { return d.held }
+func (d *corpusData) SrcVocab() int                     { return d.src.Size() }
+func (d *corpusData) TgtVocab() int                     { return d.tgt.Size() }
+func (d *corpusData) TgtWords(ids []int32) []string     { return d.tgt.Decode(ids) }
+func (d *corpusData) Special() models.Special           { return models.Special{Go: VocabGo, EOS: VocabEOS} }
+func (d *corpusData) Tokenize(sentence string) []string { return d.tok(sentence) }
+func (d *corpusData) EncodePair(p Pair) Example {
+	return Encode([]Pair{p}, d.src, d.tgt, d.cfg.Reverse)[0]
+}
 func (d *corpusData) SrcIDs(sentence string) []int32 {
 	ids := d.src.IDs(d.tok(sentence))
 	if d.cfg.Reverse {
@@ -163,15 +171,27 @@ func (d *synthData) SrcVocab() int           { return SyntheticVocab }
 func (d *synthData) TgtVocab() int           { return SyntheticVocab }
 func (d *synthData) Special() models.Special { return models.Special{Go: Go, EOS: EOS} }
 
-// SrcIDs reads digits separated by spaces ("3 1 4"); anything else is
-// skipped.
-func (d *synthData) SrcIDs(sentence string) []int32 {
+func (d *synthData) Tokenize(sentence string) []string { return strings.Fields(sentence) }
+
+// EncodePair reads digits (anything else is skipped).
+func (d *synthData) EncodePair(p Pair) Example {
+	return Example{Src: d.SrcIDs(strings.Join(p.Src, " ")), Tgt: digitIDs(p.Tgt)}
+}
+
+func digitIDs(words []string) []int32 {
 	var ids []int32
-	for _, f := range strings.Fields(sentence) {
+	for _, f := range words {
 		if v, err := strconv.Atoi(f); err == nil && v >= 0 && v < Digits {
 			ids = append(ids, int32(FirstSymbol+v))
 		}
 	}
+	return ids
+}
+
+// SrcIDs reads digits separated by spaces ("3 1 4"); anything else is
+// skipped.
+func (d *synthData) SrcIDs(sentence string) []int32 {
+	ids := digitIDs(strings.Fields(sentence))
 	if d.cfg.Reverse {
 		for a, b := 0, len(ids)-1; a < b; a, b = a+1, b-1 {
 			ids[a], ids[b] = ids[b], ids[a]

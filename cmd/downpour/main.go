@@ -6,6 +6,8 @@
 //	downpour coordinator --nats URL --etcd URL [job flags]
 //	downpour ps          --nats URL --etcd URL --job NAME
 //	downpour worker      --nats URL --etcd URL --job NAME
+//	downpour translate   --checkpoint RUN_DIR [--beam 2]   < sentences
+//	downpour eval        --checkpoint RUN_DIR [--data FILE]
 //
 // Exit codes: 0 success, 1 failure, 2 bad usage, 130 interrupted.
 package main
@@ -32,6 +34,8 @@ var commands = []command{
 	{"ps", "run a parameter-server shard of a job", cmdPS},
 	{"worker", "run a worker of a job", cmdWorker},
 	{"servers", "run an embedded NATS server and etcd for a local multi-process cluster", cmdServers},
+	{"translate", "translate stdin line by line with a trained checkpoint", cmdTranslate},
+	{"eval", "score a checkpoint: perplexity, BLEU and exact match on held-out or given pairs", cmdEval},
 }
 
 // errUsage marks a command-line mistake: exit code 2.

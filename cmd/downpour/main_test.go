@@ -161,6 +161,23 @@ func TestTrainDefaultLearns(t *testing.T) {
 	if end.HeldOut != 200 || end.ExactMatch < 0.8 || end.BLEU < 80 || !(end.EvalLoss < es[0].EvalLoss) {
 		t.Fatalf("final evaluation %+v", end)
 	}
+	// downpour eval on the checkpoint reproduces the final evaluation.
+	code, o, e := runCmd(t, time.Minute, "eval", "--checkpoint", out)
+	if want := fmt.Sprintf("exact match %.2f%%", 100*end.ExactMatch); code != 0 || !strings.Contains(o, want) ||
+		!strings.Contains(o, fmt.Sprintf("BLEU = %.2f", end.BLEU)) {
+		t.Fatalf("eval: exit %d, %q %q; want %q", code, o, e, want)
+	}
+	// downpour translate answers each line with digits (the task copies).
+	stdin = strings.NewReader("3 1 4 1 5\n\n2 7 1\n")
+	defer func() { stdin = os.Stdin }()
+	code, o, e = runCmd(t, time.Minute, "translate", "--checkpoint", filepath.Join(out, "checkpoint", "final.ckpt"), "--beam", "3")
+	lines := strings.Split(strings.TrimSuffix(o, "\n"), "\n")
+	if code != 0 || len(lines) != 3 || lines[1] != "" || !strings.Contains(o, "3 1 4") {
+		t.Fatalf("translate: exit %d, %q %q", code, o, e)
+	}
+	if code, _, e := runCmd(t, time.Minute, "eval", "--checkpoint", filepath.Join(out, "nope")); code != 1 || !strings.Contains(e, "nope") {
+		t.Fatalf("eval of a missing checkpoint: exit %d, %q", code, e)
+	}
 }
 
 func TestBadUsage(t *testing.T) {
@@ -180,6 +197,9 @@ func TestBadUsage(t *testing.T) {
 		{nil, 2, "usage: downpour"},
 		{[]string{"train", "--out", "/nonexistent-parent/run"}, 1, "parent /nonexistent-parent does not exist"},
 		{[]string{"train", "--help"}, 0, "example:"},
+		{[]string{"translate"}, 2, "needs --checkpoint"},
+		{[]string{"eval", "--checkpoint", "x", "--beam", "0"}, 2, "needs --checkpoint"},
+		{[]string{"train", "--tokenizer", "moses"}, 2, "tokenizer"},
 	} {
 		code, _, stderr := runCmd(t, 10*time.Second, c.args...)
 		if code != c.code || !strings.Contains(stderr, c.says) {

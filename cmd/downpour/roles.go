@@ -134,8 +134,8 @@ func evaluate(spec *job.Spec, data shard.Dataset, params []float32, examples []s
 	for i, ex := range examples {
 		src[i], tgt[i] = ex.Src, ex.Tgt
 	}
-	return models.Evaluate(m, src, tgt, data.Special(), max(spec.Batch, 32),
-		func(n int) int { return 2*n + 10 }, data.TgtWords)
+	return models.Evaluate(m, src, tgt, data.Special(), models.EvalOptions{Batch: max(spec.Batch, 32),
+		MaxLen: func(n int) int { return 2*n + 10 }, Words: data.TgtWords})
 }
 
 // prepareOut makes the run directory: the default runs/<job>-<time> when out

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/downpour-ml/downpour/internal/checkpoint"
+	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/models"
+	"github.com/downpour-ml/downpour/shard"
+)
+
+// stdin is what translate reads (a variable for tests).
+var stdin io.Reader = os.Stdin
+
+// loadCheckpoint reads a final checkpoint (a file, or a run directory
+// holding checkpoint/final.ckpt), its job spec and its data.
+func loadCheckpoint(path string) (*models.Seq2Seq[float32], *job.Spec, shard.Dataset, error) {
+	if st, err := os.Stat(path); err == nil && st.IsDir() {
+		path = filepath.Join(path, "checkpoint", "final.ckpt")
+	}
+	meta, params, err := checkpoint.Read(path)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	spec, err := job.DecodeSpec(meta.Config)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if spec.Model != "seq2seq" || len(params) != models.TotalSize(spec.Tensors()) {
+		return nil, nil, nil, fmt.Errorf("%s: not a checkpoint of a %s model of this shape", path, spec.Model)
+	}
+	data, err := spec.OpenData()
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("the checkpoint's vocabularies come from its training data: %w", err)
+	}
+	m := models.NewSeq2Seq[float32](spec.Seq2Seq)
+	copy(m.Params(), params)
+	return m, spec, data, nil
+}
+
+func cmdTranslate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("translate", flag.ContinueOnError)
+	ckpt := fs.String("checkpoint", "", "a run directory or a final.ckpt file")
+	beam := fs.Int("beam", 2, "beam width (1: greedy)")
+	maxLen := fs.Int("max-len", 0, "longest translation in tokens (default twice the source plus 10)")
+	if err := parse(fs, args, stderr, "echo '3 1 4 1 5' | downpour translate --checkpoint runs/demo-20261128-210316 --beam 2"); err != nil {
+		return err
+	}
+	if *ckpt == "" || *beam < 1 {
+		fmt.Fprintln(stderr, "downpour translate: needs --checkpoint, and --beam at least 1")
+		return errUsage
+	}
+	m, _, data, err := loadCheckpoint(*ckpt)
+	if err != nil {
+		return err
+	}
+	return translateLines(ctx, m, data, stdin, stdout, *beam, *maxLen)
+}
+
+// translateLines translates each line of in to a line of out.
+func translateLines(ctx context.Context, m *models.Seq2Seq[float32], data shard.Dataset, in io.Reader, out io.Writer, beam, maxLen int) error {
+	sc := bufio.NewScanner(in)
+	sc.Buffer(make([]byte, 64<<10), shard.MaxLineBytes)
+	w := bufio.NewWriter(out)
+	defer w.Flush()
+	for sc.Scan() {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		ids := data.SrcIDs(sc.Text())
+		if len(ids) == 0 {
+			fmt.Fprintln(w)
+			continue
+		}
+		limit := maxLen
+		if limit <= 0 {
+			limit = 2*len(ids) + 10
+		}
+		hyps := m.Beam(ids, data.Special(), beam, limit)
+		fmt.Fprintln(w, strings.Join(data.TgtWords(hyps[0].Tokens), " "))
+	}
+	if errors.Is(sc.Err(), bufio.ErrTooLong) {
+		return fmt.Errorf("an input line is longer than %d bytes", shard.MaxLineBytes)
+	}
+	return sc.Err()
+}
+
+func cmdEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("eval", flag.ContinueOnError)
+	ckpt := fs.String("checkpoint", "", "a run directory or a final.ckpt file")
+	dataPath := fs.String("data", "", "pairs to score (source<TAB>target lines; default: the job's held-out set)")
+	beam := fs.Int("beam", 1, "beam width (1: greedy)")
+	if err := parse(fs, args, stderr, "downpour eval --checkpoint runs/demo-20261128-210316 --data test.tsv --beam 2"); err != nil {
+		return err
+	}
+	if *ckpt == "" || *beam < 1 {
+		fmt.Fprintln(stderr, "downpour eval: needs --checkpoint, and --beam at least 1")
+		return errUsage
+	}
+	m, spec, data, err := loadCheckpoint(*ckpt)
+	if err != nil {
+		return err
+	}
+	var examples []shard.Example
+	var refs [][]string
+	if *dataPath == "" {
+		examples = data.HeldOut()
+	} else {
+		f, err := os.Open(*dataPath)
+		if err != nil {
+			return err
+		}
+		pairs, st, err := shard.ReadCorpus(f, data.Tokenize)
+		f.Close()
+		if err != nil {
+			return fmt.Errorf("%s: %w", *dataPath, err)
+		}
+		if st.Blank+st.Malformed > 0 {
+			fmt.Fprintf(stderr, "%s: skipped %d blank and %d malformed lines\n", *dataPath, st.Blank, st.Malformed)
+		}
+		for _, p := range pairs {
+			examples = append(examples, data.EncodePair(p))
+			refs = append(refs, p.Tgt)
+		}
+	}
+	if len(examples) == 0 {
+		return errors.New("nothing to evaluate: the job held out no examples; give --data")
+	}
+	src, tgt := make([][]int32, len(examples)), make([][]int32, len(examples))
+	for i, ex := range examples {
+		src[i], tgt[i] = ex.Src, ex.Tgt
+	}
+	r := models.Evaluate(m, src, tgt, data.Special(), models.EvalOptions{Batch: max(spec.Batch, 32),
+		MaxLen: func(n int) int { return 2*n + 10 }, Words: data.TgtWords, Refs: refs, Beam: *beam})
+	fmt.Fprintf(stdout, "sentences %d\nloss %.4f per token, perplexity %.3f\nexact match %.2f%%\n%s\n",
+		r.Sentences, r.Loss, r.Perplexity, 100*r.ExactMatch, r.Counts.String())
+	return nil
+}
