@@ -17,7 +17,7 @@ type EvalResult struct {
 
 // EvalOptions tune Evaluate.
 type EvalOptions struct {
-	Batch  int                 // sentences per batch (of equal source length)
+	Batch  int                  // sentences per batch (of equal source length)
 	MaxLen func(srcLen int) int // longest translation
 	Words  func([]int32) []string
 	// Refs, when set, are the references BLEU counts against (tokenized
