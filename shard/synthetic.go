@@ -30,11 +30,18 @@ const (
 )
 
 // Tasks lists the synthetic tasks by name.
-var Tasks = []string{"copy", "reverse", "sort"}
+var Tasks = []string{"copy", "reverse", "sort", "translate"}
+
+// lexicon is the "translate" task's word map between its two made-up
+// languages: source word d becomes target word lexicon[d].
+var lexicon = [Digits]int32{7, 2, 9, 0, 5, 3, 8, 1, 6, 4}
 
 // Synthetic is a sequence-to-sequence task over the digits 0-9 whose examples
-// are generated from a seed: copy, reverse or sort the source sequence. The
-// target is the transformed sequence followed by <eos>.
+// are generated from a seed: copy, reverse or sort the source sequence, or
+// translate it between two made-up languages (each word mapped through a
+// fixed lexicon, and each pair of neighbouring words swapped, as an
+// adjective-noun order flips). The target is the transformed sequence
+// followed by <eos>.
 type Synthetic struct {
 	Name           string
 	MinLen, MaxLen int
@@ -89,6 +96,13 @@ func (s *Synthetic) transform(src []int32) []int32 {
 		slices.Reverse(out)
 	case "sort":
 		slices.Sort(out)
+	case "translate":
+		for i, id := range out {
+			out[i] = FirstSymbol + lexicon[id-FirstSymbol]
+		}
+		for i := 0; i+1 < len(out); i += 2 {
+			out[i], out[i+1] = out[i+1], out[i]
+		}
 	}
 	return out
 }

@@ -76,7 +76,7 @@ func (o *optimizerFlags) optimizer() paramserver.Optimizer {
 // Call finish after parsing.
 func specFlags(fs *flag.FlagSet, s *job.Spec) (finish func()) {
 	fs.StringVar(&s.Name, "job", s.Name, "job name (letters, digits, '_' and '-')")
-	fs.StringVar(&s.Data, "data", s.Data, "training data: a parallel corpus file (source<TAB>target lines) or synthetic:copy|reverse|sort")
+	fs.StringVar(&s.Data, "data", s.Data, "training data: a parallel corpus file (source<TAB>target lines) or synthetic:copy|reverse|sort|translate")
 	fs.IntVar(&s.MinLen, "min-len", s.MinLen, "synthetic: shortest source sequence")
 	fs.IntVar(&s.MaxLen, "max-len", s.MaxLen, "synthetic: longest source sequence")
 	fs.BoolVar(&s.Reverse, "reverse", s.Reverse, "feed source sentences reversed (the paper's trick; --reverse=false for the ablation)")

@@ -30,7 +30,7 @@ type Spec struct {
 	Name    string               `json:"name"`
 	Model   string               `json:"model"` // "seq2seq"
 	Seq2Seq models.Seq2SeqConfig `json:"seq2seq"`
-	// Data is "synthetic:<copy|reverse|sort>" or the path of a parallel
+	// Data is "synthetic:<copy|reverse|sort|translate>" or the path of a parallel
 	// corpus (source<TAB>target lines) that every worker can read.
 	Data      string  `json:"data"`
 	DataCRC   uint32  `json:"data_crc,omitempty"` // CRC32C of a corpus file, set by the coordinator
@@ -110,7 +110,7 @@ func (s *Spec) Validate() error {
 			return err
 		}
 	} else if s.Data == "" {
-		return errors.New("data: give a corpus file or synthetic:<copy|reverse|sort>")
+		return errors.New("data: give a corpus file or synthetic:<copy|reverse|sort|translate>")
 	}
 	if s.VocabMax < 5 || s.HeldOut < 0 || s.EvalEvery < 0 {
 		return fmt.Errorf("vocab max must be at least 5, held out and eval every not negative (got %d, %d, %d)", s.VocabMax, s.HeldOut, s.EvalEvery)
