@@ -30,6 +30,9 @@ type Dataset interface {
 	Tokenize(sentence string) []string
 	// EncodePair encodes a tokenized pair as the model reads it.
 	EncodePair(p Pair) Example
+	// StepsPerEpoch is the number of batches of size in one epoch of data
+	// shard s (0 for endless synthetic data).
+	StepsPerEpoch(seed uint64, s, size int) int64
 	// Special are the decoder's start and end ids.
 	Special() models.Special
 }
@@ -37,16 +40,17 @@ type Dataset interface {
 // DataConfig says where a job's data comes from and how to prepare it.
 type DataConfig struct {
 	// Source is "synthetic:<task>" or the path of a parallel corpus.
-	Source    string
-	MinLen    int    // synthetic: shortest source
-	MaxLen    int    // synthetic: longest source
-	Reverse   bool   // feed sources reversed (the paper's default)
-	VocabMax  int    // corpus: words per vocabulary, the four reserved ids included
-	HeldOut   int    // examples set aside for evaluation
-	Tokenizer string // corpus: "space" (default) or "13a"
-	Seed      uint64
-	Shards    int    // data shards (one per rank)
-	CRC       uint32 // corpus: CRC32C of the file, when known; a different file is refused
+	Source      string
+	MinLen      int    // synthetic: shortest source
+	MaxLen      int    // synthetic: longest source
+	Reverse     bool   // feed sources reversed (the paper's default)
+	VocabMax    int    // corpus: words per vocabulary, the four reserved ids included
+	TgtVocabMax int    // corpus: the same for the target side (0: VocabMax)
+	HeldOut     int    // examples set aside for evaluation
+	Tokenizer   string // corpus: "space" (default) or "13a"
+	Seed        uint64
+	Shards      int    // data shards (one per rank)
+	CRC         uint32 // corpus: CRC32C of the file, when known; a different file is refused
 }
 
 // Open prepares the data of cfg. For a corpus it returns the file's CRC32C
@@ -84,7 +88,11 @@ func Open(cfg DataConfig) (Dataset, uint32, error) {
 	for _, p := range train {
 		srcs, tgts = append(srcs, p.Src), append(tgts, p.Tgt)
 	}
-	d := &corpusData{cfg: cfg, tok: tok, src: BuildVocab(srcs, cfg.VocabMax), tgt: BuildVocab(tgts, cfg.VocabMax)}
+	tgtMax := cfg.TgtVocabMax
+	if tgtMax == 0 {
+		tgtMax = cfg.VocabMax
+	}
+	d := &corpusData{cfg: cfg, tok: tok, src: BuildVocab(srcs, cfg.VocabMax), tgt: BuildVocab(tgts, tgtMax)}
 	d.corpus = NewCorpus(Encode(train, d.src, d.tgt, cfg.Reverse), max(1, cfg.Shards), cfg.Seed)
 	d.held = Encode(held, d.src, d.tgt, cfg.Reverse)
 	return d, crc, nil
@@ -101,7 +109,10 @@ type corpusData struct {
 func (d *corpusData) Batch(seed uint64, s int, step int64, size int) *models.SeqBatch {
 	return d.corpus.Batch(seed, s, step, size)
 }
-func (d *corpusData) HeldOut() []Example                { return d.held }
+func (d *corpusData) HeldOut() []Example { return d.held }
+func (d *corpusData) StepsPerEpoch(seed uint64, s, size int) int64 {
+	return d.corpus.StepsPerEpoch(seed, s, size)
+}
 func (d *corpusData) SrcVocab() int                     { return d.src.Size() }
 func (d *corpusData) TgtVocab() int                     { return d.tgt.Size() }
 func (d *corpusData) TgtWords(ids []int32) []string     { return d.tgt.Decode(ids) }
@@ -167,9 +178,10 @@ func (d *synthData) HeldOut() []Example {
 	return out
 }
 
-func (d *synthData) SrcVocab() int           { return SyntheticVocab }
-func (d *synthData) TgtVocab() int           { return SyntheticVocab }
-func (d *synthData) Special() models.Special { return models.Special{Go: Go, EOS: EOS} }
+func (d *synthData) StepsPerEpoch(uint64, int, int) int64 { return 0 }
+func (d *synthData) SrcVocab() int                        { return SyntheticVocab }
+func (d *synthData) TgtVocab() int                        { return SyntheticVocab }
+func (d *synthData) Special() models.Special              { return models.Special{Go: Go, EOS: EOS} }
 
 func (d *synthData) Tokenize(sentence string) []string { return strings.Fields(sentence) }
 

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sort"
 	"strings"
 	"time"
 
@@ -48,33 +49,99 @@ func (o *optimizerFlags) bind(fs *flag.FlagSet) {
 	fs.Float64Var(&o.eps, "eps", 1e-8, "adagrad, adam: denominator epsilon")
 }
 
-func (o *optimizerFlags) optimizer() paramserver.Optimizer {
-	lr := o.lr
-	if lr == 0 {
-		lr = defaultLR[o.kind]
+// optimizer applies the flags that were given to base (the spec's optimizer,
+// from its defaults or a preset). Choosing another --optimizer starts from
+// that optimizer's defaults.
+func (o *optimizerFlags) optimizer(fs *flag.FlagSet, base paramserver.Optimizer) paramserver.Optimizer {
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	opt := base
+	if set["optimizer"] && o.kind != base.Kind {
+		opt = paramserver.DefaultOptimizer(o.kind, defaultLR[o.kind])
+		opt.Schedule = base.Schedule
 	}
-	opt := paramserver.DefaultOptimizer(o.kind, lr)
-	opt.Schedule = paramserver.Schedule{Kind: o.schedule}
-	switch o.schedule {
+	if set["lr"] {
+		opt.LR = o.lr
+	}
+	if set["lr-schedule"] {
+		opt.Schedule = paramserver.Schedule{Kind: o.schedule}
+	}
+	switch opt.Schedule.Kind {
 	case "halving":
-		opt.Schedule.HalveAfter, opt.Schedule.HalveEvery = o.halveAfter, o.halveEvery
+		if set["lr-halve-after"] || set["lr-schedule"] {
+			opt.Schedule.HalveAfter = o.halveAfter
+		}
+		if set["lr-halve-every"] || set["lr-schedule"] {
+			opt.Schedule.HalveEvery = o.halveEvery
+		}
 	case "exp":
-		opt.Schedule.Decay, opt.Schedule.Floor = o.decay, o.floor
+		if set["lr-decay"] || set["lr-schedule"] {
+			opt.Schedule.Decay = o.decay
+		}
+		if set["lr-floor"] || set["lr-schedule"] {
+			opt.Schedule.Floor = o.floor
+		}
 	}
-	switch o.kind {
-	case "momentum":
-		opt.Momentum, opt.MomentumFinal, opt.RampStart, opt.RampEnd = o.momentum, o.momentumFinal, o.rampStart, o.rampEnd
-	case "adagrad":
-		opt.Eps = o.eps
-	case "adam":
-		opt.Beta1, opt.Beta2, opt.Eps = o.beta1, o.beta2, o.eps
+	for _, f := range []struct {
+		name     string
+		dst, src *float64
+	}{
+		{"momentum", &opt.Momentum, &o.momentum}, {"momentum-final", &opt.MomentumFinal, &o.momentumFinal},
+		{"beta1", &opt.Beta1, &o.beta1}, {"beta2", &opt.Beta2, &o.beta2}, {"eps", &opt.Eps, &o.eps},
+	} {
+		if set[f.name] {
+			*f.dst = *f.src
+		}
+	}
+	if set["momentum"] && !set["momentum-final"] {
+		opt.MomentumFinal = o.momentum // a constant momentum unless a ramp is asked for
+	}
+	if set["momentum-ramp-start"] {
+		opt.RampStart = o.rampStart
+	}
+	if set["momentum-ramp-end"] {
+		opt.RampEnd = o.rampEnd
 	}
 	return opt
 }
 
-// specFlags binds the job spec's fields to flags, starting from the defaults.
-// Call finish after parsing.
-func specFlags(fs *flag.FlagSet, s *job.Spec) (finish func()) {
+// presetArg finds --preset NAME (or -preset=NAME) in args: presets set the
+// defaults that the other flags then override, so they apply before parsing.
+func presetArg(args []string) string {
+	for i, a := range args {
+		for _, p := range []string{"--preset", "-preset"} {
+			if a == p && i+1 < len(args) {
+				return args[i+1]
+			}
+			if v, ok := strings.CutPrefix(a, p+"="); ok {
+				return v
+			}
+		}
+	}
+	return ""
+}
+
+// specFlags binds the job spec's fields to flags, starting from the defaults
+// (and the preset named in args, if any). Call finish after parsing.
+func specFlags(fs *flag.FlagSet, s *job.Spec, args []string) (finish func() error) {
+	var presetErr error
+	if preset := presetArg(args); preset != "" {
+		if apply, ok := job.Presets[preset]; ok {
+			apply(s)
+		} else {
+			var names []string
+			for n := range job.Presets {
+				names = append(names, n)
+			}
+			sort.Strings(names)
+			presetErr = fmt.Errorf("preset %q: use one of %v", preset, names)
+		}
+	}
+	fs.String("preset", "", "start from a named set of values, which other flags override: paper (Sutskever et al.'s exact settings, for a real corpus and cluster) or small")
+	fs.Float64Var(&s.Epochs, "epochs", s.Epochs, "corpus: train this many epochs (sets --steps)")
+	fs.Float64Var(&s.HalveAfterEpochs, "lr-halve-after-epochs", s.HalveAfterEpochs, "corpus: halving schedule, epochs before the first halving")
+	fs.Float64Var(&s.HalveEveryEpochs, "lr-halve-every-epochs", s.HalveEveryEpochs, "corpus: halving schedule, epochs between halvings (0: schedule in updates)")
+	fs.IntVar(&s.TgtVocab, "tgt-vocab", s.TgtVocab, "corpus: words in the target vocabulary (0: as --vocab)")
 	fs.StringVar(&s.Name, "job", s.Name, "job name (letters, digits, '_' and '-')")
 	fs.StringVar(&s.Data, "data", s.Data, "training data: a parallel corpus file (source<TAB>target lines) or synthetic:copy|reverse|sort|translate")
 	fs.IntVar(&s.MinLen, "min-len", s.MinLen, "synthetic: shortest source sequence")
@@ -103,7 +170,10 @@ func specFlags(fs *flag.FlagSet, s *job.Spec) (finish func()) {
 	fs.Int64Var(&s.LogEvery, "log-every", s.LogEvery, "log every N steps")
 	var o optimizerFlags
 	o.bind(fs)
-	return func() { s.Optimizer = o.optimizer() }
+	return func() error {
+		s.Optimizer = o.optimizer(fs, s.Optimizer)
+		return presetErr
+	}
 }
 
 // endpoints are the cluster flags every role has.

@@ -375,3 +375,40 @@ func TestTrainOnCorpusFile(t *testing.T) {
 		t.Fatalf("missing corpus: exit %d, %q", code, stderr)
 	}
 }
+
+// A preset sets defaults that flags override; epochs turn into steps and the
+// halving schedule into updates, from the corpus's batches per epoch.
+func TestPresetAndEpochs(t *testing.T) {
+	dir := t.TempDir()
+	corpus := filepath.Join(dir, "toy.tsv")
+	var b strings.Builder
+	for i := 0; i < 200; i++ {
+		fmt.Fprintf(&b, "w%d w%d\tv%d\n", i%7, i%3, i%5)
+	}
+	os.WriteFile(corpus, []byte(b.String()), 0o644)
+	out := filepath.Join(dir, "run")
+	_, meta := trainRun(t, out, "--preset", "small", "--data", corpus, "--layers", "1", "--hidden", "16", "--embed", "8",
+		"--batch", "10", "--held-out", "0", "--epochs", "1.5")
+	spec, err := job.DecodeSpec(meta.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// 200 pairs over 2 data shards: 100 per shard, all of source length 2:
+	// 10 batches of 10 per epoch.
+	if spec.Seq2Seq.Layers != 1 || spec.Optimizer.LR != 0.7 || spec.Steps != 15 ||
+		spec.Optimizer.Schedule != (paramserver.Schedule{Kind: "halving", HalveAfter: 50, HalveEvery: 5}) || !spec.Reverse {
+		t.Fatalf("spec %+v", spec)
+	}
+	for _, c := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"--preset", "bogus"}, "preset \"bogus\""},
+		{[]string{"--epochs", "2"}, "epochs need a corpus"},
+	} {
+		code, _, stderr := runCmd(t, time.Minute, append([]string{"train", "--out", filepath.Join(dir, fmt.Sprint(len(c.says)))}, c.args...)...)
+		if code == 0 || !strings.Contains(stderr, c.says) {
+			t.Errorf("%v: exit %d, %q", c.args, code, stderr)
+		}
+	}
+}

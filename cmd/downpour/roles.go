@@ -165,7 +165,7 @@ func prepareOut(outp *string, name string) error {
 func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("coordinator", flag.ContinueOnError)
 	spec := job.Default()
-	finishSpec := specFlags(fs, &spec)
+	finishSpec := specFlags(fs, &spec, args)
 	var ep endpoints
 	endpointFlags(fs, &ep)
 	out := fs.String("out", "", "run directory for metrics.jsonl and the final checkpoint (default runs/<job>-<time>)")
@@ -175,7 +175,10 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	if err := ep.require("coordinator", stderr); err != nil {
 		return err
 	}
-	finishSpec()
+	if err := finishSpec(); err != nil {
+		fmt.Fprintf(stderr, "downpour coordinator: %v\n", err)
+		return errUsage
+	}
 	if err := spec.Validate(); err != nil {
 		fmt.Fprintf(stderr, "downpour coordinator: %v\n", err)
 		return errUsage

@@ -23,14 +23,17 @@ import (
 func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("train", flag.ContinueOnError)
 	spec := job.Default()
-	finishSpec := specFlags(fs, &spec)
+	finishSpec := specFlags(fs, &spec, args)
 	var ep endpoints
 	endpointFlags(fs, &ep)
 	out := fs.String("out", "", "run directory (default runs/<job>-<time>)")
 	if err := parse(fs, args, stderr, "downpour train --steps 300 --workers 2 --ps-shards 2"); err != nil {
 		return err
 	}
-	finishSpec()
+	if err := finishSpec(); err != nil {
+		fmt.Fprintf(stderr, "downpour train: %v\n", err)
+		return errUsage
+	}
 	if err := spec.Validate(); err != nil {
 		fmt.Fprintf(stderr, "downpour train: %v\n", err)
 		return errUsage

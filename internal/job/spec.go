@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"strings"
 
 	"github.com/downpour-ml/downpour/internal/wire"
@@ -33,14 +34,15 @@ type Spec struct {
 	// Data is "synthetic:<copy|reverse|sort|translate>" or the path of a parallel
 	// corpus (source<TAB>target lines) that every worker can read.
 	Data      string  `json:"data"`
-	DataCRC   uint32  `json:"data_crc,omitempty"` // CRC32C of a corpus file, set by the coordinator
-	MinLen    int     `json:"min_len"`            // synthetic: shortest source
-	MaxLen    int     `json:"max_len"`            // synthetic: longest source
-	Reverse   bool    `json:"reverse_source"`     // feed sources reversed (the paper's trick)
-	VocabMax  int     `json:"vocab_max"`          // corpus: words per vocabulary, reserved ids included
-	Tokenizer string  `json:"tokenizer"`          // corpus: space or 13a
-	HeldOut   int     `json:"held_out"`           // examples set aside for evaluation
-	EvalEvery int64   `json:"eval_every"`         // evaluate on the held-out set every N steps (0: only at the end)
+	DataCRC   uint32  `json:"data_crc,omitempty"`      // CRC32C of a corpus file, set by the coordinator
+	MinLen    int     `json:"min_len"`                 // synthetic: shortest source
+	MaxLen    int     `json:"max_len"`                 // synthetic: longest source
+	Reverse   bool    `json:"reverse_source"`          // feed sources reversed (the paper's trick)
+	VocabMax  int     `json:"vocab_max"`               // corpus: words per vocabulary, reserved ids included
+	TgtVocab  int     `json:"tgt_vocab_max,omitempty"` // corpus: the same for targets (0: VocabMax)
+	Tokenizer string  `json:"tokenizer"`               // corpus: space or 13a
+	HeldOut   int     `json:"held_out"`                // examples set aside for evaluation
+	EvalEvery int64   `json:"eval_every"`              // evaluate on the held-out set every N steps (0: only at the end)
 	Seed      uint64  `json:"seed"`
 	Steps     int64   `json:"steps"`
 	Workers   int     `json:"workers"`
@@ -58,6 +60,13 @@ type Spec struct {
 	// The update rule the shards apply, and what they do with NaN/Inf.
 	Optimizer paramserver.Optimizer `json:"optimizer"`
 	NonFinite string                `json:"non_finite"`
+	// Epochs, when positive, sets Steps to that many passes over a corpus
+	// (data shard 0's), and HalveAfterEpochs/HalveEveryEpochs set a halving
+	// learning-rate schedule in epochs (the paper: 7.5 epochs; halve after
+	// 5, every half epoch). Resolve converts them to steps.
+	Epochs           float64 `json:"epochs,omitempty"`
+	HalveAfterEpochs float64 `json:"halve_after_epochs,omitempty"`
+	HalveEveryEpochs float64 `json:"halve_every_epochs,omitempty"`
 	// CheckpointEvery (sync): every shard snapshots its state at each
 	// multiple of this many steps; 0 for never.
 	CheckpointEvery int64 `json:"checkpoint_every,omitempty"`
@@ -112,7 +121,10 @@ func (s *Spec) Validate() error {
 	} else if s.Data == "" {
 		return errors.New("data: give a corpus file or synthetic:<copy|reverse|sort|translate>")
 	}
-	if s.VocabMax < 5 || s.HeldOut < 0 || s.EvalEvery < 0 {
+	if s.Epochs < 0 || s.HalveAfterEpochs < 0 || s.HalveEveryEpochs < 0 {
+		return errors.New("epochs must not be negative")
+	}
+	if s.VocabMax < 5 || s.HeldOut < 0 || s.EvalEvery < 0 || s.TgtVocab != 0 && s.TgtVocab < 5 {
 		return fmt.Errorf("vocab max must be at least 5, held out and eval every not negative (got %d, %d, %d)", s.VocabMax, s.HeldOut, s.EvalEvery)
 	}
 	if s.Tokenizer != "space" && s.Tokenizer != "13a" {
@@ -145,7 +157,7 @@ func (s *Spec) Validate() error {
 
 // DataConfig is the part of the spec that says how to read the data.
 func (s *Spec) DataConfig() shard.DataConfig {
-	return shard.DataConfig{Source: s.Data, MinLen: s.MinLen, MaxLen: s.MaxLen, Reverse: s.Reverse, VocabMax: s.VocabMax,
+	return shard.DataConfig{Source: s.Data, MinLen: s.MinLen, MaxLen: s.MaxLen, Reverse: s.Reverse, VocabMax: s.VocabMax, TgtVocabMax: s.TgtVocab,
 		HeldOut: s.HeldOut, Tokenizer: s.Tokenizer, Seed: s.Seed, Shards: s.Workers, CRC: s.DataCRC}
 }
 
@@ -174,7 +186,45 @@ func (s *Spec) Resolve() error {
 	}
 	s.DataCRC = crc
 	s.Seq2Seq.SrcVocab, s.Seq2Seq.TgtVocab = d.SrcVocab(), d.TgtVocab()
-	return nil
+	if s.Epochs > 0 || s.HalveEveryEpochs > 0 {
+		per := d.StepsPerEpoch(s.Seed, 0, s.Batch)
+		if per == 0 {
+			return errors.New("epochs need a corpus: synthetic data has none")
+		}
+		if s.Epochs > 0 {
+			s.Steps = max(1, int64(math.Ceil(s.Epochs*float64(per))))
+		}
+		if s.HalveEveryEpochs > 0 {
+			s.Optimizer.Schedule = paramserver.Schedule{Kind: "halving",
+				HalveAfter: int64(math.Round(s.HalveAfterEpochs * float64(per))),
+				HalveEvery: max(1, int64(math.Round(s.HalveEveryEpochs*float64(per))))}
+		}
+	}
+	return s.Validate()
+}
+
+// Presets are named sets of spec values; flags given beside a preset
+// override its values.
+var Presets = map[string]func(*Spec){
+	// paper: Sutskever, Vinyals and Le (2014), for a real corpus on a real
+	// cluster: 4 layers of 1000 cells, 1000-d embeddings, vocabularies of
+	// 160k and 80k words, batch 128, SGD at 0.7 halved every half epoch
+	// after 5 epochs, 7.5 epochs, gradient clipped at norm 5, U(-0.08, 0.08)
+	// initialisation, reversed sources.
+	"paper": func(s *Spec) {
+		s.Seq2Seq.Layers, s.Seq2Seq.Hidden, s.Seq2Seq.Embed, s.Seq2Seq.InitScale = 4, 1000, 1000, 0.08
+		s.VocabMax, s.TgtVocab, s.Batch, s.ClipNorm, s.Reverse = 160000, 80000, 128, 5, true
+		s.Optimizer = paramserver.DefaultOptimizer("sgd", 0.7)
+		s.Epochs, s.HalveAfterEpochs, s.HalveEveryEpochs = 7.5, 5, 0.5
+		s.Tokenizer = "13a"
+	},
+	// small: the paper's recipe at a size a laptop trains in minutes.
+	"small": func(s *Spec) {
+		s.Seq2Seq.Layers, s.Seq2Seq.Hidden, s.Seq2Seq.Embed = 2, 256, 256
+		s.VocabMax, s.Batch, s.ClipNorm, s.Reverse = 8000, 64, 5, true
+		s.Optimizer = paramserver.DefaultOptimizer("sgd", 0.7)
+		s.Epochs, s.HalveAfterEpochs, s.HalveEveryEpochs = 7.5, 5, 0.5
+	},
 }
 
 // ShardConfig is the part of the spec every parameter-server shard runs by.
