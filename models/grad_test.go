@@ -194,3 +194,19 @@ func TestClipGlobalNorm(t *testing.T) {
 		t.Fatalf("clip changed a small gradient: %v", g)
 	}
 }
+
+func TestEmbeddingGradient(t *testing.T) {
+	rng := rand.New(rand.NewPCG(12, 12))
+	const vocab, dim = 5, 3
+	table := randSlice(rng, vocab*dim, 1)
+	ids := []int32{4, 0, 4, 2} // a repeated id accumulates
+	r := randSlice(rng, len(ids)*dim, 1)
+	loss := func() float64 {
+		out := make([]float64, len(ids)*dim)
+		Embedding(out, table, dim, ids)
+		return dot(r, out)
+	}
+	g := make([]float64, len(table))
+	EmbeddingBackward(g, r, dim, ids)
+	checkGrad(t, "embedding", table, g, loss)
+}

@@ -143,6 +143,7 @@ func specFlags(fs *flag.FlagSet, s *job.Spec, args []string) (finish func() erro
 	fs.Float64Var(&s.HalveEveryEpochs, "lr-halve-every-epochs", s.HalveEveryEpochs, "corpus: halving schedule, epochs between halvings (0: schedule in updates)")
 	fs.IntVar(&s.TgtVocab, "tgt-vocab", s.TgtVocab, "corpus: words in the target vocabulary (0: as --vocab)")
 	fs.StringVar(&s.Name, "job", s.Name, "job name (letters, digits, '_' and '-')")
+	fs.StringVar(&s.Model, "model", s.Model, "model to train: seq2seq")
 	fs.StringVar(&s.Data, "data", s.Data, "training data: a parallel corpus file (source<TAB>target lines) or synthetic:copy|reverse|sort|translate")
 	fs.IntVar(&s.MinLen, "min-len", s.MinLen, "synthetic: shortest source sequence")
 	fs.IntVar(&s.MaxLen, "max-len", s.MaxLen, "synthetic: longest source sequence")

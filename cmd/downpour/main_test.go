@@ -200,6 +200,7 @@ func TestBadUsage(t *testing.T) {
 		{[]string{"translate"}, 2, "needs --checkpoint"},
 		{[]string{"eval", "--checkpoint", "x", "--beam", "0"}, 2, "needs --checkpoint"},
 		{[]string{"train", "--tokenizer", "moses"}, 2, "tokenizer"},
+		{[]string{"train", "--model", "transformer"}, 2, "model \"transformer\""},
 	} {
 		code, _, stderr := runCmd(t, 10*time.Second, c.args...)
 		if code != c.code || !strings.Contains(stderr, c.says) {
