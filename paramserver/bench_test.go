@@ -258,3 +258,51 @@ func BenchmarkSyncOverheadW2(b *testing.B) {
 	b.ReportMetric(float64(median(local).Microseconds())/1e3, "ms/local_step")
 	b.ReportMetric(median(ps).Seconds()/median(local).Seconds(), "ratio")
 }
+
+// BenchmarkSyncOverheadW2Model is the same comparison with the real W2
+// model's step (batch 128, length 20): pull, forward and backward, clip, push
+// through 2 shards, against forward and backward, clip and a local SGD
+// update. Meaningful with the fast build (-tags openblas).
+func BenchmarkSyncOverheadW2Model(b *testing.B) {
+	r := newRig(b, w2.Tensors(), 2, 0)
+	m := models.NewSeq2Seq[float32](w2)
+	m.Init(1)
+	rng := rand.New(rand.NewPCG(3, 3))
+	batch := &models.SeqBatch{Size: 128, SrcLen: 20, TgtLen: 20}
+	for range 128 * 20 {
+		batch.Src = append(batch.Src, int32(rng.IntN(w2.SrcVocab)))
+		batch.TgtIn = append(batch.TgtIn, int32(rng.IntN(w2.TgtVocab)))
+		batch.TgtOut = append(batch.TgtOut, int32(rng.IntN(w2.TgtVocab)))
+	}
+	opt := DefaultOptimizer("sgd", 1e-6)
+	ctx := context.Background()
+	psStep := func() {
+		if err := r.client.Pull(ctx, r.step, m.Params()); err != nil {
+			b.Fatal(err)
+		}
+		m.Loss(batch, true)
+		models.ClipGlobalNorm(m.Grads(), 5)
+		if err := r.client.Push(ctx, r.step, m.Grads()); err != nil {
+			b.Fatal(err)
+		}
+		r.step++
+	}
+	localStep := func() {
+		m.Loss(batch, true)
+		models.ClipGlobalNorm(m.Grads(), 5)
+		opt.Apply(m.Params(), m.Grads(), nil, 0)
+	}
+	psStep()
+	localStep()
+	var ps, local []time.Duration
+	for b.Loop() {
+		start := time.Now()
+		psStep()
+		mid := time.Now()
+		localStep()
+		ps, local = append(ps, mid.Sub(start)), append(local, time.Since(mid))
+	}
+	b.ReportMetric(float64(median(ps).Milliseconds()), "ms/ps_step")
+	b.ReportMetric(float64(median(local).Milliseconds()), "ms/local_step")
+	b.ReportMetric(median(ps).Seconds()/median(local).Seconds(), "ratio")
+}
