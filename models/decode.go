@@ -64,15 +64,7 @@ func (m *Seq2Seq[T]) step(st state[T], tokens []int32) (state[T], []float64) {
 	lp := make([]float64, batch*V)
 	for r := 0; r < batch; r++ {
 		row := logits[r*V : (r+1)*V]
-		mx := math.Inf(-1)
-		for _, v := range row {
-			mx = math.Max(mx, float64(v))
-		}
-		var z float64
-		for _, v := range row {
-			z += math.Exp(float64(v) - mx)
-		}
-		lse := mx + math.Log(z)
+		lse := logSumExp(row)
 		for j, v := range row {
 			lp[r*V+j] = float64(v) - lse
 		}

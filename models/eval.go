@@ -2,6 +2,7 @@ package models
 
 import (
 	"math"
+	"slices"
 	"sort"
 )
 
@@ -91,7 +92,7 @@ func Evaluate[T Float](m *Seq2Seq[T], src, tgt [][]int32, sp Special, o EvalOpti
 				hyps = m.Greedy(b.Src, l, n, sp, maxLen(l))
 			}
 			for c, i := range ids {
-				if equalIDs(hyps[c], tgt[i]) {
+				if slices.Equal(hyps[c], tgt[i]) {
 					exact++
 				}
 				ref := words(tgt[i])
@@ -112,18 +113,6 @@ func Evaluate[T Float](m *Seq2Seq[T], src, tgt [][]int32, sp Special, o EvalOpti
 	}
 	res.BLEU, res.Counts = bleu.Score(), bleu
 	return res
-}
-
-func equalIDs(a, b []int32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 func expFloat(x float64) float64 {

@@ -2,6 +2,7 @@ package models
 
 import (
 	"math"
+	"slices"
 	"strconv"
 	"testing"
 )
@@ -28,7 +29,7 @@ func TestEvaluateAgreesWithParts(t *testing.T) {
 		loss -= m.LogProb(src[i], tgt[i], sp)
 		tokens += len(tgt[i]) + 1
 		hyp := m.Greedy(src[i], len(src[i]), 1, sp, maxLen(len(src[i])))[0]
-		if equalIDs(hyp, tgt[i]) {
+		if slices.Equal(hyp, tgt[i]) {
 			exact++
 		}
 		bleu.Add(words(hyp), words(tgt[i]))

@@ -38,15 +38,7 @@ func SoftmaxCrossEntropy[T Float](logits []T, vocab int, labels []int32, scale f
 			clear(row)
 			continue
 		}
-		mx := math.Inf(-1)
-		for _, v := range row {
-			mx = math.Max(mx, float64(v))
-		}
-		var z float64
-		for _, v := range row {
-			z += math.Exp(float64(v) - mx)
-		}
-		lse := mx + math.Log(z)
+		lse := logSumExp(row)
 		loss += lse - float64(row[y])
 		count++
 		for j, v := range row {
@@ -81,6 +73,19 @@ func softmaxCE32(logits []float32, vocab int, labels []int32, scale float64) (lo
 		row[y] -= float32(scale)
 	}
 	return loss, count
+}
+
+// logSumExp is log(sum(exp(row))), computed stably in float64.
+func logSumExp[T Float](row []T) float64 {
+	mx := math.Inf(-1)
+	for _, v := range row {
+		mx = math.Max(mx, float64(v))
+	}
+	var z float64
+	for _, v := range row {
+		z += math.Exp(float64(v) - mx)
+	}
+	return mx + math.Log(z)
 }
 
 // addColSums adds the column sums of m (rows x len(db)) into db.

@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 
 	"github.com/downpour-ml/downpour/internal/wire"
 )
@@ -253,30 +254,18 @@ func RestoreShard(cfg ShardConfig, blocks []Block, snap *Snapshot) (*Shard, erro
 // Equal reports whether two snapshots hold bit-identical state.
 func (s *Snapshot) Equal(o *Snapshot) bool {
 	if s.Step != o.Step || s.Mode != o.Mode || len(s.Blocks) != len(o.Blocks) ||
-		!equalBits(s.Epochs, o.Epochs) || !equalBits(s.RankClocks, o.RankClocks) {
+		!slices.Equal(s.Epochs, o.Epochs) || !slices.Equal(s.RankClocks, o.RankClocks) {
 		return false
 	}
 	for i := range s.Blocks {
 		a, b := &s.Blocks[i], &o.Blocks[i]
-		if a.ID != b.ID || a.Clock != b.Clock || !floatBits(a.W, b.W) || len(a.Slots) != len(b.Slots) || !equalBits(a.Last, b.Last) {
+		if a.ID != b.ID || a.Clock != b.Clock || !floatBits(a.W, b.W) || len(a.Slots) != len(b.Slots) || !slices.Equal(a.Last, b.Last) {
 			return false
 		}
 		for k := range a.Slots {
 			if !floatBits(a.Slots[k], b.Slots[k]) {
 				return false
 			}
-		}
-	}
-	return true
-}
-
-func equalBits[T comparable](a, b []T) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
 		}
 	}
 	return true

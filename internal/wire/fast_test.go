@@ -61,23 +61,8 @@ func TestFastCodecMatchesMsgpack(t *testing.T) {
 		}
 		var ref PushRequest
 		msgpack.Unmarshal(want, &ref)
-		var got PushRequest
-		if err := decodeFast(want, func(r *reader, key string) {
-			switch key {
-			case "v":
-				got.V = uint8(r.uint(8))
-			case "j":
-				got.Job = string(r.strBytes())
-			case "r":
-				got.Rank = uint32(r.uint(32))
-			case "e":
-				got.Epoch = r.uint(64)
-			case "s":
-				got.Step = r.int()
-			case "k":
-				got.Blocks = r.blocks()
-			}
-		}); err != nil {
+		got, err := decodePushFields(want)
+		if err != nil {
 			t.Fatal(err)
 		}
 		if got.V != ref.V || got.Job != ref.Job || got.Rank != ref.Rank || got.Epoch != ref.Epoch || got.Step != ref.Step ||

@@ -178,6 +178,24 @@ func checkBlocks(bs []Block) error {
 // DecodePush decodes and checks the form of a push. The blocks' data view
 // data: copy what must outlive it.
 func DecodePush(data []byte) (*PushRequest, error) {
+	m, err := decodePushFields(data)
+	if err != nil {
+		return nil, err
+	}
+	if m.V != Version {
+		return nil, &Error{Kind: BadVersion, Msg: fmt.Sprintf("protocol version %d, want %d", m.V, Version)}
+	}
+	if err := ValidJob(m.Job); err != nil {
+		return nil, &Error{Kind: UnknownJob, Msg: err.Error()}
+	}
+	if m.Step < 0 {
+		return nil, &Error{Kind: Malformed, Msg: fmt.Sprintf("negative step %d", m.Step)}
+	}
+	return m, checkBlocks(m.Blocks)
+}
+
+// decodePushFields decodes a push's fields without checking their values.
+func decodePushFields(data []byte) (*PushRequest, error) {
 	var m PushRequest
 	err := decodeFast(data, func(r *reader, key string) {
 		switch key {
@@ -200,16 +218,7 @@ func DecodePush(data []byte) (*PushRequest, error) {
 	if err != nil {
 		return nil, err
 	}
-	if m.V != Version {
-		return nil, &Error{Kind: BadVersion, Msg: fmt.Sprintf("protocol version %d, want %d", m.V, Version)}
-	}
-	if err := ValidJob(m.Job); err != nil {
-		return nil, &Error{Kind: UnknownJob, Msg: err.Error()}
-	}
-	if m.Step < 0 {
-		return nil, &Error{Kind: Malformed, Msg: fmt.Sprintf("negative step %d", m.Step)}
-	}
-	return &m, checkBlocks(m.Blocks)
+	return &m, nil
 }
 
 // DecodePull decodes and checks the form of a pull.
