@@ -260,9 +260,10 @@ func BenchmarkSyncOverheadW2(b *testing.B) {
 }
 
 // BenchmarkSyncOverheadW2Model is the same comparison with the real W2
-// model's step (batch 128, length 20): pull, forward and backward, clip, push
-// through 2 shards, against forward and backward, clip and a local SGD
-// update. Meaningful with the fast build (-tags openblas).
+// model's step (batch 128, length 20): forward and backward, clip, then push
+// the gradient to 2 shards and pull the next parameters (PushPull, as workers
+// do), against forward and backward, clip and a local SGD update. Meaningful
+// with the fast build (-tags openblas).
 func BenchmarkSyncOverheadW2Model(b *testing.B) {
 	r := newRig(b, w2.Tensors(), 2, 0)
 	m := models.NewSeq2Seq[float32](w2)
@@ -276,13 +277,13 @@ func BenchmarkSyncOverheadW2Model(b *testing.B) {
 	}
 	opt := DefaultOptimizer("sgd", 1e-6)
 	ctx := context.Background()
-	psStep := func() {
-		if err := r.client.Pull(ctx, r.step, m.Params()); err != nil {
-			b.Fatal(err)
-		}
+	if err := r.client.Pull(ctx, 0, m.Params()); err != nil {
+		b.Fatal(err)
+	}
+	psStep := func() { // as a worker does: compute, then push this step and pull the next together
 		m.Loss(batch, true)
 		models.ClipGlobalNorm(m.Grads(), 5)
-		if err := r.client.Push(ctx, r.step, m.Grads()); err != nil {
+		if err := r.client.PushPull(ctx, r.step, m.Grads(), m.Params()); err != nil {
 			b.Fatal(err)
 		}
 		r.step++

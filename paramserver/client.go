@@ -69,63 +69,81 @@ func NewClient(nc *nats.Conn, job string, p *Placement, rank int, epoch uint64) 
 // Pull fills params (the flat parameter vector) from every shard once each
 // has applied at least minClock steps.
 func (c *Client) Pull(ctx context.Context, minClock int64, params []float32) error {
-	return c.each(ctx, func(ctx context.Context, g group) error {
-		data, err := wire.Encode(&wire.PullRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch, MinClock: minClock, IDs: g.ids})
-		if err != nil {
-			return err
-		}
-		var r *wire.PullReply
-		for {
-			msg, err := c.request(ctx, wire.PullSubject(c.job, g.shard), data)
-			if err != nil {
-				return err
-			}
-			if r, err = wire.DecodePullReply(msg.Data); err != nil {
-				return fmt.Errorf("pull reply from shard %d: %w", g.shard, err)
-			}
-			if r.Kind != wire.Expired { // held longer than the shard holds pulls: ask again
-				break
-			}
-		}
-		if err := r.Err(); err != nil {
-			return fmt.Errorf("pull from shard %d refused: %w", g.shard, err)
-		}
-		if len(r.Blocks) != len(g.blocks) {
-			return fmt.Errorf("pull from shard %d: %d blocks, asked for %d", g.shard, len(r.Blocks), len(g.blocks))
-		}
-		for i, b := range g.blocks {
-			if r.Blocks[i].ID != b.ID || !wire.CopyFloats(params[b.Offset:b.Offset+b.Len], r.Blocks[i].Data) {
-				return fmt.Errorf("pull from shard %d: block %d does not match the placement", g.shard, r.Blocks[i].ID)
-			}
-		}
-		return nil
-	})
+	return c.each(ctx, func(ctx context.Context, g group) error { return c.pull(ctx, g, minClock, params) })
 }
 
 // Push sends grads (laid out like the flat parameter vector) as this rank's
 // gradient for step.
 func (c *Client) Push(ctx context.Context, step int64, grads []float32) error {
+	return c.each(ctx, func(ctx context.Context, g group) error { return c.push(ctx, g, step, grads) })
+}
+
+// PushPull pushes grads for step and pulls into params the parameters after
+// step+1 steps, message group by message group: each group's pull follows its
+// own push at once, so pulls of early groups overlap pushes of later ones
+// (the shards answer a group's pull as soon as its blocks have applied the
+// step). grads and params must not overlap.
+func (c *Client) PushPull(ctx context.Context, step int64, grads, params []float32) error {
 	return c.each(ctx, func(ctx context.Context, g group) error {
-		req := &wire.PushRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch, Step: step, Blocks: make([]wire.Block, len(g.blocks))}
-		for i, b := range g.blocks {
-			req.Blocks[i] = wire.Block{ID: b.ID, Data: wire.FloatBytes(grads[b.Offset : b.Offset+b.Len])}
+		if err := c.push(ctx, g, step, grads); err != nil {
+			return err
 		}
-		buf := getBuf()
-		defer putBuf(buf)
-		*buf = wire.AppendPush((*buf)[:0], req)
-		msg, err := c.request(ctx, wire.PushSubject(c.job, g.shard), *buf)
+		return c.pull(ctx, g, step+1, params)
+	})
+}
+
+func (c *Client) pull(ctx context.Context, g group, minClock int64, params []float32) error {
+	data, err := wire.Encode(&wire.PullRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch, MinClock: minClock, IDs: g.ids})
+	if err != nil {
+		return err
+	}
+	var r *wire.PullReply
+	for {
+		msg, err := c.request(ctx, wire.PullSubject(c.job, g.shard), data)
 		if err != nil {
 			return err
 		}
-		r, err := wire.DecodeReply(msg.Data)
-		if err != nil {
-			return fmt.Errorf("push reply from shard %d: %w", g.shard, err)
+		if r, err = wire.DecodePullReply(msg.Data); err != nil {
+			return fmt.Errorf("pull reply from shard %d: %w", g.shard, err)
 		}
-		if err := r.Err(); err != nil {
-			return fmt.Errorf("push of step %d to shard %d refused: %w", step, g.shard, err)
+		if r.Kind != wire.Expired { // held longer than the shard holds pulls: ask again
+			break
 		}
-		return nil
-	})
+	}
+	if err := r.Err(); err != nil {
+		return fmt.Errorf("pull from shard %d refused: %w", g.shard, err)
+	}
+	if len(r.Blocks) != len(g.blocks) {
+		return fmt.Errorf("pull from shard %d: %d blocks, asked for %d", g.shard, len(r.Blocks), len(g.blocks))
+	}
+	for i, b := range g.blocks {
+		if r.Blocks[i].ID != b.ID || !wire.CopyFloats(params[b.Offset:b.Offset+b.Len], r.Blocks[i].Data) {
+			return fmt.Errorf("pull from shard %d: block %d does not match the placement", g.shard, r.Blocks[i].ID)
+		}
+	}
+	return nil
+}
+
+func (c *Client) push(ctx context.Context, g group, step int64, grads []float32) error {
+	req := &wire.PushRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch, Step: step, Blocks: make([]wire.Block, len(g.blocks))}
+	for i, b := range g.blocks {
+		req.Blocks[i] = wire.Block{ID: b.ID, Data: wire.FloatBytes(grads[b.Offset : b.Offset+b.Len])}
+	}
+	buf := getBuf()
+	defer putBuf(buf)
+	*buf = wire.AppendPush((*buf)[:0], req)
+	msg, err := c.request(ctx, wire.PushSubject(c.job, g.shard), *buf)
+	if err != nil {
+		return err
+	}
+	r, err := wire.DecodeReply(msg.Data)
+	if err != nil {
+		return fmt.Errorf("push reply from shard %d: %w", g.shard, err)
+	}
+	if err := r.Err(); err != nil {
+		return fmt.Errorf("push of step %d to shard %d refused: %w", step, g.shard, err)
+	}
+	return nil
 }
 
 // bufs recycles message buffers: NATS copies a payload into its own write

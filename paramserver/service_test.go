@@ -90,6 +90,18 @@ func TestServiceSyncOverNATS(t *testing.T) {
 				return
 			}
 			w := make([]float32, p.Size())
+			if r == 1 { // rank 1 goes through PushPull, as workers do
+				if errs[r] = c.Pull(ctx, 0, w); errs[r] != nil {
+					return
+				}
+				for s := 0; s < steps; s++ {
+					if errs[r] = c.PushPull(ctx, int64(s), gs[s][r], w); errs[r] != nil {
+						return
+					}
+				}
+				final[r] = w
+				return
+			}
 			for s := 0; s < steps; s++ {
 				if err := c.Pull(ctx, int64(s), w); err != nil {
 					errs[r] = err

@@ -151,6 +151,7 @@ type trainer struct {
 	model  *models.Seq2Seq[float32]
 	data   shard.Dataset
 	acc    []float32 // async with n_push > 1: gradients summed since the last push
+	pulled bool      // the parameters of the next step came with the last push
 	// Loss, tokens and wall time since the last progress report: a report
 	// covers every step of its logging interval, not just its last one.
 	loss   float64
@@ -162,12 +163,15 @@ type trainer struct {
 // after step applied steps, as far as the mode requires; in async mode,
 // whatever the shards hold, every n_fetch steps), compute the gradient of
 // this rank's batch, clip it, and push it (in async mode, the sum of the last
-// n_push steps' gradients, every n_push steps).
+// n_push steps' gradients, every n_push steps). When every step pulls and
+// pushes, a step's push and the next step's pull go together (PushPull), so
+// that they overlap, and the next step finds its parameters already pulled.
 func (t *trainer) step(ctx context.Context, step int64) error {
 	start := time.Now()
 	sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
 	defer cancel()
-	if step%t.spec.NFetch == 0 {
+	pipelined := t.spec.NFetch == 1 && t.spec.NPush == 1
+	if step%t.spec.NFetch == 0 && !(pipelined && t.pulled) {
 		if err := t.client.Pull(sctx, step, t.model.Params()); err != nil {
 			return fmt.Errorf("step %d: pull: %w", step, err)
 		}
@@ -182,7 +186,13 @@ func (t *trainer) step(ctx context.Context, step int64) error {
 		}
 		grads = t.acc
 	}
-	if (step+1)%t.spec.NPush == 0 || step == t.spec.Steps-1 {
+	switch {
+	case pipelined && step+1 < t.spec.Steps:
+		if err := t.client.PushPull(sctx, step, grads, t.model.Params()); err != nil {
+			return fmt.Errorf("step %d: push and pull: %w", step, err)
+		}
+		t.pulled = true
+	case (step+1)%t.spec.NPush == 0 || step == t.spec.Steps-1:
 		if err := t.client.Push(sctx, step, grads); err != nil {
 			return fmt.Errorf("step %d: push: %w", step, err)
 		}
