@@ -1,0 +1,122 @@
+package models
+
+import (
+	"math"
+	"math/rand/v2"
+	"testing"
+)
+
+var smallGAN = GANConfig{Noise: 3, GHidden: 5, Pixels: 4, DUnits: 3, DPieces: 2, KeepInput: 0.8, KeepHidden: 0.5, GScale: 0.8, DScale: 0.8}
+
+func mask(rng *rand.Rand, n int, keep float64) []float64 {
+	m := make([]float64, n)
+	for i := range m {
+		if rng.Float64() < keep {
+			m[i] = 1 / keep
+		}
+	}
+	return m
+}
+
+func ganMasks(rng *rand.Rand, c GANConfig, rows int) DropoutMasks[float64] {
+	return DropoutMasks[float64]{In: mask(rng, rows*c.Pixels, c.KeepInput), H1: mask(rng, rows*c.DUnits, c.KeepHidden), H2: mask(rng, rows*c.DUnits, c.KeepHidden)}
+}
+
+func TestLinearGradient(t *testing.T) {
+	rng := rand.New(rand.NewPCG(21, 1))
+	ts := []Tensor{{Name: "w", Shape: []int{3, 4}}, {Name: "b", Shape: []int{4}}}
+	params := randSlice(rng, TotalSize(ts), 1)
+	grads := make([]float64, len(params))
+	l := newLinear(3, 4, &view[float64]{buf: params}, &view[float64]{buf: grads})
+	x := randSlice(rng, 2*3, 1)
+	r := randSlice(rng, 2*4, 1)
+	loss := func() float64 { return dot(r, l.Forward(x, 2)) }
+	l.Forward(x, 2)
+	dx := append([]float64(nil), l.Backward(r, true)...)
+	checkGrad(t, "linear params", params, grads, loss)
+	checkGrad(t, "linear x", x, dx, loss)
+}
+
+func TestMaxoutAndDropoutGradient(t *testing.T) {
+	rng := rand.New(rand.NewPCG(22, 2))
+	m := &Maxout[float64]{Units: 3, Pieces: 4}
+	x := randSlice(rng, 2*12, 1)
+	msk := mask(rng, 2*3, 0.5)
+	r := randSlice(rng, 2*3, 1)
+	loss := func() float64 {
+		y := append([]float64(nil), m.Forward(x, 2)...)
+		dropout(y, msk)
+		return dot(r, y)
+	}
+	m.Forward(x, 2)
+	d := append([]float64(nil), r...)
+	dropout(d, msk)
+	checkGrad(t, "maxout+dropout", x, m.Backward(d), loss)
+	// The maximum is taken per unit over its own pieces.
+	y := m.Forward([]float64{1, 5, 2, 0, -1, -3, -2, -9, 7, 7.5, 1, 2}, 1)
+	if y[0] != 5 || y[1] != -1 || y[2] != 7.5 {
+		t.Fatalf("maxout %v", y)
+	}
+}
+
+// The whole D and G losses, every parameter, by central differences, with
+// fixed dropout masks.
+func TestGANLossGradients(t *testing.T) {
+	rng := rand.New(rand.NewPCG(23, 3))
+	m := NewGAN[float64](smallGAN)
+	m.Init(5)
+	for i := range m.Params() { // biases too, so every ReLU and maxout is exercised
+		m.Params()[i] += rng.NormFloat64() * 0.1
+	}
+	const rows = 3
+	x := randSlice(rng, rows*smallGAN.Pixels, 0.5)
+	for i := range x {
+		x[i] += 0.5
+	}
+	z := randSlice(rng, rows*smallGAN.Noise, math.Sqrt(3))
+	real, fake := ganMasks(rng, smallGAN, rows), ganMasks(rng, smallGAN, rows)
+	m.DLoss(x, z, rows, real, fake, true)
+	g := append([]float64(nil), m.Grads()...)
+	for i := 0; i < smallGAN.GSize(); i++ {
+		if g[i] != 0 {
+			t.Fatalf("D loss has a gradient for generator parameter %d", i)
+		}
+	}
+	gs := smallGAN.GSize() // D's loss is differentiated with respect to D's parameters only
+	checkGrad(t, "D loss", m.Params()[gs:], g[gs:], func() float64 { return m.DLoss(x, z, rows, real, fake, false) })
+	for _, minimax := range []bool{false, true} {
+		m.GLoss(z, rows, fake, minimax, true)
+		g = append([]float64(nil), m.Grads()...)
+		for i := smallGAN.GSize(); i < len(g); i++ {
+			if g[i] != 0 {
+				t.Fatalf("G loss has a gradient for discriminator parameter %d", i)
+			}
+		}
+		checkGrad(t, "G loss", m.Params()[:gs], g[:gs], func() float64 { return m.GLoss(z, rows, fake, minimax, false) })
+	}
+}
+
+func TestGANInit(t *testing.T) {
+	m := NewGAN[float32](PaperGAN)
+	m.Init(1)
+	off := Offsets(PaperGAN.Tensors())
+	for i, tn := range PaperGAN.Tensors() {
+		scale := float32(PaperGAN.DScale)
+		if tn.Name[0] == 'g' {
+			scale = float32(PaperGAN.GScale)
+		}
+		for _, v := range m.Params()[off[i] : off[i]+tn.Size()] {
+			if v < -scale || v > scale || len(tn.Shape) == 1 && v != 0 {
+				t.Fatalf("%s: %v outside U(-%v, %v)", tn.Name, v, scale, scale)
+			}
+		}
+	}
+	m.SetOutputBias([]float64{0.5, 0, 1}, 1e-3)
+	b := m.gOut.B
+	if b[0] != 0 || math.Abs(float64(b[1])-math.Log(1e-3/(1-1e-3))) > 1e-4 || b[2] != -b[1] {
+		t.Fatalf("output bias %v", b[:3])
+	}
+	if PaperGAN.GSize() != 100*1200+1200+1200*1200+1200+1200*784+784 {
+		t.Fatal("generator size")
+	}
+}
