@@ -341,11 +341,18 @@ func (m *GAN[T]) DLoss(x, z []T, rows int, real, fake DropoutMasks[T], backward 
 // Grads holds its gradient with respect to G's parameters (and zero for
 // D's).
 func (m *GAN[T]) GLoss(z []T, rows int, masks DropoutMasks[T], minimax, backward bool) float64 {
+	m.Generate(z, rows)
+	return m.GLossAfterD(rows, masks, minimax, backward)
+}
+
+// GLossAfterD is GLoss on the images the last DLoss generated (its
+// generator pass is reused, as one training step does: D's update, then G's
+// through the updated D). G's parameters must not have changed since.
+func (m *GAN[T]) GLossAfterD(rows int, masks DropoutMasks[T], minimax, backward bool) float64 {
 	if backward {
 		clear(m.grads)
 	}
-	img := m.Generate(z, rows)
-	a := m.discriminate(img, rows, masks)
+	a := m.discriminate(m.img, rows, masks)
 	scale := 1 / float64(rows)
 	var loss float64
 	d := make([]T, rows)

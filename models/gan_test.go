@@ -3,6 +3,7 @@ package models
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -96,6 +97,25 @@ func TestGANLossGradients(t *testing.T) {
 	}
 }
 
+// GLossAfterD reuses the generator pass of the last DLoss: same loss and
+// gradients as GLoss on the same noise.
+func TestGLossAfterDMatchesGLoss(t *testing.T) {
+	rng := rand.New(rand.NewPCG(24, 4))
+	m := NewGAN[float64](smallGAN)
+	m.Init(9)
+	const rows = 2
+	x := randSlice(rng, rows*smallGAN.Pixels, 0.5)
+	z := randSlice(rng, rows*smallGAN.Noise, 1)
+	real, fake, gm := ganMasks(rng, smallGAN, rows), ganMasks(rng, smallGAN, rows), ganMasks(rng, smallGAN, rows)
+	m.DLoss(x, z, rows, real, fake, true)
+	a := m.GLossAfterD(rows, gm, false, true)
+	ga := append([]float64(nil), m.Grads()...)
+	b := m.GLoss(z, rows, gm, false, true)
+	if a != b || !slices.Equal(ga, m.Grads()) {
+		t.Fatalf("GLossAfterD %v, GLoss %v", a, b)
+	}
+}
+
 func TestGANInit(t *testing.T) {
 	m := NewGAN[float32](PaperGAN)
 	m.Init(1)
@@ -119,4 +139,57 @@ func TestGANInit(t *testing.T) {
 	if PaperGAN.GSize() != 100*1200+1200+1200*1200+1200+1200*784+784 {
 		t.Fatal("generator size")
 	}
+}
+
+// G1 of ../shared/ref/README.md: one training step of the paper's MNIST GAN
+// on a batch of 100 (a D update, then a G update through the updated D,
+// reusing the generator pass, both SGD with momentum 0.5 and lr 0.1, with
+// fresh noise and dropout masks), reported as samples per second.
+func BenchmarkG1(b *testing.B) {
+	const rows = 100
+	c := PaperGAN
+	m := NewGAN[float32](c)
+	m.Init(1)
+	rng := rand.New(rand.NewPCG(1, 1))
+	real := make([]float32, rows*c.Pixels)
+	for i := range real {
+		real[i] = rng.Float32()
+	}
+	z := make([]float32, rows*c.Noise)
+	masks := func() DropoutMasks[float32] {
+		mk := func(n int, keep float64) []float32 {
+			out := make([]float32, n)
+			for i := range out {
+				if rng.Float64() < keep {
+					out[i] = float32(1 / keep)
+				}
+			}
+			return out
+		}
+		return DropoutMasks[float32]{In: mk(rows*c.Pixels, c.KeepInput), H1: mk(rows*c.DUnits, c.KeepHidden), H2: mk(rows*c.DUnits, c.KeepHidden)}
+	}
+	vel := make([]float32, len(m.Params()))
+	update := func(lo, hi int) { // SGD with momentum 0.5, lr 0.1
+		w, g := m.Params(), m.Grads()
+		for i := lo; i < hi; i++ {
+			vel[i] = 0.5*vel[i] - 0.1*g[i]
+			w[i] += vel[i]
+		}
+	}
+	gs, n := c.GSize(), len(m.Params())
+	step := func() {
+		for i := range z {
+			z[i] = (2*rng.Float32() - 1) * float32(math.Sqrt(3))
+		}
+		m.DLoss(real, z, rows, masks(), masks(), true)
+		update(gs, n)
+		m.GLossAfterD(rows, masks(), false, true)
+		update(0, gs)
+	}
+	step()
+	b.ResetTimer()
+	for b.Loop() {
+		step()
+	}
+	b.ReportMetric(float64(rows*b.N)/b.Elapsed().Seconds(), "samples/s")
 }
