@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"sort"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/downpour-ml/downpour/models"
@@ -223,12 +224,23 @@ type Corpus struct {
 	shards   [][]int // example indices of each data shard
 	goID     int32
 	eos      int32
+
+	mu    sync.Mutex // guards cache
+	cache map[int]epochLayout
+}
+
+// epochLayout is one epoch of one data shard, kept while the shard trains
+// through it (laying it out shuffles the whole shard).
+type epochLayout struct {
+	epoch   int64
+	size    int
+	batches [][]int
 }
 
 // NewCorpus splits examples into shards data shards by a permutation drawn
 // from seed.
 func NewCorpus(examples []Example, shards int, seed uint64) *Corpus {
-	c := &Corpus{examples: examples, shards: make([][]int, shards), goID: VocabGo, eos: VocabEOS}
+	c := &Corpus{examples: examples, shards: make([][]int, shards), goID: VocabGo, eos: VocabEOS, cache: map[int]epochLayout{}}
 	perm := rand.New(rand.NewPCG(seed, 0x5eed)).Perm(len(examples))
 	for i, ex := range perm {
 		c.shards[i%shards] = append(c.shards[i%shards], ex)
@@ -267,16 +279,34 @@ func (c *Corpus) epochBatches(seed uint64, s int, epoch int64, size int) [][]int
 	return batches
 }
 
-// StepsPerEpoch is the number of batches in one epoch of data shard s.
+// StepsPerEpoch is the number of batches in one epoch of data shard s: the
+// same in every epoch (each source length's examples make
+// ceil(count/size) batches).
 func (c *Corpus) StepsPerEpoch(seed uint64, s, size int) int64 {
-	return int64(len(c.epochBatches(seed, s, 0, size)))
+	count := map[int]int{}
+	for _, i := range c.shards[s] {
+		count[len(c.examples[i].Src)]++
+	}
+	var n int64
+	for _, k := range count {
+		n += int64((k + size - 1) / size)
+	}
+	return n
 }
 
-// Batch returns the batch data shard s trains on at step.
+// Batch returns the batch data shard s trains on at step. The shard must
+// hold at least one example.
 func (c *Corpus) Batch(seed uint64, s int, step int64, size int) *models.SeqBatch {
 	n := c.StepsPerEpoch(seed, s, size)
-	batches := c.epochBatches(seed, s, step/n, size)
-	ids := batches[step%n]
+	epoch := step / n
+	c.mu.Lock()
+	l, ok := c.cache[s]
+	if !ok || l.epoch != epoch || l.size != size {
+		l = epochLayout{epoch: epoch, size: size, batches: c.epochBatches(seed, s, epoch, size)}
+		c.cache[s] = l
+	}
+	c.mu.Unlock()
+	ids := l.batches[step%n]
 	ex := make([]Example, len(ids))
 	for i, id := range ids {
 		ex[i] = c.examples[id]

@@ -1,6 +1,8 @@
 package shard
 
 import (
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -120,6 +122,34 @@ func TestCorpusShardsAndEpochs(t *testing.T) {
 	}
 	if same {
 		t.Fatal("epochs 0 and 1 have the same batches")
+	}
+}
+
+// StepsPerEpoch counts without laying an epoch out, and agrees with the
+// layout; a cached layout gives the same batches as a fresh one.
+func TestCorpusStepsPerEpochAndCache(t *testing.T) {
+	var ex []Example
+	for i := 0; i < 77; i++ {
+		ex = append(ex, Example{Src: make([]int32, 1+i%4), Tgt: []int32{int32(i)}})
+	}
+	c := NewCorpus(ex, 2, 3)
+	for s := 0; s < 2; s++ {
+		if n := c.StepsPerEpoch(3, s, 5); n != int64(len(c.epochBatches(3, s, 7, 5))) {
+			t.Fatalf("shard %d: %d steps, layout has %d", s, n, len(c.epochBatches(3, s, 7, 5)))
+		}
+	}
+	first := c.Batch(3, 1, 12, 5)
+	fresh := NewCorpus(ex, 2, 3).Batch(3, 1, 12, 5)
+	if !slices.Equal(first.TgtOut, fresh.TgtOut) {
+		t.Fatal("cached and fresh layouts differ")
+	}
+}
+
+func TestOpenRefusesEmptyDataShards(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tiny.tsv")
+	os.WriteFile(path, []byte("a\tb\nc\td\n"), 0o644)
+	if _, _, err := Open(DataConfig{Source: path, VocabMax: 10, Shards: 3}); err == nil || !strings.Contains(err.Error(), "would be empty") {
+		t.Fatalf("got %v", err)
 	}
 }
 

@@ -94,6 +94,11 @@ func Open(cfg DataConfig) (Dataset, uint32, error) {
 	}
 	d := &corpusData{cfg: cfg, tok: tok, src: BuildVocab(srcs, cfg.VocabMax), tgt: BuildVocab(tgts, tgtMax)}
 	d.corpus = NewCorpus(Encode(train, d.src, d.tgt, cfg.Reverse), max(1, cfg.Shards), cfg.Seed)
+	for s := 0; s < max(1, cfg.Shards); s++ {
+		if d.corpus.ShardSize(s) == 0 {
+			return nil, 0, fmt.Errorf("data %s: %d training pairs for %d data shards: data shard %d would be empty", cfg.Source, len(train), cfg.Shards, s)
+		}
+	}
 	d.held = Encode(held, d.src, d.tgt, cfg.Reverse)
 	return d, crc, nil
 }
