@@ -42,9 +42,20 @@ type group struct {
 
 // NewClient prepares the messages of placement p for rank and epoch.
 func NewClient(nc *nats.Conn, job string, p *Placement, rank int, epoch uint64) (*Client, error) {
+	return NewClientFor(nc, job, p, rank, epoch, nil)
+}
+
+// NewClientFor is NewClient for the blocks keep accepts (all when nil): a
+// client of one parameter group, such as a GAN's generator.
+func NewClientFor(nc *nats.Conn, job string, p *Placement, rank int, epoch uint64, keep func(Block) bool) (*Client, error) {
 	c := &Client{nc: nc, job: job, rank: uint32(rank), epoch: epoch, Attempt: 15 * time.Second, Window: DefaultWindow}
 	for s := 0; s < p.Shards; s++ {
-		bs := p.OnShard(s)
+		var bs []Block
+		for _, b := range p.OnShard(s) {
+			if keep == nil || keep(b) {
+				bs = append(bs, b)
+			}
+		}
 		sizes := make([]int, len(bs))
 		for i, b := range bs {
 			sizes[i] = 4 * b.Len

@@ -112,15 +112,15 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log.Info("joined", "rank", a.Rank, "epoch", a.Epoch, "data_shard", a.DataShard)
 
-	client, err := paramserver.NewClient(cfg.NATS, spec.Name, p, a.Rank, a.Epoch)
+	var t interface {
+		step(ctx context.Context, step int64) error
+	}
+	if spec.Model == "gan" {
+		t, err = newGANTrainer(cfg, spec, a, p)
+	} else {
+		t, err = newTrainer(cfg, spec, a, p)
+	}
 	if err != nil {
-		return err
-	}
-	t := &trainer{cfg: cfg, spec: spec, a: a, client: client, model: models.NewSeq2Seq[float32](spec.Seq2Seq)}
-	if spec.NPush > 1 {
-		t.acc = make([]float32, len(t.model.Grads()))
-	}
-	if t.data, err = spec.OpenData(); err != nil {
 		return err
 	}
 	for step := int64(0); step < spec.Steps; step++ {
@@ -141,6 +141,21 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	log.Info("finished", "rank", a.Rank, "steps", spec.Steps)
 	return nil
+}
+
+func newTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.Placement) (*trainer, error) {
+	client, err := paramserver.NewClient(cfg.NATS, spec.Name, p, a.Rank, a.Epoch)
+	if err != nil {
+		return nil, err
+	}
+	t := &trainer{cfg: cfg, spec: spec, a: a, client: client, model: models.NewSeq2Seq[float32](spec.Seq2Seq)}
+	if spec.NPush > 1 {
+		t.acc = make([]float32, len(t.model.Grads()))
+	}
+	if t.data, err = spec.OpenData(); err != nil {
+		return nil, err
+	}
+	return t, nil
 }
 
 type trainer struct {

@@ -107,9 +107,19 @@ func (o *optimizerFlags) optimizer(fs *flag.FlagSet, base paramserver.Optimizer)
 
 // presetArg finds --preset NAME (or -preset=NAME) in args: presets set the
 // defaults that the other flags then override, so they apply before parsing.
+// --model gan without a preset means --preset gan.
 func presetArg(args []string) string {
+	p := flagArg(args, "preset")
+	if p == "" && flagArg(args, "model") == "gan" {
+		return "gan"
+	}
+	return p
+}
+
+// flagArg finds the value of flag name in args before they are parsed.
+func flagArg(args []string, name string) string {
 	for i, a := range args {
-		for _, p := range []string{"--preset", "-preset"} {
+		for _, p := range []string{"--" + name, "-" + name} {
 			if a == p && i+1 < len(args) {
 				return args[i+1]
 			}

@@ -413,3 +413,39 @@ func TestPresetAndEpochs(t *testing.T) {
 		}
 	}
 }
+
+// The GAN trains through the shards: D and G losses in the metrics, a
+// Parzen-window estimate at the end, and, in sync mode, parameters that do
+// not depend on the number of shards.
+func TestTrainGAN(t *testing.T) {
+	dir := t.TempDir()
+	base := []string{"--model", "gan", "--steps", "3", "--log-every", "1", "--eval-every", "0"}
+	a, meta := trainRun(t, filepath.Join(dir, "a"), append(base, "--ps-shards", "1")...)
+	if len(a) != models.TotalSize(models.PaperGAN.Tensors()) || meta.Model != "gan" {
+		t.Fatalf("checkpoint of %d parameters, model %q", len(a), meta.Model)
+	}
+	rs, es := readAllMetrics(t, filepath.Join(dir, "a", "metrics.jsonl"))
+	if len(rs) != 3 || !(rs[0].Loss > 0) || !(rs[0].GLoss > 0) {
+		t.Fatalf("records %+v", rs)
+	}
+	if len(es) != 1 || es[0].Samples != 1000 || es[0].Parzen == 0 || es[0].Sigma < 0.1 {
+		t.Fatalf("evaluation %+v", es)
+	}
+	b, _ := trainRun(t, filepath.Join(dir, "b"), append(base, "--ps-shards", "3")...)
+	if !slices.Equal(a, b) {
+		t.Fatal("GAN parameters differ between 1 and 3 shards")
+	}
+	code, out, stderr := runCmd(t, 5*time.Minute, "eval", "--checkpoint", filepath.Join(dir, "a"), "--samples", "300")
+	if code != 0 || !strings.Contains(out, "Parzen-window log-likelihood on the 10000 MNIST test images") || !strings.Contains(out, "300 samples") {
+		t.Fatalf("eval of a GAN: exit %d, %q %q", code, out, stderr)
+	}
+	stdin = strings.NewReader("1 2\n")
+	defer func() { stdin = os.Stdin }()
+	if code, _, stderr := runCmd(t, time.Minute, "translate", "--checkpoint", filepath.Join(dir, "a")); code != 1 || !strings.Contains(stderr, "not of a seq2seq") {
+		t.Fatalf("translate with a GAN: exit %d, %q", code, stderr)
+	}
+	code, _, stderr = runCmd(t, time.Minute, "train", "--model", "gan", "--mode", "ssp", "--out", filepath.Join(dir, "c"))
+	if code != 2 || !strings.Contains(stderr, "sync or async") {
+		t.Fatalf("GAN in ssp mode: exit %d, %q", code, stderr)
+	}
+}

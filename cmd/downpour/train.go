@@ -59,8 +59,12 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		ep.nats, ep.etcd = c.NATSURL, c.EtcdEndpoints[0]
 		log.Info("embedded cluster up", "nats", ep.nats, "etcd", ep.etcd, "took", time.Since(start))
 	}
-	fmt.Fprintf(stdout, "training job %s: data %s, %d workers, %d ps shards, %d steps, mode %s; run directory %s\n",
-		spec.Name, spec.Data, spec.Workers, spec.Shards, spec.Steps, spec.Mode, *out)
+	what := "data " + spec.Data
+	if spec.Model == "gan" {
+		what = "GAN on MNIST"
+	}
+	fmt.Fprintf(stdout, "training job %s: %s, %d workers, %d ps shards, %d steps, mode %s; run directory %s\n",
+		spec.Name, what, spec.Workers, spec.Shards, spec.Steps, spec.Mode, *out)
 	first, last, err := trainAll(ctx, spec, ep, *out, stdout, log)
 	if err != nil {
 		return err

@@ -37,7 +37,8 @@ func TestSpecValidate(t *testing.T) {
 		says string
 	}{
 		{func(s *Spec) { s.Name = "" }, "job name"},
-		{func(s *Spec) { s.Model = "gan" }, "model"},
+		{func(s *Spec) { s.Model = "gan" }, "gan: every size must be positive"},
+		{func(s *Spec) { s.Model = "rbm" }, "model \"rbm\""},
 		{func(s *Spec) { s.Seq2Seq.Hidden = 0 }, "positive"},
 		{func(s *Spec) { s.Data = "synthetic:nope" }, "unknown synthetic task"},
 		{func(s *Spec) { s.Data = "" }, "data"},

@@ -67,6 +67,17 @@ type Spec struct {
 	Epochs           float64 `json:"epochs,omitempty"`
 	HalveAfterEpochs float64 `json:"halve_after_epochs,omitempty"`
 	HalveEveryEpochs float64 `json:"halve_every_epochs,omitempty"`
+	// The GAN (Model "gan"): its shape, where MNIST is (empty: the GoMNIST
+	// module), D updates per G update, the minimax G loss instead of the
+	// non-saturating one, the momentum ramp in epochs, and the generator's
+	// output bias from the training pixels' marginals (set by Resolve).
+	GAN             models.GANConfig `json:"gan,omitempty"`
+	MNIST           string           `json:"mnist,omitempty"`
+	GANK            int              `json:"gan_k,omitempty"`
+	Minimax         bool             `json:"minimax,omitempty"`
+	RampStartEpochs float64          `json:"ramp_start_epochs,omitempty"`
+	RampEndEpochs   float64          `json:"ramp_end_epochs,omitempty"`
+	GOutBias        []float32        `json:"g_out_bias,omitempty"`
 	// CheckpointEvery (sync): every shard snapshots its state at each
 	// multiple of this many steps; 0 for never.
 	CheckpointEvery int64 `json:"checkpoint_every,omitempty"`
@@ -108,27 +119,29 @@ func (s *Spec) Validate() error {
 	if err := wire.ValidJob(s.Name); err != nil {
 		return err
 	}
-	if s.Model != "seq2seq" {
-		return fmt.Errorf("model %q: the only model is seq2seq", s.Model)
-	}
-	if err := s.Seq2Seq.Validate(); err != nil {
-		return err
-	}
-	if task, ok := strings.CutPrefix(s.Data, "synthetic:"); ok {
-		if _, err := shard.NewSynthetic(task, s.MinLen, s.MaxLen); err != nil {
+	switch s.Model {
+	case "seq2seq":
+		if err := s.validateSeq2Seq(); err != nil {
 			return err
 		}
-	} else if s.Data == "" {
-		return errors.New("data: give a corpus file or synthetic:<copy|reverse|sort|translate>")
-	}
-	if s.Epochs < 0 || s.HalveAfterEpochs < 0 || s.HalveEveryEpochs < 0 {
-		return errors.New("epochs must not be negative")
-	}
-	if s.VocabMax < 5 || s.HeldOut < 0 || s.EvalEvery < 0 || s.TgtVocab != 0 && s.TgtVocab < 5 {
-		return fmt.Errorf("vocab max must be at least 5, held out and eval every not negative (got %d, %d, %d)", s.VocabMax, s.HeldOut, s.EvalEvery)
-	}
-	if s.Tokenizer != "space" && s.Tokenizer != "13a" {
-		return fmt.Errorf("tokenizer %q: use space or 13a", s.Tokenizer)
+	case "gan":
+		if err := s.GAN.Validate(); err != nil {
+			return err
+		}
+		if s.GANK < 1 {
+			return fmt.Errorf("gan-k (D updates per G update) must be at least 1 (got %d)", s.GANK)
+		}
+		if s.Mode == paramserver.SSP {
+			return errors.New("the GAN trains in sync or async mode (its D and G updates interleave, which bounded staleness cannot express)")
+		}
+		if s.RampStartEpochs < 0 || s.RampEndEpochs < s.RampStartEpochs {
+			return errors.New("the momentum ramp must end after it starts")
+		}
+		if s.GOutBias != nil && len(s.GOutBias) != s.GAN.Pixels {
+			return fmt.Errorf("the generator's output bias has %d values for %d pixels", len(s.GOutBias), s.GAN.Pixels)
+		}
+	default:
+		return fmt.Errorf("model %q: use seq2seq or gan", s.Model)
 	}
 	switch {
 	case s.Steps < 1:
@@ -155,6 +168,29 @@ func (s *Spec) Validate() error {
 	return s.ShardConfig().Validate()
 }
 
+func (s *Spec) validateSeq2Seq() error {
+	if err := s.Seq2Seq.Validate(); err != nil {
+		return err
+	}
+	if task, ok := strings.CutPrefix(s.Data, "synthetic:"); ok {
+		if _, err := shard.NewSynthetic(task, s.MinLen, s.MaxLen); err != nil {
+			return err
+		}
+	} else if s.Data == "" {
+		return errors.New("data: give a corpus file or synthetic:<copy|reverse|sort|translate>")
+	}
+	if s.Epochs < 0 || s.HalveAfterEpochs < 0 || s.HalveEveryEpochs < 0 {
+		return errors.New("epochs must not be negative")
+	}
+	if s.VocabMax < 5 || s.HeldOut < 0 || s.EvalEvery < 0 || s.TgtVocab != 0 && s.TgtVocab < 5 {
+		return fmt.Errorf("vocab max must be at least 5, held out and eval every not negative (got %d, %d, %d)", s.VocabMax, s.HeldOut, s.EvalEvery)
+	}
+	if s.Tokenizer != "space" && s.Tokenizer != "13a" {
+		return fmt.Errorf("tokenizer %q: use space or 13a", s.Tokenizer)
+	}
+	return nil
+}
+
 // DataConfig is the part of the spec that says how to read the data.
 func (s *Spec) DataConfig() shard.DataConfig {
 	return shard.DataConfig{Source: s.Data, MinLen: s.MinLen, MaxLen: s.MaxLen, Reverse: s.Reverse, VocabMax: s.VocabMax, TgtVocabMax: s.TgtVocab,
@@ -179,6 +215,9 @@ func (s *Spec) OpenData() (shard.Dataset, error) {
 // the model and the corpus checksum. The coordinator (and train) call it
 // before writing the spec.
 func (s *Spec) Resolve() error {
+	if s.Model == "gan" {
+		return s.resolveGAN()
+	}
 	s.DataCRC = 0
 	d, crc, err := shard.Open(s.DataConfig())
 	if err != nil {
@@ -203,6 +242,42 @@ func (s *Spec) Resolve() error {
 	return s.Validate()
 }
 
+// resolveGAN sets the generator's output bias from the training pixels'
+// marginals (logit of the mean, clipped as the authors' code does), and the
+// momentum ramp and epoch-based lengths in steps.
+func (s *Spec) resolveGAN() error {
+	if err := s.Validate(); err != nil {
+		return err
+	}
+	m, err := s.OpenMNIST()
+	if err != nil {
+		return err
+	}
+	mean := make([]float64, s.GAN.Pixels)
+	if len(m.Train[0]) != s.GAN.Pixels {
+		return fmt.Errorf("MNIST images have %d pixels, the generator %d", len(m.Train[0]), s.GAN.Pixels)
+	}
+	for _, img := range m.Train {
+		for i, v := range img {
+			mean[i] += float64(v)
+		}
+	}
+	s.GOutBias = make([]float32, s.GAN.Pixels)
+	for i := range mean {
+		p := math.Min(math.Max(mean[i]/float64(len(m.Train)), 1e-3), 1-1e-3)
+		s.GOutBias[i] = float32(math.Log(p / (1 - p)))
+	}
+	per := s.GANStepsPerEpoch(len(m.Train))
+	if s.Epochs > 0 {
+		s.Steps = max(1, int64(math.Ceil(s.Epochs*float64(per))))
+	}
+	if s.RampEndEpochs > 0 && s.Optimizer.Kind == "momentum" {
+		s.Optimizer.RampStart = int64(math.Round(s.RampStartEpochs * float64(per)))
+		s.Optimizer.RampEnd = int64(math.Round(s.RampEndEpochs * float64(per)))
+	}
+	return s.Validate()
+}
+
 // Presets are named sets of spec values; flags given beside a preset
 // override its values.
 var Presets = map[string]func(*Spec){
@@ -217,6 +292,17 @@ var Presets = map[string]func(*Spec){
 		s.Optimizer = paramserver.DefaultOptimizer("sgd", 0.7)
 		s.Epochs, s.HalveAfterEpochs, s.HalveEveryEpochs = 7.5, 5, 0.5
 		s.Tokenizer = "13a"
+	},
+	// gan: Goodfellow et al.'s MNIST GAN as the authors' code trains it:
+	// batch 100, k = 1, SGD with lr 0.1 divided by 1.000004 after every
+	// update (floor 1e-6), momentum 0.5 rising linearly to 0.7 between
+	// epochs 1 and 250.
+	"gan": func(s *Spec) {
+		s.Model, s.GAN, s.Batch, s.GANK, s.ClipNorm = "gan", models.PaperGAN, 100, 1, 0
+		s.Optimizer = paramserver.Optimizer{Kind: "momentum", LR: 0.1, Momentum: 0.5, MomentumFinal: 0.7,
+			Schedule: paramserver.Schedule{Kind: "exp", Decay: 1.000004, Floor: 1e-6}}
+		s.RampStartEpochs, s.RampEndEpochs = 1, 250
+		s.EvalEvery = 500
 	},
 	// small: the paper's recipe at a size a laptop trains in minutes.
 	"small": func(s *Spec) {
@@ -234,10 +320,48 @@ func (s *Spec) ShardConfig() paramserver.ShardConfig {
 }
 
 // Tensors lists the model's parameter tensors.
-func (s *Spec) Tensors() []models.Tensor { return s.Seq2Seq.Tensors() }
+func (s *Spec) Tensors() []models.Tensor {
+	if s.Model == "gan" {
+		return s.GAN.Tensors()
+	}
+	return s.Seq2Seq.Tensors()
+}
 
 // InitTensor fills dst with the initial value of tensor t.
-func (s *Spec) InitTensor(dst []float32, t models.Tensor) { s.Seq2Seq.InitTensor(dst, s.Seed, t) }
+func (s *Spec) InitTensor(dst []float32, t models.Tensor) {
+	if s.Model != "gan" {
+		s.Seq2Seq.InitTensor(dst, s.Seed, t)
+		return
+	}
+	switch {
+	case t.Name == "g.out.b" && s.GOutBias != nil:
+		copy(dst, s.GOutBias)
+	case len(t.Shape) == 1:
+		clear(dst)
+	case t.Name[0] == 'g':
+		models.InitUniform(dst, s.Seed, t.Name, s.GAN.GScale)
+	default:
+		models.InitUniform(dst, s.Seed, t.Name, s.GAN.DScale)
+	}
+}
+
+// OpenMNIST loads the GAN's data.
+func (s *Spec) OpenMNIST() (*shard.MNIST, error) {
+	dir := s.MNIST
+	if dir == "" {
+		var err error
+		if dir, err = shard.MNISTDir(); err != nil {
+			return nil, err
+		}
+	}
+	return shard.LoadMNIST(dir)
+}
+
+// GANStepsPerEpoch is the number of steps in which the workers together see
+// the training images once.
+func (s *Spec) GANStepsPerEpoch(trainImages int) int64 {
+	return max(1, int64(trainImages/(s.Batch*s.Workers)))
+}
 
 // Encode is the canonical JSON of s, compared byte for byte to detect a
 // second coordinator with a different spec under the same job name.

@@ -21,8 +21,9 @@ import (
 type Record struct {
 	Kind         string  `json:"kind"` // "train"
 	Step         int64   `json:"step"`
-	Loss         float64 `json:"loss"`   // mean loss per target token, all ranks, since the previous record
-	Tokens       int64   `json:"tokens"` // target tokens since the previous record, all ranks
+	Loss         float64 `json:"loss"`             // mean loss per target token (GAN: per step, the discriminator's), all ranks, since the previous record
+	GLoss        float64 `json:"g_loss,omitempty"` // GAN: the generator's mean loss per step
+	Tokens       int64   `json:"tokens"`           // target tokens since the previous record, all ranks
 	Ranks        int     `json:"ranks"`
 	StepSeconds  float64 `json:"busy_seconds"`  // slowest rank's wall time since the previous record
 	StepsPerSec  float64 `json:"steps_per_sec"` // since the previous record
@@ -90,6 +91,7 @@ func (c *Collector) onProgress(m *nats.Msg) {
 		c.pending[p.Step] = r
 	}
 	r.Loss += p.Loss
+	r.GLoss += p.Aux
 	r.Tokens += p.Tokens
 	r.Ranks++
 	r.StepSeconds = math.Max(r.StepSeconds, float64(p.Nanos)/1e9)
@@ -100,6 +102,7 @@ func (c *Collector) onProgress(m *nats.Msg) {
 	now := time.Now()
 	if r.Tokens > 0 {
 		r.Loss /= float64(r.Tokens)
+		r.GLoss /= float64(r.Tokens)
 	}
 	if c.last != nil && r.Step > c.last.Step {
 		dt := now.Sub(c.lastTime).Seconds()
@@ -120,8 +123,13 @@ func (c *Collector) onProgress(m *nats.Msg) {
 		c.err = err
 	}
 	if c.console != nil {
-		fmt.Fprintf(c.console, "step %*d/%d  loss %.4f  %.1f steps/s  %.0f tokens/s\n",
-			len(fmt.Sprint(c.steps)), r.Step+1, c.steps, r.Loss, r.StepsPerSec, r.TokensPerSec)
+		if r.GLoss != 0 {
+			fmt.Fprintf(c.console, "step %*d/%d  D loss %.4f  G loss %.4f  %.1f steps/s\n",
+				len(fmt.Sprint(c.steps)), r.Step+1, c.steps, r.Loss, r.GLoss, r.StepsPerSec)
+		} else {
+			fmt.Fprintf(c.console, "step %*d/%d  loss %.4f  %.1f steps/s  %.0f tokens/s\n",
+				len(fmt.Sprint(c.steps)), r.Step+1, c.steps, r.Loss, r.StepsPerSec, r.TokensPerSec)
+		}
 	}
 }
 
@@ -134,8 +142,13 @@ type EvalRecord struct {
 	BLEU       float64 `json:"bleu"`
 	ExactMatch float64 `json:"exact_match"`
 	HeldOut    int     `json:"held_out"`
-	Elapsed    float64 `json:"elapsed_seconds"`
-	Time       string  `json:"time"`
+	// GAN: the Parzen-window log-likelihood of held-out images under samples.
+	Parzen   float64 `json:"parzen,omitempty"`
+	ParzenSE float64 `json:"parzen_se,omitempty"`
+	Sigma    float64 `json:"sigma,omitempty"`
+	Samples  int     `json:"samples,omitempty"`
+	Elapsed  float64 `json:"elapsed_seconds"`
+	Time     string  `json:"time"`
 }
 
 // WriteEval appends an evaluation record (and prints it).
@@ -151,7 +164,12 @@ func (c *Collector) WriteEval(r EvalRecord) {
 	if err := c.enc.Encode(r); err != nil && c.err == nil {
 		c.err = err
 	}
-	if c.console != nil {
+	switch {
+	case c.console == nil:
+	case r.Samples > 0:
+		fmt.Fprintf(c.console, "eval at step %d: Parzen log-likelihood %.1f ± %.1f (sigma %.3f, %d samples, %d images)\n",
+			r.Step, r.Parzen, r.ParzenSE, r.Sigma, r.Samples, r.HeldOut)
+	default:
 		fmt.Fprintf(c.console, "eval at step %d: loss %.4f  perplexity %.2f  BLEU %.2f  exact match %.1f%% of %d\n",
 			r.Step, r.EvalLoss, r.Perplexity, r.BLEU, 100*r.ExactMatch, r.HeldOut)
 	}

@@ -92,9 +92,10 @@ type Progress struct {
 	V      uint8   `msgpack:"v"`
 	Rank   uint32  `msgpack:"r"`
 	Step   int64   `msgpack:"s"`
-	Loss   float64 `msgpack:"l"` // summed loss of the batches since the last report
-	Tokens int64   `msgpack:"t"` // tokens (or examples) the loss is summed over
-	Nanos  int64   `msgpack:"n"` // wall time of those steps
+	Loss   float64 `msgpack:"l"`           // summed loss of the batches since the last report
+	Tokens int64   `msgpack:"t"`           // tokens (or examples) the loss is summed over
+	Nanos  int64   `msgpack:"n"`           // wall time of those steps
+	Aux    float64 `msgpack:"a,omitempty"` // a second loss summed like Loss (the GAN's generator loss)
 }
 
 // Err builds the error a Reply or PullReply carries.

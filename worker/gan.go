@@ -1,0 +1,141 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"time"
+
+	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/wire"
+	"github.com/downpour-ml/downpour/models"
+	"github.com/downpour-ml/downpour/paramserver"
+)
+
+// ganTrainer trains a GAN replica. One job step is k discriminator updates
+// then one generator update, in this order in every mode:
+//
+//	pull D (its clock: k*step) and G (its clock: step)
+//	for j < k: D loss on real images and G's samples; push D's gradient as
+//	           D update k*step+j; pull D after it
+//	G loss through the updated D; push G's gradient as G update step
+//
+// D's and G's blocks keep their own clocks on the shards (a block's clock
+// counts its own updates), so in sync mode every rank's D update j of a step
+// is summed before any rank computes the next D or G gradient. Noise and
+// dropout masks come from (seed, rank, step), so sync runs are
+// reproducible.
+type ganTrainer struct {
+	cfg    Config
+	spec   *job.Spec
+	a      job.Assignment
+	d, g   *paramserver.Client // one client per parameter group
+	model  *models.GAN[float32]
+	images [][]float32 // this data shard's training images
+	gs     int         // generator parameters (they come first)
+	z, x   []float32
+	loss   float64 // D and G losses and wall time since the last report
+	aux    float64
+	steps  int64
+	nanos  int64
+}
+
+func newGANTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.Placement) (*ganTrainer, error) {
+	gs := spec.GAN.GSize()
+	d, err := paramserver.NewClientFor(cfg.NATS, spec.Name, p, a.Rank, a.Epoch, func(b paramserver.Block) bool { return b.Offset >= gs })
+	if err != nil {
+		return nil, err
+	}
+	g, err := paramserver.NewClientFor(cfg.NATS, spec.Name, p, a.Rank, a.Epoch, func(b paramserver.Block) bool { return b.Offset < gs })
+	if err != nil {
+		return nil, err
+	}
+	m, err := spec.OpenMNIST()
+	if err != nil {
+		return nil, err
+	}
+	t := &ganTrainer{cfg: cfg, spec: spec, a: a, d: d, g: g, model: models.NewGAN[float32](spec.GAN), gs: gs}
+	perm := rand.New(rand.NewPCG(spec.Seed, 0x6a4)).Perm(len(m.Train))
+	for i, idx := range perm {
+		if i%spec.Workers == a.DataShard {
+			t.images = append(t.images, m.Train[idx])
+		}
+	}
+	if len(t.images) < spec.Batch {
+		return nil, fmt.Errorf("data shard %d holds %d images, fewer than a batch of %d", a.DataShard, len(t.images), spec.Batch)
+	}
+	return t, nil
+}
+
+// batch fills t.x with the images of update j of step: each epoch of the
+// data shard is a shuffle drawn from (seed, shard, epoch).
+func (t *ganTrainer) batch(step int64, j int) {
+	B, px := t.spec.Batch, t.spec.GAN.Pixels
+	per := int64(len(t.images) / B)
+	k := step*int64(t.spec.GANK) + int64(j)
+	epoch, pos := k/per, int(k%per)
+	perm := rand.New(rand.NewPCG(t.spec.Seed, uint64(t.a.DataShard)<<40^uint64(epoch))).Perm(len(t.images))
+	t.x = t.x[:0]
+	for _, i := range perm[pos*B : (pos+1)*B] {
+		t.x = append(t.x, t.images[i][:px]...)
+	}
+}
+
+// masks draws dropout masks (inverted: 0 or 1/keep).
+func masks(rng *rand.Rand, c models.GANConfig, rows int) models.DropoutMasks[float32] {
+	mk := func(n int, keep float64) []float32 {
+		m := make([]float32, n)
+		for i := range m {
+			if rng.Float64() < keep {
+				m[i] = float32(1 / keep)
+			}
+		}
+		return m
+	}
+	return models.DropoutMasks[float32]{In: mk(rows*c.Pixels, c.KeepInput), H1: mk(rows*c.DUnits, c.KeepHidden), H2: mk(rows*c.DUnits, c.KeepHidden)}
+}
+
+func (t *ganTrainer) step(ctx context.Context, step int64) error {
+	start := time.Now()
+	sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
+	defer cancel()
+	k, B := int64(t.spec.GANK), t.spec.Batch
+	w := t.model.Params()
+	if err := t.d.Pull(sctx, k*step, w); err != nil {
+		return fmt.Errorf("step %d: pull D: %w", step, err)
+	}
+	if err := t.g.Pull(sctx, step, w); err != nil {
+		return fmt.Errorf("step %d: pull G: %w", step, err)
+	}
+	rng := rand.New(rand.NewPCG(t.spec.Seed^0x9a11, uint64(t.a.Rank)<<40^uint64(step)))
+	var dLoss float64
+	for j := int64(0); j < k; j++ {
+		t.batch(step, int(j))
+		t.z = t.z[:0]
+		for range B * t.spec.GAN.Noise {
+			t.z = append(t.z, float32((2*rng.Float64()-1)*math.Sqrt(3)))
+		}
+		dLoss += t.model.DLoss(t.x, t.z, B, masks(rng, t.spec.GAN, B), masks(rng, t.spec.GAN, B), true)
+		if err := t.d.PushPull(sctx, k*step+j, t.model.Grads(), w); err != nil {
+			return fmt.Errorf("step %d: push D: %w", step, err)
+		}
+	}
+	gLoss := t.model.GLossAfterD(B, masks(rng, t.spec.GAN, B), t.spec.Minimax, true)
+	if err := t.g.Push(sctx, step, t.model.Grads()); err != nil {
+		return fmt.Errorf("step %d: push G: %w", step, err)
+	}
+	t.loss += dLoss / float64(k)
+	t.aux += gLoss
+	t.steps++
+	t.nanos += time.Since(start).Nanoseconds()
+	if step%t.spec.LogEvery == 0 || step == t.spec.Steps-1 {
+		data, _ := wire.Encode(&wire.Progress{V: wire.Version, Rank: uint32(t.a.Rank), Step: step, Loss: t.loss, Aux: t.aux,
+			Tokens: t.steps, Nanos: t.nanos})
+		t.loss, t.aux, t.steps, t.nanos = 0, 0, 0, 0
+		if err := t.cfg.NATS.Publish(wire.ProgressSubject(t.spec.Name), data); err != nil {
+			t.cfg.Log.Warn("progress report failed", "err", err)
+		}
+	}
+	return nil
+}
