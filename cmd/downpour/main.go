@@ -8,6 +8,7 @@
 //	downpour worker      --nats URL --etcd URL --job NAME
 //	downpour translate   --checkpoint RUN_DIR [--beam 2]   < sentences
 //	downpour eval        --checkpoint RUN_DIR [--data FILE]
+//	downpour sample      --checkpoint GAN_RUN_DIR --n 100 --out grid.png
 //
 // Exit codes: 0 success, 1 failure, 2 bad usage, 130 interrupted.
 package main
@@ -35,7 +36,8 @@ var commands = []command{
 	{"worker", "run a worker of a job", cmdWorker},
 	{"servers", "run an embedded NATS server and etcd for a local multi-process cluster", cmdServers},
 	{"translate", "translate stdin line by line with a trained checkpoint", cmdTranslate},
-	{"eval", "score a checkpoint: perplexity, BLEU and exact match on held-out or given pairs", cmdEval},
+	{"eval", "score a checkpoint: perplexity, BLEU and exact match (Seq2Seq), or the Parzen-window estimate (GAN)", cmdEval},
+	{"sample", "draw samples from a GAN checkpoint into a PNG grid (and an idx file)", cmdSample},
 }
 
 // errUsage marks a command-line mistake: exit code 2.

@@ -6,6 +6,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"image/png"
 	"net"
 	"os"
 	"path/filepath"
@@ -21,6 +22,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/telemetry"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/shard"
 )
 
 // runCmd runs a command line in-process with a deadline and returns its exit
@@ -438,6 +440,23 @@ func TestTrainGAN(t *testing.T) {
 	code, out, stderr := runCmd(t, 5*time.Minute, "eval", "--checkpoint", filepath.Join(dir, "a"), "--samples", "300")
 	if code != 0 || !strings.Contains(out, "Parzen-window log-likelihood on the 10000 MNIST test images") || !strings.Contains(out, "300 samples") {
 		t.Fatalf("eval of a GAN: exit %d, %q %q", code, out, stderr)
+	}
+	grid, idx := filepath.Join(dir, "grid.png"), filepath.Join(dir, "s.idx")
+	if code, _, stderr := runCmd(t, time.Minute, "sample", "--checkpoint", filepath.Join(dir, "a"), "--n", "10", "--out", grid, "--idx", idx); code != 0 {
+		t.Fatalf("sample: exit %d, %q", code, stderr)
+	}
+	f, err := os.Open(grid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := png.Decode(f)
+	f.Close()
+	if err != nil || img.Bounds().Dx() != 4*29+1 || img.Bounds().Dy() != 3*29+1 {
+		t.Fatalf("grid: %v %v", err, img.Bounds())
+	}
+	x, err := shard.ReadIDX(idx)
+	if err != nil || !slices.Equal(x.Dims, []int{10, 28, 28}) {
+		t.Fatalf("idx samples: %v %v", err, x)
 	}
 	stdin = strings.NewReader("1 2\n")
 	defer func() { stdin = os.Stdin }()

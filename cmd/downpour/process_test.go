@@ -25,8 +25,8 @@ var (
 	buildErr  error
 )
 
-// binary builds the downpour command once per test run.
-func binary(t *testing.T) string {
+// downpourBinary builds the downpour command once per test run.
+func downpourBinary(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		dir, err := os.MkdirTemp("", "downpour-bin-")
@@ -59,7 +59,7 @@ type proc struct {
 
 func start(t *testing.T, name string, args ...string) *proc {
 	t.Helper()
-	p := &proc{name: name, cmd: exec.Command(binary(t), args...), done: make(chan error, 1)}
+	p := &proc{name: name, cmd: exec.Command(downpourBinary(t), args...), done: make(chan error, 1)}
 	p.cmd.Stdout, p.cmd.Stderr = &p.out, &p.out
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -89,7 +89,7 @@ func (p *proc) wait(t *testing.T, timeout time.Duration) {
 // workers) against real NATS and etcd finishes, and its final parameters are
 // bit-identical to the single-process run of the same spec.
 func TestMultiProcessJob(t *testing.T) {
-	binary(t)
+	downpourBinary(t)
 	dir := t.TempDir()
 	c, err := embedded.Start(context.Background(), filepath.Join(dir, "servers"))
 	if err != nil {
