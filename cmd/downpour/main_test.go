@@ -463,6 +463,8 @@ func TestTrainGAN(t *testing.T) {
 	if code, _, stderr := runCmd(t, time.Minute, "translate", "--checkpoint", filepath.Join(dir, "a")); code != 1 || !strings.Contains(stderr, "not of a seq2seq") {
 		t.Fatalf("translate with a GAN: exit %d, %q", code, stderr)
 	}
+	// k = 2 with the minimax loss trains too.
+	trainRun(t, filepath.Join(dir, "k2"), append(base, "--gan-k", "2", "--minimax", "--steps", "2")...)
 	code, _, stderr = runCmd(t, time.Minute, "train", "--model", "gan", "--mode", "ssp", "--out", filepath.Join(dir, "c"))
 	if code != 2 || !strings.Contains(stderr, "sync or async") {
 		t.Fatalf("GAN in ssp mode: exit %d, %q", code, stderr)
