@@ -3,6 +3,7 @@ package models
 import (
 	"fmt"
 	"math"
+	"math/rand/v2"
 )
 
 // GANConfig is the shape of the generative adversarial net of Goodfellow et
@@ -48,6 +49,24 @@ func (c GANConfig) Tensors() []Tensor {
 		{Name: "d.l2.w", Shape: []int{c.DUnits, mu}}, {Name: "d.l2.b", Shape: []int{mu}},
 		{Name: "d.out.w", Shape: []int{c.DUnits, 1}}, {Name: "d.out.b", Shape: []int{1}},
 	}
+}
+
+// Noise fills z with the generator's input: uniform on [-sqrt 3, sqrt 3]
+// (zero mean, unit variance), drawn from rng.
+func Noise(z []float32, rng *rand.Rand) {
+	for i := range z {
+		z[i] = float32((2*rng.Float64() - 1) * math.Sqrt(3))
+	}
+}
+
+// Sample draws n images (n x Pixels) from the generator with parameters
+// params, the noise drawn from rng.
+func Sample(c GANConfig, params []float32, n int, rng *rand.Rand) []float32 {
+	g := NewGAN[float32](c)
+	copy(g.Params(), params)
+	z := make([]float32, n*c.Noise)
+	Noise(z, rng)
+	return g.Generate(z, n)
 }
 
 // GSize is the number of generator parameters: they come first.

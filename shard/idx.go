@@ -146,6 +146,19 @@ func images(x *IDX) [][]float32 {
 	return out
 }
 
+// Flatten lays images out one after another.
+func Flatten(imgs [][]float32) []float32 {
+	n := 0
+	for _, im := range imgs {
+		n += len(im)
+	}
+	out := make([]float32, 0, n)
+	for _, im := range imgs {
+		out = append(out, im...)
+	}
+	return out
+}
+
 // MNISTDir finds the MNIST files: in $DOWNPOUR_MNIST when set, else in the
 // GoMNIST module this program was built with, in the Go module cache
 // ($GOMODCACHE, or $GOPATH/pkg/mod, or ~/go/pkg/mod).

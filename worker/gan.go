@@ -3,8 +3,8 @@ package worker
 import (
 	"context"
 	"fmt"
-	"math"
 	"math/rand/v2"
+	"slices"
 	"time"
 
 	"github.com/downpour-ml/downpour/internal/job"
@@ -112,10 +112,8 @@ func (t *ganTrainer) step(ctx context.Context, step int64) error {
 	var dLoss float64
 	for j := int64(0); j < k; j++ {
 		t.batch(step, int(j))
-		t.z = t.z[:0]
-		for range B * t.spec.GAN.Noise {
-			t.z = append(t.z, float32((2*rng.Float64()-1)*math.Sqrt(3)))
-		}
+		t.z = slices.Grow(t.z[:0], B*t.spec.GAN.Noise)[:B*t.spec.GAN.Noise]
+		models.Noise(t.z, rng)
 		dLoss += t.model.DLoss(t.x, t.z, B, masks(rng, t.spec.GAN, B), masks(rng, t.spec.GAN, B), true)
 		if err := t.d.PushPull(sctx, k*step+j, t.model.Grads(), w); err != nil {
 			return fmt.Errorf("step %d: push D: %w", step, err)

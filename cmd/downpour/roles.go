@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -140,22 +139,8 @@ func newScorer(spec *job.Spec) (func([]float32) (telemetry.EvalRecord, bool), er
 // evaluation uses 10,000 of each.
 func parzenMonitor(spec *job.Spec, params []float32, valid [][]float32) (models.ParzenResult, int) {
 	const n = 1000
-	g := models.NewGAN[float32](spec.GAN)
-	copy(g.Params(), params)
-	rng := rand.New(rand.NewPCG(spec.Seed, 0x5a3))
-	z := make([]float32, n*spec.GAN.Noise)
-	for i := range z {
-		z[i] = float32((2*rng.Float64() - 1) * math.Sqrt(3))
-	}
-	samples := g.Generate(z, n)
-	flat := func(imgs [][]float32) []float32 {
-		var out []float32
-		for _, im := range imgs {
-			out = append(out, im...)
-		}
-		return out
-	}
-	return models.Parzen(samples, flat(valid[:200]), flat(valid[200:1200]), spec.GAN.Pixels, models.SigmaGrid()), n
+	samples := models.Sample(spec.GAN, params, n, rand.New(rand.NewPCG(spec.Seed, 0x5a3)))
+	return models.Parzen(samples, shard.Flatten(valid[:200]), shard.Flatten(valid[200:1200]), spec.GAN.Pixels, models.SigmaGrid()), n
 }
 
 func (e *evaluator) pull(ctx context.Context, p *paramserver.Placement, step int64) ([]float32, error) {

@@ -41,14 +41,7 @@ func cmdSample(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if side*side != spec.GAN.Pixels {
 		return fmt.Errorf("%d pixels are not a square image", spec.GAN.Pixels)
 	}
-	g := models.NewGAN[float32](spec.GAN)
-	copy(g.Params(), params)
-	rng := rand.New(rand.NewPCG(*seed, 0x5a9))
-	z := make([]float32, *n*spec.GAN.Noise)
-	for i := range z {
-		z[i] = float32((2*rng.Float64() - 1) * math.Sqrt(3))
-	}
-	imgs := g.Generate(z, *n)
+	imgs := models.Sample(spec.GAN, params, *n, rand.New(rand.NewPCG(*seed, 0x5a9)))
 	if err := writeGrid(*out, imgs, *n, side); err != nil {
 		return err
 	}

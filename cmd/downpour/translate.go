@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -172,22 +171,8 @@ func evalGAN(stdout io.Writer, spec *job.Spec, params []float32, n int) error {
 	if err != nil {
 		return err
 	}
-	g := models.NewGAN[float32](spec.GAN)
-	copy(g.Params(), params)
-	rng := rand.New(rand.NewPCG(spec.Seed, 0xe7a1))
-	z := make([]float32, n*spec.GAN.Noise)
-	for i := range z {
-		z[i] = float32((2*rng.Float64() - 1) * math.Sqrt(3))
-	}
-	samples := append([]float32(nil), g.Generate(z, n)...)
-	flat := func(imgs [][]float32) []float32 {
-		var out []float32
-		for _, im := range imgs {
-			out = append(out, im...)
-		}
-		return out
-	}
-	r := models.Parzen(samples, flat(m.Valid[:1000]), flat(m.Test), spec.GAN.Pixels, models.SigmaGrid())
+	samples := models.Sample(spec.GAN, params, n, rand.New(rand.NewPCG(spec.Seed, 0xe7a1)))
+	r := models.Parzen(samples, shard.Flatten(m.Valid[:1000]), shard.Flatten(m.Test), spec.GAN.Pixels, models.SigmaGrid())
 	fmt.Fprintf(stdout, "Parzen-window log-likelihood on the %d MNIST test images: %.1f ± %.1f (sigma %.4f, %d samples)\n",
 		len(m.Test), r.Mean, r.StdErr, r.Sigma, n)
 	return nil
