@@ -433,6 +433,13 @@ func TestTrainGAN(t *testing.T) {
 	if len(es) != 1 || es[0].Samples != 1000 || es[0].Parzen == 0 || es[0].Sigma < 0.1 {
 		t.Fatalf("evaluation %+v", es)
 	}
+	if f, err := os.Open(filepath.Join(dir, "a", "samples", "step-3.png")); err != nil {
+		t.Fatalf("no sample grid for the final evaluation: %v", err)
+	} else if im, err := png.Decode(f); err != nil || im.Bounds().Dx() != 10*29+1 {
+		t.Fatalf("sample grid: %v", err)
+	} else {
+		f.Close()
+	}
 	b, _ := trainRun(t, filepath.Join(dir, "b"), append(base, "--ps-shards", "3")...)
 	if !slices.Equal(a, b) {
 		t.Fatal("GAN parameters differ between 1 and 3 shards")

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -33,7 +34,7 @@ import (
 // from the shards into checkpoint/final.ckpt (evaluated once more).
 func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec job.Spec, out string,
 	console io.Writer, log *slog.Logger) (*telemetry.Collector, error) {
-	score, err := newScorer(&spec)
+	score, err := newScorer(&spec, out)
 	if err != nil {
 		return nil, err
 	}
@@ -101,20 +102,32 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 // evaluator scores pulled parameters on the job's held-out data.
 type evaluator struct {
 	spec  *job.Spec
-	score func(params []float32) (telemetry.EvalRecord, bool)
+	score func(step int64, params []float32) (telemetry.EvalRecord, bool)
 	col   *telemetry.Collector
 	nc    *nats.Conn
 }
 
 // newScorer prepares the evaluation of the job's model: held-out loss,
-// BLEU and exact match for Seq2Seq; a Parzen-window estimate for the GAN.
-func newScorer(spec *job.Spec) (func([]float32) (telemetry.EvalRecord, bool), error) {
+// BLEU and exact match for Seq2Seq; for the GAN, a Parzen-window estimate
+// and a grid of 100 samples, samples/step-<N>.png in the run directory out
+// (the same noise every time, so the grids show one set of samples evolve).
+func newScorer(spec *job.Spec, out string) (func(int64, []float32) (telemetry.EvalRecord, bool), error) {
 	if spec.Model == "gan" {
 		m, err := spec.OpenMNIST()
 		if err != nil {
 			return nil, err
 		}
-		return func(params []float32) (telemetry.EvalRecord, bool) {
+		if err := os.MkdirAll(filepath.Join(out, "samples"), 0o755); err != nil {
+			return nil, err
+		}
+		side := int(math.Round(math.Sqrt(float64(spec.GAN.Pixels))))
+		return func(step int64, params []float32) (telemetry.EvalRecord, bool) {
+			if side*side == spec.GAN.Pixels {
+				grid := models.Sample(spec.GAN, params, 100, rand.New(rand.NewPCG(spec.Seed, 0x9e1d)))
+				if err := writeGrid(filepath.Join(out, "samples", fmt.Sprintf("step-%d.png", step)), grid, 100, side); err != nil {
+					slog.Warn("writing a sample grid", "err", err)
+				}
+			}
 			r, n := parzenMonitor(spec, params, m.Valid)
 			return telemetry.EvalRecord{Parzen: r.Mean, ParzenSE: r.StdErr, Sigma: r.Sigma, Samples: n, HeldOut: len(m.Valid) / 10}, true
 		}, nil
@@ -123,7 +136,7 @@ func newScorer(spec *job.Spec) (func([]float32) (telemetry.EvalRecord, bool), er
 	if err != nil {
 		return nil, err
 	}
-	return func(params []float32) (telemetry.EvalRecord, bool) {
+	return func(_ int64, params []float32) (telemetry.EvalRecord, bool) {
 		held := data.HeldOut()
 		if len(held) == 0 {
 			return telemetry.EvalRecord{}, false
@@ -155,7 +168,7 @@ func (e *evaluator) pull(ctx context.Context, p *paramserver.Placement, step int
 }
 
 func (e *evaluator) eval(step int64, params []float32) {
-	if r, ok := e.score(params); ok {
+	if r, ok := e.score(step, params); ok {
 		r.Step = step
 		e.col.WriteEval(r)
 	}
