@@ -164,6 +164,21 @@ type DropoutMasks[T Float] struct {
 	In, H1, H2 []T
 }
 
+// RandomMasks draws the discriminator's dropout masks for rows examples:
+// each entry is 0, or 1/keep with probability keep.
+func RandomMasks(rng *rand.Rand, c GANConfig, rows int) DropoutMasks[float32] {
+	mk := func(n int, keep float64) []float32 {
+		m := make([]float32, n)
+		for i := range m {
+			if rng.Float64() < keep {
+				m[i] = float32(1 / keep)
+			}
+		}
+		return m
+	}
+	return DropoutMasks[float32]{In: mk(rows*c.Pixels, c.KeepInput), H1: mk(rows*c.DUnits, c.KeepHidden), H2: mk(rows*c.DUnits, c.KeepHidden)}
+}
+
 // GAN is a generator and a discriminator sharing one flat parameter vector.
 type GAN[T Float] struct {
 	Cfg          GANConfig

@@ -156,18 +156,7 @@ func BenchmarkG1(b *testing.B) {
 		real[i] = rng.Float32()
 	}
 	z := make([]float32, rows*c.Noise)
-	masks := func() DropoutMasks[float32] {
-		mk := func(n int, keep float64) []float32 {
-			out := make([]float32, n)
-			for i := range out {
-				if rng.Float64() < keep {
-					out[i] = float32(1 / keep)
-				}
-			}
-			return out
-		}
-		return DropoutMasks[float32]{In: mk(rows*c.Pixels, c.KeepInput), H1: mk(rows*c.DUnits, c.KeepHidden), H2: mk(rows*c.DUnits, c.KeepHidden)}
-	}
+	masks := func() DropoutMasks[float32] { return RandomMasks(rng, c, rows) }
 	vel := make([]float32, len(m.Params()))
 	update := func(lo, hi int) { // SGD with momentum 0.5, lr 0.1
 		w, g := m.Params(), m.Grads()

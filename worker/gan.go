@@ -82,20 +82,6 @@ func (t *ganTrainer) batch(step int64, j int) {
 	}
 }
 
-// masks draws dropout masks (inverted: 0 or 1/keep).
-func masks(rng *rand.Rand, c models.GANConfig, rows int) models.DropoutMasks[float32] {
-	mk := func(n int, keep float64) []float32 {
-		m := make([]float32, n)
-		for i := range m {
-			if rng.Float64() < keep {
-				m[i] = float32(1 / keep)
-			}
-		}
-		return m
-	}
-	return models.DropoutMasks[float32]{In: mk(rows*c.Pixels, c.KeepInput), H1: mk(rows*c.DUnits, c.KeepHidden), H2: mk(rows*c.DUnits, c.KeepHidden)}
-}
-
 func (t *ganTrainer) step(ctx context.Context, step int64) error {
 	start := time.Now()
 	sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
@@ -114,12 +100,12 @@ func (t *ganTrainer) step(ctx context.Context, step int64) error {
 		t.batch(step, int(j))
 		t.z = slices.Grow(t.z[:0], B*t.spec.GAN.Noise)[:B*t.spec.GAN.Noise]
 		models.Noise(t.z, rng)
-		dLoss += t.model.DLoss(t.x, t.z, B, masks(rng, t.spec.GAN, B), masks(rng, t.spec.GAN, B), true)
+		dLoss += t.model.DLoss(t.x, t.z, B, models.RandomMasks(rng, t.spec.GAN, B), models.RandomMasks(rng, t.spec.GAN, B), true)
 		if err := t.d.PushPull(sctx, k*step+j, t.model.Grads(), w); err != nil {
 			return fmt.Errorf("step %d: push D: %w", step, err)
 		}
 	}
-	gLoss := t.model.GLossAfterD(B, masks(rng, t.spec.GAN, B), t.spec.Minimax, true)
+	gLoss := t.model.GLossAfterD(B, models.RandomMasks(rng, t.spec.GAN, B), t.spec.Minimax, true)
 	if err := t.g.Push(sctx, step, t.model.Grads()); err != nil {
 		return fmt.Errorf("step %d: push G: %w", step, err)
 	}

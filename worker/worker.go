@@ -72,11 +72,7 @@ func Run(ctx context.Context, cfg Config) error {
 	keys := job.KeysFor(cfg.Job)
 	log := cfg.Log.With("worker", cfg.ID)
 
-	specData, err := job.Wait(ctx, cfg.Etcd, keys.Spec(), cfg.WaitTimeout)
-	if err != nil {
-		return fmt.Errorf("job %s not found (start its coordinator first): %w", cfg.Job, err)
-	}
-	spec, err := job.DecodeSpec(specData)
+	spec, p, err := job.Find(ctx, cfg.Etcd, cfg.Job, cfg.WaitTimeout)
 	if err != nil {
 		return err
 	}
@@ -95,14 +91,6 @@ func Run(ctx context.Context, cfg Config) error {
 	var a job.Assignment
 	if err := json.Unmarshal(assignData, &a); err != nil {
 		return fmt.Errorf("assignment: %w", err)
-	}
-	placeData, err := job.Wait(ctx, cfg.Etcd, keys.Placement(), cfg.WaitTimeout)
-	if err != nil {
-		return err
-	}
-	p, err := paramserver.DecodePlacement(placeData)
-	if err != nil {
-		return err
 	}
 	err = job.WaitPrefix(ctx, cfg.Etcd, keys.Shards(), cfg.WaitTimeout, func(kvs map[string][]byte) bool {
 		return len(kvs) >= spec.Shards

@@ -14,11 +14,15 @@
 package job
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"strings"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
@@ -397,6 +401,29 @@ type SnapshotRecord struct {
 type CheckpointRecord struct {
 	Step  int64    `json:"step"`
 	Files []string `json:"files"` // by shard
+}
+
+// Find waits (up to timeout) for job name to exist in etcd and returns its
+// spec and block placement, which the coordinator writes together.
+func Find(ctx context.Context, cli *clientv3.Client, name string, timeout time.Duration) (*Spec, *paramserver.Placement, error) {
+	keys := KeysFor(name)
+	specData, err := Wait(ctx, cli, keys.Spec(), timeout)
+	if err != nil {
+		return nil, nil, fmt.Errorf("job %s not found (start its coordinator first): %w", name, err)
+	}
+	spec, err := DecodeSpec(specData)
+	if err != nil {
+		return nil, nil, err
+	}
+	placeData, err := Wait(ctx, cli, keys.Placement(), timeout)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := paramserver.DecodePlacement(placeData)
+	if err != nil {
+		return nil, nil, err
+	}
+	return spec, p, nil
 }
 
 // Assignment is what the coordinator gives a worker: its rank, the fencing

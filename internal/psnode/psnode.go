@@ -58,19 +58,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	keys := job.KeysFor(cfg.Job)
-	specData, err := job.Wait(ctx, cfg.Etcd, keys.Spec(), cfg.WaitTimeout)
-	if err != nil {
-		return fmt.Errorf("job %s not found (start its coordinator first): %w", cfg.Job, err)
-	}
-	spec, err := job.DecodeSpec(specData)
-	if err != nil {
-		return err
-	}
-	placeData, err := job.Wait(ctx, cfg.Etcd, keys.Placement(), cfg.WaitTimeout)
-	if err != nil {
-		return err
-	}
-	p, err := paramserver.DecodePlacement(placeData)
+	spec, p, err := job.Find(ctx, cfg.Etcd, cfg.Job, cfg.WaitTimeout)
 	if err != nil {
 		return err
 	}
