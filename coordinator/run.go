@@ -73,12 +73,15 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 		if st := resp.Responses[1].GetResponseRange().Kvs; len(st) > 0 && string(st[0].Value) == job.StateDone {
 			return fmt.Errorf("job %s: %w", spec.Name, ErrJobDone)
 		}
-		cfg.Log.Info("joined existing job", "job", spec.Name)
+		if p, _, err = job.ReadPlacement(ctx, cli, spec.Name); err != nil {
+			return err
+		}
+		cfg.Log.Info("joined existing job", "job", spec.Name, "placement", p.Version)
 	} else {
 		cfg.Log.Info("created job", "job", spec.Name, "params", p.Size(), "blocks", len(p.Blocks), "shards", spec.Shards)
 	}
 	c := &run{cli: cli, cfg: cfg, keys: keys, ranks: NewRanks(spec.Workers), placement: p,
-		snaps: map[int64]map[int]string{}, complete: -1}
+		snaps: map[int64]map[int]string{}, last: job.CheckpointRecord{Step: -1}}
 	return c.loop(ctx)
 }
 
@@ -88,8 +91,9 @@ type run struct {
 	keys      job.Keys
 	ranks     *Ranks
 	placement *paramserver.Placement
-	snaps     map[int64]map[int]string // shard snapshot files by step and shard
-	complete  int64                    // last step every shard has a snapshot of
+	snaps     map[int64]map[int]string // the placement's shard snapshot files by step and shard
+	last      job.CheckpointRecord     // the last complete checkpoint (Step -1: none)
+	finishing bool                     // some rank has finished: no more re-placements
 }
 
 // loop rebuilds the rank state from etcd, then follows membership and
@@ -175,6 +179,20 @@ func (c *run) handle(ctx context.Context, typ mvccpb.Event_EventType, kv *mvccpb
 	if rest, ok := strings.CutPrefix(k, c.keys.ShardSnapshots()); ok && typ == mvccpb.PUT {
 		return false, c.recordSnapshot(ctx, rest, kv.Value)
 	}
+	if k == c.keys.Checkpoint() && typ == mvccpb.PUT { // read back when the coordinator restarts
+		var cp job.CheckpointRecord
+		if json.Unmarshal(kv.Value, &cp) == nil && cp.Step > c.last.Step {
+			c.last = cp
+		}
+		return false, nil
+	}
+	if k == c.keys.Finishing() {
+		c.finishing = true
+		return false, nil
+	}
+	if k == c.keys.Reshard() && typ == mvccpb.PUT {
+		return false, c.reshard(ctx, kv.Value)
+	}
 	if r, ok := strings.CutPrefix(k, c.keys.Dones()); ok && typ == mvccpb.PUT {
 		rank, err := strconv.Atoi(r)
 		if err != nil || !c.ranks.Done(rank) {
@@ -199,12 +217,12 @@ func (c *run) handle(ctx context.Context, typ mvccpb.Event_EventType, kv *mvccpb
 // checkpoint.
 func (c *run) recordSnapshot(ctx context.Context, key string, value []byte) error {
 	var rec job.SnapshotRecord
-	if err := json.Unmarshal(value, &rec); err != nil || rec.Shard < 0 || rec.Shard >= c.cfg.Spec.Shards {
+	if err := json.Unmarshal(value, &rec); err != nil || rec.Shard < 0 || rec.Shard >= c.placement.Shards {
 		c.cfg.Log.Warn("ignoring a malformed snapshot record", "key", key)
 		return nil
 	}
-	if rec.Step <= c.complete {
-		return nil
+	if rec.Placement != c.placement.Version || rec.Step <= c.last.Step {
+		return nil // of an earlier placement, or older than the last checkpoint
 	}
 	m := c.snaps[rec.Step]
 	if m == nil {
@@ -212,10 +230,10 @@ func (c *run) recordSnapshot(ctx context.Context, key string, value []byte) erro
 		c.snaps[rec.Step] = m
 	}
 	m[rec.Shard] = rec.Path
-	if len(m) < c.cfg.Spec.Shards {
+	if len(m) < c.placement.Shards {
 		return nil
 	}
-	cp := job.CheckpointRecord{Step: rec.Step, Files: make([]string, c.cfg.Spec.Shards)}
+	cp := job.CheckpointRecord{Step: rec.Step, Placement: rec.Placement, Files: make([]string, c.placement.Shards)}
 	for i, f := range m {
 		cp.Files[i] = f
 	}
@@ -223,13 +241,64 @@ func (c *run) recordSnapshot(ctx context.Context, key string, value []byte) erro
 	if _, err := c.cli.Put(ctx, c.keys.Checkpoint(), string(b)); err != nil {
 		return fmt.Errorf("recording checkpoint %d: %w", rec.Step, err)
 	}
-	c.complete = rec.Step
+	c.last = cp
 	for step := range c.snaps {
 		if step <= rec.Step {
 			delete(c.snaps, step)
 		}
 	}
 	c.cfg.Log.Info("checkpoint complete", "step", rec.Step)
+	return nil
+}
+
+// reshard answers an operator's request to move the job to another number
+// of shards: the new placement starts from the last complete checkpoint, so
+// every shard restores from it and every worker resumes at its step. It is
+// refused when there is no complete checkpoint, or once a rank has finished.
+func (c *run) reshard(ctx context.Context, value []byte) error {
+	var req job.ReshardRequest
+	if err := json.Unmarshal(value, &req); err != nil || req.Status != "" {
+		return nil // malformed (answered below) or already answered
+	}
+	answer := func(status string) error {
+		req.Status = status
+		b, _ := json.Marshal(req)
+		_, err := c.cli.Put(ctx, c.keys.Reshard(), string(b))
+		return err
+	}
+	var why string
+	switch {
+	case c.finishing:
+		why = "refused: a rank has already finished its last step"
+	case c.last.Step < 0:
+		why = "refused: the job has no complete checkpoint yet (it re-places from one: run it with --checkpoint-every)"
+	}
+	var q *paramserver.Placement
+	if why == "" {
+		var err error
+		if q, err = c.placement.Reshard(req.Shards, c.last.Step, c.last.Files); err != nil {
+			why = "refused: " + err.Error()
+		}
+	}
+	if why != "" {
+		c.cfg.Log.Warn("reshard request", "shards", req.Shards, "answer", why)
+		return answer(why)
+	}
+	req.Status, req.Version, req.Start = "done", q.Version, q.Start
+	b, _ := json.Marshal(req)
+	r, err := c.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(c.keys.Finishing()), "=", 0)).
+		Then(clientv3.OpPut(c.keys.Placement(), string(q.Encode())), clientv3.OpPut(c.keys.Reshard(), string(b))).
+		Commit()
+	if err != nil {
+		return fmt.Errorf("writing placement %d: %w", q.Version, err)
+	}
+	if !r.Succeeded {
+		c.finishing = true
+		return answer("refused: a rank has already finished its last step")
+	}
+	c.cfg.Log.Info("re-placed the job", "placement", q.Version, "shards", q.Shards, "from_step", q.Start)
+	c.placement = q
+	clear(c.snaps)
 	return nil
 }
 

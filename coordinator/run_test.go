@@ -4,8 +4,10 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -115,4 +117,83 @@ func TestRunRefusesMoreShardsThanBlocks(t *testing.T) {
 	if err := Run(context.Background(), cli, Config{Spec: spec, Log: quiet}); err == nil || !strings.Contains(err.Error(), "lower --block-size") {
 		t.Fatalf("got %v", err)
 	}
+}
+
+// askReshard writes a reshard request and returns the coordinator's answer.
+func askReshard(t *testing.T, ctx context.Context, cli *clientv3.Client, keys job.Keys, shards int) job.ReshardRequest {
+	t.Helper()
+	b, _ := json.Marshal(job.ReshardRequest{Shards: shards})
+	if _, err := cli.Put(ctx, keys.Reshard(), string(b)); err != nil {
+		t.Fatal(err)
+	}
+	var ans job.ReshardRequest
+	err := job.WaitPrefix(ctx, cli, keys.Reshard(), 10*time.Second, func(kvs map[string][]byte) bool {
+		return json.Unmarshal(kvs[keys.Reshard()], &ans) == nil && ans.Status != ""
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ans
+}
+
+// A re-placement starts from the last complete checkpoint of the current
+// placement: without one, or once a rank has finished, or onto more shards
+// than blocks, it is refused and the placement stays.
+func TestRunReshard(t *testing.T) {
+	cli := etcd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	spec := job.Default()
+	spec.Name, spec.Workers, spec.Shards, spec.CheckpointEvery = "rs", 1, 2, 10
+	keys := job.KeysFor(spec.Name)
+	errc := make(chan error, 1)
+	go func() { errc <- Run(ctx, cli, Config{Spec: spec, Log: quiet}) }()
+	if _, err := job.Wait(ctx, cli, keys.Placement(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if a := askReshard(t, ctx, cli, keys, 3); !strings.Contains(a.Status, "no complete checkpoint") {
+		t.Fatalf("without a checkpoint: %+v", a)
+	}
+	record := func(version, step int64, shard int) {
+		b, _ := json.Marshal(job.SnapshotRecord{Path: fmt.Sprintf("s%d-%d", shard, step), Step: step, Shard: shard, Placement: version})
+		cli.Put(ctx, keys.ShardSnapshot(version, step, shard), string(b))
+	}
+	record(1, 10, 0)
+	record(1, 10, 1)
+	record(1, 20, 0) // step 20 is not complete: the checkpoint is step 10
+	if _, err := job.Wait(ctx, cli, keys.Checkpoint(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if a := askReshard(t, ctx, cli, keys, 1<<20); !strings.Contains(a.Status, "cannot place") {
+		t.Fatalf("more shards than blocks: %+v", a)
+	}
+	if a := askReshard(t, ctx, cli, keys, 3); a.Status != "done" || a.Version != 2 || a.Start != 10 {
+		t.Fatalf("reshard: %+v", a)
+	}
+	p, _, err := job.ReadPlacement(ctx, cli, spec.Name)
+	if err != nil || p.Version != 2 || p.Shards != 3 || p.Start != 10 || !slices.Equal(p.From, []string{"s0-10", "s1-10"}) {
+		t.Fatalf("placement %+v, %v", p, err)
+	}
+	// Records of the old placement no longer count; the new one's three do.
+	record(1, 20, 1)
+	record(2, 20, 0)
+	record(2, 20, 1)
+	record(2, 20, 2)
+	err = job.WaitPrefix(ctx, cli, keys.Checkpoint(), 10*time.Second, func(kvs map[string][]byte) bool {
+		var cp job.CheckpointRecord
+		json.Unmarshal(kvs[keys.Checkpoint()], &cp)
+		return cp.Step == 20 && cp.Placement == 2 && len(cp.Files) == 3
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli.Put(ctx, keys.Finishing(), "0")
+	if a := askReshard(t, ctx, cli, keys, 2); !strings.Contains(a.Status, "finished") {
+		t.Fatalf("after a rank finished: %+v", a)
+	}
+	if p, _, _ := job.ReadPlacement(ctx, cli, spec.Name); p.Version != 2 {
+		t.Fatalf("placement changed to %d after a refusal", p.Version)
+	}
+	cancel()
+	<-errc
 }

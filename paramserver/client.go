@@ -20,6 +20,7 @@ import (
 type Client struct {
 	nc      *nats.Conn
 	job     string
+	version int64 // of the placement
 	rank    uint32
 	epoch   uint64
 	groups  []group
@@ -48,7 +49,7 @@ func NewClient(nc *nats.Conn, job string, p *Placement, rank int, epoch uint64) 
 // NewClientFor is NewClient for the blocks keep accepts (all when nil): a
 // client of one parameter group, such as a GAN's generator.
 func NewClientFor(nc *nats.Conn, job string, p *Placement, rank int, epoch uint64, keep func(Block) bool) (*Client, error) {
-	c := &Client{nc: nc, job: job, rank: uint32(rank), epoch: epoch, Attempt: 15 * time.Second, Window: DefaultWindow}
+	c := &Client{nc: nc, job: job, version: p.Version, rank: uint32(rank), epoch: epoch, Attempt: 15 * time.Second, Window: DefaultWindow}
 	for s := 0; s < p.Shards; s++ {
 		var bs []Block
 		for _, b := range p.OnShard(s) {
@@ -110,7 +111,7 @@ func (c *Client) pull(ctx context.Context, g group, minClock int64, params []flo
 	}
 	var r *wire.PullReply
 	for {
-		msg, err := c.request(ctx, wire.PullSubject(c.job, g.shard), data)
+		msg, err := c.request(ctx, wire.PullSubject(c.job, c.version, g.shard), data)
 		if err != nil {
 			return err
 		}
@@ -143,7 +144,7 @@ func (c *Client) push(ctx context.Context, g group, step int64, grads []float32)
 	buf := getBuf()
 	defer putBuf(buf)
 	*buf = wire.AppendPush((*buf)[:0], req)
-	msg, err := c.request(ctx, wire.PushSubject(c.job, g.shard), *buf)
+	msg, err := c.request(ctx, wire.PushSubject(c.job, c.version, g.shard), *buf)
 	if err != nil {
 		return err
 	}

@@ -22,7 +22,18 @@ type Block struct {
 // Placement assigns every block of a model to a shard. It is written to etcd
 // by the coordinator and read by shards and workers.
 type Placement struct {
-	Version   int64           `json:"version"`
+	// Version counts placements of the job: 1 for the first, one more for
+	// each re-placement. It fences eras: shards and workers talk on the
+	// subjects of one version only.
+	Version int64 `json:"version"`
+	// Start is the step the placement starts from: 0 for the first, else the
+	// step of the complete checkpoint that the shards restore from and the
+	// workers resume at.
+	Start int64 `json:"start"`
+	// From names the snapshot files of step Start that the shards restore
+	// from (one per shard of the placement they were taken under); empty
+	// for the first placement.
+	From      []string        `json:"from,omitempty"`
 	BlockSize int             `json:"block_size"`
 	Shards    int             `json:"shards"`
 	Tensors   []models.Tensor `json:"tensors"`
@@ -109,6 +120,24 @@ func PlaceWith(tensors []models.Tensor, blockSize, shards int, hash HashFunc, sl
 	return p
 }
 
+// Reshard returns the next placement of p's blocks (same tensors and block
+// size) on shards shards, starting from the checkpoint of step start held in
+// the snapshot files from.
+func (p *Placement) Reshard(shards int, start int64, from []string) (*Placement, error) {
+	if shards < 1 || shards > len(p.Blocks) {
+		return nil, fmt.Errorf("cannot place %d blocks on %d shards", len(p.Blocks), shards)
+	}
+	if start < p.Start {
+		return nil, fmt.Errorf("placement %d starts at step %d: a new one cannot start earlier, at %d", p.Version, p.Start, start)
+	}
+	q := Place(p.Tensors, p.BlockSize, shards)
+	if start > 0 && len(from) == 0 {
+		return nil, fmt.Errorf("a placement starting at step %d needs the snapshot files of that step", start)
+	}
+	q.Version, q.Start, q.From = p.Version+1, start, from
+	return q, nil
+}
+
 // OnShard lists the blocks of shard s in id order.
 func (p *Placement) OnShard(s int) []Block {
 	var bs []Block
@@ -139,8 +168,8 @@ func DecodePlacement(data []byte) (*Placement, error) {
 	if err := json.Unmarshal(data, &p); err != nil {
 		return nil, fmt.Errorf("placement: %w", err)
 	}
-	if p.Shards < 1 || p.BlockSize < 1 {
-		return nil, fmt.Errorf("placement: %d shards, block size %d", p.Shards, p.BlockSize)
+	if p.Shards < 1 || p.BlockSize < 1 || p.Version < 1 || p.Start < 0 {
+		return nil, fmt.Errorf("placement: version %d from step %d, %d shards, block size %d", p.Version, p.Start, p.Shards, p.BlockSize)
 	}
 	off := 0
 	for i, b := range p.Blocks {

@@ -104,6 +104,8 @@ func TestDecodePlacementRejects(t *testing.T) {
 		"short":     func(p *Placement) { p.Blocks = p.Blocks[:len(p.Blocks)-1] },
 		"too long":  func(p *Placement) { p.Blocks[0].Len = 5 },
 		"no shards": func(p *Placement) { p.Shards = 0 },
+		"version 0": func(p *Placement) { p.Version = 0 },
+		"start < 0": func(p *Placement) { p.Start = -1 },
 		"tensor":    func(p *Placement) { p.Blocks[0].Tensor = 9 },
 	} {
 		q, _ := DecodePlacement(p.Encode())

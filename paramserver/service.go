@@ -19,15 +19,17 @@ const MaxWaitingPulls = 1 << 14
 
 // ServiceConfig places a shard on NATS and says where its snapshots go.
 type ServiceConfig struct {
-	Job       string
-	Shard     int
-	Placement int64 // placement version, recorded in snapshots
+	Job   string
+	Shard int
+	// Placement is the version of the placement served: it names the
+	// subjects and is recorded in snapshots; default 1.
+	Placement int64
 	Log       *slog.Logger
 	// Tick is the period of the shard's clock (held pulls expire after
 	// ShardConfig.PullTTL ticks); default 100ms.
 	Tick time.Duration
 	// SnapshotDir receives the shard's snapshots, one file per snapshot:
-	// shard-<i>-step-<t>.dpss. Empty: snapshots are refused.
+	// SnapshotFile(placement, shard, step). Empty: snapshots are refused.
 	SnapshotDir string
 	// SnapshotEvery (sync mode): snapshot at every multiple of this many
 	// steps; 0 for only when asked on the snapshot subject.
@@ -85,6 +87,9 @@ func Serve(nc *nats.Conn, shard *Shard, cfg ServiceConfig) (*Service, error) {
 	if cfg.Tick == 0 {
 		cfg.Tick = 100 * time.Millisecond
 	}
+	if cfg.Placement == 0 {
+		cfg.Placement = 1
+	}
 	s := &Service{nc: nc, cfg: cfg, shard: shard, held: map[uint64]heldPull{}, stop: make(chan struct{}),
 		snapsCh: make(chan *Snapshot, 4)}
 	if cfg.SnapshotEvery > 0 {
@@ -99,9 +104,9 @@ func Serve(nc *nats.Conn, shard *Shard, cfg ServiceConfig) (*Service, error) {
 		}
 	}
 	for subj, h := range map[string]nats.MsgHandler{
-		wire.PushSubject(cfg.Job, cfg.Shard):     s.onPush,
-		wire.PullSubject(cfg.Job, cfg.Shard):     s.onPull,
-		wire.SnapshotSubject(cfg.Job, cfg.Shard): s.onSnapshot,
+		wire.PushSubject(cfg.Job, cfg.Placement, cfg.Shard):     s.onPush,
+		wire.PullSubject(cfg.Job, cfg.Placement, cfg.Shard):     s.onPull,
+		wire.SnapshotSubject(cfg.Job, cfg.Placement, cfg.Shard): s.onSnapshot,
 	} {
 		sub, err := nc.Subscribe(subj, h)
 		if err != nil {
@@ -379,7 +384,7 @@ func (s *Service) writer() {
 }
 
 func (s *Service) write(snap *Snapshot) {
-	path := filepath.Join(s.cfg.SnapshotDir, fmt.Sprintf("shard-%d-step-%d.dpss", snap.Shard, snap.Step))
+	path := filepath.Join(s.cfg.SnapshotDir, SnapshotFile(snap.Placement, snap.Shard, snap.Step))
 	start := time.Now()
 	if err := WriteSnapshot(path, snap); err != nil {
 		s.cfg.Log.Error("writing snapshot", "shard", s.cfg.Shard, "step", snap.Step, "err", err)

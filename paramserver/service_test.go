@@ -193,7 +193,7 @@ func TestServiceRefusesBadInput(t *testing.T) {
 		return 0
 	}
 	enc := func(m any) []byte { b, _ := wire.Encode(m); return b }
-	push, pull, snap := wire.PushSubject("j", 0), wire.PullSubject("j", 0), wire.SnapshotSubject("j", 0)
+	push, pull, snap := wire.PushSubject("j", 1, 0), wire.PullSubject("j", 1, 0), wire.SnapshotSubject("j", 1, 0)
 	for _, c := range []struct {
 		subj string
 		data []byte

@@ -213,6 +213,55 @@ func ReadSnapshot(path string) (*Snapshot, error) {
 	return s, nil
 }
 
+// SnapshotFile names the file of shard's snapshot at step under placement
+// version: p<version>-shard-<shard>-step-<step>.dpss. A step can be
+// snapshotted under several placements (after a re-placement rolls the job
+// back), so the version is part of the name.
+func SnapshotFile(version int64, shard int, step int64) string {
+	return fmt.Sprintf("p%d-shard-%d-step-%d.dpss", version, shard, step)
+}
+
+// Gather assembles the snapshot of a shard that owns blocks from snapshots of
+// one step taken under another placement (the snapshots of every shard of
+// that placement, in any order): each block's state comes from the snapshot
+// that holds it. Every block must be found exactly once, and the snapshots
+// must agree on the step, the mode and the ranks' epochs. A rank's clock is
+// the smallest the snapshots record (in sync mode they agree).
+func Gather(snaps []*Snapshot, blocks []Block) (*Snapshot, error) {
+	if len(snaps) == 0 {
+		return nil, errors.New("gather: no snapshots")
+	}
+	first := snaps[0]
+	out := &Snapshot{Job: first.Job, Step: first.Step, Mode: first.Mode, Epochs: slices.Clone(first.Epochs),
+		RankClocks: slices.Clone(first.RankClocks), Blocks: make([]BlockState, len(blocks))}
+	where := map[uint32]*BlockState{}
+	for _, sn := range snaps {
+		if sn.Job != first.Job || sn.Step != first.Step || sn.Mode != first.Mode || !slices.Equal(sn.Epochs, first.Epochs) ||
+			len(sn.RankClocks) != len(first.RankClocks) {
+			return nil, fmt.Errorf("gather: snapshot of shard %d (job %q, step %d, %s, epochs %v) does not match that of shard %d (job %q, step %d, %s, epochs %v)",
+				sn.Shard, sn.Job, sn.Step, sn.Mode, sn.Epochs, first.Shard, first.Job, first.Step, first.Mode, first.Epochs)
+		}
+		for r, c := range sn.RankClocks {
+			out.RankClocks[r] = min(out.RankClocks[r], c)
+		}
+		for i := range sn.Blocks {
+			b := &sn.Blocks[i]
+			if where[b.ID] != nil {
+				return nil, fmt.Errorf("gather: block %d is in two snapshots", b.ID)
+			}
+			where[b.ID] = b
+		}
+	}
+	for i, b := range blocks {
+		bs := where[b.ID]
+		if bs == nil {
+			return nil, fmt.Errorf("gather: no snapshot of step %d holds block %d", first.Step, b.ID)
+		}
+		out.Blocks[i] = *bs
+	}
+	return out, nil
+}
+
 // RestoreShard makes a shard whose state is snap. The snapshot must hold
 // exactly blocks (same ids, same lengths), with state for cfg's optimizer and
 // ranks.

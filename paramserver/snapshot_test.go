@@ -198,3 +198,145 @@ func FuzzDecodeSnapshot(f *testing.F) {
 		}
 	})
 }
+
+// stepAll pushes every rank's gradient of step s, block by block, to the
+// shard of placement p that owns the block.
+func stepAll(t *testing.T, p *Placement, shards []*Shard, ranks int, s int64, g [][]float32) {
+	t.Helper()
+	for r := 0; r < ranks; r++ {
+		for _, m := range pushes(p, r, 1, s, g[r]) {
+			if err := shards[p.Blocks[m.Blocks[0].ID].Shard].Push(m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// blockStates snapshots every shard now (at its clock) and indexes the
+// block states by id.
+func blockStates(t *testing.T, shards []*Shard) map[uint32]BlockState {
+	t.Helper()
+	out := map[uint32]BlockState{}
+	for _, sh := range shards {
+		if err := sh.RequestSnapshot(sh.Clock()); err != nil {
+			t.Fatal(err)
+		}
+		for _, sn := range sh.Snapshots() {
+			for _, b := range sn.Blocks {
+				out[b.ID] = b
+			}
+		}
+	}
+	return out
+}
+
+// Re-placing a sync job at a checkpoint and rerunning from it gives
+// bit-identical parameters and optimizer state to the run that never moved:
+// each new shard gathers its blocks from the old shards' snapshots of that
+// step, whatever the old and new shard counts.
+func TestReshardFromCheckpointIsExact(t *testing.T) {
+	const ranks, steps, k = 2, 6, 3
+	cfg := syncCfg(ranks, DefaultOptimizer("adam", 0.05))
+	rng := rand.New(rand.NewPCG(9, 9))
+	gs := make([][][]float32, steps)
+	p0 := Place(testTensors, 6, 2)
+	for s := range gs {
+		gs[s] = [][]float32{grads(rng, p0.Size()), grads(rng, p0.Size())}
+	}
+	for _, c := range []struct{ from, to int }{{2, 3}, {3, 2}, {2, 1}, {1, 4}} {
+		p := Place(testTensors, 6, c.from)
+		straight := newShards(p, cfg)
+		for s := int64(0); s < steps; s++ {
+			stepAll(t, p, straight, ranks, s, gs[s])
+		}
+		want := blockStates(t, straight)
+
+		old := newShards(p, cfg)
+		var snaps []*Snapshot
+		for _, sh := range old {
+			if err := sh.RequestSnapshot(k); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for s := int64(0); s < k+1; s++ { // one step past the checkpoint, then roll back
+			stepAll(t, p, old, ranks, s, gs[s])
+		}
+		for i, sh := range old {
+			for _, sn := range sh.Snapshots() {
+				sn.Job, sn.Shard = "j", i
+				snaps = append(snaps, sn)
+			}
+		}
+		q, err := p.Reshard(c.to, k, []string{"s0"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if q.Version != p.Version+1 || q.Start != k || q.Shards != c.to {
+			t.Fatalf("reshard: version %d start %d shards %d", q.Version, q.Start, q.Shards)
+		}
+		moved := make([]*Shard, c.to)
+		for i := range moved {
+			sn, err := Gather(snaps, q.OnShard(i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if moved[i], err = RestoreShard(cfg, q.OnShard(i), sn); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for s := int64(k); s < steps; s++ {
+			stepAll(t, q, moved, ranks, s, gs[s])
+		}
+		got := blockStates(t, moved)
+		if len(got) != len(want) {
+			t.Fatalf("%d->%d: %d blocks, want %d", c.from, c.to, len(got), len(want))
+		}
+		for id, w := range want {
+			g := got[id]
+			if g.Clock != w.Clock || !floatBits(g.W, w.W) || len(g.Slots) != len(w.Slots) ||
+				!floatBits(g.Slots[0], w.Slots[0]) || !floatBits(g.Slots[1], w.Slots[1]) {
+				t.Fatalf("%d->%d shards: block %d differs from the run that never moved", c.from, c.to, id)
+			}
+		}
+	}
+}
+
+func TestGatherRefusesIncompleteOrMismatchedSets(t *testing.T) {
+	p := Place(testTensors, 6, 2)
+	cfg := syncCfg(1, DefaultOptimizer("sgd", 0.1))
+	var snaps []*Snapshot
+	for i, sh := range newShards(p, cfg) {
+		if err := sh.RequestSnapshot(0); err != nil {
+			t.Fatal(err)
+		}
+		sn := sh.Snapshots()[0]
+		sn.Job, sn.Shard = "j", i
+		snaps = append(snaps, sn)
+	}
+	all := p.Blocks
+	if _, err := Gather(snaps, all); err != nil {
+		t.Fatalf("complete set: %v", err)
+	}
+	cases := map[string][]*Snapshot{
+		"missing shard": snaps[:1],
+		"twice":         {snaps[0], snaps[1], snaps[1]},
+		"none":          nil,
+	}
+	other := *snaps[1]
+	other.Step = 5
+	cases["other step"] = []*Snapshot{snaps[0], &other}
+	otherJob := *snaps[1]
+	otherJob.Job = "k"
+	cases["other job"] = []*Snapshot{snaps[0], &otherJob}
+	for name, set := range cases {
+		if _, err := Gather(set, all); err == nil {
+			t.Errorf("%s: gathered", name)
+		}
+	}
+}
+
+func TestSnapshotFileNamesPlacement(t *testing.T) {
+	if got := SnapshotFile(3, 1, 200); got != "p3-shard-1-step-200.dpss" {
+		t.Fatalf("SnapshotFile = %q", got)
+	}
+}

@@ -93,42 +93,101 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("assignment: %w", err)
 	}
 	err = job.WaitPrefix(ctx, cfg.Etcd, keys.Shards(), cfg.WaitTimeout, func(kvs map[string][]byte) bool {
-		return len(kvs) >= spec.Shards
+		return len(kvs) >= p.Shards
 	})
 	if err != nil {
-		return fmt.Errorf("waiting for %d parameter-server shards: %w", spec.Shards, err)
+		return fmt.Errorf("waiting for %d parameter-server shards: %w", p.Shards, err)
 	}
 	log.Info("joined", "rank", a.Rank, "epoch", a.Epoch, "data_shard", a.DataShard)
 
+	p, rev, err := job.ReadPlacement(ctx, cfg.Etcd, cfg.Job)
+	if err != nil {
+		return err
+	}
+	for {
+		next, nextRev, err := runEra(ctx, cfg, spec, a, p, rev, lease)
+		if err != nil || next == nil {
+			return err
+		}
+		log.Info("re-placed: resuming", "placement", next.Version, "shards", next.Shards, "at_step", next.Start)
+		p, rev = next, nextRev
+	}
+}
+
+// runEra trains under placement p (written at etcd revision rev) from its
+// start step to the last step, and reports the rank done, if p is still the
+// job's placement by then. If the job is re-placed first, runEra drops what
+// it was doing and returns the new placement.
+func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.Placement, rev int64,
+	lease *job.Lease) (*paramserver.Placement, int64, error) {
+	keys := job.KeysFor(cfg.Job)
+	log := cfg.Log.With("worker", cfg.ID)
 	var t interface {
 		step(ctx context.Context, step int64) error
 	}
+	var err error
 	if spec.Model == "gan" {
 		t, err = newGANTrainer(cfg, spec, a, p)
 	} else {
 		t, err = newTrainer(cfg, spec, a, p)
 	}
 	if err != nil {
-		return err
+		return nil, 0, err
 	}
-	for step := int64(0); step < spec.Steps; step++ {
+	ectx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type era struct {
+		p   *paramserver.Placement
+		rev int64
+		err error
+	}
+	nextCh := make(chan era, 1)
+	go func() {
+		next, rev, err := job.NextPlacement(ectx, cfg.Etcd, cfg.Job, p.Version)
+		if next != nil {
+			cancel() // drop the step in flight: it belongs to the old placement
+		}
+		nextCh <- era{next, rev, err}
+	}()
+	next := func() (*paramserver.Placement, int64, error) {
+		e := <-nextCh
+		if e.err != nil && ctx.Err() == nil && e.p == nil {
+			return nil, 0, fmt.Errorf("waiting for a new placement: %w", e.err)
+		}
+		if e.p == nil && ctx.Err() == nil { // the job is done without this rank
+			return nil, 0, errors.New("the job was marked done before this rank finished")
+		}
+		return e.p, e.rev, ctx.Err()
+	}
+	for step := p.Start; step < spec.Steps; step++ {
 		select {
 		case <-lease.Lost():
-			return errors.New("lost the etcd lease: this worker is no longer a member of the job")
+			return nil, 0, errors.New("lost the etcd lease: this worker is no longer a member of the job")
 		default:
 		}
-		if err := t.step(ctx, step); err != nil {
-			return err
+		if err := t.step(ectx, step); err != nil {
+			if ectx.Err() != nil && ctx.Err() == nil { // re-placed
+				return next()
+			}
+			return nil, 0, err
 		}
 	}
 	if err := cfg.NATS.FlushTimeout(5 * time.Second); err != nil { // the last progress report goes out before "done"
 		log.Warn("flushing progress", "err", err)
 	}
-	if _, err := cfg.Etcd.Put(ctx, keys.Done(a.Rank), strconv.FormatUint(a.Epoch, 10)); err != nil {
-		return fmt.Errorf("reporting rank %d done: %w", a.Rank, err)
+	// Done counts only if the placement this rank ran under is still the
+	// job's: else the job rolled back, and this rank reruns from there.
+	r, err := cfg.Etcd.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(keys.Placement()), "=", rev)).
+		Then(clientv3.OpPut(keys.Done(a.Rank), strconv.FormatUint(a.Epoch, 10)), clientv3.OpPut(keys.Finishing(), strconv.Itoa(a.Rank))).
+		Commit()
+	if err != nil {
+		return nil, 0, fmt.Errorf("reporting rank %d done: %w", a.Rank, err)
+	}
+	if !r.Succeeded {
+		return next()
 	}
 	log.Info("finished", "rank", a.Rank, "steps", spec.Steps)
-	return nil
+	return nil, 0, nil
 }
 
 func newTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.Placement) (*trainer, error) {

@@ -322,7 +322,7 @@ func TestTrainShardSnapshotsMatchShorterRun(t *testing.T) {
 	got := make([]float32, len(short))
 	for s := 0; s < 2; s++ {
 		for _, step := range []int{5, 10} {
-			path := filepath.Join(dir, "long", fmt.Sprintf("ps-%d", s), "snapshots", fmt.Sprintf("shard-%d-step-%d.dpss", s, step))
+			path := filepath.Join(dir, "long", fmt.Sprintf("ps-%d", s), "snapshots", paramserver.SnapshotFile(1, s, int64(step)))
 			snap, err := paramserver.ReadSnapshot(path)
 			if err != nil {
 				t.Fatal(err)

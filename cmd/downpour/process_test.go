@@ -3,19 +3,24 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/downpour-ml/downpour/internal/checkpoint"
 	"github.com/downpour-ml/downpour/internal/embedded"
+	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/models"
 )
 
@@ -147,5 +152,92 @@ func TestTrainSIGTERM(t *testing.T) {
 		}
 	case <-time.After(20 * time.Second):
 		t.Fatalf("train did not stop within 20s of SIGTERM:\n%s", p.out.String())
+	}
+}
+
+// waitCheckpoint polls etcd until job's last complete checkpoint was taken
+// under placement version (or a later one).
+func waitCheckpoint(t *testing.T, cli *clientv3.Client, name string, version int64) job.CheckpointRecord {
+	t.Helper()
+	deadline := time.Now().Add(time.Minute)
+	for time.Now().Before(deadline) {
+		r, err := cli.Get(context.Background(), job.KeysFor(name).Checkpoint())
+		if err != nil {
+			t.Fatal(err)
+		}
+		var cp job.CheckpointRecord
+		if len(r.Kvs) == 1 && json.Unmarshal(r.Kvs[0].Value, &cp) == nil && cp.Placement >= version {
+			return cp
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("no complete checkpoint under placement %d within a minute", version)
+	return job.CheckpointRecord{}
+}
+
+// A sync job re-placed while it runs, from 2 shards to 3 and back to 2 (the
+// third shard process joining, then leaving), rolls back to its last complete
+// checkpoint each time and ends with parameters bit-identical to the run that
+// never moved.
+func TestReshardRunningJob(t *testing.T) {
+	downpourBinary(t)
+	dir := t.TempDir()
+	c, err := embedded.Start(context.Background(), filepath.Join(dir, "servers"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cli, err := job.Connect(context.Background(), c.EtcdEndpoints, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	ep := []string{"--nats", c.NATSURL, "--etcd", c.EtcdEndpoints[0]}
+	spec := []string{"--job", "rs", "--steps", "150", "--hidden", "32", "--embed", "16", "--optimizer", "adam",
+		"--log-every", "50", "--checkpoint-every", "10"}
+	var procs []*proc
+	for i := 0; i < 2; i++ {
+		procs = append(procs, start(t, fmt.Sprintf("worker %d", i), append([]string{"worker", "--job", "rs"}, ep...)...))
+		procs = append(procs, start(t, fmt.Sprintf("ps %d", i), append([]string{"ps", "--job", "rs", "-v",
+			"--data-dir", filepath.Join(dir, fmt.Sprint("ps-", i))}, ep...)...))
+	}
+	out := filepath.Join(dir, "run")
+	coord := start(t, "coordinator", append(append([]string{"coordinator", "--out", out}, spec...), ep...)...)
+	// A third shard waits for a placement that has room for it.
+	third := start(t, "ps 2", append([]string{"ps", "--job", "rs", "-v", "--shard", "2", "--data-dir", filepath.Join(dir, "ps-2")}, ep...)...)
+
+	reshard := func(shards int, version int64) {
+		cp := waitCheckpoint(t, cli, "rs", version-1)
+		code, stdout, stderr := runCmd(t, time.Minute, append([]string{"reshard", "--job", "rs", "--ps-shards", fmt.Sprint(shards)}, ep[2:]...)...)
+		want := fmt.Sprintf("placement %d on %d shards", version, shards)
+		if code != 0 || !strings.Contains(stdout, want) {
+			t.Fatalf("reshard to %d: exit %d, stdout %q (want %q), stderr %q", shards, code, stdout, want, stderr)
+		}
+		p, _, err := job.ReadPlacement(context.Background(), cli, "rs")
+		if err != nil || p.Version != version || p.Shards != shards || p.Start < cp.Step || len(p.From) != int(version) {
+			t.Fatalf("placement after reshard: %+v, %v (checkpoint %+v)", p, err, cp)
+		}
+	}
+	reshard(3, 2)
+	reshard(2, 3)
+	third.wait(t, time.Minute) // it leaves the job when placement 3 has no room for it
+	if !strings.Contains(third.out.String(), "placement has fewer shards: leaving") {
+		t.Fatalf("the third shard exited without leaving:\n%s", third.out.String())
+	}
+	coord.wait(t, 2*time.Minute)
+	for _, p := range procs {
+		p.wait(t, 30*time.Second)
+	}
+	_, got, err := checkpoint.Read(filepath.Join(out, "checkpoint", "final.ckpt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := trainRun(t, filepath.Join(dir, "inproc"), spec...)
+	if !slices.Equal(got, want) {
+		t.Fatal("the re-placed run's parameters differ from the run that never moved")
+	}
+	// A job that is not there: refused.
+	if code, _, stderr := runCmd(t, time.Minute, append([]string{"reshard", "--job", "nosuch", "--ps-shards", "2"}, ep[2:]...)...); code == 0 || !strings.Contains(stderr, "no placement") {
+		t.Fatalf("reshard of an unknown job: exit %d, %s", code, stderr)
 	}
 }

@@ -33,11 +33,20 @@ func (k Keys) Dones() string           { return k.root + "done/" }
 func (k Keys) Done(rank int) string    { return k.Dones() + strconv.Itoa(rank) }
 
 // ShardSnapshots is the prefix under which shards record the snapshots they
-// have written: shard-snapshots/<step>/<shard>.
+// have written: shard-snapshots/p<placement version>/<step>/<shard>.
 func (k Keys) ShardSnapshots() string { return k.root + "shard-snapshots/" }
-func (k Keys) ShardSnapshot(step int64, shard int) string {
-	return fmt.Sprintf("%s%d/%d", k.ShardSnapshots(), step, shard)
+func (k Keys) ShardSnapshot(version, step int64, shard int) string {
+	return fmt.Sprintf("%sp%d/%d/%d", k.ShardSnapshots(), version, step, shard)
 }
+
+// Reshard is where an operator asks the coordinator to re-place the job on
+// another number of shards (a ReshardRequest); the coordinator writes its
+// answer back into it.
+func (k Keys) Reshard() string { return k.root + "reshard" }
+
+// Finishing exists once some rank has finished its last step; from then on
+// the job is not re-placed.
+func (k Keys) Finishing() string { return k.root + "finishing" }
 
 // Checkpoint holds the last complete checkpoint: a step for which every
 // shard has recorded its snapshot.

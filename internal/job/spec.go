@@ -11,6 +11,17 @@
 //	members/ps/<i>          one key per live parameter-server shard, under its lease
 //	assign/<id>             the rank, epoch and data shard given to worker <id>
 //	done/<rank>             written by a rank when it has pushed its last step
+//	finishing               written with the first done/<rank>: no re-placement after it
+//	shard-snapshots/p<v>/<step>/<i>  shard i's snapshot of step under placement v
+//	checkpoint              the last complete checkpoint (every shard's snapshot of one step)
+//	reshard                 an operator's request to re-place the job, and the answer
+//
+// A placement's version fences eras: when the coordinator re-places the job
+// (version v+1, starting from the complete checkpoint of step S), every shard
+// restores its new blocks from the snapshots of step S and serves the
+// subjects of v+1 only; every worker drops what it was doing and resumes at
+// step S under v+1. A rank's done is written only if the placement it ran
+// under is still current.
 package job
 
 import (
@@ -22,6 +33,7 @@ import (
 	"strings"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/wire"
@@ -391,16 +403,102 @@ func DecodeSpec(b []byte) (*Spec, error) {
 
 // SnapshotRecord is what a shard records in etcd for a snapshot it wrote.
 type SnapshotRecord struct {
-	Path  string `json:"path"`
-	Step  int64  `json:"step"`
-	Shard int    `json:"shard"`
+	Path      string `json:"path"`
+	Step      int64  `json:"step"`
+	Shard     int    `json:"shard"`
+	Placement int64  `json:"placement"` // version it was taken under
 }
 
-// CheckpointRecord names the last complete checkpoint: the step, and each
-// shard's snapshot file.
+// CheckpointRecord names the last complete checkpoint: the step, the
+// placement it was taken under, and each shard's snapshot file.
 type CheckpointRecord struct {
-	Step  int64    `json:"step"`
-	Files []string `json:"files"` // by shard
+	Step      int64    `json:"step"`
+	Placement int64    `json:"placement"`
+	Files     []string `json:"files"` // by shard
+}
+
+// ReshardRequest asks the coordinator to move the job to Shards shards. The
+// coordinator answers in Status ("done" or why not) and Version (the new
+// placement's).
+type ReshardRequest struct {
+	Shards  int    `json:"shards"`
+	Status  string `json:"status,omitempty"`
+	Version int64  `json:"version,omitempty"`
+	Start   int64  `json:"start,omitempty"`
+}
+
+// ReadPlacement returns the job's current placement and the etcd revision
+// that last changed it.
+func ReadPlacement(ctx context.Context, cli *clientv3.Client, name string) (*paramserver.Placement, int64, error) {
+	r, err := cli.Get(ctx, KeysFor(name).Placement())
+	if err != nil {
+		return nil, 0, fmt.Errorf("reading the placement: %w", err)
+	}
+	if len(r.Kvs) == 0 {
+		return nil, 0, fmt.Errorf("job %s has no placement", name)
+	}
+	p, err := paramserver.DecodePlacement(r.Kvs[0].Value)
+	if err != nil {
+		return nil, 0, err
+	}
+	return p, r.Kvs[0].ModRevision, nil
+}
+
+// NextPlacement waits until the job's placement is newer than version and
+// returns it (with the revision that wrote it), or returns nil once the job
+// is done. Only ctx bounds the wait.
+func NextPlacement(ctx context.Context, cli *clientv3.Client, name string, version int64) (*paramserver.Placement, int64, error) {
+	keys := KeysFor(name)
+	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	// check reports whether kv ends the wait: a newer placement, or done.
+	var next *paramserver.Placement
+	var rev int64
+	check := func(kv *mvccpb.KeyValue) (bool, error) {
+		switch string(kv.Key) {
+		case keys.State():
+			return string(kv.Value) == StateDone, nil
+		case keys.Placement():
+			p, err := paramserver.DecodePlacement(kv.Value)
+			if err != nil {
+				return false, err
+			}
+			if p.Version > version {
+				next, rev = p, kv.ModRevision
+				return true, nil
+			}
+		}
+		return false, nil
+	}
+	r, err := cli.Txn(ctx).Then(clientv3.OpGet(keys.State()), clientv3.OpGet(keys.Placement())).Commit()
+	if err != nil {
+		return nil, 0, fmt.Errorf("reading job %s: %w", name, err)
+	}
+	for _, op := range r.Responses {
+		for _, kv := range op.GetResponseRange().Kvs {
+			if stop, err := check(kv); err != nil || stop {
+				return next, rev, err
+			}
+		}
+	}
+	wc := cli.Watch(ctx, keys.Root(), clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision+1))
+	for wr := range wc {
+		if err := wr.Err(); err != nil {
+			return nil, 0, fmt.Errorf("watching job %s: %w", name, err)
+		}
+		for _, ev := range wr.Events {
+			if ev.Type != mvccpb.PUT {
+				continue
+			}
+			if stop, err := check(ev.Kv); err != nil || stop {
+				return next, rev, err
+			}
+		}
+	}
+	if ctx.Err() != nil {
+		return nil, 0, ctx.Err()
+	}
+	return nil, 0, fmt.Errorf("watching job %s: the watch ended", name)
 }
 
 // Find waits (up to timeout) for job name to exist in etcd and returns its

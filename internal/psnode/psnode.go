@@ -67,66 +67,129 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer lease.Close()
-	idx, err := claim(ctx, cfg.Etcd, keys, spec.Shards, cfg.Shard, lease.ID)
-	if err != nil {
-		return err
+	// Claim an index of the current placement; when none is free, a later
+	// placement may have more shards: wait for it.
+	var idx int
+	for {
+		if idx, err = claim(ctx, cfg.Etcd, keys, p.Shards, cfg.Shard, lease.ID); err == nil {
+			break
+		}
+		cfg.Log.Info("no shard index to claim yet; waiting for a new placement", "err", err)
+		wctx, cancel := context.WithTimeout(ctx, cfg.WaitTimeout)
+		next, _, werr := job.NextPlacement(wctx, cfg.Etcd, cfg.Job, p.Version)
+		cancel()
+		if werr != nil || next == nil {
+			return err
+		}
+		p = next
 	}
 	log := cfg.Log.With("shard", idx)
+	restore := cfg.Restore
+	for {
+		if idx >= p.Shards {
+			log.Info("placement has fewer shards: leaving", "placement", p.Version, "shards", p.Shards)
+			_, err := cfg.Etcd.Delete(ctx, keys.Shard(idx))
+			return err
+		}
+		next, err := serveEra(ctx, cfg, spec, p, idx, restore, lease, log)
+		if err != nil || next == nil {
+			return err
+		}
+		restore = ""
+		p = next
+	}
+}
 
+// serveEra serves shard idx of placement p until the job is done (nil), a
+// newer placement appears (it is returned) or ctx ends.
+func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *paramserver.Placement, idx int, restore string,
+	lease *job.Lease, log *slog.Logger) (*paramserver.Placement, error) {
+	keys := job.KeysFor(cfg.Job)
 	blocks := p.OnShard(idx)
-	shard, err := newShard(spec, p, blocks, cfg.Restore)
+	shard, err := newShard(spec, p, blocks, restore)
 	if err != nil {
-		return fmt.Errorf("shard %d: %w", idx, err)
+		return nil, fmt.Errorf("shard %d: %w", idx, err)
 	}
 	svcCfg := paramserver.ServiceConfig{Job: spec.Name, Shard: idx, Placement: p.Version, Log: log}
 	if cfg.DataDir != "" {
 		svcCfg.SnapshotDir = filepath.Join(cfg.DataDir, "snapshots")
 		if err := os.MkdirAll(svcCfg.SnapshotDir, 0o755); err != nil {
-			return err
+			return nil, err
 		}
 		svcCfg.SnapshotEvery = spec.CheckpointEvery
 		svcCfg.OnSnapshot = func(path string, snap *paramserver.Snapshot) {
-			rec, _ := json.Marshal(job.SnapshotRecord{Path: path, Step: snap.Step, Shard: idx})
+			rec, _ := json.Marshal(job.SnapshotRecord{Path: path, Step: snap.Step, Shard: idx, Placement: snap.Placement})
 			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 			defer cancel()
-			if _, err := cfg.Etcd.Put(pctx, keys.ShardSnapshot(snap.Step, idx), string(rec)); err != nil {
+			if _, err := cfg.Etcd.Put(pctx, keys.ShardSnapshot(snap.Placement, snap.Step, idx), string(rec)); err != nil {
 				log.Error("recording snapshot", "step", snap.Step, "err", err)
 			}
 		}
 	} else if spec.CheckpointEvery > 0 {
-		return fmt.Errorf("the job checkpoints every %d steps: give the shard a data directory", spec.CheckpointEvery)
+		return nil, fmt.Errorf("the job checkpoints every %d steps: give the shard a data directory", spec.CheckpointEvery)
 	}
 	svc, err := paramserver.Serve(cfg.NATS, shard, svcCfg)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer svc.Close()
-	log.Info("serving", "blocks", len(blocks))
+	log.Info("serving", "blocks", len(blocks), "placement", p.Version, "from_step", p.Start)
 	if cfg.Ready != nil {
 		cfg.Ready(idx, svc)
 	}
-	// Serve until the job is done (no deadline: a job runs as long as it runs).
-	done := make(chan error, 1)
+	// Serve until the job is done or re-placed (no deadline: a job runs as
+	// long as it runs).
+	type result struct {
+		next *paramserver.Placement
+		err  error
+	}
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan result, 1)
 	go func() {
-		done <- job.WaitPrefix(ctx, cfg.Etcd, keys.State(), 1<<62, func(kvs map[string][]byte) bool {
-			return string(kvs[keys.State()]) == job.StateDone
-		})
+		next, _, err := job.NextPlacement(wctx, cfg.Etcd, cfg.Job, p.Version)
+		done <- result{next, err}
 	}()
 	select {
-	case err := <-done:
-		if err == nil {
+	case r := <-done:
+		switch {
+		case r.err != nil:
+			return nil, r.err
+		case r.next == nil:
 			log.Info("job done", "clock", svc.Clock())
+		default:
+			log.Info("re-placed: leaving this placement", "placement", p.Version, "clock", svc.Clock(), "next", r.next.Version, "from_step", r.next.Start)
 		}
-		return err
+		return r.next, nil
 	case <-lease.Lost():
-		return fmt.Errorf("shard %d lost its etcd lease", idx)
+		return nil, fmt.Errorf("shard %d lost its etcd lease", idx)
 	}
 }
 
 // newShard makes the shard's state: from the snapshot file restore when
-// given, else from the job's initial parameters. Each tensor's initial value
-// is a function of (seed, tensor), whichever shard computes it.
+// given; else, for a placement that starts from a checkpoint, from that
+// checkpoint's snapshots; else from the job's initial parameters. Each
+// tensor's initial value is a function of (seed, tensor), whichever shard
+// computes it.
 func newShard(spec *job.Spec, p *paramserver.Placement, blocks []paramserver.Block, restore string) (*paramserver.Shard, error) {
+	if restore == "" && len(p.From) > 0 {
+		var snaps []*paramserver.Snapshot
+		for _, f := range p.From {
+			snap, err := paramserver.ReadSnapshot(f)
+			if err != nil {
+				return nil, err
+			}
+			if snap.Job != spec.Name || snap.Step != p.Start {
+				return nil, fmt.Errorf("snapshot %s is of job %q at step %d; placement %d starts job %q at step %d", f, snap.Job, snap.Step, p.Version, spec.Name, p.Start)
+			}
+			snaps = append(snaps, snap)
+		}
+		snap, err := paramserver.Gather(snaps, blocks)
+		if err != nil {
+			return nil, err
+		}
+		return paramserver.RestoreShard(spec.ShardConfig(), blocks, snap)
+	}
 	if restore != "" {
 		snap, err := paramserver.ReadSnapshot(restore)
 		if err != nil {

@@ -120,19 +120,28 @@ func ValidJob(name string) error {
 	return nil
 }
 
-// PushSubject is the subject shard listens on for pushes.
-func PushSubject(job string, shard int) string {
-	return fmt.Sprintf("downpour.%s.ps.%d.push", job, shard)
+// The parameter-server subjects name the placement version they belong to:
+// a shard serves only its current placement's subjects, so a message sent
+// under an older placement (by a worker that has not yet seen the new one,
+// or by a zombie) reaches no one and changes nothing, and its sender is told
+// that no one answers.
+
+// PushSubject is the subject shard listens on for pushes under placement
+// version.
+func PushSubject(job string, version int64, shard int) string {
+	return fmt.Sprintf("downpour.%s.p%d.ps.%d.push", job, version, shard)
 }
 
-// PullSubject is the subject shard listens on for pulls.
-func PullSubject(job string, shard int) string {
-	return fmt.Sprintf("downpour.%s.ps.%d.pull", job, shard)
+// PullSubject is the subject shard listens on for pulls under placement
+// version.
+func PullSubject(job string, version int64, shard int) string {
+	return fmt.Sprintf("downpour.%s.p%d.ps.%d.pull", job, version, shard)
 }
 
-// SnapshotSubject is where shard takes snapshot requests.
-func SnapshotSubject(job string, shard int) string {
-	return fmt.Sprintf("downpour.%s.ps.%d.snapshot", job, shard)
+// SnapshotSubject is where shard takes snapshot requests under placement
+// version.
+func SnapshotSubject(job string, version int64, shard int) string {
+	return fmt.Sprintf("downpour.%s.p%d.ps.%d.snapshot", job, version, shard)
 }
 
 // ProgressSubject is where workers publish Progress.
