@@ -3,6 +3,7 @@ package models
 import (
 	"math"
 	"math/rand/v2"
+	"slices"
 	"testing"
 )
 
@@ -209,4 +210,66 @@ func TestEmbeddingGradient(t *testing.T) {
 	g := make([]float64, len(table))
 	EmbeddingBackward(g, r, dim, ids)
 	checkGrad(t, "embedding", table, g, loss)
+}
+
+// The hooks see every parameter exactly once, in the order the forward pass
+// reads them, and GradsFree before any gradient is written; a model with
+// hooks computes the same loss and gradient bits as one without.
+func TestSeq2SeqHooks(t *testing.T) {
+	cfg := Seq2SeqConfig{Layers: 2, Hidden: 6, Embed: 5, SrcVocab: 9, TgtVocab: 7}
+	plain, hooked := NewSeq2Seq[float32](cfg), NewSeq2Seq[float32](cfg)
+	plain.Init(4)
+	hooked.Init(4)
+	var spans [][2]int
+	freed := false
+	b := &SeqBatch{Size: 2, SrcLen: 3, TgtLen: 2, Src: []int32{1, 2, 3, 4, 5, 6}, TgtIn: []int32{1, 2, 3, 4}, TgtOut: []int32{2, 3, 4, 5}}
+	// A sentinel in the gradients (as if the last step's were still being
+	// pushed) must survive the forward pass.
+	hooked.Grads()[0] = 42
+	hooked.Hooks = &Seq2SeqHooks{
+		NeedParams: func(lo, hi int) {
+			if freed || hooked.Grads()[0] != 42 {
+				t.Fatal("NeedParams after GradsFree, or gradients written in the forward pass")
+			}
+			spans = append(spans, [2]int{lo, hi})
+		},
+		GradsFree: func() {
+			if hooked.Grads()[0] != 42 {
+				t.Fatal("gradients written before GradsFree")
+			}
+			freed = true
+		},
+	}
+	l1, _ := plain.Loss(b, true)
+	l2, _ := hooked.Loss(b, true)
+	if l1 != l2 || !slices.Equal(plain.Grads(), hooked.Grads()) {
+		t.Fatal("hooks changed the loss or the gradient")
+	}
+	if !freed {
+		t.Fatal("GradsFree not called")
+	}
+	// Spans tile the parameter vector, each once; the order is the forward
+	// pass's: source embedding, encoder layers, target embedding, decoder
+	// layers, output layer.
+	L := cfg.Layers
+	if len(spans) != 2*L+3 {
+		t.Fatalf("%d spans", len(spans))
+	}
+	sorted := slices.Clone(spans)
+	slices.SortFunc(sorted, func(a, b [2]int) int { return a[0] - b[0] })
+	at := 0
+	for _, s := range sorted {
+		if s[0] != at || s[1] <= s[0] {
+			t.Fatalf("spans %v do not tile the parameters", sorted)
+		}
+		at = s[1]
+	}
+	if at != len(hooked.Params()) {
+		t.Fatalf("spans end at %d of %d", at, len(hooked.Params()))
+	}
+	E, V := cfg.Embed, cfg.TgtVocab
+	if spans[0] != [2]int{0, cfg.SrcVocab * E} || spans[1+L] != [2]int{cfg.SrcVocab * E, cfg.SrcVocab*E + V*E} ||
+		spans[2*L+2][1] != len(hooked.Params()) || spans[1][0] != cfg.SrcVocab*E+V*E {
+		t.Fatalf("spans out of forward order: %v", spans)
+	}
 }

@@ -3,6 +3,7 @@ package models
 import (
 	"errors"
 	"fmt"
+	"slices"
 )
 
 // Seq2SeqConfig is the shape of a Seq2Seq model (Sutskever et al., 2014): a
@@ -114,6 +115,29 @@ type Seq2Seq[T Float] struct {
 	dOutW    []T
 	dOutB    []T
 	ws       workspace[T]
+	// Spans of the flat parameter vector, in the order the forward pass
+	// reads them: source embedding, encoder layers, target embedding,
+	// decoder layers, output layer.
+	spans [][2]int
+	// Hooks, when set, let a caller overlap moving parameters and gradients
+	// with the computation (see Seq2SeqHooks).
+	Hooks *Seq2SeqHooks
+}
+
+// Seq2SeqHooks let a training loop overlap communication with computation.
+// Loss calls NeedParams(lo, hi) before the forward pass first reads
+// Params()[lo:hi] (spans in the order they are read), and GradsFree before
+// the backward pass first writes Grads(): a caller still pulling the
+// parameters or pushing the previous step's gradients waits in these.
+type Seq2SeqHooks struct {
+	NeedParams func(lo, hi int)
+	GradsFree  func()
+}
+
+func (m *Seq2Seq[T]) need(i int) {
+	if m.Hooks != nil && m.Hooks.NeedParams != nil {
+		m.Hooks.NeedParams(m.spans[i][0], m.spans[i][1])
+	}
 }
 
 // workspace holds a model's step buffers, reused from step to step.
@@ -132,19 +156,34 @@ func NewSeq2Seq[T Float](cfg Seq2SeqConfig) *Seq2Seq[T] {
 	m := &Seq2Seq[T]{Cfg: cfg, params: make([]T, n), grads: make([]T, n)}
 	w, g := &view[T]{buf: m.params}, &view[T]{buf: m.grads}
 	E, H, V := cfg.Embed, cfg.Hidden, cfg.TgtVocab
+	var enc, dec [][2]int
+	lo := 0
+	cut := func() [2]int { // the span taken from w since the last cut
+		s := [2]int{lo, w.off}
+		lo = w.off
+		return s
+	}
 	m.srcEmb, m.dSrcEmb = w.take(cfg.SrcVocab*E), g.take(cfg.SrcVocab*E)
+	src := cut()
 	m.tgtEmb, m.dTgtEmb = w.take(V*E), g.take(V*E)
-	for _, layers := range []*[]*LSTM[T]{&m.enc, &m.dec} {
+	tgt := cut()
+	for i, layers := range []*[]*LSTM[T]{&m.enc, &m.dec} {
 		for l := 0; l < cfg.Layers; l++ {
 			in := H
 			if l == 0 {
 				in = E
 			}
 			*layers = append(*layers, newLSTM(in, H, w, g))
+			if i == 0 {
+				enc = append(enc, cut())
+			} else {
+				dec = append(dec, cut())
+			}
 		}
 	}
 	m.outW, m.dOutW = w.take(H*V), g.take(H*V)
 	m.outB, m.dOutB = w.take(V), g.take(V)
+	m.spans = slices.Concat([][2]int{src}, enc, [][2]int{tgt}, dec, [][2]int{cut()})
 	return m
 }
 
@@ -173,21 +212,26 @@ func (m *Seq2Seq[T]) Loss(b *SeqBatch, backward bool) (loss float64, tokens int)
 	}
 	// Encoder.
 	ws.x = grow(ws.x, b.SrcLen*B*E)
+	m.need(0)
 	Embedding(ws.x, m.srcEmb, E, b.Src)
 	in := ws.x
 	for l, layer := range m.enc {
+		m.need(1 + l)
 		ws.enc[l] = layer.Forward(ws.enc[l], in, b.SrcLen, B, nil, nil)
 		in = ws.enc[l].Out(H)
 	}
 	// Decoder, started from the encoder's final state layer by layer.
 	ws.y = grow(ws.y, b.TgtLen*B*E)
+	m.need(1 + cfg.Layers)
 	Embedding(ws.y, m.tgtEmb, E, b.TgtIn)
 	in = ws.y
 	for l, layer := range m.dec {
+		m.need(2 + cfg.Layers + l)
 		h0, c0 := ws.enc[l].Final(H)
 		ws.dec[l] = layer.Forward(ws.dec[l], in, b.TgtLen, B, h0, c0)
 		in = ws.dec[l].Out(H)
 	}
+	m.need(2 + 2*cfg.Layers)
 	rows := b.TgtLen * B
 	ws.logits = grow(ws.logits, rows*V)
 	logits := ws.logits
@@ -198,6 +242,9 @@ func (m *Seq2Seq[T]) Loss(b *SeqBatch, backward bool) (loss float64, tokens int)
 	loss, tokens = SoftmaxCrossEntropy(logits, V, b.TgtOut, 1/float64(B))
 	if !backward {
 		return loss, tokens
+	}
+	if m.Hooks != nil && m.Hooks.GradsFree != nil {
+		m.Hooks.GradsFree()
 	}
 	clear(m.grads)
 	dlog := logits // now the gradient of the scaled loss

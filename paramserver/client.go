@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -96,12 +98,78 @@ func (c *Client) Push(ctx context.Context, step int64, grads []float32) error {
 // (the shards answer a group's pull as soon as its blocks have applied the
 // step). grads and params must not overlap.
 func (c *Client) PushPull(ctx context.Context, step int64, grads, params []float32) error {
-	return c.each(ctx, func(ctx context.Context, g group) error {
-		if err := c.push(ctx, g, step, grads); err != nil {
-			return err
+	return c.StartPushPull(ctx, step, grads, params).Wait()
+}
+
+// Transfer is a PushPull in flight: its caller may compute on the parameters
+// that have arrived (WaitRange) while the rest are still moving, and must
+// not change grads before WaitPushed returns.
+type Transfer struct {
+	groups []group
+	pushed []chan struct{} // closed when group i's push is acknowledged
+	pulled []chan struct{} // closed when group i's parameters are in params
+	failed chan struct{}   // closed on the first error
+	done   chan struct{}   // closed when every group has finished or failed
+	err    error           // the first error; read after failed or done is closed
+}
+
+// StartPushPull starts PushPull in the background and returns at once. The
+// groups go in the order of their first parameter, so that a forward pass
+// reading the parameters front to back finds the early ones first.
+func (c *Client) StartPushPull(ctx context.Context, step int64, grads, params []float32) *Transfer {
+	t := &Transfer{groups: slices.Clone(c.groups), failed: make(chan struct{}), done: make(chan struct{})}
+	slices.SortStableFunc(t.groups, func(a, b group) int { return a.blocks[0].Offset - b.blocks[0].Offset })
+	for range t.groups {
+		t.pushed = append(t.pushed, make(chan struct{}))
+		t.pulled = append(t.pulled, make(chan struct{}))
+	}
+	go func() {
+		defer close(t.done)
+		err := c.eachOf(ctx, t.groups, func(ctx context.Context, i int, g group) error {
+			if err := c.push(ctx, g, step, grads); err != nil {
+				return err
+			}
+			close(t.pushed[i])
+			if err := c.pull(ctx, g, step+1, params); err != nil {
+				return err
+			}
+			close(t.pulled[i])
+			return nil
+		})
+		if err != nil {
+			t.err = err
+			close(t.failed)
 		}
-		return c.pull(ctx, g, step+1, params)
-	})
+	}()
+	return t
+}
+
+// wait waits for every channel in chans whose group overlaps [lo, hi).
+func (t *Transfer) wait(chans []chan struct{}, lo, hi int) error {
+	for i, g := range t.groups {
+		last := g.blocks[len(g.blocks)-1]
+		if g.blocks[0].Offset >= hi || last.Offset+last.Len <= lo {
+			continue
+		}
+		select {
+		case <-chans[i]:
+		case <-t.failed:
+			return t.err
+		}
+	}
+	return nil
+}
+
+// WaitRange waits until params[lo:hi] hold the pulled parameters.
+func (t *Transfer) WaitRange(lo, hi int) error { return t.wait(t.pulled, lo, hi) }
+
+// WaitPushed waits until every gradient has been pushed: grads may change.
+func (t *Transfer) WaitPushed() error { return t.wait(t.pushed, 0, math.MaxInt) }
+
+// Wait waits for the whole transfer and returns its first error.
+func (t *Transfer) Wait() error {
+	<-t.done
+	return t.err
 }
 
 func (c *Client) pull(ctx context.Context, g group, minClock int64, params []float32) error {
@@ -169,16 +237,21 @@ func putBuf(b *[]byte) { bufs.Put(b) }
 // each runs f for every message group, at most Window at once, and returns
 // the first error after all have returned.
 func (c *Client) each(ctx context.Context, f func(context.Context, group) error) error {
+	return c.eachOf(ctx, c.groups, func(ctx context.Context, _ int, g group) error { return f(ctx, g) })
+}
+
+// eachOf is each over groups, started in their order.
+func (c *Client) eachOf(ctx context.Context, groups []group, f func(context.Context, int, group) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errs := make([]error, len(c.groups))
+	errs := make([]error, len(groups))
 	sem := make(chan struct{}, max(1, c.Window))
-	for i, g := range c.groups {
+	for i, g := range groups {
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if errs[i] = f(ctx, g); errs[i] != nil {
+			if errs[i] = f(ctx, i, g); errs[i] != nil {
 				cancel()
 			}
 		})

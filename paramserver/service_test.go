@@ -2,6 +2,7 @@ package paramserver
 
 import (
 	"context"
+	"errors"
 	"io"
 	"log/slog"
 	"maps"
@@ -255,5 +256,59 @@ func TestServiceHeldPullExpiresAndIsResent(t *testing.T) {
 	svc.mu.Unlock()
 	if held != 0 {
 		t.Fatalf("%d pulls still held", held)
+	}
+}
+
+// A transfer in flight hands over each range of parameters as soon as its
+// messages have arrived: whatever WaitRange has returned for already holds
+// the parameters after the step, while the rest may still be moving; and a
+// transfer that cannot finish fails its waiters instead of hanging them.
+func TestTransferHandsOverRanges(t *testing.T) {
+	nc := startNATS(t, 64<<10)
+	ts := []models.Tensor{{Name: "a", Shape: []int{300, 100}}, {Name: "b", Shape: []int{200, 150}}, {Name: "c", Shape: []int{7}}}
+	opt := DefaultOptimizer("sgd", 0.1)
+	p := Place(ts, 4000, 2)
+	serveAll(t, nc, newShards(p, syncCfg(1, opt)), ServiceConfig{})
+	c, err := NewClient(nc, "j", p, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rng := rand.New(rand.NewPCG(5, 5))
+	g := grads(rng, p.Size())
+	want := initFlat(p)
+	(&refOptimizer{opt: opt}).syncStep(want, [][]float32{g}, 0)
+	w := make([]float32, p.Size())
+	xf := c.StartPushPull(ctx, 0, g, w)
+	offs := models.Offsets(ts)
+	for i := range ts { // tensor by tensor, front to back, as a forward pass reads them
+		lo, hi := offs[i], offs[i]+ts[i].Size()
+		if err := xf.WaitRange(lo, hi); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(w[lo:hi], want[lo:hi]) {
+			t.Fatalf("tensor %d handed over before its parameters arrived", i)
+		}
+	}
+	if err := xf.WaitPushed(); err != nil {
+		t.Fatal(err)
+	}
+	if err := xf.Wait(); err != nil || !slices.Equal(w, want) {
+		t.Fatalf("transfer: %v", err)
+	}
+	// No shard serves job "k": the transfer fails when its context ends.
+	q, err := NewClient(nc, "k", p, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, scancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer scancel()
+	xf = q.StartPushPull(sctx, 0, g, w)
+	if err := xf.WaitRange(0, 10); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitRange of a failed transfer: %v", err)
+	}
+	if err := xf.WaitPushed(); err == nil || xf.Wait() == nil {
+		t.Fatal("a failed transfer reported success")
 	}
 }

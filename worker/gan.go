@@ -82,6 +82,8 @@ func (t *ganTrainer) batch(step int64, j int) {
 	}
 }
 
+func (t *ganTrainer) close() {}
+
 func (t *ganTrainer) step(ctx context.Context, step int64) error {
 	start := time.Now()
 	sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)

@@ -124,6 +124,7 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 	log := cfg.Log.With("worker", cfg.ID)
 	var t interface {
 		step(ctx context.Context, step int64) error
+		close() // stops what is still in flight
 	}
 	var err error
 	if spec.Model == "gan" {
@@ -134,6 +135,7 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 	if err != nil {
 		return nil, 0, err
 	}
+	defer t.close()
 	ectx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type era struct {
@@ -202,7 +204,42 @@ func newTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.Pla
 	if t.data, err = spec.OpenData(); err != nil {
 		return nil, err
 	}
+	t.model.Hooks = &models.Seq2SeqHooks{
+		NeedParams: func(lo, hi int) {
+			if t.xfer != nil && t.xerr == nil {
+				t.xerr = t.xfer.WaitRange(lo, hi)
+			}
+		},
+		GradsFree: func() {
+			if t.xfer != nil && t.xerr == nil {
+				t.xerr = t.xfer.WaitPushed()
+			}
+		},
+	}
 	return t, nil
+}
+
+// settle waits for the transfer in flight, if any, and forgets it.
+func (t *trainer) settle() error {
+	if t.xfer == nil {
+		return nil
+	}
+	err := t.xfer.Wait()
+	if t.xerr != nil {
+		err = t.xerr
+	}
+	t.xstop()
+	t.xfer, t.xstop, t.xerr = nil, nil, nil
+	return err
+}
+
+// close stops a transfer still in flight (when the step loop ends early).
+func (t *trainer) close() {
+	if t.xfer != nil {
+		t.xstop()
+		t.xfer.Wait()
+		t.xfer = nil
+	}
 }
 
 type trainer struct {
@@ -213,7 +250,11 @@ type trainer struct {
 	model  *models.Seq2Seq[float32]
 	data   shard.Dataset
 	acc    []float32 // async with n_push > 1: gradients summed since the last push
-	pulled bool      // the parameters of the next step came with the last push
+	// xfer is the last step's push and this step's pull, in flight while
+	// this step's forward pass starts on the parameters already pulled.
+	xfer  *paramserver.Transfer
+	xstop context.CancelFunc
+	xerr  error // the first error the model's hooks met waiting on xfer
 	// Loss, tokens and wall time since the last progress report: a report
 	// covers every step of its logging interval, not just its last one.
 	loss   float64
@@ -226,20 +267,26 @@ type trainer struct {
 // whatever the shards hold, every n_fetch steps), compute the gradient of
 // this rank's batch, clip it, and push it (in async mode, the sum of the last
 // n_push steps' gradients, every n_push steps). When every step pulls and
-// pushes, a step's push and the next step's pull go together (PushPull), so
-// that they overlap, and the next step finds its parameters already pulled.
+// pushes, a step's push and the next step's pull go together in the
+// background (a Transfer), and the next step's forward pass starts on each
+// layer as soon as its parameters have arrived: the communication hides
+// behind the computation.
 func (t *trainer) step(ctx context.Context, step int64) error {
 	start := time.Now()
-	sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
-	defer cancel()
 	pipelined := t.spec.NFetch == 1 && t.spec.NPush == 1
-	if step%t.spec.NFetch == 0 && !(pipelined && t.pulled) {
-		if err := t.client.Pull(sctx, step, t.model.Params()); err != nil {
+	if step%t.spec.NFetch == 0 && t.xfer == nil {
+		sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
+		err := t.client.Pull(sctx, step, t.model.Params())
+		cancel()
+		if err != nil {
 			return fmt.Errorf("step %d: pull: %w", step, err)
 		}
 	}
 	b := t.data.Batch(t.spec.Seed, t.a.DataShard, step, t.spec.Batch)
 	loss, tokens := t.model.Loss(b, true)
+	if err := t.settle(); err != nil {
+		return fmt.Errorf("step %d: push and pull: %w", step-1, err)
+	}
 	grads := t.model.Grads()
 	models.ClipGlobalNorm(grads, t.spec.ClipNorm)
 	if t.acc != nil {
@@ -250,12 +297,13 @@ func (t *trainer) step(ctx context.Context, step int64) error {
 	}
 	switch {
 	case pipelined && step+1 < t.spec.Steps:
-		if err := t.client.PushPull(sctx, step, grads, t.model.Params()); err != nil {
-			return fmt.Errorf("step %d: push and pull: %w", step, err)
-		}
-		t.pulled = true
+		xctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
+		t.xfer, t.xstop = t.client.StartPushPull(xctx, step, grads, t.model.Params()), cancel
 	case (step+1)%t.spec.NPush == 0 || step == t.spec.Steps-1:
-		if err := t.client.Push(sctx, step, grads); err != nil {
+		sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
+		err := t.client.Push(sctx, step, grads)
+		cancel()
+		if err != nil {
 			return fmt.Errorf("step %d: push: %w", step, err)
 		}
 		if t.acc != nil {
