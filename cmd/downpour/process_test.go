@@ -236,6 +236,11 @@ func TestReshardRunningJob(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Fatal("the re-placed run's parameters differ from the run that never moved")
 	}
+	// Evaluations follow the placement too.
+	_, evals := readAllMetrics(t, filepath.Join(out, "metrics.jsonl"))
+	if len(evals) != 2 || evals[0].Step != 100 || evals[1].Step != 150 {
+		t.Fatalf("evaluations %+v, want steps 100 and 150", evals)
+	}
 	// A job that is not there: refused.
 	if code, _, stderr := runCmd(t, time.Minute, append([]string{"reshard", "--job", "nosuch", "--ps-shards", "2"}, ep[2:]...)...); code == 0 || !strings.Contains(stderr, "no placement") {
 		t.Fatalf("reshard of an unknown job: exit %d, %s", code, stderr)

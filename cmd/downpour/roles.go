@@ -43,7 +43,7 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 		return nil, err
 	}
 	defer col.Close()
-	ev := &evaluator{spec: &spec, score: score, col: col, nc: nc}
+	ev := &evaluator{spec: &spec, score: score, col: col, nc: nc, cli: cli}
 	// Periodic evaluations, while training runs.
 	ectx, stopEval := context.WithCancel(ctx)
 	var evalDone sync.WaitGroup
@@ -51,16 +51,11 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 		if spec.EvalEvery == 0 {
 			return
 		}
-		raw, err := job.Wait(ectx, cli, job.KeysFor(spec.Name).Placement(), 5*time.Minute)
-		if err != nil {
-			return
-		}
-		p, err := paramserver.DecodePlacement(raw)
-		if err != nil {
+		if _, err := job.Wait(ectx, cli, job.KeysFor(spec.Name).Placement(), 5*time.Minute); err != nil {
 			return
 		}
 		for step := spec.EvalEvery; step < spec.Steps; step += spec.EvalEvery {
-			params, err := ev.pull(ectx, p, step)
+			params, err := ev.pull(ectx, step)
 			if err != nil {
 				if ectx.Err() == nil {
 					log.Warn("evaluation pull failed", "step", step, "err", err)
@@ -76,7 +71,7 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 		OnFinish: func(ctx context.Context, p *paramserver.Placement) error {
 			stopEval()
 			evalDone.Wait()
-			params, err := ev.pull(ctx, p, spec.Steps)
+			params, err := ev.pull(ctx, spec.Steps)
 			if err != nil {
 				return fmt.Errorf("pulling the final parameters: %w", err)
 			}
@@ -105,6 +100,7 @@ type evaluator struct {
 	score func(step int64, params []float32) (telemetry.EvalRecord, bool)
 	col   *telemetry.Collector
 	nc    *nats.Conn
+	cli   *clientv3.Client
 }
 
 // newScorer prepares the evaluation of the job's model: held-out loss,
@@ -156,15 +152,35 @@ func parzenMonitor(spec *job.Spec, params []float32, valid [][]float32) (models.
 	return models.Parzen(samples, shard.Flatten(valid[:200]), shard.Flatten(valid[200:1200]), spec.GAN.Pixels, models.SigmaGrid()), n
 }
 
-func (e *evaluator) pull(ctx context.Context, p *paramserver.Placement, step int64) ([]float32, error) {
-	c, err := paramserver.NewClient(e.nc, e.spec.Name, p, 0, 0)
-	if err != nil {
-		return nil, err
-	}
-	params := make([]float32, p.Size())
-	pctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
+// pull reads the parameters after step from the shards, under the job's
+// current placement; if the job is re-placed meanwhile, it starts over under
+// the new one.
+func (e *evaluator) pull(ctx context.Context, step int64) ([]float32, error) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	return params, c.Pull(pctx, step, params)
+	for {
+		p, _, err := job.ReadPlacement(ctx, e.cli, e.spec.Name)
+		if err != nil {
+			return nil, err
+		}
+		c, err := paramserver.NewClient(e.nc, e.spec.Name, p, 0, 0)
+		if err != nil {
+			return nil, err
+		}
+		params := make([]float32, p.Size())
+		pctx, moved := context.WithCancel(ctx)
+		go func() {
+			if next, _, _ := job.NextPlacement(pctx, e.cli, e.spec.Name, p.Version); next != nil {
+				moved()
+			}
+		}()
+		err = c.Pull(pctx, step, params)
+		again := pctx.Err() != nil && ctx.Err() == nil
+		moved()
+		if !again {
+			return params, err
+		}
+	}
 }
 
 func (e *evaluator) eval(step int64, params []float32) {
