@@ -22,7 +22,34 @@ import (
 var (
 	ErrSpecConflict = errors.New("a job of that name exists with a different spec")
 	ErrJobDone      = errors.New("the job has already finished")
+	// ErrNothingToResume: the job does not exist, or has no complete
+	// checkpoint.
+	ErrNothingToResume = errors.New("nothing to resume")
 )
+
+// resume writes the placement that continues the job from its last complete
+// checkpoint, on p's shards, and forgets the ranks that had finished after
+// it: they rerun from there.
+func resume(ctx context.Context, cli *clientv3.Client, keys job.Keys, p *paramserver.Placement) (*paramserver.Placement, error) {
+	r, err := cli.Get(ctx, keys.Checkpoint())
+	if err != nil {
+		return nil, fmt.Errorf("reading the last checkpoint: %w", err)
+	}
+	var cp job.CheckpointRecord
+	if len(r.Kvs) == 0 || json.Unmarshal(r.Kvs[0].Value, &cp) != nil || len(cp.Files) == 0 {
+		return nil, fmt.Errorf("%w: no complete checkpoint (train with --checkpoint-every)", ErrNothingToResume)
+	}
+	q, err := p.Reshard(p.Shards, cp.Step, cp.Files)
+	if err != nil {
+		return nil, err
+	}
+	_, err = cli.Txn(ctx).Then(clientv3.OpPut(keys.Placement(), string(q.Encode())),
+		clientv3.OpDelete(keys.Dones(), clientv3.WithPrefix()), clientv3.OpDelete(keys.Finishing())).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("writing placement %d: %w", q.Version, err)
+	}
+	return q, nil
+}
 
 // Config is what Run needs besides an etcd client.
 type Config struct {
@@ -31,6 +58,11 @@ type Config struct {
 	// JoinTimeout bounds how long a rank may stay without a worker; 0 means
 	// 5 minutes.
 	JoinTimeout time.Duration
+	// Resume continues a stopped job from its last complete checkpoint: the
+	// coordinator writes a new placement (same shards) starting from it, so
+	// shards restore from its snapshots and workers resume at its step. The
+	// job must exist, with the same spec, and have a complete checkpoint.
+	Resume bool
 	// OnFinish runs once every rank is done and before the job is marked
 	// done (while the shards still serve), e.g. to save the final parameters.
 	OnFinish func(ctx context.Context, p *paramserver.Placement) error
@@ -54,9 +86,14 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 	if len(p.Blocks) < spec.Shards {
 		return fmt.Errorf("the model has %d blocks of %d floats for %d shards: lower --block-size or --ps-shards", len(p.Blocks), spec.BlockSize, spec.Shards)
 	}
-	// Create the job, or join it if it exists with the same spec.
+	// Create the job, or join it if it exists with the same spec (only join,
+	// to resume).
+	create := clientv3.Compare(clientv3.CreateRevision(keys.Spec()), "=", 0)
+	if cfg.Resume {
+		create = clientv3.Compare(clientv3.CreateRevision(keys.Spec()), "<", 0) // never: read only
+	}
 	resp, err := cli.Txn(ctx).
-		If(clientv3.Compare(clientv3.CreateRevision(keys.Spec()), "=", 0)).
+		If(create).
 		Then(clientv3.OpPut(keys.Spec(), string(spec.Encode())),
 			clientv3.OpPut(keys.Placement(), string(p.Encode())),
 			clientv3.OpPut(keys.State(), job.StateRunning)).
@@ -66,7 +103,11 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 		return fmt.Errorf("creating job %s in etcd: %w", spec.Name, err)
 	}
 	if !resp.Succeeded {
-		old := resp.Responses[0].GetResponseRange().Kvs[0].Value
+		stored := resp.Responses[0].GetResponseRange().Kvs
+		if len(stored) == 0 { // only when resuming
+			return fmt.Errorf("job %s: %w: no such job", spec.Name, ErrNothingToResume)
+		}
+		old := stored[0].Value
 		if !bytes.Equal(old, spec.Encode()) {
 			return fmt.Errorf("job %s: %w (stored: %s)", spec.Name, ErrSpecConflict, old)
 		}
@@ -79,6 +120,12 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 		cfg.Log.Info("joined existing job", "job", spec.Name, "placement", p.Version)
 	} else {
 		cfg.Log.Info("created job", "job", spec.Name, "params", p.Size(), "blocks", len(p.Blocks), "shards", spec.Shards)
+	}
+	if cfg.Resume {
+		if p, err = resume(ctx, cli, keys, p); err != nil {
+			return fmt.Errorf("job %s: %w", spec.Name, err)
+		}
+		cfg.Log.Info("resuming", "job", spec.Name, "from_step", p.Start, "placement", p.Version)
 	}
 	c := &run{cli: cli, cfg: cfg, keys: keys, ranks: NewRanks(spec.Workers), placement: p,
 		snaps: map[int64]map[int]string{}, last: job.CheckpointRecord{Step: -1}}

@@ -197,3 +197,56 @@ func TestRunReshard(t *testing.T) {
 	cancel()
 	<-errc
 }
+
+// Resuming needs a job with a complete checkpoint, and creates nothing; it
+// writes the next placement from that checkpoint and forgets finished ranks.
+func TestRunResume(t *testing.T) {
+	cli := etcd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	spec := job.Default()
+	spec.Name, spec.Workers, spec.Shards, spec.CheckpointEvery = "re", 1, 2, 10
+	keys := job.KeysFor(spec.Name)
+	if err := Run(ctx, cli, Config{Spec: spec, Log: quiet, Resume: true}); !errors.Is(err, ErrNothingToResume) {
+		t.Fatalf("resuming a job that does not exist: %v", err)
+	}
+	if r, _ := cli.Get(ctx, keys.Root(), clientv3.WithPrefix(), clientv3.WithCountOnly()); r.Count != 0 {
+		t.Fatalf("a failed resume wrote %d keys", r.Count)
+	}
+	// The job runs for a while, then its coordinator stops.
+	rctx, stop := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet}) }()
+	if _, err := job.Wait(ctx, cli, keys.Placement(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	<-errc
+	if err := Run(ctx, cli, Config{Spec: spec, Log: quiet, Resume: true}); !errors.Is(err, ErrNothingToResume) {
+		t.Fatalf("resuming without a checkpoint: %v", err)
+	}
+	cp, _ := json.Marshal(job.CheckpointRecord{Step: 30, Placement: 1, Files: []string{"a", "b"}})
+	cli.Put(ctx, keys.Checkpoint(), string(cp))
+	cli.Put(ctx, keys.Done(0), "1")
+	cli.Put(ctx, keys.Finishing(), "0")
+	rctx, stop = context.WithCancel(ctx)
+	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet, Resume: true}) }()
+	err := job.WaitPrefix(ctx, cli, keys.Placement(), 10*time.Second, func(kvs map[string][]byte) bool {
+		p, err := paramserver.DecodePlacement(kvs[keys.Placement()])
+		return err == nil && p.Version == 2
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _, _ := job.ReadPlacement(ctx, cli, spec.Name)
+	if p.Start != 30 || p.Shards != 2 || !slices.Equal(p.From, []string{"a", "b"}) {
+		t.Fatalf("resumed placement %+v", p)
+	}
+	for _, k := range []string{keys.Done(0), keys.Finishing()} {
+		if r, _ := cli.Get(ctx, k); len(r.Kvs) != 0 {
+			t.Fatalf("%s survived the resume", k)
+		}
+	}
+	stop()
+	<-errc
+}

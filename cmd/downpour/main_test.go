@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"image/png"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -475,5 +476,95 @@ func TestTrainGAN(t *testing.T) {
 	code, _, stderr = runCmd(t, time.Minute, "train", "--model", "gan", "--mode", "ssp", "--out", filepath.Join(dir, "c"))
 	if code != 2 || !strings.Contains(stderr, "sync or async") {
 		t.Fatalf("GAN in ssp mode: exit %d, %q", code, stderr)
+	}
+}
+
+// A run stopped after some checkpoints resumes from the last complete one
+// and ends with parameters bit-identical to the run that never stopped; its
+// metrics and evaluations continue in the same run directory. Resuming a run
+// that has nothing to resume from, or changing the job while resuming, is
+// refused.
+func TestTrainResume(t *testing.T) {
+	dir := t.TempDir()
+	base := []string{"--hidden", "32", "--embed", "16", "--optimizer", "adam", "--steps", "120", "--checkpoint-every", "10",
+		"--eval-every", "40", "--log-every", "10"}
+	out := filepath.Join(dir, "stopped")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan int, 1)
+	var o, e bytes.Buffer
+	go func() { done <- run(ctx, append([]string{"train", "--out", out}, base...), &o, &e) }()
+	// Stop once both shards have snapshotted step 50 (so the coordinator has
+	// recorded a complete checkpoint at 40 or 50).
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		n := 0
+		for s := 0; s < 2; s++ {
+			if _, err := os.Stat(filepath.Join(out, fmt.Sprint("ps-", s), "snapshots", paramserver.SnapshotFile(1, s, 50))); err == nil {
+				n++
+			}
+		}
+		if n == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no snapshots of step 50 within 2 minutes:\n%s%s", o.String(), e.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
+	cancel()
+	if code := <-done; code != 130 {
+		t.Fatalf("stopped run: exit %d\n%s", code, e.String())
+	}
+	if _, err := os.Stat(filepath.Join(out, "checkpoint", "final.ckpt")); err == nil {
+		t.Fatal("the stopped run wrote a final checkpoint")
+	}
+	if code, _, stderr := runCmd(t, time.Minute, "train", "--resume", out, "--steps", "200"); code != 2 || !strings.Contains(stderr, "--steps") {
+		t.Fatalf("resume with another --steps: exit %d, %s", code, stderr)
+	}
+	code, stdout, stderr := runCmd(t, 3*time.Minute, "train", "--resume", out)
+	if code != 0 || !strings.Contains(stdout, "resuming job demo at step ") {
+		t.Fatalf("resume: exit %d\n%s%s", code, stdout, stderr)
+	}
+	_, got, err := checkpoint.Read(filepath.Join(out, "checkpoint", "final.ckpt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := trainRun(t, filepath.Join(dir, "straight"), base...)
+	if !slices.Equal(got, want) {
+		t.Fatal("the resumed run's parameters differ from the run that never stopped")
+	}
+	// The evaluations at 40 and 80 come from before or after the stop; the
+	// last step's comes at the end; none is of a step past its parameters.
+	_, evals := readAllMetrics(t, filepath.Join(out, "metrics.jsonl"))
+	steps := map[int64]bool{}
+	for _, ev := range evals {
+		steps[ev.Step] = true
+	}
+	if !steps[40] || !steps[80] || !steps[120] {
+		t.Fatalf("evaluations at %v, want 40, 80 and 120", steps)
+	}
+	// A finished run has nothing to resume; nor has a run without checkpoints.
+	if code, _, stderr := runCmd(t, time.Minute, "train", "--resume", out); code == 0 || !strings.Contains(stderr, "already finished") {
+		t.Fatalf("resume of a finished run: exit %d, %s", code, stderr)
+	}
+	plain := filepath.Join(dir, "plain")
+	pctx, pcancel := context.WithCancel(context.Background())
+	go func() {
+		done <- run(pctx, []string{"train", "--out", plain, "--hidden", "16", "--steps", "100000", "--log-every", "1"}, io.Discard, io.Discard)
+	}()
+	for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); time.Sleep(5 * time.Millisecond) {
+		if b, _ := os.ReadFile(filepath.Join(plain, "metrics.jsonl")); bytes.Count(b, []byte("\n")) >= 2 {
+			break
+		}
+	}
+	pcancel()
+	<-done
+	if code, _, stderr := runCmd(t, time.Minute, "train", "--resume", plain); code == 0 || !strings.Contains(stderr, "no complete checkpoint") {
+		t.Fatalf("resume of a run without checkpoints: exit %d, %s", code, stderr)
+	}
+	if code, _, stderr := runCmd(t, time.Minute, "train", "--resume", filepath.Join(dir, "nosuch")); code == 0 || !strings.Contains(stderr, "no run directory") {
+		t.Fatalf("resume of no run: exit %d, %s", code, stderr)
 	}
 }

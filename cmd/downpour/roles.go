@@ -32,7 +32,7 @@ import (
 // directory out: metrics.jsonl from the workers' progress and from held-out
 // evaluations every spec.EvalEvery steps, and the final parameters pulled
 // from the shards into checkpoint/final.ckpt (evaluated once more).
-func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec job.Spec, out string,
+func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec job.Spec, out string, resume *resumePoint,
 	console io.Writer, log *slog.Logger) (*telemetry.Collector, error) {
 	score, err := newScorer(&spec, out)
 	if err != nil {
@@ -54,7 +54,11 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 		if _, err := job.Wait(ectx, cli, job.KeysFor(spec.Name).Placement(), 5*time.Minute); err != nil {
 			return
 		}
-		for step := spec.EvalEvery; step < spec.Steps; step += spec.EvalEvery {
+		step := spec.EvalEvery
+		if resume != nil { // the first evaluation after the checkpoint resumed from
+			step = (resume.from/spec.EvalEvery + 1) * spec.EvalEvery
+		}
+		for ; step < spec.Steps; step += spec.EvalEvery {
 			params, err := ev.pull(ectx, step)
 			if err != nil {
 				if ectx.Err() == nil {
@@ -67,7 +71,7 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 	})
 	defer func() { stopEval(); evalDone.Wait() }()
 	ckpt := filepath.Join(out, "checkpoint", "final.ckpt")
-	err = coordinator.Run(ctx, cli, coordinator.Config{Spec: spec, Log: log,
+	err = coordinator.Run(ctx, cli, coordinator.Config{Spec: spec, Log: log, Resume: resume != nil,
 		OnFinish: func(ctx context.Context, p *paramserver.Placement) error {
 			stopEval()
 			evalDone.Wait()
@@ -233,25 +237,30 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	var ep endpoints
 	endpointFlags(fs, &ep)
 	out := fs.String("out", "", "run directory for metrics.jsonl and the final checkpoint (default runs/<job>-<time>)")
+	resume := fs.Bool("resume", false, "continue the stopped job --job from its last complete checkpoint, as it was started (its spec is in etcd); --out may hold its earlier run")
 	if err := parse(fs, args, stderr, "downpour coordinator --nats nats://127.0.0.1:4222 --etcd http://127.0.0.1:2379 --job demo --workers 2 --ps-shards 2"); err != nil {
 		return err
 	}
 	if err := ep.require("coordinator", stderr); err != nil {
 		return err
 	}
-	if err := finishSpec(); err != nil {
-		fmt.Fprintf(stderr, "downpour coordinator: %v\n", err)
-		return errUsage
-	}
-	if err := spec.Validate(); err != nil {
-		fmt.Fprintf(stderr, "downpour coordinator: %v\n", err)
-		return errUsage
-	}
-	if err := spec.Resolve(); err != nil {
-		return err
-	}
-	if err := prepareOut(out, spec.Name); err != nil {
-		return err
+	if *resume {
+		if err := onlyResumeFlags(fs); err != nil {
+			fmt.Fprintf(stderr, "downpour coordinator: %v\n", err)
+			return errUsage
+		}
+	} else {
+		if err := finishSpec(); err != nil {
+			fmt.Fprintf(stderr, "downpour coordinator: %v\n", err)
+			return errUsage
+		}
+		if err := spec.Validate(); err != nil {
+			fmt.Fprintf(stderr, "downpour coordinator: %v\n", err)
+			return errUsage
+		}
+		if err := spec.Resolve(); err != nil {
+			return err
+		}
 	}
 	log := ep.logger(stderr)
 	cli, err := connectEtcd(ctx, ep.etcd, ep.timeout)
@@ -259,13 +268,32 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	defer cli.Close()
+	var rp *resumePoint
+	if *resume {
+		s, r, err := findResumable(ctx, cli, spec.Name)
+		if err != nil {
+			return err
+		}
+		spec, rp = s, &r
+	}
+	if rp == nil || *out == "" {
+		if err := prepareOut(out, spec.Name); err != nil {
+			return err
+		}
+	} else if err := os.MkdirAll(*out, 0o755); err != nil {
+		return err
+	}
 	nc, err := connectNATS(ep.nats, "coordinator", ep.timeout)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	fmt.Fprintf(stdout, "coordinating job %s: %d workers, %d shards, %d steps; run directory %s\n", spec.Name, spec.Workers, spec.Shards, spec.Steps, *out)
-	_, err = coordinate(ctx, cli, nc, spec, *out, stdout, log)
+	if rp != nil {
+		fmt.Fprintf(stdout, "resuming job %s at step %d of %d; run directory %s\n", spec.Name, rp.from, spec.Steps, *out)
+	} else {
+		fmt.Fprintf(stdout, "coordinating job %s: %d workers, %d shards, %d steps; run directory %s\n", spec.Name, spec.Workers, spec.Shards, spec.Steps, *out)
+	}
+	_, err = coordinate(ctx, cli, nc, spec, *out, rp, stdout, log)
 	if err == nil {
 		fmt.Fprintf(stdout, "job %s done; final checkpoint in %s\n", spec.Name, filepath.Join(*out, "checkpoint", "final.ckpt"))
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 	"time"
@@ -27,8 +28,16 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	var ep endpoints
 	endpointFlags(fs, &ep)
 	out := fs.String("out", "", "run directory (default runs/<job>-<time>)")
+	resume := fs.String("resume", "", "continue the stopped run in this directory from its last complete checkpoint (the job is as it was started)")
 	if err := parse(fs, args, stderr, "downpour train --steps 300 --workers 2 --ps-shards 2"); err != nil {
 		return err
+	}
+	if *resume != "" {
+		if err := onlyResumeFlags(fs); err != nil {
+			fmt.Fprintf(stderr, "downpour train: %v\n", err)
+			return errUsage
+		}
+		return resumeTrain(ctx, *resume, flagArg(args, "job"), ep, stdout, stderr)
 	}
 	if err := finishSpec(); err != nil {
 		fmt.Fprintf(stderr, "downpour train: %v\n", err)
@@ -65,13 +74,59 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "training job %s: %s, %d workers, %d ps shards, %d steps, mode %s; run directory %s\n",
 		spec.Name, what, spec.Workers, spec.Shards, spec.Steps, spec.Mode, *out)
-	first, last, err := trainAll(ctx, spec, ep, *out, stdout, log)
+	first, last, err := trainAll(ctx, spec, ep, *out, nil, stdout, log)
 	if err != nil {
 		return err
 	}
 	if first != nil && last != nil {
 		fmt.Fprintf(stdout, "done: %d steps in %.1fs; loss %.4f -> %.4f; checkpoint %s\n", spec.Steps,
 			time.Since(start).Seconds(), first.Loss, last.Loss, filepath.Join(*out, "checkpoint", "final.ckpt"))
+	}
+	return nil
+}
+
+// resumeTrain continues the stopped run in directory out: on its embedded
+// cluster (whose etcd data holds the job) unless endpoints are given.
+func resumeTrain(ctx context.Context, out, name string, ep endpoints, stdout, stderr io.Writer) error {
+	if (ep.nats == "") != (ep.etcd == "") {
+		fmt.Fprintln(stderr, "downpour train: give both --nats and --etcd to join a cluster, or neither to run an embedded one")
+		return errUsage
+	}
+	if st, err := os.Stat(out); err != nil || !st.IsDir() {
+		return fmt.Errorf("no run directory %s to resume", out)
+	}
+	log := ep.logger(stderr)
+	start := time.Now()
+	if ep.nats == "" {
+		dir := filepath.Join(out, "cluster")
+		if _, err := os.Stat(dir); err != nil {
+			return fmt.Errorf("%s holds no embedded cluster to resume (for a run on a cluster, give --nats and --etcd): %w", out, err)
+		}
+		c, err := embedded.Start(ctx, dir)
+		if err != nil {
+			return err
+		}
+		defer c.Close()
+		ep.nats, ep.etcd = c.NATSURL, c.EtcdEndpoints[0]
+	}
+	cli, err := connectEtcd(ctx, ep.etcd, ep.timeout)
+	if err != nil {
+		return err
+	}
+	spec, rp, err := findResumable(ctx, cli, name)
+	cli.Close()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "resuming job %s at step %d of %d: %d workers, %d ps shards, mode %s; run directory %s\n",
+		spec.Name, rp.from, spec.Steps, spec.Workers, rp.shards, spec.Mode, out)
+	first, last, err := trainAll(ctx, spec, ep, out, &rp, stdout, log)
+	if err != nil {
+		return err
+	}
+	if first != nil && last != nil {
+		fmt.Fprintf(stdout, "done: steps %d-%d in %.1fs; loss %.4f -> %.4f; checkpoint %s\n", rp.from+1, spec.Steps,
+			time.Since(start).Seconds(), first.Loss, last.Loss, filepath.Join(out, "checkpoint", "final.ckpt"))
 	}
 	return nil
 }
@@ -84,7 +139,7 @@ type roleConns struct{ cli *clientv3.Client }
 // process, each with its own NATS connection and etcd client, exactly as
 // separate processes would. It returns once the coordinator has finished the
 // job and every role has stopped, or on the first error (stopping the rest).
-func trainAll(ctx context.Context, spec job.Spec, ep endpoints, out string, stdout io.Writer, log *slog.Logger) (first, last *lossRecord, err error) {
+func trainAll(ctx context.Context, spec job.Spec, ep endpoints, out string, resume *resumePoint, stdout io.Writer, log *slog.Logger) (first, last *lossRecord, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -120,7 +175,7 @@ func trainAll(ctx context.Context, spec job.Spec, ep endpoints, out string, stdo
 		})
 	}
 	role("coordinator", func(ctx context.Context, nc *nats.Conn, r roleConns) error {
-		col, err := coordinate(ctx, r.cli, nc, spec, out, stdout, log)
+		col, err := coordinate(ctx, r.cli, nc, spec, out, resume, stdout, log)
 		if col != nil {
 			if f, l := col.Span(); f != nil {
 				first, last = &lossRecord{f.Loss}, &lossRecord{l.Loss}
@@ -128,7 +183,11 @@ func trainAll(ctx context.Context, spec job.Spec, ep endpoints, out string, stdo
 		}
 		return err
 	})
-	for i := 0; i < spec.Shards; i++ {
+	shards := spec.Shards
+	if resume != nil {
+		shards = resume.shards
+	}
+	for i := 0; i < shards; i++ {
 		role(fmt.Sprintf("ps %d", i), func(ctx context.Context, nc *nats.Conn, r roleConns) error {
 			return psnode.Run(ctx, psnode.Config{Job: spec.Name, NATS: nc, Etcd: r.cli, Log: log, Shard: i,
 				DataDir: filepath.Join(out, fmt.Sprintf("ps-%d", i))})

@@ -67,21 +67,29 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer lease.Close()
-	// Claim an index of the current placement; when none is free, a later
-	// placement may have more shards: wait for it.
+	// Claim an index of the current placement. When none is free, wait: a
+	// later placement may have more shards, or a dead holder's lease may
+	// expire (as when a stopped job is resumed).
 	var idx int
-	for {
+	deadline := time.Now().Add(cfg.WaitTimeout)
+	for said := false; ; said = true {
 		if idx, err = claim(ctx, cfg.Etcd, keys, p.Shards, cfg.Shard, lease.ID); err == nil {
 			break
 		}
-		cfg.Log.Info("no shard index to claim yet; waiting for a new placement", "err", err)
-		wctx, cancel := context.WithTimeout(ctx, cfg.WaitTimeout)
-		next, _, werr := job.NextPlacement(wctx, cfg.Etcd, cfg.Job, p.Version)
-		cancel()
-		if werr != nil || next == nil {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w (waited %v)", err, cfg.WaitTimeout)
+		}
+		if !said {
+			cfg.Log.Info("no shard index to claim yet; waiting", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+		if p, _, err = job.ReadPlacement(ctx, cfg.Etcd, cfg.Job); err != nil {
 			return err
 		}
-		p = next
 	}
 	log := cfg.Log.With("shard", idx)
 	restore := cfg.Restore
