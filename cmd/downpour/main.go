@@ -38,6 +38,7 @@ var commands = []command{
 	{"servers", "run an embedded NATS server and etcd for a local multi-process cluster", cmdServers},
 	{"translate", "translate stdin line by line with a trained checkpoint", cmdTranslate},
 	{"eval", "score a checkpoint: perplexity, BLEU and exact match (Seq2Seq), or the Parzen-window estimate (GAN)", cmdEval},
+	{"plot", "draw a run's loss and evaluation curves as PNG from its metrics.jsonl", cmdPlot},
 	{"sample", "draw samples from a GAN checkpoint into a PNG grid (and an idx file)", cmdSample},
 }
 

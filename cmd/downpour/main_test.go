@@ -116,6 +116,29 @@ func TestTrainWritesRunDirectory(t *testing.T) {
 	if want := models.TotalSize(meta.Tensors); len(params) != want || want == 0 {
 		t.Fatalf("checkpoint holds %d parameters, tensors %d", len(params), want)
 	}
+	// The job's spec, and the curves drawn at the (final) evaluation.
+	b, err := os.ReadFile(filepath.Join(out, "job.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec, err := job.DecodeSpec(b); err != nil || spec.Name != "rundir" || spec.Steps != 25 {
+		t.Fatalf("job.json: %v", err)
+	}
+	for _, f := range []string{"loss.png", "eval.png"} {
+		if st, err := os.Stat(filepath.Join(out, f)); err != nil || st.Size() < 1000 {
+			t.Fatalf("%s: %v", f, err)
+		}
+	}
+	os.Remove(filepath.Join(out, "loss.png"))
+	if code, stdout, stderr := runCmd(t, time.Minute, "plot", "--run", out); code != 0 || !strings.Contains(stdout, "curves in") {
+		t.Fatalf("plot: exit %d, %s", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(out, "loss.png")); err != nil {
+		t.Fatal("plot did not draw loss.png again")
+	}
+	if code, _, stderr := runCmd(t, time.Minute, "plot", "--run", filepath.Join(out, "nosuch")); code != 1 || !strings.Contains(stderr, "no such file") {
+		t.Fatalf("plot of no run: exit %d, %s", code, stderr)
+	}
 }
 
 // Invariant 1: a sync run's parameters are bit-identical whatever the number

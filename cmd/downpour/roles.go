@@ -43,7 +43,15 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 		return nil, err
 	}
 	defer col.Close()
-	ev := &evaluator{spec: &spec, score: score, col: col, nc: nc, cli: cli}
+	// The run directory describes its job, for the tools that read it later.
+	if err := os.WriteFile(filepath.Join(out, "job.json"), spec.Encode(), 0o644); err != nil {
+		return nil, err
+	}
+	spe, err := spec.StepsPerEpoch()
+	if err != nil {
+		return nil, err
+	}
+	ev := &evaluator{spec: &spec, score: score, col: col, nc: nc, cli: cli, out: out, stepsPerEpoch: spe, log: log}
 	// Periodic evaluations, while training runs.
 	ectx, stopEval := context.WithCancel(ctx)
 	var evalDone sync.WaitGroup
@@ -105,6 +113,10 @@ type evaluator struct {
 	col   *telemetry.Collector
 	nc    *nats.Conn
 	cli   *clientv3.Client
+	// The curves in the run directory are drawn again after each evaluation.
+	out           string
+	stepsPerEpoch float64
+	log           *slog.Logger
 }
 
 // newScorer prepares the evaluation of the job's model: held-out loss,
@@ -191,6 +203,9 @@ func (e *evaluator) eval(step int64, params []float32) {
 	if r, ok := e.score(step, params); ok {
 		r.Step = step
 		e.col.WriteEval(r)
+	}
+	if err := telemetry.Curves(filepath.Join(e.out, "metrics.jsonl"), e.out, e.stepsPerEpoch); err != nil {
+		e.log.Warn("drawing the curves", "err", err)
 	}
 }
 

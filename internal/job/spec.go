@@ -376,7 +376,28 @@ func (s *Spec) OpenMNIST() (*shard.MNIST, error) {
 // GANStepsPerEpoch is the number of steps in which the workers together see
 // the training images once.
 func (s *Spec) GANStepsPerEpoch(trainImages int) int64 {
-	return max(1, int64(trainImages/(s.Batch*s.Workers)))
+	return max(1, int64(trainImages/(s.Batch*s.Workers*max(1, s.GANK))))
+}
+
+// StepsPerEpoch is how many steps make one pass over the training data (a
+// GAN's images, or data shard 0 of a corpus), or 0 for synthetic data, which
+// has no epochs. It opens the data.
+func (s *Spec) StepsPerEpoch() (float64, error) {
+	if s.Model == "gan" {
+		m, err := s.OpenMNIST()
+		if err != nil {
+			return 0, err
+		}
+		return float64(len(m.Train)) / float64(s.Batch*s.Workers*max(1, s.GANK)), nil
+	}
+	if strings.HasPrefix(s.Data, "synthetic:") {
+		return 0, nil
+	}
+	d, _, err := shard.Open(s.DataConfig())
+	if err != nil {
+		return 0, err
+	}
+	return float64(d.StepsPerEpoch(s.Seed, 0, s.Batch)), nil
 }
 
 // Encode is the canonical JSON of s, compared byte for byte to detect a

@@ -1,0 +1,208 @@
+package telemetry
+
+import (
+	"bufio"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"image/color"
+	"math"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+)
+
+// ReadMetrics reads a metrics.jsonl file: its training and evaluation
+// records, each sorted by step. A step recorded more than once (a job rolled
+// back to a checkpoint and ran it again) keeps its last record. A line that
+// is not a record is an error naming the line.
+func ReadMetrics(path string) ([]Record, []EvalRecord, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer f.Close()
+	train, evals := map[int64]Record{}, map[int64]EvalRecord{}
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for n := 1; sc.Scan(); n++ {
+		var kind struct {
+			Kind string `json:"kind"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &kind); err != nil {
+			return nil, nil, fmt.Errorf("%s:%d: %w", path, n, err)
+		}
+		switch kind.Kind {
+		case "train":
+			var r Record
+			if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+				return nil, nil, fmt.Errorf("%s:%d: %w", path, n, err)
+			}
+			if r.Step < 0 {
+				return nil, nil, fmt.Errorf("%s:%d: step %d", path, n, r.Step)
+			}
+			train[r.Step] = r
+		case "eval":
+			var r EvalRecord
+			if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+				return nil, nil, fmt.Errorf("%s:%d: %w", path, n, err)
+			}
+			if r.Step < 0 {
+				return nil, nil, fmt.Errorf("%s:%d: step %d", path, n, r.Step)
+			}
+			evals[r.Step] = r
+		default:
+			return nil, nil, fmt.Errorf("%s:%d: a record of kind %q, want train or eval", path, n, kind.Kind)
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, nil, fmt.Errorf("%s: %w", path, err)
+	}
+	rs := make([]Record, 0, len(train))
+	for _, r := range train {
+		rs = append(rs, r)
+	}
+	es := make([]EvalRecord, 0, len(evals))
+	for _, e := range evals {
+		es = append(es, e)
+	}
+	slices.SortFunc(rs, func(a, b Record) int { return int(a.Step - b.Step) })
+	slices.SortFunc(es, func(a, b EvalRecord) int { return int(a.Step - b.Step) })
+	return rs, es, nil
+}
+
+// ErrNoRecords is returned by Curves for a metrics file with nothing to plot.
+var ErrNoRecords = errors.New("no records to plot")
+
+// Curves draws a run's curves from its metrics file into dir: loss.png (the
+// training loss; for a GAN, the discriminator's and the generator's) and,
+// once there are evaluations, eval.png (held-out BLEU and exact match; for a
+// GAN, the Parzen-window log-likelihood with its standard error). The x axis
+// is epochs when stepsPerEpoch > 0, else steps. Each file is replaced
+// atomically, so a reader never sees half a picture.
+func Curves(metrics, dir string, stepsPerEpoch float64) error {
+	rs, es, err := ReadMetrics(metrics)
+	if err != nil {
+		return err
+	}
+	if len(rs) == 0 && len(es) == 0 {
+		return fmt.Errorf("%s: %w", metrics, ErrNoRecords)
+	}
+	xlabel, x := "step", func(step int64) float64 { return float64(step) }
+	if stepsPerEpoch > 0 {
+		xlabel, x = "epoch", func(step int64) float64 { return float64(step) / stepsPerEpoch }
+	}
+	gan := false
+	for _, e := range es {
+		gan = gan || e.Samples > 0
+	}
+	for _, r := range rs {
+		gan = gan || r.GLoss != 0
+	}
+	if len(rs) > 0 {
+		p := plot.New()
+		p.X.Label.Text, p.Y.Label.Text = xlabel, "loss"
+		loss, gLoss := make(plotter.XYs, len(rs)), make(plotter.XYs, len(rs))
+		for i, r := range rs {
+			loss[i] = plotter.XY{X: x(r.Step + 1), Y: r.Loss}
+			gLoss[i] = plotter.XY{X: x(r.Step + 1), Y: r.GLoss}
+		}
+		if gan {
+			p.Title.Text = "GAN training losses"
+			if err := plotutil.AddLines(p, "D loss", finite(loss), "G loss", finite(gLoss)); err != nil {
+				return err
+			}
+		} else {
+			p.Title.Text = "training loss (per target token)"
+			if err := plotutil.AddLines(p, "train", finite(loss)); err != nil {
+				return err
+			}
+			if len(es) > 0 {
+				held := make(plotter.XYs, len(es))
+				for i, e := range es {
+					held[i] = plotter.XY{X: x(e.Step), Y: e.EvalLoss}
+				}
+				if err := plotutil.AddLinePoints(p, "held out", finite(held)); err != nil {
+					return err
+				}
+			}
+		}
+		if err := save(p, filepath.Join(dir, "loss.png")); err != nil {
+			return err
+		}
+	}
+	if len(es) == 0 {
+		return nil
+	}
+	p := plot.New()
+	p.X.Label.Text = xlabel
+	if gan {
+		p.Title.Text = "Parzen-window log-likelihood of held-out images"
+		p.Y.Label.Text = "nats"
+		var pts plotter.XYs
+		var errs plotter.YErrors
+		for _, e := range es {
+			if pt := (plotter.XYs{{X: x(e.Step), Y: e.Parzen}}); len(finite(pt)) == 1 && !math.IsNaN(e.ParzenSE) && !math.IsInf(e.ParzenSE, 0) {
+				pts = append(pts, pt[0])
+				errs = append(errs, struct{ Low, High float64 }{e.ParzenSE, e.ParzenSE})
+			}
+		}
+		if err := plotutil.AddLinePoints(p, fmt.Sprintf("Parzen estimate (%d samples)", es[len(es)-1].Samples), pts); err != nil {
+			return err
+		}
+		bars, err := plotter.NewYErrorBars(struct {
+			plotter.XYer
+			plotter.YErrorer
+		}{pts, errs})
+		if err != nil {
+			return err
+		}
+		bars.Color = color.Gray{Y: 96}
+		p.Add(bars)
+	} else {
+		p.Title.Text = "held-out evaluation"
+		p.Y.Label.Text = "%"
+		bleu, exact := make(plotter.XYs, len(es)), make(plotter.XYs, len(es))
+		for i, e := range es {
+			bleu[i] = plotter.XY{X: x(e.Step), Y: e.BLEU}
+			exact[i] = plotter.XY{X: x(e.Step), Y: 100 * e.ExactMatch}
+		}
+		if err := plotutil.AddLinePoints(p, "BLEU", finite(bleu), "exact match", finite(exact)); err != nil {
+			return err
+		}
+	}
+	return save(p, filepath.Join(dir, "eval.png"))
+}
+
+// finite keeps the points whose coordinates are finite (a diverged run logs
+// NaN losses; they are left out of the picture).
+func finite(xys plotter.XYs) plotter.XYs {
+	out := xys[:0:0]
+	for _, p := range xys {
+		if !math.IsNaN(p.X) && !math.IsInf(p.X, 0) && !math.IsNaN(p.Y) && !math.IsInf(p.Y, 0) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func save(p *plot.Plot, path string) (err error) {
+	// The plotting library panics on some degenerate axes; a picture is not
+	// worth a crash of the run that draws it.
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("drawing %s: %v", path, r)
+		}
+	}()
+	p.Legend.Top = true
+	tmp := path + ".tmp.png"
+	if err := p.Save(16*vg.Centimeter, 10*vg.Centimeter, tmp); err != nil {
+		return fmt.Errorf("drawing %s: %w", path, err)
+	}
+	return os.Rename(tmp, path)
+}
