@@ -99,6 +99,33 @@ func (r *Ranks) Done(rank int) bool {
 	return true
 }
 
+// Holds reports whether worker holds a rank that is not done: its death
+// loses work in progress.
+func (r *Ranks) Holds(worker string) bool {
+	rank, ok := r.rankOf[worker]
+	return ok && !r.done[rank]
+}
+
+// Fence is, per rank, the oldest epoch that may push: the holder's, or for a
+// free rank the epoch its next holder will get, so that its last holder is
+// refused even before the next one arrives.
+func (r *Ranks) Fence() []uint64 {
+	f := make([]uint64, len(r.epoch))
+	for rank, e := range r.epoch {
+		f[rank] = e
+		if r.holder[rank] == "" {
+			f[rank] = e + 1
+		}
+	}
+	return f
+}
+
+// Rollback records that the job went back to a checkpoint: every rank runs
+// again from there, the done ones included; holders keep their ranks.
+func (r *Ranks) Rollback() {
+	clear(r.done)
+}
+
 // Unassigned is the number of ranks neither held nor done.
 func (r *Ranks) Unassigned() int {
 	n := 0

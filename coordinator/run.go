@@ -30,7 +30,7 @@ var (
 // resume writes the placement that continues the job from its last complete
 // checkpoint, on p's shards, and forgets the ranks that had finished after
 // it: they rerun from there.
-func resume(ctx context.Context, cli *clientv3.Client, keys job.Keys, p *paramserver.Placement) (*paramserver.Placement, error) {
+func resume(ctx context.Context, cli *clientv3.Client, l *Leadership, keys job.Keys, p *paramserver.Placement) (*paramserver.Placement, error) {
 	r, err := cli.Get(ctx, keys.Checkpoint())
 	if err != nil {
 		return nil, fmt.Errorf("reading the last checkpoint: %w", err)
@@ -43,8 +43,8 @@ func resume(ctx context.Context, cli *clientv3.Client, keys job.Keys, p *paramse
 	if err != nil {
 		return nil, err
 	}
-	_, err = cli.Txn(ctx).Then(clientv3.OpPut(keys.Placement(), string(q.Encode())),
-		clientv3.OpDelete(keys.Dones(), clientv3.WithPrefix()), clientv3.OpDelete(keys.Finishing())).Commit()
+	_, err = write(ctx, cli, l, nil, clientv3.OpPut(keys.Placement(), string(q.Encode())),
+		clientv3.OpDelete(keys.Dones(), clientv3.WithPrefix()), clientv3.OpDelete(keys.Finishing()))
 	if err != nil {
 		return nil, fmt.Errorf("writing placement %d: %w", q.Version, err)
 	}
@@ -58,6 +58,9 @@ type Config struct {
 	// JoinTimeout bounds how long a rank may stay without a worker; 0 means
 	// 5 minutes.
 	JoinTimeout time.Duration
+	// Leader, when set, is this coordinator's won election: every write is
+	// guarded by it, and Run returns ErrNotLeader once it is lost.
+	Leader *Leadership
 	// Resume continues a stopped job from its last complete checkpoint: the
 	// coordinator writes a new placement (same shards) starting from it, so
 	// shards restore from its snapshots and workers resume at its step. The
@@ -92,6 +95,21 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 	if cfg.Resume {
 		create = clientv3.Compare(clientv3.CreateRevision(keys.Spec()), "<", 0) // never: read only
 	}
+	if cfg.Leader != nil {
+		if ok, err := write(ctx, cli, cfg.Leader, nil); err != nil || !ok {
+			return fmt.Errorf("job %s: %w", spec.Name, errors.Join(err, ErrNotLeader))
+		}
+		var cancel context.CancelCauseFunc
+		ctx, cancel = context.WithCancelCause(ctx)
+		defer cancel(nil)
+		go func() {
+			select {
+			case <-cfg.Leader.Lost():
+				cancel(ErrNotLeader)
+			case <-ctx.Done():
+			}
+		}()
+	}
 	resp, err := cli.Txn(ctx).
 		If(create).
 		Then(clientv3.OpPut(keys.Spec(), string(spec.Encode())),
@@ -122,14 +140,18 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 		cfg.Log.Info("created job", "job", spec.Name, "params", p.Size(), "blocks", len(p.Blocks), "shards", spec.Shards)
 	}
 	if cfg.Resume {
-		if p, err = resume(ctx, cli, keys, p); err != nil {
+		if p, err = resume(ctx, cli, cfg.Leader, keys, p); err != nil {
 			return fmt.Errorf("job %s: %w", spec.Name, err)
 		}
 		cfg.Log.Info("resuming", "job", spec.Name, "from_step", p.Start, "placement", p.Version)
 	}
 	c := &run{cli: cli, cfg: cfg, keys: keys, ranks: NewRanks(spec.Workers), placement: p,
 		snaps: map[int64]map[int]string{}, last: job.CheckpointRecord{Step: -1}}
-	return c.loop(ctx)
+	err = c.loop(ctx)
+	if cause := context.Cause(ctx); errors.Is(cause, ErrNotLeader) {
+		return fmt.Errorf("job %s: %w", spec.Name, ErrNotLeader)
+	}
+	return err
 }
 
 type run struct {
@@ -177,13 +199,13 @@ func (c *run) loop(ctx context.Context) error {
 		}
 	}
 	for _, kv := range events {
-		if finished, err := c.handle(ctx, mvccpb.PUT, kv); err != nil || finished {
+		if finished, err := c.handle(ctx, mvccpb.PUT, kv, nil); err != nil || finished {
 			return err
 		}
 	}
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	wc := c.cli.Watch(wctx, c.keys.Root(), clientv3.WithPrefix(), clientv3.WithRev(snap.Header.Revision+1))
+	wc := c.cli.Watch(wctx, c.keys.Root(), clientv3.WithPrefix(), clientv3.WithRev(snap.Header.Revision+1), clientv3.WithPrevKV())
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	since := time.Now() // since when a rank has been without a worker
@@ -205,7 +227,7 @@ func (c *run) loop(ctx context.Context) error {
 				return fmt.Errorf("watching job %s: %w", c.cfg.Spec.Name, err)
 			}
 			for _, ev := range wr.Events {
-				if finished, err := c.handle(ctx, ev.Type, ev.Kv); err != nil || finished {
+				if finished, err := c.handle(ctx, ev.Type, ev.Kv, ev.PrevKv); err != nil || finished {
 					return err
 				}
 			}
@@ -214,14 +236,33 @@ func (c *run) loop(ctx context.Context) error {
 }
 
 // handle feeds one key change to the rank state and carries out its actions.
-func (c *run) handle(ctx context.Context, typ mvccpb.Event_EventType, kv *mvccpb.KeyValue) (finished bool, err error) {
+// (prev, for a deletion, is the key's last value when known.)
+func (c *run) handle(ctx context.Context, typ mvccpb.Event_EventType, kv, prev *mvccpb.KeyValue) (finished bool, err error) {
 	k := string(kv.Key)
 	if id, ok := strings.CutPrefix(k, c.keys.Workers()); ok {
 		if typ == mvccpb.DELETE {
-			c.cfg.Log.Info("worker left", "worker", id)
-			return false, c.apply(ctx, c.ranks.Down(id))
+			lost := c.ranks.Holds(id)
+			c.cfg.Log.Info("worker left", "worker", id, "work_lost", lost)
+			if err := c.apply(ctx, c.ranks.Down(id)); err != nil {
+				return false, err
+			}
+			if lost && c.cfg.Spec.Mode == paramserver.Sync {
+				// Its last step may be half pushed: only a rollback keeps
+				// the run what it would have been.
+				return false, c.rollback(ctx, fmt.Sprintf("worker %s died", id))
+			}
+			return false, nil
 		}
 		return false, c.apply(ctx, c.ranks.Up(id))
+	}
+	if i, ok := strings.CutPrefix(k, c.keys.Shards()); ok && typ == mvccpb.DELETE && prev != nil {
+		var m job.ShardMember
+		idx, err := strconv.Atoi(i)
+		if err == nil && json.Unmarshal(prev.Value, &m) == nil && m.Placement == c.placement.Version && idx < c.placement.Shards {
+			// It served this placement: its blocks' progress is lost.
+			return false, c.rollback(ctx, fmt.Sprintf("parameter-server shard %d died", idx))
+		}
+		return false, nil
 	}
 	if rest, ok := strings.CutPrefix(k, c.keys.ShardSnapshots()); ok && typ == mvccpb.PUT {
 		return false, c.recordSnapshot(ctx, rest, kv.Value)
@@ -251,7 +292,7 @@ func (c *run) handle(ctx context.Context, typ mvccpb.Event_EventType, kv *mvccpb
 				return false, err
 			}
 		}
-		if _, err := c.cli.Put(ctx, c.keys.State(), job.StateDone); err != nil {
+		if _, err := write(ctx, c.cli, c.cfg.Leader, nil, clientv3.OpPut(c.keys.State(), job.StateDone)); err != nil {
 			return false, fmt.Errorf("marking job done: %w", err)
 		}
 		return true, nil
@@ -285,7 +326,7 @@ func (c *run) recordSnapshot(ctx context.Context, key string, value []byte) erro
 		cp.Files[i] = f
 	}
 	b, _ := json.Marshal(cp)
-	if _, err := c.cli.Put(ctx, c.keys.Checkpoint(), string(b)); err != nil {
+	if _, err := write(ctx, c.cli, c.cfg.Leader, nil, clientv3.OpPut(c.keys.Checkpoint(), string(b))); err != nil {
 		return fmt.Errorf("recording checkpoint %d: %w", rec.Step, err)
 	}
 	c.last = cp
@@ -295,6 +336,32 @@ func (c *run) recordSnapshot(ctx context.Context, key string, value []byte) erro
 		}
 	}
 	c.cfg.Log.Info("checkpoint complete", "step", rec.Step)
+	return nil
+}
+
+// rollback moves the whole job back to its last complete checkpoint (or to
+// its start, without one) on the same shards: a new placement fences the
+// old era, shards restore, every rank reruns from there (the finished ones
+// too), and a rank whose holder died is fenced at once.
+func (c *run) rollback(ctx context.Context, why string) error {
+	step, files := c.last.Step, c.last.Files
+	if step < 0 {
+		step, files = 0, nil
+	}
+	q, err := c.placement.Reshard(c.placement.Shards, step, files)
+	if err != nil {
+		return fmt.Errorf("rolling back: %w", err)
+	}
+	q.Epochs = c.ranks.Fence()
+	_, err = write(ctx, c.cli, c.cfg.Leader, nil, clientv3.OpPut(c.keys.Placement(), string(q.Encode())),
+		clientv3.OpDelete(c.keys.Dones(), clientv3.WithPrefix()), clientv3.OpDelete(c.keys.Finishing()))
+	if err != nil {
+		return fmt.Errorf("writing placement %d: %w", q.Version, err)
+	}
+	c.cfg.Log.Warn("rolled back", "why", why, "to_step", step, "placement", q.Version)
+	c.placement, c.finishing = q, false
+	c.ranks.Rollback()
+	clear(c.snaps)
 	return nil
 }
 
@@ -310,7 +377,7 @@ func (c *run) reshard(ctx context.Context, value []byte) error {
 	answer := func(status string) error {
 		req.Status = status
 		b, _ := json.Marshal(req)
-		_, err := c.cli.Put(ctx, c.keys.Reshard(), string(b))
+		_, err := write(ctx, c.cli, c.cfg.Leader, nil, clientv3.OpPut(c.keys.Reshard(), string(b)))
 		return err
 	}
 	var why string
@@ -333,13 +400,12 @@ func (c *run) reshard(ctx context.Context, value []byte) error {
 	}
 	req.Status, req.Version, req.Start = "done", q.Version, q.Start
 	b, _ := json.Marshal(req)
-	r, err := c.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(c.keys.Finishing()), "=", 0)).
-		Then(clientv3.OpPut(c.keys.Placement(), string(q.Encode())), clientv3.OpPut(c.keys.Reshard(), string(b))).
-		Commit()
+	ok, err := write(ctx, c.cli, c.cfg.Leader, []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(c.keys.Finishing()), "=", 0)},
+		clientv3.OpPut(c.keys.Placement(), string(q.Encode())), clientv3.OpPut(c.keys.Reshard(), string(b)))
 	if err != nil {
 		return fmt.Errorf("writing placement %d: %w", q.Version, err)
 	}
-	if !r.Succeeded {
+	if !ok {
 		c.finishing = true
 		return answer("refused: a rank has already finished its last step")
 	}
@@ -352,7 +418,7 @@ func (c *run) reshard(ctx context.Context, value []byte) error {
 func (c *run) apply(ctx context.Context, as []Assign) error {
 	for _, a := range as {
 		b, _ := json.Marshal(a.Assignment)
-		if _, err := c.cli.Put(ctx, c.keys.Assign(a.Worker), string(b)); err != nil {
+		if _, err := write(ctx, c.cli, c.cfg.Leader, nil, clientv3.OpPut(c.keys.Assign(a.Worker), string(b))); err != nil {
 			return fmt.Errorf("assigning rank %d to %s: %w", a.Rank, a.Worker, err)
 		}
 		c.cfg.Log.Info("assigned rank", "worker", a.Worker, "rank", a.Rank, "epoch", a.Epoch, "data_shard", a.DataShard)

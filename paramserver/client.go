@@ -86,6 +86,36 @@ func (c *Client) Pull(ctx context.Context, minClock int64, params []float32) err
 	return c.each(ctx, func(ctx context.Context, g group) error { return c.pull(ctx, g, minClock, params) })
 }
 
+// Clock returns the smallest clock of the shards: the number of steps every
+// block has applied (sync), so far as the shards tell.
+func (c *Client) Clock(ctx context.Context) (int64, error) {
+	clock := int64(math.MaxInt64)
+	seen := map[int]bool{}
+	for _, g := range c.groups {
+		if seen[g.shard] {
+			continue
+		}
+		seen[g.shard] = true
+		data, err := wire.Encode(&wire.PullRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch, IDs: g.ids[:1]})
+		if err != nil {
+			return 0, err
+		}
+		msg, err := c.request(ctx, wire.PullSubject(c.job, c.version, g.shard), data)
+		if err != nil {
+			return 0, err
+		}
+		r, err := wire.DecodePullReply(msg.Data)
+		if err != nil {
+			return 0, fmt.Errorf("pull reply from shard %d: %w", g.shard, err)
+		}
+		if err := r.Err(); err != nil {
+			return 0, fmt.Errorf("pull from shard %d refused: %w", g.shard, err)
+		}
+		clock = min(clock, r.Clock)
+	}
+	return clock, nil
+}
+
 // Push sends grads (laid out like the flat parameter vector) as this rank's
 // gradient for step.
 func (c *Client) Push(ctx context.Context, step int64, grads []float32) error {

@@ -33,7 +33,11 @@ type Placement struct {
 	// From names the snapshot files of step Start that the shards restore
 	// from (one per shard of the placement they were taken under); empty
 	// for the first placement.
-	From      []string        `json:"from,omitempty"`
+	From []string `json:"from,omitempty"`
+	// Epochs is, per rank, the oldest epoch the shards accept from the start
+	// of this placement: a rank whose holder died is fenced at once, before
+	// its next holder pushes.
+	Epochs    []uint64        `json:"epochs,omitempty"`
 	BlockSize int             `json:"block_size"`
 	Shards    int             `json:"shards"`
 	Tensors   []models.Tensor `json:"tensors"`

@@ -312,3 +312,26 @@ func TestTransferHandsOverRanges(t *testing.T) {
 		t.Fatal("a failed transfer reported success")
 	}
 }
+
+// Clock reports the slowest shard's clock.
+func TestClientClock(t *testing.T) {
+	nc := startNATS(t, 64<<10)
+	ts := []models.Tensor{{Name: "a", Shape: []int{100, 30}}}
+	p := Place(ts, 500, 2)
+	serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1))), ServiceConfig{})
+	c, err := NewClient(nc, "j", p, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	g := grads(rand.New(rand.NewPCG(1, 1)), p.Size())
+	for step := int64(0); step < 3; step++ {
+		if clock, err := c.Clock(ctx); err != nil || clock != step {
+			t.Fatalf("clock %d, %v; want %d", clock, err, step)
+		}
+		if err := c.Push(ctx, step, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+}

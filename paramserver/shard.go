@@ -1,6 +1,8 @@
 package paramserver
 
 import (
+	"slices"
+
 	"errors"
 	"fmt"
 
@@ -252,6 +254,20 @@ func (s *Shard) Push(p *wire.PushRequest) error {
 	}
 	return nil
 }
+
+// Fence raises each rank's epoch to at least epochs[r] (when the shard is
+// restored, the coordinator's fence may be newer than the snapshot's: a rank
+// whose holder died must not be pushed to by that holder again).
+func (s *Shard) Fence(epochs []uint64) {
+	for r, e := range epochs {
+		if r < len(s.epochs) && e > s.epochs[r] {
+			s.newEpoch(r, e)
+		}
+	}
+}
+
+// Epochs returns each rank's current epoch.
+func (s *Shard) Epochs() []uint64 { return slices.Clone(s.epochs) }
 
 // newEpoch fences off rank r's older epochs. In sync mode the rank's stored,
 // unapplied gradients are dropped: the new holder of the rank pushes its own.

@@ -369,3 +369,38 @@ func TestAsyncDuplicatesAfterNewerSteps(t *testing.T) {
 }
 
 func nan() float64 { return math.NaN() }
+
+// Fence raises ranks' epochs, never lowers them: a push from a fenced epoch
+// is refused and changes nothing; the rank's next holder pushes as usual.
+func TestFence(t *testing.T) {
+	p := Place(testTensors, 6, 1)
+	sh := newShards(p, syncCfg(2, DefaultOptimizer("sgd", 0.1)))[0]
+	sh.Fence([]uint64{3, 0})
+	if got := sh.Epochs(); got[0] != 3 || got[1] != 0 {
+		t.Fatalf("epochs %v", got)
+	}
+	sh.Fence([]uint64{1, 0, 9}) // lower, and a rank that does not exist: no change
+	if got := sh.Epochs(); got[0] != 3 || got[1] != 0 {
+		t.Fatalf("epochs %v after a lower fence", got)
+	}
+	before := gather(p, []*Shard{sh})
+	g := grads(rand.New(rand.NewPCG(1, 1)), p.Size())
+	for _, m := range pushes(p, 0, 2, 0, g) {
+		if err := sh.Push(m); wire.ErrKind(err) != wire.StaleEpoch {
+			t.Fatalf("push from fenced epoch 2: %v", err)
+		}
+	}
+	for _, m := range pushes(p, 1, 1, 0, g) {
+		if err := sh.Push(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, m := range pushes(p, 0, 3, 0, g) {
+		if err := sh.Push(m); err != nil {
+			t.Fatalf("push from the fence's epoch: %v", err)
+		}
+	}
+	if sh.Clock() != 1 || slices.Equal(gather(p, []*Shard{sh}), before) {
+		t.Fatal("the step did not apply")
+	}
+}

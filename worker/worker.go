@@ -107,12 +107,33 @@ func Run(ctx context.Context, cfg Config) error {
 	for {
 		next, nextRev, err := runEra(ctx, cfg, spec, a, p, rev, lease)
 		if err != nil || next == nil {
+			if err == nil {
+				log.Info("job done", "rank", a.Rank)
+			}
 			return err
+		}
+		// A worker that was given up on (its lease ran out while it was
+		// frozen or cut off) has lost its rank: it must not run again.
+		cur, err := cfg.Etcd.Get(ctx, keys.Assign(cfg.ID))
+		if err != nil {
+			return fmt.Errorf("re-reading its rank: %w", err)
+		}
+		var now job.Assignment
+		if len(cur.Kvs) == 0 || json.Unmarshal(cur.Kvs[0].Value, &now) != nil || now != a {
+			return fmt.Errorf("%w: rank %d epoch %d is no longer this worker's", ErrFenced, a.Rank, a.Epoch)
+		}
+		select {
+		case <-lease.Lost():
+			return fmt.Errorf("%w: lost the etcd lease", ErrFenced)
+		default:
 		}
 		log.Info("re-placed: resuming", "placement", next.Version, "shards", next.Shards, "at_step", next.Start)
 		p, rev = next, nextRev
 	}
 }
+
+// ErrFenced is returned by a worker that is no longer a member of its job.
+var ErrFenced = errors.New("fenced off")
 
 // runEra trains under placement p (written at etcd revision rev) from its
 // start step to the last step, and reports the rank done, if p is still the
@@ -151,25 +172,32 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 		}
 		nextCh <- era{next, rev, err}
 	}()
-	next := func() (*paramserver.Placement, int64, error) {
+	// next waits for the next placement: the job rolled back or was
+	// re-placed. Once this rank has finished (finished), the job's end is
+	// the normal way out; before, it means the job ended without this rank.
+	next := func(finished bool) (*paramserver.Placement, int64, error) {
 		e := <-nextCh
-		if e.err != nil && ctx.Err() == nil && e.p == nil {
+		switch {
+		case e.p != nil:
+			return e.p, e.rev, nil
+		case ctx.Err() != nil:
+			return nil, 0, ctx.Err()
+		case e.err != nil:
 			return nil, 0, fmt.Errorf("waiting for a new placement: %w", e.err)
-		}
-		if e.p == nil && ctx.Err() == nil { // the job is done without this rank
+		case !finished:
 			return nil, 0, errors.New("the job was marked done before this rank finished")
 		}
-		return e.p, e.rev, ctx.Err()
+		return nil, 0, nil
 	}
 	for step := p.Start; step < spec.Steps; step++ {
 		select {
 		case <-lease.Lost():
-			return nil, 0, errors.New("lost the etcd lease: this worker is no longer a member of the job")
+			return nil, 0, fmt.Errorf("%w: lost the etcd lease: this worker is no longer a member of the job", ErrFenced)
 		default:
 		}
 		if err := t.step(ectx, step); err != nil {
 			if ectx.Err() != nil && ctx.Err() == nil { // re-placed
-				return next()
+				return next(false)
 			}
 			return nil, 0, err
 		}
@@ -186,10 +214,12 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 		return nil, 0, fmt.Errorf("reporting rank %d done: %w", a.Rank, err)
 	}
 	if !r.Succeeded {
-		return next()
+		return next(false)
 	}
-	log.Info("finished", "rank", a.Rank, "steps", spec.Steps)
-	return nil, 0, nil
+	// Stay until the job is done: if it rolls back first, this rank reruns
+	// its steps from the checkpoint.
+	log.Info("finished its steps; waiting for the job to end", "rank", a.Rank, "steps", spec.Steps)
+	return next(true)
 }
 
 func newTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.Placement) (*trainer, error) {

@@ -32,8 +32,22 @@ import (
 // directory out: metrics.jsonl from the workers' progress and from held-out
 // evaluations every spec.EvalEvery steps, and the final parameters pulled
 // from the shards into checkpoint/final.ckpt (evaluated once more).
+//
+// Several coordinators of a job may run: one leads (an etcd election), the
+// others stand by and the oldest takes over when the leader dies, carrying
+// on from the job's state in etcd.
 func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec job.Spec, out string, resume *resumePoint,
 	console io.Writer, log *slog.Logger) (*telemetry.Collector, error) {
+	host, _ := os.Hostname()
+	id := fmt.Sprintf("%s-%d", host, os.Getpid())
+	if leader, err := coordinator.Leader(ctx, cli, spec.Name); err == nil && leader != "" && console != nil {
+		fmt.Fprintf(console, "standing by: %s leads job %s\n", leader, spec.Name)
+	}
+	lead, err := coordinator.Campaign(ctx, cli, spec.Name, id, coordinatorTTL)
+	if err != nil {
+		return nil, err
+	}
+	defer lead.Resign(context.WithoutCancel(ctx)) // a standby takes over at once
 	score, err := newScorer(&spec, out)
 	if err != nil {
 		return nil, err
@@ -66,6 +80,11 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 		if resume != nil { // the first evaluation after the checkpoint resumed from
 			step = (resume.from/spec.EvalEvery + 1) * spec.EvalEvery
 		}
+		// A coordinator that takes over a running job evaluates from where
+		// the job is, not the steps already gone by.
+		if clock, err := ev.clock(ectx); err == nil && clock > step {
+			step = (clock/spec.EvalEvery + 1) * spec.EvalEvery
+		}
 		for ; step < spec.Steps; step += spec.EvalEvery {
 			params, err := ev.pull(ectx, step)
 			if err != nil {
@@ -79,7 +98,7 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 	})
 	defer func() { stopEval(); evalDone.Wait() }()
 	ckpt := filepath.Join(out, "checkpoint", "final.ckpt")
-	err = coordinator.Run(ctx, cli, coordinator.Config{Spec: spec, Log: log, Resume: resume != nil,
+	err = coordinator.Run(ctx, cli, coordinator.Config{Spec: spec, Log: log, Resume: resume != nil, Leader: lead,
 		OnFinish: func(ctx context.Context, p *paramserver.Placement) error {
 			stopEval()
 			evalDone.Wait()
@@ -107,6 +126,10 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 }
 
 // evaluator scores pulled parameters on the job's held-out data.
+// coordinatorTTL is the lease, in seconds, of a coordinator's leadership: a
+// standby takes over this long after the leader dies.
+const coordinatorTTL = 5
+
 type evaluator struct {
 	spec  *job.Spec
 	score func(step int64, params []float32) (telemetry.EvalRecord, bool)
@@ -166,6 +189,21 @@ func parzenMonitor(spec *job.Spec, params []float32, valid [][]float32) (models.
 	const n = 1000
 	samples := models.Sample(spec.GAN, params, n, rand.New(rand.NewPCG(spec.Seed, 0x5a3)))
 	return models.Parzen(samples, shard.Flatten(valid[:200]), shard.Flatten(valid[200:1200]), spec.GAN.Pixels, models.SigmaGrid()), n
+}
+
+// clock is the job's step as the shards tell it.
+func (e *evaluator) clock(ctx context.Context) (int64, error) {
+	ctx, cancel := context.WithTimeout(ctx, time.Minute)
+	defer cancel()
+	p, _, err := job.ReadPlacement(ctx, e.cli, e.spec.Name)
+	if err != nil {
+		return 0, err
+	}
+	c, err := paramserver.NewClient(e.nc, e.spec.Name, p, 0, 0)
+	if err != nil {
+		return 0, err
+	}
+	return c.Clock(ctx)
 }
 
 // pull reads the parameters after step from the shards, under the job's

@@ -44,6 +44,9 @@ func (k Keys) ShardSnapshot(version, step int64, shard int) string {
 // answer back into it.
 func (k Keys) Reshard() string { return k.root + "reshard" }
 
+// Leader is the prefix of the coordinators' election for the job.
+func (k Keys) Leader() string { return k.root + "leader/" }
+
 // Finishing exists once some rank has finished its last step; from then on
 // the job is not re-placed.
 func (k Keys) Finishing() string { return k.root + "finishing" }

@@ -438,6 +438,12 @@ type CheckpointRecord struct {
 	Files     []string `json:"files"` // by shard
 }
 
+// ShardMember is the value of a shard's membership key: the placement
+// version it serves (0 while it is still restoring).
+type ShardMember struct {
+	Placement int64 `json:"placement"`
+}
+
 // ReshardRequest asks the coordinator to move the job to Shards shards. The
 // coordinator answers in Status ("done" or why not) and Version (the new
 // placement's).

@@ -118,6 +118,7 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *paramserver.Pl
 	if err != nil {
 		return nil, fmt.Errorf("shard %d: %w", idx, err)
 	}
+	shard.Fence(p.Epochs)
 	svcCfg := paramserver.ServiceConfig{Job: spec.Name, Shard: idx, Placement: p.Version, Log: log}
 	if cfg.DataDir != "" {
 		svcCfg.SnapshotDir = filepath.Join(cfg.DataDir, "snapshots")
@@ -141,6 +142,12 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *paramserver.Pl
 		return nil, err
 	}
 	defer svc.Close()
+	// Say which placement this shard serves: if it dies now, that
+	// placement's progress is lost and the coordinator rolls the job back.
+	member, _ := json.Marshal(job.ShardMember{Placement: p.Version})
+	if _, err := cfg.Etcd.Put(ctx, keys.Shard(idx), string(member), clientv3.WithLease(lease.ID)); err != nil {
+		return nil, fmt.Errorf("shard %d: recording its placement: %w", idx, err)
+	}
 	log.Info("serving", "blocks", len(blocks), "placement", p.Version, "from_step", p.Start)
 	if cfg.Ready != nil {
 		cfg.Ready(idx, svc)
