@@ -243,6 +243,11 @@ func (c *run) handle(ctx context.Context, typ mvccpb.Event_EventType, kv, prev *
 		if typ == mvccpb.DELETE {
 			lost := c.ranks.Holds(id)
 			c.cfg.Log.Info("worker left", "worker", id, "work_lost", lost)
+			// Its assignment goes: should it come back (it was frozen or
+			// cut off, not dead), it finds it has no rank.
+			if _, err := write(ctx, c.cli, c.cfg.Leader, nil, clientv3.OpDelete(c.keys.Assign(id))); err != nil {
+				return false, err
+			}
 			if err := c.apply(ctx, c.ranks.Down(id)); err != nil {
 				return false, err
 			}

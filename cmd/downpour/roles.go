@@ -361,6 +361,7 @@ func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	shard := fs.Int("shard", -1, "shard index to serve (-1: the lowest free one)")
 	dataDir := fs.String("data-dir", "", "directory for the shard's snapshots (needed when the job checkpoints)")
 	restore := fs.String("restore", "", "start from this snapshot file instead of the initial parameters")
+	ttl := fs.Int64("lease-ttl", 10, "seconds without a heartbeat after which the job gives this shard up")
 	if err := parse(fs, args, stderr, "downpour ps --nats nats://127.0.0.1:4222 --etcd http://127.0.0.1:2379 --job demo"); err != nil {
 		return err
 	}
@@ -378,7 +379,7 @@ func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	defer nc.Close()
 	return psnode.Run(ctx, psnode.Config{Job: *name, NATS: nc, Etcd: cli, Log: ep.logger(stderr), Shard: *shard,
-		DataDir: *dataDir, Restore: *restore,
+		DataDir: *dataDir, Restore: *restore, LeaseTTL: *ttl,
 		Ready: func(i int, _ *paramserver.Service) { fmt.Fprintf(stdout, "serving shard %d of job %s\n", i, *name) }})
 }
 
@@ -388,6 +389,7 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	endpointFlags(fs, &ep)
 	name := fs.String("job", "demo", "job to join")
 	id := fs.String("id", "", "worker id, unique in the job (default host-pid-time)")
+	ttl := fs.Int64("lease-ttl", 10, "seconds without a heartbeat after which the job gives this worker up")
 	if err := parse(fs, args, stderr, "downpour worker --nats nats://127.0.0.1:4222 --etcd http://127.0.0.1:2379 --job demo"); err != nil {
 		return err
 	}
@@ -404,7 +406,7 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer nc.Close()
-	if err := worker.Run(ctx, worker.Config{Job: *name, ID: *id, NATS: nc, Etcd: cli, Log: ep.logger(stderr)}); err != nil {
+	if err := worker.Run(ctx, worker.Config{Job: *name, ID: *id, NATS: nc, Etcd: cli, Log: ep.logger(stderr), LeaseTTL: *ttl}); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "worker finished its steps of job %s\n", *name)

@@ -1,0 +1,241 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/downpour-ml/downpour/internal/checkpoint"
+	"github.com/downpour-ml/downpour/internal/embedded"
+	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/paramserver"
+)
+
+// faultCluster is a job run as OS processes against real NATS and etcd:
+// two coordinators (a leader and a standby), two shards, and three workers
+// (one waiting to take a rank).
+type faultCluster struct {
+	t       *testing.T
+	name    string
+	dir     string
+	ep      []string
+	cli     *clientv3.Client
+	nc      *nats.Conn
+	coords  []*proc
+	shards  []*proc
+	workers []*proc
+}
+
+// faultSpec is the job of the suite: sync, checkpointed every 20 steps.
+var faultSpec = []string{"--steps", "200", "--hidden", "32", "--embed", "16", "--optimizer", "adam", "--log-every", "20",
+	"--eval-every", "0", "--checkpoint-every", "20"}
+
+const faultTTL = "2" // seconds: the lease of workers and shards in the suite
+
+func startFaultCluster(t *testing.T, c *embedded.Cluster, cli *clientv3.Client, nc *nats.Conn, name string) *faultCluster {
+	f := &faultCluster{t: t, name: name, dir: t.TempDir(), ep: []string{"--nats", c.NATSURL, "--etcd", c.EtcdEndpoints[0]}, cli: cli, nc: nc}
+	for i := 0; i < 2; i++ {
+		f.shards = append(f.shards, f.startShard(i))
+	}
+	for i := 0; i < 3; i++ {
+		f.workers = append(f.workers, start(t, fmt.Sprintf("worker %d", i), append([]string{"worker", "--job", name, "--lease-ttl", faultTTL}, f.ep...)...))
+	}
+	for i := 0; i < 2; i++ {
+		out := filepath.Join(f.dir, fmt.Sprint("coordinator-", i))
+		f.coords = append(f.coords, start(t, fmt.Sprintf("coordinator %d", i),
+			append(append([]string{"coordinator", "--job", name, "--out", out}, faultSpec...), f.ep...)...))
+		if i == 0 { // the first one leads
+			f.waitFor(func() bool { l, _ := leaderPID(cli, name); return l == f.coords[0].cmd.Process.Pid }, "the first coordinator to lead")
+		}
+	}
+	return f
+}
+
+func (f *faultCluster) startShard(i int) *proc {
+	return start(f.t, fmt.Sprintf("ps %d", i), append([]string{"ps", "--job", f.name, "--shard", fmt.Sprint(i), "--lease-ttl", faultTTL,
+		"--data-dir", filepath.Join(f.dir, fmt.Sprint("ps-", i))}, f.ep...)...)
+}
+
+// leaderPID is the pid in the id of the job's leading coordinator.
+func leaderPID(cli *clientv3.Client, name string) (int, error) {
+	r, err := cli.Get(context.Background(), job.KeysFor(name).Leader(), append(clientv3.WithFirstCreate(), clientv3.WithPrefix())...)
+	if err != nil || len(r.Kvs) == 0 {
+		return 0, err
+	}
+	id := string(r.Kvs[0].Value)
+	var pid int
+	fmt.Sscan(id[strings.LastIndex(id, "-")+1:], &pid)
+	return pid, nil
+}
+
+func (f *faultCluster) waitFor(cond func() bool, what string) {
+	f.t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for !cond() {
+		if time.Now().After(deadline) {
+			f.t.Fatalf("%s: not within 2 minutes", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// clock is the job's step as its shards tell it (-1 while they do not).
+func (f *faultCluster) clock() int64 {
+	p, _, err := job.ReadPlacement(context.Background(), f.cli, f.name)
+	if err != nil {
+		return -1
+	}
+	c, err := paramserver.NewClient(f.nc, f.name, p, 0, 0)
+	if err != nil {
+		return -1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	clock, err := c.Clock(ctx)
+	if err != nil {
+		return -1
+	}
+	return clock
+}
+
+// rankHolder returns a worker process holding a rank.
+func (f *faultCluster) rankHolder() *proc {
+	r, err := f.cli.Get(context.Background(), job.KeysFor(f.name).Assigns(), clientv3.WithPrefix())
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	for _, kv := range r.Kvs {
+		for _, w := range f.workers {
+			if strings.Contains(string(kv.Key), fmt.Sprintf("-%d-", w.cmd.Process.Pid)) {
+				return w
+			}
+		}
+	}
+	f.t.Fatal("no worker holds a rank")
+	return nil
+}
+
+func placementVersion(t *testing.T, cli *clientv3.Client, name string) int64 {
+	p, _, err := job.ReadPlacement(context.Background(), cli, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p.Version
+}
+
+// finish waits for the job to end and returns its final parameters.
+func (f *faultCluster) finish() []float32 {
+	f.t.Helper()
+	f.waitFor(func() bool {
+		r, _ := f.cli.Get(context.Background(), job.KeysFor(f.name).State())
+		return len(r.Kvs) == 1 && string(r.Kvs[0].Value) == job.StateDone
+	}, "the job to finish")
+	for i := range f.coords {
+		path := filepath.Join(f.dir, fmt.Sprint("coordinator-", i), "checkpoint", "final.ckpt")
+		if _, err := os.Stat(path); err == nil {
+			_, params, err := checkpoint.Read(path)
+			if err != nil {
+				f.t.Fatal(err)
+			}
+			return params
+		}
+	}
+	f.t.Fatal("no coordinator wrote the final checkpoint")
+	return nil
+}
+
+// The fault-injection suite, sync mode: for each single fault, injected at
+// a step drawn from a seed, the job completes with parameters bit-identical
+// to the fault-free run.
+func TestFaultsSyncBitIdentical(t *testing.T) {
+	downpourBinary(t)
+	c, err := embedded.Start(context.Background(), filepath.Join(t.TempDir(), "servers"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cli, err := job.Connect(context.Background(), c.EtcdEndpoints, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	nc, err := nats.Connect(c.NATSURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	want, _ := trainRun(t, filepath.Join(t.TempDir(), "ref"), faultSpec...)
+	rng := rand.New(rand.NewPCG(2014, 1406))
+	faults := []struct {
+		name   string
+		inject func(f *faultCluster) string
+	}{
+		{"kill-worker", func(f *faultCluster) string {
+			w := f.rankHolder()
+			w.cmd.Process.Kill()
+			return fmt.Sprintf("kill -9 worker pid %d", w.cmd.Process.Pid)
+		}},
+		{"kill-ps", func(f *faultCluster) string {
+			f.shards[0].cmd.Process.Kill()
+			err := <-f.shards[0].done
+			f.shards[0].done <- err // for its cleanup
+			f.shards[0] = f.startShard(0) // as a supervisor would
+			return "kill -9 ps 0, then start it again"
+		}},
+		{"kill-coordinator", func(f *faultCluster) string {
+			f.coords[0].cmd.Process.Kill()
+			return "kill -9 the leading coordinator"
+		}},
+		{"stop-worker", func(f *faultCluster) string {
+			w := f.rankHolder()
+			syscall.Kill(w.cmd.Process.Pid, syscall.SIGSTOP)
+			time.Sleep(4 * time.Second) // twice the lease
+			syscall.Kill(w.cmd.Process.Pid, syscall.SIGCONT)
+			select { // the zombie finds itself fenced off and exits
+			case err := <-w.done:
+				w.done <- err
+				if err == nil || !strings.Contains(w.out.String(), "fenced") {
+					t.Errorf("the resumed zombie exited with %v:\n%s", err, w.out.String())
+				}
+			case <-time.After(time.Minute):
+				t.Errorf("the resumed zombie did not exit within a minute:\n%s", w.out.String())
+			}
+			return fmt.Sprintf("SIGSTOP worker pid %d for 4s (lease %ss), then SIGCONT", w.cmd.Process.Pid, faultTTL)
+		}},
+	}
+	for i, fault := range faults {
+		t.Run(fault.name, func(t *testing.T) {
+			f := startFaultCluster(t, c, cli, nc, fmt.Sprint("fault", i))
+			at := int64(30 + rng.IntN(100))
+			f.waitFor(func() bool { return f.clock() >= at }, fmt.Sprintf("step %d", at))
+			v0 := placementVersion(t, cli, f.name)
+			clock := f.clock()
+			start := time.Now()
+			what := fault.inject(f)
+			got := f.finish()
+			if !slices.Equal(got, want) {
+				t.Fatalf("%s at step %d: the parameters differ from the fault-free run's", what, at)
+			}
+			p, _, err := job.ReadPlacement(context.Background(), cli, f.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			redone := int64(0)
+			if p.Version > v0 {
+				redone = clock - p.Start
+			}
+			t.Logf("%s at step %d: completed bit-identical; placement %d -> %d (from step %d: about %d steps redone); %.1fs from the fault to the end",
+				what, clock, v0, p.Version, p.Start, redone, time.Since(start).Seconds())
+		})
+	}
+}
