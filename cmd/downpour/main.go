@@ -34,6 +34,7 @@ var commands = []command{
 	{"coordinator", "run a job's coordinator against a NATS and etcd cluster", cmdCoordinator},
 	{"ps", "run a parameter-server shard of a job", cmdPS},
 	{"worker", "run a worker of a job", cmdWorker},
+	{"status", "print a job: state, leader, placement, last checkpoint, members and their leases, shard clocks", cmdStatus},
 	{"reshard", "move a running job to another number of parameter-server shards", cmdReshard},
 	{"servers", "run an embedded NATS server and etcd for a local multi-process cluster", cmdServers},
 	{"translate", "translate stdin line by line with a trained checkpoint", cmdTranslate},
