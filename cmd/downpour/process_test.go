@@ -219,6 +219,13 @@ func TestReshardRunningJob(t *testing.T) {
 		}
 	}
 	reshard(3, 2)
+	// A coordinator of another job under the same name is refused at once
+	// (it does not stand by).
+	other := append([]string{"coordinator", "--out", filepath.Join(dir, "other")}, spec...)
+	other = append(append(other, "--seed", "99"), ep...)
+	if code, _, stderr := runCmd(t, 30*time.Second, other...); code != 1 || !strings.Contains(stderr, "different spec") {
+		t.Fatalf("a coordinator with another spec: exit %d, %s", code, stderr)
+	}
 	reshard(2, 3)
 	third.wait(t, time.Minute) // it leaves the job when placement 3 has no room for it
 	if !strings.Contains(third.out.String(), "placement has fewer shards: leaving") {

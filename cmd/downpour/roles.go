@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"flag"
 	"fmt"
@@ -38,6 +39,13 @@ import (
 // on from the job's state in etcd.
 func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec job.Spec, out string, resume *resumePoint,
 	console io.Writer, log *slog.Logger) (*telemetry.Collector, error) {
+	// A coordinator for another job of the same name is refused before it
+	// stands by, not when it would take over.
+	if r, err := cli.Get(ctx, job.KeysFor(spec.Name).Spec()); err != nil {
+		return nil, fmt.Errorf("reading job %s: %w", spec.Name, err)
+	} else if len(r.Kvs) > 0 && !bytes.Equal(r.Kvs[0].Value, spec.Encode()) {
+		return nil, fmt.Errorf("job %s: %w (stored: %s)", spec.Name, coordinator.ErrSpecConflict, r.Kvs[0].Value)
+	}
 	host, _ := os.Hostname()
 	id := fmt.Sprintf("%s-%d", host, os.Getpid())
 	if leader, err := coordinator.Leader(ctx, cli, spec.Name); err == nil && leader != "" && console != nil {
