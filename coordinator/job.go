@@ -121,9 +121,11 @@ func (r *Ranks) Fence() []uint64 {
 }
 
 // Rollback records that the job went back to a checkpoint: every rank runs
-// again from there, the done ones included; holders keep their ranks.
-func (r *Ranks) Rollback() {
+// again from there, the done ones included; holders keep their ranks, and a
+// done rank without a holder goes to a waiting worker.
+func (r *Ranks) Rollback() []Assign {
 	clear(r.done)
+	return r.fill()
 }
 
 // Unassigned is the number of ranks neither held nor done.

@@ -44,7 +44,7 @@ func resume(ctx context.Context, cli *clientv3.Client, l *Leadership, keys job.K
 		return nil, err
 	}
 	_, err = write(ctx, cli, l, nil, clientv3.OpPut(keys.Placement(), string(q.Encode())),
-		clientv3.OpDelete(keys.Dones(), clientv3.WithPrefix()), clientv3.OpDelete(keys.Finishing()))
+		clientv3.OpDelete(keys.Dones(), clientv3.WithPrefix()))
 	if err != nil {
 		return nil, fmt.Errorf("writing placement %d: %w", q.Version, err)
 	}
@@ -145,8 +145,7 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 		}
 		cfg.Log.Info("resuming", "job", spec.Name, "from_step", p.Start, "placement", p.Version)
 	}
-	c := &run{cli: cli, cfg: cfg, keys: keys, ranks: NewRanks(spec.Workers), placement: p,
-		snaps: map[int64]map[int]string{}, last: job.CheckpointRecord{Step: -1}}
+	c := &run{cli: cli, cfg: cfg, keys: keys, job: NewJob(spec.Mode, spec.Workers, p, int(cfg.JoinTimeout/time.Second))}
 	err = c.loop(ctx)
 	if cause := context.Cause(ctx); errors.Is(cause, ErrNotLeader) {
 		return fmt.Errorf("job %s: %w", spec.Name, ErrNotLeader)
@@ -154,46 +153,43 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 	return err
 }
 
+// run is the etcd adapter of a Job: it feeds the machine with the job's
+// keys, first as they are and then as they change, and carries out its
+// actions as writes guarded by the coordinator's leadership.
 type run struct {
-	cli       *clientv3.Client
-	cfg       Config
-	keys      job.Keys
-	ranks     *Ranks
-	placement *paramserver.Placement
-	snaps     map[int64]map[int]string // the placement's shard snapshot files by step and shard
-	last      job.CheckpointRecord     // the last complete checkpoint (Step -1: none)
-	finishing bool                     // some rank has finished: no more re-placements
+	cli  *clientv3.Client
+	cfg  Config
+	keys job.Keys
+	job  *Job
 }
 
-// loop rebuilds the rank state from etcd, then follows membership and
-// completion events until every rank is done.
+// loop rebuilds the job's state from etcd, then follows its events until
+// the job is done.
 func (c *run) loop(ctx context.Context) error {
 	snap, err := c.cli.Get(ctx, c.keys.Root(), clientv3.WithPrefix())
 	if err != nil {
 		return fmt.Errorf("reading job state: %w", err)
 	}
 	var events []*mvccpb.KeyValue
+	live := map[string]bool{}
 	for _, kv := range snap.Kvs {
 		k := string(kv.Key)
 		if id, ok := strings.CutPrefix(k, c.keys.Assigns()); ok {
 			var a job.Assignment
 			if json.Unmarshal(kv.Value, &a) == nil {
-				c.ranks.Restore(id, a)
+				c.job.RestoreAssignment(id, a)
 			}
-		} else {
-			events = append(events, kv)
+			continue
 		}
-	}
-	// Workers whose assignment exists but whose lease is gone are down.
-	live := map[string]bool{}
-	for _, kv := range snap.Kvs {
-		if id, ok := strings.CutPrefix(string(kv.Key), c.keys.Workers()); ok {
+		if id, ok := strings.CutPrefix(k, c.keys.Workers()); ok {
 			live[id] = true
 		}
+		events = append(events, kv)
 	}
-	for id := range c.ranks.rankOf {
+	// Workers whose assignment exists but whose lease is gone are down.
+	for _, id := range c.job.Holders() {
 		if !live[id] {
-			if err := c.apply(ctx, c.ranks.Down(id)); err != nil {
+			if finished, err := c.exec(ctx, c.job.WorkerDown(id)); err != nil || finished {
 				return err
 			}
 		}
@@ -208,16 +204,13 @@ func (c *run) loop(ctx context.Context) error {
 	wc := c.cli.Watch(wctx, c.keys.Root(), clientv3.WithPrefix(), clientv3.WithRev(snap.Header.Revision+1), clientv3.WithPrevKV())
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
-	since := time.Now() // since when a rank has been without a worker
 	for {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-tick.C:
-			if c.ranks.Unassigned() == 0 {
-				since = time.Now()
-			} else if time.Since(since) > c.cfg.JoinTimeout {
-				return fmt.Errorf("job %s: %d ranks have had no worker for %v: start more workers", c.cfg.Spec.Name, c.ranks.Unassigned(), c.cfg.JoinTimeout)
+			if finished, err := c.exec(ctx, c.job.Tick()); err != nil || finished {
+				return err
 			}
 		case wr, ok := <-wc:
 			if !ok {
@@ -235,198 +228,104 @@ func (c *run) loop(ctx context.Context) error {
 	}
 }
 
-// handle feeds one key change to the rank state and carries out its actions.
-// (prev, for a deletion, is the key's last value when known.)
+// handle turns one key change into the machine's input and carries out its
+// actions. (prev, for a deletion, is the key's last value when known.)
 func (c *run) handle(ctx context.Context, typ mvccpb.Event_EventType, kv, prev *mvccpb.KeyValue) (finished bool, err error) {
 	k := string(kv.Key)
+	put := typ == mvccpb.PUT
+	var out []Action
 	if id, ok := strings.CutPrefix(k, c.keys.Workers()); ok {
-		if typ == mvccpb.DELETE {
-			lost := c.ranks.Holds(id)
-			c.cfg.Log.Info("worker left", "worker", id, "work_lost", lost)
-			// Its assignment goes: should it come back (it was frozen or
-			// cut off, not dead), it finds it has no rank.
-			if _, err := write(ctx, c.cli, c.cfg.Leader, nil, clientv3.OpDelete(c.keys.Assign(id))); err != nil {
-				return false, err
-			}
-			if err := c.apply(ctx, c.ranks.Down(id)); err != nil {
-				return false, err
-			}
-			if lost && c.cfg.Spec.Mode == paramserver.Sync {
-				// Its last step may be half pushed: only a rollback keeps
-				// the run what it would have been.
-				return false, c.rollback(ctx, fmt.Sprintf("worker %s died", id))
-			}
-			return false, nil
+		if put {
+			out = c.job.WorkerUp(id)
+		} else {
+			c.cfg.Log.Info("worker left", "worker", id)
+			out = c.job.WorkerDown(id)
 		}
-		return false, c.apply(ctx, c.ranks.Up(id))
-	}
-	if i, ok := strings.CutPrefix(k, c.keys.Shards()); ok && typ == mvccpb.DELETE && prev != nil {
+	} else if i, ok := strings.CutPrefix(k, c.keys.Shards()); ok && !put && prev != nil {
 		var m job.ShardMember
-		idx, err := strconv.Atoi(i)
-		if err == nil && json.Unmarshal(prev.Value, &m) == nil && m.Placement == c.placement.Version && idx < c.placement.Shards {
-			// It served this placement: its blocks' progress is lost.
-			return false, c.rollback(ctx, fmt.Sprintf("parameter-server shard %d died", idx))
+		if idx, err := strconv.Atoi(i); err == nil && json.Unmarshal(prev.Value, &m) == nil {
+			out = c.job.ShardDown(idx, m.Placement)
 		}
-		return false, nil
-	}
-	if rest, ok := strings.CutPrefix(k, c.keys.ShardSnapshots()); ok && typ == mvccpb.PUT {
-		return false, c.recordSnapshot(ctx, rest, kv.Value)
-	}
-	if k == c.keys.Checkpoint() && typ == mvccpb.PUT { // read back when the coordinator restarts
-		var cp job.CheckpointRecord
-		if json.Unmarshal(kv.Value, &cp) == nil && cp.Step > c.last.Step {
-			c.last = cp
-		}
-		return false, nil
-	}
-	if k == c.keys.Finishing() {
-		c.finishing = true
-		return false, nil
-	}
-	if k == c.keys.Reshard() && typ == mvccpb.PUT {
-		return false, c.reshard(ctx, kv.Value)
-	}
-	if r, ok := strings.CutPrefix(k, c.keys.Dones()); ok && typ == mvccpb.PUT {
-		rank, err := strconv.Atoi(r)
-		if err != nil || !c.ranks.Done(rank) {
+	} else if _, ok := strings.CutPrefix(k, c.keys.ShardSnapshots()); ok && put {
+		var rec job.SnapshotRecord
+		if err := json.Unmarshal(kv.Value, &rec); err != nil {
+			c.cfg.Log.Warn("ignoring a malformed snapshot record", "key", k)
 			return false, nil
 		}
-		c.cfg.Log.Info("all ranks done", "job", c.cfg.Spec.Name)
-		if c.cfg.OnFinish != nil {
-			if err := c.cfg.OnFinish(ctx, c.placement); err != nil {
+		out = c.job.SnapshotRecorded(rec)
+	} else if k == c.keys.Checkpoint() && put { // read back when the coordinator restarts
+		var cp job.CheckpointRecord
+		if json.Unmarshal(kv.Value, &cp) == nil {
+			c.job.CheckpointRecorded(cp)
+		}
+	} else if k == c.keys.Reshard() && put {
+		var req job.ReshardRequest
+		if err := json.Unmarshal(kv.Value, &req); err != nil {
+			c.cfg.Log.Warn("ignoring a malformed reshard request", "err", err)
+			return false, nil
+		}
+		out = c.job.ReshardRequested(req)
+	} else if r, ok := strings.CutPrefix(k, c.keys.Dones()); ok && put {
+		if rank, err := strconv.Atoi(r); err == nil {
+			out = c.job.RankDone(rank)
+		}
+	}
+	return c.exec(ctx, out)
+}
+
+// exec carries out actions in order; it reports whether the job finished.
+func (c *run) exec(ctx context.Context, actions []Action) (finished bool, err error) {
+	put := func(what string, ops ...clientv3.Op) error {
+		if _, err := write(ctx, c.cli, c.cfg.Leader, nil, ops...); err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		return nil
+	}
+	for _, a := range actions {
+		switch a.Kind {
+		case DoAssign:
+			b, _ := json.Marshal(a.Assign.Assignment)
+			if err := put("assigning rank "+strconv.Itoa(a.Assign.Rank), clientv3.OpPut(c.keys.Assign(a.Assign.Worker), string(b))); err != nil {
 				return false, err
 			}
+			c.cfg.Log.Info("assigned rank", "worker", a.Assign.Worker, "rank", a.Assign.Rank, "epoch", a.Assign.Epoch, "data_shard", a.Assign.DataShard)
+		case DoUnassign:
+			if err := put("unassigning "+a.Worker, clientv3.OpDelete(c.keys.Assign(a.Worker))); err != nil {
+				return false, err
+			}
+		case DoPlace:
+			q := a.Placement
+			if err := put(fmt.Sprintf("writing placement %d", q.Version), clientv3.OpPut(c.keys.Placement(), string(q.Encode())),
+				clientv3.OpDelete(c.keys.Dones(), clientv3.WithPrefix())); err != nil {
+				return false, err
+			}
+			c.cfg.Log.Warn("re-placed the job", "why", a.Why, "placement", q.Version, "shards", q.Shards, "from_step", q.Start)
+		case DoCheckpoint:
+			b, _ := json.Marshal(a.Checkpoint)
+			if err := put(fmt.Sprintf("recording checkpoint %d", a.Checkpoint.Step), clientv3.OpPut(c.keys.Checkpoint(), string(b))); err != nil {
+				return false, err
+			}
+			c.cfg.Log.Info("checkpoint complete", "step", a.Checkpoint.Step)
+		case DoAnswer:
+			b, _ := json.Marshal(a.Reshard)
+			if err := put("answering a reshard request", clientv3.OpPut(c.keys.Reshard(), string(b))); err != nil {
+				return false, err
+			}
+			c.cfg.Log.Info("reshard request", "shards", a.Reshard.Shards, "answer", a.Reshard.Status)
+		case DoFinish:
+			c.cfg.Log.Info("all ranks done", "job", c.cfg.Spec.Name)
+			if c.cfg.OnFinish != nil {
+				if err := c.cfg.OnFinish(ctx, c.job.Placement()); err != nil {
+					return false, err
+				}
+			}
+			if err := put("marking the job done", clientv3.OpPut(c.keys.State(), job.StateDone)); err != nil {
+				return false, err
+			}
+			return true, nil
+		case DoFail:
+			return false, fmt.Errorf("job %s: %w", c.cfg.Spec.Name, a.Err)
 		}
-		if _, err := write(ctx, c.cli, c.cfg.Leader, nil, clientv3.OpPut(c.keys.State(), job.StateDone)); err != nil {
-			return false, fmt.Errorf("marking job done: %w", err)
-		}
-		return true, nil
 	}
 	return false, nil
-}
-
-// recordSnapshot notes a shard's snapshot (key "<step>/<shard>") and, once
-// every shard has one for a step, records that step as the last complete
-// checkpoint.
-func (c *run) recordSnapshot(ctx context.Context, key string, value []byte) error {
-	var rec job.SnapshotRecord
-	if err := json.Unmarshal(value, &rec); err != nil || rec.Shard < 0 || rec.Shard >= c.placement.Shards {
-		c.cfg.Log.Warn("ignoring a malformed snapshot record", "key", key)
-		return nil
-	}
-	if rec.Placement != c.placement.Version || rec.Step <= c.last.Step {
-		return nil // of an earlier placement, or older than the last checkpoint
-	}
-	m := c.snaps[rec.Step]
-	if m == nil {
-		m = map[int]string{}
-		c.snaps[rec.Step] = m
-	}
-	m[rec.Shard] = rec.Path
-	if len(m) < c.placement.Shards {
-		return nil
-	}
-	cp := job.CheckpointRecord{Step: rec.Step, Placement: rec.Placement, Files: make([]string, c.placement.Shards)}
-	for i, f := range m {
-		cp.Files[i] = f
-	}
-	b, _ := json.Marshal(cp)
-	if _, err := write(ctx, c.cli, c.cfg.Leader, nil, clientv3.OpPut(c.keys.Checkpoint(), string(b))); err != nil {
-		return fmt.Errorf("recording checkpoint %d: %w", rec.Step, err)
-	}
-	c.last = cp
-	for step := range c.snaps {
-		if step <= rec.Step {
-			delete(c.snaps, step)
-		}
-	}
-	c.cfg.Log.Info("checkpoint complete", "step", rec.Step)
-	return nil
-}
-
-// rollback moves the whole job back to its last complete checkpoint (or to
-// its start, without one) on the same shards: a new placement fences the
-// old era, shards restore, every rank reruns from there (the finished ones
-// too), and a rank whose holder died is fenced at once.
-func (c *run) rollback(ctx context.Context, why string) error {
-	step, files := c.last.Step, c.last.Files
-	if step < 0 {
-		step, files = 0, nil
-	}
-	q, err := c.placement.Reshard(c.placement.Shards, step, files)
-	if err != nil {
-		return fmt.Errorf("rolling back: %w", err)
-	}
-	q.Epochs = c.ranks.Fence()
-	_, err = write(ctx, c.cli, c.cfg.Leader, nil, clientv3.OpPut(c.keys.Placement(), string(q.Encode())),
-		clientv3.OpDelete(c.keys.Dones(), clientv3.WithPrefix()), clientv3.OpDelete(c.keys.Finishing()))
-	if err != nil {
-		return fmt.Errorf("writing placement %d: %w", q.Version, err)
-	}
-	c.cfg.Log.Warn("rolled back", "why", why, "to_step", step, "placement", q.Version)
-	c.placement, c.finishing = q, false
-	c.ranks.Rollback()
-	clear(c.snaps)
-	return nil
-}
-
-// reshard answers an operator's request to move the job to another number
-// of shards: the new placement starts from the last complete checkpoint, so
-// every shard restores from it and every worker resumes at its step. It is
-// refused when there is no complete checkpoint, or once a rank has finished.
-func (c *run) reshard(ctx context.Context, value []byte) error {
-	var req job.ReshardRequest
-	if err := json.Unmarshal(value, &req); err != nil || req.Status != "" {
-		return nil // malformed (answered below) or already answered
-	}
-	answer := func(status string) error {
-		req.Status = status
-		b, _ := json.Marshal(req)
-		_, err := write(ctx, c.cli, c.cfg.Leader, nil, clientv3.OpPut(c.keys.Reshard(), string(b)))
-		return err
-	}
-	var why string
-	switch {
-	case c.finishing:
-		why = "refused: a rank has already finished its last step"
-	case c.last.Step < 0:
-		why = "refused: the job has no complete checkpoint yet (it re-places from one: run it with --checkpoint-every)"
-	}
-	var q *paramserver.Placement
-	if why == "" {
-		var err error
-		if q, err = c.placement.Reshard(req.Shards, c.last.Step, c.last.Files); err != nil {
-			why = "refused: " + err.Error()
-		}
-	}
-	if why != "" {
-		c.cfg.Log.Warn("reshard request", "shards", req.Shards, "answer", why)
-		return answer(why)
-	}
-	req.Status, req.Version, req.Start = "done", q.Version, q.Start
-	b, _ := json.Marshal(req)
-	ok, err := write(ctx, c.cli, c.cfg.Leader, []clientv3.Cmp{clientv3.Compare(clientv3.CreateRevision(c.keys.Finishing()), "=", 0)},
-		clientv3.OpPut(c.keys.Placement(), string(q.Encode())), clientv3.OpPut(c.keys.Reshard(), string(b)))
-	if err != nil {
-		return fmt.Errorf("writing placement %d: %w", q.Version, err)
-	}
-	if !ok {
-		c.finishing = true
-		return answer("refused: a rank has already finished its last step")
-	}
-	c.cfg.Log.Info("re-placed the job", "placement", q.Version, "shards", q.Shards, "from_step", q.Start)
-	c.placement = q
-	clear(c.snaps)
-	return nil
-}
-
-func (c *run) apply(ctx context.Context, as []Assign) error {
-	for _, a := range as {
-		b, _ := json.Marshal(a.Assignment)
-		if _, err := write(ctx, c.cli, c.cfg.Leader, nil, clientv3.OpPut(c.keys.Assign(a.Worker), string(b))); err != nil {
-			return fmt.Errorf("assigning rank %d to %s: %w", a.Rank, a.Worker, err)
-		}
-		c.cfg.Log.Info("assigned rank", "worker", a.Worker, "rank", a.Rank, "epoch", a.Epoch, "data_shard", a.DataShard)
-	}
-	return nil
 }

@@ -208,7 +208,7 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 	// Done counts only if the placement this rank ran under is still the
 	// job's: else the job rolled back, and this rank reruns from there.
 	r, err := cfg.Etcd.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(keys.Placement()), "=", rev)).
-		Then(clientv3.OpPut(keys.Done(a.Rank), strconv.FormatUint(a.Epoch, 10)), clientv3.OpPut(keys.Finishing(), strconv.Itoa(a.Rank))).
+		Then(clientv3.OpPut(keys.Done(a.Rank), strconv.FormatUint(a.Epoch, 10))).
 		Commit()
 	if err != nil {
 		return nil, 0, fmt.Errorf("reporting rank %d done: %w", a.Rank, err)

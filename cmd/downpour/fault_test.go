@@ -228,7 +228,7 @@ func TestFaultsSyncBitIdentical(t *testing.T) {
 		{"kill-ps", func(f *faultCluster) string {
 			f.shards[0].cmd.Process.Kill()
 			err := <-f.shards[0].done
-			f.shards[0].done <- err // for its cleanup
+			f.shards[0].done <- err       // for its cleanup
 			f.shards[0] = f.startShard(0) // as a supervisor would
 			return "kill -9 ps 0, then start it again"
 		}},

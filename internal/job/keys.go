@@ -47,10 +47,6 @@ func (k Keys) Reshard() string { return k.root + "reshard" }
 // Leader is the prefix of the coordinators' election for the job.
 func (k Keys) Leader() string { return k.root + "leader/" }
 
-// Finishing exists once some rank has finished its last step; from then on
-// the job is not re-placed.
-func (k Keys) Finishing() string { return k.root + "finishing" }
-
 // Checkpoint holds the last complete checkpoint: a step for which every
 // shard has recorded its snapshot.
 func (k Keys) Checkpoint() string { return k.root + "checkpoint" }

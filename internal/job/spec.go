@@ -11,7 +11,6 @@
 //	members/ps/<i>          one key per live parameter-server shard, under its lease
 //	assign/<id>             the rank, epoch and data shard given to worker <id>
 //	done/<rank>             written by a rank when it has pushed its last step
-//	finishing               written with the first done/<rank>: no re-placement after it
 //	shard-snapshots/p<v>/<step>/<i>  shard i's snapshot of step under placement v
 //	checkpoint              the last complete checkpoint (every shard's snapshot of one step)
 //	reshard                 an operator's request to re-place the job, and the answer

@@ -1,0 +1,223 @@
+package coordinator
+
+import (
+	"fmt"
+
+	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/paramserver"
+)
+
+// Job is the coordinator's decisions for one job as a pure state machine, in
+// the manner of etcd's raft: membership, snapshot, completion and operator
+// events go in (fed by the etcd adapter, Run, from watch events, and by a
+// ticker); actions to carry out come out. It does no IO and reads no clock.
+//
+// Invariants (each tested by a script):
+//   - ranks: see Ranks;
+//   - a checkpoint is recorded only once every shard of the current
+//     placement has a snapshot of its step under that placement, and never
+//     goes backwards;
+//   - sync: a worker that dies holding an unfinished rank, or a shard that
+//     dies while serving the current placement, rolls the job back: a new
+//     placement version from the last complete checkpoint (or step 0),
+//     fencing every rank at its current holder's epoch (a free rank at the
+//     next one), and every rank runs again from there;
+//   - async, ssp: a dead shard rolls back likewise; a dead worker does not;
+//   - a reshard is a rollback onto another number of shards, refused
+//     without a complete checkpoint;
+//   - the job finishes once, when every rank is done under the current
+//     placement.
+type Job struct {
+	mode      string
+	ranks     *Ranks
+	placement *paramserver.Placement
+	snaps     map[int64]map[int]string // the placement's shard snapshot files by step and shard
+	last      job.CheckpointRecord     // the last complete checkpoint (Step -1: none)
+	finished  bool
+	joinTicks int // ticks a rank may stay without a worker
+	idleTicks int // ticks some rank has been without a worker
+}
+
+// ActionKind names what an Action asks the adapter to do.
+type ActionKind int
+
+// Actions.
+const (
+	DoAssign     ActionKind = iota // write Assign
+	DoUnassign                     // delete Worker's assignment
+	DoPlace                        // write Placement, and delete every rank's done
+	DoCheckpoint                   // record Checkpoint as the last complete one
+	DoAnswer                       // write Reshard (the answer to a request)
+	DoFinish                       // save the final parameters, mark the job done
+	DoFail                         // stop coordinating with Err
+)
+
+// Action is one thing for the adapter to carry out, in order.
+type Action struct {
+	Kind       ActionKind
+	Assign     Assign
+	Worker     string
+	Placement  *paramserver.Placement
+	Checkpoint job.CheckpointRecord
+	Reshard    job.ReshardRequest
+	Err        error
+	Why        string // for the log
+}
+
+// NewJob makes the state of a job of workers ranks in mode under placement
+// p; a rank may stay without a worker for joinTicks ticks.
+func NewJob(mode string, workers int, p *paramserver.Placement, joinTicks int) *Job {
+	return &Job{mode: mode, ranks: NewRanks(workers), placement: p, snaps: map[int64]map[int]string{},
+		last: job.CheckpointRecord{Step: -1}, joinTicks: joinTicks}
+}
+
+// Placement is the job's current placement.
+func (j *Job) Placement() *paramserver.Placement { return j.placement }
+
+// RestoreAssignment records an assignment read back from etcd.
+func (j *Job) RestoreAssignment(worker string, a job.Assignment) { j.ranks.Restore(worker, a) }
+
+// Holders lists the workers holding ranks.
+func (j *Job) Holders() []string {
+	var ws []string
+	for w := range j.ranks.rankOf {
+		ws = append(ws, w)
+	}
+	return ws
+}
+
+// CheckpointRecorded records a checkpoint read back from etcd.
+func (j *Job) CheckpointRecorded(cp job.CheckpointRecord) {
+	if cp.Step > j.last.Step {
+		j.last = cp
+	}
+}
+
+// WorkerUp: worker registered.
+func (j *Job) WorkerUp(worker string) []Action { return assigns(j.ranks.Up(worker)) }
+
+// WorkerDown: worker's membership ended (its lease ran out, or it left).
+func (j *Job) WorkerDown(worker string) []Action {
+	lost := j.ranks.Holds(worker)
+	_, held := j.ranks.rankOf[worker]
+	var out []Action
+	if held { // should it come back, it finds it has no rank
+		out = append(out, Action{Kind: DoUnassign, Worker: worker})
+	}
+	out = append(out, assigns(j.ranks.Down(worker))...)
+	if lost && j.mode == paramserver.Sync && !j.finished {
+		// Its last step may be half pushed: only a rollback keeps the run
+		// what it would have been.
+		out = append(out, j.rollback(j.placement.Shards, fmt.Sprintf("worker %s died", worker))...)
+	}
+	return out
+}
+
+// ShardDown: shard idx's membership ended; it was serving placement version
+// serving (0: none yet).
+func (j *Job) ShardDown(idx int, serving int64) []Action {
+	if j.finished || serving != j.placement.Version || idx >= j.placement.Shards {
+		return nil // it held no progress of this placement
+	}
+	return j.rollback(j.placement.Shards, fmt.Sprintf("parameter-server shard %d died", idx))
+}
+
+// SnapshotRecorded: a shard recorded a snapshot.
+func (j *Job) SnapshotRecorded(rec job.SnapshotRecord) []Action {
+	if rec.Shard < 0 || rec.Shard >= j.placement.Shards || rec.Placement != j.placement.Version || rec.Step <= j.last.Step {
+		return nil // of an earlier placement, or older than the last checkpoint
+	}
+	m := j.snaps[rec.Step]
+	if m == nil {
+		m = map[int]string{}
+		j.snaps[rec.Step] = m
+	}
+	m[rec.Shard] = rec.Path
+	if len(m) < j.placement.Shards {
+		return nil
+	}
+	cp := job.CheckpointRecord{Step: rec.Step, Placement: rec.Placement, Files: make([]string, j.placement.Shards)}
+	for i, f := range m {
+		cp.Files[i] = f
+	}
+	j.last = cp
+	for step := range j.snaps {
+		if step <= rec.Step {
+			delete(j.snaps, step)
+		}
+	}
+	return []Action{{Kind: DoCheckpoint, Checkpoint: cp}}
+}
+
+// RankDone: rank reported its last step pushed under the current placement.
+func (j *Job) RankDone(rank int) []Action {
+	if j.finished || !j.ranks.Done(rank) {
+		return nil
+	}
+	j.finished = true
+	return []Action{{Kind: DoFinish}}
+}
+
+// ReshardRequested: an operator asked for another number of shards.
+func (j *Job) ReshardRequested(req job.ReshardRequest) []Action {
+	if req.Status != "" {
+		return nil // already answered
+	}
+	answer := func(status string) []Action {
+		req.Status = status
+		return []Action{{Kind: DoAnswer, Reshard: req}}
+	}
+	switch {
+	case j.finished:
+		return answer("refused: the job has finished")
+	case j.last.Step < 0:
+		return answer("refused: the job has no complete checkpoint yet (it re-places from one: run it with --checkpoint-every)")
+	}
+	out := j.rollback(req.Shards, fmt.Sprintf("an operator asked for %d shards", req.Shards))
+	if out[0].Kind == DoFail { // the placement could not be made
+		return answer("refused: " + out[0].Err.Error())
+	}
+	req.Version, req.Start = j.placement.Version, j.placement.Start
+	return append(out, answer("done")...)
+}
+
+// Tick advances time by one tick: a rank left without a worker for too long
+// fails the job.
+func (j *Job) Tick() []Action {
+	if j.ranks.Unassigned() == 0 || j.finished {
+		j.idleTicks = 0
+		return nil
+	}
+	j.idleTicks++
+	if j.idleTicks > j.joinTicks {
+		return []Action{{Kind: DoFail, Err: fmt.Errorf("%d ranks have had no worker for %d ticks: start more workers", j.ranks.Unassigned(), j.joinTicks)}}
+	}
+	return nil
+}
+
+// rollback moves the job to a new placement on shards shards, starting from
+// the last complete checkpoint (or step 0 without one).
+func (j *Job) rollback(shards int, why string) []Action {
+	step, files := j.last.Step, j.last.Files
+	if step < 0 {
+		step, files = 0, nil
+	}
+	q, err := j.placement.Reshard(shards, step, files)
+	if err != nil {
+		return []Action{{Kind: DoFail, Err: err}}
+	}
+	q.Epochs = j.ranks.Fence()
+	j.placement = q
+	clear(j.snaps)
+	// The placement first: its fence must be in force before a revived
+	// rank's new holder can push.
+	return append([]Action{{Kind: DoPlace, Placement: q, Why: why}}, assigns(j.ranks.Rollback())...)
+}
+
+func assigns(as []Assign) []Action {
+	out := make([]Action, len(as))
+	for i, a := range as {
+		out[i] = Action{Kind: DoAssign, Assign: a}
+	}
+	return out
+}

@@ -1,0 +1,150 @@
+package coordinator
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/models"
+	"github.com/downpour-ml/downpour/paramserver"
+)
+
+// runScript feeds a Job the events of a script and checks the actions each
+// produces. A line is "event args => actions", actions separated by "; " and
+// written as render writes them ("-" for none); "#" starts a comment.
+func runScript(t *testing.T, j *Job, script string) {
+	t.Helper()
+	for n, line := range strings.Split(script, "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		ev, want, ok := strings.Cut(line, "=>")
+		if !ok {
+			t.Fatalf("line %d: no =>", n+1)
+		}
+		f := strings.Fields(ev)
+		num := func(i int) int {
+			var v int
+			fmt.Sscan(f[i], &v)
+			return v
+		}
+		var out []Action
+		switch f[0] {
+		case "up":
+			out = j.WorkerUp(f[1])
+		case "down":
+			out = j.WorkerDown(f[1])
+		case "shard-down": // shard-down <index> <placement it served>
+			out = j.ShardDown(num(1), int64(num(2)))
+		case "snap": // snap <shard> <step> <placement>
+			out = j.SnapshotRecorded(job.SnapshotRecord{Shard: num(1), Step: int64(num(2)), Placement: int64(num(3)),
+				Path: fmt.Sprintf("s%d@%d", num(1), num(2))})
+		case "done":
+			out = j.RankDone(num(1))
+		case "reshard":
+			out = j.ReshardRequested(job.ReshardRequest{Shards: num(1)})
+		case "tick":
+			out = j.Tick()
+		default:
+			t.Fatalf("line %d: unknown event %q", n+1, f[0])
+		}
+		if got := render(out); got != strings.TrimSpace(want) {
+			t.Fatalf("line %d: %s\n got: %s\nwant: %s", n+1, strings.TrimSpace(ev), got, strings.TrimSpace(want))
+		}
+	}
+}
+
+func render(as []Action) string {
+	if len(as) == 0 {
+		return "-"
+	}
+	var parts []string
+	for _, a := range as {
+		switch a.Kind {
+		case DoAssign:
+			parts = append(parts, fmt.Sprintf("assign %s:%d@%d", a.Assign.Worker, a.Assign.Rank, a.Assign.Epoch))
+		case DoUnassign:
+			parts = append(parts, "unassign "+a.Worker)
+		case DoPlace:
+			p := a.Placement
+			parts = append(parts, fmt.Sprintf("place v%d shards=%d from=%d files=%s fence=%v", p.Version, p.Shards, p.Start, strings.Join(p.From, ","), p.Epochs))
+		case DoCheckpoint:
+			parts = append(parts, fmt.Sprintf("checkpoint %d %s", a.Checkpoint.Step, strings.Join(a.Checkpoint.Files, ",")))
+		case DoAnswer:
+			parts = append(parts, fmt.Sprintf("answer %q", a.Reshard.Status))
+		case DoFinish:
+			parts = append(parts, "finish")
+		case DoFail:
+			parts = append(parts, "fail")
+		}
+	}
+	return strings.Join(parts, "; ")
+}
+
+func testPlacement(shards int) *paramserver.Placement {
+	return paramserver.Place([]models.Tensor{{Name: "w", Shape: []int{64}}}, 8, shards)
+}
+
+func TestJobScriptSync(t *testing.T) {
+	runScript(t, NewJob(paramserver.Sync, 2, testPlacement(2), 3), `
+up a => assign a:0@1
+up b => assign b:1@1
+up c => -                          # a spare waits
+snap 0 10 1 => -
+snap 1 10 1 => checkpoint 10 s0@10,s1@10
+snap 1 10 1 => -                   # again: nothing new
+snap 0 20 1 => -
+snap 0 30 2 => -                   # a placement that is not (yet) the job's
+down a => unassign a; assign c:0@2; place v2 shards=2 from=10 files=s0@10,s1@10 fence=[2 1]
+snap 1 20 1 => -                   # a snapshot of the old placement no longer counts
+snap 0 20 2 => -
+snap 1 20 2 => checkpoint 20 s0@20,s1@20
+shard-down 1 1 => -                # it served an old placement
+shard-down 0 0 => -                # it was still restoring
+shard-down 1 2 => place v3 shards=2 from=20 files=s0@20,s1@20 fence=[2 1]
+done 0 => -
+down c => unassign c               # its rank was done: nothing lost
+up e => -                          # a done rank is not given again: e waits
+shard-down 0 3 => place v4 shards=2 from=20 files=s0@20,s1@20 fence=[3 1]; assign e:0@3   # the rollback revives rank 0
+tick => -
+up d => -
+done 0 => -
+done 1 => finish
+done 1 => -                        # once
+down b => unassign b               # after the end: no rollback
+`)
+}
+
+func TestJobScriptReshardAndJoinTimeout(t *testing.T) {
+	runScript(t, NewJob(paramserver.Sync, 1, testPlacement(2), 2), `
+reshard 3 => answer "refused: the job has no complete checkpoint yet (it re-places from one: run it with --checkpoint-every)"
+up a => assign a:0@1
+snap 0 5 1 => -
+snap 1 5 1 => checkpoint 5 s0@5,s1@5
+reshard 100 => answer "refused: cannot place 8 blocks on 100 shards"
+reshard 3 => place v2 shards=3 from=5 files=s0@5,s1@5 fence=[1]; answer "done"
+snap 2 10 2 => -
+snap 0 10 2 => -
+snap 1 10 2 => checkpoint 10 s0@10,s1@10,s2@10
+reshard 1 => place v3 shards=1 from=10 files=s0@10,s1@10,s2@10 fence=[1]; answer "done"
+snap 0 15 3 => checkpoint 15 s0@15
+down a => unassign a; place v4 shards=1 from=15 files=s0@15 fence=[2]
+tick => -
+tick => -
+tick => fail                       # rank 0 without a worker for more than 2 ticks
+`)
+}
+
+// In async mode a dead worker does not roll the job back (its replacement
+// carries on); a dead shard does.
+func TestJobScriptAsync(t *testing.T) {
+	runScript(t, NewJob(paramserver.Async, 2, testPlacement(2), 10), `
+up a => assign a:0@1
+up b => assign b:1@1
+down a => unassign a
+up c => assign c:0@2
+shard-down 0 1 => place v2 shards=2 from=0 files= fence=[2 1]
+`)
+}
