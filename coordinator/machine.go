@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/paramserver"
@@ -36,6 +37,9 @@ type Job struct {
 	finished  bool
 	joinTicks int // ticks a rank may stay without a worker
 	idleTicks int // ticks some rank has been without a worker
+	// async: the data-shard tasks, and the rank holders waiting for one.
+	tasks *Tasks
+	idle  map[string]bool
 }
 
 // ActionKind names what an Action asks the adapter to do.
@@ -50,6 +54,8 @@ const (
 	DoAnswer                       // write Reshard (the answer to a request)
 	DoFinish                       // save the final parameters, mark the job done
 	DoFail                         // stop coordinating with Err
+	DoGiveTask                     // write Worker's task: Task (ID -1: none for now)
+	DoSaveTasks                    // store the task queue (Tasks)
 )
 
 // Action is one thing for the adapter to carry out, in order.
@@ -62,6 +68,8 @@ type Action struct {
 	Reshard    job.ReshardRequest
 	Err        error
 	Why        string // for the log
+	Task       Task
+	Tasks      *Tasks
 }
 
 // NewJob makes the state of a job of workers ranks in mode under placement
@@ -69,6 +77,13 @@ type Action struct {
 func NewJob(mode string, workers int, p *paramserver.Placement, joinTicks int) *Job {
 	return &Job{mode: mode, ranks: NewRanks(workers), placement: p, snaps: map[int64]map[int]string{},
 		last: job.CheckpointRecord{Step: -1}, joinTicks: joinTicks}
+}
+
+// UseTasks makes the job hand out its data as the tasks of q (async mode):
+// a rank holder works on one task at a time, the job finishes when every
+// task is done or failed, and a worker's death only puts its task back.
+func (j *Job) UseTasks(q *Tasks) {
+	j.tasks, j.idle = q, map[string]bool{}
 }
 
 // Placement is the job's current placement.
@@ -94,7 +109,99 @@ func (j *Job) CheckpointRecorded(cp job.CheckpointRecord) {
 }
 
 // WorkerUp: worker registered.
-func (j *Job) WorkerUp(worker string) []Action { return assigns(j.ranks.Up(worker)) }
+func (j *Job) WorkerUp(worker string) []Action { return j.withTasks(assigns(j.ranks.Up(worker))) }
+
+// withTasks adds, after assignments, a task for each newly assigned worker.
+func (j *Job) withTasks(out []Action) []Action {
+	if j.tasks == nil {
+		return out
+	}
+	for _, a := range out {
+		if a.Kind == DoAssign {
+			j.idle[a.Assign.Worker] = true
+		}
+	}
+	return append(out, j.offer()...)
+}
+
+// offer gives tasks to the idle rank holders (in name order), while there
+// are tasks to give, and says "none for now" to the rest.
+func (j *Job) offer() []Action {
+	var ws []string
+	for w := range j.idle {
+		ws = append(ws, w)
+	}
+	slices.Sort(ws)
+	var out []Action
+	changed := false
+	for _, w := range ws {
+		t, ok := j.tasks.Next(w)
+		if !ok {
+			t = Task{ID: -1}
+		} else {
+			delete(j.idle, w)
+			changed = true
+		}
+		out = append(out, Action{Kind: DoGiveTask, Worker: w, Task: t})
+	}
+	if changed {
+		out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks})
+	}
+	return out
+}
+
+// TaskDone: worker reported task id done.
+func (j *Job) TaskDone(worker string, id int) []Action {
+	if j.tasks == nil || j.finished {
+		return nil
+	}
+	if _, held := j.ranks.rankOf[worker]; !held {
+		j.tasks.Late++
+		return nil // not a member any more: its report does not count
+	}
+	counted := j.tasks.Finish(worker, id)
+	var out []Action
+	if counted {
+		out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks})
+	} else if j.pending(worker) {
+		return nil // a stale report: it is busy with its current task
+	}
+	j.idle[worker] = true
+	if j.tasks.Finished() {
+		j.finished = true
+		return append(out, Action{Kind: DoFinish})
+	}
+	return append(out, j.offer()...)
+}
+
+// Resume, after the job's keys have been read back, offers tasks to the
+// rank holders that have none pending (a coordinator that takes over does
+// not know who was waiting), and finishes a job whose tasks all ended.
+func (j *Job) Resume() []Action {
+	if j.tasks == nil || j.finished {
+		return nil
+	}
+	if j.tasks.Finished() {
+		j.finished = true
+		return []Action{{Kind: DoFinish}}
+	}
+	for w := range j.ranks.rankOf {
+		if !j.pending(w) {
+			j.idle[w] = true
+		}
+	}
+	return j.offer()
+}
+
+// pending reports whether worker owns a pending task.
+func (j *Job) pending(worker string) bool {
+	for _, t := range j.tasks.List {
+		if t.State == TaskPending && t.Owner == worker {
+			return true
+		}
+	}
+	return false
+}
 
 // WorkerDown: worker's membership ended (its lease ran out, or it left).
 func (j *Job) WorkerDown(worker string) []Action {
@@ -104,7 +211,15 @@ func (j *Job) WorkerDown(worker string) []Action {
 	if held { // should it come back, it finds it has no rank
 		out = append(out, Action{Kind: DoUnassign, Worker: worker})
 	}
-	out = append(out, assigns(j.ranks.Down(worker))...)
+	if j.tasks != nil {
+		delete(j.idle, worker)
+		j.tasks.Down(worker)
+		out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks})
+	}
+	out = append(out, j.withTasks(assigns(j.ranks.Down(worker)))...)
+	if j.tasks != nil && !j.finished {
+		out = append(out, j.offer()...) // its task, to an idle holder
+	}
 	if lost && j.mode == paramserver.Sync && !j.finished {
 		// Its last step may be half pushed: only a rollback keeps the run
 		// what it would have been.
@@ -151,7 +266,7 @@ func (j *Job) SnapshotRecorded(rec job.SnapshotRecord) []Action {
 
 // RankDone: rank reported its last step pushed under the current placement.
 func (j *Job) RankDone(rank int) []Action {
-	if j.finished || !j.ranks.Done(rank) {
+	if j.finished || j.tasks != nil || !j.ranks.Done(rank) {
 		return nil
 	}
 	j.finished = true
@@ -184,7 +299,22 @@ func (j *Job) ReshardRequested(req job.ReshardRequest) []Action {
 // Tick advances time by one tick: a rank left without a worker for too long
 // fails the job.
 func (j *Job) Tick() []Action {
-	if j.ranks.Unassigned() == 0 || j.finished {
+	var out []Action
+	if j.tasks != nil && !j.finished {
+		if lost := j.tasks.Tick(); len(lost) > 0 {
+			out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks})
+			if j.tasks.Finished() { // the last ones failed
+				j.finished = true
+				return append(out, Action{Kind: DoFinish})
+			}
+			out = append(out, j.offer()...)
+		}
+	}
+	return append(out, j.joinTick()...)
+}
+
+func (j *Job) joinTick() []Action {
+	if j.ranks.Unassigned() == 0 || j.finished || j.tasks != nil && len(j.ranks.rankOf) > 0 {
 		j.idleTicks = 0
 		return nil
 	}

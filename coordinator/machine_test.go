@@ -47,6 +47,10 @@ func runScript(t *testing.T, j *Job, script string) {
 			out = j.ReshardRequested(job.ReshardRequest{Shards: num(1)})
 		case "tick":
 			out = j.Tick()
+		case "task-done": // task-done <worker> <task id>
+			out = j.TaskDone(f[1], num(2))
+		case "resume":
+			out = j.Resume()
 		default:
 			t.Fatalf("line %d: unknown event %q", n+1, f[0])
 		}
@@ -78,6 +82,14 @@ func render(as []Action) string {
 			parts = append(parts, "finish")
 		case DoFail:
 			parts = append(parts, "fail")
+		case DoGiveTask:
+			if a.Task.ID < 0 {
+				parts = append(parts, fmt.Sprintf("task %s none", a.Worker))
+			} else {
+				parts = append(parts, fmt.Sprintf("task %s %d:%d:%d-%d", a.Worker, a.Task.ID, a.Task.Shard, a.Task.From, a.Task.To))
+			}
+		case DoSaveTasks:
+			parts = append(parts, "save")
 		}
 	}
 	return strings.Join(parts, "; ")
@@ -146,5 +158,30 @@ up b => assign b:1@1
 down a => unassign a
 up c => assign c:0@2
 shard-down 0 1 => place v2 shards=2 from=0 files= fence=[2 1]
+`)
+}
+
+// Async with tasks: workers take tasks one at a time, come and go; a dead
+// worker's task goes to another; the job finishes when the tasks are done.
+func TestJobScriptTasks(t *testing.T) {
+	j := NewJob(paramserver.Async, 2, testPlacement(2), 2)
+	j.UseTasks(NewTasks(2, 20, 10, 3, 2)) // 4 tasks: shard 0 steps 0-10, 10-20; shard 1 likewise
+	runScript(t, j, `
+up a => assign a:0@1; task a 0:0:0-10; save
+up b => assign b:1@1; task b 1:0:10-20; save
+up c => -                                  # a third worker waits for a rank
+task-done a 0 => save; task a 2:1:0-10; save
+task-done a 0 => -                         # again: a is busy with task 2; the stale report changes nothing
+down b => unassign b; save; assign c:1@2; task c 1:0:10-20; save
+task-done b 1 => -                         # a dead worker's report does not count
+tick => -
+tick => -
+tick => -
+tick => save                               # both missed their deadline: task 2 goes back, task 1 (given out twice) fails
+task-done c 1 => task c 2:1:0-10; save     # late: it does not count; c takes the oldest todo
+task-done c 2 => save; task c 3:1:10-20; save
+task-done a 2 => task a none               # late too: nothing left to give a
+task-done c 3 => save; finish              # every task done or failed
+tick => -
 `)
 }

@@ -146,6 +146,19 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 		cfg.Log.Info("resuming", "job", spec.Name, "from_step", p.Start, "placement", p.Version)
 	}
 	c := &run{cli: cli, cfg: cfg, keys: keys, job: NewJob(spec.Mode, spec.Workers, p, int(cfg.JoinTimeout/time.Second))}
+	if spec.UsesTasks() {
+		r, err := cli.Get(ctx, keys.Tasks())
+		if err != nil {
+			return fmt.Errorf("reading the task queue: %w", err)
+		}
+		q := NewTasks(spec.Workers, spec.Steps, spec.TaskSteps, spec.TaskTimeout, spec.TaskAttempts)
+		if len(r.Kvs) > 0 { // a coordinator that takes over carries on with the queue
+			if q, err = DecodeTasks(r.Kvs[0].Value); err != nil {
+				return err
+			}
+		}
+		c.job.UseTasks(q)
+	}
 	err = c.loop(ctx)
 	if cause := context.Cause(ctx); errors.Is(cause, ErrNotLeader) {
 		return fmt.Errorf("job %s: %w", spec.Name, ErrNotLeader)
@@ -198,6 +211,9 @@ func (c *run) loop(ctx context.Context) error {
 		if finished, err := c.handle(ctx, mvccpb.PUT, kv, nil); err != nil || finished {
 			return err
 		}
+	}
+	if finished, err := c.exec(ctx, c.job.Resume()); err != nil || finished {
+		return err
 	}
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
@@ -265,6 +281,13 @@ func (c *run) handle(ctx context.Context, typ mvccpb.Event_EventType, kv, prev *
 			return false, nil
 		}
 		out = c.job.ReshardRequested(req)
+	} else if id, ok := strings.CutPrefix(k, c.keys.TaskDones()); ok && put {
+		var t Task
+		if err := json.Unmarshal(kv.Value, &t); err != nil {
+			c.cfg.Log.Warn("ignoring a malformed task report", "worker", id, "err", err)
+			return false, nil
+		}
+		out = c.job.TaskDone(id, t.ID)
 	} else if r, ok := strings.CutPrefix(k, c.keys.Dones()); ok && put {
 		if rank, err := strconv.Atoi(r); err == nil {
 			out = c.job.RankDone(rank)
@@ -325,6 +348,15 @@ func (c *run) exec(ctx context.Context, actions []Action) (finished bool, err er
 			return true, nil
 		case DoFail:
 			return false, fmt.Errorf("job %s: %w", c.cfg.Spec.Name, a.Err)
+		case DoGiveTask:
+			b, _ := json.Marshal(a.Task)
+			if err := put("giving a task to "+a.Worker, clientv3.OpPut(c.keys.TaskOf(a.Worker), string(b))); err != nil {
+				return false, err
+			}
+		case DoSaveTasks:
+			if err := put("storing the task queue", clientv3.OpPut(c.keys.Tasks(), string(a.Tasks.Encode()))); err != nil {
+				return false, err
+			}
 		}
 	}
 	return false, nil

@@ -24,16 +24,16 @@ import (
 // D's and G's blocks keep their own clocks on the shards (a block's clock
 // counts its own updates), so in sync mode every rank's D update j of a step
 // is summed before any rank computes the next D or G gradient. Noise and
-// dropout masks come from (seed, rank, step), so sync runs are
-// reproducible.
+// dropout masks come from (seed, data shard, data step), so sync runs are
+// reproducible (in sync mode a rank reads the data shard of its number).
 type ganTrainer struct {
 	cfg    Config
 	spec   *job.Spec
 	a      job.Assignment
 	d, g   *paramserver.Client // one client per parameter group
 	model  *models.GAN[float32]
-	images [][]float32 // this data shard's training images
-	gs     int         // generator parameters (they come first)
+	images [][][]float32 // each data shard's training images
+	gs     int           // generator parameters (they come first)
 	z, x   []float32
 	loss   float64 // D and G losses and wall time since the last report
 	aux    float64
@@ -56,35 +56,37 @@ func newGANTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.
 		return nil, err
 	}
 	t := &ganTrainer{cfg: cfg, spec: spec, a: a, d: d, g: g, model: models.NewGAN[float32](spec.GAN), gs: gs}
+	t.images = make([][][]float32, spec.Workers)
 	perm := rand.New(rand.NewPCG(spec.Seed, 0x6a4)).Perm(len(m.Train))
 	for i, idx := range perm {
-		if i%spec.Workers == a.DataShard {
-			t.images = append(t.images, m.Train[idx])
-		}
+		t.images[i%spec.Workers] = append(t.images[i%spec.Workers], m.Train[idx])
 	}
-	if len(t.images) < spec.Batch {
-		return nil, fmt.Errorf("data shard %d holds %d images, fewer than a batch of %d", a.DataShard, len(t.images), spec.Batch)
+	if len(t.images[spec.Workers-1]) < spec.Batch {
+		return nil, fmt.Errorf("a data shard holds %d images, fewer than a batch of %d", len(t.images[spec.Workers-1]), spec.Batch)
 	}
 	return t, nil
 }
 
-// batch fills t.x with the images of update j of step: each epoch of the
-// data shard is a shuffle drawn from (seed, shard, epoch).
-func (t *ganTrainer) batch(step int64, j int) {
+// batch fills t.x with the images of update j of data step step of data
+// shard sh: each epoch of the data shard is a shuffle drawn from (seed,
+// shard, epoch).
+func (t *ganTrainer) batch(sh int, step int64, j int) {
 	B, px := t.spec.Batch, t.spec.GAN.Pixels
-	per := int64(len(t.images) / B)
+	images := t.images[sh]
+	per := int64(len(images) / B)
 	k := step*int64(t.spec.GANK) + int64(j)
 	epoch, pos := k/per, int(k%per)
-	perm := rand.New(rand.NewPCG(t.spec.Seed, uint64(t.a.DataShard)<<40^uint64(epoch))).Perm(len(t.images))
+	perm := rand.New(rand.NewPCG(t.spec.Seed, uint64(sh)<<40^uint64(epoch))).Perm(len(images))
 	t.x = t.x[:0]
 	for _, i := range perm[pos*B : (pos+1)*B] {
-		t.x = append(t.x, t.images[i][:px]...)
+		t.x = append(t.x, images[i][:px]...)
 	}
 }
 
 func (t *ganTrainer) close() {}
 
-func (t *ganTrainer) step(ctx context.Context, step int64) error {
+func (t *ganTrainer) step(ctx context.Context, s at) error {
+	step := s.N
 	start := time.Now()
 	sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
 	defer cancel()
@@ -96,10 +98,10 @@ func (t *ganTrainer) step(ctx context.Context, step int64) error {
 	if err := t.g.Pull(sctx, step, w); err != nil {
 		return fmt.Errorf("step %d: pull G: %w", step, err)
 	}
-	rng := rand.New(rand.NewPCG(t.spec.Seed^0x9a11, uint64(t.a.Rank)<<40^uint64(step)))
+	rng := rand.New(rand.NewPCG(t.spec.Seed^0x9a11, uint64(s.Shard)<<40^uint64(s.Data)))
 	var dLoss float64
 	for j := int64(0); j < k; j++ {
-		t.batch(step, int(j))
+		t.batch(s.Shard, s.Data, int(j))
 		t.z = slices.Grow(t.z[:0], B*t.spec.GAN.Noise)[:B*t.spec.GAN.Noise]
 		models.Noise(t.z, rng)
 		dLoss += t.model.DLoss(t.x, t.z, B, models.RandomMasks(rng, t.spec.GAN, B), models.RandomMasks(rng, t.spec.GAN, B), true)
@@ -115,7 +117,7 @@ func (t *ganTrainer) step(ctx context.Context, step int64) error {
 	t.aux += gLoss
 	t.steps++
 	t.nanos += time.Since(start).Nanoseconds()
-	if step%t.spec.LogEvery == 0 || step == t.spec.Steps-1 {
+	if step%t.spec.LogEvery == 0 || s.Last {
 		data, _ := wire.Encode(&wire.Progress{V: wire.Version, Rank: uint32(t.a.Rank), Step: step, Loss: t.loss, Aux: t.aux,
 			Tokens: t.steps, Nanos: t.nanos})
 		t.loss, t.aux, t.steps, t.nanos = 0, 0, 0, 0

@@ -104,8 +104,9 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	var pushed int64 // async with tasks: the rank's steps so far (its push numbering never goes back)
 	for {
-		next, nextRev, err := runEra(ctx, cfg, spec, a, p, rev, lease)
+		next, nextRev, err := runEra(ctx, cfg, spec, a, p, rev, lease, &pushed)
 		if err != nil || next == nil {
 			if err == nil {
 				log.Info("job done", "rank", a.Rank)
@@ -140,11 +141,11 @@ var ErrFenced = errors.New("fenced off")
 // job's placement by then. If the job is re-placed first, runEra drops what
 // it was doing and returns the new placement.
 func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.Placement, rev int64,
-	lease *job.Lease) (*paramserver.Placement, int64, error) {
+	lease *job.Lease, pushed *int64) (*paramserver.Placement, int64, error) {
 	keys := job.KeysFor(cfg.Job)
 	log := cfg.Log.With("worker", cfg.ID)
 	var t interface {
-		step(ctx context.Context, step int64) error
+		step(ctx context.Context, s at) error
 		close() // stops what is still in flight
 	}
 	var err error
@@ -167,8 +168,8 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 	nextCh := make(chan era, 1)
 	go func() {
 		next, rev, err := job.NextPlacement(ectx, cfg.Etcd, cfg.Job, p.Version)
-		if next != nil {
-			cancel() // drop the step in flight: it belongs to the old placement
+		if next != nil || err == nil && spec.UsesTasks() {
+			cancel() // drop the step in flight: it belongs to the old placement (or, with tasks, the job is done)
 		}
 		nextCh <- era{next, rev, err}
 	}()
@@ -189,13 +190,20 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 		}
 		return nil, 0, nil
 	}
+	if spec.UsesTasks() {
+		err := runTasks(ectx, cfg, t, lease, pushed)
+		if ectx.Err() != nil && ctx.Err() == nil { // re-placed, or the job is done
+			return next(true)
+		}
+		return nil, 0, err
+	}
 	for step := p.Start; step < spec.Steps; step++ {
 		select {
 		case <-lease.Lost():
 			return nil, 0, fmt.Errorf("%w: lost the etcd lease: this worker is no longer a member of the job", ErrFenced)
 		default:
 		}
-		if err := t.step(ectx, step); err != nil {
+		if err := t.step(ectx, at{Shard: a.DataShard, Data: step, N: step, Last: step == spec.Steps-1}); err != nil {
 			if ectx.Err() != nil && ctx.Err() == nil { // re-placed
 				return next(false)
 			}
@@ -220,6 +228,63 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 	// its steps from the checkpoint.
 	log.Info("finished its steps; waiting for the job to end", "rank", a.Rank, "steps", spec.Steps)
 	return next(true)
+}
+
+// at names the step a trainer runs: the batch of step Data of data shard
+// Shard, pushed (and pulled) as the rank's step N. Last marks the step
+// before the rank reports (its job's or its task's last): its push is not
+// left in flight.
+type at struct {
+	Shard int
+	Data  int64
+	N     int64
+	Last  bool
+}
+
+// runTasks (async) takes the tasks the coordinator gives this worker, one
+// at a time, runs their steps and reports each done, until ctx ends (the
+// job is done or re-placed). pushed numbers the rank's steps.
+func runTasks(ctx context.Context, cfg Config, t interface {
+	step(ctx context.Context, s at) error
+}, lease *job.Lease, pushed *int64) error {
+	keys := job.KeysFor(cfg.Job)
+	log := cfg.Log.With("worker", cfg.ID)
+	var last coordinatorTask
+	for {
+		var task coordinatorTask
+		err := job.WaitPrefix(ctx, cfg.Etcd, keys.TaskOf(cfg.ID), 1<<62, func(kvs map[string][]byte) bool {
+			return json.Unmarshal(kvs[keys.TaskOf(cfg.ID)], &task) == nil && task.ID >= 0 && task != last
+		})
+		if err != nil {
+			return err
+		}
+		log.Info("task", "id", task.ID, "data_shard", task.Shard, "from", task.From, "to", task.To, "attempt", task.Attempts)
+		for d := task.From; d < task.To; d++ {
+			select {
+			case <-lease.Lost():
+				return fmt.Errorf("%w: lost the etcd lease: this worker is no longer a member of the job", ErrFenced)
+			default:
+			}
+			if err := t.step(ctx, at{Shard: task.Shard, Data: d, N: *pushed, Last: d == task.To-1}); err != nil {
+				return err
+			}
+			*pushed++
+		}
+		b, _ := json.Marshal(task)
+		if _, err := cfg.Etcd.Put(ctx, keys.TaskDone(cfg.ID), string(b)); err != nil {
+			return fmt.Errorf("reporting task %d done: %w", task.ID, err)
+		}
+		last = task
+	}
+}
+
+// coordinatorTask is the part of a coordinator.Task a worker reads.
+type coordinatorTask struct {
+	ID       int   `json:"id"`
+	Shard    int   `json:"shard"`
+	From     int64 `json:"from"`
+	To       int64 `json:"to"`
+	Attempts int   `json:"attempts,omitempty"`
 }
 
 func newTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.Placement) (*trainer, error) {
@@ -301,8 +366,9 @@ type trainer struct {
 // background (a Transfer), and the next step's forward pass starts on each
 // layer as soon as its parameters have arrived: the communication hides
 // behind the computation.
-func (t *trainer) step(ctx context.Context, step int64) error {
+func (t *trainer) step(ctx context.Context, s at) error {
 	start := time.Now()
+	step := s.N
 	pipelined := t.spec.NFetch == 1 && t.spec.NPush == 1
 	if step%t.spec.NFetch == 0 && t.xfer == nil {
 		sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
@@ -312,7 +378,7 @@ func (t *trainer) step(ctx context.Context, step int64) error {
 			return fmt.Errorf("step %d: pull: %w", step, err)
 		}
 	}
-	b := t.data.Batch(t.spec.Seed, t.a.DataShard, step, t.spec.Batch)
+	b := t.data.Batch(t.spec.Seed, s.Shard, s.Data, t.spec.Batch)
 	loss, tokens := t.model.Loss(b, true)
 	if err := t.settle(); err != nil {
 		return fmt.Errorf("step %d: push and pull: %w", step-1, err)
@@ -326,10 +392,10 @@ func (t *trainer) step(ctx context.Context, step int64) error {
 		grads = t.acc
 	}
 	switch {
-	case pipelined && step+1 < t.spec.Steps:
+	case pipelined && !s.Last:
 		xctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
 		t.xfer, t.xstop = t.client.StartPushPull(xctx, step, grads, t.model.Params()), cancel
-	case (step+1)%t.spec.NPush == 0 || step == t.spec.Steps-1:
+	case (step+1)%t.spec.NPush == 0 || s.Last:
 		sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
 		err := t.client.Push(sctx, step, grads)
 		cancel()
@@ -343,7 +409,7 @@ func (t *trainer) step(ctx context.Context, step int64) error {
 	t.loss += loss
 	t.tokens += int64(tokens)
 	t.nanos += time.Since(start).Nanoseconds()
-	if step%t.spec.LogEvery == 0 || step == t.spec.Steps-1 {
+	if step%t.spec.LogEvery == 0 || s.Last {
 		data, _ := wire.Encode(&wire.Progress{V: wire.Version, Rank: uint32(t.a.Rank), Step: step, Loss: t.loss,
 			Tokens: t.tokens, Nanos: t.nanos})
 		t.loss, t.tokens, t.nanos = 0, 0, 0

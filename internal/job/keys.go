@@ -44,6 +44,14 @@ func (k Keys) ShardSnapshot(version, step int64, shard int) string {
 // answer back into it.
 func (k Keys) Reshard() string { return k.root + "reshard" }
 
+// Tasks holds an async job's data-shard task queue; Task(id) the task the
+// coordinator gives worker id ({"id": -1}: none for now); TaskDone(id) the
+// task worker id reports done.
+func (k Keys) Tasks() string             { return k.root + "tasks" }
+func (k Keys) TaskOf(id string) string   { return k.root + "task/" + id }
+func (k Keys) TaskDones() string         { return k.root + "task-done/" }
+func (k Keys) TaskDone(id string) string { return k.TaskDones() + id }
+
 // Leader is the prefix of the coordinators' election for the job.
 func (k Keys) Leader() string { return k.root + "leader/" }
 

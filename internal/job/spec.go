@@ -12,6 +12,7 @@
 //	assign/<id>             the rank, epoch and data shard given to worker <id>
 //	done/<rank>             written by a rank when it has pushed its last step
 //	shard-snapshots/p<v>/<step>/<i>  shard i's snapshot of step under placement v
+//	tasks, task/<id>, task-done/<id>  async: the task queue, worker <id>'s task, its report
 //	checkpoint              the last complete checkpoint (every shard's snapshot of one step)
 //	reshard                 an operator's request to re-place the job, and the answer
 //
@@ -96,7 +97,19 @@ type Spec struct {
 	// CheckpointEvery (sync): every shard snapshots its state at each
 	// multiple of this many steps; 0 for never.
 	CheckpointEvery int64 `json:"checkpoint_every,omitempty"`
+	// TaskSteps (async): the data goes to workers as tasks of this many
+	// steps of one data shard, from a queue, so that workers may come and
+	// go; 0: each rank reads its own data shard, as in sync mode.
+	TaskSteps int64 `json:"task_steps,omitempty"`
+	// TaskTimeout is how many seconds a worker has for a task before it is
+	// given to another; TaskAttempts how many times a task is given out
+	// before it counts as failed.
+	TaskTimeout  int64 `json:"task_timeout,omitempty"`
+	TaskAttempts int   `json:"task_attempts,omitempty"`
 }
+
+// UsesTasks reports whether the job hands out its data as tasks.
+func (s *Spec) UsesTasks() bool { return s.Mode == paramserver.Async && s.TaskSteps > 0 }
 
 // Default is the job `downpour train` runs with no flags: a one-layer LSTM
 // encoder-decoder learning to reverse digit sequences.
@@ -126,6 +139,10 @@ func Default() Spec {
 		NPush:     1,
 		Optimizer: paramserver.DefaultOptimizer("sgd", 1.5),
 		NonFinite: paramserver.Refuse,
+
+		TaskSteps:    50,
+		TaskTimeout:  600,
+		TaskAttempts: 3,
 	}
 }
 
@@ -175,6 +192,8 @@ func (s *Spec) Validate() error {
 		return errors.New("n-fetch and n-push other than 1 need --mode async")
 	case s.CheckpointEvery < 0:
 		return errors.New("checkpoint every must not be negative")
+	case s.TaskSteps < 0 || s.UsesTasks() && (s.TaskTimeout < 1 || s.TaskAttempts < 1):
+		return fmt.Errorf("tasks: steps must not be negative, and a timeout and attempts at least 1 (got %d, %d, %d)", s.TaskSteps, s.TaskTimeout, s.TaskAttempts)
 	case s.ClipNorm < 0:
 		return errors.New("clip norm must not be negative")
 	case s.LogEvery < 1:
