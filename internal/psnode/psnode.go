@@ -171,9 +171,12 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *paramserver.Pl
 		case r.err != nil:
 			return nil, r.err
 		case r.next == nil:
-			log.Info("job done", "clock", svc.Clock())
+			st := svc.Stats()
+			log.Info("job done", "clock", svc.Clock(), "accepted", st.Accepted, "applied", st.Applied, "duplicates", st.Duplicates, "skipped", st.Skipped)
 		default:
-			log.Info("re-placed: leaving this placement", "placement", p.Version, "clock", svc.Clock(), "next", r.next.Version, "from_step", r.next.Start)
+			st := svc.Stats()
+			log.Info("re-placed: leaving this placement", "placement", p.Version, "clock", svc.Clock(), "next", r.next.Version, "from_step", r.next.Start,
+				"accepted", st.Accepted, "applied", st.Applied, "duplicates", st.Duplicates, "skipped", st.Skipped)
 		}
 		return r.next, nil
 	case <-lease.Lost():
