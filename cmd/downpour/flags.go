@@ -2,12 +2,14 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -198,6 +200,7 @@ type endpoints struct {
 	nats    string
 	etcd    string
 	timeout time.Duration
+	giveUp  time.Duration
 	verbose bool
 }
 
@@ -205,6 +208,7 @@ func endpointFlags(fs *flag.FlagSet, e *endpoints) {
 	fs.StringVar(&e.nats, "nats", "", "NATS server URL(s), comma-separated (e.g. nats://127.0.0.1:4222)")
 	fs.StringVar(&e.etcd, "etcd", "", "etcd endpoint(s), comma-separated (e.g. http://127.0.0.1:2379)")
 	fs.DurationVar(&e.timeout, "connect-timeout", 5*time.Second, "how long to wait for NATS and etcd to answer")
+	fs.DurationVar(&e.giveUp, "give-up", 2*time.Minute, "how long to keep reconnecting to NATS before giving up with an error")
 	fs.BoolVar(&e.verbose, "v", false, "log every role's progress (info level)")
 }
 
@@ -233,6 +237,52 @@ func connectNATS(url, name string, timeout time.Duration) (*nats.Conn, error) {
 		return nil, fmt.Errorf("cannot reach NATS at %s (is it running? check --nats): %w", url, err)
 	}
 	return nc, nil
+}
+
+// errNATSGone is the cause of a role's end when NATS stayed unreachable for
+// longer than --give-up.
+var errNATSGone = errors.New("NATS unreachable")
+
+// watchNATS logs nc's disconnections and reconnections (it keeps
+// reconnecting), and returns a context that ends, with cause errNATSGone,
+// once nc has stayed disconnected for giveUp. stop releases it.
+func watchNATS(ctx context.Context, nc *nats.Conn, giveUp time.Duration, log *slog.Logger) (_ context.Context, stop func()) {
+	ctx, cancel := context.WithCancelCause(ctx)
+	var mu sync.Mutex
+	var timer *time.Timer
+	nc.SetDisconnectErrHandler(func(_ *nats.Conn, err error) {
+		log.Warn("lost NATS; reconnecting", "err", err, "give_up_after", giveUp)
+		mu.Lock()
+		defer mu.Unlock()
+		if timer == nil {
+			timer = time.AfterFunc(giveUp, func() { cancel(fmt.Errorf("%w for %v: giving up", errNATSGone, giveUp)) })
+		}
+	})
+	nc.SetReconnectHandler(func(c *nats.Conn) {
+		log.Warn("reconnected to NATS", "url", c.ConnectedUrl())
+		mu.Lock()
+		defer mu.Unlock()
+		if timer != nil {
+			timer.Stop()
+			timer = nil
+		}
+	})
+	return ctx, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if timer != nil {
+			timer.Stop()
+		}
+		cancel(nil)
+	}
+}
+
+// natsCause returns the NATS give-up error if that is why ctx ended, else err.
+func natsCause(ctx context.Context, err error) error {
+	if c := context.Cause(ctx); err != nil && errors.Is(c, errNATSGone) {
+		return c
+	}
+	return err
 }
 
 func connectEtcd(ctx context.Context, eps string, timeout time.Duration) (*clientv3.Client, error) {

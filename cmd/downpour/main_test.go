@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/downpour-ml/downpour/internal/checkpoint"
+	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/telemetry"
 	"github.com/downpour-ml/downpour/models"
@@ -589,5 +590,44 @@ func TestTrainResume(t *testing.T) {
 	}
 	if code, _, stderr := runCmd(t, time.Minute, "train", "--resume", filepath.Join(dir, "nosuch")); code == 0 || !strings.Contains(stderr, "no run directory") {
 		t.Fatalf("resume of no run: exit %d, %s", code, stderr)
+	}
+}
+
+// Nothing waits forever: a worker for a job that never appears gives up
+// after --wait, and one whose NATS server goes away says so, keeps
+// reconnecting, and gives up after --give-up; both exit non-zero.
+func TestWorkerGivesUp(t *testing.T) {
+	dir := t.TempDir()
+	etcd, err := embedded.StartEtcd(context.Background(), filepath.Join(dir, "etcd"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer etcd.Close()
+	ns, err := embedded.StartNATS(filepath.Join(dir, "nats"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ns.Shutdown()
+	ep := []string{"--nats", ns.ClientURL(), "--etcd", etcd.Clients[0].Addr().String()}
+	ep[3] = "http://" + ep[3]
+	start := time.Now()
+	code, _, stderr := runCmd(t, time.Minute, append([]string{"worker", "--job", "nosuch", "--wait", "1s"}, ep...)...)
+	if code != 1 || !strings.Contains(stderr, "job nosuch not found") || time.Since(start) > 20*time.Second {
+		t.Fatalf("unknown job: exit %d after %v, %s", code, time.Since(start), stderr)
+	}
+	done := make(chan int, 1)
+	var e bytes.Buffer
+	go func() {
+		done <- run(context.Background(), append([]string{"worker", "--job", "nosuch", "--wait", "1m", "--give-up", "1s"}, ep...), io.Discard, &e)
+	}()
+	time.Sleep(500 * time.Millisecond) // connected, waiting for the job
+	ns.Shutdown()
+	select {
+	case code := <-done:
+		if code != 1 || !strings.Contains(e.String(), "lost NATS; reconnecting") || !strings.Contains(e.String(), "NATS unreachable for 1s: giving up") {
+			t.Fatalf("NATS gone: exit %d, %s", code, e.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("the worker did not give up within 30s of NATS going away")
 	}
 }

@@ -354,7 +354,10 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	} else {
 		fmt.Fprintf(stdout, "coordinating job %s: %d workers, %d shards, %d steps; run directory %s\n", spec.Name, spec.Workers, spec.Shards, spec.Steps, *out)
 	}
-	_, err = coordinate(ctx, cli, nc, spec, *out, rp, stdout, log)
+	wctx, stop := watchNATS(ctx, nc, ep.giveUp, log)
+	defer stop()
+	_, err = coordinate(wctx, cli, nc, spec, *out, rp, stdout, log)
+	err = natsCause(wctx, err)
 	if err == nil {
 		fmt.Fprintf(stdout, "job %s done; final checkpoint in %s\n", spec.Name, filepath.Join(*out, "checkpoint", "final.ckpt"))
 	}
@@ -370,6 +373,7 @@ func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	dataDir := fs.String("data-dir", "", "directory for the shard's snapshots (needed when the job checkpoints)")
 	restore := fs.String("restore", "", "start from this snapshot file instead of the initial parameters")
 	ttl := fs.Int64("lease-ttl", 10, "seconds without a heartbeat after which the job gives this shard up")
+	wait := fs.Duration("wait", 5*time.Minute, "how long to wait for the job to appear, and for a shard index to claim")
 	if err := parse(fs, args, stderr, "downpour ps --nats nats://127.0.0.1:4222 --etcd http://127.0.0.1:2379 --job demo"); err != nil {
 		return err
 	}
@@ -386,9 +390,12 @@ func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer nc.Close()
-	return psnode.Run(ctx, psnode.Config{Job: *name, NATS: nc, Etcd: cli, Log: ep.logger(stderr), Shard: *shard,
-		DataDir: *dataDir, Restore: *restore, LeaseTTL: *ttl,
-		Ready: func(i int, _ *paramserver.Service) { fmt.Fprintf(stdout, "serving shard %d of job %s\n", i, *name) }})
+	log := ep.logger(stderr)
+	wctx, stop := watchNATS(ctx, nc, ep.giveUp, log)
+	defer stop()
+	return natsCause(wctx, psnode.Run(wctx, psnode.Config{Job: *name, NATS: nc, Etcd: cli, Log: log, Shard: *shard,
+		DataDir: *dataDir, Restore: *restore, LeaseTTL: *ttl, WaitTimeout: *wait,
+		Ready: func(i int, _ *paramserver.Service) { fmt.Fprintf(stdout, "serving shard %d of job %s\n", i, *name) }}))
 }
 
 func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -398,6 +405,7 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	name := fs.String("job", "demo", "job to join")
 	id := fs.String("id", "", "worker id, unique in the job (default host-pid-time)")
 	ttl := fs.Int64("lease-ttl", 10, "seconds without a heartbeat after which the job gives this worker up")
+	wait := fs.Duration("wait", 5*time.Minute, "how long to wait for the job to appear, for a rank, and for the shards")
 	if err := parse(fs, args, stderr, "downpour worker --nats nats://127.0.0.1:4222 --etcd http://127.0.0.1:2379 --job demo"); err != nil {
 		return err
 	}
@@ -414,7 +422,11 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer nc.Close()
-	if err := worker.Run(ctx, worker.Config{Job: *name, ID: *id, NATS: nc, Etcd: cli, Log: ep.logger(stderr), LeaseTTL: *ttl}); err != nil {
+	log := ep.logger(stderr)
+	wctx, stop := watchNATS(ctx, nc, ep.giveUp, log)
+	defer stop()
+	err = worker.Run(wctx, worker.Config{Job: *name, ID: *id, NATS: nc, Etcd: cli, Log: log, LeaseTTL: *ttl, WaitTimeout: *wait})
+	if err := natsCause(wctx, err); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "worker finished its steps of job %s\n", *name)
