@@ -2,6 +2,7 @@ package psnode
 
 import (
 	"context"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/paramserver"
 )
 
 func TestClaim(t *testing.T) {
@@ -48,5 +50,46 @@ func TestClaim(t *testing.T) {
 		if _, err := claim(ctx, cli, keys, 3, c.want, lease()); err == nil || !strings.Contains(err.Error(), c.says) {
 			t.Errorf("claim %d: %v, want %q", c.want, err, c.says)
 		}
+	}
+}
+
+// A shard refuses to start from the snapshots of another job, or of another
+// step than its placement starts from; from its own job's, it starts.
+func TestNewShardRefusesForeignSnapshots(t *testing.T) {
+	spec := job.Default()
+	spec.Name, spec.Seq2Seq.Hidden, spec.Seq2Seq.Embed = "mine", 8, 4
+	p := paramserver.Place(spec.Tensors(), 64, 1)
+	blocks := p.OnShard(0)
+	own, err := newShard(&spec, p, blocks, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := own.RequestSnapshot(0); err != nil {
+		t.Fatal(err)
+	}
+	snap := own.Snapshots()[0]
+	dir := t.TempDir()
+	write := func(jobName string) string {
+		snap.Job, snap.Shard, snap.Placement = jobName, 0, 1
+		path := filepath.Join(dir, jobName+".dpss")
+		if err := paramserver.WriteSnapshot(path, snap); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	mine, theirs := write("mine"), write("theirs")
+	if _, err := newShard(&spec, p, blocks, theirs); err == nil || !strings.Contains(err.Error(), `belongs to job "theirs"`) {
+		t.Fatalf("--restore of another job's snapshot: %v", err)
+	}
+	q, _ := p.Reshard(1, 7, []string{mine})
+	if _, err := newShard(&spec, q, q.OnShard(0), ""); err == nil || !strings.Contains(err.Error(), "at step 0; placement 2 starts job \"mine\" at step 7") {
+		t.Fatalf("a placement's snapshot of another step: %v", err)
+	}
+	q, _ = p.Reshard(1, 0, []string{theirs})
+	if _, err := newShard(&spec, q, q.OnShard(0), ""); err == nil || !strings.Contains(err.Error(), `of job "theirs"`) {
+		t.Fatalf("a placement's snapshot of another job: %v", err)
+	}
+	if _, err := newShard(&spec, p, blocks, mine); err != nil {
+		t.Fatalf("its own snapshot: %v", err)
 	}
 }
