@@ -136,7 +136,7 @@ func (f *faultCluster) checkStatus(atLeast int64) {
 		switch {
 		case len(fields) >= 4 && strings.Contains(fields[0], host) && fields[1] == "waiting":
 			waiting++
-		case len(fields) >= 4 && strings.Contains(fields[0], host) && strings.HasSuffix(fields[len(fields)-1], "s") || len(fields) == 6 && fields[5] == "yes":
+		case len(fields) >= 4 && strings.Contains(fields[0], host):
 			ranks++
 		case len(fields) >= 5 && (fields[0] == "0" || fields[0] == "1") && fields[1] == "1":
 			var clock int64
@@ -332,6 +332,10 @@ func TestFaultsAsync(t *testing.T) {
 	f := startFaultCluster(t, c, cli, nc, "async", asyncSpec)
 	at := int64(30 + rand.New(rand.NewPCG(2014, 1406)).IntN(100))
 	f.waitFor(func() bool { return f.clock() >= at }, fmt.Sprintf("step %d", at))
+	code, out, _ := runCmd(t, time.Minute, append([]string{"status", "--job", f.name}, f.ep...)...)
+	if code != 0 || !strings.Contains(out, "tasks: ") || !strings.Contains(out, "(shard ") {
+		t.Fatalf("status of an async job shows no tasks:\n%s", out)
+	}
 	w := f.rankHolder()
 	w.cmd.Process.Kill()
 	f.finish()

@@ -13,6 +13,7 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/downpour-ml/downpour/coordinator"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/paramserver"
@@ -104,7 +105,16 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	} else {
 		fmt.Fprintln(w, "last complete checkpoint: none")
 	}
-	fmt.Fprintln(w, "\nworker\trank\tepoch\tlease left\tdone")
+	if b := kvs[keys.Tasks()]; b != nil {
+		q, err := coordinator.DecodeTasks(b)
+		if err != nil {
+			return err
+		}
+		c := q.Count()
+		fmt.Fprintf(w, "tasks: %d todo, %d pending, %d done, %d failed; %d data steps done; %d late reports\n",
+			c[coordinator.TaskTodo], c[coordinator.TaskPending], c[coordinator.TaskDone], c[coordinator.TaskFailed], q.DoneSteps(), q.Late)
+	}
+	fmt.Fprintln(w, "\nworker\trank\tepoch\tlease left\tdone\ttask")
 	var ids []string
 	for k := range kvs {
 		if id, ok := strings.CutPrefix(k, keys.Workers()); ok {
@@ -121,7 +131,12 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 				done = "yes"
 			}
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\n", id, rank, epoch, left(keys.Worker(id)), done)
+		task := "-"
+		var tk coordinator.Task
+		if b := kvs[keys.TaskOf(id)]; b != nil && json.Unmarshal(b, &tk) == nil && tk.ID >= 0 {
+			task = fmt.Sprintf("%d (shard %d, steps %d-%d)", tk.ID, tk.Shard, tk.From, tk.To)
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", id, rank, epoch, left(keys.Worker(id)), orNone(done), task)
 	}
 	// The shards' clocks, from the shards themselves.
 	clocks := map[int]string{}
