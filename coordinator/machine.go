@@ -40,6 +40,13 @@ type Job struct {
 	// async: the data-shard tasks, and the rank holders waiting for one.
 	tasks *Tasks
 	idle  map[string]bool
+	// async checkpoints: every ckEvery data steps done, the shards snapshot
+	// (labelled by the data steps done) and the queue as it was then is
+	// kept, to go back to with them.
+	ckEvery int64
+	nextCk  int64
+	queueAt map[int64]*Tasks
+	tasks0  *Tasks // the queue at the start
 }
 
 // ActionKind names what an Action asks the adapter to do.
@@ -56,6 +63,7 @@ const (
 	DoFail                         // stop coordinating with Err
 	DoGiveTask                     // write Worker's task: Task (ID -1: none for now)
 	DoSaveTasks                    // store the task queue (Tasks)
+	DoSnapshot                     // ask every shard for a snapshot now, labelled Checkpoint.Step (async)
 )
 
 // Action is one thing for the adapter to carry out, in order.
@@ -70,6 +78,9 @@ type Action struct {
 	Why        string // for the log
 	Task       Task
 	Tasks      *Tasks
+	// Thrown (DoPlace, async with tasks): data steps of tasks done since the
+	// checkpoint the job goes back to, which are done again; -1: unknown.
+	Thrown int64
 }
 
 // NewJob makes the state of a job of workers ranks in mode under placement
@@ -82,8 +93,19 @@ func NewJob(mode string, workers int, p *paramserver.Placement, joinTicks int) *
 // UseTasks makes the job hand out its data as the tasks of q (async mode):
 // a rank holder works on one task at a time, the job finishes when every
 // task is done or failed, and a worker's death only puts its task back.
-func (j *Job) UseTasks(q *Tasks) {
+//
+// With checkpointEvery > 0, every checkpointEvery data steps done the
+// shards snapshot, and a rollback to that checkpoint also puts the queue
+// back as it was: tasks done since go back to todo, so every data step is
+// still counted exactly once.
+func (j *Job) UseTasks(q *Tasks, checkpointEvery int64) {
 	j.tasks, j.idle = q, map[string]bool{}
+	j.tasks0 = q.clone()
+	j.queueAt = map[int64]*Tasks{}
+	if checkpointEvery > 0 {
+		j.ckEvery = checkpointEvery
+		j.nextCk = (q.DoneSteps()/checkpointEvery + 1) * checkpointEvery
+	}
 }
 
 // Placement is the job's current placement.
@@ -150,6 +172,14 @@ func (j *Job) offer() []Action {
 	return out
 }
 
+// RestoreQueueAt records the queue as it was at the checkpoint of step
+// (read back from etcd by a coordinator that takes over).
+func (j *Job) RestoreQueueAt(step int64, q *Tasks) {
+	if j.queueAt != nil {
+		j.queueAt[step] = q
+	}
+}
+
 // TaskDone: worker reported task id done.
 func (j *Job) TaskDone(worker string, id int) []Action {
 	if j.tasks == nil || j.finished {
@@ -163,6 +193,12 @@ func (j *Job) TaskDone(worker string, id int) []Action {
 	var out []Action
 	if counted {
 		out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks})
+		if done := j.tasks.DoneSteps(); j.ckEvery > 0 && done >= j.nextCk && !j.tasks.Finished() {
+			j.nextCk = (done/j.ckEvery + 1) * j.ckEvery
+			j.queueAt[done] = j.tasks.clone()
+			out = append(out, Action{Kind: DoSnapshot, Checkpoint: job.CheckpointRecord{Step: done, Placement: j.placement.Version},
+				Tasks: j.queueAt[done]})
+		}
 	} else if j.pending(worker) {
 		return nil // a stale report: it is busy with its current task
 	}
@@ -261,6 +297,11 @@ func (j *Job) SnapshotRecorded(rec job.SnapshotRecord) []Action {
 			delete(j.snaps, step)
 		}
 	}
+	for step := range j.queueAt {
+		if step < rec.Step {
+			delete(j.queueAt, step)
+		}
+	}
 	return []Action{{Kind: DoCheckpoint, Checkpoint: cp}}
 }
 
@@ -341,7 +382,33 @@ func (j *Job) rollback(shards int, why string) []Action {
 	clear(j.snaps)
 	// The placement first: its fence must be in force before a revived
 	// rank's new holder can push.
-	return append([]Action{{Kind: DoPlace, Placement: q, Why: why}}, assigns(j.ranks.Rollback())...)
+	out := append([]Action{{Kind: DoPlace, Placement: q, Why: why, Thrown: -1}}, assigns(j.ranks.Rollback())...)
+	if j.tasks != nil {
+		// The shards go back to the checkpoint: so does the queue. Every
+		// holder drops its task and takes one anew.
+		back := j.tasks0
+		if qa, ok := j.queueAt[step]; ok && j.last.Step >= 0 {
+			back = qa
+		}
+		late, before := j.tasks.Late, j.tasks.DoneSteps()
+		j.tasks = back.clone()
+		out[0].Thrown = max(0, before-j.tasks.DoneSteps())
+		j.tasks.Late = late
+		if j.ckEvery > 0 {
+			j.nextCk = (j.tasks.DoneSteps()/j.ckEvery + 1) * j.ckEvery
+		}
+		for i := range j.tasks.List {
+			if t := &j.tasks.List[i]; t.State == TaskPending {
+				t.State, t.Owner, t.Deadline = TaskTodo, "", 0
+			}
+		}
+		for w := range j.ranks.rankOf {
+			j.idle[w] = true
+		}
+		out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks})
+		out = append(out, j.offer()...)
+	}
+	return out
 }
 
 func assigns(as []Assign) []Action {

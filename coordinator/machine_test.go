@@ -90,6 +90,8 @@ func render(as []Action) string {
 			}
 		case DoSaveTasks:
 			parts = append(parts, "save")
+		case DoSnapshot:
+			parts = append(parts, fmt.Sprintf("snapshot %d", a.Checkpoint.Step))
 		}
 	}
 	return strings.Join(parts, "; ")
@@ -165,7 +167,7 @@ shard-down 0 1 => place v2 shards=2 from=0 files= fence=[2 1]
 // worker's task goes to another; the job finishes when the tasks are done.
 func TestJobScriptTasks(t *testing.T) {
 	j := NewJob(paramserver.Async, 2, testPlacement(2), 2)
-	j.UseTasks(NewTasks(2, 20, 10, 3, 2)) // 4 tasks: shard 0 steps 0-10, 10-20; shard 1 likewise
+	j.UseTasks(NewTasks(2, 20, 10, 3, 2), 0) // 4 tasks: shard 0 steps 0-10, 10-20; shard 1 likewise
 	runScript(t, j, `
 up a => assign a:0@1; task a 0:0:0-10; save
 up b => assign b:1@1; task b 1:0:10-20; save
@@ -183,5 +185,26 @@ task-done c 2 => save; task c 3:1:10-20; save
 task-done a 2 => task a none               # late too: nothing left to give a
 task-done c 3 => save; finish              # every task done or failed
 tick => -
+`)
+}
+
+// Async checkpoints: every 20 data steps done, the shards snapshot; when a
+// shard dies the job goes back to the last complete checkpoint, and so does
+// the task queue, so that the tasks done since are done again and every data
+// step is still counted once.
+func TestJobScriptAsyncCheckpoints(t *testing.T) {
+	j := NewJob(paramserver.Async, 2, testPlacement(2), 10)
+	j.UseTasks(NewTasks(2, 20, 10, 3, 3), 20)
+	runScript(t, j, `
+up a => assign a:0@1; task a 0:0:0-10; save
+up b => assign b:1@1; task b 1:0:10-20; save
+task-done a 0 => save; task a 2:1:0-10; save
+task-done b 1 => save; snapshot 20; task b 3:1:10-20; save      # 20 data steps done
+snap 0 20 1 => -
+snap 1 20 1 => checkpoint 20 s0@20,s1@20
+task-done a 2 => save; task a none                             # 30 done; 40 would be the next checkpoint
+shard-down 0 1 => place v2 shards=2 from=20 files=s0@20,s1@20 fence=[1 1]; save; task a 2:1:0-10; task b 3:1:10-20; save
+task-done a 2 => save; task a none                             # task 2 again: it was done after the checkpoint
+task-done b 3 => save; finish                                  # the queue ends with every data step done once
 `)
 }

@@ -69,6 +69,14 @@ type Config struct {
 	// OnFinish runs once every rank is done and before the job is marked
 	// done (while the shards still serve), e.g. to save the final parameters.
 	OnFinish func(ctx context.Context, p *paramserver.Placement) error
+	// Snapshot, when set, asks every shard of placement p for a snapshot now,
+	// labelled step (async checkpoints); without it async jobs do not
+	// checkpoint.
+	Snapshot func(ctx context.Context, p *paramserver.Placement, step int64) error
+	// Reached, when set, tells how far the job got under placement p (the
+	// largest clock its live shards report): a re-placement records the
+	// steps it throws away (sync: to redo; async: updates lost).
+	Reached func(ctx context.Context, p *paramserver.Placement) (int64, error)
 }
 
 // Run coordinates the job until every rank is done, then marks it done. It
@@ -145,7 +153,7 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 		}
 		cfg.Log.Info("resuming", "job", spec.Name, "from_step", p.Start, "placement", p.Version)
 	}
-	c := &run{cli: cli, cfg: cfg, keys: keys, job: NewJob(spec.Mode, spec.Workers, p, int(cfg.JoinTimeout/time.Second))}
+	c := &run{cli: cli, cfg: cfg, keys: keys, job: NewJob(spec.Mode, spec.Workers, p, int(cfg.JoinTimeout/time.Second)), placed: p}
 	if spec.UsesTasks() {
 		r, err := cli.Get(ctx, keys.Tasks())
 		if err != nil {
@@ -157,7 +165,24 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 				return err
 			}
 		}
-		c.job.UseTasks(q)
+		every := spec.CheckpointEvery
+		if cfg.Snapshot == nil {
+			every = 0
+		}
+		c.job.UseTasks(q, every)
+		// The queue as it was at the last complete checkpoint, to go back to.
+		r, err = cli.Get(ctx, keys.Checkpoint())
+		if err != nil {
+			return fmt.Errorf("reading the last checkpoint: %w", err)
+		}
+		var cp job.CheckpointRecord
+		if len(r.Kvs) > 0 && json.Unmarshal(r.Kvs[0].Value, &cp) == nil {
+			if r, err = cli.Get(ctx, keys.TasksAt(cp.Step)); err == nil && len(r.Kvs) > 0 {
+				if qa, err := DecodeTasks(r.Kvs[0].Value); err == nil {
+					c.job.RestoreQueueAt(cp.Step, qa)
+				}
+			}
+		}
 	}
 	err = c.loop(ctx)
 	if cause := context.Cause(ctx); errors.Is(cause, ErrNotLeader) {
@@ -170,10 +195,11 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 // keys, first as they are and then as they change, and carries out its
 // actions as writes guarded by the coordinator's leadership.
 type run struct {
-	cli  *clientv3.Client
-	cfg  Config
-	keys job.Keys
-	job  *Job
+	cli    *clientv3.Client
+	cfg    Config
+	keys   job.Keys
+	job    *Job
+	placed *paramserver.Placement // the placement last written
 }
 
 // loop rebuilds the job's state from etcd, then follows its events until
@@ -318,11 +344,24 @@ func (c *run) exec(ctx context.Context, actions []Action) (finished bool, err er
 			}
 		case DoPlace:
 			q := a.Placement
+			rec := job.RollbackRecord{Placement: q.Version, Why: a.Why, ToStep: q.Start, FromStep: -1}
+			if a.Thrown >= 0 { // async: in data steps, as the checkpoint's label
+				rec.FromStep = q.Start + a.Thrown
+			} else if c.cfg.Reached != nil {
+				rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+				if reached, err := c.cfg.Reached(rctx, c.placed); err == nil {
+					rec.FromStep = reached
+				}
+				cancel()
+			}
+			b, _ := json.Marshal(rec)
 			if err := put(fmt.Sprintf("writing placement %d", q.Version), clientv3.OpPut(c.keys.Placement(), string(q.Encode())),
-				clientv3.OpDelete(c.keys.Dones(), clientv3.WithPrefix())); err != nil {
+				clientv3.OpDelete(c.keys.Dones(), clientv3.WithPrefix()), clientv3.OpPut(c.keys.Rollback(q.Version), string(b))); err != nil {
 				return false, err
 			}
-			c.cfg.Log.Warn("re-placed the job", "why", a.Why, "placement", q.Version, "shards", q.Shards, "from_step", q.Start)
+			c.placed = q
+			c.cfg.Log.Warn("re-placed the job", "why", a.Why, "placement", q.Version, "shards", q.Shards, "from_step", q.Start,
+				"reached_step", rec.FromStep, "steps_thrown_away", max(0, rec.FromStep-q.Start))
 		case DoCheckpoint:
 			b, _ := json.Marshal(a.Checkpoint)
 			if err := put(fmt.Sprintf("recording checkpoint %d", a.Checkpoint.Step), clientv3.OpPut(c.keys.Checkpoint(), string(b))); err != nil {
@@ -352,6 +391,14 @@ func (c *run) exec(ctx context.Context, actions []Action) (finished bool, err er
 			b, _ := json.Marshal(a.Task)
 			if err := put("giving a task to "+a.Worker, clientv3.OpPut(c.keys.TaskOf(a.Worker), string(b))); err != nil {
 				return false, err
+			}
+		case DoSnapshot:
+			step := a.Checkpoint.Step
+			if err := put("storing the task queue of a checkpoint", clientv3.OpPut(c.keys.TasksAt(step), string(a.Tasks.Encode()))); err != nil {
+				return false, err
+			}
+			if err := c.cfg.Snapshot(ctx, c.placed, step); err != nil {
+				c.cfg.Log.Warn("asking the shards for a snapshot", "step", step, "err", err)
 			}
 		case DoSaveTasks:
 			if err := put("storing the task queue", clientv3.OpPut(c.keys.Tasks(), string(a.Tasks.Encode()))); err != nil {

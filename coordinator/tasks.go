@@ -3,6 +3,7 @@ package coordinator
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 )
 
 // Task states.
@@ -148,6 +149,12 @@ func (q *Tasks) DoneSteps() int64 {
 		}
 	}
 	return n
+}
+
+func (q *Tasks) clone() *Tasks {
+	c := *q
+	c.List = slices.Clone(q.List)
+	return &c
 }
 
 // Encode is the queue's JSON, as stored in etcd.

@@ -471,10 +471,13 @@ var ErrSnapshotPending = errors.New("a snapshot is already pending")
 // RequestSnapshot asks for a snapshot of the shard. In sync mode it is taken
 // at the boundary of step (when every block has applied exactly step steps),
 // which must not have passed for any block; in ssp and async modes it is
-// taken now. Taken snapshots come out of Snapshots.
+// taken now, labelled step (there is no step boundary to wait for: the
+// coordinator labels a checkpoint of an async job by the data steps done). Taken snapshots come out of Snapshots.
 func (s *Shard) RequestSnapshot(step int64) error {
 	if s.cfg.Mode != Sync {
-		s.snaps = append(s.snaps, s.snapshotNow())
+		snap := s.snapshotNow()
+		snap.Step = step // the label the coordinator checkpoints under
+		s.snaps = append(s.snaps, snap)
 		return nil
 	}
 	if s.snapAt >= 0 {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -266,30 +267,24 @@ func TestFaultsSyncBitIdentical(t *testing.T) {
 			clock := f.clock()
 			start := time.Now()
 			what := fault.inject(f)
-			// Follow the job until it rolls back (or ends): the last step it
-			// reached before is what it redoes from the checkpoint.
-			reached := clock
-			for {
-				if placementVersion(t, cli, f.name) > v0 {
-					break
-				}
-				if r, _ := cli.Get(context.Background(), job.KeysFor(f.name).State()); len(r.Kvs) == 1 && string(r.Kvs[0].Value) == job.StateDone {
-					break
-				}
-				reached = max(reached, f.clock())
-				time.Sleep(20 * time.Millisecond)
-			}
 			got := f.finish()
 			if !slices.Equal(got, want) {
 				t.Fatalf("%s at step %d: the parameters differ from the fault-free run's", what, at)
 			}
-			p, _, err := job.ReadPlacement(context.Background(), cli, f.name)
+			r, err := cli.Get(context.Background(), job.KeysFor(f.name).Rollbacks(), clientv3.WithPrefix())
 			if err != nil {
 				t.Fatal(err)
 			}
 			recovery := "no rollback"
-			if p.Version > v0 {
-				recovery = fmt.Sprintf("rolled back from step %d to the checkpoint of step %d: %d steps redone", reached, p.Start, max(0, reached-p.Start))
+			for _, kv := range r.Kvs {
+				var rb job.RollbackRecord
+				if err := json.Unmarshal(kv.Value, &rb); err != nil || rb.FromStep < rb.ToStep || rb.Placement <= v0 {
+					t.Fatalf("rollback record %s: %v", kv.Value, err)
+				}
+				recovery = fmt.Sprintf("%s: rolled back from step %d to the checkpoint of step %d, %d steps redone", rb.Why, rb.FromStep, rb.ToStep, rb.FromStep-rb.ToStep)
+			}
+			if wantRollbacks := map[bool]int{true: 0, false: 1}[fault.name == "kill-coordinator"]; len(r.Kvs) != wantRollbacks {
+				t.Fatalf("%d rollbacks, want %d", len(r.Kvs), wantRollbacks)
 			}
 			t.Logf("%s at step %d: completed bit-identical; %s; %.1fs from the fault to the end of the job",
 				what, clock, recovery, time.Since(start).Seconds())
@@ -299,10 +294,11 @@ func TestFaultsSyncBitIdentical(t *testing.T) {
 
 // asyncSpec is the async job of the suite: its data goes out as tasks.
 var asyncSpec = []string{"--mode", "async", "--steps", "200", "--task-steps", "20", "--hidden", "32", "--embed", "16",
-	"--optimizer", "adam", "--lr", "0.01", "--log-every", "20", "--eval-every", "0"}
+	"--optimizer", "adam", "--lr", "0.01", "--log-every", "20", "--eval-every", "0", "--checkpoint-every", "40"}
 
 // The fault-injection suite, async mode: a worker killed in the middle of a
-// task. The job completes; every task is done once (none failed, every data
+// task; a shard killed and started again (the job, and its task queue, go
+// back to the last checkpoint, taken every 40 data steps). The job completes; every task is done once (none failed, every data
 // step counted); every gradient a shard accepted was applied exactly once;
 // and training still converges: the final held-out loss is below a quarter
 // of an untrained model's (ln 13 per token on this task) and within 0.5
@@ -329,74 +325,103 @@ func TestFaultsAsync(t *testing.T) {
 	trainRun(t, ref, asyncSpec...)
 	_, refEvals := readAllMetrics(t, filepath.Join(ref, "metrics.jsonl"))
 
-	f := startFaultCluster(t, c, cli, nc, "async", asyncSpec)
-	at := int64(30 + rand.New(rand.NewPCG(2014, 1406)).IntN(100))
-	f.waitFor(func() bool { return f.clock() >= at }, fmt.Sprintf("step %d", at))
-	code, out, _ := runCmd(t, time.Minute, append([]string{"status", "--job", f.name}, f.ep...)...)
-	if code != 0 || !strings.Contains(out, "tasks: ") || !strings.Contains(out, "(shard ") {
-		t.Fatalf("status of an async job shows no tasks:\n%s", out)
-	}
-	w := f.rankHolder()
-	w.cmd.Process.Kill()
-	f.finish()
-	// Every task done once, every data step of both data shards counted.
-	r, err := cli.Get(context.Background(), job.KeysFor(f.name).Tasks())
-	if err != nil || len(r.Kvs) != 1 {
-		t.Fatalf("task queue: %v", err)
-	}
-	q, err := coordinator.DecodeTasks(r.Kvs[0].Value)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if n := q.Count(); n[coordinator.TaskDone] != len(q.List) || q.DoneSteps() != 2*200 {
-		t.Fatalf("tasks %v, %d data steps done, want all %d done and 400 steps", n, q.DoneSteps(), len(q.List))
-	}
-	requeued := 0
-	for _, tk := range q.List {
-		requeued += tk.Attempts - 1
-	}
-	// Counters reconcile on every shard.
-	for i, sh := range f.shards {
-		sh.wait(t, time.Minute)
-		var accepted, applied, duplicates, skipped int64
-		line := ""
-		for _, l := range strings.Split(sh.out.String(), "\n") {
-			if strings.Contains(l, `msg="job done"`) {
-				line = l
+	rng := rand.New(rand.NewPCG(2014, 1406))
+	for _, fault := range []string{"kill-worker", "kill-ps"} {
+		t.Run(fault, func(t *testing.T) {
+			f := startFaultCluster(t, c, cli, nc, "async-"+fault, asyncSpec)
+			at := int64(30 + rng.IntN(100))
+			f.waitFor(func() bool { return f.clock() >= at }, fmt.Sprintf("step %d", at))
+			code, out, _ := runCmd(t, time.Minute, append([]string{"status", "--job", f.name}, f.ep...)...)
+			if code != 0 || !strings.Contains(out, "tasks: ") || !strings.Contains(out, "(shard ") {
+				t.Fatalf("status of an async job shows no tasks:\n%s", out)
 			}
-		}
-		for _, kv := range strings.Fields(line) {
-			k, v, _ := strings.Cut(kv, "=")
-			switch k {
-			case "accepted":
-				fmt.Sscan(v, &accepted)
-			case "applied":
-				fmt.Sscan(v, &applied)
-			case "duplicates":
-				fmt.Sscan(v, &duplicates)
-			case "skipped":
-				fmt.Sscan(v, &skipped)
+			what := ""
+			switch fault {
+			case "kill-worker":
+				w := f.rankHolder()
+				w.cmd.Process.Kill()
+				what = fmt.Sprintf("kill -9 worker pid %d", w.cmd.Process.Pid)
+			case "kill-ps":
+				f.shards[0].cmd.Process.Kill()
+				err := <-f.shards[0].done
+				f.shards[0].done <- err
+				f.shards[0] = f.startShard(0)
+				what = "kill -9 ps 0, then start it again"
 			}
-		}
-		if accepted == 0 || accepted != applied+skipped {
-			t.Fatalf("shard %d: accepted %d, applied %d, skipped %d (line %q)", i, accepted, applied, skipped, line)
-		}
-		t.Logf("shard %d: %d block gradients accepted, %d applied, %d duplicates dropped", i, accepted, applied, duplicates)
+			f.finish()
+			// Every task done once, every data step of both data shards counted.
+			r, err := cli.Get(context.Background(), job.KeysFor(f.name).Tasks())
+			if err != nil || len(r.Kvs) != 1 {
+				t.Fatalf("task queue: %v", err)
+			}
+			q, err := coordinator.DecodeTasks(r.Kvs[0].Value)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if n := q.Count(); n[coordinator.TaskDone] != len(q.List) || q.DoneSteps() != 2*200 {
+				t.Fatalf("tasks %v, %d data steps done, want all %d done and 400 steps", n, q.DoneSteps(), len(q.List))
+			}
+			requeued := 0
+			for _, tk := range q.List {
+				requeued += tk.Attempts - 1
+			}
+			// Counters reconcile on every shard.
+			for i, sh := range f.shards {
+				sh.wait(t, time.Minute)
+				var accepted, applied, duplicates, skipped int64
+				line := ""
+				for _, l := range strings.Split(sh.out.String(), "\n") {
+					if strings.Contains(l, `msg="job done"`) {
+						line = l
+					}
+				}
+				for _, kv := range strings.Fields(line) {
+					k, v, _ := strings.Cut(kv, "=")
+					switch k {
+					case "accepted":
+						fmt.Sscan(v, &accepted)
+					case "applied":
+						fmt.Sscan(v, &applied)
+					case "duplicates":
+						fmt.Sscan(v, &duplicates)
+					case "skipped":
+						fmt.Sscan(v, &skipped)
+					}
+				}
+				if accepted == 0 || accepted != applied+skipped {
+					t.Fatalf("shard %d: accepted %d, applied %d, skipped %d (line %q)", i, accepted, applied, skipped, line)
+				}
+				t.Logf("shard %d: %d block gradients accepted, %d applied, %d duplicates dropped", i, accepted, applied, duplicates)
+			}
+			var evals []telemetry.EvalRecord
+			for i := range f.coords {
+				if _, err := os.Stat(filepath.Join(f.dir, fmt.Sprint("coordinator-", i), "checkpoint", "final.ckpt")); err == nil {
+					_, evals = readAllMetrics(t, filepath.Join(f.dir, fmt.Sprint("coordinator-", i), "metrics.jsonl"))
+				}
+			}
+			if len(evals) == 0 || len(refEvals) == 0 {
+				t.Fatal("no final evaluation")
+			}
+			got, want := evals[len(evals)-1].EvalLoss, refEvals[len(refEvals)-1].EvalLoss
+			untrained := math.Log(13)
+			if got > untrained/4 || want > untrained/4 || math.Abs(got-want) > 0.5 {
+				t.Fatalf("held-out loss %.4f after the fault, %.4f without (untrained: %.4f)", got, want, untrained)
+			}
+			recovery := "no rollback"
+			rb, err := cli.Get(context.Background(), job.KeysFor(f.name).Rollbacks(), clientv3.WithPrefix())
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, kv := range rb.Kvs {
+				var r job.RollbackRecord
+				json.Unmarshal(kv.Value, &r)
+				recovery = fmt.Sprintf("rolled back from %d data steps done to the checkpoint at %d: the updates of %d data steps lost and redone", r.FromStep, r.ToStep, r.FromStep-r.ToStep)
+			}
+			if wantRollbacks := map[string]int{"kill-worker": 0, "kill-ps": 1}[fault]; len(rb.Kvs) != wantRollbacks {
+				t.Fatalf("%d rollbacks, want %d", len(rb.Kvs), wantRollbacks)
+			}
+			t.Logf("%s at step %d: completed; %s; %d tasks done (%d given out again), held-out loss %.4f vs %.4f fault-free",
+				what, at, recovery, len(q.List), requeued, got, want)
+		})
 	}
-	var evals []telemetry.EvalRecord
-	for i := range f.coords {
-		if _, err := os.Stat(filepath.Join(f.dir, fmt.Sprint("coordinator-", i), "checkpoint", "final.ckpt")); err == nil {
-			_, evals = readAllMetrics(t, filepath.Join(f.dir, fmt.Sprint("coordinator-", i), "metrics.jsonl"))
-		}
-	}
-	if len(evals) == 0 || len(refEvals) == 0 {
-		t.Fatal("no final evaluation")
-	}
-	got, want := evals[len(evals)-1].EvalLoss, refEvals[len(refEvals)-1].EvalLoss
-	untrained := math.Log(13)
-	if got > untrained/4 || want > untrained/4 || math.Abs(got-want) > 0.5 {
-		t.Fatalf("held-out loss %.4f after the fault, %.4f without (untrained: %.4f)", got, want, untrained)
-	}
-	t.Logf("kill -9 worker pid %d at step %d: completed; %d tasks done (%d given out again), held-out loss %.4f vs %.4f fault-free",
-		w.cmd.Process.Pid, at, len(q.List), requeued, got, want)
 }

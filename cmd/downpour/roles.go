@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -23,6 +24,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/psnode"
 	"github.com/downpour-ml/downpour/internal/telemetry"
+	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
 	"github.com/downpour-ml/downpour/shard"
@@ -41,7 +43,8 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 	console io.Writer, log *slog.Logger) (*telemetry.Collector, error) {
 	// A coordinator for another job of the same name is refused before it
 	// stands by, not when it would take over.
-	if r, err := cli.Get(ctx, job.KeysFor(spec.Name).Spec()); err != nil {
+	r, err := cli.Get(ctx, job.KeysFor(spec.Name).Spec())
+	if err != nil {
 		return nil, fmt.Errorf("reading job %s: %w", spec.Name, err)
 	} else if len(r.Kvs) > 0 && !bytes.Equal(r.Kvs[0].Value, spec.Encode()) {
 		return nil, fmt.Errorf("job %s: %w (stored: %s)", spec.Name, coordinator.ErrSpecConflict, r.Kvs[0].Value)
@@ -56,6 +59,12 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 		return nil, err
 	}
 	defer lead.Resign(context.WithoutCancel(ctx)) // a standby takes over at once
+	// A leader that finds the job already there takes over a running job.
+	r, err = cli.Get(ctx, job.KeysFor(spec.Name).Spec())
+	if err != nil {
+		return nil, fmt.Errorf("reading job %s: %w", spec.Name, err)
+	}
+	tookOver := len(r.Kvs) > 0 && resume == nil
 	score, err := newScorer(&spec, out)
 	if err != nil {
 		return nil, err
@@ -90,8 +99,12 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 		}
 		// A coordinator that takes over a running job evaluates from where
 		// the job is, not the steps already gone by.
-		if clock, err := ev.clock(ectx); err == nil && clock > step {
-			step = (clock/spec.EvalEvery + 1) * spec.EvalEvery
+		if tookOver {
+			cctx, cancel := context.WithTimeout(ectx, 10*time.Second)
+			if clock, err := ev.clock(cctx); err == nil && clock > step {
+				step = (clock/spec.EvalEvery + 1) * spec.EvalEvery
+			}
+			cancel()
 		}
 		for ; step < spec.Steps; step += spec.EvalEvery {
 			params, err := ev.pull(ectx, step)
@@ -107,6 +120,36 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 	defer func() { stopEval(); evalDone.Wait() }()
 	ckpt := filepath.Join(out, "checkpoint", "final.ckpt")
 	err = coordinator.Run(ctx, cli, coordinator.Config{Spec: spec, Log: log, Resume: resume != nil, Leader: lead,
+		Snapshot: func(ctx context.Context, p *paramserver.Placement, step int64) error {
+			req, err := wire.Encode(&wire.SnapshotRequest{V: wire.Version, Job: spec.Name, Step: step})
+			if err != nil {
+				return err
+			}
+			var errs []error
+			for s := 0; s < p.Shards; s++ {
+				msg, err := nc.Request(wire.SnapshotSubject(spec.Name, p.Version, s), req, 5*time.Second)
+				if err == nil {
+					var r *wire.Reply
+					if r, err = wire.DecodeReply(msg.Data); err == nil {
+						err = r.Err()
+					}
+				}
+				if err != nil {
+					errs = append(errs, fmt.Errorf("shard %d: %w", s, err))
+				}
+			}
+			return errors.Join(errs...)
+		},
+		Reached: func(ctx context.Context, p *paramserver.Placement) (int64, error) {
+			reached := int64(-1)
+			for _, c := range shardClocks(ctx, nc, spec.Name, p, time.Second) {
+				reached = max(reached, c)
+			}
+			if reached < 0 {
+				return 0, errors.New("no shard answered")
+			}
+			return reached, nil
+		},
 		OnFinish: func(ctx context.Context, p *paramserver.Placement) error {
 			stopEval()
 			evalDone.Wait()

@@ -11,6 +11,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/coordinator"
@@ -105,6 +106,21 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	} else {
 		fmt.Fprintln(w, "last complete checkpoint: none")
 	}
+	var rbs []job.RollbackRecord
+	for k, v := range kvs {
+		var rb job.RollbackRecord
+		if strings.HasPrefix(k, keys.Rollbacks()) && json.Unmarshal(v, &rb) == nil {
+			rbs = append(rbs, rb)
+		}
+	}
+	sort.Slice(rbs, func(i, j int) bool { return rbs[i].Placement < rbs[j].Placement })
+	for _, rb := range rbs {
+		from := "?"
+		if rb.FromStep >= 0 {
+			from = fmt.Sprint(rb.FromStep)
+		}
+		fmt.Fprintf(w, "re-placed (placement %d): %s; from step %s back to %d\n", rb.Placement, rb.Why, from, rb.ToStep)
+	}
 	if b := kvs[keys.Tasks()]; b != nil {
 		q, err := coordinator.DecodeTasks(b)
 		if err != nil {
@@ -146,25 +162,11 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return err
 		}
 		defer nc.Close()
-		for s := 0; s < p.Shards; s++ {
-			one := *p
-			one.Blocks = nil
-			for _, b := range p.Blocks {
-				if b.Shard == s {
-					one.Blocks = append(one.Blocks, b)
-				}
+		for s, c := range shardClocks(ctx, nc, spec.Name, p, 2*time.Second) {
+			clocks[s] = "no answer"
+			if c >= 0 {
+				clocks[s] = fmt.Sprint(c)
 			}
-			c, err := paramserver.NewClient(nc, spec.Name, &one, 0, 0)
-			if err != nil {
-				return err
-			}
-			cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
-			if clock, err := c.Clock(cctx); err == nil {
-				clocks[s] = fmt.Sprint(clock)
-			} else {
-				clocks[s] = "no answer"
-			}
-			cancel()
 		}
 	}
 	fmt.Fprintln(w, "\nshard\tserving placement\tclock\tlease left")
@@ -189,4 +191,30 @@ func orNone(s string) string {
 		return "-"
 	}
 	return s
+}
+
+// shardClocks asks every shard of placement p for its clock, each within
+// timeout; a shard that does not answer gets -1.
+func shardClocks(ctx context.Context, nc *nats.Conn, name string, p *paramserver.Placement, timeout time.Duration) []int64 {
+	clocks := make([]int64, p.Shards)
+	for s := range clocks {
+		one := *p
+		one.Blocks = nil
+		for _, b := range p.Blocks {
+			if b.Shard == s {
+				one.Blocks = append(one.Blocks, b)
+			}
+		}
+		clocks[s] = -1
+		c, err := paramserver.NewClient(nc, name, &one, 0, 0)
+		if err != nil {
+			continue
+		}
+		cctx, cancel := context.WithTimeout(ctx, timeout)
+		if clock, err := c.Clock(cctx); err == nil {
+			clocks[s] = clock
+		}
+		cancel()
+	}
+	return clocks
 }

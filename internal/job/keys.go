@@ -52,6 +52,15 @@ func (k Keys) TaskOf(id string) string   { return k.root + "task/" + id }
 func (k Keys) TaskDones() string         { return k.root + "task-done/" }
 func (k Keys) TaskDone(id string) string { return k.TaskDones() + id }
 
+// TasksAt holds the task queue as it was at the (async) checkpoint of step.
+func (k Keys) TasksAt(step int64) string { return fmt.Sprintf("%stasks-at/%d", k.root, step) }
+
+// Rollbacks holds a RollbackRecord per re-placement: rollbacks/<version>.
+func (k Keys) Rollbacks() string { return k.root + "rollbacks/" }
+func (k Keys) Rollback(version int64) string {
+	return fmt.Sprintf("%s%d", k.Rollbacks(), version)
+}
+
 // Leader is the prefix of the coordinators' election for the job.
 func (k Keys) Leader() string { return k.root + "leader/" }
 

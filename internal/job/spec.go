@@ -15,6 +15,7 @@
 //	tasks, task/<id>, task-done/<id>  async: the task queue, worker <id>'s task, its report
 //	checkpoint              the last complete checkpoint (every shard's snapshot of one step)
 //	reshard                 an operator's request to re-place the job, and the answer
+//	rollbacks/<v>           why placement v was made, and the steps it threw away
 //
 // A placement's version fences eras: when the coordinator re-places the job
 // (version v+1, starting from the complete checkpoint of step S), every shard
@@ -454,6 +455,18 @@ type CheckpointRecord struct {
 	Step      int64    `json:"step"`
 	Placement int64    `json:"placement"`
 	Files     []string `json:"files"` // by shard
+}
+
+// RollbackRecord says why and from where the coordinator re-placed the job:
+// the steps from ToStep to FromStep are thrown away and done again. In sync
+// mode they are job steps (FromStep: the furthest a shard had got; -1 when
+// unknown); in async mode with tasks, data steps done (the updates they made
+// since the checkpoint are lost).
+type RollbackRecord struct {
+	Placement int64  `json:"placement"`
+	Why       string `json:"why"`
+	FromStep  int64  `json:"from_step"`
+	ToStep    int64  `json:"to_step"`
 }
 
 // ShardMember is the value of a shard's membership key: the placement
