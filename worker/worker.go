@@ -64,7 +64,7 @@ func (c *Config) defaults() {
 }
 
 // Run joins the job and trains until its last step is pushed.
-func Run(ctx context.Context, cfg Config) error {
+func Run(ctx context.Context, cfg Config) (err error) {
 	cfg.defaults()
 	if err := wire.ValidJob(cfg.Job); err != nil {
 		return err
@@ -81,6 +81,22 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	defer lease.Close()
+	// Losing the lease (a long freeze, a partition) ends the worker's
+	// membership: whatever it is doing or waiting for stops, fenced.
+	ctx, fence := context.WithCancelCause(ctx)
+	defer fence(nil)
+	go func() {
+		select {
+		case <-lease.Lost():
+			fence(fmt.Errorf("%w: lost the etcd lease: this worker is no longer a member of the job", ErrFenced))
+		case <-ctx.Done():
+		}
+	}()
+	defer func() {
+		if c := context.Cause(ctx); errors.Is(c, ErrFenced) {
+			err = c
+		}
+	}()
 	if _, err := cfg.Etcd.Put(ctx, keys.Worker(cfg.ID), "{}", clientv3.WithLease(lease.ID)); err != nil {
 		return fmt.Errorf("registering worker: %w", err)
 	}
