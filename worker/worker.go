@@ -100,9 +100,20 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if _, err := cfg.Etcd.Put(ctx, keys.Worker(cfg.ID), "{}", clientv3.WithLease(lease.ID)); err != nil {
 		return fmt.Errorf("registering worker: %w", err)
 	}
-	assignData, err := job.Wait(ctx, cfg.Etcd, keys.Assign(cfg.ID), cfg.WaitTimeout)
+	// Wait for a rank, as long as the job runs: a spare worker waits until
+	// a rank is free, and leaves when the job ends without needing it.
+	var assignData []byte
+	jobDone := false
+	err = job.WaitPrefix(ctx, cfg.Etcd, keys.Root(), 1<<62, func(kvs map[string][]byte) bool {
+		assignData, jobDone = kvs[keys.Assign(cfg.ID)], string(kvs[keys.State()]) == job.StateDone
+		return assignData != nil || jobDone
+	})
 	if err != nil {
 		return fmt.Errorf("waiting for a rank: %w", err)
+	}
+	if assignData == nil {
+		log.Info("the job is done; it did not need this worker")
+		return nil
 	}
 	var a job.Assignment
 	if err := json.Unmarshal(assignData, &a); err != nil {

@@ -38,6 +38,7 @@ type faultCluster struct {
 	coords  []*proc
 	shards  []*proc
 	workers []*proc
+	faulty  map[*proc]bool // the processes a fault hit
 }
 
 // faultSpec is the job of the suite: sync, checkpointed every 20 steps.
@@ -47,7 +48,8 @@ var faultSpec = []string{"--steps", "200", "--hidden", "32", "--embed", "16", "-
 const faultTTL = "2" // seconds: the lease of workers and shards in the suite
 
 func startFaultCluster(t *testing.T, c *embedded.Cluster, cli *clientv3.Client, nc *nats.Conn, name string, spec []string) *faultCluster {
-	f := &faultCluster{t: t, name: name, dir: t.TempDir(), ep: []string{"--nats", c.NATSURL, "--etcd", c.EtcdEndpoints[0]}, cli: cli, nc: nc}
+	f := &faultCluster{t: t, name: name, dir: t.TempDir(), ep: []string{"--nats", c.NATSURL, "--etcd", c.EtcdEndpoints[0]}, cli: cli, nc: nc,
+		faulty: map[*proc]bool{}}
 	for i := 0; i < 2; i++ {
 		f.shards = append(f.shards, f.startShard(i))
 	}
@@ -184,6 +186,13 @@ func (f *faultCluster) finish() []float32 {
 		r, _ := f.cli.Get(context.Background(), job.KeysFor(f.name).State())
 		return len(r.Kvs) == 1 && string(r.Kvs[0].Value) == job.StateDone
 	}, "the job to finish")
+	// Every worker the faults spared ends cleanly, the spare that never got
+	// a rank included.
+	for _, w := range f.workers {
+		if !f.faulty[w] {
+			w.wait(f.t, time.Minute)
+		}
+	}
 	for i := range f.coords {
 		path := filepath.Join(f.dir, fmt.Sprint("coordinator-", i), "checkpoint", "final.ckpt")
 		if _, err := os.Stat(path); err == nil {
@@ -226,6 +235,7 @@ func TestFaultsSyncBitIdentical(t *testing.T) {
 	}{
 		{"kill-worker", func(f *faultCluster) string {
 			w := f.rankHolder()
+			f.faulty[w] = true
 			w.cmd.Process.Kill()
 			return fmt.Sprintf("kill -9 worker pid %d", w.cmd.Process.Pid)
 		}},
@@ -242,6 +252,7 @@ func TestFaultsSyncBitIdentical(t *testing.T) {
 		}},
 		{"stop-worker", func(f *faultCluster) string {
 			w := f.rankHolder()
+			f.faulty[w] = true
 			syscall.Kill(w.cmd.Process.Pid, syscall.SIGSTOP)
 			time.Sleep(4 * time.Second) // twice the lease
 			syscall.Kill(w.cmd.Process.Pid, syscall.SIGCONT)
@@ -339,6 +350,7 @@ func TestFaultsAsync(t *testing.T) {
 			switch fault {
 			case "kill-worker":
 				w := f.rankHolder()
+				f.faulty[w] = true
 				w.cmd.Process.Kill()
 				what = fmt.Sprintf("kill -9 worker pid %d", w.cmd.Process.Pid)
 			case "kill-ps":
@@ -352,6 +364,7 @@ func TestFaultsAsync(t *testing.T) {
 				what = "kill -9 the leading coordinator"
 			case "stop-worker":
 				w := f.rankHolder()
+				f.faulty[w] = true
 				syscall.Kill(w.cmd.Process.Pid, syscall.SIGSTOP)
 				time.Sleep(4 * time.Second) // twice the lease
 				syscall.Kill(w.cmd.Process.Pid, syscall.SIGCONT)

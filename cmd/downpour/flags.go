@@ -250,7 +250,10 @@ func watchNATS(ctx context.Context, nc *nats.Conn, giveUp time.Duration, log *sl
 	ctx, cancel := context.WithCancelCause(ctx)
 	var mu sync.Mutex
 	var timer *time.Timer
-	nc.SetDisconnectErrHandler(func(_ *nats.Conn, err error) {
+	nc.SetDisconnectErrHandler(func(c *nats.Conn, err error) {
+		if c.IsClosed() {
+			return // closed on purpose
+		}
 		log.Warn("lost NATS; reconnecting", "err", err, "give_up_after", giveUp)
 		mu.Lock()
 		defer mu.Unlock()

@@ -41,6 +41,11 @@ import (
 // on from the job's state in etcd.
 func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec job.Spec, out string, resume *resumePoint,
 	console io.Writer, log *slog.Logger) (*telemetry.Collector, error) {
+	// The run directory describes its job, for the tools that read it later
+	// (and for this coordinator, should it be restarted).
+	if err := os.WriteFile(filepath.Join(out, "job.json"), spec.Encode(), 0o644); err != nil {
+		return nil, err
+	}
 	// A coordinator for another job of the same name is refused before it
 	// stands by, not when it would take over.
 	r, err := cli.Get(ctx, job.KeysFor(spec.Name).Spec())
@@ -74,10 +79,6 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 		return nil, err
 	}
 	defer col.Close()
-	// The run directory describes its job, for the tools that read it later.
-	if err := os.WriteFile(filepath.Join(out, "job.json"), spec.Encode(), 0o644); err != nil {
-		return nil, err
-	}
 	spe, err := spec.StepsPerEpoch()
 	if err != nil {
 		return nil, err
@@ -380,11 +381,18 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 		spec, rp = s, &r
 	}
-	if rp == nil || *out == "" {
-		if err := prepareOut(out, spec.Name); err != nil {
+	// A coordinator restarted with the same run directory (a supervisor
+	// restarting it) carries on in it; so does one resuming its job.
+	sameJob := false
+	if *out != "" {
+		b, err := os.ReadFile(filepath.Join(*out, "job.json"))
+		sameJob = err == nil && bytes.Equal(b, spec.Encode())
+	}
+	if (rp != nil || sameJob) && *out != "" {
+		if err := os.MkdirAll(*out, 0o755); err != nil {
 			return err
 		}
-	} else if err := os.MkdirAll(*out, 0o755); err != nil {
+	} else if err := prepareOut(out, spec.Name); err != nil {
 		return err
 	}
 	nc, err := connectNATS(ep.nats, "coordinator", ep.timeout)
@@ -401,6 +409,11 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	defer stop()
 	_, err = coordinate(wctx, cli, nc, spec, *out, rp, stdout, log)
 	err = natsCause(wctx, err)
+	if errors.Is(err, coordinator.ErrJobDone) {
+		// Another coordinator finished it (this one stood by): nothing to do.
+		fmt.Fprintf(stdout, "job %s is done\n", spec.Name)
+		return nil
+	}
 	if err == nil {
 		fmt.Fprintf(stdout, "job %s done; final checkpoint in %s\n", spec.Name, filepath.Join(*out, "checkpoint", "final.ckpt"))
 	}
