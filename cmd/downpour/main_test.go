@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -27,13 +28,34 @@ import (
 	"github.com/downpour-ml/downpour/shard"
 )
 
+// syncBuffer is a bytes.Buffer safe for concurrent writes: a command's
+// roles log from their own goroutines, some of which may still be winding
+// down when the command prints its error (os.Stderr takes that; a plain
+// buffer does not).
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
 // runCmd runs a command line in-process with a deadline and returns its exit
 // code and output.
 func runCmd(t *testing.T, timeout time.Duration, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	var o, e bytes.Buffer
+	var o, e syncBuffer
 	code = run(ctx, args, &o, &e)
 	if ctx.Err() != nil {
 		t.Fatalf("%v did not finish within %v:\n%s%s", args, timeout, o.String(), e.String())
@@ -290,7 +312,7 @@ func TestTrainCancelStopsEverything(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan int, 1)
-	var o, e bytes.Buffer
+	var o, e syncBuffer
 	go func() {
 		done <- run(ctx, []string{"train", "--out", out, "--steps", "100000", "--log-every", "1"}, &o, &e)
 	}()
@@ -516,7 +538,7 @@ func TestTrainResume(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan int, 1)
-	var o, e bytes.Buffer
+	var o, e syncBuffer
 	go func() { done <- run(ctx, append([]string{"train", "--out", out}, base...), &o, &e) }()
 	// Stop once both shards have snapshotted step 50 (so the coordinator has
 	// recorded a complete checkpoint at 40 or 50).
@@ -616,7 +638,7 @@ func TestWorkerGivesUp(t *testing.T) {
 		t.Fatalf("unknown job: exit %d after %v, %s", code, time.Since(start), stderr)
 	}
 	done := make(chan int, 1)
-	var e bytes.Buffer
+	var e syncBuffer
 	go func() {
 		done <- run(context.Background(), append([]string{"worker", "--job", "nosuch", "--wait", "1m", "--give-up", "1s"}, ep...), io.Discard, &e)
 	}()

@@ -58,7 +58,7 @@ func downpourBinary(t *testing.T) string {
 type proc struct {
 	name string
 	cmd  *exec.Cmd
-	out  bytes.Buffer
+	out  syncBuffer
 	done chan error
 }
 
