@@ -154,6 +154,27 @@ func (f *faultCluster) checkStatus(atLeast int64) {
 	}
 }
 
+// freezeWorker stops a worker holding a rank for twice its lease, then lets
+// it go on: the zombie must find itself fenced off and exit with an error.
+func (f *faultCluster) freezeWorker() string {
+	f.t.Helper()
+	w := f.rankHolder()
+	f.faulty[w] = true
+	syscall.Kill(w.cmd.Process.Pid, syscall.SIGSTOP)
+	time.Sleep(4 * time.Second) // twice the lease
+	syscall.Kill(w.cmd.Process.Pid, syscall.SIGCONT)
+	select {
+	case err := <-w.done:
+		w.done <- err
+		if err == nil || !strings.Contains(w.out.String(), "fenced") {
+			f.t.Errorf("the resumed zombie exited with %v:\n%s", err, w.out.String())
+		}
+	case <-time.After(time.Minute):
+		f.t.Errorf("the resumed zombie did not exit within a minute:\n%s", w.out.String())
+	}
+	return fmt.Sprintf("SIGSTOP worker pid %d for 4s (lease %ss), then SIGCONT", w.cmd.Process.Pid, faultTTL)
+}
+
 // rankHolder returns a worker process holding a rank.
 func (f *faultCluster) rankHolder() *proc {
 	r, err := f.cli.Get(context.Background(), job.KeysFor(f.name).Assigns(), clientv3.WithPrefix())
@@ -212,21 +233,7 @@ func (f *faultCluster) finish() []float32 {
 // to the fault-free run.
 func TestFaultsSyncBitIdentical(t *testing.T) {
 	downpourBinary(t)
-	c, err := embedded.Start(context.Background(), filepath.Join(t.TempDir(), "servers"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	cli, err := job.Connect(context.Background(), c.EtcdEndpoints, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	nc, err := nats.Connect(c.NATSURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	c, cli, nc := testServers(t)
 	want, _ := trainRun(t, filepath.Join(t.TempDir(), "ref"), faultSpec...)
 	rng := rand.New(rand.NewPCG(2014, 1406))
 	faults := []struct {
@@ -251,21 +258,7 @@ func TestFaultsSyncBitIdentical(t *testing.T) {
 			return "kill -9 the leading coordinator"
 		}},
 		{"stop-worker", func(f *faultCluster) string {
-			w := f.rankHolder()
-			f.faulty[w] = true
-			syscall.Kill(w.cmd.Process.Pid, syscall.SIGSTOP)
-			time.Sleep(4 * time.Second) // twice the lease
-			syscall.Kill(w.cmd.Process.Pid, syscall.SIGCONT)
-			select { // the zombie finds itself fenced off and exits
-			case err := <-w.done:
-				w.done <- err
-				if err == nil || !strings.Contains(w.out.String(), "fenced") {
-					t.Errorf("the resumed zombie exited with %v:\n%s", err, w.out.String())
-				}
-			case <-time.After(time.Minute):
-				t.Errorf("the resumed zombie did not exit within a minute:\n%s", w.out.String())
-			}
-			return fmt.Sprintf("SIGSTOP worker pid %d for 4s (lease %ss), then SIGCONT", w.cmd.Process.Pid, faultTTL)
+			return f.freezeWorker()
 		}},
 	}
 	for i, fault := range faults {
@@ -317,21 +310,7 @@ var asyncSpec = []string{"--mode", "async", "--steps", "200", "--task-steps", "2
 // timing: fault-free ones here end anywhere between about 0.1 and 0.5.)
 func TestFaultsAsync(t *testing.T) {
 	downpourBinary(t)
-	c, err := embedded.Start(context.Background(), filepath.Join(t.TempDir(), "servers"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	cli, err := job.Connect(context.Background(), c.EtcdEndpoints, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	nc, err := nats.Connect(c.NATSURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	c, cli, nc := testServers(t)
 	ref := filepath.Join(t.TempDir(), "ref")
 	trainRun(t, ref, asyncSpec...)
 	_, refEvals := readAllMetrics(t, filepath.Join(ref, "metrics.jsonl"))
@@ -363,21 +342,7 @@ func TestFaultsAsync(t *testing.T) {
 				f.coords[0].cmd.Process.Kill()
 				what = "kill -9 the leading coordinator"
 			case "stop-worker":
-				w := f.rankHolder()
-				f.faulty[w] = true
-				syscall.Kill(w.cmd.Process.Pid, syscall.SIGSTOP)
-				time.Sleep(4 * time.Second) // twice the lease
-				syscall.Kill(w.cmd.Process.Pid, syscall.SIGCONT)
-				select { // the zombie finds itself fenced off and exits
-				case err := <-w.done:
-					w.done <- err
-					if err == nil || !strings.Contains(w.out.String(), "fenced") {
-						t.Errorf("the resumed zombie exited with %v:\n%s", err, w.out.String())
-					}
-				case <-time.After(time.Minute):
-					t.Errorf("the resumed zombie did not exit within a minute:\n%s", w.out.String())
-				}
-				what = fmt.Sprintf("SIGSTOP worker pid %d for 4s (lease %ss), then SIGCONT", w.cmd.Process.Pid, faultTTL)
+				what = f.freezeWorker()
 			default:
 				t.Fatalf("no such fault %q", fault)
 			}

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/checkpoint"
@@ -77,6 +78,47 @@ func start(t *testing.T, name string, args ...string) *proc {
 	return p
 }
 
+// testServers starts an embedded NATS server and etcd for the test, with
+// an etcd client and a NATS connection to them.
+func testServers(t *testing.T) (*embedded.Cluster, *clientv3.Client, *nats.Conn) {
+	t.Helper()
+	c, err := embedded.Start(context.Background(), filepath.Join(t.TempDir(), "servers"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	cli, err := job.Connect(context.Background(), c.EtcdEndpoints, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	nc, err := nats.Connect(c.NATSURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	return c, cli, nc
+}
+
+// endJob waits for a job's coordinator and other processes to exit cleanly
+// and checks that the final parameters in the run directory out are those of
+// the in-process run of spec.
+func endJob(t *testing.T, coord *proc, procs []*proc, out, dir string, spec []string, what string) {
+	t.Helper()
+	coord.wait(t, 2*time.Minute)
+	for _, p := range procs {
+		p.wait(t, 30*time.Second)
+	}
+	_, got, err := checkpoint.Read(filepath.Join(out, "checkpoint", "final.ckpt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, _ := trainRun(t, filepath.Join(dir, "inproc"), spec...)
+	if !slices.Equal(got, want) {
+		t.Fatalf("the %s run's parameters differ from the in-process run's", what)
+	}
+}
+
 func (p *proc) wait(t *testing.T, timeout time.Duration) {
 	t.Helper()
 	select {
@@ -96,11 +138,7 @@ func (p *proc) wait(t *testing.T, timeout time.Duration) {
 func TestMultiProcessJob(t *testing.T) {
 	downpourBinary(t)
 	dir := t.TempDir()
-	c, err := embedded.Start(context.Background(), filepath.Join(dir, "servers"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c, _, _ := testServers(t)
 	ep := []string{"--nats", c.NATSURL, "--etcd", c.EtcdEndpoints[0]}
 	spec := []string{"--job", "mp", "--steps", "40", "--hidden", "64", "--log-every", "10"}
 	// Start workers and shards first: they must wait for the coordinator.
@@ -111,18 +149,7 @@ func TestMultiProcessJob(t *testing.T) {
 	}
 	out := filepath.Join(dir, "run")
 	coord := start(t, "coordinator", append(append([]string{"coordinator", "--out", out}, spec...), ep...)...)
-	coord.wait(t, 2*time.Minute)
-	for _, p := range procs {
-		p.wait(t, 30*time.Second)
-	}
-	_, got, err := checkpoint.Read(filepath.Join(out, "checkpoint", "final.ckpt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, _ := trainRun(t, filepath.Join(dir, "inproc"), spec...)
-	if !slices.Equal(got, want) {
-		t.Fatal("the multi-process run's parameters differ from the in-process run's")
-	}
+	endJob(t, coord, procs, out, dir, spec, "multi-process")
 	if rs := readMetrics(t, filepath.Join(out, "metrics.jsonl")); len(rs) != 5 {
 		t.Fatalf("%d metrics records, want 5", len(rs))
 	}
@@ -182,16 +209,7 @@ func waitCheckpoint(t *testing.T, cli *clientv3.Client, name string, version int
 func TestReshardRunningJob(t *testing.T) {
 	downpourBinary(t)
 	dir := t.TempDir()
-	c, err := embedded.Start(context.Background(), filepath.Join(dir, "servers"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	cli, err := job.Connect(context.Background(), c.EtcdEndpoints, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	c, cli, _ := testServers(t)
 	ep := []string{"--nats", c.NATSURL, "--etcd", c.EtcdEndpoints[0]}
 	spec := []string{"--job", "rs", "--steps", "150", "--hidden", "32", "--embed", "16", "--optimizer", "adam",
 		"--log-every", "50", "--checkpoint-every", "10"}
@@ -231,18 +249,7 @@ func TestReshardRunningJob(t *testing.T) {
 	if !strings.Contains(third.out.String(), "placement has fewer shards: leaving") {
 		t.Fatalf("the third shard exited without leaving:\n%s", third.out.String())
 	}
-	coord.wait(t, 2*time.Minute)
-	for _, p := range procs {
-		p.wait(t, 30*time.Second)
-	}
-	_, got, err := checkpoint.Read(filepath.Join(out, "checkpoint", "final.ckpt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, _ := trainRun(t, filepath.Join(dir, "inproc"), spec...)
-	if !slices.Equal(got, want) {
-		t.Fatal("the re-placed run's parameters differ from the run that never moved")
-	}
+	endJob(t, coord, procs, out, dir, spec, "re-placed")
 	// Evaluations follow the placement too.
 	_, evals := readAllMetrics(t, filepath.Join(out, "metrics.jsonl"))
 	if len(evals) != 2 || evals[0].Step != 100 || evals[1].Step != 150 {
