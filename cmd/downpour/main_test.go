@@ -566,6 +566,15 @@ func TestTrainResume(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(out, "checkpoint", "final.ckpt")); err == nil {
 		t.Fatal("the stopped run wrote a final checkpoint")
 	}
+	// A stopped run's latest complete set of shard snapshots can be scored
+	// and used; a torn file is passed over.
+	torn := filepath.Join(out, "ps-0", "snapshots", paramserver.SnapshotFile(1, 0, 9999))
+	os.WriteFile(torn, []byte("DPSS"), 0o644)
+	if code, stdout, stderr := runCmd(t, time.Minute, "eval", "--checkpoint", out); code != 0 || !strings.Contains(stderr, "using its shard snapshots of step ") ||
+		!strings.Contains(stdout, "exact match") {
+		t.Fatalf("eval of a stopped run: exit %d\n%s%s", code, stdout, stderr)
+	}
+	os.Remove(torn)
 	if code, _, stderr := runCmd(t, time.Minute, "train", "--resume", out, "--steps", "200"); code != 2 || !strings.Contains(stderr, "--steps") {
 		t.Fatalf("resume with another --steps: exit %d, %s", code, stderr)
 	}

@@ -30,7 +30,7 @@ func cmdSample(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		fmt.Fprintln(stderr, "downpour sample: needs --checkpoint, and --n in 1..100000")
 		return errUsage
 	}
-	params, spec, err := readCheckpoint(*ckpt)
+	params, spec, err := readCheckpoint(*ckpt, stderr)
 	if err != nil {
 		return err
 	}

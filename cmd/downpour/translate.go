@@ -10,11 +10,13 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/downpour-ml/downpour/internal/checkpoint"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/models"
+	"github.com/downpour-ml/downpour/paramserver"
 	"github.com/downpour-ml/downpour/shard"
 )
 
@@ -22,10 +24,16 @@ import (
 var stdin io.Reader = os.Stdin
 
 // readCheckpoint reads a final checkpoint (a file, or a run directory
-// holding checkpoint/final.ckpt) and its job spec.
-func readCheckpoint(path string) ([]float32, *job.Spec, error) {
+// holding checkpoint/final.ckpt) and its job spec. A run directory without a
+// final checkpoint (a run still going, or stopped) gives the parameters of
+// its latest complete set of shard snapshots instead.
+func readCheckpoint(path string, note io.Writer) ([]float32, *job.Spec, error) {
 	if st, err := os.Stat(path); err == nil && st.IsDir() {
-		path = filepath.Join(path, "checkpoint", "final.ckpt")
+		final := filepath.Join(path, "checkpoint", "final.ckpt")
+		if _, err := os.Stat(final); err != nil {
+			return latestSnapshots(path, note)
+		}
+		path = final
 	}
 	meta, params, err := checkpoint.Read(path)
 	if err != nil {
@@ -41,9 +49,55 @@ func readCheckpoint(path string) ([]float32, *job.Spec, error) {
 	return params, spec, nil
 }
 
+// latestSnapshots assembles the parameters of run directory dir from the
+// latest step of which its shards' snapshot files (ps-*/snapshots/*.dpss)
+// hold every block exactly once, under one placement.
+func latestSnapshots(dir string, note io.Writer) ([]float32, *job.Spec, error) {
+	b, err := os.ReadFile(filepath.Join(dir, "job.json"))
+	if err != nil {
+		return nil, nil, fmt.Errorf("%s has neither a final checkpoint nor a job.json: %w", dir, err)
+	}
+	spec, err := job.DecodeSpec(b)
+	if err != nil {
+		return nil, nil, err
+	}
+	files, _ := filepath.Glob(filepath.Join(dir, "ps-*", "snapshots", "*.dpss"))
+	type key struct{ placement, step int64 }
+	sets := map[key][]*paramserver.Snapshot{}
+	for _, f := range files {
+		snap, err := paramserver.ReadSnapshot(f)
+		if err != nil || snap.Job != spec.Name {
+			continue // torn, corrupt or another job's: not part of a set
+		}
+		k := key{snap.Placement, snap.Step}
+		sets[k] = append(sets[k], snap)
+	}
+	keys := make([]key, 0, len(sets))
+	for k := range sets {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		return keys[i].step > keys[j].step || keys[i].step == keys[j].step && keys[i].placement > keys[j].placement
+	})
+	p := paramserver.Place(spec.Tensors(), spec.BlockSize, 1) // every block, whatever the shards
+	for _, k := range keys {
+		snap, err := paramserver.Gather(sets[k], p.Blocks)
+		if err != nil {
+			continue // incomplete: a shard had not written it yet
+		}
+		params := make([]float32, p.Size())
+		for i, b := range p.Blocks {
+			copy(params[b.Offset:b.Offset+b.Len], snap.Blocks[i].W)
+		}
+		fmt.Fprintf(note, "%s has no final checkpoint: using its shard snapshots of step %d (placement %d)\n", dir, k.step, k.placement)
+		return params, spec, nil
+	}
+	return nil, nil, fmt.Errorf("%s has no final checkpoint and no complete set of shard snapshots", dir)
+}
+
 // loadCheckpoint reads a Seq2Seq checkpoint, its job spec and its data.
-func loadCheckpoint(path string) (*models.Seq2Seq[float32], *job.Spec, shard.Dataset, error) {
-	params, spec, err := readCheckpoint(path)
+func loadCheckpoint(path string, note io.Writer) (*models.Seq2Seq[float32], *job.Spec, shard.Dataset, error) {
+	params, spec, err := readCheckpoint(path, note)
 	if err != nil {
 		return nil, nil, nil, err
 	}
@@ -71,7 +125,7 @@ func cmdTranslate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		fmt.Fprintln(stderr, "downpour translate: needs --checkpoint, and --beam at least 1")
 		return errUsage
 	}
-	m, _, data, err := loadCheckpoint(*ckpt)
+	m, _, data, err := loadCheckpoint(*ckpt, stderr)
 	if err != nil {
 		return err
 	}
@@ -119,10 +173,10 @@ func cmdEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintln(stderr, "downpour eval: needs --checkpoint, and --beam and --samples at least 1")
 		return errUsage
 	}
-	if params, spec, err := readCheckpoint(*ckpt); err == nil && spec.Model == "gan" {
+	if params, spec, err := readCheckpoint(*ckpt, stderr); err == nil && spec.Model == "gan" {
 		return evalGAN(stdout, spec, params, *samples)
 	}
-	m, spec, data, err := loadCheckpoint(*ckpt)
+	m, spec, data, err := loadCheckpoint(*ckpt, io.Discard) // readCheckpoint above said where the parameters come from
 	if err != nil {
 		return err
 	}
