@@ -85,6 +85,9 @@ func (t *ganTrainer) batch(sh int, step int64, j int) {
 
 func (t *ganTrainer) close() {}
 
+// clock is the generator blocks' slowest clock (one per step).
+func (t *ganTrainer) clock(ctx context.Context) (int64, error) { return t.g.Clock(ctx) }
+
 func (t *ganTrainer) step(ctx context.Context, s at) error {
 	step := s.N
 	start := time.Now()

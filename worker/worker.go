@@ -173,7 +173,8 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 	log := cfg.Log.With("worker", cfg.ID)
 	var t interface {
 		step(ctx context.Context, s at) error
-		close() // stops what is still in flight
+		close()                                   // stops what is still in flight
+		clock(ctx context.Context) (int64, error) // the shards' slowest clock
 	}
 	var err error
 	if spec.Model == "gan" {
@@ -224,7 +225,22 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 		}
 		return nil, 0, err
 	}
-	for step := p.Start; step < spec.Steps; step++ {
+	first := p.Start
+	if spec.Mode == paramserver.SSP && a.Epoch > 1 {
+		// This worker took over a rank whose holder died: carry on where the
+		// job is (the shards' slowest clock, which is about where the dead
+		// holder stopped), not from the placement's first step, which the
+		// other ranks, at most the staleness ahead, would wait for.
+		cctx, cancel := context.WithTimeout(ectx, cfg.WaitTimeout)
+		clock, err := t.clock(cctx)
+		cancel()
+		if err != nil {
+			return nil, 0, fmt.Errorf("reading the job's clock: %w", err)
+		}
+		first = max(first, min(clock, spec.Steps))
+		log.Info("took over a rank: starting at the job's clock", "rank", a.Rank, "step", first)
+	}
+	for step := first; step < spec.Steps; step++ {
 		select {
 		case <-lease.Lost():
 			return nil, 0, fmt.Errorf("%w: lost the etcd lease: this worker is no longer a member of the job", ErrFenced)
@@ -340,6 +356,9 @@ func newTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.Pla
 	}
 	return t, nil
 }
+
+// clock is the shards' slowest clock.
+func (t *trainer) clock(ctx context.Context) (int64, error) { return t.client.Clock(ctx) }
 
 // settle waits for the transfer in flight, if any, and forgets it.
 func (t *trainer) settle() error {

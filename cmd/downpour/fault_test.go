@@ -54,7 +54,7 @@ func startFaultCluster(t *testing.T, c *embedded.Cluster, cli *clientv3.Client, 
 		f.shards = append(f.shards, f.startShard(i))
 	}
 	for i := 0; i < 3; i++ {
-		f.workers = append(f.workers, start(t, fmt.Sprintf("worker %d", i), append([]string{"worker", "--job", name, "--lease-ttl", faultTTL}, f.ep...)...))
+		f.workers = append(f.workers, start(t, fmt.Sprintf("worker %d", i), append([]string{"worker", "-v", "--job", name, "--lease-ttl", faultTTL}, f.ep...)...))
 	}
 	for i := 0; i < 2; i++ {
 		out := filepath.Join(f.dir, fmt.Sprint("coordinator-", i))
@@ -422,4 +422,34 @@ func TestFaultsAsync(t *testing.T) {
 				what, at, recovery, len(q.List), requeued, got, want)
 		})
 	}
+}
+
+// In ssp mode a worker that takes over a dead holder's rank starts where
+// the job is: the job completes (the other ranks, at most the staleness
+// ahead, do not wait for it to redo the job from the start).
+func TestFaultsSSP(t *testing.T) {
+	downpourBinary(t)
+	c, cli, nc := testServers(t)
+	spec := []string{"--mode", "ssp", "--staleness", "2", "--steps", "200", "--hidden", "32", "--embed", "16",
+		"--optimizer", "adam", "--lr", "0.01", "--log-every", "20", "--eval-every", "0"}
+	f := startFaultCluster(t, c, cli, nc, "ssp", spec)
+	f.waitFor(func() bool { return f.clock() >= 60 }, "step 60")
+	w := f.rankHolder()
+	f.faulty[w] = true
+	w.cmd.Process.Kill()
+	start := time.Now()
+	f.finish()
+	at := int64(-1)
+	for _, p := range f.workers {
+		for _, l := range strings.Split(p.out.String(), "\n") {
+			if strings.Contains(l, "took over a rank") {
+				_, v, _ := strings.Cut(l, " step=")
+				fmt.Sscan(v, &at)
+			}
+		}
+	}
+	if at < 60 {
+		t.Fatalf("the spare took over at step %d, want the job's clock (60 or later)", at)
+	}
+	t.Logf("kill -9 a worker at step 60 or later: the spare took its rank at step %d; the job completed %.1fs after the kill", at, time.Since(start).Seconds())
 }
