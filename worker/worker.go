@@ -20,6 +20,7 @@ import (
 	"github.com/nats-io/nats.go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/downpour-ml/downpour/coordinator"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
@@ -292,10 +293,11 @@ func runTasks(ctx context.Context, cfg Config, t interface {
 }, lease *job.Lease, pushed *int64) error {
 	keys := job.KeysFor(cfg.Job)
 	log := cfg.Log.With("worker", cfg.ID)
-	var last coordinatorTask
+	var last coordinator.Task
 	for {
-		var task coordinatorTask
+		var task coordinator.Task
 		err := job.WaitPrefix(ctx, cfg.Etcd, keys.TaskOf(cfg.ID), 1<<62, func(kvs map[string][]byte) bool {
+			task = coordinator.Task{}
 			return json.Unmarshal(kvs[keys.TaskOf(cfg.ID)], &task) == nil && task.ID >= 0 && task != last
 		})
 		if err != nil {
@@ -319,15 +321,6 @@ func runTasks(ctx context.Context, cfg Config, t interface {
 		}
 		last = task
 	}
-}
-
-// coordinatorTask is the part of a coordinator.Task a worker reads.
-type coordinatorTask struct {
-	ID       int   `json:"id"`
-	Shard    int   `json:"shard"`
-	From     int64 `json:"from"`
-	To       int64 `json:"to"`
-	Attempts int   `json:"attempts,omitempty"`
 }
 
 func newTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.Placement) (*trainer, error) {

@@ -27,6 +27,30 @@ func checkArgs(t *testing.T, where string, args []string) {
 	}
 }
 
+// readEnv reads an environment file of KEY=value lines ("#" comments).
+func readEnv(t *testing.T, path string) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
+			env[k] = v
+		}
+	}
+	return env
+}
+
+var envVar = regexp.MustCompile(`\$\{(\w+)\}`)
+
+// expand replaces ${KEY} in s with env's values, as systemd and
+// docker-compose do.
+func expand(s string, env map[string]string) string {
+	return envVar.ReplaceAllStringFunc(s, func(m string) string { return env[m[2:len(m)-1]] })
+}
+
 // The Kubernetes manifests parse, hold what deploy/README.md says (etcd and
 // the shards as StatefulSets, the workers as a Deployment, two
 // coordinators), and every downpour container's arguments are flags the
@@ -89,21 +113,11 @@ func TestDeployKubernetesManifests(t *testing.T) {
 // The systemd units start downpour with flags it takes.
 func TestDeploySystemdUnits(t *testing.T) {
 	dir := filepath.Join("..", "..", "deploy", "systemd")
-	env := map[string]string{}
-	b, err := os.ReadFile(filepath.Join(dir, "downpour.env"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
-			env[k] = v
-		}
-	}
+	env := readEnv(t, filepath.Join(dir, "downpour.env"))
 	units, _ := filepath.Glob(filepath.Join(dir, "*.service"))
 	if len(units) != 3 {
 		t.Fatalf("%d units, want coordinator, ps@ and worker@", len(units))
 	}
-	vars := regexp.MustCompile(`\$\{(\w+)\}`)
 	for _, u := range units {
 		f, err := os.Open(u)
 		if err != nil {
@@ -117,7 +131,7 @@ func TestDeploySystemdUnits(t *testing.T) {
 				continue
 			}
 			n++
-			cmd = vars.ReplaceAllStringFunc(cmd, func(m string) string { return env[m[2:len(m)-1]] })
+			cmd = expand(cmd, env)
 			cmd = strings.NewReplacer("%i", "0", "%H", "host").Replace(cmd)
 			fields := strings.Fields(cmd)
 			if fields[0] != "/usr/local/bin/downpour" {
@@ -137,17 +151,8 @@ func TestDeploySystemdUnits(t *testing.T) {
 // promises.
 func TestDeployCompose(t *testing.T) {
 	dir := filepath.Join("..", "..", "deploy")
-	env := map[string]string{}
-	b, err := os.ReadFile(filepath.Join(dir, ".env"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if k, v, ok := strings.Cut(line, "="); ok && !strings.HasPrefix(line, "#") {
-			env[k] = v
-		}
-	}
-	b, err = os.ReadFile(filepath.Join(dir, "docker-compose.yml"))
+	env := readEnv(t, filepath.Join(dir, ".env"))
+	b, err := os.ReadFile(filepath.Join(dir, "docker-compose.yml"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,14 +166,13 @@ func TestDeployCompose(t *testing.T) {
 		t.Fatal(err)
 	}
 	count := map[string]int{}
-	vars := regexp.MustCompile(`\$\{(\w+)\}`)
 	for name, s := range compose.Services {
 		role := strings.TrimRight(name, "0123456789")
 		count[role]++
 		if !strings.Contains(s.Image, "/downpour:") {
 			continue
 		}
-		cmd := vars.ReplaceAllStringFunc(s.Command, func(m string) string { return env[m[2:len(m)-1]] })
+		cmd := expand(s.Command, env)
 		checkArgs(t, "compose "+name, strings.Fields(cmd))
 	}
 	for role, n := range map[string]int{"etcd": 3, "nats": 3, "coordinator": 2, "ps": 2, "worker": 3} {

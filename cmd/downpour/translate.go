@@ -61,16 +61,17 @@ func latestSnapshots(dir string, note io.Writer) ([]float32, *job.Spec, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	// Group the files by the placement and step their names give, and read
+	// only the groups it takes, latest first.
 	files, _ := filepath.Glob(filepath.Join(dir, "ps-*", "snapshots", "*.dpss"))
 	type key struct{ placement, step int64 }
-	sets := map[key][]*paramserver.Snapshot{}
+	sets := map[key][]string{}
 	for _, f := range files {
-		snap, err := paramserver.ReadSnapshot(f)
-		if err != nil || snap.Job != spec.Name {
-			continue // torn, corrupt or another job's: not part of a set
+		var k key
+		var shard int
+		if _, err := fmt.Sscanf(filepath.Base(f), "p%d-shard-%d-step-%d.dpss", &k.placement, &shard, &k.step); err == nil {
+			sets[k] = append(sets[k], f)
 		}
-		k := key{snap.Placement, snap.Step}
-		sets[k] = append(sets[k], snap)
 	}
 	keys := make([]key, 0, len(sets))
 	for k := range sets {
@@ -81,9 +82,15 @@ func latestSnapshots(dir string, note io.Writer) ([]float32, *job.Spec, error) {
 	})
 	p := paramserver.Place(spec.Tensors(), spec.BlockSize, 1) // every block, whatever the shards
 	for _, k := range keys {
-		snap, err := paramserver.Gather(sets[k], p.Blocks)
+		var snaps []*paramserver.Snapshot
+		for _, f := range sets[k] {
+			if snap, err := paramserver.ReadSnapshot(f); err == nil && snap.Job == spec.Name {
+				snaps = append(snaps, snap) // torn, corrupt or another job's files are left out
+			}
+		}
+		snap, err := paramserver.Gather(snaps, p.Blocks)
 		if err != nil {
-			continue // incomplete: a shard had not written it yet
+			continue // incomplete: a shard had not written it yet, or a file is bad
 		}
 		params := make([]float32, p.Size())
 		for i, b := range p.Blocks {

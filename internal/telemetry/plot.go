@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"image/color"
+	"maps"
 	"math"
 	"os"
 	"path/filepath"
@@ -34,46 +35,49 @@ func ReadMetrics(path string) ([]Record, []EvalRecord, error) {
 		var kind struct {
 			Kind string `json:"kind"`
 		}
-		if err := json.Unmarshal(sc.Bytes(), &kind); err != nil {
-			return nil, nil, fmt.Errorf("%s:%d: %w", path, n, err)
-		}
-		switch kind.Kind {
-		case "train":
-			var r Record
-			if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-				return nil, nil, fmt.Errorf("%s:%d: %w", path, n, err)
-			}
-			if r.Step < 0 {
-				return nil, nil, fmt.Errorf("%s:%d: step %d", path, n, r.Step)
-			}
-			train[r.Step] = r
-		case "eval":
-			var r EvalRecord
-			if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
-				return nil, nil, fmt.Errorf("%s:%d: %w", path, n, err)
-			}
-			if r.Step < 0 {
-				return nil, nil, fmt.Errorf("%s:%d: step %d", path, n, r.Step)
-			}
-			evals[r.Step] = r
+		err := json.Unmarshal(sc.Bytes(), &kind)
+		switch {
+		case err != nil:
+		case kind.Kind == "train":
+			err = keep(sc.Bytes(), train, func(r Record) int64 { return r.Step })
+		case kind.Kind == "eval":
+			err = keep(sc.Bytes(), evals, func(r EvalRecord) int64 { return r.Step })
 		default:
-			return nil, nil, fmt.Errorf("%s:%d: a record of kind %q, want train or eval", path, n, kind.Kind)
+			err = fmt.Errorf("a record of kind %q, want train or eval", kind.Kind)
+		}
+		if err != nil {
+			return nil, nil, fmt.Errorf("%s:%d: %w", path, n, err)
 		}
 	}
 	if err := sc.Err(); err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", path, err)
 	}
-	rs := make([]Record, 0, len(train))
-	for _, r := range train {
-		rs = append(rs, r)
+	return byStep(train), byStep(evals), nil
+}
+
+// keep decodes a record into byStep under its step, which must not be
+// negative.
+func keep[R any](line []byte, byStep map[int64]R, step func(R) int64) error {
+	var r R
+	if err := json.Unmarshal(line, &r); err != nil {
+		return err
 	}
-	es := make([]EvalRecord, 0, len(evals))
-	for _, e := range evals {
-		es = append(es, e)
+	s := step(r)
+	if s < 0 {
+		return fmt.Errorf("step %d", s)
 	}
-	slices.SortFunc(rs, func(a, b Record) int { return int(a.Step - b.Step) })
-	slices.SortFunc(es, func(a, b EvalRecord) int { return int(a.Step - b.Step) })
-	return rs, es, nil
+	byStep[s] = r
+	return nil
+}
+
+// byStep lists records in the order of their steps.
+func byStep[R any](m map[int64]R) []R {
+	steps := slices.Sorted(maps.Keys(m))
+	out := make([]R, len(steps))
+	for i, s := range steps {
+		out[i] = m[s]
+	}
+	return out
 }
 
 // ErrNoRecords is returned by Curves for a metrics file with nothing to plot.
