@@ -26,7 +26,7 @@ type Client struct {
 	rank    uint32
 	epoch   uint64
 	groups  []group
-	Attempt time.Duration // timeout of one request before it is resent
+	Attempt time.Duration // timeout of a request's first attempt before it is resent (later ones wait longer)
 	// Window bounds the requests in flight at once. Without a bound, a pull
 	// of a large model asks for more replies at once than a NATS connection
 	// buffers for its subscriber (64 MB by default), and the server drops
@@ -36,6 +36,12 @@ type Client struct {
 
 // DefaultWindow is the default bound on requests in flight per client.
 const DefaultWindow = 16
+
+// DefaultAttempt is the default timeout of a request's first attempt. A
+// shard answers within milliseconds, or, for a pull it must hold until a
+// step is complete, within its PullTTL (job.Spec sets 2 s); a request lost
+// with a NATS server is resent after it.
+const DefaultAttempt = 3 * time.Second
 
 type group struct {
 	shard  int
@@ -51,7 +57,7 @@ func NewClient(nc *nats.Conn, job string, p *Placement, rank int, epoch uint64) 
 // NewClientFor is NewClient for the blocks keep accepts (all when nil): a
 // client of one parameter group, such as a GAN's generator.
 func NewClientFor(nc *nats.Conn, job string, p *Placement, rank int, epoch uint64, keep func(Block) bool) (*Client, error) {
-	c := &Client{nc: nc, job: job, version: p.Version, rank: uint32(rank), epoch: epoch, Attempt: 15 * time.Second, Window: DefaultWindow}
+	c := &Client{nc: nc, job: job, version: p.Version, rank: uint32(rank), epoch: epoch, Attempt: DefaultAttempt, Window: DefaultWindow}
 	for s := 0; s < p.Shards; s++ {
 		var bs []Block
 		for _, b := range p.OnShard(s) {
@@ -295,21 +301,48 @@ func (c *Client) eachOf(ctx context.Context, groups []group, f func(context.Cont
 	return ctx.Err()
 }
 
-// request sends data and waits for the reply, resending after each Attempt
-// timeout or while no shard is subscribed, until ctx ends.
+// errConnLost cancels a request whose reply may have been lost with the
+// connection to its NATS server.
+var errConnLost = errors.New("the connection to the NATS server was lost")
+
+// request sends data and waits for the reply, resending it until ctx ends:
+// at once when the connection to the NATS server is lost (the reply would
+// be lost with it), after a pause while no shard is subscribed, and after
+// each attempt's timeout (a request or its reply lost with the shard's
+// server), which doubles from c.Attempt at each timeout, up to 8 times it,
+// so that a slow shard is not flooded.
 func (c *Client) request(ctx context.Context, subject string, data []byte) (*nats.Msg, error) {
 	backoff := 10 * time.Millisecond
+	attempt := c.Attempt
 	for {
-		actx, cancel := context.WithTimeout(ctx, c.Attempt)
-		msg, err := c.nc.RequestWithContext(actx, subject, data)
-		cancel()
-		if err == nil {
+		lost := c.nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING)
+		actx, cancel := context.WithCancelCause(ctx)
+		tctx, tcancel := context.WithTimeout(actx, attempt)
+		stop := make(chan struct{})
+		go func() {
+			select {
+			case <-lost:
+				cancel(errConnLost)
+			case <-stop:
+			}
+		}()
+		msg, err := c.nc.RequestWithContext(tctx, subject, data)
+		close(stop)
+		c.nc.RemoveStatusListener(lost)
+		cause := context.Cause(actx)
+		tcancel()
+		cancel(nil)
+		switch {
+		case err == nil:
 			return msg, nil
-		}
-		if ctx.Err() != nil {
+		case ctx.Err() != nil:
 			return nil, fmt.Errorf("%s: %w (last error: %v)", subject, ctx.Err(), err)
-		}
-		if !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, nats.ErrTimeout) {
+		case errors.Is(cause, errConnLost):
+			continue // resent at once: published while reconnecting, it goes out on the new connection
+		case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout):
+			attempt = min(2*attempt, 8*c.Attempt)
+			continue
+		case !errors.Is(err, nats.ErrNoResponders):
 			return nil, fmt.Errorf("%s: %w", subject, err)
 		}
 		select {

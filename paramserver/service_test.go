@@ -7,11 +7,14 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"net"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/downpour-ml/downpour/internal/embedded"
@@ -333,5 +336,62 @@ func TestClientClock(t *testing.T) {
 		if err := c.Push(ctx, step, g); err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// A request whose reply is lost with the connection to the NATS server is
+// resent as soon as the connection is back, not after its attempt's
+// timeout. (The responder here ignores the first copy, as a reply lost in
+// the dying server's buffers never arrives.)
+func TestClientResendsWhenConnectionLost(t *testing.T) {
+	opts := &server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true}
+	run := func() *server.Server {
+		s, err := server.NewServer(opts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		go s.Start()
+		if !s.ReadyForConnections(10 * time.Second) {
+			t.Fatal("NATS server not ready")
+		}
+		return s
+	}
+	s := run()
+	opts.Port = s.Addr().(*net.TCPAddr).Port
+	dial := func() *nats.Conn {
+		nc, err := nats.Connect(s.ClientURL(), nats.MaxReconnects(-1), nats.ReconnectWait(50*time.Millisecond))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(nc.Close)
+		return nc
+	}
+	responder, requester := dial(), dial()
+	var copies atomic.Int32
+	if _, err := responder.Subscribe("q", func(m *nats.Msg) {
+		if copies.Add(1) > 1 {
+			m.Respond([]byte("a"))
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	responder.Flush()
+	c := &Client{nc: requester, Attempt: time.Minute}
+	done := make(chan error, 1)
+	go func() { _, err := c.request(context.Background(), "q", []byte("x")); done <- err }()
+	for copies.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	s.Shutdown()
+	s.WaitForShutdown()
+	s = run()
+	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the request was not resent after the connection came back")
 	}
 }

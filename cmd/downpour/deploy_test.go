@@ -43,12 +43,18 @@ func readEnv(t *testing.T, path string) map[string]string {
 	return env
 }
 
-var envVar = regexp.MustCompile(`\$\{(\w+)\}`)
+var envVar = regexp.MustCompile(`\$\{(\w+)(?::-([^}]*))?\}`)
 
-// expand replaces ${KEY} in s with env's values, as systemd and
-// docker-compose do.
+// expand replaces ${KEY} and ${KEY:-default} in s with env's values, as
+// systemd and docker-compose do.
 func expand(s string, env map[string]string) string {
-	return envVar.ReplaceAllStringFunc(s, func(m string) string { return env[m[2:len(m)-1]] })
+	return envVar.ReplaceAllStringFunc(s, func(m string) string {
+		sub := envVar.FindStringSubmatch(m)
+		if v := env[sub[1]]; v != "" {
+			return v
+		}
+		return sub[2]
+	})
 }
 
 // The Kubernetes manifests parse, hold what deploy/README.md says (etcd and

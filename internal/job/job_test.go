@@ -3,7 +3,9 @@ package job
 import (
 	"context"
 	"errors"
+	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -158,5 +160,118 @@ func TestPaperPreset(t *testing.T) {
 		s.Batch != 128 || s.Optimizer.Kind != "sgd" || s.Optimizer.LR != 0.7 || s.Epochs != 7.5 ||
 		s.HalveAfterEpochs != 5 || s.HalveEveryEpochs != 0.5 || s.ClipNorm != 5 || !s.Reverse || s.Seq2Seq.InitScale != 0.08 {
 		t.Fatalf("paper preset %+v", s)
+	}
+}
+
+// stallProxy forwards TCP connections to an address; while stalled, it
+// holds back what flows in the directions it is told to.
+type stallProxy struct {
+	addr     string
+	toServer atomic.Bool // hold requests
+	toClient atomic.Bool // hold responses
+}
+
+func newStallProxy(t *testing.T, upstream string) *stallProxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	p := &stallProxy{addr: ln.Addr().String()}
+	pipe := func(dst, src net.Conn, stalled *atomic.Bool) {
+		defer dst.Close()
+		buf := make([]byte, 32<<10)
+		for {
+			n, err := src.Read(buf)
+			for stalled.Load() {
+				time.Sleep(5 * time.Millisecond)
+			}
+			if n > 0 {
+				if _, werr := dst.Write(buf[:n]); werr != nil {
+					return
+				}
+			}
+			if err != nil {
+				return
+			}
+		}
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			u, err := net.Dial("tcp", upstream)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			go pipe(u, c, &p.toServer)
+			go pipe(c, u, &p.toClient)
+		}
+	}()
+	return p
+}
+
+// A lease is lost when etcd says so, not when the client stops hearing
+// from etcd: with etcd's answers held back for longer than the TTL while
+// etcd keeps the lease (as a new etcd leader does: it extends every lease),
+// the client gives up keeping it alive, but the lease lives, and is kept
+// alive again once etcd answers. Cut off both ways for longer than the TTL,
+// it expires and is lost.
+func TestLeaseLostOnlyWhenEtcdSaysSo(t *testing.T) {
+	e, err := embedded.StartEtcd(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	p := newStallProxy(t, e.Config().ListenClientUrls[0].Host)
+	ctx := context.Background()
+	cli, err := Connect(ctx, []string{"http://" + p.addr}, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	l, err := Grant(ctx, cli, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	// etcd's answers are held back for 2.5 s; meanwhile another client
+	// keeps the lease alive, as the extension of every lease by a new
+	// leader does.
+	direct, err := Connect(ctx, []string{e.Config().ListenClientUrls[0].String()}, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer direct.Close()
+	p.toClient.Store(true)
+	for range 10 {
+		if _, err := direct.KeepAliveOnce(ctx, l.ID); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(250 * time.Millisecond) // the client's keep-alive gives up after 1 s
+	}
+	p.toClient.Store(false)
+	select {
+	case <-l.Lost():
+		t.Fatal("the lease was given up while etcd kept it alive")
+	case <-time.After(3 * time.Second): // three TTLs with nobody else keeping it alive
+	}
+	r, err := cli.TimeToLive(ctx, l.ID)
+	if err != nil || r.TTL < 0 { // -1: gone; 0: under a second left
+		t.Fatalf("the lease is not alive: %v %+v", err, r)
+	}
+
+	p.toServer.Store(true)
+	p.toClient.Store(true)
+	time.Sleep(2500 * time.Millisecond) // etcd expires it after 1 s
+	p.toServer.Store(false)
+	p.toClient.Store(false)
+	select {
+	case <-l.Lost():
+	case <-time.After(5 * time.Second):
+		t.Fatal("an expired lease is still not lost 5 s after etcd is back")
 	}
 }

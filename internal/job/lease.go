@@ -33,12 +33,49 @@ func Grant(ctx context.Context, cli *clientv3.Client, ttl int64) (*Lease, error)
 		return nil, fmt.Errorf("keeping an etcd lease alive: %w", err)
 	}
 	l := &Lease{ID: g.ID, cli: cli, cancel: kcancel, lost: make(chan struct{})}
-	go func() {
-		for range ch { // drain keep-alive responses; the channel closes when the lease is gone
-		}
-		close(l.lost)
-	}()
+	go l.keep(kctx, ch, time.Duration(ttl)*time.Second)
 	return l, nil
+}
+
+// keep drains keep-alive responses until the lease is gone. The client
+// stops keeping a lease alive when no keep-alive was answered within its TTL,
+// which also happens while etcd elects a new leader or this process cannot
+// reach its member; the new leader extends every lease, so the lease may
+// well be alive. Only etcd knows: keep asks it, and the lease is lost when
+// etcd says it has expired (or was revoked), or when etcd has not been
+// reached for three TTLs and ten seconds, after which it has surely expired
+// (an election takes a few seconds at most).
+func (l *Lease) keep(ctx context.Context, ch <-chan *clientv3.LeaseKeepAliveResponse, ttl time.Duration) {
+	defer close(l.lost)
+	last := time.Now() // when etcd last said the lease was alive
+	for {
+		for range ch {
+			last = time.Now()
+		}
+		for ch = nil; ch == nil; {
+			if ctx.Err() != nil || time.Since(last) > 3*ttl+10*time.Second {
+				return
+			}
+			qctx, cancel := context.WithTimeout(ctx, time.Second)
+			r, err := l.cli.TimeToLive(qctx, l.ID)
+			cancel()
+			switch {
+			case err == nil && r.TTL < 0:
+				return // expired or revoked (TTL -1; 0 is less than a second left)
+			case err == nil:
+				last = time.Now()
+				if ch, err = l.cli.KeepAlive(ctx, l.ID); err != nil {
+					ch = nil
+				}
+			}
+			if ch == nil {
+				select {
+				case <-ctx.Done():
+				case <-time.After(200 * time.Millisecond):
+				}
+			}
+		}
+	}
 }
 
 // Lost is closed when the lease can no longer be kept alive (expired, revoked

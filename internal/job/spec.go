@@ -349,9 +349,11 @@ var Presets = map[string]func(*Spec){
 }
 
 // ShardConfig is the part of the spec every parameter-server shard runs by.
+// A pull held for 20 ticks (2 s) is answered Expired and asked again, well
+// within the first attempt of a client's request (paramserver.DefaultAttempt).
 func (s *Spec) ShardConfig() paramserver.ShardConfig {
 	return paramserver.ShardConfig{Mode: s.Mode, Staleness: s.Staleness, Ranks: s.Workers,
-		Optimizer: s.Optimizer, NonFinite: s.NonFinite, PullTTL: 100}
+		Optimizer: s.Optimizer, NonFinite: s.NonFinite, PullTTL: 20}
 }
 
 // Tensors lists the model's parameter tensors.

@@ -128,10 +128,24 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *paramserver.Pl
 		svcCfg.SnapshotEvery = spec.CheckpointEvery
 		svcCfg.OnSnapshot = func(path string, snap *paramserver.Snapshot) {
 			rec, _ := json.Marshal(job.SnapshotRecord{Path: path, Step: snap.Step, Shard: idx, Placement: snap.Placement})
-			pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
-			if _, err := cfg.Etcd.Put(pctx, keys.ShardSnapshot(snap.Placement, snap.Step, idx), string(rec)); err != nil {
-				log.Error("recording snapshot", "step", snap.Step, "err", err)
+			// The record completes a checkpoint: retry it through an etcd
+			// election or a lost member (the put is idempotent).
+			for attempt := 1; ; attempt++ {
+				pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				_, err := cfg.Etcd.Put(pctx, keys.ShardSnapshot(snap.Placement, snap.Step, idx), string(rec))
+				cancel()
+				if err == nil {
+					return
+				}
+				if attempt == 5 || ctx.Err() != nil {
+					log.Error("recording snapshot: giving up; the checkpoint of this step will not complete", "step", snap.Step, "err", err)
+					return
+				}
+				log.Warn("recording snapshot: retrying", "step", snap.Step, "attempt", attempt, "err", err)
+				select {
+				case <-ctx.Done():
+				case <-time.After(time.Duration(attempt) * 500 * time.Millisecond):
+				}
 			}
 		}
 	} else if spec.CheckpointEvery > 0 {

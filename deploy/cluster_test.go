@@ -1,0 +1,455 @@
+// Package deploy_test is the fault-injection suite against the
+// docker-compose cluster of docker-compose.yml: it builds the images, brings
+// the cluster up once per fault, trains a sync job on it, injects the fault
+// with the Docker engine (kill, network disconnect, pause) at a step drawn
+// from a seed, and checks that the job completes with parameters
+// bit-identical to the same job trained by `downpour train` in one process.
+//
+//	go test -v -run TestClusterFaults ./deploy
+//
+// It needs a Docker engine and docker-compose. Without them it skips (and
+// says why under -v), unless DOWNPOUR_CLUSTER_SUITE=require, as in CI, makes
+// that a failure.
+package deploy_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/downpour-ml/downpour/internal/checkpoint"
+	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/paramserver"
+)
+
+// The suite's job: the compose cluster's Seq2Seq copy task, sync, on 2
+// workers and 2 shards, checkpointed every 100 steps. About 15 s fault-free
+// on a 2-core machine.
+const (
+	jobName  = "demo" // the name docker-compose.yml gives it
+	steps    = 3000
+	jobArgs  = "--workers 2 --ps-shards 2 --steps 3000 --hidden 32 --embed 16 --optimizer adam --checkpoint-every 100 --log-every 500 --eval-every 0"
+	roleArgs = "--lease-ttl 3" // seconds: the lease of workers and shards
+	lease    = 3 * time.Second
+	project  = "downpour-faults"
+)
+
+// cluster is one docker-compose project of the suite, watched from the host
+// through the loopback ports faults.yml publishes.
+type cluster struct {
+	t   *testing.T
+	cli *clientv3.Client
+	nc  *nats.Conn
+	hit map[string]bool // the services a fault hit
+}
+
+// compose runs docker-compose on the suite's project.
+func compose(args ...string) (string, error) {
+	cmd := exec.Command("docker-compose", append([]string{"-p", project, "-f", "docker-compose.yml", "-f", "faults.yml"}, args...)...)
+	cmd.Env = append(os.Environ(), "JOB_ARGS="+jobArgs, "ROLE_ARGS="+roleArgs)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("docker-compose %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return string(out), nil
+}
+
+func docker(args ...string) (string, error) {
+	out, err := exec.Command("docker", args...).CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("docker %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
+func container(service string) string { return project + "_" + service + "_1" }
+
+// port is the loopback address faults.yml published for a service's port.
+func port(t *testing.T, service string, p int) string {
+	out, err := compose("port", service, fmt.Sprint(p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(out)
+}
+
+// up starts the cluster and connects to its etcd and NATS servers.
+func up(t *testing.T) *cluster {
+	t.Helper()
+	compose("down", "-v", "--remove-orphans") // whatever an interrupted run left
+	if _, err := compose("up", "-d"); err != nil {
+		t.Fatal(err)
+	}
+	c := &cluster{t: t, hit: map[string]bool{}}
+	t.Cleanup(c.down)
+	var etcds, natss []string
+	for i := 1; i <= 3; i++ {
+		etcds = append(etcds, "http://"+port(t, fmt.Sprint("etcd", i), 2379))
+		natss = append(natss, "nats://"+port(t, fmt.Sprint("nats", i), 4222))
+	}
+	var err error
+	if c.cli, err = clientv3.New(clientv3.Config{Endpoints: etcds, DialTimeout: 5 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if c.nc, err = nats.Connect(strings.Join(natss, ","), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true),
+		nats.ReconnectWait(100*time.Millisecond)); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// down dumps the cluster's logs if the test failed, then removes it.
+func (c *cluster) down() {
+	if c.nc != nil {
+		c.nc.Close()
+	}
+	if c.cli != nil {
+		c.cli.Close()
+	}
+	if c.t.Failed() {
+		logs, _ := compose("logs", "--no-color", "--tail", "40")
+		c.t.Logf("the cluster's logs (last 40 lines each):\n%s", logs)
+	}
+	if out, err := compose("down", "-v", "--remove-orphans"); err != nil {
+		c.t.Errorf("%v\n%s", err, out)
+	}
+}
+
+func (c *cluster) waitFor(cond func() bool, within time.Duration, what string) {
+	c.t.Helper()
+	deadline := time.Now().Add(within)
+	for !cond() {
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%s: not within %v", what, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// clock is the job's placement and its step as the shards tell it (-1
+// while they do not).
+func (c *cluster) clock() (version, step int64) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	p, _, err := job.ReadPlacement(ctx, c.cli, jobName)
+	if err != nil {
+		return 0, -1
+	}
+	pc, err := paramserver.NewClient(c.nc, jobName, p, 0, 0)
+	if err != nil {
+		return p.Version, -1
+	}
+	step, err = pc.Clock(ctx)
+	if err != nil {
+		return p.Version, -1
+	}
+	return p.Version, step
+}
+
+func (c *cluster) get(key string, opts ...clientv3.OpOption) []*clientv3.Event {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	r, err := c.cli.Get(ctx, key, opts...)
+	if err != nil {
+		return nil
+	}
+	var evs []*clientv3.Event
+	for _, kv := range r.Kvs {
+		evs = append(evs, &clientv3.Event{Kv: kv})
+	}
+	return evs
+}
+
+func (c *cluster) done() bool {
+	r := c.get(job.KeysFor(jobName).State())
+	return len(r) == 1 && string(r[0].Kv.Value) == job.StateDone
+}
+
+// leader is the service name of the leading coordinator (its id is its
+// hostname, set to the service's name, and its pid).
+func (c *cluster) leader() string {
+	r := c.get(job.KeysFor(jobName).Leader(), append(clientv3.WithFirstCreate(), clientv3.WithPrefix())...)
+	if len(r) == 0 {
+		return ""
+	}
+	id := string(r[0].Kv.Value)
+	return id[:strings.LastIndex(id, "-")]
+}
+
+// rankHolder is a worker service holding a rank (workers' ids are their
+// service names).
+func (c *cluster) rankHolder() string {
+	for _, kv := range c.get(job.KeysFor(jobName).Assigns(), clientv3.WithPrefix()) {
+		return strings.TrimPrefix(string(kv.Kv.Key), job.KeysFor(jobName).Assigns())
+	}
+	c.t.Fatal("no worker holds a rank")
+	return ""
+}
+
+// etcdLeader is the etcd service that leads the etcd cluster.
+func (c *cluster) etcdLeader() string {
+	for i := 1; i <= 3; i++ {
+		ep := "http://" + port(c.t, fmt.Sprint("etcd", i), 2379)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		s, err := c.cli.Status(ctx, ep)
+		cancel()
+		if err == nil && s.Header.MemberId == s.Leader {
+			return fmt.Sprint("etcd", i)
+		}
+	}
+	c.t.Fatal("no etcd member says it leads")
+	return ""
+}
+
+// busiestNATS is the NATS service with the most client connections: the
+// one whose death makes the most clients reconnect.
+func (c *cluster) busiestNATS() string {
+	best, most := "", -1
+	for i := 1; i <= 3; i++ {
+		resp, err := http.Get("http://" + port(c.t, fmt.Sprint("nats", i), 8222) + "/varz")
+		if err != nil {
+			continue
+		}
+		var v struct{ Connections int }
+		err = json.NewDecoder(resp.Body).Decode(&v)
+		resp.Body.Close()
+		if err == nil && v.Connections > most {
+			best, most = fmt.Sprint("nats", i), v.Connections
+		}
+	}
+	if best == "" {
+		c.t.Fatal("no NATS server answered on its monitoring port")
+	}
+	return best
+}
+
+// finalParams waits for the job to end and for every process the fault
+// spared to exit 0, and returns the parameters of the final checkpoint.
+func (c *cluster) finalParams() []float32 {
+	c.t.Helper()
+	c.waitFor(c.done, 3*time.Minute, "the job to finish")
+	for _, s := range []string{"coordinator1", "coordinator2", "ps0", "ps1", "worker1", "worker2", "worker3"} {
+		if c.hit[s] {
+			continue
+		}
+		c.waitFor(func() bool {
+			out, _ := docker("inspect", "-f", "{{.State.Status}} {{.State.ExitCode}}", container(s))
+			if strings.HasPrefix(out, "exited") && out != "exited 0" {
+				c.t.Fatalf("%s: %s", s, out)
+			}
+			return out == "exited 0"
+		}, time.Minute, s+" to exit")
+	}
+	dir := c.t.TempDir()
+	for _, s := range []string{"coordinator1", "coordinator2"} {
+		path := filepath.Join(dir, s+".ckpt")
+		if _, err := docker("cp", container(s)+":/runs/"+s+"/checkpoint/final.ckpt", path); err != nil {
+			continue
+		}
+		_, params, err := checkpoint.Read(path)
+		if err != nil {
+			c.t.Fatal(err)
+		}
+		return params
+	}
+	c.t.Fatal("no coordinator wrote the final checkpoint")
+	return nil
+}
+
+// rollbacks are the job's rollback records.
+func (c *cluster) rollbacks() []job.RollbackRecord {
+	var rbs []job.RollbackRecord
+	for _, kv := range c.get(job.KeysFor(jobName).Rollbacks(), clientv3.WithPrefix()) {
+		var rb job.RollbackRecord
+		if err := json.Unmarshal(kv.Kv.Value, &rb); err != nil {
+			c.t.Fatalf("rollback record %s: %v", kv.Kv.Value, err)
+		}
+		rbs = append(rbs, rb)
+	}
+	return rbs
+}
+
+// logs is what a service's container printed (across restarts).
+func logs(service string) string {
+	out, _ := docker("logs", container(service))
+	return out
+}
+
+// isolate cuts a worker off the cluster's network (or freezes it) for
+// twice the lease, then lets it back: it must find itself fenced off.
+func (c *cluster) isolate(cut, restore []string, w string) {
+	c.t.Helper()
+	c.hit[w] = true
+	if _, err := docker(cut...); err != nil {
+		c.t.Fatal(err)
+	}
+	time.Sleep(2 * lease)
+	if _, err := docker(restore...); err != nil {
+		c.t.Fatal(err)
+	}
+	c.waitFor(func() bool { return strings.Contains(logs(w), "fenced off") }, time.Minute, w+" to say it is fenced off")
+	c.t.Logf("%s's log:\n%s", w, logs(w))
+}
+
+type fault struct {
+	name      string
+	rollbacks int                                    // how many the fault must cause
+	inject    func(c *cluster) (string, func() bool) // what it did; when the job has recovered (nil: once past the fault's step)
+}
+
+var faults = []fault{
+	{"none", 0, func(c *cluster) (string, func() bool) { return "no fault", nil }},
+	{"worker dies", 1, func(c *cluster) (string, func() bool) {
+		w := c.rankHolder()
+		c.hit[w] = true
+		if _, err := docker("kill", container(w)); err != nil {
+			c.t.Fatal(err)
+		}
+		return "docker kill " + w, nil
+	}},
+	{"PS shard dies", 1, func(c *cluster) (string, func() bool) {
+		c.hit["ps0"] = true
+		if _, err := docker("kill", container("ps0")); err != nil {
+			c.t.Fatal(err)
+		}
+		if _, err := docker("start", container("ps0")); err != nil {
+			c.t.Fatal(err)
+		}
+		return "docker kill ps0, docker start ps0", nil
+	}},
+	{"coordinator leader dies", 0, func(c *cluster) (string, func() bool) {
+		l := c.leader()
+		if l == "" {
+			c.t.Fatal("no coordinator leads")
+		}
+		c.hit[l] = true
+		if _, err := docker("kill", container(l)); err != nil {
+			c.t.Fatal(err)
+		}
+		return "docker kill " + l + " (the leader)", func() bool { l2 := c.leader(); return l2 != "" && l2 != l }
+	}},
+	{"NATS node dies", 0, func(c *cluster) (string, func() bool) {
+		n := c.busiestNATS()
+		c.hit[n] = true
+		if _, err := docker("kill", container(n)); err != nil {
+			c.t.Fatal(err)
+		}
+		return "docker kill " + n + " (the most connected)", nil
+	}},
+	{"etcd node dies", 0, func(c *cluster) (string, func() bool) {
+		e := c.etcdLeader()
+		c.hit[e] = true
+		if _, err := docker("kill", container(e)); err != nil {
+			c.t.Fatal(err)
+		}
+		return "docker kill " + e + " (the raft leader)", nil
+	}},
+	{"worker partitioned", 1, func(c *cluster) (string, func() bool) {
+		w := c.rankHolder()
+		net := project + "_cluster"
+		c.isolate([]string{"network", "disconnect", net, container(w)}, []string{"network", "connect", net, container(w)}, w)
+		return fmt.Sprintf("docker network disconnect %s for %v, then connect", w, 2*lease), nil
+	}},
+	{"worker frozen", 1, func(c *cluster) (string, func() bool) {
+		w := c.rankHolder()
+		c.isolate([]string{"pause", container(w)}, []string{"unpause", container(w)}, w)
+		return fmt.Sprintf("docker pause %s for %v, then unpause", w, 2*lease), nil
+	}},
+}
+
+// The fault-injection suite against the compose cluster, sync mode: for
+// each fault of the table, the job completes with parameters bit-identical
+// to the fault-free run's; a fault that loses a step in flight rolls back
+// once, to the last complete checkpoint; the others roll back nothing.
+func TestClusterFaults(t *testing.T) {
+	if raceBuild {
+		t.Skip("the cluster suite runs in the plain test run: under -race only this test process would be watched, not the cluster's")
+	}
+	for _, tool := range [][]string{{"docker", "info"}, {"docker-compose", "version"}} {
+		if out, err := exec.Command(tool[0], tool[1:]...).CombinedOutput(); err != nil {
+			msg := fmt.Sprintf("the cluster suite needs a Docker engine and docker-compose: %s: %v\n%s", strings.Join(tool, " "), err, out)
+			if os.Getenv("DOWNPOUR_CLUSTER_SUITE") == "require" {
+				t.Fatal(msg)
+			}
+			t.Skip("cluster suite not run: " + msg)
+		}
+	}
+	build := exec.Command("./cluster.sh", "build")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("cluster.sh build: %v\n%s", err, out)
+	}
+	ref := filepath.Join(t.TempDir(), "ref")
+	train := exec.Command("build/downpour", append([]string{"train", "--out", ref}, strings.Fields(jobArgs)...)...)
+	if out, err := train.CombinedOutput(); err != nil {
+		t.Fatalf("downpour train: %v\n%s", err, out)
+	}
+	_, want, err := checkpoint.Read(filepath.Join(ref, "checkpoint", "final.ckpt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	rng := rand.New(rand.NewPCG(2014, 1409))
+	var table []string
+	var freeRate float64 // steps per second of the fault-free run, from the step a fault would hit to the end
+	for _, f := range faults {
+		at := int64(300 + rng.IntN(1000))
+		t.Run(strings.ReplaceAll(f.name, " ", "-"), func(t *testing.T) {
+			c := up(t)
+			began := time.Now()
+			var v0, c0 int64
+			c.waitFor(func() bool { v0, c0 = c.clock(); return c0 >= at }, 2*time.Minute, fmt.Sprint("step ", at))
+			injected := time.Now()
+			what, recovered := f.inject(c)
+			if recovered == nil { // back past the step the fault hit (after the rollback, if it causes one)
+				recovered = func() bool { v, s := c.clock(); return s > c0 && (f.rollbacks == 0 || v > v0) }
+			}
+			c.waitFor(func() bool { return recovered() || c.done() }, 2*time.Minute, "recovery")
+			recovery := time.Since(injected)
+			got := c.finalParams()
+			end := time.Since(injected)
+			if !slices.Equal(got, want) {
+				t.Fatalf("%s at step %d: the final parameters differ from the fault-free run's", what, c0)
+			}
+			rbs := c.rollbacks()
+			if len(rbs) != f.rollbacks {
+				t.Fatalf("%s at step %d: %d rollbacks, want %d: %+v", what, c0, len(rbs), f.rollbacks, rbs)
+			}
+			redone := "none"
+			for _, rb := range rbs {
+				if rb.Placement <= v0 || rb.FromStep < rb.ToStep || rb.FromStep < c0 {
+					t.Fatalf("rollback %+v after the fault at step %d of placement %d", rb, c0, v0)
+				}
+				redone = fmt.Sprintf("%d (from %d back to the checkpoint of %d)", rb.FromStep-rb.ToStep, rb.FromStep, rb.ToStep)
+			}
+			remaining := float64(steps - c0)
+			if f.name == "none" {
+				freeRate = remaining / end.Seconds()
+				row := fmt.Sprintf("| none | | | | | %.1f s for the whole job (%.0f steps/s) |", time.Since(began).Seconds(), freeRate)
+				t.Log(row)
+				table = append(table, row)
+				return
+			}
+			lost := "?"
+			if freeRate > 0 {
+				lost = fmt.Sprintf("%.1f s", end.Seconds()-remaining/freeRate)
+			}
+			row := fmt.Sprintf("| %s | `%s` | %d | %.1f s | %s | %s |", f.name, what, c0, recovery.Seconds(), redone, lost)
+			t.Log(row)
+			table = append(table, row)
+		})
+	}
+	t.Logf("\n| fault | how | at step | recovery | steps redone | time lost |\n|---|---|---|---|---|---|\n%s",
+		strings.Join(table, "\n"))
+}
