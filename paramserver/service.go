@@ -13,6 +13,10 @@ import (
 	"github.com/downpour-ml/downpour/internal/wire"
 )
 
+// SupersededPlacements is how many of the placements before its own a
+// shard answers (with Superseded).
+const SupersededPlacements = 8
+
 // MaxWaitingPulls bounds the pulls a shard holds until it can answer them;
 // past it, pulls are refused with TooLarge rather than growing memory.
 const MaxWaitingPulls = 1 << 14
@@ -114,6 +118,25 @@ func Serve(nc *nats.Conn, shard *Shard, cfg ServiceConfig) (*Service, error) {
 			return nil, fmt.Errorf("subscribing %s: %w", subj, err)
 		}
 		s.subs = append(s.subs, sub)
+	}
+	// Pushes and pulls still addressed to this shard under the placements
+	// this one replaced come from zombies (a worker fenced off but not yet
+	// aware of it) or from workers that have not seen the new placement:
+	// they are refused as Superseded, and counted, rather than met with
+	// silence.
+	for v := max(1, cfg.Placement-SupersededPlacements); v < cfg.Placement; v++ {
+		for subj, pull := range map[string]bool{wire.PushSubject(cfg.Job, v, cfg.Shard): false, wire.PullSubject(cfg.Job, v, cfg.Shard): true} {
+			sub, err := nc.Subscribe(subj, func(m *nats.Msg) {
+				var o outbox
+				s.refusal(m.Reply, &o, &wire.Error{Kind: wire.Superseded, Msg: fmt.Sprintf("placement %d is superseded by placement %d", v, cfg.Placement)}, pull)
+				s.send(&o)
+			})
+			if err != nil {
+				s.unsubscribe()
+				return nil, fmt.Errorf("subscribing %s: %w", subj, err)
+			}
+			s.subs = append(s.subs, sub)
+		}
 	}
 	if err := nc.Flush(); err != nil {
 		s.unsubscribe()

@@ -395,3 +395,40 @@ func TestClientResendsWhenConnectionLost(t *testing.T) {
 		t.Fatal("the request was not resent after the connection came back")
 	}
 }
+
+// A shard answers pushes and pulls sent under the placements its own
+// replaced with Superseded, and counts them; what it serves is untouched.
+func TestServiceRefusesSupersededPlacements(t *testing.T) {
+	nc := startNATS(t, 0)
+	p := Place(testTensors, 100, 1)
+	svc := serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 1))), ServiceConfig{Placement: 3})[0]
+	g := slices.Repeat([]float32{1}, p.Size())
+	w := make([]float32, p.Size())
+	for _, v := range []int64{1, 2} {
+		old := *p
+		old.Version = v
+		c, _ := NewClient(nc, "j", &old, 0, 1)
+		c.Attempt = time.Minute // a refusal, not a timeout, must end these
+		if err := c.Push(context.Background(), 0, g); !errors.Is(err, &wire.Error{Kind: wire.Superseded}) {
+			t.Fatalf("push under placement %d: %v", v, err)
+		}
+		if err := c.Pull(context.Background(), 0, w); !errors.Is(err, &wire.Error{Kind: wire.Superseded}) {
+			t.Fatalf("pull under placement %d: %v", v, err)
+		}
+	}
+	if n := svc.Refused()[wire.Superseded]; n != 4 {
+		t.Fatalf("%d refusals counted as superseded, want 4", n)
+	}
+	cur := *p
+	cur.Version = 3
+	c, _ := NewClient(nc, "j", &cur, 0, 1)
+	if err := c.Push(context.Background(), 0, g); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Pull(context.Background(), 1, w); err != nil || w[0] != initFlat(p)[0]-1 {
+		t.Fatalf("pull under the current placement: %v, w[0] %v", err, w[0])
+	}
+	if st, n := svc.Stats(), int64(len(p.OnShard(0))); st.Accepted != n || st.Applied != n || svc.Clock() != 1 {
+		t.Fatalf("stats %+v, clock %d: the refused pushes changed something", st, svc.Clock())
+	}
+}

@@ -161,6 +161,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 }
 
+// superseded says whether err is a shard's refusal of a step sent under a
+// placement the job has replaced: the worker then waits for the new one (and
+// finds itself fenced off, if it was given up on).
+func superseded(err error) bool { return errors.Is(err, &wire.Error{Kind: wire.Superseded}) }
+
 // ErrFenced is returned by a worker that is no longer a member of its job.
 var ErrFenced = errors.New("fenced off")
 
@@ -221,7 +226,7 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 	}
 	if spec.UsesTasks() {
 		err := runTasks(ectx, cfg, t, lease, pushed)
-		if ectx.Err() != nil && ctx.Err() == nil { // re-placed, or the job is done
+		if ectx.Err() != nil && ctx.Err() == nil || superseded(err) { // re-placed, or the job is done
 			return next(true)
 		}
 		return nil, 0, err
@@ -248,7 +253,7 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 		default:
 		}
 		if err := t.step(ectx, at{Shard: a.DataShard, Data: step, N: step, Last: step == spec.Steps-1}); err != nil {
-			if ectx.Err() != nil && ctx.Err() == nil { // re-placed
+			if ectx.Err() != nil && ctx.Err() == nil || superseded(err) { // re-placed
 				return next(false)
 			}
 			return nil, 0, err

@@ -186,11 +186,12 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *paramserver.Pl
 			return nil, r.err
 		case r.next == nil:
 			st := svc.Stats()
-			log.Info("job done", "clock", svc.Clock(), "accepted", st.Accepted, "applied", st.Applied, "duplicates", st.Duplicates, "skipped", st.Skipped)
+			log.Info("job done", "clock", svc.Clock(), "accepted", st.Accepted, "applied", st.Applied, "duplicates", st.Duplicates, "skipped", st.Skipped,
+				"refused", svc.Refused())
 		default:
 			st := svc.Stats()
 			log.Info("re-placed: leaving this placement", "placement", p.Version, "clock", svc.Clock(), "next", r.next.Version, "from_step", r.next.Start,
-				"accepted", st.Accepted, "applied", st.Applied, "duplicates", st.Duplicates, "skipped", st.Skipped)
+				"accepted", st.Accepted, "applied", st.Applied, "duplicates", st.Duplicates, "skipped", st.Skipped, "refused", svc.Refused())
 		}
 		return r.next, nil
 	case <-lease.Lost():

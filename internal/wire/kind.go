@@ -21,6 +21,7 @@ const (
 	BadRank                  // a rank outside the job's ranks
 	Expired                  // a held pull waited longer than the shard holds pulls; resend it
 	Refused                  // a valid request the receiver cannot honour now (e.g. a snapshot step already passed)
+	Superseded               // addressed to a placement the job has replaced: wait for the new one (or, fenced off, stop)
 	numKinds
 )
 
@@ -28,7 +29,7 @@ var kindNames = [...]string{
 	OK: "ok", Malformed: "malformed", BadVersion: "bad_version", UnknownJob: "unknown_job",
 	UnknownBlock: "unknown_block", BadLength: "bad_length", NonFinite: "non_finite",
 	StaleEpoch: "stale_epoch", TooLarge: "too_large", Internal: "internal", BadStep: "bad_step",
-	BadRank: "bad_rank", Expired: "expired", Refused: "refused",
+	BadRank: "bad_rank", Expired: "expired", Refused: "refused", Superseded: "superseded",
 }
 
 // NumKinds is the number of defined kinds, for per-kind counters.
