@@ -37,7 +37,7 @@ type Job struct {
 	finished  bool
 	joinTicks int // ticks a rank may stay without a worker
 	idleTicks int // ticks some rank has been without a worker
-	// async: the data-shard tasks, and the rank holders waiting for one.
+	// with tasks (async, ssp): the data-shard tasks, and the rank holders waiting for one.
 	tasks *Tasks
 	idle  map[string]bool
 	// async checkpoints: every ckEvery data steps done, the shards snapshot
@@ -63,7 +63,7 @@ const (
 	DoFail                         // stop coordinating with Err
 	DoGiveTask                     // write Worker's task: Task (ID -1: none for now)
 	DoSaveTasks                    // store the task queue (Tasks)
-	DoSnapshot                     // ask every shard for a snapshot now, labelled Checkpoint.Step (async)
+	DoSnapshot                     // ask every shard for a snapshot now, labelled Checkpoint.Step (with tasks)
 )
 
 // Action is one thing for the adapter to carry out, in order.
@@ -78,7 +78,7 @@ type Action struct {
 	Why        string // for the log
 	Task       Task
 	Tasks      *Tasks
-	// Thrown (DoPlace, async with tasks): data steps of tasks done since the
+	// Thrown (DoPlace, with tasks): data steps of tasks done since the
 	// checkpoint the job goes back to, which are done again; -1: unknown.
 	Thrown int64
 }
@@ -167,7 +167,7 @@ func (j *Job) offer() []Action {
 		out = append(out, Action{Kind: DoGiveTask, Worker: w, Task: t})
 	}
 	if changed {
-		out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks})
+		out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks.clone()})
 	}
 	return out
 }
@@ -192,7 +192,7 @@ func (j *Job) TaskDone(worker string, id int) []Action {
 	counted := j.tasks.Finish(worker, id)
 	var out []Action
 	if counted {
-		out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks})
+		out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks.clone()})
 		if done := j.tasks.DoneSteps(); j.ckEvery > 0 && done >= j.nextCk && !j.tasks.Finished() {
 			j.nextCk = (done/j.ckEvery + 1) * j.ckEvery
 			j.queueAt[done] = j.tasks.clone()
@@ -250,7 +250,7 @@ func (j *Job) WorkerDown(worker string) []Action {
 	if j.tasks != nil {
 		delete(j.idle, worker)
 		j.tasks.Down(worker)
-		out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks})
+		out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks.clone()})
 	}
 	out = append(out, j.withTasks(assigns(j.ranks.Down(worker)))...)
 	if j.tasks != nil && !j.finished {
@@ -343,7 +343,7 @@ func (j *Job) Tick() []Action {
 	var out []Action
 	if j.tasks != nil && !j.finished {
 		if lost := j.tasks.Tick(); len(lost) > 0 {
-			out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks})
+			out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks.clone()})
 			if j.tasks.Finished() { // the last ones failed
 				j.finished = true
 				return append(out, Action{Kind: DoFinish})
@@ -405,7 +405,7 @@ func (j *Job) rollback(shards int, why string) []Action {
 		for w := range j.ranks.rankOf {
 			j.idle[w] = true
 		}
-		out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks})
+		out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks.clone()})
 		out = append(out, j.offer()...)
 	}
 	return out

@@ -208,3 +208,24 @@ task-done a 2 => save; task a none                             # task 2 again: i
 task-done b 3 => save; finish                                  # the queue ends with every data step done once
 `)
 }
+
+// Each DoSaveTasks carries the queue as it was at that point of the step,
+// not as the step leaves it: written before a snapshot's slow requests, the
+// first save must not already show the next task given (a coordinator
+// killed between that save and the give left a task pending with a worker
+// that never got it, and the job waited for the task's timeout).
+func TestSaveTasksCarriesItsMomentsQueue(t *testing.T) {
+	j := NewJob(paramserver.Async, 2, testPlacement(2), 10)
+	j.UseTasks(NewTasks(2, 20, 10, 3, 3), 20)
+	j.WorkerUp("a")
+	j.WorkerUp("b")
+	j.TaskDone("a", 0)
+	out := j.TaskDone("b", 1) // save; snapshot 20; task b 3; save
+	if got := render(out); got != "save; snapshot 20; task b 3:1:10-20; save" {
+		t.Fatalf("actions: %s", got)
+	}
+	first, last := out[0].Tasks.List[3], out[3].Tasks.List[3]
+	if first.State != TaskTodo || last.State != TaskPending || last.Owner != "b" {
+		t.Fatalf("task 3 in the first save: %+v; in the last: %+v", first, last)
+	}
+}

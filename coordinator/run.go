@@ -330,7 +330,44 @@ func (c *run) exec(ctx context.Context, actions []Action) (finished bool, err er
 		}
 		return nil
 	}
+	// Tasks given and the queue that says so are one decision: they are
+	// written in one transaction (the queue as it is last), so that a
+	// coordinator that dies between the two cannot leave a task pending
+	// with a worker that was never given it, nor given twice.
+	var taskOps []clientv3.Op
+	given := map[string]int{} // worker -> its op in taskOps
+	var queue *Tasks
+	flush := func() error {
+		if queue != nil {
+			taskOps = append(taskOps, clientv3.OpPut(c.keys.Tasks(), string(queue.Encode())))
+		}
+		ops := taskOps
+		taskOps, queue = nil, nil
+		clear(given)
+		if len(ops) == 0 {
+			return nil
+		}
+		return put("giving tasks and storing the task queue", ops...)
+	}
 	for _, a := range actions {
+		switch a.Kind {
+		case DoGiveTask:
+			b, _ := json.Marshal(a.Task)
+			op := clientv3.OpPut(c.keys.TaskOf(a.Worker), string(b))
+			if i, ok := given[a.Worker]; ok {
+				taskOps[i] = op // the later word for the same worker
+			} else {
+				given[a.Worker] = len(taskOps)
+				taskOps = append(taskOps, op)
+			}
+			continue
+		case DoSaveTasks:
+			queue = a.Tasks
+			continue
+		}
+		if err := flush(); err != nil {
+			return false, err
+		}
 		switch a.Kind {
 		case DoAssign:
 			b, _ := json.Marshal(a.Assign.Assignment)
@@ -345,7 +382,7 @@ func (c *run) exec(ctx context.Context, actions []Action) (finished bool, err er
 		case DoPlace:
 			q := a.Placement
 			rec := job.RollbackRecord{Placement: q.Version, Why: a.Why, ToStep: q.Start, FromStep: -1}
-			if a.Thrown >= 0 { // async: in data steps, as the checkpoint's label
+			if a.Thrown >= 0 { // with tasks: in data steps, as the checkpoint's label
 				rec.FromStep = q.Start + a.Thrown
 			} else if c.cfg.Reached != nil {
 				rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -387,11 +424,6 @@ func (c *run) exec(ctx context.Context, actions []Action) (finished bool, err er
 			return true, nil
 		case DoFail:
 			return false, fmt.Errorf("job %s: %w", c.cfg.Spec.Name, a.Err)
-		case DoGiveTask:
-			b, _ := json.Marshal(a.Task)
-			if err := put("giving a task to "+a.Worker, clientv3.OpPut(c.keys.TaskOf(a.Worker), string(b))); err != nil {
-				return false, err
-			}
 		case DoSnapshot:
 			step := a.Checkpoint.Step
 			if err := put("storing the task queue of a checkpoint", clientv3.OpPut(c.keys.TasksAt(step), string(a.Tasks.Encode()))); err != nil {
@@ -400,11 +432,7 @@ func (c *run) exec(ctx context.Context, actions []Action) (finished bool, err er
 			if err := c.cfg.Snapshot(ctx, c.placed, step); err != nil {
 				c.cfg.Log.Warn("asking the shards for a snapshot", "step", step, "err", err)
 			}
-		case DoSaveTasks:
-			if err := put("storing the task queue", clientv3.OpPut(c.keys.Tasks(), string(a.Tasks.Encode()))); err != nil {
-				return false, err
-			}
 		}
 	}
-	return false, nil
+	return false, flush()
 }

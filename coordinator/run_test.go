@@ -250,3 +250,44 @@ func TestRunResume(t *testing.T) {
 	stop()
 	<-errc
 }
+
+// The tasks a machine step gives and the queue that records them are
+// written in one transaction: a coordinator that dies after one of them and
+// before the other cannot leave a task pending with a worker that never got
+// it (seen: the job then waited for the task's timeout). The last word for
+// a worker, and the last queue, are what is written.
+func TestExecWritesTasksAndQueueAtOnce(t *testing.T) {
+	cli := etcd(t)
+	ctx := context.Background()
+	spec := job.Default()
+	keys := job.KeysFor(spec.Name)
+	c := &run{cli: cli, cfg: Config{Spec: spec, Log: quiet}, keys: keys}
+	q := NewTasks(2, 100, 50, 60, 3)
+	before := q.clone()
+	t1, _ := q.Next("w1")
+	actions := []Action{
+		{Kind: DoSaveTasks, Tasks: q},
+		{Kind: DoGiveTask, Worker: "w1", Task: t1},
+		{Kind: DoGiveTask, Worker: "w2", Task: Task{ID: -1}},
+	}
+	t2, _ := q.Next("w2")
+	actions = append(actions, Action{Kind: DoGiveTask, Worker: "w2", Task: t2}, Action{Kind: DoSaveTasks, Tasks: q})
+	if _, err := c.exec(ctx, actions); err != nil {
+		t.Fatal(err)
+	}
+	r, err := cli.Get(ctx, keys.Root(), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
+	}
+	revs := map[int64]bool{}
+	got := map[string]string{}
+	for _, kv := range r.Kvs {
+		revs[kv.ModRevision] = true
+		got[string(kv.Key)] = string(kv.Value)
+	}
+	want := func(v any) string { b, _ := json.Marshal(v); return string(b) }
+	if len(r.Kvs) != 3 || len(revs) != 1 || got[keys.TaskOf("w1")] != want(t1) || got[keys.TaskOf("w2")] != want(t2) ||
+		got[keys.Tasks()] != string(q.Encode()) || got[keys.Tasks()] == string(before.Encode()) {
+		t.Fatalf("%d keys in %d revisions: %v", len(r.Kvs), len(revs), got)
+	}
+}
