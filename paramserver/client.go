@@ -122,6 +122,34 @@ func (c *Client) Clock(ctx context.Context) (int64, error) {
 	return clock, nil
 }
 
+// Idle tells every shard that this rank has no work for now (elastic ssp):
+// until it pushes again, it does not hold back the other ranks.
+func (c *Client) Idle(ctx context.Context) error {
+	seen := map[int]bool{}
+	for _, g := range c.groups {
+		if seen[g.shard] {
+			continue
+		}
+		seen[g.shard] = true
+		data, err := wire.Encode(&wire.PushRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch})
+		if err != nil {
+			return err
+		}
+		msg, err := c.request(ctx, wire.PushSubject(c.job, c.version, g.shard), data)
+		if err != nil {
+			return err
+		}
+		r, err := wire.DecodeReply(msg.Data)
+		if err != nil {
+			return fmt.Errorf("idle reply from shard %d: %w", g.shard, err)
+		}
+		if err := r.Err(); err != nil {
+			return fmt.Errorf("idle mark to shard %d refused: %w", g.shard, err)
+		}
+	}
+	return nil
+}
+
 // Push sends grads (laid out like the flat parameter vector) as this rank's
 // gradient for step.
 func (c *Client) Push(ctx context.Context, step int64, grads []float32) error {

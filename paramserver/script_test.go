@@ -14,9 +14,10 @@ import (
 // TestScripts drives the shard state machine with the scripts in testdata/
 // (run with -rewrite to regenerate the expected output). Commands:
 //
-//	init mode=sync|ssp|async ranks=N blocks=N [staleness=N] [ttl=N] [policy=refuse|skip]
+//	init mode=sync|ssp|async ranks=N blocks=N [staleness=N] [ttl=N] [policy=refuse|skip] [elastic]
 //	    a shard of N blocks of one float each, all 0, updated by SGD with lr 1
 //	push rank=R step=S [epoch=E] [blocks=0,1] [value=V]   gradient V (or nan) for each block
+//	idle rank=R [epoch=E]                                   a push with no blocks
 //	pull rank=R clock=C [blocks=...]                        held pulls get tokens #1, #2, ...
 //	tick [n=N]
 //	snapshot step=S
@@ -69,6 +70,7 @@ func TestScripts(t *testing.T) {
 				}
 				cfg := ShardConfig{Mode: args["mode"], Ranks: int(num("ranks", 1)), Staleness: num("staleness", 0),
 					PullTTL: num("ttl", 0), NonFinite: args["policy"], Optimizer: DefaultOptimizer("sgd", 1)}
+				_, cfg.Elastic = args["elastic"]
 				if err := cfg.Validate(); err != nil {
 					return "error: " + err.Error()
 				}
@@ -84,6 +86,12 @@ func TestScripts(t *testing.T) {
 					p.Blocks = append(p.Blocks, wire.Block{ID: id, Data: wire.AppendFloats(nil, []float32{v})})
 				}
 				if err := sh.Push(p); err != nil {
+					fmt.Fprintf(&out, "refused: %v\n", wire.ErrKind(err))
+				} else {
+					out.WriteString("ok\n")
+				}
+			case "idle":
+				if err := sh.Push(&wire.PushRequest{V: wire.Version, Job: "j", Rank: uint32(num("rank", 0)), Epoch: uint64(num("epoch", 1))}); err != nil {
 					fmt.Fprintf(&out, "refused: %v\n", wire.ErrKind(err))
 				} else {
 					out.WriteString("ok\n")
@@ -112,6 +120,9 @@ func TestScripts(t *testing.T) {
 			case "state":
 				st := sh.Stats()
 				fmt.Fprintf(&out, "clock %d, rank clocks %v, held %d\n", sh.Clock(), sh.rankClock, sh.Waiting())
+				if sh.cfg.Elastic {
+					fmt.Fprintf(&out, "active %v\n", sh.active)
+				}
 				for _, b := range sh.blocks {
 					fmt.Fprintf(&out, "block %d: clock %d, w %g\n", b.ID, b.clock, b.w[0])
 				}

@@ -169,6 +169,18 @@ func (s *Service) Close() {
 	s.wg.Wait()
 }
 
+// Idle marks rank r idle under epoch (see Shard.Idle): its holder was
+// given up on.
+func (s *Service) Idle(r int, epoch uint64) error {
+	var o outbox
+	s.mu.Lock()
+	err := s.shard.Idle(r, epoch)
+	s.drainLocked(&o)
+	s.mu.Unlock()
+	s.send(&o)
+	return err
+}
+
 // Refused returns how many messages were refused, by kind.
 func (s *Service) Refused() map[wire.Kind]int64 {
 	m := map[wire.Kind]int64{}

@@ -1,10 +1,10 @@
 package paramserver
 
 import (
-	"slices"
-
 	"errors"
 	"fmt"
+	"math"
+	"slices"
 
 	"github.com/downpour-ml/downpour/internal/wire"
 )
@@ -32,6 +32,11 @@ type ShardConfig struct {
 	// PullTTL is how many ticks a pull may wait before it is answered with
 	// Expired (its sender resends); 0 means it waits as long as it takes.
 	PullTTL int64 `json:"pull_ttl,omitempty"`
+	// Elastic (ssp): ranks come and go (workers take data as tasks), so
+	// only active ranks bound the staleness: a rank is active from its
+	// first push under its epoch until it says it is idle (a push with no
+	// blocks) or is fenced off (Idle, or a newer epoch).
+	Elastic bool `json:"elastic,omitempty"`
 }
 
 // Validate reports the first thing wrong with c.
@@ -109,7 +114,8 @@ type Answer struct {
 //     on neither arrival order nor how blocks are placed; a pull for clock c
 //     is answered once every block it asks for has applied c steps;
 //   - ssp: pushes apply on arrival; a pull at clock c is answered once every
-//     rank has completed at least c-staleness steps on this shard;
+//     rank has completed at least c-staleness steps on this shard (elastic:
+//     every active rank; with none active, at once);
 //   - async: pushes apply on arrival; pulls are answered at once.
 type Shard struct {
 	cfg       ShardConfig
@@ -117,6 +123,7 @@ type Shard struct {
 	pos       map[uint32]int
 	epochs    []uint64
 	rankClock []int64 // ssp/async: steps each rank has completed on this shard
+	active    []bool  // elastic ssp: the ranks that bound the staleness
 	waiting   []waiter
 	ready     []Answer
 	now       int64 // ticks
@@ -137,7 +144,7 @@ func NewShard(cfg ShardConfig, blocks []Block, init func(b Block, dst []float32)
 		cfg.NonFinite = Refuse
 	}
 	s := &Shard{cfg: cfg, pos: make(map[uint32]int, len(blocks)), epochs: make([]uint64, cfg.Ranks),
-		rankClock: make([]int64, cfg.Ranks), snapAt: -1}
+		rankClock: make([]int64, cfg.Ranks), active: make([]bool, cfg.Ranks), snapAt: -1}
 	maxLen := 0
 	for i, b := range blocks {
 		blk := &block{Block: b, w: make([]float32, b.Len)}
@@ -166,7 +173,8 @@ func NewShard(cfg ShardConfig, blocks []Block, init func(b Block, dst []float32)
 // or the number of steps every rank has completed on it (ssp, async).
 func (s *Shard) Clock() int64 {
 	if s.cfg.Mode != Sync {
-		return minOf(s.rankClock)
+		c, _ := s.slowest()
+		return c
 	}
 	if len(s.blocks) == 0 {
 		return 0
@@ -234,9 +242,13 @@ func (s *Shard) Push(p *wire.PushRequest) error {
 			return refuse(wire.NonFinite, "block %d from rank %d holds NaN or Inf", pb.ID, r)
 		}
 	}
+	if len(p.Blocks) == 0 && s.cfg.Elastic {
+		return s.Idle(r, p.Epoch)
+	}
 	if p.Epoch > s.epochs[r] {
 		s.newEpoch(r, p.Epoch)
 	}
+	accepted := s.stats.Accepted
 	applied := false
 	for k, pb := range p.Blocks {
 		b := s.blocks[s.pos[pb.ID]]
@@ -248,6 +260,9 @@ func (s *Shard) Push(p *wire.PushRequest) error {
 	}
 	if s.cfg.Mode != Sync {
 		s.advanceRank(r)
+		if s.stats.Accepted > accepted { // a new step, not a late resend
+			s.active[r] = true
+		}
 	}
 	if applied || s.cfg.Mode != Sync {
 		s.release()
@@ -281,6 +296,7 @@ func (s *Shard) newEpoch(r int, epoch uint64) {
 			b.last[r] = -1
 		}
 		s.rankClock[r] = 0
+		s.active[r] = false
 		return
 	}
 	for _, b := range s.blocks {
@@ -361,6 +377,43 @@ func (s *Shard) pushAsync(b *block, r int, step int64, data []byte, finite bool)
 	return true
 }
 
+// slowest is the clock of the slowest rank that bounds the staleness: any
+// rank, or (elastic) any active rank. With none active (bound reports
+// false), it is the furthest clock, where a rank that becomes active starts.
+func (s *Shard) slowest() (clock int64, bound bool) {
+	if !s.cfg.Elastic {
+		return minOf(s.rankClock), true
+	}
+	clock = math.MaxInt64
+	for r, a := range s.active {
+		if a {
+			clock, bound = min(clock, s.rankClock[r]), true
+		}
+	}
+	if !bound {
+		return slices.Max(s.rankClock), false
+	}
+	return clock, true
+}
+
+// Idle marks rank r idle (elastic ssp): it no longer bounds the staleness
+// until it pushes again. An epoch newer than the rank's fences off its
+// older ones, as a push of that epoch would; an older one is refused.
+func (s *Shard) Idle(r int, epoch uint64) error {
+	if r < 0 || r >= s.cfg.Ranks {
+		return refuse(wire.BadRank, "rank %d outside 0..%d", r, s.cfg.Ranks-1)
+	}
+	if epoch < s.epochs[r] {
+		return refuse(wire.StaleEpoch, "rank %d epoch %d is older than its current epoch %d", r, epoch, s.epochs[r])
+	}
+	if epoch > s.epochs[r] {
+		s.newEpoch(r, epoch)
+	}
+	s.active[r] = false
+	s.release()
+	return nil
+}
+
 // advanceRank recomputes how many steps rank r has completed on this shard:
 // one more than the oldest step it last pushed to any block.
 func (s *Shard) advanceRank(r int) {
@@ -404,7 +457,8 @@ func (s *Shard) answerable(req *wire.PullRequest) bool {
 		}
 		return true
 	case SSP:
-		return minOf(s.rankClock) >= req.MinClock-s.cfg.Staleness
+		c, bound := s.slowest()
+		return !bound || c >= req.MinClock-s.cfg.Staleness
 	}
 	return true
 }

@@ -88,6 +88,13 @@ func (t *ganTrainer) close() {}
 // clock is the generator blocks' slowest clock (one per step).
 func (t *ganTrainer) clock(ctx context.Context) (int64, error) { return t.g.Clock(ctx) }
 
+func (t *ganTrainer) idle(ctx context.Context) error {
+	if err := t.d.Idle(ctx); err != nil {
+		return err
+	}
+	return t.g.Idle(ctx)
+}
+
 func (t *ganTrainer) step(ctx context.Context, s at) error {
 	step := s.N
 	start := time.Now()

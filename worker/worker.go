@@ -132,7 +132,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err != nil {
 		return err
 	}
-	var pushed int64 // async with tasks: the rank's steps so far (its push numbering never goes back)
+	var pushed int64 // with tasks: the rank's steps so far (its push numbering never goes back)
 	for {
 		next, nextRev, err := runEra(ctx, cfg, spec, a, p, rev, lease, &pushed)
 		if err != nil || next == nil {
@@ -181,6 +181,7 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 		step(ctx context.Context, s at) error
 		close()                                   // stops what is still in flight
 		clock(ctx context.Context) (int64, error) // the shards' slowest clock
+		idle(ctx context.Context) error           // elastic ssp: no work for now
 	}
 	var err error
 	if spec.Model == "gan" {
@@ -225,7 +226,7 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 		return nil, 0, nil
 	}
 	if spec.UsesTasks() {
-		err := runTasks(ectx, cfg, t, lease, pushed)
+		err := runTasks(ectx, cfg, spec, t, lease, pushed)
 		if ectx.Err() != nil && ctx.Err() == nil || superseded(err) { // re-placed, or the job is done
 			return next(true)
 		}
@@ -290,11 +291,16 @@ type at struct {
 	Last  bool
 }
 
-// runTasks (async) takes the tasks the coordinator gives this worker, one
-// at a time, runs their steps and reports each done, until ctx ends (the
-// job is done or re-placed). pushed numbers the rank's steps.
-func runTasks(ctx context.Context, cfg Config, t interface {
+// runTasks (async, ssp) takes the tasks the coordinator gives this worker,
+// one at a time, runs their steps and reports each done, until ctx ends (the
+// job is done or re-placed). pushed numbers the rank's steps. In ssp mode
+// the rank is idle between tasks (it does not hold the others back), and
+// starts each task at the job's clock (the slowest active rank's), so that
+// the others do not wait for it to catch up.
+func runTasks(ctx context.Context, cfg Config, spec *job.Spec, t interface {
 	step(ctx context.Context, s at) error
+	clock(ctx context.Context) (int64, error)
+	idle(ctx context.Context) error
 }, lease *job.Lease, pushed *int64) error {
 	keys := job.KeysFor(cfg.Job)
 	log := cfg.Log.With("worker", cfg.ID)
@@ -308,7 +314,14 @@ func runTasks(ctx context.Context, cfg Config, t interface {
 		if err != nil {
 			return err
 		}
-		log.Info("task", "id", task.ID, "data_shard", task.Shard, "from", task.From, "to", task.To, "attempt", task.Attempts)
+		if spec.Mode == paramserver.SSP {
+			clock, err := t.clock(ctx)
+			if err != nil {
+				return fmt.Errorf("reading the job's clock: %w", err)
+			}
+			*pushed = max(*pushed, clock)
+		}
+		log.Info("task", "id", task.ID, "data_shard", task.Shard, "from", task.From, "to", task.To, "attempt", task.Attempts, "clock", *pushed)
 		for d := task.From; d < task.To; d++ {
 			select {
 			case <-lease.Lost():
@@ -319,6 +332,11 @@ func runTasks(ctx context.Context, cfg Config, t interface {
 				return err
 			}
 			*pushed++
+		}
+		if spec.Mode == paramserver.SSP {
+			if err := t.idle(ctx); err != nil {
+				return fmt.Errorf("saying the rank is idle: %w", err)
+			}
 		}
 		b, _ := json.Marshal(task)
 		if _, err := cfg.Etcd.Put(ctx, keys.TaskDone(cfg.ID), string(b)); err != nil {
@@ -357,6 +375,9 @@ func newTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.Pla
 
 // clock is the shards' slowest clock.
 func (t *trainer) clock(ctx context.Context) (int64, error) { return t.client.Clock(ctx) }
+
+// idle tells the shards this rank has no work for now (elastic ssp).
+func (t *trainer) idle(ctx context.Context) error { return t.client.Idle(ctx) }
 
 // settle waits for the transfer in flight, if any, and forgets it.
 func (t *trainer) settle() error {

@@ -74,6 +74,10 @@ func start(t *testing.T, name string, args ...string) *proc {
 	t.Cleanup(func() {
 		p.cmd.Process.Kill()
 		<-p.done
+		if t.Failed() { // what it said last, to see why
+			lines := strings.Split(strings.TrimSpace(p.out.String()), "\n")
+			t.Logf("%s (pid %d), last lines:\n%s", name, p.cmd.Process.Pid, strings.Join(lines[max(0, len(lines)-15):], "\n"))
+		}
 	})
 	return p
 }

@@ -34,6 +34,19 @@ func TestSpecValidate(t *testing.T) {
 	if err := d.Validate(); err != nil {
 		t.Fatalf("default spec: %v", err)
 	}
+	// ssp with tasks is elastic: its shards bound the staleness by the
+	// active ranks only.
+	for _, c := range []struct {
+		mode           string
+		taskSteps      int64
+		tasks, elastic bool
+	}{{"sync", 50, false, false}, {"async", 50, true, false}, {"ssp", 50, true, true}, {"ssp", 0, false, false}} {
+		s := Default()
+		s.Mode, s.TaskSteps = c.mode, c.taskSteps
+		if s.UsesTasks() != c.tasks || s.ShardConfig().Elastic != c.elastic {
+			t.Errorf("%s with task steps %d: tasks %v, elastic %v", c.mode, c.taskSteps, s.UsesTasks(), s.ShardConfig().Elastic)
+		}
+	}
 	for _, c := range []struct {
 		mut  func(*Spec)
 		says string
@@ -58,6 +71,7 @@ func TestSpecValidate(t *testing.T) {
 		{func(s *Spec) { s.Optimizer.Kind = "rmsprop" }, "optimizer"},
 		{func(s *Spec) { s.NonFinite = "ignore" }, "non-finite"},
 		{func(s *Spec) { s.CheckpointEvery = -1 }, "checkpoint"},
+		{func(s *Spec) { s.Mode, s.TaskSteps, s.CheckpointEvery = "ssp", 0, 10 }, "checkpoints only when it hands its data out as tasks"},
 		{func(s *Spec) { s.LogEvery = 0 }, "log every"},
 	} {
 		s := Default()

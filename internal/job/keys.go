@@ -52,7 +52,7 @@ func (k Keys) TaskOf(id string) string   { return k.root + "task/" + id }
 func (k Keys) TaskDones() string         { return k.root + "task-done/" }
 func (k Keys) TaskDone(id string) string { return k.TaskDones() + id }
 
-// TasksAt holds the task queue as it was at the (async) checkpoint of step.
+// TasksAt holds the task queue as it was at the checkpoint of step (jobs with tasks).
 func (k Keys) TasksAt(step int64) string { return fmt.Sprintf("%stasks-at/%d", k.root, step) }
 
 // Rollbacks holds a RollbackRecord per re-placement: rollbacks/<version>.

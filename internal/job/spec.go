@@ -12,7 +12,7 @@
 //	assign/<id>             the rank, epoch and data shard given to worker <id>
 //	done/<rank>             written by a rank when it has pushed its last step
 //	shard-snapshots/p<v>/<step>/<i>  shard i's snapshot of step under placement v
-//	tasks, task/<id>, task-done/<id>  async: the task queue, worker <id>'s task, its report
+//	tasks, task/<id>, task-done/<id>  async, ssp: the task queue, worker <id>'s task, its report
 //	checkpoint              the last complete checkpoint (every shard's snapshot of one step)
 //	reshard                 an operator's request to re-place the job, and the answer
 //	rollbacks/<v>           why placement v was made, and the steps it threw away
@@ -95,10 +95,11 @@ type Spec struct {
 	RampStartEpochs float64          `json:"ramp_start_epochs,omitempty"`
 	RampEndEpochs   float64          `json:"ramp_end_epochs,omitempty"`
 	GOutBias        []float32        `json:"g_out_bias,omitempty"`
-	// CheckpointEvery (sync): every shard snapshots its state at each
-	// multiple of this many steps; 0 for never.
+	// CheckpointEvery: every shard snapshots its state at each multiple of
+	// this many steps (sync), or of this many data steps done (async and
+	// ssp, with tasks); 0 for never.
 	CheckpointEvery int64 `json:"checkpoint_every,omitempty"`
-	// TaskSteps (async): the data goes to workers as tasks of this many
+	// TaskSteps (async, ssp): the data goes to workers as tasks of this many
 	// steps of one data shard, from a queue, so that workers may come and
 	// go; 0: each rank reads its own data shard, as in sync mode.
 	TaskSteps int64 `json:"task_steps,omitempty"`
@@ -110,7 +111,7 @@ type Spec struct {
 }
 
 // UsesTasks reports whether the job hands out its data as tasks.
-func (s *Spec) UsesTasks() bool { return s.Mode == paramserver.Async && s.TaskSteps > 0 }
+func (s *Spec) UsesTasks() bool { return s.Mode != paramserver.Sync && s.TaskSteps > 0 }
 
 // Default is the job `downpour train` runs with no flags: a one-layer LSTM
 // encoder-decoder learning to reverse digit sequences.
@@ -193,6 +194,8 @@ func (s *Spec) Validate() error {
 		return errors.New("n-fetch and n-push other than 1 need --mode async")
 	case s.CheckpointEvery < 0:
 		return errors.New("checkpoint every must not be negative")
+	case s.CheckpointEvery > 0 && s.Mode != paramserver.Sync && !s.UsesTasks():
+		return fmt.Errorf("a %s job checkpoints only when it hands its data out as tasks (--task-steps above 0)", s.Mode)
 	case s.TaskSteps < 0 || s.UsesTasks() && (s.TaskTimeout < 1 || s.TaskAttempts < 1):
 		return fmt.Errorf("tasks: steps must not be negative, and a timeout and attempts at least 1 (got %d, %d, %d)", s.TaskSteps, s.TaskTimeout, s.TaskAttempts)
 	case s.ClipNorm < 0:
@@ -353,7 +356,7 @@ var Presets = map[string]func(*Spec){
 // within the first attempt of a client's request (paramserver.DefaultAttempt).
 func (s *Spec) ShardConfig() paramserver.ShardConfig {
 	return paramserver.ShardConfig{Mode: s.Mode, Staleness: s.Staleness, Ranks: s.Workers,
-		Optimizer: s.Optimizer, NonFinite: s.NonFinite, PullTTL: 20}
+		Optimizer: s.Optimizer, NonFinite: s.NonFinite, PullTTL: 20, Elastic: s.Mode == paramserver.SSP && s.UsesTasks()}
 }
 
 // Tensors lists the model's parameter tensors.

@@ -174,6 +174,9 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *paramserver.Pl
 	}
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	if spec.ShardConfig().Elastic {
+		go watchHolders(wctx, cfg, svc, log)
+	}
 	done := make(chan result, 1)
 	go func() {
 		next, _, err := job.NextPlacement(wctx, cfg.Etcd, cfg.Job, p.Version)
@@ -196,6 +199,30 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *paramserver.Pl
 		return r.next, nil
 	case <-lease.Lost():
 		return nil, fmt.Errorf("shard %d lost its etcd lease", idx)
+	}
+}
+
+// watchHolders (elastic ssp) marks a rank idle, at its next epoch, when its
+// holder is given up on (the coordinator deletes the holder's assignment):
+// a dead worker's rank must not hold the others back, and the dead worker
+// is fenced off.
+func watchHolders(ctx context.Context, cfg Config, svc *paramserver.Service, log *slog.Logger) {
+	for resp := range cfg.Etcd.Watch(ctx, job.KeysFor(cfg.Job).Assigns(), clientv3.WithPrefix(), clientv3.WithPrevKV()) {
+		if err := resp.Err(); err != nil {
+			log.Warn("watching the ranks' holders", "err", err)
+			return
+		}
+		for _, ev := range resp.Events {
+			var a job.Assignment
+			if ev.Type != clientv3.EventTypeDelete || ev.PrevKv == nil || json.Unmarshal(ev.PrevKv.Value, &a) != nil {
+				continue
+			}
+			if err := svc.Idle(a.Rank, a.Epoch+1); err != nil {
+				log.Warn("marking a rank idle", "rank", a.Rank, "err", err)
+			} else {
+				log.Info("rank's holder gone: the rank is idle", "rank", a.Rank, "fenced_below_epoch", a.Epoch+1)
+			}
+		}
 	}
 }
 

@@ -2,17 +2,25 @@ package psnode
 
 import (
 	"context"
+	"errors"
+	"io"
+	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/wire"
+	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
 )
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 func TestClaim(t *testing.T) {
 	e, err := embedded.StartEtcd(context.Background(), t.TempDir())
@@ -91,5 +99,75 @@ func TestNewShardRefusesForeignSnapshots(t *testing.T) {
 	}
 	if _, err := newShard(&spec, p, blocks, mine); err != nil {
 		t.Fatalf("its own snapshot: %v", err)
+	}
+}
+
+// In an elastic ssp job, a rank whose holder is given up on (the
+// coordinator deletes its assignment) stops holding the other ranks back,
+// and its holder's epoch is fenced off.
+func TestGoneHolderIdlesItsRank(t *testing.T) {
+	c, err := embedded.Start(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cli, err := job.Connect(ctx, c.EtcdEndpoints, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	nc, err := nats.Connect(c.NATSURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	p := paramserver.Place([]models.Tensor{{Name: "w", Shape: []int{4}}}, 4, 1)
+	cfg := paramserver.ShardConfig{Mode: paramserver.SSP, Staleness: 1, Ranks: 2, Elastic: true, Optimizer: paramserver.DefaultOptimizer("sgd", 1)}
+	shard := paramserver.NewShard(cfg, p.OnShard(0), func(paramserver.Block, []float32) {})
+	svc, err := paramserver.Serve(nc, shard, paramserver.ServiceConfig{Job: "j", Shard: 0, Placement: p.Version, Log: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer svc.Close()
+	keys := job.KeysFor("j")
+	if _, err := cli.Put(ctx, keys.Assign("gone"), `{"rank":0,"epoch":1,"data_shard":0}`); err != nil {
+		t.Fatal(err)
+	}
+	go watchHolders(ctx, Config{Job: "j", Etcd: cli}, svc, quiet)
+	time.Sleep(100 * time.Millisecond) // the watch is on
+
+	g := make([]float32, 4)
+	gone, _ := paramserver.NewClient(nc, "j", p, 0, 1)
+	if err := gone.Push(ctx, 0, g); err != nil { // rank 0 is active at clock 1
+		t.Fatal(err)
+	}
+	alive, _ := paramserver.NewClient(nc, "j", p, 1, 1)
+	for step := int64(0); step < 4; step++ {
+		if err := alive.Push(ctx, step, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pulled := make(chan error, 1)
+	go func() { pulled <- alive.Pull(ctx, 4, make([]float32, 4)) }() // needs every active rank at 3
+	select {
+	case err := <-pulled:
+		t.Fatalf("the pull did not wait for rank 0: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if _, err := cli.Delete(ctx, keys.Assign("gone")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-pulled:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the pull still waits for the gone holder's rank")
+	}
+	if err := gone.Push(ctx, 1, g); !errors.Is(err, &wire.Error{Kind: wire.StaleEpoch}) {
+		t.Fatalf("the gone holder's push: %v, want it fenced off", err)
 	}
 }
