@@ -127,8 +127,8 @@ func (t *ganTrainer) step(ctx context.Context, s at) error {
 	t.aux += gLoss
 	t.steps++
 	t.nanos += time.Since(start).Nanoseconds()
-	if step%t.spec.LogEvery == 0 || s.Last {
-		data, _ := wire.Encode(&wire.Progress{V: wire.Version, Rank: uint32(t.a.Rank), Step: step, Loss: t.loss, Aux: t.aux,
+	if rank, at := s.progress(t.spec, t.a.Rank); at%t.spec.LogEvery == 0 || s.Last {
+		data, _ := wire.Encode(&wire.Progress{V: wire.Version, Rank: rank, Step: at, Loss: t.loss, Aux: t.aux,
 			Tokens: t.steps, Nanos: t.nanos})
 		t.loss, t.aux, t.steps, t.nanos = 0, 0, 0, 0
 		if err := t.cfg.NATS.Publish(wire.ProgressSubject(t.spec.Name), data); err != nil {

@@ -291,6 +291,18 @@ type at struct {
 	Last  bool
 }
 
+// progress is how step s of rank is reported in the job's metrics: as the
+// rank's step N; or, when the data goes out as tasks, as data step Data of
+// data shard Shard, which is done once whichever worker does it (the ranks'
+// step numbers then need not line up), so that the collector lines the data
+// shards' steps up as it lines up the ranks'.
+func (s at) progress(spec *job.Spec, rank int) (uint32, int64) {
+	if spec.UsesTasks() {
+		return uint32(s.Shard), s.Data
+	}
+	return uint32(rank), s.N
+}
+
 // runTasks (async, ssp) takes the tasks the coordinator gives this worker,
 // one at a time, runs their steps and reports each done, until ctx ends (the
 // job is done or re-placed). pushed numbers the rank's steps. In ssp mode
@@ -474,8 +486,8 @@ func (t *trainer) step(ctx context.Context, s at) error {
 	t.loss += loss
 	t.tokens += int64(tokens)
 	t.nanos += time.Since(start).Nanoseconds()
-	if step%t.spec.LogEvery == 0 || s.Last {
-		data, _ := wire.Encode(&wire.Progress{V: wire.Version, Rank: uint32(t.a.Rank), Step: step, Loss: t.loss,
+	if rank, at := s.progress(t.spec, t.a.Rank); at%t.spec.LogEvery == 0 || s.Last {
+		data, _ := wire.Encode(&wire.Progress{V: wire.Version, Rank: rank, Step: at, Loss: t.loss,
 			Tokens: t.tokens, Nanos: t.nanos})
 		t.loss, t.tokens, t.nanos = 0, 0, 0
 		if err := t.cfg.NATS.Publish(wire.ProgressSubject(t.spec.Name), data); err != nil {
