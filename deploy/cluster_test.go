@@ -287,6 +287,16 @@ func logs(service string) string {
 	return out
 }
 
+// kill kills a service's container (docker's restart policy leaves it
+// dead).
+func (c *cluster) kill(service string) {
+	c.t.Helper()
+	c.hit[service] = true
+	if _, err := docker("kill", container(service)); err != nil {
+		c.t.Fatal(err)
+	}
+}
+
 // isolate cuts a worker off the cluster's network (or freezes it) for
 // twice the lease, then lets it back: it must find itself fenced off.
 func (c *cluster) isolate(cut, restore []string, w string) {
@@ -313,17 +323,11 @@ var faults = []fault{
 	{"none", 0, func(c *cluster) (string, func() bool) { return "no fault", nil }},
 	{"worker dies", 1, func(c *cluster) (string, func() bool) {
 		w := c.rankHolder()
-		c.hit[w] = true
-		if _, err := docker("kill", container(w)); err != nil {
-			c.t.Fatal(err)
-		}
+		c.kill(w)
 		return "docker kill " + w, nil
 	}},
 	{"PS shard dies", 1, func(c *cluster) (string, func() bool) {
-		c.hit["ps0"] = true
-		if _, err := docker("kill", container("ps0")); err != nil {
-			c.t.Fatal(err)
-		}
+		c.kill("ps0")
 		if _, err := docker("start", container("ps0")); err != nil {
 			c.t.Fatal(err)
 		}
@@ -334,26 +338,17 @@ var faults = []fault{
 		if l == "" {
 			c.t.Fatal("no coordinator leads")
 		}
-		c.hit[l] = true
-		if _, err := docker("kill", container(l)); err != nil {
-			c.t.Fatal(err)
-		}
+		c.kill(l)
 		return "docker kill " + l + " (the leader)", func() bool { l2 := c.leader(); return l2 != "" && l2 != l }
 	}},
 	{"NATS node dies", 0, func(c *cluster) (string, func() bool) {
 		n := c.busiestNATS()
-		c.hit[n] = true
-		if _, err := docker("kill", container(n)); err != nil {
-			c.t.Fatal(err)
-		}
+		c.kill(n)
 		return "docker kill " + n + " (the most connected)", nil
 	}},
 	{"etcd node dies", 0, func(c *cluster) (string, func() bool) {
 		e := c.etcdLeader()
-		c.hit[e] = true
-		if _, err := docker("kill", container(e)); err != nil {
-			c.t.Fatal(err)
-		}
+		c.kill(e)
 		return "docker kill " + e + " (the raft leader)", nil
 	}},
 	{"worker partitioned", 1, func(c *cluster) (string, func() bool) {

@@ -135,16 +135,10 @@ func (c *Client) Idle(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		msg, err := c.request(ctx, wire.PushSubject(c.job, c.version, g.shard), data)
-		if err != nil {
+		if refused, err := c.pushTo(ctx, g.shard, data); err != nil {
 			return err
-		}
-		r, err := wire.DecodeReply(msg.Data)
-		if err != nil {
-			return fmt.Errorf("idle reply from shard %d: %w", g.shard, err)
-		}
-		if err := r.Err(); err != nil {
-			return fmt.Errorf("idle mark to shard %d refused: %w", g.shard, err)
+		} else if refused != nil {
+			return fmt.Errorf("idle mark to shard %d refused: %w", g.shard, refused)
 		}
 	}
 	return nil
@@ -276,18 +270,26 @@ func (c *Client) push(ctx context.Context, g group, step int64, grads []float32)
 	buf := getBuf()
 	defer putBuf(buf)
 	*buf = wire.AppendPush((*buf)[:0], req)
-	msg, err := c.request(ctx, wire.PushSubject(c.job, c.version, g.shard), *buf)
-	if err != nil {
+	if refused, err := c.pushTo(ctx, g.shard, *buf); err != nil {
 		return err
+	} else if refused != nil {
+		return fmt.Errorf("push of step %d to shard %d refused: %w", step, g.shard, refused)
+	}
+	return nil
+}
+
+// pushTo sends a push message to shard; it returns the shard's refusal, if
+// it refused, or err if the exchange failed.
+func (c *Client) pushTo(ctx context.Context, shard int, data []byte) (refused, err error) {
+	msg, err := c.request(ctx, wire.PushSubject(c.job, c.version, shard), data)
+	if err != nil {
+		return nil, err
 	}
 	r, err := wire.DecodeReply(msg.Data)
 	if err != nil {
-		return fmt.Errorf("push reply from shard %d: %w", g.shard, err)
+		return nil, fmt.Errorf("push reply from shard %d: %w", shard, err)
 	}
-	if err := r.Err(); err != nil {
-		return fmt.Errorf("push of step %d to shard %d refused: %w", step, g.shard, err)
-	}
-	return nil
+	return r.Err(), nil
 }
 
 // bufs recycles message buffers: NATS copies a payload into its own write
