@@ -39,6 +39,13 @@ func (k Keys) ShardSnapshot(version, step int64, shard int) string {
 	return fmt.Sprintf("%sp%d/%d/%d", k.ShardSnapshots(), version, step, shard)
 }
 
+// Served marks that a process has served shard index shard of placement
+// version: each is served by one process in its life (its state dies with
+// it; the coordinator then replaces the placement).
+func (k Keys) Served(version int64, shard int) string {
+	return fmt.Sprintf("%sserved/p%d/%d", k.root, version, shard)
+}
+
 // Reshard is where an operator asks the coordinator to re-place the job on
 // another number of shards (a ReshardRequest); the coordinator writes its
 // answer back into it.

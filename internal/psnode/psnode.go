@@ -113,6 +113,11 @@ func Run(ctx context.Context, cfg Config) error {
 func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *paramserver.Placement, idx int, restore string,
 	lease *job.Lease, log *slog.Logger) (*paramserver.Placement, error) {
 	keys := job.KeysFor(cfg.Job)
+	if r, err := cfg.Etcd.Get(ctx, keys.Served(p.Version, idx)); err != nil {
+		return nil, fmt.Errorf("shard %d: %w", idx, err)
+	} else if len(r.Kvs) > 0 {
+		return replaced(ctx, cfg, p, idx, log)
+	}
 	blocks := p.OnShard(idx)
 	shard, err := newShard(spec, p, blocks, restore)
 	if err != nil {
@@ -151,17 +156,28 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *paramserver.Pl
 	} else if spec.CheckpointEvery > 0 {
 		return nil, fmt.Errorf("the job checkpoints every %d steps: give the shard a data directory", spec.CheckpointEvery)
 	}
+	// Say which placement this shard serves, before serving it: if it dies
+	// from now on, that placement's progress is lost and the coordinator
+	// rolls the job back. Only one process in the placement's life may say
+	// so: a replacement that finds the index served before (it claimed the
+	// index after the server died, before the coordinator replaced the
+	// placement) must not serve it afresh (workers far past its start would
+	// push to a shard at its start), and waits for the new placement.
+	member, _ := json.Marshal(job.ShardMember{Placement: p.Version})
+	served := keys.Served(p.Version, idx)
+	r, err := cfg.Etcd.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(served), "=", 0)).
+		Then(clientv3.OpPut(served, ""), clientv3.OpPut(keys.Shard(idx), string(member), clientv3.WithLease(lease.ID))).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("shard %d: recording its placement: %w", idx, err)
+	}
+	if !r.Succeeded {
+		return replaced(ctx, cfg, p, idx, log)
+	}
 	svc, err := paramserver.Serve(cfg.NATS, shard, svcCfg)
 	if err != nil {
 		return nil, err
 	}
 	defer svc.Close()
-	// Say which placement this shard serves: if it dies now, that
-	// placement's progress is lost and the coordinator rolls the job back.
-	member, _ := json.Marshal(job.ShardMember{Placement: p.Version})
-	if _, err := cfg.Etcd.Put(ctx, keys.Shard(idx), string(member), clientv3.WithLease(lease.ID)); err != nil {
-		return nil, fmt.Errorf("shard %d: recording its placement: %w", idx, err)
-	}
 	log.Info("serving", "blocks", len(blocks), "placement", p.Version, "from_step", p.Start)
 	if cfg.Ready != nil {
 		cfg.Ready(idx, svc)
@@ -200,6 +216,14 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *paramserver.Pl
 	case <-lease.Lost():
 		return nil, fmt.Errorf("shard %d lost its etcd lease", idx)
 	}
+}
+
+// replaced waits for the placement that replaces p, whose shard idx a
+// process that died had served, and returns it (nil when the job is done).
+func replaced(ctx context.Context, cfg Config, p *paramserver.Placement, idx int, log *slog.Logger) (*paramserver.Placement, error) {
+	log.Info("this placement's shard was served by a process that is gone: waiting for the placement that replaces it", "placement", p.Version)
+	next, _, err := job.NextPlacement(ctx, cfg.Etcd, cfg.Job, p.Version)
+	return next, err
 }
 
 // watchHolders (elastic ssp) marks a rank idle, at its next epoch, when its

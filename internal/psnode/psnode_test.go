@@ -2,6 +2,7 @@ package psnode
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -169,5 +170,74 @@ func TestGoneHolderIdlesItsRank(t *testing.T) {
 	}
 	if err := gone.Push(ctx, 1, g); !errors.Is(err, &wire.Error{Kind: wire.StaleEpoch}) {
 		t.Fatalf("the gone holder's push: %v, want it fenced off", err)
+	}
+}
+
+// A process that claims a shard index of a placement that another process
+// served (and died serving, before the coordinator replaced the placement)
+// does not serve it afresh: the job is past the placement's start, and
+// workers would push steps its fresh state cannot take. It waits for the
+// placement that replaces it, and serves that.
+func TestReplacementWaitsForTheNextPlacement(t *testing.T) {
+	c, err := embedded.Start(context.Background(), t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	cli, err := job.Connect(ctx, c.EtcdEndpoints, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	nc, err := nats.Connect(c.NATSURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	spec := job.Default()
+	spec.Name, spec.Shards, spec.Seq2Seq.Hidden, spec.Seq2Seq.Embed = "j", 1, 8, 4
+	p := paramserver.Place(spec.Tensors(), spec.BlockSize, 1)
+	keys := job.KeysFor(spec.Name)
+	for k, v := range map[string]string{keys.Spec(): string(spec.Encode()), keys.Placement(): string(p.Encode()),
+		keys.State(): job.StateRunning, keys.Served(p.Version, 0): ""} {
+		if _, err := cli.Put(ctx, k, v); err != nil {
+			t.Fatal(err)
+		}
+	}
+	served := make(chan int64, 4)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Config{Job: spec.Name, NATS: nc, Etcd: cli, Log: quiet, Shard: 0, LeaseTTL: 2,
+			Ready: func(int, *paramserver.Service) {
+				r, _ := cli.Get(ctx, keys.Shard(0))
+				var m job.ShardMember
+				if len(r.Kvs) == 1 && json.Unmarshal(r.Kvs[0].Value, &m) == nil {
+					served <- m.Placement
+				}
+			}})
+	}()
+	select {
+	case v := <-served:
+		t.Fatalf("served placement %d, whose shard 0 a gone process had served", v)
+	case err := <-done:
+		t.Fatalf("Run returned %v", err)
+	case <-time.After(500 * time.Millisecond):
+	}
+	q, err := p.Reshard(1, 0, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Put(ctx, keys.Placement(), string(q.Encode())); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case v := <-served:
+		if v != q.Version {
+			t.Fatalf("served placement %d, want %d", v, q.Version)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the replacement did not serve the new placement")
 	}
 }
