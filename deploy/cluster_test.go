@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/checkpoint"
@@ -158,23 +159,21 @@ func (c *cluster) clock() (version, step int64) {
 	return p.Version, step
 }
 
-func (c *cluster) get(key string, opts ...clientv3.OpOption) []*clientv3.Event {
+// get reads key (with opts) from the cluster's etcd; nothing while etcd
+// does not answer.
+func (c *cluster) get(key string, opts ...clientv3.OpOption) []*mvccpb.KeyValue {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	r, err := c.cli.Get(ctx, key, opts...)
 	if err != nil {
 		return nil
 	}
-	var evs []*clientv3.Event
-	for _, kv := range r.Kvs {
-		evs = append(evs, &clientv3.Event{Kv: kv})
-	}
-	return evs
+	return r.Kvs
 }
 
 func (c *cluster) done() bool {
 	r := c.get(job.KeysFor(jobName).State())
-	return len(r) == 1 && string(r[0].Kv.Value) == job.StateDone
+	return len(r) == 1 && string(r[0].Value) == job.StateDone
 }
 
 // leader is the service name of the leading coordinator (its id is its
@@ -184,7 +183,7 @@ func (c *cluster) leader() string {
 	if len(r) == 0 {
 		return ""
 	}
-	id := string(r[0].Kv.Value)
+	id := string(r[0].Value)
 	return id[:strings.LastIndex(id, "-")]
 }
 
@@ -192,7 +191,7 @@ func (c *cluster) leader() string {
 // service names).
 func (c *cluster) rankHolder() string {
 	for _, kv := range c.get(job.KeysFor(jobName).Assigns(), clientv3.WithPrefix()) {
-		return strings.TrimPrefix(string(kv.Kv.Key), job.KeysFor(jobName).Assigns())
+		return strings.TrimPrefix(string(kv.Key), job.KeysFor(jobName).Assigns())
 	}
 	c.t.Fatal("no worker holds a rank")
 	return ""
@@ -273,8 +272,8 @@ func (c *cluster) rollbacks() []job.RollbackRecord {
 	var rbs []job.RollbackRecord
 	for _, kv := range c.get(job.KeysFor(jobName).Rollbacks(), clientv3.WithPrefix()) {
 		var rb job.RollbackRecord
-		if err := json.Unmarshal(kv.Kv.Value, &rb); err != nil {
-			c.t.Fatalf("rollback record %s: %v", kv.Kv.Value, err)
+		if err := json.Unmarshal(kv.Value, &rb); err != nil {
+			c.t.Fatalf("rollback record %s: %v", kv.Value, err)
 		}
 		rbs = append(rbs, rb)
 	}
