@@ -103,27 +103,35 @@ func TestNewShardRefusesForeignSnapshots(t *testing.T) {
 	}
 }
 
-// In an elastic ssp job, a rank whose holder is given up on (the
-// coordinator deletes its assignment) stops holding the other ranks back,
-// and its holder's epoch is fenced off.
-func TestGoneHolderIdlesItsRank(t *testing.T) {
+// servers starts an embedded NATS server and etcd for a test, with a
+// context, an etcd client and a NATS connection, all ended at its cleanup.
+func servers(t *testing.T) (context.Context, *clientv3.Client, *nats.Conn) {
+	t.Helper()
 	c, err := embedded.Start(context.Background(), t.TempDir())
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(c.Close)
+	t.Cleanup(c.Close) // cleanups run last-registered first: the clients go before the servers
 	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
+	t.Cleanup(cancel)
 	cli, err := job.Connect(ctx, c.EtcdEndpoints, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer cli.Close()
+	t.Cleanup(func() { cli.Close() })
 	nc, err := nats.Connect(c.NATSURL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer nc.Close()
+	t.Cleanup(nc.Close)
+	return ctx, cli, nc
+}
+
+// In an elastic ssp job, a rank whose holder is given up on (the
+// coordinator deletes its assignment) stops holding the other ranks back,
+// and its holder's epoch is fenced off.
+func TestGoneHolderIdlesItsRank(t *testing.T) {
+	ctx, cli, nc := servers(t)
 	p := paramserver.Place([]models.Tensor{{Name: "w", Shape: []int{4}}}, 4, 1)
 	cfg := paramserver.ShardConfig{Mode: paramserver.SSP, Staleness: 1, Ranks: 2, Elastic: true, Optimizer: paramserver.DefaultOptimizer("sgd", 1)}
 	shard := paramserver.NewShard(cfg, p.OnShard(0), func(paramserver.Block, []float32) {})
@@ -179,23 +187,7 @@ func TestGoneHolderIdlesItsRank(t *testing.T) {
 // workers would push steps its fresh state cannot take. It waits for the
 // placement that replaces it, and serves that.
 func TestReplacementWaitsForTheNextPlacement(t *testing.T) {
-	c, err := embedded.Start(context.Background(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	cli, err := job.Connect(ctx, c.EtcdEndpoints, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
-	nc, err := nats.Connect(c.NATSURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
+	ctx, cli, nc := servers(t)
 	spec := job.Default()
 	spec.Name, spec.Shards, spec.Seq2Seq.Hidden, spec.Seq2Seq.Embed = "j", 1, 8, 4
 	p := paramserver.Place(spec.Tensors(), spec.BlockSize, 1)
