@@ -335,6 +335,62 @@ func (c *Client) eachOf(ctx context.Context, groups []group, f func(context.Cont
 // connection to its NATS server.
 var errConnLost = errors.New("the connection to the NATS server was lost")
 
+// connWatch follows one NATS connection for all the requests made on it:
+// lost is a context that ends when the connection is lost (disconnected, or
+// reconnecting), replaced by a fresh one after each loss. A request ties
+// itself to the current one with context.AfterFunc: no lock of the
+// connection, no goroutine per request.
+type connWatch struct {
+	mu     sync.Mutex
+	lost   context.Context
+	cancel context.CancelFunc
+}
+
+var watches sync.Map // *nats.Conn -> *connWatch
+
+// watchConn returns nc's watch, starting it on first use; it ends when nc
+// is closed.
+func watchConn(nc *nats.Conn) *connWatch {
+	if w, ok := watches.Load(nc); ok {
+		return w.(*connWatch)
+	}
+	w := &connWatch{}
+	w.lost, w.cancel = context.WithCancel(context.Background())
+	if prev, loaded := watches.LoadOrStore(nc, w); loaded {
+		w.cancel()
+		return prev.(*connWatch)
+	}
+	ch := nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING, nats.CLOSED)
+	if nc.IsClosed() { // closed before the listener was set: no event will come
+		nc.RemoveStatusListener(ch)
+		watches.Delete(nc)
+		return w
+	}
+	go func() {
+		defer watches.Delete(nc)
+		defer nc.RemoveStatusListener(ch)
+		for st := range ch {
+			w.mu.Lock()
+			w.cancel()
+			if st != nats.CLOSED {
+				w.lost, w.cancel = context.WithCancel(context.Background())
+			}
+			w.mu.Unlock()
+			if st == nats.CLOSED {
+				return
+			}
+		}
+	}()
+	return w
+}
+
+// current is the context that ends at the connection's next loss.
+func (w *connWatch) current() context.Context {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.lost
+}
+
 // request sends data and waits for the reply, resending it until ctx ends:
 // at once when the connection to the NATS server is lost (the reply would
 // be lost with it), after a pause while no shard is subscribed, and after
@@ -345,20 +401,11 @@ func (c *Client) request(ctx context.Context, subject string, data []byte) (*nat
 	backoff := 10 * time.Millisecond
 	attempt := c.Attempt
 	for {
-		lost := c.nc.StatusChanged(nats.DISCONNECTED, nats.RECONNECTING)
 		actx, cancel := context.WithCancelCause(ctx)
+		stop := context.AfterFunc(watchConn(c.nc).current(), func() { cancel(errConnLost) })
 		tctx, tcancel := context.WithTimeout(actx, attempt)
-		stop := make(chan struct{})
-		go func() {
-			select {
-			case <-lost:
-				cancel(errConnLost)
-			case <-stop:
-			}
-		}()
 		msg, err := c.nc.RequestWithContext(tctx, subject, data)
-		close(stop)
-		c.nc.RemoveStatusListener(lost)
+		stop()
 		cause := context.Cause(actx)
 		tcancel()
 		cancel(nil)
