@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"math"
 
+	"gonum.org/v1/gonum/blas/gonum"
+
 	"github.com/downpour-ml/downpour/internal/wire"
 )
 
@@ -198,13 +200,29 @@ func (o Optimizer) apply(c coef, w, g []float32, slots [][]float32) {
 	g = g[:len(w)]
 	switch o.Kind {
 	case "sgd":
-		for i, gi := range g {
-			w[i] -= c.lr * gi
+		if c.lr != 0 {
+			// w + (-lr)*g is w - lr*g exactly (negation and the sum's
+			// rounding are symmetric), in SIMD: the update is memory bound,
+			// and a shard spends its CPU here.
+			native.Saxpy(len(w), -c.lr, g, 1, w, 1)
+			return
+		}
+		for i, gi := range g { // an lr that underflowed: Saxpy would skip -0 - 0*g
+			w[i] -= float32(c.lr * gi)
 		}
 	case "momentum":
 		inc := slots[0][:len(w)]
+		if c.m != 0 && c.lr != 0 {
+			// The same three roundings as the loop below, in SIMD: m*inc,
+			// then + (-lr*g), then w + v. (Sscal with m == 0 would write +0
+			// where m*inc is -0, and Saxpy with lr == 0 would skip.)
+			native.Sscal(len(w), c.m, inc, 1)
+			native.Saxpy(len(w), -c.lr, g, 1, inc, 1)
+			native.Saxpy(len(w), 1, inc, 1, w, 1)
+			return
+		}
 		for i, gi := range g {
-			v := c.m*inc[i] - c.lr*gi
+			v := float32(c.m*inc[i]) - float32(c.lr*gi)
 			inc[i] = v
 			w[i] += v
 		}
@@ -229,3 +247,9 @@ func (o Optimizer) apply(c coef, w, g []float32, slots [][]float32) {
 }
 
 func sqrt32(x float32) float32 { return float32(math.Sqrt(float64(x))) }
+
+// native is gonum's own BLAS, whose float32 kernels on amd64 are SSE
+// multiplies and adds, never fused: its results are the plain loop's, bit for
+// bit. It is named explicitly so that a faster BLAS installed for the models
+// (OpenBLAS fuses multiply-adds) never changes a shard's arithmetic.
+var native gonum.Implementation

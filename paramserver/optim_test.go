@@ -104,3 +104,57 @@ func TestApplyBytesMatchesApply(t *testing.T) {
 		}
 	}
 }
+
+// sameBits reports whether a and b hold the same float32 bit patterns
+// (slices.Equal would take -0 for +0).
+func sameBits(a, b []float32) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// The SIMD paths of sgd and momentum (and their fallbacks where lr or the
+// momentum is zero) give the plain loop's bits exactly, signed zeros
+// included, at lengths that leave SIMD remainders.
+func TestApplyMatchesPlainLoop(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 4))
+	for _, n := range []int{1, 3, 4, 7, 16, 1001} {
+		for _, lr := range []float64{0, 0.1, 3e-3} {
+			for _, m := range []float64{0, 0.9} {
+				w, g, inc := grads(rng, n), grads(rng, n), grads(rng, n)
+				for i := 0; i < n; i += 3 { // signed zeros, where a sum's sign depends on its order
+					w[i], g[i] = float32(math.Copysign(0, float64(w[i]))), float32(math.Copysign(0, float64(g[i])))
+					inc[i] = float32(math.Copysign(0, float64(inc[i])))
+				}
+				// sgd
+				want, got := slices.Clone(w), slices.Clone(w)
+				for i := range want {
+					want[i] = want[i] - float32(float32(lr)*g[i])
+				}
+				Optimizer{Kind: "sgd", LR: lr}.Apply(got, g, nil, 0)
+				if !sameBits(got, want) {
+					t.Fatalf("sgd n=%d lr=%v: differs from the plain loop", n, lr)
+				}
+				// momentum
+				o := Optimizer{Kind: "momentum", LR: lr, Momentum: m, MomentumFinal: m}
+				wantW, wantInc := slices.Clone(w), slices.Clone(inc)
+				for i := range wantW {
+					v := float32(float32(m)*wantInc[i]) - float32(float32(lr)*g[i])
+					wantInc[i] = v
+					wantW[i] = wantW[i] + v
+				}
+				gotW, gotInc := slices.Clone(w), slices.Clone(inc)
+				o.Apply(gotW, g, [][]float32{gotInc}, 0)
+				if !sameBits(gotW, wantW) || !sameBits(gotInc, wantInc) {
+					t.Fatalf("momentum n=%d lr=%v m=%v: differs from the plain loop", n, lr, m)
+				}
+			}
+		}
+	}
+}

@@ -342,14 +342,9 @@ func (s *Shard) pushSync(b *block, r int, step int64, data []byte, finite bool) 
 		sum := s.sum[:b.Len]
 		copy(sum, b.g[0])
 		for q := 1; q < s.cfg.Ranks; q++ {
-			for j, v := range b.g[q] {
-				sum[j] += v
-			}
+			native.Saxpy(len(sum), 1, b.g[q], 1, sum, 1) // sum + 1*g: the plain sum
 		}
-		scale := 1 / float32(s.cfg.Ranks)
-		for j := range sum {
-			sum[j] *= scale
-		}
+		native.Sscal(len(sum), 1/float32(s.cfg.Ranks), sum, 1)
 		s.cfg.Optimizer.Apply(b.w, sum, b.slots, b.clock)
 		s.stats.Applied++
 	}

@@ -79,12 +79,12 @@ func (r *refOptimizer) step(w, g []float32, t int64) {
 	switch r.opt.Kind {
 	case "sgd":
 		for i := range w {
-			w[i] = w[i] - lr*g[i]
+			w[i] = w[i] - float32(lr*g[i]) // each product rounded: never fused into a multiply-add
 		}
 	case "momentum":
 		m := float32(r.opt.MomentumAt(t))
 		for i := range w {
-			r.a[i] = m*r.a[i] - lr*g[i]
+			r.a[i] = float32(m*r.a[i]) - float32(lr*g[i])
 			w[i] = w[i] + r.a[i]
 		}
 	case "adagrad":
