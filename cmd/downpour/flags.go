@@ -7,7 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -15,6 +15,7 @@ import (
 	"github.com/nats-io/nats.go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/downpour-ml/downpour/internal/config"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/paramserver"
 )
@@ -66,7 +67,10 @@ func (o *optimizerFlags) optimizer(fs *flag.FlagSet, base paramserver.Optimizer)
 		opt.LR = o.lr
 	}
 	if set["lr-schedule"] {
-		opt.Schedule = paramserver.Schedule{Kind: o.schedule}
+		opt.Schedule = paramserver.Schedule{}
+		if o.schedule != "constant" {
+			opt.Schedule.Kind = o.schedule
+		}
 	}
 	switch opt.Schedule.Kind {
 	case "halving":
@@ -107,15 +111,29 @@ func (o *optimizerFlags) optimizer(fs *flag.FlagSet, base paramserver.Optimizer)
 	return opt
 }
 
-// presetArg finds --preset NAME (or -preset=NAME) in args: presets set the
-// defaults that the other flags then override, so they apply before parsing.
-// --model gan without a preset means --preset gan.
-func presetArg(args []string) string {
-	p := flagArg(args, "preset")
-	if p == "" && flagArg(args, "model") == "gan" {
+// presetOf finds the preset a command line names, with --preset NAME (or
+// -preset=NAME), or else its config file, with "preset: NAME": presets set the
+// defaults that the other values then override, so they apply before
+// parsing. A gan model without a preset means the gan preset.
+func presetOf(args []string, entries []config.Entry) string {
+	inConfig := func(key string) string {
+		for _, e := range entries {
+			if e.Key == key {
+				return e.Value
+			}
+		}
+		return ""
+	}
+	if p := flagArg(args, "preset"); p != "" {
+		return p
+	}
+	if p := inConfig("preset"); p != "" {
+		return p
+	}
+	if m := flagArg(args, "model"); m == "gan" || m == "" && inConfig("model") == "gan" {
 		return "gan"
 	}
-	return p
+	return ""
 }
 
 // flagArg finds the value of flag name in args before they are parsed.
@@ -133,23 +151,36 @@ func flagArg(args []string, name string) string {
 	return ""
 }
 
+// jobFlags are the flags that define a job: the spec's fields, its
+// optimizer, a preset and a config file.
+type jobFlags struct {
+	fs      *flag.FlagSet
+	spec    *job.Spec
+	opt     optimizerFlags
+	config  string         // --config path
+	entries []config.Entry // its keys
+	err     error          // a bad preset or config file, reported by parse
+	print   *bool          // --print-config
+}
+
 // specFlags binds the job spec's fields to flags, starting from the defaults
-// (and the preset named in args, if any). Call finish after parsing.
-func specFlags(fs *flag.FlagSet, s *job.Spec, args []string) (finish func() error) {
-	var presetErr error
-	if preset := presetArg(args); preset != "" {
+// (and the preset that args or their config file name, if any). Bind the
+// command's other flags, then call parse and finish.
+func specFlags(fs *flag.FlagSet, s *job.Spec, args []string) *jobFlags {
+	j := &jobFlags{fs: fs, spec: s, config: flagArg(args, "config")}
+	if j.config != "" {
+		j.entries, j.err = config.Read(j.config)
+	}
+	if preset := presetOf(args, j.entries); preset != "" && j.err == nil {
 		if apply, ok := job.Presets[preset]; ok {
 			apply(s)
 		} else {
-			var names []string
-			for n := range job.Presets {
-				names = append(names, n)
-			}
-			sort.Strings(names)
-			presetErr = fmt.Errorf("preset %q: use one of %v", preset, names)
+			j.err = fmt.Errorf("preset %q: use one of %s", preset, strings.Join(configRules.Choices["preset"], ", "))
 		}
 	}
-	fs.String("preset", "", "start from a named set of values, which other flags override: paper (Sutskever et al.'s exact settings, for a real corpus and cluster) or small")
+	fs.String("config", "", "read the job from this YAML file, whose keys are these flags (\"ps-shards: 4\"); flags given beside it override it")
+	j.print = fs.Bool("print-config", false, "print the effective job as a YAML config file and exit")
+	fs.String("preset", "", "start from a named set of values, which other flags override: paper (Sutskever et al.'s exact settings, for a real corpus and cluster), small, or gan")
 	fs.Float64Var(&s.Epochs, "epochs", s.Epochs, "corpus: train this many epochs (sets --steps)")
 	fs.Float64Var(&s.HalveAfterEpochs, "lr-halve-after-epochs", s.HalveAfterEpochs, "corpus: halving schedule, epochs before the first halving")
 	fs.Float64Var(&s.HalveEveryEpochs, "lr-halve-every-epochs", s.HalveEveryEpochs, "corpus: halving schedule, epochs between halvings (0: schedule in updates)")
@@ -187,12 +218,50 @@ func specFlags(fs *flag.FlagSet, s *job.Spec, args []string) (finish func() erro
 	fs.Int64Var(&s.CheckpointEvery, "checkpoint-every", s.CheckpointEvery, "every shard snapshots its state every N steps (sync), or N data steps done (async and ssp, with tasks); 0: never")
 	fs.Float64Var(&s.ClipNorm, "clip", s.ClipNorm, "rescale the gradient to this global norm when larger (0: never)")
 	fs.Int64Var(&s.LogEvery, "log-every", s.LogEvery, "log every N steps")
-	var o optimizerFlags
-	o.bind(fs)
-	return func() error {
-		s.Optimizer = o.optimizer(fs, s.Optimizer)
-		return presetErr
+	j.opt.bind(fs)
+	return j
+}
+
+// parse applies the config file, then the command line over it.
+func (j *jobFlags) parse(args []string, stderr io.Writer, example string) error {
+	if j.err == nil {
+		j.err = configRules.Apply(j.fs, j.config, j.entries)
 	}
+	if j.err != nil {
+		fmt.Fprintf(stderr, "downpour %s: %v\n", j.fs.Name(), j.err)
+		return errUsage
+	}
+	return parse(j.fs, args, stderr, example)
+}
+
+// finish merges the optimizer flags into the spec; call it after parse.
+func (j *jobFlags) finish() {
+	j.spec.Optimizer = j.opt.optimizer(j.fs, j.spec.Optimizer)
+}
+
+// printConfig writes the effective job (after finish) as a config file:
+// given back with --config, it makes the same job.
+func (j *jobFlags) printConfig(w io.Writer) error {
+	o := j.spec.Optimizer
+	sched := o.Schedule.Kind
+	if sched == "" {
+		sched = "constant"
+	}
+	// The optimizer's flags default to "the optimizer's own value": set
+	// them to the values in effect.
+	for _, kv := range [][2]string{
+		{"optimizer", o.Kind}, {"lr", formatFloat(o.LR)}, {"lr-schedule", sched},
+		{"lr-halve-after", strconv.FormatInt(o.Schedule.HalveAfter, 10)}, {"lr-halve-every", strconv.FormatInt(o.Schedule.HalveEvery, 10)},
+		{"lr-decay", formatFloat(o.Schedule.Decay)}, {"lr-floor", formatFloat(o.Schedule.Floor)},
+		{"momentum", formatFloat(o.Momentum)}, {"momentum-final", formatFloat(o.MomentumFinal)},
+		{"momentum-ramp-start", strconv.FormatInt(o.RampStart, 10)}, {"momentum-ramp-end", strconv.FormatInt(o.RampEnd, 10)},
+		{"beta1", formatFloat(o.Beta1)}, {"beta2", formatFloat(o.Beta2)}, {"eps", formatFloat(o.Eps)},
+	} {
+		if err := j.fs.Set(kv[0], kv[1]); err != nil {
+			return fmt.Errorf("printing the config: %s: %w", kv[0], err)
+		}
+	}
+	return configRules.Write(w, j.fs, fmt.Sprintf("downpour %s: run this job with 'downpour %s --config FILE'", j.fs.Name(), j.fs.Name()))
 }
 
 // endpoints are the cluster flags every role has.

@@ -338,13 +338,16 @@ func prepareOut(outp *string, name string) error {
 func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("coordinator", flag.ContinueOnError)
 	spec := job.Default()
-	finishSpec := specFlags(fs, &spec, args)
+	jf := specFlags(fs, &spec, args)
 	var ep endpoints
 	endpointFlags(fs, &ep)
 	out := fs.String("out", "", "run directory for metrics.jsonl and the final checkpoint (default runs/<job>-<time>)")
 	resume := fs.Bool("resume", false, "continue the stopped job --job from its last complete checkpoint, as it was started (its spec is in etcd); --out may hold its earlier run")
-	if err := parse(fs, args, stderr, "downpour coordinator --nats nats://127.0.0.1:4222 --etcd http://127.0.0.1:2379 --job demo --workers 2 --ps-shards 2"); err != nil {
+	if err := jf.parse(args, stderr, "downpour coordinator --nats nats://127.0.0.1:4222 --etcd http://127.0.0.1:2379 --job demo --workers 2 --ps-shards 2"); err != nil {
 		return err
+	}
+	if *jf.print && !*resume {
+		return printJob(jf, &spec, stdout, stderr)
 	}
 	if err := ep.require("coordinator", stderr); err != nil {
 		return err
@@ -355,10 +358,7 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 			return errUsage
 		}
 	} else {
-		if err := finishSpec(); err != nil {
-			fmt.Fprintf(stderr, "downpour coordinator: %v\n", err)
-			return errUsage
-		}
+		jf.finish()
 		if err := spec.Validate(); err != nil {
 			fmt.Fprintf(stderr, "downpour coordinator: %v\n", err)
 			return errUsage

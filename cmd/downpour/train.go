@@ -21,15 +21,29 @@ import (
 	"github.com/downpour-ml/downpour/worker"
 )
 
+// trainFlags are train's flags, bound to where their values go.
+type trainFlags struct {
+	fs          *flag.FlagSet
+	spec        job.Spec
+	jf          *jobFlags
+	ep          endpoints
+	out, resume *string
+}
+
+func newTrainFlags(args []string) *trainFlags {
+	t := &trainFlags{fs: flag.NewFlagSet("train", flag.ContinueOnError), spec: job.Default()}
+	t.jf = specFlags(t.fs, &t.spec, args)
+	endpointFlags(t.fs, &t.ep)
+	t.out = t.fs.String("out", "", "run directory (default runs/<job>-<time>)")
+	t.resume = t.fs.String("resume", "", "continue the stopped run in this directory from its last complete checkpoint (the job is as it was started)")
+	return t
+}
+
 func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flag.NewFlagSet("train", flag.ContinueOnError)
-	spec := job.Default()
-	finishSpec := specFlags(fs, &spec, args)
-	var ep endpoints
-	endpointFlags(fs, &ep)
-	out := fs.String("out", "", "run directory (default runs/<job>-<time>)")
-	resume := fs.String("resume", "", "continue the stopped run in this directory from its last complete checkpoint (the job is as it was started)")
-	if err := parse(fs, args, stderr, "downpour train --steps 300 --workers 2 --ps-shards 2"); err != nil {
+	t := newTrainFlags(args)
+	fs, jf, out, resume := t.fs, t.jf, t.out, t.resume
+	spec, ep := &t.spec, &t.ep
+	if err := jf.parse(args, stderr, "downpour train --steps 300 --workers 2 --ps-shards 2   or   downpour train --config examples/seq2seq-small.yaml --data corpus.tsv"); err != nil {
 		return err
 	}
 	if *resume != "" {
@@ -37,12 +51,12 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			fmt.Fprintf(stderr, "downpour train: %v\n", err)
 			return errUsage
 		}
-		return resumeTrain(ctx, *resume, flagArg(args, "job"), ep, stdout, stderr)
+		return resumeTrain(ctx, *resume, flagArg(args, "job"), *ep, stdout, stderr)
 	}
-	if err := finishSpec(); err != nil {
-		fmt.Fprintf(stderr, "downpour train: %v\n", err)
-		return errUsage
+	if *jf.print {
+		return printJob(jf, spec, stdout, stderr)
 	}
+	jf.finish()
 	if err := spec.Validate(); err != nil {
 		fmt.Fprintf(stderr, "downpour train: %v\n", err)
 		return errUsage
@@ -74,7 +88,7 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "training job %s: %s, %d workers, %d ps shards, %d steps, mode %s; run directory %s\n",
 		spec.Name, what, spec.Workers, spec.Shards, spec.Steps, spec.Mode, *out)
-	first, last, err := trainAll(ctx, spec, ep, *out, nil, stdout, log)
+	first, last, err := trainAll(ctx, *spec, *ep, *out, nil, stdout, log)
 	if err != nil {
 		return err
 	}
@@ -83,6 +97,17 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			time.Since(start).Seconds(), first.Loss, last.Loss, filepath.Join(*out, "checkpoint", "final.ckpt"))
 	}
 	return nil
+}
+
+// printJob prints the effective job of a command line (--print-config), once
+// it is known to be valid.
+func printJob(jf *jobFlags, spec *job.Spec, stdout, stderr io.Writer) error {
+	jf.finish()
+	if err := spec.Validate(); err != nil {
+		fmt.Fprintf(stderr, "downpour %s: %v\n", jf.fs.Name(), err)
+		return errUsage
+	}
+	return jf.printConfig(stdout)
 }
 
 // resumeTrain continues the stopped run in directory out: on its embedded

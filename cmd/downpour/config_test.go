@@ -1,0 +1,195 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/models"
+	"github.com/downpour-ml/downpour/paramserver"
+)
+
+// trainSpec is the job a train command line defines (before Resolve), or the
+// usage error it gets.
+func trainSpec(t *testing.T, args ...string) (job.Spec, string, error) {
+	t.Helper()
+	tf := newTrainFlags(args)
+	var stderr bytes.Buffer
+	if err := tf.jf.parse(args, &stderr, ""); err != nil {
+		return job.Spec{}, stderr.String(), err
+	}
+	tf.jf.finish()
+	return tf.spec, "", nil
+}
+
+func mustSpec(t *testing.T, args ...string) job.Spec {
+	t.Helper()
+	s, msg, err := trainSpec(t, args...)
+	if err != nil {
+		t.Fatalf("%v: %v %s", args, err, msg)
+	}
+	return s
+}
+
+// --print-config writes a file that, given back with --config, makes the
+// same job, field for field; printing that job again gives the same text.
+func TestPrintConfigRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	for i, args := range [][]string{
+		nil,
+		{"--preset", "gan"},
+		{"--preset", "paper", "--data", "corpus.tsv", "--workers", "8"},
+		{"--preset", "small", "--data", "c.tsv", "--lr", "0.25"},
+		{"--optimizer", "adam", "--lr", "0.001", "--beta2", "0.98", "--mode", "async", "--n-fetch", "3"},
+		{"--optimizer", "momentum", "--momentum", "0.6", "--momentum-final", "0.95", "--momentum-ramp-end", "40"},
+		{"--lr-schedule", "halving", "--lr-halve-after", "100", "--lr-halve-every", "7"},
+		{"--lr-schedule", "exp", "--lr-decay", "1.01", "--lr-floor", "0.003", "--job", "x-1", "--connect-timeout", "9s"},
+		{"--mode", "ssp", "--staleness", "3", "--data", "synthetic:sort", "--v", "--seed", "18446744073709551615"},
+	} {
+		want := mustSpec(t, args...)
+		code, printed, stderr := runCmd(t, 10*time.Second, append([]string{"train", "--print-config"}, args...)...)
+		if code != 0 {
+			t.Fatalf("%v --print-config: exit %d: %s", args, code, stderr)
+		}
+		path := filepath.Join(dir, "job.yaml")
+		if err := os.WriteFile(path, []byte(printed), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if got := mustSpec(t, "--config", path); !reflect.DeepEqual(got, want) {
+			t.Fatalf("case %d %v: the printed config gives\n%+v\nwant\n%+v\nconfig:\n%s", i, args, got, want, printed)
+		}
+		_, again, _ := runCmd(t, 10*time.Second, "train", "--print-config", "--config", path)
+		if again != printed {
+			t.Fatalf("case %d: printing the loaded config changed it:\n%s\nwas\n%s", i, again, printed)
+		}
+	}
+}
+
+// Flags given beside a config file override it; the file overrides the
+// preset it names.
+func TestFlagsOverrideConfig(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "job.yaml")
+	os.WriteFile(path, []byte("preset: small\nsteps: 50\nlayers: 3\ndata: c.tsv\noptimizer: adam\n"), 0o600)
+	s := mustSpec(t, "--config", path, "--steps", "70")
+	if s.Steps != 70 || s.Seq2Seq.Layers != 3 || s.Seq2Seq.Hidden != 256 || s.Optimizer.Kind != "adam" || s.Data != "c.tsv" {
+		t.Fatalf("steps %d layers %d hidden %d optimizer %s data %s; want 70 (flag), 3 (file), 256 (preset), adam, c.tsv",
+			s.Steps, s.Seq2Seq.Layers, s.Seq2Seq.Hidden, s.Optimizer.Kind, s.Data)
+	}
+	// A preset on the command line wins over the file's.
+	if s := mustSpec(t, "--config", path, "--preset", "paper"); s.Seq2Seq.Hidden != 1000 || s.Seq2Seq.Layers != 3 {
+		t.Fatalf("hidden %d layers %d: want the paper preset's 1000 and the file's 3", s.Seq2Seq.Hidden, s.Seq2Seq.Layers)
+	}
+	// A gan model in the file means the gan preset, as --model gan does.
+	os.WriteFile(path, []byte("model: gan\n"), 0o600)
+	if s := mustSpec(t, "--config", path); s.GAN != models.PaperGAN || s.Batch != 100 || s.Optimizer.Kind != "momentum" {
+		t.Fatalf("model: gan in a file did not start from the gan preset: %+v", s)
+	}
+}
+
+// Unknown keys and bad values are usage errors (exit 2) that name the key,
+// its line, and what is allowed.
+func TestConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		file string
+		says []string
+	}{
+		{"steps: 10\nps_shards: 4\n", []string{"line 2", `unknown key "ps_shards"`, `did you mean "ps-shards"`}},
+		{"frobnicate: 1\n", []string{`unknown key "frobnicate"`, "downpour train --help"}},
+		{"workers: two\n", []string{"line 1", "workers", `"two" is not an integer`}},
+		{"lr: fast\n", []string{"lr", "is not a number"}},
+		{"reverse: maybe\n", []string{"reverse", "true or false"}},
+		{"connect-timeout: 5\n", []string{"connect-timeout", "a duration"}},
+		{"mode: bsp\n", []string{"mode", `"bsp" is not allowed`, "sync, ssp, async"}},
+		{"optimizer: lamb\n", []string{"optimizer", "sgd, momentum, adagrad, adam"}},
+		{"preset: huge\n", []string{"preset", "gan, paper, small"}},
+		{"steps: 1\nsteps: 2\n", []string{"line 2", `"steps" is already set on line 1`}},
+		{"workers: [1, 2]\n", []string{"workers", "a single value"}},
+		{"optimizer:\n  kind: sgd\n", []string{"optimizer", "a single value"}},
+		{"steps:\n", []string{"steps", "no value"}},
+		{"- steps\n- 3\n", []string{"a mapping of flag names"}},
+		{"steps: 1\n---\nsteps: 2\n", []string{"more than one YAML document"}},
+		{"steps: [\n", []string{"not valid YAML"}},
+		{"config: other.yaml\n", []string{`unknown key "config"`}},
+		{"workers: 0\n", []string{"workers must be in 1..1024 (got 0)"}},
+	} {
+		path := filepath.Join(dir, "bad.yaml")
+		os.WriteFile(path, []byte(c.file), 0o600)
+		code, _, stderr := runCmd(t, 10*time.Second, "train", "--config", path, "--out", filepath.Join(dir, "run"))
+		if code != 2 {
+			t.Errorf("%q: exit %d, want 2 (stderr %q)", c.file, code, stderr)
+		}
+		for _, s := range c.says {
+			if !strings.Contains(stderr, s) {
+				t.Errorf("%q: stderr %q does not say %q", c.file, stderr, s)
+			}
+		}
+	}
+	code, _, stderr := runCmd(t, 10*time.Second, "train", "--config", filepath.Join(dir, "missing.yaml"))
+	if code != 2 || !strings.Contains(stderr, "missing.yaml") {
+		t.Errorf("a missing config: exit %d, %q", code, stderr)
+	}
+	// An empty file, or one of comments, sets nothing.
+	for _, empty := range []string{"", "# nothing\n"} {
+		os.WriteFile(filepath.Join(dir, "e.yaml"), []byte(empty), 0o600)
+		if s := mustSpec(t, "--config", filepath.Join(dir, "e.yaml")); !reflect.DeepEqual(s, mustSpec(t)) {
+			t.Errorf("%q changed the job", empty)
+		}
+	}
+}
+
+// The example configs are the papers' settings, stated in the files' own
+// words, and valid jobs.
+func TestExampleConfigs(t *testing.T) {
+	paper := mustSpec(t, "--config", "../../examples/seq2seq-paper.yaml")
+	small := mustSpec(t, "--config", "../../examples/seq2seq-small.yaml")
+	gan := mustSpec(t, "--config", "../../examples/gan-mnist-paper.yaml")
+	for name, s := range map[string]job.Spec{"paper": paper, "small": small, "gan": gan} {
+		if err := s.Validate(); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	sgd07 := paramserver.DefaultOptimizer("sgd", 0.7)
+	for _, c := range []struct {
+		name string
+		s    job.Spec
+		ok   bool
+	}{
+		{"paper", paper, paper.Seq2Seq.Layers == 4 && paper.Seq2Seq.Hidden == 1000 && paper.Seq2Seq.Embed == 1000 &&
+			paper.Seq2Seq.InitScale == 0.08 && paper.VocabMax == 160000 && paper.TgtVocab == 80000 && paper.Batch == 128 &&
+			paper.Optimizer == sgd07 && paper.Epochs == 7.5 && paper.HalveAfterEpochs == 5 && paper.HalveEveryEpochs == 0.5 &&
+			paper.ClipNorm == 5 && paper.Reverse && paper.Tokenizer == "13a"},
+		{"small", small, small.Seq2Seq.Layers == 2 && small.Seq2Seq.Hidden == 256 && small.Seq2Seq.Embed == 256 &&
+			small.VocabMax == 8000 && small.Batch == 64 && small.Optimizer == sgd07 && small.Epochs == 7.5 && small.ClipNorm == 5 && small.Reverse},
+		{"gan", gan, gan.Model == "gan" && gan.GAN == models.PaperGAN && gan.Batch == 100 && gan.GANK == 1 &&
+			gan.Optimizer == paramserver.Optimizer{Kind: "momentum", LR: 0.1, Momentum: 0.5, MomentumFinal: 0.7,
+				Schedule: paramserver.Schedule{Kind: "exp", Decay: 1.000004, Floor: 1e-6}} &&
+			gan.RampStartEpochs == 1 && gan.RampEndEpochs == 250},
+	} {
+		if !c.ok {
+			t.Errorf("examples: the %s config is not the paper's settings: %+v", c.name, c.s)
+		}
+	}
+}
+
+// Every command has --help with an example (exit 0), and a bad flag prints
+// usage on stderr and exits 2.
+func TestEveryCommandHelp(t *testing.T) {
+	for _, c := range commands {
+		code, _, stderr := runCmd(t, 10*time.Second, c.name, "--help")
+		_, example, _ := strings.Cut(stderr, "example:\n  ")
+		example, _, _ = strings.Cut(example, "\n")
+		if code != 0 || !strings.Contains(stderr, "usage: downpour "+c.name) || !strings.Contains(example, "downpour "+c.name+" ") {
+			t.Errorf("%s --help: exit %d, %q", c.name, code, stderr)
+		}
+		code, _, stderr = runCmd(t, 10*time.Second, c.name, "--no-such-flag")
+		if code != 2 || !strings.Contains(stderr, "flag provided but not defined") || !strings.Contains(stderr, "usage: downpour "+c.name) {
+			t.Errorf("%s --no-such-flag: exit %d, %q", c.name, code, stderr)
+		}
+	}
+}
