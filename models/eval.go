@@ -13,7 +13,8 @@ type EvalResult struct {
 	BLEU       float64 // corpus BLEU of the translations, 0-100
 	ExactMatch float64 // fraction of sentences translated exactly
 	Sentences  int
-	Counts     BLEU // the n-gram counts behind BLEU
+	Counts     BLEU      // the n-gram counts behind BLEU
+	Hyps       [][]int32 // each source's translation (nil for an empty source)
 }
 
 // EvalOptions tune Evaluate.
@@ -47,7 +48,7 @@ func Evaluate[T Float](m *Seq2Seq[T], src, tgt [][]int32, sp Special, o EvalOpti
 		byLen[len(s)] = append(byLen[len(s)], i)
 	}
 	sort.Ints(lens)
-	var res EvalResult
+	res := EvalResult{Hyps: make([][]int32, len(src))}
 	var bleu BLEU
 	var loss float64
 	var tokens, exact int
@@ -92,6 +93,7 @@ func Evaluate[T Float](m *Seq2Seq[T], src, tgt [][]int32, sp Special, o EvalOpti
 				hyps = m.Greedy(b.Src, l, n, sp, maxLen(l))
 			}
 			for c, i := range ids {
+				res.Hyps[i] = hyps[c]
 				if slices.Equal(hyps[c], tgt[i]) {
 					exact++
 				}

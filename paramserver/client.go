@@ -32,7 +32,19 @@ type Client struct {
 	// buffers for its subscriber (64 MB by default), and the server drops
 	// them as a slow consumer.
 	Window int
+	// Observe, when set, is told how long each push or pull message to a
+	// shard took from first send to reply (resends included), and how
+	// many bytes of floats it carried: for metrics. It must return at once.
+	Observe func(op Op, shard int, d time.Duration, bytes int)
 }
+
+// Op names a client's request kind, for Observe.
+type Op string
+
+const (
+	OpPush Op = "push"
+	OpPull Op = "pull"
+)
 
 // DefaultWindow is the default bound on requests in flight per client.
 const DefaultWindow = 16
@@ -236,6 +248,7 @@ func (c *Client) pull(ctx context.Context, g group, minClock int64, params []flo
 		return err
 	}
 	var r *wire.PullReply
+	start := time.Now()
 	for {
 		msg, err := c.request(ctx, wire.PullSubject(c.job, c.version, g.shard), data)
 		if err != nil {
@@ -259,7 +272,19 @@ func (c *Client) pull(ctx context.Context, g group, minClock int64, params []flo
 			return fmt.Errorf("pull from shard %d: block %d does not match the placement", g.shard, r.Blocks[i].ID)
 		}
 	}
+	c.observe(OpPull, g, start)
 	return nil
+}
+
+func (c *Client) observe(op Op, g group, start time.Time) {
+	if c.Observe == nil {
+		return
+	}
+	n := 0
+	for _, b := range g.blocks {
+		n += 4 * b.Len
+	}
+	c.Observe(op, g.shard, time.Since(start), n)
 }
 
 func (c *Client) push(ctx context.Context, g group, step int64, grads []float32) error {
@@ -270,11 +295,13 @@ func (c *Client) push(ctx context.Context, g group, step int64, grads []float32)
 	buf := getBuf()
 	defer putBuf(buf)
 	*buf = wire.AppendPush((*buf)[:0], req)
+	start := time.Now()
 	if refused, err := c.pushTo(ctx, g.shard, *buf); err != nil {
 		return err
 	} else if refused != nil {
 		return fmt.Errorf("push of step %d to shard %d refused: %w", step, g.shard, refused)
 	}
+	c.observe(OpPush, g, start)
 	return nil
 }
 

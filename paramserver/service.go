@@ -3,6 +3,7 @@ package paramserver
 import (
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -41,6 +42,20 @@ type ServiceConfig struct {
 	// OnSnapshot, when set, is called (from the writer goroutine) after a
 	// snapshot has been written and synced.
 	OnSnapshot func(path string, s *Snapshot)
+	// Observer, when set, is told of the service's traffic, for metrics.
+	Observer Observer
+}
+
+// Observer is told of a shard's traffic as it happens, for metrics. Its
+// methods are called on the message path and must return at once.
+type Observer interface {
+	// Refused: a message refused with kind.
+	Refused(kind wire.Kind)
+	// Pushed: a push accepted from a rank lag steps behind the fastest
+	// active rank (ssp and async; always 0 in sync mode).
+	Pushed(lag int64)
+	// SnapshotWritten: a snapshot of size bytes took d to write and sync.
+	SnapshotWritten(d time.Duration, bytes int64)
 }
 
 // Service serves one Shard on NATS: pushes on wire.PushSubject, pulls on
@@ -212,6 +227,9 @@ func (s *Service) SnapshotsWritten() int64 { return s.written.Load() }
 func (s *Service) count(err error) wire.Kind {
 	k := wire.ErrKind(err)
 	s.refused[k].Add(1)
+	if s.cfg.Observer != nil {
+		s.cfg.Observer.Refused(k)
+	}
 	s.cfg.Log.Warn("refused message", "shard", s.cfg.Shard, "kind", k, "err", err)
 	return k
 }
@@ -268,11 +286,18 @@ func (s *Service) onPush(m *nats.Msg) {
 	s.mu.Lock()
 	err = s.shard.Push(req)
 	clock := s.shard.Clock()
+	var lag int64
+	if err == nil && s.cfg.Observer != nil {
+		lag = s.shard.Lag(int(req.Rank))
+	}
 	s.drainLocked(&o)
 	s.mu.Unlock()
 	if err != nil {
 		s.refusal(m.Reply, &o, err, false)
 		return
+	}
+	if s.cfg.Observer != nil {
+		s.cfg.Observer.Pushed(lag)
 	}
 	if m.Reply != "" {
 		o.add(m.Reply, encode(&wire.Reply{V: wire.Version, Clock: clock}))
@@ -425,8 +450,16 @@ func (s *Service) write(snap *Snapshot) {
 		s.cfg.Log.Error("writing snapshot", "shard", s.cfg.Shard, "step", snap.Step, "err", err)
 		return
 	}
+	took := time.Since(start)
 	s.written.Add(1)
-	s.cfg.Log.Info("snapshot written", "shard", s.cfg.Shard, "step", snap.Step, "path", path, "took", time.Since(start))
+	s.cfg.Log.Info("snapshot written", "shard", s.cfg.Shard, "step", snap.Step, "path", path, "took", took)
+	if s.cfg.Observer != nil {
+		var size int64
+		if st, err := os.Stat(path); err == nil {
+			size = st.Size()
+		}
+		s.cfg.Observer.SnapshotWritten(took, size)
+	}
 	if s.cfg.OnSnapshot != nil {
 		s.cfg.OnSnapshot(path, snap)
 	}

@@ -6,6 +6,7 @@ import (
 	"io"
 	"log/slog"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"net"
 	"slices"
@@ -430,5 +431,114 @@ func TestServiceRefusesSupersededPlacements(t *testing.T) {
 	}
 	if st, n := svc.Stats(), int64(len(p.OnShard(0))); st.Accepted != n || st.Applied != n || svc.Clock() != 1 {
 		t.Fatalf("stats %+v, clock %d: the refused pushes changed something", st, svc.Clock())
+	}
+}
+
+// recorder is an Observer that keeps what it was told.
+type recorder struct {
+	mu      sync.Mutex
+	refused []wire.Kind
+	lags    []int64
+	snaps   []int64
+}
+
+func (r *recorder) Refused(k wire.Kind) { r.mu.Lock(); r.refused = append(r.refused, k); r.mu.Unlock() }
+func (r *recorder) Pushed(lag int64)    { r.mu.Lock(); r.lags = append(r.lags, lag); r.mu.Unlock() }
+func (r *recorder) SnapshotWritten(d time.Duration, n int64) {
+	r.mu.Lock()
+	r.snaps = append(r.snaps, n)
+	r.mu.Unlock()
+}
+
+// The metrics hooks see what happens: each accepted push with its rank's
+// clock lag, each refusal with its kind, each snapshot with its size; the
+// client's Observe sees every message to every shard with its bytes.
+func TestObserversSeeTraffic(t *testing.T) {
+	nc := startNATS(t, 0)
+	ts := []models.Tensor{{Name: "w", Shape: []int{1000}}}
+	p := Place(ts, 300, 2)
+	rec := &recorder{}
+	dir := t.TempDir()
+	shards := newShards(p, ShardConfig{Mode: Async, Ranks: 2, Optimizer: DefaultOptimizer("sgd", 0.1)})
+	svcs := serveAll(t, nc, shards[:1], ServiceConfig{Observer: rec, SnapshotDir: dir})
+	other, err := Serve(nc, shards[1], ServiceConfig{Job: "j", Shard: 1, Log: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(other.Close)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	type seen struct {
+		op    Op
+		shard int
+		bytes int
+	}
+	var mu sync.Mutex
+	got := map[seen]int{}
+	clients := make([]*Client, 2)
+	for r := range clients {
+		c, err := NewClient(nc, "j", p, r, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Observe = func(op Op, shard int, d time.Duration, bytes int) {
+			if d <= 0 {
+				t.Errorf("%s to shard %d took %v", op, shard, d)
+			}
+			mu.Lock()
+			got[seen{op, shard, bytes}]++
+			mu.Unlock()
+		}
+		clients[r] = c
+	}
+	g := make([]float32, p.Size())
+	w := make([]float32, p.Size())
+	for s := int64(0); s < 3; s++ { // rank 0 three steps ahead of rank 1
+		if err := clients[0].Push(ctx, s, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := clients[1].Push(ctx, 0, g); err != nil {
+		t.Fatal(err)
+	}
+	if err := clients[1].Pull(ctx, 0, w); err != nil {
+		t.Fatal(err)
+	}
+	for i := range g {
+		g[i] = float32(math.NaN())
+	}
+	if err := clients[1].Push(ctx, 1, g); err == nil {
+		t.Fatal("a NaN push was accepted")
+	}
+	// A snapshot of shard 0, through its subject.
+	req, _ := wire.Encode(&wire.SnapshotRequest{V: wire.Version, Job: "j", Step: 0})
+	if _, err := nc.Request(wire.SnapshotSubject("j", 1, 0), req, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for svcs[0].SnapshotsWritten() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	rec.mu.Lock()
+	defer rec.mu.Unlock()
+	if !slices.Equal(rec.lags, []int64{0, 0, 0, 2}) {
+		t.Errorf("lags %v, want 0, 0, 0 (rank 0 is the fastest) then 2 (rank 1, two steps behind it)", rec.lags)
+	}
+	if !slices.Equal(rec.refused, []wire.Kind{wire.NonFinite}) {
+		t.Errorf("refusals %v, want one non_finite", rec.refused)
+	}
+	if len(rec.snaps) != 1 || rec.snaps[0] <= 0 {
+		t.Errorf("snapshots %v, want one of some bytes", rec.snaps)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	for s := 0; s < 2; s++ {
+		n := 0
+		for _, b := range p.OnShard(s) {
+			n += 4 * b.Len
+		}
+		if got[seen{OpPush, s, n}] != 4 || got[seen{OpPull, s, n}] != 1 {
+			t.Errorf("shard %d: observed %v; want 4 pushes and 1 pull of %d bytes", s, got, n)
+		}
 	}
 }

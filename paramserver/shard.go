@@ -375,6 +375,22 @@ func (s *Shard) pushAsync(b *block, r int, step int64, data []byte, finite bool)
 // slowest is the clock of the slowest rank that bounds the staleness: any
 // rank, or (elastic) any active rank. With none active (bound reports
 // false), it is the furthest clock, where a rank that becomes active starts.
+// Lag is how many steps rank r is behind the fastest active rank (ssp and
+// async: the clock lag a bounded-staleness job bounds); 0 in sync mode,
+// where every rank pushes the same step.
+func (s *Shard) Lag(r int) int64 {
+	if s.cfg.Mode == Sync || r < 0 || r >= len(s.rankClock) {
+		return 0
+	}
+	fastest := s.rankClock[r]
+	for q, c := range s.rankClock {
+		if s.active[q] {
+			fastest = max(fastest, c)
+		}
+	}
+	return fastest - s.rankClock[r]
+}
+
 func (s *Shard) slowest() (clock int64, bound bool) {
 	if !s.cfg.Elastic {
 		return minOf(s.rankClock), true

@@ -186,3 +186,31 @@ func FuzzReadCorpus(f *testing.F) {
 		}
 	})
 }
+
+// SrcWords undoes SrcIDs: the sentence's words in its order, whether the job
+// reverses sources or not, for a corpus and for synthetic data.
+func TestSrcWordsUndoesSrcIDs(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.tsv")
+	os.WriteFile(path, []byte("the cat sat\tle chat\nthe dog ran\tle chien\na cat ran\tun chat\n"), 0o644)
+	for _, reverse := range []bool{false, true} {
+		for _, c := range []struct {
+			cfg      DataConfig
+			sentence string
+		}{
+			{DataConfig{Source: path, VocabMax: 20, Shards: 1, Reverse: reverse}, "the cat ran"},
+			{DataConfig{Source: "synthetic:copy", MinLen: 3, MaxLen: 5, Shards: 1, Reverse: reverse}, "3 1 4 1 5"},
+		} {
+			d, _, err := Open(c.cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			ids := d.SrcIDs(c.sentence)
+			if got := strings.Join(d.SrcWords(ids), " "); got != c.sentence {
+				t.Errorf("%s reverse=%v: SrcWords(SrcIDs(%q)) = %q", c.cfg.Source, reverse, c.sentence, got)
+			}
+			if reverse && len(ids) > 1 && ids[0] == ids[len(ids)-1] {
+				t.Fatalf("test sentence is a palindrome")
+			}
+		}
+	}
+}

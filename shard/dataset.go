@@ -5,6 +5,7 @@ import (
 	"hash/crc32"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -26,6 +27,9 @@ type Dataset interface {
 	SrcIDs(sentence string) []int32
 	// TgtWords decodes target ids.
 	TgtWords(ids []int32) []string
+	// SrcWords decodes source ids as the model reads them (SrcIDs's
+	// output) back into the sentence's order.
+	SrcWords(ids []int32) []string
 	// Tokenize splits a sentence as the data's tokenizer does.
 	Tokenize(sentence string) []string
 	// EncodePair encodes a tokenized pair as the model reads it.
@@ -126,6 +130,20 @@ func (d *corpusData) Tokenize(sentence string) []string { return d.tok(sentence)
 func (d *corpusData) EncodePair(p Pair) Example {
 	return Encode([]Pair{p}, d.src, d.tgt, d.cfg.Reverse)[0]
 }
+func (d *corpusData) SrcWords(ids []int32) []string {
+	return d.src.Decode(unreverse(ids, d.cfg.Reverse))
+}
+
+// unreverse returns ids in sentence order: reversed when reverse.
+func unreverse(ids []int32, reverse bool) []int32 {
+	if !reverse {
+		return ids
+	}
+	out := slices.Clone(ids)
+	slices.Reverse(out)
+	return out
+}
+
 func (d *corpusData) SrcIDs(sentence string) []int32 {
 	ids := d.src.IDs(d.tok(sentence))
 	if d.cfg.Reverse {
@@ -215,6 +233,10 @@ func (d *synthData) SrcIDs(sentence string) []int32 {
 		}
 	}
 	return ids
+}
+
+func (d *synthData) SrcWords(ids []int32) []string {
+	return d.TgtWords(unreverse(ids, d.cfg.Reverse)) // one alphabet of symbols
 }
 
 func (d *synthData) TgtWords(ids []int32) []string {

@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
@@ -55,6 +57,7 @@ func newGANTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.
 	if err != nil {
 		return nil, err
 	}
+	d.Observe, g.Observe = metrics.Client(spec.Name), metrics.Client(spec.Name)
 	t := &ganTrainer{cfg: cfg, spec: spec, a: a, d: d, g: g, model: models.NewGAN[float32](spec.GAN), gs: gs}
 	t.images = make([][][]float32, spec.Workers)
 	perm := rand.New(rand.NewPCG(spec.Seed, 0x6a4)).Perm(len(m.Train))
@@ -126,7 +129,12 @@ func (t *ganTrainer) step(ctx context.Context, s at) error {
 	t.loss += dLoss / float64(k)
 	t.aux += gLoss
 	t.steps++
-	t.nanos += time.Since(start).Nanoseconds()
+	took := time.Since(start)
+	t.nanos += took.Nanoseconds()
+	rank := strconv.Itoa(t.a.Rank)
+	metrics.WorkerSteps.WithLabelValues(t.spec.Name, rank).Inc()
+	metrics.StepSeconds.WithLabelValues(t.spec.Name, rank).Observe(took.Seconds())
+	metrics.WorkerLoss.WithLabelValues(t.spec.Name, rank).Set(dLoss / float64(k))
 	if rank, at := s.progress(t.spec, t.a.Rank); at%t.spec.LogEvery == 0 || s.Last {
 		data, _ := wire.Encode(&wire.Progress{V: wire.Version, Rank: rank, Step: at, Loss: t.loss, Aux: t.aux,
 			Tokens: t.steps, Nanos: t.nanos})

@@ -22,6 +22,7 @@ import (
 
 	"github.com/downpour-ml/downpour/coordinator"
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
@@ -360,6 +361,9 @@ func runTasks(ctx context.Context, cfg Config, spec *job.Spec, t interface {
 
 func newTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.Placement) (*trainer, error) {
 	client, err := paramserver.NewClient(cfg.NATS, spec.Name, p, a.Rank, a.Epoch)
+	if err == nil {
+		client.Observe = metrics.Client(spec.Name)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -485,7 +489,14 @@ func (t *trainer) step(ctx context.Context, s at) error {
 	}
 	t.loss += loss
 	t.tokens += int64(tokens)
-	t.nanos += time.Since(start).Nanoseconds()
+	took := time.Since(start)
+	t.nanos += took.Nanoseconds()
+	rank := strconv.Itoa(t.a.Rank)
+	metrics.WorkerSteps.WithLabelValues(t.spec.Name, rank).Inc()
+	metrics.StepSeconds.WithLabelValues(t.spec.Name, rank).Observe(took.Seconds())
+	if tokens > 0 {
+		metrics.WorkerLoss.WithLabelValues(t.spec.Name, rank).Set(loss / float64(tokens))
+	}
 	if rank, at := s.progress(t.spec, t.a.Rank); at%t.spec.LogEvery == 0 || s.Last {
 		data, _ := wire.Encode(&wire.Progress{V: wire.Version, Rank: rank, Step: at, Loss: t.loss,
 			Tokens: t.tokens, Nanos: t.nanos})

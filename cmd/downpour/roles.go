@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -223,14 +224,40 @@ func newScorer(spec *job.Spec, out string) (func(int64, []float32) (telemetry.Ev
 	if err != nil {
 		return nil, err
 	}
-	return func(_ int64, params []float32) (telemetry.EvalRecord, bool) {
+	if err := os.MkdirAll(filepath.Join(out, "translations"), 0o755); err != nil {
+		return nil, err
+	}
+	return func(step int64, params []float32) (telemetry.EvalRecord, bool) {
 		held := data.HeldOut()
 		if len(held) == 0 {
 			return telemetry.EvalRecord{}, false
 		}
 		r := evaluate(spec, data, params, held)
+		if err := writeTranslations(filepath.Join(out, "translations", fmt.Sprintf("step-%d.txt", step)), data, held, r.Hyps, translationsShown); err != nil {
+			slog.Warn("writing held-out translations", "err", err)
+		}
 		return telemetry.EvalRecord{EvalLoss: r.Loss, Perplexity: r.Perplexity, BLEU: r.BLEU, ExactMatch: r.ExactMatch, HeldOut: r.Sentences}, true
 	}, nil
+}
+
+// translationsShown is how many held-out translations each evaluation
+// writes beside their references.
+const translationsShown = 10
+
+// writeTranslations writes the first n held-out examples' sources,
+// references and translations (hyps, by example) to path, replacing it
+// atomically.
+func writeTranslations(path string, data shard.Dataset, held []shard.Example, hyps [][]int32, n int) error {
+	var b strings.Builder
+	for i, ex := range held[:min(n, len(held), len(hyps))] {
+		fmt.Fprintf(&b, "source:      %s\nreference:   %s\ntranslation: %s\n\n",
+			strings.Join(data.SrcWords(ex.Src), " "), strings.Join(data.TgtWords(ex.Tgt), " "), strings.Join(data.TgtWords(hyps[i]), " "))
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
 }
 
 // parzenMonitor is the during-training estimate: 1,000 samples from noise

@@ -43,10 +43,84 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer cli.Close()
-	keys := job.KeysFor(*name)
+	var nc *nats.Conn
+	if ep.nats != "" {
+		if nc, err = connectNATS(ep.nats, "status", ep.timeout); err != nil {
+			return err
+		}
+		defer nc.Close()
+	}
+	st, err := readStatus(ctx, cli, nc, *name)
+	if err != nil {
+		return fmt.Errorf("%w (etcd at %s)", err, ep.etcd)
+	}
+	return st.print(stdout)
+}
+
+// jobStatus is a job as etcd (and, given a NATS connection, its shards) know
+// it: what downpour status prints and the dashboard shows.
+type jobStatus struct {
+	Job        string                `json:"job"`
+	State      string                `json:"state"`
+	Model      string                `json:"model"`
+	Data       string                `json:"data"`
+	Mode       string                `json:"mode"`
+	Workers    int                   `json:"workers"`
+	Steps      int64                 `json:"steps"`
+	Leader     string                `json:"leader"`
+	Standby    []string              `json:"standby"`
+	Placement  placementStatus       `json:"placement"`
+	Checkpoint *job.CheckpointRecord `json:"checkpoint"`
+	Rollbacks  []rollbackStatus      `json:"rollbacks"`
+	Tasks      *taskStatus           `json:"tasks,omitempty"`
+	Members    []memberStatus        `json:"workers_now"`
+	Shards     []shardStatus         `json:"shards"`
+}
+
+type placementStatus struct {
+	Version   int64 `json:"version"`
+	Shards    int   `json:"shards"`
+	Blocks    int   `json:"blocks"`
+	BlockSize int   `json:"block_size"`
+	Start     int64 `json:"start"`
+}
+
+type rollbackStatus struct {
+	Placement int64  `json:"placement"`
+	Why       string `json:"why"`
+	From      int64  `json:"from_step"` // -1: unknown
+	To        int64  `json:"to_step"`
+}
+
+type taskStatus struct {
+	Todo, Pending, Done, Failed int
+	DataSteps                   int64 `json:"data_steps"`
+	Late                        int
+}
+
+type memberStatus struct {
+	ID        string `json:"id"`
+	Rank      string `json:"rank"` // "waiting" until assigned
+	Epoch     string `json:"epoch"`
+	LeaseLeft string `json:"lease_left"`
+	Done      bool   `json:"done"`
+	Task      string `json:"task"`
+}
+
+type shardStatus struct {
+	Shard     int    `json:"shard"`
+	Serving   string `json:"serving"` // the placement served, or "no process", "restoring"
+	Clock     string `json:"clock"`   // "" without NATS, "no answer"
+	LeaseLeft string `json:"lease_left"`
+}
+
+// readStatus reads job name's status; with nc, it also asks each shard for
+// its clock.
+func readStatus(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, name string) (*jobStatus, error) {
+	keys := job.KeysFor(name)
 	r, err := cli.Get(ctx, keys.Root(), clientv3.WithPrefix())
 	if err != nil {
-		return fmt.Errorf("reading job %s: %w", *name, err)
+		return nil, fmt.Errorf("reading job %s: %w", name, err)
 	}
 	kvs := map[string][]byte{}
 	leases := map[string]clientv3.LeaseID{}
@@ -64,15 +138,15 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 	}
 	if kvs[keys.Spec()] == nil {
-		return fmt.Errorf("job %s: not in etcd at %s", *name, ep.etcd)
+		return nil, fmt.Errorf("job %s: not in etcd", name)
 	}
 	spec, err := job.DecodeSpec(kvs[keys.Spec()])
 	if err != nil {
-		return err
+		return nil, err
 	}
 	p, err := paramserver.DecodePlacement(kvs[keys.Placement()])
 	if err != nil {
-		return err
+		return nil, err
 	}
 	left := func(k string) string {
 		id := leases[k]
@@ -85,52 +159,37 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		return fmt.Sprintf("%ds of %ds", ttl.TTL, ttl.GrantedTTL)
 	}
-	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
-	state := string(kvs[keys.State()])
-	fmt.Fprintf(w, "job %s: %s; %s %s, %d workers, %d steps, mode %s\n", spec.Name, state, spec.Model, spec.Data, spec.Workers, spec.Steps, spec.Mode)
+	st := &jobStatus{Job: spec.Name, State: string(kvs[keys.State()]), Model: spec.Model, Data: spec.Data, Mode: spec.Mode,
+		Workers: spec.Workers, Steps: spec.Steps, Standby: []string{}, Rollbacks: []rollbackStatus{}, Members: []memberStatus{},
+		Placement: placementStatus{Version: p.Version, Shards: p.Shards, Blocks: len(p.Blocks), BlockSize: p.BlockSize, Start: p.Start}}
 	sort.Slice(cands, func(i, j int) bool { return cands[i].rev < cands[j].rev })
-	switch len(cands) {
-	case 0:
-		fmt.Fprintln(w, "leader: none")
-	default:
-		var standby []string
-		for _, c := range cands[1:] {
-			standby = append(standby, c.id)
+	for i, c := range cands {
+		if i == 0 {
+			st.Leader = c.id
+		} else {
+			st.Standby = append(st.Standby, c.id)
 		}
-		fmt.Fprintf(w, "leader: %s; standby: %s\n", cands[0].id, orNone(strings.Join(standby, ", ")))
 	}
-	fmt.Fprintf(w, "placement: version %d, %d shards, %d blocks of up to %d floats, from step %d\n", p.Version, p.Shards, len(p.Blocks), p.BlockSize, p.Start)
 	var cp job.CheckpointRecord
 	if b := kvs[keys.Checkpoint()]; b != nil && json.Unmarshal(b, &cp) == nil {
-		fmt.Fprintf(w, "last complete checkpoint: step %d (placement %d)\n", cp.Step, cp.Placement)
-	} else {
-		fmt.Fprintln(w, "last complete checkpoint: none")
+		st.Checkpoint = &cp
 	}
-	var rbs []job.RollbackRecord
 	for k, v := range kvs {
 		var rb job.RollbackRecord
 		if strings.HasPrefix(k, keys.Rollbacks()) && json.Unmarshal(v, &rb) == nil {
-			rbs = append(rbs, rb)
+			st.Rollbacks = append(st.Rollbacks, rollbackStatus{Placement: rb.Placement, Why: rb.Why, From: rb.FromStep, To: rb.ToStep})
 		}
 	}
-	sort.Slice(rbs, func(i, j int) bool { return rbs[i].Placement < rbs[j].Placement })
-	for _, rb := range rbs {
-		from := "?"
-		if rb.FromStep >= 0 {
-			from = fmt.Sprint(rb.FromStep)
-		}
-		fmt.Fprintf(w, "re-placed (placement %d): %s; from step %s back to %d\n", rb.Placement, rb.Why, from, rb.ToStep)
-	}
+	sort.Slice(st.Rollbacks, func(i, j int) bool { return st.Rollbacks[i].Placement < st.Rollbacks[j].Placement })
 	if b := kvs[keys.Tasks()]; b != nil {
 		q, err := coordinator.DecodeTasks(b)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		c := q.Count()
-		fmt.Fprintf(w, "tasks: %d todo, %d pending, %d done, %d failed; %d data steps done; %d late reports\n",
-			c[coordinator.TaskTodo], c[coordinator.TaskPending], c[coordinator.TaskDone], c[coordinator.TaskFailed], q.DoneSteps(), q.Late)
+		st.Tasks = &taskStatus{Todo: c[coordinator.TaskTodo], Pending: c[coordinator.TaskPending], Done: c[coordinator.TaskDone],
+			Failed: c[coordinator.TaskFailed], DataSteps: q.DoneSteps(), Late: q.Late}
 	}
-	fmt.Fprintln(w, "\nworker\trank\tepoch\tlease left\tdone\ttask")
 	var ids []string
 	for k := range kvs {
 		if id, ok := strings.CutPrefix(k, keys.Workers()); ok {
@@ -139,29 +198,21 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	sort.Strings(ids)
 	for _, id := range ids {
-		rank, epoch, done := "waiting", "-", ""
+		m := memberStatus{ID: id, Rank: "waiting", Epoch: "-", Task: "-", LeaseLeft: left(keys.Worker(id))}
 		var a job.Assignment
 		if b := kvs[keys.Assign(id)]; b != nil && json.Unmarshal(b, &a) == nil {
-			rank, epoch = fmt.Sprint(a.Rank), fmt.Sprint(a.Epoch)
-			if kvs[keys.Done(a.Rank)] != nil {
-				done = "yes"
-			}
+			m.Rank, m.Epoch = fmt.Sprint(a.Rank), fmt.Sprint(a.Epoch)
+			m.Done = kvs[keys.Done(a.Rank)] != nil
 		}
-		task := "-"
 		var tk coordinator.Task
 		if b := kvs[keys.TaskOf(id)]; b != nil && json.Unmarshal(b, &tk) == nil && tk.ID >= 0 {
-			task = fmt.Sprintf("%d (shard %d, steps %d-%d)", tk.ID, tk.Shard, tk.From, tk.To)
+			m.Task = fmt.Sprintf("%d (shard %d, steps %d-%d)", tk.ID, tk.Shard, tk.From, tk.To)
 		}
-		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", id, rank, epoch, left(keys.Worker(id)), orNone(done), task)
+		st.Members = append(st.Members, m)
 	}
 	// The shards' clocks, from the shards themselves.
 	clocks := map[int]string{}
-	if ep.nats != "" {
-		nc, err := connectNATS(ep.nats, "status", ep.timeout)
-		if err != nil {
-			return err
-		}
-		defer nc.Close()
+	if nc != nil {
 		for s, c := range shardClocks(ctx, nc, spec.Name, p, 2*time.Second) {
 			clocks[s] = "no answer"
 			if c >= 0 {
@@ -169,7 +220,6 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			}
 		}
 	}
-	fmt.Fprintln(w, "\nshard\tserving placement\tclock\tlease left")
 	for s := 0; s < p.Shards; s++ {
 		k := keys.Shard(s)
 		serving := "-"
@@ -181,7 +231,49 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		} else {
 			serving = "restoring"
 		}
-		fmt.Fprintf(w, "%d\t%s\t%s\t%s\n", s, serving, orNone(clocks[s]), left(k))
+		st.Shards = append(st.Shards, shardStatus{Shard: s, Serving: serving, Clock: clocks[s], LeaseLeft: left(k)})
+	}
+	return st, nil
+}
+
+// print writes st as downpour status shows it.
+func (st *jobStatus) print(stdout io.Writer) error {
+	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "job %s: %s; %s %s, %d workers, %d steps, mode %s\n", st.Job, st.State, st.Model, st.Data, st.Workers, st.Steps, st.Mode)
+	if st.Leader == "" {
+		fmt.Fprintln(w, "leader: none")
+	} else {
+		fmt.Fprintf(w, "leader: %s; standby: %s\n", st.Leader, orNone(strings.Join(st.Standby, ", ")))
+	}
+	p := st.Placement
+	fmt.Fprintf(w, "placement: version %d, %d shards, %d blocks of up to %d floats, from step %d\n", p.Version, p.Shards, p.Blocks, p.BlockSize, p.Start)
+	if st.Checkpoint != nil {
+		fmt.Fprintf(w, "last complete checkpoint: step %d (placement %d)\n", st.Checkpoint.Step, st.Checkpoint.Placement)
+	} else {
+		fmt.Fprintln(w, "last complete checkpoint: none")
+	}
+	for _, rb := range st.Rollbacks {
+		from := "?"
+		if rb.From >= 0 {
+			from = fmt.Sprint(rb.From)
+		}
+		fmt.Fprintf(w, "re-placed (placement %d): %s; from step %s back to %d\n", rb.Placement, rb.Why, from, rb.To)
+	}
+	if t := st.Tasks; t != nil {
+		fmt.Fprintf(w, "tasks: %d todo, %d pending, %d done, %d failed; %d data steps done; %d late reports\n",
+			t.Todo, t.Pending, t.Done, t.Failed, t.DataSteps, t.Late)
+	}
+	fmt.Fprintln(w, "\nworker\trank\tepoch\tlease left\tdone\ttask")
+	for _, m := range st.Members {
+		done := ""
+		if m.Done {
+			done = "yes"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Rank, m.Epoch, m.LeaseLeft, orNone(done), m.Task)
+	}
+	fmt.Fprintln(w, "\nshard\tserving placement\tclock\tlease left")
+	for _, s := range st.Shards {
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\n", s.Shard, s.Serving, orNone(s.Clock), s.LeaseLeft)
 	}
 	return w.Flush()
 }

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/downpour-ml/downpour/internal/metrics"
 )
 
 // Lease is an etcd lease kept alive until Close, under which a process
@@ -51,9 +53,14 @@ func (l *Lease) keep(ctx context.Context, ch <-chan *clientv3.LeaseKeepAliveResp
 	for {
 		for range ch {
 			last = time.Now()
+			metrics.LeaseRenewals.Inc()
 		}
 		for ch = nil; ch == nil; {
-			if ctx.Err() != nil || time.Since(last) > 3*ttl+10*time.Second {
+			if ctx.Err() != nil {
+				return
+			}
+			if time.Since(last) > 3*ttl+10*time.Second {
+				metrics.LeasesLost.Inc()
 				return
 			}
 			qctx, cancel := context.WithTimeout(ctx, time.Second)
@@ -61,6 +68,7 @@ func (l *Lease) keep(ctx context.Context, ch <-chan *clientv3.LeaseKeepAliveResp
 			cancel()
 			switch {
 			case err == nil && r.TTL < 0:
+				metrics.LeasesLost.Inc()
 				return // expired or revoked (TTL -1; 0 is less than a second left)
 			case err == nil:
 				last = time.Now()

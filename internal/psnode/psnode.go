@@ -17,6 +17,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
@@ -124,7 +125,7 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *paramserver.Pl
 		return nil, fmt.Errorf("shard %d: %w", idx, err)
 	}
 	shard.Fence(p.Epochs)
-	svcCfg := paramserver.ServiceConfig{Job: spec.Name, Shard: idx, Placement: p.Version, Log: log}
+	svcCfg := paramserver.ServiceConfig{Job: spec.Name, Shard: idx, Placement: p.Version, Log: log, Observer: metrics.Shard(spec.Name, idx)}
 	if cfg.DataDir != "" {
 		svcCfg.SnapshotDir = filepath.Join(cfg.DataDir, "snapshots")
 		if err := os.MkdirAll(svcCfg.SnapshotDir, 0o755); err != nil {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/downpour-ml/downpour/internal/wire"
 )
 
@@ -35,6 +36,7 @@ type Record struct {
 // Collector subscribes to a job's progress and writes a Record once every
 // rank has reported a step.
 type Collector struct {
+	job     string
 	ranks   int
 	steps   int64
 	start   time.Time
@@ -62,7 +64,7 @@ func NewCollector(nc *nats.Conn, job string, ranks int, steps int64, path string
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
-	c := &Collector{ranks: ranks, steps: steps, start: time.Now(), console: console, file: f,
+	c := &Collector{job: job, ranks: ranks, steps: steps, start: time.Now(), console: console, file: f,
 		enc: json.NewEncoder(f), pending: map[int64]*Record{}, lastTime: time.Now()}
 	c.sub, err = nc.Subscribe(wire.ProgressSubject(job), c.onProgress)
 	if err == nil {
@@ -119,6 +121,9 @@ func (c *Collector) onProgress(m *nats.Msg) {
 	}
 	c.last, c.lastTime = r, now
 	c.records++
+	metrics.JobStep.WithLabelValues(c.job).Set(float64(r.Step))
+	metrics.JobLoss.WithLabelValues(c.job).Set(r.Loss)
+	metrics.JobStepsPerSec.WithLabelValues(c.job).Set(r.StepsPerSec)
 	if err := c.enc.Encode(r); err != nil && c.err == nil {
 		c.err = err
 	}
@@ -161,6 +166,13 @@ func (c *Collector) WriteEval(r EvalRecord) {
 		return
 	}
 	c.evals = append(c.evals, r)
+	if r.Samples > 0 {
+		metrics.JobEval.WithLabelValues(c.job, "parzen").Set(r.Parzen)
+	} else {
+		metrics.JobEval.WithLabelValues(c.job, "loss").Set(r.EvalLoss)
+		metrics.JobEval.WithLabelValues(c.job, "bleu").Set(r.BLEU)
+		metrics.JobEval.WithLabelValues(c.job, "exact_match").Set(r.ExactMatch)
+	}
 	if err := c.enc.Encode(r); err != nil && c.err == nil {
 		c.err = err
 	}

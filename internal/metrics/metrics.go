@@ -1,0 +1,175 @@
+// Package metrics holds the Prometheus metrics every downpour role serves
+// (on /metrics of its --http address) and the hooks that feed them. The
+// metrics are process-wide, as Prometheus clients' are: a process running
+// several roles (downpour train) tells them apart by their labels.
+package metrics
+
+import (
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/downpour-ml/downpour/internal/wire"
+	"github.com/downpour-ml/downpour/paramserver"
+)
+
+// Registry holds every downpour metric, the Go runtime's and the process's.
+var Registry = prometheus.NewRegistry()
+
+// latency buckets: a push or pull message takes from a fraction of a
+// millisecond (a small block set on loopback) to seconds (a held pull).
+var latency = prometheus.ExponentialBuckets(0.0005, 2, 14) // 0.5 ms .. 4 s
+
+var (
+	// Workers.
+	WorkerSteps = counterVec("downpour_worker_steps_total", "Training steps a worker has finished.", "job", "rank")
+	WorkerLoss  = gaugeVec("downpour_worker_loss", "A worker's mean training loss over its last step (per target token; GAN: the discriminator's).", "job", "rank")
+	StepSeconds = histogramVec("downpour_worker_step_seconds", "Wall time of a worker's training step: compute, and the push and pull it waits for.",
+		prometheus.ExponentialBuckets(0.001, 2, 16), "job", "rank")
+	RequestSeconds = histogramVec("downpour_client_request_seconds", "Time from sending a push or pull message to a shard to its reply, resends included.",
+		latency, "job", "op", "shard")
+	RequestBytes = counterVec("downpour_client_payload_bytes_total", "Bytes of parameters and gradients moved by pushes and pulls, by shard.", "job", "op", "shard")
+
+	// Shards.
+	ShardLag = histogramVec("downpour_ps_clock_lag_steps", "At each accepted push, how many steps its rank is behind the fastest active rank (ssp, async; 0 in sync mode).",
+		[]float64{0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64}, "job", "shard")
+	ShardPushes   = counterVec("downpour_ps_pushes_total", "Pushes a shard accepted (resends included).", "job", "shard")
+	ShardRefused  = counterVec("downpour_ps_refused_total", "Messages a shard refused, by error kind.", "job", "shard", "kind")
+	SnapshotTime  = histogramVec("downpour_ps_snapshot_seconds", "Time to write and sync a shard's snapshot (checkpoint) file.", prometheus.ExponentialBuckets(0.001, 2, 16), "job", "shard")
+	SnapshotBytes = gaugeVec("downpour_ps_snapshot_bytes", "Size of a shard's last snapshot file.", "job", "shard")
+
+	// The job, as the coordinator's collector sees it.
+	JobStep        = gaugeVec("downpour_job_step", "The last step every rank has reported.", "job")
+	JobLoss        = gaugeVec("downpour_job_loss", "Mean training loss over the ranks, at the last reported step.", "job")
+	JobStepsPerSec = gaugeVec("downpour_job_steps_per_second", "Steps per second between the last two reports.", "job")
+	JobEval        = gaugeVec("downpour_job_eval", "The last evaluation's values (held-out loss, BLEU, exact match; GAN: the Parzen estimate).", "job", "metric")
+
+	// Leases.
+	LeaseRenewals = counter("downpour_lease_renewals_total", "etcd lease keep-alives answered, over every lease of this process.")
+	LeasesLost    = counter("downpour_leases_lost_total", "Leases this process lost (expired, revoked or unreachable for too long).")
+)
+
+func counter(name, help string) prometheus.Counter {
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+	Registry.MustRegister(c)
+	return c
+}
+
+func counterVec(name, help string, labels ...string) *prometheus.CounterVec {
+	c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, labels)
+	Registry.MustRegister(c)
+	return c
+}
+
+func gaugeVec(name, help string, labels ...string) *prometheus.GaugeVec {
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, labels)
+	Registry.MustRegister(g)
+	return g
+}
+
+func histogramVec(name, help string, buckets []float64, labels ...string) *prometheus.HistogramVec {
+	h := prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets}, labels)
+	Registry.MustRegister(h)
+	return h
+}
+
+func init() {
+	Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), conns)
+}
+
+// Handler serves the registry in Prometheus's text format.
+func Handler() http.Handler {
+	return promhttp.HandlerFor(Registry, promhttp.HandlerOpts{Registry: Registry})
+}
+
+// connStats reports the bytes and messages of the NATS connections Watch
+// was given, by role.
+type connStats struct {
+	mu    sync.Mutex
+	conns map[*nats.Conn]string
+	gone  map[string]nats.Statistics // closed connections' last counts, by role
+}
+
+var conns = &connStats{conns: map[*nats.Conn]string{}, gone: map[string]nats.Statistics{}}
+
+var (
+	bytesDesc = prometheus.NewDesc("downpour_nats_bytes_total", "Bytes a role sent to and received from NATS.", []string{"role", "direction"}, nil)
+	msgsDesc  = prometheus.NewDesc("downpour_nats_messages_total", "Messages a role sent to and received from NATS.", []string{"role", "direction"}, nil)
+)
+
+func (c *connStats) Describe(ch chan<- *prometheus.Desc) { ch <- bytesDesc; ch <- msgsDesc }
+
+func (c *connStats) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	sum := map[string]nats.Statistics{}
+	for role, st := range c.gone {
+		sum[role] = st
+	}
+	for nc, role := range c.conns {
+		st := nc.Stats()
+		if nc.IsClosed() {
+			delete(c.conns, nc)
+			c.gone[role] = add(c.gone[role], st)
+		}
+		sum[role] = add(sum[role], st)
+	}
+	c.mu.Unlock()
+	for role, st := range sum {
+		ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(st.OutBytes), role, "out")
+		ch <- prometheus.MustNewConstMetric(bytesDesc, prometheus.CounterValue, float64(st.InBytes), role, "in")
+		ch <- prometheus.MustNewConstMetric(msgsDesc, prometheus.CounterValue, float64(st.OutMsgs), role, "out")
+		ch <- prometheus.MustNewConstMetric(msgsDesc, prometheus.CounterValue, float64(st.InMsgs), role, "in")
+	}
+}
+
+func add(a, b nats.Statistics) nats.Statistics {
+	return nats.Statistics{InMsgs: a.InMsgs + b.InMsgs, OutMsgs: a.OutMsgs + b.OutMsgs, InBytes: a.InBytes + b.InBytes, OutBytes: a.OutBytes + b.OutBytes}
+}
+
+// Watch counts nc's traffic under role ("worker", "ps", "coordinator"):
+// connections of one role add up.
+func Watch(nc *nats.Conn, role string) {
+	conns.mu.Lock()
+	conns.conns[nc] = role
+	conns.mu.Unlock()
+}
+
+// Shard is the Observer of shard of job.
+func Shard(job string, shard int) paramserver.Observer {
+	s := strconv.Itoa(shard)
+	return &shardObserver{job: job, shard: s,
+		lag: ShardLag.WithLabelValues(job, s), pushes: ShardPushes.WithLabelValues(job, s),
+		snapTime: SnapshotTime.WithLabelValues(job, s), snapBytes: SnapshotBytes.WithLabelValues(job, s)}
+}
+
+type shardObserver struct {
+	job, shard string
+	lag        prometheus.Observer
+	pushes     prometheus.Counter
+	snapTime   prometheus.Observer
+	snapBytes  prometheus.Gauge
+}
+
+func (o *shardObserver) Refused(k wire.Kind) {
+	ShardRefused.WithLabelValues(o.job, o.shard, k.String()).Inc()
+}
+func (o *shardObserver) Pushed(lag int64) { o.pushes.Inc(); o.lag.Observe(float64(lag)) }
+func (o *shardObserver) SnapshotWritten(d time.Duration, bytes int64) {
+	o.snapTime.Observe(d.Seconds())
+	o.snapBytes.Set(float64(bytes))
+}
+
+// Client returns an Observe hook for a paramserver.Client of job.
+func Client(job string) func(op paramserver.Op, shard int, d time.Duration, bytes int) {
+	return func(op paramserver.Op, shard int, d time.Duration, bytes int) {
+		s := strconv.Itoa(shard)
+		RequestSeconds.WithLabelValues(job, string(op), s).Observe(d.Seconds())
+		RequestBytes.WithLabelValues(job, string(op), s).Add(float64(bytes))
+	}
+}
