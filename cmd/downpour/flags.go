@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/config"
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/downpour-ml/downpour/paramserver"
 )
 
@@ -266,11 +268,13 @@ func (j *jobFlags) printConfig(w io.Writer) error {
 
 // endpoints are the cluster flags every role has.
 type endpoints struct {
-	nats    string
-	etcd    string
-	timeout time.Duration
-	giveUp  time.Duration
-	verbose bool
+	nats      string
+	etcd      string
+	timeout   time.Duration
+	giveUp    time.Duration
+	verbose   bool
+	logFormat string
+	http      string // the roles' dashboard and metrics address ("" for none)
 }
 
 func endpointFlags(fs *flag.FlagSet, e *endpoints) {
@@ -279,6 +283,37 @@ func endpointFlags(fs *flag.FlagSet, e *endpoints) {
 	fs.DurationVar(&e.timeout, "connect-timeout", 5*time.Second, "how long to wait for NATS and etcd to answer")
 	fs.DurationVar(&e.giveUp, "give-up", 2*time.Minute, "how long to keep reconnecting to NATS before giving up with an error")
 	fs.BoolVar(&e.verbose, "v", false, "log every role's progress (info level)")
+	e.logFormat = "text"
+	fs.Var(choice{&e.logFormat, []string{"text", "json"}}, "log-format", "log lines as text (key=value) or json (one object per line)")
+}
+
+// choice is a string flag that takes one of a few words.
+type choice struct {
+	v       *string
+	allowed []string
+}
+
+func (c choice) String() string {
+	if c.v == nil {
+		return ""
+	}
+	return *c.v
+}
+
+func (c choice) Set(s string) error {
+	if !slices.Contains(c.allowed, s) {
+		return fmt.Errorf("use %s", strings.Join(c.allowed, " or "))
+	}
+	*c.v = s
+	return nil
+}
+
+func (c choice) Get() any { return c.String() }
+
+// httpFlag binds --http, the address a role serves its dashboard and
+// Prometheus metrics on.
+func httpFlag(fs *flag.FlagSet, e *endpoints) {
+	fs.StringVar(&e.http, "http", "127.0.0.1:0", "serve the dashboard and Prometheus metrics (/metrics) on this address (port 0: any free port; empty: none)")
 }
 
 func (e *endpoints) require(cmd string, stderr io.Writer) error {
@@ -294,7 +329,24 @@ func (e *endpoints) logger(stderr io.Writer) *slog.Logger {
 	if e.verbose {
 		level = slog.LevelInfo
 	}
-	return slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
+	opts := &slog.HandlerOptions{Level: level}
+	if e.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(stderr, opts))
+}
+
+// startDashboard serves d on e.http (when set) and says where on stdout.
+func (e *endpoints) startDashboard(ctx context.Context, d *dashboard, stdout io.Writer, log *slog.Logger) (stop func(), err error) {
+	if e.http == "" {
+		return func() {}, nil
+	}
+	url, stop, err := serveDashboard(ctx, e.http, d, log)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(stdout, "dashboard: %s  (Prometheus metrics: %smetrics)\n", url, url)
+	return stop, nil
 }
 
 // connectNATS opens a NATS connection named after the role; an unreachable
@@ -305,6 +357,7 @@ func connectNATS(url, name string, timeout time.Duration) (*nats.Conn, error) {
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach NATS at %s (is it running? check --nats): %w", url, err)
 	}
+	metrics.Watch(nc, strings.Fields(name)[0]) // "ps 1" counts as ps
 	return nc, nil
 }
 

@@ -250,6 +250,8 @@ func TestBadUsage(t *testing.T) {
 		{[]string{"eval", "--checkpoint", "x", "--beam", "0"}, 2, "needs --checkpoint"},
 		{[]string{"train", "--tokenizer", "moses"}, 2, "tokenizer"},
 		{[]string{"train", "--model", "transformer"}, 2, "model \"transformer\""},
+		{[]string{"train", "--log-format", "xml"}, 2, "use text or json"},
+		{[]string{"ps", "--log-format", "yaml"}, 2, "use text or json"},
 	} {
 		code, _, stderr := runCmd(t, 10*time.Second, c.args...)
 		if code != c.code || !strings.Contains(stderr, c.says) {

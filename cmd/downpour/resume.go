@@ -75,7 +75,7 @@ func findResumable(ctx context.Context, cli *clientv3.Client, name string) (job.
 // onlyResumeFlags refuses job flags beside --resume: a resumed job keeps the
 // spec it was started with.
 func onlyResumeFlags(fs *flag.FlagSet) error {
-	allowed := map[string]bool{"resume": true, "job": true, "nats": true, "etcd": true, "connect-timeout": true, "v": true, "out": true}
+	allowed := map[string]bool{"resume": true, "job": true, "nats": true, "etcd": true, "connect-timeout": true, "v": true, "out": true, "http": true, "log-format": true, "give-up": true}
 	var bad []string
 	fs.Visit(func(f *flag.Flag) {
 		if !allowed[f.Name] {

@@ -368,6 +368,7 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	jf := specFlags(fs, &spec, args)
 	var ep endpoints
 	endpointFlags(fs, &ep)
+	httpFlag(fs, &ep)
 	out := fs.String("out", "", "run directory for metrics.jsonl and the final checkpoint (default runs/<job>-<time>)")
 	resume := fs.Bool("resume", false, "continue the stopped job --job from its last complete checkpoint, as it was started (its spec is in etcd); --out may hold its earlier run")
 	if err := jf.parse(args, stderr, "downpour coordinator --nats nats://127.0.0.1:4222 --etcd http://127.0.0.1:2379 --job demo --workers 2 --ps-shards 2"); err != nil {
@@ -434,6 +435,12 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	wctx, stop := watchNATS(ctx, nc, ep.giveUp, log)
 	defer stop()
+	spe, _ := spec.StepsPerEpoch()
+	stopDash, err := ep.startDashboard(ctx, &dashboard{job: spec.Name, role: "coordinator", cli: cli, nc: nc, runDir: *out, stepsPerEpoch: spe}, stdout, log)
+	if err != nil {
+		return err
+	}
+	defer stopDash()
 	_, err = coordinate(wctx, cli, nc, spec, *out, rp, stdout, log)
 	err = natsCause(wctx, err)
 	if errors.Is(err, coordinator.ErrJobDone) {
@@ -451,6 +458,7 @@ func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ps", flag.ContinueOnError)
 	var ep endpoints
 	endpointFlags(fs, &ep)
+	httpFlag(fs, &ep)
 	name := fs.String("job", "demo", "job to serve")
 	shard := fs.Int("shard", -1, "shard index to serve (-1: the lowest free one)")
 	dataDir := fs.String("data-dir", "", "directory for the shard's snapshots (needed when the job checkpoints)")
@@ -476,6 +484,11 @@ func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	log := ep.logger(stderr)
 	wctx, stop := watchNATS(ctx, nc, ep.giveUp, log)
 	defer stop()
+	stopDash, err := ep.startDashboard(ctx, &dashboard{job: *name, role: "ps", cli: cli, nc: nc}, stdout, log)
+	if err != nil {
+		return err
+	}
+	defer stopDash()
 	return natsCause(wctx, psnode.Run(wctx, psnode.Config{Job: *name, NATS: nc, Etcd: cli, Log: log, Shard: *shard,
 		DataDir: *dataDir, Restore: *restore, LeaseTTL: *ttl, WaitTimeout: *wait,
 		Ready: func(i int, _ *paramserver.Service) { fmt.Fprintf(stdout, "serving shard %d of job %s\n", i, *name) }}))
@@ -485,6 +498,7 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
 	var ep endpoints
 	endpointFlags(fs, &ep)
+	httpFlag(fs, &ep)
 	name := fs.String("job", "demo", "job to join")
 	id := fs.String("id", "", "worker id, unique in the job (default host-pid-time)")
 	ttl := fs.Int64("lease-ttl", 10, "seconds without a heartbeat after which the job gives this worker up")
@@ -508,6 +522,11 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	log := ep.logger(stderr)
 	wctx, stop := watchNATS(ctx, nc, ep.giveUp, log)
 	defer stop()
+	stopDash, err := ep.startDashboard(ctx, &dashboard{job: *name, role: "worker", cli: cli, nc: nc}, stdout, log)
+	if err != nil {
+		return err
+	}
+	defer stopDash()
 	err = worker.Run(wctx, worker.Config{Job: *name, ID: *id, NATS: nc, Etcd: cli, Log: log, LeaseTTL: *ttl, WaitTimeout: *wait})
 	if err := natsCause(wctx, err); err != nil {
 		return err

@@ -34,6 +34,7 @@ func newTrainFlags(args []string) *trainFlags {
 	t := &trainFlags{fs: flag.NewFlagSet("train", flag.ContinueOnError), spec: job.Default()}
 	t.jf = specFlags(t.fs, &t.spec, args)
 	endpointFlags(t.fs, &t.ep)
+	httpFlag(t.fs, &t.ep)
 	t.out = t.fs.String("out", "", "run directory (default runs/<job>-<time>)")
 	t.resume = t.fs.String("resume", "", "continue the stopped run in this directory from its last complete checkpoint (the job is as it was started)")
 	return t
@@ -88,7 +89,21 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "training job %s: %s, %d workers, %d ps shards, %d steps, mode %s; run directory %s\n",
 		spec.Name, what, spec.Workers, spec.Shards, spec.Steps, spec.Mode, *out)
-	first, last, err := trainAll(ctx, *spec, *ep, *out, nil, stdout, log)
+	stopDash, err := dashboardFor(ctx, "train", *spec, *ep, *out, stdout, log)
+	if err != nil {
+		return err
+	}
+	defer stopDash()
+	console := io.Writer(stdout)
+	if isTerminal(stdout) {
+		bar := newProgressBar(stdout, spec.Steps, 0)
+		console = bar
+		defer bar.Close() // on error; after success it is closed below
+	}
+	first, last, err := trainAll(ctx, *spec, *ep, *out, nil, console, log)
+	if bar, ok := console.(*progressBar); ok {
+		bar.Close()
+	}
 	if err != nil {
 		return err
 	}
@@ -97,6 +112,32 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			time.Since(start).Seconds(), first.Loss, last.Loss, filepath.Join(*out, "checkpoint", "final.ckpt"))
 	}
 	return nil
+}
+
+// dashboardFor serves the dashboard of spec's job for a process that
+// connects to the job with connections of its own (train, which runs every
+// role in the process).
+func dashboardFor(ctx context.Context, role string, spec job.Spec, ep endpoints, out string, stdout io.Writer, log *slog.Logger) (stop func(), err error) {
+	if ep.http == "" {
+		return func() {}, nil
+	}
+	cli, err := connectEtcd(ctx, ep.etcd, ep.timeout)
+	if err != nil {
+		return nil, err
+	}
+	nc, err := connectNATS(ep.nats, "dashboard", ep.timeout)
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	spe, _ := spec.StepsPerEpoch()
+	stopServing, err := ep.startDashboard(ctx, &dashboard{job: spec.Name, role: role, cli: cli, nc: nc, runDir: out, stepsPerEpoch: spe}, stdout, log)
+	if err != nil {
+		nc.Close()
+		cli.Close()
+		return nil, err
+	}
+	return func() { stopServing(); nc.Close(); cli.Close() }, nil
 }
 
 // printJob prints the effective job of a command line (--print-config), once
@@ -145,7 +186,21 @@ func resumeTrain(ctx context.Context, out, name string, ep endpoints, stdout, st
 	}
 	fmt.Fprintf(stdout, "resuming job %s at step %d of %d: %d workers, %d ps shards, mode %s; run directory %s\n",
 		spec.Name, rp.from, spec.Steps, spec.Workers, rp.shards, spec.Mode, out)
-	first, last, err := trainAll(ctx, spec, ep, out, &rp, stdout, log)
+	stopDash, err := dashboardFor(ctx, "train", spec, ep, out, stdout, log)
+	if err != nil {
+		return err
+	}
+	defer stopDash()
+	console := io.Writer(stdout)
+	if isTerminal(stdout) {
+		bar := newProgressBar(stdout, spec.Steps, rp.from)
+		console = bar
+		defer bar.Close()
+	}
+	first, last, err := trainAll(ctx, spec, ep, out, &rp, console, log)
+	if bar, ok := console.(*progressBar); ok {
+		bar.Close()
+	}
 	if err != nil {
 		return err
 	}

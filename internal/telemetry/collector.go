@@ -56,6 +56,15 @@ type Collector struct {
 	err      error
 }
 
+// A Display shows a job's progress as it comes, in place of the console's
+// line per record (a progress bar on a terminal). A console passed to
+// NewCollector that is a Display gets the training records this way; other
+// lines are written to it as to any console.
+type Display interface {
+	io.Writer
+	Train(r Record, steps int64)
+}
+
 // NewCollector starts collecting progress of job (ranks ranks, steps steps),
 // appending records to the file at path and printing them to console (nil
 // for none).
@@ -127,7 +136,9 @@ func (c *Collector) onProgress(m *nats.Msg) {
 	if err := c.enc.Encode(r); err != nil && c.err == nil {
 		c.err = err
 	}
-	if c.console != nil {
+	if d, ok := c.console.(Display); ok {
+		d.Train(*r, c.steps)
+	} else if c.console != nil {
 		if r.GLoss != 0 {
 			fmt.Fprintf(c.console, "step %*d/%d  D loss %.4f  G loss %.4f  %.1f steps/s\n",
 				len(fmt.Sprint(c.steps)), r.Step+1, c.steps, r.Loss, r.GLoss, r.StepsPerSec)

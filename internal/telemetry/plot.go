@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -90,6 +91,10 @@ var ErrNoRecords = errors.New("no records to plot")
 // is epochs when stepsPerEpoch > 0, else steps. Each file is replaced
 // atomically, so a reader never sees half a picture.
 func Curves(metrics, dir string, stepsPerEpoch float64) error {
+	// The evaluator and the dashboard both draw into a run directory;
+	// their temporary files must not interleave.
+	curvesMu.Lock()
+	defer curvesMu.Unlock()
 	rs, es, err := ReadMetrics(metrics)
 	if err != nil {
 		return err
@@ -182,6 +187,8 @@ func Curves(metrics, dir string, stepsPerEpoch float64) error {
 	}
 	return save(p, filepath.Join(dir, "eval.png"))
 }
+
+var curvesMu sync.Mutex
 
 // finite keeps the points whose coordinates are finite (a diverged run logs
 // NaN losses; they are left out of the picture).
