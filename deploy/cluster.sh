@@ -6,6 +6,7 @@
 #                              (3 etcd, 3 NATS with JetStream, 2 coordinators,
 #                              2 parameter-server shards, 3 workers) and its job
 #   deploy/cluster.sh status   the job's state, through a one-off container
+#   deploy/cluster.sh dashboard  the coordinators' dashboard URLs
 #   deploy/cluster.sh logs     follow every container's log
 #   deploy/cluster.sh down     stop it and delete its volumes
 #   deploy/cluster.sh build    only build the binaries and images
@@ -14,6 +15,7 @@
 # 600 steps, checkpoints every 50), e.g.
 #   JOB_ARGS="--model gan --steps 2000 --mnist /mnist" deploy/cluster.sh up
 set -euo pipefail
+self="$(cd "$(dirname "$0")" && pwd)/$(basename "$0")"
 cd "$(dirname "$0")"
 export PATH="/usr/local/go/bin:$PATH"
 compose() { docker-compose -p downpour -f docker-compose.yml "$@"; }
@@ -38,14 +40,20 @@ up)
 	echo "== cluster"
 	compose up -d
 	compose ps
+	"$self" dashboard
 	;;
 status)
 	compose run --rm --no-deps status
 	;;
+dashboard)
+	for c in coordinator1 coordinator2; do
+		echo "$c: http://$(compose port "$c" 9090)/"
+	done
+	;;
 logs) compose logs -f ;;
 down) compose down -v --remove-orphans ;;
 *)
-	sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,/^set -e/{/^#/p}' "$self" | sed 's/^# \{0,1\}//'
 	exit 2
 	;;
 esac
