@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/downpour-ml/downpour/internal/auth"
 	"github.com/downpour-ml/downpour/internal/config"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/metrics"
@@ -275,6 +276,10 @@ type endpoints struct {
 	verbose   bool
 	logFormat string
 	http      string // the roles' dashboard and metrics address ("" for none)
+	credsFile string // --creds: this role's NATS credentials
+	// creds are every role's credentials where this process made them (an
+	// embedded cluster's, per run).
+	creds map[auth.Role]*auth.Creds
 }
 
 func endpointFlags(fs *flag.FlagSet, e *endpoints) {
@@ -282,6 +287,12 @@ func endpointFlags(fs *flag.FlagSet, e *endpoints) {
 	fs.StringVar(&e.etcd, "etcd", "", "etcd endpoint(s), comma-separated (e.g. http://127.0.0.1:2379)")
 	fs.DurationVar(&e.timeout, "connect-timeout", 5*time.Second, "how long to wait for NATS and etcd to answer")
 	fs.DurationVar(&e.giveUp, "give-up", 2*time.Minute, "how long to keep reconnecting to NATS before giving up with an error")
+	fs.StringVar(&e.credsFile, "creds", "", "this role's NATS credentials file (made by 'downpour creds'), where the NATS servers require them")
+	logFlags(fs, e)
+}
+
+// logFlags binds the logging flags.
+func logFlags(fs *flag.FlagSet, e *endpoints) {
 	fs.BoolVar(&e.verbose, "v", false, "log every role's progress (info level)")
 	e.logFormat = "text"
 	fs.Var(choice{&e.logFormat, []string{"text", "json"}}, "log-format", "log lines as text (key=value) or json (one object per line)")
@@ -349,13 +360,32 @@ func (e *endpoints) startDashboard(ctx context.Context, d *dashboard, stdout io.
 	return stop, nil
 }
 
-// connectNATS opens a NATS connection named after the role; an unreachable
-// server is an error within the timeout, not a hang.
-func connectNATS(url, name string, timeout time.Duration) (*nats.Conn, error) {
-	nc, err := nats.Connect(url, nats.Name("downpour "+name), nats.Timeout(timeout),
-		nats.MaxReconnects(-1), nats.ReconnectWait(250*time.Millisecond))
+// connectNATS opens a NATS connection named after the role, with the
+// role's credentials when there are any (made here, or --creds); an
+// unreachable server is an error within the timeout, not a hang.
+func connectNATS(ep endpoints, name string, role auth.Role) (*nats.Conn, error) {
+	opts := []nats.Option{nats.Name("downpour " + name), nats.Timeout(ep.timeout),
+		nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
+	creds := ep.creds[role]
+	if creds == nil && ep.credsFile != "" {
+		c, err := auth.Read(ep.credsFile)
+		if err != nil {
+			return nil, err
+		}
+		if c.Role != role {
+			return nil, fmt.Errorf("--creds %s holds credentials of a %s; this is a %s", ep.credsFile, c.Role, role)
+		}
+		creds = c
+	}
+	if creds != nil {
+		opts = append(opts, creds.NATSOptions()...)
+	}
+	nc, err := nats.Connect(ep.nats, opts...)
+	if errors.Is(err, nats.ErrAuthorization) || err != nil && strings.Contains(strings.ToLower(err.Error()), "authorization violation") {
+		return nil, fmt.Errorf("NATS at %s refused this %s's credentials (give the role's own with --creds): %w", ep.nats, role, err)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("cannot reach NATS at %s (is it running? check --nats): %w", url, err)
+		return nil, fmt.Errorf("cannot reach NATS at %s (is it running? check --nats): %w", ep.nats, err)
 	}
 	metrics.Watch(nc, strings.Fields(name)[0]) // "ps 1" counts as ps
 	return nc, nil

@@ -3,6 +3,7 @@
 //
 //	downpour train                 one process: embedded NATS and etcd, a coordinator, shards, workers
 //	downpour servers               an embedded NATS server and etcd, for roles run as separate processes
+//	downpour creds --job NAME      a job's credentials, a file per role (--creds FILE)
 //	downpour coordinator --nats URL --etcd URL [job flags]
 //	downpour ps          --nats URL --etcd URL --job NAME
 //	downpour worker      --nats URL --etcd URL --job NAME
@@ -37,6 +38,7 @@ var commands = []command{
 	{"status", "print a job: state, leader, placement, last checkpoint, members and their leases, shard clocks", cmdStatus},
 	{"reshard", "move a running job to another number of parameter-server shards", cmdReshard},
 	{"servers", "run an embedded NATS server and etcd for a local multi-process cluster", cmdServers},
+	{"creds", "make a job's credentials: a private file per role and the NATS servers' users", cmdCreds},
 	{"translate", "translate stdin line by line with a trained checkpoint", cmdTranslate},
 	{"eval", "score a checkpoint: perplexity, BLEU and exact match (Seq2Seq), or the Parzen-window estimate (GAN)", cmdEval},
 	{"plot", "draw a run's loss and evaluation curves as PNG from its metrics.jsonl", cmdPlot},

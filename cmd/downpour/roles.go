@@ -20,6 +20,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/coordinator"
+	"github.com/downpour-ml/downpour/internal/auth"
 	"github.com/downpour-ml/downpour/internal/checkpoint"
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
@@ -423,7 +424,7 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	} else if err := prepareOut(out, spec.Name); err != nil {
 		return err
 	}
-	nc, err := connectNATS(ep.nats, "coordinator", ep.timeout)
+	nc, err := connectNATS(ep, "coordinator", auth.Coordinator)
 	if err != nil {
 		return err
 	}
@@ -476,7 +477,7 @@ func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer cli.Close()
-	nc, err := connectNATS(ep.nats, "ps", ep.timeout)
+	nc, err := connectNATS(ep, "ps", auth.PS)
 	if err != nil {
 		return err
 	}
@@ -514,7 +515,7 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer cli.Close()
-	nc, err := connectNATS(ep.nats, "worker", ep.timeout)
+	nc, err := connectNATS(ep, "worker", auth.Worker)
 	if err != nil {
 		return err
 	}
@@ -542,6 +543,9 @@ func cmdServers(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.IntVar(&opts.NATSPort, "nats-port", 0, "NATS client port (0: a free one)")
 	fs.IntVar(&opts.EtcdPort, "etcd-port", 0, "etcd client port (0: a free one)")
 	fs.IntVar(&opts.EtcdPeerPort, "etcd-peer-port", 0, "etcd peer port (0: a free one)")
+	credsDir := fs.String("creds-dir", "", "require NATS credentials: accept only the jobs' roles made by 'downpour creds --dir' in this directory")
+	var ep endpoints
+	logFlags(fs, &ep)
 	if err := parse(fs, args, stderr, "downpour servers --dir /tmp/downpour-servers --nats-port 4222 --etcd-port 2379"); err != nil {
 		return err
 	}
@@ -553,6 +557,20 @@ func cmdServers(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		*dir = d
 	}
 	opts.Dir = *dir
+	log := ep.logger(stderr)
+	if *credsDir != "" {
+		users, err := readUsers(*credsDir)
+		if err != nil {
+			return err
+		}
+		if len(users) == 0 {
+			return fmt.Errorf("%s holds no job's users: make them with 'downpour creds --dir %s'", *credsDir, *credsDir)
+		}
+		opts.NATSUsers = auth.ServerUsers(users)
+	} else {
+		log.Warn("NATS accepts any client on loopback: give --creds-dir to require the roles' credentials")
+	}
+	opts.NATSLog = auth.ServerLog(log)
 	c, err := embedded.StartWith(ctx, opts)
 	if err != nil {
 		return err

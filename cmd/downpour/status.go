@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/coordinator"
+	"github.com/downpour-ml/downpour/internal/auth"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/paramserver"
@@ -45,7 +46,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	defer cli.Close()
 	var nc *nats.Conn
 	if ep.nats != "" {
-		if nc, err = connectNATS(ep.nats, "status", ep.timeout); err != nil {
+		if nc, err = connectNATS(ep, "status", auth.Observer); err != nil {
 			return err
 		}
 		defer nc.Close()

@@ -9,12 +9,14 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/downpour-ml/downpour/internal/auth"
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/psnode"
@@ -75,12 +77,11 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	log := ep.logger(stderr)
 	start := time.Now()
 	if ep.nats == "" {
-		c, err := embedded.Start(ctx, filepath.Join(*out, "cluster"))
+		c, err := startEmbedded(ctx, filepath.Join(*out, "cluster"), spec.Name, ep, log)
 		if err != nil {
 			return err
 		}
 		defer c.Close()
-		ep.nats, ep.etcd = c.NATSURL, c.EtcdEndpoints[0]
 		log.Info("embedded cluster up", "nats", ep.nats, "etcd", ep.etcd, "took", time.Since(start))
 	}
 	what := "data " + spec.Data
@@ -114,6 +115,28 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
+// startEmbedded starts the embedded NATS server and etcd of a run of job
+// under dir, on loopback, with credentials made for this run: NATS knows
+// only the job's roles, each with its permissions. It points ep at them.
+func startEmbedded(ctx context.Context, dir, job string, ep *endpoints, log *slog.Logger) (*embedded.Cluster, error) {
+	ep.creds = map[auth.Role]*auth.Creds{}
+	var users []auth.User
+	for _, r := range auth.Roles {
+		c, err := auth.New(job, r)
+		if err != nil {
+			return nil, err
+		}
+		ep.creds[r] = c
+		users = append(users, c.User())
+	}
+	c, err := embedded.StartWith(ctx, embedded.Options{Dir: dir, NATSUsers: auth.ServerUsers(users), NATSLog: auth.ServerLog(log)})
+	if err != nil {
+		return nil, err
+	}
+	ep.nats, ep.etcd = c.NATSURL, c.EtcdEndpoints[0]
+	return c, nil
+}
+
 // dashboardFor serves the dashboard of spec's job for a process that
 // connects to the job with connections of its own (train, which runs every
 // role in the process).
@@ -125,7 +148,7 @@ func dashboardFor(ctx context.Context, role string, spec job.Spec, ep endpoints,
 	if err != nil {
 		return nil, err
 	}
-	nc, err := connectNATS(ep.nats, "dashboard", ep.timeout)
+	nc, err := connectNATS(ep, "dashboard", auth.Observer)
 	if err != nil {
 		cli.Close()
 		return nil, err
@@ -168,12 +191,19 @@ func resumeTrain(ctx context.Context, out, name string, ep endpoints, stdout, st
 		if _, err := os.Stat(dir); err != nil {
 			return fmt.Errorf("%s holds no embedded cluster to resume (for a run on a cluster, give --nats and --etcd): %w", out, err)
 		}
-		c, err := embedded.Start(ctx, dir)
+		b, err := os.ReadFile(filepath.Join(out, "job.json"))
+		if err != nil {
+			return fmt.Errorf("%s: %w", out, err)
+		}
+		stored, err := job.DecodeSpec(b)
+		if err != nil {
+			return fmt.Errorf("%s: %w", out, err)
+		}
+		c, err := startEmbedded(ctx, dir, stored.Name, &ep, log)
 		if err != nil {
 			return err
 		}
 		defer c.Close()
-		ep.nats, ep.etcd = c.NATSURL, c.EtcdEndpoints[0]
 	}
 	cli, err := connectEtcd(ctx, ep.etcd, ep.timeout)
 	if err != nil {
@@ -245,7 +275,7 @@ func trainAll(ctx context.Context, spec job.Spec, ep endpoints, out string, resu
 				return
 			}
 			defer cli.Close()
-			nc, err := connectNATS(ep.nats, name, ep.timeout)
+			nc, err := connectNATS(ep, name, auth.Role(strings.Fields(name)[0])) // "ps 1" is a ps
 			if err != nil {
 				fail(name, err)
 				return

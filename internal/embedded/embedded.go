@@ -38,6 +38,13 @@ type Options struct {
 	NATSPort     int
 	EtcdPort     int // client port
 	EtcdPeerPort int
+	// NATSUsers, when set, are the only identities NATS accepts, each with
+	// its permissions; without them NATS accepts any client (it listens on
+	// loopback only).
+	NATSUsers []*server.NkeyUser
+	// NATSLog, when set, receives the NATS server's log (refused
+	// connections and permission violations among it).
+	NATSLog server.Logger
 }
 
 // Start starts both servers with their data under dir, on free ports.
@@ -53,7 +60,7 @@ func StartWith(ctx context.Context, opts Options) (*Cluster, error) {
 			return nil, err
 		}
 	}
-	ns, err := startNATS(filepath.Join(opts.Dir, "nats"), opts.NATSPort, 0)
+	ns, err := startNATSWith(filepath.Join(opts.Dir, "nats"), opts.NATSPort, 0, opts.NATSUsers, opts.NATSLog)
 	if err != nil {
 		return nil, err
 	}
@@ -80,6 +87,10 @@ func StartNATS(storeDir string, maxPayload int32) (*server.Server, error) {
 }
 
 func startNATS(storeDir string, port int, maxPayload int32) (*server.Server, error) {
+	return startNATSWith(storeDir, port, maxPayload, nil, nil)
+}
+
+func startNATSWith(storeDir string, port int, maxPayload int32, users []*server.NkeyUser, log server.Logger) (*server.Server, error) {
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
@@ -93,10 +104,17 @@ func startNATS(storeDir string, port int, maxPayload int32) (*server.Server, err
 		JetStreamMaxMemory: 64 << 20,
 		JetStreamMaxStore:  1 << 30,
 		MaxPayload:         maxPayload,
+		Nkeys:              users,
+	}
+	if log != nil {
+		opts.NoLog = false
 	}
 	s, err := server.NewServer(opts)
 	if err != nil {
 		return nil, fmt.Errorf("embedded NATS: %w", err)
+	}
+	if log != nil {
+		s.SetLogger(log, false, false)
 	}
 	go s.Start()
 	if !s.ReadyForConnections(10 * time.Second) {

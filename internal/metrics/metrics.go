@@ -50,6 +50,9 @@ var (
 	JobStepsPerSec = gaugeVec("downpour_job_steps_per_second", "Steps per second between the last two reports.", "job")
 	JobEval        = gaugeVec("downpour_job_eval", "The last evaluation's values (held-out loss, BLEU, exact match; GAN: the Parzen estimate).", "job", "metric")
 
+	// Security.
+	NATSRefused = counterVec("downpour_nats_refused_total", "Clients the embedded NATS server refused (authentication) and messages or subscriptions beyond a client's permissions (publish, subscribe).", "kind")
+
 	// Leases.
 	LeaseRenewals = counter("downpour_lease_renewals_total", "etcd lease keep-alives answered, over every lease of this process.")
 	LeasesLost    = counter("downpour_leases_lost_total", "Leases this process lost (expired, revoked or unreachable for too long).")

@@ -1,0 +1,106 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+
+	"github.com/downpour-ml/downpour/internal/auth"
+	"github.com/downpour-ml/downpour/internal/wire"
+)
+
+// cmdCreds makes a job's credentials: one private file per role (its NATS
+// identity, mode 0600) and the NATS servers' side of them, public keys with
+// permissions, as an authorization block for nats-server's config
+// (nats-auth.conf, regenerated from every job's users in the directory).
+func cmdCreds(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("creds", flag.ContinueOnError)
+	name := fs.String("job", "demo", "the job")
+	dir := fs.String("dir", "creds", "directory of the credentials (created 0700)")
+	if err := parse(fs, args, stderr, "downpour creds --job demo --dir /etc/downpour/creds"); err != nil {
+		return err
+	}
+	if err := wire.ValidJob(*name); err != nil {
+		fmt.Fprintf(stderr, "downpour creds: %v\n", err)
+		return errUsage
+	}
+	if err := os.MkdirAll(*dir, 0o700); err != nil {
+		return err
+	}
+	var pub strings.Builder
+	fmt.Fprintf(&pub, "# downpour: public keys of job %s's roles (made by downpour creds)\n", *name)
+	for _, r := range auth.Roles {
+		c, err := auth.New(*name, r)
+		if err != nil {
+			return err
+		}
+		path := filepath.Join(*dir, fmt.Sprintf("%s-%s.creds", *name, r))
+		if err := c.Write(path); err != nil {
+			return err
+		}
+		fmt.Fprintf(&pub, "%s %s\n", r, c.Public())
+		fmt.Fprintf(stdout, "%s: %s\n", r, path)
+	}
+	if err := os.WriteFile(filepath.Join(*dir, *name+".users"), []byte(pub.String()), 0o644); err != nil {
+		return err
+	}
+	users, err := readUsers(*dir)
+	if err != nil {
+		return err
+	}
+	f, err := os.Create(filepath.Join(*dir, "nats-auth.conf"))
+	if err != nil {
+		return err
+	}
+	if err := auth.WriteServerConfig(f, users); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "NATS servers: include %s in their config (or run 'downpour servers --creds-dir %s'); give each role its file with --creds\n",
+		filepath.Join(*dir, "nats-auth.conf"), *dir)
+	return nil
+}
+
+// readUsers reads every job's public keys (<job>.users) in dir.
+func readUsers(dir string) ([]auth.User, error) {
+	paths, err := filepath.Glob(filepath.Join(dir, "*.users"))
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(paths)
+	var users []auth.User
+	for _, p := range paths {
+		job := strings.TrimSuffix(filepath.Base(p), ".users")
+		f, err := os.Open(p)
+		if err != nil {
+			return nil, err
+		}
+		sc := bufio.NewScanner(f)
+		for n := 1; sc.Scan(); n++ {
+			line := strings.TrimSpace(sc.Text())
+			if line == "" || strings.HasPrefix(line, "#") {
+				continue
+			}
+			role, key, ok := strings.Cut(line, " ")
+			if !ok || !strings.HasPrefix(key, "U") {
+				f.Close()
+				return nil, fmt.Errorf("%s:%d: want \"<role> <public key>\"", p, n)
+			}
+			users = append(users, auth.User{Job: job, Role: auth.Role(role), Nkey: key})
+		}
+		f.Close()
+		if err := sc.Err(); err != nil {
+			return nil, err
+		}
+	}
+	return users, nil
+}

@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/downpour-ml/downpour/internal/auth"
+	"github.com/downpour-ml/downpour/internal/embedded"
+)
+
+// A job runs as separate processes on NATS servers that require
+// credentials, each role with its own file from downpour creds; a role
+// without credentials, or with another role's, is refused, and the server
+// logs the refusal.
+func TestJobWithCredentials(t *testing.T) {
+	downpourBinary(t)
+	dir := t.TempDir()
+	creds := filepath.Join(dir, "creds")
+	code, stdout, stderr := runCmd(t, 10*time.Second, "creds", "--job", "sec", "--dir", creds)
+	if code != 0 {
+		t.Fatalf("creds: exit %d: %s%s", code, stdout, stderr)
+	}
+	conf, err := os.ReadFile(filepath.Join(creds, "nats-auth.conf"))
+	if err != nil || !strings.Contains(string(conf), "downpour.sec.*.ps.*.push") {
+		t.Fatalf("nats-auth.conf (%v):\n%s", err, conf)
+	}
+	for _, r := range auth.Roles {
+		path := filepath.Join(creds, fmt.Sprintf("sec-%s.creds", r))
+		st, err := os.Stat(path)
+		if err != nil || st.Mode().Perm() != 0o600 {
+			t.Fatalf("%s's credentials: %v, mode %v (want 0600)", r, err, st.Mode().Perm())
+		}
+		c, err := auth.Read(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := os.ReadFile(path)
+		_, seed, _ := strings.Cut(string(b), "nats-seed: ")
+		if seed = strings.TrimSpace(seed); seed == "" || strings.Contains(string(conf), seed) || !strings.Contains(string(conf), c.Public()) {
+			t.Fatalf("nats-auth.conf holds %s's seed or lacks its public key", r)
+		}
+	}
+	users, err := readUsers(creds)
+	if err != nil || len(users) != len(auth.Roles) {
+		t.Fatalf("users %v, %v", users, err)
+	}
+	var serverLog syncBuffer
+	c, err := embedded.StartWith(context.Background(), embedded.Options{Dir: filepath.Join(dir, "servers"),
+		NATSUsers: auth.ServerUsers(users), NATSLog: auth.ServerLog(slog.New(slog.NewTextHandler(&serverLog, nil)))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	ep := []string{"--nats", c.NATSURL, "--etcd", c.EtcdEndpoints[0], "--http", ""}
+	credsOf := func(r auth.Role) []string {
+		return []string{"--creds", filepath.Join(creds, fmt.Sprintf("sec-%s.creds", r))}
+	}
+
+	// Refused: no credentials, and another role's.
+	code, _, stderr = runCmd(t, 30*time.Second, append([]string{"worker", "--job", "sec"}, ep...)...)
+	if code != 1 || !strings.Contains(stderr, "refused this worker's credentials") {
+		t.Fatalf("a worker without credentials: exit %d: %s", code, stderr)
+	}
+	code, _, stderr = runCmd(t, 30*time.Second, append(append([]string{"worker", "--job", "sec"}, ep...), credsOf(auth.PS)...)...)
+	if code != 1 || !strings.Contains(stderr, "holds credentials of a ps; this is a worker") {
+		t.Fatalf("a worker with a shard's credentials: exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(serverLog.String(), "NATS refused a client") || !strings.Contains(serverLog.String(), "kind=authentication") {
+		t.Fatalf("the server's log does not show the refusal:\n%s", serverLog.String())
+	}
+
+	// The job, each role with its own credentials.
+	spec := []string{"--job", "sec", "--steps", "30", "--hidden", "64", "--log-every", "10"}
+	var procs []*proc
+	for i := 0; i < 2; i++ {
+		procs = append(procs, start(t, fmt.Sprintf("worker %d", i), append(append([]string{"worker", "--job", "sec"}, ep...), credsOf(auth.Worker)...)...))
+		procs = append(procs, start(t, fmt.Sprintf("ps %d", i), append(append([]string{"ps", "--job", "sec"}, ep...), credsOf(auth.PS)...)...))
+	}
+	out := filepath.Join(dir, "run")
+	coord := start(t, "coordinator", append(append(append([]string{"coordinator", "--out", out}, spec...), ep...), credsOf(auth.Coordinator)...)...)
+	endJob(t, coord, procs, out, dir, spec, "authenticated")
+	code, stdout, stderr = runCmd(t, 30*time.Second, append(append([]string{"status", "--job", "sec"}, ep[:4]...), credsOf(auth.Observer)...)...)
+	if code != 0 || !strings.Contains(stdout, "job sec: done") {
+		t.Fatalf("status with the observer's credentials: exit %d\n%s%s", code, stdout, stderr)
+	}
+}

@@ -1,0 +1,302 @@
+// Package auth gives each role of a job its own NATS identity and the
+// subject permissions it needs, and no more.
+//
+// The invariants, for a job J (its subjects are downpour.J.…; job names
+// have no dots, so J is exactly one subject token):
+//
+//   - Nobody connects without credentials where the server has users.
+//   - Only J's workers (and its coordinator and observers, for evaluation
+//     and status) may publish pushes and pull requests to J's shards; only
+//     J's workers push (downpour.J.*.ps.*.push).
+//   - Only J's shards subscribe to J's shard subjects; they publish nothing
+//     but replies to the requests they received (NATS's allow_responses).
+//   - Only J's coordinator asks J's shards for snapshots and reads J's
+//     progress; only J's workers report progress.
+//   - Every identity receives replies only on its own inbox prefix,
+//     _INBOX.J.<role>, so no one reads another job's (or role's) replies.
+//
+// An identity is an nkey pair: the server holds only public keys (a server
+// config may be shared); a role's credentials file holds its seed and must
+// stay private (mode 0600).
+package auth
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nkeys"
+
+	"github.com/downpour-ml/downpour/internal/config"
+	"github.com/downpour-ml/downpour/internal/wire"
+)
+
+// Role is what an identity may do in a job.
+type Role string
+
+const (
+	Coordinator Role = "coordinator"
+	PS          Role = "ps"
+	Worker      Role = "worker"
+	// Observer reads a job: its status and its shards' clocks and
+	// parameters (downpour status, dashboards, evaluation).
+	Observer Role = "observer"
+)
+
+// Roles are every role, in a fixed order.
+var Roles = []Role{Coordinator, PS, Worker, Observer}
+
+func (r Role) valid() bool {
+	for _, x := range Roles {
+		if r == x {
+			return true
+		}
+	}
+	return false
+}
+
+// Permissions are the NATS permissions of role in job.
+func Permissions(job string, role Role) *server.Permissions {
+	shard := func(op string) string { return "downpour." + job + ".*.ps.*." + op }
+	progress := wire.ProgressSubject(job)
+	inbox := InboxPrefix(job, role) + ".>"
+	allow := func(s ...string) *server.SubjectPermission { return &server.SubjectPermission{Allow: s} }
+	none := &server.SubjectPermission{Deny: []string{">"}}
+	switch role {
+	case Worker:
+		return &server.Permissions{Publish: allow(shard("push"), shard("pull"), progress), Subscribe: allow(inbox)}
+	case PS:
+		// Replies only, to requests received, within the longest a shard
+		// holds a pull (2 s) with room to spare.
+		return &server.Permissions{Publish: none, Subscribe: allow(shard("push"), shard("pull"), shard("snapshot")),
+			Response: &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute}}
+	case Coordinator:
+		return &server.Permissions{Publish: allow(shard("snapshot"), shard("pull")), Subscribe: allow(progress, inbox)}
+	case Observer:
+		return &server.Permissions{Publish: allow(shard("pull")), Subscribe: allow(inbox)}
+	}
+	return &server.Permissions{Publish: none, Subscribe: none}
+}
+
+// InboxPrefix is where role of job receives its replies.
+func InboxPrefix(job string, role Role) string { return "_INBOX." + job + "." + string(role) }
+
+// Creds are one role's credentials in one job.
+type Creds struct {
+	Job  string
+	Role Role
+	seed []byte // the nkey seed: the secret
+	kp   nkeys.KeyPair
+}
+
+// New makes fresh credentials for role in job.
+func New(job string, role Role) (*Creds, error) {
+	if err := wire.ValidJob(job); err != nil {
+		return nil, err
+	}
+	if !role.valid() {
+		return nil, fmt.Errorf("role %q: use one of %v", role, Roles)
+	}
+	kp, err := nkeys.CreateUser()
+	if err != nil {
+		return nil, err
+	}
+	seed, err := kp.Seed()
+	if err != nil {
+		return nil, err
+	}
+	return &Creds{Job: job, Role: role, seed: seed, kp: kp}, nil
+}
+
+// Public is the identity's public key: what a server lists.
+func (c *Creds) Public() string {
+	pub, _ := c.kp.PublicKey()
+	return pub
+}
+
+// User is the server's record of c: its public key and permissions.
+func (c *Creds) User() User { return User{Job: c.Job, Role: c.Role, Nkey: c.Public()} }
+
+// String names the credentials without their secret (for logs).
+func (c *Creds) String() string { return fmt.Sprintf("%s/%s (%s)", c.Job, c.Role, c.Public()) }
+
+// NATSOptions connect as c: signing the server's challenge with the seed,
+// and receiving replies on c's inbox prefix.
+func (c *Creds) NATSOptions() []nats.Option {
+	return []nats.Option{
+		nats.Nkey(c.Public(), func(nonce []byte) ([]byte, error) { return c.kp.Sign(nonce) }),
+		nats.CustomInboxPrefix(InboxPrefix(c.Job, c.Role)),
+	}
+}
+
+// maxCredsBytes bounds a credentials file.
+const maxCredsBytes = 4 << 10
+
+// Write writes c to path, readable by its owner only (0600), replacing any
+// file there atomically.
+func (c *Creds) Write(path string) error {
+	var b bytes.Buffer
+	fmt.Fprintf(&b, "# downpour credentials: job %s, role %s. Secret: keep this file mode 0600.\njob: %s\nrole: %s\nnats-seed: %s\n",
+		c.Job, c.Role, c.Job, c.Role, c.seed)
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".creds-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if err := tmp.Chmod(0o600); err != nil {
+		tmp.Close()
+		return err
+	}
+	if _, err := tmp.Write(b.Bytes()); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
+}
+
+// ErrOpenFile is the error of a credentials file that others may read.
+var ErrOpenFile = errors.New("credentials file readable by others")
+
+// Read reads a credentials file. It refuses one whose mode lets anyone but
+// its owner read it, as ssh refuses such keys.
+func Read(path string) (*Creds, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("credentials: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fmt.Errorf("credentials: %w", err)
+	}
+	if st.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%s: %w (mode %04o): chmod 600 it", path, ErrOpenFile, st.Mode().Perm())
+	}
+	data, err := io.ReadAll(io.LimitReader(f, maxCredsBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("credentials %s: %w", path, err)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("credentials %s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse reads credentials from a file's bytes.
+func Parse(data []byte) (*Creds, error) {
+	if len(data) > maxCredsBytes {
+		return nil, fmt.Errorf("%d bytes: a credentials file holds at most %d", len(data), maxCredsBytes)
+	}
+	entries, err := config.Parse(data)
+	if err != nil {
+		return nil, err
+	}
+	var c Creds
+	for _, e := range entries {
+		switch e.Key {
+		case "job":
+			c.Job = e.Value
+		case "role":
+			c.Role = Role(e.Value)
+		case "nats-seed":
+			c.seed = []byte(e.Value)
+		default:
+			return nil, fmt.Errorf("line %d: unknown key %q (job, role, nats-seed)", e.Line, e.Key)
+		}
+	}
+	if err := wire.ValidJob(c.Job); err != nil {
+		return nil, err
+	}
+	if !c.Role.valid() {
+		return nil, fmt.Errorf("role %q: use one of %v", c.Role, Roles)
+	}
+	kp, err := nkeys.FromSeed(c.seed)
+	if err != nil {
+		return nil, errors.New("nats-seed is not an nkey seed") // never echo a secret
+	}
+	if pub, _ := kp.PublicKey(); !nkeys.IsValidPublicUserKey(pub) {
+		return nil, errors.New("nats-seed is not a user's seed")
+	}
+	c.kp = kp
+	return &c, nil
+}
+
+// User is what a server knows of an identity.
+type User struct {
+	Job  string
+	Role Role
+	Nkey string // public key
+}
+
+// ServerUsers are users as a NATS server's options take them.
+func ServerUsers(users []User) []*server.NkeyUser {
+	var out []*server.NkeyUser
+	for _, u := range users {
+		out = append(out, &server.NkeyUser{Nkey: u.Nkey, Permissions: Permissions(u.Job, u.Role)})
+	}
+	return out
+}
+
+// WriteServerConfig writes an authorization block for nats-server's config
+// file (include it with `include auth.conf`): every user with its
+// permissions. It holds public keys only.
+func WriteServerConfig(w io.Writer, users []User) error {
+	users = append([]User(nil), users...)
+	sort.Slice(users, func(i, j int) bool {
+		if users[i].Job != users[j].Job {
+			return users[i].Job < users[j].Job
+		}
+		return users[i].Role < users[j].Role
+	})
+	var b strings.Builder
+	b.WriteString("# downpour: NATS users and their permissions (public keys only).\nauthorization {\n  users = [\n")
+	list := func(s []string) string {
+		q := make([]string, len(s))
+		for i, x := range s {
+			q[i] = fmt.Sprintf("%q", x)
+		}
+		return "[" + strings.Join(q, ", ") + "]"
+	}
+	perm := func(name string, p *server.SubjectPermission) {
+		if p == nil {
+			return
+		}
+		fmt.Fprintf(&b, "      %s: {", name)
+		if len(p.Allow) > 0 {
+			fmt.Fprintf(&b, " allow: %s", list(p.Allow))
+		}
+		if len(p.Deny) > 0 {
+			fmt.Fprintf(&b, " deny: %s", list(p.Deny))
+		}
+		b.WriteString(" }\n")
+	}
+	for _, u := range users {
+		p := Permissions(u.Job, u.Role)
+		fmt.Fprintf(&b, "    # job %s, role %s\n    { nkey: %q, permissions: {\n", u.Job, u.Role, u.Nkey)
+		perm("publish", p.Publish)
+		perm("subscribe", p.Subscribe)
+		if p.Response != nil {
+			fmt.Fprintf(&b, "      allow_responses: { max: %d, expires: %q }\n", p.Response.MaxMsgs, p.Response.Expires.String())
+		}
+		b.WriteString("    } }\n")
+	}
+	b.WriteString("  ]\n}\n")
+	_, err := io.WriteString(w, b.String())
+	return err
+}
