@@ -70,6 +70,24 @@ func cmdCreds(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return nil
 }
 
+// readCreds reads every role's credentials file (*.creds) in dir.
+func readCreds(dir string) ([]*auth.Creds, error) {
+	paths, err := filepath.Glob(filepath.Join(dir, "*.creds"))
+	if err != nil {
+		return nil, err
+	}
+	sort.Strings(paths)
+	var out []*auth.Creds
+	for _, p := range paths {
+		c, err := auth.Read(p)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
+	}
+	return out, nil
+}
+
 // readUsers reads every job's public keys (<job>.users) in dir.
 func readUsers(dir string) ([]auth.User, error) {
 	paths, err := filepath.Glob(filepath.Join(dir, "*.users"))

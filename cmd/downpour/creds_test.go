@@ -2,16 +2,20 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
 	"github.com/downpour-ml/downpour/internal/auth"
-	"github.com/downpour-ml/downpour/internal/embedded"
+	"github.com/downpour-ml/downpour/internal/job"
 )
 
 // A job runs as separate processes on NATS servers that require
@@ -46,17 +50,31 @@ func TestJobWithCredentials(t *testing.T) {
 			t.Fatalf("nats-auth.conf holds %s's seed or lacks its public key", r)
 		}
 	}
+	// A second job on the same servers.
+	if code, _, stderr := runCmd(t, 10*time.Second, "creds", "--job", "other", "--dir", creds); code != 0 {
+		t.Fatalf("creds: %s", stderr)
+	}
 	users, err := readUsers(creds)
-	if err != nil || len(users) != len(auth.Roles) {
+	if err != nil || len(users) != 2*len(auth.Roles) {
 		t.Fatalf("users %v, %v", users, err)
 	}
-	var serverLog syncBuffer
-	c, err := embedded.StartWith(context.Background(), embedded.Options{Dir: filepath.Join(dir, "servers"),
-		NATSUsers: auth.ServerUsers(users), NATSLog: auth.ServerLog(slog.New(slog.NewTextHandler(&serverLog, nil)))})
-	if err != nil {
-		t.Fatal(err)
+	servers := start(t, "servers", "servers", "--dir", filepath.Join(dir, "servers"), "--creds-dir", creds)
+	var natsURL, etcdURL string
+	for deadline := time.Now().Add(time.Minute); natsURL == ""; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("servers did not say where they listen:\n%s", servers.out.String())
+		}
+		for _, l := range strings.Split(servers.out.String(), "\n") {
+			if f := strings.Fields(l); len(f) == 7 && f[0] == "run" && f[3] == "--nats" {
+				natsURL, etcdURL = f[4], f[6]
+			}
+		}
 	}
-	t.Cleanup(c.Close)
+	serverLog := &servers.out
+	c := struct {
+		NATSURL       string
+		EtcdEndpoints []string
+	}{natsURL, []string{etcdURL}}
 	ep := []string{"--nats", c.NATSURL, "--etcd", c.EtcdEndpoints[0], "--http", ""}
 	credsOf := func(r auth.Role) []string {
 		return []string{"--creds", filepath.Join(creds, fmt.Sprintf("sec-%s.creds", r))}
@@ -64,15 +82,47 @@ func TestJobWithCredentials(t *testing.T) {
 
 	// Refused: no credentials, and another role's.
 	code, _, stderr = runCmd(t, 30*time.Second, append([]string{"worker", "--job", "sec"}, ep...)...)
-	if code != 1 || !strings.Contains(stderr, "refused this worker's credentials") {
+	if code != 1 || !strings.Contains(stderr, "requires a login") {
 		t.Fatalf("a worker without credentials: exit %d: %s", code, stderr)
 	}
 	code, _, stderr = runCmd(t, 30*time.Second, append(append([]string{"worker", "--job", "sec"}, ep...), credsOf(auth.PS)...)...)
 	if code != 1 || !strings.Contains(stderr, "holds credentials of a ps; this is a worker") {
 		t.Fatalf("a worker with a shard's credentials: exit %d: %s", code, stderr)
 	}
+	if nc, err := nats.Connect(natsURL); err == nil {
+		nc.Close()
+		t.Fatal("NATS took a client without credentials")
+	}
+	time.Sleep(200 * time.Millisecond) // the server's log line
 	if !strings.Contains(serverLog.String(), "NATS refused a client") || !strings.Contains(serverLog.String(), "kind=authentication") {
 		t.Fatalf("the server's log does not show the refusal:\n%s", serverLog.String())
+	}
+
+	// etcd: a worker may not change the job's spec; another job's worker
+	// may not even read it; nobody gets in without a login.
+	login := func(job string, r auth.Role) *clientv3.Client {
+		cr, err := auth.Read(filepath.Join(creds, fmt.Sprintf("%s-%s.creds", job, r)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		u, pw := cr.EtcdLogin()
+		cli, err := connectAs(etcdURL, u, pw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cli.Close() })
+		return cli
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := login("sec", auth.Worker).Put(ctx, job.KeysFor("sec").Spec(), "{}"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		t.Fatalf("a worker writing its job's spec: %v", err)
+	}
+	if _, err := login("other", auth.Worker).Get(ctx, job.KeysFor("sec").Spec()); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		t.Fatalf("another job's worker reading the spec: %v", err)
+	}
+	if _, err := connectAs(etcdURL, "", ""); err == nil || !strings.Contains(err.Error(), "requires a login") {
+		t.Fatalf("etcd without a login: %v", err)
 	}
 
 	// The job, each role with its own credentials.
@@ -89,4 +139,8 @@ func TestJobWithCredentials(t *testing.T) {
 	if code != 0 || !strings.Contains(stdout, "job sec: done") {
 		t.Fatalf("status with the observer's credentials: exit %d\n%s%s", code, stdout, stderr)
 	}
+}
+
+func connectAs(endpoint, user, password string) (*clientv3.Client, error) {
+	return job.ConnectAs(context.Background(), []string{endpoint}, 5*time.Second, user, password)
 }

@@ -366,16 +366,9 @@ func (e *endpoints) startDashboard(ctx context.Context, d *dashboard, stdout io.
 func connectNATS(ep endpoints, name string, role auth.Role) (*nats.Conn, error) {
 	opts := []nats.Option{nats.Name("downpour " + name), nats.Timeout(ep.timeout),
 		nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
-	creds := ep.creds[role]
-	if creds == nil && ep.credsFile != "" {
-		c, err := auth.Read(ep.credsFile)
-		if err != nil {
-			return nil, err
-		}
-		if c.Role != role {
-			return nil, fmt.Errorf("--creds %s holds credentials of a %s; this is a %s", ep.credsFile, c.Role, role)
-		}
-		creds = c
+	creds, err := ep.credsFor(role)
+	if err != nil {
+		return nil, err
 	}
 	if creds != nil {
 		opts = append(opts, creds.NATSOptions()...)
@@ -440,6 +433,32 @@ func natsCause(ctx context.Context, err error) error {
 	return err
 }
 
-func connectEtcd(ctx context.Context, eps string, timeout time.Duration) (*clientv3.Client, error) {
-	return job.Connect(ctx, strings.Split(eps, ","), timeout)
+// connectEtcd connects to etcd as role, with the role's credentials when
+// there are any (made here, or --creds).
+func connectEtcd(ctx context.Context, ep endpoints, role auth.Role) (*clientv3.Client, error) {
+	creds, err := ep.credsFor(role)
+	if err != nil {
+		return nil, err
+	}
+	user, password := creds.EtcdLogin()
+	return job.ConnectAs(ctx, strings.Split(ep.etcd, ","), ep.timeout, user, password)
+}
+
+// credsFor returns role's credentials: made by this process, or read from
+// --creds; nil without any.
+func (e endpoints) credsFor(role auth.Role) (*auth.Creds, error) {
+	if c := e.creds[role]; c != nil {
+		return c, nil
+	}
+	if e.credsFile == "" {
+		return nil, nil
+	}
+	c, err := auth.Read(e.credsFile)
+	if err != nil {
+		return nil, err
+	}
+	if c.Role != role {
+		return nil, fmt.Errorf("--creds %s holds credentials of a %s; this is a %s", e.credsFile, c.Role, role)
+	}
+	return c, nil
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"time"
 
+	"github.com/downpour-ml/downpour/internal/auth"
 	"github.com/downpour-ml/downpour/internal/job"
 )
 
@@ -31,7 +32,7 @@ func cmdReshard(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		fmt.Fprintln(stderr, "downpour reshard: needs --etcd, and --ps-shards at least 1")
 		return errUsage
 	}
-	cli, err := connectEtcd(ctx, ep.etcd, ep.timeout)
+	cli, err := connectEtcd(ctx, ep, auth.Coordinator)
 	if err != nil {
 		return err
 	}

@@ -397,7 +397,7 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 	}
 	log := ep.logger(stderr)
-	cli, err := connectEtcd(ctx, ep.etcd, ep.timeout)
+	cli, err := connectEtcd(ctx, ep, auth.Coordinator)
 	if err != nil {
 		return err
 	}
@@ -472,7 +472,7 @@ func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := ep.require("ps", stderr); err != nil {
 		return err
 	}
-	cli, err := connectEtcd(ctx, ep.etcd, ep.timeout)
+	cli, err := connectEtcd(ctx, ep, auth.PS)
 	if err != nil {
 		return err
 	}
@@ -510,7 +510,7 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := ep.require("worker", stderr); err != nil {
 		return err
 	}
-	cli, err := connectEtcd(ctx, ep.etcd, ep.timeout)
+	cli, err := connectEtcd(ctx, ep, auth.Worker)
 	if err != nil {
 		return err
 	}
@@ -576,6 +576,17 @@ func cmdServers(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer c.Close()
+	if *credsDir != "" {
+		// etcd keeps password hashes: it learns them from the roles'
+		// files, which the operator who made them holds in this directory.
+		creds, err := readCreds(*credsDir)
+		if err != nil {
+			return err
+		}
+		if err := auth.SetUpEtcd(ctx, c.EtcdEndpoints, 10*time.Second, filepath.Join(*credsDir, "etcd-root.secret"), creds); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintf(stdout, "NATS %s\netcd %s\ndata %s\n", c.NATSURL, c.EtcdEndpoints[0], *dir)
 	fmt.Fprintf(stdout, "run roles with: --nats %s --etcd %s\n", c.NATSURL, c.EtcdEndpoints[0])
 	<-ctx.Done()

@@ -39,7 +39,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := wire.ValidJob(*name); err != nil {
 		return err
 	}
-	cli, err := connectEtcd(ctx, ep.etcd, ep.timeout)
+	cli, err := connectEtcd(ctx, ep, auth.Observer)
 	if err != nil {
 		return err
 	}

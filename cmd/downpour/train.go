@@ -116,8 +116,9 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 }
 
 // startEmbedded starts the embedded NATS server and etcd of a run of job
-// under dir, on loopback, with credentials made for this run: NATS knows
-// only the job's roles, each with its permissions. It points ep at them.
+// under dir, on loopback, with credentials made for this run: NATS and etcd
+// know only the job's roles, each with its permissions (etcd's root
+// password stays in dir, 0600, for a resumed run). It points ep at them.
 func startEmbedded(ctx context.Context, dir, job string, ep *endpoints, log *slog.Logger) (*embedded.Cluster, error) {
 	ep.creds = map[auth.Role]*auth.Creds{}
 	var users []auth.User
@@ -133,6 +134,14 @@ func startEmbedded(ctx context.Context, dir, job string, ep *endpoints, log *slo
 	if err != nil {
 		return nil, err
 	}
+	creds := make([]*auth.Creds, 0, len(auth.Roles))
+	for _, r := range auth.Roles {
+		creds = append(creds, ep.creds[r])
+	}
+	if err := auth.SetUpEtcd(ctx, c.EtcdEndpoints, ep.timeout, filepath.Join(dir, "etcd-root.secret"), creds); err != nil {
+		c.Close()
+		return nil, err
+	}
 	ep.nats, ep.etcd = c.NATSURL, c.EtcdEndpoints[0]
 	return c, nil
 }
@@ -144,7 +153,7 @@ func dashboardFor(ctx context.Context, role string, spec job.Spec, ep endpoints,
 	if ep.http == "" {
 		return func() {}, nil
 	}
-	cli, err := connectEtcd(ctx, ep.etcd, ep.timeout)
+	cli, err := connectEtcd(ctx, ep, auth.Observer)
 	if err != nil {
 		return nil, err
 	}
@@ -199,13 +208,16 @@ func resumeTrain(ctx context.Context, out, name string, ep endpoints, stdout, st
 		if err != nil {
 			return fmt.Errorf("%s: %w", out, err)
 		}
+		if name == "" {
+			name = stored.Name
+		}
 		c, err := startEmbedded(ctx, dir, stored.Name, &ep, log)
 		if err != nil {
 			return err
 		}
 		defer c.Close()
 	}
-	cli, err := connectEtcd(ctx, ep.etcd, ep.timeout)
+	cli, err := connectEtcd(ctx, ep, auth.Coordinator)
 	if err != nil {
 		return err
 	}
@@ -269,7 +281,7 @@ func trainAll(ctx context.Context, spec job.Spec, ep endpoints, out string, resu
 	// role connects a role's clients and runs f with them.
 	role := func(name string, f func(ctx context.Context, nc *nats.Conn, r roleConns) error) {
 		wg.Go(func() {
-			cli, err := connectEtcd(ctx, ep.etcd, ep.timeout)
+			cli, err := connectEtcd(ctx, ep, auth.Role(strings.Fields(name)[0]))
 			if err != nil {
 				fail(name, err)
 				return

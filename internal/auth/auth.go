@@ -95,6 +95,8 @@ type Creds struct {
 	Role Role
 	seed []byte // the nkey seed: the secret
 	kp   nkeys.KeyPair
+	// etcdPassword is the etcd user's password ("": no etcd login).
+	etcdPassword string
 }
 
 // New makes fresh credentials for role in job.
@@ -113,7 +115,11 @@ func New(job string, role Role) (*Creds, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Creds{Job: job, Role: role, seed: seed, kp: kp}, nil
+	pw, err := newPassword()
+	if err != nil {
+		return nil, err
+	}
+	return &Creds{Job: job, Role: role, seed: seed, kp: kp, etcdPassword: pw}, nil
 }
 
 // Public is the identity's public key: what a server lists.
@@ -146,6 +152,9 @@ func (c *Creds) Write(path string) error {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "# downpour credentials: job %s, role %s. Secret: keep this file mode 0600.\njob: %s\nrole: %s\nnats-seed: %s\n",
 		c.Job, c.Role, c.Job, c.Role, c.seed)
+	if c.etcdPassword != "" {
+		fmt.Fprintf(&b, "etcd-user: %s\netcd-password: %s\n", EtcdUser(c.Job, c.Role), c.etcdPassword)
+	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".creds-*")
 	if err != nil {
 		return err
@@ -216,8 +225,11 @@ func Parse(data []byte) (*Creds, error) {
 			c.Role = Role(e.Value)
 		case "nats-seed":
 			c.seed = []byte(e.Value)
+		case "etcd-user": // always EtcdUser(job, role): written for the reader's sake
+		case "etcd-password":
+			c.etcdPassword = e.Value
 		default:
-			return nil, fmt.Errorf("line %d: unknown key %q (job, role, nats-seed)", e.Line, e.Key)
+			return nil, fmt.Errorf("line %d: unknown key %q (job, role, nats-seed, etcd-user, etcd-password)", e.Line, e.Key)
 		}
 	}
 	if err := wire.ValidJob(c.Job); err != nil {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 )
@@ -87,13 +88,32 @@ var ErrTimeout = errors.New("timed out")
 // Connect opens an etcd client and checks, within timeout, that the cluster
 // answers, so that a wrong endpoint is a clear error and not a hang.
 func Connect(ctx context.Context, endpoints []string, timeout time.Duration) (*clientv3.Client, error) {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: timeout, Logger: zap.NewNop()})
+	return ConnectAs(ctx, endpoints, timeout, "", "")
+}
+
+// ConnectAs is Connect, logged in as user (with etcd's authentication on;
+// "" for none).
+func ConnectAs(ctx context.Context, endpoints []string, timeout time.Duration, user, password string) (*clientv3.Client, error) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: timeout, Logger: zap.NewNop(), Username: user, Password: password})
+	if errors.Is(err, rpctypes.ErrAuthNotEnabled) && user != "root" {
+		// An etcd without authentication takes anyone: credentials made
+		// for one that has it are not an error.
+		cli, err = clientv3.New(clientv3.Config{Endpoints: endpoints, DialTimeout: timeout, Logger: zap.NewNop()})
+	}
+	if errors.Is(err, rpctypes.ErrAuthFailed) || errors.Is(err, rpctypes.ErrUserEmpty) {
+		return nil, fmt.Errorf("etcd at %s refused the login of %q (give the role's own credentials with --creds): %w", strings.Join(endpoints, ","), user, err)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("etcd at %s: %w", strings.Join(endpoints, ","), err)
 	}
 	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	if _, err := cli.Get(cctx, "/downpour/ping"); err != nil {
+	// Any answer will do, a refusal too (a role may read its job's keys only).
+	if _, err := cli.Get(cctx, "/downpour/ping"); err != nil && !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		if errors.Is(err, rpctypes.ErrUserEmpty) {
+			cli.Close()
+			return nil, fmt.Errorf("etcd at %s requires a login (give the role's credentials with --creds): %w", strings.Join(endpoints, ","), err)
+		}
 		cli.Close()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
