@@ -93,30 +93,16 @@ func TestApplyBytesMatchesApply(t *testing.T) {
 				o.Apply(w1, g, s1, step)
 				o.ApplyBytes(w2, wire.AppendFloats(nil, g), s2, step)
 			}
-			if !slices.Equal(w1, w2) {
+			if !floatBits(w1, w2) {
 				t.Fatalf("%s, n=%d: ApplyBytes differs from Apply", o.Kind, n)
 			}
 			for k := range s1 {
-				if !slices.Equal(s1[k], s2[k]) {
+				if !floatBits(s1[k], s2[k]) {
 					t.Fatalf("%s, n=%d: optimizer state differs", o.Kind, n)
 				}
 			}
 		}
 	}
-}
-
-// sameBits reports whether a and b hold the same float32 bit patterns
-// (slices.Equal would take -0 for +0).
-func sameBits(a, b []float32) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
-			return false
-		}
-	}
-	return true
 }
 
 // The SIMD paths of sgd and momentum (and their fallbacks where lr or the
@@ -138,7 +124,7 @@ func TestApplyMatchesPlainLoop(t *testing.T) {
 					want[i] = want[i] - float32(float32(lr)*g[i])
 				}
 				Optimizer{Kind: "sgd", LR: lr}.Apply(got, g, nil, 0)
-				if !sameBits(got, want) {
+				if !floatBits(got, want) {
 					t.Fatalf("sgd n=%d lr=%v: differs from the plain loop", n, lr)
 				}
 				// momentum
@@ -151,7 +137,7 @@ func TestApplyMatchesPlainLoop(t *testing.T) {
 				}
 				gotW, gotInc := slices.Clone(w), slices.Clone(inc)
 				o.Apply(gotW, g, [][]float32{gotInc}, 0)
-				if !sameBits(gotW, wantW) || !sameBits(gotInc, wantInc) {
+				if !floatBits(gotW, wantW) || !floatBits(gotInc, wantInc) {
 					t.Fatalf("momentum n=%d lr=%v m=%v: differs from the plain loop", n, lr, m)
 				}
 			}
