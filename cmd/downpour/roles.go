@@ -485,7 +485,9 @@ func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	log := ep.logger(stderr)
 	wctx, stop := watchNATS(ctx, nc, ep.giveUp, log)
 	defer stop()
-	stopDash, err := ep.startDashboard(ctx, &dashboard{job: *name, role: "ps", cli: cli, nc: nc}, stdout, log)
+	// A shard may only answer requests, not ask other shards for their
+	// clocks: its dashboard shows the job without them.
+	stopDash, err := ep.startDashboard(ctx, &dashboard{job: *name, role: "ps", cli: cli}, stdout, log)
 	if err != nil {
 		return err
 	}
