@@ -54,6 +54,8 @@ type cluster struct {
 	cli *clientv3.Client
 	nc  *nats.Conn
 	hit map[string]bool // the services a fault hit
+	// lastErr is why the last clock reading failed, for a failure message.
+	lastErr error
 }
 
 // compose runs docker-compose on the suite's project.
@@ -133,7 +135,8 @@ func (c *cluster) waitFor(cond func() bool, within time.Duration, what string) {
 	deadline := time.Now().Add(within)
 	for !cond() {
 		if time.Now().After(deadline) {
-			c.t.Fatalf("%s: not within %v", what, within)
+			c.t.Fatalf("%s: not within %v (the last clock reading failed with: %v; the test's NATS connection is %v to %s)",
+				what, within, c.lastErr, c.nc.Status(), c.nc.ConnectedUrl())
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -146,14 +149,17 @@ func (c *cluster) clock() (version, step int64) {
 	defer cancel()
 	p, _, err := job.ReadPlacement(ctx, c.cli, jobName)
 	if err != nil {
+		c.lastErr = fmt.Errorf("reading the placement: %w", err)
 		return 0, -1
 	}
 	pc, err := paramserver.NewClient(c.nc, jobName, p, 0, 0)
 	if err != nil {
+		c.lastErr = err
 		return p.Version, -1
 	}
 	step, err = pc.Clock(ctx)
 	if err != nil {
+		c.lastErr = err
 		return p.Version, -1
 	}
 	return p.Version, step

@@ -127,11 +127,9 @@ func TestDashboardAndMetricsOfARunningJob(t *testing.T) {
 		t.Fatalf("status %+v", st)
 	}
 
-	// Metrics move while the job trains.
-	_, _, m1 := get(t, url+"metrics")
-	time.Sleep(1500 * time.Millisecond)
-	_, _, m2 := get(t, url+"metrics")
-	for _, series := range []string{
+	// Metrics move while the job trains: once every series is there (the
+	// ranks' first steps may still be under way), they grow.
+	series := []string{
 		`downpour_worker_steps_total{job="dash",rank="0"}`,
 		`downpour_worker_steps_total{job="dash",rank="1"}`,
 		`downpour_client_request_seconds_count{job="dash",op="push",shard="0"}`,
@@ -142,7 +140,26 @@ func TestDashboardAndMetricsOfARunningJob(t *testing.T) {
 		`downpour_job_step{job="dash"}`,
 		`downpour_nats_bytes_total{direction="out",role="worker"}`,
 		`downpour_nats_bytes_total{direction="in",role="ps"}`,
-	} {
+	}
+	var m1 []byte
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(100 * time.Millisecond) {
+		_, _, m1 = get(t, url+"metrics")
+		missing := ""
+		for _, s := range series {
+			if sample(string(m1), s) < 0 {
+				missing = s
+			}
+		}
+		if missing == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no %s in the scrape within a minute", missing)
+		}
+	}
+	time.Sleep(1500 * time.Millisecond)
+	_, _, m2 := get(t, url+"metrics")
+	for _, series := range series {
 		a, b := sample(string(m1), series), sample(string(m2), series)
 		if a < 0 || b <= a {
 			t.Errorf("%s: %v then %v, want it present and growing", series, a, b)
