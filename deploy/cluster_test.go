@@ -111,13 +111,20 @@ func up(t *testing.T) *cluster {
 	if c.cli, err = clientv3.New(clientv3.Config{Endpoints: etcds, DialTimeout: 5 * time.Second}); err != nil {
 		t.Fatal(err)
 	}
-	for _, u := range natss {
+	for i, u := range natss {
 		nc, err := nats.Connect(u, nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true),
 			nats.ReconnectWait(100*time.Millisecond), nats.IgnoreDiscoveredServers())
 		if err != nil {
 			t.Fatal(err)
 		}
 		c.ncs = append(c.ncs, nc)
+		// The server on the published port must be the cluster's own.
+		want := fmt.Sprint("nats", i+1)
+		for deadline := time.Now().Add(30 * time.Second); nc.ConnectedServerName() != want; time.Sleep(50 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: the NATS server there is %q (%v), not the cluster's %s", u, nc.ConnectedServerName(), nc.Status(), want)
+			}
+		}
 	}
 	return c
 }
