@@ -97,8 +97,11 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 			return
 		}
 		step := spec.EvalEvery
-		if resume != nil { // the first evaluation after the checkpoint resumed from
-			step = (resume.from/spec.EvalEvery + 1) * spec.EvalEvery
+		if resume != nil {
+			// The first evaluation at or after the checkpoint resumed from:
+			// at the checkpoint's own step too, since the stopped run may
+			// have stopped before evaluating it.
+			step = max(spec.EvalEvery, (resume.from+spec.EvalEvery-1)/spec.EvalEvery*spec.EvalEvery)
 		}
 		// A coordinator that takes over a running job evaluates from where
 		// the job is, not the steps already gone by.
