@@ -157,8 +157,17 @@ func TestDashboardAndMetricsOfARunningJob(t *testing.T) {
 			t.Fatalf("no %s in the scrape within a minute", missing)
 		}
 	}
-	time.Sleep(1500 * time.Millisecond)
-	_, _, m2 := get(t, url+"metrics")
+	var m2 []byte
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(200 * time.Millisecond) { // slow under -race
+		_, _, m2 = get(t, url+"metrics")
+		grown := true
+		for _, s := range series {
+			grown = grown && sample(string(m2), s) > sample(string(m1), s)
+		}
+		if grown || time.Now().After(deadline) {
+			break
+		}
+	}
 	for _, series := range series {
 		a, b := sample(string(m1), series), sample(string(m2), series)
 		if a < 0 || b <= a {
