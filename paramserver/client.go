@@ -101,7 +101,16 @@ func NewClientFor(nc *nats.Conn, job string, p *Placement, rank int, epoch uint6
 // Pull fills params (the flat parameter vector) from every shard once each
 // has applied at least minClock steps.
 func (c *Client) Pull(ctx context.Context, minClock int64, params []float32) error {
-	return c.each(ctx, func(ctx context.Context, g group) error { return c.pull(ctx, g, minClock, params) })
+	return c.each(ctx, func(ctx context.Context, g group) error { return c.pull(ctx, g, minClock, false, params) })
+}
+
+// PullExact (sync) fills params with the parameters at exactly step steps,
+// waiting until every shard has got there. Shards keep a copy of the steps
+// their ShardConfig.Keep names, so an evaluator that falls behind training
+// still reads the step it evaluates; a step neither live nor kept is
+// refused with wire.Gone.
+func (c *Client) PullExact(ctx context.Context, step int64, params []float32) error {
+	return c.each(ctx, func(ctx context.Context, g group) error { return c.pull(ctx, g, step, true, params) })
 }
 
 // Clock returns the smallest clock of the shards: the number of steps every
@@ -200,7 +209,7 @@ func (c *Client) StartPushPull(ctx context.Context, step int64, grads, params []
 				return err
 			}
 			close(t.pushed[i])
-			if err := c.pull(ctx, g, step+1, params); err != nil {
+			if err := c.pull(ctx, g, step+1, false, params); err != nil {
 				return err
 			}
 			close(t.pulled[i])
@@ -242,8 +251,8 @@ func (t *Transfer) Wait() error {
 	return t.err
 }
 
-func (c *Client) pull(ctx context.Context, g group, minClock int64, params []float32) error {
-	data, err := wire.Encode(&wire.PullRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch, MinClock: minClock, IDs: g.ids})
+func (c *Client) pull(ctx context.Context, g group, minClock int64, exact bool, params []float32) error {
+	data, err := wire.Encode(&wire.PullRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch, MinClock: minClock, IDs: g.ids, Exact: exact})
 	if err != nil {
 		return err
 	}

@@ -82,7 +82,7 @@ type Service struct {
 
 type heldPull struct {
 	reply string
-	ids   []uint32
+	req   *wire.PullRequest
 }
 
 // outbox collects replies built under the lock, to send after it. Pooled
@@ -329,9 +329,9 @@ func (s *Service) onPull(m *nats.Msg) {
 	case err != nil:
 		s.refusal(m.Reply, &o, err, true)
 	case now:
-		o.add(m.Reply, s.readLocked(req.IDs, &o))
+		o.add(m.Reply, s.readLocked(req, &o))
 	default:
-		s.held[s.nextToken] = heldPull{reply: m.Reply, ids: req.IDs}
+		s.held[s.nextToken] = heldPull{reply: m.Reply, req: req}
 	}
 }
 
@@ -369,7 +369,7 @@ func (s *Service) drainLocked(o *outbox) {
 		}
 		delete(s.held, a.Token)
 		if a.Kind == wire.OK {
-			o.add(h.reply, s.readLocked(h.ids, o))
+			o.add(h.reply, s.readLocked(h.req, o))
 		} else {
 			o.add(h.reply, encode(&wire.PullReply{V: wire.Version, Kind: a.Kind, Msg: "held too long; resend"}))
 		}
@@ -390,9 +390,9 @@ func (s *Service) drainLocked(o *outbox) {
 
 // readLocked encodes the reply to a pull of ids from the live parameters,
 // into a pooled buffer that o returns to the pool once sent.
-func (s *Service) readLocked(ids []uint32, o *outbox) []byte {
+func (s *Service) readLocked(req *wire.PullRequest, o *outbox) []byte {
 	r := &wire.PullReply{V: wire.Version, Clock: s.shard.Clock()}
-	blocks, err := s.shard.Read(ids)
+	blocks, err := s.shard.Read(req)
 	if err != nil {
 		r.Kind, r.Msg = s.count(err), err.Error()
 	} else {

@@ -37,6 +37,13 @@ type ShardConfig struct {
 	// first push under its epoch until it says it is idle (a push with no
 	// blocks) or is fenced off (Idle, or a newer epoch).
 	Elastic bool `json:"elastic,omitempty"`
+	// Keep (sync): each block keeps a copy of its parameters at every
+	// clock that is a positive multiple of Keep and below KeepBefore (0: no
+	// bound), the latest such copy only, so that an exact pull of that step
+	// (an evaluation's) is answered with that step's parameters after the
+	// block has moved on.
+	Keep       int64 `json:"keep,omitempty"`
+	KeepBefore int64 `json:"keep_before,omitempty"`
 }
 
 // Validate reports the first thing wrong with c.
@@ -52,6 +59,12 @@ func (c ShardConfig) Validate() error {
 	}
 	if c.Ranks < 1 {
 		return fmt.Errorf("a job needs at least one rank (got %d)", c.Ranks)
+	}
+	if c.Keep < 0 || c.KeepBefore < 0 {
+		return fmt.Errorf("keep and keep_before must not be negative (got %d, %d)", c.Keep, c.KeepBefore)
+	}
+	if c.Keep > 0 && c.Mode != Sync {
+		return fmt.Errorf("keep is for sync mode: a %s shard has no step boundaries", c.Mode)
 	}
 	if c.NonFinite != "" && c.NonFinite != Refuse && c.NonFinite != Skip {
 		return fmt.Errorf("non-finite policy %q: use refuse or skip", c.NonFinite)
@@ -83,6 +96,9 @@ type block struct {
 	last []int64
 	// The state at the pending sync snapshot step, once copied.
 	snap *BlockState
+	// sync: the parameters at clock keptAt (-1: none), see ShardConfig.Keep.
+	kept   []float32
+	keptAt int64
 }
 
 type waiter struct {
@@ -147,7 +163,7 @@ func NewShard(cfg ShardConfig, blocks []Block, init func(b Block, dst []float32)
 		rankClock: make([]int64, cfg.Ranks), active: make([]bool, cfg.Ranks), snapAt: -1}
 	maxLen := 0
 	for i, b := range blocks {
-		blk := &block{Block: b, w: make([]float32, b.Len)}
+		blk := &block{Block: b, w: make([]float32, b.Len), keptAt: -1}
 		init(b, blk.w)
 		for range cfg.Optimizer.Slots() {
 			blk.slots = append(blk.slots, make([]float32, b.Len))
@@ -326,6 +342,7 @@ func (s *Shard) pushSync(b *block, r int, step int64, data []byte, finite bool) 
 		b.bad = false
 		b.clock++
 		s.snapBlock(b)
+		s.keepBlock(b)
 		return true
 	}
 	if b.g[r] == nil {
@@ -352,6 +369,7 @@ func (s *Shard) pushSync(b *block, r int, step int64, data []byte, finite bool) 
 	b.n, b.bad = 0, false
 	b.clock++
 	s.snapBlock(b)
+	s.keepBlock(b)
 	return true
 }
 
@@ -515,16 +533,29 @@ func (s *Shard) Ready() []Answer {
 	return r
 }
 
-// Read returns the parameters of blocks ids, in order, as wire blocks viewing
-// the live parameters: encode them before the shard changes.
-func (s *Shard) Read(ids []uint32) ([]wire.Block, error) {
-	out := make([]wire.Block, len(ids))
-	for k, id := range ids {
+// Read answers a pull that Pull or Ready let through: the parameters of the
+// blocks it asks for, in order, as wire blocks viewing the shard's memory
+// (encode them before the shard changes). A sync pull with Exact set gets
+// each block's parameters at exactly MinClock steps, from the live block or
+// its kept copy; it is refused with Gone when the block has moved past that
+// step and keeps no copy of it.
+func (s *Shard) Read(req *wire.PullRequest) ([]wire.Block, error) {
+	exact := req.Exact && s.cfg.Mode == Sync
+	out := make([]wire.Block, len(req.IDs))
+	for k, id := range req.IDs {
 		i, ok := s.pos[id]
 		if !ok {
 			return nil, refuse(wire.UnknownBlock, "block %d is not on this shard", id)
 		}
-		out[k] = wire.Block{ID: id, Data: wire.FloatBytes(s.blocks[i].w)}
+		b := s.blocks[i]
+		w := b.w
+		if exact && b.clock != req.MinClock {
+			if b.keptAt != req.MinClock {
+				return nil, refuse(wire.Gone, "block %d is at step %d and keeps no copy of step %d", id, b.clock, req.MinClock)
+			}
+			w = b.kept
+		}
+		out[k] = wire.Block{ID: id, Data: wire.FloatBytes(w)}
 	}
 	return out, nil
 }
@@ -561,6 +592,19 @@ func (s *Shard) RequestSnapshot(step int64) error {
 		s.finishSnapshot()
 	}
 	return nil
+}
+
+// keepBlock copies b's parameters if its clock is a step to keep.
+func (s *Shard) keepBlock(b *block) {
+	k := s.cfg.Keep
+	if k <= 0 || b.clock == 0 || b.clock%k != 0 || (s.cfg.KeepBefore > 0 && b.clock >= s.cfg.KeepBefore) {
+		return
+	}
+	if b.kept == nil {
+		b.kept = make([]float32, b.Len)
+	}
+	copy(b.kept, b.w)
+	b.keptAt = b.clock
 }
 
 // snapBlock copies b's state if it stands at the pending snapshot step.

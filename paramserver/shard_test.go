@@ -404,3 +404,105 @@ func TestFence(t *testing.T) {
 		t.Fatal("the step did not apply")
 	}
 }
+
+// A sync shard keeps each Keep step's parameters (below KeepBefore) until
+// the next one, so an exact pull of that step reads exactly that step's
+// parameters however far the shard has gone on; an exact pull of a step
+// neither live nor kept is refused Gone, while plain pulls read the live
+// parameters as before. A restored shard keeps its restore step.
+func TestExactPullsReadKeptSteps(t *testing.T) {
+	const ranks, steps = 2, 8
+	rng := rand.New(rand.NewPCG(3, 4))
+	p := Place(testTensors, 6, 1)
+	opt := testOptimizers()[1]
+	cfg := syncCfg(ranks, opt)
+	cfg.Keep, cfg.KeepBefore = 3, 6
+	sh := newShards(p, cfg)[0]
+	ref := newShards(p, syncCfg(ranks, opt))[0] // no copies kept
+	var at [][]float32                          // the parameters after each step
+	at = append(at, gather(p, []*Shard{ref}))
+	ids := sh.Blocks()
+	read := func(step int64, exact bool) ([]float32, error) {
+		req := &wire.PullRequest{MinClock: step, IDs: ids, Exact: exact}
+		if now, err := sh.Pull(req, 1); err != nil || !now {
+			t.Fatalf("pull of step %d at clock %d: answerable %v, %v", step, sh.Clock(), now, err)
+		}
+		blocks, err := sh.Read(req)
+		if err != nil {
+			return nil, err
+		}
+		w := make([]float32, p.Size())
+		for k, b := range blocks {
+			if !wire.CopyFloats(w[p.Blocks[ids[k]].Offset:][:p.Blocks[ids[k]].Len], b.Data) {
+				t.Fatal("block length")
+			}
+		}
+		return w, nil
+	}
+	gone := func(err error) bool { return errors.Is(err, &wire.Error{Kind: wire.Gone}) }
+	for s := int64(0); s < steps; s++ {
+		for r := 0; r < ranks; r++ {
+			for _, m := range pushes(p, r, 1, s, grads(rng, p.Size())) {
+				for _, x := range []*Shard{sh, ref} {
+					if err := x.Push(m); err != nil {
+						t.Fatal(err)
+					}
+				}
+			}
+		}
+		at = append(at, gather(p, []*Shard{ref}))
+		clock := s + 1
+		for step := int64(1); step <= clock; step++ {
+			got, err := read(step, true)
+			kept := step == clock || (step%3 == 0 && step < 6 && (clock < step+3 || step+3 >= 6)) // the latest kept step stays
+			switch {
+			case kept && err != nil:
+				t.Fatalf("exact pull of step %d at clock %d: %v", step, clock, err)
+			case kept && !slices.Equal(got, at[step]):
+				t.Fatalf("exact pull of step %d at clock %d: not that step's parameters", step, clock)
+			case !kept && !gone(err):
+				t.Fatalf("exact pull of step %d at clock %d: %v, want gone", step, clock, err)
+			}
+			if got, err := read(step, false); err != nil || !slices.Equal(got, at[clock]) {
+				t.Fatalf("plain pull of step %d at clock %d: %v, or not the live parameters", step, clock, err)
+			}
+		}
+	}
+	// A pull of a step ahead waits, exact or not.
+	if now, err := sh.Pull(&wire.PullRequest{MinClock: steps + 1, IDs: ids, Exact: true}, 2); now || err != nil {
+		t.Fatalf("exact pull ahead of the clock: answerable %v, %v", now, err)
+	}
+	// Restored at a step to keep, the shard keeps it.
+	cfg.KeepBefore = 0
+	sh = newShards(p, cfg)[0]
+	for s := int64(0); s < 3; s++ {
+		for r := 0; r < ranks; r++ {
+			for _, m := range pushes(p, r, 1, s, grads(rng, p.Size())) {
+				if err := sh.Push(m); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+	}
+	snap := sh.snapshotNow()
+	want := gather(p, []*Shard{sh})
+	sh, err := RestoreShard(cfg, p.OnShard(0), snap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for r := 0; r < ranks; r++ {
+		for _, m := range pushes(p, r, 1, 3, grads(rng, p.Size())) {
+			if err := sh.Push(m); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got, err := read(3, true); err != nil || !slices.Equal(got, want) {
+		t.Fatalf("exact pull of the restore step after one more: %v, or not its parameters", err)
+	}
+	for _, bad := range []ShardConfig{{Mode: Async, Ranks: 1, Optimizer: opt, Keep: 2}, {Mode: Sync, Ranks: 1, Optimizer: opt, Keep: -1}} {
+		if bad.Validate() == nil {
+			t.Fatalf("%+v validated", bad)
+		}
+	}
+}

@@ -294,6 +294,7 @@ func RestoreShard(cfg ShardConfig, blocks []Block, snap *Snapshot) (*Shard, erro
 		}
 		copy(blk.last, bs.Last)
 		blk.clock = bs.Clock
+		s.keepBlock(blk)
 	}
 	copy(s.epochs, snap.Epochs)
 	copy(s.rankClock, snap.RankClocks)

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"image/png"
 	"io"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
@@ -593,14 +594,27 @@ func TestTrainResume(t *testing.T) {
 		t.Fatal("the resumed run's parameters differ from the run that never stopped")
 	}
 	// The evaluations at 40 and 80 come from before or after the stop; the
-	// last step's comes at the end; none is of a step past its parameters.
-	_, evals := readAllMetrics(t, filepath.Join(out, "metrics.jsonl"))
-	steps := map[int64]bool{}
-	for _, ev := range evals {
-		steps[ev.Step] = true
+	// last step's comes at the end. Each is of exactly its step's
+	// parameters, however far training had gone when it was taken: it
+	// scores what the run that never stopped scored at that step.
+	byStep := func(path string) map[int64]telemetry.EvalRecord {
+		_, evals := readAllMetrics(t, path)
+		m := map[int64]telemetry.EvalRecord{}
+		for _, ev := range evals {
+			m[ev.Step] = ev // a step evaluated twice keeps its last record
+		}
+		return m
 	}
-	if !steps[40] || !steps[80] || !steps[120] {
-		t.Fatalf("evaluations at %v, want 40, 80 and 120", steps)
+	resumed, straight := byStep(filepath.Join(out, "metrics.jsonl")), byStep(filepath.Join(dir, "straight", "metrics.jsonl"))
+	for _, step := range []int64{40, 80, 120} {
+		r, ok := resumed[step]
+		s, ok2 := straight[step]
+		if !ok || !ok2 {
+			t.Fatalf("evaluations at %v and %v, want 40, 80 and 120 in both runs\nresumed run:\n%s%s", slices.Sorted(maps.Keys(resumed)), slices.Sorted(maps.Keys(straight)), stdout, stderr)
+		}
+		if r.EvalLoss != s.EvalLoss || r.BLEU != s.BLEU || r.ExactMatch != s.ExactMatch || r.HeldOut != s.HeldOut {
+			t.Fatalf("evaluation at step %d: resumed %+v, straight %+v", step, r, s)
+		}
 	}
 	// A finished run has nothing to resume; nor has a run without checkpoints.
 	if code, _, stderr := runCmd(t, time.Minute, "train", "--resume", out); code == 0 || !strings.Contains(stderr, "already finished") {

@@ -88,6 +88,7 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 	ev := &evaluator{spec: &spec, score: score, col: col, nc: nc, cli: cli, out: out, stepsPerEpoch: spe, log: log}
 	// Periodic evaluations, while training runs.
 	ectx, stopEval := context.WithCancel(ctx)
+	finishing := make(chan struct{}) // closed when the job has done its steps
 	var evalDone sync.WaitGroup
 	evalDone.Go(func() {
 		if spec.EvalEvery == 0 {
@@ -113,7 +114,13 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 			cancel()
 		}
 		for ; step < spec.Steps; step += spec.EvalEvery {
-			params, err := ev.pull(ectx, step)
+			params, err := ev.pullBefore(ectx, finishing, step, spec.Mode == paramserver.Sync)
+			if errors.Is(err, &wire.Error{Kind: wire.Gone}) {
+				// A placement change (or a takeover) lost the shards'
+				// copy of this step: evaluate the next one.
+				log.Warn("skipping an evaluation: the shards no longer hold its step", "step", step, "err", err)
+				continue
+			}
 			if err != nil {
 				if ectx.Err() == nil {
 					log.Warn("evaluation pull failed", "step", step, "err", err)
@@ -157,9 +164,12 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 			return reached, nil
 		},
 		OnFinish: func(ctx context.Context, p *paramserver.Placement) error {
-			stopEval()
+			// The evaluator may be behind training: its remaining steps
+			// are all reached now, so it finishes them (the shards keep
+			// each evaluation step's parameters), unless it is stuck.
+			close(finishing)
 			evalDone.Wait()
-			params, err := ev.pull(ctx, spec.Steps)
+			params, err := ev.pull(ctx, spec.Steps, false)
 			if err != nil {
 				return fmt.Errorf("pulling the final parameters: %w", err)
 			}
@@ -186,6 +196,11 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 // coordinatorTTL is the lease, in seconds, of a coordinator's leadership: a
 // standby takes over this long after the leader dies.
 const coordinatorTTL = 5
+
+// finishEvalWait bounds how long a finished job waits for each of its
+// evaluator's pulls (not its scoring) before giving up on the evaluations
+// left: the shards have reached every step, so a pull that waits is stuck.
+const finishEvalWait = time.Minute
 
 type evaluator struct {
 	spec  *job.Spec
@@ -292,7 +307,26 @@ func (e *evaluator) clock(ctx context.Context) (int64, error) {
 // pull reads the parameters after step from the shards, under the job's
 // current placement; if the job is re-placed meanwhile, it starts over under
 // the new one.
-func (e *evaluator) pull(ctx context.Context, step int64) ([]float32, error) {
+// pullBefore is pull, given up finishEvalWait after finishing is closed.
+func (e *evaluator) pullBefore(ctx context.Context, finishing <-chan struct{}, step int64, exact bool) ([]float32, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-finishing:
+		case <-ctx.Done():
+			return
+		}
+		select {
+		case <-time.After(finishEvalWait):
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return e.pull(ctx, step, exact)
+}
+
+func (e *evaluator) pull(ctx context.Context, step int64, exact bool) ([]float32, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
 	for {
@@ -311,9 +345,22 @@ func (e *evaluator) pull(ctx context.Context, step int64) ([]float32, error) {
 				moved()
 			}
 		}()
-		err = c.Pull(pctx, step, params)
+		if exact {
+			err = c.PullExact(pctx, step, params)
+		} else {
+			err = c.Pull(pctx, step, params)
+		}
+		// A newer placement: the watch saw it, or the shards said so first
+		// (placement 1 was read just before a resume wrote placement 2).
 		again := pctx.Err() != nil && ctx.Err() == nil
 		moved()
+		if errors.Is(err, &wire.Error{Kind: wire.Superseded}) && ctx.Err() == nil {
+			again = true
+			select {
+			case <-ctx.Done():
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
 		if !again {
 			return params, err
 		}

@@ -355,8 +355,15 @@ var Presets = map[string]func(*Spec){
 // A pull held for 20 ticks (2 s) is answered Expired and asked again, well
 // within the first attempt of a client's request (paramserver.DefaultAttempt).
 func (s *Spec) ShardConfig() paramserver.ShardConfig {
-	return paramserver.ShardConfig{Mode: s.Mode, Staleness: s.Staleness, Ranks: s.Workers,
+	c := paramserver.ShardConfig{Mode: s.Mode, Staleness: s.Staleness, Ranks: s.Workers,
 		Optimizer: s.Optimizer, NonFinite: s.NonFinite, PullTTL: 20, Elastic: s.Mode == paramserver.SSP && s.UsesTasks()}
+	if s.Mode == paramserver.Sync {
+		// The evaluator reads each evaluation step's parameters exactly,
+		// however far training has gone on meanwhile (the last step's
+		// parameters are the final ones, not a copy).
+		c.Keep, c.KeepBefore = s.EvalEvery, s.Steps
+	}
+	return c
 }
 
 // Tensors lists the model's parameter tensors.

@@ -22,6 +22,7 @@ const (
 	Expired                  // a held pull waited longer than the shard holds pulls; resend it
 	Refused                  // a valid request the receiver cannot honour now (e.g. a snapshot step already passed)
 	Superseded               // addressed to a placement the job has replaced: wait for the new one (or, fenced off, stop)
+	Gone                     // an exact pull of a step whose parameters the shard no longer holds
 	numKinds
 )
 
@@ -29,7 +30,7 @@ var kindNames = [...]string{
 	OK: "ok", Malformed: "malformed", BadVersion: "bad_version", UnknownJob: "unknown_job",
 	UnknownBlock: "unknown_block", BadLength: "bad_length", NonFinite: "non_finite",
 	StaleEpoch: "stale_epoch", TooLarge: "too_large", Internal: "internal", BadStep: "bad_step",
-	BadRank: "bad_rank", Expired: "expired", Refused: "refused", Superseded: "superseded",
+	BadRank: "bad_rank", Expired: "expired", Refused: "refused", Superseded: "superseded", Gone: "gone",
 }
 
 // NumKinds is the number of defined kinds, for per-kind counters.

@@ -58,6 +58,9 @@ type PullRequest struct {
 	Epoch    uint64   `msgpack:"e"`
 	MinClock int64    `msgpack:"c"`
 	IDs      []uint32 `msgpack:"i"`
+	// Exact (sync): the parameters at exactly MinClock steps, not at
+	// least; a shard that no longer holds them refuses with Gone.
+	Exact bool `msgpack:"x,omitempty"`
 }
 
 // SnapshotRequest asks a shard to snapshot its state at the boundary of
