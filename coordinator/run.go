@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/job"
@@ -241,9 +242,15 @@ func (c *run) loop(ctx context.Context) error {
 	if finished, err := c.exec(ctx, c.job.Resume()); err != nil || finished {
 		return err
 	}
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	wc := c.cli.Watch(wctx, c.keys.Root(), clientv3.WithPrefix(), clientv3.WithRev(snap.Header.Revision+1), clientv3.WithPrevKV())
+	// seen is the revision handled last: a watch that an etcd leader
+	// change ends is opened again after it.
+	seen := snap.Header.Revision
+	watch := func() (clientv3.WatchChan, context.CancelFunc) {
+		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+		return c.cli.Watch(wctx, c.keys.Root(), clientv3.WithPrefix(), clientv3.WithRev(seen+1), clientv3.WithPrevKV()), cancel
+	}
+	wc, cancel := watch()
+	defer func() { cancel() }()
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
 	for {
@@ -259,12 +266,20 @@ func (c *run) loop(ctx context.Context) error {
 				return fmt.Errorf("etcd watch closed: %w", ctx.Err())
 			}
 			if err := wr.Err(); err != nil {
-				return fmt.Errorf("watching job %s: %w", c.cfg.Spec.Name, err)
+				if !job.Transient(err) || errors.Is(err, rpctypes.ErrCompacted) {
+					return fmt.Errorf("watching job %s: %w", c.cfg.Spec.Name, err)
+				}
+				c.cfg.Log.Warn("etcd ended the job's watch: watching again", "after_revision", seen, "err", err)
+				cancel()
+				time.Sleep(200 * time.Millisecond)
+				wc, cancel = watch()
+				continue
 			}
 			for _, ev := range wr.Events {
 				if finished, err := c.handle(ctx, ev.Type, ev.Kv, ev.PrevKv); err != nil || finished {
 					return err
 				}
+				seen = ev.Kv.ModRevision
 			}
 		}
 	}

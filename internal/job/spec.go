@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/wire"
@@ -540,35 +541,62 @@ func NextPlacement(ctx context.Context, cli *clientv3.Client, name string, versi
 		}
 		return false, nil
 	}
-	r, err := cli.Txn(ctx).Then(clientv3.OpGet(keys.State()), clientv3.OpGet(keys.Placement())).Commit()
-	if err != nil {
-		return nil, 0, fmt.Errorf("reading job %s: %w", name, err)
-	}
-	for _, op := range r.Responses {
-		for _, kv := range op.GetResponseRange().Kvs {
-			if stop, err := check(kv); err != nil || stop {
-				return next, rev, err
-			}
-		}
-	}
-	wc := cli.Watch(ctx, keys.Root(), clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision+1))
-	for wr := range wc {
-		if err := wr.Err(); err != nil {
-			return nil, 0, fmt.Errorf("watching job %s: %w", name, err)
-		}
-		for _, ev := range wr.Events {
-			if ev.Type != mvccpb.PUT {
+	// An etcd leader change ends the watch (and may fail the read): read
+	// and watch again, which misses nothing, since the state and the
+	// placement are read afresh.
+	for ; ; time.Sleep(200 * time.Millisecond) {
+		r, err := cli.Txn(ctx).Then(clientv3.OpGet(keys.State()), clientv3.OpGet(keys.Placement())).Commit()
+		if err != nil {
+			if Transient(err) && ctx.Err() == nil {
 				continue
 			}
-			if stop, err := check(ev.Kv); err != nil || stop {
-				return next, rev, err
+			return nil, 0, fmt.Errorf("reading job %s: %w", name, err)
+		}
+		for _, op := range r.Responses {
+			for _, kv := range op.GetResponseRange().Kvs {
+				if stop, err := check(kv); err != nil || stop {
+					return next, rev, err
+				}
 			}
 		}
+		wctx, wcancel := context.WithCancel(ctx)
+		wc := cli.Watch(wctx, keys.Root(), clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision+1))
+		var werr error
+		for wr := range wc {
+			if werr = wr.Err(); werr != nil {
+				break
+			}
+			for _, ev := range wr.Events {
+				if ev.Type != mvccpb.PUT {
+					continue
+				}
+				if stop, err := check(ev.Kv); err != nil || stop {
+					wcancel()
+					return next, rev, err
+				}
+			}
+		}
+		wcancel()
+		if ctx.Err() != nil {
+			return nil, 0, ctx.Err()
+		}
+		if werr != nil && !Transient(werr) {
+			return nil, 0, fmt.Errorf("watching job %s: %w", name, werr)
+		}
 	}
-	if ctx.Err() != nil {
-		return nil, 0, ctx.Err()
+}
+
+// Transient reports whether err is one an etcd client outlives by asking
+// again: the cluster is electing a leader, or a request timed out with the
+// old one, or a watch's history was compacted (read afresh).
+func Transient(err error) bool {
+	for _, e := range []error{rpctypes.ErrNoLeader, rpctypes.ErrLeaderChanged, rpctypes.ErrTimeout,
+		rpctypes.ErrTimeoutDueToLeaderFail, rpctypes.ErrTimeoutDueToConnectionLost, rpctypes.ErrCompacted} {
+		if errors.Is(err, e) || strings.Contains(err.Error(), rpctypes.ErrorDesc(e)) {
+			return true
+		}
 	}
-	return nil, 0, fmt.Errorf("watching job %s: the watch ended", name)
+	return false
 }
 
 // Find waits (up to timeout) for job name to exist in etcd and returns its
