@@ -9,7 +9,12 @@
 #   deploy/cluster.sh dashboard  the coordinators' dashboard URLs
 #   deploy/cluster.sh logs     follow every container's log
 #   deploy/cluster.sh down     stop it and delete its volumes
-#   deploy/cluster.sh build    only build the binaries and images
+#   deploy/cluster.sh build    only build the binaries, images and secrets
+#
+# Secrets: the first build makes build/secrets (mode 0700): a TLS authority
+# and the servers' certificate (tls/), the job's per-role credentials
+# (creds/) and the NATS servers' config (nats.conf). Later builds keep them;
+# delete the directory to make new ones.
 #
 # JOB_ARGS overrides the job's flags (default: the Seq2Seq copy task, sync,
 # 600 steps, checkpoints every 50), e.g.
@@ -31,6 +36,39 @@ build() {
 		docker build -q -t "downpour-local/$bin:dev" --build-arg BIN="$bin" -f images/Dockerfile build >/dev/null
 		echo "downpour-local/$bin:dev"
 	done
+	secrets
+}
+
+secrets() {
+	local s=build/secrets
+	[ -f "$s/nats.conf" ] && return
+	echo "== secrets ($s)"
+	rm -rf "$s"
+	mkdir -m 0700 -p "$s"
+	# 127.0.0.2: where the fault suite publishes the servers' ports.
+	build/downpour certs --dir "$s/tls" --hosts nats1,nats2,nats3,etcd1,etcd2,etcd3,127.0.0.2 >/dev/null
+	build/downpour creds --job demo --dir "$s/creds" >/dev/null
+	cat >"$s/nats.conf.tmp" <<-'EOF'
+		# NATS servers of the compose cluster: the job's identities, TLS for clients.
+		include "creds/nats-auth.conf"
+		tls {
+		  cert_file: "/secrets/tls/server.pem"
+		  key_file: "/secrets/tls/server-key.pem"
+		  timeout: 5
+		}
+	EOF
+	mv "$s/nats.conf.tmp" "$s/nats.conf"
+}
+
+# start brings the cluster up in order: the servers, etcd's users, the roles.
+start() {
+	compose up -d etcd1 etcd2 etcd3 nats1 nats2 nats3
+	for i in $(seq 1 30); do
+		compose run --rm --no-deps etcd-auth && break
+		[ "$i" = 30 ] && { echo "etcd-auth failed 30 times" >&2; exit 1; }
+		sleep 2
+	done
+	compose up -d
 }
 
 case "${1:-}" in
@@ -38,7 +76,7 @@ build) build ;;
 up)
 	build
 	echo "== cluster"
-	compose up -d
+	start
 	compose ps
 	"$self" dashboard
 	;;

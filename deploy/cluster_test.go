@@ -31,6 +31,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/downpour-ml/downpour/internal/auth"
 	"github.com/downpour-ml/downpour/internal/checkpoint"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/paramserver"
@@ -97,23 +98,46 @@ func port(t *testing.T, service string, p int) string {
 func up(t *testing.T) *cluster {
 	t.Helper()
 	compose("down", "-v", "--remove-orphans") // whatever an interrupted run left
+	// As cluster.sh up: the servers, then etcd's users, then the roles.
+	if _, err := compose("up", "-d", "etcd1", "etcd2", "etcd3", "nats1", "nats2", "nats3"); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; ; i++ {
+		_, err := compose("run", "--rm", "--no-deps", "etcd-auth")
+		if err == nil {
+			break
+		}
+		if i == 30 {
+			t.Fatal(err)
+		}
+		time.Sleep(2 * time.Second)
+	}
 	if _, err := compose("up", "-d"); err != nil {
 		t.Fatal(err)
 	}
 	c := &cluster{t: t, hit: map[string]bool{}}
 	t.Cleanup(c.down)
+	// The test watches as the job's observer, over TLS.
+	tc, err := auth.ClientTLS("build/secrets/tls/" + auth.CAFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	obs, err := auth.Read("build/secrets/creds/demo-observer.creds")
+	if err != nil {
+		t.Fatal(err)
+	}
 	var etcds, natss []string
 	for i := 1; i <= 3; i++ {
-		etcds = append(etcds, "http://"+port(t, fmt.Sprint("etcd", i), 2379))
-		natss = append(natss, "nats://"+port(t, fmt.Sprint("nats", i), 4222))
+		etcds = append(etcds, "https://"+port(t, fmt.Sprint("etcd", i), 2379))
+		natss = append(natss, "tls://"+port(t, fmt.Sprint("nats", i), 4222))
 	}
-	var err error
-	if c.cli, err = clientv3.New(clientv3.Config{Endpoints: etcds, DialTimeout: 5 * time.Second}); err != nil {
+	user, password := obs.EtcdLogin()
+	if c.cli, err = job.ConnectAs(t.Context(), etcds, 10*time.Second, user, password, tc); err != nil {
 		t.Fatal(err)
 	}
 	for i, u := range natss {
-		nc, err := nats.Connect(u, nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true),
-			nats.ReconnectWait(100*time.Millisecond), nats.IgnoreDiscoveredServers())
+		nc, err := nats.Connect(u, append(obs.NATSOptions(), nats.Secure(tc), nats.MaxReconnects(-1), nats.RetryOnFailedConnect(true),
+			nats.ReconnectWait(100*time.Millisecond), nats.IgnoreDiscoveredServers())...)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -227,7 +251,7 @@ func (c *cluster) rankHolder() string {
 // etcdLeader is the etcd service that leads the etcd cluster.
 func (c *cluster) etcdLeader() string {
 	for i := 1; i <= 3; i++ {
-		ep := "http://" + port(c.t, fmt.Sprint("etcd", i), 2379)
+		ep := "https://" + port(c.t, fmt.Sprint("etcd", i), 2379)
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		s, err := c.cli.Status(ctx, ep)
 		cancel()

@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"time"
 
 	"github.com/downpour-ml/downpour/internal/auth"
 	"github.com/downpour-ml/downpour/internal/wire"
@@ -121,4 +122,63 @@ func readUsers(dir string) ([]auth.User, error) {
 		}
 	}
 	return users, nil
+}
+
+// cmdCerts makes a cluster's TLS directory: its own certificate authority
+// (kept if already there) and the certificate its NATS and etcd servers
+// present, for the hosts the roles reach them at.
+func cmdCerts(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("certs", flag.ContinueOnError)
+	dir := fs.String("dir", "tls", "directory of the authority and the servers' certificate (created 0700)")
+	hosts := fs.String("hosts", "", "comma-separated names and addresses the servers are reached at (localhost and 127.0.0.1 always)")
+	days := fs.Int("days", 365, "days the certificates are valid")
+	if err := parse(fs, args, stderr, "downpour certs --dir /etc/downpour/tls --hosts nats-1,nats-2,etcd-1,10.0.0.5"); err != nil {
+		return err
+	}
+	if *days < 1 {
+		fmt.Fprintf(stderr, "downpour certs: --days must be at least 1 (got %d)\n", *days)
+		return errUsage
+	}
+	if err := auth.MakeCerts(*dir, strings.Split(*hosts, ","), time.Duration(*days)*24*time.Hour, time.Now()); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "servers: 'downpour servers --tls-dir %s' (or nats-server's tls block and etcd's --cert-file/--key-file with %s and %s)\n",
+		*dir, filepath.Join(*dir, auth.ServerFile), filepath.Join(*dir, auth.ServerKeyFile))
+	fmt.Fprintf(stdout, "roles: --tls-ca %s, with tls:// NATS URLs and https:// etcd endpoints\n", filepath.Join(*dir, auth.CAFile))
+	return nil
+}
+
+// cmdEtcdAuth gives an etcd cluster the users of every job whose
+// credentials are in a directory and turns its authentication on (the
+// root password is kept there, 0600). Run it again after 'downpour creds'
+// adds a job.
+func cmdEtcdAuth(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("etcd-auth", flag.ContinueOnError)
+	dir := fs.String("creds-dir", "creds", "the directory 'downpour creds' wrote")
+	etcd := fs.String("etcd", "", "etcd endpoint(s), comma-separated")
+	tlsCA := fs.String("tls-ca", "", "connect over TLS, trusting only this authority (ca.pem made by 'downpour certs')")
+	timeout := fs.Duration("connect-timeout", 10*time.Second, "how long to wait for etcd to answer")
+	if err := parse(fs, args, stderr, "downpour etcd-auth --creds-dir /etc/downpour/creds --etcd https://etcd1:2379 --tls-ca /etc/downpour/tls/ca.pem"); err != nil {
+		return err
+	}
+	if *etcd == "" {
+		fmt.Fprintln(stderr, "downpour etcd-auth: give --etcd")
+		return errUsage
+	}
+	creds, err := readCreds(*dir)
+	if err != nil {
+		return err
+	}
+	if len(creds) == 0 {
+		return fmt.Errorf("%s holds no credentials: make them with 'downpour creds --dir %s'", *dir, *dir)
+	}
+	tc, err := endpoints{tlsCA: *tlsCA}.tls()
+	if err != nil {
+		return err
+	}
+	if err := auth.SetUpEtcd(ctx, strings.Split(*etcd, ","), *timeout, filepath.Join(*dir, "etcd-root.secret"), creds, tc); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "etcd at %s: authentication on, %d role users\n", *etcd, len(creds))
+	return nil
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"os"
@@ -15,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/auth"
+	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
 )
 
@@ -58,29 +60,46 @@ func TestJobWithCredentials(t *testing.T) {
 	if err != nil || len(users) != 2*len(auth.Roles) {
 		t.Fatalf("users %v, %v", users, err)
 	}
-	servers := start(t, "servers", "servers", "--dir", filepath.Join(dir, "servers"), "--creds-dir", creds)
-	var natsURL, etcdURL string
+	// The servers speak TLS only, with the cluster's own authority.
+	tlsDir := filepath.Join(dir, "tls")
+	if code, _, stderr := runCmd(t, 10*time.Second, "certs", "--dir", tlsDir, "--hosts", "downpour-test.local"); code != 0 {
+		t.Fatalf("certs: %s", stderr)
+	}
+	servers := start(t, "servers", "servers", "--dir", filepath.Join(dir, "servers"), "--creds-dir", creds, "--tls-dir", tlsDir)
+	var natsURL, etcdURL, caFile string
 	for deadline := time.Now().Add(time.Minute); natsURL == ""; time.Sleep(50 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("servers did not say where they listen:\n%s", servers.out.String())
 		}
 		for _, l := range strings.Split(servers.out.String(), "\n") {
-			if f := strings.Fields(l); len(f) == 7 && f[0] == "run" && f[3] == "--nats" {
-				natsURL, etcdURL = f[4], f[6]
+			if f := strings.Fields(l); len(f) == 9 && f[0] == "run" && f[3] == "--nats" && f[7] == "--tls-ca" {
+				natsURL, etcdURL, caFile = f[4], f[6], f[8]
 			}
 		}
+	}
+	if !strings.HasPrefix(natsURL, "tls://") || !strings.HasPrefix(etcdURL, "https://") {
+		t.Fatalf("servers with --tls-dir listen at %s and %s", natsURL, etcdURL)
+	}
+	cc, err := auth.ClientTLS(caFile)
+	if err != nil {
+		t.Fatal(err)
 	}
 	serverLog := &servers.out
 	c := struct {
 		NATSURL       string
 		EtcdEndpoints []string
 	}{natsURL, []string{etcdURL}}
-	ep := []string{"--nats", c.NATSURL, "--etcd", c.EtcdEndpoints[0], "--http", ""}
+	ep := []string{"--nats", c.NATSURL, "--etcd", c.EtcdEndpoints[0], "--tls-ca", caFile, "--http", ""}
 	credsOf := func(r auth.Role) []string {
 		return []string{"--creds", filepath.Join(creds, fmt.Sprintf("sec-%s.creds", r))}
 	}
 
-	// Refused: no credentials, and another role's.
+	// Refused: without the authority (the servers' certificate is not one
+	// the system trusts), without credentials, and with another role's.
+	code, _, stderr = runCmd(t, 30*time.Second, "worker", "--job", "sec", "--nats", natsURL, "--etcd", etcdURL, "--http", "")
+	if code != 1 || !strings.Contains(stderr, "certificate") {
+		t.Fatalf("a worker without --tls-ca: exit %d: %s", code, stderr)
+	}
 	code, _, stderr = runCmd(t, 30*time.Second, append([]string{"worker", "--job", "sec"}, ep...)...)
 	if code != 1 || !strings.Contains(stderr, "requires a login") {
 		t.Fatalf("a worker without credentials: exit %d: %s", code, stderr)
@@ -89,7 +108,7 @@ func TestJobWithCredentials(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, "holds credentials of a ps; this is a worker") {
 		t.Fatalf("a worker with a shard's credentials: exit %d: %s", code, stderr)
 	}
-	if nc, err := nats.Connect(natsURL); err == nil {
+	if nc, err := nats.Connect(natsURL, nats.Secure(cc)); err == nil {
 		nc.Close()
 		t.Fatal("NATS took a client without credentials")
 	}
@@ -106,7 +125,7 @@ func TestJobWithCredentials(t *testing.T) {
 			t.Fatal(err)
 		}
 		u, pw := cr.EtcdLogin()
-		cli, err := connectAs(etcdURL, u, pw)
+		cli, err := connectAs(etcdURL, u, pw, cc)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -121,7 +140,7 @@ func TestJobWithCredentials(t *testing.T) {
 	if _, err := login("other", auth.Worker).Get(ctx, job.KeysFor("sec").Spec()); !errors.Is(err, rpctypes.ErrPermissionDenied) {
 		t.Fatalf("another job's worker reading the spec: %v", err)
 	}
-	if _, err := connectAs(etcdURL, "", ""); err == nil || !strings.Contains(err.Error(), "requires a login") {
+	if _, err := connectAs(etcdURL, "", "", cc); err == nil || !strings.Contains(err.Error(), "requires a login") {
 		t.Fatalf("etcd without a login: %v", err)
 	}
 
@@ -135,12 +154,72 @@ func TestJobWithCredentials(t *testing.T) {
 	out := filepath.Join(dir, "run")
 	coord := start(t, "coordinator", append(append(append([]string{"coordinator", "--out", out}, spec...), ep...), credsOf(auth.Coordinator)...)...)
 	endJob(t, coord, procs, out, dir, spec, "authenticated")
-	code, stdout, stderr = runCmd(t, 30*time.Second, append(append([]string{"status", "--job", "sec"}, ep[:4]...), credsOf(auth.Observer)...)...)
+	code, stdout, stderr = runCmd(t, 30*time.Second, append(append([]string{"status", "--job", "sec"}, ep[:6]...), credsOf(auth.Observer)...)...)
 	if code != 0 || !strings.Contains(stdout, "job sec: done") {
 		t.Fatalf("status with the observer's credentials: exit %d\n%s%s", code, stdout, stderr)
 	}
 }
 
-func connectAs(endpoint, user, password string) (*clientv3.Client, error) {
-	return job.ConnectAs(context.Background(), []string{endpoint}, 5*time.Second, user, password)
+func connectAs(endpoint, user, password string, tc *tls.Config) (*clientv3.Client, error) {
+	return job.ConnectAs(context.Background(), []string{endpoint}, 5*time.Second, user, password, tc)
+}
+
+// etcd-auth gives an etcd over TLS the users of every job in a credentials
+// directory and turns its authentication on; run again (a job added), it
+// logs in as root with the password it kept and gives the new job's users.
+func TestEtcdAuthCommand(t *testing.T) {
+	dir := t.TempDir()
+	creds, tlsDir := filepath.Join(dir, "creds"), filepath.Join(dir, "tls")
+	for _, args := range [][]string{{"creds", "--job", "a", "--dir", creds}, {"certs", "--dir", tlsDir}} {
+		if code, _, stderr := runCmd(t, 10*time.Second, args...); code != 0 {
+			t.Fatalf("%v: %s", args, stderr)
+		}
+	}
+	c, err := embedded.StartWith(t.Context(), embedded.Options{Dir: filepath.Join(dir, "servers"),
+		TLSCert: filepath.Join(tlsDir, auth.ServerFile), TLSKey: filepath.Join(tlsDir, auth.ServerKeyFile)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	cc, err := auth.ClientTLS(filepath.Join(tlsDir, auth.CAFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	etcdAuth := func() {
+		t.Helper()
+		code, stdout, stderr := runCmd(t, time.Minute, "etcd-auth", "--creds-dir", creds, "--etcd", c.EtcdEndpoints[0], "--tls-ca", filepath.Join(tlsDir, auth.CAFile))
+		if code != 0 || !strings.Contains(stdout, "authentication on") {
+			t.Fatalf("etcd-auth: exit %d\n%s%s", code, stdout, stderr)
+		}
+	}
+	etcdAuth()
+	if st, err := os.Stat(filepath.Join(creds, "etcd-root.secret")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("the root password file: %v, mode %v", err, st.Mode().Perm())
+	}
+	if _, err := connectAs(c.EtcdEndpoints[0], "", "", cc); err == nil || !strings.Contains(err.Error(), "requires a login") {
+		t.Fatalf("etcd without a login after etcd-auth: %v", err)
+	}
+	if code, _, stderr := runCmd(t, 10*time.Second, "creds", "--job", "b", "--dir", creds); code != 0 {
+		t.Fatal(stderr)
+	}
+	etcdAuth()
+	for _, j := range []string{"a", "b"} {
+		cr, err := auth.Read(filepath.Join(creds, j+"-coordinator.creds"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		u, pw := cr.EtcdLogin()
+		cli, err := connectAs(c.EtcdEndpoints[0], u, pw, cc)
+		if err != nil {
+			t.Fatalf("job %s's coordinator: %v", j, err)
+		}
+		_, err = cli.Put(t.Context(), job.KeysFor(j).Spec(), "{}")
+		cli.Close()
+		if err != nil {
+			t.Fatalf("job %s's coordinator writing its spec: %v", j, err)
+		}
+	}
+	if code, _, stderr := runCmd(t, 10*time.Second, "etcd-auth", "--creds-dir", creds); code != 2 || !strings.Contains(stderr, "--etcd") {
+		t.Fatalf("etcd-auth without --etcd: exit %d: %s", code, stderr)
+	}
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -277,6 +278,7 @@ type endpoints struct {
 	logFormat string
 	http      string // the roles' dashboard and metrics address ("" for none)
 	credsFile string // --creds: this role's NATS credentials
+	tlsCA     string // --tls-ca: the authority NATS's and etcd's certificates come from
 	// creds are every role's credentials where this process made them (an
 	// embedded cluster's, per run).
 	creds map[auth.Role]*auth.Creds
@@ -288,6 +290,7 @@ func endpointFlags(fs *flag.FlagSet, e *endpoints) {
 	fs.DurationVar(&e.timeout, "connect-timeout", 5*time.Second, "how long to wait for NATS and etcd to answer")
 	fs.DurationVar(&e.giveUp, "give-up", 2*time.Minute, "how long to keep reconnecting to NATS before giving up with an error")
 	fs.StringVar(&e.credsFile, "creds", "", "this role's NATS credentials file (made by 'downpour creds'), where the NATS servers require them")
+	fs.StringVar(&e.tlsCA, "tls-ca", "", "connect to NATS and etcd over TLS, trusting only this authority (ca.pem made by 'downpour certs')")
 	logFlags(fs, e)
 }
 
@@ -373,6 +376,13 @@ func connectNATS(ep endpoints, name string, role auth.Role) (*nats.Conn, error) 
 	if creds != nil {
 		opts = append(opts, creds.NATSOptions()...)
 	}
+	tc, err := ep.tls()
+	if err != nil {
+		return nil, err
+	}
+	if tc != nil {
+		opts = append(opts, nats.Secure(tc))
+	}
 	nc, err := nats.Connect(ep.nats, opts...)
 	if errors.Is(err, nats.ErrAuthorization) || err != nil && strings.Contains(strings.ToLower(err.Error()), "authorization violation") {
 		return nil, fmt.Errorf("NATS at %s refused this %s's credentials (give the role's own with --creds): %w", ep.nats, role, err)
@@ -441,7 +451,19 @@ func connectEtcd(ctx context.Context, ep endpoints, role auth.Role) (*clientv3.C
 		return nil, err
 	}
 	user, password := creds.EtcdLogin()
-	return job.ConnectAs(ctx, strings.Split(ep.etcd, ","), ep.timeout, user, password)
+	tc, err := ep.tls()
+	if err != nil {
+		return nil, err
+	}
+	return job.ConnectAs(ctx, strings.Split(ep.etcd, ","), ep.timeout, user, password, tc)
+}
+
+// tls is the clients' TLS configuration: nil without --tls-ca.
+func (e endpoints) tls() (*tls.Config, error) {
+	if e.tlsCA == "" {
+		return nil, nil
+	}
+	return auth.ClientTLS(e.tlsCA)
 }
 
 // credsFor returns role's credentials: made by this process, or read from

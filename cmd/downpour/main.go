@@ -39,6 +39,8 @@ var commands = []command{
 	{"reshard", "move a running job to another number of parameter-server shards", cmdReshard},
 	{"servers", "run an embedded NATS server and etcd for a local multi-process cluster", cmdServers},
 	{"creds", "make a job's credentials: a private file per role and the NATS servers' users", cmdCreds},
+	{"etcd-auth", "give etcd the users of the jobs in a credentials directory and turn its authentication on", cmdEtcdAuth},
+	{"certs", "make a cluster's TLS authority and the certificate its NATS and etcd servers present", cmdCerts},
 	{"translate", "translate stdin line by line with a trained checkpoint", cmdTranslate},
 	{"eval", "score a checkpoint: perplexity, BLEU and exact match (Seq2Seq), or the Parzen-window estimate (GAN)", cmdEval},
 	{"plot", "draw a run's loss and evaluation curves as PNG from its metrics.jsonl", cmdPlot},

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -596,6 +597,7 @@ func cmdServers(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.IntVar(&opts.EtcdPort, "etcd-port", 0, "etcd client port (0: a free one)")
 	fs.IntVar(&opts.EtcdPeerPort, "etcd-peer-port", 0, "etcd peer port (0: a free one)")
 	credsDir := fs.String("creds-dir", "", "require NATS credentials: accept only the jobs' roles made by 'downpour creds --dir' in this directory")
+	tlsDir := fs.String("tls-dir", "", "serve NATS and etcd over TLS only, with the certificate made by 'downpour certs --dir' in this directory")
 	var ep endpoints
 	logFlags(fs, &ep)
 	if err := parse(fs, args, stderr, "downpour servers --dir /tmp/downpour-servers --nats-port 4222 --etcd-port 2379"); err != nil {
@@ -623,6 +625,18 @@ func cmdServers(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		log.Warn("NATS accepts any client on loopback: give --creds-dir to require the roles' credentials")
 	}
 	opts.NATSLog = auth.ServerLog(log)
+	var clientTLS *tls.Config
+	caFile := filepath.Join(*tlsDir, auth.CAFile)
+	if *tlsDir != "" {
+		if _, err := auth.ServerTLS(*tlsDir); err != nil { // its files, checked as the roles' files are
+			return err
+		}
+		opts.TLSCert, opts.TLSKey = filepath.Join(*tlsDir, auth.ServerFile), filepath.Join(*tlsDir, auth.ServerKeyFile)
+		var err error
+		if clientTLS, err = auth.ClientTLS(caFile); err != nil {
+			return err
+		}
+	}
 	c, err := embedded.StartWith(ctx, opts)
 	if err != nil {
 		return err
@@ -635,12 +649,16 @@ func cmdServers(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		if err != nil {
 			return err
 		}
-		if err := auth.SetUpEtcd(ctx, c.EtcdEndpoints, 10*time.Second, filepath.Join(*credsDir, "etcd-root.secret"), creds); err != nil {
+		if err := auth.SetUpEtcd(ctx, c.EtcdEndpoints, 10*time.Second, filepath.Join(*credsDir, "etcd-root.secret"), creds, clientTLS); err != nil {
 			return err
 		}
 	}
 	fmt.Fprintf(stdout, "NATS %s\netcd %s\ndata %s\n", c.NATSURL, c.EtcdEndpoints[0], *dir)
-	fmt.Fprintf(stdout, "run roles with: --nats %s --etcd %s\n", c.NATSURL, c.EtcdEndpoints[0])
+	tlsFlag := ""
+	if *tlsDir != "" {
+		tlsFlag = " --tls-ca " + caFile
+	}
+	fmt.Fprintf(stdout, "run roles with: --nats %s --etcd %s%s\n", c.NATSURL, c.EtcdEndpoints[0], tlsFlag)
 	<-ctx.Done()
 	return nil
 }

@@ -138,7 +138,7 @@ func startEmbedded(ctx context.Context, dir, job string, ep *endpoints, log *slo
 	for _, r := range auth.Roles {
 		creds = append(creds, ep.creds[r])
 	}
-	if err := auth.SetUpEtcd(ctx, c.EtcdEndpoints, ep.timeout, filepath.Join(dir, "etcd-root.secret"), creds); err != nil {
+	if err := auth.SetUpEtcd(ctx, c.EtcdEndpoints, ep.timeout, filepath.Join(dir, "etcd-root.secret"), creds, nil); err != nil {
 		c.Close()
 		return nil, err
 	}

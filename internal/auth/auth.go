@@ -155,16 +155,23 @@ func (c *Creds) Write(path string) error {
 	if c.etcdPassword != "" {
 		fmt.Fprintf(&b, "etcd-user: %s\netcd-password: %s\n", EtcdUser(c.Job, c.Role), c.etcdPassword)
 	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".creds-*")
+	return writeFile(path, b.Bytes(), 0o600)
+}
+
+// writeFile writes data to path with mode perm, replacing any file there
+// atomically (temp file, fsync, rename): a reader sees the old file or the
+// whole new one, and a secret is never readable by others on the way.
+func writeFile(path string, data []byte, perm os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".downpour-*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
+	if err := tmp.Chmod(perm); err != nil {
 		tmp.Close()
 		return err
 	}
-	if _, err := tmp.Write(b.Bytes()); err != nil {
+	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
 		return err
 	}

@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -68,7 +69,7 @@ func newPassword() (string, error) {
 // root password is kept in the file rootFile, made 0600 on first use) and
 // gives creds their users: the first time as an anonymous admin, later as
 // root.
-func SetUpEtcd(ctx context.Context, endpoints []string, timeout time.Duration, rootFile string, creds []*Creds) error {
+func SetUpEtcd(ctx context.Context, endpoints []string, timeout time.Duration, rootFile string, creds []*Creds, tc *tls.Config) error {
 	pw, err := os.ReadFile(rootFile)
 	if errors.Is(err, os.ErrNotExist) {
 		var s string
@@ -80,9 +81,9 @@ func SetUpEtcd(ctx context.Context, endpoints []string, timeout time.Duration, r
 	if err != nil {
 		return fmt.Errorf("etcd root password: %w", err)
 	}
-	admin, err := job.ConnectAs(ctx, endpoints, timeout, "root", string(pw))
+	admin, err := job.ConnectAs(ctx, endpoints, timeout, "root", string(pw), tc)
 	if errors.Is(err, rpctypes.ErrAuthNotEnabled) {
-		admin, err = job.ConnectAs(ctx, endpoints, timeout, "", "")
+		admin, err = job.ConnectAs(ctx, endpoints, timeout, "", "", tc)
 	}
 	if err != nil {
 		return err

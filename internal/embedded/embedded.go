@@ -11,6 +11,7 @@ package embedded
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -20,6 +21,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
 )
@@ -45,6 +47,10 @@ type Options struct {
 	// NATSLog, when set, receives the NATS server's log (refused
 	// connections and permission violations among it).
 	NATSLog server.Logger
+	// TLSCert and TLSKey, when set, are the PEM files of the certificate
+	// both servers present: NATS then requires TLS of its clients and etcd
+	// serves https only.
+	TLSCert, TLSKey string
 }
 
 // Start starts both servers with their data under dir, on free ports.
@@ -60,11 +66,25 @@ func StartWith(ctx context.Context, opts Options) (*Cluster, error) {
 			return nil, err
 		}
 	}
-	ns, err := startNATSWith(filepath.Join(opts.Dir, "nats"), opts.NATSPort, 0, opts.NATSUsers, opts.NATSLog)
+	var tc *tls.Config
+	if opts.TLSCert != "" {
+		pair, err := tls.LoadX509KeyPair(opts.TLSCert, opts.TLSKey)
+		if err != nil {
+			return nil, fmt.Errorf("embedded servers' TLS: %w", err)
+		}
+		tc = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
+	}
+	ns, err := startNATSWith(filepath.Join(opts.Dir, "nats"), opts.NATSPort, 0, opts.NATSUsers, opts.NATSLog, tc)
 	if err != nil {
 		return nil, err
 	}
-	e, err := startEtcdPorts(ctx, filepath.Join(opts.Dir, "etcd"), opts.EtcdPort, opts.EtcdPeerPort)
+	var ti *transport.TLSInfo
+	if tc != nil {
+		// No TrustedCAFile: with one, etcd requires client certificates;
+		// the roles prove who they are by their etcd users.
+		ti = &transport.TLSInfo{CertFile: opts.TLSCert, KeyFile: opts.TLSKey}
+	}
+	e, err := startEtcdPorts(ctx, filepath.Join(opts.Dir, "etcd"), opts.EtcdPort, opts.EtcdPeerPort, ti)
 	if err != nil {
 		ns.Shutdown()
 		ns.WaitForShutdown()
@@ -87,10 +107,10 @@ func StartNATS(storeDir string, maxPayload int32) (*server.Server, error) {
 }
 
 func startNATS(storeDir string, port int, maxPayload int32) (*server.Server, error) {
-	return startNATSWith(storeDir, port, maxPayload, nil, nil)
+	return startNATSWith(storeDir, port, maxPayload, nil, nil, nil)
 }
 
-func startNATSWith(storeDir string, port int, maxPayload int32, users []*server.NkeyUser, log server.Logger) (*server.Server, error) {
+func startNATSWith(storeDir string, port int, maxPayload int32, users []*server.NkeyUser, log server.Logger, tc *tls.Config) (*server.Server, error) {
 	if port == 0 {
 		port = server.RANDOM_PORT
 	}
@@ -105,6 +125,9 @@ func startNATSWith(storeDir string, port int, maxPayload int32, users []*server.
 		JetStreamMaxStore:  1 << 30,
 		MaxPayload:         maxPayload,
 		Nkeys:              users,
+	}
+	if tc != nil {
+		opts.TLSConfig, opts.TLS, opts.TLSTimeout = tc, true, 5
 	}
 	if log != nil {
 		opts.NoLog = false
@@ -127,13 +150,13 @@ func startNATSWith(storeDir string, port int, maxPayload int32, users []*server.
 // StartEtcd starts a single-member etcd on 127.0.0.1 with free ports and short
 // raft ticks (a single member needs no election margin).
 func StartEtcd(ctx context.Context, dataDir string) (*embed.Etcd, error) {
-	return startEtcdPorts(ctx, dataDir, 0, 0)
+	return startEtcdPorts(ctx, dataDir, 0, 0, nil)
 }
 
-func startEtcdPorts(ctx context.Context, dataDir string, client, peer int) (*embed.Etcd, error) {
+func startEtcdPorts(ctx context.Context, dataDir string, client, peer int, ti *transport.TLSInfo) (*embed.Etcd, error) {
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ { // a free port can be taken between probe and bind
-		e, err := startEtcd(ctx, dataDir, client, peer)
+		e, err := startEtcd(ctx, dataDir, client, peer, ti)
 		if err == nil {
 			return e, nil
 		}
@@ -145,7 +168,7 @@ func startEtcdPorts(ctx context.Context, dataDir string, client, peer int) (*emb
 	return nil, lastErr
 }
 
-func startEtcd(ctx context.Context, dataDir string, client, peer int) (*embed.Etcd, error) {
+func startEtcd(ctx context.Context, dataDir string, client, peer int, ti *transport.TLSInfo) (*embed.Etcd, error) {
 	ports, err := freePorts(2)
 	if err != nil {
 		return nil, err
@@ -157,6 +180,9 @@ func startEtcd(ctx context.Context, dataDir string, client, peer int) (*embed.Et
 		ports[1] = peer
 	}
 	cu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[0])}
+	if ti != nil {
+		cu.Scheme = "https"
+	}
 	pu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[1])}
 	cfg := embed.NewConfig()
 	cfg.Name = "downpour"
@@ -167,6 +193,9 @@ func startEtcd(ctx context.Context, dataDir string, client, peer int) (*embed.Et
 	cfg.TickMs, cfg.ElectionMs = 10, 100
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	cfg.ListenMetricsUrls = nil
+	if ti != nil {
+		cfg.ClientTLSInfo = *ti
+	}
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("embedded etcd: %w", err)
