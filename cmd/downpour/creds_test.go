@@ -143,6 +143,12 @@ func TestJobWithCredentials(t *testing.T) {
 	if _, err := connectAs(etcdURL, "", "", cc); err == nil || !strings.Contains(err.Error(), "requires a login") {
 		t.Fatalf("etcd without a login: %v", err)
 	}
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(serverLog.String(), `msg="etcd refused a client" kind=permission`) ||
+		!strings.Contains(serverLog.String(), `msg="etcd refused a client" kind=authentication`); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the server's log does not show etcd's refusals:\n%s", serverLog.String())
+		}
+	}
 
 	// The job, each role with its own credentials.
 	spec := []string{"--job", "sec", "--steps", "30", "--hidden", "64", "--log-every", "10"}

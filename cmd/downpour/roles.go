@@ -624,7 +624,7 @@ func cmdServers(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	} else {
 		log.Warn("NATS accepts any client on loopback: give --creds-dir to require the roles' credentials")
 	}
-	opts.NATSLog = auth.ServerLog(log)
+	opts.NATSLog, opts.EtcdGRPC = auth.ServerLog(log), auth.EtcdServerOptions(log)
 	var clientTLS *tls.Config
 	caFile := filepath.Join(*tlsDir, auth.CAFile)
 	if *tlsDir != "" {

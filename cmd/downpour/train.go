@@ -130,7 +130,8 @@ func startEmbedded(ctx context.Context, dir, job string, ep *endpoints, log *slo
 		ep.creds[r] = c
 		users = append(users, c.User())
 	}
-	c, err := embedded.StartWith(ctx, embedded.Options{Dir: dir, NATSUsers: auth.ServerUsers(users), NATSLog: auth.ServerLog(log)})
+	c, err := embedded.StartWith(ctx, embedded.Options{Dir: dir, NATSUsers: auth.ServerUsers(users), NATSLog: auth.ServerLog(log),
+		EtcdGRPC: auth.EtcdServerOptions(log)})
 	if err != nil {
 		return nil, err
 	}

@@ -3,16 +3,19 @@ package auth
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/metrics"
 )
 
 // etcdAs connects to etcd at ep as c (anonymously when c is nil).
@@ -155,5 +158,65 @@ func TestEtcdPermissions(t *testing.T) {
 	}
 	if !strings.Contains(EtcdUser("a", Worker), "a") {
 		t.Fatal("user name")
+	}
+}
+
+// The embedded etcd's refusals are logged and counted by kind, as NATS's
+// are; what it allows is neither.
+func TestEtcdRefusalsAreLoggedAndCounted(t *testing.T) {
+	lb := &logBuffer{}
+	c, err := embedded.StartWith(t.Context(), embedded.Options{Dir: t.TempDir(), EtcdGRPC: EtcdServerOptions(slog.New(slog.NewTextHandler(lb, nil)))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ep := c.EtcdEndpoints[0]
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	worker, _ := New("a", Worker)
+	coord, _ := New("a", Coordinator)
+	admin, err := etcdAs(t, ep, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ProvisionEtcd(ctx, admin, []*Creds{worker, coord}); err != nil {
+		t.Fatal(err)
+	}
+	if err := EnableEtcdAuth(ctx, admin, "root-secret"); err != nil {
+		t.Fatal(err)
+	}
+	count := func(kind string) float64 { return testutil.ToFloat64(metrics.EtcdRefused.WithLabelValues(kind)) }
+	perm0, auth0 := count("permission"), count("authentication")
+	wc, err := etcdAs(t, ep, worker)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := wc.Get(ctx, job.KeysFor("a").Spec()); err != nil { // allowed: not counted
+		t.Fatal(err)
+	}
+	if count("permission") != perm0 || count("authentication") != auth0 {
+		t.Fatal("an allowed read was counted as a refusal")
+	}
+	if _, err := wc.Put(ctx, job.KeysFor("a").Spec(), "{}"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		t.Fatalf("a worker writing the spec: %v", err)
+	}
+	if _, err := wc.Get(ctx, job.KeysFor("b").Spec()); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+		t.Fatalf("a worker reading another job: %v", err)
+	}
+	wrong := *coord
+	wrong.etcdPassword = "guess"
+	if _, err := etcdAs(t, ep, &wrong); !errors.Is(err, rpctypes.ErrAuthFailed) {
+		t.Fatalf("a wrong password: %v", err)
+	}
+	if got := count("permission") - perm0; got != 2 {
+		t.Fatalf("%v permission refusals counted, want 2", got)
+	}
+	if got := count("authentication") - auth0; got != 1 {
+		t.Fatalf("%v authentication refusals counted, want 1", got)
+	}
+	logs := lb.String()
+	if strings.Count(logs, `msg="etcd refused a client" kind=permission`) != 2 || strings.Count(logs, `msg="etcd refused a client" kind=authentication`) != 1 ||
+		!strings.Contains(logs, "/etcdserverpb.KV/Put") || strings.Contains(logs, "guess") {
+		t.Fatalf("the log does not show the refusals as it should:\n%s", logs)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 )
 
 // Cluster is an embedded NATS server and etcd member.
@@ -51,6 +52,15 @@ type Options struct {
 	// both servers present: NATS then requires TLS of its clients and etcd
 	// serves https only.
 	TLSCert, TLSKey string
+	// EtcdGRPC are more options of etcd's gRPC server (interceptors that
+	// watch its answers, say).
+	EtcdGRPC []grpc.ServerOption
+}
+
+// etcdExtra is what a started etcd has beyond its directory and ports.
+type etcdExtra struct {
+	tls  *transport.TLSInfo
+	grpc []grpc.ServerOption
 }
 
 // Start starts both servers with their data under dir, on free ports.
@@ -78,13 +88,13 @@ func StartWith(ctx context.Context, opts Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	var ti *transport.TLSInfo
+	extra := etcdExtra{grpc: opts.EtcdGRPC}
 	if tc != nil {
 		// No TrustedCAFile: with one, etcd requires client certificates;
 		// the roles prove who they are by their etcd users.
-		ti = &transport.TLSInfo{CertFile: opts.TLSCert, KeyFile: opts.TLSKey}
+		extra.tls = &transport.TLSInfo{CertFile: opts.TLSCert, KeyFile: opts.TLSKey}
 	}
-	e, err := startEtcdPorts(ctx, filepath.Join(opts.Dir, "etcd"), opts.EtcdPort, opts.EtcdPeerPort, ti)
+	e, err := startEtcdPorts(ctx, filepath.Join(opts.Dir, "etcd"), opts.EtcdPort, opts.EtcdPeerPort, extra)
 	if err != nil {
 		ns.Shutdown()
 		ns.WaitForShutdown()
@@ -150,13 +160,13 @@ func startNATSWith(storeDir string, port int, maxPayload int32, users []*server.
 // StartEtcd starts a single-member etcd on 127.0.0.1 with free ports and short
 // raft ticks (a single member needs no election margin).
 func StartEtcd(ctx context.Context, dataDir string) (*embed.Etcd, error) {
-	return startEtcdPorts(ctx, dataDir, 0, 0, nil)
+	return startEtcdPorts(ctx, dataDir, 0, 0, etcdExtra{})
 }
 
-func startEtcdPorts(ctx context.Context, dataDir string, client, peer int, ti *transport.TLSInfo) (*embed.Etcd, error) {
+func startEtcdPorts(ctx context.Context, dataDir string, client, peer int, extra etcdExtra) (*embed.Etcd, error) {
 	var lastErr error
 	for attempt := 0; attempt < 3; attempt++ { // a free port can be taken between probe and bind
-		e, err := startEtcd(ctx, dataDir, client, peer, ti)
+		e, err := startEtcd(ctx, dataDir, client, peer, extra)
 		if err == nil {
 			return e, nil
 		}
@@ -168,7 +178,7 @@ func startEtcdPorts(ctx context.Context, dataDir string, client, peer int, ti *t
 	return nil, lastErr
 }
 
-func startEtcd(ctx context.Context, dataDir string, client, peer int, ti *transport.TLSInfo) (*embed.Etcd, error) {
+func startEtcd(ctx context.Context, dataDir string, client, peer int, extra etcdExtra) (*embed.Etcd, error) {
 	ports, err := freePorts(2)
 	if err != nil {
 		return nil, err
@@ -180,7 +190,7 @@ func startEtcd(ctx context.Context, dataDir string, client, peer int, ti *transp
 		ports[1] = peer
 	}
 	cu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[0])}
-	if ti != nil {
+	if extra.tls != nil {
 		cu.Scheme = "https"
 	}
 	pu := url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", ports[1])}
@@ -193,9 +203,10 @@ func startEtcd(ctx context.Context, dataDir string, client, peer int, ti *transp
 	cfg.TickMs, cfg.ElectionMs = 10, 100
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
 	cfg.ListenMetricsUrls = nil
-	if ti != nil {
-		cfg.ClientTLSInfo = *ti
+	if extra.tls != nil {
+		cfg.ClientTLSInfo = *extra.tls
 	}
+	cfg.GRPCAdditionalServerOptions = extra.grpc
 	e, err := embed.StartEtcd(cfg)
 	if err != nil {
 		return nil, fmt.Errorf("embedded etcd: %w", err)

@@ -52,6 +52,7 @@ var (
 
 	// Security.
 	NATSRefused = counterVec("downpour_nats_refused_total", "Clients the embedded NATS server refused (authentication) and messages or subscriptions beyond a client's permissions (publish, subscribe).", "kind")
+	EtcdRefused = counterVec("downpour_etcd_refused_total", "Requests the embedded etcd refused: a failed or missing login (authentication), a key beyond the user's role (permission).", "kind")
 
 	// Leases.
 	LeaseRenewals = counter("downpour_lease_renewals_total", "etcd lease keep-alives answered, over every lease of this process.")
