@@ -207,11 +207,11 @@ func ServerTLS(dir string) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("TLS: %w", err)
 	}
-	pair, err := tls.X509KeyPair(cb, kb)
+	tc, err := parsePair(cb, kb)
 	if err != nil {
 		return nil, fmt.Errorf("TLS %s: %w", dir, err)
 	}
-	return &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
+	return tc, nil
 }
 
 // ClientTLS is the TLS configuration of a client that trusts the authority
@@ -221,9 +221,28 @@ func ClientTLS(caFile string) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("TLS: %w", err)
 	}
+	tc, err := parseCA(b)
+	if err != nil {
+		return nil, fmt.Errorf("TLS: %s %w", caFile, err)
+	}
+	return tc, nil
+}
+
+// parseCA is the client configuration trusting the certificates of a PEM
+// file's bytes, which must hold at least one.
+func parseCA(b []byte) (*tls.Config, error) {
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM(b) {
-		return nil, fmt.Errorf("TLS: %s holds no certificate", caFile)
+		return nil, errors.New("holds no certificate")
 	}
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+}
+
+// parsePair is the server configuration of a certificate and key PEM pair.
+func parsePair(cert, key []byte) (*tls.Config, error) {
+	pair, err := tls.X509KeyPair(cert, key)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}, nil
 }

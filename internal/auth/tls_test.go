@@ -212,3 +212,26 @@ func TestServersOverTLS(t *testing.T) {
 		t.Fatalf("an etcd client trusting another authority: %v, want the handshake's error and a hint", err)
 	}
 }
+
+// No bytes in a CA file or a certificate and key pair crash their parsers;
+// what they accept is usable.
+func FuzzParseTLSFiles(f *testing.F) {
+	dir := f.TempDir()
+	if err := MakeCerts(dir, []string{"x"}, time.Hour, time.Now()); err != nil {
+		f.Fatal(err)
+	}
+	ca, _ := os.ReadFile(filepath.Join(dir, CAFile))
+	cert, _ := os.ReadFile(filepath.Join(dir, ServerFile))
+	key, _ := os.ReadFile(filepath.Join(dir, ServerKeyFile))
+	f.Add(ca, cert, key)
+	f.Add([]byte("-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"), key, cert)
+	f.Add([]byte{}, []byte("-----BEGIN EC PRIVATE KEY-----\n-----END EC PRIVATE KEY-----\n"), []byte("junk"))
+	f.Fuzz(func(t *testing.T, ca, cert, key []byte) {
+		if tc, err := parseCA(ca); err == nil && (tc.RootCAs == nil || tc.MinVersion < tls.VersionTLS12) {
+			t.Fatal("an accepted CA file gave no usable configuration")
+		}
+		if tc, err := parsePair(cert, key); err == nil && len(tc.Certificates) != 1 {
+			t.Fatal("an accepted pair gave no certificate")
+		}
+	})
+}
