@@ -285,27 +285,37 @@ func BenchmarkSyncOverheadW2Model(b *testing.B) {
 		b.Fatal(err)
 	}
 	var xfer *Transfer
+	// Where the PS run waits on the transfer: the forward pass for
+	// parameters, the backward pass for the gradients to be sent, the step's
+	// end for the rest (the last run's transfer included).
+	var waitParams, waitGrads, waitEnd time.Duration
 	hooks := &models.Seq2SeqHooks{
 		NeedParams: func(lo, hi int) {
 			if xfer != nil {
+				t := time.Now()
 				if err := xfer.WaitRange(lo, hi); err != nil {
 					b.Fatal(err)
 				}
+				waitParams += time.Since(t)
 			}
 		},
 		GradsFree: func() {
 			if xfer != nil {
+				t := time.Now()
 				if err := xfer.WaitPushed(); err != nil {
 					b.Fatal(err)
 				}
+				waitGrads += time.Since(t)
 			}
 		},
 	}
 	settle := func() {
 		if xfer != nil {
+			t := time.Now()
 			if err := xfer.Wait(); err != nil {
 				b.Fatal(err)
 			}
+			waitEnd += time.Since(t)
 			xfer = nil
 		}
 	}
@@ -330,6 +340,7 @@ func BenchmarkSyncOverheadW2Model(b *testing.B) {
 	}
 	psRun()
 	localRun()
+	waitParams, waitGrads, waitEnd = 0, 0, 0
 	var ps, local []time.Duration
 	for b.Loop() {
 		start := time.Now()
@@ -341,4 +352,8 @@ func BenchmarkSyncOverheadW2Model(b *testing.B) {
 	b.ReportMetric(float64(median(ps).Milliseconds()), "ms/ps_step")
 	b.ReportMetric(float64(median(local).Milliseconds()), "ms/local_step")
 	b.ReportMetric(median(ps).Seconds()/median(local).Seconds(), "ratio")
+	steps := float64(len(ps) * run)
+	b.ReportMetric(float64(waitParams.Milliseconds())/steps, "ms_wait_params/ps_step")
+	b.ReportMetric(float64(waitGrads.Milliseconds())/steps, "ms_wait_grads/ps_step")
+	b.ReportMetric(float64(waitEnd.Milliseconds())/steps, "ms_wait_end/ps_step")
 }
