@@ -388,8 +388,9 @@ func (s *Service) drainLocked(o *outbox) {
 	}
 }
 
-// readLocked encodes the reply to a pull of ids from the live parameters,
-// into a pooled buffer that o returns to the pool once sent.
+// readLocked encodes the reply to a pull (from the live parameters, or an
+// exact pull's kept copy) into a pooled buffer that o returns to the pool
+// once sent.
 func (s *Service) readLocked(req *wire.PullRequest, o *outbox) []byte {
 	r := &wire.PullReply{V: wire.Version, Clock: s.shard.Clock()}
 	blocks, err := s.shard.Read(req)

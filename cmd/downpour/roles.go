@@ -305,9 +305,6 @@ func (e *evaluator) clock(ctx context.Context) (int64, error) {
 	return c.Clock(ctx)
 }
 
-// pull reads the parameters after step from the shards, under the job's
-// current placement; if the job is re-placed meanwhile, it starts over under
-// the new one.
 // pullBefore is pull, given up finishEvalWait after finishing is closed.
 func (e *evaluator) pullBefore(ctx context.Context, finishing <-chan struct{}, step int64, exact bool) ([]float32, error) {
 	ctx, cancel := context.WithCancel(ctx)
@@ -327,6 +324,9 @@ func (e *evaluator) pullBefore(ctx context.Context, finishing <-chan struct{}, s
 	return e.pull(ctx, step, exact)
 }
 
+// pull reads the parameters after step (exactly at step, for an exact
+// pull) from the shards, under the job's current placement; if the job is
+// re-placed meanwhile, it starts over under the new one.
 func (e *evaluator) pull(ctx context.Context, step int64, exact bool) ([]float32, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()

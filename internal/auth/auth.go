@@ -185,27 +185,40 @@ func writeFile(path string, data []byte, perm os.FileMode) error {
 	return os.Rename(tmp.Name(), path)
 }
 
-// ErrOpenFile is the error of a credentials file that others may read.
+// readFile reads at most limit+1 bytes of path (the caller refuses a file
+// longer than limit). A private file (a secret) whose mode lets anyone but
+// its owner read it is refused with ErrOpenFile, as ssh refuses such keys.
+func readFile(path string, limit int64, private bool) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if private {
+		st, err := f.Stat()
+		if err != nil {
+			return nil, err
+		}
+		if st.Mode().Perm()&0o077 != 0 {
+			return nil, fmt.Errorf("%s: %w (mode %04o): chmod 600 it", path, ErrOpenFile, st.Mode().Perm())
+		}
+	}
+	data, err := io.ReadAll(io.LimitReader(f, limit+1))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return data, nil
+}
+
+// ErrOpenFile is the error of a secret file that others may read.
 var ErrOpenFile = errors.New("credentials file readable by others")
 
 // Read reads a credentials file. It refuses one whose mode lets anyone but
 // its owner read it, as ssh refuses such keys.
 func Read(path string) (*Creds, error) {
-	f, err := os.Open(path)
+	data, err := readFile(path, maxCredsBytes, true)
 	if err != nil {
 		return nil, fmt.Errorf("credentials: %w", err)
-	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("credentials: %w", err)
-	}
-	if st.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%s: %w (mode %04o): chmod 600 it", path, ErrOpenFile, st.Mode().Perm())
-	}
-	data, err := io.ReadAll(io.LimitReader(f, maxCredsBytes+1))
-	if err != nil {
-		return nil, fmt.Errorf("credentials %s: %w", path, err)
 	}
 	c, err := Parse(data)
 	if err != nil {

@@ -24,7 +24,6 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
-	"io"
 	"math/big"
 	"net"
 	"os"
@@ -169,21 +168,7 @@ func readCA(dir string) (*x509.Certificate, *ecdsa.PrivateKey, error) {
 // readPEM reads a PEM file of bounded size; a private one (a key) must not
 // be readable by others, as credentials files.
 func readPEM(path string, private bool) ([]byte, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	if private {
-		st, err := f.Stat()
-		if err != nil {
-			return nil, err
-		}
-		if st.Mode().Perm()&0o077 != 0 {
-			return nil, fmt.Errorf("%s: %w (mode %04o): chmod 600 it", path, ErrOpenFile, st.Mode().Perm())
-		}
-	}
-	b, err := io.ReadAll(io.LimitReader(f, maxPEMBytes+1))
+	b, err := readFile(path, maxPEMBytes, private)
 	if err != nil {
 		return nil, err
 	}
