@@ -273,3 +273,66 @@ func TestSeq2SeqHooks(t *testing.T) {
 		t.Fatalf("spans out of forward order: %v", spans)
 	}
 }
+
+// Ranges names every parameter a step reads and every gradient it can make
+// nonzero: poisoning the parameters outside them with NaN changes neither
+// the loss nor any gradient bit, and the gradient outside them is zero. The
+// ranges are sorted, disjoint and merged, and hold exactly the batch's rows.
+func TestSeq2SeqRanges(t *testing.T) {
+	cfg := Seq2SeqConfig{Layers: 2, Hidden: 6, Embed: 5, SrcVocab: 30, TgtVocab: 20}
+	rng := rand.New(rand.NewPCG(5, 6))
+	for trial := range 5 {
+		b := smallBatch(rng, cfg, 3, 4, 3)
+		if trial == 0 { // adjacent rows merge; the first and last rows
+			b.Src = []int32{0, 1, 2, 29, 0, 1, 2, 29, 0, 1, 2, 29}
+		}
+		clean, poisoned := NewSeq2Seq[float32](cfg), NewSeq2Seq[float32](cfg)
+		clean.Init(7)
+		poisoned.Init(7)
+		ranges := clean.Ranges(b, nil)
+		inside := make([]bool, len(clean.Params()))
+		end := -1
+		for _, r := range ranges {
+			if r[0] <= end || r[1] <= r[0] {
+				t.Fatalf("ranges %v are not sorted, disjoint and merged", ranges)
+			}
+			end = r[1]
+			for i := r[0]; i < r[1]; i++ {
+				inside[i] = true
+			}
+		}
+		for i, in := range inside {
+			if !in {
+				poisoned.Params()[i] = float32(math.NaN())
+			}
+		}
+		l1, _ := clean.Loss(b, true)
+		l2, _ := poisoned.Loss(b, true)
+		if l1 != l2 || !slices.Equal(clean.Grads(), poisoned.Grads()) {
+			t.Fatalf("trial %d: a parameter outside the ranges was read", trial)
+		}
+		for i, in := range inside {
+			if !in && clean.Grads()[i] != 0 {
+				t.Fatalf("trial %d: gradient %d outside the ranges is %v", trial, i, clean.Grads()[i])
+			}
+		}
+		// Exactly the used rows of each table, and everything after them.
+		E := cfg.Embed
+		want := map[int]bool{}
+		for _, id := range b.Src {
+			want[int(id)*E] = true
+		}
+		for _, id := range b.TgtIn {
+			want[cfg.SrcVocab*E+int(id)*E] = true
+		}
+		tables := (cfg.SrcVocab + cfg.TgtVocab) * E
+		for row := 0; row < tables; row += E {
+			if inside[row] != want[row] {
+				t.Fatalf("trial %d: row at %d inside=%v, used=%v", trial, row, inside[row], want[row])
+			}
+		}
+		if ranges[len(ranges)-1][1] != len(clean.Params()) || !inside[tables] {
+			t.Fatalf("trial %d: the dense tensors are not whole in %v", trial, ranges)
+		}
+	}
+}

@@ -193,6 +193,40 @@ func (m *Seq2Seq[T]) Params() []T { return m.params }
 // Grads is the flat gradient vector, laid out like Params.
 func (m *Seq2Seq[T]) Grads() []T { return m.grads }
 
+// Ranges appends to dst the parts of the flat parameter vector that a step
+// on b reads and can give a nonzero gradient, as sorted, disjoint [lo, hi)
+// ranges with adjacent ones merged: the rows of the source embedding that
+// b's source tokens use, the rows of the target embedding that its decoder
+// inputs use, and every other tensor whole. Outside them, Loss(b, true)
+// reads no parameter and leaves every gradient zero, so a worker need move
+// only these (the embedding tables are most of a large-vocabulary model).
+func (m *Seq2Seq[T]) Ranges(b *SeqBatch, dst [][2]int) [][2]int {
+	E := m.Cfg.Embed
+	add := func(lo, hi int) {
+		if n := len(dst); n > 0 && dst[n-1][1] == lo {
+			dst[n-1][1] = hi
+		} else {
+			dst = append(dst, [2]int{lo, hi})
+		}
+	}
+	rows := func(base, vocab int, ids []int32) {
+		used := make([]bool, vocab)
+		for _, id := range ids {
+			used[id] = true
+		}
+		for r, u := range used {
+			if u {
+				add(base+r*E, base+(r+1)*E)
+			}
+		}
+	}
+	rows(0, m.Cfg.SrcVocab, b.Src)
+	tgt := m.Cfg.SrcVocab * E
+	rows(tgt, m.Cfg.TgtVocab, b.TgtIn)
+	add(tgt+m.Cfg.TgtVocab*E, len(m.params))
+	return dst
+}
+
 // Init sets every parameter to its initial value for seed.
 func (m *Seq2Seq[T]) Init(seed uint64) {
 	ts := m.Cfg.Tensors()

@@ -264,20 +264,41 @@ func BenchmarkSyncOverheadW2(b *testing.B) {
 // backward, clip, then push the gradient to 2 shards and pull the next
 // parameters in the background (a Transfer) while the next step's forward
 // pass starts on the layers already pulled; against forward and backward,
-// clip and a local SGD update. Each iteration times a run of steps of each
-// kind, side by side; the PS run ends by waiting for its last transfer, so
-// its cost is counted whole. Meaningful with the fast build (-tags openblas).
+// clip and a local SGD update. Steps alternate between two batches of
+// uniformly random tokens (the worst case for sparse rows: real text
+// repeats its frequent words). transfer=rows moves, as workers do, only the
+// embedding rows the batches use (the push, this batch's; the pull, the
+// next one's); transfer=dense moves the tables whole (--dense-transfer).
+// Each iteration times a run of steps of each kind, side by side; the PS
+// run ends by waiting for its last transfer, so its cost is counted whole.
+// Meaningful with the fast build (-tags openblas).
 func BenchmarkSyncOverheadW2Model(b *testing.B) {
-	const run = 3 // steps per timed run
+	for _, rows := range []bool{true, false} {
+		b.Run(map[bool]string{true: "transfer=rows", false: "transfer=dense"}[rows], func(b *testing.B) {
+			syncOverheadW2Model(b, rows)
+		})
+	}
+}
+
+func syncOverheadW2Model(b *testing.B, rows bool) {
+	const run = 4 // steps per timed run
 	r := newRig(b, w2.Tensors(), 2, 0)
 	m := models.NewSeq2Seq[float32](w2)
 	m.Init(1)
 	rng := rand.New(rand.NewPCG(3, 3))
-	batch := &models.SeqBatch{Size: 128, SrcLen: 20, TgtLen: 20}
-	for range 128 * 20 {
-		batch.Src = append(batch.Src, int32(rng.IntN(w2.SrcVocab)))
-		batch.TgtIn = append(batch.TgtIn, int32(rng.IntN(w2.TgtVocab)))
-		batch.TgtOut = append(batch.TgtOut, int32(rng.IntN(w2.TgtVocab)))
+	var batches [2]*models.SeqBatch
+	var ranges [2][][2]int
+	for i := range batches {
+		batch := &models.SeqBatch{Size: 128, SrcLen: 20, TgtLen: 20}
+		for range 128 * 20 {
+			batch.Src = append(batch.Src, int32(rng.IntN(w2.SrcVocab)))
+			batch.TgtIn = append(batch.TgtIn, int32(rng.IntN(w2.TgtVocab)))
+			batch.TgtOut = append(batch.TgtOut, int32(rng.IntN(w2.TgtVocab)))
+		}
+		batches[i] = batch
+		if rows {
+			ranges[i] = m.Ranges(batch, nil)
+		}
 	}
 	opt := DefaultOptimizer("sgd", 1e-6)
 	ctx := context.Background()
@@ -321,19 +342,19 @@ func BenchmarkSyncOverheadW2Model(b *testing.B) {
 	}
 	psRun := func() {
 		m.Hooks = hooks
-		for range run {
-			m.Loss(batch, true)
+		for k := range run {
+			m.Loss(batches[k%2], true)
 			settle()
 			models.ClipGlobalNorm(m.Grads(), 5)
-			xfer = r.client.StartPushPull(ctx, r.step, m.Grads(), m.Params())
+			xfer = r.client.StartPushPullSparse(ctx, r.step, m.Grads(), m.Params(), ranges[k%2], ranges[(k+1)%2])
 			r.step++
 		}
 		settle()
 		m.Hooks = nil
 	}
 	localRun := func() {
-		for range run {
-			m.Loss(batch, true)
+		for k := range run {
+			m.Loss(batches[k%2], true)
 			models.ClipGlobalNorm(m.Grads(), 5)
 			opt.Apply(m.Params(), m.Grads(), nil, 0)
 		}

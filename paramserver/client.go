@@ -1,6 +1,7 @@
 package paramserver
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -101,7 +102,7 @@ func NewClientFor(nc *nats.Conn, job string, p *Placement, rank int, epoch uint6
 // Pull fills params (the flat parameter vector) from every shard once each
 // has applied at least minClock steps.
 func (c *Client) Pull(ctx context.Context, minClock int64, params []float32) error {
-	return c.each(ctx, func(ctx context.Context, g group) error { return c.pull(ctx, g, minClock, false, params) })
+	return c.each(ctx, func(ctx context.Context, g group) error { return c.pull(ctx, g, minClock, false, params, nil) })
 }
 
 // PullExact (sync) fills params with the parameters at exactly step steps,
@@ -110,7 +111,7 @@ func (c *Client) Pull(ctx context.Context, minClock int64, params []float32) err
 // still reads the step it evaluates; a step neither live nor kept is
 // refused with wire.Gone.
 func (c *Client) PullExact(ctx context.Context, step int64, params []float32) error {
-	return c.each(ctx, func(ctx context.Context, g group) error { return c.pull(ctx, g, step, true, params) })
+	return c.each(ctx, func(ctx context.Context, g group) error { return c.pull(ctx, g, step, true, params, nil) })
 }
 
 // Clock returns the smallest clock of the shards: the number of steps every
@@ -168,7 +169,7 @@ func (c *Client) Idle(ctx context.Context) error {
 // Push sends grads (laid out like the flat parameter vector) as this rank's
 // gradient for step.
 func (c *Client) Push(ctx context.Context, step int64, grads []float32) error {
-	return c.each(ctx, func(ctx context.Context, g group) error { return c.push(ctx, g, step, grads) })
+	return c.each(ctx, func(ctx context.Context, g group) error { return c.push(ctx, g, step, grads, nil) })
 }
 
 // PushPull pushes grads for step and pulls into params the parameters after
@@ -196,6 +197,19 @@ type Transfer struct {
 // groups go in the order of their first parameter, so that a forward pass
 // reading the parameters front to back finds the early ones first.
 func (c *Client) StartPushPull(ctx context.Context, step int64, grads, params []float32) *Transfer {
+	return c.StartPushPullSparse(ctx, step, grads, params, nil, nil)
+}
+
+// StartPushPullSparse is StartPushPull for a step that touches only parts
+// of the parameters, such as the rows of an embedding table that a batch's
+// tokens use. push and pull are sorted, disjoint [lo, hi) ranges of the flat
+// vector (nil for all of it): grads must be zero outside push, which is
+// sent; only params inside pull are pulled, and the rest of params is left
+// as it was. Blocks the ranges cover whole travel as usual; the others
+// travel as sparse blocks (see wire.ParseSpans). The shards apply exactly
+// what the whole gradient would have them apply, so this changes how much
+// moves, never the parameters.
+func (c *Client) StartPushPullSparse(ctx context.Context, step int64, grads, params []float32, push, pull [][2]int) *Transfer {
 	t := &Transfer{groups: slices.Clone(c.groups), failed: make(chan struct{}), done: make(chan struct{})}
 	slices.SortStableFunc(t.groups, func(a, b group) int { return a.blocks[0].Offset - b.blocks[0].Offset })
 	for range t.groups {
@@ -204,23 +218,88 @@ func (c *Client) StartPushPull(ctx context.Context, step int64, grads, params []
 	}
 	go func() {
 		defer close(t.done)
-		err := c.eachOf(ctx, t.groups, func(ctx context.Context, i int, g group) error {
-			if err := c.push(ctx, g, step, grads); err != nil {
-				return err
-			}
-			close(t.pushed[i])
-			if err := c.pull(ctx, g, step+1, false, params); err != nil {
-				return err
-			}
-			close(t.pulled[i])
-			return nil
-		})
+		err := checkRanges(push, len(grads))
+		if err == nil {
+			err = checkRanges(pull, len(params))
+		}
+		if err == nil {
+			err = c.eachOf(ctx, t.groups, func(ctx context.Context, i int, g group) error {
+				if err := c.push(ctx, g, step, grads, g.spans(push)); err != nil {
+					return err
+				}
+				close(t.pushed[i])
+				if err := c.pull(ctx, g, step+1, false, params, g.spans(pull)); err != nil {
+					return err
+				}
+				close(t.pulled[i])
+				return nil
+			})
+		}
 		if err != nil {
 			t.err = err
 			close(t.failed)
 		}
 	}()
 	return t
+}
+
+// checkRanges checks that ranges are sorted, disjoint, non-empty [lo, hi)
+// ranges within a vector of n floats.
+func checkRanges(ranges [][2]int, n int) error {
+	end := 0
+	for _, r := range ranges {
+		if r[0] < end || r[1] <= r[0] || r[1] > n {
+			return fmt.Errorf("paramserver: range [%d, %d) is empty, out of order or outside the %d parameters", r[0], r[1], n)
+		}
+		end = r[1]
+	}
+	return nil
+}
+
+// spans is the span list of each of g's blocks for the parts inside ranges
+// (see blockSpans), or nil when ranges is nil or covers every block whole.
+func (g group) spans(ranges [][2]int) [][]byte {
+	if ranges == nil {
+		return nil
+	}
+	out := make([][]byte, len(g.blocks))
+	sparse := false
+	for i, b := range g.blocks {
+		out[i] = blockSpans(ranges, b)
+		sparse = sparse || out[i] != nil
+	}
+	if !sparse {
+		return nil
+	}
+	return out
+}
+
+// blockSpans encodes the parts of block b inside ranges (sorted, disjoint
+// ranges of the flat vector) as a span list: nil when they cover all of b,
+// so that it travels whole, and wire.EmptySpans when they miss it.
+func blockSpans(ranges [][2]int, b Block) []byte {
+	lo, hi := b.Offset, b.Offset+b.Len
+	i, _ := slices.BinarySearchFunc(ranges, lo, func(r [2]int, lo int) int { return cmp.Compare(r[1], lo+1) })
+	var spans [][2]int // [start, end) within b, adjacent ones merged
+	for ; i < len(ranges) && ranges[i][0] < hi; i++ {
+		s, e := max(ranges[i][0], lo)-lo, min(ranges[i][1], hi)-lo
+		if n := len(spans); n > 0 && spans[n-1][1] == s {
+			spans[n-1][1] = e
+		} else {
+			spans = append(spans, [2]int{s, e})
+		}
+	}
+	if len(spans) == 0 {
+		return wire.EmptySpans
+	}
+	if len(spans) == 1 && spans[0] == [2]int{0, b.Len} {
+		return nil
+	}
+	out := make([]byte, 0, 8*len(spans))
+	for _, sp := range spans {
+		out = wire.AppendSpan(out, sp[0], sp[1]-sp[0])
+	}
+	return out
 }
 
 // wait waits for every channel in chans whose group overlaps [lo, hi).
@@ -251,8 +330,10 @@ func (t *Transfer) Wait() error {
 	return t.err
 }
 
-func (c *Client) pull(ctx context.Context, g group, minClock int64, exact bool, params []float32) error {
-	data, err := wire.Encode(&wire.PullRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch, MinClock: minClock, IDs: g.ids, Exact: exact})
+// pull fills g's blocks of params (with spans, a span list per block, only
+// their parts: see blockSpans).
+func (c *Client) pull(ctx context.Context, g group, minClock int64, exact bool, params []float32, spans [][]byte) error {
+	data, err := wire.Encode(&wire.PullRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch, MinClock: minClock, IDs: g.ids, Exact: exact, Spans: spans})
 	if err != nil {
 		return err
 	}
@@ -276,30 +357,59 @@ func (c *Client) pull(ctx context.Context, g group, minClock int64, exact bool, 
 	if len(r.Blocks) != len(g.blocks) {
 		return fmt.Errorf("pull from shard %d: %d blocks, asked for %d", g.shard, len(r.Blocks), len(g.blocks))
 	}
+	n := 0
 	for i, b := range g.blocks {
-		if r.Blocks[i].ID != b.ID || !wire.CopyFloats(params[b.Offset:b.Offset+b.Len], r.Blocks[i].Data) {
-			return fmt.Errorf("pull from shard %d: block %d does not match the placement", g.shard, r.Blocks[i].ID)
+		got := r.Blocks[i]
+		n += len(got.Data)
+		if got.ID != b.ID {
+			return fmt.Errorf("pull from shard %d: block %d where block %d was asked for", g.shard, got.ID, b.ID)
 		}
+		if spans == nil || spans[i] == nil {
+			if !wire.CopyFloats(params[b.Offset:b.Offset+b.Len], got.Data) {
+				return fmt.Errorf("pull from shard %d: block %d does not match the placement", g.shard, got.ID)
+			}
+			continue
+		}
+		if floats, _, _ := wire.ParseSpans(spans[i]); 4*floats != len(got.Data) {
+			return fmt.Errorf("pull from shard %d: block %d holds %d bytes for spans of %d floats", g.shard, got.ID, len(got.Data), floats)
+		}
+		at := 0
+		wire.EachSpan(spans[i], func(off, k int) {
+			wire.CopyFloats(params[b.Offset+off:b.Offset+off+k], got.Data[at:at+4*k])
+			at += 4 * k
+		})
 	}
-	c.observe(OpPull, g, start)
+	c.observe(OpPull, g, start, n)
 	return nil
 }
 
-func (c *Client) observe(op Op, g group, start time.Time) {
-	if c.Observe == nil {
-		return
+func (c *Client) observe(op Op, g group, start time.Time, bytes int) {
+	if c.Observe != nil {
+		c.Observe(op, g.shard, time.Since(start), bytes)
 	}
-	n := 0
-	for _, b := range g.blocks {
-		n += 4 * b.Len
-	}
-	c.Observe(op, g.shard, time.Since(start), n)
 }
 
-func (c *Client) push(ctx context.Context, g group, step int64, grads []float32) error {
+// push sends g's blocks of grads (with spans, only the parts they list).
+func (c *Client) push(ctx context.Context, g group, step int64, grads []float32, spans [][]byte) error {
 	req := &wire.PushRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch, Step: step, Blocks: make([]wire.Block, len(g.blocks))}
+	n, floats := 0, 0
+	for _, sp := range spans {
+		if sp != nil {
+			k, _, _ := wire.ParseSpans(sp)
+			floats += k
+		}
+	}
+	sparse := make([]byte, 0, 4*floats) // the sparse blocks' floats, gathered
 	for i, b := range g.blocks {
-		req.Blocks[i] = wire.Block{ID: b.ID, Data: wire.FloatBytes(grads[b.Offset : b.Offset+b.Len])}
+		if spans == nil || spans[i] == nil {
+			req.Blocks[i] = wire.Block{ID: b.ID, Data: wire.FloatBytes(grads[b.Offset : b.Offset+b.Len])}
+			n += 4 * b.Len
+			continue
+		}
+		at := len(sparse)
+		wire.EachSpan(spans[i], func(off, k int) { sparse = wire.AppendFloats(sparse, grads[b.Offset+off:b.Offset+off+k]) })
+		req.Blocks[i] = wire.Block{ID: b.ID, Spans: spans[i], Data: sparse[at:len(sparse):len(sparse)]}
+		n += len(sparse) - at
 	}
 	buf := getBuf()
 	defer putBuf(buf)
@@ -310,7 +420,7 @@ func (c *Client) push(ctx context.Context, g group, step int64, grads []float32)
 	} else if refused != nil {
 		return fmt.Errorf("push of step %d to shard %d refused: %w", step, g.shard, refused)
 	}
-	c.observe(OpPush, g, start)
+	c.observe(OpPush, g, start, n)
 	return nil
 }
 

@@ -51,7 +51,10 @@ func serveAll(t testing.TB, nc *nats.Conn, shards []*Shard, cfg ServiceConfig) [
 	var svcs []*Service
 	for i, sh := range shards {
 		c := cfg
-		c.Job, c.Shard, c.Log = "j", i, quiet
+		c.Shard, c.Log = i, quiet
+		if c.Job == "" {
+			c.Job = "j"
+		}
 		svc, err := Serve(nc, sh, c)
 		if err != nil {
 			t.Fatal(err)

@@ -144,8 +144,9 @@ type Shard struct {
 	ready     []Answer
 	now       int64 // ticks
 	sum       []float32
-	snapAt    int64 // sync: step of the pending snapshot, -1 for none
-	snapped   int   // blocks copied for snapAt
+	dense     []byte // a sparse push's block made whole (zeros where it carries nothing)
+	snapAt    int64  // sync: step of the pending snapshot, -1 for none
+	snapped   int    // blocks copied for snapAt
 	snaps     []*Snapshot
 	stats     Stats
 }
@@ -247,8 +248,8 @@ func (s *Shard) Push(p *wire.PushRequest) error {
 			return refuse(wire.UnknownBlock, "block %d is not on this shard", pb.ID)
 		}
 		b := s.blocks[i]
-		if len(pb.Data) != 4*b.Len {
-			return refuse(wire.BadLength, "block %d: %d bytes, want %d", pb.ID, len(pb.Data), 4*b.Len)
+		if _, err := checkSpans(b, pb.Spans, len(pb.Data)); err != nil {
+			return err
 		}
 		if s.cfg.Mode == Sync && p.Step > b.clock {
 			return refuse(wire.BadStep, "block %d: step %d is ahead of its clock %d", pb.ID, p.Step, b.clock)
@@ -268,10 +269,14 @@ func (s *Shard) Push(p *wire.PushRequest) error {
 	applied := false
 	for k, pb := range p.Blocks {
 		b := s.blocks[s.pos[pb.ID]]
+		data := pb.Data
+		if pb.Spans != nil {
+			data = s.expand(b.Len, pb.Spans, pb.Data)
+		}
 		if s.cfg.Mode == Sync {
-			applied = s.pushSync(b, r, p.Step, pb.Data, finite[k]) || applied
+			applied = s.pushSync(b, r, p.Step, data, finite[k]) || applied
 		} else {
-			applied = s.pushAsync(b, r, p.Step, pb.Data, finite[k]) || applied
+			applied = s.pushAsync(b, r, p.Step, data, finite[k]) || applied
 		}
 	}
 	if s.cfg.Mode != Sync {
@@ -284,6 +289,48 @@ func (s *Shard) Push(p *wire.PushRequest) error {
 		s.release()
 	}
 	return nil
+}
+
+// checkSpans checks that a block of a push or pull fits block b: a dense
+// one carries all of b (n bytes, or, for a pull, n is -1 and nothing is
+// carried), a sparse one's spans end within b and cover its n bytes.
+// It returns how many floats the block carries.
+func checkSpans(b *block, spans []byte, n int) (int, error) {
+	if spans == nil {
+		if n >= 0 && n != 4*b.Len {
+			return 0, refuse(wire.BadLength, "block %d: %d bytes, want %d", b.ID, n, 4*b.Len)
+		}
+		return b.Len, nil
+	}
+	floats, end, err := wire.ParseSpans(spans)
+	if err != nil {
+		return 0, refuse(wire.ErrKind(err), "block %d: %v", b.ID, err)
+	}
+	if end > b.Len {
+		return 0, refuse(wire.BadLength, "block %d: spans end at float %d of %d", b.ID, end, b.Len)
+	}
+	if n >= 0 && 4*floats != n {
+		return 0, refuse(wire.BadLength, "block %d: %d bytes for spans of %d floats", b.ID, n, floats)
+	}
+	return floats, nil
+}
+
+// expand makes a sparse push's block whole: its floats where its spans say,
+// zeros elsewhere, in a buffer the shard reuses (it is consumed before the
+// next block is expanded). What is applied is then exactly what the dense
+// block with zero gradients in those places would apply, for every
+// optimizer and mode.
+func (s *Shard) expand(n int, spans, data []byte) []byte {
+	if cap(s.dense) < 4*n {
+		s.dense = make([]byte, 4*n)
+	}
+	d := s.dense[:4*n]
+	clear(d)
+	at := 0
+	wire.EachSpan(spans, func(off, k int) {
+		at += copy(d[4*off:4*(off+k)], data[at:at+4*k])
+	})
+	return d
 }
 
 // Fence raises each rank's epoch to at least epochs[r] (when the shard is
@@ -458,12 +505,21 @@ func (s *Shard) advanceRank(r int) {
 
 // Pull offers a pull, identified by token. It reports whether the pull can be
 // answered now (read the blocks with Read); otherwise the shard holds it and
-// names it in a later Ready. A pull of a block the shard does not own is
-// refused.
+// names it in a later Ready. A pull of a block the shard does not own, or
+// of spans outside a block, is refused.
 func (s *Shard) Pull(req *wire.PullRequest, token uint64) (bool, error) {
-	for _, id := range req.IDs {
-		if _, ok := s.pos[id]; !ok {
+	if req.Spans != nil && len(req.Spans) != len(req.IDs) {
+		return false, refuse(wire.Malformed, "%d span lists for %d block ids", len(req.Spans), len(req.IDs))
+	}
+	for k, id := range req.IDs {
+		i, ok := s.pos[id]
+		if !ok {
 			return false, refuse(wire.UnknownBlock, "block %d is not on this shard", id)
+		}
+		if req.Spans != nil {
+			if _, err := checkSpans(s.blocks[i], req.Spans[k], -1); err != nil {
+				return false, err
+			}
 		}
 	}
 	if s.answerable(req) {
@@ -541,6 +597,9 @@ func (s *Shard) Ready() []Answer {
 // step and keeps no copy of it.
 func (s *Shard) Read(req *wire.PullRequest) ([]wire.Block, error) {
 	exact := req.Exact && s.cfg.Mode == Sync
+	if req.Spans != nil && len(req.Spans) != len(req.IDs) {
+		return nil, refuse(wire.Malformed, "%d span lists for %d block ids", len(req.Spans), len(req.IDs))
+	}
 	out := make([]wire.Block, len(req.IDs))
 	for k, id := range req.IDs {
 		i, ok := s.pos[id]
@@ -548,6 +607,14 @@ func (s *Shard) Read(req *wire.PullRequest) ([]wire.Block, error) {
 			return nil, refuse(wire.UnknownBlock, "block %d is not on this shard", id)
 		}
 		b := s.blocks[i]
+		var spans []byte
+		if req.Spans != nil {
+			spans = req.Spans[k]
+		}
+		floats, err := checkSpans(b, spans, -1)
+		if err != nil {
+			return nil, err
+		}
 		w := b.w
 		if exact && b.clock != req.MinClock {
 			if b.keptAt != req.MinClock {
@@ -555,7 +622,14 @@ func (s *Shard) Read(req *wire.PullRequest) ([]wire.Block, error) {
 			}
 			w = b.kept
 		}
-		out[k] = wire.Block{ID: id, Data: wire.FloatBytes(w)}
+		if spans == nil {
+			out[k] = wire.Block{ID: id, Data: wire.FloatBytes(w)}
+			continue
+		}
+		// A sparse read copies: its parts are not contiguous.
+		data := make([]byte, 0, 4*floats)
+		wire.EachSpan(spans, func(off, n int) { data = wire.AppendFloats(data, w[off:off+n]) })
+		out[k] = wire.Block{ID: id, Data: data}
 	}
 	return out, nil
 }

@@ -250,6 +250,20 @@ func TestRefusedPushesChangeNothing(t *testing.T) {
 		{"partly bad", bad(func(m *wire.PushRequest) {
 			m.Blocks = append(m.Blocks, wire.Block{ID: 1, Data: wire.AppendFloats(nil, make([]float32, p.Blocks[1].Len-1))})
 		}), wire.BadLength},
+		// Sparse blocks: spans past the block's end, data that does not
+		// match the spans, a malformed span list.
+		{"spans past the end", bad(func(m *wire.PushRequest) {
+			m.Blocks[0].Spans, m.Blocks[0].Data = wire.AppendSpan(nil, p.Blocks[0].Len-1, 2), make([]byte, 8)
+		}), wire.BadLength},
+		{"spans short of data", bad(func(m *wire.PushRequest) {
+			m.Blocks[0].Spans, m.Blocks[0].Data = wire.AppendSpan(nil, 1, 2), make([]byte, 4)
+		}), wire.BadLength},
+		{"spans overlap", bad(func(m *wire.PushRequest) {
+			m.Blocks[0].Spans, m.Blocks[0].Data = wire.AppendSpan(wire.AppendSpan(nil, 1, 2), 2, 1), make([]byte, 12)
+		}), wire.Malformed},
+		{"sparse nan", bad(func(m *wire.PushRequest) {
+			m.Blocks[0].Spans, m.Blocks[0].Data = wire.AppendSpan(nil, 3, 1), wire.AppendFloats(nil, []float32{float32(math.NaN())})
+		}), wire.NonFinite},
 		// A newer epoch in a refused push must not fence the rank.
 		{"new epoch, bad block", bad(func(m *wire.PushRequest) { m.Epoch, m.Blocks[0].ID = 9, 999 }), wire.UnknownBlock},
 	}

@@ -416,6 +416,7 @@ func (t *trainer) close() {
 		t.xfer.Wait()
 		t.xfer = nil
 	}
+	t.next = nil
 }
 
 type trainer struct {
@@ -431,6 +432,13 @@ type trainer struct {
 	xfer  *paramserver.Transfer
 	xstop context.CancelFunc
 	xerr  error // the first error the model's hooks met waiting on xfer
+	// The transfer moves only the parts of the parameters a batch uses
+	// (models.Seq2Seq.Ranges): the push, this step's rows; the pull, the
+	// rows of the next step's batch, which is read ahead into next.
+	next       *models.SeqBatch
+	nextAt     at
+	pushRanges [][2]int
+	pullRanges [][2]int
 	// Loss, tokens and wall time since the last progress report: a report
 	// covers every step of its logging interval, not just its last one.
 	loss   float64
@@ -446,7 +454,10 @@ type trainer struct {
 // pushes, a step's push and the next step's pull go together in the
 // background (a Transfer), and the next step's forward pass starts on each
 // layer as soon as its parameters have arrived: the communication hides
-// behind the computation.
+// behind the computation. The transfer moves only the embedding rows the
+// two batches use (the push, this batch's; the pull, the next one's) and
+// the other tensors whole: the shards apply what the whole gradient would
+// have them apply, so the parameters the next step reads are the same.
 func (t *trainer) step(ctx context.Context, s at) error {
 	start := time.Now()
 	step := s.N
@@ -459,7 +470,24 @@ func (t *trainer) step(ctx context.Context, s at) error {
 			return fmt.Errorf("step %d: pull: %w", step, err)
 		}
 	}
-	b := t.data.Batch(t.spec.Seed, s.Shard, s.Data, t.spec.Batch)
+	b := t.next
+	if b == nil || t.nextAt.Shard != s.Shard || t.nextAt.Data != s.Data {
+		// Not the batch the transfer in flight pulled the rows of (the
+		// loop moved elsewhere): let it land, then pull everything.
+		if t.xfer != nil {
+			if err := t.settle(); err != nil {
+				return fmt.Errorf("step %d: push and pull: %w", step-1, err)
+			}
+			sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
+			err := t.client.Pull(sctx, step, t.model.Params())
+			cancel()
+			if err != nil {
+				return fmt.Errorf("step %d: pull: %w", step, err)
+			}
+		}
+		b = t.data.Batch(t.spec.Seed, s.Shard, s.Data, t.spec.Batch)
+	}
+	t.next = nil
 	loss, tokens := t.model.Loss(b, true)
 	if err := t.settle(); err != nil {
 		return fmt.Errorf("step %d: push and pull: %w", step-1, err)
@@ -474,8 +502,15 @@ func (t *trainer) step(ctx context.Context, s at) error {
 	}
 	switch {
 	case pipelined && !s.Last:
+		t.pushRanges = t.model.Ranges(b, t.pushRanges[:0])
+		t.nextAt = at{Shard: s.Shard, Data: s.Data + 1}
+		t.next = t.data.Batch(t.spec.Seed, t.nextAt.Shard, t.nextAt.Data, t.spec.Batch)
+		t.pullRanges = t.model.Ranges(t.next, t.pullRanges[:0])
+		if t.spec.DenseTransfer {
+			t.pushRanges, t.pullRanges = nil, nil
+		}
 		xctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
-		t.xfer, t.xstop = t.client.StartPushPull(xctx, step, grads, t.model.Params()), cancel
+		t.xfer, t.xstop = t.client.StartPushPullSparse(xctx, step, grads, t.model.Params(), t.pushRanges, t.pullRanges), cancel
 	case (step+1)%t.spec.NPush == 0 || s.Last:
 		sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
 		err := t.client.Push(sctx, step, grads)

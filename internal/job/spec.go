@@ -69,6 +69,10 @@ type Spec struct {
 	Batch     int     `json:"batch"`      // examples per worker per step
 	ClipNorm  float64 `json:"clip_norm"`  // global-norm clip applied by workers; 0 = none
 	LogEvery  int64   `json:"log_every"`
+	// DenseTransfer makes seq2seq workers push and pull the embedding
+	// tables whole, not just the rows their batches use (the parameters
+	// come out the same; it is there to compare).
+	DenseTransfer bool `json:"dense_transfer,omitempty"`
 	// Consistency: "sync", "ssp" (with Staleness) or "async" (workers pull
 	// every NFetch steps and push every NPush steps).
 	Mode      string `json:"mode"`

@@ -65,10 +65,19 @@ func appendBlocks(b []byte, bs []Block) []byte {
 	}
 	b = appendArrayLen(b, len(bs))
 	for _, blk := range bs {
-		b = append(b, 0x82, 0xa1, 'i', 0xce)
+		if len(blk.Spans) == 0 { // omitempty
+			b = append(b, 0x82)
+		} else {
+			b = append(b, 0x83)
+		}
+		b = append(b, 0xa1, 'i', 0xce)
 		b = binary.BigEndian.AppendUint32(b, blk.ID)
 		b = append(b, 0xa1, 'b')
 		b = appendBin(b, blk.Data)
+		if len(blk.Spans) != 0 {
+			b = append(b, 0xa1, 's')
+			b = appendBin(b, blk.Spans)
+		}
 	}
 	return b
 }
@@ -77,6 +86,9 @@ func blocksSize(bs []Block) int {
 	n := 5
 	for _, blk := range bs {
 		n += 16 + len(blk.Data)
+		if len(blk.Spans) != 0 {
+			n += 7 + len(blk.Spans)
+		}
 	}
 	return n
 }
@@ -320,6 +332,8 @@ func (r *reader) blocks() []Block {
 				bs[i].ID = uint32(r.uint(32))
 			case "b":
 				bs[i].Data = r.strBytes()
+			case "s":
+				bs[i].Spans = r.strBytes()
 			default:
 				r.skip()
 			}

@@ -26,11 +26,30 @@ func randBlocks(rng *rand.Rand) []Block {
 		default:
 			bs[i].Data = make([]byte, 4*rng.IntN(20000))
 		}
+		if rng.IntN(3) == 0 { // sparse: spans covering as many floats as Data holds
+			bs[i].Spans = randSpans(rng, len(bs[i].Data)/4)
+		}
 		for j := range bs[i].Data {
 			bs[i].Data[j] = byte(rng.Uint32())
 		}
 	}
 	return bs
+}
+
+// randSpans is a valid span list covering n floats in all.
+func randSpans(rng *rand.Rand, n int) []byte {
+	if n == 0 {
+		return EmptySpans
+	}
+	var b []byte
+	off := rng.IntN(100)
+	for n > 0 {
+		k := 1 + rng.IntN(n)
+		b = AppendSpan(b, off, k)
+		off += k + rng.IntN(3)
+		n -= k
+	}
+	return b
 }
 
 func randString(rng *rand.Rand) string {

@@ -15,21 +15,35 @@ func seeds(f *testing.F, msgs ...any) {
 }
 
 func FuzzDecodePush(f *testing.F) {
-	seeds(f, &PushRequest{V: Version, Job: "j", Blocks: []Block{{ID: 1, Data: make([]byte, 8)}}})
+	seeds(f, &PushRequest{V: Version, Job: "j", Blocks: []Block{{ID: 1, Data: make([]byte, 8)}}},
+		&PushRequest{V: Version, Job: "j", Blocks: []Block{{ID: 1, Data: make([]byte, 12), Spans: AppendSpan(AppendSpan(nil, 2, 1), 5, 2)}}})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := DecodePush(data)
 		if err == nil && (m.V != Version || ValidJob(m.Job) != nil || m.Step < 0) {
 			t.Fatalf("accepted a bad push: %+v", m)
 		}
+		if err == nil {
+			checkSpansAccepted(t, m.Blocks)
+		}
 	})
 }
 
 func FuzzDecodePull(f *testing.F) {
-	seeds(f, &PullRequest{V: Version, Job: "j", IDs: []uint32{1, 2}})
+	seeds(f, &PullRequest{V: Version, Job: "j", IDs: []uint32{1, 2}},
+		&PullRequest{V: Version, Job: "j", IDs: []uint32{1, 2}, Spans: [][]byte{nil, AppendSpan(nil, 3, 4)}})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := DecodePull(data)
-		if err == nil && (m.V != Version || len(m.IDs) > MaxBlocksPerMessage) {
+		if err == nil && (m.V != Version || len(m.IDs) > MaxBlocksPerMessage || m.Spans != nil && len(m.Spans) != len(m.IDs)) {
 			t.Fatalf("accepted a bad pull: %+v", m)
+		}
+		if err == nil {
+			for _, sp := range m.Spans {
+				if sp != nil {
+					if _, _, err := ParseSpans(sp); err != nil {
+						t.Fatalf("accepted a bad span list: %v", err)
+					}
+				}
+			}
 		}
 	})
 }
@@ -45,10 +59,25 @@ func FuzzDecodeReplies(f *testing.F) {
 					t.Fatalf("accepted block of %d bytes", len(b.Data))
 				}
 			}
+			checkSpansAccepted(t, m.Blocks)
 		}
 		DecodeProgress(data)
 		if m, err := DecodeSnapshotRequest(data); err == nil && ValidJob(m.Job) != nil {
 			t.Fatalf("accepted a bad snapshot request: %+v", m)
 		}
 	})
+}
+
+// checkSpansAccepted fails unless every sparse block a decoder accepted has
+// a well-formed span list covering exactly its data.
+func checkSpansAccepted(t *testing.T, bs []Block) {
+	for _, b := range bs {
+		if b.Spans == nil {
+			continue
+		}
+		n, _, err := ParseSpans(b.Spans)
+		if err != nil || 4*n != len(b.Data) {
+			t.Fatalf("accepted block %d: spans of %d floats (%v) for %d bytes", b.ID, n, err, len(b.Data))
+		}
+	}
 }

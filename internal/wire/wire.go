@@ -31,10 +31,12 @@ const (
 )
 
 // Block is one parameter block: its id in the job's placement and its values
-// as little-endian float32 bytes.
+// as little-endian float32 bytes. A sparse block (Spans set) carries only
+// the parts of the block its spans list (see ParseSpans).
 type Block struct {
-	ID   uint32 `msgpack:"i"`
-	Data []byte `msgpack:"b"`
+	ID    uint32 `msgpack:"i"`
+	Data  []byte `msgpack:"b"`
+	Spans []byte `msgpack:"s,omitempty"`
 }
 
 // PushRequest carries a rank's gradient for some of a shard's blocks at one
@@ -61,6 +63,10 @@ type PullRequest struct {
 	// Exact (sync): the parameters at exactly MinClock steps, not at
 	// least; a shard that no longer holds them refuses with Gone.
 	Exact bool `msgpack:"x,omitempty"`
+	// Spans, when set, holds a span list per id (nil for a whole block):
+	// the parts of each block the puller wants. The reply's blocks carry
+	// those parts only, one after another.
+	Spans [][]byte `msgpack:"s,omitempty"`
 }
 
 // SnapshotRequest asks a shard to snapshot its state at the boundary of
@@ -184,6 +190,17 @@ func checkBlocks(bs []Block) error {
 		if len(b.Data)%4 != 0 {
 			return &Error{Kind: BadLength, Msg: fmt.Sprintf("block %d: %d bytes is not a whole number of float32", b.ID, len(b.Data))}
 		}
+		if b.Spans == nil {
+			continue
+		}
+		n, _, err := ParseSpans(b.Spans)
+		if err != nil {
+			err.(*Error).Msg = fmt.Sprintf("block %d: %s", b.ID, err.(*Error).Msg)
+			return err
+		}
+		if 4*n != len(b.Data) {
+			return &Error{Kind: BadLength, Msg: fmt.Sprintf("block %d: %d bytes for spans of %d floats", b.ID, len(b.Data), n)}
+		}
 	}
 	return nil
 }
@@ -245,6 +262,18 @@ func DecodePull(data []byte) (*PullRequest, error) {
 	}
 	if len(m.IDs) > MaxBlocksPerMessage {
 		return nil, &Error{Kind: TooLarge, Msg: fmt.Sprintf("%d block ids in one pull (limit %d)", len(m.IDs), MaxBlocksPerMessage)}
+	}
+	if m.Spans != nil && len(m.Spans) != len(m.IDs) {
+		return nil, &Error{Kind: Malformed, Msg: fmt.Sprintf("%d span lists for %d block ids", len(m.Spans), len(m.IDs))}
+	}
+	for k, sp := range m.Spans {
+		if sp == nil {
+			continue
+		}
+		if _, _, err := ParseSpans(sp); err != nil {
+			err.(*Error).Msg = fmt.Sprintf("block %d: %s", m.IDs[k], err.(*Error).Msg)
+			return nil, err
+		}
 	}
 	return &m, nil
 }
