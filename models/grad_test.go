@@ -248,6 +248,9 @@ func TestSeq2SeqHooks(t *testing.T) {
 	if !freed {
 		t.Fatal("GradsFree not called")
 	}
+	if !slices.Equal(hooked.ReadOrder(), spans) {
+		t.Fatalf("ReadOrder %v, hooks saw %v", hooked.ReadOrder(), spans)
+	}
 	// Spans tile the parameter vector, each once; the order is the forward
 	// pass's: source embedding, encoder layers, target embedding, decoder
 	// layers, output layer.

@@ -193,6 +193,12 @@ func (m *Seq2Seq[T]) Params() []T { return m.params }
 // Grads is the flat gradient vector, laid out like Params.
 func (m *Seq2Seq[T]) Grads() []T { return m.grads }
 
+// ReadOrder returns the spans of the flat parameter vector in the order a
+// step first reads them (the order of the NeedParams hook's calls): source
+// embedding, encoder layers, target embedding, decoder layers, output
+// layer.
+func (m *Seq2Seq[T]) ReadOrder() [][2]int { return slices.Clone(m.spans) }
+
 // Ranges appends to dst the parts of the flat parameter vector that a step
 // on b reads and can give a nonzero gradient, as sorted, disjoint [lo, hi)
 // ranges with adjacent ones merged: the rows of the source embedding that

@@ -300,6 +300,7 @@ func syncOverheadW2Model(b *testing.B, rows bool) {
 			ranges[i] = m.Ranges(batch, nil)
 		}
 	}
+	r.client.ReadOrder(m.ReadOrder())
 	opt := DefaultOptimizer("sgd", 1e-6)
 	ctx := context.Background()
 	if err := r.client.Pull(ctx, 0, m.Params()); err != nil {

@@ -6,8 +6,12 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
@@ -212,10 +216,10 @@ func TestSparseTransferMatchesDense(t *testing.T) {
 		}
 		return cs
 	}
-	var bytes [2]int
+	var bytes [2]atomic.Int64
 	dc, sc := clients("dense"), clients("sparse")
 	for i, c := range sc {
-		c.Observe = func(_ Op, _ int, _ time.Duration, n int) { bytes[i] += n } // one transfer at a time per client
+		c.Observe = func(_ Op, _ int, _ time.Duration, n int) { bytes[i].Add(int64(n)) }
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -261,12 +265,186 @@ func TestSparseTransferMatchesDense(t *testing.T) {
 			}
 		}
 	}
-	if full := 3 * 2 * 4 * p.Size(); bytes[0] >= full*3/4 || bytes[0] == 0 {
-		t.Fatalf("rank 0 moved %d bytes; dense transfers move %d", bytes[0], full)
+	if full := int64(3 * 2 * 4 * p.Size()); bytes[0].Load() >= full*3/4 || bytes[0].Load() == 0 {
+		t.Fatalf("rank 0 moved %d bytes; dense transfers move %d", bytes[0].Load(), full)
 	}
 	for _, bad := range [][][2]int{{{10, 5}}, {{0, 10}, {5, 20}}, {{0, p.Size() + 1}}} {
 		if err := sc[0].StartPushPullSparse(ctx, 3, make([]float32, p.Size()), sw[0], bad, nil).Wait(); err == nil {
 			t.Fatalf("ranges %v accepted", bad)
 		}
+	}
+}
+
+// A sparse transfer packs each shard's blocks by what they carry this time,
+// into fewer messages than the whole blocks need, each fitting the server's
+// max_payload, every block in exactly one; the messages go in the read
+// order a client is given, else front to back.
+func TestTransferGroups(t *testing.T) {
+	nc := startNATS(t, 16<<10)
+	ts := []models.Tensor{{Name: "emb", Shape: []int{500, 32}}, {Name: "w", Shape: []int{40, 40}}}
+	p := Place(ts, 1000, 2)
+	c, err := NewClient(nc, "j", p, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 1))
+	rows := func() [][2]int {
+		var rs [][2]int
+		for _, r := range randRanges(rng, 16000, 32) {
+			if rng.IntN(4) == 0 {
+				rs = append(rs, r)
+			}
+		}
+		return append(rs, [2]int{16000, 17600})
+	}
+	push, pull := rows(), rows()
+	check := func(name string, gs []group, sparse bool) {
+		t.Helper()
+		seen := map[uint32]int{}
+		for _, g := range gs {
+			size := wire.Headroom
+			for i, b := range g.blocks {
+				if b.Shard != g.shard || g.ids[i] != b.ID {
+					t.Fatalf("%s: block %d in a group of shard %d", name, b.ID, g.shard)
+				}
+				seen[b.ID]++
+				pushSize, pullSize := 4*b.Len, 4*b.Len
+				if g.push != nil && g.push[i] != nil {
+					n, _, _ := wire.ParseSpans(g.push[i])
+					pushSize = 4*n + len(g.push[i]) + 8
+				}
+				if g.pull != nil && g.pull[i] != nil {
+					n, _, _ := wire.ParseSpans(g.pull[i])
+					pullSize = 4*n + len(g.pull[i]) + 8
+				}
+				size += max(pushSize, pullSize) + wire.PerBlock
+			}
+			if size > int(nc.MaxPayload()) {
+				t.Fatalf("%s: a group of %d bytes", name, size)
+			}
+			if !sparse && (g.push != nil || g.pull != nil) {
+				t.Fatalf("%s: a dense transfer with spans", name)
+			}
+		}
+		if len(seen) != len(p.Blocks) {
+			t.Fatalf("%s: %d of %d blocks", name, len(seen), len(p.Blocks))
+		}
+		for id, n := range seen {
+			if n != 1 {
+				t.Fatalf("%s: block %d in %d groups", name, id, n)
+			}
+		}
+	}
+	dense, err := c.transferGroups(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("dense", dense, false)
+	for i := 1; i < len(dense); i++ {
+		if dense[i].blocks[0].Offset < dense[i-1].blocks[0].Offset {
+			t.Fatal("dense groups out of vector order")
+		}
+	}
+	sparse, err := c.transferGroups(push, pull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("sparse", sparse, true)
+	if 2*len(sparse) > len(dense) {
+		t.Fatalf("%d sparse groups for %d dense ones", len(sparse), len(dense))
+	}
+	// Read "w" first, then "emb".
+	c.ReadOrder([][2]int{{16000, 17600}, {0, 16000}})
+	ordered, err := c.transferGroups(push, pull)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("ordered", ordered, true)
+	wFirst := true
+	for _, g := range ordered {
+		if g.blocks[0].Offset < 16000 {
+			wFirst = false
+		} else if !wFirst {
+			t.Fatal("a group of w after a group of emb")
+		}
+	}
+	// The whole blocks are packed again in read order too: no message
+	// holds a block of w behind one of emb.
+	whole, err := c.transferGroups(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("whole, ordered", whole, false)
+	for _, g := range whole {
+		for i := 1; i < len(g.blocks); i++ {
+			if c.readCmp(g.blocks[i-1], g.blocks[i]) > 0 {
+				t.Fatalf("a message holds block %d before block %d", g.blocks[i-1].ID, g.blocks[i].ID)
+			}
+		}
+	}
+	if whole[0].blocks[0].Offset < 16000 {
+		t.Fatal("the first whole message is not w's")
+	}
+	if c.readRank(15999) != 1 || c.readRank(16000) != 0 || c.readRank(17600) != 2 {
+		t.Fatalf("ranks %d %d %d", c.readRank(15999), c.readRank(16000), c.readRank(17600))
+	}
+	// A transfer refused at its start says so from every wait.
+	xf := c.StartPushPullSparse(context.Background(), 0, make([]float32, p.Size()), make([]float32, p.Size()), [][2]int{{5, 1}}, nil)
+	if xf.WaitRange(0, 10) == nil || xf.WaitPushed() == nil || xf.Wait() == nil {
+		t.Fatal("bad ranges accepted")
+	}
+}
+
+// A transfer's pushes leave in its groups' order (the read order): with one
+// push in flight, the shards receive them exactly so.
+func TestTransferPushesInReadOrder(t *testing.T) {
+	nc := startNATS(t, 16<<10)
+	ts := []models.Tensor{{Name: "emb", Shape: []int{100, 32}}, {Name: "w", Shape: []int{40, 40}}, {Name: "b", Shape: []int{40}}}
+	p := Place(ts, 1000, 2)
+	serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1))), ServiceConfig{})
+	spy := connect(t, nc.ConnectedUrl())
+	var mu sync.Mutex
+	var got []uint32
+	sub, err := spy.Subscribe("downpour.j.*.ps.*.push", func(m *nats.Msg) {
+		if req, err := wire.DecodePush(m.Data); err == nil {
+			mu.Lock()
+			got = append(got, req.Blocks[0].ID)
+			mu.Unlock()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	spy.Flush()
+	c, err := NewClient(nc, "j", p, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.PushWindow = 1
+	c.ReadOrder([][2]int{{3200, 4800}, {4800, 4840}, {0, 3200}}) // w, b, emb
+	push := [][2]int{{0, 64}, {640, 704}, {3200, 4840}}
+	groups, err := c.transferGroups(push, push)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []uint32
+	for _, g := range groups {
+		want = append(want, g.ids[0])
+	}
+	if p.Blocks[want[0]].Offset != 3200 { // w's first block
+		t.Fatalf("first group starts at block %d (offset %d)", want[0], p.Blocks[want[0]].Offset)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	g := zeroOutside(grads(rand.New(rand.NewPCG(1, 1)), p.Size()), push)
+	if err := c.StartPushPullSparse(ctx, 0, g, make([]float32, p.Size()), push, push).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	sub.Drain()
+	spy.Flush()
+	mu.Lock()
+	defer mu.Unlock()
+	if !slices.Equal(got, want) {
+		t.Fatalf("pushes arrived starting with blocks %v, want %v", got, want)
 	}
 }

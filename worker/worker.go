@@ -368,6 +368,7 @@ func newTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.Pla
 		return nil, err
 	}
 	t := &trainer{cfg: cfg, spec: spec, a: a, client: client, model: models.NewSeq2Seq[float32](spec.Seq2Seq)}
+	client.ReadOrder(t.model.ReadOrder())
 	if spec.NPush > 1 {
 		t.acc = make([]float32, len(t.model.Grads()))
 	}
