@@ -269,14 +269,10 @@ func (s *Shard) Push(p *wire.PushRequest) error {
 	applied := false
 	for k, pb := range p.Blocks {
 		b := s.blocks[s.pos[pb.ID]]
-		data := pb.Data
-		if pb.Spans != nil {
-			data = s.expand(b.Len, pb.Spans, pb.Data)
-		}
 		if s.cfg.Mode == Sync {
-			applied = s.pushSync(b, r, p.Step, data, finite[k]) || applied
+			applied = s.pushSync(b, r, p.Step, &p.Blocks[k], finite[k]) || applied
 		} else {
-			applied = s.pushAsync(b, r, p.Step, data, finite[k]) || applied
+			applied = s.pushAsync(b, r, p.Step, &p.Blocks[k], finite[k]) || applied
 		}
 	}
 	if s.cfg.Mode != Sync {
@@ -315,20 +311,43 @@ func checkSpans(b *block, spans []byte, n int) (int, error) {
 	return floats, nil
 }
 
-// expand makes a sparse push's block whole: its floats where its spans say,
-// zeros elsewhere, in a buffer the shard reuses (it is consumed before the
-// next block is expanded). What is applied is then exactly what the dense
-// block with zero gradients in those places would apply, for every
-// optimizer and mode.
-func (s *Shard) expand(n int, spans, data []byte) []byte {
+// A sparse push stands for the whole block with zero gradients where it
+// carries nothing, and the shard applies exactly what that whole block
+// would, for every optimizer and mode: it makes the block whole (expand,
+// or straight into the rank's stored gradient) before the usual sum and
+// update. SGD alone skips that: it leaves a parameter whose gradient is
+// zero exactly as it is (w + (-lr)*(+0) is w for every w, -0 and NaN
+// included, and the kernels are elementwise), so a single gradient
+// (sync with one rank, or ssp and async) is applied to its spans only.
+
+// apply applies one gradient, straight from its message, to block b.
+func (s *Shard) apply(b *block, pb *wire.Block) {
+	switch {
+	case pb.Spans == nil:
+		s.cfg.Optimizer.ApplyBytes(b.w, pb.Data, b.slots, b.clock)
+	case s.cfg.Optimizer.Kind == "sgd":
+		at := 0
+		wire.EachSpan(pb.Spans, func(off, n int) {
+			s.cfg.Optimizer.ApplyBytes(b.w[off:off+n], pb.Data[at:at+4*n], nil, b.clock)
+			at += 4 * n
+		})
+	default:
+		s.cfg.Optimizer.ApplyBytes(b.w, s.expand(b.Len, pb), b.slots, b.clock)
+	}
+}
+
+// expand makes a sparse block whole: its floats where its spans say, zeros
+// elsewhere, in a buffer the shard reuses (it is consumed before the next
+// block is expanded).
+func (s *Shard) expand(n int, pb *wire.Block) []byte {
 	if cap(s.dense) < 4*n {
 		s.dense = make([]byte, 4*n)
 	}
 	d := s.dense[:4*n]
 	clear(d)
 	at := 0
-	wire.EachSpan(spans, func(off, k int) {
-		at += copy(d[4*off:4*(off+k)], data[at:at+4*k])
+	wire.EachSpan(pb.Spans, func(off, k int) {
+		at += copy(d[4*off:4*(off+k)], pb.Data[at:at+4*k])
 	})
 	return d
 }
@@ -370,7 +389,7 @@ func (s *Shard) newEpoch(r int, epoch uint64) {
 	}
 }
 
-func (s *Shard) pushSync(b *block, r int, step int64, data []byte, finite bool) bool {
+func (s *Shard) pushSync(b *block, r int, step int64, pb *wire.Block, finite bool) bool {
 	if step < b.clock || b.got[r] {
 		s.stats.Duplicates++
 		return false
@@ -383,7 +402,7 @@ func (s *Shard) pushSync(b *block, r int, step int64, data []byte, finite bool) 
 	if s.cfg.Ranks == 1 { // nothing to wait for: apply straight from the message
 		s.snapBlock(b)
 		if !b.bad {
-			s.cfg.Optimizer.ApplyBytes(b.w, data, b.slots, b.clock)
+			s.apply(b, pb)
 			s.stats.Applied++
 		}
 		b.bad = false
@@ -395,7 +414,16 @@ func (s *Shard) pushSync(b *block, r int, step int64, data []byte, finite bool) 
 	if b.g[r] == nil {
 		b.g[r] = make([]float32, b.Len)
 	}
-	wire.CopyFloats(b.g[r], data)
+	if pb.Spans == nil {
+		wire.CopyFloats(b.g[r], pb.Data)
+	} else {
+		clear(b.g[r])
+		at := 0
+		wire.EachSpan(pb.Spans, func(off, n int) {
+			wire.CopyFloats(b.g[r][off:off+n], pb.Data[at:at+4*n])
+			at += 4 * n
+		})
+	}
 	b.got[r] = true
 	b.n++
 	if b.n < s.cfg.Ranks {
@@ -420,7 +448,7 @@ func (s *Shard) pushSync(b *block, r int, step int64, data []byte, finite bool) 
 	return true
 }
 
-func (s *Shard) pushAsync(b *block, r int, step int64, data []byte, finite bool) bool {
+func (s *Shard) pushAsync(b *block, r int, step int64, pb *wire.Block, finite bool) bool {
 	if step <= b.last[r] {
 		s.stats.Duplicates++
 		return false
@@ -431,7 +459,7 @@ func (s *Shard) pushAsync(b *block, r int, step int64, data []byte, finite bool)
 		s.stats.Skipped++
 		return false
 	}
-	s.cfg.Optimizer.ApplyBytes(b.w, data, b.slots, b.clock)
+	s.apply(b, pb)
 	s.stats.Applied++
 	b.clock++
 	return true
