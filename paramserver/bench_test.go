@@ -269,8 +269,9 @@ func BenchmarkSyncOverheadW2(b *testing.B) {
 // repeats its frequent words). transfer=rows moves, as workers do, only the
 // embedding rows the batches use (the push, this batch's; the pull, the
 // next one's); transfer=dense moves the tables whole (--dense-transfer).
-// Each iteration times a run of steps of each kind, side by side; the PS
-// run ends by waiting for its last transfer, so its cost is counted whole.
+// Each iteration times a run of 8 steps of each kind, side by side; the PS
+// run ends by waiting for its last transfer, so its cost is counted whole
+// (in training it is paid once per job, here once per 8 steps).
 // Meaningful with the fast build (-tags openblas).
 func BenchmarkSyncOverheadW2Model(b *testing.B) {
 	for _, rows := range []bool{true, false} {
@@ -281,7 +282,7 @@ func BenchmarkSyncOverheadW2Model(b *testing.B) {
 }
 
 func syncOverheadW2Model(b *testing.B, rows bool) {
-	const run = 4 // steps per timed run
+	const run = 8 // steps per timed run: the last transfer, a one-off of the run, is counted whole and shared by these
 	r := newRig(b, w2.Tensors(), 2, 0)
 	m := models.NewSeq2Seq[float32](w2)
 	m.Init(1)
