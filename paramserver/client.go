@@ -60,8 +60,9 @@ const (
 const DefaultWindow = 16
 
 // DefaultPushWindow is the default bound on a transfer's pushes in flight.
-// On the W2 benchmark, the forward pass waited 82-94 ms a step for its
-// first parameters with 2 or 4 pushes in flight, 134-144 ms with 16.
+// On SyncOverheadW2Model (runs of 4 steps, 2 counts each, with this field
+// set to 2, 4 and 16 by hand), the forward pass waited 82-94 ms a step for
+// its first parameters with 2 or 4 pushes in flight, 134-144 ms with 16.
 const DefaultPushWindow = 4
 
 // DefaultAttempt is the default timeout of a request's first attempt. A
@@ -95,7 +96,7 @@ func NewClientFor(nc *nats.Conn, job string, p *Placement, rank int, epoch uint6
 				bs = append(bs, b)
 			}
 		}
-		gs, err := c.pack(s, bs, nil, nil)
+		gs, err := c.pack(s, bs, wholeSizes(bs), nil, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -118,7 +119,8 @@ func (c *Client) ReadOrder(spans [][2]int) {
 	slices.SortFunc(c.order, func(a, b [3]int) int { return a[0] - b[0] })
 	var groups []group
 	for _, bs := range c.shardBlocks() {
-		gs, err := c.pack(bs[0].Shard, bs, nil, nil)
+		slices.SortStableFunc(bs, c.readCmp)
+		gs, err := c.pack(bs[0].Shard, bs, wholeSizes(bs), nil, nil)
 		if err != nil { // cannot be: these blocks were packed before
 			panic("paramserver: " + err.Error())
 		}
@@ -127,8 +129,9 @@ func (c *Client) ReadOrder(spans [][2]int) {
 	c.groups = groups
 }
 
-// shardBlocks returns the client's blocks shard by shard, each shard's in
-// read order (by offset where the read order does not tell).
+// shardBlocks returns the client's blocks shard by shard, in the order
+// they were packed: read order once ReadOrder has packed them (by offset
+// where the read order does not tell), else by offset.
 func (c *Client) shardBlocks() [][]Block {
 	var out [][]Block
 	for start := 0; start < len(c.groups); {
@@ -140,7 +143,6 @@ func (c *Client) shardBlocks() [][]Block {
 		for _, g := range c.groups[start:end] {
 			bs = append(bs, g.blocks...)
 		}
-		slices.SortStableFunc(bs, c.readCmp)
 		out = append(out, bs)
 		start = end
 	}
@@ -154,17 +156,20 @@ func (c *Client) readCmp(a, b Block) int {
 	return a.Offset - b.Offset
 }
 
-// pack cuts one shard's blocks, in order, into messages that fit the
-// server's max_payload. With span lists (a sparse transfer's), each block
-// counts for what it carries: the larger of its push and its pull.
-func (c *Client) pack(shard int, blocks []Block, push, pull [][]byte) ([]group, error) {
+// wholeSizes is the bytes of each block's data, whole.
+func wholeSizes(blocks []Block) []int {
 	sizes := make([]int, len(blocks))
 	for i, b := range blocks {
 		sizes[i] = 4 * b.Len
-		if push != nil {
-			sizes[i] = max(spanBytes(push[i], b), spanBytes(pull[i], b))
-		}
 	}
+	return sizes
+}
+
+// pack cuts one shard's blocks, in order, into messages that fit the
+// server's max_payload, each block counting for sizes[i] bytes (in a
+// sparse transfer, what it carries: the larger of its push and its pull).
+// push and pull, when set, are the blocks' span lists.
+func (c *Client) pack(shard int, blocks []Block, sizes []int, push, pull [][]byte) ([]group, error) {
 	ends, err := wire.Group(sizes, int(c.nc.MaxPayload()))
 	if err != nil {
 		return nil, err
@@ -401,10 +406,14 @@ func (c *Client) transferGroups(push, pull [][2]int) ([]group, error) {
 	} else {
 		for _, bs := range c.shardBlocks() {
 			pushSpans, pullSpans := make([][]byte, len(bs)), make([][]byte, len(bs))
+			sizes := make([]int, len(bs))
 			for i, b := range bs {
-				pushSpans[i], pullSpans[i] = sparseBlock(push, b), sparseBlock(pull, b)
+				var pushSize, pullSize int
+				pushSpans[i], pushSize = sparseBlock(push, b)
+				pullSpans[i], pullSize = sparseBlock(pull, b)
+				sizes[i] = max(pushSize, pullSize)
 			}
-			gs, err := c.pack(bs[0].Shard, bs, pushSpans, pullSpans)
+			gs, err := c.pack(bs[0].Shard, bs, sizes, pushSpans, pullSpans)
 			if err != nil {
 				return nil, err
 			}
@@ -415,28 +424,24 @@ func (c *Client) transferGroups(push, pull [][2]int) ([]group, error) {
 	return groups, nil
 }
 
-// sparseBlock is block b's span list for the parts of it inside ranges: nil
-// to send it whole, when ranges is nil or covers it, or when its spans
-// would take no fewer bytes than its data.
-func sparseBlock(ranges [][2]int, b Block) []byte {
+// sparseBlock is block b's span list for the parts of it inside ranges (nil
+// to send it whole: when ranges is nil or covers it, or when its spans
+// would take no fewer bytes than its data) and the bytes it then takes in
+// a message beyond wire.PerBlock.
+func sparseBlock(ranges [][2]int, b Block) ([]byte, int) {
 	if ranges == nil {
-		return nil
+		return nil, 4 * b.Len
 	}
 	spans := blockSpans(ranges, b)
-	if spans == nil || spanBytes(spans, b) >= 4*b.Len {
-		return nil
-	}
-	return spans
-}
-
-// spanBytes is what block b takes in a message (beyond wire.PerBlock) when
-// it carries the parts spans lists (all of it when spans is nil).
-func spanBytes(spans []byte, b Block) int {
 	if spans == nil {
-		return 4 * b.Len
+		return nil, 4 * b.Len
 	}
 	floats, _, _ := wire.ParseSpans(spans)
-	return 4*floats + len(spans) + 8 // the spans' key and bin header
+	size := 4*floats + len(spans) + 8 // the spans' key and bin header
+	if size >= 4*b.Len {
+		return nil, 4 * b.Len
+	}
+	return spans, size
 }
 
 // checkRanges checks that ranges are sorted, disjoint, non-empty [lo, hi)

@@ -503,15 +503,16 @@ func (t *trainer) step(ctx context.Context, s at) error {
 	}
 	switch {
 	case pipelined && !s.Last:
-		t.pushRanges = t.model.Ranges(b, t.pushRanges[:0])
 		t.nextAt = at{Shard: s.Shard, Data: s.Data + 1}
 		t.next = t.data.Batch(t.spec.Seed, t.nextAt.Shard, t.nextAt.Data, t.spec.Batch)
-		t.pullRanges = t.model.Ranges(t.next, t.pullRanges[:0])
-		if t.spec.DenseTransfer {
-			t.pushRanges, t.pullRanges = nil, nil
+		var push, pull [][2]int // nil: whole
+		if !t.spec.DenseTransfer {
+			t.pushRanges = t.model.Ranges(b, t.pushRanges[:0])
+			t.pullRanges = t.model.Ranges(t.next, t.pullRanges[:0])
+			push, pull = t.pushRanges, t.pullRanges
 		}
 		xctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
-		t.xfer, t.xstop = t.client.StartPushPullSparse(xctx, step, grads, t.model.Params(), t.pushRanges, t.pullRanges), cancel
+		t.xfer, t.xstop = t.client.StartPushPullSparse(xctx, step, grads, t.model.Params(), push, pull), cancel
 	case (step+1)%t.spec.NPush == 0 || s.Last:
 		sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
 		err := t.client.Push(sctx, step, grads)
