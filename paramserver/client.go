@@ -294,7 +294,7 @@ type Transfer struct {
 	groups []group
 	pushed []chan struct{} // closed when group i's push is acknowledged
 	pulled []chan struct{} // closed when group i's parameters are in params
-	failed chan struct{}   // closed on the first error
+	failed chan struct{}   // closed after the first error, once every group has stopped
 	done   chan struct{}   // closed when every group has finished or failed
 	err    error           // the first error; read after failed or done is closed
 }
@@ -347,14 +347,21 @@ func (c *Client) run(ctx context.Context, t *Transfer, step int64, grads, params
 	defer close(t.done)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	// The first error ends the transfer, but it is told (failed closed)
+	// only once every group has stopped: until then a push may still be
+	// reading grads, which the caller may change as soon as a wait returns.
 	var once sync.Once
 	fail := func(err error) {
 		once.Do(func() {
 			t.err = err
-			close(t.failed)
 			cancel()
 		})
 	}
+	defer func() {
+		if t.err != nil {
+			close(t.failed)
+		}
+	}()
 	acquire := func(sem chan struct{}) bool {
 		select {
 		case sem <- struct{}{}:
