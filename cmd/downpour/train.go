@@ -143,7 +143,7 @@ func startEmbedded(ctx context.Context, dir, job string, ep *endpoints, log *slo
 		c.Close()
 		return nil, err
 	}
-	ep.nats, ep.etcd = c.NATSURL, c.EtcdEndpoints[0]
+	ep.nats, ep.etcd, ep.inProcess = c.NATSURL, c.EtcdEndpoints[0], c.NATS
 	return c, nil
 }
 
