@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
+
 	"sort"
 	"sync"
 	"testing"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 )
@@ -79,6 +81,7 @@ func BenchmarkApply(b *testing.B) {
 // client, for the push/pull benchmarks.
 type rig struct {
 	nc     *nats.Conn
+	dial   func() *nats.Conn // another connection of the rig's kind
 	p      *Placement
 	client *Client
 	grads  []float32
@@ -86,14 +89,48 @@ type rig struct {
 	step   int64
 }
 
+// connKind is how the rig's shards and worker reach the embedded NATS server:
+// over loopback TCP, as roles in separate processes on one host do, or
+// in-process (a pipe in memory), as the roles of `downpour train` do.
+type connKind string
+
+const (
+	tcp       connKind = "tcp"
+	inProcess connKind = "inprocess"
+)
+
+// byConn runs f as one sub-benchmark per connection kind.
+func byConn(b *testing.B, f func(b *testing.B, conn connKind)) {
+	for _, conn := range []connKind{inProcess, tcp} {
+		b.Run("conn="+string(conn), func(b *testing.B) { f(b, conn) })
+	}
+}
+
 // Each shard and the worker have their own connection, as separate processes
 // would.
-func newRig(b *testing.B, tensors []models.Tensor, shards int, maxPayload int32) *rig {
-	nc := startNATS(b, maxPayload)
+func newRig(b *testing.B, tensors []models.Tensor, shards int, maxPayload int32, conn connKind) *rig {
+	srv, err := embedded.StartNATS(b.TempDir(), maxPayload)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	dial := func() *nats.Conn {
+		var opts []nats.Option
+		if conn == inProcess {
+			opts = append(opts, nats.InProcessServer(srv))
+		}
+		nc, err := nats.Connect(srv.ClientURL(), opts...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(nc.Close)
+		return nc
+	}
+	nc := dial()
 	p := Place(tensors, benchBlockSize, shards)
 	for s := 0; s < shards; s++ {
 		sh := NewShard(syncCfg(1, DefaultOptimizer("sgd", 1e-6)), p.OnShard(s), func(Block, []float32) {})
-		svc, err := Serve(connect(b, nc.ConnectedUrl()), sh, ServiceConfig{Job: "j", Shard: s, Log: quiet})
+		svc, err := Serve(dial(), sh, ServiceConfig{Job: "j", Shard: s, Log: quiet})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -103,7 +140,7 @@ func newRig(b *testing.B, tensors []models.Tensor, shards int, maxPayload int32)
 	if err != nil {
 		b.Fatal(err)
 	}
-	return &rig{nc: nc, p: p, client: c, grads: grads(rand.New(rand.NewPCG(1, 2)), p.Size()), params: make([]float32, p.Size())}
+	return &rig{nc: nc, dial: dial, p: p, client: c, grads: grads(rand.New(rand.NewPCG(1, 2)), p.Size()), params: make([]float32, p.Size())}
 }
 
 // pushPull runs one step through the shards and returns how long the push
@@ -149,7 +186,7 @@ func newRawEcho(b *testing.B, r *rig) *rawEcho {
 		e.reply = append(e.reply, make([]byte, n+64))
 	}
 	for s := 0; s < r.p.Shards; s++ {
-		nc := connect(b, r.nc.ConnectedUrl()) // a connection per responder, like the shards
+		nc := r.dial() // a connection per responder, like the shards
 		push, err := nc.Subscribe(fmt.Sprintf("raw.%d.push", s), func(m *nats.Msg) { m.Respond([]byte("ok")) })
 		if err != nil {
 			b.Fatal(err)
@@ -196,9 +233,12 @@ func median(ds []time.Duration) time.Duration {
 // BenchmarkPushPullW2 moves the W2 model's whole gradient to 2 shards and its
 // whole parameter set back, through the embedded NATS server, beside raw NATS
 // request/reply of the same message sizes in the same run. ratio_to_raw is
-// raw time / downpour time (1 means no overhead over NATS itself).
-func BenchmarkPushPullW2(b *testing.B) {
-	r := newRig(b, w2.Tensors(), 2, 0)
+// raw time / downpour time (1 means no overhead over NATS itself). The raw
+// side's connections are of the same kind as the rig's.
+func BenchmarkPushPullW2(b *testing.B) { byConn(b, pushPullW2) }
+
+func pushPullW2(b *testing.B, conn connKind) {
+	r := newRig(b, w2.Tensors(), 2, 0, conn)
 	e := newRawEcho(b, r)
 	r.pushPull(b) // warm up
 	e.run(b)
@@ -220,9 +260,12 @@ func BenchmarkPushPullW2(b *testing.B) {
 // BenchmarkPushPull10M pushes 10M float32 gradients to one shard, which
 // applies SGD, and pulls the 10M parameters back: the workload ps-lite's own
 // benchmark measures (130 ms push + 180 ms pull on this machine kind, with an
-// empty server handler).
-func BenchmarkPushPull10M(b *testing.B) {
-	r := newRig(b, []models.Tensor{{Name: "x", Shape: []int{10_000_000}}}, 1, 0)
+// empty server handler). ps-lite's worker and server are separate processes;
+// conn=tcp is the comparable one.
+func BenchmarkPushPull10M(b *testing.B) { byConn(b, pushPull10M) }
+
+func pushPull10M(b *testing.B, conn connKind) {
+	r := newRig(b, []models.Tensor{{Name: "x", Shape: []int{10_000_000}}}, 1, 0, conn)
 	r.pushPull(b)
 	var push, pull []time.Duration
 	for b.Loop() {
@@ -241,8 +284,10 @@ func BenchmarkPushPull10M(b *testing.B) {
 // compute is not part of either side, so the ratio here is the PS's cost
 // against the bare optimizer; against a real W2 step (seconds of compute) the
 // PS adds the absolute ms/step reported.
-func BenchmarkSyncOverheadW2(b *testing.B) {
-	r := newRig(b, w2.Tensors(), 2, 0)
+func BenchmarkSyncOverheadW2(b *testing.B) { byConn(b, syncOverheadW2) }
+
+func syncOverheadW2(b *testing.B, conn connKind) {
+	r := newRig(b, w2.Tensors(), 2, 0, conn)
 	r.pushPull(b)
 	w := make([]float32, r.p.Size())
 	opt := DefaultOptimizer("sgd", 1e-6)
@@ -272,18 +317,24 @@ func BenchmarkSyncOverheadW2(b *testing.B) {
 // Each iteration times a run of 8 steps of each kind, side by side; the PS
 // run ends by waiting for its last transfer, so its cost is counted whole
 // (in training it is paid once per job, here once per 8 steps).
+// conn=inprocess connects the shards and the worker to the embedded NATS in
+// memory, as `downpour train` does; conn=tcp over loopback, as roles in
+// separate processes on one host do (measured with rows only, to keep the
+// run's length).
 // Meaningful with the fast build (-tags openblas).
 func BenchmarkSyncOverheadW2Model(b *testing.B) {
-	for _, rows := range []bool{true, false} {
-		b.Run(map[bool]string{true: "transfer=rows", false: "transfer=dense"}[rows], func(b *testing.B) {
-			syncOverheadW2Model(b, rows)
-		})
+	for _, c := range []struct {
+		conn connKind
+		rows bool
+	}{{inProcess, true}, {inProcess, false}, {tcp, true}} {
+		name := fmt.Sprintf("conn=%s/transfer=%s", c.conn, map[bool]string{true: "rows", false: "dense"}[c.rows])
+		b.Run(name, func(b *testing.B) { syncOverheadW2Model(b, c.conn, c.rows) })
 	}
 }
 
-func syncOverheadW2Model(b *testing.B, rows bool) {
+func syncOverheadW2Model(b *testing.B, conn connKind, rows bool) {
 	const run = 8 // steps per timed run: the last transfer, a one-off of the run, is counted whole and shared by these
-	r := newRig(b, w2.Tensors(), 2, 0)
+	r := newRig(b, w2.Tensors(), 2, 0, conn)
 	m := models.NewSeq2Seq[float32](w2)
 	m.Init(1)
 	rng := rand.New(rand.NewPCG(3, 3))
