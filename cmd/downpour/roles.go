@@ -43,7 +43,7 @@ import (
 // others stand by and the oldest takes over when the leader dies, carrying
 // on from the job's state in etcd.
 func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec job.Spec, out string, resume *resumePoint,
-	console io.Writer, log *slog.Logger) (*telemetry.Collector, error) {
+	ttl int, console io.Writer, log *slog.Logger) (*telemetry.Collector, error) {
 	// The run directory describes its job, for the tools that read it later
 	// (and for this coordinator, should it be restarted).
 	if err := os.WriteFile(filepath.Join(out, "job.json"), spec.Encode(), 0o644); err != nil {
@@ -62,7 +62,7 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 	if leader, err := coordinator.Leader(ctx, cli, spec.Name); err == nil && leader != "" && console != nil {
 		fmt.Fprintf(console, "standing by: %s leads job %s\n", leader, spec.Name)
 	}
-	lead, err := coordinator.Campaign(ctx, cli, spec.Name, id, coordinatorTTL)
+	lead, err := coordinator.Campaign(ctx, cli, spec.Name, id, ttl)
 	if err != nil {
 		return nil, err
 	}
@@ -197,6 +197,15 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 // coordinatorTTL is the lease, in seconds, of a coordinator's leadership: a
 // standby takes over this long after the leader dies.
 const coordinatorTTL = 5
+
+// embeddedCoordinatorTTL is the leadership lease of the coordinator of
+// `downpour train` on its embedded cluster. No standby can reach that
+// cluster, so a short lease buys no failover; it only risks the run, since a
+// coordinator whose renewals are starved for a few seconds (a machine busy
+// with the run's own compute, GC) loses its leadership and the job ends.
+// The price: `train --resume` after the process was killed outright waits
+// up to this long for the dead run's lease to run out.
+const embeddedCoordinatorTTL = 15
 
 // finishEvalWait bounds how long a finished job waits for each of its
 // evaluator's pulls (not its scoring) before giving up on the evaluations
@@ -493,7 +502,7 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	defer stopDash()
-	_, err = coordinate(wctx, cli, nc, spec, *out, rp, stdout, log)
+	_, err = coordinate(wctx, cli, nc, spec, *out, rp, coordinatorTTL, stdout, log)
 	err = natsCause(wctx, err)
 	if errors.Is(err, coordinator.ErrJobDone) {
 		// Another coordinator finished it (this one stood by): nothing to do.

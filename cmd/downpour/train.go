@@ -298,7 +298,11 @@ func trainAll(ctx context.Context, spec job.Spec, ep endpoints, out string, resu
 		})
 	}
 	role("coordinator", func(ctx context.Context, nc *nats.Conn, r roleConns) error {
-		col, err := coordinate(ctx, r.cli, nc, spec, out, resume, stdout, log)
+		ttl := coordinatorTTL
+		if ep.inProcess != nil { // the embedded cluster: nobody to fail over to
+			ttl = embeddedCoordinatorTTL
+		}
+		col, err := coordinate(ctx, r.cli, nc, spec, out, resume, ttl, stdout, log)
 		if col != nil {
 			if f, l := col.Span(); f != nil {
 				first, last = &lossRecord{f.Loss}, &lossRecord{l.Loss}
