@@ -641,9 +641,36 @@ func getBuf() *[]byte  { return bufs.Get().(*[]byte) }
 func putBuf(b *[]byte) { bufs.Put(b) }
 
 // each runs f for every message group, at most Window at once, and returns
-// the first error after all have returned.
+// the first error after all have returned. The groups start in turn across
+// the shards (byTurn): a shard answers its messages one at a time, so in
+// c.groups' order (shard by shard) the first Window requests would all
+// queue at shard 0 while the others idle.
 func (c *Client) each(ctx context.Context, f func(context.Context, group) error) error {
-	return c.eachOf(ctx, c.groups, func(ctx context.Context, _ int, g group) error { return f(ctx, g) })
+	return c.eachOf(ctx, byTurn(c.groups), func(ctx context.Context, _ int, g group) error { return f(ctx, g) })
+}
+
+// byTurn orders groups held shard by shard (as c.groups) in turns: every
+// shard's first group, in shard order, then every shard's second, and so
+// on.
+func byTurn(groups []group) []group {
+	var shards [][]group
+	for start := 0; start < len(groups); {
+		end := start + 1
+		for end < len(groups) && groups[end].shard == groups[start].shard {
+			end++
+		}
+		shards = append(shards, groups[start:end])
+		start = end
+	}
+	out := make([]group, 0, len(groups))
+	for turn := 0; len(out) < len(groups); turn++ {
+		for _, gs := range shards {
+			if turn < len(gs) {
+				out = append(out, gs[turn])
+			}
+		}
+	}
+	return out
 }
 
 // eachOf is each over groups, started in their order.

@@ -343,6 +343,58 @@ func TestClientClock(t *testing.T) {
 	}
 }
 
+// Push and Pull send their messages to the shards in turns (each shard's
+// first, then each shard's second, ...), not shard by shard: a shard
+// answers one message at a time, so a window's worth of requests queued at
+// one shard would leave the others idle. With a window of 1, the messages
+// finish in the order they are sent.
+func TestClientTakesTurnsAcrossShards(t *testing.T) {
+	nc := startNATS(t, 16<<10)
+	p := Place([]models.Tensor{{Name: "a", Shape: []int{200, 300}}}, 1000, 3)
+	serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1))), ServiceConfig{})
+	c, err := NewClient(nc, "j", p, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	perShard := make([]int, p.Shards)
+	for _, g := range c.groups {
+		perShard[g.shard]++
+	}
+	var want []int
+	for turn := 0; len(want) < len(c.groups); turn++ {
+		for s, n := range perShard {
+			if turn < n {
+				want = append(want, s)
+			}
+		}
+	}
+	if slices.Min(perShard) < 2 || slices.Max(perShard) == slices.Min(perShard) {
+		t.Fatalf("groups per shard %v: want at least 2 each, unequal, to tell the orders apart", perShard)
+	}
+	var mu sync.Mutex
+	got := map[Op][]int{}
+	c.Window = 1
+	c.Observe = func(op Op, shard int, _ time.Duration, _ int) {
+		mu.Lock()
+		got[op] = append(got[op], shard)
+		mu.Unlock()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	w := make([]float32, p.Size())
+	if err := c.Push(ctx, 0, grads(rand.New(rand.NewPCG(1, 1)), p.Size())); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Pull(ctx, 1, w); err != nil {
+		t.Fatal(err)
+	}
+	for _, op := range []Op{OpPush, OpPull} {
+		if !slices.Equal(got[op], want) {
+			t.Errorf("%s: shards in order %v, want %v", op, got[op], want)
+		}
+	}
+}
+
 // A request whose reply is lost with the connection to the NATS server is
 // resent as soon as the connection is back, not after its attempt's
 // timeout. (The responder here ignores the first copy, as a reply lost in
