@@ -165,25 +165,39 @@ func (r *rig) pushPull(b *testing.B) (push, pull time.Duration) {
 // payload of the pulled size for each pull message.
 type rawEcho struct {
 	nc      *nats.Conn
+	window  int      // requests in flight at most, as the rig's client
 	shard   []int    // per group: its shard
 	pushMsg [][]byte // per group: a message the size of its push
 	pullMsg [][]byte // per group: a small request naming the group
 	reply   [][]byte // per group: a reply the size of its pull reply
 }
 
+// written returns n bytes of memory that has been written. A large
+// allocation that is never written is backed by the kernel's one shared
+// zero page: copying from it reads the same 4 KiB, always in cache, which
+// would make the raw side move its payloads far more cheaply than any real
+// data (gradients, parameters) moves.
+func written(n int, seed byte) []byte {
+	p := make([]byte, n)
+	for i := range p {
+		p[i] = seed + byte(i*7)
+	}
+	return p
+}
+
 func newRawEcho(b *testing.B, r *rig) *rawEcho {
-	e := &rawEcho{nc: r.nc}
-	for i, g := range r.client.groups {
+	e := &rawEcho{nc: r.nc, window: r.client.Window}
+	for i, g := range byTurn(r.client.groups) { // in the order Push and Pull send them
 		n := 0
 		for _, blk := range g.blocks {
 			n += 4 * blk.Len
 		}
 		e.shard = append(e.shard, g.shard)
-		e.pushMsg = append(e.pushMsg, make([]byte, n+64))
+		e.pushMsg = append(e.pushMsg, written(n+64, byte(i)))
 		req := make([]byte, 16+4*len(g.ids))
 		binary.LittleEndian.PutUint32(req, uint32(i))
 		e.pullMsg = append(e.pullMsg, req)
-		e.reply = append(e.reply, make([]byte, n+64))
+		e.reply = append(e.reply, written(n+64, byte(i+1)))
 	}
 	for s := 0; s < r.p.Shards; s++ {
 		nc := r.dial() // a connection per responder, like the shards
@@ -208,7 +222,7 @@ func (e *rawEcho) run(b *testing.B) (push, pull time.Duration) {
 	phase := func(suffix string, msgs [][]byte) time.Duration {
 		start := time.Now()
 		var wg sync.WaitGroup
-		sem := make(chan struct{}, DefaultWindow) // the client's bound on requests in flight
+		sem := make(chan struct{}, e.window) // the client's bound on requests in flight
 		for i, m := range msgs {
 			sem <- struct{}{}
 			wg.Go(func() {
