@@ -181,8 +181,19 @@ const applyChunk = 2048
 
 // ApplyBytes is Apply with the gradient given as little-endian float32 bytes
 // (len(g) == 4*len(w)), straight from a message. Its results are
-// bit-identical to Apply's.
+// bit-identical to Apply's. Where g can be read in place (wire.Floats: an
+// aligned block of a message), it is; else it is converted a chunk at a
+// time.
 func (o Optimizer) ApplyBytes(w []float32, g []byte, slots [][]float32, t int64) {
+	if f, ok := wire.Floats(g); ok && len(f) == len(w) {
+		o.Apply(w, f, slots, t)
+		return
+	}
+	o.applyChunked(w, g, slots, t)
+}
+
+// applyChunked is ApplyBytes for a gradient that cannot be read in place.
+func (o Optimizer) applyChunked(w []float32, g []byte, slots [][]float32, t int64) {
 	c := o.coef(t)
 	var buf [applyChunk]float32
 	var sub [2][]float32

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/downpour-ml/downpour/internal/wire"
 )
@@ -77,28 +78,45 @@ func TestOptimizerValidate(t *testing.T) {
 	}
 }
 
-// ApplyBytes (the gradient read from message bytes in cache-sized chunks) is
-// bit-identical to Apply, for every optimizer and lengths around the chunk.
+// bytesAt returns n bytes at an address that is mod (0-3) past a multiple
+// of 4 (the allocator alone does not say: a small buffer may sit at any
+// address).
+func bytesAt(mod, n int) []byte {
+	b := make([]byte, n+8)
+	skip := (mod - int(uintptr(unsafe.Pointer(&b[0]))%4) + 4) % 4
+	return b[skip : skip+n]
+}
+
+// ApplyBytes is bit-identical to Apply, for every optimizer and lengths
+// around the chunk, both where it reads the gradient in place (aligned
+// bytes) and where it converts it in cache-sized chunks (bytes at an odd
+// address).
 func TestApplyBytesMatchesApply(t *testing.T) {
 	rng := rand.New(rand.NewPCG(8, 8))
 	for _, o := range testOptimizers() {
 		for _, n := range []int{1, applyChunk - 1, applyChunk, 3*applyChunk + 5} {
-			w1, g := grads(rng, n), grads(rng, n)
-			w2 := slices.Clone(w1)
-			s1, s2 := make([][]float32, o.Slots()), make([][]float32, o.Slots())
-			for k := range s1 {
-				s1[k], s2[k] = make([]float32, n), make([]float32, n)
-			}
-			for step := int64(0); step < 3; step++ {
-				o.Apply(w1, g, s1, step)
-				o.ApplyBytes(w2, wire.AppendFloats(nil, g), s2, step)
-			}
-			if !floatBits(w1, w2) {
-				t.Fatalf("%s, n=%d: ApplyBytes differs from Apply", o.Kind, n)
-			}
-			for k := range s1 {
-				if !floatBits(s1[k], s2[k]) {
-					t.Fatalf("%s, n=%d: optimizer state differs", o.Kind, n)
+			for _, shift := range []int{0, 1} {
+				w1, g := grads(rng, n), grads(rng, n)
+				w2 := slices.Clone(w1)
+				s1, s2 := make([][]float32, o.Slots()), make([][]float32, o.Slots())
+				for k := range s1 {
+					s1[k], s2[k] = make([]float32, n), make([]float32, n)
+				}
+				gb := wire.AppendFloats(bytesAt(shift, 4*n)[:0], g)
+				if _, inPlace := wire.Floats(gb); inPlace != (shift == 0) {
+					t.Fatalf("n=%d, shift %d: read in place %v", n, shift, inPlace)
+				}
+				for step := int64(0); step < 3; step++ {
+					o.Apply(w1, g, s1, step)
+					o.ApplyBytes(w2, gb, s2, step)
+				}
+				if !floatBits(w1, w2) {
+					t.Fatalf("%s, n=%d, shift %d: ApplyBytes differs from Apply", o.Kind, n, shift)
+				}
+				for k := range s1 {
+					if !floatBits(s1[k], s2[k]) {
+						t.Fatalf("%s, n=%d, shift %d: optimizer state differs", o.Kind, n, shift)
+					}
 				}
 			}
 		}

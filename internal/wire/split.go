@@ -4,11 +4,13 @@ import "fmt"
 
 // Headroom bounds what a push or pull message adds to its blocks' data
 // (header fields, job name, msgpack framing), and PerBlock what each block adds
-// (its id and bin header). A message of blocks whose data adds up to at most
-// maxPayload - Headroom - PerBlock*len(blocks) fits in maxPayload.
+// (its map header, keys, id and bin header: 15 bytes, and up to 3 bytes of
+// wider key headers that align its data; see fast.go). A message of blocks
+// whose data adds up to at most maxPayload - Headroom - PerBlock*len(blocks)
+// fits in maxPayload.
 const (
 	Headroom = 512
-	PerBlock = 16
+	PerBlock = 18
 )
 
 // Group cuts a list of blocks, given their data sizes in bytes, into runs of

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"unsafe"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -183,7 +184,7 @@ func TestSkim(t *testing.T) {
 }
 
 func TestFinite(t *testing.T) {
-	for n := 0; n < 21; n++ {
+	for n := 0; n < 40; n++ { // two 64-byte rounds and every tail
 		f := make([]float32, n)
 		for i := range f {
 			f[i] = float32(i) - 3.5
@@ -235,5 +236,53 @@ func TestFiniteMatchesReference(t *testing.T) {
 		if Finite(b) != slow(b) {
 			t.Fatalf("Finite(% x) = %v", b, Finite(b))
 		}
+	}
+}
+
+// BenchmarkFinite checks a 1 MiB block of finite floats (the whole of it is
+// read: a push is refused only after this returns).
+func BenchmarkFinite(b *testing.B) {
+	f := make([]float32, 1<<18)
+	for i := range f {
+		f[i] = float32(i) - 1e5
+	}
+	data := AppendFloats(nil, f)
+	b.SetBytes(int64(len(data)))
+	for b.Loop() {
+		if !Finite(data) {
+			b.Fatal("refused")
+		}
+	}
+}
+
+// Floats views aligned float bytes in place, holding what CopyFloats would
+// copy out, and refuses what it cannot view: an odd address, a partial
+// float.
+func TestFloats(t *testing.T) {
+	// An address that is 0, or 1, past a multiple of 4 (a small buffer may
+	// sit at any address).
+	at := func(mod, n int) []byte {
+		b := make([]byte, n+8)
+		skip := (mod - int(uintptr(unsafe.Pointer(&b[0]))%4) + 4) % 4
+		return b[skip : skip+n]
+	}
+	want := []float32{1.5, -2, float32(math.Inf(1)), 3e-40}
+	data := AppendFloats(at(0, 4*len(want))[:0], want)
+	f, ok := Floats(data)
+	if !ok || !slices.Equal(f, want) {
+		t.Fatalf("Floats = %v, %v; want %v", f, ok, want)
+	}
+	if &f[0] != (*float32)(unsafe.Pointer(&data[0])) {
+		t.Fatal("Floats copied")
+	}
+	odd := append(at(1, len(data))[:0], data...)
+	if _, ok := Floats(odd); ok {
+		t.Fatal("bytes at an odd address viewed in place")
+	}
+	if _, ok := Floats(data[:7]); ok {
+		t.Fatal("a partial float viewed")
+	}
+	if f, ok := Floats(data[:0]); !ok || len(f) != 0 {
+		t.Fatal("no bytes: want an empty view")
 	}
 }
