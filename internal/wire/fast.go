@@ -18,7 +18,7 @@ import (
 // widens the headers of a block's "i" and "b" keys by 0 to 3 bytes so that
 // the block's data starts at a multiple of 4 bytes from the message's start.
 // A receiver whose message buffer is 4-byte aligned (Go's allocator aligns
-// any buffer of 8 bytes or more to 8) can then read the floats in place
+// any buffer of 16 bytes or more to 8) can then read the floats in place
 // (Floats) instead of copying them out first.
 
 func appendStr(b []byte, s string) []byte {
@@ -134,7 +134,7 @@ func blocksSize(bs []Block) int {
 	return n
 }
 
-// EncodePush encodes p as msgpack.Marshal would, with one allocation.
+// EncodePush encodes p (msgpack, block data aligned), with one allocation.
 func EncodePush(p *PushRequest) []byte { return AppendPush(nil, p) }
 
 // AppendPush appends the encoding of p to dst, growing it at most once.
@@ -153,7 +153,7 @@ func AppendPush(dst []byte, p *PushRequest) []byte {
 	return appendBlocks(b, p.Blocks, start)
 }
 
-// EncodePullReply encodes r as msgpack.Marshal would, with one allocation.
+// EncodePullReply encodes r (msgpack, block data aligned), with one allocation.
 func EncodePullReply(r *PullReply) []byte { return AppendPullReply(nil, r) }
 
 // AppendPullReply appends the encoding of r to dst, growing it at most once.

@@ -37,7 +37,7 @@ func FloatBytes(f []float32) []byte {
 }
 
 // Floats views b, little-endian float32 bytes, as float32s without copying.
-// It can only on little-endian hosts and when b starts at a 4-byte boundary
+// It can do so only on little-endian hosts, when b starts at a 4-byte boundary
 // (as block data does in a message whose buffer is aligned: see fast.go);
 // ok is false otherwise, and when len(b) is not a multiple of 4. The view
 // aliases b: it is for reading, and only while b is not reused.
