@@ -134,16 +134,26 @@ func (c *Client) ReadOrder(spans [][2]int) {
 // where the read order does not tell), else by offset.
 func (c *Client) shardBlocks() [][]Block {
 	var out [][]Block
-	for start := 0; start < len(c.groups); {
-		end := start + 1 // c.groups holds each shard's groups together
-		for end < len(c.groups) && c.groups[end].shard == c.groups[start].shard {
-			end++
-		}
+	for _, gs := range byShard(c.groups) {
 		var bs []Block
-		for _, g := range c.groups[start:end] {
+		for _, g := range gs {
 			bs = append(bs, g.blocks...)
 		}
 		out = append(out, bs)
+	}
+	return out
+}
+
+// byShard cuts groups held shard by shard (as c.groups) into each shard's
+// run.
+func byShard(groups []group) [][]group {
+	var out [][]group
+	for start := 0; start < len(groups); {
+		end := start + 1
+		for end < len(groups) && groups[end].shard == groups[start].shard {
+			end++
+		}
+		out = append(out, groups[start:end])
 		start = end
 	}
 	return out
@@ -653,15 +663,7 @@ func (c *Client) each(ctx context.Context, f func(context.Context, group) error)
 // shard's first group, in shard order, then every shard's second, and so
 // on.
 func byTurn(groups []group) []group {
-	var shards [][]group
-	for start := 0; start < len(groups); {
-		end := start + 1
-		for end < len(groups) && groups[end].shard == groups[start].shard {
-			end++
-		}
-		shards = append(shards, groups[start:end])
-		start = end
-	}
+	shards := byShard(groups)
 	out := make([]group, 0, len(groups))
 	for turn := 0; len(out) < len(groups); turn++ {
 		for _, gs := range shards {

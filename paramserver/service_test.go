@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -34,9 +35,9 @@ func startNATS(t testing.TB, maxPayload int32) *nats.Conn {
 }
 
 // connect opens another connection to the server at url, closed at cleanup.
-func connect(t testing.TB, url string) *nats.Conn {
+func connect(t testing.TB, url string, opts ...nats.Option) *nats.Conn {
 	t.Helper()
-	nc, err := nats.Connect(url)
+	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -391,6 +392,61 @@ func TestClientTakesTurnsAcrossShards(t *testing.T) {
 	for _, op := range []Op{OpPush, OpPull} {
 		if !slices.Equal(got[op], want) {
 			t.Errorf("%s: shards in order %v, want %v", op, got[op], want)
+		}
+	}
+}
+
+// A push arrives from NATS, over TCP and in-process, with every block's
+// floats readable in place (wire.Floats), which is what lets a shard apply
+// it without copying it out first: the encoder aligns the blocks within the
+// message, and nats.go hands the message over in a buffer of its own.
+func TestPushesArriveAligned(t *testing.T) {
+	srv, err := embedded.StartNATS(t.TempDir(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	for _, inProc := range []bool{false, true} {
+		var opts []nats.Option
+		if inProc {
+			opts = append(opts, nats.InProcessServer(srv))
+		}
+		sub, pub := connect(t, srv.ClientURL(), opts...), connect(t, srv.ClientURL(), opts...)
+		msgs := make(chan *nats.Msg, 64)
+		if _, err := sub.ChanSubscribe("pushes", msgs); err != nil {
+			t.Fatal(err)
+		}
+		if err := sub.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		sent := 0
+		for _, job := range []string{"j", "job-2", strings.Repeat("x", 40)} {
+			for _, sizes := range [][]int{{1}, {3, 5}, {16384, 7, 16384}} {
+				req := &wire.PushRequest{V: wire.Version, Job: job, Rank: 1, Epoch: 1, Step: 2}
+				for i, n := range sizes {
+					req.Blocks = append(req.Blocks, wire.Block{ID: uint32(i), Data: wire.AppendFloats(nil, make([]float32, n))})
+				}
+				if err := pub.Publish("pushes", wire.EncodePush(req)); err != nil {
+					t.Fatal(err)
+				}
+				sent++
+			}
+		}
+		for range sent {
+			select {
+			case m := <-msgs:
+				req, err := wire.DecodePush(m.Data)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, b := range req.Blocks {
+					if _, ok := wire.Floats(b.Data); !ok {
+						t.Errorf("in-process %v, job %q: block %d of %d bytes cannot be read in place", inProc, req.Job, b.ID, len(b.Data))
+					}
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("a push did not arrive")
+			}
 		}
 	}
 }

@@ -58,24 +58,25 @@ func TestEmbeddedRolesConnectInProcess(t *testing.T) {
 		t.Fatalf("the server does not list the worker's connection; it lists %q", seen)
 	}
 
+	// refused connects with ep and wants an error saying want.
+	refused := func(what string, ep endpoints, name, want string) {
+		t.Helper()
+		nc, err := connectNATS(ep, name, auth.Worker)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			if nc != nil {
+				nc.Close()
+			}
+			t.Fatalf("%s: got %v, want an error saying %q", what, err, want)
+		}
+	}
 	noCreds := ep
 	noCreds.creds = nil
-	if nc, err := connectNATS(noCreds, "worker 1", auth.Worker); err == nil || !strings.Contains(err.Error(), "closed this worker's in-process connection") {
-		if nc != nil {
-			nc.Close()
-		}
-		t.Fatalf("in-process connection without credentials: got %v, want it closed by the server", err)
-	}
+	refused("in-process connection without credentials", noCreds, "worker 1", "closed this worker's in-process connection")
 	if !strings.Contains(logs.String(), "authentication error") {
 		t.Fatalf("the server's log does not say why it closed the connection:\n%s", logs.String())
 	}
 
 	tcpOnly := ep
 	tcpOnly.inProcess = nil
-	if nc, err := connectNATS(tcpOnly, "worker 2", auth.Worker); err == nil || !strings.Contains(err.Error(), "cannot reach NATS") {
-		if nc != nil {
-			nc.Close()
-		}
-		t.Fatalf("TCP connection to a closed port: got %v, want 'cannot reach NATS'", err)
-	}
+	refused("TCP connection to a closed port", tcpOnly, "worker 2", "cannot reach NATS")
 }
