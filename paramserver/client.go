@@ -75,6 +75,10 @@ type group struct {
 	shard  int
 	blocks []Block
 	ids    []uint32
+	// contiguous: the blocks follow one another in the flat vector, so a
+	// dense push sends them split (wire.EncodeEnvelope), straight from the
+	// gradient.
+	contiguous bool
 	// In a sparse transfer, the span list of each block's push and pull
 	// (nil, or nil for a block, where it travels whole).
 	push, pull [][]byte
@@ -178,16 +182,22 @@ func wholeSizes(blocks []Block) []int {
 // pack cuts one shard's blocks, in order, into messages that fit the
 // server's max_payload, each block counting for sizes[i] bytes (in a
 // sparse transfer, what it carries: the larger of its push and its pull).
-// push and pull, when set, are the blocks' span lists.
+// A run of blocks that follow one another in the flat vector (as Place
+// keeps them) goes whole into one message where it fits. push and pull,
+// when set, are the blocks' span lists.
 func (c *Client) pack(shard int, blocks []Block, sizes []int, push, pull [][]byte) ([]group, error) {
-	ends, err := wire.Group(sizes, int(c.nc.MaxPayload()))
+	run := make([]bool, len(blocks)) // where a contiguous run of blocks starts
+	for i, b := range blocks {
+		run[i] = i == 0 || b.Offset != blocks[i-1].Offset+blocks[i-1].Len
+	}
+	ends, err := wire.GroupRuns(sizes, run, int(c.nc.MaxPayload()))
 	if err != nil {
 		return nil, err
 	}
 	var groups []group
 	start := 0
 	for _, end := range ends {
-		g := group{shard: shard, blocks: blocks[start:end]}
+		g := group{shard: shard, blocks: blocks[start:end], contiguous: !slices.Contains(run[start+1:end], true)}
 		for _, b := range g.blocks {
 			g.ids = append(g.ids, b.ID)
 		}
@@ -244,7 +254,7 @@ func (c *Client) Clock(ctx context.Context) (int64, error) {
 		if err != nil {
 			return 0, err
 		}
-		msg, err := c.request(ctx, wire.PullSubject(c.job, c.version, g.shard), data)
+		msg, err := c.request(ctx, wire.PullSubject(c.job, c.version, g.shard), nil, data)
 		if err != nil {
 			return 0, err
 		}
@@ -273,7 +283,7 @@ func (c *Client) Idle(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if refused, err := c.pushTo(ctx, g.shard, data); err != nil {
+		if refused, err := c.pushTo(ctx, g.shard, nil, data); err != nil {
 			return err
 		} else if refused != nil {
 			return fmt.Errorf("idle mark to shard %d refused: %w", g.shard, refused)
@@ -544,7 +554,7 @@ func (c *Client) pull(ctx context.Context, g group, minClock int64, exact bool, 
 	var r *wire.PullReply
 	start := time.Now()
 	for {
-		msg, err := c.request(ctx, wire.PullSubject(c.job, c.version, g.shard), data)
+		msg, err := c.request(ctx, wire.PullSubject(c.job, c.version, g.shard), nil, data)
 		if err != nil {
 			return err
 		}
@@ -596,6 +606,15 @@ func (c *Client) observe(op Op, g group, start time.Time, bytes int) {
 // push sends g's blocks of grads (with spans, only the parts they list).
 func (c *Client) push(ctx context.Context, g group, step int64, grads []float32, spans [][]byte) error {
 	req := &wire.PushRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch, Step: step, Blocks: make([]wire.Block, len(g.blocks))}
+	if g.contiguous && !slices.ContainsFunc(spans, func(sp []byte) bool { return sp != nil }) {
+		// Split: the envelope in a header, the gradient as it lies as the
+		// body, which NATS copies once into its write buffer.
+		for i, b := range g.blocks {
+			req.Blocks[i] = wire.Block{ID: b.ID}
+		}
+		lo, hi := g.blocks[0].Offset, g.blocks[len(g.blocks)-1].Offset+g.blocks[len(g.blocks)-1].Len
+		return c.sendPush(ctx, g, step, nats.Header{wire.EnvelopeHeader: {wire.EncodeEnvelope(req)}}, wire.FloatBytes(grads[lo:hi]), 4*(hi-lo))
+	}
 	n, floats := 0, 0
 	for _, sp := range spans {
 		if sp != nil {
@@ -618,8 +637,13 @@ func (c *Client) push(ctx context.Context, g group, step int64, grads []float32,
 	buf := getBuf()
 	defer putBuf(buf)
 	*buf = wire.AppendPush((*buf)[:0], req)
+	return c.sendPush(ctx, g, step, nil, *buf, n)
+}
+
+// sendPush sends g's push message (of n bytes of floats) for step.
+func (c *Client) sendPush(ctx context.Context, g group, step int64, hdr nats.Header, data []byte, n int) error {
 	start := time.Now()
-	if refused, err := c.pushTo(ctx, g.shard, *buf); err != nil {
+	if refused, err := c.pushTo(ctx, g.shard, hdr, data); err != nil {
 		return err
 	} else if refused != nil {
 		return fmt.Errorf("push of step %d to shard %d refused: %w", step, g.shard, refused)
@@ -630,8 +654,8 @@ func (c *Client) push(ctx context.Context, g group, step int64, grads []float32,
 
 // pushTo sends a push message to shard; it returns the shard's refusal, if
 // it refused, or err if the exchange failed.
-func (c *Client) pushTo(ctx context.Context, shard int, data []byte) (refused, err error) {
-	msg, err := c.request(ctx, wire.PushSubject(c.job, c.version, shard), data)
+func (c *Client) pushTo(ctx context.Context, shard int, hdr nats.Header, data []byte) (refused, err error) {
+	msg, err := c.request(ctx, wire.PushSubject(c.job, c.version, shard), hdr, data)
 	if err != nil {
 		return nil, err
 	}
@@ -766,14 +790,14 @@ func (w *connWatch) current() context.Context {
 // each attempt's timeout (a request or its reply lost with the shard's
 // server), which doubles from c.Attempt at each timeout, up to 8 times it,
 // so that a slow shard is not flooded.
-func (c *Client) request(ctx context.Context, subject string, data []byte) (*nats.Msg, error) {
+func (c *Client) request(ctx context.Context, subject string, hdr nats.Header, data []byte) (*nats.Msg, error) {
 	backoff := 10 * time.Millisecond
 	attempt := c.Attempt
 	for {
 		actx, cancel := context.WithCancelCause(ctx)
 		stop := context.AfterFunc(watchConn(c.nc).current(), func() { cancel(errConnLost) })
 		tctx, tcancel := context.WithTimeout(actx, attempt)
-		msg, err := c.nc.RequestWithContext(tctx, subject, data)
+		msg, err := c.nc.RequestMsgWithContext(tctx, &nats.Msg{Subject: subject, Header: hdr, Data: data})
 		stop()
 		cause := context.Cause(actx)
 		tcancel()

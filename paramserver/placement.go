@@ -60,66 +60,99 @@ func DefaultHash(block uint32, shard int) uint64 {
 // DefaultSlack is how far above the mean a shard's bytes may go.
 const DefaultSlack = 0.05
 
+// RunBytes bounds the bytes of the runs of consecutive blocks that Place
+// keeps together on one shard: a run fills one message of the default
+// max_payload (1 MiB) with room for its envelope.
+const RunBytes = 960 << 10
+
+// RunsPerShard is how many runs Place leaves each shard at least, on
+// average, so that bounded loads can still balance them.
+const RunsPerShard = 16
+
 // Place cuts each tensor into blocks of at most blockSize elements (a block
-// never spans two tensors) and places them with PlaceWith(DefaultHash,
-// DefaultSlack).
+// never spans two tensors) and places them with PlaceRuns(DefaultHash,
+// DefaultSlack), in runs of as many consecutive blocks of a tensor as fit
+// in RunBytes, but short enough to make RunsPerShard runs a shard (a small
+// model's blocks go one by one). A run lies contiguous in the flat vector
+// and on its shard, so it travels as one message straight from the
+// worker's gradient, with no copy into a message first (see Client.Push).
 func Place(tensors []models.Tensor, blockSize, shards int) *Placement {
-	return PlaceWith(tensors, blockSize, shards, DefaultHash, DefaultSlack)
+	blocks := 0
+	for _, t := range tensors {
+		blocks += (t.Size() + blockSize - 1) / blockSize
+	}
+	run := max(1, min(RunBytes/(4*blockSize), blocks/(RunsPerShard*shards)))
+	return PlaceRuns(tensors, blockSize, shards, run, DefaultHash, DefaultSlack)
 }
 
-// PlaceWith places blocks by rendezvous hashing with bounded loads: each
-// block, largest first (ties by id), goes to the shard that scores it highest
-// under hash among those that still have room, where a shard has room while
-// its elements stay within (1+slack) times the mean. So no shard holds more
-// than (1+slack) times its share of bytes (unless a single block is larger
-// than that), and a block keeps its shard when shards come and go unless
-// loads force a move. The result depends only on the arguments.
+// PlaceWith is PlaceRuns with runs of one block: every block is placed on
+// its own.
 func PlaceWith(tensors []models.Tensor, blockSize, shards int, hash HashFunc, slack float64) *Placement {
-	if blockSize < 1 || shards < 1 {
-		panic("paramserver: Place needs a positive block size and shard count")
+	return PlaceRuns(tensors, blockSize, shards, 1, hash, slack)
+}
+
+// PlaceRuns places blocks by rendezvous hashing with bounded loads, in runs
+// of up to run consecutive blocks of one tensor that go to one shard
+// together: each run, largest first (ties by first block id), goes to the
+// shard that scores its first block highest under hash among those that
+// still have room, where a shard has room while its elements stay within
+// (1+slack) times the mean. So no shard holds more than (1+slack) times its
+// share of bytes (unless a single run is larger than that), and a run keeps
+// its shard when shards come and go unless loads force a move. The result
+// depends only on the arguments.
+func PlaceRuns(tensors []models.Tensor, blockSize, shards, run int, hash HashFunc, slack float64) *Placement {
+	if blockSize < 1 || shards < 1 || run < 1 {
+		panic("paramserver: Place needs a positive block size, shard count and run")
 	}
 	p := &Placement{Version: 1, BlockSize: blockSize, Shards: shards, Tensors: tensors}
+	type span struct{ first, end, len int } // a run: blocks [first, end), len elements
+	var runs []span
 	off := 0
 	for ti, t := range tensors {
 		n := t.Size()
 		for o := 0; o < n; o += blockSize {
+			if (o/blockSize)%run == 0 {
+				runs = append(runs, span{first: len(p.Blocks), end: len(p.Blocks)})
+			}
+			r := &runs[len(runs)-1]
 			p.Blocks = append(p.Blocks, Block{ID: uint32(len(p.Blocks)), Tensor: ti, Offset: off + o, Len: min(blockSize, n-o)})
+			r.end++
+			r.len += p.Blocks[len(p.Blocks)-1].Len
 		}
 		off += n
 	}
 	capacity := int(math.Ceil((1 + slack) * float64(off) / float64(shards)))
-	order := make([]int, len(p.Blocks))
-	for i := range order {
-		order[i] = i
-	}
-	sort.SliceStable(order, func(a, b int) bool { return p.Blocks[order[a]].Len > p.Blocks[order[b]].Len })
+	sort.SliceStable(runs, func(a, b int) bool { return runs[a].len > runs[b].len })
 	load := make([]int, shards)
 	ranked := make([]int, shards)
-	for _, i := range order {
-		b := &p.Blocks[i]
+	for _, r := range runs {
+		id := uint32(r.first)
 		for s := range ranked {
 			ranked[s] = s
 		}
 		sort.Slice(ranked, func(x, y int) bool {
-			hx, hy := hash(b.ID, ranked[x]), hash(b.ID, ranked[y])
+			hx, hy := hash(id, ranked[x]), hash(id, ranked[y])
 			return hx > hy || hx == hy && ranked[x] < ranked[y]
 		})
-		b.Shard = -1
+		shard := -1
 		for _, s := range ranked {
-			if load[s]+b.Len <= capacity {
-				b.Shard = s
+			if load[s]+r.len <= capacity {
+				shard = s
 				break
 			}
 		}
-		if b.Shard < 0 { // no shard has room: the least loaded takes it
-			b.Shard = 0
+		if shard < 0 { // no shard has room: the least loaded takes it
+			shard = 0
 			for s := range load {
-				if load[s] < load[b.Shard] {
-					b.Shard = s
+				if load[s] < load[shard] {
+					shard = s
 				}
 			}
 		}
-		load[b.Shard] += b.Len
+		load[shard] += r.len
+		for i := r.first; i < r.end; i++ {
+			p.Blocks[i].Shard = shard
+		}
 	}
 	return p
 }

@@ -64,6 +64,48 @@ func TestPlacementFollowsInjectedHash(t *testing.T) {
 	}
 }
 
+// PlaceRuns moves runs of consecutive blocks of a tensor as one: each goes
+// where the hash sends its first block.
+func TestPlaceRunsKeepsRunsTogether(t *testing.T) {
+	ts := []models.Tensor{{Name: "x", Shape: []int{40}}, {Name: "y", Shape: []int{8}}}
+	prefer := func(b uint32, s int) uint64 { // block b prefers shard (b/3)%2
+		if int(b/3)%2 == s {
+			return 1
+		}
+		return 0
+	}
+	p := PlaceRuns(ts, 4, 2, 3, prefer, 0.5)
+	var got []int
+	for _, b := range p.Blocks {
+		got = append(got, b.Shard)
+	}
+	// x's runs are blocks 0-2, 3-5, 6-8, 9; y's (a run never spans two
+	// tensors) 10-11.
+	if want := []int{0, 0, 0, 1, 1, 1, 0, 0, 0, 1, 1, 1}; !slices.Equal(got, want) {
+		t.Fatalf("placement %v, want %v", got, want)
+	}
+}
+
+// Place keeps W2's blocks in runs that fill a message: a dense push sends
+// each run straight from the gradient.
+func TestPlaceKeepsW2InRuns(t *testing.T) {
+	const bs = 16 << 10
+	for _, shards := range []int{2, 3, 4, 8} {
+		p := Place(w2.Tensors(), bs, shards)
+		breaks := 0 // where a tensor's next block is on another shard
+		for i, b := range p.Blocks[1:] {
+			if prev := p.Blocks[i]; prev.Tensor == b.Tensor && prev.Shard != b.Shard {
+				breaks++
+			}
+		}
+		perRun := RunBytes / (4 * bs)
+		t.Logf("%d shards: %d blocks, %d shard changes within tensors", shards, len(p.Blocks), breaks)
+		if breaks > len(p.Blocks)/perRun {
+			t.Errorf("%d shards: %d shard changes within tensors among %d blocks; runs of %d allow at most %d", shards, breaks, len(p.Blocks), perRun, len(p.Blocks)/perRun)
+		}
+	}
+}
+
 // Adding a shard moves about its share of the bytes, not everything.
 func TestPlacementStableWhenAddingAShard(t *testing.T) {
 	ts := w2.Tensors()

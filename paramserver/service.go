@@ -275,7 +275,13 @@ func (s *Service) checkJob(job string) error {
 func (s *Service) onPush(m *nats.Msg) {
 	var o outbox
 	defer s.send(&o)
-	req, err := wire.DecodePush(m.Data)
+	var req *wire.PushRequest
+	var err error
+	if env := m.Header.Get(wire.EnvelopeHeader); env != "" {
+		req, err = wire.DecodeSplitPush(env, m.Data, s.shard.BlockLen)
+	} else {
+		req, err = wire.DecodePush(m.Data)
+	}
 	if err == nil {
 		err = s.checkJob(req.Job)
 	}

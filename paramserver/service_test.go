@@ -190,8 +190,12 @@ func TestServiceRefusesBadInput(t *testing.T) {
 	nc := startNATS(t, 0)
 	p := Place(testTensors, 8, 1)
 	svc := serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1))), ServiceConfig{})[0]
-	ask := func(subj string, data []byte) wire.Kind {
-		m, err := nc.Request(subj, data, 5*time.Second)
+	ask := func(subj, env string, data []byte) wire.Kind {
+		msg := &nats.Msg{Subject: subj, Data: data}
+		if env != "" { // a split push
+			msg.Header = nats.Header{wire.EnvelopeHeader: {env}}
+		}
+		m, err := nc.RequestMsg(msg, 5*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -203,24 +207,40 @@ func TestServiceRefusesBadInput(t *testing.T) {
 	}
 	enc := func(m any) []byte { b, _ := wire.Encode(m); return b }
 	push, pull, snap := wire.PushSubject("j", 1, 0), wire.PullSubject("j", 1, 0), wire.SnapshotSubject("j", 1, 0)
+	// split pushes: the envelope names blocks 0 and 1 (8 floats each)
+	env := func(job string, ids ...uint32) string {
+		req := &wire.PushRequest{V: wire.Version, Job: job, Step: 0}
+		for _, id := range ids {
+			req.Blocks = append(req.Blocks, wire.Block{ID: id})
+		}
+		return wire.EncodeEnvelope(req)
+	}
+	nan := make([]float32, 16)
+	nan[11] = float32(math.NaN())
 	for _, c := range []struct {
-		subj string
-		data []byte
-		want wire.Kind
+		subj, env string
+		data      []byte
+		want      wire.Kind
 	}{
-		{push, []byte("\xc1garbage"), wire.Malformed},
-		{pull, nil, wire.Malformed},
-		{push, enc(&wire.PushRequest{V: wire.Version, Job: "other"}), wire.UnknownJob},
-		{pull, enc(&wire.PullRequest{V: wire.Version, Job: "j", IDs: []uint32{77}}), wire.UnknownBlock},
-		{push, enc(&wire.PushRequest{V: wire.Version, Job: "j", Blocks: []wire.Block{{ID: 0, Data: make([]byte, 4)}}}), wire.BadLength},
-		{push, enc(&wire.PushRequest{V: 9, Job: "j"}), wire.BadVersion},
-		{snap, enc(&wire.SnapshotRequest{V: wire.Version, Job: "j", Step: 3}), wire.Refused}, // no snapshot directory
+		{push, "", []byte("\xc1garbage"), wire.Malformed},
+		{pull, "", nil, wire.Malformed},
+		{push, "", enc(&wire.PushRequest{V: wire.Version, Job: "other"}), wire.UnknownJob},
+		{pull, "", enc(&wire.PullRequest{V: wire.Version, Job: "j", IDs: []uint32{77}}), wire.UnknownBlock},
+		{push, "", enc(&wire.PushRequest{V: wire.Version, Job: "j", Blocks: []wire.Block{{ID: 0, Data: make([]byte, 4)}}}), wire.BadLength},
+		{push, "", enc(&wire.PushRequest{V: 9, Job: "j"}), wire.BadVersion},
+		{snap, "", enc(&wire.SnapshotRequest{V: wire.Version, Job: "j", Step: 3}), wire.Refused}, // no snapshot directory
+		{push, "not base64", make([]byte, 64), wire.Malformed},
+		{push, env("other", 0, 1), make([]byte, 64), wire.UnknownJob},
+		{push, env("j", 0, 77), make([]byte, 64), wire.UnknownBlock},
+		{push, env("j", 0, 1), make([]byte, 60), wire.BadLength},
+		{push, env("j", 0, 1), make([]byte, 68), wire.BadLength},
+		{push, env("j", 0, 1), wire.AppendFloats(nil, nan), wire.NonFinite},
 	} {
-		if got := ask(c.subj, c.data); got != c.want {
-			t.Errorf("%s %q: kind %v, want %v", c.subj, c.data, got, c.want)
+		if got := ask(c.subj, c.env, c.data); got != c.want {
+			t.Errorf("%s %q %q: kind %v, want %v", c.subj, c.env, c.data, got, c.want)
 		}
 	}
-	want := map[wire.Kind]int64{wire.Malformed: 2, wire.UnknownJob: 1, wire.UnknownBlock: 1, wire.BadLength: 1, wire.BadVersion: 1, wire.Refused: 1}
+	want := map[wire.Kind]int64{wire.Malformed: 3, wire.UnknownJob: 2, wire.UnknownBlock: 2, wire.BadLength: 3, wire.BadVersion: 1, wire.Refused: 1, wire.NonFinite: 1}
 	if got := svc.Refused(); !maps.Equal(got, want) {
 		t.Errorf("refused counters %v, want %v", got, want)
 	}
@@ -396,10 +416,83 @@ func TestClientTakesTurnsAcrossShards(t *testing.T) {
 	}
 }
 
-// A push arrives from NATS, over TCP and in-process, with every block's
-// floats readable in place (wire.Floats), which is what lets a shard apply
-// it without copying it out first: the encoder aligns the blocks within the
-// message, and nats.go hands the message over in a buffer of its own.
+// A dense push of blocks that follow one another in the gradient goes
+// split, straight from it; any other push goes whole. Either way the shards
+// apply exactly the reference's update.
+func TestClientPushesRunsSplit(t *testing.T) {
+	nc := startNATS(t, 1536) // 3 blocks of 64 floats a message: a run of 3
+	ts := []models.Tensor{{Name: "x", Shape: []int{10, 64}}, {Name: "y", Shape: []int{200}}}
+	p := PlaceRuns(ts, 64, 2, 3, DefaultHash, 0.5)
+	opt := DefaultOptimizer("sgd", 0.1)
+	serveAll(t, nc, newShards(p, syncCfg(1, opt)), ServiceConfig{})
+	var split, whole atomic.Int64
+	for s := range p.Shards {
+		if _, err := nc.Subscribe(wire.PushSubject("j", 1, s), func(m *nats.Msg) {
+			if m.Header.Get(wire.EnvelopeHeader) != "" {
+				split.Add(1)
+			} else {
+				whole.Add(1)
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c, err := NewClient(nc, "j", p, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wantSplit, wantWhole int64
+	for _, g := range c.groups {
+		contiguous := true
+		for i, b := range g.blocks[1:] {
+			contiguous = contiguous && g.blocks[i].Offset+g.blocks[i].Len == b.Offset
+		}
+		if contiguous {
+			wantSplit++
+		} else {
+			wantWhole++
+		}
+	}
+	t.Logf("%d groups are runs, %d are not", wantSplit, wantWhole)
+	if wantSplit < 4 {
+		t.Fatalf("only %d of %d groups are runs: the test shows little", wantSplit, len(c.groups))
+	}
+	g := grads(rand.New(rand.NewPCG(5, 5)), p.Size())
+	ctx := context.Background()
+	if err := c.Push(ctx, 0, g); err != nil {
+		t.Fatal(err)
+	}
+	nc.Flush()
+	if split.Load() != wantSplit || whole.Load() != wantWhole {
+		t.Errorf("dense push: %d messages split and %d whole, want %d and %d", split.Load(), whole.Load(), wantSplit, wantWhole)
+	}
+	// A sparse step (the first 70 floats of x, as spans) goes whole.
+	split.Store(0)
+	whole.Store(0)
+	sparse := make([]float32, p.Size())
+	copy(sparse[:70], g[:70])
+	w := make([]float32, p.Size())
+	if err := c.StartPushPullSparse(ctx, 1, sparse, w, [][2]int{{0, 70}}, nil).Wait(); err != nil {
+		t.Fatal(err)
+	}
+	nc.Flush()
+	if split.Load() != 0 || whole.Load() == 0 {
+		t.Errorf("sparse push: %d messages split and %d whole, want none split", split.Load(), whole.Load())
+	}
+	want := initFlat(p)
+	ref := &refOptimizer{opt: opt}
+	ref.step(want, g, 0)
+	ref.step(want, sparse, 1)
+	if !slices.Equal(w, want) {
+		t.Fatalf("parameters after a split and a sparse push differ from the reference")
+	}
+}
+
+// A push arrives from NATS, over TCP and in-process, whole or split, with
+// every block's floats readable in place (wire.Floats), which is what lets
+// a shard apply it without copying it out first: the encoder aligns the
+// blocks within the message, a split push's header section is a multiple
+// of 4 bytes, and nats.go hands the message over in a buffer of its own.
 func TestPushesArriveAligned(t *testing.T) {
 	srv, err := embedded.StartNATS(t.TempDir(), 0)
 	if err != nil {
@@ -420,22 +513,40 @@ func TestPushesArriveAligned(t *testing.T) {
 			t.Fatal(err)
 		}
 		sent := 0
+		floats := map[uint32]int{} // block id -> length
 		for _, job := range []string{"j", "job-2", strings.Repeat("x", 40)} {
-			for _, sizes := range [][]int{{1}, {3, 5}, {16384, 7, 16384}} {
+			for k, sizes := range [][]int{{1}, {3, 5}, {16384, 7, 16384}} {
 				req := &wire.PushRequest{V: wire.Version, Job: job, Rank: 1, Epoch: 1, Step: 2}
 				for i, n := range sizes {
-					req.Blocks = append(req.Blocks, wire.Block{ID: uint32(i), Data: wire.AppendFloats(nil, make([]float32, n))})
+					id := uint32(10*k + i)
+					floats[id] = n
+					req.Blocks = append(req.Blocks, wire.Block{ID: id, Data: wire.AppendFloats(nil, make([]float32, n))})
 				}
 				if err := pub.Publish("pushes", wire.EncodePush(req)); err != nil {
 					t.Fatal(err)
 				}
-				sent++
+				// and split: the envelope in a header, the floats as the body
+				var body []byte
+				for _, b := range req.Blocks {
+					body = append(body, b.Data...)
+				}
+				split := &nats.Msg{Subject: "pushes", Header: nats.Header{wire.EnvelopeHeader: {wire.EncodeEnvelope(req)}}, Data: body}
+				if err := pub.PublishMsg(split); err != nil {
+					t.Fatal(err)
+				}
+				sent += 2
 			}
 		}
 		for range sent {
 			select {
 			case m := <-msgs:
-				req, err := wire.DecodePush(m.Data)
+				var req *wire.PushRequest
+				var err error
+				if env := m.Header.Get(wire.EnvelopeHeader); env != "" {
+					req, err = wire.DecodeSplitPush(env, m.Data, func(id uint32) (int, bool) { n, ok := floats[id]; return n, ok })
+				} else {
+					req, err = wire.DecodePush(m.Data)
+				}
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -490,7 +601,7 @@ func TestClientResendsWhenConnectionLost(t *testing.T) {
 	responder.Flush()
 	c := &Client{nc: requester, Attempt: time.Minute}
 	done := make(chan error, 1)
-	go func() { _, err := c.request(context.Background(), "q", []byte("x")); done <- err }()
+	go func() { _, err := c.request(context.Background(), "q", nil, []byte("x")); done <- err }()
 	for copies.Load() == 0 {
 		time.Sleep(time.Millisecond)
 	}

@@ -215,6 +215,17 @@ func (s *Shard) Blocks() []uint32 {
 	return ids
 }
 
+// BlockLen returns the length of block id, if the shard owns it. A shard's
+// blocks are fixed when it is made, so BlockLen, unlike the other methods,
+// may run concurrently with any of them.
+func (s *Shard) BlockLen(id uint32) (int, bool) {
+	i, ok := s.pos[id]
+	if !ok {
+		return 0, false
+	}
+	return s.blocks[i].Len, true
+}
+
 // Params returns the parameters of block id (the live slice: do not keep it
 // across calls that change the shard).
 func (s *Shard) Params(id uint32) ([]float32, bool) {

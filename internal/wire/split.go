@@ -18,6 +18,15 @@ const (
 // index of each run. A block that alone does not fit is an error: the job's
 // block size is too large for the server's max_payload.
 func Group(sizes []int, maxPayload int) ([]int, error) {
+	return GroupRuns(sizes, nil, maxPayload)
+}
+
+// GroupRuns is Group for blocks that come in runs (run[i] is true where
+// block i starts one; nil: every block starts one): a run that does not fit
+// in the rest of a message starts the next one, so that a run that fits in
+// one message is never cut across two. A longer run starts a message and
+// fills as many as it needs.
+func GroupRuns(sizes []int, run []bool, maxPayload int) ([]int, error) {
 	budget := maxPayload - Headroom
 	var ends []int
 	used, count := 0, 0
@@ -25,6 +34,17 @@ func Group(sizes []int, maxPayload int) ([]int, error) {
 		need := s + PerBlock
 		if need > budget {
 			return nil, fmt.Errorf("block of %d bytes does not fit in a %d-byte message: lower the block size", s, maxPayload)
+		}
+		if count > 0 && run != nil && run[i] {
+			whole, blocks := 0, 0 // the run's bytes and blocks, up to what a message holds
+			for j := i; j < len(sizes) && (j == i || !run[j]) && whole <= budget; j++ {
+				whole += sizes[j] + PerBlock
+				blocks++
+			}
+			if used+whole > budget || count+blocks > MaxBlocksPerMessage {
+				ends = append(ends, i)
+				used, count = 0, 0
+			}
 		}
 		if used+need > budget || count == MaxBlocksPerMessage {
 			ends = append(ends, i)

@@ -2,13 +2,17 @@
 // roles, in one place and versioned. Payloads are msgpack maps with short
 // keys; tensor data travels as raw little-endian float32 bytes in a msgpack
 // bin field, never as an array of numbers (that was measured ~50x slower).
+// A push of blocks that lie contiguous in the sender's memory may instead
+// travel split: its envelope in a NATS header, its floats as the body
+// (EncodeEnvelope, DecodeSplitPush).
 //
-// Subjects are namespaced by job:
+// Subjects are namespaced by job, and the parameter server's by placement
+// version v:
 //
-//	downpour.<job>.ps.<shard>.push    PushRequest  -> Reply
-//	downpour.<job>.ps.<shard>.pull    PullRequest  -> PullReply
-//	downpour.<job>.ps.<shard>.snapshot SnapshotRequest -> Reply
-//	downpour.<job>.progress           Progress     (publish only)
+//	downpour.<job>.p<v>.ps.<shard>.push     PushRequest     -> Reply
+//	downpour.<job>.p<v>.ps.<shard>.pull     PullRequest     -> PullReply
+//	downpour.<job>.p<v>.ps.<shard>.snapshot SnapshotRequest -> Reply
+//	downpour.<job>.progress                 Progress        (publish only)
 package wire
 
 import (

@@ -141,6 +141,70 @@ func TestGroupFits(t *testing.T) {
 	}
 }
 
+// GroupRuns never cuts a run that fits in one message, cuts only where the
+// next block or run does not fit, and otherwise packs as Group does.
+func TestGroupRunsKeepsRunsWhole(t *testing.T) {
+	rng := rand.New(rand.NewPCG(2, 2))
+	const maxPayload = 1 << 20
+	budget := maxPayload - Headroom
+	for trial := 0; trial < 200; trial++ {
+		sizes, run := make([]int, rng.IntN(60)), make([]bool, 0)
+		for i := range sizes {
+			sizes[i] = 4 * rng.IntN(1+[]int{1000, 60000, 250000}[rng.IntN(3)])
+			run = append(run, i == 0 || rng.IntN(4) == 0)
+		}
+		ends, err := GroupRuns(sizes, run, maxPayload)
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := make([]int, len(sizes)) // each block's message
+		start := 0
+		for m, end := range ends {
+			used := 0
+			for i := start; i < end; i++ {
+				msg[i] = m
+				used += sizes[i] + PerBlock
+			}
+			if end <= start || used > budget {
+				t.Fatalf("trial %d: message %d holds blocks %d..%d, %d bytes", trial, m, start, end, used)
+			}
+			start = end
+		}
+		if start != len(sizes) {
+			t.Fatalf("trial %d: messages cover %d of %d blocks", trial, start, len(sizes))
+		}
+		for i := 0; i < len(sizes); {
+			j, whole := i+1, sizes[i]+PerBlock
+			for ; j < len(sizes) && !run[j]; j++ {
+				whole += sizes[j] + PerBlock
+			}
+			if whole <= budget && msg[j-1] != msg[i] {
+				t.Fatalf("trial %d: run %d..%d of %d bytes is cut across messages %d..%d", trial, i, j, whole, msg[i], msg[j-1])
+			}
+			i = j
+		}
+		// A cut before block i is needed: block i, or the run it starts
+		// (as much of it as fits a message), would not have fitted.
+		for k, end := range ends[:max(0, len(ends)-1)] {
+			used := 0
+			for i := range end {
+				if msg[i] == k {
+					used += sizes[i] + PerBlock
+				}
+			}
+			need := sizes[end] + PerBlock
+			if run[end] {
+				for j := end + 1; j < len(sizes) && !run[j] && need <= budget; j++ {
+					need += sizes[j] + PerBlock
+				}
+			}
+			if used+need <= budget {
+				t.Fatalf("trial %d: message %d ends at block %d with %d bytes, yet the next %d would fit", trial, k, end, used, need)
+			}
+		}
+	}
+}
+
 // skim accepts every message we encode and refuses what could make a decoder
 // over-allocate or over-recurse.
 func TestSkim(t *testing.T) {
