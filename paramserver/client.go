@@ -190,7 +190,7 @@ func (c *Client) pack(shard int, blocks []Block, sizes []int, push, pull [][]byt
 	for i, b := range blocks {
 		run[i] = i == 0 || b.Offset != blocks[i-1].Offset+blocks[i-1].Len
 	}
-	ends, err := wire.GroupRuns(sizes, run, int(c.nc.MaxPayload()))
+	ends, err := wire.Group(sizes, run, int(c.nc.MaxPayload()))
 	if err != nil {
 		return nil, err
 	}

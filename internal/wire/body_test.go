@@ -70,7 +70,7 @@ func TestSplitPushFitsWhereGroupSays(t *testing.T) {
 			sizes[i] = 4 * ((maxPayload - Headroom - PerBlock*n) / n / 4)
 			p.Blocks = append(p.Blocks, Block{ID: math.MaxUint32})
 		}
-		ends, err := Group(sizes, maxPayload)
+		ends, err := Group(sizes, nil, maxPayload)
 		if err != nil {
 			t.Fatal(err)
 		}

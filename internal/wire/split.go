@@ -13,20 +13,16 @@ const (
 	PerBlock = 18
 )
 
-// Group cuts a list of blocks, given their data sizes in bytes, into runs of
-// consecutive blocks whose messages fit in maxPayload. It returns the end
-// index of each run. A block that alone does not fit is an error: the job's
-// block size is too large for the server's max_payload.
-func Group(sizes []int, maxPayload int) ([]int, error) {
-	return GroupRuns(sizes, nil, maxPayload)
-}
-
-// GroupRuns is Group for blocks that come in runs (run[i] is true where
-// block i starts one; nil: every block starts one): a run that does not fit
-// in the rest of a message starts the next one, so that a run that fits in
-// one message is never cut across two. A longer run starts a message and
-// fills as many as it needs.
-func GroupRuns(sizes []int, run []bool, maxPayload int) ([]int, error) {
+// Group cuts a list of blocks, given their data sizes in bytes, into
+// messages of consecutive blocks that fit in maxPayload, and returns the
+// end index of each message. The blocks may come in runs (run[i] is true
+// where block i starts one; nil: every block starts one): a run that does
+// not fit in the rest of a message starts the next one, so that a run that
+// fits in one message is never cut across two; a longer run starts a
+// message and fills as many as it needs. A block that alone does not fit
+// is an error: the job's block size is too large for the server's
+// max_payload.
+func Group(sizes []int, run []bool, maxPayload int) ([]int, error) {
 	budget := maxPayload - Headroom
 	var ends []int
 	used, count := 0, 0

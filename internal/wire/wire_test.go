@@ -112,7 +112,7 @@ func TestGroupFits(t *testing.T) {
 		for i := range sizes {
 			sizes[i] = 4 * rng.IntN(100000)
 		}
-		ends, err := Group(sizes, maxPayload)
+		ends, err := Group(sizes, nil, maxPayload)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -136,14 +136,14 @@ func TestGroupFits(t *testing.T) {
 			t.Fatalf("runs cover %d of %d blocks", start, len(sizes))
 		}
 	}
-	if _, err := Group([]int{maxPayload}, maxPayload); err == nil {
+	if _, err := Group([]int{maxPayload}, nil, maxPayload); err == nil {
 		t.Fatal("Group accepted a block larger than a message")
 	}
 }
 
-// GroupRuns never cuts a run that fits in one message, cuts only where the
+// Group never cuts a run that fits in one message, cuts only where the
 // next block or run does not fit, and otherwise packs as Group does.
-func TestGroupRunsKeepsRunsWhole(t *testing.T) {
+func TestGroupKeepsRunsWhole(t *testing.T) {
 	rng := rand.New(rand.NewPCG(2, 2))
 	const maxPayload = 1 << 20
 	budget := maxPayload - Headroom
@@ -153,7 +153,7 @@ func TestGroupRunsKeepsRunsWhole(t *testing.T) {
 			sizes[i] = 4 * rng.IntN(1+[]int{1000, 60000, 250000}[rng.IntN(3)])
 			run = append(run, i == 0 || rng.IntN(4) == 0)
 		}
-		ends, err := GroupRuns(sizes, run, maxPayload)
+		ends, err := Group(sizes, run, maxPayload)
 		if err != nil {
 			t.Fatal(err)
 		}
