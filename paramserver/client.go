@@ -16,10 +16,10 @@ import (
 )
 
 // Client pushes gradients to and pulls parameters from every shard of a job
-// on behalf of one rank. Each push or pull is cut into messages that fit the
-// server's max_payload, sent concurrently, and retried on timeout until the
-// caller's context ends; the shards' exactly-once rule makes a resent push
-// harmless.
+// on behalf of one rank. Each push or pull is cut into messages of at most
+// MessageBytes that fit the server's max_payload, sent concurrently, and
+// retried on timeout until the caller's context ends; the shards'
+// exactly-once rule makes a resent push harmless.
 type Client struct {
 	nc      *nats.Conn
 	job     string
@@ -190,7 +190,7 @@ func (c *Client) pack(shard int, blocks []Block, sizes []int, push, pull [][]byt
 	for i, b := range blocks {
 		run[i] = i == 0 || b.Offset != blocks[i-1].Offset+blocks[i-1].Len
 	}
-	ends, err := wire.Group(sizes, run, int(c.nc.MaxPayload()))
+	ends, err := wire.Group(sizes, run, c.messageLimit(sizes))
 	if err != nil {
 		return nil, err
 	}
@@ -211,6 +211,22 @@ func (c *Client) pack(shard int, blocks []Block, sizes []int, push, pull [][]byt
 		start = end
 	}
 	return groups, nil
+}
+
+// MessageBytes is the size the client fills messages to (unless a block
+// alone needs more), however much more the server's max_payload allows:
+// past it, per-message costs no longer show, and a larger message would
+// hold several of Place's runs, which then could not go split.
+const MessageBytes = 1 << 20
+
+// messageLimit is the size pack fills messages to, for blocks of sizes:
+// MessageBytes, or what the largest block needs, within max_payload.
+func (c *Client) messageLimit(sizes []int) int {
+	limit := MessageBytes
+	for _, s := range sizes {
+		limit = max(limit, s+wire.PerBlock+wire.Headroom)
+	}
+	return int(min(int64(limit), c.nc.MaxPayload()))
 }
 
 // readRank is the rank of offset in the read order (0 without one).

@@ -61,9 +61,9 @@ func DefaultHash(block uint32, shard int) uint64 {
 const DefaultSlack = 0.05
 
 // RunBytes bounds the bytes of the runs of consecutive blocks that Place
-// keeps together on one shard: a run fills one message of the default
-// max_payload (1 MiB) with room for its envelope.
-const RunBytes = 960 << 10
+// keeps together on one shard: a run fills one message (MessageBytes,
+// NATS's default max_payload) with room for its envelope.
+const RunBytes = MessageBytes - 64<<10
 
 // RunsPerShard is how many runs Place leaves each shard at least, on
 // average, so that bounded loads can still balance them.

@@ -488,6 +488,36 @@ func TestClientPushesRunsSplit(t *testing.T) {
 	}
 }
 
+// On a server that allows messages far larger than MessageBytes, the
+// client still fills messages to MessageBytes, so that each of Place's runs
+// has one to itself and goes split; a block larger than that still gets a
+// message of its own.
+func TestClientPacksRunsUnderLargeMaxPayload(t *testing.T) {
+	nc := startNATS(t, 8<<20)
+	const bs = 16 << 10
+	p := PlaceRuns([]models.Tensor{{Name: "x", Shape: []int{60 * bs}}}, bs, 2, RunBytes/(4*bs), DefaultHash, 0.5)
+	c, err := NewClient(nc, "j", p, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.groups) != 4 {
+		t.Fatalf("%d messages for 4 runs of 15 blocks", len(c.groups))
+	}
+	for _, g := range c.groups {
+		if !g.contiguous || len(g.blocks) != 15 {
+			t.Errorf("a message of %d blocks (%v), contiguous %v; want one run of 15", len(g.blocks), g.ids, g.contiguous)
+		}
+	}
+	big := Place([]models.Tensor{{Name: "x", Shape: []int{3 << 19}}}, 1<<19, 1) // 2 MiB blocks
+	c, err = NewClient(nc, "j", big, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.groups) != 3 {
+		t.Fatalf("%d messages for 3 blocks of 2 MiB", len(c.groups))
+	}
+}
+
 // A push arrives from NATS, over TCP and in-process, whole or split, with
 // every block's floats readable in place (wire.Floats), which is what lets
 // a shard apply it without copying it out first: the encoder aligns the
