@@ -179,8 +179,8 @@ func wholeSizes(blocks []Block) []int {
 	return sizes
 }
 
-// pack cuts one shard's blocks, in order, into messages that fit the
-// server's max_payload, each block counting for sizes[i] bytes (in a
+// pack cuts one shard's blocks, in order, into messages of at most
+// messageLimit bytes, each block counting for sizes[i] bytes (in a
 // sparse transfer, what it carries: the larger of its push and its pull).
 // A run of blocks that follow one another in the flat vector (as Place
 // keeps them) goes whole into one message where it fits. push and pull,

@@ -32,7 +32,7 @@ func EncodeEnvelope(p *PushRequest) string {
 
 // DecodeSplitPush decodes and checks a split push: the envelope env (the
 // value of EnvelopeHeader) and the body, whose data it cuts into the
-// envelope's blocks, block id's taking 4*floats(id) bytes. floats reports
+// envelope's blocks, block id taking 4*floats(id) bytes. floats reports
 // false for a block the receiver does not own. The blocks' data view body.
 func DecodeSplitPush(env string, body []byte, floats func(id uint32) (int, bool)) (*PushRequest, error) {
 	if len(env) > base64.StdEncoding.EncodedLen(MaxEnvelope) {
