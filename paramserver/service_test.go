@@ -47,6 +47,20 @@ func connect(t testing.TB, url string, opts ...nats.Option) *nats.Conn {
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
+// awaitCount waits until count() reaches want. A subscriber's callback runs
+// on its own goroutine, so neither the sender's reply nor a Flush says it
+// has run: only the count does. It returns the count, which may exceed want
+// if more arrived; after 10 s it returns whatever it has.
+func awaitCount(count func() int, want int) int {
+	deadline := time.Now().Add(10 * time.Second)
+	for n := count(); ; n = count() {
+		if n >= want || time.Now().After(deadline) {
+			return n
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func serveAll(t testing.TB, nc *nats.Conn, shards []*Shard, cfg ServiceConfig) []*Service {
 	t.Helper()
 	var svcs []*Service
@@ -462,6 +476,7 @@ func TestClientPushesRunsSplit(t *testing.T) {
 	if err := c.Push(ctx, 0, g); err != nil {
 		t.Fatal(err)
 	}
+	awaitCount(func() int { return int(split.Load() + whole.Load()) }, int(wantSplit+wantWhole))
 	nc.Flush()
 	if split.Load() != wantSplit || whole.Load() != wantWhole {
 		t.Errorf("dense push: %d messages split and %d whole, want %d and %d", split.Load(), whole.Load(), wantSplit, wantWhole)
@@ -475,6 +490,7 @@ func TestClientPushesRunsSplit(t *testing.T) {
 	if err := c.StartPushPullSparse(ctx, 1, sparse, w, [][2]int{{0, 70}}, nil).Wait(); err != nil {
 		t.Fatal(err)
 	}
+	awaitCount(func() int { return int(split.Load() + whole.Load()) }, 1)
 	nc.Flush()
 	if split.Load() != 0 || whole.Load() == 0 {
 		t.Errorf("sparse push: %d messages split and %d whole, want none split", split.Load(), whole.Load())

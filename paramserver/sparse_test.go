@@ -446,8 +446,8 @@ func TestTransferPushesInReadOrder(t *testing.T) {
 	if err := c.StartPushPullSparse(ctx, 0, g, make([]float32, p.Size()), push, push).Wait(); err != nil {
 		t.Fatal(err)
 	}
-	sub.Drain()
-	spy.Flush()
+	awaitCount(func() int { mu.Lock(); defer mu.Unlock(); return len(got) }, len(want))
+	sub.Unsubscribe()
 	mu.Lock()
 	defer mu.Unlock()
 	if !slices.Equal(got, want) {
