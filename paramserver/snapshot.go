@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 
 	"github.com/downpour-ml/downpour/internal/wire"
 )
@@ -219,6 +220,26 @@ func ReadSnapshot(path string) (*Snapshot, error) {
 // back), so the version is part of the name.
 func SnapshotFile(version int64, shard int, step int64) string {
 	return fmt.Sprintf("p%d-shard-%d-step-%d.dpss", version, shard, step)
+}
+
+// ParseSnapshotFile reads the placement version, shard and step from a
+// file name SnapshotFile gives, or from that of a temporary file
+// WriteSnapshot made for one (temp is then true). Any other name, even one
+// that merely starts like a snapshot's, is not one (ok false).
+func ParseSnapshotFile(name string) (version int64, shard int, step int64, temp, ok bool) {
+	if _, err := fmt.Sscanf(name, "p%d-shard-%d-step-%d.dpss", &version, &shard, &step); err != nil || version < 0 || shard < 0 || step < 0 {
+		return 0, 0, 0, false, false
+	}
+	rest, found := strings.CutPrefix(name, SnapshotFile(version, shard, step))
+	switch {
+	case !found: // a sign, leading zeros or spaces the scan let through
+		return 0, 0, 0, false, false
+	case rest == "":
+		return version, shard, step, false, true
+	case strings.HasPrefix(rest, ".tmp") && !strings.ContainsAny(rest, "/"+string(filepath.Separator)):
+		return version, shard, step, true, true
+	}
+	return 0, 0, 0, false, false
 }
 
 // Gather assembles the snapshot of a shard that owns blocks from snapshots of

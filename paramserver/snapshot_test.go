@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/downpour-ml/downpour/internal/wire"
@@ -178,6 +179,51 @@ func TestSnapshotCorruptionDetected(t *testing.T) {
 			t.Fatalf("a flipped bit in byte %d went unnoticed", i)
 		}
 	}
+}
+
+func TestParseSnapshotFileIsExact(t *testing.T) {
+	for _, tc := range []struct {
+		name          string
+		version, step int64
+		shard         int
+		temp, ok      bool
+	}{
+		{SnapshotFile(3, 7, 1200), 3, 1200, 7, false, true},
+		{SnapshotFile(3, 7, 1200) + ".tmp4242", 3, 1200, 7, true, true},
+		{"p3-shard-7-step-1200.dpss.bak", 0, 0, 0, false, false},
+		{"p3-shard-7-step-1200.dpssx", 0, 0, 0, false, false},
+		{"p03-shard-7-step-1200.dpss", 0, 0, 0, false, false},
+		{"p3-shard--7-step-1200.dpss", 0, 0, 0, false, false},
+		{"p3-shard-7-step-1200", 0, 0, 0, false, false},
+		{"job", 0, 0, 0, false, false},
+	} {
+		v, sh, st, temp, ok := ParseSnapshotFile(tc.name)
+		if v != tc.version || sh != tc.shard || st != tc.step || temp != tc.temp || ok != tc.ok {
+			t.Errorf("%q: %d %d %d %v %v, want %d %d %d %v %v", tc.name, v, sh, st, temp, ok, tc.version, tc.shard, tc.step, tc.temp, tc.ok)
+		}
+	}
+}
+
+// Whatever the name, ParseSnapshotFile says ok only for exactly what
+// SnapshotFile gives, or that followed by WriteSnapshot's ".tmp" suffix.
+func FuzzParseSnapshotFile(f *testing.F) {
+	for _, s := range []string{SnapshotFile(1, 0, 10), SnapshotFile(12, 3, 4500) + ".tmp99", "p1-shard-0-step-10.dpss.bak", "job", "p-1-shard-0-step-1.dpss"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, name string) {
+		v, shard, step, temp, ok := ParseSnapshotFile(name)
+		if !ok {
+			if v != 0 || shard != 0 || step != 0 || temp {
+				t.Fatalf("%q: not a snapshot, yet %d %d %d %v", name, v, shard, step, temp)
+			}
+			return
+		}
+		exact := SnapshotFile(v, shard, step)
+		rest, found := strings.CutPrefix(name, exact)
+		if v < 0 || shard < 0 || step < 0 || !found || temp != (rest != "") || temp && (!strings.HasPrefix(rest, ".tmp") || strings.ContainsRune(rest, '/')) {
+			t.Fatalf("%q parsed as %d %d %d temp %v (%q)", name, v, shard, step, temp, exact)
+		}
+	})
 }
 
 func FuzzDecodeSnapshot(f *testing.F) {

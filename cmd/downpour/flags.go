@@ -220,6 +220,7 @@ func specFlags(fs *flag.FlagSet, s *job.Spec, args []string) *jobFlags {
 	fs.Int64Var(&s.TaskTimeout, "task-timeout", s.TaskTimeout, "async, ssp: seconds a worker has for a task before it goes to another")
 	fs.IntVar(&s.TaskAttempts, "task-attempts", s.TaskAttempts, "async, ssp: times a task is given out before it counts as failed")
 	fs.Int64Var(&s.CheckpointEvery, "checkpoint-every", s.CheckpointEvery, "every shard snapshots its state every N steps (sync), or N data steps done (async and ssp, with tasks); 0: never")
+	fs.IntVar(&s.KeepCheckpoints, "keep-checkpoints", s.KeepCheckpoints, "every shard keeps the snapshots of the newest N checkpoints on disk and deletes older ones (0: keep all)")
 	fs.Float64Var(&s.ClipNorm, "clip", s.ClipNorm, "rescale the gradient to this global norm when larger (0: never)")
 	fs.BoolVar(&s.DenseTransfer, "dense-transfer", s.DenseTransfer, "seq2seq: push and pull the embedding tables whole every step, not only the rows the batches use (same parameters, more traffic: for comparison)")
 	fs.Int64Var(&s.LogEvery, "log-every", s.LogEvery, "log every N steps")

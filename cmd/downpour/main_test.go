@@ -397,6 +397,55 @@ func TestTrainModesAndOptimizers(t *testing.T) {
 	}
 }
 
+// With --keep-checkpoints N, a finished run leaves on each shard the
+// snapshots of a run of its last checkpoint steps, at least N of them and
+// always the last step's: which checkpoint the coordinator had recorded
+// last when the job ended is a race (the pruning itself is tested in
+// internal/psnode), so the test asserts what holds whatever it was. With 0,
+// all of them stay. The snapshot directories are marked with the job's name.
+func TestTrainKeepsTheNewestCheckpoints(t *testing.T) {
+	dir := t.TempDir()
+	const steps, every = 30, 2
+	base := []string{"--hidden", "16", "--embed", "8", "--ps-shards", "2", "--steps", fmt.Sprint(steps), "--checkpoint-every", fmt.Sprint(every), "--job", "kept"}
+	var all []int64
+	for step := int64(every); step <= steps; step += every {
+		all = append(all, step)
+	}
+	for _, keep := range []int{1, 2, 0} {
+		out := filepath.Join(dir, fmt.Sprint("keep-", keep))
+		trainRun(t, out, append(base, "--keep-checkpoints", fmt.Sprint(keep))...)
+		for s := 0; s < 2; s++ {
+			snaps := filepath.Join(out, fmt.Sprintf("ps-%d", s), "snapshots")
+			es, err := os.ReadDir(snaps)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []int64
+			for _, e := range es {
+				if v, shard, step, temp, ok := paramserver.ParseSnapshotFile(e.Name()); ok && !temp && v == 1 && shard == s {
+					got = append(got, step)
+				} else if e.Name() != "job" {
+					t.Errorf("keep %d: %s holds %s", keep, snaps, e.Name())
+				}
+			}
+			slices.Sort(got)
+			t.Logf("keep %d: shard %d holds the snapshots of steps %v", keep, s, got)
+			switch {
+			case keep == 0 && !slices.Equal(got, all):
+				t.Errorf("keep 0: shard %d holds the snapshots of steps %v, want all of %v", s, got, all)
+			case keep > 0 && (len(got) < keep || !slices.Equal(got, all[len(all)-len(got):])):
+				t.Errorf("keep %d: shard %d holds the snapshots of steps %v, want the last %d or more of %v", keep, s, got, keep, all)
+			}
+			if b, _ := os.ReadFile(filepath.Join(snaps, "job")); string(b) != "kept\n" {
+				t.Errorf("%s is marked %q, want the job's name", snaps, b)
+			}
+		}
+	}
+	if code, _, stderr := runCmd(t, time.Minute, "train", "--out", filepath.Join(dir, "bad"), "--keep-checkpoints", "-1"); code != 2 || !strings.Contains(stderr, "keep checkpoints") {
+		t.Fatalf("--keep-checkpoints -1: exit %d\n%s", code, stderr)
+	}
+}
+
 // Shard snapshots taken every K steps in a sync run hold exactly the
 // parameters a run of K steps ends with.
 func TestTrainShardSnapshotsMatchShorterRun(t *testing.T) {

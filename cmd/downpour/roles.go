@@ -522,7 +522,7 @@ func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	httpFlag(fs, &ep)
 	name := fs.String("job", "demo", "job to serve")
 	shard := fs.Int("shard", -1, "shard index to serve (-1: the lowest free one)")
-	dataDir := fs.String("data-dir", "", "directory for the shard's snapshots (needed when the job checkpoints)")
+	dataDir := fs.String("data-dir", "", "directory for the shard's snapshots (needed when the job checkpoints; one job's: another is refused)")
 	restore := fs.String("restore", "", "start from this snapshot file instead of the initial parameters")
 	ttl := fs.Int64("lease-ttl", 10, "seconds without a heartbeat after which the job gives this shard up")
 	wait := fs.Duration("wait", 5*time.Minute, "how long to wait for the job to appear, and for a shard index to claim")

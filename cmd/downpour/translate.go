@@ -67,10 +67,8 @@ func latestSnapshots(dir string, note io.Writer) ([]float32, *job.Spec, error) {
 	type key struct{ placement, step int64 }
 	sets := map[key][]string{}
 	for _, f := range files {
-		var k key
-		var shard int
-		if _, err := fmt.Sscanf(filepath.Base(f), "p%d-shard-%d-step-%d.dpss", &k.placement, &shard, &k.step); err == nil {
-			sets[k] = append(sets[k], f)
+		if v, _, step, temp, ok := paramserver.ParseSnapshotFile(filepath.Base(f)); ok && !temp {
+			sets[key{v, step}] = append(sets[key{v, step}], f)
 		}
 	}
 	keys := make([]key, 0, len(sets))

@@ -104,6 +104,10 @@ type Spec struct {
 	// this many steps (sync), or of this many data steps done (async and
 	// ssp, with tasks); 0 for never.
 	CheckpointEvery int64 `json:"checkpoint_every,omitempty"`
+	// KeepCheckpoints: once a checkpoint is recorded, every shard deletes its
+	// snapshots but those of the newest this many checkpoint steps (and any
+	// newer ones); 0 keeps them all.
+	KeepCheckpoints int `json:"keep_checkpoints,omitempty"`
 	// TaskSteps (async, ssp): the data goes to workers as tasks of this many
 	// steps of one data shard, from a queue, so that workers may come and
 	// go; 0: each rank reads its own data shard, as in sync mode.
@@ -147,9 +151,10 @@ func Default() Spec {
 		Optimizer: paramserver.DefaultOptimizer("sgd", 1.5),
 		NonFinite: paramserver.Refuse,
 
-		TaskSteps:    50,
-		TaskTimeout:  600,
-		TaskAttempts: 3,
+		KeepCheckpoints: 3,
+		TaskSteps:       50,
+		TaskTimeout:     600,
+		TaskAttempts:    3,
 	}
 }
 
@@ -199,6 +204,8 @@ func (s *Spec) Validate() error {
 		return errors.New("n-fetch and n-push other than 1 need --mode async")
 	case s.CheckpointEvery < 0:
 		return errors.New("checkpoint every must not be negative")
+	case s.KeepCheckpoints < 0:
+		return errors.New("keep checkpoints must not be negative (0 keeps them all)")
 	case s.CheckpointEvery > 0 && s.Mode != paramserver.Sync && !s.UsesTasks():
 		return fmt.Errorf("a %s job checkpoints only when it hands its data out as tasks (--task-steps above 0)", s.Mode)
 	case s.TaskSteps < 0 || s.UsesTasks() && (s.TaskTimeout < 1 || s.TaskAttempts < 1):

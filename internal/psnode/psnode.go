@@ -9,7 +9,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"time"
 
@@ -63,6 +62,21 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
+	// The data directory is the job's; with retention on, a shard deletes
+	// its snapshots older than the checkpoints the job keeps (retain.go).
+	var retained string
+	if cfg.DataDir != "" {
+		dir := filepath.Join(cfg.DataDir, "snapshots")
+		if err := claimDir(dir, cfg.Job); err != nil {
+			return err
+		}
+		if spec.KeepCheckpoints > 0 {
+			retained = dir
+			rctx, cancel := context.WithCancel(ctx)
+			defer cancel()
+			go retain(rctx, cfg.Etcd, cfg.Job, dir, spec.KeepCheckpoints, cfg.Log)
+		}
+	}
 	lease, err := job.Grant(ctx, cfg.Etcd, cfg.LeaseTTL)
 	if err != nil {
 		return err
@@ -101,8 +115,14 @@ func Run(ctx context.Context, cfg Config) error {
 			return err
 		}
 		next, err := serveEra(ctx, cfg, spec, p, idx, restore, lease, log)
-		if err != nil || next == nil {
+		if err != nil {
 			return err
+		}
+		if next == nil {
+			if retained != "" {
+				pruneOnce(ctx, cfg.Etcd, cfg.Job, retained, spec.KeepCheckpoints, log)
+			}
+			return nil
 		}
 		restore = ""
 		p = next
@@ -127,10 +147,7 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *paramserver.Pl
 	shard.Fence(p.Epochs)
 	svcCfg := paramserver.ServiceConfig{Job: spec.Name, Shard: idx, Placement: p.Version, Log: log, Observer: metrics.Shard(spec.Name, idx)}
 	if cfg.DataDir != "" {
-		svcCfg.SnapshotDir = filepath.Join(cfg.DataDir, "snapshots")
-		if err := os.MkdirAll(svcCfg.SnapshotDir, 0o755); err != nil {
-			return nil, err
-		}
+		svcCfg.SnapshotDir = filepath.Join(cfg.DataDir, "snapshots") // made by Run
 		svcCfg.SnapshotEvery = spec.CheckpointEvery
 		svcCfg.OnSnapshot = func(path string, snap *paramserver.Snapshot) {
 			rec, _ := json.Marshal(job.SnapshotRecord{Path: path, Step: snap.Step, Shard: idx, Placement: snap.Placement})
