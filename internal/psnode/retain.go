@@ -128,22 +128,17 @@ func prune(dir string, cp job.CheckpointRecord, keep int) ([]string, error) {
 // It reads the latest checkpoint first, so a restarted shard prunes what an
 // earlier process left.
 func retain(ctx context.Context, cli *clientv3.Client, name, dir string, keep int, log *slog.Logger) {
-	key := job.KeysFor(name).Checkpoint()
 	for ctx.Err() == nil {
-		r, err := cli.Get(ctx, key)
-		if err != nil {
-			log.Warn("snapshot retention: reading the checkpoint", "err", err)
+		rev, ok := pruneOnce(ctx, cli, name, dir, keep, log)
+		if !ok {
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Second):
 			}
 			continue
 		}
-		if len(r.Kvs) > 0 {
-			pruneTo(r.Kvs[0].Value, dir, keep, log)
-		}
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		for resp := range cli.Watch(wctx, key, clientv3.WithRev(r.Header.Revision+1)) {
+		for resp := range cli.Watch(wctx, job.KeysFor(name).Checkpoint(), clientv3.WithRev(rev+1)) {
 			if resp.Err() != nil {
 				break // compacted or lost leader: read again and re-watch
 			}
@@ -157,18 +152,20 @@ func retain(ctx context.Context, cli *clientv3.Client, name, dir string, keep in
 	}
 }
 
-// pruneOnce prunes dir to the job's latest checkpoint: a shard does so when
-// the job is done, so that a finished job leaves what retention keeps
-// however far its watch had got.
-func pruneOnce(ctx context.Context, cli *clientv3.Client, name, dir string, keep int, log *slog.Logger) {
+// pruneOnce prunes dir to the job's latest checkpoint and returns the etcd
+// revision it read it at (ok false: etcd did not answer). A shard also
+// calls it when the job is done, so that a finished job leaves what
+// retention keeps however far its watch had got.
+func pruneOnce(ctx context.Context, cli *clientv3.Client, name, dir string, keep int, log *slog.Logger) (rev int64, ok bool) {
 	r, err := cli.Get(ctx, job.KeysFor(name).Checkpoint())
 	if err != nil {
 		log.Warn("snapshot retention: reading the checkpoint", "err", err)
-		return
+		return 0, false
 	}
 	if len(r.Kvs) > 0 {
 		pruneTo(r.Kvs[0].Value, dir, keep, log)
 	}
+	return r.Header.Revision, true
 }
 
 // pruneTo prunes dir to the checkpoint record value, logging what it did.
