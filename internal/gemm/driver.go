@@ -9,7 +9,7 @@ import (
 // problem is one call of Sgemm after its checks, with C already scaled by
 // beta unless beta is 0 (store).
 type problem struct {
-	aT, bT bool
+	aT, bT  bool
 	m, n, k int
 	alpha   float32
 	a       []float32
