@@ -4,3 +4,7 @@ package gemm
 
 // Without the assembly kernels, Sgemm is gonum's pure Go.
 var paths []*path
+
+// The transposes of the assembly, never called without kernels.
+func transpose8x8(src *float32, lds int, dst *float32, ldd int) { panic("gemm: no assembly") }
+func transpose4x8(src *float32, lds int, dst *float32, ldd int) { panic("gemm: no assembly") }

@@ -40,10 +40,20 @@ type problem struct {
 type layout struct {
 	steps     int // blocks of rows times blocks of K
 	kblocks   int
+	kc        int  // the length of the blocks of K (the last may be shorter)
+	directB   bool // kernels read B in place instead of from packed panels
 	colsUnit  int // columns of C per unit, a multiple of nr
 	colUnits  int
 	rowSplits int // each block of rows is cut into this many ranges
 }
+
+// directRows is the most rows of C for which kernels read B (not
+// transposed) in place: with few rows, each value of B serves few
+// multiply-adds and packing it would cost more than it saves (G1's
+// 100x1200x1200: 5% faster on one thread). Not where the rows of B are a
+// multiple of 1 KiB apart: they would share sets of the L1 cache (W2's
+// 128x2048x512: 8% slower in place).
+const directRows = 256
 
 // minFlopsPerThread keeps small products on one thread, where handing work
 // to another would cost more than it saves.
@@ -51,6 +61,8 @@ const minFlopsPerThread = 1 << 22
 
 func plan(p *path, pr *problem, threads int) layout {
 	l := layout{kblocks: (pr.k + kc - 1) / kc}
+	l.kc = (pr.k + l.kblocks - 1) / l.kblocks
+	l.directB = !pr.bT && pr.m <= directRows && pr.ldb%256 != 0
 	l.steps = (pr.m + p.mc - 1) / p.mc * l.kblocks
 	panels := (pr.n + p.nr - 1) / p.nr
 	// Units of at most nc columns, as many as a multiple of the threads.
@@ -154,8 +166,8 @@ func (j *job) rows(s int) (int, int) {
 
 // depth returns the first step of K and the count of step s.
 func (j *job) depth(s int) (int, int) {
-	p0 := s % j.l.kblocks * kc
-	return p0, min(kc, j.pr.k-p0)
+	p0 := s % j.l.kblocks * j.l.kc
+	return p0, min(j.l.kc, j.pr.k-p0)
 }
 
 // packGroup is how many panels of A one unit of phase 1 packs.
@@ -221,21 +233,34 @@ func (j *job) compute(s, u int, sc *scratch) {
 	c0, c1 := col*j.l.colsUnit, min((col+1)*j.l.colsUnit, j.pr.n)
 	accumulate := p0 > 0 || !j.pr.store
 	pr := &j.pr
+	direct := j.l.directB
 	for jc := c0; jc < c1; jc += j.p.nc {
 		w := min(j.p.nc, c1-jc)
-		packB(sc.bpack, pr, p0, depth, jc, w, nr)
+		last := w / nr * nr // where a narrower panel starts, if any
+		switch {
+		case !direct:
+			packB(sc.bpack, pr, p0, depth, jc, w, nr)
+		case last < w: // in place but for the last panel, padded with zeros
+			packB(sc.bpack, pr, p0, depth, jc+last, w-last, nr)
+		}
 		for ir := r0; ir < r1; ir += mr {
 			r := min(mr, r1-ir)
 			a := &j.apack[ir*depth]
 			kern := j.p.kernels[r-1]
 			for jr := 0; jr < w; jr += nr {
-				b := &sc.bpack[jr*depth]
+				b, ldb := &sc.bpack[jr*depth], nr
+				if direct {
+					b, ldb = &pr.b[p0*pr.ldb+jc+jr], pr.ldb
+					if jr == last {
+						b, ldb = &sc.bpack[0], nr
+					}
+				}
 				ci := (i0+ir)*pr.ldc + jc + jr
 				if cols := w - jr; cols < nr {
-					edge(kern, depth, a, b, pr.c[ci:], pr.ldc, r, cols, nr, pr.alpha, accumulate, sc.tile)
+					edge(kern, depth, a, b, ldb, pr.c[ci:], pr.ldc, r, cols, nr, pr.alpha, accumulate, sc.tile)
 					continue
 				}
-				kern(depth, a, b, &pr.c[ci], pr.ldc, pr.alpha, accumulate)
+				kern(depth, a, b, ldb, &pr.c[ci], pr.ldc, pr.alpha, accumulate)
 			}
 		}
 	}
@@ -244,8 +269,8 @@ func (j *job) compute(s, u int, sc *scratch) {
 // edge computes a tile narrower than nr through a full-width buffer: the
 // kernel stores alpha*sum there, then it is stored or added, so the bits
 // are those of the full tile.
-func edge(kern kernel, depth int, a, b *float32, c []float32, ldc, r, cols, nr int, alpha float32, accumulate bool, tile []float32) {
-	kern(depth, a, b, &tile[0], nr, alpha, false)
+func edge(kern kernel, depth int, a, b *float32, ldb int, c []float32, ldc, r, cols, nr int, alpha float32, accumulate bool, tile []float32) {
+	kern(depth, a, b, ldb, &tile[0], nr, alpha, false)
 	for i := range r {
 		row, t := c[i*ldc:i*ldc+cols], tile[i*nr:i*nr+cols]
 		if accumulate {
@@ -266,10 +291,41 @@ func packA(dst []float32, pr *problem, i0, r, p0, depth int) {
 		}
 		return
 	}
-	for i := range r { // op(A)[i][p] = a[i*lda+p]: a row of A per row
-		row := pr.a[(i0+i)*pr.lda+p0:][:depth]
-		for p, v := range row {
-			dst[p*r+i] = v
+	// op(A)[i][p] = a[i*lda+p]: the panel is the transpose of r rows of A.
+	transposeInto(dst, r, pr.a[i0*pr.lda+p0:], pr.lda, r, depth)
+}
+
+// transposeInto sets dst[p*ldd+i] = src[i*lds+p] for i < rows, p < depth:
+// by blocks of 8 or 4 rows and 8 steps in assembly, the rest one by one.
+func transposeInto(dst []float32, ldd int, src []float32, lds int, rows, depth int) {
+	_ = dst[(depth-1)*ldd+rows-1]
+	_ = src[(rows-1)*lds+depth-1]
+	i := 0
+	for ; i < rows; i += 4 {
+		h := 4
+		if rows-i >= 8 {
+			h = 8
+		} else if rows-i < 4 {
+			break
+		}
+		p := 0
+		for ; p+8 <= depth; p += 8 {
+			if h == 8 {
+				transpose8x8(&src[i*lds+p], lds, &dst[p*ldd+i], ldd)
+			} else {
+				transpose4x8(&src[i*lds+p], lds, &dst[p*ldd+i], ldd)
+			}
+		}
+		for ii := i; ii < i+h; ii++ {
+			for q := p; q < depth; q++ {
+				dst[q*ldd+ii] = src[ii*lds+q]
+			}
+		}
+		i += h - 4
+	}
+	for ; i < rows; i++ {
+		for p, v := range src[i*lds : i*lds+depth] {
+			dst[p*ldd+i] = v
 		}
 	}
 }
@@ -290,12 +346,8 @@ func packB(dst []float32, pr *problem, p0, depth, j0, w, nr int) {
 			}
 			continue
 		}
-		for j := range cols { // op(B)[p][j] = b[j*ldb+p]
-			col := pr.b[(jq+j)*pr.ldb+p0:][:depth]
-			for p, v := range col {
-				panel[p*nr+j] = v
-			}
-		}
+		// op(B)[p][j] = b[j*ldb+p]: the panel is the transpose of cols rows of B.
+		transposeInto(panel, nr, pr.b[jq*pr.ldb+p0:], pr.ldb, cols, depth)
 		if cols < nr {
 			for p := range depth {
 				clear(panel[p*nr+cols : p*nr+nr])

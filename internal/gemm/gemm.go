@@ -60,8 +60,8 @@ type path struct {
 }
 
 // kernel computes an r x nr tile of C from r rows of packed A and nr columns
-// of packed B, kc steps long (see asm/gen.go).
-type kernel func(kc int, a, b, c *float32, ldc int, alpha float32, accumulate bool)
+// of B, packed (ldb = nr) or in place, kc steps long (see asm/gen.go).
+type kernel func(kc int, a, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 
 // active is the path Implementation{} takes; nil is gonum's pure Go.
 var active *path

@@ -4,18 +4,21 @@
 
 #include "textflag.h"
 
-// func kernelAVX512x1(kc int, a *float32, b *float32, c *float32, ldc int, alpha float32, accumulate bool)
+// func kernelAVX512x1(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 // Requires: AVX, AVX512DQ, AVX512F
-TEXT ·kernelAVX512x1(SB), NOSPLIT, $0-45
+TEXT ·kernelAVX512x1(SB), NOSPLIT, $0-53
 	MOVQ kc+0(FP), AX
 	MOVQ a+8(FP), CX
 	MOVQ b+16(FP), DX
+	MOVQ ldb+24(FP), BX
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), SI
 
 	// Zero the accumulators.
 	VXORPS Z0, Z0, Z0
 	VXORPS Z1, Z1, Z1
-	MOVQ   AX, BX
-	SHRQ   $0x02, BX
+	MOVQ   AX, DI
+	SHRQ   $0x02, DI
 	JZ     tailAVX512x1
 
 loopAVX512x1:
@@ -24,24 +27,24 @@ loopAVX512x1:
 	VBROADCASTSS (CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
-	VMOVUPS      128(DX), Z28
-	VMOVUPS      192(DX), Z29
+	VMOVUPS      (DX)(BX*1), Z28
+	VMOVUPS      64(DX)(BX*1), Z29
 	VBROADCASTSS 4(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
-	VMOVUPS      256(DX), Z28
-	VMOVUPS      320(DX), Z29
+	VMOVUPS      (DX)(BX*2), Z28
+	VMOVUPS      64(DX)(BX*2), Z29
 	VBROADCASTSS 8(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
-	VMOVUPS      384(DX), Z28
-	VMOVUPS      448(DX), Z29
+	VMOVUPS      (DX)(SI*1), Z28
+	VMOVUPS      64(DX)(SI*1), Z29
 	VBROADCASTSS 12(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
 	ADDQ         $0x00000010, CX
-	ADDQ         $0x00000200, DX
-	DECQ         BX
+	LEAQ         (DX)(BX*4), DX
+	DECQ         DI
 	JNZ          loopAVX512x1
 
 tailAVX512x1:
@@ -55,19 +58,19 @@ oneAVX512x1:
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
 	ADDQ         $0x00000004, CX
-	ADDQ         $0x00000080, DX
+	ADDQ         BX, DX
 	DECQ         AX
 	JNZ          oneAVX512x1
 
 updateAVX512x1:
 	// Scale by alpha, then store into C or add to it.
-	VBROADCASTSS alpha+40(FP), Z30
+	VBROADCASTSS alpha+48(FP), Z30
 	VMULPS       Z30, Z0, Z0
 	VMULPS       Z30, Z1, Z1
-	MOVQ         c+24(FP), AX
-	MOVQ         ldc+32(FP), CX
+	MOVQ         c+32(FP), AX
+	MOVQ         ldc+40(FP), CX
 	SHLQ         $0x02, CX
-	MOVB         accumulate+44(FP), CL
+	MOVB         accumulate+52(FP), CL
 	CMPB         CL, $0x00
 	JE           storeAVX512x1
 	VADDPS       (AX), Z0, Z0
@@ -83,20 +86,23 @@ storeAVX512x1:
 	VZEROUPPER
 	RET
 
-// func kernelAVX512x2(kc int, a *float32, b *float32, c *float32, ldc int, alpha float32, accumulate bool)
+// func kernelAVX512x2(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 // Requires: AVX, AVX512DQ, AVX512F
-TEXT ·kernelAVX512x2(SB), NOSPLIT, $0-45
+TEXT ·kernelAVX512x2(SB), NOSPLIT, $0-53
 	MOVQ kc+0(FP), AX
 	MOVQ a+8(FP), CX
 	MOVQ b+16(FP), DX
+	MOVQ ldb+24(FP), BX
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), SI
 
 	// Zero the accumulators.
 	VXORPS Z0, Z0, Z0
 	VXORPS Z1, Z1, Z1
 	VXORPS Z2, Z2, Z2
 	VXORPS Z3, Z3, Z3
-	MOVQ   AX, BX
-	SHRQ   $0x02, BX
+	MOVQ   AX, DI
+	SHRQ   $0x02, DI
 	JZ     tailAVX512x2
 
 loopAVX512x2:
@@ -108,24 +114,24 @@ loopAVX512x2:
 	VBROADCASTSS 4(CX), Z31
 	VFMADD231PS  Z28, Z31, Z2
 	VFMADD231PS  Z29, Z31, Z3
-	VMOVUPS      128(DX), Z28
-	VMOVUPS      192(DX), Z29
+	VMOVUPS      (DX)(BX*1), Z28
+	VMOVUPS      64(DX)(BX*1), Z29
 	VBROADCASTSS 8(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
 	VBROADCASTSS 12(CX), Z31
 	VFMADD231PS  Z28, Z31, Z2
 	VFMADD231PS  Z29, Z31, Z3
-	VMOVUPS      256(DX), Z28
-	VMOVUPS      320(DX), Z29
+	VMOVUPS      (DX)(BX*2), Z28
+	VMOVUPS      64(DX)(BX*2), Z29
 	VBROADCASTSS 16(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
 	VBROADCASTSS 20(CX), Z31
 	VFMADD231PS  Z28, Z31, Z2
 	VFMADD231PS  Z29, Z31, Z3
-	VMOVUPS      384(DX), Z28
-	VMOVUPS      448(DX), Z29
+	VMOVUPS      (DX)(SI*1), Z28
+	VMOVUPS      64(DX)(SI*1), Z29
 	VBROADCASTSS 24(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -133,8 +139,8 @@ loopAVX512x2:
 	VFMADD231PS  Z28, Z31, Z2
 	VFMADD231PS  Z29, Z31, Z3
 	ADDQ         $0x00000020, CX
-	ADDQ         $0x00000200, DX
-	DECQ         BX
+	LEAQ         (DX)(BX*4), DX
+	DECQ         DI
 	JNZ          loopAVX512x2
 
 tailAVX512x2:
@@ -151,21 +157,21 @@ oneAVX512x2:
 	VFMADD231PS  Z28, Z31, Z2
 	VFMADD231PS  Z29, Z31, Z3
 	ADDQ         $0x00000008, CX
-	ADDQ         $0x00000080, DX
+	ADDQ         BX, DX
 	DECQ         AX
 	JNZ          oneAVX512x2
 
 updateAVX512x2:
 	// Scale by alpha, then store into C or add to it.
-	VBROADCASTSS alpha+40(FP), Z30
+	VBROADCASTSS alpha+48(FP), Z30
 	VMULPS       Z30, Z0, Z0
 	VMULPS       Z30, Z1, Z1
 	VMULPS       Z30, Z2, Z2
 	VMULPS       Z30, Z3, Z3
-	MOVQ         c+24(FP), AX
-	MOVQ         ldc+32(FP), CX
+	MOVQ         c+32(FP), AX
+	MOVQ         ldc+40(FP), CX
 	SHLQ         $0x02, CX
-	MOVB         accumulate+44(FP), DL
+	MOVB         accumulate+52(FP), DL
 	CMPB         DL, $0x00
 	JE           storeAVX512x2
 	VADDPS       (AX), Z0, Z0
@@ -189,12 +195,15 @@ storeAVX512x2:
 	VZEROUPPER
 	RET
 
-// func kernelAVX512x3(kc int, a *float32, b *float32, c *float32, ldc int, alpha float32, accumulate bool)
+// func kernelAVX512x3(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 // Requires: AVX, AVX512DQ, AVX512F
-TEXT ·kernelAVX512x3(SB), NOSPLIT, $0-45
+TEXT ·kernelAVX512x3(SB), NOSPLIT, $0-53
 	MOVQ kc+0(FP), AX
 	MOVQ a+8(FP), CX
 	MOVQ b+16(FP), DX
+	MOVQ ldb+24(FP), BX
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), SI
 
 	// Zero the accumulators.
 	VXORPS Z0, Z0, Z0
@@ -203,8 +212,8 @@ TEXT ·kernelAVX512x3(SB), NOSPLIT, $0-45
 	VXORPS Z3, Z3, Z3
 	VXORPS Z4, Z4, Z4
 	VXORPS Z5, Z5, Z5
-	MOVQ   AX, BX
-	SHRQ   $0x02, BX
+	MOVQ   AX, DI
+	SHRQ   $0x02, DI
 	JZ     tailAVX512x3
 
 loopAVX512x3:
@@ -219,8 +228,8 @@ loopAVX512x3:
 	VBROADCASTSS 8(CX), Z30
 	VFMADD231PS  Z28, Z30, Z4
 	VFMADD231PS  Z29, Z30, Z5
-	VMOVUPS      128(DX), Z28
-	VMOVUPS      192(DX), Z29
+	VMOVUPS      (DX)(BX*1), Z28
+	VMOVUPS      64(DX)(BX*1), Z29
 	VBROADCASTSS 12(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -230,8 +239,8 @@ loopAVX512x3:
 	VBROADCASTSS 20(CX), Z30
 	VFMADD231PS  Z28, Z30, Z4
 	VFMADD231PS  Z29, Z30, Z5
-	VMOVUPS      256(DX), Z28
-	VMOVUPS      320(DX), Z29
+	VMOVUPS      (DX)(BX*2), Z28
+	VMOVUPS      64(DX)(BX*2), Z29
 	VBROADCASTSS 24(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -241,8 +250,8 @@ loopAVX512x3:
 	VBROADCASTSS 32(CX), Z30
 	VFMADD231PS  Z28, Z30, Z4
 	VFMADD231PS  Z29, Z30, Z5
-	VMOVUPS      384(DX), Z28
-	VMOVUPS      448(DX), Z29
+	VMOVUPS      (DX)(SI*1), Z28
+	VMOVUPS      64(DX)(SI*1), Z29
 	VBROADCASTSS 36(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -253,8 +262,8 @@ loopAVX512x3:
 	VFMADD231PS  Z28, Z30, Z4
 	VFMADD231PS  Z29, Z30, Z5
 	ADDQ         $0x00000030, CX
-	ADDQ         $0x00000200, DX
-	DECQ         BX
+	LEAQ         (DX)(BX*4), DX
+	DECQ         DI
 	JNZ          loopAVX512x3
 
 tailAVX512x3:
@@ -274,23 +283,23 @@ oneAVX512x3:
 	VFMADD231PS  Z28, Z30, Z4
 	VFMADD231PS  Z29, Z30, Z5
 	ADDQ         $0x0000000c, CX
-	ADDQ         $0x00000080, DX
+	ADDQ         BX, DX
 	DECQ         AX
 	JNZ          oneAVX512x3
 
 updateAVX512x3:
 	// Scale by alpha, then store into C or add to it.
-	VBROADCASTSS alpha+40(FP), Z30
+	VBROADCASTSS alpha+48(FP), Z30
 	VMULPS       Z30, Z0, Z0
 	VMULPS       Z30, Z1, Z1
 	VMULPS       Z30, Z2, Z2
 	VMULPS       Z30, Z3, Z3
 	VMULPS       Z30, Z4, Z4
 	VMULPS       Z30, Z5, Z5
-	MOVQ         c+24(FP), AX
-	MOVQ         ldc+32(FP), CX
+	MOVQ         c+32(FP), AX
+	MOVQ         ldc+40(FP), CX
 	SHLQ         $0x02, CX
-	MOVB         accumulate+44(FP), DL
+	MOVB         accumulate+52(FP), DL
 	CMPB         DL, $0x00
 	JE           storeAVX512x3
 	VADDPS       (AX), Z0, Z0
@@ -322,12 +331,15 @@ storeAVX512x3:
 	VZEROUPPER
 	RET
 
-// func kernelAVX512x4(kc int, a *float32, b *float32, c *float32, ldc int, alpha float32, accumulate bool)
+// func kernelAVX512x4(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 // Requires: AVX, AVX512DQ, AVX512F
-TEXT ·kernelAVX512x4(SB), NOSPLIT, $0-45
+TEXT ·kernelAVX512x4(SB), NOSPLIT, $0-53
 	MOVQ kc+0(FP), AX
 	MOVQ a+8(FP), CX
 	MOVQ b+16(FP), DX
+	MOVQ ldb+24(FP), BX
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), SI
 
 	// Zero the accumulators.
 	VXORPS Z0, Z0, Z0
@@ -338,8 +350,8 @@ TEXT ·kernelAVX512x4(SB), NOSPLIT, $0-45
 	VXORPS Z5, Z5, Z5
 	VXORPS Z6, Z6, Z6
 	VXORPS Z7, Z7, Z7
-	MOVQ   AX, BX
-	SHRQ   $0x02, BX
+	MOVQ   AX, DI
+	SHRQ   $0x02, DI
 	JZ     tailAVX512x4
 
 loopAVX512x4:
@@ -357,8 +369,8 @@ loopAVX512x4:
 	VBROADCASTSS 12(CX), Z31
 	VFMADD231PS  Z28, Z31, Z6
 	VFMADD231PS  Z29, Z31, Z7
-	VMOVUPS      128(DX), Z28
-	VMOVUPS      192(DX), Z29
+	VMOVUPS      (DX)(BX*1), Z28
+	VMOVUPS      64(DX)(BX*1), Z29
 	VBROADCASTSS 16(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -371,8 +383,8 @@ loopAVX512x4:
 	VBROADCASTSS 28(CX), Z31
 	VFMADD231PS  Z28, Z31, Z6
 	VFMADD231PS  Z29, Z31, Z7
-	VMOVUPS      256(DX), Z28
-	VMOVUPS      320(DX), Z29
+	VMOVUPS      (DX)(BX*2), Z28
+	VMOVUPS      64(DX)(BX*2), Z29
 	VBROADCASTSS 32(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -385,8 +397,8 @@ loopAVX512x4:
 	VBROADCASTSS 44(CX), Z31
 	VFMADD231PS  Z28, Z31, Z6
 	VFMADD231PS  Z29, Z31, Z7
-	VMOVUPS      384(DX), Z28
-	VMOVUPS      448(DX), Z29
+	VMOVUPS      (DX)(SI*1), Z28
+	VMOVUPS      64(DX)(SI*1), Z29
 	VBROADCASTSS 48(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -400,8 +412,8 @@ loopAVX512x4:
 	VFMADD231PS  Z28, Z31, Z6
 	VFMADD231PS  Z29, Z31, Z7
 	ADDQ         $0x00000040, CX
-	ADDQ         $0x00000200, DX
-	DECQ         BX
+	LEAQ         (DX)(BX*4), DX
+	DECQ         DI
 	JNZ          loopAVX512x4
 
 tailAVX512x4:
@@ -424,13 +436,13 @@ oneAVX512x4:
 	VFMADD231PS  Z28, Z31, Z6
 	VFMADD231PS  Z29, Z31, Z7
 	ADDQ         $0x00000010, CX
-	ADDQ         $0x00000080, DX
+	ADDQ         BX, DX
 	DECQ         AX
 	JNZ          oneAVX512x4
 
 updateAVX512x4:
 	// Scale by alpha, then store into C or add to it.
-	VBROADCASTSS alpha+40(FP), Z30
+	VBROADCASTSS alpha+48(FP), Z30
 	VMULPS       Z30, Z0, Z0
 	VMULPS       Z30, Z1, Z1
 	VMULPS       Z30, Z2, Z2
@@ -439,10 +451,10 @@ updateAVX512x4:
 	VMULPS       Z30, Z5, Z5
 	VMULPS       Z30, Z6, Z6
 	VMULPS       Z30, Z7, Z7
-	MOVQ         c+24(FP), AX
-	MOVQ         ldc+32(FP), CX
+	MOVQ         c+32(FP), AX
+	MOVQ         ldc+40(FP), CX
 	SHLQ         $0x02, CX
-	MOVB         accumulate+44(FP), DL
+	MOVB         accumulate+52(FP), DL
 	CMPB         DL, $0x00
 	JE           storeAVX512x4
 	VADDPS       (AX), Z0, Z0
@@ -482,12 +494,15 @@ storeAVX512x4:
 	VZEROUPPER
 	RET
 
-// func kernelAVX512x5(kc int, a *float32, b *float32, c *float32, ldc int, alpha float32, accumulate bool)
+// func kernelAVX512x5(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 // Requires: AVX, AVX512DQ, AVX512F
-TEXT ·kernelAVX512x5(SB), NOSPLIT, $0-45
+TEXT ·kernelAVX512x5(SB), NOSPLIT, $0-53
 	MOVQ kc+0(FP), AX
 	MOVQ a+8(FP), CX
 	MOVQ b+16(FP), DX
+	MOVQ ldb+24(FP), BX
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), SI
 
 	// Zero the accumulators.
 	VXORPS Z0, Z0, Z0
@@ -500,8 +515,8 @@ TEXT ·kernelAVX512x5(SB), NOSPLIT, $0-45
 	VXORPS Z7, Z7, Z7
 	VXORPS Z8, Z8, Z8
 	VXORPS Z9, Z9, Z9
-	MOVQ   AX, BX
-	SHRQ   $0x02, BX
+	MOVQ   AX, DI
+	SHRQ   $0x02, DI
 	JZ     tailAVX512x5
 
 loopAVX512x5:
@@ -522,8 +537,8 @@ loopAVX512x5:
 	VBROADCASTSS 16(CX), Z30
 	VFMADD231PS  Z28, Z30, Z8
 	VFMADD231PS  Z29, Z30, Z9
-	VMOVUPS      128(DX), Z28
-	VMOVUPS      192(DX), Z29
+	VMOVUPS      (DX)(BX*1), Z28
+	VMOVUPS      64(DX)(BX*1), Z29
 	VBROADCASTSS 20(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -539,8 +554,8 @@ loopAVX512x5:
 	VBROADCASTSS 36(CX), Z30
 	VFMADD231PS  Z28, Z30, Z8
 	VFMADD231PS  Z29, Z30, Z9
-	VMOVUPS      256(DX), Z28
-	VMOVUPS      320(DX), Z29
+	VMOVUPS      (DX)(BX*2), Z28
+	VMOVUPS      64(DX)(BX*2), Z29
 	VBROADCASTSS 40(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -556,8 +571,8 @@ loopAVX512x5:
 	VBROADCASTSS 56(CX), Z30
 	VFMADD231PS  Z28, Z30, Z8
 	VFMADD231PS  Z29, Z30, Z9
-	VMOVUPS      384(DX), Z28
-	VMOVUPS      448(DX), Z29
+	VMOVUPS      (DX)(SI*1), Z28
+	VMOVUPS      64(DX)(SI*1), Z29
 	VBROADCASTSS 60(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -574,8 +589,8 @@ loopAVX512x5:
 	VFMADD231PS  Z28, Z30, Z8
 	VFMADD231PS  Z29, Z30, Z9
 	ADDQ         $0x00000050, CX
-	ADDQ         $0x00000200, DX
-	DECQ         BX
+	LEAQ         (DX)(BX*4), DX
+	DECQ         DI
 	JNZ          loopAVX512x5
 
 tailAVX512x5:
@@ -601,13 +616,13 @@ oneAVX512x5:
 	VFMADD231PS  Z28, Z30, Z8
 	VFMADD231PS  Z29, Z30, Z9
 	ADDQ         $0x00000014, CX
-	ADDQ         $0x00000080, DX
+	ADDQ         BX, DX
 	DECQ         AX
 	JNZ          oneAVX512x5
 
 updateAVX512x5:
 	// Scale by alpha, then store into C or add to it.
-	VBROADCASTSS alpha+40(FP), Z30
+	VBROADCASTSS alpha+48(FP), Z30
 	VMULPS       Z30, Z0, Z0
 	VMULPS       Z30, Z1, Z1
 	VMULPS       Z30, Z2, Z2
@@ -618,10 +633,10 @@ updateAVX512x5:
 	VMULPS       Z30, Z7, Z7
 	VMULPS       Z30, Z8, Z8
 	VMULPS       Z30, Z9, Z9
-	MOVQ         c+24(FP), AX
-	MOVQ         ldc+32(FP), CX
+	MOVQ         c+32(FP), AX
+	MOVQ         ldc+40(FP), CX
 	SHLQ         $0x02, CX
-	MOVB         accumulate+44(FP), DL
+	MOVB         accumulate+52(FP), DL
 	CMPB         DL, $0x00
 	JE           storeAVX512x5
 	VADDPS       (AX), Z0, Z0
@@ -669,12 +684,15 @@ storeAVX512x5:
 	VZEROUPPER
 	RET
 
-// func kernelAVX512x6(kc int, a *float32, b *float32, c *float32, ldc int, alpha float32, accumulate bool)
+// func kernelAVX512x6(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 // Requires: AVX, AVX512DQ, AVX512F
-TEXT ·kernelAVX512x6(SB), NOSPLIT, $0-45
+TEXT ·kernelAVX512x6(SB), NOSPLIT, $0-53
 	MOVQ kc+0(FP), AX
 	MOVQ a+8(FP), CX
 	MOVQ b+16(FP), DX
+	MOVQ ldb+24(FP), BX
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), SI
 
 	// Zero the accumulators.
 	VXORPS Z0, Z0, Z0
@@ -689,8 +707,8 @@ TEXT ·kernelAVX512x6(SB), NOSPLIT, $0-45
 	VXORPS Z9, Z9, Z9
 	VXORPS Z10, Z10, Z10
 	VXORPS Z11, Z11, Z11
-	MOVQ   AX, BX
-	SHRQ   $0x02, BX
+	MOVQ   AX, DI
+	SHRQ   $0x02, DI
 	JZ     tailAVX512x6
 
 loopAVX512x6:
@@ -714,8 +732,8 @@ loopAVX512x6:
 	VBROADCASTSS 20(CX), Z31
 	VFMADD231PS  Z28, Z31, Z10
 	VFMADD231PS  Z29, Z31, Z11
-	VMOVUPS      128(DX), Z28
-	VMOVUPS      192(DX), Z29
+	VMOVUPS      (DX)(BX*1), Z28
+	VMOVUPS      64(DX)(BX*1), Z29
 	VBROADCASTSS 24(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -734,8 +752,8 @@ loopAVX512x6:
 	VBROADCASTSS 44(CX), Z31
 	VFMADD231PS  Z28, Z31, Z10
 	VFMADD231PS  Z29, Z31, Z11
-	VMOVUPS      256(DX), Z28
-	VMOVUPS      320(DX), Z29
+	VMOVUPS      (DX)(BX*2), Z28
+	VMOVUPS      64(DX)(BX*2), Z29
 	VBROADCASTSS 48(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -754,8 +772,8 @@ loopAVX512x6:
 	VBROADCASTSS 68(CX), Z31
 	VFMADD231PS  Z28, Z31, Z10
 	VFMADD231PS  Z29, Z31, Z11
-	VMOVUPS      384(DX), Z28
-	VMOVUPS      448(DX), Z29
+	VMOVUPS      (DX)(SI*1), Z28
+	VMOVUPS      64(DX)(SI*1), Z29
 	VBROADCASTSS 72(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -775,8 +793,8 @@ loopAVX512x6:
 	VFMADD231PS  Z28, Z31, Z10
 	VFMADD231PS  Z29, Z31, Z11
 	ADDQ         $0x00000060, CX
-	ADDQ         $0x00000200, DX
-	DECQ         BX
+	LEAQ         (DX)(BX*4), DX
+	DECQ         DI
 	JNZ          loopAVX512x6
 
 tailAVX512x6:
@@ -805,13 +823,13 @@ oneAVX512x6:
 	VFMADD231PS  Z28, Z31, Z10
 	VFMADD231PS  Z29, Z31, Z11
 	ADDQ         $0x00000018, CX
-	ADDQ         $0x00000080, DX
+	ADDQ         BX, DX
 	DECQ         AX
 	JNZ          oneAVX512x6
 
 updateAVX512x6:
 	// Scale by alpha, then store into C or add to it.
-	VBROADCASTSS alpha+40(FP), Z30
+	VBROADCASTSS alpha+48(FP), Z30
 	VMULPS       Z30, Z0, Z0
 	VMULPS       Z30, Z1, Z1
 	VMULPS       Z30, Z2, Z2
@@ -824,10 +842,10 @@ updateAVX512x6:
 	VMULPS       Z30, Z9, Z9
 	VMULPS       Z30, Z10, Z10
 	VMULPS       Z30, Z11, Z11
-	MOVQ         c+24(FP), AX
-	MOVQ         ldc+32(FP), CX
+	MOVQ         c+32(FP), AX
+	MOVQ         ldc+40(FP), CX
 	SHLQ         $0x02, CX
-	MOVB         accumulate+44(FP), DL
+	MOVB         accumulate+52(FP), DL
 	CMPB         DL, $0x00
 	JE           storeAVX512x6
 	VADDPS       (AX), Z0, Z0
@@ -883,12 +901,15 @@ storeAVX512x6:
 	VZEROUPPER
 	RET
 
-// func kernelAVX512x7(kc int, a *float32, b *float32, c *float32, ldc int, alpha float32, accumulate bool)
+// func kernelAVX512x7(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 // Requires: AVX, AVX512DQ, AVX512F
-TEXT ·kernelAVX512x7(SB), NOSPLIT, $0-45
+TEXT ·kernelAVX512x7(SB), NOSPLIT, $0-53
 	MOVQ kc+0(FP), AX
 	MOVQ a+8(FP), CX
 	MOVQ b+16(FP), DX
+	MOVQ ldb+24(FP), BX
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), SI
 
 	// Zero the accumulators.
 	VXORPS Z0, Z0, Z0
@@ -905,8 +926,8 @@ TEXT ·kernelAVX512x7(SB), NOSPLIT, $0-45
 	VXORPS Z11, Z11, Z11
 	VXORPS Z12, Z12, Z12
 	VXORPS Z13, Z13, Z13
-	MOVQ   AX, BX
-	SHRQ   $0x02, BX
+	MOVQ   AX, DI
+	SHRQ   $0x02, DI
 	JZ     tailAVX512x7
 
 loopAVX512x7:
@@ -933,8 +954,8 @@ loopAVX512x7:
 	VBROADCASTSS 24(CX), Z30
 	VFMADD231PS  Z28, Z30, Z12
 	VFMADD231PS  Z29, Z30, Z13
-	VMOVUPS      128(DX), Z28
-	VMOVUPS      192(DX), Z29
+	VMOVUPS      (DX)(BX*1), Z28
+	VMOVUPS      64(DX)(BX*1), Z29
 	VBROADCASTSS 28(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -956,8 +977,8 @@ loopAVX512x7:
 	VBROADCASTSS 52(CX), Z30
 	VFMADD231PS  Z28, Z30, Z12
 	VFMADD231PS  Z29, Z30, Z13
-	VMOVUPS      256(DX), Z28
-	VMOVUPS      320(DX), Z29
+	VMOVUPS      (DX)(BX*2), Z28
+	VMOVUPS      64(DX)(BX*2), Z29
 	VBROADCASTSS 56(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -979,8 +1000,8 @@ loopAVX512x7:
 	VBROADCASTSS 80(CX), Z30
 	VFMADD231PS  Z28, Z30, Z12
 	VFMADD231PS  Z29, Z30, Z13
-	VMOVUPS      384(DX), Z28
-	VMOVUPS      448(DX), Z29
+	VMOVUPS      (DX)(SI*1), Z28
+	VMOVUPS      64(DX)(SI*1), Z29
 	VBROADCASTSS 84(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -1003,8 +1024,8 @@ loopAVX512x7:
 	VFMADD231PS  Z28, Z30, Z12
 	VFMADD231PS  Z29, Z30, Z13
 	ADDQ         $0x00000070, CX
-	ADDQ         $0x00000200, DX
-	DECQ         BX
+	LEAQ         (DX)(BX*4), DX
+	DECQ         DI
 	JNZ          loopAVX512x7
 
 tailAVX512x7:
@@ -1036,13 +1057,13 @@ oneAVX512x7:
 	VFMADD231PS  Z28, Z30, Z12
 	VFMADD231PS  Z29, Z30, Z13
 	ADDQ         $0x0000001c, CX
-	ADDQ         $0x00000080, DX
+	ADDQ         BX, DX
 	DECQ         AX
 	JNZ          oneAVX512x7
 
 updateAVX512x7:
 	// Scale by alpha, then store into C or add to it.
-	VBROADCASTSS alpha+40(FP), Z30
+	VBROADCASTSS alpha+48(FP), Z30
 	VMULPS       Z30, Z0, Z0
 	VMULPS       Z30, Z1, Z1
 	VMULPS       Z30, Z2, Z2
@@ -1057,10 +1078,10 @@ updateAVX512x7:
 	VMULPS       Z30, Z11, Z11
 	VMULPS       Z30, Z12, Z12
 	VMULPS       Z30, Z13, Z13
-	MOVQ         c+24(FP), AX
-	MOVQ         ldc+32(FP), CX
+	MOVQ         c+32(FP), AX
+	MOVQ         ldc+40(FP), CX
 	SHLQ         $0x02, CX
-	MOVB         accumulate+44(FP), DL
+	MOVB         accumulate+52(FP), DL
 	CMPB         DL, $0x00
 	JE           storeAVX512x7
 	VADDPS       (AX), Z0, Z0
@@ -1124,12 +1145,15 @@ storeAVX512x7:
 	VZEROUPPER
 	RET
 
-// func kernelAVX512x8(kc int, a *float32, b *float32, c *float32, ldc int, alpha float32, accumulate bool)
+// func kernelAVX512x8(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 // Requires: AVX, AVX512DQ, AVX512F
-TEXT ·kernelAVX512x8(SB), NOSPLIT, $0-45
+TEXT ·kernelAVX512x8(SB), NOSPLIT, $0-53
 	MOVQ kc+0(FP), AX
 	MOVQ a+8(FP), CX
 	MOVQ b+16(FP), DX
+	MOVQ ldb+24(FP), BX
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), SI
 
 	// Zero the accumulators.
 	VXORPS Z0, Z0, Z0
@@ -1148,8 +1172,8 @@ TEXT ·kernelAVX512x8(SB), NOSPLIT, $0-45
 	VXORPS Z13, Z13, Z13
 	VXORPS Z14, Z14, Z14
 	VXORPS Z15, Z15, Z15
-	MOVQ   AX, BX
-	SHRQ   $0x02, BX
+	MOVQ   AX, DI
+	SHRQ   $0x02, DI
 	JZ     tailAVX512x8
 
 loopAVX512x8:
@@ -1179,8 +1203,8 @@ loopAVX512x8:
 	VBROADCASTSS 28(CX), Z31
 	VFMADD231PS  Z28, Z31, Z14
 	VFMADD231PS  Z29, Z31, Z15
-	VMOVUPS      128(DX), Z28
-	VMOVUPS      192(DX), Z29
+	VMOVUPS      (DX)(BX*1), Z28
+	VMOVUPS      64(DX)(BX*1), Z29
 	VBROADCASTSS 32(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -1205,8 +1229,8 @@ loopAVX512x8:
 	VBROADCASTSS 60(CX), Z31
 	VFMADD231PS  Z28, Z31, Z14
 	VFMADD231PS  Z29, Z31, Z15
-	VMOVUPS      256(DX), Z28
-	VMOVUPS      320(DX), Z29
+	VMOVUPS      (DX)(BX*2), Z28
+	VMOVUPS      64(DX)(BX*2), Z29
 	VBROADCASTSS 64(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -1231,8 +1255,8 @@ loopAVX512x8:
 	VBROADCASTSS 92(CX), Z31
 	VFMADD231PS  Z28, Z31, Z14
 	VFMADD231PS  Z29, Z31, Z15
-	VMOVUPS      384(DX), Z28
-	VMOVUPS      448(DX), Z29
+	VMOVUPS      (DX)(SI*1), Z28
+	VMOVUPS      64(DX)(SI*1), Z29
 	VBROADCASTSS 96(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -1258,8 +1282,8 @@ loopAVX512x8:
 	VFMADD231PS  Z28, Z31, Z14
 	VFMADD231PS  Z29, Z31, Z15
 	ADDQ         $0x00000080, CX
-	ADDQ         $0x00000200, DX
-	DECQ         BX
+	LEAQ         (DX)(BX*4), DX
+	DECQ         DI
 	JNZ          loopAVX512x8
 
 tailAVX512x8:
@@ -1294,13 +1318,13 @@ oneAVX512x8:
 	VFMADD231PS  Z28, Z31, Z14
 	VFMADD231PS  Z29, Z31, Z15
 	ADDQ         $0x00000020, CX
-	ADDQ         $0x00000080, DX
+	ADDQ         BX, DX
 	DECQ         AX
 	JNZ          oneAVX512x8
 
 updateAVX512x8:
 	// Scale by alpha, then store into C or add to it.
-	VBROADCASTSS alpha+40(FP), Z30
+	VBROADCASTSS alpha+48(FP), Z30
 	VMULPS       Z30, Z0, Z0
 	VMULPS       Z30, Z1, Z1
 	VMULPS       Z30, Z2, Z2
@@ -1317,10 +1341,10 @@ updateAVX512x8:
 	VMULPS       Z30, Z13, Z13
 	VMULPS       Z30, Z14, Z14
 	VMULPS       Z30, Z15, Z15
-	MOVQ         c+24(FP), AX
-	MOVQ         ldc+32(FP), CX
+	MOVQ         c+32(FP), AX
+	MOVQ         ldc+40(FP), CX
 	SHLQ         $0x02, CX
-	MOVB         accumulate+44(FP), DL
+	MOVB         accumulate+52(FP), DL
 	CMPB         DL, $0x00
 	JE           storeAVX512x8
 	VADDPS       (AX), Z0, Z0
@@ -1392,12 +1416,15 @@ storeAVX512x8:
 	VZEROUPPER
 	RET
 
-// func kernelAVX512x9(kc int, a *float32, b *float32, c *float32, ldc int, alpha float32, accumulate bool)
+// func kernelAVX512x9(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 // Requires: AVX, AVX512DQ, AVX512F
-TEXT ·kernelAVX512x9(SB), NOSPLIT, $0-45
+TEXT ·kernelAVX512x9(SB), NOSPLIT, $0-53
 	MOVQ kc+0(FP), AX
 	MOVQ a+8(FP), CX
 	MOVQ b+16(FP), DX
+	MOVQ ldb+24(FP), BX
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), SI
 
 	// Zero the accumulators.
 	VXORPS Z0, Z0, Z0
@@ -1418,8 +1445,8 @@ TEXT ·kernelAVX512x9(SB), NOSPLIT, $0-45
 	VXORPS Z15, Z15, Z15
 	VXORPS Z16, Z16, Z16
 	VXORPS Z17, Z17, Z17
-	MOVQ   AX, BX
-	SHRQ   $0x02, BX
+	MOVQ   AX, DI
+	SHRQ   $0x02, DI
 	JZ     tailAVX512x9
 
 loopAVX512x9:
@@ -1452,8 +1479,8 @@ loopAVX512x9:
 	VBROADCASTSS 32(CX), Z30
 	VFMADD231PS  Z28, Z30, Z16
 	VFMADD231PS  Z29, Z30, Z17
-	VMOVUPS      128(DX), Z28
-	VMOVUPS      192(DX), Z29
+	VMOVUPS      (DX)(BX*1), Z28
+	VMOVUPS      64(DX)(BX*1), Z29
 	VBROADCASTSS 36(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -1481,8 +1508,8 @@ loopAVX512x9:
 	VBROADCASTSS 68(CX), Z30
 	VFMADD231PS  Z28, Z30, Z16
 	VFMADD231PS  Z29, Z30, Z17
-	VMOVUPS      256(DX), Z28
-	VMOVUPS      320(DX), Z29
+	VMOVUPS      (DX)(BX*2), Z28
+	VMOVUPS      64(DX)(BX*2), Z29
 	VBROADCASTSS 72(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -1510,8 +1537,8 @@ loopAVX512x9:
 	VBROADCASTSS 104(CX), Z30
 	VFMADD231PS  Z28, Z30, Z16
 	VFMADD231PS  Z29, Z30, Z17
-	VMOVUPS      384(DX), Z28
-	VMOVUPS      448(DX), Z29
+	VMOVUPS      (DX)(SI*1), Z28
+	VMOVUPS      64(DX)(SI*1), Z29
 	VBROADCASTSS 108(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -1540,8 +1567,8 @@ loopAVX512x9:
 	VFMADD231PS  Z28, Z30, Z16
 	VFMADD231PS  Z29, Z30, Z17
 	ADDQ         $0x00000090, CX
-	ADDQ         $0x00000200, DX
-	DECQ         BX
+	LEAQ         (DX)(BX*4), DX
+	DECQ         DI
 	JNZ          loopAVX512x9
 
 tailAVX512x9:
@@ -1579,13 +1606,13 @@ oneAVX512x9:
 	VFMADD231PS  Z28, Z30, Z16
 	VFMADD231PS  Z29, Z30, Z17
 	ADDQ         $0x00000024, CX
-	ADDQ         $0x00000080, DX
+	ADDQ         BX, DX
 	DECQ         AX
 	JNZ          oneAVX512x9
 
 updateAVX512x9:
 	// Scale by alpha, then store into C or add to it.
-	VBROADCASTSS alpha+40(FP), Z30
+	VBROADCASTSS alpha+48(FP), Z30
 	VMULPS       Z30, Z0, Z0
 	VMULPS       Z30, Z1, Z1
 	VMULPS       Z30, Z2, Z2
@@ -1604,10 +1631,10 @@ updateAVX512x9:
 	VMULPS       Z30, Z15, Z15
 	VMULPS       Z30, Z16, Z16
 	VMULPS       Z30, Z17, Z17
-	MOVQ         c+24(FP), AX
-	MOVQ         ldc+32(FP), CX
+	MOVQ         c+32(FP), AX
+	MOVQ         ldc+40(FP), CX
 	SHLQ         $0x02, CX
-	MOVB         accumulate+44(FP), DL
+	MOVB         accumulate+52(FP), DL
 	CMPB         DL, $0x00
 	JE           storeAVX512x9
 	VADDPS       (AX), Z0, Z0
@@ -1687,12 +1714,15 @@ storeAVX512x9:
 	VZEROUPPER
 	RET
 
-// func kernelAVX512x10(kc int, a *float32, b *float32, c *float32, ldc int, alpha float32, accumulate bool)
+// func kernelAVX512x10(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 // Requires: AVX, AVX512DQ, AVX512F
-TEXT ·kernelAVX512x10(SB), NOSPLIT, $0-45
+TEXT ·kernelAVX512x10(SB), NOSPLIT, $0-53
 	MOVQ kc+0(FP), AX
 	MOVQ a+8(FP), CX
 	MOVQ b+16(FP), DX
+	MOVQ ldb+24(FP), BX
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), SI
 
 	// Zero the accumulators.
 	VXORPS Z0, Z0, Z0
@@ -1715,8 +1745,8 @@ TEXT ·kernelAVX512x10(SB), NOSPLIT, $0-45
 	VXORPS Z17, Z17, Z17
 	VXORPS Z18, Z18, Z18
 	VXORPS Z19, Z19, Z19
-	MOVQ   AX, BX
-	SHRQ   $0x02, BX
+	MOVQ   AX, DI
+	SHRQ   $0x02, DI
 	JZ     tailAVX512x10
 
 loopAVX512x10:
@@ -1752,8 +1782,8 @@ loopAVX512x10:
 	VBROADCASTSS 36(CX), Z31
 	VFMADD231PS  Z28, Z31, Z18
 	VFMADD231PS  Z29, Z31, Z19
-	VMOVUPS      128(DX), Z28
-	VMOVUPS      192(DX), Z29
+	VMOVUPS      (DX)(BX*1), Z28
+	VMOVUPS      64(DX)(BX*1), Z29
 	VBROADCASTSS 40(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -1784,8 +1814,8 @@ loopAVX512x10:
 	VBROADCASTSS 76(CX), Z31
 	VFMADD231PS  Z28, Z31, Z18
 	VFMADD231PS  Z29, Z31, Z19
-	VMOVUPS      256(DX), Z28
-	VMOVUPS      320(DX), Z29
+	VMOVUPS      (DX)(BX*2), Z28
+	VMOVUPS      64(DX)(BX*2), Z29
 	VBROADCASTSS 80(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -1816,8 +1846,8 @@ loopAVX512x10:
 	VBROADCASTSS 116(CX), Z31
 	VFMADD231PS  Z28, Z31, Z18
 	VFMADD231PS  Z29, Z31, Z19
-	VMOVUPS      384(DX), Z28
-	VMOVUPS      448(DX), Z29
+	VMOVUPS      (DX)(SI*1), Z28
+	VMOVUPS      64(DX)(SI*1), Z29
 	VBROADCASTSS 120(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -1849,8 +1879,8 @@ loopAVX512x10:
 	VFMADD231PS  Z28, Z31, Z18
 	VFMADD231PS  Z29, Z31, Z19
 	ADDQ         $0x000000a0, CX
-	ADDQ         $0x00000200, DX
-	DECQ         BX
+	LEAQ         (DX)(BX*4), DX
+	DECQ         DI
 	JNZ          loopAVX512x10
 
 tailAVX512x10:
@@ -1891,13 +1921,13 @@ oneAVX512x10:
 	VFMADD231PS  Z28, Z31, Z18
 	VFMADD231PS  Z29, Z31, Z19
 	ADDQ         $0x00000028, CX
-	ADDQ         $0x00000080, DX
+	ADDQ         BX, DX
 	DECQ         AX
 	JNZ          oneAVX512x10
 
 updateAVX512x10:
 	// Scale by alpha, then store into C or add to it.
-	VBROADCASTSS alpha+40(FP), Z30
+	VBROADCASTSS alpha+48(FP), Z30
 	VMULPS       Z30, Z0, Z0
 	VMULPS       Z30, Z1, Z1
 	VMULPS       Z30, Z2, Z2
@@ -1918,10 +1948,10 @@ updateAVX512x10:
 	VMULPS       Z30, Z17, Z17
 	VMULPS       Z30, Z18, Z18
 	VMULPS       Z30, Z19, Z19
-	MOVQ         c+24(FP), AX
-	MOVQ         ldc+32(FP), CX
+	MOVQ         c+32(FP), AX
+	MOVQ         ldc+40(FP), CX
 	SHLQ         $0x02, CX
-	MOVB         accumulate+44(FP), DL
+	MOVB         accumulate+52(FP), DL
 	CMPB         DL, $0x00
 	JE           storeAVX512x10
 	VADDPS       (AX), Z0, Z0
@@ -2009,12 +2039,15 @@ storeAVX512x10:
 	VZEROUPPER
 	RET
 
-// func kernelAVX512x11(kc int, a *float32, b *float32, c *float32, ldc int, alpha float32, accumulate bool)
+// func kernelAVX512x11(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 // Requires: AVX, AVX512DQ, AVX512F
-TEXT ·kernelAVX512x11(SB), NOSPLIT, $0-45
+TEXT ·kernelAVX512x11(SB), NOSPLIT, $0-53
 	MOVQ kc+0(FP), AX
 	MOVQ a+8(FP), CX
 	MOVQ b+16(FP), DX
+	MOVQ ldb+24(FP), BX
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), SI
 
 	// Zero the accumulators.
 	VXORPS Z0, Z0, Z0
@@ -2039,8 +2072,8 @@ TEXT ·kernelAVX512x11(SB), NOSPLIT, $0-45
 	VXORPS Z19, Z19, Z19
 	VXORPS Z20, Z20, Z20
 	VXORPS Z21, Z21, Z21
-	MOVQ   AX, BX
-	SHRQ   $0x02, BX
+	MOVQ   AX, DI
+	SHRQ   $0x02, DI
 	JZ     tailAVX512x11
 
 loopAVX512x11:
@@ -2079,8 +2112,8 @@ loopAVX512x11:
 	VBROADCASTSS 40(CX), Z30
 	VFMADD231PS  Z28, Z30, Z20
 	VFMADD231PS  Z29, Z30, Z21
-	VMOVUPS      128(DX), Z28
-	VMOVUPS      192(DX), Z29
+	VMOVUPS      (DX)(BX*1), Z28
+	VMOVUPS      64(DX)(BX*1), Z29
 	VBROADCASTSS 44(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -2114,8 +2147,8 @@ loopAVX512x11:
 	VBROADCASTSS 84(CX), Z30
 	VFMADD231PS  Z28, Z30, Z20
 	VFMADD231PS  Z29, Z30, Z21
-	VMOVUPS      256(DX), Z28
-	VMOVUPS      320(DX), Z29
+	VMOVUPS      (DX)(BX*2), Z28
+	VMOVUPS      64(DX)(BX*2), Z29
 	VBROADCASTSS 88(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -2149,8 +2182,8 @@ loopAVX512x11:
 	VBROADCASTSS 128(CX), Z30
 	VFMADD231PS  Z28, Z30, Z20
 	VFMADD231PS  Z29, Z30, Z21
-	VMOVUPS      384(DX), Z28
-	VMOVUPS      448(DX), Z29
+	VMOVUPS      (DX)(SI*1), Z28
+	VMOVUPS      64(DX)(SI*1), Z29
 	VBROADCASTSS 132(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -2185,8 +2218,8 @@ loopAVX512x11:
 	VFMADD231PS  Z28, Z30, Z20
 	VFMADD231PS  Z29, Z30, Z21
 	ADDQ         $0x000000b0, CX
-	ADDQ         $0x00000200, DX
-	DECQ         BX
+	LEAQ         (DX)(BX*4), DX
+	DECQ         DI
 	JNZ          loopAVX512x11
 
 tailAVX512x11:
@@ -2230,13 +2263,13 @@ oneAVX512x11:
 	VFMADD231PS  Z28, Z30, Z20
 	VFMADD231PS  Z29, Z30, Z21
 	ADDQ         $0x0000002c, CX
-	ADDQ         $0x00000080, DX
+	ADDQ         BX, DX
 	DECQ         AX
 	JNZ          oneAVX512x11
 
 updateAVX512x11:
 	// Scale by alpha, then store into C or add to it.
-	VBROADCASTSS alpha+40(FP), Z30
+	VBROADCASTSS alpha+48(FP), Z30
 	VMULPS       Z30, Z0, Z0
 	VMULPS       Z30, Z1, Z1
 	VMULPS       Z30, Z2, Z2
@@ -2259,10 +2292,10 @@ updateAVX512x11:
 	VMULPS       Z30, Z19, Z19
 	VMULPS       Z30, Z20, Z20
 	VMULPS       Z30, Z21, Z21
-	MOVQ         c+24(FP), AX
-	MOVQ         ldc+32(FP), CX
+	MOVQ         c+32(FP), AX
+	MOVQ         ldc+40(FP), CX
 	SHLQ         $0x02, CX
-	MOVB         accumulate+44(FP), DL
+	MOVB         accumulate+52(FP), DL
 	CMPB         DL, $0x00
 	JE           storeAVX512x11
 	VADDPS       (AX), Z0, Z0
@@ -2358,12 +2391,15 @@ storeAVX512x11:
 	VZEROUPPER
 	RET
 
-// func kernelAVX512x12(kc int, a *float32, b *float32, c *float32, ldc int, alpha float32, accumulate bool)
+// func kernelAVX512x12(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 // Requires: AVX, AVX512DQ, AVX512F
-TEXT ·kernelAVX512x12(SB), NOSPLIT, $0-45
+TEXT ·kernelAVX512x12(SB), NOSPLIT, $0-53
 	MOVQ kc+0(FP), AX
 	MOVQ a+8(FP), CX
 	MOVQ b+16(FP), DX
+	MOVQ ldb+24(FP), BX
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), SI
 
 	// Zero the accumulators.
 	VXORPS Z0, Z0, Z0
@@ -2390,8 +2426,8 @@ TEXT ·kernelAVX512x12(SB), NOSPLIT, $0-45
 	VXORPS Z21, Z21, Z21
 	VXORPS Z22, Z22, Z22
 	VXORPS Z23, Z23, Z23
-	MOVQ   AX, BX
-	SHRQ   $0x02, BX
+	MOVQ   AX, DI
+	SHRQ   $0x02, DI
 	JZ     tailAVX512x12
 
 loopAVX512x12:
@@ -2433,8 +2469,8 @@ loopAVX512x12:
 	VBROADCASTSS 44(CX), Z31
 	VFMADD231PS  Z28, Z31, Z22
 	VFMADD231PS  Z29, Z31, Z23
-	VMOVUPS      128(DX), Z28
-	VMOVUPS      192(DX), Z29
+	VMOVUPS      (DX)(BX*1), Z28
+	VMOVUPS      64(DX)(BX*1), Z29
 	VBROADCASTSS 48(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -2471,8 +2507,8 @@ loopAVX512x12:
 	VBROADCASTSS 92(CX), Z31
 	VFMADD231PS  Z28, Z31, Z22
 	VFMADD231PS  Z29, Z31, Z23
-	VMOVUPS      256(DX), Z28
-	VMOVUPS      320(DX), Z29
+	VMOVUPS      (DX)(BX*2), Z28
+	VMOVUPS      64(DX)(BX*2), Z29
 	VBROADCASTSS 96(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -2509,8 +2545,8 @@ loopAVX512x12:
 	VBROADCASTSS 140(CX), Z31
 	VFMADD231PS  Z28, Z31, Z22
 	VFMADD231PS  Z29, Z31, Z23
-	VMOVUPS      384(DX), Z28
-	VMOVUPS      448(DX), Z29
+	VMOVUPS      (DX)(SI*1), Z28
+	VMOVUPS      64(DX)(SI*1), Z29
 	VBROADCASTSS 144(CX), Z30
 	VFMADD231PS  Z28, Z30, Z0
 	VFMADD231PS  Z29, Z30, Z1
@@ -2548,8 +2584,8 @@ loopAVX512x12:
 	VFMADD231PS  Z28, Z31, Z22
 	VFMADD231PS  Z29, Z31, Z23
 	ADDQ         $0x000000c0, CX
-	ADDQ         $0x00000200, DX
-	DECQ         BX
+	LEAQ         (DX)(BX*4), DX
+	DECQ         DI
 	JNZ          loopAVX512x12
 
 tailAVX512x12:
@@ -2596,13 +2632,13 @@ oneAVX512x12:
 	VFMADD231PS  Z28, Z31, Z22
 	VFMADD231PS  Z29, Z31, Z23
 	ADDQ         $0x00000030, CX
-	ADDQ         $0x00000080, DX
+	ADDQ         BX, DX
 	DECQ         AX
 	JNZ          oneAVX512x12
 
 updateAVX512x12:
 	// Scale by alpha, then store into C or add to it.
-	VBROADCASTSS alpha+40(FP), Z30
+	VBROADCASTSS alpha+48(FP), Z30
 	VMULPS       Z30, Z0, Z0
 	VMULPS       Z30, Z1, Z1
 	VMULPS       Z30, Z2, Z2
@@ -2627,10 +2663,10 @@ updateAVX512x12:
 	VMULPS       Z30, Z21, Z21
 	VMULPS       Z30, Z22, Z22
 	VMULPS       Z30, Z23, Z23
-	MOVQ         c+24(FP), AX
-	MOVQ         ldc+32(FP), CX
+	MOVQ         c+32(FP), AX
+	MOVQ         ldc+40(FP), CX
 	SHLQ         $0x02, CX
-	MOVB         accumulate+44(FP), DL
+	MOVB         accumulate+52(FP), DL
 	CMPB         DL, $0x00
 	JE           storeAVX512x12
 	VADDPS       (AX), Z0, Z0
@@ -2734,18 +2770,21 @@ storeAVX512x12:
 	VZEROUPPER
 	RET
 
-// func kernelAVX2x1(kc int, a *float32, b *float32, c *float32, ldc int, alpha float32, accumulate bool)
+// func kernelAVX2x1(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 // Requires: AVX, FMA3
-TEXT ·kernelAVX2x1(SB), NOSPLIT, $0-45
+TEXT ·kernelAVX2x1(SB), NOSPLIT, $0-53
 	MOVQ kc+0(FP), AX
 	MOVQ a+8(FP), CX
 	MOVQ b+16(FP), DX
+	MOVQ ldb+24(FP), BX
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), SI
 
 	// Zero the accumulators.
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
-	MOVQ   AX, BX
-	SHRQ   $0x02, BX
+	MOVQ   AX, DI
+	SHRQ   $0x02, DI
 	JZ     tailAVX2x1
 
 loopAVX2x1:
@@ -2754,24 +2793,24 @@ loopAVX2x1:
 	VBROADCASTSS (CX), Y14
 	VFMADD231PS  Y12, Y14, Y0
 	VFMADD231PS  Y13, Y14, Y1
-	VMOVUPS      64(DX), Y12
-	VMOVUPS      96(DX), Y13
+	VMOVUPS      (DX)(BX*1), Y12
+	VMOVUPS      32(DX)(BX*1), Y13
 	VBROADCASTSS 4(CX), Y14
 	VFMADD231PS  Y12, Y14, Y0
 	VFMADD231PS  Y13, Y14, Y1
-	VMOVUPS      128(DX), Y12
-	VMOVUPS      160(DX), Y13
+	VMOVUPS      (DX)(BX*2), Y12
+	VMOVUPS      32(DX)(BX*2), Y13
 	VBROADCASTSS 8(CX), Y14
 	VFMADD231PS  Y12, Y14, Y0
 	VFMADD231PS  Y13, Y14, Y1
-	VMOVUPS      192(DX), Y12
-	VMOVUPS      224(DX), Y13
+	VMOVUPS      (DX)(SI*1), Y12
+	VMOVUPS      32(DX)(SI*1), Y13
 	VBROADCASTSS 12(CX), Y14
 	VFMADD231PS  Y12, Y14, Y0
 	VFMADD231PS  Y13, Y14, Y1
 	ADDQ         $0x00000010, CX
-	ADDQ         $0x00000100, DX
-	DECQ         BX
+	LEAQ         (DX)(BX*4), DX
+	DECQ         DI
 	JNZ          loopAVX2x1
 
 tailAVX2x1:
@@ -2785,19 +2824,19 @@ oneAVX2x1:
 	VFMADD231PS  Y12, Y14, Y0
 	VFMADD231PS  Y13, Y14, Y1
 	ADDQ         $0x00000004, CX
-	ADDQ         $0x00000040, DX
+	ADDQ         BX, DX
 	DECQ         AX
 	JNZ          oneAVX2x1
 
 updateAVX2x1:
 	// Scale by alpha, then store into C or add to it.
-	VBROADCASTSS alpha+40(FP), Y14
+	VBROADCASTSS alpha+48(FP), Y14
 	VMULPS       Y14, Y0, Y0
 	VMULPS       Y14, Y1, Y1
-	MOVQ         c+24(FP), AX
-	MOVQ         ldc+32(FP), CX
+	MOVQ         c+32(FP), AX
+	MOVQ         ldc+40(FP), CX
 	SHLQ         $0x02, CX
-	MOVB         accumulate+44(FP), CL
+	MOVB         accumulate+52(FP), CL
 	CMPB         CL, $0x00
 	JE           storeAVX2x1
 	VADDPS       (AX), Y0, Y0
@@ -2813,20 +2852,23 @@ storeAVX2x1:
 	VZEROUPPER
 	RET
 
-// func kernelAVX2x2(kc int, a *float32, b *float32, c *float32, ldc int, alpha float32, accumulate bool)
+// func kernelAVX2x2(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 // Requires: AVX, FMA3
-TEXT ·kernelAVX2x2(SB), NOSPLIT, $0-45
+TEXT ·kernelAVX2x2(SB), NOSPLIT, $0-53
 	MOVQ kc+0(FP), AX
 	MOVQ a+8(FP), CX
 	MOVQ b+16(FP), DX
+	MOVQ ldb+24(FP), BX
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), SI
 
 	// Zero the accumulators.
 	VXORPS Y0, Y0, Y0
 	VXORPS Y1, Y1, Y1
 	VXORPS Y2, Y2, Y2
 	VXORPS Y3, Y3, Y3
-	MOVQ   AX, BX
-	SHRQ   $0x02, BX
+	MOVQ   AX, DI
+	SHRQ   $0x02, DI
 	JZ     tailAVX2x2
 
 loopAVX2x2:
@@ -2838,24 +2880,24 @@ loopAVX2x2:
 	VBROADCASTSS 4(CX), Y15
 	VFMADD231PS  Y12, Y15, Y2
 	VFMADD231PS  Y13, Y15, Y3
-	VMOVUPS      64(DX), Y12
-	VMOVUPS      96(DX), Y13
+	VMOVUPS      (DX)(BX*1), Y12
+	VMOVUPS      32(DX)(BX*1), Y13
 	VBROADCASTSS 8(CX), Y14
 	VFMADD231PS  Y12, Y14, Y0
 	VFMADD231PS  Y13, Y14, Y1
 	VBROADCASTSS 12(CX), Y15
 	VFMADD231PS  Y12, Y15, Y2
 	VFMADD231PS  Y13, Y15, Y3
-	VMOVUPS      128(DX), Y12
-	VMOVUPS      160(DX), Y13
+	VMOVUPS      (DX)(BX*2), Y12
+	VMOVUPS      32(DX)(BX*2), Y13
 	VBROADCASTSS 16(CX), Y14
 	VFMADD231PS  Y12, Y14, Y0
 	VFMADD231PS  Y13, Y14, Y1
 	VBROADCASTSS 20(CX), Y15
 	VFMADD231PS  Y12, Y15, Y2
 	VFMADD231PS  Y13, Y15, Y3
-	VMOVUPS      192(DX), Y12
-	VMOVUPS      224(DX), Y13
+	VMOVUPS      (DX)(SI*1), Y12
+	VMOVUPS      32(DX)(SI*1), Y13
 	VBROADCASTSS 24(CX), Y14
 	VFMADD231PS  Y12, Y14, Y0
 	VFMADD231PS  Y13, Y14, Y1
@@ -2863,8 +2905,8 @@ loopAVX2x2:
 	VFMADD231PS  Y12, Y15, Y2
 	VFMADD231PS  Y13, Y15, Y3
 	ADDQ         $0x00000020, CX
-	ADDQ         $0x00000100, DX
-	DECQ         BX
+	LEAQ         (DX)(BX*4), DX
+	DECQ         DI
 	JNZ          loopAVX2x2
 
 tailAVX2x2:
@@ -2881,21 +2923,21 @@ oneAVX2x2:
 	VFMADD231PS  Y12, Y15, Y2
 	VFMADD231PS  Y13, Y15, Y3
 	ADDQ         $0x00000008, CX
-	ADDQ         $0x00000040, DX
+	ADDQ         BX, DX
 	DECQ         AX
 	JNZ          oneAVX2x2
 
 updateAVX2x2:
 	// Scale by alpha, then store into C or add to it.
-	VBROADCASTSS alpha+40(FP), Y14
+	VBROADCASTSS alpha+48(FP), Y14
 	VMULPS       Y14, Y0, Y0
 	VMULPS       Y14, Y1, Y1
 	VMULPS       Y14, Y2, Y2
 	VMULPS       Y14, Y3, Y3
-	MOVQ         c+24(FP), AX
-	MOVQ         ldc+32(FP), CX
+	MOVQ         c+32(FP), AX
+	MOVQ         ldc+40(FP), CX
 	SHLQ         $0x02, CX
-	MOVB         accumulate+44(FP), DL
+	MOVB         accumulate+52(FP), DL
 	CMPB         DL, $0x00
 	JE           storeAVX2x2
 	VADDPS       (AX), Y0, Y0
@@ -2919,12 +2961,15 @@ storeAVX2x2:
 	VZEROUPPER
 	RET
 
-// func kernelAVX2x3(kc int, a *float32, b *float32, c *float32, ldc int, alpha float32, accumulate bool)
+// func kernelAVX2x3(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 // Requires: AVX, FMA3
-TEXT ·kernelAVX2x3(SB), NOSPLIT, $0-45
+TEXT ·kernelAVX2x3(SB), NOSPLIT, $0-53
 	MOVQ kc+0(FP), AX
 	MOVQ a+8(FP), CX
 	MOVQ b+16(FP), DX
+	MOVQ ldb+24(FP), BX
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), SI
 
 	// Zero the accumulators.
 	VXORPS Y0, Y0, Y0
@@ -2933,8 +2978,8 @@ TEXT ·kernelAVX2x3(SB), NOSPLIT, $0-45
 	VXORPS Y3, Y3, Y3
 	VXORPS Y4, Y4, Y4
 	VXORPS Y5, Y5, Y5
-	MOVQ   AX, BX
-	SHRQ   $0x02, BX
+	MOVQ   AX, DI
+	SHRQ   $0x02, DI
 	JZ     tailAVX2x3
 
 loopAVX2x3:
@@ -2949,8 +2994,8 @@ loopAVX2x3:
 	VBROADCASTSS 8(CX), Y14
 	VFMADD231PS  Y12, Y14, Y4
 	VFMADD231PS  Y13, Y14, Y5
-	VMOVUPS      64(DX), Y12
-	VMOVUPS      96(DX), Y13
+	VMOVUPS      (DX)(BX*1), Y12
+	VMOVUPS      32(DX)(BX*1), Y13
 	VBROADCASTSS 12(CX), Y14
 	VFMADD231PS  Y12, Y14, Y0
 	VFMADD231PS  Y13, Y14, Y1
@@ -2960,8 +3005,8 @@ loopAVX2x3:
 	VBROADCASTSS 20(CX), Y14
 	VFMADD231PS  Y12, Y14, Y4
 	VFMADD231PS  Y13, Y14, Y5
-	VMOVUPS      128(DX), Y12
-	VMOVUPS      160(DX), Y13
+	VMOVUPS      (DX)(BX*2), Y12
+	VMOVUPS      32(DX)(BX*2), Y13
 	VBROADCASTSS 24(CX), Y14
 	VFMADD231PS  Y12, Y14, Y0
 	VFMADD231PS  Y13, Y14, Y1
@@ -2971,8 +3016,8 @@ loopAVX2x3:
 	VBROADCASTSS 32(CX), Y14
 	VFMADD231PS  Y12, Y14, Y4
 	VFMADD231PS  Y13, Y14, Y5
-	VMOVUPS      192(DX), Y12
-	VMOVUPS      224(DX), Y13
+	VMOVUPS      (DX)(SI*1), Y12
+	VMOVUPS      32(DX)(SI*1), Y13
 	VBROADCASTSS 36(CX), Y14
 	VFMADD231PS  Y12, Y14, Y0
 	VFMADD231PS  Y13, Y14, Y1
@@ -2983,8 +3028,8 @@ loopAVX2x3:
 	VFMADD231PS  Y12, Y14, Y4
 	VFMADD231PS  Y13, Y14, Y5
 	ADDQ         $0x00000030, CX
-	ADDQ         $0x00000100, DX
-	DECQ         BX
+	LEAQ         (DX)(BX*4), DX
+	DECQ         DI
 	JNZ          loopAVX2x3
 
 tailAVX2x3:
@@ -3004,23 +3049,23 @@ oneAVX2x3:
 	VFMADD231PS  Y12, Y14, Y4
 	VFMADD231PS  Y13, Y14, Y5
 	ADDQ         $0x0000000c, CX
-	ADDQ         $0x00000040, DX
+	ADDQ         BX, DX
 	DECQ         AX
 	JNZ          oneAVX2x3
 
 updateAVX2x3:
 	// Scale by alpha, then store into C or add to it.
-	VBROADCASTSS alpha+40(FP), Y14
+	VBROADCASTSS alpha+48(FP), Y14
 	VMULPS       Y14, Y0, Y0
 	VMULPS       Y14, Y1, Y1
 	VMULPS       Y14, Y2, Y2
 	VMULPS       Y14, Y3, Y3
 	VMULPS       Y14, Y4, Y4
 	VMULPS       Y14, Y5, Y5
-	MOVQ         c+24(FP), AX
-	MOVQ         ldc+32(FP), CX
+	MOVQ         c+32(FP), AX
+	MOVQ         ldc+40(FP), CX
 	SHLQ         $0x02, CX
-	MOVB         accumulate+44(FP), DL
+	MOVB         accumulate+52(FP), DL
 	CMPB         DL, $0x00
 	JE           storeAVX2x3
 	VADDPS       (AX), Y0, Y0
@@ -3052,12 +3097,15 @@ storeAVX2x3:
 	VZEROUPPER
 	RET
 
-// func kernelAVX2x4(kc int, a *float32, b *float32, c *float32, ldc int, alpha float32, accumulate bool)
+// func kernelAVX2x4(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 // Requires: AVX, FMA3
-TEXT ·kernelAVX2x4(SB), NOSPLIT, $0-45
+TEXT ·kernelAVX2x4(SB), NOSPLIT, $0-53
 	MOVQ kc+0(FP), AX
 	MOVQ a+8(FP), CX
 	MOVQ b+16(FP), DX
+	MOVQ ldb+24(FP), BX
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), SI
 
 	// Zero the accumulators.
 	VXORPS Y0, Y0, Y0
@@ -3068,8 +3116,8 @@ TEXT ·kernelAVX2x4(SB), NOSPLIT, $0-45
 	VXORPS Y5, Y5, Y5
 	VXORPS Y6, Y6, Y6
 	VXORPS Y7, Y7, Y7
-	MOVQ   AX, BX
-	SHRQ   $0x02, BX
+	MOVQ   AX, DI
+	SHRQ   $0x02, DI
 	JZ     tailAVX2x4
 
 loopAVX2x4:
@@ -3087,8 +3135,8 @@ loopAVX2x4:
 	VBROADCASTSS 12(CX), Y15
 	VFMADD231PS  Y12, Y15, Y6
 	VFMADD231PS  Y13, Y15, Y7
-	VMOVUPS      64(DX), Y12
-	VMOVUPS      96(DX), Y13
+	VMOVUPS      (DX)(BX*1), Y12
+	VMOVUPS      32(DX)(BX*1), Y13
 	VBROADCASTSS 16(CX), Y14
 	VFMADD231PS  Y12, Y14, Y0
 	VFMADD231PS  Y13, Y14, Y1
@@ -3101,8 +3149,8 @@ loopAVX2x4:
 	VBROADCASTSS 28(CX), Y15
 	VFMADD231PS  Y12, Y15, Y6
 	VFMADD231PS  Y13, Y15, Y7
-	VMOVUPS      128(DX), Y12
-	VMOVUPS      160(DX), Y13
+	VMOVUPS      (DX)(BX*2), Y12
+	VMOVUPS      32(DX)(BX*2), Y13
 	VBROADCASTSS 32(CX), Y14
 	VFMADD231PS  Y12, Y14, Y0
 	VFMADD231PS  Y13, Y14, Y1
@@ -3115,8 +3163,8 @@ loopAVX2x4:
 	VBROADCASTSS 44(CX), Y15
 	VFMADD231PS  Y12, Y15, Y6
 	VFMADD231PS  Y13, Y15, Y7
-	VMOVUPS      192(DX), Y12
-	VMOVUPS      224(DX), Y13
+	VMOVUPS      (DX)(SI*1), Y12
+	VMOVUPS      32(DX)(SI*1), Y13
 	VBROADCASTSS 48(CX), Y14
 	VFMADD231PS  Y12, Y14, Y0
 	VFMADD231PS  Y13, Y14, Y1
@@ -3130,8 +3178,8 @@ loopAVX2x4:
 	VFMADD231PS  Y12, Y15, Y6
 	VFMADD231PS  Y13, Y15, Y7
 	ADDQ         $0x00000040, CX
-	ADDQ         $0x00000100, DX
-	DECQ         BX
+	LEAQ         (DX)(BX*4), DX
+	DECQ         DI
 	JNZ          loopAVX2x4
 
 tailAVX2x4:
@@ -3154,13 +3202,13 @@ oneAVX2x4:
 	VFMADD231PS  Y12, Y15, Y6
 	VFMADD231PS  Y13, Y15, Y7
 	ADDQ         $0x00000010, CX
-	ADDQ         $0x00000040, DX
+	ADDQ         BX, DX
 	DECQ         AX
 	JNZ          oneAVX2x4
 
 updateAVX2x4:
 	// Scale by alpha, then store into C or add to it.
-	VBROADCASTSS alpha+40(FP), Y14
+	VBROADCASTSS alpha+48(FP), Y14
 	VMULPS       Y14, Y0, Y0
 	VMULPS       Y14, Y1, Y1
 	VMULPS       Y14, Y2, Y2
@@ -3169,10 +3217,10 @@ updateAVX2x4:
 	VMULPS       Y14, Y5, Y5
 	VMULPS       Y14, Y6, Y6
 	VMULPS       Y14, Y7, Y7
-	MOVQ         c+24(FP), AX
-	MOVQ         ldc+32(FP), CX
+	MOVQ         c+32(FP), AX
+	MOVQ         ldc+40(FP), CX
 	SHLQ         $0x02, CX
-	MOVB         accumulate+44(FP), DL
+	MOVB         accumulate+52(FP), DL
 	CMPB         DL, $0x00
 	JE           storeAVX2x4
 	VADDPS       (AX), Y0, Y0
@@ -3212,12 +3260,15 @@ storeAVX2x4:
 	VZEROUPPER
 	RET
 
-// func kernelAVX2x5(kc int, a *float32, b *float32, c *float32, ldc int, alpha float32, accumulate bool)
+// func kernelAVX2x5(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 // Requires: AVX, FMA3
-TEXT ·kernelAVX2x5(SB), NOSPLIT, $0-45
+TEXT ·kernelAVX2x5(SB), NOSPLIT, $0-53
 	MOVQ kc+0(FP), AX
 	MOVQ a+8(FP), CX
 	MOVQ b+16(FP), DX
+	MOVQ ldb+24(FP), BX
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), SI
 
 	// Zero the accumulators.
 	VXORPS Y0, Y0, Y0
@@ -3230,8 +3281,8 @@ TEXT ·kernelAVX2x5(SB), NOSPLIT, $0-45
 	VXORPS Y7, Y7, Y7
 	VXORPS Y8, Y8, Y8
 	VXORPS Y9, Y9, Y9
-	MOVQ   AX, BX
-	SHRQ   $0x02, BX
+	MOVQ   AX, DI
+	SHRQ   $0x02, DI
 	JZ     tailAVX2x5
 
 loopAVX2x5:
@@ -3252,8 +3303,8 @@ loopAVX2x5:
 	VBROADCASTSS 16(CX), Y14
 	VFMADD231PS  Y12, Y14, Y8
 	VFMADD231PS  Y13, Y14, Y9
-	VMOVUPS      64(DX), Y12
-	VMOVUPS      96(DX), Y13
+	VMOVUPS      (DX)(BX*1), Y12
+	VMOVUPS      32(DX)(BX*1), Y13
 	VBROADCASTSS 20(CX), Y14
 	VFMADD231PS  Y12, Y14, Y0
 	VFMADD231PS  Y13, Y14, Y1
@@ -3269,8 +3320,8 @@ loopAVX2x5:
 	VBROADCASTSS 36(CX), Y14
 	VFMADD231PS  Y12, Y14, Y8
 	VFMADD231PS  Y13, Y14, Y9
-	VMOVUPS      128(DX), Y12
-	VMOVUPS      160(DX), Y13
+	VMOVUPS      (DX)(BX*2), Y12
+	VMOVUPS      32(DX)(BX*2), Y13
 	VBROADCASTSS 40(CX), Y14
 	VFMADD231PS  Y12, Y14, Y0
 	VFMADD231PS  Y13, Y14, Y1
@@ -3286,8 +3337,8 @@ loopAVX2x5:
 	VBROADCASTSS 56(CX), Y14
 	VFMADD231PS  Y12, Y14, Y8
 	VFMADD231PS  Y13, Y14, Y9
-	VMOVUPS      192(DX), Y12
-	VMOVUPS      224(DX), Y13
+	VMOVUPS      (DX)(SI*1), Y12
+	VMOVUPS      32(DX)(SI*1), Y13
 	VBROADCASTSS 60(CX), Y14
 	VFMADD231PS  Y12, Y14, Y0
 	VFMADD231PS  Y13, Y14, Y1
@@ -3304,8 +3355,8 @@ loopAVX2x5:
 	VFMADD231PS  Y12, Y14, Y8
 	VFMADD231PS  Y13, Y14, Y9
 	ADDQ         $0x00000050, CX
-	ADDQ         $0x00000100, DX
-	DECQ         BX
+	LEAQ         (DX)(BX*4), DX
+	DECQ         DI
 	JNZ          loopAVX2x5
 
 tailAVX2x5:
@@ -3331,13 +3382,13 @@ oneAVX2x5:
 	VFMADD231PS  Y12, Y14, Y8
 	VFMADD231PS  Y13, Y14, Y9
 	ADDQ         $0x00000014, CX
-	ADDQ         $0x00000040, DX
+	ADDQ         BX, DX
 	DECQ         AX
 	JNZ          oneAVX2x5
 
 updateAVX2x5:
 	// Scale by alpha, then store into C or add to it.
-	VBROADCASTSS alpha+40(FP), Y14
+	VBROADCASTSS alpha+48(FP), Y14
 	VMULPS       Y14, Y0, Y0
 	VMULPS       Y14, Y1, Y1
 	VMULPS       Y14, Y2, Y2
@@ -3348,10 +3399,10 @@ updateAVX2x5:
 	VMULPS       Y14, Y7, Y7
 	VMULPS       Y14, Y8, Y8
 	VMULPS       Y14, Y9, Y9
-	MOVQ         c+24(FP), AX
-	MOVQ         ldc+32(FP), CX
+	MOVQ         c+32(FP), AX
+	MOVQ         ldc+40(FP), CX
 	SHLQ         $0x02, CX
-	MOVB         accumulate+44(FP), DL
+	MOVB         accumulate+52(FP), DL
 	CMPB         DL, $0x00
 	JE           storeAVX2x5
 	VADDPS       (AX), Y0, Y0
@@ -3399,12 +3450,15 @@ storeAVX2x5:
 	VZEROUPPER
 	RET
 
-// func kernelAVX2x6(kc int, a *float32, b *float32, c *float32, ldc int, alpha float32, accumulate bool)
+// func kernelAVX2x6(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 // Requires: AVX, FMA3
-TEXT ·kernelAVX2x6(SB), NOSPLIT, $0-45
+TEXT ·kernelAVX2x6(SB), NOSPLIT, $0-53
 	MOVQ kc+0(FP), AX
 	MOVQ a+8(FP), CX
 	MOVQ b+16(FP), DX
+	MOVQ ldb+24(FP), BX
+	SHLQ $0x02, BX
+	LEAQ (BX)(BX*2), SI
 
 	// Zero the accumulators.
 	VXORPS Y0, Y0, Y0
@@ -3419,8 +3473,8 @@ TEXT ·kernelAVX2x6(SB), NOSPLIT, $0-45
 	VXORPS Y9, Y9, Y9
 	VXORPS Y10, Y10, Y10
 	VXORPS Y11, Y11, Y11
-	MOVQ   AX, BX
-	SHRQ   $0x02, BX
+	MOVQ   AX, DI
+	SHRQ   $0x02, DI
 	JZ     tailAVX2x6
 
 loopAVX2x6:
@@ -3444,8 +3498,8 @@ loopAVX2x6:
 	VBROADCASTSS 20(CX), Y15
 	VFMADD231PS  Y12, Y15, Y10
 	VFMADD231PS  Y13, Y15, Y11
-	VMOVUPS      64(DX), Y12
-	VMOVUPS      96(DX), Y13
+	VMOVUPS      (DX)(BX*1), Y12
+	VMOVUPS      32(DX)(BX*1), Y13
 	VBROADCASTSS 24(CX), Y14
 	VFMADD231PS  Y12, Y14, Y0
 	VFMADD231PS  Y13, Y14, Y1
@@ -3464,8 +3518,8 @@ loopAVX2x6:
 	VBROADCASTSS 44(CX), Y15
 	VFMADD231PS  Y12, Y15, Y10
 	VFMADD231PS  Y13, Y15, Y11
-	VMOVUPS      128(DX), Y12
-	VMOVUPS      160(DX), Y13
+	VMOVUPS      (DX)(BX*2), Y12
+	VMOVUPS      32(DX)(BX*2), Y13
 	VBROADCASTSS 48(CX), Y14
 	VFMADD231PS  Y12, Y14, Y0
 	VFMADD231PS  Y13, Y14, Y1
@@ -3484,8 +3538,8 @@ loopAVX2x6:
 	VBROADCASTSS 68(CX), Y15
 	VFMADD231PS  Y12, Y15, Y10
 	VFMADD231PS  Y13, Y15, Y11
-	VMOVUPS      192(DX), Y12
-	VMOVUPS      224(DX), Y13
+	VMOVUPS      (DX)(SI*1), Y12
+	VMOVUPS      32(DX)(SI*1), Y13
 	VBROADCASTSS 72(CX), Y14
 	VFMADD231PS  Y12, Y14, Y0
 	VFMADD231PS  Y13, Y14, Y1
@@ -3505,8 +3559,8 @@ loopAVX2x6:
 	VFMADD231PS  Y12, Y15, Y10
 	VFMADD231PS  Y13, Y15, Y11
 	ADDQ         $0x00000060, CX
-	ADDQ         $0x00000100, DX
-	DECQ         BX
+	LEAQ         (DX)(BX*4), DX
+	DECQ         DI
 	JNZ          loopAVX2x6
 
 tailAVX2x6:
@@ -3535,13 +3589,13 @@ oneAVX2x6:
 	VFMADD231PS  Y12, Y15, Y10
 	VFMADD231PS  Y13, Y15, Y11
 	ADDQ         $0x00000018, CX
-	ADDQ         $0x00000040, DX
+	ADDQ         BX, DX
 	DECQ         AX
 	JNZ          oneAVX2x6
 
 updateAVX2x6:
 	// Scale by alpha, then store into C or add to it.
-	VBROADCASTSS alpha+40(FP), Y14
+	VBROADCASTSS alpha+48(FP), Y14
 	VMULPS       Y14, Y0, Y0
 	VMULPS       Y14, Y1, Y1
 	VMULPS       Y14, Y2, Y2
@@ -3554,10 +3608,10 @@ updateAVX2x6:
 	VMULPS       Y14, Y9, Y9
 	VMULPS       Y14, Y10, Y10
 	VMULPS       Y14, Y11, Y11
-	MOVQ         c+24(FP), AX
-	MOVQ         ldc+32(FP), CX
+	MOVQ         c+32(FP), AX
+	MOVQ         ldc+40(FP), CX
 	SHLQ         $0x02, CX
-	MOVB         accumulate+44(FP), DL
+	MOVB         accumulate+52(FP), DL
 	CMPB         DL, $0x00
 	JE           storeAVX2x6
 	VADDPS       (AX), Y0, Y0
@@ -3610,5 +3664,210 @@ storeAVX2x6:
 	ADDQ    CX, AX
 	VMOVUPS Y10, (AX)
 	VMOVUPS Y11, 32(AX)
+	VZEROUPPER
+	RET
+
+// func peakAVX512(n int)
+// Requires: AVX, AVX512DQ, AVX512F
+TEXT ·peakAVX512(SB), NOSPLIT, $0-8
+	MOVQ   n+0(FP), AX
+	VXORPS Z0, Z0, Z0
+	VXORPS Z1, Z1, Z1
+	VXORPS Z2, Z2, Z2
+	VXORPS Z3, Z3, Z3
+	VXORPS Z4, Z4, Z4
+	VXORPS Z5, Z5, Z5
+	VXORPS Z6, Z6, Z6
+	VXORPS Z7, Z7, Z7
+	VXORPS Z8, Z8, Z8
+	VXORPS Z9, Z9, Z9
+	VXORPS Z10, Z10, Z10
+	VXORPS Z11, Z11, Z11
+	VXORPS Z12, Z12, Z12
+	VXORPS Z13, Z13, Z13
+	VXORPS Z14, Z14, Z14
+	VXORPS Z15, Z15, Z15
+	VXORPS Z16, Z16, Z16
+	VXORPS Z17, Z17, Z17
+	VXORPS Z18, Z18, Z18
+	VXORPS Z19, Z19, Z19
+	VXORPS Z20, Z20, Z20
+	VXORPS Z21, Z21, Z21
+	VXORPS Z22, Z22, Z22
+	VXORPS Z23, Z23, Z23
+
+peakAVX512loop:
+	VFMADD231PS Z31, Z30, Z0
+	VFMADD231PS Z31, Z30, Z1
+	VFMADD231PS Z31, Z30, Z2
+	VFMADD231PS Z31, Z30, Z3
+	VFMADD231PS Z31, Z30, Z4
+	VFMADD231PS Z31, Z30, Z5
+	VFMADD231PS Z31, Z30, Z6
+	VFMADD231PS Z31, Z30, Z7
+	VFMADD231PS Z31, Z30, Z8
+	VFMADD231PS Z31, Z30, Z9
+	VFMADD231PS Z31, Z30, Z10
+	VFMADD231PS Z31, Z30, Z11
+	VFMADD231PS Z31, Z30, Z12
+	VFMADD231PS Z31, Z30, Z13
+	VFMADD231PS Z31, Z30, Z14
+	VFMADD231PS Z31, Z30, Z15
+	VFMADD231PS Z31, Z30, Z16
+	VFMADD231PS Z31, Z30, Z17
+	VFMADD231PS Z31, Z30, Z18
+	VFMADD231PS Z31, Z30, Z19
+	VFMADD231PS Z31, Z30, Z20
+	VFMADD231PS Z31, Z30, Z21
+	VFMADD231PS Z31, Z30, Z22
+	VFMADD231PS Z31, Z30, Z23
+	DECQ        AX
+	JNZ         peakAVX512loop
+	VZEROUPPER
+	RET
+
+// func peakAVX2(n int)
+// Requires: AVX, FMA3
+TEXT ·peakAVX2(SB), NOSPLIT, $0-8
+	MOVQ   n+0(FP), AX
+	VXORPS Y0, Y0, Y0
+	VXORPS Y1, Y1, Y1
+	VXORPS Y2, Y2, Y2
+	VXORPS Y3, Y3, Y3
+	VXORPS Y4, Y4, Y4
+	VXORPS Y5, Y5, Y5
+	VXORPS Y6, Y6, Y6
+	VXORPS Y7, Y7, Y7
+	VXORPS Y8, Y8, Y8
+	VXORPS Y9, Y9, Y9
+	VXORPS Y10, Y10, Y10
+	VXORPS Y11, Y11, Y11
+
+peakAVX2loop:
+	VFMADD231PS Y15, Y14, Y0
+	VFMADD231PS Y15, Y14, Y1
+	VFMADD231PS Y15, Y14, Y2
+	VFMADD231PS Y15, Y14, Y3
+	VFMADD231PS Y15, Y14, Y4
+	VFMADD231PS Y15, Y14, Y5
+	VFMADD231PS Y15, Y14, Y6
+	VFMADD231PS Y15, Y14, Y7
+	VFMADD231PS Y15, Y14, Y8
+	VFMADD231PS Y15, Y14, Y9
+	VFMADD231PS Y15, Y14, Y10
+	VFMADD231PS Y15, Y14, Y11
+	DECQ        AX
+	JNZ         peakAVX2loop
+	VZEROUPPER
+	RET
+
+// func transpose8x8(src *float32, lds int, dst *float32, ldd int)
+// Requires: AVX
+TEXT ·transpose8x8(SB), NOSPLIT, $0-32
+	MOVQ        src+0(FP), AX
+	MOVQ        lds+8(FP), CX
+	MOVQ        dst+16(FP), DX
+	MOVQ        ldd+24(FP), BX
+	SHLQ        $0x02, CX
+	SHLQ        $0x02, BX
+	MOVQ        AX, SI
+	MOVQ        CX, DI
+	SHLQ        $0x02, DI
+	ADDQ        DI, SI
+	VMOVUPS     (AX), X0
+	VINSERTF128 $0x01, (SI), Y0, Y0
+	VMOVUPS     16(AX), X4
+	VINSERTF128 $0x01, 16(SI), Y4, Y4
+	ADDQ        CX, AX
+	ADDQ        CX, SI
+	VMOVUPS     (AX), X1
+	VINSERTF128 $0x01, (SI), Y1, Y1
+	VMOVUPS     16(AX), X5
+	VINSERTF128 $0x01, 16(SI), Y5, Y5
+	ADDQ        CX, AX
+	ADDQ        CX, SI
+	VMOVUPS     (AX), X2
+	VINSERTF128 $0x01, (SI), Y2, Y2
+	VMOVUPS     16(AX), X6
+	VINSERTF128 $0x01, 16(SI), Y6, Y6
+	ADDQ        CX, AX
+	ADDQ        CX, SI
+	VMOVUPS     (AX), X3
+	VINSERTF128 $0x01, (SI), Y3, Y3
+	VMOVUPS     16(AX), X7
+	VINSERTF128 $0x01, 16(SI), Y7, Y7
+	VUNPCKLPS   Y1, Y0, Y8
+	VUNPCKHPS   Y1, Y0, Y9
+	VUNPCKLPS   Y3, Y2, Y10
+	VUNPCKHPS   Y3, Y2, Y11
+	VSHUFPS     $0x44, Y10, Y8, Y12
+	VSHUFPS     $0xee, Y10, Y8, Y13
+	VSHUFPS     $0x44, Y11, Y9, Y14
+	VSHUFPS     $0xee, Y11, Y9, Y15
+	VMOVUPS     Y12, (DX)
+	ADDQ        BX, DX
+	VMOVUPS     Y13, (DX)
+	ADDQ        BX, DX
+	VMOVUPS     Y14, (DX)
+	ADDQ        BX, DX
+	VMOVUPS     Y15, (DX)
+	ADDQ        BX, DX
+	VUNPCKLPS   Y5, Y4, Y8
+	VUNPCKHPS   Y5, Y4, Y9
+	VUNPCKLPS   Y7, Y6, Y10
+	VUNPCKHPS   Y7, Y6, Y11
+	VSHUFPS     $0x44, Y10, Y8, Y12
+	VSHUFPS     $0xee, Y10, Y8, Y13
+	VSHUFPS     $0x44, Y11, Y9, Y14
+	VSHUFPS     $0xee, Y11, Y9, Y15
+	VMOVUPS     Y12, (DX)
+	ADDQ        BX, DX
+	VMOVUPS     Y13, (DX)
+	ADDQ        BX, DX
+	VMOVUPS     Y14, (DX)
+	ADDQ        BX, DX
+	VMOVUPS     Y15, (DX)
+	VZEROUPPER
+	RET
+
+// func transpose4x8(src *float32, lds int, dst *float32, ldd int)
+// Requires: AVX
+TEXT ·transpose4x8(SB), NOSPLIT, $0-32
+	MOVQ         src+0(FP), AX
+	MOVQ         lds+8(FP), CX
+	MOVQ         dst+16(FP), DX
+	MOVQ         ldd+24(FP), BX
+	SHLQ         $0x02, CX
+	SHLQ         $0x02, BX
+	VMOVUPS      (AX), Y0
+	ADDQ         CX, AX
+	VMOVUPS      (AX), Y1
+	ADDQ         CX, AX
+	VMOVUPS      (AX), Y2
+	ADDQ         CX, AX
+	VMOVUPS      (AX), Y3
+	VUNPCKLPS    Y1, Y0, Y8
+	VUNPCKHPS    Y1, Y0, Y9
+	VUNPCKLPS    Y3, Y2, Y10
+	VUNPCKHPS    Y3, Y2, Y11
+	VSHUFPS      $0x44, Y10, Y8, Y12
+	VSHUFPS      $0xee, Y10, Y8, Y13
+	VSHUFPS      $0x44, Y11, Y9, Y14
+	VSHUFPS      $0xee, Y11, Y9, Y15
+	VMOVUPS      X12, (DX)
+	ADDQ         BX, DX
+	VMOVUPS      X13, (DX)
+	ADDQ         BX, DX
+	VMOVUPS      X14, (DX)
+	ADDQ         BX, DX
+	VMOVUPS      X15, (DX)
+	ADDQ         BX, DX
+	VEXTRACTF128 $0x01, Y12, (DX)
+	ADDQ         BX, DX
+	VEXTRACTF128 $0x01, Y13, (DX)
+	ADDQ         BX, DX
+	VEXTRACTF128 $0x01, Y14, (DX)
+	ADDQ         BX, DX
+	VEXTRACTF128 $0x01, Y15, (DX)
 	VZEROUPPER
 	RET
