@@ -25,3 +25,12 @@ var paths = func() []*path {
 	}
 	return ps
 }()
+
+// copyPanel copies depth steps of nr floats (16 or 32) into a packed panel.
+func copyPanel(nr int, src *float32, lds int, dst *float32, depth int) {
+	if nr == 32 {
+		copy32(src, lds, dst, depth)
+	} else {
+		copy16(src, lds, dst, depth)
+	}
+}

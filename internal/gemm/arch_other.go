@@ -6,5 +6,6 @@ package gemm
 var paths []*path
 
 // The transposes of the assembly, never called without kernels.
-func transpose8x8(src *float32, lds int, dst *float32, ldd int) { panic("gemm: no assembly") }
-func transpose4x8(src *float32, lds int, dst *float32, ldd int) { panic("gemm: no assembly") }
+func transpose8x8(src *float32, lds int, dst *float32, ldd int)        { panic("gemm: no assembly") }
+func transpose4x8(src *float32, lds int, dst *float32, ldd int)        { panic("gemm: no assembly") }
+func copyPanel(nr int, src *float32, lds int, dst *float32, depth int) { panic("gemm: no assembly") }

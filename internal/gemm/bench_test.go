@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"testing"
-
-	"gonum.org/v1/gonum/blas"
 )
 
 // benchShapes are the products the models run, m x k by k x n (with the
@@ -64,29 +62,5 @@ func BenchmarkSgemm(b *testing.B) {
 				b.ReportMetric(2*float64(s.m)*float64(s.n)*float64(s.k)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 			})
 		}
-	}
-}
-
-var _ = blas.NoTrans
-
-// BenchmarkSgemmPeak is the ceiling: FMAs on registers alone, no memory, on
-// every core (GOMAXPROCS goroutines), reported in GFLOP/s like the GEMMs.
-func BenchmarkSgemmPeak(b *testing.B) {
-	for _, p := range paths {
-		b.Run("path="+p.name, func(b *testing.B) {
-			const rounds = 1 << 20
-			chains, width := 24, 16
-			f := peakAVX512
-			if p == avx2 {
-				chains, width, f = 12, 8, peakAVX2
-			}
-			b.SetParallelism(1)
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					f(rounds)
-				}
-			})
-			b.ReportMetric(2*float64(chains*width)*rounds*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
-		})
 	}
 }

@@ -42,7 +42,7 @@ type layout struct {
 	kblocks   int
 	kc        int  // the length of the blocks of K (the last may be shorter)
 	directB   bool // kernels read B in place instead of from packed panels
-	colsUnit  int // columns of C per unit, a multiple of nr
+	colsUnit  int  // columns of C per unit, a multiple of nr
 	colUnits  int
 	rowSplits int // each block of rows is cut into this many ranges
 }
@@ -339,9 +339,15 @@ func packB(dst []float32, pr *problem, p0, depth, j0, w, nr int) {
 		panel := dst[q*nr*depth : (q+1)*nr*depth]
 		jq := j0 + q*nr
 		if !pr.bT { // op(B)[p][j] = b[p*ldb+j]: nr contiguous values per step
+			src := pr.b[p0*pr.ldb+jq:]
+			if cols == nr {
+				_ = src[(depth-1)*pr.ldb+nr-1]
+				copyPanel(nr, &src[0], pr.ldb, &panel[0], depth)
+				continue
+			}
 			for p := range depth {
 				out := panel[p*nr : p*nr+nr]
-				copy(out, pr.b[(p0+p)*pr.ldb+jq:][:cols])
+				copy(out, src[p*pr.ldb:][:cols])
 				clear(out[cols:])
 			}
 			continue

@@ -26,7 +26,7 @@
 // Go path rounds differently.
 package gemm
 
-//go:generate sh -c "cd asm && go run . -out ../kernel_amd64.s -stubs ../kernel_amd64.go -pkg gemm"
+//go:generate sh -c "cd ../asm && go run . -out ../gemm/kernel_amd64.s -stubs ../gemm/kernel_amd64.go -pkg gemm"
 
 import (
 	"fmt"

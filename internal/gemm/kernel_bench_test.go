@@ -1,3 +1,5 @@
+//go:build amd64 && !noasm
+
 package gemm
 
 import (
@@ -27,5 +29,27 @@ func BenchmarkKernel(b *testing.B) {
 				b.ReportMetric(2*float64(p.mr*p.nc*kc)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 			})
 		}
+	}
+}
+
+// BenchmarkSgemmPeak is the ceiling: FMAs on registers alone, no memory, on
+// every core (GOMAXPROCS goroutines), reported in GFLOP/s like the GEMMs.
+func BenchmarkSgemmPeak(b *testing.B) {
+	for _, p := range paths {
+		b.Run("path="+p.name, func(b *testing.B) {
+			const rounds = 1 << 20
+			chains, width := 24, 16
+			f := peakAVX512
+			if p == avx2 {
+				chains, width, f = 12, 8, peakAVX2
+			}
+			b.SetParallelism(1)
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					f(rounds)
+				}
+			})
+			b.ReportMetric(2*float64(chains*width)*rounds*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+		})
 	}
 }

@@ -1,4 +1,4 @@
-module github.com/downpour-ml/downpour/internal/gemm/asm
+module github.com/downpour-ml/downpour/internal/asm
 
 go 1.26.0
 

@@ -1,27 +1,3 @@
-// Command asm generates the micro-kernels of package gemm with avo
-// (github.com/mmcloughlin/avo). From internal/gemm:
-//
-//	go generate
-//
-// which runs, in this directory,
-//
-//	go run . -out ../kernel_amd64.s -stubs ../kernel_amd64.go -pkg gemm
-//
-// The generated files are committed; CI regenerates them and fails on any
-// difference.
-//
-// Every kernel computes one tile of C, mr rows by nr columns, from a packed
-// micro-panel of A (kc steps of mr values: a[p*mr+i] = op(A)[i][p]) and kc
-// steps of nr values of B, packed or in place (b[p*ldb+j] = op(B)[p][j]):
-//
-//	acc[i][j] = sum over p, in order, of a[p*mr+i]*b[p*nr+j]   (one FMA per p)
-//	c[i*ldc+j] = alpha*acc[i][j]                   (accumulate false)
-//	c[i*ldc+j] = c[i*ldc+j] + alpha*acc[i][j]      (accumulate true)
-//
-// Each accumulator is one chain of fused multiply-adds in the order of p,
-// started from zero, and alpha is applied by a multiply and then an add
-// (never fused), so the bits of a result depend on neither the tile shape
-// nor the vector width: the AVX-512 and AVX2 kernels give the same bits.
 package main
 
 import (
@@ -43,23 +19,8 @@ const (
 // unroll is how many steps of p one pass of the main loop takes.
 const unroll = 4
 
-var (
-	zmm = []VecPhysical{Z0, Z1, Z2, Z3, Z4, Z5, Z6, Z7, Z8, Z9, Z10, Z11, Z12, Z13, Z14, Z15,
-		Z16, Z17, Z18, Z19, Z20, Z21, Z22, Z23, Z24, Z25, Z26, Z27, Z28, Z29, Z30, Z31}
-	ymm = []VecPhysical{Y0, Y1, Y2, Y3, Y4, Y5, Y6, Y7, Y8, Y9, Y10, Y11, Y12, Y13, Y14, Y15}
-)
-
-// isa describes one vector extension: its registers and width in floats.
-type isa struct {
-	name  string
-	regs  []VecPhysical
-	width int // floats per register
-	mr    int // rows of the largest tile
-	nr    int // columns of every tile
-}
-
-func main() {
-	ConstraintExpr("!noasm")
+// gemm emits the kernels of internal/gemm.
+func gemm() {
 	avx512 := isa{name: "AVX512", regs: zmm, width: 16, mr: mr512, nr: nr512}
 	avx2 := isa{name: "AVX2", regs: ymm, width: 8, mr: mr256, nr: nr256}
 	for _, x := range []isa{avx512, avx2} {
@@ -71,7 +32,45 @@ func main() {
 	peak(avx2)
 	transpose(8)
 	transpose(4)
-	Generate()
+	copyPanel(nr512)
+	copyPanel(nr256)
+}
+
+// copyPanel emits copyNN: depth steps of nr floats, step p from src +
+// p*lds to dst + p*nr, in 32-byte moves. Packing calls it for the rows of B
+// (not transposed), where a Go copy per step spent more in the call than in
+// the move.
+func copyPanel(nr int) {
+	name := fmt.Sprintf("copy%d", nr)
+	TEXT(name, NOSPLIT, "func(src *float32, lds int, dst *float32, depth int)")
+	Doc(fmt.Sprintf("%s sets dst[p*%d+j] = src[p*lds+j] for j < %d, p < depth; depth must be at least 1.", name, nr, nr))
+	src := Mem{Base: Load(Param("src"), GP64())}
+	lds := Load(Param("lds"), GP64())
+	SHLQ(U8(2), lds)
+	dst := Mem{Base: Load(Param("dst"), GP64())}
+	n := Load(Param("depth"), GP64())
+	Label(name + "loop")
+	for v := range nr / 8 {
+		VMOVUPS(src.Offset(32*v), ymm[v])
+	}
+	for v := range nr / 8 {
+		VMOVUPS(ymm[v], dst.Offset(32*v))
+	}
+	ADDQ(lds, src.Base)
+	ADDQ(U32(4*nr), dst.Base)
+	DECQ(n)
+	JNZ(LabelRef(name + "loop"))
+	VZEROUPPER()
+	RET()
+}
+
+// isa describes one vector extension: its registers and width in floats.
+type isa struct {
+	name  string
+	regs  []VecPhysical
+	width int // floats per register
+	mr    int // rows of the largest tile
+	nr    int // columns of every tile
 }
 
 // peak emits a loop of fused multiply-adds on registers alone, as many

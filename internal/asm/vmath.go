@@ -1,0 +1,4 @@
+package main
+
+// vmath emits the vector math of internal/vmath.
+func vmath() {}
