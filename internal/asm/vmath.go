@@ -1,4 +1,219 @@
 package main
 
-// vmath emits the vector math of internal/vmath.
-func vmath() {}
+import (
+	"fmt"
+	"math"
+
+	. "github.com/mmcloughlin/avo/build"
+	. "github.com/mmcloughlin/avo/operand"
+	. "github.com/mmcloughlin/avo/reg"
+)
+
+// The vector math of internal/vmath: exp, sigmoid and tanh in float32,
+// lane by lane the same operations, in the same order, as the scalar Go of
+// internal/vmath (Exp, Sigmoid, Tanh), with no fused multiply-add, so every
+// path gives the bits of the scalar reference.
+
+// vx is one vector extension as the vector math uses it.
+type vx struct {
+	name  string
+	regs  []VecPhysical
+	width int
+	// cmp sets mask m to a pred b (an ordered, non-signalling predicate).
+	cmp func(pred uint8, a VecPhysical, b Op, m Register)
+	// sel sets dst to t where m is set and to f elsewhere.
+	sel func(m Register, t Op, f VecPhysical, dst VecPhysical)
+	// masks are registers that can hold a comparison.
+	masks []Register
+}
+
+const (
+	ltOQ = 0x11
+	gtOQ = 0x1e
+)
+
+// consts are the vector constants, each a 64-byte run of one 32-bit value.
+var consts = map[string]Mem{}
+
+func constant(name string, bits uint32) Mem {
+	if m, ok := consts[name]; ok {
+		return m
+	}
+	m := GLOBL("vm"+name, RODATA|NOPTR)
+	for i := range 16 {
+		DATA(4*i, U32(bits))
+	}
+	consts[name] = m
+	return m
+}
+
+func f32(name string, v float32) Mem { return constant(name, math.Float32bits(v)) }
+
+// vmath emits the kernels of internal/vmath.
+func vmath() {
+	avx512 := vx{name: "AVX512", regs: zmm, width: 16,
+		cmp:   func(pred uint8, a VecPhysical, b Op, m Register) { VCMPPS(U8(pred), b, a, m) },
+		sel:   func(m Register, t Op, f VecPhysical, dst VecPhysical) { VBLENDMPS(t, f, m, dst) },
+		masks: []Register{K1, K2, K3}}
+	avx2 := vx{name: "AVX2", regs: ymm, width: 8,
+		cmp:   func(pred uint8, a VecPhysical, b Op, m Register) { VCMPPS(U8(pred), b, a, m) },
+		sel:   func(m Register, t Op, f VecPhysical, dst VecPhysical) { VBLENDVPS(m, t, f, dst) },
+		masks: []Register{Y13, Y14, Y15}}
+	for _, x := range []vx{avx512, avx2} {
+		expShift(x)
+		cell(x)
+	}
+}
+
+// exp emits r = Exp(in) lane by lane; in is left as it was. It uses the
+// registers tmp (5 of them) and the first mask.
+func exp(x vx, in, r VecPhysical, tmp []VecPhysical) {
+	t, k, n, p, s := tmp[0], tmp[1], tmp[2], tmp[3], tmp[4]
+	// k = round half away from zero of in*log2(e): t + copysign(0.5, t), truncated.
+	VMULPS(f32("log2e", 1.44269504088896341), in, t)
+	VANDPS(constant("sign", 0x80000000), t, n)
+	VORPS(f32("half", 0.5), n, n)
+	VADDPS(n, t, t)
+	VCVTTPS2DQ(t, k)
+	VCVTDQ2PS(k, n)
+	// r = in - n*c1 - n*c2
+	VMULPS(f32("c1", 0.693359375), n, t)
+	VSUBPS(t, in, r)
+	VMULPS(f32("c2", -2.12194440e-4), n, t)
+	VSUBPS(t, r, r)
+	// p = Cephes' polynomial in r, then p*r*r + r + 1.
+	VMULPS(f32("p0", 1.9875691500e-4), r, p)
+	for i, c := range []float32{1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1} {
+		VADDPS(f32(fmt.Sprintf("p%d", i+1), c), p, p)
+		VMULPS(r, p, p)
+	}
+	VADDPS(f32("p5", 5.0000001201e-1), p, p)
+	VMULPS(r, p, p)
+	VMULPS(r, p, p)
+	VADDPS(r, p, p)
+	VADDPS(f32("one", 1), p, p)
+	// Scale by 2^h * 2^(k-h), h = k/2 (truncated), through the exponent bits.
+	VPSRLD(U8(31), k, s)
+	VPADDD(s, k, s)
+	VPSRAD(U8(1), s, s)
+	VPSUBD(s, k, k)
+	VPADDD(constant("bias", 127), s, s)
+	VPSLLD(U8(23), s, s)
+	VPADDD(constant("bias", 127), k, k)
+	VPSLLD(U8(23), k, k)
+	VMULPS(s, p, p)
+	VMULPS(k, p, r)
+	// Beyond the float32 range: +Inf above, 0 below.
+	m := x.masks[0]
+	x.cmp(gtOQ, in, f32("hi", 88.72283905206835), m)
+	x.sel(m, constant("inf", 0x7f800000), r, r)
+	x.cmp(ltOQ, in, f32("lo", -103.972084), m)
+	x.sel(m, constant("zero", 0), r, r)
+}
+
+// sigmoid emits r = 1/(1+Exp(-in)), tmp as for exp plus one more.
+func sigmoid(x vx, in, r VecPhysical, tmp []VecPhysical) {
+	neg := tmp[5]
+	VXORPS(constant("sign", 0x80000000), in, neg)
+	exp(x, neg, r, tmp)
+	VADDPS(f32("one", 1), r, r)
+	VMOVUPS(f32("one", 1), neg)
+	VDIVPS(r, neg, r)
+}
+
+// tanh emits r = Tanh(in): in itself where |in| < 0.0004, else
+// sign(in) (1-e)/(1+e) with e = Exp(-2|in|); tmp as for exp plus two more.
+func tanh(x vx, in, r VecPhysical, tmp []VecPhysical) {
+	a, e := tmp[5], tmp[6]
+	VANDPS(constant("abs", 0x7fffffff), in, a)
+	VMULPS(f32("minus2", -2), a, a)
+	exp(x, a, e, tmp)
+	VMOVUPS(f32("one", 1), a)
+	VSUBPS(e, a, a)
+	VADDPS(f32("one", 1), e, e)
+	VDIVPS(e, a, r)
+	VXORPS(constant("sign", 0x80000000), r, e)
+	m := x.masks[1]
+	x.cmp(ltOQ, in, constant("zero", 0), m)
+	x.sel(m, e, r, r)
+	VANDPS(constant("abs", 0x7fffffff), in, a)
+	x.cmp(ltOQ, a, f32("small", 0.0004), m)
+	x.sel(m, in, r, r)
+}
+
+// expShift emits expShiftNN(row, n, shift): row[j] = Exp(row[j]-shift) for
+// j < n, n a multiple of the width.
+func expShift(x vx) {
+	name := "expShift" + x.name
+	TEXT(name, NOSPLIT, "func(row *float32, n int, shift float32)")
+	Doc(fmt.Sprintf("%s sets row[j] = Exp(row[j]-shift) for j < n; n must be a positive multiple of %d.", name, x.width))
+	row := Mem{Base: Load(Param("row"), GP64())}
+	n := Load(Param("n"), GP64())
+	shift := x.regs[0]
+	sh, err := Param("shift").Resolve()
+	if err != nil {
+		panic(err)
+	}
+	VBROADCASTSS(sh.Addr, shift)
+	in, r, tmp := x.regs[1], x.regs[2], x.regs[3:8]
+	Label(name + "loop")
+	VMOVUPS(row, in)
+	VSUBPS(shift, in, in)
+	exp(x, in, r, tmp)
+	VMOVUPS(r, row)
+	ADDQ(U32(4*x.width), row.Base)
+	SUBQ(U32(x.width), n)
+	JNZ(LabelRef(name + "loop"))
+	VZEROUPPER()
+	RET()
+}
+
+// cell emits cellNN(gates, cPrev, cNext, hNext, tc, H, n): the LSTM cell of one
+// row, as internal/vmath's LSTMCell, for the first n of its H units.
+func cell(x vx) {
+	name := "cell" + x.name
+	TEXT(name, NOSPLIT, "func(gates, cPrev, cNext, hNext, tc *float32, H, n int)")
+	Doc(fmt.Sprintf("%s applies the LSTM cell to units 0..n-1 of one row; n must be a positive multiple of %d.", name, x.width))
+	gi := Mem{Base: Load(Param("gates"), GP64())}
+	cp := Mem{Base: Load(Param("cPrev"), GP64())}
+	cn := Mem{Base: Load(Param("cNext"), GP64())}
+	hn := Mem{Base: Load(Param("hNext"), GP64())}
+	tc := Mem{Base: Load(Param("tc"), GP64())}
+	h := Load(Param("H"), GP64())
+	SHLQ(U8(2), h) // the gates' rows are H floats apart: i, f, g, o
+	n := Load(Param("n"), GP64())
+	gf := Mem{Base: gi.Base, Index: h, Scale: 1}
+	gg := Mem{Base: gi.Base, Index: h, Scale: 2}
+	h3 := GP64()
+	LEAQ(Mem{Base: h, Index: h, Scale: 2}, h3)
+	gout := Mem{Base: gi.Base, Index: h3, Scale: 1}
+	in, r, tmp := x.regs[0], x.regs[1], x.regs[2:9]
+	Label(name + "loop")
+	for _, gate := range []Mem{gi, gf, gout} {
+		VMOVUPS(gate, in)
+		sigmoid(x, in, r, tmp)
+		VMOVUPS(r, gate)
+	}
+	VMOVUPS(gg, in)
+	tanh(x, in, r, tmp)
+	VMOVUPS(r, gg)
+	// c = f*cPrev + i*g, its tanh, and h = o*tanh(c).
+	a, b := x.regs[9], x.regs[10]
+	VMOVUPS(gf, a)
+	VMULPS(cp, a, a)
+	VMOVUPS(gi, b)
+	VMULPS(gg, b, b)
+	VADDPS(b, a, in)
+	VMOVUPS(in, cn)
+	tanh(x, in, r, tmp)
+	VMOVUPS(r, tc)
+	VMULPS(gout, r, r)
+	VMOVUPS(r, hn)
+	for _, m := range []Mem{gi, cp, cn, hn, tc} {
+		ADDQ(U32(4*x.width), m.Base)
+	}
+	SUBQ(U32(x.width), n)
+	JNZ(LabelRef(name + "loop"))
+	VZEROUPPER()
+	RET()
+}
