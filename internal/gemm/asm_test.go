@@ -4,6 +4,9 @@ package gemm
 
 import (
 	"fmt"
+	"math/rand/v2"
+	"os"
+	"slices"
 	"testing"
 )
 
@@ -51,5 +54,47 @@ func BenchmarkSgemmPeak(b *testing.B) {
 			})
 			b.ReportMetric(2*float64(chains*width)*rounds*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
 		})
+	}
+}
+
+// The AVX-512 and AVX2 paths give the same bits: each element is the same
+// chain of fused multiply-adds over blocks of K of the same length.
+func TestPathsGiveSameBits(t *testing.T) {
+	if len(paths) < 2 {
+		// Only a CPU with AVX-512 runs both paths. CI sets
+		// DOWNPOUR_GEMM_PATHS=require: there this test must run.
+		if os.Getenv("DOWNPOUR_GEMM_PATHS") == "require" {
+			t.Fatalf("DOWNPOUR_GEMM_PATHS=require, but this CPU offers only %v", Paths())
+		}
+		t.Skipf("this CPU offers only %v: no second path to compare", Paths())
+	}
+	for i, s := range append(shapes(), bigShapes...) {
+		var outs [][]float32
+		for _, p := range paths {
+			outs = append(outs, checkShape(t, Implementation{path: p}, s, uint64(i)))
+		}
+		sameBits(t, fmt.Sprintf("%v: %s vs %s", s, paths[0].name, paths[1].name), outs[0], outs[1])
+	}
+}
+
+func TestTransposeInto(t *testing.T) {
+	rng := rand.New(rand.NewPCG(5, 5))
+	for _, rows := range []int{1, 3, 4, 5, 8, 11, 12, 16, 32} {
+		for _, depth := range []int{1, 7, 8, 9, 16, 300} {
+			lds, ldd := depth+3, rows+2
+			src := make([]float32, rows*lds)
+			for i := range src {
+				src[i] = rng.Float32()
+			}
+			dst := make([]float32, depth*ldd)
+			want := slices.Clone(dst)
+			for i := range rows {
+				for p := range depth {
+					want[p*ldd+i] = src[i*lds+p]
+				}
+			}
+			transposeInto(dst, ldd, src, lds, rows, depth)
+			sameBits(t, fmt.Sprintf("rows %d depth %d", rows, depth), dst, want)
+		}
 	}
 }
