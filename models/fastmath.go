@@ -7,6 +7,5 @@ import "github.com/downpour-ml/downpour/internal/vmath"
 // dominate the step. They are internal/vmath's, tested against math over
 // their whole range there.
 
-func exp32(x float32) float32     { return vmath.Exp(x) }
 func sigmoid32(x float32) float32 { return vmath.Sigmoid(x) }
 func tanh32(x float32) float32    { return vmath.Tanh(x) }

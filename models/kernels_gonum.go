@@ -5,7 +5,7 @@ package models
 import "github.com/downpour-ml/downpour/internal/vmath"
 
 // The vector kernels of the default build: internal/vmath's assembly, which
-// gives the bits of cellForward32 and exp32 on every path.
+// gives the bits of cellForward32 and of vmath.Exp on every path.
 
 func cellForwardFast(g, cPrev, cNext, hNext, tc []float32, H int) {
 	vmath.LSTMCell(g, cPrev, cNext, hNext, tc, H)

@@ -46,7 +46,7 @@ import "C"
 import "unsafe"
 
 // Vector kernels of the fast build (C, vectorised by the compiler); the
-// pure-Go build uses cellForward32 and exp32. Both are tested against the
+// default build uses internal/vmath. Both are tested against the
 // float64 references.
 
 func cellForwardFast(g, cPrev, cNext, hNext, tc []float32, H int) {
