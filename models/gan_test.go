@@ -5,6 +5,8 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
+
+	"gonum.org/v1/gonum/blas/gonum"
 )
 
 var smallGAN = GANConfig{Noise: 3, GHidden: 5, Pixels: 4, DUnits: 3, DPieces: 2, KeepInput: 0.8, KeepHidden: 0.5, GScale: 0.8, DScale: 0.8}
@@ -158,12 +160,12 @@ func BenchmarkG1(b *testing.B) {
 	z := make([]float32, rows*c.Noise)
 	masks := func() DropoutMasks[float32] { return RandomMasks(rng, c, rows) }
 	vel := make([]float32, len(m.Params()))
-	update := func(lo, hi int) { // SGD with momentum 0.5, lr 0.1
-		w, g := m.Params(), m.Grads()
-		for i := lo; i < hi; i++ {
-			vel[i] = 0.5*vel[i] - 0.1*g[i]
-			w[i] += vel[i]
-		}
+	update := func(lo, hi int) { // SGD with momentum 0.5, lr 0.1, in the shards' vector kernels
+		w, g, v := m.Params()[lo:hi], m.Grads()[lo:hi], vel[lo:hi]
+		var native gonum.Implementation
+		native.Sscal(len(v), 0.5, v, 1)
+		native.Saxpy(len(v), -0.1, g, 1, v, 1)
+		native.Saxpy(len(w), 1, v, 1, w, 1)
 	}
 	gs, n := c.GSize(), len(m.Params())
 	step := func() {
