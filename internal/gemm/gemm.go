@@ -105,23 +105,7 @@ func Paths() []string {
 	return append(names, "go")
 }
 
-// With returns an Implementation that takes the named path, for tests and
-// benchmarks that compare paths within one process.
-func With(name string) (Implementation, error) {
-	p, err := choose(name)
-	if err != nil {
-		return Implementation{}, err
-	}
-	if p == nil && name == "" {
-		name = "go"
-	}
-	if name == "go" {
-		return Implementation{path: goPath}, nil
-	}
-	return Implementation{path: p}, nil
-}
-
-// goPath marks an Implementation bound to gonum's pure Go.
+// goPath marks an Implementation bound to gonum's pure Go (in tests).
 var goPath = &path{name: "go"}
 
 func (p *path) String() string {
