@@ -136,14 +136,16 @@ func (l *LSTM[T]) Backward(c *LSTMCache[T], dOut, dhT, dcT []T, wantDX bool) (dx
 	}
 	for t := steps - 1; t >= 0; t-- {
 		if dOut != nil {
-			d := dOut[t*n : (t+1)*n]
-			for k := range dh {
-				dh[k] += d[k]
-			}
+			addTo(dh, dOut[t*n:(t+1)*n])
 		}
 		g := c.Gates[t*batch*H4 : (t+1)*batch*H4]
 		da := dA[t*batch*H4 : (t+1)*batch*H4]
 		cPrev, tc := c.CS[t*n:(t+1)*n], c.TanhC[t*n:(t+1)*n]
+		if g32, ok := any(g).([]float32); ok {
+			cellBackwardFast(g32, any(cPrev).([]float32), any(tc).([]float32), any(dh).([]float32), any(dc).([]float32), any(da).([]float32), H)
+			matmul(dh, da, false, l.Wh, true, batch, H, H4, false)
+			continue
+		}
 		for b := 0; b < batch; b++ {
 			row, drow := g[b*H4:(b+1)*H4], da[b*H4:(b+1)*H4]
 			for j := 0; j < H; j++ {
@@ -166,10 +168,7 @@ func (l *LSTM[T]) Backward(c *LSTMCache[T], dOut, dhT, dcT []T, wantDX bool) (dx
 	matmul(l.DWh, c.HS[:steps*n], true, dA, false, H, H4, steps*batch, true)
 	matmul(l.DWx, c.X, true, dA, false, l.In, H4, steps*batch, true)
 	for r := 0; r < steps*batch; r++ {
-		row := dA[r*H4 : (r+1)*H4]
-		for j, v := range row {
-			l.DB[j] += v
-		}
+		addTo(l.DB, dA[r*H4:(r+1)*H4])
 	}
 	if wantDX {
 		c.DX = grow(c.DX, steps*batch*l.In)

@@ -62,6 +62,7 @@ func vmath() {
 	for _, x := range []vx{avx512, avx2} {
 		expShift(x)
 		cell(x)
+		cellBack(x)
 	}
 }
 
@@ -210,6 +211,90 @@ func cell(x vx) {
 	VMULPS(gout, r, r)
 	VMOVUPS(r, hn)
 	for _, m := range []Mem{gi, cp, cn, hn, tc} {
+		ADDQ(U32(4*x.width), m.Base)
+	}
+	SUBQ(U32(x.width), n)
+	JNZ(LabelRef(name + "loop"))
+	VZEROUPPER()
+	RET()
+}
+
+// cellBack emits cellBackNN(gates, cPrev, tc, dh, dc, dgates, H, n): the
+// LSTM cell's backward pass for units 0..n-1 of one row, as internal/vmath's
+// LSTMCellBackward: from the gates' activations and the gradients dh and dc
+// of the cell's outputs, the gradients of the gates' pre-activations, and
+// dc carried back through the forget gate.
+func cellBack(x vx) {
+	name := "cellBack" + x.name
+	TEXT(name, NOSPLIT, "func(gates, cPrev, tc, dh, dc, dgates *float32, H, n int)")
+	Doc(fmt.Sprintf("%s is the LSTM cell's backward pass over units 0..n-1 of one row; n must be a positive multiple of %d.", name, x.width))
+	g := Mem{Base: Load(Param("gates"), GP64())}
+	cp := Mem{Base: Load(Param("cPrev"), GP64())}
+	tc := Mem{Base: Load(Param("tc"), GP64())}
+	dh := Mem{Base: Load(Param("dh"), GP64())}
+	dc := Mem{Base: Load(Param("dc"), GP64())}
+	d := Mem{Base: Load(Param("dgates"), GP64())}
+	h := Load(Param("H"), GP64())
+	SHLQ(U8(2), h)
+	n := Load(Param("n"), GP64())
+	h3 := GP64()
+	LEAQ(Mem{Base: h, Index: h, Scale: 2}, h3)
+	// gate q of a row is q*H floats on: i, f, g, o.
+	at := func(m Mem, q int) Mem {
+		switch q {
+		case 0:
+			return m
+		case 1:
+			return Mem{Base: m.Base, Index: h, Scale: 1}
+		case 2:
+			return Mem{Base: m.Base, Index: h, Scale: 2}
+		}
+		return Mem{Base: m.Base, Index: h3, Scale: 1}
+	}
+	r := x.regs
+	i, f, gg, o, th, dhv, do, dck, t1, t2, one := r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], r[9], r[10]
+	VMOVUPS(f32("one", 1), one)
+	Label(name + "loop")
+	VMOVUPS(at(g, 0), i)
+	VMOVUPS(at(g, 1), f)
+	VMOVUPS(at(g, 2), gg)
+	VMOVUPS(at(g, 3), o)
+	VMOVUPS(tc, th)
+	VMOVUPS(dh, dhv)
+	// do = dh*th; dc' = dh*o*(1-th*th) + dc
+	VMULPS(th, dhv, do)
+	VMULPS(th, th, t1)
+	VSUBPS(t1, one, t1)
+	VMULPS(o, dhv, t2)
+	VMULPS(t1, t2, t2)
+	VADDPS(dc, t2, dck)
+	// di = dc'*g*i*(1-i)
+	VMULPS(gg, dck, t2)
+	VMULPS(i, t2, t2)
+	VSUBPS(i, one, t1)
+	VMULPS(t1, t2, t2)
+	VMOVUPS(t2, at(d, 0))
+	// df = dc'*cPrev*f*(1-f)
+	VMULPS(cp, dck, t2)
+	VMULPS(f, t2, t2)
+	VSUBPS(f, one, t1)
+	VMULPS(t1, t2, t2)
+	VMOVUPS(t2, at(d, 1))
+	// dg = dc'*i*(1-g*g)
+	VMULPS(i, dck, t2)
+	VMULPS(gg, gg, t1)
+	VSUBPS(t1, one, t1)
+	VMULPS(t1, t2, t2)
+	VMOVUPS(t2, at(d, 2))
+	// do = dh*th*o*(1-o)
+	VMULPS(o, do, t2)
+	VSUBPS(o, one, t1)
+	VMULPS(t1, t2, t2)
+	VMOVUPS(t2, at(d, 3))
+	// dc = dc'*f
+	VMULPS(f, dck, t2)
+	VMOVUPS(t2, dc)
+	for _, m := range []Mem{g, cp, tc, dh, dc, d} {
 		ADDQ(U32(4*x.width), m.Base)
 	}
 	SUBQ(U32(x.width), n)

@@ -133,12 +133,54 @@ func LSTMCell(g, cPrev, cNext, hNext, tc []float32, H int) {
 	}
 }
 
+// LSTMCellBackward is LSTMCell's backward pass. From the activations g it
+// left (rows of 4H: i, f, g, o), the previous cell state cPrev, tanh of the
+// new one tc, and the gradients dh and dc of the new hidden and cell states,
+// it sets dg (laid out as g) to the gradients of the gates' pre-activations
+// and dc to the gradient of the previous cell state:
+//
+//	dc' = dh*o*(1-tc*tc) + dc
+//	di = dc'*g*i*(1-i), df = dc'*cPrev*f*(1-f), dg = dc'*i*(1-g*g), do = dh*tc*o*(1-o)
+//	dc = dc'*f
+func LSTMCellBackward(g, cPrev, tc, dh, dc, dg []float32, H int) {
+	H4 := 4 * H
+	rows := len(g) / H4
+	if rows == 0 {
+		return
+	}
+	_, _ = dg[rows*H4-1], g[rows*H4-1]
+	_, _, _, _ = cPrev[rows*H-1], tc[rows*H-1], dh[rows*H-1], dc[rows*H-1]
+	for b := range rows {
+		n := 0
+		if vector != nil {
+			n = H / vector.width * vector.width
+			if n > 0 {
+				vector.cellBack(&g[b*H4], &cPrev[b*H], &tc[b*H], &dh[b*H], &dc[b*H], &dg[b*H4], H, n)
+			}
+		}
+		row, drow := g[b*H4:(b+1)*H4], dg[b*H4:(b+1)*H4]
+		for j := n; j < H; j++ {
+			k := b*H + j
+			i, f, gg, o := row[j], row[H+j], row[2*H+j], row[3*H+j]
+			th, dhk := tc[k], dh[k]
+			do := dhk * th
+			dck := float32(float32(dhk*o)*(1-float32(th*th))) + dc[k]
+			drow[j] = float32(float32(dck*gg)*i) * (1 - i)
+			drow[H+j] = float32(float32(dck*cPrev[k])*f) * (1 - f)
+			drow[2*H+j] = float32(dck*i) * (1 - float32(gg*gg))
+			drow[3*H+j] = float32(do*o) * (1 - o)
+			dc[k] = dck * f
+		}
+	}
+}
+
 // kernels is one path's assembly.
 type kernels struct {
 	name     string
 	width    int
 	expShift func(row *float32, n int, shift float32)
 	cell     func(g, cPrev, cNext, hNext, tc *float32, H, n int)
+	cellBack func(g, cPrev, tc, dh, dc, dg *float32, H, n int)
 }
 
 // vector is the path in use, nil for the scalar Go.

@@ -10,8 +10,14 @@ func expShiftAVX512(row *float32, n int, shift float32)
 // cellAVX512 applies the LSTM cell to units 0..n-1 of one row; n must be a positive multiple of 16.
 func cellAVX512(gates *float32, cPrev *float32, cNext *float32, hNext *float32, tc *float32, H int, n int)
 
+// cellBackAVX512 is the LSTM cell's backward pass over units 0..n-1 of one row; n must be a positive multiple of 16.
+func cellBackAVX512(gates *float32, cPrev *float32, tc *float32, dh *float32, dc *float32, dgates *float32, H int, n int)
+
 // expShiftAVX2 sets row[j] = Exp(row[j]-shift) for j < n; n must be a positive multiple of 8.
 func expShiftAVX2(row *float32, n int, shift float32)
 
 // cellAVX2 applies the LSTM cell to units 0..n-1 of one row; n must be a positive multiple of 8.
 func cellAVX2(gates *float32, cPrev *float32, cNext *float32, hNext *float32, tc *float32, H int, n int)
+
+// cellBackAVX2 is the LSTM cell's backward pass over units 0..n-1 of one row; n must be a positive multiple of 8.
+func cellBackAVX2(gates *float32, cPrev *float32, tc *float32, dh *float32, dc *float32, dgates *float32, H int, n int)

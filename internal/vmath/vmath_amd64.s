@@ -686,6 +686,66 @@ DATA vmsmall<>+56(SB)/4, $0x39d1b717
 DATA vmsmall<>+60(SB)/4, $0x39d1b717
 GLOBL vmsmall<>(SB), RODATA|NOPTR, $64
 
+// func cellBackAVX512(gates *float32, cPrev *float32, tc *float32, dh *float32, dc *float32, dgates *float32, H int, n int)
+// Requires: AVX, AVX512F
+TEXT ·cellBackAVX512(SB), NOSPLIT, $0-64
+	MOVQ    gates+0(FP), AX
+	MOVQ    cPrev+8(FP), CX
+	MOVQ    tc+16(FP), DX
+	MOVQ    dh+24(FP), BX
+	MOVQ    dc+32(FP), SI
+	MOVQ    dgates+40(FP), DI
+	MOVQ    H+48(FP), R8
+	SHLQ    $0x02, R8
+	MOVQ    n+56(FP), R9
+	LEAQ    (R8)(R8*2), R10
+	VMOVUPS vmone<>+0(SB), Z10
+
+cellBackAVX512loop:
+	VMOVUPS (AX), Z0
+	VMOVUPS (AX)(R8*1), Z1
+	VMOVUPS (AX)(R8*2), Z2
+	VMOVUPS (AX)(R10*1), Z3
+	VMOVUPS (DX), Z4
+	VMOVUPS (BX), Z5
+	VMULPS  Z4, Z5, Z6
+	VMULPS  Z4, Z4, Z8
+	VSUBPS  Z8, Z10, Z8
+	VMULPS  Z3, Z5, Z9
+	VMULPS  Z8, Z9, Z9
+	VADDPS  (SI), Z9, Z7
+	VMULPS  Z2, Z7, Z9
+	VMULPS  Z0, Z9, Z9
+	VSUBPS  Z0, Z10, Z8
+	VMULPS  Z8, Z9, Z9
+	VMOVUPS Z9, (DI)
+	VMULPS  (CX), Z7, Z9
+	VMULPS  Z1, Z9, Z9
+	VSUBPS  Z1, Z10, Z8
+	VMULPS  Z8, Z9, Z9
+	VMOVUPS Z9, (DI)(R8*1)
+	VMULPS  Z0, Z7, Z9
+	VMULPS  Z2, Z2, Z8
+	VSUBPS  Z8, Z10, Z8
+	VMULPS  Z8, Z9, Z9
+	VMOVUPS Z9, (DI)(R8*2)
+	VMULPS  Z3, Z6, Z9
+	VSUBPS  Z3, Z10, Z8
+	VMULPS  Z8, Z9, Z9
+	VMOVUPS Z9, (DI)(R10*1)
+	VMULPS  Z1, Z7, Z9
+	VMOVUPS Z9, (SI)
+	ADDQ    $0x00000040, AX
+	ADDQ    $0x00000040, CX
+	ADDQ    $0x00000040, DX
+	ADDQ    $0x00000040, BX
+	ADDQ    $0x00000040, SI
+	ADDQ    $0x00000040, DI
+	SUBQ    $0x00000010, R9
+	JNZ     cellBackAVX512loop
+	VZEROUPPER
+	RET
+
 // func expShiftAVX2(row *float32, n int, shift float32)
 // Requires: AVX, AVX2
 TEXT ·expShiftAVX2(SB), NOSPLIT, $0-20
@@ -1005,5 +1065,65 @@ cellAVX2loop:
 	ADDQ       $0x00000020, SI
 	SUBQ       $0x00000008, R8
 	JNZ        cellAVX2loop
+	VZEROUPPER
+	RET
+
+// func cellBackAVX2(gates *float32, cPrev *float32, tc *float32, dh *float32, dc *float32, dgates *float32, H int, n int)
+// Requires: AVX
+TEXT ·cellBackAVX2(SB), NOSPLIT, $0-64
+	MOVQ    gates+0(FP), AX
+	MOVQ    cPrev+8(FP), CX
+	MOVQ    tc+16(FP), DX
+	MOVQ    dh+24(FP), BX
+	MOVQ    dc+32(FP), SI
+	MOVQ    dgates+40(FP), DI
+	MOVQ    H+48(FP), R8
+	SHLQ    $0x02, R8
+	MOVQ    n+56(FP), R9
+	LEAQ    (R8)(R8*2), R10
+	VMOVUPS vmone<>+0(SB), Y10
+
+cellBackAVX2loop:
+	VMOVUPS (AX), Y0
+	VMOVUPS (AX)(R8*1), Y1
+	VMOVUPS (AX)(R8*2), Y2
+	VMOVUPS (AX)(R10*1), Y3
+	VMOVUPS (DX), Y4
+	VMOVUPS (BX), Y5
+	VMULPS  Y4, Y5, Y6
+	VMULPS  Y4, Y4, Y8
+	VSUBPS  Y8, Y10, Y8
+	VMULPS  Y3, Y5, Y9
+	VMULPS  Y8, Y9, Y9
+	VADDPS  (SI), Y9, Y7
+	VMULPS  Y2, Y7, Y9
+	VMULPS  Y0, Y9, Y9
+	VSUBPS  Y0, Y10, Y8
+	VMULPS  Y8, Y9, Y9
+	VMOVUPS Y9, (DI)
+	VMULPS  (CX), Y7, Y9
+	VMULPS  Y1, Y9, Y9
+	VSUBPS  Y1, Y10, Y8
+	VMULPS  Y8, Y9, Y9
+	VMOVUPS Y9, (DI)(R8*1)
+	VMULPS  Y0, Y7, Y9
+	VMULPS  Y2, Y2, Y8
+	VSUBPS  Y8, Y10, Y8
+	VMULPS  Y8, Y9, Y9
+	VMOVUPS Y9, (DI)(R8*2)
+	VMULPS  Y3, Y6, Y9
+	VSUBPS  Y3, Y10, Y8
+	VMULPS  Y8, Y9, Y9
+	VMOVUPS Y9, (DI)(R10*1)
+	VMULPS  Y1, Y7, Y9
+	VMOVUPS Y9, (SI)
+	ADDQ    $0x00000020, AX
+	ADDQ    $0x00000020, CX
+	ADDQ    $0x00000020, DX
+	ADDQ    $0x00000020, BX
+	ADDQ    $0x00000020, SI
+	ADDQ    $0x00000020, DI
+	SUBQ    $0x00000008, R9
+	JNZ     cellBackAVX2loop
 	VZEROUPPER
 	RET

@@ -197,6 +197,26 @@ func TestVectorMatchesScalar(t *testing.T) {
 						}
 					}
 				}
+				// The backward pass from the forward's outputs and random
+				// gradients (and from the specials, as activations).
+				fwd := want
+				for _, acts := range [][]float32{fwd[0], g} {
+					dh, dc := inputs(rng, B*H), inputs(rng, B*H)
+					back := func(v *kernels) [2][]float32 {
+						vector = v
+						dg, dcc := make([]float32, B*4*H), slices.Clone(dc)
+						LSTMCellBackward(acts, cPrev, fwd[3], dh, dcc, dg, H)
+						return [2][]float32{dg, dcc}
+					}
+					bw, bg := back(nil), back(k)
+					for o := range bw {
+						for j := range bw[o] {
+							if !sameBits(bg[o][j], bw[o][j]) {
+								t.Fatalf("LSTMCellBackward H=%d: output %d[%d] = %v, scalar %v", H, o, j, bg[o][j], bw[o][j])
+							}
+						}
+					}
+				}
 			}
 		})
 	}
