@@ -5,6 +5,10 @@ import (
 	"hash/fnv"
 	"math"
 	"math/rand/v2"
+
+	"gonum.org/v1/gonum/blas/gonum"
+
+	"github.com/downpour-ml/downpour/internal/vmath"
 )
 
 // Tensor names one parameter tensor of a model and its shape. A model's
@@ -68,8 +72,12 @@ func (v *view[T]) take(n int) []T {
 	return s
 }
 
-// GlobalNorm is the Euclidean norm of g, accumulated in float64.
+// GlobalNorm is the Euclidean norm of g, accumulated in float64 (for
+// float32, in vmath.SumSquares' order, which SIMD follows on every path).
 func GlobalNorm[T Float](g []T) float64 {
+	if g32, ok := any(g).([]float32); ok {
+		return math.Sqrt(vmath.SumSquares(g32))
+	}
 	var s float64
 	for _, v := range g {
 		s += float64(v) * float64(v)
@@ -83,6 +91,10 @@ func ClipGlobalNorm[T Float](g []T, max float64) float64 {
 	n := GlobalNorm(g)
 	if max > 0 && n > max {
 		s := T(max / n)
+		if g32, ok := any(g).([]float32); ok { // one rounding per element either way
+			gonum.Implementation{}.Sscal(len(g32), float32(s), g32, 1)
+			return n
+		}
 		for i := range g {
 			g[i] *= s
 		}

@@ -43,6 +43,7 @@ func gemm() {
 func copyPanel(nr int) {
 	name := fmt.Sprintf("copy%d", nr)
 	TEXT(name, NOSPLIT, "func(src *float32, lds int, dst *float32, depth int)")
+	Pragma("noescape") // the kernels keep no pointer
 	Doc(fmt.Sprintf("%s sets dst[p*%d+j] = src[p*lds+j] for j < %d, p < depth; depth must be at least 1.", name, nr, nr))
 	src := Mem{Base: Load(Param("src"), GP64())}
 	lds := Load(Param("lds"), GP64())
@@ -99,6 +100,7 @@ func peak(x isa) {
 func kernel(x isa, mr int) {
 	nv := x.nr / x.width // vectors per row of the tile
 	TEXT(fmt.Sprintf("kernel%sx%d", x.name, mr), NOSPLIT, "func(kc int, a, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)")
+	Pragma("noescape") // the kernels keep no pointer
 	Doc(fmt.Sprintf("kernel%sx%d computes a %dx%d tile of C; kc must be at least 1.", x.name, mr, mr, x.nr))
 
 	// Registers: accumulators first, then the row of B, then two for
@@ -223,6 +225,7 @@ func kernel(x isa, mr int) {
 func transpose(r int) {
 	name := fmt.Sprintf("transpose%dx8", r)
 	TEXT(name, NOSPLIT, "func(src *float32, lds int, dst *float32, ldd int)")
+	Pragma("noescape") // the kernels keep no pointer
 	Doc(fmt.Sprintf("%s writes dst[p*ldd+i] = src[i*lds+p] for i < %d, p < 8.", name, r))
 	src := Load(Param("src"), GP64())
 	lds := Load(Param("lds"), GP64())

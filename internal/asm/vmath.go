@@ -63,6 +63,7 @@ func vmath() {
 		expShift(x)
 		cell(x)
 		cellBack(x)
+		sumSquares(x)
 	}
 }
 
@@ -147,6 +148,7 @@ func tanh(x vx, in, r VecPhysical, tmp []VecPhysical) {
 func expShift(x vx) {
 	name := "expShift" + x.name
 	TEXT(name, NOSPLIT, "func(row *float32, n int, shift float32)")
+	Pragma("noescape") // the kernels keep no pointer
 	Doc(fmt.Sprintf("%s sets row[j] = Exp(row[j]-shift) for j < n; n must be a positive multiple of %d.", name, x.width))
 	row := Mem{Base: Load(Param("row"), GP64())}
 	n := Load(Param("n"), GP64())
@@ -174,6 +176,7 @@ func expShift(x vx) {
 func cell(x vx) {
 	name := "cell" + x.name
 	TEXT(name, NOSPLIT, "func(gates, cPrev, cNext, hNext, tc *float32, H, n int)")
+	Pragma("noescape") // the kernels keep no pointer
 	Doc(fmt.Sprintf("%s applies the LSTM cell to units 0..n-1 of one row; n must be a positive multiple of %d.", name, x.width))
 	gi := Mem{Base: Load(Param("gates"), GP64())}
 	cp := Mem{Base: Load(Param("cPrev"), GP64())}
@@ -227,6 +230,7 @@ func cell(x vx) {
 func cellBack(x vx) {
 	name := "cellBack" + x.name
 	TEXT(name, NOSPLIT, "func(gates, cPrev, tc, dh, dc, dgates *float32, H, n int)")
+	Pragma("noescape") // the kernels keep no pointer
 	Doc(fmt.Sprintf("%s is the LSTM cell's backward pass over units 0..n-1 of one row; n must be a positive multiple of %d.", name, x.width))
 	g := Mem{Base: Load(Param("gates"), GP64())}
 	cp := Mem{Base: Load(Param("cPrev"), GP64())}
@@ -299,6 +303,42 @@ func cellBack(x vx) {
 	}
 	SUBQ(U32(x.width), n)
 	JNZ(LabelRef(name + "loop"))
+	VZEROUPPER()
+	RET()
+}
+
+// sumSquares emits sumSquaresNN(x, n, acc): acc[l] += x[j]^2 in float64 for
+// j < n with j%32 == l, each lane in the order of j (4 zmm or 8 ymm
+// accumulators of 8 or 4 lanes); the square of a float32 is exact in
+// float64, so only the additions round, as in the scalar Go.
+func sumSquares(x vx) {
+	name := "sumSquares" + x.name
+	TEXT(name, NOSPLIT, "func(x *float32, n int, acc *[32]float64)")
+	Pragma("noescape") // the kernels keep no pointer
+	Doc(fmt.Sprintf("%s adds the squares of x[0:n] into 32 lanes of acc by j%%32; n must be a positive multiple of 32.", name))
+	src := Mem{Base: Load(Param("x"), GP64())}
+	n := Load(Param("n"), GP64())
+	acc := Mem{Base: Load(Param("acc"), GP64())}
+	lanes := x.width / 2 // float64 per register
+	regs := 32 / lanes   // accumulators
+	a, t := x.regs[:regs], x.regs[regs:2*regs]
+	for q, r := range a {
+		VMOVUPD(acc.Offset(8*lanes*q), r)
+	}
+	Label(name + "loop")
+	for q := range regs {
+		VCVTPS2PD(src.Offset(4*lanes*q), t[q])
+	}
+	for q := range regs {
+		VMULPD(t[q], t[q], t[q])
+		VADDPD(t[q], a[q], a[q])
+	}
+	ADDQ(U32(4*32), src.Base)
+	SUBQ(U32(32), n)
+	JNZ(LabelRef(name + "loop"))
+	for q, r := range a {
+		VMOVUPD(r, acc.Offset(8*lanes*q))
+	}
 	VZEROUPPER()
 	RET()
 }

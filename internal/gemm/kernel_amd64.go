@@ -5,57 +5,93 @@
 package gemm
 
 // kernelAVX512x1 computes a 1x32 tile of C; kc must be at least 1.
+//
+//go:noescape
 func kernelAVX512x1(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 
 // kernelAVX512x2 computes a 2x32 tile of C; kc must be at least 1.
+//
+//go:noescape
 func kernelAVX512x2(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 
 // kernelAVX512x3 computes a 3x32 tile of C; kc must be at least 1.
+//
+//go:noescape
 func kernelAVX512x3(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 
 // kernelAVX512x4 computes a 4x32 tile of C; kc must be at least 1.
+//
+//go:noescape
 func kernelAVX512x4(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 
 // kernelAVX512x5 computes a 5x32 tile of C; kc must be at least 1.
+//
+//go:noescape
 func kernelAVX512x5(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 
 // kernelAVX512x6 computes a 6x32 tile of C; kc must be at least 1.
+//
+//go:noescape
 func kernelAVX512x6(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 
 // kernelAVX512x7 computes a 7x32 tile of C; kc must be at least 1.
+//
+//go:noescape
 func kernelAVX512x7(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 
 // kernelAVX512x8 computes a 8x32 tile of C; kc must be at least 1.
+//
+//go:noescape
 func kernelAVX512x8(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 
 // kernelAVX512x9 computes a 9x32 tile of C; kc must be at least 1.
+//
+//go:noescape
 func kernelAVX512x9(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 
 // kernelAVX512x10 computes a 10x32 tile of C; kc must be at least 1.
+//
+//go:noescape
 func kernelAVX512x10(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 
 // kernelAVX512x11 computes a 11x32 tile of C; kc must be at least 1.
+//
+//go:noescape
 func kernelAVX512x11(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 
 // kernelAVX512x12 computes a 12x32 tile of C; kc must be at least 1.
+//
+//go:noescape
 func kernelAVX512x12(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 
 // kernelAVX2x1 computes a 1x16 tile of C; kc must be at least 1.
+//
+//go:noescape
 func kernelAVX2x1(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 
 // kernelAVX2x2 computes a 2x16 tile of C; kc must be at least 1.
+//
+//go:noescape
 func kernelAVX2x2(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 
 // kernelAVX2x3 computes a 3x16 tile of C; kc must be at least 1.
+//
+//go:noescape
 func kernelAVX2x3(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 
 // kernelAVX2x4 computes a 4x16 tile of C; kc must be at least 1.
+//
+//go:noescape
 func kernelAVX2x4(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 
 // kernelAVX2x5 computes a 5x16 tile of C; kc must be at least 1.
+//
+//go:noescape
 func kernelAVX2x5(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 
 // kernelAVX2x6 computes a 6x16 tile of C; kc must be at least 1.
+//
+//go:noescape
 func kernelAVX2x6(kc int, a *float32, b *float32, ldb int, c *float32, ldc int, alpha float32, accumulate bool)
 
 // peakAVX512 runs n rounds of 24 independent FMAs on 16-float registers.
@@ -65,13 +101,21 @@ func peakAVX512(n int)
 func peakAVX2(n int)
 
 // transpose8x8 writes dst[p*ldd+i] = src[i*lds+p] for i < 8, p < 8.
+//
+//go:noescape
 func transpose8x8(src *float32, lds int, dst *float32, ldd int)
 
 // transpose4x8 writes dst[p*ldd+i] = src[i*lds+p] for i < 4, p < 8.
+//
+//go:noescape
 func transpose4x8(src *float32, lds int, dst *float32, ldd int)
 
 // copy32 sets dst[p*32+j] = src[p*lds+j] for j < 32, p < depth; depth must be at least 1.
+//
+//go:noescape
 func copy32(src *float32, lds int, dst *float32, depth int)
 
 // copy16 sets dst[p*16+j] = src[p*lds+j] for j < 16, p < depth; depth must be at least 1.
+//
+//go:noescape
 func copy16(src *float32, lds int, dst *float32, depth int)

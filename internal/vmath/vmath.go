@@ -174,6 +174,31 @@ func LSTMCellBackward(g, cPrev, tc, dh, dc, dg []float32, H int) {
 	}
 }
 
+// SumSquares is the sum of x[j]^2 in float64, in a fixed order that SIMD
+// can follow: element j goes to lane j%32, each lane adds in the order of j,
+// and the lanes are added pairwise (lane i + lane i+16, then i+8, ...). The
+// squares are exact in float64, so every path gives the same bits.
+func SumSquares(x []float32) float64 {
+	var s [32]float64
+	n := 0
+	if vector != nil {
+		n = len(x) / 32 * 32
+		if n > 0 {
+			sumSquaresVec(&x[0], n, &s) // a direct call: s stays on the stack
+		}
+	}
+	for j := n; j < len(x); j++ {
+		v := float64(x[j])
+		s[j%32] += v * v
+	}
+	for w := 16; w >= 1; w /= 2 {
+		for i := range w {
+			s[i] += s[i+w]
+		}
+	}
+	return s[0]
+}
+
 // kernels is one path's assembly.
 type kernels struct {
 	name     string

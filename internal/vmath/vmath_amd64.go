@@ -5,19 +5,41 @@
 package vmath
 
 // expShiftAVX512 sets row[j] = Exp(row[j]-shift) for j < n; n must be a positive multiple of 16.
+//
+//go:noescape
 func expShiftAVX512(row *float32, n int, shift float32)
 
 // cellAVX512 applies the LSTM cell to units 0..n-1 of one row; n must be a positive multiple of 16.
+//
+//go:noescape
 func cellAVX512(gates *float32, cPrev *float32, cNext *float32, hNext *float32, tc *float32, H int, n int)
 
 // cellBackAVX512 is the LSTM cell's backward pass over units 0..n-1 of one row; n must be a positive multiple of 16.
+//
+//go:noescape
 func cellBackAVX512(gates *float32, cPrev *float32, tc *float32, dh *float32, dc *float32, dgates *float32, H int, n int)
 
+// sumSquaresAVX512 adds the squares of x[0:n] into 32 lanes of acc by j%32; n must be a positive multiple of 32.
+//
+//go:noescape
+func sumSquaresAVX512(x *float32, n int, acc *[32]float64)
+
 // expShiftAVX2 sets row[j] = Exp(row[j]-shift) for j < n; n must be a positive multiple of 8.
+//
+//go:noescape
 func expShiftAVX2(row *float32, n int, shift float32)
 
 // cellAVX2 applies the LSTM cell to units 0..n-1 of one row; n must be a positive multiple of 8.
+//
+//go:noescape
 func cellAVX2(gates *float32, cPrev *float32, cNext *float32, hNext *float32, tc *float32, H int, n int)
 
 // cellBackAVX2 is the LSTM cell's backward pass over units 0..n-1 of one row; n must be a positive multiple of 8.
+//
+//go:noescape
 func cellBackAVX2(gates *float32, cPrev *float32, tc *float32, dh *float32, dc *float32, dgates *float32, H int, n int)
+
+// sumSquaresAVX2 adds the squares of x[0:n] into 32 lanes of acc by j%32; n must be a positive multiple of 32.
+//
+//go:noescape
+func sumSquaresAVX2(x *float32, n int, acc *[32]float64)

@@ -222,6 +222,37 @@ func TestVectorMatchesScalar(t *testing.T) {
 	}
 }
 
+// SumSquares gives the same bits on every path, and the sum itself to
+// float64 rounding.
+func TestSumSquares(t *testing.T) {
+	rng := rand.New(rand.NewPCG(8, 8))
+	for _, n := range []int{0, 1, 31, 32, 33, 100, 1000, 4099} {
+		x := inputs(rng, n)
+		for i, v := range x {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) || math.Abs(float64(v)) > 1e6 {
+				x[i] = 1
+			}
+		}
+		defer func(v *kernels) { vector = v }(vector)
+		vector = nil
+		want := SumSquares(x)
+		var exact, abs float64
+		for _, v := range x {
+			exact += float64(v) * float64(v)
+			abs += float64(v) * float64(v)
+		}
+		if d := math.Abs(want - exact); d > 1e-13*abs {
+			t.Fatalf("n=%d: SumSquares %v, sum %v", n, want, exact)
+		}
+		for name, k := range paths() {
+			vector = k
+			if got := SumSquares(x); math.Float64bits(got) != math.Float64bits(want) {
+				t.Fatalf("%s n=%d: %v, scalar %v", name, n, got, want)
+			}
+		}
+	}
+}
+
 // Exp and Tanh over every float32 bit pattern in a stride: the vector
 // kernels agree with the scalar Go everywhere, not only on likely values.
 func TestVectorMatchesScalarEverywhere(t *testing.T) {
