@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+
+	"github.com/downpour-ml/downpour/internal/vmath"
 )
 
 // GANConfig is the shape of the generative adversarial net of Goodfellow et
@@ -124,6 +126,10 @@ func (m *Maxout[T]) Forward(x []T, rows int) []T {
 		m.arg = make([]int32, rows*m.Units)
 	}
 	m.arg = m.arg[:rows*m.Units]
+	if y, ok := any(m.y).([]float32); ok {
+		vmath.Maxout(y, m.arg, any(x).([]float32)[:len(y)*m.Pieces], m.Pieces)
+		return m.y
+	}
 	for i := range m.y {
 		g := x[i*m.Pieces : (i+1)*m.Pieces]
 		best := 0
@@ -150,6 +156,10 @@ func (m *Maxout[T]) Backward(dy []T) []T {
 // dropout, so nothing changes at evaluation, where mask is nil).
 func dropout[T Float](x, mask []T) {
 	if mask == nil {
+		return
+	}
+	if x32, ok := any(x).([]float32); ok {
+		vmath.Mul(x32, any(mask).([]float32))
 		return
 	}
 	for i := range x {
@@ -307,6 +317,10 @@ func (m *GAN[T]) discriminatorBackward(dLogit []T, masks DropoutMasks[T], params
 }
 
 func relu[T Float](dst, x []T) {
+	if d32, ok := any(dst).([]float32); ok {
+		vmath.ReLU(d32[:len(x)], any(x).([]float32))
+		return
+	}
 	for i, v := range x {
 		if v > 0 {
 			dst[i] = v
@@ -318,6 +332,10 @@ func relu[T Float](dst, x []T) {
 
 // reluBackward zeroes d where the ReLU's output y was 0.
 func reluBackward[T Float](d, y []T) {
+	if d32, ok := any(d).([]float32); ok {
+		vmath.ReLUBackward(d32[:len(y)], any(y).([]float32))
+		return
+	}
 	for i, v := range y {
 		if v <= 0 {
 			d[i] = 0

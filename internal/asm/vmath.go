@@ -29,6 +29,7 @@ type vx struct {
 
 const (
 	ltOQ = 0x11
+	leOQ = 0x12
 	gtOQ = 0x1e
 )
 
@@ -64,6 +65,10 @@ func vmath() {
 		cell(x)
 		cellBack(x)
 		sumSquares(x)
+		maxout(x)
+		mul(x)
+		relu(x)
+		reluBack(x)
 	}
 }
 
@@ -341,4 +346,124 @@ func sumSquares(x vx) {
 	}
 	VZEROUPPER()
 	RET()
+}
+
+// maxout emits maxoutNN(x, pieces, idx, y, arg, n): for the n groups of
+// pieces floats in x, y[i] = the largest of group i and arg[i] its piece,
+// the first one on ties, a NaN piece never winning over piece 0 (a > b, as
+// the Go compares). idx holds i*pieces for i < width: the gather's offsets.
+func maxout(x vx) {
+	name := "maxout" + x.name
+	TEXT(name, NOSPLIT, "func(x *float32, pieces int, idx *int32, y *float32, arg *int32, n int)")
+	Pragma("noescape") // the kernels keep no pointer
+	Doc(fmt.Sprintf("%s keeps the maximum of each of n groups of pieces floats and its piece; n must be a positive multiple of %d.", name, x.width))
+	src := Load(Param("x"), GP64())
+	pieces := Load(Param("pieces"), GP64())
+	idx := Mem{Base: Load(Param("idx"), GP64())}
+	y := Mem{Base: Load(Param("y"), GP64())}
+	arg := Mem{Base: Load(Param("arg"), GP64())}
+	n := Load(Param("n"), GP64())
+	stride := GP64() // bytes per width groups
+	MOVQ(pieces, stride)
+	SHLQ(U8(2), stride)
+	shift := uint8(3) // times the width: 8 or 16
+	if x.width == 16 {
+		shift = 4
+	}
+	SHLQ(U8(shift), stride)
+	r := x.regs
+	offs, best, bestArg, v, p, ones := r[0], r[1], r[2], r[3], r[4], r[5]
+	VMOVUPS(idx, offs)
+	VMOVUPS(constant("int1", 1), ones)
+	piece := GP64()
+	ptr := GP64()
+	// gather sets dst to the floats at ptr + offs (in bytes / 4).
+	gather := func(dst VecPhysical) {
+		at := Mem{Base: ptr, Index: offs, Scale: 4}
+		if x.width == 16 {
+			KXNORW(K1, K1, K1)
+			VGATHERDPS(at, K1, dst)
+			return
+		}
+		mask := r[6]
+		VPCMPEQD(mask, mask, mask)
+		VGATHERDPS(mask, at, dst)
+	}
+	Label(name + "loop")
+	MOVQ(src, ptr)
+	gather(best)
+	VXORPS(bestArg, bestArg, bestArg)
+	VXORPS(p, p, p)
+	MOVQ(pieces, piece)
+	DECQ(piece)
+	JZ(LabelRef(name + "store"))
+	Label(name + "piece")
+	ADDQ(U8(4), ptr)
+	VPADDD(ones, p, p)
+	gather(v)
+	m := x.masks[0]
+	x.cmp(gtOQ, v, best, m)
+	x.sel(m, v, best, best)
+	x.sel(m, p, bestArg, bestArg)
+	DECQ(piece)
+	JNZ(LabelRef(name + "piece"))
+	Label(name + "store")
+	VMOVUPS(best, y)
+	VMOVUPS(bestArg, arg)
+	ADDQ(stride, src)
+	ADDQ(U32(4*x.width), y.Base)
+	ADDQ(U32(4*x.width), arg.Base)
+	SUBQ(U32(x.width), n)
+	JNZ(LabelRef(name + "loop"))
+	VZEROUPPER()
+	RET()
+}
+
+// elementwise emits a loop over n floats (a multiple of the width) of dst
+// and src, body computing register d from d and s.
+func elementwise(x vx, name, doc string, body func(d, s VecPhysical)) {
+	TEXT(name, NOSPLIT, "func(dst, src *float32, n int)")
+	Pragma("noescape") // the kernels keep no pointer
+	Doc(doc)
+	dst := Mem{Base: Load(Param("dst"), GP64())}
+	src := Mem{Base: Load(Param("src"), GP64())}
+	n := Load(Param("n"), GP64())
+	Label(name + "loop")
+	d, sv := x.regs[0], x.regs[1]
+	VMOVUPS(dst, d)
+	VMOVUPS(src, sv)
+	body(d, sv)
+	VMOVUPS(d, dst)
+	ADDQ(U32(4*x.width), dst.Base)
+	ADDQ(U32(4*x.width), src.Base)
+	SUBQ(U32(x.width), n)
+	JNZ(LabelRef(name + "loop"))
+	VZEROUPPER()
+	RET()
+}
+
+// mul emits mulNN(dst, src, n): dst[i] *= src[i] (dropout's mask).
+func mul(x vx) {
+	elementwise(x, "mul"+x.name, fmt.Sprintf("mul%s sets dst[i] *= src[i] for i < n; n must be a positive multiple of %d.", x.name, x.width),
+		func(d, s VecPhysical) { VMULPS(s, d, d) })
+}
+
+// relu emits reluNN(dst, src, n): dst[i] = src[i] where src[i] > 0, else
+// +0 (NaN too): MAXPS returns its second operand unless the first is greater.
+func relu(x vx) {
+	elementwise(x, "relu"+x.name, fmt.Sprintf("relu%s sets dst[i] = src[i] > 0 ? src[i] : 0 for i < n; n must be a positive multiple of %d.", x.name, x.width),
+		func(d, s VecPhysical) {
+			VXORPS(d, d, d)
+			VMAXPS(d, s, d)
+		})
+}
+
+// reluBack emits reluBackNN(d, y, n): d[i] = 0 where y[i] <= 0.
+func reluBack(x vx) {
+	elementwise(x, "reluBack"+x.name, fmt.Sprintf("reluBack%s sets dst[i] = 0 where src[i] <= 0 for i < n; n must be a positive multiple of %d.", x.name, x.width),
+		func(d, s VecPhysical) {
+			m := x.masks[0]
+			x.cmp(leOQ, s, constant("zero", 0), m)
+			x.sel(m, constant("zero", 0), d, d)
+		})
 }

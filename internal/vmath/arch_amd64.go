@@ -22,3 +22,29 @@ func sumSquaresVec(x *float32, n int, acc *[32]float64) {
 		sumSquaresAVX2(x, n, acc)
 	}
 }
+
+func maxoutVec(x *float32, pieces int, idx *[16]int32, y *float32, arg *int32, n int) {
+	if vector.width == 16 {
+		maxoutAVX512(x, pieces, &idx[0], y, arg, n)
+	} else {
+		maxoutAVX2(x, pieces, &idx[0], y, arg, n)
+	}
+}
+
+func elementwiseVec(k int, dst, src *float32, n int) {
+	wide := vector.width == 16
+	switch {
+	case k == vectorMul && wide:
+		mulAVX512(dst, src, n)
+	case k == vectorMul:
+		mulAVX2(dst, src, n)
+	case k == vectorReLU && wide:
+		reluAVX512(dst, src, n)
+	case k == vectorReLU:
+		reluAVX2(dst, src, n)
+	case wide:
+		reluBackAVX512(dst, src, n)
+	default:
+		reluBackAVX2(dst, src, n)
+	}
+}

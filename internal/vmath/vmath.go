@@ -199,6 +199,86 @@ func SumSquares(x []float32) float64 {
 	return s[0]
 }
 
+// Maxout sets y[i] to the largest of x[i*pieces : (i+1)*pieces] and arg[i]
+// to its piece: the first on ties, and a NaN never wins (it compares with >).
+func Maxout(y []float32, arg []int32, x []float32, pieces int) {
+	n := len(y)
+	if n == 0 {
+		return
+	}
+	_, _ = arg[n-1], x[n*pieces-1]
+	done := 0
+	if vector != nil && pieces > 0 && pieces*vector.width < 1<<20 {
+		done = n / vector.width * vector.width
+		if done > 0 {
+			var idx [16]int32
+			for i := range idx {
+				idx[i] = int32(i * pieces)
+			}
+			maxoutVec(&x[0], pieces, &idx, &y[0], &arg[0], done)
+		}
+	}
+	for i := done; i < n; i++ {
+		g := x[i*pieces : (i+1)*pieces]
+		best := 0
+		for p := 1; p < pieces; p++ {
+			if g[p] > g[best] {
+				best = p
+			}
+		}
+		y[i], arg[i] = g[best], int32(best)
+	}
+}
+
+// Mul sets dst[i] *= src[i].
+func Mul(dst, src []float32) {
+	elementwise(dst, src, vectorMul, func(d, s float32) float32 { return d * s })
+}
+
+// ReLU sets dst[i] = src[i] where src[i] > 0, and +0 elsewhere (NaN too).
+func ReLU(dst, src []float32) {
+	elementwise(dst, src, vectorReLU, func(_, s float32) float32 {
+		if s > 0 {
+			return s
+		}
+		return 0
+	})
+}
+
+// ReLUBackward sets d[i] = 0 where y[i] <= 0.
+func ReLUBackward(d, y []float32) {
+	elementwise(d, y, vectorReLUBack, func(d, s float32) float32 {
+		if s <= 0 {
+			return 0
+		}
+		return d
+	})
+}
+
+// elementwise sets dst[i] = f(dst[i], src[i]), by the path's kernel k
+// where there is one and f for the rest.
+func elementwise(dst, src []float32, k int, f func(d, s float32) float32) {
+	n := len(dst)
+	src = src[:n]
+	done := 0
+	if vector != nil {
+		done = n / vector.width * vector.width
+		if done > 0 {
+			elementwiseVec(k, &dst[0], &src[0], done)
+		}
+	}
+	for i := done; i < n; i++ {
+		dst[i] = f(dst[i], src[i])
+	}
+}
+
+// The element-wise kernels, for elementwiseVec.
+const (
+	vectorMul = iota
+	vectorReLU
+	vectorReLUBack
+)
+
 // kernels is one path's assembly.
 type kernels struct {
 	name     string

@@ -24,6 +24,26 @@ func cellBackAVX512(gates *float32, cPrev *float32, tc *float32, dh *float32, dc
 //go:noescape
 func sumSquaresAVX512(x *float32, n int, acc *[32]float64)
 
+// maxoutAVX512 keeps the maximum of each of n groups of pieces floats and its piece; n must be a positive multiple of 16.
+//
+//go:noescape
+func maxoutAVX512(x *float32, pieces int, idx *int32, y *float32, arg *int32, n int)
+
+// mulAVX512 sets dst[i] *= src[i] for i < n; n must be a positive multiple of 16.
+//
+//go:noescape
+func mulAVX512(dst *float32, src *float32, n int)
+
+// reluAVX512 sets dst[i] = src[i] > 0 ? src[i] : 0 for i < n; n must be a positive multiple of 16.
+//
+//go:noescape
+func reluAVX512(dst *float32, src *float32, n int)
+
+// reluBackAVX512 sets dst[i] = 0 where src[i] <= 0 for i < n; n must be a positive multiple of 16.
+//
+//go:noescape
+func reluBackAVX512(dst *float32, src *float32, n int)
+
 // expShiftAVX2 sets row[j] = Exp(row[j]-shift) for j < n; n must be a positive multiple of 8.
 //
 //go:noescape
@@ -43,3 +63,23 @@ func cellBackAVX2(gates *float32, cPrev *float32, tc *float32, dh *float32, dc *
 //
 //go:noescape
 func sumSquaresAVX2(x *float32, n int, acc *[32]float64)
+
+// maxoutAVX2 keeps the maximum of each of n groups of pieces floats and its piece; n must be a positive multiple of 8.
+//
+//go:noescape
+func maxoutAVX2(x *float32, pieces int, idx *int32, y *float32, arg *int32, n int)
+
+// mulAVX2 sets dst[i] *= src[i] for i < n; n must be a positive multiple of 8.
+//
+//go:noescape
+func mulAVX2(dst *float32, src *float32, n int)
+
+// reluAVX2 sets dst[i] = src[i] > 0 ? src[i] : 0 for i < n; n must be a positive multiple of 8.
+//
+//go:noescape
+func reluAVX2(dst *float32, src *float32, n int)
+
+// reluBackAVX2 sets dst[i] = 0 where src[i] <= 0 for i < n; n must be a positive multiple of 8.
+//
+//go:noescape
+func reluBackAVX2(dst *float32, src *float32, n int)

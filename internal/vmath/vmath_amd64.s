@@ -780,6 +780,130 @@ sumSquaresAVX512loop:
 	VZEROUPPER
 	RET
 
+// func maxoutAVX512(x *float32, pieces int, idx *int32, y *float32, arg *int32, n int)
+// Requires: AVX, AVX512DQ, AVX512F
+TEXT ·maxoutAVX512(SB), NOSPLIT, $0-48
+	MOVQ    x+0(FP), AX
+	MOVQ    pieces+8(FP), CX
+	MOVQ    idx+16(FP), DX
+	MOVQ    y+24(FP), BX
+	MOVQ    arg+32(FP), SI
+	MOVQ    n+40(FP), DI
+	MOVQ    CX, R8
+	SHLQ    $0x02, R8
+	SHLQ    $0x04, R8
+	VMOVUPS (DX), Z0
+	VMOVUPS vmint1<>+0(SB), Z5
+
+maxoutAVX512loop:
+	MOVQ       AX, R9
+	KXNORW     K1, K1, K1
+	VGATHERDPS (R9)(Z0*4), K1, Z1
+	VXORPS     Z2, Z2, Z2
+	VXORPS     Z4, Z4, Z4
+	MOVQ       CX, DX
+	DECQ       DX
+	JZ         maxoutAVX512store
+
+maxoutAVX512piece:
+	ADDQ       $0x04, R9
+	VPADDD     Z5, Z4, Z4
+	KXNORW     K1, K1, K1
+	VGATHERDPS (R9)(Z0*4), K1, Z3
+	VCMPPS     $0x1e, Z1, Z3, K1
+	VBLENDMPS  Z3, Z1, K1, Z1
+	VBLENDMPS  Z4, Z2, K1, Z2
+	DECQ       DX
+	JNZ        maxoutAVX512piece
+
+maxoutAVX512store:
+	VMOVUPS Z1, (BX)
+	VMOVUPS Z2, (SI)
+	ADDQ    R8, AX
+	ADDQ    $0x00000040, BX
+	ADDQ    $0x00000040, SI
+	SUBQ    $0x00000010, DI
+	JNZ     maxoutAVX512loop
+	VZEROUPPER
+	RET
+
+DATA vmint1<>+0(SB)/4, $0x00000001
+DATA vmint1<>+4(SB)/4, $0x00000001
+DATA vmint1<>+8(SB)/4, $0x00000001
+DATA vmint1<>+12(SB)/4, $0x00000001
+DATA vmint1<>+16(SB)/4, $0x00000001
+DATA vmint1<>+20(SB)/4, $0x00000001
+DATA vmint1<>+24(SB)/4, $0x00000001
+DATA vmint1<>+28(SB)/4, $0x00000001
+DATA vmint1<>+32(SB)/4, $0x00000001
+DATA vmint1<>+36(SB)/4, $0x00000001
+DATA vmint1<>+40(SB)/4, $0x00000001
+DATA vmint1<>+44(SB)/4, $0x00000001
+DATA vmint1<>+48(SB)/4, $0x00000001
+DATA vmint1<>+52(SB)/4, $0x00000001
+DATA vmint1<>+56(SB)/4, $0x00000001
+DATA vmint1<>+60(SB)/4, $0x00000001
+GLOBL vmint1<>(SB), RODATA|NOPTR, $64
+
+// func mulAVX512(dst *float32, src *float32, n int)
+// Requires: AVX, AVX512F
+TEXT ·mulAVX512(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), AX
+	MOVQ src+8(FP), CX
+	MOVQ n+16(FP), DX
+
+mulAVX512loop:
+	VMOVUPS (AX), Z0
+	VMOVUPS (CX), Z1
+	VMULPS  Z1, Z0, Z0
+	VMOVUPS Z0, (AX)
+	ADDQ    $0x00000040, AX
+	ADDQ    $0x00000040, CX
+	SUBQ    $0x00000010, DX
+	JNZ     mulAVX512loop
+	VZEROUPPER
+	RET
+
+// func reluAVX512(dst *float32, src *float32, n int)
+// Requires: AVX, AVX512DQ, AVX512F
+TEXT ·reluAVX512(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), AX
+	MOVQ src+8(FP), CX
+	MOVQ n+16(FP), DX
+
+reluAVX512loop:
+	VMOVUPS (AX), Z0
+	VMOVUPS (CX), Z1
+	VXORPS  Z0, Z0, Z0
+	VMAXPS  Z0, Z1, Z0
+	VMOVUPS Z0, (AX)
+	ADDQ    $0x00000040, AX
+	ADDQ    $0x00000040, CX
+	SUBQ    $0x00000010, DX
+	JNZ     reluAVX512loop
+	VZEROUPPER
+	RET
+
+// func reluBackAVX512(dst *float32, src *float32, n int)
+// Requires: AVX, AVX512F
+TEXT ·reluBackAVX512(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), AX
+	MOVQ src+8(FP), CX
+	MOVQ n+16(FP), DX
+
+reluBackAVX512loop:
+	VMOVUPS   (AX), Z0
+	VMOVUPS   (CX), Z1
+	VCMPPS    $0x12, vmzero<>+0(SB), Z1, K1
+	VBLENDMPS vmzero<>+0(SB), Z0, K1, Z0
+	VMOVUPS   Z0, (AX)
+	ADDQ      $0x00000040, AX
+	ADDQ      $0x00000040, CX
+	SUBQ      $0x00000010, DX
+	JNZ       reluBackAVX512loop
+	VZEROUPPER
+	RET
+
 // func expShiftAVX2(row *float32, n int, shift float32)
 // Requires: AVX, AVX2
 TEXT ·expShiftAVX2(SB), NOSPLIT, $0-20
@@ -1213,5 +1337,111 @@ sumSquaresAVX2loop:
 	VMOVUPD   Y5, 160(DX)
 	VMOVUPD   Y6, 192(DX)
 	VMOVUPD   Y7, 224(DX)
+	VZEROUPPER
+	RET
+
+// func maxoutAVX2(x *float32, pieces int, idx *int32, y *float32, arg *int32, n int)
+// Requires: AVX, AVX2
+TEXT ·maxoutAVX2(SB), NOSPLIT, $0-48
+	MOVQ    x+0(FP), AX
+	MOVQ    pieces+8(FP), CX
+	MOVQ    idx+16(FP), DX
+	MOVQ    y+24(FP), BX
+	MOVQ    arg+32(FP), SI
+	MOVQ    n+40(FP), DI
+	MOVQ    CX, R8
+	SHLQ    $0x02, R8
+	SHLQ    $0x03, R8
+	VMOVUPS (DX), Y0
+	VMOVUPS vmint1<>+0(SB), Y5
+
+maxoutAVX2loop:
+	MOVQ       AX, R9
+	VPCMPEQD   Y6, Y6, Y6
+	VGATHERDPS Y6, (R9)(Y0*4), Y1
+	VXORPS     Y2, Y2, Y2
+	VXORPS     Y4, Y4, Y4
+	MOVQ       CX, DX
+	DECQ       DX
+	JZ         maxoutAVX2store
+
+maxoutAVX2piece:
+	ADDQ       $0x04, R9
+	VPADDD     Y5, Y4, Y4
+	VPCMPEQD   Y6, Y6, Y6
+	VGATHERDPS Y6, (R9)(Y0*4), Y3
+	VCMPPS     $0x1e, Y1, Y3, Y13
+	VBLENDVPS  Y13, Y3, Y1, Y1
+	VBLENDVPS  Y13, Y4, Y2, Y2
+	DECQ       DX
+	JNZ        maxoutAVX2piece
+
+maxoutAVX2store:
+	VMOVUPS Y1, (BX)
+	VMOVUPS Y2, (SI)
+	ADDQ    R8, AX
+	ADDQ    $0x00000020, BX
+	ADDQ    $0x00000020, SI
+	SUBQ    $0x00000008, DI
+	JNZ     maxoutAVX2loop
+	VZEROUPPER
+	RET
+
+// func mulAVX2(dst *float32, src *float32, n int)
+// Requires: AVX
+TEXT ·mulAVX2(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), AX
+	MOVQ src+8(FP), CX
+	MOVQ n+16(FP), DX
+
+mulAVX2loop:
+	VMOVUPS (AX), Y0
+	VMOVUPS (CX), Y1
+	VMULPS  Y1, Y0, Y0
+	VMOVUPS Y0, (AX)
+	ADDQ    $0x00000020, AX
+	ADDQ    $0x00000020, CX
+	SUBQ    $0x00000008, DX
+	JNZ     mulAVX2loop
+	VZEROUPPER
+	RET
+
+// func reluAVX2(dst *float32, src *float32, n int)
+// Requires: AVX
+TEXT ·reluAVX2(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), AX
+	MOVQ src+8(FP), CX
+	MOVQ n+16(FP), DX
+
+reluAVX2loop:
+	VMOVUPS (AX), Y0
+	VMOVUPS (CX), Y1
+	VXORPS  Y0, Y0, Y0
+	VMAXPS  Y0, Y1, Y0
+	VMOVUPS Y0, (AX)
+	ADDQ    $0x00000020, AX
+	ADDQ    $0x00000020, CX
+	SUBQ    $0x00000008, DX
+	JNZ     reluAVX2loop
+	VZEROUPPER
+	RET
+
+// func reluBackAVX2(dst *float32, src *float32, n int)
+// Requires: AVX
+TEXT ·reluBackAVX2(SB), NOSPLIT, $0-24
+	MOVQ dst+0(FP), AX
+	MOVQ src+8(FP), CX
+	MOVQ n+16(FP), DX
+
+reluBackAVX2loop:
+	VMOVUPS   (AX), Y0
+	VMOVUPS   (CX), Y1
+	VCMPPS    $0x12, vmzero<>+0(SB), Y1, Y13
+	VBLENDVPS Y13, vmzero<>+0(SB), Y0, Y0
+	VMOVUPS   Y0, (AX)
+	ADDQ      $0x00000020, AX
+	ADDQ      $0x00000020, CX
+	SUBQ      $0x00000008, DX
+	JNZ       reluBackAVX2loop
 	VZEROUPPER
 	RET

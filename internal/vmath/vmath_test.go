@@ -222,6 +222,54 @@ func TestVectorMatchesScalar(t *testing.T) {
 	}
 }
 
+// Maxout, Mul, ReLU and ReLUBackward give the scalar Go's bits (and
+// pieces) on every path, NaN, ties and signed zeros included.
+func TestGANKernelsMatchScalar(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 9))
+	defer func(v *kernels) { vector = v }(vector)
+	for name, k := range paths() {
+		for _, n := range []int{1, 15, 16, 17, 48, 200} {
+			for _, pieces := range []int{1, 2, 5} {
+				x := inputs(rng, n*pieces)
+				for i := range x { // ties
+					if i%7 == 3 {
+						x[i] = x[i-1]
+					}
+				}
+				run := func(v *kernels) ([]float32, []int32) {
+					vector = v
+					y, arg := make([]float32, n), make([]int32, n)
+					Maxout(y, arg, x, pieces)
+					return y, arg
+				}
+				wy, wa := run(nil)
+				gy, ga := run(k)
+				for i := range wy {
+					if !sameBits(gy[i], wy[i]) || ga[i] != wa[i] {
+						t.Fatalf("%s Maxout n=%d pieces=%d: group %d: %v (piece %d), scalar %v (piece %d)", name, n, pieces, i, gy[i], ga[i], wy[i], wa[i])
+					}
+				}
+			}
+			d, s := inputs(rng, n), inputs(rng, n)
+			for _, f := range []struct {
+				name string
+				fn   func(dst, src []float32)
+			}{{"Mul", Mul}, {"ReLU", ReLU}, {"ReLUBackward", ReLUBackward}} {
+				want, got := slices.Clone(d), slices.Clone(d)
+				vector = nil
+				f.fn(want, s)
+				vector = k
+				f.fn(got, s)
+				for i := range want {
+					if !sameBits(got[i], want[i]) {
+						t.Fatalf("%s %s n=%d: [%d] = %v, scalar %v (inputs %v, %v)", name, f.name, n, i, got[i], want[i], d[i], s[i])
+					}
+				}
+			}
+		}
+	}
+}
+
 // SumSquares gives the same bits on every path, and the sum itself to
 // float64 rounding.
 func TestSumSquares(t *testing.T) {
