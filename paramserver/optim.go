@@ -7,6 +7,7 @@ import (
 
 	"gonum.org/v1/gonum/blas/gonum"
 
+	"github.com/downpour-ml/downpour/internal/vmath"
 	"github.com/downpour-ml/downpour/internal/wire"
 )
 
@@ -238,26 +239,18 @@ func (o Optimizer) apply(c coef, w, g []float32, slots [][]float32) {
 			w[i] += v
 		}
 	case "adagrad":
-		acc := slots[0][:len(w)]
-		for i, gi := range g {
-			a := acc[i] + gi*gi
-			acc[i] = a
-			w[i] -= c.lr * gi / (sqrt32(a) + c.eps)
-		}
+		// acc += g*g; w -= lr*g / (sqrt(acc) + eps), in SIMD on every path
+		// with the plain loop's roundings.
+		vmath.Adagrad(w, g, slots[0][:len(w)], c.lr, c.eps)
 	case "adam":
-		m, v := slots[0][:len(w)], slots[1][:len(w)]
-		for i, gi := range g {
-			mi := c.b1*m[i] + c.c1*gi
-			vi := c.b2*v[i] + c.c2*gi*gi
-			m[i], v[i] = mi, vi
-			w[i] -= c.lr * (mi / c.bc1) / (sqrt32(vi/c.bc2) + c.eps)
-		}
+		// m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g*g;
+		// w -= lr*(m/bc1) / (sqrt(v/bc2) + eps), likewise.
+		vmath.Adam(w, g, slots[0][:len(w)], slots[1][:len(w)], vmath.AdamCoef{
+			B1: c.b1, C1: c.c1, B2: c.b2, C2: c.c2, BC1: c.bc1, BC2: c.bc2, LR: c.lr, Eps: c.eps})
 	default:
 		panic("paramserver: unvalidated optimizer " + o.Kind)
 	}
 }
-
-func sqrt32(x float32) float32 { return float32(math.Sqrt(float64(x))) }
 
 // native is gonum's own BLAS, whose float32 kernels on amd64 are SSE
 // multiplies and adds, never fused: its results are the plain loop's, bit for

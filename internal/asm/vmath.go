@@ -69,6 +69,8 @@ func vmath() {
 		mul(x)
 		relu(x)
 		reluBack(x)
+		adagrad(x)
+		adam(x)
 	}
 }
 
@@ -466,4 +468,94 @@ func reluBack(x vx) {
 			x.cmp(leOQ, s, constant("zero", 0), m)
 			x.sel(m, constant("zero", 0), d, d)
 		})
+}
+
+// broadcast loads coefficient i of coef into r.
+func broadcast(coef Mem, i int, r VecPhysical) { VBROADCASTSS(coef.Offset(4*i), r) }
+
+// adagrad emits adagradNN(w, g, acc, n, coef): for i < n,
+// acc += g*g; w -= lr*g / (sqrt(acc) + eps), coef = [lr, eps].
+func adagrad(x vx) {
+	name := "adagrad" + x.name
+	TEXT(name, NOSPLIT, "func(w, grad, acc *float32, n int, coef *[2]float32)")
+	Pragma("noescape") // the kernels keep no pointer
+	Doc(fmt.Sprintf("%s is Adagrad's update of n floats; n must be a positive multiple of %d.", name, x.width))
+	w := Mem{Base: Load(Param("w"), GP64())}
+	g := Mem{Base: Load(Param("grad"), GP64())}
+	acc := Mem{Base: Load(Param("acc"), GP64())}
+	n := Load(Param("n"), GP64())
+	coef := Mem{Base: Load(Param("coef"), GP64())}
+	r := x.regs
+	lr, eps, gv, a, t, wv := r[0], r[1], r[2], r[3], r[4], r[5]
+	broadcast(coef, 0, lr)
+	broadcast(coef, 1, eps)
+	Label(name + "loop")
+	VMOVUPS(g, gv)
+	VMULPS(gv, gv, t)
+	VADDPS(acc, t, a) // acc + g*g
+	VMOVUPS(a, acc)
+	VSQRTPS(a, a)
+	VADDPS(eps, a, a)
+	VMULPS(lr, gv, t)
+	VDIVPS(a, t, t)
+	VMOVUPS(w, wv)
+	VSUBPS(t, wv, wv)
+	VMOVUPS(wv, w)
+	for _, m := range []Mem{w, g, acc} {
+		ADDQ(U32(4*x.width), m.Base)
+	}
+	SUBQ(U32(x.width), n)
+	JNZ(LabelRef(name + "loop"))
+	VZEROUPPER()
+	RET()
+}
+
+// adam emits adamNN(w, g, m, v, n, coef): for i < n,
+// m = b1*m + c1*g; v = b2*v + c2*g*g; w -= lr*(m/bc1) / (sqrt(v/bc2) + eps),
+// coef = [b1, c1, b2, c2, bc1, bc2, lr, eps].
+func adam(x vx) {
+	name := "adam" + x.name
+	TEXT(name, NOSPLIT, "func(w, grad, m, v *float32, n int, coef *[8]float32)")
+	Pragma("noescape") // the kernels keep no pointer
+	Doc(fmt.Sprintf("%s is Adam's update of n floats; n must be a positive multiple of %d.", name, x.width))
+	w := Mem{Base: Load(Param("w"), GP64())}
+	g := Mem{Base: Load(Param("grad"), GP64())}
+	mm := Mem{Base: Load(Param("m"), GP64())}
+	vm := Mem{Base: Load(Param("v"), GP64())}
+	n := Load(Param("n"), GP64())
+	coef := Mem{Base: Load(Param("coef"), GP64())}
+	r := x.regs
+	c := r[:8] // b1, c1, b2, c2, bc1, bc2, lr, eps
+	for i, reg := range c {
+		broadcast(coef, i, reg)
+	}
+	b1, c1, b2, c2, bc1, bc2, lr, eps := c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
+	gv, mv, vv, t, s := r[8], r[9], r[10], r[11], r[12]
+	Label(name + "loop")
+	VMOVUPS(g, gv)
+	VMULPS(mm, b1, mv)
+	VMULPS(gv, c1, t)
+	VADDPS(t, mv, mv) // b1*m + c1*g
+	VMOVUPS(mv, mm)
+	VMULPS(vm, b2, vv)
+	VMULPS(gv, c2, t)
+	VMULPS(gv, t, t)
+	VADDPS(t, vv, vv) // b2*v + (c2*g)*g
+	VMOVUPS(vv, vm)
+	VDIVPS(bc1, mv, t)
+	VMULPS(lr, t, t) // lr*(m/bc1)
+	VDIVPS(bc2, vv, s)
+	VSQRTPS(s, s)
+	VADDPS(eps, s, s)
+	VDIVPS(s, t, t)
+	VMOVUPS(w, s)
+	VSUBPS(t, s, s)
+	VMOVUPS(s, w)
+	for _, m := range []Mem{w, g, mm, vm} {
+		ADDQ(U32(4*x.width), m.Base)
+	}
+	SUBQ(U32(x.width), n)
+	JNZ(LabelRef(name + "loop"))
+	VZEROUPPER()
+	RET()
 }

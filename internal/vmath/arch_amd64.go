@@ -48,3 +48,19 @@ func elementwiseVec(k int, dst, src *float32, n int) {
 		reluBackAVX2(dst, src, n)
 	}
 }
+
+func adagradVec(w, g, acc *float32, n int, coef *[2]float32) {
+	if vector.width == 16 {
+		adagradAVX512(w, g, acc, n, coef)
+	} else {
+		adagradAVX2(w, g, acc, n, coef)
+	}
+}
+
+func adamVec(w, g, m, v *float32, n int, coef *[8]float32) {
+	if vector.width == 16 {
+		adamAVX512(w, g, m, v, n, coef)
+	} else {
+		adamAVX2(w, g, m, v, n, coef)
+	}
+}

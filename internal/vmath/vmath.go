@@ -272,6 +272,56 @@ func elementwise(dst, src []float32, k int, f func(d, s float32) float32) {
 	}
 }
 
+// Adagrad updates w with gradient g and accumulator acc (all of one
+// length): acc += g*g; w -= lr*g / (sqrt(acc) + eps).
+func Adagrad(w, g, acc []float32, lr, eps float32) {
+	n := len(w)
+	g, acc = g[:n], acc[:n]
+	done := 0
+	if vector != nil {
+		done = n / vector.width * vector.width
+		if done > 0 {
+			coef := [2]float32{lr, eps}
+			adagradVec(&w[0], &g[0], &acc[0], done, &coef)
+		}
+	}
+	for i := done; i < n; i++ {
+		gi := g[i]
+		a := acc[i] + float32(gi*gi)
+		acc[i] = a
+		w[i] -= float32(lr*gi) / (sqrt32(a) + eps)
+	}
+}
+
+// AdamCoef are the coefficients of one Adam update: m = B1*m + C1*g;
+// v = B2*v + C2*g*g; w -= LR*(m/BC1) / (sqrt(v/BC2) + Eps).
+type AdamCoef struct{ B1, C1, B2, C2, BC1, BC2, LR, Eps float32 }
+
+// Adam updates w with gradient g and moments m and v (all of one length).
+func Adam(w, g, m, v []float32, c AdamCoef) {
+	n := len(w)
+	g, m, v = g[:n], m[:n], v[:n]
+	done := 0
+	if vector != nil {
+		done = n / vector.width * vector.width
+		if done > 0 {
+			coef := [8]float32{c.B1, c.C1, c.B2, c.C2, c.BC1, c.BC2, c.LR, c.Eps}
+			adamVec(&w[0], &g[0], &m[0], &v[0], done, &coef)
+		}
+	}
+	for i := done; i < n; i++ {
+		gi := g[i]
+		mi := float32(c.B1*m[i]) + float32(c.C1*gi)
+		vi := float32(c.B2*v[i]) + float32(float32(c.C2*gi)*gi)
+		m[i], v[i] = mi, vi
+		w[i] -= float32(c.LR*(mi/c.BC1)) / (sqrt32(vi/c.BC2) + c.Eps)
+	}
+}
+
+// sqrt32 is the float32 square root, correctly rounded (a float64 root
+// rounded to float32 is), as VSQRTPS computes it.
+func sqrt32(x float32) float32 { return float32(math.Sqrt(float64(x))) }
+
 // The element-wise kernels, for elementwiseVec.
 const (
 	vectorMul = iota

@@ -44,6 +44,16 @@ func reluAVX512(dst *float32, src *float32, n int)
 //go:noescape
 func reluBackAVX512(dst *float32, src *float32, n int)
 
+// adagradAVX512 is Adagrad's update of n floats; n must be a positive multiple of 16.
+//
+//go:noescape
+func adagradAVX512(w *float32, grad *float32, acc *float32, n int, coef *[2]float32)
+
+// adamAVX512 is Adam's update of n floats; n must be a positive multiple of 16.
+//
+//go:noescape
+func adamAVX512(w *float32, grad *float32, m *float32, v *float32, n int, coef *[8]float32)
+
 // expShiftAVX2 sets row[j] = Exp(row[j]-shift) for j < n; n must be a positive multiple of 8.
 //
 //go:noescape
@@ -83,3 +93,13 @@ func reluAVX2(dst *float32, src *float32, n int)
 //
 //go:noescape
 func reluBackAVX2(dst *float32, src *float32, n int)
+
+// adagradAVX2 is Adagrad's update of n floats; n must be a positive multiple of 8.
+//
+//go:noescape
+func adagradAVX2(w *float32, grad *float32, acc *float32, n int, coef *[2]float32)
+
+// adamAVX2 is Adam's update of n floats; n must be a positive multiple of 8.
+//
+//go:noescape
+func adamAVX2(w *float32, grad *float32, m *float32, v *float32, n int, coef *[8]float32)

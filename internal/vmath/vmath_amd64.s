@@ -904,6 +904,84 @@ reluBackAVX512loop:
 	VZEROUPPER
 	RET
 
+// func adagradAVX512(w *float32, grad *float32, acc *float32, n int, coef *[2]float32)
+// Requires: AVX, AVX512F
+TEXT ·adagradAVX512(SB), NOSPLIT, $0-40
+	MOVQ         w+0(FP), AX
+	MOVQ         grad+8(FP), CX
+	MOVQ         acc+16(FP), DX
+	MOVQ         n+24(FP), BX
+	MOVQ         coef+32(FP), SI
+	VBROADCASTSS (SI), Z0
+	VBROADCASTSS 4(SI), Z1
+
+adagradAVX512loop:
+	VMOVUPS (CX), Z2
+	VMULPS  Z2, Z2, Z4
+	VADDPS  (DX), Z4, Z3
+	VMOVUPS Z3, (DX)
+	VSQRTPS Z3, Z3
+	VADDPS  Z1, Z3, Z3
+	VMULPS  Z0, Z2, Z4
+	VDIVPS  Z3, Z4, Z4
+	VMOVUPS (AX), Z5
+	VSUBPS  Z4, Z5, Z5
+	VMOVUPS Z5, (AX)
+	ADDQ    $0x00000040, AX
+	ADDQ    $0x00000040, CX
+	ADDQ    $0x00000040, DX
+	SUBQ    $0x00000010, BX
+	JNZ     adagradAVX512loop
+	VZEROUPPER
+	RET
+
+// func adamAVX512(w *float32, grad *float32, m *float32, v *float32, n int, coef *[8]float32)
+// Requires: AVX, AVX512F
+TEXT ·adamAVX512(SB), NOSPLIT, $0-48
+	MOVQ         w+0(FP), AX
+	MOVQ         grad+8(FP), CX
+	MOVQ         m+16(FP), DX
+	MOVQ         v+24(FP), BX
+	MOVQ         n+32(FP), SI
+	MOVQ         coef+40(FP), DI
+	VBROADCASTSS (DI), Z0
+	VBROADCASTSS 4(DI), Z1
+	VBROADCASTSS 8(DI), Z2
+	VBROADCASTSS 12(DI), Z3
+	VBROADCASTSS 16(DI), Z4
+	VBROADCASTSS 20(DI), Z5
+	VBROADCASTSS 24(DI), Z6
+	VBROADCASTSS 28(DI), Z7
+
+adamAVX512loop:
+	VMOVUPS (CX), Z8
+	VMULPS  (DX), Z0, Z9
+	VMULPS  Z8, Z1, Z11
+	VADDPS  Z11, Z9, Z9
+	VMOVUPS Z9, (DX)
+	VMULPS  (BX), Z2, Z10
+	VMULPS  Z8, Z3, Z11
+	VMULPS  Z8, Z11, Z11
+	VADDPS  Z11, Z10, Z10
+	VMOVUPS Z10, (BX)
+	VDIVPS  Z4, Z9, Z11
+	VMULPS  Z6, Z11, Z11
+	VDIVPS  Z5, Z10, Z12
+	VSQRTPS Z12, Z12
+	VADDPS  Z7, Z12, Z12
+	VDIVPS  Z12, Z11, Z11
+	VMOVUPS (AX), Z12
+	VSUBPS  Z11, Z12, Z12
+	VMOVUPS Z12, (AX)
+	ADDQ    $0x00000040, AX
+	ADDQ    $0x00000040, CX
+	ADDQ    $0x00000040, DX
+	ADDQ    $0x00000040, BX
+	SUBQ    $0x00000010, SI
+	JNZ     adamAVX512loop
+	VZEROUPPER
+	RET
+
 // func expShiftAVX2(row *float32, n int, shift float32)
 // Requires: AVX, AVX2
 TEXT ·expShiftAVX2(SB), NOSPLIT, $0-20
@@ -1443,5 +1521,83 @@ reluBackAVX2loop:
 	ADDQ      $0x00000020, CX
 	SUBQ      $0x00000008, DX
 	JNZ       reluBackAVX2loop
+	VZEROUPPER
+	RET
+
+// func adagradAVX2(w *float32, grad *float32, acc *float32, n int, coef *[2]float32)
+// Requires: AVX
+TEXT ·adagradAVX2(SB), NOSPLIT, $0-40
+	MOVQ         w+0(FP), AX
+	MOVQ         grad+8(FP), CX
+	MOVQ         acc+16(FP), DX
+	MOVQ         n+24(FP), BX
+	MOVQ         coef+32(FP), SI
+	VBROADCASTSS (SI), Y0
+	VBROADCASTSS 4(SI), Y1
+
+adagradAVX2loop:
+	VMOVUPS (CX), Y2
+	VMULPS  Y2, Y2, Y4
+	VADDPS  (DX), Y4, Y3
+	VMOVUPS Y3, (DX)
+	VSQRTPS Y3, Y3
+	VADDPS  Y1, Y3, Y3
+	VMULPS  Y0, Y2, Y4
+	VDIVPS  Y3, Y4, Y4
+	VMOVUPS (AX), Y5
+	VSUBPS  Y4, Y5, Y5
+	VMOVUPS Y5, (AX)
+	ADDQ    $0x00000020, AX
+	ADDQ    $0x00000020, CX
+	ADDQ    $0x00000020, DX
+	SUBQ    $0x00000008, BX
+	JNZ     adagradAVX2loop
+	VZEROUPPER
+	RET
+
+// func adamAVX2(w *float32, grad *float32, m *float32, v *float32, n int, coef *[8]float32)
+// Requires: AVX
+TEXT ·adamAVX2(SB), NOSPLIT, $0-48
+	MOVQ         w+0(FP), AX
+	MOVQ         grad+8(FP), CX
+	MOVQ         m+16(FP), DX
+	MOVQ         v+24(FP), BX
+	MOVQ         n+32(FP), SI
+	MOVQ         coef+40(FP), DI
+	VBROADCASTSS (DI), Y0
+	VBROADCASTSS 4(DI), Y1
+	VBROADCASTSS 8(DI), Y2
+	VBROADCASTSS 12(DI), Y3
+	VBROADCASTSS 16(DI), Y4
+	VBROADCASTSS 20(DI), Y5
+	VBROADCASTSS 24(DI), Y6
+	VBROADCASTSS 28(DI), Y7
+
+adamAVX2loop:
+	VMOVUPS (CX), Y8
+	VMULPS  (DX), Y0, Y9
+	VMULPS  Y8, Y1, Y11
+	VADDPS  Y11, Y9, Y9
+	VMOVUPS Y9, (DX)
+	VMULPS  (BX), Y2, Y10
+	VMULPS  Y8, Y3, Y11
+	VMULPS  Y8, Y11, Y11
+	VADDPS  Y11, Y10, Y10
+	VMOVUPS Y10, (BX)
+	VDIVPS  Y4, Y9, Y11
+	VMULPS  Y6, Y11, Y11
+	VDIVPS  Y5, Y10, Y12
+	VSQRTPS Y12, Y12
+	VADDPS  Y7, Y12, Y12
+	VDIVPS  Y12, Y11, Y11
+	VMOVUPS (AX), Y12
+	VSUBPS  Y11, Y12, Y12
+	VMOVUPS Y12, (AX)
+	ADDQ    $0x00000020, AX
+	ADDQ    $0x00000020, CX
+	ADDQ    $0x00000020, DX
+	ADDQ    $0x00000020, BX
+	SUBQ    $0x00000008, SI
+	JNZ     adamAVX2loop
 	VZEROUPPER
 	RET

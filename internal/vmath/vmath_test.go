@@ -270,6 +270,39 @@ func TestGANKernelsMatchScalar(t *testing.T) {
 	}
 }
 
+// Adagrad and Adam give the scalar Go's bits on every path, state included.
+func TestOptimizersMatchScalar(t *testing.T) {
+	rng := rand.New(rand.NewPCG(10, 10))
+	defer func(v *kernels) { vector = v }(vector)
+	c := AdamCoef{B1: 0.9, C1: 0.1, B2: 0.999, C2: 1 - 0.999, BC1: 0.19, BC2: 0.001999, LR: 0.001, Eps: 1e-8}
+	for name, k := range paths() {
+		for _, n := range []int{1, 15, 16, 33, 1000} {
+			w, g := inputs(rng, n), inputs(rng, n)
+			s1, s2 := inputs(rng, n), inputs(rng, n)
+			for i := range s1 { // accumulators and second moments are not negative
+				s1[i], s2[i] = float32(math.Abs(float64(s1[i]))), float32(math.Abs(float64(s2[i])))
+			}
+			run := func(v *kernels) [4][]float32 {
+				vector = v
+				out := [4][]float32{slices.Clone(w), slices.Clone(s1), slices.Clone(w), slices.Clone(s2)}
+				m := slices.Clone(s1)
+				Adagrad(out[0], g, out[1], 0.01, 1e-6)
+				Adam(out[2], g, m, out[3], c)
+				out[1] = append(out[1], m...)
+				return out
+			}
+			want, got := run(nil), run(k)
+			for o := range want {
+				for i := range want[o] {
+					if !sameBits(got[o][i], want[o][i]) {
+						t.Fatalf("%s n=%d: output %d[%d] = %v, scalar %v", name, n, o, i, got[o][i], want[o][i])
+					}
+				}
+			}
+		}
+	}
+}
+
 // SumSquares gives the same bits on every path, and the sum itself to
 // float64 rounding.
 func TestSumSquares(t *testing.T) {
