@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/checkpoint"
 	"github.com/downpour-ml/downpour/internal/embedded"
+	"github.com/downpour-ml/downpour/internal/gemm"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/models"
 )
@@ -42,8 +44,15 @@ func downpourBinary(t *testing.T) string {
 		}
 		binPath = filepath.Join(dir, "downpour")
 		args := []string{"build", "-o", binPath}
-		if models.BLAS == "openblas" { // the binary is built like this test
-			args = append(args, "-tags", "openblas")
+		var tags []string // the binary is built like this test
+		if models.BLAS == "openblas" {
+			tags = append(tags, "openblas")
+		}
+		if !gemm.Assembly && runtime.GOARCH == "amd64" {
+			tags = append(tags, "noasm")
+		}
+		if len(tags) > 0 {
+			args = append(args, "-tags", strings.Join(tags, ","))
 		}
 		out, err := exec.Command("go", append(args, ".")...).CombinedOutput()
 		if err != nil {

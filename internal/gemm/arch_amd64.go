@@ -34,3 +34,7 @@ func copyPanel(nr int, src *float32, lds int, dst *float32, depth int) {
 		copy16(src, lds, dst, depth)
 	}
 }
+
+// Assembly says whether this build has the assembly kernels (it does not
+// with -tags noasm or off amd64), whatever the CPU.
+const Assembly = true

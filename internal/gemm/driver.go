@@ -59,6 +59,9 @@ const directRows = 256
 // to another would cost more than it saves.
 const minFlopsPerThread = 1 << 22
 
+// plan cuts pr into steps and units for up to threads threads. Nothing it
+// decides changes a bit of the result but the length of K's blocks, which
+// depends on K alone.
 func plan(p *path, pr *problem, threads int) layout {
 	l := layout{kblocks: (pr.k + kc - 1) / kc}
 	l.kc = (pr.k + l.kblocks - 1) / l.kblocks

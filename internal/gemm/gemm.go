@@ -17,10 +17,10 @@
 // variable DOWNPOUR_GEMM (avx512, avx2 or go) forces a path at start-up, for
 // example to compare them; Path says which one runs.
 //
-// Determinism. The K dimension is cut into blocks of a fixed length (kc) on
-// every path, and each element of C is one chain of fused multiply-adds over
-// its block in the order of K, scaled by alpha and added to C block after
-// block. Threads split M and N only. So the same inputs give the same bits
+// Determinism. The K dimension is cut into blocks whose length depends on K
+// alone, the same on every path, and each element of C is one chain of fused
+// multiply-adds over its block in the order of K, scaled by alpha and added
+// to C block after block. Threads split M and N only. So the same inputs give the same bits
 // whatever the number of threads or the shapes of the tiles: the AVX-512 and
 // AVX2 paths give the same bits as each other (the tests check it). The pure
 // Go path rounds differently.
@@ -44,9 +44,11 @@ type Implementation struct {
 
 var _ blas.Float32 = Implementation{}
 
-// kc is the length of the blocks of K: the same on every path, so that every
-// path sums in the same order. It keeps a 12-row panel of A (18 KiB) in a
-// 32-48 KiB L1 cache beside the rows of B streaming through.
+// kc is the longest block of K: K is cut into ceil(K/kc) blocks of equal
+// length (1200 into 4 of 300), a function of K alone, the same on every
+// path, so that every path sums in the same order. A 12-row panel of A of
+// that length (18 KiB) stays in a 32-48 KiB L1 cache beside the rows of B
+// streaming through.
 const kc = 384
 
 // path is one way to compute a GEMM: a family of kernels of nr columns and
