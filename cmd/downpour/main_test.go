@@ -620,7 +620,9 @@ func TestTrainGAN(t *testing.T) {
 // refused.
 func TestTrainResume(t *testing.T) {
 	dir := t.TempDir()
-	base := []string{"--hidden", "32", "--embed", "16", "--optimizer", "adam", "--steps", "120", "--checkpoint-every", "10",
+	// 300 steps: the stop below must come well before the run ends, and with
+	// the assembly kernels 120 steps took under a second.
+	base := []string{"--hidden", "32", "--embed", "16", "--optimizer", "adam", "--steps", "300", "--checkpoint-every", "10",
 		"--eval-every", "40", "--log-every", "10"}
 	out := filepath.Join(dir, "stopped")
 	ctx, cancel := context.WithCancel(context.Background())
@@ -691,11 +693,11 @@ func TestTrainResume(t *testing.T) {
 		return m
 	}
 	resumed, straight := byStep(filepath.Join(out, "metrics.jsonl")), byStep(filepath.Join(dir, "straight", "metrics.jsonl"))
-	for _, step := range []int64{40, 80, 120} {
+	for _, step := range []int64{40, 80, 300} {
 		r, ok := resumed[step]
 		s, ok2 := straight[step]
 		if !ok || !ok2 {
-			t.Fatalf("evaluations at %v and %v, want 40, 80 and 120 in both runs\nresumed run:\n%s%s", slices.Sorted(maps.Keys(resumed)), slices.Sorted(maps.Keys(straight)), stdout, stderr)
+			t.Fatalf("evaluations at %v and %v, want 40, 80 and 300 in both runs\nresumed run:\n%s%s", slices.Sorted(maps.Keys(resumed)), slices.Sorted(maps.Keys(straight)), stdout, stderr)
 		}
 		if r.EvalLoss != s.EvalLoss || r.BLEU != s.BLEU || r.ExactMatch != s.ExactMatch || r.HeldOut != s.HeldOut {
 			t.Fatalf("evaluation at step %d: resumed %+v, straight %+v", step, r, s)
