@@ -6,7 +6,7 @@ import (
 	"slices"
 	"testing"
 
-	"gonum.org/v1/gonum/blas/gonum"
+	"github.com/downpour-ml/downpour/internal/vmath"
 )
 
 var smallGAN = GANConfig{Noise: 3, GHidden: 5, Pixels: 4, DUnits: 3, DPieces: 2, KeepInput: 0.8, KeepHidden: 0.5, GScale: 0.8, DScale: 0.8}
@@ -160,12 +160,8 @@ func BenchmarkG1(b *testing.B) {
 	z := make([]float32, rows*c.Noise)
 	masks := func() DropoutMasks[float32] { return RandomMasks(rng, c, rows) }
 	vel := make([]float32, len(m.Params()))
-	update := func(lo, hi int) { // SGD with momentum 0.5, lr 0.1, in the shards' vector kernels
-		w, g, v := m.Params()[lo:hi], m.Grads()[lo:hi], vel[lo:hi]
-		var native gonum.Implementation
-		native.Sscal(len(v), 0.5, v, 1)
-		native.Saxpy(len(v), -0.1, g, 1, v, 1)
-		native.Saxpy(len(w), 1, v, 1, w, 1)
+	update := func(lo, hi int) { // SGD with momentum 0.5, lr 0.1, in the shards' vector kernel
+		vmath.Momentum(m.Params()[lo:hi], m.Grads()[lo:hi], vel[lo:hi], 0.5, 0.1)
 	}
 	gs, n := c.GSize(), len(m.Params())
 	step := func() {

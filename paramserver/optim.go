@@ -224,20 +224,9 @@ func (o Optimizer) apply(c coef, w, g []float32, slots [][]float32) {
 		}
 	case "momentum":
 		inc := slots[0][:len(w)]
-		if c.m != 0 && c.lr != 0 {
-			// The same three roundings as the loop below, in SIMD: m*inc,
-			// then + (-lr*g), then w + v. (Sscal with m == 0 would write +0
-			// where m*inc is -0, and Saxpy with lr == 0 would skip.)
-			native.Sscal(len(w), c.m, inc, 1)
-			native.Saxpy(len(w), -c.lr, g, 1, inc, 1)
-			native.Saxpy(len(w), 1, inc, 1, w, 1)
-			return
-		}
-		for i, gi := range g {
-			v := float32(c.m*inc[i]) - float32(c.lr*gi)
-			inc[i] = v
-			w[i] += v
-		}
+		// inc = m*inc - lr*g; w += inc in one SIMD pass, with the plain
+		// loop's roundings (m*inc, lr*g, their difference, the sum).
+		vmath.Momentum(w, g, inc, c.m, c.lr)
 	case "adagrad":
 		// acc += g*g; w -= lr*g / (sqrt(acc) + eps), in SIMD on every path
 		// with the plain loop's roundings.

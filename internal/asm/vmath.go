@@ -71,6 +71,7 @@ func vmath() {
 		reluBack(x)
 		adagrad(x)
 		adam(x)
+		momentum(x)
 	}
 }
 
@@ -553,6 +554,39 @@ func adam(x vx) {
 	VMOVUPS(s, w)
 	for _, m := range []Mem{w, g, mm, vm} {
 		ADDQ(U32(4*x.width), m.Base)
+	}
+	SUBQ(U32(x.width), n)
+	JNZ(LabelRef(name + "loop"))
+	VZEROUPPER()
+	RET()
+}
+
+// momentum emits momentumNN(w, g, inc, n, coef): for i < n,
+// inc = m*inc - lr*g; w += inc, coef = [m, lr]: one pass where three BLAS
+// calls took three.
+func momentum(x vx) {
+	name := "momentum" + x.name
+	TEXT(name, NOSPLIT, "func(w, grad, inc *float32, n int, coef *[2]float32)")
+	Pragma("noescape") // the kernels keep no pointer
+	Doc(fmt.Sprintf("%s is the momentum update of n floats; n must be a positive multiple of %d.", name, x.width))
+	w := Mem{Base: Load(Param("w"), GP64())}
+	g := Mem{Base: Load(Param("grad"), GP64())}
+	inc := Mem{Base: Load(Param("inc"), GP64())}
+	n := Load(Param("n"), GP64())
+	coef := Mem{Base: Load(Param("coef"), GP64())}
+	r := x.regs
+	m, lr, t, u := r[0], r[1], r[2], r[3]
+	broadcast(coef, 0, m)
+	broadcast(coef, 1, lr)
+	Label(name + "loop")
+	VMULPS(inc, m, t)
+	VMULPS(g, lr, u)
+	VSUBPS(u, t, t) // m*inc - lr*g
+	VMOVUPS(t, inc)
+	VADDPS(w, t, t)
+	VMOVUPS(t, w)
+	for _, mm := range []Mem{w, g, inc} {
+		ADDQ(U32(4*x.width), mm.Base)
 	}
 	SUBQ(U32(x.width), n)
 	JNZ(LabelRef(name + "loop"))

@@ -64,3 +64,11 @@ func adamVec(w, g, m, v *float32, n int, coef *[8]float32) {
 		adamAVX2(w, g, m, v, n, coef)
 	}
 }
+
+func momentumVec(w, g, inc *float32, n int, coef *[2]float32) {
+	if vector.width == 16 {
+		momentumAVX512(w, g, inc, n, coef)
+	} else {
+		momentumAVX2(w, g, inc, n, coef)
+	}
+}

@@ -10,3 +10,4 @@ func maxoutVec(*float32, int, *[16]int32, *float32, *int32, int)       { panic("
 func elementwiseVec(int, *float32, *float32, int)                      { panic("vmath: no assembly") }
 func adagradVec(*float32, *float32, *float32, int, *[2]float32)        { panic("vmath: no assembly") }
 func adamVec(*float32, *float32, *float32, *float32, int, *[8]float32) { panic("vmath: no assembly") }
+func momentumVec(*float32, *float32, *float32, int, *[2]float32)       { panic("vmath: no assembly") }

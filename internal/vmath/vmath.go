@@ -293,6 +293,26 @@ func Adagrad(w, g, acc []float32, lr, eps float32) {
 	}
 }
 
+// Momentum updates w with gradient g and increment inc (all of one length):
+// inc = m*inc - lr*g; w += inc, each product rounded on its own.
+func Momentum(w, g, inc []float32, m, lr float32) {
+	n := len(w)
+	g, inc = g[:n], inc[:n]
+	done := 0
+	if vector != nil {
+		done = n / vector.width * vector.width
+		if done > 0 {
+			coef := [2]float32{m, lr}
+			momentumVec(&w[0], &g[0], &inc[0], done, &coef)
+		}
+	}
+	for i := done; i < n; i++ {
+		v := float32(m*inc[i]) - float32(lr*g[i])
+		inc[i] = v
+		w[i] += v
+	}
+}
+
 // AdamCoef are the coefficients of one Adam update: m = B1*m + C1*g;
 // v = B2*v + C2*g*g; w -= LR*(m/BC1) / (sqrt(v/BC2) + Eps).
 type AdamCoef struct{ B1, C1, B2, C2, BC1, BC2, LR, Eps float32 }

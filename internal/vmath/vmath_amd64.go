@@ -54,6 +54,11 @@ func adagradAVX512(w *float32, grad *float32, acc *float32, n int, coef *[2]floa
 //go:noescape
 func adamAVX512(w *float32, grad *float32, m *float32, v *float32, n int, coef *[8]float32)
 
+// momentumAVX512 is the momentum update of n floats; n must be a positive multiple of 16.
+//
+//go:noescape
+func momentumAVX512(w *float32, grad *float32, inc *float32, n int, coef *[2]float32)
+
 // expShiftAVX2 sets row[j] = Exp(row[j]-shift) for j < n; n must be a positive multiple of 8.
 //
 //go:noescape
@@ -103,3 +108,8 @@ func adagradAVX2(w *float32, grad *float32, acc *float32, n int, coef *[2]float3
 //
 //go:noescape
 func adamAVX2(w *float32, grad *float32, m *float32, v *float32, n int, coef *[8]float32)
+
+// momentumAVX2 is the momentum update of n floats; n must be a positive multiple of 8.
+//
+//go:noescape
+func momentumAVX2(w *float32, grad *float32, inc *float32, n int, coef *[2]float32)

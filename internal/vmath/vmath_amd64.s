@@ -982,6 +982,32 @@ adamAVX512loop:
 	VZEROUPPER
 	RET
 
+// func momentumAVX512(w *float32, grad *float32, inc *float32, n int, coef *[2]float32)
+// Requires: AVX, AVX512F
+TEXT ·momentumAVX512(SB), NOSPLIT, $0-40
+	MOVQ         w+0(FP), AX
+	MOVQ         grad+8(FP), CX
+	MOVQ         inc+16(FP), DX
+	MOVQ         n+24(FP), BX
+	MOVQ         coef+32(FP), SI
+	VBROADCASTSS (SI), Z0
+	VBROADCASTSS 4(SI), Z1
+
+momentumAVX512loop:
+	VMULPS  (DX), Z0, Z2
+	VMULPS  (CX), Z1, Z3
+	VSUBPS  Z3, Z2, Z2
+	VMOVUPS Z2, (DX)
+	VADDPS  (AX), Z2, Z2
+	VMOVUPS Z2, (AX)
+	ADDQ    $0x00000040, AX
+	ADDQ    $0x00000040, CX
+	ADDQ    $0x00000040, DX
+	SUBQ    $0x00000010, BX
+	JNZ     momentumAVX512loop
+	VZEROUPPER
+	RET
+
 // func expShiftAVX2(row *float32, n int, shift float32)
 // Requires: AVX, AVX2
 TEXT ·expShiftAVX2(SB), NOSPLIT, $0-20
@@ -1599,5 +1625,31 @@ adamAVX2loop:
 	ADDQ    $0x00000020, BX
 	SUBQ    $0x00000008, SI
 	JNZ     adamAVX2loop
+	VZEROUPPER
+	RET
+
+// func momentumAVX2(w *float32, grad *float32, inc *float32, n int, coef *[2]float32)
+// Requires: AVX
+TEXT ·momentumAVX2(SB), NOSPLIT, $0-40
+	MOVQ         w+0(FP), AX
+	MOVQ         grad+8(FP), CX
+	MOVQ         inc+16(FP), DX
+	MOVQ         n+24(FP), BX
+	MOVQ         coef+32(FP), SI
+	VBROADCASTSS (SI), Y0
+	VBROADCASTSS 4(SI), Y1
+
+momentumAVX2loop:
+	VMULPS  (DX), Y0, Y2
+	VMULPS  (CX), Y1, Y3
+	VSUBPS  Y3, Y2, Y2
+	VMOVUPS Y2, (DX)
+	VADDPS  (AX), Y2, Y2
+	VMOVUPS Y2, (AX)
+	ADDQ    $0x00000020, AX
+	ADDQ    $0x00000020, CX
+	ADDQ    $0x00000020, DX
+	SUBQ    $0x00000008, BX
+	JNZ     momentumAVX2loop
 	VZEROUPPER
 	RET

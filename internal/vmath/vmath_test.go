@@ -270,7 +270,7 @@ func TestGANKernelsMatchScalar(t *testing.T) {
 	}
 }
 
-// Adagrad and Adam give the scalar Go's bits on every path, state included.
+// Momentum, Adagrad and Adam give the scalar Go's bits on every path, state included.
 func TestOptimizersMatchScalar(t *testing.T) {
 	rng := rand.New(rand.NewPCG(10, 10))
 	defer func(v *kernels) { vector = v }(vector)
@@ -289,6 +289,10 @@ func TestOptimizersMatchScalar(t *testing.T) {
 				Adagrad(out[0], g, out[1], 0.01, 1e-6)
 				Adam(out[2], g, m, out[3], c)
 				out[1] = append(out[1], m...)
+				mw, inc := slices.Clone(w), slices.Clone(s2)
+				Momentum(mw, g, inc, 0.9, 0.1)
+				out[0] = append(out[0], mw...)
+				out[3] = append(out[3], inc...)
 				return out
 			}
 			want, got := run(nil), run(k)
