@@ -116,7 +116,32 @@ func (s *scratch) fit(p *path) {
 	}
 }
 
-var jobs = sync.Pool{New: func() any { return new(job) }}
+// jobs are the idle jobs, with their buffers (a megabyte or two each): as
+// many as calls have run at once, reused last in first out, so that one
+// goroutine's GEMMs always find the same buffers. (A sync.Pool would let a
+// goroutine that moved to another processor miss its job and allocate
+// another, and drop them all at a GC.)
+var jobs struct {
+	mu   sync.Mutex // guards free
+	free []*job
+}
+
+func getJob() *job {
+	jobs.mu.Lock()
+	defer jobs.mu.Unlock()
+	if n := len(jobs.free); n > 0 {
+		j := jobs.free[n-1]
+		jobs.free = jobs.free[:n-1]
+		return j
+	}
+	return new(job)
+}
+
+func putJob(j *job) {
+	jobs.mu.Lock()
+	jobs.free = append(jobs.free, j)
+	jobs.mu.Unlock()
+}
 
 func run(p *path, pr *problem) {
 	flops := 2 * float64(pr.m) * float64(pr.n) * float64(pr.k)
@@ -125,7 +150,7 @@ func run(p *path, pr *problem) {
 
 // runThreads computes pr with the caller and up to threads-1 helpers.
 func runThreads(p *path, pr *problem, threads int) {
-	j := jobs.Get().(*job)
+	j := getJob()
 	j.p, j.pr, j.l = p, *pr, plan(p, pr, threads)
 	j.schedule()
 	j.own.fit(p)
@@ -145,7 +170,7 @@ func runThreads(p *path, pr *problem, threads int) {
 	}
 	j.hired = j.hired[:0]
 	j.pr = problem{} // drop the caller's slices
-	jobs.Put(j)
+	putJob(j)
 }
 
 // schedule counts the units of every phase.
