@@ -224,6 +224,14 @@ func (c *run) loop(ctx context.Context) error {
 		if id, ok := strings.CutPrefix(k, c.keys.Workers()); ok {
 			live[id] = true
 		}
+		if k == c.keys.Checkpoint() {
+			// Known before any dead holder below rolls the job back: a
+			// rollback goes to this checkpoint, not to step 0.
+			var cp job.CheckpointRecord
+			if json.Unmarshal(kv.Value, &cp) == nil {
+				c.job.CheckpointRecorded(cp)
+			}
+		}
 		events = append(events, kv)
 	}
 	// Workers whose assignment exists but whose lease is gone are down.

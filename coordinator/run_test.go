@@ -291,3 +291,48 @@ func TestExecWritesTasksAndQueueAtOnce(t *testing.T) {
 		t.Fatalf("%d keys in %d revisions: %v", len(r.Kvs), len(revs), got)
 	}
 }
+
+// A resumed sync job whose stopped run left a rank assigned to a worker that
+// is gone rolls back to the checkpoint it resumed from, not to step 0: the
+// coordinator knows that checkpoint before it handles the dead holder. (It
+// did not: the job failed with "placement 2 starts at step 30: a new one
+// cannot start earlier, at 0", seen when a fast run was stopped late.)
+func TestRunResumeWithADeadHolder(t *testing.T) {
+	cli := etcd(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	spec := job.Default()
+	spec.Name, spec.Workers, spec.Shards, spec.CheckpointEvery = "dead", 1, 2, 10
+	keys := job.KeysFor(spec.Name)
+	rctx, stop := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet}) }()
+	if _, err := job.Wait(ctx, cli, keys.Placement(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	<-errc
+	cp, _ := json.Marshal(job.CheckpointRecord{Step: 30, Placement: 1, Files: []string{"a", "b"}})
+	a, _ := json.Marshal(job.Assignment{Rank: 0, Epoch: 1})
+	cli.Put(ctx, keys.Checkpoint(), string(cp))
+	cli.Put(ctx, keys.Assign("gone"), string(a)) // no member key: its lease is gone
+	rctx, stop = context.WithCancel(ctx)
+	defer stop()
+	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet, Resume: true}) }()
+	err := job.WaitPrefix(ctx, cli, keys.Placement(), 10*time.Second, func(kvs map[string][]byte) bool {
+		p, err := paramserver.DecodePlacement(kvs[keys.Placement()])
+		return err == nil && p.Version == 3
+	})
+	select {
+	case err := <-errc:
+		t.Fatalf("the resumed coordinator stopped: %v", err)
+	default:
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, _, _ := job.ReadPlacement(ctx, cli, spec.Name)
+	if p.Start != 30 || !slices.Equal(p.From, []string{"a", "b"}) {
+		t.Fatalf("the rollback after the dead holder went to %+v, want the checkpoint of step 30", p)
+	}
+}
