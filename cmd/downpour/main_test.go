@@ -693,11 +693,24 @@ func TestTrainResume(t *testing.T) {
 		return m
 	}
 	resumed, straight := byStep(filepath.Join(out, "metrics.jsonl")), byStep(filepath.Join(dir, "straight", "metrics.jsonl"))
-	for _, step := range []int64{40, 80, 300} {
-		r, ok := resumed[step]
-		s, ok2 := straight[step]
-		if !ok || !ok2 {
-			t.Fatalf("evaluations at %v and %v, want 40, 80 and 300 in both runs\nresumed run:\n%s%s", slices.Sorted(maps.Keys(resumed)), slices.Sorted(maps.Keys(straight)), stdout, stderr)
+	// An evaluator that falls more than the kept checkpoints behind (under
+	// -race) finds a step's snapshots pruned and skips it: compare the steps
+	// both runs evaluated, the last step always among them.
+	common := 0
+	for step := range resumed {
+		if _, ok := straight[step]; ok {
+			common++
+		}
+	}
+	_, last := resumed[300]
+	if _, ok := straight[300]; !ok || !last || common < 2 {
+		t.Fatalf("evaluations at %v and %v, want the last step's and another in both runs\nresumed run:\n%s%s", slices.Sorted(maps.Keys(resumed)), slices.Sorted(maps.Keys(straight)), stdout, stderr)
+	}
+	for _, step := range slices.Sorted(maps.Keys(resumed)) {
+		r := resumed[step]
+		s, ok := straight[step]
+		if !ok {
+			continue
 		}
 		if r.EvalLoss != s.EvalLoss || r.BLEU != s.BLEU || r.ExactMatch != s.ExactMatch || r.HeldOut != s.HeldOut {
 			t.Fatalf("evaluation at step %d: resumed %+v, straight %+v", step, r, s)
