@@ -260,12 +260,9 @@ func ReLUBackward(d, y []float32) {
 func elementwise(dst, src []float32, k int, f func(d, s float32) float32) {
 	n := len(dst)
 	src = src[:n]
-	done := 0
-	if vector != nil {
-		done = n / vector.width * vector.width
-		if done > 0 {
-			elementwiseVec(k, &dst[0], &src[0], done)
-		}
+	done := vectorLen(n)
+	if done > 0 {
+		elementwiseVec(k, &dst[0], &src[0], done)
 	}
 	for i := done; i < n; i++ {
 		dst[i] = f(dst[i], src[i])
@@ -277,13 +274,10 @@ func elementwise(dst, src []float32, k int, f func(d, s float32) float32) {
 func Adagrad(w, g, acc []float32, lr, eps float32) {
 	n := len(w)
 	g, acc = g[:n], acc[:n]
-	done := 0
-	if vector != nil {
-		done = n / vector.width * vector.width
-		if done > 0 {
-			coef := [2]float32{lr, eps}
-			adagradVec(&w[0], &g[0], &acc[0], done, &coef)
-		}
+	done := vectorLen(n)
+	if done > 0 {
+		coef := [2]float32{lr, eps}
+		adagradVec(&w[0], &g[0], &acc[0], done, &coef)
 	}
 	for i := done; i < n; i++ {
 		gi := g[i]
@@ -298,13 +292,10 @@ func Adagrad(w, g, acc []float32, lr, eps float32) {
 func Momentum(w, g, inc []float32, m, lr float32) {
 	n := len(w)
 	g, inc = g[:n], inc[:n]
-	done := 0
-	if vector != nil {
-		done = n / vector.width * vector.width
-		if done > 0 {
-			coef := [2]float32{m, lr}
-			momentumVec(&w[0], &g[0], &inc[0], done, &coef)
-		}
+	done := vectorLen(n)
+	if done > 0 {
+		coef := [2]float32{m, lr}
+		momentumVec(&w[0], &g[0], &inc[0], done, &coef)
 	}
 	for i := done; i < n; i++ {
 		v := float32(m*inc[i]) - float32(lr*g[i])
@@ -321,13 +312,10 @@ type AdamCoef struct{ B1, C1, B2, C2, BC1, BC2, LR, Eps float32 }
 func Adam(w, g, m, v []float32, c AdamCoef) {
 	n := len(w)
 	g, m, v = g[:n], m[:n], v[:n]
-	done := 0
-	if vector != nil {
-		done = n / vector.width * vector.width
-		if done > 0 {
-			coef := [8]float32{c.B1, c.C1, c.B2, c.C2, c.BC1, c.BC2, c.LR, c.Eps}
-			adamVec(&w[0], &g[0], &m[0], &v[0], done, &coef)
-		}
+	done := vectorLen(n)
+	if done > 0 {
+		coef := [8]float32{c.B1, c.C1, c.B2, c.C2, c.BC1, c.BC2, c.LR, c.Eps}
+		adamVec(&w[0], &g[0], &m[0], &v[0], done, &coef)
 	}
 	for i := done; i < n; i++ {
 		gi := g[i]
@@ -348,6 +336,15 @@ const (
 	vectorReLU
 	vectorReLUBack
 )
+
+// vectorLen is how many of n elements the path's kernels take: the most
+// whole vectors, none without a vector path.
+func vectorLen(n int) int {
+	if vector == nil {
+		return 0
+	}
+	return n / vector.width * vector.width
+}
 
 // kernels is one path's assembly.
 type kernels struct {
