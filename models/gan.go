@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"slices"
 
 	"github.com/downpour-ml/downpour/internal/vmath"
 )
@@ -22,11 +23,22 @@ type GANConfig struct {
 	KeepHidden float64 `json:"keep_hidden"` // on D's hidden layers: 0.5
 	GScale     float64 `json:"g_scale"`     // G weights U(-0.05, 0.05)
 	DScale     float64 `json:"d_scale"`     // D weights U(-0.005, 0.005)
+	// NoiseDist is the distribution of the generator's input: "gaussian",
+	// N(0, 1) as the authors' code draws it, or "uniform" on [-sqrt 3,
+	// sqrt 3] (also what "" means, in jobs written before the field); both
+	// have zero mean and unit variance.
+	NoiseDist string `json:"noise_dist,omitempty"`
 }
 
 // PaperGAN is the configuration of the paper's MNIST networks.
 var PaperGAN = GANConfig{Noise: 100, GHidden: 1200, Pixels: 784, DUnits: 240, DPieces: 5,
-	KeepInput: 0.8, KeepHidden: 0.5, GScale: 0.05, DScale: 0.005}
+	KeepInput: 0.8, KeepHidden: 0.5, GScale: 0.05, DScale: 0.005, NoiseDist: Gaussian}
+
+// The generator's noise distributions (GANConfig.NoiseDist).
+const (
+	Gaussian = "gaussian"
+	Uniform  = "uniform"
+)
 
 // Validate reports whether the shape is usable.
 func (c GANConfig) Validate() error {
@@ -35,6 +47,9 @@ func (c GANConfig) Validate() error {
 	}
 	if !(c.KeepInput > 0 && c.KeepInput <= 1 && c.KeepHidden > 0 && c.KeepHidden <= 1) {
 		return fmt.Errorf("gan: keep probabilities must be in (0, 1] (got %v, %v)", c.KeepInput, c.KeepHidden)
+	}
+	if c.NoiseDist != "" && c.NoiseDist != Gaussian && c.NoiseDist != Uniform {
+		return fmt.Errorf("gan: noise %q: use gaussian or uniform", c.NoiseDist)
 	}
 	return nil
 }
@@ -53,9 +68,15 @@ func (c GANConfig) Tensors() []Tensor {
 	}
 }
 
-// Noise fills z with the generator's input: uniform on [-sqrt 3, sqrt 3]
-// (zero mean, unit variance), drawn from rng.
-func Noise(z []float32, rng *rand.Rand) {
+// Draw fills z with the generator's input, from rng: N(0, 1), or uniform
+// on [-sqrt 3, sqrt 3] (NoiseDist).
+func (c GANConfig) Draw(z []float32, rng *rand.Rand) {
+	if c.NoiseDist == Gaussian {
+		for i := range z {
+			z[i] = float32(rng.NormFloat64())
+		}
+		return
+	}
 	for i := range z {
 		z[i] = float32((2*rng.Float64() - 1) * math.Sqrt(3))
 	}
@@ -67,7 +88,7 @@ func Sample(c GANConfig, params []float32, n int, rng *rand.Rand) []float32 {
 	g := NewGAN[float32](c)
 	copy(g.Params(), params)
 	z := make([]float32, n*c.Noise)
-	Noise(z, rng)
+	c.Draw(z, rng)
 	return g.Generate(z, n)
 }
 
@@ -101,10 +122,17 @@ func (l *Linear[T]) Forward(x []T, rows int) []T {
 
 // Backward takes dy and returns dx; with params, it adds the parameter
 // gradients into DW and DB.
-func (l *Linear[T]) Backward(dy []T, params bool) []T {
+func (l *Linear[T]) Backward(dy []T, params bool) []T { return l.backward(dy, params, true) }
+
+// backward is Backward that computes dx only with input (else it returns
+// nil): a first layer whose input is data has no use for it.
+func (l *Linear[T]) backward(dy []T, params, input bool) []T {
 	if params {
 		matmul(l.DW, l.x, true, dy, false, l.In, l.Out, l.rows, true)
 		addColSums(l.DB, dy)
+	}
+	if !input {
+		return nil
 	}
 	l.dx = grow(l.dx, l.rows*l.In)
 	matmul(l.dx, dy, false, l.W, true, l.rows, l.In, l.Out, false)
@@ -199,6 +227,13 @@ type GAN[T Float] struct {
 	m1, m2       *Maxout[T]
 	// step buffers
 	h1, h2, img, dImgPre, dIn, a1, a2 []T
+	dLogit, gLogit                    []T
+	// Hooks, when set, let Step overlap moving parameters and gradients
+	// with the computation: it reads the layers in the order of Params
+	// (generator, then discriminator), one span per layer.
+	Hooks  *Hooks
+	spans  [][2]int // each layer's weights and bias, in Params order
+	needed int      // spans NeedParams was called for in this step
 }
 
 // NewGAN allocates a GAN of shape cfg with zero parameters.
@@ -218,8 +253,31 @@ func NewGAN[T Float](cfg GANConfig) *GAN[T] {
 	m.dOut = newLinear(cfg.DUnits, 1, w, g)
 	m.m1 = &Maxout[T]{Units: cfg.DUnits, Pieces: cfg.DPieces}
 	m.m2 = &Maxout[T]{Units: cfg.DUnits, Pieces: cfg.DPieces}
+	ts, off := cfg.Tensors(), Offsets(cfg.Tensors())
+	for i := 0; i < len(ts); i += 2 { // weights, then bias: one span per layer
+		m.spans = append(m.spans, [2]int{off[i], off[i+1] + ts[i+1].Size()})
+	}
+	m.needed = len(m.spans)
 	return m
 }
+
+// need calls the NeedParams hook for layer i (0-2 the generator's, 3-5 the
+// discriminator's) the first time a step reads it.
+func (m *GAN[T]) need(i int) {
+	if i < m.needed {
+		return
+	}
+	if m.Hooks != nil && m.Hooks.NeedParams != nil {
+		for ; m.needed <= i; m.needed++ {
+			m.Hooks.NeedParams(m.spans[m.needed][0], m.spans[m.needed][1])
+		}
+	}
+	m.needed = max(m.needed, i+1)
+}
+
+// ReadOrder is the spans of Params in the order Step reads them: each
+// layer's weights and bias, generator first (the order of Params).
+func (m *GAN[T]) ReadOrder() [][2]int { return slices.Clone(m.spans) }
 
 // Params is the flat parameter vector (generator first, GSize elements).
 func (m *GAN[T]) Params() []T { return m.params }
@@ -257,12 +315,15 @@ func (m *GAN[T]) SetOutputBias(mean []float64, eps float64) {
 // Generate maps noise z (rows x Noise) to images (rows x Pixels, in (0, 1)).
 // The result lives in the GAN's buffers until the next pass.
 func (m *GAN[T]) Generate(z []T, rows int) []T {
+	m.need(0)
 	h := m.g1.Forward(z, rows)
 	m.h1 = grow(m.h1, len(h))
 	relu(m.h1, h)
+	m.need(1)
 	h = m.g2.Forward(m.h1, rows)
 	m.h2 = grow(m.h2, len(h))
 	relu(m.h2, h)
+	m.need(2)
 	o := m.gOut.Forward(m.h2, rows)
 	m.img = grow(m.img, len(o))
 	for i, v := range o {
@@ -292,14 +353,17 @@ func (m *GAN[T]) discriminate(x []T, rows int, masks DropoutMasks[T]) []T {
 	m.dIn = grow(m.dIn, len(x))
 	copy(m.dIn, x)
 	dropout(m.dIn, masks.In)
+	m.need(3)
 	a := m.m1.Forward(m.d1.Forward(m.dIn, rows), rows)
 	m.a1 = grow(m.a1, len(a))
 	copy(m.a1, a)
 	dropout(m.a1, masks.H1)
+	m.need(4)
 	a = m.m2.Forward(m.d2.Forward(m.a1, rows), rows)
 	m.a2 = grow(m.a2, len(a))
 	copy(m.a2, a)
 	dropout(m.a2, masks.H2)
+	m.need(5)
 	return m.dOut.Forward(m.a2, rows)
 }
 
@@ -307,12 +371,20 @@ func (m *GAN[T]) discriminate(x []T, rows int, masks DropoutMasks[T]) []T {
 // returns the gradient with respect to its input images; with params, it
 // adds D's parameter gradients.
 func (m *GAN[T]) discriminatorBackward(dLogit []T, masks DropoutMasks[T], params bool) []T {
+	return m.discriminatorBackwardTo(dLogit, masks, params, true)
+}
+
+// discriminatorBackwardTo is discriminatorBackward that computes the
+// gradient with respect to the images only with input (else it returns nil).
+func (m *GAN[T]) discriminatorBackwardTo(dLogit []T, masks DropoutMasks[T], params, input bool) []T {
 	d := m.dOut.Backward(dLogit, params)
 	dropout(d, masks.H2)
 	d = m.d2.Backward(m.m2.Backward(d), params)
 	dropout(d, masks.H1)
-	d = m.d1.Backward(m.m1.Backward(d), params)
-	dropout(d, masks.In)
+	d = m.d1.backward(m.m1.Backward(d), params, input)
+	if input {
+		dropout(d, masks.In)
+	}
 	return d
 }
 
@@ -422,4 +494,47 @@ func (m *GAN[T]) GLossAfterD(rows int, masks DropoutMasks[T], minimax, backward 
 		m.generatorBackward(m.discriminatorBackward(d, masks, false))
 	}
 	return loss
+}
+
+// Step computes one update of the authors' training (AdversaryCost2 in
+// Goodfellow et al.'s code): D's loss, 0.5 (BCE(1, D(x)) + BCE(0, D(G(z)))),
+// and G's, BCE(1, D(G(z))) (or with minimax log(1 - D(G(z)))), on real
+// images x and noise z (rows each), from the same parameters and the same
+// forward pass: one fake batch, and D's fake pass with its dropout masks
+// shared by both losses. Grads then holds D's loss's gradient with respect
+// to D's parameters and G's loss's with respect to G's, to be applied
+// together, and the losses are returned. The bits are those of DLoss (with
+// real and fake) for D's part and GLoss (with fake) for G's; Step just does
+// the generator and the fake discriminator pass once.
+func (m *GAN[T]) Step(x, z []T, rows int, real, fake DropoutMasks[T], minimax bool) (dLoss, gLoss float64) {
+	m.needed = 0
+	defer func() { m.needed = len(m.spans) }()
+	m.Generate(z, rows)
+	m.dLogit = grow(m.dLogit, rows)
+	m.gLogit = grow(m.gLogit, rows)
+	dScale, gScale := 0.5/float64(rows), 1/float64(rows)
+	for i, v := range m.discriminate(x, rows, real) {
+		dLoss += dScale * softplus(-float64(v))
+		m.dLogit[i] = T(dScale * (sigmoid(float64(v)) - 1))
+	}
+	if m.Hooks != nil && m.Hooks.GradsFree != nil {
+		m.Hooks.GradsFree()
+	}
+	clear(m.grads)
+	m.discriminatorBackwardTo(m.dLogit, real, true, false)
+	for i, v := range m.discriminate(m.img, rows, fake) {
+		s := sigmoid(float64(v))
+		dLoss += dScale * softplus(float64(v))
+		m.dLogit[i] = T(dScale * s)
+		if minimax {
+			gLoss -= gScale * softplus(float64(v))
+			m.gLogit[i] = T(-gScale * s)
+		} else {
+			gLoss += gScale * softplus(-float64(v))
+			m.gLogit[i] = T(gScale * (s - 1))
+		}
+	}
+	m.discriminatorBackwardTo(m.dLogit, fake, true, false)
+	m.generatorBackward(m.discriminatorBackward(m.gLogit, fake, false))
+	return dLoss, gLoss
 }

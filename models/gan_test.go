@@ -180,3 +180,121 @@ func BenchmarkG1(b *testing.B) {
 	}
 	b.ReportMetric(float64(rows*b.N)/b.Elapsed().Seconds(), "samples/s")
 }
+
+// Step is the authors' simultaneous update: its D half is DLoss's gradient
+// and its G half GLoss's through the fake pass's masks, bit for bit, in
+// float32 as trained, for both G losses; and both halves pass central
+// differences of their own loss.
+func TestGANStepIsDLossAndGLoss(t *testing.T) {
+	rng := rand.New(rand.NewPCG(25, 5))
+	cfg := GANConfig{Noise: 7, GHidden: 33, Pixels: 20, DUnits: 9, DPieces: 3, KeepInput: 0.8, KeepHidden: 0.5, GScale: 0.5, DScale: 0.5}
+	const rows = 6
+	m, ref := NewGAN[float32](cfg), NewGAN[float32](cfg)
+	m.Init(3)
+	for i := range m.Params() {
+		m.Params()[i] += float32(rng.NormFloat64() * 0.1)
+	}
+	copy(ref.Params(), m.Params())
+	x := make([]float32, rows*cfg.Pixels)
+	for i := range x {
+		x[i] = rng.Float32()
+	}
+	z := make([]float32, rows*cfg.Noise)
+	cfg.Draw(z, rng)
+	real, fake := RandomMasks(rng, cfg, rows), RandomMasks(rng, cfg, rows)
+	gs := cfg.GSize()
+	for _, minimax := range []bool{false, true} {
+		dl, gl := m.Step(x, z, rows, real, fake, minimax)
+		wantD := ref.DLoss(x, z, rows, real, fake, true)
+		dg := slices.Clone(ref.Grads()[gs:])
+		wantG := ref.GLoss(z, rows, fake, minimax, true)
+		if dl != wantD || gl != wantG {
+			t.Fatalf("minimax %v: losses %v %v, want %v %v", minimax, dl, gl, wantD, wantG)
+		}
+		if !slices.Equal(m.Grads()[gs:], dg) || !slices.Equal(m.Grads()[:gs], ref.Grads()[:gs]) {
+			t.Fatalf("minimax %v: Step's gradient differs from DLoss's and GLoss's", minimax)
+		}
+	}
+
+	f := NewGAN[float64](smallGAN)
+	f.Init(5)
+	for i := range f.Params() {
+		f.Params()[i] += rng.NormFloat64() * 0.1
+	}
+	const r = 3
+	x64 := randSlice(rng, r*smallGAN.Pixels, 0.5)
+	for i := range x64 {
+		x64[i] += 0.5
+	}
+	z64 := randSlice(rng, r*smallGAN.Noise, math.Sqrt(3))
+	re, fa := ganMasks(rng, smallGAN, r), ganMasks(rng, smallGAN, r)
+	gs = smallGAN.GSize()
+	for _, minimax := range []bool{false, true} {
+		f.Step(x64, z64, r, re, fa, minimax)
+		g := slices.Clone(f.Grads())
+		checkGrad(t, "Step D", f.Params()[gs:], g[gs:], func() float64 { return f.DLoss(x64, z64, r, re, fa, false) })
+		checkGrad(t, "Step G", f.Params()[:gs], g[:gs], func() float64 { return f.GLoss(z64, r, fa, minimax, false) })
+	}
+}
+
+// Step's hooks see each layer once, in the order of Params, before it is
+// read, and GradsFree before any gradient is written; with hooks the bits
+// are the same. The other passes (DLoss, Generate) call no hook.
+func TestGANStepHooks(t *testing.T) {
+	rng := rand.New(rand.NewPCG(26, 6))
+	plain, hooked := NewGAN[float32](smallGAN), NewGAN[float32](smallGAN)
+	plain.Init(4)
+	hooked.Init(4)
+	const rows = 3
+	x := make([]float32, rows*smallGAN.Pixels)
+	for i := range x {
+		x[i] = rng.Float32()
+	}
+	z := make([]float32, rows*smallGAN.Noise)
+	smallGAN.Draw(z, rng)
+	real, fake := RandomMasks(rng, smallGAN, rows), RandomMasks(rng, smallGAN, rows)
+	var spans [][2]int
+	freed := false
+	hooked.Hooks = &Hooks{
+		NeedParams: func(lo, hi int) {
+			if freed || hooked.Grads()[0] != 42 {
+				t.Fatal("NeedParams after GradsFree, or gradients written in the forward pass")
+			}
+			spans = append(spans, [2]int{lo, hi})
+		},
+		GradsFree: func() {
+			if hooked.Grads()[0] != 42 {
+				t.Fatal("gradients written before GradsFree")
+			}
+			freed = true
+		},
+	}
+	for round := range 2 {
+		spans, freed = nil, false
+		hooked.Grads()[0] = 42 // as if the last step's push still read it
+		l1, a1 := plain.Step(x, z, rows, real, fake, false)
+		l2, a2 := hooked.Step(x, z, rows, real, fake, false)
+		if l1 != l2 || a1 != a2 || !slices.Equal(plain.Grads(), hooked.Grads()) {
+			t.Fatal("hooks changed the losses or the gradient")
+		}
+		if !freed || !slices.Equal(spans, hooked.ReadOrder()) || len(spans) != 6 {
+			t.Fatalf("round %d: freed %v, spans %v, read order %v", round, freed, spans, hooked.ReadOrder())
+		}
+		at := 0
+		for _, s := range spans {
+			if s[0] != at || s[1] <= s[0] {
+				t.Fatalf("spans %v do not tile the parameters in order", spans)
+			}
+			at = s[1]
+		}
+		if at != len(hooked.Params()) {
+			t.Fatalf("spans end at %d of %d", at, len(hooked.Params()))
+		}
+	}
+	spans = nil
+	hooked.DLoss(x, z, rows, real, fake, true)
+	hooked.Generate(z, rows)
+	if spans != nil {
+		t.Fatalf("hooks called outside Step: %v", spans)
+	}
+}

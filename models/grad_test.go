@@ -215,7 +215,7 @@ func TestEmbeddingGradient(t *testing.T) {
 // The hooks see every parameter exactly once, in the order the forward pass
 // reads them, and GradsFree before any gradient is written; a model with
 // hooks computes the same loss and gradient bits as one without.
-func TestSeq2SeqHooks(t *testing.T) {
+func TestHooks(t *testing.T) {
 	cfg := Seq2SeqConfig{Layers: 2, Hidden: 6, Embed: 5, SrcVocab: 9, TgtVocab: 7}
 	plain, hooked := NewSeq2Seq[float32](cfg), NewSeq2Seq[float32](cfg)
 	plain.Init(4)
@@ -226,7 +226,7 @@ func TestSeq2SeqHooks(t *testing.T) {
 	// A sentinel in the gradients (as if the last step's were still being
 	// pushed) must survive the forward pass.
 	hooked.Grads()[0] = 42
-	hooked.Hooks = &Seq2SeqHooks{
+	hooked.Hooks = &Hooks{
 		NeedParams: func(lo, hi int) {
 			if freed || hooked.Grads()[0] != 42 {
 				t.Fatal("NeedParams after GradsFree, or gradients written in the forward pass")

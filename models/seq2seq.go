@@ -120,16 +120,17 @@ type Seq2Seq[T Float] struct {
 	// decoder layers, output layer.
 	spans [][2]int
 	// Hooks, when set, let a caller overlap moving parameters and gradients
-	// with the computation (see Seq2SeqHooks).
-	Hooks *Seq2SeqHooks
+	// with the computation (see Hooks).
+	Hooks *Hooks
 }
 
-// Seq2SeqHooks let a training loop overlap communication with computation.
-// Loss calls NeedParams(lo, hi) before the forward pass first reads
-// Params()[lo:hi] (spans in the order they are read), and GradsFree before
-// the backward pass first writes Grads(): a caller still pulling the
-// parameters or pushing the previous step's gradients waits in these.
-type Seq2SeqHooks struct {
+// Hooks let a training loop overlap communication with computation. A
+// model's training step (Seq2Seq.Loss, GAN.Step) calls NeedParams(lo, hi)
+// before the forward pass first reads Params()[lo:hi] (spans in the order
+// they are read), and GradsFree before the backward pass first writes
+// Grads(): a caller still pulling the parameters or pushing the previous
+// step's gradients waits in these.
+type Hooks struct {
 	NeedParams func(lo, hi int)
 	GradsFree  func()
 }

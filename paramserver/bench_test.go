@@ -376,7 +376,7 @@ func syncOverheadW2Model(b *testing.B, conn connKind, rows bool) {
 	// parameters, the backward pass for the gradients to be sent, the step's
 	// end for the rest (the last run's transfer included).
 	var waitParams, waitGrads, waitEnd time.Duration
-	hooks := &models.Seq2SeqHooks{
+	hooks := &models.Hooks{
 		NeedParams: func(lo, hi int) {
 			if xfer != nil {
 				t := time.Now()

@@ -15,8 +15,17 @@ import (
 	"github.com/downpour-ml/downpour/paramserver"
 )
 
-// ganTrainer trains a GAN replica. One job step is k discriminator updates
-// then one generator update, in this order in every mode:
+// ganTrainer trains a GAN replica, with one of two updates.
+//
+// The simultaneous update (the authors'): a step pulls all parameters at the
+// step's clock, computes D's and G's gradients from one forward pass (one
+// fake batch, one set of dropout masks; models.GAN.Step) and pushes them
+// together as the step's update. As the Seq2Seq worker does, the push and
+// the next step's pull run in the background while the next step's forward
+// pass waits only for the layer it is about to read.
+//
+// The alternating update: k discriminator updates then one generator
+// update, in this order in every mode:
 //
 //	pull D (its clock: k*step) and G (its clock: step)
 //	for j < k: D loss on real images and G's samples; push D's gradient as
@@ -25,14 +34,17 @@ import (
 //
 // D's and G's blocks keep their own clocks on the shards (a block's clock
 // counts its own updates), so in sync mode every rank's D update j of a step
-// is summed before any rank computes the next D or G gradient. Noise and
-// dropout masks come from (seed, data shard, data step), so sync runs are
-// reproducible (in sync mode a rank reads the data shard of its number).
+// is summed before any rank computes the next D or G gradient.
+//
+// Noise and dropout masks come from (seed, data shard, data step), so sync
+// runs are reproducible (in sync mode a rank reads the data shard of its
+// number).
 type ganTrainer struct {
 	cfg    Config
 	spec   *job.Spec
 	a      job.Assignment
-	d, g   *paramserver.Client // one client per parameter group
+	d, g   *paramserver.Client // alternating: one client per parameter group
+	all    *paramserver.Client // simultaneous: one client for both
 	model  *models.GAN[float32]
 	images [][][]float32 // each data shard's training images
 	gs     int           // generator parameters (they come first)
@@ -41,24 +53,48 @@ type ganTrainer struct {
 	aux    float64
 	steps  int64
 	nanos  int64
+	// simultaneous: the last step's push and this step's pull, in flight
+	// (for step xferStep+1) while the forward pass starts.
+	xfer     *paramserver.Transfer
+	xstop    context.CancelFunc
+	xerr     error
+	xferStep int64
 }
 
 func newGANTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.Placement) (*ganTrainer, error) {
 	gs := spec.GAN.GSize()
-	d, err := paramserver.NewClientFor(cfg.NATS, spec.Name, p, a.Rank, a.Epoch, func(b paramserver.Block) bool { return b.Offset >= gs })
-	if err != nil {
-		return nil, err
-	}
-	g, err := paramserver.NewClientFor(cfg.NATS, spec.Name, p, a.Rank, a.Epoch, func(b paramserver.Block) bool { return b.Offset < gs })
-	if err != nil {
-		return nil, err
+	t := &ganTrainer{cfg: cfg, spec: spec, a: a, model: models.NewGAN[float32](spec.GAN), gs: gs}
+	var err error
+	if spec.Simultaneous() {
+		if t.all, err = paramserver.NewClient(cfg.NATS, spec.Name, p, a.Rank, a.Epoch); err != nil {
+			return nil, err
+		}
+		t.all.Observe = metrics.Client(spec.Name)
+		t.model.Hooks = &models.Hooks{
+			NeedParams: func(lo, hi int) {
+				if t.xfer != nil && t.xerr == nil {
+					t.xerr = t.xfer.WaitRange(lo, hi)
+				}
+			},
+			GradsFree: func() {
+				if t.xfer != nil && t.xerr == nil {
+					t.xerr = t.xfer.WaitPushed()
+				}
+			},
+		}
+	} else {
+		if t.d, err = paramserver.NewClientFor(cfg.NATS, spec.Name, p, a.Rank, a.Epoch, func(b paramserver.Block) bool { return b.Offset >= gs }); err != nil {
+			return nil, err
+		}
+		if t.g, err = paramserver.NewClientFor(cfg.NATS, spec.Name, p, a.Rank, a.Epoch, func(b paramserver.Block) bool { return b.Offset < gs }); err != nil {
+			return nil, err
+		}
+		t.d.Observe, t.g.Observe = metrics.Client(spec.Name), metrics.Client(spec.Name)
 	}
 	m, err := spec.OpenMNIST()
 	if err != nil {
 		return nil, err
 	}
-	d.Observe, g.Observe = metrics.Client(spec.Name), metrics.Client(spec.Name)
-	t := &ganTrainer{cfg: cfg, spec: spec, a: a, d: d, g: g, model: models.NewGAN[float32](spec.GAN), gs: gs}
 	t.images = make([][][]float32, spec.Workers)
 	perm := rand.New(rand.NewPCG(spec.Seed, 0x6a4)).Perm(len(m.Train))
 	for i, idx := range perm {
@@ -86,47 +122,137 @@ func (t *ganTrainer) batch(sh int, step int64, j int) {
 	}
 }
 
-func (t *ganTrainer) close() {}
+// close stops a transfer still in flight (when the step loop ends early).
+func (t *ganTrainer) close() {
+	if t.xfer != nil {
+		t.xstop()
+		t.xfer.Wait()
+		t.xfer = nil
+	}
+}
 
-// clock is the generator blocks' slowest clock (one per step).
-func (t *ganTrainer) clock(ctx context.Context) (int64, error) { return t.g.Clock(ctx) }
+// settle waits for the transfer in flight, if any, and forgets it.
+func (t *ganTrainer) settle() error {
+	if t.xfer == nil {
+		return nil
+	}
+	err := t.xfer.Wait()
+	if t.xerr != nil {
+		err = t.xerr
+	}
+	t.xstop()
+	t.xfer, t.xstop, t.xerr = nil, nil, nil
+	return err
+}
+
+// clock is the generator blocks' slowest clock (one per step; with the
+// simultaneous update, every block's).
+func (t *ganTrainer) clock(ctx context.Context) (int64, error) {
+	if t.all != nil {
+		return t.all.Clock(ctx)
+	}
+	return t.g.Clock(ctx)
+}
 
 func (t *ganTrainer) idle(ctx context.Context) error {
+	if t.all != nil {
+		return t.all.Idle(ctx)
+	}
 	if err := t.d.Idle(ctx); err != nil {
 		return err
 	}
 	return t.g.Idle(ctx)
 }
 
-func (t *ganTrainer) step(ctx context.Context, s at) error {
+// noise fills t.z with a batch of the generator's input from rng.
+func (t *ganTrainer) noise(rng *rand.Rand) {
+	n := t.spec.Batch * t.spec.GAN.Noise
+	t.z = slices.Grow(t.z[:0], n)[:n]
+	t.spec.GAN.Draw(t.z, rng)
+}
+
+// stepSimultaneous runs step s with the authors' update.
+func (t *ganTrainer) stepSimultaneous(ctx context.Context, s at) (dLoss, gLoss float64, err error) {
+	step, B := s.N, t.spec.Batch
+	if t.xfer != nil && t.xferStep+1 != step {
+		// Not the step the transfer in flight pulls for (the loop moved
+		// elsewhere): let it land, then pull afresh.
+		if err := t.settle(); err != nil {
+			return 0, 0, fmt.Errorf("step %d: push and pull: %w", t.xferStep, err)
+		}
+	}
+	if t.xfer == nil {
+		sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
+		err := t.all.Pull(sctx, step, t.model.Params())
+		cancel()
+		if err != nil {
+			return 0, 0, fmt.Errorf("step %d: pull: %w", step, err)
+		}
+	}
+	rng := rand.New(rand.NewPCG(t.spec.Seed^0x9a11, uint64(s.Shard)<<40^uint64(s.Data)))
+	t.batch(s.Shard, s.Data, 0)
+	t.noise(rng)
+	real, fake := models.RandomMasks(rng, t.spec.GAN, B), models.RandomMasks(rng, t.spec.GAN, B)
+	dLoss, gLoss = t.model.Step(t.x, t.z, B, real, fake, t.spec.Minimax)
+	if err := t.settle(); err != nil {
+		return 0, 0, fmt.Errorf("step %d: push and pull: %w", step-1, err)
+	}
+	if s.Last {
+		sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
+		err := t.all.Push(sctx, step, t.model.Grads())
+		cancel()
+		if err != nil {
+			return 0, 0, fmt.Errorf("step %d: push: %w", step, err)
+		}
+		return dLoss, gLoss, nil
+	}
+	xctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
+	t.xfer, t.xstop, t.xferStep = t.all.StartPushPull(xctx, step, t.model.Grads(), t.model.Params()), cancel, step
+	return dLoss, gLoss, nil
+}
+
+// stepAlternating runs step s with the alternating update.
+func (t *ganTrainer) stepAlternating(ctx context.Context, s at) (dLoss, gLoss float64, err error) {
 	step := s.N
-	start := time.Now()
 	sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
 	defer cancel()
 	k, B := int64(t.spec.GANK), t.spec.Batch
 	w := t.model.Params()
 	if err := t.d.Pull(sctx, k*step, w); err != nil {
-		return fmt.Errorf("step %d: pull D: %w", step, err)
+		return 0, 0, fmt.Errorf("step %d: pull D: %w", step, err)
 	}
 	if err := t.g.Pull(sctx, step, w); err != nil {
-		return fmt.Errorf("step %d: pull G: %w", step, err)
+		return 0, 0, fmt.Errorf("step %d: pull G: %w", step, err)
 	}
 	rng := rand.New(rand.NewPCG(t.spec.Seed^0x9a11, uint64(s.Shard)<<40^uint64(s.Data)))
-	var dLoss float64
 	for j := int64(0); j < k; j++ {
 		t.batch(s.Shard, s.Data, int(j))
-		t.z = slices.Grow(t.z[:0], B*t.spec.GAN.Noise)[:B*t.spec.GAN.Noise]
-		models.Noise(t.z, rng)
+		t.noise(rng)
 		dLoss += t.model.DLoss(t.x, t.z, B, models.RandomMasks(rng, t.spec.GAN, B), models.RandomMasks(rng, t.spec.GAN, B), true)
 		if err := t.d.PushPull(sctx, k*step+j, t.model.Grads(), w); err != nil {
-			return fmt.Errorf("step %d: push D: %w", step, err)
+			return 0, 0, fmt.Errorf("step %d: push D: %w", step, err)
 		}
 	}
-	gLoss := t.model.GLossAfterD(B, models.RandomMasks(rng, t.spec.GAN, B), t.spec.Minimax, true)
+	gLoss = t.model.GLossAfterD(B, models.RandomMasks(rng, t.spec.GAN, B), t.spec.Minimax, true)
 	if err := t.g.Push(sctx, step, t.model.Grads()); err != nil {
-		return fmt.Errorf("step %d: push G: %w", step, err)
+		return 0, 0, fmt.Errorf("step %d: push G: %w", step, err)
 	}
-	t.loss += dLoss / float64(k)
+	return dLoss / float64(k), gLoss, nil
+}
+
+func (t *ganTrainer) step(ctx context.Context, s at) error {
+	start := time.Now()
+	var dLoss, gLoss float64
+	var err error
+	if t.all != nil {
+		dLoss, gLoss, err = t.stepSimultaneous(ctx, s)
+	} else {
+		dLoss, gLoss, err = t.stepAlternating(ctx, s)
+	}
+	if err != nil {
+		return err
+	}
+	t.loss += dLoss
 	t.aux += gLoss
 	t.steps++
 	took := time.Since(start)
@@ -134,7 +260,7 @@ func (t *ganTrainer) step(ctx context.Context, s at) error {
 	rank := strconv.Itoa(t.a.Rank)
 	metrics.WorkerSteps.WithLabelValues(t.spec.Name, rank).Inc()
 	metrics.StepSeconds.WithLabelValues(t.spec.Name, rank).Observe(took.Seconds())
-	metrics.WorkerLoss.WithLabelValues(t.spec.Name, rank).Set(dLoss / float64(k))
+	metrics.WorkerLoss.WithLabelValues(t.spec.Name, rank).Set(dLoss)
 	if rank, at := s.progress(t.spec, t.a.Rank); at%t.spec.LogEvery == 0 || s.Last {
 		data, _ := wire.Encode(&wire.Progress{V: wire.Version, Rank: rank, Step: at, Loss: t.loss, Aux: t.aux,
 			Tokens: t.steps, Nanos: t.nanos})

@@ -375,7 +375,7 @@ func newTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.Pla
 	if t.data, err = spec.OpenData(); err != nil {
 		return nil, err
 	}
-	t.model.Hooks = &models.Seq2SeqHooks{
+	t.model.Hooks = &models.Hooks{
 		NeedParams: func(lo, hi int) {
 			if t.xfer != nil && t.xerr == nil {
 				t.xerr = t.xfer.WaitRange(lo, hi)

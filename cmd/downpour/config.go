@@ -21,8 +21,9 @@ var configRules = config.Rules{
 		"non-finite":  {"refuse", "skip"},
 		"tokenizer":   {"space", "13a"},
 		"log-format":  {"text", "json"},
+		"gan-update":  {job.Simultaneous, job.Alternating},
 	},
-	OmitEmpty: map[string]bool{"preset": true},
+	OmitEmpty: map[string]bool{"preset": true, "gan-update": true},
 }
 
 func init() {

@@ -86,7 +86,7 @@ func TestFlagsOverrideConfig(t *testing.T) {
 	}
 	// A gan model in the file means the gan preset, as --model gan does.
 	os.WriteFile(path, []byte("model: gan\n"), 0o600)
-	if s := mustSpec(t, "--config", path); s.GAN != models.PaperGAN || s.Batch != 100 || s.Optimizer.Kind != "momentum" {
+	if s := mustSpec(t, "--config", path); s.GAN != models.PaperGAN || s.Batch != 50 || s.GlobalBatch != 100 || s.Optimizer.Kind != "momentum" {
 		t.Fatalf("model: gan in a file did not start from the gan preset: %+v", s)
 	}
 }
@@ -166,7 +166,8 @@ func TestExampleConfigs(t *testing.T) {
 			paper.ClipNorm == 5 && paper.Reverse && paper.Tokenizer == "13a"},
 		{"small", small, small.Seq2Seq.Layers == 2 && small.Seq2Seq.Hidden == 256 && small.Seq2Seq.Embed == 256 &&
 			small.VocabMax == 8000 && small.Batch == 64 && small.Optimizer == sgd07 && small.Epochs == 7.5 && small.ClipNorm == 5 && small.Reverse},
-		{"gan", gan, gan.Model == "gan" && gan.GAN == models.PaperGAN && gan.Batch == 100 && gan.GANK == 1 &&
+		{"gan", gan, gan.Model == "gan" && gan.GAN == models.PaperGAN && gan.GlobalBatch == 100 && gan.Batch == 50 && gan.GANK == 1 &&
+			gan.GANUpdate == job.Simultaneous && gan.Epochs == 250 &&
 			gan.Optimizer == paramserver.Optimizer{Kind: "momentum", LR: 0.1, Momentum: 0.5, MomentumFinal: 0.7,
 				Schedule: paramserver.Schedule{Kind: "exp", Decay: 1.000004, Floor: 1e-6}} &&
 			gan.RampStartEpochs == 1 && gan.RampEndEpochs == 250},
@@ -191,5 +192,61 @@ func TestEveryCommandHelp(t *testing.T) {
 		if code != 2 || !strings.Contains(stderr, "flag provided but not defined") || !strings.Contains(stderr, "usage: downpour "+c.name) {
 			t.Errorf("%s --no-such-flag: exit %d, %q", c.name, code, stderr)
 		}
+	}
+}
+
+// A global batch is split over the workers; a per-worker batch given on its
+// own replaces a preset's global one; both given must agree; a count of
+// workers that does not divide the global batch is refused with the counts
+// that do. --print-config keeps the global batch when the workers change.
+func TestGlobalBatch(t *testing.T) {
+	for _, c := range []struct {
+		args          []string
+		batch, global int
+	}{
+		{[]string{"--preset", "gan"}, 50, 100},
+		{[]string{"--preset", "gan", "--workers", "4"}, 25, 100},
+		{[]string{"--preset", "gan", "--workers", "1"}, 100, 100},
+		{[]string{"--preset", "gan", "--batch", "70"}, 70, 0},
+		{[]string{"--preset", "gan", "--global-batch", "200", "--workers", "4"}, 50, 200},
+		{[]string{"--preset", "gan", "--global-batch", "200", "--batch", "100"}, 100, 200},
+		{[]string{"--preset", "paper", "--data", "c.tsv", "--workers", "8"}, 16, 128},
+		{[]string{"--global-batch", "96", "--workers", "3"}, 32, 96},
+		{[]string{"--batch", "7"}, 7, 0},
+	} {
+		s := mustSpec(t, c.args...)
+		if s.Batch != c.batch || s.GlobalBatch != c.global {
+			t.Errorf("%v: batch %d, global batch %d; want %d, %d", c.args, s.Batch, s.GlobalBatch, c.batch, c.global)
+		}
+		if err := s.Validate(); err != nil && !strings.Contains(err.Error(), "data") {
+			t.Errorf("%v: %v", c.args, err)
+		}
+	}
+	dir := t.TempDir()
+	for _, c := range []struct {
+		args []string
+		says string
+	}{
+		{[]string{"--preset", "gan", "--workers", "3"}, "global batch 100 does not split evenly over 3 workers: use 1, 2, 4, 5, 10, 20, 25, 50 or 100 workers"},
+		{[]string{"--preset", "gan", "--workers", "7"}, "over 7 workers"},
+		{[]string{"--preset", "gan", "--global-batch", "200", "--batch", "50"}, "batch 50 per worker x 2 workers is 100 examples a step, not the global batch 200"},
+		{[]string{"--global-batch", "7", "--workers", "2"}, "use 1 or 7 workers"},
+		{[]string{"--global-batch", "-1"}, "global batch must not be negative"},
+	} {
+		code, _, stderr := runCmd(t, time.Minute, append([]string{"train", "--out", filepath.Join(dir, "x")}, c.args...)...)
+		if code != 2 || !strings.Contains(stderr, c.says) {
+			t.Errorf("%v: exit %d, %q; want 2 and %q", c.args, code, stderr, c.says)
+		}
+	}
+	code, printed, stderr := runCmd(t, 10*time.Second, "train", "--print-config", "--preset", "gan")
+	if code != 0 || !strings.Contains(printed, "\nbatch: 0 ") || !strings.Contains(printed, "\nglobal-batch: 100 ") {
+		t.Fatalf("print-config: exit %d %s\n%s", code, stderr, printed)
+	}
+	path := filepath.Join(dir, "gan.yaml")
+	if err := os.WriteFile(path, []byte(strings.Replace(printed, "\nworkers: 2 ", "\nworkers: 4 ", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if s := mustSpec(t, "--config", path); s.Workers != 4 || s.Batch != 25 || s.GlobalBatch != 100 {
+		t.Fatalf("printed config with 4 workers: %d workers of %d, global %d", s.Workers, s.Batch, s.GlobalBatch)
 	}
 }

@@ -191,8 +191,11 @@ func specFlags(fs *flag.FlagSet, s *job.Spec, args []string) *jobFlags {
 	fs.IntVar(&s.TgtVocab, "tgt-vocab", s.TgtVocab, "corpus: words in the target vocabulary (0: as --vocab)")
 	fs.StringVar(&s.Name, "job", s.Name, "job name (letters, digits, '_' and '-')")
 	fs.StringVar(&s.Model, "model", s.Model, "model to train: seq2seq, or gan (which starts from --preset gan)")
-	fs.IntVar(&s.GANK, "gan-k", s.GANK, "gan: discriminator updates per generator update")
+	fs.IntVar(&s.GANK, "gan-k", s.GANK, "gan: discriminator updates per generator update (alternating update)")
+	fs.Var(choice{&s.GANUpdate, []string{job.Simultaneous, job.Alternating}}, "gan-update",
+		"gan: simultaneous (the authors': D's and G's gradients from one forward pass, applied together) or alternating (--gan-k D updates, then G's through the updated D)")
 	fs.BoolVar(&s.Minimax, "minimax", s.Minimax, "gan: train G on the paper's minimax loss log(1-D(G(z))) instead of the non-saturating -log D(G(z))")
+	fs.BoolVar(&s.ParzenFull, "parzen-full", s.ParzenFull, "gan: every evaluation is the paper's full Parzen-window estimate (10,000 samples, sigma on validation, the 10,000 test images; about 10 s) instead of the 1,000-sample monitor on validation images")
 	fs.StringVar(&s.MNIST, "mnist", s.MNIST, "gan: directory of MNIST's idx files (default: the GoMNIST Go module, or $DOWNPOUR_MNIST)")
 	fs.StringVar(&s.Data, "data", s.Data, "training data: a parallel corpus file (source<TAB>target lines) or synthetic:copy|reverse|sort|translate")
 	fs.IntVar(&s.MinLen, "min-len", s.MinLen, "synthetic: shortest source sequence")
@@ -210,7 +213,8 @@ func specFlags(fs *flag.FlagSet, s *job.Spec, args []string) *jobFlags {
 	fs.IntVar(&s.Workers, "workers", s.Workers, "workers (model replicas), one rank each")
 	fs.IntVar(&s.Shards, "ps-shards", s.Shards, "parameter-server shards")
 	fs.IntVar(&s.BlockSize, "block-size", s.BlockSize, "floats per parameter block")
-	fs.IntVar(&s.Batch, "batch", s.Batch, "examples per worker per step")
+	fs.IntVar(&s.Batch, "batch", s.Batch, "examples per worker per step (0: the worker's share of --global-batch)")
+	fs.IntVar(&s.GlobalBatch, "global-batch", s.GlobalBatch, "examples per step over all workers, the batch the optimizer sees, split evenly over --workers (0: --batch x --workers)")
 	fs.StringVar(&s.Mode, "mode", s.Mode, "consistency mode: sync, ssp or async")
 	fs.Int64Var(&s.Staleness, "staleness", s.Staleness, "ssp: how many steps the fastest worker may run ahead of the slowest")
 	fs.Int64Var(&s.NFetch, "n-fetch", s.NFetch, "async: pull parameters every N steps")
@@ -240,9 +244,21 @@ func (j *jobFlags) parse(args []string, stderr io.Writer, example string) error 
 	return parse(j.fs, args, stderr, example)
 }
 
-// finish merges the optimizer flags into the spec; call it after parse.
+// finish merges the optimizer flags into the spec and splits the global
+// batch; call it after parse. A batch given on its own (flag or config
+// key) overrides a preset's global batch, and a global batch given on its
+// own a preset's batch.
 func (j *jobFlags) finish() {
 	j.spec.Optimizer = j.opt.optimizer(j.fs, j.spec.Optimizer)
+	set := map[string]bool{}
+	j.fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	switch {
+	case set["batch"] && !set["global-batch"] && j.spec.Batch > 0:
+		j.spec.GlobalBatch = 0
+	case set["global-batch"] && !set["batch"]:
+		j.spec.Batch = 0
+	}
+	j.spec.SplitBatch()
 }
 
 // printConfig writes the effective job (after finish) as a config file:
@@ -252,6 +268,13 @@ func (j *jobFlags) printConfig(w io.Writer) error {
 	sched := o.Schedule.Kind
 	if sched == "" {
 		sched = "constant"
+	}
+	// A global batch is printed with batch 0 (its share), so that a file
+	// whose workers are changed keeps the global batch.
+	if j.spec.GlobalBatch > 0 {
+		if err := j.fs.Set("batch", "0"); err != nil {
+			return fmt.Errorf("printing the config: batch: %w", err)
+		}
 	}
 	// The optimizer's flags default to "the optimizer's own value": set
 	// them to the values in effect.

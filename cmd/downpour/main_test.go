@@ -53,7 +53,7 @@ func (s *syncBuffer) String() string {
 
 // runCmd runs a command line in-process with a deadline and returns its exit
 // code and output.
-func runCmd(t *testing.T, timeout time.Duration, args ...string) (code int, stdout, stderr string) {
+func runCmd(t testing.TB, timeout time.Duration, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
@@ -67,12 +67,12 @@ func runCmd(t *testing.T, timeout time.Duration, args ...string) (code int, stdo
 
 // readMetrics returns the training and the evaluation records of a
 // metrics.jsonl file.
-func readMetrics(t *testing.T, path string) []telemetry.Record {
+func readMetrics(t testing.TB, path string) []telemetry.Record {
 	rs, _ := readAllMetrics(t, path)
 	return rs
 }
 
-func readAllMetrics(t *testing.T, path string) ([]telemetry.Record, []telemetry.EvalRecord) {
+func readAllMetrics(t testing.TB, path string) ([]telemetry.Record, []telemetry.EvalRecord) {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {

@@ -7,7 +7,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
 	"sort"
@@ -170,7 +169,7 @@ func cmdEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	ckpt := fs.String("checkpoint", "", "a run directory or a final.ckpt file")
 	dataPath := fs.String("data", "", "pairs to score (source<TAB>target lines; default: the job's held-out set)")
 	beam := fs.Int("beam", 1, "beam width (1: greedy)")
-	samples := fs.Int("samples", 10000, "GAN: samples for the Parzen window (the paper: 10000)")
+	samples := fs.Int("samples", parzenSamples, "GAN: samples for the Parzen window (the paper: 10000)")
 	if err := parse(fs, args, stderr, "downpour eval --checkpoint runs/demo-20261128-210316 --data test.tsv --beam 2"); err != nil {
 		return err
 	}
@@ -222,16 +221,13 @@ func cmdEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
 // evalGAN prints the Parzen-window estimate exactly as the GAN paper
-// computed it: 10,000 samples (n); sigma from 10 values logspaced over [0.1, 1],
-// by the mean log-likelihood of the first 1,000 validation images; mean and
-// standard error over the 10,000 test images.
+// computed it (fullParzen) with n samples.
 func evalGAN(stdout io.Writer, spec *job.Spec, params []float32, n int) error {
 	m, err := spec.OpenMNIST()
 	if err != nil {
 		return err
 	}
-	samples := models.Sample(spec.GAN, params, n, rand.New(rand.NewPCG(spec.Seed, 0xe7a1)))
-	r := models.Parzen(samples, shard.Flatten(m.Valid[:1000]), shard.Flatten(m.Test), spec.GAN.Pixels, models.SigmaGrid())
+	r := fullParzen(spec, params, m, n)
 	fmt.Fprintf(stdout, "Parzen-window log-likelihood on the %d MNIST test images: %.1f ± %.1f (sigma %.4f, %d samples)\n",
 		len(m.Test), r.Mean, r.StdErr, r.Sigma, n)
 	return nil

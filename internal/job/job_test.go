@@ -167,11 +167,15 @@ func TestLeaseCloseRemovesKeys(t *testing.T) {
 func TestPaperPreset(t *testing.T) {
 	s := Default()
 	Presets["paper"](&s)
+	if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "batch 0 per worker") {
+		t.Fatalf("a global batch not yet split: %v", err)
+	}
+	s.SplitBatch()
 	if err := s.Validate(); err != nil {
 		t.Fatal(err)
 	}
 	if s.Seq2Seq.Layers != 4 || s.Seq2Seq.Hidden != 1000 || s.Seq2Seq.Embed != 1000 || s.VocabMax != 160000 || s.TgtVocab != 80000 ||
-		s.Batch != 128 || s.Optimizer.Kind != "sgd" || s.Optimizer.LR != 0.7 || s.Epochs != 7.5 ||
+		s.GlobalBatch != 128 || s.Batch != 64 || s.Optimizer.Kind != "sgd" || s.Optimizer.LR != 0.7 || s.Epochs != 7.5 ||
 		s.HalveAfterEpochs != 5 || s.HalveEveryEpochs != 0.5 || s.ClipNorm != 5 || !s.Reverse || s.Seq2Seq.InitScale != 0.08 {
 		t.Fatalf("paper preset %+v", s)
 	}

@@ -31,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 	"time"
 
@@ -51,24 +52,29 @@ type Spec struct {
 	Seq2Seq models.Seq2SeqConfig `json:"seq2seq"`
 	// Data is "synthetic:<copy|reverse|sort|translate>" or the path of a parallel
 	// corpus (source<TAB>target lines) that every worker can read.
-	Data      string  `json:"data"`
-	DataCRC   uint32  `json:"data_crc,omitempty"`      // CRC32C of a corpus file, set by the coordinator
-	MinLen    int     `json:"min_len"`                 // synthetic: shortest source
-	MaxLen    int     `json:"max_len"`                 // synthetic: longest source
-	Reverse   bool    `json:"reverse_source"`          // feed sources reversed (the paper's trick)
-	VocabMax  int     `json:"vocab_max"`               // corpus: words per vocabulary, reserved ids included
-	TgtVocab  int     `json:"tgt_vocab_max,omitempty"` // corpus: the same for targets (0: VocabMax)
-	Tokenizer string  `json:"tokenizer"`               // corpus: space or 13a
-	HeldOut   int     `json:"held_out"`                // examples set aside for evaluation
-	EvalEvery int64   `json:"eval_every"`              // evaluate on the held-out set every N steps (0: only at the end)
-	Seed      uint64  `json:"seed"`
-	Steps     int64   `json:"steps"`
-	Workers   int     `json:"workers"`
-	Shards    int     `json:"shards"`
-	BlockSize int     `json:"block_size"` // floats per parameter block
-	Batch     int     `json:"batch"`      // examples per worker per step
-	ClipNorm  float64 `json:"clip_norm"`  // global-norm clip applied by workers; 0 = none
-	LogEvery  int64   `json:"log_every"`
+	Data      string `json:"data"`
+	DataCRC   uint32 `json:"data_crc,omitempty"`      // CRC32C of a corpus file, set by the coordinator
+	MinLen    int    `json:"min_len"`                 // synthetic: shortest source
+	MaxLen    int    `json:"max_len"`                 // synthetic: longest source
+	Reverse   bool   `json:"reverse_source"`          // feed sources reversed (the paper's trick)
+	VocabMax  int    `json:"vocab_max"`               // corpus: words per vocabulary, reserved ids included
+	TgtVocab  int    `json:"tgt_vocab_max,omitempty"` // corpus: the same for targets (0: VocabMax)
+	Tokenizer string `json:"tokenizer"`               // corpus: space or 13a
+	HeldOut   int    `json:"held_out"`                // examples set aside for evaluation
+	EvalEvery int64  `json:"eval_every"`              // evaluate on the held-out set every N steps (0: only at the end)
+	Seed      uint64 `json:"seed"`
+	Steps     int64  `json:"steps"`
+	Workers   int    `json:"workers"`
+	Shards    int    `json:"shards"`
+	BlockSize int    `json:"block_size"` // floats per parameter block
+	Batch     int    `json:"batch"`      // examples per worker per step
+	// GlobalBatch, when set, is the batch the optimizer sees: the examples
+	// of one step over all workers, Batch x Workers. A job that states it
+	// (the paper presets) keeps the paper's updates per epoch for any
+	// number of workers that divides it; SplitBatch sets Batch from it.
+	GlobalBatch int     `json:"global_batch,omitempty"`
+	ClipNorm    float64 `json:"clip_norm"` // global-norm clip applied by workers; 0 = none
+	LogEvery    int64   `json:"log_every"`
 	// DenseTransfer makes seq2seq workers push and pull the embedding
 	// tables whole, not just the rows their batches use (the parameters
 	// come out the same; it is there to compare).
@@ -93,13 +99,23 @@ type Spec struct {
 	// module), D updates per G update, the minimax G loss instead of the
 	// non-saturating one, the momentum ramp in epochs, and the generator's
 	// output bias from the training pixels' marginals (set by Resolve).
-	GAN             models.GANConfig `json:"gan,omitempty"`
-	MNIST           string           `json:"mnist,omitempty"`
-	GANK            int              `json:"gan_k,omitempty"`
-	Minimax         bool             `json:"minimax,omitempty"`
-	RampStartEpochs float64          `json:"ramp_start_epochs,omitempty"`
-	RampEndEpochs   float64          `json:"ramp_end_epochs,omitempty"`
-	GOutBias        []float32        `json:"g_out_bias,omitempty"`
+	GAN   models.GANConfig `json:"gan,omitempty"`
+	MNIST string           `json:"mnist,omitempty"`
+	GANK  int              `json:"gan_k,omitempty"`
+	// GANUpdate is how a step updates the GAN: "simultaneous", the
+	// authors' (D's and G's gradients from one forward pass of the same
+	// parameters, applied together), or "alternating" (GANK D updates, then
+	// G's through the updated D; also what "" means, in jobs written before
+	// the field).
+	GANUpdate       string    `json:"gan_update,omitempty"`
+	Minimax         bool      `json:"minimax,omitempty"`
+	RampStartEpochs float64   `json:"ramp_start_epochs,omitempty"`
+	RampEndEpochs   float64   `json:"ramp_end_epochs,omitempty"`
+	GOutBias        []float32 `json:"g_out_bias,omitempty"`
+	// ParzenFull makes every evaluation of a GAN the paper's full
+	// Parzen-window estimate (10,000 samples, sigma on validation images,
+	// the 10,000 test images) instead of the quick monitor on validation.
+	ParzenFull bool `json:"parzen_full,omitempty"`
 	// CheckpointEvery: every shard snapshots its state at each multiple of
 	// this many steps (sync), or of this many data steps done (async and
 	// ssp, with tasks); 0 for never.
@@ -175,6 +191,18 @@ func (s *Spec) Validate() error {
 		if s.GANK < 1 {
 			return fmt.Errorf("gan-k (D updates per G update) must be at least 1 (got %d)", s.GANK)
 		}
+		switch s.GANUpdate {
+		case "", Alternating:
+		case Simultaneous:
+			if s.GANK != 1 {
+				return fmt.Errorf("gan-k %d: the simultaneous update makes one D and one G update a step; --gan-k needs --gan-update alternating", s.GANK)
+			}
+		default:
+			return fmt.Errorf("gan update %q: use simultaneous or alternating", s.GANUpdate)
+		}
+		if s.NFetch != 1 || s.NPush != 1 {
+			return errors.New("the GAN pulls and pushes every step: n-fetch and n-push must be 1")
+		}
 		if s.Mode == paramserver.SSP {
 			return errors.New("the GAN trains in sync or async mode (its D and G updates interleave, which bounded staleness cannot express)")
 		}
@@ -196,6 +224,14 @@ func (s *Spec) Validate() error {
 		return fmt.Errorf("ps shards must be in 1..1024 (got %d)", s.Shards)
 	case s.BlockSize < 1 || s.BlockSize > 2<<20:
 		return fmt.Errorf("block size must be in 1..%d floats (got %d)", 2<<20, s.BlockSize)
+	case s.GlobalBatch < 0:
+		return errors.New("global batch must not be negative (0: batch x workers)")
+	case s.GlobalBatch > 0 && s.GlobalBatch%s.Workers != 0:
+		return fmt.Errorf("global batch %d does not split evenly over %d workers: use %s workers, or another --global-batch",
+			s.GlobalBatch, s.Workers, splits(s.GlobalBatch))
+	case s.GlobalBatch > 0 && s.Batch != s.GlobalBatch/s.Workers:
+		return fmt.Errorf("batch %d per worker x %d workers is %d examples a step, not the global batch %d: give one of --batch and --global-batch",
+			s.Batch, s.Workers, s.Batch*s.Workers, s.GlobalBatch)
 	case s.Batch < 1:
 		return errors.New("batch must be at least 1")
 	case s.NFetch < 1 || s.NPush < 1:
@@ -216,6 +252,39 @@ func (s *Spec) Validate() error {
 		return errors.New("log every must be at least 1")
 	}
 	return s.ShardConfig().Validate()
+}
+
+// The GAN's update rules (Spec.GANUpdate).
+const (
+	Simultaneous = "simultaneous"
+	Alternating  = "alternating"
+)
+
+// Simultaneous reports whether a GAN job makes the authors' simultaneous
+// update.
+func (s *Spec) Simultaneous() bool { return s.GANUpdate == Simultaneous }
+
+// SplitBatch sets Batch, each worker's share of the global batch, when the
+// job states a global batch and no per-worker one (Batch 0). It leaves a
+// global batch the workers do not divide for Validate to report.
+func (s *Spec) SplitBatch() {
+	if s.GlobalBatch > 0 && s.Batch == 0 && s.Workers > 0 && s.GlobalBatch%s.Workers == 0 {
+		s.Batch = s.GlobalBatch / s.Workers
+	}
+}
+
+// splits lists the worker counts (up to 1024) that divide a global batch.
+func splits(global int) string {
+	var ok []string
+	for w := 1; w <= min(global, 1024); w++ {
+		if global%w == 0 {
+			ok = append(ok, strconv.Itoa(w))
+		}
+	}
+	if len(ok) == 1 {
+		return ok[0]
+	}
+	return strings.Join(ok[:len(ok)-1], ", ") + " or " + ok[len(ok)-1]
 }
 
 func (s *Spec) validateSeq2Seq() error {
@@ -265,6 +334,7 @@ func (s *Spec) OpenData() (shard.Dataset, error) {
 // the model and the corpus checksum. The coordinator (and train) call it
 // before writing the spec.
 func (s *Spec) Resolve() error {
+	s.SplitBatch()
 	if s.Model == "gan" {
 		return s.resolveGAN()
 	}
@@ -292,6 +362,11 @@ func (s *Spec) Resolve() error {
 	return s.Validate()
 }
 
+// GOutBiasClip is where the pixel marginals are clipped before their logit
+// becomes the generator's output bias: pylearn2's 1e-7, so that an
+// always-black border pixel starts near black (logit -16).
+const GOutBiasClip = 1e-7
+
 // resolveGAN sets the generator's output bias from the training pixels'
 // marginals (logit of the mean, clipped as the authors' code does), and the
 // momentum ramp and epoch-based lengths in steps.
@@ -314,7 +389,7 @@ func (s *Spec) resolveGAN() error {
 	}
 	s.GOutBias = make([]float32, s.GAN.Pixels)
 	for i := range mean {
-		p := math.Min(math.Max(mean[i]/float64(len(m.Train)), 1e-3), 1-1e-3)
+		p := math.Min(math.Max(mean[i]/float64(len(m.Train)), GOutBiasClip), 1-GOutBiasClip)
 		s.GOutBias[i] = float32(math.Log(p / (1 - p)))
 	}
 	per := s.GANStepsPerEpoch(len(m.Train))
@@ -333,22 +408,26 @@ func (s *Spec) resolveGAN() error {
 var Presets = map[string]func(*Spec){
 	// paper: Sutskever, Vinyals and Le (2014), for a real corpus on a real
 	// cluster: 4 layers of 1000 cells, 1000-d embeddings, vocabularies of
-	// 160k and 80k words, batch 128, SGD at 0.7 halved every half epoch
-	// after 5 epochs, 7.5 epochs, gradient clipped at norm 5, U(-0.08, 0.08)
-	// initialisation, reversed sources.
+	// 160k and 80k words, a global batch of 128 (split over the workers),
+	// SGD at 0.7 halved every half epoch after 5 epochs, 7.5 epochs,
+	// gradient clipped at norm 5, U(-0.08, 0.08) initialisation, reversed
+	// sources.
 	"paper": func(s *Spec) {
 		s.Seq2Seq.Layers, s.Seq2Seq.Hidden, s.Seq2Seq.Embed, s.Seq2Seq.InitScale = 4, 1000, 1000, 0.08
-		s.VocabMax, s.TgtVocab, s.Batch, s.ClipNorm, s.Reverse = 160000, 80000, 128, 5, true
+		s.VocabMax, s.TgtVocab, s.ClipNorm, s.Reverse = 160000, 80000, 5, true
+		s.Batch, s.GlobalBatch = 0, 128
 		s.Optimizer = paramserver.DefaultOptimizer("sgd", 0.7)
 		s.Epochs, s.HalveAfterEpochs, s.HalveEveryEpochs = 7.5, 5, 0.5
 		s.Tokenizer = "13a"
 	},
 	// gan: Goodfellow et al.'s MNIST GAN as the authors' code trains it:
-	// batch 100, k = 1, SGD with lr 0.1 divided by 1.000004 after every
-	// update (floor 1e-6), momentum 0.5 rising linearly to 0.7 between
-	// epochs 1 and 250.
+	// a global batch of 100 (split over the workers: 500 updates an
+	// epoch), their simultaneous update (k = 1), SGD with lr 0.1 divided by
+	// 1.000004 after every update (floor 1e-6), momentum 0.5 rising
+	// linearly to 0.7 between epochs 1 and 250.
 	"gan": func(s *Spec) {
-		s.Model, s.GAN, s.Batch, s.GANK, s.ClipNorm = "gan", models.PaperGAN, 100, 1, 0
+		s.Model, s.GAN, s.GANK, s.GANUpdate, s.ClipNorm = "gan", models.PaperGAN, 1, Simultaneous, 0
+		s.Batch, s.GlobalBatch = 0, 100
 		s.Optimizer = paramserver.Optimizer{Kind: "momentum", LR: 0.1, Momentum: 0.5, MomentumFinal: 0.7,
 			Schedule: paramserver.Schedule{Kind: "exp", Decay: 1.000004, Floor: 1e-6}}
 		s.RampStartEpochs, s.RampEndEpochs = 1, 250

@@ -4,6 +4,7 @@
 package telemetry
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -163,8 +164,11 @@ type EvalRecord struct {
 	ParzenSE float64 `json:"parzen_se,omitempty"`
 	Sigma    float64 `json:"sigma,omitempty"`
 	Samples  int     `json:"samples,omitempty"`
-	Elapsed  float64 `json:"elapsed_seconds"`
-	Time     string  `json:"time"`
+	// Set is the images the estimate is on: "validation" (the
+	// during-training monitor) or "test" (the paper's full estimate).
+	Set     string  `json:"set,omitempty"`
+	Elapsed float64 `json:"elapsed_seconds"`
+	Time    string  `json:"time"`
 }
 
 // WriteEval appends an evaluation record (and prints it).
@@ -190,8 +194,8 @@ func (c *Collector) WriteEval(r EvalRecord) {
 	switch {
 	case c.console == nil:
 	case r.Samples > 0:
-		fmt.Fprintf(c.console, "eval at step %d: Parzen log-likelihood %.1f ± %.1f (sigma %.3f, %d samples, %d images)\n",
-			r.Step, r.Parzen, r.ParzenSE, r.Sigma, r.Samples, r.HeldOut)
+		fmt.Fprintf(c.console, "eval at step %d: Parzen log-likelihood %.1f ± %.1f (sigma %.3f, %d samples, %d %s images)\n",
+			r.Step, r.Parzen, r.ParzenSE, r.Sigma, r.Samples, r.HeldOut, cmp.Or(r.Set, "held-out"))
 	default:
 		fmt.Fprintf(c.console, "eval at step %d: loss %.4f  perplexity %.2f  BLEU %.2f  exact match %.1f%% of %d\n",
 			r.Step, r.EvalLoss, r.Perplexity, r.BLEU, 100*r.ExactMatch, r.HeldOut)
