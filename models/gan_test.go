@@ -298,3 +298,41 @@ func TestGANStepHooks(t *testing.T) {
 		t.Fatalf("hooks called outside Step: %v", spans)
 	}
 }
+
+// Draw gives the noise the config names: N(0, 1) (values beyond sqrt 3
+// occur), or uniform within [-sqrt 3, sqrt 3]; both with mean 0 and
+// variance 1. The paper's configuration draws Gaussian noise, as the
+// authors' code does.
+func TestDraw(t *testing.T) {
+	if PaperGAN.NoiseDist != Gaussian {
+		t.Fatalf("PaperGAN draws %q noise", PaperGAN.NoiseDist)
+	}
+	for _, dist := range []string{Gaussian, Uniform, ""} {
+		c := PaperGAN
+		c.NoiseDist = dist
+		z := make([]float32, 200000)
+		c.Draw(z, rand.New(rand.NewPCG(7, 7)))
+		var sum, sq float64
+		beyond := 0
+		for _, v := range z {
+			sum += float64(v)
+			sq += float64(v) * float64(v)
+			if math.Abs(float64(v)) > math.Sqrt(3) {
+				beyond++
+			}
+		}
+		mean, variance := sum/float64(len(z)), sq/float64(len(z))-sum*sum/float64(len(z)*len(z))
+		if math.Abs(mean) > 0.01 || math.Abs(variance-1) > 0.01 {
+			t.Errorf("%q: mean %v, variance %v", dist, mean, variance)
+		}
+		// P(|N(0,1)| > sqrt 3) = 0.0833
+		if dist == Gaussian && math.Abs(float64(beyond)/float64(len(z))-0.0833) > 0.003 || dist != Gaussian && beyond != 0 {
+			t.Errorf("%q: %d of %d beyond sqrt 3", dist, beyond, len(z))
+		}
+	}
+	c := PaperGAN
+	c.NoiseDist = "cauchy"
+	if err := c.Validate(); err == nil {
+		t.Fatal("unknown noise accepted")
+	}
+}

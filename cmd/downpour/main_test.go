@@ -605,8 +605,18 @@ func TestTrainGAN(t *testing.T) {
 	if code, _, stderr := runCmd(t, time.Minute, "translate", "--checkpoint", filepath.Join(dir, "a")); code != 1 || !strings.Contains(stderr, "not of a seq2seq") {
 		t.Fatalf("translate with a GAN: exit %d, %q", code, stderr)
 	}
-	// k = 2 with the minimax loss trains too.
-	trainRun(t, filepath.Join(dir, "k2"), append(base, "--gan-k", "2", "--minimax", "--steps", "2")...)
+	// The alternating update, k = 2 with the minimax loss, trains too, and
+	// its sync runs do not depend on the number of shards either; the
+	// simultaneous update is refused k = 2.
+	alt := slices.Concat(base, []string{"--gan-update", "alternating", "--gan-k", "2", "--minimax", "--steps", "2"})
+	k1, _ := trainRun(t, filepath.Join(dir, "k2-1"), slices.Concat(alt, []string{"--ps-shards", "1"})...)
+	k3, _ := trainRun(t, filepath.Join(dir, "k2-3"), slices.Concat(alt, []string{"--ps-shards", "3"})...)
+	if !slices.Equal(k1, k3) {
+		t.Fatal("alternating GAN parameters differ between 1 and 3 shards")
+	}
+	if code, _, stderr := runCmd(t, time.Minute, "train", "--model", "gan", "--gan-k", "2", "--out", filepath.Join(dir, "k")); code != 2 || !strings.Contains(stderr, "--gan-update alternating") {
+		t.Fatalf("k = 2 with the simultaneous update: exit %d, %q", code, stderr)
+	}
 	code, _, stderr = runCmd(t, time.Minute, "train", "--model", "gan", "--mode", "ssp", "--out", filepath.Join(dir, "c"))
 	if code != 2 || !strings.Contains(stderr, "sync or async") {
 		t.Fatalf("GAN in ssp mode: exit %d, %q", code, stderr)

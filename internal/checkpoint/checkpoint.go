@@ -5,15 +5,19 @@
 //
 // A file is written under a temporary name, fsynced and renamed, so a reader
 // sees either the old file or the whole new one; a torn or corrupt file fails
-// its checksums and is refused with ErrCorrupt.
+// its checksums and is refused with ErrCorrupt. A reader also takes a
+// checkpoint compressed with gzip (gzip -k final.ckpt), as one is shipped.
 package checkpoint
 
 import (
+	"bytes"
+	"compress/gzip"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -27,6 +31,9 @@ const Version = 1
 const (
 	magic     = "DPCK"
 	maxHeader = 1 << 20
+	// maxGunzipped bounds what a gzipped checkpoint may expand to (4 GiB
+	// of parameters: the paper's Seq2Seq has 1.5 GiB).
+	maxGunzipped = 4 << 30
 )
 
 // ErrCorrupt marks a file that is not a whole, valid checkpoint.
@@ -69,8 +76,27 @@ func corrupt(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrCorrupt, fmt.Sprintf(format, args...))
 }
 
-// Decode parses a checkpoint, checking its form and both checksums.
+// Decode parses a checkpoint, checking its form and both checksums; b may
+// be gzip-compressed.
 func Decode(b []byte) (*Meta, []float32, error) {
+	if len(b) >= 2 && b[0] == 0x1f && b[1] == 0x8b {
+		z, err := gzip.NewReader(bytes.NewReader(b))
+		if err != nil {
+			return nil, nil, corrupt("gzip: %v", err)
+		}
+		var out bytes.Buffer
+		n, err := io.Copy(&out, io.LimitReader(z, maxGunzipped+1))
+		if err != nil {
+			return nil, nil, corrupt("gzip: %v", err)
+		}
+		if n > maxGunzipped {
+			return nil, nil, corrupt("gzip: expands beyond %d bytes", int64(maxGunzipped))
+		}
+		b = out.Bytes()
+		if len(b) >= 2 && b[0] == 0x1f && b[1] == 0x8b {
+			return nil, nil, corrupt("gzip inside gzip")
+		}
+	}
 	if len(b) < 12 || string(b[:4]) != magic {
 		return nil, nil, corrupt("not a downpour checkpoint (bad magic)")
 	}

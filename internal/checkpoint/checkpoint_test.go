@@ -1,6 +1,8 @@
 package checkpoint
 
 import (
+	"bytes"
+	"compress/gzip"
 	"errors"
 	"os"
 	"path/filepath"
@@ -70,10 +72,39 @@ func TestEncodeRefusesWrongLength(t *testing.T) {
 	}
 }
 
+// A gzipped checkpoint reads as the plain one; a corrupt or truncated
+// gzip stream is ErrCorrupt.
+func TestGzipped(t *testing.T) {
+	m, p := sample()
+	b, _ := Encode(m, p)
+	var z bytes.Buffer
+	w := gzip.NewWriter(&z)
+	w.Write(b)
+	w.Close()
+	path := filepath.Join(t.TempDir(), "x.ckpt.gz")
+	if err := os.WriteFile(path, z.Bytes(), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m2, p2, err := Read(path)
+	if err != nil || m2.Step != m.Step || !slices.Equal(p2, p) {
+		t.Fatalf("gzipped: %v %+v %v", err, m2, p2)
+	}
+	for _, bad := range [][]byte{z.Bytes()[:z.Len()-9], append(z.Bytes()[:20:20], 0xff, 0xff, 0xff), {0x1f, 0x8b}} {
+		if _, _, err := Decode(bad); !errors.Is(err, ErrCorrupt) {
+			t.Fatalf("corrupt gzip (%d bytes): %v", len(bad), err)
+		}
+	}
+}
+
 func FuzzDecode(f *testing.F) {
 	m, p := sample()
 	b, _ := Encode(m, p)
 	f.Add(b)
+	var z bytes.Buffer
+	w := gzip.NewWriter(&z)
+	w.Write(b)
+	w.Close()
+	f.Add(z.Bytes())
 	f.Add([]byte("DPCK\x01\x00\x00\x00\xff\xff\xff\xff"))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, p, err := Decode(data)

@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"sync"
 
 	"gonum.org/v1/plot"
@@ -81,6 +82,10 @@ func byStep[R any](m map[int64]R) []R {
 	return out
 }
 
+// PaperParzen is the GAN paper's Parzen-window estimate on the MNIST test
+// set (Goodfellow et al. 2014, Table 1: 225 ± 2).
+const PaperParzen = 225
+
 // ErrNoRecords is returned by Curves for a metrics file with nothing to plot.
 var ErrNoRecords = errors.New("no records to plot")
 
@@ -104,7 +109,8 @@ func Curves(metrics, dir string, stepsPerEpoch float64) error {
 	}
 	xlabel, x := "step", func(step int64) float64 { return float64(step) }
 	if stepsPerEpoch > 0 {
-		xlabel, x = "epoch", func(step int64) float64 { return float64(step) / stepsPerEpoch }
+		xlabel, x = fmt.Sprintf("epoch (%s steps each)", strconv.FormatFloat(stepsPerEpoch, 'f', -1, 64)),
+			func(step int64) float64 { return float64(step) / stepsPerEpoch }
 	}
 	gan := false
 	for _, e := range es {
@@ -150,11 +156,32 @@ func Curves(metrics, dir string, stepsPerEpoch float64) error {
 	}
 	p := plot.New()
 	p.X.Label.Text = xlabel
+	paperLine := false
 	if gan {
 		p.Title.Text = "Parzen-window log-likelihood of held-out images"
 		p.Y.Label.Text = "nats"
 		var pts plotter.XYs
 		var errs plotter.YErrors
+		test := true
+		for _, e := range es {
+			test = test && e.Set == "test"
+		}
+		paperLine = test
+		if test { // the paper's estimate: show the paper's number
+			p.Title.Text = "Parzen-window log-likelihood of the MNIST test images"
+			lo, hi := x(es[0].Step), x(es[len(es)-1].Step)
+			if lo == hi {
+				lo = 0
+			}
+			paper, err := plotter.NewLine(plotter.XYs{{X: lo, Y: PaperParzen}, {X: hi, Y: PaperParzen}})
+			if err != nil {
+				return err
+			}
+			paper.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+			paper.Color = color.RGBA{B: 220, A: 255}
+			p.Add(paper)
+			p.Legend.Add(fmt.Sprintf("paper: %d ± 2", PaperParzen), paper)
+		}
 		for _, e := range es {
 			if pt := (plotter.XYs{{X: x(e.Step), Y: e.Parzen}}); len(finite(pt)) == 1 && !math.IsNaN(e.ParzenSE) && !math.IsInf(e.ParzenSE, 0) {
 				pts = append(pts, pt[0])
@@ -185,7 +212,9 @@ func Curves(metrics, dir string, stepsPerEpoch float64) error {
 			return err
 		}
 	}
-	return save(p, filepath.Join(dir, "eval.png"))
+	// The paper's estimates rise towards the top right: the legend goes
+	// along the bottom.
+	return saveLegend(p, filepath.Join(dir, "eval.png"), !paperLine)
 }
 
 var curvesMu sync.Mutex
@@ -203,6 +232,11 @@ func finite(xys plotter.XYs) plotter.XYs {
 }
 
 func save(p *plot.Plot, path string) (err error) {
+	return saveLegend(p, path, true)
+}
+
+// saveLegend is save with the legend along the top or the bottom edge.
+func saveLegend(p *plot.Plot, path string, top bool) (err error) {
 	// The plotting library panics on some degenerate axes; a picture is not
 	// worth a crash of the run that draws it.
 	defer func() {
@@ -210,7 +244,7 @@ func save(p *plot.Plot, path string) (err error) {
 			err = fmt.Errorf("drawing %s: %v", path, r)
 		}
 	}()
-	p.Legend.Top = true
+	p.Legend.Top = top
 	tmp := path + ".tmp.png"
 	if err := p.Save(16*vg.Centimeter, 10*vg.Centimeter, tmp); err != nil {
 		return fmt.Errorf("drawing %s: %w", path, err)

@@ -3,6 +3,7 @@ package telemetry
 import (
 	"errors"
 	"image/png"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -109,6 +110,48 @@ func TestCurves(t *testing.T) {
 	}
 	if err := Curves(writeFile(t, dir, "metrics.jsonl", ""), dir, 0); !errors.Is(err, ErrNoRecords) {
 		t.Fatalf("empty metrics: %v", err)
+	}
+}
+
+// blueInk counts the pixels of path drawn in the paper line's blue.
+func blueInk(t *testing.T, path string) int {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	b := img.Bounds()
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			if r, g, bl, _ := img.At(x, y).RGBA(); bl > 0xc000 && r < 0x3000 && g < 0x3000 {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+// The paper's full estimates (on the test set) are drawn beside the paper's
+// 225, in blue; the during-training monitor (validation) is not.
+func TestCurvesPaperLine(t *testing.T) {
+	for _, set := range []string{"test", "validation"} {
+		dir := t.TempDir()
+		body := fmt.Sprintf(`{"kind":"eval","step":12500,"parzen":180,"parzen_se":2,"samples":10000,"set":%q}
+{"kind":"eval","step":25000,"parzen":230,"parzen_se":2,"samples":10000,"set":%q}
+`, set, set)
+		if err := Curves(writeFile(t, dir, "metrics.jsonl", body), dir, 500); err != nil {
+			t.Fatal(err)
+		}
+		blue := blueInk(t, filepath.Join(dir, "eval.png"))
+		if set == "test" && blue < 200 || set != "test" && blue != 0 {
+			t.Fatalf("%s: %d blue pixels", set, blue)
+		}
 	}
 }
 
