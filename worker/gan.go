@@ -95,31 +95,49 @@ func newGANTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.
 	if err != nil {
 		return nil, err
 	}
-	t.images = make([][][]float32, spec.Workers)
-	perm := rand.New(rand.NewPCG(spec.Seed, 0x6a4)).Perm(len(m.Train))
-	for i, idx := range perm {
-		t.images[i%spec.Workers] = append(t.images[i%spec.Workers], m.Train[idx])
-	}
+	t.images = GANDataShards(spec, m.Train)
 	if len(t.images[spec.Workers-1]) < spec.Batch {
 		return nil, fmt.Errorf("a data shard holds %d images, fewer than a batch of %d", len(t.images[spec.Workers-1]), spec.Batch)
 	}
 	return t, nil
 }
 
-// batch fills t.x with the images of update j of data step step of data
-// shard sh: each epoch of the data shard is a shuffle drawn from (seed,
-// shard, epoch).
-func (t *ganTrainer) batch(sh int, step int64, j int) {
-	B, px := t.spec.Batch, t.spec.GAN.Pixels
-	images := t.images[sh]
-	per := int64(len(images) / B)
-	k := step*int64(t.spec.GANK) + int64(j)
-	epoch, pos := k/per, int(k%per)
-	perm := rand.New(rand.NewPCG(t.spec.Seed, uint64(sh)<<40^uint64(epoch))).Perm(len(images))
-	t.x = t.x[:0]
-	for _, i := range perm[pos*B : (pos+1)*B] {
-		t.x = append(t.x, images[i][:px]...)
+// GANDataShards splits the training images into the job's data shards, one
+// per rank: a shuffle drawn from the seed, dealt out in turn.
+func GANDataShards(spec *job.Spec, train [][]float32) [][][]float32 {
+	shards := make([][][]float32, spec.Workers)
+	perm := rand.New(rand.NewPCG(spec.Seed, 0x6a4)).Perm(len(train))
+	for i, idx := range perm {
+		shards[i%spec.Workers] = append(shards[i%spec.Workers], train[idx])
 	}
+	return shards
+}
+
+// GANBatch appends to x the images of update j of data step step of data
+// shard sh (its images: GANDataShards' sh-th), and returns x: each epoch of
+// the data shard is a shuffle drawn from (seed, shard, epoch).
+func GANBatch(spec *job.Spec, images [][]float32, sh int, step int64, j int, x []float32) []float32 {
+	B, px := spec.Batch, spec.GAN.Pixels
+	per := int64(len(images) / B)
+	k := step*int64(spec.GANK) + int64(j)
+	epoch, pos := k/per, int(k%per)
+	perm := rand.New(rand.NewPCG(spec.Seed, uint64(sh)<<40^uint64(epoch))).Perm(len(images))
+	for _, i := range perm[pos*B : (pos+1)*B] {
+		x = append(x, images[i][:px]...)
+	}
+	return x
+}
+
+// GANRand is the source of the noise and the dropout masks of data step
+// step of data shard sh.
+func GANRand(spec *job.Spec, sh int, step int64) *rand.Rand {
+	return rand.New(rand.NewPCG(spec.Seed^0x9a11, uint64(sh)<<40^uint64(step)))
+}
+
+// batch fills t.x with the images of update j of data step step of data
+// shard sh.
+func (t *ganTrainer) batch(sh int, step int64, j int) {
+	t.x = GANBatch(t.spec, t.images[sh], sh, step, j, t.x[:0])
 }
 
 // close stops a transfer still in flight (when the step loop ends early).
@@ -189,7 +207,7 @@ func (t *ganTrainer) stepSimultaneous(ctx context.Context, s at) (dLoss, gLoss f
 			return 0, 0, fmt.Errorf("step %d: pull: %w", step, err)
 		}
 	}
-	rng := rand.New(rand.NewPCG(t.spec.Seed^0x9a11, uint64(s.Shard)<<40^uint64(s.Data)))
+	rng := GANRand(t.spec, s.Shard, s.Data)
 	t.batch(s.Shard, s.Data, 0)
 	t.noise(rng)
 	real, fake := models.RandomMasks(rng, t.spec.GAN, B), models.RandomMasks(rng, t.spec.GAN, B)
@@ -224,7 +242,7 @@ func (t *ganTrainer) stepAlternating(ctx context.Context, s at) (dLoss, gLoss fl
 	if err := t.g.Pull(sctx, step, w); err != nil {
 		return 0, 0, fmt.Errorf("step %d: pull G: %w", step, err)
 	}
-	rng := rand.New(rand.NewPCG(t.spec.Seed^0x9a11, uint64(s.Shard)<<40^uint64(s.Data)))
+	rng := GANRand(t.spec, s.Shard, s.Data)
 	for j := int64(0); j < k; j++ {
 		t.batch(s.Shard, s.Data, int(j))
 		t.noise(rng)
