@@ -161,7 +161,7 @@ func TestExampleConfigs(t *testing.T) {
 		ok   bool
 	}{
 		{"paper", paper, paper.Seq2Seq.Layers == 4 && paper.Seq2Seq.Hidden == 1000 && paper.Seq2Seq.Embed == 1000 &&
-			paper.Seq2Seq.InitScale == 0.08 && paper.VocabMax == 160000 && paper.TgtVocab == 80000 && paper.Batch == 128 &&
+			paper.Seq2Seq.InitScale == 0.08 && paper.VocabMax == 160000 && paper.TgtVocab == 80000 && paper.GlobalBatch == 128 && paper.Batch == 16 &&
 			paper.Optimizer == sgd07 && paper.Epochs == 7.5 && paper.HalveAfterEpochs == 5 && paper.HalveEveryEpochs == 0.5 &&
 			paper.ClipNorm == 5 && paper.Reverse && paper.Tokenizer == "13a"},
 		{"small", small, small.Seq2Seq.Layers == 2 && small.Seq2Seq.Hidden == 256 && small.Seq2Seq.Embed == 256 &&

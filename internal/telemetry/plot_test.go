@@ -2,8 +2,8 @@ package telemetry
 
 import (
 	"errors"
-	"image/png"
 	"fmt"
+	"image/png"
 	"os"
 	"path/filepath"
 	"strings"
