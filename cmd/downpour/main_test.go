@@ -790,67 +790,45 @@ func TestWorkerGivesUp(t *testing.T) {
 	}
 }
 
-// The distributed simultaneous update is a plain computation: a sync run of
-// 2 workers x 50 images and 2 shards ends with the parameters, bit for bit,
-// of a replay in this process: per step, each rank's models.GAN.Step on its
-// batch, noise and masks (worker.GANBatch, worker.GANRand), the two
-// gradients averaged as the shards average them, and the job's optimizer
-// applied to the whole vector at the step's clock.
+// The distributed GAN update is a plain computation: a sync run of 2
+// workers x 50 images and 2 shards ends with the parameters, bit for bit, of
+// worker.GANReference, the same job in this process (per step, each rank's
+// gradients on its batch, noise and masks, averaged as the shards average
+// them, the job's optimizer applied at each block's clock): the authors'
+// simultaneous update, and the alternating one with two D updates a step.
 func TestGANSyncMatchesOneProcess(t *testing.T) {
-	got, meta := trainRun(t, filepath.Join(t.TempDir(), "run"), "--preset", "gan", "--steps", "3", "--ps-shards", "2",
-		"--eval-every", "0", "--log-every", "1")
-	spec, err := job.DecodeSpec(meta.Config)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if spec.Workers != 2 || spec.Batch != 50 || !spec.Simultaneous() {
-		t.Fatalf("the gan preset ran %d workers x %d, update %q", spec.Workers, spec.Batch, spec.GANUpdate)
-	}
-	m, err := spec.OpenMNIST()
-	if err != nil {
-		t.Fatal(err)
-	}
-	shards := worker.GANDataShards(spec, m.Train)
-	g := models.NewGAN[float32](spec.GAN)
-	w := g.Params()
-	ts := spec.Tensors()
-	for i, off := range models.Offsets(ts) {
-		spec.InitTensor(w[off:off+ts[i].Size()], ts[i])
-	}
-	slots := make([][]float32, spec.Optimizer.Slots())
-	for i := range slots {
-		slots[i] = make([]float32, len(w))
-	}
-	sum := make([]float32, len(w))
-	B := spec.Batch
-	for step := range spec.Steps {
-		for r := range spec.Workers {
-			rng := worker.GANRand(spec, r, step)
-			x := worker.GANBatch(spec, shards[r], r, step, 0, nil)
-			z := make([]float32, B*spec.GAN.Noise)
-			spec.GAN.Draw(z, rng)
-			real, fake := models.RandomMasks(rng, spec.GAN, B), models.RandomMasks(rng, spec.GAN, B)
-			g.Step(x, z, B, real, fake, spec.Minimax)
-			for i, v := range g.Grads() {
-				if r == 0 {
-					sum[i] = v
-				} else {
-					sum[i] += v
-				}
+	for _, c := range []struct {
+		args []string
+		k    int
+	}{
+		{nil, 1},
+		{[]string{"--gan-update", "alternating", "--gan-k", "2"}, 2},
+	} {
+		args := append([]string{"--preset", "gan", "--steps", "3", "--ps-shards", "2", "--eval-every", "0", "--log-every", "1"}, c.args...)
+		got, meta := trainRun(t, filepath.Join(t.TempDir(), "run"), args...)
+		spec, err := job.DecodeSpec(meta.Config)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if spec.Workers != 2 || spec.Batch != 50 || spec.GANK != c.k || spec.Simultaneous() != (c.k == 1) {
+			t.Fatalf("%v ran %d workers x %d, update %q, k %d", c.args, spec.Workers, spec.Batch, spec.GANUpdate, spec.GANK)
+		}
+		m, err := spec.OpenMNIST()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ref := worker.NewGANReference(spec, m.Train)
+		for step := range spec.Steps {
+			ref.Step(step)
+		}
+		w, diff := ref.Params(), 0
+		for i := range w {
+			if i >= len(got) || w[i] != got[i] {
+				diff++
 			}
 		}
-		for i := range sum {
-			sum[i] *= 1 / float32(spec.Workers)
+		if diff > 0 || len(w) != len(got) {
+			t.Fatalf("%v: %d of %d parameters differ from the one-process reference", c.args, diff, len(w))
 		}
-		spec.Optimizer.Apply(w, sum, slots, step)
-	}
-	diff := 0
-	for i := range w {
-		if w[i] != got[i] {
-			diff++
-		}
-	}
-	if diff > 0 || len(w) != len(got) {
-		t.Fatalf("%d of %d parameters differ from the one-process replay", diff, len(w))
 	}
 }

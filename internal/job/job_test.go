@@ -3,6 +3,7 @@ package job
 import (
 	"context"
 	"errors"
+	"math"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -12,6 +13,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/embedded"
+	"github.com/downpour-ml/downpour/models"
 )
 
 func etcd(t *testing.T) *clientv3.Client {
@@ -291,5 +293,46 @@ func TestLeaseLostOnlyWhenEtcdSaysSo(t *testing.T) {
 	case <-l.Lost():
 	case <-time.After(5 * time.Second):
 		t.Fatal("an expired lease is still not lost 5 s after etcd is back")
+	}
+}
+
+// The gan preset is the authors' recipe (github.com/goodfeli/adversarial,
+// mnist.yaml): their simultaneous update on a global batch of 100, N(0, 1)
+// noise, and the generator's output bias at the logit of the training
+// pixels' means clipped at 1e-7, so an always-black corner pixel starts at
+// logit(1e-7) = -16.1. With uniform noise and a 1e-3 clip (logit -6.9) the
+// recipe collapsed (worker's TestGANRecipeDoesNotCollapse).
+func TestGANPreset(t *testing.T) {
+	s := Default()
+	Presets["gan"](&s)
+	if err := s.Resolve(); err != nil {
+		t.Fatal(err)
+	}
+	if s.GAN.NoiseDist != models.Gaussian || !s.Simultaneous() || s.GANK != 1 || s.GlobalBatch != 100 || s.Batch != 50 ||
+		s.Optimizer.Kind != "momentum" || s.Optimizer.LR != 0.1 || s.Optimizer.Momentum != 0.5 || s.Optimizer.MomentumFinal != 0.7 ||
+		s.Optimizer.Schedule.Decay != 1.000004 || s.Optimizer.Schedule.Floor != 1e-6 {
+		t.Fatalf("gan preset %+v", s)
+	}
+	// 50,000 training images at 100 an update: epoch 1 ends at update 500,
+	// epoch 250 at 125,000.
+	if s.Optimizer.RampStart != 500 || s.Optimizer.RampEnd != 125000 {
+		t.Fatalf("momentum ramp over updates %d..%d", s.Optimizer.RampStart, s.Optimizer.RampEnd)
+	}
+	if want := float32(math.Log(1e-7 / (1 - 1e-7))); s.GOutBias[0] != want || s.GOutBias[783] != want {
+		t.Fatalf("corner pixels' output bias %v, %v; want %v", s.GOutBias[0], s.GOutBias[783], want)
+	}
+	// A pixel at the digits' centre is bright often enough to be inside the
+	// clip: its bias is the plain logit of its mean.
+	m, err := s.OpenMNIST()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mean float64
+	for _, img := range m.Train {
+		mean += float64(img[14*28+14])
+	}
+	mean /= float64(len(m.Train))
+	if want := float32(math.Log(mean / (1 - mean))); s.GOutBias[14*28+14] != want || mean < 0.1 {
+		t.Fatalf("centre pixel (mean %.3f): bias %v, want %v", mean, s.GOutBias[14*28+14], want)
 	}
 }
