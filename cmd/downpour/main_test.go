@@ -226,10 +226,19 @@ func TestTrainSparseTransferMatchesDense(t *testing.T) {
 
 // The default job learns: the last logged loss is below half the first, and
 // the held-out evaluations (every 100 steps and at the end) improve to most
-// sentences copied exactly.
+// sentences copied exactly. A healthy run warns of nothing: no WARN or
+// ERROR line from any role or embedded server.
 func TestTrainDefaultLearns(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "run")
-	trainRun(t, out)
+	code, stdout, stderr := runCmd(t, 3*time.Minute, "train", "--out", out)
+	if code != 0 {
+		t.Fatalf("train: exit %d\n%s%s", code, stdout, stderr)
+	}
+	for _, line := range strings.Split(stdout+stderr, "\n") {
+		if strings.Contains(line, "WARN") || strings.Contains(line, "ERROR") {
+			t.Errorf("a healthy run printed %q", line)
+		}
+	}
 	rs, es := readAllMetrics(t, filepath.Join(out, "metrics.jsonl"))
 	first, last := rs[0], rs[len(rs)-1]
 	t.Logf("loss %.4f -> %.4f over %d records", first.Loss, last.Loss, len(rs))
