@@ -112,11 +112,17 @@ func (o Optimizer) Validate() error {
 		}
 	case "adagrad":
 		if !(o.Eps > 0) {
-			return errors.New("adagrad needs eps > 0")
+			return fmt.Errorf("adagrad needs eps > 0 (got %v)", o.Eps)
 		}
 	case "adam":
-		if o.Beta1 < 0 || o.Beta1 >= 1 || o.Beta2 < 0 || o.Beta2 >= 1 || !(o.Eps > 0) {
-			return fmt.Errorf("adam needs betas in [0, 1) and eps > 0 (got %v, %v, %v)", o.Beta1, o.Beta2, o.Eps)
+		if o.Beta1 < 0 || o.Beta1 >= 1 {
+			return fmt.Errorf("adam needs beta1 in [0, 1) (got %v)", o.Beta1)
+		}
+		if o.Beta2 < 0 || o.Beta2 >= 1 {
+			return fmt.Errorf("adam needs beta2 in [0, 1) (got %v)", o.Beta2)
+		}
+		if !(o.Eps > 0) {
+			return fmt.Errorf("adam needs eps > 0 (got %v)", o.Eps)
 		}
 	default:
 		return fmt.Errorf("optimizer %q: use sgd, momentum, adagrad or adam", o.Kind)

@@ -70,6 +70,50 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 	}
 }
 
+// A printed config names only the settings of the optimizer and schedule in
+// use, so that changing its optimizer line gives the new optimizer with its
+// own defaults (its learning rate too, where the old one's was its default).
+func TestPrintConfigChangeOptimizer(t *testing.T) {
+	dir := t.TempDir()
+	for _, c := range []struct {
+		args     []string
+		from, to string
+		absent   []string
+		want     paramserver.Optimizer
+	}{
+		{nil, "optimizer: sgd", "optimizer: adam", []string{"beta1:", "beta2:", "eps:", "momentum:", "lr-decay:", "lr-halve-after:"},
+			paramserver.DefaultOptimizer("adam", 0.003)},
+		{[]string{"--optimizer", "adam", "--beta2", "0.98"}, "optimizer: adam", "optimizer: adagrad", []string{"momentum:", "lr-decay:"},
+			paramserver.DefaultOptimizer("adagrad", 0.2)},
+		{[]string{"--lr", "0.5"}, "optimizer: sgd", "optimizer: momentum", []string{"eps:"},
+			paramserver.Optimizer{Kind: "momentum", LR: 0.5, Momentum: 0.9, MomentumFinal: 0.9}},
+	} {
+		code, printed, stderr := runCmd(t, 10*time.Second, append([]string{"train", "--print-config"}, c.args...)...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", c.args, code, stderr)
+		}
+		for _, key := range c.absent {
+			if strings.Contains(printed, "\n"+key) {
+				t.Errorf("%v: the printed config sets %s, which its optimizer does not use:\n%s", c.args, key, printed)
+			}
+		}
+		if !strings.Contains(printed, c.from) {
+			t.Fatalf("%v: no %q in\n%s", c.args, c.from, printed)
+		}
+		path := filepath.Join(dir, "job.yaml")
+		if err := os.WriteFile(path, []byte(strings.Replace(printed, c.from, c.to, 1)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		s := mustSpec(t, "--config", path)
+		if !reflect.DeepEqual(s.Optimizer, c.want) {
+			t.Errorf("%v with %q: optimizer %+v, want %+v", c.args, c.to, s.Optimizer, c.want)
+		}
+		if err := s.Optimizer.Validate(); err != nil {
+			t.Errorf("%v with %q: %v", c.args, c.to, err)
+		}
+	}
+}
+
 // Flags given beside a config file override it; the file overrides the
 // preset it names.
 func TestFlagsOverrideConfig(t *testing.T) {

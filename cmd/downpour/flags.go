@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"slices"
 	"strconv"
 	"strings"
@@ -41,7 +42,7 @@ var defaultLR = map[string]float64{"sgd": 1.5, "momentum": 0.1, "adagrad": 0.2, 
 
 func (o *optimizerFlags) bind(fs *flag.FlagSet) {
 	fs.StringVar(&o.kind, "optimizer", "sgd", "update rule on the shards: sgd, momentum, adagrad or adam")
-	fs.Float64Var(&o.lr, "lr", 0, "learning rate (default 1.5 for sgd, 0.1 momentum, 0.2 adagrad, 0.003 adam)")
+	fs.Float64Var(&o.lr, "lr", 0, "learning rate (0: the optimizer's own, 1.5 for sgd, 0.1 momentum, 0.2 adagrad, 0.003 adam)")
 	fs.StringVar(&o.schedule, "lr-schedule", "constant", "learning-rate schedule: constant, halving (the Seq2Seq paper's) or exp (the GAN code's)")
 	fs.Int64Var(&o.halveAfter, "lr-halve-after", 0, "halving: updates before the first halving")
 	fs.Int64Var(&o.halveEvery, "lr-halve-every", 1, "halving: updates between halvings")
@@ -67,7 +68,7 @@ func (o *optimizerFlags) optimizer(fs *flag.FlagSet, base paramserver.Optimizer)
 		opt = paramserver.DefaultOptimizer(o.kind, defaultLR[o.kind])
 		opt.Schedule = base.Schedule
 	}
-	if set["lr"] {
+	if set["lr"] && o.lr != 0 {
 		opt.LR = o.lr
 	}
 	if set["lr-schedule"] {
@@ -92,6 +93,9 @@ func (o *optimizerFlags) optimizer(fs *flag.FlagSet, base paramserver.Optimizer)
 			opt.Schedule.Floor = o.floor
 		}
 	}
+	// Settings of other optimizers (a config file's, printed for one) are
+	// not this one's.
+	unused := unusedOptimizerFlags(opt)
 	for _, f := range []struct {
 		name     string
 		dst, src *float64
@@ -99,18 +103,20 @@ func (o *optimizerFlags) optimizer(fs *flag.FlagSet, base paramserver.Optimizer)
 		{"momentum", &opt.Momentum, &o.momentum}, {"momentum-final", &opt.MomentumFinal, &o.momentumFinal},
 		{"beta1", &opt.Beta1, &o.beta1}, {"beta2", &opt.Beta2, &o.beta2}, {"eps", &opt.Eps, &o.eps},
 	} {
-		if set[f.name] {
+		if set[f.name] && !slices.Contains(unused, f.name) {
 			*f.dst = *f.src
 		}
 	}
-	if set["momentum"] && !set["momentum-final"] {
-		opt.MomentumFinal = o.momentum // a constant momentum unless a ramp is asked for
-	}
-	if set["momentum-ramp-start"] {
-		opt.RampStart = o.rampStart
-	}
-	if set["momentum-ramp-end"] {
-		opt.RampEnd = o.rampEnd
+	if opt.Kind == "momentum" {
+		if set["momentum"] && !set["momentum-final"] {
+			opt.MomentumFinal = o.momentum // a constant momentum unless a ramp is asked for
+		}
+		if set["momentum-ramp-start"] {
+			opt.RampStart = o.rampStart
+		}
+		if set["momentum-ramp-end"] {
+			opt.RampEnd = o.rampEnd
+		}
 	}
 	return opt
 }
@@ -277,9 +283,22 @@ func (j *jobFlags) printConfig(w io.Writer) error {
 		}
 	}
 	// The optimizer's flags default to "the optimizer's own value": set
-	// them to the values in effect.
+	// them to the values in effect, and leave out those of optimizers and
+	// schedules not in use, so that a file whose optimizer is changed gets
+	// the new one's defaults. A learning rate that is the optimizer's own
+	// is printed as 0 (the flag's "the optimizer's own") for the same
+	// reason.
+	lr := formatFloat(o.LR)
+	if o.LR == defaultLR[o.Kind] {
+		lr = "0"
+	}
+	rules := configRules
+	rules.Skip = maps.Clone(configRules.Skip)
+	for _, k := range unusedOptimizerFlags(o) {
+		rules.Skip[k] = true
+	}
 	for _, kv := range [][2]string{
-		{"optimizer", o.Kind}, {"lr", formatFloat(o.LR)}, {"lr-schedule", sched},
+		{"optimizer", o.Kind}, {"lr", lr}, {"lr-schedule", sched},
 		{"lr-halve-after", strconv.FormatInt(o.Schedule.HalveAfter, 10)}, {"lr-halve-every", strconv.FormatInt(o.Schedule.HalveEvery, 10)},
 		{"lr-decay", formatFloat(o.Schedule.Decay)}, {"lr-floor", formatFloat(o.Schedule.Floor)},
 		{"momentum", formatFloat(o.Momentum)}, {"momentum-final", formatFloat(o.MomentumFinal)},
@@ -290,7 +309,29 @@ func (j *jobFlags) printConfig(w io.Writer) error {
 			return fmt.Errorf("printing the config: %s: %w", kv[0], err)
 		}
 	}
-	return configRules.Write(w, j.fs, fmt.Sprintf("downpour %s: run this job with 'downpour %s --config FILE'", j.fs.Name(), j.fs.Name()))
+	return rules.Write(w, j.fs, fmt.Sprintf("downpour %s: run this job with 'downpour %s --config FILE'", j.fs.Name(), j.fs.Name()))
+}
+
+// unusedOptimizerFlags are the flags of the optimizers and learning-rate
+// schedules that o does not use.
+func unusedOptimizerFlags(o paramserver.Optimizer) []string {
+	var unused []string
+	if o.Kind != "momentum" {
+		unused = append(unused, "momentum", "momentum-final", "momentum-ramp-start", "momentum-ramp-end")
+	}
+	if o.Kind != "adam" {
+		unused = append(unused, "beta1", "beta2")
+	}
+	if o.Kind != "adam" && o.Kind != "adagrad" {
+		unused = append(unused, "eps")
+	}
+	if o.Schedule.Kind != "halving" {
+		unused = append(unused, "lr-halve-after", "lr-halve-every")
+	}
+	if o.Schedule.Kind != "exp" {
+		unused = append(unused, "lr-decay", "lr-floor")
+	}
+	return unused
 }
 
 // endpoints are the cluster flags every role has.
