@@ -133,7 +133,7 @@ func TestTrainWritesRunDirectory(t *testing.T) {
 			t.Errorf("record %+v is missing a field", r)
 		}
 	}
-	if want := []int64{0, 5, 10, 15, 20, 24}; !slices.Equal(steps, want) {
+	if want := []int64{1, 6, 11, 16, 21, 25}; !slices.Equal(steps, want) {
 		t.Fatalf("logged steps %v, want %v", steps, want)
 	}
 	if meta.Step != 25 || meta.Job != "rundir" {
@@ -242,7 +242,7 @@ func TestTrainDefaultLearns(t *testing.T) {
 	rs, es := readAllMetrics(t, filepath.Join(out, "metrics.jsonl"))
 	first, last := rs[0], rs[len(rs)-1]
 	t.Logf("loss %.4f -> %.4f over %d records", first.Loss, last.Loss, len(rs))
-	if last.Step != 299 || !(last.Loss < first.Loss/2) {
+	if last.Step != 300 || !(last.Loss < first.Loss/2) {
 		t.Fatalf("step %d: loss %.4f -> %.4f, want the last below half the first", last.Step, first.Loss, last.Loss)
 	}
 	var steps []int64
@@ -401,7 +401,7 @@ func TestTrainModesAndOptimizers(t *testing.T) {
 		if meta.Step != 20 || len(params) == 0 {
 			t.Fatalf("%v: checkpoint %+v", args, meta)
 		}
-		if rs := readMetrics(t, filepath.Join(out, "metrics.jsonl")); len(rs) != 5 || rs[len(rs)-1].Step != 19 {
+		if rs := readMetrics(t, filepath.Join(out, "metrics.jsonl")); len(rs) != 5 || rs[len(rs)-1].Step != 20 {
 			t.Fatalf("%v: %d records", args, len(rs))
 		}
 	}

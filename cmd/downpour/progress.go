@@ -63,8 +63,8 @@ func newProgressBar(out io.Writer, total, from int64) *progressBar {
 // Train moves the bar to the record's step and shows its loss and rate.
 func (b *progressBar) Train(r telemetry.Record, _ int64) {
 	b.mu.Lock()
-	n := r.Step + 1 - b.last
-	b.last = r.Step + 1
+	n := r.Step - b.last
+	b.last = r.Step
 	if r.GLoss != 0 {
 		b.info = fmt.Sprintf("  D loss %.4f  G loss %.4f  %.1f steps/s", r.Loss, r.GLoss, r.StepsPerSec)
 	} else {
@@ -73,9 +73,9 @@ func (b *progressBar) Train(r telemetry.Record, _ int64) {
 	b.mu.Unlock()
 	if r.StepsPerSec > 0 && n > 0 {
 		// The ETA's moving average is fed the time the n steps took.
-		b.bar.EwmaSetCurrent(r.Step+1, time.Duration(float64(n)/r.StepsPerSec*float64(time.Second)))
+		b.bar.EwmaSetCurrent(r.Step, time.Duration(float64(n)/r.StepsPerSec*float64(time.Second)))
 	} else {
-		b.bar.SetCurrent(r.Step + 1)
+		b.bar.SetCurrent(r.Step)
 	}
 }
 

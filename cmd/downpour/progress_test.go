@@ -95,8 +95,8 @@ func TestTrainWritesLinesWithoutATerminal(t *testing.T) {
 func TestProgressBarDrawsRecords(t *testing.T) {
 	var buf syncBuffer
 	b := newProgressBar(&buf, 100, 0)
-	for s := int64(9); s < 100; s += 10 {
-		b.Train(telemetry.Record{Step: s, Loss: 1 / float64(s+1), StepsPerSec: 50, TokensPerSec: 1000}, 100)
+	for s := int64(10); s <= 100; s += 10 {
+		b.Train(telemetry.Record{Step: s, Loss: 1 / float64(s), StepsPerSec: 50, TokensPerSec: 1000}, 100)
 		time.Sleep(5 * time.Millisecond)
 	}
 	b.Write([]byte("a line above\n"))

@@ -187,7 +187,7 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 	if err != nil {
 		return nil, err
 	}
-	if !col.WaitStep(spec.Steps-1, 5*time.Second) {
+	if !col.WaitStep(spec.Steps, 5*time.Second) {
 		log.Warn("the last step's progress did not arrive")
 	}
 	return col, col.Close()

@@ -22,7 +22,7 @@ import (
 // Record is one line of metrics.jsonl: a step, averaged over the ranks.
 type Record struct {
 	Kind         string  `json:"kind"` // "train"
-	Step         int64   `json:"step"`
+	Step         int64   `json:"step"` // the step's number counted from 1 (steps done), as the console and the evaluations count
 	Loss         float64 `json:"loss"`             // mean loss per target token (GAN: per step, the discriminator's), all ranks, since the previous record
 	GLoss        float64 `json:"g_loss,omitempty"` // GAN: the generator's mean loss per step
 	Tokens       int64   `json:"tokens"`           // target tokens since the previous record, all ranks
@@ -99,7 +99,7 @@ func (c *Collector) onProgress(m *nats.Msg) {
 	}
 	r := c.pending[p.Step]
 	if r == nil {
-		r = &Record{Kind: "train", Step: p.Step}
+		r = &Record{Kind: "train", Step: p.Step + 1} // the workers number steps from 0
 		c.pending[p.Step] = r
 	}
 	r.Loss += p.Loss
@@ -142,10 +142,10 @@ func (c *Collector) onProgress(m *nats.Msg) {
 	} else if c.console != nil {
 		if r.GLoss != 0 {
 			fmt.Fprintf(c.console, "step %*d/%d  D loss %.4f  G loss %.4f  %.1f steps/s\n",
-				len(fmt.Sprint(c.steps)), r.Step+1, c.steps, r.Loss, r.GLoss, r.StepsPerSec)
+				len(fmt.Sprint(c.steps)), r.Step, c.steps, r.Loss, r.GLoss, r.StepsPerSec)
 		} else {
 			fmt.Fprintf(c.console, "step %*d/%d  loss %.4f  %.1f steps/s  %.0f tokens/s\n",
-				len(fmt.Sprint(c.steps)), r.Step+1, c.steps, r.Loss, r.StepsPerSec, r.TokensPerSec)
+				len(fmt.Sprint(c.steps)), r.Step, c.steps, r.Loss, r.StepsPerSec, r.TokensPerSec)
 		}
 	}
 }
@@ -223,7 +223,8 @@ func (c *Collector) Records() int {
 	return c.records
 }
 
-// WaitStep waits up to timeout until the record of step has been written,
+// WaitStep waits up to timeout until the record of step (counted from 1)
+// has been written,
 // and reports whether it was.
 func (c *Collector) WaitStep(step int64, timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)

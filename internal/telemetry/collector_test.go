@@ -44,11 +44,11 @@ func TestCollectorAggregatesRanks(t *testing.T) {
 	pub(wire.Progress{Rank: 0, Step: 5, Loss: 1, Tokens: 1, Nanos: 1})
 	pub(wire.Progress{Rank: 1, Step: 0, Loss: 2, Tokens: 1, Nanos: 2e9})
 	nc.Flush()
-	if !c.WaitStep(0, 5*time.Second) {
-		t.Fatal("step 0 never recorded")
+	if !c.WaitStep(1, 5*time.Second) {
+		t.Fatal("the first step never recorded")
 	}
-	if c.WaitStep(5, 100*time.Millisecond) {
-		t.Fatal("step 5 recorded with one rank of two")
+	if c.WaitStep(6, 100*time.Millisecond) {
+		t.Fatal("step 6 recorded with one rank of two")
 	}
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
@@ -66,7 +66,7 @@ func TestCollectorAggregatesRanks(t *testing.T) {
 		t.Fatalf("%d records, want 1", len(rs))
 	}
 	r := rs[0]
-	if r.Step != 0 || r.Ranks != 2 || r.Tokens != 4 || math.Abs(r.Loss-2) > 1e-12 || r.StepSeconds != 2 {
+	if r.Step != 1 || r.Ranks != 2 || r.Tokens != 4 || math.Abs(r.Loss-2) > 1e-12 || r.StepSeconds != 2 {
 		t.Fatalf("record %+v, want loss 8/4 = 2 over 4 tokens, busy 2s", r)
 	}
 }

@@ -124,8 +124,8 @@ func Curves(metrics, dir string, stepsPerEpoch float64) error {
 		p.X.Label.Text, p.Y.Label.Text = xlabel, "loss"
 		loss, gLoss := make(plotter.XYs, len(rs)), make(plotter.XYs, len(rs))
 		for i, r := range rs {
-			loss[i] = plotter.XY{X: x(r.Step + 1), Y: r.Loss}
-			gLoss[i] = plotter.XY{X: x(r.Step + 1), Y: r.GLoss}
+			loss[i] = plotter.XY{X: x(r.Step), Y: r.Loss}
+			gLoss[i] = plotter.XY{X: x(r.Step), Y: r.GLoss}
 		}
 		if gan {
 			p.Title.Text = "GAN training losses"
