@@ -21,8 +21,8 @@ import (
 
 // Record is one line of metrics.jsonl: a step, averaged over the ranks.
 type Record struct {
-	Kind         string  `json:"kind"` // "train"
-	Step         int64   `json:"step"` // the step's number counted from 1 (steps done), as the console and the evaluations count
+	Kind         string  `json:"kind"`             // "train"
+	Step         int64   `json:"step"`             // the step's number counted from 1 (steps done), as the console and the evaluations count
 	Loss         float64 `json:"loss"`             // mean loss per target token (GAN: per step, the discriminator's), all ranks, since the previous record
 	GLoss        float64 `json:"g_loss,omitempty"` // GAN: the generator's mean loss per step
 	Tokens       int64   `json:"tokens"`           // target tokens since the previous record, all ranks
