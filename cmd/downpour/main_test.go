@@ -841,3 +841,25 @@ func TestGANSyncMatchesOneProcess(t *testing.T) {
 		}
 	}
 }
+
+// Without --out, a run's directory is runs/<job>-<time> in the working
+// directory, named "gan" for a GAN job that keeps the default job name.
+func TestDefaultRunDirectory(t *testing.T) {
+	t.Chdir(t.TempDir())
+	for _, c := range []struct {
+		args []string
+		glob string
+	}{
+		{[]string{"--steps", "2"}, "runs/demo-*"},
+		{[]string{"--model", "gan", "--steps", "2", "--eval-every", "0"}, "runs/gan-*"},
+		{[]string{"--job", "mine", "--steps", "2"}, "runs/mine-*"},
+	} {
+		code, stdout, stderr := runCmd(t, 3*time.Minute, append([]string{"train", "--http", ""}, c.args...)...)
+		if code != 0 {
+			t.Fatalf("train %v: exit %d\n%s%s", c.args, code, stdout, stderr)
+		}
+		if m, _ := filepath.Glob(filepath.Join(c.glob, "checkpoint", "final.ckpt")); len(m) != 1 {
+			t.Errorf("train %v: %d run directories %s with a final checkpoint", c.args, len(m), c.glob)
+		}
+	}
+}

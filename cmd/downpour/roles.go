@@ -417,9 +417,18 @@ func evaluate(spec *job.Spec, data shard.Dataset, params []float32, examples []s
 		MaxLen: func(n int) int { return 2*n + 10 }, Words: data.TgtWords})
 }
 
-// prepareOut makes the run directory: the default runs/<job>-<time> when out
-// is empty, else *out, whose parent must exist. It must not hold an earlier
-// run.
+// runName names a job's default run directory: the job's name, or for a
+// GAN job left with the default name ("demo"), "gan".
+func runName(spec *job.Spec) string {
+	if spec.Name == job.Default().Name && spec.Model == "gan" {
+		return "gan"
+	}
+	return spec.Name
+}
+
+// prepareOut makes the run directory: the default runs/<name>-<time> when
+// out is empty, else *out, whose parent must exist. It must not hold an
+// earlier run.
 func prepareOut(outp *string, name string) error {
 	if *outp == "" {
 		*outp = filepath.Join("runs", name+"-"+time.Now().Format("20060102-150405"))
@@ -499,7 +508,7 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		if err := os.MkdirAll(*out, 0o755); err != nil {
 			return err
 		}
-	} else if err := prepareOut(out, spec.Name); err != nil {
+	} else if err := prepareOut(out, runName(&spec)); err != nil {
 		return err
 	}
 	nc, err := connectNATS(ep, "coordinator", auth.Coordinator)

@@ -71,7 +71,7 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintln(stderr, "downpour train: give both --nats and --etcd to join a cluster, or neither to run an embedded one")
 		return errUsage
 	}
-	if err := prepareOut(out, spec.Name); err != nil {
+	if err := prepareOut(out, runName(spec)); err != nil {
 		return err
 	}
 	log := ep.logger(stderr)
