@@ -123,10 +123,12 @@ func coordinate(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, spec j
 				continue
 			}
 			if err != nil {
-				if ectx.Err() == nil {
-					log.Warn("evaluation pull failed", "step", step, "err", err)
+				if ectx.Err() != nil {
+					return
 				}
-				return
+				// This evaluation is lost; the next ones need not be.
+				log.Warn("evaluation pull failed", "step", step, "err", err)
+				continue
 			}
 			ev.eval(step, params)
 		}
@@ -353,10 +355,10 @@ func (e *evaluator) pullBefore(ctx context.Context, finishing <-chan struct{}, s
 
 // pull reads the parameters after step (exactly at step, for an exact
 // pull) from the shards, under the job's current placement; if the job is
-// re-placed meanwhile, it starts over under the new one.
+// re-placed meanwhile, it starts over under the new one. It waits for the
+// job to reach step however long that takes (an evaluation every 12,500
+// steps of a GAN run is 10 minutes or more away): ctx ends it with the job.
 func (e *evaluator) pull(ctx context.Context, step int64, exact bool) ([]float32, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
-	defer cancel()
 	for {
 		p, _, err := job.ReadPlacement(ctx, e.cli, e.spec.Name)
 		if err != nil {
