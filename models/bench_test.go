@@ -9,9 +9,10 @@ import (
 	"gonum.org/v1/gonum/blas/gonum"
 )
 
-// The benchmark workloads of ../shared/ref/README.md: one full training step
-// (forward, backward, global-norm clip at 5, SGD update) of a Seq2Seq model,
-// reported as target tokens per second.
+// The Seq2Seq benchmark workloads: one full training step (forward,
+// backward, global-norm clip at 5, SGD update) of a Seq2Seq model, reported
+// as target tokens per second. testdata/torch_peer.py times the same steps
+// with PyTorch.
 var (
 	w1 = Seq2SeqConfig{SrcVocab: 4000, TgtVocab: 4000, Embed: 256, Hidden: 256, Layers: 2}
 	w2 = Seq2SeqConfig{SrcVocab: 16000, TgtVocab: 8000, Embed: 512, Hidden: 512, Layers: 4}

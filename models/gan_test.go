@@ -143,10 +143,10 @@ func TestGANInit(t *testing.T) {
 	}
 }
 
-// G1 of ../shared/ref/README.md: one training step of the paper's MNIST GAN
+// BenchmarkG1 is one training step of the paper's MNIST GAN
 // on a batch of 100 (a D update, then a G update through the updated D,
 // reusing the generator pass, both SGD with momentum 0.5 and lr 0.1, with
-// fresh noise and dropout masks), reported as samples per second.
+// fresh noise and dropout masks), reported as samples per second (testdata/torch_peer.py G1 is PyTorch's).
 func BenchmarkG1(b *testing.B) {
 	const rows = 100
 	c := PaperGAN

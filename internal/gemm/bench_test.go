@@ -7,7 +7,8 @@ import (
 )
 
 // benchShapes are the products the models run, m x k by k x n (with the
-// transposes of their backward passes), and the W2 shapes ../shared/ref names.
+// transposes of their backward passes), among them the W2 workload's (models'
+// BenchmarkW2).
 var benchShapes = []struct {
 	name    string
 	aT, bT  bool
