@@ -264,11 +264,13 @@ func TestTrainDefaultLearns(t *testing.T) {
 		t.Fatalf("eval: exit %d, %q %q; want %q", code, o, e, want)
 	}
 	// downpour translate answers each line with digits (the task copies).
-	stdin = strings.NewReader("3 1 4 1 5\n\n2 7 1\n")
+	// A word the model does not know is named on stderr, with its line.
+	stdin = strings.NewReader("3 1 4 1 5\n\n2 x 7 1 y\n")
 	defer func() { stdin = os.Stdin }()
 	code, o, e = runCmd(t, time.Minute, "translate", "--checkpoint", filepath.Join(out, "checkpoint", "final.ckpt"), "--beam", "3")
 	lines := strings.Split(strings.TrimSuffix(o, "\n"), "\n")
-	if code != 0 || len(lines) != 3 || lines[1] != "" || !strings.Contains(o, "3 1 4") {
+	if code != 0 || len(lines) != 3 || lines[1] != "" || !strings.Contains(o, "3 1 4") ||
+		!strings.Contains(e, `line 3: not in the model's source vocabulary: "x", "y"`) || strings.Contains(e, "line 1") {
 		t.Fatalf("translate: exit %d, %q %q", code, o, e)
 	}
 	if code, _, e := runCmd(t, time.Minute, "eval", "--checkpoint", filepath.Join(out, "nope")); code != 1 || !strings.Contains(e, "nope") {

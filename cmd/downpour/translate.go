@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/downpour-ml/downpour/internal/checkpoint"
@@ -133,18 +134,24 @@ func cmdTranslate(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	if err != nil {
 		return err
 	}
-	return translateLines(ctx, m, data, stdin, stdout, *beam, *maxLen)
+	return translateLines(ctx, m, data, stdin, stdout, stderr, *beam, *maxLen)
 }
 
-// translateLines translates each line of in to a line of out.
-func translateLines(ctx context.Context, m *models.Seq2Seq[float32], data shard.Dataset, in io.Reader, out io.Writer, beam, maxLen int) error {
+// translateLines translates each line of in to a line of out, and says on
+// note which words of a line the model does not know (a corpus model reads
+// them as <unk>; a synthetic task's skips them).
+func translateLines(ctx context.Context, m *models.Seq2Seq[float32], data shard.Dataset, in io.Reader, out, note io.Writer, beam, maxLen int) error {
 	sc := bufio.NewScanner(in)
 	sc.Buffer(make([]byte, 64<<10), shard.MaxLineBytes)
 	w := bufio.NewWriter(out)
 	defer w.Flush()
-	for sc.Scan() {
+	for line := 1; sc.Scan(); line++ {
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if unknown := unknownWords(data, sc.Text()); len(unknown) > 0 {
+			w.Flush() // the translations so far come first
+			fmt.Fprintf(note, "downpour translate: line %d: not in the model's source vocabulary: %s\n", line, strings.Join(unknown, ", "))
 		}
 		ids := data.SrcIDs(sc.Text())
 		if len(ids) == 0 {
@@ -162,6 +169,18 @@ func translateLines(ctx context.Context, m *models.Seq2Seq[float32], data shard.
 		return fmt.Errorf("an input line is longer than %d bytes", shard.MaxLineBytes)
 	}
 	return sc.Err()
+}
+
+// unknownWords lists, quoted, the words of sentence that data's source
+// vocabulary does not hold.
+func unknownWords(data shard.Dataset, sentence string) []string {
+	var unknown []string
+	for _, tok := range data.Tokenize(sentence) {
+		if words := data.SrcWords(data.SrcIDs(tok)); len(words) != 1 || words[0] != tok {
+			unknown = append(unknown, strconv.Quote(tok))
+		}
+	}
+	return unknown
 }
 
 func cmdEval(ctx context.Context, args []string, stdout, stderr io.Writer) error {
