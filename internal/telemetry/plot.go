@@ -142,9 +142,15 @@ func Curves(metrics, dir string, stepsPerEpoch float64) error {
 				for i, e := range es {
 					held[i] = plotter.XY{X: x(e.Step), Y: e.EvalLoss}
 				}
-				if err := plotutil.AddLinePoints(p, "held out", finite(held)); err != nil {
+				// The second colour and glyph: plotutil would start
+				// this call's lines at the first, the training loss's.
+				l, pts, err := plotter.NewLinePoints(finite(held))
+				if err != nil {
 					return err
 				}
+				l.Color, pts.Color, pts.Shape = plotutil.Color(1), plotutil.Color(1), plotutil.Shape(1)
+				p.Add(l, pts)
+				p.Legend.Add("held out", l, pts)
 			}
 		}
 		if err := save(p, filepath.Join(dir, "loss.png")); err != nil {
@@ -156,7 +162,6 @@ func Curves(metrics, dir string, stepsPerEpoch float64) error {
 	}
 	p := plot.New()
 	p.X.Label.Text = xlabel
-	paperLine := false
 	if gan {
 		p.Title.Text = "Parzen-window log-likelihood of held-out images"
 		p.Y.Label.Text = "nats"
@@ -166,7 +171,6 @@ func Curves(metrics, dir string, stepsPerEpoch float64) error {
 		for _, e := range es {
 			test = test && e.Set == "test"
 		}
-		paperLine = test
 		if test { // the paper's estimate: show the paper's number
 			p.Title.Text = "Parzen-window log-likelihood of the MNIST test images"
 			lo, hi := x(es[0].Step), x(es[len(es)-1].Step)
@@ -212,9 +216,10 @@ func Curves(metrics, dir string, stepsPerEpoch float64) error {
 			return err
 		}
 	}
-	// The paper's estimates rise towards the top right: the legend goes
-	// along the bottom.
-	return saveLegend(p, filepath.Join(dir, "eval.png"), !paperLine)
+	// Evaluations rise towards the top right (BLEU, exact match, the
+	// Parzen estimate and the paper's line): the legend goes along the
+	// bottom, where it hides no point.
+	return saveLegend(p, filepath.Join(dir, "eval.png"), false)
 }
 
 var curvesMu sync.Mutex

@@ -3,11 +3,14 @@ package telemetry
 import (
 	"errors"
 	"fmt"
+	"image/color"
 	"image/png"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"gonum.org/v1/plot/plotutil"
 )
 
 func writeFile(t *testing.T, dir, name, body string) string {
@@ -111,6 +114,52 @@ func TestCurves(t *testing.T) {
 	if err := Curves(writeFile(t, dir, "metrics.jsonl", ""), dir, 0); !errors.Is(err, ErrNoRecords) {
 		t.Fatalf("empty metrics: %v", err)
 	}
+}
+
+// The training loss and the held-out loss are drawn in two colours (they
+// were once both in the first).
+func TestCurvesHeldOutColour(t *testing.T) {
+	dir := t.TempDir()
+	body := `{"kind":"train","step":10,"loss":2.5}
+{"kind":"eval","step":10,"eval_loss":2.7}
+{"kind":"train","step":20,"loss":1.5}
+{"kind":"eval","step":20,"eval_loss":1.9}
+{"kind":"train","step":30,"loss":0.9}
+{"kind":"eval","step":30,"eval_loss":1.2}
+`
+	if err := Curves(writeFile(t, dir, "metrics.jsonl", body), dir, 0); err != nil {
+		t.Fatal(err)
+	}
+	train, held := inkOf(t, filepath.Join(dir, "loss.png"), plotutil.Color(0)), inkOf(t, filepath.Join(dir, "loss.png"), plotutil.Color(1))
+	if train < 100 || held < 100 {
+		t.Fatalf("%d pixels in the training loss's colour, %d in the held-out loss's", train, held)
+	}
+}
+
+// inkOf counts the pixels of path within 24 of c in every channel.
+func inkOf(t *testing.T, path string, c color.Color) int {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	img, err := png.Decode(f)
+	if err != nil {
+		t.Fatal(err)
+	}
+	near := func(a, b uint32) bool { return a>>8 <= b>>8+24 && b>>8 <= a>>8+24 }
+	cr, cg, cb, _ := c.RGBA()
+	n := 0
+	b := img.Bounds()
+	for y := b.Min.Y; y < b.Max.Y; y++ {
+		for x := b.Min.X; x < b.Max.X; x++ {
+			if r, g, bl, _ := img.At(x, y).RGBA(); near(r, cr) && near(g, cg) && near(bl, cb) {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // blueInk counts the pixels of path drawn in the paper line's blue.
