@@ -5,7 +5,9 @@ import (
 	"embed"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"net"
@@ -20,7 +22,9 @@ import (
 	"github.com/nats-io/nats.go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/downpour-ml/downpour/internal/auth"
 	"github.com/downpour-ml/downpour/internal/metrics"
+	"github.com/downpour-ml/downpour/internal/rundir"
 	"github.com/downpour-ml/downpour/internal/telemetry"
 )
 
@@ -74,6 +78,11 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 // status is the job as downpour status reads it, with this role's name.
 func (d *dashboard) status(w http.ResponseWriter, r *http.Request) {
+	if d.cli == nil {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"role": d.role, "job": d.job,
+			"error": "the run is not running: this page shows what its run directory holds"})
+		return
+	}
 	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 	defer cancel()
 	st, err := readStatus(ctx, d.cli, d.nc, d.job)
@@ -186,4 +195,50 @@ func serveDashboard(ctx context.Context, addr string, d *dashboard, log *slog.Lo
 		host = "localhost"
 	}
 	return "http://" + net.JoinHostPort(host, port) + "/", stop, nil
+}
+
+// cmdDashboard serves the dashboard of a run from its run directory, so that
+// a run's page outlives the process that trained it: the progress, curves,
+// samples and translations come from the directory; the job's status, while
+// the run lives, from its cluster (the run directory says where).
+func cmdDashboard(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("dashboard", flag.ContinueOnError)
+	var ep endpoints
+	logFlags(fs, &ep)
+	httpFlag(fs, &ep)
+	run := fs.String("run", "", "the run directory")
+	if err := parse(fs, args, stderr, "downpour dashboard --run runs/demo-20261128-210316 --http 127.0.0.1:8080"); err != nil {
+		return err
+	}
+	if *run == "" || ep.http == "" {
+		fmt.Fprintln(stderr, "downpour dashboard: needs --run, and an --http address")
+		return errUsage
+	}
+	s, err := rundir.Read(*run)
+	if err != nil {
+		return err
+	}
+	log := ep.logger(stderr)
+	spe, _ := s.Spec.StepsPerEpoch()
+	d := &dashboard{job: s.Spec.Name, role: "dashboard", runDir: *run, stepsPerEpoch: spe}
+	name := s.Spec.Name
+	if live, err := joinRun(*run, &ep, &name); live {
+		if d.cli, err = connectEtcd(ctx, ep, auth.Observer); err != nil {
+			return fmt.Errorf("the run's cluster: %w", err)
+		}
+		defer d.cli.Close()
+		if d.nc, err = connectNATS(ep, "dashboard", auth.Observer); err != nil {
+			return fmt.Errorf("the run's cluster: %w", err)
+		}
+		defer d.nc.Close()
+	} else if err != nil {
+		return err
+	}
+	stop, err := ep.startDashboard(ctx, d, stdout, log)
+	if err != nil {
+		return err
+	}
+	defer stop()
+	<-ctx.Done()
+	return nil
 }

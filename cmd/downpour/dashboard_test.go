@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"image"
 	"image/png"
@@ -16,6 +17,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/downpour-ml/downpour/internal/rundir"
 )
 
 // startTrain starts a train command line in the background and returns the
@@ -312,4 +315,81 @@ func abs(x int) int {
 		return -x
 	}
 	return x
+}
+
+// A train run can be watched from another process: 'downpour status --run'
+// reaches its job through the endpoints and observer credentials the run
+// directory holds while the run lives, and says what the directory holds
+// once it has ended; 'downpour dashboard --run' serves the run's page after
+// the run is gone.
+func TestStatusAndDashboardOfATrainRun(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "run")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var trainOut, trainErr syncBuffer
+	done := make(chan int, 1)
+	go func() {
+		done <- run(ctx, []string{"train", "--job", "watched", "--steps", "100000", "--log-every", "5", "--out", out, "--http", ""}, &trainOut, &trainErr)
+	}()
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(50 * time.Millisecond) {
+		if _, _, err := rundir.Live(out); err == nil && strings.Contains(trainOut.String(), "step ") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the run never published its endpoints:\n%s%s", trainOut.String(), trainErr.String())
+		}
+	}
+	code, o, e := runCmd(t, time.Minute, "status", "--run", out)
+	if code != 0 || !strings.Contains(o, "job watched: running") || !strings.Contains(o, "leader: ") {
+		t.Fatalf("status of the live run: exit %d\n%s%s", code, o, e)
+	}
+	cancel()
+	<-done
+	if _, _, err := rundir.Live(out); !errors.Is(err, rundir.ErrNotLive) {
+		t.Fatalf("the ended run still publishes endpoints: %v", err)
+	}
+	code, o, e = runCmd(t, time.Minute, "status", "--run", out)
+	if code != 0 || !strings.Contains(o, "job watched: not running") || !strings.Contains(o, "last logged step: ") ||
+		!strings.Contains(o, "final checkpoint: none") {
+		t.Fatalf("status of the ended run: exit %d\n%s%s", code, o, e)
+	}
+	if code, _, e := runCmd(t, time.Minute, "status", "--run", out, "--etcd", "http://127.0.0.1:1"); code != 2 || !strings.Contains(e, "not both") {
+		t.Fatalf("--run with --etcd: exit %d, %s", code, e)
+	}
+
+	dctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	var dashOut, dashErr syncBuffer
+	dashDone := make(chan int, 1)
+	go func() { dashDone <- run(dctx, []string{"dashboard", "--run", out, "--http", "127.0.0.1:0"}, &dashOut, &dashErr) }()
+	var base string
+	for deadline := time.Now().Add(30 * time.Second); base == ""; time.Sleep(20 * time.Millisecond) {
+		if m := regexp.MustCompile(`dashboard: (http://\S+/)`).FindStringSubmatch(dashOut.String()); m != nil {
+			base = m[1]
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no dashboard URL: %s%s", dashOut.String(), dashErr.String())
+		}
+	}
+	get := func(path string) (int, string, []byte) {
+		t.Helper()
+		resp, err := http.Get(base + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, resp.Header.Get("Content-Type"), b
+	}
+	if code, _, b := get("api/progress"); code != 200 || !strings.Contains(string(b), `"records":`) || strings.Contains(string(b), `"records":0`) {
+		t.Fatalf("progress: %d %s", code, b)
+	}
+	if code, _, b := get("api/status"); code != http.StatusServiceUnavailable || !strings.Contains(string(b), "not running") {
+		t.Fatalf("status: %d %s", code, b)
+	}
+	if code, ctype, b := get("plot/loss.png"); code != 200 || ctype != "image/png" || len(b) < 1000 {
+		t.Fatalf("loss.png: %d %s, %d bytes", code, ctype, len(b))
+	}
+	stop()
+	<-dashDone
 }

@@ -36,6 +36,7 @@ var commands = []command{
 	{"ps", "run a parameter-server shard of a job", cmdPS},
 	{"worker", "run a worker of a job", cmdWorker},
 	{"status", "print a job: state, leader, placement, last checkpoint, members and their leases, shard clocks", cmdStatus},
+	{"dashboard", "serve a run's dashboard from its run directory, live while the run lives and after it ends", cmdDashboard},
 	{"reshard", "move a running job to another number of parameter-server shards", cmdReshard},
 	{"servers", "run an embedded NATS server and etcd for a local multi-process cluster", cmdServers},
 	{"creds", "make a job's credentials: a private file per role and the NATS servers' users", cmdCreds},

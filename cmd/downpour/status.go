@@ -1,8 +1,10 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -17,6 +19,7 @@ import (
 	"github.com/downpour-ml/downpour/coordinator"
 	"github.com/downpour-ml/downpour/internal/auth"
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/rundir"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/paramserver"
 )
@@ -29,11 +32,22 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	var ep endpoints
 	endpointFlags(fs, &ep)
 	name := fs.String("job", "demo", "the job")
-	if err := parse(fs, args, stderr, "downpour status --etcd http://127.0.0.1:2379 --nats nats://127.0.0.1:4222 --job demo"); err != nil {
+	run := fs.String("run", "", "a train run's directory: its job while it runs (the run directory says where), or what the run left when it has ended")
+	if err := parse(fs, args, stderr, "downpour status --etcd http://127.0.0.1:2379 --nats nats://127.0.0.1:4222 --job demo\n  downpour status --run runs/demo-20261128-210316"); err != nil {
 		return err
 	}
+	if *run != "" && (ep.etcd != "" || ep.nats != "") {
+		fmt.Fprintln(stderr, "downpour status: give --run, or --etcd and --nats, not both")
+		return errUsage
+	}
+	if *run != "" {
+		live, err := joinRun(*run, &ep, name)
+		if !live {
+			return printEnded(*run, err, stdout)
+		}
+	}
 	if ep.etcd == "" {
-		fmt.Fprintln(stderr, "downpour status: needs --etcd (and --nats for the shards' clocks)")
+		fmt.Fprintln(stderr, "downpour status: needs --etcd (and --nats for the shards' clocks), or --run")
 		return errUsage
 	}
 	if err := wire.ValidJob(*name); err != nil {
@@ -41,6 +55,9 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	cli, err := connectEtcd(ctx, ep, auth.Observer)
 	if err != nil {
+		if *run != "" { // killed without a chance to say so
+			return printEnded(*run, fmt.Errorf("its cluster does not answer: %w", err), stdout)
+		}
 		return err
 	}
 	defer cli.Close()
@@ -56,6 +73,54 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return fmt.Errorf("%w (etcd at %s)", err, ep.etcd)
 	}
 	return st.print(stdout)
+}
+
+// joinRun points ep and name at the live run in dir, with the observer's
+// credentials it published, and reports whether there is one (err says
+// why not, nil when the run has simply ended).
+func joinRun(dir string, ep *endpoints, name *string) (live bool, err error) {
+	e, creds, err := rundir.Live(dir)
+	if err != nil {
+		if errors.Is(err, rundir.ErrNotLive) {
+			err = nil
+		}
+		return false, err
+	}
+	ep.nats, ep.etcd, ep.credsFile, *name = e.NATS, strings.Join(e.Etcd, ","), creds, e.Job
+	return true, nil
+}
+
+// printEnded prints what an ended run's directory says of it.
+func printEnded(dir string, why error, stdout io.Writer) error {
+	s, err := rundir.Read(dir)
+	if err != nil {
+		return err
+	}
+	spec := s.Spec
+	fmt.Fprintf(stdout, "job %s: not running (run directory %s", spec.Name, dir)
+	if why != nil {
+		fmt.Fprintf(stdout, "; %v", why)
+	}
+	fmt.Fprintf(stdout, "); %s %s, %d workers, %d ps shards, %d steps, mode %s\n", spec.Model, spec.Data, spec.Workers, spec.Shards, spec.Steps, spec.Mode)
+	if s.Last != nil {
+		fmt.Fprintf(stdout, "last logged step: %d of %d, loss %.4f\n", s.Last.Step, spec.Steps, s.Last.Loss)
+	} else {
+		fmt.Fprintln(stdout, "last logged step: none")
+	}
+	switch e := s.Eval; {
+	case e == nil:
+		fmt.Fprintln(stdout, "evaluations: none")
+	case e.Samples > 0:
+		fmt.Fprintf(stdout, "evaluations: %d, the last at step %d: Parzen %.1f ± %.1f (%d samples, %s images)\n", s.Evals, e.Step, e.Parzen, e.ParzenSE, e.Samples, cmp.Or(e.Set, "validation"))
+	default:
+		fmt.Fprintf(stdout, "evaluations: %d, the last at step %d: BLEU %.2f, exact match %.1f%% of %d\n", s.Evals, e.Step, e.BLEU, 100*e.ExactMatch, e.HeldOut)
+	}
+	if s.Checkpoint != "" {
+		fmt.Fprintf(stdout, "final checkpoint: %s\n", s.Checkpoint)
+	} else {
+		fmt.Fprintf(stdout, "final checkpoint: none (continue with 'downpour train --resume %s' if it checkpointed)\n", dir)
+	}
+	return nil
 }
 
 // jobStatus is a job as etcd (and, given a NATS connection, its shards) know

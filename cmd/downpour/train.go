@@ -20,6 +20,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/psnode"
+	"github.com/downpour-ml/downpour/internal/rundir"
 	"github.com/downpour-ml/downpour/worker"
 )
 
@@ -82,6 +83,7 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		defer c.Close()
+		defer publishRun(*out, spec.Name, c, ep, log)()
 		log.Info("embedded cluster up", "nats", ep.nats, "etcd", ep.etcd, "took", time.Since(start))
 	}
 	what := "data " + spec.Data
@@ -145,6 +147,19 @@ func startEmbedded(ctx context.Context, dir, job string, ep *endpoints, log *slo
 	}
 	ep.nats, ep.etcd, ep.inProcess = c.NATSURL, c.EtcdEndpoints[0], c.NATS
 	return c, nil
+}
+
+// publishRun writes into the run directory where its embedded cluster is,
+// with an observer's credentials, for 'downpour status --run' and
+// 'downpour dashboard --run'; the returned func removes them (the cluster
+// goes with this process).
+func publishRun(dir, name string, c *embedded.Cluster, ep *endpoints, log *slog.Logger) (remove func()) {
+	remove, err := rundir.Publish(dir, rundir.Endpoints{Job: name, NATS: c.NATSURL, Etcd: c.EtcdEndpoints}, ep.creds[auth.Observer])
+	if err != nil {
+		log.Warn("the run's endpoints could not be written: downpour status --run will not see it", "err", err)
+		return func() {}
+	}
+	return remove
 }
 
 // dashboardFor serves the dashboard of spec's job for a process that
@@ -217,6 +232,7 @@ func resumeTrain(ctx context.Context, out, name string, ep endpoints, stdout, st
 			return err
 		}
 		defer c.Close()
+		defer publishRun(out, stored.Name, c, &ep, log)()
 	}
 	cli, err := connectEtcd(ctx, ep, auth.Coordinator)
 	if err != nil {
