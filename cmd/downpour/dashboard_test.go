@@ -361,7 +361,9 @@ func TestStatusAndDashboardOfATrainRun(t *testing.T) {
 	defer stop()
 	var dashOut, dashErr syncBuffer
 	dashDone := make(chan int, 1)
-	go func() { dashDone <- run(dctx, []string{"dashboard", "--run", out, "--http", "127.0.0.1:0"}, &dashOut, &dashErr) }()
+	go func() {
+		dashDone <- run(dctx, []string{"dashboard", "--run", out, "--http", "127.0.0.1:0"}, &dashOut, &dashErr)
+	}()
 	var base string
 	for deadline := time.Now().Add(30 * time.Second); base == ""; time.Sleep(20 * time.Millisecond) {
 		if m := regexp.MustCompile(`dashboard: (http://\S+/)`).FindStringSubmatch(dashOut.String()); m != nil {
