@@ -138,32 +138,18 @@ func TestCurvesHeldOutColour(t *testing.T) {
 
 // inkOf counts the pixels of path within 24 of c in every channel.
 func inkOf(t *testing.T, path string, c color.Color) int {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	img, err := png.Decode(f)
-	if err != nil {
-		t.Fatal(err)
-	}
 	near := func(a, b uint32) bool { return a>>8 <= b>>8+24 && b>>8 <= a>>8+24 }
 	cr, cg, cb, _ := c.RGBA()
-	n := 0
-	b := img.Bounds()
-	for y := b.Min.Y; y < b.Max.Y; y++ {
-		for x := b.Min.X; x < b.Max.X; x++ {
-			if r, g, bl, _ := img.At(x, y).RGBA(); near(r, cr) && near(g, cg) && near(bl, cb) {
-				n++
-			}
-		}
-	}
-	return n
+	return countPixels(t, path, func(r, g, b uint32) bool { return near(r, cr) && near(g, cg) && near(b, cb) })
 }
 
 // blueInk counts the pixels of path drawn in the paper line's blue.
 func blueInk(t *testing.T, path string) int {
+	return countPixels(t, path, func(r, g, b uint32) bool { return b > 0xc000 && r < 0x3000 && g < 0x3000 })
+}
+
+// countPixels counts the pixels of the PNG at path whose colour is.
+func countPixels(t *testing.T, path string, is func(r, g, b uint32) bool) int {
 	t.Helper()
 	f, err := os.Open(path)
 	if err != nil {
@@ -175,10 +161,10 @@ func blueInk(t *testing.T, path string) int {
 		t.Fatal(err)
 	}
 	n := 0
-	b := img.Bounds()
-	for y := b.Min.Y; y < b.Max.Y; y++ {
-		for x := b.Min.X; x < b.Max.X; x++ {
-			if r, g, bl, _ := img.At(x, y).RGBA(); bl > 0xc000 && r < 0x3000 && g < 0x3000 {
+	bounds := img.Bounds()
+	for y := bounds.Min.Y; y < bounds.Max.Y; y++ {
+		for x := bounds.Min.X; x < bounds.Max.X; x++ {
+			if r, g, b, _ := img.At(x, y).RGBA(); is(r, g, b) {
 				n++
 			}
 		}
