@@ -61,16 +61,7 @@ func ganSpec(t *testing.T) *job.Spec {
 // logit -6.9, not -16.1).
 func oldGANRecipe(t *testing.T, s *job.Spec, train [][]float32) {
 	s.GANUpdate, s.GAN.NoiseDist = job.Alternating, models.Uniform
-	mean := make([]float64, s.GAN.Pixels)
-	for _, img := range train {
-		for i, v := range img {
-			mean[i] += float64(v) / float64(len(train))
-		}
-	}
-	for i, m := range mean {
-		p := min(max(m, 1e-3), 1-1e-3)
-		s.GOutBias[i] = float32(math.Log(p / (1 - p)))
-	}
+	s.GOutBias = job.OutputBias(train, 1e-3)
 	if err := s.Validate(); err != nil {
 		t.Fatal(err)
 	}

@@ -22,7 +22,6 @@ import (
 	"github.com/nats-io/nats.go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/downpour-ml/downpour/internal/auth"
 	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/downpour-ml/downpour/internal/rundir"
 	"github.com/downpour-ml/downpour/internal/telemetry"
@@ -219,22 +218,18 @@ func cmdDashboard(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	log := ep.logger(stderr)
-	spe, _ := s.Spec.StepsPerEpoch()
-	d := &dashboard{job: s.Spec.Name, role: "dashboard", runDir: *run, stepsPerEpoch: spe}
 	name := s.Spec.Name
-	if live, err := joinRun(*run, &ep, &name); live {
-		if d.cli, err = connectEtcd(ctx, ep, auth.Observer); err != nil {
-			return fmt.Errorf("the run's cluster: %w", err)
-		}
-		defer d.cli.Close()
-		if d.nc, err = connectNATS(ep, "dashboard", auth.Observer); err != nil {
-			return fmt.Errorf("the run's cluster: %w", err)
-		}
-		defer d.nc.Close()
-	} else if err != nil {
+	live, err := joinRun(*run, &ep, &name)
+	if err != nil {
 		return err
 	}
-	stop, err := ep.startDashboard(ctx, d, stdout, log)
+	var stop func()
+	if live {
+		stop, err = dashboardFor(ctx, "dashboard", *s.Spec, ep, *run, stdout, log)
+	} else {
+		spe, _ := s.Spec.StepsPerEpoch()
+		stop, err = ep.startDashboard(ctx, &dashboard{job: name, role: "dashboard", runDir: *run, stepsPerEpoch: spe}, stdout, log)
+	}
 	if err != nil {
 		return err
 	}

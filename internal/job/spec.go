@@ -367,6 +367,23 @@ func (s *Spec) Resolve() error {
 // always-black border pixel starts near black (logit -16).
 const GOutBiasClip = 1e-7
 
+// OutputBias is the generator's initial output bias for images: per pixel,
+// the logit of its mean over images, the mean clipped to [clip, 1-clip].
+func OutputBias(images [][]float32, clip float64) []float32 {
+	mean := make([]float64, len(images[0]))
+	for _, img := range images {
+		for i, v := range img {
+			mean[i] += float64(v)
+		}
+	}
+	bias := make([]float32, len(mean))
+	for i := range mean {
+		p := math.Min(math.Max(mean[i]/float64(len(images)), clip), 1-clip)
+		bias[i] = float32(math.Log(p / (1 - p)))
+	}
+	return bias
+}
+
 // resolveGAN sets the generator's output bias from the training pixels'
 // marginals (logit of the mean, clipped as the authors' code does), and the
 // momentum ramp and epoch-based lengths in steps.
@@ -378,20 +395,10 @@ func (s *Spec) resolveGAN() error {
 	if err != nil {
 		return err
 	}
-	mean := make([]float64, s.GAN.Pixels)
 	if len(m.Train[0]) != s.GAN.Pixels {
 		return fmt.Errorf("MNIST images have %d pixels, the generator %d", len(m.Train[0]), s.GAN.Pixels)
 	}
-	for _, img := range m.Train {
-		for i, v := range img {
-			mean[i] += float64(v)
-		}
-	}
-	s.GOutBias = make([]float32, s.GAN.Pixels)
-	for i := range mean {
-		p := math.Min(math.Max(mean[i]/float64(len(m.Train)), GOutBiasClip), 1-GOutBiasClip)
-		s.GOutBias[i] = float32(math.Log(p / (1 - p)))
-	}
+	s.GOutBias = OutputBias(m.Train, GOutBiasClip)
 	per := s.GANStepsPerEpoch(len(m.Train))
 	if s.Epochs > 0 {
 		s.Steps = max(1, int64(math.Ceil(s.Epochs*float64(per))))
