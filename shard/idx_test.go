@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func idxBytes(dims []uint32, data []byte) []byte {
@@ -72,8 +73,51 @@ func TestLoadMNIST(t *testing.T) {
 	}
 	bad := t.TempDir()
 	os.WriteFile(filepath.Join(bad, "train-images-idx3-ubyte"), idxBytes([]uint32{1, 28, 28}, make([]byte, 100)), 0o644)
+	os.WriteFile(filepath.Join(bad, "t10k-images-idx3-ubyte"), idxBytes([]uint32{1, 28, 28}, make([]byte, 784)), 0o644)
 	if _, err := LoadMNIST(bad); err == nil || !strings.Contains(err.Error(), "truncated") {
 		t.Fatalf("truncated file: %v", err)
+	}
+}
+
+// A directory's images are decoded once per process, and again when a file
+// changes.
+func TestLoadMNISTOncePerProcess(t *testing.T) {
+	dir := t.TempDir()
+	write := func(first byte) {
+		train := make([]byte, 10001*784)
+		train[0] = first
+		if err := os.WriteFile(filepath.Join(dir, "train-images-idx3-ubyte"), idxBytes([]uint32{10001, 28, 28}, train), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "t10k-images-idx3-ubyte"), idxBytes([]uint32{1, 28, 28}, make([]byte, 784)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(255)
+	a, err := LoadMNIST(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := LoadMNIST(dir + "/.")
+	if err != nil || b != a {
+		t.Fatalf("second load of the same directory: %p, %v; want the first's %p", b, err, a)
+	}
+	if a.Train[0][0] != 1 || len(a.Train) != 1 || len(a.Valid) != 10000 || len(a.Test) != 1 {
+		t.Fatalf("pixel %v, split %d/%d/%d", a.Train[0][0], len(a.Train), len(a.Valid), len(a.Test))
+	}
+	write(51) // the same size: the modification time tells
+	later := time.Now().Add(time.Minute)
+	if err := os.Chtimes(filepath.Join(dir, "train-images-idx3-ubyte"), later, later); err != nil {
+		t.Fatal(err)
+	}
+	c, err := LoadMNIST(dir)
+	if err != nil || c == a || c.Train[0][0] != 0.2 {
+		t.Fatalf("after the file changed: %p (first %p), pixel %v, %v", c, a, c.Train[0][0], err)
+	}
+	for v := range 256 {
+		if pixel[v] != float32(v)/255 {
+			t.Fatalf("pixel[%d] = %v", v, pixel[v])
+		}
 	}
 }
 
