@@ -43,7 +43,7 @@ const (
 // Validate reports whether the shape is usable.
 func (c GANConfig) Validate() error {
 	if c.Noise < 1 || c.GHidden < 1 || c.Pixels < 1 || c.DUnits < 1 || c.DPieces < 1 {
-		return fmt.Errorf("gan: every size must be positive (%+v)", c)
+		return fmt.Errorf("gan: every size must be positive (noise %d, generator hidden %d, pixels %d, discriminator units %d x %d pieces)", c.Noise, c.GHidden, c.Pixels, c.DUnits, c.DPieces)
 	}
 	if !(c.KeepInput > 0 && c.KeepInput <= 1 && c.KeepHidden > 0 && c.KeepHidden <= 1) {
 		return fmt.Errorf("gan: keep probabilities must be in (0, 1] (got %v, %v)", c.KeepInput, c.KeepHidden)

@@ -200,6 +200,10 @@ func specFlags(fs *flag.FlagSet, s *job.Spec, args []string) *jobFlags {
 	fs.IntVar(&s.GANK, "gan-k", s.GANK, "gan: discriminator updates per generator update (alternating update)")
 	fs.Var(choice{&s.GANUpdate, []string{job.Simultaneous, job.Alternating}}, "gan-update",
 		"gan: simultaneous (the authors': D's and G's gradients from one forward pass, applied together) or alternating (--gan-k D updates, then G's through the updated D)")
+	fs.IntVar(&s.GAN.Noise, "gan-noise", s.GAN.Noise, "gan: dimensions of the generator's noise input (the paper's: 100)")
+	fs.IntVar(&s.GAN.GHidden, "gan-g-hidden", s.GAN.GHidden, "gan: units in each of the generator's two ReLU layers (the paper's: 1200)")
+	fs.IntVar(&s.GAN.DUnits, "gan-d-units", s.GAN.DUnits, "gan: maxout units in each of the discriminator's two hidden layers (the paper's: 240)")
+	fs.IntVar(&s.GAN.DPieces, "gan-d-pieces", s.GAN.DPieces, "gan: pieces per maxout unit (the paper's: 5)")
 	fs.BoolVar(&s.Minimax, "minimax", s.Minimax, "gan: train G on the paper's minimax loss log(1-D(G(z))) instead of the non-saturating -log D(G(z))")
 	fs.BoolVar(&s.ParzenFull, "parzen-full", s.ParzenFull, "gan: every evaluation is the paper's full Parzen-window estimate (10,000 samples, sigma on validation, the 10,000 test images; about 10 s) instead of the 1,000-sample monitor on validation images")
 	fs.StringVar(&s.MNIST, "mnist", s.MNIST, "gan: directory of MNIST's idx files (default: the GoMNIST Go module, or $DOWNPOUR_MNIST)")
@@ -296,6 +300,11 @@ func (j *jobFlags) printConfig(w io.Writer) error {
 	rules.Skip = maps.Clone(configRules.Skip)
 	for _, k := range unusedOptimizerFlags(o) {
 		rules.Skip[k] = true
+	}
+	if j.spec.Model != "gan" { // the networks' sizes come from the gan preset when the model changes
+		for _, k := range []string{"gan-noise", "gan-g-hidden", "gan-d-units", "gan-d-pieces"} {
+			rules.Skip[k] = true
+		}
 	}
 	for _, kv := range [][2]string{
 		{"optimizer", o.Kind}, {"lr", lr}, {"lr-schedule", sched},

@@ -566,12 +566,18 @@ func TestPresetAndEpochs(t *testing.T) {
 // The GAN trains through the shards: D and G losses in the metrics, a
 // Parzen-window estimate at the end, and, in sync mode, parameters that do
 // not depend on the number of shards.
+//
+// The networks are narrower than the paper's (--gan-* flags), so that the
+// test stays quick under the race detector; TestGANSyncMatchesOneProcess
+// and TestDefaultRunDirectory train the paper's.
 func TestTrainGAN(t *testing.T) {
 	dir := t.TempDir()
-	base := []string{"--model", "gan", "--steps", "3", "--log-every", "1", "--eval-every", "0"}
+	small := models.GANConfig{Noise: 10, GHidden: 64, Pixels: 784, DUnits: 32, DPieces: 3}
+	base := []string{"--model", "gan", "--steps", "3", "--log-every", "1", "--eval-every", "0",
+		"--gan-noise", "10", "--gan-g-hidden", "64", "--gan-d-units", "32", "--gan-d-pieces", "3"}
 	a, meta := trainRun(t, filepath.Join(dir, "a"), append(base, "--ps-shards", "1")...)
-	if len(a) != models.TotalSize(models.PaperGAN.Tensors()) || meta.Model != "gan" {
-		t.Fatalf("checkpoint of %d parameters, model %q", len(a), meta.Model)
+	if len(a) != models.TotalSize(small.Tensors()) || meta.Model != "gan" {
+		t.Fatalf("checkpoint of %d parameters (want %d), model %q", len(a), models.TotalSize(small.Tensors()), meta.Model)
 	}
 	rs, es := readAllMetrics(t, filepath.Join(dir, "a", "metrics.jsonl"))
 	if len(rs) != 3 || !(rs[0].Loss > 0) || !(rs[0].GLoss > 0) {
@@ -632,6 +638,10 @@ func TestTrainGAN(t *testing.T) {
 	code, _, stderr = runCmd(t, time.Minute, "train", "--model", "gan", "--mode", "ssp", "--out", filepath.Join(dir, "c"))
 	if code != 2 || !strings.Contains(stderr, "sync or async") {
 		t.Fatalf("GAN in ssp mode: exit %d, %q", code, stderr)
+	}
+	code, _, stderr = runCmd(t, time.Minute, "train", "--model", "gan", "--gan-d-pieces", "0", "--out", filepath.Join(dir, "d"))
+	if code != 2 || !strings.Contains(stderr, "every size must be positive") || !strings.Contains(stderr, "240 x 0 pieces") {
+		t.Fatalf("GAN with 0 maxout pieces: exit %d, %q", code, stderr)
 	}
 }
 
