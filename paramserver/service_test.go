@@ -378,6 +378,54 @@ func TestClientClock(t *testing.T) {
 	}
 }
 
+// Clocks reports each shard's own clock, and -1 for a shard that does not
+// answer; Snapshot reaches every shard and names the ones that refuse.
+func TestClientClocksAndSnapshot(t *testing.T) {
+	nc := startNATS(t, 64<<10)
+	ts := []models.Tensor{{Name: "a", Shape: []int{100, 30}}}
+	p := Place(ts, 500, 3)
+	shards := newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1)))
+	svcs := serveAll(t, nc, shards[:2], ServiceConfig{SnapshotDir: t.TempDir()}) // shard 2 has no process
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := NewClientFor(nc, "j", p, 0, 1, func(b Block) bool { return b.Shard != 1 }) // none of shard 1's blocks
+	if err != nil {
+		t.Fatal(err)
+	}
+	g := grads(rand.New(rand.NewPCG(1, 1)), p.Size())
+	one, err := NewClient(nc, "j", &Placement{Version: p.Version, Shards: p.Shards, BlockSize: p.BlockSize, Blocks: p.OnShard(0)}, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for step := int64(0); step < 2; step++ { // shard 0 two steps on, shard 1 none
+		if err := one.Push(ctx, step, g); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := c.Clocks(ctx, 300*time.Millisecond); !slices.Equal(got, []int64{2, -1, -1}) {
+		t.Errorf("clocks %v, want [2 -1 -1]: shard 1 holds none of the client's blocks, shard 2 has no process", got)
+	}
+	all, _ := NewClient(nc, "j", p, 0, 1)
+	if got := all.Clocks(ctx, 300*time.Millisecond); !slices.Equal(got, []int64{2, 0, -1}) {
+		t.Errorf("clocks %v, want [2 0 -1]", got)
+	}
+	err = c.Snapshot(ctx, 2, 300*time.Millisecond)
+	if err == nil || !strings.Contains(err.Error(), "shard 2:") || strings.Contains(err.Error(), "shard 0:") || strings.Contains(err.Error(), "shard 1:") {
+		t.Fatalf("snapshot: %v; want shard 2's failure only", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for svcs[0].SnapshotsWritten() == 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if svcs[0].SnapshotsWritten() != 1 {
+		t.Errorf("shard 0 wrote %d snapshots, want 1", svcs[0].SnapshotsWritten())
+	}
+	// Shard 1 holds the request until it reaches step 2; it wrote none yet.
+	if n := svcs[1].SnapshotsWritten(); n != 0 {
+		t.Errorf("shard 1 wrote %d snapshots before reaching the step", n)
+	}
+}
+
 // Push and Pull send their messages to the shards in turns (each shard's
 // first, then each shard's second, ...), not shard by shard: a shard
 // answers one message at a time, so a window's worth of requests queued at

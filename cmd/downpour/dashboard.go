@@ -22,6 +22,7 @@ import (
 	"github.com/nats-io/nats.go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/downpour-ml/downpour/coordinator/status"
 	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/downpour-ml/downpour/internal/rundir"
 	"github.com/downpour-ml/downpour/internal/telemetry"
@@ -84,14 +85,14 @@ func (d *dashboard) status(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 	defer cancel()
-	st, err := readStatus(ctx, d.cli, d.nc, d.job)
+	st, err := status.Read(ctx, d.cli, d.nc, d.job)
 	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"role": d.role, "job": d.job, "error": err.Error()})
 		return
 	}
 	writeJSON(w, http.StatusOK, struct {
 		Role string `json:"role"`
-		*jobStatus
+		*status.Job
 	}{d.role, st})
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/downpour-ml/downpour/coordinator/jobrun"
 	"github.com/downpour-ml/downpour/internal/auth"
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
@@ -72,7 +73,7 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintln(stderr, "downpour train: give both --nats and --etcd to join a cluster, or neither to run an embedded one")
 		return errUsage
 	}
-	if err := prepareOut(out, runName(spec)); err != nil {
+	if err := rundir.Prepare(out, rundir.Name(spec)); err != nil {
 		return err
 	}
 	log := ep.logger(stderr)
@@ -238,13 +239,13 @@ func resumeTrain(ctx context.Context, out, name string, ep endpoints, stdout, st
 	if err != nil {
 		return err
 	}
-	spec, rp, err := findResumable(ctx, cli, name)
+	spec, rp, err := jobrun.FindResumable(ctx, cli, name)
 	cli.Close()
 	if err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "resuming job %s at step %d of %d: %d workers, %d ps shards, mode %s; run directory %s\n",
-		spec.Name, rp.from, spec.Steps, spec.Workers, rp.shards, spec.Mode, out)
+		spec.Name, rp.From, spec.Steps, spec.Workers, rp.Shards, spec.Mode, out)
 	stopDash, err := dashboardFor(ctx, "train", spec, ep, out, stdout, log)
 	if err != nil {
 		return err
@@ -252,7 +253,7 @@ func resumeTrain(ctx context.Context, out, name string, ep endpoints, stdout, st
 	defer stopDash()
 	console := io.Writer(stdout)
 	if isTerminal(stdout) {
-		bar := newProgressBar(stdout, spec.Steps, rp.from)
+		bar := newProgressBar(stdout, spec.Steps, rp.From)
 		console = bar
 		defer bar.Close()
 	}
@@ -264,7 +265,7 @@ func resumeTrain(ctx context.Context, out, name string, ep endpoints, stdout, st
 		return err
 	}
 	if first != nil && last != nil {
-		fmt.Fprintf(stdout, "done: steps %d-%d in %.1fs; loss %.4f -> %.4f; checkpoint %s\n", rp.from+1, spec.Steps,
+		fmt.Fprintf(stdout, "done: steps %d-%d in %.1fs; loss %.4f -> %.4f; checkpoint %s\n", rp.From+1, spec.Steps,
 			time.Since(start).Seconds(), first.Loss, last.Loss, filepath.Join(out, "checkpoint", "final.ckpt"))
 	}
 	return nil
@@ -278,7 +279,7 @@ type roleConns struct{ cli *clientv3.Client }
 // process, each with its own NATS connection and etcd client, exactly as
 // separate processes would. It returns once the coordinator has finished the
 // job and every role has stopped, or on the first error (stopping the rest).
-func trainAll(ctx context.Context, spec job.Spec, ep endpoints, out string, resume *resumePoint, stdout io.Writer, log *slog.Logger) (first, last *lossRecord, err error) {
+func trainAll(ctx context.Context, spec job.Spec, ep endpoints, out string, resume *jobrun.ResumePoint, stdout io.Writer, log *slog.Logger) (first, last *lossRecord, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var (
@@ -318,7 +319,7 @@ func trainAll(ctx context.Context, spec job.Spec, ep endpoints, out string, resu
 		if ep.inProcess != nil { // the embedded cluster: nobody to fail over to
 			ttl = embeddedCoordinatorTTL
 		}
-		col, err := coordinate(ctx, r.cli, nc, spec, out, resume, ttl, stdout, log)
+		col, err := jobrun.Coordinate(ctx, jobrun.Config{Etcd: r.cli, NATS: nc, Spec: spec, Out: out, Resume: resume, LeaseTTL: ttl, Console: stdout, Log: log})
 		if col != nil {
 			if f, l := col.Span(); f != nil {
 				first, last = &lossRecord{f.Loss}, &lossRecord{l.Loss}
@@ -328,7 +329,7 @@ func trainAll(ctx context.Context, spec job.Spec, ep endpoints, out string, resu
 	})
 	shards := spec.Shards
 	if resume != nil {
-		shards = resume.shards
+		shards = resume.Shards
 	}
 	for i := 0; i < shards; i++ {
 		role(fmt.Sprintf("ps %d", i), func(ctx context.Context, nc *nats.Conn, r roleConns) error {

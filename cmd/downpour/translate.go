@@ -14,6 +14,7 @@ import (
 	"strings"
 
 	"github.com/downpour-ml/downpour/internal/checkpoint"
+	"github.com/downpour-ml/downpour/internal/evaluate"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
@@ -188,7 +189,7 @@ func cmdEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	ckpt := fs.String("checkpoint", "", "a run directory or a final.ckpt file")
 	dataPath := fs.String("data", "", "pairs to score (source<TAB>target lines; default: the job's held-out set)")
 	beam := fs.Int("beam", 1, "beam width (1: greedy)")
-	samples := fs.Int("samples", parzenSamples, "GAN: samples for the Parzen window (the paper: 10000)")
+	samples := fs.Int("samples", evaluate.ParzenSamples, "GAN: samples for the Parzen window (the paper: 10000)")
 	if err := parse(fs, args, stderr, "downpour eval --checkpoint runs/demo-20261128-210316 --data test.tsv --beam 2"); err != nil {
 		return err
 	}
@@ -240,13 +241,13 @@ func cmdEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 }
 
 // evalGAN prints the Parzen-window estimate exactly as the GAN paper
-// computed it (fullParzen) with n samples.
+// computed it (evaluate.FullParzen) with n samples.
 func evalGAN(stdout io.Writer, spec *job.Spec, params []float32, n int) error {
 	m, err := spec.OpenMNIST()
 	if err != nil {
 		return err
 	}
-	r := fullParzen(spec, params, m, n)
+	r := evaluate.FullParzen(spec, params, m, n)
 	fmt.Fprintf(stdout, "Parzen-window log-likelihood on the %d MNIST test images: %.1f ± %.1f (sigma %.4f, %d samples)\n",
 		len(m.Test), r.Mean, r.StdErr, r.Sigma, n)
 	return nil

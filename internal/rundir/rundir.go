@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/downpour-ml/downpour/internal/auth"
 	"github.com/downpour-ml/downpour/internal/job"
@@ -122,4 +123,37 @@ func Read(dir string) (*Summary, error) {
 func fileExists(path string) bool {
 	st, err := os.Stat(path)
 	return err == nil && st.Mode().IsRegular()
+}
+
+// Name names a job's default run directory: the job's name, or for a
+// GAN job left with the default name ("demo"), "gan".
+func Name(spec *job.Spec) string {
+	if spec.Name == job.Default().Name && spec.Model == "gan" {
+		return "gan"
+	}
+	return spec.Name
+}
+
+// Prepare makes the run directory: the default runs/<name>-<time> when
+// out is empty, else *out, whose parent must exist. It must not hold an
+// earlier run.
+func Prepare(outp *string, name string) error {
+	if *outp == "" {
+		*outp = filepath.Join("runs", name+"-"+time.Now().Format("20060102-150405"))
+		if err := os.MkdirAll("runs", 0o755); err != nil {
+			return fmt.Errorf("creating the runs directory: %w", err)
+		}
+	}
+	out := *outp
+	parent := filepath.Dir(out)
+	if st, err := os.Stat(parent); err != nil || !st.IsDir() {
+		return fmt.Errorf("run directory parent %s does not exist: create it or choose another --out", parent)
+	}
+	if ents, err := os.ReadDir(out); err == nil && len(ents) > 0 {
+		return fmt.Errorf("run directory %s already holds a run: choose another --out", out)
+	}
+	if err := os.MkdirAll(out, 0o755); err != nil {
+		return fmt.Errorf("creating run directory: %w", err)
+	}
+	return nil
 }

@@ -1,0 +1,292 @@
+// Package status reads what an operator is shown of a job: its state,
+// leader and standbys, placement, last checkpoint, rollbacks, data tasks,
+// members with the time left on their leases and each shard's clock, from
+// etcd and (given a NATS connection) from the shards themselves; and what a
+// run directory says of a run that has ended. 'downpour status' prints it;
+// the dashboard serves it as JSON.
+package status
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/downpour-ml/downpour/coordinator"
+	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/rundir"
+	"github.com/downpour-ml/downpour/paramserver"
+)
+
+// Job is a job as etcd (and, given a NATS connection, its shards) know
+// it: what downpour status prints and the dashboard shows.
+type Job struct {
+	Job        string                `json:"job"`
+	State      string                `json:"state"`
+	Model      string                `json:"model"`
+	Data       string                `json:"data"`
+	Mode       string                `json:"mode"`
+	Workers    int                   `json:"workers"`
+	Steps      int64                 `json:"steps"`
+	Leader     string                `json:"leader"`
+	Standby    []string              `json:"standby"`
+	Placement  Placement             `json:"placement"`
+	Checkpoint *job.CheckpointRecord `json:"checkpoint"`
+	Rollbacks  []Rollback            `json:"rollbacks"`
+	Tasks      *Tasks                `json:"tasks,omitempty"`
+	Members    []Member              `json:"workers_now"`
+	Shards     []Shard               `json:"shards"`
+}
+
+type Placement struct {
+	Version   int64 `json:"version"`
+	Shards    int   `json:"shards"`
+	Blocks    int   `json:"blocks"`
+	BlockSize int   `json:"block_size"`
+	Start     int64 `json:"start"`
+}
+
+type Rollback struct {
+	Placement int64  `json:"placement"`
+	Why       string `json:"why"`
+	From      int64  `json:"from_step"` // -1: unknown
+	To        int64  `json:"to_step"`
+}
+
+type Tasks struct {
+	Todo, Pending, Done, Failed int
+	DataSteps                   int64 `json:"data_steps"`
+	Late                        int
+}
+
+type Member struct {
+	ID        string `json:"id"`
+	Rank      string `json:"rank"` // "waiting" until assigned
+	Epoch     string `json:"epoch"`
+	LeaseLeft string `json:"lease_left"`
+	Done      bool   `json:"done"`
+	Task      string `json:"task"`
+}
+
+type Shard struct {
+	Shard     int    `json:"shard"`
+	Serving   string `json:"serving"` // the placement served, or "no process", "restoring"
+	Clock     string `json:"clock"`   // "" without NATS, "no answer"
+	LeaseLeft string `json:"lease_left"`
+}
+
+// Read reads job name's status; with nc, it also asks each shard for
+// its clock.
+func Read(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, name string) (*Job, error) {
+	keys := job.KeysFor(name)
+	r, err := cli.Get(ctx, keys.Root(), clientv3.WithPrefix())
+	if err != nil {
+		return nil, fmt.Errorf("reading job %s: %w", name, err)
+	}
+	kvs := map[string][]byte{}
+	leases := map[string]clientv3.LeaseID{}
+	type cand struct {
+		id  string
+		rev int64
+	}
+	var cands []cand
+	for _, kv := range r.Kvs {
+		k := string(kv.Key)
+		kvs[k] = kv.Value
+		leases[k] = clientv3.LeaseID(kv.Lease)
+		if strings.HasPrefix(k, keys.Leader()) {
+			cands = append(cands, cand{string(kv.Value), kv.CreateRevision})
+		}
+	}
+	if kvs[keys.Spec()] == nil {
+		return nil, fmt.Errorf("job %s: not in etcd", name)
+	}
+	spec, err := job.DecodeSpec(kvs[keys.Spec()])
+	if err != nil {
+		return nil, err
+	}
+	p, err := paramserver.DecodePlacement(kvs[keys.Placement()])
+	if err != nil {
+		return nil, err
+	}
+	left := func(k string) string {
+		id := leases[k]
+		if id == 0 {
+			return "-"
+		}
+		ttl, err := cli.TimeToLive(ctx, id)
+		if err != nil || ttl.TTL < 0 {
+			return "expired"
+		}
+		return fmt.Sprintf("%ds of %ds", ttl.TTL, ttl.GrantedTTL)
+	}
+	st := &Job{Job: spec.Name, State: string(kvs[keys.State()]), Model: spec.Model, Data: spec.Data, Mode: spec.Mode,
+		Workers: spec.Workers, Steps: spec.Steps, Standby: []string{}, Rollbacks: []Rollback{}, Members: []Member{},
+		Placement: Placement{Version: p.Version, Shards: p.Shards, Blocks: len(p.Blocks), BlockSize: p.BlockSize, Start: p.Start}}
+	sort.Slice(cands, func(i, j int) bool { return cands[i].rev < cands[j].rev })
+	for i, c := range cands {
+		if i == 0 {
+			st.Leader = c.id
+		} else {
+			st.Standby = append(st.Standby, c.id)
+		}
+	}
+	var cp job.CheckpointRecord
+	if b := kvs[keys.Checkpoint()]; b != nil && json.Unmarshal(b, &cp) == nil {
+		st.Checkpoint = &cp
+	}
+	for k, v := range kvs {
+		var rb job.RollbackRecord
+		if strings.HasPrefix(k, keys.Rollbacks()) && json.Unmarshal(v, &rb) == nil {
+			st.Rollbacks = append(st.Rollbacks, Rollback{Placement: rb.Placement, Why: rb.Why, From: rb.FromStep, To: rb.ToStep})
+		}
+	}
+	sort.Slice(st.Rollbacks, func(i, j int) bool { return st.Rollbacks[i].Placement < st.Rollbacks[j].Placement })
+	if b := kvs[keys.Tasks()]; b != nil {
+		q, err := coordinator.DecodeTasks(b)
+		if err != nil {
+			return nil, err
+		}
+		c := q.Count()
+		st.Tasks = &Tasks{Todo: c[coordinator.TaskTodo], Pending: c[coordinator.TaskPending], Done: c[coordinator.TaskDone],
+			Failed: c[coordinator.TaskFailed], DataSteps: q.DoneSteps(), Late: q.Late}
+	}
+	var ids []string
+	for k := range kvs {
+		if id, ok := strings.CutPrefix(k, keys.Workers()); ok {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	for _, id := range ids {
+		m := Member{ID: id, Rank: "waiting", Epoch: "-", Task: "-", LeaseLeft: left(keys.Worker(id))}
+		var a job.Assignment
+		if b := kvs[keys.Assign(id)]; b != nil && json.Unmarshal(b, &a) == nil {
+			m.Rank, m.Epoch = fmt.Sprint(a.Rank), fmt.Sprint(a.Epoch)
+			m.Done = kvs[keys.Done(a.Rank)] != nil
+		}
+		var tk coordinator.Task
+		if b := kvs[keys.TaskOf(id)]; b != nil && json.Unmarshal(b, &tk) == nil && tk.ID >= 0 {
+			m.Task = fmt.Sprintf("%d (shard %d, steps %d-%d)", tk.ID, tk.Shard, tk.From, tk.To)
+		}
+		st.Members = append(st.Members, m)
+	}
+	// The shards' clocks, from the shards themselves.
+	clocks := map[int]string{}
+	if nc != nil {
+		c, err := paramserver.NewClient(nc, spec.Name, p, 0, 0)
+		if err != nil {
+			return nil, err
+		}
+		for s, c := range c.Clocks(ctx, 2*time.Second) {
+			clocks[s] = "no answer"
+			if c >= 0 {
+				clocks[s] = fmt.Sprint(c)
+			}
+		}
+	}
+	for s := 0; s < p.Shards; s++ {
+		k := keys.Shard(s)
+		serving := "-"
+		var m job.ShardMember
+		if b := kvs[k]; b == nil {
+			serving = "no process"
+		} else if json.Unmarshal(b, &m) == nil && m.Placement > 0 {
+			serving = fmt.Sprint(m.Placement)
+		} else {
+			serving = "restoring"
+		}
+		st.Shards = append(st.Shards, Shard{Shard: s, Serving: serving, Clock: clocks[s], LeaseLeft: left(k)})
+	}
+	return st, nil
+}
+
+// print writes st as downpour status shows it.
+func (st *Job) Print(stdout io.Writer) error {
+	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "job %s: %s; %s %s, %d workers, %d steps, mode %s\n", st.Job, st.State, st.Model, st.Data, st.Workers, st.Steps, st.Mode)
+	if st.Leader == "" {
+		fmt.Fprintln(w, "leader: none")
+	} else {
+		fmt.Fprintf(w, "leader: %s; standby: %s\n", st.Leader, orNone(strings.Join(st.Standby, ", ")))
+	}
+	p := st.Placement
+	fmt.Fprintf(w, "placement: version %d, %d shards, %d blocks of up to %d floats, from step %d\n", p.Version, p.Shards, p.Blocks, p.BlockSize, p.Start)
+	if st.Checkpoint != nil {
+		fmt.Fprintf(w, "last complete checkpoint: step %d (placement %d)\n", st.Checkpoint.Step, st.Checkpoint.Placement)
+	} else {
+		fmt.Fprintln(w, "last complete checkpoint: none")
+	}
+	for _, rb := range st.Rollbacks {
+		from := "?"
+		if rb.From >= 0 {
+			from = fmt.Sprint(rb.From)
+		}
+		fmt.Fprintf(w, "re-placed (placement %d): %s; from step %s back to %d\n", rb.Placement, rb.Why, from, rb.To)
+	}
+	if t := st.Tasks; t != nil {
+		fmt.Fprintf(w, "tasks: %d todo, %d pending, %d done, %d failed; %d data steps done; %d late reports\n",
+			t.Todo, t.Pending, t.Done, t.Failed, t.DataSteps, t.Late)
+	}
+	fmt.Fprintln(w, "\nworker\trank\tepoch\tlease left\tdone\ttask")
+	for _, m := range st.Members {
+		done := ""
+		if m.Done {
+			done = "yes"
+		}
+		fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%s\n", m.ID, m.Rank, m.Epoch, m.LeaseLeft, orNone(done), m.Task)
+	}
+	fmt.Fprintln(w, "\nshard\tserving placement\tclock\tlease left")
+	for _, s := range st.Shards {
+		fmt.Fprintf(w, "%d\t%s\t%s\t%s\n", s.Shard, s.Serving, orNone(s.Clock), s.LeaseLeft)
+	}
+	return w.Flush()
+}
+
+func orNone(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// PrintEnded prints what an ended run's directory says of it.
+func PrintEnded(dir string, why error, stdout io.Writer) error {
+	s, err := rundir.Read(dir)
+	if err != nil {
+		return err
+	}
+	spec := s.Spec
+	fmt.Fprintf(stdout, "job %s: not running (run directory %s", spec.Name, dir)
+	if why != nil {
+		fmt.Fprintf(stdout, "; %v", why)
+	}
+	fmt.Fprintf(stdout, "); %s %s, %d workers, %d ps shards, %d steps, mode %s\n", spec.Model, spec.Data, spec.Workers, spec.Shards, spec.Steps, spec.Mode)
+	if s.Last != nil {
+		fmt.Fprintf(stdout, "last logged step: %d of %d, loss %.4f\n", s.Last.Step, spec.Steps, s.Last.Loss)
+	} else {
+		fmt.Fprintln(stdout, "last logged step: none")
+	}
+	switch e := s.Eval; {
+	case e == nil:
+		fmt.Fprintln(stdout, "evaluations: none")
+	case e.Samples > 0:
+		fmt.Fprintf(stdout, "evaluations: %d, the last at step %d: Parzen %.1f ± %.1f (%d samples, %s images)\n", s.Evals, e.Step, e.Parzen, e.ParzenSE, e.Samples, cmp.Or(e.Set, "validation"))
+	default:
+		fmt.Fprintf(stdout, "evaluations: %d, the last at step %d: BLEU %.2f, exact match %.1f%% of %d\n", s.Evals, e.Step, e.BLEU, 100*e.ExactMatch, e.HeldOut)
+	}
+	if s.Checkpoint != "" {
+		fmt.Fprintf(stdout, "final checkpoint: %s\n", s.Checkpoint)
+	} else {
+		fmt.Fprintf(stdout, "final checkpoint: none (continue with 'downpour train --resume %s' if it checkpointed)\n", dir)
+	}
+	return nil
+}
