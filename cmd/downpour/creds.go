@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/downpour-ml/downpour/internal/auth"
+	"github.com/downpour-ml/downpour/internal/cluster"
 	"github.com/downpour-ml/downpour/internal/wire"
 )
 
@@ -172,7 +173,7 @@ func cmdEtcdAuth(ctx context.Context, args []string, stdout, stderr io.Writer) e
 	if len(creds) == 0 {
 		return fmt.Errorf("%s holds no credentials: make them with 'downpour creds --dir %s'", *dir, *dir)
 	}
-	tc, err := endpoints{tlsCA: *tlsCA}.tls()
+	tc, err := cluster.Endpoints{TLSCA: *tlsCA}.TLS()
 	if err != nil {
 		return err
 	}

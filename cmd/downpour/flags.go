@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -12,16 +10,11 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
-	clientv3 "go.etcd.io/etcd/client/v3"
-
-	"github.com/downpour-ml/downpour/internal/auth"
+	"github.com/downpour-ml/downpour/internal/cluster"
 	"github.com/downpour-ml/downpour/internal/config"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/downpour-ml/downpour/paramserver"
 )
 
@@ -343,34 +336,23 @@ func unusedOptimizerFlags(o paramserver.Optimizer) []string {
 	return unused
 }
 
-// endpoints are the cluster flags every role has.
+// endpoints are the cluster flags every role has: where the cluster is and
+// how to log in (cluster.Endpoints), and how the role logs and serves.
 type endpoints struct {
-	nats      string
-	etcd      string
-	timeout   time.Duration
+	cluster.Endpoints
 	giveUp    time.Duration
 	verbose   bool
 	logFormat string
 	http      string // the roles' dashboard and metrics address ("" for none)
-	credsFile string // --creds: this role's NATS credentials
-	tlsCA     string // --tls-ca: the authority NATS's and etcd's certificates come from
-	// creds are every role's credentials where this process made them (an
-	// embedded cluster's, per run).
-	creds map[auth.Role]*auth.Creds
-	// inProcess is the NATS server this process embeds, when it does: its
-	// roles then connect to it in-process (a pipe in memory, no loopback
-	// TCP), which spares the 2 kernel copies and the syscalls of every
-	// message.
-	inProcess nats.InProcessConnProvider
 }
 
 func endpointFlags(fs *flag.FlagSet, e *endpoints) {
-	fs.StringVar(&e.nats, "nats", "", "NATS server URL(s), comma-separated (e.g. nats://127.0.0.1:4222)")
-	fs.StringVar(&e.etcd, "etcd", "", "etcd endpoint(s), comma-separated (e.g. http://127.0.0.1:2379)")
-	fs.DurationVar(&e.timeout, "connect-timeout", 5*time.Second, "how long to wait for NATS and etcd to answer")
+	fs.StringVar(&e.NATS, "nats", "", "NATS server URL(s), comma-separated (e.g. nats://127.0.0.1:4222)")
+	fs.StringVar(&e.Etcd, "etcd", "", "etcd endpoint(s), comma-separated (e.g. http://127.0.0.1:2379)")
+	fs.DurationVar(&e.Timeout, "connect-timeout", 5*time.Second, "how long to wait for NATS and etcd to answer")
 	fs.DurationVar(&e.giveUp, "give-up", 2*time.Minute, "how long to keep reconnecting to NATS before giving up with an error")
-	fs.StringVar(&e.credsFile, "creds", "", "this role's NATS credentials file (made by 'downpour creds'), where the NATS servers require them")
-	fs.StringVar(&e.tlsCA, "tls-ca", "", "connect to NATS and etcd over TLS, trusting only this authority (ca.pem made by 'downpour certs')")
+	fs.StringVar(&e.CredsFile, "creds", "", "this role's NATS credentials file (made by 'downpour creds'), where the NATS servers require them")
+	fs.StringVar(&e.TLSCA, "tls-ca", "", "connect to NATS and etcd over TLS, trusting only this authority (ca.pem made by 'downpour certs')")
 	logFlags(fs, e)
 }
 
@@ -411,7 +393,7 @@ func httpFlag(fs *flag.FlagSet, e *endpoints) {
 }
 
 func (e *endpoints) require(cmd string, stderr io.Writer) error {
-	if e.nats == "" || e.etcd == "" {
+	if e.NATS == "" || e.Etcd == "" {
 		fmt.Fprintf(stderr, "downpour %s: needs --nats and --etcd (start a local pair with 'downpour servers')\n", cmd)
 		return errUsage
 	}
@@ -441,134 +423,4 @@ func (e *endpoints) startDashboard(ctx context.Context, d *dashboard, stdout io.
 	}
 	fmt.Fprintf(stdout, "dashboard: %s  (Prometheus metrics: %smetrics)\n", url, url)
 	return stop, nil
-}
-
-// connectNATS opens a NATS connection named after the role, with the
-// role's credentials when there are any (made here, or --creds); an
-// unreachable server is an error within the timeout, not a hang.
-func connectNATS(ep endpoints, name string, role auth.Role) (*nats.Conn, error) {
-	opts := []nats.Option{nats.Name("downpour " + name), nats.Timeout(ep.timeout),
-		nats.MaxReconnects(-1), nats.ReconnectWait(250 * time.Millisecond)}
-	creds, err := ep.credsFor(role)
-	if err != nil {
-		return nil, err
-	}
-	if creds != nil {
-		opts = append(opts, creds.NATSOptions()...)
-	}
-	tc, err := ep.tls()
-	if err != nil {
-		return nil, err
-	}
-	if tc != nil {
-		opts = append(opts, nats.Secure(tc))
-	}
-	if ep.inProcess != nil {
-		opts = append(opts, nats.InProcessServer(ep.inProcess))
-	}
-	nc, err := nats.Connect(ep.nats, opts...)
-	if errors.Is(err, nats.ErrAuthorization) || err != nil && strings.Contains(strings.ToLower(err.Error()), "authorization violation") {
-		return nil, fmt.Errorf("NATS at %s refused this %s's credentials (give the role's own with --creds): %w", ep.nats, role, err)
-	}
-	if err != nil && ep.inProcess != nil {
-		// A refusal reaches an in-process client as a closed pipe; the
-		// server's log has the reason.
-		return nil, fmt.Errorf("the embedded NATS server closed this %s's in-process connection (its log says why): %w", role, err)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("cannot reach NATS at %s (is it running? check --nats): %w", ep.nats, err)
-	}
-	metrics.Watch(nc, strings.Fields(name)[0]) // "ps 1" counts as ps
-	return nc, nil
-}
-
-// errNATSGone is the cause of a role's end when NATS stayed unreachable for
-// longer than --give-up.
-var errNATSGone = errors.New("NATS unreachable")
-
-// watchNATS logs nc's disconnections and reconnections (it keeps
-// reconnecting), and returns a context that ends, with cause errNATSGone,
-// once nc has stayed disconnected for giveUp. stop releases it.
-func watchNATS(ctx context.Context, nc *nats.Conn, giveUp time.Duration, log *slog.Logger) (_ context.Context, stop func()) {
-	ctx, cancel := context.WithCancelCause(ctx)
-	var mu sync.Mutex
-	var timer *time.Timer
-	nc.SetDisconnectErrHandler(func(c *nats.Conn, err error) {
-		if c.IsClosed() {
-			return // closed on purpose
-		}
-		log.Warn("lost NATS; reconnecting", "err", err, "give_up_after", giveUp)
-		mu.Lock()
-		defer mu.Unlock()
-		if timer == nil {
-			timer = time.AfterFunc(giveUp, func() { cancel(fmt.Errorf("%w for %v: giving up", errNATSGone, giveUp)) })
-		}
-	})
-	nc.SetReconnectHandler(func(c *nats.Conn) {
-		log.Warn("reconnected to NATS", "url", c.ConnectedUrl())
-		mu.Lock()
-		defer mu.Unlock()
-		if timer != nil {
-			timer.Stop()
-			timer = nil
-		}
-	})
-	return ctx, func() {
-		mu.Lock()
-		defer mu.Unlock()
-		if timer != nil {
-			timer.Stop()
-		}
-		cancel(nil)
-	}
-}
-
-// natsCause returns the NATS give-up error if that is why ctx ended, else err.
-func natsCause(ctx context.Context, err error) error {
-	if c := context.Cause(ctx); err != nil && errors.Is(c, errNATSGone) {
-		return c
-	}
-	return err
-}
-
-// connectEtcd connects to etcd as role, with the role's credentials when
-// there are any (made here, or --creds).
-func connectEtcd(ctx context.Context, ep endpoints, role auth.Role) (*clientv3.Client, error) {
-	creds, err := ep.credsFor(role)
-	if err != nil {
-		return nil, err
-	}
-	user, password := creds.EtcdLogin()
-	tc, err := ep.tls()
-	if err != nil {
-		return nil, err
-	}
-	return job.ConnectAs(ctx, strings.Split(ep.etcd, ","), ep.timeout, user, password, tc)
-}
-
-// tls is the clients' TLS configuration: nil without --tls-ca.
-func (e endpoints) tls() (*tls.Config, error) {
-	if e.tlsCA == "" {
-		return nil, nil
-	}
-	return auth.ClientTLS(e.tlsCA)
-}
-
-// credsFor returns role's credentials: made by this process, or read from
-// --creds; nil without any.
-func (e endpoints) credsFor(role auth.Role) (*auth.Creds, error) {
-	if c := e.creds[role]; c != nil {
-		return c, nil
-	}
-	if e.credsFile == "" {
-		return nil, nil
-	}
-	c, err := auth.Read(e.credsFile)
-	if err != nil {
-		return nil, err
-	}
-	if c.Role != role {
-		return nil, fmt.Errorf("--creds %s holds credentials of a %s; this is a %s", e.credsFile, c.Role, role)
-	}
-	return c, nil
 }

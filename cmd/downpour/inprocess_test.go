@@ -11,6 +11,7 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/downpour-ml/downpour/internal/auth"
+	"github.com/downpour-ml/downpour/internal/cluster"
 )
 
 // The roles of `downpour train` reach its embedded NATS server in-process:
@@ -19,14 +20,14 @@ import (
 func TestEmbeddedRolesConnectInProcess(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	ep := endpoints{timeout: 5 * time.Second}
+	ep := endpoints{Endpoints: cluster.Endpoints{Timeout: 5 * time.Second}}
 	var logs syncBuffer // the server logs from its own goroutines
 	c, err := startEmbedded(ctx, t.TempDir(), "inproc", &ep, slog.New(slog.NewTextHandler(&logs, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if ep.inProcess == nil {
+	if ep.InProcess == nil {
 		t.Fatal("startEmbedded left the roles to dial the embedded NATS over TCP")
 	}
 	// A loopback address where nothing listens: only an in-process
@@ -35,10 +36,10 @@ func TestEmbeddedRolesConnectInProcess(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ep.nats = "nats://" + l.Addr().String()
+	ep.NATS = "nats://" + l.Addr().String()
 	l.Close()
 
-	nc, err := connectNATS(ep, "worker 0", auth.Worker)
+	nc, err := ep.ConnectNATS("worker 0", auth.Worker)
 	if err != nil {
 		t.Fatalf("in-process connection: %v", err)
 	}
@@ -61,7 +62,7 @@ func TestEmbeddedRolesConnectInProcess(t *testing.T) {
 	// refused connects with ep and wants an error saying want.
 	refused := func(what string, ep endpoints, name, want string) {
 		t.Helper()
-		nc, err := connectNATS(ep, name, auth.Worker)
+		nc, err := ep.ConnectNATS(name, auth.Worker)
 		if err == nil || !strings.Contains(err.Error(), want) {
 			if nc != nil {
 				nc.Close()
@@ -70,13 +71,13 @@ func TestEmbeddedRolesConnectInProcess(t *testing.T) {
 		}
 	}
 	noCreds := ep
-	noCreds.creds = nil
+	noCreds.Creds = nil
 	refused("in-process connection without credentials", noCreds, "worker 1", "closed this worker's in-process connection")
 	if !strings.Contains(logs.String(), "authentication error") {
 		t.Fatalf("the server's log does not say why it closed the connection:\n%s", logs.String())
 	}
 
 	tcpOnly := ep
-	tcpOnly.inProcess = nil
+	tcpOnly.InProcess = nil
 	refused("TCP connection to a closed port", tcpOnly, "worker 2", "cannot reach NATS")
 }

@@ -28,11 +28,11 @@ func cmdReshard(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := parse(fs, args, stderr, "downpour reshard --etcd http://127.0.0.1:2379 --job demo --ps-shards 3"); err != nil {
 		return err
 	}
-	if ep.etcd == "" || *shards < 1 {
+	if ep.Etcd == "" || *shards < 1 {
 		fmt.Fprintln(stderr, "downpour reshard: needs --etcd, and --ps-shards at least 1")
 		return errUsage
 	}
-	cli, err := connectEtcd(ctx, ep, auth.Coordinator)
+	cli, err := ep.ConnectEtcd(ctx, auth.Coordinator)
 	if err != nil {
 		return err
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/downpour-ml/downpour/coordinator"
 	"github.com/downpour-ml/downpour/coordinator/jobrun"
 	"github.com/downpour-ml/downpour/internal/auth"
+	"github.com/downpour-ml/downpour/internal/cluster"
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/psnode"
@@ -70,7 +71,7 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 	}
 	log := ep.logger(stderr)
-	cli, err := connectEtcd(ctx, ep, auth.Coordinator)
+	cli, err := ep.ConnectEtcd(ctx, auth.Coordinator)
 	if err != nil {
 		return err
 	}
@@ -97,7 +98,7 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	} else if err := rundir.Prepare(out, rundir.Name(&spec)); err != nil {
 		return err
 	}
-	nc, err := connectNATS(ep, "coordinator", auth.Coordinator)
+	nc, err := ep.ConnectNATS("coordinator", auth.Coordinator)
 	if err != nil {
 		return err
 	}
@@ -107,7 +108,7 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	} else {
 		fmt.Fprintf(stdout, "coordinating job %s: %d workers, %d shards, %d steps; run directory %s\n", spec.Name, spec.Workers, spec.Shards, spec.Steps, *out)
 	}
-	wctx, stop := watchNATS(ctx, nc, ep.giveUp, log)
+	wctx, stop := cluster.Watch(ctx, nc, ep.giveUp, log)
 	defer stop()
 	spe, _ := spec.StepsPerEpoch()
 	stopDash, err := ep.startDashboard(ctx, &dashboard{job: spec.Name, role: "coordinator", cli: cli, nc: nc, runDir: *out, stepsPerEpoch: spe}, stdout, log)
@@ -116,7 +117,7 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	}
 	defer stopDash()
 	_, err = jobrun.Coordinate(wctx, jobrun.Config{Etcd: cli, NATS: nc, Spec: spec, Out: *out, Resume: rp, LeaseTTL: coordinatorTTL, Console: stdout, Log: log})
-	err = natsCause(wctx, err)
+	err = cluster.Cause(wctx, err)
 	if errors.Is(err, coordinator.ErrJobDone) {
 		// Another coordinator finished it (this one stood by): nothing to do.
 		fmt.Fprintf(stdout, "job %s is done\n", spec.Name)
@@ -145,18 +146,18 @@ func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := ep.require("ps", stderr); err != nil {
 		return err
 	}
-	cli, err := connectEtcd(ctx, ep, auth.PS)
+	cli, err := ep.ConnectEtcd(ctx, auth.PS)
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
-	nc, err := connectNATS(ep, "ps", auth.PS)
+	nc, err := ep.ConnectNATS("ps", auth.PS)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
 	log := ep.logger(stderr)
-	wctx, stop := watchNATS(ctx, nc, ep.giveUp, log)
+	wctx, stop := cluster.Watch(ctx, nc, ep.giveUp, log)
 	defer stop()
 	// A shard may only answer requests, not ask other shards for their
 	// clocks: its dashboard shows the job without them.
@@ -165,7 +166,7 @@ func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer stopDash()
-	return natsCause(wctx, psnode.Run(wctx, psnode.Config{Job: *name, NATS: nc, Etcd: cli, Log: log, Shard: *shard,
+	return cluster.Cause(wctx, psnode.Run(wctx, psnode.Config{Job: *name, NATS: nc, Etcd: cli, Log: log, Shard: *shard,
 		DataDir: *dataDir, Restore: *restore, LeaseTTL: *ttl, WaitTimeout: *wait,
 		Ready: func(i int, _ *paramserver.Service) { fmt.Fprintf(stdout, "serving shard %d of job %s\n", i, *name) }}))
 }
@@ -185,18 +186,18 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := ep.require("worker", stderr); err != nil {
 		return err
 	}
-	cli, err := connectEtcd(ctx, ep, auth.Worker)
+	cli, err := ep.ConnectEtcd(ctx, auth.Worker)
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
-	nc, err := connectNATS(ep, "worker", auth.Worker)
+	nc, err := ep.ConnectNATS("worker", auth.Worker)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
 	log := ep.logger(stderr)
-	wctx, stop := watchNATS(ctx, nc, ep.giveUp, log)
+	wctx, stop := cluster.Watch(ctx, nc, ep.giveUp, log)
 	defer stop()
 	stopDash, err := ep.startDashboard(ctx, &dashboard{job: *name, role: "worker", cli: cli, nc: nc}, stdout, log)
 	if err != nil {
@@ -204,7 +205,7 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer stopDash()
 	err = worker.Run(wctx, worker.Config{Job: *name, ID: *id, NATS: nc, Etcd: cli, Log: log, LeaseTTL: *ttl, WaitTimeout: *wait})
-	if err := natsCause(wctx, err); err != nil {
+	if err := cluster.Cause(wctx, err); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "worker finished its steps of job %s\n", *name)

@@ -28,7 +28,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := parse(fs, args, stderr, "downpour status --etcd http://127.0.0.1:2379 --nats nats://127.0.0.1:4222 --job demo\n  downpour status --run runs/demo-20261128-210316"); err != nil {
 		return err
 	}
-	if *run != "" && (ep.etcd != "" || ep.nats != "") {
+	if *run != "" && (ep.Etcd != "" || ep.NATS != "") {
 		fmt.Fprintln(stderr, "downpour status: give --run, or --etcd and --nats, not both")
 		return errUsage
 	}
@@ -38,14 +38,14 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return status.PrintEnded(*run, err, stdout)
 		}
 	}
-	if ep.etcd == "" {
+	if ep.Etcd == "" {
 		fmt.Fprintln(stderr, "downpour status: needs --etcd (and --nats for the shards' clocks), or --run")
 		return errUsage
 	}
 	if err := wire.ValidJob(*name); err != nil {
 		return err
 	}
-	cli, err := connectEtcd(ctx, ep, auth.Observer)
+	cli, err := ep.ConnectEtcd(ctx, auth.Observer)
 	if err != nil {
 		if *run != "" { // killed without a chance to say so
 			return status.PrintEnded(*run, fmt.Errorf("its cluster does not answer: %w", err), stdout)
@@ -54,15 +54,15 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	defer cli.Close()
 	var nc *nats.Conn
-	if ep.nats != "" {
-		if nc, err = connectNATS(ep, "status", auth.Observer); err != nil {
+	if ep.NATS != "" {
+		if nc, err = ep.ConnectNATS("status", auth.Observer); err != nil {
 			return err
 		}
 		defer nc.Close()
 	}
 	st, err := status.Read(ctx, cli, nc, *name)
 	if err != nil {
-		return fmt.Errorf("%w (etcd at %s)", err, ep.etcd)
+		return fmt.Errorf("%w (etcd at %s)", err, ep.Etcd)
 	}
 	return st.Print(stdout)
 }
@@ -78,6 +78,6 @@ func joinRun(dir string, ep *endpoints, name *string) (live bool, err error) {
 		}
 		return false, err
 	}
-	ep.nats, ep.etcd, ep.credsFile, *name = e.NATS, strings.Join(e.Etcd, ","), creds, e.Job
+	ep.NATS, ep.Etcd, ep.CredsFile, *name = e.NATS, strings.Join(e.Etcd, ","), creds, e.Job
 	return true, nil
 }

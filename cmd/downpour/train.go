@@ -69,7 +69,7 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := spec.Resolve(); err != nil {
 		return err
 	}
-	if (ep.nats == "") != (ep.etcd == "") {
+	if (ep.NATS == "") != (ep.Etcd == "") {
 		fmt.Fprintln(stderr, "downpour train: give both --nats and --etcd to join a cluster, or neither to run an embedded one")
 		return errUsage
 	}
@@ -78,14 +78,14 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	log := ep.logger(stderr)
 	start := time.Now()
-	if ep.nats == "" {
+	if ep.NATS == "" {
 		c, err := startEmbedded(ctx, filepath.Join(*out, "cluster"), spec.Name, ep, log)
 		if err != nil {
 			return err
 		}
 		defer c.Close()
 		defer publishRun(*out, spec.Name, c, ep, log)()
-		log.Info("embedded cluster up", "nats", ep.nats, "etcd", ep.etcd, "took", time.Since(start))
+		log.Info("embedded cluster up", "nats", ep.NATS, "etcd", ep.Etcd, "took", time.Since(start))
 	}
 	what := "data " + spec.Data
 	if spec.Model == "gan" {
@@ -123,14 +123,14 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 // know only the job's roles, each with its permissions (etcd's root
 // password stays in dir, 0600, for a resumed run). It points ep at them.
 func startEmbedded(ctx context.Context, dir, job string, ep *endpoints, log *slog.Logger) (*embedded.Cluster, error) {
-	ep.creds = map[auth.Role]*auth.Creds{}
+	ep.Creds = map[auth.Role]*auth.Creds{}
 	var users []auth.User
 	for _, r := range auth.Roles {
 		c, err := auth.New(job, r)
 		if err != nil {
 			return nil, err
 		}
-		ep.creds[r] = c
+		ep.Creds[r] = c
 		users = append(users, c.User())
 	}
 	c, err := embedded.StartWith(ctx, embedded.Options{Dir: dir, NATSUsers: auth.ServerUsers(users), NATSLog: auth.ServerLog(log),
@@ -140,13 +140,13 @@ func startEmbedded(ctx context.Context, dir, job string, ep *endpoints, log *slo
 	}
 	creds := make([]*auth.Creds, 0, len(auth.Roles))
 	for _, r := range auth.Roles {
-		creds = append(creds, ep.creds[r])
+		creds = append(creds, ep.Creds[r])
 	}
-	if err := auth.SetUpEtcd(ctx, c.EtcdEndpoints, ep.timeout, filepath.Join(dir, "etcd-root.secret"), creds, nil); err != nil {
+	if err := auth.SetUpEtcd(ctx, c.EtcdEndpoints, ep.Timeout, filepath.Join(dir, "etcd-root.secret"), creds, nil); err != nil {
 		c.Close()
 		return nil, err
 	}
-	ep.nats, ep.etcd, ep.inProcess = c.NATSURL, c.EtcdEndpoints[0], c.NATS
+	ep.NATS, ep.Etcd, ep.InProcess = c.NATSURL, c.EtcdEndpoints[0], c.NATS
 	return c, nil
 }
 
@@ -155,7 +155,7 @@ func startEmbedded(ctx context.Context, dir, job string, ep *endpoints, log *slo
 // 'downpour dashboard --run'; the returned func removes them (the cluster
 // goes with this process).
 func publishRun(dir, name string, c *embedded.Cluster, ep *endpoints, log *slog.Logger) (remove func()) {
-	remove, err := rundir.Publish(dir, rundir.Endpoints{Job: name, NATS: c.NATSURL, Etcd: c.EtcdEndpoints}, ep.creds[auth.Observer])
+	remove, err := rundir.Publish(dir, rundir.Endpoints{Job: name, NATS: c.NATSURL, Etcd: c.EtcdEndpoints}, ep.Creds[auth.Observer])
 	if err != nil {
 		log.Warn("the run's endpoints could not be written: downpour status --run will not see it", "err", err)
 		return func() {}
@@ -170,11 +170,11 @@ func dashboardFor(ctx context.Context, role string, spec job.Spec, ep endpoints,
 	if ep.http == "" {
 		return func() {}, nil
 	}
-	cli, err := connectEtcd(ctx, ep, auth.Observer)
+	cli, err := ep.ConnectEtcd(ctx, auth.Observer)
 	if err != nil {
 		return nil, err
 	}
-	nc, err := connectNATS(ep, "dashboard", auth.Observer)
+	nc, err := ep.ConnectNATS("dashboard", auth.Observer)
 	if err != nil {
 		cli.Close()
 		return nil, err
@@ -203,7 +203,7 @@ func printJob(jf *jobFlags, spec *job.Spec, stdout, stderr io.Writer) error {
 // resumeTrain continues the stopped run in directory out: on its embedded
 // cluster (whose etcd data holds the job) unless endpoints are given.
 func resumeTrain(ctx context.Context, out, name string, ep endpoints, stdout, stderr io.Writer) error {
-	if (ep.nats == "") != (ep.etcd == "") {
+	if (ep.NATS == "") != (ep.Etcd == "") {
 		fmt.Fprintln(stderr, "downpour train: give both --nats and --etcd to join a cluster, or neither to run an embedded one")
 		return errUsage
 	}
@@ -212,7 +212,7 @@ func resumeTrain(ctx context.Context, out, name string, ep endpoints, stdout, st
 	}
 	log := ep.logger(stderr)
 	start := time.Now()
-	if ep.nats == "" {
+	if ep.NATS == "" {
 		dir := filepath.Join(out, "cluster")
 		if _, err := os.Stat(dir); err != nil {
 			return fmt.Errorf("%s holds no embedded cluster to resume (for a run on a cluster, give --nats and --etcd): %w", out, err)
@@ -235,7 +235,7 @@ func resumeTrain(ctx context.Context, out, name string, ep endpoints, stdout, st
 		defer c.Close()
 		defer publishRun(out, stored.Name, c, &ep, log)()
 	}
-	cli, err := connectEtcd(ctx, ep, auth.Coordinator)
+	cli, err := ep.ConnectEtcd(ctx, auth.Coordinator)
 	if err != nil {
 		return err
 	}
@@ -299,13 +299,13 @@ func trainAll(ctx context.Context, spec job.Spec, ep endpoints, out string, resu
 	// role connects a role's clients and runs f with them.
 	role := func(name string, f func(ctx context.Context, nc *nats.Conn, r roleConns) error) {
 		wg.Go(func() {
-			cli, err := connectEtcd(ctx, ep, auth.Role(strings.Fields(name)[0]))
+			cli, err := ep.ConnectEtcd(ctx, auth.Role(strings.Fields(name)[0]))
 			if err != nil {
 				fail(name, err)
 				return
 			}
 			defer cli.Close()
-			nc, err := connectNATS(ep, name, auth.Role(strings.Fields(name)[0])) // "ps 1" is a ps
+			nc, err := ep.ConnectNATS(name, auth.Role(strings.Fields(name)[0])) // "ps 1" is a ps
 			if err != nil {
 				fail(name, err)
 				return
@@ -316,7 +316,7 @@ func trainAll(ctx context.Context, spec job.Spec, ep endpoints, out string, resu
 	}
 	role("coordinator", func(ctx context.Context, nc *nats.Conn, r roleConns) error {
 		ttl := coordinatorTTL
-		if ep.inProcess != nil { // the embedded cluster: nobody to fail over to
+		if ep.InProcess != nil { // the embedded cluster: nobody to fail over to
 			ttl = embeddedCoordinatorTTL
 		}
 		col, err := jobrun.Coordinate(ctx, jobrun.Config{Etcd: r.cli, NATS: nc, Spec: spec, Out: out, Resume: resume, LeaseTTL: ttl, Console: stdout, Log: log})
