@@ -5,7 +5,7 @@ import (
 	"slices"
 
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // Job is the coordinator's decisions for one job as a pure state machine, in
@@ -31,7 +31,7 @@ import (
 type Job struct {
 	mode      string
 	ranks     *Ranks
-	placement *paramserver.Placement
+	placement *placement.Placement
 	snaps     map[int64]map[int]string // the placement's shard snapshot files by step and shard
 	last      job.CheckpointRecord     // the last complete checkpoint (Step -1: none)
 	finished  bool
@@ -71,7 +71,7 @@ type Action struct {
 	Kind       ActionKind
 	Assign     Assign
 	Worker     string
-	Placement  *paramserver.Placement
+	Placement  *placement.Placement
 	Checkpoint job.CheckpointRecord
 	Reshard    job.ReshardRequest
 	Err        error
@@ -85,7 +85,7 @@ type Action struct {
 
 // NewJob makes the state of a job of workers ranks in mode under placement
 // p; a rank may stay without a worker for joinTicks ticks.
-func NewJob(mode string, workers int, p *paramserver.Placement, joinTicks int) *Job {
+func NewJob(mode string, workers int, p *placement.Placement, joinTicks int) *Job {
 	return &Job{mode: mode, ranks: NewRanks(workers), placement: p, snaps: map[int64]map[int]string{},
 		last: job.CheckpointRecord{Step: -1}, joinTicks: joinTicks}
 }
@@ -109,7 +109,7 @@ func (j *Job) UseTasks(q *Tasks, checkpointEvery int64) {
 }
 
 // Placement is the job's current placement.
-func (j *Job) Placement() *paramserver.Placement { return j.placement }
+func (j *Job) Placement() *placement.Placement { return j.placement }
 
 // RestoreAssignment records an assignment read back from etcd.
 func (j *Job) RestoreAssignment(worker string, a job.Assignment) { j.ranks.Restore(worker, a) }
@@ -256,7 +256,7 @@ func (j *Job) WorkerDown(worker string) []Action {
 	if j.tasks != nil && !j.finished {
 		out = append(out, j.offer()...) // its task, to an idle holder
 	}
-	if lost && j.mode == paramserver.Sync && !j.finished {
+	if lost && j.mode == placement.Sync && !j.finished {
 		// Its last step may be half pushed: only a rollback keeps the run
 		// what it would have been.
 		out = append(out, j.rollback(j.placement.Shards, fmt.Sprintf("worker %s died", worker))...)

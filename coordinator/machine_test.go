@@ -7,7 +7,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/models"
-	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // runScript feeds a Job the events of a script and checks the actions each
@@ -97,12 +97,12 @@ func render(as []Action) string {
 	return strings.Join(parts, "; ")
 }
 
-func testPlacement(shards int) *paramserver.Placement {
-	return paramserver.Place([]models.Tensor{{Name: "w", Shape: []int{64}}}, 8, shards)
+func testPlacement(shards int) *placement.Placement {
+	return placement.Place([]models.Tensor{{Name: "w", Shape: []int{64}}}, 8, shards)
 }
 
 func TestJobScriptSync(t *testing.T) {
-	runScript(t, NewJob(paramserver.Sync, 2, testPlacement(2), 3), `
+	runScript(t, NewJob(placement.Sync, 2, testPlacement(2), 3), `
 up a => assign a:0@1
 up b => assign b:1@1
 up c => -                          # a spare waits
@@ -132,7 +132,7 @@ down b => unassign b               # after the end: no rollback
 }
 
 func TestJobScriptReshardAndJoinTimeout(t *testing.T) {
-	runScript(t, NewJob(paramserver.Sync, 1, testPlacement(2), 2), `
+	runScript(t, NewJob(placement.Sync, 1, testPlacement(2), 2), `
 reshard 3 => answer "refused: the job has no complete checkpoint yet (it re-places from one: run it with --checkpoint-every)"
 up a => assign a:0@1
 snap 0 5 1 => -
@@ -154,7 +154,7 @@ tick => fail                       # rank 0 without a worker for more than 2 tic
 // In async mode a dead worker does not roll the job back (its replacement
 // carries on); a dead shard does.
 func TestJobScriptAsync(t *testing.T) {
-	runScript(t, NewJob(paramserver.Async, 2, testPlacement(2), 10), `
+	runScript(t, NewJob(placement.Async, 2, testPlacement(2), 10), `
 up a => assign a:0@1
 up b => assign b:1@1
 down a => unassign a
@@ -166,7 +166,7 @@ shard-down 0 1 => place v2 shards=2 from=0 files= fence=[2 1]
 // Async with tasks: workers take tasks one at a time, come and go; a dead
 // worker's task goes to another; the job finishes when the tasks are done.
 func TestJobScriptTasks(t *testing.T) {
-	j := NewJob(paramserver.Async, 2, testPlacement(2), 2)
+	j := NewJob(placement.Async, 2, testPlacement(2), 2)
 	j.UseTasks(NewTasks(2, 20, 10, 3, 2), 0) // 4 tasks: shard 0 steps 0-10, 10-20; shard 1 likewise
 	runScript(t, j, `
 up a => assign a:0@1; task a 0:0:0-10; save
@@ -193,7 +193,7 @@ tick => -
 // the task queue, so that the tasks done since are done again and every data
 // step is still counted once.
 func TestJobScriptAsyncCheckpoints(t *testing.T) {
-	j := NewJob(paramserver.Async, 2, testPlacement(2), 10)
+	j := NewJob(placement.Async, 2, testPlacement(2), 10)
 	j.UseTasks(NewTasks(2, 20, 10, 3, 3), 20)
 	runScript(t, j, `
 up a => assign a:0@1; task a 0:0:0-10; save
@@ -215,7 +215,7 @@ task-done b 3 => save; finish                                  # the queue ends 
 // killed between that save and the give left a task pending with a worker
 // that never got it, and the job waited for the task's timeout).
 func TestSaveTasksCarriesItsMomentsQueue(t *testing.T) {
-	j := NewJob(paramserver.Async, 2, testPlacement(2), 10)
+	j := NewJob(placement.Async, 2, testPlacement(2), 10)
 	j.UseTasks(NewTasks(2, 20, 10, 3, 3), 20)
 	j.WorkerUp("a")
 	j.WorkerUp("b")

@@ -16,7 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // Errors a caller can branch on.
@@ -31,7 +31,7 @@ var (
 // resume writes the placement that continues the job from its last complete
 // checkpoint, on p's shards, and forgets the ranks that had finished after
 // it: they rerun from there.
-func resume(ctx context.Context, cli *clientv3.Client, l *Leadership, keys job.Keys, p *paramserver.Placement) (*paramserver.Placement, error) {
+func resume(ctx context.Context, cli *clientv3.Client, l *Leadership, keys job.Keys, p *placement.Placement) (*placement.Placement, error) {
 	r, err := cli.Get(ctx, keys.Checkpoint())
 	if err != nil {
 		return nil, fmt.Errorf("reading the last checkpoint: %w", err)
@@ -69,15 +69,15 @@ type Config struct {
 	Resume bool
 	// OnFinish runs once every rank is done and before the job is marked
 	// done (while the shards still serve), e.g. to save the final parameters.
-	OnFinish func(ctx context.Context, p *paramserver.Placement) error
+	OnFinish func(ctx context.Context, p *placement.Placement) error
 	// Snapshot, when set, asks every shard of placement p for a snapshot now,
 	// labelled step (async checkpoints); without it async jobs do not
 	// checkpoint.
-	Snapshot func(ctx context.Context, p *paramserver.Placement, step int64) error
+	Snapshot func(ctx context.Context, p *placement.Placement, step int64) error
 	// Reached, when set, tells how far the job got under placement p (the
 	// largest clock its live shards report): a re-placement records the
 	// steps it throws away (sync: to redo; async: updates lost).
-	Reached func(ctx context.Context, p *paramserver.Placement) (int64, error)
+	Reached func(ctx context.Context, p *placement.Placement) (int64, error)
 }
 
 // Run coordinates the job until every rank is done, then marks it done. It
@@ -94,7 +94,7 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 		cfg.JoinTimeout = 5 * time.Minute
 	}
 	keys := job.KeysFor(spec.Name)
-	p := paramserver.Place(spec.Tensors(), spec.BlockSize, spec.Shards)
+	p := placement.Place(spec.Tensors(), spec.BlockSize, spec.Shards)
 	if len(p.Blocks) < spec.Shards {
 		return fmt.Errorf("the model has %d blocks of %d floats for %d shards: lower --block-size or --ps-shards", len(p.Blocks), spec.BlockSize, spec.Shards)
 	}
@@ -200,7 +200,7 @@ type run struct {
 	cfg    Config
 	keys   job.Keys
 	job    *Job
-	placed *paramserver.Placement // the placement last written
+	placed *placement.Placement // the placement last written
 }
 
 // loop rebuilds the job's state from etcd, then follows its events until

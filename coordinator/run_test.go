@@ -16,7 +16,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -49,7 +49,7 @@ func TestRunAssignsAndFinishes(t *testing.T) {
 	finished := 0
 	errc := make(chan error, 1)
 	go func() {
-		errc <- Run(ctx, cli, Config{Spec: spec, Log: quiet, OnFinish: func(ctx context.Context, p *paramserver.Placement) error {
+		errc <- Run(ctx, cli, Config{Spec: spec, Log: quiet, OnFinish: func(ctx context.Context, p *placement.Placement) error {
 			finished++
 			return nil
 		}})
@@ -232,7 +232,7 @@ func TestRunResume(t *testing.T) {
 	rctx, stop = context.WithCancel(ctx)
 	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet, Resume: true}) }()
 	err := job.WaitPrefix(ctx, cli, keys.Placement(), 10*time.Second, func(kvs map[string][]byte) bool {
-		p, err := paramserver.DecodePlacement(kvs[keys.Placement()])
+		p, err := placement.Decode(kvs[keys.Placement()])
 		return err == nil && p.Version == 2
 	})
 	if err != nil {
@@ -320,7 +320,7 @@ func TestRunResumeWithADeadHolder(t *testing.T) {
 	defer stop()
 	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet, Resume: true}) }()
 	err := job.WaitPrefix(ctx, cli, keys.Placement(), 10*time.Second, func(kvs map[string][]byte) bool {
-		p, err := paramserver.DecodePlacement(kvs[keys.Placement()])
+		p, err := placement.Decode(kvs[keys.Placement()])
 		return err == nil && p.Version == 3
 	})
 	select {

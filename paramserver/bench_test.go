@@ -15,6 +15,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // benchBlockSize is the block size of the push/pull benchmarks: the default
@@ -24,6 +25,10 @@ const benchBlockSize = 16 << 10
 // BenchmarkEncodeDecode1MiB encodes and decodes a push of 1 MiB of gradient
 // (16 blocks of 16 Ki floats): the wire cost per MiB, which must stay a raw
 // byte copy with no per-float work.
+// The W2 workload of the benchmarks: 4 layers, hidden and embedding 512,
+// vocabularies 16000 and 8000.
+var w2 = models.Seq2SeqConfig{SrcVocab: 16000, TgtVocab: 8000, Embed: 512, Hidden: 512, Layers: 4}
+
 func BenchmarkEncodeDecode1MiB(b *testing.B) {
 	req := &wire.PushRequest{V: wire.Version, Job: "bench", Rank: 1, Epoch: 1, Step: 7}
 	g := make([]float32, 1<<18)
@@ -126,7 +131,7 @@ func newRig(b *testing.B, tensors []models.Tensor, shards int, maxPayload int32,
 		return nc
 	}
 	nc := dial()
-	p := Place(tensors, benchBlockSize, shards)
+	p := placement.Place(tensors, benchBlockSize, shards)
 	for s := 0; s < shards; s++ {
 		sh := NewShard(syncCfg(1, DefaultOptimizer("sgd", 1e-6)), p.OnShard(s), func(Block, []float32) {})
 		svc, err := Serve(dial(), sh, ServiceConfig{Job: "j", Shard: s, Log: quiet})

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/downpour-ml/downpour/internal/wire"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // Client pushes gradients to and pulls parameters from every shard of a job
@@ -215,10 +216,8 @@ func (c *Client) pack(shard int, blocks []Block, sizes []int, push, pull [][]byt
 }
 
 // MessageBytes is the size the client fills messages to (unless a block
-// alone needs more), however much more the server's max_payload allows:
-// past it, per-message costs no longer show, and a larger message would
-// hold several of Place's runs, which then could not go split.
-const MessageBytes = 1 << 20
+// alone needs more): placement.MessageBytes, which Place's runs fit.
+const MessageBytes = placement.MessageBytes
 
 // messageLimit is the size pack fills messages to, for blocks of sizes:
 // MessageBytes, or what the largest block needs, within max_payload.

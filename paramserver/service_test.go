@@ -22,6 +22,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 func startNATS(t testing.TB, maxPayload int32) *nats.Conn {
@@ -88,7 +89,7 @@ func TestServiceSyncOverNATS(t *testing.T) {
 	ts := []models.Tensor{{Name: "big", Shape: []int{300, 200}}, {Name: "small", Shape: []int{17}}}
 	const ranks, steps = 2, 3
 	opt := DefaultOptimizer("adam", 0.01)
-	p := Place(ts, 5000, 2)
+	p := placement.Place(ts, 5000, 2)
 	serveAll(t, nc, newShards(p, syncCfg(ranks, opt)), ServiceConfig{})
 	ref := initFlat(p)
 	rng := rand.New(rand.NewPCG(9, 9))
@@ -160,7 +161,7 @@ func TestServiceSyncOverNATS(t *testing.T) {
 // messages at once, over and over; each gradient is applied once.
 func TestServiceConcurrentResends(t *testing.T) {
 	nc := startNATS(t, 0)
-	p := Place(testTensors, 8, 2)
+	p := placement.Place(testTensors, 8, 2)
 	for _, mode := range []string{Sync, Async} {
 		job := "j"
 		shards := newShards(p, ShardConfig{Mode: mode, Ranks: 1, Optimizer: DefaultOptimizer("sgd", 1)})
@@ -202,7 +203,7 @@ func TestServiceConcurrentResends(t *testing.T) {
 // counted; the shard keeps serving.
 func TestServiceRefusesBadInput(t *testing.T) {
 	nc := startNATS(t, 0)
-	p := Place(testTensors, 8, 1)
+	p := placement.Place(testTensors, 8, 1)
 	svc := serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1))), ServiceConfig{})[0]
 	ask := func(subj, env string, data []byte) wire.Kind {
 		msg := &nats.Msg{Subject: subj, Data: data}
@@ -269,7 +270,7 @@ func TestServiceRefusesBadInput(t *testing.T) {
 // and gets its answer once the shard can give it.
 func TestServiceHeldPullExpiresAndIsResent(t *testing.T) {
 	nc := startNATS(t, 0)
-	p := Place(testTensors, 100, 1)
+	p := placement.Place(testTensors, 100, 1)
 	cfg := syncCfg(1, DefaultOptimizer("sgd", 1))
 	cfg.PullTTL = 2
 	svc := serveAll(t, nc, newShards(p, cfg), ServiceConfig{Tick: 20 * time.Millisecond})[0]
@@ -309,7 +310,7 @@ func TestTransferHandsOverRanges(t *testing.T) {
 	nc := startNATS(t, 64<<10)
 	ts := []models.Tensor{{Name: "a", Shape: []int{300, 100}}, {Name: "b", Shape: []int{200, 150}}, {Name: "c", Shape: []int{7}}}
 	opt := DefaultOptimizer("sgd", 0.1)
-	p := Place(ts, 4000, 2)
+	p := placement.Place(ts, 4000, 2)
 	serveAll(t, nc, newShards(p, syncCfg(1, opt)), ServiceConfig{})
 	c, err := NewClient(nc, "j", p, 0, 1)
 	if err != nil {
@@ -359,7 +360,7 @@ func TestTransferHandsOverRanges(t *testing.T) {
 func TestClientClock(t *testing.T) {
 	nc := startNATS(t, 64<<10)
 	ts := []models.Tensor{{Name: "a", Shape: []int{100, 30}}}
-	p := Place(ts, 500, 2)
+	p := placement.Place(ts, 500, 2)
 	serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1))), ServiceConfig{})
 	c, err := NewClient(nc, "j", p, 0, 1)
 	if err != nil {
@@ -383,7 +384,7 @@ func TestClientClock(t *testing.T) {
 func TestClientClocksAndSnapshot(t *testing.T) {
 	nc := startNATS(t, 64<<10)
 	ts := []models.Tensor{{Name: "a", Shape: []int{100, 30}}}
-	p := Place(ts, 500, 3)
+	p := placement.Place(ts, 500, 3)
 	shards := newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1)))
 	svcs := serveAll(t, nc, shards[:2], ServiceConfig{SnapshotDir: t.TempDir()}) // shard 2 has no process
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -433,7 +434,7 @@ func TestClientClocksAndSnapshot(t *testing.T) {
 // finish in the order they are sent.
 func TestClientTakesTurnsAcrossShards(t *testing.T) {
 	nc := startNATS(t, 16<<10)
-	p := Place([]models.Tensor{{Name: "a", Shape: []int{200, 300}}}, 1000, 3)
+	p := placement.Place([]models.Tensor{{Name: "a", Shape: []int{200, 300}}}, 1000, 3)
 	serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1))), ServiceConfig{})
 	c, err := NewClient(nc, "j", p, 0, 1)
 	if err != nil {
@@ -484,7 +485,7 @@ func TestClientTakesTurnsAcrossShards(t *testing.T) {
 func TestClientPushesRunsSplit(t *testing.T) {
 	nc := startNATS(t, 1536) // 3 blocks of 64 floats a message: a run of 3
 	ts := []models.Tensor{{Name: "x", Shape: []int{10, 64}}, {Name: "y", Shape: []int{200}}}
-	p := PlaceRuns(ts, 64, 2, 3, DefaultHash, 0.5)
+	p := placement.PlaceRuns(ts, 64, 2, 3, placement.DefaultHash, 0.5)
 	opt := DefaultOptimizer("sgd", 0.1)
 	serveAll(t, nc, newShards(p, syncCfg(1, opt)), ServiceConfig{})
 	var split, whole atomic.Int64
@@ -559,7 +560,7 @@ func TestClientPushesRunsSplit(t *testing.T) {
 func TestClientPacksRunsUnderLargeMaxPayload(t *testing.T) {
 	nc := startNATS(t, 8<<20)
 	const bs = 16 << 10
-	p := PlaceRuns([]models.Tensor{{Name: "x", Shape: []int{60 * bs}}}, bs, 2, RunBytes/(4*bs), DefaultHash, 0.5)
+	p := placement.PlaceRuns([]models.Tensor{{Name: "x", Shape: []int{60 * bs}}}, bs, 2, placement.RunBytes/(4*bs), placement.DefaultHash, 0.5)
 	c, err := NewClient(nc, "j", p, 0, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -572,7 +573,7 @@ func TestClientPacksRunsUnderLargeMaxPayload(t *testing.T) {
 			t.Errorf("a message of %d blocks (%v), contiguous %v; want one run of 15", len(g.blocks), g.ids, g.contiguous)
 		}
 	}
-	big := Place([]models.Tensor{{Name: "x", Shape: []int{3 << 19}}}, 1<<19, 1) // 2 MiB blocks
+	big := placement.Place([]models.Tensor{{Name: "x", Shape: []int{3 << 19}}}, 1<<19, 1) // 2 MiB blocks
 	c, err = NewClient(nc, "j", big, 0, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -717,7 +718,7 @@ func TestClientResendsWhenConnectionLost(t *testing.T) {
 // replaced with Superseded, and counts them; what it serves is untouched.
 func TestServiceRefusesSupersededPlacements(t *testing.T) {
 	nc := startNATS(t, 0)
-	p := Place(testTensors, 100, 1)
+	p := placement.Place(testTensors, 100, 1)
 	svc := serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 1))), ServiceConfig{Placement: 3})[0]
 	g := slices.Repeat([]float32{1}, p.Size())
 	w := make([]float32, p.Size())
@@ -772,7 +773,7 @@ func (r *recorder) SnapshotWritten(d time.Duration, n int64) {
 func TestObserversSeeTraffic(t *testing.T) {
 	nc := startNATS(t, 0)
 	ts := []models.Tensor{{Name: "w", Shape: []int{1000}}}
-	p := Place(ts, 300, 2)
+	p := placement.Place(ts, 300, 2)
 	rec := &recorder{}
 	dir := t.TempDir()
 	shards := newShards(p, ShardConfig{Mode: Async, Ranks: 2, Optimizer: DefaultOptimizer("sgd", 0.1)})

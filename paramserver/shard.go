@@ -7,13 +7,14 @@ import (
 	"slices"
 
 	"github.com/downpour-ml/downpour/internal/wire"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
-// Consistency modes.
+// Consistency modes (placement.Sync, SSP and Async).
 const (
-	Sync  = "sync"  // BSP: step t applied once every rank pushed it, summed in rank order
-	SSP   = "ssp"   // stale synchronous: apply on arrival; a pull at clock c waits for the slowest rank to reach c - staleness
-	Async = "async" // Downpour: apply on arrival; pulls never wait
+	Sync  = placement.Sync
+	SSP   = placement.SSP
+	Async = placement.Async
 )
 
 // Non-finite gradient policies.

@@ -9,6 +9,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 var testTensors = []models.Tensor{{Name: "a", Shape: []int{7, 5}}, {Name: "b", Shape: []int{13}}, {Name: "c", Shape: []int{3, 3}}}
@@ -146,7 +147,7 @@ func TestSyncMatchesReferenceAnyShardsAnyOrder(t *testing.T) {
 		}
 	}
 	for _, opt := range testOptimizers() {
-		ref := initFlat(Place(testTensors, 4, 1))
+		ref := initFlat(placement.Place(testTensors, 4, 1))
 		r := &refOptimizer{opt: opt}
 		var want [][]float32
 		for s := 0; s < steps; s++ {
@@ -155,7 +156,7 @@ func TestSyncMatchesReferenceAnyShardsAnyOrder(t *testing.T) {
 		}
 		for shards := 1; shards <= 4; shards++ {
 			for _, bs := range []int{1, 4, 6, 100} {
-				p := Place(testTensors, bs, shards)
+				p := placement.Place(testTensors, bs, shards)
 				sh := newShards(p, syncCfg(ranks, opt))
 				for s := 0; s < steps; s++ {
 					var msgs []*wire.PushRequest
@@ -195,7 +196,7 @@ func TestSyncMatchesReferenceAnyShardsAnyOrder(t *testing.T) {
 // pushes in order give exactly the reference's sequential updates.
 func TestAsyncAppliesOnArrival(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 5))
-	p := Place(testTensors, 8, 2)
+	p := placement.Place(testTensors, 8, 2)
 	for _, opt := range testOptimizers() {
 		sh := newShards(p, ShardConfig{Mode: Async, Ranks: 2, Optimizer: opt})
 		ref := initFlat(p)
@@ -216,7 +217,7 @@ func TestAsyncAppliesOnArrival(t *testing.T) {
 }
 
 func TestRefusedPushesChangeNothing(t *testing.T) {
-	p := Place(testTensors, 8, 1)
+	p := placement.Place(testTensors, 8, 1)
 	sh := newShards(p, syncCfg(2, DefaultOptimizer("sgd", 0.1)))[0]
 	before := gather(p, []*Shard{sh})
 	n := p.Size()
@@ -297,7 +298,7 @@ func TestRefusedPushesChangeNothing(t *testing.T) {
 // holder's stored gradient for the current step is dropped, and the old
 // holder's later pushes are refused.
 func TestSyncNewEpochReplacesPendingGradient(t *testing.T) {
-	p := Place(testTensors, 100, 1)
+	p := placement.Place(testTensors, 100, 1)
 	sh := newShards(p, syncCfg(2, DefaultOptimizer("sgd", 1)))[0]
 	n := p.Size()
 	zombie := make([]float32, n)
@@ -331,7 +332,7 @@ func TestSyncNewEpochReplacesPendingGradient(t *testing.T) {
 // Policy skip: a non-finite gradient is accepted and counted, and the blocks
 // it touches skip that step's update while their clocks advance.
 func TestNonFiniteSkip(t *testing.T) {
-	p := Place(testTensors, 100, 1)
+	p := placement.Place(testTensors, 100, 1)
 	cfg := syncCfg(2, DefaultOptimizer("sgd", 1))
 	cfg.NonFinite = Skip
 	sh := newShards(p, cfg)[0]
@@ -361,7 +362,7 @@ func TestNonFiniteSkip(t *testing.T) {
 // Async and ssp: a resend of an older step (a delayed duplicate) is
 // acknowledged and not applied, even after newer steps.
 func TestAsyncDuplicatesAfterNewerSteps(t *testing.T) {
-	p := Place(testTensors, 100, 1)
+	p := placement.Place(testTensors, 100, 1)
 	sh := newShards(p, ShardConfig{Mode: Async, Ranks: 1, Optimizer: DefaultOptimizer("sgd", 1)})[0]
 	rng := rand.New(rand.NewPCG(9, 1))
 	p0, p1 := pushes(p, 0, 1, 0, grads(rng, p.Size())), pushes(p, 0, 1, 1, grads(rng, p.Size()))
@@ -387,7 +388,7 @@ func nan() float64 { return math.NaN() }
 // Fence raises ranks' epochs, never lowers them: a push from a fenced epoch
 // is refused and changes nothing; the rank's next holder pushes as usual.
 func TestFence(t *testing.T) {
-	p := Place(testTensors, 6, 1)
+	p := placement.Place(testTensors, 6, 1)
 	sh := newShards(p, syncCfg(2, DefaultOptimizer("sgd", 0.1)))[0]
 	sh.Fence([]uint64{3, 0})
 	if got := sh.Epochs(); got[0] != 3 || got[1] != 0 {
@@ -427,7 +428,7 @@ func TestFence(t *testing.T) {
 func TestExactPullsReadKeptSteps(t *testing.T) {
 	const ranks, steps = 2, 8
 	rng := rand.New(rand.NewPCG(3, 4))
-	p := Place(testTensors, 6, 1)
+	p := placement.Place(testTensors, 6, 1)
 	opt := testOptimizers()[1]
 	cfg := syncCfg(ranks, opt)
 	cfg.Keep, cfg.KeepBefore = 3, 6

@@ -9,6 +9,7 @@ import (
 	"testing"
 
 	"github.com/downpour-ml/downpour/internal/wire"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // feed pushes every rank's gradient of step s to the blocks in ids only.
@@ -30,7 +31,7 @@ func feed(t *testing.T, p *Placement, sh *Shard, ranks int, s int64, gs [][][]fl
 // steps gives bit-identical parameters and optimizer state.
 func TestSyncSnapshotRestoreIsExact(t *testing.T) {
 	const ranks, steps, k = 2, 5, 2
-	p := Place(testTensors, 6, 1)
+	p := placement.Place(testTensors, 6, 1)
 	cfg := syncCfg(ranks, DefaultOptimizer("adam", 0.05))
 	rng := rand.New(rand.NewPCG(7, 7))
 	gs := make([][][]float32, steps)
@@ -103,7 +104,7 @@ func TestSyncSnapshotRestoreIsExact(t *testing.T) {
 }
 
 func TestAsyncSnapshotRestore(t *testing.T) {
-	p := Place(testTensors, 6, 1)
+	p := placement.Place(testTensors, 6, 1)
 	cfg := ShardConfig{Mode: SSP, Staleness: 1, Ranks: 2, Optimizer: DefaultOptimizer("momentum", 0.1)}
 	sh := newShards(p, cfg)[0]
 	rng := rand.New(rand.NewPCG(3, 9))
@@ -139,7 +140,7 @@ func TestAsyncSnapshotRestore(t *testing.T) {
 }
 
 func TestRestoreRefusesMismatch(t *testing.T) {
-	p := Place(testTensors, 6, 2)
+	p := placement.Place(testTensors, 6, 2)
 	cfg := syncCfg(2, DefaultOptimizer("adam", 0.1))
 	sh := newShards(p, cfg)
 	sh[0].RequestSnapshot(0)
@@ -160,7 +161,7 @@ func TestRestoreRefusesMismatch(t *testing.T) {
 }
 
 func TestSnapshotCorruptionDetected(t *testing.T) {
-	p := Place(testTensors, 30, 1)
+	p := placement.Place(testTensors, 30, 1)
 	sh := newShards(p, ShardConfig{Mode: Async, Ranks: 2, Optimizer: DefaultOptimizer("adagrad", 0.1)})[0]
 	sh.RequestSnapshot(0)
 	b := sh.Snapshots()[0].Encode()
@@ -227,7 +228,7 @@ func FuzzParseSnapshotFile(f *testing.F) {
 }
 
 func FuzzDecodeSnapshot(f *testing.F) {
-	p := Place(testTensors, 30, 1)
+	p := placement.Place(testTensors, 30, 1)
 	sh := newShards(p, ShardConfig{Mode: Async, Ranks: 2, Optimizer: DefaultOptimizer("adam", 0.1)})[0]
 	sh.RequestSnapshot(0)
 	f.Add(sh.Snapshots()[0].Encode())
@@ -285,12 +286,12 @@ func TestReshardFromCheckpointIsExact(t *testing.T) {
 	cfg := syncCfg(ranks, DefaultOptimizer("adam", 0.05))
 	rng := rand.New(rand.NewPCG(9, 9))
 	gs := make([][][]float32, steps)
-	p0 := Place(testTensors, 6, 2)
+	p0 := placement.Place(testTensors, 6, 2)
 	for s := range gs {
 		gs[s] = [][]float32{grads(rng, p0.Size()), grads(rng, p0.Size())}
 	}
 	for _, c := range []struct{ from, to int }{{2, 3}, {3, 2}, {2, 1}, {1, 4}} {
-		p := Place(testTensors, 6, c.from)
+		p := placement.Place(testTensors, 6, c.from)
 		straight := newShards(p, cfg)
 		for s := int64(0); s < steps; s++ {
 			stepAll(t, p, straight, ranks, s, gs[s])
@@ -348,7 +349,7 @@ func TestReshardFromCheckpointIsExact(t *testing.T) {
 }
 
 func TestGatherRefusesIncompleteOrMismatchedSets(t *testing.T) {
-	p := Place(testTensors, 6, 2)
+	p := placement.Place(testTensors, 6, 2)
 	cfg := syncCfg(1, DefaultOptimizer("sgd", 0.1))
 	var snaps []*Snapshot
 	for i, sh := range newShards(p, cfg) {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // randRanges is a sorted, disjoint set of [lo, hi) ranges of n floats, each
@@ -76,7 +77,7 @@ func TestSparsePushesApplyAsDense(t *testing.T) {
 		for _, opt := range testOptimizers() {
 			cfg.Optimizer = opt
 			for _, bs := range []int{7, 24, 1000} {
-				p := Place(ts, bs, 2)
+				p := placement.Place(ts, bs, 2)
 				dense, sparse := newShards(p, cfg), newShards(p, cfg)
 				for _, sh := range [][]*Shard{dense, sparse} { // signed zeros a gradient does not reach must stay as they are
 					for i, id := range sh[0].Blocks() {
@@ -127,7 +128,7 @@ func TestSparsePushesApplyAsDense(t *testing.T) {
 // A sparse pull reads exactly the floats its spans name, in order; spans
 // outside a block are refused.
 func TestSparseReads(t *testing.T) {
-	p := Place(testTensors, 8, 1)
+	p := placement.Place(testTensors, 8, 1)
 	sh := newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1)))[0]
 	w := initFlat(p)
 	b := p.Blocks[2]
@@ -206,7 +207,7 @@ func TestSparseTransferMatchesDense(t *testing.T) {
 	nc := startNATS(t, 64<<10)
 	ts := []models.Tensor{{Name: "emb", Shape: []int{500, 32}}, {Name: "w", Shape: []int{40, 40}}}
 	opt := DefaultOptimizer("momentum", 0.1)
-	p := Place(ts, 3000, 2)
+	p := placement.Place(ts, 3000, 2)
 	cfg := syncCfg(2, opt)
 	dense, sparse := newShards(p, cfg), newShards(p, cfg)
 	serveAll(t, nc, dense, ServiceConfig{Job: "dense"})
@@ -288,7 +289,7 @@ func TestSparseTransferMatchesDense(t *testing.T) {
 func TestTransferGroups(t *testing.T) {
 	nc := startNATS(t, 16<<10)
 	ts := []models.Tensor{{Name: "emb", Shape: []int{500, 32}}, {Name: "w", Shape: []int{40, 40}}}
-	p := Place(ts, 1000, 2)
+	p := placement.Place(ts, 1000, 2)
 	c, err := NewClient(nc, "j", p, 0, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -406,7 +407,7 @@ func TestTransferGroups(t *testing.T) {
 func TestTransferPushesInReadOrder(t *testing.T) {
 	nc := startNATS(t, 16<<10)
 	ts := []models.Tensor{{Name: "emb", Shape: []int{100, 32}}, {Name: "w", Shape: []int{40, 40}}, {Name: "b", Shape: []int{40}}}
-	p := Place(ts, 1000, 2)
+	p := placement.Place(ts, 1000, 2)
 	serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1))), ServiceConfig{})
 	spy := connect(t, nc.ConnectedUrl())
 	var mu sync.Mutex

@@ -13,6 +13,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // ganTrainer trains a GAN replica, with one of two updates.
@@ -61,7 +62,7 @@ type ganTrainer struct {
 	xferStep int64
 }
 
-func newGANTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.Placement) (*ganTrainer, error) {
+func newGANTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *placement.Placement) (*ganTrainer, error) {
 	gs := spec.GAN.GSize()
 	t := &ganTrainer{cfg: cfg, spec: spec, a: a, model: models.NewGAN[float32](spec.GAN), gs: gs}
 	var err error
@@ -83,10 +84,10 @@ func newGANTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.
 			},
 		}
 	} else {
-		if t.d, err = paramserver.NewClientFor(cfg.NATS, spec.Name, p, a.Rank, a.Epoch, func(b paramserver.Block) bool { return b.Offset >= gs }); err != nil {
+		if t.d, err = paramserver.NewClientFor(cfg.NATS, spec.Name, p, a.Rank, a.Epoch, func(b placement.Block) bool { return b.Offset >= gs }); err != nil {
 			return nil, err
 		}
-		if t.g, err = paramserver.NewClientFor(cfg.NATS, spec.Name, p, a.Rank, a.Epoch, func(b paramserver.Block) bool { return b.Offset < gs }); err != nil {
+		if t.g, err = paramserver.NewClientFor(cfg.NATS, spec.Name, p, a.Rank, a.Epoch, func(b placement.Block) bool { return b.Offset < gs }); err != nil {
 			return nil, err
 		}
 		t.d.Observe, t.g.Observe = metrics.Client(spec.Name), metrics.Client(spec.Name)

@@ -26,6 +26,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 	"github.com/downpour-ml/downpour/shard"
 )
 
@@ -174,8 +175,8 @@ var ErrFenced = errors.New("fenced off")
 // start step to the last step, and reports the rank done, if p is still the
 // job's placement by then. If the job is re-placed first, runEra drops what
 // it was doing and returns the new placement.
-func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.Placement, rev int64,
-	lease *job.Lease, pushed *int64) (*paramserver.Placement, int64, error) {
+func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p *placement.Placement, rev int64,
+	lease *job.Lease, pushed *int64) (*placement.Placement, int64, error) {
 	keys := job.KeysFor(cfg.Job)
 	log := cfg.Log.With("worker", cfg.ID)
 	var t interface {
@@ -197,7 +198,7 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 	ectx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	type era struct {
-		p   *paramserver.Placement
+		p   *placement.Placement
 		rev int64
 		err error
 	}
@@ -212,7 +213,7 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 	// next waits for the next placement: the job rolled back or was
 	// re-placed. Once this rank has finished (finished), the job's end is
 	// the normal way out; before, it means the job ended without this rank.
-	next := func(finished bool) (*paramserver.Placement, int64, error) {
+	next := func(finished bool) (*placement.Placement, int64, error) {
 		e := <-nextCh
 		switch {
 		case e.p != nil:
@@ -234,7 +235,7 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 		return nil, 0, err
 	}
 	first := p.Start
-	if spec.Mode == paramserver.SSP && a.Epoch > 1 {
+	if spec.Mode == placement.SSP && a.Epoch > 1 {
 		// This worker took over a rank whose holder died: carry on where the
 		// job is (the shards' slowest clock, which is about where the dead
 		// holder stopped), not from the placement's first step, which the
@@ -327,7 +328,7 @@ func runTasks(ctx context.Context, cfg Config, spec *job.Spec, t interface {
 		if err != nil {
 			return err
 		}
-		if spec.Mode == paramserver.SSP {
+		if spec.Mode == placement.SSP {
 			clock, err := t.clock(ctx)
 			if err != nil {
 				return fmt.Errorf("reading the job's clock: %w", err)
@@ -346,7 +347,7 @@ func runTasks(ctx context.Context, cfg Config, spec *job.Spec, t interface {
 			}
 			*pushed++
 		}
-		if spec.Mode == paramserver.SSP {
+		if spec.Mode == placement.SSP {
 			if err := t.idle(ctx); err != nil {
 				return fmt.Errorf("saying the rank is idle: %w", err)
 			}
@@ -359,7 +360,7 @@ func runTasks(ctx context.Context, cfg Config, spec *job.Spec, t interface {
 	}
 }
 
-func newTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *paramserver.Placement) (*trainer, error) {
+func newTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *placement.Placement) (*trainer, error) {
 	client, err := paramserver.NewClient(cfg.NATS, spec.Name, p, a.Rank, a.Epoch)
 	if err == nil {
 		client.Observe = metrics.Client(spec.Name)

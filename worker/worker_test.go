@@ -14,7 +14,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // A worker for a job nobody created gives up after its wait timeout with an
@@ -58,11 +58,11 @@ func TestUnknownJobTimesOut(t *testing.T) {
 func TestProgressNames(t *testing.T) {
 	s := at{Shard: 1, Data: 35, N: 97}
 	spec := job.Default()
-	spec.Mode, spec.TaskSteps = paramserver.Async, 20
+	spec.Mode, spec.TaskSteps = placement.Async, 20
 	if r, step := s.progress(&spec, 0); r != 1 || step != 35 {
 		t.Errorf("with tasks: rank %d step %d, want data shard 1 step 35", r, step)
 	}
-	spec.Mode = paramserver.Sync
+	spec.Mode = placement.Sync
 	if r, step := s.progress(&spec, 0); r != 0 || step != 97 {
 		t.Errorf("sync: rank %d step %d, want rank 0 step 97", r, step)
 	}

@@ -27,6 +27,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/telemetry"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 	"github.com/downpour-ml/downpour/shard"
 	"github.com/downpour-ml/downpour/worker"
 )
@@ -465,7 +466,7 @@ func TestTrainShardSnapshotsMatchShorterRun(t *testing.T) {
 	base := []string{"--hidden", "32", "--embed", "16", "--optimizer", "adam", "--ps-shards", "2"}
 	trainRun(t, filepath.Join(dir, "long"), append(base, "--steps", "12", "--checkpoint-every", "5")...)
 	short, meta := trainRun(t, filepath.Join(dir, "short"), append(base, "--steps", "10")...)
-	p := paramserver.Place(meta.Tensors, job.Default().BlockSize, 2)
+	p := placement.Place(meta.Tensors, job.Default().BlockSize, 2)
 	got := make([]float32, len(short))
 	for s := 0; s < 2; s++ {
 		for _, step := range []int{5, 10} {

@@ -18,6 +18,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/telemetry"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // finishEvalWait bounds how long a finished job waits for each of its
@@ -67,7 +68,7 @@ func (e *evaluator) run(ctx context.Context, finishing <-chan struct{}, resume *
 		cancel()
 	}
 	for ; step < spec.Steps; step += spec.EvalEvery {
-		params, err := e.pullBefore(ctx, finishing, step, spec.Mode == paramserver.Sync)
+		params, err := e.pullBefore(ctx, finishing, step, spec.Mode == placement.Sync)
 		if errors.Is(err, &wire.Error{Kind: wire.Gone}) {
 			// A placement change (or a takeover) lost the shards' copy of
 			// this step: evaluate the next one.
@@ -88,7 +89,7 @@ func (e *evaluator) run(ctx context.Context, finishing <-chan struct{}, resume *
 
 // final pulls the job's final parameters, writes them to
 // checkpoint/final.ckpt in the run directory and evaluates them.
-func (e *evaluator) final(ctx context.Context, p *paramserver.Placement) error {
+func (e *evaluator) final(ctx context.Context, p *placement.Placement) error {
 	spec := e.spec
 	params, err := e.pull(ctx, spec.Steps, false)
 	if err != nil {

@@ -26,6 +26,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/telemetry"
 	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // Config is a coordinator's job and where it runs.
@@ -85,14 +86,14 @@ func Coordinate(ctx context.Context, cfg Config) (*telemetry.Collector, error) {
 	evalDone.Go(func() { ev.run(ectx, finishing, cfg.Resume, tookOver) })
 	defer func() { stopEval(); evalDone.Wait() }()
 	err = coordinator.Run(ctx, cli, coordinator.Config{Spec: spec, Log: log, Resume: cfg.Resume != nil, Leader: lead,
-		Snapshot: func(ctx context.Context, p *paramserver.Placement, step int64) error {
+		Snapshot: func(ctx context.Context, p *placement.Placement, step int64) error {
 			c, err := paramserver.NewClient(nc, spec.Name, p, 0, 0)
 			if err != nil {
 				return err
 			}
 			return c.Snapshot(ctx, step, snapshotTimeout)
 		},
-		Reached: func(ctx context.Context, p *paramserver.Placement) (int64, error) {
+		Reached: func(ctx context.Context, p *placement.Placement) (int64, error) {
 			c, err := paramserver.NewClient(nc, spec.Name, p, 0, 0)
 			if err != nil {
 				return 0, err
@@ -106,7 +107,7 @@ func Coordinate(ctx context.Context, cfg Config) (*telemetry.Collector, error) {
 			}
 			return reached, nil
 		},
-		OnFinish: func(ctx context.Context, p *paramserver.Placement) error {
+		OnFinish: func(ctx context.Context, p *placement.Placement) error {
 			// The evaluator may be behind training: its remaining steps
 			// are all reached now, so it finishes them (the shards keep
 			// each evaluation step's parameters), unless it is stuck.

@@ -24,6 +24,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/rundir"
 	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // Job is a job as etcd (and, given a NATS connection, its shards) know
@@ -113,7 +114,7 @@ func Read(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, name string)
 	if err != nil {
 		return nil, err
 	}
-	p, err := paramserver.DecodePlacement(kvs[keys.Placement()])
+	p, err := placement.Decode(kvs[keys.Placement()])
 	if err != nil {
 		return nil, err
 	}

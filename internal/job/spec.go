@@ -42,6 +42,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 	"github.com/downpour-ml/downpour/shard"
 )
 
@@ -136,7 +137,7 @@ type Spec struct {
 }
 
 // UsesTasks reports whether the job hands out its data as tasks.
-func (s *Spec) UsesTasks() bool { return s.Mode != paramserver.Sync && s.TaskSteps > 0 }
+func (s *Spec) UsesTasks() bool { return s.Mode != placement.Sync && s.TaskSteps > 0 }
 
 // Default is the job `downpour train` runs with no flags: a one-layer LSTM
 // encoder-decoder learning to reverse digit sequences.
@@ -161,7 +162,7 @@ func Default() Spec {
 		Batch:     32,
 		ClipNorm:  5,
 		LogEvery:  10,
-		Mode:      paramserver.Sync,
+		Mode:      placement.Sync,
 		NFetch:    1,
 		NPush:     1,
 		Optimizer: paramserver.DefaultOptimizer("sgd", 1.5),
@@ -203,7 +204,7 @@ func (s *Spec) Validate() error {
 		if s.NFetch != 1 || s.NPush != 1 {
 			return errors.New("the GAN pulls and pushes every step: n-fetch and n-push must be 1")
 		}
-		if s.Mode == paramserver.SSP {
+		if s.Mode == placement.SSP {
 			return errors.New("the GAN trains in sync or async mode (its D and G updates interleave, which bounded staleness cannot express)")
 		}
 		if s.RampStartEpochs < 0 || s.RampEndEpochs < s.RampStartEpochs {
@@ -236,13 +237,13 @@ func (s *Spec) Validate() error {
 		return errors.New("batch must be at least 1")
 	case s.NFetch < 1 || s.NPush < 1:
 		return fmt.Errorf("n-fetch and n-push must be at least 1 (got %d, %d)", s.NFetch, s.NPush)
-	case s.Mode != paramserver.Async && (s.NFetch != 1 || s.NPush != 1):
+	case s.Mode != placement.Async && (s.NFetch != 1 || s.NPush != 1):
 		return errors.New("n-fetch and n-push other than 1 need --mode async")
 	case s.CheckpointEvery < 0:
 		return errors.New("checkpoint every must not be negative")
 	case s.KeepCheckpoints < 0:
 		return errors.New("keep checkpoints must not be negative (0 keeps them all)")
-	case s.CheckpointEvery > 0 && s.Mode != paramserver.Sync && !s.UsesTasks():
+	case s.CheckpointEvery > 0 && s.Mode != placement.Sync && !s.UsesTasks():
 		return fmt.Errorf("a %s job checkpoints only when it hands its data out as tasks (--task-steps above 0)", s.Mode)
 	case s.TaskSteps < 0 || s.UsesTasks() && (s.TaskTimeout < 1 || s.TaskAttempts < 1):
 		return fmt.Errorf("tasks: steps must not be negative, and a timeout and attempts at least 1 (got %d, %d, %d)", s.TaskSteps, s.TaskTimeout, s.TaskAttempts)
@@ -454,8 +455,8 @@ var Presets = map[string]func(*Spec){
 // within the first attempt of a client's request (paramserver.DefaultAttempt).
 func (s *Spec) ShardConfig() paramserver.ShardConfig {
 	c := paramserver.ShardConfig{Mode: s.Mode, Staleness: s.Staleness, Ranks: s.Workers,
-		Optimizer: s.Optimizer, NonFinite: s.NonFinite, PullTTL: 20, Elastic: s.Mode == paramserver.SSP && s.UsesTasks()}
-	if s.Mode == paramserver.Sync {
+		Optimizer: s.Optimizer, NonFinite: s.NonFinite, PullTTL: 20, Elastic: s.Mode == placement.SSP && s.UsesTasks()}
+	if s.Mode == placement.Sync {
 		// The evaluator reads each evaluation step's parameters exactly,
 		// however far training has gone on meanwhile (the last step's
 		// parameters are the final ones, not a copy).
@@ -597,7 +598,7 @@ type ReshardRequest struct {
 
 // ReadPlacement returns the job's current placement and the etcd revision
 // that last changed it.
-func ReadPlacement(ctx context.Context, cli *clientv3.Client, name string) (*paramserver.Placement, int64, error) {
+func ReadPlacement(ctx context.Context, cli *clientv3.Client, name string) (*placement.Placement, int64, error) {
 	r, err := cli.Get(ctx, KeysFor(name).Placement())
 	if err != nil {
 		return nil, 0, fmt.Errorf("reading the placement: %w", err)
@@ -605,7 +606,7 @@ func ReadPlacement(ctx context.Context, cli *clientv3.Client, name string) (*par
 	if len(r.Kvs) == 0 {
 		return nil, 0, fmt.Errorf("job %s has no placement", name)
 	}
-	p, err := paramserver.DecodePlacement(r.Kvs[0].Value)
+	p, err := placement.Decode(r.Kvs[0].Value)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -615,19 +616,19 @@ func ReadPlacement(ctx context.Context, cli *clientv3.Client, name string) (*par
 // NextPlacement waits until the job's placement is newer than version and
 // returns it (with the revision that wrote it), or returns nil once the job
 // is done. Only ctx bounds the wait.
-func NextPlacement(ctx context.Context, cli *clientv3.Client, name string, version int64) (*paramserver.Placement, int64, error) {
+func NextPlacement(ctx context.Context, cli *clientv3.Client, name string, version int64) (*placement.Placement, int64, error) {
 	keys := KeysFor(name)
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	// check reports whether kv ends the wait: a newer placement, or done.
-	var next *paramserver.Placement
+	var next *placement.Placement
 	var rev int64
 	check := func(kv *mvccpb.KeyValue) (bool, error) {
 		switch string(kv.Key) {
 		case keys.State():
 			return string(kv.Value) == StateDone, nil
 		case keys.Placement():
-			p, err := paramserver.DecodePlacement(kv.Value)
+			p, err := placement.Decode(kv.Value)
 			if err != nil {
 				return false, err
 			}
@@ -698,7 +699,7 @@ func Transient(err error) bool {
 
 // Find waits (up to timeout) for job name to exist in etcd and returns its
 // spec and block placement, which the coordinator writes together.
-func Find(ctx context.Context, cli *clientv3.Client, name string, timeout time.Duration) (*Spec, *paramserver.Placement, error) {
+func Find(ctx context.Context, cli *clientv3.Client, name string, timeout time.Duration) (*Spec, *placement.Placement, error) {
 	keys := KeysFor(name)
 	specData, err := Wait(ctx, cli, keys.Spec(), timeout)
 	if err != nil {
@@ -712,7 +713,7 @@ func Find(ctx context.Context, cli *clientv3.Client, name string, timeout time.D
 	if err != nil {
 		return nil, nil, err
 	}
-	p, err := paramserver.DecodePlacement(placeData)
+	p, err := placement.Decode(placeData)
 	if err != nil {
 		return nil, nil, err
 	}

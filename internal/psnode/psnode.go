@@ -20,6 +20,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // Config is a shard's connections and limits.
@@ -131,8 +132,8 @@ func Run(ctx context.Context, cfg Config) error {
 
 // serveEra serves shard idx of placement p until the job is done (nil), a
 // newer placement appears (it is returned) or ctx ends.
-func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *paramserver.Placement, idx int, restore string,
-	lease *job.Lease, log *slog.Logger) (*paramserver.Placement, error) {
+func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *placement.Placement, idx int, restore string,
+	lease *job.Lease, log *slog.Logger) (*placement.Placement, error) {
 	keys := job.KeysFor(cfg.Job)
 	if r, err := cfg.Etcd.Get(ctx, keys.Served(p.Version, idx)); err != nil {
 		return nil, fmt.Errorf("shard %d: %w", idx, err)
@@ -203,7 +204,7 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *paramserver.Pl
 	// Serve until the job is done or re-placed (no deadline: a job runs as
 	// long as it runs).
 	type result struct {
-		next *paramserver.Placement
+		next *placement.Placement
 		err  error
 	}
 	wctx, cancel := context.WithCancel(ctx)
@@ -238,7 +239,7 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *paramserver.Pl
 
 // replaced waits for the placement that replaces p, whose shard idx a
 // process that died had served, and returns it (nil when the job is done).
-func replaced(ctx context.Context, cfg Config, p *paramserver.Placement, idx int, log *slog.Logger) (*paramserver.Placement, error) {
+func replaced(ctx context.Context, cfg Config, p *placement.Placement, idx int, log *slog.Logger) (*placement.Placement, error) {
 	log.Info("this placement's shard was served by a process that is gone: waiting for the placement that replaces it", "placement", p.Version)
 	next, _, err := job.NextPlacement(ctx, cfg.Etcd, cfg.Job, p.Version)
 	return next, err
@@ -273,7 +274,7 @@ func watchHolders(ctx context.Context, cfg Config, svc *paramserver.Service, log
 // checkpoint's snapshots; else from the job's initial parameters. Each
 // tensor's initial value is a function of (seed, tensor), whichever shard
 // computes it.
-func newShard(spec *job.Spec, p *paramserver.Placement, blocks []paramserver.Block, restore string) (*paramserver.Shard, error) {
+func newShard(spec *job.Spec, p *placement.Placement, blocks []placement.Block, restore string) (*paramserver.Shard, error) {
 	if restore == "" && len(p.From) > 0 {
 		var snaps []*paramserver.Snapshot
 		for _, f := range p.From {
@@ -305,7 +306,7 @@ func newShard(spec *job.Spec, p *paramserver.Placement, blocks []paramserver.Blo
 	offsets := models.Offsets(p.Tensors)
 	cur := -1
 	var full []float32
-	return paramserver.NewShard(spec.ShardConfig(), blocks, func(b paramserver.Block, dst []float32) {
+	return paramserver.NewShard(spec.ShardConfig(), blocks, func(b placement.Block, dst []float32) {
 		if b.Tensor != cur {
 			t := p.Tensors[b.Tensor]
 			full = make([]float32, t.Size())

@@ -19,6 +19,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -67,7 +68,7 @@ func TestClaim(t *testing.T) {
 func TestNewShardRefusesForeignSnapshots(t *testing.T) {
 	spec := job.Default()
 	spec.Name, spec.Seq2Seq.Hidden, spec.Seq2Seq.Embed = "mine", 8, 4
-	p := paramserver.Place(spec.Tensors(), 64, 1)
+	p := placement.Place(spec.Tensors(), 64, 1)
 	blocks := p.OnShard(0)
 	own, err := newShard(&spec, p, blocks, "")
 	if err != nil {
@@ -132,9 +133,9 @@ func servers(t *testing.T) (context.Context, *clientv3.Client, *nats.Conn) {
 // and its holder's epoch is fenced off.
 func TestGoneHolderIdlesItsRank(t *testing.T) {
 	ctx, cli, nc := servers(t)
-	p := paramserver.Place([]models.Tensor{{Name: "w", Shape: []int{4}}}, 4, 1)
-	cfg := paramserver.ShardConfig{Mode: paramserver.SSP, Staleness: 1, Ranks: 2, Elastic: true, Optimizer: paramserver.DefaultOptimizer("sgd", 1)}
-	shard := paramserver.NewShard(cfg, p.OnShard(0), func(paramserver.Block, []float32) {})
+	p := placement.Place([]models.Tensor{{Name: "w", Shape: []int{4}}}, 4, 1)
+	cfg := paramserver.ShardConfig{Mode: placement.SSP, Staleness: 1, Ranks: 2, Elastic: true, Optimizer: paramserver.DefaultOptimizer("sgd", 1)}
+	shard := paramserver.NewShard(cfg, p.OnShard(0), func(placement.Block, []float32) {})
 	svc, err := paramserver.Serve(nc, shard, paramserver.ServiceConfig{Job: "j", Shard: 0, Placement: p.Version, Log: quiet})
 	if err != nil {
 		t.Fatal(err)
@@ -190,7 +191,7 @@ func TestReplacementWaitsForTheNextPlacement(t *testing.T) {
 	ctx, cli, nc := servers(t)
 	spec := job.Default()
 	spec.Name, spec.Shards, spec.Seq2Seq.Hidden, spec.Seq2Seq.Embed = "j", 1, 8, 4
-	p := paramserver.Place(spec.Tensors(), spec.BlockSize, 1)
+	p := placement.Place(spec.Tensors(), spec.BlockSize, 1)
 	keys := job.KeysFor(spec.Name)
 	for k, v := range map[string]string{keys.Spec(): string(spec.Encode()), keys.Placement(): string(p.Encode()),
 		keys.State(): job.StateRunning, keys.Served(p.Version, 0): ""} {

@@ -1,4 +1,11 @@
-package paramserver
+// Package placement is the layout of a job's parameters on its parameter
+// server shards: the model's flat vector cut into blocks, each block placed
+// on a shard by bounded-load rendezvous hashing (Place), the placement's
+// JSON form in etcd (Encode, Decode) and its successors when the job is
+// re-placed (Reshard); and the consistency modes the shards apply pushes
+// in. It imports nothing of the servers' or the coordinator's, so that
+// every role can read a placement without linking the others.
+package placement
 
 import (
 	"encoding/json"
@@ -60,6 +67,12 @@ func DefaultHash(block uint32, shard int) uint64 {
 // DefaultSlack is how far above the mean a shard's bytes may go.
 const DefaultSlack = 0.05
 
+// MessageBytes is the size paramserver's client fills messages to (unless a
+// block alone needs more), however much more the server's max_payload
+// allows: past it, per-message costs no longer show, and a larger message
+// would hold several of Place's runs, which then could not go split.
+const MessageBytes = 1 << 20
+
 // RunBytes bounds the bytes of the runs of consecutive blocks that Place
 // keeps together on one shard: a run fills one message (MessageBytes,
 // NATS's default max_payload) with room for its envelope.
@@ -75,7 +88,7 @@ const RunsPerShard = 16
 // in RunBytes, but short enough to make RunsPerShard runs a shard (a small
 // model's blocks go one by one). A run lies contiguous in the flat vector
 // and on its shard, so it travels as one message straight from the
-// worker's gradient, with no copy into a message first (see Client.Push).
+// worker's gradient, with no copy into a message first (see paramserver's Client.Push).
 func Place(tensors []models.Tensor, blockSize, shards int) *Placement {
 	blocks := 0
 	for _, t := range tensors {
@@ -198,9 +211,9 @@ func (p *Placement) Encode() []byte {
 	return b
 }
 
-// DecodePlacement parses a placement and checks that it is whole: blocks in id
+// Decode parses a placement and checks that it is whole: blocks in id
 // order, tiling the parameter vector exactly, each on a valid shard.
-func DecodePlacement(data []byte) (*Placement, error) {
+func Decode(data []byte) (*Placement, error) {
 	var p Placement
 	if err := json.Unmarshal(data, &p); err != nil {
 		return nil, fmt.Errorf("placement: %w", err)

@@ -1,4 +1,4 @@
-package paramserver
+package placement
 
 import (
 	"fmt"
@@ -11,6 +11,9 @@ import (
 // The W2 workload of the benchmarks: 4 layers, hidden and embedding 512,
 // vocabularies 16000 and 8000.
 var w2 = models.Seq2SeqConfig{SrcVocab: 16000, TgtVocab: 8000, Embed: 512, Hidden: 512, Layers: 4}
+
+// testTensors are three small tensors of awkward sizes.
+var testTensors = []models.Tensor{{Name: "a", Shape: []int{7, 5}}, {Name: "b", Shape: []int{13}}, {Name: "c", Shape: []int{3, 3}}}
 
 func loads(p *Placement) []int {
 	l := make([]int, p.Shards)
@@ -27,7 +30,7 @@ func TestPlacementBalanceW2(t *testing.T) {
 	for _, bs := range []int{16 << 10, 64 << 10, 256 << 10} {
 		for _, shards := range []int{2, 3, 4, 8} {
 			p := Place(ts, bs, shards)
-			q, err := DecodePlacement(p.Encode())
+			q, err := Decode(p.Encode())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -133,7 +136,7 @@ func TestPlacementDeterministic(t *testing.T) {
 	}
 	// A block larger than a shard's share still lands somewhere.
 	p := Place([]models.Tensor{{Name: "big", Shape: []int{100}}, {Name: "s", Shape: []int{3}}}, 100, 4)
-	if _, err := DecodePlacement(p.Encode()); err != nil {
+	if _, err := Decode(p.Encode()); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -150,22 +153,22 @@ func TestDecodePlacementRejects(t *testing.T) {
 		"start < 0": func(p *Placement) { p.Start = -1 },
 		"tensor":    func(p *Placement) { p.Blocks[0].Tensor = 9 },
 	} {
-		q, _ := DecodePlacement(p.Encode())
+		q, _ := Decode(p.Encode())
 		mut(q)
-		if _, err := DecodePlacement(q.Encode()); err == nil {
+		if _, err := Decode(q.Encode()); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-	if _, err := DecodePlacement([]byte("{")); err == nil {
+	if _, err := Decode([]byte("{")); err == nil {
 		t.Error("accepted bad JSON")
 	}
 }
 
-func FuzzDecodePlacement(f *testing.F) {
+func FuzzDecode(f *testing.F) {
 	f.Add(Place(testTensors, 4, 2).Encode())
 	f.Add([]byte(`{"shards":1,"block_size":1,"tensors":[{"name":"x","shape":[-1]}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		p, err := DecodePlacement(data)
+		p, err := Decode(data)
 		if err != nil {
 			return
 		}
