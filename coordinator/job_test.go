@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 )
 
 // A script of events and the assignments each must produce, as
@@ -63,9 +63,9 @@ func TestRanksScript(t *testing.T) {
 
 func TestRanksRestoreThenContinue(t *testing.T) {
 	r := NewRanks(3)
-	r.Restore("a", job.Assignment{Rank: 0, Epoch: 4})
-	r.Restore("b", job.Assignment{Rank: 2, Epoch: 1})
-	r.Restore("x", job.Assignment{Rank: 7, Epoch: 1}) // out of range: ignored
+	r.Restore("a", jobetcd.Assignment{Rank: 0, Epoch: 4})
+	r.Restore("b", jobetcd.Assignment{Rank: 2, Epoch: 1})
+	r.Restore("x", jobetcd.Assignment{Rank: 7, Epoch: 1}) // out of range: ignored
 	if out := r.Up("a"); out != nil {
 		t.Fatalf("restored worker reassigned: %v", out)
 	}

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver/placement"
 )
@@ -39,12 +39,12 @@ func runScript(t *testing.T, j *Job, script string) {
 		case "shard-down": // shard-down <index> <placement it served>
 			out = j.ShardDown(num(1), int64(num(2)))
 		case "snap": // snap <shard> <step> <placement>
-			out = j.SnapshotRecorded(job.SnapshotRecord{Shard: num(1), Step: int64(num(2)), Placement: int64(num(3)),
+			out = j.SnapshotRecorded(jobetcd.SnapshotRecord{Shard: num(1), Step: int64(num(2)), Placement: int64(num(3)),
 				Path: fmt.Sprintf("s%d@%d", num(1), num(2))})
 		case "done":
 			out = j.RankDone(num(1))
 		case "reshard":
-			out = j.ReshardRequested(job.ReshardRequest{Shards: num(1)})
+			out = j.ReshardRequested(jobetcd.ReshardRequest{Shards: num(1)})
 		case "tick":
 			out = j.Tick()
 		case "task-done": // task-done <worker> <task id>
@@ -225,7 +225,7 @@ func TestSaveTasksCarriesItsMomentsQueue(t *testing.T) {
 		t.Fatalf("actions: %s", got)
 	}
 	first, last := out[0].Tasks.List[3], out[3].Tasks.List[3]
-	if first.State != TaskTodo || last.State != TaskPending || last.Owner != "b" {
+	if first.State != jobetcd.TaskTodo || last.State != jobetcd.TaskPending || last.Owner != "b" {
 		t.Fatalf("task 3 in the first save: %+v; in the last: %+v", first, last)
 	}
 }

@@ -16,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
@@ -31,12 +32,12 @@ var (
 // resume writes the placement that continues the job from its last complete
 // checkpoint, on p's shards, and forgets the ranks that had finished after
 // it: they rerun from there.
-func resume(ctx context.Context, cli *clientv3.Client, l *Leadership, keys job.Keys, p *placement.Placement) (*placement.Placement, error) {
+func resume(ctx context.Context, cli *clientv3.Client, l *Leadership, keys jobetcd.Keys, p *placement.Placement) (*placement.Placement, error) {
 	r, err := cli.Get(ctx, keys.Checkpoint())
 	if err != nil {
 		return nil, fmt.Errorf("reading the last checkpoint: %w", err)
 	}
-	var cp job.CheckpointRecord
+	var cp jobetcd.CheckpointRecord
 	if len(r.Kvs) == 0 || json.Unmarshal(r.Kvs[0].Value, &cp) != nil || len(cp.Files) == 0 {
 		return nil, fmt.Errorf("%w: no complete checkpoint (train with --checkpoint-every)", ErrNothingToResume)
 	}
@@ -93,7 +94,7 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 	if cfg.JoinTimeout == 0 {
 		cfg.JoinTimeout = 5 * time.Minute
 	}
-	keys := job.KeysFor(spec.Name)
+	keys := jobetcd.KeysFor(spec.Name)
 	p := placement.Place(spec.Tensors(), spec.BlockSize, spec.Shards)
 	if len(p.Blocks) < spec.Shards {
 		return fmt.Errorf("the model has %d blocks of %d floats for %d shards: lower --block-size or --ps-shards", len(p.Blocks), spec.BlockSize, spec.Shards)
@@ -123,7 +124,7 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 		If(create).
 		Then(clientv3.OpPut(keys.Spec(), string(spec.Encode())),
 			clientv3.OpPut(keys.Placement(), string(p.Encode())),
-			clientv3.OpPut(keys.State(), job.StateRunning)).
+			clientv3.OpPut(keys.State(), jobetcd.StateRunning)).
 		Else(clientv3.OpGet(keys.Spec()), clientv3.OpGet(keys.State())).
 		Commit()
 	if err != nil {
@@ -138,7 +139,7 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 		if !bytes.Equal(old, spec.Encode()) {
 			return fmt.Errorf("job %s: %w (stored: %s)", spec.Name, ErrSpecConflict, old)
 		}
-		if st := resp.Responses[1].GetResponseRange().Kvs; len(st) > 0 && string(st[0].Value) == job.StateDone {
+		if st := resp.Responses[1].GetResponseRange().Kvs; len(st) > 0 && string(st[0].Value) == jobetcd.StateDone {
 			return fmt.Errorf("job %s: %w", spec.Name, ErrJobDone)
 		}
 		if p, _, err = job.ReadPlacement(ctx, cli, spec.Name); err != nil {
@@ -176,7 +177,7 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 		if err != nil {
 			return fmt.Errorf("reading the last checkpoint: %w", err)
 		}
-		var cp job.CheckpointRecord
+		var cp jobetcd.CheckpointRecord
 		if len(r.Kvs) > 0 && json.Unmarshal(r.Kvs[0].Value, &cp) == nil {
 			if r, err = cli.Get(ctx, keys.TasksAt(cp.Step)); err == nil && len(r.Kvs) > 0 {
 				if qa, err := DecodeTasks(r.Kvs[0].Value); err == nil {
@@ -198,7 +199,7 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 type run struct {
 	cli    *clientv3.Client
 	cfg    Config
-	keys   job.Keys
+	keys   jobetcd.Keys
 	job    *Job
 	placed *placement.Placement // the placement last written
 }
@@ -215,7 +216,7 @@ func (c *run) loop(ctx context.Context) error {
 	for _, kv := range snap.Kvs {
 		k := string(kv.Key)
 		if id, ok := strings.CutPrefix(k, c.keys.Assigns()); ok {
-			var a job.Assignment
+			var a jobetcd.Assignment
 			if json.Unmarshal(kv.Value, &a) == nil {
 				c.job.RestoreAssignment(id, a)
 			}
@@ -227,7 +228,7 @@ func (c *run) loop(ctx context.Context) error {
 		if k == c.keys.Checkpoint() {
 			// Known before any dead holder below rolls the job back: a
 			// rollback goes to this checkpoint, not to step 0.
-			var cp job.CheckpointRecord
+			var cp jobetcd.CheckpointRecord
 			if json.Unmarshal(kv.Value, &cp) == nil {
 				c.job.CheckpointRecorded(cp)
 			}
@@ -274,7 +275,7 @@ func (c *run) loop(ctx context.Context) error {
 				return fmt.Errorf("etcd watch closed: %w", ctx.Err())
 			}
 			if err := wr.Err(); err != nil {
-				if !job.Transient(err) || errors.Is(err, rpctypes.ErrCompacted) {
+				if !jobetcd.Transient(err) || errors.Is(err, rpctypes.ErrCompacted) {
 					return fmt.Errorf("watching job %s: %w", c.cfg.Spec.Name, err)
 				}
 				c.cfg.Log.Warn("etcd ended the job's watch: watching again", "after_revision", seen, "err", err)
@@ -307,31 +308,31 @@ func (c *run) handle(ctx context.Context, typ mvccpb.Event_EventType, kv, prev *
 			out = c.job.WorkerDown(id)
 		}
 	} else if i, ok := strings.CutPrefix(k, c.keys.Shards()); ok && !put && prev != nil {
-		var m job.ShardMember
+		var m jobetcd.ShardMember
 		if idx, err := strconv.Atoi(i); err == nil && json.Unmarshal(prev.Value, &m) == nil {
 			out = c.job.ShardDown(idx, m.Placement)
 		}
 	} else if _, ok := strings.CutPrefix(k, c.keys.ShardSnapshots()); ok && put {
-		var rec job.SnapshotRecord
+		var rec jobetcd.SnapshotRecord
 		if err := json.Unmarshal(kv.Value, &rec); err != nil {
 			c.cfg.Log.Warn("ignoring a malformed snapshot record", "key", k)
 			return false, nil
 		}
 		out = c.job.SnapshotRecorded(rec)
 	} else if k == c.keys.Checkpoint() && put { // read back when the coordinator restarts
-		var cp job.CheckpointRecord
+		var cp jobetcd.CheckpointRecord
 		if json.Unmarshal(kv.Value, &cp) == nil {
 			c.job.CheckpointRecorded(cp)
 		}
 	} else if k == c.keys.Reshard() && put {
-		var req job.ReshardRequest
+		var req jobetcd.ReshardRequest
 		if err := json.Unmarshal(kv.Value, &req); err != nil {
 			c.cfg.Log.Warn("ignoring a malformed reshard request", "err", err)
 			return false, nil
 		}
 		out = c.job.ReshardRequested(req)
 	} else if id, ok := strings.CutPrefix(k, c.keys.TaskDones()); ok && put {
-		var t Task
+		var t jobetcd.Task
 		if err := json.Unmarshal(kv.Value, &t); err != nil {
 			c.cfg.Log.Warn("ignoring a malformed task report", "worker", id, "err", err)
 			return false, nil
@@ -404,7 +405,7 @@ func (c *run) exec(ctx context.Context, actions []Action) (finished bool, err er
 			}
 		case DoPlace:
 			q := a.Placement
-			rec := job.RollbackRecord{Placement: q.Version, Why: a.Why, ToStep: q.Start, FromStep: -1}
+			rec := jobetcd.RollbackRecord{Placement: q.Version, Why: a.Why, ToStep: q.Start, FromStep: -1}
 			if a.Thrown >= 0 { // with tasks: in data steps, as the checkpoint's label
 				rec.FromStep = q.Start + a.Thrown
 			} else if c.cfg.Reached != nil {
@@ -441,7 +442,7 @@ func (c *run) exec(ctx context.Context, actions []Action) (finished bool, err er
 					return false, err
 				}
 			}
-			if err := put("marking the job done", clientv3.OpPut(c.keys.State(), job.StateDone)); err != nil {
+			if err := put("marking the job done", clientv3.OpPut(c.keys.State(), jobetcd.StateDone)); err != nil {
 				return false, err
 			}
 			return true, nil

@@ -16,6 +16,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
@@ -28,7 +29,7 @@ func etcd(t *testing.T) *clientv3.Client {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.Close)
-	cli, err := job.Connect(context.Background(), []string{e.Config().AdvertiseClientUrls[0].String()}, 5*time.Second)
+	cli, err := jobetcd.Connect(context.Background(), []string{e.Config().AdvertiseClientUrls[0].String()}, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,7 +46,7 @@ func TestRunAssignsAndFinishes(t *testing.T) {
 	defer cancel()
 	spec := job.Default()
 	spec.Name, spec.Workers = "c1", 2
-	keys := job.KeysFor(spec.Name)
+	keys := jobetcd.KeysFor(spec.Name)
 	finished := 0
 	errc := make(chan error, 1)
 	go func() {
@@ -54,7 +55,7 @@ func TestRunAssignsAndFinishes(t *testing.T) {
 			return nil
 		}})
 	}()
-	if _, err := job.Wait(ctx, cli, keys.Spec(), 10*time.Second); err != nil {
+	if _, err := jobetcd.Wait(ctx, cli, keys.Spec(), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	other := spec
@@ -64,17 +65,17 @@ func TestRunAssignsAndFinishes(t *testing.T) {
 	}
 	ranks := map[int]bool{}
 	for _, id := range []string{"w0", "w1"} {
-		l, err := job.Grant(ctx, cli, 5)
+		l, err := jobetcd.Grant(ctx, cli, 5)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer l.Close()
 		cli.Put(ctx, keys.Worker(id), "{}", clientv3.WithLease(l.ID))
-		v, err := job.Wait(ctx, cli, keys.Assign(id), 10*time.Second)
+		v, err := jobetcd.Wait(ctx, cli, keys.Assign(id), 10*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var a job.Assignment
+		var a jobetcd.Assignment
 		json.Unmarshal(v, &a)
 		if a.Epoch != 1 || a.DataShard != a.Rank {
 			t.Fatalf("assignment %+v", a)
@@ -92,7 +93,7 @@ func TestRunAssignsAndFinishes(t *testing.T) {
 	if finished != 1 {
 		t.Fatalf("OnFinish ran %d times", finished)
 	}
-	if v, _ := job.Wait(ctx, cli, keys.State(), time.Second); string(v) != job.StateDone {
+	if v, _ := jobetcd.Wait(ctx, cli, keys.State(), time.Second); string(v) != jobetcd.StateDone {
 		t.Fatalf("state %q", v)
 	}
 	if err := Run(ctx, cli, Config{Spec: spec, Log: quiet}); !errors.Is(err, ErrJobDone) {
@@ -120,14 +121,14 @@ func TestRunRefusesMoreShardsThanBlocks(t *testing.T) {
 }
 
 // askReshard writes a reshard request and returns the coordinator's answer.
-func askReshard(t *testing.T, ctx context.Context, cli *clientv3.Client, keys job.Keys, shards int) job.ReshardRequest {
+func askReshard(t *testing.T, ctx context.Context, cli *clientv3.Client, keys jobetcd.Keys, shards int) jobetcd.ReshardRequest {
 	t.Helper()
-	b, _ := json.Marshal(job.ReshardRequest{Shards: shards})
+	b, _ := json.Marshal(jobetcd.ReshardRequest{Shards: shards})
 	if _, err := cli.Put(ctx, keys.Reshard(), string(b)); err != nil {
 		t.Fatal(err)
 	}
-	var ans job.ReshardRequest
-	err := job.WaitPrefix(ctx, cli, keys.Reshard(), 10*time.Second, func(kvs map[string][]byte) bool {
+	var ans jobetcd.ReshardRequest
+	err := jobetcd.WaitPrefix(ctx, cli, keys.Reshard(), 10*time.Second, func(kvs map[string][]byte) bool {
 		return json.Unmarshal(kvs[keys.Reshard()], &ans) == nil && ans.Status != ""
 	})
 	if err != nil {
@@ -145,23 +146,23 @@ func TestRunReshard(t *testing.T) {
 	defer cancel()
 	spec := job.Default()
 	spec.Name, spec.Workers, spec.Shards, spec.CheckpointEvery = "rs", 2, 2, 10
-	keys := job.KeysFor(spec.Name)
+	keys := jobetcd.KeysFor(spec.Name)
 	errc := make(chan error, 1)
 	go func() { errc <- Run(ctx, cli, Config{Spec: spec, Log: quiet}) }()
-	if _, err := job.Wait(ctx, cli, keys.Placement(), 10*time.Second); err != nil {
+	if _, err := jobetcd.Wait(ctx, cli, keys.Placement(), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if a := askReshard(t, ctx, cli, keys, 3); !strings.Contains(a.Status, "no complete checkpoint") {
 		t.Fatalf("without a checkpoint: %+v", a)
 	}
 	record := func(version, step int64, shard int) {
-		b, _ := json.Marshal(job.SnapshotRecord{Path: fmt.Sprintf("s%d-%d", shard, step), Step: step, Shard: shard, Placement: version})
+		b, _ := json.Marshal(jobetcd.SnapshotRecord{Path: fmt.Sprintf("s%d-%d", shard, step), Step: step, Shard: shard, Placement: version})
 		cli.Put(ctx, keys.ShardSnapshot(version, step, shard), string(b))
 	}
 	record(1, 10, 0)
 	record(1, 10, 1)
 	record(1, 20, 0) // step 20 is not complete: the checkpoint is step 10
-	if _, err := job.Wait(ctx, cli, keys.Checkpoint(), 10*time.Second); err != nil {
+	if _, err := jobetcd.Wait(ctx, cli, keys.Checkpoint(), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if a := askReshard(t, ctx, cli, keys, 1<<20); !strings.Contains(a.Status, "cannot place") {
@@ -179,8 +180,8 @@ func TestRunReshard(t *testing.T) {
 	record(2, 20, 0)
 	record(2, 20, 1)
 	record(2, 20, 2)
-	err = job.WaitPrefix(ctx, cli, keys.Checkpoint(), 10*time.Second, func(kvs map[string][]byte) bool {
-		var cp job.CheckpointRecord
+	err = jobetcd.WaitPrefix(ctx, cli, keys.Checkpoint(), 10*time.Second, func(kvs map[string][]byte) bool {
+		var cp jobetcd.CheckpointRecord
 		json.Unmarshal(kvs[keys.Checkpoint()], &cp)
 		return cp.Step == 20 && cp.Placement == 2 && len(cp.Files) == 3
 	})
@@ -207,7 +208,7 @@ func TestRunResume(t *testing.T) {
 	defer cancel()
 	spec := job.Default()
 	spec.Name, spec.Workers, spec.Shards, spec.CheckpointEvery = "re", 1, 2, 10
-	keys := job.KeysFor(spec.Name)
+	keys := jobetcd.KeysFor(spec.Name)
 	if err := Run(ctx, cli, Config{Spec: spec, Log: quiet, Resume: true}); !errors.Is(err, ErrNothingToResume) {
 		t.Fatalf("resuming a job that does not exist: %v", err)
 	}
@@ -218,7 +219,7 @@ func TestRunResume(t *testing.T) {
 	rctx, stop := context.WithCancel(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet}) }()
-	if _, err := job.Wait(ctx, cli, keys.Placement(), 10*time.Second); err != nil {
+	if _, err := jobetcd.Wait(ctx, cli, keys.Placement(), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	stop()
@@ -226,12 +227,12 @@ func TestRunResume(t *testing.T) {
 	if err := Run(ctx, cli, Config{Spec: spec, Log: quiet, Resume: true}); !errors.Is(err, ErrNothingToResume) {
 		t.Fatalf("resuming without a checkpoint: %v", err)
 	}
-	cp, _ := json.Marshal(job.CheckpointRecord{Step: 30, Placement: 1, Files: []string{"a", "b"}})
+	cp, _ := json.Marshal(jobetcd.CheckpointRecord{Step: 30, Placement: 1, Files: []string{"a", "b"}})
 	cli.Put(ctx, keys.Checkpoint(), string(cp))
 	cli.Put(ctx, keys.Done(0), "1")
 	rctx, stop = context.WithCancel(ctx)
 	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet, Resume: true}) }()
-	err := job.WaitPrefix(ctx, cli, keys.Placement(), 10*time.Second, func(kvs map[string][]byte) bool {
+	err := jobetcd.WaitPrefix(ctx, cli, keys.Placement(), 10*time.Second, func(kvs map[string][]byte) bool {
 		p, err := placement.Decode(kvs[keys.Placement()])
 		return err == nil && p.Version == 2
 	})
@@ -260,7 +261,7 @@ func TestExecWritesTasksAndQueueAtOnce(t *testing.T) {
 	cli := etcd(t)
 	ctx := context.Background()
 	spec := job.Default()
-	keys := job.KeysFor(spec.Name)
+	keys := jobetcd.KeysFor(spec.Name)
 	c := &run{cli: cli, cfg: Config{Spec: spec, Log: quiet}, keys: keys}
 	q := NewTasks(2, 100, 50, 60, 3)
 	before := q.clone()
@@ -268,7 +269,7 @@ func TestExecWritesTasksAndQueueAtOnce(t *testing.T) {
 	actions := []Action{
 		{Kind: DoSaveTasks, Tasks: q},
 		{Kind: DoGiveTask, Worker: "w1", Task: t1},
-		{Kind: DoGiveTask, Worker: "w2", Task: Task{ID: -1}},
+		{Kind: DoGiveTask, Worker: "w2", Task: jobetcd.Task{ID: -1}},
 	}
 	t2, _ := q.Next("w2")
 	actions = append(actions, Action{Kind: DoGiveTask, Worker: "w2", Task: t2}, Action{Kind: DoSaveTasks, Tasks: q})
@@ -303,23 +304,23 @@ func TestRunResumeWithADeadHolder(t *testing.T) {
 	defer cancel()
 	spec := job.Default()
 	spec.Name, spec.Workers, spec.Shards, spec.CheckpointEvery = "dead", 1, 2, 10
-	keys := job.KeysFor(spec.Name)
+	keys := jobetcd.KeysFor(spec.Name)
 	rctx, stop := context.WithCancel(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet}) }()
-	if _, err := job.Wait(ctx, cli, keys.Placement(), 10*time.Second); err != nil {
+	if _, err := jobetcd.Wait(ctx, cli, keys.Placement(), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	stop()
 	<-errc
-	cp, _ := json.Marshal(job.CheckpointRecord{Step: 30, Placement: 1, Files: []string{"a", "b"}})
-	a, _ := json.Marshal(job.Assignment{Rank: 0, Epoch: 1})
+	cp, _ := json.Marshal(jobetcd.CheckpointRecord{Step: 30, Placement: 1, Files: []string{"a", "b"}})
+	a, _ := json.Marshal(jobetcd.Assignment{Rank: 0, Epoch: 1})
 	cli.Put(ctx, keys.Checkpoint(), string(cp))
 	cli.Put(ctx, keys.Assign("gone"), string(a)) // no member key: its lease is gone
 	rctx, stop = context.WithCancel(ctx)
 	defer stop()
 	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet, Resume: true}) }()
-	err := job.WaitPrefix(ctx, cli, keys.Placement(), 10*time.Second, func(kvs map[string][]byte) bool {
+	err := jobetcd.WaitPrefix(ctx, cli, keys.Placement(), 10*time.Second, func(kvs map[string][]byte) bool {
 		p, err := placement.Decode(kvs[keys.Placement()])
 		return err == nil && p.Version == 3
 	})

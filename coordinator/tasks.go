@@ -4,28 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
-)
 
-// Task states.
-const (
-	TaskTodo    = "todo"
-	TaskPending = "pending"
-	TaskDone    = "done"
-	TaskFailed  = "failed"
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 )
-
-// Task is a piece of an async job's data: steps [From, To) of data shard
-// Shard, processed by one worker at a time.
-type Task struct {
-	ID       int    `json:"id"`
-	Shard    int    `json:"shard"`
-	From     int64  `json:"from"`
-	To       int64  `json:"to"`
-	State    string `json:"state"`
-	Owner    string `json:"owner,omitempty"`
-	Deadline int64  `json:"deadline,omitempty"` // tick by which a pending task must be done
-	Attempts int    `json:"attempts,omitempty"` // times it was given out
-}
 
 // Tasks is the data-shard task queue of an async job, after PaddlePaddle's
 // Go master: every task is todo, pending (given to an owner, with a
@@ -39,11 +20,11 @@ type Task struct {
 // finished when every task is done or failed, and then DoneSteps counts
 // exactly the data steps of the done tasks.
 type Tasks struct {
-	List        []Task `json:"tasks"`
-	Now         int64  `json:"now"`
-	Timeout     int64  `json:"timeout"`      // ticks a worker has for a task
-	MaxAttempts int    `json:"max_attempts"` // times a task is given out before it fails
-	Late        int    `json:"late"`         // reports of tasks no longer the reporter's
+	List        []jobetcd.Task `json:"tasks"`
+	Now         int64          `json:"now"`
+	Timeout     int64          `json:"timeout"`      // ticks a worker has for a task
+	MaxAttempts int            `json:"max_attempts"` // times a task is given out before it fails
+	Late        int            `json:"late"`         // reports of tasks no longer the reporter's
 }
 
 // NewTasks cuts steps steps of each of shards data shards into tasks of at
@@ -52,7 +33,7 @@ func NewTasks(shards int, steps, per, timeout int64, maxAttempts int) *Tasks {
 	q := &Tasks{Timeout: timeout, MaxAttempts: maxAttempts}
 	for s := 0; s < shards; s++ {
 		for f := int64(0); f < steps; f += per {
-			q.List = append(q.List, Task{ID: len(q.List), Shard: s, From: f, To: min(f+per, steps), State: TaskTodo})
+			q.List = append(q.List, jobetcd.Task{ID: len(q.List), Shard: s, From: f, To: min(f+per, steps), State: jobetcd.TaskTodo})
 		}
 	}
 	return q
@@ -60,39 +41,39 @@ func NewTasks(shards int, steps, per, timeout int64, maxAttempts int) *Tasks {
 
 // Next gives worker the oldest todo task, or reports that none is left to
 // give (some may still be pending). A worker that owns a task gets it again.
-func (q *Tasks) Next(worker string) (Task, bool) {
+func (q *Tasks) Next(worker string) (jobetcd.Task, bool) {
 	for _, t := range q.List {
-		if t.State == TaskPending && t.Owner == worker {
+		if t.State == jobetcd.TaskPending && t.Owner == worker {
 			return t, true
 		}
 	}
 	for i := range q.List {
 		t := &q.List[i]
-		if t.State == TaskTodo {
-			t.State, t.Owner, t.Deadline = TaskPending, worker, q.Now+q.Timeout
+		if t.State == jobetcd.TaskTodo {
+			t.State, t.Owner, t.Deadline = jobetcd.TaskPending, worker, q.Now+q.Timeout
 			t.Attempts++
 			return *t, true
 		}
 	}
-	return Task{}, false
+	return jobetcd.Task{}, false
 }
 
 // Finish records worker's report that task id is done. It reports whether
 // the report counted (the task was pending with worker as its owner).
 func (q *Tasks) Finish(worker string, id int) bool {
-	if id < 0 || id >= len(q.List) || q.List[id].State != TaskPending || q.List[id].Owner != worker {
+	if id < 0 || id >= len(q.List) || q.List[id].State != jobetcd.TaskPending || q.List[id].Owner != worker {
 		q.Late++
 		return false
 	}
 	t := &q.List[id]
-	t.State, t.Owner, t.Deadline = TaskDone, "", 0
+	t.State, t.Owner, t.Deadline = jobetcd.TaskDone, "", 0
 	return true
 }
 
 // Down returns worker's pending task, if any, to the queue.
 func (q *Tasks) Down(worker string) {
 	for i := range q.List {
-		if t := &q.List[i]; t.State == TaskPending && t.Owner == worker {
+		if t := &q.List[i]; t.State == jobetcd.TaskPending && t.Owner == worker {
 			q.requeue(t)
 		}
 	}
@@ -104,7 +85,7 @@ func (q *Tasks) Tick() []string {
 	q.Now++
 	var lost []string
 	for i := range q.List {
-		if t := &q.List[i]; t.State == TaskPending && q.Now > t.Deadline {
+		if t := &q.List[i]; t.State == jobetcd.TaskPending && q.Now > t.Deadline {
 			lost = append(lost, t.Owner)
 			q.requeue(t)
 		}
@@ -112,19 +93,19 @@ func (q *Tasks) Tick() []string {
 	return lost
 }
 
-func (q *Tasks) requeue(t *Task) {
+func (q *Tasks) requeue(t *jobetcd.Task) {
 	t.Owner, t.Deadline = "", 0
 	if t.Attempts >= q.MaxAttempts {
-		t.State = TaskFailed
+		t.State = jobetcd.TaskFailed
 	} else {
-		t.State = TaskTodo
+		t.State = jobetcd.TaskTodo
 	}
 }
 
 // Finished reports whether every task is done or failed.
 func (q *Tasks) Finished() bool {
 	for _, t := range q.List {
-		if t.State == TaskTodo || t.State == TaskPending {
+		if t.State == jobetcd.TaskTodo || t.State == jobetcd.TaskPending {
 			return false
 		}
 	}
@@ -144,7 +125,7 @@ func (q *Tasks) Count() map[string]int {
 func (q *Tasks) DoneSteps() int64 {
 	var n int64
 	for _, t := range q.List {
-		if t.State == TaskDone {
+		if t.State == jobetcd.TaskDone {
 			n += t.To - t.From
 		}
 	}
@@ -176,7 +157,7 @@ func DecodeTasks(b []byte) (*Tasks, error) {
 		switch {
 		case t.ID != i || t.From < 0 || t.To <= t.From || t.Shard < 0:
 			return nil, fmt.Errorf("task queue: task %d is inconsistent: %+v", i, t)
-		case t.State != TaskTodo && t.State != TaskPending && t.State != TaskDone && t.State != TaskFailed:
+		case t.State != jobetcd.TaskTodo && t.State != jobetcd.TaskPending && t.State != jobetcd.TaskDone && t.State != jobetcd.TaskFailed:
 			return nil, fmt.Errorf("task queue: task %d has state %q", i, t.State)
 		}
 	}

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 )
 
 // The task queue as a script: "next w" answers the task given ("id:shard:from-to"
@@ -68,7 +70,7 @@ func TestTasksScript(t *testing.T) {
 		case "count":
 			c := q.Count()
 			var parts []string
-			for _, st := range []string{TaskFailed, TaskTodo, TaskPending, TaskDone} {
+			for _, st := range []string{jobetcd.TaskFailed, jobetcd.TaskTodo, jobetcd.TaskPending, jobetcd.TaskDone} {
 				if c[st] > 0 {
 					parts = append(parts, fmt.Sprintf("%s=%d", st, c[st]))
 				}

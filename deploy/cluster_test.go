@@ -34,6 +34,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/auth"
 	"github.com/downpour-ml/downpour/internal/checkpoint"
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/paramserver"
 )
 
@@ -132,7 +133,7 @@ func up(t *testing.T) *cluster {
 		natss = append(natss, "tls://"+port(t, fmt.Sprint("nats", i), 4222))
 	}
 	user, password := obs.EtcdLogin()
-	if c.cli, err = job.ConnectAs(t.Context(), etcds, 10*time.Second, user, password, tc); err != nil {
+	if c.cli, err = jobetcd.ConnectAs(t.Context(), etcds, 10*time.Second, user, password, tc); err != nil {
 		t.Fatal(err)
 	}
 	for i, u := range natss {
@@ -228,14 +229,14 @@ func (c *cluster) get(key string, opts ...clientv3.OpOption) []*mvccpb.KeyValue 
 }
 
 func (c *cluster) done() bool {
-	r := c.get(job.KeysFor(jobName).State())
-	return len(r) == 1 && string(r[0].Value) == job.StateDone
+	r := c.get(jobetcd.KeysFor(jobName).State())
+	return len(r) == 1 && string(r[0].Value) == jobetcd.StateDone
 }
 
 // leader is the service name of the leading coordinator (its id is its
 // hostname, set to the service's name, and its pid).
 func (c *cluster) leader() string {
-	r := c.get(job.KeysFor(jobName).Leader(), append(clientv3.WithFirstCreate(), clientv3.WithPrefix())...)
+	r := c.get(jobetcd.KeysFor(jobName).Leader(), append(clientv3.WithFirstCreate(), clientv3.WithPrefix())...)
 	if len(r) == 0 {
 		return ""
 	}
@@ -246,8 +247,8 @@ func (c *cluster) leader() string {
 // rankHolder is a worker service holding a rank (workers' ids are their
 // service names).
 func (c *cluster) rankHolder() string {
-	for _, kv := range c.get(job.KeysFor(jobName).Assigns(), clientv3.WithPrefix()) {
-		return strings.TrimPrefix(string(kv.Key), job.KeysFor(jobName).Assigns())
+	for _, kv := range c.get(jobetcd.KeysFor(jobName).Assigns(), clientv3.WithPrefix()) {
+		return strings.TrimPrefix(string(kv.Key), jobetcd.KeysFor(jobName).Assigns())
 	}
 	c.t.Fatal("no worker holds a rank")
 	return ""
@@ -324,10 +325,10 @@ func (c *cluster) finalParams() []float32 {
 }
 
 // rollbacks are the job's rollback records.
-func (c *cluster) rollbacks() []job.RollbackRecord {
-	var rbs []job.RollbackRecord
-	for _, kv := range c.get(job.KeysFor(jobName).Rollbacks(), clientv3.WithPrefix()) {
-		var rb job.RollbackRecord
+func (c *cluster) rollbacks() []jobetcd.RollbackRecord {
+	var rbs []jobetcd.RollbackRecord
+	for _, kv := range c.get(jobetcd.KeysFor(jobName).Rollbacks(), clientv3.WithPrefix()) {
+		var rb jobetcd.RollbackRecord
 		if err := json.Unmarshal(kv.Value, &rb); err != nil {
 			c.t.Fatalf("rollback record %s: %v", kv.Value, err)
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
@@ -43,7 +44,7 @@ import (
 type ganTrainer struct {
 	cfg    Config
 	spec   *job.Spec
-	a      job.Assignment
+	a      jobetcd.Assignment
 	d, g   *paramserver.Client // alternating: one client per parameter group
 	all    *paramserver.Client // simultaneous: one client for both
 	model  *models.GAN[float32]
@@ -62,7 +63,7 @@ type ganTrainer struct {
 	xferStep int64
 }
 
-func newGANTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *placement.Placement) (*ganTrainer, error) {
+func newGANTrainer(cfg Config, spec *job.Spec, a jobetcd.Assignment, p *placement.Placement) (*ganTrainer, error) {
 	gs := spec.GAN.GSize()
 	t := &ganTrainer{cfg: cfg, spec: spec, a: a, model: models.NewGAN[float32](spec.GAN), gs: gs}
 	var err error
@@ -70,7 +71,7 @@ func newGANTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *placement.Pl
 		if t.all, err = paramserver.NewClient(cfg.NATS, spec.Name, p, a.Rank, a.Epoch); err != nil {
 			return nil, err
 		}
-		t.all.Observe = metrics.Client(spec.Name)
+		t.all.Observe = observe(spec.Name)
 		t.model.Hooks = &models.Hooks{
 			NeedParams: func(lo, hi int) {
 				if t.xfer != nil && t.xerr == nil {
@@ -90,7 +91,7 @@ func newGANTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *placement.Pl
 		if t.g, err = paramserver.NewClientFor(cfg.NATS, spec.Name, p, a.Rank, a.Epoch, func(b placement.Block) bool { return b.Offset < gs }); err != nil {
 			return nil, err
 		}
-		t.d.Observe, t.g.Observe = metrics.Client(spec.Name), metrics.Client(spec.Name)
+		t.d.Observe, t.g.Observe = observe(spec.Name), observe(spec.Name)
 	}
 	m, err := spec.OpenMNIST()
 	if err != nil {

@@ -20,8 +20,8 @@ import (
 	"github.com/nats-io/nats.go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/downpour-ml/downpour/coordinator"
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
@@ -72,14 +72,14 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err := wire.ValidJob(cfg.Job); err != nil {
 		return err
 	}
-	keys := job.KeysFor(cfg.Job)
+	keys := jobetcd.KeysFor(cfg.Job)
 	log := cfg.Log.With("worker", cfg.ID)
 
 	spec, p, err := job.Find(ctx, cfg.Etcd, cfg.Job, cfg.WaitTimeout)
 	if err != nil {
 		return err
 	}
-	lease, err := job.Grant(ctx, cfg.Etcd, cfg.LeaseTTL)
+	lease, err := jobetcd.Grant(ctx, cfg.Etcd, cfg.LeaseTTL)
 	if err != nil {
 		return err
 	}
@@ -107,8 +107,8 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	// a rank is free, and leaves when the job ends without needing it.
 	var assignData []byte
 	jobDone := false
-	err = job.WaitPrefix(ctx, cfg.Etcd, keys.Root(), 1<<62, func(kvs map[string][]byte) bool {
-		assignData, jobDone = kvs[keys.Assign(cfg.ID)], string(kvs[keys.State()]) == job.StateDone
+	err = jobetcd.WaitPrefix(ctx, cfg.Etcd, keys.Root(), 1<<62, func(kvs map[string][]byte) bool {
+		assignData, jobDone = kvs[keys.Assign(cfg.ID)], string(kvs[keys.State()]) == jobetcd.StateDone
 		return assignData != nil || jobDone
 	})
 	if err != nil {
@@ -118,11 +118,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		log.Info("the job is done; it did not need this worker")
 		return nil
 	}
-	var a job.Assignment
+	var a jobetcd.Assignment
 	if err := json.Unmarshal(assignData, &a); err != nil {
 		return fmt.Errorf("assignment: %w", err)
 	}
-	err = job.WaitPrefix(ctx, cfg.Etcd, keys.Shards(), cfg.WaitTimeout, func(kvs map[string][]byte) bool {
+	err = jobetcd.WaitPrefix(ctx, cfg.Etcd, keys.Shards(), cfg.WaitTimeout, func(kvs map[string][]byte) bool {
 		return len(kvs) >= p.Shards
 	})
 	if err != nil {
@@ -149,7 +149,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		if err != nil {
 			return fmt.Errorf("re-reading its rank: %w", err)
 		}
-		var now job.Assignment
+		var now jobetcd.Assignment
 		if len(cur.Kvs) == 0 || json.Unmarshal(cur.Kvs[0].Value, &now) != nil || now != a {
 			return fmt.Errorf("%w: rank %d epoch %d is no longer this worker's", ErrFenced, a.Rank, a.Epoch)
 		}
@@ -175,9 +175,9 @@ var ErrFenced = errors.New("fenced off")
 // start step to the last step, and reports the rank done, if p is still the
 // job's placement by then. If the job is re-placed first, runEra drops what
 // it was doing and returns the new placement.
-func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p *placement.Placement, rev int64,
-	lease *job.Lease, pushed *int64) (*placement.Placement, int64, error) {
-	keys := job.KeysFor(cfg.Job)
+func runEra(ctx context.Context, cfg Config, spec *job.Spec, a jobetcd.Assignment, p *placement.Placement, rev int64,
+	lease *jobetcd.Lease, pushed *int64) (*placement.Placement, int64, error) {
+	keys := jobetcd.KeysFor(cfg.Job)
 	log := cfg.Log.With("worker", cfg.ID)
 	var t interface {
 		step(ctx context.Context, s at) error
@@ -315,14 +315,14 @@ func runTasks(ctx context.Context, cfg Config, spec *job.Spec, t interface {
 	step(ctx context.Context, s at) error
 	clock(ctx context.Context) (int64, error)
 	idle(ctx context.Context) error
-}, lease *job.Lease, pushed *int64) error {
-	keys := job.KeysFor(cfg.Job)
+}, lease *jobetcd.Lease, pushed *int64) error {
+	keys := jobetcd.KeysFor(cfg.Job)
 	log := cfg.Log.With("worker", cfg.ID)
-	var last coordinator.Task
+	var last jobetcd.Task
 	for {
-		var task coordinator.Task
-		err := job.WaitPrefix(ctx, cfg.Etcd, keys.TaskOf(cfg.ID), 1<<62, func(kvs map[string][]byte) bool {
-			task = coordinator.Task{}
+		var task jobetcd.Task
+		err := jobetcd.WaitPrefix(ctx, cfg.Etcd, keys.TaskOf(cfg.ID), 1<<62, func(kvs map[string][]byte) bool {
+			task = jobetcd.Task{}
 			return json.Unmarshal(kvs[keys.TaskOf(cfg.ID)], &task) == nil && task.ID >= 0 && task != last
 		})
 		if err != nil {
@@ -360,10 +360,10 @@ func runTasks(ctx context.Context, cfg Config, spec *job.Spec, t interface {
 	}
 }
 
-func newTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *placement.Placement) (*trainer, error) {
+func newTrainer(cfg Config, spec *job.Spec, a jobetcd.Assignment, p *placement.Placement) (*trainer, error) {
 	client, err := paramserver.NewClient(cfg.NATS, spec.Name, p, a.Rank, a.Epoch)
 	if err == nil {
-		client.Observe = metrics.Client(spec.Name)
+		client.Observe = observe(spec.Name)
 	}
 	if err != nil {
 		return nil, err
@@ -424,7 +424,7 @@ func (t *trainer) close() {
 type trainer struct {
 	cfg    Config
 	spec   *job.Spec
-	a      job.Assignment
+	a      jobetcd.Assignment
 	client *paramserver.Client
 	model  *models.Seq2Seq[float32]
 	data   shard.Dataset
@@ -544,4 +544,12 @@ func (t *trainer) step(ctx context.Context, s at) error {
 		}
 	}
 	return nil
+}
+
+// observe is a client's Observe hook that records its requests to the
+// shards of job in the metrics.
+func observe(job string) func(op paramserver.Op, shard int, d time.Duration, bytes int) {
+	return func(op paramserver.Op, shard int, d time.Duration, bytes int) {
+		metrics.Request(job, string(op), shard, d, bytes)
+	}
 }

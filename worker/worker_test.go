@@ -14,6 +14,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
@@ -30,7 +31,7 @@ func TestUnknownJobTimesOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer nc.Close()
-	cli, err := job.Connect(context.Background(), c.EtcdEndpoints, 5*time.Second)
+	cli, err := jobetcd.Connect(context.Background(), c.EtcdEndpoints, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,13 +39,13 @@ func TestUnknownJobTimesOut(t *testing.T) {
 	start := time.Now()
 	err = Run(context.Background(), Config{Job: "ghost", NATS: nc, Etcd: cli, WaitTimeout: 300 * time.Millisecond,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if !errors.Is(err, job.ErrTimeout) || !strings.Contains(err.Error(), "start its coordinator first") {
+	if !errors.Is(err, jobetcd.ErrTimeout) || !strings.Contains(err.Error(), "start its coordinator first") {
 		t.Fatalf("got %v", err)
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("gave up after %v", d)
 	}
-	r, _ := cli.Get(context.Background(), job.KeysFor("ghost").Root(), clientv3.WithPrefix())
+	r, _ := cli.Get(context.Background(), jobetcd.KeysFor("ghost").Root(), clientv3.WithPrefix())
 	if len(r.Kvs) != 0 {
 		t.Fatalf("left keys behind: %v", r.Kvs)
 	}

@@ -24,6 +24,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/gemm"
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/models"
 )
 
@@ -100,7 +101,7 @@ func testServers(t *testing.T) (*embedded.Cluster, *clientv3.Client, *nats.Conn)
 		t.Fatal(err)
 	}
 	t.Cleanup(c.Close)
-	cli, err := job.Connect(context.Background(), c.EtcdEndpoints, 10*time.Second)
+	cli, err := jobetcd.Connect(context.Background(), c.EtcdEndpoints, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -197,22 +198,22 @@ func TestTrainSIGTERM(t *testing.T) {
 
 // waitCheckpoint polls etcd until job's last complete checkpoint was taken
 // under placement version (or a later one).
-func waitCheckpoint(t *testing.T, cli *clientv3.Client, name string, version int64) job.CheckpointRecord {
+func waitCheckpoint(t *testing.T, cli *clientv3.Client, name string, version int64) jobetcd.CheckpointRecord {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
-		r, err := cli.Get(context.Background(), job.KeysFor(name).Checkpoint())
+		r, err := cli.Get(context.Background(), jobetcd.KeysFor(name).Checkpoint())
 		if err != nil {
 			t.Fatal(err)
 		}
-		var cp job.CheckpointRecord
+		var cp jobetcd.CheckpointRecord
 		if len(r.Kvs) == 1 && json.Unmarshal(r.Kvs[0].Value, &cp) == nil && cp.Placement >= version {
 			return cp
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatalf("no complete checkpoint under placement %d within a minute", version)
-	return job.CheckpointRecord{}
+	return jobetcd.CheckpointRecord{}
 }
 
 // A sync job re-placed while it runs, from 2 shards to 3 and back to 2 (the

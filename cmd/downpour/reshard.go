@@ -11,6 +11,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/auth"
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 )
 
 // cmdReshard asks a running job's coordinator to move the job to another
@@ -40,13 +41,13 @@ func cmdReshard(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if _, _, err := job.ReadPlacement(ctx, cli, *name); err != nil {
 		return err
 	}
-	keys := job.KeysFor(*name)
-	req, _ := json.Marshal(job.ReshardRequest{Shards: *shards})
+	keys := jobetcd.KeysFor(*name)
+	req, _ := json.Marshal(jobetcd.ReshardRequest{Shards: *shards})
 	if _, err := cli.Put(ctx, keys.Reshard(), string(req)); err != nil {
 		return fmt.Errorf("asking for the reshard: %w", err)
 	}
-	var ans job.ReshardRequest
-	err = job.WaitPrefix(ctx, cli, keys.Reshard(), *wait, func(kvs map[string][]byte) bool {
+	var ans jobetcd.ReshardRequest
+	err = jobetcd.WaitPrefix(ctx, cli, keys.Reshard(), *wait, func(kvs map[string][]byte) bool {
 		return json.Unmarshal(kvs[keys.Reshard()], &ans) == nil && ans.Status != ""
 	})
 	if err != nil {

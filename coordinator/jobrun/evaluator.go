@@ -15,6 +15,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/checkpoint"
 	"github.com/downpour-ml/downpour/internal/evaluate"
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/internal/telemetry"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/paramserver"
@@ -48,7 +49,7 @@ func (e *evaluator) run(ctx context.Context, finishing <-chan struct{}, resume *
 	if spec.EvalEvery == 0 {
 		return
 	}
-	if _, err := job.Wait(ctx, e.cli, job.KeysFor(spec.Name).Placement(), 5*time.Minute); err != nil {
+	if _, err := jobetcd.Wait(ctx, e.cli, jobetcd.KeysFor(spec.Name).Placement(), 5*time.Minute); err != nil {
 		return
 	}
 	step := spec.EvalEvery

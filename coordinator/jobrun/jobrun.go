@@ -24,6 +24,7 @@ import (
 	"github.com/downpour-ml/downpour/coordinator"
 	"github.com/downpour-ml/downpour/internal/evaluate"
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/internal/telemetry"
 	"github.com/downpour-ml/downpour/paramserver"
 	"github.com/downpour-ml/downpour/paramserver/placement"
@@ -137,7 +138,7 @@ func campaign(ctx context.Context, cfg Config) (lead *coordinator.Leadership, to
 	}
 	// A coordinator for another job of the same name is refused before it
 	// stands by, not when it would take over.
-	r, err := cli.Get(ctx, job.KeysFor(spec.Name).Spec())
+	r, err := cli.Get(ctx, jobetcd.KeysFor(spec.Name).Spec())
 	if err != nil {
 		return nil, false, fmt.Errorf("reading job %s: %w", spec.Name, err)
 	} else if len(r.Kvs) > 0 && !bytes.Equal(r.Kvs[0].Value, spec.Encode()) {
@@ -153,7 +154,7 @@ func campaign(ctx context.Context, cfg Config) (lead *coordinator.Leadership, to
 		return nil, false, err
 	}
 	// A leader that finds the job already there takes over a running job.
-	r, err = cli.Get(ctx, job.KeysFor(spec.Name).Spec())
+	r, err = cli.Get(ctx, jobetcd.KeysFor(spec.Name).Spec())
 	if err != nil {
 		lead.Resign(context.WithoutCancel(ctx))
 		return nil, false, fmt.Errorf("reading job %s: %w", spec.Name, err)

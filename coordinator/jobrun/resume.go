@@ -11,6 +11,7 @@ import (
 
 	"github.com/downpour-ml/downpour/coordinator"
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 )
 
 // ResumePoint is what resuming a stopped job starts from.
@@ -39,7 +40,7 @@ func FindResumable(ctx context.Context, cli *clientv3.Client, name string) (job.
 		}
 		name = names[0]
 	}
-	keys := job.KeysFor(name)
+	keys := jobetcd.KeysFor(name)
 	r, err := cli.Txn(ctx).Then(clientv3.OpGet(keys.Spec()), clientv3.OpGet(keys.State()), clientv3.OpGet(keys.Checkpoint())).Commit()
 	if err != nil {
 		return job.Spec{}, ResumePoint{}, fmt.Errorf("reading job %s: %w", name, err)
@@ -57,10 +58,10 @@ func FindResumable(ctx context.Context, cli *clientv3.Client, name string) (job.
 	if err != nil {
 		return job.Spec{}, ResumePoint{}, err
 	}
-	if string(get(1)) == job.StateDone {
+	if string(get(1)) == jobetcd.StateDone {
 		return job.Spec{}, ResumePoint{}, fmt.Errorf("job %s: %w", name, coordinator.ErrJobDone)
 	}
-	var cp job.CheckpointRecord
+	var cp jobetcd.CheckpointRecord
 	if get(2) == nil || json.Unmarshal(get(2), &cp) != nil {
 		return job.Spec{}, ResumePoint{}, fmt.Errorf("job %s: %w: no complete checkpoint (train with --checkpoint-every)", name, coordinator.ErrNothingToResume)
 	}

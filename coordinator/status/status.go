@@ -22,6 +22,7 @@ import (
 
 	"github.com/downpour-ml/downpour/coordinator"
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/internal/rundir"
 	"github.com/downpour-ml/downpour/paramserver"
 	"github.com/downpour-ml/downpour/paramserver/placement"
@@ -30,21 +31,21 @@ import (
 // Job is a job as etcd (and, given a NATS connection, its shards) know
 // it: what downpour status prints and the dashboard shows.
 type Job struct {
-	Job        string                `json:"job"`
-	State      string                `json:"state"`
-	Model      string                `json:"model"`
-	Data       string                `json:"data"`
-	Mode       string                `json:"mode"`
-	Workers    int                   `json:"workers"`
-	Steps      int64                 `json:"steps"`
-	Leader     string                `json:"leader"`
-	Standby    []string              `json:"standby"`
-	Placement  Placement             `json:"placement"`
-	Checkpoint *job.CheckpointRecord `json:"checkpoint"`
-	Rollbacks  []Rollback            `json:"rollbacks"`
-	Tasks      *Tasks                `json:"tasks,omitempty"`
-	Members    []Member              `json:"workers_now"`
-	Shards     []Shard               `json:"shards"`
+	Job        string                    `json:"job"`
+	State      string                    `json:"state"`
+	Model      string                    `json:"model"`
+	Data       string                    `json:"data"`
+	Mode       string                    `json:"mode"`
+	Workers    int                       `json:"workers"`
+	Steps      int64                     `json:"steps"`
+	Leader     string                    `json:"leader"`
+	Standby    []string                  `json:"standby"`
+	Placement  Placement                 `json:"placement"`
+	Checkpoint *jobetcd.CheckpointRecord `json:"checkpoint"`
+	Rollbacks  []Rollback                `json:"rollbacks"`
+	Tasks      *Tasks                    `json:"tasks,omitempty"`
+	Members    []Member                  `json:"workers_now"`
+	Shards     []Shard                   `json:"shards"`
 }
 
 type Placement struct {
@@ -87,7 +88,7 @@ type Shard struct {
 // Read reads job name's status; with nc, it also asks each shard for
 // its clock.
 func Read(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, name string) (*Job, error) {
-	keys := job.KeysFor(name)
+	keys := jobetcd.KeysFor(name)
 	r, err := cli.Get(ctx, keys.Root(), clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("reading job %s: %w", name, err)
@@ -140,12 +141,12 @@ func Read(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, name string)
 			st.Standby = append(st.Standby, c.id)
 		}
 	}
-	var cp job.CheckpointRecord
+	var cp jobetcd.CheckpointRecord
 	if b := kvs[keys.Checkpoint()]; b != nil && json.Unmarshal(b, &cp) == nil {
 		st.Checkpoint = &cp
 	}
 	for k, v := range kvs {
-		var rb job.RollbackRecord
+		var rb jobetcd.RollbackRecord
 		if strings.HasPrefix(k, keys.Rollbacks()) && json.Unmarshal(v, &rb) == nil {
 			st.Rollbacks = append(st.Rollbacks, Rollback{Placement: rb.Placement, Why: rb.Why, From: rb.FromStep, To: rb.ToStep})
 		}
@@ -157,8 +158,8 @@ func Read(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, name string)
 			return nil, err
 		}
 		c := q.Count()
-		st.Tasks = &Tasks{Todo: c[coordinator.TaskTodo], Pending: c[coordinator.TaskPending], Done: c[coordinator.TaskDone],
-			Failed: c[coordinator.TaskFailed], DataSteps: q.DoneSteps(), Late: q.Late}
+		st.Tasks = &Tasks{Todo: c[jobetcd.TaskTodo], Pending: c[jobetcd.TaskPending], Done: c[jobetcd.TaskDone],
+			Failed: c[jobetcd.TaskFailed], DataSteps: q.DoneSteps(), Late: q.Late}
 	}
 	var ids []string
 	for k := range kvs {
@@ -169,12 +170,12 @@ func Read(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, name string)
 	sort.Strings(ids)
 	for _, id := range ids {
 		m := Member{ID: id, Rank: "waiting", Epoch: "-", Task: "-", LeaseLeft: left(keys.Worker(id))}
-		var a job.Assignment
+		var a jobetcd.Assignment
 		if b := kvs[keys.Assign(id)]; b != nil && json.Unmarshal(b, &a) == nil {
 			m.Rank, m.Epoch = fmt.Sprint(a.Rank), fmt.Sprint(a.Epoch)
 			m.Done = kvs[keys.Done(a.Rank)] != nil
 		}
-		var tk coordinator.Task
+		var tk jobetcd.Task
 		if b := kvs[keys.TaskOf(id)]; b != nil && json.Unmarshal(b, &tk) == nil && tk.ID >= 0 {
 			m.Task = fmt.Sprintf("%d (shard %d, steps %d-%d)", tk.ID, tk.Shard, tk.From, tk.To)
 		}
@@ -197,7 +198,7 @@ func Read(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, name string)
 	for s := 0; s < p.Shards; s++ {
 		k := keys.Shard(s)
 		serving := "-"
-		var m job.ShardMember
+		var m jobetcd.ShardMember
 		if b := kvs[k]; b == nil {
 			serving = "no process"
 		} else if json.Unmarshal(b, &m) == nil && m.Placement > 0 {

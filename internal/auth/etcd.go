@@ -10,10 +10,9 @@ import (
 	"os"
 	"time"
 
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
-
-	"github.com/downpour-ml/downpour/internal/job"
 )
 
 // etcd: each role of a job is an etcd user of the same name (EtcdUser),
@@ -41,7 +40,7 @@ type etcdPerm struct {
 }
 
 func etcdPerms(name string, role Role) []etcdPerm {
-	keys := job.KeysFor(name)
+	keys := jobetcd.KeysFor(name)
 	root := keys.Root()
 	read, write := clientv3.PermissionType(clientv3.PermRead), clientv3.PermissionType(clientv3.PermWrite)
 	switch role {
@@ -81,9 +80,9 @@ func SetUpEtcd(ctx context.Context, endpoints []string, timeout time.Duration, r
 	if err != nil {
 		return fmt.Errorf("etcd root password: %w", err)
 	}
-	admin, err := job.ConnectAs(ctx, endpoints, timeout, "root", string(pw), tc)
+	admin, err := jobetcd.ConnectAs(ctx, endpoints, timeout, "root", string(pw), tc)
 	if errors.Is(err, rpctypes.ErrAuthNotEnabled) {
-		admin, err = job.ConnectAs(ctx, endpoints, timeout, "", "", tc)
+		admin, err = jobetcd.ConnectAs(ctx, endpoints, timeout, "", "", tc)
 	}
 	if err != nil {
 		return err

@@ -1,28 +1,9 @@
-// Package job holds what every role of a downpour job agrees on: the job
-// spec, the layout of the job's keys in etcd, and small helpers to wait on
-// those keys with watches.
-//
-// All keys of job J live under /downpour/jobs/J/:
-//
-//	spec                    the Spec, JSON, written once by the coordinator
-//	state                   "running" or "done"
-//	placement               the block placement, JSON, versioned
-//	members/workers/<id>    one key per live worker, under its lease
-//	members/ps/<i>          one key per live parameter-server shard, under its lease
-//	assign/<id>             the rank, epoch and data shard given to worker <id>
-//	done/<rank>             written by a rank when it has pushed its last step
-//	shard-snapshots/p<v>/<step>/<i>  shard i's snapshot of step under placement v
-//	tasks, task/<id>, task-done/<id>  async, ssp: the task queue, worker <id>'s task, its report
-//	checkpoint              the last complete checkpoint (every shard's snapshot of one step)
-//	reshard                 an operator's request to re-place the job, and the answer
-//	rollbacks/<v>           why placement v was made, and the steps it threw away
-//
-// A placement's version fences eras: when the coordinator re-places the job
-// (version v+1, starting from the complete checkpoint of step S), every shard
-// restores its new blocks from the snapshots of step S and serves the
-// subjects of v+1 only; every worker drops what it was doing and resumes at
-// step S under v+1. A rank's done is written only if the placement it ran
-// under is still current.
+// Package job is what every role of a downpour job agrees on: the job's
+// Spec (model, data, optimizer, consistency mode, sizes; its JSON form is
+// written once to etcd by the coordinator) with its presets and checks, and
+// reading the spec and the block placement from etcd (Find, ReadPlacement,
+// NextPlacement). The layout of a job's keys in etcd, its records and the
+// etcd IO every role shares are package jobetcd's.
 package job
 
 import (
@@ -36,9 +17,9 @@ import (
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
@@ -552,54 +533,10 @@ func DecodeSpec(b []byte) (*Spec, error) {
 	return &s, nil
 }
 
-// SnapshotRecord is what a shard records in etcd for a snapshot it wrote.
-type SnapshotRecord struct {
-	Path      string `json:"path"`
-	Step      int64  `json:"step"`
-	Shard     int    `json:"shard"`
-	Placement int64  `json:"placement"` // version it was taken under
-}
-
-// CheckpointRecord names the last complete checkpoint: the step, the
-// placement it was taken under, and each shard's snapshot file.
-type CheckpointRecord struct {
-	Step      int64    `json:"step"`
-	Placement int64    `json:"placement"`
-	Files     []string `json:"files"` // by shard
-}
-
-// RollbackRecord says why and from where the coordinator re-placed the job:
-// the steps from ToStep to FromStep are thrown away and done again. In sync
-// mode they are job steps (FromStep: the furthest a shard had got; -1 when
-// unknown); in async mode with tasks, data steps done (the updates they made
-// since the checkpoint are lost).
-type RollbackRecord struct {
-	Placement int64  `json:"placement"`
-	Why       string `json:"why"`
-	FromStep  int64  `json:"from_step"`
-	ToStep    int64  `json:"to_step"`
-}
-
-// ShardMember is the value of a shard's membership key: the placement
-// version it serves (0 while it is still restoring).
-type ShardMember struct {
-	Placement int64 `json:"placement"`
-}
-
-// ReshardRequest asks the coordinator to move the job to Shards shards. The
-// coordinator answers in Status ("done" or why not) and Version (the new
-// placement's).
-type ReshardRequest struct {
-	Shards  int    `json:"shards"`
-	Status  string `json:"status,omitempty"`
-	Version int64  `json:"version,omitempty"`
-	Start   int64  `json:"start,omitempty"`
-}
-
 // ReadPlacement returns the job's current placement and the etcd revision
 // that last changed it.
 func ReadPlacement(ctx context.Context, cli *clientv3.Client, name string) (*placement.Placement, int64, error) {
-	r, err := cli.Get(ctx, KeysFor(name).Placement())
+	r, err := cli.Get(ctx, jobetcd.KeysFor(name).Placement())
 	if err != nil {
 		return nil, 0, fmt.Errorf("reading the placement: %w", err)
 	}
@@ -617,7 +554,7 @@ func ReadPlacement(ctx context.Context, cli *clientv3.Client, name string) (*pla
 // returns it (with the revision that wrote it), or returns nil once the job
 // is done. Only ctx bounds the wait.
 func NextPlacement(ctx context.Context, cli *clientv3.Client, name string, version int64) (*placement.Placement, int64, error) {
-	keys := KeysFor(name)
+	keys := jobetcd.KeysFor(name)
 	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
 	// check reports whether kv ends the wait: a newer placement, or done.
@@ -626,7 +563,7 @@ func NextPlacement(ctx context.Context, cli *clientv3.Client, name string, versi
 	check := func(kv *mvccpb.KeyValue) (bool, error) {
 		switch string(kv.Key) {
 		case keys.State():
-			return string(kv.Value) == StateDone, nil
+			return string(kv.Value) == jobetcd.StateDone, nil
 		case keys.Placement():
 			p, err := placement.Decode(kv.Value)
 			if err != nil {
@@ -645,7 +582,7 @@ func NextPlacement(ctx context.Context, cli *clientv3.Client, name string, versi
 	for ; ; time.Sleep(200 * time.Millisecond) {
 		r, err := cli.Txn(ctx).Then(clientv3.OpGet(keys.State()), clientv3.OpGet(keys.Placement())).Commit()
 		if err != nil {
-			if Transient(err) && ctx.Err() == nil {
+			if jobetcd.Transient(err) && ctx.Err() == nil {
 				continue
 			}
 			return nil, 0, fmt.Errorf("reading job %s: %w", name, err)
@@ -678,30 +615,17 @@ func NextPlacement(ctx context.Context, cli *clientv3.Client, name string, versi
 		if ctx.Err() != nil {
 			return nil, 0, ctx.Err()
 		}
-		if werr != nil && !Transient(werr) {
+		if werr != nil && !jobetcd.Transient(werr) {
 			return nil, 0, fmt.Errorf("watching job %s: %w", name, werr)
 		}
 	}
 }
 
-// Transient reports whether err is one an etcd client outlives by asking
-// again: the cluster is electing a leader, or a request timed out with the
-// old one, or a watch's history was compacted (read afresh).
-func Transient(err error) bool {
-	for _, e := range []error{rpctypes.ErrNoLeader, rpctypes.ErrLeaderChanged, rpctypes.ErrTimeout,
-		rpctypes.ErrTimeoutDueToLeaderFail, rpctypes.ErrTimeoutDueToConnectionLost, rpctypes.ErrCompacted} {
-		if errors.Is(err, e) || strings.Contains(err.Error(), rpctypes.ErrorDesc(e)) {
-			return true
-		}
-	}
-	return false
-}
-
 // Find waits (up to timeout) for job name to exist in etcd and returns its
 // spec and block placement, which the coordinator writes together.
 func Find(ctx context.Context, cli *clientv3.Client, name string, timeout time.Duration) (*Spec, *placement.Placement, error) {
-	keys := KeysFor(name)
-	specData, err := Wait(ctx, cli, keys.Spec(), timeout)
+	keys := jobetcd.KeysFor(name)
+	specData, err := jobetcd.Wait(ctx, cli, keys.Spec(), timeout)
 	if err != nil {
 		return nil, nil, fmt.Errorf("job %s not found (start its coordinator first): %w", name, err)
 	}
@@ -709,7 +633,7 @@ func Find(ctx context.Context, cli *clientv3.Client, name string, timeout time.D
 	if err != nil {
 		return nil, nil, err
 	}
-	placeData, err := Wait(ctx, cli, keys.Placement(), timeout)
+	placeData, err := jobetcd.Wait(ctx, cli, keys.Placement(), timeout)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -718,12 +642,4 @@ func Find(ctx context.Context, cli *clientv3.Client, name string, timeout time.D
 		return nil, nil, err
 	}
 	return spec, p, nil
-}
-
-// Assignment is what the coordinator gives a worker: its rank, the fencing
-// epoch of that rank, and the data shard it reads.
-type Assignment struct {
-	Rank      int    `json:"rank"`
-	Epoch     uint64 `json:"epoch"`
-	DataShard int    `json:"data_shard"`
 }

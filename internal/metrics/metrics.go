@@ -16,7 +16,6 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/downpour-ml/downpour/internal/wire"
-	"github.com/downpour-ml/downpour/paramserver"
 )
 
 // Registry holds every downpour metric, the Go runtime's and the process's.
@@ -144,15 +143,16 @@ func Watch(nc *nats.Conn, role string) {
 	conns.mu.Unlock()
 }
 
-// Shard is the Observer of shard of job.
-func Shard(job string, shard int) paramserver.Observer {
+// Shard is the observer (a paramserver.Observer) of shard of job.
+func Shard(job string, shard int) *ShardObserver {
 	s := strconv.Itoa(shard)
-	return &shardObserver{job: job, shard: s,
+	return &ShardObserver{job: job, shard: s,
 		lag: ShardLag.WithLabelValues(job, s), pushes: ShardPushes.WithLabelValues(job, s),
 		snapTime: SnapshotTime.WithLabelValues(job, s), snapBytes: SnapshotBytes.WithLabelValues(job, s)}
 }
 
-type shardObserver struct {
+// ShardObserver counts a shard's refusals, pushes and snapshots.
+type ShardObserver struct {
 	job, shard string
 	lag        prometheus.Observer
 	pushes     prometheus.Counter
@@ -160,20 +160,24 @@ type shardObserver struct {
 	snapBytes  prometheus.Gauge
 }
 
-func (o *shardObserver) Refused(k wire.Kind) {
+// Refused counts a message refused with k.
+func (o *ShardObserver) Refused(k wire.Kind) {
 	ShardRefused.WithLabelValues(o.job, o.shard, k.String()).Inc()
 }
-func (o *shardObserver) Pushed(lag int64) { o.pushes.Inc(); o.lag.Observe(float64(lag)) }
-func (o *shardObserver) SnapshotWritten(d time.Duration, bytes int64) {
+
+// Pushed counts an accepted push from a rank lag steps behind the fastest.
+func (o *ShardObserver) Pushed(lag int64) { o.pushes.Inc(); o.lag.Observe(float64(lag)) }
+
+// SnapshotWritten records a snapshot's write time and size.
+func (o *ShardObserver) SnapshotWritten(d time.Duration, bytes int64) {
 	o.snapTime.Observe(d.Seconds())
 	o.snapBytes.Set(float64(bytes))
 }
 
-// Client returns an Observe hook for a paramserver.Client of job.
-func Client(job string) func(op paramserver.Op, shard int, d time.Duration, bytes int) {
-	return func(op paramserver.Op, shard int, d time.Duration, bytes int) {
-		s := strconv.Itoa(shard)
-		RequestSeconds.WithLabelValues(job, string(op), s).Observe(d.Seconds())
-		RequestBytes.WithLabelValues(job, string(op), s).Add(float64(bytes))
-	}
+// Request records a client's request of kind op (push or pull) to shard
+// of job: how long it took and how many bytes of floats it carried.
+func Request(job, op string, shard int, d time.Duration, bytes int) {
+	s := strconv.Itoa(shard)
+	RequestSeconds.WithLabelValues(job, op, s).Observe(d.Seconds())
+	RequestBytes.WithLabelValues(job, op, s).Add(float64(bytes))
 }

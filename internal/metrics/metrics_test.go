@@ -13,7 +13,6 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/wire"
-	"github.com/downpour-ml/downpour/paramserver"
 )
 
 // Every metric follows Prometheus's conventions (promtool's linter: units
@@ -24,7 +23,7 @@ func TestMetricsFollowConventions(t *testing.T) {
 	o.Refused(wire.NonFinite)
 	o.Pushed(1)
 	o.SnapshotWritten(time.Millisecond, 10)
-	Client("lint")(paramserver.OpPush, 0, time.Millisecond, 4)
+	Request("lint", "push", 0, time.Millisecond, 4)
 	WorkerSteps.WithLabelValues("lint", "0").Inc()
 	WorkerLoss.WithLabelValues("lint", "0").Set(1)
 	StepSeconds.WithLabelValues("lint", "0").Observe(1)

@@ -16,6 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
@@ -58,7 +59,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := wire.ValidJob(cfg.Job); err != nil {
 		return err
 	}
-	keys := job.KeysFor(cfg.Job)
+	keys := jobetcd.KeysFor(cfg.Job)
 	spec, p, err := job.Find(ctx, cfg.Etcd, cfg.Job, cfg.WaitTimeout)
 	if err != nil {
 		return err
@@ -78,7 +79,7 @@ func Run(ctx context.Context, cfg Config) error {
 			go retain(rctx, cfg.Etcd, cfg.Job, dir, spec.KeepCheckpoints, cfg.Log)
 		}
 	}
-	lease, err := job.Grant(ctx, cfg.Etcd, cfg.LeaseTTL)
+	lease, err := jobetcd.Grant(ctx, cfg.Etcd, cfg.LeaseTTL)
 	if err != nil {
 		return err
 	}
@@ -133,8 +134,8 @@ func Run(ctx context.Context, cfg Config) error {
 // serveEra serves shard idx of placement p until the job is done (nil), a
 // newer placement appears (it is returned) or ctx ends.
 func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *placement.Placement, idx int, restore string,
-	lease *job.Lease, log *slog.Logger) (*placement.Placement, error) {
-	keys := job.KeysFor(cfg.Job)
+	lease *jobetcd.Lease, log *slog.Logger) (*placement.Placement, error) {
+	keys := jobetcd.KeysFor(cfg.Job)
 	if r, err := cfg.Etcd.Get(ctx, keys.Served(p.Version, idx)); err != nil {
 		return nil, fmt.Errorf("shard %d: %w", idx, err)
 	} else if len(r.Kvs) > 0 {
@@ -151,7 +152,7 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *placement.Plac
 		svcCfg.SnapshotDir = filepath.Join(cfg.DataDir, "snapshots") // made by Run
 		svcCfg.SnapshotEvery = spec.CheckpointEvery
 		svcCfg.OnSnapshot = func(path string, snap *paramserver.Snapshot) {
-			rec, _ := json.Marshal(job.SnapshotRecord{Path: path, Step: snap.Step, Shard: idx, Placement: snap.Placement})
+			rec, _ := json.Marshal(jobetcd.SnapshotRecord{Path: path, Step: snap.Step, Shard: idx, Placement: snap.Placement})
 			// The record completes a checkpoint: retry it through an etcd
 			// election or a lost member (the put is idempotent).
 			for attempt := 1; ; attempt++ {
@@ -182,7 +183,7 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *placement.Plac
 	// index after the server died, before the coordinator replaced the
 	// placement) must not serve it afresh (workers far past its start would
 	// push to a shard at its start), and waits for the new placement.
-	member, _ := json.Marshal(job.ShardMember{Placement: p.Version})
+	member, _ := json.Marshal(jobetcd.ShardMember{Placement: p.Version})
 	served := keys.Served(p.Version, idx)
 	r, err := cfg.Etcd.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(served), "=", 0)).
 		Then(clientv3.OpPut(served, ""), clientv3.OpPut(keys.Shard(idx), string(member), clientv3.WithLease(lease.ID))).Commit()
@@ -250,13 +251,13 @@ func replaced(ctx context.Context, cfg Config, p *placement.Placement, idx int, 
 // a dead worker's rank must not hold the others back, and the dead worker
 // is fenced off.
 func watchHolders(ctx context.Context, cfg Config, svc *paramserver.Service, log *slog.Logger) {
-	for resp := range cfg.Etcd.Watch(ctx, job.KeysFor(cfg.Job).Assigns(), clientv3.WithPrefix(), clientv3.WithPrevKV()) {
+	for resp := range cfg.Etcd.Watch(ctx, jobetcd.KeysFor(cfg.Job).Assigns(), clientv3.WithPrefix(), clientv3.WithPrevKV()) {
 		if err := resp.Err(); err != nil {
 			log.Warn("watching the ranks' holders", "err", err)
 			return
 		}
 		for _, ev := range resp.Events {
-			var a job.Assignment
+			var a jobetcd.Assignment
 			if ev.Type != clientv3.EventTypeDelete || ev.PrevKv == nil || json.Unmarshal(ev.PrevKv.Value, &a) != nil {
 				continue
 			}
@@ -320,7 +321,7 @@ func newShard(spec *job.Spec, p *placement.Placement, blocks []placement.Block, 
 
 // claim takes shard index want, or the lowest free index when want < 0, by
 // creating its membership key under the lease in a transaction.
-func claim(ctx context.Context, cli *clientv3.Client, keys job.Keys, shards, want int, lease clientv3.LeaseID) (int, error) {
+func claim(ctx context.Context, cli *clientv3.Client, keys jobetcd.Keys, shards, want int, lease clientv3.LeaseID) (int, error) {
 	if want >= shards {
 		return 0, fmt.Errorf("shard %d does not exist: the job has %d shards", want, shards)
 	}

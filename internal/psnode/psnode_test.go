@@ -16,6 +16,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
@@ -31,14 +32,14 @@ func TestClaim(t *testing.T) {
 	}
 	t.Cleanup(e.Close) // cleanups run last-registered first: the leases go before etcd
 	ctx := context.Background()
-	cli, err := job.Connect(ctx, []string{e.Config().AdvertiseClientUrls[0].String()}, 5*time.Second)
+	cli, err := jobetcd.Connect(ctx, []string{e.Config().AdvertiseClientUrls[0].String()}, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
-	keys := job.KeysFor("j")
+	keys := jobetcd.KeysFor("j")
 	lease := func() clientv3.LeaseID {
-		l, err := job.Grant(ctx, cli, 5)
+		l, err := jobetcd.Grant(ctx, cli, 5)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -115,7 +116,7 @@ func servers(t *testing.T) (context.Context, *clientv3.Client, *nats.Conn) {
 	t.Cleanup(c.Close) // cleanups run last-registered first: the clients go before the servers
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	cli, err := job.Connect(ctx, c.EtcdEndpoints, 5*time.Second)
+	cli, err := jobetcd.Connect(ctx, c.EtcdEndpoints, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +142,7 @@ func TestGoneHolderIdlesItsRank(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer svc.Close()
-	keys := job.KeysFor("j")
+	keys := jobetcd.KeysFor("j")
 	if _, err := cli.Put(ctx, keys.Assign("gone"), `{"rank":0,"epoch":1,"data_shard":0}`); err != nil {
 		t.Fatal(err)
 	}
@@ -192,9 +193,9 @@ func TestReplacementWaitsForTheNextPlacement(t *testing.T) {
 	spec := job.Default()
 	spec.Name, spec.Shards, spec.Seq2Seq.Hidden, spec.Seq2Seq.Embed = "j", 1, 8, 4
 	p := placement.Place(spec.Tensors(), spec.BlockSize, 1)
-	keys := job.KeysFor(spec.Name)
+	keys := jobetcd.KeysFor(spec.Name)
 	for k, v := range map[string]string{keys.Spec(): string(spec.Encode()), keys.Placement(): string(p.Encode()),
-		keys.State(): job.StateRunning, keys.Served(p.Version, 0): ""} {
+		keys.State(): jobetcd.StateRunning, keys.Served(p.Version, 0): ""} {
 		if _, err := cli.Put(ctx, k, v); err != nil {
 			t.Fatal(err)
 		}
@@ -205,7 +206,7 @@ func TestReplacementWaitsForTheNextPlacement(t *testing.T) {
 		done <- Run(ctx, Config{Job: spec.Name, NATS: nc, Etcd: cli, Log: quiet, Shard: 0, LeaseTTL: 2,
 			Ready: func(int, *paramserver.Service) {
 				r, _ := cli.Get(ctx, keys.Shard(0))
-				var m job.ShardMember
+				var m jobetcd.ShardMember
 				if len(r.Kvs) == 1 && json.Unmarshal(r.Kvs[0].Value, &m) == nil {
 					served <- m.Placement
 				}

@@ -1,4 +1,32 @@
-package job
+// Package jobetcd is a downpour job's layout in etcd and the IO every role
+// does on it: the keys (Keys), the records stored under them (assignments,
+// tasks, snapshots, checkpoints, rollbacks), connecting as a role
+// (ConnectAs), waiting on keys with watches (Wait, WaitPrefix) and leases
+// that say when they are lost (Grant). It links neither the models nor the
+// servers, so that a role's credentials (package auth) need neither.
+//
+// All keys of job J live under /downpour/jobs/J/:
+//
+//	spec                    the Spec, JSON, written once by the coordinator
+//	state                   "running" or "done"
+//	placement               the block placement, JSON, versioned
+//	members/workers/<id>    one key per live worker, under its lease
+//	members/ps/<i>          one key per live parameter-server shard, under its lease
+//	assign/<id>             the rank, epoch and data shard given to worker <id>
+//	done/<rank>             written by a rank when it has pushed its last step
+//	shard-snapshots/p<v>/<step>/<i>  shard i's snapshot of step under placement v
+//	tasks, task/<id>, task-done/<id>  async, ssp: the task queue, worker <id>'s task, its report
+//	checkpoint              the last complete checkpoint (every shard's snapshot of one step)
+//	reshard                 an operator's request to re-place the job, and the answer
+//	rollbacks/<v>           why placement v was made, and the steps it threw away
+//
+// A placement's version fences eras: when the coordinator re-places the job
+// (version v+1, starting from the complete checkpoint of step S), every shard
+// restores its new blocks from the snapshots of step S and serves the
+// subjects of v+1 only; every worker drops what it was doing and resumes at
+// step S under v+1. A rank's done is written only if the placement it ran
+// under is still current.
+package jobetcd
 
 import (
 	"context"
