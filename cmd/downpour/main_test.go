@@ -414,7 +414,7 @@ func TestTrainModesAndOptimizers(t *testing.T) {
 // snapshots of a run of its last checkpoint steps, at least N of them and
 // always the last step's: which checkpoint the coordinator had recorded
 // last when the job ended is a race (the pruning itself is tested in
-// internal/psnode), so the test asserts what holds whatever it was. With 0,
+// paramserver/node), so the test asserts what holds whatever it was. With 0,
 // all of them stay. The snapshot directories are marked with the job's name.
 func TestTrainKeepsTheNewestCheckpoints(t *testing.T) {
 	dir := t.TempDir()

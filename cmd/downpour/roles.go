@@ -18,7 +18,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/cluster"
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/psnode"
+	"github.com/downpour-ml/downpour/paramserver/node"
 	"github.com/downpour-ml/downpour/internal/rundir"
 	"github.com/downpour-ml/downpour/paramserver"
 	"github.com/downpour-ml/downpour/worker"
@@ -166,7 +166,7 @@ func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer stopDash()
-	return cluster.Cause(wctx, psnode.Run(wctx, psnode.Config{Job: *name, NATS: nc, Etcd: cli, Log: log, Shard: *shard,
+	return cluster.Cause(wctx, node.Run(wctx, node.Config{Job: *name, NATS: nc, Etcd: cli, Log: log, Shard: *shard,
 		DataDir: *dataDir, Restore: *restore, LeaseTTL: *ttl, WaitTimeout: *wait,
 		Ready: func(i int, _ *paramserver.Service) { fmt.Fprintf(stdout, "serving shard %d of job %s\n", i, *name) }}))
 }

@@ -20,7 +20,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/auth"
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/psnode"
+	"github.com/downpour-ml/downpour/paramserver/node"
 	"github.com/downpour-ml/downpour/internal/rundir"
 	"github.com/downpour-ml/downpour/worker"
 )
@@ -333,7 +333,7 @@ func trainAll(ctx context.Context, spec job.Spec, ep endpoints, out string, resu
 	}
 	for i := 0; i < shards; i++ {
 		role(fmt.Sprintf("ps %d", i), func(ctx context.Context, nc *nats.Conn, r roleConns) error {
-			return psnode.Run(ctx, psnode.Config{Job: spec.Name, NATS: nc, Etcd: r.cli, Log: log, Shard: i,
+			return node.Run(ctx, node.Config{Job: spec.Name, NATS: nc, Etcd: r.cli, Log: log, Shard: i,
 				DataDir: filepath.Join(out, fmt.Sprintf("ps-%d", i))})
 		})
 	}

@@ -149,7 +149,7 @@ func TestEtcdPermissions(t *testing.T) {
 	if _, err := w.Revoke(ctx, l.ID); err != nil {
 		t.Fatal(err)
 	}
-	// A shard claims its index as psnode does, in a transaction.
+	// A shard claims its index as paramserver/node does, in a transaction.
 	ps, _ := etcdAs(t, ep, creds["a/ps"])
 	k := a.Shard(1)
 	r, err := ps.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).Then(clientv3.OpPut(k, "{}")).Commit()

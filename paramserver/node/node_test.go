@@ -1,4 +1,4 @@
-package psnode
+package node
 
 import (
 	"context"

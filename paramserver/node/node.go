@@ -1,8 +1,8 @@
-// Package psnode runs one parameter-server shard as a member of a job: it
+// Package node runs one parameter-server shard as a member of a job: it
 // claims a shard index in etcd under a lease, reads the spec and placement,
 // initialises its blocks, serves them on NATS (paramserver.Service) and stops
 // when the job is done.
-package psnode
+package node
 
 import (
 	"context"
