@@ -1,0 +1,215 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/paramserver/placement"
+)
+
+// A trainer runs a rank's steps of one model under one placement: the
+// Seq2Seq trainer (seq2seqTrainer) or the GAN's (ganTrainer). An era's loop
+// (runEra, runTasks) drives it and owns the step numbers, the lease and the
+// placement.
+type trainer interface {
+	// step runs one step of the rank: its pulls, gradient and pushes, and
+	// its progress report.
+	step(ctx context.Context, s at) error
+	// close stops what is still in flight (when the loop ends early).
+	close()
+	// clock is the shards' slowest clock.
+	clock(ctx context.Context) (int64, error)
+	// idle tells the shards this rank has no work for now (elastic ssp).
+	idle(ctx context.Context) error
+}
+
+// ErrFenced is returned by a worker that is no longer a member of its job.
+var ErrFenced = errors.New("fenced off")
+
+// runEra trains under placement p (written at etcd revision rev) from its
+// start step to the last step, and reports the rank done, if p is still the
+// job's placement by then. If the job is re-placed first, runEra drops what
+// it was doing and returns the new placement.
+func runEra(ctx context.Context, cfg Config, spec *job.Spec, a jobetcd.Assignment, p *placement.Placement, rev int64,
+	lease *jobetcd.Lease, pushed *int64) (*placement.Placement, int64, error) {
+	keys := jobetcd.KeysFor(cfg.Job)
+	log := cfg.Log.With("worker", cfg.ID)
+	var t trainer
+	var err error
+	if spec.Model == "gan" {
+		t, err = newGANTrainer(cfg, spec, a, p)
+	} else {
+		t, err = newSeq2SeqTrainer(cfg, spec, a, p)
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	defer t.close()
+	ectx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type era struct {
+		p   *placement.Placement
+		rev int64
+		err error
+	}
+	nextCh := make(chan era, 1)
+	go func() {
+		next, rev, err := job.NextPlacement(ectx, cfg.Etcd, cfg.Job, p.Version)
+		if next != nil || err == nil && spec.UsesTasks() {
+			cancel() // drop the step in flight: it belongs to the old placement (or, with tasks, the job is done)
+		}
+		nextCh <- era{next, rev, err}
+	}()
+	// next waits for the next placement: the job rolled back or was
+	// re-placed. Once this rank has finished (finished), the job's end is
+	// the normal way out; before, it means the job ended without this rank.
+	next := func(finished bool) (*placement.Placement, int64, error) {
+		e := <-nextCh
+		switch {
+		case e.p != nil:
+			return e.p, e.rev, nil
+		case ctx.Err() != nil:
+			return nil, 0, ctx.Err()
+		case e.err != nil:
+			return nil, 0, fmt.Errorf("waiting for a new placement: %w", e.err)
+		case !finished:
+			return nil, 0, errors.New("the job was marked done before this rank finished")
+		}
+		return nil, 0, nil
+	}
+	if spec.UsesTasks() {
+		err := runTasks(ectx, cfg, spec, t, lease, pushed)
+		if ectx.Err() != nil && ctx.Err() == nil || superseded(err) { // re-placed, or the job is done
+			return next(true)
+		}
+		return nil, 0, err
+	}
+	first := p.Start
+	if spec.Mode == placement.SSP && a.Epoch > 1 {
+		// This worker took over a rank whose holder died: carry on where the
+		// job is (the shards' slowest clock, which is about where the dead
+		// holder stopped), not from the placement's first step, which the
+		// other ranks, at most the staleness ahead, would wait for.
+		cctx, cancel := context.WithTimeout(ectx, cfg.WaitTimeout)
+		clock, err := t.clock(cctx)
+		cancel()
+		if err != nil {
+			return nil, 0, fmt.Errorf("reading the job's clock: %w", err)
+		}
+		first = max(first, min(clock, spec.Steps))
+		log.Info("took over a rank: starting at the job's clock", "rank", a.Rank, "step", first)
+	}
+	for step := first; step < spec.Steps; step++ {
+		select {
+		case <-lease.Lost():
+			return nil, 0, fmt.Errorf("%w: lost the etcd lease: this worker is no longer a member of the job", ErrFenced)
+		default:
+		}
+		if err := t.step(ectx, at{Shard: a.DataShard, Data: step, N: step, Last: step == spec.Steps-1}); err != nil {
+			if ectx.Err() != nil && ctx.Err() == nil || superseded(err) { // re-placed
+				return next(false)
+			}
+			return nil, 0, err
+		}
+	}
+	if err := cfg.NATS.FlushTimeout(5 * time.Second); err != nil { // the last progress report goes out before "done"
+		log.Warn("flushing progress", "err", err)
+	}
+	// Done counts only if the placement this rank ran under is still the
+	// job's: else the job rolled back, and this rank reruns from there.
+	r, err := cfg.Etcd.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(keys.Placement()), "=", rev)).
+		Then(clientv3.OpPut(keys.Done(a.Rank), strconv.FormatUint(a.Epoch, 10))).
+		Commit()
+	if err != nil {
+		return nil, 0, fmt.Errorf("reporting rank %d done: %w", a.Rank, err)
+	}
+	if !r.Succeeded {
+		return next(false)
+	}
+	// Stay until the job is done: if it rolls back first, this rank reruns
+	// its steps from the checkpoint.
+	log.Info("finished its steps; waiting for the job to end", "rank", a.Rank, "steps", spec.Steps)
+	return next(true)
+}
+
+// at names the step a trainer runs: the batch of step Data of data shard
+// Shard, pushed (and pulled) as the rank's step N. Last marks the step
+// before the rank reports (its job's or its task's last): its push is not
+// left in flight.
+type at struct {
+	Shard int
+	Data  int64
+	N     int64
+	Last  bool
+}
+
+// progress is how step s of rank is reported in the job's metrics: as the
+// rank's step N; or, when the data goes out as tasks, as data step Data of
+// data shard Shard, which is done once whichever worker does it (the ranks'
+// step numbers then need not line up), so that the collector lines the data
+// shards' steps up as it lines up the ranks'.
+func (s at) progress(spec *job.Spec, rank int) (uint32, int64) {
+	if spec.UsesTasks() {
+		return uint32(s.Shard), s.Data
+	}
+	return uint32(rank), s.N
+}
+
+// runTasks (async, ssp) takes the tasks the coordinator gives this worker,
+// one at a time, runs their steps and reports each done, until ctx ends (the
+// job is done or re-placed). pushed numbers the rank's steps. In ssp mode
+// the rank is idle between tasks (it does not hold the others back), and
+// starts each task at the job's clock (the slowest active rank's), so that
+// the others do not wait for it to catch up.
+func runTasks(ctx context.Context, cfg Config, spec *job.Spec, t trainer, lease *jobetcd.Lease, pushed *int64) error {
+	keys := jobetcd.KeysFor(cfg.Job)
+	log := cfg.Log.With("worker", cfg.ID)
+	var last jobetcd.Task
+	for {
+		var task jobetcd.Task
+		err := jobetcd.WaitPrefix(ctx, cfg.Etcd, keys.TaskOf(cfg.ID), 1<<62, func(kvs map[string][]byte) bool {
+			task = jobetcd.Task{}
+			return json.Unmarshal(kvs[keys.TaskOf(cfg.ID)], &task) == nil && task.ID >= 0 && task != last
+		})
+		if err != nil {
+			return err
+		}
+		if spec.Mode == placement.SSP {
+			clock, err := t.clock(ctx)
+			if err != nil {
+				return fmt.Errorf("reading the job's clock: %w", err)
+			}
+			*pushed = max(*pushed, clock)
+		}
+		log.Info("task", "id", task.ID, "data_shard", task.Shard, "from", task.From, "to", task.To, "attempt", task.Attempts, "clock", *pushed)
+		for d := task.From; d < task.To; d++ {
+			select {
+			case <-lease.Lost():
+				return fmt.Errorf("%w: lost the etcd lease: this worker is no longer a member of the job", ErrFenced)
+			default:
+			}
+			if err := t.step(ctx, at{Shard: task.Shard, Data: d, N: *pushed, Last: d == task.To-1}); err != nil {
+				return err
+			}
+			*pushed++
+		}
+		if spec.Mode == placement.SSP {
+			if err := t.idle(ctx); err != nil {
+				return fmt.Errorf("saying the rank is idle: %w", err)
+			}
+		}
+		b, _ := json.Marshal(task)
+		if _, err := cfg.Etcd.Put(ctx, keys.TaskDone(cfg.ID), string(b)); err != nil {
+			return fmt.Errorf("reporting task %d done: %w", task.ID, err)
+		}
+		last = task
+	}
+}

@@ -1,0 +1,214 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/metrics"
+	"github.com/downpour-ml/downpour/internal/wire"
+	"github.com/downpour-ml/downpour/models"
+	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/paramserver/placement"
+	"github.com/downpour-ml/downpour/shard"
+)
+
+func newSeq2SeqTrainer(cfg Config, spec *job.Spec, a jobetcd.Assignment, p *placement.Placement) (*seq2seqTrainer, error) {
+	client, err := paramserver.NewClient(cfg.NATS, spec.Name, p, a.Rank, a.Epoch)
+	if err == nil {
+		client.Observe = observe(spec.Name)
+	}
+	if err != nil {
+		return nil, err
+	}
+	t := &seq2seqTrainer{cfg: cfg, spec: spec, a: a, client: client, model: models.NewSeq2Seq[float32](spec.Seq2Seq)}
+	client.ReadOrder(t.model.ReadOrder())
+	if spec.NPush > 1 {
+		t.acc = make([]float32, len(t.model.Grads()))
+	}
+	if t.data, err = spec.OpenData(); err != nil {
+		return nil, err
+	}
+	t.model.Hooks = &models.Hooks{
+		NeedParams: func(lo, hi int) {
+			if t.xfer != nil && t.xerr == nil {
+				t.xerr = t.xfer.WaitRange(lo, hi)
+			}
+		},
+		GradsFree: func() {
+			if t.xfer != nil && t.xerr == nil {
+				t.xerr = t.xfer.WaitPushed()
+			}
+		},
+	}
+	return t, nil
+}
+
+// clock is the shards' slowest clock.
+func (t *seq2seqTrainer) clock(ctx context.Context) (int64, error) { return t.client.Clock(ctx) }
+
+// idle tells the shards this rank has no work for now (elastic ssp).
+func (t *seq2seqTrainer) idle(ctx context.Context) error { return t.client.Idle(ctx) }
+
+// settle waits for the transfer in flight, if any, and forgets it.
+func (t *seq2seqTrainer) settle() error {
+	if t.xfer == nil {
+		return nil
+	}
+	err := t.xfer.Wait()
+	if t.xerr != nil {
+		err = t.xerr
+	}
+	t.xstop()
+	t.xfer, t.xstop, t.xerr = nil, nil, nil
+	return err
+}
+
+// close stops a transfer still in flight (when the step loop ends early).
+func (t *seq2seqTrainer) close() {
+	if t.xfer != nil {
+		t.xstop()
+		t.xfer.Wait()
+		t.xfer = nil
+	}
+	t.next = nil
+}
+
+// seq2seqTrainer trains a Seq2Seq replica: one rank's steps, with the
+// push of each step and the pull of the next in flight behind the next
+// forward pass.
+type seq2seqTrainer struct {
+	cfg    Config
+	spec   *job.Spec
+	a      jobetcd.Assignment
+	client *paramserver.Client
+	model  *models.Seq2Seq[float32]
+	data   shard.Dataset
+	acc    []float32 // async with n_push > 1: gradients summed since the last push
+	// xfer is the last step's push and this step's pull, in flight while
+	// this step's forward pass starts on the parameters already pulled.
+	xfer  *paramserver.Transfer
+	xstop context.CancelFunc
+	xerr  error // the first error the model's hooks met waiting on xfer
+	// The transfer moves only the parts of the parameters a batch uses
+	// (models.Seq2Seq.Ranges): the push, this step's rows; the pull, the
+	// rows of the next step's batch, which is read ahead into next.
+	next       *models.SeqBatch
+	nextAt     at
+	pushRanges [][2]int
+	pullRanges [][2]int
+	// Loss, tokens and wall time since the last progress report: a report
+	// covers every step of its logging interval, not just its last one.
+	loss   float64
+	tokens int64
+	nanos  int64
+}
+
+// step runs one step: pull the parameters (in sync and ssp modes, those
+// after step applied steps, as far as the mode requires; in async mode,
+// whatever the shards hold, every n_fetch steps), compute the gradient of
+// this rank's batch, clip it, and push it (in async mode, the sum of the last
+// n_push steps' gradients, every n_push steps). When every step pulls and
+// pushes, a step's push and the next step's pull go together in the
+// background (a Transfer), and the next step's forward pass starts on each
+// layer as soon as its parameters have arrived: the communication hides
+// behind the computation. The transfer moves only the embedding rows the
+// two batches use (the push, this batch's; the pull, the next one's) and
+// the other tensors whole: the shards apply what the whole gradient would
+// have them apply, so the parameters the next step reads are the same.
+func (t *seq2seqTrainer) step(ctx context.Context, s at) error {
+	start := time.Now()
+	step := s.N
+	pipelined := t.spec.NFetch == 1 && t.spec.NPush == 1
+	if step%t.spec.NFetch == 0 && t.xfer == nil {
+		sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
+		err := t.client.Pull(sctx, step, t.model.Params())
+		cancel()
+		if err != nil {
+			return fmt.Errorf("step %d: pull: %w", step, err)
+		}
+	}
+	b := t.next
+	if b == nil || t.nextAt.Shard != s.Shard || t.nextAt.Data != s.Data {
+		// Not the batch the transfer in flight pulled the rows of (the
+		// loop moved elsewhere): let it land, then pull everything.
+		if t.xfer != nil {
+			if err := t.settle(); err != nil {
+				return fmt.Errorf("step %d: push and pull: %w", step-1, err)
+			}
+			sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
+			err := t.client.Pull(sctx, step, t.model.Params())
+			cancel()
+			if err != nil {
+				return fmt.Errorf("step %d: pull: %w", step, err)
+			}
+		}
+		b = t.data.Batch(t.spec.Seed, s.Shard, s.Data, t.spec.Batch)
+	}
+	t.next = nil
+	loss, tokens := t.model.Loss(b, true)
+	if err := t.settle(); err != nil {
+		return fmt.Errorf("step %d: push and pull: %w", step-1, err)
+	}
+	grads := t.model.Grads()
+	models.ClipGlobalNorm(grads, t.spec.ClipNorm)
+	if t.acc != nil {
+		for i, g := range grads {
+			t.acc[i] += g
+		}
+		grads = t.acc
+	}
+	switch {
+	case pipelined && !s.Last:
+		t.nextAt = at{Shard: s.Shard, Data: s.Data + 1}
+		t.next = t.data.Batch(t.spec.Seed, t.nextAt.Shard, t.nextAt.Data, t.spec.Batch)
+		var push, pull [][2]int // nil: whole
+		if !t.spec.DenseTransfer {
+			t.pushRanges = t.model.Ranges(b, t.pushRanges[:0])
+			t.pullRanges = t.model.Ranges(t.next, t.pullRanges[:0])
+			push, pull = t.pushRanges, t.pullRanges
+		}
+		xctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
+		t.xfer, t.xstop = t.client.StartPushPullSparse(xctx, step, grads, t.model.Params(), push, pull), cancel
+	case (step+1)%t.spec.NPush == 0 || s.Last:
+		sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
+		err := t.client.Push(sctx, step, grads)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("step %d: push: %w", step, err)
+		}
+		if t.acc != nil {
+			clear(t.acc)
+		}
+	}
+	t.loss += loss
+	t.tokens += int64(tokens)
+	took := time.Since(start)
+	t.nanos += took.Nanoseconds()
+	rank := strconv.Itoa(t.a.Rank)
+	metrics.WorkerSteps.WithLabelValues(t.spec.Name, rank).Inc()
+	metrics.StepSeconds.WithLabelValues(t.spec.Name, rank).Observe(took.Seconds())
+	if tokens > 0 {
+		metrics.WorkerLoss.WithLabelValues(t.spec.Name, rank).Set(loss / float64(tokens))
+	}
+	if rank, at := s.progress(t.spec, t.a.Rank); at%t.spec.LogEvery == 0 || s.Last {
+		data, _ := wire.Encode(&wire.Progress{V: wire.Version, Rank: rank, Step: at, Loss: t.loss,
+			Tokens: t.tokens, Nanos: t.nanos})
+		t.loss, t.tokens, t.nanos = 0, 0, 0
+		if err := t.cfg.NATS.Publish(wire.ProgressSubject(t.spec.Name), data); err != nil {
+			t.cfg.Log.Warn("progress report failed", "err", err)
+		}
+	}
+	return nil
+}
+
+// observe is a client's Observe hook that records its requests to the
+// shards of job in the metrics.
+func observe(job string) func(op paramserver.Op, shard int, d time.Duration, bytes int) {
+	return func(op paramserver.Op, shard int, d time.Duration, bytes int) {
+		metrics.Request(job, string(op), shard, d, bytes)
+	}
+}
