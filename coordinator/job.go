@@ -1,160 +1,420 @@
-// Package coordinator runs a downpour job: it writes the job spec and the
-// block placement to etcd, hands each worker a rank, a fencing epoch and a
-// data shard, and declares the job done when every rank has pushed its last
-// step.
-//
-// The decisions are made by Ranks, a pure state machine fed with membership
-// events; Run adapts it to etcd watches:
-//
-//	err := coordinator.Run(ctx, etcdClient, coordinator.Config{Spec: spec, OnFinish: saveCheckpoint})
 package coordinator
 
-import "github.com/downpour-ml/downpour/internal/jobetcd"
+import (
+	"fmt"
+	"slices"
 
-// Ranks decides who holds which rank. Workers arrive (Up), leave (Down) and
-// finish (Done); it answers with assignments to write and, once every rank is
-// done, that the job is finished. It does no IO.
+	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/paramserver/placement"
+)
+
+// Job is the coordinator's decisions for one job as a pure state machine, in
+// the manner of etcd's raft: membership, snapshot, completion and operator
+// events go in (fed by the etcd adapter, Run, from watch events, and by a
+// ticker); actions to carry out come out. It does no IO and reads no clock.
 //
-// Invariants: a rank has at most one holder; a worker holds at most one rank;
-// a rank given to a new holder gets a higher epoch than any before it, so the
-// shards can fence off the old holder; a done rank is never reassigned.
-type Ranks struct {
-	holder  []string // worker holding each rank, "" when free
-	epoch   []uint64 // epoch of each rank's current (or last) holder
-	done    []bool
-	rankOf  map[string]int // worker -> rank
-	waiting []string       // workers up but without a rank, in arrival order
+// Invariants (each tested by a script):
+//   - ranks: see Ranks;
+//   - a checkpoint is recorded only once every shard of the current
+//     placement has a snapshot of its step under that placement, and never
+//     goes backwards;
+//   - sync: a worker that dies holding an unfinished rank, or a shard that
+//     dies while serving the current placement, rolls the job back: a new
+//     placement version from the last complete checkpoint (or step 0),
+//     fencing every rank at its current holder's epoch (a free rank at the
+//     next one), and every rank runs again from there;
+//   - async, ssp: a dead shard rolls back likewise; a dead worker does not;
+//   - a reshard is a rollback onto another number of shards, refused
+//     without a complete checkpoint;
+//   - the job finishes once, when every rank is done under the current
+//     placement.
+type Job struct {
+	mode      string
+	ranks     *Ranks
+	placement *placement.Placement
+	snaps     map[int64]map[int]string // the placement's shard snapshot files by step and shard
+	last      jobetcd.CheckpointRecord // the last complete checkpoint (Step -1: none)
+	finished  bool
+	joinTicks int // ticks a rank may stay without a worker
+	idleTicks int // ticks some rank has been without a worker
+	// with tasks (async, ssp): the data-shard tasks, and the rank holders waiting for one.
+	tasks *Tasks
+	idle  map[string]bool
+	// async checkpoints: every ckEvery data steps done, the shards snapshot
+	// (labelled by the data steps done) and the queue as it was then is
+	// kept, to go back to with them.
+	ckEvery int64
+	nextCk  int64
+	queueAt map[int64]*Tasks
+	tasks0  *Tasks // the queue at the start
 }
 
-// Assign is an action: write this assignment for worker.
-type Assign struct {
-	Worker string
-	jobetcd.Assignment
+// ActionKind names what an Action asks the adapter to do.
+type ActionKind int
+
+// Actions.
+const (
+	DoAssign     ActionKind = iota // write Assign
+	DoUnassign                     // delete Worker's assignment
+	DoPlace                        // write Placement, and delete every rank's done
+	DoCheckpoint                   // record Checkpoint as the last complete one
+	DoAnswer                       // write Reshard (the answer to a request)
+	DoFinish                       // save the final parameters, mark the job done
+	DoFail                         // stop coordinating with Err
+	DoGiveTask                     // write Worker's task: Task (ID -1: none for now)
+	DoSaveTasks                    // store the task queue (Tasks)
+	DoSnapshot                     // ask every shard for a snapshot now, labelled Checkpoint.Step (with tasks)
+)
+
+// Action is one thing for the adapter to carry out, in order.
+type Action struct {
+	Kind       ActionKind
+	Assign     Assign
+	Worker     string
+	Placement  *placement.Placement
+	Checkpoint jobetcd.CheckpointRecord
+	Reshard    jobetcd.ReshardRequest
+	Err        error
+	Why        string // for the log
+	Task       jobetcd.Task
+	Tasks      *Tasks
+	// Thrown (DoPlace, with tasks): data steps of tasks done since the
+	// checkpoint the job goes back to, which are done again; -1: unknown.
+	Thrown int64
 }
 
-// NewRanks makes the state of a job with n ranks.
-func NewRanks(n int) *Ranks {
-	return &Ranks{holder: make([]string, n), epoch: make([]uint64, n), done: make([]bool, n), rankOf: map[string]int{}}
+// NewJob makes the state of a job of workers ranks in mode under placement
+// p; a rank may stay without a worker for joinTicks ticks.
+func NewJob(mode string, workers int, p *placement.Placement, joinTicks int) *Job {
+	return &Job{mode: mode, ranks: NewRanks(workers), placement: p, snaps: map[int64]map[int]string{},
+		last: jobetcd.CheckpointRecord{Step: -1}, joinTicks: joinTicks}
 }
 
-// Restore records an assignment read back from etcd (a coordinator that takes
-// over rebuilds its state this way before it handles events).
-func (r *Ranks) Restore(worker string, a jobetcd.Assignment) {
-	if a.Rank < 0 || a.Rank >= len(r.holder) {
-		return
+// UseTasks makes the job hand out its data as the tasks of q (async mode):
+// a rank holder works on one task at a time, the job finishes when every
+// task is done or failed, and a worker's death only puts its task back.
+//
+// With checkpointEvery > 0, every checkpointEvery data steps done the
+// shards snapshot, and a rollback to that checkpoint also puts the queue
+// back as it was: tasks done since go back to todo, so every data step is
+// still counted exactly once.
+func (j *Job) UseTasks(q *Tasks, checkpointEvery int64) {
+	j.tasks, j.idle = q, map[string]bool{}
+	j.tasks0 = q.clone()
+	j.queueAt = map[int64]*Tasks{}
+	if checkpointEvery > 0 {
+		j.ckEvery = checkpointEvery
+		j.nextCk = (q.DoneSteps()/checkpointEvery + 1) * checkpointEvery
 	}
-	r.epoch[a.Rank] = max(r.epoch[a.Rank], a.Epoch)
-	if old := r.holder[a.Rank]; old != "" {
-		if a.Epoch < r.epoch[a.Rank] {
-			return
+}
+
+// Placement is the job's current placement.
+func (j *Job) Placement() *placement.Placement { return j.placement }
+
+// RestoreAssignment records an assignment read back from etcd.
+func (j *Job) RestoreAssignment(worker string, a jobetcd.Assignment) { j.ranks.Restore(worker, a) }
+
+// Holders lists the workers holding ranks.
+func (j *Job) Holders() []string {
+	var ws []string
+	for w := range j.ranks.rankOf {
+		ws = append(ws, w)
+	}
+	return ws
+}
+
+// CheckpointRecorded records a checkpoint read back from etcd.
+func (j *Job) CheckpointRecorded(cp jobetcd.CheckpointRecord) {
+	if cp.Step > j.last.Step {
+		j.last = cp
+	}
+}
+
+// WorkerUp: worker registered.
+func (j *Job) WorkerUp(worker string) []Action { return j.withTasks(assigns(j.ranks.Up(worker))) }
+
+// withTasks adds, after assignments, a task for each newly assigned worker.
+func (j *Job) withTasks(out []Action) []Action {
+	if j.tasks == nil {
+		return out
+	}
+	for _, a := range out {
+		if a.Kind == DoAssign {
+			j.idle[a.Assign.Worker] = true
 		}
-		delete(r.rankOf, old)
 	}
-	r.holder[a.Rank] = worker
-	r.rankOf[worker] = a.Rank
+	return append(out, j.offer()...)
 }
 
-// Up records that worker is alive and returns the assignments to make.
-func (r *Ranks) Up(worker string) []Assign {
-	if _, ok := r.rankOf[worker]; ok {
+// offer gives tasks to the idle rank holders (in name order), while there
+// are tasks to give, and says "none for now" to the rest.
+func (j *Job) offer() []Action {
+	var ws []string
+	for w := range j.idle {
+		ws = append(ws, w)
+	}
+	slices.Sort(ws)
+	var out []Action
+	changed := false
+	for _, w := range ws {
+		t, ok := j.tasks.Next(w)
+		if !ok {
+			t = jobetcd.Task{ID: -1}
+		} else {
+			delete(j.idle, w)
+			changed = true
+		}
+		out = append(out, Action{Kind: DoGiveTask, Worker: w, Task: t})
+	}
+	if changed {
+		out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks.clone()})
+	}
+	return out
+}
+
+// RestoreQueueAt records the queue as it was at the checkpoint of step
+// (read back from etcd by a coordinator that takes over).
+func (j *Job) RestoreQueueAt(step int64, q *Tasks) {
+	if j.queueAt != nil {
+		j.queueAt[step] = q
+	}
+}
+
+// TaskDone: worker reported task id done.
+func (j *Job) TaskDone(worker string, id int) []Action {
+	if j.tasks == nil || j.finished {
 		return nil
 	}
-	for _, w := range r.waiting {
-		if w == worker {
-			return nil
-		}
+	if _, held := j.ranks.rankOf[worker]; !held {
+		j.tasks.Late++
+		return nil // not a member any more: its report does not count
 	}
-	r.waiting = append(r.waiting, worker)
-	return r.fill()
+	counted := j.tasks.Finish(worker, id)
+	var out []Action
+	if counted {
+		out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks.clone()})
+		if done := j.tasks.DoneSteps(); j.ckEvery > 0 && done >= j.nextCk && !j.tasks.Finished() {
+			j.nextCk = (done/j.ckEvery + 1) * j.ckEvery
+			j.queueAt[done] = j.tasks.clone()
+			out = append(out, Action{Kind: DoSnapshot, Checkpoint: jobetcd.CheckpointRecord{Step: done, Placement: j.placement.Version},
+				Tasks: j.queueAt[done]})
+		}
+	} else if j.pending(worker) {
+		return nil // a stale report: it is busy with its current task
+	}
+	j.idle[worker] = true
+	if j.tasks.Finished() {
+		j.finished = true
+		return append(out, Action{Kind: DoFinish})
+	}
+	return append(out, j.offer()...)
 }
 
-// Down records that worker is gone (its lease expired or was revoked).
-func (r *Ranks) Down(worker string) []Assign {
-	for i, w := range r.waiting {
-		if w == worker {
-			r.waiting = append(r.waiting[:i], r.waiting[i+1:]...)
-			return nil
-		}
-	}
-	rank, ok := r.rankOf[worker]
-	if !ok {
+// Resume, after the job's keys have been read back, offers tasks to the
+// rank holders that have none pending (a coordinator that takes over does
+// not know who was waiting), and finishes a job whose tasks all ended.
+func (j *Job) Resume() []Action {
+	if j.tasks == nil || j.finished {
 		return nil
 	}
-	delete(r.rankOf, worker)
-	r.holder[rank] = ""
-	return r.fill()
-}
-
-// Done records that rank pushed its last step. It reports whether every rank
-// is now done.
-func (r *Ranks) Done(rank int) bool {
-	if rank >= 0 && rank < len(r.done) {
-		r.done[rank] = true
+	if j.tasks.Finished() {
+		j.finished = true
+		return []Action{{Kind: DoFinish}}
 	}
-	for _, d := range r.done {
-		if !d {
-			return false
+	for w := range j.ranks.rankOf {
+		if !j.pending(w) {
+			j.idle[w] = true
 		}
 	}
-	return true
+	return j.offer()
 }
 
-// Holds reports whether worker holds a rank that is not done: its death
-// loses work in progress.
-func (r *Ranks) Holds(worker string) bool {
-	rank, ok := r.rankOf[worker]
-	return ok && !r.done[rank]
-}
-
-// Fence is, per rank, the oldest epoch that may push: the holder's, or for a
-// free rank the epoch its next holder will get, so that its last holder is
-// refused even before the next one arrives.
-func (r *Ranks) Fence() []uint64 {
-	f := make([]uint64, len(r.epoch))
-	for rank, e := range r.epoch {
-		f[rank] = e
-		if r.holder[rank] == "" {
-			f[rank] = e + 1
+// pending reports whether worker owns a pending task.
+func (j *Job) pending(worker string) bool {
+	for _, t := range j.tasks.List {
+		if t.State == jobetcd.TaskPending && t.Owner == worker {
+			return true
 		}
 	}
-	return f
+	return false
 }
 
-// Rollback records that the job went back to a checkpoint: every rank runs
-// again from there, the done ones included; holders keep their ranks, and a
-// done rank without a holder goes to a waiting worker.
-func (r *Ranks) Rollback() []Assign {
-	clear(r.done)
-	return r.fill()
+// WorkerDown: worker's membership ended (its lease ran out, or it left).
+func (j *Job) WorkerDown(worker string) []Action {
+	lost := j.ranks.Holds(worker)
+	_, held := j.ranks.rankOf[worker]
+	var out []Action
+	if held { // should it come back, it finds it has no rank
+		out = append(out, Action{Kind: DoUnassign, Worker: worker})
+	}
+	if j.tasks != nil {
+		delete(j.idle, worker)
+		j.tasks.Down(worker)
+		out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks.clone()})
+	}
+	out = append(out, j.withTasks(assigns(j.ranks.Down(worker)))...)
+	if j.tasks != nil && !j.finished {
+		out = append(out, j.offer()...) // its task, to an idle holder
+	}
+	if lost && j.mode == placement.Sync && !j.finished {
+		// Its last step may be half pushed: only a rollback keeps the run
+		// what it would have been.
+		out = append(out, j.rollback(j.placement.Shards, fmt.Sprintf("worker %s died", worker))...)
+	}
+	return out
 }
 
-// Unassigned is the number of ranks neither held nor done.
-func (r *Ranks) Unassigned() int {
-	n := 0
-	for i, h := range r.holder {
-		if h == "" && !r.done[i] {
-			n++
+// ShardDown: shard idx's membership ended; it was serving placement version
+// serving (0: none yet).
+func (j *Job) ShardDown(idx int, serving int64) []Action {
+	if j.finished || serving != j.placement.Version || idx >= j.placement.Shards {
+		return nil // it held no progress of this placement
+	}
+	return j.rollback(j.placement.Shards, fmt.Sprintf("parameter-server shard %d died", idx))
+}
+
+// SnapshotRecorded: a shard recorded a snapshot.
+func (j *Job) SnapshotRecorded(rec jobetcd.SnapshotRecord) []Action {
+	if rec.Shard < 0 || rec.Shard >= j.placement.Shards || rec.Placement != j.placement.Version || rec.Step <= j.last.Step {
+		return nil // of an earlier placement, or older than the last checkpoint
+	}
+	m := j.snaps[rec.Step]
+	if m == nil {
+		m = map[int]string{}
+		j.snaps[rec.Step] = m
+	}
+	m[rec.Shard] = rec.Path
+	if len(m) < j.placement.Shards {
+		return nil
+	}
+	cp := jobetcd.CheckpointRecord{Step: rec.Step, Placement: rec.Placement, Files: make([]string, j.placement.Shards)}
+	for i, f := range m {
+		cp.Files[i] = f
+	}
+	j.last = cp
+	for step := range j.snaps {
+		if step <= rec.Step {
+			delete(j.snaps, step)
 		}
 	}
-	return n
+	for step := range j.queueAt {
+		if step < rec.Step {
+			delete(j.queueAt, step)
+		}
+	}
+	return []Action{{Kind: DoCheckpoint, Checkpoint: cp}}
 }
 
-// fill gives free ranks, lowest first, to waiting workers, oldest first.
-func (r *Ranks) fill() []Assign {
-	var out []Assign
-	for rank := range r.holder {
-		if len(r.waiting) == 0 {
-			break
+// RankDone: rank reported its last step pushed under the current placement.
+func (j *Job) RankDone(rank int) []Action {
+	if j.finished || j.tasks != nil || !j.ranks.Done(rank) {
+		return nil
+	}
+	j.finished = true
+	return []Action{{Kind: DoFinish}}
+}
+
+// ReshardRequested: an operator asked for another number of shards.
+func (j *Job) ReshardRequested(req jobetcd.ReshardRequest) []Action {
+	if req.Status != "" {
+		return nil // already answered
+	}
+	answer := func(status string) []Action {
+		req.Status = status
+		return []Action{{Kind: DoAnswer, Reshard: req}}
+	}
+	switch {
+	case j.finished:
+		return answer("refused: the job has finished")
+	case j.last.Step < 0:
+		return answer("refused: the job has no complete checkpoint yet (it re-places from one: run it with --checkpoint-every)")
+	}
+	out := j.rollback(req.Shards, fmt.Sprintf("an operator asked for %d shards", req.Shards))
+	if out[0].Kind == DoFail { // the placement could not be made
+		return answer("refused: " + out[0].Err.Error())
+	}
+	req.Version, req.Start = j.placement.Version, j.placement.Start
+	return append(out, answer("done")...)
+}
+
+// Tick advances time by one tick: a rank left without a worker for too long
+// fails the job.
+func (j *Job) Tick() []Action {
+	var out []Action
+	if j.tasks != nil && !j.finished {
+		if lost := j.tasks.Tick(); len(lost) > 0 {
+			out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks.clone()})
+			if j.tasks.Finished() { // the last ones failed
+				j.finished = true
+				return append(out, Action{Kind: DoFinish})
+			}
+			out = append(out, j.offer()...)
 		}
-		if r.holder[rank] != "" || r.done[rank] {
-			continue
+	}
+	return append(out, j.joinTick()...)
+}
+
+func (j *Job) joinTick() []Action {
+	if j.ranks.Unassigned() == 0 || j.finished || j.tasks != nil && len(j.ranks.rankOf) > 0 {
+		j.idleTicks = 0
+		return nil
+	}
+	j.idleTicks++
+	if j.idleTicks > j.joinTicks {
+		return []Action{{Kind: DoFail, Err: fmt.Errorf("%d ranks have had no worker for %d ticks: start more workers", j.ranks.Unassigned(), j.joinTicks)}}
+	}
+	return nil
+}
+
+// rollback moves the job to a new placement on shards shards, starting from
+// the last complete checkpoint (or step 0 without one).
+func (j *Job) rollback(shards int, why string) []Action {
+	step, files := j.last.Step, j.last.Files
+	if step < 0 {
+		step, files = 0, nil
+	}
+	q, err := j.placement.Reshard(shards, step, files)
+	if err != nil {
+		return []Action{{Kind: DoFail, Err: err}}
+	}
+	q.Epochs = j.ranks.Fence()
+	j.placement = q
+	clear(j.snaps)
+	// The placement first: its fence must be in force before a revived
+	// rank's new holder can push.
+	out := append([]Action{{Kind: DoPlace, Placement: q, Why: why, Thrown: -1}}, assigns(j.ranks.Rollback())...)
+	if j.tasks != nil {
+		// The shards go back to the checkpoint: so does the queue. Every
+		// holder drops its task and takes one anew.
+		back := j.tasks0
+		if qa, ok := j.queueAt[step]; ok && j.last.Step >= 0 {
+			back = qa
 		}
-		w := r.waiting[0]
-		r.waiting = r.waiting[1:]
-		r.epoch[rank]++
-		r.holder[rank] = w
-		r.rankOf[w] = rank
-		out = append(out, Assign{Worker: w, Assignment: jobetcd.Assignment{Rank: rank, Epoch: r.epoch[rank], DataShard: rank}})
+		late, before := j.tasks.Late, j.tasks.DoneSteps()
+		j.tasks = back.clone()
+		out[0].Thrown = max(0, before-j.tasks.DoneSteps())
+		j.tasks.Late = late
+		if j.ckEvery > 0 {
+			j.nextCk = (j.tasks.DoneSteps()/j.ckEvery + 1) * j.ckEvery
+		}
+		for i := range j.tasks.List {
+			if t := &j.tasks.List[i]; t.State == jobetcd.TaskPending {
+				t.State, t.Owner, t.Deadline = jobetcd.TaskTodo, "", 0
+			}
+		}
+		for w := range j.ranks.rankOf {
+			j.idle[w] = true
+		}
+		out = append(out, Action{Kind: DoSaveTasks, Tasks: j.tasks.clone()})
+		out = append(out, j.offer()...)
+	}
+	return out
+}
+
+func assigns(as []Assign) []Action {
+	out := make([]Action, len(as))
+	for i, a := range as {
+		out[i] = Action{Kind: DoAssign, Assign: a}
 	}
 	return out
 }

@@ -1,8 +1,12 @@
-// Package shard holds downpour's data: synthetic tasks generated from a seed,
-// and their deterministic split into data shards, one per worker rank.
+// Package shard holds downpour's training data and its deterministic split
+// into data shards, one per worker rank (the parameter server's shards,
+// paramserver.Shard, are another thing): synthetic tasks generated from a
+// seed (synthetic.go), parallel corpora read from files with their
+// vocabularies and tokenizers (corpus.go), the Dataset both present to a
+// worker (dataset.go), and MNIST in idx files (idx.go).
 //
-// A batch is a pure function of (task, seed, data shard, step), so a rerun of
-// a step after a fault sees exactly the same examples:
+// A batch is a pure function of (data, seed, data shard, step), so a rerun
+// of a step after a fault sees exactly the same examples:
 //
 //	task, _ := shard.NewSynthetic("reverse", 3, 8)
 //	b := task.Batch(seed, dataShard, step, 32)

@@ -1,0 +1,151 @@
+package coordinator
+
+import "github.com/downpour-ml/downpour/internal/jobetcd"
+
+// Ranks decides who holds which rank. Workers arrive (Up), leave (Down) and
+// finish (Done); it answers with assignments to write and, once every rank is
+// done, that the job is finished. It does no IO.
+//
+// Invariants: a rank has at most one holder; a worker holds at most one rank;
+// a rank given to a new holder gets a higher epoch than any before it, so the
+// shards can fence off the old holder; a done rank is never reassigned.
+type Ranks struct {
+	holder  []string // worker holding each rank, "" when free
+	epoch   []uint64 // epoch of each rank's current (or last) holder
+	done    []bool
+	rankOf  map[string]int // worker -> rank
+	waiting []string       // workers up but without a rank, in arrival order
+}
+
+// Assign is an action: write this assignment for worker.
+type Assign struct {
+	Worker string
+	jobetcd.Assignment
+}
+
+// NewRanks makes the state of a job with n ranks.
+func NewRanks(n int) *Ranks {
+	return &Ranks{holder: make([]string, n), epoch: make([]uint64, n), done: make([]bool, n), rankOf: map[string]int{}}
+}
+
+// Restore records an assignment read back from etcd (a coordinator that takes
+// over rebuilds its state this way before it handles events).
+func (r *Ranks) Restore(worker string, a jobetcd.Assignment) {
+	if a.Rank < 0 || a.Rank >= len(r.holder) {
+		return
+	}
+	r.epoch[a.Rank] = max(r.epoch[a.Rank], a.Epoch)
+	if old := r.holder[a.Rank]; old != "" {
+		if a.Epoch < r.epoch[a.Rank] {
+			return
+		}
+		delete(r.rankOf, old)
+	}
+	r.holder[a.Rank] = worker
+	r.rankOf[worker] = a.Rank
+}
+
+// Up records that worker is alive and returns the assignments to make.
+func (r *Ranks) Up(worker string) []Assign {
+	if _, ok := r.rankOf[worker]; ok {
+		return nil
+	}
+	for _, w := range r.waiting {
+		if w == worker {
+			return nil
+		}
+	}
+	r.waiting = append(r.waiting, worker)
+	return r.fill()
+}
+
+// Down records that worker is gone (its lease expired or was revoked).
+func (r *Ranks) Down(worker string) []Assign {
+	for i, w := range r.waiting {
+		if w == worker {
+			r.waiting = append(r.waiting[:i], r.waiting[i+1:]...)
+			return nil
+		}
+	}
+	rank, ok := r.rankOf[worker]
+	if !ok {
+		return nil
+	}
+	delete(r.rankOf, worker)
+	r.holder[rank] = ""
+	return r.fill()
+}
+
+// Done records that rank pushed its last step. It reports whether every rank
+// is now done.
+func (r *Ranks) Done(rank int) bool {
+	if rank >= 0 && rank < len(r.done) {
+		r.done[rank] = true
+	}
+	for _, d := range r.done {
+		if !d {
+			return false
+		}
+	}
+	return true
+}
+
+// Holds reports whether worker holds a rank that is not done: its death
+// loses work in progress.
+func (r *Ranks) Holds(worker string) bool {
+	rank, ok := r.rankOf[worker]
+	return ok && !r.done[rank]
+}
+
+// Fence is, per rank, the oldest epoch that may push: the holder's, or for a
+// free rank the epoch its next holder will get, so that its last holder is
+// refused even before the next one arrives.
+func (r *Ranks) Fence() []uint64 {
+	f := make([]uint64, len(r.epoch))
+	for rank, e := range r.epoch {
+		f[rank] = e
+		if r.holder[rank] == "" {
+			f[rank] = e + 1
+		}
+	}
+	return f
+}
+
+// Rollback records that the job went back to a checkpoint: every rank runs
+// again from there, the done ones included; holders keep their ranks, and a
+// done rank without a holder goes to a waiting worker.
+func (r *Ranks) Rollback() []Assign {
+	clear(r.done)
+	return r.fill()
+}
+
+// Unassigned is the number of ranks neither held nor done.
+func (r *Ranks) Unassigned() int {
+	n := 0
+	for i, h := range r.holder {
+		if h == "" && !r.done[i] {
+			n++
+		}
+	}
+	return n
+}
+
+// fill gives free ranks, lowest first, to waiting workers, oldest first.
+func (r *Ranks) fill() []Assign {
+	var out []Assign
+	for rank := range r.holder {
+		if len(r.waiting) == 0 {
+			break
+		}
+		if r.holder[rank] != "" || r.done[rank] {
+			continue
+		}
+		w := r.waiting[0]
+		r.waiting = r.waiting[1:]
+		r.epoch[rank]++
+		r.holder[rank] = w
+		r.rankOf[w] = rank
+		out = append(out, Assign{Worker: w, Assignment: jobetcd.Assignment{Rank: rank, Epoch: r.epoch[rank], DataShard: rank}})
+	}
+	return out
+}
