@@ -2,62 +2,100 @@ package coordinator
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/cockroachdb/datadriven"
 	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
-// runScript feeds a Job the events of a script and checks the actions each
-// produces. A line is "event args => actions", actions separated by "; " and
-// written as render writes them ("-" for none); "#" starts a comment.
-func runScript(t *testing.T, j *Job, script string) {
-	t.Helper()
-	for n, line := range strings.Split(script, "\n") {
-		line, _, _ = strings.Cut(line, "#")
-		if strings.TrimSpace(line) == "" {
-			continue
-		}
-		ev, want, ok := strings.Cut(line, "=>")
-		if !ok {
-			t.Fatalf("line %d: no =>", n+1)
-		}
-		f := strings.Fields(ev)
-		num := func(i int) int {
-			var v int
-			fmt.Sscan(f[i], &v)
-			return v
-		}
-		var out []Action
-		switch f[0] {
-		case "up":
-			out = j.WorkerUp(f[1])
-		case "down":
-			out = j.WorkerDown(f[1])
-		case "shard-down": // shard-down <index> <placement it served>
-			out = j.ShardDown(num(1), int64(num(2)))
-		case "snap": // snap <shard> <step> <placement>
-			out = j.SnapshotRecorded(jobetcd.SnapshotRecord{Shard: num(1), Step: int64(num(2)), Placement: int64(num(3)),
-				Path: fmt.Sprintf("s%d@%d", num(1), num(2))})
-		case "done":
-			out = j.RankDone(num(1))
-		case "reshard":
-			out = j.ReshardRequested(jobetcd.ReshardRequest{Shards: num(1)})
-		case "tick":
-			out = j.Tick()
-		case "task-done": // task-done <worker> <task id>
-			out = j.TaskDone(f[1], num(2))
-		case "resume":
-			out = j.Resume()
-		default:
-			t.Fatalf("line %d: unknown event %q", n+1, f[0])
-		}
-		if got := render(out); got != strings.TrimSpace(want) {
-			t.Fatalf("line %d: %s\n got: %s\nwant: %s", n+1, strings.TrimSpace(ev), got, strings.TrimSpace(want))
-		}
-	}
+// TestJobScripts drives Job with the scripts in testdata/job (run with
+// -rewrite to regenerate the expected output). Each command is an event;
+// its output is the actions the Job answers with, as render writes them
+// ("-" for none). Commands:
+//
+//	new mode=sync|ssp|async ranks=N shards=N join-ticks=N [tasks=(S,steps,per,timeout,attempts)] [checkpoint-every=N]
+//	up W | down W                  worker W registers or dies
+//	shard-down I V                 the process of shard I, serving placement V (0: restoring), dies
+//	snap I STEP V                  shard I recorded its snapshot of STEP under placement V (file sI@STEP)
+//	done R                         rank R pushed its last step
+//	reshard N                      an operator asks for N shards
+//	tick
+//	task-done W ID                 worker W reports task ID done
+//	resume
+func TestJobScripts(t *testing.T) {
+	datadriven.Walk(t, "testdata/job", func(t *testing.T, path string) {
+		var j *Job
+		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
+			arg := func(i int) string {
+				if i >= len(d.CmdArgs) {
+					d.Fatalf(t, "%s needs %d arguments", d.Cmd, i+1)
+				}
+				return d.CmdArgs[i].Key
+			}
+			num := func(i int) int {
+				n, err := strconv.Atoi(arg(i))
+				if err != nil {
+					d.Fatalf(t, "%s: %v", d.Cmd, err)
+				}
+				return n
+			}
+			if d.Cmd != "new" && j == nil {
+				d.Fatalf(t, "%s before new", d.Cmd)
+			}
+			var out []Action
+			switch d.Cmd {
+			case "new":
+				var mode string
+				var ranks, shards, joinTicks int
+				var every int64
+				var tasks []int64
+				d.ScanArgs(t, "mode", &mode)
+				d.ScanArgs(t, "ranks", &ranks)
+				d.ScanArgs(t, "shards", &shards)
+				d.ScanArgs(t, "join-ticks", &joinTicks)
+				if d.HasArg("tasks") {
+					d.ScanArgs(t, "tasks", &tasks)
+					if len(tasks) != 5 {
+						d.Fatalf(t, "tasks=(S,steps,per,timeout,attempts)")
+					}
+				}
+				if d.HasArg("checkpoint-every") {
+					d.ScanArgs(t, "checkpoint-every", &every)
+				}
+				j = NewJob(mode, ranks, testPlacement(shards), joinTicks)
+				if tasks != nil {
+					j.UseTasks(NewTasks(int(tasks[0]), tasks[1], tasks[2], tasks[3], int(tasks[4])), every)
+				}
+				return ""
+			case "up":
+				out = j.WorkerUp(arg(0))
+			case "down":
+				out = j.WorkerDown(arg(0))
+			case "shard-down":
+				out = j.ShardDown(num(0), int64(num(1)))
+			case "snap":
+				out = j.SnapshotRecorded(jobetcd.SnapshotRecord{Shard: num(0), Step: int64(num(1)), Placement: int64(num(2)),
+					Path: fmt.Sprintf("s%d@%d", num(0), num(1))})
+			case "done":
+				out = j.RankDone(num(0))
+			case "reshard":
+				out = j.ReshardRequested(jobetcd.ReshardRequest{Shards: num(0)})
+			case "tick":
+				out = j.Tick()
+			case "task-done":
+				out = j.TaskDone(arg(0), num(1))
+			case "resume":
+				out = j.Resume()
+			default:
+				d.Fatalf(t, "unknown event %q", d.Cmd)
+			}
+			return render(out) + "\n"
+		})
+	})
 }
 
 func render(as []Action) string {
@@ -99,114 +137,6 @@ func render(as []Action) string {
 
 func testPlacement(shards int) *placement.Placement {
 	return placement.Place([]models.Tensor{{Name: "w", Shape: []int{64}}}, 8, shards)
-}
-
-func TestJobScriptSync(t *testing.T) {
-	runScript(t, NewJob(placement.Sync, 2, testPlacement(2), 3), `
-up a => assign a:0@1
-up b => assign b:1@1
-up c => -                          # a spare waits
-snap 0 10 1 => -
-snap 1 10 1 => checkpoint 10 s0@10,s1@10
-snap 1 10 1 => -                   # again: nothing new
-snap 0 20 1 => -
-snap 0 30 2 => -                   # a placement that is not (yet) the job's
-down a => unassign a; assign c:0@2; place v2 shards=2 from=10 files=s0@10,s1@10 fence=[2 1]
-snap 1 20 1 => -                   # a snapshot of the old placement no longer counts
-snap 0 20 2 => -
-snap 1 20 2 => checkpoint 20 s0@20,s1@20
-shard-down 1 1 => -                # it served an old placement
-shard-down 0 0 => -                # it was still restoring
-shard-down 1 2 => place v3 shards=2 from=20 files=s0@20,s1@20 fence=[2 1]
-done 0 => -
-down c => unassign c               # its rank was done: nothing lost
-up e => -                          # a done rank is not given again: e waits
-shard-down 0 3 => place v4 shards=2 from=20 files=s0@20,s1@20 fence=[3 1]; assign e:0@3   # the rollback revives rank 0
-tick => -
-up d => -
-done 0 => -
-done 1 => finish
-done 1 => -                        # once
-down b => unassign b               # after the end: no rollback
-`)
-}
-
-func TestJobScriptReshardAndJoinTimeout(t *testing.T) {
-	runScript(t, NewJob(placement.Sync, 1, testPlacement(2), 2), `
-reshard 3 => answer "refused: the job has no complete checkpoint yet (it re-places from one: run it with --checkpoint-every)"
-up a => assign a:0@1
-snap 0 5 1 => -
-snap 1 5 1 => checkpoint 5 s0@5,s1@5
-reshard 100 => answer "refused: cannot place 8 blocks on 100 shards"
-reshard 3 => place v2 shards=3 from=5 files=s0@5,s1@5 fence=[1]; answer "done"
-snap 2 10 2 => -
-snap 0 10 2 => -
-snap 1 10 2 => checkpoint 10 s0@10,s1@10,s2@10
-reshard 1 => place v3 shards=1 from=10 files=s0@10,s1@10,s2@10 fence=[1]; answer "done"
-snap 0 15 3 => checkpoint 15 s0@15
-down a => unassign a; place v4 shards=1 from=15 files=s0@15 fence=[2]
-tick => -
-tick => -
-tick => fail                       # rank 0 without a worker for more than 2 ticks
-`)
-}
-
-// In async mode a dead worker does not roll the job back (its replacement
-// carries on); a dead shard does.
-func TestJobScriptAsync(t *testing.T) {
-	runScript(t, NewJob(placement.Async, 2, testPlacement(2), 10), `
-up a => assign a:0@1
-up b => assign b:1@1
-down a => unassign a
-up c => assign c:0@2
-shard-down 0 1 => place v2 shards=2 from=0 files= fence=[2 1]
-`)
-}
-
-// Async with tasks: workers take tasks one at a time, come and go; a dead
-// worker's task goes to another; the job finishes when the tasks are done.
-func TestJobScriptTasks(t *testing.T) {
-	j := NewJob(placement.Async, 2, testPlacement(2), 2)
-	j.UseTasks(NewTasks(2, 20, 10, 3, 2), 0) // 4 tasks: shard 0 steps 0-10, 10-20; shard 1 likewise
-	runScript(t, j, `
-up a => assign a:0@1; task a 0:0:0-10; save
-up b => assign b:1@1; task b 1:0:10-20; save
-up c => -                                  # a third worker waits for a rank
-task-done a 0 => save; task a 2:1:0-10; save
-task-done a 0 => -                         # again: a is busy with task 2; the stale report changes nothing
-down b => unassign b; save; assign c:1@2; task c 1:0:10-20; save
-task-done b 1 => -                         # a dead worker's report does not count
-tick => -
-tick => -
-tick => -
-tick => save                               # both missed their deadline: task 2 goes back, task 1 (given out twice) fails
-task-done c 1 => task c 2:1:0-10; save     # late: it does not count; c takes the oldest todo
-task-done c 2 => save; task c 3:1:10-20; save
-task-done a 2 => task a none               # late too: nothing left to give a
-task-done c 3 => save; finish              # every task done or failed
-tick => -
-`)
-}
-
-// Async checkpoints: every 20 data steps done, the shards snapshot; when a
-// shard dies the job goes back to the last complete checkpoint, and so does
-// the task queue, so that the tasks done since are done again and every data
-// step is still counted once.
-func TestJobScriptAsyncCheckpoints(t *testing.T) {
-	j := NewJob(placement.Async, 2, testPlacement(2), 10)
-	j.UseTasks(NewTasks(2, 20, 10, 3, 3), 20)
-	runScript(t, j, `
-up a => assign a:0@1; task a 0:0:0-10; save
-up b => assign b:1@1; task b 1:0:10-20; save
-task-done a 0 => save; task a 2:1:0-10; save
-task-done b 1 => save; snapshot 20; task b 3:1:10-20; save      # 20 data steps done
-snap 0 20 1 => -
-snap 1 20 1 => checkpoint 20 s0@20,s1@20
-task-done a 2 => save; task a none                             # 30 done; 40 would be the next checkpoint
-shard-down 0 1 => place v2 shards=2 from=20 files=s0@20,s1@20 fence=[1 1]; save; task a 2:1:0-10; task b 3:1:10-20; save
-task-done a 2 => save; task a none                             # task 2 again: it was done after the checkpoint
-task-done b 3 => save; finish                                  # the queue ends with every data step done once
-`)
 }
 
 // Each DoSaveTasks carries the queue as it was at that point of the step,

@@ -2,63 +2,65 @@ package coordinator
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"testing"
 
+	"github.com/cockroachdb/datadriven"
 	"github.com/downpour-ml/downpour/internal/jobetcd"
 )
 
-// A script of events and the assignments each must produce, as
-// "worker:rank@epoch" separated by spaces ("-" for none).
-func TestRanksScript(t *testing.T) {
-	r := NewRanks(2)
-	steps := []struct {
-		ev   string
-		want string
-	}{
-		{"up a", "a:0@1"},
-		{"up a", "-"}, // a second registration of the same worker
-		{"up b", "b:1@1"},
-		{"up c", "-"},       // no free rank: c waits
-		{"down a", "c:0@2"}, // a's rank goes to c with a higher epoch
-		{"down c", "-"},
-		{"up d", "d:0@3"},
-		{"done 1", "-"},
-		{"down b", "-"}, // a done rank is not reassigned
-		{"up e", "-"},
-		{"down e", "-"}, // waiting workers can leave
-	}
-	for _, s := range steps {
-		var out []Assign
-		f := strings.Fields(s.ev)
-		switch f[0] {
-		case "up":
-			out = r.Up(f[1])
-		case "down":
-			out = r.Down(f[1])
-		case "done":
-			var rank int
-			fmt.Sscan(f[1], &rank)
-			r.Done(rank)
-		}
-		got := "-"
-		if len(out) > 0 {
+// TestRanksScripts drives Ranks with the scripts in testdata/ranks (run
+// with -rewrite to regenerate the expected output). Commands: new ranks=N;
+// up W; down W; done R ("all done" once every rank is); state
+// (unassigned ranks, and which are done).
+func TestRanksScripts(t *testing.T) {
+	datadriven.Walk(t, "testdata/ranks", func(t *testing.T, path string) {
+		var r *Ranks
+		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
+			if d.Cmd == "new" {
+				var n int
+				d.ScanArgs(t, "ranks", &n)
+				r = NewRanks(n)
+				return ""
+			}
+			if r == nil {
+				d.Fatalf(t, "%s before new", d.Cmd)
+			}
+			var out []Assign
+			switch d.Cmd {
+			case "up":
+				out = r.Up(d.CmdArgs[0].Key)
+			case "down":
+				out = r.Down(d.CmdArgs[0].Key)
+			case "done":
+				rank, err := strconv.Atoi(d.CmdArgs[0].Key)
+				if err != nil {
+					d.Fatalf(t, "done: %v", err)
+				}
+				if r.Done(rank) {
+					return "all done\n"
+				}
+			case "state":
+				var b strings.Builder
+				fmt.Fprintf(&b, "unassigned %d", r.Unassigned())
+				for i := range len(r.holder) {
+					fmt.Fprintf(&b, "; rank %d done: %v", i, r.done[i])
+				}
+				return b.String() + "\n"
+			default:
+				d.Fatalf(t, "unknown event %q", d.Cmd)
+			}
+			if len(out) == 0 {
+				return "-\n"
+			}
 			var parts []string
 			for _, a := range out {
 				parts = append(parts, fmt.Sprintf("%s:%d@%d", a.Worker, a.Rank, a.Epoch))
 			}
-			got = strings.Join(parts, " ")
-		}
-		if got != s.want {
-			t.Fatalf("%s: got %s, want %s", s.ev, got, s.want)
-		}
-	}
-	if r.Unassigned() != 0 {
-		t.Fatalf("unassigned %d", r.Unassigned())
-	}
-	if !r.Done(0) {
-		t.Fatal("all ranks done but Done reported false")
-	}
+			return strings.Join(parts, " ") + "\n"
+		})
+	})
 }
 
 func TestRanksRestoreThenContinue(t *testing.T) {

@@ -14,34 +14,19 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-func etcd(t *testing.T) *clientv3.Client {
-	t.Helper()
-	e, err := embedded.StartEtcd(context.Background(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	cli, err := jobetcd.Connect(context.Background(), []string{e.Config().AdvertiseClientUrls[0].String()}, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return cli
-}
-
 // Run against a real etcd: workers register under leases, get ranks, report
 // done; the coordinator calls OnFinish once and marks the job done. A second
 // coordinator with another spec is refused, and so is a rerun of the job.
 func TestRunAssignsAndFinishes(t *testing.T) {
-	cli := etcd(t)
+	cli := testenv.Etcd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	spec := job.Default()
@@ -102,7 +87,7 @@ func TestRunAssignsAndFinishes(t *testing.T) {
 }
 
 func TestRunJoinTimeout(t *testing.T) {
-	cli := etcd(t)
+	cli := testenv.Etcd(t)
 	spec := job.Default()
 	spec.Name = "lonely"
 	err := Run(context.Background(), cli, Config{Spec: spec, Log: quiet, JoinTimeout: 1500 * time.Millisecond})
@@ -112,7 +97,7 @@ func TestRunJoinTimeout(t *testing.T) {
 }
 
 func TestRunRefusesMoreShardsThanBlocks(t *testing.T) {
-	cli := etcd(t)
+	cli := testenv.Etcd(t)
 	spec := job.Default()
 	spec.Shards, spec.BlockSize = 1000, 2<<20
 	if err := Run(context.Background(), cli, Config{Spec: spec, Log: quiet}); err == nil || !strings.Contains(err.Error(), "lower --block-size") {
@@ -141,7 +126,7 @@ func askReshard(t *testing.T, ctx context.Context, cli *clientv3.Client, keys jo
 // placement: without one, or onto more shards than blocks, it is refused
 // and the placement stays; ranks that had finished run again.
 func TestRunReshard(t *testing.T) {
-	cli := etcd(t)
+	cli := testenv.Etcd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	spec := job.Default()
@@ -203,7 +188,7 @@ func TestRunReshard(t *testing.T) {
 // Resuming needs a job with a complete checkpoint, and creates nothing; it
 // writes the next placement from that checkpoint and forgets finished ranks.
 func TestRunResume(t *testing.T) {
-	cli := etcd(t)
+	cli := testenv.Etcd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	spec := job.Default()
@@ -258,7 +243,7 @@ func TestRunResume(t *testing.T) {
 // it (seen: the job then waited for the task's timeout). The last word for
 // a worker, and the last queue, are what is written.
 func TestExecWritesTasksAndQueueAtOnce(t *testing.T) {
-	cli := etcd(t)
+	cli := testenv.Etcd(t)
 	ctx := context.Background()
 	spec := job.Default()
 	keys := jobetcd.KeysFor(spec.Name)
@@ -299,7 +284,7 @@ func TestExecWritesTasksAndQueueAtOnce(t *testing.T) {
 // did not: the job failed with "placement 2 starts at step 30: a new one
 // cannot start earlier, at 0", seen when a fast run was stopped late.)
 func TestRunResumeWithADeadHolder(t *testing.T) {
-	cli := etcd(t)
+	cli := testenv.Etcd(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	spec := job.Default()

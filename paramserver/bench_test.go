@@ -12,7 +12,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/downpour-ml/downpour/internal/embedded"
+	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver/placement"
@@ -113,11 +113,7 @@ func byConn(b *testing.B, f func(b *testing.B, conn connKind)) {
 // Each shard and the worker have their own connection, as separate processes
 // would.
 func newRig(b *testing.B, tensors []models.Tensor, shards int, maxPayload int32, conn connKind) *rig {
-	srv, err := embedded.StartNATS(b.TempDir(), maxPayload)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	srv := testenv.NATS(b, maxPayload)
 	dial := func() *nats.Conn {
 		var opts []nats.Option
 		if conn == inProcess {

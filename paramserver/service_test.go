@@ -19,32 +19,11 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
-	"github.com/downpour-ml/downpour/internal/embedded"
+	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver/placement"
 )
-
-func startNATS(t testing.TB, maxPayload int32) *nats.Conn {
-	t.Helper()
-	s, err := embedded.StartNATS(t.TempDir(), maxPayload)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	return connect(t, s.ClientURL())
-}
-
-// connect opens another connection to the server at url, closed at cleanup.
-func connect(t testing.TB, url string, opts ...nats.Option) *nats.Conn {
-	t.Helper()
-	nc, err := nats.Connect(url, opts...)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	return nc
-}
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
@@ -85,7 +64,7 @@ func serveAll(t testing.TB, nc *nats.Conn, shards []*Shard, cfg ServiceConfig) [
 // max_payload so that pushes and pulls are cut into several messages; the
 // result must equal the single-process reference bit for bit.
 func TestServiceSyncOverNATS(t *testing.T) {
-	nc := startNATS(t, 64<<10)
+	nc := testenv.NATSConn(t, 64<<10)
 	ts := []models.Tensor{{Name: "big", Shape: []int{300, 200}}, {Name: "small", Shape: []int{17}}}
 	const ranks, steps = 2, 3
 	opt := DefaultOptimizer("adam", 0.01)
@@ -160,7 +139,7 @@ func TestServiceSyncOverNATS(t *testing.T) {
 // Exactly once under concurrent resends: many goroutines send the same push
 // messages at once, over and over; each gradient is applied once.
 func TestServiceConcurrentResends(t *testing.T) {
-	nc := startNATS(t, 0)
+	nc := testenv.NATSConn(t, 0)
 	p := placement.Place(testTensors, 8, 2)
 	for _, mode := range []string{Sync, Async} {
 		job := "j"
@@ -202,7 +181,7 @@ func TestServiceConcurrentResends(t *testing.T) {
 // Garbage, unknown jobs and bad blocks are answered with their kind and
 // counted; the shard keeps serving.
 func TestServiceRefusesBadInput(t *testing.T) {
-	nc := startNATS(t, 0)
+	nc := testenv.NATSConn(t, 0)
 	p := placement.Place(testTensors, 8, 1)
 	svc := serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1))), ServiceConfig{})[0]
 	ask := func(subj, env string, data []byte) wire.Kind {
@@ -269,7 +248,7 @@ func TestServiceRefusesBadInput(t *testing.T) {
 // A pull held past PullTTL ticks is answered Expired; the client resends it
 // and gets its answer once the shard can give it.
 func TestServiceHeldPullExpiresAndIsResent(t *testing.T) {
-	nc := startNATS(t, 0)
+	nc := testenv.NATSConn(t, 0)
 	p := placement.Place(testTensors, 100, 1)
 	cfg := syncCfg(1, DefaultOptimizer("sgd", 1))
 	cfg.PullTTL = 2
@@ -307,7 +286,7 @@ func TestServiceHeldPullExpiresAndIsResent(t *testing.T) {
 // the parameters after the step, while the rest may still be moving; and a
 // transfer that cannot finish fails its waiters instead of hanging them.
 func TestTransferHandsOverRanges(t *testing.T) {
-	nc := startNATS(t, 64<<10)
+	nc := testenv.NATSConn(t, 64<<10)
 	ts := []models.Tensor{{Name: "a", Shape: []int{300, 100}}, {Name: "b", Shape: []int{200, 150}}, {Name: "c", Shape: []int{7}}}
 	opt := DefaultOptimizer("sgd", 0.1)
 	p := placement.Place(ts, 4000, 2)
@@ -358,7 +337,7 @@ func TestTransferHandsOverRanges(t *testing.T) {
 
 // Clock reports the slowest shard's clock.
 func TestClientClock(t *testing.T) {
-	nc := startNATS(t, 64<<10)
+	nc := testenv.NATSConn(t, 64<<10)
 	ts := []models.Tensor{{Name: "a", Shape: []int{100, 30}}}
 	p := placement.Place(ts, 500, 2)
 	serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1))), ServiceConfig{})
@@ -382,7 +361,7 @@ func TestClientClock(t *testing.T) {
 // Clocks reports each shard's own clock, and -1 for a shard that does not
 // answer; Snapshot reaches every shard and names the ones that refuse.
 func TestClientClocksAndSnapshot(t *testing.T) {
-	nc := startNATS(t, 64<<10)
+	nc := testenv.NATSConn(t, 64<<10)
 	ts := []models.Tensor{{Name: "a", Shape: []int{100, 30}}}
 	p := placement.Place(ts, 500, 3)
 	shards := newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1)))
@@ -433,7 +412,7 @@ func TestClientClocksAndSnapshot(t *testing.T) {
 // one shard would leave the others idle. With a window of 1, the messages
 // finish in the order they are sent.
 func TestClientTakesTurnsAcrossShards(t *testing.T) {
-	nc := startNATS(t, 16<<10)
+	nc := testenv.NATSConn(t, 16<<10)
 	p := placement.Place([]models.Tensor{{Name: "a", Shape: []int{200, 300}}}, 1000, 3)
 	serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1))), ServiceConfig{})
 	c, err := NewClient(nc, "j", p, 0, 1)
@@ -483,7 +462,7 @@ func TestClientTakesTurnsAcrossShards(t *testing.T) {
 // split, straight from it; any other push goes whole. Either way the shards
 // apply exactly the reference's update.
 func TestClientPushesRunsSplit(t *testing.T) {
-	nc := startNATS(t, 1536) // 3 blocks of 64 floats a message: a run of 3
+	nc := testenv.NATSConn(t, 1536) // 3 blocks of 64 floats a message: a run of 3
 	ts := []models.Tensor{{Name: "x", Shape: []int{10, 64}}, {Name: "y", Shape: []int{200}}}
 	p := placement.PlaceRuns(ts, 64, 2, 3, placement.DefaultHash, 0.5)
 	opt := DefaultOptimizer("sgd", 0.1)
@@ -558,7 +537,7 @@ func TestClientPushesRunsSplit(t *testing.T) {
 // has one to itself and goes split; a block larger than that still gets a
 // message of its own.
 func TestClientPacksRunsUnderLargeMaxPayload(t *testing.T) {
-	nc := startNATS(t, 8<<20)
+	nc := testenv.NATSConn(t, 8<<20)
 	const bs = 16 << 10
 	p := placement.PlaceRuns([]models.Tensor{{Name: "x", Shape: []int{60 * bs}}}, bs, 2, placement.RunBytes/(4*bs), placement.DefaultHash, 0.5)
 	c, err := NewClient(nc, "j", p, 0, 1)
@@ -589,17 +568,13 @@ func TestClientPacksRunsUnderLargeMaxPayload(t *testing.T) {
 // blocks within the message, a split push's header section is a multiple
 // of 4 bytes, and nats.go hands the message over in a buffer of its own.
 func TestPushesArriveAligned(t *testing.T) {
-	srv, err := embedded.StartNATS(t.TempDir(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { srv.Shutdown(); srv.WaitForShutdown() })
+	srv := testenv.NATS(t, 0)
 	for _, inProc := range []bool{false, true} {
 		var opts []nats.Option
 		if inProc {
 			opts = append(opts, nats.InProcessServer(srv))
 		}
-		sub, pub := connect(t, srv.ClientURL(), opts...), connect(t, srv.ClientURL(), opts...)
+		sub, pub := testenv.Conn(t, srv.ClientURL(), opts...), testenv.Conn(t, srv.ClientURL(), opts...)
 		msgs := make(chan *nats.Msg, 64)
 		if _, err := sub.ChanSubscribe("pushes", msgs); err != nil {
 			t.Fatal(err)
@@ -717,7 +692,7 @@ func TestClientResendsWhenConnectionLost(t *testing.T) {
 // A shard answers pushes and pulls sent under the placements its own
 // replaced with Superseded, and counts them; what it serves is untouched.
 func TestServiceRefusesSupersededPlacements(t *testing.T) {
-	nc := startNATS(t, 0)
+	nc := testenv.NATSConn(t, 0)
 	p := placement.Place(testTensors, 100, 1)
 	svc := serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 1))), ServiceConfig{Placement: 3})[0]
 	g := slices.Repeat([]float32{1}, p.Size())
@@ -771,7 +746,7 @@ func (r *recorder) SnapshotWritten(d time.Duration, n int64) {
 // clock lag, each refusal with its kind, each snapshot with its size; the
 // client's Observe sees every message to every shard with its bytes.
 func TestObserversSeeTraffic(t *testing.T) {
-	nc := startNATS(t, 0)
+	nc := testenv.NATSConn(t, 0)
 	ts := []models.Tensor{{Name: "w", Shape: []int{1000}}}
 	p := placement.Place(ts, 300, 2)
 	rec := &recorder{}

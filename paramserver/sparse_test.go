@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 
+	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver/placement"
@@ -204,7 +205,7 @@ func TestBlockSpans(t *testing.T) {
 // ranges exactly as a dense transfer of the same gradient does, leaves the
 // rest of the vector alone, and moves fewer bytes. Bad ranges fail it.
 func TestSparseTransferMatchesDense(t *testing.T) {
-	nc := startNATS(t, 64<<10)
+	nc := testenv.NATSConn(t, 64<<10)
 	ts := []models.Tensor{{Name: "emb", Shape: []int{500, 32}}, {Name: "w", Shape: []int{40, 40}}}
 	opt := DefaultOptimizer("momentum", 0.1)
 	p := placement.Place(ts, 3000, 2)
@@ -287,7 +288,7 @@ func TestSparseTransferMatchesDense(t *testing.T) {
 // max_payload, every block in exactly one; the messages go in the read
 // order a client is given, else front to back.
 func TestTransferGroups(t *testing.T) {
-	nc := startNATS(t, 16<<10)
+	nc := testenv.NATSConn(t, 16<<10)
 	ts := []models.Tensor{{Name: "emb", Shape: []int{500, 32}}, {Name: "w", Shape: []int{40, 40}}}
 	p := placement.Place(ts, 1000, 2)
 	c, err := NewClient(nc, "j", p, 0, 1)
@@ -405,11 +406,11 @@ func TestTransferGroups(t *testing.T) {
 // A transfer's pushes leave in its groups' order (the read order): with one
 // push in flight, the shards receive them exactly so.
 func TestTransferPushesInReadOrder(t *testing.T) {
-	nc := startNATS(t, 16<<10)
+	nc := testenv.NATSConn(t, 16<<10)
 	ts := []models.Tensor{{Name: "emb", Shape: []int{100, 32}}, {Name: "w", Shape: []int{40, 40}}, {Name: "b", Shape: []int{40}}}
 	p := placement.Place(ts, 1000, 2)
 	serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1))), ServiceConfig{})
-	spy := connect(t, nc.ConnectedUrl())
+	spy := testenv.Conn(t, nc.ConnectedUrl())
 	var mu sync.Mutex
 	var got []uint32
 	sub, err := spy.Subscribe("downpour.j.*.ps.*.push", func(m *nats.Msg) {

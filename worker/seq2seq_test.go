@@ -12,9 +12,9 @@ import (
 
 	"github.com/nats-io/nats.go"
 
-	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
@@ -33,16 +33,7 @@ type stepRig struct {
 
 func newStepRig(t *testing.T, mode string, nFetch, nPush int64) *stepRig {
 	t.Helper()
-	s, err := embedded.StartNATS(t.TempDir(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	nc := testenv.NATSConn(t, 0)
 	spec := job.Default()
 	spec.Name, spec.Workers, spec.Shards, spec.Mode = "steps", 1, 2, mode
 	spec.Seq2Seq.Embed, spec.Seq2Seq.Hidden, spec.Seq2Seq.Layers = 8, 8, 1

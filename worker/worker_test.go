@@ -9,35 +9,22 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // A worker for a job nobody created gives up after its wait timeout with an
 // error that says what to do, and leaves no membership behind.
 func TestUnknownJobTimesOut(t *testing.T) {
-	c, err := embedded.Start(context.Background(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	nc, err := nats.Connect(c.NATSURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nc.Close()
-	cli, err := jobetcd.Connect(context.Background(), c.EtcdEndpoints, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	c := testenv.Servers(t)
+	nc := testenv.Conn(t, c.NATSURL)
+	cli := testenv.EtcdClient(t, c.EtcdEndpoints)
 	start := time.Now()
-	err = Run(context.Background(), Config{Job: "ghost", NATS: nc, Etcd: cli, WaitTimeout: 300 * time.Millisecond,
+	err := Run(context.Background(), Config{Job: "ghost", NATS: nc, Etcd: cli, WaitTimeout: 300 * time.Millisecond,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if !errors.Is(err, jobetcd.ErrTimeout) || !strings.Contains(err.Error(), "start its coordinator first") {
 		t.Fatalf("got %v", err)

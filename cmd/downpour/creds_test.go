@@ -18,6 +18,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/auth"
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/testenv"
 )
 
 // A job runs as separate processes on NATS servers that require
@@ -181,12 +182,8 @@ func TestEtcdAuthCommand(t *testing.T) {
 			t.Fatalf("%v: %s", args, stderr)
 		}
 	}
-	c, err := embedded.StartWith(t.Context(), embedded.Options{Dir: filepath.Join(dir, "servers"),
+	c := testenv.ServersWith(t, embedded.Options{Dir: filepath.Join(dir, "servers"),
 		TLSCert: filepath.Join(tlsDir, auth.ServerFile), TLSKey: filepath.Join(tlsDir, auth.ServerKeyFile)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	cc, err := auth.ClientTLS(filepath.Join(tlsDir, auth.CAFile))
 	if err != nil {
 		t.Fatal(err)

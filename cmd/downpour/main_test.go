@@ -22,9 +22,9 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/downpour-ml/downpour/internal/checkpoint"
-	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/telemetry"
+	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
 	"github.com/downpour-ml/downpour/paramserver/placement"
@@ -777,17 +777,8 @@ func TestTrainResume(t *testing.T) {
 // after --wait, and one whose NATS server goes away says so, keeps
 // reconnecting, and gives up after --give-up; both exit non-zero.
 func TestWorkerGivesUp(t *testing.T) {
-	dir := t.TempDir()
-	etcd, err := embedded.StartEtcd(context.Background(), filepath.Join(dir, "etcd"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer etcd.Close()
-	ns, err := embedded.StartNATS(filepath.Join(dir, "nats"), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ns.Shutdown()
+	etcd := testenv.EtcdServer(t)
+	ns := testenv.NATS(t, 0)
 	ep := []string{"--nats", ns.ClientURL(), "--etcd", etcd.Clients[0].Addr().String()}
 	ep[3] = "http://" + ep[3]
 	start := time.Now()

@@ -25,6 +25,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/gemm"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/models"
 )
 
@@ -96,22 +97,8 @@ func start(t *testing.T, name string, args ...string) *proc {
 // an etcd client and a NATS connection to them.
 func testServers(t *testing.T) (*embedded.Cluster, *clientv3.Client, *nats.Conn) {
 	t.Helper()
-	c, err := embedded.Start(context.Background(), filepath.Join(t.TempDir(), "servers"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
-	cli, err := jobetcd.Connect(context.Background(), c.EtcdEndpoints, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	nc, err := nats.Connect(c.NATSURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	return c, cli, nc
+	c := testenv.Servers(t)
+	return c, testenv.EtcdClient(t, c.EtcdEndpoints), testenv.Conn(t, c.NATSURL)
 }
 
 // endJob waits for a job's coordinator and other processes to exit cleanly

@@ -17,6 +17,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/metrics"
+	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/internal/wire"
 )
 
@@ -54,12 +55,8 @@ func newWorld(t *testing.T) *world {
 			users = append(users, c.User())
 		}
 	}
-	c, err := embedded.StartWith(t.Context(), embedded.Options{Dir: t.TempDir(), NATSUsers: ServerUsers(users),
+	c := testenv.ServersWith(t, embedded.Options{NATSUsers: ServerUsers(users),
 		NATSLog: ServerLog(slog.New(slog.NewTextHandler(w.log, nil)))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close)
 	w.url = c.NATSURL
 	return w
 }

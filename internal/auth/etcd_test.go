@@ -16,6 +16,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/internal/metrics"
+	"github.com/downpour-ml/downpour/internal/testenv"
 )
 
 // etcdAs connects to etcd at ep as c (anonymously when c is nil).
@@ -33,11 +34,7 @@ func etcdAs(t *testing.T, ep string, c *Creds) (*clientv3.Client, error) {
 // writes only what it owns; nobody touches another job's keys, and nobody
 // without a password gets in.
 func TestEtcdPermissions(t *testing.T) {
-	e, err := embedded.StartEtcd(t.Context(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
+	e := testenv.EtcdServer(t)
 	ep := e.Config().AdvertiseClientUrls[0].String()
 	admin, err := etcdAs(t, ep, nil)
 	if err != nil {
@@ -165,11 +162,7 @@ func TestEtcdPermissions(t *testing.T) {
 // are; what it allows is neither.
 func TestEtcdRefusalsAreLoggedAndCounted(t *testing.T) {
 	lb := &logBuffer{}
-	c, err := embedded.StartWith(t.Context(), embedded.Options{Dir: t.TempDir(), EtcdGRPC: EtcdServerOptions(slog.New(slog.NewTextHandler(lb, nil)))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := testenv.ServersWith(t, embedded.Options{EtcdGRPC: EtcdServerOptions(slog.New(slog.NewTextHandler(lb, nil)))})
 	ep := c.EtcdEndpoints[0]
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()

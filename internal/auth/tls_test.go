@@ -17,6 +17,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/testenv"
 )
 
 // handshake connects a client with cc to a server with sc over loopback
@@ -147,12 +148,8 @@ func TestServersOverTLS(t *testing.T) {
 	if err := MakeCerts(dir, nil, time.Hour, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	c, err := embedded.StartWith(t.Context(), embedded.Options{Dir: t.TempDir(), TLSCert: filepath.Join(dir, ServerFile),
+	c := testenv.ServersWith(t, embedded.Options{TLSCert: filepath.Join(dir, ServerFile),
 		TLSKey: filepath.Join(dir, ServerKeyFile)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
 	if !strings.HasPrefix(c.NATSURL, "tls://") || !strings.HasPrefix(c.EtcdEndpoints[0], "https://") {
 		t.Fatalf("URLs %s and %s are not TLS ones", c.NATSURL, c.EtcdEndpoints[0])
 	}

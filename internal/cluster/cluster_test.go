@@ -10,16 +10,13 @@ import (
 	"time"
 
 	"github.com/downpour-ml/downpour/internal/auth"
-	"github.com/downpour-ml/downpour/internal/embedded"
+	"github.com/downpour-ml/downpour/internal/testenv"
 )
 
 // A role cut off from NATS for longer than giveUp ends with ErrNATSGone as
 // its cause; Cause turns the role's own error into it.
 func TestWatchGivesUp(t *testing.T) {
-	s, err := embedded.StartNATS(t.TempDir(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := testenv.NATS(t, 0)
 	ep := Endpoints{NATS: s.ClientURL(), Timeout: 5 * time.Second}
 	nc, err := ep.ConnectNATS("worker 1", auth.Worker)
 	if err != nil {

@@ -9,28 +9,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/downpour-ml/downpour/internal/testenv"
 	clientv3 "go.etcd.io/etcd/client/v3"
-
-	"github.com/downpour-ml/downpour/internal/embedded"
 )
 
-func etcd(t *testing.T) *clientv3.Client {
-	t.Helper()
-	e, err := embedded.StartEtcd(context.Background(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
-	cli, err := Connect(context.Background(), []string{e.Config().AdvertiseClientUrls[0].String()}, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	return cli
-}
-
 func TestWaitSeesLaterPut(t *testing.T) {
-	cli := etcd(t)
+	cli := testenv.Etcd(t)
 	ctx := context.Background()
 	go func() {
 		time.Sleep(50 * time.Millisecond)
@@ -54,7 +38,7 @@ func TestWaitSeesLaterPut(t *testing.T) {
 }
 
 func TestWaitTimesOut(t *testing.T) {
-	cli := etcd(t)
+	cli := testenv.Etcd(t)
 	start := time.Now()
 	_, err := Wait(context.Background(), cli, "/never", 200*time.Millisecond)
 	if !errors.Is(err, ErrTimeout) {
@@ -83,7 +67,7 @@ func TestConnectRefusesDeadEndpoint(t *testing.T) {
 
 // Keys under a lease vanish when it is closed.
 func TestLeaseCloseRemovesKeys(t *testing.T) {
-	cli := etcd(t)
+	cli := testenv.Etcd(t)
 	ctx := context.Background()
 	l, err := Grant(ctx, cli, 5)
 	if err != nil {
@@ -162,11 +146,7 @@ func newStallProxy(t *testing.T, upstream string) *stallProxy {
 // alive again once etcd answers. Cut off both ways for longer than the TTL,
 // it expires and is lost.
 func TestLeaseLostOnlyWhenEtcdSaysSo(t *testing.T) {
-	e, err := embedded.StartEtcd(context.Background(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close)
+	e := testenv.EtcdServer(t)
 	p := newStallProxy(t, e.Config().ListenClientUrls[0].Host)
 	ctx := context.Background()
 	cli, err := Connect(ctx, []string{"http://" + p.addr}, 5*time.Second)

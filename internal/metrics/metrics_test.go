@@ -8,10 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
-	"github.com/downpour-ml/downpour/internal/embedded"
+	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/internal/wire"
 )
 
@@ -43,15 +42,8 @@ func TestMetricsFollowConventions(t *testing.T) {
 // The NATS traffic of watched connections is counted by role, and what a
 // closed connection sent stays counted.
 func TestWatchCountsNATSTraffic(t *testing.T) {
-	s, err := embedded.StartNATS(t.TempDir(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { s.Shutdown(); s.WaitForShutdown() }()
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := testenv.NATS(t, 0)
+	nc := testenv.Conn(t, s.ClientURL())
 	Watch(nc, "tester")
 	for range 3 {
 		if err := nc.Publish("x", make([]byte, 1000)); err != nil {

@@ -9,24 +9,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
-
-	"github.com/downpour-ml/downpour/internal/embedded"
+	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/internal/wire"
 )
 
 // A record is written once every rank reported the step; its loss is the
 // token-weighted mean over ranks; garbage and out-of-range ranks are ignored.
 func TestCollectorAggregatesRanks(t *testing.T) {
-	s, err := embedded.StartNATS(t.TempDir(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { s.Shutdown(); s.WaitForShutdown() }()
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := testenv.NATS(t, 0)
+	nc := testenv.Conn(t, s.ClientURL())
 	defer nc.Close()
 	path := filepath.Join(t.TempDir(), "metrics.jsonl")
 	c, err := NewCollector(nc, "j", 2, 10, path, nil)

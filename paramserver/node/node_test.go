@@ -14,9 +14,9 @@ import (
 	"github.com/nats-io/nats.go"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
@@ -26,17 +26,8 @@ import (
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 func TestClaim(t *testing.T) {
-	e, err := embedded.StartEtcd(context.Background(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(e.Close) // cleanups run last-registered first: the leases go before etcd
+	cli := testenv.Etcd(t) // cleanups run last-registered first: the leases go before etcd
 	ctx := context.Background()
-	cli, err := jobetcd.Connect(ctx, []string{e.Config().AdvertiseClientUrls[0].String()}, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
 	keys := jobetcd.KeysFor("j")
 	lease := func() clientv3.LeaseID {
 		l, err := jobetcd.Grant(ctx, cli, 5)
@@ -109,24 +100,11 @@ func TestNewShardRefusesForeignSnapshots(t *testing.T) {
 // context, an etcd client and a NATS connection, all ended at its cleanup.
 func servers(t *testing.T) (context.Context, *clientv3.Client, *nats.Conn) {
 	t.Helper()
-	c, err := embedded.Start(context.Background(), t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(c.Close) // cleanups run last-registered first: the clients go before the servers
+	c := testenv.Servers(t) // cleanups run last-registered first: the clients go before the servers
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	cli, err := jobetcd.Connect(ctx, c.EtcdEndpoints, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cli.Close() })
-	nc, err := nats.Connect(c.NATSURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
-	return ctx, cli, nc
+	cli := testenv.EtcdClient(t, c.EtcdEndpoints)
+	return ctx, cli, testenv.Conn(t, c.NATSURL)
 }
 
 // In an elastic ssp job, a rank whose holder is given up on (the
