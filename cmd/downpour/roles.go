@@ -18,9 +18,9 @@ import (
 	"github.com/downpour-ml/downpour/internal/cluster"
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/paramserver/node"
 	"github.com/downpour-ml/downpour/internal/rundir"
 	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/paramserver/node"
 	"github.com/downpour-ml/downpour/worker"
 )
 

@@ -20,8 +20,8 @@ import (
 	"github.com/downpour-ml/downpour/internal/auth"
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/paramserver/node"
 	"github.com/downpour-ml/downpour/internal/rundir"
+	"github.com/downpour-ml/downpour/paramserver/node"
 	"github.com/downpour-ml/downpour/worker"
 )
 

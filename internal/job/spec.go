@@ -7,19 +7,13 @@
 package job
 
 import (
-	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
 	"strconv"
 	"strings"
-	"time"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
-
-	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
@@ -344,93 +338,6 @@ func (s *Spec) Resolve() error {
 	return s.Validate()
 }
 
-// GOutBiasClip is where the pixel marginals are clipped before their logit
-// becomes the generator's output bias: pylearn2's 1e-7, so that an
-// always-black border pixel starts near black (logit -16).
-const GOutBiasClip = 1e-7
-
-// OutputBias is the generator's initial output bias for images: per pixel,
-// the logit of its mean over images, the mean clipped to [clip, 1-clip].
-func OutputBias(images [][]float32, clip float64) []float32 {
-	mean := make([]float64, len(images[0]))
-	for _, img := range images {
-		for i, v := range img {
-			mean[i] += float64(v)
-		}
-	}
-	bias := make([]float32, len(mean))
-	for i := range mean {
-		p := math.Min(math.Max(mean[i]/float64(len(images)), clip), 1-clip)
-		bias[i] = float32(math.Log(p / (1 - p)))
-	}
-	return bias
-}
-
-// resolveGAN sets the generator's output bias from the training pixels'
-// marginals (logit of the mean, clipped as the authors' code does), and the
-// momentum ramp and epoch-based lengths in steps.
-func (s *Spec) resolveGAN() error {
-	if err := s.Validate(); err != nil {
-		return err
-	}
-	m, err := s.OpenMNIST()
-	if err != nil {
-		return err
-	}
-	if len(m.Train[0]) != s.GAN.Pixels {
-		return fmt.Errorf("MNIST images have %d pixels, the generator %d", len(m.Train[0]), s.GAN.Pixels)
-	}
-	s.GOutBias = OutputBias(m.Train, GOutBiasClip)
-	per := s.GANStepsPerEpoch(len(m.Train))
-	if s.Epochs > 0 {
-		s.Steps = max(1, int64(math.Ceil(s.Epochs*float64(per))))
-	}
-	if s.RampEndEpochs > 0 && s.Optimizer.Kind == "momentum" {
-		s.Optimizer.RampStart = int64(math.Round(s.RampStartEpochs * float64(per)))
-		s.Optimizer.RampEnd = int64(math.Round(s.RampEndEpochs * float64(per)))
-	}
-	return s.Validate()
-}
-
-// Presets are named sets of spec values; flags given beside a preset
-// override its values.
-var Presets = map[string]func(*Spec){
-	// paper: Sutskever, Vinyals and Le (2014), for a real corpus on a real
-	// cluster: 4 layers of 1000 cells, 1000-d embeddings, vocabularies of
-	// 160k and 80k words, a global batch of 128 (split over the workers),
-	// SGD at 0.7 halved every half epoch after 5 epochs, 7.5 epochs,
-	// gradient clipped at norm 5, U(-0.08, 0.08) initialisation, reversed
-	// sources.
-	"paper": func(s *Spec) {
-		s.Seq2Seq.Layers, s.Seq2Seq.Hidden, s.Seq2Seq.Embed, s.Seq2Seq.InitScale = 4, 1000, 1000, 0.08
-		s.VocabMax, s.TgtVocab, s.ClipNorm, s.Reverse = 160000, 80000, 5, true
-		s.Batch, s.GlobalBatch = 0, 128
-		s.Optimizer = paramserver.DefaultOptimizer("sgd", 0.7)
-		s.Epochs, s.HalveAfterEpochs, s.HalveEveryEpochs = 7.5, 5, 0.5
-		s.Tokenizer = "13a"
-	},
-	// gan: Goodfellow et al.'s MNIST GAN as the authors' code trains it:
-	// a global batch of 100 (split over the workers: 500 updates an
-	// epoch), their simultaneous update (k = 1), SGD with lr 0.1 divided by
-	// 1.000004 after every update (floor 1e-6), momentum 0.5 rising
-	// linearly to 0.7 between epochs 1 and 250.
-	"gan": func(s *Spec) {
-		s.Model, s.GAN, s.GANK, s.GANUpdate, s.ClipNorm = "gan", models.PaperGAN, 1, Simultaneous, 0
-		s.Batch, s.GlobalBatch = 0, 100
-		s.Optimizer = paramserver.Optimizer{Kind: "momentum", LR: 0.1, Momentum: 0.5, MomentumFinal: 0.7,
-			Schedule: paramserver.Schedule{Kind: "exp", Decay: 1.000004, Floor: 1e-6}}
-		s.RampStartEpochs, s.RampEndEpochs = 1, 250
-		s.EvalEvery = 500
-	},
-	// small: the paper's recipe at a size a laptop trains in minutes.
-	"small": func(s *Spec) {
-		s.Seq2Seq.Layers, s.Seq2Seq.Hidden, s.Seq2Seq.Embed = 2, 256, 256
-		s.VocabMax, s.Batch, s.ClipNorm, s.Reverse = 8000, 64, 5, true
-		s.Optimizer = paramserver.DefaultOptimizer("sgd", 0.7)
-		s.Epochs, s.HalveAfterEpochs, s.HalveEveryEpochs = 7.5, 5, 0.5
-	},
-}
-
 // ShardConfig is the part of the spec every parameter-server shard runs by.
 // A pull held for 20 ticks (2 s) is answered Expired and asked again, well
 // within the first attempt of a client's request (paramserver.DefaultAttempt).
@@ -470,24 +377,6 @@ func (s *Spec) InitTensor(dst []float32, t models.Tensor) {
 	default:
 		models.InitUniform(dst, s.Seed, t.Name, s.GAN.DScale)
 	}
-}
-
-// OpenMNIST loads the GAN's data.
-func (s *Spec) OpenMNIST() (*shard.MNIST, error) {
-	dir := s.MNIST
-	if dir == "" {
-		var err error
-		if dir, err = shard.MNISTDir(); err != nil {
-			return nil, err
-		}
-	}
-	return shard.LoadMNIST(dir)
-}
-
-// GANStepsPerEpoch is the number of steps in which the workers together see
-// the training images once.
-func (s *Spec) GANStepsPerEpoch(trainImages int) int64 {
-	return max(1, int64(trainImages/(s.Batch*s.Workers*max(1, s.GANK))))
 }
 
 // StepsPerEpoch is how many steps make one pass over the training data (a
@@ -531,115 +420,4 @@ func DecodeSpec(b []byte) (*Spec, error) {
 		return nil, fmt.Errorf("job spec: %w", err)
 	}
 	return &s, nil
-}
-
-// ReadPlacement returns the job's current placement and the etcd revision
-// that last changed it.
-func ReadPlacement(ctx context.Context, cli *clientv3.Client, name string) (*placement.Placement, int64, error) {
-	r, err := cli.Get(ctx, jobetcd.KeysFor(name).Placement())
-	if err != nil {
-		return nil, 0, fmt.Errorf("reading the placement: %w", err)
-	}
-	if len(r.Kvs) == 0 {
-		return nil, 0, fmt.Errorf("job %s has no placement", name)
-	}
-	p, err := placement.Decode(r.Kvs[0].Value)
-	if err != nil {
-		return nil, 0, err
-	}
-	return p, r.Kvs[0].ModRevision, nil
-}
-
-// NextPlacement waits until the job's placement is newer than version and
-// returns it (with the revision that wrote it), or returns nil once the job
-// is done. Only ctx bounds the wait.
-func NextPlacement(ctx context.Context, cli *clientv3.Client, name string, version int64) (*placement.Placement, int64, error) {
-	keys := jobetcd.KeysFor(name)
-	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	// check reports whether kv ends the wait: a newer placement, or done.
-	var next *placement.Placement
-	var rev int64
-	check := func(kv *mvccpb.KeyValue) (bool, error) {
-		switch string(kv.Key) {
-		case keys.State():
-			return string(kv.Value) == jobetcd.StateDone, nil
-		case keys.Placement():
-			p, err := placement.Decode(kv.Value)
-			if err != nil {
-				return false, err
-			}
-			if p.Version > version {
-				next, rev = p, kv.ModRevision
-				return true, nil
-			}
-		}
-		return false, nil
-	}
-	// An etcd leader change ends the watch (and may fail the read): read
-	// and watch again, which misses nothing, since the state and the
-	// placement are read afresh.
-	for ; ; time.Sleep(200 * time.Millisecond) {
-		r, err := cli.Txn(ctx).Then(clientv3.OpGet(keys.State()), clientv3.OpGet(keys.Placement())).Commit()
-		if err != nil {
-			if jobetcd.Transient(err) && ctx.Err() == nil {
-				continue
-			}
-			return nil, 0, fmt.Errorf("reading job %s: %w", name, err)
-		}
-		for _, op := range r.Responses {
-			for _, kv := range op.GetResponseRange().Kvs {
-				if stop, err := check(kv); err != nil || stop {
-					return next, rev, err
-				}
-			}
-		}
-		wctx, wcancel := context.WithCancel(ctx)
-		wc := cli.Watch(wctx, keys.Root(), clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision+1))
-		var werr error
-		for wr := range wc {
-			if werr = wr.Err(); werr != nil {
-				break
-			}
-			for _, ev := range wr.Events {
-				if ev.Type != mvccpb.PUT {
-					continue
-				}
-				if stop, err := check(ev.Kv); err != nil || stop {
-					wcancel()
-					return next, rev, err
-				}
-			}
-		}
-		wcancel()
-		if ctx.Err() != nil {
-			return nil, 0, ctx.Err()
-		}
-		if werr != nil && !jobetcd.Transient(werr) {
-			return nil, 0, fmt.Errorf("watching job %s: %w", name, werr)
-		}
-	}
-}
-
-// Find waits (up to timeout) for job name to exist in etcd and returns its
-// spec and block placement, which the coordinator writes together.
-func Find(ctx context.Context, cli *clientv3.Client, name string, timeout time.Duration) (*Spec, *placement.Placement, error) {
-	keys := jobetcd.KeysFor(name)
-	specData, err := jobetcd.Wait(ctx, cli, keys.Spec(), timeout)
-	if err != nil {
-		return nil, nil, fmt.Errorf("job %s not found (start its coordinator first): %w", name, err)
-	}
-	spec, err := DecodeSpec(specData)
-	if err != nil {
-		return nil, nil, err
-	}
-	placeData, err := jobetcd.Wait(ctx, cli, keys.Placement(), timeout)
-	if err != nil {
-		return nil, nil, err
-	}
-	p, err := placement.Decode(placeData)
-	if err != nil {
-		return nil, nil, err
-	}
-	return spec, p, nil
 }
