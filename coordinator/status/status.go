@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/coordinator"
@@ -85,74 +86,40 @@ type Shard struct {
 	LeaseLeft string `json:"lease_left"`
 }
 
-// Read reads job name's status; with nc, it also asks each shard for
-// its clock.
+// Read reads job name's status; with nc, it also asks each shard for its
+// clock.
 func Read(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, name string) (*Job, error) {
 	keys := jobetcd.KeysFor(name)
 	r, err := cli.Get(ctx, keys.Root(), clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("reading job %s: %w", name, err)
 	}
-	kvs := map[string][]byte{}
-	leases := map[string]clientv3.LeaseID{}
-	type cand struct {
-		id  string
-		rev int64
-	}
-	var cands []cand
+	k := &keyValues{cli: cli, keys: keys, kvs: map[string][]byte{}, leases: map[string]clientv3.LeaseID{}}
 	for _, kv := range r.Kvs {
-		k := string(kv.Key)
-		kvs[k] = kv.Value
-		leases[k] = clientv3.LeaseID(kv.Lease)
-		if strings.HasPrefix(k, keys.Leader()) {
-			cands = append(cands, cand{string(kv.Value), kv.CreateRevision})
-		}
+		k.kvs[string(kv.Key)] = kv.Value
+		k.leases[string(kv.Key)] = clientv3.LeaseID(kv.Lease)
 	}
-	if kvs[keys.Spec()] == nil {
+	if k.kvs[keys.Spec()] == nil {
 		return nil, fmt.Errorf("job %s: not in etcd", name)
 	}
-	spec, err := job.DecodeSpec(kvs[keys.Spec()])
+	spec, err := job.DecodeSpec(k.kvs[keys.Spec()])
 	if err != nil {
 		return nil, err
 	}
-	p, err := placement.Decode(kvs[keys.Placement()])
+	p, err := placement.Decode(k.kvs[keys.Placement()])
 	if err != nil {
 		return nil, err
 	}
-	left := func(k string) string {
-		id := leases[k]
-		if id == 0 {
-			return "-"
-		}
-		ttl, err := cli.TimeToLive(ctx, id)
-		if err != nil || ttl.TTL < 0 {
-			return "expired"
-		}
-		return fmt.Sprintf("%ds of %ds", ttl.TTL, ttl.GrantedTTL)
-	}
-	st := &Job{Job: spec.Name, State: string(kvs[keys.State()]), Model: spec.Model, Data: spec.Data, Mode: spec.Mode,
-		Workers: spec.Workers, Steps: spec.Steps, Standby: []string{}, Rollbacks: []Rollback{}, Members: []Member{},
+	st := &Job{Job: spec.Name, State: string(k.kvs[keys.State()]), Model: spec.Model, Data: spec.Data, Mode: spec.Mode,
+		Workers: spec.Workers, Steps: spec.Steps,
 		Placement: Placement{Version: p.Version, Shards: p.Shards, Blocks: len(p.Blocks), BlockSize: p.BlockSize, Start: p.Start}}
-	sort.Slice(cands, func(i, j int) bool { return cands[i].rev < cands[j].rev })
-	for i, c := range cands {
-		if i == 0 {
-			st.Leader = c.id
-		} else {
-			st.Standby = append(st.Standby, c.id)
-		}
-	}
+	st.Leader, st.Standby = k.candidates(r.Kvs)
 	var cp jobetcd.CheckpointRecord
-	if b := kvs[keys.Checkpoint()]; b != nil && json.Unmarshal(b, &cp) == nil {
+	if b := k.kvs[keys.Checkpoint()]; b != nil && json.Unmarshal(b, &cp) == nil {
 		st.Checkpoint = &cp
 	}
-	for k, v := range kvs {
-		var rb jobetcd.RollbackRecord
-		if strings.HasPrefix(k, keys.Rollbacks()) && json.Unmarshal(v, &rb) == nil {
-			st.Rollbacks = append(st.Rollbacks, Rollback{Placement: rb.Placement, Why: rb.Why, From: rb.FromStep, To: rb.ToStep})
-		}
-	}
-	sort.Slice(st.Rollbacks, func(i, j int) bool { return st.Rollbacks[i].Placement < st.Rollbacks[j].Placement })
-	if b := kvs[keys.Tasks()]; b != nil {
+	st.Rollbacks = k.rollbacks()
+	if b := k.kvs[keys.Tasks()]; b != nil {
 		q, err := coordinator.DecodeTasks(b)
 		if err != nil {
 			return nil, err
@@ -161,57 +128,130 @@ func Read(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, name string)
 		st.Tasks = &Tasks{Todo: c[jobetcd.TaskTodo], Pending: c[jobetcd.TaskPending], Done: c[jobetcd.TaskDone],
 			Failed: c[jobetcd.TaskFailed], DataSteps: q.DoneSteps(), Late: q.Late}
 	}
-	var ids []string
-	for k := range kvs {
-		if id, ok := strings.CutPrefix(k, keys.Workers()); ok {
-			ids = append(ids, id)
-		}
-	}
-	sort.Strings(ids)
-	for _, id := range ids {
-		m := Member{ID: id, Rank: "waiting", Epoch: "-", Task: "-", LeaseLeft: left(keys.Worker(id))}
-		var a jobetcd.Assignment
-		if b := kvs[keys.Assign(id)]; b != nil && json.Unmarshal(b, &a) == nil {
-			m.Rank, m.Epoch = fmt.Sprint(a.Rank), fmt.Sprint(a.Epoch)
-			m.Done = kvs[keys.Done(a.Rank)] != nil
-		}
-		var tk jobetcd.Task
-		if b := kvs[keys.TaskOf(id)]; b != nil && json.Unmarshal(b, &tk) == nil && tk.ID >= 0 {
-			m.Task = fmt.Sprintf("%d (shard %d, steps %d-%d)", tk.ID, tk.Shard, tk.From, tk.To)
-		}
-		st.Members = append(st.Members, m)
-	}
-	// The shards' clocks, from the shards themselves.
-	clocks := map[int]string{}
+	st.Members = k.members(ctx)
+	var clocks []int64
 	if nc != nil {
 		c, err := paramserver.NewClient(nc, spec.Name, p, 0, 0)
 		if err != nil {
 			return nil, err
 		}
-		for s, c := range c.Clocks(ctx, 2*time.Second) {
-			clocks[s] = "no answer"
-			if c >= 0 {
-				clocks[s] = fmt.Sprint(c)
-			}
+		clocks = c.Clocks(ctx, 2*time.Second)
+	}
+	st.Shards = k.shards(ctx, p.Shards, clocks)
+	return st, nil
+}
+
+// keyValues are a job's keys and values, read at one revision, with the
+// leases they are under.
+type keyValues struct {
+	cli    *clientv3.Client
+	keys   jobetcd.Keys
+	kvs    map[string][]byte
+	leases map[string]clientv3.LeaseID
+}
+
+// leaseLeft says how long the lease of key has left: "-" for a key under no
+// lease.
+func (k *keyValues) leaseLeft(ctx context.Context, key string) string {
+	id := k.leases[key]
+	if id == 0 {
+		return "-"
+	}
+	ttl, err := k.cli.TimeToLive(ctx, id)
+	if err != nil || ttl.TTL < 0 {
+		return "expired"
+	}
+	return fmt.Sprintf("%ds of %ds", ttl.TTL, ttl.GrantedTTL)
+}
+
+// candidates are the coordinators in the job's election, oldest first: the
+// leader and the standbys.
+func (k *keyValues) candidates(kvs []*mvccpb.KeyValue) (leader string, standby []string) {
+	var cands []*mvccpb.KeyValue
+	for _, kv := range kvs {
+		if strings.HasPrefix(string(kv.Key), k.keys.Leader()) {
+			cands = append(cands, kv)
 		}
 	}
-	for s := 0; s < p.Shards; s++ {
-		k := keys.Shard(s)
-		serving := "-"
+	sort.Slice(cands, func(i, j int) bool { return cands[i].CreateRevision < cands[j].CreateRevision })
+	standby = []string{}
+	for i, c := range cands {
+		if i == 0 {
+			leader = string(c.Value)
+		} else {
+			standby = append(standby, string(c.Value))
+		}
+	}
+	return leader, standby
+}
+
+// rollbacks are the job's re-placements, by placement version.
+func (k *keyValues) rollbacks() []Rollback {
+	out := []Rollback{}
+	for key, v := range k.kvs {
+		var rb jobetcd.RollbackRecord
+		if strings.HasPrefix(key, k.keys.Rollbacks()) && json.Unmarshal(v, &rb) == nil {
+			out = append(out, Rollback{Placement: rb.Placement, Why: rb.Why, From: rb.FromStep, To: rb.ToStep})
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Placement < out[j].Placement })
+	return out
+}
+
+// members are the job's live workers, by id, with their ranks and tasks.
+func (k *keyValues) members(ctx context.Context) []Member {
+	var ids []string
+	for key := range k.kvs {
+		if id, ok := strings.CutPrefix(key, k.keys.Workers()); ok {
+			ids = append(ids, id)
+		}
+	}
+	sort.Strings(ids)
+	out := []Member{}
+	for _, id := range ids {
+		m := Member{ID: id, Rank: "waiting", Epoch: "-", Task: "-", LeaseLeft: k.leaseLeft(ctx, k.keys.Worker(id))}
+		var a jobetcd.Assignment
+		if b := k.kvs[k.keys.Assign(id)]; b != nil && json.Unmarshal(b, &a) == nil {
+			m.Rank, m.Epoch = fmt.Sprint(a.Rank), fmt.Sprint(a.Epoch)
+			m.Done = k.kvs[k.keys.Done(a.Rank)] != nil
+		}
+		var tk jobetcd.Task
+		if b := k.kvs[k.keys.TaskOf(id)]; b != nil && json.Unmarshal(b, &tk) == nil && tk.ID >= 0 {
+			m.Task = fmt.Sprintf("%d (shard %d, steps %d-%d)", tk.ID, tk.Shard, tk.From, tk.To)
+		}
+		out = append(out, m)
+	}
+	return out
+}
+
+// shards are the placement's n shards: the placement each serves and its
+// clock (clocks[s], -1 for no answer; nil: not asked).
+func (k *keyValues) shards(ctx context.Context, n int, clocks []int64) []Shard {
+	var out []Shard
+	for s := range n {
+		key := k.keys.Shard(s)
+		var serving string
 		var m jobetcd.ShardMember
-		if b := kvs[k]; b == nil {
+		if b := k.kvs[key]; b == nil {
 			serving = "no process"
 		} else if json.Unmarshal(b, &m) == nil && m.Placement > 0 {
 			serving = fmt.Sprint(m.Placement)
 		} else {
 			serving = "restoring"
 		}
-		st.Shards = append(st.Shards, Shard{Shard: s, Serving: serving, Clock: clocks[s], LeaseLeft: left(k)})
+		clock := ""
+		if clocks != nil {
+			clock = "no answer"
+			if clocks[s] >= 0 {
+				clock = fmt.Sprint(clocks[s])
+			}
+		}
+		out = append(out, Shard{Shard: s, Serving: serving, Clock: clock, LeaseLeft: k.leaseLeft(ctx, key)})
 	}
-	return st, nil
+	return out
 }
 
-// print writes st as downpour status shows it.
+// Print writes st as downpour status shows it.
 func (st *Job) Print(stdout io.Writer) error {
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "job %s: %s; %s %s, %d workers, %d steps, mode %s\n", st.Job, st.State, st.Model, st.Data, st.Workers, st.Steps, st.Mode)
