@@ -40,7 +40,6 @@ var ErrFenced = errors.New("fenced off")
 // it was doing and returns the new placement.
 func runEra(ctx context.Context, cfg Config, spec *job.Spec, a jobetcd.Assignment, p *placement.Placement, rev int64,
 	lease *jobetcd.Lease, pushed *int64) (*placement.Placement, int64, error) {
-	keys := jobetcd.KeysFor(cfg.Job)
 	log := cfg.Log.With("worker", cfg.ID)
 	var t trainer
 	var err error
@@ -55,36 +54,7 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a jobetcd.Assignmen
 	defer t.close()
 	ectx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	type era struct {
-		p   *placement.Placement
-		rev int64
-		err error
-	}
-	nextCh := make(chan era, 1)
-	go func() {
-		next, rev, err := job.NextPlacement(ectx, cfg.Etcd, cfg.Job, p.Version)
-		if next != nil || err == nil && spec.UsesTasks() {
-			cancel() // drop the step in flight: it belongs to the old placement (or, with tasks, the job is done)
-		}
-		nextCh <- era{next, rev, err}
-	}()
-	// next waits for the next placement: the job rolled back or was
-	// re-placed. Once this rank has finished (finished), the job's end is
-	// the normal way out; before, it means the job ended without this rank.
-	next := func(finished bool) (*placement.Placement, int64, error) {
-		e := <-nextCh
-		switch {
-		case e.p != nil:
-			return e.p, e.rev, nil
-		case ctx.Err() != nil:
-			return nil, 0, ctx.Err()
-		case e.err != nil:
-			return nil, 0, fmt.Errorf("waiting for a new placement: %w", e.err)
-		case !finished:
-			return nil, 0, errors.New("the job was marked done before this rank finished")
-		}
-		return nil, 0, nil
-	}
+	next := watchPlacement(ectx, ctx, cancel, cfg, spec, p.Version)
 	if spec.UsesTasks() {
 		err := runTasks(ectx, cfg, spec, t, lease, pushed)
 		if ectx.Err() != nil && ctx.Err() == nil || superseded(err) { // re-placed, or the job is done
@@ -125,19 +95,66 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a jobetcd.Assignmen
 	}
 	// Done counts only if the placement this rank ran under is still the
 	// job's: else the job rolled back, and this rank reruns from there.
-	r, err := cfg.Etcd.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(keys.Placement()), "=", rev)).
-		Then(clientv3.OpPut(keys.Done(a.Rank), strconv.FormatUint(a.Epoch, 10))).
-		Commit()
-	if err != nil {
-		return nil, 0, fmt.Errorf("reporting rank %d done: %w", a.Rank, err)
-	}
-	if !r.Succeeded {
+	if ok, err := reportDone(ctx, cfg, a, rev); err != nil {
+		return nil, 0, err
+	} else if !ok {
 		return next(false)
 	}
 	// Stay until the job is done: if it rolls back first, this rank reruns
 	// its steps from the checkpoint.
 	log.Info("finished its steps; waiting for the job to end", "rank", a.Rank, "steps", spec.Steps)
 	return next(true)
+}
+
+// watchPlacement watches, in the background, for the placement after
+// version, and cancels the era (cancel ends ectx) when one comes, or, with
+// tasks, when the job is done: the step in flight belongs to the old
+// placement. The function it returns waits for that placement: the job
+// rolled back or was re-placed. Once this rank has finished (finished),
+// the job's end is the normal way out; before, it means the job ended
+// without this rank. ctx is the worker's own, which the era's cancel does
+// not end.
+func watchPlacement(ectx, ctx context.Context, cancel context.CancelFunc, cfg Config, spec *job.Spec, version int64) func(finished bool) (*placement.Placement, int64, error) {
+	type era struct {
+		p   *placement.Placement
+		rev int64
+		err error
+	}
+	nextCh := make(chan era, 1)
+	go func() {
+		next, rev, err := job.NextPlacement(ectx, cfg.Etcd, cfg.Job, version)
+		if next != nil || err == nil && spec.UsesTasks() {
+			cancel()
+		}
+		nextCh <- era{next, rev, err}
+	}()
+	return func(finished bool) (*placement.Placement, int64, error) {
+		e := <-nextCh
+		switch {
+		case e.p != nil:
+			return e.p, e.rev, nil
+		case ctx.Err() != nil:
+			return nil, 0, ctx.Err()
+		case e.err != nil:
+			return nil, 0, fmt.Errorf("waiting for a new placement: %w", e.err)
+		case !finished:
+			return nil, 0, errors.New("the job was marked done before this rank finished")
+		}
+		return nil, 0, nil
+	}
+}
+
+// reportDone writes rank a.Rank done if the job's placement is still the
+// one written at etcd revision rev, and says whether it was.
+func reportDone(ctx context.Context, cfg Config, a jobetcd.Assignment, rev int64) (bool, error) {
+	keys := jobetcd.KeysFor(cfg.Job)
+	r, err := cfg.Etcd.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(keys.Placement()), "=", rev)).
+		Then(clientv3.OpPut(keys.Done(a.Rank), strconv.FormatUint(a.Epoch, 10))).
+		Commit()
+	if err != nil {
+		return false, fmt.Errorf("reporting rank %d done: %w", a.Rank, err)
+	}
+	return r.Succeeded, nil
 }
 
 // at names the step a trainer runs: the batch of step Data of data shard

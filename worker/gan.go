@@ -57,9 +57,7 @@ type ganTrainer struct {
 	nanos  int64
 	// simultaneous: the last step's push and this step's pull, in flight
 	// (for step xferStep+1) while the forward pass starts.
-	xfer     *paramserver.Transfer
-	xstop    context.CancelFunc
-	xerr     error
+	inFlight
 	xferStep int64
 }
 
@@ -72,18 +70,7 @@ func newGANTrainer(cfg Config, spec *job.Spec, a jobetcd.Assignment, p *placemen
 			return nil, err
 		}
 		t.all.Observe = observe(spec.Name)
-		t.model.Hooks = &models.Hooks{
-			NeedParams: func(lo, hi int) {
-				if t.xfer != nil && t.xerr == nil {
-					t.xerr = t.xfer.WaitRange(lo, hi)
-				}
-			},
-			GradsFree: func() {
-				if t.xfer != nil && t.xerr == nil {
-					t.xerr = t.xfer.WaitPushed()
-				}
-			},
-		}
+		t.model.Hooks = t.hooks()
 	} else {
 		if t.d, err = paramserver.NewClientFor(cfg.NATS, spec.Name, p, a.Rank, a.Epoch, func(b placement.Block) bool { return b.Offset >= gs }); err != nil {
 			return nil, err
@@ -143,27 +130,7 @@ func (t *ganTrainer) batch(sh int, step int64, j int) {
 }
 
 // close stops a transfer still in flight (when the step loop ends early).
-func (t *ganTrainer) close() {
-	if t.xfer != nil {
-		t.xstop()
-		t.xfer.Wait()
-		t.xfer = nil
-	}
-}
-
-// settle waits for the transfer in flight, if any, and forgets it.
-func (t *ganTrainer) settle() error {
-	if t.xfer == nil {
-		return nil
-	}
-	err := t.xfer.Wait()
-	if t.xerr != nil {
-		err = t.xerr
-	}
-	t.xstop()
-	t.xfer, t.xstop, t.xerr = nil, nil, nil
-	return err
-}
+func (t *ganTrainer) close() { t.abort() }
 
 // clock is the generator blocks' slowest clock (one per step; with the
 // simultaneous update, every block's).

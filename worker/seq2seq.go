@@ -32,18 +32,7 @@ func newSeq2SeqTrainer(cfg Config, spec *job.Spec, a jobetcd.Assignment, p *plac
 	if t.data, err = spec.OpenData(); err != nil {
 		return nil, err
 	}
-	t.model.Hooks = &models.Hooks{
-		NeedParams: func(lo, hi int) {
-			if t.xfer != nil && t.xerr == nil {
-				t.xerr = t.xfer.WaitRange(lo, hi)
-			}
-		},
-		GradsFree: func() {
-			if t.xfer != nil && t.xerr == nil {
-				t.xerr = t.xfer.WaitPushed()
-			}
-		},
-	}
+	t.model.Hooks = t.hooks()
 	return t, nil
 }
 
@@ -53,27 +42,9 @@ func (t *seq2seqTrainer) clock(ctx context.Context) (int64, error) { return t.cl
 // idle tells the shards this rank has no work for now (elastic ssp).
 func (t *seq2seqTrainer) idle(ctx context.Context) error { return t.client.Idle(ctx) }
 
-// settle waits for the transfer in flight, if any, and forgets it.
-func (t *seq2seqTrainer) settle() error {
-	if t.xfer == nil {
-		return nil
-	}
-	err := t.xfer.Wait()
-	if t.xerr != nil {
-		err = t.xerr
-	}
-	t.xstop()
-	t.xfer, t.xstop, t.xerr = nil, nil, nil
-	return err
-}
-
 // close stops a transfer still in flight (when the step loop ends early).
 func (t *seq2seqTrainer) close() {
-	if t.xfer != nil {
-		t.xstop()
-		t.xfer.Wait()
-		t.xfer = nil
-	}
+	t.abort()
 	t.next = nil
 }
 
@@ -88,11 +59,9 @@ type seq2seqTrainer struct {
 	model  *models.Seq2Seq[float32]
 	data   shard.Dataset
 	acc    []float32 // async with n_push > 1: gradients summed since the last push
-	// xfer is the last step's push and this step's pull, in flight while
-	// this step's forward pass starts on the parameters already pulled.
-	xfer  *paramserver.Transfer
-	xstop context.CancelFunc
-	xerr  error // the first error the model's hooks met waiting on xfer
+	// The last step's push and this step's pull, in flight while this
+	// step's forward pass starts on the parameters already pulled.
+	inFlight
 	// The transfer moves only the parts of the parameters a batch uses
 	// (models.Seq2Seq.Ranges): the push, this step's rows; the pull, the
 	// rows of the next step's batch, which is read ahead into next.

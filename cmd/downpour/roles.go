@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -22,6 +23,8 @@ import (
 	"github.com/downpour-ml/downpour/paramserver"
 	"github.com/downpour-ml/downpour/paramserver/node"
 	"github.com/downpour-ml/downpour/worker"
+	"github.com/nats-io/nats.go"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // coordinatorTTL is the lease, in seconds, of a coordinator's leadership: a
@@ -70,54 +73,35 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 			return err
 		}
 	}
-	log := ep.logger(stderr)
-	cli, err := ep.ConnectEtcd(ctx, auth.Coordinator)
+	r, err := ep.join(ctx, auth.Coordinator, stderr)
 	if err != nil {
 		return err
 	}
-	defer cli.Close()
+	defer r.close()
 	var rp *jobrun.ResumePoint
 	if *resume {
-		s, r, err := jobrun.FindResumable(ctx, cli, spec.Name)
+		s, point, err := jobrun.FindResumable(ctx, r.cli, spec.Name)
 		if err != nil {
 			return err
 		}
-		spec, rp = s, &r
+		spec, rp = s, &point
 	}
-	// A coordinator restarted with the same run directory (a supervisor
-	// restarting it) carries on in it; so does one resuming its job.
-	sameJob := false
-	if *out != "" {
-		b, err := os.ReadFile(filepath.Join(*out, "job.json"))
-		sameJob = err == nil && bytes.Equal(b, spec.Encode())
-	}
-	if (rp != nil || sameJob) && *out != "" {
-		if err := os.MkdirAll(*out, 0o755); err != nil {
-			return err
-		}
-	} else if err := rundir.Prepare(out, rundir.Name(&spec)); err != nil {
+	if err := coordinatorRunDir(out, &spec, rp != nil); err != nil {
 		return err
 	}
-	nc, err := ep.ConnectNATS("coordinator", auth.Coordinator)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
 	if rp != nil {
 		fmt.Fprintf(stdout, "resuming job %s at step %d of %d; run directory %s\n", spec.Name, rp.From, spec.Steps, *out)
 	} else {
 		fmt.Fprintf(stdout, "coordinating job %s: %d workers, %d shards, %d steps; run directory %s\n", spec.Name, spec.Workers, spec.Shards, spec.Steps, *out)
 	}
-	wctx, stop := cluster.Watch(ctx, nc, ep.giveUp, log)
-	defer stop()
 	spe, _ := spec.StepsPerEpoch()
-	stopDash, err := ep.startDashboard(ctx, &dashboard{job: spec.Name, role: "coordinator", cli: cli, nc: nc, runDir: *out, stepsPerEpoch: spe}, stdout, log)
+	stopDash, err := ep.startDashboard(ctx, &dashboard{job: spec.Name, role: "coordinator", cli: r.cli, nc: r.nc, runDir: *out, stepsPerEpoch: spe}, stdout, r.log)
 	if err != nil {
 		return err
 	}
 	defer stopDash()
-	_, err = jobrun.Coordinate(wctx, jobrun.Config{Etcd: cli, NATS: nc, Spec: spec, Out: *out, Resume: rp, LeaseTTL: coordinatorTTL, Console: stdout, Log: log})
-	err = cluster.Cause(wctx, err)
+	_, err = jobrun.Coordinate(r.ctx, jobrun.Config{Etcd: r.cli, NATS: r.nc, Spec: spec, Out: *out, Resume: rp, LeaseTTL: coordinatorTTL, Console: stdout, Log: r.log})
+	err = cluster.Cause(r.ctx, err)
 	if errors.Is(err, coordinator.ErrJobDone) {
 		// Another coordinator finished it (this one stood by): nothing to do.
 		fmt.Fprintf(stdout, "job %s is done\n", spec.Name)
@@ -127,6 +111,49 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		fmt.Fprintf(stdout, "job %s done; final checkpoint in %s\n", spec.Name, filepath.Join(*out, "checkpoint", "final.ckpt"))
 	}
 	return err
+}
+
+// coordinatorRunDir makes the coordinator's run directory *out (the
+// default one when empty). A coordinator restarted with the same run
+// directory (a supervisor restarting it) carries on in it; so does one
+// resuming its job.
+func coordinatorRunDir(out *string, spec *job.Spec, resuming bool) error {
+	sameJob := false
+	if *out != "" {
+		b, err := os.ReadFile(filepath.Join(*out, "job.json"))
+		sameJob = err == nil && bytes.Equal(b, spec.Encode())
+	}
+	if (resuming || sameJob) && *out != "" {
+		return os.MkdirAll(*out, 0o755)
+	}
+	return rundir.Prepare(out, rundir.Name(spec))
+}
+
+// roleProcess is a role's process joined to the cluster: its etcd client and
+// NATS connection, its logger, and a context that ends (cluster.Cause says
+// why) once NATS has stayed unreachable for --give-up.
+type roleProcess struct {
+	cli   *clientv3.Client
+	nc    *nats.Conn
+	log   *slog.Logger
+	ctx   context.Context
+	close func() // stops the watch and closes both connections
+}
+
+// join connects the process of role to etcd and NATS, as that role.
+func (e *endpoints) join(ctx context.Context, role auth.Role, stderr io.Writer) (*roleProcess, error) {
+	cli, err := e.ConnectEtcd(ctx, role)
+	if err != nil {
+		return nil, err
+	}
+	nc, err := e.ConnectNATS(string(role), role)
+	if err != nil {
+		cli.Close()
+		return nil, err
+	}
+	log := e.logger(stderr)
+	wctx, stop := cluster.Watch(ctx, nc, e.giveUp, log)
+	return &roleProcess{cli: cli, nc: nc, log: log, ctx: wctx, close: func() { stop(); nc.Close(); cli.Close() }}, nil
 }
 
 func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -146,27 +173,19 @@ func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if err := ep.require("ps", stderr); err != nil {
 		return err
 	}
-	cli, err := ep.ConnectEtcd(ctx, auth.PS)
+	r, err := ep.join(ctx, auth.PS, stderr)
 	if err != nil {
 		return err
 	}
-	defer cli.Close()
-	nc, err := ep.ConnectNATS("ps", auth.PS)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	log := ep.logger(stderr)
-	wctx, stop := cluster.Watch(ctx, nc, ep.giveUp, log)
-	defer stop()
+	defer r.close()
 	// A shard may only answer requests, not ask other shards for their
 	// clocks: its dashboard shows the job without them.
-	stopDash, err := ep.startDashboard(ctx, &dashboard{job: *name, role: "ps", cli: cli}, stdout, log)
+	stopDash, err := ep.startDashboard(ctx, &dashboard{job: *name, role: "ps", cli: r.cli}, stdout, r.log)
 	if err != nil {
 		return err
 	}
 	defer stopDash()
-	return cluster.Cause(wctx, node.Run(wctx, node.Config{Job: *name, NATS: nc, Etcd: cli, Log: log, Shard: *shard,
+	return cluster.Cause(r.ctx, node.Run(r.ctx, node.Config{Job: *name, NATS: r.nc, Etcd: r.cli, Log: r.log, Shard: *shard,
 		DataDir: *dataDir, Restore: *restore, LeaseTTL: *ttl, WaitTimeout: *wait,
 		Ready: func(i int, _ *paramserver.Service) { fmt.Fprintf(stdout, "serving shard %d of job %s\n", i, *name) }}))
 }
@@ -186,26 +205,18 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := ep.require("worker", stderr); err != nil {
 		return err
 	}
-	cli, err := ep.ConnectEtcd(ctx, auth.Worker)
+	r, err := ep.join(ctx, auth.Worker, stderr)
 	if err != nil {
 		return err
 	}
-	defer cli.Close()
-	nc, err := ep.ConnectNATS("worker", auth.Worker)
-	if err != nil {
-		return err
-	}
-	defer nc.Close()
-	log := ep.logger(stderr)
-	wctx, stop := cluster.Watch(ctx, nc, ep.giveUp, log)
-	defer stop()
-	stopDash, err := ep.startDashboard(ctx, &dashboard{job: *name, role: "worker", cli: cli, nc: nc}, stdout, log)
+	defer r.close()
+	stopDash, err := ep.startDashboard(ctx, &dashboard{job: *name, role: "worker", cli: r.cli, nc: r.nc}, stdout, r.log)
 	if err != nil {
 		return err
 	}
 	defer stopDash()
-	err = worker.Run(wctx, worker.Config{Job: *name, ID: *id, NATS: nc, Etcd: cli, Log: log, LeaseTTL: *ttl, WaitTimeout: *wait})
-	if err := cluster.Cause(wctx, err); err != nil {
+	err = worker.Run(r.ctx, worker.Config{Job: *name, ID: *id, NATS: r.nc, Etcd: r.cli, Log: r.log, LeaseTTL: *ttl, WaitTimeout: *wait})
+	if err := cluster.Cause(r.ctx, err); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "worker finished its steps of job %s\n", *name)
