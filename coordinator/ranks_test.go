@@ -2,66 +2,11 @@ package coordinator
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
 	"testing"
 
-	"github.com/cockroachdb/datadriven"
 	"github.com/downpour-ml/downpour/internal/jobetcd"
 )
-
-// TestRanksScripts drives Ranks with the scripts in testdata/ranks (run
-// with -rewrite to regenerate the expected output). Commands: new ranks=N;
-// up W; down W; done R ("all done" once every rank is); state
-// (unassigned ranks, and which are done).
-func TestRanksScripts(t *testing.T) {
-	datadriven.Walk(t, "testdata/ranks", func(t *testing.T, path string) {
-		var r *Ranks
-		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
-			if d.Cmd == "new" {
-				var n int
-				d.ScanArgs(t, "ranks", &n)
-				r = NewRanks(n)
-				return ""
-			}
-			if r == nil {
-				d.Fatalf(t, "%s before new", d.Cmd)
-			}
-			var out []Assign
-			switch d.Cmd {
-			case "up":
-				out = r.Up(d.CmdArgs[0].Key)
-			case "down":
-				out = r.Down(d.CmdArgs[0].Key)
-			case "done":
-				rank, err := strconv.Atoi(d.CmdArgs[0].Key)
-				if err != nil {
-					d.Fatalf(t, "done: %v", err)
-				}
-				if r.Done(rank) {
-					return "all done\n"
-				}
-			case "state":
-				var b strings.Builder
-				fmt.Fprintf(&b, "unassigned %d", r.Unassigned())
-				for i := range len(r.holder) {
-					fmt.Fprintf(&b, "; rank %d done: %v", i, r.done[i])
-				}
-				return b.String() + "\n"
-			default:
-				d.Fatalf(t, "unknown event %q", d.Cmd)
-			}
-			if len(out) == 0 {
-				return "-\n"
-			}
-			var parts []string
-			for _, a := range out {
-				parts = append(parts, fmt.Sprintf("%s:%d@%d", a.Worker, a.Rank, a.Epoch))
-			}
-			return strings.Join(parts, " ") + "\n"
-		})
-	})
-}
 
 func TestRanksRestoreThenContinue(t *testing.T) {
 	r := NewRanks(3)

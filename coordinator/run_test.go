@@ -201,21 +201,15 @@ func TestRunResume(t *testing.T) {
 		t.Fatalf("a failed resume wrote %d keys", r.Count)
 	}
 	// The job runs for a while, then its coordinator stops.
-	rctx, stop := context.WithCancel(ctx)
-	errc := make(chan error, 1)
-	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet}) }()
-	if _, err := jobetcd.Wait(ctx, cli, keys.Placement(), 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	stop()
-	<-errc
+	runUntilPlaced(ctx, t, cli, spec)
 	if err := Run(ctx, cli, Config{Spec: spec, Log: quiet, Resume: true}); !errors.Is(err, ErrNothingToResume) {
 		t.Fatalf("resuming without a checkpoint: %v", err)
 	}
 	cp, _ := json.Marshal(jobetcd.CheckpointRecord{Step: 30, Placement: 1, Files: []string{"a", "b"}})
 	cli.Put(ctx, keys.Checkpoint(), string(cp))
 	cli.Put(ctx, keys.Done(0), "1")
-	rctx, stop = context.WithCancel(ctx)
+	rctx, stop := context.WithCancel(ctx)
+	errc := make(chan error, 1)
 	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet, Resume: true}) }()
 	err := jobetcd.WaitPrefix(ctx, cli, keys.Placement(), 10*time.Second, func(kvs map[string][]byte) bool {
 		p, err := placement.Decode(kvs[keys.Placement()])
@@ -290,19 +284,13 @@ func TestRunResumeWithADeadHolder(t *testing.T) {
 	spec := job.Default()
 	spec.Name, spec.Workers, spec.Shards, spec.CheckpointEvery = "dead", 1, 2, 10
 	keys := jobetcd.KeysFor(spec.Name)
-	rctx, stop := context.WithCancel(ctx)
-	errc := make(chan error, 1)
-	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet}) }()
-	if _, err := jobetcd.Wait(ctx, cli, keys.Placement(), 10*time.Second); err != nil {
-		t.Fatal(err)
-	}
-	stop()
-	<-errc
+	runUntilPlaced(ctx, t, cli, spec)
 	cp, _ := json.Marshal(jobetcd.CheckpointRecord{Step: 30, Placement: 1, Files: []string{"a", "b"}})
 	a, _ := json.Marshal(jobetcd.Assignment{Rank: 0, Epoch: 1})
 	cli.Put(ctx, keys.Checkpoint(), string(cp))
 	cli.Put(ctx, keys.Assign("gone"), string(a)) // no member key: its lease is gone
-	rctx, stop = context.WithCancel(ctx)
+	rctx, stop := context.WithCancel(ctx)
+	errc := make(chan error, 1)
 	defer stop()
 	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet, Resume: true}) }()
 	err := jobetcd.WaitPrefix(ctx, cli, keys.Placement(), 10*time.Second, func(kvs map[string][]byte) bool {
@@ -321,4 +309,18 @@ func TestRunResumeWithADeadHolder(t *testing.T) {
 	if p.Start != 30 || !slices.Equal(p.From, []string{"a", "b"}) {
 		t.Fatalf("the rollback after the dead holder went to %+v, want the checkpoint of step 30", p)
 	}
+}
+
+// runUntilPlaced runs spec's coordinator until it has written the job's
+// placement, then stops it, as a coordinator killed early would be.
+func runUntilPlaced(ctx context.Context, t *testing.T, cli *clientv3.Client, spec job.Spec) {
+	t.Helper()
+	rctx, stop := context.WithCancel(ctx)
+	errc := make(chan error, 1)
+	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet}) }()
+	if _, err := jobetcd.Wait(ctx, cli, jobetcd.KeysFor(spec.Name).Placement(), 10*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	stop()
+	<-errc
 }

@@ -107,10 +107,10 @@ func Curves(metrics, dir string, stepsPerEpoch float64) error {
 	if len(rs) == 0 && len(es) == 0 {
 		return fmt.Errorf("%s: %w", metrics, ErrNoRecords)
 	}
-	xlabel, x := "step", func(step int64) float64 { return float64(step) }
+	ax := axis{label: "step", x: func(step int64) float64 { return float64(step) }}
 	if stepsPerEpoch > 0 {
-		xlabel, x = fmt.Sprintf("epoch (%s steps each)", strconv.FormatFloat(stepsPerEpoch, 'f', -1, 64)),
-			func(step int64) float64 { return float64(step) / stepsPerEpoch }
+		ax = axis{label: fmt.Sprintf("epoch (%s steps each)", strconv.FormatFloat(stepsPerEpoch, 'f', -1, 64)),
+			x: func(step int64) float64 { return float64(step) / stepsPerEpoch }}
 	}
 	gan := false
 	for _, e := range es {
@@ -120,38 +120,9 @@ func Curves(metrics, dir string, stepsPerEpoch float64) error {
 		gan = gan || r.GLoss != 0
 	}
 	if len(rs) > 0 {
-		p := plot.New()
-		p.X.Label.Text, p.Y.Label.Text = xlabel, "loss"
-		loss, gLoss := make(plotter.XYs, len(rs)), make(plotter.XYs, len(rs))
-		for i, r := range rs {
-			loss[i] = plotter.XY{X: x(r.Step), Y: r.Loss}
-			gLoss[i] = plotter.XY{X: x(r.Step), Y: r.GLoss}
-		}
-		if gan {
-			p.Title.Text = "GAN training losses"
-			if err := plotutil.AddLines(p, "D loss", finite(loss), "G loss", finite(gLoss)); err != nil {
-				return err
-			}
-		} else {
-			p.Title.Text = "training loss (per target token)"
-			if err := plotutil.AddLines(p, "train", finite(loss)); err != nil {
-				return err
-			}
-			if len(es) > 0 {
-				held := make(plotter.XYs, len(es))
-				for i, e := range es {
-					held[i] = plotter.XY{X: x(e.Step), Y: e.EvalLoss}
-				}
-				// The second colour and glyph: plotutil would start
-				// this call's lines at the first, the training loss's.
-				l, pts, err := plotter.NewLinePoints(finite(held))
-				if err != nil {
-					return err
-				}
-				l.Color, pts.Color, pts.Shape = plotutil.Color(1), plotutil.Color(1), plotutil.Shape(1)
-				p.Add(l, pts)
-				p.Legend.Add("held out", l, pts)
-			}
+		p, err := lossPlot(ax, rs, es, gan)
+		if err != nil {
+			return err
 		}
 		if err := save(p, filepath.Join(dir, "loss.png")); err != nil {
 			return err
@@ -161,65 +132,121 @@ func Curves(metrics, dir string, stepsPerEpoch float64) error {
 		return nil
 	}
 	p := plot.New()
-	p.X.Label.Text = xlabel
+	p.X.Label.Text = ax.label
 	if gan {
-		p.Title.Text = "Parzen-window log-likelihood of held-out images"
-		p.Y.Label.Text = "nats"
-		var pts plotter.XYs
-		var errs plotter.YErrors
-		test := true
-		for _, e := range es {
-			test = test && e.Set == "test"
-		}
-		if test { // the paper's estimate: show the paper's number
-			p.Title.Text = "Parzen-window log-likelihood of the MNIST test images"
-			lo, hi := x(es[0].Step), x(es[len(es)-1].Step)
-			if lo == hi {
-				lo = 0
-			}
-			paper, err := plotter.NewLine(plotter.XYs{{X: lo, Y: PaperParzen}, {X: hi, Y: PaperParzen}})
-			if err != nil {
-				return err
-			}
-			paper.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
-			paper.Color = color.RGBA{B: 220, A: 255}
-			p.Add(paper)
-			p.Legend.Add(fmt.Sprintf("paper: %d ± 2", PaperParzen), paper)
-		}
-		for _, e := range es {
-			if pt := (plotter.XYs{{X: x(e.Step), Y: e.Parzen}}); len(finite(pt)) == 1 && !math.IsNaN(e.ParzenSE) && !math.IsInf(e.ParzenSE, 0) {
-				pts = append(pts, pt[0])
-				errs = append(errs, struct{ Low, High float64 }{e.ParzenSE, e.ParzenSE})
-			}
-		}
-		if err := plotutil.AddLinePoints(p, fmt.Sprintf("Parzen estimate (%d samples)", es[len(es)-1].Samples), pts); err != nil {
-			return err
-		}
-		bars, err := plotter.NewYErrorBars(struct {
-			plotter.XYer
-			plotter.YErrorer
-		}{pts, errs})
-		if err != nil {
-			return err
-		}
-		bars.Color = color.Gray{Y: 96}
-		p.Add(bars)
+		err = addParzen(p, ax, es)
 	} else {
-		p.Title.Text = "held-out evaluation"
-		p.Y.Label.Text = "%"
-		bleu, exact := make(plotter.XYs, len(es)), make(plotter.XYs, len(es))
-		for i, e := range es {
-			bleu[i] = plotter.XY{X: x(e.Step), Y: e.BLEU}
-			exact[i] = plotter.XY{X: x(e.Step), Y: 100 * e.ExactMatch}
-		}
-		if err := plotutil.AddLinePoints(p, "BLEU", finite(bleu), "exact match", finite(exact)); err != nil {
-			return err
-		}
+		err = addBLEU(p, ax, es)
+	}
+	if err != nil {
+		return err
 	}
 	// Evaluations rise towards the top right (BLEU, exact match, the
 	// Parzen estimate and the paper's line): the legend goes along the
 	// bottom, where it hides no point.
 	return saveLegend(p, filepath.Join(dir, "eval.png"), false)
+}
+
+// axis is the curves' x axis: steps, or epochs.
+type axis struct {
+	label string
+	x     func(step int64) float64
+}
+
+// lossPlot draws the training losses (D's and G's for a GAN; for Seq2Seq
+// the training loss and the held-out loss of the evaluations).
+func lossPlot(ax axis, rs []Record, es []EvalRecord, gan bool) (*plot.Plot, error) {
+	p := plot.New()
+	p.X.Label.Text, p.Y.Label.Text = ax.label, "loss"
+	loss, gLoss := make(plotter.XYs, len(rs)), make(plotter.XYs, len(rs))
+	for i, r := range rs {
+		loss[i] = plotter.XY{X: ax.x(r.Step), Y: r.Loss}
+		gLoss[i] = plotter.XY{X: ax.x(r.Step), Y: r.GLoss}
+	}
+	if gan {
+		p.Title.Text = "GAN training losses"
+		return p, plotutil.AddLines(p, "D loss", finite(loss), "G loss", finite(gLoss))
+	}
+	p.Title.Text = "training loss (per target token)"
+	if err := plotutil.AddLines(p, "train", finite(loss)); err != nil {
+		return nil, err
+	}
+	if len(es) > 0 {
+		held := make(plotter.XYs, len(es))
+		for i, e := range es {
+			held[i] = plotter.XY{X: ax.x(e.Step), Y: e.EvalLoss}
+		}
+		// The second colour and glyph: plotutil would start this call's
+		// lines at the first, the training loss's.
+		l, pts, err := plotter.NewLinePoints(finite(held))
+		if err != nil {
+			return nil, err
+		}
+		l.Color, pts.Color, pts.Shape = plotutil.Color(1), plotutil.Color(1), plotutil.Shape(1)
+		p.Add(l, pts)
+		p.Legend.Add("held out", l, pts)
+	}
+	return p, nil
+}
+
+// addParzen draws the GAN's Parzen estimates with their standard errors,
+// and, when they are the paper's estimate on the test images, the paper's
+// number as a line.
+func addParzen(p *plot.Plot, ax axis, es []EvalRecord) error {
+	p.Title.Text = "Parzen-window log-likelihood of held-out images"
+	p.Y.Label.Text = "nats"
+	test := true
+	for _, e := range es {
+		test = test && e.Set == "test"
+	}
+	if test { // the paper's estimate: show the paper's number
+		p.Title.Text = "Parzen-window log-likelihood of the MNIST test images"
+		lo, hi := ax.x(es[0].Step), ax.x(es[len(es)-1].Step)
+		if lo == hi {
+			lo = 0
+		}
+		paper, err := plotter.NewLine(plotter.XYs{{X: lo, Y: PaperParzen}, {X: hi, Y: PaperParzen}})
+		if err != nil {
+			return err
+		}
+		paper.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+		paper.Color = color.RGBA{B: 220, A: 255}
+		p.Add(paper)
+		p.Legend.Add(fmt.Sprintf("paper: %d ± 2", PaperParzen), paper)
+	}
+	var pts plotter.XYs
+	var errs plotter.YErrors
+	for _, e := range es {
+		if pt := (plotter.XYs{{X: ax.x(e.Step), Y: e.Parzen}}); len(finite(pt)) == 1 && !math.IsNaN(e.ParzenSE) && !math.IsInf(e.ParzenSE, 0) {
+			pts = append(pts, pt[0])
+			errs = append(errs, struct{ Low, High float64 }{e.ParzenSE, e.ParzenSE})
+		}
+	}
+	if err := plotutil.AddLinePoints(p, fmt.Sprintf("Parzen estimate (%d samples)", es[len(es)-1].Samples), pts); err != nil {
+		return err
+	}
+	bars, err := plotter.NewYErrorBars(struct {
+		plotter.XYer
+		plotter.YErrorer
+	}{pts, errs})
+	if err != nil {
+		return err
+	}
+	bars.Color = color.Gray{Y: 96}
+	p.Add(bars)
+	return nil
+}
+
+// addBLEU draws Seq2Seq's held-out BLEU and exact match.
+func addBLEU(p *plot.Plot, ax axis, es []EvalRecord) error {
+	p.Title.Text = "held-out evaluation"
+	p.Y.Label.Text = "%"
+	bleu, exact := make(plotter.XYs, len(es)), make(plotter.XYs, len(es))
+	for i, e := range es {
+		bleu[i] = plotter.XY{X: ax.x(e.Step), Y: e.BLEU}
+		exact[i] = plotter.XY{X: ax.x(e.Step), Y: 100 * e.ExactMatch}
+	}
+	return plotutil.AddLinePoints(p, "BLEU", finite(bleu), "exact match", finite(exact))
 }
 
 var curvesMu sync.Mutex
