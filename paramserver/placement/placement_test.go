@@ -164,7 +164,7 @@ func TestDecodePlacementRejects(t *testing.T) {
 	}
 }
 
-func FuzzDecode(f *testing.F) {
+func FuzzDecodePlacement(f *testing.F) {
 	f.Add(Place(testTensors, 4, 2).Encode())
 	f.Add([]byte(`{"shards":1,"block_size":1,"tensors":[{"name":"x","shape":[-1]}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
