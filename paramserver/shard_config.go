@@ -1,8 +1,9 @@
 package paramserver
 
 import (
-	"fmt"
+	"gonum.org/v1/gonum/blas/gonum"
 
+	"github.com/downpour-ml/downpour/paramserver/config"
 	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
@@ -13,58 +14,24 @@ const (
 	Async = placement.Async
 )
 
-// Non-finite gradient policies.
+// Non-finite gradient policies (config.Refuse and Skip).
 const (
-	Refuse = "refuse" // refuse the whole push (NonFinite)
-	Skip   = "skip"   // accept the push but drop its non-finite blocks' updates
+	Refuse = config.Refuse
+	Skip   = config.Skip
 )
 
-// ShardConfig is what a shard's state machine needs to know of its job.
-type ShardConfig struct {
-	Mode      string    `json:"mode"`
-	Staleness int64     `json:"staleness,omitempty"`
-	Ranks     int       `json:"ranks"`
-	Optimizer Optimizer `json:"optimizer"`
-	NonFinite string    `json:"non_finite,omitempty"` // Refuse (default) or Skip
-	// PullTTL is how many ticks a pull may wait before it is answered with
-	// Expired (its sender resends); 0 means it waits as long as it takes.
-	PullTTL int64 `json:"pull_ttl,omitempty"`
-	// Elastic (ssp): ranks come and go (workers take data as tasks), so
-	// only active ranks bound the staleness: a rank is active from its
-	// first push under its epoch until it says it is idle (a push with no
-	// blocks) or is fenced off (Idle, or a newer epoch).
-	Elastic bool `json:"elastic,omitempty"`
-	// Keep (sync): each block keeps a copy of its parameters at every
-	// clock that is a positive multiple of Keep and below KeepBefore (0: no
-	// bound), the latest such copy only, so that an exact pull of that step
-	// (an evaluation's) is answered with that step's parameters after the
-	// block has moved on.
-	Keep       int64 `json:"keep,omitempty"`
-	KeepBefore int64 `json:"keep_before,omitempty"`
-}
+// What a shard runs by is package config's: the job's mode and ranks
+// (ShardConfig), and the optimizer that updates its blocks.
+type (
+	ShardConfig = config.Shard
+	Optimizer   = config.Optimizer
+	Schedule    = config.Schedule
+)
 
-// Validate reports the first thing wrong with c.
-func (c ShardConfig) Validate() error {
-	switch c.Mode {
-	case Sync, Async:
-	case SSP:
-		if c.Staleness < 0 {
-			return fmt.Errorf("staleness must not be negative (got %d)", c.Staleness)
-		}
-	default:
-		return fmt.Errorf("mode %q: use sync, ssp or async", c.Mode)
-	}
-	if c.Ranks < 1 {
-		return fmt.Errorf("a job needs at least one rank (got %d)", c.Ranks)
-	}
-	if c.Keep < 0 || c.KeepBefore < 0 {
-		return fmt.Errorf("keep and keep_before must not be negative (got %d, %d)", c.Keep, c.KeepBefore)
-	}
-	if c.Keep > 0 && c.Mode != Sync {
-		return fmt.Errorf("keep is for sync mode: a %s shard has no step boundaries", c.Mode)
-	}
-	if c.NonFinite != "" && c.NonFinite != Refuse && c.NonFinite != Skip {
-		return fmt.Errorf("non-finite policy %q: use refuse or skip", c.NonFinite)
-	}
-	return c.Optimizer.Validate()
-}
+// DefaultOptimizer is config.DefaultOptimizer: an optimizer of the given
+// kind and learning rate with that kind's usual other settings.
+func DefaultOptimizer(kind string, lr float64) Optimizer { return config.DefaultOptimizer(kind, lr) }
+
+// native is gonum's own BLAS (see config's note on its float32 kernels),
+// for the sums a sync step takes over its ranks' gradients.
+var native gonum.Implementation

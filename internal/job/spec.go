@@ -16,7 +16,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
-	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/paramserver/config"
 	"github.com/downpour-ml/downpour/paramserver/placement"
 	"github.com/downpour-ml/downpour/shard"
 )
@@ -62,8 +62,8 @@ type Spec struct {
 	NFetch    int64  `json:"n_fetch,omitempty"`
 	NPush     int64  `json:"n_push,omitempty"`
 	// The update rule the shards apply, and what they do with NaN/Inf.
-	Optimizer paramserver.Optimizer `json:"optimizer"`
-	NonFinite string                `json:"non_finite"`
+	Optimizer config.Optimizer `json:"optimizer"`
+	NonFinite string           `json:"non_finite"`
 	// Epochs, when positive, sets Steps to that many passes over a corpus
 	// (data shard 0's), and HalveAfterEpochs/HalveEveryEpochs set a halving
 	// learning-rate schedule in epochs (the paper: 7.5 epochs; halve after
@@ -140,8 +140,8 @@ func Default() Spec {
 		Mode:      placement.Sync,
 		NFetch:    1,
 		NPush:     1,
-		Optimizer: paramserver.DefaultOptimizer("sgd", 1.5),
-		NonFinite: paramserver.Refuse,
+		Optimizer: config.DefaultOptimizer("sgd", 1.5),
+		NonFinite: config.Refuse,
 
 		KeepCheckpoints: 3,
 		TaskSteps:       50,
@@ -330,7 +330,7 @@ func (s *Spec) Resolve() error {
 			s.Steps = max(1, int64(math.Ceil(s.Epochs*float64(per))))
 		}
 		if s.HalveEveryEpochs > 0 {
-			s.Optimizer.Schedule = paramserver.Schedule{Kind: "halving",
+			s.Optimizer.Schedule = config.Schedule{Kind: "halving",
 				HalveAfter: int64(math.Round(s.HalveAfterEpochs * float64(per))),
 				HalveEvery: max(1, int64(math.Round(s.HalveEveryEpochs*float64(per))))}
 		}
@@ -341,8 +341,8 @@ func (s *Spec) Resolve() error {
 // ShardConfig is the part of the spec every parameter-server shard runs by.
 // A pull held for 20 ticks (2 s) is answered Expired and asked again, well
 // within the first attempt of a client's request (paramserver.DefaultAttempt).
-func (s *Spec) ShardConfig() paramserver.ShardConfig {
-	c := paramserver.ShardConfig{Mode: s.Mode, Staleness: s.Staleness, Ranks: s.Workers,
+func (s *Spec) ShardConfig() config.Shard {
+	c := config.Shard{Mode: s.Mode, Staleness: s.Staleness, Ranks: s.Workers,
 		Optimizer: s.Optimizer, NonFinite: s.NonFinite, PullTTL: 20, Elastic: s.Mode == placement.SSP && s.UsesTasks()}
 	if s.Mode == placement.Sync {
 		// The evaluator reads each evaluation step's parameters exactly,

@@ -1,4 +1,4 @@
-package paramserver
+package config
 
 import (
 	"errors"
@@ -243,7 +243,7 @@ func (o Optimizer) apply(c coef, w, g []float32, slots [][]float32) {
 		vmath.Adam(w, g, slots[0][:len(w)], slots[1][:len(w)], vmath.AdamCoef{
 			B1: c.b1, C1: c.c1, B2: c.b2, C2: c.c2, BC1: c.bc1, BC2: c.bc2, LR: c.lr, Eps: c.eps})
 	default:
-		panic("paramserver: unvalidated optimizer " + o.Kind)
+		panic("paramserver/config: unvalidated optimizer " + o.Kind)
 	}
 }
 

@@ -1,4 +1,4 @@
-package paramserver
+package config
 
 import (
 	"math"
@@ -163,4 +163,33 @@ func TestApplyMatchesPlainLoop(t *testing.T) {
 			}
 		}
 	}
+}
+
+// testOptimizers is every kind of optimizer, each with a schedule or a
+// momentum ramp, so that every coefficient varies with the step.
+func testOptimizers() []Optimizer {
+	sgd := DefaultOptimizer("sgd", 0.3)
+	sgd.Schedule = Schedule{Kind: "halving", HalveAfter: 1, HalveEvery: 1}
+	mom := DefaultOptimizer("momentum", 0.05)
+	mom.Momentum, mom.MomentumFinal, mom.RampStart, mom.RampEnd = 0.5, 0.9, 0, 2
+	ada := DefaultOptimizer("adagrad", 0.1)
+	ada.Schedule = Schedule{Kind: "exp", Decay: 1.2, Floor: 0.05}
+	adam := DefaultOptimizer("adam", 0.01)
+	adam.Schedule = Schedule{Kind: "halving", HalveAfter: 2, HalveEvery: 1}
+	return []Optimizer{sgd, mom, ada, adam}
+}
+
+// grads returns n standard normal values.
+func grads(rng *rand.Rand, n int) []float32 {
+	g := make([]float32, n)
+	for i := range g {
+		g[i] = float32(rng.NormFloat64())
+	}
+	return g
+}
+
+// floatBits reports whether a and b hold the same bits, NaNs and signed
+// zeros included.
+func floatBits(a, b []float32) bool {
+	return slices.EqualFunc(a, b, func(x, y float32) bool { return math.Float32bits(x) == math.Float32bits(y) })
 }

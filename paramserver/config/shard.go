@@ -1,0 +1,63 @@
+package config
+
+import (
+	"fmt"
+
+	"github.com/downpour-ml/downpour/paramserver/placement"
+)
+
+// Non-finite gradient policies (Shard.NonFinite).
+const (
+	Refuse = "refuse" // refuse the whole push
+	Skip   = "skip"   // accept the push but drop its non-finite blocks' updates
+)
+
+// Shard is what a shard's state machine needs to know of its job.
+type Shard struct {
+	Mode      string    `json:"mode"`
+	Staleness int64     `json:"staleness,omitempty"`
+	Ranks     int       `json:"ranks"`
+	Optimizer Optimizer `json:"optimizer"`
+	NonFinite string    `json:"non_finite,omitempty"` // Refuse (default) or Skip
+	// PullTTL is how many ticks a pull may wait before it is answered with
+	// Expired (its sender resends); 0 means it waits as long as it takes.
+	PullTTL int64 `json:"pull_ttl,omitempty"`
+	// Elastic (ssp): ranks come and go (workers take data as tasks), so
+	// only active ranks bound the staleness: a rank is active from its
+	// first push under its epoch until it says it is idle (a push with no
+	// blocks) or is fenced off (Idle, or a newer epoch).
+	Elastic bool `json:"elastic,omitempty"`
+	// Keep (sync): each block keeps a copy of its parameters at every
+	// clock that is a positive multiple of Keep and below KeepBefore (0: no
+	// bound), the latest such copy only, so that an exact pull of that step
+	// (an evaluation's) is answered with that step's parameters after the
+	// block has moved on.
+	Keep       int64 `json:"keep,omitempty"`
+	KeepBefore int64 `json:"keep_before,omitempty"`
+}
+
+// Validate reports the first thing wrong with c.
+func (c Shard) Validate() error {
+	switch c.Mode {
+	case placement.Sync, placement.Async:
+	case placement.SSP:
+		if c.Staleness < 0 {
+			return fmt.Errorf("staleness must not be negative (got %d)", c.Staleness)
+		}
+	default:
+		return fmt.Errorf("mode %q: use sync, ssp or async", c.Mode)
+	}
+	if c.Ranks < 1 {
+		return fmt.Errorf("a job needs at least one rank (got %d)", c.Ranks)
+	}
+	if c.Keep < 0 || c.KeepBefore < 0 {
+		return fmt.Errorf("keep and keep_before must not be negative (got %d, %d)", c.Keep, c.KeepBefore)
+	}
+	if c.Keep > 0 && c.Mode != placement.Sync {
+		return fmt.Errorf("keep is for sync mode: a %s shard has no step boundaries", c.Mode)
+	}
+	if c.NonFinite != "" && c.NonFinite != Refuse && c.NonFinite != Skip {
+		return fmt.Errorf("non-finite policy %q: use refuse or skip", c.NonFinite)
+	}
+	return c.Optimizer.Validate()
+}
