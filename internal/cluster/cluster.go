@@ -73,8 +73,16 @@ func (ep Endpoints) ConnectNATS(name string, role auth.Role) (*nats.Conn, error)
 	if err != nil {
 		return nil, fmt.Errorf("cannot reach NATS at %s (is it running? check --nats): %w", ep.NATS, err)
 	}
-	metrics.Watch(nc, strings.Fields(name)[0]) // "ps 1" counts as ps
+	metrics.Watch(Traffic(nc), strings.Fields(name)[0]) // "ps 1" counts as ps
 	return nc, nil
+}
+
+// Traffic reads nc's counts for metrics.Watch.
+func Traffic(nc *nats.Conn) metrics.TrafficReader {
+	return func() (metrics.Traffic, bool) {
+		st := nc.Stats()
+		return metrics.Traffic{InMsgs: st.InMsgs, OutMsgs: st.OutMsgs, InBytes: st.InBytes, OutBytes: st.OutBytes}, nc.IsClosed()
+	}
 }
 
 // ErrNATSGone is the cause of a role's end when NATS stayed unreachable for

@@ -64,3 +64,27 @@ func TestConnectErrors(t *testing.T) {
 		t.Fatalf("another role's credentials: %v", err)
 	}
 }
+
+// Traffic reads a connection's own counts, and says when it is closed (so
+// that the metrics keep its last counts).
+func TestTrafficReadsConnection(t *testing.T) {
+	s := testenv.NATS(t, 0)
+	nc := testenv.Conn(t, s.ClientURL())
+	read := Traffic(nc)
+	for range 3 {
+		if err := nc.Publish("x", make([]byte, 1000)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	st, closed := read()
+	if st.OutMsgs != 3 || st.OutBytes < 3000 || closed {
+		t.Fatalf("after 3 messages of 1000 bytes: %+v, closed %v", st, closed)
+	}
+	nc.Close()
+	if st, closed = read(); st.OutMsgs != 3 || !closed {
+		t.Fatalf("after close: %+v, closed %v", st, closed)
+	}
+}

@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -91,15 +90,26 @@ func Handler() http.Handler {
 	return promhttp.HandlerFor(Registry, promhttp.HandlerOpts{Registry: Registry})
 }
 
-// connStats reports the bytes and messages of the NATS connections Watch
-// was given, by role.
-type connStats struct {
-	mu    sync.Mutex
-	conns map[*nats.Conn]string
-	gone  map[string]nats.Statistics // closed connections' last counts, by role
+// Traffic is what a NATS connection has sent and received.
+type Traffic struct{ InMsgs, OutMsgs, InBytes, OutBytes uint64 }
+
+func (a Traffic) add(b Traffic) Traffic {
+	return Traffic{InMsgs: a.InMsgs + b.InMsgs, OutMsgs: a.OutMsgs + b.OutMsgs, InBytes: a.InBytes + b.InBytes, OutBytes: a.OutBytes + b.OutBytes}
 }
 
-var conns = &connStats{conns: map[*nats.Conn]string{}, gone: map[string]nats.Statistics{}}
+// A TrafficReader reads a connection's counts so far and whether it is
+// closed (its counts are final).
+type TrafficReader func() (t Traffic, closed bool)
+
+// connStats reports the bytes and messages of the connections Watch was
+// given, by role.
+type connStats struct {
+	mu    sync.Mutex
+	conns map[*TrafficReader]string
+	gone  map[string]Traffic // closed connections' last counts, by role
+}
+
+var conns = &connStats{conns: map[*TrafficReader]string{}, gone: map[string]Traffic{}}
 
 var (
 	bytesDesc = prometheus.NewDesc("downpour_nats_bytes_total", "Bytes a role sent to and received from NATS.", []string{"role", "direction"}, nil)
@@ -110,17 +120,17 @@ func (c *connStats) Describe(ch chan<- *prometheus.Desc) { ch <- bytesDesc; ch <
 
 func (c *connStats) Collect(ch chan<- prometheus.Metric) {
 	c.mu.Lock()
-	sum := map[string]nats.Statistics{}
+	sum := map[string]Traffic{}
 	for role, st := range c.gone {
 		sum[role] = st
 	}
-	for nc, role := range c.conns {
-		st := nc.Stats()
-		if nc.IsClosed() {
-			delete(c.conns, nc)
-			c.gone[role] = add(c.gone[role], st)
+	for read, role := range c.conns {
+		st, closed := (*read)()
+		if closed {
+			delete(c.conns, read)
+			c.gone[role] = c.gone[role].add(st)
 		}
-		sum[role] = add(sum[role], st)
+		sum[role] = sum[role].add(st)
 	}
 	c.mu.Unlock()
 	for role, st := range sum {
@@ -131,15 +141,13 @@ func (c *connStats) Collect(ch chan<- prometheus.Metric) {
 	}
 }
 
-func add(a, b nats.Statistics) nats.Statistics {
-	return nats.Statistics{InMsgs: a.InMsgs + b.InMsgs, OutMsgs: a.OutMsgs + b.OutMsgs, InBytes: a.InBytes + b.InBytes, OutBytes: a.OutBytes + b.OutBytes}
-}
-
-// Watch counts nc's traffic under role ("worker", "ps", "coordinator"):
-// connections of one role add up.
-func Watch(nc *nats.Conn, role string) {
+// Watch counts a NATS connection's traffic, read by read, under role
+// ("worker", "ps", "coordinator"): connections of one role add up. (The
+// package reads counts rather than a *nats.Conn so that every role may
+// import it without linking the NATS client.)
+func Watch(read TrafficReader, role string) {
 	conns.mu.Lock()
-	conns.conns[nc] = role
+	conns.conns[&read] = role
 	conns.mu.Unlock()
 }
 
