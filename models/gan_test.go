@@ -253,49 +253,29 @@ func TestGANStepHooks(t *testing.T) {
 	z := make([]float32, rows*smallGAN.Noise)
 	smallGAN.Draw(z, rng)
 	real, fake := RandomMasks(rng, smallGAN, rows), RandomMasks(rng, smallGAN, rows)
-	var spans [][2]int
-	freed := false
-	hooked.Hooks = &Hooks{
-		NeedParams: func(lo, hi int) {
-			if freed || hooked.Grads()[0] != 42 {
-				t.Fatal("NeedParams after GradsFree, or gradients written in the forward pass")
-			}
-			spans = append(spans, [2]int{lo, hi})
-		},
-		GradsFree: func() {
-			if hooked.Grads()[0] != 42 {
-				t.Fatal("gradients written before GradsFree")
-			}
-			freed = true
-		},
-	}
+	var rec hookRecorder
+	hooked.Hooks = rec.hooks(t, hooked.Grads)
 	for round := range 2 {
-		spans, freed = nil, false
-		hooked.Grads()[0] = 42 // as if the last step's push still read it
+		rec.reset(hooked.Grads())
 		l1, a1 := plain.Step(x, z, rows, real, fake, false)
 		l2, a2 := hooked.Step(x, z, rows, real, fake, false)
 		if l1 != l2 || a1 != a2 || !slices.Equal(plain.Grads(), hooked.Grads()) {
 			t.Fatal("hooks changed the losses or the gradient")
 		}
-		if !freed || !slices.Equal(spans, hooked.ReadOrder()) || len(spans) != 6 {
-			t.Fatalf("round %d: freed %v, spans %v, read order %v", round, freed, spans, hooked.ReadOrder())
+		spans := rec.spans
+		if !rec.freed || !slices.Equal(spans, hooked.ReadOrder()) || len(spans) != 6 {
+			t.Fatalf("round %d: freed %v, spans %v, read order %v", round, rec.freed, spans, hooked.ReadOrder())
 		}
-		at := 0
-		for _, s := range spans {
-			if s[0] != at || s[1] <= s[0] {
-				t.Fatalf("spans %v do not tile the parameters in order", spans)
-			}
-			at = s[1]
+		if !slices.IsSortedFunc(spans, func(a, b [2]int) int { return a[0] - b[0] }) {
+			t.Fatalf("spans %v are not in the order of Params", spans)
 		}
-		if at != len(hooked.Params()) {
-			t.Fatalf("spans end at %d of %d", at, len(hooked.Params()))
-		}
+		checkTiles(t, spans, len(hooked.Params()))
 	}
-	spans = nil
+	rec.spans = nil
 	hooked.DLoss(x, z, rows, real, fake, true)
 	hooked.Generate(z, rows)
-	if spans != nil {
-		t.Fatalf("hooks called outside Step: %v", spans)
+	if rec.spans != nil {
+		t.Fatalf("hooks called outside Step: %v", rec.spans)
 	}
 }
 

@@ -212,6 +212,56 @@ func TestEmbeddingGradient(t *testing.T) {
 	checkGrad(t, "embedding", table, g, loss)
 }
 
+// hookRecorder records what a model's hooks see: the spans NeedParams is
+// called with, and whether GradsFree came. The gradient's first value holds
+// a sentinel (as if the last step's push still read the gradients) that
+// must survive until GradsFree.
+type hookRecorder struct {
+	spans [][2]int
+	freed bool
+}
+
+// reset forgets what the hooks saw and sets the sentinel in grads.
+func (r *hookRecorder) reset(grads []float32) {
+	r.spans, r.freed = nil, false
+	grads[0] = 42
+}
+
+// hooks are the recording hooks of a model whose gradients grads returns.
+func (r *hookRecorder) hooks(t *testing.T, grads func() []float32) *Hooks {
+	return &Hooks{
+		NeedParams: func(lo, hi int) {
+			if r.freed || grads()[0] != 42 {
+				t.Fatal("NeedParams after GradsFree, or gradients written in the forward pass")
+			}
+			r.spans = append(r.spans, [2]int{lo, hi})
+		},
+		GradsFree: func() {
+			if grads()[0] != 42 {
+				t.Fatal("gradients written before GradsFree")
+			}
+			r.freed = true
+		},
+	}
+}
+
+// checkTiles fails t unless spans, in some order, cover [0, n) each once.
+func checkTiles(t *testing.T, spans [][2]int, n int) {
+	t.Helper()
+	sorted := slices.Clone(spans)
+	slices.SortFunc(sorted, func(a, b [2]int) int { return a[0] - b[0] })
+	at := 0
+	for _, s := range sorted {
+		if s[0] != at || s[1] <= s[0] {
+			t.Fatalf("spans %v do not tile the parameters", sorted)
+		}
+		at = s[1]
+	}
+	if at != n {
+		t.Fatalf("spans end at %d of %d", at, n)
+	}
+}
+
 // The hooks see every parameter exactly once, in the order the forward pass
 // reads them, and GradsFree before any gradient is written; a model with
 // hooks computes the same loss and gradient bits as one without.
@@ -220,34 +270,19 @@ func TestHooks(t *testing.T) {
 	plain, hooked := NewSeq2Seq[float32](cfg), NewSeq2Seq[float32](cfg)
 	plain.Init(4)
 	hooked.Init(4)
-	var spans [][2]int
-	freed := false
+	var rec hookRecorder
 	b := &SeqBatch{Size: 2, SrcLen: 3, TgtLen: 2, Src: []int32{1, 2, 3, 4, 5, 6}, TgtIn: []int32{1, 2, 3, 4}, TgtOut: []int32{2, 3, 4, 5}}
-	// A sentinel in the gradients (as if the last step's were still being
-	// pushed) must survive the forward pass.
-	hooked.Grads()[0] = 42
-	hooked.Hooks = &Hooks{
-		NeedParams: func(lo, hi int) {
-			if freed || hooked.Grads()[0] != 42 {
-				t.Fatal("NeedParams after GradsFree, or gradients written in the forward pass")
-			}
-			spans = append(spans, [2]int{lo, hi})
-		},
-		GradsFree: func() {
-			if hooked.Grads()[0] != 42 {
-				t.Fatal("gradients written before GradsFree")
-			}
-			freed = true
-		},
-	}
+	hooked.Hooks = rec.hooks(t, hooked.Grads)
+	rec.reset(hooked.Grads())
 	l1, _ := plain.Loss(b, true)
 	l2, _ := hooked.Loss(b, true)
 	if l1 != l2 || !slices.Equal(plain.Grads(), hooked.Grads()) {
 		t.Fatal("hooks changed the loss or the gradient")
 	}
-	if !freed {
+	if !rec.freed {
 		t.Fatal("GradsFree not called")
 	}
+	spans := rec.spans
 	if !slices.Equal(hooked.ReadOrder(), spans) {
 		t.Fatalf("ReadOrder %v, hooks saw %v", hooked.ReadOrder(), spans)
 	}
@@ -258,18 +293,7 @@ func TestHooks(t *testing.T) {
 	if len(spans) != 2*L+3 {
 		t.Fatalf("%d spans", len(spans))
 	}
-	sorted := slices.Clone(spans)
-	slices.SortFunc(sorted, func(a, b [2]int) int { return a[0] - b[0] })
-	at := 0
-	for _, s := range sorted {
-		if s[0] != at || s[1] <= s[0] {
-			t.Fatalf("spans %v do not tile the parameters", sorted)
-		}
-		at = s[1]
-	}
-	if at != len(hooked.Params()) {
-		t.Fatalf("spans end at %d of %d", at, len(hooked.Params()))
-	}
+	checkTiles(t, spans, len(hooked.Params()))
 	E, V := cfg.Embed, cfg.TgtVocab
 	if spans[0] != [2]int{0, cfg.SrcVocab * E} || spans[1+L] != [2]int{cfg.SrcVocab * E, cfg.SrcVocab*E + V*E} ||
 		spans[2*L+2][1] != len(hooked.Params()) || spans[1][0] != cfg.SrcVocab*E+V*E {

@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/downpour-ml/downpour/internal/rundir"
+	"github.com/downpour-ml/downpour/internal/testenv"
 )
 
 // startTrain starts a train command line in the background and returns the
@@ -272,15 +273,7 @@ func TestDashboardRendersInABrowser(t *testing.T) {
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("%s: %v\n%s", browser, err, b)
 	}
-	f, err := os.Open(shot)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	img, err := png.Decode(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := testenv.PNG(t, shot)
 	if b := img.Bounds(); b.Dx() != 1280 || b.Dy() != 1400 {
 		t.Fatalf("screenshot %v, want 1280x1400", b)
 	}

@@ -2,10 +2,11 @@ package evaluate
 
 import (
 	"bytes"
-	"image/png"
 	"os"
 	"path/filepath"
 	"testing"
+
+	"github.com/downpour-ml/downpour/internal/testenv"
 )
 
 // A grid puts image k at column k%cols, row k/cols, one pixel of border
@@ -21,15 +22,7 @@ func TestWriteGrid(t *testing.T) {
 	if err := WriteGrid(path, imgs, n, side); err != nil {
 		t.Fatal(err)
 	}
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	im, err := png.Decode(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	im := testenv.PNG(t, path)
 	// 3 images: 2 columns, 2 rows of cells of 3 pixels, plus the last border.
 	if b := im.Bounds(); b.Dx() != 7 || b.Dy() != 7 {
 		t.Fatalf("grid %v, want 7x7", b)

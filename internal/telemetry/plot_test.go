@@ -4,12 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"image/color"
-	"image/png"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/downpour-ml/downpour/internal/testenv"
 	"gonum.org/v1/plot/plotutil"
 )
 
@@ -56,15 +56,7 @@ func TestReadMetrics(t *testing.T) {
 // pngInk decodes a PNG and counts its pixels that are not white.
 func pngInk(t *testing.T, path string) (w, h, ink int) {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	img, err := png.Decode(f)
-	if err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
+	img := testenv.PNG(t, path)
 	b := img.Bounds()
 	for y := b.Min.Y; y < b.Max.Y; y++ {
 		for x := b.Min.X; x < b.Max.X; x++ {
@@ -151,15 +143,7 @@ func blueInk(t *testing.T, path string) int {
 // countPixels counts the pixels of the PNG at path whose colour is.
 func countPixels(t *testing.T, path string, is func(r, g, b uint32) bool) int {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	img, err := png.Decode(f)
-	if err != nil {
-		t.Fatal(err)
-	}
+	img := testenv.PNG(t, path)
 	n := 0
 	bounds := img.Bounds()
 	for y := bounds.Min.Y; y < bounds.Max.Y; y++ {

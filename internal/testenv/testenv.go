@@ -2,7 +2,7 @@
 // embedded in the test process, and connects clients to them; everything it
 // starts is stopped at the test's cleanup (clients before servers). Tests
 // use real servers, never mocks of them: this is the one place that starts
-// them.
+// them. It also reads the images tests draw (PNG).
 //
 //	nc := testenv.NATSConn(t, 0)  // a server and a connection to it
 //	cli := testenv.Etcd(t)        // a one-member etcd and a client
