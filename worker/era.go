@@ -43,9 +43,12 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a jobetcd.Assignmen
 	log := cfg.Log.With("worker", cfg.ID)
 	var t trainer
 	var err error
-	if spec.Model == "gan" {
+	switch spec.Model {
+	case "gan":
 		t, err = newGANTrainer(cfg, spec, a, p)
-	} else {
+	case job.Synthetic:
+		t, err = newSyntheticTrainer(cfg, spec, a, p)
+	default:
 		t, err = newSeq2SeqTrainer(cfg, spec, a, p)
 	}
 	if err != nil {

@@ -5,13 +5,10 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
-	"strconv"
 	"time"
 
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/jobetcd"
-	"github.com/downpour-ml/downpour/internal/metrics"
-	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
 	"github.com/downpour-ml/downpour/paramserver/placement"
@@ -51,10 +48,7 @@ type ganTrainer struct {
 	images [][][]float32 // each data shard's training images
 	gs     int           // generator parameters (they come first)
 	z, x   []float32
-	loss   float64 // D and G losses and wall time since the last report
-	aux    float64
-	steps  int64
-	nanos  int64
+	report progressReport // D's loss, G's as aux, over steps
 	// simultaneous: the last step's push and this step's pull, in flight
 	// (for step xferStep+1) while the forward pass starts.
 	inFlight
@@ -69,7 +63,7 @@ func newGANTrainer(cfg Config, spec *job.Spec, a jobetcd.Assignment, p *placemen
 		if t.all, err = paramserver.NewClient(cfg.NATS, spec.Name, p, a.Rank, a.Epoch); err != nil {
 			return nil, err
 		}
-		t.all.Observe = observe(spec.Name)
+		t.all.Observe = observe(spec.Name, cfg.Record)
 		t.model.Hooks = t.hooks()
 	} else {
 		if t.d, err = paramserver.NewClientFor(cfg.NATS, spec.Name, p, a.Rank, a.Epoch, func(b placement.Block) bool { return b.Offset >= gs }); err != nil {
@@ -78,7 +72,7 @@ func newGANTrainer(cfg Config, spec *job.Spec, a jobetcd.Assignment, p *placemen
 		if t.g, err = paramserver.NewClientFor(cfg.NATS, spec.Name, p, a.Rank, a.Epoch, func(b placement.Block) bool { return b.Offset < gs }); err != nil {
 			return nil, err
 		}
-		t.d.Observe, t.g.Observe = observe(spec.Name), observe(spec.Name)
+		t.d.Observe, t.g.Observe = observe(spec.Name, cfg.Record), observe(spec.Name, cfg.Record)
 	}
 	m, err := spec.OpenMNIST()
 	if err != nil {
@@ -239,22 +233,6 @@ func (t *ganTrainer) step(ctx context.Context, s at) error {
 	if err != nil {
 		return err
 	}
-	t.loss += dLoss
-	t.aux += gLoss
-	t.steps++
-	took := time.Since(start)
-	t.nanos += took.Nanoseconds()
-	rank := strconv.Itoa(t.a.Rank)
-	metrics.WorkerSteps.WithLabelValues(t.spec.Name, rank).Inc()
-	metrics.StepSeconds.WithLabelValues(t.spec.Name, rank).Observe(took.Seconds())
-	metrics.WorkerLoss.WithLabelValues(t.spec.Name, rank).Set(dLoss)
-	if rank, at := s.progress(t.spec, t.a.Rank); at%t.spec.LogEvery == 0 || s.Last {
-		data, _ := wire.Encode(&wire.Progress{V: wire.Version, Rank: rank, Step: at, Loss: t.loss, Aux: t.aux,
-			Tokens: t.steps, Nanos: t.nanos})
-		t.loss, t.aux, t.steps, t.nanos = 0, 0, 0, 0
-		if err := t.cfg.NATS.Publish(wire.ProgressSubject(t.spec.Name), data); err != nil {
-			t.cfg.Log.Warn("progress report failed", "err", err)
-		}
-	}
+	t.report.step(t.cfg, t.spec, t.a.Rank, s, time.Since(start), dLoss, gLoss, 1)
 	return nil
 }

@@ -3,13 +3,12 @@ package worker
 import (
 	"context"
 	"fmt"
-	"strconv"
 	"time"
 
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/latency"
 	"github.com/downpour-ml/downpour/internal/metrics"
-	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
 	"github.com/downpour-ml/downpour/paramserver/placement"
@@ -19,7 +18,7 @@ import (
 func newSeq2SeqTrainer(cfg Config, spec *job.Spec, a jobetcd.Assignment, p *placement.Placement) (*seq2seqTrainer, error) {
 	client, err := paramserver.NewClient(cfg.NATS, spec.Name, p, a.Rank, a.Epoch)
 	if err == nil {
-		client.Observe = observe(spec.Name)
+		client.Observe = observe(spec.Name, cfg.Record)
 	}
 	if err != nil {
 		return nil, err
@@ -69,11 +68,7 @@ type seq2seqTrainer struct {
 	nextAt     at
 	pushRanges [][2]int
 	pullRanges [][2]int
-	// Loss, tokens and wall time since the last progress report: a report
-	// covers every step of its logging interval, not just its last one.
-	loss   float64
-	tokens int64
-	nanos  int64
+	report     progressReport
 }
 
 // step runs one step: pull the parameters (in sync and ssp modes, those
@@ -153,31 +148,18 @@ func (t *seq2seqTrainer) step(ctx context.Context, s at) error {
 			clear(t.acc)
 		}
 	}
-	t.loss += loss
-	t.tokens += int64(tokens)
-	took := time.Since(start)
-	t.nanos += took.Nanoseconds()
-	rank := strconv.Itoa(t.a.Rank)
-	metrics.WorkerSteps.WithLabelValues(t.spec.Name, rank).Inc()
-	metrics.StepSeconds.WithLabelValues(t.spec.Name, rank).Observe(took.Seconds())
-	if tokens > 0 {
-		metrics.WorkerLoss.WithLabelValues(t.spec.Name, rank).Set(loss / float64(tokens))
-	}
-	if rank, at := s.progress(t.spec, t.a.Rank); at%t.spec.LogEvery == 0 || s.Last {
-		data, _ := wire.Encode(&wire.Progress{V: wire.Version, Rank: rank, Step: at, Loss: t.loss,
-			Tokens: t.tokens, Nanos: t.nanos})
-		t.loss, t.tokens, t.nanos = 0, 0, 0
-		if err := t.cfg.NATS.Publish(wire.ProgressSubject(t.spec.Name), data); err != nil {
-			t.cfg.Log.Warn("progress report failed", "err", err)
-		}
-	}
+	t.report.step(t.cfg, t.spec, t.a.Rank, s, time.Since(start), loss, 0, int64(tokens))
 	return nil
 }
 
 // observe is a client's Observe hook that records its requests to the
-// shards of job in the metrics.
-func observe(job string) func(op paramserver.Op, shard int, d time.Duration, bytes int) {
+// shards of job in the metrics
+// and in the worker's recorder, if it has one.
+func observe(job string, rec *latency.Recorder) func(op paramserver.Op, shard int, d time.Duration, bytes int) {
 	return func(op paramserver.Op, shard int, d time.Duration, bytes int) {
 		metrics.Request(job, string(op), shard, d, bytes)
+		if rec != nil {
+			rec.Request(string(op), shard, d)
+		}
 	}
 }

@@ -31,6 +31,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/latency"
 	"github.com/downpour-ml/downpour/internal/wire"
 )
 
@@ -49,6 +50,9 @@ type Config struct {
 	WaitTimeout time.Duration
 	// StepTimeout bounds one step's pull and push; default 5 minutes.
 	StepTimeout time.Duration
+	// Record, if set, records each step's wait on the parameter servers
+	// and each request's time (the load harness reads it).
+	Record *latency.Recorder
 }
 
 func (c *Config) defaults() {

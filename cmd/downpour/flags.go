@@ -117,7 +117,7 @@ func (o *optimizerFlags) optimizer(fs *flag.FlagSet, base paramserver.Optimizer)
 // presetOf finds the preset a command line names, with --preset NAME (or
 // -preset=NAME), or else its config file, with "preset: NAME": presets set the
 // defaults that the other values then override, so they apply before
-// parsing. A gan model without a preset means the gan preset.
+// parsing. A gan or synthetic model without a preset means that model's preset.
 func presetOf(args []string, entries []config.Entry) string {
 	inConfig := func(key string) string {
 		for _, e := range entries {
@@ -133,8 +133,10 @@ func presetOf(args []string, entries []config.Entry) string {
 	if p := inConfig("preset"); p != "" {
 		return p
 	}
-	if m := flagArg(args, "model"); m == "gan" || m == "" && inConfig("model") == "gan" {
-		return "gan"
+	for _, p := range []string{"gan", job.Synthetic} { // a model whose preset it needs
+		if m := flagArg(args, "model"); m == p || m == "" && inConfig("model") == p {
+			return p
+		}
 	}
 	return ""
 }
@@ -183,13 +185,13 @@ func specFlags(fs *flag.FlagSet, s *job.Spec, args []string) *jobFlags {
 	}
 	fs.String("config", "", "read the job from this YAML file, whose keys are these flags (\"ps-shards: 4\"); flags given beside it override it")
 	j.print = fs.Bool("print-config", false, "print the effective job as a YAML config file and exit")
-	fs.String("preset", "", "start from a named set of values, which other flags override: paper (Sutskever et al.'s exact settings, for a real corpus and cluster), small, or gan")
+	fs.String("preset", "", "start from a named set of values, which other flags override: paper (Sutskever et al.'s exact settings, for a real corpus and cluster), small, gan, or synthetic (the load model)")
 	fs.Float64Var(&s.Epochs, "epochs", s.Epochs, "corpus: train this many epochs (sets --steps)")
 	fs.Float64Var(&s.HalveAfterEpochs, "lr-halve-after-epochs", s.HalveAfterEpochs, "corpus: halving schedule, epochs before the first halving")
 	fs.Float64Var(&s.HalveEveryEpochs, "lr-halve-every-epochs", s.HalveEveryEpochs, "corpus: halving schedule, epochs between halvings (0: schedule in updates)")
 	fs.IntVar(&s.TgtVocab, "tgt-vocab", s.TgtVocab, "corpus: words in the target vocabulary (0: as --vocab)")
 	fs.StringVar(&s.Name, "job", s.Name, "job name (letters, digits, '_' and '-')")
-	fs.StringVar(&s.Model, "model", s.Model, "model to train: seq2seq, or gan (which starts from --preset gan)")
+	fs.StringVar(&s.Model, "model", s.Model, "model to train: seq2seq; gan (which starts from --preset gan); or synthetic, the load model for measuring the system at scale (--preset synthetic)")
 	fs.IntVar(&s.GANK, "gan-k", s.GANK, "gan: discriminator updates per generator update (alternating update)")
 	fs.Var(choice{&s.GANUpdate, []string{job.Simultaneous, job.Alternating}}, "gan-update",
 		"gan: simultaneous (the authors': D's and G's gradients from one forward pass, applied together) or alternating (--gan-k D updates, then G's through the updated D)")
@@ -197,6 +199,9 @@ func specFlags(fs *flag.FlagSet, s *job.Spec, args []string) *jobFlags {
 	fs.IntVar(&s.GAN.GHidden, "gan-g-hidden", s.GAN.GHidden, "gan: units in each of the generator's two ReLU layers (the paper's: 1200)")
 	fs.IntVar(&s.GAN.DUnits, "gan-d-units", s.GAN.DUnits, "gan: maxout units in each of the discriminator's two hidden layers (the paper's: 240)")
 	fs.IntVar(&s.GAN.DPieces, "gan-d-pieces", s.GAN.DPieces, "gan: pieces per maxout unit (the paper's: 5)")
+	fs.IntVar(&s.Synthetic.Params, "synthetic-params", s.Synthetic.Params, "synthetic: parameters (floats) of the load model")
+	fs.IntVar(&s.Synthetic.NumTensors, "synthetic-tensors", s.Synthetic.NumTensors, "synthetic: tensors the parameters are split into")
+	fs.Float64Var(&s.Synthetic.StepMs, "step-ms", s.Synthetic.StepMs, "synthetic: milliseconds each step stands for (the worker waits instead of computing)")
 	fs.BoolVar(&s.Minimax, "minimax", s.Minimax, "gan: train G on the paper's minimax loss log(1-D(G(z))) instead of the non-saturating -log D(G(z))")
 	fs.BoolVar(&s.ParzenFull, "parzen-full", s.ParzenFull, "gan: every evaluation is the paper's full Parzen-window estimate (10,000 samples, sigma on validation, the 10,000 test images; about 10 s) instead of the 1,000-sample monitor on validation images")
 	fs.StringVar(&s.MNIST, "mnist", s.MNIST, "gan: directory of MNIST's idx files (default: the GoMNIST Go module, or $DOWNPOUR_MNIST)")
@@ -296,6 +301,11 @@ func (j *jobFlags) printConfig(w io.Writer) error {
 	}
 	if j.spec.Model != "gan" { // the networks' sizes come from the gan preset when the model changes
 		for _, k := range []string{"gan-noise", "gan-g-hidden", "gan-d-units", "gan-d-pieces"} {
+			rules.Skip[k] = true
+		}
+	}
+	if j.spec.Model != job.Synthetic { // likewise the load model's
+		for _, k := range []string{"synthetic-params", "synthetic-tensors", "step-ms"} {
 			rules.Skip[k] = true
 		}
 	}

@@ -88,8 +88,11 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		log.Info("embedded cluster up", "nats", ep.NATS, "etcd", ep.Etcd, "took", time.Since(start))
 	}
 	what := "data " + spec.Data
-	if spec.Model == "gan" {
+	switch spec.Model {
+	case "gan":
 		what = "GAN on MNIST"
+	case job.Synthetic:
+		what = fmt.Sprintf("synthetic load model of %d parameters, %g ms a step", spec.Synthetic.Params, spec.Synthetic.StepMs)
 	}
 	fmt.Fprintf(stdout, "training job %s: %s, %d workers, %d ps shards, %d steps, mode %s; run directory %s\n",
 		spec.Name, what, spec.Workers, spec.Shards, spec.Steps, spec.Mode, *out)

@@ -70,7 +70,11 @@ func Coordinate(ctx context.Context, cfg Config) (*telemetry.Collector, error) {
 	if err != nil {
 		return nil, err
 	}
-	col, err := telemetry.NewCollector(nc, spec.Name, spec.Workers, spec.Steps, filepath.Join(cfg.Out, "metrics.jsonl"), cfg.Console)
+	unit := "tokens"
+	if spec.Model == job.Synthetic {
+		unit = "examples"
+	}
+	col, err := telemetry.NewCollector(nc, spec.Name, spec.Workers, spec.Steps, filepath.Join(cfg.Out, "metrics.jsonl"), unit, cfg.Console)
 	if err != nil {
 		return nil, err
 	}

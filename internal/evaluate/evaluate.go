@@ -1,7 +1,8 @@
 // Package evaluate scores a job's parameters on its held-out data, as the
 // coordinator does during training and 'downpour eval' does afterwards:
 // held-out loss, BLEU and exact match for Seq2Seq; for the GAN, the
-// Parzen-window estimate of the paper and grids of samples.
+// Parzen-window estimate of the paper and grids of samples; for the
+// synthetic load model, its loss at the targets' mean.
 package evaluate
 
 import (
@@ -37,8 +38,11 @@ const TranslationsShown = 10
 // samples in samples/step-<N>.png (the same noise every time, so the grids
 // show one set of samples evolve).
 func NewScorer(spec *job.Spec, out string) (Scorer, error) {
-	if spec.Model == "gan" {
+	switch spec.Model {
+	case "gan":
 		return ganScorer(spec, out)
+	case job.Synthetic:
+		return syntheticScorer(spec), nil
 	}
 	data, err := spec.OpenData()
 	if err != nil {
@@ -58,6 +62,18 @@ func NewScorer(spec *job.Spec, out string) (Scorer, error) {
 		}
 		return telemetry.EvalRecord{EvalLoss: r.Loss, Perplexity: r.Perplexity, BLEU: r.BLEU, ExactMatch: r.ExactMatch, HeldOut: r.Sentences}, true
 	}, nil
+}
+
+// syntheticScorer scores the load model by its loss at the targets' mean
+// (c = 1, the middle of SyntheticScale's range): the expected loss of a
+// batch, less the batches' own spread.
+func syntheticScorer(spec *job.Spec) Scorer {
+	u := make([]float32, spec.Synthetic.Params)
+	models.SyntheticDirection(u, spec.Seed)
+	g := make([]float32, len(u))
+	return func(step int64, params []float32) (telemetry.EvalRecord, bool) {
+		return telemetry.EvalRecord{EvalLoss: models.SyntheticGrad(g, params, u, 1)}, true
+	}
 }
 
 func ganScorer(spec *job.Spec, out string) (Scorer, error) {

@@ -35,6 +35,16 @@ var Presets = map[string]func(*Spec){
 		s.RampStartEpochs, s.RampEndEpochs = 1, 250
 		s.EvalEvery = 500
 	},
+	// synthetic: the load model (models.SyntheticConfig) at 1M parameters
+	// in 8 tensors, a 100 ms step, SGD at 0.1 on its quadratic loss: for
+	// measuring the parameter servers, the transport and the coordinator
+	// as the job grows, not for learning anything.
+	"synthetic": func(s *Spec) {
+		s.Model, s.Synthetic, s.ClipNorm = Synthetic, models.SyntheticConfig{Params: 1 << 20, NumTensors: 8, StepMs: 100}, 0
+		s.Batch, s.GlobalBatch = 32, 0
+		s.Optimizer = config.DefaultOptimizer("sgd", 0.1)
+		s.EvalEvery = 0
+	},
 	// small: the paper's recipe at a size a laptop trains in minutes.
 	"small": func(s *Spec) {
 		s.Seq2Seq.Layers, s.Seq2Seq.Hidden, s.Seq2Seq.Embed = 2, 256, 256

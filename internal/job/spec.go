@@ -24,7 +24,7 @@ import (
 // Spec is a training job, as the coordinator writes it to etcd.
 type Spec struct {
 	Name    string               `json:"name"`
-	Model   string               `json:"model"` // "seq2seq"
+	Model   string               `json:"model"` // "seq2seq", "gan" or "synthetic"
 	Seq2Seq models.Seq2SeqConfig `json:"seq2seq"`
 	// Data is "synthetic:<copy|reverse|sort|translate>" or the path of a parallel
 	// corpus (source<TAB>target lines) that every worker can read.
@@ -92,6 +92,9 @@ type Spec struct {
 	// Parzen-window estimate (10,000 samples, sigma on validation images,
 	// the 10,000 test images) instead of the quick monitor on validation.
 	ParzenFull bool `json:"parzen_full,omitempty"`
+	// Synthetic (Model "synthetic"): the load model's size and step time,
+	// for measuring the system at scale (models.SyntheticConfig).
+	Synthetic models.SyntheticConfig `json:"synthetic,omitzero"`
 	// CheckpointEvery: every shard snapshots its state at each multiple of
 	// this many steps (sync), or of this many data steps done (async and
 	// ssp, with tasks); 0 for never.
@@ -160,6 +163,13 @@ func (s *Spec) Validate() error {
 		if err := s.validateSeq2Seq(); err != nil {
 			return err
 		}
+	case Synthetic:
+		if err := s.Synthetic.Validate(); err != nil {
+			return err
+		}
+		if s.NFetch != 1 || s.NPush != 1 {
+			return errors.New("the synthetic model pulls and pushes every step: n-fetch and n-push must be 1")
+		}
 	case "gan":
 		if err := s.GAN.Validate(); err != nil {
 			return err
@@ -189,7 +199,7 @@ func (s *Spec) Validate() error {
 			return fmt.Errorf("the generator's output bias has %d values for %d pixels", len(s.GOutBias), s.GAN.Pixels)
 		}
 	default:
-		return fmt.Errorf("model %q: use seq2seq or gan", s.Model)
+		return fmt.Errorf("model %q: use seq2seq, gan or synthetic", s.Model)
 	}
 	switch {
 	case s.Steps < 1:
@@ -229,6 +239,9 @@ func (s *Spec) Validate() error {
 	}
 	return s.ShardConfig().Validate()
 }
+
+// Synthetic is the load model's name (Spec.Model): models.SyntheticConfig.
+const Synthetic = "synthetic"
 
 // The GAN's update rules (Spec.GANUpdate).
 const (
@@ -311,8 +324,11 @@ func (s *Spec) OpenData() (shard.Dataset, error) {
 // before writing the spec.
 func (s *Spec) Resolve() error {
 	s.SplitBatch()
-	if s.Model == "gan" {
+	switch s.Model {
+	case "gan":
 		return s.resolveGAN()
+	case Synthetic:
+		return s.Validate()
 	}
 	s.DataCRC = 0
 	d, crc, err := shard.Open(s.DataConfig())
@@ -355,15 +371,23 @@ func (s *Spec) ShardConfig() config.Shard {
 
 // Tensors lists the model's parameter tensors.
 func (s *Spec) Tensors() []models.Tensor {
-	if s.Model == "gan" {
+	switch s.Model {
+	case "gan":
 		return s.GAN.Tensors()
+	case Synthetic:
+		return s.Synthetic.Tensors()
 	}
 	return s.Seq2Seq.Tensors()
 }
 
 // InitTensor fills dst with the initial value of tensor t.
 func (s *Spec) InitTensor(dst []float32, t models.Tensor) {
-	if s.Model != "gan" {
+	switch s.Model {
+	case Synthetic:
+		models.InitUniform(dst, s.Seed, t.Name, 1)
+		return
+	case "gan":
+	default:
 		s.Seq2Seq.InitTensor(dst, s.Seed, t)
 		return
 	}
@@ -390,7 +414,7 @@ func (s *Spec) StepsPerEpoch() (float64, error) {
 		}
 		return float64(len(m.Train)) / float64(s.Batch*s.Workers*max(1, s.GANK)), nil
 	}
-	if strings.HasPrefix(s.Data, "synthetic:") {
+	if s.Model == Synthetic || strings.HasPrefix(s.Data, "synthetic:") {
 		return 0, nil
 	}
 	d, _, err := shard.Open(s.DataConfig())

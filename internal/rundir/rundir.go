@@ -125,11 +125,11 @@ func fileExists(path string) bool {
 	return err == nil && st.Mode().IsRegular()
 }
 
-// Name names a job's default run directory: the job's name, or for a
-// GAN job left with the default name ("demo"), "gan".
+// Name names a job's default run directory: the job's name, or for a GAN
+// or synthetic job left with the default name ("demo"), the model's.
 func Name(spec *job.Spec) string {
-	if spec.Name == job.Default().Name && spec.Model == "gan" {
-		return "gan"
+	if spec.Name == job.Default().Name && (spec.Model == "gan" || spec.Model == job.Synthetic) {
+		return spec.Model
 	}
 	return spec.Name
 }

@@ -41,6 +41,7 @@ type Collector struct {
 	ranks   int
 	steps   int64
 	start   time.Time
+	unit    string // what the workers' reports count: "tokens" or "examples"
 	sub     *nats.Subscription
 	console io.Writer
 
@@ -69,12 +70,12 @@ type Display interface {
 // NewCollector starts collecting progress of job (ranks ranks, steps steps),
 // appending records to the file at path and printing them to console (nil
 // for none).
-func NewCollector(nc *nats.Conn, job string, ranks int, steps int64, path string, console io.Writer) (*Collector, error) {
+func NewCollector(nc *nats.Conn, job string, ranks int, steps int64, path, unit string, console io.Writer) (*Collector, error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
-	c := &Collector{job: job, ranks: ranks, steps: steps, start: time.Now(), console: console, file: f,
+	c := &Collector{job: job, ranks: ranks, steps: steps, start: time.Now(), unit: unit, console: console, file: f,
 		enc: json.NewEncoder(f), pending: map[int64]*Record{}, lastTime: time.Now()}
 	c.sub, err = nc.Subscribe(wire.ProgressSubject(job), c.onProgress)
 	if err == nil {
@@ -144,8 +145,8 @@ func (c *Collector) onProgress(m *nats.Msg) {
 			fmt.Fprintf(c.console, "step %*d/%d  D loss %.4f  G loss %.4f  %.1f steps/s\n",
 				len(fmt.Sprint(c.steps)), r.Step, c.steps, r.Loss, r.GLoss, r.StepsPerSec)
 		} else {
-			fmt.Fprintf(c.console, "step %*d/%d  loss %.4f  %.1f steps/s  %.0f tokens/s\n",
-				len(fmt.Sprint(c.steps)), r.Step, c.steps, r.Loss, r.StepsPerSec, r.TokensPerSec)
+			fmt.Fprintf(c.console, "step %*d/%d  loss %.4f  %.1f steps/s  %.0f %s/s\n",
+				len(fmt.Sprint(c.steps)), r.Step, c.steps, r.Loss, r.StepsPerSec, r.TokensPerSec, c.unit)
 		}
 	}
 }
@@ -196,6 +197,8 @@ func (c *Collector) WriteEval(r EvalRecord) {
 	case r.Samples > 0:
 		fmt.Fprintf(c.console, "eval at step %d: Parzen log-likelihood %.1f ± %.1f (sigma %.3f, %d samples, %d %s images)\n",
 			r.Step, r.Parzen, r.ParzenSE, r.Sigma, r.Samples, r.HeldOut, cmp.Or(r.Set, "held-out"))
+	case r.HeldOut == 0: // the synthetic model: a loss alone
+		fmt.Fprintf(c.console, "eval at step %d: loss %.6f\n", r.Step, r.EvalLoss)
 	default:
 		fmt.Fprintf(c.console, "eval at step %d: loss %.4f  perplexity %.2f  BLEU %.2f  exact match %.1f%% of %d\n",
 			r.Step, r.EvalLoss, r.Perplexity, r.BLEU, 100*r.ExactMatch, r.HeldOut)

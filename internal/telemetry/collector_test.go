@@ -20,7 +20,7 @@ func TestCollectorAggregatesRanks(t *testing.T) {
 	nc := testenv.Conn(t, s.ClientURL())
 	defer nc.Close()
 	path := filepath.Join(t.TempDir(), "metrics.jsonl")
-	c, err := NewCollector(nc, "j", 2, 10, path, nil)
+	c, err := NewCollector(nc, "j", 2, 10, path, "tokens", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
