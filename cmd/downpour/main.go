@@ -45,6 +45,7 @@ var commands = []command{
 	{"translate", "translate stdin line by line with a trained checkpoint", cmdTranslate},
 	{"eval", "score a checkpoint: perplexity, BLEU and exact match (Seq2Seq), or the Parzen-window estimate (GAN)", cmdEval},
 	{"plot", "draw a run's loss and evaluation curves as PNG from its metrics.jsonl", cmdPlot},
+	{"scale", "run the load harness: jobs of the synthetic model with many workers and shards, each role a process, and what each cost", cmdScale},
 	{"sample", "draw samples from a GAN checkpoint into a PNG grid (and an idx file)", cmdSample},
 }
 

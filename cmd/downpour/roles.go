@@ -19,6 +19,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/cluster"
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/latency"
 	"github.com/downpour-ml/downpour/internal/rundir"
 	"github.com/downpour-ml/downpour/paramserver"
 	"github.com/downpour-ml/downpour/paramserver/node"
@@ -199,6 +200,7 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	id := fs.String("id", "", "worker id, unique in the job (default host-pid-time)")
 	ttl := fs.Int64("lease-ttl", 10, "seconds without a heartbeat after which the job gives this worker up")
 	wait := fs.Duration("wait", 5*time.Minute, "how long to wait for the job to appear, for a rank, and for the shards")
+	stats := fs.String("stats", "", "when the worker ends, write here (JSON) each step's wait on the shards and each push's and pull's time, by shard, as histograms (the scale harness reads them)")
 	if err := parse(fs, args, stderr, "downpour worker --nats nats://127.0.0.1:4222 --etcd http://127.0.0.1:2379 --job demo"); err != nil {
 		return err
 	}
@@ -215,7 +217,16 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer stopDash()
-	err = worker.Run(r.ctx, worker.Config{Job: *name, ID: *id, NATS: r.nc, Etcd: r.cli, Log: r.log, LeaseTTL: *ttl, WaitTimeout: *wait})
+	var rec *latency.Recorder
+	if *stats != "" {
+		rec = &latency.Recorder{}
+	}
+	err = worker.Run(r.ctx, worker.Config{Job: *name, ID: *id, NATS: r.nc, Etcd: r.cli, Log: r.log, LeaseTTL: *ttl, WaitTimeout: *wait, Record: rec})
+	if rec != nil {
+		if werr := latency.WriteFile(*stats, rec.Summary()); werr != nil {
+			err = errors.Join(err, werr)
+		}
+	}
 	if err := cluster.Cause(r.ctx, err); err != nil {
 		return err
 	}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -163,6 +164,7 @@ type Recorder struct {
 	wait     Histogram
 	requests map[Key]*Histogram
 	steps    int64
+	ends     []int64
 }
 
 // Key names a request histogram: an operation ("push", "pull") to a shard.
@@ -171,11 +173,14 @@ type Key struct {
 	Shard int    `json:"shard"`
 }
 
-// Step records a step that waited wait on the parameter servers.
+// Step records a step, ending now, that waited wait on the parameter
+// servers.
 func (r *Recorder) Step(wait time.Duration) {
+	now := time.Now().UnixNano()
 	r.mu.Lock()
 	r.wait.Add(wait)
 	r.steps++
+	r.ends = append(r.ends, now)
 	r.mu.Unlock()
 }
 
@@ -201,6 +206,9 @@ type Summary struct {
 	Steps    int64       `json:"steps"`
 	Wait     *Histogram  `json:"wait"`
 	Requests []KeyedHist `json:"requests"`
+	// Ends is when each step ended (Unix nanoseconds), in a worker's
+	// summary; Merge leaves them out.
+	Ends []int64 `json:"ends,omitempty"`
 }
 
 // KeyedHist is one request histogram of a Summary.
@@ -213,7 +221,7 @@ type KeyedHist struct {
 func (r *Recorder) Summary() Summary {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s := Summary{Steps: r.steps, Wait: &Histogram{}}
+	s := Summary{Steps: r.steps, Wait: &Histogram{}, Ends: slices.Clone(r.ends)}
 	s.Wait.Merge(&r.wait)
 	for k, h := range r.requests {
 		c := &Histogram{}
@@ -226,7 +234,7 @@ func (r *Recorder) Summary() Summary {
 	return s
 }
 
-// Merge adds o to s.
+// Merge adds o's steps and histograms to s.
 func (s *Summary) Merge(o Summary) {
 	s.Steps += o.Steps
 	if s.Wait == nil {
@@ -256,4 +264,62 @@ func (s *Summary) Op(op string) *Histogram {
 		}
 	}
 	return h
+}
+
+// WriteFile writes s to path as JSON, through a temporary file renamed into
+// place, so that a reader never sees half of it.
+func WriteFile(path string, s Summary) error {
+	b, err := json.Marshal(s)
+	if err != nil {
+		return err
+	}
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return fmt.Errorf("latency: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return fmt.Errorf("latency: %w", err)
+	}
+	return nil
+}
+
+// ReadFile reads a summary WriteFile wrote.
+func ReadFile(path string) (Summary, error) {
+	var s Summary
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return s, fmt.Errorf("latency: %w", err)
+	}
+	if err := json.Unmarshal(b, &s); err != nil {
+		return s, fmt.Errorf("latency: %s: %w", path, err)
+	}
+	return s, nil
+}
+
+// Rate is the steps per second the workers whose step ends are given made
+// together while all of them ran: over the window from the latest of their
+// steps at fraction skip of each one's steps (the warm-up left out) to the
+// earliest of their last steps, the steps that ended in it over its length.
+// It is 0 when the window is empty.
+func Rate(ends [][]int64, skip float64) float64 {
+	var lo, hi int64 = math.MinInt64, math.MaxInt64
+	for _, e := range ends {
+		if len(e) == 0 {
+			continue
+		}
+		lo = max(lo, e[int(skip*float64(len(e)-1))])
+		hi = min(hi, e[len(e)-1])
+	}
+	if lo == math.MinInt64 || hi <= lo {
+		return 0
+	}
+	n := 0
+	for _, e := range ends {
+		for _, t := range e {
+			if t > lo && t <= hi {
+				n++
+			}
+		}
+	}
+	return float64(n) / (float64(hi-lo) / 1e9)
 }

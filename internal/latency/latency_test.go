@@ -158,3 +158,24 @@ func FuzzUnmarshalHistogram(f *testing.F) {
 		}
 	})
 }
+
+// Rate counts the steps that end inside the window where every worker runs
+// past its warm-up: two workers at 10 and 20 steps a second make 30.
+func TestRate(t *testing.T) {
+	var a, b []int64
+	for i := range int64(101) {
+		a = append(a, i*100e6) // 10 a second for 10 s
+	}
+	for i := range int64(181) {
+		b = append(b, 1e9+i*50e6) // 20 a second from 1 s to 10 s
+	}
+	if r := Rate([][]int64{a, b}, 0.1); math.Abs(r-30) > 0.5 {
+		t.Fatalf("rate %v, want 30", r)
+	}
+	if r := Rate([][]int64{a, {}}, 0); math.Abs(r-10) > 0.2 {
+		t.Fatalf("one worker: rate %v, want 10", r)
+	}
+	if r := Rate([][]int64{{5}}, 0); r != 0 {
+		t.Fatalf("one step: rate %v, want 0", r)
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -48,7 +49,8 @@ type Collector struct {
 	mu       sync.Mutex // guards everything below
 	file     *os.File
 	enc      *json.Encoder
-	pending  map[int64]*Record
+	pending  map[int64]*pendingRecord // by the workers' step number
+	held     []*pendingRecord         // complete, waiting for earlier steps; in step order
 	first    *Record
 	last     *Record
 	lastTime time.Time
@@ -76,7 +78,7 @@ func NewCollector(nc *nats.Conn, job string, ranks int, steps int64, path, unit 
 		return nil, fmt.Errorf("metrics: %w", err)
 	}
 	c := &Collector{job: job, ranks: ranks, steps: steps, start: time.Now(), unit: unit, console: console, file: f,
-		enc: json.NewEncoder(f), pending: map[int64]*Record{}, lastTime: time.Now()}
+		enc: json.NewEncoder(f), pending: map[int64]*pendingRecord{}, lastTime: time.Now()}
 	c.sub, err = nc.Subscribe(wire.ProgressSubject(job), c.onProgress)
 	if err == nil {
 		err = nc.Flush()
@@ -98,39 +100,91 @@ func (c *Collector) onProgress(m *nats.Msg) {
 	if c.closed {
 		return
 	}
-	r := c.pending[p.Step]
-	if r == nil {
-		r = &Record{Kind: "train", Step: p.Step + 1} // the workers number steps from 0
-		c.pending[p.Step] = r
+	pr := c.pending[p.Step]
+	if pr == nil {
+		pr = &pendingRecord{r: &Record{Kind: "train", Step: p.Step + 1}, seen: map[uint32]bool{}} // the workers number steps from 0
+		c.pending[p.Step] = pr
 	}
+	if pr.seen[p.Rank] {
+		return // a task run again after its worker died reports its steps again: count each rank once
+	}
+	pr.seen[p.Rank] = true
+	r := pr.r
 	r.Loss += p.Loss
 	r.GLoss += p.Aux
 	r.Tokens += p.Tokens
 	r.Ranks++
 	r.StepSeconds = math.Max(r.StepSeconds, float64(p.Nanos)/1e9)
 	if r.Ranks < c.ranks {
+		c.release(time.Now(), false)
 		return
 	}
 	delete(c.pending, p.Step)
-	now := time.Now()
+	pr.completed = time.Now()
+	i, _ := slices.BinarySearchFunc(c.held, r.Step, func(h *pendingRecord, step int64) int { return cmp.Compare(h.r.Step, step) })
+	c.held = slices.Insert(c.held, i, pr)
+	c.release(pr.completed, false)
+}
+
+// pendingRecord is a step's record while its ranks report, and once
+// complete while it waits for the steps before it.
+type pendingRecord struct {
+	r         *Record
+	seen      map[uint32]bool // the ranks (data shards, with tasks) that reported
+	completed time.Time
+}
+
+// holdFor bounds how long a complete record waits for an earlier step's
+// (whose report may have been lost) before it is written anyway.
+var holdFor = 5 * time.Second
+
+// release writes the complete records in step order: each once no earlier
+// step is still waiting for reports, or once it has waited holdFor (all of
+// them when force). When the data goes out as tasks, data shards reach a
+// step at different times, so a later step can complete first.
+func (c *Collector) release(now time.Time, force bool) {
+	for len(c.held) > 0 {
+		h := c.held[0]
+		if !force && now.Sub(h.completed) < holdFor && c.earlierPending(h.r.Step) {
+			return
+		}
+		c.held = c.held[1:]
+		c.write(h.r, h.completed)
+	}
+}
+
+// earlierPending reports whether a step before step still waits for
+// reports.
+func (c *Collector) earlierPending(step int64) bool {
+	for _, pr := range c.pending {
+		if pr.r.Step < step {
+			return true
+		}
+	}
+	return false
+}
+
+// write finishes record r, complete at time at, and writes it.
+func (c *Collector) write(r *Record, at time.Time) {
 	if r.Tokens > 0 {
 		r.Loss /= float64(r.Tokens)
 		r.GLoss /= float64(r.Tokens)
 	}
-	if c.last != nil && r.Step > c.last.Step {
-		dt := now.Sub(c.lastTime).Seconds()
+	if dt := at.Sub(c.lastTime).Seconds(); c.last != nil && r.Step > c.last.Step && dt > 0 {
 		r.StepsPerSec = float64(r.Step-c.last.Step) / dt
 		r.TokensPerSec = float64(r.Tokens) / dt
 	} else if r.StepSeconds > 0 {
 		r.StepsPerSec = 1 / r.StepSeconds
 		r.TokensPerSec = float64(r.Tokens) / r.StepSeconds
 	}
-	r.Elapsed = now.Sub(c.start).Seconds()
-	r.Time = now.UTC().Format(time.RFC3339Nano)
+	r.Elapsed = at.Sub(c.start).Seconds()
+	r.Time = at.UTC().Format(time.RFC3339Nano)
 	if c.first == nil {
 		c.first = r
 	}
-	c.last, c.lastTime = r, now
+	if c.last == nil || r.Step >= c.last.Step {
+		c.last, c.lastTime = r, at
+	}
 	c.records++
 	metrics.JobStep.WithLabelValues(c.job).Set(float64(r.Step))
 	metrics.JobLoss.WithLabelValues(c.job).Set(r.Loss)
@@ -226,13 +280,16 @@ func (c *Collector) Records() int {
 	return c.records
 }
 
-// WaitStep waits up to timeout until the record of step (counted from 1)
-// has been written,
+// WaitStep waits up to timeout until the record of step (counted from 1),
+// or of a later one, has been written,
 // and reports whether it was.
 func (c *Collector) WaitStep(step int64, timeout time.Duration) bool {
 	deadline := time.Now().Add(timeout)
 	for {
 		c.mu.Lock()
+		if !c.closed {
+			c.release(time.Now(), false)
+		}
 		ok := c.last != nil && c.last.Step >= step
 		c.mu.Unlock()
 		if ok || time.Now().After(deadline) {
@@ -250,6 +307,7 @@ func (c *Collector) Close() error {
 	if c.closed {
 		return c.err
 	}
+	c.release(time.Now(), true)
 	c.closed = true
 	if err := c.file.Close(); err != nil && c.err == nil {
 		c.err = err

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/rundir"
+	"github.com/downpour-ml/downpour/internal/scale"
+	"github.com/downpour-ml/downpour/worker"
+)
+
+// cmdScale runs the load harness: one job per combination of the lists
+// given, each role a process of this binary, and prints and records what
+// each cost.
+func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("scale", flag.ContinueOnError)
+	workers := fs.String("workers", "1,2,4,8,16,32,64", "workers of each job (a comma-separated list: one job each)")
+	shards := fs.String("shards", "4", "parameter-server shards (a list)")
+	params := fs.String("params", "65536", "synthetic model's parameters (a list)")
+	modes := fs.String("mode", "sync,async", "consistency modes (a list)")
+	steps := fs.Int64("steps", 200, "steps of each job")
+	stepMs := fs.Float64("step-ms", 100, "milliseconds each step stands for")
+	faults := fs.String("faults", "", "kill -9 while the job runs: role:index@step, comma-separated (for example worker:3@100,ps:1@150; a killed shard starts again, a killed worker's rank goes to a spare)")
+	ckpt := fs.Int64("checkpoint-every", 0, "the job's checkpoint interval (a sync job needs one to recover a shard; default 20 with faults)")
+	check := fs.Bool("check", true, "check each sync job's final parameters bit for bit against the one-process computation")
+	out := fs.String("out", "", "directory of the runs; results.jsonl gathers one line per job (default runs/scale-<time>)")
+	if err := parse(fs, args, stderr, "downpour scale --workers 1,4,16,64 --shards 16 --mode sync,async"); err != nil {
+		return err
+	}
+	ws, err1 := intList(*workers)
+	ss, err2 := intList(*shards)
+	ps, err3 := intList(*params)
+	fl, err4 := faultList(*faults)
+	for _, err := range []error{err1, err2, err3, err4} {
+		if err != nil {
+			fmt.Fprintf(stderr, "downpour scale: %v\n", err)
+			return errUsage
+		}
+	}
+	if len(fl) > 0 && *ckpt == 0 {
+		*ckpt = 20
+	}
+	bin, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if err := rundir.Prepare(out, "scale"); err != nil {
+		return err
+	}
+	results, err := os.OpenFile(filepath.Join(*out, "results.jsonl"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer results.Close()
+	fmt.Fprintln(stdout, scaleHeader)
+	for _, mode := range strings.Split(*modes, ",") {
+		for _, p := range ps {
+			for _, s := range ss {
+				for _, w := range ws {
+					cfg := scale.Config{Binary: bin, Dir: filepath.Join(*out, fmt.Sprintf("%s-w%d-s%d-p%d", mode, w, s, p)),
+						Workers: w, Shards: s, Mode: mode, Steps: *steps, Params: p, StepMs: *stepMs, Faults: fl, CheckpointEvery: *ckpt}
+					res, err := scale.Run(ctx, cfg)
+					if err != nil {
+						return fmt.Errorf("%d workers, %d shards, %d params, %s: %w", w, s, p, mode, err)
+					}
+					verdict := ""
+					if *check && mode == "sync" {
+						if verdict, err = checkSync(cfg, res); err != nil {
+							return err
+						}
+					}
+					fmt.Fprintln(stdout, scaleRow(res)+verdict)
+					b, _ := json.Marshal(res)
+					if _, err := results.Write(append(b, '\n')); err != nil {
+						return err
+					}
+				}
+			}
+		}
+	}
+	return nil
+}
+
+const scaleHeader = "mode  workers shards   params  steps/s  examples/s  wait p50/p99 ms  push p50/p99 ms  pull p50/p99 ms  busiest shard  NATS msgs/step  etcd req/step  coordinator CPU s, MiB"
+
+func scaleRow(r *scale.Result) string {
+	return fmt.Sprintf("%-5s %7d %6d %8d %8.2f %11.0f %7.1f / %-7.1f %7.1f / %-7.1f %7.1f / %-7.1f %13.2f %15.0f %14.2f %9.2f, %.0f",
+		r.Mode, r.Workers, r.Shards, r.Params, r.StepsPerSec, r.ExamplesPerSec, r.Wait.P50, r.Wait.P99, r.Push.P50, r.Push.P99,
+		r.Pull.P50, r.Pull.P99, r.ShardBusy, r.NATS.Msgs, r.EtcdPerStep, r.CPU.Coordinator, r.MaxRSS.Coordinator)
+}
+
+// checkSync holds a sync job's final parameters to the one-process
+// computation of its spec.
+func checkSync(cfg scale.Config, res *scale.Result) (string, error) {
+	b, err := os.ReadFile(filepath.Join(cfg.Dir, "run", "job.json"))
+	if err != nil {
+		return "", err
+	}
+	spec, err := job.DecodeSpec(b)
+	if err != nil {
+		return "", err
+	}
+	ref := worker.NewSyntheticReference(spec)
+	for step := range spec.Steps {
+		ref.Step(step)
+	}
+	if !slices.Equal(ref.Params(), res.Final) {
+		return "", fmt.Errorf("%d workers, %d shards: the sync job's parameters differ from the one-process computation", cfg.Workers, cfg.Shards)
+	}
+	return "  bit-identical", nil
+}
+
+func intList(s string) ([]int, error) {
+	var out []int
+	for _, f := range strings.Split(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q: want a list of positive numbers", s)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// faultList parses role:index@step,...
+func faultList(s string) ([]scale.Fault, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var out []scale.Fault
+	for _, f := range strings.Split(s, ",") {
+		role, rest, ok1 := strings.Cut(f, ":")
+		idx, at, ok2 := strings.Cut(rest, "@")
+		i, err1 := strconv.Atoi(idx)
+		step, err2 := strconv.ParseInt(at, 10, 64)
+		if !ok1 || !ok2 || err1 != nil || err2 != nil || i < 0 || step < 1 || (role != "worker" && role != "ps") {
+			return nil, fmt.Errorf("fault %q: want worker:<index>@<step> or ps:<index>@<step>", f)
+		}
+		out = append(out, scale.Fault{Role: role, Index: i, AtStep: step})
+	}
+	return out, nil
+}

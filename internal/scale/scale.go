@@ -1,0 +1,519 @@
+// Package scale is the load harness: it runs one job with many workers and
+// shards on one machine, every role a process of the downpour binary with
+// its own NATS connection and etcd client (as on a cluster), against NATS
+// and etcd embedded in the harness's process, and measures what the job
+// cost: throughput, each step's wait on the shards (the sync barrier),
+// push and pull times by shard, each process's CPU and peak memory, the
+// NATS messages and bytes, and the etcd requests by kind.
+//
+// The synthetic load model (models.SyntheticConfig) stands for an
+// accelerator's step with a wait, so that 64 workers fit on 2 cores and the
+// numbers measure downpour rather than the CPU; its sync results are checked
+// bit for bit against worker.SyntheticReference.
+package scale
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/downpour-ml/downpour/internal/checkpoint"
+	"github.com/downpour-ml/downpour/internal/embedded"
+	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/latency"
+	"github.com/downpour-ml/downpour/internal/telemetry"
+)
+
+// Config is one measured job.
+type Config struct {
+	Binary  string // the downpour binary the roles run as
+	Dir     string // where the run goes: each role's log, the workers' stats, the coordinator's run directory
+	Job     string // the job's name
+	Workers int
+	Shards  int
+	Mode    string // sync, ssp or async
+	Steps   int64
+	Params  int     // the synthetic model's parameters
+	Tensors int     // ... in this many tensors (0: 8, or fewer for a small model)
+	StepMs  float64 // its step time
+	LR      float64 // SGD's rate (0: 0.1 in sync mode, 0.1/workers otherwise)
+	// Extra are more flags for the coordinator's job (for example a real
+	// model: --model seq2seq ...), after the harness's own.
+	Extra []string
+	// Faults are killed (kill -9) while the job runs.
+	Faults []Fault
+	// CheckpointEvery is passed on to the job (faults need it in sync mode).
+	CheckpointEvery int64
+	Timeout         time.Duration // the whole job (0: 10 minutes)
+	Log             io.Writer     // progress lines (nil: none)
+}
+
+// Fault is a kill -9 of a role's process once the job reaches a step.
+type Fault struct {
+	Role   string // "worker" or "ps"
+	Index  int    // which one, in start order
+	AtStep int64  // the step the job's metrics have passed
+}
+
+// Result is what a job cost.
+type Result struct {
+	Workers int     `json:"workers"`
+	Shards  int     `json:"shards"`
+	Mode    string  `json:"mode"`
+	Params  int     `json:"params"`
+	StepMs  float64 `json:"step_ms"`
+	Steps   int64   `json:"steps"`
+	Batch   int     `json:"batch"` // examples per worker per step
+	// Throughput while every worker ran, a tenth of the steps in: the
+	// job's steps a second (the workers' steps over the workers: in sync
+	// mode the barrier's rate) and its examples a second.
+	StepsPerSec    float64 `json:"steps_per_sec"`
+	ExamplesPerSec float64 `json:"examples_per_sec"`
+	Seconds        float64 `json:"seconds"` // the whole job, start to done
+	// Wait is each step's time waiting on the shards (for the parameters
+	// the step needs and for the last push to be read); Push and Pull each
+	// request's time, over every shard, and PushByShard its median by shard.
+	Wait        Quantiles   `json:"wait"`
+	Push        Quantiles   `json:"push"`
+	Pull        Quantiles   `json:"pull"`
+	PushByShard []float64   `json:"push_p50_ms_by_shard"`
+	CPU         RoleCosts   `json:"cpu_seconds"`  // by role: summed over its processes
+	MaxRSS      RoleCosts   `json:"max_rss_mib"`  // by role: the largest process's peak
+	ShardBusy   float64     `json:"shard_busy"`   // the busiest shard's CPU over the run's time (1: a core)
+	NATS        Traffic     `json:"nats"`         // per step
+	Etcd        EtcdCounts  `json:"etcd"`         // requests by kind, in the whole job
+	EtcdPerStep float64     `json:"etcd_per_step"` // all kinds, per step
+	Faults      []FaultNote `json:"faults,omitempty"`
+	Final       []float32   `json:"-"` // the final parameters
+}
+
+// Quantiles summarizes a histogram in milliseconds.
+type Quantiles struct {
+	P50   float64 `json:"p50_ms"`
+	P99   float64 `json:"p99_ms"`
+	Mean  float64 `json:"mean_ms"`
+	Max   float64 `json:"max_ms"`
+	Count uint64  `json:"count"`
+}
+
+func quantiles(h *latency.Histogram) Quantiles {
+	ms := func(d time.Duration) float64 { return float64(d) / 1e6 }
+	return Quantiles{P50: ms(h.Quantile(0.5)), P99: ms(h.Quantile(0.99)), Mean: ms(h.Mean()), Max: ms(h.Max()), Count: h.Count()}
+}
+
+// RoleCosts is a cost by role.
+type RoleCosts struct {
+	Coordinator float64 `json:"coordinator"`
+	PS          float64 `json:"ps"`
+	Worker      float64 `json:"worker"`
+}
+
+// Traffic is what went through the NATS server.
+type Traffic struct {
+	Msgs  float64 `json:"msgs"`  // messages into the server
+	Bytes float64 `json:"bytes"` // their bytes
+}
+
+// EtcdCounts is etcd's requests (and stream messages) by gRPC method.
+type EtcdCounts map[string]float64
+
+// FaultNote says what a fault hit and when.
+type FaultNote struct {
+	Fault
+	Step int64   `json:"step"` // the job's step when it was killed
+	PID  int     `json:"pid"`
+	At   float64 `json:"at_seconds"`
+}
+
+func (c *Config) defaults() error {
+	if c.Binary == "" || c.Dir == "" || c.Workers < 1 || c.Shards < 1 || c.Steps < 1 || c.Params < 1 {
+		return errors.New("scale: a binary, a directory, workers, shards, steps and params are needed")
+	}
+	if c.Job == "" {
+		c.Job = "scale"
+	}
+	if c.Mode == "" {
+		c.Mode = "sync"
+	}
+	if c.Tensors == 0 {
+		c.Tensors = min(8, c.Params)
+	}
+	if c.LR == 0 {
+		c.LR = 0.1
+		if c.Mode != "sync" {
+			// Async updates land one by one on parameters up to a round of
+			// pushes old: a rate of 0.1 each diverges at a few workers.
+			c.LR = 0.1 / float64(c.Workers)
+		}
+	}
+	if c.Timeout == 0 {
+		c.Timeout = 10 * time.Minute
+	}
+	if c.Log == nil {
+		c.Log = io.Discard
+	}
+	return nil
+}
+
+// JobArgs are the coordinator's flags for the job.
+func (c *Config) JobArgs() []string {
+	// Blocks small enough that every shard holds some of every size of
+	// model: at least two blocks a shard.
+	block := max(1, min(1<<20, c.Params/(2*c.Shards)))
+	args := []string{"--job", c.Job, "--model", "synthetic", "--workers", strconv.Itoa(c.Workers), "--ps-shards", strconv.Itoa(c.Shards),
+		"--mode", c.Mode, "--steps", strconv.FormatInt(c.Steps, 10), "--synthetic-params", strconv.Itoa(c.Params),
+		"--synthetic-tensors", strconv.Itoa(c.Tensors), "--step-ms", strconv.FormatFloat(c.StepMs, 'g', -1, 64),
+		"--block-size", strconv.Itoa(block), "--lr", strconv.FormatFloat(c.LR, 'g', -1, 64),
+		"--log-every", strconv.FormatInt(max(1, c.Steps/20), 10), "--eval-every", "0"}
+	if c.CheckpointEvery > 0 {
+		args = append(args, "--checkpoint-every", strconv.FormatInt(c.CheckpointEvery, 10))
+	}
+	return append(args, c.Extra...)
+}
+
+// role is a running process of the job.
+type role struct {
+	kind string // coordinator, ps or worker
+	name string
+	args []string
+	cmd  *exec.Cmd
+	log  *os.File
+	done chan struct{}
+	err  error
+	cpu  time.Duration // user and system, once it has exited
+	rss  int64         // peak resident bytes, once it has exited
+}
+
+// Run runs the job of cfg to its end and measures it.
+func Run(ctx context.Context, cfg Config) (*Result, error) {
+	if err := cfg.defaults(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.Dir, 0o755); err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+	defer cancel()
+	c, err := embedded.StartWith(ctx, embedded.Options{Dir: filepath.Join(cfg.Dir, "servers")})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	h := &harness{cfg: cfg, c: c}
+	defer h.stopAll()
+	return h.run(ctx)
+}
+
+type harness struct {
+	cfg   Config
+	c     *embedded.Cluster
+	mu    sync.Mutex
+	roles []*role
+}
+
+func (h *harness) run(ctx context.Context) (*Result, error) {
+	cfg := h.cfg
+	ep := []string{"--nats", h.c.NATSURL, "--etcd", h.c.EtcdEndpoints[0]}
+	nats0, etcd0 := natsIn(h.c.NATS), etcdCounts()
+	start := time.Now()
+	var shards, workers []*role
+	for i := range cfg.Shards {
+		r, err := h.start("ps", fmt.Sprint("ps-", i), append([]string{"ps", "--job", cfg.Job, "--shard", strconv.Itoa(i), "--lease-ttl", "3",
+			"--data-dir", filepath.Join(cfg.Dir, fmt.Sprint("ps-", i))}, ep...))
+		if err != nil {
+			return nil, err
+		}
+		shards = append(shards, r)
+	}
+	for i := range cfg.Workers + len(cfg.Faults) { // a spare for each fault
+		r, err := h.start("worker", fmt.Sprint("worker-", i), append([]string{"worker", "--job", cfg.Job, "--lease-ttl", "3",
+			"--stats", filepath.Join(cfg.Dir, fmt.Sprintf("worker-%d.stats.json", i))}, ep...))
+		if err != nil {
+			return nil, err
+		}
+		workers = append(workers, r)
+	}
+	out := filepath.Join(cfg.Dir, "run")
+	coord, err := h.start("coordinator", "coordinator", append(append([]string{"coordinator", "--out", out}, cfg.JobArgs()...), ep...))
+	if err != nil {
+		return nil, err
+	}
+	metricsPath := filepath.Join(out, "metrics.jsonl")
+	var notes []FaultNote
+	for _, f := range cfg.Faults {
+		note, err := h.inject(ctx, f, metricsPath, shards, workers, start)
+		if err != nil {
+			return nil, err
+		}
+		notes = append(notes, note)
+		fmt.Fprintf(cfg.Log, "fault: kill -9 %s %d (pid %d) at step %d\n", f.Role, f.Index, note.PID, note.Step)
+	}
+	if err := h.wait(ctx, coord); err != nil {
+		return nil, err
+	}
+	seconds := time.Since(start).Seconds()
+	// Every other role ends once the job is done (the faults' victims are
+	// dead already).
+	for _, r := range h.all() {
+		if err := h.wait(ctx, r); err != nil && !slices.ContainsFunc(notes, func(n FaultNote) bool { return n.PID == pidOf(r) }) {
+			return nil, err
+		}
+	}
+	res := &Result{Workers: cfg.Workers, Shards: cfg.Shards, Mode: cfg.Mode, Params: cfg.Params, StepMs: cfg.StepMs, Steps: cfg.Steps,
+		Seconds: seconds, Faults: notes}
+	if err := h.measure(res, metricsPath, nats0, etcd0); err != nil {
+		return nil, err
+	}
+	_, params, err := checkpoint.Read(filepath.Join(out, "checkpoint", "final.ckpt"))
+	if err != nil {
+		return nil, err
+	}
+	res.Final = params
+	return res, nil
+}
+
+// measure fills res from the job's metrics, the workers' stats, the
+// processes' usage and the servers' counters.
+func (h *harness) measure(res *Result, metricsPath string, nats0 Traffic, etcd0 EtcdCounts) error {
+	b, err := os.ReadFile(filepath.Join(filepath.Dir(metricsPath), "job.json"))
+	if err != nil {
+		return err
+	}
+	spec, err := job.DecodeSpec(b)
+	if err != nil {
+		return err
+	}
+	res.Batch = spec.Batch
+	var sum latency.Summary
+	var ends [][]int64
+	for _, r := range h.all() {
+		switch r.kind {
+		case "worker":
+			res.CPU.Worker += r.cpu.Seconds()
+			res.MaxRSS.Worker = max(res.MaxRSS.Worker, float64(r.rss)/(1<<20))
+			path := r.args[slices.Index(r.args, "--stats")+1]
+			s, err := latency.ReadFile(path)
+			if errors.Is(err, os.ErrNotExist) {
+				continue // a fault's victim
+			}
+			if err != nil {
+				return err
+			}
+			sum.Merge(s)
+			ends = append(ends, s.Ends)
+		case "ps":
+			res.CPU.PS += r.cpu.Seconds()
+			res.MaxRSS.PS = max(res.MaxRSS.PS, float64(r.rss)/(1<<20))
+			res.ShardBusy = max(res.ShardBusy, r.cpu.Seconds()/res.Seconds)
+		case "coordinator":
+			res.CPU.Coordinator += r.cpu.Seconds()
+			res.MaxRSS.Coordinator = max(res.MaxRSS.Coordinator, float64(r.rss)/(1<<20))
+		}
+	}
+	if sum.Wait == nil {
+		return errors.New("scale: no worker wrote its stats")
+	}
+	res.Wait, res.Push, res.Pull = quantiles(sum.Wait), quantiles(sum.Op("push")), quantiles(sum.Op("pull"))
+	res.PushByShard = make([]float64, res.Shards)
+	for _, kh := range sum.Requests {
+		if kh.Op == "push" && kh.Shard >= 0 && kh.Shard < res.Shards {
+			res.PushByShard[kh.Shard] = float64(kh.Hist.Quantile(0.5)) / 1e6
+		}
+	}
+	// The workers' steps a second while all of them ran, a tenth of their
+	// steps in; the job's steps are that over the workers (in sync mode,
+	// the rate of the barrier).
+	rate := latency.Rate(ends, 0.1)
+	if rate == 0 {
+		return errors.New("scale: the workers' steps give no time to measure")
+	}
+	res.StepsPerSec, res.ExamplesPerSec = rate/float64(res.Workers), rate*float64(res.Batch)
+	n := natsIn(h.c.NATS)
+	res.NATS = Traffic{Msgs: (n.Msgs - nats0.Msgs) / float64(res.Steps), Bytes: (n.Bytes - nats0.Bytes) / float64(res.Steps)}
+	res.Etcd = EtcdCounts{}
+	for k, v := range etcdCounts() {
+		if d := v - etcd0[k]; d > 0 {
+			res.Etcd[k] = d
+			res.EtcdPerStep += d / float64(res.Steps)
+		}
+	}
+	return nil
+}
+
+// natsIn is what the NATS server has received so far.
+func natsIn(s *server.Server) Traffic {
+	v, err := s.Varz(nil)
+	if err != nil {
+		return Traffic{}
+	}
+	return Traffic{Msgs: float64(v.InMsgs), Bytes: float64(v.InBytes)}
+}
+
+// etcdCounts is the embedded etcd's requests (unary calls and stream
+// messages received) by method, from its gRPC server's metrics.
+func etcdCounts() EtcdCounts {
+	counts := EtcdCounts{}
+	mfs, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		return counts
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "grpc_server_msg_received_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "grpc_method" {
+					counts[l.GetValue()] += m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return counts
+}
+
+// start starts a role's process, its output into <dir>/<name>.log.
+func (h *harness) start(kind, name string, args []string) (*role, error) {
+	log, err := os.Create(filepath.Join(h.cfg.Dir, name+".log"))
+	if err != nil {
+		return nil, err
+	}
+	r := &role{kind: kind, name: name, args: args, cmd: exec.Command(h.cfg.Binary, args...), log: log, done: make(chan struct{})}
+	r.cmd.Stdout, r.cmd.Stderr = log, log
+	if err := r.cmd.Start(); err != nil {
+		log.Close()
+		return nil, err
+	}
+	exited := make(chan struct{})
+	var peak atomic.Int64
+	go func() {
+		// The peak resident memory, read while it runs: a child's rusage
+		// counts the harness's own memory at the fork as the child's.
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			peak.Store(max(peak.Load(), peakRSS(r.cmd.Process.Pid)))
+			select {
+			case <-exited:
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	go func() {
+		r.err = r.cmd.Wait()
+		close(exited)
+		if st := r.cmd.ProcessState; st != nil {
+			r.cpu = st.UserTime() + st.SystemTime()
+		}
+		r.rss = peak.Load()
+		log.Close()
+		close(r.done)
+	}()
+	h.mu.Lock()
+	h.roles = append(h.roles, r)
+	h.mu.Unlock()
+	return r, nil
+}
+
+func (h *harness) all() []*role {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.roles)
+}
+
+func pidOf(r *role) int { return r.cmd.Process.Pid }
+
+// wait waits for r to exit, and says how it failed if it did.
+func (h *harness) wait(ctx context.Context, r *role) error {
+	select {
+	case <-r.done:
+	case <-ctx.Done():
+		return fmt.Errorf("scale: %s did not finish: %w (its log: %s)", r.name, ctx.Err(), r.log.Name())
+	}
+	if r.err != nil {
+		return fmt.Errorf("scale: %s: %v (its log: %s)", r.name, r.err, r.log.Name())
+	}
+	return nil
+}
+
+// stopAll kills what is still running.
+func (h *harness) stopAll() {
+	for _, r := range h.all() {
+		select {
+		case <-r.done:
+		default:
+			r.cmd.Process.Kill()
+			<-r.done
+		}
+	}
+}
+
+// inject waits for the job to pass f.AtStep, then kills f's process with
+// SIGKILL. A killed shard is started again, as a supervisor would; a killed
+// worker's rank goes to a spare.
+func (h *harness) inject(ctx context.Context, f Fault, metricsPath string, shards, workers []*role, start time.Time) (FaultNote, error) {
+	var victim *role
+	switch {
+	case f.Role == "ps" && f.Index >= 0 && f.Index < len(shards):
+		victim = shards[f.Index]
+	case f.Role == "worker" && f.Index >= 0 && f.Index < len(workers):
+		victim = workers[f.Index]
+	default:
+		return FaultNote{}, fmt.Errorf("scale: no %s %d to kill", f.Role, f.Index)
+	}
+	var step int64
+	for step < f.AtStep {
+		select {
+		case <-ctx.Done():
+			return FaultNote{}, fmt.Errorf("scale: the job did not reach step %d: %w", f.AtStep, ctx.Err())
+		case <-time.After(20 * time.Millisecond):
+		}
+		if recs, _, err := telemetry.ReadMetrics(metricsPath); err == nil && len(recs) > 0 {
+			step = recs[len(recs)-1].Step
+		}
+	}
+	note := FaultNote{Fault: f, Step: step, PID: pidOf(victim), At: time.Since(start).Seconds()}
+	victim.cmd.Process.Kill()
+	<-victim.done
+	if f.Role == "ps" {
+		r, err := h.start("ps", victim.name+"-restarted", victim.args)
+		if err != nil {
+			return note, err
+		}
+		shards[f.Index] = r
+	}
+	return note, nil
+}
+
+// peakRSS is a process's peak resident memory so far in bytes (VmHWM), or 0
+// when it cannot be read.
+func peakRSS(pid int) int64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")), 10, 64)
+			if err != nil {
+				return 0
+			}
+			return kb << 10
+		}
+	}
+	return 0
+}
