@@ -90,11 +90,11 @@ type Result struct {
 	Push        Quantiles   `json:"push"`
 	Pull        Quantiles   `json:"pull"`
 	PushByShard []float64   `json:"push_p50_ms_by_shard"`
-	CPU         RoleCosts   `json:"cpu_seconds"`  // by role: summed over its processes
-	MaxRSS      RoleCosts   `json:"max_rss_mib"`  // by role: the largest process's peak
-	ShardBusy   float64     `json:"shard_busy"`   // the busiest shard's CPU over the run's time (1: a core)
-	NATS        Traffic     `json:"nats"`         // per step
-	Etcd        EtcdCounts  `json:"etcd"`         // requests by kind, in the whole job
+	CPU         RoleCosts   `json:"cpu_seconds"`   // by role: summed over its processes
+	MaxRSS      RoleCosts   `json:"max_rss_mib"`   // by role: the largest process's peak
+	ShardBusy   float64     `json:"shard_busy"`    // the busiest shard's CPU over the run's time (1: a core)
+	NATS        Traffic     `json:"nats"`          // per step
+	Etcd        EtcdCounts  `json:"etcd"`          // requests by kind, in the whole job
 	EtcdPerStep float64     `json:"etcd_per_step"` // all kinds, per step
 	Faults      []FaultNote `json:"faults,omitempty"`
 	Final       []float32   `json:"-"` // the final parameters
