@@ -73,14 +73,23 @@ func (t *syntheticTrainer) step(ctx context.Context, s at) error {
 		}
 		wait += time.Since(start)
 	}
+	// Each tensor's share of the step ends at a deadline: the later of the
+	// last one's and its parameters' arrival, plus the share. (Deadlines,
+	// not sleeps of a share each, so that a timer's lateness is not added
+	// up over the tensors.)
 	per := t.spec.Synthetic.StepTime() / time.Duration(len(t.spans))
+	end := time.Now()
 	for _, sp := range t.spans {
 		if t.xfer != nil && t.xerr == nil {
 			w0 := time.Now()
 			t.xerr = t.xfer.WaitRange(sp[0], sp[1])
-			wait += time.Since(w0)
+			if w := time.Since(w0); w > 100*time.Microsecond { // it waited: the share starts on arrival
+				wait += w
+				end = later(end, w0.Add(w))
+			}
 		}
-		if err := sleep(ctx, per); err != nil {
+		end = end.Add(per)
+		if err := sleep(ctx, time.Until(end)); err != nil {
 			return err
 		}
 	}
@@ -122,4 +131,11 @@ func sleep(ctx context.Context, d time.Duration) error {
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+}
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }
