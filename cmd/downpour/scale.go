@@ -31,10 +31,19 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	stepMs := fs.Float64("step-ms", 100, "milliseconds each step stands for")
 	faults := fs.String("faults", "", "kill -9 while the job runs: role:index@step, comma-separated (for example worker:3@100,ps:1@150; a killed shard starts again, a killed worker's rank goes to a spare)")
 	ckpt := fs.Int64("checkpoint-every", 0, "the job's checkpoint interval (a sync job needs one to recover a shard; default 20 with faults)")
+	procs := fs.Int("procs", 0, "GOMAXPROCS of each role's process (0: Go's default, every core)")
 	check := fs.Bool("check", true, "check each sync job's final parameters bit for bit against the one-process computation")
-	out := fs.String("out", "", "directory of the runs; results.jsonl gathers one line per job (default runs/scale-<time>)")
+	out := fs.String("out", "", "directory of the runs; results.jsonl gathers one line per job, and the curves of a sweep (throughput.png, wait.png, etcd.png) go beside it (default runs/scale-<time>)")
+	replot := fs.String("plot", "", "only draw the curves of the sweep in this directory again, from its results.jsonl")
 	if err := parse(fs, args, stderr, "downpour scale --workers 1,4,16,64 --shards 16 --mode sync,async"); err != nil {
 		return err
+	}
+	if *replot != "" {
+		rs, err := scale.ReadResults(filepath.Join(*replot, "results.jsonl"))
+		if err != nil {
+			return err
+		}
+		return scale.Plot(rs, *replot)
 	}
 	ws, err1 := intList(*workers)
 	ss, err2 := intList(*shards)
@@ -62,12 +71,13 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer results.Close()
 	fmt.Fprintln(stdout, scaleHeader)
+	var all []scale.Result
 	for _, mode := range strings.Split(*modes, ",") {
 		for _, p := range ps {
 			for _, s := range ss {
 				for _, w := range ws {
 					cfg := scale.Config{Binary: bin, Dir: filepath.Join(*out, fmt.Sprintf("%s-w%d-s%d-p%d", mode, w, s, p)),
-						Workers: w, Shards: s, Mode: mode, Steps: *steps, Params: p, StepMs: *stepMs, Faults: fl, CheckpointEvery: *ckpt}
+						Workers: w, Shards: s, Mode: mode, Steps: *steps, Params: p, StepMs: *stepMs, Faults: fl, CheckpointEvery: *ckpt, Procs: *procs}
 					res, err := scale.Run(ctx, cfg)
 					if err != nil {
 						return fmt.Errorf("%d workers, %d shards, %d params, %s: %w", w, s, p, mode, err)
@@ -78,6 +88,11 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 							return err
 						}
 					}
+					if err := res.Reconcile(); err != nil {
+						return fmt.Errorf("%d workers, %d shards, %d params, %s: counters: %w", w, s, p, mode, err)
+					}
+					verdict += "  counters reconcile"
+					all = append(all, *res)
 					fmt.Fprintln(stdout, scaleRow(res)+verdict)
 					b, _ := json.Marshal(res)
 					if _, err := results.Write(append(b, '\n')); err != nil {
@@ -87,6 +102,13 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 		}
 	}
+	if scale.Dimension(all) == "" {
+		return nil
+	}
+	if err := scale.Plot(all, *out); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "curves: %s\n", filepath.Join(*out, "*.png"))
 	return nil
 }
 

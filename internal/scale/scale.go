@@ -25,14 +25,19 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/prometheus/client_golang/prometheus"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
 
+	"github.com/downpour-ml/downpour/coordinator"
 	"github.com/downpour-ml/downpour/internal/checkpoint"
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/internal/latency"
 	"github.com/downpour-ml/downpour/internal/telemetry"
 )
@@ -57,8 +62,12 @@ type Config struct {
 	Faults []Fault
 	// CheckpointEvery is passed on to the job (faults need it in sync mode).
 	CheckpointEvery int64
-	Timeout         time.Duration // the whole job (0: 10 minutes)
-	Log             io.Writer     // progress lines (nil: none)
+	// Procs, when positive, is the GOMAXPROCS of every role's process
+	// (many processes sharing few cores waste CPU spinning for work with
+	// more).
+	Procs   int
+	Timeout time.Duration // the whole job (0: 10 minutes)
+	Log     io.Writer     // progress lines (nil: none)
 }
 
 // Fault is a kill -9 of a role's process once the job reaches a step.
@@ -97,7 +106,48 @@ type Result struct {
 	Etcd        EtcdCounts  `json:"etcd"`          // requests by kind, in the whole job
 	EtcdPerStep float64     `json:"etcd_per_step"` // all kinds, per step
 	Faults      []FaultNote `json:"faults,omitempty"`
-	Final       []float32   `json:"-"` // the final parameters
+	// Tasks is the job's task queue at its end (async and ssp jobs hand
+	// their data out as tasks); Shards each surviving shard process's
+	// counters of block gradients.
+	Tasks    *TaskCounts     `json:"tasks,omitempty"`
+	Counters []ShardCounters `json:"shard_counters,omitempty"`
+	Final    []float32       `json:"-"` // the final parameters
+}
+
+// TaskCounts is a task queue's end.
+type TaskCounts struct {
+	Total     int   `json:"total"`
+	Done      int   `json:"done"`
+	Requeued  int   `json:"requeued"`   // given out again after a worker died
+	DataSteps int64 `json:"data_steps"` // data steps the done tasks cover
+}
+
+// ShardCounters is what a shard process said of its block gradients when
+// the job ended.
+type ShardCounters struct {
+	Name                                   string `json:"name"`
+	Accepted, Applied, Skipped, Duplicates int64
+}
+
+// Reconcile checks that a job's counters add up: every task done and every
+// data step of every data shard covered once; on every shard that saw the
+// job end, each accepted block gradient applied (or skipped as non-finite)
+// exactly once.
+func (r *Result) Reconcile() error {
+	if t := r.Tasks; t != nil {
+		if t.Done != t.Total || t.DataSteps != int64(r.Workers)*r.Steps {
+			return fmt.Errorf("tasks: %d of %d done, %d data steps (want %d)", t.Done, t.Total, t.DataSteps, int64(r.Workers)*r.Steps)
+		}
+	}
+	if len(r.Counters) == 0 {
+		return errors.New("no shard reported its counters")
+	}
+	for _, c := range r.Counters {
+		if c.Accepted == 0 || c.Accepted != c.Applied+c.Skipped {
+			return fmt.Errorf("%s: %d block gradients accepted, %d applied, %d skipped", c.Name, c.Accepted, c.Applied, c.Skipped)
+		}
+	}
+	return nil
 }
 
 // Quantiles summarizes a histogram in milliseconds.
@@ -119,6 +169,9 @@ type RoleCosts struct {
 	Coordinator float64 `json:"coordinator"`
 	PS          float64 `json:"ps"`
 	Worker      float64 `json:"worker"`
+	// Servers is the NATS server's and etcd's (the harness's own process,
+	// which embeds them), for CPU only.
+	Servers float64 `json:"servers,omitempty"`
 }
 
 // Traffic is what went through the NATS server.
@@ -227,11 +280,11 @@ type harness struct {
 func (h *harness) run(ctx context.Context) (*Result, error) {
 	cfg := h.cfg
 	ep := []string{"--nats", h.c.NATSURL, "--etcd", h.c.EtcdEndpoints[0]}
-	nats0, etcd0 := natsIn(h.c.NATS), etcdCounts()
+	nats0, etcd0, self0 := natsIn(h.c.NATS), etcdCounts(), selfCPU()
 	start := time.Now()
 	var shards, workers []*role
 	for i := range cfg.Shards {
-		r, err := h.start("ps", fmt.Sprint("ps-", i), append([]string{"ps", "--job", cfg.Job, "--shard", strconv.Itoa(i), "--lease-ttl", "3",
+		r, err := h.start("ps", fmt.Sprint("ps-", i), append([]string{"ps", "-v", "--job", cfg.Job, "--shard", strconv.Itoa(i), "--lease-ttl", "3",
 			"--data-dir", filepath.Join(cfg.Dir, fmt.Sprint("ps-", i))}, ep...))
 		if err != nil {
 			return nil, err
@@ -274,7 +327,11 @@ func (h *harness) run(ctx context.Context) (*Result, error) {
 	}
 	res := &Result{Workers: cfg.Workers, Shards: cfg.Shards, Mode: cfg.Mode, Params: cfg.Params, StepMs: cfg.StepMs, Steps: cfg.Steps,
 		Seconds: seconds, Faults: notes}
+	res.CPU.Servers = (selfCPU() - self0).Seconds()
 	if err := h.measure(res, metricsPath, nats0, etcd0); err != nil {
+		return nil, err
+	}
+	if err := h.counters(ctx, res); err != nil {
 		return nil, err
 	}
 	_, params, err := checkpoint.Read(filepath.Join(out, "checkpoint", "final.ckpt"))
@@ -393,6 +450,9 @@ func (h *harness) start(kind, name string, args []string) (*role, error) {
 	}
 	r := &role{kind: kind, name: name, args: args, cmd: exec.Command(h.cfg.Binary, args...), log: log, done: make(chan struct{})}
 	r.cmd.Stdout, r.cmd.Stderr = log, log
+	if h.cfg.Procs > 0 {
+		r.cmd.Env = append(os.Environ(), fmt.Sprintf("GOMAXPROCS=%d", h.cfg.Procs))
+	}
 	if err := r.cmd.Start(); err != nil {
 		log.Close()
 		return nil, err
@@ -516,4 +576,69 @@ func peakRSS(pid int) int64 {
 		}
 	}
 	return 0
+}
+
+// counters reads the task queue from etcd and each shard's counters from
+// its log's "job done" line.
+func (h *harness) counters(ctx context.Context, res *Result) error {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: h.c.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
+	r, err := cli.Get(ctx, jobetcd.KeysFor(h.cfg.Job).Tasks())
+	if err != nil {
+		return err
+	}
+	if len(r.Kvs) == 1 {
+		q, err := coordinator.DecodeTasks(r.Kvs[0].Value)
+		if err != nil {
+			return err
+		}
+		t := &TaskCounts{Total: len(q.List), Done: q.Count()[jobetcd.TaskDone], DataSteps: q.DoneSteps()}
+		for _, tk := range q.List {
+			t.Requeued += max(0, tk.Attempts-1)
+		}
+		res.Tasks = t
+	}
+	for _, ro := range h.all() {
+		if ro.kind != "ps" {
+			continue
+		}
+		b, err := os.ReadFile(ro.log.Name())
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(string(b), "\n") {
+			if !strings.Contains(line, `msg="job done"`) {
+				continue
+			}
+			c := ShardCounters{Name: ro.name}
+			for _, kv := range strings.Fields(line) {
+				k, v, _ := strings.Cut(kv, "=")
+				n, _ := strconv.ParseInt(v, 10, 64)
+				switch k {
+				case "accepted":
+					c.Accepted = n
+				case "applied":
+					c.Applied = n
+				case "skipped":
+					c.Skipped = n
+				case "duplicates":
+					c.Duplicates = n
+				}
+			}
+			res.Counters = append(res.Counters, c)
+		}
+	}
+	return nil
+}
+
+// selfCPU is this process's CPU time so far, user and system.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -1,0 +1,235 @@
+package scale
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"image/color"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/vg"
+)
+
+// ReadResults reads a results.jsonl file the harness wrote.
+func ReadResults(path string) ([]Result, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var rs []Result
+	sc := bufio.NewScanner(f)
+	sc.Buffer(nil, 1<<20)
+	for line := 1; sc.Scan(); line++ {
+		var r Result
+		if err := json.Unmarshal(sc.Bytes(), &r); err != nil {
+			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
+		}
+		rs = append(rs, r)
+	}
+	return rs, sc.Err()
+}
+
+// Dimension is what a sweep varies: "workers", "shards" or "params".
+func Dimension(rs []Result) string {
+	vary := func(f func(Result) int) bool {
+		return slices.ContainsFunc(rs, func(r Result) bool { return f(r) != f(rs[0]) })
+	}
+	switch {
+	case len(rs) == 0:
+		return ""
+	case vary(func(r Result) int { return r.Workers }):
+		return "workers"
+	case vary(func(r Result) int { return r.Shards }):
+		return "shards"
+	case vary(func(r Result) int { return r.Params }):
+		return "params"
+	}
+	return ""
+}
+
+func (r Result) at(dim string) float64 {
+	switch dim {
+	case "workers":
+		return float64(r.Workers)
+	case "shards":
+		return float64(r.Shards)
+	}
+	return float64(r.Params)
+}
+
+var modeColor = map[string]color.Color{
+	"sync":  color.RGBA{R: 31, G: 119, B: 180, A: 255},
+	"async": color.RGBA{R: 214, G: 39, B: 40, A: 255},
+	"ssp":   color.RGBA{R: 44, G: 160, B: 44, A: 255},
+}
+
+// Plot draws the curves of a sweep along its dimension into dir:
+// throughput.png (examples a second by mode; along workers, beside linear
+// scaling from each mode's smallest job), wait.png (the p50 and p99 of each
+// step's wait on the shards) and, along workers, etcd.png (etcd requests a
+// step beside what membership needs, Membership).
+func Plot(rs []Result, dir string) error {
+	dim := Dimension(rs)
+	if dim == "" {
+		return fmt.Errorf("scale: %d results do not vary in workers, shards or params", len(rs))
+	}
+	label := map[string]string{"workers": "workers", "shards": "parameter-server shards", "params": "parameters (floats)"}[dim]
+	modes := map[string][]Result{}
+	for _, r := range rs {
+		modes[r.Mode] = append(modes[r.Mode], r)
+	}
+	names := slices.Sorted(func(yield func(string) bool) {
+		for m := range modes {
+			if !yield(m) {
+				return
+			}
+		}
+	})
+	for _, m := range names {
+		slices.SortFunc(modes[m], func(a, b Result) int { return int(a.at(dim) - b.at(dim)) })
+	}
+	tp := newLogLog(label, "examples / s")
+	tp.Title.Text = fmt.Sprintf("throughput (%s)", fixedOf(rs[0], dim))
+	wp := newLogLog(label, "wait on the shards per step (ms)")
+	wp.Title.Text = tp.Title.Text
+	for _, m := range names {
+		var xy, p50, p99, ideal plotter.XYs
+		for _, r := range modes[m] {
+			x := r.at(dim)
+			xy = append(xy, plotter.XY{X: x, Y: r.ExamplesPerSec})
+			p50 = append(p50, plotter.XY{X: x, Y: max(r.Wait.P50, 0.01)})
+			p99 = append(p99, plotter.XY{X: x, Y: max(r.Wait.P99, 0.01)})
+			first := modes[m][0]
+			ideal = append(ideal, plotter.XY{X: x, Y: first.ExamplesPerSec * x / first.at(dim)})
+		}
+		if err := addLine(tp, m, xy, modeColor[m], false); err != nil {
+			return err
+		}
+		if dim == "workers" {
+			if err := addLine(tp, m+": linear", ideal, modeColor[m], true); err != nil {
+				return err
+			}
+		}
+		if err := addLine(wp, m+" p50", p50, modeColor[m], false); err != nil {
+			return err
+		}
+		if err := addLine(wp, m+" p99", p99, modeColor[m], true); err != nil {
+			return err
+		}
+	}
+	if err := save(tp, filepath.Join(dir, "throughput.png")); err != nil {
+		return err
+	}
+	if err := save(wp, filepath.Join(dir, "wait.png")); err != nil {
+		return err
+	}
+	if dim != "workers" {
+		return nil
+	}
+	ep := newLogLog(label, "etcd requests per step")
+	ep.Title.Text = "etcd requests per step, all roles"
+	for _, m := range names {
+		var got, want plotter.XYs
+		for _, r := range modes[m] {
+			got = append(got, plotter.XY{X: r.at(dim), Y: r.EtcdPerStep})
+			want = append(want, plotter.XY{X: r.at(dim), Y: Membership(r).PerStep})
+		}
+		if err := addLine(ep, m, got, modeColor[m], false); err != nil {
+			return err
+		}
+		if err := addLine(ep, m+": membership's", want, modeColor[m], true); err != nil {
+			return err
+		}
+	}
+	return save(ep, filepath.Join(dir, "etcd.png"))
+}
+
+func fixedOf(r Result, dim string) string {
+	switch dim {
+	case "workers":
+		return fmt.Sprintf("%d shards, %d parameters, %g ms a step", r.Shards, r.Params, r.StepMs)
+	case "shards":
+		return fmt.Sprintf("%d workers, %d parameters, %g ms a step", r.Workers, r.Params, r.StepMs)
+	}
+	return fmt.Sprintf("%d workers, %d shards, %g ms a step", r.Workers, r.Shards, r.StepMs)
+}
+
+func newLogLog(x, y string) *plot.Plot {
+	p := plot.New()
+	p.X.Label.Text, p.Y.Label.Text = x, y
+	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
+	p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{Prec: -1}, plot.LogTicks{Prec: -1}
+	p.Legend.Top = true
+	p.Legend.Left = true
+	p.Add(plotter.NewGrid())
+	return p
+}
+
+func addLine(p *plot.Plot, name string, xy plotter.XYs, c color.Color, dashed bool) error {
+	l, pts, err := plotter.NewLinePoints(xy)
+	if err != nil {
+		return err
+	}
+	l.Color, pts.Color = c, c
+	if dashed {
+		l.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
+		p.Add(l)
+		p.Legend.Add(name, l)
+		return nil
+	}
+	p.Add(l, pts)
+	p.Legend.Add(name, l, pts)
+	return nil
+}
+
+func save(p *plot.Plot, path string) (err error) {
+	defer func() { // the plotting library panics on some degenerate axes
+		if r := recover(); r != nil {
+			err = fmt.Errorf("drawing %s: %v", path, r)
+		}
+	}()
+	tmp := path + ".tmp.png"
+	if err := p.Save(16*vg.Centimeter, 11*vg.Centimeter, tmp); err != nil {
+		return fmt.Errorf("drawing %s: %w", path, err)
+	}
+	return os.Rename(tmp, path)
+}
+
+// What a job's etcd requests should be when etcd carries membership and
+// data assignment alone (the constants are read off the harness's runs, and
+// Membership's test holds the runs to them).
+const (
+	// SetupPerRole bounds the requests a role process makes to join and
+	// leave: its connection check, lease grant and revoke, registration,
+	// its reads of the spec, the placement and its assignment, and its
+	// watches.
+	SetupPerRole = 20
+	// KeepAlivesPerSecond is a role's lease renewals: a 3 s lease is renewed
+	// every third of its TTL.
+	KeepAlivesPerSecond = 1.0
+	// PerTask bounds a task's requests: the coordinator's hand-out and the
+	// worker's report, and the reads and watch events around them.
+	PerTask = 8
+)
+
+// MembershipCost is the etcd requests membership needs: in the whole job,
+// and per step.
+type MembershipCost struct{ Total, PerStep float64 }
+
+// Membership is the most etcd requests the job of r should need: each
+// process's setup, its keep-alives while the job runs, and each task's.
+// Nothing in it grows with the steps but the keep-alives, which grow with
+// time.
+func Membership(r Result) MembershipCost {
+	roles := float64(r.Workers + r.Shards + 1 + len(r.Faults)) // a spare for each fault, a restarted shard likewise
+	total := roles * (SetupPerRole + KeepAlivesPerSecond*r.Seconds)
+	if r.Tasks != nil {
+		total += PerTask * float64(r.Tasks.Total)
+	}
+	return MembershipCost{Total: total, PerStep: total / float64(r.Steps)}
+}
