@@ -200,21 +200,31 @@ func save(p *plot.Plot, path string) (err error) {
 	return os.Rename(tmp, path)
 }
 
-// What a job's etcd requests should be when etcd carries membership and
-// data assignment alone (the constants are read off the harness's runs, and
-// Membership's test holds the runs to them).
+// What a job's etcd requests should be when etcd carries membership, data
+// assignment and checkpoint records alone. The bounds hold what the
+// harness's runs measured (in brackets: 16 workers and 4 shards, 20 ms
+// steps, 120 steps) with room for a slow machine's retries; Membership's
+// test and TestScale16x4WithFaults hold the runs to them.
 const (
 	// SetupPerRole bounds the requests a role process makes to join and
 	// leave: its connection check, lease grant and revoke, registration,
 	// its reads of the spec, the placement and its assignment, and its
-	// watches.
+	// watches [17.5].
 	SetupPerRole = 20
 	// KeepAlivesPerSecond is a role's lease renewals: a 3 s lease is renewed
-	// every third of its TTL.
+	// every third of its TTL [0.9].
 	KeepAlivesPerSecond = 1.0
 	// PerTask bounds a task's requests: the coordinator's hand-out and the
-	// worker's report, and the reads and watch events around them.
+	// worker's report, and the reads and watch events around them [5.2].
 	PerTask = 8
+	// PerCheckpointShard bounds a checkpoint's requests for each shard: the
+	// shard's snapshot record, and the coordinator's checkpoint record and
+	// task queue copy shared among the shards [1.3].
+	PerCheckpointShard = 3
+	// PerPlacementRole bounds what a new placement (after a fault) costs
+	// each live role: reading it and its assignment again, and renewing
+	// its watches [8].
+	PerPlacementRole = 10
 )
 
 // MembershipCost is the etcd requests membership needs: in the whole job,
@@ -222,14 +232,25 @@ const (
 type MembershipCost struct{ Total, PerStep float64 }
 
 // Membership is the most etcd requests the job of r should need: each
-// process's setup, its keep-alives while the job runs, and each task's.
-// Nothing in it grows with the steps but the keep-alives, which grow with
-// time.
+// process's setup and its keep-alives while the job runs, each task's,
+// each checkpoint's for each shard, and each fault's new placement for
+// every role. Nothing in it grows with the steps but the keep-alives, which
+// grow with time, and the checkpoints, which come every so many steps.
 func Membership(r Result) MembershipCost {
-	roles := float64(r.Workers + r.Shards + 1 + len(r.Faults)) // a spare for each fault, a restarted shard likewise
+	roles := float64(r.Workers + r.Shards + 1 + len(r.Faults)) // a spare worker for each fault
+	for _, f := range r.Faults {
+		if f.Role == "ps" {
+			roles++ // and the killed shard, started again
+		}
+	}
 	total := roles * (SetupPerRole + KeepAlivesPerSecond*r.Seconds)
 	if r.Tasks != nil {
 		total += PerTask * float64(r.Tasks.Total)
 	}
+	if r.CheckpointEvery > 0 {
+		checkpoints := float64(r.Steps/r.CheckpointEvery + int64(len(r.Faults))) // steps done again after a rollback
+		total += checkpoints * PerCheckpointShard * float64(r.Shards)
+	}
+	total += float64(len(r.Faults)) * PerPlacementRole * roles
 	return MembershipCost{Total: total, PerStep: total / float64(r.Steps)}
 }

@@ -86,6 +86,10 @@ type Result struct {
 	StepMs  float64 `json:"step_ms"`
 	Steps   int64   `json:"steps"`
 	Batch   int     `json:"batch"` // examples per worker per step
+	// CheckpointEvery is the job's checkpoint interval in its steps (an
+	// async job's counts the data steps of every worker: workers times
+	// this).
+	CheckpointEvery int64 `json:"checkpoint_every,omitempty"`
 	// Throughput while every worker ran, a tenth of the steps in: the
 	// job's steps a second (the workers' steps over the workers: in sync
 	// mode the barrier's rate) and its examples a second.
@@ -132,7 +136,10 @@ type ShardCounters struct {
 // Reconcile checks that a job's counters add up: every task done and every
 // data step of every data shard covered once; on every shard that saw the
 // job end, each accepted block gradient applied (or skipped as non-finite)
-// exactly once.
+// exactly once. In sync mode a shard applies one update a block and step,
+// the mean of every rank's gradient, so it accepts workers times as many
+// gradients as it applies updates, and a step with a non-finite gradient
+// is skipped whole (its workers' gradients accepted, no update).
 func (r *Result) Reconcile() error {
 	if t := r.Tasks; t != nil {
 		if t.Done != t.Total || t.DataSteps != int64(r.Workers)*r.Steps {
@@ -143,8 +150,17 @@ func (r *Result) Reconcile() error {
 		return errors.New("no shard reported its counters")
 	}
 	for _, c := range r.Counters {
-		if c.Accepted == 0 || c.Accepted != c.Applied+c.Skipped {
-			return fmt.Errorf("%s: %d block gradients accepted, %d applied, %d skipped", c.Name, c.Accepted, c.Applied, c.Skipped)
+		ok := c.Accepted > 0 && c.Accepted == c.Applied+c.Skipped
+		if r.Mode == "sync" {
+			// Each skipped step holds between one and every rank's
+			// gradients non-finite.
+			w := int64(r.Workers)
+			rest := c.Accepted - w*c.Applied
+			ok = c.Accepted > 0 && rest >= 0 && rest%w == 0 && rest/w <= c.Skipped && (rest == 0) == (c.Skipped == 0)
+		}
+		if !ok {
+			return fmt.Errorf("%s: %d block gradients accepted, %d updates applied, %d skipped (%s mode, %d workers)",
+				c.Name, c.Accepted, c.Applied, c.Skipped, r.Mode, r.Workers)
 		}
 	}
 	return nil
@@ -231,8 +247,14 @@ func (c *Config) JobArgs() []string {
 		"--synthetic-tensors", strconv.Itoa(c.Tensors), "--step-ms", strconv.FormatFloat(c.StepMs, 'g', -1, 64),
 		"--block-size", strconv.Itoa(block), "--lr", strconv.FormatFloat(c.LR, 'g', -1, 64),
 		"--log-every", strconv.FormatInt(max(1, c.Steps/20), 10), "--eval-every", "0"}
-	if c.CheckpointEvery > 0 {
-		args = append(args, "--checkpoint-every", strconv.FormatInt(c.CheckpointEvery, 10))
+	if every := c.CheckpointEvery; every > 0 {
+		if c.Mode != "sync" {
+			// An async job counts its checkpoint interval in data steps
+			// done, over every worker: as many job steps apart as in sync
+			// mode is workers times as many data steps.
+			every *= int64(c.Workers)
+		}
+		args = append(args, "--checkpoint-every", strconv.FormatInt(every, 10))
 	}
 	return append(args, c.Extra...)
 }
@@ -325,7 +347,7 @@ func (h *harness) run(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 	}
-	res := &Result{Workers: cfg.Workers, Shards: cfg.Shards, Mode: cfg.Mode, Params: cfg.Params, StepMs: cfg.StepMs, Steps: cfg.Steps,
+	res := &Result{Workers: cfg.Workers, Shards: cfg.Shards, Mode: cfg.Mode, Params: cfg.Params, StepMs: cfg.StepMs, Steps: cfg.Steps, CheckpointEvery: cfg.CheckpointEvery,
 		Seconds: seconds, Faults: notes}
 	res.CPU.Servers = (selfCPU() - self0).Seconds()
 	if err := h.measure(res, metricsPath, nats0, etcd0); err != nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -38,22 +39,52 @@ func TestDimension(t *testing.T) {
 	}
 }
 
-// Membership counts setup and keep-alives for every process (a spare for
-// each fault) and each task's requests, and nothing per step.
+// Membership counts setup and keep-alives for every process (a spare
+// worker for each fault, and a killed shard again), each task's requests,
+// each checkpoint's for each shard, a new placement for every role after a
+// fault, and nothing per step.
 func TestMembership(t *testing.T) {
 	r := Result{Workers: 16, Shards: 4, Steps: 200, Seconds: 30}
-	roles := 21.0
-	if m := Membership(r); m.Total != roles*(SetupPerRole+30*KeepAlivesPerSecond) || m.PerStep != m.Total/200 {
+	// 21 processes, each 20 to set up and 30 keep-alives.
+	if m := Membership(r); m.Total != 21*50 || m.PerStep != 21*50/200.0 {
 		t.Fatalf("membership %+v", m)
 	}
-	r.Faults = []FaultNote{{}}
 	r.Tasks = &TaskCounts{Total: 50}
-	if m := Membership(r); m.Total != (roles+1)*(SetupPerRole+30*KeepAlivesPerSecond)+50*PerTask {
-		t.Fatalf("with a fault and tasks: %+v", m)
+	r.CheckpointEvery = 20
+	// 10 checkpoints of 4 shards, 50 tasks.
+	if m := Membership(r); m.Total != 21*50+10*4*3+50*8 {
+		t.Fatalf("with tasks and checkpoints: %+v", m)
 	}
-	r.Steps *= 2 // the same job, twice the steps in the same time: half a step's share
-	if m := Membership(r); m.PerStep*2*200 != m.Total {
-		t.Fatalf("per step %v of %v", m.PerStep, m.Total)
+	r.Faults = []FaultNote{{Fault: Fault{Role: "worker"}}}
+	// A spare: 22 processes, each reading a new placement; a checkpoint
+	// more (the steps done again).
+	if m := Membership(r); m.Total != 22*50+11*4*3+50*8+22*10 {
+		t.Fatalf("with a worker's fault: %+v", m)
+	}
+	r.Faults[0].Role = "ps"
+	if m := Membership(r); m.Total != 23*50+11*4*3+50*8+23*10 {
+		t.Fatalf("with a shard's fault: %+v", m)
+	}
+	// Twice the steps in the same time: the same requests, half a step's
+	// share.
+	r.Steps *= 2
+	if m := Membership(r); m.Total != 23*50+21*4*3+50*8+23*10 || m.PerStep != m.Total/400 {
+		t.Fatalf("twice the steps: %+v", m)
+	}
+}
+
+// An async job's checkpoint interval is in data steps over every worker.
+func TestJobArgsCheckpointInterval(t *testing.T) {
+	for mode, want := range map[string]string{"sync": "20", "async": "320", "ssp": "320"} {
+		c := Config{Binary: "x", Dir: "d", Workers: 16, Shards: 4, Mode: mode, Steps: 100, Params: 1000, CheckpointEvery: 20}
+		if err := c.defaults(); err != nil {
+			t.Fatal(err)
+		}
+		args := c.JobArgs()
+		i := slices.Index(args, "--checkpoint-every")
+		if i < 0 || args[i+1] != want {
+			t.Errorf("%s: %v", mode, args)
+		}
 	}
 }
 
@@ -80,6 +111,32 @@ func TestReconcile(t *testing.T) {
 		f(&r)
 		if r.Reconcile() == nil {
 			t.Errorf("%s: reconciles", name)
+		}
+	}
+	// Sync: 4 workers' gradients make one update; a skipped step is whole.
+	sync := Result{Workers: 4, Steps: 10, Mode: "sync", Counters: []ShardCounters{{Name: "ps-0", Accepted: 80, Applied: 20}}}
+	if err := sync.Reconcile(); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]ShardCounters{
+		"skipped step":  {Accepted: 80, Applied: 19, Skipped: 1},
+		"skipped whole": {Accepted: 80, Applied: 19, Skipped: 4},
+	} {
+		sync.Counters[0] = c
+		if err := sync.Reconcile(); err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	for name, c := range map[string]ShardCounters{
+		"lost":          {Accepted: 79, Applied: 20},
+		"applied twice": {Accepted: 80, Applied: 21},
+		"part skipped":  {Accepted: 78, Applied: 19, Skipped: 1},
+		"skip unseen":   {Accepted: 80, Applied: 20, Skipped: 1},
+		"async count":   {Accepted: 80, Applied: 80},
+	} {
+		sync.Counters[0] = c
+		if sync.Reconcile() == nil {
+			t.Errorf("sync, %s: reconciles", name)
 		}
 	}
 }
