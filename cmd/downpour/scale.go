@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -35,6 +36,7 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	check := fs.Bool("check", true, "check each sync job's final parameters bit for bit against the one-process computation")
 	out := fs.String("out", "", "directory of the runs; results.jsonl gathers one line per job, and the curves of a sweep (throughput.png, wait.png, etcd.png) go beside it (default runs/scale-<time>)")
 	replot := fs.String("plot", "", "only draw the curves of the sweep in this directory again, from its results.jsonl")
+	fit := fs.String("fit", "", "only fit the cost model to the sweeps in these directories (a list; their results.jsonl, measured on this machine), print its error on every run and its predictions for clusters")
 	if err := parse(fs, args, stderr, "downpour scale --workers 1,4,16,64 --shards 16 --mode sync,async"); err != nil {
 		return err
 	}
@@ -44,6 +46,9 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return err
 		}
 		return scale.Plot(rs, *replot)
+	}
+	if *fit != "" {
+		return fitModel(*fit, stdout)
 	}
 	ws, err1 := intList(*workers)
 	ss, err2 := intList(*shards)
@@ -109,6 +114,36 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	fmt.Fprintf(stdout, "curves: %s\n", filepath.Join(*out, "*.png"))
+	return nil
+}
+
+// The clusters the cost model predicts for: 100 workers and 20 shards on
+// 10 GbE, a NATS server on each shard's machine.
+var modelClusters = []scale.Cluster{
+	// W2 (33M floats), each worker's step the 2.2 s it takes on a core
+	// pair of this machine kind.
+	{Name: "W2-sized", Workers: 100, Shards: 20, Params: 33e6, ComputeSeconds: 2.2, LinkBytesPerSec: 1.25e9, NATSServers: 20},
+	// The paper's model (384M floats), a step of 128 sentences taken as
+	// the second its 8 GPUs needed (6300 words a second, about 50 words a
+	// sentence pair).
+	{Name: "the paper's", Workers: 100, Shards: 20, Params: 384e6, ComputeSeconds: 1, LinkBytesPerSec: 1.25e9, NATSServers: 20},
+}
+
+// fitModel fits the cost model to the sweeps in dirs and reports it.
+func fitModel(dirs string, stdout io.Writer) error {
+	var rs []scale.Result
+	for _, d := range strings.Split(dirs, ",") {
+		r, err := scale.ReadResults(filepath.Join(d, "results.jsonl"))
+		if err != nil {
+			return err
+		}
+		rs = append(rs, r...)
+	}
+	m, err := scale.Fit(rs, float64(runtime.NumCPU()))
+	if err != nil {
+		return err
+	}
+	m.WriteReport(stdout, rs, modelClusters)
 	return nil
 }
 

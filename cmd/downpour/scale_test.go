@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -87,5 +89,45 @@ func TestScaleFlags(t *testing.T) {
 	fl, err := faultList("worker:3@100,ps:1@150")
 	if err != nil || !slices.Equal(fl, []scale.Fault{{Role: "worker", Index: 3, AtStep: 100}, {Role: "ps", Index: 1, AtStep: 150}}) {
 		t.Fatalf("faults %+v, %v", fl, err)
+	}
+}
+
+// --fit reads the sweeps of several directories, fits the cost model and
+// prints its error on each run and its predictions; a missing sweep is an
+// error naming it.
+func TestScaleFit(t *testing.T) {
+	var dirs []string
+	for i, shards := range []int{1, 4} {
+		dir := filepath.Join(t.TempDir(), fmt.Sprint(i))
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		var lines []string
+		for k, w := range []int{1, 4, 16} {
+			r := scale.Result{Workers: w, Shards: shards << k, Params: 65536 << i, Mode: "sync", StepMs: 100, Steps: 100, StepsPerSec: 9 - float64(w)/4, Seconds: 12}
+			r.CPU = scale.RoleCosts{Worker: 0.5 * float64(w), PS: 0.1 * float64(w*shards), Servers: 0.2 * float64(w)}
+			r.Wait.Mean = 3 + float64(i)
+			b, _ := json.Marshal(r)
+			lines = append(lines, string(b))
+		}
+		if err := os.WriteFile(filepath.Join(dir, "results.jsonl"), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		dirs = append(dirs, dir)
+	}
+	code, stdout, stderr := runCmd(t, time.Minute, "scale", "--fit", strings.Join(dirs, ","))
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, want := range []string{"constants: worker step", "largest error:", "W2-sized: 100 workers, 20 shards", "the paper's: 100 workers, 20 shards, 3.84e+08 parameters"} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("no %q in\n%s", want, stdout)
+		}
+	}
+	if n := strings.Count(stdout, "\nsync "); n != 6 {
+		t.Errorf("%d runs checked, want 6:\n%s", n, stdout)
+	}
+	if code, _, stderr := runCmd(t, time.Minute, "scale", "--fit", filepath.Join(t.TempDir(), "none")); code == 0 || !strings.Contains(stderr, "results.jsonl") {
+		t.Errorf("a missing sweep: exit %d, %s", code, stderr)
 	}
 }
