@@ -119,7 +119,7 @@ func TestScaleFit(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d: %s", code, stderr)
 	}
-	for _, want := range []string{"constants: worker step", "largest error:", "W2-sized: 100 workers, 20 shards", "the paper's: 100 workers, 20 shards, 3.84e+08 parameters"} {
+	for _, want := range []string{"largest error:", "W2-sized: 100 workers, 20 shards", "the paper's: 100 workers, 20 shards, 3.84e+08 parameters"} {
 		if !strings.Contains(stdout, want) {
 			t.Errorf("no %q in\n%s", want, stdout)
 		}

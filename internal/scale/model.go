@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"slices"
 
 	"gonum.org/v1/gonum/mat"
 )
@@ -15,98 +16,175 @@ import (
 //
 // A job step of W workers, S shards and P parameters moves, through NATS,
 // M = 4WS messages (each worker's push and pull to each shard, and their
-// replies) and D = 8PW bytes (each worker pushes and pulls 4P). Its CPU,
-// every process's together (workers, shards, NATS, etcd), is
+// replies) and D = 8PW bytes (each worker pushes and pulls 4P). The CPU of
+// each kind of process (the workers, the shards, and the servers: NATS,
+// etcd and the coordinator) is
 //
-//	K = WorkerCPU*W + MsgCPU*M + ByteCPU*D
+//	K = Step*W + Msg*M + Byte*D + Upkeep*(W+S+1)*T
 //
-// and on a machine of Cores cores a step cannot take less than K/Cores.
-// Nor can it take less than its critical path: the compute C (the step
-// time of the synthetic model) and a worker's round trip to the shards,
+// with constants of its own (Costs); the last term is every process's own
+// upkeep, its timers, keep-alives and runtime, for the step's time T. A
+// step's critical path is the compute C (the synthetic model's step time)
+// and a worker's round trip to the shards,
 //
-//	L = Latency0 + LatencyByte*8P,
+//	L = Latency0 + LatencyByte*8P.
 //
-// in sync mode the slowest worker's (the barrier waits for it); in async
-// mode each worker's own. So a sync step takes max(C+L, K/Cores) and an
-// async job makes min(W/(C+L), W*Cores/K) worker steps a second.
+// A step takes at least C+L and at least K/(Cores*Efficiency), the CPU of
+// every process spread over the cores they get; how much of one hides
+// behind the other depends on the mode, so the step time is a soft maximum
+// of the two,
+//
+//	T = ((C+L)^n + (K/(Cores*Efficiency))^n)^(1/n),
+//
+// with n fitted for each mode: a sync job's messages come in a burst at the
+// barrier, all workers at once, and queue behind one another (a small n);
+// an async job's are spread over the step and hide behind the compute
+// until the CPU is nearly full (a larger n). In async mode T is the time of
+// one step of each worker: the job makes W/T worker steps a second.
 type Model struct {
-	WorkerCPU   float64 `json:"worker_cpu_s"`   // CPU seconds a worker step costs besides its messages
-	MsgCPU      float64 `json:"msg_cpu_s"`      // per message, over every process it passes
-	ByteCPU     float64 `json:"byte_cpu_s"`     // per byte of payload, likewise
-	Latency0    float64 `json:"latency0_s"`     // a step's wait on the shards at one worker, no payload
-	LatencyByte float64 `json:"latency_byte_s"` // per byte a worker moves in a step
+	Worker  Costs `json:"worker"`
+	Shard   Costs `json:"shard"`
+	Servers Costs `json:"servers"` // NATS, etcd and the coordinator
+	// Latency0 and LatencyByte are a step's wait on the shards at low load:
+	// with no payload, and for each byte a worker moves.
+	Latency0    float64 `json:"latency0_s"`
+	LatencyByte float64 `json:"latency_byte_s"`
 	Cores       float64 `json:"cores"`          // of the machine the runs shared
-	Efficiency  float64 `json:"cpu_efficiency"` // the share of Cores the processes got when saturated
+	Efficiency  float64 `json:"cpu_efficiency"` // the share of Cores the processes get
+	SyncN       float64 `json:"sync_n"`         // the soft maximum's exponent in sync mode
+	AsyncN      float64 `json:"async_n"`        // in async (and ssp) mode
 }
 
-// cpu is a step's CPU in seconds by the model, and its message and byte
-// counts.
+// Costs is what a kind of process spends, in CPU seconds: a worker step's
+// share besides its messages, a message's and a byte's share, and a
+// process's upkeep a second (a fraction of a core).
+type Costs struct {
+	Step   float64 `json:"step_s"`
+	Msg    float64 `json:"msg_s"`
+	Byte   float64 `json:"byte_s"`
+	Upkeep float64 `json:"upkeep"`
+}
+
+func (c Costs) plus(d Costs) Costs {
+	return Costs{c.Step + d.Step, c.Msg + d.Msg, c.Byte + d.Byte, c.Upkeep + d.Upkeep}
+}
+
+// Total is every kind's costs together.
+func (m Model) Total() Costs { return m.Worker.plus(m.Shard).plus(m.Servers) }
+
+// cpu is a step's CPU in seconds by the model, but for the processes'
+// upkeep.
 func (m Model) cpu(w, s, p float64) float64 {
-	return m.WorkerCPU*w + m.MsgCPU*4*w*s + m.ByteCPU*8*p*w
+	t := m.Total()
+	return t.Step*w + t.Msg*4*w*s + t.Byte*8*p*w
 }
 
 // StepSeconds is the model's time of a job step of r's shape and mode on
 // the machine it was fitted on (for async jobs, the time of one step of
 // each worker: W over the worker steps a second).
 func (m Model) StepSeconds(r Result) float64 {
-	w, s, p := float64(r.Workers), float64(r.Shards), float64(r.Params)
-	lat := r.StepMs/1e3 + m.Latency0 + m.LatencyByte*8*p
-	cpu := m.cpu(w, s, p) / (m.Cores * m.Efficiency)
-	return math.Max(lat, cpu)
+	n := m.SyncN
+	if r.Mode != "sync" {
+		n = m.AsyncN
+	}
+	return m.stepSeconds(r, n, m.Efficiency)
 }
 
-// Fit reads the model's constants off measured runs: the CPU constants by
-// least squares on each run's CPU per step, the latency ones on the runs
-// whose CPU was far from saturated, and the efficiency from the saturated
-// ones. Runs need the servers' CPU (Result.CPU.Servers).
+func (m Model) stepSeconds(r Result, n, eff float64) float64 {
+	w, s, p := float64(r.Workers), float64(r.Shards), float64(r.Params)
+	lat := r.StepMs/1e3 + m.Latency0 + m.LatencyByte*8*p
+	a, b := m.cpu(w, s, p), m.Total().Upkeep*(w+s+1)
+	ce := m.Cores * eff
+	// T = f(T) by iteration: the upkeep's share of the cores, b/ce, is
+	// well under 1 (else no step ends), so f contracts.
+	t := lat
+	for range 100 {
+		next := math.Pow(math.Pow(lat, n)+math.Pow((a+b*t)/ce, n), 1/n)
+		if math.Abs(next-t) <= 1e-12*t {
+			return next
+		}
+		t = next
+	}
+	return t
+}
+
+// Fit reads the model's constants off measured runs: each kind of
+// process's CPU constants by non-negative least squares on its CPU per step
+// (the runs need the servers' CPU, Result.CPU.Servers), the latency on the
+// runs that kept the CPU under a quarter busy, and the efficiency and the
+// two exponents as those that make the largest error over the runs
+// smallest.
 func Fit(rs []Result, cores float64) (Model, error) {
-	m := Model{Cores: cores, Efficiency: 1}
+	m := Model{Cores: cores, Efficiency: 1, SyncN: 1, AsyncN: 1}
 	var rows [][]float64
-	var ks []float64
+	var ks [3][]float64 // CPU per step: workers', shards', servers'
+	var used []Result
 	for _, r := range rs {
-		if r.CPU.Servers == 0 || r.Steps == 0 {
+		if r.CPU.Servers == 0 || r.Steps == 0 || r.Seconds <= 0 || r.StepsPerSec <= 0 {
 			continue
 		}
-		w, s, p := float64(r.Workers), float64(r.Shards), float64(r.Params)
-		rows = append(rows, []float64{w, 4 * w * s, 8 * p * w})
-		ks = append(ks, (r.CPU.Coordinator+r.CPU.PS+r.CPU.Worker+r.CPU.Servers)/float64(r.Steps))
+		w, s, p, n := float64(r.Workers), float64(r.Shards), float64(r.Params), float64(r.Steps)
+		rows = append(rows, []float64{w, 4 * w * s, 8 * p * w, (w + s + 1) * r.Seconds / n})
+		ks[0] = append(ks[0], r.CPU.Worker/n)
+		ks[1] = append(ks[1], r.CPU.PS/n)
+		ks[2] = append(ks[2], (r.CPU.Servers+r.CPU.Coordinator)/n)
+		used = append(used, r)
 	}
-	if len(rows) < 3 {
-		return m, errors.New("scale: the model needs at least 3 runs that measured the servers' CPU")
+	if len(rows) < 4 {
+		return m, errors.New("scale: the model needs at least 4 runs that measured the servers' CPU")
 	}
-	x, err := nonNegativeLeastSquares(rows, ks)
-	if err != nil {
-		return m, err
+	for i, c := range []*Costs{&m.Worker, &m.Shard, &m.Servers} {
+		x, err := nonNegativeLeastSquares(rows, ks[i])
+		if err != nil {
+			return m, fmt.Errorf("%w (the runs must vary the workers, the shards and the parameters apart: fit a sweep of each together)", err)
+		}
+		*c = Costs{Step: x[0], Msg: x[1], Byte: x[2], Upkeep: x[3]}
 	}
-	m.WorkerCPU, m.MsgCPU, m.ByteCPU = x[0], x[1], x[2]
-	// Latency: from runs whose CPU used under half the machine, the wait
-	// against the bytes a worker moves.
+	// Latency: the wait of the runs that kept the CPU under a quarter busy
+	// (against the bytes a worker moves when they vary).
 	var lrows [][]float64
 	var waits []float64
-	for _, r := range rs {
-		if r.Seconds > 0 && m.cpu(float64(r.Workers), float64(r.Shards), float64(r.Params))*float64(r.Steps)/r.Seconds < cores/2 {
+	for _, r := range used {
+		if (r.CPU.Worker+r.CPU.PS+r.CPU.Servers+r.CPU.Coordinator)/r.Seconds < cores/4 {
 			lrows = append(lrows, []float64{1, 8 * float64(r.Params)})
 			waits = append(waits, r.Wait.Mean/1e3)
 		}
 	}
-	if len(lrows) >= 2 {
+	if slices.ContainsFunc(lrows, func(row []float64) bool { return row[1] != lrows[0][1] }) {
 		if l, err := nonNegativeLeastSquares(lrows, waits); err == nil {
 			m.Latency0, m.LatencyByte = l[0], l[1]
 		}
-	}
-	// Efficiency: in the runs the CPU bounds even at every core (a job
-	// step's CPU over the cores longer than its critical path), the share
-	// of the cores the processes had.
-	var got, n float64
-	for _, r := range rs {
-		cpu := m.cpu(float64(r.Workers), float64(r.Shards), float64(r.Params))
-		if lat := r.StepMs/1e3 + m.Latency0 + m.LatencyByte*8*float64(r.Params); cpu/cores > lat && r.StepsPerSec > 0 {
-			got += cpu * r.StepsPerSec / cores
-			n++
+	} else if len(waits) > 0 {
+		for _, w := range waits {
+			m.Latency0 += w / float64(len(waits))
 		}
 	}
-	if n > 0 {
-		m.Efficiency = math.Min(1, got/n)
+	// The efficiency and exponents by search: for each efficiency, each
+	// mode's exponent with the smallest largest error; then the efficiency
+	// whose worse mode is best.
+	best := math.Inf(1)
+	for e := 50; e <= 100; e++ {
+		eff := float64(e) / 100
+		var ns [2]float64
+		var worst [2]float64
+		for mi, sync := range []bool{true, false} {
+			worst[mi] = math.Inf(1)
+			for k := 10; k <= 80; k++ {
+				n := float64(k) / 10
+				w := 0.0
+				for _, r := range used {
+					if (r.Mode == "sync") == sync {
+						w = math.Max(w, math.Abs(1/m.stepSeconds(r, n, eff)-r.StepsPerSec)/r.StepsPerSec)
+					}
+				}
+				if w < worst[mi] {
+					worst[mi], ns[mi] = w, n
+				}
+			}
+		}
+		if w := math.Max(worst[0], worst[1]); w < best {
+			best, m.Efficiency, m.SyncN, m.AsyncN = w, eff, ns[0], ns[1]
+		}
 	}
 	return m, nil
 }
@@ -203,37 +281,41 @@ type Cluster struct {
 type Breakdown struct {
 	Compute    float64 // the worker's pass
 	WorkerLink float64 // its push and pull on its own link (each way at once)
-	ShardLink  float64 // the busiest shard's link: every worker's share of its blocks
-	NATSLink   float64 // a NATS server's link: its share of the pushes in and the pull replies out
+	WorkerCPU  float64 // its CPU for its messages and bytes
+	ShardLink  float64 // a shard's link: every worker's share of its blocks
 	ShardCPU   float64 // a shard's CPU for its messages and bytes
-	WorkerCPU  float64 // a worker's CPU for its messages and bytes
-	Step       float64 // the compute and the slowest part of the transfer, which does not overlap a sync step's compute
-	// ShardsToHide is how many shards keep the shards' links and CPU
-	// within the workers' own transfer time (a power of two; 0: none up
-	// to 65536).
+	NATSLink   float64 // a NATS server's link: its share of the pushes in and the pull replies out
+	NATSCPU    float64 // a NATS server's CPU for its share of the messages and bytes
+	// Step is the compute and the slowest part of the transfer, which a
+	// sync step's compute does not overlap.
+	Step float64
+	// ShardsToHide is how many shards (and NATS servers, one beside each)
+	// keep the shards' and the servers' links and CPU within a worker's
+	// own transfer time (a power of two; 0: none up to 65536).
 	ShardsToHide int
 }
 
-// Predict breaks a sync step of c down with this model's CPU costs.
-// Messages and bytes cost the CPU of the machines they pass: a worker's and
-// a shard's share each of MsgCPU and ByteCPU (a third each; the NATS
-// server's third is in its link term, which dominates it).
+// Predict breaks a sync step of c down with this model's CPU costs, each
+// kind of process's on its own machines.
 func (m Model) Predict(c Cluster) Breakdown {
-	w, s, p := float64(c.Workers), float64(c.Shards), c.Params
-	b := Breakdown{Compute: c.ComputeSeconds}
-	b.WorkerLink = 4 * p / c.LinkBytesPerSec
-	b.ShardLink = 4 * p * w / s / c.LinkBytesPerSec
-	b.NATSLink = 4 * p * w / float64(max(1, c.NATSServers)) / c.LinkBytesPerSec
-	b.ShardCPU = (m.MsgCPU*4*w + m.ByteCPU*8*p*w/s) / 3
-	b.WorkerCPU = (m.MsgCPU*4*s + m.ByteCPU*8*p) / 3
-	b.Step = b.Compute + max(b.WorkerLink+b.WorkerCPU, b.ShardLink, b.ShardCPU, b.NATSLink)
-	// The shards keep up with the workers when their links and CPU take no
-	// longer than a worker's own transfer: 4PW/(nB) and the CPU's share
-	// within 4P/B and the worker's CPU for its 4n messages and 8P bytes.
+	w, p, bw := float64(c.Workers), c.Params, c.LinkBytesPerSec
+	b := Breakdown{Compute: c.ComputeSeconds, WorkerLink: 4 * p / bw}
+	// At s shards and n NATS servers: a worker's transfer, and the
+	// slowest of the shards' and the servers' parts.
+	parts := func(s, n float64) (worker, shard, nats float64, bb Breakdown) {
+		bb = b
+		bb.WorkerCPU = m.Worker.Step + m.Worker.Msg*4*s + m.Worker.Byte*8*p
+		bb.ShardLink = 4 * p * w / s / bw
+		bb.ShardCPU = (m.Shard.Step*w + m.Shard.Msg*4*w*s + m.Shard.Byte*8*p*w) / s
+		bb.NATSLink = 4 * p * w / n / bw
+		bb.NATSCPU = (m.Servers.Msg*4*w*s + m.Servers.Byte*8*p*w) / n
+		return bb.WorkerLink + bb.WorkerCPU, max(bb.ShardLink, bb.ShardCPU), max(bb.NATSLink, bb.NATSCPU), bb
+	}
+	worker, shard, nats, bb := parts(float64(c.Shards), float64(max(1, c.NATSServers)))
+	b = bb
+	b.Step = b.Compute + max(worker, shard, nats)
 	for n := 1; n <= 1<<16; n *= 2 {
-		ns := float64(n)
-		worker := b.WorkerLink + (m.MsgCPU*4*ns+m.ByteCPU*8*p)/3
-		if 4*p*w/ns/c.LinkBytesPerSec <= worker && (m.MsgCPU*4*w+m.ByteCPU*8*p*w/ns)/3 <= worker {
+		if worker, shard, nats, _ := parts(float64(n), float64(n)); shard <= worker && nats <= worker {
 			b.ShardsToHide = n
 			break
 		}
@@ -244,8 +326,15 @@ func (m Model) Predict(c Cluster) Breakdown {
 // WriteReport prints the model's constants, its check against the runs and
 // its predictions.
 func (m Model) WriteReport(w io.Writer, rs []Result, clusters []Cluster) {
-	fmt.Fprintf(w, "constants: worker step %.3g ms CPU, message %.3g us CPU, byte %.3g ns CPU; latency %.3g ms + %.3g ns a byte; %g cores at %.0f%%\n",
-		m.WorkerCPU*1e3, m.MsgCPU*1e6, m.ByteCPU*1e9, m.Latency0*1e3, m.LatencyByte*1e9, m.Cores, 100*m.Efficiency)
+	fmt.Fprintln(w, "CPU        a worker step  a message  a byte  upkeep (a process)")
+	for _, k := range []struct {
+		name string
+		c    Costs
+	}{{"workers", m.Worker}, {"shards", m.Shard}, {"servers", m.Servers}, {"all", m.Total()}} {
+		fmt.Fprintf(w, "%-10s %10.3g ms %7.3g us %5.3g ns %8.3g%% of a core\n", k.name, k.c.Step*1e3, k.c.Msg*1e6, k.c.Byte*1e9, 100*k.c.Upkeep)
+	}
+	fmt.Fprintf(w, "latency %.3g ms + %.3g ns a byte; %g cores at %.0f%%; the soft maximum's exponent %.1f sync, %.1f async\n",
+		m.Latency0*1e3, m.LatencyByte*1e9, m.Cores, 100*m.Efficiency, m.SyncN, m.AsyncN)
 	fmt.Fprintln(w, "mode  workers shards   params  measured steps/s  model  error")
 	worst := 0.0
 	for _, c := range m.CheckAll(rs) {
@@ -255,8 +344,8 @@ func (m Model) WriteReport(w io.Writer, rs []Result, clusters []Cluster) {
 	fmt.Fprintf(w, "largest error: %.0f%%\n", 100*worst)
 	for _, c := range clusters {
 		b := m.Predict(c)
-		fmt.Fprintf(w, "%s: %d workers, %d shards, %.3g parameters, %.3g s compute, %.3g GB/s links, %d NATS servers: step %.3g s = compute %.3g + the slowest of: worker link %.3g and CPU %.3g, shard link %.3g, shard CPU %.3g, NATS link %.3g; shards to keep up with the workers: %d\n",
+		fmt.Fprintf(w, "%s: %d workers, %d shards, %.3g parameters, %.3g s compute, %.3g GB/s links, %d NATS servers: step %.3g s = compute %.3g + the slowest of: worker link %.3g and CPU %.3g, shard link %.3g, shard CPU %.3g, NATS link %.3g, NATS CPU %.3g; shards (and NATS servers) to keep up with the workers: %d\n",
 			c.Name, c.Workers, c.Shards, c.Params, c.ComputeSeconds, c.LinkBytesPerSec/1e9, c.NATSServers, b.Step, b.Compute,
-			b.WorkerLink, b.WorkerCPU, b.ShardLink, b.ShardCPU, b.NATSLink, b.ShardsToHide)
+			b.WorkerLink, b.WorkerCPU, b.ShardLink, b.ShardCPU, b.NATSLink, b.NATSCPU, b.ShardsToHide)
 	}
 }

@@ -10,58 +10,99 @@ import (
 // CPU per step, the wait of the latency, the step time of StepSeconds.
 func runsOf(m Model) []Result {
 	var rs []Result
-	for _, p := range []int{16384, 1 << 20} {
-		for _, s := range []int{1, 4, 16} {
-			for _, w := range []int{1, 2, 4, 8, 16, 32, 64} {
-				r := Result{Workers: w, Shards: s, Params: p, StepMs: 100, Steps: 200, Mode: "sync"}
-				step := m.StepSeconds(r)
-				r.StepsPerSec = 1 / step
-				r.Seconds = step * 200
-				cpu := m.cpu(float64(w), float64(s), float64(p)) * 200
-				r.CPU = RoleCosts{Worker: cpu / 2, PS: cpu / 4, Coordinator: cpu / 8, Servers: cpu / 8}
-				r.Wait.Mean = (m.Latency0 + m.LatencyByte*8*float64(p)) * 1e3
-				rs = append(rs, r)
+	for _, mode := range []string{"sync", "async"} {
+		for _, p := range []int{16384, 1 << 20} {
+			for _, s := range []int{1, 4, 16} {
+				for _, w := range []int{1, 2, 4, 8, 16, 32, 64} {
+					r := Result{Workers: w, Shards: s, Params: p, StepMs: 100, Steps: 200, Mode: mode}
+					step := m.StepSeconds(r)
+					r.StepsPerSec = 1 / step
+					r.Seconds = step * 200
+					cpu := func(c Costs) float64 {
+						w, s, p := float64(w), float64(s), float64(p)
+						return (c.Step*w + c.Msg*4*w*s + c.Byte*8*p*w + c.Upkeep*(w+s+1)*step) * 200
+					}
+					servers := cpu(m.Servers)
+					r.CPU = RoleCosts{Worker: cpu(m.Worker), PS: cpu(m.Shard), Coordinator: servers / 4, Servers: servers * 3 / 4}
+					r.Wait.Mean = (m.Latency0 + m.LatencyByte*8*float64(p)) * 1e3
+					rs = append(rs, r)
+				}
 			}
 		}
 	}
 	return rs
 }
 
+var machine = Model{
+	Worker:   Costs{Step: 4e-3, Msg: 10e-6, Byte: 0.5e-9, Upkeep: 0.002},
+	Shard:    Costs{Step: 0.5e-3, Msg: 15e-6, Byte: 1e-9, Upkeep: 0.001},
+	Servers:  Costs{Step: 0.5e-3, Msg: 15e-6, Byte: 0.5e-9, Upkeep: 0.001},
+	Latency0: 2e-3, LatencyByte: 1e-9, Cores: 2, Efficiency: 0.9, SyncN: 2, AsyncN: 4.5}
+
 // Fit reads back the constants of the machine that made the runs, in both
 // regimes (runs bound by their critical path and runs bound by the CPU).
 func TestFitRecoversTheModel(t *testing.T) {
-	want := Model{WorkerCPU: 5e-3, MsgCPU: 40e-6, ByteCPU: 2e-9, Latency0: 2e-3, LatencyByte: 1e-9, Cores: 2, Efficiency: 0.9}
+	want := machine
 	rs := runsOf(want)
 	var bound, free int
 	for _, r := range rs {
-		if m := want.cpu(float64(r.Workers), float64(r.Shards), float64(r.Params)) / 2; m > r.StepMs/1e3+want.Latency0+want.LatencyByte*8*float64(r.Params) {
+		if cpu := want.cpu(float64(r.Workers), float64(r.Shards), float64(r.Params)) / 2; cpu > r.StepMs/1e3+want.Latency0+want.LatencyByte*8*float64(r.Params) {
 			bound++
 		} else {
 			free++
 		}
 	}
-	if bound < 5 || free < 5 {
+	if bound < 10 || free < 10 {
 		t.Fatalf("the runs do not cover both regimes: %d CPU-bound, %d not", bound, free)
 	}
 	got, err := Fit(rs, 2)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for name, pair := range map[string][2]float64{
-		"worker": {got.WorkerCPU, want.WorkerCPU}, "message": {got.MsgCPU, want.MsgCPU}, "byte": {got.ByteCPU, want.ByteCPU},
-		"latency": {got.Latency0, want.Latency0}, "latency a byte": {got.LatencyByte, want.LatencyByte}, "efficiency": {got.Efficiency, want.Efficiency},
-	} {
-		if math.Abs(pair[0]-pair[1]) > 1e-6*pair[1] {
-			t.Errorf("%s: fitted %g, want %g", name, pair[0], pair[1])
+	near := func(name string, got, want float64) {
+		t.Helper()
+		if math.Abs(got-want) > 1e-6*want {
+			t.Errorf("%s: fitted %g, want %g", name, got, want)
 		}
 	}
+	for _, k := range []struct {
+		name      string
+		got, want Costs
+	}{{"worker", got.Worker, want.Worker}, {"shard", got.Shard, want.Shard}, {"servers", got.Servers, want.Servers}} {
+		near(k.name+" step", k.got.Step, k.want.Step)
+		near(k.name+" message", k.got.Msg, k.want.Msg)
+		near(k.name+" byte", k.got.Byte, k.want.Byte)
+		near(k.name+" upkeep", k.got.Upkeep, k.want.Upkeep)
+	}
+	near("latency", got.Latency0, want.Latency0)
+	near("latency a byte", got.LatencyByte, want.LatencyByte)
+	near("efficiency", got.Efficiency, want.Efficiency)
+	near("sync n", got.SyncN, want.SyncN)
+	near("async n", got.AsyncN, want.AsyncN)
 	for _, c := range got.CheckAll(rs) {
 		if math.Abs(c.Error) > 1e-6 {
 			t.Fatalf("%d workers, %d shards: error %g", c.Workers, c.Shards, c.Error)
 		}
 	}
-	if _, err := Fit(rs[:2], 2); err == nil {
-		t.Fatal("fitted three constants to two runs")
+	if _, err := Fit(rs[:3], 2); err == nil {
+		t.Fatal("fitted four constants to three runs")
+	}
+}
+
+// The step time is the soft maximum of the critical path and the CPU's,
+// with the upkeep growing with the step.
+func TestStepSeconds(t *testing.T) {
+	m := Model{Worker: Costs{Step: 0.1, Upkeep: 0.01}, Latency0: 0.02, Cores: 2, Efficiency: 0.5, SyncN: 2, AsyncN: 4}
+	r := Result{Workers: 10, Shards: 4, StepMs: 100, Mode: "sync"}
+	// lat = 0.12, CPU = (1 + 0.15 T)/1: T^2 = 0.12^2 + (1 + 0.15T)^2.
+	tm := m.StepSeconds(r)
+	if math.Abs(tm*tm-(0.0144+(1+0.15*tm)*(1+0.15*tm))) > 1e-9 {
+		t.Fatalf("sync: %g", tm)
+	}
+	r.Mode = "async"
+	ta := m.StepSeconds(r)
+	if math.Abs(math.Pow(ta, 4)-(math.Pow(0.12, 4)+math.Pow(1+0.15*ta, 4))) > 1e-9 || ta >= tm {
+		t.Fatalf("async: %g (sync %g)", ta, tm)
 	}
 }
 
@@ -88,7 +129,7 @@ func TestNonNegativeLeastSquares(t *testing.T) {
 // A cluster's sync step: the compute and the slowest transfer, every term
 // by hand; the shards needed grow with the workers.
 func TestPredict(t *testing.T) {
-	m := Model{MsgCPU: 30e-6, ByteCPU: 0.3e-9}
+	m := Model{Worker: Costs{Step: 1e-3, Msg: 10e-6, Byte: 0.1e-9}, Shard: Costs{Msg: 10e-6, Byte: 0.2e-9}, Servers: Costs{Msg: 10e-6, Byte: 0.05e-9}}
 	c := Cluster{Workers: 100, Shards: 20, Params: 100e6, ComputeSeconds: 1, LinkBytesPerSec: 1.25e9, NATSServers: 20}
 	b := m.Predict(c)
 	near := func(name string, got, want float64) {
@@ -97,28 +138,31 @@ func TestPredict(t *testing.T) {
 			t.Errorf("%s: %g, want %g", name, got, want)
 		}
 	}
-	near("worker link", b.WorkerLink, 0.32) // 400 MB at 1.25 GB/s
-	near("shard link", b.ShardLink, 1.6)    // 100 workers' 20 MB
-	near("NATS link", b.NATSLink, 1.6)      // on the shards' machines
-	near("shard CPU", b.ShardCPU, (30e-6*400+0.3e-9*8*100e6*100/20)/3)
-	near("worker CPU", b.WorkerCPU, (30e-6*80+0.3e-9*8*100e6)/3)
+	near("worker link", b.WorkerLink, 0.32)                        // 400 MB at 1.25 GB/s
+	near("worker CPU", b.WorkerCPU, 1e-3+10e-6*80+0.1e-9*800e6)    // 80 messages, 800 MB
+	near("shard link", b.ShardLink, 1.6)                           // 100 workers' 20 MB
+	near("shard CPU", b.ShardCPU, (10e-6*4*100*20+0.2e-9*8e10)/20) // 400 messages and 4 GB a shard
+	near("NATS link", b.NATSLink, 1.6)
+	near("NATS CPU", b.NATSCPU, (10e-6*4*100*20+0.05e-9*8e10)/20)
 	near("step", b.Step, 1+1.6)
-	// A worker's own transfer at n shards is 0.32 + (0.0012n + 0.24)/3 s;
-	// the shards' links, 32/n s, fall within it at n = 80 (their CPU at
-	// 21): the power of two above is 128.
+	// A worker's own transfer at n shards is 0.32 + 0.081 + 0.00004n s;
+	// the shards' links, 32/n s, fall within it at n = 80 (their CPU,
+	// 0.004 + 16/n, at 40): the power of two above is 128.
 	if b.ShardsToHide != 128 {
 		t.Fatalf("shards to hide: %d", b.ShardsToHide)
 	}
-	// Ten workers: 3.2/n s within 0.4 + 0.0004n at n = 8, which is where
-	// 20 shards leave the step to the worker's own transfer.
+	// Ten workers: 3.2/n s within 0.4 + 0.00004n at n = 8, where 20 shards
+	// leave the step to the worker's own transfer.
 	c.Workers = 10
-	if b := m.Predict(c); b.ShardsToHide != 8 || b.Step != 1+b.WorkerLink+b.WorkerCPU {
+	b = m.Predict(c)
+	near("10 workers' step", b.Step, 1+b.WorkerLink+b.WorkerCPU)
+	if b.ShardsToHide != 8 {
 		t.Fatalf("10 workers: %+v", b)
 	}
 	// No links to speak of: the CPU decides; the shards' for ten workers'
-	// bytes is within a worker's own from n = 10 on: 16.
+	// bytes, 1.6/n s, is within a worker's 0.081 s from n = 20 on: 32.
 	c.LinkBytesPerSec = 1e15
-	if b := m.Predict(c); b.ShardsToHide != 16 {
+	if b := m.Predict(c); b.ShardsToHide != 32 {
 		t.Fatalf("fast links: %+v", b)
 	}
 }
@@ -126,18 +170,20 @@ func TestPredict(t *testing.T) {
 // The report has the constants, a line a run with its error, the largest
 // error and a line a cluster.
 func TestWriteReport(t *testing.T) {
-	m := Model{WorkerCPU: 5e-3, MsgCPU: 40e-6, ByteCPU: 2e-9, Latency0: 2e-3, LatencyByte: 1e-9, Cores: 2, Efficiency: 0.9}
+	m := machine
 	rs := runsOf(m)[:3]
 	rs[1].StepsPerSec *= 1.25 // the model is 20% slow on it
 	var b strings.Builder
 	m.WriteReport(&b, rs, []Cluster{{Name: "big", Workers: 100, Shards: 20, Params: 384e6, ComputeSeconds: 1, LinkBytesPerSec: 1.25e9, NATSServers: 20}})
 	out := b.String()
-	for _, want := range []string{"constants: worker step 5 ms CPU, message 40 us CPU, byte 2 ns CPU", "-20%", "largest error: 20%", "big: 100 workers, 20 shards"} {
-		if !strings.Contains(out, want) {
+	flat := strings.Join(strings.Fields(out), " ")
+	for _, want := range []string{"workers 4 ms 10 us 0.5 ns 0.2% of a core", "shards 0.5 ms 15 us 1 ns 0.1% of a core", "all 5 ms 40 us 2 ns 0.4% of a core",
+		"latency 2 ms + 1 ns a byte; 2 cores at 90%; the soft maximum's exponent 2.0 sync, 4.5 async", "-20%", "largest error: 20%", "big: 100 workers, 20 shards"} {
+		if !strings.Contains(flat, want) {
 			t.Errorf("no %q in\n%s", want, out)
 		}
 	}
-	if n := strings.Count(out, "\n"); n != 1+1+3+1+1 {
+	if n := strings.Count(out, "\n"); n != 5+1+1+3+1+1 {
 		t.Errorf("%d lines:\n%s", n, out)
 	}
 }
