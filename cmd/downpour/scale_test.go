@@ -13,6 +13,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/scale"
+	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/worker"
 )
 
@@ -129,5 +130,18 @@ func TestScaleFit(t *testing.T) {
 	}
 	if code, _, stderr := runCmd(t, time.Minute, "scale", "--fit", filepath.Join(t.TempDir(), "none")); code == 0 || !strings.Contains(stderr, "results.jsonl") {
 		t.Errorf("a missing sweep: exit %d, %s", code, stderr)
+	}
+}
+
+// A job whose blocks do not fit in the NATS server's messages is refused
+// when the coordinator starts, saying the block size that fits (the load
+// harness met it at 4M parameters: every worker died at its first push and
+// the coordinator waited for workers that could not start).
+func TestCoordinatorRefusesBlocksThatDoNotFit(t *testing.T) {
+	c := testenv.Servers(t)
+	code, _, stderr := runCmd(t, time.Minute, "coordinator", "--nats", c.NATSURL, "--etcd", c.EtcdEndpoints[0], "--out", filepath.Join(t.TempDir(), "run"),
+		"--job", "big", "--preset", "synthetic", "--synthetic-params", "1048576", "--synthetic-tensors", "1", "--block-size", "524288", "--workers", "1", "--ps-shards", "1")
+	if code == 0 || !strings.Contains(stderr, "do not fit in the NATS server's 1048576-byte messages") || !strings.Contains(stderr, "at most 262011 floats") {
+		t.Fatalf("exit %d: %s", code, stderr)
 	}
 }

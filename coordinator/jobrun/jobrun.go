@@ -26,6 +26,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/internal/telemetry"
+	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/paramserver"
 	"github.com/downpour-ml/downpour/paramserver/placement"
 )
@@ -61,6 +62,16 @@ const snapshotTimeout = 5 * time.Second
 // on from the job's state in etcd.
 func Coordinate(ctx context.Context, cfg Config) (*telemetry.Collector, error) {
 	spec, cli, nc, log := cfg.Spec, cfg.Etcd, cfg.NATS, cfg.Log
+	// A block that does not fit in a message would end every worker at its
+	// first push, and the job would wait for workers that cannot start:
+	// refuse it before it starts.
+	largest := 0
+	for _, b := range placement.Place(spec.Tensors(), spec.BlockSize, 1).Blocks {
+		largest = max(largest, b.Len)
+	}
+	if err := wire.FitBlock(largest, nc.MaxPayload()); err != nil {
+		return nil, fmt.Errorf("job %s: %w", spec.Name, err)
+	}
 	lead, tookOver, err := campaign(ctx, cfg)
 	if err != nil {
 		return nil, err

@@ -240,8 +240,9 @@ func (c *Config) defaults() error {
 // JobArgs are the coordinator's flags for the job.
 func (c *Config) JobArgs() []string {
 	// Blocks small enough that every shard holds some of every size of
-	// model: at least two blocks a shard.
-	block := max(1, min(1<<20, c.Params/(2*c.Shards)))
+	// model (at least two blocks a shard), and that fit in a message of
+	// NATS's default max_payload (1 MiB): 512 KiB at most.
+	block := max(1, min(1<<17, c.Params/(2*c.Shards)))
 	args := []string{"--job", c.Job, "--model", "synthetic", "--workers", strconv.Itoa(c.Workers), "--ps-shards", strconv.Itoa(c.Shards),
 		"--mode", c.Mode, "--steps", strconv.FormatInt(c.Steps, 10), "--synthetic-params", strconv.Itoa(c.Params),
 		"--synthetic-tensors", strconv.Itoa(c.Tensors), "--step-ms", strconv.FormatFloat(c.StepMs, 'g', -1, 64),

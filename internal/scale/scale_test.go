@@ -5,10 +5,12 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/downpour-ml/downpour/internal/testenv"
+	"github.com/downpour-ml/downpour/internal/wire"
 )
 
 func sweep() []Result {
@@ -70,6 +72,22 @@ func TestMembership(t *testing.T) {
 	r.Steps *= 2
 	if m := Membership(r); m.Total != 23*50+21*4*3+50*8+23*10 || m.PerStep != m.Total/400 {
 		t.Fatalf("twice the steps: %+v", m)
+	}
+}
+
+// Every model's blocks fit in a message of NATS's default max_payload.
+func TestJobArgsBlocksFit(t *testing.T) {
+	for _, params := range []int{1000, 1 << 20, 4 << 20, 64 << 20} {
+		c := Config{Binary: "x", Dir: "d", Workers: 16, Shards: 4, Steps: 100, Params: params, Tensors: 1}
+		if err := c.defaults(); err != nil {
+			t.Fatal(err)
+		}
+		args := c.JobArgs()
+		i := slices.Index(args, "--block-size")
+		n, _ := strconv.Atoi(args[i+1])
+		if err := wire.FitBlock(n, 1<<20); err != nil || n < 1 {
+			t.Errorf("%d params: block size %d: %v", params, n, err)
+		}
 	}
 }
 

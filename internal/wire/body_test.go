@@ -3,6 +3,7 @@ package wire
 import (
 	"encoding/base64"
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -145,4 +146,25 @@ func FuzzDecodeSplitPush(f *testing.F) {
 			t.Fatalf("accepted a body of %d bytes for blocks of %d", len(body), at)
 		}
 	})
+}
+
+// FitBlock's largest block is the largest Group packs alone: one float
+// more does not fit either way.
+func TestFitBlockAgreesWithGroup(t *testing.T) {
+	for _, payload := range []int64{1 << 20, 8 << 20, 4096} {
+		most := int((payload - Headroom - PerBlock) / 4)
+		if err := FitBlock(most, payload); err != nil {
+			t.Fatalf("%d: %v", payload, err)
+		}
+		if _, err := Group([]int{4 * most}, nil, int(payload)); err != nil {
+			t.Fatalf("%d: FitBlock's %d floats do not pack: %v", payload, most, err)
+		}
+		err := FitBlock(most+1, payload)
+		if err == nil || !strings.Contains(err.Error(), fmt.Sprintf("at most %d floats", most)) {
+			t.Fatalf("%d: %v", payload, err)
+		}
+		if _, err := Group([]int{4 * (most + 1)}, nil, int(payload)); err == nil {
+			t.Fatalf("%d: Group packs a block FitBlock refuses", payload)
+		}
+	}
 }

@@ -13,6 +13,17 @@ const (
 	PerBlock = 18
 )
 
+// FitBlock says whether a block of floats floats fits in a message of
+// maxPayload bytes with its framing; if not, the error says the largest
+// block that does.
+func FitBlock(floats int, maxPayload int64) error {
+	if most := (maxPayload - Headroom - PerBlock) / 4; int64(floats) > most {
+		return fmt.Errorf("blocks of %d floats (%d bytes) do not fit in the NATS server's %d-byte messages (its max_payload): lower --block-size to at most %d floats, or raise max_payload",
+			floats, 4*floats, maxPayload, most)
+	}
+	return nil
+}
+
 // Group cuts a list of blocks, given their data sizes in bytes, into
 // messages of consecutive blocks that fit in maxPayload, and returns the
 // end index of each message. The blocks may come in runs (run[i] is true
