@@ -15,8 +15,11 @@ import (
 // It is pure: time is ticks.
 //
 // Invariants (tested): a task is done at most once, and only by its current
-// owner; a worker owns at most one task; tasks are given out in order (data
-// shard by data shard, step by step), the oldest todo first; the queue is
+// owner; a worker owns at most one task; tasks are given out in order (step
+// range by step range, and within a range data shard by data shard: every
+// data shard starts before any goes on, so that the job's step, the step
+// every data shard has passed, moves from the start), the oldest todo
+// first; the queue is
 // finished when every task is done or failed, and then DoneSteps counts
 // exactly the data steps of the done tasks.
 type Tasks struct {
@@ -31,8 +34,8 @@ type Tasks struct {
 // most per steps.
 func NewTasks(shards int, steps, per, timeout int64, maxAttempts int) *Tasks {
 	q := &Tasks{Timeout: timeout, MaxAttempts: maxAttempts}
-	for s := 0; s < shards; s++ {
-		for f := int64(0); f < steps; f += per {
+	for f := int64(0); f < steps; f += per {
+		for s := 0; s < shards; s++ {
 			q.List = append(q.List, jobetcd.Task{ID: len(q.List), Shard: s, From: f, To: min(f+per, steps), State: jobetcd.TaskTodo})
 		}
 	}

@@ -17,33 +17,33 @@ func TestTasksScript(t *testing.T) {
 		{"count", "todo=6"},
 		{"next a", "0:0:0-10"},
 		{"next a", "0:0:0-10"}, // asking again: the same task
-		{"next b", "1:0:10-20"},
-		{"finish a 1", "no"}, // not a's
+		{"next b", "1:1:0-10"}, // every data shard's first range before any second
+		{"finish a 1", "no"},   // not a's
 		{"finish a 0", "yes"},
 		{"finish a 0", "no"}, // once
-		{"next a", "2:0:20-25"},
-		{"down b", "-"},         // b's task goes back
-		{"next c", "1:0:10-20"}, // the oldest todo first
+		{"next a", "2:0:10-20"},
+		{"down b", "-"},        // b's task goes back
+		{"next c", "1:1:0-10"}, // the oldest todo first
 		{"tick", "-"},
 		{"tick", "-"},
 		{"tick", "c a"},         // both missed their deadline (in task order)
 		{"finish c 1", "no"},    // too late: no longer c's, and failed (given out twice)
-		{"next c", "2:0:20-25"}, // task 2's second attempt
-		{"next a", "3:1:0-10"},
+		{"next c", "2:0:10-20"}, // task 2's second attempt
+		{"next a", "3:1:10-20"},
 		{"tick", "-"},
 		{"tick", "-"},
-		{"tick", "c a"}, // second attempts missed: both fail
+		{"tick", "c a"}, // c's second attempt fails; a's task goes back
 		{"count", "failed=2 todo=3 done=1"},
-		{"next a", "3:1:0-10"}, // its second attempt
+		{"next a", "3:1:10-20"}, // its second attempt
 		{"finish a 3", "yes"},
-		{"next a", "4:1:10-20"},
+		{"next a", "4:0:20-25"},
 		{"finish a 4", "yes"},
 		{"next a", "5:1:20-25"},
 		{"finished", "no"},
 		{"finish a 5", "yes"},
 		{"next a", "none"},
 		{"finished", "yes"},
-		{"donesteps", "35"}, // tasks 0, 3, 4, 5
+		{"donesteps", "30"}, // tasks 0, 3, 4, 5
 	}
 	for _, s := range steps {
 		f := strings.Fields(s.ev)
@@ -118,4 +118,21 @@ func FuzzDecodeTasks(f *testing.F) {
 			t.Fatalf("a decoded queue does not survive its own encoding: %v", err)
 		}
 	})
+}
+
+// As many workers as data shards start every data shard at its first step
+// together: the job's step (the step every data shard has passed) moves
+// from the start. (Given out data shard by data shard, 64 workers began 16
+// data shards at 4 ranges each, and the job's step 1 came only when the
+// last data shard started, 58 s into a 93 s job.)
+func TestTasksStartEveryDataShard(t *testing.T) {
+	q := NewTasks(8, 100, 25, 10, 3)
+	seen := map[int]bool{}
+	for w := range 8 {
+		tk, ok := q.Next(fmt.Sprint("w", w))
+		if !ok || tk.From != 0 || seen[tk.Shard] {
+			t.Fatalf("worker %d: task %+v", w, tk)
+		}
+		seen[tk.Shard] = true
+	}
 }
