@@ -26,9 +26,10 @@ func isTerminal(w io.Writer) bool {
 // telemetry.Display, so the collector feeds it the training records, and an
 // io.Writer, whose lines (evaluations, messages) print above the bar.
 type progressBar struct {
-	out io.Writer
-	p   *mpb.Progress
-	bar *mpb.Bar
+	out  io.Writer
+	p    *mpb.Progress
+	bar  *mpb.Bar
+	unit string // what the throughput counts: tokens or examples
 
 	mu   sync.Mutex // guards info and last
 	info string
@@ -38,9 +39,10 @@ type progressBar struct {
 }
 
 // newProgressBar draws a bar of total steps, starting at from, on out
-// (forced to redraw as a terminal would: tests draw it into a buffer).
-func newProgressBar(out io.Writer, total, from int64) *progressBar {
-	b := &progressBar{out: out, p: mpb.New(mpb.WithOutput(out), mpb.WithAutoRefresh(), mpb.WithWidth(100))}
+// (forced to redraw as a terminal would: tests draw it into a buffer); its
+// throughput counts unit.
+func newProgressBar(out io.Writer, total, from int64, unit string) *progressBar {
+	b := &progressBar{out: out, unit: unit, p: mpb.New(mpb.WithOutput(out), mpb.WithAutoRefresh(), mpb.WithWidth(100))}
 	b.bar = b.p.New(total, mpb.BarStyle().Lbound("[").Filler("=").Tip(">").Padding(" ").Rbound("]"),
 		mpb.PrependDecorators(
 			decor.Name("step "),
@@ -68,7 +70,7 @@ func (b *progressBar) Train(r telemetry.Record, _ int64) {
 	if r.GLoss != 0 {
 		b.info = fmt.Sprintf("  D loss %.4f  G loss %.4f  %.1f steps/s", r.Loss, r.GLoss, r.StepsPerSec)
 	} else {
-		b.info = fmt.Sprintf("  loss %.4f  %.1f steps/s  %.0f tokens/s", r.Loss, r.StepsPerSec, r.TokensPerSec)
+		b.info = fmt.Sprintf("  loss %.4f  %.1f steps/s  %.0f %s/s", r.Loss, r.StepsPerSec, r.TokensPerSec, b.unit)
 	}
 	b.mu.Unlock()
 	if r.StepsPerSec > 0 && n > 0 {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/creack/pty"
 
+	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/telemetry"
 )
 
@@ -94,7 +95,7 @@ func TestTrainWritesLinesWithoutATerminal(t *testing.T) {
 // The bar's own drawing, record by record, into a buffer.
 func TestProgressBarDrawsRecords(t *testing.T) {
 	var buf syncBuffer
-	b := newProgressBar(&buf, 100, 0)
+	b := newProgressBar(&buf, 100, 0, "tokens")
 	for s := int64(10); s <= 100; s += 10 {
 		b.Train(telemetry.Record{Step: s, Loss: 1 / float64(s), StepsPerSec: 50, TokensPerSec: 1000}, 100)
 		time.Sleep(5 * time.Millisecond)
@@ -107,6 +108,16 @@ func TestProgressBarDrawsRecords(t *testing.T) {
 		if !strings.Contains(s, want) {
 			t.Errorf("no %q in %q", want, s)
 		}
+	}
+	// The synthetic load model's throughput is in examples.
+	var ex syncBuffer
+	spec := job.Default()
+	spec.Model = job.Synthetic
+	b = newProgressBar(&ex, 10, 0, spec.Unit())
+	b.Train(telemetry.Record{Step: 10, Loss: 0.5, StepsPerSec: 9, TokensPerSec: 300}, 10)
+	b.Close()
+	if !strings.Contains(ex.String(), "300 examples/s") {
+		t.Errorf("synthetic: %q", ex.String())
 	}
 }
 

@@ -103,7 +103,7 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	defer stopDash()
 	console := io.Writer(stdout)
 	if isTerminal(stdout) {
-		bar := newProgressBar(stdout, spec.Steps, 0)
+		bar := newProgressBar(stdout, spec.Steps, 0, spec.Unit())
 		console = bar
 		defer bar.Close() // on error; after success it is closed below
 	}
@@ -256,7 +256,7 @@ func resumeTrain(ctx context.Context, out, name string, ep endpoints, stdout, st
 	defer stopDash()
 	console := io.Writer(stdout)
 	if isTerminal(stdout) {
-		bar := newProgressBar(stdout, spec.Steps, rp.From)
+		bar := newProgressBar(stdout, spec.Steps, rp.From, spec.Unit())
 		console = bar
 		defer bar.Close()
 	}

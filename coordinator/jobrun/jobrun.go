@@ -81,11 +81,7 @@ func Coordinate(ctx context.Context, cfg Config) (*telemetry.Collector, error) {
 	if err != nil {
 		return nil, err
 	}
-	unit := "tokens"
-	if spec.Model == job.Synthetic {
-		unit = "examples"
-	}
-	col, err := telemetry.NewCollector(nc, spec.Name, spec.Workers, spec.Steps, filepath.Join(cfg.Out, "metrics.jsonl"), unit, cfg.Console)
+	col, err := telemetry.NewCollector(nc, spec.Name, spec.Workers, spec.Steps, filepath.Join(cfg.Out, "metrics.jsonl"), spec.Unit(), cfg.Console)
 	if err != nil {
 		return nil, err
 	}

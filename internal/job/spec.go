@@ -369,6 +369,17 @@ func (s *Spec) ShardConfig() config.Shard {
 	return c
 }
 
+// Unit is what the job's throughput counts (the workers' reports, the
+// console's and metrics' rates): examples for the synthetic load model,
+// tokens otherwise (the GAN's are its samples, which its console lines do
+// not show).
+func (s *Spec) Unit() string {
+	if s.Model == Synthetic {
+		return "examples"
+	}
+	return "tokens"
+}
+
 // Tensors lists the model's parameter tensors.
 func (s *Spec) Tensors() []models.Tensor {
 	switch s.Model {
