@@ -354,6 +354,7 @@ type endpoints struct {
 	verbose   bool
 	logFormat string
 	http      string // the roles' dashboard and metrics address ("" for none)
+	profile   string // where a role writes its CPU profile ("" for none)
 }
 
 func endpointFlags(fs *flag.FlagSet, e *endpoints) {
@@ -400,6 +401,7 @@ func (c choice) Get() any { return c.String() }
 // Prometheus metrics on.
 func httpFlag(fs *flag.FlagSet, e *endpoints) {
 	fs.StringVar(&e.http, "http", "127.0.0.1:0", "serve the dashboard and Prometheus metrics (/metrics) on this address (port 0: any free port; empty: none)")
+	fs.StringVar(&e.profile, "cpuprofile", "", "write this process's CPU profile here when it ends (read it with 'go tool pprof')")
 }
 
 func (e *endpoints) require(cmd string, stderr io.Writer) error {

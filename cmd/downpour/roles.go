@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"time"
 
 	"github.com/downpour-ml/downpour/coordinator"
@@ -142,19 +143,43 @@ type roleProcess struct {
 }
 
 // join connects the process of role to etcd and NATS, as that role.
+// With --cpuprofile, the process's CPU profile runs from here to close.
 func (e *endpoints) join(ctx context.Context, role auth.Role, stderr io.Writer) (*roleProcess, error) {
+	stopProfile, err := startProfile(e.profile)
+	if err != nil {
+		return nil, err
+	}
 	cli, err := e.ConnectEtcd(ctx, role)
 	if err != nil {
+		stopProfile()
 		return nil, err
 	}
 	nc, err := e.ConnectNATS(string(role), role)
 	if err != nil {
 		cli.Close()
+		stopProfile()
 		return nil, err
 	}
 	log := e.logger(stderr)
 	wctx, stop := cluster.Watch(ctx, nc, e.giveUp, log)
-	return &roleProcess{cli: cli, nc: nc, log: log, ctx: wctx, close: func() { stop(); nc.Close(); cli.Close() }}, nil
+	return &roleProcess{cli: cli, nc: nc, log: log, ctx: wctx, close: func() { stop(); nc.Close(); cli.Close(); stopProfile() }}, nil
+}
+
+// startProfile starts a CPU profile written to path ("": none) when the
+// returned stop is called.
+func startProfile(path string) (stop func(), err error) {
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return func() { pprof.StopCPUProfile(); f.Close() }, nil
 }
 
 func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {

@@ -33,6 +33,7 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	faults := fs.String("faults", "", "kill -9 while the job runs: role:index@step, comma-separated (for example worker:3@100,ps:1@150; a killed shard starts again, a killed worker's rank goes to a spare)")
 	ckpt := fs.Int64("checkpoint-every", 0, "the job's checkpoint interval (a sync job needs one to recover a shard; default 20 with faults)")
 	procs := fs.Int("procs", 0, "GOMAXPROCS of each role's process (0: Go's default, every core)")
+	profile := fs.Bool("cpuprofile", false, "have every role write its CPU profile beside its log (<run>/<role>.cpu.pprof; 'go tool pprof' merges them)")
 	check := fs.Bool("check", true, "check each sync job's final parameters bit for bit against the one-process computation")
 	out := fs.String("out", "", "directory of the runs; results.jsonl gathers one line per job, and the curves of a sweep (throughput.png, wait.png, etcd.png) go beside it (default runs/scale-<time>)")
 	replot := fs.String("plot", "", "only draw the curves of the sweep in this directory again, from its results.jsonl")
@@ -82,7 +83,7 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			for _, s := range ss {
 				for _, w := range ws {
 					cfg := scale.Config{Binary: bin, Dir: filepath.Join(*out, fmt.Sprintf("%s-w%d-s%d-p%d", mode, w, s, p)),
-						Workers: w, Shards: s, Mode: mode, Steps: *steps, Params: p, StepMs: *stepMs, Faults: fl, CheckpointEvery: *ckpt, Procs: *procs}
+						Workers: w, Shards: s, Mode: mode, Steps: *steps, Params: p, StepMs: *stepMs, Faults: fl, CheckpointEvery: *ckpt, Procs: *procs, Profile: *profile}
 					res, err := scale.Run(ctx, cfg)
 					if err != nil {
 						return fmt.Errorf("%d workers, %d shards, %d params, %s: %w", w, s, p, mode, err)
@@ -147,12 +148,12 @@ func fitModel(dirs string, stdout io.Writer) error {
 	return nil
 }
 
-const scaleHeader = "mode  workers shards   params  steps/s  examples/s  wait p50/p99 ms  push p50/p99 ms  pull p50/p99 ms  busiest shard  NATS msgs/step  etcd req/step  coordinator CPU s, MiB"
+const scaleHeader = "mode  workers shards   params  steps/s  examples/s  wait p50/p99 ms  push p50/p99 ms  pull p50/p99 ms  busiest shard  NATS msgs/step  etcd req/step  etcd watch/step  coordinator CPU s, MiB"
 
 func scaleRow(r *scale.Result) string {
-	return fmt.Sprintf("%-5s %7d %6d %8d %8.2f %11.0f %7.1f / %-7.1f %7.1f / %-7.1f %7.1f / %-7.1f %13.2f %15.0f %14.2f %9.2f, %.0f",
+	return fmt.Sprintf("%-5s %7d %6d %8d %8.2f %11.0f %7.1f / %-7.1f %7.1f / %-7.1f %7.1f / %-7.1f %13.2f %15.0f %14.2f %16.1f %9.2f, %.0f",
 		r.Mode, r.Workers, r.Shards, r.Params, r.StepsPerSec, r.ExamplesPerSec, r.Wait.P50, r.Wait.P99, r.Push.P50, r.Push.P99,
-		r.Pull.P50, r.Pull.P99, r.ShardBusy, r.NATS.Msgs, r.EtcdPerStep, r.CPU.Coordinator, r.MaxRSS.Coordinator)
+		r.Pull.P50, r.Pull.P99, r.ShardBusy, r.NATS.Msgs, r.EtcdPerStep, r.WatchPerStep, r.CPU.Coordinator, r.MaxRSS.Coordinator)
 }
 
 // checkSync holds a sync job's final parameters to the one-process

@@ -65,7 +65,10 @@ type Config struct {
 	// Procs, when positive, is the GOMAXPROCS of every role's process
 	// (many processes sharing few cores waste CPU spinning for work with
 	// more).
-	Procs   int
+	Procs int
+	// Profile, when set, has every role write its CPU profile to
+	// <Dir>/<role>.cpu.pprof (go tool pprof reads them, one or merged).
+	Profile bool
 	Timeout time.Duration // the whole job (0: 10 minutes)
 	Log     io.Writer     // progress lines (nil: none)
 }
@@ -99,17 +102,20 @@ type Result struct {
 	// Wait is each step's time waiting on the shards (for the parameters
 	// the step needs and for the last push to be read); Push and Pull each
 	// request's time, over every shard, and PushByShard its median by shard.
-	Wait        Quantiles   `json:"wait"`
-	Push        Quantiles   `json:"push"`
-	Pull        Quantiles   `json:"pull"`
-	PushByShard []float64   `json:"push_p50_ms_by_shard"`
-	CPU         RoleCosts   `json:"cpu_seconds"`   // by role: summed over its processes
-	MaxRSS      RoleCosts   `json:"max_rss_mib"`   // by role: the largest process's peak
-	ShardBusy   float64     `json:"shard_busy"`    // the busiest shard's CPU over the run's time (1: a core)
-	NATS        Traffic     `json:"nats"`          // per step
-	Etcd        EtcdCounts  `json:"etcd"`          // requests by kind, in the whole job
-	EtcdPerStep float64     `json:"etcd_per_step"` // all kinds, per step
-	Faults      []FaultNote `json:"faults,omitempty"`
+	Wait        Quantiles  `json:"wait"`
+	Push        Quantiles  `json:"push"`
+	Pull        Quantiles  `json:"pull"`
+	PushByShard []float64  `json:"push_p50_ms_by_shard"`
+	CPU         RoleCosts  `json:"cpu_seconds"`   // by role: summed over its processes
+	MaxRSS      RoleCosts  `json:"max_rss_mib"`   // by role: the largest process's peak
+	ShardBusy   float64    `json:"shard_busy"`    // the busiest shard's CPU over the run's time (1: a core)
+	NATS        Traffic    `json:"nats"`          // per step
+	Etcd        EtcdCounts `json:"etcd"`          // requests by kind, in the whole job
+	EtcdPerStep float64    `json:"etcd_per_step"` // all kinds, per step
+	// WatchPerStep is the watch responses etcd sent a step, over every
+	// watcher: what the job's keys changing costs its watchers.
+	WatchPerStep float64     `json:"etcd_watch_per_step"`
+	Faults       []FaultNote `json:"faults,omitempty"`
 	// Tasks is the job's task queue at its end (async and ssp jobs hand
 	// their data out as tasks); Shards each surviving shard process's
 	// counters of block gradients.
@@ -303,7 +309,8 @@ type harness struct {
 func (h *harness) run(ctx context.Context) (*Result, error) {
 	cfg := h.cfg
 	ep := []string{"--nats", h.c.NATSURL, "--etcd", h.c.EtcdEndpoints[0]}
-	nats0, etcd0, self0 := natsIn(h.c.NATS), etcdCounts(), selfCPU()
+	nats0, etcd0, self0 := natsIn(h.c.NATS), etcdCounts(received), selfCPU()
+	watch0 := etcdCounts(sent)["Watch"]
 	start := time.Now()
 	var shards, workers []*role
 	for i := range cfg.Shards {
@@ -351,7 +358,7 @@ func (h *harness) run(ctx context.Context) (*Result, error) {
 	res := &Result{Workers: cfg.Workers, Shards: cfg.Shards, Mode: cfg.Mode, Params: cfg.Params, StepMs: cfg.StepMs, Steps: cfg.Steps, CheckpointEvery: cfg.CheckpointEvery,
 		Seconds: seconds, Faults: notes}
 	res.CPU.Servers = (selfCPU() - self0).Seconds()
-	if err := h.measure(res, metricsPath, nats0, etcd0); err != nil {
+	if err := h.measure(res, metricsPath, nats0, etcd0, watch0); err != nil {
 		return nil, err
 	}
 	if err := h.counters(ctx, res); err != nil {
@@ -367,7 +374,7 @@ func (h *harness) run(ctx context.Context) (*Result, error) {
 
 // measure fills res from the job's metrics, the workers' stats, the
 // processes' usage and the servers' counters.
-func (h *harness) measure(res *Result, metricsPath string, nats0 Traffic, etcd0 EtcdCounts) error {
+func (h *harness) measure(res *Result, metricsPath string, nats0 Traffic, etcd0 EtcdCounts, watch0 float64) error {
 	b, err := os.ReadFile(filepath.Join(filepath.Dir(metricsPath), "job.json"))
 	if err != nil {
 		return err
@@ -424,12 +431,13 @@ func (h *harness) measure(res *Result, metricsPath string, nats0 Traffic, etcd0 
 	n := natsIn(h.c.NATS)
 	res.NATS = Traffic{Msgs: (n.Msgs - nats0.Msgs) / float64(res.Steps), Bytes: (n.Bytes - nats0.Bytes) / float64(res.Steps)}
 	res.Etcd = EtcdCounts{}
-	for k, v := range etcdCounts() {
+	for k, v := range etcdCounts(received) {
 		if d := v - etcd0[k]; d > 0 {
 			res.Etcd[k] = d
 			res.EtcdPerStep += d / float64(res.Steps)
 		}
 	}
+	res.WatchPerStep = (etcdCounts(sent)["Watch"] - watch0) / float64(res.Steps)
 	return nil
 }
 
@@ -442,16 +450,23 @@ func natsIn(s *server.Server) Traffic {
 	return Traffic{Msgs: float64(v.InMsgs), Bytes: float64(v.InBytes)}
 }
 
-// etcdCounts is the embedded etcd's requests (unary calls and stream
-// messages received) by method, from its gRPC server's metrics.
-func etcdCounts() EtcdCounts {
+// The embedded etcd's gRPC server's counters of messages (unary calls and
+// stream messages) received and sent.
+const (
+	received = "grpc_server_msg_received_total"
+	sent     = "grpc_server_msg_sent_total"
+)
+
+// etcdCounts is the embedded etcd's messages received or sent by method,
+// from its gRPC server's metrics.
+func etcdCounts(metric string) EtcdCounts {
 	counts := EtcdCounts{}
 	mfs, err := prometheus.DefaultGatherer.Gather()
 	if err != nil {
 		return counts
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != "grpc_server_msg_received_total" {
+		if mf.GetName() != metric {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
@@ -467,6 +482,9 @@ func etcdCounts() EtcdCounts {
 
 // start starts a role's process, its output into <dir>/<name>.log.
 func (h *harness) start(kind, name string, args []string) (*role, error) {
+	if h.cfg.Profile {
+		args = append(slices.Clip(args), "--cpuprofile", filepath.Join(h.cfg.Dir, name+".cpu.pprof"))
+	}
 	log, err := os.Create(filepath.Join(h.cfg.Dir, name+".log"))
 	if err != nil {
 		return nil, err
