@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/job"
@@ -195,9 +196,10 @@ func runTasks(ctx context.Context, cfg Config, spec *job.Spec, t trainer, lease 
 	var last jobetcd.Task
 	for {
 		var task jobetcd.Task
-		err := jobetcd.WaitPrefix(ctx, cfg.Etcd, keys.TaskOf(cfg.ID), 1<<62, func(kvs map[string][]byte) bool {
+		err := jobetcd.WaitKeys(ctx, cfg.Etcd, []string{keys.TaskOf(cfg.ID)}, 1<<62, func(kvs map[string]*mvccpb.KeyValue) bool {
 			task = jobetcd.Task{}
-			return json.Unmarshal(kvs[keys.TaskOf(cfg.ID)], &task) == nil && task.ID >= 0 && task != last
+			kv := kvs[keys.TaskOf(cfg.ID)]
+			return kv != nil && json.Unmarshal(kv.Value, &task) == nil && task.ID >= 0 && task != last
 		})
 		if err != nil {
 			return err

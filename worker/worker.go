@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/job"
@@ -115,8 +116,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	// a rank is free, and leaves when the job ends without needing it.
 	var assignData []byte
 	jobDone := false
-	err = jobetcd.WaitPrefix(ctx, cfg.Etcd, keys.Root(), 1<<62, func(kvs map[string][]byte) bool {
-		assignData, jobDone = kvs[keys.Assign(cfg.ID)], string(kvs[keys.State()]) == jobetcd.StateDone
+	err = jobetcd.WaitKeys(ctx, cfg.Etcd, []string{keys.Assign(cfg.ID), keys.State()}, 1<<62, func(kvs map[string]*mvccpb.KeyValue) bool {
+		if kv := kvs[keys.Assign(cfg.ID)]; kv != nil {
+			assignData = kv.Value
+		}
+		jobDone = kvs[keys.State()] != nil && string(kvs[keys.State()].Value) == jobetcd.StateDone
 		return assignData != nil || jobDone
 	})
 	if err != nil {

@@ -31,71 +31,46 @@ func ReadPlacement(ctx context.Context, cli *clientv3.Client, name string) (*pla
 
 // NextPlacement waits until the job's placement is newer than version and
 // returns it (with the revision that wrote it), or returns nil once the job
-// is done. Only ctx bounds the wait.
+// is done. Only ctx bounds the wait. It watches the job's state and
+// placement keys only (jobetcd.WaitKeys): every role waits here for the
+// whole job.
 func NextPlacement(ctx context.Context, cli *clientv3.Client, name string, version int64) (*placement.Placement, int64, error) {
 	keys := jobetcd.KeysFor(name)
-	ctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	// check reports whether kv ends the wait: a newer placement, or done.
-	var next *placement.Placement
-	var rev int64
-	check := func(kv *mvccpb.KeyValue) (bool, error) {
-		switch string(kv.Key) {
-		case keys.State():
-			return string(kv.Value) == jobetcd.StateDone, nil
-		case keys.Placement():
-			p, err := placement.Decode(kv.Value)
-			if err != nil {
-				return false, err
-			}
-			if p.Version > version {
-				next, rev = p, kv.ModRevision
-				return true, nil
-			}
-		}
-		return false, nil
-	}
 	// An etcd leader change ends the watch (and may fail the read): read
 	// and watch again, which misses nothing, since the state and the
 	// placement are read afresh.
 	for ; ; time.Sleep(200 * time.Millisecond) {
-		r, err := cli.Txn(ctx).Then(clientv3.OpGet(keys.State()), clientv3.OpGet(keys.Placement())).Commit()
-		if err != nil {
-			if jobetcd.Transient(err) && ctx.Err() == nil {
-				continue
+		var next *placement.Placement
+		var rev int64
+		var bad error
+		err := jobetcd.WaitKeys(ctx, cli, []string{keys.State(), keys.Placement()}, 1<<62, func(kvs map[string]*mvccpb.KeyValue) bool {
+			if kv := kvs[keys.State()]; kv != nil && string(kv.Value) == jobetcd.StateDone {
+				return true
 			}
-			return nil, 0, fmt.Errorf("reading job %s: %w", name, err)
-		}
-		for _, op := range r.Responses {
-			for _, kv := range op.GetResponseRange().Kvs {
-				if stop, err := check(kv); err != nil || stop {
-					return next, rev, err
-				}
+			kv := kvs[keys.Placement()]
+			if kv == nil {
+				return false
 			}
-		}
-		wctx, wcancel := context.WithCancel(ctx)
-		wc := cli.Watch(wctx, keys.Root(), clientv3.WithPrefix(), clientv3.WithRev(r.Header.Revision+1))
-		var werr error
-		for wr := range wc {
-			if werr = wr.Err(); werr != nil {
-				break
+			p, err := placement.Decode(kv.Value)
+			if err != nil {
+				bad = err
+				return true
 			}
-			for _, ev := range wr.Events {
-				if ev.Type != mvccpb.PUT {
-					continue
-				}
-				if stop, err := check(ev.Kv); err != nil || stop {
-					wcancel()
-					return next, rev, err
-				}
+			if p.Version > version {
+				next, rev = p, kv.ModRevision
+				return true
 			}
-		}
-		wcancel()
-		if ctx.Err() != nil {
+			return false
+		})
+		switch {
+		case err == nil:
+			return next, rev, bad
+		case jobetcd.Transient(err) && ctx.Err() == nil:
+			continue
+		case ctx.Err() != nil:
 			return nil, 0, ctx.Err()
-		}
-		if werr != nil && !jobetcd.Transient(werr) {
-			return nil, 0, fmt.Errorf("watching job %s: %w", name, werr)
+		default:
+			return nil, 0, fmt.Errorf("watching job %s: %w", name, err)
 		}
 	}
 }

@@ -3,6 +3,7 @@ package jobetcd
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -10,6 +11,7 @@ import (
 	"time"
 
 	"github.com/downpour-ml/downpour/internal/testenv"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -194,5 +196,59 @@ func TestLeaseLostOnlyWhenEtcdSaysSo(t *testing.T) {
 	case <-l.Lost():
 	case <-time.After(5 * time.Second):
 		t.Fatal("an expired lease is still not lost 5 s after etcd is back")
+	}
+}
+
+// TestWaitKeysWatchesOnlyItsKeys: a waiter on a few keys is told of their
+// changes only, not of the keys beside them (a job's prefix holds every
+// worker's tasks and reports), and sees each key's revision.
+func TestWaitKeysWatchesOnlyItsKeys(t *testing.T) {
+	cli := testenv.Etcd(t)
+	ctx := context.Background()
+	if _, err := cli.Put(ctx, "/j/a", "1"); err != nil {
+		t.Fatal(err)
+	}
+	putB := make(chan int64, 1)
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		for i := range 100 {
+			cli.Put(ctx, fmt.Sprintf("/j/other/%d", i), "x")
+			cli.Put(ctx, "/j/ab", "x") // shares a watched key's prefix
+		}
+		r, err := cli.Put(ctx, "/j/b", "2")
+		if err != nil {
+			putB <- -1
+			return
+		}
+		putB <- r.Header.Revision
+	}()
+	calls := 0
+	var seen map[string]*mvccpb.KeyValue
+	err := WaitKeys(ctx, cli, []string{"/j/a", "/j/b"}, 10*time.Second, func(kvs map[string]*mvccpb.KeyValue) bool {
+		calls++
+		seen = kvs
+		return kvs["/j/b"] != nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev := <-putB
+	if calls != 2 || len(seen) != 2 || string(seen["/j/a"].Value) != "1" || string(seen["/j/b"].Value) != "2" || seen["/j/b"].ModRevision != rev {
+		t.Fatalf("done called %d times (want 2: as read, and /j/b put at revision %d), last with %v", calls, rev, seen)
+	}
+	// Deleted keys leave the map; a wait already done returns at once.
+	cli.Delete(ctx, "/j/a")
+	calls = 0
+	err = WaitKeys(ctx, cli, []string{"/j/a", "/j/b"}, time.Second, func(kvs map[string]*mvccpb.KeyValue) bool {
+		calls++
+		return kvs["/j/a"] == nil && kvs["/j/b"] != nil
+	})
+	if err != nil || calls != 1 {
+		t.Fatalf("a wait met as read: %v after %d calls", err, calls)
+	}
+	// It times out as WaitPrefix does.
+	err = WaitKeys(ctx, cli, []string{"/j/never"}, 200*time.Millisecond, func(kvs map[string]*mvccpb.KeyValue) bool { return len(kvs) > 0 })
+	if !errors.Is(err, ErrTimeout) {
+		t.Fatalf("got %v, want ErrTimeout", err)
 	}
 }
