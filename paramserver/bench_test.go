@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"sort"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -444,4 +445,58 @@ func syncOverheadW2Model(b *testing.B, conn connKind, rows bool) {
 	b.ReportMetric(float64(waitParams.Milliseconds())/steps, "ms_wait_params/ps_step")
 	b.ReportMetric(float64(waitGrads.Milliseconds())/steps, "ms_wait_grads/ps_step")
 	b.ReportMetric(float64(waitEnd.Milliseconds())/steps, "ms_wait_end/ps_step")
+}
+
+// BenchmarkTransferCombined moves the scale harness's step (65536 floats
+// in 8 tensors over 16 shards: one message a shard) through a Transfer, as
+// workers do, two ways side by side in each iteration: each shard's push
+// bringing its pull back in one request (the default), and a push then a
+// pull (SeparatePulls). It reports the median time and CPU of a step each
+// way (CPU: this process's, which serves NATS and the shards too: what
+// the step costs the machine) and their ratios, separate over combined.
+// Over TCP, as roles in separate processes.
+func BenchmarkTransferCombined(b *testing.B) {
+	var ts []models.Tensor
+	for i := range 8 {
+		ts = append(ts, models.Tensor{Name: fmt.Sprint("t", i), Shape: []int{8192}})
+	}
+	r := newRig(b, ts, 16, 0, tcp)
+	sep, err := NewClient(r.nc, "j", r.p, 0, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	sep.SeparatePulls = true
+	ctx := context.Background()
+	step := func(c *Client) (time.Duration, time.Duration) {
+		cpu0, start := cpuTime(b), time.Now()
+		if err := c.StartPushPull(ctx, r.step, r.grads, r.params).Wait(); err != nil {
+			b.Fatal(err)
+		}
+		r.step++
+		return time.Since(start), cpuTime(b) - cpu0
+	}
+	step(r.client)
+	step(sep)
+	var wall, cpu [2][]time.Duration
+	for b.Loop() {
+		for i, c := range []*Client{r.client, sep} {
+			w, u := step(c)
+			wall[i], cpu[i] = append(wall[i], w), append(cpu[i], u)
+		}
+	}
+	b.ReportMetric(float64(median(wall[0]).Microseconds()), "us/step")
+	b.ReportMetric(float64(median(wall[1]).Microseconds()), "separate_us/step")
+	b.ReportMetric(float64(median(cpu[0]).Microseconds()), "cpu_us/step")
+	b.ReportMetric(float64(median(cpu[1]).Microseconds()), "separate_cpu_us/step")
+	b.ReportMetric(median(wall[1]).Seconds()/median(wall[0]).Seconds(), "time_ratio")
+	b.ReportMetric(median(cpu[1]).Seconds()/median(cpu[0]).Seconds(), "cpu_ratio")
+}
+
+// cpuTime is this process's CPU time so far (user and system).
+func cpuTime(b *testing.B) time.Duration {
+	var u syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &u); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(u.Utime.Nano() + u.Stime.Nano())
 }

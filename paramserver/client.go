@@ -40,6 +40,11 @@ type Client struct {
 	// keep the link busy, more only delay the first pulls, which are what
 	// the next forward pass waits for.
 	PushWindow int
+	// SeparatePulls has a transfer send each push and the next step's pull
+	// as two requests, as before a push could bring its pull back
+	// (wire.PushRequest.Pull): for comparison, and for shards that
+	// predate it.
+	SeparatePulls bool
 	// order, when set by ReadOrder, ranks the parts of the parameter vector
 	// by when a step first reads them.
 	order [][3]int // [lo, hi, rank], sorted by lo
@@ -55,6 +60,9 @@ type Op string
 const (
 	OpPush Op = "push"
 	OpPull Op = "pull"
+	// OpPushPull is a push that brought the next step's parameters back
+	// (wire.PushRequest.Pull).
+	OpPushPull Op = "pushpull"
 )
 
 // DefaultWindow is the default bound on requests in flight per client.
@@ -294,24 +302,35 @@ func (c *Client) pull(ctx context.Context, g group, minClock int64, exact bool, 
 	if err := r.Err(); err != nil {
 		return fmt.Errorf("pull from shard %d refused: %w", g.shard, err)
 	}
+	n, err := fill(g, r, params, spans)
+	if err != nil {
+		return err
+	}
+	c.observe(OpPull, g, start, n)
+	return nil
+}
+
+// fill copies a pull reply's blocks (g's, asked for with spans) into
+// params, and says how many bytes of floats they held.
+func fill(g group, r *wire.PullReply, params []float32, spans [][]byte) (int, error) {
 	if len(r.Blocks) != len(g.blocks) {
-		return fmt.Errorf("pull from shard %d: %d blocks, asked for %d", g.shard, len(r.Blocks), len(g.blocks))
+		return 0, fmt.Errorf("pull from shard %d: %d blocks, asked for %d", g.shard, len(r.Blocks), len(g.blocks))
 	}
 	n := 0
 	for i, b := range g.blocks {
 		got := r.Blocks[i]
 		n += len(got.Data)
 		if got.ID != b.ID {
-			return fmt.Errorf("pull from shard %d: block %d where block %d was asked for", g.shard, got.ID, b.ID)
+			return 0, fmt.Errorf("pull from shard %d: block %d where block %d was asked for", g.shard, got.ID, b.ID)
 		}
 		if spans == nil || spans[i] == nil {
 			if !wire.CopyFloats(params[b.Offset:b.Offset+b.Len], got.Data) {
-				return fmt.Errorf("pull from shard %d: block %d does not match the placement", g.shard, got.ID)
+				return 0, fmt.Errorf("pull from shard %d: block %d does not match the placement", g.shard, got.ID)
 			}
 			continue
 		}
 		if floats, _, _ := wire.ParseSpans(spans[i]); 4*floats != len(got.Data) {
-			return fmt.Errorf("pull from shard %d: block %d holds %d bytes for spans of %d floats", g.shard, got.ID, len(got.Data), floats)
+			return 0, fmt.Errorf("pull from shard %d: block %d holds %d bytes for spans of %d floats", g.shard, got.ID, len(got.Data), floats)
 		}
 		at := 0
 		wire.EachSpan(spans[i], func(off, k int) {
@@ -319,7 +338,56 @@ func (c *Client) pull(ctx context.Context, g group, minClock int64, exact bool, 
 			at += 4 * k
 		})
 	}
-	c.observe(OpPull, g, start, n)
+	return n, nil
+}
+
+// pushThenPull sends g's blocks of grads for step and, in the same round
+// trip, pulls them into params once the shard has applied step+1 steps
+// (wire.PushRequest.Pull). g must be dense. A pull the shard held too long
+// (Expired: the push was taken) is asked for again on its own, as is one a
+// shard that answered the push alone (one that does not know Pull) owes.
+func (c *Client) pushThenPull(ctx context.Context, g group, step int64, grads, params []float32) error {
+	req := &wire.PushRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch, Step: step, Pull: true, Blocks: make([]wire.Block, len(g.blocks))}
+	var hdr nats.Header
+	var data []byte
+	n := 0
+	if g.contiguous {
+		for i, b := range g.blocks {
+			req.Blocks[i] = wire.Block{ID: b.ID}
+		}
+		lo, hi := g.blocks[0].Offset, g.blocks[len(g.blocks)-1].Offset+g.blocks[len(g.blocks)-1].Len
+		hdr, data, n = nats.Header{wire.EnvelopeHeader: {wire.EncodeEnvelope(req)}}, wire.FloatBytes(grads[lo:hi]), 4*(hi-lo)
+	} else {
+		for i, b := range g.blocks {
+			req.Blocks[i] = wire.Block{ID: b.ID, Data: wire.FloatBytes(grads[b.Offset : b.Offset+b.Len])}
+			n += 4 * b.Len
+		}
+		buf := getBuf()
+		defer putBuf(buf)
+		*buf = wire.AppendPush((*buf)[:0], req)
+		data = *buf
+	}
+	start := time.Now()
+	msg, err := c.request(ctx, wire.PushSubject(c.job, c.version, g.shard), hdr, data)
+	if err != nil {
+		return err
+	}
+	r, err := wire.DecodePullReply(msg.Data) // a refusal (a wire.Reply) decodes as one without blocks
+	if err != nil {
+		return fmt.Errorf("push and pull reply from shard %d: %w", g.shard, err)
+	}
+	if r.Kind == wire.Expired || r.Kind == wire.OK && len(r.Blocks) == 0 && len(g.blocks) > 0 {
+		c.observe(OpPush, g, start, n)
+		return c.pull(ctx, g, step+1, false, params, nil)
+	}
+	if err := r.Err(); err != nil {
+		return fmt.Errorf("push of step %d to shard %d refused: %w", step, g.shard, err)
+	}
+	got, err := fill(g, r, params, nil)
+	if err != nil {
+		return err
+	}
+	c.observe(OpPushPull, g, start, n+got)
 	return nil
 }
 

@@ -297,15 +297,20 @@ func (s *Service) onPush(m *nats.Msg) {
 		lag = s.shard.Lag(int(req.Rank))
 	}
 	s.drainLocked(&o)
+	if err == nil && req.Pull && m.Reply != "" {
+		// The push's answer is its pull's: after the pulls this push
+		// completed, answered now or held like any pull.
+		s.pullLocked(m.Reply, req.ThenPull(), &o)
+	}
 	s.mu.Unlock()
 	if err != nil {
-		s.refusal(m.Reply, &o, err, false)
+		s.refusal(m.Reply, &o, err, req.Pull)
 		return
 	}
 	if s.cfg.Observer != nil {
 		s.cfg.Observer.Pushed(lag)
 	}
-	if m.Reply != "" {
+	if m.Reply != "" && !req.Pull {
 		o.add(m.Reply, encode(&wire.Reply{V: wire.Version, Clock: clock}))
 	}
 }
@@ -325,19 +330,24 @@ func (s *Service) onPull(m *nats.Msg) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.pullLocked(m.Reply, req, &o)
+}
+
+// pullLocked answers req on reply now, or holds it until the shard can.
+func (s *Service) pullLocked(reply string, req *wire.PullRequest, o *outbox) {
 	if len(s.held) >= MaxWaitingPulls {
-		s.refusal(m.Reply, &o, &wire.Error{Kind: wire.TooLarge, Msg: fmt.Sprintf("%d pulls already held", len(s.held))}, true)
+		s.refusal(reply, o, &wire.Error{Kind: wire.TooLarge, Msg: fmt.Sprintf("%d pulls already held", len(s.held))}, true)
 		return
 	}
 	s.nextToken++
 	now, err := s.shard.Pull(req, s.nextToken)
 	switch {
 	case err != nil:
-		s.refusal(m.Reply, &o, err, true)
+		s.refusal(reply, o, err, true)
 	case now:
-		o.add(m.Reply, s.readLocked(req, &o))
+		o.add(reply, s.readLocked(req, o))
 	default:
-		s.held[s.nextToken] = heldPull{reply: m.Reply, req: req}
+		s.held[s.nextToken] = heldPull{reply: reply, req: req}
 	}
 }
 

@@ -66,7 +66,9 @@ func (c *Client) StartPushPullSparse(ctx context.Context, step int64, grads, par
 // run moves a transfer's groups: pushes start strictly in the groups'
 // order, at most PushWindow at once, so that the first groups' pushes are
 // not crowded out by later ones; each group's pull follows its push, at
-// most Window pulls at once.
+// most Window pulls at once. Where every group fits in the window, each
+// dense group's push and pull go as one request (wire.PushRequest.Pull):
+// half the messages, and one round trip where there were two.
 func (c *Client) run(ctx context.Context, t *Transfer, step int64, grads, params []float32) {
 	defer close(t.done)
 	ctx, cancel := context.WithCancel(ctx)
@@ -97,8 +99,28 @@ func (c *Client) run(ctx context.Context, t *Transfer, step int64, grads, params
 	}
 	pushing := make(chan struct{}, max(1, c.PushWindow))
 	pulling := make(chan struct{}, max(1, c.Window))
+	// A dense group's push brings its pull back (pushThenPull) when every
+	// group fits in the window at once: then no group's push waits for
+	// another's parameters, which in sync mode wait for every rank.
+	combine := !c.SeparatePulls && len(t.groups) <= cap(pulling)
 	var wg sync.WaitGroup
 	for i, g := range t.groups {
+		if combine && g.push == nil && g.pull == nil {
+			if !acquire(pulling) { // never waits: the groups fit
+				break
+			}
+			wg.Go(func() {
+				err := c.pushThenPull(ctx, g, step, grads, params)
+				<-pulling
+				if err != nil {
+					fail(err)
+					return
+				}
+				close(t.pushed[i])
+				close(t.pulled[i])
+			})
+			continue
+		}
 		if !acquire(pushing) {
 			break
 		}

@@ -136,9 +136,12 @@ func TestDashboardAndMetricsOfARunningJob(t *testing.T) {
 	series := []string{
 		`downpour_worker_steps_total{job="dash",rank="0"}`,
 		`downpour_worker_steps_total{job="dash",rank="1"}`,
+		// Shard 0 holds the embeddings, which travel sparse, a push then
+		// a pull; shard 1's dense blocks come back in the push's reply.
 		`downpour_client_request_seconds_count{job="dash",op="push",shard="0"}`,
-		`downpour_client_request_seconds_count{job="dash",op="pull",shard="1"}`,
-		`downpour_client_payload_bytes_total{job="dash",op="push",shard="1"}`,
+		`downpour_client_request_seconds_count{job="dash",op="pull",shard="0"}`,
+		`downpour_client_request_seconds_count{job="dash",op="pushpull",shard="1"}`,
+		`downpour_client_payload_bytes_total{job="dash",op="pushpull",shard="1"}`,
 		`downpour_ps_pushes_total{job="dash",shard="0"}`,
 		`downpour_ps_clock_lag_steps_count{job="dash",shard="1"}`,
 		`downpour_job_step{job="dash"}`,

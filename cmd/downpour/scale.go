@@ -148,12 +148,12 @@ func fitModel(dirs string, stdout io.Writer) error {
 	return nil
 }
 
-const scaleHeader = "mode  workers shards   params  steps/s  examples/s  wait p50/p99 ms  push p50/p99 ms  pull p50/p99 ms  busiest shard  NATS msgs/step  etcd req/step  etcd watch/step  coordinator CPU s, MiB"
+const scaleHeader = "mode  workers shards   params  steps/s  examples/s  wait p50/p99 ms  push p50/p99 ms  pull p50/p99 ms  push+pull p50/p99 ms  busiest shard  NATS msgs/step  etcd req/step  etcd watch/step  coordinator CPU s, MiB"
 
 func scaleRow(r *scale.Result) string {
-	return fmt.Sprintf("%-5s %7d %6d %8d %8.2f %11.0f %7.1f / %-7.1f %7.1f / %-7.1f %7.1f / %-7.1f %13.2f %15.0f %14.2f %16.1f %9.2f, %.0f",
+	return fmt.Sprintf("%-5s %7d %6d %8d %8.2f %11.0f %7.1f / %-7.1f %7.1f / %-7.1f %7.1f / %-7.1f %10.1f / %-9.1f %13.2f %15.0f %14.2f %16.1f %9.2f, %.0f",
 		r.Mode, r.Workers, r.Shards, r.Params, r.StepsPerSec, r.ExamplesPerSec, r.Wait.P50, r.Wait.P99, r.Push.P50, r.Push.P99,
-		r.Pull.P50, r.Pull.P99, r.ShardBusy, r.NATS.Msgs, r.EtcdPerStep, r.WatchPerStep, r.CPU.Coordinator, r.MaxRSS.Coordinator)
+		r.Pull.P50, r.Pull.P99, r.PushPull.P50, r.PushPull.P99, r.ShardBusy, r.NATS.Msgs, r.EtcdPerStep, r.WatchPerStep, r.CPU.Coordinator, r.MaxRSS.Coordinator)
 }
 
 // checkSync holds a sync job's final parameters to the one-process

@@ -30,7 +30,7 @@ var (
 	WorkerLoss  = gaugeVec("downpour_worker_loss", "A worker's mean training loss over its last step (per target token; GAN: the discriminator's).", "job", "rank")
 	StepSeconds = histogramVec("downpour_worker_step_seconds", "Wall time of a worker's training step: compute, and the push and pull it waits for.",
 		prometheus.ExponentialBuckets(0.001, 2, 16), "job", "rank")
-	RequestSeconds = histogramVec("downpour_client_request_seconds", "Time from sending a push or pull message to a shard to its reply, resends included.",
+	RequestSeconds = histogramVec("downpour_client_request_seconds", "Time from sending a push or pull message (op pushpull: a push that brings the next step's parameters back) to a shard to its reply, resends included.",
 		latency, "job", "op", "shard")
 	RequestBytes = counterVec("downpour_client_payload_bytes_total", "Bytes of parameters and gradients moved by pushes and pulls, by shard.", "job", "op", "shard")
 
@@ -182,7 +182,7 @@ func (o *ShardObserver) SnapshotWritten(d time.Duration, bytes int64) {
 	o.snapBytes.Set(float64(bytes))
 }
 
-// Request records a client's request of kind op (push or pull) to shard
+// Request records a client's request of kind op (push, pull or pushpull) to shard
 // of job: how long it took and how many bytes of floats it carried.
 func Request(job, op string, shard int, d time.Duration, bytes int) {
 	s := strconv.Itoa(shard)

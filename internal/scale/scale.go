@@ -100,11 +100,14 @@ type Result struct {
 	ExamplesPerSec float64 `json:"examples_per_sec"`
 	Seconds        float64 `json:"seconds"` // the whole job, start to done
 	// Wait is each step's time waiting on the shards (for the parameters
-	// the step needs and for the last push to be read); Push and Pull each
-	// request's time, over every shard, and PushByShard its median by shard.
+	// the step needs and for the last push to be read); Push, Pull and
+	// PushPull (a push that brought the next step's parameters back) each
+	// request's time, over every shard, and PushByShard the median of the
+	// requests that pushed, by shard.
 	Wait        Quantiles  `json:"wait"`
 	Push        Quantiles  `json:"push"`
 	Pull        Quantiles  `json:"pull"`
+	PushPull    Quantiles  `json:"pushpull"`
 	PushByShard []float64  `json:"push_p50_ms_by_shard"`
 	CPU         RoleCosts  `json:"cpu_seconds"`   // by role: summed over its processes
 	MaxRSS      RoleCosts  `json:"max_rss_mib"`   // by role: the largest process's peak
@@ -414,11 +417,16 @@ func (h *harness) measure(res *Result, metricsPath string, nats0 Traffic, etcd0 
 		return errors.New("scale: no worker wrote its stats")
 	}
 	res.Wait, res.Push, res.Pull = quantiles(sum.Wait), quantiles(sum.Op("push")), quantiles(sum.Op("pull"))
+	res.PushPull = quantiles(sum.Op("pushpull"))
 	res.PushByShard = make([]float64, res.Shards)
+	byShard := make([]latency.Histogram, res.Shards)
 	for _, kh := range sum.Requests {
-		if kh.Op == "push" && kh.Shard >= 0 && kh.Shard < res.Shards {
-			res.PushByShard[kh.Shard] = float64(kh.Hist.Quantile(0.5)) / 1e6
+		if (kh.Op == "push" || kh.Op == "pushpull") && kh.Shard >= 0 && kh.Shard < res.Shards && kh.Hist != nil {
+			byShard[kh.Shard].Merge(kh.Hist)
 		}
+	}
+	for i := range byShard {
+		res.PushByShard[i] = float64(byShard[i].Quantile(0.5)) / 1e6
 	}
 	// The workers' steps a second while all of them ran, a tenth of their
 	// steps in; the job's steps are that over the workers (in sync mode,

@@ -28,7 +28,7 @@ func splitOf(p *PushRequest) (string, []byte) {
 func TestSplitPushRoundTrip(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	for trial := range 50 {
-		p := &PushRequest{V: Version, Job: strings.Repeat("j", 1+rng.IntN(MaxJobName)), Rank: rng.Uint32(), Epoch: rng.Uint64(), Step: rng.Int64()}
+		p := &PushRequest{V: Version, Job: strings.Repeat("j", 1+rng.IntN(MaxJobName)), Rank: rng.Uint32(), Epoch: rng.Uint64(), Step: rng.Int64N(math.MaxInt64), Pull: trial%2 == 1}
 		for range rng.IntN(20) {
 			id := uint32(rng.IntN(100))
 			n, _ := testFloats(id)
@@ -46,7 +46,7 @@ func TestSplitPushRoundTrip(t *testing.T) {
 		if err != nil {
 			t.Fatalf("trial %d: %v", trial, err)
 		}
-		if got.V != p.V || got.Job != p.Job || got.Rank != p.Rank || got.Epoch != p.Epoch || got.Step != p.Step || len(got.Blocks) != len(p.Blocks) {
+		if got.V != p.V || got.Job != p.Job || got.Rank != p.Rank || got.Epoch != p.Epoch || got.Step != p.Step || got.Pull != p.Pull || len(got.Blocks) != len(p.Blocks) {
 			t.Fatalf("trial %d: decoded %+v, want %+v", trial, got, p)
 		}
 		for i, b := range got.Blocks {

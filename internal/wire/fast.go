@@ -141,7 +141,12 @@ func EncodePush(p *PushRequest) []byte { return AppendPush(nil, p) }
 func AppendPush(dst []byte, p *PushRequest) []byte {
 	start := len(dst)
 	b := slices.Grow(dst, 64+len(p.Job)+blocksSize(p.Blocks))
-	b = append(b, 0x86, 0xa1, 'v', 0xcc, p.V, 0xa1, 'j')
+	if p.Pull {
+		b = append(b, 0x87)
+	} else {
+		b = append(b, 0x86)
+	}
+	b = append(b, 0xa1, 'v', 0xcc, p.V, 0xa1, 'j')
 	b = appendStr(b, p.Job)
 	b = append(b, 0xa1, 'r', 0xce)
 	b = binary.BigEndian.AppendUint32(b, p.Rank)
@@ -149,6 +154,9 @@ func AppendPush(dst []byte, p *PushRequest) []byte {
 	b = binary.BigEndian.AppendUint64(b, p.Epoch)
 	b = append(b, 0xa1, 's', 0xd3)
 	b = binary.BigEndian.AppendUint64(b, uint64(p.Step))
+	if p.Pull {
+		b = append(b, 0xa1, 'p', 0xc3)
+	}
 	b = append(b, 0xa1, 'k')
 	return appendBlocks(b, p.Blocks, start)
 }
@@ -268,6 +276,18 @@ func (r *reader) peek() byte {
 		return 0xc1
 	}
 	return r.b[r.pos]
+}
+
+func (r *reader) bool() bool {
+	switch c := r.byte(); c {
+	case 0xc2:
+		return false
+	case 0xc3:
+		return true
+	default:
+		r.fail("code %#x is not a bool", c)
+		return false
+	}
 }
 
 func (r *reader) nilValue() bool {

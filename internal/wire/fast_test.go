@@ -111,7 +111,7 @@ func TestFastCodecMatchesMsgpack(t *testing.T) {
 	}
 	for trial := 0; trial < 300; trial++ {
 		p := &PushRequest{V: uint8(rng.IntN(3)), Job: randString(rng), Rank: rng.Uint32(), Epoch: rng.Uint64(),
-			Step: int64(rng.Uint64()), Blocks: randBlocks(rng)}
+			Step: int64(rng.Uint64()), Pull: trial%3 == 0, Blocks: randBlocks(rng)}
 		want, err := msgpack.Marshal(p)
 		if err != nil {
 			t.Fatal(err)
@@ -133,7 +133,7 @@ func TestFastCodecMatchesMsgpack(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got.V != ref.V || got.Job != ref.Job || got.Rank != ref.Rank || got.Epoch != ref.Epoch || got.Step != ref.Step ||
+		if got.V != ref.V || got.Job != ref.Job || got.Rank != ref.Rank || got.Epoch != ref.Epoch || got.Step != ref.Step || got.Pull != ref.Pull ||
 			!reflect.DeepEqual(norm(got.Blocks), norm(ref.Blocks)) {
 			t.Fatalf("push %d: decodings differ", trial)
 		}

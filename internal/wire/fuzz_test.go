@@ -1,6 +1,9 @@
 package wire
 
-import "testing"
+import (
+	"slices"
+	"testing"
+)
 
 func seeds(f *testing.F, msgs ...any) {
 	for _, m := range msgs {
@@ -16,10 +19,14 @@ func seeds(f *testing.F, msgs ...any) {
 
 func FuzzDecodePush(f *testing.F) {
 	seeds(f, &PushRequest{V: Version, Job: "j", Blocks: []Block{{ID: 1, Data: make([]byte, 8)}}},
-		&PushRequest{V: Version, Job: "j", Blocks: []Block{{ID: 1, Data: make([]byte, 12), Spans: AppendSpan(AppendSpan(nil, 2, 1), 5, 2)}}})
+		&PushRequest{V: Version, Job: "j", Blocks: []Block{{ID: 1, Data: make([]byte, 12), Spans: AppendSpan(AppendSpan(nil, 2, 1), 5, 2)}}},
+		&PushRequest{V: Version, Job: "j", Step: 4, Pull: true, Blocks: []Block{{ID: 1, Data: make([]byte, 8)}}})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := DecodePush(data)
 		if err == nil && (m.V != Version || ValidJob(m.Job) != nil || m.Step < 0) {
+			t.Fatalf("accepted a bad push: %+v", m)
+		}
+		if err == nil && m.Pull && (m.ThenPull().MinClock <= m.Step || slices.ContainsFunc(m.Blocks, func(b Block) bool { return b.Spans != nil })) {
 			t.Fatalf("accepted a bad push: %+v", m)
 		}
 		if err == nil {

@@ -9,7 +9,7 @@
 // Subjects are namespaced by job, and the parameter server's by placement
 // version v:
 //
-//	downpour.<job>.p<v>.ps.<shard>.push     PushRequest     -> Reply
+//	downpour.<job>.p<v>.ps.<shard>.push     PushRequest     -> Reply (PullReply when it asks to Pull)
 //	downpour.<job>.p<v>.ps.<shard>.pull     PullRequest     -> PullReply
 //	downpour.<job>.p<v>.ps.<shard>.snapshot SnapshotRequest -> Reply
 //	downpour.<job>.progress                 Progress        (publish only)
@@ -18,7 +18,9 @@ package wire
 import (
 	"errors"
 	"fmt"
+	"math"
 	"regexp"
+	"slices"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -47,12 +49,27 @@ type Block struct {
 // step. (Job, Rank, Epoch, Step, block id) identifies a gradient exactly: a
 // resend is recognised and not applied twice.
 type PushRequest struct {
-	V      uint8   `msgpack:"v"`
-	Job    string  `msgpack:"j"`
-	Rank   uint32  `msgpack:"r"`
-	Epoch  uint64  `msgpack:"e"`
-	Step   int64   `msgpack:"s"`
+	V     uint8  `msgpack:"v"`
+	Job   string `msgpack:"j"`
+	Rank  uint32 `msgpack:"r"`
+	Epoch uint64 `msgpack:"e"`
+	Step  int64  `msgpack:"s"`
+	// Pull asks the shard to answer, once it has taken the push, as it
+	// would a PullRequest of the same blocks at MinClock Step+1: a step's
+	// push and the next step's pull in one round trip. The answer is then
+	// a PullReply (a refusal of the push as well). Only for whole blocks:
+	// a push with Pull set carries no spans.
+	Pull   bool    `msgpack:"p,omitempty"`
 	Blocks []Block `msgpack:"k"`
+}
+
+// ThenPull is the pull a push with Pull set asks for.
+func (p *PushRequest) ThenPull() *PullRequest {
+	ids := make([]uint32, len(p.Blocks))
+	for i, b := range p.Blocks {
+		ids[i] = b.ID
+	}
+	return &PullRequest{V: p.V, Job: p.Job, Rank: p.Rank, Epoch: p.Epoch, MinClock: p.Step + 1, IDs: ids}
 }
 
 // PullRequest asks a shard for blocks once it has applied at least MinClock
@@ -225,6 +242,12 @@ func DecodePush(data []byte) (*PushRequest, error) {
 	if m.Step < 0 {
 		return nil, &Error{Kind: Malformed, Msg: fmt.Sprintf("negative step %d", m.Step)}
 	}
+	if m.Pull && m.Step == math.MaxInt64 {
+		return nil, &Error{Kind: Malformed, Msg: "a pull after the last step there can be"}
+	}
+	if m.Pull && slices.ContainsFunc(m.Blocks, func(b Block) bool { return b.Spans != nil }) {
+		return nil, &Error{Kind: Malformed, Msg: "a push that asks to pull carries sparse blocks"}
+	}
 	return m, checkBlocks(m.Blocks)
 }
 
@@ -243,6 +266,8 @@ func decodePushFields(data []byte) (*PushRequest, error) {
 			m.Epoch = r.uint(64)
 		case "s":
 			m.Step = r.int()
+		case "p":
+			m.Pull = r.bool()
 		case "k":
 			m.Blocks = r.blocks()
 		default:

@@ -78,6 +78,9 @@ func TestDecodeRefusals(t *testing.T) {
 		{"negative step", enc(&PushRequest{V: Version, Job: "a", Step: -1}), Malformed},
 		{"odd length", enc(&PushRequest{V: Version, Job: "a", Blocks: []Block{{ID: 1, Data: []byte{1, 2, 3}}}}), BadLength},
 		{"too many", enc(&PushRequest{V: Version, Job: "a", Blocks: make([]Block, MaxBlocksPerMessage+1)}), TooLarge},
+		{"pull after the last step", enc(&PushRequest{V: Version, Job: "a", Step: math.MaxInt64, Pull: true}), Malformed},
+		{"pull of sparse blocks", enc(&PushRequest{V: Version, Job: "a", Pull: true, Blocks: []Block{{ID: 1, Data: make([]byte, 4), Spans: AppendSpan(nil, 0, 1)}}}), Malformed},
+		{"pull not a bool", append(enc(&PushRequest{V: Version, Job: "a"})[:0:0], 0x81, 0xa1, 'p', 0x01), Malformed},
 	}
 	for _, c := range cases {
 		_, err := DecodePush(c.data)
