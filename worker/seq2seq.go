@@ -156,8 +156,9 @@ func (t *seq2seqTrainer) step(ctx context.Context, s at) error {
 // shards of job in the metrics
 // and in the worker's recorder, if it has one.
 func observe(job string, rec *latency.Recorder) func(op paramserver.Op, shard int, d time.Duration, bytes int) {
+	m := metrics.NewRequests(job)
 	return func(op paramserver.Op, shard int, d time.Duration, bytes int) {
-		metrics.Request(job, string(op), shard, d, bytes)
+		m.Record(string(op), shard, d, bytes)
 		if rec != nil {
 			rec.Request(string(op), shard, d)
 		}

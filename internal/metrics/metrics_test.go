@@ -9,7 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/downpour-ml/downpour/internal/wire"
 )
@@ -22,7 +24,7 @@ func TestMetricsFollowConventions(t *testing.T) {
 	o.Refused(wire.NonFinite)
 	o.Pushed(1)
 	o.SnapshotWritten(time.Millisecond, 10)
-	Request("lint", "push", 0, time.Millisecond, 4)
+	NewRequests("lint").Record("push", 0, time.Millisecond, 4)
 	WorkerSteps.WithLabelValues("lint", "0").Inc()
 	WorkerLoss.WithLabelValues("lint", "0").Set(1)
 	StepSeconds.WithLabelValues("lint", "0").Observe(1)
@@ -99,3 +101,42 @@ func value(t *testing.T, scrape, series string) float64 {
 	t.Fatalf("no %s in the scrape", series)
 	return 0
 }
+
+// Requests records each request in its op's and shard's series, from many
+// goroutines at once.
+func TestRequestsRecordBySeries(t *testing.T) {
+	r := NewRequests("req")
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 100 {
+				op := []string{"push", "pull", "pushpull"}[i%3]
+				r.Record(op, g%2, time.Duration(i)*time.Millisecond, 4*i)
+			}
+		})
+	}
+	wg.Wait()
+	for _, c := range []struct {
+		op    string
+		shard string
+		n     int     // requests
+		bytes float64 // their bytes
+	}{
+		// 4 goroutines a shard, each: i%3 == 0 for 34 of 0..99 (summing to 1683), 1 and 2 for 33 (1617, 1650).
+		{"push", "0", 4 * 34, 4 * 4 * 1683},
+		{"pull", "1", 4 * 33, 4 * 4 * 1617},
+		{"pushpull", "1", 4 * 33, 4 * 4 * 1650},
+	} {
+		h := &dto.Metric{}
+		if err := RequestSeconds.WithLabelValues("req", c.op, c.shard).(prometheus.Histogram).Write(h); err != nil {
+			t.Fatal(err)
+		}
+		if got := h.GetHistogram().GetSampleCount(); got != uint64(c.n) {
+			t.Errorf("%s to shard %s: %d requests, want %d", c.op, c.shard, got, c.n)
+		}
+		if got := testutil.ToFloat64(RequestBytes.WithLabelValues("req", c.op, c.shard)); got != c.bytes {
+			t.Errorf("%s to shard %s: %v bytes, want %v", c.op, c.shard, got, c.bytes)
+		}
+	}
+}
+
