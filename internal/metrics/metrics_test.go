@@ -139,4 +139,3 @@ func TestRequestsRecordBySeries(t *testing.T) {
 		}
 	}
 }
-

@@ -8,6 +8,9 @@ import (
 	"slices"
 
 	"gonum.org/v1/gonum/mat"
+
+	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // Model is the cost model of a step: what the work of a step costs in CPU
@@ -15,8 +18,9 @@ import (
 // machine, and what it predicts for a cluster.
 //
 // A job step of W workers, S shards and P parameters moves, through NATS,
-// M = 4WS messages (each worker's push and pull to each shard, and their
-// replies) and D = 8PW bytes (each worker pushes and pulls 4P). The CPU of
+// M messages (Messages: each worker's pushes and pulls to each shard, and
+// their replies; a run's measured count where it has one) and D = 8PW
+// bytes (each worker pushes and pulls 4P). The CPU of
 // each kind of process (the workers, the shards, and the servers: NATS,
 // etcd and the coordinator) is
 //
@@ -72,11 +76,33 @@ func (c Costs) plus(d Costs) Costs {
 // Total is every kind's costs together.
 func (m Model) Total() Costs { return m.Worker.plus(m.Shard).plus(m.Servers) }
 
-// cpu is a step's CPU in seconds by the model, but for the processes'
-// upkeep.
-func (m Model) cpu(w, s, p float64) float64 {
+// cpu is a step's CPU in seconds by the model, for w workers' steps, msgs
+// messages and p parameters, but for the processes' upkeep.
+func (m Model) cpu(w, msgs, p float64) float64 {
 	t := m.Total()
-	return t.Step*w + t.Msg*4*w*s + t.Byte*8*p*w
+	return t.Step*w + t.Msg*msgs + t.Byte*8*p*w
+}
+
+// Messages is what a job step of w workers, s shards and p floats sends
+// through NATS as paramserver.Client sends it: each shard's part in
+// messages of at most placement.MessageBytes; where a step's messages fit
+// in the client's window (paramserver.DefaultWindow), each a push that
+// brings its pull back, and its reply (2 a message), else a push, a pull
+// and their replies (4).
+func Messages(w, s, p float64) float64 {
+	groups := s * max(1, math.Ceil(4*p/s/placement.MessageBytes))
+	if groups <= paramserver.DefaultWindow {
+		return 2 * w * groups
+	}
+	return 4 * w * groups
+}
+
+// messages is r's messages a step: as measured, or by Messages.
+func messages(r Result) float64 {
+	if r.NATS.Msgs > 0 {
+		return r.NATS.Msgs
+	}
+	return Messages(float64(r.Workers), float64(r.Shards), float64(r.Params))
 }
 
 // StepSeconds is the model's time of a job step of r's shape and mode on
@@ -93,7 +119,7 @@ func (m Model) StepSeconds(r Result) float64 {
 func (m Model) stepSeconds(r Result, n, eff float64) float64 {
 	w, s, p := float64(r.Workers), float64(r.Shards), float64(r.Params)
 	lat := r.StepMs/1e3 + m.Latency0 + m.LatencyByte*8*p
-	a, b := m.cpu(w, s, p), m.Total().Upkeep*(w+s+1)
+	a, b := m.cpu(w, messages(r), p), m.Total().Upkeep*(w+s+1)
 	ce := m.Cores * eff
 	// T = f(T) by iteration: the upkeep's share of the cores, b/ce, is
 	// well under 1 (else no step ends), so f contracts.
@@ -124,7 +150,7 @@ func Fit(rs []Result, cores float64) (Model, error) {
 			continue
 		}
 		w, s, p, n := float64(r.Workers), float64(r.Shards), float64(r.Params), float64(r.Steps)
-		rows = append(rows, []float64{w, 4 * w * s, 8 * p * w, (w + s + 1) * r.Seconds / n})
+		rows = append(rows, []float64{w, messages(r), 8 * p * w, (w + s + 1) * r.Seconds / n})
 		ks[0] = append(ks[0], r.CPU.Worker/n)
 		ks[1] = append(ks[1], r.CPU.PS/n)
 		ks[2] = append(ks[2], (r.CPU.Servers+r.CPU.Coordinator)/n)
@@ -304,11 +330,12 @@ func (m Model) Predict(c Cluster) Breakdown {
 	// slowest of the shards' and the servers' parts.
 	parts := func(s, n float64) (worker, shard, nats float64, bb Breakdown) {
 		bb = b
-		bb.WorkerCPU = m.Worker.Step + m.Worker.Msg*4*s + m.Worker.Byte*8*p
+		msgs := Messages(w, s, p)
+		bb.WorkerCPU = m.Worker.Step + m.Worker.Msg*msgs/w + m.Worker.Byte*8*p
 		bb.ShardLink = 4 * p * w / s / bw
-		bb.ShardCPU = (m.Shard.Step*w + m.Shard.Msg*4*w*s + m.Shard.Byte*8*p*w) / s
+		bb.ShardCPU = (m.Shard.Step*w + m.Shard.Msg*msgs + m.Shard.Byte*8*p*w) / s
 		bb.NATSLink = 4 * p * w / n / bw
-		bb.NATSCPU = (m.Servers.Msg*4*w*s + m.Servers.Byte*8*p*w) / n
+		bb.NATSCPU = (m.Servers.Msg*msgs + m.Servers.Byte*8*p*w) / n
 		return bb.WorkerLink + bb.WorkerCPU, max(bb.ShardLink, bb.ShardCPU), max(bb.NATSLink, bb.NATSCPU), bb
 	}
 	worker, shard, nats, bb := parts(float64(c.Shards), float64(max(1, c.NATSServers)))

@@ -20,7 +20,7 @@ func runsOf(m Model) []Result {
 					r.Seconds = step * 200
 					cpu := func(c Costs) float64 {
 						w, s, p := float64(w), float64(s), float64(p)
-						return (c.Step*w + c.Msg*4*w*s + c.Byte*8*p*w + c.Upkeep*(w+s+1)*step) * 200
+						return (c.Step*w + c.Msg*Messages(w, s, p) + c.Byte*8*p*w + c.Upkeep*(w+s+1)*step) * 200
 					}
 					servers := cpu(m.Servers)
 					r.CPU = RoleCosts{Worker: cpu(m.Worker), PS: cpu(m.Shard), Coordinator: servers / 4, Servers: servers * 3 / 4}
@@ -46,7 +46,7 @@ func TestFitRecoversTheModel(t *testing.T) {
 	rs := runsOf(want)
 	var bound, free int
 	for _, r := range rs {
-		if cpu := want.cpu(float64(r.Workers), float64(r.Shards), float64(r.Params)) / 2; cpu > r.StepMs/1e3+want.Latency0+want.LatencyByte*8*float64(r.Params) {
+		if cpu := want.cpu(float64(r.Workers), messages(r), float64(r.Params)) / 2; cpu > r.StepMs/1e3+want.Latency0+want.LatencyByte*8*float64(r.Params) {
 			bound++
 		} else {
 			free++
@@ -138,21 +138,23 @@ func TestPredict(t *testing.T) {
 			t.Errorf("%s: %g, want %g", name, got, want)
 		}
 	}
-	near("worker link", b.WorkerLink, 0.32)                        // 400 MB at 1.25 GB/s
-	near("worker CPU", b.WorkerCPU, 1e-3+10e-6*80+0.1e-9*800e6)    // 80 messages, 800 MB
-	near("shard link", b.ShardLink, 1.6)                           // 100 workers' 20 MB
-	near("shard CPU", b.ShardCPU, (10e-6*4*100*20+0.2e-9*8e10)/20) // 400 messages and 4 GB a shard
+	// 20 MB a shard: 20 messages of at most 1 MiB, 400 in all, more than
+	// the window: each a push, a pull and their replies.
+	near("worker link", b.WorkerLink, 0.32)                       // 400 MB at 1.25 GB/s
+	near("worker CPU", b.WorkerCPU, 1e-3+10e-6*1600+0.1e-9*800e6) // 1600 messages, 800 MB
+	near("shard link", b.ShardLink, 1.6)                          // 100 workers' 20 MB
+	near("shard CPU", b.ShardCPU, 10e-6*8000+0.2e-9*4e9)          // 8000 messages and 4 GB a shard
 	near("NATS link", b.NATSLink, 1.6)
-	near("NATS CPU", b.NATSCPU, (10e-6*4*100*20+0.05e-9*8e10)/20)
+	near("NATS CPU", b.NATSCPU, 10e-6*8000+0.05e-9*4e9)
 	near("step", b.Step, 1+1.6)
-	// A worker's own transfer at n shards is 0.32 + 0.081 + 0.00004n s;
-	// the shards' links, 32/n s, fall within it at n = 80 (their CPU,
-	// 0.004 + 16/n, at 40): the power of two above is 128.
+	// A worker's own transfer at n shards is about 0.32 + 0.097 s;
+	// the shards' links, 32/n s, fall within it at n = 77 (their CPU,
+	// 17.6/n, at 43): the power of two above is 128.
 	if b.ShardsToHide != 128 {
 		t.Fatalf("shards to hide: %d", b.ShardsToHide)
 	}
-	// Ten workers: 3.2/n s within 0.4 + 0.00004n at n = 8, where 20 shards
-	// leave the step to the worker's own transfer.
+	// Ten workers: 3.2/n s within 0.417 at n = 8, where 20 shards leave
+	// the step to the worker's own transfer.
 	c.Workers = 10
 	b = m.Predict(c)
 	near("10 workers' step", b.Step, 1+b.WorkerLink+b.WorkerCPU)
@@ -160,7 +162,8 @@ func TestPredict(t *testing.T) {
 		t.Fatalf("10 workers: %+v", b)
 	}
 	// No links to speak of: the CPU decides; the shards' for ten workers'
-	// bytes, 1.6/n s, is within a worker's 0.081 s from n = 20 on: 32.
+	// 15,360 messages and bytes, 1.75/n s, is within a worker's 0.096 s
+	// from n = 19 on: 32.
 	c.LinkBytesPerSec = 1e15
 	if b := m.Predict(c); b.ShardsToHide != 32 {
 		t.Fatalf("fast links: %+v", b)
