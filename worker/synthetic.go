@@ -93,6 +93,9 @@ func (t *syntheticTrainer) step(ctx context.Context, s at) error {
 			return err
 		}
 	}
+	if t.cfg.Record != nil {
+		t.cfg.Record.Late(max(0, time.Since(end)))
+	}
 	w0 := time.Now()
 	if err := t.settle(); err != nil { // the push has read the last gradient
 		return fmt.Errorf("step %d: push and pull: %w", s.N-1, err)

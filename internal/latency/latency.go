@@ -162,6 +162,7 @@ func (h *Histogram) UnmarshalJSON(b []byte) error {
 type Recorder struct {
 	mu       sync.Mutex
 	wait     Histogram
+	late     Histogram
 	requests map[Key]*Histogram
 	steps    int64
 	ends     []int64
@@ -181,6 +182,14 @@ func (r *Recorder) Step(wait time.Duration) {
 	r.wait.Add(wait)
 	r.steps++
 	r.ends = append(r.ends, now)
+	r.mu.Unlock()
+}
+
+// Late records how late a timer the worker set (its step's compute, in the
+// synthetic model) woke it: the scheduling the machine adds to a step.
+func (r *Recorder) Late(d time.Duration) {
+	r.mu.Lock()
+	r.late.Add(d)
 	r.mu.Unlock()
 }
 
@@ -205,6 +214,7 @@ func (r *Recorder) Request(op string, shard int, d time.Duration) {
 type Summary struct {
 	Steps    int64       `json:"steps"`
 	Wait     *Histogram  `json:"wait"`
+	Late     *Histogram  `json:"late,omitempty"` // timers' lateness (Recorder.Late)
 	Requests []KeyedHist `json:"requests"`
 	// Ends is when each step ended (Unix nanoseconds), in a worker's
 	// summary; Merge leaves them out.
@@ -221,8 +231,9 @@ type KeyedHist struct {
 func (r *Recorder) Summary() Summary {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	s := Summary{Steps: r.steps, Wait: &Histogram{}, Ends: slices.Clone(r.ends)}
+	s := Summary{Steps: r.steps, Wait: &Histogram{}, Late: &Histogram{}, Ends: slices.Clone(r.ends)}
 	s.Wait.Merge(&r.wait)
+	s.Late.Merge(&r.late)
 	for k, h := range r.requests {
 		c := &Histogram{}
 		c.Merge(h)
@@ -242,6 +253,12 @@ func (s *Summary) Merge(o Summary) {
 	}
 	if o.Wait != nil {
 		s.Wait.Merge(o.Wait)
+	}
+	if o.Late != nil {
+		if s.Late == nil {
+			s.Late = &Histogram{}
+		}
+		s.Late.Merge(o.Late)
 	}
 	for _, kh := range o.Requests {
 		i := slices.IndexFunc(s.Requests, func(x KeyedHist) bool { return x.Key == kh.Key })

@@ -105,6 +105,8 @@ func TestRecorderSummaries(t *testing.T) {
 	r2.Step(5 * time.Millisecond)
 	r2.Step(6 * time.Millisecond)
 	r2.Request("pull", 1, 7*time.Millisecond)
+	r2.Late(800 * time.Microsecond)
+	r2.Late(3 * time.Millisecond)
 	s := r1.Summary()
 	var keys []Key
 	for _, kh := range s.Requests {
@@ -122,6 +124,17 @@ func TestRecorderSummaries(t *testing.T) {
 	}
 	if len(s.Requests) != 3 || s.Requests[1].Hist.Count() != 2 {
 		t.Fatalf("pull 1 merged: %+v", s.Requests)
+	}
+	if s.Late.Count() != 2 || s.Late.Max() != 3*time.Millisecond || s.Late.Mean() != 1900*time.Microsecond {
+		t.Fatalf("timers' lateness merged: %d, max %v", s.Late.Count(), s.Late.Max())
+	}
+	// A summary from before Late (no "late" in its JSON) merges into one
+	// with it, and the other way.
+	var old Summary
+	old.Merge(Summary{Steps: 1, Wait: &Histogram{}})
+	old.Merge(s)
+	if old.Late.Count() != 2 {
+		t.Fatalf("lateness merged into an old summary: %d", old.Late.Count())
 	}
 }
 

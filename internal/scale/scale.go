@@ -104,10 +104,14 @@ type Result struct {
 	// PushPull (a push that brought the next step's parameters back) each
 	// request's time, over every shard, and PushByShard the median of the
 	// requests that pushed, by shard.
-	Wait        Quantiles  `json:"wait"`
-	Push        Quantiles  `json:"push"`
-	Pull        Quantiles  `json:"pull"`
-	PushPull    Quantiles  `json:"pushpull"`
+	Wait     Quantiles `json:"wait"`
+	Push     Quantiles `json:"push"`
+	Pull     Quantiles `json:"pull"`
+	PushPull Quantiles `json:"pushpull"`
+	// Late is how late the workers' timers woke them at the end of each
+	// step's compute: the machine's scheduling, which a step's wait (in
+	// sync mode, the barrier's, which waits for the latest worker) carries.
+	Late        Quantiles  `json:"timer_late"`
 	PushByShard []float64  `json:"push_p50_ms_by_shard"`
 	CPU         RoleCosts  `json:"cpu_seconds"`   // by role: summed over its processes
 	MaxRSS      RoleCosts  `json:"max_rss_mib"`   // by role: the largest process's peak
@@ -418,6 +422,9 @@ func (h *harness) measure(res *Result, metricsPath string, nats0 Traffic, etcd0 
 	}
 	res.Wait, res.Push, res.Pull = quantiles(sum.Wait), quantiles(sum.Op("push")), quantiles(sum.Op("pull"))
 	res.PushPull = quantiles(sum.Op("pushpull"))
+	if sum.Late != nil {
+		res.Late = quantiles(sum.Late)
+	}
 	res.PushByShard = make([]float64, res.Shards)
 	byShard := make([]latency.Histogram, res.Shards)
 	for _, kh := range sum.Requests {
