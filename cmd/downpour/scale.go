@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"flag"
@@ -35,8 +36,8 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	procs := fs.Int("procs", 0, "GOMAXPROCS of each role's process (0: Go's default, every core)")
 	profile := fs.Bool("cpuprofile", false, "have every role write its CPU profile beside its log (<run>/<role>.cpu.pprof; 'go tool pprof' merges them)")
 	check := fs.Bool("check", true, "check each sync job's final parameters bit for bit against the one-process computation")
-	out := fs.String("out", "", "directory of the runs; results.jsonl gathers one line per job, and the curves of a sweep (throughput.png, wait.png, etcd.png) go beside it (default runs/scale-<time>)")
-	replot := fs.String("plot", "", "only draw the curves of the sweep in this directory again, from its results.jsonl")
+	out := fs.String("out", "", "directory of the runs; results.jsonl gathers one line per job, results.md their table, and the curves of a sweep (throughput.png, wait.png, etcd.png) go beside it (default runs/scale-<time>)")
+	replot := fs.String("plot", "", "only draw the curves and write the table of the sweep in this directory again, from its results.jsonl")
 	fit := fs.String("fit", "", "only fit the cost model to the sweeps in these directories (a list; their results.jsonl, measured on this machine), print its error on every run and its predictions for clusters")
 	if err := parse(fs, args, stderr, "downpour scale --workers 1,4,16,64 --shards 16 --mode sync,async"); err != nil {
 		return err
@@ -44,6 +45,9 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if *replot != "" {
 		rs, err := scale.ReadResults(filepath.Join(*replot, "results.jsonl"))
 		if err != nil {
+			return err
+		}
+		if err := writeTable(rs, *replot); err != nil {
 			return err
 		}
 		return scale.Plot(rs, *replot)
@@ -108,6 +112,10 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 		}
 	}
+	if err := writeTable(all, *out); err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "table: %s\n", filepath.Join(*out, "results.md"))
 	if scale.Dimension(all) == "" {
 		return nil
 	}
@@ -116,6 +124,15 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "curves: %s\n", filepath.Join(*out, "*.png"))
 	return nil
+}
+
+// writeTable writes a sweep's table (scale.WriteTable) to dir/results.md.
+func writeTable(rs []scale.Result, dir string) error {
+	var b bytes.Buffer
+	if err := scale.WriteTable(&b, rs); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "results.md"), b.Bytes(), 0o644)
 }
 
 // The clusters the cost model predicts for: 100 workers and 20 shards on

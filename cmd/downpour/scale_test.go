@@ -119,6 +119,37 @@ func TestScaleFit(t *testing.T) {
 	}
 }
 
+// --plot draws a sweep's curves and writes its table again from its
+// results.jsonl.
+func TestScalePlotWritesTable(t *testing.T) {
+	dir := t.TempDir()
+	var lines []string
+	for _, w := range []int{1, 4, 16} {
+		r := scale.Result{Workers: w, Shards: 4, Params: 65536, Mode: "async", StepMs: 100, Steps: 100, StepsPerSec: 9, ExamplesPerSec: 288 * float64(w), Seconds: 12,
+			Wait: scale.Quantiles{P50: 3, P99: 6}, EtcdPerStep: 4}
+		b, _ := json.Marshal(r)
+		lines = append(lines, string(b))
+	}
+	if err := os.WriteFile(filepath.Join(dir, "results.jsonl"), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if code, _, stderr := runCmd(t, time.Minute, "scale", "--plot", dir); code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "results.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rows := strings.Split(strings.TrimSpace(string(b)), "\n"); len(rows) != 5 || !strings.HasPrefix(rows[4], "| async | 16 | 4 | 65536 | 9.00 | 4608 | 100% |") {
+		t.Fatalf("table:\n%s", b)
+	}
+	for _, png := range []string{"throughput.png", "wait.png", "etcd.png"} {
+		if _, err := os.Stat(filepath.Join(dir, png)); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
 // A job whose blocks do not fit in the NATS server's messages is refused
 // when the coordinator starts, saying the block size that fits (the load
 // harness met it at 4M parameters: every worker died at its first push and

@@ -195,3 +195,40 @@ func TestPlotAndReadResults(t *testing.T) {
 		t.Fatal("one result plotted as a sweep")
 	}
 }
+
+// The table has a row a run: its share of linear against the one-worker run
+// of its mode, shards and parameters (none without one), the combined
+// requests where a run has them (its pushes where not), the timers'
+// lateness where measured, and etcd against membership's bound.
+func TestWriteTable(t *testing.T) {
+	rs := []Result{
+		{Mode: "async", Workers: 1, Shards: 16, Params: 65536, StepsPerSec: 9.5, ExamplesPerSec: 300, Steps: 200, Seconds: 25,
+			Wait: Quantiles{P50: 3, P99: 9}, Late: Quantiles{P50: 0.2, P99: 1.5, Count: 200}, PushPull: Quantiles{P50: 2.5, P99: 6, Count: 200},
+			NATS: Traffic{Msgs: 33}, EtcdPerStep: 3.5, WatchPerStep: 0.8},
+		{Mode: "async", Workers: 64, Shards: 16, Params: 65536, StepsPerSec: 7.9, ExamplesPerSec: 16200, Steps: 200, Seconds: 30,
+			Wait: Quantiles{P50: 20, P99: 70}, Push: Quantiles{P50: 13, P99: 80, Count: 10}, NATS: Traffic{Msgs: 2097}, EtcdPerStep: 20.4, WatchPerStep: 18.5},
+		{Mode: "sync", Workers: 64, Shards: 1, Params: 65536, StepsPerSec: 6.6, ExamplesPerSec: 13560, Steps: 200, Seconds: 30,
+			Wait: Quantiles{P50: 46, P99: 127}, Push: Quantiles{P50: 26, P99: 74, Count: 10}, NATS: Traffic{Msgs: 135}, EtcdPerStep: 15.5, WatchPerStep: 3.6},
+	}
+	var b strings.Builder
+	if err := WriteTable(&b, rs); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSuffix(b.String(), "\n"), "\n")
+	want := []string{
+		"| async | 1 | 16 | 65536 | 9.50 | 300 | 100% | 3.0 / 9.0 (3.0) | 0.2 / 1.5 | 2.5 / 6.0 | 33 | 3.5 (" + strconv.FormatFloat(Membership(rs[0]).PerStep, 'f', 1, 64) + ") | 0.8 |",
+		"| async | 64 | 16 | 65536 | 7.90 | 16200 | 84% | 20.0 / 70.0 (3.5) | - | 13.0 / 80.0 | 2097 | 20.4 (" + strconv.FormatFloat(Membership(rs[1]).PerStep, 'f', 1, 64) + ") | 18.5 |",
+		"| sync | 64 | 1 | 65536 | 6.60 | 13560 | - | 46.0 / 127.0 (2.8) | - | 26.0 / 74.0 | 135 | 15.5 (" + strconv.FormatFloat(Membership(rs[2]).PerStep, 'f', 1, 64) + ") | 3.6 |",
+	}
+	if len(lines) != 2+len(want) || !strings.HasPrefix(lines[0], "| mode | workers |") || strings.Count(lines[0], "|") != strings.Count(lines[1], "|") {
+		t.Fatalf("table:\n%s", b.String())
+	}
+	for i, w := range want {
+		if lines[2+i] != w {
+			t.Errorf("row %d:\n%s\nwant\n%s", i, lines[2+i], w)
+		}
+		if strings.Count(lines[2+i], "|") != strings.Count(lines[0], "|") {
+			t.Errorf("row %d has %d cells, the header %d", i, strings.Count(lines[2+i], "|"), strings.Count(lines[0], "|"))
+		}
+	}
+}
