@@ -47,30 +47,30 @@ func TestDimension(t *testing.T) {
 // fault, and nothing per step.
 func TestMembership(t *testing.T) {
 	r := Result{Workers: 16, Shards: 4, Steps: 200, Seconds: 30}
-	// 21 processes, each 20 to set up and 30 keep-alives.
-	if m := Membership(r); m.Total != 21*50 || m.PerStep != 21*50/200.0 {
+	// 21 processes, each 24 to set up and 30 keep-alives.
+	if m := Membership(r); m.Total != 21*54 || m.PerStep != 21*54/200.0 {
 		t.Fatalf("membership %+v", m)
 	}
 	r.Tasks = &TaskCounts{Total: 50}
 	r.CheckpointEvery = 20
 	// 10 checkpoints of 4 shards, 50 tasks.
-	if m := Membership(r); m.Total != 21*50+10*4*3+50*8 {
+	if m := Membership(r); m.Total != 21*54+10*4*3+50*8 {
 		t.Fatalf("with tasks and checkpoints: %+v", m)
 	}
 	r.Faults = []FaultNote{{Fault: Fault{Role: "worker"}}}
 	// A spare: 22 processes, each reading a new placement; a checkpoint
 	// more (the steps done again).
-	if m := Membership(r); m.Total != 22*50+11*4*3+50*8+22*10 {
+	if m := Membership(r); m.Total != 22*54+11*4*3+50*8+22*10 {
 		t.Fatalf("with a worker's fault: %+v", m)
 	}
 	r.Faults[0].Role = "ps"
-	if m := Membership(r); m.Total != 23*50+11*4*3+50*8+23*10 {
+	if m := Membership(r); m.Total != 23*54+11*4*3+50*8+23*10 {
 		t.Fatalf("with a shard's fault: %+v", m)
 	}
 	// Twice the steps in the same time: the same requests, half a step's
 	// share.
 	r.Steps *= 2
-	if m := Membership(r); m.Total != 23*50+21*4*3+50*8+23*10 || m.PerStep != m.Total/400 {
+	if m := Membership(r); m.Total != 23*54+21*4*3+50*8+23*10 || m.PerStep != m.Total/400 {
 		t.Fatalf("twice the steps: %+v", m)
 	}
 }
