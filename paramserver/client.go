@@ -42,8 +42,8 @@ type Client struct {
 	PushWindow int
 	// SeparatePulls has a transfer send each push and the next step's pull
 	// as two requests, as before a push could bring its pull back
-	// (wire.PushRequest.Pull): for comparison, and for shards that
-	// predate it.
+	// (wire.PushRequest.Pull), for comparison. (A shard that predates it
+	// answers the push alone, and the client then pulls on its own.)
 	SeparatePulls bool
 	// order, when set by ReadOrder, ranks the parts of the parameter vector
 	// by when a step first reads them.
@@ -347,26 +347,9 @@ func fill(g group, r *wire.PullReply, params []float32, spans [][]byte) (int, er
 // (Expired: the push was taken) is asked for again on its own, as is one a
 // shard that answered the push alone (one that does not know Pull) owes.
 func (c *Client) pushThenPull(ctx context.Context, g group, step int64, grads, params []float32) error {
-	req := &wire.PushRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch, Step: step, Pull: true, Blocks: make([]wire.Block, len(g.blocks))}
-	var hdr nats.Header
-	var data []byte
-	n := 0
-	if g.contiguous {
-		for i, b := range g.blocks {
-			req.Blocks[i] = wire.Block{ID: b.ID}
-		}
-		lo, hi := g.blocks[0].Offset, g.blocks[len(g.blocks)-1].Offset+g.blocks[len(g.blocks)-1].Len
-		hdr, data, n = nats.Header{wire.EnvelopeHeader: {wire.EncodeEnvelope(req)}}, wire.FloatBytes(grads[lo:hi]), 4*(hi-lo)
-	} else {
-		for i, b := range g.blocks {
-			req.Blocks[i] = wire.Block{ID: b.ID, Data: wire.FloatBytes(grads[b.Offset : b.Offset+b.Len])}
-			n += 4 * b.Len
-		}
-		buf := getBuf()
-		defer putBuf(buf)
-		*buf = wire.AppendPush((*buf)[:0], req)
-		data = *buf
-	}
+	req := &wire.PushRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch, Step: step, Pull: true}
+	hdr, data, n, release := encodePush(g, req, grads, nil)
+	defer release()
 	start := time.Now()
 	msg, err := c.request(ctx, wire.PushSubject(c.job, c.version, g.shard), hdr, data)
 	if err != nil {
@@ -399,17 +382,27 @@ func (c *Client) observe(op Op, g group, start time.Time, bytes int) {
 
 // push sends g's blocks of grads (with spans, only the parts they list).
 func (c *Client) push(ctx context.Context, g group, step int64, grads []float32, spans [][]byte) error {
-	req := &wire.PushRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch, Step: step, Blocks: make([]wire.Block, len(g.blocks))}
+	req := &wire.PushRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch, Step: step}
+	hdr, data, n, release := encodePush(g, req, grads, spans)
+	defer release()
+	return c.sendPush(ctx, g, step, hdr, data, n)
+}
+
+// encodePush encodes req with g's blocks of grads (with spans, only the
+// parts they list), n bytes of floats: split where the blocks lie one after
+// another and travel whole (the envelope in a header, the gradient as it
+// lies as the body, which NATS copies once into its write buffer), else
+// into a pooled buffer that release returns.
+func encodePush(g group, req *wire.PushRequest, grads []float32, spans [][]byte) (hdr nats.Header, data []byte, n int, release func()) {
+	req.Blocks = make([]wire.Block, len(g.blocks))
 	if g.contiguous && !slices.ContainsFunc(spans, func(sp []byte) bool { return sp != nil }) {
-		// Split: the envelope in a header, the gradient as it lies as the
-		// body, which NATS copies once into its write buffer.
 		for i, b := range g.blocks {
 			req.Blocks[i] = wire.Block{ID: b.ID}
 		}
 		lo, hi := g.blocks[0].Offset, g.blocks[len(g.blocks)-1].Offset+g.blocks[len(g.blocks)-1].Len
-		return c.sendPush(ctx, g, step, nats.Header{wire.EnvelopeHeader: {wire.EncodeEnvelope(req)}}, wire.FloatBytes(grads[lo:hi]), 4*(hi-lo))
+		return nats.Header{wire.EnvelopeHeader: {wire.EncodeEnvelope(req)}}, wire.FloatBytes(grads[lo:hi]), 4 * (hi - lo), func() {}
 	}
-	n, floats := 0, 0
+	floats := 0
 	for _, sp := range spans {
 		if sp != nil {
 			k, _, _ := wire.ParseSpans(sp)
@@ -429,9 +422,8 @@ func (c *Client) push(ctx context.Context, g group, step int64, grads []float32,
 		n += len(sparse) - at
 	}
 	buf := getBuf()
-	defer putBuf(buf)
 	*buf = wire.AppendPush((*buf)[:0], req)
-	return c.sendPush(ctx, g, step, nil, *buf, n)
+	return nil, *buf, n, func() { putBuf(buf) }
 }
 
 // sendPush sends g's push message (of n bytes of floats) for step.
