@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -36,7 +37,7 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	procs := fs.Int("procs", 0, "GOMAXPROCS of each role's process (0: Go's default, every core)")
 	profile := fs.Bool("cpuprofile", false, "have every role write its CPU profile beside its log (<run>/<role>.cpu.pprof; 'go tool pprof' merges them)")
 	check := fs.Bool("check", true, "check each sync job's final parameters bit for bit against the one-process computation")
-	out := fs.String("out", "", "directory of the runs; results.jsonl gathers one line per job, results.md their table, and the curves of a sweep (throughput.png, wait.png, etcd.png) go beside it (default runs/scale-<time>)")
+	out := fs.String("out", "", "directory of the runs; results.jsonl gathers one line per job, results.md their table, and the curves of a sweep (throughput.png, wait.png, etcd.png) go beside it; a sweep's directory takes more jobs, and its table and curves then cover them all (default runs/scale-<time>)")
 	replot := fs.String("plot", "", "only draw the curves and write the table of the sweep in this directory again, from its results.jsonl")
 	fit := fs.String("fit", "", "only fit the cost model to the sweeps in these directories (a list; their results.jsonl, measured on this machine), print its error on every run and its predictions for clusters")
 	if err := parse(fs, args, stderr, "downpour scale --workers 1,4,16,64 --shards 16 --mode sync,async"); err != nil {
@@ -72,8 +73,21 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	if err := rundir.Prepare(out, "scale"); err != nil {
-		return err
+	// An existing sweep's directory takes the new jobs beside its own: its
+	// table and curves then cover both.
+	var all []scale.Result
+	if *out != "" {
+		if rs, err := scale.ReadResults(filepath.Join(*out, "results.jsonl")); err == nil {
+			all = rs
+			fmt.Fprintf(stdout, "adding to the sweep in %s (%d jobs)\n", *out, len(rs))
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	if all == nil {
+		if err := rundir.Prepare(out, "scale"); err != nil {
+			return err
+		}
 	}
 	results, err := os.OpenFile(filepath.Join(*out, "results.jsonl"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
@@ -81,13 +95,15 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	defer results.Close()
 	fmt.Fprintln(stdout, scaleHeader)
-	var all []scale.Result
 	for _, mode := range strings.Split(*modes, ",") {
 		for _, p := range ps {
 			for _, s := range ss {
 				for _, w := range ws {
 					cfg := scale.Config{Binary: bin, Dir: filepath.Join(*out, fmt.Sprintf("%s-w%d-s%d-p%d", mode, w, s, p)),
 						Workers: w, Shards: s, Mode: mode, Steps: *steps, Params: p, StepMs: *stepMs, Faults: fl, CheckpointEvery: *ckpt, Procs: *procs, Profile: *profile}
+					if _, err := os.Stat(cfg.Dir); err == nil {
+						return fmt.Errorf("%s holds that job already: choose another --out", cfg.Dir)
+					}
 					res, err := scale.Run(ctx, cfg)
 					if err != nil {
 						return fmt.Errorf("%d workers, %d shards, %d params, %s: %w", w, s, p, mode, err)

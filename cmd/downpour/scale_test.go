@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -147,6 +148,45 @@ func TestScalePlotWritesTable(t *testing.T) {
 		if _, err := os.Stat(filepath.Join(dir, png)); err != nil {
 			t.Error(err)
 		}
+	}
+}
+
+// --out naming a sweep's directory adds the new jobs to it: its results,
+// table and curves then hold the old jobs and the new, and a job it holds
+// already is refused rather than overwritten.
+func TestScaleAddsToASweep(t *testing.T) {
+	bin := downpourBinary(t)
+	dir := filepath.Join(t.TempDir(), "sweep")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	old := scale.Result{Workers: 2, Shards: 1, Params: 4096, Mode: "async", StepMs: 5, Steps: 20, StepsPerSec: 150, ExamplesPerSec: 9600, Seconds: 3,
+		Wait: scale.Quantiles{P50: 1, P99: 2}, EtcdPerStep: 2}
+	b, _ := json.Marshal(old)
+	if err := os.WriteFile(filepath.Join(dir, "results.jsonl"), append(b, '\n'), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	args := []string{"scale", "--out", dir, "--workers", "1", "--shards", "1", "--mode", "async", "--params", "4096", "--steps", "20", "--step-ms", "5"}
+	if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
+		t.Fatalf("%v: %s", err, out)
+	}
+	rs, err := scale.ReadResults(filepath.Join(dir, "results.jsonl"))
+	if err != nil || len(rs) != 2 || rs[0].Workers != 2 || rs[1].Workers != 1 || rs[1].StepsPerSec <= 0 {
+		t.Fatalf("results %+v, %v", rs, err)
+	}
+	table, err := os.ReadFile(filepath.Join(dir, "results.md"))
+	if err != nil || strings.Count(string(table), "\n| async |") != 2 {
+		t.Fatalf("table %s, %v", table, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "throughput.png")); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin, args...).CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "holds that job already") {
+		t.Fatalf("the same job again: %v, %s", err, out)
+	}
+	if rs, _ := scale.ReadResults(filepath.Join(dir, "results.jsonl")); len(rs) != 2 {
+		t.Fatalf("%d results after a refused job", len(rs))
 	}
 }
 
