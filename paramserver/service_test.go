@@ -708,9 +708,12 @@ func TestServiceRefusesSupersededPlacements(t *testing.T) {
 		if err := c.Pull(context.Background(), 0, w); !errors.Is(err, &wire.Error{Kind: wire.Superseded}) {
 			t.Fatalf("pull under placement %d: %v", v, err)
 		}
+		if err := c.PushPull(context.Background(), 0, g, w); !errors.Is(err, &wire.Error{Kind: wire.Superseded}) {
+			t.Fatalf("push bringing its pull back under placement %d: %v", v, err)
+		}
 	}
-	if n := svc.Refused()[wire.Superseded]; n != 4 {
-		t.Fatalf("%d refusals counted as superseded, want 4", n)
+	if n := svc.Refused()[wire.Superseded]; n != 6 {
+		t.Fatalf("%d refusals counted as superseded, want 6", n)
 	}
 	cur := *p
 	cur.Version = 3
