@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"sync"
 	"syscall"
@@ -499,4 +500,53 @@ func cpuTime(b *testing.B) time.Duration {
 		b.Fatal(err)
 	}
 	return time.Duration(u.Utime.Nano() + u.Stime.Nano())
+}
+
+// BenchmarkRoundTripTail measures the tail of a step's round trip at low
+// load, as the scale harness's one worker and one shard see it: every
+// 100 ms, a Transfer of 65,536 floats to one shard and back (one request,
+// its push bringing its pull back), and beside it raw NATS request/reply
+// of the same sizes (256 KiB each way, a responder on its own connection)
+// on the same server, over TCP. It reports each one's p50 and p99 and
+// their ratios: how much of the tail is NATS and the machine's, and how
+// much the parameter server's. Run with -benchtime 300x (a minute).
+func BenchmarkRoundTripTail(b *testing.B) {
+	r := newRig(b, []models.Tensor{{Name: "x", Shape: []int{65536}}}, 1, 0, tcp)
+	resp := r.dial()
+	reply := written(4*65536+64, 3)
+	sub, err := resp.Subscribe("raw.tail", func(m *nats.Msg) { m.Respond(reply) })
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { sub.Unsubscribe() })
+	resp.Flush()
+	req := written(4*65536+64, 5)
+	ctx := context.Background()
+	var ours, raw []time.Duration
+	for b.Loop() {
+		time.Sleep(50 * time.Millisecond)
+		start := time.Now()
+		if err := r.client.StartPushPull(ctx, r.step, r.grads, r.params).Wait(); err != nil {
+			b.Fatal(err)
+		}
+		ours = append(ours, time.Since(start))
+		r.step++
+		time.Sleep(50 * time.Millisecond)
+		start = time.Now()
+		if _, err := r.nc.Request("raw.tail", req, 10*time.Second); err != nil {
+			b.Fatal(err)
+		}
+		raw = append(raw, time.Since(start))
+	}
+	q := func(ds []time.Duration, p float64) float64 {
+		s := slices.Clone(ds)
+		slices.Sort(s)
+		return float64(s[min(len(s)-1, int(p*float64(len(s))))].Microseconds()) / 1e3
+	}
+	b.ReportMetric(q(ours, 0.5), "p50_ms")
+	b.ReportMetric(q(ours, 0.99), "p99_ms")
+	b.ReportMetric(q(raw, 0.5), "raw_p50_ms")
+	b.ReportMetric(q(raw, 0.99), "raw_p99_ms")
+	b.ReportMetric(q(ours, 0.99)/q(ours, 0.5), "p99/p50")
+	b.ReportMetric(q(raw, 0.99)/q(raw, 0.5), "raw_p99/p50")
 }
