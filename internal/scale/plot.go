@@ -5,9 +5,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"image/color"
+	"math"
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -93,10 +95,16 @@ func Plot(rs []Result, dir string) error {
 	for _, m := range names {
 		slices.SortFunc(modes[m], func(a, b Result) int { return int(a.at(dim) - b.at(dim)) })
 	}
-	tp := newLogLog(label, "examples / s")
+	var xs []float64 // the sweep's values, each a tick
+	for _, r := range rs {
+		if x := r.at(dim); !slices.Contains(xs, x) {
+			xs = append(xs, x)
+		}
+	}
+	tp := newLogLog(label, "examples / s", xs)
 	tp.Title.Text = fmt.Sprintf("throughput (%s)", fixedOf(rs[0], dim))
-	wp := newLogLog(label, "wait on the shards per step (ms)")
-	wp.Title.Text = tp.Title.Text
+	wp := newLogLog(label, "wait on the shards per step (ms)", xs)
+	wp.Title.Text = fmt.Sprintf("wait on the shards (%s)", fixedOf(rs[0], dim))
 	for _, m := range names {
 		var xy, p50, p99, ideal plotter.XYs
 		for _, r := range modes[m] {
@@ -131,7 +139,7 @@ func Plot(rs []Result, dir string) error {
 	if dim != "workers" {
 		return nil
 	}
-	ep := newLogLog(label, "etcd requests per step")
+	ep := newLogLog(label, "etcd requests per step", xs)
 	ep.Title.Text = "etcd requests per step, all roles"
 	for _, m := range names {
 		var got, want plotter.XYs
@@ -159,35 +167,114 @@ func fixedOf(r Result, dim string) string {
 	return fmt.Sprintf("%d workers, %d shards, %g ms a step", r.Workers, r.Shards, r.StepMs)
 }
 
-func newLogLog(x, y string) *plot.Plot {
+// chart is a log-log plot and the points drawn on it, for placing its
+// legend where they are not.
+type chart struct {
+	*plot.Plot
+	pts plotter.XYs
+}
+
+// newLogLog is a log-log chart, its ticks at 1, 2 and 5 times the powers
+// of ten, or at xs on the x axis when given (the sweep's values).
+func newLogLog(x, y string, xs []float64) *chart {
 	p := plot.New()
 	p.X.Label.Text, p.Y.Label.Text = x, y
 	p.X.Scale, p.Y.Scale = plot.LogScale{}, plot.LogScale{}
-	p.X.Tick.Marker, p.Y.Tick.Marker = plot.LogTicks{Prec: -1}, plot.LogTicks{Prec: -1}
-	p.Legend.Top = true
-	p.Legend.Left = true
+	p.X.Tick.Marker, p.Y.Tick.Marker = oneTwoFive{}, oneTwoFive{}
+	if len(xs) > 0 {
+		var ts plot.ConstantTicks
+		for _, v := range xs {
+			ts = append(ts, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'f', -1, 64)})
+		}
+		p.X.Tick.Marker = ts
+	}
 	p.Add(plotter.NewGrid())
-	return p
+	return &chart{Plot: p}
 }
 
-func addLine(p *plot.Plot, name string, xy plotter.XYs, c color.Color, dashed bool) error {
+// oneTwoFive ticks a log axis at 1, 2 and 5 times each power of ten,
+// each labelled (LogTicks labels the powers alone, two or three on an
+// axis of the harness's sweeps); on an axis of a decade and a half or
+// less, at 1, 1.5, 2, 3, 4, 5 and 7 times them.
+type oneTwoFive struct{}
+
+func (oneTwoFive) Ticks(lo, hi float64) []plot.Tick {
+	steps := []float64{1, 2, 5}
+	if math.Log10(hi/lo) <= 1.5 {
+		steps = []float64{1, 1.5, 2, 3, 4, 5, 7}
+	}
+	var ts []plot.Tick
+	for e := math.Floor(math.Log10(lo)); math.Pow(10, e) <= hi; e++ {
+		for _, m := range steps {
+			if v := m * math.Pow(10, e); v >= lo && v <= hi {
+				ts = append(ts, plot.Tick{Value: v, Label: strconv.FormatFloat(v, 'g', 4, 64)})
+			}
+		}
+	}
+	return ts
+}
+
+func addLine(c *chart, name string, xy plotter.XYs, col color.Color, dashed bool) error {
 	l, pts, err := plotter.NewLinePoints(xy)
 	if err != nil {
 		return err
 	}
-	l.Color, pts.Color = c, c
+	c.pts = append(c.pts, xy...)
+	l.Color, pts.Color = col, col
 	if dashed {
 		l.Dashes = []vg.Length{vg.Points(4), vg.Points(3)}
-		p.Add(l)
-		p.Legend.Add(name, l)
+		c.Add(l)
+		c.Legend.Add(name, l)
 		return nil
 	}
-	p.Add(l, pts)
-	p.Legend.Add(name, l, pts)
+	c.Add(l, pts)
+	c.Legend.Add(name, l, pts)
 	return nil
 }
 
-func save(p *plot.Plot, path string) (err error) {
+// placeLegend puts c's legend in the corner of the plot that holds the
+// fewest of its points (on the log axes), so that it hides no curve.
+func (c *chart) placeLegend() {
+	x0, x1, y0, y1 := math.Inf(1), math.Inf(-1), math.Inf(1), math.Inf(-1)
+	for _, p := range c.pts {
+		x, y := math.Log(p.X), math.Log(p.Y)
+		x0, x1, y0, y1 = min(x0, x), max(x1, x), min(y0, y), max(y1, y)
+	}
+	var n [2][2]int // [top][left]
+	for _, p := range c.pts {
+		top := math.Log(p.Y) > (y0+y1)/2
+		left := math.Log(p.X) < (x0+x1)/2
+		n[b2i(top)][b2i(left)]++
+	}
+	best := [2]int{1, 1} // top left, where ties go
+	for _, top := range []int{1, 0} {
+		for _, left := range []int{1, 0} {
+			if n[top][left] < n[best[0]][best[1]] {
+				best = [2]int{top, left}
+			}
+		}
+	}
+	c.Legend.Top, c.Legend.Left = best[0] == 1, best[1] == 1
+	// Inside the axes, clear of the title and the ticks.
+	c.Legend.XOffs, c.Legend.YOffs = -vg.Points(8), vg.Points(8)
+	if c.Legend.Left {
+		c.Legend.XOffs = vg.Points(8)
+	}
+	if c.Legend.Top {
+		c.Legend.YOffs = -vg.Points(14)
+	}
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+func save(c *chart, path string) (err error) {
+	c.placeLegend()
+	p := c.Plot
 	defer func() { // the plotting library panics on some degenerate axes
 		if r := recover(); r != nil {
 			err = fmt.Errorf("drawing %s: %v", path, r)

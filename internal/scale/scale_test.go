@@ -2,12 +2,15 @@ package scale
 
 import (
 	"encoding/json"
+	"image/color"
 	"os"
 	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
 	"testing"
+
+	"gonum.org/v1/plot/plotter"
 
 	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/internal/wire"
@@ -229,6 +232,55 @@ func TestWriteTable(t *testing.T) {
 		}
 		if strings.Count(lines[2+i], "|") != strings.Count(lines[0], "|") {
 			t.Errorf("row %d has %d cells, the header %d", i, strings.Count(lines[2+i], "|"), strings.Count(lines[0], "|"))
+		}
+	}
+}
+
+// A log axis is ticked at 1, 2 and 5 times the powers of ten, or finer on
+// a short one, every tick labelled.
+func TestOneTwoFiveTicks(t *testing.T) {
+	values := func(lo, hi float64) []float64 {
+		var vs []float64
+		for _, tk := range (oneTwoFive{}).Ticks(lo, hi) {
+			if tk.Label == "" {
+				t.Errorf("tick %g has no label", tk.Value)
+			}
+			vs = append(vs, tk.Value)
+		}
+		return vs
+	}
+	if got, want := values(300, 12000), []float64{500, 1000, 2000, 5000, 10000}; !slices.Equal(got, want) {
+		t.Errorf("300..12000: %v, want %v", got, want)
+	}
+	if got, want := values(600, 5000), []float64{700, 1000, 1500, 2000, 3000, 4000, 5000}; !slices.Equal(got, want) {
+		t.Errorf("600..5000: %v, want %v", got, want)
+	}
+}
+
+// The legend goes to the corner its chart's points leave empty: top left
+// for a rising curve, top right for a falling one, bottom left for a flat
+// one at the top.
+func TestLegendTakesTheEmptyCorner(t *testing.T) {
+	for _, c := range []struct {
+		name      string
+		ys        []float64
+		top, left bool
+	}{
+		{"rising", []float64{1, 10, 100, 1000}, true, true},
+		{"falling", []float64{1000, 100, 10, 1}, true, false},
+		{"flat at the top, falling at the end", []float64{1000, 990, 980, 1}, false, true},
+	} {
+		ch := newLogLog("x", "y", nil)
+		var xy plotter.XYs
+		for i, y := range c.ys {
+			xy = append(xy, plotter.XY{X: float64(int(1) << i), Y: y})
+		}
+		if err := addLine(ch, "a", xy, color.Black, false); err != nil {
+			t.Fatal(err)
+		}
+		ch.placeLegend()
+		if ch.Legend.Top != c.top || ch.Legend.Left != c.left {
+			t.Errorf("%s: legend top %v left %v, want %v %v", c.name, ch.Legend.Top, ch.Legend.Left, c.top, c.left)
 		}
 	}
 }
