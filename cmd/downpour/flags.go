@@ -401,6 +401,11 @@ func (c choice) Get() any { return c.String() }
 // Prometheus metrics on.
 func httpFlag(fs *flag.FlagSet, e *endpoints) {
 	fs.StringVar(&e.http, "http", "127.0.0.1:0", "serve the dashboard and Prometheus metrics (/metrics) on this address (port 0: any free port; empty: none)")
+}
+
+// profileFlag binds --cpuprofile, for the roles that join a cluster (join
+// runs the profile).
+func profileFlag(fs *flag.FlagSet, e *endpoints) {
 	fs.StringVar(&e.profile, "cpuprofile", "", "write this process's CPU profile here when it ends (read it with 'go tool pprof')")
 }
 

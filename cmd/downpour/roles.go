@@ -49,6 +49,7 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 	var ep endpoints
 	endpointFlags(fs, &ep)
 	httpFlag(fs, &ep)
+	profileFlag(fs, &ep)
 	out := fs.String("out", "", "run directory for metrics.jsonl and the final checkpoint (default runs/<job>-<time>)")
 	resume := fs.Bool("resume", false, "continue the stopped job --job from its last complete checkpoint, as it was started (its spec is in etcd); --out may hold its earlier run")
 	if err := jf.parse(args, stderr, "downpour coordinator --nats nats://127.0.0.1:4222 --etcd http://127.0.0.1:2379 --job demo --workers 2 --ps-shards 2"); err != nil {
@@ -187,6 +188,7 @@ func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	var ep endpoints
 	endpointFlags(fs, &ep)
 	httpFlag(fs, &ep)
+	profileFlag(fs, &ep)
 	name := fs.String("job", "demo", "job to serve")
 	shard := fs.Int("shard", -1, "shard index to serve (-1: the lowest free one)")
 	dataDir := fs.String("data-dir", "", "directory for the shard's snapshots (needed when the job checkpoints; one job's: another is refused)")
@@ -221,6 +223,7 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	var ep endpoints
 	endpointFlags(fs, &ep)
 	httpFlag(fs, &ep)
+	profileFlag(fs, &ep)
 	name := fs.String("job", "demo", "job to join")
 	id := fs.String("id", "", "worker id, unique in the job (default host-pid-time)")
 	ttl := fs.Int64("lease-ttl", 10, "seconds without a heartbeat after which the job gives this worker up")

@@ -153,7 +153,8 @@ func TestScalePlotWritesTable(t *testing.T) {
 
 // --out naming a sweep's directory adds the new jobs to it: its results,
 // table and curves then hold the old jobs and the new, and a job it holds
-// already is refused rather than overwritten.
+// already is refused rather than overwritten. (The first run also checks
+// --cpuprofile.)
 func TestScaleAddsToASweep(t *testing.T) {
 	bin := downpourBinary(t)
 	dir := filepath.Join(t.TempDir(), "sweep")
@@ -167,8 +168,16 @@ func TestScaleAddsToASweep(t *testing.T) {
 		t.Fatal(err)
 	}
 	args := []string{"scale", "--out", dir, "--workers", "1", "--shards", "1", "--mode", "async", "--params", "4096", "--steps", "20", "--step-ms", "5"}
-	if out, err := exec.Command(bin, args...).CombinedOutput(); err != nil {
+	if out, err := exec.Command(bin, append(args, "--cpuprofile")...).CombinedOutput(); err != nil {
 		t.Fatalf("%v: %s", err, out)
+	}
+	// --cpuprofile: every role wrote its profile (gzipped protobuf) as it
+	// ended.
+	for _, role := range []string{"coordinator", "ps-0", "worker-0"} {
+		b, err := os.ReadFile(filepath.Join(dir, "async-w1-s1-p4096", role+".cpu.pprof"))
+		if err != nil || len(b) < 2 || b[0] != 0x1f || b[1] != 0x8b {
+			t.Errorf("%s's profile: %v, %d bytes", role, err, len(b))
+		}
 	}
 	rs, err := scale.ReadResults(filepath.Join(dir, "results.jsonl"))
 	if err != nil || len(rs) != 2 || rs[0].Workers != 2 || rs[1].Workers != 1 || rs[1].StepsPerSec <= 0 {
