@@ -184,8 +184,9 @@ func (o *ShardObserver) SnapshotWritten(d time.Duration, bytes int64) {
 
 // Requests records one job's client requests: for each, of kind op (push,
 // pull or pushpull) to a shard, how long it took and how many bytes of
-// floats it carried. Each op and shard's series is looked up once: the
-// label lookup was two thirds of the cost, paid at every message.
+// floats it carried. Each op and shard's series is looked up once: in a
+// CPU profile of 64 workers, the label lookup at every message was two
+// thirds of recording it.
 type Requests struct {
 	job    string
 	mu     sync.Mutex

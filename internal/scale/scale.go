@@ -316,8 +316,8 @@ type harness struct {
 func (h *harness) run(ctx context.Context) (*Result, error) {
 	cfg := h.cfg
 	ep := []string{"--nats", h.c.NATSURL, "--etcd", h.c.EtcdEndpoints[0]}
-	nats0, etcd0, self0 := natsIn(h.c.NATS), etcdCounts(received), selfCPU()
-	watch0 := etcdCounts(sent)["Watch"]
+	etcd0, watch0 := etcdCounts()
+	nats0, self0 := natsIn(h.c.NATS), selfCPU()
 	start := time.Now()
 	var shards, workers []*role
 	for i := range cfg.Shards {
@@ -446,13 +446,14 @@ func (h *harness) measure(res *Result, metricsPath string, nats0 Traffic, etcd0 
 	n := natsIn(h.c.NATS)
 	res.NATS = Traffic{Msgs: (n.Msgs - nats0.Msgs) / float64(res.Steps), Bytes: (n.Bytes - nats0.Bytes) / float64(res.Steps)}
 	res.Etcd = EtcdCounts{}
-	for k, v := range etcdCounts(received) {
+	etcd1, watch1 := etcdCounts()
+	for k, v := range etcd1 {
 		if d := v - etcd0[k]; d > 0 {
 			res.Etcd[k] = d
 			res.EtcdPerStep += d / float64(res.Steps)
 		}
 	}
-	res.WatchPerStep = (etcdCounts(sent)["Watch"] - watch0) / float64(res.Steps)
+	res.WatchPerStep = (watch1 - watch0) / float64(res.Steps)
 	return nil
 }
 
@@ -465,34 +466,33 @@ func natsIn(s *server.Server) Traffic {
 	return Traffic{Msgs: float64(v.InMsgs), Bytes: float64(v.InBytes)}
 }
 
-// The embedded etcd's gRPC server's counters of messages (unary calls and
-// stream messages) received and sent.
-const (
-	received = "grpc_server_msg_received_total"
-	sent     = "grpc_server_msg_sent_total"
-)
-
-// etcdCounts is the embedded etcd's messages received or sent by method,
-// from its gRPC server's metrics.
-func etcdCounts(metric string) EtcdCounts {
-	counts := EtcdCounts{}
+// etcdCounts is the embedded etcd's requests (unary calls and stream
+// messages received) by method, and the watch responses it has sent, from
+// one read of its gRPC server's metrics.
+func etcdCounts() (requests EtcdCounts, watchSent float64) {
+	requests = EtcdCounts{}
 	mfs, err := prometheus.DefaultGatherer.Gather()
 	if err != nil {
-		return counts
+		return requests, 0
 	}
 	for _, mf := range mfs {
-		if mf.GetName() != metric {
+		name := mf.GetName()
+		if name != "grpc_server_msg_received_total" && name != "grpc_server_msg_sent_total" {
 			continue
 		}
 		for _, m := range mf.GetMetric() {
 			for _, l := range m.GetLabel() {
-				if l.GetName() == "grpc_method" {
-					counts[l.GetValue()] += m.GetCounter().GetValue()
+				switch {
+				case l.GetName() != "grpc_method":
+				case name == "grpc_server_msg_received_total":
+					requests[l.GetValue()] += m.GetCounter().GetValue()
+				case l.GetValue() == "Watch":
+					watchSent += m.GetCounter().GetValue()
 				}
 			}
 		}
 	}
-	return counts
+	return requests, watchSent
 }
 
 // start starts a role's process, its output into <dir>/<name>.log.
