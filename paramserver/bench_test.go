@@ -448,29 +448,66 @@ func syncOverheadW2Model(b *testing.B, conn connKind, rows bool) {
 	b.ReportMetric(float64(waitEnd.Milliseconds())/steps, "ms_wait_end/ps_step")
 }
 
-// BenchmarkTransferCombined moves the scale harness's step (65536 floats
-// in 8 tensors over 16 shards: one message a shard) through a Transfer, as
-// workers do, two ways side by side in each iteration: each shard's push
-// bringing its pull back in one request (the default), and a push then a
-// pull (SeparatePulls). It reports the median time and CPU of a step each
-// way (CPU: this process's, which serves NATS and the shards too: what
-// the step costs the machine) and their ratios, separate over combined.
-// Over TCP, as roles in separate processes.
+// BenchmarkTransferCombined moves a step through a Transfer, as workers
+// do, two ways side by side in each iteration: each group's push bringing
+// its pull back in one request (the default where a step's messages fit in
+// the window), and a push then a pull (SeparatePulls). It reports the
+// median time and CPU of a step each way (CPU: this process's, which serves
+// NATS and the shards too: what the step costs the machine) and their
+// ratios, separate over combined. Over TCP, as roles in separate processes.
+//
+// transfer=dense is the scale harness's step: 65536 floats in 8 tensors
+// over 16 shards, one message a shard. transfer=rows is an embedding
+// table's step as Seq2Seq workers move it: a 4000x64 table and 4 dense
+// tensors of 8192 floats over 4 shards, the push carrying the rows of one
+// batch (about a third of them) and the pull those of the next, as sparse
+// blocks beside the dense ones.
 func BenchmarkTransferCombined(b *testing.B) {
-	var ts []models.Tensor
-	for i := range 8 {
-		ts = append(ts, models.Tensor{Name: fmt.Sprint("t", i), Shape: []int{8192}})
-	}
-	r := newRig(b, ts, 16, 0, tcp)
+	b.Run("transfer=dense", func(b *testing.B) {
+		var ts []models.Tensor
+		for i := range 8 {
+			ts = append(ts, models.Tensor{Name: fmt.Sprint("t", i), Shape: []int{8192}})
+		}
+		transferCombined(b, ts, 16, nil)
+	})
+	b.Run("transfer=rows", func(b *testing.B) {
+		ts := []models.Tensor{{Name: "emb", Shape: []int{4000, 64}}}
+		for i := range 4 {
+			ts = append(ts, models.Tensor{Name: fmt.Sprint("t", i), Shape: []int{8192}})
+		}
+		rng := rand.New(rand.NewPCG(4, 4))
+		emb := 4000 * 64
+		ranges := [2][][2]int{append(randRanges(rng, emb, 64), [2]int{emb, emb + 4*8192}), append(randRanges(rng, emb, 64), [2]int{emb, emb + 4*8192})}
+		transferCombined(b, ts, 4, &ranges)
+	})
+}
+
+// transferCombined times steps of tensors over shards, combined and
+// separate; with rows, step k pushes rows[k%2] and pulls rows[(k+1)%2].
+func transferCombined(b *testing.B, ts []models.Tensor, shards int, rows *[2][][2]int) {
+	r := newRig(b, ts, shards, 0, tcp)
 	sep, err := NewClient(r.nc, "j", r.p, 0, 1)
 	if err != nil {
 		b.Fatal(err)
 	}
 	sep.SeparatePulls = true
+	grads := r.grads
+	if rows != nil {
+		grads = zeroOutside(r.grads, rows[0])
+		if gs, err := r.client.transferGroups(rows[0], rows[1]); err != nil || len(gs) > r.client.Window {
+			b.Fatalf("%d groups (%v): more than the window, which would not combine them", len(gs), err)
+		}
+	}
 	ctx := context.Background()
 	step := func(c *Client) (time.Duration, time.Duration) {
 		cpu0, start := cpuTime(b), time.Now()
-		if err := c.StartPushPull(ctx, r.step, r.grads, r.params).Wait(); err != nil {
+		var x *Transfer
+		if rows == nil {
+			x = c.StartPushPull(ctx, r.step, grads, r.params)
+		} else {
+			x = c.StartPushPullSparse(ctx, r.step, grads, r.params, rows[0], rows[1])
+		}
+		if err := x.Wait(); err != nil {
 			b.Fatal(err)
 		}
 		r.step++

@@ -38,7 +38,9 @@ type Client struct {
 	// A group's pull waits, in the connection's outgoing stream and in the
 	// shard's incoming one, behind every push sent before it: a few pushes
 	// keep the link busy, more only delay the first pulls, which are what
-	// the next forward pass waits for.
+	// the next forward pass waits for. A transfer whose groups all fit in
+	// Window sends each push with its pull and all of them at once: there
+	// the limit does not apply.
 	PushWindow int
 	// SeparatePulls has a transfer send each push and the next step's pull
 	// as two requests, as before a push could bring its pull back
@@ -343,12 +345,13 @@ func fill(g group, r *wire.PullReply, params []float32, spans [][]byte) (int, er
 
 // pushThenPull sends g's blocks of grads for step and, in the same round
 // trip, pulls them into params once the shard has applied step+1 steps
-// (wire.PushRequest.Pull). g must be dense. A pull the shard held too long
-// (Expired: the push was taken) is asked for again on its own, as is one a
-// shard that answered the push alone (one that does not know Pull) owes.
+// (wire.PushRequest.Pull): in a sparse transfer, the parts g.push lists
+// and the parts g.pull lists. A pull the shard held too long (Expired: the
+// push was taken) is asked for again on its own, as is one a shard that
+// answered the push alone (one that does not know Pull) owes.
 func (c *Client) pushThenPull(ctx context.Context, g group, step int64, grads, params []float32) error {
-	req := &wire.PushRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch, Step: step, Pull: true}
-	hdr, data, n, release := encodePush(g, req, grads, nil)
+	req := &wire.PushRequest{V: wire.Version, Job: c.job, Rank: c.rank, Epoch: c.epoch, Step: step, Pull: true, PullSpans: g.pull}
+	hdr, data, n, release := encodePush(g, req, grads, g.push)
 	defer release()
 	start := time.Now()
 	msg, err := c.request(ctx, wire.PushSubject(c.job, c.version, g.shard), hdr, data)
@@ -361,12 +364,12 @@ func (c *Client) pushThenPull(ctx context.Context, g group, step int64, grads, p
 	}
 	if r.Kind == wire.Expired || r.Kind == wire.OK && len(r.Blocks) == 0 && len(g.blocks) > 0 {
 		c.observe(OpPush, g, start, n)
-		return c.pull(ctx, g, step+1, false, params, nil)
+		return c.pull(ctx, g, step+1, false, params, g.pull)
 	}
-	if err := r.Err(); err != nil {
-		return fmt.Errorf("push of step %d to shard %d refused: %w", step, g.shard, err)
+	if err := r.Err(); err != nil { // the shard took neither
+		return fmt.Errorf("push of step %d to shard %d, with its pull, refused: %w", step, g.shard, err)
 	}
-	got, err := fill(g, r, params, nil)
+	got, err := fill(g, r, params, g.pull)
 	if err != nil {
 		return err
 	}
@@ -395,7 +398,7 @@ func (c *Client) push(ctx context.Context, g group, step int64, grads []float32,
 // into a pooled buffer that release returns.
 func encodePush(g group, req *wire.PushRequest, grads []float32, spans [][]byte) (hdr nats.Header, data []byte, n int, release func()) {
 	req.Blocks = make([]wire.Block, len(g.blocks))
-	if g.contiguous && !slices.ContainsFunc(spans, func(sp []byte) bool { return sp != nil }) {
+	if g.contiguous && spans == nil && req.PullSpans == nil { // (span lists would crowd the envelope)
 		for i, b := range g.blocks {
 			req.Blocks[i] = wire.Block{ID: b.ID}
 		}

@@ -211,3 +211,136 @@ func TestPushThenPullFallsBackToPull(t *testing.T) {
 		t.Fatalf("pushes asked to pull %v (%d groups); parameters right: %v", asked, len(c.groups), slices.Equal(w, want))
 	}
 }
+
+// A sparse transfer's push brings its pull back too, carrying the span
+// lists to pull (wire.PushRequest.PullSpans): no message goes to a pull
+// subject, half the messages of the separate path go, and the parameters
+// inside each rank's pull ranges come back bit for bit as the separate
+// path pulls them (which TestSparseTransferMatchesDense holds to the dense
+// transfer's), in sync mode with two ranks pushing and pulling different
+// rows.
+func TestSparsePushBringsItsPullBack(t *testing.T) {
+	nc := testenv.NATSConn(t, 64<<10)
+	ts := []models.Tensor{{Name: "emb", Shape: []int{500, 32}}, {Name: "w", Shape: []int{40, 40}}}
+	opt := DefaultOptimizer("adam", 0.01)
+	p := placement.Place(ts, 3000, 2)
+	cfg := syncCfg(2, opt)
+	serveAll(t, nc, newShards(p, cfg), ServiceConfig{Job: "c"})
+	serveAll(t, nc, newShards(p, cfg), ServiceConfig{Job: "s"})
+	count := func(job string) (pushes, pulls *atomic.Int64) {
+		pushes, pulls = &atomic.Int64{}, &atomic.Int64{}
+		sub, err := nc.Subscribe("downpour."+job+".>", func(m *nats.Msg) {
+			switch {
+			case strings.HasSuffix(m.Subject, ".push"):
+				pushes.Add(1)
+			case strings.HasSuffix(m.Subject, ".pull"):
+				pulls.Add(1)
+			}
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { sub.Unsubscribe() })
+		nc.Flush()
+		return pushes, pulls
+	}
+	cPushes, cPulls := count("c")
+	sPushes, sPulls := count("s")
+	var combined, separate [2]*Client
+	for r := range 2 {
+		combined[r], _ = NewClient(nc, "c", p, r, 1)
+		separate[r], _ = NewClient(nc, "s", p, r, 1)
+		separate[r].SeparatePulls = true
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rng := rand.New(rand.NewPCG(8, 1))
+	emb := 500 * 32
+	var cw, sw [2][]float32
+	for r := range 2 {
+		cw[r], sw[r] = slices.Repeat([]float32{7}, p.Size()), slices.Repeat([]float32{7}, p.Size())
+	}
+	messages := 0
+	for step := range 3 {
+		var xfers []*Transfer
+		for r := range 2 {
+			push := append(randRanges(rng, emb, 32), [2]int{emb, p.Size()})
+			pull := randRanges(rng, emb, 32) // and none of w
+			g := zeroOutside(grads(rng, p.Size()), push)
+			groups, err := combined[r].transferGroups(push, pull)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(groups) > combined[r].Window || !slices.ContainsFunc(groups, func(g group) bool { return g.push != nil && g.pull != nil }) {
+				t.Fatalf("%d groups, within the window of %d, some of them sparse both ways: the test needs them", len(groups), combined[r].Window)
+			}
+			messages += len(groups)
+			xfers = append(xfers, combined[r].StartPushPullSparse(ctx, int64(step), g, cw[r], push, pull),
+				separate[r].StartPushPullSparse(ctx, int64(step), g, sw[r], push, pull))
+		}
+		for _, x := range xfers {
+			if err := x.Wait(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for r := range 2 {
+			for i := range cw[r] {
+				if math.Float32bits(cw[r][i]) != math.Float32bits(sw[r][i]) {
+					t.Fatalf("step %d rank %d: float %d is %v combined, %v separate", step, r, i, cw[r][i], sw[r][i])
+				}
+			}
+		}
+	}
+	awaitCount(func() int { return int(sPulls.Load()) }, messages)
+	time.Sleep(50 * time.Millisecond)
+	if cPushes.Load() != int64(messages) || cPulls.Load() != 0 || sPushes.Load() != int64(messages) || sPulls.Load() != int64(messages) {
+		t.Fatalf("combined: %d push and %d pull messages; separate: %d and %d; want %d pushes each, and pulls only separate",
+			cPushes.Load(), cPulls.Load(), sPushes.Load(), sPulls.Load(), messages)
+	}
+}
+
+// Whatever would refuse a combined request's pull refuses its push with
+// it, before the push changes anything: span lists to pull outside a
+// block, or a shard holding all the pulls it may. The shard then has taken
+// nothing, and says so.
+func TestPushThenPullRefusedWhole(t *testing.T) {
+	nc := testenv.NATSConn(t, 0)
+	p := placement.Place(testTensors, 8, 1)
+	svc := serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1))), ServiceConfig{})[0]
+	b := p.Blocks[0]
+	ask := func(pullSpans []byte) error {
+		t.Helper()
+		req := &wire.PushRequest{V: wire.Version, Job: "j", Epoch: 1, Pull: true,
+			Blocks:    []wire.Block{{ID: b.ID, Data: make([]byte, 4*b.Len)}},
+			PullSpans: [][]byte{pullSpans}}
+		msg, err := nc.Request(wire.PushSubject("j", p.Version, 0), wire.EncodePush(req), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := wire.DecodePullReply(msg.Data)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Err()
+	}
+	if err := ask(wire.AppendSpan(nil, b.Len-1, 2)); wire.ErrKind(err) != wire.BadLength && wire.ErrKind(err) != wire.Malformed {
+		t.Fatalf("spans to pull past the block's end: %v", err)
+	}
+	svc.mu.Lock()
+	for i := range MaxWaitingPulls {
+		svc.held[uint64(1<<40+i)] = heldPull{}
+	}
+	svc.mu.Unlock()
+	if err := ask(nil); wire.ErrKind(err) != wire.TooLarge {
+		t.Fatalf("a shard holding %d pulls: %v, want kind TooLarge", MaxWaitingPulls, err)
+	}
+	if st := svc.Stats(); st.Accepted != 0 || svc.Clock() != 0 {
+		t.Fatalf("refused requests changed the shard: %+v, clock %d", st, svc.Clock())
+	}
+	svc.mu.Lock()
+	clear(svc.held)
+	svc.mu.Unlock()
+	if err := ask(wire.AppendSpan(nil, 0, 1)); err != nil || svc.Stats().Accepted != 1 {
+		t.Fatalf("the same request with room and spans inside the block: %v, %+v", err, svc.Stats())
+	}
+}

@@ -290,17 +290,26 @@ func (s *Service) onPush(m *nats.Msg) {
 		return
 	}
 	s.mu.Lock()
-	err = s.shard.Push(req)
+	var then *wire.PullRequest
+	if req.Pull && m.Reply != "" {
+		// Whatever would refuse the pull refuses the push with it, before
+		// the push changes anything: an answer is all or nothing.
+		then = req.ThenPull()
+		err = s.canHoldLocked(then)
+	}
+	if err == nil {
+		err = s.shard.Push(req)
+	}
 	clock := s.shard.Clock()
 	var lag int64
 	if err == nil && s.cfg.Observer != nil {
 		lag = s.shard.Lag(int(req.Rank))
 	}
 	s.drainLocked(&o)
-	if err == nil && req.Pull && m.Reply != "" {
+	if err == nil && then != nil {
 		// The push's answer is its pull's: after the pulls this push
 		// completed, answered now or held like any pull.
-		s.pullLocked(m.Reply, req.ThenPull(), &o)
+		s.pullLocked(m.Reply, then, &o)
 	}
 	s.mu.Unlock()
 	if err != nil {
@@ -333,10 +342,25 @@ func (s *Service) onPull(m *nats.Msg) {
 	s.pullLocked(m.Reply, req, &o)
 }
 
+// canHoldLocked says why pullLocked would refuse req, if it would.
+func (s *Service) canHoldLocked(req *wire.PullRequest) error {
+	if err := s.fullLocked(); err != nil {
+		return err
+	}
+	return s.shard.CheckPull(req)
+}
+
+func (s *Service) fullLocked() error {
+	if len(s.held) >= MaxWaitingPulls {
+		return &wire.Error{Kind: wire.TooLarge, Msg: fmt.Sprintf("%d pulls already held", len(s.held))}
+	}
+	return nil
+}
+
 // pullLocked answers req on reply now, or holds it until the shard can.
 func (s *Service) pullLocked(reply string, req *wire.PullRequest, o *outbox) {
-	if len(s.held) >= MaxWaitingPulls {
-		s.refusal(reply, o, &wire.Error{Kind: wire.TooLarge, Msg: fmt.Sprintf("%d pulls already held", len(s.held))}, true)
+	if err := s.fullLocked(); err != nil {
+		s.refusal(reply, o, err, true)
 		return
 	}
 	s.nextToken++

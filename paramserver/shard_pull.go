@@ -9,25 +9,35 @@ import (
 // names it in a later Ready. A pull of a block the shard does not own, or
 // of spans outside a block, is refused.
 func (s *Shard) Pull(req *wire.PullRequest, token uint64) (bool, error) {
-	if req.Spans != nil && len(req.Spans) != len(req.IDs) {
-		return false, refuse(wire.Malformed, "%d span lists for %d block ids", len(req.Spans), len(req.IDs))
-	}
-	for k, id := range req.IDs {
-		i, ok := s.pos[id]
-		if !ok {
-			return false, refuse(wire.UnknownBlock, "block %d is not on this shard", id)
-		}
-		if req.Spans != nil {
-			if _, err := checkSpans(s.blocks[i], req.Spans[k], -1); err != nil {
-				return false, err
-			}
-		}
+	if err := s.CheckPull(req); err != nil {
+		return false, err
 	}
 	if s.answerable(req) {
 		return true, nil
 	}
 	s.waiting = append(s.waiting, waiter{token: token, req: req, since: s.now})
 	return false, nil
+}
+
+// CheckPull says whether Pull would refuse req: a pull of a block the shard
+// does not own, or of spans outside a block. Nothing in the shard changes
+// that, so a pull it lets through is never refused later.
+func (s *Shard) CheckPull(req *wire.PullRequest) error {
+	if req.Spans != nil && len(req.Spans) != len(req.IDs) {
+		return refuse(wire.Malformed, "%d span lists for %d block ids", len(req.Spans), len(req.IDs))
+	}
+	for k, id := range req.IDs {
+		i, ok := s.pos[id]
+		if !ok {
+			return refuse(wire.UnknownBlock, "block %d is not on this shard", id)
+		}
+		if req.Spans != nil {
+			if _, err := checkSpans(s.blocks[i], req.Spans[k], -1); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // Waiting is the number of pulls held.

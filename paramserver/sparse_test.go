@@ -404,7 +404,8 @@ func TestTransferGroups(t *testing.T) {
 }
 
 // A transfer's pushes leave in its groups' order (the read order): with one
-// push in flight, the shards receive them exactly so.
+// push in flight, the shards receive them exactly so. (Sent with their
+// pulls, as they are when they all fit in the window, they leave at once.)
 func TestTransferPushesInReadOrder(t *testing.T) {
 	nc := testenv.NATSConn(t, 16<<10)
 	ts := []models.Tensor{{Name: "emb", Shape: []int{100, 32}}, {Name: "w", Shape: []int{40, 40}}, {Name: "b", Shape: []int{40}}}
@@ -428,7 +429,7 @@ func TestTransferPushesInReadOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.PushWindow = 1
+	c.PushWindow, c.SeparatePulls = 1, true
 	c.ReadOrder([][2]int{{3200, 4800}, {4800, 4840}, {0, 3200}}) // w, b, emb
 	push := [][2]int{{0, 64}, {640, 704}, {3200, 4840}}
 	groups, err := c.transferGroups(push, push)

@@ -99,13 +99,13 @@ func (c *Client) run(ctx context.Context, t *Transfer, step int64, grads, params
 	}
 	pushing := make(chan struct{}, max(1, c.PushWindow))
 	pulling := make(chan struct{}, max(1, c.Window))
-	// A dense group's push brings its pull back (pushThenPull) when every
-	// group fits in the window at once: then no group's push waits for
-	// another's parameters, which in sync mode wait for every rank.
+	// A group's push brings its pull back (pushThenPull) when every group
+	// fits in the window at once: then no group's push waits for another's
+	// parameters, which in sync mode wait for every rank.
 	combine := !c.SeparatePulls && len(t.groups) <= cap(pulling)
 	var wg sync.WaitGroup
 	for i, g := range t.groups {
-		if combine && g.push == nil && g.pull == nil {
+		if combine {
 			if !acquire(pulling) { // never waits: the groups fit
 				break
 			}
@@ -164,7 +164,13 @@ func (c *Client) transferGroups(push, pull [][2]int) ([]group, error) {
 				var pushSize, pullSize int
 				pushSpans[i], pushSize = sparseBlock(push, b)
 				pullSpans[i], pullSize = sparseBlock(pull, b)
-				sizes[i] = max(pushSize, pullSize)
+				// A push that brings its pull back carries the pull's
+				// span list too (its bin header, or a nil).
+				pullList := 1
+				if pullSpans[i] != nil {
+					pullList = 5 + len(pullSpans[i])
+				}
+				sizes[i] = max(pushSize+pullList, pullSize)
 			}
 			gs, err := c.pack(bs[0].Shard, bs, sizes, pushSpans, pullSpans)
 			if err != nil {

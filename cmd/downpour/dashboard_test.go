@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -89,13 +90,25 @@ func sample(scrape, series string) float64 {
 	return -1
 }
 
+// dashRuns numbers the runs of TestDashboardAndMetricsOfARunningJob.
+var dashRuns atomic.Int64
+
 // A running job serves its dashboard and Prometheus metrics: the page and
 // its script, the status of the job (members, shards and their clocks), the
 // run's progress, the curves, the latest translations, and metrics whose
 // values move while it trains.
 func TestDashboardAndMetricsOfARunningJob(t *testing.T) {
 	out := filepath.Join(t.TempDir(), "run")
-	url, wait := startTrain(t, "--job", "dash", "--steps", "1000", "--hidden", "32", "--embed", "16", "--eval-every", "50", "--out", out, "--http", "127.0.0.1:0")
+	// Long enough to be running through every check: about 4 s in a plain
+	// build, which trains near 1,000 steps a second, and longer under
+	// -race. The job's name is new to the process at each run (-count),
+	// whose metrics would otherwise start from the last run's.
+	steps := "4000"
+	if raceBuild {
+		steps = "1500"
+	}
+	job := fmt.Sprintf("dash%d", dashRuns.Add(1))
+	url, wait := startTrain(t, "--job", job, "--steps", steps, "--hidden", "32", "--embed", "16", "--eval-every", "50", "--out", out, "--http", "127.0.0.1:0")
 
 	code, hdr, page := get(t, url)
 	if code != 200 || !strings.HasPrefix(hdr.Get("Content-Type"), "text/html") || !strings.Contains(string(page), `<script src="/static/app.js">`) {
@@ -127,24 +140,24 @@ func TestDashboardAndMetricsOfARunningJob(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	if st.Role != "train" || st.Job != "dash" || st.State != "running" {
+	if st.Role != "train" || st.Job != job || st.State != "running" {
 		t.Fatalf("status %+v", st)
 	}
 
 	// Metrics move while the job trains: once every series is there (the
 	// ranks' first steps may still be under way), they grow.
 	series := []string{
-		`downpour_worker_steps_total{job="dash",rank="0"}`,
-		`downpour_worker_steps_total{job="dash",rank="1"}`,
-		// Shard 0 holds the embeddings, which travel sparse, a push then
-		// a pull; shard 1's dense blocks come back in the push's reply.
-		`downpour_client_request_seconds_count{job="dash",op="push",shard="0"}`,
-		`downpour_client_request_seconds_count{job="dash",op="pull",shard="0"}`,
-		`downpour_client_request_seconds_count{job="dash",op="pushpull",shard="1"}`,
-		`downpour_client_payload_bytes_total{job="dash",op="pushpull",shard="1"}`,
-		`downpour_ps_pushes_total{job="dash",shard="0"}`,
-		`downpour_ps_clock_lag_steps_count{job="dash",shard="1"}`,
-		`downpour_job_step{job="dash"}`,
+		`downpour_worker_steps_total{job="` + job + `",rank="0"}`,
+		`downpour_worker_steps_total{job="` + job + `",rank="1"}`,
+		// Shard 0 holds the embeddings, which travel sparse, shard 1
+		// dense blocks: both come back in the push's reply.
+		`downpour_client_request_seconds_count{job="` + job + `",op="pushpull",shard="0"}`,
+		`downpour_client_payload_bytes_total{job="` + job + `",op="pushpull",shard="0"}`,
+		`downpour_client_request_seconds_count{job="` + job + `",op="pushpull",shard="1"}`,
+		`downpour_client_payload_bytes_total{job="` + job + `",op="pushpull",shard="1"}`,
+		`downpour_ps_pushes_total{job="` + job + `",shard="0"}`,
+		`downpour_ps_clock_lag_steps_count{job="` + job + `",shard="1"}`,
+		`downpour_job_step{job="` + job + `"}`,
 		`downpour_nats_bytes_total{direction="out",role="worker"}`,
 		`downpour_nats_bytes_total{direction="in",role="ps"}`,
 	}
@@ -181,7 +194,7 @@ func TestDashboardAndMetricsOfARunningJob(t *testing.T) {
 			t.Errorf("%s: %v then %v, want it present and growing", series, a, b)
 		}
 	}
-	if v := sample(string(m2), `downpour_worker_loss{job="dash",rank="0"}`); !(v > 0 && v < 10) {
+	if v := sample(string(m2), `downpour_worker_loss{job="`+job+`",rank="0"}`); !(v > 0 && v < 10) {
 		t.Errorf("worker loss %v", v)
 	}
 	if !strings.Contains(string(m2), "downpour_lease_renewals_total") || !strings.Contains(string(m2), "go_goroutines") {

@@ -140,12 +140,15 @@ func EncodePush(p *PushRequest) []byte { return AppendPush(nil, p) }
 // AppendPush appends the encoding of p to dst, growing it at most once.
 func AppendPush(dst []byte, p *PushRequest) []byte {
 	start := len(dst)
-	b := slices.Grow(dst, 64+len(p.Job)+blocksSize(p.Blocks))
+	b := slices.Grow(dst, 64+len(p.Job)+blocksSize(p.Blocks)+binListSize(p.PullSpans))
+	fields := byte(6)
 	if p.Pull {
-		b = append(b, 0x87)
-	} else {
-		b = append(b, 0x86)
+		fields++
 	}
+	if len(p.PullSpans) != 0 { // omitempty
+		fields++
+	}
+	b = append(b, 0x80|fields)
 	b = append(b, 0xa1, 'v', 0xcc, p.V, 0xa1, 'j')
 	b = appendStr(b, p.Job)
 	b = append(b, 0xa1, 'r', 0xce)
@@ -158,7 +161,24 @@ func AppendPush(dst []byte, p *PushRequest) []byte {
 		b = append(b, 0xa1, 'p', 0xc3)
 	}
 	b = append(b, 0xa1, 'k')
-	return appendBlocks(b, p.Blocks, start)
+	b = appendBlocks(b, p.Blocks, start)
+	if len(p.PullSpans) != 0 {
+		b = append(b, 0xa1, 'q')
+		b = appendArrayLen(b, len(p.PullSpans))
+		for _, sp := range p.PullSpans {
+			b = appendBin(b, sp)
+		}
+	}
+	return b
+}
+
+// binListSize bounds the bytes a list of bins takes, with its key.
+func binListSize(l [][]byte) int {
+	n := 2 + 5
+	for _, b := range l {
+		n += 5 + len(b)
+	}
+	return n
 }
 
 // EncodePullReply encodes r (msgpack, block data aligned), with one allocation.
@@ -403,6 +423,27 @@ func (r *reader) blocks() []Block {
 		}
 	}
 	return bs
+}
+
+// binList reads an array of bins (nil elements stay nil), as many as a
+// message may hold blocks.
+func (r *reader) binList() [][]byte {
+	if r.nilValue() {
+		return nil
+	}
+	n := r.arrayLen()
+	if r.err != nil {
+		return nil
+	}
+	if n > MaxBlocksPerMessage {
+		r.err = &Error{Kind: TooLarge, Msg: fmt.Sprintf("%d span lists in one message (limit %d)", n, MaxBlocksPerMessage)}
+		return nil
+	}
+	l := make([][]byte, n)
+	for i := range l {
+		l[i] = r.strBytes()
+	}
+	return l
 }
 
 func decodeFast(data []byte, field func(r *reader, key string)) error {

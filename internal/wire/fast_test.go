@@ -112,6 +112,14 @@ func TestFastCodecMatchesMsgpack(t *testing.T) {
 	for trial := 0; trial < 300; trial++ {
 		p := &PushRequest{V: uint8(rng.IntN(3)), Job: randString(rng), Rank: rng.Uint32(), Epoch: rng.Uint64(),
 			Step: int64(rng.Uint64()), Pull: trial%3 == 0, Blocks: randBlocks(rng)}
+		if p.Pull && len(p.Blocks) > 0 && rng.IntN(2) == 0 {
+			p.PullSpans = make([][]byte, len(p.Blocks))
+			for i := range p.PullSpans {
+				if rng.IntN(3) != 0 {
+					p.PullSpans[i] = randSpans(rng, rng.IntN(300))
+				}
+			}
+		}
 		want, err := msgpack.Marshal(p)
 		if err != nil {
 			t.Fatal(err)
@@ -134,7 +142,7 @@ func TestFastCodecMatchesMsgpack(t *testing.T) {
 			t.Fatal(err)
 		}
 		if got.V != ref.V || got.Job != ref.Job || got.Rank != ref.Rank || got.Epoch != ref.Epoch || got.Step != ref.Step || got.Pull != ref.Pull ||
-			!reflect.DeepEqual(norm(got.Blocks), norm(ref.Blocks)) {
+			!reflect.DeepEqual(norm(got.Blocks), norm(ref.Blocks)) || !reflect.DeepEqual(got.PullSpans, ref.PullSpans) || !reflect.DeepEqual(got.PullSpans, p.PullSpans) {
 			t.Fatalf("push %d: decodings differ", trial)
 		}
 

@@ -1,7 +1,6 @@
 package wire
 
 import (
-	"slices"
 	"testing"
 )
 
@@ -20,14 +19,28 @@ func seeds(f *testing.F, msgs ...any) {
 func FuzzDecodePush(f *testing.F) {
 	seeds(f, &PushRequest{V: Version, Job: "j", Blocks: []Block{{ID: 1, Data: make([]byte, 8)}}},
 		&PushRequest{V: Version, Job: "j", Blocks: []Block{{ID: 1, Data: make([]byte, 12), Spans: AppendSpan(AppendSpan(nil, 2, 1), 5, 2)}}},
-		&PushRequest{V: Version, Job: "j", Step: 4, Pull: true, Blocks: []Block{{ID: 1, Data: make([]byte, 8)}}})
+		&PushRequest{V: Version, Job: "j", Step: 4, Pull: true, Blocks: []Block{{ID: 1, Data: make([]byte, 8)}}},
+		&PushRequest{V: Version, Job: "j", Step: 4, Pull: true, Blocks: []Block{{ID: 1, Data: make([]byte, 4), Spans: AppendSpan(nil, 2, 1)}, {ID: 2, Data: make([]byte, 8)}},
+			PullSpans: [][]byte{AppendSpan(nil, 0, 3), nil}})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := DecodePush(data)
 		if err == nil && (m.V != Version || ValidJob(m.Job) != nil || m.Step < 0) {
 			t.Fatalf("accepted a bad push: %+v", m)
 		}
-		if err == nil && m.Pull && (m.ThenPull().MinClock <= m.Step || slices.ContainsFunc(m.Blocks, func(b Block) bool { return b.Spans != nil })) {
+		if err == nil && m.Pull && m.ThenPull().MinClock <= m.Step {
 			t.Fatalf("accepted a bad push: %+v", m)
+		}
+		if err == nil && m.PullSpans != nil {
+			if !m.Pull || len(m.PullSpans) != len(m.Blocks) {
+				t.Fatalf("accepted bad span lists to pull: %+v", m)
+			}
+			for _, sp := range m.PullSpans {
+				if sp != nil {
+					if _, _, err := ParseSpans(sp); err != nil {
+						t.Fatalf("accepted a bad span list to pull: %v", err)
+					}
+				}
+			}
 		}
 		if err == nil {
 			checkSpansAccepted(t, m.Blocks)

@@ -20,7 +20,6 @@ import (
 	"fmt"
 	"math"
 	"regexp"
-	"slices"
 
 	"github.com/vmihailenco/msgpack/v5"
 )
@@ -57,10 +56,14 @@ type PushRequest struct {
 	// Pull asks the shard to answer, once it has taken the push, as it
 	// would a PullRequest of the same blocks at MinClock Step+1: a step's
 	// push and the next step's pull in one round trip. The answer is then
-	// a PullReply (a refusal of the push as well). Only for whole blocks:
-	// a push with Pull set carries no spans.
+	// a PullReply (a refusal of the push as well).
 	Pull   bool    `msgpack:"p,omitempty"`
 	Blocks []Block `msgpack:"k"`
+	// PullSpans, only with Pull, is that pull's Spans: a span list per
+	// block (nil for a whole block), the parts of each block to pull,
+	// which need not be the parts pushed. Without it the pull is of the
+	// whole blocks.
+	PullSpans [][]byte `msgpack:"q,omitempty"`
 }
 
 // ThenPull is the pull a push with Pull set asks for.
@@ -69,7 +72,7 @@ func (p *PushRequest) ThenPull() *PullRequest {
 	for i, b := range p.Blocks {
 		ids[i] = b.ID
 	}
-	return &PullRequest{V: p.V, Job: p.Job, Rank: p.Rank, Epoch: p.Epoch, MinClock: p.Step + 1, IDs: ids}
+	return &PullRequest{V: p.V, Job: p.Job, Rank: p.Rank, Epoch: p.Epoch, MinClock: p.Step + 1, IDs: ids, Spans: p.PullSpans}
 }
 
 // PullRequest asks a shard for blocks once it has applied at least MinClock
@@ -245,10 +248,41 @@ func DecodePush(data []byte) (*PushRequest, error) {
 	if m.Pull && m.Step == math.MaxInt64 {
 		return nil, &Error{Kind: Malformed, Msg: "a pull after the last step there can be"}
 	}
-	if m.Pull && slices.ContainsFunc(m.Blocks, func(b Block) bool { return b.Spans != nil }) {
-		return nil, &Error{Kind: Malformed, Msg: "a push that asks to pull carries sparse blocks"}
+	if m.PullSpans != nil {
+		if !m.Pull {
+			return nil, &Error{Kind: Malformed, Msg: "span lists to pull in a push that asks for no pull"}
+		}
+		if err := checkSpanLists(m.PullSpans, blockIDs(m.Blocks)); err != nil {
+			return nil, err
+		}
 	}
 	return m, checkBlocks(m.Blocks)
+}
+
+func blockIDs(bs []Block) []uint32 {
+	ids := make([]uint32, len(bs))
+	for i, b := range bs {
+		ids[i] = b.ID
+	}
+	return ids
+}
+
+// checkSpanLists checks a pull's span lists, one per block id (nil for a
+// whole block).
+func checkSpanLists(spans [][]byte, ids []uint32) error {
+	if len(spans) != len(ids) {
+		return &Error{Kind: Malformed, Msg: fmt.Sprintf("%d span lists for %d block ids", len(spans), len(ids))}
+	}
+	for k, sp := range spans {
+		if sp == nil {
+			continue
+		}
+		if _, _, err := ParseSpans(sp); err != nil {
+			err.(*Error).Msg = fmt.Sprintf("block %d: %s", ids[k], err.(*Error).Msg)
+			return err
+		}
+	}
+	return nil
 }
 
 // decodePushFields decodes a push's fields without checking their values.
@@ -270,6 +304,8 @@ func decodePushFields(data []byte) (*PushRequest, error) {
 			m.Pull = r.bool()
 		case "k":
 			m.Blocks = r.blocks()
+		case "q":
+			m.PullSpans = r.binList()
 		default:
 			r.skip()
 		}
@@ -292,15 +328,8 @@ func DecodePull(data []byte) (*PullRequest, error) {
 	if len(m.IDs) > MaxBlocksPerMessage {
 		return nil, &Error{Kind: TooLarge, Msg: fmt.Sprintf("%d block ids in one pull (limit %d)", len(m.IDs), MaxBlocksPerMessage)}
 	}
-	if m.Spans != nil && len(m.Spans) != len(m.IDs) {
-		return nil, &Error{Kind: Malformed, Msg: fmt.Sprintf("%d span lists for %d block ids", len(m.Spans), len(m.IDs))}
-	}
-	for k, sp := range m.Spans {
-		if sp == nil {
-			continue
-		}
-		if _, _, err := ParseSpans(sp); err != nil {
-			err.(*Error).Msg = fmt.Sprintf("block %d: %s", m.IDs[k], err.(*Error).Msg)
+	if m.Spans != nil {
+		if err := checkSpanLists(m.Spans, m.IDs); err != nil {
 			return nil, err
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -79,7 +80,10 @@ func TestDecodeRefusals(t *testing.T) {
 		{"odd length", enc(&PushRequest{V: Version, Job: "a", Blocks: []Block{{ID: 1, Data: []byte{1, 2, 3}}}}), BadLength},
 		{"too many", enc(&PushRequest{V: Version, Job: "a", Blocks: make([]Block, MaxBlocksPerMessage+1)}), TooLarge},
 		{"pull after the last step", enc(&PushRequest{V: Version, Job: "a", Step: math.MaxInt64, Pull: true}), Malformed},
-		{"pull of sparse blocks", enc(&PushRequest{V: Version, Job: "a", Pull: true, Blocks: []Block{{ID: 1, Data: make([]byte, 4), Spans: AppendSpan(nil, 0, 1)}}}), Malformed},
+		{"span lists to pull without a pull", enc(&PushRequest{V: Version, Job: "a", Blocks: []Block{{ID: 1}}, PullSpans: [][]byte{nil}}), Malformed},
+		{"span lists to pull, too few", enc(&PushRequest{V: Version, Job: "a", Pull: true, Blocks: []Block{{ID: 1}, {ID: 2}}, PullSpans: [][]byte{nil}}), Malformed},
+		{"span list to pull, odd length", enc(&PushRequest{V: Version, Job: "a", Pull: true, Blocks: []Block{{ID: 1}}, PullSpans: [][]byte{{1, 2, 3}}}), Malformed},
+		{"span lists to pull, too many", append(enc(&PushRequest{V: Version, Job: "a"})[:0:0], 0x81, 0xa1, 'q', 0xdd, 0, 1, 0, 1), Malformed},
 		{"pull not a bool", append(enc(&PushRequest{V: Version, Job: "a"})[:0:0], 0x81, 0xa1, 'p', 0x01), Malformed},
 	}
 	for _, c := range cases {
@@ -351,5 +355,37 @@ func TestFloats(t *testing.T) {
 	}
 	if f, ok := Floats(data[:0]); !ok || len(f) != 0 {
 		t.Fatal("no bytes: want an empty view")
+	}
+}
+
+// A push may ask to pull other parts of its blocks than it pushes: the
+// span lists it carries to pull (PullSpans) become its pull's Spans, sent
+// whole or split.
+func TestPushAsksToPullParts(t *testing.T) {
+	p := &PushRequest{V: Version, Job: "j", Rank: 2, Epoch: 3, Step: 7, Pull: true,
+		Blocks:    []Block{{ID: 4, Data: make([]byte, 4), Spans: AppendSpan(nil, 1, 1)}, {ID: 9, Data: make([]byte, 8)}},
+		PullSpans: [][]byte{AppendSpan(AppendSpan(nil, 0, 2), 5, 1), nil}}
+	got, err := DecodePush(EncodePush(p))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := &PullRequest{V: Version, Job: "j", Rank: 2, Epoch: 3, MinClock: 8, IDs: []uint32{4, 9}, Spans: p.PullSpans}
+	if pr := got.ThenPull(); !reflect.DeepEqual(pr, want) {
+		t.Fatalf("its pull is %+v, want %+v", pr, want)
+	}
+	// Split: the envelope keeps the span lists; the body holds the data.
+	dense := &PushRequest{V: Version, Job: "j", Step: 7, Pull: true, Blocks: []Block{{ID: 4}, {ID: 9}}, PullSpans: [][]byte{nil, AppendSpan(nil, 1, 1)}}
+	split, err := DecodeSplitPush(EncodeEnvelope(dense), make([]byte, 12), func(id uint32) (int, bool) { return int(id) / 4, true })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(split.ThenPull().Spans, dense.PullSpans) || len(split.Blocks[0].Data) != 4 || len(split.Blocks[1].Data) != 8 {
+		t.Fatalf("split push with span lists to pull: %+v", split)
+	}
+	// Without span lists to pull, the pull is of the whole blocks, even of
+	// a sparse push's.
+	p.PullSpans = nil
+	if got, err = DecodePush(EncodePush(p)); err != nil || got.ThenPull().Spans != nil {
+		t.Fatalf("a sparse push asking for whole blocks: %+v, %v", got, err)
 	}
 }
