@@ -19,12 +19,12 @@ import (
 	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
-// subjectCounts counts the messages NATS carries to the job's push and pull
+// subjectCounts counts the messages NATS carries to job's push and pull
 // subjects.
-func subjectCounts(t *testing.T, nc *nats.Conn) (pushes, pulls *atomic.Int64) {
+func subjectCounts(t *testing.T, nc *nats.Conn, job string) (pushes, pulls *atomic.Int64) {
 	t.Helper()
 	pushes, pulls = &atomic.Int64{}, &atomic.Int64{}
-	sub, err := nc.Subscribe("downpour.j.>", func(m *nats.Msg) {
+	sub, err := nc.Subscribe("downpour."+job+".>", func(m *nats.Msg) {
 		switch {
 		case strings.HasSuffix(m.Subject, ".push"):
 			pushes.Add(1)
@@ -57,7 +57,7 @@ func TestPushBringsItsPullBack(t *testing.T) {
 	cfg.PullTTL = 3
 	shards := newShards(p, cfg)
 	svcs := serveAll(t, nc, shards, ServiceConfig{Tick: 20 * time.Millisecond})
-	pushes, pulls := subjectCounts(t, nc)
+	pushes, pulls := subjectCounts(t, nc, "j")
 	rng := rand.New(rand.NewPCG(5, 5))
 	const steps = 3
 	gs := make([][][]float32, steps)
@@ -227,25 +227,8 @@ func TestSparsePushBringsItsPullBack(t *testing.T) {
 	cfg := syncCfg(2, opt)
 	serveAll(t, nc, newShards(p, cfg), ServiceConfig{Job: "c"})
 	serveAll(t, nc, newShards(p, cfg), ServiceConfig{Job: "s"})
-	count := func(job string) (pushes, pulls *atomic.Int64) {
-		pushes, pulls = &atomic.Int64{}, &atomic.Int64{}
-		sub, err := nc.Subscribe("downpour."+job+".>", func(m *nats.Msg) {
-			switch {
-			case strings.HasSuffix(m.Subject, ".push"):
-				pushes.Add(1)
-			case strings.HasSuffix(m.Subject, ".pull"):
-				pulls.Add(1)
-			}
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { sub.Unsubscribe() })
-		nc.Flush()
-		return pushes, pulls
-	}
-	cPushes, cPulls := count("c")
-	sPushes, sPulls := count("s")
+	cPushes, cPulls := subjectCounts(t, nc, "c")
+	sPushes, sPulls := subjectCounts(t, nc, "s")
 	var combined, separate [2]*Client
 	for r := range 2 {
 		combined[r], _ = NewClient(nc, "c", p, r, 1)

@@ -393,18 +393,26 @@ func (r *reader) skip() {
 	}
 }
 
-func (r *reader) blocks() []Block {
+// list reads the length of an array of at most MaxBlocksPerMessage
+// elements (of what, for the error): false for a nil, or an error.
+func (r *reader) list(what string) (int, bool) {
 	if r.nilValue() {
-		return nil
+		return 0, false
 	}
 	n := r.arrayLen()
 	if r.err != nil {
-		return nil
+		return 0, false
 	}
 	if n > MaxBlocksPerMessage {
-		if r.err == nil {
-			r.err = &Error{Kind: TooLarge, Msg: fmt.Sprintf("%d blocks in one message (limit %d)", n, MaxBlocksPerMessage)}
-		}
+		r.err = &Error{Kind: TooLarge, Msg: fmt.Sprintf("%d %s in one message (limit %d)", n, what, MaxBlocksPerMessage)}
+		return 0, false
+	}
+	return n, true
+}
+
+func (r *reader) blocks() []Block {
+	n, ok := r.list("blocks")
+	if !ok {
 		return nil
 	}
 	bs := make([]Block, n)
@@ -428,15 +436,8 @@ func (r *reader) blocks() []Block {
 // binList reads an array of bins (nil elements stay nil), as many as a
 // message may hold blocks.
 func (r *reader) binList() [][]byte {
-	if r.nilValue() {
-		return nil
-	}
-	n := r.arrayLen()
-	if r.err != nil {
-		return nil
-	}
-	if n > MaxBlocksPerMessage {
-		r.err = &Error{Kind: TooLarge, Msg: fmt.Sprintf("%d span lists in one message (limit %d)", n, MaxBlocksPerMessage)}
+	n, ok := r.list("span lists")
+	if !ok {
 		return nil
 	}
 	l := make([][]byte, n)
