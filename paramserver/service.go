@@ -308,8 +308,9 @@ func (s *Service) onPush(m *nats.Msg) {
 	s.drainLocked(&o)
 	if err == nil && then != nil {
 		// The push's answer is its pull's: after the pulls this push
-		// completed, answered now or held like any pull.
-		s.pullLocked(m.Reply, then, &o)
+		// completed, answered now or held like any pull. (Checked above:
+		// taking the push and answering pulls only frees room.)
+		s.holdLocked(m.Reply, then, &o)
 	}
 	s.mu.Unlock()
 	if err != nil {
@@ -344,33 +345,29 @@ func (s *Service) onPull(m *nats.Msg) {
 
 // canHoldLocked says why pullLocked would refuse req, if it would.
 func (s *Service) canHoldLocked(req *wire.PullRequest) error {
-	if err := s.fullLocked(); err != nil {
-		return err
+	if len(s.held) >= MaxWaitingPulls {
+		return &wire.Error{Kind: wire.TooLarge, Msg: fmt.Sprintf("%d pulls already held", len(s.held))}
 	}
 	return s.shard.CheckPull(req)
 }
 
-func (s *Service) fullLocked() error {
-	if len(s.held) >= MaxWaitingPulls {
-		return &wire.Error{Kind: wire.TooLarge, Msg: fmt.Sprintf("%d pulls already held", len(s.held))}
-	}
-	return nil
-}
-
-// pullLocked answers req on reply now, or holds it until the shard can.
+// pullLocked answers req on reply now, or holds it until the shard can, or
+// refuses it.
 func (s *Service) pullLocked(reply string, req *wire.PullRequest, o *outbox) {
-	if err := s.fullLocked(); err != nil {
+	if err := s.canHoldLocked(req); err != nil {
 		s.refusal(reply, o, err, true)
 		return
 	}
+	s.holdLocked(reply, req, o)
+}
+
+// holdLocked answers req, which canHoldLocked let through, on reply now,
+// or holds it until the shard can.
+func (s *Service) holdLocked(reply string, req *wire.PullRequest, o *outbox) {
 	s.nextToken++
-	now, err := s.shard.Pull(req, s.nextToken)
-	switch {
-	case err != nil:
-		s.refusal(reply, o, err, true)
-	case now:
+	if s.shard.offer(req, s.nextToken) {
 		o.add(reply, s.readLocked(req, o))
-	default:
+	} else {
 		s.held[s.nextToken] = heldPull{reply: reply, req: req}
 	}
 }

@@ -12,11 +12,16 @@ func (s *Shard) Pull(req *wire.PullRequest, token uint64) (bool, error) {
 	if err := s.CheckPull(req); err != nil {
 		return false, err
 	}
+	return s.offer(req, token), nil
+}
+
+// offer is Pull for a pull CheckPull let through.
+func (s *Shard) offer(req *wire.PullRequest, token uint64) bool {
 	if s.answerable(req) {
-		return true, nil
+		return true
 	}
 	s.waiting = append(s.waiting, waiter{token: token, req: req, since: s.now})
-	return false, nil
+	return false
 }
 
 // CheckPull says whether Pull would refuse req: a pull of a block the shard
