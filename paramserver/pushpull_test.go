@@ -54,9 +54,11 @@ func TestPushBringsItsPullBack(t *testing.T) {
 	p := placement.Place(ts, 4000, 2)
 	opt := DefaultOptimizer("adam", 0.01)
 	cfg := syncCfg(2, opt)
-	cfg.PullTTL = 3
+	// Held 0.75-1 s: long enough that steps 0 and 2 are not held past it
+	// on a loaded machine, where step 1 waits for it to pass.
+	cfg.PullTTL = 20
 	shards := newShards(p, cfg)
-	svcs := serveAll(t, nc, shards, ServiceConfig{Tick: 20 * time.Millisecond})
+	svcs := serveAll(t, nc, shards, ServiceConfig{Tick: 50 * time.Millisecond})
 	pushes, pulls := subjectCounts(t, nc, "j")
 	rng := rand.New(rand.NewPCG(5, 5))
 	const steps = 3
@@ -88,7 +90,9 @@ func TestPushBringsItsPullBack(t *testing.T) {
 		if s == 1 {
 			// Rank 1 holds the step back past rank 0's PullTTL: rank 0's
 			// requests expire and it pulls again, pushing nothing twice.
-			time.Sleep(300 * time.Millisecond)
+			if got := awaitCount(func() int { return int(pulls.Load() - pulls0) }, groups); got < groups {
+				t.Fatalf("step %d: %d pull messages after rank 0's requests were held, want %d", s, got, groups)
+			}
 			select {
 			case <-xfer.done:
 				t.Fatalf("step %d: rank 0's transfer ended before rank 1 pushed: %v", s, xfer.err)
