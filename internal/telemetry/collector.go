@@ -1,6 +1,7 @@
 // Package telemetry turns the progress that workers publish on NATS into what
-// a person watches: a line per logged step on the console and one JSON object
-// per logged step in metrics.jsonl.
+// a person watches: a line per logged step on the console, one JSON object
+// per logged step in metrics.jsonl, and the same values as TensorBoard
+// scalars in an event file beside it.
 package telemetry
 
 import (
@@ -10,6 +11,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"slices"
 	"sync"
 	"time"
@@ -49,6 +51,8 @@ type Collector struct {
 	mu       sync.Mutex // guards everything below
 	file     *os.File
 	enc      *json.Encoder
+	events   *EventWriter
+	gan      bool                     // a record had a generator's loss: losses are tagged d_loss and g_loss
 	pending  map[int64]*pendingRecord // by the workers' step number
 	held     []*pendingRecord         // complete, waiting for earlier steps; in step order
 	first    *Record
@@ -70,7 +74,8 @@ type Display interface {
 }
 
 // NewCollector starts collecting progress of job (ranks ranks, steps steps),
-// appending records to the file at path and printing them to console (nil
+// appending records to the file at path, writing them as TensorBoard scalars
+// to a new event file in path's directory, and printing them to console (nil
 // for none).
 func NewCollector(nc *nats.Conn, job string, ranks int, steps int64, path, unit string, console io.Writer) (*Collector, error) {
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
@@ -79,12 +84,17 @@ func NewCollector(nc *nats.Conn, job string, ranks int, steps int64, path, unit 
 	}
 	c := &Collector{job: job, ranks: ranks, steps: steps, start: time.Now(), unit: unit, console: console, file: f,
 		enc: json.NewEncoder(f), pending: map[int64]*pendingRecord{}, lastTime: time.Now()}
+	if c.events, err = NewEventWriter(filepath.Dir(path), c.start); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("metrics: %w", err)
+	}
 	c.sub, err = nc.Subscribe(wire.ProgressSubject(job), c.onProgress)
 	if err == nil {
 		err = nc.Flush()
 	}
 	if err != nil {
 		f.Close()
+		c.events.Close()
 		return nil, fmt.Errorf("metrics: subscribing to progress: %w", err)
 	}
 	return c, nil
@@ -192,6 +202,18 @@ func (c *Collector) write(r *Record, at time.Time) {
 	if err := c.enc.Encode(r); err != nil && c.err == nil {
 		c.err = err
 	}
+	c.gan = c.gan || r.GLoss != 0
+	var err error
+	if c.gan {
+		err = c.events.Scalars(r.Step, at, Scalar{"train/d_loss", r.Loss}, Scalar{"train/g_loss", r.GLoss},
+			Scalar{"train/steps_per_sec", r.StepsPerSec})
+	} else {
+		err = c.events.Scalars(r.Step, at, Scalar{"train/loss", r.Loss}, Scalar{"train/steps_per_sec", r.StepsPerSec},
+			Scalar{"train/" + c.unit + "_per_sec", r.TokensPerSec})
+	}
+	if err != nil && c.err == nil {
+		c.err = err
+	}
 	if d, ok := c.console.(Display); ok {
 		d.Train(*r, c.steps)
 	} else if c.console != nil {
@@ -246,6 +268,9 @@ func (c *Collector) WriteEval(r EvalRecord) {
 	if err := c.enc.Encode(r); err != nil && c.err == nil {
 		c.err = err
 	}
+	if err := c.events.Scalars(r.Step, now, r.scalars()...); err != nil && c.err == nil {
+		c.err = err
+	}
 	switch {
 	case c.console == nil:
 	case r.Samples > 0:
@@ -257,6 +282,21 @@ func (c *Collector) WriteEval(r EvalRecord) {
 		fmt.Fprintf(c.console, "eval at step %d: loss %.4f  perplexity %.2f  BLEU %.2f  exact match %.1f%% of %d\n",
 			r.Step, r.EvalLoss, r.Perplexity, r.BLEU, 100*r.ExactMatch, r.HeldOut)
 	}
+}
+
+// scalars are the values of an evaluation as TensorBoard scalars: a GAN's
+// Parzen estimate is tagged with the images it is on, since the monitor on
+// validation images and the paper's estimate on the test set differ.
+func (r *EvalRecord) scalars() []Scalar {
+	switch {
+	case r.Samples > 0:
+		set := "eval/parzen_" + cmp.Or(r.Set, "held_out")
+		return []Scalar{{set, r.Parzen}, {set + "_stderr", r.ParzenSE}, {set + "_sigma", r.Sigma}}
+	case r.HeldOut == 0:
+		return []Scalar{{"eval/loss", r.EvalLoss}}
+	}
+	return []Scalar{{"eval/loss", r.EvalLoss}, {"eval/perplexity", r.Perplexity}, {"eval/bleu", r.BLEU},
+		{"eval/exact_match", r.ExactMatch}}
 }
 
 // Evals returns the evaluation records written so far.
@@ -310,6 +350,9 @@ func (c *Collector) Close() error {
 	c.release(time.Now(), true)
 	c.closed = true
 	if err := c.file.Close(); err != nil && c.err == nil {
+		c.err = err
+	}
+	if err := c.events.Close(); err != nil && c.err == nil {
 		c.err = err
 	}
 	return c.err
