@@ -111,13 +111,19 @@ type syncUpdate struct {
 	slots  [][]float32
 }
 
-// newSyncUpdate starts at the spec's initial parameters.
+// newSyncUpdate starts at the spec's initial parameters (those of the
+// checkpoint it starts from, if any: one that cannot be read is a panic, as
+// the reference is for tests of jobs that ran).
 func newSyncUpdate(spec *job.Spec) syncUpdate {
 	ts := spec.Tensors()
 	n := models.TotalSize(ts)
 	u := syncUpdate{opt: spec.Optimizer, ranks: spec.Workers, w: make([]float32, n), sum: make([]float32, n)}
+	init, err := spec.Initializer()
+	if err != nil {
+		panic(err)
+	}
 	for i, off := range models.Offsets(ts) {
-		spec.InitTensor(u.w[off:off+ts[i].Size()], ts[i])
+		init(u.w[off:off+ts[i].Size()], ts[i])
 	}
 	u.slots = make([][]float32, spec.Optimizer.Slots())
 	for i := range u.slots {

@@ -23,7 +23,7 @@ var configRules = config.Rules{
 		"log-format":  {"text", "json"},
 		"gan-update":  {job.Simultaneous, job.Alternating},
 	},
-	OmitEmpty: map[string]bool{"preset": true, "gan-update": true},
+	OmitEmpty: map[string]bool{"preset": true, "gan-update": true, "init-from": true},
 }
 
 func init() {

@@ -217,6 +217,7 @@ func specFlags(fs *flag.FlagSet, s *job.Spec, args []string) *jobFlags {
 	fs.IntVar(&s.Seq2Seq.Hidden, "hidden", s.Seq2Seq.Hidden, "LSTM hidden size")
 	fs.IntVar(&s.Seq2Seq.Layers, "layers", s.Seq2Seq.Layers, "LSTM layers in the encoder and in the decoder")
 	fs.Uint64Var(&s.Seed, "seed", s.Seed, "seed of initialisation and data")
+	fs.StringVar(&s.InitFrom, "init-from", s.InitFrom, "start from this checkpoint's parameters (a final.ckpt, gzipped or not, of a model of the same shape; every ps shard reads it) instead of the seed's, with the optimizer's state and schedules new")
 	fs.Int64Var(&s.Steps, "steps", s.Steps, "training steps")
 	fs.IntVar(&s.Workers, "workers", s.Workers, "workers (model replicas), one rank each")
 	fs.IntVar(&s.Shards, "ps-shards", s.Shards, "parameter-server shards")

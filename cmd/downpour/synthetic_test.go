@@ -4,7 +4,9 @@ import (
 	"math"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/models"
@@ -51,5 +53,41 @@ func TestSyntheticSyncMatchesOneProcess(t *testing.T) {
 	if !slices.Equal(steps, []int64{1, 5, 9, 12}) || rs[0].Tokens != 3*int64(spec.Batch) || rs[1].Tokens != 3*4*int64(spec.Batch) ||
 		math.Abs(rs[0].Loss-first) > 1e-9*first || !(rs[3].Loss < rs[0].Loss/2) {
 		t.Fatalf("metrics %+v (first step's loss %v)", rs, first)
+	}
+}
+
+// A job started from another's final checkpoint (--init-from) starts at its
+// parameters, whatever its seed and shard count, and then trains as the
+// one-process computation from there does, bit for bit. A checkpoint of
+// another shape is refused before anything starts, naming the tensor.
+func TestInitFromCheckpoint(t *testing.T) {
+	dir := t.TempDir()
+	common := []string{"--model", "synthetic", "--workers", "2", "--synthetic-params", "5003", "--synthetic-tensors", "2",
+		"--block-size", "1000", "--step-ms", "0", "--log-every", "2"}
+	first, _ := trainRun(t, filepath.Join(dir, "a"), append(common, "--ps-shards", "2", "--steps", "4", "--job", "a")...)
+	ckpt := filepath.Join(dir, "a", "checkpoint", "final.ckpt")
+	got, meta := trainRun(t, filepath.Join(dir, "b"), append(common, "--ps-shards", "3", "--steps", "5", "--seed", "9",
+		"--optimizer", "momentum", "--lr", "0.05", "--init-from", ckpt, "--job", "b")...)
+	spec, err := job.DecodeSpec(meta.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if spec.InitFrom != ckpt || len(spec.InitSHA256) != 64 {
+		t.Fatalf("the job records init-from %q, hash %q", spec.InitFrom, spec.InitSHA256)
+	}
+	ref := worker.NewSyntheticReference(spec)
+	if !slices.Equal(ref.Params(), first) {
+		t.Fatal("the reference does not start at the checkpoint's parameters")
+	}
+	for step := range spec.Steps {
+		ref.Step(step)
+	}
+	if !slices.Equal(ref.Params(), got) {
+		t.Fatal("a job started from a checkpoint differs from the one-process computation started there")
+	}
+	code, stdout, stderr := runCmd(t, time.Minute, "train", "--out", filepath.Join(dir, "c"), "--model", "synthetic",
+		"--synthetic-params", "5004", "--synthetic-tensors", "2", "--init-from", ckpt, "--job", "c")
+	if code == 0 || !strings.Contains(stderr, "--init-from "+ckpt+": tensor") {
+		t.Fatalf("a checkpoint of another shape: exit %d\n%s%s", code, stdout, stderr)
 	}
 }

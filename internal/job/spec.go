@@ -39,11 +39,20 @@ type Spec struct {
 	HeldOut   int    `json:"held_out"`                // examples set aside for evaluation
 	EvalEvery int64  `json:"eval_every"`              // evaluate on the held-out set every N steps (0: only at the end)
 	Seed      uint64 `json:"seed"`
-	Steps     int64  `json:"steps"`
-	Workers   int    `json:"workers"`
-	Shards    int    `json:"shards"`
-	BlockSize int    `json:"block_size"` // floats per parameter block
-	Batch     int    `json:"batch"`      // examples per worker per step
+	// InitFrom, when set, is a checkpoint file (every shard can read it)
+	// whose parameters the job starts from instead of Seed's: a warm start,
+	// with the optimizer's state and schedules new. Its tensors must be the
+	// model's, by name and shape; InitSHA256 is its hash, set by Resolve,
+	// so that no shard starts from another file of the same name. (Not a
+	// CRC32C: the CRC of a file made of checksummed parts, as a checkpoint
+	// is, does not change with their contents.)
+	InitFrom   string `json:"init_from,omitempty"`
+	InitSHA256 string `json:"init_sha256,omitempty"`
+	Steps      int64  `json:"steps"`
+	Workers    int    `json:"workers"`
+	Shards     int    `json:"shards"`
+	BlockSize  int    `json:"block_size"` // floats per parameter block
+	Batch      int    `json:"batch"`      // examples per worker per step
 	// GlobalBatch, when set, is the batch the optimizer sees: the examples
 	// of one step over all workers, Batch x Workers. A job that states it
 	// (the paper presets) keeps the paper's updates per epoch for any
@@ -320,9 +329,23 @@ func (s *Spec) OpenData() (shard.Dataset, error) {
 }
 
 // Resolve reads the data to fix what depends on it: the vocabulary sizes of
-// the model and the corpus checksum. The coordinator (and train) call it
-// before writing the spec.
+// the model and the corpus checksum; and the checkpoint the job starts from,
+// if any, which must hold the model's tensors. The coordinator (and train)
+// call it before writing the spec.
 func (s *Spec) Resolve() error {
+	if err := s.resolveData(); err != nil {
+		return err
+	}
+	s.InitSHA256 = ""
+	if s.InitFrom == "" {
+		return nil
+	}
+	_, sum, err := s.readInit()
+	s.InitSHA256 = sum
+	return err
+}
+
+func (s *Spec) resolveData() error {
 	s.SplitBatch()
 	switch s.Model {
 	case "gan":

@@ -273,8 +273,8 @@ func watchHolders(ctx context.Context, cfg Config, svc *paramserver.Service, log
 // newShard makes the shard's state: from the snapshot file restore when
 // given; else, for a placement that starts from a checkpoint, from that
 // checkpoint's snapshots; else from the job's initial parameters. Each
-// tensor's initial value is a function of (seed, tensor), whichever shard
-// computes it.
+// tensor's initial value is a function of (seed, tensor), or the tensor's
+// value in the checkpoint the job starts from, whichever shard computes it.
 func newShard(spec *job.Spec, p *placement.Placement, blocks []placement.Block, restore string) (*paramserver.Shard, error) {
 	if restore == "" && len(p.From) > 0 {
 		var snaps []*paramserver.Snapshot
@@ -304,6 +304,10 @@ func newShard(spec *job.Spec, p *placement.Placement, blocks []placement.Block, 
 		}
 		return paramserver.RestoreShard(spec.ShardConfig(), blocks, snap)
 	}
+	init, err := spec.Initializer()
+	if err != nil {
+		return nil, err
+	}
 	offsets := models.Offsets(p.Tensors)
 	cur := -1
 	var full []float32
@@ -311,7 +315,7 @@ func newShard(spec *job.Spec, p *placement.Placement, blocks []placement.Block, 
 		if b.Tensor != cur {
 			t := p.Tensors[b.Tensor]
 			full = make([]float32, t.Size())
-			spec.InitTensor(full, t)
+			init(full, t)
 			cur = b.Tensor
 		}
 		start := b.Offset - offsets[b.Tensor]
