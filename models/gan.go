@@ -453,7 +453,7 @@ func (m *GAN[T]) DLoss(x, z []T, rows int, real, fake DropoutMasks[T], backward 
 			}
 		}
 		if backward {
-			m.discriminatorBackward(d, masks, true)
+			m.discriminatorBackwardTo(d, masks, true, false) // D's loss needs no gradient for the images
 		}
 	}
 	return loss
