@@ -1,22 +1,41 @@
 package models
 
 import (
+	"math"
 	"math/rand/v2"
 	"runtime"
 	"syscall"
 	"testing"
 
 	"gonum.org/v1/gonum/blas/gonum"
+
+	"github.com/downpour-ml/downpour/internal/vmath"
 )
 
-// The Seq2Seq benchmark workloads: one full training step (forward,
-// backward, global-norm clip at 5, SGD update) of a Seq2Seq model, reported
-// as target tokens per second. testdata/torch_peer.py times the same steps
-// with PyTorch.
+// The benchmark workloads (W1, W2: a Seq2Seq training step; G1: a GAN
+// step), each built once here, so that BenchmarkW1, W2 and G1 time them,
+// TestStepProducts lists the GEMMs they run (the shapes internal/gemm's
+// benchmarks time), and testdata/torch_peer.py times the same steps with
+// PyTorch.
 var (
 	w1 = Seq2SeqConfig{SrcVocab: 4000, TgtVocab: 4000, Embed: 256, Hidden: 256, Layers: 2}
 	w2 = Seq2SeqConfig{SrcVocab: 16000, TgtVocab: 8000, Embed: 512, Hidden: 512, Layers: 4}
 )
+
+// workload is one benchmark workload: a function that builds its model and
+// returns its training step, and the items (target tokens, samples) a step
+// trains on.
+type workload struct {
+	name  string
+	unit  string
+	build func() (step func(), items int)
+}
+
+var workloads = []workload{
+	{"W1", "tokens/s", func() (func(), int) { return seq2seqStep(w1, 64, 12) }},
+	{"W2", "tokens/s", func() (func(), int) { return seq2seqStep(w2, 128, 20) }},
+	{"G1", "samples/s", ganStep},
+}
 
 func benchBatch(cfg Seq2SeqConfig, size, length int) *SeqBatch {
 	rng := rand.New(rand.NewPCG(0, 0))
@@ -29,22 +48,66 @@ func benchBatch(cfg Seq2SeqConfig, size, length int) *SeqBatch {
 	return b
 }
 
-func benchStep(b *testing.B, cfg Seq2SeqConfig, size, length int) {
+// seq2seqStep is one full training step of a Seq2Seq model: forward,
+// backward, global-norm clip at 5, SGD at 0.7.
+func seq2seqStep(cfg Seq2SeqConfig, size, length int) (func(), int) {
 	m := NewSeq2Seq[float32](cfg)
 	m.Init(1)
 	batch := benchBatch(cfg, size, length)
-	step := func() {
+	return func() {
 		m.Loss(batch, true)
 		ClipGlobalNorm(m.Grads(), 5)
 		w, g := m.Params(), m.Grads() // SGD at 0.7, in the shards' vector kernel
 		gonum.Implementation{}.Saxpy(len(w), -0.7, g, 1, w, 1)
+	}, size * length
+}
+
+// ganStep is one training step of the paper's MNIST GAN on a batch of 100:
+// a D update, then a G update through the updated D, reusing the generator
+// pass, both SGD with momentum 0.5 and lr 0.1, with fresh noise and dropout
+// masks.
+func ganStep() (func(), int) {
+	const rows = 100
+	c := PaperGAN
+	m := NewGAN[float32](c)
+	m.Init(1)
+	rng := rand.New(rand.NewPCG(1, 1))
+	real := make([]float32, rows*c.Pixels)
+	for i := range real {
+		real[i] = rng.Float32()
 	}
+	z := make([]float32, rows*c.Noise)
+	masks := func() DropoutMasks[float32] { return RandomMasks(rng, c, rows) }
+	vel := make([]float32, len(m.Params()))
+	update := func(lo, hi int) { // SGD with momentum 0.5, lr 0.1, in the shards' vector kernel
+		vmath.Momentum(m.Params()[lo:hi], m.Grads()[lo:hi], vel[lo:hi], 0.5, 0.1)
+	}
+	gs, n := c.GSize(), len(m.Params())
+	return func() {
+		for i := range z {
+			z[i] = (2*rng.Float32() - 1) * float32(math.Sqrt(3))
+		}
+		m.DLoss(real, z, rows, masks(), masks(), true)
+		update(gs, n)
+		m.GLossAfterD(rows, masks(), false, true)
+		update(0, gs)
+	}, rows
+}
+
+func benchWorkload(b *testing.B, name string) {
+	var w workload
+	for _, w = range workloads {
+		if w.name == name {
+			break
+		}
+	}
+	step, items := w.build()
 	step() // warm up: first allocations
 	b.ResetTimer()
 	for b.Loop() {
 		step()
 	}
-	b.ReportMetric(float64(size*length*b.N)/b.Elapsed().Seconds(), "tokens/s")
+	b.ReportMetric(float64(items*b.N)/b.Elapsed().Seconds(), w.unit)
 	var ru syscall.Rusage
 	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {
 		b.ReportMetric(float64(ru.Maxrss)/1024, "peak_RSS_MB") // the process's peak: run one workload per process to attribute it
@@ -52,12 +115,16 @@ func benchStep(b *testing.B, cfg Seq2SeqConfig, size, length int) {
 }
 
 // BenchmarkW1: 2 layers, hidden and embedding 256, vocabularies 4000/4000,
-// batch 64, lengths 12.
-func BenchmarkW1(b *testing.B) { benchStep(b, w1, 64, 12) }
+// batch 64, lengths 12; target tokens/s.
+func BenchmarkW1(b *testing.B) { benchWorkload(b, "W1") }
 
 // BenchmarkW2: 4 layers, hidden and embedding 512, vocabularies 16000/8000,
-// batch 128, lengths 20: the paper's layout at half width.
-func BenchmarkW2(b *testing.B) { benchStep(b, w2, 128, 20) }
+// batch 128, lengths 20: the paper's layout at half width; target tokens/s.
+func BenchmarkW2(b *testing.B) { benchWorkload(b, "W2") }
+
+// BenchmarkG1: one D and one G update of the paper's MNIST GAN, batch 100;
+// samples/s.
+func BenchmarkG1(b *testing.B) { benchWorkload(b, "G1") }
 
 // Once its buffers have grown to the batch's shape, a training step
 // allocates nothing of its own (gonum's pure-Go GEMM, the noasm build's,

@@ -5,8 +5,6 @@ import (
 	"math/rand/v2"
 	"slices"
 	"testing"
-
-	"github.com/downpour-ml/downpour/internal/vmath"
 )
 
 var smallGAN = GANConfig{Noise: 3, GHidden: 5, Pixels: 4, DUnits: 3, DPieces: 2, KeepInput: 0.8, KeepHidden: 0.5, GScale: 0.8, DScale: 0.8}
@@ -141,44 +139,6 @@ func TestGANInit(t *testing.T) {
 	if PaperGAN.GSize() != 100*1200+1200+1200*1200+1200+1200*784+784 {
 		t.Fatal("generator size")
 	}
-}
-
-// BenchmarkG1 is one training step of the paper's MNIST GAN
-// on a batch of 100 (a D update, then a G update through the updated D,
-// reusing the generator pass, both SGD with momentum 0.5 and lr 0.1, with
-// fresh noise and dropout masks), reported as samples per second (testdata/torch_peer.py G1 is PyTorch's).
-func BenchmarkG1(b *testing.B) {
-	const rows = 100
-	c := PaperGAN
-	m := NewGAN[float32](c)
-	m.Init(1)
-	rng := rand.New(rand.NewPCG(1, 1))
-	real := make([]float32, rows*c.Pixels)
-	for i := range real {
-		real[i] = rng.Float32()
-	}
-	z := make([]float32, rows*c.Noise)
-	masks := func() DropoutMasks[float32] { return RandomMasks(rng, c, rows) }
-	vel := make([]float32, len(m.Params()))
-	update := func(lo, hi int) { // SGD with momentum 0.5, lr 0.1, in the shards' vector kernel
-		vmath.Momentum(m.Params()[lo:hi], m.Grads()[lo:hi], vel[lo:hi], 0.5, 0.1)
-	}
-	gs, n := c.GSize(), len(m.Params())
-	step := func() {
-		for i := range z {
-			z[i] = (2*rng.Float32() - 1) * float32(math.Sqrt(3))
-		}
-		m.DLoss(real, z, rows, masks(), masks(), true)
-		update(gs, n)
-		m.GLossAfterD(rows, masks(), false, true)
-		update(0, gs)
-	}
-	step()
-	b.ResetTimer()
-	for b.Loop() {
-		step()
-	}
-	b.ReportMetric(float64(rows*b.N)/b.Elapsed().Seconds(), "samples/s")
 }
 
 // Step is the authors' simultaneous update: its D half is DLoss's gradient
