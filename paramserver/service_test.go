@@ -246,22 +246,48 @@ func TestServiceRefusesBadInput(t *testing.T) {
 }
 
 // A pull held past PullTTL ticks is answered Expired; the client resends it
-// and gets its answer once the shard can give it.
+// and gets its answer once the shard can give it. What crosses NATS shows
+// both: pull replies of kind Expired, and more than one pull request.
 func TestServiceHeldPullExpiresAndIsResent(t *testing.T) {
 	nc := testenv.NATSConn(t, 0)
 	p := placement.Place(testTensors, 100, 1)
 	cfg := syncCfg(1, DefaultOptimizer("sgd", 1))
 	cfg.PullTTL = 2
 	svc := serveAll(t, nc, newShards(p, cfg), ServiceConfig{Tick: 20 * time.Millisecond})[0]
+	_, pulls := subjectCounts(t, nc, "j")
+	var expired, answered atomic.Int64 // pull replies of kind Expired, and the others
+	replies, err := nc.Subscribe("_INBOX.>", func(m *nats.Msg) {
+		if r, err := wire.DecodePullReply(m.Data); err == nil && r.Kind == wire.Expired {
+			expired.Add(1)
+		} else {
+			answered.Add(1)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer replies.Unsubscribe()
+	if err := nc.Flush(); err != nil {
+		t.Fatal(err)
+	}
 	c, _ := NewClient(nc, "j", p, 0, 1)
 	done := make(chan error, 1)
 	w := make([]float32, p.Size())
 	go func() { done <- c.Pull(context.Background(), 1, w) }()
-	time.Sleep(300 * time.Millisecond) // several expiries and resends
+	// Several expiries and resends, however slow the machine.
+	if n := awaitCount(func() int { return int(expired.Load()) }, 3); n < 3 {
+		t.Fatalf("%d Expired answers in 10 s to a pull held past 2 ticks of 20 ms", n)
+	}
+	if n := awaitCount(func() int { return int(pulls.Load()) }, 4); n < 4 {
+		t.Fatalf("%d pull requests after 3 Expired answers: the client did not resend", n)
+	}
 	select {
 	case err := <-done:
 		t.Fatalf("pull for an unapplied step returned: %v", err)
 	default:
+	}
+	if n := answered.Load(); n != 0 {
+		t.Fatalf("%d answers other than Expired to a pull for an unapplied step", n)
 	}
 	g := slices.Repeat([]float32{1}, p.Size())
 	if err := c.Push(context.Background(), 0, g); err != nil {
