@@ -36,11 +36,13 @@ import (
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // The suite's job: the compose cluster's Seq2Seq copy task, sync, on 2
 // workers and 2 shards, checkpointed every 100 steps. About 20 s fault-free
-// on a 2-core machine; each fault hits between steps 200 and 1000.
+// on a 2-core machine; each fault hits between steps 200 and 800, and the
+// suite checks that the job was still running once it had.
 const (
 	jobName  = "demo" // the name docker-compose.yml gives it
 	steps    = 1500
@@ -61,6 +63,9 @@ type cluster struct {
 	// does not stop the reading).
 	ncs []*nats.Conn
 	hit map[string]bool // the services a fault hit
+	// placement is the last placement read from etcd, used while etcd
+	// does not answer.
+	placement *placement.Placement
 	// lastErr is why the last clock reading failed, for a failure message.
 	lastErr error
 }
@@ -193,7 +198,12 @@ func (c *cluster) clock() (version, step int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	p, _, err := job.ReadPlacement(ctx, c.cli, jobName)
-	if err != nil {
+	switch {
+	case err == nil:
+		c.placement = p
+	case c.placement != nil: // etcd is electing a leader, say: the shards still answer
+		p = c.placement
+	default:
 		c.lastErr = fmt.Errorf("reading the placement: %w", err)
 		return 0, -1
 	}
@@ -226,6 +236,27 @@ func (c *cluster) get(key string, opts ...clientv3.OpOption) []*mvccpb.KeyValue 
 		return nil
 	}
 	return r.Kvs
+}
+
+// landedWhileRunning fails the test unless the job was still running once
+// the fault (what, injected at step c0) had been injected: the first
+// reading after it is a shard's clock short of the last step, not the job's
+// end. Otherwise a fault that must cost nothing (a coordinator, a NATS or an
+// etcd node) would pass for having hit a finished job.
+func (c *cluster) landedWhileRunning(what string, c0 int64) {
+	c.t.Helper()
+	var after int64 = -1
+	var ended bool
+	c.waitFor(func() bool {
+		if _, after = c.clock(); after >= 0 {
+			return true
+		}
+		ended = c.done()
+		return ended
+	}, 30*time.Second, "a reading of the job after "+what)
+	if ended || after >= steps {
+		c.t.Fatalf("%s (at step %d) landed after the job's last step: the next reading found it done (clock %d)", what, c0, after)
+	}
 }
 
 func (c *cluster) done() bool {
@@ -462,7 +493,7 @@ func TestClusterFaults(t *testing.T) {
 	var table []string
 	var freeRate float64 // steps per second of the fault-free run, from the step a fault would hit to the end
 	for _, f := range faults {
-		at := int64(200 + rng.IntN(800))
+		at := int64(200 + rng.IntN(600)) // up to 800: 700 steps (about 10 s) before the end
 		t.Run(strings.ReplaceAll(f.name, " ", "-"), func(t *testing.T) {
 			c := up(t)
 			began := time.Now()
@@ -470,6 +501,7 @@ func TestClusterFaults(t *testing.T) {
 			c.waitFor(func() bool { v0, c0 = c.clock(); return c0 >= at }, 2*time.Minute, fmt.Sprint("step ", at))
 			injected := time.Now()
 			what, recovered := f.inject(c)
+			c.landedWhileRunning(what, c0)
 			if recovered == nil { // back past the step the fault hit (after the rollback, if it causes one)
 				recovered = func() bool { v, s := c.clock(); return s > c0 && (f.rollbacks == 0 || v > v0) }
 			}
