@@ -6,7 +6,9 @@ printed as Go benchmark lines so that they sit beside downpour's in one file:
     go test -run NONE -bench 'W1|G1' -benchtime 4x ./models > go.txt
     /usr/bin/python3 models/testdata/torch_peer.py W1 G1 >> go.txt
 
-Each workload does what its Go benchmark does (bench_test.go, gan_test.go):
+It is the one peer script: every PyTorch figure in README.md and
+docs/benchmarks.md comes from it. Each workload does what its Go benchmark
+does (bench_test.go's workloads):
 
   W1  Seq2Seq, 2 LSTM layers of 256 in the encoder and the decoder,
       embeddings of 256, vocabularies 4000/4000, batch 64, source and
@@ -19,12 +21,22 @@ Each workload does what its Go benchmark does (bench_test.go, gan_test.go):
       layers of 240 units x 5 pieces with dropout 0.5, one sigmoid unit),
       batch 100: a discriminator update, then a generator update through
       the updated discriminator, each SGD with momentum 0.5 at 0.1;
-      samples/s.
+      samples/s. The D update computes no gradient for its input images
+      (fake.detach()), the G update none for D's weights (they are frozen
+      for its backward pass), as downpour's DLoss and GLossAfterD do.
+
+Where the work still differs: PyTorch's LSTM has two bias vectors a layer
+(b_ih and b_hh, added each step) where downpour's has one, and PyTorch zeroes
+each gradient by setting it to None and allocating it again. Both are small
+beside the GEMMs.
 
 Runs on --threads threads (default 2, this machine's cores), after one
 warm-up step; reports the median of --count runs of --steps steps each.
-Needs Debian's python3-torch."""
+First it prints the torch version and the OpenBLAS kernels torch's GEMMs run
+on (Debian's torch calls OpenBLAS; OPENBLAS_CORETYPE picks other kernels) as
+benchmark configuration lines. Needs Debian's python3-torch."""
 import argparse
+import ctypes
 import statistics
 import time
 
@@ -108,13 +120,27 @@ def gan_step(_):
         d_loss.backward()
         d_opt.step()
         g_opt.zero_grad(set_to_none=True)
+        disc.requires_grad_(False)  # G's update needs no gradient for D's weights
         F.binary_cross_entropy_with_logits(disc(fake), ones).backward()  # the non-saturating loss
+        disc.requires_grad_(True)
         g_opt.step()
 
     return step, rows, "samples/s"
 
 
 WORKLOADS = {"W1": seq2seq_step, "W2": seq2seq_step, "G1": gan_step}
+
+
+def openblas_core():
+    """The kernels of the OpenBLAS this process has loaded (torch's BLAS)."""
+    torch.mm(torch.ones(64, 64), torch.ones(64, 64))  # loads the BLAS
+    with open("/proc/self/maps") as maps:
+        libs = {line.split()[-1] for line in maps if "libopenblas" in line}
+    for lib in sorted(libs):
+        get = ctypes.CDLL(lib).openblas_get_corename
+        get.restype = ctypes.c_char_p
+        return get().decode()
+    return "none (torch's BLAS is not OpenBLAS)"
 
 
 def main():
@@ -125,6 +151,8 @@ def main():
     ap.add_argument("--count", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    print(f"torch: {torch.__version__}")
+    print(f"openblas-core: {openblas_core()}")
     for name in args.workloads:
         torch.manual_seed(1)
         step, items, unit = WORKLOADS[name](name)
