@@ -132,7 +132,9 @@ func BenchmarkSgemm(b *testing.B) {
 
 // BenchmarkSgemmStep runs every GEMM of one step of a workload as many
 // times as the step calls it, in the list's order, and reports the step's
-// GFLOP/s: each product weighted by its share of the step's work.
+// GFLOP/s: each product weighted by its share of the step's work. With
+// -short (CI runs every benchmark once that way) it leaves out the pure-Go
+// path, 20 s a W2 step, whose products BenchmarkSgemm runs.
 func BenchmarkSgemmStep(b *testing.B) {
 	impls := benchPaths(b)
 	byWork := map[string][]product{}
@@ -145,6 +147,9 @@ func BenchmarkSgemmStep(b *testing.B) {
 	}
 	for _, w := range works {
 		for _, name := range Paths() {
+			if name == "go" && testing.Short() {
+				continue
+			}
 			b.Run(fmt.Sprintf("work=%s/path=%s", w, name), func(b *testing.B) {
 				rng := rand.New(rand.NewPCG(1, 2))
 				var ops []*operands
