@@ -54,11 +54,26 @@ func TestPushBringsItsPullBack(t *testing.T) {
 	p := placement.Place(ts, 4000, 2)
 	opt := DefaultOptimizer("adam", 0.01)
 	cfg := syncCfg(2, opt)
-	// Held 0.75-1 s: long enough that steps 0 and 2 are not held past it
-	// on a loaded machine, where step 1 waits for it to pass.
-	cfg.PullTTL = 20
-	shards := newShards(p, cfg)
-	svcs := serveAll(t, nc, shards, ServiceConfig{Tick: 50 * time.Millisecond})
+	cfg.PullTTL = 2
+	// The test is the shards' clock: it ticks them only in step 1, so
+	// that steps 0 and 2 are never held past PullTTL however slow the
+	// machine, and step 1's requests expire because it ticks.
+	var svcs []*Service
+	var clocks []chan time.Time
+	for i, sh := range newShards(p, cfg) {
+		clocks = append(clocks, make(chan time.Time))
+		svc, err := Serve(nc, sh, ServiceConfig{Job: "j", Shard: i, Log: quiet, Ticks: clocks[i]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(svc.Close)
+		svcs = append(svcs, svc)
+	}
+	tick := func() {
+		for _, c := range clocks {
+			c <- time.Now()
+		}
+	}
 	pushes, pulls := subjectCounts(t, nc, "j")
 	rng := rand.New(rand.NewPCG(5, 5))
 	const steps = 3
@@ -88,10 +103,14 @@ func TestPushBringsItsPullBack(t *testing.T) {
 		pushes0, pulls0 := pushes.Load(), pulls.Load()
 		xfer := clients[0].StartPushPull(ctx, int64(s), gs[s][0], ws[0])
 		if s == 1 {
-			// Rank 1 holds the step back past rank 0's PullTTL: rank 0's
-			// requests expire and it pulls again, pushing nothing twice.
-			if got := awaitCount(func() int { return int(pulls.Load() - pulls0) }, groups); got < groups {
-				t.Fatalf("step %d: %d pull messages after rank 0's requests were held, want %d", s, got, groups)
+			// Rank 1 holds the step back while the shards tick past rank
+			// 0's PullTTL: rank 0's requests expire and it pulls again,
+			// pushing nothing twice.
+			for deadline := time.Now().Add(10 * time.Second); pulls.Load()-pulls0 < int64(groups); time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("step %d: %d pull messages after rank 0's requests were held and ticked past, want %d", s, pulls.Load()-pulls0, groups)
+				}
+				tick()
 			}
 			select {
 			case <-xfer.done:

@@ -33,6 +33,10 @@ type ServiceConfig struct {
 	// Tick is the period of the shard's clock (held pulls expire after
 	// ShardConfig.PullTTL ticks); default 100ms.
 	Tick time.Duration
+	// Ticks, when set, is the shard's clock instead of a ticker of period
+	// Tick: the shard ticks once for each value received (a test drives
+	// time so).
+	Ticks <-chan time.Time
 	// SnapshotDir receives the shard's snapshots, one file per snapshot:
 	// SnapshotFile(placement, shard, step). Empty: snapshots are refused.
 	SnapshotDir string
@@ -444,13 +448,17 @@ func (s *Service) readLocked(req *wire.PullRequest, o *outbox) []byte {
 
 func (s *Service) ticker() {
 	defer s.wg.Done()
-	t := time.NewTicker(s.cfg.Tick)
-	defer t.Stop()
+	ticks := s.cfg.Ticks
+	if ticks == nil {
+		t := time.NewTicker(s.cfg.Tick)
+		defer t.Stop()
+		ticks = t.C
+	}
 	for {
 		select {
 		case <-s.stop:
 			return
-		case <-t.C:
+		case <-ticks:
 			var o outbox
 			s.mu.Lock()
 			s.shard.Tick()
