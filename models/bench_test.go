@@ -4,6 +4,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"syscall"
 	"testing"
 
@@ -95,12 +96,11 @@ func ganStep() (func(), int) {
 }
 
 func benchWorkload(b *testing.B, name string) {
-	var w workload
-	for _, w = range workloads {
-		if w.name == name {
-			break
-		}
+	i := slices.IndexFunc(workloads, func(w workload) bool { return w.name == name })
+	if i < 0 {
+		b.Fatalf("no workload %s", name)
 	}
+	w := workloads[i]
 	step, items := w.build()
 	step() // warm up: first allocations
 	b.ResetTimer()
