@@ -34,9 +34,8 @@ import (
 	"github.com/downpour-ml/downpour/internal/auth"
 	"github.com/downpour-ml/downpour/internal/checkpoint"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/paramserver"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // The suite's job: the compose cluster's Seq2Seq copy task, sync, on 2
@@ -65,7 +64,7 @@ type cluster struct {
 	hit map[string]bool // the services a fault hit
 	// placement is the last placement read from etcd, used while etcd
 	// does not answer.
-	placement *placement.Placement
+	placement *job.Placement
 	// lastErr is why the last clock reading failed, for a failure message.
 	lastErr error
 }
@@ -138,7 +137,7 @@ func up(t *testing.T) *cluster {
 		natss = append(natss, "tls://"+port(t, fmt.Sprint("nats", i), 4222))
 	}
 	user, password := obs.EtcdLogin()
-	if c.cli, err = jobetcd.ConnectAs(t.Context(), etcds, 10*time.Second, user, password, tc); err != nil {
+	if c.cli, err = etcdstore.ConnectAs(t.Context(), etcds, 10*time.Second, user, password, tc); err != nil {
 		t.Fatal(err)
 	}
 	for i, u := range natss {
@@ -197,7 +196,7 @@ func (c *cluster) waitFor(cond func() bool, within time.Duration, what string) {
 func (c *cluster) clock() (version, step int64) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	p, _, err := job.ReadPlacement(ctx, c.cli, jobName)
+	p, _, err := etcdstore.ReadPlacement(ctx, c.cli, jobName)
 	switch {
 	case err == nil:
 		c.placement = p
@@ -260,14 +259,14 @@ func (c *cluster) landedWhileRunning(what string, c0 int64) {
 }
 
 func (c *cluster) done() bool {
-	r := c.get(jobetcd.KeysFor(jobName).State())
-	return len(r) == 1 && string(r[0].Value) == jobetcd.StateDone
+	r := c.get(etcdstore.KeysFor(jobName).State())
+	return len(r) == 1 && string(r[0].Value) == job.StateDone
 }
 
 // leader is the service name of the leading coordinator (its id is its
 // hostname, set to the service's name, and its pid).
 func (c *cluster) leader() string {
-	r := c.get(jobetcd.KeysFor(jobName).Leader(), append(clientv3.WithFirstCreate(), clientv3.WithPrefix())...)
+	r := c.get(etcdstore.KeysFor(jobName).Leader(), append(clientv3.WithFirstCreate(), clientv3.WithPrefix())...)
 	if len(r) == 0 {
 		return ""
 	}
@@ -278,8 +277,8 @@ func (c *cluster) leader() string {
 // rankHolder is a worker service holding a rank (workers' ids are their
 // service names).
 func (c *cluster) rankHolder() string {
-	for _, kv := range c.get(jobetcd.KeysFor(jobName).Assigns(), clientv3.WithPrefix()) {
-		return strings.TrimPrefix(string(kv.Key), jobetcd.KeysFor(jobName).Assigns())
+	for _, kv := range c.get(etcdstore.KeysFor(jobName).Assigns(), clientv3.WithPrefix()) {
+		return strings.TrimPrefix(string(kv.Key), etcdstore.KeysFor(jobName).Assigns())
 	}
 	c.t.Fatal("no worker holds a rank")
 	return ""
@@ -356,10 +355,10 @@ func (c *cluster) finalParams() []float32 {
 }
 
 // rollbacks are the job's rollback records.
-func (c *cluster) rollbacks() []jobetcd.RollbackRecord {
-	var rbs []jobetcd.RollbackRecord
-	for _, kv := range c.get(jobetcd.KeysFor(jobName).Rollbacks(), clientv3.WithPrefix()) {
-		var rb jobetcd.RollbackRecord
+func (c *cluster) rollbacks() []job.RollbackRecord {
+	var rbs []job.RollbackRecord
+	for _, kv := range c.get(etcdstore.KeysFor(jobName).Rollbacks(), clientv3.WithPrefix()) {
+		var rb job.RollbackRecord
 		if err := json.Unmarshal(kv.Value, &rb); err != nil {
 			c.t.Fatalf("rollback record %s: %v", kv.Value, err)
 		}
