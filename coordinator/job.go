@@ -4,8 +4,7 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/downpour-ml/downpour/internal/jobetcd"
-	"github.com/downpour-ml/downpour/paramserver/placement"
+	"github.com/downpour-ml/downpour/internal/job"
 )
 
 // Job is the coordinator's decisions for one job as a pure state machine, in
@@ -31,9 +30,9 @@ import (
 type Job struct {
 	mode      string
 	ranks     *Ranks
-	placement *placement.Placement
+	placement *job.Placement
 	snaps     map[int64]map[int]string // the placement's shard snapshot files by step and shard
-	last      jobetcd.CheckpointRecord // the last complete checkpoint (Step -1: none)
+	last      job.CheckpointRecord     // the last complete checkpoint (Step -1: none)
 	finished  bool
 	joinTicks int // ticks a rank may stay without a worker
 	idleTicks int // ticks some rank has been without a worker
@@ -71,12 +70,12 @@ type Action struct {
 	Kind       ActionKind
 	Assign     Assign
 	Worker     string
-	Placement  *placement.Placement
-	Checkpoint jobetcd.CheckpointRecord
-	Reshard    jobetcd.ReshardRequest
+	Placement  *job.Placement
+	Checkpoint job.CheckpointRecord
+	Reshard    job.ReshardRequest
 	Err        error
 	Why        string // for the log
-	Task       jobetcd.Task
+	Task       job.Task
 	Tasks      *Tasks
 	// Thrown (DoPlace, with tasks): data steps of tasks done since the
 	// checkpoint the job goes back to, which are done again; -1: unknown.
@@ -85,9 +84,9 @@ type Action struct {
 
 // NewJob makes the state of a job of workers ranks in mode under placement
 // p; a rank may stay without a worker for joinTicks ticks.
-func NewJob(mode string, workers int, p *placement.Placement, joinTicks int) *Job {
+func NewJob(mode string, workers int, p *job.Placement, joinTicks int) *Job {
 	return &Job{mode: mode, ranks: NewRanks(workers), placement: p, snaps: map[int64]map[int]string{},
-		last: jobetcd.CheckpointRecord{Step: -1}, joinTicks: joinTicks}
+		last: job.CheckpointRecord{Step: -1}, joinTicks: joinTicks}
 }
 
 // UseTasks makes the job hand out its data as the tasks of q (async mode):
@@ -109,10 +108,10 @@ func (j *Job) UseTasks(q *Tasks, checkpointEvery int64) {
 }
 
 // Placement is the job's current placement.
-func (j *Job) Placement() *placement.Placement { return j.placement }
+func (j *Job) Placement() *job.Placement { return j.placement }
 
 // RestoreAssignment records an assignment read back from etcd.
-func (j *Job) RestoreAssignment(worker string, a jobetcd.Assignment) { j.ranks.Restore(worker, a) }
+func (j *Job) RestoreAssignment(worker string, a job.Assignment) { j.ranks.Restore(worker, a) }
 
 // Holders lists the workers holding ranks.
 func (j *Job) Holders() []string {
@@ -124,7 +123,7 @@ func (j *Job) Holders() []string {
 }
 
 // CheckpointRecorded records a checkpoint read back from etcd.
-func (j *Job) CheckpointRecorded(cp jobetcd.CheckpointRecord) {
+func (j *Job) CheckpointRecorded(cp job.CheckpointRecord) {
 	if cp.Step > j.last.Step {
 		j.last = cp
 	}
@@ -159,7 +158,7 @@ func (j *Job) offer() []Action {
 	for _, w := range ws {
 		t, ok := j.tasks.Next(w)
 		if !ok {
-			t = jobetcd.Task{ID: -1}
+			t = job.Task{ID: -1}
 		} else {
 			delete(j.idle, w)
 			changed = true
@@ -196,7 +195,7 @@ func (j *Job) TaskDone(worker string, id int) []Action {
 		if done := j.tasks.DoneSteps(); j.ckEvery > 0 && done >= j.nextCk && !j.tasks.Finished() {
 			j.nextCk = (done/j.ckEvery + 1) * j.ckEvery
 			j.queueAt[done] = j.tasks.clone()
-			out = append(out, Action{Kind: DoSnapshot, Checkpoint: jobetcd.CheckpointRecord{Step: done, Placement: j.placement.Version},
+			out = append(out, Action{Kind: DoSnapshot, Checkpoint: job.CheckpointRecord{Step: done, Placement: j.placement.Version},
 				Tasks: j.queueAt[done]})
 		}
 	} else if j.pending(worker) {
@@ -232,7 +231,7 @@ func (j *Job) Resume() []Action {
 // pending reports whether worker owns a pending task.
 func (j *Job) pending(worker string) bool {
 	for _, t := range j.tasks.List {
-		if t.State == jobetcd.TaskPending && t.Owner == worker {
+		if t.State == job.TaskPending && t.Owner == worker {
 			return true
 		}
 	}
@@ -256,7 +255,7 @@ func (j *Job) WorkerDown(worker string) []Action {
 	if j.tasks != nil && !j.finished {
 		out = append(out, j.offer()...) // its task, to an idle holder
 	}
-	if lost && j.mode == placement.Sync && !j.finished {
+	if lost && j.mode == job.Sync && !j.finished {
 		// Its last step may be half pushed: only a rollback keeps the run
 		// what it would have been.
 		out = append(out, j.rollback(j.placement.Shards, fmt.Sprintf("worker %s died", worker))...)
@@ -274,7 +273,7 @@ func (j *Job) ShardDown(idx int, serving int64) []Action {
 }
 
 // SnapshotRecorded: a shard recorded a snapshot.
-func (j *Job) SnapshotRecorded(rec jobetcd.SnapshotRecord) []Action {
+func (j *Job) SnapshotRecorded(rec job.SnapshotRecord) []Action {
 	if rec.Shard < 0 || rec.Shard >= j.placement.Shards || rec.Placement != j.placement.Version || rec.Step <= j.last.Step {
 		return nil // of an earlier placement, or older than the last checkpoint
 	}
@@ -287,7 +286,7 @@ func (j *Job) SnapshotRecorded(rec jobetcd.SnapshotRecord) []Action {
 	if len(m) < j.placement.Shards {
 		return nil
 	}
-	cp := jobetcd.CheckpointRecord{Step: rec.Step, Placement: rec.Placement, Files: make([]string, j.placement.Shards)}
+	cp := job.CheckpointRecord{Step: rec.Step, Placement: rec.Placement, Files: make([]string, j.placement.Shards)}
 	for i, f := range m {
 		cp.Files[i] = f
 	}
@@ -315,7 +314,7 @@ func (j *Job) RankDone(rank int) []Action {
 }
 
 // ReshardRequested: an operator asked for another number of shards.
-func (j *Job) ReshardRequested(req jobetcd.ReshardRequest) []Action {
+func (j *Job) ReshardRequested(req job.ReshardRequest) []Action {
 	if req.Status != "" {
 		return nil // already answered
 	}
@@ -398,8 +397,8 @@ func (j *Job) rollback(shards int, why string) []Action {
 			j.nextCk = (j.tasks.DoneSteps()/j.ckEvery + 1) * j.ckEvery
 		}
 		for i := range j.tasks.List {
-			if t := &j.tasks.List[i]; t.State == jobetcd.TaskPending {
-				t.State, t.Owner, t.Deadline = jobetcd.TaskTodo, "", 0
+			if t := &j.tasks.List[i]; t.State == job.TaskPending {
+				t.State, t.Owner, t.Deadline = job.TaskTodo, "", 0
 			}
 		}
 		for w := range j.ranks.rankOf {

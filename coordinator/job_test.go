@@ -6,10 +6,10 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/downpour-ml/downpour/internal/job"
+
 	"github.com/cockroachdb/datadriven"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/models"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // TestJobScripts drives Job with the scripts in testdata/job (run with
@@ -78,12 +78,12 @@ func TestJobScripts(t *testing.T) {
 			case "shard-down":
 				out = j.ShardDown(num(0), int64(num(1)))
 			case "snap":
-				out = j.SnapshotRecorded(jobetcd.SnapshotRecord{Shard: num(0), Step: int64(num(1)), Placement: int64(num(2)),
+				out = j.SnapshotRecorded(job.SnapshotRecord{Shard: num(0), Step: int64(num(1)), Placement: int64(num(2)),
 					Path: fmt.Sprintf("s%d@%d", num(0), num(1))})
 			case "done":
 				out = j.RankDone(num(0))
 			case "reshard":
-				out = j.ReshardRequested(jobetcd.ReshardRequest{Shards: num(0)})
+				out = j.ReshardRequested(job.ReshardRequest{Shards: num(0)})
 			case "tick":
 				out = j.Tick()
 			case "task-done":
@@ -135,8 +135,8 @@ func render(as []Action) string {
 	return strings.Join(parts, "; ")
 }
 
-func testPlacement(shards int) *placement.Placement {
-	return placement.Place([]models.Tensor{{Name: "w", Shape: []int{64}}}, 8, shards)
+func testPlacement(shards int) *job.Placement {
+	return job.Place([]models.Tensor{{Name: "w", Shape: []int{64}}}, 8, shards)
 }
 
 // Each DoSaveTasks carries the queue as it was at that point of the step,
@@ -145,7 +145,7 @@ func testPlacement(shards int) *placement.Placement {
 // killed between that save and the give left a task pending with a worker
 // that never got it, and the job waited for the task's timeout).
 func TestSaveTasksCarriesItsMomentsQueue(t *testing.T) {
-	j := NewJob(placement.Async, 2, testPlacement(2), 10)
+	j := NewJob(job.Async, 2, testPlacement(2), 10)
 	j.UseTasks(NewTasks(2, 20, 10, 3, 3), 20)
 	j.WorkerUp("a")
 	j.WorkerUp("b")
@@ -155,7 +155,7 @@ func TestSaveTasksCarriesItsMomentsQueue(t *testing.T) {
 		t.Fatalf("actions: %s", got)
 	}
 	first, last := out[0].Tasks.List[3], out[3].Tasks.List[3]
-	if first.State != jobetcd.TaskTodo || last.State != jobetcd.TaskPending || last.Owner != "b" {
+	if first.State != job.TaskTodo || last.State != job.TaskPending || last.Owner != "b" {
 		t.Fatalf("task 3 in the first save: %+v; in the last: %+v", first, last)
 	}
 }

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 )
@@ -31,7 +31,7 @@ func Campaign(ctx context.Context, cli *clientv3.Client, name, id string, ttl in
 	if err != nil {
 		return nil, fmt.Errorf("starting an etcd session: %w", err)
 	}
-	e := concurrency.NewElection(s, jobetcd.KeysFor(name).Leader())
+	e := concurrency.NewElection(s, etcdstore.KeysFor(name).Leader())
 	if err := e.Campaign(ctx, id); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("campaigning to lead job %s: %w", name, err)
@@ -55,7 +55,7 @@ func (l *Leadership) guard() clientv3.Cmp {
 
 // Leader returns the id of the job's current leader, or "" when none.
 func Leader(ctx context.Context, cli *clientv3.Client, name string) (string, error) {
-	r, err := cli.Get(ctx, jobetcd.KeysFor(name).Leader(), append(clientv3.WithFirstCreate(), clientv3.WithPrefix())...)
+	r, err := cli.Get(ctx, etcdstore.KeysFor(name).Leader(), append(clientv3.WithFirstCreate(), clientv3.WithPrefix())...)
 	if err != nil {
 		return "", err
 	}

@@ -1,6 +1,6 @@
 package coordinator
 
-import "github.com/downpour-ml/downpour/internal/jobetcd"
+import "github.com/downpour-ml/downpour/internal/job"
 
 // Ranks decides who holds which rank. Workers arrive (Up), leave (Down) and
 // finish (Done); it answers with assignments to write and, once every rank is
@@ -20,7 +20,7 @@ type Ranks struct {
 // Assign is an action: write this assignment for worker.
 type Assign struct {
 	Worker string
-	jobetcd.Assignment
+	job.Assignment
 }
 
 // NewRanks makes the state of a job with n ranks.
@@ -30,7 +30,7 @@ func NewRanks(n int) *Ranks {
 
 // Restore records an assignment read back from etcd (a coordinator that takes
 // over rebuilds its state this way before it handles events).
-func (r *Ranks) Restore(worker string, a jobetcd.Assignment) {
+func (r *Ranks) Restore(worker string, a job.Assignment) {
 	if a.Rank < 0 || a.Rank >= len(r.holder) {
 		return
 	}
@@ -145,7 +145,7 @@ func (r *Ranks) fill() []Assign {
 		r.epoch[rank]++
 		r.holder[rank] = w
 		r.rankOf[w] = rank
-		out = append(out, Assign{Worker: w, Assignment: jobetcd.Assignment{Rank: rank, Epoch: r.epoch[rank], DataShard: rank}})
+		out = append(out, Assign{Worker: w, Assignment: job.Assignment{Rank: rank, Epoch: r.epoch[rank], DataShard: rank}})
 	}
 	return out
 }

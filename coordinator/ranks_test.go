@@ -5,14 +5,14 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job"
 )
 
 func TestRanksRestoreThenContinue(t *testing.T) {
 	r := NewRanks(3)
-	r.Restore("a", jobetcd.Assignment{Rank: 0, Epoch: 4})
-	r.Restore("b", jobetcd.Assignment{Rank: 2, Epoch: 1})
-	r.Restore("x", jobetcd.Assignment{Rank: 7, Epoch: 1}) // out of range: ignored
+	r.Restore("a", job.Assignment{Rank: 0, Epoch: 4})
+	r.Restore("b", job.Assignment{Rank: 2, Epoch: 1})
+	r.Restore("x", job.Assignment{Rank: 7, Epoch: 1}) // out of range: ignored
 	if out := r.Up("a"); out != nil {
 		t.Fatalf("restored worker reassigned: %v", out)
 	}

@@ -16,8 +16,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
-	"github.com/downpour-ml/downpour/paramserver/placement"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 )
 
 // Errors a caller can branch on.
@@ -32,12 +31,12 @@ var (
 // resume writes the placement that continues the job from its last complete
 // checkpoint, on p's shards, and forgets the ranks that had finished after
 // it: they rerun from there.
-func resume(ctx context.Context, cli *clientv3.Client, l *Leadership, keys jobetcd.Keys, p *placement.Placement) (*placement.Placement, error) {
+func resume(ctx context.Context, cli *clientv3.Client, l *Leadership, keys etcdstore.Keys, p *job.Placement) (*job.Placement, error) {
 	r, err := cli.Get(ctx, keys.Checkpoint())
 	if err != nil {
 		return nil, fmt.Errorf("reading the last checkpoint: %w", err)
 	}
-	var cp jobetcd.CheckpointRecord
+	var cp job.CheckpointRecord
 	if len(r.Kvs) == 0 || json.Unmarshal(r.Kvs[0].Value, &cp) != nil || len(cp.Files) == 0 {
 		return nil, fmt.Errorf("%w: no complete checkpoint (train with --checkpoint-every)", ErrNothingToResume)
 	}
@@ -70,15 +69,15 @@ type Config struct {
 	Resume bool
 	// OnFinish runs once every rank is done and before the job is marked
 	// done (while the shards still serve), e.g. to save the final parameters.
-	OnFinish func(ctx context.Context, p *placement.Placement) error
+	OnFinish func(ctx context.Context, p *job.Placement) error
 	// Snapshot, when set, asks every shard of placement p for a snapshot now,
 	// labelled step (async checkpoints); without it async jobs do not
 	// checkpoint.
-	Snapshot func(ctx context.Context, p *placement.Placement, step int64) error
+	Snapshot func(ctx context.Context, p *job.Placement, step int64) error
 	// Reached, when set, tells how far the job got under placement p (the
 	// largest clock its live shards report): a re-placement records the
 	// steps it throws away (sync: to redo; async: updates lost).
-	Reached func(ctx context.Context, p *placement.Placement) (int64, error)
+	Reached func(ctx context.Context, p *job.Placement) (int64, error)
 }
 
 // Run coordinates the job until every rank is done, then marks it done. It
@@ -94,8 +93,8 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 	if cfg.JoinTimeout == 0 {
 		cfg.JoinTimeout = 5 * time.Minute
 	}
-	keys := jobetcd.KeysFor(spec.Name)
-	p := placement.Place(spec.Tensors(), spec.BlockSize, spec.Shards)
+	keys := etcdstore.KeysFor(spec.Name)
+	p := job.Place(spec.Tensors(), spec.BlockSize, spec.Shards)
 	if len(p.Blocks) < spec.Shards {
 		return fmt.Errorf("the model has %d blocks of %d floats for %d shards: lower --block-size or --ps-shards", len(p.Blocks), spec.BlockSize, spec.Shards)
 	}
@@ -124,7 +123,7 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 		If(create).
 		Then(clientv3.OpPut(keys.Spec(), string(spec.Encode())),
 			clientv3.OpPut(keys.Placement(), string(p.Encode())),
-			clientv3.OpPut(keys.State(), jobetcd.StateRunning)).
+			clientv3.OpPut(keys.State(), job.StateRunning)).
 		Else(clientv3.OpGet(keys.Spec()), clientv3.OpGet(keys.State())).
 		Commit()
 	if err != nil {
@@ -139,10 +138,10 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 		if !bytes.Equal(old, spec.Encode()) {
 			return fmt.Errorf("job %s: %w (stored: %s)", spec.Name, ErrSpecConflict, old)
 		}
-		if st := resp.Responses[1].GetResponseRange().Kvs; len(st) > 0 && string(st[0].Value) == jobetcd.StateDone {
+		if st := resp.Responses[1].GetResponseRange().Kvs; len(st) > 0 && string(st[0].Value) == job.StateDone {
 			return fmt.Errorf("job %s: %w", spec.Name, ErrJobDone)
 		}
-		if p, _, err = job.ReadPlacement(ctx, cli, spec.Name); err != nil {
+		if p, _, err = etcdstore.ReadPlacement(ctx, cli, spec.Name); err != nil {
 			return err
 		}
 		cfg.Log.Info("joined existing job", "job", spec.Name, "placement", p.Version)
@@ -177,7 +176,7 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 		if err != nil {
 			return fmt.Errorf("reading the last checkpoint: %w", err)
 		}
-		var cp jobetcd.CheckpointRecord
+		var cp job.CheckpointRecord
 		if len(r.Kvs) > 0 && json.Unmarshal(r.Kvs[0].Value, &cp) == nil {
 			if r, err = cli.Get(ctx, keys.TasksAt(cp.Step)); err == nil && len(r.Kvs) > 0 {
 				if qa, err := DecodeTasks(r.Kvs[0].Value); err == nil {
@@ -199,9 +198,9 @@ func Run(ctx context.Context, cli *clientv3.Client, cfg Config) error {
 type run struct {
 	cli    *clientv3.Client
 	cfg    Config
-	keys   jobetcd.Keys
+	keys   etcdstore.Keys
 	job    *Job
-	placed *placement.Placement // the placement last written
+	placed *job.Placement // the placement last written
 }
 
 // loop rebuilds the job's state from etcd, then follows its events until
@@ -216,7 +215,7 @@ func (c *run) loop(ctx context.Context) error {
 	for _, kv := range snap.Kvs {
 		k := string(kv.Key)
 		if id, ok := strings.CutPrefix(k, c.keys.Assigns()); ok {
-			var a jobetcd.Assignment
+			var a job.Assignment
 			if json.Unmarshal(kv.Value, &a) == nil {
 				c.job.RestoreAssignment(id, a)
 			}
@@ -228,7 +227,7 @@ func (c *run) loop(ctx context.Context) error {
 		if k == c.keys.Checkpoint() {
 			// Known before any dead holder below rolls the job back: a
 			// rollback goes to this checkpoint, not to step 0.
-			var cp jobetcd.CheckpointRecord
+			var cp job.CheckpointRecord
 			if json.Unmarshal(kv.Value, &cp) == nil {
 				c.job.CheckpointRecorded(cp)
 			}
@@ -275,7 +274,7 @@ func (c *run) loop(ctx context.Context) error {
 				return fmt.Errorf("etcd watch closed: %w", ctx.Err())
 			}
 			if err := wr.Err(); err != nil {
-				if !jobetcd.Transient(err) || errors.Is(err, rpctypes.ErrCompacted) {
+				if !etcdstore.Transient(err) || errors.Is(err, rpctypes.ErrCompacted) {
 					return fmt.Errorf("watching job %s: %w", c.cfg.Spec.Name, err)
 				}
 				c.cfg.Log.Warn("etcd ended the job's watch: watching again", "after_revision", seen, "err", err)
@@ -308,31 +307,31 @@ func (c *run) handle(ctx context.Context, typ mvccpb.Event_EventType, kv, prev *
 			out = c.job.WorkerDown(id)
 		}
 	} else if i, ok := strings.CutPrefix(k, c.keys.Shards()); ok && !put && prev != nil {
-		var m jobetcd.ShardMember
+		var m job.ShardMember
 		if idx, err := strconv.Atoi(i); err == nil && json.Unmarshal(prev.Value, &m) == nil {
 			out = c.job.ShardDown(idx, m.Placement)
 		}
 	} else if _, ok := strings.CutPrefix(k, c.keys.ShardSnapshots()); ok && put {
-		var rec jobetcd.SnapshotRecord
+		var rec job.SnapshotRecord
 		if err := json.Unmarshal(kv.Value, &rec); err != nil {
 			c.cfg.Log.Warn("ignoring a malformed snapshot record", "key", k)
 			return false, nil
 		}
 		out = c.job.SnapshotRecorded(rec)
 	} else if k == c.keys.Checkpoint() && put { // read back when the coordinator restarts
-		var cp jobetcd.CheckpointRecord
+		var cp job.CheckpointRecord
 		if json.Unmarshal(kv.Value, &cp) == nil {
 			c.job.CheckpointRecorded(cp)
 		}
 	} else if k == c.keys.Reshard() && put {
-		var req jobetcd.ReshardRequest
+		var req job.ReshardRequest
 		if err := json.Unmarshal(kv.Value, &req); err != nil {
 			c.cfg.Log.Warn("ignoring a malformed reshard request", "err", err)
 			return false, nil
 		}
 		out = c.job.ReshardRequested(req)
 	} else if id, ok := strings.CutPrefix(k, c.keys.TaskDones()); ok && put {
-		var t jobetcd.Task
+		var t job.Task
 		if err := json.Unmarshal(kv.Value, &t); err != nil {
 			c.cfg.Log.Warn("ignoring a malformed task report", "worker", id, "err", err)
 			return false, nil
@@ -405,7 +404,7 @@ func (c *run) exec(ctx context.Context, actions []Action) (finished bool, err er
 			}
 		case DoPlace:
 			q := a.Placement
-			rec := jobetcd.RollbackRecord{Placement: q.Version, Why: a.Why, ToStep: q.Start, FromStep: -1}
+			rec := job.RollbackRecord{Placement: q.Version, Why: a.Why, ToStep: q.Start, FromStep: -1}
 			if a.Thrown >= 0 { // with tasks: in data steps, as the checkpoint's label
 				rec.FromStep = q.Start + a.Thrown
 			} else if c.cfg.Reached != nil {
@@ -442,7 +441,7 @@ func (c *run) exec(ctx context.Context, actions []Action) (finished bool, err er
 					return false, err
 				}
 			}
-			if err := put("marking the job done", clientv3.OpPut(c.keys.State(), jobetcd.StateDone)); err != nil {
+			if err := put("marking the job done", clientv3.OpPut(c.keys.State(), job.StateDone)); err != nil {
 				return false, err
 			}
 			return true, nil

@@ -15,9 +15,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/testenv"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -31,16 +30,16 @@ func TestRunAssignsAndFinishes(t *testing.T) {
 	defer cancel()
 	spec := job.Default()
 	spec.Name, spec.Workers = "c1", 2
-	keys := jobetcd.KeysFor(spec.Name)
+	keys := etcdstore.KeysFor(spec.Name)
 	finished := 0
 	errc := make(chan error, 1)
 	go func() {
-		errc <- Run(ctx, cli, Config{Spec: spec, Log: quiet, OnFinish: func(ctx context.Context, p *placement.Placement) error {
+		errc <- Run(ctx, cli, Config{Spec: spec, Log: quiet, OnFinish: func(ctx context.Context, p *job.Placement) error {
 			finished++
 			return nil
 		}})
 	}()
-	if _, err := jobetcd.Wait(ctx, cli, keys.Spec(), 10*time.Second); err != nil {
+	if _, err := etcdstore.Wait(ctx, cli, keys.Spec(), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	other := spec
@@ -50,17 +49,17 @@ func TestRunAssignsAndFinishes(t *testing.T) {
 	}
 	ranks := map[int]bool{}
 	for _, id := range []string{"w0", "w1"} {
-		l, err := jobetcd.Grant(ctx, cli, 5)
+		l, err := etcdstore.Grant(ctx, cli, 5)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer l.Close()
 		cli.Put(ctx, keys.Worker(id), "{}", clientv3.WithLease(l.ID))
-		v, err := jobetcd.Wait(ctx, cli, keys.Assign(id), 10*time.Second)
+		v, err := etcdstore.Wait(ctx, cli, keys.Assign(id), 10*time.Second)
 		if err != nil {
 			t.Fatal(err)
 		}
-		var a jobetcd.Assignment
+		var a job.Assignment
 		json.Unmarshal(v, &a)
 		if a.Epoch != 1 || a.DataShard != a.Rank {
 			t.Fatalf("assignment %+v", a)
@@ -78,7 +77,7 @@ func TestRunAssignsAndFinishes(t *testing.T) {
 	if finished != 1 {
 		t.Fatalf("OnFinish ran %d times", finished)
 	}
-	if v, _ := jobetcd.Wait(ctx, cli, keys.State(), time.Second); string(v) != jobetcd.StateDone {
+	if v, _ := etcdstore.Wait(ctx, cli, keys.State(), time.Second); string(v) != job.StateDone {
 		t.Fatalf("state %q", v)
 	}
 	if err := Run(ctx, cli, Config{Spec: spec, Log: quiet}); !errors.Is(err, ErrJobDone) {
@@ -106,14 +105,14 @@ func TestRunRefusesMoreShardsThanBlocks(t *testing.T) {
 }
 
 // askReshard writes a reshard request and returns the coordinator's answer.
-func askReshard(t *testing.T, ctx context.Context, cli *clientv3.Client, keys jobetcd.Keys, shards int) jobetcd.ReshardRequest {
+func askReshard(t *testing.T, ctx context.Context, cli *clientv3.Client, keys etcdstore.Keys, shards int) job.ReshardRequest {
 	t.Helper()
-	b, _ := json.Marshal(jobetcd.ReshardRequest{Shards: shards})
+	b, _ := json.Marshal(job.ReshardRequest{Shards: shards})
 	if _, err := cli.Put(ctx, keys.Reshard(), string(b)); err != nil {
 		t.Fatal(err)
 	}
-	var ans jobetcd.ReshardRequest
-	err := jobetcd.WaitPrefix(ctx, cli, keys.Reshard(), 10*time.Second, func(kvs map[string][]byte) bool {
+	var ans job.ReshardRequest
+	err := etcdstore.WaitPrefix(ctx, cli, keys.Reshard(), 10*time.Second, func(kvs map[string][]byte) bool {
 		return json.Unmarshal(kvs[keys.Reshard()], &ans) == nil && ans.Status != ""
 	})
 	if err != nil {
@@ -131,23 +130,23 @@ func TestRunReshard(t *testing.T) {
 	defer cancel()
 	spec := job.Default()
 	spec.Name, spec.Workers, spec.Shards, spec.CheckpointEvery = "rs", 2, 2, 10
-	keys := jobetcd.KeysFor(spec.Name)
+	keys := etcdstore.KeysFor(spec.Name)
 	errc := make(chan error, 1)
 	go func() { errc <- Run(ctx, cli, Config{Spec: spec, Log: quiet}) }()
-	if _, err := jobetcd.Wait(ctx, cli, keys.Placement(), 10*time.Second); err != nil {
+	if _, err := etcdstore.Wait(ctx, cli, keys.Placement(), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if a := askReshard(t, ctx, cli, keys, 3); !strings.Contains(a.Status, "no complete checkpoint") {
 		t.Fatalf("without a checkpoint: %+v", a)
 	}
 	record := func(version, step int64, shard int) {
-		b, _ := json.Marshal(jobetcd.SnapshotRecord{Path: fmt.Sprintf("s%d-%d", shard, step), Step: step, Shard: shard, Placement: version})
+		b, _ := json.Marshal(job.SnapshotRecord{Path: fmt.Sprintf("s%d-%d", shard, step), Step: step, Shard: shard, Placement: version})
 		cli.Put(ctx, keys.ShardSnapshot(version, step, shard), string(b))
 	}
 	record(1, 10, 0)
 	record(1, 10, 1)
 	record(1, 20, 0) // step 20 is not complete: the checkpoint is step 10
-	if _, err := jobetcd.Wait(ctx, cli, keys.Checkpoint(), 10*time.Second); err != nil {
+	if _, err := etcdstore.Wait(ctx, cli, keys.Checkpoint(), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	if a := askReshard(t, ctx, cli, keys, 1<<20); !strings.Contains(a.Status, "cannot place") {
@@ -156,7 +155,7 @@ func TestRunReshard(t *testing.T) {
 	if a := askReshard(t, ctx, cli, keys, 3); a.Status != "done" || a.Version != 2 || a.Start != 10 {
 		t.Fatalf("reshard: %+v", a)
 	}
-	p, _, err := job.ReadPlacement(ctx, cli, spec.Name)
+	p, _, err := etcdstore.ReadPlacement(ctx, cli, spec.Name)
 	if err != nil || p.Version != 2 || p.Shards != 3 || p.Start != 10 || !slices.Equal(p.From, []string{"s0-10", "s1-10"}) {
 		t.Fatalf("placement %+v, %v", p, err)
 	}
@@ -165,8 +164,8 @@ func TestRunReshard(t *testing.T) {
 	record(2, 20, 0)
 	record(2, 20, 1)
 	record(2, 20, 2)
-	err = jobetcd.WaitPrefix(ctx, cli, keys.Checkpoint(), 10*time.Second, func(kvs map[string][]byte) bool {
-		var cp jobetcd.CheckpointRecord
+	err = etcdstore.WaitPrefix(ctx, cli, keys.Checkpoint(), 10*time.Second, func(kvs map[string][]byte) bool {
+		var cp job.CheckpointRecord
 		json.Unmarshal(kvs[keys.Checkpoint()], &cp)
 		return cp.Step == 20 && cp.Placement == 2 && len(cp.Files) == 3
 	})
@@ -193,7 +192,7 @@ func TestRunResume(t *testing.T) {
 	defer cancel()
 	spec := job.Default()
 	spec.Name, spec.Workers, spec.Shards, spec.CheckpointEvery = "re", 1, 2, 10
-	keys := jobetcd.KeysFor(spec.Name)
+	keys := etcdstore.KeysFor(spec.Name)
 	if err := Run(ctx, cli, Config{Spec: spec, Log: quiet, Resume: true}); !errors.Is(err, ErrNothingToResume) {
 		t.Fatalf("resuming a job that does not exist: %v", err)
 	}
@@ -205,20 +204,20 @@ func TestRunResume(t *testing.T) {
 	if err := Run(ctx, cli, Config{Spec: spec, Log: quiet, Resume: true}); !errors.Is(err, ErrNothingToResume) {
 		t.Fatalf("resuming without a checkpoint: %v", err)
 	}
-	cp, _ := json.Marshal(jobetcd.CheckpointRecord{Step: 30, Placement: 1, Files: []string{"a", "b"}})
+	cp, _ := json.Marshal(job.CheckpointRecord{Step: 30, Placement: 1, Files: []string{"a", "b"}})
 	cli.Put(ctx, keys.Checkpoint(), string(cp))
 	cli.Put(ctx, keys.Done(0), "1")
 	rctx, stop := context.WithCancel(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet, Resume: true}) }()
-	err := jobetcd.WaitPrefix(ctx, cli, keys.Placement(), 10*time.Second, func(kvs map[string][]byte) bool {
-		p, err := placement.Decode(kvs[keys.Placement()])
+	err := etcdstore.WaitPrefix(ctx, cli, keys.Placement(), 10*time.Second, func(kvs map[string][]byte) bool {
+		p, err := job.DecodePlacement(kvs[keys.Placement()])
 		return err == nil && p.Version == 2
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, _, _ := job.ReadPlacement(ctx, cli, spec.Name)
+	p, _, _ := etcdstore.ReadPlacement(ctx, cli, spec.Name)
 	if p.Start != 30 || p.Shards != 2 || !slices.Equal(p.From, []string{"a", "b"}) {
 		t.Fatalf("resumed placement %+v", p)
 	}
@@ -240,7 +239,7 @@ func TestExecWritesTasksAndQueueAtOnce(t *testing.T) {
 	cli := testenv.Etcd(t)
 	ctx := context.Background()
 	spec := job.Default()
-	keys := jobetcd.KeysFor(spec.Name)
+	keys := etcdstore.KeysFor(spec.Name)
 	c := &run{cli: cli, cfg: Config{Spec: spec, Log: quiet}, keys: keys}
 	q := NewTasks(2, 100, 50, 60, 3)
 	before := q.clone()
@@ -248,7 +247,7 @@ func TestExecWritesTasksAndQueueAtOnce(t *testing.T) {
 	actions := []Action{
 		{Kind: DoSaveTasks, Tasks: q},
 		{Kind: DoGiveTask, Worker: "w1", Task: t1},
-		{Kind: DoGiveTask, Worker: "w2", Task: jobetcd.Task{ID: -1}},
+		{Kind: DoGiveTask, Worker: "w2", Task: job.Task{ID: -1}},
 	}
 	t2, _ := q.Next("w2")
 	actions = append(actions, Action{Kind: DoGiveTask, Worker: "w2", Task: t2}, Action{Kind: DoSaveTasks, Tasks: q})
@@ -283,18 +282,18 @@ func TestRunResumeWithADeadHolder(t *testing.T) {
 	defer cancel()
 	spec := job.Default()
 	spec.Name, spec.Workers, spec.Shards, spec.CheckpointEvery = "dead", 1, 2, 10
-	keys := jobetcd.KeysFor(spec.Name)
+	keys := etcdstore.KeysFor(spec.Name)
 	runUntilPlaced(ctx, t, cli, spec)
-	cp, _ := json.Marshal(jobetcd.CheckpointRecord{Step: 30, Placement: 1, Files: []string{"a", "b"}})
-	a, _ := json.Marshal(jobetcd.Assignment{Rank: 0, Epoch: 1})
+	cp, _ := json.Marshal(job.CheckpointRecord{Step: 30, Placement: 1, Files: []string{"a", "b"}})
+	a, _ := json.Marshal(job.Assignment{Rank: 0, Epoch: 1})
 	cli.Put(ctx, keys.Checkpoint(), string(cp))
 	cli.Put(ctx, keys.Assign("gone"), string(a)) // no member key: its lease is gone
 	rctx, stop := context.WithCancel(ctx)
 	errc := make(chan error, 1)
 	defer stop()
 	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet, Resume: true}) }()
-	err := jobetcd.WaitPrefix(ctx, cli, keys.Placement(), 10*time.Second, func(kvs map[string][]byte) bool {
-		p, err := placement.Decode(kvs[keys.Placement()])
+	err := etcdstore.WaitPrefix(ctx, cli, keys.Placement(), 10*time.Second, func(kvs map[string][]byte) bool {
+		p, err := job.DecodePlacement(kvs[keys.Placement()])
 		return err == nil && p.Version == 3
 	})
 	select {
@@ -305,7 +304,7 @@ func TestRunResumeWithADeadHolder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, _, _ := job.ReadPlacement(ctx, cli, spec.Name)
+	p, _, _ := etcdstore.ReadPlacement(ctx, cli, spec.Name)
 	if p.Start != 30 || !slices.Equal(p.From, []string{"a", "b"}) {
 		t.Fatalf("the rollback after the dead holder went to %+v, want the checkpoint of step 30", p)
 	}
@@ -318,7 +317,7 @@ func runUntilPlaced(ctx context.Context, t *testing.T, cli *clientv3.Client, spe
 	rctx, stop := context.WithCancel(ctx)
 	errc := make(chan error, 1)
 	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet}) }()
-	if _, err := jobetcd.Wait(ctx, cli, jobetcd.KeysFor(spec.Name).Placement(), 10*time.Second); err != nil {
+	if _, err := etcdstore.Wait(ctx, cli, etcdstore.KeysFor(spec.Name).Placement(), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	stop()

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job"
 )
 
 // Tasks is the data-shard task queue of an async job, after PaddlePaddle's
@@ -23,11 +23,11 @@ import (
 // finished when every task is done or failed, and then DoneSteps counts
 // exactly the data steps of the done tasks.
 type Tasks struct {
-	List        []jobetcd.Task `json:"tasks"`
-	Now         int64          `json:"now"`
-	Timeout     int64          `json:"timeout"`      // ticks a worker has for a task
-	MaxAttempts int            `json:"max_attempts"` // times a task is given out before it fails
-	Late        int            `json:"late"`         // reports of tasks no longer the reporter's
+	List        []job.Task `json:"tasks"`
+	Now         int64      `json:"now"`
+	Timeout     int64      `json:"timeout"`      // ticks a worker has for a task
+	MaxAttempts int        `json:"max_attempts"` // times a task is given out before it fails
+	Late        int        `json:"late"`         // reports of tasks no longer the reporter's
 }
 
 // NewTasks cuts steps steps of each of shards data shards into tasks of at
@@ -36,7 +36,7 @@ func NewTasks(shards int, steps, per, timeout int64, maxAttempts int) *Tasks {
 	q := &Tasks{Timeout: timeout, MaxAttempts: maxAttempts}
 	for f := int64(0); f < steps; f += per {
 		for s := 0; s < shards; s++ {
-			q.List = append(q.List, jobetcd.Task{ID: len(q.List), Shard: s, From: f, To: min(f+per, steps), State: jobetcd.TaskTodo})
+			q.List = append(q.List, job.Task{ID: len(q.List), Shard: s, From: f, To: min(f+per, steps), State: job.TaskTodo})
 		}
 	}
 	return q
@@ -44,39 +44,39 @@ func NewTasks(shards int, steps, per, timeout int64, maxAttempts int) *Tasks {
 
 // Next gives worker the oldest todo task, or reports that none is left to
 // give (some may still be pending). A worker that owns a task gets it again.
-func (q *Tasks) Next(worker string) (jobetcd.Task, bool) {
+func (q *Tasks) Next(worker string) (job.Task, bool) {
 	for _, t := range q.List {
-		if t.State == jobetcd.TaskPending && t.Owner == worker {
+		if t.State == job.TaskPending && t.Owner == worker {
 			return t, true
 		}
 	}
 	for i := range q.List {
 		t := &q.List[i]
-		if t.State == jobetcd.TaskTodo {
-			t.State, t.Owner, t.Deadline = jobetcd.TaskPending, worker, q.Now+q.Timeout
+		if t.State == job.TaskTodo {
+			t.State, t.Owner, t.Deadline = job.TaskPending, worker, q.Now+q.Timeout
 			t.Attempts++
 			return *t, true
 		}
 	}
-	return jobetcd.Task{}, false
+	return job.Task{}, false
 }
 
 // Finish records worker's report that task id is done. It reports whether
 // the report counted (the task was pending with worker as its owner).
 func (q *Tasks) Finish(worker string, id int) bool {
-	if id < 0 || id >= len(q.List) || q.List[id].State != jobetcd.TaskPending || q.List[id].Owner != worker {
+	if id < 0 || id >= len(q.List) || q.List[id].State != job.TaskPending || q.List[id].Owner != worker {
 		q.Late++
 		return false
 	}
 	t := &q.List[id]
-	t.State, t.Owner, t.Deadline = jobetcd.TaskDone, "", 0
+	t.State, t.Owner, t.Deadline = job.TaskDone, "", 0
 	return true
 }
 
 // Down returns worker's pending task, if any, to the queue.
 func (q *Tasks) Down(worker string) {
 	for i := range q.List {
-		if t := &q.List[i]; t.State == jobetcd.TaskPending && t.Owner == worker {
+		if t := &q.List[i]; t.State == job.TaskPending && t.Owner == worker {
 			q.requeue(t)
 		}
 	}
@@ -88,7 +88,7 @@ func (q *Tasks) Tick() []string {
 	q.Now++
 	var lost []string
 	for i := range q.List {
-		if t := &q.List[i]; t.State == jobetcd.TaskPending && q.Now > t.Deadline {
+		if t := &q.List[i]; t.State == job.TaskPending && q.Now > t.Deadline {
 			lost = append(lost, t.Owner)
 			q.requeue(t)
 		}
@@ -96,19 +96,19 @@ func (q *Tasks) Tick() []string {
 	return lost
 }
 
-func (q *Tasks) requeue(t *jobetcd.Task) {
+func (q *Tasks) requeue(t *job.Task) {
 	t.Owner, t.Deadline = "", 0
 	if t.Attempts >= q.MaxAttempts {
-		t.State = jobetcd.TaskFailed
+		t.State = job.TaskFailed
 	} else {
-		t.State = jobetcd.TaskTodo
+		t.State = job.TaskTodo
 	}
 }
 
 // Finished reports whether every task is done or failed.
 func (q *Tasks) Finished() bool {
 	for _, t := range q.List {
-		if t.State == jobetcd.TaskTodo || t.State == jobetcd.TaskPending {
+		if t.State == job.TaskTodo || t.State == job.TaskPending {
 			return false
 		}
 	}
@@ -128,7 +128,7 @@ func (q *Tasks) Count() map[string]int {
 func (q *Tasks) DoneSteps() int64 {
 	var n int64
 	for _, t := range q.List {
-		if t.State == jobetcd.TaskDone {
+		if t.State == job.TaskDone {
 			n += t.To - t.From
 		}
 	}
@@ -160,7 +160,7 @@ func DecodeTasks(b []byte) (*Tasks, error) {
 		switch {
 		case t.ID != i || t.From < 0 || t.To <= t.From || t.Shard < 0:
 			return nil, fmt.Errorf("task queue: task %d is inconsistent: %+v", i, t)
-		case t.State != jobetcd.TaskTodo && t.State != jobetcd.TaskPending && t.State != jobetcd.TaskDone && t.State != jobetcd.TaskFailed:
+		case t.State != job.TaskTodo && t.State != job.TaskPending && t.State != job.TaskDone && t.State != job.TaskFailed:
 			return nil, fmt.Errorf("task queue: task %d has state %q", i, t.State)
 		}
 	}

@@ -5,7 +5,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job"
 )
 
 // The task queue as a script: "next w" answers the task given ("id:shard:from-to"
@@ -70,7 +70,7 @@ func TestTasksScript(t *testing.T) {
 		case "count":
 			c := q.Count()
 			var parts []string
-			for _, st := range []string{jobetcd.TaskFailed, jobetcd.TaskTodo, jobetcd.TaskPending, jobetcd.TaskDone} {
+			for _, st := range []string{job.TaskFailed, job.TaskTodo, job.TaskPending, job.TaskDone} {
 				if c[st] > 0 {
 					parts = append(parts, fmt.Sprintf("%s=%d", st, c[st]))
 				}

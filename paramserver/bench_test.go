@@ -12,12 +12,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/downpour-ml/downpour/internal/job"
+
 	"github.com/nats-io/nats.go"
 
 	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // benchBlockSize is the block size of the push/pull benchmarks: the default
@@ -67,7 +68,7 @@ func BenchmarkApply(b *testing.B) {
 	rng := rand.New(rand.NewPCG(1, 1))
 	w, g := grads(rng, n), grads(rng, n)
 	for _, kind := range []string{"sgd", "momentum", "adagrad", "adam"} {
-		o := DefaultOptimizer(kind, 0.001)
+		o := job.DefaultOptimizer(kind, 0.001)
 		slots := make([][]float32, o.Slots())
 		for i := range slots {
 			slots[i] = make([]float32, n)
@@ -76,7 +77,7 @@ func BenchmarkApply(b *testing.B) {
 			b.SetBytes(4 * n)
 			var t int64
 			for b.Loop() {
-				o.Apply(w, g, slots, t)
+				Apply(o, w, g, slots, t)
 				t++
 			}
 		})
@@ -88,7 +89,7 @@ func BenchmarkApply(b *testing.B) {
 type rig struct {
 	nc     *nats.Conn
 	dial   func() *nats.Conn // another connection of the rig's kind
-	p      *Placement
+	p      *job.Placement
 	client *Client
 	grads  []float32
 	params []float32
@@ -129,9 +130,9 @@ func newRig(b *testing.B, tensors []models.Tensor, shards int, maxPayload int32,
 		return nc
 	}
 	nc := dial()
-	p := placement.Place(tensors, benchBlockSize, shards)
+	p := job.Place(tensors, benchBlockSize, shards)
 	for s := 0; s < shards; s++ {
-		sh := NewShard(syncCfg(1, DefaultOptimizer("sgd", 1e-6)), p.OnShard(s), func(Block, []float32) {})
+		sh := NewShard(syncCfg(1, job.DefaultOptimizer("sgd", 1e-6)), p.OnShard(s), func(job.Block, []float32) {})
 		svc, err := Serve(dial(), sh, ServiceConfig{Job: "j", Shard: s, Log: quiet})
 		if err != nil {
 			b.Fatal(err)
@@ -306,12 +307,12 @@ func syncOverheadW2(b *testing.B, conn connKind) {
 	r := newRig(b, w2.Tensors(), 2, 0, conn)
 	r.pushPull(b)
 	w := make([]float32, r.p.Size())
-	opt := DefaultOptimizer("sgd", 1e-6)
+	opt := job.DefaultOptimizer("sgd", 1e-6)
 	var ps, local []time.Duration
 	for b.Loop() {
 		p1, p2 := r.pushPull(b)
 		start := time.Now()
-		opt.Apply(w, r.grads, nil, 0)
+		Apply(opt, w, r.grads, nil, 0)
 		local = append(local, time.Since(start))
 		ps = append(ps, p1+p2)
 	}
@@ -373,7 +374,7 @@ func syncOverheadW2Model(b *testing.B, conn connKind, rows bool) {
 		}
 	}
 	r.client.ReadOrder(m.ReadOrder())
-	opt := DefaultOptimizer("sgd", 1e-6)
+	opt := job.DefaultOptimizer("sgd", 1e-6)
 	ctx := context.Background()
 	if err := r.client.Pull(ctx, 0, m.Params()); err != nil {
 		b.Fatal(err)
@@ -429,7 +430,7 @@ func syncOverheadW2Model(b *testing.B, conn connKind, rows bool) {
 		for k := range run {
 			m.Loss(batches[k%2], true)
 			models.ClipGlobalNorm(m.Grads(), 5)
-			opt.Apply(m.Params(), m.Grads(), nil, 0)
+			Apply(opt, m.Params(), m.Grads(), nil, 0)
 		}
 	}
 	if !testing.Short() {

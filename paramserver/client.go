@@ -9,10 +9,11 @@ import (
 	"sync"
 	"time"
 
+	"github.com/downpour-ml/downpour/internal/job"
+
 	"github.com/nats-io/nats.go"
 
 	"github.com/downpour-ml/downpour/internal/wire"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // Client pushes gradients to and pulls parameters from every shard of a job
@@ -84,7 +85,7 @@ const DefaultAttempt = 3 * time.Second
 
 type group struct {
 	shard  int
-	blocks []Block
+	blocks []job.Block
 	ids    []uint32
 	// contiguous: the blocks follow one another in the flat vector, so a
 	// dense push sends them split (wire.EncodeEnvelope), straight from the
@@ -96,16 +97,16 @@ type group struct {
 }
 
 // NewClient prepares the messages of placement p for rank and epoch.
-func NewClient(nc *nats.Conn, job string, p *Placement, rank int, epoch uint64) (*Client, error) {
-	return NewClientFor(nc, job, p, rank, epoch, nil)
+func NewClient(nc *nats.Conn, jobName string, p *job.Placement, rank int, epoch uint64) (*Client, error) {
+	return NewClientFor(nc, jobName, p, rank, epoch, nil)
 }
 
 // NewClientFor is NewClient for the blocks keep accepts (all when nil): a
 // client of one parameter group, such as a GAN's generator.
-func NewClientFor(nc *nats.Conn, job string, p *Placement, rank int, epoch uint64, keep func(Block) bool) (*Client, error) {
-	c := &Client{nc: nc, job: job, version: p.Version, shards: p.Shards, rank: uint32(rank), epoch: epoch, Attempt: DefaultAttempt, Window: DefaultWindow, PushWindow: DefaultPushWindow}
+func NewClientFor(nc *nats.Conn, jobName string, p *job.Placement, rank int, epoch uint64, keep func(job.Block) bool) (*Client, error) {
+	c := &Client{nc: nc, job: jobName, version: p.Version, shards: p.Shards, rank: uint32(rank), epoch: epoch, Attempt: DefaultAttempt, Window: DefaultWindow, PushWindow: DefaultPushWindow}
 	for s := 0; s < p.Shards; s++ {
-		var bs []Block
+		var bs []job.Block
 		for _, b := range p.OnShard(s) {
 			if keep == nil || keep(b) {
 				bs = append(bs, b)
@@ -147,10 +148,10 @@ func (c *Client) ReadOrder(spans [][2]int) {
 // shardBlocks returns the client's blocks shard by shard, in the order
 // they were packed: read order once ReadOrder has packed them (by offset
 // where the read order does not tell), else by offset.
-func (c *Client) shardBlocks() [][]Block {
-	var out [][]Block
+func (c *Client) shardBlocks() [][]job.Block {
+	var out [][]job.Block
 	for _, gs := range byShard(c.groups) {
-		var bs []Block
+		var bs []job.Block
 		for _, g := range gs {
 			bs = append(bs, g.blocks...)
 		}
@@ -174,7 +175,7 @@ func byShard(groups []group) [][]group {
 	return out
 }
 
-func (c *Client) readCmp(a, b Block) int {
+func (c *Client) readCmp(a, b job.Block) int {
 	if d := c.readRank(a.Offset) - c.readRank(b.Offset); d != 0 {
 		return d
 	}
@@ -182,7 +183,7 @@ func (c *Client) readCmp(a, b Block) int {
 }
 
 // wholeSizes is the bytes of each block's data, whole.
-func wholeSizes(blocks []Block) []int {
+func wholeSizes(blocks []job.Block) []int {
 	sizes := make([]int, len(blocks))
 	for i, b := range blocks {
 		sizes[i] = 4 * b.Len
@@ -196,7 +197,7 @@ func wholeSizes(blocks []Block) []int {
 // A run of blocks that follow one another in the flat vector (as Place
 // keeps them) goes whole into one message where it fits. push and pull,
 // when set, are the blocks' span lists.
-func (c *Client) pack(shard int, blocks []Block, sizes []int, push, pull [][]byte) ([]group, error) {
+func (c *Client) pack(shard int, blocks []job.Block, sizes []int, push, pull [][]byte) ([]group, error) {
 	run := make([]bool, len(blocks)) // where a contiguous run of blocks starts
 	for i, b := range blocks {
 		run[i] = i == 0 || b.Offset != blocks[i-1].Offset+blocks[i-1].Len
@@ -224,14 +225,10 @@ func (c *Client) pack(shard int, blocks []Block, sizes []int, push, pull [][]byt
 	return groups, nil
 }
 
-// MessageBytes is the size the client fills messages to (unless a block
-// alone needs more): placement.MessageBytes, which Place's runs fit.
-const MessageBytes = placement.MessageBytes
-
 // messageLimit is the size pack fills messages to, for blocks of sizes:
-// MessageBytes, or what the largest block needs, within max_payload.
+// job.MessageBytes, or what the largest block needs, within max_payload.
 func (c *Client) messageLimit(sizes []int) int {
-	limit := MessageBytes
+	limit := job.MessageBytes
 	for _, s := range sizes {
 		limit = max(limit, s+wire.PerBlock+wire.Headroom)
 	}
@@ -258,7 +255,7 @@ func (c *Client) Pull(ctx context.Context, minClock int64, params []float32) err
 
 // PullExact (sync) fills params with the parameters at exactly step steps,
 // waiting until every shard has got there. Shards keep a copy of the steps
-// their ShardConfig.Keep names, so an evaluator that falls behind training
+// their job.ShardConfig.Keep names, so an evaluator that falls behind training
 // still reads the step it evaluates; a step neither live nor kept is
 // refused with wire.Gone.
 func (c *Client) PullExact(ctx context.Context, step int64, params []float32) error {

@@ -5,7 +5,7 @@
 //
 // A shard is driven like this:
 //
-//	p := paramserver.Place(tensors, blockSize, shards)
+//	p := job.Place(tensors, blockSize, shards)
 //	sh := paramserver.NewShard(cfg, p.OnShard(i), initBlock)
 //	svc, err := paramserver.Serve(nc, sh, paramserver.ServiceConfig{Job: job, Shard: i})
 //	defer svc.Close()

@@ -11,12 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/downpour-ml/downpour/internal/job"
+
 	"github.com/nats-io/nats.go"
 
 	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // subjectCounts counts the messages NATS carries to job's push and pull
@@ -51,8 +52,8 @@ func subjectCounts(t *testing.T, nc *nats.Conn, job string) (pushes, pulls *atom
 func TestPushBringsItsPullBack(t *testing.T) {
 	nc := testenv.NATSConn(t, 64<<10)
 	ts := []models.Tensor{{Name: "a", Shape: []int{300, 300}}, {Name: "b", Shape: []int{7}}}
-	p := placement.Place(ts, 4000, 2)
-	opt := DefaultOptimizer("adam", 0.01)
+	p := job.Place(ts, 4000, 2)
+	opt := job.DefaultOptimizer("adam", 0.01)
 	cfg := syncCfg(2, opt)
 	cfg.PullTTL = 2
 	// The test is the shards' clock: it ticks them only in step 1, so
@@ -161,8 +162,8 @@ func TestPushBringsItsPullBack(t *testing.T) {
 // push's reason, and changes nothing.
 func TestPushThenPullRefusals(t *testing.T) {
 	nc := testenv.NATSConn(t, 0)
-	p := placement.Place(testTensors, 8, 1)
-	svc := serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1))), ServiceConfig{})[0]
+	p := job.Place(testTensors, 8, 1)
+	svc := serveAll(t, nc, newShards(p, syncCfg(1, job.DefaultOptimizer("sgd", 0.1))), ServiceConfig{})[0]
 	c, _ := NewClient(nc, "j", p, 0, 2)
 	w := make([]float32, p.Size())
 	// A zero gradient: the shard takes epoch 2 and step 0, and its
@@ -190,7 +191,7 @@ func TestPushThenPullRefusals(t *testing.T) {
 // the parameters.
 func TestPushThenPullFallsBackToPull(t *testing.T) {
 	nc := testenv.NATSConn(t, 0)
-	p := placement.Place(testTensors, 100, 1)
+	p := job.Place(testTensors, 100, 1)
 	want := initFlat(p)
 	var mu sync.Mutex
 	var asked []bool // Pull, on each push
@@ -245,8 +246,8 @@ func TestPushThenPullFallsBackToPull(t *testing.T) {
 func TestSparsePushBringsItsPullBack(t *testing.T) {
 	nc := testenv.NATSConn(t, 64<<10)
 	ts := []models.Tensor{{Name: "emb", Shape: []int{500, 32}}, {Name: "w", Shape: []int{40, 40}}}
-	opt := DefaultOptimizer("adam", 0.01)
-	p := placement.Place(ts, 3000, 2)
+	opt := job.DefaultOptimizer("adam", 0.01)
+	p := job.Place(ts, 3000, 2)
 	cfg := syncCfg(2, opt)
 	serveAll(t, nc, newShards(p, cfg), ServiceConfig{Job: "c"})
 	serveAll(t, nc, newShards(p, cfg), ServiceConfig{Job: "s"})
@@ -311,8 +312,8 @@ func TestSparsePushBringsItsPullBack(t *testing.T) {
 // nothing, and says so.
 func TestPushThenPullRefusedWhole(t *testing.T) {
 	nc := testenv.NATSConn(t, 0)
-	p := placement.Place(testTensors, 8, 1)
-	svc := serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1))), ServiceConfig{})[0]
+	p := job.Place(testTensors, 8, 1)
+	svc := serveAll(t, nc, newShards(p, syncCfg(1, job.DefaultOptimizer("sgd", 0.1))), ServiceConfig{})[0]
 	b := p.Blocks[0]
 	ask := func(pullSpans []byte) error {
 		t.Helper()

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/downpour-ml/downpour/internal/job"
+
 	"github.com/cockroachdb/datadriven"
 
 	"github.com/downpour-ml/downpour/internal/wire"
@@ -64,17 +66,17 @@ func TestScripts(t *testing.T) {
 			switch d.Cmd {
 			case "init":
 				nblocks = int(num("blocks", 1))
-				var blocks []Block
+				var blocks []job.Block
 				for i := 0; i < nblocks; i++ {
-					blocks = append(blocks, Block{ID: uint32(i), Offset: i, Len: 1})
+					blocks = append(blocks, job.Block{ID: uint32(i), Offset: i, Len: 1})
 				}
-				cfg := ShardConfig{Mode: args["mode"], Ranks: int(num("ranks", 1)), Staleness: num("staleness", 0),
-					PullTTL: num("ttl", 0), NonFinite: args["policy"], Optimizer: DefaultOptimizer("sgd", 1)}
+				cfg := job.ShardConfig{Mode: args["mode"], Ranks: int(num("ranks", 1)), Staleness: num("staleness", 0),
+					PullTTL: num("ttl", 0), NonFinite: args["policy"], Optimizer: job.DefaultOptimizer("sgd", 1)}
 				_, cfg.Elastic = args["elastic"]
 				if err := cfg.Validate(); err != nil {
 					return "error: " + err.Error()
 				}
-				sh, token = NewShard(cfg, blocks, func(Block, []float32) {}), 0
+				sh, token = NewShard(cfg, blocks, func(job.Block, []float32) {}), 0
 				return "ok"
 			case "push":
 				v := float32(nan())

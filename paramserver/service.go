@@ -9,6 +9,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/downpour-ml/downpour/internal/job"
+
 	"github.com/nats-io/nats.go"
 
 	"github.com/downpour-ml/downpour/internal/wire"
@@ -31,7 +33,7 @@ type ServiceConfig struct {
 	Placement int64
 	Log       *slog.Logger
 	// Tick is the period of the shard's clock (held pulls expire after
-	// ShardConfig.PullTTL ticks); default 100ms.
+	// job.ShardConfig.PullTTL ticks); default 100ms.
 	Tick time.Duration
 	// Ticks, when set, is the shard's clock instead of a ticker of period
 	// Tick: the shard ticks once for each value received (a test drives
@@ -119,7 +121,7 @@ func Serve(nc *nats.Conn, shard *Shard, cfg ServiceConfig) (*Service, error) {
 		if cfg.SnapshotDir == "" {
 			return nil, fmt.Errorf("shard %d: periodic snapshots need a snapshot directory", cfg.Shard)
 		}
-		if shard.cfg.Mode == Sync {
+		if shard.cfg.Mode == job.Sync {
 			next := (shard.Clock()/cfg.SnapshotEvery + 1) * cfg.SnapshotEvery
 			if err := shard.RequestSnapshot(next); err != nil {
 				return nil, err
@@ -421,7 +423,7 @@ func (s *Service) drainLocked(o *outbox) {
 		}
 		snap.Job, snap.Shard, snap.Placement = s.cfg.Job, s.cfg.Shard, s.cfg.Placement
 		s.snapsCh <- snap // the writer drains it; at most a few are ever queued
-		if s.cfg.SnapshotEvery > 0 && s.shard.cfg.Mode == Sync {
+		if s.cfg.SnapshotEvery > 0 && s.shard.cfg.Mode == job.Sync {
 			if err := s.shard.RequestSnapshot(snap.Step + s.cfg.SnapshotEvery); err != nil {
 				s.cfg.Log.Error("scheduling the next snapshot", "shard", s.cfg.Shard, "err", err)
 			}

@@ -16,13 +16,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/downpour-ml/downpour/internal/job"
+
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -67,8 +68,8 @@ func TestServiceSyncOverNATS(t *testing.T) {
 	nc := testenv.NATSConn(t, 64<<10)
 	ts := []models.Tensor{{Name: "big", Shape: []int{300, 200}}, {Name: "small", Shape: []int{17}}}
 	const ranks, steps = 2, 3
-	opt := DefaultOptimizer("adam", 0.01)
-	p := placement.Place(ts, 5000, 2)
+	opt := job.DefaultOptimizer("adam", 0.01)
+	p := job.Place(ts, 5000, 2)
 	serveAll(t, nc, newShards(p, syncCfg(ranks, opt)), ServiceConfig{})
 	ref := initFlat(p)
 	rng := rand.New(rand.NewPCG(9, 9))
@@ -140,13 +141,13 @@ func TestServiceSyncOverNATS(t *testing.T) {
 // messages at once, over and over; each gradient is applied once.
 func TestServiceConcurrentResends(t *testing.T) {
 	nc := testenv.NATSConn(t, 0)
-	p := placement.Place(testTensors, 8, 2)
-	for _, mode := range []string{Sync, Async} {
-		job := "j"
-		shards := newShards(p, ShardConfig{Mode: mode, Ranks: 1, Optimizer: DefaultOptimizer("sgd", 1)})
+	p := job.Place(testTensors, 8, 2)
+	for _, mode := range []string{job.Sync, job.Async} {
+		name := "j"
+		shards := newShards(p, job.ShardConfig{Mode: mode, Ranks: 1, Optimizer: job.DefaultOptimizer("sgd", 1)})
 		svcs := serveAll(t, nc, shards, ServiceConfig{})
 		g := grads(rand.New(rand.NewPCG(2, 2)), p.Size())
-		c, _ := NewClient(nc, job, p, 0, 1)
+		c, _ := NewClient(nc, name, p, 0, 1)
 		var wg sync.WaitGroup
 		for range 8 {
 			wg.Go(func() {
@@ -182,8 +183,8 @@ func TestServiceConcurrentResends(t *testing.T) {
 // counted; the shard keeps serving.
 func TestServiceRefusesBadInput(t *testing.T) {
 	nc := testenv.NATSConn(t, 0)
-	p := placement.Place(testTensors, 8, 1)
-	svc := serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1))), ServiceConfig{})[0]
+	p := job.Place(testTensors, 8, 1)
+	svc := serveAll(t, nc, newShards(p, syncCfg(1, job.DefaultOptimizer("sgd", 0.1))), ServiceConfig{})[0]
 	ask := func(subj, env string, data []byte) wire.Kind {
 		msg := &nats.Msg{Subject: subj, Data: data}
 		if env != "" { // a split push
@@ -250,8 +251,8 @@ func TestServiceRefusesBadInput(t *testing.T) {
 // both: pull replies of kind Expired, and more than one pull request.
 func TestServiceHeldPullExpiresAndIsResent(t *testing.T) {
 	nc := testenv.NATSConn(t, 0)
-	p := placement.Place(testTensors, 100, 1)
-	cfg := syncCfg(1, DefaultOptimizer("sgd", 1))
+	p := job.Place(testTensors, 100, 1)
+	cfg := syncCfg(1, job.DefaultOptimizer("sgd", 1))
 	cfg.PullTTL = 2
 	svc := serveAll(t, nc, newShards(p, cfg), ServiceConfig{Tick: 20 * time.Millisecond})[0]
 	_, pulls := subjectCounts(t, nc, "j")
@@ -314,8 +315,8 @@ func TestServiceHeldPullExpiresAndIsResent(t *testing.T) {
 func TestTransferHandsOverRanges(t *testing.T) {
 	nc := testenv.NATSConn(t, 64<<10)
 	ts := []models.Tensor{{Name: "a", Shape: []int{300, 100}}, {Name: "b", Shape: []int{200, 150}}, {Name: "c", Shape: []int{7}}}
-	opt := DefaultOptimizer("sgd", 0.1)
-	p := placement.Place(ts, 4000, 2)
+	opt := job.DefaultOptimizer("sgd", 0.1)
+	p := job.Place(ts, 4000, 2)
 	serveAll(t, nc, newShards(p, syncCfg(1, opt)), ServiceConfig{})
 	c, err := NewClient(nc, "j", p, 0, 1)
 	if err != nil {
@@ -365,8 +366,8 @@ func TestTransferHandsOverRanges(t *testing.T) {
 func TestClientClock(t *testing.T) {
 	nc := testenv.NATSConn(t, 64<<10)
 	ts := []models.Tensor{{Name: "a", Shape: []int{100, 30}}}
-	p := placement.Place(ts, 500, 2)
-	serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1))), ServiceConfig{})
+	p := job.Place(ts, 500, 2)
+	serveAll(t, nc, newShards(p, syncCfg(1, job.DefaultOptimizer("sgd", 0.1))), ServiceConfig{})
 	c, err := NewClient(nc, "j", p, 0, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -389,17 +390,17 @@ func TestClientClock(t *testing.T) {
 func TestClientClocksAndSnapshot(t *testing.T) {
 	nc := testenv.NATSConn(t, 64<<10)
 	ts := []models.Tensor{{Name: "a", Shape: []int{100, 30}}}
-	p := placement.Place(ts, 500, 3)
-	shards := newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1)))
+	p := job.Place(ts, 500, 3)
+	shards := newShards(p, syncCfg(1, job.DefaultOptimizer("sgd", 0.1)))
 	svcs := serveAll(t, nc, shards[:2], ServiceConfig{SnapshotDir: t.TempDir()}) // shard 2 has no process
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := NewClientFor(nc, "j", p, 0, 1, func(b Block) bool { return b.Shard != 1 }) // none of shard 1's blocks
+	c, err := NewClientFor(nc, "j", p, 0, 1, func(b job.Block) bool { return b.Shard != 1 }) // none of shard 1's blocks
 	if err != nil {
 		t.Fatal(err)
 	}
 	g := grads(rand.New(rand.NewPCG(1, 1)), p.Size())
-	one, err := NewClient(nc, "j", &Placement{Version: p.Version, Shards: p.Shards, BlockSize: p.BlockSize, Blocks: p.OnShard(0)}, 0, 1)
+	one, err := NewClient(nc, "j", &job.Placement{Version: p.Version, Shards: p.Shards, BlockSize: p.BlockSize, Blocks: p.OnShard(0)}, 0, 1)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -439,8 +440,8 @@ func TestClientClocksAndSnapshot(t *testing.T) {
 // finish in the order they are sent.
 func TestClientTakesTurnsAcrossShards(t *testing.T) {
 	nc := testenv.NATSConn(t, 16<<10)
-	p := placement.Place([]models.Tensor{{Name: "a", Shape: []int{200, 300}}}, 1000, 3)
-	serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1))), ServiceConfig{})
+	p := job.Place([]models.Tensor{{Name: "a", Shape: []int{200, 300}}}, 1000, 3)
+	serveAll(t, nc, newShards(p, syncCfg(1, job.DefaultOptimizer("sgd", 0.1))), ServiceConfig{})
 	c, err := NewClient(nc, "j", p, 0, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -490,8 +491,8 @@ func TestClientTakesTurnsAcrossShards(t *testing.T) {
 func TestClientPushesRunsSplit(t *testing.T) {
 	nc := testenv.NATSConn(t, 1536) // 3 blocks of 64 floats a message: a run of 3
 	ts := []models.Tensor{{Name: "x", Shape: []int{10, 64}}, {Name: "y", Shape: []int{200}}}
-	p := placement.PlaceRuns(ts, 64, 2, 3, placement.DefaultHash, 0.5)
-	opt := DefaultOptimizer("sgd", 0.1)
+	p := job.PlaceRuns(ts, 64, 2, 3, job.DefaultHash, 0.5)
+	opt := job.DefaultOptimizer("sgd", 0.1)
 	serveAll(t, nc, newShards(p, syncCfg(1, opt)), ServiceConfig{})
 	var split, whole atomic.Int64
 	for s := range p.Shards {
@@ -558,14 +559,14 @@ func TestClientPushesRunsSplit(t *testing.T) {
 	}
 }
 
-// On a server that allows messages far larger than MessageBytes, the
-// client still fills messages to MessageBytes, so that each of Place's runs
+// On a server that allows messages far larger than job.MessageBytes, the
+// client still fills messages to job.MessageBytes, so that each of Place's runs
 // has one to itself and goes split; a block larger than that still gets a
 // message of its own.
 func TestClientPacksRunsUnderLargeMaxPayload(t *testing.T) {
 	nc := testenv.NATSConn(t, 8<<20)
 	const bs = 16 << 10
-	p := placement.PlaceRuns([]models.Tensor{{Name: "x", Shape: []int{60 * bs}}}, bs, 2, placement.RunBytes/(4*bs), placement.DefaultHash, 0.5)
+	p := job.PlaceRuns([]models.Tensor{{Name: "x", Shape: []int{60 * bs}}}, bs, 2, job.RunBytes/(4*bs), job.DefaultHash, 0.5)
 	c, err := NewClient(nc, "j", p, 0, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -578,7 +579,7 @@ func TestClientPacksRunsUnderLargeMaxPayload(t *testing.T) {
 			t.Errorf("a message of %d blocks (%v), contiguous %v; want one run of 15", len(g.blocks), g.ids, g.contiguous)
 		}
 	}
-	big := placement.Place([]models.Tensor{{Name: "x", Shape: []int{3 << 19}}}, 1<<19, 1) // 2 MiB blocks
+	big := job.Place([]models.Tensor{{Name: "x", Shape: []int{3 << 19}}}, 1<<19, 1) // 2 MiB blocks
 	c, err = NewClient(nc, "j", big, 0, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -719,8 +720,8 @@ func TestClientResendsWhenConnectionLost(t *testing.T) {
 // replaced with Superseded, and counts them; what it serves is untouched.
 func TestServiceRefusesSupersededPlacements(t *testing.T) {
 	nc := testenv.NATSConn(t, 0)
-	p := placement.Place(testTensors, 100, 1)
-	svc := serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 1))), ServiceConfig{Placement: 3})[0]
+	p := job.Place(testTensors, 100, 1)
+	svc := serveAll(t, nc, newShards(p, syncCfg(1, job.DefaultOptimizer("sgd", 1))), ServiceConfig{Placement: 3})[0]
 	g := slices.Repeat([]float32{1}, p.Size())
 	w := make([]float32, p.Size())
 	for _, v := range []int64{1, 2} {
@@ -777,10 +778,10 @@ func (r *recorder) SnapshotWritten(d time.Duration, n int64) {
 func TestObserversSeeTraffic(t *testing.T) {
 	nc := testenv.NATSConn(t, 0)
 	ts := []models.Tensor{{Name: "w", Shape: []int{1000}}}
-	p := placement.Place(ts, 300, 2)
+	p := job.Place(ts, 300, 2)
 	rec := &recorder{}
 	dir := t.TempDir()
-	shards := newShards(p, ShardConfig{Mode: Async, Ranks: 2, Optimizer: DefaultOptimizer("sgd", 0.1)})
+	shards := newShards(p, job.ShardConfig{Mode: job.Async, Ranks: 2, Optimizer: job.DefaultOptimizer("sgd", 0.1)})
 	svcs := serveAll(t, nc, shards[:1], ServiceConfig{Observer: rec, SnapshotDir: dir})
 	other, err := Serve(nc, shards[1], ServiceConfig{Job: "j", Shard: 1, Log: quiet})
 	if err != nil {

@@ -5,6 +5,8 @@ import (
 	"math"
 	"slices"
 
+	"github.com/downpour-ml/downpour/internal/job"
+
 	"github.com/downpour-ml/downpour/internal/wire"
 )
 
@@ -19,7 +21,7 @@ type Stats struct {
 }
 
 type block struct {
-	Block
+	job.Block
 	w     []float32
 	slots [][]float32
 	clock int64 // updates applied (sync: steps)
@@ -32,7 +34,7 @@ type block struct {
 	last []int64
 	// The state at the pending sync snapshot step, once copied.
 	snap *BlockState
-	// sync: the parameters at clock keptAt (-1: none), see ShardConfig.Keep.
+	// sync: the parameters at clock keptAt (-1: none), see job.ShardConfig.Keep.
 	kept   []float32
 	keptAt int64
 }
@@ -70,7 +72,7 @@ type Answer struct {
 //     every active rank; with none active, at once);
 //   - async: pushes apply on arrival; pulls are answered at once.
 type Shard struct {
-	cfg       ShardConfig
+	cfg       job.ShardConfig
 	blocks    []*block
 	pos       map[uint32]int
 	epochs    []uint64
@@ -89,12 +91,12 @@ type Shard struct {
 
 // NewShard makes the shard that owns blocks, initialising each block's
 // parameters with init. cfg must be valid.
-func NewShard(cfg ShardConfig, blocks []Block, init func(b Block, dst []float32)) *Shard {
+func NewShard(cfg job.ShardConfig, blocks []job.Block, init func(b job.Block, dst []float32)) *Shard {
 	if err := cfg.Validate(); err != nil {
 		panic("paramserver: " + err.Error())
 	}
 	if cfg.NonFinite == "" {
-		cfg.NonFinite = Refuse
+		cfg.NonFinite = job.Refuse
 	}
 	s := &Shard{cfg: cfg, pos: make(map[uint32]int, len(blocks)), epochs: make([]uint64, cfg.Ranks),
 		rankClock: make([]int64, cfg.Ranks), active: make([]bool, cfg.Ranks), snapAt: -1}
@@ -105,7 +107,7 @@ func NewShard(cfg ShardConfig, blocks []Block, init func(b Block, dst []float32)
 		for range cfg.Optimizer.Slots() {
 			blk.slots = append(blk.slots, make([]float32, b.Len))
 		}
-		if cfg.Mode == Sync {
+		if cfg.Mode == job.Sync {
 			blk.g = make([][]float32, cfg.Ranks)
 			blk.got = make([]bool, cfg.Ranks)
 		} else {
@@ -125,7 +127,7 @@ func NewShard(cfg ShardConfig, blocks []Block, init func(b Block, dst []float32)
 // Clock is the number of steps every block of the shard has applied (sync),
 // or the number of steps every rank has completed on it (ssp, async).
 func (s *Shard) Clock() int64 {
-	if s.cfg.Mode != Sync {
+	if s.cfg.Mode != job.Sync {
 		c, _ := s.slowest()
 		return c
 	}
@@ -198,11 +200,11 @@ func (s *Shard) Push(p *wire.PushRequest) error {
 		if _, err := checkSpans(b, pb.Spans, len(pb.Data)); err != nil {
 			return err
 		}
-		if s.cfg.Mode == Sync && p.Step > b.clock {
+		if s.cfg.Mode == job.Sync && p.Step > b.clock {
 			return refuse(wire.BadStep, "block %d: step %d is ahead of its clock %d", pb.ID, p.Step, b.clock)
 		}
 		finite[k] = wire.Finite(pb.Data)
-		if !finite[k] && s.cfg.NonFinite == Refuse {
+		if !finite[k] && s.cfg.NonFinite == job.Refuse {
 			return refuse(wire.NonFinite, "block %d from rank %d holds NaN or Inf", pb.ID, r)
 		}
 	}
@@ -216,19 +218,19 @@ func (s *Shard) Push(p *wire.PushRequest) error {
 	applied := false
 	for k, pb := range p.Blocks {
 		b := s.blocks[s.pos[pb.ID]]
-		if s.cfg.Mode == Sync {
+		if s.cfg.Mode == job.Sync {
 			applied = s.pushSync(b, r, p.Step, &p.Blocks[k], finite[k]) || applied
 		} else {
 			applied = s.pushAsync(b, r, p.Step, &p.Blocks[k], finite[k]) || applied
 		}
 	}
-	if s.cfg.Mode != Sync {
+	if s.cfg.Mode != job.Sync {
 		s.advanceRank(r)
 		if s.stats.Accepted > accepted { // a new step, not a late resend
 			s.active[r] = true
 		}
 	}
-	if applied || s.cfg.Mode != Sync {
+	if applied || s.cfg.Mode != job.Sync {
 		s.release()
 	}
 	return nil
@@ -271,15 +273,15 @@ func checkSpans(b *block, spans []byte, n int) (int, error) {
 func (s *Shard) apply(b *block, pb *wire.Block) {
 	switch {
 	case pb.Spans == nil:
-		s.cfg.Optimizer.ApplyBytes(b.w, pb.Data, b.slots, b.clock)
+		ApplyBytes(s.cfg.Optimizer, b.w, pb.Data, b.slots, b.clock)
 	case s.cfg.Optimizer.Kind == "sgd":
 		at := 0
 		wire.EachSpan(pb.Spans, func(off, n int) {
-			s.cfg.Optimizer.ApplyBytes(b.w[off:off+n], pb.Data[at:at+4*n], nil, b.clock)
+			ApplyBytes(s.cfg.Optimizer, b.w[off:off+n], pb.Data[at:at+4*n], nil, b.clock)
 			at += 4 * n
 		})
 	default:
-		s.cfg.Optimizer.ApplyBytes(b.w, s.expand(b.Len, pb), b.slots, b.clock)
+		ApplyBytes(s.cfg.Optimizer, b.w, s.expand(b.Len, pb), b.slots, b.clock)
 	}
 }
 
@@ -318,7 +320,7 @@ func (s *Shard) Epochs() []uint64 { return slices.Clone(s.epochs) }
 // In ssp and async modes the rank's step numbering restarts.
 func (s *Shard) newEpoch(r int, epoch uint64) {
 	s.epochs[r] = epoch
-	if s.cfg.Mode != Sync {
+	if s.cfg.Mode != job.Sync {
 		// The new holder numbers its steps afresh: (rank, epoch, step)
 		// names a gradient.
 		for _, b := range s.blocks {
@@ -384,7 +386,7 @@ func (s *Shard) pushSync(b *block, r int, step int64, pb *wire.Block, finite boo
 			native.Saxpy(len(sum), 1, b.g[q], 1, sum, 1) // sum + 1*g: the plain sum
 		}
 		native.Sscal(len(sum), 1/float32(s.cfg.Ranks), sum, 1)
-		s.cfg.Optimizer.Apply(b.w, sum, b.slots, b.clock)
+		Apply(s.cfg.Optimizer, b.w, sum, b.slots, b.clock)
 		s.stats.Applied++
 	}
 	clear(b.got)
@@ -419,7 +421,7 @@ func (s *Shard) pushAsync(b *block, r int, step int64, pb *wire.Block, finite bo
 // async: the clock lag a bounded-staleness job bounds); 0 in sync mode,
 // where every rank pushes the same step.
 func (s *Shard) Lag(r int) int64 {
-	if s.cfg.Mode == Sync || r < 0 || r >= len(s.rankClock) {
+	if s.cfg.Mode == job.Sync || r < 0 || r >= len(s.rankClock) {
 		return 0
 	}
 	fastest := s.rankClock[r]

@@ -1,6 +1,7 @@
 package paramserver
 
 import (
+	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/wire"
 )
 
@@ -50,14 +51,14 @@ func (s *Shard) Waiting() int { return len(s.waiting) }
 
 func (s *Shard) answerable(req *wire.PullRequest) bool {
 	switch s.cfg.Mode {
-	case Sync:
+	case job.Sync:
 		for _, id := range req.IDs {
 			if s.blocks[s.pos[id]].clock < req.MinClock {
 				return false
 			}
 		}
 		return true
-	case SSP:
+	case job.SSP:
 		c, bound := s.slowest()
 		return !bound || c >= req.MinClock-s.cfg.Staleness
 	}
@@ -112,7 +113,7 @@ func (s *Shard) Ready() []Answer {
 // its kept copy; it is refused with Gone when the block has moved past that
 // step and keeps no copy of it.
 func (s *Shard) Read(req *wire.PullRequest) ([]wire.Block, error) {
-	exact := req.Exact && s.cfg.Mode == Sync
+	exact := req.Exact && s.cfg.Mode == job.Sync
 	if req.Spans != nil && len(req.Spans) != len(req.IDs) {
 		return nil, refuse(wire.Malformed, "%d span lists for %d block ids", len(req.Spans), len(req.IDs))
 	}

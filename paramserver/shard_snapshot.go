@@ -3,6 +3,8 @@ package paramserver
 import (
 	"errors"
 	"fmt"
+
+	"github.com/downpour-ml/downpour/internal/job"
 )
 
 // ErrSnapshotPending is returned when a snapshot is requested while another
@@ -15,7 +17,7 @@ var ErrSnapshotPending = errors.New("a snapshot is already pending")
 // taken now, labelled step (there is no step boundary to wait for: the
 // coordinator labels a checkpoint of an async job by the data steps done). Taken snapshots come out of Snapshots.
 func (s *Shard) RequestSnapshot(step int64) error {
-	if s.cfg.Mode != Sync {
+	if s.cfg.Mode != job.Sync {
 		snap := s.snapshotNow()
 		snap.Step = step // the label the coordinator checkpoints under
 		s.snaps = append(s.snaps, snap)

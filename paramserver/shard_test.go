@@ -7,14 +7,15 @@ import (
 	"slices"
 	"testing"
 
+	"github.com/downpour-ml/downpour/internal/job"
+
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 var testTensors = []models.Tensor{{Name: "a", Shape: []int{7, 5}}, {Name: "b", Shape: []int{13}}, {Name: "c", Shape: []int{3, 3}}}
 
-func initFlat(p *Placement) []float32 {
+func initFlat(p *job.Placement) []float32 {
 	w := make([]float32, p.Size())
 	for i, off := range models.Offsets(p.Tensors) {
 		models.InitUniform(w[off:off+p.Tensors[i].Size()], 1, p.Tensors[i].Name, 0.5)
@@ -22,21 +23,21 @@ func initFlat(p *Placement) []float32 {
 	return w
 }
 
-func syncCfg(ranks int, opt Optimizer) ShardConfig {
-	return ShardConfig{Mode: Sync, Ranks: ranks, Optimizer: opt}
+func syncCfg(ranks int, opt job.Optimizer) job.ShardConfig {
+	return job.ShardConfig{Mode: job.Sync, Ranks: ranks, Optimizer: opt}
 }
 
-func newShards(p *Placement, cfg ShardConfig) []*Shard {
+func newShards(p *job.Placement, cfg job.ShardConfig) []*Shard {
 	w0 := initFlat(p)
 	shards := make([]*Shard, p.Shards)
 	for s := range shards {
-		shards[s] = NewShard(cfg, p.OnShard(s), func(b Block, dst []float32) { copy(dst, w0[b.Offset:b.Offset+b.Len]) })
+		shards[s] = NewShard(cfg, p.OnShard(s), func(b job.Block, dst []float32) { copy(dst, w0[b.Offset:b.Offset+b.Len]) })
 	}
 	return shards
 }
 
 // pushes cuts rank's gradient for step into one push per block.
-func pushes(p *Placement, rank int, epoch uint64, step int64, g []float32) []*wire.PushRequest {
+func pushes(p *job.Placement, rank int, epoch uint64, step int64, g []float32) []*wire.PushRequest {
 	var out []*wire.PushRequest
 	for _, b := range p.Blocks {
 		out = append(out, &wire.PushRequest{V: wire.Version, Job: "j", Rank: uint32(rank), Epoch: epoch, Step: step,
@@ -45,7 +46,7 @@ func pushes(p *Placement, rank int, epoch uint64, step int64, g []float32) []*wi
 	return out
 }
 
-func gather(p *Placement, shards []*Shard) []float32 {
+func gather(p *job.Placement, shards []*Shard) []float32 {
 	w := make([]float32, p.Size())
 	for _, b := range p.Blocks {
 		v, ok := shards[b.Shard].Params(b.ID)
@@ -66,9 +67,9 @@ func grads(rng *rand.Rand, n int) []float32 {
 }
 
 // refOptimizer is the textbook form of each update rule on the whole
-// parameter vector, written independently of Optimizer.Apply.
+// parameter vector, written independently of Apply.
 type refOptimizer struct {
-	opt  Optimizer
+	opt  job.Optimizer
 	a, b []float32 // state: momentum increment, adagrad sum, adam moments
 }
 
@@ -123,14 +124,14 @@ func (r *refOptimizer) syncStep(w []float32, gs [][]float32, t int64) {
 	r.step(w, g, t)
 }
 
-func testOptimizers() []Optimizer {
-	mom := DefaultOptimizer("momentum", 0.05)
+func testOptimizers() []job.Optimizer {
+	mom := job.DefaultOptimizer("momentum", 0.05)
 	mom.Momentum, mom.MomentumFinal, mom.RampStart, mom.RampEnd = 0.5, 0.7, 1, 3
-	sgd := DefaultOptimizer("sgd", 0.3)
-	sgd.Schedule = Schedule{Kind: "halving", HalveAfter: 2, HalveEvery: 1}
-	ada := DefaultOptimizer("adagrad", 0.1)
-	ada.Schedule = Schedule{Kind: "exp", Decay: 1.5, Floor: 0.02}
-	return []Optimizer{sgd, mom, ada, DefaultOptimizer("adam", 0.01)}
+	sgd := job.DefaultOptimizer("sgd", 0.3)
+	sgd.Schedule = job.Schedule{Kind: "halving", HalveAfter: 2, HalveEvery: 1}
+	ada := job.DefaultOptimizer("adagrad", 0.1)
+	ada.Schedule = job.Schedule{Kind: "exp", Decay: 1.5, Floor: 0.02}
+	return []job.Optimizer{sgd, mom, ada, job.DefaultOptimizer("adam", 0.01)}
 }
 
 // Sync-mode parameters after every step are bit-identical to the textbook
@@ -147,7 +148,7 @@ func TestSyncMatchesReferenceAnyShardsAnyOrder(t *testing.T) {
 		}
 	}
 	for _, opt := range testOptimizers() {
-		ref := initFlat(placement.Place(testTensors, 4, 1))
+		ref := initFlat(job.Place(testTensors, 4, 1))
 		r := &refOptimizer{opt: opt}
 		var want [][]float32
 		for s := 0; s < steps; s++ {
@@ -156,7 +157,7 @@ func TestSyncMatchesReferenceAnyShardsAnyOrder(t *testing.T) {
 		}
 		for shards := 1; shards <= 4; shards++ {
 			for _, bs := range []int{1, 4, 6, 100} {
-				p := placement.Place(testTensors, bs, shards)
+				p := job.Place(testTensors, bs, shards)
 				sh := newShards(p, syncCfg(ranks, opt))
 				for s := 0; s < steps; s++ {
 					var msgs []*wire.PushRequest
@@ -196,9 +197,9 @@ func TestSyncMatchesReferenceAnyShardsAnyOrder(t *testing.T) {
 // pushes in order give exactly the reference's sequential updates.
 func TestAsyncAppliesOnArrival(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 5))
-	p := placement.Place(testTensors, 8, 2)
+	p := job.Place(testTensors, 8, 2)
 	for _, opt := range testOptimizers() {
-		sh := newShards(p, ShardConfig{Mode: Async, Ranks: 2, Optimizer: opt})
+		sh := newShards(p, job.ShardConfig{Mode: job.Async, Ranks: 2, Optimizer: opt})
 		ref := initFlat(p)
 		r := &refOptimizer{opt: opt}
 		for s := 0; s < 4; s++ {
@@ -217,8 +218,8 @@ func TestAsyncAppliesOnArrival(t *testing.T) {
 }
 
 func TestRefusedPushesChangeNothing(t *testing.T) {
-	p := placement.Place(testTensors, 8, 1)
-	sh := newShards(p, syncCfg(2, DefaultOptimizer("sgd", 0.1)))[0]
+	p := job.Place(testTensors, 8, 1)
+	sh := newShards(p, syncCfg(2, job.DefaultOptimizer("sgd", 0.1)))[0]
 	before := gather(p, []*Shard{sh})
 	n := p.Size()
 	for _, m := range pushes(p, 0, 5, 0, make([]float32, n)) {
@@ -298,8 +299,8 @@ func TestRefusedPushesChangeNothing(t *testing.T) {
 // holder's stored gradient for the current step is dropped, and the old
 // holder's later pushes are refused.
 func TestSyncNewEpochReplacesPendingGradient(t *testing.T) {
-	p := placement.Place(testTensors, 100, 1)
-	sh := newShards(p, syncCfg(2, DefaultOptimizer("sgd", 1)))[0]
+	p := job.Place(testTensors, 100, 1)
+	sh := newShards(p, syncCfg(2, job.DefaultOptimizer("sgd", 1)))[0]
 	n := p.Size()
 	zombie := make([]float32, n)
 	for i := range zombie {
@@ -332,9 +333,9 @@ func TestSyncNewEpochReplacesPendingGradient(t *testing.T) {
 // Policy skip: a non-finite gradient is accepted and counted, and the blocks
 // it touches skip that step's update while their clocks advance.
 func TestNonFiniteSkip(t *testing.T) {
-	p := placement.Place(testTensors, 100, 1)
-	cfg := syncCfg(2, DefaultOptimizer("sgd", 1))
-	cfg.NonFinite = Skip
+	p := job.Place(testTensors, 100, 1)
+	cfg := syncCfg(2, job.DefaultOptimizer("sgd", 1))
+	cfg.NonFinite = job.Skip
 	sh := newShards(p, cfg)[0]
 	n := p.Size()
 	g := make([]float32, n)
@@ -362,8 +363,8 @@ func TestNonFiniteSkip(t *testing.T) {
 // Async and ssp: a resend of an older step (a delayed duplicate) is
 // acknowledged and not applied, even after newer steps.
 func TestAsyncDuplicatesAfterNewerSteps(t *testing.T) {
-	p := placement.Place(testTensors, 100, 1)
-	sh := newShards(p, ShardConfig{Mode: Async, Ranks: 1, Optimizer: DefaultOptimizer("sgd", 1)})[0]
+	p := job.Place(testTensors, 100, 1)
+	sh := newShards(p, job.ShardConfig{Mode: job.Async, Ranks: 1, Optimizer: job.DefaultOptimizer("sgd", 1)})[0]
 	rng := rand.New(rand.NewPCG(9, 1))
 	p0, p1 := pushes(p, 0, 1, 0, grads(rng, p.Size())), pushes(p, 0, 1, 1, grads(rng, p.Size()))
 	for _, m := range append(p0, p1...) {
@@ -388,8 +389,8 @@ func nan() float64 { return math.NaN() }
 // Fence raises ranks' epochs, never lowers them: a push from a fenced epoch
 // is refused and changes nothing; the rank's next holder pushes as usual.
 func TestFence(t *testing.T) {
-	p := placement.Place(testTensors, 6, 1)
-	sh := newShards(p, syncCfg(2, DefaultOptimizer("sgd", 0.1)))[0]
+	p := job.Place(testTensors, 6, 1)
+	sh := newShards(p, syncCfg(2, job.DefaultOptimizer("sgd", 0.1)))[0]
 	sh.Fence([]uint64{3, 0})
 	if got := sh.Epochs(); got[0] != 3 || got[1] != 0 {
 		t.Fatalf("epochs %v", got)
@@ -428,7 +429,7 @@ func TestFence(t *testing.T) {
 func TestExactPullsReadKeptSteps(t *testing.T) {
 	const ranks, steps = 2, 8
 	rng := rand.New(rand.NewPCG(3, 4))
-	p := placement.Place(testTensors, 6, 1)
+	p := job.Place(testTensors, 6, 1)
 	opt := testOptimizers()[1]
 	cfg := syncCfg(ranks, opt)
 	cfg.Keep, cfg.KeepBefore = 3, 6
@@ -515,7 +516,7 @@ func TestExactPullsReadKeptSteps(t *testing.T) {
 	if got, err := read(3, true); err != nil || !slices.Equal(got, want) {
 		t.Fatalf("exact pull of the restore step after one more: %v, or not its parameters", err)
 	}
-	for _, bad := range []ShardConfig{{Mode: Async, Ranks: 1, Optimizer: opt, Keep: 2}, {Mode: Sync, Ranks: 1, Optimizer: opt, Keep: -1}} {
+	for _, bad := range []job.ShardConfig{{Mode: job.Async, Ranks: 1, Optimizer: opt, Keep: 2}, {Mode: job.Sync, Ranks: 1, Optimizer: opt, Keep: -1}} {
 		if bad.Validate() == nil {
 			t.Fatalf("%+v validated", bad)
 		}

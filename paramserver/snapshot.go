@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/downpour-ml/downpour/internal/job"
+
 	"github.com/downpour-ml/downpour/internal/wire"
 )
 
@@ -248,7 +250,7 @@ func ParseSnapshotFile(name string) (version int64, shard int, step int64, temp,
 // that holds it. Every block must be found exactly once, and the snapshots
 // must agree on the step, the mode and the ranks' epochs. A rank's clock is
 // the smallest the snapshots record (in sync mode they agree).
-func Gather(snaps []*Snapshot, blocks []Block) (*Snapshot, error) {
+func Gather(snaps []*Snapshot, blocks []job.Block) (*Snapshot, error) {
 	if len(snaps) == 0 {
 		return nil, errors.New("gather: no snapshots")
 	}
@@ -286,7 +288,7 @@ func Gather(snaps []*Snapshot, blocks []Block) (*Snapshot, error) {
 // RestoreShard makes a shard whose state is snap. The snapshot must hold
 // exactly blocks (same ids, same lengths), with state for cfg's optimizer and
 // ranks.
-func RestoreShard(cfg ShardConfig, blocks []Block, snap *Snapshot) (*Shard, error) {
+func RestoreShard(cfg job.ShardConfig, blocks []job.Block, snap *Snapshot) (*Shard, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -299,14 +301,14 @@ func RestoreShard(cfg ShardConfig, blocks []Block, snap *Snapshot) (*Shard, erro
 	for i, b := range blocks {
 		bs := &snap.Blocks[i]
 		wantLast := 0
-		if cfg.Mode != Sync {
+		if cfg.Mode != job.Sync {
 			wantLast = cfg.Ranks
 		}
 		if bs.ID != b.ID || len(bs.W) != b.Len || len(bs.Slots) != cfg.Optimizer.Slots() || len(bs.Last) != wantLast || bs.Clock < 0 {
 			return nil, fmt.Errorf("snapshot block %d (len %d) does not match placement block %d (len %d) for this job", bs.ID, len(bs.W), b.ID, b.Len)
 		}
 	}
-	s := NewShard(cfg, blocks, func(b Block, dst []float32) {})
+	s := NewShard(cfg, blocks, func(b job.Block, dst []float32) {})
 	for i, blk := range s.blocks {
 		bs := &snap.Blocks[i]
 		copy(blk.w, bs.W)

@@ -8,12 +8,13 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/downpour-ml/downpour/internal/job"
+
 	"github.com/downpour-ml/downpour/internal/wire"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // feed pushes every rank's gradient of step s to the blocks in ids only.
-func feed(t *testing.T, p *Placement, sh *Shard, ranks int, s int64, gs [][][]float32, ids map[uint32]bool) {
+func feed(t *testing.T, p *job.Placement, sh *Shard, ranks int, s int64, gs [][][]float32, ids map[uint32]bool) {
 	t.Helper()
 	for r := 0; r < ranks; r++ {
 		for _, m := range pushes(p, r, 1, s, gs[s][r]) {
@@ -31,8 +32,8 @@ func feed(t *testing.T, p *Placement, sh *Shard, ranks int, s int64, gs [][][]fl
 // steps gives bit-identical parameters and optimizer state.
 func TestSyncSnapshotRestoreIsExact(t *testing.T) {
 	const ranks, steps, k = 2, 5, 2
-	p := placement.Place(testTensors, 6, 1)
-	cfg := syncCfg(ranks, DefaultOptimizer("adam", 0.05))
+	p := job.Place(testTensors, 6, 1)
+	cfg := syncCfg(ranks, job.DefaultOptimizer("adam", 0.05))
 	rng := rand.New(rand.NewPCG(7, 7))
 	gs := make([][][]float32, steps)
 	for s := range gs {
@@ -104,8 +105,8 @@ func TestSyncSnapshotRestoreIsExact(t *testing.T) {
 }
 
 func TestAsyncSnapshotRestore(t *testing.T) {
-	p := placement.Place(testTensors, 6, 1)
-	cfg := ShardConfig{Mode: SSP, Staleness: 1, Ranks: 2, Optimizer: DefaultOptimizer("momentum", 0.1)}
+	p := job.Place(testTensors, 6, 1)
+	cfg := job.ShardConfig{Mode: job.SSP, Staleness: 1, Ranks: 2, Optimizer: job.DefaultOptimizer("momentum", 0.1)}
 	sh := newShards(p, cfg)[0]
 	rng := rand.New(rand.NewPCG(3, 9))
 	for s := int64(0); s < 3; s++ {
@@ -140,19 +141,19 @@ func TestAsyncSnapshotRestore(t *testing.T) {
 }
 
 func TestRestoreRefusesMismatch(t *testing.T) {
-	p := placement.Place(testTensors, 6, 2)
-	cfg := syncCfg(2, DefaultOptimizer("adam", 0.1))
+	p := job.Place(testTensors, 6, 2)
+	cfg := syncCfg(2, job.DefaultOptimizer("adam", 0.1))
 	sh := newShards(p, cfg)
 	sh[0].RequestSnapshot(0)
 	snap := sh[0].Snapshots()[0]
 	for name, c := range map[string]struct {
-		cfg    ShardConfig
-		blocks []Block
+		cfg    job.ShardConfig
+		blocks []job.Block
 	}{
 		"other shard's blocks": {cfg, p.OnShard(1)},
-		"other optimizer":      {syncCfg(2, DefaultOptimizer("sgd", 0.1)), p.OnShard(0)},
-		"other ranks":          {syncCfg(3, DefaultOptimizer("adam", 0.1)), p.OnShard(0)},
-		"other mode":           {ShardConfig{Mode: Async, Ranks: 2, Optimizer: DefaultOptimizer("adam", 0.1)}, p.OnShard(0)},
+		"other optimizer":      {syncCfg(2, job.DefaultOptimizer("sgd", 0.1)), p.OnShard(0)},
+		"other ranks":          {syncCfg(3, job.DefaultOptimizer("adam", 0.1)), p.OnShard(0)},
+		"other mode":           {job.ShardConfig{Mode: job.Async, Ranks: 2, Optimizer: job.DefaultOptimizer("adam", 0.1)}, p.OnShard(0)},
 	} {
 		if _, err := RestoreShard(c.cfg, c.blocks, snap); err == nil {
 			t.Errorf("%s: restored", name)
@@ -161,8 +162,8 @@ func TestRestoreRefusesMismatch(t *testing.T) {
 }
 
 func TestSnapshotCorruptionDetected(t *testing.T) {
-	p := placement.Place(testTensors, 30, 1)
-	sh := newShards(p, ShardConfig{Mode: Async, Ranks: 2, Optimizer: DefaultOptimizer("adagrad", 0.1)})[0]
+	p := job.Place(testTensors, 30, 1)
+	sh := newShards(p, job.ShardConfig{Mode: job.Async, Ranks: 2, Optimizer: job.DefaultOptimizer("adagrad", 0.1)})[0]
 	sh.RequestSnapshot(0)
 	b := sh.Snapshots()[0].Encode()
 	for n := 0; n < len(b); n++ {
@@ -228,8 +229,8 @@ func FuzzParseSnapshotFile(f *testing.F) {
 }
 
 func FuzzDecodeSnapshot(f *testing.F) {
-	p := placement.Place(testTensors, 30, 1)
-	sh := newShards(p, ShardConfig{Mode: Async, Ranks: 2, Optimizer: DefaultOptimizer("adam", 0.1)})[0]
+	p := job.Place(testTensors, 30, 1)
+	sh := newShards(p, job.ShardConfig{Mode: job.Async, Ranks: 2, Optimizer: job.DefaultOptimizer("adam", 0.1)})[0]
 	sh.RequestSnapshot(0)
 	f.Add(sh.Snapshots()[0].Encode())
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -248,7 +249,7 @@ func FuzzDecodeSnapshot(f *testing.F) {
 
 // stepAll pushes every rank's gradient of step s, block by block, to the
 // shard of placement p that owns the block.
-func stepAll(t *testing.T, p *Placement, shards []*Shard, ranks int, s int64, g [][]float32) {
+func stepAll(t *testing.T, p *job.Placement, shards []*Shard, ranks int, s int64, g [][]float32) {
 	t.Helper()
 	for r := 0; r < ranks; r++ {
 		for _, m := range pushes(p, r, 1, s, g[r]) {
@@ -283,15 +284,15 @@ func blockStates(t *testing.T, shards []*Shard) map[uint32]BlockState {
 // step, whatever the old and new shard counts.
 func TestReshardFromCheckpointIsExact(t *testing.T) {
 	const ranks, steps, k = 2, 6, 3
-	cfg := syncCfg(ranks, DefaultOptimizer("adam", 0.05))
+	cfg := syncCfg(ranks, job.DefaultOptimizer("adam", 0.05))
 	rng := rand.New(rand.NewPCG(9, 9))
 	gs := make([][][]float32, steps)
-	p0 := placement.Place(testTensors, 6, 2)
+	p0 := job.Place(testTensors, 6, 2)
 	for s := range gs {
 		gs[s] = [][]float32{grads(rng, p0.Size()), grads(rng, p0.Size())}
 	}
 	for _, c := range []struct{ from, to int }{{2, 3}, {3, 2}, {2, 1}, {1, 4}} {
-		p := placement.Place(testTensors, 6, c.from)
+		p := job.Place(testTensors, 6, c.from)
 		straight := newShards(p, cfg)
 		for s := int64(0); s < steps; s++ {
 			stepAll(t, p, straight, ranks, s, gs[s])
@@ -349,8 +350,8 @@ func TestReshardFromCheckpointIsExact(t *testing.T) {
 }
 
 func TestGatherRefusesIncompleteOrMismatchedSets(t *testing.T) {
-	p := placement.Place(testTensors, 6, 2)
-	cfg := syncCfg(1, DefaultOptimizer("sgd", 0.1))
+	p := job.Place(testTensors, 6, 2)
+	cfg := syncCfg(1, job.DefaultOptimizer("sgd", 0.1))
 	var snaps []*Snapshot
 	for i, sh := range newShards(p, cfg) {
 		if err := sh.RequestSnapshot(0); err != nil {

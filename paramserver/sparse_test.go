@@ -11,12 +11,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/downpour-ml/downpour/internal/job"
+
 	"github.com/nats-io/nats.go"
 
 	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // randRanges is a sorted, disjoint set of [lo, hi) ranges of n floats, each
@@ -48,7 +49,7 @@ func zeroOutside(g []float32, ranges [][2]int) []float32 {
 
 // sparsePushes is pushes with each block cut to its parts inside ranges,
 // written out plainly: one message per block.
-func sparsePushes(p *Placement, rank int, epoch uint64, step int64, g []float32, ranges [][2]int) []*wire.PushRequest {
+func sparsePushes(p *job.Placement, rank int, epoch uint64, step int64, g []float32, ranges [][2]int) []*wire.PushRequest {
 	out := pushes(p, rank, epoch, step, g)
 	for i, b := range p.Blocks {
 		var spans, data []byte
@@ -74,11 +75,11 @@ func sparsePushes(p *Placement, rank int, epoch uint64, step int64, g []float32,
 func TestSparsePushesApplyAsDense(t *testing.T) {
 	rng := rand.New(rand.NewPCG(8, 1))
 	ts := []models.Tensor{{Name: "emb", Shape: []int{40, 6}}, {Name: "w", Shape: []int{5, 5}}, {Name: "emb2", Shape: []int{9, 4}}}
-	for _, cfg := range []ShardConfig{syncCfg(1, Optimizer{}), syncCfg(3, Optimizer{}), {Mode: Async, Ranks: 2}} {
+	for _, cfg := range []job.ShardConfig{syncCfg(1, job.Optimizer{}), syncCfg(3, job.Optimizer{}), {Mode: job.Async, Ranks: 2}} {
 		for _, opt := range testOptimizers() {
 			cfg.Optimizer = opt
 			for _, bs := range []int{7, 24, 1000} {
-				p := placement.Place(ts, bs, 2)
+				p := job.Place(ts, bs, 2)
 				dense, sparse := newShards(p, cfg), newShards(p, cfg)
 				for _, sh := range [][]*Shard{dense, sparse} { // signed zeros a gradient does not reach must stay as they are
 					for i, id := range sh[0].Blocks() {
@@ -97,7 +98,7 @@ func TestSparsePushesApplyAsDense(t *testing.T) {
 							g[ranges[0][0]] = float32(math.Copysign(0, -1)) // a -0 gradient travels as itself
 						}
 						st := int64(step)
-						if cfg.Mode == Async {
+						if cfg.Mode == job.Async {
 							st = int64(step*cfg.Ranks + r)
 						}
 						for i, m := range pushes(p, r, 1, st, g) {
@@ -129,8 +130,8 @@ func TestSparsePushesApplyAsDense(t *testing.T) {
 // A sparse pull reads exactly the floats its spans name, in order; spans
 // outside a block are refused.
 func TestSparseReads(t *testing.T) {
-	p := placement.Place(testTensors, 8, 1)
-	sh := newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1)))[0]
+	p := job.Place(testTensors, 8, 1)
+	sh := newShards(p, syncCfg(1, job.DefaultOptimizer("sgd", 0.1)))[0]
 	w := initFlat(p)
 	b := p.Blocks[2]
 	req := &wire.PullRequest{V: wire.Version, Job: "j", IDs: []uint32{p.Blocks[1].ID, b.ID, p.Blocks[3].ID},
@@ -173,7 +174,7 @@ func TestSparseReads(t *testing.T) {
 }
 
 func TestBlockSpans(t *testing.T) {
-	b := Block{Offset: 100, Len: 50}
+	b := job.Block{Offset: 100, Len: 50}
 	enc := func(pairs ...int) []byte {
 		out := []byte{}
 		for i := 0; i < len(pairs); i += 2 {
@@ -207,8 +208,8 @@ func TestBlockSpans(t *testing.T) {
 func TestSparseTransferMatchesDense(t *testing.T) {
 	nc := testenv.NATSConn(t, 64<<10)
 	ts := []models.Tensor{{Name: "emb", Shape: []int{500, 32}}, {Name: "w", Shape: []int{40, 40}}}
-	opt := DefaultOptimizer("momentum", 0.1)
-	p := placement.Place(ts, 3000, 2)
+	opt := job.DefaultOptimizer("momentum", 0.1)
+	p := job.Place(ts, 3000, 2)
 	cfg := syncCfg(2, opt)
 	dense, sparse := newShards(p, cfg), newShards(p, cfg)
 	serveAll(t, nc, dense, ServiceConfig{Job: "dense"})
@@ -290,7 +291,7 @@ func TestSparseTransferMatchesDense(t *testing.T) {
 func TestTransferGroups(t *testing.T) {
 	nc := testenv.NATSConn(t, 16<<10)
 	ts := []models.Tensor{{Name: "emb", Shape: []int{500, 32}}, {Name: "w", Shape: []int{40, 40}}}
-	p := placement.Place(ts, 1000, 2)
+	p := job.Place(ts, 1000, 2)
 	c, err := NewClient(nc, "j", p, 0, 1)
 	if err != nil {
 		t.Fatal(err)
@@ -409,8 +410,8 @@ func TestTransferGroups(t *testing.T) {
 func TestTransferPushesInReadOrder(t *testing.T) {
 	nc := testenv.NATSConn(t, 16<<10)
 	ts := []models.Tensor{{Name: "emb", Shape: []int{100, 32}}, {Name: "w", Shape: []int{40, 40}}, {Name: "b", Shape: []int{40}}}
-	p := placement.Place(ts, 1000, 2)
-	serveAll(t, nc, newShards(p, syncCfg(1, DefaultOptimizer("sgd", 0.1))), ServiceConfig{})
+	p := job.Place(ts, 1000, 2)
+	serveAll(t, nc, newShards(p, syncCfg(1, job.DefaultOptimizer("sgd", 0.1))), ServiceConfig{})
 	spy := testenv.Conn(t, nc.ConnectedUrl())
 	var mu sync.Mutex
 	var got []uint32

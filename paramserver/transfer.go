@@ -8,6 +8,8 @@ import (
 	"slices"
 	"sync"
 
+	"github.com/downpour-ml/downpour/internal/job"
+
 	"github.com/downpour-ml/downpour/internal/wire"
 )
 
@@ -187,7 +189,7 @@ func (c *Client) transferGroups(push, pull [][2]int) ([]group, error) {
 // to send it whole: when ranges is nil or covers it, or when its spans
 // would take no fewer bytes than its data) and the bytes it then takes in
 // a message beyond wire.PerBlock.
-func sparseBlock(ranges [][2]int, b Block) ([]byte, int) {
+func sparseBlock(ranges [][2]int, b job.Block) ([]byte, int) {
 	if ranges == nil {
 		return nil, 4 * b.Len
 	}
@@ -219,7 +221,7 @@ func checkRanges(ranges [][2]int, n int) error {
 // blockSpans encodes the parts of block b inside ranges (sorted, disjoint
 // ranges of the flat vector) as a span list: nil when they cover all of b,
 // so that it travels whole, and wire.EmptySpans when they miss it.
-func blockSpans(ranges [][2]int, b Block) []byte {
+func blockSpans(ranges [][2]int, b job.Block) []byte {
 	lo, hi := b.Offset, b.Offset+b.Len
 	i, _ := slices.BinarySearchFunc(ranges, lo, func(r [2]int, lo int) int { return cmp.Compare(r[1], lo+1) })
 	var spans [][2]int // [start, end) within b, adjacent ones merged
@@ -252,7 +254,7 @@ func (t *Transfer) wait(chans []chan struct{}, lo, hi int) error {
 	default:
 	}
 	for i, g := range t.groups {
-		if !slices.ContainsFunc(g.blocks, func(b Block) bool { return b.Offset < hi && b.Offset+b.Len > lo }) {
+		if !slices.ContainsFunc(g.blocks, func(b job.Block) bool { return b.Offset < hi && b.Offset+b.Len > lo }) {
 			continue
 		}
 		select {

@@ -12,8 +12,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
-	"github.com/downpour-ml/downpour/paramserver/placement"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 )
 
 // A trainer runs a rank's steps of one model under one placement: the
@@ -39,8 +38,8 @@ var ErrFenced = errors.New("fenced off")
 // start step to the last step, and reports the rank done, if p is still the
 // job's placement by then. If the job is re-placed first, runEra drops what
 // it was doing and returns the new placement.
-func runEra(ctx context.Context, cfg Config, spec *job.Spec, a jobetcd.Assignment, p *placement.Placement, rev int64,
-	lease *jobetcd.Lease, pushed *int64) (*placement.Placement, int64, error) {
+func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p *job.Placement, rev int64,
+	lease *etcdstore.Lease, pushed *int64) (*job.Placement, int64, error) {
 	log := cfg.Log.With("worker", cfg.ID)
 	var t trainer
 	var err error
@@ -67,7 +66,7 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a jobetcd.Assignmen
 		return nil, 0, err
 	}
 	first := p.Start
-	if spec.Mode == placement.SSP && a.Epoch > 1 {
+	if spec.Mode == job.SSP && a.Epoch > 1 {
 		// This worker took over a rank whose holder died: carry on where the
 		// job is (the shards' slowest clock, which is about where the dead
 		// holder stopped), not from the placement's first step, which the
@@ -118,21 +117,21 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a jobetcd.Assignmen
 // the job's end is the normal way out; before, it means the job ended
 // without this rank. ctx is the worker's own, which the era's cancel does
 // not end.
-func watchPlacement(ectx, ctx context.Context, cancel context.CancelFunc, cfg Config, spec *job.Spec, version int64) func(finished bool) (*placement.Placement, int64, error) {
+func watchPlacement(ectx, ctx context.Context, cancel context.CancelFunc, cfg Config, spec *job.Spec, version int64) func(finished bool) (*job.Placement, int64, error) {
 	type era struct {
-		p   *placement.Placement
+		p   *job.Placement
 		rev int64
 		err error
 	}
 	nextCh := make(chan era, 1)
 	go func() {
-		next, rev, err := job.NextPlacement(ectx, cfg.Etcd, cfg.Job, version)
+		next, rev, err := etcdstore.NextPlacement(ectx, cfg.Etcd, cfg.Job, version)
 		if next != nil || err == nil && spec.UsesTasks() {
 			cancel()
 		}
 		nextCh <- era{next, rev, err}
 	}()
-	return func(finished bool) (*placement.Placement, int64, error) {
+	return func(finished bool) (*job.Placement, int64, error) {
 		e := <-nextCh
 		switch {
 		case e.p != nil:
@@ -150,8 +149,8 @@ func watchPlacement(ectx, ctx context.Context, cancel context.CancelFunc, cfg Co
 
 // reportDone writes rank a.Rank done if the job's placement is still the
 // one written at etcd revision rev, and says whether it was.
-func reportDone(ctx context.Context, cfg Config, a jobetcd.Assignment, rev int64) (bool, error) {
-	keys := jobetcd.KeysFor(cfg.Job)
+func reportDone(ctx context.Context, cfg Config, a job.Assignment, rev int64) (bool, error) {
+	keys := etcdstore.KeysFor(cfg.Job)
 	r, err := cfg.Etcd.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(keys.Placement()), "=", rev)).
 		Then(clientv3.OpPut(keys.Done(a.Rank), strconv.FormatUint(a.Epoch, 10))).
 		Commit()
@@ -190,21 +189,21 @@ func (s at) progress(spec *job.Spec, rank int) (uint32, int64) {
 // the rank is idle between tasks (it does not hold the others back), and
 // starts each task at the job's clock (the slowest active rank's), so that
 // the others do not wait for it to catch up.
-func runTasks(ctx context.Context, cfg Config, spec *job.Spec, t trainer, lease *jobetcd.Lease, pushed *int64) error {
-	keys := jobetcd.KeysFor(cfg.Job)
+func runTasks(ctx context.Context, cfg Config, spec *job.Spec, t trainer, lease *etcdstore.Lease, pushed *int64) error {
+	keys := etcdstore.KeysFor(cfg.Job)
 	log := cfg.Log.With("worker", cfg.ID)
-	var last jobetcd.Task
+	var last job.Task
 	for {
-		var task jobetcd.Task
-		err := jobetcd.WaitKeys(ctx, cfg.Etcd, []string{keys.TaskOf(cfg.ID)}, 1<<62, func(kvs map[string]*mvccpb.KeyValue) bool {
-			task = jobetcd.Task{}
+		var task job.Task
+		err := etcdstore.WaitKeys(ctx, cfg.Etcd, []string{keys.TaskOf(cfg.ID)}, 1<<62, func(kvs map[string]*mvccpb.KeyValue) bool {
+			task = job.Task{}
 			kv := kvs[keys.TaskOf(cfg.ID)]
 			return kv != nil && json.Unmarshal(kv.Value, &task) == nil && task.ID >= 0 && task != last
 		})
 		if err != nil {
 			return err
 		}
-		if spec.Mode == placement.SSP {
+		if spec.Mode == job.SSP {
 			clock, err := t.clock(ctx)
 			if err != nil {
 				return fmt.Errorf("reading the job's clock: %w", err)
@@ -223,7 +222,7 @@ func runTasks(ctx context.Context, cfg Config, spec *job.Spec, t trainer, lease 
 			}
 			*pushed++
 		}
-		if spec.Mode == placement.SSP {
+		if spec.Mode == job.SSP {
 			if err := t.idle(ctx); err != nil {
 				return fmt.Errorf("saying the rank is idle: %w", err)
 			}

@@ -8,10 +8,8 @@ import (
 	"time"
 
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // ganTrainer trains a GAN replica, with one of two updates.
@@ -41,7 +39,7 @@ import (
 type ganTrainer struct {
 	cfg    Config
 	spec   *job.Spec
-	a      jobetcd.Assignment
+	a      job.Assignment
 	d, g   *paramserver.Client // alternating: one client per parameter group
 	all    *paramserver.Client // simultaneous: one client for both
 	model  *models.GAN[float32]
@@ -55,7 +53,7 @@ type ganTrainer struct {
 	xferStep int64
 }
 
-func newGANTrainer(cfg Config, spec *job.Spec, a jobetcd.Assignment, p *placement.Placement) (*ganTrainer, error) {
+func newGANTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *job.Placement) (*ganTrainer, error) {
 	gs := spec.GAN.GSize()
 	t := &ganTrainer{cfg: cfg, spec: spec, a: a, model: models.NewGAN[float32](spec.GAN), gs: gs}
 	var err error
@@ -66,10 +64,10 @@ func newGANTrainer(cfg Config, spec *job.Spec, a jobetcd.Assignment, p *placemen
 		t.all.Observe = observe(spec.Name, cfg.Record)
 		t.model.Hooks = t.hooks()
 	} else {
-		if t.d, err = paramserver.NewClientFor(cfg.NATS, spec.Name, p, a.Rank, a.Epoch, func(b placement.Block) bool { return b.Offset >= gs }); err != nil {
+		if t.d, err = paramserver.NewClientFor(cfg.NATS, spec.Name, p, a.Rank, a.Epoch, func(b job.Block) bool { return b.Offset >= gs }); err != nil {
 			return nil, err
 		}
-		if t.g, err = paramserver.NewClientFor(cfg.NATS, spec.Name, p, a.Rank, a.Epoch, func(b placement.Block) bool { return b.Offset < gs }); err != nil {
+		if t.g, err = paramserver.NewClientFor(cfg.NATS, spec.Name, p, a.Rank, a.Epoch, func(b job.Block) bool { return b.Offset < gs }); err != nil {
 			return nil, err
 		}
 		t.d.Observe, t.g.Observe = observe(spec.Name, cfg.Record), observe(spec.Name, cfg.Record)

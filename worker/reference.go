@@ -5,7 +5,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/models"
-	"github.com/downpour-ml/downpour/paramserver/config"
+	"github.com/downpour-ml/downpour/paramserver"
 )
 
 // GANReference is a sync GAN job computed in one process: the job's data
@@ -105,7 +105,7 @@ func (r *GANReference) alternating(n int64) (dLoss, gLoss float64) {
 // shards make it: the ranks' gradients summed in rank order, the sum scaled
 // by 1/ranks, and the optimizer applied as update t of the blocks.
 type syncUpdate struct {
-	opt    config.Optimizer
+	opt    job.Optimizer
 	ranks  int
 	w, sum []float32
 	slots  [][]float32
@@ -159,7 +159,7 @@ func (u *syncUpdate) apply(lo, hi int, t int64) {
 	for i, s := range u.slots {
 		slots[i] = s[lo:hi]
 	}
-	u.opt.Apply(u.w[lo:hi], u.sum[lo:hi], slots, t)
+	paramserver.Apply(u.opt, u.w[lo:hi], u.sum[lo:hi], slots, t)
 }
 
 // SyntheticReference is a sync job of the synthetic load model computed in

@@ -6,16 +6,14 @@ import (
 	"time"
 
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/internal/latency"
 	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 	"github.com/downpour-ml/downpour/shard"
 )
 
-func newSeq2SeqTrainer(cfg Config, spec *job.Spec, a jobetcd.Assignment, p *placement.Placement) (*seq2seqTrainer, error) {
+func newSeq2SeqTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *job.Placement) (*seq2seqTrainer, error) {
 	client, err := paramserver.NewClient(cfg.NATS, spec.Name, p, a.Rank, a.Epoch)
 	if err == nil {
 		client.Observe = observe(spec.Name, cfg.Record)
@@ -53,7 +51,7 @@ func (t *seq2seqTrainer) close() {
 type seq2seqTrainer struct {
 	cfg    Config
 	spec   *job.Spec
-	a      jobetcd.Assignment
+	a      job.Assignment
 	client *paramserver.Client
 	model  *models.Seq2Seq[float32]
 	data   shard.Dataset

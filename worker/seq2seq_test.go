@@ -13,12 +13,10 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // stepRig is one rank of a small Seq2Seq job against real shards on an
@@ -26,7 +24,7 @@ import (
 // are given, as runEra gives them to a trainer.
 type stepRig struct {
 	spec *job.Spec
-	p    *placement.Placement
+	p    *job.Placement
 	nc   *nats.Conn
 	w0   []float32 // the initial parameters
 }
@@ -39,14 +37,14 @@ func newStepRig(t *testing.T, mode string, nFetch, nPush int64) *stepRig {
 	spec.Seq2Seq.Embed, spec.Seq2Seq.Hidden, spec.Seq2Seq.Layers = 8, 8, 1
 	spec.Batch, spec.BlockSize, spec.NFetch, spec.NPush, spec.LogEvery = 4, 64, nFetch, nPush, 2
 	spec.ClipNorm = 0.5 // small enough that every step clips
-	spec.Optimizer = paramserver.DefaultOptimizer("momentum", 0.1)
+	spec.Optimizer = job.DefaultOptimizer("momentum", 0.1)
 	if err := spec.Resolve(); err != nil {
 		t.Fatal(err)
 	}
 	if err := spec.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	r := &stepRig{spec: &spec, nc: nc, p: placement.Place(spec.Tensors(), spec.BlockSize, spec.Shards)}
+	r := &stepRig{spec: &spec, nc: nc, p: job.Place(spec.Tensors(), spec.BlockSize, spec.Shards)}
 	r.w0 = make([]float32, r.p.Size())
 	ts := spec.Tensors()
 	for i, off := range models.Offsets(ts) {
@@ -54,7 +52,7 @@ func newStepRig(t *testing.T, mode string, nFetch, nPush int64) *stepRig {
 	}
 	cfg := spec.ShardConfig()
 	for i := range spec.Shards {
-		sh := paramserver.NewShard(cfg, r.p.OnShard(i), func(b placement.Block, dst []float32) { copy(dst, r.w0[b.Offset:b.Offset+b.Len]) })
+		sh := paramserver.NewShard(cfg, r.p.OnShard(i), func(b job.Block, dst []float32) { copy(dst, r.w0[b.Offset:b.Offset+b.Len]) })
 		svc, err := paramserver.Serve(nc, sh, paramserver.ServiceConfig{Job: spec.Name, Shard: i, Placement: r.p.Version,
 			Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 		if err != nil {
@@ -102,7 +100,7 @@ func (r *stepRig) run(t *testing.T, n int64) []wire.Progress {
 	}
 	defer sub.Unsubscribe()
 	tr, err := newSeq2SeqTrainer(Config{Job: r.spec.Name, NATS: r.nc, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), StepTimeout: 30 * time.Second},
-		r.spec, jobetcd.Assignment{Rank: 0, Epoch: 1, DataShard: 0}, r.p)
+		r.spec, job.Assignment{Rank: 0, Epoch: 1, DataShard: 0}, r.p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -156,7 +154,7 @@ func (r *stepRig) reference(t *testing.T, n int64) (w []float32, losses []float6
 			acc[i] += g[i]
 		}
 		if (s+1)%spec.NPush == 0 || s == n-1 {
-			spec.Optimizer.Apply(w, acc, slots, applied)
+			paramserver.Apply(spec.Optimizer, w, acc, slots, applied)
 			applied++
 			clear(acc)
 		}
@@ -178,7 +176,7 @@ func sameBits(a, b []float32) int {
 // pass and only the embedding rows the batches use on the wire: after 5
 // steps the shards hold what the plain computation gives, bit for bit.
 func TestSeq2SeqStepSyncPipelined(t *testing.T) {
-	r := newStepRig(t, placement.Sync, 1, 1)
+	r := newStepRig(t, job.Sync, 1, 1)
 	reports := r.run(t, 5)
 	want, losses := r.reference(t, 5)
 	if i := sameBits(r.params(t), want); i >= 0 {
@@ -203,7 +201,7 @@ func TestSeq2SeqStepSyncPipelined(t *testing.T) {
 // step): 5 steps are 3 momentum updates, each on the parameters pulled
 // before the two steps it sums.
 func TestSeq2SeqStepAsyncAccumulates(t *testing.T) {
-	r := newStepRig(t, placement.Async, 2, 2)
+	r := newStepRig(t, job.Async, 2, 2)
 	r.run(t, 5)
 	want, _ := r.reference(t, 5)
 	if i := sameBits(r.params(t), want); i >= 0 {

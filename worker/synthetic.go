@@ -6,10 +6,8 @@ import (
 	"time"
 
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // syntheticTrainer trains the load model (models.SyntheticConfig): a step
@@ -21,7 +19,7 @@ import (
 type syntheticTrainer struct {
 	cfg    Config
 	spec   *job.Spec
-	a      jobetcd.Assignment
+	a      job.Assignment
 	client *paramserver.Client
 	w, g   []float32
 	u      []float32 // the targets' direction
@@ -31,7 +29,7 @@ type syntheticTrainer struct {
 	report   progressReport
 }
 
-func newSyntheticTrainer(cfg Config, spec *job.Spec, a jobetcd.Assignment, p *placement.Placement) (*syntheticTrainer, error) {
+func newSyntheticTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *job.Placement) (*syntheticTrainer, error) {
 	client, err := paramserver.NewClient(cfg.NATS, spec.Name, p, a.Rank, a.Epoch)
 	if err != nil {
 		return nil, err

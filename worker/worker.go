@@ -31,7 +31,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/latency"
 	"github.com/downpour-ml/downpour/internal/wire"
 )
@@ -81,14 +81,14 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err := wire.ValidJob(cfg.Job); err != nil {
 		return err
 	}
-	keys := jobetcd.KeysFor(cfg.Job)
+	keys := etcdstore.KeysFor(cfg.Job)
 	log := cfg.Log.With("worker", cfg.ID)
 
-	spec, p, err := job.Find(ctx, cfg.Etcd, cfg.Job, cfg.WaitTimeout)
+	spec, p, err := etcdstore.Find(ctx, cfg.Etcd, cfg.Job, cfg.WaitTimeout)
 	if err != nil {
 		return err
 	}
-	lease, err := jobetcd.Grant(ctx, cfg.Etcd, cfg.LeaseTTL)
+	lease, err := etcdstore.Grant(ctx, cfg.Etcd, cfg.LeaseTTL)
 	if err != nil {
 		return err
 	}
@@ -116,11 +116,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	// a rank is free, and leaves when the job ends without needing it.
 	var assignData []byte
 	jobDone := false
-	err = jobetcd.WaitKeys(ctx, cfg.Etcd, []string{keys.Assign(cfg.ID), keys.State()}, 1<<62, func(kvs map[string]*mvccpb.KeyValue) bool {
+	err = etcdstore.WaitKeys(ctx, cfg.Etcd, []string{keys.Assign(cfg.ID), keys.State()}, 1<<62, func(kvs map[string]*mvccpb.KeyValue) bool {
 		if kv := kvs[keys.Assign(cfg.ID)]; kv != nil {
 			assignData = kv.Value
 		}
-		jobDone = kvs[keys.State()] != nil && string(kvs[keys.State()].Value) == jobetcd.StateDone
+		jobDone = kvs[keys.State()] != nil && string(kvs[keys.State()].Value) == job.StateDone
 		return assignData != nil || jobDone
 	})
 	if err != nil {
@@ -130,11 +130,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		log.Info("the job is done; it did not need this worker")
 		return nil
 	}
-	var a jobetcd.Assignment
+	var a job.Assignment
 	if err := json.Unmarshal(assignData, &a); err != nil {
 		return fmt.Errorf("assignment: %w", err)
 	}
-	err = jobetcd.WaitPrefix(ctx, cfg.Etcd, keys.Shards(), cfg.WaitTimeout, func(kvs map[string][]byte) bool {
+	err = etcdstore.WaitPrefix(ctx, cfg.Etcd, keys.Shards(), cfg.WaitTimeout, func(kvs map[string][]byte) bool {
 		return len(kvs) >= p.Shards
 	})
 	if err != nil {
@@ -142,7 +142,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	log.Info("joined", "rank", a.Rank, "epoch", a.Epoch, "data_shard", a.DataShard)
 
-	p, rev, err := job.ReadPlacement(ctx, cfg.Etcd, cfg.Job)
+	p, rev, err := etcdstore.ReadPlacement(ctx, cfg.Etcd, cfg.Job)
 	if err != nil {
 		return err
 	}
@@ -161,7 +161,7 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		if err != nil {
 			return fmt.Errorf("re-reading its rank: %w", err)
 		}
-		var now jobetcd.Assignment
+		var now job.Assignment
 		if len(cur.Kvs) == 0 || json.Unmarshal(cur.Kvs[0].Value, &now) != nil || now != a {
 			return fmt.Errorf("%w: rank %d epoch %d is no longer this worker's", ErrFenced, a.Rank, a.Epoch)
 		}

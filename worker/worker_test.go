@@ -12,9 +12,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/testenv"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // A worker for a job nobody created gives up after its wait timeout with an
@@ -26,13 +25,13 @@ func TestUnknownJobTimesOut(t *testing.T) {
 	start := time.Now()
 	err := Run(context.Background(), Config{Job: "ghost", NATS: nc, Etcd: cli, WaitTimeout: 300 * time.Millisecond,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if !errors.Is(err, jobetcd.ErrTimeout) || !strings.Contains(err.Error(), "start its coordinator first") {
+	if !errors.Is(err, etcdstore.ErrTimeout) || !strings.Contains(err.Error(), "start its coordinator first") {
 		t.Fatalf("got %v", err)
 	}
 	if d := time.Since(start); d > 5*time.Second {
 		t.Fatalf("gave up after %v", d)
 	}
-	r, _ := cli.Get(context.Background(), jobetcd.KeysFor("ghost").Root(), clientv3.WithPrefix())
+	r, _ := cli.Get(context.Background(), etcdstore.KeysFor("ghost").Root(), clientv3.WithPrefix())
 	if len(r.Kvs) != 0 {
 		t.Fatalf("left keys behind: %v", r.Kvs)
 	}
@@ -46,11 +45,11 @@ func TestUnknownJobTimesOut(t *testing.T) {
 func TestProgressNames(t *testing.T) {
 	s := at{Shard: 1, Data: 35, N: 97}
 	spec := job.Default()
-	spec.Mode, spec.TaskSteps = placement.Async, 20
+	spec.Mode, spec.TaskSteps = job.Async, 20
 	if r, step := s.progress(&spec, 0); r != 1 || step != 35 {
 		t.Errorf("with tasks: rank %d step %d, want data shard 1 step 35", r, step)
 	}
-	spec.Mode = placement.Sync
+	spec.Mode = job.Sync
 	if r, step := s.progress(&spec, 0); r != 0 || step != 97 {
 		t.Errorf("sync: rank %d step %d, want rank 0 step 97", r, step)
 	}

@@ -11,7 +11,6 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/models"
-	"github.com/downpour-ml/downpour/paramserver"
 )
 
 // trainSpec is the job a train command line defines (before Resolve), or the
@@ -79,14 +78,14 @@ func TestPrintConfigChangeOptimizer(t *testing.T) {
 		args     []string
 		from, to string
 		absent   []string
-		want     paramserver.Optimizer
+		want     job.Optimizer
 	}{
 		{nil, "optimizer: sgd", "optimizer: adam", []string{"beta1:", "beta2:", "eps:", "momentum:", "lr-decay:", "lr-halve-after:"},
-			paramserver.DefaultOptimizer("adam", 0.003)},
+			job.DefaultOptimizer("adam", 0.003)},
 		{[]string{"--optimizer", "adam", "--beta2", "0.98"}, "optimizer: adam", "optimizer: adagrad", []string{"momentum:", "lr-decay:"},
-			paramserver.DefaultOptimizer("adagrad", 0.2)},
+			job.DefaultOptimizer("adagrad", 0.2)},
 		{[]string{"--lr", "0.5"}, "optimizer: sgd", "optimizer: momentum", []string{"eps:"},
-			paramserver.Optimizer{Kind: "momentum", LR: 0.5, Momentum: 0.9, MomentumFinal: 0.9}},
+			job.Optimizer{Kind: "momentum", LR: 0.5, Momentum: 0.9, MomentumFinal: 0.9}},
 	} {
 		code, printed, stderr := runCmd(t, 10*time.Second, append([]string{"train", "--print-config"}, c.args...)...)
 		if code != 0 {
@@ -198,7 +197,7 @@ func TestExampleConfigs(t *testing.T) {
 			t.Errorf("%s: %v", name, err)
 		}
 	}
-	sgd07 := paramserver.DefaultOptimizer("sgd", 0.7)
+	sgd07 := job.DefaultOptimizer("sgd", 0.7)
 	for _, c := range []struct {
 		name string
 		s    job.Spec
@@ -212,8 +211,8 @@ func TestExampleConfigs(t *testing.T) {
 			small.VocabMax == 8000 && small.Batch == 64 && small.Optimizer == sgd07 && small.Epochs == 7.5 && small.ClipNorm == 5 && small.Reverse},
 		{"gan", gan, gan.Model == "gan" && gan.GAN == models.PaperGAN && gan.GlobalBatch == 100 && gan.Batch == 50 && gan.GANK == 1 &&
 			gan.GANUpdate == job.Simultaneous && gan.Epochs == 250 &&
-			gan.Optimizer == paramserver.Optimizer{Kind: "momentum", LR: 0.1, Momentum: 0.5, MomentumFinal: 0.7,
-				Schedule: paramserver.Schedule{Kind: "exp", Decay: 1.000004, Floor: 1e-6}} &&
+			gan.Optimizer == job.Optimizer{Kind: "momentum", LR: 0.1, Momentum: 0.5, MomentumFinal: 0.7,
+				Schedule: job.Schedule{Kind: "exp", Decay: 1.000004, Floor: 1e-6}} &&
 			gan.RampStartEpochs == 1 && gan.RampEndEpochs == 250},
 	} {
 		if !c.ok {

@@ -17,7 +17,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/auth"
 	"github.com/downpour-ml/downpour/internal/embedded"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/testenv"
 )
 
@@ -137,10 +137,10 @@ func TestJobWithCredentials(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := login("sec", auth.Worker).Put(ctx, jobetcd.KeysFor("sec").Spec(), "{}"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+	if _, err := login("sec", auth.Worker).Put(ctx, etcdstore.KeysFor("sec").Spec(), "{}"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
 		t.Fatalf("a worker writing its job's spec: %v", err)
 	}
-	if _, err := login("other", auth.Worker).Get(ctx, jobetcd.KeysFor("sec").Spec()); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+	if _, err := login("other", auth.Worker).Get(ctx, etcdstore.KeysFor("sec").Spec()); !errors.Is(err, rpctypes.ErrPermissionDenied) {
 		t.Fatalf("another job's worker reading the spec: %v", err)
 	}
 	if _, err := connectAs(etcdURL, "", "", cc); err == nil || !strings.Contains(err.Error(), "requires a login") {
@@ -170,7 +170,7 @@ func TestJobWithCredentials(t *testing.T) {
 }
 
 func connectAs(endpoint, user, password string, tc *tls.Config) (*clientv3.Client, error) {
-	return jobetcd.ConnectAs(context.Background(), []string{endpoint}, 5*time.Second, user, password, tc)
+	return etcdstore.ConnectAs(context.Background(), []string{endpoint}, 5*time.Second, user, password, tc)
 }
 
 // etcd-auth gives an etcd over TLS the users of every job in a credentials
@@ -218,7 +218,7 @@ func TestEtcdAuthCommand(t *testing.T) {
 		if err != nil {
 			t.Fatalf("job %s's coordinator: %v", j, err)
 		}
-		_, err = cli.Put(t.Context(), jobetcd.KeysFor(j).Spec(), "{}")
+		_, err = cli.Put(t.Context(), etcdstore.KeysFor(j).Spec(), "{}")
 		cli.Close()
 		if err != nil {
 			t.Fatalf("job %s's coordinator writing its spec: %v", j, err)

@@ -21,7 +21,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/checkpoint"
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/telemetry"
 	"github.com/downpour-ml/downpour/paramserver"
 )
@@ -75,7 +75,7 @@ func (f *faultCluster) startShard(i int) *proc {
 
 // leaderPID is the pid in the id of the job's leading coordinator.
 func leaderPID(cli *clientv3.Client, name string) (int, error) {
-	r, err := cli.Get(context.Background(), jobetcd.KeysFor(name).Leader(), append(clientv3.WithFirstCreate(), clientv3.WithPrefix())...)
+	r, err := cli.Get(context.Background(), etcdstore.KeysFor(name).Leader(), append(clientv3.WithFirstCreate(), clientv3.WithPrefix())...)
 	if err != nil || len(r.Kvs) == 0 {
 		return 0, err
 	}
@@ -98,7 +98,7 @@ func (f *faultCluster) waitFor(cond func() bool, what string) {
 
 // clock is the job's step as its shards tell it (-1 while they do not).
 func (f *faultCluster) clock() int64 {
-	p, _, err := job.ReadPlacement(context.Background(), f.cli, f.name)
+	p, _, err := etcdstore.ReadPlacement(context.Background(), f.cli, f.name)
 	if err != nil {
 		return -1
 	}
@@ -163,8 +163,8 @@ func (f *faultCluster) freezeWorker() string {
 	f.faulty[w] = true
 	syscall.Kill(w.cmd.Process.Pid, syscall.SIGSTOP)
 	time.Sleep(4 * time.Second) // twice the lease
-	r, err := f.cli.Get(context.Background(), jobetcd.KeysFor(f.name).State())
-	doneBefore := err == nil && len(r.Kvs) == 1 && string(r.Kvs[0].Value) == jobetcd.StateDone
+	r, err := f.cli.Get(context.Background(), etcdstore.KeysFor(f.name).State())
+	doneBefore := err == nil && len(r.Kvs) == 1 && string(r.Kvs[0].Value) == job.StateDone
 	syscall.Kill(w.cmd.Process.Pid, syscall.SIGCONT)
 	select {
 	case err := <-w.done:
@@ -181,7 +181,7 @@ func (f *faultCluster) freezeWorker() string {
 
 // assignments lists the keys of the job's rank assignments.
 func (f *faultCluster) assignments() string {
-	r, err := f.cli.Get(context.Background(), jobetcd.KeysFor(f.name).Assigns(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
+	r, err := f.cli.Get(context.Background(), etcdstore.KeysFor(f.name).Assigns(), clientv3.WithPrefix(), clientv3.WithKeysOnly())
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -194,7 +194,7 @@ func (f *faultCluster) assignments() string {
 
 // rankHolder returns a worker process holding a rank.
 func (f *faultCluster) rankHolder() *proc {
-	r, err := f.cli.Get(context.Background(), jobetcd.KeysFor(f.name).Assigns(), clientv3.WithPrefix())
+	r, err := f.cli.Get(context.Background(), etcdstore.KeysFor(f.name).Assigns(), clientv3.WithPrefix())
 	if err != nil {
 		f.t.Fatal(err)
 	}
@@ -210,7 +210,7 @@ func (f *faultCluster) rankHolder() *proc {
 }
 
 func placementVersion(t *testing.T, cli *clientv3.Client, name string) int64 {
-	p, _, err := job.ReadPlacement(context.Background(), cli, name)
+	p, _, err := etcdstore.ReadPlacement(context.Background(), cli, name)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,8 +221,8 @@ func placementVersion(t *testing.T, cli *clientv3.Client, name string) int64 {
 func (f *faultCluster) finish() []float32 {
 	f.t.Helper()
 	f.waitFor(func() bool {
-		r, _ := f.cli.Get(context.Background(), jobetcd.KeysFor(f.name).State())
-		return len(r.Kvs) == 1 && string(r.Kvs[0].Value) == jobetcd.StateDone
+		r, _ := f.cli.Get(context.Background(), etcdstore.KeysFor(f.name).State())
+		return len(r.Kvs) == 1 && string(r.Kvs[0].Value) == job.StateDone
 	}, "the job to finish")
 	// Every worker the faults spared ends cleanly, the spare that never got
 	// a rank included.
@@ -292,13 +292,13 @@ func TestFaultsSyncBitIdentical(t *testing.T) {
 			if !slices.Equal(got, want) {
 				t.Fatalf("%s at step %d: the parameters differ from the fault-free run's", what, at)
 			}
-			r, err := cli.Get(context.Background(), jobetcd.KeysFor(f.name).Rollbacks(), clientv3.WithPrefix())
+			r, err := cli.Get(context.Background(), etcdstore.KeysFor(f.name).Rollbacks(), clientv3.WithPrefix())
 			if err != nil {
 				t.Fatal(err)
 			}
 			recovery := "no rollback"
 			for _, kv := range r.Kvs {
-				var rb jobetcd.RollbackRecord
+				var rb job.RollbackRecord
 				if err := json.Unmarshal(kv.Value, &rb); err != nil || rb.FromStep < rb.ToStep || rb.Placement <= v0 {
 					t.Fatalf("rollback record %s: %v", kv.Value, err)
 				}
@@ -394,7 +394,7 @@ func taskFaults(t *testing.T, spec []string, faults ...string) {
 			}
 			f.finish()
 			// Every task done once, every data step of both data shards counted.
-			r, err := cli.Get(context.Background(), jobetcd.KeysFor(f.name).Tasks())
+			r, err := cli.Get(context.Background(), etcdstore.KeysFor(f.name).Tasks())
 			if err != nil || len(r.Kvs) != 1 {
 				t.Fatalf("task queue: %v", err)
 			}
@@ -402,7 +402,7 @@ func taskFaults(t *testing.T, spec []string, faults ...string) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if n := q.Count(); n[jobetcd.TaskDone] != len(q.List) || q.DoneSteps() != 2*200 {
+			if n := q.Count(); n[job.TaskDone] != len(q.List) || q.DoneSteps() != 2*200 {
 				t.Fatalf("tasks %v, %d data steps done, want all %d done and 400 steps", n, q.DoneSteps(), len(q.List))
 			}
 			requeued := 0
@@ -452,12 +452,12 @@ func taskFaults(t *testing.T, spec []string, faults ...string) {
 				t.Fatalf("held-out loss %.4f after the fault, %.4f without (untrained: %.4f)", got, want, untrained)
 			}
 			recovery := "no rollback"
-			rb, err := cli.Get(context.Background(), jobetcd.KeysFor(f.name).Rollbacks(), clientv3.WithPrefix())
+			rb, err := cli.Get(context.Background(), etcdstore.KeysFor(f.name).Rollbacks(), clientv3.WithPrefix())
 			if err != nil {
 				t.Fatal(err)
 			}
 			for _, kv := range rb.Kvs {
-				var r jobetcd.RollbackRecord
+				var r job.RollbackRecord
 				json.Unmarshal(kv.Value, &r)
 				recovery = fmt.Sprintf("rolled back from %d data steps done to the checkpoint at %d: the updates of %d data steps lost and redone", r.FromStep, r.ToStep, r.FromStep-r.ToStep)
 			}

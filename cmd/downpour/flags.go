@@ -15,7 +15,6 @@ import (
 	"github.com/downpour-ml/downpour/internal/cluster"
 	"github.com/downpour-ml/downpour/internal/config"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/paramserver"
 )
 
 // optimizerFlags are the flags of the shards' update rule. Flags not given
@@ -53,19 +52,19 @@ func (o *optimizerFlags) bind(fs *flag.FlagSet) {
 // optimizer applies the flags that were given to base (the spec's optimizer,
 // from its defaults or a preset). Choosing another --optimizer starts from
 // that optimizer's defaults.
-func (o *optimizerFlags) optimizer(fs *flag.FlagSet, base paramserver.Optimizer) paramserver.Optimizer {
+func (o *optimizerFlags) optimizer(fs *flag.FlagSet, base job.Optimizer) job.Optimizer {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	opt := base
 	if set["optimizer"] && o.kind != base.Kind {
-		opt = paramserver.DefaultOptimizer(o.kind, defaultLR[o.kind])
+		opt = job.DefaultOptimizer(o.kind, defaultLR[o.kind])
 		opt.Schedule = base.Schedule
 	}
 	if set["lr"] && o.lr != 0 {
 		opt.LR = o.lr
 	}
 	if set["lr-schedule"] {
-		opt.Schedule = paramserver.Schedule{}
+		opt.Schedule = job.Schedule{}
 		if o.schedule != "constant" {
 			opt.Schedule.Kind = o.schedule
 		}
@@ -253,21 +252,14 @@ func (j *jobFlags) parse(args []string, stderr io.Writer, example string) error 
 	return parse(j.fs, args, stderr, example)
 }
 
-// finish merges the optimizer flags into the spec and splits the global
-// batch; call it after parse. A batch given on its own (flag or config
-// key) overrides a preset's global batch, and a global batch given on its
-// own a preset's batch.
+// finish merges the optimizer flags into the spec and settles its batch
+// (job.Spec.SettleBatch, with the batches the flags and config stated);
+// call it after parse.
 func (j *jobFlags) finish() {
 	j.spec.Optimizer = j.opt.optimizer(j.fs, j.spec.Optimizer)
 	set := map[string]bool{}
 	j.fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
-	switch {
-	case set["batch"] && !set["global-batch"] && j.spec.Batch > 0:
-		j.spec.GlobalBatch = 0
-	case set["global-batch"] && !set["batch"]:
-		j.spec.Batch = 0
-	}
-	j.spec.SplitBatch()
+	j.spec.SettleBatch(job.Stated{Batch: set["batch"], GlobalBatch: set["global-batch"]})
 }
 
 // printConfig writes the effective job (after finish) as a config file:
@@ -278,11 +270,11 @@ func (j *jobFlags) printConfig(w io.Writer) error {
 	if sched == "" {
 		sched = "constant"
 	}
-	// A global batch is printed with batch 0 (its share), so that a file
-	// whose workers are changed keeps the global batch.
-	if j.spec.GlobalBatch > 0 {
-		if err := j.fs.Set("batch", "0"); err != nil {
-			return fmt.Errorf("printing the config: batch: %w", err)
+	// The batches as a file states them (job.Spec.FileBatch).
+	batch, global := j.spec.FileBatch()
+	for name, v := range map[string]int{"batch": batch, "global-batch": global} {
+		if err := j.fs.Set(name, strconv.Itoa(v)); err != nil {
+			return fmt.Errorf("printing the config: %s: %w", name, err)
 		}
 	}
 	// The optimizer's flags default to "the optimizer's own value": set
@@ -327,7 +319,7 @@ func (j *jobFlags) printConfig(w io.Writer) error {
 
 // unusedOptimizerFlags are the flags of the optimizers and learning-rate
 // schedules that o does not use.
-func unusedOptimizerFlags(o paramserver.Optimizer) []string {
+func unusedOptimizerFlags(o job.Optimizer) []string {
 	var unused []string
 	if o.Kind != "momentum" {
 		unused = append(unused, "momentum", "momentum-final", "momentum-ramp-start", "momentum-ramp-end")

@@ -31,7 +31,6 @@ import (
 	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 	"github.com/downpour-ml/downpour/shard"
 	"github.com/downpour-ml/downpour/worker"
 )
@@ -470,7 +469,7 @@ func TestTrainShardSnapshotsMatchShorterRun(t *testing.T) {
 	base := []string{"--hidden", "32", "--embed", "16", "--optimizer", "adam", "--ps-shards", "2"}
 	trainRun(t, filepath.Join(dir, "long"), append(base, "--steps", "12", "--checkpoint-every", "5")...)
 	short, meta := trainRun(t, filepath.Join(dir, "short"), append(base, "--steps", "10")...)
-	p := placement.Place(meta.Tensors, job.Default().BlockSize, 2)
+	p := job.Place(meta.Tensors, job.Default().BlockSize, 2)
 	got := make([]float32, len(short))
 	for s := 0; s < 2; s++ {
 		for _, step := range []int{5, 10} {
@@ -551,7 +550,7 @@ func TestPresetAndEpochs(t *testing.T) {
 	// 200 pairs over 2 data shards: 100 per shard, all of source length 2:
 	// 10 batches of 10 per epoch.
 	if spec.Seq2Seq.Layers != 1 || spec.Optimizer.LR != 0.7 || spec.Steps != 15 ||
-		spec.Optimizer.Schedule != (paramserver.Schedule{Kind: "halving", HalveAfter: 50, HalveEvery: 5}) || !spec.Reverse {
+		spec.Optimizer.Schedule != (job.Schedule{Kind: "halving", HalveAfter: 50, HalveEvery: 5}) || !spec.Reverse {
 		t.Fatalf("spec %+v", spec)
 	}
 	for _, c := range []struct {

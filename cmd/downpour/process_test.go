@@ -24,7 +24,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/gemm"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/models"
 )
@@ -185,22 +185,22 @@ func TestTrainSIGTERM(t *testing.T) {
 
 // waitCheckpoint polls etcd until job's last complete checkpoint was taken
 // under placement version (or a later one).
-func waitCheckpoint(t *testing.T, cli *clientv3.Client, name string, version int64) jobetcd.CheckpointRecord {
+func waitCheckpoint(t *testing.T, cli *clientv3.Client, name string, version int64) job.CheckpointRecord {
 	t.Helper()
 	deadline := time.Now().Add(time.Minute)
 	for time.Now().Before(deadline) {
-		r, err := cli.Get(context.Background(), jobetcd.KeysFor(name).Checkpoint())
+		r, err := cli.Get(context.Background(), etcdstore.KeysFor(name).Checkpoint())
 		if err != nil {
 			t.Fatal(err)
 		}
-		var cp jobetcd.CheckpointRecord
+		var cp job.CheckpointRecord
 		if len(r.Kvs) == 1 && json.Unmarshal(r.Kvs[0].Value, &cp) == nil && cp.Placement >= version {
 			return cp
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
 	t.Fatalf("no complete checkpoint under placement %d within a minute", version)
-	return jobetcd.CheckpointRecord{}
+	return job.CheckpointRecord{}
 }
 
 // A sync job re-placed while it runs, from 2 shards to 3 and back to 2 (the
@@ -232,7 +232,7 @@ func TestReshardRunningJob(t *testing.T) {
 		if code != 0 || !strings.Contains(stdout, want) {
 			t.Fatalf("reshard to %d: exit %d, stdout %q (want %q), stderr %q", shards, code, stdout, want, stderr)
 		}
-		p, _, err := job.ReadPlacement(context.Background(), cli, "rs")
+		p, _, err := etcdstore.ReadPlacement(context.Background(), cli, "rs")
 		if err != nil || p.Version != version || p.Shards != shards || p.Start < cp.Step || len(p.From) != int(version) {
 			t.Fatalf("placement after reshard: %+v, %v (checkpoint %+v)", p, err, cp)
 		}

@@ -11,7 +11,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/auth"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 )
 
 // cmdReshard asks a running job's coordinator to move the job to another
@@ -38,16 +38,16 @@ func cmdReshard(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer cli.Close()
-	if _, _, err := job.ReadPlacement(ctx, cli, *name); err != nil {
+	if _, _, err := etcdstore.ReadPlacement(ctx, cli, *name); err != nil {
 		return err
 	}
-	keys := jobetcd.KeysFor(*name)
-	req, _ := json.Marshal(jobetcd.ReshardRequest{Shards: *shards})
+	keys := etcdstore.KeysFor(*name)
+	req, _ := json.Marshal(job.ReshardRequest{Shards: *shards})
 	if _, err := cli.Put(ctx, keys.Reshard(), string(req)); err != nil {
 		return fmt.Errorf("asking for the reshard: %w", err)
 	}
-	var ans jobetcd.ReshardRequest
-	err = jobetcd.WaitPrefix(ctx, cli, keys.Reshard(), *wait, func(kvs map[string][]byte) bool {
+	var ans job.ReshardRequest
+	err = etcdstore.WaitPrefix(ctx, cli, keys.Reshard(), *wait, func(kvs map[string][]byte) bool {
 		return json.Unmarshal(kvs[keys.Reshard()], &ans) == nil && ans.Status != ""
 	})
 	if err != nil {

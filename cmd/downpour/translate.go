@@ -18,7 +18,6 @@ import (
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 	"github.com/downpour-ml/downpour/shard"
 )
 
@@ -80,7 +79,7 @@ func latestSnapshots(dir string, note io.Writer) ([]float32, *job.Spec, error) {
 	sort.Slice(keys, func(i, j int) bool {
 		return keys[i].step > keys[j].step || keys[i].step == keys[j].step && keys[i].placement > keys[j].placement
 	})
-	p := placement.Place(spec.Tensors(), spec.BlockSize, 1) // every block, whatever the shards
+	p := job.Place(spec.Tensors(), spec.BlockSize, 1) // every block, whatever the shards
 	for _, k := range keys {
 		var snaps []*paramserver.Snapshot
 		for _, f := range sets[k] {

@@ -15,11 +15,10 @@ import (
 	"github.com/downpour-ml/downpour/internal/checkpoint"
 	"github.com/downpour-ml/downpour/internal/evaluate"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/telemetry"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/paramserver"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // finishEvalWait bounds how long a finished job waits for each of its
@@ -49,7 +48,7 @@ func (e *evaluator) run(ctx context.Context, finishing <-chan struct{}, resume *
 	if spec.EvalEvery == 0 {
 		return
 	}
-	if _, err := jobetcd.Wait(ctx, e.cli, jobetcd.KeysFor(spec.Name).Placement(), 5*time.Minute); err != nil {
+	if _, err := etcdstore.Wait(ctx, e.cli, etcdstore.KeysFor(spec.Name).Placement(), 5*time.Minute); err != nil {
 		return
 	}
 	step := spec.EvalEvery
@@ -69,7 +68,7 @@ func (e *evaluator) run(ctx context.Context, finishing <-chan struct{}, resume *
 		cancel()
 	}
 	for ; step < spec.Steps; step += spec.EvalEvery {
-		params, err := e.pullBefore(ctx, finishing, step, spec.Mode == placement.Sync)
+		params, err := e.pullBefore(ctx, finishing, step, spec.Mode == job.Sync)
 		if errors.Is(err, &wire.Error{Kind: wire.Gone}) {
 			// A placement change (or a takeover) lost the shards' copy of
 			// this step: evaluate the next one.
@@ -90,7 +89,7 @@ func (e *evaluator) run(ctx context.Context, finishing <-chan struct{}, resume *
 
 // final pulls the job's final parameters, writes them to
 // checkpoint/final.ckpt in the run directory and evaluates them.
-func (e *evaluator) final(ctx context.Context, p *placement.Placement) error {
+func (e *evaluator) final(ctx context.Context, p *job.Placement) error {
 	spec := e.spec
 	params, err := e.pull(ctx, spec.Steps, false)
 	if err != nil {
@@ -112,7 +111,7 @@ func (e *evaluator) final(ctx context.Context, p *placement.Placement) error {
 func (e *evaluator) clock(ctx context.Context) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	p, _, err := job.ReadPlacement(ctx, e.cli, e.spec.Name)
+	p, _, err := etcdstore.ReadPlacement(ctx, e.cli, e.spec.Name)
 	if err != nil {
 		return 0, err
 	}
@@ -149,7 +148,7 @@ func (e *evaluator) pullBefore(ctx context.Context, finishing <-chan struct{}, s
 // steps of a GAN run is 10 minutes or more away): ctx ends it with the job.
 func (e *evaluator) pull(ctx context.Context, step int64, exact bool) ([]float32, error) {
 	for {
-		p, _, err := job.ReadPlacement(ctx, e.cli, e.spec.Name)
+		p, _, err := etcdstore.ReadPlacement(ctx, e.cli, e.spec.Name)
 		if err != nil {
 			return nil, err
 		}
@@ -160,7 +159,7 @@ func (e *evaluator) pull(ctx context.Context, step int64, exact bool) ([]float32
 		params := make([]float32, p.Size())
 		pctx, moved := context.WithCancel(ctx)
 		go func() {
-			if next, _, _ := job.NextPlacement(pctx, e.cli, e.spec.Name, p.Version); next != nil {
+			if next, _, _ := etcdstore.NextPlacement(pctx, e.cli, e.spec.Name, p.Version); next != nil {
 				moved()
 			}
 		}()

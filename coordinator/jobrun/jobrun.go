@@ -24,11 +24,10 @@ import (
 	"github.com/downpour-ml/downpour/coordinator"
 	"github.com/downpour-ml/downpour/internal/evaluate"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/telemetry"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/paramserver"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // Config is a coordinator's job and where it runs.
@@ -66,7 +65,7 @@ func Coordinate(ctx context.Context, cfg Config) (*telemetry.Collector, error) {
 	// first push, and the job would wait for workers that cannot start:
 	// refuse it before it starts.
 	largest := 0
-	for _, b := range placement.Place(spec.Tensors(), spec.BlockSize, 1).Blocks {
+	for _, b := range job.Place(spec.Tensors(), spec.BlockSize, 1).Blocks {
 		largest = max(largest, b.Len)
 	}
 	if err := wire.FitBlock(largest, nc.MaxPayload()); err != nil {
@@ -98,14 +97,14 @@ func Coordinate(ctx context.Context, cfg Config) (*telemetry.Collector, error) {
 	evalDone.Go(func() { ev.run(ectx, finishing, cfg.Resume, tookOver) })
 	defer func() { stopEval(); evalDone.Wait() }()
 	err = coordinator.Run(ctx, cli, coordinator.Config{Spec: spec, Log: log, Resume: cfg.Resume != nil, Leader: lead,
-		Snapshot: func(ctx context.Context, p *placement.Placement, step int64) error {
+		Snapshot: func(ctx context.Context, p *job.Placement, step int64) error {
 			c, err := paramserver.NewClient(nc, spec.Name, p, 0, 0)
 			if err != nil {
 				return err
 			}
 			return c.Snapshot(ctx, step, snapshotTimeout)
 		},
-		Reached: func(ctx context.Context, p *placement.Placement) (int64, error) {
+		Reached: func(ctx context.Context, p *job.Placement) (int64, error) {
 			c, err := paramserver.NewClient(nc, spec.Name, p, 0, 0)
 			if err != nil {
 				return 0, err
@@ -119,7 +118,7 @@ func Coordinate(ctx context.Context, cfg Config) (*telemetry.Collector, error) {
 			}
 			return reached, nil
 		},
-		OnFinish: func(ctx context.Context, p *placement.Placement) error {
+		OnFinish: func(ctx context.Context, p *job.Placement) error {
 			// The evaluator may be behind training: its remaining steps
 			// are all reached now, so it finishes them (the shards keep
 			// each evaluation step's parameters), unless it is stuck.
@@ -149,7 +148,7 @@ func campaign(ctx context.Context, cfg Config) (lead *coordinator.Leadership, to
 	}
 	// A coordinator for another job of the same name is refused before it
 	// stands by, not when it would take over.
-	r, err := cli.Get(ctx, jobetcd.KeysFor(spec.Name).Spec())
+	r, err := cli.Get(ctx, etcdstore.KeysFor(spec.Name).Spec())
 	if err != nil {
 		return nil, false, fmt.Errorf("reading job %s: %w", spec.Name, err)
 	} else if len(r.Kvs) > 0 && !bytes.Equal(r.Kvs[0].Value, spec.Encode()) {
@@ -165,7 +164,7 @@ func campaign(ctx context.Context, cfg Config) (lead *coordinator.Leadership, to
 		return nil, false, err
 	}
 	// A leader that finds the job already there takes over a running job.
-	r, err = cli.Get(ctx, jobetcd.KeysFor(spec.Name).Spec())
+	r, err = cli.Get(ctx, etcdstore.KeysFor(spec.Name).Spec())
 	if err != nil {
 		lead.Resign(context.WithoutCancel(ctx))
 		return nil, false, fmt.Errorf("reading job %s: %w", spec.Name, err)

@@ -11,7 +11,7 @@ import (
 
 	"github.com/downpour-ml/downpour/coordinator"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 )
 
 // ResumePoint is what resuming a stopped job starts from.
@@ -40,7 +40,7 @@ func FindResumable(ctx context.Context, cli *clientv3.Client, name string) (job.
 		}
 		name = names[0]
 	}
-	keys := jobetcd.KeysFor(name)
+	keys := etcdstore.KeysFor(name)
 	r, err := cli.Txn(ctx).Then(clientv3.OpGet(keys.Spec()), clientv3.OpGet(keys.State()), clientv3.OpGet(keys.Checkpoint())).Commit()
 	if err != nil {
 		return job.Spec{}, ResumePoint{}, fmt.Errorf("reading job %s: %w", name, err)
@@ -58,14 +58,14 @@ func FindResumable(ctx context.Context, cli *clientv3.Client, name string) (job.
 	if err != nil {
 		return job.Spec{}, ResumePoint{}, err
 	}
-	if string(get(1)) == jobetcd.StateDone {
+	if string(get(1)) == job.StateDone {
 		return job.Spec{}, ResumePoint{}, fmt.Errorf("job %s: %w", name, coordinator.ErrJobDone)
 	}
-	var cp jobetcd.CheckpointRecord
+	var cp job.CheckpointRecord
 	if get(2) == nil || json.Unmarshal(get(2), &cp) != nil {
 		return job.Spec{}, ResumePoint{}, fmt.Errorf("job %s: %w: no complete checkpoint (train with --checkpoint-every)", name, coordinator.ErrNothingToResume)
 	}
-	p, _, err := job.ReadPlacement(ctx, cli, name)
+	p, _, err := etcdstore.ReadPlacement(ctx, cli, name)
 	if err != nil {
 		return job.Spec{}, ResumePoint{}, err
 	}

@@ -23,30 +23,29 @@ import (
 
 	"github.com/downpour-ml/downpour/coordinator"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/rundir"
 	"github.com/downpour-ml/downpour/paramserver"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // Job is a job as etcd (and, given a NATS connection, its shards) know
 // it: what downpour status prints and the dashboard shows.
 type Job struct {
-	Job        string                    `json:"job"`
-	State      string                    `json:"state"`
-	Model      string                    `json:"model"`
-	Data       string                    `json:"data"`
-	Mode       string                    `json:"mode"`
-	Workers    int                       `json:"workers"`
-	Steps      int64                     `json:"steps"`
-	Leader     string                    `json:"leader"`
-	Standby    []string                  `json:"standby"`
-	Placement  Placement                 `json:"placement"`
-	Checkpoint *jobetcd.CheckpointRecord `json:"checkpoint"`
-	Rollbacks  []Rollback                `json:"rollbacks"`
-	Tasks      *Tasks                    `json:"tasks,omitempty"`
-	Members    []Member                  `json:"workers_now"`
-	Shards     []Shard                   `json:"shards"`
+	Job        string                `json:"job"`
+	State      string                `json:"state"`
+	Model      string                `json:"model"`
+	Data       string                `json:"data"`
+	Mode       string                `json:"mode"`
+	Workers    int                   `json:"workers"`
+	Steps      int64                 `json:"steps"`
+	Leader     string                `json:"leader"`
+	Standby    []string              `json:"standby"`
+	Placement  Placement             `json:"placement"`
+	Checkpoint *job.CheckpointRecord `json:"checkpoint"`
+	Rollbacks  []Rollback            `json:"rollbacks"`
+	Tasks      *Tasks                `json:"tasks,omitempty"`
+	Members    []Member              `json:"workers_now"`
+	Shards     []Shard               `json:"shards"`
 }
 
 type Placement struct {
@@ -89,7 +88,7 @@ type Shard struct {
 // Read reads job name's status; with nc, it also asks each shard for its
 // clock.
 func Read(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, name string) (*Job, error) {
-	keys := jobetcd.KeysFor(name)
+	keys := etcdstore.KeysFor(name)
 	r, err := cli.Get(ctx, keys.Root(), clientv3.WithPrefix())
 	if err != nil {
 		return nil, fmt.Errorf("reading job %s: %w", name, err)
@@ -106,7 +105,7 @@ func Read(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, name string)
 	if err != nil {
 		return nil, err
 	}
-	p, err := placement.Decode(k.kvs[keys.Placement()])
+	p, err := job.DecodePlacement(k.kvs[keys.Placement()])
 	if err != nil {
 		return nil, err
 	}
@@ -114,7 +113,7 @@ func Read(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, name string)
 		Workers: spec.Workers, Steps: spec.Steps,
 		Placement: Placement{Version: p.Version, Shards: p.Shards, Blocks: len(p.Blocks), BlockSize: p.BlockSize, Start: p.Start}}
 	st.Leader, st.Standby = k.candidates(r.Kvs)
-	var cp jobetcd.CheckpointRecord
+	var cp job.CheckpointRecord
 	if b := k.kvs[keys.Checkpoint()]; b != nil && json.Unmarshal(b, &cp) == nil {
 		st.Checkpoint = &cp
 	}
@@ -125,8 +124,8 @@ func Read(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, name string)
 			return nil, err
 		}
 		c := q.Count()
-		st.Tasks = &Tasks{Todo: c[jobetcd.TaskTodo], Pending: c[jobetcd.TaskPending], Done: c[jobetcd.TaskDone],
-			Failed: c[jobetcd.TaskFailed], DataSteps: q.DoneSteps(), Late: q.Late}
+		st.Tasks = &Tasks{Todo: c[job.TaskTodo], Pending: c[job.TaskPending], Done: c[job.TaskDone],
+			Failed: c[job.TaskFailed], DataSteps: q.DoneSteps(), Late: q.Late}
 	}
 	st.Members = k.members(ctx)
 	var clocks []int64
@@ -145,7 +144,7 @@ func Read(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, name string)
 // leases they are under.
 type keyValues struct {
 	cli    *clientv3.Client
-	keys   jobetcd.Keys
+	keys   etcdstore.Keys
 	kvs    map[string][]byte
 	leases map[string]clientv3.LeaseID
 }
@@ -189,7 +188,7 @@ func (k *keyValues) candidates(kvs []*mvccpb.KeyValue) (leader string, standby [
 func (k *keyValues) rollbacks() []Rollback {
 	out := []Rollback{}
 	for key, v := range k.kvs {
-		var rb jobetcd.RollbackRecord
+		var rb job.RollbackRecord
 		if strings.HasPrefix(key, k.keys.Rollbacks()) && json.Unmarshal(v, &rb) == nil {
 			out = append(out, Rollback{Placement: rb.Placement, Why: rb.Why, From: rb.FromStep, To: rb.ToStep})
 		}
@@ -210,12 +209,12 @@ func (k *keyValues) members(ctx context.Context) []Member {
 	out := []Member{}
 	for _, id := range ids {
 		m := Member{ID: id, Rank: "waiting", Epoch: "-", Task: "-", LeaseLeft: k.leaseLeft(ctx, k.keys.Worker(id))}
-		var a jobetcd.Assignment
+		var a job.Assignment
 		if b := k.kvs[k.keys.Assign(id)]; b != nil && json.Unmarshal(b, &a) == nil {
 			m.Rank, m.Epoch = fmt.Sprint(a.Rank), fmt.Sprint(a.Epoch)
 			m.Done = k.kvs[k.keys.Done(a.Rank)] != nil
 		}
-		var tk jobetcd.Task
+		var tk job.Task
 		if b := k.kvs[k.keys.TaskOf(id)]; b != nil && json.Unmarshal(b, &tk) == nil && tk.ID >= 0 {
 			m.Task = fmt.Sprintf("%d (shard %d, steps %d-%d)", tk.ID, tk.Shard, tk.From, tk.To)
 		}
@@ -231,7 +230,7 @@ func (k *keyValues) shards(ctx context.Context, n int, clocks []int64) []Shard {
 	for s := range n {
 		key := k.keys.Shard(s)
 		var serving string
-		var m jobetcd.ShardMember
+		var m job.ShardMember
 		if b := k.kvs[key]; b == nil {
 			serving = "no process"
 		} else if json.Unmarshal(b, &m) == nil && m.Placement > 0 {

@@ -10,9 +10,8 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/testenv"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // Read assembles a job from its keys: the leader is the oldest candidate,
@@ -26,9 +25,9 @@ func TestReadAndPrint(t *testing.T) {
 	if err := spec.Resolve(); err != nil {
 		t.Fatal(err)
 	}
-	p := placement.Place(spec.Tensors(), spec.BlockSize, 3)
+	p := job.Place(spec.Tensors(), spec.BlockSize, 3)
 	p.Version = 2
-	keys := jobetcd.KeysFor("st")
+	keys := etcdstore.KeysFor("st")
 	put := func(k string, v any, opts ...clientv3.OpOption) {
 		t.Helper()
 		b, ok := v.([]byte)
@@ -48,19 +47,19 @@ func TestReadAndPrint(t *testing.T) {
 		t.Fatal(err)
 	}
 	put(keys.Spec(), spec.Encode())
-	put(keys.State(), jobetcd.StateRunning)
+	put(keys.State(), job.StateRunning)
 	put(keys.Placement(), p.Encode())
 	put(keys.Leader()+"1", "coord-old")
 	put(keys.Leader()+"2", "coord-new")
 	put(keys.Worker("wb"), "", clientv3.WithLease(lease.ID))
 	put(keys.Worker("wa"), "")
-	put(keys.Assign("wb"), jobetcd.Assignment{Rank: 1, Epoch: 3})
+	put(keys.Assign("wb"), job.Assignment{Rank: 1, Epoch: 3})
 	put(keys.Done(1), "3")
-	put(keys.TaskOf("wa"), jobetcd.Task{ID: 4, Shard: 1, From: 10, To: 20})
-	put(keys.Rollback(2), jobetcd.RollbackRecord{Placement: 2, Why: "shard 0 died", FromStep: -1, ToStep: 40})
-	put(keys.Checkpoint(), jobetcd.CheckpointRecord{Step: 40, Placement: 1})
-	put(keys.Shard(0), jobetcd.ShardMember{Placement: 2})
-	put(keys.Shard(2), jobetcd.ShardMember{})
+	put(keys.TaskOf("wa"), job.Task{ID: 4, Shard: 1, From: 10, To: 20})
+	put(keys.Rollback(2), job.RollbackRecord{Placement: 2, Why: "shard 0 died", FromStep: -1, ToStep: 40})
+	put(keys.Checkpoint(), job.CheckpointRecord{Step: 40, Placement: 1})
+	put(keys.Shard(0), job.ShardMember{Placement: 2})
+	put(keys.Shard(2), job.ShardMember{})
 	st, err := Read(ctx, cli, nil, "st")
 	if err != nil {
 		t.Fatal(err)

@@ -10,7 +10,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -40,7 +40,7 @@ type etcdPerm struct {
 }
 
 func etcdPerms(name string, role Role) []etcdPerm {
-	keys := jobetcd.KeysFor(name)
+	keys := etcdstore.KeysFor(name)
 	root := keys.Root()
 	read, write := clientv3.PermissionType(clientv3.PermRead), clientv3.PermissionType(clientv3.PermWrite)
 	switch role {
@@ -80,9 +80,9 @@ func SetUpEtcd(ctx context.Context, endpoints []string, timeout time.Duration, r
 	if err != nil {
 		return fmt.Errorf("etcd root password: %w", err)
 	}
-	admin, err := jobetcd.ConnectAs(ctx, endpoints, timeout, "root", string(pw), tc)
+	admin, err := etcdstore.ConnectAs(ctx, endpoints, timeout, "root", string(pw), tc)
 	if errors.Is(err, rpctypes.ErrAuthNotEnabled) {
-		admin, err = jobetcd.ConnectAs(ctx, endpoints, timeout, "", "", tc)
+		admin, err = etcdstore.ConnectAs(ctx, endpoints, timeout, "", "", tc)
 	}
 	if err != nil {
 		return err

@@ -14,7 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/downpour-ml/downpour/internal/embedded"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/downpour-ml/downpour/internal/testenv"
 )
@@ -60,7 +60,7 @@ func TestEtcdPermissions(t *testing.T) {
 	if err := EnableEtcdAuth(ctx, admin, "root-secret"); err != nil { // again: a no-op
 		t.Fatal(err)
 	}
-	a, b := jobetcd.KeysFor("a"), jobetcd.KeysFor("b")
+	a, b := etcdstore.KeysFor("a"), etcdstore.KeysFor("b")
 	clients := map[string]*clientv3.Client{} // one login per identity
 
 	// No login, a wrong password: nothing.
@@ -184,16 +184,16 @@ func TestEtcdRefusalsAreLoggedAndCounted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := wc.Get(ctx, jobetcd.KeysFor("a").Spec()); err != nil { // allowed: not counted
+	if _, err := wc.Get(ctx, etcdstore.KeysFor("a").Spec()); err != nil { // allowed: not counted
 		t.Fatal(err)
 	}
 	if count("permission") != perm0 || count("authentication") != auth0 {
 		t.Fatal("an allowed read was counted as a refusal")
 	}
-	if _, err := wc.Put(ctx, jobetcd.KeysFor("a").Spec(), "{}"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+	if _, err := wc.Put(ctx, etcdstore.KeysFor("a").Spec(), "{}"); !errors.Is(err, rpctypes.ErrPermissionDenied) {
 		t.Fatalf("a worker writing the spec: %v", err)
 	}
-	if _, err := wc.Get(ctx, jobetcd.KeysFor("b").Spec()); !errors.Is(err, rpctypes.ErrPermissionDenied) {
+	if _, err := wc.Get(ctx, etcdstore.KeysFor("b").Spec()); !errors.Is(err, rpctypes.ErrPermissionDenied) {
 		t.Fatalf("a worker reading another job: %v", err)
 	}
 	wrong := *coord

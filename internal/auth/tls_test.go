@@ -16,7 +16,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/downpour-ml/downpour/internal/embedded"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/testenv"
 )
 
@@ -186,7 +186,7 @@ func TestServersOverTLS(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
-	cli, err := jobetcd.ConnectAs(ctx, c.EtcdEndpoints, 5*time.Second, "", "", cc)
+	cli, err := etcdstore.ConnectAs(ctx, c.EtcdEndpoints, 5*time.Second, "", "", cc)
 	if err != nil {
 		t.Fatalf("etcd over TLS: %v", err)
 	}
@@ -195,11 +195,11 @@ func TestServersOverTLS(t *testing.T) {
 	}
 	cli.Close()
 	httpURL := "http://" + strings.TrimPrefix(c.EtcdEndpoints[0], "https://")
-	if cli, err := jobetcd.ConnectAs(ctx, []string{httpURL}, 2*time.Second, "", "", nil); err == nil {
+	if cli, err := etcdstore.ConnectAs(ctx, []string{httpURL}, 2*time.Second, "", "", nil); err == nil {
 		cli.Close()
 		t.Fatal("a plain etcd client connected")
 	}
-	cli, err = jobetcd.ConnectAs(ctx, c.EtcdEndpoints, 2*time.Second, "", "", occ)
+	cli, err = etcdstore.ConnectAs(ctx, c.EtcdEndpoints, 2*time.Second, "", "", occ)
 	if err == nil {
 		cli.Close()
 		t.Fatal("an etcd client trusting another authority connected")

@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/downpour-ml/downpour/internal/auth"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/nats-io/nats.go"
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -146,7 +146,7 @@ func (ep Endpoints) ConnectEtcd(ctx context.Context, role auth.Role) (*clientv3.
 	if err != nil {
 		return nil, err
 	}
-	return jobetcd.ConnectAs(ctx, strings.Split(ep.Etcd, ","), ep.Timeout, user, password, tc)
+	return etcdstore.ConnectAs(ctx, strings.Split(ep.Etcd, ","), ep.Timeout, user, password, tc)
 }
 
 // TLS is the clients' TLS configuration: nil without --tls-ca.

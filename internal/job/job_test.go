@@ -74,7 +74,7 @@ func TestPaperPreset(t *testing.T) {
 	if err := s.Validate(); err == nil || !strings.Contains(err.Error(), "batch 0 per worker") {
 		t.Fatalf("a global batch not yet split: %v", err)
 	}
-	s.SplitBatch()
+	s.SettleBatch(Stated{})
 	if err := s.Validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -123,5 +123,42 @@ func TestGANPreset(t *testing.T) {
 	mean /= float64(len(m.Train))
 	if want := float32(math.Log(mean / (1 - mean))); s.GOutBias[14*28+14] != want || mean < 0.1 {
 		t.Fatalf("centre pixel (mean %.3f): bias %v, want %v", mean, s.GOutBias[14*28+14], want)
+	}
+}
+
+// The batch rule: which of a preset's, a flag's or a file's batch sizes a
+// job runs by, and what a config file writes back for it.
+func TestSettleBatch(t *testing.T) {
+	for _, c := range []struct {
+		name                  string
+		batch, global, wkrs   int
+		stated                Stated
+		wantBatch, wantGlobal int
+		fileBatch, fileGlobal int
+	}{
+		{"preset global, nothing stated: split", 0, 128, 2, Stated{}, 64, 128, 0, 128},
+		{"batch stated over a preset's global", 32, 128, 2, Stated{Batch: true}, 32, 0, 32, 0},
+		{"batch 0 stated keeps the global", 0, 128, 4, Stated{Batch: true}, 32, 128, 0, 128},
+		{"global stated over a preset's batch", 32, 96, 3, Stated{GlobalBatch: true}, 32, 96, 0, 96},
+		{"global stated, other workers", 32, 96, 4, Stated{GlobalBatch: true}, 24, 96, 0, 96},
+		{"both stated: left for Validate", 10, 96, 4, Stated{Batch: true, GlobalBatch: true}, 10, 96, 0, 96},
+		{"indivisible global: left for Validate", 0, 100, 3, Stated{}, 0, 100, 0, 100},
+		{"per-worker batch only", 16, 0, 8, Stated{}, 16, 0, 16, 0},
+	} {
+		s := Spec{Batch: c.batch, GlobalBatch: c.global, Workers: c.wkrs}
+		s.SettleBatch(c.stated)
+		if s.Batch != c.wantBatch || s.GlobalBatch != c.wantGlobal {
+			t.Errorf("%s: batch %d, global %d; want %d, %d", c.name, s.Batch, s.GlobalBatch, c.wantBatch, c.wantGlobal)
+		}
+		if b, g := s.FileBatch(); b != c.fileBatch || g != c.fileGlobal {
+			t.Errorf("%s: a file states batch %d, global %d; want %d, %d", c.name, b, g, c.fileBatch, c.fileGlobal)
+		}
+		// What a file states settles to the same job.
+		b, g := s.FileBatch()
+		r := Spec{Batch: b, GlobalBatch: g, Workers: c.wkrs}
+		r.SettleBatch(Stated{Batch: true, GlobalBatch: g > 0})
+		if c.wantGlobal%max(c.wkrs, 1) == 0 && (r.Batch != s.Batch || r.GlobalBatch != s.GlobalBatch) && !(c.stated.Batch && c.stated.GlobalBatch) {
+			t.Errorf("%s: the file's batches settle to %d, %d, not %d, %d", c.name, r.Batch, r.GlobalBatch, s.Batch, s.GlobalBatch)
+		}
 	}
 }

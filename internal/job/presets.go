@@ -2,7 +2,6 @@ package job
 
 import (
 	"github.com/downpour-ml/downpour/models"
-	"github.com/downpour-ml/downpour/paramserver/config"
 )
 
 // Presets are named sets of spec values; flags given beside a preset
@@ -18,7 +17,7 @@ var Presets = map[string]func(*Spec){
 		s.Seq2Seq.Layers, s.Seq2Seq.Hidden, s.Seq2Seq.Embed, s.Seq2Seq.InitScale = 4, 1000, 1000, 0.08
 		s.VocabMax, s.TgtVocab, s.ClipNorm, s.Reverse = 160000, 80000, 5, true
 		s.Batch, s.GlobalBatch = 0, 128
-		s.Optimizer = config.DefaultOptimizer("sgd", 0.7)
+		s.Optimizer = DefaultOptimizer("sgd", 0.7)
 		s.Epochs, s.HalveAfterEpochs, s.HalveEveryEpochs = 7.5, 5, 0.5
 		s.Tokenizer = "13a"
 	},
@@ -30,8 +29,8 @@ var Presets = map[string]func(*Spec){
 	"gan": func(s *Spec) {
 		s.Model, s.GAN, s.GANK, s.GANUpdate, s.ClipNorm = "gan", models.PaperGAN, 1, Simultaneous, 0
 		s.Batch, s.GlobalBatch = 0, 100
-		s.Optimizer = config.Optimizer{Kind: "momentum", LR: 0.1, Momentum: 0.5, MomentumFinal: 0.7,
-			Schedule: config.Schedule{Kind: "exp", Decay: 1.000004, Floor: 1e-6}}
+		s.Optimizer = Optimizer{Kind: "momentum", LR: 0.1, Momentum: 0.5, MomentumFinal: 0.7,
+			Schedule: Schedule{Kind: "exp", Decay: 1.000004, Floor: 1e-6}}
 		s.RampStartEpochs, s.RampEndEpochs = 1, 250
 		s.EvalEvery = 500
 	},
@@ -42,14 +41,14 @@ var Presets = map[string]func(*Spec){
 	"synthetic": func(s *Spec) {
 		s.Model, s.Synthetic, s.ClipNorm = Synthetic, models.SyntheticConfig{Params: 1 << 20, NumTensors: 8, StepMs: 100}, 0
 		s.Batch, s.GlobalBatch = 32, 0
-		s.Optimizer = config.DefaultOptimizer("sgd", 0.1)
+		s.Optimizer = DefaultOptimizer("sgd", 0.1)
 		s.EvalEvery = 0
 	},
 	// small: the paper's recipe at a size a laptop trains in minutes.
 	"small": func(s *Spec) {
 		s.Seq2Seq.Layers, s.Seq2Seq.Hidden, s.Seq2Seq.Embed = 2, 256, 256
 		s.VocabMax, s.Batch, s.ClipNorm, s.Reverse = 8000, 64, 5, true
-		s.Optimizer = config.DefaultOptimizer("sgd", 0.7)
+		s.Optimizer = DefaultOptimizer("sgd", 0.7)
 		s.Epochs, s.HalveAfterEpochs, s.HalveEveryEpochs = 7.5, 5, 0.5
 	},
 }

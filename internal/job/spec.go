@@ -1,9 +1,11 @@
-// Package job is what every role of a downpour job agrees on: the job's
-// Spec (model, data, optimizer, consistency mode, sizes; its JSON form is
-// written once to etcd by the coordinator) with its presets and checks, and
-// reading the spec and the block placement from etcd (Find, ReadPlacement,
-// NextPlacement). The layout of a job's keys in etcd, its records and the
-// etcd IO every role shares are package jobetcd's.
+// Package job is the job's contract: what every role of a downpour job
+// agrees on, and nothing of any role's own. It holds the job's Spec (model,
+// data, optimizer, consistency mode, sizes; its JSON form is written once
+// by the coordinator) with its presets, checks and batch rule
+// (SettleBatch); the Placement of the model's parameter blocks on the
+// shards (Place, Reshard) and the consistency modes; and what a shard runs
+// by (ShardConfig, Optimizer, Schedule). It imports no role: the
+// coordinator, the workers and the parameter servers import it.
 package job
 
 import (
@@ -16,8 +18,6 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
-	"github.com/downpour-ml/downpour/paramserver/config"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 	"github.com/downpour-ml/downpour/shard"
 )
 
@@ -56,7 +56,7 @@ type Spec struct {
 	// GlobalBatch, when set, is the batch the optimizer sees: the examples
 	// of one step over all workers, Batch x Workers. A job that states it
 	// (the paper presets) keeps the paper's updates per epoch for any
-	// number of workers that divides it; SplitBatch sets Batch from it.
+	// number of workers that divides it; SettleBatch sets Batch from it.
 	GlobalBatch int     `json:"global_batch,omitempty"`
 	ClipNorm    float64 `json:"clip_norm"` // global-norm clip applied by workers; 0 = none
 	LogEvery    int64   `json:"log_every"`
@@ -71,8 +71,8 @@ type Spec struct {
 	NFetch    int64  `json:"n_fetch,omitempty"`
 	NPush     int64  `json:"n_push,omitempty"`
 	// The update rule the shards apply, and what they do with NaN/Inf.
-	Optimizer config.Optimizer `json:"optimizer"`
-	NonFinite string           `json:"non_finite"`
+	Optimizer Optimizer `json:"optimizer"`
+	NonFinite string    `json:"non_finite"`
 	// Epochs, when positive, sets Steps to that many passes over a corpus
 	// (data shard 0's), and HalveAfterEpochs/HalveEveryEpochs set a halving
 	// learning-rate schedule in epochs (the paper: 7.5 epochs; halve after
@@ -124,7 +124,7 @@ type Spec struct {
 }
 
 // UsesTasks reports whether the job hands out its data as tasks.
-func (s *Spec) UsesTasks() bool { return s.Mode != placement.Sync && s.TaskSteps > 0 }
+func (s *Spec) UsesTasks() bool { return s.Mode != Sync && s.TaskSteps > 0 }
 
 // Default is the job `downpour train` runs with no flags: a one-layer LSTM
 // encoder-decoder learning to reverse digit sequences.
@@ -149,11 +149,11 @@ func Default() Spec {
 		Batch:     32,
 		ClipNorm:  5,
 		LogEvery:  10,
-		Mode:      placement.Sync,
+		Mode:      Sync,
 		NFetch:    1,
 		NPush:     1,
-		Optimizer: config.DefaultOptimizer("sgd", 1.5),
-		NonFinite: config.Refuse,
+		Optimizer: DefaultOptimizer("sgd", 1.5),
+		NonFinite: Refuse,
 
 		KeepCheckpoints: 3,
 		TaskSteps:       50,
@@ -198,7 +198,7 @@ func (s *Spec) Validate() error {
 		if s.NFetch != 1 || s.NPush != 1 {
 			return errors.New("the GAN pulls and pushes every step: n-fetch and n-push must be 1")
 		}
-		if s.Mode == placement.SSP {
+		if s.Mode == SSP {
 			return errors.New("the GAN trains in sync or async mode (its D and G updates interleave, which bounded staleness cannot express)")
 		}
 		if s.RampStartEpochs < 0 || s.RampEndEpochs < s.RampStartEpochs {
@@ -231,13 +231,13 @@ func (s *Spec) Validate() error {
 		return errors.New("batch must be at least 1")
 	case s.NFetch < 1 || s.NPush < 1:
 		return fmt.Errorf("n-fetch and n-push must be at least 1 (got %d, %d)", s.NFetch, s.NPush)
-	case s.Mode != placement.Async && (s.NFetch != 1 || s.NPush != 1):
+	case s.Mode != Async && (s.NFetch != 1 || s.NPush != 1):
 		return errors.New("n-fetch and n-push other than 1 need --mode async")
 	case s.CheckpointEvery < 0:
 		return errors.New("checkpoint every must not be negative")
 	case s.KeepCheckpoints < 0:
 		return errors.New("keep checkpoints must not be negative (0 keeps them all)")
-	case s.CheckpointEvery > 0 && s.Mode != placement.Sync && !s.UsesTasks():
+	case s.CheckpointEvery > 0 && s.Mode != Sync && !s.UsesTasks():
 		return fmt.Errorf("a %s job checkpoints only when it hands its data out as tasks (--task-steps above 0)", s.Mode)
 	case s.TaskSteps < 0 || s.UsesTasks() && (s.TaskTimeout < 1 || s.TaskAttempts < 1):
 		return fmt.Errorf("tasks: steps must not be negative, and a timeout and attempts at least 1 (got %d, %d, %d)", s.TaskSteps, s.TaskTimeout, s.TaskAttempts)
@@ -262,13 +262,43 @@ const (
 // update.
 func (s *Spec) Simultaneous() bool { return s.GANUpdate == Simultaneous }
 
-// SplitBatch sets Batch, each worker's share of the global batch, when the
-// job states a global batch and no per-worker one (Batch 0). It leaves a
-// global batch the workers do not divide for Validate to report.
-func (s *Spec) SplitBatch() {
+// Stated says which of the two batch sizes a user gave explicitly (a flag
+// or a config key), over a preset's or the defaults'.
+type Stated struct{ Batch, GlobalBatch bool }
+
+// SettleBatch is the batch rule, the one place that decides which of
+// Batch (per worker) and GlobalBatch (over all workers) a job runs by:
+//
+//   - a batch stated on its own (above 0) overrides a preset's global
+//     batch, and a global batch stated on its own a preset's batch;
+//   - a global batch with no per-worker batch (0) is split evenly over the
+//     workers: Batch = GlobalBatch / Workers.
+//
+// A global batch the workers do not divide, or one that disagrees with a
+// batch stated beside it, is left for Validate to report. Flags and config
+// files (with what was stated), the coordinator and the workers (Resolve,
+// nothing stated) all settle the batch through it; FileBatch is its
+// inverse, for a config file.
+func (s *Spec) SettleBatch(stated Stated) {
+	switch {
+	case stated.Batch && !stated.GlobalBatch && s.Batch > 0:
+		s.GlobalBatch = 0
+	case stated.GlobalBatch && !stated.Batch:
+		s.Batch = 0
+	}
 	if s.GlobalBatch > 0 && s.Batch == 0 && s.Workers > 0 && s.GlobalBatch%s.Workers == 0 {
 		s.Batch = s.GlobalBatch / s.Workers
 	}
+}
+
+// FileBatch is what a config file states for the batch of a settled job:
+// a global batch is written with batch 0 (its share), so that a file whose
+// workers are changed keeps the global batch.
+func (s *Spec) FileBatch() (batch, global int) {
+	if s.GlobalBatch > 0 {
+		return 0, s.GlobalBatch
+	}
+	return s.Batch, 0
 }
 
 // splits lists the worker counts (up to 1024) that divide a global batch.
@@ -346,7 +376,7 @@ func (s *Spec) Resolve() error {
 }
 
 func (s *Spec) resolveData() error {
-	s.SplitBatch()
+	s.SettleBatch(Stated{})
 	switch s.Model {
 	case "gan":
 		return s.resolveGAN()
@@ -369,7 +399,7 @@ func (s *Spec) resolveData() error {
 			s.Steps = max(1, int64(math.Ceil(s.Epochs*float64(per))))
 		}
 		if s.HalveEveryEpochs > 0 {
-			s.Optimizer.Schedule = config.Schedule{Kind: "halving",
+			s.Optimizer.Schedule = Schedule{Kind: "halving",
 				HalveAfter: int64(math.Round(s.HalveAfterEpochs * float64(per))),
 				HalveEvery: max(1, int64(math.Round(s.HalveEveryEpochs*float64(per))))}
 		}
@@ -380,10 +410,10 @@ func (s *Spec) resolveData() error {
 // ShardConfig is the part of the spec every parameter-server shard runs by.
 // A pull held for 20 ticks (2 s) is answered Expired and asked again, well
 // within the first attempt of a client's request (paramserver.DefaultAttempt).
-func (s *Spec) ShardConfig() config.Shard {
-	c := config.Shard{Mode: s.Mode, Staleness: s.Staleness, Ranks: s.Workers,
-		Optimizer: s.Optimizer, NonFinite: s.NonFinite, PullTTL: 20, Elastic: s.Mode == placement.SSP && s.UsesTasks()}
-	if s.Mode == placement.Sync {
+func (s *Spec) ShardConfig() ShardConfig {
+	c := ShardConfig{Mode: s.Mode, Staleness: s.Staleness, Ranks: s.Workers,
+		Optimizer: s.Optimizer, NonFinite: s.NonFinite, PullTTL: 20, Elastic: s.Mode == SSP && s.UsesTasks()}
+	if s.Mode == Sync {
 		// The evaluator reads each evaluation step's parameters exactly,
 		// however far training has gone on meanwhile (the last step's
 		// parameters are the final ones, not a copy).

@@ -7,10 +7,11 @@ import (
 	"math"
 	"slices"
 
+	"github.com/downpour-ml/downpour/internal/job"
+
 	"gonum.org/v1/gonum/mat"
 
 	"github.com/downpour-ml/downpour/paramserver"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // Model is the cost model of a step: what the work of a step costs in CPU
@@ -85,12 +86,12 @@ func (m Model) cpu(w, msgs, p float64) float64 {
 
 // Messages is what a job step of w workers, s shards and p floats sends
 // through NATS as paramserver.Client sends it: each shard's part in
-// messages of at most placement.MessageBytes; where a step's messages fit
+// messages of at most job.MessageBytes; where a step's messages fit
 // in the client's window (paramserver.DefaultWindow), each a push that
 // brings its pull back, and its reply (2 a message), else a push, a pull
 // and their replies (4).
 func Messages(w, s, p float64) float64 {
-	groups := s * max(1, math.Ceil(4*p/s/placement.MessageBytes))
+	groups := s * max(1, math.Ceil(4*p/s/job.MessageBytes))
 	if groups <= paramserver.DefaultWindow {
 		return 2 * w * groups
 	}

@@ -37,7 +37,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/checkpoint"
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/latency"
 	"github.com/downpour-ml/downpour/internal/telemetry"
 )
@@ -642,7 +642,7 @@ func (h *harness) counters(ctx context.Context, res *Result) error {
 		return err
 	}
 	defer cli.Close()
-	r, err := cli.Get(ctx, jobetcd.KeysFor(h.cfg.Job).Tasks())
+	r, err := cli.Get(ctx, etcdstore.KeysFor(h.cfg.Job).Tasks())
 	if err != nil {
 		return err
 	}
@@ -651,7 +651,7 @@ func (h *harness) counters(ctx context.Context, res *Result) error {
 		if err != nil {
 			return err
 		}
-		t := &TaskCounts{Total: len(q.List), Done: q.Count()[jobetcd.TaskDone], DataSteps: q.DoneSteps()}
+		t := &TaskCounts{Total: len(q.List), Done: q.Count()[job.TaskDone], DataSteps: q.DoneSteps()}
 		for _, tk := range q.List {
 			t.Requeued += max(0, tk.Attempts-1)
 		}

@@ -16,12 +16,11 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // Config is a shard's connections and limits.
@@ -59,8 +58,8 @@ func Run(ctx context.Context, cfg Config) error {
 	if err := wire.ValidJob(cfg.Job); err != nil {
 		return err
 	}
-	keys := jobetcd.KeysFor(cfg.Job)
-	spec, p, err := job.Find(ctx, cfg.Etcd, cfg.Job, cfg.WaitTimeout)
+	keys := etcdstore.KeysFor(cfg.Job)
+	spec, p, err := etcdstore.Find(ctx, cfg.Etcd, cfg.Job, cfg.WaitTimeout)
 	if err != nil {
 		return err
 	}
@@ -79,7 +78,7 @@ func Run(ctx context.Context, cfg Config) error {
 			go retain(rctx, cfg.Etcd, cfg.Job, dir, spec.KeepCheckpoints, cfg.Log)
 		}
 	}
-	lease, err := jobetcd.Grant(ctx, cfg.Etcd, cfg.LeaseTTL)
+	lease, err := etcdstore.Grant(ctx, cfg.Etcd, cfg.LeaseTTL)
 	if err != nil {
 		return err
 	}
@@ -104,7 +103,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return ctx.Err()
 		case <-time.After(250 * time.Millisecond):
 		}
-		if p, _, err = job.ReadPlacement(ctx, cfg.Etcd, cfg.Job); err != nil {
+		if p, _, err = etcdstore.ReadPlacement(ctx, cfg.Etcd, cfg.Job); err != nil {
 			return err
 		}
 	}
@@ -133,9 +132,9 @@ func Run(ctx context.Context, cfg Config) error {
 
 // serveEra serves shard idx of placement p until the job is done (nil), a
 // newer placement appears (it is returned) or ctx ends.
-func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *placement.Placement, idx int, restore string,
-	lease *jobetcd.Lease, log *slog.Logger) (*placement.Placement, error) {
-	keys := jobetcd.KeysFor(cfg.Job)
+func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *job.Placement, idx int, restore string,
+	lease *etcdstore.Lease, log *slog.Logger) (*job.Placement, error) {
+	keys := etcdstore.KeysFor(cfg.Job)
 	if r, err := cfg.Etcd.Get(ctx, keys.Served(p.Version, idx)); err != nil {
 		return nil, fmt.Errorf("shard %d: %w", idx, err)
 	} else if len(r.Kvs) > 0 {
@@ -152,7 +151,7 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *placement.Plac
 		svcCfg.SnapshotDir = filepath.Join(cfg.DataDir, "snapshots") // made by Run
 		svcCfg.SnapshotEvery = spec.CheckpointEvery
 		svcCfg.OnSnapshot = func(path string, snap *paramserver.Snapshot) {
-			rec, _ := json.Marshal(jobetcd.SnapshotRecord{Path: path, Step: snap.Step, Shard: idx, Placement: snap.Placement})
+			rec, _ := json.Marshal(job.SnapshotRecord{Path: path, Step: snap.Step, Shard: idx, Placement: snap.Placement})
 			// The record completes a checkpoint: retry it through an etcd
 			// election or a lost member (the put is idempotent).
 			for attempt := 1; ; attempt++ {
@@ -183,7 +182,7 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *placement.Plac
 	// index after the server died, before the coordinator replaced the
 	// placement) must not serve it afresh (workers far past its start would
 	// push to a shard at its start), and waits for the new placement.
-	member, _ := json.Marshal(jobetcd.ShardMember{Placement: p.Version})
+	member, _ := json.Marshal(job.ShardMember{Placement: p.Version})
 	served := keys.Served(p.Version, idx)
 	r, err := cfg.Etcd.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(served), "=", 0)).
 		Then(clientv3.OpPut(served, ""), clientv3.OpPut(keys.Shard(idx), string(member), clientv3.WithLease(lease.ID))).Commit()
@@ -205,7 +204,7 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *placement.Plac
 	// Serve until the job is done or re-placed (no deadline: a job runs as
 	// long as it runs).
 	type result struct {
-		next *placement.Placement
+		next *job.Placement
 		err  error
 	}
 	wctx, cancel := context.WithCancel(ctx)
@@ -215,7 +214,7 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *placement.Plac
 	}
 	done := make(chan result, 1)
 	go func() {
-		next, _, err := job.NextPlacement(wctx, cfg.Etcd, cfg.Job, p.Version)
+		next, _, err := etcdstore.NextPlacement(wctx, cfg.Etcd, cfg.Job, p.Version)
 		done <- result{next, err}
 	}()
 	select {
@@ -240,9 +239,9 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *placement.Plac
 
 // replaced waits for the placement that replaces p, whose shard idx a
 // process that died had served, and returns it (nil when the job is done).
-func replaced(ctx context.Context, cfg Config, p *placement.Placement, idx int, log *slog.Logger) (*placement.Placement, error) {
+func replaced(ctx context.Context, cfg Config, p *job.Placement, idx int, log *slog.Logger) (*job.Placement, error) {
 	log.Info("this placement's shard was served by a process that is gone: waiting for the placement that replaces it", "placement", p.Version)
-	next, _, err := job.NextPlacement(ctx, cfg.Etcd, cfg.Job, p.Version)
+	next, _, err := etcdstore.NextPlacement(ctx, cfg.Etcd, cfg.Job, p.Version)
 	return next, err
 }
 
@@ -251,13 +250,13 @@ func replaced(ctx context.Context, cfg Config, p *placement.Placement, idx int, 
 // a dead worker's rank must not hold the others back, and the dead worker
 // is fenced off.
 func watchHolders(ctx context.Context, cfg Config, svc *paramserver.Service, log *slog.Logger) {
-	for resp := range cfg.Etcd.Watch(ctx, jobetcd.KeysFor(cfg.Job).Assigns(), clientv3.WithPrefix(), clientv3.WithPrevKV()) {
+	for resp := range cfg.Etcd.Watch(ctx, etcdstore.KeysFor(cfg.Job).Assigns(), clientv3.WithPrefix(), clientv3.WithPrevKV()) {
 		if err := resp.Err(); err != nil {
 			log.Warn("watching the ranks' holders", "err", err)
 			return
 		}
 		for _, ev := range resp.Events {
-			var a jobetcd.Assignment
+			var a job.Assignment
 			if ev.Type != clientv3.EventTypeDelete || ev.PrevKv == nil || json.Unmarshal(ev.PrevKv.Value, &a) != nil {
 				continue
 			}
@@ -275,7 +274,7 @@ func watchHolders(ctx context.Context, cfg Config, svc *paramserver.Service, log
 // checkpoint's snapshots; else from the job's initial parameters. Each
 // tensor's initial value is a function of (seed, tensor), or the tensor's
 // value in the checkpoint the job starts from, whichever shard computes it.
-func newShard(spec *job.Spec, p *placement.Placement, blocks []placement.Block, restore string) (*paramserver.Shard, error) {
+func newShard(spec *job.Spec, p *job.Placement, blocks []job.Block, restore string) (*paramserver.Shard, error) {
 	if restore == "" && len(p.From) > 0 {
 		var snaps []*paramserver.Snapshot
 		for _, f := range p.From {
@@ -311,7 +310,7 @@ func newShard(spec *job.Spec, p *placement.Placement, blocks []placement.Block, 
 	offsets := models.Offsets(p.Tensors)
 	cur := -1
 	var full []float32
-	return paramserver.NewShard(spec.ShardConfig(), blocks, func(b placement.Block, dst []float32) {
+	return paramserver.NewShard(spec.ShardConfig(), blocks, func(b job.Block, dst []float32) {
 		if b.Tensor != cur {
 			t := p.Tensors[b.Tensor]
 			full = make([]float32, t.Size())
@@ -325,7 +324,7 @@ func newShard(spec *job.Spec, p *placement.Placement, blocks []placement.Block, 
 
 // claim takes shard index want, or the lowest free index when want < 0, by
 // creating its membership key under the lease in a transaction.
-func claim(ctx context.Context, cli *clientv3.Client, keys jobetcd.Keys, shards, want int, lease clientv3.LeaseID) (int, error) {
+func claim(ctx context.Context, cli *clientv3.Client, keys etcdstore.Keys, shards, want int, lease clientv3.LeaseID) (int, error) {
 	if want >= shards {
 		return 0, fmt.Errorf("shard %d does not exist: the job has %d shards", want, shards)
 	}

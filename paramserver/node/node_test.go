@@ -15,12 +15,11 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -28,9 +27,9 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 func TestClaim(t *testing.T) {
 	cli := testenv.Etcd(t) // cleanups run last-registered first: the leases go before etcd
 	ctx := context.Background()
-	keys := jobetcd.KeysFor("j")
+	keys := etcdstore.KeysFor("j")
 	lease := func() clientv3.LeaseID {
-		l, err := jobetcd.Grant(ctx, cli, 5)
+		l, err := etcdstore.Grant(ctx, cli, 5)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -60,7 +59,7 @@ func TestClaim(t *testing.T) {
 func TestNewShardRefusesForeignSnapshots(t *testing.T) {
 	spec := job.Default()
 	spec.Name, spec.Seq2Seq.Hidden, spec.Seq2Seq.Embed = "mine", 8, 4
-	p := placement.Place(spec.Tensors(), 64, 1)
+	p := job.Place(spec.Tensors(), 64, 1)
 	blocks := p.OnShard(0)
 	own, err := newShard(&spec, p, blocks, "")
 	if err != nil {
@@ -112,15 +111,15 @@ func servers(t *testing.T) (context.Context, *clientv3.Client, *nats.Conn) {
 // and its holder's epoch is fenced off.
 func TestGoneHolderIdlesItsRank(t *testing.T) {
 	ctx, cli, nc := servers(t)
-	p := placement.Place([]models.Tensor{{Name: "w", Shape: []int{4}}}, 4, 1)
-	cfg := paramserver.ShardConfig{Mode: placement.SSP, Staleness: 1, Ranks: 2, Elastic: true, Optimizer: paramserver.DefaultOptimizer("sgd", 1)}
-	shard := paramserver.NewShard(cfg, p.OnShard(0), func(placement.Block, []float32) {})
+	p := job.Place([]models.Tensor{{Name: "w", Shape: []int{4}}}, 4, 1)
+	cfg := job.ShardConfig{Mode: job.SSP, Staleness: 1, Ranks: 2, Elastic: true, Optimizer: job.DefaultOptimizer("sgd", 1)}
+	shard := paramserver.NewShard(cfg, p.OnShard(0), func(job.Block, []float32) {})
 	svc, err := paramserver.Serve(nc, shard, paramserver.ServiceConfig{Job: "j", Shard: 0, Placement: p.Version, Log: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer svc.Close()
-	keys := jobetcd.KeysFor("j")
+	keys := etcdstore.KeysFor("j")
 	if _, err := cli.Put(ctx, keys.Assign("gone"), `{"rank":0,"epoch":1,"data_shard":0}`); err != nil {
 		t.Fatal(err)
 	}
@@ -170,10 +169,10 @@ func TestReplacementWaitsForTheNextPlacement(t *testing.T) {
 	ctx, cli, nc := servers(t)
 	spec := job.Default()
 	spec.Name, spec.Shards, spec.Seq2Seq.Hidden, spec.Seq2Seq.Embed = "j", 1, 8, 4
-	p := placement.Place(spec.Tensors(), spec.BlockSize, 1)
-	keys := jobetcd.KeysFor(spec.Name)
+	p := job.Place(spec.Tensors(), spec.BlockSize, 1)
+	keys := etcdstore.KeysFor(spec.Name)
 	for k, v := range map[string]string{keys.Spec(): string(spec.Encode()), keys.Placement(): string(p.Encode()),
-		keys.State(): jobetcd.StateRunning, keys.Served(p.Version, 0): ""} {
+		keys.State(): job.StateRunning, keys.Served(p.Version, 0): ""} {
 		if _, err := cli.Put(ctx, k, v); err != nil {
 			t.Fatal(err)
 		}
@@ -184,7 +183,7 @@ func TestReplacementWaitsForTheNextPlacement(t *testing.T) {
 		done <- Run(ctx, Config{Job: spec.Name, NATS: nc, Etcd: cli, Log: quiet, Shard: 0, LeaseTTL: 2,
 			Ready: func(int, *paramserver.Service) {
 				r, _ := cli.Get(ctx, keys.Shard(0))
-				var m jobetcd.ShardMember
+				var m job.ShardMember
 				if len(r.Kvs) == 1 && json.Unmarshal(r.Kvs[0].Value, &m) == nil {
 					served <- m.Placement
 				}

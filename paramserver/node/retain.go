@@ -13,9 +13,11 @@ import (
 	"strings"
 	"time"
 
+	"github.com/downpour-ml/downpour/internal/job"
+
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/paramserver"
 )
 
@@ -68,7 +70,7 @@ func claimDir(dir, name string) error {
 // prune deletes from dir the snapshots that invariants 1-4 let go, given the
 // latest checkpoint cp, keeping those of the keep newest steps at or before
 // it. It returns the names it deleted, sorted.
-func prune(dir string, cp jobetcd.CheckpointRecord, keep int) ([]string, error) {
+func prune(dir string, cp job.CheckpointRecord, keep int) ([]string, error) {
 	if keep < 1 {
 		return nil, fmt.Errorf("prune: keep must be at least 1 (got %d)", keep)
 	}
@@ -138,7 +140,7 @@ func retain(ctx context.Context, cli *clientv3.Client, name, dir string, keep in
 			continue
 		}
 		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		for resp := range cli.Watch(wctx, jobetcd.KeysFor(name).Checkpoint(), clientv3.WithRev(rev+1)) {
+		for resp := range cli.Watch(wctx, etcdstore.KeysFor(name).Checkpoint(), clientv3.WithRev(rev+1)) {
 			if resp.Err() != nil {
 				break // compacted or lost leader: read again and re-watch
 			}
@@ -157,7 +159,7 @@ func retain(ctx context.Context, cli *clientv3.Client, name, dir string, keep in
 // calls it when the job is done, so that a finished job leaves what
 // retention keeps however far its watch had got.
 func pruneOnce(ctx context.Context, cli *clientv3.Client, name, dir string, keep int, log *slog.Logger) (rev int64, ok bool) {
-	r, err := cli.Get(ctx, jobetcd.KeysFor(name).Checkpoint())
+	r, err := cli.Get(ctx, etcdstore.KeysFor(name).Checkpoint())
 	if err != nil {
 		log.Warn("snapshot retention: reading the checkpoint", "err", err)
 		return 0, false
@@ -170,7 +172,7 @@ func pruneOnce(ctx context.Context, cli *clientv3.Client, name, dir string, keep
 
 // pruneTo prunes dir to the checkpoint record value, logging what it did.
 func pruneTo(value []byte, dir string, keep int, log *slog.Logger) {
-	var cp jobetcd.CheckpointRecord
+	var cp job.CheckpointRecord
 	if err := json.Unmarshal(value, &cp); err != nil {
 		log.Warn("snapshot retention: ignoring a malformed checkpoint record", "err", err)
 		return

@@ -10,7 +10,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/downpour-ml/downpour/internal/jobetcd"
+	"github.com/downpour-ml/downpour/internal/job"
+
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/paramserver"
 )
 
@@ -49,10 +51,10 @@ func listDir(t *testing.T, dir string) []string {
 }
 
 func TestPruneKeepsWhatTheJobMayNeed(t *testing.T) {
-	cp := jobetcd.CheckpointRecord{Step: 50, Placement: 2, Files: []string{"/data/ps-0/snapshots/p2-shard-0-step-50.dpss", "/data/ps-1/snapshots/p2-shard-1-step-50.dpss"}}
+	cp := job.CheckpointRecord{Step: 50, Placement: 2, Files: []string{"/data/ps-0/snapshots/p2-shard-0-step-50.dpss", "/data/ps-1/snapshots/p2-shard-1-step-50.dpss"}}
 	for _, tc := range []struct {
 		name    string
-		cp      jobetcd.CheckpointRecord
+		cp      job.CheckpointRecord
 		keep    int
 		removed []string
 	}{
@@ -65,9 +67,9 @@ func TestPruneKeepsWhatTheJobMayNeed(t *testing.T) {
 		{"keep 3", cp, 3, []string{"p1-shard-0-step-10.dpss", "p1-shard-0-step-20.dpss", "p1-shard-0-step-20.dpss.tmp9",
 			"p2-shard-0-step-45.dpss.tmp7"}},
 		{"keep more than there are: only the torn writes go", cp, 10, []string{"p1-shard-0-step-20.dpss.tmp9", "p2-shard-0-step-45.dpss.tmp7"}},
-		{"an earlier checkpoint: nothing after its step goes", jobetcd.CheckpointRecord{Step: 20, Placement: 1,
+		{"an earlier checkpoint: nothing after its step goes", job.CheckpointRecord{Step: 20, Placement: 1,
 			Files: []string{"p1-shard-0-step-20.dpss"}}, 1, []string{"p1-shard-0-step-10.dpss", "p1-shard-0-step-20.dpss.tmp9"}},
-		{"a file the checkpoint names stays, whatever its step", jobetcd.CheckpointRecord{Step: 50, Placement: 2,
+		{"a file the checkpoint names stays, whatever its step", job.CheckpointRecord{Step: 50, Placement: 2,
 			Files: []string{"elsewhere/p1-shard-0-step-10.dpss"}}, 1, []string{
 			"p1-shard-0-step-20.dpss", "p1-shard-0-step-20.dpss.tmp9", "p1-shard-0-step-30.dpss",
 			"p1-shard-0-step-40.dpss", "p2-shard-0-step-40.dpss", "p2-shard-0-step-45.dpss.tmp7"}},
@@ -128,7 +130,7 @@ func TestClaimDir(t *testing.T) {
 // checkpoint, and, started after one, prunes to it at once.
 func TestRetainPrunesOnEachCheckpoint(t *testing.T) {
 	ctx, cli, _ := servers(t)
-	keys := jobetcd.KeysFor("j")
+	keys := etcdstore.KeysFor("j")
 	dir := t.TempDir()
 	var names []string
 	for _, step := range []int64{10, 20, 30, 40, 50} {
@@ -137,7 +139,7 @@ func TestRetainPrunesOnEachCheckpoint(t *testing.T) {
 	fill(t, dir, names)
 	record := func(step int64) {
 		t.Helper()
-		b, _ := json.Marshal(jobetcd.CheckpointRecord{Step: step, Placement: 1, Files: []string{filepath.Join(dir, paramserver.SnapshotFile(1, 0, step))}})
+		b, _ := json.Marshal(job.CheckpointRecord{Step: step, Placement: 1, Files: []string{filepath.Join(dir, paramserver.SnapshotFile(1, 0, step))}})
 		if _, err := cli.Put(ctx, keys.Checkpoint(), string(b)); err != nil {
 			t.Fatal(err)
 		}

@@ -1,4 +1,4 @@
-package placement
+package job
 
 import (
 	"fmt"
@@ -30,7 +30,7 @@ func TestPlacementBalanceW2(t *testing.T) {
 	for _, bs := range []int{16 << 10, 64 << 10, 256 << 10} {
 		for _, shards := range []int{2, 3, 4, 8} {
 			p := Place(ts, bs, shards)
-			q, err := Decode(p.Encode())
+			q, err := DecodePlacement(p.Encode())
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -136,7 +136,7 @@ func TestPlacementDeterministic(t *testing.T) {
 	}
 	// A block larger than a shard's share still lands somewhere.
 	p := Place([]models.Tensor{{Name: "big", Shape: []int{100}}, {Name: "s", Shape: []int{3}}}, 100, 4)
-	if _, err := Decode(p.Encode()); err != nil {
+	if _, err := DecodePlacement(p.Encode()); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -153,13 +153,13 @@ func TestDecodePlacementRejects(t *testing.T) {
 		"start < 0": func(p *Placement) { p.Start = -1 },
 		"tensor":    func(p *Placement) { p.Blocks[0].Tensor = 9 },
 	} {
-		q, _ := Decode(p.Encode())
+		q, _ := DecodePlacement(p.Encode())
 		mut(q)
-		if _, err := Decode(q.Encode()); err == nil {
+		if _, err := DecodePlacement(q.Encode()); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
 	}
-	if _, err := Decode([]byte("{")); err == nil {
+	if _, err := DecodePlacement([]byte("{")); err == nil {
 		t.Error("accepted bad JSON")
 	}
 }
@@ -168,7 +168,7 @@ func FuzzDecodePlacement(f *testing.F) {
 	f.Add(Place(testTensors, 4, 2).Encode())
 	f.Add([]byte(`{"shards":1,"block_size":1,"tensors":[{"name":"x","shape":[-1]}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		p, err := Decode(data)
+		p, err := DecodePlacement(data)
 		if err != nil {
 			return
 		}

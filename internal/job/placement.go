@@ -1,11 +1,4 @@
-// Package placement is the layout of a job's parameters on its parameter
-// server shards: the model's flat vector cut into blocks, each block placed
-// on a shard by bounded-load rendezvous hashing (Place), the placement's
-// JSON form in etcd (Encode, Decode) and its successors when the job is
-// re-placed (Reshard); and the consistency modes the shards apply pushes
-// in. It imports nothing of the servers' or the coordinator's, so that
-// every role can read a placement without linking the others.
-package placement
+package job
 
 import (
 	"encoding/json"
@@ -14,6 +7,13 @@ import (
 	"sort"
 
 	"github.com/downpour-ml/downpour/models"
+)
+
+// Consistency modes: how the shards apply the ranks' pushes.
+const (
+	Sync  = "sync"  // BSP: step t applied once every rank pushed it, summed in rank order
+	SSP   = "ssp"   // stale synchronous: apply on arrival; a pull at clock c waits for the slowest rank to reach c - staleness
+	Async = "async" // Downpour: apply on arrival; pulls never wait
 )
 
 // Block is one fixed-size piece of a tensor, the unit of placement, push and
@@ -211,9 +211,9 @@ func (p *Placement) Encode() []byte {
 	return b
 }
 
-// Decode parses a placement and checks that it is whole: blocks in id
+// DecodePlacement parses a placement and checks that it is whole: blocks in id
 // order, tiling the parameter vector exactly, each on a valid shard.
-func Decode(data []byte) (*Placement, error) {
+func DecodePlacement(data []byte) (*Placement, error) {
 	var p Placement
 	if err := json.Unmarshal(data, &p); err != nil {
 		return nil, fmt.Errorf("placement: %w", err)

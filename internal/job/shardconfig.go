@@ -1,9 +1,7 @@
-package config
+package job
 
 import (
 	"fmt"
-
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // Non-finite gradient policies (Shard.NonFinite).
@@ -12,8 +10,9 @@ const (
 	Skip   = "skip"   // accept the push but drop its non-finite blocks' updates
 )
 
-// Shard is what a shard's state machine needs to know of its job.
-type Shard struct {
+// ShardConfig is what a shard's state machine needs to know of its job:
+// its consistency mode, ranks and staleness, and its optimizer.
+type ShardConfig struct {
 	Mode      string    `json:"mode"`
 	Staleness int64     `json:"staleness,omitempty"`
 	Ranks     int       `json:"ranks"`
@@ -37,10 +36,10 @@ type Shard struct {
 }
 
 // Validate reports the first thing wrong with c.
-func (c Shard) Validate() error {
+func (c ShardConfig) Validate() error {
 	switch c.Mode {
-	case placement.Sync, placement.Async:
-	case placement.SSP:
+	case Sync, Async:
+	case SSP:
 		if c.Staleness < 0 {
 			return fmt.Errorf("staleness must not be negative (got %d)", c.Staleness)
 		}
@@ -53,7 +52,7 @@ func (c Shard) Validate() error {
 	if c.Keep < 0 || c.KeepBefore < 0 {
 		return fmt.Errorf("keep and keep_before must not be negative (got %d, %d)", c.Keep, c.KeepBefore)
 	}
-	if c.Keep > 0 && c.Mode != placement.Sync {
+	if c.Keep > 0 && c.Mode != Sync {
 		return fmt.Errorf("keep is for sync mode: a %s shard has no step boundaries", c.Mode)
 	}
 	if c.NonFinite != "" && c.NonFinite != Refuse && c.NonFinite != Skip {

@@ -1,10 +1,11 @@
-package jobetcd
+package job
 
-import (
-	"errors"
-	"strings"
+// The records the roles write to and read from the job's store.
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+// Job states (the store's state record).
+const (
+	StateRunning = "running"
+	StateDone    = "done"
 )
 
 // SnapshotRecord is what a shard records in etcd for a snapshot it wrote.
@@ -78,17 +79,4 @@ type Task struct {
 	Owner    string `json:"owner,omitempty"`
 	Deadline int64  `json:"deadline,omitempty"` // tick by which a pending task must be done
 	Attempts int    `json:"attempts,omitempty"` // times it was given out
-}
-
-// Transient reports whether err is one an etcd client outlives by asking
-// again: the cluster is electing a leader, or a request timed out with the
-// old one, or a watch's history was compacted (read afresh).
-func Transient(err error) bool {
-	for _, e := range []error{rpctypes.ErrNoLeader, rpctypes.ErrLeaderChanged, rpctypes.ErrTimeout,
-		rpctypes.ErrTimeoutDueToLeaderFail, rpctypes.ErrTimeoutDueToConnectionLost, rpctypes.ErrCompacted} {
-		if errors.Is(err, e) || strings.Contains(err.Error(), rpctypes.ErrorDesc(e)) {
-			return true
-		}
-	}
-	return false
 }

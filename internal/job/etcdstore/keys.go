@@ -26,7 +26,7 @@
 // subjects of v+1 only; every worker drops what it was doing and resumes at
 // step S under v+1. A rank's done is written only if the placement it ran
 // under is still current.
-package jobetcd
+package etcdstore
 
 import (
 	"fmt"
@@ -94,9 +94,3 @@ func (k Keys) Leader() string { return k.root + "leader/" }
 // Checkpoint holds the last complete checkpoint: a step for which every
 // shard has recorded its snapshot.
 func (k Keys) Checkpoint() string { return k.root + "checkpoint" }
-
-// Job states.
-const (
-	StateRunning = "running"
-	StateDone    = "done"
-)

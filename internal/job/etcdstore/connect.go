@@ -1,4 +1,4 @@
-package jobetcd
+package etcdstore
 
 import (
 	"context"

@@ -1,28 +1,26 @@
-package job
+package etcdstore
 
 import (
 	"context"
 	"fmt"
 	"time"
 
+	"github.com/downpour-ml/downpour/internal/job"
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
-
-	"github.com/downpour-ml/downpour/internal/jobetcd"
-	"github.com/downpour-ml/downpour/paramserver/placement"
 )
 
 // ReadPlacement returns the job's current placement and the etcd revision
 // that last changed it.
-func ReadPlacement(ctx context.Context, cli *clientv3.Client, name string) (*placement.Placement, int64, error) {
-	r, err := cli.Get(ctx, jobetcd.KeysFor(name).Placement())
+func ReadPlacement(ctx context.Context, cli *clientv3.Client, name string) (*job.Placement, int64, error) {
+	r, err := cli.Get(ctx, KeysFor(name).Placement())
 	if err != nil {
 		return nil, 0, fmt.Errorf("reading the placement: %w", err)
 	}
 	if len(r.Kvs) == 0 {
 		return nil, 0, fmt.Errorf("job %s has no placement", name)
 	}
-	p, err := placement.Decode(r.Kvs[0].Value)
+	p, err := job.DecodePlacement(r.Kvs[0].Value)
 	if err != nil {
 		return nil, 0, err
 	}
@@ -32,26 +30,26 @@ func ReadPlacement(ctx context.Context, cli *clientv3.Client, name string) (*pla
 // NextPlacement waits until the job's placement is newer than version and
 // returns it (with the revision that wrote it), or returns nil once the job
 // is done. Only ctx bounds the wait. It watches the job's state and
-// placement keys only (jobetcd.WaitKeys): every role waits here for the
+// placement keys only (WaitKeys): every role waits here for the
 // whole job.
-func NextPlacement(ctx context.Context, cli *clientv3.Client, name string, version int64) (*placement.Placement, int64, error) {
-	keys := jobetcd.KeysFor(name)
+func NextPlacement(ctx context.Context, cli *clientv3.Client, name string, version int64) (*job.Placement, int64, error) {
+	keys := KeysFor(name)
 	// An etcd leader change ends the watch (and may fail the read): read
 	// and watch again, which misses nothing, since the state and the
 	// placement are read afresh.
 	for ; ; time.Sleep(200 * time.Millisecond) {
-		var next *placement.Placement
+		var next *job.Placement
 		var rev int64
 		var bad error
-		err := jobetcd.WaitKeys(ctx, cli, []string{keys.State(), keys.Placement()}, 1<<62, func(kvs map[string]*mvccpb.KeyValue) bool {
-			if kv := kvs[keys.State()]; kv != nil && string(kv.Value) == jobetcd.StateDone {
+		err := WaitKeys(ctx, cli, []string{keys.State(), keys.Placement()}, 1<<62, func(kvs map[string]*mvccpb.KeyValue) bool {
+			if kv := kvs[keys.State()]; kv != nil && string(kv.Value) == job.StateDone {
 				return true
 			}
 			kv := kvs[keys.Placement()]
 			if kv == nil {
 				return false
 			}
-			p, err := placement.Decode(kv.Value)
+			p, err := job.DecodePlacement(kv.Value)
 			if err != nil {
 				bad = err
 				return true
@@ -65,7 +63,7 @@ func NextPlacement(ctx context.Context, cli *clientv3.Client, name string, versi
 		switch {
 		case err == nil:
 			return next, rev, bad
-		case jobetcd.Transient(err) && ctx.Err() == nil:
+		case Transient(err) && ctx.Err() == nil:
 			continue
 		case ctx.Err() != nil:
 			return nil, 0, ctx.Err()
@@ -77,21 +75,21 @@ func NextPlacement(ctx context.Context, cli *clientv3.Client, name string, versi
 
 // Find waits (up to timeout) for job name to exist in etcd and returns its
 // spec and block placement, which the coordinator writes together.
-func Find(ctx context.Context, cli *clientv3.Client, name string, timeout time.Duration) (*Spec, *placement.Placement, error) {
-	keys := jobetcd.KeysFor(name)
-	specData, err := jobetcd.Wait(ctx, cli, keys.Spec(), timeout)
+func Find(ctx context.Context, cli *clientv3.Client, name string, timeout time.Duration) (*job.Spec, *job.Placement, error) {
+	keys := KeysFor(name)
+	specData, err := Wait(ctx, cli, keys.Spec(), timeout)
 	if err != nil {
 		return nil, nil, fmt.Errorf("job %s not found (start its coordinator first): %w", name, err)
 	}
-	spec, err := DecodeSpec(specData)
+	spec, err := job.DecodeSpec(specData)
 	if err != nil {
 		return nil, nil, err
 	}
-	placeData, err := jobetcd.Wait(ctx, cli, keys.Placement(), timeout)
+	placeData, err := Wait(ctx, cli, keys.Placement(), timeout)
 	if err != nil {
 		return nil, nil, err
 	}
-	p, err := placement.Decode(placeData)
+	p, err := job.DecodePlacement(placeData)
 	if err != nil {
 		return nil, nil, err
 	}
