@@ -34,7 +34,7 @@ func TestRunAssignsAndFinishes(t *testing.T) {
 	finished := 0
 	errc := make(chan error, 1)
 	go func() {
-		errc <- Run(ctx, cli, Config{Spec: spec, Log: quiet, OnFinish: func(ctx context.Context, p *job.Placement) error {
+		errc <- Run(ctx, etcdstore.New(cli, spec.Name), Config{Spec: spec, Log: quiet, OnFinish: func(ctx context.Context, p *job.Placement) error {
 			finished++
 			return nil
 		}})
@@ -44,7 +44,7 @@ func TestRunAssignsAndFinishes(t *testing.T) {
 	}
 	other := spec
 	other.Steps++
-	if err := Run(ctx, cli, Config{Spec: other, Log: quiet}); !errors.Is(err, ErrSpecConflict) {
+	if err := Run(ctx, etcdstore.New(cli, other.Name), Config{Spec: other, Log: quiet}); !errors.Is(err, ErrSpecConflict) {
 		t.Fatalf("second coordinator with another spec: %v", err)
 	}
 	ranks := map[int]bool{}
@@ -80,7 +80,7 @@ func TestRunAssignsAndFinishes(t *testing.T) {
 	if v, _ := etcdstore.Wait(ctx, cli, keys.State(), time.Second); string(v) != job.StateDone {
 		t.Fatalf("state %q", v)
 	}
-	if err := Run(ctx, cli, Config{Spec: spec, Log: quiet}); !errors.Is(err, ErrJobDone) {
+	if err := Run(ctx, etcdstore.New(cli, spec.Name), Config{Spec: spec, Log: quiet}); !errors.Is(err, ErrJobDone) {
 		t.Fatalf("rerun of a finished job: %v", err)
 	}
 }
@@ -89,7 +89,7 @@ func TestRunJoinTimeout(t *testing.T) {
 	cli := testenv.Etcd(t)
 	spec := job.Default()
 	spec.Name = "lonely"
-	err := Run(context.Background(), cli, Config{Spec: spec, Log: quiet, JoinTimeout: 1500 * time.Millisecond})
+	err := Run(context.Background(), etcdstore.New(cli, spec.Name), Config{Spec: spec, Log: quiet, JoinTimeout: 1500 * time.Millisecond})
 	if err == nil || !strings.Contains(err.Error(), "2 ranks have had no worker") {
 		t.Fatalf("got %v", err)
 	}
@@ -99,7 +99,7 @@ func TestRunRefusesMoreShardsThanBlocks(t *testing.T) {
 	cli := testenv.Etcd(t)
 	spec := job.Default()
 	spec.Shards, spec.BlockSize = 1000, 2<<20
-	if err := Run(context.Background(), cli, Config{Spec: spec, Log: quiet}); err == nil || !strings.Contains(err.Error(), "lower --block-size") {
+	if err := Run(context.Background(), etcdstore.New(cli, spec.Name), Config{Spec: spec, Log: quiet}); err == nil || !strings.Contains(err.Error(), "lower --block-size") {
 		t.Fatalf("got %v", err)
 	}
 }
@@ -132,7 +132,7 @@ func TestRunReshard(t *testing.T) {
 	spec.Name, spec.Workers, spec.Shards, spec.CheckpointEvery = "rs", 2, 2, 10
 	keys := etcdstore.KeysFor(spec.Name)
 	errc := make(chan error, 1)
-	go func() { errc <- Run(ctx, cli, Config{Spec: spec, Log: quiet}) }()
+	go func() { errc <- Run(ctx, etcdstore.New(cli, spec.Name), Config{Spec: spec, Log: quiet}) }()
 	if _, err := etcdstore.Wait(ctx, cli, keys.Placement(), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -193,7 +193,7 @@ func TestRunResume(t *testing.T) {
 	spec := job.Default()
 	spec.Name, spec.Workers, spec.Shards, spec.CheckpointEvery = "re", 1, 2, 10
 	keys := etcdstore.KeysFor(spec.Name)
-	if err := Run(ctx, cli, Config{Spec: spec, Log: quiet, Resume: true}); !errors.Is(err, ErrNothingToResume) {
+	if err := Run(ctx, etcdstore.New(cli, spec.Name), Config{Spec: spec, Log: quiet, Resume: true}); !errors.Is(err, ErrNothingToResume) {
 		t.Fatalf("resuming a job that does not exist: %v", err)
 	}
 	if r, _ := cli.Get(ctx, keys.Root(), clientv3.WithPrefix(), clientv3.WithCountOnly()); r.Count != 0 {
@@ -201,7 +201,7 @@ func TestRunResume(t *testing.T) {
 	}
 	// The job runs for a while, then its coordinator stops.
 	runUntilPlaced(ctx, t, cli, spec)
-	if err := Run(ctx, cli, Config{Spec: spec, Log: quiet, Resume: true}); !errors.Is(err, ErrNothingToResume) {
+	if err := Run(ctx, etcdstore.New(cli, spec.Name), Config{Spec: spec, Log: quiet, Resume: true}); !errors.Is(err, ErrNothingToResume) {
 		t.Fatalf("resuming without a checkpoint: %v", err)
 	}
 	cp, _ := json.Marshal(job.CheckpointRecord{Step: 30, Placement: 1, Files: []string{"a", "b"}})
@@ -209,7 +209,7 @@ func TestRunResume(t *testing.T) {
 	cli.Put(ctx, keys.Done(0), "1")
 	rctx, stop := context.WithCancel(ctx)
 	errc := make(chan error, 1)
-	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet, Resume: true}) }()
+	go func() { errc <- Run(rctx, etcdstore.New(cli, spec.Name), Config{Spec: spec, Log: quiet, Resume: true}) }()
 	err := etcdstore.WaitPrefix(ctx, cli, keys.Placement(), 10*time.Second, func(kvs map[string][]byte) bool {
 		p, err := job.DecodePlacement(kvs[keys.Placement()])
 		return err == nil && p.Version == 2
@@ -240,7 +240,7 @@ func TestExecWritesTasksAndQueueAtOnce(t *testing.T) {
 	ctx := context.Background()
 	spec := job.Default()
 	keys := etcdstore.KeysFor(spec.Name)
-	c := &run{cli: cli, cfg: Config{Spec: spec, Log: quiet}, keys: keys}
+	c := &run{st: etcdstore.New(cli, spec.Name), cfg: Config{Spec: spec, Log: quiet}}
 	q := NewTasks(2, 100, 50, 60, 3)
 	before := q.clone()
 	t1, _ := q.Next("w1")
@@ -291,7 +291,7 @@ func TestRunResumeWithADeadHolder(t *testing.T) {
 	rctx, stop := context.WithCancel(ctx)
 	errc := make(chan error, 1)
 	defer stop()
-	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet, Resume: true}) }()
+	go func() { errc <- Run(rctx, etcdstore.New(cli, spec.Name), Config{Spec: spec, Log: quiet, Resume: true}) }()
 	err := etcdstore.WaitPrefix(ctx, cli, keys.Placement(), 10*time.Second, func(kvs map[string][]byte) bool {
 		p, err := job.DecodePlacement(kvs[keys.Placement()])
 		return err == nil && p.Version == 3
@@ -316,7 +316,7 @@ func runUntilPlaced(ctx context.Context, t *testing.T, cli *clientv3.Client, spe
 	t.Helper()
 	rctx, stop := context.WithCancel(ctx)
 	errc := make(chan error, 1)
-	go func() { errc <- Run(rctx, cli, Config{Spec: spec, Log: quiet}) }()
+	go func() { errc <- Run(rctx, etcdstore.New(cli, spec.Name), Config{Spec: spec, Log: quiet}) }()
 	if _, err := etcdstore.Wait(ctx, cli, etcdstore.KeysFor(spec.Name).Placement(), 10*time.Second); err != nil {
 		t.Fatal(err)
 	}

@@ -2,17 +2,11 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/mvccpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
-
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 )
 
 // A trainer runs a rank's steps of one model under one placement: the
@@ -39,7 +33,7 @@ var ErrFenced = errors.New("fenced off")
 // job's placement by then. If the job is re-placed first, runEra drops what
 // it was doing and returns the new placement.
 func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p *job.Placement, rev int64,
-	lease *etcdstore.Lease, pushed *int64) (*job.Placement, int64, error) {
+	lease job.Lease, pushed *int64) (*job.Placement, int64, error) {
 	log := cfg.Log.With("worker", cfg.ID)
 	var t trainer
 	var err error
@@ -125,7 +119,7 @@ func watchPlacement(ectx, ctx context.Context, cancel context.CancelFunc, cfg Co
 	}
 	nextCh := make(chan era, 1)
 	go func() {
-		next, rev, err := etcdstore.NextPlacement(ectx, cfg.Etcd, cfg.Job, version)
+		next, rev, err := cfg.Store.NextPlacement(ectx, version)
 		if next != nil || err == nil && spec.UsesTasks() {
 			cancel()
 		}
@@ -150,14 +144,7 @@ func watchPlacement(ectx, ctx context.Context, cancel context.CancelFunc, cfg Co
 // reportDone writes rank a.Rank done if the job's placement is still the
 // one written at etcd revision rev, and says whether it was.
 func reportDone(ctx context.Context, cfg Config, a job.Assignment, rev int64) (bool, error) {
-	keys := etcdstore.KeysFor(cfg.Job)
-	r, err := cfg.Etcd.Txn(ctx).If(clientv3.Compare(clientv3.ModRevision(keys.Placement()), "=", rev)).
-		Then(clientv3.OpPut(keys.Done(a.Rank), strconv.FormatUint(a.Epoch, 10))).
-		Commit()
-	if err != nil {
-		return false, fmt.Errorf("reporting rank %d done: %w", a.Rank, err)
-	}
-	return r.Succeeded, nil
+	return cfg.Store.RankDone(ctx, a, rev)
 }
 
 // at names the step a trainer runs: the batch of step Data of data shard
@@ -189,17 +176,11 @@ func (s at) progress(spec *job.Spec, rank int) (uint32, int64) {
 // the rank is idle between tasks (it does not hold the others back), and
 // starts each task at the job's clock (the slowest active rank's), so that
 // the others do not wait for it to catch up.
-func runTasks(ctx context.Context, cfg Config, spec *job.Spec, t trainer, lease *etcdstore.Lease, pushed *int64) error {
-	keys := etcdstore.KeysFor(cfg.Job)
+func runTasks(ctx context.Context, cfg Config, spec *job.Spec, t trainer, lease job.Lease, pushed *int64) error {
 	log := cfg.Log.With("worker", cfg.ID)
 	var last job.Task
 	for {
-		var task job.Task
-		err := etcdstore.WaitKeys(ctx, cfg.Etcd, []string{keys.TaskOf(cfg.ID)}, 1<<62, func(kvs map[string]*mvccpb.KeyValue) bool {
-			task = job.Task{}
-			kv := kvs[keys.TaskOf(cfg.ID)]
-			return kv != nil && json.Unmarshal(kv.Value, &task) == nil && task.ID >= 0 && task != last
-		})
+		task, err := cfg.Store.NextTask(ctx, cfg.ID, last)
 		if err != nil {
 			return err
 		}
@@ -227,9 +208,8 @@ func runTasks(ctx context.Context, cfg Config, spec *job.Spec, t trainer, lease 
 				return fmt.Errorf("saying the rank is idle: %w", err)
 			}
 		}
-		b, _ := json.Marshal(task)
-		if _, err := cfg.Etcd.Put(ctx, keys.TaskDone(cfg.ID), string(b)); err != nil {
-			return fmt.Errorf("reporting task %d done: %w", task.ID, err)
+		if err := cfg.Store.TaskDone(ctx, cfg.ID, task); err != nil {
+			return err
 		}
 		last = task
 	}

@@ -99,7 +99,7 @@ func (r *stepRig) run(t *testing.T, n int64) []wire.Progress {
 		t.Fatal(err)
 	}
 	defer sub.Unsubscribe()
-	tr, err := newSeq2SeqTrainer(Config{Job: r.spec.Name, NATS: r.nc, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), StepTimeout: 30 * time.Second},
+	tr, err := newSeq2SeqTrainer(Config{NATS: r.nc, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), StepTimeout: 30 * time.Second},
 		r.spec, job.Assignment{Rank: 0, Epoch: 1, DataShard: 0}, r.p)
 	if err != nil {
 		t.Fatal(err)

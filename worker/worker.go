@@ -4,7 +4,10 @@
 // the loss and gradient of a batch of its data shard, clips the gradient and
 // pushes it.
 //
-//	err := worker.Run(ctx, worker.Config{Job: "demo", ID: "w1", NATS: nc, Etcd: cli})
+//	err := worker.Run(ctx, worker.Config{Store: store, ID: "w1", NATS: nc})
+//
+// where store is the job's (job.Store: etcdstore.New(cli, "demo") on a real
+// cluster).
 //
 // Run (worker.go) is membership: the lease, the rank, and one era per
 // placement of the job. An era (era.go) runs the rank's steps, or the
@@ -19,7 +22,6 @@ package worker
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -27,11 +29,8 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"go.etcd.io/etcd/api/v3/mvccpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/latency"
 	"github.com/downpour-ml/downpour/internal/wire"
 )
@@ -39,11 +38,10 @@ import (
 // Config is a worker's connections and limits. Zero values get the defaults
 // named on each field.
 type Config struct {
-	Job  string
-	ID   string // unique among the job's workers; default host-pid-time
-	NATS *nats.Conn
-	Etcd *clientv3.Client
-	Log  *slog.Logger
+	Store job.Store // the job's
+	ID    string    // unique among the job's workers; default host-pid-time
+	NATS  *nats.Conn
+	Log   *slog.Logger
 	// LeaseTTL is the lease of the worker's membership, in seconds; default 10.
 	LeaseTTL int64
 	// WaitTimeout bounds each wait for the job (spec, rank, placement,
@@ -78,17 +76,16 @@ func (c *Config) defaults() {
 // Run joins the job and trains until its last step is pushed.
 func Run(ctx context.Context, cfg Config) (err error) {
 	cfg.defaults()
-	if err := wire.ValidJob(cfg.Job); err != nil {
+	if err := wire.ValidJob(cfg.Store.Name()); err != nil {
 		return err
 	}
-	keys := etcdstore.KeysFor(cfg.Job)
 	log := cfg.Log.With("worker", cfg.ID)
 
-	spec, p, err := etcdstore.Find(ctx, cfg.Etcd, cfg.Job, cfg.WaitTimeout)
+	spec, p, err := cfg.Store.Find(ctx, cfg.WaitTimeout)
 	if err != nil {
 		return err
 	}
-	lease, err := etcdstore.Grant(ctx, cfg.Etcd, cfg.LeaseTTL)
+	lease, err := cfg.Store.Grant(ctx, cfg.LeaseTTL)
 	if err != nil {
 		return err
 	}
@@ -109,46 +106,31 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			err = c
 		}
 	}()
-	if _, err := cfg.Etcd.Put(ctx, keys.Worker(cfg.ID), "{}", clientv3.WithLease(lease.ID)); err != nil {
-		return fmt.Errorf("registering worker: %w", err)
+	if err := cfg.Store.JoinWorker(ctx, lease, cfg.ID); err != nil {
+		return err
 	}
 	// Wait for a rank, as long as the job runs: a spare worker waits until
 	// a rank is free, and leaves when the job ends without needing it.
-	var assignData []byte
-	jobDone := false
-	err = etcdstore.WaitKeys(ctx, cfg.Etcd, []string{keys.Assign(cfg.ID), keys.State()}, 1<<62, func(kvs map[string]*mvccpb.KeyValue) bool {
-		if kv := kvs[keys.Assign(cfg.ID)]; kv != nil {
-			assignData = kv.Value
-		}
-		jobDone = kvs[keys.State()] != nil && string(kvs[keys.State()].Value) == job.StateDone
-		return assignData != nil || jobDone
-	})
+	a, err := cfg.Store.WaitAssignment(ctx, cfg.ID)
 	if err != nil {
-		return fmt.Errorf("waiting for a rank: %w", err)
+		return err
 	}
-	if assignData == nil {
+	if a == nil {
 		log.Info("the job is done; it did not need this worker")
 		return nil
 	}
-	var a job.Assignment
-	if err := json.Unmarshal(assignData, &a); err != nil {
-		return fmt.Errorf("assignment: %w", err)
-	}
-	err = etcdstore.WaitPrefix(ctx, cfg.Etcd, keys.Shards(), cfg.WaitTimeout, func(kvs map[string][]byte) bool {
-		return len(kvs) >= p.Shards
-	})
-	if err != nil {
-		return fmt.Errorf("waiting for %d parameter-server shards: %w", p.Shards, err)
+	if err := cfg.Store.WaitShards(ctx, p.Shards, cfg.WaitTimeout); err != nil {
+		return err
 	}
 	log.Info("joined", "rank", a.Rank, "epoch", a.Epoch, "data_shard", a.DataShard)
 
-	p, rev, err := etcdstore.ReadPlacement(ctx, cfg.Etcd, cfg.Job)
+	p, rev, err := cfg.Store.Placement(ctx)
 	if err != nil {
 		return err
 	}
 	var pushed int64 // with tasks: the rank's steps so far (its push numbering never goes back)
 	for {
-		next, nextRev, err := runEra(ctx, cfg, spec, a, p, rev, lease, &pushed)
+		next, nextRev, err := runEra(ctx, cfg, spec, *a, p, rev, lease, &pushed)
 		if err != nil || next == nil {
 			if err == nil {
 				log.Info("job done", "rank", a.Rank)
@@ -157,12 +139,11 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		}
 		// A worker that was given up on (its lease ran out while it was
 		// frozen or cut off) has lost its rank: it must not run again.
-		cur, err := cfg.Etcd.Get(ctx, keys.Assign(cfg.ID))
+		now, err := cfg.Store.Assignment(ctx, cfg.ID)
 		if err != nil {
 			return fmt.Errorf("re-reading its rank: %w", err)
 		}
-		var now job.Assignment
-		if len(cur.Kvs) == 0 || json.Unmarshal(cur.Kvs[0].Value, &now) != nil || now != a {
+		if now == nil || *now != *a {
 			return fmt.Errorf("%w: rank %d epoch %d is no longer this worker's", ErrFenced, a.Rank, a.Epoch)
 		}
 		select {

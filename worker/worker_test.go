@@ -23,7 +23,7 @@ func TestUnknownJobTimesOut(t *testing.T) {
 	nc := testenv.Conn(t, c.NATSURL)
 	cli := testenv.EtcdClient(t, c.EtcdEndpoints)
 	start := time.Now()
-	err := Run(context.Background(), Config{Job: "ghost", NATS: nc, Etcd: cli, WaitTimeout: 300 * time.Millisecond,
+	err := Run(context.Background(), Config{Store: etcdstore.New(cli, "ghost"), NATS: nc, WaitTimeout: 300 * time.Millisecond,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	if !errors.Is(err, etcdstore.ErrTimeout) || !strings.Contains(err.Error(), "start its coordinator first") {
 		t.Fatalf("got %v", err)
@@ -35,7 +35,7 @@ func TestUnknownJobTimesOut(t *testing.T) {
 	if len(r.Kvs) != 0 {
 		t.Fatalf("left keys behind: %v", r.Kvs)
 	}
-	if err := Run(context.Background(), Config{Job: "bad.name", NATS: nc, Etcd: cli}); err == nil {
+	if err := Run(context.Background(), Config{Store: etcdstore.New(cli, "bad.name"), NATS: nc}); err == nil {
 		t.Fatal("accepted an invalid job name")
 	}
 }

@@ -20,9 +20,9 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/coordinator/status"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/downpour-ml/downpour/internal/rundir"
 	"github.com/downpour-ml/downpour/internal/telemetry"
@@ -41,7 +41,7 @@ var web embed.FS
 type dashboard struct {
 	job    string
 	role   string
-	cli    *clientv3.Client
+	cli    *etcdstore.Client
 	nc     *nats.Conn
 	runDir string // "" where this role has none
 	// stepsPerEpoch sets the curves' x axis (0: steps).
@@ -85,7 +85,7 @@ func (d *dashboard) status(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 3*time.Second)
 	defer cancel()
-	st, err := status.Read(ctx, d.cli, d.nc, d.job)
+	st, err := status.Read(ctx, d.cli.Job(d.job), d.nc)
 	if err != nil {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"role": d.role, "job": d.job, "error": err.Error()})
 		return

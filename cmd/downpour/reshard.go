@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -10,8 +9,6 @@ import (
 	"time"
 
 	"github.com/downpour-ml/downpour/internal/auth"
-	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 )
 
 // cmdReshard asks a running job's coordinator to move the job to another
@@ -38,18 +35,14 @@ func cmdReshard(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer cli.Close()
-	if _, _, err := etcdstore.ReadPlacement(ctx, cli, *name); err != nil {
+	st := cli.Job(*name)
+	if _, _, err := st.Placement(ctx); err != nil {
 		return err
 	}
-	keys := etcdstore.KeysFor(*name)
-	req, _ := json.Marshal(job.ReshardRequest{Shards: *shards})
-	if _, err := cli.Put(ctx, keys.Reshard(), string(req)); err != nil {
-		return fmt.Errorf("asking for the reshard: %w", err)
+	if err := st.RequestReshard(ctx, *shards); err != nil {
+		return err
 	}
-	var ans job.ReshardRequest
-	err = etcdstore.WaitPrefix(ctx, cli, keys.Reshard(), *wait, func(kvs map[string][]byte) bool {
-		return json.Unmarshal(kvs[keys.Reshard()], &ans) == nil && ans.Status != ""
-	})
+	ans, err := st.ReshardAnswer(ctx, *wait)
 	if err != nil {
 		return fmt.Errorf("no answer from the coordinator of job %s (is it running?): %w", *name, err)
 	}

@@ -20,13 +20,13 @@ import (
 	"github.com/downpour-ml/downpour/internal/cluster"
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/latency"
 	"github.com/downpour-ml/downpour/internal/rundir"
 	"github.com/downpour-ml/downpour/paramserver"
 	"github.com/downpour-ml/downpour/paramserver/node"
 	"github.com/downpour-ml/downpour/worker"
 	"github.com/nats-io/nats.go"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // coordinatorTTL is the lease, in seconds, of a coordinator's leadership: a
@@ -103,7 +103,7 @@ func cmdCoordinator(ctx context.Context, args []string, stdout, stderr io.Writer
 		return err
 	}
 	defer stopDash()
-	_, err = jobrun.Coordinate(r.ctx, jobrun.Config{Etcd: r.cli, NATS: r.nc, Spec: spec, Out: *out, Resume: rp, LeaseTTL: coordinatorTTL, Console: stdout, Log: r.log})
+	_, err = jobrun.Coordinate(r.ctx, jobrun.Config{Store: r.cli.Job(spec.Name), NATS: r.nc, Spec: spec, Out: *out, Resume: rp, LeaseTTL: coordinatorTTL, Console: stdout, Log: r.log})
 	err = cluster.Cause(r.ctx, err)
 	if errors.Is(err, coordinator.ErrJobDone) {
 		// Another coordinator finished it (this one stood by): nothing to do.
@@ -136,7 +136,7 @@ func coordinatorRunDir(out *string, spec *job.Spec, resuming bool) error {
 // NATS connection, its logger, and a context that ends (cluster.Cause says
 // why) once NATS has stayed unreachable for --give-up.
 type roleProcess struct {
-	cli   *clientv3.Client
+	cli   *etcdstore.Client
 	nc    *nats.Conn
 	log   *slog.Logger
 	ctx   context.Context
@@ -213,7 +213,7 @@ func cmdPS(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer stopDash()
-	return cluster.Cause(r.ctx, node.Run(r.ctx, node.Config{Job: *name, NATS: r.nc, Etcd: r.cli, Log: r.log, Shard: *shard,
+	return cluster.Cause(r.ctx, node.Run(r.ctx, node.Config{Store: r.cli.Job(*name), NATS: r.nc, Log: r.log, Shard: *shard,
 		DataDir: *dataDir, Restore: *restore, LeaseTTL: *ttl, WaitTimeout: *wait,
 		Ready: func(i int, _ *paramserver.Service) { fmt.Fprintf(stdout, "serving shard %d of job %s\n", i, *name) }}))
 }
@@ -249,7 +249,7 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *stats != "" {
 		rec = &latency.Recorder{}
 	}
-	err = worker.Run(r.ctx, worker.Config{Job: *name, ID: *id, NATS: r.nc, Etcd: r.cli, Log: r.log, LeaseTTL: *ttl, WaitTimeout: *wait, Record: rec})
+	err = worker.Run(r.ctx, worker.Config{Store: r.cli.Job(*name), ID: *id, NATS: r.nc, Log: r.log, LeaseTTL: *ttl, WaitTimeout: *wait, Record: rec})
 	if rec != nil {
 		if werr := latency.WriteFile(*stats, rec.Summary()); werr != nil {
 			err = errors.Join(err, werr)

@@ -60,7 +60,7 @@ func cmdStatus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		}
 		defer nc.Close()
 	}
-	st, err := status.Read(ctx, cli, nc, *name)
+	st, err := status.Read(ctx, cli.Job(*name), nc)
 	if err != nil {
 		return fmt.Errorf("%w (etcd at %s)", err, ep.Etcd)
 	}

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/coordinator/jobrun"
 	"github.com/downpour-ml/downpour/internal/auth"
@@ -276,7 +275,8 @@ func resumeTrain(ctx context.Context, out, name string, ep endpoints, stdout, st
 
 type lossRecord struct{ Loss float64 }
 
-type roleConns struct{ cli *clientv3.Client }
+// roleConns are a role's own connections: its store of the job.
+type roleConns struct{ st job.Store }
 
 // trainAll runs the coordinator, the shards and the workers of spec in this
 // process, each with its own NATS connection and etcd client, exactly as
@@ -314,7 +314,7 @@ func trainAll(ctx context.Context, spec job.Spec, ep endpoints, out string, resu
 				return
 			}
 			defer nc.Close()
-			fail(name, f(ctx, nc, roleConns{cli: cli}))
+			fail(name, f(ctx, nc, roleConns{st: cli.Job(spec.Name)}))
 		})
 	}
 	role("coordinator", func(ctx context.Context, nc *nats.Conn, r roleConns) error {
@@ -322,7 +322,7 @@ func trainAll(ctx context.Context, spec job.Spec, ep endpoints, out string, resu
 		if ep.InProcess != nil { // the embedded cluster: nobody to fail over to
 			ttl = embeddedCoordinatorTTL
 		}
-		col, err := jobrun.Coordinate(ctx, jobrun.Config{Etcd: r.cli, NATS: nc, Spec: spec, Out: out, Resume: resume, LeaseTTL: ttl, Console: stdout, Log: log})
+		col, err := jobrun.Coordinate(ctx, jobrun.Config{Store: r.st, NATS: nc, Spec: spec, Out: out, Resume: resume, LeaseTTL: ttl, Console: stdout, Log: log})
 		if col != nil {
 			if f, l := col.Span(); f != nil {
 				first, last = &lossRecord{f.Loss}, &lossRecord{l.Loss}
@@ -336,13 +336,13 @@ func trainAll(ctx context.Context, spec job.Spec, ep endpoints, out string, resu
 	}
 	for i := 0; i < shards; i++ {
 		role(fmt.Sprintf("ps %d", i), func(ctx context.Context, nc *nats.Conn, r roleConns) error {
-			return node.Run(ctx, node.Config{Job: spec.Name, NATS: nc, Etcd: r.cli, Log: log, Shard: i,
+			return node.Run(ctx, node.Config{Store: r.st, NATS: nc, Log: log, Shard: i,
 				DataDir: filepath.Join(out, fmt.Sprintf("ps-%d", i))})
 		})
 	}
 	for i := 0; i < spec.Workers; i++ {
 		role(fmt.Sprintf("worker %d", i), func(ctx context.Context, nc *nats.Conn, r roleConns) error {
-			return worker.Run(ctx, worker.Config{Job: spec.Name, ID: fmt.Sprintf("local-%d", i), NATS: nc, Etcd: r.cli, Log: log})
+			return worker.Run(ctx, worker.Config{Store: r.st, ID: fmt.Sprintf("local-%d", i), NATS: nc, Log: log})
 		})
 	}
 	wg.Wait()

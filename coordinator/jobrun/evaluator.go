@@ -10,12 +10,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/checkpoint"
 	"github.com/downpour-ml/downpour/internal/evaluate"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/telemetry"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/paramserver"
@@ -33,7 +31,7 @@ type evaluator struct {
 	score evaluate.Scorer
 	col   *telemetry.Collector
 	nc    *nats.Conn
-	cli   *clientv3.Client
+	st    job.Store
 	// The curves in the run directory are drawn again after each evaluation.
 	out           string
 	stepsPerEpoch float64
@@ -48,7 +46,7 @@ func (e *evaluator) run(ctx context.Context, finishing <-chan struct{}, resume *
 	if spec.EvalEvery == 0 {
 		return
 	}
-	if _, err := etcdstore.Wait(ctx, e.cli, etcdstore.KeysFor(spec.Name).Placement(), 5*time.Minute); err != nil {
+	if _, _, err := e.st.Find(ctx, 5*time.Minute); err != nil {
 		return
 	}
 	step := spec.EvalEvery
@@ -111,7 +109,7 @@ func (e *evaluator) final(ctx context.Context, p *job.Placement) error {
 func (e *evaluator) clock(ctx context.Context) (int64, error) {
 	ctx, cancel := context.WithTimeout(ctx, time.Minute)
 	defer cancel()
-	p, _, err := etcdstore.ReadPlacement(ctx, e.cli, e.spec.Name)
+	p, _, err := e.st.Placement(ctx)
 	if err != nil {
 		return 0, err
 	}
@@ -148,7 +146,7 @@ func (e *evaluator) pullBefore(ctx context.Context, finishing <-chan struct{}, s
 // steps of a GAN run is 10 minutes or more away): ctx ends it with the job.
 func (e *evaluator) pull(ctx context.Context, step int64, exact bool) ([]float32, error) {
 	for {
-		p, _, err := etcdstore.ReadPlacement(ctx, e.cli, e.spec.Name)
+		p, _, err := e.st.Placement(ctx)
 		if err != nil {
 			return nil, err
 		}
@@ -159,7 +157,7 @@ func (e *evaluator) pull(ctx context.Context, step int64, exact bool) ([]float32
 		params := make([]float32, p.Size())
 		pctx, moved := context.WithCancel(ctx)
 		go func() {
-			if next, _, _ := etcdstore.NextPlacement(pctx, e.cli, e.spec.Name, p.Version); next != nil {
+			if next, _, _ := e.st.NextPlacement(pctx, p.Version); next != nil {
 				moved()
 			}
 		}()

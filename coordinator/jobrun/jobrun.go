@@ -19,12 +19,10 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/coordinator"
 	"github.com/downpour-ml/downpour/internal/evaluate"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/telemetry"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/paramserver"
@@ -32,9 +30,9 @@ import (
 
 // Config is a coordinator's job and where it runs.
 type Config struct {
-	Etcd *clientv3.Client
-	NATS *nats.Conn
-	Spec job.Spec
+	Store job.Store // the job's
+	NATS  *nats.Conn
+	Spec  job.Spec
 	// Out is the run directory; it must exist.
 	Out string
 	// Resume, when set, continues a stopped job from its last complete
@@ -60,7 +58,7 @@ const snapshotTimeout = 5 * time.Second
 // others stand by and the oldest takes over when the leader dies, carrying
 // on from the job's state in etcd.
 func Coordinate(ctx context.Context, cfg Config) (*telemetry.Collector, error) {
-	spec, cli, nc, log := cfg.Spec, cfg.Etcd, cfg.NATS, cfg.Log
+	spec, st, nc, log := cfg.Spec, cfg.Store, cfg.NATS, cfg.Log
 	// A block that does not fit in a message would end every worker at its
 	// first push, and the job would wait for workers that cannot start:
 	// refuse it before it starts.
@@ -89,14 +87,14 @@ func Coordinate(ctx context.Context, cfg Config) (*telemetry.Collector, error) {
 	if err != nil {
 		return nil, err
 	}
-	ev := &evaluator{spec: &spec, score: score, col: col, nc: nc, cli: cli, out: cfg.Out, stepsPerEpoch: spe, log: log}
+	ev := &evaluator{spec: &spec, score: score, col: col, nc: nc, st: st, out: cfg.Out, stepsPerEpoch: spe, log: log}
 	// Periodic evaluations, while training runs.
 	ectx, stopEval := context.WithCancel(ctx)
 	finishing := make(chan struct{}) // closed when the job has done its steps
 	var evalDone sync.WaitGroup
 	evalDone.Go(func() { ev.run(ectx, finishing, cfg.Resume, tookOver) })
 	defer func() { stopEval(); evalDone.Wait() }()
-	err = coordinator.Run(ctx, cli, coordinator.Config{Spec: spec, Log: log, Resume: cfg.Resume != nil, Leader: lead,
+	err = coordinator.Run(ctx, st, coordinator.Config{Spec: spec, Log: log, Resume: cfg.Resume != nil, Leader: lead,
 		Snapshot: func(ctx context.Context, p *job.Placement, step int64) error {
 			c, err := paramserver.NewClient(nc, spec.Name, p, 0, 0)
 			if err != nil {
@@ -139,8 +137,8 @@ func Coordinate(ctx context.Context, cfg Config) (*telemetry.Collector, error) {
 // same name but another spec, and waits to lead the job (printing, when a
 // leader is there, that it stands by). tookOver says whether the job was
 // already running when this coordinator came to lead it.
-func campaign(ctx context.Context, cfg Config) (lead *coordinator.Leadership, tookOver bool, err error) {
-	spec, cli := cfg.Spec, cfg.Etcd
+func campaign(ctx context.Context, cfg Config) (lead job.Leadership, tookOver bool, err error) {
+	spec, st := cfg.Spec, cfg.Store
 	// The run directory describes its job, for the tools that read it later
 	// (and for this coordinator, should it be restarted).
 	if err := os.WriteFile(filepath.Join(cfg.Out, "job.json"), spec.Encode(), 0o644); err != nil {
@@ -148,26 +146,26 @@ func campaign(ctx context.Context, cfg Config) (lead *coordinator.Leadership, to
 	}
 	// A coordinator for another job of the same name is refused before it
 	// stands by, not when it would take over.
-	r, err := cli.Get(ctx, etcdstore.KeysFor(spec.Name).Spec())
+	stored, err := st.StoredSpec(ctx)
 	if err != nil {
-		return nil, false, fmt.Errorf("reading job %s: %w", spec.Name, err)
-	} else if len(r.Kvs) > 0 && !bytes.Equal(r.Kvs[0].Value, spec.Encode()) {
-		return nil, false, fmt.Errorf("job %s: %w (stored: %s)", spec.Name, coordinator.ErrSpecConflict, r.Kvs[0].Value)
+		return nil, false, err
+	} else if stored != nil && !bytes.Equal(stored, spec.Encode()) {
+		return nil, false, fmt.Errorf("job %s: %w (stored: %s)", spec.Name, coordinator.ErrSpecConflict, stored)
 	}
 	host, _ := os.Hostname()
 	id := fmt.Sprintf("%s-%d", host, os.Getpid())
-	if leader, err := coordinator.Leader(ctx, cli, spec.Name); err == nil && leader != "" && cfg.Console != nil {
+	if leader, err := st.Leader(ctx); err == nil && leader != "" && cfg.Console != nil {
 		fmt.Fprintf(cfg.Console, "standing by: %s leads job %s\n", leader, spec.Name)
 	}
-	lead, err = coordinator.Campaign(ctx, cli, spec.Name, id, cfg.LeaseTTL)
+	lead, err = st.Campaign(ctx, id, cfg.LeaseTTL)
 	if err != nil {
 		return nil, false, err
 	}
 	// A leader that finds the job already there takes over a running job.
-	r, err = cli.Get(ctx, etcdstore.KeysFor(spec.Name).Spec())
+	stored, err = st.StoredSpec(ctx)
 	if err != nil {
 		lead.Resign(context.WithoutCancel(ctx))
-		return nil, false, fmt.Errorf("reading job %s: %w", spec.Name, err)
+		return nil, false, err
 	}
-	return lead, len(r.Kvs) > 0 && cfg.Resume == nil, nil
+	return lead, stored != nil && cfg.Resume == nil, nil
 }

@@ -2,12 +2,8 @@ package jobrun
 
 import (
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
-	"sort"
-	"strings"
-
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/coordinator"
 	"github.com/downpour-ml/downpour/internal/job"
@@ -21,53 +17,30 @@ type ResumePoint struct {
 }
 
 // FindResumable reads the spec, placement and last complete checkpoint of
-// the stopped job name in etcd, or of its only job when name is empty.
-func FindResumable(ctx context.Context, cli *clientv3.Client, name string) (job.Spec, ResumePoint, error) {
+// the stopped job name in the cluster's store, or of its only job when name
+// is empty.
+func FindResumable(ctx context.Context, c *etcdstore.Client, name string) (job.Spec, ResumePoint, error) {
 	if name == "" {
-		r, err := cli.Get(ctx, "/downpour/jobs/", clientv3.WithPrefix(), clientv3.WithKeysOnly())
+		names, err := c.Jobs(ctx)
 		if err != nil {
-			return job.Spec{}, ResumePoint{}, fmt.Errorf("listing jobs: %w", err)
+			return job.Spec{}, ResumePoint{}, err
 		}
-		var names []string
-		for _, kv := range r.Kvs {
-			if n, ok := strings.CutSuffix(strings.TrimPrefix(string(kv.Key), "/downpour/jobs/"), "/spec"); ok && !strings.Contains(n, "/") {
-				names = append(names, n)
-			}
-		}
-		sort.Strings(names)
 		if len(names) != 1 {
 			return job.Spec{}, ResumePoint{}, fmt.Errorf("%w: the cluster holds jobs %v: name one with --job", coordinator.ErrNothingToResume, names)
 		}
 		name = names[0]
 	}
-	keys := etcdstore.KeysFor(name)
-	r, err := cli.Txn(ctx).Then(clientv3.OpGet(keys.Spec()), clientv3.OpGet(keys.State()), clientv3.OpGet(keys.Checkpoint())).Commit()
-	if err != nil {
-		return job.Spec{}, ResumePoint{}, fmt.Errorf("reading job %s: %w", name, err)
-	}
-	get := func(i int) []byte {
-		if kvs := r.Responses[i].GetResponseRange().Kvs; len(kvs) > 0 {
-			return kvs[0].Value
-		}
-		return nil
-	}
-	if get(0) == nil {
+	lk, err := c.Job(name).Look(ctx)
+	if errors.Is(err, job.ErrNoJob) {
 		return job.Spec{}, ResumePoint{}, fmt.Errorf("job %s: %w: no such job", name, coordinator.ErrNothingToResume)
-	}
-	spec, err := job.DecodeSpec(get(0))
-	if err != nil {
+	} else if err != nil {
 		return job.Spec{}, ResumePoint{}, err
 	}
-	if string(get(1)) == job.StateDone {
+	if lk.State == job.StateDone {
 		return job.Spec{}, ResumePoint{}, fmt.Errorf("job %s: %w", name, coordinator.ErrJobDone)
 	}
-	var cp job.CheckpointRecord
-	if get(2) == nil || json.Unmarshal(get(2), &cp) != nil {
+	if lk.Checkpoint == nil {
 		return job.Spec{}, ResumePoint{}, fmt.Errorf("job %s: %w: no complete checkpoint (train with --checkpoint-every)", name, coordinator.ErrNothingToResume)
 	}
-	p, _, err := etcdstore.ReadPlacement(ctx, cli, name)
-	if err != nil {
-		return job.Spec{}, ResumePoint{}, err
-	}
-	return *spec, ResumePoint{From: cp.Step, Shards: p.Shards}, nil
+	return *lk.Spec, ResumePoint{From: lk.Checkpoint.Step, Shards: lk.Placement.Shards}, nil
 }

@@ -9,21 +9,18 @@ package status
 import (
 	"cmp"
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	"go.etcd.io/etcd/api/v3/mvccpb"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/coordinator"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/rundir"
 	"github.com/downpour-ml/downpour/paramserver"
 )
@@ -85,49 +82,38 @@ type Shard struct {
 	LeaseLeft string `json:"lease_left"`
 }
 
-// Read reads job name's status; with nc, it also asks each shard for its
-// clock.
-func Read(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, name string) (*Job, error) {
-	keys := etcdstore.KeysFor(name)
-	r, err := cli.Get(ctx, keys.Root(), clientv3.WithPrefix())
-	if err != nil {
-		return nil, fmt.Errorf("reading job %s: %w", name, err)
-	}
-	k := &keyValues{cli: cli, keys: keys, kvs: map[string][]byte{}, leases: map[string]clientv3.LeaseID{}}
-	for _, kv := range r.Kvs {
-		k.kvs[string(kv.Key)] = kv.Value
-		k.leases[string(kv.Key)] = clientv3.LeaseID(kv.Lease)
-	}
-	if k.kvs[keys.Spec()] == nil {
-		return nil, fmt.Errorf("job %s: not in etcd", name)
-	}
-	spec, err := job.DecodeSpec(k.kvs[keys.Spec()])
+// Read reads the status of the job of st; with nc, it also asks each
+// shard for its clock.
+func Read(ctx context.Context, st job.ObserverStore, nc *nats.Conn) (*Job, error) {
+	lk, err := st.Look(ctx)
 	if err != nil {
 		return nil, err
 	}
-	p, err := job.DecodePlacement(k.kvs[keys.Placement()])
-	if err != nil {
-		return nil, err
-	}
-	st := &Job{Job: spec.Name, State: string(k.kvs[keys.State()]), Model: spec.Model, Data: spec.Data, Mode: spec.Mode,
-		Workers: spec.Workers, Steps: spec.Steps,
+	spec, p := lk.Spec, lk.Placement
+	out := &Job{Job: spec.Name, State: lk.State, Model: spec.Model, Data: spec.Data, Mode: spec.Mode,
+		Workers: spec.Workers, Steps: spec.Steps, Standby: []string{}, Checkpoint: lk.Checkpoint,
 		Placement: Placement{Version: p.Version, Shards: p.Shards, Blocks: len(p.Blocks), BlockSize: p.BlockSize, Start: p.Start}}
-	st.Leader, st.Standby = k.candidates(r.Kvs)
-	var cp job.CheckpointRecord
-	if b := k.kvs[keys.Checkpoint()]; b != nil && json.Unmarshal(b, &cp) == nil {
-		st.Checkpoint = &cp
+	for i, c := range lk.Candidates {
+		if i == 0 {
+			out.Leader = c
+		} else {
+			out.Standby = append(out.Standby, c)
+		}
 	}
-	st.Rollbacks = k.rollbacks()
-	if b := k.kvs[keys.Tasks()]; b != nil {
-		q, err := coordinator.DecodeTasks(b)
+	out.Rollbacks = []Rollback{}
+	for _, rb := range lk.Rollbacks {
+		out.Rollbacks = append(out.Rollbacks, Rollback{Placement: rb.Placement, Why: rb.Why, From: rb.FromStep, To: rb.ToStep})
+	}
+	if lk.TaskQueue != nil {
+		q, err := coordinator.DecodeTasks(lk.TaskQueue)
 		if err != nil {
 			return nil, err
 		}
 		c := q.Count()
-		st.Tasks = &Tasks{Todo: c[job.TaskTodo], Pending: c[job.TaskPending], Done: c[job.TaskDone],
+		out.Tasks = &Tasks{Todo: c[job.TaskTodo], Pending: c[job.TaskPending], Done: c[job.TaskDone],
 			Failed: c[job.TaskFailed], DataSteps: q.DoneSteps(), Late: q.Late}
 	}
-	st.Members = k.members(ctx)
+	out.Members = members(lk)
 	var clocks []int64
 	if nc != nil {
 		c, err := paramserver.NewClient(nc, spec.Name, p, 0, 0)
@@ -136,86 +122,34 @@ func Read(ctx context.Context, cli *clientv3.Client, nc *nats.Conn, name string)
 		}
 		clocks = c.Clocks(ctx, 2*time.Second)
 	}
-	st.Shards = k.shards(ctx, p.Shards, clocks)
-	return st, nil
+	out.Shards = shards(lk, p.Shards, clocks)
+	return out, nil
 }
 
-// keyValues are a job's keys and values, read at one revision, with the
-// leases they are under.
-type keyValues struct {
-	cli    *clientv3.Client
-	keys   etcdstore.Keys
-	kvs    map[string][]byte
-	leases map[string]clientv3.LeaseID
-}
-
-// leaseLeft says how long the lease of key has left: "-" for a key under no
-// lease.
-func (k *keyValues) leaseLeft(ctx context.Context, key string) string {
-	id := k.leases[key]
-	if id == 0 {
+// leaseLeft says how long a seat's lease has left: "-" for a record under
+// no lease.
+func leaseLeft(s job.Seat) string {
+	switch {
+	case !s.Leased:
 		return "-"
-	}
-	ttl, err := k.cli.TimeToLive(ctx, id)
-	if err != nil || ttl.TTL < 0 {
+	case s.LeaseLeft < 0:
 		return "expired"
 	}
-	return fmt.Sprintf("%ds of %ds", ttl.TTL, ttl.GrantedTTL)
-}
-
-// candidates are the coordinators in the job's election, oldest first: the
-// leader and the standbys.
-func (k *keyValues) candidates(kvs []*mvccpb.KeyValue) (leader string, standby []string) {
-	var cands []*mvccpb.KeyValue
-	for _, kv := range kvs {
-		if strings.HasPrefix(string(kv.Key), k.keys.Leader()) {
-			cands = append(cands, kv)
-		}
-	}
-	sort.Slice(cands, func(i, j int) bool { return cands[i].CreateRevision < cands[j].CreateRevision })
-	standby = []string{}
-	for i, c := range cands {
-		if i == 0 {
-			leader = string(c.Value)
-		} else {
-			standby = append(standby, string(c.Value))
-		}
-	}
-	return leader, standby
-}
-
-// rollbacks are the job's re-placements, by placement version.
-func (k *keyValues) rollbacks() []Rollback {
-	out := []Rollback{}
-	for key, v := range k.kvs {
-		var rb job.RollbackRecord
-		if strings.HasPrefix(key, k.keys.Rollbacks()) && json.Unmarshal(v, &rb) == nil {
-			out = append(out, Rollback{Placement: rb.Placement, Why: rb.Why, From: rb.FromStep, To: rb.ToStep})
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Placement < out[j].Placement })
-	return out
+	return fmt.Sprintf("%ds of %ds", int64(s.LeaseLeft/time.Second), int64(s.Granted/time.Second))
 }
 
 // members are the job's live workers, by id, with their ranks and tasks.
-func (k *keyValues) members(ctx context.Context) []Member {
-	var ids []string
-	for key := range k.kvs {
-		if id, ok := strings.CutPrefix(key, k.keys.Workers()); ok {
-			ids = append(ids, id)
-		}
-	}
-	sort.Strings(ids)
+func members(lk *job.Look) []Member {
+	ws := slices.Clone(lk.Workers)
+	sort.Slice(ws, func(i, j int) bool { return ws[i].ID < ws[j].ID })
 	out := []Member{}
-	for _, id := range ids {
-		m := Member{ID: id, Rank: "waiting", Epoch: "-", Task: "-", LeaseLeft: k.leaseLeft(ctx, k.keys.Worker(id))}
-		var a job.Assignment
-		if b := k.kvs[k.keys.Assign(id)]; b != nil && json.Unmarshal(b, &a) == nil {
+	for _, w := range ws {
+		m := Member{ID: w.ID, Rank: "waiting", Epoch: "-", Task: "-", LeaseLeft: leaseLeft(w)}
+		if a, ok := lk.Assigned[w.ID]; ok {
 			m.Rank, m.Epoch = fmt.Sprint(a.Rank), fmt.Sprint(a.Epoch)
-			m.Done = k.kvs[k.keys.Done(a.Rank)] != nil
+			m.Done = lk.Done[a.Rank]
 		}
-		var tk job.Task
-		if b := k.kvs[k.keys.TaskOf(id)]; b != nil && json.Unmarshal(b, &tk) == nil && tk.ID >= 0 {
+		if tk, ok := lk.Tasks[w.ID]; ok && tk.ID >= 0 {
 			m.Task = fmt.Sprintf("%d (shard %d, steps %d-%d)", tk.ID, tk.Shard, tk.From, tk.To)
 		}
 		out = append(out, m)
@@ -225,18 +159,17 @@ func (k *keyValues) members(ctx context.Context) []Member {
 
 // shards are the placement's n shards: the placement each serves and its
 // clock (clocks[s], -1 for no answer; nil: not asked).
-func (k *keyValues) shards(ctx context.Context, n int, clocks []int64) []Shard {
+func shards(lk *job.Look, n int, clocks []int64) []Shard {
 	var out []Shard
 	for s := range n {
-		key := k.keys.Shard(s)
-		var serving string
-		var m job.ShardMember
-		if b := k.kvs[key]; b == nil {
-			serving = "no process"
-		} else if json.Unmarshal(b, &m) == nil && m.Placement > 0 {
-			serving = fmt.Sprint(m.Placement)
-		} else {
+		seat, live := lk.Shards[s]
+		serving, left := "no process", "-"
+		if live {
+			left = leaseLeft(seat.Seat)
 			serving = "restoring"
+			if seat.Member.Placement > 0 {
+				serving = fmt.Sprint(seat.Member.Placement)
+			}
 		}
 		clock := ""
 		if clocks != nil {
@@ -245,7 +178,7 @@ func (k *keyValues) shards(ctx context.Context, n int, clocks []int64) []Shard {
 				clock = fmt.Sprint(clocks[s])
 			}
 		}
-		out = append(out, Shard{Shard: s, Serving: serving, Clock: clock, LeaseLeft: k.leaseLeft(ctx, key)})
+		out = append(out, Shard{Shard: s, Serving: serving, Clock: clock, LeaseLeft: left})
 	}
 	return out
 }

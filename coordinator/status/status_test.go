@@ -60,7 +60,7 @@ func TestReadAndPrint(t *testing.T) {
 	put(keys.Checkpoint(), job.CheckpointRecord{Step: 40, Placement: 1})
 	put(keys.Shard(0), job.ShardMember{Placement: 2})
 	put(keys.Shard(2), job.ShardMember{})
-	st, err := Read(ctx, cli, nil, "st")
+	st, err := Read(ctx, etcdstore.New(cli, "st"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func TestReadAndPrint(t *testing.T) {
 			t.Errorf("printed status lacks %q:\n%s", want, b.String())
 		}
 	}
-	if _, err := Read(ctx, cli, nil, "nosuch"); err == nil || !strings.Contains(err.Error(), "job nosuch: not in etcd") {
+	if _, err := Read(ctx, etcdstore.New(cli, "nosuch"), nil); err == nil || !strings.Contains(err.Error(), "job nosuch: not in etcd") {
 		t.Errorf("unknown job: %v", err)
 	}
 }

@@ -18,7 +18,6 @@ import (
 	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/nats-io/nats.go"
-	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 // Endpoints say where the cluster is and how a role logs in to it.
@@ -136,7 +135,7 @@ func Cause(ctx context.Context, err error) error {
 
 // ConnectEtcd connects to etcd as role, with the role's credentials when
 // there are any (made here, or --creds).
-func (ep Endpoints) ConnectEtcd(ctx context.Context, role auth.Role) (*clientv3.Client, error) {
+func (ep Endpoints) ConnectEtcd(ctx context.Context, role auth.Role) (*etcdstore.Client, error) {
 	creds, err := ep.CredsFor(role)
 	if err != nil {
 		return nil, err
@@ -146,7 +145,11 @@ func (ep Endpoints) ConnectEtcd(ctx context.Context, role auth.Role) (*clientv3.
 	if err != nil {
 		return nil, err
 	}
-	return etcdstore.ConnectAs(ctx, strings.Split(ep.Etcd, ","), ep.Timeout, user, password, tc)
+	cli, err := etcdstore.ConnectAs(ctx, strings.Split(ep.Etcd, ","), ep.Timeout, user, password, tc)
+	if err != nil {
+		return nil, err
+	}
+	return etcdstore.NewClient(cli), nil
 }
 
 // TLS is the clients' TLS configuration: nil without --tls-ca.

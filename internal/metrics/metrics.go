@@ -52,6 +52,8 @@ var (
 	NATSRefused = counterVec("downpour_nats_refused_total", "Clients the embedded NATS server refused (authentication) and messages or subscriptions beyond a client's permissions (publish, subscribe).", "kind")
 	EtcdRefused = counterVec("downpour_etcd_refused_total", "Requests the embedded etcd refused: a failed or missing login (authentication), a key beyond the user's role (permission).", "kind")
 
+	StoreRetries = counter("downpour_store_retries_total", "Calls to the job's store (etcd) tried again after a transient failure: an election, a timed-out request, a lost member.")
+
 	// Leases.
 	LeaseRenewals = counter("downpour_lease_renewals_total", "etcd lease keep-alives answered, over every lease of this process.")
 	LeasesLost    = counter("downpour_leases_lost_total", "Leases this process lost (expired, revoked or unreachable for too long).")

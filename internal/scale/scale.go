@@ -30,8 +30,6 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/prometheus/client_golang/prometheus"
-	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/downpour-ml/downpour/coordinator"
 	"github.com/downpour-ml/downpour/internal/checkpoint"
@@ -637,17 +635,17 @@ func peakRSS(pid int) int64 {
 // counters reads the task queue from etcd and each shard's counters from
 // its log's "job done" line.
 func (h *harness) counters(ctx context.Context, res *Result) error {
-	cli, err := clientv3.New(clientv3.Config{Endpoints: h.c.EtcdEndpoints, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	cli, err := etcdstore.Connect(ctx, h.c.EtcdEndpoints, 5*time.Second)
 	if err != nil {
 		return err
 	}
 	defer cli.Close()
-	r, err := cli.Get(ctx, etcdstore.KeysFor(h.cfg.Job).Tasks())
+	b, err := etcdstore.New(cli, h.cfg.Job).TaskQueue(ctx)
 	if err != nil {
 		return err
 	}
-	if len(r.Kvs) == 1 {
-		q, err := coordinator.DecodeTasks(r.Kvs[0].Value)
+	if b != nil {
+		q, err := coordinator.DecodeTasks(b)
 		if err != nil {
 			return err
 		}

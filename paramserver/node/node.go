@@ -6,17 +6,14 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"path/filepath"
 	"time"
 
 	"github.com/nats-io/nats.go"
-	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
@@ -25,10 +22,9 @@ import (
 
 // Config is a shard's connections and limits.
 type Config struct {
-	Job  string
-	NATS *nats.Conn
-	Etcd *clientv3.Client
-	Log  *slog.Logger
+	Store job.Store // the job's
+	NATS  *nats.Conn
+	Log   *slog.Logger
 	// Shard is the index to serve, or -1 to claim the lowest free one.
 	Shard int
 	// LeaseTTL in seconds; default 10.
@@ -55,11 +51,11 @@ func Run(ctx context.Context, cfg Config) error {
 	if cfg.WaitTimeout == 0 {
 		cfg.WaitTimeout = 5 * time.Minute
 	}
-	if err := wire.ValidJob(cfg.Job); err != nil {
+	name := cfg.Store.Name()
+	if err := wire.ValidJob(name); err != nil {
 		return err
 	}
-	keys := etcdstore.KeysFor(cfg.Job)
-	spec, p, err := etcdstore.Find(ctx, cfg.Etcd, cfg.Job, cfg.WaitTimeout)
+	spec, p, err := cfg.Store.Find(ctx, cfg.WaitTimeout)
 	if err != nil {
 		return err
 	}
@@ -68,17 +64,17 @@ func Run(ctx context.Context, cfg Config) error {
 	var retained string
 	if cfg.DataDir != "" {
 		dir := filepath.Join(cfg.DataDir, "snapshots")
-		if err := claimDir(dir, cfg.Job); err != nil {
+		if err := claimDir(dir, name); err != nil {
 			return err
 		}
 		if spec.KeepCheckpoints > 0 {
 			retained = dir
 			rctx, cancel := context.WithCancel(ctx)
 			defer cancel()
-			go retain(rctx, cfg.Etcd, cfg.Job, dir, spec.KeepCheckpoints, cfg.Log)
+			go retain(rctx, cfg.Store, dir, spec.KeepCheckpoints, cfg.Log)
 		}
 	}
-	lease, err := etcdstore.Grant(ctx, cfg.Etcd, cfg.LeaseTTL)
+	lease, err := cfg.Store.Grant(ctx, cfg.LeaseTTL)
 	if err != nil {
 		return err
 	}
@@ -89,7 +85,7 @@ func Run(ctx context.Context, cfg Config) error {
 	var idx int
 	deadline := time.Now().Add(cfg.WaitTimeout)
 	for said := false; ; said = true {
-		if idx, err = claim(ctx, cfg.Etcd, keys, p.Shards, cfg.Shard, lease.ID); err == nil {
+		if idx, err = cfg.Store.ClaimShard(ctx, lease, p.Shards, cfg.Shard); err == nil {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -103,7 +99,7 @@ func Run(ctx context.Context, cfg Config) error {
 			return ctx.Err()
 		case <-time.After(250 * time.Millisecond):
 		}
-		if p, _, err = etcdstore.ReadPlacement(ctx, cfg.Etcd, cfg.Job); err != nil {
+		if p, _, err = cfg.Store.Placement(ctx); err != nil {
 			return err
 		}
 	}
@@ -112,8 +108,7 @@ func Run(ctx context.Context, cfg Config) error {
 	for {
 		if idx >= p.Shards {
 			log.Info("placement has fewer shards: leaving", "placement", p.Version, "shards", p.Shards)
-			_, err := cfg.Etcd.Delete(ctx, keys.Shard(idx))
-			return err
+			return cfg.Store.LeaveShard(ctx, idx)
 		}
 		next, err := serveEra(ctx, cfg, spec, p, idx, restore, lease, log)
 		if err != nil {
@@ -121,7 +116,7 @@ func Run(ctx context.Context, cfg Config) error {
 		}
 		if next == nil {
 			if retained != "" {
-				pruneOnce(ctx, cfg.Etcd, cfg.Job, retained, spec.KeepCheckpoints, log)
+				pruneOnce(ctx, cfg.Store, retained, spec.KeepCheckpoints, log)
 			}
 			return nil
 		}
@@ -133,11 +128,10 @@ func Run(ctx context.Context, cfg Config) error {
 // serveEra serves shard idx of placement p until the job is done (nil), a
 // newer placement appears (it is returned) or ctx ends.
 func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *job.Placement, idx int, restore string,
-	lease *etcdstore.Lease, log *slog.Logger) (*job.Placement, error) {
-	keys := etcdstore.KeysFor(cfg.Job)
-	if r, err := cfg.Etcd.Get(ctx, keys.Served(p.Version, idx)); err != nil {
-		return nil, fmt.Errorf("shard %d: %w", idx, err)
-	} else if len(r.Kvs) > 0 {
+	lease job.Lease, log *slog.Logger) (*job.Placement, error) {
+	if served, err := cfg.Store.Served(ctx, p.Version, idx); err != nil {
+		return nil, err
+	} else if served {
 		return replaced(ctx, cfg, p, idx, log)
 	}
 	blocks := p.OnShard(idx)
@@ -151,25 +145,11 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *job.Placement,
 		svcCfg.SnapshotDir = filepath.Join(cfg.DataDir, "snapshots") // made by Run
 		svcCfg.SnapshotEvery = spec.CheckpointEvery
 		svcCfg.OnSnapshot = func(path string, snap *paramserver.Snapshot) {
-			rec, _ := json.Marshal(job.SnapshotRecord{Path: path, Step: snap.Step, Shard: idx, Placement: snap.Placement})
-			// The record completes a checkpoint: retry it through an etcd
-			// election or a lost member (the put is idempotent).
-			for attempt := 1; ; attempt++ {
-				pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				_, err := cfg.Etcd.Put(pctx, keys.ShardSnapshot(snap.Placement, snap.Step, idx), string(rec))
-				cancel()
-				if err == nil {
-					return
-				}
-				if attempt == 5 || ctx.Err() != nil {
-					log.Error("recording snapshot: giving up; the checkpoint of this step will not complete", "step", snap.Step, "err", err)
-					return
-				}
-				log.Warn("recording snapshot: retrying", "step", snap.Step, "attempt", attempt, "err", err)
-				select {
-				case <-ctx.Done():
-				case <-time.After(time.Duration(attempt) * 500 * time.Millisecond):
-				}
+			// The record completes a checkpoint (the store retries it
+			// through an etcd election or a lost member).
+			rec := job.SnapshotRecord{Path: path, Step: snap.Step, Shard: idx, Placement: snap.Placement}
+			if err := cfg.Store.RecordSnapshot(ctx, rec); err != nil && ctx.Err() == nil {
+				log.Error("recording snapshot: giving up; the checkpoint of this step will not complete", "step", snap.Step, "err", err)
 			}
 		}
 	} else if spec.CheckpointEvery > 0 {
@@ -182,14 +162,9 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *job.Placement,
 	// index after the server died, before the coordinator replaced the
 	// placement) must not serve it afresh (workers far past its start would
 	// push to a shard at its start), and waits for the new placement.
-	member, _ := json.Marshal(job.ShardMember{Placement: p.Version})
-	served := keys.Served(p.Version, idx)
-	r, err := cfg.Etcd.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(served), "=", 0)).
-		Then(clientv3.OpPut(served, ""), clientv3.OpPut(keys.Shard(idx), string(member), clientv3.WithLease(lease.ID))).Commit()
-	if err != nil {
-		return nil, fmt.Errorf("shard %d: recording its placement: %w", idx, err)
-	}
-	if !r.Succeeded {
+	if first, err := cfg.Store.ServeShard(ctx, lease, p.Version, idx); err != nil {
+		return nil, err
+	} else if !first {
 		return replaced(ctx, cfg, p, idx, log)
 	}
 	svc, err := paramserver.Serve(cfg.NATS, shard, svcCfg)
@@ -210,11 +185,11 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *job.Placement,
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	if spec.ShardConfig().Elastic {
-		go watchHolders(wctx, cfg, svc, log)
+		go watchHolders(wctx, cfg.Store, svc, log)
 	}
 	done := make(chan result, 1)
 	go func() {
-		next, _, err := etcdstore.NextPlacement(wctx, cfg.Etcd, cfg.Job, p.Version)
+		next, _, err := cfg.Store.NextPlacement(wctx, p.Version)
 		done <- result{next, err}
 	}()
 	select {
@@ -241,7 +216,7 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *job.Placement,
 // process that died had served, and returns it (nil when the job is done).
 func replaced(ctx context.Context, cfg Config, p *job.Placement, idx int, log *slog.Logger) (*job.Placement, error) {
 	log.Info("this placement's shard was served by a process that is gone: waiting for the placement that replaces it", "placement", p.Version)
-	next, _, err := etcdstore.NextPlacement(ctx, cfg.Etcd, cfg.Job, p.Version)
+	next, _, err := cfg.Store.NextPlacement(ctx, p.Version)
 	return next, err
 }
 
@@ -249,22 +224,12 @@ func replaced(ctx context.Context, cfg Config, p *job.Placement, idx int, log *s
 // holder is given up on (the coordinator deletes the holder's assignment):
 // a dead worker's rank must not hold the others back, and the dead worker
 // is fenced off.
-func watchHolders(ctx context.Context, cfg Config, svc *paramserver.Service, log *slog.Logger) {
-	for resp := range cfg.Etcd.Watch(ctx, etcdstore.KeysFor(cfg.Job).Assigns(), clientv3.WithPrefix(), clientv3.WithPrevKV()) {
-		if err := resp.Err(); err != nil {
-			log.Warn("watching the ranks' holders", "err", err)
-			return
-		}
-		for _, ev := range resp.Events {
-			var a job.Assignment
-			if ev.Type != clientv3.EventTypeDelete || ev.PrevKv == nil || json.Unmarshal(ev.PrevKv.Value, &a) != nil {
-				continue
-			}
-			if err := svc.Idle(a.Rank, a.Epoch+1); err != nil {
-				log.Warn("marking a rank idle", "rank", a.Rank, "err", err)
-			} else {
-				log.Info("rank's holder gone: the rank is idle", "rank", a.Rank, "fenced_below_epoch", a.Epoch+1)
-			}
+func watchHolders(ctx context.Context, st job.ShardStore, svc *paramserver.Service, log *slog.Logger) {
+	for a := range st.Released(ctx) {
+		if err := svc.Idle(a.Rank, a.Epoch+1); err != nil {
+			log.Warn("marking a rank idle", "rank", a.Rank, "err", err)
+		} else {
+			log.Info("rank's holder gone: the rank is idle", "rank", a.Rank, "fenced_below_epoch", a.Epoch+1)
 		}
 	}
 }
@@ -320,31 +285,4 @@ func newShard(spec *job.Spec, p *job.Placement, blocks []job.Block, restore stri
 		start := b.Offset - offsets[b.Tensor]
 		copy(dst, full[start:start+b.Len])
 	}), nil
-}
-
-// claim takes shard index want, or the lowest free index when want < 0, by
-// creating its membership key under the lease in a transaction.
-func claim(ctx context.Context, cli *clientv3.Client, keys etcdstore.Keys, shards, want int, lease clientv3.LeaseID) (int, error) {
-	if want >= shards {
-		return 0, fmt.Errorf("shard %d does not exist: the job has %d shards", want, shards)
-	}
-	lo, hi := 0, shards
-	if want >= 0 {
-		lo, hi = want, want+1
-	}
-	for i := lo; i < hi; i++ {
-		k := keys.Shard(i)
-		r, err := cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(k), "=", 0)).
-			Then(clientv3.OpPut(k, "{}", clientv3.WithLease(lease))).Commit()
-		if err != nil {
-			return 0, fmt.Errorf("claiming shard %d: %w", i, err)
-		}
-		if r.Succeeded {
-			return i, nil
-		}
-	}
-	if want >= 0 {
-		return 0, fmt.Errorf("shard %d is already served by a live process", want)
-	}
-	return 0, fmt.Errorf("all %d shards of the job are already served", shards)
 }

@@ -24,36 +24,6 @@ import (
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-func TestClaim(t *testing.T) {
-	cli := testenv.Etcd(t) // cleanups run last-registered first: the leases go before etcd
-	ctx := context.Background()
-	keys := etcdstore.KeysFor("j")
-	lease := func() clientv3.LeaseID {
-		l, err := etcdstore.Grant(ctx, cli, 5)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(l.Close)
-		return l.ID
-	}
-	if i, err := claim(ctx, cli, keys, 3, 1, lease()); i != 1 || err != nil {
-		t.Fatalf("explicit claim: %d %v", i, err)
-	}
-	for _, want := range []int{0, 2} {
-		if i, err := claim(ctx, cli, keys, 3, -1, lease()); i != want || err != nil {
-			t.Fatalf("claim: %d %v, want %d", i, err, want)
-		}
-	}
-	for _, c := range []struct {
-		want int
-		says string
-	}{{-1, "already served"}, {1, "already served by a live process"}, {3, "does not exist"}} {
-		if _, err := claim(ctx, cli, keys, 3, c.want, lease()); err == nil || !strings.Contains(err.Error(), c.says) {
-			t.Errorf("claim %d: %v, want %q", c.want, err, c.says)
-		}
-	}
-}
-
 // A shard refuses to start from the snapshots of another job, or of another
 // step than its placement starts from; from its own job's, it starts.
 func TestNewShardRefusesForeignSnapshots(t *testing.T) {
@@ -123,7 +93,7 @@ func TestGoneHolderIdlesItsRank(t *testing.T) {
 	if _, err := cli.Put(ctx, keys.Assign("gone"), `{"rank":0,"epoch":1,"data_shard":0}`); err != nil {
 		t.Fatal(err)
 	}
-	go watchHolders(ctx, Config{Job: "j", Etcd: cli}, svc, quiet)
+	go watchHolders(ctx, etcdstore.New(cli, "j"), svc, quiet)
 	time.Sleep(100 * time.Millisecond) // the watch is on
 
 	g := make([]float32, 4)
@@ -180,7 +150,7 @@ func TestReplacementWaitsForTheNextPlacement(t *testing.T) {
 	served := make(chan int64, 4)
 	done := make(chan error, 1)
 	go func() {
-		done <- Run(ctx, Config{Job: spec.Name, NATS: nc, Etcd: cli, Log: quiet, Shard: 0, LeaseTTL: 2,
+		done <- Run(ctx, Config{Store: etcdstore.New(cli, spec.Name), NATS: nc, Log: quiet, Shard: 0, LeaseTTL: 2,
 			Ready: func(int, *paramserver.Service) {
 				r, _ := cli.Get(ctx, keys.Shard(0))
 				var m job.ShardMember

@@ -2,7 +2,6 @@ package node
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -15,9 +14,6 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/job"
 
-	clientv3 "go.etcd.io/etcd/client/v3"
-
-	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/paramserver"
 )
 
@@ -129,54 +125,48 @@ func prune(dir string, cp job.CheckpointRecord, keep int) ([]string, error) {
 // retain prunes dir each time the job records a checkpoint, until ctx ends.
 // It reads the latest checkpoint first, so a restarted shard prunes what an
 // earlier process left.
-func retain(ctx context.Context, cli *clientv3.Client, name, dir string, keep int, log *slog.Logger) {
+func retain(ctx context.Context, st job.ShardStore, dir string, keep int, log *slog.Logger) {
 	for ctx.Err() == nil {
-		rev, ok := pruneOnce(ctx, cli, name, dir, keep, log)
-		if !ok {
-			select {
-			case <-ctx.Done():
-			case <-time.After(time.Second):
-			}
-			continue
-		}
-		wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-		for resp := range cli.Watch(wctx, etcdstore.KeysFor(name).Checkpoint(), clientv3.WithRev(rev+1)) {
-			if resp.Err() != nil {
-				break // compacted or lost leader: read again and re-watch
-			}
-			for _, ev := range resp.Events {
-				if ev.Type == clientv3.EventTypePut {
-					pruneTo(ev.Kv.Value, dir, keep, log)
-				}
+		rev, ok := pruneOnce(ctx, st, dir, keep, log)
+		for ok && ctx.Err() == nil {
+			var cp *job.CheckpointRecord
+			cp, rev, ok = nextCheckpoint(ctx, st, rev)
+			if ok {
+				pruneTo(*cp, dir, keep, log)
 			}
 		}
-		cancel()
+		select {
+		case <-ctx.Done():
+		case <-time.After(time.Second):
+		}
 	}
 }
 
-// pruneOnce prunes dir to the job's latest checkpoint and returns the etcd
-// revision it read it at (ok false: etcd did not answer). A shard also
-// calls it when the job is done, so that a finished job leaves what
-// retention keeps however far its watch had got.
-func pruneOnce(ctx context.Context, cli *clientv3.Client, name, dir string, keep int, log *slog.Logger) (rev int64, ok bool) {
-	r, err := cli.Get(ctx, etcdstore.KeysFor(name).Checkpoint())
+// nextCheckpoint waits for the checkpoint after revision rev (ok false:
+// the store did not answer, or ctx ended).
+func nextCheckpoint(ctx context.Context, st job.ShardStore, rev int64) (*job.CheckpointRecord, int64, bool) {
+	cp, at, err := st.NextCheckpoint(ctx, rev)
+	return cp, at, err == nil && cp != nil
+}
+
+// pruneOnce prunes dir to the job's latest checkpoint and returns the
+// store's revision it read it at (ok false: the store did not answer). A
+// shard also calls it when the job is done, so that a finished job leaves
+// what retention keeps however far its watch had got.
+func pruneOnce(ctx context.Context, st job.ShardStore, dir string, keep int, log *slog.Logger) (rev int64, ok bool) {
+	cp, rev, err := st.Checkpoint(ctx)
 	if err != nil {
 		log.Warn("snapshot retention: reading the checkpoint", "err", err)
 		return 0, false
 	}
-	if len(r.Kvs) > 0 {
-		pruneTo(r.Kvs[0].Value, dir, keep, log)
+	if cp != nil {
+		pruneTo(*cp, dir, keep, log)
 	}
-	return r.Header.Revision, true
+	return rev, true
 }
 
-// pruneTo prunes dir to the checkpoint record value, logging what it did.
-func pruneTo(value []byte, dir string, keep int, log *slog.Logger) {
-	var cp job.CheckpointRecord
-	if err := json.Unmarshal(value, &cp); err != nil {
-		log.Warn("snapshot retention: ignoring a malformed checkpoint record", "err", err)
-		return
-	}
+// pruneTo prunes dir to checkpoint cp, logging what it did.
+func pruneTo(cp job.CheckpointRecord, dir string, keep int, log *slog.Logger) {
 	removed, err := prune(dir, cp, keep)
 	if len(removed) > 0 {
 		log.Info("snapshot retention: deleted snapshots older than the checkpoints kept", "checkpoint_step", cp.Step, "keep", keep, "files", removed)

@@ -166,7 +166,7 @@ func TestRetainPrunesOnEachCheckpoint(t *testing.T) {
 	record(20)
 	rctx, cancel := context.WithCancel(ctx)
 	done := make(chan struct{})
-	go func() { retain(rctx, cli, "j", dir, 2, quiet); close(done) }()
+	go func() { retain(rctx, etcdstore.New(cli, "j"), dir, 2, quiet); close(done) }()
 	await(10, 20, 30, 40, 50) // two steps at or before 20 are kept
 	record(30)
 	await(20, 30, 40, 50)
@@ -185,6 +185,6 @@ func TestRetainPrunesOnEachCheckpoint(t *testing.T) {
 	fill(t, dir, []string{paramserver.SnapshotFile(1, 0, 10)})
 	rctx, cancel = context.WithCancel(ctx)
 	defer cancel()
-	go retain(rctx, cli, "j", dir, 1, quiet)
+	go retain(rctx, etcdstore.New(cli, "j"), dir, 1, quiet)
 	await(50)
 }

@@ -1,9 +1,9 @@
-// Package jobetcd is a downpour job's layout in etcd and the IO every role
-// does on it: the keys (Keys), the records stored under them (assignments,
-// tasks, snapshots, checkpoints, rollbacks), connecting as a role
-// (ConnectAs), waiting on keys with watches (Wait, WaitPrefix) and leases
-// that say when they are lost (Grant). It links neither the models nor the
-// servers, so that a role's credentials (package auth) need neither.
+// Package etcdstore is the job's store (job.Store) in etcd: the layout of
+// a job's records in etcd's keys (Keys), connecting as a role (ConnectAs),
+// waits on keys with watches (Wait, WaitKeys), leases that say when they
+// are lost (Grant), and the store's calls, each retrying what an etcd
+// election or a lost member makes fail for a moment (Store). It is the one
+// package of the roles' code that speaks to etcd.
 //
 // All keys of job J live under /downpour/jobs/J/:
 //
@@ -37,7 +37,10 @@ import (
 type Keys struct{ root string }
 
 // KeysFor returns the keys of job name.
-func KeysFor(name string) Keys { return Keys{root: "/downpour/jobs/" + name + "/"} }
+func KeysFor(name string) Keys { return Keys{root: jobsRoot + name + "/"} }
+
+// jobsRoot is where the jobs' keys are.
+const jobsRoot = "/downpour/jobs/"
 
 func (k Keys) Root() string            { return k.root }
 func (k Keys) Spec() string            { return k.root + "spec" }
