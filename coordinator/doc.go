@@ -16,6 +16,8 @@
 //	lead, err := st.Campaign(ctx, id, ttl) // st: the job's job.Store
 //	err = coordinator.Run(ctx, st, coordinator.Config{Spec: spec, Leader: lead, OnFinish: saveCheckpoint})
 //
+// (ExampleRun runs it on the in-memory store.)
+//
 // Subpackages: jobrun runs the coordinator's process with its run directory
 // (evaluations, metrics, the final checkpoint); status reads what an
 // operator is shown of a job.

@@ -155,7 +155,7 @@ func TestRunReshard(t *testing.T) {
 	if a := askReshard(t, ctx, cli, keys, 3); a.Status != "done" || a.Version != 2 || a.Start != 10 {
 		t.Fatalf("reshard: %+v", a)
 	}
-	p, _, err := etcdstore.ReadPlacement(ctx, cli, spec.Name)
+	p, _, err := etcdstore.New(cli, spec.Name).Placement(ctx)
 	if err != nil || p.Version != 2 || p.Shards != 3 || p.Start != 10 || !slices.Equal(p.From, []string{"s0-10", "s1-10"}) {
 		t.Fatalf("placement %+v, %v", p, err)
 	}
@@ -217,7 +217,7 @@ func TestRunResume(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, _, _ := etcdstore.ReadPlacement(ctx, cli, spec.Name)
+	p, _, _ := etcdstore.New(cli, spec.Name).Placement(ctx)
 	if p.Start != 30 || p.Shards != 2 || !slices.Equal(p.From, []string{"a", "b"}) {
 		t.Fatalf("resumed placement %+v", p)
 	}
@@ -304,7 +304,7 @@ func TestRunResumeWithADeadHolder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p, _, _ := etcdstore.ReadPlacement(ctx, cli, spec.Name)
+	p, _, _ := etcdstore.New(cli, spec.Name).Placement(ctx)
 	if p.Start != 30 || !slices.Equal(p.From, []string{"a", "b"}) {
 		t.Fatalf("the rollback after the dead holder went to %+v, want the checkpoint of step 30", p)
 	}

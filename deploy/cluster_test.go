@@ -31,7 +31,7 @@ import (
 	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/downpour-ml/downpour/internal/auth"
+	"github.com/downpour-ml/downpour/internal/app/auth"
 	"github.com/downpour-ml/downpour/internal/checkpoint"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/job/etcdstore"
@@ -194,9 +194,13 @@ func (c *cluster) waitFor(cond func() bool, within time.Duration, what string) {
 // clock is the job's placement and its step as the shards tell it (-1
 // while they do not).
 func (c *cluster) clock() (version, step int64) {
+	// The placement's read has its own time: while etcd elects a leader
+	// it may use all of it, and the shards must still be asked.
+	ectx, ecancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	p, _, err := etcdstore.New(c.cli, jobName).Placement(ectx)
+	ecancel()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
-	p, _, err := etcdstore.ReadPlacement(ctx, c.cli, jobName)
 	switch {
 	case err == nil:
 		c.placement = p

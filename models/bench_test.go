@@ -10,12 +10,12 @@ import (
 
 	"gonum.org/v1/gonum/blas/gonum"
 
-	"github.com/downpour-ml/downpour/internal/vmath"
+	"github.com/downpour-ml/downpour/internal/kernel/vmath"
 )
 
 // The benchmark workloads (W1, W2: a Seq2Seq training step; G1: a GAN
 // step), each built once here, so that BenchmarkW1, W2 and G1 time them,
-// TestStepProducts lists the GEMMs they run (the shapes internal/gemm's
+// TestStepProducts lists the GEMMs they run (the shapes internal/kernel/gemm's
 // benchmarks time), and testdata/torch_peer.py times the same steps with
 // PyTorch.
 var (

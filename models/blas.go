@@ -17,10 +17,10 @@ func trans(t bool) blas.Transpose {
 	return blas.NoTrans
 }
 
-// gemm computes c = alpha*op(a)*op(b) + beta*c on row-major matrices, where
+// blasGemm computes c = alpha*op(a)*op(b) + beta*c on row-major matrices, where
 // op(a) is m x k and op(b) is k x n. It goes through blas32 or blas64, so a
 // faster implementation installed with blas32.Use is picked up.
-func gemm[T Float](tA, tB bool, m, n, k int, alpha T, a []T, lda int, b []T, ldb int, beta T, c []T, ldc int) {
+func blasGemm[T Float](tA, tB bool, m, n, k int, alpha T, a []T, lda int, b []T, ldb int, beta T, c []T, ldc int) {
 	if m == 0 || n == 0 {
 		return
 	}
@@ -49,5 +49,5 @@ func matmul[T Float](c []T, a []T, tA bool, b []T, tB bool, m, n, k int, acc boo
 	if acc {
 		beta = 1
 	}
-	gemm(tA, tB, m, n, k, 1, a, lda, b, ldb, beta, c, n)
+	blasGemm(tA, tB, m, n, k, 1, a, lda, b, ldb, beta, c, n)
 }

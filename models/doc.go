@@ -1,5 +1,5 @@
 // Package models holds the math of downpour: dense tensors on gonum's BLAS
-// (or OpenBLAS, or the AVX-512 kernels of internal/gemm), the layers
+// (or OpenBLAS, or the AVX-512 kernels of internal/kernel/gemm), the layers
 // (embedding, LSTM, softmax cross-entropy; the GAN's maxout and dropout) and the two
 // models built from them: the Seq2Seq LSTM encoder-decoder of Sutskever et
 // al. (seq2seq.go; greedy and beam decoding, BLEU and held-out evaluation)

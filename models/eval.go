@@ -57,30 +57,7 @@ func Evaluate[T Float](m *Seq2Seq[T], src, tgt [][]int32, sp Special, o EvalOpti
 		for k := 0; k < len(idx); k += batch {
 			ids := idx[k:min(k+batch, len(idx))]
 			n := len(ids)
-			tl := 0
-			for _, i := range ids {
-				tl = max(tl, len(tgt[i])+1)
-			}
-			b := &SeqBatch{Size: n, SrcLen: l, TgtLen: tl, Src: make([]int32, l*n), TgtIn: make([]int32, tl*n), TgtOut: make([]int32, tl*n)}
-			for c, i := range ids {
-				for t, id := range src[i] {
-					b.Src[t*n+c] = id
-				}
-				for t := 0; t < tl; t++ {
-					in, out := int32(0), int32(-1)
-					if t == 0 {
-						in = sp.Go
-					} else if t <= len(tgt[i]) {
-						in = tgt[i][t-1]
-					}
-					if t < len(tgt[i]) {
-						out = tgt[i][t]
-					} else if t == len(tgt[i]) {
-						out = sp.EOS
-					}
-					b.TgtIn[t*n+c], b.TgtOut[t*n+c] = in, out
-				}
-			}
+			b := evalBatch(src, tgt, ids, l, sp)
 			lsum, cnt := m.Loss(b, false)
 			loss += lsum
 			tokens += cnt
@@ -115,6 +92,37 @@ func Evaluate[T Float](m *Seq2Seq[T], src, tgt [][]int32, sp Special, o EvalOpti
 	}
 	res.BLEU, res.Counts = bleu.Score(), bleu
 	return res
+}
+
+// evalBatch is the time-major batch of the examples ids, whose sources
+// are all l long: targets fed after <go> and scored up to <eos>, padding
+// masked (-1).
+func evalBatch(src, tgt [][]int32, ids []int, l int, sp Special) *SeqBatch {
+	n, tl := len(ids), 0
+	for _, i := range ids {
+		tl = max(tl, len(tgt[i])+1)
+	}
+	b := &SeqBatch{Size: n, SrcLen: l, TgtLen: tl, Src: make([]int32, l*n), TgtIn: make([]int32, tl*n), TgtOut: make([]int32, tl*n)}
+	for c, i := range ids {
+		for t, id := range src[i] {
+			b.Src[t*n+c] = id
+		}
+		for t := 0; t < tl; t++ {
+			in, out := int32(0), int32(-1)
+			if t == 0 {
+				in = sp.Go
+			} else if t <= len(tgt[i]) {
+				in = tgt[i][t-1]
+			}
+			if t < len(tgt[i]) {
+				out = tgt[i][t]
+			} else if t == len(tgt[i]) {
+				out = sp.EOS
+			}
+			b.TgtIn[t*n+c], b.TgtOut[t*n+c] = in, out
+		}
+	}
+	return b
 }
 
 func expFloat(x float64) float64 {

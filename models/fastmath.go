@@ -3,19 +3,19 @@ package models
 import (
 	"gonum.org/v1/gonum/blas/gonum"
 
-	"github.com/downpour-ml/downpour/internal/vmath"
+	"github.com/downpour-ml/downpour/internal/kernel/vmath"
 )
 
 // Float32 kernels of the activation functions: the LSTM evaluates tens of
 // millions of sigmoids and tanhs per step, and math.Exp in float64 would
-// dominate the step. They are internal/vmath's, tested against math over
+// dominate the step. They are internal/kernel/vmath's, tested against math over
 // their whole range there.
 
 func sigmoid32(x float32) float32 { return vmath.Sigmoid(x) }
 func tanh32(x float32) float32    { return vmath.Tanh(x) }
 
 // cellBackwardFast is the LSTM cell's backward pass in float32, in every
-// build: internal/vmath's, which gives the bits of the generic loop in
+// build: internal/kernel/vmath's, which gives the bits of the generic loop in
 // LSTM.Backward.
 func cellBackwardFast(g, cPrev, tc, dh, dc, dg []float32, H int) {
 	vmath.LSTMCellBackward(g, cPrev, tc, dh, dc, dg, H)

@@ -6,7 +6,7 @@ import (
 	"math/rand/v2"
 	"slices"
 
-	"github.com/downpour-ml/downpour/internal/vmath"
+	"github.com/downpour-ml/downpour/internal/kernel/vmath"
 )
 
 // GANConfig is the shape of the generative adversarial net of Goodfellow et

@@ -2,9 +2,9 @@
 
 package models
 
-import "github.com/downpour-ml/downpour/internal/vmath"
+import "github.com/downpour-ml/downpour/internal/kernel/vmath"
 
-// The vector kernels of the default build: internal/vmath's assembly, which
+// The vector kernels of the default build: internal/kernel/vmath's assembly, which
 // gives the bits of cellForward32 and of vmath.Exp on every path.
 
 func cellForwardFast(g, cPrev, cNext, hNext, tc []float32, H int) {

@@ -46,7 +46,7 @@ import "C"
 import "unsafe"
 
 // Vector kernels of the fast build (C, vectorised by the compiler); the
-// default build uses internal/vmath. Both are tested against the
+// default build uses internal/kernel/vmath. Both are tested against the
 // float64 references.
 
 func cellForwardFast(g, cPrev, cNext, hNext, tc []float32, H int) {

@@ -8,7 +8,7 @@ import (
 
 	"gonum.org/v1/gonum/blas/gonum"
 
-	"github.com/downpour-ml/downpour/internal/vmath"
+	"github.com/downpour-ml/downpour/internal/kernel/vmath"
 )
 
 // Tensor names one parameter tensor of a model and its shape. A model's

@@ -12,7 +12,7 @@ import (
 
 	"gonum.org/v1/gonum/blas/gonum"
 
-	asm "github.com/downpour-ml/downpour/internal/gemm"
+	"github.com/downpour-ml/downpour/internal/kernel/gemm"
 )
 
 // trainHash trains a small Seq2Seq (SGD, clipped) and a small GAN (momentum,
@@ -74,10 +74,10 @@ func TestPathsTrainTheSameBits(t *testing.T) {
 		fmt.Printf("hash %s %s\n", BLAS, trainHash())
 		return
 	}
-	if BLAS == "openblas" || !asm.Assembly || os.Getenv("DOWNPOUR_GEMM") != "" {
+	if BLAS == "openblas" || !gemm.Assembly || os.Getenv("DOWNPOUR_GEMM") != "" {
 		t.Skipf("this build or run chose its GEMM (%s): the test compares the assembly paths itself", BLAS)
 	}
-	if paths := strings.Join(asm.Paths(), " "); !strings.Contains(paths, "avx512") || !strings.Contains(paths, "avx2") {
+	if paths := strings.Join(gemm.Paths(), " "); !strings.Contains(paths, "avx512") || !strings.Contains(paths, "avx2") {
 		// Only a CPU with AVX-512 runs both; CI's does and sets
 		// DOWNPOUR_GEMM_PATHS=require.
 		if os.Getenv("DOWNPOUR_GEMM_PATHS") == "require" {

@@ -12,12 +12,12 @@ import (
 	"gonum.org/v1/gonum/blas/blas32"
 )
 
-var update = flag.Bool("update", false, "rewrite internal/gemm/testdata/products.txt from the workloads' steps")
+var update = flag.Bool("update", false, "rewrite internal/kernel/gemm/testdata/products.txt from the workloads' steps")
 
 // productsFile is the list of the GEMMs the benchmark workloads run, which
-// internal/gemm's BenchmarkSgemm and BenchmarkSgemmStep time (and
-// internal/gemm/testdata/sgemm_openblas.py times with OpenBLAS).
-const productsFile = "../internal/gemm/testdata/products.txt"
+// internal/kernel/gemm's BenchmarkSgemm and BenchmarkSgemmStep time (and
+// internal/kernel/gemm/testdata/sgemm_openblas.py times with OpenBLAS).
+const productsFile = "../internal/kernel/gemm/testdata/products.txt"
 
 // product is one shape of GEMM a step calls: C (m x n) = op(A) op(B) (+ C
 // when acc), and how many times one step calls it.

@@ -6,7 +6,7 @@ import (
 	"gonum.org/v1/gonum/blas/gonum"
 
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/vmath"
+	"github.com/downpour-ml/downpour/internal/kernel/vmath"
 	"github.com/downpour-ml/downpour/internal/wire"
 )
 

@@ -15,8 +15,9 @@ import (
 // Dataset is what training and evaluation need of a job's data: batches per
 // data shard and step, a held-out set, and the vocabularies.
 type Dataset interface {
-	// Batch is the batch data shard s trains on at step.
-	Batch(seed uint64, s int, step int64, size int) *models.SeqBatch
+	// Batches: the batch data shard s trains on at step, and the steps in
+	// an epoch of data shard s.
+	Batches[*models.SeqBatch]
 	// HeldOut is the evaluation set (never trained on).
 	HeldOut() []Example
 	// SrcVocab and TgtVocab are the vocabulary sizes.
@@ -34,9 +35,6 @@ type Dataset interface {
 	Tokenize(sentence string) []string
 	// EncodePair encodes a tokenized pair as the model reads it.
 	EncodePair(p Pair) Example
-	// StepsPerEpoch is the number of batches of size in one epoch of data
-	// shard s (0 for endless synthetic data).
-	StepsPerEpoch(seed uint64, s, size int) int64
 	// Special are the decoder's start and end ids.
 	Special() models.Special
 }

@@ -25,8 +25,9 @@ type trainer interface {
 	idle(ctx context.Context) error
 }
 
-// ErrFenced is returned by a worker that is no longer a member of its job.
-var ErrFenced = errors.New("fenced off")
+// ErrFenced is returned by a worker that is no longer a member of its job
+// (job.ErrFenced).
+var ErrFenced = job.ErrFenced
 
 // runEra trains under placement p (written at etcd revision rev) from its
 // start step to the last step, and reports the rank done, if p is still the

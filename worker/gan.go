@@ -10,6 +10,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/shard"
 )
 
 // ganTrainer trains a GAN replica, with one of two updates.
@@ -43,7 +44,7 @@ type ganTrainer struct {
 	d, g   *paramserver.Client // alternating: one client per parameter group
 	all    *paramserver.Client // simultaneous: one client for both
 	model  *models.GAN[float32]
-	images [][][]float32 // each data shard's training images
+	data   *shard.Images // the training images, in data shards
 	gs     int           // generator parameters (they come first)
 	z, x   []float32
 	report progressReport // D's loss, G's as aux, over steps
@@ -72,41 +73,13 @@ func newGANTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *job.Placemen
 		}
 		t.d.Observe, t.g.Observe = observe(spec.Name, cfg.Record), observe(spec.Name, cfg.Record)
 	}
-	m, err := spec.OpenMNIST()
-	if err != nil {
+	if t.data, err = spec.OpenImages(); err != nil {
 		return nil, err
 	}
-	t.images = GANDataShards(spec, m.Train)
-	if len(t.images[spec.Workers-1]) < spec.Batch {
-		return nil, fmt.Errorf("a data shard holds %d images, fewer than a batch of %d", len(t.images[spec.Workers-1]), spec.Batch)
+	if n := t.data.Len(spec.Workers - 1); n < spec.Batch {
+		return nil, fmt.Errorf("a data shard holds %d images, fewer than a batch of %d", n, spec.Batch)
 	}
 	return t, nil
-}
-
-// GANDataShards splits the training images into the job's data shards, one
-// per rank: a shuffle drawn from the seed, dealt out in turn.
-func GANDataShards(spec *job.Spec, train [][]float32) [][][]float32 {
-	shards := make([][][]float32, spec.Workers)
-	perm := rand.New(rand.NewPCG(spec.Seed, 0x6a4)).Perm(len(train))
-	for i, idx := range perm {
-		shards[i%spec.Workers] = append(shards[i%spec.Workers], train[idx])
-	}
-	return shards
-}
-
-// GANBatch appends to x the images of update j of data step step of data
-// shard sh (its images: GANDataShards' sh-th), and returns x: each epoch of
-// the data shard is a shuffle drawn from (seed, shard, epoch).
-func GANBatch(spec *job.Spec, images [][]float32, sh int, step int64, j int, x []float32) []float32 {
-	B, px := spec.Batch, spec.GAN.Pixels
-	per := int64(len(images) / B)
-	k := step*int64(spec.GANK) + int64(j)
-	epoch, pos := k/per, int(k%per)
-	perm := rand.New(rand.NewPCG(spec.Seed, uint64(sh)<<40^uint64(epoch))).Perm(len(images))
-	for _, i := range perm[pos*B : (pos+1)*B] {
-		x = append(x, images[i][:px]...)
-	}
-	return x
 }
 
 // GANRand is the source of the noise and the dropout masks of data step
@@ -115,10 +88,10 @@ func GANRand(spec *job.Spec, sh int, step int64) *rand.Rand {
 	return rand.New(rand.NewPCG(spec.Seed^0x9a11, uint64(sh)<<40^uint64(step)))
 }
 
-// batch fills t.x with the images of update j of data step step of data
+// batch sets t.x to the images of update j of data step step of data
 // shard sh.
 func (t *ganTrainer) batch(sh int, step int64, j int) {
-	t.x = GANBatch(t.spec, t.images[sh], sh, step, j, t.x[:0])
+	t.x = t.data.Batch(t.spec.Seed, sh, step*int64(t.spec.GANK)+int64(j), t.spec.Batch)
 }
 
 // close stops a transfer still in flight (when the step loop ends early).

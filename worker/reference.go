@@ -6,6 +6,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/shard"
 )
 
 // GANReference is a sync GAN job computed in one process: the job's data
@@ -16,17 +17,17 @@ import (
 // against and a quick way to study the recipe's dynamics.
 type GANReference struct {
 	syncUpdate
-	spec   *job.Spec
-	shards [][][]float32
-	ranks  []*models.GAN[float32] // one replica per worker: the alternating update keeps each one's fake batch from D's loss to G's
-	gs     int
-	x, z   [][]float32 // each worker's batch and noise (a replica reads them again in its backward pass)
+	spec  *job.Spec
+	data  *shard.Images
+	ranks []*models.GAN[float32] // one replica per worker: the alternating update keeps each one's fake batch from D's loss to G's
+	gs    int
+	x, z  [][]float32 // each worker's batch and noise (a replica reads them again in its backward pass)
 }
 
 // NewGANReference starts a reference of a resolved GAN spec at its initial
-// parameters; train is MNIST's training images.
-func NewGANReference(spec *job.Spec, train [][]float32) *GANReference {
-	r := &GANReference{syncUpdate: newSyncUpdate(spec), spec: spec, shards: GANDataShards(spec, train), gs: spec.GAN.GSize()}
+// parameters; data is its training images (spec.OpenImages).
+func NewGANReference(spec *job.Spec, data *shard.Images) *GANReference {
+	r := &GANReference{syncUpdate: newSyncUpdate(spec), spec: spec, data: data, gs: spec.GAN.GSize()}
 	for range spec.Workers {
 		r.ranks = append(r.ranks, models.NewGAN[float32](spec.GAN))
 	}
@@ -46,7 +47,7 @@ func (r *GANReference) Step(n int64) (dLoss, gLoss float64) {
 // draw returns the images and noise of update j of step n of worker k's
 // data shard.
 func (r *GANReference) draw(k int, n int64, j int, rng *rand.Rand) (x, z []float32) {
-	r.x[k] = GANBatch(r.spec, r.shards[k], k, n, j, r.x[k][:0])
+	r.x[k] = r.data.Batch(r.spec.Seed, k, n*int64(r.spec.GANK)+int64(j), r.spec.Batch)
 	if size := r.spec.Batch * r.spec.GAN.Noise; len(r.z[k]) != size {
 		r.z[k] = make([]float32, size)
 	}

@@ -96,7 +96,7 @@ func TestGANRecipeDoesNotCollapse(t *testing.T) {
 			if old {
 				oldGANRecipe(t, s, m.Train)
 			}
-			ref := NewGANReference(s, m.Train)
+			ref := NewGANReference(s, shard.DealImages(m.Train, s.Workers, s.Seed))
 			var dTail float64
 			for n := range int64(collapseSteps) {
 				d, _ := ref.Step(n)

@@ -1,8 +1,8 @@
-// Package worker is one model replica of a downpour job: it registers in etcd
-// under a lease, waits for the coordinator to give it a rank and a data shard,
-// and then, step after step, pulls the parameters from the shards, computes
-// the loss and gradient of a batch of its data shard, clips the gradient and
-// pushes it.
+// Package worker is one model replica of a downpour job: it registers in
+// the job's store under a lease, waits for the coordinator to give it a
+// rank and a data shard, and then, step after step, pulls the parameters
+// from the shards, computes the loss and gradient of a batch of its data
+// shard, clips the gradient and pushes it (ExampleRun runs a whole job).
 //
 //	err := worker.Run(ctx, worker.Config{Store: store, ID: "w1", NATS: nc})
 //
@@ -80,63 +80,24 @@ func Run(ctx context.Context, cfg Config) (err error) {
 		return err
 	}
 	log := cfg.Log.With("worker", cfg.ID)
-
-	spec, p, err := cfg.Store.Find(ctx, cfg.WaitTimeout)
+	m, ctx, err := job.Join(ctx, cfg.Store, cfg.LeaseTTL, cfg.WaitTimeout)
 	if err != nil {
 		return err
 	}
-	lease, err := cfg.Store.Grant(ctx, cfg.LeaseTTL)
-	if err != nil {
+	defer m.Close()
+	defer func() { err = job.Fenced(ctx, err) }()
+	a, err := takeRank(ctx, cfg, m)
+	if err != nil || a == nil {
 		return err
 	}
-	defer lease.Close()
-	// Losing the lease (a long freeze, a partition) ends the worker's
-	// membership: whatever it is doing or waiting for stops, fenced.
-	ctx, fence := context.WithCancelCause(ctx)
-	defer fence(nil)
-	go func() {
-		select {
-		case <-lease.Lost():
-			fence(fmt.Errorf("%w: lost the etcd lease: this worker is no longer a member of the job", ErrFenced))
-		case <-ctx.Done():
-		}
-	}()
-	defer func() {
-		if c := context.Cause(ctx); errors.Is(c, ErrFenced) {
-			err = c
-		}
-	}()
-	if err := cfg.Store.JoinWorker(ctx, lease, cfg.ID); err != nil {
-		return err
-	}
-	// Wait for a rank, as long as the job runs: a spare worker waits until
-	// a rank is free, and leaves when the job ends without needing it.
-	a, err := cfg.Store.WaitAssignment(ctx, cfg.ID)
-	if err != nil {
-		return err
-	}
-	if a == nil {
-		log.Info("the job is done; it did not need this worker")
-		return nil
-	}
-	if err := cfg.Store.WaitShards(ctx, p.Shards, cfg.WaitTimeout); err != nil {
-		return err
-	}
-	log.Info("joined", "rank", a.Rank, "epoch", a.Epoch, "data_shard", a.DataShard)
-
 	p, rev, err := cfg.Store.Placement(ctx)
 	if err != nil {
 		return err
 	}
 	var pushed int64 // with tasks: the rank's steps so far (its push numbering never goes back)
-	for {
-		next, nextRev, err := runEra(ctx, cfg, spec, *a, p, rev, lease, &pushed)
-		if err != nil || next == nil {
-			if err == nil {
-				log.Info("job done", "rank", a.Rank)
-			}
-			return err
-		}
+	err = job.Eras(ctx, p, rev, func(ctx context.Context, p *job.Placement, rev int64) (*job.Placement, int64, error) {
+		return runEra(ctx, cfg, m.Spec, *a, p, rev, m.Lease, &pushed)
+	}, func(next *job.Placement) error {
 		// A worker that was given up on (its lease ran out while it was
 		// frozen or cut off) has lost its rank: it must not run again.
 		now, err := cfg.Store.Assignment(ctx, cfg.ID)
@@ -147,13 +108,40 @@ func Run(ctx context.Context, cfg Config) (err error) {
 			return fmt.Errorf("%w: rank %d epoch %d is no longer this worker's", ErrFenced, a.Rank, a.Epoch)
 		}
 		select {
-		case <-lease.Lost():
+		case <-m.Lease.Lost():
 			return fmt.Errorf("%w: lost the etcd lease", ErrFenced)
 		default:
 		}
 		log.Info("re-placed: resuming", "placement", next.Version, "shards", next.Shards, "at_step", next.Start)
-		p, rev = next, nextRev
+		return nil
+	})
+	if err == nil {
+		log.Info("job done", "rank", a.Rank)
 	}
+	return err
+}
+
+// takeRank joins the job's workers and waits, as long as the job runs,
+// for a rank (a spare worker waits until one is free, and leaves, with
+// none, when the job ends without needing it), then for the job's shards.
+func takeRank(ctx context.Context, cfg Config, m *job.Member) (*job.Assignment, error) {
+	log := cfg.Log.With("worker", cfg.ID)
+	if err := cfg.Store.JoinWorker(ctx, m.Lease, cfg.ID); err != nil {
+		return nil, err
+	}
+	a, err := cfg.Store.WaitAssignment(ctx, cfg.ID)
+	if err != nil {
+		return nil, err
+	}
+	if a == nil {
+		log.Info("the job is done; it did not need this worker")
+		return nil, nil
+	}
+	if err := cfg.Store.WaitShards(ctx, m.Placement.Shards, cfg.WaitTimeout); err != nil {
+		return nil, err
+	}
+	log.Info("joined", "rank", a.Rank, "epoch", a.Epoch, "data_shard", a.DataShard)
+	return a, nil
 }
 
 // superseded says whether err is a shard's refusal of a step sent under a

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/downpour-ml/downpour/internal/vmath"
+	"github.com/downpour-ml/downpour/internal/kernel/vmath"
 	"github.com/downpour-ml/downpour/models"
 )
 

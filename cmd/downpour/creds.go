@@ -12,8 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/downpour-ml/downpour/internal/auth"
-	"github.com/downpour-ml/downpour/internal/cluster"
+	"github.com/downpour-ml/downpour/internal/app/auth"
+	"github.com/downpour-ml/downpour/internal/app/cluster"
 	"github.com/downpour-ml/downpour/internal/wire"
 )
 

@@ -22,10 +22,10 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/downpour-ml/downpour/coordinator/status"
+	"github.com/downpour-ml/downpour/internal/app/rundir"
+	"github.com/downpour-ml/downpour/internal/app/telemetry"
 	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/metrics"
-	"github.com/downpour-ml/downpour/internal/rundir"
-	"github.com/downpour-ml/downpour/internal/telemetry"
 )
 
 // web is the dashboard: a page and its script and style, served as they
@@ -92,7 +92,7 @@ func (d *dashboard) status(w http.ResponseWriter, r *http.Request) {
 	}
 	writeJSON(w, http.StatusOK, struct {
 		Role string `json:"role"`
-		*status.Job
+		*status.Report
 	}{d.role, st})
 }
 

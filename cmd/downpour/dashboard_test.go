@@ -19,7 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/downpour-ml/downpour/internal/rundir"
+	"github.com/downpour-ml/downpour/internal/app/rundir"
 	"github.com/downpour-ml/downpour/internal/testenv"
 )
 

@@ -18,11 +18,11 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/downpour-ml/downpour/coordinator"
+	"github.com/downpour-ml/downpour/internal/app/telemetry"
 	"github.com/downpour-ml/downpour/internal/checkpoint"
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/job/etcdstore"
-	"github.com/downpour-ml/downpour/internal/telemetry"
 	"github.com/downpour-ml/downpour/paramserver"
 )
 
@@ -98,7 +98,7 @@ func (f *faultCluster) waitFor(cond func() bool, what string) {
 
 // clock is the job's step as its shards tell it (-1 while they do not).
 func (f *faultCluster) clock() int64 {
-	p, _, err := etcdstore.ReadPlacement(context.Background(), f.cli, f.name)
+	p, _, err := etcdstore.New(f.cli, f.name).Placement(context.Background())
 	if err != nil {
 		return -1
 	}
@@ -210,7 +210,7 @@ func (f *faultCluster) rankHolder() *proc {
 }
 
 func placementVersion(t *testing.T, cli *clientv3.Client, name string) int64 {
-	p, _, err := etcdstore.ReadPlacement(context.Background(), cli, name)
+	p, _, err := etcdstore.New(cli, name).Placement(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}

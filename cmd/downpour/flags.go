@@ -12,7 +12,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/downpour-ml/downpour/internal/cluster"
+	"github.com/downpour-ml/downpour/internal/app/cluster"
 	"github.com/downpour-ml/downpour/internal/config"
 	"github.com/downpour-ml/downpour/internal/job"
 )

@@ -10,8 +10,8 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 
-	"github.com/downpour-ml/downpour/internal/auth"
-	"github.com/downpour-ml/downpour/internal/cluster"
+	"github.com/downpour-ml/downpour/internal/app/auth"
+	"github.com/downpour-ml/downpour/internal/app/cluster"
 )
 
 // The roles of `downpour train` reach its embedded NATS server in-process:

@@ -25,9 +25,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
+	"github.com/downpour-ml/downpour/internal/app/telemetry"
 	"github.com/downpour-ml/downpour/internal/checkpoint"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/telemetry"
 	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
@@ -867,7 +867,7 @@ func TestGANSyncMatchesOneProcess(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ref := worker.NewGANReference(spec, m.Train)
+		ref := worker.NewGANReference(spec, shard.DealImages(m.Train, spec.Workers, spec.Seed))
 		for step := range spec.Steps {
 			ref.Step(step)
 		}

@@ -8,8 +8,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/downpour-ml/downpour/internal/app/telemetry"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/telemetry"
 )
 
 // cmdPlot draws a run's curves (loss.png, eval.png) from its metrics.jsonl,

@@ -22,9 +22,9 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/checkpoint"
 	"github.com/downpour-ml/downpour/internal/embedded"
-	"github.com/downpour-ml/downpour/internal/gemm"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/job/etcdstore"
+	"github.com/downpour-ml/downpour/internal/kernel/gemm"
 	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/models"
 )
@@ -232,7 +232,7 @@ func TestReshardRunningJob(t *testing.T) {
 		if code != 0 || !strings.Contains(stdout, want) {
 			t.Fatalf("reshard to %d: exit %d, stdout %q (want %q), stderr %q", shards, code, stdout, want, stderr)
 		}
-		p, _, err := etcdstore.ReadPlacement(context.Background(), cli, "rs")
+		p, _, err := etcdstore.New(cli, "rs").Placement(context.Background())
 		if err != nil || p.Version != version || p.Shards != shards || p.Start < cp.Step || len(p.From) != int(version) {
 			t.Fatalf("placement after reshard: %+v, %v (checkpoint %+v)", p, err, cp)
 		}

@@ -11,7 +11,7 @@ import (
 	"github.com/vbauerster/mpb/v8/decor"
 	"golang.org/x/term"
 
-	"github.com/downpour-ml/downpour/internal/telemetry"
+	"github.com/downpour-ml/downpour/internal/app/telemetry"
 )
 
 // isTerminal reports whether w is a terminal: train then shows a progress

@@ -14,8 +14,8 @@ import (
 
 	"github.com/creack/pty"
 
+	"github.com/downpour-ml/downpour/internal/app/telemetry"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/telemetry"
 )
 
 // On a terminal, train draws a progress bar (steps, ETA, loss, rate) redrawn

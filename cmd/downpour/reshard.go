@@ -8,7 +8,7 @@ import (
 	"io"
 	"time"
 
-	"github.com/downpour-ml/downpour/internal/auth"
+	"github.com/downpour-ml/downpour/internal/app/auth"
 )
 
 // cmdReshard asks a running job's coordinator to move the job to another

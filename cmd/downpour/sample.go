@@ -8,7 +8,7 @@ import (
 	"math"
 	"math/rand/v2"
 
-	"github.com/downpour-ml/downpour/internal/evaluate"
+	"github.com/downpour-ml/downpour/internal/app/evaluate"
 	"github.com/downpour-ml/downpour/models"
 )
 

@@ -15,9 +15,9 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/downpour-ml/downpour/cmd/downpour/internal/scale"
+	"github.com/downpour-ml/downpour/internal/app/rundir"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/rundir"
-	"github.com/downpour-ml/downpour/internal/scale"
 	"github.com/downpour-ml/downpour/worker"
 )
 
@@ -44,14 +44,7 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if *replot != "" {
-		rs, err := scale.ReadResults(filepath.Join(*replot, "results.jsonl"))
-		if err != nil {
-			return err
-		}
-		if err := writeTable(rs, *replot); err != nil {
-			return err
-		}
-		return scale.Plot(rs, *replot)
+		return replotSweep(*replot)
 	}
 	if *fit != "" {
 		return fitModel(*fit, stdout)
@@ -73,23 +66,7 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	// An existing sweep's directory takes the new jobs beside its own: its
-	// table and curves then cover both.
-	var all []scale.Result
-	if *out != "" {
-		if rs, err := scale.ReadResults(filepath.Join(*out, "results.jsonl")); err == nil {
-			all = rs
-			fmt.Fprintf(stdout, "adding to the sweep in %s (%d jobs)\n", *out, len(rs))
-		} else if !errors.Is(err, os.ErrNotExist) {
-			return err
-		}
-	}
-	if all == nil {
-		if err := rundir.Prepare(out, "scale"); err != nil {
-			return err
-		}
-	}
-	results, err := os.OpenFile(filepath.Join(*out, "results.jsonl"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	all, results, err := openSweep(out, stdout)
 	if err != nil {
 		return err
 	}
@@ -101,29 +78,11 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 				for _, w := range ws {
 					cfg := scale.Config{Binary: bin, Dir: filepath.Join(*out, fmt.Sprintf("%s-w%d-s%d-p%d", mode, w, s, p)),
 						Workers: w, Shards: s, Mode: mode, Steps: *steps, Params: p, StepMs: *stepMs, Faults: fl, CheckpointEvery: *ckpt, Procs: *procs, Profile: *profile}
-					if _, err := os.Stat(cfg.Dir); err == nil {
-						return fmt.Errorf("%s holds that job already: choose another --out", cfg.Dir)
-					}
-					res, err := scale.Run(ctx, cfg)
+					res, err := scaleJob(ctx, cfg, *check, results, stdout)
 					if err != nil {
-						return fmt.Errorf("%d workers, %d shards, %d params, %s: %w", w, s, p, mode, err)
-					}
-					verdict := ""
-					if *check && mode == "sync" {
-						if verdict, err = checkSync(cfg, res); err != nil {
-							return err
-						}
-					}
-					if err := res.Reconcile(); err != nil {
-						return fmt.Errorf("%d workers, %d shards, %d params, %s: counters: %w", w, s, p, mode, err)
-					}
-					verdict += "  counters reconcile"
-					all = append(all, *res)
-					fmt.Fprintln(stdout, scaleRow(res)+verdict)
-					b, _ := json.Marshal(res)
-					if _, err := results.Write(append(b, '\n')); err != nil {
 						return err
 					}
+					all = append(all, *res)
 				}
 			}
 		}
@@ -140,6 +99,71 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	fmt.Fprintf(stdout, "curves: %s\n", filepath.Join(*out, "*.png"))
 	return nil
+}
+
+// replotSweep writes the table and draws the curves of the sweep in dir
+// again, from its results.jsonl.
+func replotSweep(dir string) error {
+	rs, err := scale.ReadResults(filepath.Join(dir, "results.jsonl"))
+	if err != nil {
+		return err
+	}
+	if err := writeTable(rs, dir); err != nil {
+		return err
+	}
+	return scale.Plot(rs, dir)
+}
+
+// openSweep opens the sweep's directory *out (made when empty) and its
+// results.jsonl: an existing sweep's directory takes the new jobs beside
+// its own (returned), and its table and curves then cover both.
+func openSweep(out *string, stdout io.Writer) ([]scale.Result, *os.File, error) {
+	var all []scale.Result
+	if *out != "" {
+		if rs, err := scale.ReadResults(filepath.Join(*out, "results.jsonl")); err == nil {
+			all = rs
+			fmt.Fprintf(stdout, "adding to the sweep in %s (%d jobs)\n", *out, len(rs))
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return nil, nil, err
+		}
+	}
+	if all == nil {
+		if err := rundir.Prepare(out, "scale"); err != nil {
+			return nil, nil, err
+		}
+	}
+	results, err := os.OpenFile(filepath.Join(*out, "results.jsonl"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	return all, results, err
+}
+
+// scaleJob runs one job of a sweep, checks it (a sync job bit for bit
+// against the one-process computation, with check; every job's counters),
+// prints its row and appends its result to results.
+func scaleJob(ctx context.Context, cfg scale.Config, check bool, results io.Writer, stdout io.Writer) (*scale.Result, error) {
+	what := fmt.Sprintf("%d workers, %d shards, %d params, %s", cfg.Workers, cfg.Shards, cfg.Params, cfg.Mode)
+	if _, err := os.Stat(cfg.Dir); err == nil {
+		return nil, fmt.Errorf("%s holds that job already: choose another --out", cfg.Dir)
+	}
+	res, err := scale.Run(ctx, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	verdict := ""
+	if check && cfg.Mode == "sync" {
+		if verdict, err = checkSync(cfg, res); err != nil {
+			return nil, err
+		}
+	}
+	if err := res.Reconcile(); err != nil {
+		return nil, fmt.Errorf("%s: counters: %w", what, err)
+	}
+	verdict += "  counters reconcile"
+	fmt.Fprintln(stdout, scaleRow(res)+verdict)
+	b, _ := json.Marshal(res)
+	if _, err := results.Write(append(b, '\n')); err != nil {
+		return nil, err
+	}
+	return res, nil
 }
 
 // writeTable writes a sweep's table (scale.WriteTable) to dir/results.md.

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/downpour-ml/downpour/internal/scale"
+	"github.com/downpour-ml/downpour/cmd/downpour/internal/scale"
 	"github.com/downpour-ml/downpour/internal/testenv"
 )
 

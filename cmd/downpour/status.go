@@ -11,8 +11,8 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/downpour-ml/downpour/coordinator/status"
-	"github.com/downpour-ml/downpour/internal/auth"
-	"github.com/downpour-ml/downpour/internal/rundir"
+	"github.com/downpour-ml/downpour/internal/app/auth"
+	"github.com/downpour-ml/downpour/internal/app/rundir"
 	"github.com/downpour-ml/downpour/internal/wire"
 )
 

@@ -13,8 +13,8 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/downpour-ml/downpour/internal/app/evaluate"
 	"github.com/downpour-ml/downpour/internal/checkpoint"
-	"github.com/downpour-ml/downpour/internal/evaluate"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"

@@ -21,9 +21,9 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/downpour-ml/downpour/coordinator"
-	"github.com/downpour-ml/downpour/internal/evaluate"
+	"github.com/downpour-ml/downpour/internal/app/evaluate"
+	"github.com/downpour-ml/downpour/internal/app/telemetry"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/telemetry"
 	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/paramserver"
 )

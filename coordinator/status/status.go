@@ -20,14 +20,14 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/downpour-ml/downpour/coordinator"
+	"github.com/downpour-ml/downpour/internal/app/rundir"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/rundir"
 	"github.com/downpour-ml/downpour/paramserver"
 )
 
-// Job is a job as etcd (and, given a NATS connection, its shards) know
+// Report is a job as its store (and, given a NATS connection, its shards) know
 // it: what downpour status prints and the dashboard shows.
-type Job struct {
+type Report struct {
 	Job        string                `json:"job"`
 	State      string                `json:"state"`
 	Model      string                `json:"model"`
@@ -84,13 +84,13 @@ type Shard struct {
 
 // Read reads the status of the job of st; with nc, it also asks each
 // shard for its clock.
-func Read(ctx context.Context, st job.ObserverStore, nc *nats.Conn) (*Job, error) {
+func Read(ctx context.Context, st job.ObserverStore, nc *nats.Conn) (*Report, error) {
 	lk, err := st.Look(ctx)
 	if err != nil {
 		return nil, err
 	}
 	spec, p := lk.Spec, lk.Placement
-	out := &Job{Job: spec.Name, State: lk.State, Model: spec.Model, Data: spec.Data, Mode: spec.Mode,
+	out := &Report{Job: spec.Name, State: lk.State, Model: spec.Model, Data: spec.Data, Mode: spec.Mode,
 		Workers: spec.Workers, Steps: spec.Steps, Standby: []string{}, Checkpoint: lk.Checkpoint,
 		Placement: Placement{Version: p.Version, Shards: p.Shards, Blocks: len(p.Blocks), BlockSize: p.BlockSize, Start: p.Start}}
 	for i, c := range lk.Candidates {
@@ -184,7 +184,7 @@ func shards(lk *job.Look, n int, clocks []int64) []Shard {
 }
 
 // Print writes st as downpour status shows it.
-func (st *Job) Print(stdout io.Writer) error {
+func (st *Report) Print(stdout io.Writer) error {
 	w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(w, "job %s: %s; %s %s, %d workers, %d steps, mode %s\n", st.Job, st.State, st.Model, st.Data, st.Workers, st.Steps, st.Mode)
 	if st.Leader == "" {

@@ -67,6 +67,16 @@ func (s *Spec) OpenMNIST() (*shard.MNIST, error) {
 	return shard.LoadMNIST(dir)
 }
 
+// OpenImages loads the GAN's training images dealt into the job's data
+// shards, one per rank (shard.DealImages, from the job's seed).
+func (s *Spec) OpenImages() (*shard.Images, error) {
+	m, err := s.OpenMNIST()
+	if err != nil {
+		return nil, err
+	}
+	return shard.DealImages(m.Train, s.Workers, s.Seed), nil
+}
+
 // GANStepsPerEpoch is the number of steps in which the workers together see
 // the training images once.
 func (s *Spec) GANStepsPerEpoch(trainImages int) int64 {

@@ -180,32 +180,8 @@ func (s *Spec) Validate() error {
 			return errors.New("the synthetic model pulls and pushes every step: n-fetch and n-push must be 1")
 		}
 	case "gan":
-		if err := s.GAN.Validate(); err != nil {
+		if err := s.validateGAN(); err != nil {
 			return err
-		}
-		if s.GANK < 1 {
-			return fmt.Errorf("gan-k (D updates per G update) must be at least 1 (got %d)", s.GANK)
-		}
-		switch s.GANUpdate {
-		case "", Alternating:
-		case Simultaneous:
-			if s.GANK != 1 {
-				return fmt.Errorf("gan-k %d: the simultaneous update makes one D and one G update a step; --gan-k needs --gan-update alternating", s.GANK)
-			}
-		default:
-			return fmt.Errorf("gan update %q: use simultaneous or alternating", s.GANUpdate)
-		}
-		if s.NFetch != 1 || s.NPush != 1 {
-			return errors.New("the GAN pulls and pushes every step: n-fetch and n-push must be 1")
-		}
-		if s.Mode == SSP {
-			return errors.New("the GAN trains in sync or async mode (its D and G updates interleave, which bounded staleness cannot express)")
-		}
-		if s.RampStartEpochs < 0 || s.RampEndEpochs < s.RampStartEpochs {
-			return errors.New("the momentum ramp must end after it starts")
-		}
-		if s.GOutBias != nil && len(s.GOutBias) != s.GAN.Pixels {
-			return fmt.Errorf("the generator's output bias has %d values for %d pixels", len(s.GOutBias), s.GAN.Pixels)
 		}
 	default:
 		return fmt.Errorf("model %q: use seq2seq, gan or synthetic", s.Model)
@@ -313,6 +289,38 @@ func splits(global int) string {
 		return ok[0]
 	}
 	return strings.Join(ok[:len(ok)-1], ", ") + " or " + ok[len(ok)-1]
+}
+
+// validateGAN checks a GAN job's settings.
+func (s *Spec) validateGAN() error {
+	if err := s.GAN.Validate(); err != nil {
+		return err
+	}
+	if s.GANK < 1 {
+		return fmt.Errorf("gan-k (D updates per G update) must be at least 1 (got %d)", s.GANK)
+	}
+	switch s.GANUpdate {
+	case "", Alternating:
+	case Simultaneous:
+		if s.GANK != 1 {
+			return fmt.Errorf("gan-k %d: the simultaneous update makes one D and one G update a step; --gan-k needs --gan-update alternating", s.GANK)
+		}
+	default:
+		return fmt.Errorf("gan update %q: use simultaneous or alternating", s.GANUpdate)
+	}
+	if s.NFetch != 1 || s.NPush != 1 {
+		return errors.New("the GAN pulls and pushes every step: n-fetch and n-push must be 1")
+	}
+	if s.Mode == SSP {
+		return errors.New("the GAN trains in sync or async mode (its D and G updates interleave, which bounded staleness cannot express)")
+	}
+	if s.RampStartEpochs < 0 || s.RampEndEpochs < s.RampStartEpochs {
+		return errors.New("the momentum ramp must end after it starts")
+	}
+	if s.GOutBias != nil && len(s.GOutBias) != s.GAN.Pixels {
+		return fmt.Errorf("the generator's output bias has %d values for %d pixels", len(s.GOutBias), s.GAN.Pixels)
+	}
+	return nil
 }
 
 func (s *Spec) validateSeq2Seq() error {

@@ -41,24 +41,18 @@ type Config struct {
 }
 
 // Run serves a shard of the job until the job is done or ctx ends.
-func Run(ctx context.Context, cfg Config) error {
-	if cfg.Log == nil {
-		cfg.Log = slog.Default()
-	}
-	if cfg.LeaseTTL == 0 {
-		cfg.LeaseTTL = 10
-	}
-	if cfg.WaitTimeout == 0 {
-		cfg.WaitTimeout = 5 * time.Minute
-	}
+func Run(ctx context.Context, cfg Config) (err error) {
+	cfg.defaults()
 	name := cfg.Store.Name()
 	if err := wire.ValidJob(name); err != nil {
 		return err
 	}
-	spec, p, err := cfg.Store.Find(ctx, cfg.WaitTimeout)
+	m, ctx, err := job.Join(ctx, cfg.Store, cfg.LeaseTTL, cfg.WaitTimeout)
 	if err != nil {
 		return err
 	}
+	defer m.Close()
+	defer func() { err = job.Fenced(ctx, err) }()
 	// The data directory is the job's; with retention on, a shard deletes
 	// its snapshots older than the checkpoints the job keeps (retain.go).
 	var retained string
@@ -67,61 +61,71 @@ func Run(ctx context.Context, cfg Config) error {
 		if err := claimDir(dir, name); err != nil {
 			return err
 		}
-		if spec.KeepCheckpoints > 0 {
+		if m.Spec.KeepCheckpoints > 0 {
 			retained = dir
-			rctx, cancel := context.WithCancel(ctx)
-			defer cancel()
-			go retain(rctx, cfg.Store, dir, spec.KeepCheckpoints, cfg.Log)
+			go retain(ctx, cfg.Store, dir, m.Spec.KeepCheckpoints, cfg.Log)
 		}
 	}
-	lease, err := cfg.Store.Grant(ctx, cfg.LeaseTTL)
+	idx, p, err := claimIndex(ctx, cfg, m)
 	if err != nil {
 		return err
 	}
-	defer lease.Close()
-	// Claim an index of the current placement. When none is free, wait: a
-	// later placement may have more shards, or a dead holder's lease may
-	// expire (as when a stopped job is resumed).
-	var idx int
+	log := cfg.Log.With("shard", idx)
+	restore := cfg.Restore
+	return job.Eras(ctx, p, 0, func(ctx context.Context, p *job.Placement, _ int64) (*job.Placement, int64, error) {
+		if idx >= p.Shards {
+			log.Info("placement has fewer shards: leaving", "placement", p.Version, "shards", p.Shards)
+			return nil, 0, cfg.Store.LeaveShard(ctx, idx)
+		}
+		next, err := serveEra(ctx, cfg, m.Spec, p, idx, restore, m.Lease, log)
+		if err == nil && next == nil && retained != "" {
+			pruneOnce(ctx, cfg.Store, retained, m.Spec.KeepCheckpoints, log)
+		}
+		return next, 0, err
+	}, func(*job.Placement) error {
+		restore = "" // a restore file is for the first placement only
+		return nil
+	})
+}
+
+func (c *Config) defaults() {
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 10
+	}
+	if c.WaitTimeout == 0 {
+		c.WaitTimeout = 5 * time.Minute
+	}
+}
+
+// claimIndex claims an index of the job's current placement, and returns
+// it with that placement. When none is free, it waits (up to the wait
+// timeout): a later placement may have more shards, or a dead holder's
+// lease may expire (as when a stopped job is resumed).
+func claimIndex(ctx context.Context, cfg Config, m *job.Member) (int, *job.Placement, error) {
+	p := m.Placement
 	deadline := time.Now().Add(cfg.WaitTimeout)
 	for said := false; ; said = true {
-		if idx, err = cfg.Store.ClaimShard(ctx, lease, p.Shards, cfg.Shard); err == nil {
-			break
+		idx, err := cfg.Store.ClaimShard(ctx, m.Lease, p.Shards, cfg.Shard)
+		if err == nil {
+			return idx, p, nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%w (waited %v)", err, cfg.WaitTimeout)
+			return 0, nil, fmt.Errorf("%w (waited %v)", err, cfg.WaitTimeout)
 		}
 		if !said {
 			cfg.Log.Info("no shard index to claim yet; waiting", "err", err)
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return 0, nil, ctx.Err()
 		case <-time.After(250 * time.Millisecond):
 		}
 		if p, _, err = cfg.Store.Placement(ctx); err != nil {
-			return err
+			return 0, nil, err
 		}
-	}
-	log := cfg.Log.With("shard", idx)
-	restore := cfg.Restore
-	for {
-		if idx >= p.Shards {
-			log.Info("placement has fewer shards: leaving", "placement", p.Version, "shards", p.Shards)
-			return cfg.Store.LeaveShard(ctx, idx)
-		}
-		next, err := serveEra(ctx, cfg, spec, p, idx, restore, lease, log)
-		if err != nil {
-			return err
-		}
-		if next == nil {
-			if retained != "" {
-				pruneOnce(ctx, cfg.Store, retained, spec.KeepCheckpoints, log)
-			}
-			return nil
-		}
-		restore = ""
-		p = next
 	}
 }
 
@@ -140,20 +144,9 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *job.Placement,
 		return nil, fmt.Errorf("shard %d: %w", idx, err)
 	}
 	shard.Fence(p.Epochs)
-	svcCfg := paramserver.ServiceConfig{Job: spec.Name, Shard: idx, Placement: p.Version, Log: log, Observer: metrics.Shard(spec.Name, idx)}
-	if cfg.DataDir != "" {
-		svcCfg.SnapshotDir = filepath.Join(cfg.DataDir, "snapshots") // made by Run
-		svcCfg.SnapshotEvery = spec.CheckpointEvery
-		svcCfg.OnSnapshot = func(path string, snap *paramserver.Snapshot) {
-			// The record completes a checkpoint (the store retries it
-			// through an etcd election or a lost member).
-			rec := job.SnapshotRecord{Path: path, Step: snap.Step, Shard: idx, Placement: snap.Placement}
-			if err := cfg.Store.RecordSnapshot(ctx, rec); err != nil && ctx.Err() == nil {
-				log.Error("recording snapshot: giving up; the checkpoint of this step will not complete", "step", snap.Step, "err", err)
-			}
-		}
-	} else if spec.CheckpointEvery > 0 {
-		return nil, fmt.Errorf("the job checkpoints every %d steps: give the shard a data directory", spec.CheckpointEvery)
+	svcCfg, err := serviceConfig(ctx, cfg, spec, p, idx, log)
+	if err != nil {
+		return nil, err
 	}
 	// Say which placement this shard serves, before serving it: if it dies
 	// from now on, that placement's progress is lost and the coordinator
@@ -176,8 +169,13 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *job.Placement,
 	if cfg.Ready != nil {
 		cfg.Ready(idx, svc)
 	}
-	// Serve until the job is done or re-placed (no deadline: a job runs as
-	// long as it runs).
+	return serve(ctx, cfg, spec, p, idx, svc, lease, log)
+}
+
+// serve serves placement p with svc until the job is done (nil) or
+// re-placed (the next placement), with no deadline: a job runs as long as
+// it runs.
+func serve(ctx context.Context, cfg Config, spec *job.Spec, p *job.Placement, idx int, svc *paramserver.Service, lease job.Lease, log *slog.Logger) (*job.Placement, error) {
 	type result struct {
 		next *job.Placement
 		err  error
@@ -194,22 +192,44 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *job.Placement,
 	}()
 	select {
 	case r := <-done:
-		switch {
-		case r.err != nil:
+		if r.err != nil {
 			return nil, r.err
-		case r.next == nil:
-			st := svc.Stats()
-			log.Info("job done", "clock", svc.Clock(), "accepted", st.Accepted, "applied", st.Applied, "duplicates", st.Duplicates, "skipped", st.Skipped,
-				"refused", svc.Refused())
-		default:
-			st := svc.Stats()
-			log.Info("re-placed: leaving this placement", "placement", p.Version, "clock", svc.Clock(), "next", r.next.Version, "from_step", r.next.Start,
-				"accepted", st.Accepted, "applied", st.Applied, "duplicates", st.Duplicates, "skipped", st.Skipped, "refused", svc.Refused())
+		}
+		st := svc.Stats()
+		counts := []any{"accepted", st.Accepted, "applied", st.Applied, "duplicates", st.Duplicates, "skipped", st.Skipped, "refused", svc.Refused()}
+		if r.next == nil {
+			log.Info("job done", append([]any{"clock", svc.Clock()}, counts...)...)
+		} else {
+			log.Info("re-placed: leaving this placement", append([]any{"placement", p.Version, "clock", svc.Clock(), "next", r.next.Version, "from_step", r.next.Start}, counts...)...)
 		}
 		return r.next, nil
 	case <-lease.Lost():
 		return nil, fmt.Errorf("shard %d lost its etcd lease", idx)
 	}
+}
+
+// serviceConfig is the NATS service's configuration of shard idx of
+// placement p: its snapshots, when the job checkpoints, each recorded in
+// the store once written (a record completes a checkpoint).
+func serviceConfig(ctx context.Context, cfg Config, spec *job.Spec, p *job.Placement, idx int, log *slog.Logger) (paramserver.ServiceConfig, error) {
+	svcCfg := paramserver.ServiceConfig{Job: spec.Name, Shard: idx, Placement: p.Version, Log: log, Observer: metrics.Shard(spec.Name, idx)}
+	if cfg.DataDir == "" {
+		if spec.CheckpointEvery > 0 {
+			return svcCfg, fmt.Errorf("the job checkpoints every %d steps: give the shard a data directory", spec.CheckpointEvery)
+		}
+		return svcCfg, nil
+	}
+	svcCfg.SnapshotDir = filepath.Join(cfg.DataDir, "snapshots") // made by Run
+	svcCfg.SnapshotEvery = spec.CheckpointEvery
+	svcCfg.OnSnapshot = func(path string, snap *paramserver.Snapshot) {
+		// The store retries the record through an etcd election or a lost
+		// member.
+		rec := job.SnapshotRecord{Path: path, Step: snap.Step, Shard: idx, Placement: snap.Placement}
+		if err := cfg.Store.RecordSnapshot(ctx, rec); err != nil && ctx.Err() == nil {
+			log.Error("recording snapshot: giving up; the checkpoint of this step will not complete", "step", snap.Step, "err", err)
+		}
+	}
+	return svcCfg, nil
 }
 
 // replaced waits for the placement that replaces p, whose shard idx a

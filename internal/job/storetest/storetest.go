@@ -26,7 +26,8 @@ func Run(t *testing.T, newStore NewStore) {
 	t.Run("members", func(t *testing.T) { members(t, newStore) })
 	t.Run("placements", func(t *testing.T) { placements(t, newStore) })
 	t.Run("shards", func(t *testing.T) { shards(t, newStore) })
-	t.Run("tasks-checkpoints", func(t *testing.T) { tasksCheckpoints(t, newStore) })
+	t.Run("tasks", func(t *testing.T) { tasks(t, newStore) })
+	t.Run("checkpoints", func(t *testing.T) { checkpoints(t, newStore) })
 	t.Run("leadership", func(t *testing.T) { leadership(t, newStore) })
 }
 
@@ -326,12 +327,11 @@ func shards(t *testing.T, newStore NewStore) {
 	}
 }
 
-// Tasks given reach their workers, and their reports the coordinator; a
-// checkpoint recorded reaches the shards that wait for it; a snapshot
-// record and a reshard request are followed.
-func tasksCheckpoints(t *testing.T, newStore NewStore) {
+// Tasks given reach their workers, and their reports the coordinator; the
+// queue is stored with them, and with each checkpoint.
+func tasks(t *testing.T, newStore NewStore) {
 	ctx := t.Context()
-	st := newStore(t, "tc")
+	st := newStore(t, "tk")
 	created(t, st)
 	_, events := follow(t, st)
 	task := job.Task{ID: 4, Shard: 1, From: 10, To: 20, State: job.TaskPending, Owner: "w"}
@@ -370,6 +370,23 @@ func tasksCheckpoints(t *testing.T, newStore NewStore) {
 	}
 	if b, err := st.TaskQueueAt(ctx, 30); err != nil || b != nil {
 		t.Fatalf("TaskQueueAt of no checkpoint: %q %v", b, err)
+	}
+}
+
+// A checkpoint recorded reaches the shards that wait for it; a snapshot
+// record, a reshard request and its answer are followed; a coordinator
+// that takes over finds them all, in the store's order.
+func checkpoints(t *testing.T, newStore NewStore) {
+	ctx := t.Context()
+	st := newStore(t, "ck")
+	created(t, st)
+	_, events := follow(t, st)
+	task := job.Task{ID: 4, Shard: 1, From: 10, To: 20, State: job.TaskDone, Owner: "w"}
+	if err := st.TaskDone(ctx, "w", task); err != nil {
+		t.Fatal(err)
+	}
+	if ev := events.next(t); ev.Kind != job.TaskReported {
+		t.Fatalf("after TaskDone: %+v", ev)
 	}
 	rec := job.SnapshotRecord{Path: "/s", Step: 20, Shard: 1, Placement: 1}
 	if err := st.RecordSnapshot(ctx, rec); err != nil {

@@ -32,12 +32,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/downpour-ml/downpour/coordinator"
+	"github.com/downpour-ml/downpour/internal/app/telemetry"
 	"github.com/downpour-ml/downpour/internal/checkpoint"
 	"github.com/downpour-ml/downpour/internal/embedded"
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/job/etcdstore"
 	"github.com/downpour-ml/downpour/internal/latency"
-	"github.com/downpour-ml/downpour/internal/telemetry"
 )
 
 // Config is one measured job.

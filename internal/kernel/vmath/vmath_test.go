@@ -6,7 +6,7 @@ import (
 	"slices"
 	"testing"
 
-	"github.com/downpour-ml/downpour/internal/gemm"
+	"github.com/downpour-ml/downpour/internal/kernel/gemm"
 )
 
 func ulps(got float32, want float64) float64 {

@@ -3,11 +3,11 @@
 workloads' steps call (products.txt beside this script, which models'
 TestStepProducts writes and checks), and prints the results as Go benchmark
 lines with the names of BenchmarkSgemm and BenchmarkSgemmStep, so that they
-sit beside internal/gemm's in one file:
+sit beside internal/kernel/gemm's in one file:
 
     go test -run NONE -bench 'SgemmStep|Sgemm$' -count 3 ./internal/gemm > gemm.txt
     OPENBLAS_VERBOSE=2 OPENBLAS_NUM_THREADS=2 /usr/bin/python3 \\
-        internal/gemm/testdata/sgemm_openblas.py 3 >> gemm.txt
+        internal/kernel/gemm/testdata/sgemm_openblas.py 3 >> gemm.txt
 
 OPENBLAS_VERBOSE=2 makes OpenBLAS say which kernels it picked (on stderr);
 OPENBLAS_CORETYPE=Haswell or SkylakeX forces one. The path is named after

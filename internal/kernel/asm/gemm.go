@@ -19,7 +19,7 @@ const (
 // unroll is how many steps of p one pass of the main loop takes.
 const unroll = 4
 
-// gemm emits the kernels of internal/gemm.
+// gemm emits the kernels of internal/kernel/gemm.
 func gemm() {
 	avx512 := isa{name: "AVX512", regs: zmm, width: 16, mr: mr512, nr: nr512}
 	avx2 := isa{name: "AVX2", regs: ymm, width: 8, mr: mr256, nr: nr256}

@@ -14,8 +14,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/downpour-ml/downpour/internal/app/telemetry"
 	"github.com/downpour-ml/downpour/internal/job"
-	"github.com/downpour-ml/downpour/internal/telemetry"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/shard"
 )

@@ -139,13 +139,19 @@ func Plot(rs []Result, dir string) error {
 	if dim != "workers" {
 		return nil
 	}
+	return plotEtcd(modes, names, label, xs, dir)
+}
+
+// plotEtcd draws a workers sweep's etcd requests per step, beside what
+// membership alone needs (etcd.png).
+func plotEtcd(modes map[string][]Result, names []string, label string, xs []float64, dir string) error {
 	ep := newLogLog(label, "etcd requests per step", xs)
 	ep.Title.Text = "etcd requests per step, all roles"
 	for _, m := range names {
 		var got, want plotter.XYs
 		for _, r := range modes[m] {
-			got = append(got, plotter.XY{X: r.at(dim), Y: r.EtcdPerStep})
-			want = append(want, plotter.XY{X: r.at(dim), Y: Membership(r).PerStep})
+			got = append(got, plotter.XY{X: r.at("workers"), Y: r.EtcdPerStep})
+			want = append(want, plotter.XY{X: r.at("workers"), Y: Membership(r).PerStep})
 		}
 		if err := addLine(ep, m, got, modeColor[m], false); err != nil {
 			return err

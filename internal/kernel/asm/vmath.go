@@ -9,9 +9,9 @@ import (
 	. "github.com/mmcloughlin/avo/reg"
 )
 
-// The vector math of internal/vmath: exp, sigmoid and tanh in float32,
+// The vector math of internal/kernel/vmath: exp, sigmoid and tanh in float32,
 // lane by lane the same operations, in the same order, as the scalar Go of
-// internal/vmath (Exp, Sigmoid, Tanh), with no fused multiply-add, so every
+// internal/kernel/vmath (Exp, Sigmoid, Tanh), with no fused multiply-add, so every
 // path gives the bits of the scalar reference.
 
 // vx is one vector extension as the vector math uses it.
@@ -50,7 +50,7 @@ func constant(name string, bits uint32) Mem {
 
 func f32(name string, v float32) Mem { return constant(name, math.Float32bits(v)) }
 
-// vmath emits the kernels of internal/vmath.
+// vmath emits the kernels of internal/kernel/vmath.
 func vmath() {
 	avx512 := vx{name: "AVX512", regs: zmm, width: 16,
 		cmp:   func(pred uint8, a VecPhysical, b Op, m Register) { VCMPPS(U8(pred), b, a, m) },
@@ -180,7 +180,7 @@ func expShift(x vx) {
 }
 
 // cell emits cellNN(gates, cPrev, cNext, hNext, tc, H, n): the LSTM cell of one
-// row, as internal/vmath's LSTMCell, for the first n of its H units.
+// row, as internal/kernel/vmath's LSTMCell, for the first n of its H units.
 func cell(x vx) {
 	name := "cell" + x.name
 	TEXT(name, NOSPLIT, "func(gates, cPrev, cNext, hNext, tc *float32, H, n int)")
@@ -231,7 +231,7 @@ func cell(x vx) {
 }
 
 // cellBack emits cellBackNN(gates, cPrev, tc, dh, dc, dgates, H, n): the
-// LSTM cell's backward pass for units 0..n-1 of one row, as internal/vmath's
+// LSTM cell's backward pass for units 0..n-1 of one row, as internal/kernel/vmath's
 // LSTMCellBackward: from the gates' activations and the gradients dh and dc
 // of the cell's outputs, the gradients of the gates' pre-activations, and
 // dc carried back through the forget gate.

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/downpour-ml/downpour/internal/auth"
+	"github.com/downpour-ml/downpour/internal/app/auth"
 	"github.com/downpour-ml/downpour/internal/testenv"
 )
 

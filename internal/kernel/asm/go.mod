@@ -1,4 +1,4 @@
-module github.com/downpour-ml/downpour/internal/asm
+module github.com/downpour-ml/downpour/internal/kernel/asm
 
 go 1.26.0
 

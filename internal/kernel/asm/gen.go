@@ -1,6 +1,6 @@
 // Command asm generates the assembly of downpour's CPU kernels with avo
-// (github.com/mmcloughlin/avo): the GEMM micro-kernels of internal/gemm and
-// the vector math of internal/vmath. The package named by -pkg says which.
+// (github.com/mmcloughlin/avo): the GEMM micro-kernels of internal/kernel/gemm and
+// the vector math of internal/kernel/vmath. The package named by -pkg says which.
 // From either package:
 //
 //	go generate

@@ -16,7 +16,7 @@ import (
 // sweep could not compute ("-": it has no one-worker run), which the page
 // may give against another sweep's run ("65% of 1x1").
 func TestDocsTablesAreTheCommittedSweeps(t *testing.T) {
-	root := filepath.Join("..", "..", "docs")
+	root := filepath.Join("..", "..", "..", "..", "docs")
 	page, err := os.ReadFile(filepath.Join(root, "scale.md"))
 	if err != nil {
 		t.Fatal(err)
