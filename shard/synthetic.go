@@ -3,10 +3,13 @@
 // paramserver.Shard, are another thing): synthetic tasks generated from a
 // seed (synthetic.go), parallel corpora read from files with their
 // vocabularies and tokenizers (corpus.go), the Dataset both present to a
-// worker (dataset.go), and MNIST in idx files (idx.go).
+// worker (dataset.go), MNIST in idx files (idx.go) and the GAN's images
+// dealt into data shards (images.go). Both models' data answer one
+// data-shard interface, Batches.
 //
 // A batch is a pure function of (data, seed, data shard, step), so a rerun
-// of a step after a fault sees exactly the same examples:
+// of a step after a fault sees exactly the same examples (the examples
+// show it):
 //
 //	task, _ := shard.NewSynthetic("reverse", 3, 8)
 //	b := task.Batch(seed, dataShard, step, 32)

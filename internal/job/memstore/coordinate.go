@@ -133,21 +133,7 @@ func (s *Store) Follow(ctx context.Context) (*job.View, <-chan job.Event, error)
 	}
 	from := len(st.log)
 	s.c.mu.Unlock()
-	out := make(chan job.Event)
-	go func() {
-		defer close(out)
-		s.tail(ctx, from, func(e entry) bool {
-			if e.ev == nil {
-				return true
-			}
-			select {
-			case out <- *e.ev:
-				return true
-			case <-ctx.Done():
-				return false
-			}
-		})
-	}()
+	out := tailChan(ctx, s, from, func(e entry) *job.Event { return e.ev })
 	return v, out, nil
 }
 

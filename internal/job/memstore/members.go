@@ -195,15 +195,22 @@ func (s *Store) Released(ctx context.Context) <-chan job.Assignment {
 	s.c.mu.Lock()
 	from := len(s.c.job(s.name).log)
 	s.c.mu.Unlock()
-	out := make(chan job.Assignment)
+	return tailChan(ctx, s, from, func(e entry) *job.Assignment { return e.released })
+}
+
+// tailChan sends what pick finds (nil: nothing) in the job's log entries
+// from index from on, as they come, until ctx ends.
+func tailChan[T any](ctx context.Context, s *Store, from int, pick func(entry) *T) <-chan T {
+	out := make(chan T)
 	go func() {
 		defer close(out)
 		s.tail(ctx, from, func(e entry) bool {
-			if e.released == nil {
+			v := pick(e)
+			if v == nil {
 				return true
 			}
 			select {
-			case out <- *e.released:
+			case out <- *v:
 				return true
 			case <-ctx.Done():
 				return false
