@@ -67,6 +67,11 @@ type cluster struct {
 	placement *job.Placement
 	// lastErr is why the last clock reading failed, for a failure message.
 	lastErr error
+	// at is the step the fault is injected at; landed says the check that
+	// it landed while the job ran has been made (an isolation makes it
+	// right after the cut: the job can finish while the worker is away).
+	at     int64
+	landed bool
 }
 
 // compose runs docker-compose on the suite's project.
@@ -243,22 +248,25 @@ func (c *cluster) get(key string, opts ...clientv3.OpOption) []*mvccpb.KeyValue 
 
 // landedWhileRunning fails the test unless the job was still running once
 // the fault (what, injected at step c0) had been injected: the first
-// reading after it is a shard's clock short of the last step, not the job's
-// end. Otherwise a fault that must cost nothing (a coordinator, a NATS or an
-// etcd node) would pass for having hit a finished job.
+// reading after it, of the job's state in etcd or of a shard's clock over
+// NATS (whichever answers first: a fault of one may slow the other), says
+// the job runs, not that it has ended. Otherwise a fault that must cost
+// nothing (a coordinator, a NATS or an etcd node) would pass for having
+// hit a finished job.
 func (c *cluster) landedWhileRunning(what string, c0 int64) {
 	c.t.Helper()
-	var after int64 = -1
-	var ended bool
+	c.landed = true
+	after, state := int64(-1), ""
 	c.waitFor(func() bool {
-		if _, after = c.clock(); after >= 0 {
+		if r := c.get(etcdstore.KeysFor(jobName).State()); len(r) == 1 {
+			state = string(r[0].Value)
 			return true
 		}
-		ended = c.done()
-		return ended
+		_, after = c.clock()
+		return after >= 0
 	}, 30*time.Second, "a reading of the job after "+what)
-	if ended || after >= steps {
-		c.t.Fatalf("%s (at step %d) landed after the job's last step: the next reading found it done (clock %d)", what, c0, after)
+	if state == job.StateDone || after >= steps {
+		c.t.Fatalf("%s (at step %d) landed after the job's last step: the next reading found it done (state %q, clock %d)", what, c0, state, after)
 	}
 }
 
@@ -395,6 +403,7 @@ func (c *cluster) isolate(cut, restore []string, w string) {
 	if _, err := docker(cut...); err != nil {
 		c.t.Fatal(err)
 	}
+	c.landedWhileRunning(strings.Join(cut, " "), c.at)
 	time.Sleep(2 * lease)
 	if _, err := docker(restore...); err != nil {
 		c.t.Fatal(err)
@@ -503,8 +512,11 @@ func TestClusterFaults(t *testing.T) {
 			var v0, c0 int64
 			c.waitFor(func() bool { v0, c0 = c.clock(); return c0 >= at }, 2*time.Minute, fmt.Sprint("step ", at))
 			injected := time.Now()
+			c.at = c0
 			what, recovered := f.inject(c)
-			c.landedWhileRunning(what, c0)
+			if !c.landed {
+				c.landedWhileRunning(what, c0)
+			}
 			if recovered == nil { // back past the step the fault hit (after the rollback, if it causes one)
 				recovered = func() bool { v, s := c.clock(); return s > c0 && (f.rollbacks == 0 || v > v0) }
 			}

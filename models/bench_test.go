@@ -57,7 +57,7 @@ func seq2seqStep(cfg Seq2SeqConfig, size, length int) (func(), int) {
 	batch := benchBatch(cfg, size, length)
 	return func() {
 		m.Loss(batch, true)
-		ClipGlobalNorm(m.Grads(), 5)
+		m.ClipGrads(5)
 		w, g := m.Params(), m.Grads() // SGD at 0.7, in the shards' vector kernel
 		gonum.Implementation{}.Saxpy(len(w), -0.7, g, 1, w, 1)
 	}, size * length
@@ -139,7 +139,7 @@ func TestTrainingStepMemoryIsFlat(t *testing.T) {
 	step := func() {
 		m.Loss(short, true)
 		m.Loss(long, true)
-		ClipGlobalNorm(m.Grads(), 5)
+		m.ClipGrads(5)
 	}
 	step()
 	allocs := testing.AllocsPerRun(20, step)

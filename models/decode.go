@@ -56,11 +56,18 @@ func (m *Seq2Seq[T]) step(st state[T], tokens []int32) (state[T], []float64) {
 		next.c = append(next.c, append([]T(nil), cell...))
 		in = c.Out(H)
 	}
-	logits := make([]T, batch*V)
-	for r := 0; r < batch; r++ {
-		copy(logits[r*V:(r+1)*V], m.outB)
+	logits := make([]T, batch*V) // row-major: each block's columns in place
+	for _, o := range m.out {
+		n := o.hi - o.lo
+		part := make([]T, batch*n)
+		for r := 0; r < batch; r++ {
+			copy(part[r*n:(r+1)*n], o.b)
+		}
+		matmul(part, in, false, o.w, false, batch, n, H, true)
+		for r := 0; r < batch; r++ {
+			copy(logits[r*V+o.lo:r*V+o.hi], part[r*n:(r+1)*n])
+		}
 	}
-	matmul(logits, in, false, m.outW, false, batch, V, H, true)
 	lp := make([]float64, batch*V)
 	for r := 0; r < batch; r++ {
 		row := logits[r*V : (r+1)*V]

@@ -15,7 +15,7 @@
 //	m := models.NewSeq2Seq[float32](cfg)
 //	m.Init(seed)                       // or copy pulled parameters into m.Params()
 //	loss, tokens := m.Loss(batch, true) // forward and backward; gradients in m.Grads()
-//	models.ClipGlobalNorm(m.Grads(), 5)
+//	m.ClipGrads(5)                      // by global norm, tensor by tensor
 //
 // and likewise models.NewGAN[float32](cfg), whose Step gives D's and G's
 // losses and gradients from one forward pass (the authors' simultaneous

@@ -16,7 +16,7 @@ func ExampleSeq2Seq_Loss() {
 	task, _ := shard.NewSynthetic("reverse", 3, 5)
 	batch := task.Batch(1, 0, 0, 4)
 	loss, tokens := m.Loss(batch, true) // forward and backward
-	norm := models.ClipGlobalNorm(m.Grads(), 5)
+	norm := m.ClipGrads(5)
 	fmt.Println(len(m.Grads()) == len(m.Params()), tokens > 0, loss > 0, norm > 0)
 	// Output: true true true true
 }

@@ -186,11 +186,11 @@ func TestInitIsPerTensor(t *testing.T) {
 
 func TestClipGlobalNorm(t *testing.T) {
 	g := []float32{3, 4}
-	if n := ClipGlobalNorm(g, 1); n != 5 || math.Abs(float64(g[0])-0.6) > 1e-6 || math.Abs(float64(g[1])-0.8) > 1e-6 {
+	if n := ClipGlobalNorm(g, nil, 1); n != 5 || math.Abs(float64(g[0])-0.6) > 1e-6 || math.Abs(float64(g[1])-0.8) > 1e-6 {
 		t.Fatalf("clip: norm %v, g %v", n, g)
 	}
 	g = []float32{0.3, 0.4}
-	ClipGlobalNorm(g, 5)
+	ClipGlobalNorm(g, nil, 5)
 	if g[0] != 0.3 || g[1] != 0.4 {
 		t.Fatalf("clip changed a small gradient: %v", g)
 	}

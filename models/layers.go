@@ -27,52 +27,10 @@ func EmbeddingBackward[T Float](dTable, d []T, dim int, ids []int32) {
 // negative are padding and are skipped. It returns the summed loss and the
 // number of counted rows, and overwrites logits with the gradient of
 // scale * (summed loss) with respect to them. float32 logits go through
-// float32 exponentials (tested against the float64 path).
+// float32 exponentials (tested against the float64 path). It is the
+// one-block case of the output layer's blocked softmax (softmax.go).
 func SoftmaxCrossEntropy[T Float](logits []T, vocab int, labels []int32, scale float64) (loss float64, count int) {
-	if l32, ok := any(logits).([]float32); ok {
-		return softmaxCE32(l32, vocab, labels, scale)
-	}
-	for r, y := range labels {
-		row := logits[r*vocab : (r+1)*vocab]
-		if y < 0 {
-			clear(row)
-			continue
-		}
-		lse := logSumExp(row)
-		loss += lse - float64(row[y])
-		count++
-		for j, v := range row {
-			row[j] = T(scale * math.Exp(float64(v)-lse))
-		}
-		row[y] -= T(scale)
-	}
-	return loss, count
-}
-
-func softmaxCE32(logits []float32, vocab int, labels []int32, scale float64) (loss float64, count int) {
-	for r, y := range labels {
-		row := logits[r*vocab : (r+1)*vocab]
-		if y < 0 {
-			clear(row)
-			continue
-		}
-		mx := row[0]
-		for _, v := range row[1:] {
-			if v > mx {
-				mx = v
-			}
-		}
-		vy := row[y]
-		z := expShift(row, mx)
-		loss += float64(mx-vy) + math.Log(z)
-		count++
-		s := float32(scale / z)
-		for j := range row {
-			row[j] *= s
-		}
-		row[y] -= float32(scale)
-	}
-	return loss, count
+	return blocksCE(logits, []int{vocab}, labels, scale, make([]SoftmaxStats, 1))
 }
 
 // logSumExp is log(sum(exp(row))), computed stably in float64.

@@ -72,23 +72,72 @@ func (v *view[T]) take(n int) []T {
 	return s
 }
 
-// GlobalNorm is the Euclidean norm of g, accumulated in float64 (for
-// float32, in vmath.SumSquares' order, which SIMD follows on every path).
-func GlobalNorm[T Float](g []T) float64 {
+// GlobalNorm is the Euclidean norm of g, a gradient laid out as tensors
+// of the given sizes (nil: one tensor): each tensor's sum of squares in
+// float64 (TensorSquares; for float32, in vmath.SumSquares' order, which
+// SIMD follows on every path), added from the first tensor on (NormOf). A
+// replica split over processes by whole tensors, each summing its own,
+// combines the sums to the same bits.
+func GlobalNorm[T Float](g []T, sizes []int) float64 {
+	if sizes == nil {
+		return math.Sqrt(sumSquares(g))
+	}
+	var s float64
+	off := 0
+	for _, n := range sizes {
+		s += sumSquares(g[off : off+n])
+		off += n
+	}
+	return math.Sqrt(s)
+}
+
+// sumSquares is the sum of the squares of g in float64 (for float32, in
+// vmath.SumSquares' order).
+func sumSquares[T Float](g []T) float64 {
 	if g32, ok := any(g).([]float32); ok {
-		return math.Sqrt(vmath.SumSquares(g32))
+		return vmath.SumSquares(g32)
 	}
 	var s float64
 	for _, v := range g {
 		s += float64(v) * float64(v)
 	}
+	return s
+}
+
+// TensorSquares is each tensor's sum of squares (sizes: the tensors' sizes,
+// which add up to len(g); nil: one tensor).
+func TensorSquares[T Float](g []T, sizes []int) []float64 {
+	if sizes == nil {
+		sizes = []int{len(g)}
+	}
+	out := make([]float64, len(sizes))
+	off := 0
+	for i, n := range sizes {
+		out[i] = sumSquares(g[off : off+n])
+		off += n
+	}
+	return out
+}
+
+// NormOf is the norm of tensors' sums of squares, added in order.
+func NormOf(squares []float64) float64 {
+	var s float64
+	for _, q := range squares {
+		s += q
+	}
 	return math.Sqrt(s)
 }
 
-// ClipGlobalNorm rescales g to norm max when its norm exceeds max (the rule of
-// Sutskever et al.: max = 5). It returns the norm before clipping.
-func ClipGlobalNorm[T Float](g []T, max float64) float64 {
-	n := GlobalNorm(g)
+// ClipGlobalNorm rescales g (laid out as tensors of sizes; nil: one) to
+// norm max when its norm exceeds max (the rule of Sutskever et al.: max =
+// 5). It returns the norm before clipping.
+func ClipGlobalNorm[T Float](g []T, sizes []int, max float64) float64 {
+	return clipTo(g, GlobalNorm(g, sizes), max)
+}
+
+// clipTo rescales g, whose norm is n, to norm max when n exceeds it; it
+// returns n.
+func clipTo[T Float](g []T, n, max float64) float64 {
 	if max > 0 && n > max {
 		s := T(max / n)
 		if g32, ok := any(g).([]float32); ok { // one rounding per element either way
@@ -100,6 +149,15 @@ func ClipGlobalNorm[T Float](g []T, max float64) float64 {
 		}
 	}
 	return n
+}
+
+// TensorSizes are the sizes of tensors ts.
+func TensorSizes(ts []Tensor) []int {
+	out := make([]int, len(ts))
+	for i, t := range ts {
+		out[i] = t.Size()
+	}
+	return out
 }
 
 func mustLen[T Float](name string, s []T, n int) {

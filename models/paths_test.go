@@ -34,7 +34,7 @@ func trainHash() string {
 	batch := benchBatch(cfg, 24, 7)
 	for range 4 {
 		s.Loss(batch, true)
-		ClipGlobalNorm(s.Grads(), 0.5)
+		s.ClipGrads(0.5)
 		gonum.Implementation{}.Saxpy(len(s.Params()), -0.7, s.Grads(), 1, s.Params(), 1)
 	}
 	put(s.Params())

@@ -16,6 +16,12 @@ type Seq2SeqConfig struct {
 	Hidden    int     `json:"hidden"`
 	Layers    int     `json:"layers"`
 	InitScale float64 `json:"init_scale"` // parameters start U(-InitScale, InitScale); 0 means 0.08
+	// SoftmaxBlocks cuts the output layer into this many blocks of the
+	// target vocabulary (0 or 1: one), each with its own weights and bias,
+	// whose normalizer and input gradient are combined in block order
+	// (softmax.go): a replica whose softmax is split over slices of whole
+	// blocks computes the bits of the model in one process.
+	SoftmaxBlocks int `json:"softmax_blocks,omitempty"`
 }
 
 // Validate reports whether the shape is usable.
@@ -27,8 +33,28 @@ func (c Seq2SeqConfig) Validate() error {
 		return fmt.Errorf("seq2seq: embed, hidden and layers must be positive (got %d, %d, %d)", c.Embed, c.Hidden, c.Layers)
 	case c.InitScale < 0:
 		return errors.New("seq2seq: init scale must not be negative")
+	case c.SoftmaxBlocks < 0 || c.SoftmaxBlocks > c.TgtVocab:
+		return fmt.Errorf("seq2seq: softmax blocks must be in 0..%d, the target vocabulary (got %d)", c.TgtVocab, c.SoftmaxBlocks)
 	}
 	return nil
+}
+
+// OutBlocks are the output layer's blocks of the target vocabulary, as
+// [lo, hi) ranges of word ids: SoftmaxBlocks (at least one) nearly equal
+// ranges, the larger first.
+func (c Seq2SeqConfig) OutBlocks() [][2]int {
+	n := max(1, c.SoftmaxBlocks)
+	out := make([][2]int, n)
+	lo := 0
+	for b := range n {
+		w := c.TgtVocab / n
+		if b < c.TgtVocab%n {
+			w++
+		}
+		out[b] = [2]int{lo, lo + w}
+		lo += w
+	}
+	return out
 }
 
 func (c Seq2SeqConfig) initScale() float64 {
@@ -54,9 +80,18 @@ func (c Seq2SeqConfig) Tensors() []Tensor {
 			ts = append(ts, LSTMTensors(fmt.Sprintf("%s.l%d", side, l), in, c.Hidden)...)
 		}
 	}
-	return append(ts,
-		Tensor{Name: "out.w", Shape: []int{c.Hidden, c.TgtVocab}},
-		Tensor{Name: "out.b", Shape: []int{c.TgtVocab}})
+	blocks := c.OutBlocks()
+	if len(blocks) == 1 {
+		return append(ts,
+			Tensor{Name: "out.w", Shape: []int{c.Hidden, c.TgtVocab}},
+			Tensor{Name: "out.b", Shape: []int{c.TgtVocab}})
+	}
+	for b, r := range blocks { // each block's weights and bias together: a slice's are contiguous
+		ts = append(ts,
+			Tensor{Name: fmt.Sprintf("out.w.%d", b), Shape: []int{c.Hidden, r[1] - r[0]}},
+			Tensor{Name: fmt.Sprintf("out.b.%d", b), Shape: []int{r[1] - r[0]}})
+	}
+	return ts
 }
 
 // InitTensor fills dst with the initial value of tensor t of a model seeded
@@ -110,15 +145,13 @@ type Seq2Seq[T Float] struct {
 	dSrcEmb  []T
 	dTgtEmb  []T
 	enc, dec []*LSTM[T]
-	outW     []T
-	outB     []T
-	dOutW    []T
-	dOutB    []T
+	out      []outBlock[T]
 	ws       workspace[T]
 	// Spans of the flat parameter vector, in the order the forward pass
 	// reads them: source embedding, encoder layers, target embedding,
 	// decoder layers, output layer.
 	spans [][2]int
+	sizes []int // the tensors' sizes, in order
 	// Hooks, when set, let a caller overlap moving parameters and gradients
 	// with the computation (see Hooks).
 	Hooks *Hooks
@@ -141,10 +174,21 @@ func (m *Seq2Seq[T]) need(i int) {
 	}
 }
 
+// outBlock is one block of the output layer: word ids [lo, hi), its
+// weights (hidden x width) and bias, and their gradients.
+type outBlock[T Float] struct {
+	lo, hi     int
+	w, b       []T
+	dw, db     []T
+	logitsFrom int // where the block's rows x width logits start in the workspace's
+}
+
 // workspace holds a model's step buffers, reused from step to step.
 type workspace[T Float] struct {
-	x, y, logits, dIn []T
-	enc, dec          []*LSTMCache[T]
+	x, y, logits, dIn, part []T
+	enc, dec                []*LSTMCache[T]
+	widths                  []int
+	stats                   []SoftmaxStats
 }
 
 // NewSeq2Seq allocates a model of shape cfg with zero parameters. It panics on
@@ -154,7 +198,7 @@ func NewSeq2Seq[T Float](cfg Seq2SeqConfig) *Seq2Seq[T] {
 		panic(err)
 	}
 	n := TotalSize(cfg.Tensors())
-	m := &Seq2Seq[T]{Cfg: cfg, params: make([]T, n), grads: make([]T, n)}
+	m := &Seq2Seq[T]{Cfg: cfg, params: make([]T, n), grads: make([]T, n), sizes: TensorSizes(cfg.Tensors())}
 	w, g := &view[T]{buf: m.params}, &view[T]{buf: m.grads}
 	E, H, V := cfg.Embed, cfg.Hidden, cfg.TgtVocab
 	var enc, dec [][2]int
@@ -182,8 +226,13 @@ func NewSeq2Seq[T Float](cfg Seq2SeqConfig) *Seq2Seq[T] {
 			}
 		}
 	}
-	m.outW, m.dOutW = w.take(H*V), g.take(H*V)
-	m.outB, m.dOutB = w.take(V), g.take(V)
+	for _, r := range cfg.OutBlocks() {
+		n := r[1] - r[0]
+		o := outBlock[T]{lo: r[0], hi: r[1]}
+		o.w, o.dw = w.take(H*n), g.take(H*n)
+		o.b, o.db = w.take(n), g.take(n)
+		m.out = append(m.out, o)
+	}
 	m.spans = slices.Concat([][2]int{src}, enc, [][2]int{tgt}, dec, [][2]int{cut()})
 	return m
 }
@@ -193,6 +242,12 @@ func (m *Seq2Seq[T]) Params() []T { return m.params }
 
 // Grads is the flat gradient vector, laid out like Params.
 func (m *Seq2Seq[T]) Grads() []T { return m.grads }
+
+// ClipGrads rescales the gradient to norm max when its norm (GlobalNorm,
+// tensor by tensor) exceeds it, and returns the norm before clipping.
+func (m *Seq2Seq[T]) ClipGrads(max float64) float64 {
+	return ClipGlobalNorm(m.grads, m.sizes, max)
+}
 
 // ReadOrder returns the spans of the flat parameter vector in the order a
 // step first reads them (the order of the NeedParams hook's calls): source
@@ -247,7 +302,7 @@ func (m *Seq2Seq[T]) Init(seed uint64) {
 // of (summed loss) / b.Size: the paper's rule of dividing by the batch size.
 func (m *Seq2Seq[T]) Loss(b *SeqBatch, backward bool) (loss float64, tokens int) {
 	cfg, ws := m.Cfg, &m.ws
-	E, H, V, B := cfg.Embed, cfg.Hidden, cfg.TgtVocab, b.Size
+	E, H, B := cfg.Embed, cfg.Hidden, b.Size
 	if ws.enc == nil {
 		ws.enc, ws.dec = make([]*LSTMCache[T], cfg.Layers), make([]*LSTMCache[T], cfg.Layers)
 	}
@@ -274,13 +329,7 @@ func (m *Seq2Seq[T]) Loss(b *SeqBatch, backward bool) (loss float64, tokens int)
 	}
 	m.need(2 + 2*cfg.Layers)
 	rows := b.TgtLen * B
-	ws.logits = grow(ws.logits, rows*V)
-	logits := ws.logits
-	for r := 0; r < rows; r++ {
-		copy(logits[r*V:(r+1)*V], m.outB)
-	}
-	matmul(logits, in, false, m.outW, false, rows, V, H, true)
-	loss, tokens = SoftmaxCrossEntropy(logits, V, b.TgtOut, 1/float64(B))
+	loss, tokens = m.softmax(in, rows, b.TgtOut, 1/float64(B))
 	if !backward {
 		return loss, tokens
 	}
@@ -288,12 +337,7 @@ func (m *Seq2Seq[T]) Loss(b *SeqBatch, backward bool) (loss float64, tokens int)
 		m.Hooks.GradsFree()
 	}
 	clear(m.grads)
-	dlog := logits // now the gradient of the scaled loss
-	matmul(m.dOutW, in, true, dlog, false, H, V, rows, true)
-	addColSums(m.dOutB, dlog)
-	ws.dIn = grow(ws.dIn, rows*H)
-	dIn := ws.dIn
-	matmul(dIn, dlog, false, m.outW, true, rows, H, V, false)
+	dIn := m.softmaxBackward(in, rows)
 	for l := cfg.Layers - 1; l >= 0; l-- {
 		dIn, _, _ = m.dec[l].Backward(ws.dec[l], dIn, nil, nil, true)
 	}
@@ -305,4 +349,55 @@ func (m *Seq2Seq[T]) Loss(b *SeqBatch, backward bool) (loss float64, tokens int)
 	}
 	EmbeddingBackward(m.dSrcEmb, dIn, E, b.Src)
 	return loss, tokens
+}
+
+// softmax computes the output layer's logits of in (rows x hidden), block
+// by block, and the softmax cross-entropy against labels (softmax.go),
+// leaving in the workspace's logits the gradient of scale * (summed loss).
+func (m *Seq2Seq[T]) softmax(in []T, rows int, labels []int32, scale float64) (loss float64, tokens int) {
+	ws, H := &m.ws, m.Cfg.Hidden
+	ws.logits = grow(ws.logits, rows*m.Cfg.TgtVocab)
+	ws.widths = ws.widths[:0]
+	off := 0
+	for i := range m.out {
+		o := &m.out[i]
+		n := o.hi - o.lo
+		o.logitsFrom = off
+		logits := ws.logits[off : off+rows*n]
+		for r := 0; r < rows; r++ {
+			copy(logits[r*n:(r+1)*n], o.b)
+		}
+		matmul(logits, in, false, o.w, false, rows, n, H, true)
+		ws.widths = append(ws.widths, n)
+		off += rows * n
+	}
+	if len(ws.stats) < len(m.out) {
+		ws.stats = make([]SoftmaxStats, len(m.out))
+	}
+	return blocksCE(ws.logits, ws.widths, labels, scale, ws.stats)
+}
+
+// softmaxBackward sets the output layer's gradients from the logits'
+// (softmax's) and returns the gradient of its input: each block's product
+// added in block order.
+func (m *Seq2Seq[T]) softmaxBackward(in []T, rows int) []T {
+	ws, H := &m.ws, m.Cfg.Hidden
+	ws.dIn = grow(ws.dIn, rows*H)
+	for i := range m.out {
+		o := &m.out[i]
+		n := o.hi - o.lo
+		dlog := ws.logits[o.logitsFrom : o.logitsFrom+rows*n]
+		matmul(o.dw, in, true, dlog, false, H, n, rows, true)
+		addColSums(o.db, dlog)
+		if i == 0 {
+			matmul(ws.dIn, dlog, false, o.w, true, rows, H, n, false)
+			continue
+		}
+		ws.part = grow(ws.part, rows*H)
+		matmul(ws.part, dlog, false, o.w, true, rows, H, n, false)
+		for j, v := range ws.part {
+			ws.dIn[j] += v
+		}
+	}
+	return ws.dIn
 }

@@ -419,7 +419,7 @@ func syncOverheadW2Model(b *testing.B, conn connKind, rows bool) {
 		for k := range run {
 			m.Loss(batches[k%2], true)
 			settle()
-			models.ClipGlobalNorm(m.Grads(), 5)
+			m.ClipGrads(5)
 			xfer = r.client.StartPushPullSparse(ctx, r.step, m.Grads(), m.Params(), ranges[k%2], ranges[(k+1)%2])
 			r.step++
 		}
@@ -429,7 +429,7 @@ func syncOverheadW2Model(b *testing.B, conn connKind, rows bool) {
 	localRun := func() {
 		for k := range run {
 			m.Loss(batches[k%2], true)
-			models.ClipGlobalNorm(m.Grads(), 5)
+			m.ClipGrads(5)
 			Apply(opt, m.Params(), m.Grads(), nil, 0)
 		}
 	}

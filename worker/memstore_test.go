@@ -14,6 +14,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/job/memstore"
 	"github.com/downpour-ml/downpour/internal/testenv"
+	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
 	"github.com/downpour-ml/downpour/paramserver/node"
 	"github.com/downpour-ml/downpour/worker"
@@ -100,5 +101,24 @@ func TestEraChangeInMemory(t *testing.T) {
 	}
 	if len(got) == 0 || !slices.Equal(got, want) {
 		t.Fatalf("re-placed at step %d: the final parameters differ from the run that was not", moved.Start)
+	}
+}
+
+// A model whose softmax is cut into vocabulary blocks trains through the
+// parameter servers like any other: the same final parameters on 1 shard
+// as on 3 (the blocks' tensors placed apart), bit for bit.
+func TestSoftmaxBlocksThroughShardsInMemory(t *testing.T) {
+	spec := job.Default()
+	spec.Name, spec.Workers, spec.Steps = "blocks", 2, 60
+	spec.Seq2Seq.Hidden, spec.Seq2Seq.Embed, spec.Seq2Seq.SoftmaxBlocks, spec.BlockSize = 16, 8, 3, 128
+	spec.Shards = 1
+	one := runInMemory(t, spec, nil)
+	spec.Shards = 3
+	three := runInMemory(t, spec, nil)
+	if len(one) == 0 || !slices.Equal(one, three) {
+		t.Fatal("the final parameters on 1 shard and on 3 differ")
+	}
+	if want := models.TotalSize(spec.Tensors()); len(one) != want {
+		t.Fatalf("%d parameters, want %d", len(one), want)
 	}
 }

@@ -116,7 +116,7 @@ func (t *seq2seqTrainer) step(ctx context.Context, s at) error {
 		return fmt.Errorf("step %d: push and pull: %w", step-1, err)
 	}
 	grads := t.model.Grads()
-	models.ClipGlobalNorm(grads, t.spec.ClipNorm)
+	t.model.ClipGrads(t.spec.ClipNorm)
 	if t.acc != nil {
 		for i, g := range grads {
 			t.acc[i] += g

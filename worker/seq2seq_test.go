@@ -149,7 +149,7 @@ func (r *stepRig) reference(t *testing.T, n int64) (w []float32, losses []float6
 		loss, _ := m.Loss(data.Batch(spec.Seed, 0, s, spec.Batch), true)
 		losses = append(losses, loss)
 		g := m.Grads()
-		models.ClipGlobalNorm(g, spec.ClipNorm)
+		m.ClipGrads(spec.ClipNorm)
 		for i := range g {
 			acc[i] += g[i]
 		}

@@ -215,6 +215,7 @@ func specFlags(fs *flag.FlagSet, s *job.Spec, args []string) *jobFlags {
 	fs.IntVar(&s.Seq2Seq.Embed, "embed", s.Seq2Seq.Embed, "embedding size")
 	fs.IntVar(&s.Seq2Seq.Hidden, "hidden", s.Seq2Seq.Hidden, "LSTM hidden size")
 	fs.IntVar(&s.Seq2Seq.Layers, "layers", s.Seq2Seq.Layers, "LSTM layers in the encoder and in the decoder")
+	fs.IntVar(&s.Seq2Seq.SoftmaxBlocks, "softmax-blocks", s.Seq2Seq.SoftmaxBlocks, "cut the output softmax into this many blocks of the target vocabulary, each its own weights, combined in block order: a softmax split over processes by whole blocks then computes the same bits (0 or 1: one block)")
 	fs.Uint64Var(&s.Seed, "seed", s.Seed, "seed of initialisation and data")
 	fs.StringVar(&s.InitFrom, "init-from", s.InitFrom, "start from this checkpoint's parameters (a final.ckpt, gzipped or not, of a model of the same shape; every ps shard reads it) instead of the seed's, with the optimizer's state and schedules new")
 	fs.Int64Var(&s.Steps, "steps", s.Steps, "training steps")
