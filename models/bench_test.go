@@ -1,6 +1,7 @@
 package models
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"runtime"
@@ -162,5 +163,36 @@ func TestTrainingStepMemoryIsFlat(t *testing.T) {
 	}
 	if after := heap(); after > before+256<<10 {
 		t.Fatalf("live heap grew from %d to %d bytes over 50 steps", before, after)
+	}
+}
+
+// BenchmarkSoftmaxBlocks times W2's output layer, forward and backward
+// (logits, cross-entropy, weight, bias and input gradients), over 1, 2 and
+// 4 vocabulary blocks, side by side: the arithmetic a softmax split into
+// slices of whole blocks adds in one process (smaller products, the input
+// gradient added block by block). Report: the ratio of each to 1 block.
+func BenchmarkSoftmaxBlocks(b *testing.B) {
+	rows := 128 * 20
+	for _, blocks := range []int{1, 2, 4} {
+		b.Run(fmt.Sprint("blocks=", blocks), func(b *testing.B) {
+			cfg := w2
+			cfg.SoftmaxBlocks = blocks
+			m := NewSeq2Seq[float32](cfg)
+			m.Init(1)
+			rng := rand.New(rand.NewPCG(1, 2))
+			in := make([]float32, rows*cfg.Hidden)
+			for i := range in {
+				in[i] = float32(rng.NormFloat64())
+			}
+			labels := make([]int32, rows)
+			for i := range labels {
+				labels[i] = int32(rng.IntN(cfg.TgtVocab))
+			}
+			for b.Loop() {
+				m.softmax(in, rows, labels, 1.0/128)
+				m.softmaxBackward(in, rows)
+			}
+			b.ReportMetric(float64(rows)*float64(b.N)/b.Elapsed().Seconds(), "rows/s")
+		})
 	}
 }
