@@ -9,7 +9,7 @@ import (
 
 // Job is the coordinator's decisions for one job as a pure state machine, in
 // the manner of etcd's raft: membership, snapshot, completion and operator
-// events go in (fed by the etcd adapter, Run, from watch events, and by a
+// events go in (fed by the store adapter, Run, from the store's events, and by a
 // ticker); actions to carry out come out. It does no IO and reads no clock.
 //
 // Invariants (each tested by a script):
@@ -110,7 +110,7 @@ func (j *Job) UseTasks(q *Tasks, checkpointEvery int64) {
 // Placement is the job's current placement.
 func (j *Job) Placement() *job.Placement { return j.placement }
 
-// RestoreAssignment records an assignment read back from etcd.
+// RestoreAssignment records an assignment read back from the store.
 func (j *Job) RestoreAssignment(worker string, a job.Assignment) { j.ranks.Restore(worker, a) }
 
 // Holders lists the workers holding ranks.
@@ -122,7 +122,7 @@ func (j *Job) Holders() []string {
 	return ws
 }
 
-// CheckpointRecorded records a checkpoint read back from etcd.
+// CheckpointRecorded records a checkpoint read back from the store.
 func (j *Job) CheckpointRecorded(cp job.CheckpointRecord) {
 	if cp.Step > j.last.Step {
 		j.last = cp
@@ -172,7 +172,7 @@ func (j *Job) offer() []Action {
 }
 
 // RestoreQueueAt records the queue as it was at the checkpoint of step
-// (read back from etcd by a coordinator that takes over).
+// (read back from the store by a coordinator that takes over).
 func (j *Job) RestoreQueueAt(step int64, q *Tasks) {
 	if j.queueAt != nil {
 		j.queueAt[step] = q

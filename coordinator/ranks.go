@@ -28,7 +28,7 @@ func NewRanks(n int) *Ranks {
 	return &Ranks{holder: make([]string, n), epoch: make([]uint64, n), done: make([]bool, n), rankOf: map[string]int{}}
 }
 
-// Restore records an assignment read back from etcd (a coordinator that takes
+// Restore records an assignment read back from the store (a coordinator that takes
 // over rebuilds its state this way before it handles events).
 func (r *Ranks) Restore(worker string, a job.Assignment) {
 	if a.Rank < 0 || a.Rank >= len(r.holder) {

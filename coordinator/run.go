@@ -41,7 +41,7 @@ func resume(ctx context.Context, st job.Store, l job.Leadership, p *job.Placemen
 	return q, nil
 }
 
-// Config is what Run needs besides an etcd client.
+// Config is what Run needs besides the job's store.
 type Config struct {
 	Spec job.Spec
 	Log  *slog.Logger

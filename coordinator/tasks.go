@@ -141,7 +141,7 @@ func (q *Tasks) clone() *Tasks {
 	return &c
 }
 
-// Encode is the queue's JSON, as stored in etcd.
+// Encode is the queue's JSON, as the store keeps it.
 func (q *Tasks) Encode() []byte {
 	b, err := json.Marshal(q)
 	if err != nil {

@@ -29,7 +29,7 @@ type trainer interface {
 // (job.ErrFenced).
 var ErrFenced = job.ErrFenced
 
-// runEra trains under placement p (written at etcd revision rev) from its
+// runEra trains under placement p (written at store revision rev) from its
 // start step to the last step, and reports the rank done, if p is still the
 // job's placement by then. If the job is re-placed first, runEra drops what
 // it was doing and returns the new placement.
@@ -143,7 +143,7 @@ func watchPlacement(ectx, ctx context.Context, cancel context.CancelFunc, cfg Co
 }
 
 // reportDone writes rank a.Rank done if the job's placement is still the
-// one written at etcd revision rev, and says whether it was.
+// one written at store revision rev, and says whether it was.
 func reportDone(ctx context.Context, cfg Config, a job.Assignment, rev int64) (bool, error) {
 	return cfg.Store.RankDone(ctx, a, rev)
 }

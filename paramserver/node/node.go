@@ -1,6 +1,7 @@
 // Package node runs one parameter-server shard as a member of a job: it
-// claims a shard index in etcd under a lease, reads the spec and placement,
-// initialises its blocks, serves them on NATS (paramserver.Service) and stops
+// joins the job (job.Join: its spec and placement, a lease), claims a
+// shard index in the job's store, initialises its blocks, serves them on
+// NATS (paramserver.Service), one era per placement (job.Eras), and stops
 // when the job is done.
 package node
 
