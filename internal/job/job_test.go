@@ -162,3 +162,22 @@ func TestSettleBatch(t *testing.T) {
 		}
 	}
 }
+
+// A spec read from the store is valid or refused with an error, whatever
+// its bytes; a valid one reads back the same after encoding.
+func FuzzDecodeSpec(f *testing.F) {
+	d := Default()
+	f.Add(d.Encode())
+	f.Add([]byte(`{"name":"x","model":"gan"}`))
+	f.Add([]byte(`{`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		s, err := DecodeSpec(b)
+		if err != nil {
+			return
+		}
+		again, err := DecodeSpec(s.Encode())
+		if err != nil || string(again.Encode()) != string(s.Encode()) {
+			t.Fatalf("a valid spec does not read back: %v", err)
+		}
+	})
+}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/testenv"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 )
 
 // A shard claims the index it asks for, or the lowest free one; an index
@@ -39,4 +40,34 @@ func TestClaimShard(t *testing.T) {
 			t.Errorf("claim %d: %v, want %q", c.want, err, c.says)
 		}
 	}
+}
+
+// Whatever a job's key holds, the coordinator's event of it is a known
+// kind or none, and a record that does not decode is a Malformed event
+// naming its key, never a panic.
+func FuzzEvent(f *testing.F) {
+	for _, seed := range []struct{ key, value string }{
+		{"members/workers/w1", "{}"}, {"shard-snapshots/p1/20/0", `{"path":"s","step":20}`}, {"checkpoint", `{"step":5}`},
+		{"reshard", `{"shards":3}`}, {"task-done/w", `{"id":4}`}, {"done/0", "1"}, {"reshard", "{"}, {"task-done/w", "x"},
+	} {
+		f.Add(seed.key, []byte(seed.value), true)
+	}
+	f.Add("members/ps/1", []byte(`{"placement":2}`), false)
+	s := New(nil, "j")
+	f.Fuzz(func(t *testing.T, key string, value []byte, put bool) {
+		typ, prev := mvccpb.DELETE, &mvccpb.KeyValue{Key: []byte(s.keys.Root() + key), Value: value}
+		if put {
+			typ, prev = mvccpb.PUT, nil
+		}
+		ev, ok := s.event(typ, &mvccpb.KeyValue{Key: []byte(s.keys.Root() + key), Value: value}, prev)
+		if !ok {
+			return
+		}
+		if ev.Kind < job.WorkerUp || ev.Kind > job.Malformed {
+			t.Fatalf("event of kind %d", ev.Kind)
+		}
+		if ev.Kind == job.Malformed && (ev.Err == nil || !strings.Contains(ev.What, key)) {
+			t.Fatalf("a malformed record's event %+v does not say what and why", ev)
+		}
+	})
 }
