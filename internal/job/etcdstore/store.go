@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"time"
 
@@ -28,10 +29,6 @@ func NewClient(cli *clientv3.Client) *Client { return &Client{cli: cli} }
 
 // Job is the store of job name.
 func (c *Client) Job(name string) *Store { return New(c.cli, name) }
-
-// Etcd is the etcd client itself, for what is not a job's (setting up
-// credentials, tests that look at the keys).
-func (c *Client) Etcd() *clientv3.Client { return c.cli }
 
 // Close closes the connection.
 func (c *Client) Close() error { return c.cli.Close() }
@@ -56,6 +53,7 @@ func (c *Client) Jobs(ctx context.Context) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("listing jobs: %w", err)
 	}
+	slices.Sort(names) // "a-b/spec" comes before "a/spec" as keys
 	return names, nil
 }
 
@@ -84,9 +82,6 @@ func New(cli *clientv3.Client, name string) *Store {
 
 // Name is the job's.
 func (s *Store) Name() string { return s.name }
-
-// Keys are the job's keys.
-func (s *Store) Keys() Keys { return s.keys }
 
 // retryable says whether a try that failed with err may be made again:
 // etcd was electing, a member was lost, or the try ran out of its time.

@@ -44,20 +44,6 @@ func New() *Cluster {
 // Job is the store of job name.
 func (c *Cluster) Job(name string) *Store { return &Store{c: c, name: name} }
 
-// Jobs lists the cluster's jobs, sorted.
-func (c *Cluster) Jobs() []string {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var names []string
-	for n, st := range c.jobs {
-		if st.spec != nil {
-			names = append(names, n)
-		}
-	}
-	slices.Sort(names)
-	return names
-}
-
 // state is one job's records.
 type state struct {
 	spec         []byte
