@@ -60,10 +60,7 @@ func (m *Seq2Seq[T]) step(st state[T], tokens []int32) (state[T], []float64) {
 	for _, o := range m.out {
 		n := o.hi - o.lo
 		part := make([]T, batch*n)
-		for r := 0; r < batch; r++ {
-			copy(part[r*n:(r+1)*n], o.b)
-		}
-		matmul(part, in, false, o.w, false, batch, n, H, true)
+		o.logits(part, in, batch, H)
 		for r := 0; r < batch; r++ {
 			copy(logits[r*V+o.lo:r*V+o.hi], part[r*n:(r+1)*n])
 		}

@@ -177,10 +177,40 @@ func (m *Seq2Seq[T]) need(i int) {
 // outBlock is one block of the output layer: word ids [lo, hi), its
 // weights (hidden x width) and bias, and their gradients.
 type outBlock[T Float] struct {
-	lo, hi     int
-	w, b       []T
-	dw, db     []T
-	logitsFrom int // where the block's rows x width logits start in the workspace's
+	lo, hi int
+	w, b   []T
+	dw, db []T
+}
+
+// logits sets dst (rows x width) to the block's logits of in (rows x
+// hidden): its bias plus in times its weights.
+func (o *outBlock[T]) logits(dst, in []T, rows, hidden int) {
+	n := o.hi - o.lo
+	for r := 0; r < rows; r++ {
+		copy(dst[r*n:(r+1)*n], o.b)
+	}
+	matmul(dst, in, false, o.w, false, rows, n, hidden, true)
+}
+
+// backward adds the block's weight and bias gradients from dlog, the
+// gradient of its logits, and its share of the input gradient onto dIn
+// (rows x hidden): written there when first is set, else computed into
+// part and added, so that blocks taken in order sum in block order. It
+// returns part, grown as needed.
+func (o *outBlock[T]) backward(in, dlog, dIn, part []T, rows, hidden int, first bool) []T {
+	n := o.hi - o.lo
+	matmul(o.dw, in, true, dlog, false, hidden, n, rows, true)
+	addColSums(o.db, dlog)
+	if first {
+		matmul(dIn, dlog, false, o.w, true, rows, hidden, n, false)
+		return part
+	}
+	part = grow(part, rows*hidden)
+	matmul(part, dlog, false, o.w, true, rows, hidden, n, false)
+	for j, v := range part {
+		dIn[j] += v
+	}
+	return part
 }
 
 // workspace holds a model's step buffers, reused from step to step.
@@ -362,12 +392,7 @@ func (m *Seq2Seq[T]) softmax(in []T, rows int, labels []int32, scale float64) (l
 	for i := range m.out {
 		o := &m.out[i]
 		n := o.hi - o.lo
-		o.logitsFrom = off
-		logits := ws.logits[off : off+rows*n]
-		for r := 0; r < rows; r++ {
-			copy(logits[r*n:(r+1)*n], o.b)
-		}
-		matmul(logits, in, false, o.w, false, rows, n, H, true)
+		o.logits(ws.logits[off:off+rows*n], in, rows, H)
 		ws.widths = append(ws.widths, n)
 		off += rows * n
 	}
@@ -383,21 +408,12 @@ func (m *Seq2Seq[T]) softmax(in []T, rows int, labels []int32, scale float64) (l
 func (m *Seq2Seq[T]) softmaxBackward(in []T, rows int) []T {
 	ws, H := &m.ws, m.Cfg.Hidden
 	ws.dIn = grow(ws.dIn, rows*H)
+	off := 0 // the block's logits (softmax's layout: block after block)
 	for i := range m.out {
 		o := &m.out[i]
 		n := o.hi - o.lo
-		dlog := ws.logits[o.logitsFrom : o.logitsFrom+rows*n]
-		matmul(o.dw, in, true, dlog, false, H, n, rows, true)
-		addColSums(o.db, dlog)
-		if i == 0 {
-			matmul(ws.dIn, dlog, false, o.w, true, rows, H, n, false)
-			continue
-		}
-		ws.part = grow(ws.part, rows*H)
-		matmul(ws.part, dlog, false, o.w, true, rows, H, n, false)
-		for j, v := range ws.part {
-			ws.dIn[j] += v
-		}
+		ws.part = o.backward(in, ws.logits[off:off+rows*n], ws.dIn, ws.part, rows, H, i == 0)
+		off += rows * n
 	}
 	return ws.dIn
 }

@@ -3,9 +3,8 @@ package models
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
-
-	"gonum.org/v1/gonum/blas/gonum"
 )
 
 // A replica over seats: the paper's layout (Sutskever et al., section 3.4)
@@ -225,10 +224,10 @@ func (r *stageRun[T]) forward(layers []*LSTM[T], caches []*LSTMCache[T], emb []T
 			case l+1 < lb:
 				copy(caches[l+1].X[t0*B*H:t1*B*H], out)
 			case !r.top:
-				r.links.send(r.s, r.s+1, stageMsg[T]{data: clone(out), t0: t0, t1: t1})
+				r.links.send(r.s, r.s+1, stageMsg[T]{data: slices.Clone(out), t0: t0, t1: t1})
 			case toSlices:
 				for k := range r.plan.Slices {
-					r.links.send(r.s, r.plan.Stages+k, stageMsg[T]{data: clone(out), t0: t0, t1: t1})
+					r.links.send(r.s, r.plan.Stages+k, stageMsg[T]{data: slices.Clone(out), t0: t0, t1: t1})
 				}
 			}
 		}
@@ -260,7 +259,7 @@ func (r *stageRun[T]) backward(layers []*LSTM[T], caches []*LSTMCache[T], steps 
 			d = layers[l].BackSteps(caches[l], d, t0, t1, true)
 		}
 		if r.s > 0 {
-			r.links.send(r.s, r.s-1, stageMsg[T]{data: clone(d), t0: t0, t1: t1})
+			r.links.send(r.s, r.s-1, stageMsg[T]{data: slices.Clone(d), t0: t0, t1: t1})
 		}
 		t1 = t0
 	}
@@ -325,10 +324,7 @@ func (m *Seq2Seq[T]) sliceStep(k int, plan StagePlan, b *SeqBatch, links *seatLi
 	for i, o := range blocks {
 		w := o.hi - o.lo
 		lg := make([]T, rows*w)
-		for r := range rows {
-			copy(lg[r*w:(r+1)*w], o.b)
-		}
-		matmul(lg, in, false, o.w, false, rows, w, H, true)
+		o.logits(lg, in, rows, H)
 		for r, y := range b.TgtOut {
 			if y < 0 {
 				continue
@@ -342,7 +338,7 @@ func (m *Seq2Seq[T]) sliceStep(k int, plan StagePlan, b *SeqBatch, links *seatLi
 	}
 	links.send(seat, top, stageMsg[T]{stats: stats, ys: ys, has: has})
 	all := links.recv(seat, top).stats
-	var acc []T
+	var acc, part []T
 	if k > 0 {
 		acc = links.recv(seat, seat-1).data
 	}
@@ -362,17 +358,11 @@ func (m *Seq2Seq[T]) sliceStep(k int, plan StagePlan, b *SeqBatch, links *seatLi
 			}
 			BlockGrad(row, stats[r*nb+i], all[r], label, scale)
 		}
-		matmul(o.dw, in, true, lg, false, H, w, rows, true)
-		addColSums(o.db, lg)
-		part := make([]T, rows*H)
-		matmul(part, lg, false, o.w, true, rows, H, w, false)
-		if acc == nil {
-			acc = part
-			continue
+		first := acc == nil // slice 0's first block starts the running sum
+		if first {
+			acc = make([]T, rows*H)
 		}
-		for j, v := range part {
-			acc[j] += v
-		}
+		part = o.backward(in, lg, acc, part, rows, H, first)
 	}
 	if k+1 < plan.Slices {
 		links.send(seat, seat+1, stageMsg[T]{data: acc})
@@ -409,20 +399,7 @@ func (m *Seq2Seq[T]) seatClip(seat int, plan StagePlan, tensors [][]int, clip fl
 		links.send(seat, 0, stageMsg[T]{squares: mine})
 		norm = links.recv(seat, 0).norm
 	}
-	if !(clip > 0 && norm > clip) {
-		return
-	}
-	s := T(clip / norm)
-	for _, t := range tensors[seat] {
-		g := m.grads[offs[t] : offs[t]+m.sizes[t]]
-		if g32, ok := any(g).([]float32); ok {
-			gonum.Implementation{}.Sscal(len(g32), float32(s), g32, 1)
-			continue
-		}
-		for i := range g {
-			g[i] *= s
-		}
+	for _, t := range tensors[seat] { // ClipGlobalNorm's scaling, tensor by tensor
+		clipTo(m.grads[offs[t]:offs[t]+m.sizes[t]], norm, clip)
 	}
 }
-
-func clone[T Float](s []T) []T { return append([]T(nil), s...) }

@@ -46,11 +46,15 @@ func (d *Images) Len(s int) int { return len(d.shards[s]) }
 // (seed, s, epoch). A GAN that makes k updates of D a step trains on
 // updates step*k+j.
 func (d *Images) Batch(seed uint64, s int, step int64, size int) []float32 {
+	return d.AppendBatch(nil, seed, s, step, size)
+}
+
+// AppendBatch is Batch appended to x (a trainer reuses its buffer, x[:0]).
+func (d *Images) AppendBatch(x []float32, seed uint64, s int, step int64, size int) []float32 {
 	images := d.shards[s]
 	per := int64(len(images) / size)
 	epoch, pos := step/per, int(step%per)
 	perm := rand.New(rand.NewPCG(seed, uint64(s)<<40^uint64(epoch))).Perm(len(images))
-	var x []float32
 	for _, i := range perm[pos*size : (pos+1)*size] {
 		x = append(x, images[i]...)
 	}

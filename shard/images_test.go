@@ -60,6 +60,10 @@ func TestImagesDealAndBatch(t *testing.T) {
 	if !slices.Equal(d.Batch(7, 1, 3, size), d.Batch(7, 1, 3, size)) || slices.Equal(d.Batch(7, 1, 3, size), d.Batch(8, 1, 3, size)) {
 		t.Fatal("a batch is not a function of (seed, shard, step)")
 	}
+	buf := make([]float32, 0, 4)
+	if got := d.AppendBatch(buf[:0], 7, 2, 5, size); !slices.Equal(got, d.Batch(7, 2, 5, size)) {
+		t.Fatal("AppendBatch onto a reused buffer differs from Batch")
+	}
 	if d2 := DealImages(train, 3, 7); !slices.Equal(d2.Batch(7, 2, 9, size), d.Batch(7, 2, 9, size)) {
 		t.Fatal("dealing again dealt otherwise")
 	}

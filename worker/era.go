@@ -93,7 +93,7 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 	}
 	// Done counts only if the placement this rank ran under is still the
 	// job's: else the job rolled back, and this rank reruns from there.
-	if ok, err := reportDone(ctx, cfg, a, rev); err != nil {
+	if ok, err := cfg.Store.RankDone(ctx, a, rev); err != nil {
 		return nil, 0, err
 	} else if !ok {
 		return next(false)
@@ -140,12 +140,6 @@ func watchPlacement(ectx, ctx context.Context, cancel context.CancelFunc, cfg Co
 		}
 		return nil, 0, nil
 	}
-}
-
-// reportDone writes rank a.Rank done if the job's placement is still the
-// one written at store revision rev, and says whether it was.
-func reportDone(ctx context.Context, cfg Config, a job.Assignment, rev int64) (bool, error) {
-	return cfg.Store.RankDone(ctx, a, rev)
 }
 
 // at names the step a trainer runs: the batch of step Data of data shard

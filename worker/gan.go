@@ -88,10 +88,10 @@ func GANRand(spec *job.Spec, sh int, step int64) *rand.Rand {
 	return rand.New(rand.NewPCG(spec.Seed^0x9a11, uint64(sh)<<40^uint64(step)))
 }
 
-// batch sets t.x to the images of update j of data step step of data
+// batch fills t.x with the images of update j of data step step of data
 // shard sh.
 func (t *ganTrainer) batch(sh int, step int64, j int) {
-	t.x = t.data.Batch(t.spec.Seed, sh, step*int64(t.spec.GANK)+int64(j), t.spec.Batch)
+	t.x = t.data.AppendBatch(t.x[:0], t.spec.Seed, sh, step*int64(t.spec.GANK)+int64(j), t.spec.Batch)
 }
 
 // close stops a transfer still in flight (when the step loop ends early).

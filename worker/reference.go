@@ -47,7 +47,7 @@ func (r *GANReference) Step(n int64) (dLoss, gLoss float64) {
 // draw returns the images and noise of update j of step n of worker k's
 // data shard.
 func (r *GANReference) draw(k int, n int64, j int, rng *rand.Rand) (x, z []float32) {
-	r.x[k] = r.data.Batch(r.spec.Seed, k, n*int64(r.spec.GANK)+int64(j), r.spec.Batch)
+	r.x[k] = r.data.AppendBatch(r.x[k][:0], r.spec.Seed, k, n*int64(r.spec.GANK)+int64(j), r.spec.Batch)
 	if size := r.spec.Batch * r.spec.GAN.Noise; len(r.z[k]) != size {
 		r.z[k] = make([]float32, size)
 	}

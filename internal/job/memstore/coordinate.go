@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/downpour-ml/downpour/internal/job"
 )
@@ -113,7 +114,7 @@ func (s *Store) Follow(ctx context.Context) (*job.View, <-chan job.Event, error)
 	}
 	ranks := sortedKeys(st.done)
 	slices.SortFunc(ranks, func(a, b int) int { // as keys: "10" before "2"
-		return cmpString(strconv.Itoa(a), strconv.Itoa(b))
+		return strings.Compare(strconv.Itoa(a), strconv.Itoa(b))
 	})
 	for _, r := range ranks {
 		v.Events = append(v.Events, job.Event{Kind: job.RankReported, Rank: r})
@@ -135,16 +136,6 @@ func (s *Store) Follow(ctx context.Context) (*job.View, <-chan job.Event, error)
 	s.c.mu.Unlock()
 	out := tailChan(ctx, s, from, func(e entry) *job.Event { return e.ev })
 	return v, out, nil
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // TaskQueue is the stored task queue (nil: none).
