@@ -106,13 +106,16 @@ func TestPushBringsItsPullBack(t *testing.T) {
 		if s == 1 {
 			// Rank 1 holds the step back while the shards tick past rank
 			// 0's PullTTL: rank 0's requests expire and it pulls again,
-			// pushing nothing twice.
-			for deadline := time.Now().Add(10 * time.Second); pulls.Load()-pulls0 < int64(groups); time.Sleep(time.Millisecond) {
+			// pushing nothing twice. A held pull expires too and is sent
+			// again, so the pull count can reach the group count before
+			// the last group's push has been seen: wait for both.
+			for deadline := time.Now().Add(10 * time.Second); pulls.Load()-pulls0 < int64(groups) || pushes.Load()-pushes0 < int64(groups); time.Sleep(time.Millisecond) {
 				if time.Now().After(deadline) {
-					t.Fatalf("step %d: %d pull messages after rank 0's requests were held and ticked past, want %d", s, pulls.Load()-pulls0, groups)
+					t.Fatalf("step %d: %d push and %d pull messages after rank 0's requests were held and ticked past, want %d of each", s, pushes.Load()-pushes0, pulls.Load()-pulls0, groups)
 				}
 				tick()
 			}
+			time.Sleep(20 * time.Millisecond) // a push sent twice would arrive by now
 			select {
 			case <-xfer.done:
 				t.Fatalf("step %d: rank 0's transfer ended before rank 1 pushed: %v", s, xfer.err)
