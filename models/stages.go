@@ -93,93 +93,222 @@ func (p StagePlan) SeatTensors(c Seq2SeqConfig) [][]int {
 	return out
 }
 
-// stageMsg is what one seat sends another during a step; each pair of
-// seats exchanges its messages in an order both know.
-type stageMsg[T Float] struct {
-	data    []T            // activations or gradients of time steps [t0, t1), or whole
-	t0, t1  int            // time steps
-	stats   []SoftmaxStats // per row, per block of the sender's
-	ys      []T            // per row: the target's logit, where the sender holds it
-	has     []bool         // per row: whether it does
-	squares map[int]float64
-	norm    float64
+// A SeatMsg is what one seat sends another during a step. Each pair of
+// seats exchanges its messages in an order both know, and a message
+// carries only the fields its place in that order calls for.
+type SeatMsg[T Float] struct {
+	// Data: activations or gradients of time steps [T0, T1) (rows of
+	// Batch x Hidden each), or a whole running input gradient.
+	Data   []T
+	T0, T1 int
+	// Stats: per row, per block of the sender's softmax slice (or, from
+	// the top stage, per row the combined statistics).
+	Stats []SoftmaxStats
+	// Ys, Has: per row, the target's logit where the sender's blocks hold
+	// the target.
+	Ys  []T
+	Has []bool
+	// Squares: the sender's tensors' sums of squares, in the order of its
+	// seat's tensors (StagePlan.SeatTensors).
+	Squares []float64
+	Norm    float64
 }
+
+// A SeatLink is one seat's connection to the other seats of its replica.
+// Messages from one seat to another arrive in the order sent. Send does
+// not keep m's slices once it returns (it copies or encodes them); Recv's
+// message is the caller's.
+type SeatLink[T Float] interface {
+	Send(to int, m SeatMsg[T]) error
+	Recv(from int) (SeatMsg[T], error)
+}
+
+// ErrSeatMessage is the kind of error a seat's step returns when another
+// seat's message is not the one the step's order calls for (a wrong shape,
+// time steps or field).
+var ErrSeatMessage = errors.New("a seat's message is not the one expected")
+
+// seatAbort carries a seat's error out of its step (SeatStep recovers it):
+// a message that cannot be sent or received, or a malformed one, ends the
+// seat's part of the step wherever it is.
+type seatAbort struct{ err error }
 
 // seatLinks are the channels between a replica's seats in one process:
 // ch[from][to], each carrying the pair's messages in order.
-type seatLinks[T Float] struct{ ch [][]chan stageMsg[T] }
+type seatLinks[T Float] struct{ ch [][]chan SeatMsg[T] }
 
 func newSeatLinks[T Float](n int) *seatLinks[T] {
-	l := &seatLinks[T]{ch: make([][]chan stageMsg[T], n)}
+	l := &seatLinks[T]{ch: make([][]chan SeatMsg[T], n)}
 	for i := range n {
-		l.ch[i] = make([]chan stageMsg[T], n)
+		l.ch[i] = make([]chan SeatMsg[T], n)
 		for j := range n {
-			l.ch[i][j] = make(chan stageMsg[T], 1<<12)
+			l.ch[i][j] = make(chan SeatMsg[T], 1<<12)
 		}
 	}
 	return l
 }
 
-func (l *seatLinks[T]) send(from, to int, m stageMsg[T]) { l.ch[from][to] <- m }
-func (l *seatLinks[T]) recv(to, from int) stageMsg[T]    { return <-l.ch[from][to] }
+// localLink is seat's end of in-process links.
+type localLink[T Float] struct {
+	l    *seatLinks[T]
+	seat int
+}
+
+func (l localLink[T]) Send(to int, m SeatMsg[T]) error {
+	m.Data, m.Stats, m.Ys, m.Has, m.Squares = slices.Clone(m.Data), slices.Clone(m.Stats), slices.Clone(m.Ys), slices.Clone(m.Has), slices.Clone(m.Squares)
+	l.l.ch[l.seat][to] <- m
+	return nil
+}
+
+func (l localLink[T]) Recv(from int) (SeatMsg[T], error) { return <-l.l.ch[from][l.seat], nil }
+
+// LocalLinks connects n seats in one process: the i-th link is seat i's.
+func LocalLinks[T Float](n int) []SeatLink[T] {
+	l := newSeatLinks[T](n)
+	out := make([]SeatLink[T], n)
+	for i := range out {
+		out[i] = localLink[T]{l, i}
+	}
+	return out
+}
 
 // StagedStep runs a training step of batch b on a replica laid out by
 // plan, each seat on its own copy of the model (replicas[seat], of equal
-// parameters) in its own goroutine, the seats exchanging activations and
-// gradients a chunk of time steps at a time: the forward and backward
-// passes and the gradient's clip to norm clip. It returns the loss and
-// token count (as Loss does); each seat's gradient is then in its copy's
-// Grads(), at its own tensors (plan.SeatTensors) and zero elsewhere, equal
-// bit for bit to one Loss and ClipGrads of the whole model.
+// parameters) in its own goroutine, over in-process links (SeatStep does
+// one seat's part). It returns the loss and token count (as Loss does);
+// each seat's gradient is then in its copy's Grads(), at its own tensors
+// (plan.SeatTensors) and zero elsewhere, equal bit for bit to one Loss and
+// ClipGrads of the whole model.
 func StagedStep[T Float](replicas []*Seq2Seq[T], plan StagePlan, b *SeqBatch, chunk int, clip float64) (loss float64, tokens int, err error) {
-	if len(replicas) != plan.Seats() || chunk < 1 {
-		return 0, 0, errors.New("models: a staged step needs a model copy per seat and chunks of at least one time step")
+	if len(replicas) != plan.Seats() {
+		return 0, 0, errors.New("models: a staged step needs a model copy per seat")
 	}
-	links := newSeatLinks[T](plan.Seats())
-	tensors := plan.SeatTensors(replicas[0].Cfg)
+	links := LocalLinks[T](plan.Seats())
+	errs := make([]error, plan.Seats())
 	var wg sync.WaitGroup
 	for seat := range plan.Seats() {
 		wg.Go(func() {
-			m := replicas[seat]
-			clear(m.grads)
-			if seat < plan.Stages {
-				l, n := m.stageStep(seat, plan, b, chunk, links)
-				if seat == plan.Stages-1 {
-					loss, tokens = l, n
-				}
-			} else {
-				m.sliceStep(seat-plan.Stages, plan, b, links)
+			l, n, err := replicas[seat].SeatStep(plan, seat, b, chunk, clip, links[seat])
+			if seat == plan.Stages-1 {
+				loss, tokens = l, n
 			}
-			m.seatClip(seat, plan, tensors, clip, links)
+			errs[seat] = err
 		})
 	}
 	wg.Wait()
+	return loss, tokens, errors.Join(errs...)
+}
+
+// SeatStep is seat's part of a training step of batch b on a replica laid
+// out by plan, its messages to and from the other seats over link, time
+// steps a chunk at a time: the forward and backward passes of its layers
+// or softmax blocks, and the clip of the replica's gradient to norm clip.
+// Its gradient is then in Grads(), at its own tensors
+// (plan.SeatTensors(m.Cfg)[seat]); the rest of Grads() it leaves as it
+// was. The top stage (seat plan.Stages-1) returns the loss and token count
+// (as Loss does), the others zeros. An error (of kind ErrSeatMessage where
+// a message was malformed) ends the seat's part where it is.
+func (m *Seq2Seq[T]) SeatStep(plan StagePlan, seat int, b *SeqBatch, chunk int, clip float64, link SeatLink[T]) (loss float64, tokens int, err error) {
+	if chunk < 1 || seat < 0 || seat >= plan.Seats() {
+		return 0, 0, fmt.Errorf("models: seat %d of %d in chunks of %d time steps", seat, plan.Seats(), chunk)
+	}
+	if err := b.Validate(m.Cfg); err != nil {
+		return 0, 0, err
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			a, ok := r.(seatAbort)
+			if !ok {
+				panic(r)
+			}
+			loss, tokens, err = 0, 0, a.err
+		}
+	}()
+	x := &seatIO[T]{link: link}
+	tensors := plan.SeatTensors(m.Cfg)
+	offs := Offsets(m.Cfg.Tensors())
+	for _, t := range tensors[seat] {
+		clear(m.grads[offs[t] : offs[t]+m.sizes[t]])
+	}
+	if seat < plan.Stages {
+		loss, tokens = m.stageStep(seat, plan, b, chunk, x)
+	} else {
+		m.sliceStep(seat-plan.Stages, plan, b, x)
+	}
+	m.seatClip(seat, plan, tensors, clip, x)
 	return loss, tokens, nil
+}
+
+// seatIO sends and receives through a link, ending the seat's step on an
+// error.
+type seatIO[T Float] struct{ link SeatLink[T] }
+
+func (x *seatIO[T]) send(to int, m SeatMsg[T]) {
+	if err := x.link.Send(to, m); err != nil {
+		panic(seatAbort{fmt.Errorf("to seat %d: %w", to, err)})
+	}
+}
+
+// recv receives the next message from seat from, which check finds
+// well-formed (a nil error) or not.
+func (x *seatIO[T]) recv(from int, check func(SeatMsg[T]) error) SeatMsg[T] {
+	m, err := x.link.Recv(from)
+	if err == nil {
+		if err = check(m); err != nil {
+			err = fmt.Errorf("%w: %w", ErrSeatMessage, err)
+		}
+	}
+	if err != nil {
+		panic(seatAbort{fmt.Errorf("from seat %d: %w", from, err)})
+	}
+	return m
+}
+
+// chunkOf checks that a message carries time steps [t0, t1) of width
+// floats each.
+func chunkOf[T Float](t0, t1, width int) func(SeatMsg[T]) error {
+	return func(m SeatMsg[T]) error {
+		if m.T0 != t0 || m.T1 != t1 || len(m.Data) != (t1-t0)*width {
+			return fmt.Errorf("time steps [%d, %d) of %d floats, want [%d, %d) of %d", m.T0, m.T1, len(m.Data), t0, t1, (t1-t0)*width)
+		}
+		return nil
+	}
+}
+
+// floatsOf checks that a message carries n floats.
+func floatsOf[T Float](n int) func(SeatMsg[T]) error {
+	return func(m SeatMsg[T]) error {
+		if len(m.Data) != n {
+			return fmt.Errorf("%d floats, want %d", len(m.Data), n)
+		}
+		return nil
+	}
 }
 
 // stageStep is stage s's part of a step: its layers' forward passes, the
 // combination of the softmax's statistics (on the top stage), and its
 // layers' backward passes.
-func (m *Seq2Seq[T]) stageStep(s int, plan StagePlan, b *SeqBatch, chunk int, links *seatLinks[T]) (loss float64, tokens int) {
+func (m *Seq2Seq[T]) stageStep(s int, plan StagePlan, b *SeqBatch, chunk int, x *seatIO[T]) (loss float64, tokens int) {
 	cfg, B, H, E := m.Cfg, b.Size, m.Cfg.Hidden, m.Cfg.Embed
-	r := &stageRun[T]{s: s, plan: plan, batch: B, chunk: chunk, links: links}
+	r := &stageRun[T]{s: s, plan: plan, batch: B, chunk: chunk, io: x}
 	r.la, r.lb = plan.layers(s)
 	r.top = r.lb == cfg.Layers
 	enc := make([]*LSTMCache[T], cfg.Layers)
 	dec := make([]*LSTMCache[T], cfg.Layers)
-	var x, y []T
+	var xs, ys []T
 	if s == 0 {
-		x, y = make([]T, b.SrcLen*B*E), make([]T, b.TgtLen*B*E)
-		Embedding(x, m.srcEmb, E, b.Src)
-		Embedding(y, m.tgtEmb, E, b.TgtIn)
+		xs, ys = make([]T, b.SrcLen*B*E), make([]T, b.TgtLen*B*E)
+		Embedding(xs, m.srcEmb, E, b.Src)
+		Embedding(ys, m.tgtEmb, E, b.TgtIn)
 	}
 	none := func(int) ([]T, []T) { return nil, nil }
-	r.forward(m.enc, enc, x, b.SrcLen, none, false)
-	r.forward(m.dec, dec, y, b.TgtLen, func(l int) ([]T, []T) { return enc[l].Final(H) }, true)
+	r.forward(m.enc, enc, xs, b.SrcLen, none, false)
+	r.forward(m.dec, dec, ys, b.TgtLen, func(l int) ([]T, []T) { return enc[l].Final(H) }, true)
 	var dTop []T
 	if r.top { // combine the slices' statistics, row by row, in block order
-		loss, tokens = m.combine(plan, b.TgtOut, links, s)
-		dTop = links.recv(s, plan.Stages+plan.Slices-1).data // the input gradient, summed over the blocks
+		loss, tokens = m.combine(plan, b.TgtOut, x, s)
+		// the input gradient, summed over the blocks
+		dTop = x.recv(plan.Stages+plan.Slices-1, floatsOf[T](b.TgtLen*B*H)).Data
 	}
 	dy := r.backward(m.dec, dec, b.TgtLen, none, dTop)
 	dx := r.backward(m.enc, enc, b.SrcLen, func(l int) ([]T, []T) { return dec[l].DH, dec[l].DC }, nil)
@@ -196,7 +325,7 @@ type stageRun[T Float] struct {
 	top          bool // it holds the top layer
 	plan         StagePlan
 	batch, chunk int
-	links        *seatLinks[T]
+	io           *seatIO[T]
 }
 
 // forward runs the stage's layers of one side over steps time steps, a
@@ -215,7 +344,7 @@ func (r *stageRun[T]) forward(layers []*LSTM[T], caches []*LSTMCache[T], emb []T
 		if r.s == 0 {
 			copy(caches[la].X[t0*B*in:t1*B*in], emb[t0*B*in:t1*B*in])
 		} else {
-			copy(caches[la].X[t0*B*in:t1*B*in], r.links.recv(r.s, r.s-1).data)
+			copy(caches[la].X[t0*B*in:t1*B*in], r.io.recv(r.s-1, chunkOf[T](t0, t1, B*in)).Data)
 		}
 		for l := la; l < lb; l++ {
 			layers[l].Steps(caches[l], t0, t1)
@@ -224,10 +353,10 @@ func (r *stageRun[T]) forward(layers []*LSTM[T], caches []*LSTMCache[T], emb []T
 			case l+1 < lb:
 				copy(caches[l+1].X[t0*B*H:t1*B*H], out)
 			case !r.top:
-				r.links.send(r.s, r.s+1, stageMsg[T]{data: slices.Clone(out), t0: t0, t1: t1})
+				r.io.send(r.s+1, SeatMsg[T]{Data: out, T0: t0, T1: t1})
 			case toSlices:
 				for k := range r.plan.Slices {
-					r.links.send(r.s, r.plan.Stages+k, stageMsg[T]{data: slices.Clone(out), t0: t0, t1: t1})
+					r.io.send(r.plan.Stages+k, SeatMsg[T]{Data: out, T0: t0, T1: t1})
 				}
 			}
 		}
@@ -251,7 +380,7 @@ func (r *stageRun[T]) backward(layers []*LSTM[T], caches []*LSTMCache[T], steps 
 		var d []T
 		switch {
 		case !r.top:
-			d = r.links.recv(r.s, r.s+1).data
+			d = r.io.recv(r.s+1, chunkOf[T](t0, t1, B*H)).Data
 		case dTop != nil:
 			d = dTop[t0*B*H : t1*B*H]
 		}
@@ -259,7 +388,7 @@ func (r *stageRun[T]) backward(layers []*LSTM[T], caches []*LSTMCache[T], steps 
 			d = layers[l].BackSteps(caches[l], d, t0, t1, true)
 		}
 		if r.s > 0 {
-			r.links.send(r.s, r.s-1, stageMsg[T]{data: slices.Clone(d), t0: t0, t1: t1})
+			r.io.send(r.s-1, SeatMsg[T]{Data: d, T0: t0, T1: t1})
 		}
 		t1 = t0
 	}
@@ -272,12 +401,19 @@ func (r *stageRun[T]) backward(layers []*LSTM[T], caches []*LSTMCache[T], steps 
 // combine gathers every slice's per-row statistics of its blocks (in slice,
 // then block order), and sends each slice the rows' combined statistics;
 // it returns the summed loss and the rows counted.
-func (m *Seq2Seq[T]) combine(plan StagePlan, labels []int32, links *seatLinks[T], s int) (loss float64, count int) {
-	msgs := make([]stageMsg[T], plan.Slices)
+func (m *Seq2Seq[T]) combine(plan StagePlan, labels []int32, x *seatIO[T], s int) (loss float64, count int) {
+	rows := len(labels)
+	msgs := make([]SeatMsg[T], plan.Slices)
 	for k := range plan.Slices {
-		msgs[k] = links.recv(s, plan.Stages+k)
+		nb := plan.SliceBlocks[k][1] - plan.SliceBlocks[k][0]
+		msgs[k] = x.recv(plan.Stages+k, func(m SeatMsg[T]) error {
+			if len(m.Stats) != rows*nb || len(m.Ys) != rows || len(m.Has) != rows {
+				return fmt.Errorf("statistics of %d blocks and %d targets, want %d rows x %d blocks", len(m.Stats), len(m.Ys), rows, nb)
+			}
+			return nil
+		})
 	}
-	all := make([]SoftmaxStats, len(labels))
+	all := make([]SoftmaxStats, rows)
 	var stats []SoftmaxStats
 	for r, y := range labels {
 		if y < 0 {
@@ -287,9 +423,9 @@ func (m *Seq2Seq[T]) combine(plan StagePlan, labels []int32, links *seatLinks[T]
 		var vy T
 		for k, msg := range msgs {
 			nb := plan.SliceBlocks[k][1] - plan.SliceBlocks[k][0]
-			stats = append(stats, msg.stats[r*nb:(r+1)*nb]...)
-			if msg.has[r] {
-				vy = msg.ys[r]
+			stats = append(stats, msg.Stats[r*nb:(r+1)*nb]...)
+			if msg.Has[r] {
+				vy = msg.Ys[r]
 			}
 		}
 		all[r] = CombineStats(stats)
@@ -297,7 +433,7 @@ func (m *Seq2Seq[T]) combine(plan StagePlan, labels []int32, links *seatLinks[T]
 		count++
 	}
 	for k := range plan.Slices {
-		links.send(s, plan.Stages+k, stageMsg[T]{stats: all})
+		x.send(plan.Stages+k, SeatMsg[T]{Stats: all})
 	}
 	return loss, count
 }
@@ -306,15 +442,20 @@ func (m *Seq2Seq[T]) combine(plan StagePlan, labels []int32, links *seatLinks[T]
 // statistics, then, with the rows' combined statistics, their gradients
 // and its share of the input gradient, added onto the running sum the
 // slice before passes on.
-func (m *Seq2Seq[T]) sliceStep(k int, plan StagePlan, b *SeqBatch, links *seatLinks[T]) {
+func (m *Seq2Seq[T]) sliceStep(k int, plan StagePlan, b *SeqBatch, x *seatIO[T]) {
 	H, B := m.Cfg.Hidden, b.Size
 	seat, top := plan.Stages+k, plan.Stages-1
 	rows := b.TgtLen * B
 	in := make([]T, rows*H)
-	for t1 := 0; t1 < b.TgtLen; {
-		msg := links.recv(seat, top)
-		copy(in[msg.t0*B*H:msg.t1*B*H], msg.data)
-		t1 = msg.t1
+	for t0 := 0; t0 < b.TgtLen; {
+		msg := x.recv(top, func(m SeatMsg[T]) error {
+			if m.T0 != t0 || m.T1 <= t0 || m.T1 > b.TgtLen || len(m.Data) != (m.T1-t0)*B*H {
+				return fmt.Errorf("time steps [%d, %d) of %d floats, want from %d to at most %d, %d floats a step", m.T0, m.T1, len(m.Data), t0, b.TgtLen, B*H)
+			}
+			return nil
+		})
+		copy(in[msg.T0*B*H:msg.T1*B*H], msg.Data)
+		t0 = msg.T1
 	}
 	blocks := m.out[plan.SliceBlocks[k][0]:plan.SliceBlocks[k][1]]
 	nb := len(blocks)
@@ -336,11 +477,16 @@ func (m *Seq2Seq[T]) sliceStep(k int, plan StagePlan, b *SeqBatch, links *seatLi
 		}
 		logits[i] = lg
 	}
-	links.send(seat, top, stageMsg[T]{stats: stats, ys: ys, has: has})
-	all := links.recv(seat, top).stats
+	x.send(top, SeatMsg[T]{Stats: stats, Ys: ys, Has: has})
+	all := x.recv(top, func(m SeatMsg[T]) error {
+		if len(m.Stats) != rows {
+			return fmt.Errorf("combined statistics of %d rows, want %d", len(m.Stats), rows)
+		}
+		return nil
+	}).Stats
 	var acc, part []T
 	if k > 0 {
-		acc = links.recv(seat, seat-1).data
+		acc = x.recv(seat-1, floatsOf[T](rows*H)).Data
 	}
 	scale := 1 / float64(B)
 	for i, o := range blocks {
@@ -365,39 +511,45 @@ func (m *Seq2Seq[T]) sliceStep(k int, plan StagePlan, b *SeqBatch, links *seatLi
 		part = o.backward(in, lg, acc, part, rows, H, first)
 	}
 	if k+1 < plan.Slices {
-		links.send(seat, seat+1, stageMsg[T]{data: acc})
+		x.send(seat+1, SeatMsg[T]{Data: acc})
 	} else {
-		links.send(seat, top, stageMsg[T]{data: acc})
+		x.send(top, SeatMsg[T]{Data: acc})
 	}
 }
 
 // seatClip clips the replica's gradient to norm clip: each seat sums its
 // tensors' squares, seat 0 adds them in tensor order (GlobalNorm's order)
 // and tells every seat the norm, and each seat scales its own tensors.
-func (m *Seq2Seq[T]) seatClip(seat int, plan StagePlan, tensors [][]int, clip float64, links *seatLinks[T]) {
+func (m *Seq2Seq[T]) seatClip(seat int, plan StagePlan, tensors [][]int, clip float64, x *seatIO[T]) {
 	offs := Offsets(m.Cfg.Tensors())
-	mine := map[int]float64{}
-	for _, t := range tensors[seat] {
-		mine[t] = sumSquares(m.grads[offs[t] : offs[t]+m.sizes[t]])
+	mine := make([]float64, len(tensors[seat]))
+	for i, t := range tensors[seat] {
+		mine[i] = sumSquares(m.grads[offs[t] : offs[t]+m.sizes[t]])
 	}
 	var norm float64
 	if seat == 0 {
 		all := make([]float64, len(m.sizes))
-		for t, q := range mine {
-			all[t] = q
-		}
-		for other := 1; other < plan.Seats(); other++ {
-			for t, q := range links.recv(0, other).squares {
-				all[t] = q
+		for other := range plan.Seats() {
+			q := mine
+			if other > 0 {
+				q = x.recv(other, func(m SeatMsg[T]) error {
+					if len(m.Squares) != len(tensors[other]) {
+						return fmt.Errorf("sums of squares of %d tensors, want %d", len(m.Squares), len(tensors[other]))
+					}
+					return nil
+				}).Squares
+			}
+			for i, t := range tensors[other] {
+				all[t] = q[i]
 			}
 		}
 		norm = NormOf(all)
 		for other := 1; other < plan.Seats(); other++ {
-			links.send(0, other, stageMsg[T]{norm: norm})
+			x.send(other, SeatMsg[T]{Norm: norm})
 		}
 	} else {
-		links.send(seat, 0, stageMsg[T]{squares: mine})
-		norm = links.recv(seat, 0).norm
+		x.send(0, SeatMsg[T]{Squares: mine})
+		norm = x.recv(0, func(SeatMsg[T]) error { return nil }).Norm
 	}
 	for _, t := range tensors[seat] { // ClipGlobalNorm's scaling, tensor by tensor
 		clipTo(m.grads[offs[t]:offs[t]+m.sizes[t]], norm, clip)

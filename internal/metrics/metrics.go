@@ -34,6 +34,9 @@ var (
 		latency, "job", "op", "shard")
 	RequestBytes = counterVec("downpour_client_payload_bytes_total", "Bytes of parameters and gradients moved by pushes and pulls, by shard.", "job", "op", "shard")
 
+	SeatBytes  = counterVec("downpour_seat_sent_bytes_total", "Bytes a seat of a model replica sent to the replica's other seats (activations, gradients, softmax statistics).", "job", "rank", "seat")
+	SeatErrors = counterVec("downpour_seat_errors_total", "Messages from other seats of its replica that a seat could not use, by kind (malformed, bad_sender, lost, out_of_order).", "job", "kind")
+
 	// Shards.
 	ShardLag = histogramVec("downpour_ps_clock_lag_steps", "At each accepted push, how many steps its rank is behind the fastest active rank (ssp, async; 0 in sync mode).",
 		[]float64{0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64}, "job", "shard")

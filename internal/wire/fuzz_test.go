@@ -101,3 +101,27 @@ func checkSpansAccepted(t *testing.T, bs []Block) {
 		}
 	}
 }
+
+func FuzzDecodeSeat(f *testing.F) {
+	seeds(f, &SeatMsg{V: Version, Epoch: 2, Step: 3, From: 1, Seq: 4, T0: 1, T1: 3, Data: make([]byte, 16)},
+		&SeatMsg{V: Version, Stats: make([]byte, 32), Ys: make([]byte, 8), Has: []byte{0, 1}},
+		&SeatMsg{V: Version, Squares: make([]byte, 24), Norm: 2.5, More: true})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := DecodeSeat(data)
+		if err != nil {
+			if ErrKind(err) != Malformed && ErrKind(err) != BadVersion {
+				t.Fatalf("a refusal of kind %v: %v", ErrKind(err), err)
+			}
+			return
+		}
+		if m.V != Version || m.Step < 0 || m.T1 < m.T0 || len(m.Data)%4 != 0 || len(m.Ys)%4 != 0 ||
+			len(m.Stats)%16 != 0 || len(m.Squares)%8 != 0 || !(m.Norm >= 0) {
+			t.Fatalf("accepted a bad seat message: %+v", m)
+		}
+		for _, h := range m.Has {
+			if h > 1 {
+				t.Fatalf("accepted a row flag %d", h)
+			}
+		}
+	})
+}

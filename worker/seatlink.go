@@ -1,0 +1,334 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/downpour-ml/downpour/internal/metrics"
+	"github.com/downpour-ml/downpour/internal/wire"
+	"github.com/downpour-ml/downpour/models"
+)
+
+// SeatLink is one seat's link to the other seats of its model replica over
+// NATS (models.SeatLink): it listens on its seat's subject and sends to
+// the others', each message tagged with the replica's era, the step, the
+// sender and its place in the pair's order (wire.SeatMsg). Within a step
+// (Begin), Recv(from) returns from's next message of that step in order;
+// a message of another era or an earlier step is dropped as stray, one
+// that skips a place in the order, or will not decode, makes the pair's
+// next Recv fail (its kind counted in downpour_seat_errors_total). Nothing
+// a peer sends can crash the seat: at worst its step fails.
+type SeatLink struct {
+	nc          *nats.Conn
+	job         string
+	rank, seat  int
+	seats       int
+	timeout     time.Duration
+	maxPayload  int
+	sub         *nats.Subscription
+	errCounters map[string]errCounter
+	bytesOut    errCounter
+
+	mu      sync.Mutex
+	epoch   uint64
+	step    int64
+	pending [][]*wire.SeatMsg // per sender: whole messages, in order
+	partial []*wire.SeatMsg   // per sender: a message whose parts still arrive
+	bad     []error           // per sender: what went wrong with its messages
+	sent    []uint32          // per receiver: messages sent in this step
+	got     []uint32          // per sender: messages taken in this step
+	arrived chan struct{}     // closed and replaced when a message arrives
+	stats   SeatStats
+}
+
+// errCounter is a counter's Inc and Add.
+type errCounter interface {
+	Inc()
+	Add(float64)
+}
+
+// SeatStats is what a seat's link has moved and waited for.
+type SeatStats struct {
+	SentBytes, RecvBytes int64
+	Waited               time.Duration // in Recv, for messages not yet arrived
+	Stray, Errors        int64
+}
+
+// NewSeatLink listens as seat of job's replica rank (of seats seats).
+// timeout bounds each Recv's wait (a seat that has died is seen as one
+// that does not answer).
+func NewSeatLink(nc *nats.Conn, job string, rank, seat, seats int, timeout time.Duration) (*SeatLink, error) {
+	if seat < 0 || seat >= seats {
+		return nil, fmt.Errorf("seat %d of %d", seat, seats)
+	}
+	l := &SeatLink{nc: nc, job: job, rank: rank, seat: seat, seats: seats, timeout: timeout,
+		maxPayload: int(nc.MaxPayload()), errCounters: map[string]errCounter{},
+		bytesOut: metrics.SeatBytes.WithLabelValues(job, strconv.Itoa(rank), strconv.Itoa(seat)),
+		pending:  make([][]*wire.SeatMsg, seats), partial: make([]*wire.SeatMsg, seats),
+		bad: make([]error, seats), sent: make([]uint32, seats), got: make([]uint32, seats),
+		arrived: make(chan struct{}), step: -1}
+	sub, err := nc.Subscribe(wire.SeatSubject(job, rank, seat), l.receive)
+	if err != nil {
+		return nil, err
+	}
+	// A step's activations can be many messages at once: hold them all
+	// rather than drop any (the link's own queues are the backlog).
+	if err := sub.SetPendingLimits(-1, -1); err != nil {
+		sub.Unsubscribe()
+		return nil, err
+	}
+	if err := nc.Flush(); err != nil {
+		sub.Unsubscribe()
+		return nil, err
+	}
+	l.sub = sub
+	return l, nil
+}
+
+// Close stops listening.
+func (l *SeatLink) Close() error { return l.sub.Unsubscribe() }
+
+// Begin starts step of the replica's era epoch: messages of earlier steps
+// or eras still queued are dropped, and each pair's order starts again.
+func (l *SeatLink) Begin(epoch uint64, step int64) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.epoch, l.step = epoch, step
+	for from := range l.seats {
+		q := l.pending[from]
+		for len(q) > 0 && l.stray(q[0]) {
+			q = q[1:]
+			l.stats.Stray++
+		}
+		l.pending[from] = q
+		if p := l.partial[from]; p != nil && l.stray(p) {
+			l.partial[from] = nil
+		}
+		l.bad[from], l.sent[from], l.got[from] = nil, 0, 0
+	}
+}
+
+// stray says whether m belongs to an earlier step or era. l.mu is held.
+func (l *SeatLink) stray(m *wire.SeatMsg) bool {
+	return m.Epoch < l.epoch || m.Epoch == l.epoch && m.Step < l.step
+}
+
+// Stats returns what the link has moved and waited for so far.
+func (l *SeatLink) Stats() SeatStats {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.stats
+}
+
+// receive takes one NATS message: a part of a seat's message.
+func (l *SeatLink) receive(msg *nats.Msg) {
+	m, err := wire.DecodeSeat(msg.Data)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	defer l.wake()
+	l.stats.RecvBytes += int64(len(msg.Data))
+	if err != nil {
+		// Which pair it came from is unknown: every Recv of the step fails.
+		l.fail(-1, wire.ErrKind(err).String(), err)
+		return
+	}
+	from := int(m.From)
+	if from >= l.seats || from == l.seat {
+		l.fail(-1, "bad_sender", fmt.Errorf("a message from seat %d of %d", from, l.seats))
+		return
+	}
+	if l.stray(m) {
+		l.stats.Stray++
+		return
+	}
+	if p := l.partial[from]; p != nil {
+		if m.Seq != p.Seq || m.Step != p.Step || m.Epoch != p.Epoch {
+			l.fail(from, "lost", fmt.Errorf("%w: seat %d: a part of message %d is missing", ErrSeatLost, from, p.Seq))
+			l.partial[from] = nil
+			return
+		}
+		p.Data = append(p.Data, m.Data...)
+		p.More = m.More
+		m = p
+	}
+	if m.More {
+		l.partial[from] = m
+		return
+	}
+	l.partial[from] = nil
+	l.pending[from] = append(l.pending[from], m)
+}
+
+// fail records err against sender from (-1: every sender) and counts it.
+// l.mu is held.
+func (l *SeatLink) fail(from int, kind string, err error) {
+	c, ok := l.errCounters[kind]
+	if !ok {
+		c = metrics.SeatErrors.WithLabelValues(l.job, kind)
+		l.errCounters[kind] = c
+	}
+	c.Inc()
+	l.stats.Errors++
+	for f := range l.seats {
+		if (from < 0 || f == from) && l.bad[f] == nil {
+			l.bad[f] = err
+		}
+	}
+}
+
+// wake tells waiting Recvs that something arrived. l.mu is held.
+func (l *SeatLink) wake() {
+	close(l.arrived)
+	l.arrived = make(chan struct{})
+}
+
+// ErrSeatTimeout is the error of a Recv whose message did not come in time:
+// its sender has died, been cut off, or is much slower than the timeout.
+var ErrSeatTimeout = errors.New("no message from the seat in time")
+
+// ErrSeatLost is the error of a Recv whose pair's messages came out of
+// order: one was lost (or a part of one), or the sender runs another step.
+var ErrSeatLost = errors.New("a seat's message was lost or out of order")
+
+// Send sends m to seat to, in parts that fit the server's messages.
+func (l *SeatLink) Send(to int, m models.SeatMsg[float32]) error {
+	l.mu.Lock()
+	seq := l.sent[to]
+	l.sent[to]++
+	w := &wire.SeatMsg{V: wire.Version, Epoch: l.epoch, Step: l.step, From: uint16(l.seat), Seq: seq,
+		T0: uint32(m.T0), T1: uint32(m.T1), Data: wire.FloatBytes(m.Data), Ys: wire.FloatBytes(m.Ys),
+		Squares: wire.AppendFloat64s(nil, m.Squares), Norm: m.Norm}
+	l.mu.Unlock()
+	if m.Stats != nil {
+		w.Stats = make([]byte, 0, 16*len(m.Stats))
+		for _, s := range m.Stats {
+			w.Stats = wire.AppendFloat64s(w.Stats, []float64{s.Max, s.Sum})
+		}
+	}
+	if m.Has != nil {
+		w.Has = make([]byte, len(m.Has))
+		for i, h := range m.Has {
+			if h {
+				w.Has[i] = 1
+			}
+		}
+	}
+	parts, err := wire.SplitSeat(w, l.maxPayload)
+	if err != nil {
+		return err
+	}
+	subj := wire.SeatSubject(l.job, l.rank, to)
+	n := 0
+	for _, p := range parts {
+		if err := l.nc.Publish(subj, p); err != nil {
+			return err
+		}
+		n += len(p)
+	}
+	l.bytesOut.Add(float64(n))
+	l.mu.Lock()
+	l.stats.SentBytes += int64(n)
+	l.mu.Unlock()
+	return nil
+}
+
+// Recv returns seat from's next message of the step.
+func (l *SeatLink) Recv(from int) (models.SeatMsg[float32], error) {
+	deadline := time.Now().Add(l.timeout)
+	var waitStart time.Time
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for {
+		if err := l.bad[from]; err != nil {
+			return models.SeatMsg[float32]{}, err
+		}
+		if q := l.pending[from]; len(q) > 0 {
+			m := q[0]
+			l.pending[from] = q[1:]
+			if !waitStart.IsZero() {
+				l.stats.Waited += time.Since(waitStart)
+			}
+			if l.stray(m) {
+				l.stats.Stray++
+				continue
+			}
+			if m.Epoch != l.epoch || m.Step != l.step || m.Seq != l.got[from] {
+				err := fmt.Errorf("%w: seat %d sent message %d of era %d step %d where message %d of era %d step %d was due", ErrSeatLost, from, m.Seq, m.Epoch, m.Step, l.got[from], l.epoch, l.step)
+				l.fail(from, "out_of_order", err)
+				return models.SeatMsg[float32]{}, err
+			}
+			l.got[from]++
+			return toModel(m)
+		}
+		if waitStart.IsZero() {
+			waitStart = time.Now()
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return models.SeatMsg[float32]{}, fmt.Errorf("%w: seat %d, after %v (step %d)", ErrSeatTimeout, from, l.timeout, l.step)
+		}
+		arrived := l.arrived
+		l.mu.Unlock()
+		t := time.NewTimer(left)
+		select {
+		case <-arrived:
+		case <-t.C:
+		}
+		t.Stop()
+		l.mu.Lock()
+	}
+}
+
+// toModel turns a decoded message into the model's.
+func toModel(m *wire.SeatMsg) (models.SeatMsg[float32], error) {
+	out := models.SeatMsg[float32]{T0: int(m.T0), T1: int(m.T1), Norm: m.Norm}
+	var ok bool
+	if m.Data != nil {
+		if out.Data, ok = wire.Floats(m.Data); !ok {
+			out.Data = make([]float32, len(m.Data)/4)
+			wire.CopyFloats(out.Data, m.Data)
+		}
+	}
+	if m.Ys != nil {
+		out.Ys = make([]float32, len(m.Ys)/4)
+		wire.CopyFloats(out.Ys, m.Ys)
+	}
+	if m.Stats != nil {
+		f := wire.Float64s(m.Stats)
+		out.Stats = make([]models.SoftmaxStats, len(f)/2)
+		for i := range out.Stats {
+			out.Stats[i] = models.SoftmaxStats{Max: f[2*i], Sum: f[2*i+1]}
+		}
+	}
+	if m.Has != nil {
+		out.Has = make([]bool, len(m.Has))
+		for i, h := range m.Has {
+			out.Has[i] = h == 1
+		}
+	}
+	if m.Squares != nil {
+		out.Squares = wire.Float64s(m.Squares)
+	}
+	return out, nil
+}
+
+// SeatContext ends l's waits when ctx ends: a Recv in progress returns
+// once it next wakes, and none waits past ctx.
+func (l *SeatLink) SeatContext(ctx context.Context) (stop func() bool) {
+	return context.AfterFunc(ctx, func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		for f := range l.seats {
+			if l.bad[f] == nil {
+				l.bad[f] = ctx.Err()
+			}
+		}
+		l.wake()
+	})
+}
