@@ -85,7 +85,15 @@ type Action struct {
 // NewJob makes the state of a job of workers ranks in mode under placement
 // p; a rank may stay without a worker for joinTicks ticks.
 func NewJob(mode string, workers int, p *job.Placement, joinTicks int) *Job {
-	return &Job{mode: mode, ranks: NewRanks(workers), placement: p, snaps: map[int64]map[int]string{},
+	return NewSeatedJob(mode, workers, 1, p, joinTicks)
+}
+
+// NewSeatedJob is NewJob for ranks that are seats of model replicas, seats
+// to a replica (NewSeatedRanks). A seat is a rank like any other: in sync
+// mode the death of one rolls the job back, and its replica runs again
+// once a spare holds the seat.
+func NewSeatedJob(mode string, ranks, seats int, p *job.Placement, joinTicks int) *Job {
+	return &Job{mode: mode, ranks: NewSeatedRanks(ranks, seats), placement: p, snaps: map[int64]map[int]string{},
 		last: job.CheckpointRecord{Step: -1}, joinTicks: joinTicks}
 }
 

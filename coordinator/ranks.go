@@ -15,6 +15,7 @@ type Ranks struct {
 	done    []bool
 	rankOf  map[string]int // worker -> rank
 	waiting []string       // workers up but without a rank, in arrival order
+	seats   int            // ranks per model replica (job.Spec.Seats)
 }
 
 // Assign is an action: write this assignment for worker.
@@ -24,8 +25,13 @@ type Assign struct {
 }
 
 // NewRanks makes the state of a job with n ranks.
-func NewRanks(n int) *Ranks {
-	return &Ranks{holder: make([]string, n), epoch: make([]uint64, n), done: make([]bool, n), rankOf: map[string]int{}}
+func NewRanks(n int) *Ranks { return NewSeatedRanks(n, 1) }
+
+// NewSeatedRanks makes the state of a job with n ranks, seats to a model
+// replica: rank r is seat r mod seats of replica r / seats, and reads data
+// shard r / seats.
+func NewSeatedRanks(n, seats int) *Ranks {
+	return &Ranks{holder: make([]string, n), epoch: make([]uint64, n), done: make([]bool, n), rankOf: map[string]int{}, seats: max(1, seats)}
 }
 
 // Restore records an assignment read back from the store (a coordinator that takes
@@ -145,7 +151,7 @@ func (r *Ranks) fill() []Assign {
 		r.epoch[rank]++
 		r.holder[rank] = w
 		r.rankOf[w] = rank
-		out = append(out, Assign{Worker: w, Assignment: job.Assignment{Rank: rank, Epoch: r.epoch[rank], DataShard: rank}})
+		out = append(out, Assign{Worker: w, Assignment: job.Assignment{Rank: rank, Epoch: r.epoch[rank], DataShard: rank / r.seats}})
 	}
 	return out
 }

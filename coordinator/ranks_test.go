@@ -2,6 +2,7 @@ package coordinator
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 
@@ -83,5 +84,23 @@ func TestRanksFenceAndRollback(t *testing.T) {
 		if got != s.want {
 			t.Fatalf("%s: got %s, want %s", s.ev, got, s.want)
 		}
+	}
+}
+
+// Ranks that are seats of replicas read their replica's data shard: rank r
+// of 3 seats a replica reads shard r / 3.
+func TestSeatedRanksReadTheirReplicasShard(t *testing.T) {
+	r := NewSeatedRanks(6, 3)
+	var got []int
+	for i := range 6 {
+		for _, a := range r.Up(string(rune('a' + i))) {
+			if a.Rank != i {
+				t.Fatalf("worker %d got rank %d", i, a.Rank)
+			}
+			got = append(got, a.DataShard)
+		}
+	}
+	if !slices.Equal(got, []int{0, 0, 0, 1, 1, 1}) {
+		t.Fatalf("data shards %v", got)
 	}
 }

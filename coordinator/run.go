@@ -107,7 +107,7 @@ func Run(ctx context.Context, st job.Store, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	c := &run{st: st, cfg: cfg, job: NewJob(spec.Mode, spec.Workers, p, int(cfg.JoinTimeout/time.Second)), placed: p}
+	c := &run{st: st, cfg: cfg, job: NewSeatedJob(spec.Mode, spec.Ranks(), spec.Seats(), p, int(cfg.JoinTimeout/time.Second)), placed: p}
 	if spec.UsesTasks() {
 		if err := c.restoreTasks(ctx); err != nil {
 			return err

@@ -1,6 +1,7 @@
 package paramserver
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"errors"
@@ -251,6 +252,28 @@ func (c *Client) readRank(offset int) int {
 // has applied at least minClock steps.
 func (c *Client) Pull(ctx context.Context, minClock int64, params []float32) error {
 	return c.each(ctx, func(ctx context.Context, g group) error { return c.pull(ctx, g, minClock, false, params, nil) })
+}
+
+// PullRanges is Pull of the parts of params inside ranges (sorted,
+// disjoint [lo, hi) ranges) alone, packed as a sparse transfer packs them
+// (StartPushPullSparse); the rest of params is left as it was.
+func (c *Client) PullRanges(ctx context.Context, minClock int64, params []float32, ranges [][2]int) error {
+	if ranges == nil {
+		return c.Pull(ctx, minClock, params)
+	}
+	if err := checkRanges(ranges, len(params)); err != nil {
+		return err
+	}
+	groups, err := c.transferGroups(ranges, ranges)
+	if err != nil {
+		return err
+	}
+	groups = slices.DeleteFunc(groups, func(g group) bool { // nothing of it inside ranges (a nil list: all of it)
+		return g.pull != nil && !slices.ContainsFunc(g.pull, func(sp []byte) bool { return !bytes.Equal(sp, wire.EmptySpans) })
+	})
+	return c.eachOf(ctx, groups, func(ctx context.Context, _ int, g group) error {
+		return c.pull(ctx, g, minClock, false, params, g.pull)
+	})
 }
 
 // PullExact (sync) fills params with the parameters at exactly step steps,

@@ -197,6 +197,9 @@ func (s *Shard) Push(p *wire.PushRequest) error {
 			return refuse(wire.UnknownBlock, "block %d is not on this shard", pb.ID)
 		}
 		b := s.blocks[i]
+		if !s.cfg.Pushes(r, b.Tensor) {
+			return refuse(wire.BadRank, "block %d: rank %d is seat %d of its replica, which does not hold tensor %d", pb.ID, r, r%s.cfg.Seats, b.Tensor)
+		}
 		if _, err := checkSpans(b, pb.Spans, len(pb.Data)); err != nil {
 			return err
 		}
@@ -348,7 +351,8 @@ func (s *Shard) pushSync(b *block, r int, step int64, pb *wire.Block, finite boo
 		s.stats.Skipped++
 		b.bad = true
 	}
-	if s.cfg.Ranks == 1 { // nothing to wait for: apply straight from the message
+	replicas := s.cfg.Replicas()
+	if replicas == 1 { // nothing to wait for: apply straight from the message
 		s.snapBlock(b)
 		if !b.bad {
 			s.apply(b, pb)
@@ -375,17 +379,20 @@ func (s *Shard) pushSync(b *block, r int, step int64, pb *wire.Block, finite boo
 	}
 	b.got[r] = true
 	b.n++
-	if b.n < s.cfg.Ranks {
+	if b.n < replicas {
 		return false
 	}
 	s.snapBlock(b)
 	if !b.bad {
+		// The replicas' gradients in replica order: ranks seat, seat +
+		// Seats, ... (with one seat a replica, every rank in order).
+		seats, seat := max(1, s.cfg.Seats), r%max(1, s.cfg.Seats)
 		sum := s.sum[:b.Len]
-		copy(sum, b.g[0])
-		for q := 1; q < s.cfg.Ranks; q++ {
+		copy(sum, b.g[seat])
+		for q := seat + seats; q < s.cfg.Ranks; q += seats {
 			native.Saxpy(len(sum), 1, b.g[q], 1, sum, 1) // sum + 1*g: the plain sum
 		}
-		native.Sscal(len(sum), 1/float32(s.cfg.Ranks), sum, 1)
+		native.Sscal(len(sum), 1/float32(replicas), sum, 1)
 		Apply(s.cfg.Optimizer, b.w, sum, b.slots, b.clock)
 		s.stats.Applied++
 	}

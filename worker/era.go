@@ -43,6 +43,12 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 		t, err = newGANTrainer(cfg, spec, a, p)
 	case job.Synthetic:
 		t, err = newSyntheticTrainer(cfg, spec, a, p)
+	case "seq2seq":
+		if spec.LaidOut() {
+			t, err = newSeatTrainer(cfg, spec, a, p)
+		} else {
+			t, err = newSeq2SeqTrainer(cfg, spec, a, p)
+		}
 	default:
 		t, err = newSeq2SeqTrainer(cfg, spec, a, p)
 	}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -44,6 +45,7 @@ type SeatLink struct {
 	sent    []uint32          // per receiver: messages sent in this step
 	got     []uint32          // per sender: messages taken in this step
 	arrived chan struct{}     // closed and replaced when a message arrives
+	hellos  map[uint64][]bool // per era, per sender: it listens
 	stats   SeatStats
 }
 
@@ -72,7 +74,7 @@ func NewSeatLink(nc *nats.Conn, job string, rank, seat, seats int, timeout time.
 		bytesOut: metrics.SeatBytes.WithLabelValues(job, strconv.Itoa(rank), strconv.Itoa(seat)),
 		pending:  make([][]*wire.SeatMsg, seats), partial: make([]*wire.SeatMsg, seats),
 		bad: make([]error, seats), sent: make([]uint32, seats), got: make([]uint32, seats),
-		arrived: make(chan struct{}), step: -1}
+		arrived: make(chan struct{}), step: -1, hellos: map[uint64][]bool{}}
 	sub, err := nc.Subscribe(wire.SeatSubject(job, rank, seat), l.receive)
 	if err != nil {
 		return nil, err
@@ -86,6 +88,12 @@ func NewSeatLink(nc *nats.Conn, job string, rank, seat, seats int, timeout time.
 	if err := nc.Flush(); err != nil {
 		sub.Unsubscribe()
 		return nil, err
+	}
+	// The server refuses a subscription beyond the identity's permissions
+	// before it answers the flush: say so now, not at the first timeout.
+	if err := nc.LastError(); err != nil && strings.Contains(err.Error(), sub.Subject) {
+		sub.Unsubscribe()
+		return nil, fmt.Errorf("listening as seat %d of replica %d: %w", seat, rank, err)
 	}
 	l.sub = sub
 	return l, nil
@@ -111,6 +119,58 @@ func (l *SeatLink) Begin(epoch uint64, step int64) {
 			l.partial[from] = nil
 		}
 		l.bad[from], l.sent[from], l.got[from] = nil, 0, 0
+	}
+}
+
+// Ready waits until every other seat of the replica listens in era epoch,
+// telling them that this one does: it says hello to each until it has
+// heard from all, then once more (a peer that heard nothing yet is
+// listening by then, having said hello itself), so that every seat hears
+// from every other. Call it once an era, before its first step.
+func (l *SeatLink) Ready(ctx context.Context, epoch uint64) error {
+	hello, err := wire.Encode(&wire.SeatMsg{V: wire.Version, Epoch: epoch, From: uint16(l.seat), Hello: true})
+	if err != nil {
+		return err
+	}
+	say := func() error {
+		for to := range l.seats {
+			if to != l.seat {
+				if err := l.nc.Publish(wire.SeatSubject(l.job, l.rank, to), hello); err != nil {
+					return err
+				}
+			}
+		}
+		return l.nc.Flush()
+	}
+	deadline := time.Now().Add(l.timeout)
+	for {
+		if err := say(); err != nil {
+			return err
+		}
+		l.mu.Lock()
+		heard := 0
+		for _, h := range l.hellos[epoch] {
+			if h {
+				heard++
+			}
+		}
+		for e := range l.hellos {
+			if e < epoch {
+				delete(l.hellos, e)
+			}
+		}
+		l.mu.Unlock()
+		if heard == l.seats-1 {
+			return say()
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: %d of the replica's %d other seats listen after %v", ErrSeatTimeout, heard, l.seats-1, l.timeout)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
 	}
 }
 
@@ -141,6 +201,17 @@ func (l *SeatLink) receive(msg *nats.Msg) {
 	from := int(m.From)
 	if from >= l.seats || from == l.seat {
 		l.fail(-1, "bad_sender", fmt.Errorf("a message from seat %d of %d", from, l.seats))
+		return
+	}
+	if m.Hello {
+		if m.Epoch >= l.epoch {
+			h := l.hellos[m.Epoch]
+			if h == nil {
+				h = make([]bool, l.seats)
+				l.hellos[m.Epoch] = h
+			}
+			h[from] = true
+		}
 		return
 	}
 	if l.stray(m) {

@@ -1,6 +1,7 @@
 package worker
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -41,6 +42,10 @@ func runSeats(ms []*models.Seq2Seq[float32], links []*SeatLink, plan models.Stag
 	}
 	for seat := range ms {
 		wg.Go(func() {
+			if err := links[seat].Ready(context.Background(), epoch); err != nil {
+				errs[seat] = err
+				return
+			}
 			l, n, err := ms[seat].SeatStep(plan, seat, b, chunk, 0.5, links[seat])
 			if seat == plan.Stages-1 {
 				loss, tokens = l, n

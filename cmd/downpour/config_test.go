@@ -49,6 +49,7 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 		{"--lr-schedule", "halving", "--lr-halve-after", "100", "--lr-halve-every", "7"},
 		{"--lr-schedule", "exp", "--lr-decay", "1.01", "--lr-floor", "0.003", "--job", "x-1", "--connect-timeout", "9s"},
 		{"--mode", "ssp", "--staleness", "3", "--data", "synthetic:sort", "--v", "--seed", "18446744073709551615"},
+		{"--layers", "4", "--stages", "2", "--softmax-slices", "3", "--softmax-blocks", "6"},
 	} {
 		want := mustSpec(t, args...)
 		code, printed, stderr := runCmd(t, 10*time.Second, append([]string{"train", "--print-config"}, args...)...)

@@ -340,7 +340,7 @@ func trainAll(ctx context.Context, spec job.Spec, ep endpoints, out string, resu
 				DataDir: filepath.Join(out, fmt.Sprintf("ps-%d", i))})
 		})
 	}
-	for i := 0; i < spec.Workers; i++ {
+	for i := 0; i < spec.Ranks(); i++ { // a replica laid out over seats: a member per seat
 		role(fmt.Sprintf("worker %d", i), func(ctx context.Context, nc *nats.Conn, r roleConns) error {
 			return worker.Run(ctx, worker.Config{Store: r.st, ID: fmt.Sprintf("local-%d", i), NATS: nc, Log: log})
 		})

@@ -52,6 +52,11 @@ func TestSpecValidate(t *testing.T) {
 		{func(s *Spec) { s.CheckpointEvery = -1 }, "checkpoint"},
 		{func(s *Spec) { s.Mode, s.TaskSteps, s.CheckpointEvery = "ssp", 0, 10 }, "checkpoints only when it hands its data out as tasks"},
 		{func(s *Spec) { s.LogEvery = 0 }, "log every"},
+		{func(s *Spec) { s.Stages = 2 }, "at least one stage and one softmax slice"},
+		{func(s *Spec) { s.Stages, s.SoftmaxSlices, s.Mode = 2, 1, "async" }, "sync mode"},
+		{func(s *Spec) { s.Stages, s.SoftmaxSlices = s.Seq2Seq.Layers+1, 1 }, "stages must be in"},
+		{func(s *Spec) { s.Stages, s.SoftmaxSlices = 1, 2 }, "raise --softmax-blocks"},
+		{func(s *Spec) { s.Model, s.Stages, s.SoftmaxSlices = "gan", 1, 1 }, ""},
 	} {
 		s := Default()
 		c.mut(&s)
@@ -65,6 +70,33 @@ func TestSpecValidate(t *testing.T) {
 	got, err := DecodeSpec(d.Encode())
 	if err != nil || string(got.Encode()) != string(d.Encode()) {
 		t.Fatalf("spec round trip: %v", err)
+	}
+	// A replica laid out over 2 stages and 3 slices is 5 ranks; its shards
+	// know which seat pushes each tensor.
+	laid := Default()
+	laid.Seq2Seq.Layers, laid.Seq2Seq.SoftmaxBlocks, laid.Stages, laid.SoftmaxSlices = 4, 3, 2, 3
+	if err := laid.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	sc := laid.ShardConfig()
+	if laid.Seats() != 5 || laid.Ranks() != 5*laid.Workers || sc.Ranks != laid.Ranks() || sc.Seats != 5 || sc.Replicas() != laid.Workers {
+		t.Fatalf("seats %d, ranks %d, shard config %+v", laid.Seats(), laid.Ranks(), sc)
+	}
+	names := laid.Seq2Seq.Tensors()
+	want := map[string]int{"src_emb": 0, "tgt_emb": 0, "enc.l0.wx": 0, "enc.l3.b": 1, "dec.l1.wh": 0, "dec.l2.wx": 1, "out.w.0": 2, "out.b.2": 4}
+	for ti, seat := range sc.TensorSeat {
+		if w, ok := want[names[ti].Name]; ok {
+			if w != seat {
+				t.Errorf("tensor %s on seat %d, want %d", names[ti].Name, seat, w)
+			}
+			delete(want, names[ti].Name)
+		}
+	}
+	if len(want) != 0 {
+		t.Errorf("no tensors %v", want)
+	}
+	if !sc.Pushes(5, 2) || sc.Pushes(6, 2) || sc.Pushes(5, len(names)-1) || !sc.Pushes(9, len(names)-1) {
+		t.Error("Pushes does not follow the seats")
 	}
 }
 

@@ -33,6 +33,22 @@ type ShardConfig struct {
 	// block has moved on.
 	Keep       int64 `json:"keep,omitempty"`
 	KeepBefore int64 `json:"keep_before,omitempty"`
+	// Seats (sync), above 1: each model replica is Seats ranks (rank r is
+	// seat r mod Seats of replica r / Seats), and tensor t's blocks are
+	// pushed by seat TensorSeat[t] of every replica alone. A block's step
+	// then waits for the Ranks/Seats replicas' pushes, and its update is
+	// their mean, in replica order: the sum a job of as many one-rank
+	// replicas makes.
+	Seats      int   `json:"seats,omitempty"`
+	TensorSeat []int `json:"tensor_seat,omitempty"`
+}
+
+// Replicas is how many model replicas push each block.
+func (c ShardConfig) Replicas() int { return c.Ranks / max(1, c.Seats) }
+
+// Pushes reports whether rank pushes the blocks of tensor t.
+func (c ShardConfig) Pushes(rank, t int) bool {
+	return c.Seats <= 1 || t < len(c.TensorSeat) && rank%c.Seats == c.TensorSeat[t]
 }
 
 // Validate reports the first thing wrong with c.
@@ -54,6 +70,14 @@ func (c ShardConfig) Validate() error {
 	}
 	if c.Keep > 0 && c.Mode != Sync {
 		return fmt.Errorf("keep is for sync mode: a %s shard has no step boundaries", c.Mode)
+	}
+	if c.Seats < 0 || c.Seats > 1 && (c.Ranks%c.Seats != 0 || c.Mode != Sync || len(c.TensorSeat) == 0) {
+		return fmt.Errorf("seats: %d seats a replica over %d ranks in %s mode with %d tensors placed: use sync mode, ranks a multiple of seats, and a seat per tensor", c.Seats, c.Ranks, c.Mode, len(c.TensorSeat))
+	}
+	for t, seat := range c.TensorSeat {
+		if seat < 0 || seat >= c.Seats {
+			return fmt.Errorf("seats: tensor %d on seat %d of %d", t, seat, c.Seats)
+		}
 	}
 	if c.NonFinite != "" && c.NonFinite != Refuse && c.NonFinite != Skip {
 		return fmt.Errorf("non-finite policy %q: use refuse or skip", c.NonFinite)

@@ -50,9 +50,17 @@ type Spec struct {
 	InitSHA256 string `json:"init_sha256,omitempty"`
 	Steps      int64  `json:"steps"`
 	Workers    int    `json:"workers"`
-	Shards     int    `json:"shards"`
-	BlockSize  int    `json:"block_size"` // floats per parameter block
-	Batch      int    `json:"batch"`      // examples per worker per step
+	// Stages and SoftmaxSlices lay each Seq2Seq replica out over
+	// Stages + SoftmaxSlices seats, the paper's layout (models.StagePlan):
+	// the LSTM layers on Stages stages, the output softmax's blocks on
+	// SoftmaxSlices slices, each seat its own member of the job with its
+	// own rank (Ranks: replica x seats + seat). 0 and 0: a replica is one
+	// worker.
+	Stages        int `json:"stages,omitempty"`
+	SoftmaxSlices int `json:"softmax_slices,omitempty"`
+	Shards        int `json:"shards"`
+	BlockSize     int `json:"block_size"` // floats per parameter block
+	Batch         int `json:"batch"`      // examples per worker per step
 	// GlobalBatch, when set, is the batch the optimizer sees: the examples
 	// of one step over all workers, Batch x Workers. A job that states it
 	// (the paper presets) keeps the paper's updates per epoch for any
@@ -221,6 +229,9 @@ func (s *Spec) Validate() error {
 		return errors.New("clip norm must not be negative")
 	case s.LogEvery < 1:
 		return errors.New("log every must be at least 1")
+	}
+	if err := s.validateLayout(); err != nil {
+		return err
 	}
 	return s.ShardConfig().Validate()
 }
@@ -415,12 +426,68 @@ func (s *Spec) resolveData() error {
 	return s.Validate()
 }
 
+// LaidOut reports whether the job's replicas are laid out over seats
+// (Stages, SoftmaxSlices).
+func (s *Spec) LaidOut() bool { return s.Stages > 0 || s.SoftmaxSlices > 0 }
+
+// Seats is how many members make up one model replica: 1, or Stages +
+// SoftmaxSlices.
+func (s *Spec) Seats() int {
+	if !s.LaidOut() {
+		return 1
+	}
+	return s.Stages + s.SoftmaxSlices
+}
+
+// Ranks is how many ranks the job has: a seat of a replica each (Workers
+// x Seats). Rank r is seat r mod Seats of replica r / Seats, which reads
+// data shard r / Seats.
+func (s *Spec) Ranks() int { return s.Workers * s.Seats() }
+
+// Plan is the layout of a replica laid out over seats.
+func (s *Spec) Plan() (models.StagePlan, error) { return s.Seq2Seq.Plan(s.Stages, s.SoftmaxSlices) }
+
+// StageChunk is how many time steps a stage hands on at a time: enough
+// for 64Ki floats a message (Batch x Hidden floats a time step), so that a
+// large model's layers work as a wavefront a time step apart and a small
+// one's activations do not go in thousands of tiny messages.
+func (s *Spec) StageChunk() int {
+	return max(1, 65536/max(1, s.Batch*s.Seq2Seq.Hidden))
+}
+
+func (s *Spec) validateLayout() error {
+	if !s.LaidOut() {
+		return nil
+	}
+	switch {
+	case s.Model != "seq2seq":
+		return fmt.Errorf("stages and softmax slices lay out a seq2seq replica, not a %s one", s.Model)
+	case s.Stages < 1 || s.SoftmaxSlices < 1:
+		return fmt.Errorf("a replica laid out over seats needs at least one stage and one softmax slice (got %d and %d)", s.Stages, s.SoftmaxSlices)
+	case s.Mode != Sync:
+		return fmt.Errorf("a replica laid out over seats runs in sync mode for now (got %s)", s.Mode)
+	case s.Ranks() > 4096:
+		return fmt.Errorf("%d workers x %d seats: at most 4096 ranks", s.Workers, s.Seats())
+	}
+	_, err := s.Plan()
+	return err
+}
+
 // ShardConfig is the part of the spec every parameter-server shard runs by.
 // A pull held for 20 ticks (2 s) is answered Expired and asked again, well
 // within the first attempt of a client's request (paramserver.DefaultAttempt).
 func (s *Spec) ShardConfig() ShardConfig {
-	c := ShardConfig{Mode: s.Mode, Staleness: s.Staleness, Ranks: s.Workers,
+	c := ShardConfig{Mode: s.Mode, Staleness: s.Staleness, Ranks: s.Ranks(),
 		Optimizer: s.Optimizer, NonFinite: s.NonFinite, PullTTL: 20, Elastic: s.Mode == SSP && s.UsesTasks()}
+	if plan, err := s.Plan(); s.LaidOut() && err == nil {
+		c.Seats = plan.Seats()
+		c.TensorSeat = make([]int, len(s.Seq2Seq.Tensors()))
+		for seat, ts := range plan.SeatTensors(s.Seq2Seq) {
+			for _, t := range ts {
+				c.TensorSeat[t] = seat
+			}
+		}
+	}
 	if s.Mode == Sync {
 		// The evaluator reads each evaluation step's parameters exactly,
 		// however far training has gone on meanwhile (the last step's

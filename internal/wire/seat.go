@@ -28,6 +28,10 @@ type SeatMsg struct {
 	From  uint16 `msgpack:"f"` // the sender's seat
 	Seq   uint32 `msgpack:"q"` // the message's place among the pair's in the step
 	More  bool   `msgpack:"m,omitempty"`
+	// Hello says only that the sender listens (SeatLink.Ready): no seat
+	// sends a step's messages before every other seat of its replica does,
+	// since NATS drops what is sent to a subject no one listens to.
+	Hello bool   `msgpack:"hi,omitempty"`
 	T0    uint32 `msgpack:"t0,omitempty"` // time steps [T0, T1) of Data
 	T1    uint32 `msgpack:"t1,omitempty"`
 	// Data holds float32s, Ys float32s, Stats float64 pairs (max, sum),

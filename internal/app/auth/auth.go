@@ -72,7 +72,10 @@ func Permissions(job string, role Role) *server.Permissions {
 	none := &server.SubjectPermission{Deny: []string{">"}}
 	switch role {
 	case Worker:
-		return &server.Permissions{Publish: allow(shard("push"), shard("pull"), progress), Subscribe: allow(inbox)}
+		// A seat of a replica laid out over stages talks to the others on
+		// the job's seat subjects (wire.SeatSubject).
+		seats := "downpour." + job + ".seat.>"
+		return &server.Permissions{Publish: allow(shard("push"), shard("pull"), progress, seats), Subscribe: allow(inbox, seats)}
 	case PS:
 		// Replies only, to requests received, within the longest a shard
 		// holds a pull (2 s) with room to spare.

@@ -148,6 +148,34 @@ func TestPermissionsIsolateRolesAndJobs(t *testing.T) {
 		t.Errorf("authentication refusals counted %v -> %v, want 2 more", before, got)
 	}
 
+	// The seats of a replica laid out over stages talk on the job's seat
+	// subjects; no other role, and no other job's worker, may listen there
+	// (or, below, send).
+	seat := wire.SeatSubject("a", 0, 1)
+	seatMsgs := make(chan []byte, 4)
+	if _, err := worker.Subscribe(seat, func(m *nats.Msg) { seatMsgs <- m.Data }); err != nil {
+		t.Fatal(err)
+	}
+	worker.Flush()
+	seatPeer, _ := w.conn(t, "a/worker")
+	if err := seatPeer.Publish(seat, []byte("activations")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-seatMsgs:
+		if string(got) != "activations" {
+			t.Fatalf("a seat got %q", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a worker's message to another seat of its job did not arrive")
+	}
+	seatSpy, seatSpyErrs := w.conn(t, "b/worker")
+	seatSpy.Subscribe(seat, func(*nats.Msg) { t.Error("another job's worker received a seat's message") })
+	seatSpyErrs.wait(t, "Permissions Violation for Subscription")
+	seatPS, seatPSErrs := w.conn(t, "a/ps")
+	seatPS.Publish(seat, []byte("poison"))
+	seatPSErrs.wait(t, "Permissions Violation for Publish")
+
 	// A worker may not listen to pushes (it would see others' gradients).
 	before = refused("subscribe")
 	spy, spyErrs := w.conn(t, "a/worker")

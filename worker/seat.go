@@ -1,0 +1,178 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/models"
+	"github.com/downpour-ml/downpour/paramserver"
+	"github.com/downpour-ml/downpour/shard"
+)
+
+// seatTrainer runs one seat of a Seq2Seq replica laid out over seats
+// (job.Spec.Stages, SoftmaxSlices): rank r is seat r mod Seats of replica
+// r / Seats. Every seat of a replica reads the replica's batch (its data
+// shard's); each step it pulls only its own tensors (stage 0: only the
+// embedding rows the batch uses), runs its part of the step with the other
+// seats over a SeatLink (models.SeatStep), and pushes only its own
+// tensors' gradients, as its own rank: the shards wait, for each block,
+// for the seat of every replica that holds it. The top stage reports the
+// replica's progress.
+type seatTrainer struct {
+	cfg     Config
+	spec    *job.Spec
+	a       job.Assignment
+	replica int
+	seat    int
+	plan    models.StagePlan
+	version int64 // the placement's: the seats' messages are of this era
+	client  *paramserver.Client
+	link    *SeatLink
+	model   *models.Seq2Seq[float32]
+	data    shard.Dataset
+	own     [][2]int // the seat's tensors' spans of the flat vector
+	pulled  int64    // the step whose parameters the model holds; -1: none
+	ready   bool     // every seat of the replica listens (SeatLink.Ready)
+	inFlight
+	next   *models.SeqBatch
+	nextAt at
+	push   [][2]int
+	pull   [][2]int
+	report progressReport
+}
+
+func newSeatTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *job.Placement) (*seatTrainer, error) {
+	plan, err := spec.Plan()
+	if err != nil {
+		return nil, err
+	}
+	seats := plan.Seats()
+	t := &seatTrainer{cfg: cfg, spec: spec, a: a, replica: a.Rank / seats, seat: a.Rank % seats, plan: plan,
+		version: p.Version, model: models.NewSeq2Seq[float32](spec.Seq2Seq), pulled: -1}
+	mine := map[int]bool{}
+	offs := models.Offsets(spec.Seq2Seq.Tensors())
+	for _, ti := range plan.SeatTensors(spec.Seq2Seq)[t.seat] {
+		mine[ti] = true
+		n := spec.Seq2Seq.Tensors()[ti].Size()
+		t.own = append(t.own, [2]int{offs[ti], offs[ti] + n})
+	}
+	slices.SortFunc(t.own, func(x, y [2]int) int { return x[0] - y[0] })
+	t.own = mergeRanges(t.own)
+	if t.client, err = paramserver.NewClientFor(cfg.NATS, spec.Name, p, a.Rank, a.Epoch, func(b job.Block) bool { return mine[b.Tensor] }); err != nil {
+		return nil, err
+	}
+	t.client.Observe = observe(spec.Name, cfg.Record)
+	if t.data, err = spec.OpenData(); err != nil {
+		return nil, err
+	}
+	if t.link, err = NewSeatLink(cfg.NATS, spec.Name, t.replica, t.seat, seats, cfg.StepTimeout); err != nil {
+		return nil, err
+	}
+	return t, nil
+}
+
+func (t *seatTrainer) clock(ctx context.Context) (int64, error) { return t.client.Clock(ctx) }
+func (t *seatTrainer) idle(ctx context.Context) error           { return t.client.Idle(ctx) }
+
+func (t *seatTrainer) close() {
+	t.abort()
+	t.next = nil
+	t.link.Close()
+}
+
+// step runs the seat's part of step s: the parameters of its tensors after
+// s steps (pulled with the last step's push, or on their own), the batch's
+// forward and backward passes with the other seats, the clip of the
+// replica's gradient, and the push of its part (with the pull of the next
+// step's, in the background until the next step begins).
+func (t *seatTrainer) step(ctx context.Context, s at) error {
+	start := time.Now()
+	step := s.N
+	if !t.ready {
+		if err := t.link.Ready(ctx, uint64(t.version)); err != nil {
+			return fmt.Errorf("step %d: the replica's seats: %w", step, err)
+		}
+		t.ready = true
+	}
+	if err := t.settle(); err != nil {
+		return fmt.Errorf("step %d: push and pull: %w", step-1, err)
+	}
+	b := t.next
+	if b == nil || t.nextAt != (at{Shard: s.Shard, Data: s.Data}) || t.pulled != step {
+		// Not what the last transfer pulled for: pull this batch's part.
+		b = t.data.Batch(t.spec.Seed, s.Shard, s.Data, t.spec.Batch)
+		t.pull = t.seatRanges(b, t.pull[:0])
+		sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
+		err := t.client.PullRanges(sctx, step, t.model.Params(), t.pull)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("step %d: pull: %w", step, err)
+		}
+	}
+	t.next, t.pulled = nil, -1
+	t.link.Begin(uint64(t.version), step)
+	stop := t.link.SeatContext(ctx) // a re-placement ends the step's waits
+	loss, tokens, err := t.model.SeatStep(t.plan, t.seat, b, t.spec.StageChunk(), t.spec.ClipNorm, t.link)
+	stop()
+	if err != nil {
+		return fmt.Errorf("step %d: seat %d of replica %d: %w", step, t.seat, t.replica, err)
+	}
+	t.push = t.seatRanges(b, t.push[:0])
+	sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
+	if s.Last {
+		err := t.client.StartPushPullSparse(sctx, step, t.model.Grads(), t.model.Params(), t.push, [][2]int{}).Wait()
+		cancel()
+		if err != nil {
+			return fmt.Errorf("step %d: push: %w", step, err)
+		}
+	} else {
+		t.nextAt = at{Shard: s.Shard, Data: s.Data + 1}
+		t.next = t.data.Batch(t.spec.Seed, t.nextAt.Shard, t.nextAt.Data, t.spec.Batch)
+		t.pull = t.seatRanges(t.next, t.pull[:0])
+		t.xfer, t.xstop = t.client.StartPushPullSparse(sctx, step, t.model.Grads(), t.model.Params(), t.push, t.pull), cancel
+		t.pulled = step + 1
+	}
+	if t.seat == t.plan.Stages-1 {
+		t.report.step(t.cfg, t.spec, t.replica, s, time.Since(start), loss, 0, int64(tokens))
+	}
+	return nil
+}
+
+// seatRanges appends to dst the parts of the flat vector a step of b on
+// this seat reads and writes: its tensors, and of its embedding tables
+// only the rows b uses (all of them with a dense transfer).
+func (t *seatTrainer) seatRanges(b *models.SeqBatch, dst [][2]int) [][2]int {
+	if t.spec.DenseTransfer {
+		return append(dst, t.own...)
+	}
+	used := t.model.Ranges(b, nil)
+	i, j := 0, 0
+	for i < len(used) && j < len(t.own) { // the intersection of two sorted range lists
+		lo, hi := max(used[i][0], t.own[j][0]), min(used[i][1], t.own[j][1])
+		if lo < hi {
+			dst = append(dst, [2]int{lo, hi})
+		}
+		if used[i][1] < t.own[j][1] {
+			i++
+		} else {
+			j++
+		}
+	}
+	return dst
+}
+
+// mergeRanges merges adjacent sorted ranges.
+func mergeRanges(rs [][2]int) [][2]int {
+	var out [][2]int
+	for _, r := range rs {
+		if n := len(out); n > 0 && out[n-1][1] == r[0] {
+			out[n-1][1] = r[1]
+		} else {
+			out = append(out, r)
+		}
+	}
+	return out
+}
