@@ -248,8 +248,12 @@ func ParseSnapshotFile(name string) (version int64, shard int, step int64, temp,
 // one step taken under another placement (the snapshots of every shard of
 // that placement, in any order): each block's state comes from the snapshot
 // that holds it. Every block must be found exactly once, and the snapshots
-// must agree on the step, the mode and the ranks' epochs. A rank's clock is
-// the smallest the snapshots record (in sync mode they agree).
+// must agree on the step, the mode and the number of ranks. A rank's clock
+// is the smallest the snapshots record (in sync mode they agree), its epoch
+// the newest: a shard learns a rank's epoch from its pushes, and one that
+// holds no block the rank pushes (a seat of a replica pushes only its own
+// tensors) has not heard of it; raising an epoch only fences off older
+// holders.
 func Gather(snaps []*Snapshot, blocks []job.Block) (*Snapshot, error) {
 	if len(snaps) == 0 {
 		return nil, errors.New("gather: no snapshots")
@@ -259,13 +263,16 @@ func Gather(snaps []*Snapshot, blocks []job.Block) (*Snapshot, error) {
 		RankClocks: slices.Clone(first.RankClocks), Blocks: make([]BlockState, len(blocks))}
 	where := map[uint32]*BlockState{}
 	for _, sn := range snaps {
-		if sn.Job != first.Job || sn.Step != first.Step || sn.Mode != first.Mode || !slices.Equal(sn.Epochs, first.Epochs) ||
+		if sn.Job != first.Job || sn.Step != first.Step || sn.Mode != first.Mode || len(sn.Epochs) != len(first.Epochs) ||
 			len(sn.RankClocks) != len(first.RankClocks) {
 			return nil, fmt.Errorf("gather: snapshot of shard %d (job %q, step %d, %s, epochs %v) does not match that of shard %d (job %q, step %d, %s, epochs %v)",
 				sn.Shard, sn.Job, sn.Step, sn.Mode, sn.Epochs, first.Shard, first.Job, first.Step, first.Mode, first.Epochs)
 		}
 		for r, c := range sn.RankClocks {
 			out.RankClocks[r] = min(out.RankClocks[r], c)
+		}
+		for r, e := range sn.Epochs {
+			out.Epochs[r] = max(out.Epochs[r], e)
 		}
 		for i := range sn.Blocks {
 			b := &sn.Blocks[i]

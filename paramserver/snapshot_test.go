@@ -365,6 +365,19 @@ func TestGatherRefusesIncompleteOrMismatchedSets(t *testing.T) {
 	if _, err := Gather(snaps, all); err != nil {
 		t.Fatalf("complete set: %v", err)
 	}
+	// A shard that has not heard of a rank's newer epoch (it holds none of
+	// the blocks the rank pushes) is raised to it; no rank's epoch goes back.
+	newer := *snaps[1]
+	newer.Epochs = slices.Clone(newer.Epochs)
+	newer.Epochs[0] += 2
+	if g, err := Gather([]*Snapshot{snaps[0], &newer}, all); err != nil || g.Epochs[0] != snaps[0].Epochs[0]+2 || !slices.Equal(g.Epochs[1:], snaps[0].Epochs[1:]) {
+		t.Fatalf("snapshots of one step with a rank's epochs %d and %d: %v, gathered epochs %v", snaps[0].Epochs[0], newer.Epochs[0], err, g)
+	}
+	fewer := *snaps[1]
+	fewer.Epochs = fewer.Epochs[:len(fewer.Epochs)-1]
+	if _, err := Gather([]*Snapshot{snaps[0], &fewer}, all); err == nil {
+		t.Error("gathered snapshots of different rank counts")
+	}
 	cases := map[string][]*Snapshot{
 		"missing shard": snaps[:1],
 		"twice":         {snaps[0], snaps[1], snaps[1]},

@@ -49,12 +49,17 @@ var faultSpec = []string{"--steps", "200", "--hidden", "32", "--embed", "16", "-
 const faultTTL = "2" // seconds: the lease of workers and shards in the suite
 
 func startFaultCluster(t *testing.T, c *embedded.Cluster, cli *clientv3.Client, nc *nats.Conn, name string, spec []string) *faultCluster {
+	return startFaultClusterOf(t, c, cli, nc, name, spec, 3)
+}
+
+// startFaultClusterOf is startFaultCluster with workers worker processes.
+func startFaultClusterOf(t *testing.T, c *embedded.Cluster, cli *clientv3.Client, nc *nats.Conn, name string, spec []string, workers int) *faultCluster {
 	f := &faultCluster{t: t, name: name, dir: t.TempDir(), ep: []string{"--nats", c.NATSURL, "--etcd", c.EtcdEndpoints[0]}, cli: cli, nc: nc,
 		faulty: map[*proc]bool{}}
 	for i := 0; i < 2; i++ {
 		f.shards = append(f.shards, f.startShard(i))
 	}
-	for i := 0; i < 3; i++ {
+	for i := 0; i < workers; i++ {
 		f.workers = append(f.workers, start(t, fmt.Sprintf("worker %d", i), append([]string{"worker", "-v", "--job", name, "--lease-ttl", faultTTL}, f.ep...)...))
 	}
 	for i := 0; i < 2; i++ {
@@ -310,6 +315,31 @@ func TestFaultsSyncBitIdentical(t *testing.T) {
 			t.Logf("%s at step %d: completed bit-identical; %s; %.1fs from the fault to the end of the job",
 				what, clock, recovery, time.Since(start).Seconds())
 		})
+	}
+}
+
+// A sync job whose replica is laid out over seats (2 stages and a softmax
+// slice, each its own worker process, and a spare): kill -9 of one seat's
+// process mid-run rolls the job back to its last checkpoint, the spare
+// takes the seat, the replica runs again, and the job ends with the
+// fault-free run's parameters, bit for bit.
+func TestFaultsStageKilled(t *testing.T) {
+	downpourBinary(t)
+	c, cli, nc := testServers(t)
+	spec := append(slices.Clone(faultSpec), "--workers", "1", "--layers", "2", "--softmax-blocks", "2", "--stages", "2", "--softmax-slices", "1")
+	want, _ := trainRun(t, filepath.Join(t.TempDir(), "ref"), spec...)
+	f := startFaultClusterOf(t, c, cli, nc, "stages", spec, 4)
+	f.waitFor(func() bool { return f.clock() >= 50 }, "step 50")
+	v0 := placementVersion(t, cli, f.name)
+	w := f.rankHolder()
+	f.faulty[w] = true
+	w.cmd.Process.Kill()
+	got := f.finish()
+	if !slices.Equal(got, want) {
+		t.Fatal("the parameters differ from the fault-free run's")
+	}
+	if v := placementVersion(t, cli, f.name); v <= v0 {
+		t.Fatalf("placement %d after the kill, %d before: no rollback", v, v0)
 	}
 }
 
