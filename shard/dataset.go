@@ -59,6 +59,9 @@ type DataConfig struct {
 // too (0 for synthetic data).
 func Open(cfg DataConfig) (Dataset, uint32, error) {
 	if task, ok := strings.CutPrefix(cfg.Source, "synthetic:"); ok {
+		if task == WMTTask {
+			return &wmtData{w: NewWMT(cfg.VocabMax, cfg.TgtVocabMax), cfg: cfg}, 0, nil
+		}
 		s, err := NewSynthetic(task, cfg.MinLen, cfg.MaxLen)
 		if err != nil {
 			return nil, 0, err

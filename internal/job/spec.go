@@ -26,7 +26,7 @@ type Spec struct {
 	Name    string               `json:"name"`
 	Model   string               `json:"model"` // "seq2seq", "gan" or "synthetic"
 	Seq2Seq models.Seq2SeqConfig `json:"seq2seq"`
-	// Data is "synthetic:<copy|reverse|sort|translate>" or the path of a parallel
+	// Data is "synthetic:<copy|reverse|sort|translate|wmt>" or the path of a parallel
 	// corpus (source<TAB>target lines) that every worker can read.
 	Data      string `json:"data"`
 	DataCRC   uint32 `json:"data_crc,omitempty"`      // CRC32C of a corpus file, set by the coordinator
@@ -338,12 +338,12 @@ func (s *Spec) validateSeq2Seq() error {
 	if err := s.Seq2Seq.Validate(); err != nil {
 		return err
 	}
-	if task, ok := strings.CutPrefix(s.Data, "synthetic:"); ok {
+	if task, ok := strings.CutPrefix(s.Data, "synthetic:"); ok && task != shard.WMTTask {
 		if _, err := shard.NewSynthetic(task, s.MinLen, s.MaxLen); err != nil {
 			return err
 		}
 	} else if s.Data == "" {
-		return errors.New("data: give a corpus file or synthetic:<copy|reverse|sort|translate>")
+		return errors.New("data: give a corpus file, synthetic:<copy|reverse|sort|translate>, or synthetic:wmt")
 	}
 	if s.Epochs < 0 || s.HalveAfterEpochs < 0 || s.HalveEveryEpochs < 0 {
 		return errors.New("epochs must not be negative")
