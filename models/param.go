@@ -60,13 +60,21 @@ func InitUniform[T Float](dst []T, seed uint64, name string, scale float64) {
 	}
 }
 
-// view carves consecutive tensors out of a flat slice.
+// view carves consecutive tensors out of a flat slice: the next tensor at
+// each take, of those held (held nil: all); a tensor not held is nil.
 type view[T Float] struct {
-	buf []T
-	off int
+	buf  []T
+	off  int
+	held []bool
+	next int // the tensor the next take is of
 }
 
 func (v *view[T]) take(n int) []T {
+	t := v.next
+	v.next++
+	if v.held != nil && !v.held[t] {
+		return nil
+	}
 	s := v.buf[v.off : v.off+n : v.off+n]
 	v.off += n
 	return s

@@ -152,6 +152,8 @@ type Seq2Seq[T Float] struct {
 	// decoder layers, output layer.
 	spans [][2]int
 	sizes []int // the tensors' sizes, in order
+	offs  []int // each tensor's offset in params and grads; -1: not held
+	held  []int // the sizes of the tensors it holds, in order
 	// Hooks, when set, let a caller overlap moving parameters and gradients
 	// with the computation (see Hooks).
 	Hooks *Hooks
@@ -223,13 +225,39 @@ type workspace[T Float] struct {
 
 // NewSeq2Seq allocates a model of shape cfg with zero parameters. It panics on
 // an invalid shape (validate configs with cfg.Validate first).
-func NewSeq2Seq[T Float](cfg Seq2SeqConfig) *Seq2Seq[T] {
+func NewSeq2Seq[T Float](cfg Seq2SeqConfig) *Seq2Seq[T] { return newSeq2Seq[T](cfg, nil) }
+
+// NewSeq2SeqHolding allocates the part of a model of shape cfg that one
+// seat of a replica laid out over seats holds: tensors (indices of
+// cfg.Tensors(), as StagePlan.SeatTensors gives them) and nothing of the
+// others. Params and Grads are then those tensors' alone, in order
+// (Offsets says where each is); the model runs SeatStep for its seat and
+// nothing else.
+func NewSeq2SeqHolding[T Float](cfg Seq2SeqConfig, tensors []int) *Seq2Seq[T] {
+	held := make([]bool, len(cfg.Tensors()))
+	for _, t := range tensors {
+		held[t] = true
+	}
+	return newSeq2Seq[T](cfg, held)
+}
+
+func newSeq2Seq[T Float](cfg Seq2SeqConfig, held []bool) *Seq2Seq[T] {
 	if err := cfg.Validate(); err != nil {
 		panic(err)
 	}
-	n := TotalSize(cfg.Tensors())
-	m := &Seq2Seq[T]{Cfg: cfg, params: make([]T, n), grads: make([]T, n), sizes: TensorSizes(cfg.Tensors())}
-	w, g := &view[T]{buf: m.params}, &view[T]{buf: m.grads}
+	m := &Seq2Seq[T]{Cfg: cfg, sizes: TensorSizes(cfg.Tensors())}
+	n := 0
+	for t, size := range m.sizes {
+		if held == nil || held[t] {
+			m.offs = append(m.offs, n)
+			m.held = append(m.held, size)
+			n += size
+		} else {
+			m.offs = append(m.offs, -1)
+		}
+	}
+	m.params, m.grads = make([]T, n), make([]T, n)
+	w, g := &view[T]{buf: m.params, held: held}, &view[T]{buf: m.grads, held: held}
 	E, H, V := cfg.Embed, cfg.Hidden, cfg.TgtVocab
 	var enc, dec [][2]int
 	lo := 0
@@ -276,8 +304,14 @@ func (m *Seq2Seq[T]) Grads() []T { return m.grads }
 // ClipGrads rescales the gradient to norm max when its norm (GlobalNorm,
 // tensor by tensor) exceeds it, and returns the norm before clipping.
 func (m *Seq2Seq[T]) ClipGrads(max float64) float64 {
-	return ClipGlobalNorm(m.grads, m.sizes, max)
+	return ClipGlobalNorm(m.grads, m.held, max)
 }
+
+// Offsets is each tensor's offset in Params and Grads, -1 for a tensor the
+// model does not hold (NewSeq2SeqHolding).
+func (m *Seq2Seq[T]) Offsets() []int { return slices.Clone(m.offs) }
+
+
 
 // ReadOrder returns the spans of the flat parameter vector in the order a
 // step first reads them (the order of the NeedParams hook's calls): source
@@ -312,18 +346,27 @@ func (m *Seq2Seq[T]) Ranges(b *SeqBatch, dst [][2]int) [][2]int {
 			}
 		}
 	}
-	rows(0, m.Cfg.SrcVocab, b.Src)
-	tgt := m.Cfg.SrcVocab * E
-	rows(tgt, m.Cfg.TgtVocab, b.TgtIn)
-	add(tgt+m.Cfg.TgtVocab*E, len(m.params))
+	for t, off := range m.offs { // (a model holding some tensors: of those, in its own layout)
+		switch {
+		case off < 0:
+		case t == 0:
+			rows(off, m.Cfg.SrcVocab, b.Src)
+		case t == 1:
+			rows(off, m.Cfg.TgtVocab, b.TgtIn)
+		default:
+			add(off, off+m.sizes[t])
+		}
+	}
 	return dst
 }
 
 // Init sets every parameter to its initial value for seed.
 func (m *Seq2Seq[T]) Init(seed uint64) {
 	ts := m.Cfg.Tensors()
-	for i, off := range Offsets(ts) {
-		InitUniform(m.params[off:off+ts[i].Size()], seed, ts[i].Name, m.Cfg.initScale())
+	for i, off := range m.offs {
+		if off >= 0 {
+			InitUniform(m.params[off:off+ts[i].Size()], seed, ts[i].Name, m.Cfg.initScale())
+		}
 	}
 }
 

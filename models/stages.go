@@ -226,9 +226,11 @@ func (m *Seq2Seq[T]) SeatStep(plan StagePlan, seat int, b *SeqBatch, chunk int, 
 	}()
 	x := &seatIO[T]{link: link}
 	tensors := plan.SeatTensors(m.Cfg)
-	offs := Offsets(m.Cfg.Tensors())
 	for _, t := range tensors[seat] {
-		clear(m.grads[offs[t] : offs[t]+m.sizes[t]])
+		if m.offs[t] < 0 {
+			return 0, 0, fmt.Errorf("models: seat %d holds tensor %s, which this model does not", seat, m.Cfg.Tensors()[t].Name)
+		}
+		clear(m.grads[m.offs[t] : m.offs[t]+m.sizes[t]])
 	}
 	if seat < plan.Stages {
 		loss, tokens = m.stageStep(seat, plan, b, chunk, x)
@@ -521,7 +523,7 @@ func (m *Seq2Seq[T]) sliceStep(k int, plan StagePlan, b *SeqBatch, x *seatIO[T])
 // tensors' squares, seat 0 adds them in tensor order (GlobalNorm's order)
 // and tells every seat the norm, and each seat scales its own tensors.
 func (m *Seq2Seq[T]) seatClip(seat int, plan StagePlan, tensors [][]int, clip float64, x *seatIO[T]) {
-	offs := Offsets(m.Cfg.Tensors())
+	offs := m.offs
 	mine := make([]float64, len(tensors[seat]))
 	for i, t := range tensors[seat] {
 		mine[i] = sumSquares(m.grads[offs[t] : offs[t]+m.sizes[t]])

@@ -50,6 +50,36 @@ func TestStagedStepGivesOneProcessBits(t *testing.T) {
 			if !sameLoss(loss, wantLoss) || tokens != wantTokens {
 				t.Fatalf("loss %v over %d tokens, want %v over %d", loss, tokens, wantLoss, wantTokens)
 			}
+			// Seats that hold only their own tensors compute the same.
+			holding := make([]*Seq2Seq[float32], plan.Seats())
+			for seat, ts := range plan.SeatTensors(cfg) {
+				holding[seat] = NewSeq2SeqHolding[float32](cfg, ts)
+				h := holding[seat]
+				want := 0
+				for _, ti := range ts {
+					n := cfg.Tensors()[ti].Size()
+					copy(h.Params()[h.Offsets()[ti]:], ref.Params()[offs[ti]:offs[ti]+n])
+					want += n
+				}
+				if len(h.Params()) != want || len(h.Grads()) != want {
+					t.Fatalf("seat %d holds %d floats, its tensors have %d", seat, len(h.Params()), want)
+				}
+			}
+			if loss, tokens, err := StagedStep(holding, plan, b, c.chunk, 0.5); err != nil || !sameLoss(loss, wantLoss) || tokens != wantTokens {
+				t.Fatalf("seats holding their tensors: loss %v over %d tokens (%v), want %v over %d", loss, tokens, err, wantLoss, wantTokens)
+			}
+			for seat, ts := range plan.SeatTensors(cfg) {
+				h := holding[seat]
+				for _, ti := range ts {
+					n := cfg.Tensors()[ti].Size()
+					if !same(h.Grads()[h.Offsets()[ti]:h.Offsets()[ti]+n], ref.Grads()[offs[ti]:offs[ti]+n]) {
+						t.Fatalf("seat %d holding its tensors: tensor %s differs", seat, cfg.Tensors()[ti].Name)
+					}
+				}
+			}
+			if _, _, err := holding[0].SeatStep(plan, 1, b, c.chunk, 0.5, LocalLinks[float32](plan.Seats())[1]); err == nil && plan.Stages > 1 {
+				t.Fatal("a model ran the part of a seat whose tensors it does not hold")
+			}
 			held := make([]int, len(offs)) // each tensor's seat
 			for i := range held {
 				held[i] = -1

@@ -3,10 +3,13 @@ package worker
 import (
 	"context"
 	"fmt"
-	"slices"
+	"strconv"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
 	"github.com/downpour-ml/downpour/shard"
@@ -33,9 +36,9 @@ type seatTrainer struct {
 	link    *SeatLink
 	model   *models.Seq2Seq[float32]
 	data    shard.Dataset
-	own     [][2]int // the seat's tensors' spans of the flat vector
-	pulled  int64    // the step whose parameters the model holds; -1: none
-	ready   bool     // every seat of the replica listens (SeatLink.Ready)
+	pulled  int64 // the step whose parameters the model holds; -1: none
+	ready   bool  // every seat of the replica listens (SeatLink.Ready)
+	wait    prometheus.Counter
 	inFlight
 	next   *models.SeqBatch
 	nextAt at
@@ -50,18 +53,11 @@ func newSeatTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *job.Placeme
 		return nil, err
 	}
 	seats := plan.Seats()
-	t := &seatTrainer{cfg: cfg, spec: spec, a: a, replica: a.Rank / seats, seat: a.Rank % seats, plan: plan,
-		version: p.Version, model: models.NewSeq2Seq[float32](spec.Seq2Seq), pulled: -1}
-	mine := map[int]bool{}
-	offs := models.Offsets(spec.Seq2Seq.Tensors())
-	for _, ti := range plan.SeatTensors(spec.Seq2Seq)[t.seat] {
-		mine[ti] = true
-		n := spec.Seq2Seq.Tensors()[ti].Size()
-		t.own = append(t.own, [2]int{offs[ti], offs[ti] + n})
-	}
-	slices.SortFunc(t.own, func(x, y [2]int) int { return x[0] - y[0] })
-	t.own = mergeRanges(t.own)
-	if t.client, err = paramserver.NewClientFor(cfg.NATS, spec.Name, p, a.Rank, a.Epoch, func(b job.Block) bool { return mine[b.Tensor] }); err != nil {
+	t := &seatTrainer{cfg: cfg, spec: spec, a: a, replica: a.Rank / seats, seat: a.Rank % seats, plan: plan, version: p.Version, pulled: -1}
+	// The seat holds its own tensors alone, packed in order: the client
+	// moves them through a placement of its blocks at those offsets.
+	t.model = models.NewSeq2SeqHolding[float32](spec.Seq2Seq, plan.SeatTensors(spec.Seq2Seq)[t.seat])
+	if t.client, err = paramserver.NewClient(cfg.NATS, spec.Name, heldPlacement(p, t.model.Offsets()), a.Rank, a.Epoch); err != nil {
 		return nil, err
 	}
 	t.client.Observe = observe(spec.Name, cfg.Record)
@@ -71,6 +67,7 @@ func newSeatTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *job.Placeme
 	if t.link, err = NewSeatLink(cfg.NATS, spec.Name, t.replica, t.seat, seats, cfg.StepTimeout); err != nil {
 		return nil, err
 	}
+	t.wait = metrics.SeatWait.WithLabelValues(spec.Name, strconv.Itoa(t.replica), strconv.Itoa(t.seat))
 	return t, nil
 }
 
@@ -115,8 +112,10 @@ func (t *seatTrainer) step(ctx context.Context, s at) error {
 	t.next, t.pulled = nil, -1
 	t.link.Begin(uint64(t.version), step)
 	stop := t.link.SeatContext(ctx) // a re-placement ends the step's waits
+	waited := t.link.Stats().Waited
 	loss, tokens, err := t.model.SeatStep(t.plan, t.seat, b, t.spec.StageChunk(), t.spec.ClipNorm, t.link)
 	stop()
+	t.wait.Add((t.link.Stats().Waited - waited).Seconds())
 	if err != nil {
 		return fmt.Errorf("step %d: seat %d of replica %d: %w", step, t.seat, t.replica, err)
 	}
@@ -141,38 +140,27 @@ func (t *seatTrainer) step(ctx context.Context, s at) error {
 	return nil
 }
 
-// seatRanges appends to dst the parts of the flat vector a step of b on
-// this seat reads and writes: its tensors, and of its embedding tables
-// only the rows b uses (all of them with a dense transfer).
+// seatRanges appends to dst the parts of the seat's vector a step of b
+// reads and writes: its tensors, and of its embedding tables only the rows
+// b uses (all of them with a dense transfer).
 func (t *seatTrainer) seatRanges(b *models.SeqBatch, dst [][2]int) [][2]int {
 	if t.spec.DenseTransfer {
-		return append(dst, t.own...)
+		return append(dst, [2]int{0, len(t.model.Params())})
 	}
-	used := t.model.Ranges(b, nil)
-	i, j := 0, 0
-	for i < len(used) && j < len(t.own) { // the intersection of two sorted range lists
-		lo, hi := max(used[i][0], t.own[j][0]), min(used[i][1], t.own[j][1])
-		if lo < hi {
-			dst = append(dst, [2]int{lo, hi})
-		}
-		if used[i][1] < t.own[j][1] {
-			i++
-		} else {
-			j++
-		}
-	}
-	return dst
+	return t.model.Ranges(b, dst)
 }
 
-// mergeRanges merges adjacent sorted ranges.
-func mergeRanges(rs [][2]int) [][2]int {
-	var out [][2]int
-	for _, r := range rs {
-		if n := len(out); n > 0 && out[n-1][1] == r[0] {
-			out[n-1][1] = r[1]
-		} else {
-			out = append(out, r)
+// heldPlacement is p's blocks of the tensors a seat holds, at their offsets
+// in its vector (offs: each tensor's, -1 for one it does not hold).
+func heldPlacement(p *job.Placement, offs []int) *job.Placement {
+	q := *p
+	q.Blocks = nil
+	full := models.Offsets(p.Tensors)
+	for _, b := range p.Blocks {
+		if off := offs[b.Tensor]; off >= 0 {
+			b.Offset = off + b.Offset - full[b.Tensor]
+			q.Blocks = append(q.Blocks, b)
 		}
 	}
-	return out
+	return &q
 }

@@ -35,6 +35,7 @@ var (
 	RequestBytes = counterVec("downpour_client_payload_bytes_total", "Bytes of parameters and gradients moved by pushes and pulls, by shard.", "job", "op", "shard")
 
 	SeatBytes  = counterVec("downpour_seat_sent_bytes_total", "Bytes a seat of a model replica sent to the replica's other seats (activations, gradients, softmax statistics).", "job", "rank", "seat")
+	SeatWait   = counterVec("downpour_seat_wait_seconds_total", "Time a seat of a model replica spent waiting for the other seats' messages (the pipeline's bubble, and the seats' imbalance).", "job", "rank", "seat")
 	SeatErrors = counterVec("downpour_seat_errors_total", "Messages from other seats of its replica that a seat could not use, by kind (malformed, bad_sender, lost, out_of_order).", "job", "kind")
 
 	// Shards.
