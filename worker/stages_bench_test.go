@@ -35,6 +35,9 @@ func benchSpec(name string, stages, slices int) *job.Spec {
 	s.Name, s.Workers, s.Shards, s.Mode, s.Batch = name, 1, 2, job.Sync, 128
 	s.Data, s.VocabMax, s.TgtVocab, s.HeldOut = "synthetic:wmt", 16000, 8000, 0
 	s.Seq2Seq.Embed, s.Seq2Seq.Hidden, s.Seq2Seq.Layers, s.Seq2Seq.SoftmaxBlocks = 512, 512, 4, 4
+	if testing.Short() { // (CI: that the benchmark runs; its figures mean nothing)
+		s.Seq2Seq.Embed, s.Seq2Seq.Hidden, s.Batch = 64, 64, 16
+	}
 	s.Stages, s.SoftmaxSlices = stages, slices
 	s.Optimizer, s.LogEvery, s.EvalEvery = job.DefaultOptimizer("sgd", 0.1), 1000, 0
 	return &s
@@ -128,7 +131,8 @@ func (j *stagedJob) run(b *testing.B, n int) int {
 // layout's median tokens/s and its ratio of step time to the one-worker
 // replica's. On 2 cores a pipeline adds no cores: this is the layout's
 // overhead (the messages between seats, each seat's own transfer, waits
-// the wavefront does not hide). With -short, one step each, no warm-up.
+// the wavefront does not hide). With -short, one step each of a narrow
+// model, no warm-up: it checks that the benchmark runs.
 func BenchmarkStages(b *testing.B) {
 	nc := testenv.NATSConn(b, 0)
 	layouts := []struct{ stages, slices int }{{0, 0}, {1, 1}, {2, 1}, {4, 1}, {4, 4}}
