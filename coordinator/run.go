@@ -114,6 +114,11 @@ func Run(ctx context.Context, st job.Store, cfg Config) error {
 		}
 	}
 	err = c.loop(ctx)
+	if err == nil {
+		// The job is marked done, by a write that checked this
+		// coordinator still led: a lease lost after it loses nothing.
+		return nil
+	}
 	if cause := context.Cause(ctx); errors.Is(cause, ErrNotLeader) {
 		return fmt.Errorf("job %s: %w", spec.Name, ErrNotLeader)
 	}

@@ -52,12 +52,45 @@ func Offsets(ts []Tensor) []int {
 // a tensor therefore do not depend on which process initialises it or on how
 // the parameter vector is cut into blocks.
 func InitUniform[T Float](dst []T, seed uint64, name string, scale float64) {
+	fillUniform(NewUniformStream(seed, name, scale), dst)
+}
+
+// A UniformStream gives the values InitUniform gives a tensor a part at a
+// time, in order of offset, holding none of them: a shard that owns a few
+// blocks of a large tensor makes them without making the tensor.
+type UniformStream struct {
+	rng   *rand.Rand
+	pos   int
+	scale float64
+}
+
+// NewUniformStream starts tensor name's values for seed.
+func NewUniformStream(seed uint64, name string, scale float64) *UniformStream {
 	h := fnv.New64a()
 	h.Write([]byte(name))
-	rng := rand.New(rand.NewPCG(seed, h.Sum64()))
-	for i := range dst {
-		dst[i] = T((2*rng.Float64() - 1) * scale)
+	return &UniformStream{rng: rand.New(rand.NewPCG(seed, h.Sum64())), scale: scale}
+}
+
+// Pos is the offset of the stream's next value.
+func (u *UniformStream) Pos() int { return u.pos }
+
+// Fill sets dst to the tensor's values from offset at on. at must not be
+// before the end of the last Fill (it panics otherwise).
+func (u *UniformStream) Fill(dst []float32, at int) {
+	if at < u.pos {
+		panic(fmt.Sprintf("models: a uniform stream at %d cannot go back to %d", u.pos, at))
 	}
+	for ; u.pos < at; u.pos++ {
+		u.rng.Float64()
+	}
+	fillUniform(u, dst)
+}
+
+func fillUniform[T Float](u *UniformStream, dst []T) {
+	for i := range dst {
+		dst[i] = T((2*u.rng.Float64() - 1) * u.scale)
+	}
+	u.pos += len(dst)
 }
 
 // view carves consecutive tensors out of a flat slice: the next tensor at

@@ -57,6 +57,10 @@ func (c Seq2SeqConfig) OutBlocks() [][2]int {
 	return out
 }
 
+// UniformScale is the half-width of the uniform law every tensor starts
+// from (InitScale, or its default).
+func (c Seq2SeqConfig) UniformScale() float64 { return c.initScale() }
+
 func (c Seq2SeqConfig) initScale() float64 {
 	if c.InitScale == 0 {
 		return 0.08
@@ -310,8 +314,6 @@ func (m *Seq2Seq[T]) ClipGrads(max float64) float64 {
 // Offsets is each tensor's offset in Params and Grads, -1 for a tensor the
 // model does not hold (NewSeq2SeqHolding).
 func (m *Seq2Seq[T]) Offsets() []int { return slices.Clone(m.offs) }
-
-
 
 // ReadOrder returns the spans of the flat parameter vector in the order a
 // step first reads them (the order of the NeedParams hook's calls): source

@@ -31,6 +31,60 @@ func (s *Spec) Initializer() (Initializer, error) {
 	return func(dst []float32, t models.Tensor) { copy(dst, values[t.Name]) }, nil
 }
 
+// BlockInit returns how a shard makes its blocks' initial values under
+// placement p: what Initializer gives their tensors, but where a tensor's
+// values are a seeded uniform stream (every tensor of the Seq2Seq and
+// synthetic models, the GAN's weights) made block by block without making
+// the tensor, so that a shard of a few blocks of a 640 MB embedding table
+// holds those blocks only.
+func (s *Spec) BlockInit(p *Placement) (func(b Block, dst []float32), error) {
+	init, err := s.Initializer()
+	if err != nil {
+		return nil, err
+	}
+	offsets := models.Offsets(p.Tensors)
+	streams := map[int]*models.UniformStream{}
+	cur := -1
+	var full []float32
+	return func(b Block, dst []float32) {
+		t := p.Tensors[b.Tensor]
+		at := b.Offset - offsets[b.Tensor]
+		if scale, ok := s.uniformScale(t); ok && s.InitFrom == "" {
+			u := streams[b.Tensor]
+			if u == nil || at < u.Pos() {
+				u = models.NewUniformStream(s.Seed, t.Name, scale)
+				streams[b.Tensor] = u
+			}
+			u.Fill(dst, at)
+			return
+		}
+		if b.Tensor != cur {
+			full = make([]float32, t.Size())
+			init(full, t)
+			cur = b.Tensor
+		}
+		copy(dst, full[at:at+b.Len])
+	}, nil
+}
+
+// uniformScale is the scale of tensor t's uniform stream, if InitTensor
+// makes it one.
+func (s *Spec) uniformScale(t models.Tensor) (float64, bool) {
+	switch s.Model {
+	case Synthetic:
+		return 1, true
+	case "gan":
+		switch {
+		case t.Name == "g.out.b" && s.GOutBias != nil, len(t.Shape) == 1:
+			return 0, false
+		case t.Name[0] == 'g':
+			return s.GAN.GScale, true
+		}
+		return s.GAN.DScale, true
+	}
+	return s.Seq2Seq.UniformScale(), true
+}
+
 // readInit reads the checkpoint InitFrom names: each of the model's tensors'
 // values by name, and the file's SHA-256 in hex. The checkpoint must hold exactly
 // the model's tensors, each of the model's shape.

@@ -136,3 +136,48 @@ func mustCkpt(t *testing.T, dir, name string, ts []models.Tensor) string {
 	path, _ := writeCkpt(t, dir, name, ts)
 	return path
 }
+
+// A shard's blocks, made block by block (BlockInit), are the job's initial
+// tensors' values bit for bit, for every model, in the order a shard makes
+// them and out of it, without the tensors where their values are a stream.
+func TestBlockInitGivesTheTensors(t *testing.T) {
+	seq := Default()
+	seq.Seq2Seq.SoftmaxBlocks = 3
+	if err := seq.Resolve(); err != nil {
+		t.Fatal(err)
+	}
+	gan := Default()
+	Presets["gan"](&gan)
+	gan.GAN.Noise, gan.GAN.GHidden, gan.GAN.DUnits, gan.GAN.DPieces = 10, 20, 12, 2
+	gan.GOutBias = make([]float32, 784)
+	for i := range gan.GOutBias {
+		gan.GOutBias[i] = float32(i) / 1000
+	}
+	for _, s := range []Spec{seq, synthSpec(), gan} {
+		p := Place(s.Tensors(), 37, 3)
+		want := make([]float32, p.Size())
+		for i, off := range models.Offsets(p.Tensors) {
+			s.InitTensor(want[off:off+p.Tensors[i].Size()], p.Tensors[i])
+		}
+		for _, order := range []string{"by shard", "backwards"} {
+			init, err := s.BlockInit(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var blocks []Block
+			for sh := range p.Shards {
+				blocks = append(blocks, p.OnShard(sh)...)
+			}
+			if order == "backwards" {
+				slices.Reverse(blocks)
+			}
+			got := make([]float32, p.Size())
+			for _, b := range blocks {
+				init(b, got[b.Offset:b.Offset+b.Len])
+			}
+			if !slices.Equal(got, want) {
+				t.Fatalf("%s, blocks %s: the blocks differ from the tensors", s.Model, order)
+			}
+		}
+	}
+}

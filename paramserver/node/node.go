@@ -17,7 +17,6 @@ import (
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/downpour-ml/downpour/internal/wire"
-	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
 )
 
@@ -289,21 +288,9 @@ func newShard(spec *job.Spec, p *job.Placement, blocks []job.Block, restore stri
 		}
 		return paramserver.RestoreShard(spec.ShardConfig(), blocks, snap)
 	}
-	init, err := spec.Initializer()
+	init, err := spec.BlockInit(p)
 	if err != nil {
 		return nil, err
 	}
-	offsets := models.Offsets(p.Tensors)
-	cur := -1
-	var full []float32
-	return paramserver.NewShard(spec.ShardConfig(), blocks, func(b job.Block, dst []float32) {
-		if b.Tensor != cur {
-			t := p.Tensors[b.Tensor]
-			full = make([]float32, t.Size())
-			init(full, t)
-			cur = b.Tensor
-		}
-		start := b.Offset - offsets[b.Tensor]
-		copy(dst, full[start:start+b.Len])
-	}), nil
+	return paramserver.NewShard(spec.ShardConfig(), blocks, init), nil
 }

@@ -1,0 +1,74 @@
+#!/bin/sh
+# The paper's model (examples/seq2seq-paper.yaml: 384M parameters, 4 stages
+# and 4 softmax slices) with every role its own process on this machine:
+# NATS and etcd (downpour servers), a coordinator, 8 parameter-server shards
+# and the replica's 8 seats, each under /usr/bin/time, on the generated
+# corpus synthetic:wmt. At the end it prints each role's peak RSS and CPU,
+# and what each seat sent and waited (from its /metrics). docs/layout.md
+# gives the figures of a run.
+#
+#   examples/paper-layout.sh [steps] [output directory]
+#
+# Each role's Go heap may grow to twice what it holds (GOGC=100); DOWNPOUR_GOGC
+# sets GOGC for every role (default 50).
+set -eu
+steps=${1:-10}
+out=${2:-runs/paper-layout-$(date +%Y%m%d-%H%M%S)}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+here=$(cd "$(dirname "$0")/.." && pwd)
+bin="$out/downpour"
+(cd "$here" && go build -o "$bin" ./cmd/downpour)
+export GOGC="${DOWNPOUR_GOGC:-50}"
+timed() { # timed NAME CMD...: run CMD in the background under /usr/bin/time
+	name=$1
+	shift
+	/usr/bin/time -v -o "$out/$name.time" "$@" >"$out/$name.log" 2>&1 &
+}
+pick() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+nport=$(pick)
+eport=$(pick)
+timed servers "$bin" servers --dir "$out/servers" --nats-port "$nport" --etcd-port "$eport"
+servers=$!
+sleep 3
+EP="--nats nats://127.0.0.1:$nport --etcd http://127.0.0.1:$eport"
+job=paper-layout
+port=19100
+for i in 0 1 2 3 4 5 6 7; do
+	timed "ps-$i" "$bin" ps $EP --job $job --shard "$i" --data-dir "$out/ps-$i" --http "127.0.0.1:$((port + i))"
+done
+for i in 0 1 2 3 4 5 6 7; do
+	timed "seat-$i" "$bin" worker $EP --job $job --id "seat-$i" --http "127.0.0.1:$((port + 10 + i))"
+done
+# The file's epochs and halving schedule need a corpus with an end, and its
+# 8 replicas of 8 seats would be 64 workers: the flags beside it say so.
+timed coordinator "$bin" coordinator -v $EP --config "$here/examples/seq2seq-paper.yaml" --job $job \
+	--data synthetic:wmt --epochs 0 --lr-halve-after-epochs 0 --lr-halve-every-epochs 0 --steps "$steps" \
+	--workers 1 --log-every 1 --eval-every 0 --held-out 0 --checkpoint-every 0 --out "$out/run"
+coord=$!
+# Scrape each seat's counters while it runs (they go with it).
+while kill -0 "$coord" 2>/dev/null; do
+	for i in 0 1 2 3 4 5 6 7; do
+		curl -s -m 2 "http://127.0.0.1:$((port + 10 + i))/metrics" >"$out/seat-$i.metrics.tmp" 2>/dev/null &&
+			mv "$out/seat-$i.metrics.tmp" "$out/seat-$i.metrics" || true
+	done
+	sleep 10
+done
+wait "$coord" || true
+sleep 5
+pkill -INT -P "$servers" || true # the servers themselves, not the time that measures them
+wait || true
+printf '%-12s %10s %8s %14s %12s\n' role peak_rss_MB cpu_s seat_sent_MB seat_wait_s
+for f in "$out"/*.time; do
+	name=$(basename "$f" .time)
+	rss=$(awk -F': ' '/Maximum resident/ {printf "%.0f", $2/1024}' "$f")
+	cpu=$(awk -F': ' '/User time/ {u=$2} /System time/ {s=$2} END {printf "%.0f", u+s}' "$f")
+	sent=-
+	waited=-
+	if [ -f "$out/$name.metrics" ]; then
+		sent=$(awk '/^downpour_seat_sent_bytes_total/ {printf "%.0f", $2/1e6}' "$out/$name.metrics")
+		waited=$(awk '/^downpour_seat_wait_seconds_total/ {printf "%.1f", $2}' "$out/$name.metrics")
+	fi
+	printf '%-12s %10s %8s %14s %12s\n' "$name" "$rss" "$cpu" "$sent" "$waited"
+done | tee "$out/roles.txt"
+grep -h "^done:" "$out/coordinator.log" || tail -5 "$out/coordinator.log"
