@@ -67,3 +67,26 @@ func TestEvaluateBeamAndRefs(t *testing.T) {
 		t.Fatalf("text references not used: %+v", r.Counts)
 	}
 }
+
+// A model on given parameters (NewSeq2SeqOn: no copy, no gradients)
+// evaluates exactly as the whole model does.
+func TestModelOnParamsEvaluatesTheSame(t *testing.T) {
+	m := decodeModel(4)
+	on := NewSeq2SeqOn(m.Cfg, m.Params())
+	if &on.Params()[0] != &m.Params()[0] || on.Grads() != nil {
+		t.Fatal("NewSeq2SeqOn copied the parameters or made gradients")
+	}
+	src := [][]int32{{2, 3}, {4, 5}, {6, 7, 8}, {2, 2}}
+	tgt := [][]int32{{3, 4}, {5}, {2, 2, 2}, {6, 6, 6, 6}}
+	words := func(ids []int32) []string {
+		var w []string
+		for _, id := range ids {
+			w = append(w, strconv.Itoa(int(id)))
+		}
+		return w
+	}
+	opts := EvalOptions{Batch: 3, MaxLen: func(n int) int { return 2*n + 2 }, Words: words}
+	if a, b := Evaluate(m, src, tgt, sp, opts), Evaluate(on, src, tgt, sp, opts); a.Loss != b.Loss || a.ExactMatch != b.ExactMatch || !slices.EqualFunc(a.Hyps, b.Hyps, slices.Equal) {
+		t.Fatalf("on its parameters %+v, whole %+v", b, a)
+	}
+}

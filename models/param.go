@@ -105,7 +105,7 @@ type view[T Float] struct {
 func (v *view[T]) take(n int) []T {
 	t := v.next
 	v.next++
-	if v.held != nil && !v.held[t] {
+	if v.held != nil && !v.held[t] || v.buf == nil {
 		return nil
 	}
 	s := v.buf[v.off : v.off+n : v.off+n]

@@ -245,7 +245,24 @@ func NewSeq2SeqHolding[T Float](cfg Seq2SeqConfig, tensors []int) *Seq2Seq[T] {
 	return newSeq2Seq[T](cfg, held)
 }
 
+// NewSeq2SeqOn makes a model of shape cfg for inference on params (the
+// flat vector of cfg.Tensors(), which it uses, not copies) with no
+// gradients: it runs Loss(b, false) and decodes, and nothing that needs
+// Grads. An evaluation of a large model then holds its parameters once.
+func NewSeq2SeqOn[T Float](cfg Seq2SeqConfig, params []T) *Seq2Seq[T] {
+	if n := TotalSize(cfg.Tensors()); len(params) != n {
+		panic(fmt.Sprintf("models: %d parameters for a model of %d", len(params), n))
+	}
+	return newSeq2SeqWith(cfg, nil, params, nil)
+}
+
 func newSeq2Seq[T Float](cfg Seq2SeqConfig, held []bool) *Seq2Seq[T] {
+	return newSeq2SeqWith[T](cfg, held, nil, nil)
+}
+
+// newSeq2SeqWith makes the model, allocating params and grads where they
+// are nil but for a model on given params (which has no gradients).
+func newSeq2SeqWith[T Float](cfg Seq2SeqConfig, held []bool, params, grads []T) *Seq2Seq[T] {
 	if err := cfg.Validate(); err != nil {
 		panic(err)
 	}
@@ -260,7 +277,10 @@ func newSeq2Seq[T Float](cfg Seq2SeqConfig, held []bool) *Seq2Seq[T] {
 			m.offs = append(m.offs, -1)
 		}
 	}
-	m.params, m.grads = make([]T, n), make([]T, n)
+	m.params, m.grads = params, grads
+	if params == nil {
+		m.params, m.grads = make([]T, n), make([]T, n)
+	}
 	w, g := &view[T]{buf: m.params, held: held}, &view[T]{buf: m.grads, held: held}
 	E, H, V := cfg.Embed, cfg.Hidden, cfg.TgtVocab
 	var enc, dec [][2]int

@@ -10,6 +10,7 @@
 package checkpoint
 
 import (
+	"bufio"
 	"bytes"
 	"compress/gzip"
 	"encoding/binary"
@@ -52,6 +53,18 @@ type Meta struct {
 
 // Encode serialises m and params.
 func Encode(m *Meta, params []float32) ([]byte, error) {
+	head, err := header(m, params)
+	if err != nil {
+		return nil, err
+	}
+	b := make([]byte, 0, len(head)+4*len(params)+4)
+	b = append(b, head...)
+	b = wire.AppendFloats(b, params)
+	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b[len(head):], castagnoli)), nil
+}
+
+// header is a checkpoint's bytes before its parameters.
+func header(m *Meta, params []float32) ([]byte, error) {
 	if models.TotalSize(m.Tensors) != len(params) {
 		return nil, fmt.Errorf("checkpoint: %d parameters for tensors of %d", len(params), models.TotalSize(m.Tensors))
 	}
@@ -59,17 +72,39 @@ func Encode(m *Meta, params []float32) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := make([]byte, 0, 24+len(h)+4*len(params))
+	b := make([]byte, 0, 24+len(h))
 	b = append(b, magic...)
 	b = binary.LittleEndian.AppendUint16(b, Version)
 	b = binary.LittleEndian.AppendUint16(b, 0)
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(h)))
 	b = append(b, h...)
 	b = binary.LittleEndian.AppendUint32(b, crc32.Checksum(h, castagnoli))
-	b = binary.LittleEndian.AppendUint64(b, uint64(4*len(params)))
-	start := len(b)
-	b = wire.AppendFloats(b, params)
-	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b[start:], castagnoli)), nil
+	return binary.LittleEndian.AppendUint64(b, uint64(4*len(params))), nil
+}
+
+// writeTo writes Encode's bytes to w without making them whole first: the
+// parameters go a part at a time (a 384M-parameter model's checkpoint is
+// 1.5 GB, which Encode would hold a second copy of).
+func writeTo(w io.Writer, m *Meta, params []float32) error {
+	head, err := header(m, params)
+	if err != nil {
+		return err
+	}
+	if _, err := w.Write(head); err != nil {
+		return err
+	}
+	crc := uint32(0)
+	var buf []byte
+	for at := 0; at < len(params); at += 1 << 20 {
+		part := params[at:min(at+1<<20, len(params))]
+		buf = wire.AppendFloats(buf[:0], part)
+		crc = crc32.Update(crc, castagnoli, buf)
+		if _, err := w.Write(buf); err != nil {
+			return err
+		}
+	}
+	_, err = w.Write(binary.LittleEndian.AppendUint32(nil, crc))
+	return err
 }
 
 func corrupt(format string, args ...any) error {
@@ -150,8 +185,7 @@ func Decode(b []byte) (*Meta, []float32, error) {
 // Write stores a checkpoint at path atomically: temporary file, fsync,
 // rename, fsync of the directory.
 func Write(path string, m *Meta, params []float32) error {
-	b, err := Encode(m, params)
-	if err != nil {
+	if _, err := header(m, params); err != nil {
 		return err
 	}
 	dir := filepath.Dir(path)
@@ -161,7 +195,12 @@ func Write(path string, m *Meta, params []float32) error {
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp) // no-op after the rename
-	if _, err := f.Write(b); err != nil {
+	bw := bufio.NewWriterSize(f, 1<<20)
+	if err := writeTo(bw, m, params); err != nil {
+		f.Close()
+		return fmt.Errorf("checkpoint: %w", err)
+	}
+	if err := bw.Flush(); err != nil {
 		f.Close()
 		return fmt.Errorf("checkpoint: %w", err)
 	}

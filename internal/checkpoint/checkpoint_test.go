@@ -37,6 +37,31 @@ func TestWriteReadRoundTrip(t *testing.T) {
 	if ents, _ := os.ReadDir(filepath.Dir(path)); len(ents) != 1 {
 		t.Fatalf("temporary files left behind: %v", ents)
 	}
+	// Write streams the parameters a part at a time: its file is Encode's
+	// bytes, for a model of several parts (and a part's remainder) too.
+	big := &Meta{Job: "j", Model: "seq2seq", Tensors: []models.Tensor{{Name: "w", Shape: []int{3<<20 + 5}}}}
+	bp := make([]float32, 3<<20+5)
+	for i := range bp {
+		bp[i] = float32(i%977) - 0.5
+	}
+	for _, c := range []struct {
+		m *Meta
+		p []float32
+	}{{m, p}, {big, bp}} {
+		if err := Write(path, c.m, c.p); err != nil {
+			t.Fatal(err)
+		}
+		want, err := Encode(c.m, c.p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := os.ReadFile(path); err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("Write's file of %d parameters is not Encode's bytes (%v)", len(c.p), err)
+		}
+	}
+	if err := Write(path, m, p[:3]); err == nil {
+		t.Fatal("wrote a checkpoint of the wrong length")
+	}
 }
 
 // Every truncation and every single flipped bit is detected.

@@ -139,8 +139,7 @@ func parzenMonitor(spec *job.Spec, params []float32, valid [][]float32) (models.
 
 // Seq2Seq scores parameters on examples with greedy decoding.
 func Seq2Seq(spec *job.Spec, data shard.Dataset, params []float32, examples []shard.Example) models.EvalResult {
-	m := models.NewSeq2Seq[float32](spec.Seq2Seq)
-	copy(m.Params(), params)
+	m := models.NewSeq2SeqOn(spec.Seq2Seq, params) // (no gradients, no copy: a 384M model's evaluation holds it once)
 	src, tgt := make([][]int32, len(examples)), make([][]int32, len(examples))
 	for i, ex := range examples {
 		src[i], tgt[i] = ex.Src, ex.Tgt
