@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -61,7 +62,17 @@ func runSeats(ms []*models.Seq2Seq[float32], links []*SeatLink, plan models.Stag
 // server's messages small enough that activations go in many parts,
 // compute two steps bit for bit as the model does in one process: the
 // loss, and every tensor's clipped gradient on the seat that holds it.
+// (With -tags openblas, whose products by rows are not bits of the whole,
+// to rounding, as models' own staged tests.)
 func TestSeatsOverNATSGiveOneProcessBits(t *testing.T) {
+	same := func(a, b []float32) bool { return slices.Equal(a, b) }
+	sameLoss := func(a, b float64) bool { return a == b }
+	if models.BLAS == "openblas" {
+		same = func(a, b []float32) bool {
+			return slices.EqualFunc(a, b, func(x, y float32) bool { return math.Abs(float64(x-y)) <= 1e-4*(1+math.Abs(float64(y))) })
+		}
+		sameLoss = func(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Abs(b) }
+	}
 	srv := testenv.NATS(t, 8<<10)
 	cfg := models.Seq2SeqConfig{SrcVocab: 50, TgtVocab: 41, Embed: 12, Hidden: 24, Layers: 4, SoftmaxBlocks: 3}
 	rng := rand.New(rand.NewPCG(3, 4))
@@ -101,13 +112,13 @@ func TestSeatsOverNATSGiveOneProcessBits(t *testing.T) {
 				if err := errors.Join(errs...); err != nil {
 					t.Fatal(err)
 				}
-				if loss != wantLoss || tokens != wantTokens {
+				if !sameLoss(loss, wantLoss) || tokens != wantTokens {
 					t.Fatalf("step %d: loss %v over %d tokens, want %v over %d", step, loss, tokens, wantLoss, wantTokens)
 				}
 				for seat, ts := range plan.SeatTensors(cfg) {
 					for _, ti := range ts {
 						n := cfg.Tensors()[ti].Size()
-						if !slices.Equal(ms[seat].Grads()[offs[ti]:offs[ti]+n], ref.Grads()[offs[ti]:offs[ti]+n]) {
+						if !same(ms[seat].Grads()[offs[ti]:offs[ti]+n], ref.Grads()[offs[ti]:offs[ti]+n]) {
 							t.Fatalf("step %d: tensor %s (seat %d) differs from the one-process gradient", step, cfg.Tensors()[ti].Name, seat)
 						}
 					}
