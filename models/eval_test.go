@@ -7,21 +7,23 @@ import (
 	"testing"
 )
 
+// idWords writes token ids as words, for BLEU.
+func idWords(ids []int32) []string {
+	var w []string
+	for _, id := range ids {
+		w = append(w, strconv.Itoa(int(id)))
+	}
+	return w
+}
+
 // Evaluate's numbers agree with the pieces it is made of: the loss is the
 // mean teacher-forced loss, exact match and BLEU count greedy outputs.
 func TestEvaluateAgreesWithParts(t *testing.T) {
 	m := decodeModel(4)
 	src := [][]int32{{2, 3}, {4, 5}, {6, 7, 8}, {2, 2}}
 	tgt := [][]int32{{3, 4}, {5}, {2, 2, 2}, {6, 6, 6, 6}}
-	words := func(ids []int32) []string {
-		var w []string
-		for _, id := range ids {
-			w = append(w, strconv.Itoa(int(id)))
-		}
-		return w
-	}
 	maxLen := func(n int) int { return 2*n + 2 }
-	res := Evaluate(m, src, tgt, sp, EvalOptions{Batch: 3, MaxLen: maxLen, Words: words})
+	res := Evaluate(m, src, tgt, sp, EvalOptions{Batch: 3, MaxLen: maxLen, Words: idWords})
 	var loss float64
 	var tokens, exact int
 	var bleu BLEU
@@ -32,7 +34,7 @@ func TestEvaluateAgreesWithParts(t *testing.T) {
 		if slices.Equal(hyp, tgt[i]) {
 			exact++
 		}
-		bleu.Add(words(hyp), words(tgt[i]))
+		bleu.Add(idWords(hyp), idWords(tgt[i]))
 	}
 	if res.Sentences != 4 || math.Abs(res.Loss-loss/float64(tokens)) > 1e-9 ||
 		res.ExactMatch != float64(exact)/4 || math.Abs(res.BLEU-bleu.Score()) > 1e-9 {
@@ -49,14 +51,7 @@ func TestEvaluateBeamAndRefs(t *testing.T) {
 	m := decodeModel(6)
 	src := [][]int32{{2, 3}, {4, 5, 1}}
 	tgt := [][]int32{{3, 4}, {5}}
-	words := func(ids []int32) []string {
-		var w []string
-		for _, id := range ids {
-			w = append(w, strconv.Itoa(int(id)))
-		}
-		return w
-	}
-	o := EvalOptions{Batch: 8, MaxLen: func(n int) int { return 5 }, Words: words}
+	o := EvalOptions{Batch: 8, MaxLen: func(n int) int { return 5 }, Words: idWords}
 	g := Evaluate(m, src, tgt, sp, o)
 	o.Beam = 1
 	if b := Evaluate(m, src, tgt, sp, o); b.BLEU != g.BLEU || b.ExactMatch != g.ExactMatch {
@@ -78,14 +73,7 @@ func TestModelOnParamsEvaluatesTheSame(t *testing.T) {
 	}
 	src := [][]int32{{2, 3}, {4, 5}, {6, 7, 8}, {2, 2}}
 	tgt := [][]int32{{3, 4}, {5}, {2, 2, 2}, {6, 6, 6, 6}}
-	words := func(ids []int32) []string {
-		var w []string
-		for _, id := range ids {
-			w = append(w, strconv.Itoa(int(id)))
-		}
-		return w
-	}
-	opts := EvalOptions{Batch: 3, MaxLen: func(n int) int { return 2*n + 2 }, Words: words}
+	opts := EvalOptions{Batch: 3, MaxLen: func(n int) int { return 2*n + 2 }, Words: idWords}
 	if a, b := Evaluate(m, src, tgt, sp, opts), Evaluate(on, src, tgt, sp, opts); a.Loss != b.Loss || a.ExactMatch != b.ExactMatch || !slices.EqualFunc(a.Hyps, b.Hyps, slices.Equal) {
 		t.Fatalf("on its parameters %+v, whole %+v", b, a)
 	}

@@ -253,16 +253,17 @@ func NewSeq2SeqOn[T Float](cfg Seq2SeqConfig, params []T) *Seq2Seq[T] {
 	if n := TotalSize(cfg.Tensors()); len(params) != n {
 		panic(fmt.Sprintf("models: %d parameters for a model of %d", len(params), n))
 	}
-	return newSeq2SeqWith(cfg, nil, params, nil)
+	return newSeq2SeqWith(cfg, nil, params)
 }
 
 func newSeq2Seq[T Float](cfg Seq2SeqConfig, held []bool) *Seq2Seq[T] {
-	return newSeq2SeqWith[T](cfg, held, nil, nil)
+	return newSeq2SeqWith[T](cfg, held, nil)
 }
 
-// newSeq2SeqWith makes the model, allocating params and grads where they
-// are nil but for a model on given params (which has no gradients).
-func newSeq2SeqWith[T Float](cfg Seq2SeqConfig, held []bool, params, grads []T) *Seq2Seq[T] {
+// newSeq2SeqWith makes the model of the tensors held (nil: all), on params
+// with no gradients, or, with params nil, on parameters and gradients of
+// its own.
+func newSeq2SeqWith[T Float](cfg Seq2SeqConfig, held []bool, params []T) *Seq2Seq[T] {
 	if err := cfg.Validate(); err != nil {
 		panic(err)
 	}
@@ -277,7 +278,7 @@ func newSeq2SeqWith[T Float](cfg Seq2SeqConfig, held []bool, params, grads []T) 
 			m.offs = append(m.offs, -1)
 		}
 	}
-	m.params, m.grads = params, grads
+	m.params = params
 	if params == nil {
 		m.params, m.grads = make([]T, n), make([]T, n)
 	}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/downpour-ml/downpour/internal/metrics"
 	"github.com/downpour-ml/downpour/internal/wire"
@@ -33,8 +34,8 @@ type SeatLink struct {
 	timeout     time.Duration
 	maxPayload  int
 	sub         *nats.Subscription
-	errCounters map[string]errCounter
-	bytesOut    errCounter
+	errCounters map[string]prometheus.Counter
+	bytesOut    prometheus.Counter
 
 	mu      sync.Mutex
 	epoch   uint64
@@ -47,12 +48,6 @@ type SeatLink struct {
 	arrived chan struct{}     // closed and replaced when a message arrives
 	hellos  map[uint64][]bool // per era, per sender: it listens
 	stats   SeatStats
-}
-
-// errCounter is a counter's Inc and Add.
-type errCounter interface {
-	Inc()
-	Add(float64)
 }
 
 // SeatStats is what a seat's link has moved and waited for.
@@ -70,7 +65,7 @@ func NewSeatLink(nc *nats.Conn, job string, rank, seat, seats int, timeout time.
 		return nil, fmt.Errorf("seat %d of %d", seat, seats)
 	}
 	l := &SeatLink{nc: nc, job: job, rank: rank, seat: seat, seats: seats, timeout: timeout,
-		maxPayload: int(nc.MaxPayload()), errCounters: map[string]errCounter{},
+		maxPayload: int(nc.MaxPayload()), errCounters: map[string]prometheus.Counter{},
 		bytesOut: metrics.SeatBytes.WithLabelValues(job, strconv.Itoa(rank), strconv.Itoa(seat)),
 		pending:  make([][]*wire.SeatMsg, seats), partial: make([]*wire.SeatMsg, seats),
 		bad: make([]error, seats), sent: make([]uint32, seats), got: make([]uint32, seats),
@@ -325,17 +320,15 @@ func (l *SeatLink) Recv(from int) (models.SeatMsg[float32], error) {
 			if !waitStart.IsZero() {
 				l.stats.Waited += time.Since(waitStart)
 			}
-			if l.stray(m) {
-				l.stats.Stray++
-				continue
-			}
+			// (Strays never queue: receive drops them as they arrive, and
+			// Begin those left from the step before.)
 			if m.Epoch != l.epoch || m.Step != l.step || m.Seq != l.got[from] {
 				err := fmt.Errorf("%w: seat %d sent message %d of era %d step %d where message %d of era %d step %d was due", ErrSeatLost, from, m.Seq, m.Epoch, m.Step, l.got[from], l.epoch, l.step)
 				l.fail(from, "out_of_order", err)
 				return models.SeatMsg[float32]{}, err
 			}
 			l.got[from]++
-			return toModel(m)
+			return toModel(m), nil
 		}
 		if waitStart.IsZero() {
 			waitStart = time.Now()
@@ -357,7 +350,7 @@ func (l *SeatLink) Recv(from int) (models.SeatMsg[float32], error) {
 }
 
 // toModel turns a decoded message into the model's.
-func toModel(m *wire.SeatMsg) (models.SeatMsg[float32], error) {
+func toModel(m *wire.SeatMsg) models.SeatMsg[float32] {
 	out := models.SeatMsg[float32]{T0: int(m.T0), T1: int(m.T1), Norm: m.Norm}
 	var ok bool
 	if m.Data != nil {
@@ -386,7 +379,7 @@ func toModel(m *wire.SeatMsg) (models.SeatMsg[float32], error) {
 	if m.Squares != nil {
 		out.Squares = wire.Float64s(m.Squares)
 	}
-	return out, nil
+	return out
 }
 
 // SeatContext ends l's waits when ctx ends: a Recv in progress returns

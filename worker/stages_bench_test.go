@@ -14,7 +14,6 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/testenv"
-	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
 )
 
@@ -52,13 +51,12 @@ func newStagedJob(b *testing.B, nc *nats.Conn, stages, slices int) *stagedJob {
 	p := job.Place(spec.Tensors(), spec.BlockSize, spec.Shards)
 	cfg := spec.ShardConfig()
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
-	w0 := make([]float32, p.Size())
-	ts := spec.Tensors()
-	for i, off := range models.Offsets(ts) {
-		spec.InitTensor(w0[off:off+ts[i].Size()], ts[i])
-	}
 	for i := range spec.Shards {
-		sh := paramserver.NewShard(cfg, p.OnShard(i), func(bl job.Block, dst []float32) { copy(dst, w0[bl.Offset:bl.Offset+bl.Len]) })
+		init, err := spec.BlockInit(p)
+		if err != nil {
+			b.Fatal(err)
+		}
+		sh := paramserver.NewShard(cfg, p.OnShard(i), init)
 		svc, err := paramserver.Serve(nc, sh, paramserver.ServiceConfig{Job: name, Shard: i, Placement: p.Version, Log: quiet})
 		if err != nil {
 			b.Fatal(err)
