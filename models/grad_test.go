@@ -1,6 +1,7 @@
 package models
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -124,25 +125,36 @@ func smallBatch(rng *rand.Rand, cfg Seq2SeqConfig, size, srcLen, tgtLen int) *Se
 	return b
 }
 
+// The gradient of the whole model, its output layer in one chunk of rows
+// and in chunks of 1 and 3 time steps (computed again in the backward
+// pass, the last chunk first), by central differences.
 func TestSeq2SeqGradient(t *testing.T) {
-	rng := rand.New(rand.NewPCG(5, 6))
-	cfg := Seq2SeqConfig{SrcVocab: 6, TgtVocab: 5, Embed: 3, Hidden: 4, Layers: 2, InitScale: 0.5}
-	m := NewSeq2Seq[float64](cfg)
-	m.Init(7)
-	b := smallBatch(rng, cfg, 2, 3, 4)
-	if err := b.Validate(cfg); err != nil {
-		t.Fatal(err)
+	cfg := Seq2SeqConfig{SrcVocab: 6, TgtVocab: 5, Embed: 3, Hidden: 4, Layers: 2, InitScale: 0.5, SoftmaxBlocks: 2}
+	for _, steps := range []int{4, 1, 3} {
+		t.Run(fmt.Sprintf("output_steps=%d", steps), func(t *testing.T) {
+			rng := rand.New(rand.NewPCG(5, 6))
+			m := NewSeq2Seq[float64](cfg)
+			m.outBudget = steps * 2 * cfg.TgtVocab
+			m.Init(7)
+			b := smallBatch(rng, cfg, 2, 3, 4)
+			if err := b.Validate(cfg); err != nil {
+				t.Fatal(err)
+			}
+			loss := func() float64 {
+				l, _ := m.Loss(b, false)
+				return l / float64(b.Size)
+			}
+			_, n := m.Loss(b, true)
+			if n != 7 {
+				t.Fatalf("counted %d target tokens, want 7", n)
+			}
+			if got := cap(m.ws.logits); got > steps*2*cfg.TgtVocab {
+				t.Fatalf("logits of %d floats for chunks of %d time steps of %d rows of %d words", got, steps, 2, cfg.TgtVocab)
+			}
+			g := append([]float64(nil), m.Grads()...)
+			checkGrad(t, "seq2seq", m.Params(), g, loss)
+		})
 	}
-	loss := func() float64 {
-		l, _ := m.Loss(b, false)
-		return l / float64(b.Size)
-	}
-	_, n := m.Loss(b, true)
-	if n != 7 {
-		t.Fatalf("counted %d target tokens, want 7", n)
-	}
-	g := append([]float64(nil), m.Grads()...)
-	checkGrad(t, "seq2seq", m.Params(), g, loss)
 }
 
 func TestSeq2SeqFloat32MatchesFloat64(t *testing.T) {

@@ -30,7 +30,7 @@ func EmbeddingBackward[T Float](dTable, d []T, dim int, ids []int32) {
 // float32 exponentials (tested against the float64 path). It is the
 // one-block case of the output layer's blocked softmax (softmax.go).
 func SoftmaxCrossEntropy[T Float](logits []T, vocab int, labels []int32, scale float64) (loss float64, count int) {
-	return blocksCE(logits, []int{vocab}, labels, scale, make([]SoftmaxStats, 1))
+	return blocksCE(logits, []int{vocab}, labels, scale, make([]SoftmaxStats, 1), 0)
 }
 
 // logSumExp is log(sum(exp(row))), computed stably in float64.

@@ -158,6 +158,13 @@ type Seq2Seq[T Float] struct {
 	sizes []int // the tensors' sizes, in order
 	offs  []int // each tensor's offset in params and grads; -1: not held
 	held  []int // the sizes of the tensors it holds, in order
+	// gradRows are the runs of rows of the embedding tables ([0] source,
+	// [1] target) the last backward pass wrote into their gradients;
+	// elsewhere those gradients are zero (see clearGrads).
+	gradRows [2][][2]int
+	// outBudget is the most logits the output layer computes at once
+	// (outRows; the constant, but for tests of the chunks).
+	outBudget int
 	// Hooks, when set, let a caller overlap moving parameters and gradients
 	// with the computation (see Hooks).
 	Hooks *Hooks
@@ -225,6 +232,7 @@ type workspace[T Float] struct {
 	enc, dec                []*LSTMCache[T]
 	widths                  []int
 	stats                   []SoftmaxStats
+	used                    []bool // rowRuns' scratch, a table's rows long
 }
 
 // NewSeq2Seq allocates a model of shape cfg with zero parameters. It panics on
@@ -267,7 +275,7 @@ func newSeq2SeqWith[T Float](cfg Seq2SeqConfig, held []bool, params []T) *Seq2Se
 	if err := cfg.Validate(); err != nil {
 		panic(err)
 	}
-	m := &Seq2Seq[T]{Cfg: cfg, sizes: TensorSizes(cfg.Tensors())}
+	m := &Seq2Seq[T]{Cfg: cfg, sizes: TensorSizes(cfg.Tensors()), outBudget: outBudget}
 	n := 0
 	for t, size := range m.sizes {
 		if held == nil || held[t] {
@@ -329,7 +337,11 @@ func (m *Seq2Seq[T]) Grads() []T { return m.grads }
 // ClipGrads rescales the gradient to norm max when its norm (GlobalNorm,
 // tensor by tensor) exceeds it, and returns the norm before clipping.
 func (m *Seq2Seq[T]) ClipGrads(max float64) float64 {
-	return ClipGlobalNorm(m.grads, m.held, max)
+	n := GlobalNorm(m.grads, m.held)
+	for t := range m.offs {
+		m.clipTensor(t, n, max)
+	}
+	return n
 }
 
 // Offsets is each tensor's offset in Params and Grads, -1 for a tensor the
@@ -358,15 +370,11 @@ func (m *Seq2Seq[T]) Ranges(b *SeqBatch, dst [][2]int) [][2]int {
 			dst = append(dst, [2]int{lo, hi})
 		}
 	}
+	var runs [][2]int
 	rows := func(base, vocab int, ids []int32) {
-		used := make([]bool, vocab)
-		for _, id := range ids {
-			used[id] = true
-		}
-		for r, u := range used {
-			if u {
-				add(base+r*E, base+(r+1)*E)
-			}
+		runs = rowRuns(ids, make([]bool, vocab), runs[:0])
+		for _, r := range runs {
+			add(base+r[0]*E, base+r[1]*E)
 		}
 	}
 	for t, off := range m.offs { // (a model holding some tensors: of those, in its own layout)
@@ -381,6 +389,102 @@ func (m *Seq2Seq[T]) Ranges(b *SeqBatch, dst [][2]int) [][2]int {
 		}
 	}
 	return dst
+}
+
+// rowRuns appends to dst the rows ids use, as sorted runs [lo, hi) of
+// consecutive rows of a table of len(used) rows; used is scratch, all
+// false, which it leaves so.
+func rowRuns(ids []int32, used []bool, dst [][2]int) [][2]int {
+	for _, id := range ids {
+		used[id] = true
+	}
+	for r, u := range used {
+		switch {
+		case !u:
+		case len(dst) > 0 && dst[len(dst)-1][1] == r:
+			dst[len(dst)-1][1] = r + 1
+		default:
+			dst = append(dst, [2]int{r, r + 1})
+		}
+	}
+	for _, id := range ids {
+		used[id] = false
+	}
+	return dst
+}
+
+// embeddingBackward adds d, the gradient of the rows of embedding table t
+// (0 source, 1 target) that ids looked up, into the table's gradient, and
+// notes the rows written.
+func (m *Seq2Seq[T]) embeddingBackward(t int, d []T, ids []int32) {
+	dTable, vocab := m.dSrcEmb, m.Cfg.SrcVocab
+	if t == 1 {
+		dTable, vocab = m.dTgtEmb, m.Cfg.TgtVocab
+	}
+	EmbeddingBackward(dTable, d, m.Cfg.Embed, ids)
+	if len(m.ws.used) < vocab {
+		m.ws.used = make([]bool, vocab)
+	}
+	m.gradRows[t] = rowRuns(ids, m.ws.used[:vocab], m.gradRows[t][:0])
+}
+
+// clearGrads zeroes the gradients of tensors (nil: every tensor held).
+// The embedding tables' gradients are released rather than written
+// (zeroRelease): a step writes a batch's rows of them, and a table cleared
+// by writing would keep every page in memory though it holds a few rows.
+func (m *Seq2Seq[T]) clearGrads(tensors []int) {
+	clearOne := func(t int) {
+		g := m.grads[m.offs[t] : m.offs[t]+m.sizes[t]]
+		if t < 2 {
+			zeroRelease(g)
+			m.gradRows[t] = m.gradRows[t][:0]
+		} else {
+			clear(g)
+		}
+	}
+	if tensors != nil {
+		for _, t := range tensors {
+			clearOne(t)
+		}
+		return
+	}
+	for t, off := range m.offs {
+		if off >= 0 {
+			clearOne(t)
+		}
+	}
+}
+
+// clipTensor rescales tensor t's gradient to norm max when the whole
+// gradient's norm n exceeds it, as ClipGlobalNorm scales every element
+// (one rounding each). Of an embedding table it scales only the rows the
+// last backward pass wrote: the others are zeros, which scale to zeros.
+func (m *Seq2Seq[T]) clipTensor(t int, n, max float64) {
+	off := m.offs[t]
+	if off < 0 {
+		return
+	}
+	if t >= 2 {
+		clipTo(m.grads[off:off+m.sizes[t]], n, max)
+		return
+	}
+	E := m.Cfg.Embed
+	for _, r := range m.gradRows[t] {
+		clipTo(m.grads[off+r[0]*E:off+r[1]*E], n, max)
+	}
+}
+
+// ReleaseEmbeddings zeroes the embedding tables' parameters, giving their
+// memory back where whole pages allow (as gradients are: see clearGrads).
+// It is for a trainer that pulls, before every step, the rows the step
+// reads (Ranges): only those rows then take memory, and the tables of a
+// large vocabulary are most of the model.
+func (m *Seq2Seq[T]) ReleaseEmbeddings() {
+	for t := range 2 {
+		if off := m.offs[t]; off >= 0 {
+			zeroRelease(m.params[off : off+m.sizes[t]])
+		}
+	}
 }
 
 // Init sets every parameter to its initial value for seed.
@@ -424,62 +528,104 @@ func (m *Seq2Seq[T]) Loss(b *SeqBatch, backward bool) (loss float64, tokens int)
 		in = ws.dec[l].Out(H)
 	}
 	m.need(2 + 2*cfg.Layers)
-	rows := b.TgtLen * B
-	loss, tokens = m.softmax(in, rows, b.TgtOut, 1/float64(B))
+	loss, tokens = m.softmax(in, B, b.TgtOut, 1/float64(B))
 	if !backward {
 		return loss, tokens
 	}
 	if m.Hooks != nil && m.Hooks.GradsFree != nil {
 		m.Hooks.GradsFree()
 	}
-	clear(m.grads)
-	dIn := m.softmaxBackward(in, rows)
+	m.clearGrads(nil)
+	dIn := m.softmaxBackward(in, B, b.TgtOut, 1/float64(B))
 	for l := cfg.Layers - 1; l >= 0; l-- {
 		dIn, _, _ = m.dec[l].Backward(ws.dec[l], dIn, nil, nil, true)
 	}
-	EmbeddingBackward(m.dTgtEmb, dIn, E, b.TgtIn)
+	m.embeddingBackward(1, dIn, b.TgtIn)
 	dIn = nil
 	for l := cfg.Layers - 1; l >= 0; l-- {
 		// The decoder's initial-state gradients are in its caches.
 		dIn, _, _ = m.enc[l].Backward(ws.enc[l], dIn, ws.dec[l].DH, ws.dec[l].DC, true)
 	}
-	EmbeddingBackward(m.dSrcEmb, dIn, E, b.Src)
+	m.embeddingBackward(0, dIn, b.Src)
 	return loss, tokens
 }
 
-// softmax computes the output layer's logits of in (rows x hidden), block
-// by block, and the softmax cross-entropy against labels (softmax.go),
-// leaving in the workspace's logits the gradient of scale * (summed loss).
-func (m *Seq2Seq[T]) softmax(in []T, rows int, labels []int32, scale float64) (loss float64, tokens int) {
-	ws, H := &m.ws, m.Cfg.Hidden
+// outBudget is the most logits (rows x target vocabulary) the output
+// layer computes at once. Its rows go in chunks of whole time steps that
+// fit (outRows); the backward pass keeps the last chunk's from the forward
+// pass and computes the others' again, last chunk first. 2^25 floats (128
+// MiB) keep the W1 and W2 shapes in one chunk, and put the paper's (batch
+// 128, 80,000 words) at 3 time steps a chunk: 123 MB, where a batch of 80
+// steps took 3.3 GB at once.
+const outBudget = 1 << 25
+
+// outRows is the rows of a chunk of the output layer for a batch of batch
+// rows a time step.
+func (m *Seq2Seq[T]) outRows(batch int) int {
+	return max(1, m.outBudget/(batch*m.Cfg.TgtVocab)) * batch
+}
+
+// softmax computes the output layer's logits of in (len(labels) rows of
+// hidden, batch rows a time step), chunk by chunk and block by block, and
+// the softmax cross-entropy against labels (softmax.go), leaving in the
+// workspace's logits the gradient of scale * (summed loss) of the last
+// chunk.
+func (m *Seq2Seq[T]) softmax(in []T, batch int, labels []int32, scale float64) (loss float64, tokens int) {
+	rows, step := len(labels), m.outRows(batch)
+	for r0 := 0; r0 < rows; r0 += step {
+		var n int
+		loss, n = m.softmaxChunk(in, r0, min(r0+step, rows), labels, scale, loss)
+		tokens += n
+	}
+	return loss, tokens
+}
+
+// softmaxChunk is softmax's rows [r0, r1): their logits in the workspace,
+// block after block, turned into their gradient; it returns the loss added
+// onto from (the rows before's, so that the sum runs in row order) and the
+// rows counted.
+func (m *Seq2Seq[T]) softmaxChunk(in []T, r0, r1 int, labels []int32, scale, from float64) (float64, int) {
+	ws, H, rows := &m.ws, m.Cfg.Hidden, r1-r0
 	ws.logits = grow(ws.logits, rows*m.Cfg.TgtVocab)
 	ws.widths = ws.widths[:0]
 	off := 0
 	for i := range m.out {
 		o := &m.out[i]
 		n := o.hi - o.lo
-		o.logits(ws.logits[off:off+rows*n], in, rows, H)
+		o.logits(ws.logits[off:off+rows*n], in[r0*H:r1*H], rows, H)
 		ws.widths = append(ws.widths, n)
 		off += rows * n
 	}
 	if len(ws.stats) < len(m.out) {
 		ws.stats = make([]SoftmaxStats, len(m.out))
 	}
-	return blocksCE(ws.logits, ws.widths, labels, scale, ws.stats)
+	return blocksCE(ws.logits, ws.widths, labels[r0:r1], scale, ws.stats, from)
 }
 
-// softmaxBackward sets the output layer's gradients from the logits'
-// (softmax's) and returns the gradient of its input: each block's product
-// added in block order.
-func (m *Seq2Seq[T]) softmaxBackward(in []T, rows int) []T {
+// softmaxBackward sets the output layer's gradients and returns the
+// gradient of its input, after softmax on the same arguments: chunk by
+// chunk from the last (whose logits' gradient softmax left; the others'
+// are computed again), each block's product added in block order.
+func (m *Seq2Seq[T]) softmaxBackward(in []T, batch int, labels []int32, scale float64) []T {
 	ws, H := &m.ws, m.Cfg.Hidden
+	rows, step := len(labels), m.outRows(batch)
 	ws.dIn = grow(ws.dIn, rows*H)
-	off := 0 // the block's logits (softmax's layout: block after block)
-	for i := range m.out {
-		o := &m.out[i]
-		n := o.hi - o.lo
-		ws.part = o.backward(in, ws.logits[off:off+rows*n], ws.dIn, ws.part, rows, H, i == 0)
-		off += rows * n
+	if rows == 0 {
+		return ws.dIn
+	}
+	last := (rows - 1) / step * step
+	for r0 := last; r0 >= 0; r0 -= step {
+		r1 := min(r0+step, rows)
+		if r0 != last {
+			m.softmaxChunk(in, r0, r1, labels, scale, 0)
+		}
+		n, off := r1-r0, 0 // the block's logits (softmaxChunk's layout: block after block)
+		for i := range m.out {
+			o := &m.out[i]
+			w := o.hi - o.lo
+			ws.part = o.backward(in[r0*H:r1*H], ws.logits[off:off+n*w], ws.dIn[r0*H:r1*H], ws.part, n, H, i == 0)
+			off += n * w
+		}
 	}
 	return ws.dIn
 }

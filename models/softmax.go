@@ -91,11 +91,11 @@ func RowLoss[T Float](all SoftmaxStats, y T) float64 {
 // blocksCE is the softmax cross-entropy of rows over vocab blocks: logits
 // holds each block's rows x width matrix one after the other (widths[b]
 // columns for block b), labels the target of each row (negative: padding,
-// skipped). It returns the summed loss and the counted rows, and leaves in
-// logits the gradient of scale * (summed loss). stats is scratch of at
-// least len(widths).
-func blocksCE[T Float](logits []T, widths []int, labels []int32, scale float64, stats []SoftmaxStats) (loss float64, count int) {
-	rows := len(labels)
+// skipped). It returns the loss summed onto from, row by row, and the
+// counted rows, and leaves in logits the gradient of scale * (summed loss).
+// stats is scratch of at least len(widths).
+func blocksCE[T Float](logits []T, widths []int, labels []int32, scale float64, stats []SoftmaxStats, from float64) (loss float64, count int) {
+	rows, loss := len(labels), from
 	for r, y := range labels {
 		if y < 0 {
 			off := 0

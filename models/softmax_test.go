@@ -68,8 +68,8 @@ func TestSplitSoftmaxGivesOneProcessBits(t *testing.T) {
 	}
 	labels[5] = -1 // padding
 	const scale = 0.125
-	wantLoss, wantCount := m.softmax(in, rows, labels, scale)
-	wantDIn := slices.Clone(m.softmaxBackward(in, rows))
+	wantLoss, wantCount := m.softmax(in, rows, labels, scale) // one time step of rows: one chunk
+	wantDIn := slices.Clone(m.softmaxBackward(in, rows, labels, scale))
 	wantGrads := slices.Clone(m.Grads())
 
 	for _, grouping := range [][]int{{4}, {1, 3}, {2, 2}, {3, 1}, {1, 1, 1, 1}, {1, 2, 1}} {

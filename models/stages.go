@@ -230,8 +230,8 @@ func (m *Seq2Seq[T]) SeatStep(plan StagePlan, seat int, b *SeqBatch, chunk int, 
 		if m.offs[t] < 0 {
 			return 0, 0, fmt.Errorf("models: seat %d holds tensor %s, which this model does not", seat, m.Cfg.Tensors()[t].Name)
 		}
-		clear(m.grads[m.offs[t] : m.offs[t]+m.sizes[t]])
 	}
+	m.clearGrads(tensors[seat])
 	if seat < plan.Stages {
 		loss, tokens = m.stageStep(seat, plan, b, chunk, x)
 	} else {
@@ -315,8 +315,8 @@ func (m *Seq2Seq[T]) stageStep(s int, plan StagePlan, b *SeqBatch, chunk int, x 
 	dy := r.backward(m.dec, dec, b.TgtLen, none, dTop)
 	dx := r.backward(m.enc, enc, b.SrcLen, func(l int) ([]T, []T) { return dec[l].DH, dec[l].DC }, nil)
 	if s == 0 {
-		EmbeddingBackward(m.dTgtEmb, dy, E, b.TgtIn)
-		EmbeddingBackward(m.dSrcEmb, dx, E, b.Src)
+		m.embeddingBackward(1, dy, b.TgtIn)
+		m.embeddingBackward(0, dx, b.Src)
 	}
 	return loss, tokens
 }
@@ -460,24 +460,45 @@ func (m *Seq2Seq[T]) sliceStep(k int, plan StagePlan, b *SeqBatch, x *seatIO[T])
 		t0 = msg.T1
 	}
 	blocks := m.out[plan.SliceBlocks[k][0]:plan.SliceBlocks[k][1]]
-	nb := len(blocks)
-	logits := make([][]T, nb)
+	nb, width := len(blocks), 0
+	for _, o := range blocks {
+		width += o.hi - o.lo
+	}
 	stats := make([]SoftmaxStats, rows*nb)
 	ys, has := make([]T, rows), make([]bool, rows)
-	for i, o := range blocks {
-		w := o.hi - o.lo
-		lg := make([]T, rows*w)
-		o.logits(lg, in, rows, H)
-		for r, y := range b.TgtOut {
-			if y < 0 {
-				continue
+	// The output layer goes in chunks of rows, as in one process
+	// (softmaxBackward): lg holds one chunk's logits of the slice's blocks,
+	// block after block; exps computes rows [r0, r1)'s and turns each row
+	// into its exponentials, noting the rows' stats and target logits when
+	// note is set (the forward pass; the backward pass computes them again).
+	step := m.outRows(B)
+	lg := make([]T, min(step, rows)*width)
+	exps := func(r0, r1 int, note bool) {
+		n, off := r1-r0, 0
+		for i, o := range blocks {
+			w := o.hi - o.lo
+			c := lg[off : off+n*w]
+			o.logits(c, in[r0*H:r1*H], n, H)
+			for r := r0; r < r1; r++ {
+				y := b.TgtOut[r]
+				if y < 0 {
+					continue
+				}
+				row := c[(r-r0)*w : (r-r0+1)*w]
+				if !note {
+					BlockStats(row)
+					continue
+				}
+				if int(y) >= o.lo && int(y) < o.hi {
+					ys[r], has[r] = row[int(y)-o.lo], true
+				}
+				stats[r*nb+i] = BlockStats(row)
 			}
-			if int(y) >= o.lo && int(y) < o.hi {
-				ys[r], has[r] = lg[r*w+int(y)-o.lo], true
-			}
-			stats[r*nb+i] = BlockStats(lg[r*w : (r+1)*w])
+			off += n * w
 		}
-		logits[i] = lg
+	}
+	for r0 := 0; r0 < rows; r0 += step {
+		exps(r0, min(r0+step, rows), true)
 	}
 	x.send(top, SeatMsg[T]{Stats: stats, Ys: ys, Has: has})
 	all := x.recv(top, func(m SeatMsg[T]) error {
@@ -489,28 +510,36 @@ func (m *Seq2Seq[T]) sliceStep(k int, plan StagePlan, b *SeqBatch, x *seatIO[T])
 	var acc, part []T
 	if k > 0 {
 		acc = x.recv(seat-1, floatsOf[T](rows*H)).Data
+	} else { // slice 0's first block starts the running sum
+		acc = make([]T, rows*H)
 	}
 	scale := 1 / float64(B)
-	for i, o := range blocks {
-		w := o.hi - o.lo
-		lg := logits[i]
-		for r, y := range b.TgtOut {
-			row := lg[r*w : (r+1)*w]
-			if y < 0 {
-				clear(row)
-				continue
-			}
-			label := -1
-			if int(y) >= o.lo && int(y) < o.hi {
-				label = int(y) - o.lo
-			}
-			BlockGrad(row, stats[r*nb+i], all[r], label, scale)
+	last := (rows - 1) / step * step
+	for r0 := last; r0 >= 0; r0 -= step { // softmaxBackward's order
+		r1 := min(r0+step, rows)
+		if r0 != last {
+			exps(r0, r1, false)
 		}
-		first := acc == nil // slice 0's first block starts the running sum
-		if first {
-			acc = make([]T, rows*H)
+		n, off := r1-r0, 0
+		for i, o := range blocks {
+			w := o.hi - o.lo
+			c := lg[off : off+n*w]
+			for r := r0; r < r1; r++ {
+				row := c[(r-r0)*w : (r-r0+1)*w]
+				y := b.TgtOut[r]
+				if y < 0 {
+					clear(row)
+					continue
+				}
+				label := -1
+				if int(y) >= o.lo && int(y) < o.hi {
+					label = int(y) - o.lo
+				}
+				BlockGrad(row, stats[r*nb+i], all[r], label, scale)
+			}
+			part = o.backward(in[r0*H:r1*H], c, acc[r0*H:r1*H], part, n, H, k == 0 && i == 0)
+			off += n * w
 		}
-		part = o.backward(in, lg, acc, part, rows, H, first)
 	}
 	if k+1 < plan.Slices {
 		x.send(seat+1, SeatMsg[T]{Data: acc})
@@ -554,6 +583,6 @@ func (m *Seq2Seq[T]) seatClip(seat int, plan StagePlan, tensors [][]int, clip fl
 		norm = x.recv(0, func(SeatMsg[T]) error { return nil }).Norm
 	}
 	for _, t := range tensors[seat] { // ClipGlobalNorm's scaling, tensor by tensor
-		clipTo(m.grads[offs[t]:offs[t]+m.sizes[t]], norm, clip)
+		m.clipTensor(t, norm, clip)
 	}
 }

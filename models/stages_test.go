@@ -23,7 +23,27 @@ func TestStagedStepGivesOneProcessBits(t *testing.T) {
 	cfg := Seq2SeqConfig{SrcVocab: 40, TgtVocab: 31, Embed: 12, Hidden: 20, Layers: 4, SoftmaxBlocks: 3}
 	rng := rand.New(rand.NewPCG(31, 32))
 	b := smallBatch(rng, cfg, 5, 6, 7)
-	ref := NewSeq2Seq[float32](cfg)
+	// The output layer in one chunk, and in chunks of 2 of the 7 time
+	// steps (the last one short), on every seat as in the one process.
+	for _, budget := range []int{outBudget, 2 * 5 * 31} {
+		t.Run(fmt.Sprintf("output_steps=%d", min(budget/(5*31), b.TgtLen)), func(t *testing.T) {
+			stagedStepCases(t, cfg, b, budget, same, sameLoss)
+		})
+	}
+	if _, err := cfg.Plan(5, 1); err == nil {
+		t.Fatal("a plan of 5 stages for 4 layers")
+	}
+	if _, err := cfg.Plan(2, 4); err == nil {
+		t.Fatal("a plan of 4 slices for 3 softmax blocks")
+	}
+}
+
+func stagedStepCases(t *testing.T, cfg Seq2SeqConfig, b *SeqBatch, budget int, same func(a, b []float32) bool, sameLoss func(a, b float64) bool) {
+	chunked := func(m *Seq2Seq[float32]) *Seq2Seq[float32] {
+		m.outBudget = budget
+		return m
+	}
+	ref := chunked(NewSeq2Seq[float32](cfg))
 	ref.Init(9)
 	wantLoss, wantTokens := ref.Loss(b, true)
 	if n := ref.ClipGrads(0.5); n <= 0.5 {
@@ -40,7 +60,7 @@ func TestStagedStepGivesOneProcessBits(t *testing.T) {
 			}
 			replicas := make([]*Seq2Seq[float32], plan.Seats())
 			for i := range replicas {
-				replicas[i] = NewSeq2Seq[float32](cfg)
+				replicas[i] = chunked(NewSeq2Seq[float32](cfg))
 				copy(replicas[i].Params(), ref.Params())
 			}
 			loss, tokens, err := StagedStep(replicas, plan, b, c.chunk, 0.5)
@@ -53,7 +73,7 @@ func TestStagedStepGivesOneProcessBits(t *testing.T) {
 			// Seats that hold only their own tensors compute the same.
 			holding := make([]*Seq2Seq[float32], plan.Seats())
 			for seat, ts := range plan.SeatTensors(cfg) {
-				holding[seat] = NewSeq2SeqHolding[float32](cfg, ts)
+				holding[seat] = chunked(NewSeq2SeqHolding[float32](cfg, ts))
 				h := holding[seat]
 				want := 0
 				for _, ti := range ts {
@@ -108,11 +128,5 @@ func TestStagedStepGivesOneProcessBits(t *testing.T) {
 				}
 			}
 		})
-	}
-	if _, err := cfg.Plan(5, 1); err == nil {
-		t.Fatal("a plan of 5 stages for 4 layers")
-	}
-	if _, err := cfg.Plan(2, 4); err == nil {
-		t.Fatal("a plan of 4 slices for 3 softmax blocks")
 	}
 }

@@ -131,6 +131,11 @@ func (t *seatTrainer) step(ctx context.Context, s at) error {
 		t.nextAt = at{Shard: s.Shard, Data: s.Data + 1}
 		t.next = t.data.Batch(t.spec.Seed, t.nextAt.Shard, t.nextAt.Data, t.spec.Batch)
 		t.pull = t.seatRanges(t.next, t.pull[:0])
+		if !t.spec.DenseTransfer {
+			// Every step pulls the rows it reads: the tables need hold no
+			// others (a stage 0 of the paper's model held 960 MB of them).
+			t.model.ReleaseEmbeddings()
+		}
 		t.xfer, t.xstop = t.client.StartPushPullSparse(sctx, step, t.model.Grads(), t.model.Params(), t.push, t.pull), cancel
 		t.pulled = step + 1
 	}

@@ -132,6 +132,9 @@ func (t *seq2seqTrainer) step(ctx context.Context, s at) error {
 			t.pushRanges = t.model.Ranges(b, t.pushRanges[:0])
 			t.pullRanges = t.model.Ranges(t.next, t.pullRanges[:0])
 			push, pull = t.pushRanges, t.pullRanges
+			// The next step reads only the rows it pulls: the tables need
+			// hold no others (ReleaseEmbeddings).
+			t.model.ReleaseEmbeddings()
 		}
 		xctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
 		t.xfer, t.xstop = t.client.StartPushPullSparse(xctx, step, grads, t.model.Params(), push, pull), cancel
