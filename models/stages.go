@@ -507,11 +507,14 @@ func (m *Seq2Seq[T]) sliceStep(k int, plan StagePlan, b *SeqBatch, x *seatIO[T])
 		}
 		return nil
 	}).Stats
-	var acc, part []T
-	if k > 0 {
-		acc = x.recv(seat-1, floatsOf[T](rows*H)).Data
-	} else { // slice 0's first block starts the running sum
-		acc = make([]T, rows*H)
+	// Each block's share of the input gradient is computed before the
+	// running sum from the slice before arrives, so that the slices'
+	// products run at once; only the additions, in block order, wait for
+	// it (the sum is the one process's: block 0's product, += block 1's,
+	// and so on).
+	parts := make([][]T, nb)
+	for i := range parts {
+		parts[i] = make([]T, rows*H)
 	}
 	scale := 1 / float64(B)
 	last := (rows - 1) / step * step
@@ -537,8 +540,19 @@ func (m *Seq2Seq[T]) sliceStep(k int, plan StagePlan, b *SeqBatch, x *seatIO[T])
 				}
 				BlockGrad(row, stats[r*nb+i], all[r], label, scale)
 			}
-			part = o.backward(in[r0*H:r1*H], c, acc[r0*H:r1*H], part, n, H, k == 0 && i == 0)
+			o.backward(in[r0*H:r1*H], c, parts[i][r0*H:r1*H], nil, n, H, true)
 			off += n * w
+		}
+	}
+	var acc []T
+	if k > 0 {
+		acc = x.recv(seat-1, floatsOf[T](rows*H)).Data
+	} else { // slice 0's first block starts the running sum
+		acc, parts = parts[0], parts[1:]
+	}
+	for _, p := range parts {
+		for j, v := range p {
+			acc[j] += v
 		}
 	}
 	if k+1 < plan.Slices {
