@@ -10,7 +10,8 @@
 #   examples/paper-layout.sh [steps] [output directory]
 #
 # Each role's Go heap may grow to twice what it holds (GOGC=100); DOWNPOUR_GOGC
-# sets GOGC for every role (default 50).
+# sets GOGC for every role (default 50). DOWNPOUR_STAGES and DOWNPOUR_SLICES
+# lay the replica out otherwise than the file's 4 and 4 (a seat a process).
 set -eu
 steps=${1:-10}
 out=${2:-runs/paper-layout-$(date +%Y%m%d-%H%M%S)}
@@ -20,6 +21,9 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 bin="$out/downpour"
 (cd "$here" && go build -o "$bin" ./cmd/downpour)
 export GOGC="${DOWNPOUR_GOGC:-50}"
+stages=${DOWNPOUR_STAGES:-4}
+slices=${DOWNPOUR_SLICES:-4}
+seats=$((stages + slices))
 timed() { # timed NAME CMD...: run CMD in the background under /usr/bin/time
 	name=$1
 	shift
@@ -37,18 +41,19 @@ port=19100
 for i in 0 1 2 3 4 5 6 7; do
 	timed "ps-$i" "$bin" ps $EP --job $job --shard "$i" --data-dir "$out/ps-$i" --http "127.0.0.1:$((port + i))"
 done
-for i in 0 1 2 3 4 5 6 7; do
+for i in $(seq 0 $((seats - 1))); do
 	timed "seat-$i" "$bin" worker $EP --job $job --id "seat-$i" --http "127.0.0.1:$((port + 10 + i))"
 done
 # The file's epochs and halving schedule need a corpus with an end, and its
 # 8 replicas of 8 seats would be 64 workers: the flags beside it say so.
 timed coordinator "$bin" coordinator -v $EP --config "$here/examples/seq2seq-paper.yaml" --job $job \
 	--data synthetic:wmt --epochs 0 --lr-halve-after-epochs 0 --lr-halve-every-epochs 0 --steps "$steps" \
-	--workers 1 --log-every 1 --eval-every 0 --held-out 0 --checkpoint-every 0 --out "$out/run"
+	--workers 1 --stages "$stages" --softmax-slices "$slices" \
+	--log-every 1 --eval-every 0 --held-out 0 --checkpoint-every 0 --out "$out/run"
 coord=$!
 # Scrape each seat's counters while it runs (they go with it).
 while kill -0 "$coord" 2>/dev/null; do
-	for i in 0 1 2 3 4 5 6 7; do
+	for i in $(seq 0 $((seats - 1))); do
 		curl -s -m 2 "http://127.0.0.1:$((port + 10 + i))/metrics" >"$out/seat-$i.metrics.tmp" 2>/dev/null &&
 			mv "$out/seat-$i.metrics.tmp" "$out/seat-$i.metrics" || true
 	done
@@ -58,17 +63,19 @@ wait "$coord" || true
 sleep 5
 pkill -INT -P "$servers" || true # the servers themselves, not the time that measures them
 wait || true
-printf '%-12s %10s %8s %14s %12s\n' role peak_rss_MB cpu_s seat_sent_MB seat_wait_s
+printf '%-12s %10s %8s %14s %12s %5s\n' role peak_rss_MB cpu_s seat_sent_MB seat_wait_s seat
 for f in "$out"/*.time; do
 	name=$(basename "$f" .time)
 	rss=$(awk -F': ' '/Maximum resident/ {printf "%.0f", $2/1024}' "$f")
-	cpu=$(awk -F': ' '/User time/ {u=$2} /System time/ {s=$2} END {printf "%.0f", u+s}' "$f")
+	cpu=$(awk -F': ' '/User time/ {u=$2} /System time/ {s=$2} END {printf "%.1f", u+s}' "$f")
 	sent=-
 	waited=-
+	seat=-
 	if [ -f "$out/$name.metrics" ]; then
 		sent=$(awk '/^downpour_seat_sent_bytes_total/ {printf "%.0f", $2/1e6}' "$out/$name.metrics")
 		waited=$(awk '/^downpour_seat_wait_seconds_total/ {printf "%.1f", $2}' "$out/$name.metrics")
+		seat=$(sed -n 's/^downpour_seat_wait_seconds_total{.*seat="\([0-9]*\)".*/\1/p' "$out/$name.metrics")
 	fi
-	printf '%-12s %10s %8s %14s %12s\n' "$name" "$rss" "$cpu" "$sent" "$waited"
+	printf '%-12s %10s %8s %14s %12s %5s\n' "$name" "$rss" "$cpu" "$sent" "$waited" "$seat"
 done | tee "$out/roles.txt"
 grep -h "^done:" "$out/coordinator.log" || tail -5 "$out/coordinator.log"
