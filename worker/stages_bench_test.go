@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/testenv"
@@ -42,7 +42,11 @@ func benchSpec(name string, stages, slices int) *job.Spec {
 	return &s
 }
 
-func newStagedJob(b *testing.B, nc *nats.Conn, stages, slices int) *stagedJob {
+// Every shard and every seat has a connection of its own, as the roles of
+// a job do: one connection shared by all would carry every seat's pulls and
+// activations at once, past the server's pending limit for one client (64
+// MiB), which then drops it as a slow consumer and the messages with it.
+func newStagedJob(b *testing.B, srv *server.Server, stages, slices int) *stagedJob {
 	name := fmt.Sprintf("w2-s%dk%d", stages, slices)
 	spec := benchSpec(name, stages, slices)
 	if err := spec.Resolve(); err != nil {
@@ -57,16 +61,16 @@ func newStagedJob(b *testing.B, nc *nats.Conn, stages, slices int) *stagedJob {
 			b.Fatal(err)
 		}
 		sh := paramserver.NewShard(cfg, p.OnShard(i), init)
-		svc, err := paramserver.Serve(nc, sh, paramserver.ServiceConfig{Job: name, Shard: i, Placement: p.Version, Log: quiet})
+		svc, err := paramserver.Serve(testenv.Conn(b, srv.ClientURL()), sh, paramserver.ServiceConfig{Job: name, Shard: i, Placement: p.Version, Log: quiet})
 		if err != nil {
 			b.Fatal(err)
 		}
 		b.Cleanup(svc.Close)
 	}
 	j := &stagedJob{name: name}
-	wcfg := Config{NATS: nc, Log: quiet}
-	wcfg.defaults()
 	for rank := range spec.Ranks() {
+		wcfg := Config{NATS: testenv.Conn(b, srv.ClientURL()), Log: quiet}
+		wcfg.defaults()
 		a := job.Assignment{Rank: rank, Epoch: 1, DataShard: 0}
 		var t trainer
 		var err error
@@ -122,7 +126,8 @@ func (j *stagedJob) run(b *testing.B, n int) int {
 }
 
 // BenchmarkStages trains W2 (4 layers of 512, batch 128, the softmax in 4
-// vocabulary blocks, sync, 2 shards, in-process NATS) as one worker and as
+// vocabulary blocks, sync, 2 shards, a NATS server in the process, each
+// role on a connection of its own) as one worker and as
 // one replica laid out over 1, 2 and 4 stages with one softmax slice, and
 // over 4 stages and 4 slices (the paper's layout), side by side: each
 // iteration runs the same steps of each layout in turn. It reports each
@@ -132,11 +137,11 @@ func (j *stagedJob) run(b *testing.B, n int) int {
 // the wavefront does not hide). With -short, one step each of a narrow
 // model, no warm-up: it checks that the benchmark runs.
 func BenchmarkStages(b *testing.B) {
-	nc := testenv.NATSConn(b, 0)
+	srv := testenv.NATS(b, 0)
 	layouts := []struct{ stages, slices int }{{0, 0}, {1, 1}, {2, 1}, {4, 1}, {4, 4}}
 	jobs := make([]*stagedJob, len(layouts))
 	for i, l := range layouts {
-		jobs[i] = newStagedJob(b, nc, l.stages, l.slices)
+		jobs[i] = newStagedJob(b, srv, l.stages, l.slices)
 	}
 	steps := 2
 	if testing.Short() {
