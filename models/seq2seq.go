@@ -561,9 +561,14 @@ const outBudget = 1 << 25
 
 // outRows is the rows of a chunk of the output layer for a batch of batch
 // rows a time step.
-func (m *Seq2Seq[T]) outRows(batch int) int {
-	return max(1, m.outBudget/(batch*m.Cfg.TgtVocab)) * batch
-}
+func (m *Seq2Seq[T]) outRows(batch int) int { return chunkRows(m.outBudget, batch, m.Cfg.TgtVocab) }
+
+// OutputRows is the rows of a chunk of the output layer (whole time steps
+// of at most 2^25 logits) for a batch of batch rows a time step: the rows
+// past the last chunk's are computed twice in a training step.
+func (c Seq2SeqConfig) OutputRows(batch int) int { return chunkRows(outBudget, batch, c.TgtVocab) }
+
+func chunkRows(budget, batch, vocab int) int { return max(1, budget/(batch*vocab)) * batch }
 
 // softmax computes the output layer's logits of in (len(labels) rows of
 // hidden, batch rows a time step), chunk by chunk and block by block, and

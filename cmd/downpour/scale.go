@@ -40,8 +40,16 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	out := fs.String("out", "", "directory of the runs; results.jsonl gathers one line per job, results.md their table, and the curves of a sweep (throughput.png, wait.png, etcd.png) go beside it; a sweep's directory takes more jobs, and its table and curves then cover them all (default runs/scale-<time>)")
 	replot := fs.String("plot", "", "only draw the curves and write the table of the sweep in this directory again, from its results.jsonl")
 	fit := fs.String("fit", "", "only fit the cost model to the sweeps in these directories (a list; their results.jsonl, measured on this machine), print its error on every run and its predictions for clusters")
+	fitLayout := fs.String("fit-layout", "", "only fit the cost model of a replica laid out over seats to these runs of examples/paper-layout.sh (a list of their output directories, measured on this machine), its byte costs from the sweeps of --fit, and print its error on every seat and step and its predictions for clusters")
 	if err := parse(fs, args, stderr, "downpour scale --workers 1,4,16,64 --shards 16 --mode sync,async"); err != nil {
 		return err
+	}
+	if *fitLayout != "" {
+		if *fit == "" {
+			fmt.Fprintln(stderr, "downpour scale: --fit-layout takes its byte costs from the sweeps of --fit")
+			return errUsage
+		}
+		return scale.WriteLayoutFit(stdout, strings.Split(*fit, ","), strings.Split(*fitLayout, ","), float64(runtime.NumCPU()))
 	}
 	if *replot != "" {
 		return replotSweep(*replot)

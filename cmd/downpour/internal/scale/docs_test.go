@@ -56,3 +56,41 @@ func TestDocsTablesAreTheCommittedSweeps(t *testing.T) {
 		}
 	}
 }
+
+// The layout's cost model in docs/scale.md is the fit of the committed
+// runs (docs/layout/results/<run>: each run of examples/paper-layout.sh's
+// job.json, metrics.jsonl and roles.txt) with the committed sweeps' byte
+// costs, on the 2 cores they were measured on: fit.txt beside them is
+// WriteLayoutFit's report, and the page shows it.
+func TestDocsLayoutFitIsTheCommittedRuns(t *testing.T) {
+	root := filepath.Join("..", "..", "..", "..", "docs")
+	var sweeps []string
+	for _, s := range []string{"workers", "w64", "shards", "params", "params-w1"} {
+		sweeps = append(sweeps, filepath.Join(root, "scale", "results", s))
+	}
+	runs, err := filepath.Glob(filepath.Join(root, "layout", "results", "*", "roles.txt"))
+	if err != nil || len(runs) < 2 {
+		t.Fatalf("%d committed layout runs (%v), want at least 2", len(runs), err)
+	}
+	for i := range runs {
+		runs[i] = filepath.Dir(runs[i])
+	}
+	var got bytes.Buffer
+	if err := WriteLayoutFit(&got, sweeps, runs, 2); err != nil {
+		t.Fatal(err)
+	}
+	want, err := os.ReadFile(filepath.Join(root, "layout", "results", "fit.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got.Bytes(), want) {
+		t.Fatalf("docs/layout/results/fit.txt is not the fit of the committed runs; it is now:\n%s", got.String())
+	}
+	page, err := os.ReadFile(filepath.Join(root, "scale.md"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(page, want) {
+		t.Error("docs/scale.md does not show docs/layout/results/fit.txt as it is")
+	}
+}
