@@ -63,6 +63,7 @@ wait "$coord" || true
 sleep 5
 pkill -INT -P "$servers" || true # the servers themselves, not the time that measures them
 wait || true
+{
 printf '%-12s %10s %8s %14s %12s %5s\n' role peak_rss_MB cpu_s seat_sent_MB seat_wait_s seat
 for f in "$out"/*.time; do
 	name=$(basename "$f" .time)
@@ -77,5 +78,6 @@ for f in "$out"/*.time; do
 		seat=$(sed -n 's/^downpour_seat_wait_seconds_total{.*seat="\([0-9]*\)".*/\1/p' "$out/$name.metrics")
 	fi
 	printf '%-12s %10s %8s %14s %12s %5s\n' "$name" "$rss" "$cpu" "$sent" "$waited" "$seat"
-done | tee "$out/roles.txt"
+done
+} | tee "$out/roles.txt"
 grep -h "^done:" "$out/coordinator.log" || tail -5 "$out/coordinator.log"

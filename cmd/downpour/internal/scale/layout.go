@@ -389,9 +389,9 @@ func LoadLayoutRun(name, dir string) (LayoutRun, error) {
 	}
 	r.CPU = make([]float64, r.Plan.Seats())
 	found := 0
-	for _, line := range strings.Split(string(roles), "\n")[1:] {
+	for _, line := range strings.Split(string(roles), "\n") {
 		f := strings.Fields(line)
-		if len(f) != 6 || f[5] == "-" {
+		if len(f) != 6 || f[5] == "-" || f[0] == "role" { // not a seat, or the header
 			continue
 		}
 		seat, err1 := strconv.Atoi(f[5])

@@ -138,3 +138,54 @@ func TestPredictLayoutByHand(t *testing.T) {
 		}
 	}
 }
+
+// A run whose recorded steps are not its data's batches, or whose roles
+// lack a seat's CPU, is refused rather than fitted.
+func TestLoadLayoutRunRefusesWhatIsNotTheRun(t *testing.T) {
+	src := filepath.Join("..", "..", "..", "..", "docs", "layout", "results", "paper-2x2")
+	copyRun := func(t *testing.T, edit func(name string, b []byte) []byte) string {
+		dir := t.TempDir()
+		if err := os.MkdirAll(filepath.Join(dir, "run"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		for _, name := range []string{"run/job.json", "run/metrics.jsonl", "roles.txt"} {
+			b, err := os.ReadFile(filepath.Join(src, name))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(dir, name), edit(name, b), 0o644); err != nil {
+				t.Fatal(err)
+			}
+		}
+		return dir
+	}
+	same := func(_ string, b []byte) []byte { return b }
+	r, err := LoadLayoutRun("run", copyRun(t, same))
+	if err != nil || len(r.Steps) != 11 || len(r.Work) != 12 || len(r.CPU) != 4 || r.CPU[0] != 144.3 {
+		t.Fatalf("the committed run: %d steps, %d works, CPU %v (%v)", len(r.Steps), len(r.Work), r.CPU, err)
+	}
+	otherTokens := func(name string, b []byte) []byte {
+		if name == "run/metrics.jsonl" {
+			return []byte(strings.Replace(string(b), `"tokens":3456`, `"tokens":3457`, 1))
+		}
+		return b
+	}
+	if _, err := LoadLayoutRun("run", copyRun(t, otherTokens)); err == nil || !strings.Contains(err.Error(), "target tokens") {
+		t.Fatalf("a step of other tokens than its batch's: %v", err)
+	}
+	noSeat := func(name string, b []byte) []byte {
+		if name == "roles.txt" {
+			var keep []string
+			for _, l := range strings.Split(string(b), "\n") {
+				if !strings.HasPrefix(l, "seat-1 ") {
+					keep = append(keep, l)
+				}
+			}
+			return []byte(strings.Join(keep, "\n"))
+		}
+		return b
+	}
+	if _, err := LoadLayoutRun("run", copyRun(t, noSeat)); err == nil || !strings.Contains(err.Error(), "3 seats' CPU of 4") {
+		t.Fatalf("roles without a seat: %v", err)
+	}
+}
