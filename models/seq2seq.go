@@ -171,11 +171,12 @@ type Seq2Seq[T Float] struct {
 }
 
 // Hooks let a training loop overlap communication with computation. A
-// model's training step (Seq2Seq.Loss, GAN.Step) calls NeedParams(lo, hi)
-// before the forward pass first reads Params()[lo:hi] (spans in the order
-// they are read), and GradsFree before the backward pass first writes
-// Grads(): a caller still pulling the parameters or pushing the previous
-// step's gradients waits in these.
+// model's training step (Seq2Seq.Loss and SeatStep, GAN.Step) calls
+// NeedParams(lo, hi) before the forward pass first reads Params()[lo:hi]
+// (spans in the order they are read; a seat's, of the tensors it holds),
+// and GradsFree before the backward pass first writes Grads(): a caller
+// still pulling the parameters or pushing the previous step's gradients
+// waits in these.
 type Hooks struct {
 	NeedParams func(lo, hi int)
 	GradsFree  func()

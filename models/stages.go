@@ -203,6 +203,8 @@ func StagedStep[T Float](replicas []*Seq2Seq[T], plan StagePlan, b *SeqBatch, ch
 // out by plan, its messages to and from the other seats over link, time
 // steps a chunk at a time: the forward and backward passes of its layers
 // or softmax blocks, and the clip of the replica's gradient to norm clip.
+// It calls the model's Hooks as Loss does: NeedParams before it first
+// reads each of its tensors, GradsFree before its backward pass.
 // Its gradient is then in Grads(), at its own tensors
 // (plan.SeatTensors(m.Cfg)[seat]); the rest of Grads() it leaves as it
 // was. The top stage (seat plan.Stages-1) returns the loss and token count
@@ -231,11 +233,18 @@ func (m *Seq2Seq[T]) SeatStep(plan StagePlan, seat int, b *SeqBatch, chunk int, 
 			return 0, 0, fmt.Errorf("models: seat %d holds tensor %s, which this model does not", seat, m.Cfg.Tensors()[t].Name)
 		}
 	}
-	m.clearGrads(tensors[seat])
+	// The seat's gradients are cleared where its backward pass starts (a
+	// push still in flight reads them until then: Hooks.GradsFree).
+	backward := func() {
+		if m.Hooks != nil && m.Hooks.GradsFree != nil {
+			m.Hooks.GradsFree()
+		}
+		m.clearGrads(tensors[seat])
+	}
 	if seat < plan.Stages {
-		loss, tokens = m.stageStep(seat, plan, b, chunk, x)
+		loss, tokens = m.stageStep(seat, plan, b, chunk, x, backward)
 	} else {
-		m.sliceStep(seat-plan.Stages, plan, b, x)
+		m.sliceStep(seat-plan.Stages, plan, b, x, backward)
 	}
 	m.seatClip(seat, plan, tensors, clip, x)
 	return loss, tokens, nil
@@ -290,9 +299,10 @@ func floatsOf[T Float](n int) func(SeatMsg[T]) error {
 // stageStep is stage s's part of a step: its layers' forward passes, the
 // combination of the softmax's statistics (on the top stage), and its
 // layers' backward passes.
-func (m *Seq2Seq[T]) stageStep(s int, plan StagePlan, b *SeqBatch, chunk int, x *seatIO[T]) (loss float64, tokens int) {
+// backward is called where its backward pass starts.
+func (m *Seq2Seq[T]) stageStep(s int, plan StagePlan, b *SeqBatch, chunk int, x *seatIO[T], backward func()) (loss float64, tokens int) {
 	cfg, B, H, E := m.Cfg, b.Size, m.Cfg.Hidden, m.Cfg.Embed
-	r := &stageRun[T]{s: s, plan: plan, batch: B, chunk: chunk, io: x}
+	r := &stageRun[T]{s: s, plan: plan, batch: B, chunk: chunk, io: x, need: m.need}
 	r.la, r.lb = plan.layers(s)
 	r.top = r.lb == cfg.Layers
 	enc := make([]*LSTMCache[T], cfg.Layers)
@@ -300,18 +310,21 @@ func (m *Seq2Seq[T]) stageStep(s int, plan StagePlan, b *SeqBatch, chunk int, x 
 	var xs, ys []T
 	if s == 0 {
 		xs, ys = make([]T, b.SrcLen*B*E), make([]T, b.TgtLen*B*E)
+		m.need(0)
 		Embedding(xs, m.srcEmb, E, b.Src)
+		m.need(1 + cfg.Layers)
 		Embedding(ys, m.tgtEmb, E, b.TgtIn)
 	}
 	none := func(int) ([]T, []T) { return nil, nil }
-	r.forward(m.enc, enc, xs, b.SrcLen, none, false)
-	r.forward(m.dec, dec, ys, b.TgtLen, func(l int) ([]T, []T) { return enc[l].Final(H) }, true)
+	r.forward(m.enc, enc, 1, xs, b.SrcLen, none, false)
+	r.forward(m.dec, dec, 2+cfg.Layers, ys, b.TgtLen, func(l int) ([]T, []T) { return enc[l].Final(H) }, true)
 	var dTop []T
 	if r.top { // combine the slices' statistics, row by row, in block order
 		loss, tokens = m.combine(plan, b.TgtOut, x, s)
 		// the input gradient, summed over the blocks
 		dTop = x.recv(plan.Stages+plan.Slices-1, floatsOf[T](b.TgtLen*B*H)).Data
 	}
+	backward()
 	dy := r.backward(m.dec, dec, b.TgtLen, none, dTop)
 	dx := r.backward(m.enc, enc, b.SrcLen, func(l int) ([]T, []T) { return dec[l].DH, dec[l].DC }, nil)
 	if s == 0 {
@@ -328,15 +341,18 @@ type stageRun[T Float] struct {
 	plan         StagePlan
 	batch, chunk int
 	io           *seatIO[T]
+	need         func(span int) // the model's NeedParams for a span of its ReadOrder
 }
 
 // forward runs the stage's layers of one side over steps time steps, a
 // chunk at a time: input from the embeddings (emb, on stage 0) or the
 // stage below, outputs to the stage above (or, from the decoder's top, to
-// every slice). init gives a layer's initial state.
-func (r *stageRun[T]) forward(layers []*LSTM[T], caches []*LSTMCache[T], emb []T, steps int, init func(l int) ([]T, []T), toSlices bool) {
+// every slice). init gives a layer's initial state; layer l's parameters
+// are the model's span base+l.
+func (r *stageRun[T]) forward(layers []*LSTM[T], caches []*LSTMCache[T], base int, emb []T, steps int, init func(l int) ([]T, []T), toSlices bool) {
 	B, H, la, lb := r.batch, layers[0].Hidden, r.la, r.lb
 	for l := la; l < lb; l++ {
+		r.need(base + l)
 		h0, c0 := init(l)
 		caches[l] = layers[l].Begin(nil, nil, steps, B, h0, c0)
 	}
@@ -444,7 +460,7 @@ func (m *Seq2Seq[T]) combine(plan StagePlan, labels []int32, x *seatIO[T], s int
 // statistics, then, with the rows' combined statistics, their gradients
 // and its share of the input gradient, added onto the running sum the
 // slice before passes on.
-func (m *Seq2Seq[T]) sliceStep(k int, plan StagePlan, b *SeqBatch, x *seatIO[T]) {
+func (m *Seq2Seq[T]) sliceStep(k int, plan StagePlan, b *SeqBatch, x *seatIO[T], backward func()) {
 	H, B := m.Cfg.Hidden, b.Size
 	seat, top := plan.Stages+k, plan.Stages-1
 	rows := b.TgtLen * B
@@ -497,6 +513,7 @@ func (m *Seq2Seq[T]) sliceStep(k int, plan StagePlan, b *SeqBatch, x *seatIO[T])
 			off += n * w
 		}
 	}
+	m.need(2 + 2*m.Cfg.Layers) // its blocks
 	for r0 := 0; r0 < rows; r0 += step {
 		exps(r0, min(r0+step, rows), true)
 	}
@@ -516,6 +533,7 @@ func (m *Seq2Seq[T]) sliceStep(k int, plan StagePlan, b *SeqBatch, x *seatIO[T])
 	for i := range parts {
 		parts[i] = make([]T, rows*H)
 	}
+	backward()
 	scale := 1 / float64(B)
 	last := (rows - 1) / step * step
 	for r0 := last; r0 >= 0; r0 -= step { // softmaxBackward's order

@@ -57,6 +57,7 @@ func newSeatTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *job.Placeme
 	// The seat holds its own tensors alone, packed in order: the client
 	// moves them through a placement of its blocks at those offsets.
 	t.model = models.NewSeq2SeqHolding[float32](spec.Seq2Seq, plan.SeatTensors(spec.Seq2Seq)[t.seat])
+	t.model.Hooks = t.hooks()
 	if t.client, err = paramserver.NewClient(cfg.NATS, spec.Name, heldPlacement(p, t.model.Offsets()), a.Rank, a.Epoch); err != nil {
 		return nil, err
 	}
@@ -94,12 +95,13 @@ func (t *seatTrainer) step(ctx context.Context, s at) error {
 		}
 		t.ready = true
 	}
-	if err := t.settle(); err != nil {
-		return fmt.Errorf("step %d: push and pull: %w", step-1, err)
-	}
 	b := t.next
 	if b == nil || t.nextAt != (at{Shard: s.Shard, Data: s.Data}) || t.pulled != step {
-		// Not what the last transfer pulled for: pull this batch's part.
+		// Not what the last transfer pulled for: let it land, and pull
+		// this batch's part.
+		if err := t.settle(); err != nil {
+			return fmt.Errorf("step %d: push and pull: %w", step-1, err)
+		}
 		b = t.data.Batch(t.spec.Seed, s.Shard, s.Data, t.spec.Batch)
 		t.pull = t.seatRanges(b, t.pull[:0])
 		sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
@@ -113,9 +115,16 @@ func (t *seatTrainer) step(ctx context.Context, s at) error {
 	t.link.Begin(uint64(t.version), step)
 	stop := t.link.SeatContext(ctx) // a re-placement ends the step's waits
 	waited := t.link.Stats().Waited
+	// The last step's push and this step's pull may still be in flight:
+	// the model's hooks wait for each tensor's parameters as the step
+	// reaches it, and for the push before the backward pass writes the
+	// gradients.
 	loss, tokens, err := t.model.SeatStep(t.plan, t.seat, b, t.spec.StageChunk(), t.spec.ClipNorm, t.link)
 	stop()
 	t.wait.Add((t.link.Stats().Waited - waited).Seconds())
+	if xerr := t.settle(); err == nil && xerr != nil {
+		err = fmt.Errorf("push and pull of step %d: %w", step-1, xerr)
+	}
 	if err != nil {
 		return fmt.Errorf("step %d: seat %d of replica %d: %w", step, t.seat, t.replica, err)
 	}
