@@ -227,8 +227,10 @@ type LayoutBreakdown struct {
 	// the running sum's hops, Hops the activations' transfers on the path.
 	Forward, Slices, Backward, Hops float64
 	// Transfer is the slowest of a seat's push and pull on its link, a
-	// shard's link, a shard's CPU and its NATS server's (a seat's transfer
-	// does not overlap its next step)
+	// shard's link, a shard's CPU and its NATS server's, counted whole: a
+	// seat's transfer overlaps its next step, but the first stage's next
+	// step starts with the parameters it pulls, and the shards serve every
+	// seat's requests as they come (an upper bound)
 	// (a shard's NATS server on its machine, on cores of its own).
 	Transfer, SeatLink, ShardLink, ShardCPU, NATSCPU float64
 	Step                                             float64
