@@ -334,11 +334,7 @@ func (lm LayoutModel) WriteLayoutReport(w io.Writer, m Model, runs []LayoutRun, 
 // recorded is refused (the wrong data).
 func LoadLayoutRun(name, dir string) (LayoutRun, error) {
 	r := LayoutRun{Name: name}
-	raw, err := os.ReadFile(filepath.Join(dir, "run", "job.json"))
-	if err != nil {
-		return r, err
-	}
-	spec, err := job.DecodeSpec(raw)
+	spec, err := runSpec(dir)
 	if err != nil {
 		return r, err
 	}
@@ -410,6 +406,15 @@ func LoadLayoutRun(name, dir string) (LayoutRun, error) {
 	return r, nil
 }
 
+// runSpec is the job of a run of examples/paper-layout.sh in dir.
+func runSpec(dir string) (*job.Spec, error) {
+	raw, err := os.ReadFile(filepath.Join(dir, "run", "job.json"))
+	if err != nil {
+		return nil, err
+	}
+	return job.DecodeSpec(raw)
+}
+
 func tokens(b *models.SeqBatch) int {
 	n := 0
 	for _, y := range b.TgtOut {
@@ -422,16 +427,13 @@ func tokens(b *models.SeqBatch) int {
 
 // LayoutClusters are the clusters the layout's model predicts for, of the
 // job of run: GNMT's (Wu et al. 2016, section 3.1: about 12 replicas, each
-// the paper's model over 8 devices, sharing parameters through servers), 12
-// replicas in the paper's layout (4 stages, 4 slices) and 20 shards on 10 GbE, every seat and
-// shard on a machine of its own, for the run's first batch; on machines of
-// this one's 2 cores, and of 16 (their products spread at an assumed 75%).
+// the paper's model over 8 devices, sharing parameters through servers),
+// 12 replicas in the paper's layout (4 stages, 4 slices) and 20 shards on
+// 10 GbE, every seat and shard on a machine of its own, for the run's
+// first batch; on machines of this one's 2 cores, and of 16 (their
+// products spread at an assumed 75%).
 func LayoutClusters(run string) ([]LayoutCluster, error) {
-	raw, err := os.ReadFile(filepath.Join(run, "run", "job.json"))
-	if err != nil {
-		return nil, err
-	}
-	spec, err := job.DecodeSpec(raw)
+	spec, err := runSpec(run)
 	if err != nil {
 		return nil, err
 	}
