@@ -48,6 +48,10 @@ type SeatLink struct {
 	arrived chan struct{}     // closed and replaced when a message arrives
 	hellos  map[uint64][]bool // per era, per sender: it listens
 	stats   SeatStats
+	// The connection's reconnects when the step before this one began,
+	// and when this one did: a reconnect since the first may have lost
+	// messages of this step (the server drops what a client misses).
+	reconnectsBefore, reconnectsAtBegin uint64
 }
 
 // SeatStats is what a seat's link has moved and waited for.
@@ -103,6 +107,7 @@ func (l *SeatLink) Begin(epoch uint64, step int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.epoch, l.step = epoch, step
+	l.reconnectsBefore, l.reconnectsAtBegin = l.reconnectsAtBegin, l.nc.Stats().Reconnects
 	for from := range l.seats {
 		q := l.pending[from]
 		for len(q) > 0 && l.stray(q[0]) {
@@ -254,6 +259,10 @@ func (l *SeatLink) wake() {
 	l.arrived = make(chan struct{})
 }
 
+// reconnectCheck is how often a waiting Recv looks whether its connection
+// has reconnected.
+const reconnectCheck = 250 * time.Millisecond
+
 // ErrSeatTimeout is the error of a Recv whose message did not come in time:
 // its sender has died, been cut off, or is much slower than the timeout.
 var ErrSeatTimeout = errors.New("no message from the seat in time")
@@ -333,13 +342,26 @@ func (l *SeatLink) Recv(from int) (models.SeatMsg[float32], error) {
 		if waitStart.IsZero() {
 			waitStart = time.Now()
 		}
+		if n := l.nc.Stats().Reconnects; n > l.reconnectsBefore {
+			// The connection to NATS went and came back in this step or
+			// the one before: what was sent to this seat meanwhile is
+			// lost, and a wait for it would end only at the timeout
+			// (minutes). The seat cannot tell a lost message from one not
+			// yet sent, so it fails the step now: in a sync job that
+			// costs a rollback (seconds), where a lost message would cost
+			// the timeout; a step whose messages have all arrived is not
+			// failed.
+			err := fmt.Errorf("%w: seat %d: the connection to NATS reconnected (%d times) since step %d began", ErrSeatLost, from, n-l.reconnectsBefore, l.step-1)
+			l.fail(from, "reconnect", err)
+			return models.SeatMsg[float32]{}, err
+		}
 		left := time.Until(deadline)
 		if left <= 0 {
 			return models.SeatMsg[float32]{}, fmt.Errorf("%w: seat %d, after %v (step %d)", ErrSeatTimeout, from, l.timeout, l.step)
 		}
 		arrived := l.arrived
 		l.mu.Unlock()
-		t := time.NewTimer(left)
+		t := time.NewTimer(min(left, reconnectCheck))
 		select {
 		case <-arrived:
 		case <-t.C:

@@ -7,9 +7,12 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go"
 
 	"github.com/downpour-ml/downpour/internal/testenv"
 	"github.com/downpour-ml/downpour/internal/wire"
@@ -198,5 +201,68 @@ func TestSeatLinkRefusesWhatItCannotUse(t *testing.T) {
 		if after.Errors-before.Errors != c.errors || after.Stray-before.Stray != c.stray {
 			t.Fatalf("%s: %d errors and %d stray messages counted, want %d and %d", c.name, after.Errors-before.Errors, after.Stray-before.Stray, c.errors, c.stray)
 		}
+	}
+}
+
+// A seat whose connection to NATS reconnects while it waits may have lost
+// what was sent to it meanwhile: its Recv fails at once as lost (counted),
+// not at the timeout; so does a wait in the next step, whose messages may
+// have gone in the gap, though a message that did arrive is still taken;
+// two steps on, a wait is a wait again.
+func TestSeatLinkFailsFastWhenItsConnectionReconnects(t *testing.T) {
+	srv := testenv.NATS(t, 0)
+	nc := testenv.Conn(t, srv.ClientURL(), nats.ReconnectWait(10*time.Millisecond), nats.MaxReconnects(-1))
+	peer := testenv.Conn(t, srv.ClientURL())
+	l, err := NewSeatLink(nc, "j", 0, 1, 2, 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	other, err := NewSeatLink(peer, "j", 0, 0, 2, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	l.Begin(1, 0)
+	other.Begin(1, 0)
+	go func() {
+		time.Sleep(300 * time.Millisecond)
+		nc.ForceReconnect()
+	}()
+	start := time.Now()
+	_, err = l.Recv(0)
+	if !errors.Is(err, ErrSeatLost) || !strings.Contains(err.Error(), "reconnected") || time.Since(start) > 5*time.Second {
+		t.Fatalf("after a reconnect, Recv returned %v after %v", err, time.Since(start))
+	}
+	for nc.Status() != nats.CONNECTED {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if err := nc.Flush(); err != nil { // (the subscription is back on the server)
+		t.Fatal(err)
+	}
+	// The next step: what arrives is taken, what does not fails at once.
+	l.Begin(1, 1)
+	other.Begin(1, 1)
+	before := l.Stats().RecvBytes
+	if err := other.Send(1, models.SeatMsg[float32]{Data: []float32{1, 2}, T0: 0, T1: 1}); err != nil {
+		t.Fatal(err)
+	}
+	for l.Stats().RecvBytes == before {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if m, err := l.Recv(0); err != nil || len(m.Data) != 2 {
+		t.Fatalf("a message that arrived after the reconnect: %v, %v", m, err)
+	}
+	if _, err := l.Recv(0); !errors.Is(err, ErrSeatLost) {
+		t.Fatalf("the step after a reconnect, waiting: %v", err)
+	}
+	// Two steps on, a silent peer is a timeout again.
+	l.timeout = 200 * time.Millisecond
+	l.Begin(1, 2)
+	if _, err := l.Recv(0); !errors.Is(err, ErrSeatTimeout) {
+		t.Fatalf("two steps after the reconnect: %v", err)
+	}
+	if got := l.Stats().Errors; got != 2 {
+		t.Fatalf("%d errors counted, want the 2 reconnect failures", got)
 	}
 }
