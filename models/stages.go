@@ -286,16 +286,6 @@ func chunkOf[T Float](t0, t1, width int) func(SeatMsg[T]) error {
 	}
 }
 
-// floatsOf checks that a message carries n floats.
-func floatsOf[T Float](n int) func(SeatMsg[T]) error {
-	return func(m SeatMsg[T]) error {
-		if len(m.Data) != n {
-			return fmt.Errorf("%d floats, want %d", len(m.Data), n)
-		}
-		return nil
-	}
-}
-
 // stageStep is stage s's part of a step: its layers' forward passes, the
 // combination of the softmax's statistics (on the top stage), and its
 // layers' backward passes.
@@ -318,11 +308,10 @@ func (m *Seq2Seq[T]) stageStep(s int, plan StagePlan, b *SeqBatch, chunk int, x 
 	none := func(int) ([]T, []T) { return nil, nil }
 	r.forward(m.enc, enc, 1, xs, b.SrcLen, none, false)
 	r.forward(m.dec, dec, 2+cfg.Layers, ys, b.TgtLen, func(l int) ([]T, []T) { return enc[l].Final(H) }, true)
-	var dTop []T
+	var dTop func(t0, t1 int) []T
 	if r.top { // combine the slices' statistics, row by row, in block order
 		loss, tokens = m.combine(plan, b.TgtOut, x, s)
-		// the input gradient, summed over the blocks
-		dTop = x.recv(plan.Stages+plan.Slices-1, floatsOf[T](b.TgtLen*B*H)).Data
+		dTop = m.outputGradient(plan, b, x)
 	}
 	backward()
 	dy := r.backward(m.dec, dec, b.TgtLen, none, dTop)
@@ -332,6 +321,28 @@ func (m *Seq2Seq[T]) stageStep(s int, plan StagePlan, b *SeqBatch, chunk int, x 
 		m.embeddingBackward(0, dx, b.Src)
 	}
 	return loss, tokens
+}
+
+// outputGradient is the top stage's source of the gradient of its
+// decoder outputs, summed over the softmax's blocks: the last slice sends
+// it a chunk of the output layer's rows at a time, latest first, and the
+// top stage's backward pass asks for time steps [t0, t1), latest first,
+// waiting only for the chunks that hold them.
+func (m *Seq2Seq[T]) outputGradient(plan StagePlan, b *SeqBatch, x *seatIO[T]) func(t0, t1 int) []T {
+	B, H := b.Size, m.Cfg.Hidden
+	steps := m.outRows(B) / B // time steps of a chunk
+	buf := make([]T, b.TgtLen*B*H)
+	have := b.TgtLen // time steps [have, TgtLen) are in
+	last := plan.Stages + plan.Slices - 1
+	return func(t0, t1 int) []T {
+		for have > t0 {
+			c0 := (have - 1) / steps * steps
+			msg := x.recv(last, chunkOf[T](c0, have, B*H))
+			copy(buf[c0*B*H:have*B*H], msg.Data)
+			have = c0
+		}
+		return buf[t0*B*H : t1*B*H]
+	}
 }
 
 // stageRun is one stage's step: its layers [la, lb) and its links.
@@ -383,11 +394,11 @@ func (r *stageRun[T]) forward(layers []*LSTM[T], caches []*LSTMCache[T], base in
 
 // backward runs the stage's layers of one side back over steps time
 // steps, latest chunk first: the outputs' gradient from the stage above,
-// or dTop on the top stage (nil: none, as for the encoder's top layer); the
+// or dTop's on the top stage (nil: none, as for the encoder's top layer); the
 // inputs' gradient to the stage below. final gives a layer's final-state
 // gradient. It returns the bottom layer's whole input gradient (for stage
 // 0's embeddings).
-func (r *stageRun[T]) backward(layers []*LSTM[T], caches []*LSTMCache[T], steps int, final func(l int) ([]T, []T), dTop []T) []T {
+func (r *stageRun[T]) backward(layers []*LSTM[T], caches []*LSTMCache[T], steps int, final func(l int) ([]T, []T), dTop func(t0, t1 int) []T) []T {
 	B, H, la, lb := r.batch, layers[0].Hidden, r.la, r.lb
 	for l := la; l < lb; l++ {
 		dh, dc := final(l)
@@ -400,7 +411,7 @@ func (r *stageRun[T]) backward(layers []*LSTM[T], caches []*LSTMCache[T], steps 
 		case !r.top:
 			d = r.io.recv(r.s+1, chunkOf[T](t0, t1, B*H)).Data
 		case dTop != nil:
-			d = dTop[t0*B*H : t1*B*H]
+			d = dTop(t0, t1)
 		}
 		for l := lb - 1; l >= la; l-- {
 			d = layers[l].BackSteps(caches[l], d, t0, t1, true)
@@ -456,37 +467,30 @@ func (m *Seq2Seq[T]) combine(plan StagePlan, labels []int32, x *seatIO[T], s int
 	return loss, count
 }
 
-// sliceStep is slice k's part of a step: its blocks' logits and
-// statistics, then, with the rows' combined statistics, their gradients
-// and its share of the input gradient, added onto the running sum the
-// slice before passes on.
+// sliceStep is slice k's part of a step, a chunk of rows of the output
+// layer at a time (whole time steps, as in one process: softmaxBackward):
+// its blocks' logits and statistics as the decoder's outputs arrive; then,
+// with the rows' combined statistics, last chunk first, their gradients
+// and its share of the input gradient, added onto the chunk's running sum
+// the slice before passes on, and passed on, so that the top stage's
+// backward pass starts on the latest time steps while the slices work on
+// the earlier ones.
 func (m *Seq2Seq[T]) sliceStep(k int, plan StagePlan, b *SeqBatch, x *seatIO[T], backward func()) {
 	H, B := m.Cfg.Hidden, b.Size
 	seat, top := plan.Stages+k, plan.Stages-1
 	rows := b.TgtLen * B
-	in := make([]T, rows*H)
-	for t0 := 0; t0 < b.TgtLen; {
-		msg := x.recv(top, func(m SeatMsg[T]) error {
-			if m.T0 != t0 || m.T1 <= t0 || m.T1 > b.TgtLen || len(m.Data) != (m.T1-t0)*B*H {
-				return fmt.Errorf("time steps [%d, %d) of %d floats, want from %d to at most %d, %d floats a step", m.T0, m.T1, len(m.Data), t0, b.TgtLen, B*H)
-			}
-			return nil
-		})
-		copy(in[msg.T0*B*H:msg.T1*B*H], msg.Data)
-		t0 = msg.T1
-	}
 	blocks := m.out[plan.SliceBlocks[k][0]:plan.SliceBlocks[k][1]]
 	nb, width := len(blocks), 0
 	for _, o := range blocks {
 		width += o.hi - o.lo
 	}
+	in := make([]T, rows*H)
 	stats := make([]SoftmaxStats, rows*nb)
 	ys, has := make([]T, rows), make([]bool, rows)
-	// The output layer goes in chunks of rows, as in one process
-	// (softmaxBackward): lg holds one chunk's logits of the slice's blocks,
-	// block after block; exps computes rows [r0, r1)'s and turns each row
-	// into its exponentials, noting the rows' stats and target logits when
-	// note is set (the forward pass; the backward pass computes them again).
+	// lg holds one chunk's logits of the slice's blocks, block after block;
+	// exps computes rows [r0, r1)'s and turns each row into its
+	// exponentials, noting the rows' stats and target logits when note is
+	// set (the forward pass; the backward pass computes them again).
 	step := m.outRows(B)
 	lg := make([]T, min(step, rows)*width)
 	exps := func(r0, r1 int, note bool) {
@@ -514,8 +518,19 @@ func (m *Seq2Seq[T]) sliceStep(k int, plan StagePlan, b *SeqBatch, x *seatIO[T],
 		}
 	}
 	m.need(2 + 2*m.Cfg.Layers) // its blocks
-	for r0 := 0; r0 < rows; r0 += step {
-		exps(r0, min(r0+step, rows), true)
+	done := 0                  // rows whose logits are computed
+	for t0 := 0; t0 < b.TgtLen; {
+		msg := x.recv(top, func(m SeatMsg[T]) error {
+			if m.T0 != t0 || m.T1 <= t0 || m.T1 > b.TgtLen || len(m.Data) != (m.T1-t0)*B*H {
+				return fmt.Errorf("time steps [%d, %d) of %d floats, want from %d to at most %d, %d floats a step", m.T0, m.T1, len(m.Data), t0, b.TgtLen, B*H)
+			}
+			return nil
+		})
+		copy(in[msg.T0*B*H:msg.T1*B*H], msg.Data)
+		t0 = msg.T1
+		for ; done < rows && (min(done+step, rows) <= t0*B); done += step { // each chunk as soon as its rows are in
+			exps(done, min(done+step, rows), true)
+		}
 	}
 	x.send(top, SeatMsg[T]{Stats: stats, Ys: ys, Has: has})
 	all := x.recv(top, func(m SeatMsg[T]) error {
@@ -524,14 +539,13 @@ func (m *Seq2Seq[T]) sliceStep(k int, plan StagePlan, b *SeqBatch, x *seatIO[T],
 		}
 		return nil
 	}).Stats
-	// Each block's share of the input gradient is computed before the
-	// running sum from the slice before arrives, so that the slices'
-	// products run at once; only the additions, in block order, wait for
-	// it (the sum is the one process's: block 0's product, += block 1's,
-	// and so on).
+	// Each block's share of a chunk's input gradient is computed before the
+	// chunk's running sum from the slice before arrives; only the
+	// additions, in block order, wait for it (the sum is the one process's:
+	// block 0's product, += block 1's, and so on).
 	parts := make([][]T, nb)
 	for i := range parts {
-		parts[i] = make([]T, rows*H)
+		parts[i] = make([]T, min(step, rows)*H)
 	}
 	backward()
 	scale := 1 / float64(B)
@@ -558,25 +572,27 @@ func (m *Seq2Seq[T]) sliceStep(k int, plan StagePlan, b *SeqBatch, x *seatIO[T],
 				}
 				BlockGrad(row, stats[r*nb+i], all[r], label, scale)
 			}
-			o.backward(in[r0*H:r1*H], c, parts[i][r0*H:r1*H], nil, n, H, true)
+			o.backward(in[r0*H:r1*H], c, parts[i][:n*H], nil, n, H, true)
 			off += n * w
 		}
-	}
-	var acc []T
-	if k > 0 {
-		acc = x.recv(seat-1, floatsOf[T](rows*H)).Data
-	} else { // slice 0's first block starts the running sum
-		acc, parts = parts[0], parts[1:]
-	}
-	for _, p := range parts {
-		for j, v := range p {
-			acc[j] += v
+		t0, t1 := r0/B, r1/B
+		var acc []T
+		from := parts
+		if k > 0 {
+			acc = x.recv(seat-1, chunkOf[T](t0, t1, B*H)).Data
+		} else { // slice 0's first block starts the running sum
+			acc, from = slices.Clone(parts[0][:n*H]), parts[1:]
 		}
-	}
-	if k+1 < plan.Slices {
-		x.send(seat+1, SeatMsg[T]{Data: acc})
-	} else {
-		x.send(top, SeatMsg[T]{Data: acc})
+		for _, p := range from {
+			for j, v := range p[:n*H] {
+				acc[j] += v
+			}
+		}
+		to := seat + 1
+		if k+1 == plan.Slices {
+			to = top
+		}
+		x.send(to, SeatMsg[T]{Data: acc, T0: t0, T1: t1})
 	}
 }
 

@@ -223,8 +223,9 @@ type LayoutBreakdown struct {
 	// pipeline, with every seat busy all the time.
 	Compute float64
 	// Forward and Backward are the stages' wavefronts (the chunks filling
-	// the pipeline), Slices the slices' forward and backward passes and
-	// the running sum's hops, Hops the activations' transfers on the path.
+	// the pipeline), Slices what the slices' passes and the running sum's
+	// hops add to them (the slices overlap both wavefronts but for their
+	// first and last chunks), Hops the activations' transfers on the path.
 	Forward, Slices, Backward, Hops float64
 	// Transfer is the slowest of a seat's push and pull on its link, a
 	// shard's link, a shard's CPU and its NATS server's, counted whole: a
@@ -250,8 +251,8 @@ func (lm LayoutModel) PredictLayout(m Model, c LayoutCluster) LayoutBreakdown {
 		fwdSum, bwdSum = fwdSum+f, bwdSum+bw
 		fwdMax, bwdMax = math.Max(fwdMax, f), math.Max(bwdMax, bw)
 	}
-	chunks := math.Ceil(float64(c.Batch.SrcLen)/float64(c.Chunk)) + math.Ceil(float64(c.Batch.TgtLen)/float64(c.Chunk))
-	wave := func(sum, mx float64) float64 { return sum/chunks + (chunks-1)/chunks*mx }
+	n := math.Ceil(float64(c.Batch.SrcLen)/float64(c.Chunk)) + math.Ceil(float64(c.Batch.TgtLen)/float64(c.Chunk))
+	wave := func(sum, mx float64) float64 { return sum/n + (n-1)/n*mx }
 	b.Forward, b.Backward = wave(fwdSum, fwdMax), wave(bwdSum, bwdMax)
 	H, B := float64(c.Cfg.Hidden), float64(c.Batch.Size)
 	chunkBytes := B * H * 4 * float64(c.Chunk)
@@ -262,8 +263,18 @@ func (lm LayoutModel) PredictLayout(m Model, c LayoutCluster) LayoutBreakdown {
 		sliceFwd = math.Max(sliceFwd, sec(w.OutputForward, lm.Output))
 		sliceBwd = math.Max(sliceBwd, sec(w.Output-w.OutputForward, lm.Output))
 	}
-	running := rows * H * 4 / c.LinkBytesPerSec // the running sum, slice to slice to the top stage
-	b.Slices = sliceFwd + sliceBwd + float64(K)*(running+c.Latency)
+	// The slices work a chunk of the output layer's rows at a time: their
+	// logits as the decoder's outputs arrive (the decoder's part of the
+	// forward wavefront hides all but the last chunk's), and, last chunk
+	// first, their gradients, the chunk's running sum passed slice to
+	// slice to the top stage, whose backward wavefront starts on the last
+	// chunk and overlaps the slices' work on the others.
+	outChunk := float64(c.Cfg.OutputRows(c.Batch.Size))
+	chunks := math.Ceil(rows / outChunk)
+	decoder := b.Forward * float64(c.Batch.TgtLen) / float64(c.Batch.SrcLen+c.Batch.TgtLen)
+	running := math.Min(outChunk, rows) * H * 4 / c.LinkBytesPerSec // a chunk's sum, one hop
+	b.Slices = math.Max(sliceFwd/chunks, sliceFwd-decoder) + sliceBwd/chunks + float64(K)*(running+c.Latency) +
+		math.Max(0, sliceBwd*(chunks-1)/chunks-b.Backward)
 	// Up and down the stages a chunk at a time, the decoder's outputs to
 	// every slice over the top stage's link, the statistics both ways.
 	b.Hops = 2*float64(S-1)*(chunkBytes/c.LinkBytesPerSec+c.Latency) +
