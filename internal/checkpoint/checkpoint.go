@@ -57,10 +57,12 @@ func Encode(m *Meta, params []float32) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := make([]byte, 0, len(head)+4*len(params)+4)
-	b = append(b, head...)
-	b = wire.AppendFloats(b, params)
-	return binary.LittleEndian.AppendUint32(b, crc32.Checksum(b[len(head):], castagnoli)), nil
+	var b bytes.Buffer
+	b.Grow(len(head) + 4*len(params) + 4)
+	if err := writeTo(&b, head, params); err != nil { // (a bytes.Buffer does not fail)
+		return nil, err
+	}
+	return b.Bytes(), nil
 }
 
 // header is a checkpoint's bytes before its parameters.
@@ -82,14 +84,11 @@ func header(m *Meta, params []float32) ([]byte, error) {
 	return binary.LittleEndian.AppendUint64(b, uint64(4*len(params))), nil
 }
 
-// writeTo writes Encode's bytes to w without making them whole first: the
-// parameters go a part at a time (a 384M-parameter model's checkpoint is
-// 1.5 GB, which Encode would hold a second copy of).
-func writeTo(w io.Writer, m *Meta, params []float32) error {
-	head, err := header(m, params)
-	if err != nil {
-		return err
-	}
+// writeTo writes a checkpoint's bytes, its header head (header's) and
+// params, to w without making them whole first: the parameters go a part
+// at a time (a 384M-parameter model's checkpoint is 1.5 GB, which a whole
+// encoding would hold a second copy of).
+func writeTo(w io.Writer, head []byte, params []float32) error {
 	if _, err := w.Write(head); err != nil {
 		return err
 	}
@@ -103,7 +102,7 @@ func writeTo(w io.Writer, m *Meta, params []float32) error {
 			return err
 		}
 	}
-	_, err = w.Write(binary.LittleEndian.AppendUint32(nil, crc))
+	_, err := w.Write(binary.LittleEndian.AppendUint32(nil, crc))
 	return err
 }
 
@@ -185,7 +184,8 @@ func Decode(b []byte) (*Meta, []float32, error) {
 // Write stores a checkpoint at path atomically: temporary file, fsync,
 // rename, fsync of the directory.
 func Write(path string, m *Meta, params []float32) error {
-	if _, err := header(m, params); err != nil {
+	head, err := header(m, params)
+	if err != nil {
 		return err
 	}
 	dir := filepath.Dir(path)
@@ -196,7 +196,7 @@ func Write(path string, m *Meta, params []float32) error {
 	tmp := f.Name()
 	defer os.Remove(tmp) // no-op after the rename
 	bw := bufio.NewWriterSize(f, 1<<20)
-	if err := writeTo(bw, m, params); err != nil {
+	if err := writeTo(bw, head, params); err != nil {
 		f.Close()
 		return fmt.Errorf("checkpoint: %w", err)
 	}

@@ -67,8 +67,9 @@ func (s *Spec) BlockInit(p *Placement) (func(b Block, dst []float32), error) {
 	}, nil
 }
 
-// uniformScale is the scale of tensor t's uniform stream, if InitTensor
-// makes it one.
+// uniformScale is the half-width of the uniform law tensor t starts from
+// (a seeded stream, models.InitUniform's), if it starts from one: every
+// tensor but the GAN's biases. InitTensor and BlockInit both go by it.
 func (s *Spec) uniformScale(t models.Tensor) (float64, bool) {
 	switch s.Model {
 	case Synthetic:

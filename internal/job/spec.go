@@ -521,24 +521,13 @@ func (s *Spec) Tensors() []models.Tensor {
 
 // InitTensor fills dst with the initial value of tensor t.
 func (s *Spec) InitTensor(dst []float32, t models.Tensor) {
-	switch s.Model {
-	case Synthetic:
-		models.InitUniform(dst, s.Seed, t.Name, 1)
-		return
-	case "gan":
-	default:
-		s.Seq2Seq.InitTensor(dst, s.Seed, t)
-		return
-	}
-	switch {
+	switch scale, uniform := s.uniformScale(t); {
+	case uniform:
+		models.InitUniform(dst, s.Seed, t.Name, scale)
 	case t.Name == "g.out.b" && s.GOutBias != nil:
 		copy(dst, s.GOutBias)
-	case len(t.Shape) == 1:
+	default: // the GAN's biases
 		clear(dst)
-	case t.Name[0] == 'g':
-		models.InitUniform(dst, s.Seed, t.Name, s.GAN.GScale)
-	default:
-		models.InitUniform(dst, s.Seed, t.Name, s.GAN.DScale)
 	}
 }
 
