@@ -837,8 +837,25 @@ func TestObserversSeeTraffic(t *testing.T) {
 	if _, err := nc.Request(wire.SnapshotSubject("j", 1, 0), req, 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
+	// The NaN push was refused as soon as one shard said so: the other's
+	// refusal, and the client's observation of it, may come after. Wait for
+	// those too (and for the snapshot), not for a time.
+	settled := func() bool {
+		rec.mu.Lock()
+		refused := len(rec.refused)
+		rec.mu.Unlock()
+		mu.Lock()
+		defer mu.Unlock()
+		pushes := 0
+		for k, n := range got {
+			if k.op == OpPush {
+				pushes += n
+			}
+		}
+		return svcs[0].SnapshotsWritten() > 0 && refused > 0 && pushes >= 8
+	}
 	deadline := time.Now().Add(5 * time.Second)
-	for svcs[0].SnapshotsWritten() == 0 && time.Now().Before(deadline) {
+	for !settled() && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
 	rec.mu.Lock()
