@@ -3,8 +3,8 @@ package models
 import (
 	"fmt"
 	"math"
-	"regexp"
 	"strings"
+	"unicode/utf8"
 )
 
 // BLEU accumulates corpus BLEU as multi-bleu.perl computes it: clipped
@@ -104,17 +104,14 @@ func (b *BLEU) String() string {
 		b.Score(), p(0), p(1), p(2), p(3), bp, ratio, b.HypLen, b.RefLen)
 }
 
-var (
-	tok13aPunct    = regexp.MustCompile("([\\{-\\~\\[-\\` -\\&\\(-\\+\\:-\\@\\/])")
-	tok13aPeriod1  = regexp.MustCompile(`([^0-9])([\.,])`)
-	tok13aPeriod2  = regexp.MustCompile(`([\.,])([^0-9])`)
-	tok13aDash     = regexp.MustCompile(`([0-9])(-)`)
-	tok13aEntities = strings.NewReplacer("&quot;", `"`, "&amp;", "&", "&lt;", "<", "&gt;", ">")
-)
+var tok13aEntities = strings.NewReplacer("&quot;", `"`, "&amp;", "&", "&lt;", "<", "&gt;", ">")
 
 // Tokenize13a splits a line as the mteval-v13a script does (sacrebleu's
 // "13a"): punctuation becomes separate tokens, except periods and commas
-// inside numbers and dashes after digits are handled as there.
+// inside numbers and dashes after digits are handled as there. The script's
+// regular expressions are each a pattern of one or two characters, which a
+// scan matches as the expressions do (leftmost first, a match consumed
+// before the next is looked for); the test holds it to the expressions.
 func Tokenize13a(line string) []string {
 	line = strings.ReplaceAll(line, "<skipped>", "")
 	line = strings.ReplaceAll(line, "-\n", "")
@@ -122,10 +119,99 @@ func Tokenize13a(line string) []string {
 	if strings.Contains(line, "&") {
 		line = tok13aEntities.Replace(line)
 	}
-	line = " " + line + " "
-	line = tok13aPunct.ReplaceAllString(line, " $1 ")
-	line = tok13aPeriod1.ReplaceAllString(line, "$1 $2 ")
-	line = tok13aPeriod2.ReplaceAllString(line, " $1 $2")
-	line = tok13aDash.ReplaceAllString(line, "$1 $2 ")
+	var b strings.Builder
+	b.Grow(2*len(line) + 2)
+	// s/([\{-\~\[-\` -\&\(-\+\:-\@\/])/ $1 /g, on " " + line + " "
+	b.WriteByte(' ')
+	for i := 0; i < len(line); i++ {
+		if c := line[i]; c < 0x80 && tok13aPunct[c] {
+			b.WriteByte(' ')
+			b.WriteByte(c)
+			b.WriteByte(' ')
+		} else {
+			b.WriteByte(c)
+		}
+	}
+	b.WriteByte(' ')
+	line = b.String()
+	if strings.ContainsAny(line, ".,") {
+		line = replacePairs(line, notDigit, periodComma, "%1 %2 ") // s/([^0-9])([\.,])/$1 $2 /g
+		line = replacePairs(line, periodComma, notDigit, " %1 %2") // s/([\.,])([^0-9])/ $1 $2/g
+	}
+	if strings.Contains(line, "-") {
+		line = replacePairs(line, digit, dash, "%1 %2 ") // s/([0-9])(-)/$1 $2 /g
+	}
 	return strings.Fields(line)
+}
+
+// The character classes of 13a's two-character expressions.
+const (
+	notDigit    = iota // [^0-9]
+	periodComma        // [\.,]
+	digit              // [0-9]
+	dash               // -
+)
+
+func inClass(class int, r rune) bool {
+	switch class {
+	case notDigit:
+		return r < '0' || r > '9'
+	case periodComma:
+		return r == '.' || r == ','
+	case digit:
+		return r >= '0' && r <= '9'
+	}
+	return r == '-'
+}
+
+// tok13aPunct are the characters of 13a's first expression, each made a
+// token: { | } ~ [ \ ] ^ _ ` space ! " # $ % & ( ) * + : ; < = > ? @ /
+var tok13aPunct = func() (t [0x80]bool) {
+	for _, r := range [][2]byte{{'{', '~'}, {'[', '`'}, {' ', '&'}, {'(', '+'}, {':', '@'}, {'/', '/'}} {
+		for c := r[0]; c <= r[1]; c++ {
+			t[c] = true
+		}
+	}
+	return t
+}()
+
+// replacePairs replaces each match of the two-character pattern (a)(b) in
+// s, leftmost first and not overlapping, as a regular expression's
+// ReplaceAllString does, by repl with %1 and %2 standing for the two
+// characters. Characters are runes; an invalid byte is a character of its
+// own (U+FFFD, as the regexp package reads it) and is copied as it was.
+func replacePairs(s string, a, b int, repl string) string {
+	var out strings.Builder
+	out.Grow(len(s) + len(s)/4)
+	for i := 0; i < len(s); {
+		r1, w1 := rune(s[i]), 1
+		if r1 >= utf8.RuneSelf {
+			r1, w1 = utf8.DecodeRuneInString(s[i:])
+		}
+		if i+w1 < len(s) && inClass(a, r1) {
+			r2, w2 := rune(s[i+w1]), 1
+			if r2 >= utf8.RuneSelf {
+				r2, w2 = utf8.DecodeRuneInString(s[i+w1:])
+			}
+			if inClass(b, r2) {
+				for k := 0; k < len(repl); k++ {
+					switch {
+					case repl[k] == '%' && k+1 < len(repl) && repl[k+1] == '1':
+						out.WriteString(s[i : i+w1])
+						k++
+					case repl[k] == '%' && k+1 < len(repl) && repl[k+1] == '2':
+						out.WriteString(s[i+w1 : i+w1+w2])
+						k++
+					default:
+						out.WriteByte(repl[k])
+					}
+				}
+				i += w1 + w2
+				continue
+			}
+		}
+		out.WriteString(s[i : i+w1])
+		i += w1
+	}
+	return out.String()
 }

@@ -2,6 +2,7 @@ package models
 
 import (
 	"math"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -84,4 +85,55 @@ func TestTokenize13a(t *testing.T) {
 	if !slices.Equal(Tokenize13a("x-\ny"), []string{"xy"}) {
 		t.Error("hyphenated line break")
 	}
+}
+
+// The mteval-v13a script's regular expressions, as written there: the
+// reference Tokenize13a's scans are held to.
+var (
+	ref13aPunct   = regexp.MustCompile("([\\{-\\~\\[-\\` -\\&\\(-\\+\\:-\\@\\/])")
+	ref13aPeriod1 = regexp.MustCompile(`([^0-9])([\.,])`)
+	ref13aPeriod2 = regexp.MustCompile(`([\.,])([^0-9])`)
+	ref13aDash    = regexp.MustCompile(`([0-9])(-)`)
+)
+
+func tokenize13aRef(line string) []string {
+	line = strings.ReplaceAll(line, "<skipped>", "")
+	line = strings.ReplaceAll(line, "-\n", "")
+	line = strings.ReplaceAll(line, "\n", " ")
+	if strings.Contains(line, "&") {
+		line = tok13aEntities.Replace(line)
+	}
+	line = " " + line + " "
+	line = ref13aPunct.ReplaceAllString(line, " $1 ")
+	line = ref13aPeriod1.ReplaceAllString(line, "$1 $2 ")
+	line = ref13aPeriod2.ReplaceAllString(line, " $1 $2")
+	line = ref13aDash.ReplaceAllString(line, "$1 $2 ")
+	return strings.Fields(line)
+}
+
+// Tokenize13a makes the tokens the script's regular expressions make.
+func FuzzTokenize13a(f *testing.F) {
+	for _, s := range []string{"", "Hello, world.", "3.14 and 1,000 - 5-6", "a.,b", ".,.,", "x,.9", "&quot;hi&amp;&lt;",
+		"e.g. U.S.A.", "\xff.,\xfe9", "é.ü,9", "9-", "--9-9", "<skipped>a-\nb\nc", "{[(a)]}~`^_|\\@/:;"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := Tokenize13a(s), tokenize13aRef(s); !slices.Equal(got, want) {
+			t.Fatalf("%q: %q, the expressions make %q", s, got, want)
+		}
+	})
+}
+
+func BenchmarkTokenize13a(b *testing.B) {
+	line := "The European Commission , in its 2013 report ( p. 14 ) , said that 1,200.5 million - or 3-4 % - were &quot;lost&quot; ."
+	b.Run("scan", func(b *testing.B) {
+		for b.Loop() {
+			Tokenize13a(line)
+		}
+	})
+	b.Run("regexp", func(b *testing.B) {
+		for b.Loop() {
+			tokenize13aRef(line)
+		}
+	})
 }
