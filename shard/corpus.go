@@ -2,13 +2,16 @@ package shard
 
 import (
 	"bufio"
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/downpour-ml/downpour/models"
@@ -40,44 +43,191 @@ func ReadCorpus(r io.Reader, tokenize func(string) []string) ([]Pair, CorpusStat
 		tokenize = strings.Fields
 	}
 	var pairs []Pair
-	var st CorpusStats
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), MaxLineBytes)
-	for sc.Scan() {
-		st.Lines++
-		line := sc.Bytes()
-		if !utf8.Valid(line) {
-			return nil, st, fmt.Errorf("line %d: not UTF-8 text", st.Lines)
-		}
-		text := strings.TrimRight(string(line), "\r")
-		if strings.TrimSpace(text) == "" {
-			st.Blank++
-			continue
-		}
-		f := strings.SplitN(text, "\t", 3)
-		if len(f) < 2 {
-			st.Malformed++
-			continue
-		}
-		src, tgt := tokenize(f[0]), tokenize(f[1])
-		if len(src) == 0 || len(tgt) == 0 {
-			st.Malformed++
-			continue
-		}
-		pairs = append(pairs, Pair{Src: src, Tgt: tgt})
-	}
-	if err := sc.Err(); err != nil {
-		if errors.Is(err, bufio.ErrTooLong) {
-			return nil, st, fmt.Errorf("line %d: longer than %d bytes", st.Lines+1, MaxLineBytes)
-		}
+	st, err := scanCorpus(r, lineTokens{split: tokenize}, true, func(_ int64, _ []byte, p linePair) error {
+		pairs = append(pairs, Pair{Src: p.src, Tgt: p.tgt})
+		return nil
+	})
+	if err != nil {
 		return nil, st, err
-	}
-	st.Pairs = len(pairs)
-	if len(pairs) == 0 {
-		return nil, st, fmt.Errorf("no source<TAB>target pair in %d lines", st.Lines)
 	}
 	return pairs, st, nil
 }
+
+// lineTokens is a tokenizer: split makes a sentence's tokens; count and
+// each, when set, count them or show each in place without making them
+// (they must count and show what split makes).
+type lineTokens struct {
+	split func(string) []string
+	count func([]byte) int
+	each  func(b []byte, token func([]byte))
+}
+
+// linePair is a valid pair as scanCorpus reads it: its tokens (with words)
+// and the number of its source tokens.
+type linePair struct {
+	src, tgt []string
+	srcLen   int
+}
+
+// scanCorpus reads a parallel corpus line by line, as ReadCorpus describes,
+// and calls pair for each valid pair, in order, with the byte offset of its
+// line and the line (without its end: "\n" or "\r\n"; the bytes are the
+// scanner's, valid only during the call). With words, the pair's tokens
+// are made; without, only counted, where tok can.
+func scanCorpus(r io.Reader, tok lineTokens, words bool, pair func(off int64, line []byte, p linePair) error) (CorpusStats, error) {
+	var st CorpusStats
+	var read, off int64 // bytes the scanner has consumed; the offset of its last token
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), MaxLineBytes)
+	sc.Split(func(data []byte, atEOF bool) (int, []byte, error) {
+		adv, tok, err := bufio.ScanLines(data, atEOF)
+		if tok != nil {
+			off = read
+		}
+		read += int64(adv)
+		return adv, tok, err
+	})
+	count := tok.count != nil && !words
+	for sc.Scan() {
+		st.Lines++
+		line := sc.Bytes()
+		src, tgt, kind := splitLine(line)
+		var p linePair
+		if kind == lineOK {
+			if count {
+				p.srcLen = tok.count(src)
+				if p.srcLen == 0 || tok.count(tgt) == 0 {
+					kind = lineMalformed
+				}
+			} else {
+				p.src, p.tgt = tok.split(string(src)), tok.split(string(tgt))
+				p.srcLen = len(p.src)
+				if len(p.src) == 0 || len(p.tgt) == 0 {
+					kind = lineMalformed
+				}
+			}
+		}
+		switch kind {
+		case lineNotUTF8:
+			return st, fmt.Errorf("line %d: not UTF-8 text", st.Lines)
+		case lineBlank:
+			st.Blank++
+		case lineMalformed:
+			st.Malformed++
+		default:
+			st.Pairs++
+			if err := pair(off, line, p); err != nil {
+				return st, err
+			}
+		}
+	}
+	if err := sc.Err(); err != nil {
+		if errors.Is(err, bufio.ErrTooLong) {
+			return st, fmt.Errorf("line %d: longer than %d bytes", st.Lines+1, MaxLineBytes)
+		}
+		return st, err
+	}
+	if st.Pairs == 0 {
+		return st, fmt.Errorf("no source<TAB>target pair in %d lines", st.Lines)
+	}
+	return st, nil
+}
+
+// What a corpus line is.
+const (
+	lineOK = iota
+	lineBlank
+	lineMalformed
+	lineNotUTF8
+)
+
+// splitLine cuts a corpus line, "source<TAB>target[<TAB>anything]", into
+// its source and target (not yet known to hold tokens).
+func splitLine(line []byte) (src, tgt []byte, kind int) {
+	if !utf8.Valid(line) {
+		return nil, nil, lineNotUTF8
+	}
+	text := bytes.TrimRight(line, "\r")
+	if len(bytes.TrimSpace(text)) == 0 {
+		return nil, nil, lineBlank
+	}
+	i := bytes.IndexByte(text, '\t')
+	if i < 0 {
+		return nil, nil, lineMalformed
+	}
+	src, tgt = text[:i], text[i+1:]
+	if j := bytes.IndexByte(tgt, '\t'); j >= 0 {
+		tgt = tgt[:j]
+	}
+	return src, tgt, lineOK
+}
+
+// parsePair reads one line of a corpus into its tokens.
+func parsePair(line []byte, tokenize func(string) []string) (src, tgt []string, kind int) {
+	s, t, kind := splitLine(line)
+	if kind != lineOK {
+		return nil, nil, kind
+	}
+	src, tgt = tokenize(string(s)), tokenize(string(t))
+	if len(src) == 0 || len(tgt) == 0 {
+		return nil, nil, lineMalformed
+	}
+	return src, tgt, lineOK
+}
+
+// countFields is len(strings.Fields(string(b))), counted in place.
+func countFields(b []byte) int {
+	n, in := 0, false
+	for i := 0; i < len(b); {
+		c := b[i]
+		var space bool
+		if c < utf8.RuneSelf {
+			space = asciiSpace[c]
+			i++
+		} else {
+			r, size := utf8.DecodeRune(b[i:])
+			space = unicode.IsSpace(r)
+			i += size
+		}
+		if !space && !in {
+			n++
+		}
+		in = !space
+	}
+	return n
+}
+
+// eachField calls field with each of the fields strings.Fields would make
+// of b, in place.
+func eachField(b []byte, field func([]byte)) {
+	start := -1
+	for i := 0; i < len(b); {
+		c := b[i]
+		var space bool
+		size := 1
+		if c < utf8.RuneSelf {
+			space = asciiSpace[c]
+		} else {
+			var r rune
+			r, size = utf8.DecodeRune(b[i:])
+			space = unicode.IsSpace(r)
+		}
+		switch {
+		case space && start >= 0:
+			field(b[start:i])
+			start = -1
+		case !space && start < 0:
+			start = i
+		}
+		i += size
+	}
+	if start >= 0 {
+		field(b[start:])
+	}
+}
+
+// asciiSpace are the ASCII bytes unicode.IsSpace holds to be space.
+var asciiSpace = [utf8.RuneSelf]bool{'\t': true, '\n': true, '\v': true, '\f': true, '\r': true, ' ': true}
 
 // Reserved ids of a corpus vocabulary.
 const (
@@ -103,20 +253,34 @@ func BuildVocab(sentences [][]string, max int) *Vocab {
 			freq[w]++
 		}
 	}
-	words := make([]string, 0, len(freq))
-	for w := range freq {
-		words = append(words, w)
+	return NewVocab(vocabWords(freq, max))
+}
+
+// vocabWords are the max-4 most frequent words of freq (all of them when
+// max is at most 4), by falling frequency, ties in byte order.
+func vocabWords(freq map[string]int, max int) []string {
+	type wc struct {
+		w string
+		n int
 	}
-	sort.Slice(words, func(i, j int) bool {
-		if freq[words[i]] != freq[words[j]] {
-			return freq[words[i]] > freq[words[j]]
+	all := make([]wc, 0, len(freq))
+	for w, n := range freq {
+		all = append(all, wc{w, n})
+	}
+	slices.SortFunc(all, func(a, b wc) int {
+		if a.n != b.n {
+			return b.n - a.n
 		}
-		return words[i] < words[j]
+		return strings.Compare(a.w, b.w)
 	})
-	if max > 4 && len(words) > max-4 {
-		words = words[:max-4]
+	if max > 4 && len(all) > max-4 {
+		all = all[:max-4]
 	}
-	return NewVocab(words)
+	words := make([]string, len(all))
+	for i, x := range all {
+		words[i] = x.w
+	}
+	return words
 }
 
 // NewVocab is the vocabulary of words (after the reserved ids), in order.
@@ -218,29 +382,22 @@ func MakeBatch(ex []Example, goID, eos int32) *models.SeqBatch {
 // Corpus serves length-bucketed batches of training examples, split
 // deterministically into data shards and shuffled per epoch from the job's
 // seed: the batch a data shard trains on at a step is a pure function of
-// (examples, seed, shards, shard, step, batch size).
+// (examples, seed, shards, shard, step, batch size). It holds the examples
+// in memory; a corpus file is served from an index of its lines instead
+// (Open), batch for batch the same.
 type Corpus struct {
 	examples []Example
 	shards   [][]int // example indices of each data shard
 	goID     int32
 	eos      int32
-
-	mu    sync.Mutex // guards cache
-	cache map[int]epochLayout
-}
-
-// epochLayout is one epoch of one data shard, kept while the shard trains
-// through it (laying it out shuffles the whole shard).
-type epochLayout struct {
-	epoch   int64
-	size    int
-	batches [][]int
+	epochs   epochs
 }
 
 // NewCorpus splits examples into shards data shards by a permutation drawn
-// from seed.
+// from seed: example perm[i] goes to data shard i mod shards, in the order
+// of i.
 func NewCorpus(examples []Example, shards int, seed uint64) *Corpus {
-	c := &Corpus{examples: examples, shards: make([][]int, shards), goID: VocabGo, eos: VocabEOS, cache: map[int]epochLayout{}}
+	c := &Corpus{examples: examples, shards: make([][]int, shards), goID: VocabGo, eos: VocabEOS}
 	perm := rand.New(rand.NewPCG(seed, 0x5eed)).Perm(len(examples))
 	for i, ex := range perm {
 		c.shards[i%shards] = append(c.shards[i%shards], ex)
@@ -251,21 +408,80 @@ func NewCorpus(examples []Example, shards int, seed uint64) *Corpus {
 // ShardSize is the number of examples of data shard s.
 func (c *Corpus) ShardSize(s int) int { return len(c.shards[s]) }
 
-// epochBatches lays out one epoch of data shard s: its examples shuffled,
-// grouped by source length, cut into batches of at most size, the batches
-// shuffled.
-func (c *Corpus) epochBatches(seed uint64, s int, epoch int64, size int) [][]int {
+func (c *Corpus) srcLen(s int) func(int) int {
+	return func(j int) int { return len(c.examples[c.shards[s][j]].Src) }
+}
+
+// StepsPerEpoch is the number of batches in one epoch of data shard s: the
+// same in every epoch (each source length's examples make
+// ceil(count/size) batches).
+func (c *Corpus) StepsPerEpoch(seed uint64, s, size int) int64 {
+	return stepsPerEpoch(len(c.shards[s]), size, c.srcLen(s))
+}
+
+// Batch returns the batch data shard s trains on at step. The shard must
+// hold at least one example.
+func (c *Corpus) Batch(seed uint64, s int, step int64, size int) *models.SeqBatch {
+	pos := c.epochs.batch(seed, s, step, size, len(c.shards[s]), c.srcLen(s))
+	ex := make([]Example, len(pos))
+	for i, j := range pos {
+		ex[i] = c.examples[c.shards[s][j]]
+	}
+	return MakeBatch(ex, c.goID, c.eos)
+}
+
+// epochs lays out the epochs of data shards and keeps each shard's current
+// one while the shard trains through it (laying one out shuffles the whole
+// shard). A data shard's examples are known to it by their positions in
+// the shard (0 to m-1) and their source lengths.
+type epochs struct {
+	mu    sync.Mutex
+	cache map[int]epochLayout
+}
+
+// epochLayout is one epoch of one data shard.
+type epochLayout struct {
+	epoch   int64
+	size    int
+	batches [][]int
+}
+
+// batch is the positions of the examples of the batch data shard s (of m
+// examples, srcLen giving each one's source length) trains on at step.
+func (e *epochs) batch(seed uint64, s int, step int64, size, m int, srcLen func(int) int) []int {
+	n := stepsPerEpoch(m, size, srcLen)
+	epoch := step / n
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	l, ok := e.cache[s]
+	if !ok || l.epoch != epoch || l.size != size {
+		l = epochLayout{epoch: epoch, size: size, batches: layEpoch(seed, s, epoch, size, m, srcLen)}
+		if e.cache == nil {
+			e.cache = map[int]epochLayout{}
+		}
+		e.cache[s] = l
+	}
+	return l.batches[step%n]
+}
+
+// layEpoch lays out one epoch of data shard s: its examples' positions
+// shuffled, grouped by source length, cut into batches of at most size,
+// the batches shuffled.
+func layEpoch(seed uint64, s int, epoch int64, size, m int, srcLen func(int) int) [][]int {
 	rng := rand.New(rand.NewPCG(seed, uint64(s)<<40^uint64(epoch)))
-	idx := append([]int(nil), c.shards[s]...)
+	idx := make([]int, m)
+	for j := range idx {
+		idx[j] = j
+	}
 	rng.Shuffle(len(idx), func(i, j int) { idx[i], idx[j] = idx[j], idx[i] })
 	buckets := map[int][]int{}
 	var lens []int
-	for _, i := range idx {
-		l := len(c.examples[i].Src)
+	for _, j := range idx {
+		l := srcLen(j)
 		if buckets[l] == nil {
 			lens = append(lens, l)
 		}
-		buckets[l] = append(buckets[l], i)
+		buckets[l] = append(buckets[l], j)
 	}
 	sort.Ints(lens)
 	var batches [][]int
@@ -279,39 +495,18 @@ func (c *Corpus) epochBatches(seed uint64, s int, epoch int64, size int) [][]int
 	return batches
 }
 
-// StepsPerEpoch is the number of batches in one epoch of data shard s: the
-// same in every epoch (each source length's examples make
-// ceil(count/size) batches).
-func (c *Corpus) StepsPerEpoch(seed uint64, s, size int) int64 {
+// stepsPerEpoch is the number of batches of at most size in an epoch of
+// m examples: ceil(count/size) for each source length's count.
+func stepsPerEpoch(m, size int, srcLen func(int) int) int64 {
 	count := map[int]int{}
-	for _, i := range c.shards[s] {
-		count[len(c.examples[i].Src)]++
+	for j := range m {
+		count[srcLen(j)]++
 	}
 	var n int64
 	for _, k := range count {
 		n += int64((k + size - 1) / size)
 	}
 	return n
-}
-
-// Batch returns the batch data shard s trains on at step. The shard must
-// hold at least one example.
-func (c *Corpus) Batch(seed uint64, s int, step int64, size int) *models.SeqBatch {
-	n := c.StepsPerEpoch(seed, s, size)
-	epoch := step / n
-	c.mu.Lock()
-	l, ok := c.cache[s]
-	if !ok || l.epoch != epoch || l.size != size {
-		l = epochLayout{epoch: epoch, size: size, batches: c.epochBatches(seed, s, epoch, size)}
-		c.cache[s] = l
-	}
-	c.mu.Unlock()
-	ids := l.batches[step%n]
-	ex := make([]Example, len(ids))
-	for i, id := range ids {
-		ex[i] = c.examples[id]
-	}
-	return MakeBatch(ex, c.goID, c.eos)
 }
 
 // SplitHeldOut sets n pairs aside for evaluation, chosen by a permutation

@@ -134,8 +134,8 @@ func TestCorpusStepsPerEpochAndCache(t *testing.T) {
 	}
 	c := NewCorpus(ex, 2, 3)
 	for s := 0; s < 2; s++ {
-		if n := c.StepsPerEpoch(3, s, 5); n != int64(len(c.epochBatches(3, s, 7, 5))) {
-			t.Fatalf("shard %d: %d steps, layout has %d", s, n, len(c.epochBatches(3, s, 7, 5)))
+		if n := c.StepsPerEpoch(3, s, 5); n != int64(len(layEpoch(3, s, 7, 5, c.ShardSize(s), c.srcLen(s)))) {
+			t.Fatalf("shard %d: %d steps, layout has %d", s, n, len(layEpoch(3, s, 7, 5, c.ShardSize(s), c.srcLen(s))))
 		}
 	}
 	first := c.Batch(3, 1, 12, 5)
@@ -183,6 +183,42 @@ func FuzzReadCorpus(f *testing.F) {
 			if len(p.Src) == 0 || len(p.Tgt) == 0 {
 				t.Fatal("empty side accepted")
 			}
+		}
+		// Counting tokens in place (what an index pass does) reads the same
+		// pairs with the same source lengths.
+		space, _ := tokenizer("space")
+		whole, _, _ := ReadCorpus(strings.NewReader(string(data)), nil)
+		var lens []int
+		cst, err := scanCorpus(strings.NewReader(string(data)), space, false, func(_ int64, _ []byte, p linePair) error {
+			lens = append(lens, p.srcLen)
+			return nil
+		})
+		if err != nil || cst.Pairs != len(whole) || len(lens) != len(whole) {
+			t.Fatalf("counting: %+v %v, splitting: %d pairs", cst, err, len(whole))
+		}
+		for i, p := range whole {
+			if lens[i] != len(p.Src) {
+				t.Fatalf("pair %d: %d source tokens counted, %d made", i, lens[i], len(p.Src))
+			}
+		}
+	})
+}
+
+// countFields counts and eachField shows what strings.Fields makes,
+// Unicode spaces included.
+func FuzzCountFields(f *testing.F) {
+	for _, s := range []string{"", " ", "a", " a  b ", "a\u00a0b\u2003c", "\u3000x\x85y", "\xff \xfe", "a\tb\vc\fd\re\nf"} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		want := strings.Fields(string(b))
+		if got := countFields(b); got != len(want) {
+			t.Fatalf("%q: %d fields counted, strings.Fields makes %d", b, got, len(want))
+		}
+		var got []string
+		eachField(b, func(f []byte) { got = append(got, string(f)) })
+		if !slices.Equal(got, want) {
+			t.Fatalf("%q: fields %q, strings.Fields makes %q", b, got, want)
 		}
 	})
 }

@@ -2,9 +2,7 @@ package shard
 
 import (
 	"fmt"
-	"hash/crc32"
 	"math/rand/v2"
-	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -15,11 +13,13 @@ import (
 // Dataset is what training and evaluation need of a job's data: batches per
 // data shard and step, a held-out set, and the vocabularies.
 type Dataset interface {
-	// Batches: the batch data shard s trains on at step, and the steps in
-	// an epoch of data shard s.
-	Batches[*models.SeqBatch]
+	// Batch is the batch data shard s trains on at step.
+	Batch(seed uint64, s int, step int64, size int) (*models.SeqBatch, error)
+	// StepsPerEpoch is the number of steps in an epoch of data shard s (0:
+	// the data has no epochs).
+	StepsPerEpoch(seed uint64, s, size int) (int64, error)
 	// HeldOut is the evaluation set (never trained on).
-	HeldOut() []Example
+	HeldOut() ([]Example, error)
 	// SrcVocab and TgtVocab are the vocabulary sizes.
 	SrcVocab() int
 	TgtVocab() int
@@ -53,6 +53,9 @@ type DataConfig struct {
 	Seed        uint64
 	Shards      int    // data shards (one per rank)
 	CRC         uint32 // corpus: CRC32C of the file, when known; a different file is refused
+	// Summary is the corpus's, when the job has it (its coordinator
+	// counted it): Open does not count it again.
+	Summary *CorpusSummary
 }
 
 // Open prepares the data of cfg. For a corpus it returns the file's CRC32C
@@ -68,66 +71,29 @@ func Open(cfg DataConfig) (Dataset, uint32, error) {
 		}
 		return &synthData{s: s, cfg: cfg}, 0, nil
 	}
-	raw, err := os.ReadFile(cfg.Source)
+	d, err := openCorpus(cfg)
 	if err != nil {
-		return nil, 0, fmt.Errorf("data: %w", err)
+		return nil, 0, err
 	}
-	crc := crc32.Checksum(raw, crc32.MakeTable(crc32.Castagnoli))
-	if cfg.CRC != 0 && crc != cfg.CRC {
-		return nil, 0, fmt.Errorf("data %s: checksum %08x differs from the job's %08x: every role must read the same file", cfg.Source, crc, cfg.CRC)
-	}
-	tok := strings.Fields
-	switch cfg.Tokenizer {
+	return d, d.sum.CRC, nil
+}
+
+// tokenizer is the tokenizer of that name.
+func tokenizer(name string) (lineTokens, error) {
+	switch name {
 	case "", "space":
+		return lineTokens{split: strings.Fields, count: countFields, each: eachField}, nil
 	case "13a":
-		tok = models.Tokenize13a
-	default:
-		return nil, 0, fmt.Errorf("tokenizer %q: use space or 13a", cfg.Tokenizer)
+		return lineTokens{split: models.Tokenize13a}, nil
 	}
-	pairs, _, err := ReadCorpus(strings.NewReader(string(raw)), tok)
-	if err != nil {
-		return nil, 0, fmt.Errorf("data %s: %w", cfg.Source, err)
-	}
-	train, held := SplitHeldOut(pairs, cfg.HeldOut, cfg.Seed)
-	var srcs, tgts [][]string
-	for _, p := range train {
-		srcs, tgts = append(srcs, p.Src), append(tgts, p.Tgt)
-	}
-	tgtMax := cfg.TgtVocabMax
-	if tgtMax == 0 {
-		tgtMax = cfg.VocabMax
-	}
-	d := &corpusData{cfg: cfg, tok: tok, src: BuildVocab(srcs, cfg.VocabMax), tgt: BuildVocab(tgts, tgtMax)}
-	d.corpus = NewCorpus(Encode(train, d.src, d.tgt, cfg.Reverse), max(1, cfg.Shards), cfg.Seed)
-	for s := 0; s < max(1, cfg.Shards); s++ {
-		if d.corpus.ShardSize(s) == 0 {
-			return nil, 0, fmt.Errorf("data %s: %d training pairs for %d data shards: data shard %d would be empty", cfg.Source, len(train), cfg.Shards, s)
-		}
-	}
-	d.held = Encode(held, d.src, d.tgt, cfg.Reverse)
-	return d, crc, nil
+	return lineTokens{}, fmt.Errorf("tokenizer %q: use space or 13a", name)
 }
 
-type corpusData struct {
-	cfg      DataConfig
-	tok      func(string) []string
-	src, tgt *Vocab
-	corpus   *Corpus
-	held     []Example
-}
-
-func (d *corpusData) Batch(seed uint64, s int, step int64, size int) *models.SeqBatch {
-	return d.corpus.Batch(seed, s, step, size)
-}
-func (d *corpusData) HeldOut() []Example { return d.held }
-func (d *corpusData) StepsPerEpoch(seed uint64, s, size int) int64 {
-	return d.corpus.StepsPerEpoch(seed, s, size)
-}
 func (d *corpusData) SrcVocab() int                     { return d.src.Size() }
 func (d *corpusData) TgtVocab() int                     { return d.tgt.Size() }
 func (d *corpusData) TgtWords(ids []int32) []string     { return d.tgt.Decode(ids) }
 func (d *corpusData) Special() models.Special           { return models.Special{Go: VocabGo, EOS: VocabEOS} }
-func (d *corpusData) Tokenize(sentence string) []string { return d.tok(sentence) }
+func (d *corpusData) Tokenize(sentence string) []string { return d.tok.split(sentence) }
 func (d *corpusData) EncodePair(p Pair) Example {
 	return Encode([]Pair{p}, d.src, d.tgt, d.cfg.Reverse)[0]
 }
@@ -146,7 +112,7 @@ func unreverse(ids []int32, reverse bool) []int32 {
 }
 
 func (d *corpusData) SrcIDs(sentence string) []int32 {
-	ids := d.src.IDs(d.tok(sentence))
+	ids := d.src.IDs(d.tok.split(sentence))
 	if d.cfg.Reverse {
 		for a, b := 0, len(ids)-1; a < b; a, b = a+1, b-1 {
 			ids[a], ids[b] = ids[b], ids[a]
@@ -165,12 +131,12 @@ type synthData struct {
 // heldOutShard is the data-shard number of the synthetic held-out stream.
 const heldOutShard = 1 << 20
 
-func (d *synthData) Batch(seed uint64, s int, step int64, size int) *models.SeqBatch {
+func (d *synthData) Batch(seed uint64, s int, step int64, size int) (*models.SeqBatch, error) {
 	b := d.s.Batch(seed, s, step, size)
 	if d.cfg.Reverse {
 		reverseBatchSources(b)
 	}
-	return b
+	return b, nil
 }
 
 func reverseBatchSources(b *models.SeqBatch) {
@@ -182,7 +148,7 @@ func reverseBatchSources(b *models.SeqBatch) {
 	}
 }
 
-func (d *synthData) HeldOut() []Example {
+func (d *synthData) HeldOut() ([]Example, error) {
 	var out []Example
 	rng := rand.New(rand.NewPCG(d.cfg.Seed, heldOutShard))
 	for range max(d.cfg.HeldOut, 0) {
@@ -199,13 +165,13 @@ func (d *synthData) HeldOut() []Example {
 		}
 		out = append(out, Example{Src: src, Tgt: tgt})
 	}
-	return out
+	return out, nil
 }
 
-func (d *synthData) StepsPerEpoch(uint64, int, int) int64 { return 0 }
-func (d *synthData) SrcVocab() int                        { return SyntheticVocab }
-func (d *synthData) TgtVocab() int                        { return SyntheticVocab }
-func (d *synthData) Special() models.Special              { return models.Special{Go: Go, EOS: EOS} }
+func (d *synthData) StepsPerEpoch(uint64, int, int) (int64, error) { return 0, nil }
+func (d *synthData) SrcVocab() int                                 { return SyntheticVocab }
+func (d *synthData) TgtVocab() int                                 { return SyntheticVocab }
+func (d *synthData) Special() models.Special                       { return models.Special{Go: Go, EOS: EOS} }
 
 func (d *synthData) Tokenize(sentence string) []string { return strings.Fields(sentence) }
 

@@ -2,8 +2,6 @@ package shard
 
 import (
 	"math/rand/v2"
-
-	"github.com/downpour-ml/downpour/models"
 )
 
 // Batches is the data-shard interface of every model's data: the batch
@@ -17,10 +15,7 @@ type Batches[B any] interface {
 	StepsPerEpoch(seed uint64, s, size int) int64
 }
 
-var (
-	_ Batches[[]float32]        = (*Images)(nil)
-	_ Batches[*models.SeqBatch] = Dataset(nil)
-)
+var _ Batches[[]float32] = (*Images)(nil)
 
 // Images are a GAN's training images dealt into data shards, one per rank.
 type Images struct {

@@ -1,6 +1,8 @@
 package shard
 
 import (
+	"bufio"
+	"io"
 	"math"
 	"math/rand/v2"
 	"strconv"
@@ -108,22 +110,53 @@ func (w *WMT) Batch(seed uint64, dataShard int, step int64, size int) *models.Se
 	return b
 }
 
+// WriteTSV writes pairs pairs of the generated corpus as a corpus file
+// (source<TAB>target lines, words written w<id>), drawn from seed: the
+// corpus at a real corpus's scale, read through the file reader as a
+// user's WMT'14 file would be.
+func (w *WMT) WriteTSV(out io.Writer, pairs int64, seed uint64) error {
+	rng := rand.New(rand.NewPCG(seed^0x574d54, 0xf11e))
+	z := w.zipf(rng)
+	bw := bufio.NewWriterSize(out, 1<<20)
+	var line []byte
+	for range pairs {
+		src := w.sentence(z, wmtLength(rng))
+		line = appendWords(line[:0], src)
+		line = append(line, '\t')
+		line = append(appendWords(line, w.translate(src)), '\n')
+		if _, err := bw.Write(line); err != nil {
+			return err
+		}
+	}
+	return bw.Flush()
+}
+
+func appendWords(b []byte, ids []int32) []byte {
+	for i, id := range ids {
+		if i > 0 {
+			b = append(b, ' ')
+		}
+		b = strconv.AppendInt(append(b, 'w'), int64(id), 10)
+	}
+	return b
+}
+
 // wmtData is a generated corpus as a job's Dataset.
 type wmtData struct {
 	w   *WMT
 	cfg DataConfig
 }
 
-func (d *wmtData) Batch(seed uint64, s int, step int64, size int) *models.SeqBatch {
+func (d *wmtData) Batch(seed uint64, s int, step int64, size int) (*models.SeqBatch, error) {
 	b := d.w.Batch(seed, s, step, size)
 	if d.cfg.Reverse {
 		reverseBatchSources(b)
 	}
-	return b
+	return b, nil
 }
 
 // HeldOut is drawn from a stream of its own, never trained on.
-func (d *wmtData) HeldOut() []Example {
+func (d *wmtData) HeldOut() ([]Example, error) {
 	rng := rand.New(rand.NewPCG(d.cfg.Seed^0x574d54, heldOutShard))
 	z := d.w.zipf(rng)
 	var out []Example
@@ -132,15 +165,15 @@ func (d *wmtData) HeldOut() []Example {
 		tgt := d.w.translate(src)
 		out = append(out, Example{Src: unreverse(src, d.cfg.Reverse), Tgt: tgt})
 	}
-	return out
+	return out, nil
 }
 
 // StepsPerEpoch is 0: the stream has no end (state --steps, not --epochs).
-func (d *wmtData) StepsPerEpoch(uint64, int, int) int64 { return 0 }
-func (d *wmtData) SrcVocab() int                        { return d.w.SrcVocab }
-func (d *wmtData) TgtVocab() int                        { return d.w.TgtVocab }
-func (d *wmtData) Special() models.Special              { return models.Special{Go: Go, EOS: EOS} }
-func (d *wmtData) Tokenize(sentence string) []string    { return strings.Fields(sentence) }
+func (d *wmtData) StepsPerEpoch(uint64, int, int) (int64, error) { return 0, nil }
+func (d *wmtData) SrcVocab() int                                 { return d.w.SrcVocab }
+func (d *wmtData) TgtVocab() int                                 { return d.w.TgtVocab }
+func (d *wmtData) Special() models.Special                       { return models.Special{Go: Go, EOS: EOS} }
+func (d *wmtData) Tokenize(sentence string) []string             { return strings.Fields(sentence) }
 
 // A generated corpus's words are written w<id> ("w17 w4023 w5").
 func wordIDs(words []string, vocab int) []int32 {

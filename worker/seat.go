@@ -62,7 +62,7 @@ func newSeatTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *job.Placeme
 		return nil, err
 	}
 	t.client.Observe = observe(spec.Name, cfg.Record)
-	if t.data, err = spec.OpenData(); err != nil {
+	if t.data, err = cfg.openData(spec); err != nil {
 		return nil, err
 	}
 	if t.link, err = NewSeatLink(cfg.NATS, spec.Name, t.replica, t.seat, seats, cfg.StepTimeout); err != nil {
@@ -102,10 +102,13 @@ func (t *seatTrainer) step(ctx context.Context, s at) error {
 		if err := t.settle(); err != nil {
 			return fmt.Errorf("step %d: push and pull: %w", step-1, err)
 		}
-		b = t.data.Batch(t.spec.Seed, s.Shard, s.Data, t.spec.Batch)
+		var err error
+		if b, err = t.data.Batch(t.spec.Seed, s.Shard, s.Data, t.spec.Batch); err != nil {
+			return fmt.Errorf("step %d: %w", step, err)
+		}
 		t.pull = t.seatRanges(b, t.pull[:0])
 		sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
-		err := t.client.PullRanges(sctx, step, t.model.Params(), t.pull)
+		err = t.client.PullRanges(sctx, step, t.model.Params(), t.pull)
 		cancel()
 		if err != nil {
 			return fmt.Errorf("step %d: pull: %w", step, err)
@@ -138,7 +141,12 @@ func (t *seatTrainer) step(ctx context.Context, s at) error {
 		}
 	} else {
 		t.nextAt = at{Shard: s.Shard, Data: s.Data + 1}
-		t.next = t.data.Batch(t.spec.Seed, t.nextAt.Shard, t.nextAt.Data, t.spec.Batch)
+		next, err := t.data.Batch(t.spec.Seed, t.nextAt.Shard, t.nextAt.Data, t.spec.Batch)
+		if err != nil {
+			cancel()
+			return fmt.Errorf("step %d: the next batch: %w", step, err)
+		}
+		t.next = next
 		t.pull = t.seatRanges(t.next, t.pull[:0])
 		if !t.spec.DenseTransfer {
 			// Every step pulls the rows it reads: the tables need hold no

@@ -26,7 +26,7 @@ func newSeq2SeqTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *job.Plac
 	if spec.NPush > 1 {
 		t.acc = make([]float32, len(t.model.Grads()))
 	}
-	if t.data, err = spec.OpenData(); err != nil {
+	if t.data, err = cfg.openData(spec); err != nil {
 		return nil, err
 	}
 	t.model.Hooks = t.hooks()
@@ -108,7 +108,10 @@ func (t *seq2seqTrainer) step(ctx context.Context, s at) error {
 				return fmt.Errorf("step %d: pull: %w", step, err)
 			}
 		}
-		b = t.data.Batch(t.spec.Seed, s.Shard, s.Data, t.spec.Batch)
+		var err error
+		if b, err = t.data.Batch(t.spec.Seed, s.Shard, s.Data, t.spec.Batch); err != nil {
+			return fmt.Errorf("step %d: %w", step, err)
+		}
 	}
 	t.next = nil
 	loss, tokens := t.model.Loss(b, true)
@@ -126,7 +129,11 @@ func (t *seq2seqTrainer) step(ctx context.Context, s at) error {
 	switch {
 	case pipelined && !s.Last:
 		t.nextAt = at{Shard: s.Shard, Data: s.Data + 1}
-		t.next = t.data.Batch(t.spec.Seed, t.nextAt.Shard, t.nextAt.Data, t.spec.Batch)
+		next, err := t.data.Batch(t.spec.Seed, t.nextAt.Shard, t.nextAt.Data, t.spec.Batch)
+		if err != nil {
+			return fmt.Errorf("step %d: the next batch: %w", step, err)
+		}
+		t.next = next
 		var push, pull [][2]int // nil: whole
 		if !t.spec.DenseTransfer {
 			t.pushRanges = t.model.Ranges(b, t.pushRanges[:0])

@@ -146,7 +146,11 @@ func (r *stepRig) reference(t *testing.T, n int64) (w []float32, losses []float6
 		if s%spec.NFetch == 0 {
 			copy(m.Params(), w)
 		}
-		loss, _ := m.Loss(data.Batch(spec.Seed, 0, s, spec.Batch), true)
+		b, err := data.Batch(spec.Seed, 0, s, spec.Batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		loss, _ := m.Loss(b, true)
 		losses = append(losses, loss)
 		g := m.Grads()
 		m.ClipGrads(spec.ClipNorm)

@@ -90,7 +90,10 @@ func newStagedJob(b *testing.B, srv *server.Server, stages, slices int) *stagedJ
 		b.Fatal(err)
 	}
 	for step := range int64(1000) {
-		bt := d.Batch(spec.Seed, 0, step, spec.Batch)
+		bt, err := d.Batch(spec.Seed, 0, step, spec.Batch)
+		if err != nil {
+			b.Fatal(err)
+		}
 		n := 0
 		for _, y := range bt.TgtOut {
 			if y >= 0 {

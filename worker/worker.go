@@ -26,6 +26,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -33,6 +34,7 @@ import (
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/latency"
 	"github.com/downpour-ml/downpour/internal/wire"
+	"github.com/downpour-ml/downpour/shard"
 )
 
 // Config is a worker's connections and limits. Zero values get the defaults
@@ -52,6 +54,26 @@ type Config struct {
 	// Record, if set, records each step's wait on the parameter servers
 	// and each request's time (the load harness reads it).
 	Record *latency.Recorder
+
+	data *dataOnce // the job's data, opened once for all of Run's eras
+}
+
+// dataOnce opens the job's data the first time an era asks for it: a
+// corpus's data shard is indexed once in a worker's life, not at each
+// re-placement.
+type dataOnce struct {
+	once sync.Once
+	d    shard.Dataset
+	err  error
+}
+
+// openData is the job's data, opened once per Run.
+func (c *Config) openData(spec *job.Spec) (shard.Dataset, error) {
+	if c.data == nil {
+		return spec.OpenData()
+	}
+	c.data.once.Do(func() { c.data.d, c.data.err = spec.OpenData() })
+	return c.data.d, c.data.err
 }
 
 func (c *Config) defaults() {
@@ -76,6 +98,7 @@ func (c *Config) defaults() {
 // Run joins the job and trains until its last step is pushed.
 func Run(ctx context.Context, cfg Config) (err error) {
 	cfg.defaults()
+	cfg.data = &dataOnce{}
 	if err := wire.ValidJob(cfg.Store.Name()); err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@
 //	downpour translate   --checkpoint RUN_DIR [--beam 2]   < sentences
 //	downpour eval        --checkpoint RUN_DIR [--data FILE]
 //	downpour sample      --checkpoint GAN_RUN_DIR --n 100 --out grid.png
+//	downpour corpus      --pairs 12000000 --out wmt-12m.tsv
 //
 // Exit codes: 0 success, 1 failure, 2 bad usage, 130 interrupted.
 package main
@@ -47,6 +48,7 @@ var commands = []command{
 	{"plot", "draw a run's loss and evaluation curves as PNG from its metrics.jsonl", cmdPlot},
 	{"scale", "run the load harness: jobs of the synthetic model with many workers and shards, each role a process, and what each cost", cmdScale},
 	{"sample", "draw samples from a GAN checkpoint into a PNG grid (and an idx file)", cmdSample},
+	{"corpus", "write the generated WMT-like corpus as a corpus file, at a real corpus's scale", cmdCorpus},
 }
 
 // errUsage marks a command-line mistake: exit code 2.

@@ -509,7 +509,16 @@ func TestTrainOnCorpusFile(t *testing.T) {
 	b.WriteString("\nmalformed line\n")
 	os.WriteFile(corpus, []byte(b.String()), 0o644)
 	out := filepath.Join(dir, "run")
-	_, meta := trainRun(t, out, "--data", corpus, "--steps", "30", "--held-out", "20", "--eval-every", "0", "--optimizer", "adam")
+	before := shard.PassCounts()
+	_, meta := trainRun(t, out, "--data", corpus, "--steps", "30", "--held-out", "20", "--eval-every", "0", "--optimizer", "adam", "--workers", "3")
+	// The corpus is counted once, by the coordinator (two passes), which
+	// stores the summary with the job; each worker indexes its own data
+	// shard only, and the coordinator data shard 0 (its epoch's steps); the
+	// held-out pairs are read once, for the evaluation.
+	after := shard.PassCounts()
+	if got := (shard.Passes{Count: after.Count - before.Count, Index: after.Index - before.Index, Held: after.Held - before.Held}); got != (shard.Passes{Count: 2, Index: 3 + 1, Held: 1}) {
+		t.Fatalf("passes over the corpus: %+v, want 2 counting, 4 indexing, 1 held out", got)
+	}
 	var cfg struct {
 		Seq2Seq models.Seq2SeqConfig `json:"seq2seq"`
 		DataCRC uint32               `json:"data_crc"`

@@ -207,7 +207,9 @@ func cmdEval(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	var examples []shard.Example
 	var refs [][]string
 	if *dataPath == "" {
-		examples = data.HeldOut()
+		if examples, err = data.HeldOut(); err != nil {
+			return err
+		}
 	} else {
 		f, err := os.Open(*dataPath)
 		if err != nil {

@@ -28,17 +28,24 @@ type Spec struct {
 	Seq2Seq models.Seq2SeqConfig `json:"seq2seq"`
 	// Data is "synthetic:<copy|reverse|sort|translate|wmt>" or the path of a parallel
 	// corpus (source<TAB>target lines) that every worker can read.
-	Data      string `json:"data"`
-	DataCRC   uint32 `json:"data_crc,omitempty"`      // CRC32C of a corpus file, set by the coordinator
-	MinLen    int    `json:"min_len"`                 // synthetic: shortest source
-	MaxLen    int    `json:"max_len"`                 // synthetic: longest source
-	Reverse   bool   `json:"reverse_source"`          // feed sources reversed (the paper's trick)
-	VocabMax  int    `json:"vocab_max"`               // corpus: words per vocabulary, reserved ids included
-	TgtVocab  int    `json:"tgt_vocab_max,omitempty"` // corpus: the same for targets (0: VocabMax)
-	Tokenizer string `json:"tokenizer"`               // corpus: space or 13a
-	HeldOut   int    `json:"held_out"`                // examples set aside for evaluation
-	EvalEvery int64  `json:"eval_every"`              // evaluate on the held-out set every N steps (0: only at the end)
-	Seed      uint64 `json:"seed"`
+	Data    string `json:"data"`
+	DataCRC uint32 `json:"data_crc,omitempty"` // CRC32C of a corpus file, set by the coordinator
+	// CorpusDigest names the corpus's summary (its counts and
+	// vocabularies, shard.CorpusSummary), which the coordinator counts
+	// once and stores with the job (Corpus); EpochSteps is the steps of
+	// an epoch of data shard 0. Both are set by Resolve.
+	CorpusDigest string `json:"corpus_digest,omitempty"`
+	EpochSteps   int64  `json:"epoch_steps,omitempty"`
+	corpus       *shard.CorpusSummary
+	MinLen       int    `json:"min_len"`                 // synthetic: shortest source
+	MaxLen       int    `json:"max_len"`                 // synthetic: longest source
+	Reverse      bool   `json:"reverse_source"`          // feed sources reversed (the paper's trick)
+	VocabMax     int    `json:"vocab_max"`               // corpus: words per vocabulary, reserved ids included
+	TgtVocab     int    `json:"tgt_vocab_max,omitempty"` // corpus: the same for targets (0: VocabMax)
+	Tokenizer    string `json:"tokenizer"`               // corpus: space or 13a
+	HeldOut      int    `json:"held_out"`                // examples set aside for evaluation
+	EvalEvery    int64  `json:"eval_every"`              // evaluate on the held-out set every N steps (0: only at the end)
+	Seed         uint64 `json:"seed"`
 	// InitFrom, when set, is a checkpoint file (every shard can read it)
 	// whose parameters the job starts from instead of Seed's: a warm start,
 	// with the optimizer's state and schedules new. Its tensors must be the
@@ -360,7 +367,26 @@ func (s *Spec) validateSeq2Seq() error {
 // DataConfig is the part of the spec that says how to read the data.
 func (s *Spec) DataConfig() shard.DataConfig {
 	return shard.DataConfig{Source: s.Data, MinLen: s.MinLen, MaxLen: s.MaxLen, Reverse: s.Reverse, VocabMax: s.VocabMax, TgtVocabMax: s.TgtVocab,
-		HeldOut: s.HeldOut, Tokenizer: s.Tokenizer, Seed: s.Seed, Shards: s.Workers, CRC: s.DataCRC}
+		HeldOut: s.HeldOut, Tokenizer: s.Tokenizer, Seed: s.Seed, Shards: s.Workers, CRC: s.DataCRC, Summary: s.corpus}
+}
+
+// Corpus is the summary of the job's corpus, when the spec has it: Resolve
+// counted it, or the store attached it (AttachCorpus). A spec without it
+// opens its data by counting the corpus again (OpenData).
+func (s *Spec) Corpus() *shard.CorpusSummary { return s.corpus }
+
+// AttachCorpus gives the spec its corpus's summary as the store holds it
+// (shard.CorpusSummary.Encode), which must be the one CorpusDigest names.
+func (s *Spec) AttachCorpus(b []byte) error {
+	c, err := shard.DecodeCorpusSummary(b)
+	if err != nil {
+		return fmt.Errorf("job %s: %w", s.Name, err)
+	}
+	if d := c.Digest(); d != s.CorpusDigest {
+		return fmt.Errorf("job %s: the stored corpus summary is %s, the spec names %s", s.Name, d, s.CorpusDigest)
+	}
+	s.corpus = c
+	return nil
 }
 
 // OpenData opens the job's data and checks it against the spec's vocabulary
@@ -369,6 +395,9 @@ func (s *Spec) OpenData() (shard.Dataset, error) {
 	d, _, err := shard.Open(s.DataConfig())
 	if err != nil {
 		return nil, err
+	}
+	if c, ok := d.(interface{ Summary() *shard.CorpusSummary }); ok && s.CorpusDigest != "" && c.Summary().Digest() != s.CorpusDigest {
+		return nil, fmt.Errorf("data %s: its summary is %s, the job's %s: the corpus or its settings differ from the job's", s.Data, c.Summary().Digest(), s.CorpusDigest)
 	}
 	if d.SrcVocab() != s.Seq2Seq.SrcVocab || d.TgtVocab() != s.Seq2Seq.TgtVocab {
 		return nil, fmt.Errorf("data %s has vocabularies of %d and %d words, the job %d and %d", s.Data,
@@ -402,15 +431,21 @@ func (s *Spec) resolveData() error {
 	case Synthetic:
 		return s.Validate()
 	}
-	s.DataCRC = 0
+	s.DataCRC, s.CorpusDigest, s.EpochSteps, s.corpus = 0, "", 0, nil
 	d, crc, err := shard.Open(s.DataConfig())
 	if err != nil {
 		return err
 	}
 	s.DataCRC = crc
 	s.Seq2Seq.SrcVocab, s.Seq2Seq.TgtVocab = d.SrcVocab(), d.TgtVocab()
+	if c, ok := d.(interface{ Summary() *shard.CorpusSummary }); ok {
+		s.corpus, s.CorpusDigest = c.Summary(), c.Summary().Digest()
+		if s.EpochSteps, err = d.StepsPerEpoch(s.Seed, 0, s.Batch); err != nil {
+			return err
+		}
+	}
 	if s.Epochs > 0 || s.HalveEveryEpochs > 0 {
-		per := d.StepsPerEpoch(s.Seed, 0, s.Batch)
+		per := s.EpochSteps
 		if per == 0 {
 			return errors.New("epochs need a corpus: synthetic data has none")
 		}
@@ -545,11 +580,15 @@ func (s *Spec) StepsPerEpoch() (float64, error) {
 	if s.Model == Synthetic || strings.HasPrefix(s.Data, "synthetic:") {
 		return 0, nil
 	}
+	if s.EpochSteps > 0 {
+		return float64(s.EpochSteps), nil
+	}
 	d, _, err := shard.Open(s.DataConfig())
 	if err != nil {
 		return 0, err
 	}
-	return float64(d.StepsPerEpoch(s.Seed, 0, s.Batch)), nil
+	n, err := d.StepsPerEpoch(s.Seed, 0, s.Batch)
+	return float64(n), err
 }
 
 // Encode is the canonical JSON of s, compared byte for byte to detect a

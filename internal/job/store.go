@@ -36,7 +36,8 @@ type Store interface {
 	// Name is the job's.
 	Name() string
 	// Find waits, up to timeout, for the job to exist, and returns its
-	// spec and its placement (which the coordinator writes together).
+	// spec, with its corpus summary attached (Spec.Corpus), and its
+	// placement (which the coordinator writes together).
 	Find(ctx context.Context, timeout time.Duration) (*Spec, *Placement, error)
 	// Placement is the job's current placement and the revision that
 	// wrote it.
@@ -125,8 +126,8 @@ type CoordinatorStore interface {
 	Campaign(ctx context.Context, id string, ttl int) (Leadership, error)
 	// Leader is the leading coordinator's id ("" when none).
 	Leader(ctx context.Context) (string, error)
-	// Create writes the job (spec, first placement, running) unless it
-	// exists, or with join, only reads it. It returns the stored spec's
+	// Create writes the job (spec with its corpus summary, first
+	// placement, running) unless it exists, or with join, only reads it. It returns the stored spec's
 	// bytes and state when the job existed (created false), which is also
 	// the answer when a retried try of this very call had created it.
 	Create(ctx context.Context, l Leadership, spec *Spec, p *Placement, join bool) (created bool, stored []byte, state string, err error)

@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/downpour-ml/downpour/internal/wire"
+	"github.com/downpour-ml/downpour/shard"
 )
 
 // Registry holds every downpour metric, the Go runtime's and the process's.
@@ -89,6 +90,17 @@ func histogramVec(name, help string, buckets []float64, labels ...string) *prome
 
 func init() {
 	Registry.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), conns)
+	for kind, n := range map[string]func(shard.Passes) int64{
+		"count": func(p shard.Passes) int64 { return p.Count },
+		"index": func(p shard.Passes) int64 { return p.Index },
+		"held":  func(p shard.Passes) int64 { return p.Held },
+	} {
+		Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "downpour_corpus_passes_total",
+			Help:        "Passes this process made over corpus files, by what for: count (the coordinator's summary: two passes), index (a data shard's lines), held (the held-out pairs).",
+			ConstLabels: prometheus.Labels{"kind": kind}}, func() float64 { return float64(n(shard.PassCounts())) }))
+	}
+	Registry.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "downpour_corpus_read_bytes_total",
+		Help: "Bytes this process read in passes over corpus files."}, func() float64 { return float64(shard.PassCounts().Bytes) }))
 }
 
 // Handler serves the registry in Prometheus's text format.

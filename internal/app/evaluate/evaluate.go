@@ -52,7 +52,11 @@ func NewScorer(spec *job.Spec, out string) (Scorer, error) {
 		return nil, err
 	}
 	return func(step int64, params []float32) (telemetry.EvalRecord, bool) {
-		held := data.HeldOut()
+		held, err := data.HeldOut()
+		if err != nil {
+			slog.Warn("reading the held-out pairs", "err", err)
+			return telemetry.EvalRecord{}, false
+		}
 		if len(held) == 0 {
 			return telemetry.EvalRecord{}, false
 		}

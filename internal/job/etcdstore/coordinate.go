@@ -132,6 +132,24 @@ func (s *Store) Create(ctx context.Context, l job.Leadership, spec *job.Spec, p 
 	if join {
 		create = clientv3.Compare(clientv3.CreateRevision(s.keys.Spec()), "<", 0) // never: read only
 	}
+	if c := spec.Corpus(); c != nil && !join {
+		// The corpus summary goes first, in chunks, each written only while
+		// the job does not exist yet: a job that exists has its own.
+		parts := []clientv3.Op{clientv3.OpDelete(s.keys.Corpus(), clientv3.WithPrefix())}
+		for i, b := 0, c.Encode(); len(b) > 0; i++ {
+			n := min(len(b), CorpusChunk)
+			parts, b = append(parts, clientv3.OpPut(s.keys.CorpusPart(i), string(b[:n]))), b[n:]
+		}
+		for _, op := range parts {
+			err := s.do(ctx, func(ctx context.Context) error {
+				_, err := s.kv.Txn(ctx).If(create).Then(op).Commit()
+				return err
+			})
+			if err != nil {
+				return false, nil, "", fmt.Errorf("writing job %s's corpus summary to etcd: %w", s.name, err)
+			}
+		}
+	}
 	var resp *clientv3.TxnResponse
 	err := s.do(ctx, func(ctx context.Context) error {
 		var err error

@@ -8,6 +8,7 @@
 // All keys of job J live under /downpour/jobs/J/:
 //
 //	spec                    the Spec, JSON, written once by the coordinator
+//	corpus/<chunk>          the corpus's summary (shard.CorpusSummary), in chunks, written before the spec
 //	state                   "running" or "done"
 //	placement               the block placement, JSON, versioned
 //	members/workers/<id>    one key per live worker, under its lease
@@ -84,6 +85,16 @@ func (k Keys) TaskDone(id string) string { return k.TaskDones() + id }
 
 // TasksAt holds the task queue as it was at the checkpoint of step (jobs with tasks).
 func (k Keys) TasksAt(step int64) string { return fmt.Sprintf("%stasks-at/%d", k.root, step) }
+
+// Corpus holds the job's corpus summary, gzip-compressed JSON cut into
+// chunks of at most CorpusChunk bytes (an etcd request is at most 1.5 MiB
+// by default; the paper's vocabularies take about 1 MiB compressed):
+// corpus/<chunk>, zero-padded to sort in order.
+func (k Keys) Corpus() string          { return k.root + "corpus/" }
+func (k Keys) CorpusPart(i int) string { return fmt.Sprintf("%s%06d", k.Corpus(), i) }
+
+// CorpusChunk is the most bytes of a corpus summary one key holds.
+const CorpusChunk = 512 << 10
 
 // Rollbacks holds a RollbackRecord per re-placement: rollbacks/<version>.
 func (k Keys) Rollbacks() string { return k.root + "rollbacks/" }

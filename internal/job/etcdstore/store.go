@@ -198,6 +198,24 @@ func (s *Store) Find(ctx context.Context, timeout time.Duration) (*job.Spec, *jo
 	if err != nil {
 		return nil, nil, err
 	}
+	if spec.CorpusDigest != "" {
+		var parts *clientv3.GetResponse
+		err := s.do(ctx, func(ctx context.Context) error {
+			var err error
+			parts, err = s.kv.Get(ctx, s.keys.Corpus(), clientv3.WithPrefix(), clientv3.WithSort(clientv3.SortByKey, clientv3.SortAscend))
+			return err
+		})
+		if err != nil {
+			return nil, nil, fmt.Errorf("reading job %s's corpus summary: %w", s.name, err)
+		}
+		var b []byte
+		for _, kv := range parts.Kvs {
+			b = append(b, kv.Value...)
+		}
+		if err := spec.AttachCorpus(b); err != nil {
+			return nil, nil, err
+		}
+	}
 	return spec, p, nil
 }
 

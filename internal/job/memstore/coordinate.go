@@ -88,6 +88,9 @@ func (s *Store) Create(ctx context.Context, l job.Leadership, spec *job.Spec, p 
 		return false, st.spec, st.status, nil
 	}
 	st.spec, st.placement, st.status = spec.Encode(), p, job.StateRunning
+	if c := spec.Corpus(); c != nil {
+		st.corpus = c.Encode()
+	}
 	st.placementRev = s.c.bump()
 	return true, nil, "", nil
 }

@@ -47,6 +47,7 @@ func (c *Cluster) Job(name string) *Store { return &Store{c: c, name: name} }
 // state is one job's records.
 type state struct {
 	spec         []byte
+	corpus       []byte // the corpus summary, encoded
 	placement    *job.Placement
 	placementRev int64
 	status       string
@@ -235,6 +236,14 @@ func (s *Store) Find(ctx context.Context, timeout time.Duration) (*job.Spec, *jo
 	spec, err := job.DecodeSpec(specData)
 	if err != nil {
 		return nil, nil, err
+	}
+	if spec.CorpusDigest != "" {
+		s.c.mu.Lock()
+		b := s.c.job(s.name).corpus
+		s.c.mu.Unlock()
+		if err := spec.AttachCorpus(b); err != nil {
+			return nil, nil, err
+		}
 	}
 	return spec, p, nil
 }

@@ -6,6 +6,10 @@ package storetest
 import (
 	"context"
 	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"reflect"
 	"slices"
 	"strings"
@@ -14,6 +18,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/models"
+	"github.com/downpour-ml/downpour/shard"
 )
 
 // NewStore returns an empty store of job name; each call of a test is on
@@ -29,6 +34,7 @@ func Run(t *testing.T, newStore NewStore) {
 	t.Run("tasks", func(t *testing.T) { tasks(t, newStore) })
 	t.Run("checkpoints", func(t *testing.T) { checkpoints(t, newStore) })
 	t.Run("leadership", func(t *testing.T) { leadership(t, newStore) })
+	t.Run("corpus", func(t *testing.T) { corpus(t, newStore) })
 }
 
 func spec(name string) (*job.Spec, *job.Placement) {
@@ -501,5 +507,62 @@ func leadership(t *testing.T, newStore NewStore) {
 	}
 	if id, err := st.Leader(ctx); err != nil || id != "b" {
 		t.Fatalf("Leader: %q %v", id, err)
+	}
+}
+
+// A job's corpus summary is stored with it and comes back attached to the
+// spec Find returns, whole, however large (the paper's vocabularies take
+// more than one etcd request); creating the job again with another corpus
+// leaves the stored one.
+func corpus(t *testing.T, newStore NewStore) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "corpus.tsv")
+	var b strings.Builder
+	rng := rand.New(rand.NewPCG(1, 2))
+	for range 16000 {
+		for k := range 20 {
+			if k == 10 {
+				b.WriteString("\t")
+			} else if k > 0 {
+				b.WriteString(" ")
+			}
+			fmt.Fprintf(&b, "%08x", rng.Uint32()) // 160,000 distinct words a side
+		}
+		b.WriteString("\n")
+	}
+	if err := os.WriteFile(path, []byte(b.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, p := spec("cx")
+	s.Data, s.VocabMax, s.Epochs, s.HalveEveryEpochs, s.Steps = path, 1<<20, 0, 0, 10
+	if err := s.Resolve(); err != nil {
+		t.Fatal(err)
+	}
+	if s.Corpus() == nil || len(s.Corpus().Encode()) < 1<<20 {
+		t.Fatalf("the test's corpus summary should span several etcd requests")
+	}
+	st := newStore(t, "cx")
+	if ok, _, _, err := st.Create(ctx, nil, s, p, false); err != nil || !ok {
+		t.Fatalf("Create: %v %v", ok, err)
+	}
+	gs, _, err := st.Find(ctx, time.Second)
+	if err != nil || gs.Corpus() == nil || gs.Corpus().Digest() != s.CorpusDigest ||
+		!slices.Equal(gs.Corpus().Src, s.Corpus().Src) || len(gs.Corpus().Src) < 150000 {
+		t.Fatalf("Find: %v", err)
+	}
+	other := *s
+	if err := other.AttachCorpus((&shard.CorpusSummary{Stats: shard.CorpusStats{Lines: 1, Pairs: 1}}).Encode()); err == nil {
+		t.Fatal("a summary other than the spec's was attached")
+	}
+	again := *s
+	again.HeldOut++
+	if err := again.Resolve(); err != nil || again.CorpusDigest == s.CorpusDigest {
+		t.Fatalf("another held-out count, the same summary: %v", err)
+	}
+	if ok, _, _, err := st.Create(ctx, nil, &again, p, false); err != nil || ok {
+		t.Fatalf("created twice: %v %v", ok, err)
+	}
+	if gs, _, err := st.Find(ctx, time.Second); err != nil || gs.Corpus().Digest() != s.CorpusDigest {
+		t.Fatalf("a second Create changed the stored corpus: %v", err)
 	}
 }

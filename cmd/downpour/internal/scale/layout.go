@@ -376,7 +376,10 @@ func LoadLayoutRun(name, dir string) (LayoutRun, error) {
 		if m.Kind != "train" {
 			continue
 		}
-		b := data.Batch(spec.Seed, 0, m.Step-1, spec.Batch)
+		b, err := data.Batch(spec.Seed, 0, m.Step-1, spec.Batch)
+		if err != nil {
+			return r, err
+		}
 		if n := tokens(b); n != m.Tokens {
 			return r, fmt.Errorf("%s: step %d trained on %d target tokens; the data's batch has %d", dir, m.Step, m.Tokens, n)
 		}
@@ -456,7 +459,10 @@ func LayoutClusters(run string) ([]LayoutCluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := data.Batch(spec.Seed, 0, 0, spec.Batch)
+	b, err := data.Batch(spec.Seed, 0, 0, spec.Batch)
+	if err != nil {
+		return nil, err
+	}
 	c := LayoutCluster{Cfg: spec.Seq2Seq, Plan: plan, Batch: b, Replicas: 12, Shards: 20,
 		LinkBytesPerSec: 1.25e9, Latency: 100e-6, Chunk: spec.StageChunk()}
 	small, big := c, c
