@@ -229,10 +229,7 @@ func heldCount(pairs, n int) int {
 // perm32 is rand.Perm(n) of rng, in 4 bytes an element (the same
 // Fisher-Yates swaps).
 func perm32(rng *rand.Rand, n int) []int32 {
-	p := make([]int32, n)
-	for i := range p {
-		p[i] = int32(i)
-	}
+	p := perm32Identity(n)
 	rng.Shuffle(n, func(i, j int) { p[i], p[j] = p[j], p[i] })
 	return p
 }
@@ -419,7 +416,7 @@ func (d *corpusData) Batch(seed uint64, s int, step int64, size int) (*models.Se
 	ex := make([]Example, len(pos))
 	var buf []byte
 	for i, j := range pos {
-		if ex[i], buf, err = d.readPair(x, j, buf); err != nil {
+		if ex[i], buf, err = d.readPair(x, int(j), buf); err != nil {
 			return nil, err
 		}
 	}
