@@ -37,7 +37,7 @@ func ExampleRun() {
 		panic(err)
 	}
 	lease, _ := st.Grant(ctx, 10)
-	if err := st.JoinWorker(ctx, lease, "w1"); err != nil {
+	if err := st.JoinWorker(ctx, lease, "w1", job.WorkerMember{}); err != nil {
 		panic(err)
 	}
 	a, _ := st.WaitAssignment(ctx, "w1")

@@ -138,7 +138,13 @@ func (j *Job) CheckpointRecorded(cp job.CheckpointRecord) {
 }
 
 // WorkerUp: worker registered.
-func (j *Job) WorkerUp(worker string) []Action { return j.withTasks(assigns(j.ranks.Up(worker))) }
+func (j *Job) WorkerUp(worker string) []Action { return j.WorkerUpAs(worker, job.WorkerMember{}) }
+
+// WorkerUpAs records that worker joined as m says (pinned to a replica,
+// or not).
+func (j *Job) WorkerUpAs(worker string, m job.WorkerMember) []Action {
+	return j.withTasks(assigns(j.ranks.UpAs(worker, m)))
+}
 
 // withTasks adds, after assignments, a task for each newly assigned worker.
 func (j *Job) withTasks(out []Action) []Action {

@@ -161,8 +161,8 @@ func TestSaveTasksCarriesItsMomentsQueue(t *testing.T) {
 }
 
 // TestRanksScripts drives Ranks with the scripts in testdata/ranks (run
-// with -rewrite to regenerate the expected output). Commands: new ranks=N;
-// up W; down W; done R ("all done" once every rank is); state
+// with -rewrite to regenerate the expected output). Commands: new ranks=N
+// [seats=S]; up W [replica=R]; down W; done R ("all done" once every rank is); state
 // (unassigned ranks, and which are done).
 func TestRanksScripts(t *testing.T) {
 	datadriven.Walk(t, "testdata/ranks", func(t *testing.T, path string) {
@@ -170,8 +170,12 @@ func TestRanksScripts(t *testing.T) {
 		datadriven.RunTest(t, path, func(t *testing.T, d *datadriven.TestData) string {
 			if d.Cmd == "new" {
 				var n int
+				seats := 1
 				d.ScanArgs(t, "ranks", &n)
-				r = NewRanks(n)
+				if d.HasArg("seats") {
+					d.ScanArgs(t, "seats", &seats)
+				}
+				r = NewSeatedRanks(n, seats)
 				return ""
 			}
 			if r == nil {
@@ -180,7 +184,13 @@ func TestRanksScripts(t *testing.T) {
 			var out []Assign
 			switch d.Cmd {
 			case "up":
-				out = r.Up(d.CmdArgs[0].Key)
+				m := job.WorkerMember{}
+				if d.HasArg("replica") {
+					var rep int
+					d.ScanArgs(t, "replica", &rep)
+					m = job.PinTo(rep)
+				}
+				out = r.UpAs(d.CmdArgs[0].Key, m)
 			case "down":
 				out = r.Down(d.CmdArgs[0].Key)
 			case "done":

@@ -37,7 +37,7 @@ func TestRunReactsInMemory(t *testing.T) {
 	}
 	join := func(id string) (job.Lease, func() *job.Assignment) {
 		l, _ := st.Grant(ctx, 10)
-		if err := st.JoinWorker(ctx, l, id); err != nil {
+		if err := st.JoinWorker(ctx, l, id, job.WorkerMember{}); err != nil {
 			t.Fatal(err)
 		}
 		got := make(chan *job.Assignment, 1)

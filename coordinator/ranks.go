@@ -1,6 +1,10 @@
 package coordinator
 
-import "github.com/downpour-ml/downpour/internal/job"
+import (
+	"slices"
+
+	"github.com/downpour-ml/downpour/internal/job"
+)
 
 // Ranks decides who holds which rank. Workers arrive (Up), leave (Down) and
 // finish (Done); it answers with assignments to write and, once every rank is
@@ -8,7 +12,10 @@ import "github.com/downpour-ml/downpour/internal/job"
 //
 // Invariants: a rank has at most one holder; a worker holds at most one rank;
 // a rank given to a new holder gets a higher epoch than any before it, so the
-// shards can fence off the old holder; a done rank is never reassigned.
+// shards can fence off the old holder; a done rank is never reassigned; a
+// worker pinned to a model replica (job.WorkerMember) holds only a rank of
+// that replica, and a free rank goes to the oldest waiting worker that may
+// hold it.
 type Ranks struct {
 	holder  []string // worker holding each rank, "" when free
 	epoch   []uint64 // epoch of each rank's current (or last) holder
@@ -16,6 +23,7 @@ type Ranks struct {
 	rankOf  map[string]int // worker -> rank
 	waiting []string       // workers up but without a rank, in arrival order
 	seats   int            // ranks per model replica (job.Spec.Seats)
+	member  map[string]job.WorkerMember
 }
 
 // Assign is an action: write this assignment for worker.
@@ -31,7 +39,8 @@ func NewRanks(n int) *Ranks { return NewSeatedRanks(n, 1) }
 // replica: rank r is seat r mod seats of replica r / seats, and reads data
 // shard r / seats.
 func NewSeatedRanks(n, seats int) *Ranks {
-	return &Ranks{holder: make([]string, n), epoch: make([]uint64, n), done: make([]bool, n), rankOf: map[string]int{}, seats: max(1, seats)}
+	return &Ranks{holder: make([]string, n), epoch: make([]uint64, n), done: make([]bool, n), rankOf: map[string]int{}, seats: max(1, seats),
+		member: map[string]job.WorkerMember{}}
 }
 
 // Restore records an assignment read back from the store (a coordinator that takes
@@ -51,8 +60,13 @@ func (r *Ranks) Restore(worker string, a job.Assignment) {
 	r.rankOf[worker] = a.Rank
 }
 
-// Up records that worker is alive and returns the assignments to make.
-func (r *Ranks) Up(worker string) []Assign {
+// Up records that worker is alive, serving any replica, and returns the
+// assignments to make.
+func (r *Ranks) Up(worker string) []Assign { return r.UpAs(worker, job.WorkerMember{}) }
+
+// UpAs records that worker is alive, as m says (the replica it is pinned
+// to), and returns the assignments to make.
+func (r *Ranks) UpAs(worker string, m job.WorkerMember) []Assign {
 	if _, ok := r.rankOf[worker]; ok {
 		return nil
 	}
@@ -62,6 +76,9 @@ func (r *Ranks) Up(worker string) []Assign {
 		}
 	}
 	r.waiting = append(r.waiting, worker)
+	if m.Replica != nil {
+		r.member[worker] = m
+	}
 	return r.fill()
 }
 
@@ -70,6 +87,7 @@ func (r *Ranks) Down(worker string) []Assign {
 	for i, w := range r.waiting {
 		if w == worker {
 			r.waiting = append(r.waiting[:i], r.waiting[i+1:]...)
+			delete(r.member, worker)
 			return nil
 		}
 	}
@@ -78,6 +96,7 @@ func (r *Ranks) Down(worker string) []Assign {
 		return nil
 	}
 	delete(r.rankOf, worker)
+	delete(r.member, worker)
 	r.holder[rank] = ""
 	return r.fill()
 }
@@ -136,7 +155,8 @@ func (r *Ranks) Unassigned() int {
 	return n
 }
 
-// fill gives free ranks, lowest first, to waiting workers, oldest first.
+// fill gives free ranks, lowest first, each to the oldest waiting worker
+// that may hold it.
 func (r *Ranks) fill() []Assign {
 	var out []Assign
 	for rank := range r.holder {
@@ -146,8 +166,12 @@ func (r *Ranks) fill() []Assign {
 		if r.holder[rank] != "" || r.done[rank] {
 			continue
 		}
-		w := r.waiting[0]
-		r.waiting = r.waiting[1:]
+		i := slices.IndexFunc(r.waiting, func(w string) bool { return r.member[w].Serves(rank, r.seats) })
+		if i < 0 {
+			continue
+		}
+		w := r.waiting[i]
+		r.waiting = slices.Delete(r.waiting, i, i+1)
 		r.epoch[rank]++
 		r.holder[rank] = w
 		r.rankOf[w] = rank

@@ -259,7 +259,7 @@ func (c *run) handle(ctx context.Context, ev job.Event) (finished bool, err erro
 	var out []Action
 	switch ev.Kind {
 	case job.WorkerUp:
-		out = c.job.WorkerUp(ev.Worker)
+		out = c.job.WorkerUpAs(ev.Worker, ev.Member)
 	case job.WorkerDown:
 		c.cfg.Log.Info("worker left", "worker", ev.Worker)
 		out = c.job.WorkerDown(ev.Worker)

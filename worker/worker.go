@@ -54,6 +54,10 @@ type Config struct {
 	// Record, if set, records each step's wait on the parameter servers
 	// and each request's time (the load harness reads it).
 	Record *latency.Recorder
+	// Member is what the worker says of itself when it joins: the model
+	// replica it is pinned to (job.PinTo), if any. A pinned worker waits
+	// for a rank of its replica, and refuses any other.
+	Member job.WorkerMember
 
 	data *dataOnce // the job's data, opened once for all of Run's eras
 }
@@ -149,7 +153,10 @@ func Run(ctx context.Context, cfg Config) (err error) {
 // none, when the job ends without needing it), then for the job's shards.
 func takeRank(ctx context.Context, cfg Config, m *job.Member) (*job.Assignment, error) {
 	log := cfg.Log.With("worker", cfg.ID)
-	if err := cfg.Store.JoinWorker(ctx, m.Lease, cfg.ID); err != nil {
+	if r := cfg.Member.Replica; r != nil && (*r < 0 || *r >= m.Spec.Workers) {
+		return nil, fmt.Errorf("pinned to replica %d, but job %s has replicas 0 to %d", *r, m.Spec.Name, m.Spec.Workers-1)
+	}
+	if err := cfg.Store.JoinWorker(ctx, m.Lease, cfg.ID, cfg.Member); err != nil {
 		return nil, err
 	}
 	a, err := cfg.Store.WaitAssignment(ctx, cfg.ID)
@@ -160,6 +167,10 @@ func takeRank(ctx context.Context, cfg Config, m *job.Member) (*job.Assignment, 
 		log.Info("the job is done; it did not need this worker")
 		return nil, nil
 	}
+	if seats := m.Spec.Seats(); !cfg.Member.Serves(a.Rank, seats) {
+		return nil, fmt.Errorf("given rank %d, of replica %d, but pinned to replica %d", a.Rank, a.Rank/seats, *cfg.Member.Replica)
+	}
+
 	if err := cfg.Store.WaitShards(ctx, m.Placement.Shards, cfg.WaitTimeout); err != nil {
 		return nil, err
 	}

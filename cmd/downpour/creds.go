@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -25,8 +26,13 @@ func cmdCreds(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := flag.NewFlagSet("creds", flag.ContinueOnError)
 	name := fs.String("job", "demo", "the job")
 	dir := fs.String("dir", "creds", "directory of the credentials (created 0700)")
+	replicas := fs.Int("replicas", 0, "a job laid out over seats: a worker's file per model replica (<job>-worker-r<R>.creds), each reaching only its replica's seat subjects, instead of one for every worker")
 	if err := parse(fs, args, stderr, "downpour creds --job demo --dir /etc/downpour/creds"); err != nil {
 		return err
+	}
+	if *replicas < 0 {
+		fmt.Fprintln(stderr, "downpour creds: --replicas must not be negative")
+		return errUsage
 	}
 	if err := wire.ValidJob(*name); err != nil {
 		fmt.Fprintf(stderr, "downpour creds: %v\n", err)
@@ -42,12 +48,31 @@ func cmdCreds(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		if err != nil {
 			return err
 		}
-		path := filepath.Join(*dir, fmt.Sprintf("%s-%s.creds", *name, r))
-		if err := c.Write(path); err != nil {
-			return err
+		files := []*auth.Creds{c}
+		if r == auth.Worker && *replicas > 0 {
+			files = nil
+			os.Remove(filepath.Join(*dir, fmt.Sprintf("%s-%s.creds", *name, r))) // an unpinned worker's would reach every replica
+			for rep := range *replicas {
+				p, err := c.ForReplica(rep)
+				if err != nil {
+					return err
+				}
+				files = append(files, p)
+			}
 		}
-		fmt.Fprintf(&pub, "%s %s\n", r, c.Public())
-		fmt.Fprintf(stdout, "%s: %s\n", r, path)
+		for _, c := range files {
+			path := filepath.Join(*dir, fmt.Sprintf("%s-%s.creds", *name, r))
+			who := string(r)
+			if c.Replica >= 0 {
+				path = filepath.Join(*dir, fmt.Sprintf("%s-%s-r%d.creds", *name, r, c.Replica))
+				who = fmt.Sprintf("%s/%d", r, c.Replica)
+			}
+			if err := c.Write(path); err != nil {
+				return err
+			}
+			fmt.Fprintf(&pub, "%s %s\n", who, c.Public())
+			fmt.Fprintf(stdout, "%s: %s\n", who, path)
+		}
 	}
 	if err := os.WriteFile(filepath.Join(*dir, *name+".users"), []byte(pub.String()), 0o644); err != nil {
 		return err
@@ -110,12 +135,21 @@ func readUsers(dir string) ([]auth.User, error) {
 			if line == "" || strings.HasPrefix(line, "#") {
 				continue
 			}
-			role, key, ok := strings.Cut(line, " ")
+			who, key, ok := strings.Cut(line, " ")
+			role, rep, pinned := strings.Cut(who, "/")
+			replica := auth.AnyReplica
+			if pinned {
+				r, err := strconv.Atoi(rep)
+				if err != nil || r < 0 || auth.Role(role) != auth.Worker {
+					ok = false
+				}
+				replica = r
+			}
 			if !ok || !strings.HasPrefix(key, "U") {
 				f.Close()
-				return nil, fmt.Errorf("%s:%d: want \"<role> <public key>\"", p, n)
+				return nil, fmt.Errorf("%s:%d: want \"<role> <public key>\" or \"worker/<replica> <public key>\"", p, n)
 			}
-			users = append(users, auth.User{Job: job, Role: auth.Role(role), Nkey: key})
+			users = append(users, auth.User{Job: job, Role: auth.Role(role), Replica: replica, Nkey: key})
 		}
 		f.Close()
 		if err := sc.Err(); err != nil {

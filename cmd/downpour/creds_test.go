@@ -228,3 +228,91 @@ func TestEtcdAuthCommand(t *testing.T) {
 		t.Fatalf("etcd-auth without --etcd: exit %d: %s", code, stderr)
 	}
 }
+
+// A job laid out over seats, its workers each holding credentials pinned
+// to one model replica (downpour creds --replicas): each worker takes a seat
+// of its own replica only, and the job ends with the in-process run's
+// parameters. A worker with an unpinned worker's file finds none (creds
+// --replicas writes none), and one pinned to a replica the job lacks is
+// refused.
+func TestSeatsWithReplicaCredentials(t *testing.T) {
+	downpourBinary(t)
+	dir := t.TempDir()
+	creds := filepath.Join(dir, "creds")
+	if code, stdout, stderr := runCmd(t, 10*time.Second, "creds", "--job", "rep", "--dir", creds, "--replicas", "2"); code != 0 {
+		t.Fatalf("creds: exit %d: %s%s", code, stdout, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(creds, "rep-worker.creds")); !os.IsNotExist(err) {
+		t.Fatalf("creds --replicas wrote an unpinned worker's file: %v", err)
+	}
+	users, err := readUsers(creds)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinned := map[int]bool{}
+	for _, u := range users {
+		if u.Role == auth.Worker {
+			pinned[u.Replica] = true
+		}
+	}
+	if len(pinned) != 2 || !pinned[0] || !pinned[1] {
+		t.Fatalf("the workers' users are of replicas %v, want 0 and 1", pinned)
+	}
+	servers := start(t, "servers", "servers", "--dir", filepath.Join(dir, "servers"), "--creds-dir", creds)
+	var natsURL, etcdURL string
+	for deadline := time.Now().Add(time.Minute); natsURL == ""; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("servers did not say where they listen:\n%s", servers.out.String())
+		}
+		for _, l := range strings.Split(servers.out.String(), "\n") {
+			if f := strings.Fields(l); len(f) >= 7 && f[0] == "run" && f[3] == "--nats" {
+				natsURL, etcdURL = f[4], f[6]
+			}
+		}
+	}
+	ep := []string{"--nats", natsURL, "--etcd", etcdURL, "--http", ""}
+	credsOf := func(name string) []string { return []string{"--creds", filepath.Join(creds, "rep-"+name+".creds")} }
+	spec := []string{"--job", "rep", "--steps", "16", "--hidden", "24", "--embed", "16", "--layers", "2", "--batch", "6",
+		"--log-every", "8", "--workers", "2", "--stages", "1", "--softmax-slices", "1", "--data", "synthetic:reverse"}
+	var procs []*proc
+	workers := map[string]int{}
+	// Replica 1's workers first: were they free to take any seat, they
+	// would take replica 0's, whose subjects their NATS identity cannot
+	// reach.
+	for i, r := range []int{1, 1, 0, 0} {
+		name := fmt.Sprintf("worker %d of replica %d", i, r)
+		procs = append(procs, start(t, name, append(append([]string{"worker", "-v", "--job", "rep", "--id", fmt.Sprintf("w%d", i)}, ep...), credsOf(fmt.Sprintf("worker-r%d", r))...)...))
+		workers[name] = r
+		if i == 1 {
+			time.Sleep(time.Second)
+		}
+	}
+	for i := range 2 {
+		procs = append(procs, start(t, fmt.Sprintf("ps %d", i), append(append([]string{"ps", "--job", "rep"}, ep...), credsOf("ps")...)...))
+	}
+	out := filepath.Join(dir, "run")
+	coord := start(t, "coordinator", append(append(append([]string{"coordinator", "--out", out}, spec...), ep...), credsOf("coordinator")...)...)
+	endJob(t, coord, procs, out, dir, spec, "replica-pinned")
+	for _, p := range procs {
+		r, ok := workers[p.name]
+		if !ok {
+			continue
+		}
+		var rank int
+		i := strings.Index(p.out.String(), "rank=")
+		if i < 0 {
+			t.Fatalf("%s does not say its rank:\n%s", p.name, p.out.String())
+		}
+		if _, err := fmt.Sscanf(p.out.String()[i:], "rank=%d", &rank); err != nil {
+			t.Fatalf("%s does not say its rank:\n%s", p.name, p.out.String())
+		}
+		if rank/2 != r {
+			t.Fatalf("%s held rank %d, of replica %d", p.name, rank, rank/2)
+		}
+	}
+	// A worker pinned to a replica the job does not have is refused.
+	code, _, stderr := runCmd(t, 30*time.Second, append(append([]string{"worker", "--job", "rep", "--replica", "5"}, ep...), credsOf("worker-r1")...)...)
+	if code != 2 || !strings.Contains(stderr, "--replica 5, but --creds are replica 1's") {
+		t.Fatalf("--replica against pinned credentials: exit %d: %s", code, stderr)
+	}
+}

@@ -229,11 +229,21 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	ttl := fs.Int64("lease-ttl", 10, "seconds without a heartbeat after which the job gives this worker up")
 	wait := fs.Duration("wait", 5*time.Minute, "how long to wait for the job to appear, for a rank, and for the shards")
 	stats := fs.String("stats", "", "when the worker ends, write here (JSON) each step's wait on the shards and each push's and pull's time, by shard, as histograms (the scale harness reads them)")
+	replica := fs.Int("replica", -1, "a job laid out over seats: serve only this model replica's seats (default: the replica of --creds pinned to one, else any)")
 	if err := parse(fs, args, stderr, "downpour worker --nats nats://127.0.0.1:4222 --etcd http://127.0.0.1:2379 --job demo"); err != nil {
 		return err
 	}
 	if err := ep.require("worker", stderr); err != nil {
 		return err
+	}
+	if c, err := ep.CredsFor(auth.Worker); err != nil {
+		return err
+	} else if c != nil && c.Replica >= 0 {
+		if *replica >= 0 && *replica != c.Replica {
+			fmt.Fprintf(stderr, "downpour worker: --replica %d, but --creds are replica %d's\n", *replica, c.Replica)
+			return errUsage
+		}
+		*replica = c.Replica
 	}
 	r, err := ep.join(ctx, auth.Worker, stderr)
 	if err != nil {
@@ -249,7 +259,8 @@ func cmdWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if *stats != "" {
 		rec = &latency.Recorder{}
 	}
-	err = worker.Run(r.ctx, worker.Config{Store: r.cli.Job(*name), ID: *id, NATS: r.nc, Log: r.log, LeaseTTL: *ttl, WaitTimeout: *wait, Record: rec})
+	err = worker.Run(r.ctx, worker.Config{Store: r.cli.Job(*name), ID: *id, NATS: r.nc, Log: r.log, LeaseTTL: *ttl, WaitTimeout: *wait, Record: rec,
+		Member: job.PinTo(*replica)})
 	if rec != nil {
 		if werr := latency.WriteFile(*stats, rec.Summary()); werr != nil {
 			err = errors.Join(err, werr)

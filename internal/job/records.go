@@ -54,6 +54,28 @@ type ReshardRequest struct {
 
 // Assignment is what the coordinator gives a worker: its rank, the fencing
 // epoch of that rank, and the data shard it reads.
+// WorkerMember is what a worker says of itself when it joins: the model
+// replica it may serve, when it is pinned to one (its NATS identity may
+// reach that replica's seat subjects only, or it runs on the machine that
+// holds that replica's other seats). Nil Replica: any.
+type WorkerMember struct {
+	Replica *int `json:"replica,omitempty"`
+}
+
+// PinTo is the membership of a worker pinned to replica r (r < 0: any).
+func PinTo(r int) WorkerMember {
+	if r < 0 {
+		return WorkerMember{}
+	}
+	return WorkerMember{Replica: &r}
+}
+
+// Serves says whether a worker of membership m may hold rank of a job
+// whose replicas have seats seats each.
+func (m WorkerMember) Serves(rank, seats int) bool {
+	return m.Replica == nil || *m.Replica == rank/max(1, seats)
+}
+
 type Assignment struct {
 	Rank      int    `json:"rank"`
 	Epoch     uint64 `json:"epoch"`

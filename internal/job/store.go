@@ -69,8 +69,9 @@ type Lease interface {
 // WorkerStore is what a worker reads and writes: its membership, the rank
 // it is given, and its reports.
 type WorkerStore interface {
-	// JoinWorker makes worker id a member of the job, under lease l.
-	JoinWorker(ctx context.Context, l Lease, id string) error
+	// JoinWorker makes worker id a member of the job, under lease l, as
+	// m says (the replica it is pinned to, if any).
+	JoinWorker(ctx context.Context, l Lease, id string, m WorkerMember) error
 	// WaitAssignment waits for the coordinator to give worker id a rank;
 	// it returns nil if the job is done first. Only ctx bounds the wait.
 	WaitAssignment(ctx context.Context, id string) (*Assignment, error)
@@ -206,6 +207,7 @@ const (
 type Event struct {
 	Kind       EventKind
 	Worker     string
+	Member     WorkerMember // WorkerUp: what the worker said of itself
 	Shard      int
 	Placement  int64
 	Rank       int

@@ -28,6 +28,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -63,8 +64,14 @@ func (r Role) valid() bool {
 	return false
 }
 
-// Permissions are the NATS permissions of role in job.
-func Permissions(job string, role Role) *server.Permissions {
+// AnyReplica is the Replica of credentials that are not pinned to a model
+// replica.
+const AnyReplica = -1
+
+// Permissions are the NATS permissions of role in job; for a worker pinned
+// to a model replica (replica >= 0), its seat subjects are that replica's
+// only.
+func Permissions(job string, role Role, replica int) *server.Permissions {
 	shard := func(op string) string { return "downpour." + job + ".*.ps.*." + op }
 	progress := wire.ProgressSubject(job)
 	inbox := InboxPrefix(job, role) + ".>"
@@ -73,8 +80,12 @@ func Permissions(job string, role Role) *server.Permissions {
 	switch role {
 	case Worker:
 		// A seat of a replica laid out over stages talks to the others on
-		// the job's seat subjects (wire.SeatSubject).
+		// the job's seat subjects (wire.SeatSubject): its replica's, when
+		// its credentials are pinned to one.
 		seats := "downpour." + job + ".seat.>"
+		if replica >= 0 {
+			seats = "downpour." + job + ".seat." + strconv.Itoa(replica) + ".>"
+		}
 		return &server.Permissions{Publish: allow(shard("push"), shard("pull"), progress, seats), Subscribe: allow(inbox, seats)}
 	case PS:
 		// Replies only, to requests received, within the longest a shard
@@ -96,8 +107,11 @@ func InboxPrefix(job string, role Role) string { return "_INBOX." + job + "." + 
 type Creds struct {
 	Job  string
 	Role Role
-	seed []byte // the nkey seed: the secret
-	kp   nkeys.KeyPair
+	// Replica is the model replica a worker's credentials are pinned to
+	// (its seats' subjects only), or AnyReplica.
+	Replica int
+	seed    []byte // the nkey seed: the secret
+	kp      nkeys.KeyPair
 	// etcdPassword is the etcd user's password ("": no etcd login).
 	etcdPassword string
 }
@@ -122,7 +136,22 @@ func New(job string, role Role) (*Creds, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Creds{Job: job, Role: role, seed: seed, kp: kp, etcdPassword: pw}, nil
+	return &Creds{Job: job, Role: role, Replica: AnyReplica, seed: seed, kp: kp, etcdPassword: pw}, nil
+}
+
+// ForReplica makes a worker's credentials pinned to model replica r: a NATS
+// identity of its own, which may reach replica r's seat subjects only, and
+// c's etcd login (the job's workers share one etcd user).
+func (c *Creds) ForReplica(r int) (*Creds, error) {
+	if c.Role != Worker || r < 0 {
+		return nil, fmt.Errorf("credentials pinned to replica %d: only a worker's, to a replica from 0", r)
+	}
+	p, err := New(c.Job, Worker)
+	if err != nil {
+		return nil, err
+	}
+	p.Replica, p.etcdPassword = r, c.etcdPassword
+	return p, nil
 }
 
 // Public is the identity's public key: what a server lists.
@@ -132,10 +161,17 @@ func (c *Creds) Public() string {
 }
 
 // User is the server's record of c: its public key and permissions.
-func (c *Creds) User() User { return User{Job: c.Job, Role: c.Role, Nkey: c.Public()} }
+func (c *Creds) User() User {
+	return User{Job: c.Job, Role: c.Role, Replica: c.Replica, Nkey: c.Public()}
+}
 
 // String names the credentials without their secret (for logs).
-func (c *Creds) String() string { return fmt.Sprintf("%s/%s (%s)", c.Job, c.Role, c.Public()) }
+func (c *Creds) String() string {
+	if c.Replica >= 0 {
+		return fmt.Sprintf("%s/%s of replica %d (%s)", c.Job, c.Role, c.Replica, c.Public())
+	}
+	return fmt.Sprintf("%s/%s (%s)", c.Job, c.Role, c.Public())
+}
 
 // NATSOptions connect as c: signing the server's challenge with the seed,
 // and receiving replies on c's inbox prefix.
@@ -155,6 +191,9 @@ func (c *Creds) Write(path string) error {
 	var b bytes.Buffer
 	fmt.Fprintf(&b, "# downpour credentials: job %s, role %s. Secret: keep this file mode 0600.\njob: %s\nrole: %s\nnats-seed: %s\n",
 		c.Job, c.Role, c.Job, c.Role, c.seed)
+	if c.Replica >= 0 {
+		fmt.Fprintf(&b, "replica: %d\n", c.Replica)
+	}
 	if c.etcdPassword != "" {
 		fmt.Fprintf(&b, "etcd-user: %s\netcd-password: %s\n", EtcdUser(c.Job, c.Role), c.etcdPassword)
 	}
@@ -239,7 +278,7 @@ func Parse(data []byte) (*Creds, error) {
 	if err != nil {
 		return nil, err
 	}
-	var c Creds
+	c := Creds{Replica: AnyReplica}
 	for _, e := range entries {
 		switch e.Key {
 		case "job":
@@ -251,9 +290,18 @@ func Parse(data []byte) (*Creds, error) {
 		case "etcd-user": // always EtcdUser(job, role): written for the reader's sake
 		case "etcd-password":
 			c.etcdPassword = e.Value
+		case "replica":
+			r, err := strconv.Atoi(e.Value)
+			if err != nil || r < 0 {
+				return nil, fmt.Errorf("line %d: replica %q: a replica number from 0", e.Line, e.Value)
+			}
+			c.Replica = r
 		default:
-			return nil, fmt.Errorf("line %d: unknown key %q (job, role, nats-seed, etcd-user, etcd-password)", e.Line, e.Key)
+			return nil, fmt.Errorf("line %d: unknown key %q (job, role, nats-seed, etcd-user, etcd-password, replica)", e.Line, e.Key)
 		}
+	}
+	if c.Replica >= 0 && c.Role != Worker {
+		return nil, fmt.Errorf("role %s pinned to replica %d: only a worker's credentials are", c.Role, c.Replica)
 	}
 	if err := wire.ValidJob(c.Job); err != nil {
 		return nil, err
@@ -274,16 +322,17 @@ func Parse(data []byte) (*Creds, error) {
 
 // User is what a server knows of an identity.
 type User struct {
-	Job  string
-	Role Role
-	Nkey string // public key
+	Job     string
+	Role    Role
+	Replica int    // a worker's model replica, or AnyReplica
+	Nkey    string // public key
 }
 
 // ServerUsers are users as a NATS server's options take them.
 func ServerUsers(users []User) []*server.NkeyUser {
 	var out []*server.NkeyUser
 	for _, u := range users {
-		out = append(out, &server.NkeyUser{Nkey: u.Nkey, Permissions: Permissions(u.Job, u.Role)})
+		out = append(out, &server.NkeyUser{Nkey: u.Nkey, Permissions: Permissions(u.Job, u.Role, u.Replica)})
 	}
 	return out
 }
@@ -297,7 +346,10 @@ func WriteServerConfig(w io.Writer, users []User) error {
 		if users[i].Job != users[j].Job {
 			return users[i].Job < users[j].Job
 		}
-		return users[i].Role < users[j].Role
+		if users[i].Role != users[j].Role {
+			return users[i].Role < users[j].Role
+		}
+		return users[i].Replica < users[j].Replica
 	})
 	var b strings.Builder
 	b.WriteString("# downpour: NATS users and their permissions (public keys only).\nauthorization {\n  users = [\n")
@@ -322,8 +374,12 @@ func WriteServerConfig(w io.Writer, users []User) error {
 		b.WriteString(" }\n")
 	}
 	for _, u := range users {
-		p := Permissions(u.Job, u.Role)
-		fmt.Fprintf(&b, "    # job %s, role %s\n    { nkey: %q, permissions: {\n", u.Job, u.Role, u.Nkey)
+		p := Permissions(u.Job, u.Role, u.Replica)
+		pinned := ""
+		if u.Replica >= 0 {
+			pinned = fmt.Sprintf(", replica %d", u.Replica)
+		}
+		fmt.Fprintf(&b, "    # job %s, role %s%s\n    { nkey: %q, permissions: {\n", u.Job, u.Role, pinned, u.Nkey)
 		perm("publish", p.Publish)
 		perm("subscribe", p.Subscribe)
 		if p.Response != nil {

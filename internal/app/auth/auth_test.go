@@ -3,6 +3,7 @@ package auth
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -53,6 +54,16 @@ func newWorld(t *testing.T) *world {
 			}
 			w.creds[j+"/"+string(r)] = c
 			users = append(users, c.User())
+			if r == Worker {
+				for rep := range 2 { // a/worker0, a/worker1: pinned to replicas 0 and 1
+					p, err := c.ForReplica(rep)
+					if err != nil {
+						t.Fatal(err)
+					}
+					w.creds[fmt.Sprintf("%s/worker%d", j, rep)] = p
+					users = append(users, p.User())
+				}
+			}
 		}
 	}
 	c := testenv.ServersWith(t, embedded.Options{NATSUsers: ServerUsers(users),
@@ -175,6 +186,28 @@ func TestPermissionsIsolateRolesAndJobs(t *testing.T) {
 	seatPS, seatPSErrs := w.conn(t, "a/ps")
 	seatPS.Publish(seat, []byte("poison"))
 	seatPSErrs.wait(t, "Permissions Violation for Publish")
+
+	// A worker pinned to replica 0 talks to replica 0's seats; a worker
+	// pinned to replica 1 may neither listen there nor send there.
+	own, ownErrs := w.conn(t, "a/worker0")
+	if err := own.Publish(seat, []byte("own replica")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-seatMsgs:
+		if string(got) != "own replica" {
+			t.Fatalf("a seat got %q", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a pinned worker's message to its own replica's seat did not arrive")
+	}
+	other, otherSeatErrs := w.conn(t, "a/worker1")
+	other.Subscribe(seat, func(*nats.Msg) { t.Error("a worker of replica 1 received replica 0's seat message") })
+	otherSeatErrs.wait(t, "Permissions Violation for Subscription")
+	other.Publish(seat, []byte("poison from replica 1"))
+	otherSeatErrs.wait(t, "Permissions Violation for Publish")
+	own.Publish(wire.SeatSubject("a", 1, 0), []byte("poison from replica 0"))
+	ownErrs.wait(t, "Permissions Violation for Publish")
 
 	// A worker may not listen to pushes (it would see others' gradients).
 	before = refused("subscribe")
@@ -343,13 +376,76 @@ func FuzzParseCreds(f *testing.F) {
 	f.Add(data)
 	f.Add(b.Bytes())
 	f.Add([]byte("job: demo\nrole: worker\nnats-seed: SUAAAA\n"))
+	w, _ := New("demo", Worker)
+	if p, err := w.ForReplica(3); err == nil {
+		p.Write(filepath.Join(dir, "p"))
+		data, _ := os.ReadFile(filepath.Join(dir, "p"))
+		f.Add(data)
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		c, err := Parse(data)
 		if err != nil {
 			return
 		}
+		if c.Replica < AnyReplica || c.Replica >= 0 && c.Role != Worker {
+			t.Fatalf("accepted %s pinned to replica %d", c.Role, c.Replica)
+		}
 		if _, err := c.kp.Sign([]byte("nonce")); err != nil || !strings.HasPrefix(c.Public(), "U") {
 			t.Fatalf("accepted credentials that cannot sign: %v", err)
 		}
 	})
+}
+
+// A worker's credentials pinned to a replica read back pinned, with the
+// workers' etcd login; only a worker's may be pinned.
+func TestCredsPinnedToAReplica(t *testing.T) {
+	dir := t.TempDir()
+	w, _ := New("demo", Worker)
+	p, err := w.ForReplica(2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "w2.creds")
+	if err := p.Write(path); err != nil {
+		t.Fatal(err)
+	}
+	got, err := Read(path)
+	if err != nil || got.Replica != 2 || got.Role != Worker || got.Public() != p.Public() || got.Public() == w.Public() {
+		t.Fatalf("%v %v", got, err)
+	}
+	if u1, p1 := got.EtcdLogin(); u1 == "" {
+		t.Fatal("no etcd login")
+	} else if u2, p2 := w.EtcdLogin(); u1 != u2 || p1 != p2 {
+		t.Fatal("a pinned worker has another etcd login than the job's workers")
+	}
+	if u := got.User(); u.Replica != 2 {
+		t.Fatalf("user %+v", u)
+	}
+	plain, _ := Parse([]byte(strings.Replace(string(mustRead(t, path)), "replica: 2\n", "", 1)))
+	if plain == nil || plain.Replica != AnyReplica {
+		t.Fatalf("credentials without a replica line: %+v", plain)
+	}
+	ps, _ := New("demo", PS)
+	if _, err := ps.ForReplica(0); err == nil {
+		t.Fatal("a shard's credentials pinned")
+	}
+	for _, bad := range []string{"replica: -1\n", "replica: x\n"} {
+		if _, err := Parse(append(mustRead(t, path), bad...)); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	psPath := filepath.Join(dir, "ps.creds")
+	ps.Write(psPath)
+	if _, err := Parse(append(mustRead(t, psPath), "replica: 1\n"...)); err == nil || !strings.Contains(err.Error(), "only a worker") {
+		t.Fatalf("a shard's credentials with a replica: %v", err)
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -278,7 +278,11 @@ func (s *Store) event(typ mvccpb.Event_EventType, kv, prev *mvccpb.KeyValue) (jo
 	case strings.HasPrefix(k, s.keys.Workers()):
 		id := strings.TrimPrefix(k, s.keys.Workers())
 		if put {
-			return job.Event{Kind: job.WorkerUp, Worker: id}, true
+			var m job.WorkerMember
+			if json.Unmarshal(kv.Value, &m) != nil || m.Replica != nil && *m.Replica < 0 {
+				return job.Event{Kind: job.Malformed, What: k, Err: fmt.Errorf("worker member %q", kv.Value)}, true
+			}
+			return job.Event{Kind: job.WorkerUp, Worker: id, Member: m}, true
 		}
 		return job.Event{Kind: job.WorkerDown, Worker: id}, true
 	case strings.HasPrefix(k, s.keys.Shards()) && !put && prev != nil:

@@ -16,8 +16,9 @@ import (
 // The members' calls: a worker's and a shard's.
 
 // JoinWorker writes worker id's membership key under l.
-func (s *Store) JoinWorker(ctx context.Context, l job.Lease, id string) error {
-	if err := s.put(ctx, s.keys.Worker(id), "{}", clientv3.WithLease(leaseID(l))); err != nil {
+func (s *Store) JoinWorker(ctx context.Context, l job.Lease, id string, m job.WorkerMember) error {
+	b, _ := json.Marshal(m)
+	if err := s.put(ctx, s.keys.Worker(id), string(b), clientv3.WithLease(leaseID(l))); err != nil {
 		return fmt.Errorf("registering worker: %w", err)
 	}
 	return nil

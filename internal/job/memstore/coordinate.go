@@ -124,7 +124,7 @@ func (s *Store) Follow(ctx context.Context) (*job.View, <-chan job.Event, error)
 	}
 	for _, id := range sortedKeys(st.workers) {
 		v.Live[id] = true
-		v.Events = append(v.Events, job.Event{Kind: job.WorkerUp, Worker: id})
+		v.Events = append(v.Events, job.Event{Kind: job.WorkerUp, Worker: id, Member: st.members[id]})
 	}
 	if st.reshard != nil {
 		v.Events = append(v.Events, job.Event{Kind: job.ReshardRequested, Reshard: *st.reshard})

@@ -12,7 +12,7 @@ import (
 // The members' calls: a worker's and a shard's.
 
 // JoinWorker makes worker id a member under l.
-func (s *Store) JoinWorker(ctx context.Context, l job.Lease, id string) error {
+func (s *Store) JoinWorker(ctx context.Context, l job.Lease, id string, m job.WorkerMember) error {
 	s.c.mu.Lock()
 	defer s.c.mu.Unlock()
 	if !s.alive(l) {
@@ -20,7 +20,8 @@ func (s *Store) JoinWorker(ctx context.Context, l job.Lease, id string) error {
 	}
 	st := s.c.job(s.name)
 	st.workers[id] = l.(*lease).id
-	s.c.logEvent(st, job.Event{Kind: job.WorkerUp, Worker: id})
+	st.members[id] = m
+	s.c.logEvent(st, job.Event{Kind: job.WorkerUp, Worker: id, Member: m})
 	return nil
 }
 

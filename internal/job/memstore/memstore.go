@@ -52,6 +52,7 @@ type state struct {
 	placementRev int64
 	status       string
 	workers      map[string]int64 // id -> lease
+	members      map[string]job.WorkerMember
 	shards       map[int]shardSeat
 	served       map[[2]int64]int64 // (version, index) -> lease that served it
 	assigned     map[string]job.Assignment
@@ -85,7 +86,7 @@ type entry struct {
 func (c *Cluster) job(name string) *state {
 	st := c.jobs[name]
 	if st == nil {
-		st = &state{workers: map[string]int64{}, shards: map[int]shardSeat{}, served: map[[2]int64]int64{},
+		st = &state{workers: map[string]int64{}, members: map[string]job.WorkerMember{}, shards: map[int]shardSeat{}, served: map[[2]int64]int64{},
 			assigned: map[string]job.Assignment{}, done: map[int]uint64{}, tasks: map[string]job.Task{},
 			taskDone: map[string]job.Task{}, queueAt: map[int64][]byte{}, snapshots: map[string]job.SnapshotRecord{},
 			rollbacks: map[int64]job.RollbackRecord{}}
@@ -178,6 +179,7 @@ func (c *Cluster) end(id int64) {
 		for _, w := range sortedKeys(st.workers) {
 			if st.workers[w] == id {
 				delete(st.workers, w)
+				delete(st.members, w)
 				c.logEvent(st, job.Event{Kind: job.WorkerDown, Worker: w})
 			}
 		}

@@ -147,11 +147,23 @@ func members(t *testing.T, newStore NewStore) {
 	}
 	released := st.Released(ctx)
 	l := grant(t, st)
-	if err := st.JoinWorker(ctx, l, "w1"); err != nil {
+	if err := st.JoinWorker(ctx, l, "w1", job.PinTo(1)); err != nil {
 		t.Fatal(err)
 	}
-	if ev := events.next(t); ev.Kind != job.WorkerUp || ev.Worker != "w1" {
+	if ev := events.next(t); ev.Kind != job.WorkerUp || ev.Worker != "w1" || ev.Member.Replica == nil || *ev.Member.Replica != 1 {
 		t.Fatalf("after a join: %+v", ev)
+	}
+	// A worker that says nothing of a replica serves any.
+	l2 := grant(t, st)
+	if err := st.JoinWorker(ctx, l2, "w2", job.WorkerMember{}); err != nil {
+		t.Fatal(err)
+	}
+	if ev := events.next(t); ev.Kind != job.WorkerUp || ev.Worker != "w2" || ev.Member.Replica != nil {
+		t.Fatalf("after a join: %+v", ev)
+	}
+	l2.Close()
+	if ev := events.next(t); ev.Kind != job.WorkerDown || ev.Worker != "w2" {
+		t.Fatalf("after a lease's end: %+v", ev)
 	}
 	got := make(chan *job.Assignment, 1)
 	go func() {
@@ -171,8 +183,13 @@ func members(t *testing.T, newStore NewStore) {
 	if a, err := st.Assignment(ctx, "w1"); err != nil || a == nil || *a != want {
 		t.Fatalf("Assignment: %+v %v", a, err)
 	}
-	if view, _ := follow(t, st); !view.Live["w1"] || view.Assigned["w1"] != want {
+	view, _ = follow(t, st)
+	if !view.Live["w1"] || view.Live["w2"] || view.Assigned["w1"] != want {
 		t.Fatalf("Follow after a join: %+v", view)
+	}
+	if i := slices.IndexFunc(view.Events, func(e job.Event) bool { return e.Kind == job.WorkerUp && e.Worker == "w1" }); i < 0 ||
+		view.Events[i].Member.Replica == nil || *view.Events[i].Member.Replica != 1 {
+		t.Fatalf("Follow's events after a join: %+v", view.Events)
 	}
 	if err := st.Unassign(ctx, nil, "w1"); err != nil {
 		t.Fatal(err)
