@@ -179,16 +179,40 @@ func (s *Store) Create(ctx context.Context, l job.Leadership, spec *job.Spec, p 
 	return false, stored, state, nil
 }
 
+// jobKeys are a job's keys read at one revision.
+type jobKeys struct {
+	Kvs    []*mvccpb.KeyValue
+	Header struct{ Revision int64 }
+}
+
+// readJob reads every key of the job but its corpus summary (a megabyte
+// for the paper's vocabularies, which only Find needs), at one revision.
+func (s *Store) readJob(ctx context.Context) (*jobKeys, error) {
+	root, corpus := s.keys.Root(), s.keys.Corpus()
+	var r *clientv3.TxnResponse
+	err := s.do(ctx, func(ctx context.Context) error {
+		var err error
+		r, err = s.kv.Txn(ctx).Then(
+			clientv3.OpGet(root, clientv3.WithRange(corpus)),
+			clientv3.OpGet(clientv3.GetPrefixRangeEnd(corpus), clientv3.WithRange(clientv3.GetPrefixRangeEnd(root)))).Commit()
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	out := &jobKeys{}
+	out.Header.Revision = r.Header.Revision
+	for _, rr := range r.Responses {
+		out.Kvs = append(out.Kvs, rr.GetResponseRange().Kvs...)
+	}
+	return out, nil
+}
+
 // Follow reads the job's keys, as a View, and then sends their changes as
 // events; a watch a transient failure ends is opened again after the last
 // revision seen.
 func (s *Store) Follow(ctx context.Context) (*job.View, <-chan job.Event, error) {
-	var snap *clientv3.GetResponse
-	err := s.do(ctx, func(ctx context.Context) error {
-		var err error
-		snap, err = s.kv.Get(ctx, s.keys.Root(), clientv3.WithPrefix())
-		return err
-	})
+	snap, err := s.readJob(ctx)
 	if err != nil {
 		return nil, nil, fmt.Errorf("reading job state: %w", err)
 	}
@@ -461,12 +485,7 @@ func (s *Store) ReshardAnswer(ctx context.Context, timeout time.Duration) (job.R
 
 // Look reads the whole job at one revision, with its members' leases.
 func (s *Store) Look(ctx context.Context) (*job.Look, error) {
-	var r *clientv3.GetResponse
-	err := s.do(ctx, func(ctx context.Context) error {
-		var err error
-		r, err = s.kv.Get(ctx, s.keys.Root(), clientv3.WithPrefix())
-		return err
-	})
+	r, err := s.readJob(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("reading job %s: %w", s.name, err)
 	}

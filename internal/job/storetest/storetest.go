@@ -567,6 +567,12 @@ func corpus(t *testing.T, newStore NewStore) {
 		!slices.Equal(gs.Corpus().Src, s.Corpus().Src) || len(gs.Corpus().Src) < 150000 {
 		t.Fatalf("Find: %v", err)
 	}
+	if lk, err := st.Look(ctx); err != nil || lk.Spec.CorpusDigest != s.CorpusDigest || lk.State != job.StateRunning {
+		t.Fatalf("Look of a job with a corpus: %v", err)
+	}
+	if view, _ := follow(t, st); len(view.Events) != 0 {
+		t.Fatalf("Follow of a job with a corpus found events %+v", view.Events)
+	}
 	other := *s
 	if err := other.AttachCorpus((&shard.CorpusSummary{Stats: shard.CorpusStats{Lines: 1, Pairs: 1}}).Encode()); err == nil {
 		t.Fatal("a summary other than the spec's was attached")
