@@ -93,8 +93,22 @@ func DecodeCorpusSummary(b []byte) (*CorpusSummary, error) {
 		return nil, fmt.Errorf("corpus summary: counts do not add up (%+v)", c.Stats)
 	case slices.ContainsFunc(c.Src, reserved) || slices.ContainsFunc(c.Tgt, reserved):
 		return nil, errors.New("corpus summary: a vocabulary names a reserved word")
+	case !distinct(c.Src) || !distinct(c.Tgt):
+		return nil, errors.New("corpus summary: a vocabulary names a word twice, or an empty one")
 	}
 	return &c, nil
+}
+
+// distinct says whether words are non-empty and all different.
+func distinct(words []string) bool {
+	seen := make(map[string]bool, len(words))
+	for _, w := range words {
+		if w == "" || seen[w] {
+			return false
+		}
+		seen[w] = true
+	}
+	return true
 }
 
 // reserved says whether w is one of the reserved ids' words.

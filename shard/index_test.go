@@ -254,6 +254,8 @@ func TestCorpusSummaryRoundTrip(t *testing.T) {
 	for _, bad := range []*CorpusSummary{
 		{Stats: CorpusStats{Lines: 5, Pairs: 3}},
 		{Stats: CorpusStats{Lines: 1, Pairs: 1}, Src: []string{"<unk>"}},
+		{Stats: CorpusStats{Lines: 1, Pairs: 1}, Tgt: []string{"a", "b", "a"}},
+		{Stats: CorpusStats{Lines: 1, Pairs: 1}, Src: []string{""}},
 		{Stats: CorpusStats{}},
 	} {
 		if _, err := DecodeCorpusSummary(bad.Encode()); err == nil {
