@@ -26,18 +26,8 @@ out=$(cd "$out" && pwd)
 here=$(cd "$(dirname "$0")/.." && pwd)
 bin="$out/downpour"
 (cd "$here" && go build -o "$bin" ./cmd/downpour)
-timed() { # timed NAME CMD...: run CMD in the background under /usr/bin/time
-	name=$1
-	shift
-	/usr/bin/time -v -o "$out/$name.time" "$@" >"$out/$name.log" 2>&1 &
-}
-pick() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-nport=$(pick)
-eport=$(pick)
-timed servers "$bin" servers --dir "$out/servers" --nats-port "$nport" --etcd-port "$eport"
-servers=$!
-sleep 3
-EP="--nats nats://127.0.0.1:$nport --etcd http://127.0.0.1:$eport"
+. "$here/examples/roles.sh"
+start_servers
 job=corpus-scale
 port=19300
 for i in 0 1; do
@@ -69,7 +59,7 @@ while kill -0 "$coord" 2>/dev/null; do
 done
 wait "$coord" || true
 sleep 5
-pkill -INT -P "$servers" || true
+stop_servers
 wait || true
 {
 printf '%-12s %10s %8s %8s %8s %8s %10s\n' role peak_rss_MB cpu_s count index held read_GB

@@ -26,18 +26,8 @@ export GOGC="${DOWNPOUR_GOGC:-50}"
 stages=${DOWNPOUR_STAGES:-4}
 slices=${DOWNPOUR_SLICES:-4}
 seats=$((stages + slices))
-timed() { # timed NAME CMD...: run CMD in the background under /usr/bin/time
-	name=$1
-	shift
-	/usr/bin/time -v -o "$out/$name.time" "$@" >"$out/$name.log" 2>&1 &
-}
-pick() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-nport=$(pick)
-eport=$(pick)
-timed servers "$bin" servers --dir "$out/servers" --nats-port "$nport" --etcd-port "$eport"
-servers=$!
-sleep 3
-EP="--nats nats://127.0.0.1:$nport --etcd http://127.0.0.1:$eport"
+. "$here/examples/roles.sh"
+start_servers
 job=paper-layout
 port=19100
 for i in 0 1 2 3 4 5 6 7; do
@@ -63,7 +53,7 @@ while kill -0 "$coord" 2>/dev/null; do
 done
 wait "$coord" || true
 sleep 5
-pkill -INT -P "$servers" || true # the servers themselves, not the time that measures them
+stop_servers
 wait || true
 {
 printf '%-12s %10s %8s %14s %12s %5s\n' role peak_rss_MB cpu_s seat_sent_MB seat_wait_s seat

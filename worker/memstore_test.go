@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -120,5 +121,23 @@ func TestSoftmaxBlocksThroughShardsInMemory(t *testing.T) {
 	}
 	if want := models.TotalSize(spec.Tensors()); len(one) != want {
 		t.Fatalf("%d parameters, want %d", len(one), want)
+	}
+}
+
+// A worker pinned to a replica the job does not have is refused at once,
+// rather than waiting for a seat that will never be free.
+func TestPinnedWorkerOutsideTheJobIsRefused(t *testing.T) {
+	spec := job.Default()
+	spec.Name, spec.Workers = "pin", 2
+	st := memstore.New().Job(spec.Name)
+	if _, _, _, err := st.Create(t.Context(), nil, &spec, job.Place(spec.Tensors(), spec.BlockSize, 1), false); err != nil {
+		t.Fatal(err)
+	}
+	nc := testenv.Conn(t, testenv.NATS(t, 0).ClientURL())
+	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+	defer cancel()
+	err := worker.Run(ctx, worker.Config{Store: st, ID: "w", NATS: nc, Log: quiet, Member: job.PinTo(2), WaitTimeout: time.Second})
+	if err == nil || !strings.Contains(err.Error(), "pinned to replica 2, but job pin has replicas 0 to 1") {
+		t.Fatalf("got %v", err)
 	}
 }

@@ -117,6 +117,19 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err != nil || a == nil {
 		return err
 	}
+	if m.Spec.Model == "seq2seq" {
+		// Index the rank's data shard now, before the model takes its
+		// memory: the pass's garbage then grows from a small heap, not
+		// by half of the model's (GOGC), which a paper-size seat's peak
+		// RSS showed.
+		d, err := cfg.openData(m.Spec)
+		if err != nil {
+			return err
+		}
+		if _, err := d.StepsPerEpoch(m.Spec.Seed, a.DataShard, m.Spec.Batch); err != nil {
+			return err
+		}
+	}
 	p, rev, err := cfg.Store.Placement(ctx)
 	if err != nil {
 		return err
