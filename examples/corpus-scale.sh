@@ -21,12 +21,8 @@ esac
 workers=${2:-8}
 steps=${3:-20}
 out=${4:-runs/corpus-scale-$(date +%Y%m%d-%H%M%S)}
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-here=$(cd "$(dirname "$0")/.." && pwd)
-bin="$out/downpour"
-(cd "$here" && go build -o "$bin" ./cmd/downpour)
-. "$here/examples/roles.sh"
+. "$(dirname "$0")/roles.sh"
+build_into "$out"
 start_servers
 job=corpus-scale
 port=19300

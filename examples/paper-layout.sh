@@ -17,16 +17,12 @@
 set -eu
 steps=${1:-10}
 out=${2:-runs/paper-layout-$(date +%Y%m%d-%H%M%S)}
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-here=$(cd "$(dirname "$0")/.." && pwd)
-bin="$out/downpour"
-(cd "$here" && go build -o "$bin" ./cmd/downpour)
+. "$(dirname "$0")/roles.sh"
+build_into "$out"
 export GOGC="${DOWNPOUR_GOGC:-50}"
 stages=${DOWNPOUR_STAGES:-4}
 slices=${DOWNPOUR_SLICES:-4}
 seats=$((stages + slices))
-. "$here/examples/roles.sh"
 start_servers
 job=paper-layout
 port=19100

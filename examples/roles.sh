@@ -1,9 +1,17 @@
 # Shared by the examples that run every role of a job as its own process
-# (sourced, not run): with $out the output directory and $bin the downpour
-# binary, "timed NAME CMD..." runs CMD in the background under
+# (sourced, not run). build_into DIR makes the output directory, sets $out
+# to it, $here to the repository and $bin to the downpour binary it builds
+# there; "timed NAME CMD..." runs CMD in the background under
 # /usr/bin/time -v (NAME.time, NAME.log in $out), and start_servers starts
 # NATS and etcd (downpour servers) on free ports, setting $EP to the roles'
 # flags for them and $servers to their timed process.
+build_into() {
+	mkdir -p "$1"
+	out=$(cd "$1" && pwd)
+	here=$(cd "$(dirname "$0")/.." && pwd)
+	bin="$out/downpour"
+	(cd "$here" && go build -o "$bin" ./cmd/downpour)
+}
 timed() {
 	name=$1
 	shift

@@ -113,12 +113,7 @@ var tok13aEntities = strings.NewReplacer("&quot;", `"`, "&amp;", "&", "&lt;", "<
 // scan matches as the expressions do (leftmost first, a match consumed
 // before the next is looked for); the test holds it to the expressions.
 func Tokenize13a(line string) []string {
-	line = strings.ReplaceAll(line, "<skipped>", "")
-	line = strings.ReplaceAll(line, "-\n", "")
-	line = strings.ReplaceAll(line, "\n", " ")
-	if strings.Contains(line, "&") {
-		line = tok13aEntities.Replace(line)
-	}
+	line = prepare13a(line)
 	var b strings.Builder
 	b.Grow(2*len(line) + 2)
 	// s/([\{-\~\[-\` -\&\(-\+\:-\@\/])/ $1 /g, on " " + line + " "
@@ -135,13 +130,25 @@ func Tokenize13a(line string) []string {
 	b.WriteByte(' ')
 	line = b.String()
 	if strings.ContainsAny(line, ".,") {
-		line = replacePairs(line, notDigit, periodComma, "%1 %2 ") // s/([^0-9])([\.,])/$1 $2 /g
-		line = replacePairs(line, periodComma, notDigit, " %1 %2") // s/([\.,])([^0-9])/ $1 $2/g
+		line = replacePairs(line, notDigit, periodComma, false) // s/([^0-9])([\.,])/$1 $2 /g
+		line = replacePairs(line, periodComma, notDigit, true)  // s/([\.,])([^0-9])/ $1 $2/g
 	}
 	if strings.Contains(line, "-") {
-		line = replacePairs(line, digit, dash, "%1 %2 ") // s/([0-9])(-)/$1 $2 /g
+		line = replacePairs(line, digit, dash, false) // s/([0-9])(-)/$1 $2 /g
 	}
 	return strings.Fields(line)
+}
+
+// prepare13a is the script's first steps, before its expressions: skipped
+// markers and line ends out, entities decoded.
+func prepare13a(line string) string {
+	line = strings.ReplaceAll(line, "<skipped>", "")
+	line = strings.ReplaceAll(line, "-\n", "")
+	line = strings.ReplaceAll(line, "\n", " ")
+	if strings.Contains(line, "&") {
+		line = tok13aEntities.Replace(line)
+	}
+	return line
 }
 
 // The character classes of 13a's two-character expressions.
@@ -177,10 +184,11 @@ var tok13aPunct = func() (t [0x80]bool) {
 
 // replacePairs replaces each match of the two-character pattern (a)(b) in
 // s, leftmost first and not overlapping, as a regular expression's
-// ReplaceAllString does, by repl with %1 and %2 standing for the two
-// characters. Characters are runes; an invalid byte is a character of its
+// ReplaceAllString does, by the two characters with a space between them
+// and one after them ("$1 $2 "), or with lead, one before them instead
+// (" $1 $2"). Characters are runes; an invalid byte is a character of its
 // own (U+FFFD, as the regexp package reads it) and is copied as it was.
-func replacePairs(s string, a, b int, repl string) string {
+func replacePairs(s string, a, b int, lead bool) string {
 	var out strings.Builder
 	out.Grow(len(s) + len(s)/4)
 	for i := 0; i < len(s); {
@@ -194,17 +202,14 @@ func replacePairs(s string, a, b int, repl string) string {
 				r2, w2 = utf8.DecodeRuneInString(s[i+w1:])
 			}
 			if inClass(b, r2) {
-				for k := 0; k < len(repl); k++ {
-					switch {
-					case repl[k] == '%' && k+1 < len(repl) && repl[k+1] == '1':
-						out.WriteString(s[i : i+w1])
-						k++
-					case repl[k] == '%' && k+1 < len(repl) && repl[k+1] == '2':
-						out.WriteString(s[i+w1 : i+w1+w2])
-						k++
-					default:
-						out.WriteByte(repl[k])
-					}
+				if lead {
+					out.WriteByte(' ')
+				}
+				out.WriteString(s[i : i+w1])
+				out.WriteByte(' ')
+				out.WriteString(s[i+w1 : i+w1+w2])
+				if !lead {
+					out.WriteByte(' ')
 				}
 				i += w1 + w2
 				continue

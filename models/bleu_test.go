@@ -97,13 +97,7 @@ var (
 )
 
 func tokenize13aRef(line string) []string {
-	line = strings.ReplaceAll(line, "<skipped>", "")
-	line = strings.ReplaceAll(line, "-\n", "")
-	line = strings.ReplaceAll(line, "\n", " ")
-	if strings.Contains(line, "&") {
-		line = tok13aEntities.Replace(line)
-	}
-	line = " " + line + " "
+	line = " " + prepare13a(line) + " "
 	line = ref13aPunct.ReplaceAllString(line, " $1 ")
 	line = ref13aPeriod1.ReplaceAllString(line, "$1 $2 ")
 	line = ref13aPeriod2.ReplaceAllString(line, " $1 $2")

@@ -437,6 +437,7 @@ func (c *Corpus) Batch(seed uint64, s int, step int64, size int) *models.SeqBatc
 type epochs struct {
 	mu    sync.Mutex
 	cache map[int]epochLayout
+	steps map[[2]int]int64 // steps an epoch, by data shard and batch size
 }
 
 // epochLayout is one epoch of one data shard: its examples' positions in
@@ -450,10 +451,19 @@ type epochLayout struct {
 // batch is the positions of the examples of the batch data shard s (of m
 // examples, srcLen giving each one's source length) trains on at step.
 func (e *epochs) batch(seed uint64, s int, step int64, size, m int, srcLen func(int) int) []int32 {
-	n := stepsPerEpoch(m, size, srcLen)
-	epoch := step / n
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	n, ok := e.steps[[2]int{s, size}]
+	if !ok {
+		// Counted once: a data shard of WMT's size has millions of pairs,
+		// and every step asks for a batch (two, with the next one's).
+		n = stepsPerEpoch(m, size, srcLen)
+		if e.steps == nil {
+			e.steps = map[[2]int]int64{}
+		}
+		e.steps[[2]int{s, size}] = n
+	}
+	epoch := step / n
 	l, ok := e.cache[s]
 	if !ok || l.epoch != epoch || l.size != size {
 		l = epochLayout{epoch: epoch, size: size, batches: layEpoch(seed, s, epoch, size, m, srcLen)}

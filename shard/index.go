@@ -418,8 +418,14 @@ func openCorpus(cfg DataConfig) (*corpusData, error) {
 	return d, nil
 }
 
-// Summary is what the data's counting pass found.
-func (d *corpusData) Summary() *CorpusSummary { return d.sum }
+// SummaryOf is the corpus summary of d, nil for data that is no corpus
+// file (synthetic tasks, the generated stream).
+func SummaryOf(d Dataset) *CorpusSummary {
+	if c, ok := d.(*corpusData); ok {
+		return c.sum
+	}
+	return nil
+}
 
 func (d *corpusData) Batch(seed uint64, s int, step int64, size int) (*models.SeqBatch, error) {
 	x, err := d.index(s)

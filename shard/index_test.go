@@ -86,7 +86,7 @@ func TestIndexedCorpusIsTheInMemoryCorpus(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			sum := d.(*corpusData).Summary()
+			sum := SummaryOf(d)
 			if sum.Stats != st || sum.Size != int64(len(raw)) || crc != sum.CRC || crc == 0 {
 				t.Fatalf("summary %+v of %d bytes, crc %08x; ReadCorpus counts %+v", sum.Stats, len(raw), crc, st)
 			}
@@ -181,7 +181,7 @@ func TestIndexedCorpusRefusesAnotherFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sum := d.(*corpusData).Summary()
+	sum := SummaryOf(d)
 	raw, _ := os.ReadFile(path)
 
 	if _, _, err := Open(DataConfig{Source: path, VocabMax: 50, Shards: 2, CRC: crc ^ 1}); err == nil || !strings.Contains(err.Error(), "differs from the job's") {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
@@ -32,11 +31,7 @@ func cmdCorpus(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	w := bufio.NewWriterSize(f, 4<<20)
-	err = shard.NewWMT(*vocab, *tgtVocab).WriteTSV(ctxWriter{ctx, w}, *pairs, *seed)
-	if err == nil {
-		err = w.Flush()
-	}
+	err = shard.NewWMT(*vocab, *tgtVocab).WriteTSV(ctxWriter{ctx, f}, *pairs, *seed) // it buffers
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}

@@ -396,8 +396,8 @@ func (s *Spec) OpenData() (shard.Dataset, error) {
 	if err != nil {
 		return nil, err
 	}
-	if c, ok := d.(interface{ Summary() *shard.CorpusSummary }); ok && s.CorpusDigest != "" && c.Summary().Digest() != s.CorpusDigest {
-		return nil, fmt.Errorf("data %s: its summary is %s, the job's %s: the corpus or its settings differ from the job's", s.Data, c.Summary().Digest(), s.CorpusDigest)
+	if c := shard.SummaryOf(d); c != nil && s.CorpusDigest != "" && c.Digest() != s.CorpusDigest {
+		return nil, fmt.Errorf("data %s: its summary is %s, the job's %s: the corpus or its settings differ from the job's", s.Data, c.Digest(), s.CorpusDigest)
 	}
 	if d.SrcVocab() != s.Seq2Seq.SrcVocab || d.TgtVocab() != s.Seq2Seq.TgtVocab {
 		return nil, fmt.Errorf("data %s has vocabularies of %d and %d words, the job %d and %d", s.Data,
@@ -438,8 +438,8 @@ func (s *Spec) resolveData() error {
 	}
 	s.DataCRC = crc
 	s.Seq2Seq.SrcVocab, s.Seq2Seq.TgtVocab = d.SrcVocab(), d.TgtVocab()
-	if c, ok := d.(interface{ Summary() *shard.CorpusSummary }); ok {
-		s.corpus, s.CorpusDigest = c.Summary(), c.Summary().Digest()
+	if c := shard.SummaryOf(d); c != nil {
+		s.corpus, s.CorpusDigest = c, c.Digest()
 		if s.EpochSteps, err = d.StepsPerEpoch(s.Seed, 0, s.Batch); err != nil {
 			return err
 		}
