@@ -100,6 +100,9 @@ func NewSeatedJob(mode string, ranks, seats int, p *job.Placement, joinTicks int
 // UseTasks makes the job hand out its data as the tasks of q (async mode):
 // a rank holder works on one task at a time, the job finishes when every
 // task is done or failed, and a worker's death only puts its task back.
+// Where a model replica is laid out over seats, the tasks go to its seat 0
+// (the rank holders of ranks 0, Seats, 2 Seats, ...), which orders the
+// other seats to run its steps.
 //
 // With checkpointEvery > 0, every checkpointEvery data steps done the
 // shards snapshot, and a rollback to that checkpoint also puts the queue
@@ -152,7 +155,7 @@ func (j *Job) withTasks(out []Action) []Action {
 		return out
 	}
 	for _, a := range out {
-		if a.Kind == DoAssign {
+		if a.Kind == DoAssign && a.Assign.Rank%j.ranks.seats == 0 {
 			j.idle[a.Assign.Worker] = true
 		}
 	}
@@ -234,8 +237,8 @@ func (j *Job) Resume() []Action {
 		j.finished = true
 		return []Action{{Kind: DoFinish}}
 	}
-	for w := range j.ranks.rankOf {
-		if !j.pending(w) {
+	for w, r := range j.ranks.rankOf {
+		if r%j.ranks.seats == 0 && !j.pending(w) {
 			j.idle[w] = true
 		}
 	}

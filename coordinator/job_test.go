@@ -51,6 +51,7 @@ func TestJobScripts(t *testing.T) {
 			case "new":
 				var mode string
 				var ranks, shards, joinTicks int
+				seats := 1
 				var every int64
 				var tasks []int64
 				d.ScanArgs(t, "mode", &mode)
@@ -66,7 +67,10 @@ func TestJobScripts(t *testing.T) {
 				if d.HasArg("checkpoint-every") {
 					d.ScanArgs(t, "checkpoint-every", &every)
 				}
-				j = NewJob(mode, ranks, testPlacement(shards), joinTicks)
+				if d.HasArg("seats") {
+					d.ScanArgs(t, "seats", &seats)
+				}
+				j = NewSeatedJob(mode, ranks, seats, testPlacement(shards), joinTicks)
 				if tasks != nil {
 					j.UseTasks(NewTasks(int(tasks[0]), tasks[1], tasks[2], tasks[3], int(tasks[4])), every)
 				}

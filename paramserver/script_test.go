@@ -67,11 +67,17 @@ func TestScripts(t *testing.T) {
 			case "init":
 				nblocks = int(num("blocks", 1))
 				var blocks []job.Block
-				for i := 0; i < nblocks; i++ {
-					blocks = append(blocks, job.Block{ID: uint32(i), Offset: i, Len: 1})
-				}
 				cfg := job.ShardConfig{Mode: args["mode"], Ranks: int(num("ranks", 1)), Staleness: num("staleness", 0),
 					PullTTL: num("ttl", 0), NonFinite: args["policy"], Optimizer: job.DefaultOptimizer("sgd", 1)}
+				// seats=S: a replica of S seats; block i is tensor i, on
+				// seat i mod S.
+				cfg.Seats = int(num("seats", 0))
+				for i := 0; i < nblocks; i++ {
+					blocks = append(blocks, job.Block{ID: uint32(i), Tensor: i, Offset: i, Len: 1})
+					if cfg.Seats > 1 {
+						cfg.TensorSeat = append(cfg.TensorSeat, i%cfg.Seats)
+					}
+				}
 				_, cfg.Elastic = args["elastic"]
 				if err := cfg.Validate(); err != nil {
 					return "error: " + err.Error()

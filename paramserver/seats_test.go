@@ -72,7 +72,7 @@ func TestSeatsApplyWhatReplicasWould(t *testing.T) {
 		seats int
 		of    []int
 		mode  string
-	}{{3, []int{0}, job.Sync}, {2, nil, job.Sync}, {2, []int{2}, job.Sync}, {2, []int{0}, job.Async}} {
+	}{{3, []int{0}, job.Sync}, {2, nil, job.Sync}, {2, []int{2}, job.Sync}, {2, nil, job.Async}} {
 		bad.Seats, bad.TensorSeat, bad.Mode = c.seats, c.of, c.mode
 		if bad.Validate() == nil {
 			t.Fatalf("accepted %d seats over 4 ranks, tensors on %v, %s mode", c.seats, c.of, c.mode)

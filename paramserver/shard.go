@@ -78,6 +78,7 @@ type Shard struct {
 	epochs    []uint64
 	rankClock []int64 // ssp/async: steps each rank has completed on this shard
 	active    []bool  // elastic ssp: the ranks that bound the staleness
+	pushers   []bool  // ssp/async: the ranks that push a block of this shard (with seats, not every one)
 	waiting   []waiter
 	ready     []Answer
 	now       int64 // ticks
@@ -121,6 +122,15 @@ func NewShard(cfg job.ShardConfig, blocks []job.Block, init func(b job.Block, ds
 		maxLen = max(maxLen, b.Len)
 	}
 	s.sum = make([]float32, maxLen)
+	s.pushers = make([]bool, cfg.Ranks)
+	for r := range s.pushers {
+		for _, b := range blocks {
+			if cfg.Pushes(r, b.Tensor) {
+				s.pushers[r] = true
+				break
+			}
+		}
+	}
 	return s
 }
 
@@ -442,7 +452,18 @@ func (s *Shard) Lag(r int) int64 {
 
 func (s *Shard) slowest() (clock int64, bound bool) {
 	if !s.cfg.Elastic {
-		return minOf(s.rankClock), true
+		// Every rank that pushes here bounds it (with seats, a rank whose
+		// seat holds no block of this shard never advances on it).
+		clock, bound = math.MaxInt64, false
+		for r, p := range s.pushers {
+			if p {
+				clock, bound = min(clock, s.rankClock[r]), true
+			}
+		}
+		if !bound {
+			return minOf(s.rankClock), true
+		}
+		return clock, true
 	}
 	clock = math.MaxInt64
 	for r, a := range s.active {
@@ -477,14 +498,15 @@ func (s *Shard) Idle(r int, epoch uint64) error {
 // advanceRank recomputes how many steps rank r has completed on this shard:
 // one more than the oldest step it last pushed to any block.
 func (s *Shard) advanceRank(r int) {
-	if len(s.blocks) == 0 {
-		return
+	c, any := int64(math.MaxInt64), false
+	for _, b := range s.blocks {
+		if s.cfg.Pushes(r, b.Tensor) { // a seat's rank pushes only its own tensors' blocks
+			c, any = min(c, b.last[r]), true
+		}
 	}
-	c := s.blocks[0].last[r]
-	for _, b := range s.blocks[1:] {
-		c = min(c, b.last[r])
+	if any {
+		s.rankClock[r] = c + 1
 	}
-	s.rankClock[r] = c + 1
 }
 
 func minOf(xs []int64) int64 {

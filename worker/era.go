@@ -60,7 +60,12 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 	defer cancel()
 	next := watchPlacement(ectx, ctx, cancel, cfg, spec, p.Version)
 	if spec.UsesTasks() {
-		err := runTasks(ectx, cfg, spec, t, lease, pushed)
+		var err error
+		if st, ok := t.(*seatTrainer); ok {
+			err = runSeatTasks(ectx, cfg, spec, st, lease, pushed)
+		} else {
+			err = runTasks(ectx, cfg, spec, t, lease, pushed)
+		}
 		if ectx.Err() != nil && ctx.Err() == nil || superseded(err) { // re-placed, or the job is done
 			return next(true)
 		}
@@ -88,7 +93,15 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 		default:
 		}
 		if err := t.step(ectx, at{Shard: a.DataShard, Data: step, N: step, Last: step == spec.Steps-1}); err != nil {
-			if ectx.Err() != nil && ctx.Err() == nil || superseded(err) { // re-placed
+			// A seat of this replica was given to a new holder: the
+			// coordinator rolls the job back (a sync job's worker died),
+			// and the step's wait ended at the newcomer's hello, before
+			// the new placement came.
+			rejoined := ctx.Err() == nil && errors.Is(err, ErrSeatRejoined)
+			if ectx.Err() != nil && ctx.Err() == nil || superseded(err) || rejoined { // re-placed
+				if rejoined {
+					log.Info("a seat of the replica has a new holder: waiting for the job's new placement", "step", step)
+				}
 				return next(false)
 			}
 			return nil, 0, err

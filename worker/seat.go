@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/job"
 	"github.com/downpour-ml/downpour/internal/metrics"
+	"github.com/downpour-ml/downpour/internal/wire"
 	"github.com/downpour-ml/downpour/models"
 	"github.com/downpour-ml/downpour/paramserver"
 	"github.com/downpour-ml/downpour/shard"
@@ -36,9 +38,11 @@ type seatTrainer struct {
 	link    *SeatLink
 	model   *models.Seq2Seq[float32]
 	data    shard.Dataset
-	pulled  int64 // the step whose parameters the model holds; -1: none
-	ready   bool  // every seat of the replica listens (SeatLink.Ready)
+	pulled  int64  // the step whose parameters the model holds; -1: none
+	era     uint64 // the replica's formation's (SeatLink.Ready); 0: not formed
+	begun   int64  // how many of the replica's steps its seats had begun when it formed
 	wait    prometheus.Counter
+	dropped prometheus.Counter
 	inFlight
 	next   *models.SeqBatch
 	nextAt at
@@ -69,6 +73,7 @@ func newSeatTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *job.Placeme
 		return nil, err
 	}
 	t.wait = metrics.SeatWait.WithLabelValues(spec.Name, strconv.Itoa(t.replica), strconv.Itoa(t.seat))
+	t.dropped = metrics.SeatDropped.WithLabelValues(spec.Name, strconv.Itoa(t.replica), strconv.Itoa(t.seat))
 	return t, nil
 }
 
@@ -89,11 +94,10 @@ func (t *seatTrainer) close() {
 func (t *seatTrainer) step(ctx context.Context, s at) error {
 	start := time.Now()
 	step := s.N
-	if !t.ready {
-		if err := t.link.Ready(ctx, uint64(t.version)); err != nil {
-			return fmt.Errorf("step %d: the replica's seats: %w", step, err)
+	if t.era == 0 {
+		if err := t.form(ctx); err != nil {
+			return fmt.Errorf("step %d: %w", step, err)
 		}
-		t.ready = true
 	}
 	b := t.next
 	if b == nil || t.nextAt != (at{Shard: s.Shard, Data: s.Data}) || t.pulled != step {
@@ -115,7 +119,7 @@ func (t *seatTrainer) step(ctx context.Context, s at) error {
 		}
 	}
 	t.next, t.pulled = nil, -1
-	t.link.Begin(uint64(t.version), step)
+	t.link.Begin(t.era, step)
 	stop := t.link.SeatContext(ctx) // a re-placement ends the step's waits
 	waited := t.link.Stats().Waited
 	// The last step's push and this step's pull may still be in flight:
@@ -160,6 +164,168 @@ func (t *seatTrainer) step(ctx context.Context, s at) error {
 		t.report.step(t.cfg, t.spec, t.replica, s, time.Since(start), loss, 0, int64(tokens))
 	}
 	return nil
+}
+
+// form waits for the replica's seats to form (SeatLink.Ready): every one
+// listening, all agreeing on who holds each seat.
+func (t *seatTrainer) form(ctx context.Context) error {
+	f, err := t.link.Ready(ctx, uint64(t.version), t.a.Epoch)
+	if err != nil {
+		return fmt.Errorf("the replica's seats: %w", err)
+	}
+	t.era, t.begun = f.Era, f.Begun
+	return nil
+}
+
+// drop forgets the step that failed (the replica lost a seat, or a seat
+// sent what could not be used): the next forms the replica again and
+// pulls its parameters afresh. What the step pushed stays pushed: a retry
+// under the same step number is a duplicate the shards drop.
+func (t *seatTrainer) drop() {
+	t.abort()
+	t.era, t.next, t.pulled = 0, nil, -1
+	t.dropped.Inc()
+}
+
+// broken says whether err is the replica's, not this seat's: a seat that
+// died, rejoined or sent what could not be used. The seat drops the step
+// and forms the replica again (async, ssp).
+func broken(err error) bool {
+	return errors.Is(err, ErrSeatTimeout) || errors.Is(err, ErrSeatLost) || errors.Is(err, ErrSeatRejoined) ||
+		errors.Is(err, models.ErrSeatMessage) || wire.ErrKind(err) == wire.Malformed
+}
+
+// runSeatTasks (async, ssp) runs a laid-out replica's tasks: seat 0 takes
+// them from the coordinator as runTasks does and orders each step of them
+// to the other seats (SeatLink.SendOrder), which run what they are
+// ordered. A step the replica loses (a seat died, or rejoined) is
+// dropped, the replica forms again around the seat's new holder, and seat
+// 0 orders the step again under the same step number (the shards drop
+// what was pushed of it before, as duplicates), or, if it is a new seat 0,
+// goes on with a task of its own after the steps any seat had begun. The
+// task of a seat 0 that died goes back to the queue, as any worker's.
+func runSeatTasks(ctx context.Context, cfg Config, spec *job.Spec, t *seatTrainer, lease job.Lease, pushed *int64) error {
+	log := cfg.Log.With("worker", cfg.ID, "replica", t.replica, "seat", t.seat)
+	lost := func() error {
+		select {
+		case <-lease.Lost():
+			return fmt.Errorf("%w: lost the etcd lease: this worker is no longer a member of the job", ErrFenced)
+		default:
+			return nil
+		}
+	}
+	// formLoop forms the replica; a seat that cannot (no other seat
+	// answers in time) keeps trying while the job runs. reform does so
+	// after a step was lost; in ssp the seat is idle meanwhile, not
+	// holding the other replicas back.
+	formLoop := func() error {
+		for {
+			if err := lost(); err != nil {
+				return err
+			}
+			err := t.form(ctx)
+			if err == nil || ctx.Err() != nil || !broken(err) {
+				return err
+			}
+			log.Warn("forming the replica", "err", err)
+		}
+	}
+	reform := func(step int64, why error) error {
+		log.Warn("the replica lost the step: forming it again", "step", step, "err", why)
+		t.drop()
+		if spec.Mode == job.SSP {
+			if err := t.idle(ctx); err != nil {
+				return fmt.Errorf("saying the rank is idle: %w", err)
+			}
+		}
+		return formLoop()
+	}
+	if t.seat != 0 {
+		for {
+			if err := lost(); err != nil {
+				return err
+			}
+			if t.era == 0 {
+				if err := formLoop(); err != nil {
+					return err
+				}
+			}
+			o, err := t.link.NextOrder(ctx)
+			if err == nil {
+				err = t.step(ctx, at{Shard: o.Shard, Data: o.At, N: o.N, Last: o.Last})
+			}
+			switch {
+			case err != nil && ctx.Err() == nil && broken(err):
+				if err := reform(o.N, err); err != nil {
+					return err
+				}
+			case err != nil:
+				return err
+			case o.Last && spec.Mode == job.SSP:
+				if err := t.idle(ctx); err != nil {
+					return fmt.Errorf("saying the rank is idle: %w", err)
+				}
+			}
+		}
+	}
+	var last job.Task
+	for {
+		task, err := cfg.Store.NextTask(ctx, cfg.ID, last)
+		if err != nil {
+			return err
+		}
+		if spec.Mode == job.SSP {
+			clock, err := t.clock(ctx)
+			if err != nil {
+				return fmt.Errorf("reading the job's clock: %w", err)
+			}
+			*pushed = max(*pushed, clock)
+		}
+		log.Info("task", "id", task.ID, "data_shard", task.Shard, "from", task.From, "to", task.To, "attempt", task.Attempts, "clock", *pushed)
+		retry := false // the step at d was lost: order it again
+		for d := task.From; d < task.To; {
+			if err := lost(); err != nil {
+				return err
+			}
+			if t.era == 0 {
+				if err := formLoop(); err != nil {
+					return err
+				}
+				// Number the steps after any a seat has begun, unless
+				// this is the lost step again and no seat went past it.
+				if !retry || t.begun > *pushed+1 {
+					*pushed = max(*pushed, t.begun)
+				}
+			}
+			s := at{Shard: task.Shard, Data: d, N: *pushed, Last: d == task.To-1}
+			err := t.link.SendOrder(SeatOrder{N: s.N, Shard: s.Shard, At: s.Data, Last: s.Last})
+			if err == nil {
+				err = t.step(ctx, s)
+			}
+			if err != nil {
+				if ctx.Err() != nil || !broken(err) {
+					return err
+				}
+				if err := reform(s.N, err); err != nil {
+					return err
+				}
+				retry = true
+				continue
+			}
+			*pushed++
+			d++
+			retry = false
+		}
+		if spec.Mode == job.SSP {
+			if err := t.idle(ctx); err != nil {
+				return fmt.Errorf("saying the rank is idle: %w", err)
+			}
+		}
+		if err := cfg.Store.TaskDone(ctx, cfg.ID, task); err != nil {
+			return err
+		}
+		last = task
+	}
 }
 
 // seatRanges appends to dst the parts of the seat's vector a step of b

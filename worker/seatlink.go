@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -46,12 +47,36 @@ type SeatLink struct {
 	sent    []uint32          // per receiver: messages sent in this step
 	got     []uint32          // per sender: messages taken in this step
 	arrived chan struct{}     // closed and replaced when a message arrives
-	hellos  map[uint64][]bool // per era, per sender: it listens
 	stats   SeatStats
 	// The connection's reconnects when the step before this one began,
 	// and when this one did: a reconnect since the first may have lost
 	// messages of this step (the server drops what a client misses).
 	reconnectsBefore, reconnectsAtBegin uint64
+
+	// The replica's formation (Ready): the placement's version it is
+	// formed under, this seat's holder's epoch and attempt, who holds
+	// each seat as far as this seat has heard, each seat's last hello,
+	// and each seat's hello when the formation completed.
+	version  uint64
+	mine     uint64
+	round    uint64
+	holders  []uint64
+	heard    []seatHello
+	formedAt [][2]uint64
+	formed   bool
+	era      uint64
+	fenced   error
+	begun    int64           // how many of the replica's steps this seat has begun
+	orders   []*wire.SeatMsg // from seat 0, not yet taken
+	ordered  int64           // the last order taken in this era's step numbers; -1: none
+}
+
+// seatHello is the last hello heard from a seat: its holder's epoch and
+// attempt (key), its view of the holders, and the steps it had begun.
+type seatHello struct {
+	key     [2]uint64
+	holders []uint64
+	begun   int64
 }
 
 // SeatStats is what a seat's link has moved and waited for.
@@ -73,7 +98,8 @@ func NewSeatLink(nc *nats.Conn, job string, rank, seat, seats int, timeout time.
 		bytesOut: metrics.SeatBytes.WithLabelValues(job, strconv.Itoa(rank), strconv.Itoa(seat)),
 		pending:  make([][]*wire.SeatMsg, seats), partial: make([]*wire.SeatMsg, seats),
 		bad: make([]error, seats), sent: make([]uint32, seats), got: make([]uint32, seats),
-		arrived: make(chan struct{}), step: -1, hellos: map[uint64][]bool{}}
+		arrived: make(chan struct{}), step: -1, holders: make([]uint64, seats), heard: make([]seatHello, seats),
+		formedAt: make([][2]uint64, seats), ordered: -1}
 	sub, err := nc.Subscribe(wire.SeatSubject(job, rank, seat), l.receive)
 	if err != nil {
 		return nil, err
@@ -103,10 +129,13 @@ func (l *SeatLink) Close() error { return l.sub.Unsubscribe() }
 
 // Begin starts step of the replica's era epoch: messages of earlier steps
 // or eras still queued are dropped, and each pair's order starts again.
+// On a link whose formation (Ready) has broken since, every wait of the
+// step fails with ErrSeatRejoined.
 func (l *SeatLink) Begin(epoch uint64, step int64) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.epoch, l.step = epoch, step
+	l.begun = max(l.begun, step+1)
 	l.reconnectsBefore, l.reconnectsAtBegin = l.reconnectsAtBegin, l.nc.Stats().Reconnects
 	for from := range l.seats {
 		q := l.pending[from]
@@ -119,20 +148,141 @@ func (l *SeatLink) Begin(epoch uint64, step int64) {
 			l.partial[from] = nil
 		}
 		l.bad[from], l.sent[from], l.got[from] = nil, 0, 0
+		if l.round > 0 && !l.formed {
+			l.bad[from] = fmt.Errorf("%w: before step %d", ErrSeatRejoined, step)
+		}
 	}
 }
 
-// Ready waits until every other seat of the replica listens in era epoch,
-// telling them that this one does: it says hello to each until it has
-// heard from all, then once more (a peer that heard nothing yet is
-// listening by then, having said hello itself), so that every seat hears
-// from every other. Call it once an era, before its first step.
-func (l *SeatLink) Ready(ctx context.Context, epoch uint64) error {
-	hello, err := wire.Encode(&wire.SeatMsg{V: wire.Version, Epoch: epoch, From: uint16(l.seat), Hello: true})
+// maxOrders bounds the orders a seat holds not yet taken: seat 0 orders
+// a step only once the last is done, so more are a peer gone wrong.
+const maxOrders = 64
+
+// SeatOrder is seat 0's order to the replica's other seats to run a step
+// (async and ssp, where seat 0 takes the replica's tasks): the replica's
+// step N (its push number), the batch of data step At of data shard
+// Shard, and whether it is its task's last.
+type SeatOrder struct {
+	N     int64
+	Shard int
+	At    int64
+	Last  bool
+}
+
+// SendOrder sends o to every other seat of the formed replica (seat 0
+// only).
+func (l *SeatLink) SendOrder(o SeatOrder) error {
+	l.mu.Lock()
+	formed, era := l.formed, l.era
+	l.mu.Unlock()
+	if l.seat != 0 {
+		return fmt.Errorf("seat %d: only seat 0 orders the replica's steps", l.seat)
+	}
+	if !formed {
+		return fmt.Errorf("%w: ordering step %d", ErrSeatRejoined, o.N)
+	}
+	b, err := wire.Encode(&wire.SeatMsg{V: wire.Version, Epoch: era, Step: o.N, Order: true, Shard: uint32(o.Shard), At: o.At, Last: o.Last})
 	if err != nil {
 		return err
 	}
-	say := func() error {
+	for to := 1; to < l.seats; to++ {
+		if err := l.nc.Publish(wire.SeatSubject(l.job, l.rank, to), b); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// NextOrder waits for seat 0's next order of the formed era: one for a
+// later step than the last taken (an order of an earlier era, or for a
+// step already taken, is stray). It fails with ErrSeatRejoined when the
+// formation breaks first, and waits without a limit otherwise (seat 0
+// may wait for a task), but for ctx.
+func (l *SeatLink) NextOrder(ctx context.Context) (SeatOrder, error) {
+	stop := context.AfterFunc(ctx, func() {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		l.wake()
+	})
+	defer stop()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for {
+		if err := ctx.Err(); err != nil {
+			return SeatOrder{}, err
+		}
+		if l.fenced != nil {
+			return SeatOrder{}, l.fenced
+		}
+		if !l.formed {
+			return SeatOrder{}, fmt.Errorf("%w: waiting for an order", ErrSeatRejoined)
+		}
+		for len(l.orders) > 0 {
+			m := l.orders[0]
+			l.orders = l.orders[1:]
+			switch {
+			case m.Epoch < l.era || m.Epoch == l.era && m.Step <= l.ordered:
+				l.stats.Stray++
+				continue
+			case m.Epoch > l.era:
+				// Seat 0 formed an era this seat has not: it is behind.
+				l.formed = false
+				return SeatOrder{}, fmt.Errorf("%w: an order of era %d in era %d", ErrSeatRejoined, m.Epoch, l.era)
+			}
+			l.ordered = m.Step
+			return SeatOrder{N: m.Step, Shard: int(m.Shard), At: m.At, Last: m.Last}, nil
+		}
+		arrived := l.arrived
+		l.mu.Unlock()
+		<-arrived
+		l.mu.Lock()
+	}
+}
+
+// Formation is a replica's seats formed for an era (SeatLink.Ready).
+type Formation struct {
+	// Era tags every message of the formation: the placement's version
+	// and the seats' holders. Messages of an earlier era are stray.
+	Era uint64
+	// Begun is how many of the replica's steps its seats have begun (the
+	// most any seat has): seat 0 numbers the steps it orders from there.
+	Begun int64
+}
+
+// Ready forms the replica under placement version, this seat held by the
+// holder of epoch holder: it waits until every other seat listens and
+// agrees on who holds each seat, telling them that this one does. It
+// says hello to each, with what it knows, until each has answered with
+// the same view, then once more (a peer that had not heard it all yet
+// has it then), so that every seat completes with the same Formation.
+//
+// A formed seat that hears a seat's new holder, or a seat forming again
+// (it lost its step), fails its waits at once with ErrSeatRejoined and
+// must form again (Formed reports false): so a replica that loses a seat
+// re-forms around its new holder as soon as it says hello. A hello that
+// says another holder has this very seat fences this one off
+// (ErrSeatFenced).
+func (l *SeatLink) Ready(ctx context.Context, version, holder uint64) (Formation, error) {
+	l.mu.Lock()
+	switch {
+	case version < l.version:
+		l.mu.Unlock()
+		return Formation{}, fmt.Errorf("forming the replica under placement %d, after %d", version, l.version)
+	case version > l.version:
+		l.version = version
+		clear(l.holders)
+		clear(l.heard)
+	}
+	if l.fenced != nil {
+		l.mu.Unlock()
+		return Formation{}, l.fenced
+	}
+	l.mine = holder
+	l.holders[l.seat] = max(l.holders[l.seat], holder)
+	l.round++
+	l.formed = false
+	l.mu.Unlock()
+	say := func(hello []byte) error {
 		for to := range l.seats {
 			if to != l.seat {
 				if err := l.nc.Publish(wire.SeatSubject(l.job, l.rank, to), hello); err != nil {
@@ -144,33 +294,105 @@ func (l *SeatLink) Ready(ctx context.Context, epoch uint64) error {
 	}
 	deadline := time.Now().Add(l.timeout)
 	for {
-		if err := say(); err != nil {
-			return err
-		}
 		l.mu.Lock()
-		heard := 0
-		for _, h := range l.hellos[epoch] {
-			if h {
-				heard++
+		if l.fenced != nil {
+			l.mu.Unlock()
+			return Formation{}, l.fenced
+		}
+		hello, err := wire.Encode(&wire.SeatMsg{V: wire.Version, Epoch: version, From: uint16(l.seat), Hello: true,
+			Holders: slices.Clone(l.holders), Round: l.round, Step: l.begun})
+		if err != nil {
+			l.mu.Unlock()
+			return Formation{}, err
+		}
+		agree, begun := 0, l.begun
+		for j, h := range l.heard {
+			if j != l.seat && h.key[0] == l.holders[j] && h.key[0] > 0 && slices.Equal(h.holders, l.holders) {
+				agree++
+				begun = max(begun, h.begun)
 			}
 		}
-		for e := range l.hellos {
-			if e < epoch {
-				delete(l.hellos, e)
+		done := agree == l.seats-1
+		var f Formation
+		if done {
+			var sum uint64
+			for _, h := range l.holders {
+				sum += h
 			}
+			l.era = version<<32 | sum&0xffffffff
+			l.formed = true
+			for j, h := range l.heard {
+				l.formedAt[j] = h.key
+			}
+			l.ordered = -1
+			l.orders = slices.DeleteFunc(l.orders, func(m *wire.SeatMsg) bool { return m.Epoch < l.era })
+			f = Formation{Era: l.era, Begun: begun}
 		}
 		l.mu.Unlock()
-		if heard == l.seats-1 {
-			return say()
+		if err := say(hello); err != nil {
+			return Formation{}, err
+		}
+		if done {
+			return f, nil
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("%w: %d of the replica's %d other seats listen after %v", ErrSeatTimeout, heard, l.seats-1, l.timeout)
+			return Formation{}, fmt.Errorf("%w: %d of the replica's %d other seats agree after %v", ErrSeatTimeout, agree, l.seats-1, l.timeout)
 		}
 		select {
 		case <-ctx.Done():
-			return ctx.Err()
+			return Formation{}, ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
+	}
+}
+
+// Formed reports whether the replica is formed: false before Ready and
+// after a seat's new holder or new attempt was heard.
+func (l *SeatLink) Formed() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.formed
+}
+
+// ErrSeatRejoined is the error of a wait that a seat's new holder, or a
+// seat's new attempt to form the replica, interrupted: the step is
+// dropped, and the seat forms the replica again (Ready).
+var ErrSeatRejoined = errors.New("a seat of the replica rejoined: the replica forms again")
+
+// ErrSeatFenced is the error of a seat whose holder has been replaced (a
+// worker frozen past its lease, say): it is fenced off (ErrFenced).
+var ErrSeatFenced = fmt.Errorf("%w: another holder has this seat of the replica", ErrFenced)
+
+// hello takes a seat's hello. l.mu is held.
+func (l *SeatLink) hello(m *wire.SeatMsg) {
+	from := int(m.From)
+	if len(m.Holders) != l.seats {
+		l.fail(-1, "malformed", fmt.Errorf("%w: a hello from seat %d names %d holders of %d seats", ErrSeatLost, from, len(m.Holders), l.seats))
+		return
+	}
+	if m.Epoch != l.version {
+		return // of an earlier placement; or a later one, whose seats say it again until this one is there
+	}
+	key := [2]uint64{m.Holders[from], m.Round}
+	if h := l.heard[from]; key[0] < h.key[0] || key[0] == h.key[0] && key[1] < h.key[1] {
+		return // a former holder's, or an earlier attempt's
+	}
+	if l.mine > 0 && m.Holders[l.seat] > l.mine {
+		l.fenced = fmt.Errorf("%w: seat %d says epoch %d holds it, this is epoch %d", ErrSeatFenced, from, m.Holders[l.seat], l.mine)
+		l.formed = false
+		l.fail(-1, "fenced", l.fenced)
+		return
+	}
+	l.heard[from] = seatHello{key: key, holders: m.Holders, begun: m.Step}
+	changed := false
+	for j, h := range m.Holders {
+		if j != l.seat && h > l.holders[j] {
+			l.holders[j], changed = h, true
+		}
+	}
+	if f := l.formedAt[from]; l.formed && (changed || key != f) {
+		l.formed = false
+		l.fail(-1, "rejoined", fmt.Errorf("%w: seat %d (holder epoch %d, attempt %d)", ErrSeatRejoined, from, key[0], key[1]))
 	}
 }
 
@@ -204,14 +426,23 @@ func (l *SeatLink) receive(msg *nats.Msg) {
 		return
 	}
 	if m.Hello {
-		if m.Epoch >= l.epoch {
-			h := l.hellos[m.Epoch]
-			if h == nil {
-				h = make([]bool, l.seats)
-				l.hellos[m.Epoch] = h
-			}
-			h[from] = true
+		l.hello(m)
+		return
+	}
+	if m.Order {
+		if from != 0 {
+			l.fail(-1, "bad_sender", fmt.Errorf("an order from seat %d: only seat 0 orders", from))
+			return
 		}
+		if m.Epoch < l.era {
+			l.stats.Stray++
+			return
+		}
+		if len(l.orders) >= maxOrders {
+			l.fail(-1, "lost", fmt.Errorf("%w: more than %d orders not taken", ErrSeatLost, maxOrders))
+			return
+		}
+		l.orders = append(l.orders, m)
 		return
 	}
 	if l.stray(m) {

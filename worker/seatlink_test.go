@@ -37,19 +37,19 @@ func seatBatch(rng *rand.Rand, cfg models.Seq2SeqConfig, size, srcLen, tgtLen in
 }
 
 // runSeats runs one step of b on every seat, each in its own goroutine
-// over its own link.
+// over its own link, forming the replica first if it is not.
 func runSeats(ms []*models.Seq2Seq[float32], links []*SeatLink, plan models.StagePlan, epoch uint64, step int64, b *models.SeqBatch, chunk int) (loss float64, tokens int, errs []error) {
 	errs = make([]error, len(ms))
 	var wg sync.WaitGroup
 	for seat := range ms {
-		links[seat].Begin(epoch, step)
-	}
-	for seat := range ms {
 		wg.Go(func() {
-			if err := links[seat].Ready(context.Background(), epoch); err != nil {
-				errs[seat] = err
-				return
+			if !links[seat].Formed() {
+				if _, err := links[seat].Ready(context.Background(), epoch, 1); err != nil {
+					errs[seat] = err
+					return
+				}
 			}
+			links[seat].Begin(links[seat].era, step)
 			l, n, err := ms[seat].SeatStep(plan, seat, b, chunk, 0.5, links[seat])
 			if seat == plan.Stages-1 {
 				loss, tokens = l, n
@@ -264,5 +264,166 @@ func TestSeatLinkFailsFastWhenItsConnectionReconnects(t *testing.T) {
 	}
 	if got := l.Stats().Errors; got != 2 {
 		t.Fatalf("%d errors counted, want the 2 reconnect failures", got)
+	}
+}
+
+// formAll forms the replica of links (seat i holding epoch holders[i])
+// under placement version, each seat in its own goroutine, and returns
+// each seat's Formation.
+func formAll(t *testing.T, links []*SeatLink, version uint64, holders []uint64) []Formation {
+	t.Helper()
+	fs := make([]Formation, len(links))
+	errs := make([]error, len(links))
+	var wg sync.WaitGroup
+	for i, l := range links {
+		wg.Go(func() { fs[i], errs[i] = l.Ready(context.Background(), version, holders[i]) })
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("seat %d: %v", i, err)
+		}
+	}
+	for i, f := range fs {
+		if f != fs[0] {
+			t.Fatalf("seat %d formed %+v, seat 0 %+v", i, f, fs[0])
+		}
+	}
+	return fs
+}
+
+// A replica that loses a seat (async, ssp): the seats waiting on it fail
+// at once with ErrSeatRejoined when its new holder says hello (not at
+// the timeout), form again around it in a later era that every seat
+// agrees on, with the steps begun carried over; orders and messages of
+// the old era are stray; a seat that hears another holder has its seat
+// is fenced off; an order from a seat other than 0 is refused.
+func TestSeatLinkFormsAgainAroundANewHolder(t *testing.T) {
+	srv := testenv.NATS(t, 0)
+	const seats = 3
+	links := make([]*SeatLink, seats)
+	conns := make([]*nats.Conn, seats)
+	for i := range links {
+		conns[i] = testenv.Conn(t, srv.ClientURL())
+		l, err := NewSeatLink(conns[i], "j", 0, i, seats, 20*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		links[i] = l
+	}
+	f0 := formAll(t, links, 7, []uint64{1, 1, 1})[0]
+	if f0.Era != 7<<32|3 || f0.Begun != 0 {
+		t.Fatalf("formed %+v, want era 7<<32|3 and no step begun", f0)
+	}
+	// Seat 0 orders step 4; the others take it, and not twice.
+	if err := links[0].SendOrder(SeatOrder{N: 4, Shard: 1, At: 9, Last: true}); err != nil {
+		t.Fatal(err)
+	}
+	if err := links[1].SendOrder(SeatOrder{N: 4}); err == nil {
+		t.Fatal("seat 1 sent an order")
+	}
+	for _, l := range links[1:] {
+		o, err := l.NextOrder(context.Background())
+		if err != nil || o != (SeatOrder{N: 4, Shard: 1, At: 9, Last: true}) {
+			t.Fatalf("seat %d's order: %+v, %v", l.seat, o, err)
+		}
+	}
+	for _, l := range links {
+		l.Begin(f0.Era, 4)
+	}
+	// Seat 2 dies mid-step; seats 0 and 1 wait for it.
+	links[2].Close()
+	errs := make(chan error, 2)
+	start := time.Now()
+	for _, l := range links[:2] {
+		go func() { _, err := l.Recv(2); errs <- err }()
+	}
+	time.Sleep(200 * time.Millisecond)
+	// Its new holder (epoch 2) says hello: the waits end at once.
+	fresh, err := NewSeatLink(testenv.Conn(t, srv.ClientURL()), "j", 0, 2, seats, 20*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fresh.Close()
+	newcomer := make(chan Formation, 1)
+	go func() {
+		f, err := fresh.Ready(context.Background(), 7, 2)
+		if err != nil {
+			t.Error(err)
+		}
+		newcomer <- f
+	}()
+	for range 2 {
+		if err := <-errs; !errors.Is(err, ErrSeatRejoined) {
+			t.Fatalf("a wait on the dead seat ended with %v", err)
+		}
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("the waits ended after %v", d)
+	}
+	if links[0].Formed() || links[1].Formed() {
+		t.Fatal("still formed after a seat rejoined")
+	}
+	// The survivors form again with it.
+	fs := formAll(t, links[:2], 7, []uint64{1, 1})
+	f1 := <-newcomer
+	if fs[0] != f1 || f1.Era != 7<<32|4 || f1.Begun != 5 {
+		t.Fatalf("formed again %+v and %+v, want era 7<<32|4 and 5 steps begun", fs[0], f1)
+	}
+	// An order and a message of the old era are stray.
+	stray := func(m *wire.SeatMsg) {
+		p, err := wire.Encode(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := conns[0].Publish(wire.SeatSubject("j", 0, 1), p); err != nil {
+			t.Fatal(err)
+		}
+		if err := conns[0].Flush(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	before := links[1].Stats().Stray
+	stray(&wire.SeatMsg{V: wire.Version, Epoch: f0.Era, Step: 5, From: 0, Order: true})
+	if err := links[0].SendOrder(SeatOrder{N: 5, At: 10}); err != nil {
+		t.Fatal(err)
+	}
+	if o, err := links[1].NextOrder(context.Background()); err != nil || o.N != 5 || o.At != 10 {
+		t.Fatalf("the new era's order: %+v, %v", o, err)
+	}
+	if got := links[1].Stats().Stray - before; got != 1 {
+		t.Fatalf("%d stray messages, want the old era's order", got)
+	}
+	// A seat that hears another holder has its seat is fenced off.
+	hello, err := wire.Encode(&wire.SeatMsg{V: wire.Version, Epoch: 7, From: 0, Hello: true, Holders: []uint64{1, 9, 2}, Round: 99})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := conns[0].Publish(wire.SeatSubject("j", 0, 1), hello); err != nil {
+		t.Fatal(err)
+	}
+	if err := conns[0].Flush(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := links[1].NextOrder(ctx); !errors.Is(err, ErrSeatFenced) {
+		t.Fatalf("a replaced seat waiting for an order: %v", err)
+	}
+	if _, err := links[1].Ready(ctx, 7, 1); !errors.Is(err, ErrSeatFenced) {
+		t.Fatalf("a replaced seat forming the replica: %v", err)
+	}
+	// An order from seat 1 is refused, counted.
+	errsBefore := fresh.Stats().Errors
+	p, _ := wire.Encode(&wire.SeatMsg{V: wire.Version, Epoch: f1.Era, Step: 6, From: 1, Order: true})
+	if err := conns[1].Publish(wire.SeatSubject("j", 0, 2), p); err != nil {
+		t.Fatal(err)
+	}
+	if err := conns[1].Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for fresh.Stats().Errors == errsBefore {
+		time.Sleep(5 * time.Millisecond)
 	}
 }

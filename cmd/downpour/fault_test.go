@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -197,6 +198,27 @@ func (f *faultCluster) assignments() string {
 	return strings.Join(keys, " ")
 }
 
+// holderOf returns the worker process holding rank.
+func (f *faultCluster) holderOf(rank int) *proc {
+	r, err := f.cli.Get(context.Background(), etcdstore.KeysFor(f.name).Assigns(), clientv3.WithPrefix())
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	for _, kv := range r.Kvs {
+		var a job.Assignment
+		if err := json.Unmarshal(kv.Value, &a); err != nil || a.Rank != rank {
+			continue
+		}
+		for _, w := range f.workers {
+			if strings.Contains(string(kv.Key), fmt.Sprintf("-%d-", w.cmd.Process.Pid)) {
+				return w
+			}
+		}
+	}
+	f.t.Fatalf("no worker holds rank %d", rank)
+	return nil
+}
+
 // rankHolder returns a worker process holding a rank.
 func (f *faultCluster) rankHolder() *proc {
 	r, err := f.cli.Get(context.Background(), etcdstore.KeysFor(f.name).Assigns(), clientv3.WithPrefix())
@@ -371,11 +393,49 @@ func TestFaultsSSPTasks(t *testing.T) {
 	taskFaults(t, sspSpec, "kill-worker", "kill-ps", "stop-worker", "kill-spare-and-worker")
 }
 
+// A replica laid out over seats in async and ssp mode (one replica of a
+// stage and 2 softmax slices, each its own worker process, and a spare):
+// kill -9 of a seat mid-task drops the step the replica was running; the
+// spare takes the seat, the replica forms again around it and goes on
+// (its seat 0 with the same task, or, when seat 0 died, the spare with a
+// task of its own and the dead one's task back in the queue). The checks
+// are TestFaultsAsync's: every task done once, every data step counted,
+// every accepted gradient applied once on every shard, and the held-out
+// loss that of a fault-free run.
+func TestFaultsSeatsAsync(t *testing.T) {
+	// One replica takes the suite's two replicas' 400 data steps.
+	seated := []string{"--workers", "1", "--steps", "400", "--softmax-blocks", "2", "--stages", "1", "--softmax-slices", "2"}
+	t.Run("async", func(t *testing.T) {
+		taskFaults(t, append(slices.Clone(asyncSpec), seated...), "kill-seat-1", "kill-seat-0", "stop-worker")
+	})
+	t.Run("ssp", func(t *testing.T) {
+		taskFaults(t, append(slices.Clone(sspSpec), seated...), "kill-seat-2")
+	})
+}
+
 // taskFaults injects each fault into a job that hands its data out as tasks
 // (spec), and checks what TestFaultsAsync says.
 func taskFaults(t *testing.T, spec []string, faults ...string) {
 	downpourBinary(t)
 	c, cli, nc := testServers(t)
+	// The job's ranks (a seat of a replica each), and a spare worker.
+	flag := func(name string, def int) int { // the last one given, as the flags parse
+		for i := len(spec) - 2; i >= 0; i-- {
+			if spec[i] == name {
+				n, err := strconv.Atoi(spec[i+1])
+				if err != nil {
+					t.Fatal(err)
+				}
+				return n
+			}
+		}
+		return def
+	}
+	replicas, seats, steps := flag("--workers", 2), flag("--stages", 0)+flag("--softmax-slices", 0), flag("--steps", 0)
+	workers := 3
+	if seats > 0 {
+		workers = replicas*seats + 1
+	}
 	ref := filepath.Join(t.TempDir(), "ref")
 	trainRun(t, ref, spec...)
 	_, refEvals := readAllMetrics(t, filepath.Join(ref, "metrics.jsonl"))
@@ -383,7 +443,7 @@ func taskFaults(t *testing.T, spec []string, faults ...string) {
 	rng := rand.New(rand.NewPCG(2014, 1406))
 	for _, fault := range faults {
 		t.Run(fault, func(t *testing.T) {
-			f := startFaultCluster(t, c, cli, nc, spec[1]+"-"+fault, spec)
+			f := startFaultClusterOf(t, c, cli, nc, spec[1]+"-"+fault, spec, workers)
 			at := int64(30 + rng.IntN(100))
 			f.waitFor(func() bool { return f.clock() >= at }, fmt.Sprintf("step %d", at))
 			code, out, _ := runCmd(t, time.Minute, append([]string{"status", "--job", f.name}, f.ep...)...)
@@ -414,6 +474,22 @@ func taskFaults(t *testing.T, spec []string, faults ...string) {
 				f.faulty[holder] = true
 				holder.cmd.Process.Kill()
 				what = fmt.Sprintf("kill -9 the spare worker, then worker pid %d", holder.cmd.Process.Pid)
+			case "kill-seat-0", "kill-seat-1", "kill-seat-2":
+				seat := int(fault[len(fault)-1] - '0')
+				w := f.holderOf(seat)
+				f.faulty[w] = true
+				clk := f.clock()
+				w.cmd.Process.Kill()
+				killed := time.Now()
+				what = fmt.Sprintf("kill -9 the worker of seat %d, pid %d", seat, w.cmd.Process.Pid)
+				if spec[1] == job.Async {
+					// The shards' clock (every rank's slowest) moves on
+					// once the seat's new holder pushes: the replica has
+					// formed again and runs. (In ssp it is the active
+					// ranks' alone, which may move on without it.)
+					f.waitFor(func() bool { return f.clock() > clk }, "the replica to run again")
+					what += fmt.Sprintf(" (the replica ran again %.1fs later)", time.Since(killed).Seconds())
+				}
 			case "kill-coordinator":
 				f.coords[0].cmd.Process.Kill()
 				what = "kill -9 the leading coordinator"
@@ -432,8 +508,22 @@ func taskFaults(t *testing.T, spec []string, faults ...string) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if n := q.Count(); n[job.TaskDone] != len(q.List) || q.DoneSteps() != 2*200 {
-				t.Fatalf("tasks %v, %d data steps done, want all %d done and 400 steps", n, q.DoneSteps(), len(q.List))
+			if n := q.Count(); n[job.TaskDone] != len(q.List) || q.DoneSteps() != int64(replicas*steps) {
+				t.Fatalf("tasks %v, %d data steps done, want all %d done and %d steps", n, q.DoneSteps(), len(q.List), replicas*steps)
+			}
+			if seats > 0 {
+				// The replica dropped the step the dead seat was in, and
+				// formed again around the spare.
+				reformed := 0
+				for _, w := range f.workers {
+					if !f.faulty[w] {
+						reformed += strings.Count(w.out.String(), "forming it again")
+					}
+				}
+				if reformed == 0 {
+					t.Fatal("no surviving seat dropped its step and formed the replica again")
+				}
+				what += fmt.Sprintf(" (%d surviving seats dropped the step and formed the replica again)", reformed)
 			}
 			requeued := 0
 			for _, tk := range q.List {

@@ -53,7 +53,7 @@ func TestSpecValidate(t *testing.T) {
 		{func(s *Spec) { s.Mode, s.TaskSteps, s.CheckpointEvery = "ssp", 0, 10 }, "checkpoints only when it hands its data out as tasks"},
 		{func(s *Spec) { s.LogEvery = 0 }, "log every"},
 		{func(s *Spec) { s.Stages = 2 }, "at least one stage and one softmax slice"},
-		{func(s *Spec) { s.Stages, s.SoftmaxSlices, s.Mode = 2, 1, "async" }, "sync mode"},
+		{func(s *Spec) { s.Stages, s.SoftmaxSlices, s.Mode, s.TaskSteps = 2, 1, "async", 0 }, "takes its data as tasks"},
 		{func(s *Spec) { s.Stages, s.SoftmaxSlices = s.Seq2Seq.Layers+1, 1 }, "stages must be in"},
 		{func(s *Spec) { s.Stages, s.SoftmaxSlices = 1, 2 }, "raise --softmax-blocks"},
 		{func(s *Spec) { s.Model, s.Stages, s.SoftmaxSlices = "gan", 1, 1 }, ""},
@@ -77,6 +77,13 @@ func TestSpecValidate(t *testing.T) {
 	laid.Seq2Seq.Layers, laid.Seq2Seq.SoftmaxBlocks, laid.Stages, laid.SoftmaxSlices = 4, 3, 2, 3
 	if err := laid.Validate(); err != nil {
 		t.Fatal(err)
+	}
+	for _, mode := range []string{Async, SSP} { // with tasks, the default
+		seated := laid
+		seated.Mode = mode
+		if err := seated.Validate(); err != nil {
+			t.Fatalf("%s with seats and tasks: %v", mode, err)
+		}
 	}
 	sc := laid.ShardConfig()
 	if laid.Seats() != 5 || laid.Ranks() != 5*laid.Workers || sc.Ranks != laid.Ranks() || sc.Seats != 5 || sc.Replicas() != laid.Workers {

@@ -33,12 +33,13 @@ type ShardConfig struct {
 	// block has moved on.
 	Keep       int64 `json:"keep,omitempty"`
 	KeepBefore int64 `json:"keep_before,omitempty"`
-	// Seats (sync), above 1: each model replica is Seats ranks (rank r is
-	// seat r mod Seats of replica r / Seats), and tensor t's blocks are
-	// pushed by seat TensorSeat[t] of every replica alone. A block's step
-	// then waits for the Ranks/Seats replicas' pushes, and its update is
-	// their mean, in replica order: the sum a job of as many one-rank
-	// replicas makes.
+	// Seats, above 1: each model replica is Seats ranks (rank r is seat r
+	// mod Seats of replica r / Seats), and tensor t's blocks are pushed by
+	// seat TensorSeat[t] of every replica alone. In sync mode a block's
+	// step then waits for the Ranks/Seats replicas' pushes, and its update
+	// is their mean, in replica order: the sum a job of as many one-rank
+	// replicas makes. In async and ssp each push applies as it comes, and
+	// a rank's clock counts only the blocks its seat pushes.
 	Seats      int   `json:"seats,omitempty"`
 	TensorSeat []int `json:"tensor_seat,omitempty"`
 }
@@ -71,8 +72,8 @@ func (c ShardConfig) Validate() error {
 	if c.Keep > 0 && c.Mode != Sync {
 		return fmt.Errorf("keep is for sync mode: a %s shard has no step boundaries", c.Mode)
 	}
-	if c.Seats < 0 || c.Seats > 1 && (c.Ranks%c.Seats != 0 || c.Mode != Sync || len(c.TensorSeat) == 0) {
-		return fmt.Errorf("seats: %d seats a replica over %d ranks in %s mode with %d tensors placed: use sync mode, ranks a multiple of seats, and a seat per tensor", c.Seats, c.Ranks, c.Mode, len(c.TensorSeat))
+	if c.Seats < 0 || c.Seats > 1 && (c.Ranks%c.Seats != 0 || len(c.TensorSeat) == 0) {
+		return fmt.Errorf("seats: %d seats a replica over %d ranks with %d tensors placed: ranks must be a multiple of seats, and each tensor on a seat", c.Seats, c.Ranks, len(c.TensorSeat))
 	}
 	for t, seat := range c.TensorSeat {
 		if seat < 0 || seat >= c.Seats {

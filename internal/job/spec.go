@@ -499,8 +499,8 @@ func (s *Spec) validateLayout() error {
 		return fmt.Errorf("stages and softmax slices lay out a seq2seq replica, not a %s one", s.Model)
 	case s.Stages < 1 || s.SoftmaxSlices < 1:
 		return fmt.Errorf("a replica laid out over seats needs at least one stage and one softmax slice (got %d and %d)", s.Stages, s.SoftmaxSlices)
-	case s.Mode != Sync:
-		return fmt.Errorf("a replica laid out over seats runs in sync mode for now (got %s)", s.Mode)
+	case s.Mode != Sync && !s.UsesTasks():
+		return fmt.Errorf("a replica laid out over seats in %s mode takes its data as tasks (task steps > 0): its seat 0 orders the others to run them", s.Mode)
 	case s.Ranks() > 4096:
 		return fmt.Errorf("%d workers x %d seats: at most 4096 ranks", s.Workers, s.Seats())
 	}

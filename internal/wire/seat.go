@@ -31,7 +31,22 @@ type SeatMsg struct {
 	// Hello says only that the sender listens (SeatLink.Ready): no seat
 	// sends a step's messages before every other seat of its replica does,
 	// since NATS drops what is sent to a subject no one listens to.
-	Hello bool   `msgpack:"hi,omitempty"`
+	Hello bool `msgpack:"hi,omitempty"`
+	// A hello also says who the sender believes holds each seat of the
+	// replica (Holders: each seat's rank holder's epoch, its own exact),
+	// which of its attempts to form the replica it is (Round), and, in
+	// Step, how many of the replica's steps it has begun (0: none). The
+	// replica's era follows from the placement's version (Epoch) and the
+	// holders: a seat given to a new holder starts a new era.
+	Holders []uint64 `msgpack:"hv,omitempty"`
+	Round   uint64   `msgpack:"r,omitempty"`
+	// Order (async and ssp, from seat 0, which takes the replica's tasks)
+	// tells the other seats to run step Step: the batch of data step At of
+	// data shard Shard; Last marks a task's last step.
+	Order bool   `msgpack:"o,omitempty"`
+	Shard uint32 `msgpack:"ds,omitempty"`
+	At    int64  `msgpack:"at,omitempty"`
+	Last  bool   `msgpack:"l,omitempty"`
 	T0    uint32 `msgpack:"t0,omitempty"` // time steps [T0, T1) of Data
 	T1    uint32 `msgpack:"t1,omitempty"`
 	// Data holds float32s, Ys float32s, Stats float64 pairs (max, sum),
@@ -43,6 +58,9 @@ type SeatMsg struct {
 	Squares []byte  `msgpack:"sq,omitempty"`
 	Norm    float64 `msgpack:"n,omitempty"`
 }
+
+// MaxSeats bounds the seats of a replica a message may name.
+const MaxSeats = 4096
 
 // SeatSubject is where seat of job's replica rank listens.
 func SeatSubject(job string, rank, seat int) string {
@@ -71,6 +89,14 @@ func DecodeSeat(data []byte) (*SeatMsg, error) {
 		return bad("%d statistics and %d square bytes: not whole float64s", len(m.Stats), len(m.Squares))
 	case math.IsNaN(m.Norm) || m.Norm < 0:
 		return bad("norm %v", m.Norm)
+	case m.Hello && m.Order:
+		return bad("a hello that is also an order")
+	case !m.Hello && (m.Holders != nil || m.Round != 0):
+		return bad("holders or a round in a message that is not a hello")
+	case len(m.Holders) > MaxSeats:
+		return bad("%d holders: at most %d seats", len(m.Holders), MaxSeats)
+	case m.At < 0:
+		return bad("data step %d", m.At)
 	}
 	for _, h := range m.Has {
 		if h > 1 {

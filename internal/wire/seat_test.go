@@ -77,6 +77,11 @@ func TestDecodeSeatRefuses(t *testing.T) {
 		"flags":         {SeatMsg{V: Version, Has: []byte{0, 2}}, Malformed},
 		"norm":          {SeatMsg{V: Version, Norm: math.NaN()}, Malformed},
 		"norm negative": {SeatMsg{V: Version, Norm: -1}, Malformed},
+		"hello order":   {SeatMsg{V: Version, Hello: true, Order: true}, Malformed},
+		"holders":       {SeatMsg{V: Version, Holders: []uint64{1, 1}}, Malformed},
+		"round":         {SeatMsg{V: Version, Round: 2}, Malformed},
+		"seats":         {SeatMsg{V: Version, Hello: true, Holders: make([]uint64, MaxSeats+1)}, Malformed},
+		"data step":     {SeatMsg{V: Version, Order: true, At: -1}, Malformed},
 	} {
 		b, err := Encode(&c.m)
 		if err != nil {
