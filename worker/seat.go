@@ -19,13 +19,14 @@ import (
 
 // seatTrainer runs one seat of a Seq2Seq replica laid out over seats
 // (job.Spec.Stages, SoftmaxSlices): rank r is seat r mod Seats of replica
-// r / Seats. Every seat of a replica reads the replica's batch (its data
-// shard's); each step it pulls only its own tensors (stage 0: only the
-// embedding rows the batch uses), runs its part of the step with the other
-// seats over a SeatLink (models.SeatStep), and pushes only its own
-// tensors' gradients, as its own rank: the shards wait, for each block,
-// for the seat of every replica that holds it. The top stage reports the
-// replica's progress.
+// r / Seats. Seat 0 alone reads the replica's batches (its data shard's)
+// and orders each step to the others with what they need of it (its
+// shape and labels: SeatLink.SendOrder); each step every seat pulls only
+// its own tensors (stage 0: only the embedding rows the batch uses), runs
+// its part of the step with the other seats over a SeatLink
+// (models.SeatStep), and pushes only its own tensors' gradients, as its
+// own rank: the shards wait, for each block, for the seat of every
+// replica that holds it. The top stage reports the replica's progress.
 type seatTrainer struct {
 	cfg     Config
 	spec    *job.Spec
@@ -49,6 +50,10 @@ type seatTrainer struct {
 	push   [][2]int
 	pull   [][2]int
 	report progressReport
+	// Of a seat other than 0: the order runSeatTasks took for the next
+	// step (nil: the step waits for it), and the batch it makes of orders.
+	order  *SeatOrder
+	shaped models.SeqBatch
 }
 
 func newSeatTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *job.Placement) (*seatTrainer, error) {
@@ -66,8 +71,10 @@ func newSeatTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *job.Placeme
 		return nil, err
 	}
 	t.client.Observe = observe(spec.Name, cfg.Record)
-	if t.data, err = cfg.openData(spec); err != nil {
-		return nil, err
+	if t.seat == 0 { // the replica's reader
+		if t.data, err = cfg.openData(spec); err != nil {
+			return nil, err
+		}
 	}
 	if t.link, err = NewSeatLink(cfg.NATS, spec.Name, t.replica, t.seat, seats, cfg.StepTimeout); err != nil {
 		return nil, err
@@ -99,16 +106,15 @@ func (t *seatTrainer) step(ctx context.Context, s at) error {
 			return fmt.Errorf("step %d: %w", step, err)
 		}
 	}
-	b := t.next
-	if b == nil || t.nextAt != (at{Shard: s.Shard, Data: s.Data}) || t.pulled != step {
+	b, err := t.batch(ctx, s)
+	if err != nil {
+		return fmt.Errorf("step %d: %w", step, err)
+	}
+	if t.pulled != step {
 		// Not what the last transfer pulled for: let it land, and pull
 		// this batch's part.
 		if err := t.settle(); err != nil {
 			return fmt.Errorf("step %d: push and pull: %w", step-1, err)
-		}
-		var err error
-		if b, err = t.data.Batch(t.spec.Seed, s.Shard, s.Data, t.spec.Batch); err != nil {
-			return fmt.Errorf("step %d: %w", step, err)
 		}
 		t.pull = t.seatRanges(b, t.pull[:0])
 		sctx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
@@ -144,14 +150,21 @@ func (t *seatTrainer) step(ctx context.Context, s at) error {
 			return fmt.Errorf("step %d: push: %w", step, err)
 		}
 	} else {
-		t.nextAt = at{Shard: s.Shard, Data: s.Data + 1}
-		next, err := t.data.Batch(t.spec.Seed, t.nextAt.Shard, t.nextAt.Data, t.spec.Batch)
-		if err != nil {
-			cancel()
-			return fmt.Errorf("step %d: the next batch: %w", step, err)
+		// The next step's pull goes with this one's push: the reader
+		// reads the next batch now for its rows (the batch a task's next
+		// step reads; if another comes, the step pulls again); another
+		// seat's pull is all of its tensors, whatever the batch.
+		next := &models.SeqBatch{}
+		if t.seat == 0 {
+			t.nextAt = at{Shard: s.Shard, Data: s.Data + 1}
+			var err error
+			if next, err = t.data.Batch(t.spec.Seed, t.nextAt.Shard, t.nextAt.Data, t.spec.Batch); err != nil {
+				cancel()
+				return fmt.Errorf("step %d: the next batch: %w", step, err)
+			}
+			t.next = next
 		}
-		t.next = next
-		t.pull = t.seatRanges(t.next, t.pull[:0])
+		t.pull = t.seatRanges(next, t.pull[:0])
 		if !t.spec.DenseTransfer {
 			// Every step pulls the rows it reads: the tables need hold no
 			// others (a stage 0 of the paper's model held 960 MB of them).
@@ -164,6 +177,59 @@ func (t *seatTrainer) step(ctx context.Context, s at) error {
 		t.report.step(t.cfg, t.spec, t.replica, s, time.Since(start), loss, 0, int64(tokens))
 	}
 	return nil
+}
+
+// batch is step s's batch: the reader's (seat 0) from its data, which it
+// orders to the other seats with what they need of it; another seat's
+// from that order (the one runSeatTasks took, or the next), with zeros
+// for the tokens it does not read.
+func (t *seatTrainer) batch(ctx context.Context, s at) (*models.SeqBatch, error) {
+	if t.seat == 0 {
+		b := t.next
+		if b == nil || t.nextAt != (at{Shard: s.Shard, Data: s.Data}) {
+			t.pulled = -1 // what is in flight was pulled for another batch
+			var err error
+			if b, err = t.data.Batch(t.spec.Seed, s.Shard, s.Data, t.spec.Batch); err != nil {
+				return nil, err
+			}
+		}
+		t.next = nil
+		err := t.link.SendOrder(SeatOrder{N: s.N, Shard: s.Shard, At: s.Data, Last: s.Last,
+			Size: b.Size, SrcLen: b.SrcLen, TgtLen: b.TgtLen, Labels: b.TgtOut})
+		return b, err
+	}
+	o := t.order
+	t.order = nil
+	if o == nil {
+		octx, cancel := context.WithTimeout(ctx, t.cfg.StepTimeout)
+		got, err := t.link.NextOrder(octx)
+		cancel()
+		if err != nil {
+			if octx.Err() != nil && ctx.Err() == nil {
+				err = fmt.Errorf("%w: seat 0's order, after %v", ErrSeatTimeout, t.cfg.StepTimeout)
+			}
+			return nil, err
+		}
+		o = &got
+	}
+	if o.N != s.N || o.Shard != s.Shard || o.At != s.Data {
+		return nil, fmt.Errorf("%w: seat 0 ordered step %d (data step %d of shard %d), this seat runs step %d (%d of %d)", ErrSeatLost, o.N, o.At, o.Shard, s.N, s.Data, s.Shard)
+	}
+	b := &t.shaped // (SeatStep keeps nothing of it past the step)
+	b.Size, b.SrcLen, b.TgtLen, b.TgtOut = o.Size, o.SrcLen, o.TgtLen, o.Labels
+	b.Src = zeros(b.Src, o.Size*o.SrcLen)
+	b.TgtIn = zeros(b.TgtIn, o.Size*o.TgtLen)
+	return b, nil
+}
+
+// zeros is n zeros, in buf's memory where it is large enough.
+func zeros(buf []int32, n int) []int32 {
+	if cap(buf) < n {
+		return make([]int32, n)
+	}
+	buf = buf[:n]
+	clear(buf)
+	return buf
 }
 
 // form waits for the replica's seats to form (SeatLink.Ready): every one
@@ -183,7 +249,7 @@ func (t *seatTrainer) form(ctx context.Context) error {
 // under the same step number is a duplicate the shards drop.
 func (t *seatTrainer) drop() {
 	t.abort()
-	t.era, t.next, t.pulled = 0, nil, -1
+	t.era, t.next, t.pulled, t.order = 0, nil, -1, nil
 	t.dropped.Inc()
 }
 
@@ -196,9 +262,9 @@ func broken(err error) bool {
 }
 
 // runSeatTasks (async, ssp) runs a laid-out replica's tasks: seat 0 takes
-// them from the coordinator as runTasks does and orders each step of them
-// to the other seats (SeatLink.SendOrder), which run what they are
-// ordered. A step the replica loses (a seat died, or rejoined) is
+// them from the coordinator as runTasks does, and its steps order
+// themselves to the other seats (seatTrainer.batch), which run what they
+// are ordered. A step the replica loses (a seat died, or rejoined) is
 // dropped, the replica forms again around the seat's new holder, and seat
 // 0 orders the step again under the same step number (the shards drop
 // what was pushed of it before, as duplicates), or, if it is a new seat 0,
@@ -252,6 +318,7 @@ func runSeatTasks(ctx context.Context, cfg Config, spec *job.Spec, t *seatTraine
 			}
 			o, err := t.link.NextOrder(ctx)
 			if err == nil {
+				t.order = &o
 				err = t.step(ctx, at{Shard: o.Shard, Data: o.At, N: o.N, Last: o.Last})
 			}
 			switch {
@@ -298,11 +365,7 @@ func runSeatTasks(ctx context.Context, cfg Config, spec *job.Spec, t *seatTraine
 				}
 			}
 			s := at{Shard: task.Shard, Data: d, N: *pushed, Last: d == task.To-1}
-			err := t.link.SendOrder(SeatOrder{N: s.N, Shard: s.Shard, At: s.Data, Last: s.Last})
-			if err == nil {
-				err = t.step(ctx, s)
-			}
-			if err != nil {
+			if err := t.step(ctx, s); err != nil { // (which orders it to the other seats)
 				if ctx.Err() != nil || !broken(err) {
 					return err
 				}

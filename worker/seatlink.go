@@ -2,6 +2,7 @@ package worker
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -57,18 +58,19 @@ type SeatLink struct {
 	// formed under, this seat's holder's epoch and attempt, who holds
 	// each seat as far as this seat has heard, each seat's last hello,
 	// and each seat's hello when the formation completed.
-	version  uint64
-	mine     uint64
-	round    uint64
-	holders  []uint64
-	heard    []seatHello
-	formedAt [][2]uint64
-	formed   bool
-	era      uint64
-	fenced   error
-	begun    int64           // how many of the replica's steps this seat has begun
-	orders   []*wire.SeatMsg // from seat 0, not yet taken
-	ordered  int64           // the last order taken in this era's step numbers; -1: none
+	version   uint64
+	mine      uint64
+	round     uint64
+	holders   []uint64
+	heard     []seatHello
+	formedAt  [][2]uint64
+	formed    bool
+	era       uint64
+	fenced    error
+	begun     int64           // how many of the replica's steps this seat has begun
+	orders    []*wire.SeatMsg // from seat 0, not yet taken
+	orderPart *wire.SeatMsg   // an order whose parts still arrive
+	ordered   int64           // the last order taken in this era's step numbers; -1: none
 }
 
 // seatHello is the last hello heard from a seat: its holder's epoch and
@@ -154,19 +156,56 @@ func (l *SeatLink) Begin(epoch uint64, step int64) {
 	}
 }
 
+// order takes a part of seat 0's order. l.mu is held.
+func (l *SeatLink) order(m *wire.SeatMsg) {
+	if m.From != 0 {
+		l.fail(-1, "bad_sender", fmt.Errorf("an order from seat %d: only seat 0 orders", m.From))
+		return
+	}
+	if p := l.orderPart; p != nil {
+		l.orderPart = nil
+		if m.Step != p.Step || m.Epoch != p.Epoch || m.Seq != p.Seq {
+			l.fail(-1, "lost", fmt.Errorf("%w: a part of seat 0's order of step %d is missing", ErrSeatLost, p.Step))
+			return
+		}
+		p.Data = append(p.Data, m.Data...)
+		p.More = m.More
+		m = p
+	}
+	if m.More {
+		l.orderPart = m
+		return
+	}
+	switch {
+	case m.Epoch < l.era:
+		l.stats.Stray++
+	case uint64(len(m.Data)) != 4*uint64(m.Shape[0])*uint64(m.Shape[2]):
+		l.fail(-1, "malformed", fmt.Errorf("%w: seat 0's order of step %d: %d label bytes for a batch of %d x %d", ErrSeatLost, m.Step, len(m.Data), m.Shape[0], m.Shape[2]))
+	case len(l.orders) >= maxOrders:
+		l.fail(-1, "lost", fmt.Errorf("%w: more than %d orders not taken", ErrSeatLost, maxOrders))
+	default:
+		l.orders = append(l.orders, m)
+	}
+}
+
 // maxOrders bounds the orders a seat holds not yet taken: seat 0 orders
 // a step only once the last is done, so more are a peer gone wrong.
 const maxOrders = 64
 
-// SeatOrder is seat 0's order to the replica's other seats to run a step
-// (async and ssp, where seat 0 takes the replica's tasks): the replica's
-// step N (its push number), the batch of data step At of data shard
-// Shard, and whether it is its task's last.
+// SeatOrder is seat 0's order to the replica's other seats to run a step:
+// the replica's step N (its push number), the batch of data step At of
+// data shard Shard, and whether it is its task's last (async and ssp,
+// where seat 0 takes the replica's tasks). Seat 0 is the replica's only
+// reader: the order carries what the others need of the batch, its shape
+// and its labels (the slices' targets, the top stage's loss).
 type SeatOrder struct {
 	N     int64
 	Shard int
 	At    int64
 	Last  bool
+	// Size, SrcLen, TgtLen are the batch's shape, Labels its TgtOut.
+	Size, SrcLen, TgtLen int
+	Labels               []int32
 }
 
 // SendOrder sends o to every other seat of the formed replica (seat 0
@@ -181,15 +220,31 @@ func (l *SeatLink) SendOrder(o SeatOrder) error {
 	if !formed {
 		return fmt.Errorf("%w: ordering step %d", ErrSeatRejoined, o.N)
 	}
-	b, err := wire.Encode(&wire.SeatMsg{V: wire.Version, Epoch: era, Step: o.N, Order: true, Shard: uint32(o.Shard), At: o.At, Last: o.Last})
+	if o.Size < 0 || o.SrcLen < 0 || o.TgtLen < 0 || len(o.Labels) != o.Size*o.TgtLen {
+		return fmt.Errorf("ordering step %d: %d labels for a batch of %d x %d", o.N, len(o.Labels), o.Size, o.TgtLen)
+	}
+	labels := make([]byte, 0, 4*len(o.Labels))
+	for _, y := range o.Labels {
+		labels = binary.LittleEndian.AppendUint32(labels, uint32(y))
+	}
+	parts, err := wire.SplitSeat(&wire.SeatMsg{V: wire.Version, Epoch: era, Step: o.N, Order: true, Shard: uint32(o.Shard), At: o.At, Last: o.Last,
+		Shape: []uint32{uint32(o.Size), uint32(o.SrcLen), uint32(o.TgtLen)}, Data: labels}, l.maxPayload)
 	if err != nil {
 		return err
 	}
+	n := 0
 	for to := 1; to < l.seats; to++ {
-		if err := l.nc.Publish(wire.SeatSubject(l.job, l.rank, to), b); err != nil {
-			return err
+		for _, p := range parts {
+			if err := l.nc.Publish(wire.SeatSubject(l.job, l.rank, to), p); err != nil {
+				return err
+			}
+			n += len(p)
 		}
 	}
+	l.bytesOut.Add(float64(n))
+	l.mu.Lock()
+	l.stats.SentBytes += int64(n)
+	l.mu.Unlock()
 	return nil
 }
 
@@ -230,7 +285,12 @@ func (l *SeatLink) NextOrder(ctx context.Context) (SeatOrder, error) {
 				return SeatOrder{}, fmt.Errorf("%w: an order of era %d in era %d", ErrSeatRejoined, m.Epoch, l.era)
 			}
 			l.ordered = m.Step
-			return SeatOrder{N: m.Step, Shard: int(m.Shard), At: m.At, Last: m.Last}, nil
+			o := SeatOrder{N: m.Step, Shard: int(m.Shard), At: m.At, Last: m.Last,
+				Size: int(m.Shape[0]), SrcLen: int(m.Shape[1]), TgtLen: int(m.Shape[2]), Labels: make([]int32, len(m.Data)/4)}
+			for i := range o.Labels {
+				o.Labels[i] = int32(binary.LittleEndian.Uint32(m.Data[4*i:]))
+			}
+			return o, nil
 		}
 		arrived := l.arrived
 		l.mu.Unlock()
@@ -430,19 +490,7 @@ func (l *SeatLink) receive(msg *nats.Msg) {
 		return
 	}
 	if m.Order {
-		if from != 0 {
-			l.fail(-1, "bad_sender", fmt.Errorf("an order from seat %d: only seat 0 orders", from))
-			return
-		}
-		if m.Epoch < l.era {
-			l.stats.Stray++
-			return
-		}
-		if len(l.orders) >= maxOrders {
-			l.fail(-1, "lost", fmt.Errorf("%w: more than %d orders not taken", ErrSeatLost, maxOrders))
-			return
-		}
-		l.orders = append(l.orders, m)
+		l.order(m)
 		return
 	}
 	if l.stray(m) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"slices"
 	"strings"
 	"sync"
@@ -299,7 +300,7 @@ func formAll(t *testing.T, links []*SeatLink, version uint64, holders []uint64) 
 // the old era are stray; a seat that hears another holder has its seat
 // is fenced off; an order from a seat other than 0 is refused.
 func TestSeatLinkFormsAgainAroundANewHolder(t *testing.T) {
-	srv := testenv.NATS(t, 0)
+	srv := testenv.NATS(t, 4096) // an order's labels go in several parts
 	const seats = 3
 	links := make([]*SeatLink, seats)
 	conns := make([]*nats.Conn, seats)
@@ -316,16 +317,24 @@ func TestSeatLinkFormsAgainAroundANewHolder(t *testing.T) {
 	if f0.Era != 7<<32|3 || f0.Begun != 0 {
 		t.Fatalf("formed %+v, want era 7<<32|3 and no step begun", f0)
 	}
-	// Seat 0 orders step 4; the others take it, and not twice.
-	if err := links[0].SendOrder(SeatOrder{N: 4, Shard: 1, At: 9, Last: true}); err != nil {
+	// Seat 0 orders step 4, with its batch's shape and labels (in parts);
+	// the others take it, and not twice.
+	want := SeatOrder{N: 4, Shard: 1, At: 9, Last: true, Size: 30, SrcLen: 7, TgtLen: 100}
+	for i := range want.Size * want.TgtLen {
+		want.Labels = append(want.Labels, int32(i%50-1))
+	}
+	if err := links[0].SendOrder(want); err != nil {
 		t.Fatal(err)
 	}
 	if err := links[1].SendOrder(SeatOrder{N: 4}); err == nil {
 		t.Fatal("seat 1 sent an order")
 	}
+	if err := links[0].SendOrder(SeatOrder{N: 4, Size: 2, TgtLen: 2, Labels: []int32{1}}); err == nil {
+		t.Fatal("an order whose labels do not fit its shape was sent")
+	}
 	for _, l := range links[1:] {
 		o, err := l.NextOrder(context.Background())
-		if err != nil || o != (SeatOrder{N: 4, Shard: 1, At: 9, Last: true}) {
+		if err != nil || !reflect.DeepEqual(o, want) {
 			t.Fatalf("seat %d's order: %+v, %v", l.seat, o, err)
 		}
 	}
@@ -385,8 +394,8 @@ func TestSeatLinkFormsAgainAroundANewHolder(t *testing.T) {
 		}
 	}
 	before := links[1].Stats().Stray
-	stray(&wire.SeatMsg{V: wire.Version, Epoch: f0.Era, Step: 5, From: 0, Order: true})
-	if err := links[0].SendOrder(SeatOrder{N: 5, At: 10}); err != nil {
+	stray(&wire.SeatMsg{V: wire.Version, Epoch: f0.Era, Step: 5, From: 0, Order: true, Shape: []uint32{0, 0, 0}})
+	if err := links[0].SendOrder(SeatOrder{N: 5, At: 10, Size: 1, SrcLen: 1, TgtLen: 1, Labels: []int32{3}}); err != nil {
 		t.Fatal(err)
 	}
 	if o, err := links[1].NextOrder(context.Background()); err != nil || o.N != 5 || o.At != 10 {
@@ -416,7 +425,7 @@ func TestSeatLinkFormsAgainAroundANewHolder(t *testing.T) {
 	}
 	// An order from seat 1 is refused, counted.
 	errsBefore := fresh.Stats().Errors
-	p, _ := wire.Encode(&wire.SeatMsg{V: wire.Version, Epoch: f1.Era, Step: 6, From: 1, Order: true})
+	p, _ := wire.Encode(&wire.SeatMsg{V: wire.Version, Epoch: f1.Era, Step: 6, From: 1, Order: true, Shape: []uint32{0, 0, 0}})
 	if err := conns[1].Publish(wire.SeatSubject("j", 0, 2), p); err != nil {
 		t.Fatal(err)
 	}

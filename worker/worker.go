@@ -117,11 +117,12 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	if err != nil || a == nil {
 		return err
 	}
-	if m.Spec.Model == "seq2seq" {
+	if m.Spec.Model == "seq2seq" && a.Rank%m.Spec.Seats() == 0 {
 		// Index the rank's data shard now, before the model takes its
 		// memory: the pass's garbage then grows from a small heap, not
 		// by half of the model's (GOGC), which a paper-size seat's peak
-		// RSS showed.
+		// RSS showed. (Of a replica laid out over seats, seat 0 alone
+		// reads: it sends the others what they need of each batch.)
 		d, err := cfg.openData(m.Spec)
 		if err != nil {
 			return err

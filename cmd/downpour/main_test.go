@@ -519,6 +519,16 @@ func TestTrainOnCorpusFile(t *testing.T) {
 	if got := (shard.Passes{Count: after.Count - before.Count, Index: after.Index - before.Index, Held: after.Held - before.Held}); got != (shard.Passes{Count: 2, Index: 3 + 1, Held: 1}) {
 		t.Fatalf("passes over the corpus: %+v, want 2 counting, 4 indexing, 1 held out", got)
 	}
+	// Of replicas laid out over seats, seat 0 alone reads (it sends the
+	// other seats each batch's shape and labels): 2 replicas of 3 seats
+	// index 2 data shards, not 6.
+	before = shard.PassCounts()
+	trainRun(t, filepath.Join(dir, "seats"), "--data", corpus, "--steps", "10", "--held-out", "20", "--eval-every", "0", "--workers", "2",
+		"--layers", "2", "--stages", "2", "--softmax-slices", "1")
+	after = shard.PassCounts()
+	if got := (shard.Passes{Count: after.Count - before.Count, Index: after.Index - before.Index, Held: after.Held - before.Held}); got != (shard.Passes{Count: 2, Index: 2 + 1, Held: 1}) {
+		t.Fatalf("passes over the corpus by replicas laid out over seats: %+v, want 2 counting, 3 indexing, 1 held out", got)
+	}
 	var cfg struct {
 		Seq2Seq models.Seq2SeqConfig `json:"seq2seq"`
 		DataCRC uint32               `json:"data_crc"`

@@ -107,7 +107,7 @@ func FuzzDecodeSeat(f *testing.F) {
 		&SeatMsg{V: Version, Stats: make([]byte, 32), Ys: make([]byte, 8), Has: []byte{0, 1}},
 		&SeatMsg{V: Version, Squares: make([]byte, 24), Norm: 2.5, More: true},
 		&SeatMsg{V: Version, Epoch: 1, From: 2, Hello: true, Holders: []uint64{1, 2, 1}, Round: 3, Step: 7},
-		&SeatMsg{V: Version, Epoch: 1<<32 | 4, Step: 9, Order: true, Shard: 1, At: 40, Last: true})
+		&SeatMsg{V: Version, Epoch: 1<<32 | 4, Step: 9, Order: true, Shard: 1, At: 40, Last: true, Shape: []uint32{2, 3, 1}, Data: make([]byte, 8)})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := DecodeSeat(data)
 		if err != nil {
@@ -118,7 +118,8 @@ func FuzzDecodeSeat(f *testing.F) {
 		}
 		if m.V != Version || m.Step < 0 || m.T1 < m.T0 || len(m.Data)%4 != 0 || len(m.Ys)%4 != 0 ||
 			len(m.Stats)%16 != 0 || len(m.Squares)%8 != 0 || !(m.Norm >= 0) || m.Hello && m.Order ||
-			!m.Hello && (m.Holders != nil || m.Round != 0) || len(m.Holders) > MaxSeats || m.At < 0 {
+			!m.Hello && (m.Holders != nil || m.Round != 0) || len(m.Holders) > MaxSeats || m.At < 0 ||
+			m.Order != (len(m.Shape) == 3) || m.Shape != nil && !m.Order || m.Order && uint64(m.Shape[0])*uint64(m.Shape[2]) > MaxLabels {
 			t.Fatalf("accepted a bad seat message: %+v", m)
 		}
 		for _, h := range m.Has {

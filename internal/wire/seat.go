@@ -40,15 +40,19 @@ type SeatMsg struct {
 	// holders: a seat given to a new holder starts a new era.
 	Holders []uint64 `msgpack:"hv,omitempty"`
 	Round   uint64   `msgpack:"r,omitempty"`
-	// Order (async and ssp, from seat 0, which takes the replica's tasks)
-	// tells the other seats to run step Step: the batch of data step At of
-	// data shard Shard; Last marks a task's last step.
-	Order bool   `msgpack:"o,omitempty"`
-	Shard uint32 `msgpack:"ds,omitempty"`
-	At    int64  `msgpack:"at,omitempty"`
-	Last  bool   `msgpack:"l,omitempty"`
-	T0    uint32 `msgpack:"t0,omitempty"` // time steps [T0, T1) of Data
-	T1    uint32 `msgpack:"t1,omitempty"`
+	// Order (from seat 0, the replica's reader: it takes the replica's
+	// tasks in async and ssp, and reads its batches in every mode) tells
+	// the other seats to run step Step: the batch of data step At of data
+	// shard Shard, of Shape (size, source length, target length), whose
+	// labels are Data (int32s, time-major; negative: padding); Last marks
+	// a task's last step.
+	Order bool     `msgpack:"o,omitempty"`
+	Shard uint32   `msgpack:"ds,omitempty"`
+	At    int64    `msgpack:"at,omitempty"`
+	Last  bool     `msgpack:"l,omitempty"`
+	Shape []uint32 `msgpack:"sh,omitempty"`
+	T0    uint32   `msgpack:"t0,omitempty"` // time steps [T0, T1) of Data
+	T1    uint32   `msgpack:"t1,omitempty"`
 	// Data holds float32s, Ys float32s, Stats float64 pairs (max, sum),
 	// Squares float64s, all little-endian; Has a byte (0 or 1) per row.
 	Data    []byte  `msgpack:"d,omitempty"`
@@ -61,6 +65,10 @@ type SeatMsg struct {
 
 // MaxSeats bounds the seats of a replica a message may name.
 const MaxSeats = 4096
+
+// MaxLabels bounds the labels of a batch an order carries (batch size x
+// target length).
+const MaxLabels = 1 << 24
 
 // SeatSubject is where seat of job's replica rank listens.
 func SeatSubject(job string, rank, seat int) string {
@@ -97,6 +105,10 @@ func DecodeSeat(data []byte) (*SeatMsg, error) {
 		return bad("%d holders: at most %d seats", len(m.Holders), MaxSeats)
 	case m.At < 0:
 		return bad("data step %d", m.At)
+	case m.Order && len(m.Shape) != 3 || !m.Order && m.Shape != nil:
+		return bad("an order's batch shape of %d numbers", len(m.Shape))
+	case m.Order && uint64(m.Shape[0])*uint64(m.Shape[2]) > MaxLabels:
+		return bad("a batch of %d x %d labels: at most %d", m.Shape[0], m.Shape[2], MaxLabels)
 	}
 	for _, h := range m.Has {
 		if h > 1 {
@@ -131,7 +143,7 @@ func SplitSeat(m *SeatMsg, maxPayload int) ([][]byte, error) {
 		}
 		out = append(out, b)
 		data = data[n:]
-		part = SeatMsg{V: m.V, Epoch: m.Epoch, Step: m.Step, From: m.From, Seq: m.Seq}
+		part = SeatMsg{V: m.V, Epoch: m.Epoch, Step: m.Step, From: m.From, Seq: m.Seq, Order: m.Order, Shape: m.Shape}
 	}
 	return out, nil
 }

@@ -81,7 +81,10 @@ func TestDecodeSeatRefuses(t *testing.T) {
 		"holders":       {SeatMsg{V: Version, Holders: []uint64{1, 1}}, Malformed},
 		"round":         {SeatMsg{V: Version, Round: 2}, Malformed},
 		"seats":         {SeatMsg{V: Version, Hello: true, Holders: make([]uint64, MaxSeats+1)}, Malformed},
-		"data step":     {SeatMsg{V: Version, Order: true, At: -1}, Malformed},
+		"data step":     {SeatMsg{V: Version, Order: true, At: -1, Shape: []uint32{1, 1, 1}}, Malformed},
+		"order shape":   {SeatMsg{V: Version, Order: true}, Malformed},
+		"shape":         {SeatMsg{V: Version, Shape: []uint32{1, 1, 1}}, Malformed},
+		"labels":        {SeatMsg{V: Version, Order: true, Shape: []uint32{1 << 13, 1, 1 << 12}}, Malformed},
 	} {
 		b, err := Encode(&c.m)
 		if err != nil {
