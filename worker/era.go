@@ -191,21 +191,12 @@ func (s at) progress(spec *job.Spec, rank int) (uint32, int64) {
 // starts each task at the job's clock (the slowest active rank's), so that
 // the others do not wait for it to catch up.
 func runTasks(ctx context.Context, cfg Config, spec *job.Spec, t trainer, lease job.Lease, pushed *int64) error {
-	log := cfg.Log.With("worker", cfg.ID)
 	var last job.Task
 	for {
-		task, err := cfg.Store.NextTask(ctx, cfg.ID, last)
+		task, err := nextTask(ctx, cfg, spec, t, last, pushed)
 		if err != nil {
 			return err
 		}
-		if spec.Mode == job.SSP {
-			clock, err := t.clock(ctx)
-			if err != nil {
-				return fmt.Errorf("reading the job's clock: %w", err)
-			}
-			*pushed = max(*pushed, clock)
-		}
-		log.Info("task", "id", task.ID, "data_shard", task.Shard, "from", task.From, "to", task.To, "attempt", task.Attempts, "clock", *pushed)
 		for d := task.From; d < task.To; d++ {
 			select {
 			case <-lease.Lost():
@@ -217,14 +208,39 @@ func runTasks(ctx context.Context, cfg Config, spec *job.Spec, t trainer, lease 
 			}
 			*pushed++
 		}
-		if spec.Mode == job.SSP {
-			if err := t.idle(ctx); err != nil {
-				return fmt.Errorf("saying the rank is idle: %w", err)
-			}
-		}
-		if err := cfg.Store.TaskDone(ctx, cfg.ID, task); err != nil {
+		if err := taskDone(ctx, cfg, spec, t, task); err != nil {
 			return err
 		}
 		last = task
 	}
+}
+
+// nextTask waits for this worker's next task after last; in ssp, the
+// rank's steps then go on from the job's clock (the slowest active
+// rank's), so that the others do not wait for it to catch up.
+func nextTask(ctx context.Context, cfg Config, spec *job.Spec, t trainer, last job.Task, pushed *int64) (job.Task, error) {
+	task, err := cfg.Store.NextTask(ctx, cfg.ID, last)
+	if err != nil {
+		return job.Task{}, err
+	}
+	if spec.Mode == job.SSP {
+		clock, err := t.clock(ctx)
+		if err != nil {
+			return job.Task{}, fmt.Errorf("reading the job's clock: %w", err)
+		}
+		*pushed = max(*pushed, clock)
+	}
+	cfg.Log.Info("task", "worker", cfg.ID, "id", task.ID, "data_shard", task.Shard, "from", task.From, "to", task.To, "attempt", task.Attempts, "clock", *pushed)
+	return task, nil
+}
+
+// taskDone reports task done; in ssp the rank says first that it is idle
+// (it does not hold the others back between tasks).
+func taskDone(ctx context.Context, cfg Config, spec *job.Spec, t trainer, task job.Task) error {
+	if spec.Mode == job.SSP {
+		if err := t.idle(ctx); err != nil {
+			return fmt.Errorf("saying the rank is idle: %w", err)
+		}
+	}
+	return cfg.Store.TaskDone(ctx, cfg.ID, task)
 }

@@ -337,18 +337,10 @@ func runSeatTasks(ctx context.Context, cfg Config, spec *job.Spec, t *seatTraine
 	}
 	var last job.Task
 	for {
-		task, err := cfg.Store.NextTask(ctx, cfg.ID, last)
+		task, err := nextTask(ctx, cfg, spec, t, last, pushed)
 		if err != nil {
 			return err
 		}
-		if spec.Mode == job.SSP {
-			clock, err := t.clock(ctx)
-			if err != nil {
-				return fmt.Errorf("reading the job's clock: %w", err)
-			}
-			*pushed = max(*pushed, clock)
-		}
-		log.Info("task", "id", task.ID, "data_shard", task.Shard, "from", task.From, "to", task.To, "attempt", task.Attempts, "clock", *pushed)
 		retry := false // the step at d was lost: order it again
 		for d := task.From; d < task.To; {
 			if err := lost(); err != nil {
@@ -379,12 +371,7 @@ func runSeatTasks(ctx context.Context, cfg Config, spec *job.Spec, t *seatTraine
 			d++
 			retry = false
 		}
-		if spec.Mode == job.SSP {
-			if err := t.idle(ctx); err != nil {
-				return fmt.Errorf("saying the rank is idle: %w", err)
-			}
-		}
-		if err := cfg.Store.TaskDone(ctx, cfg.ID, task); err != nil {
+		if err := taskDone(ctx, cfg, spec, t, task); err != nil {
 			return err
 		}
 		last = task

@@ -232,14 +232,23 @@ func (l *SeatLink) SendOrder(o SeatOrder) error {
 	if err != nil {
 		return err
 	}
-	n := 0
 	for to := 1; to < l.seats; to++ {
-		for _, p := range parts {
-			if err := l.nc.Publish(wire.SeatSubject(l.job, l.rank, to), p); err != nil {
-				return err
-			}
-			n += len(p)
+		if err := l.publish(to, parts); err != nil {
+			return err
 		}
+	}
+	return nil
+}
+
+// publish sends a message's parts to seat to, and counts their bytes.
+func (l *SeatLink) publish(to int, parts [][]byte) error {
+	subj := wire.SeatSubject(l.job, l.rank, to)
+	n := 0
+	for _, p := range parts {
+		if err := l.nc.Publish(subj, p); err != nil {
+			return err
+		}
+		n += len(p)
 	}
 	l.bytesOut.Add(float64(n))
 	l.mu.Lock()
@@ -577,19 +586,7 @@ func (l *SeatLink) Send(to int, m models.SeatMsg[float32]) error {
 	if err != nil {
 		return err
 	}
-	subj := wire.SeatSubject(l.job, l.rank, to)
-	n := 0
-	for _, p := range parts {
-		if err := l.nc.Publish(subj, p); err != nil {
-			return err
-		}
-		n += len(p)
-	}
-	l.bytesOut.Add(float64(n))
-	l.mu.Lock()
-	l.stats.SentBytes += int64(n)
-	l.mu.Unlock()
-	return nil
+	return l.publish(to, parts)
 }
 
 // Recv returns seat from's next message of the step.

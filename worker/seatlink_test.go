@@ -380,21 +380,22 @@ func TestSeatLinkFormsAgainAroundANewHolder(t *testing.T) {
 	if fs[0] != f1 || f1.Era != 7<<32|4 || f1.Begun != 5 {
 		t.Fatalf("formed again %+v and %+v, want era 7<<32|4 and 5 steps begun", fs[0], f1)
 	}
-	// An order and a message of the old era are stray.
-	stray := func(m *wire.SeatMsg) {
+	// raw sends m to seat to, as conn.
+	raw := func(conn *nats.Conn, to int, m *wire.SeatMsg) {
 		p, err := wire.Encode(m)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := conns[0].Publish(wire.SeatSubject("j", 0, 1), p); err != nil {
+		if err := conn.Publish(wire.SeatSubject("j", 0, to), p); err != nil {
 			t.Fatal(err)
 		}
-		if err := conns[0].Flush(); err != nil {
+		if err := conn.Flush(); err != nil {
 			t.Fatal(err)
 		}
 	}
+	// An order of the old era is stray.
 	before := links[1].Stats().Stray
-	stray(&wire.SeatMsg{V: wire.Version, Epoch: f0.Era, Step: 5, From: 0, Order: true, Shape: []uint32{0, 0, 0}})
+	raw(conns[0], 1, &wire.SeatMsg{V: wire.Version, Epoch: f0.Era, Step: 5, From: 0, Order: true, Shape: []uint32{0, 0, 0}})
 	if err := links[0].SendOrder(SeatOrder{N: 5, At: 10, Size: 1, SrcLen: 1, TgtLen: 1, Labels: []int32{3}}); err != nil {
 		t.Fatal(err)
 	}
@@ -405,16 +406,7 @@ func TestSeatLinkFormsAgainAroundANewHolder(t *testing.T) {
 		t.Fatalf("%d stray messages, want the old era's order", got)
 	}
 	// A seat that hears another holder has its seat is fenced off.
-	hello, err := wire.Encode(&wire.SeatMsg{V: wire.Version, Epoch: 7, From: 0, Hello: true, Holders: []uint64{1, 9, 2}, Round: 99})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := conns[0].Publish(wire.SeatSubject("j", 0, 1), hello); err != nil {
-		t.Fatal(err)
-	}
-	if err := conns[0].Flush(); err != nil {
-		t.Fatal(err)
-	}
+	raw(conns[0], 1, &wire.SeatMsg{V: wire.Version, Epoch: 7, From: 0, Hello: true, Holders: []uint64{1, 9, 2}, Round: 99})
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if _, err := links[1].NextOrder(ctx); !errors.Is(err, ErrSeatFenced) {
@@ -425,13 +417,7 @@ func TestSeatLinkFormsAgainAroundANewHolder(t *testing.T) {
 	}
 	// An order from seat 1 is refused, counted.
 	errsBefore := fresh.Stats().Errors
-	p, _ := wire.Encode(&wire.SeatMsg{V: wire.Version, Epoch: f1.Era, Step: 6, From: 1, Order: true, Shape: []uint32{0, 0, 0}})
-	if err := conns[1].Publish(wire.SeatSubject("j", 0, 2), p); err != nil {
-		t.Fatal(err)
-	}
-	if err := conns[1].Flush(); err != nil {
-		t.Fatal(err)
-	}
+	raw(conns[1], 2, &wire.SeatMsg{V: wire.Version, Epoch: f1.Era, Step: 6, From: 1, Order: true, Shape: []uint32{0, 0, 0}})
 	for fresh.Stats().Errors == errsBefore {
 		time.Sleep(5 * time.Millisecond)
 	}
