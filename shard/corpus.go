@@ -76,47 +76,16 @@ type linePair struct {
 // are made; without, only counted, where tok can.
 func scanCorpus(r io.Reader, tok lineTokens, words bool, pair func(off int64, line []byte, p linePair) error) (CorpusStats, error) {
 	var st CorpusStats
-	var read, off int64 // bytes the scanner has consumed; the offset of its last token
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), MaxLineBytes)
-	sc.Split(func(data []byte, atEOF bool) (int, []byte, error) {
-		adv, tok, err := bufio.ScanLines(data, atEOF)
-		if tok != nil {
-			off = read
-		}
-		read += int64(adv)
-		return adv, tok, err
-	})
-	count := tok.count != nil && !words
+	sc := newLineScanner(r)
 	for sc.Scan() {
 		st.Lines++
 		line := sc.Bytes()
-		src, tgt, kind := splitLine(line)
-		var p linePair
-		if kind == lineOK {
-			if count {
-				p.srcLen = tok.count(src)
-				if p.srcLen == 0 || tok.count(tgt) == 0 {
-					kind = lineMalformed
-				}
-			} else {
-				p.src, p.tgt = tok.split(string(src)), tok.split(string(tgt))
-				p.srcLen = len(p.src)
-				if len(p.src) == 0 || len(p.tgt) == 0 {
-					kind = lineMalformed
-				}
-			}
-		}
-		switch kind {
-		case lineNotUTF8:
+		p, kind := classify(&st, line, tok, words)
+		if kind == lineNotUTF8 {
 			return st, fmt.Errorf("line %d: not UTF-8 text", st.Lines)
-		case lineBlank:
-			st.Blank++
-		case lineMalformed:
-			st.Malformed++
-		default:
-			st.Pairs++
-			if err := pair(off, line, p); err != nil {
+		}
+		if kind == lineOK {
+			if err := pair(sc.off, line, p); err != nil {
 				return st, err
 			}
 		}
@@ -131,6 +100,37 @@ func scanCorpus(r io.Reader, tok lineTokens, words bool, pair func(off int64, li
 		return st, fmt.Errorf("no source<TAB>target pair in %d lines", st.Lines)
 	}
 	return st, nil
+}
+
+// classify reads one corpus line as scanCorpus does, counting it in st:
+// a valid pair's tokens (with words; else their count only, where tok
+// can), or what is wrong with it.
+func classify(st *CorpusStats, line []byte, tok lineTokens, words bool) (linePair, int) {
+	src, tgt, kind := splitLine(line)
+	var p linePair
+	if kind == lineOK {
+		if tok.count != nil && !words {
+			p.srcLen = tok.count(src)
+			if p.srcLen == 0 || tok.count(tgt) == 0 {
+				kind = lineMalformed
+			}
+		} else {
+			p.src, p.tgt = tok.split(string(src)), tok.split(string(tgt))
+			p.srcLen = len(p.src)
+			if len(p.src) == 0 || len(p.tgt) == 0 {
+				kind = lineMalformed
+			}
+		}
+	}
+	switch kind {
+	case lineBlank:
+		st.Blank++
+	case lineMalformed:
+		st.Malformed++
+	case lineOK:
+		st.Pairs++
+	}
+	return p, kind
 }
 
 // What a corpus line is.

@@ -41,8 +41,11 @@ type Dataset interface {
 
 // DataConfig says where a job's data comes from and how to prepare it.
 type DataConfig struct {
-	// Source is "synthetic:<task>" or the path of a parallel corpus.
-	Source      string
+	// Source is "synthetic:<task>" or the path of a parallel corpus: a
+	// TSV file, or with Target, the source side of aligned files.
+	Source string
+	// Target is the target side of aligned files ("" for a TSV file).
+	Target      string
 	MinLen      int    // synthetic: shortest source
 	MaxLen      int    // synthetic: longest source
 	Reverse     bool   // feed sources reversed (the paper's default)

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"compress/gzip"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -40,11 +41,14 @@ import (
 // every role of a job needs of it: the file's checksum and size, its
 // counts, and the vocabularies' words (after the reserved ids).
 type CorpusSummary struct {
-	CRC   uint32      `json:"crc"`
-	Size  int64       `json:"size"`
-	Stats CorpusStats `json:"stats"`
-	Src   []string    `json:"src"`
-	Tgt   []string    `json:"tgt"`
+	CRC  uint32 `json:"crc"`
+	Size int64  `json:"size"`
+	// TgtSize is the target file's size, of aligned files (Size is then
+	// the source file's, and CRC the CRC32C of both files' CRC32Cs).
+	TgtSize int64       `json:"tgt_size,omitempty"`
+	Stats   CorpusStats `json:"stats"`
+	Src     []string    `json:"src"`
+	Tgt     []string    `json:"tgt"`
 }
 
 // maxSummaryBytes bounds a decoded summary (the paper's vocabularies of
@@ -89,7 +93,7 @@ func DecodeCorpusSummary(b []byte) (*CorpusSummary, error) {
 		return nil, fmt.Errorf("corpus summary: %w", err)
 	}
 	switch {
-	case c.Stats.Pairs <= 0 || c.Stats.Pairs+c.Stats.Blank+c.Stats.Malformed != c.Stats.Lines || c.Size < 0:
+	case c.Stats.Pairs <= 0 || c.Stats.Pairs+c.Stats.Blank+c.Stats.Malformed != c.Stats.Lines || c.Size < 0 || c.TgtSize < 0:
 		return nil, fmt.Errorf("corpus summary: counts do not add up (%+v)", c.Stats)
 	case slices.ContainsFunc(c.Src, reserved) || slices.ContainsFunc(c.Tgt, reserved):
 		return nil, errors.New("corpus summary: a vocabulary names a reserved word")
@@ -123,7 +127,7 @@ func Summarize(cfg DataConfig) (*CorpusSummary, error) {
 		return nil, err
 	}
 	c := &CorpusSummary{}
-	err = passCorpus(cfg.Source, cfg.CRC, tok, false, c, &passes.count, func(int, int64, []byte, linePair) error { return nil })
+	err = passCorpus(cfg, cfg.CRC, tok, false, c, &passes.count, func(int, pairLoc, []byte, linePair) error { return nil })
 	if err != nil {
 		return nil, err
 	}
@@ -132,7 +136,7 @@ func Summarize(cfg DataConfig) (*CorpusSummary, error) {
 		heldSet[p] = true
 	}
 	srcFreq, tgtFreq := wordCounts{}, wordCounts{}
-	err = passCorpus(cfg.Source, c.CRC, tok, tok.each == nil, nil, &passes.count, func(p int, _ int64, line []byte, lp linePair) error {
+	err = passCorpus(cfg, c.CRC, tok, tok.each == nil, nil, &passes.count, func(p int, _ pairLoc, line []byte, lp linePair) error {
 		if heldSet[int32(p)] {
 			return nil
 		}
@@ -193,38 +197,81 @@ func (cfg DataConfig) tgtVocabMax() int {
 	return cfg.TgtVocabMax
 }
 
-// passCorpus reads the corpus file at path once, calling pair with each
-// valid pair's number (among the valid pairs), offset, line and tokens
-// (with words; else their count only, where tok can count). It
-// checks the whole file's CRC32C against want (when not 0) at the end, and
-// fills sum's checksum, size and counts (when sum is not nil).
-func passCorpus(path string, want uint32, tok lineTokens, words bool, sum *CorpusSummary, kind *atomic.Int64,
-	pair func(p int, off int64, line []byte, lp linePair) error) error {
-	f, err := os.Open(path)
+// passCorpus reads the corpus of cfg once (its file, or its aligned
+// files), calling pair with each valid pair's number (among the valid
+// pairs), place, TSV line and tokens (with words; else their count only,
+// where tok can). It checks the corpus's CRC32C against want (when not 0)
+// at the end, and fills sum's checksum, sizes and counts (when sum is not
+// nil).
+func passCorpus(cfg DataConfig, want uint32, tok lineTokens, words bool, sum *CorpusSummary, kind *atomic.Int64,
+	pair func(p int, loc pairLoc, line []byte, lp linePair) error) error {
+	f, err := openText(cfg.Source)
 	if err != nil {
-		return fmt.Errorf("data: %w", err)
+		return err
 	}
 	defer f.Close()
+	var tf *os.File
+	if cfg.Target != "" {
+		if tf, err = openText(cfg.Target); err != nil {
+			return err
+		}
+		defer tf.Close()
+	}
 	kind.Add(1)
-	h := crc32.New(castagnoli)
+	h, th := crc32.New(castagnoli), crc32.New(castagnoli)
 	n := 0
-	st, err := scanCorpus(io.TeeReader(f, h), tok, words, func(off int64, line []byte, lp linePair) error {
-		n++
-		return pair(n-1, off, line, lp)
-	})
+	var st CorpusStats
+	if tf == nil {
+		st, err = scanCorpus(io.TeeReader(f, h), tok, words, func(off int64, line []byte, lp linePair) error {
+			n++
+			return pair(n-1, pairLoc{off: off, n: len(line), tgtOff: -1}, line, lp)
+		})
+	} else {
+		st, err = scanAligned(io.TeeReader(f, h), io.TeeReader(tf, th), cfg.Source, cfg.Target, tok, words, func(loc pairLoc, line []byte, lp linePair) error {
+			n++
+			return pair(n-1, loc, line, lp)
+		})
+	}
 	if err != nil {
-		return fmt.Errorf("data %s: %w", path, err)
+		return fmt.Errorf("data %s: %w", cfg.name(), err)
 	}
 	size, _ := f.Seek(0, io.SeekCurrent)
-	passes.bytes.Add(size)
-	crc := h.Sum32()
+	crc, tsize := h.Sum32(), int64(0)
+	if tf != nil {
+		tsize, _ = tf.Seek(0, io.SeekCurrent)
+		crc = crc32.Checksum(binary.LittleEndian.AppendUint32(binary.LittleEndian.AppendUint32(nil, crc), th.Sum32()), castagnoli)
+	}
+	passes.bytes.Add(size + tsize)
 	if want != 0 && crc != want {
-		return fmt.Errorf("data %s: checksum %08x differs from the job's %08x: every role must read the same file", path, crc, want)
+		return fmt.Errorf("data %s: checksum %08x differs from the job's %08x: every role must read the same file", cfg.name(), crc, want)
 	}
 	if sum != nil {
-		sum.CRC, sum.Size, sum.Stats = crc, size, st
+		sum.CRC, sum.Size, sum.TgtSize, sum.Stats = crc, size, tsize, st
 	}
 	return nil
+}
+
+// openText opens a corpus file, refusing a compressed one: batches read
+// its lines at their offsets, which a gzip stream cannot serve.
+func openText(path string) (*os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("data: %w", err)
+	}
+	var magic [2]byte
+	if n, _ := f.ReadAt(magic[:], 0); n == 2 && magic == [2]byte{0x1f, 0x8b} {
+		f.Close()
+		return nil, fmt.Errorf("data %s is gzip-compressed: unpack it first (gunzip -k %s); batches read its lines where they lie, which a compressed stream cannot serve", path, path)
+	}
+	return f, nil
+}
+
+// name is how errors name the corpus: its file, or its two files.
+func (cfg DataConfig) name() string {
+	if cfg.Target != "" {
+		return cfg.Source + " and " + cfg.Target
+	}
+	return cfg.Source
 }
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
@@ -283,13 +330,15 @@ func shardPairs(pairs, n int, seed uint64, shards, s int) []int32 {
 type lineIndex struct {
 	off    []int64
 	n      []uint32 // line length
-	crc    []uint32 // CRC32C of the line
+	crc    []uint32 // CRC32C of the (TSV) line
 	srcLen []uint32 // source tokens
+	// Of aligned files: the target lines (off and n are the source's).
+	tgtOff []int64
+	tgtN   []uint32
 }
 
-func (x *lineIndex) len() int                { return len(x.off) }
-func (x *lineIndex) srcLenOf(j int) int      { return int(x.srcLen[j]) }
-func (x *lineIndex) line(j int) (int64, int) { return x.off[j], int(x.n[j]) }
+func (x *lineIndex) len() int           { return len(x.off) }
+func (x *lineIndex) srcLenOf(j int) int { return int(x.srcLen[j]) }
 
 // indexShard indexes data shard s in one pass over the file.
 func (d *corpusData) indexShard(s int) (*lineIndex, error) {
@@ -302,11 +351,17 @@ func (d *corpusData) indexShard(s int) (*lineIndex, error) {
 	}
 	slices.SortFunc(pos, func(a, b int32) int { return int(want[a] - want[b]) })
 	x := &lineIndex{off: make([]int64, m), n: make([]uint32, m), crc: make([]uint32, m), srcLen: make([]uint32, m)}
+	if d.cfg.Target != "" {
+		x.tgtOff, x.tgtN = make([]int64, m), make([]uint32, m)
+	}
 	next := 0
-	err := passCorpus(d.cfg.Source, d.sum.CRC, d.tok, false, nil, &passes.index, func(p int, off int64, line []byte, lp linePair) error {
+	err := passCorpus(d.cfg, d.sum.CRC, d.tok, false, nil, &passes.index, func(p int, loc pairLoc, line []byte, lp linePair) error {
 		if next < m && int(want[pos[next]]) == p {
 			j := pos[next]
-			x.off[j], x.n[j], x.crc[j], x.srcLen[j] = off, uint32(len(line)), crc32.Checksum(line, castagnoli), uint32(lp.srcLen)
+			x.off[j], x.n[j], x.crc[j], x.srcLen[j] = loc.off, uint32(loc.n), crc32.Checksum(line, castagnoli), uint32(lp.srcLen)
+			if x.tgtOff != nil {
+				x.tgtOff[j], x.tgtN[j] = loc.tgtOff, uint32(loc.tgtN)
+			}
 			next++
 		}
 		return nil
@@ -315,27 +370,39 @@ func (d *corpusData) indexShard(s int) (*lineIndex, error) {
 		return nil, err
 	}
 	if next != m {
-		return nil, fmt.Errorf("data %s: %d pairs, not the %d its summary counts", d.cfg.Source, next, d.sum.Stats.Pairs)
+		return nil, fmt.Errorf("data %s: %d pairs, not the %d its summary counts", d.cfg.name(), next, d.sum.Stats.Pairs)
 	}
 	return x, nil
 }
 
-// readPair reads pair j of index x from the file, checking it is the line
-// that was indexed.
-func (d *corpusData) readPair(x *lineIndex, j int, buf []byte) (Example, []byte, error) {
-	off, n := x.line(j)
+// readPair reads pair j of index x from the file (or files), checking it
+// is the pair that was indexed. buf holds what it reads (returned, to be
+// reused); line the pair's TSV line, for aligned files.
+func (d *corpusData) readPair(x *lineIndex, j int, buf, line []byte) (Example, []byte, []byte, error) {
+	off, n := x.off[j], int(x.n[j])
 	buf = slices.Grow(buf[:0], n)[:n]
 	if _, err := d.f.ReadAt(buf, off); err != nil {
-		return Example{}, buf, fmt.Errorf("data %s: reading the line at byte %d: %w", d.cfg.Source, off, err)
+		return Example{}, buf, line, fmt.Errorf("data %s: reading the line at byte %d: %w", d.cfg.Source, off, err)
 	}
-	if crc32.Checksum(buf, castagnoli) != x.crc[j] {
-		return Example{}, buf, fmt.Errorf("data %s: the line at byte %d changed since it was indexed: every role must read the same file, unchanged", d.cfg.Source, off)
+	text := buf
+	if x.tgtOff != nil {
+		tn := int(x.tgtN[j])
+		buf = slices.Grow(buf, tn)
+		t := buf[n : n+tn]
+		if _, err := d.tf.ReadAt(t, x.tgtOff[j]); err != nil {
+			return Example{}, buf, line, fmt.Errorf("data %s: reading the line at byte %d: %w", d.cfg.Target, x.tgtOff[j], err)
+		}
+		line = joinAligned(line[:0], buf[:n], t)
+		text = line
 	}
-	src, tgt, kind := parsePair(buf, d.tok.split)
+	if crc32.Checksum(text, castagnoli) != x.crc[j] {
+		return Example{}, buf, line, fmt.Errorf("data %s: the pair at byte %d changed since it was indexed: every role must read the same file, unchanged", d.cfg.name(), off)
+	}
+	src, tgt, kind := parsePair(text, d.tok.split)
 	if kind != lineOK {
-		return Example{}, buf, fmt.Errorf("data %s: the line at byte %d is no longer a pair", d.cfg.Source, off)
+		return Example{}, buf, line, fmt.Errorf("data %s: the pair at byte %d is no longer a pair", d.cfg.name(), off)
 	}
-	return d.EncodePair(Pair{Src: src, Tgt: tgt}), buf, nil
+	return d.EncodePair(Pair{Src: src, Tgt: tgt}), buf, line, nil
 }
 
 // keepIndexes is how many data shards' indexes a dataset keeps: a worker
@@ -375,7 +442,7 @@ type corpusData struct {
 	tok      lineTokens
 	sum      *CorpusSummary
 	src, tgt *Vocab
-	f        *os.File
+	f, tf    *os.File // the file; the target file of aligned files
 	epochs   epochs
 
 	mu      sync.Mutex // guards indexes, recent, held
@@ -396,26 +463,45 @@ func openCorpus(cfg DataConfig) (*corpusData, error) {
 			return nil, err
 		}
 	} else if cfg.CRC != 0 && sum.CRC != cfg.CRC {
-		return nil, fmt.Errorf("data %s: the summary is of a file with checksum %08x, the job's is %08x", cfg.Source, sum.CRC, cfg.CRC)
+		return nil, fmt.Errorf("data %s: the summary is of a corpus with checksum %08x, the job's is %08x", cfg.name(), sum.CRC, cfg.CRC)
 	}
-	f, err := os.Open(cfg.Source)
+	f, err := openSized(cfg.Source, sum.Size)
 	if err != nil {
-		return nil, fmt.Errorf("data: %w", err)
+		return nil, err
 	}
-	if fi, err := f.Stat(); err != nil || fi.Size() != sum.Size {
-		f.Close()
-		if err == nil {
-			err = fmt.Errorf("%d bytes, its summary says %d: every role must read the same file", fi.Size(), sum.Size)
+	var tf *os.File
+	if cfg.Target != "" {
+		if tf, err = openSized(cfg.Target, sum.TgtSize); err != nil {
+			f.Close()
+			return nil, err
 		}
-		return nil, fmt.Errorf("data %s: %w", cfg.Source, err)
 	}
 	train := sum.Stats.Pairs - heldCount(sum.Stats.Pairs, cfg.HeldOut)
 	if shards := max(1, cfg.Shards); train < shards {
 		f.Close()
-		return nil, fmt.Errorf("data %s: %d training pairs for %d data shards: data shard %d would be empty", cfg.Source, train, shards, train)
+		if tf != nil {
+			tf.Close()
+		}
+		return nil, fmt.Errorf("data %s: %d training pairs for %d data shards: data shard %d would be empty", cfg.name(), train, shards, train)
 	}
-	d := &corpusData{cfg: cfg, tok: tok, sum: sum, src: NewVocab(sum.Src), tgt: NewVocab(sum.Tgt), f: f, indexes: map[int]*lineIndex{}}
+	d := &corpusData{cfg: cfg, tok: tok, sum: sum, src: NewVocab(sum.Src), tgt: NewVocab(sum.Tgt), f: f, tf: tf, indexes: map[int]*lineIndex{}}
 	return d, nil
+}
+
+// openSized opens the file at path, which its summary says has size bytes.
+func openSized(path string, size int64) (*os.File, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("data: %w", err)
+	}
+	if fi, err := f.Stat(); err != nil || fi.Size() != size {
+		f.Close()
+		if err == nil {
+			err = fmt.Errorf("%d bytes, its summary says %d: every role must read the same file", fi.Size(), size)
+		}
+		return nil, fmt.Errorf("data %s: %w", path, err)
+	}
+	return f, nil
 }
 
 // SummaryOf is the corpus summary of d, nil for data that is no corpus
@@ -434,9 +520,9 @@ func (d *corpusData) Batch(seed uint64, s int, step int64, size int) (*models.Se
 	}
 	pos := d.epochs.batch(seed, s, step, size, x.len(), x.srcLenOf)
 	ex := make([]Example, len(pos))
-	var buf []byte
+	var buf, line []byte
 	for i, j := range pos {
-		if ex[i], buf, err = d.readPair(x, int(j), buf); err != nil {
+		if ex[i], buf, line, err = d.readPair(x, int(j), buf, line); err != nil {
 			return nil, err
 		}
 	}
@@ -464,7 +550,7 @@ func (d *corpusData) HeldOut() ([]Example, error) {
 		at[p] = k
 	}
 	held := make([]Example, len(want))
-	err := passCorpus(d.cfg.Source, d.sum.CRC, d.tok, false, nil, &passes.held, func(p int, _ int64, line []byte, _ linePair) error {
+	err := passCorpus(d.cfg, d.sum.CRC, d.tok, false, nil, &passes.held, func(p int, _ pairLoc, line []byte, _ linePair) error {
 		if k, ok := at[int32(p)]; ok {
 			src, tgt, _ := parsePair(line, d.tok.split)
 			held[k] = d.EncodePair(Pair{Src: src, Tgt: tgt})

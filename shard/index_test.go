@@ -213,7 +213,7 @@ func TestIndexedCorpusRefusesAnotherFile(t *testing.T) {
 	for j := range x.len() {
 		must(w.Batch(2, 0, int64(j), 1)) // every line of the shard reads back
 	}
-	off, _ := x.line(0)
+	off := x.off[0]
 	changed = slices.Clone(raw)
 	changed[off] ^= 1
 	os.WriteFile(path, changed, 0o644)

@@ -510,7 +510,7 @@ func TestTrainOnCorpusFile(t *testing.T) {
 	os.WriteFile(corpus, []byte(b.String()), 0o644)
 	out := filepath.Join(dir, "run")
 	before := shard.PassCounts()
-	_, meta := trainRun(t, out, "--data", corpus, "--steps", "30", "--held-out", "20", "--eval-every", "0", "--optimizer", "adam", "--workers", "3")
+	params, meta := trainRun(t, out, "--data", corpus, "--steps", "30", "--held-out", "20", "--eval-every", "0", "--optimizer", "adam", "--workers", "3")
 	// The corpus is counted once, by the coordinator (two passes), which
 	// stores the summary with the job; each worker indexes its own data
 	// shard only, and the coordinator data shard 0 (its epoch's steps); the
@@ -542,6 +542,24 @@ func TestTrainOnCorpusFile(t *testing.T) {
 	_, es := readAllMetrics(t, filepath.Join(out, "metrics.jsonl"))
 	if len(es) != 1 || es[0].HeldOut != 20 || es[0].Step != 30 {
 		t.Fatalf("evaluations %+v", es)
+	}
+	// The same pairs as two aligned files (as WMT ships them) train the
+	// same model, bit for bit.
+	var en, fr strings.Builder
+	for _, l := range strings.Split(b.String(), "\n") {
+		cols := strings.SplitN(l, "\t", 3)
+		en.WriteString(cols[0] + "\n")
+		if len(cols) > 1 {
+			fr.WriteString(cols[1])
+		}
+		fr.WriteString("\n")
+	}
+	os.WriteFile(filepath.Join(dir, "toy.en"), []byte(en.String()), 0o644)
+	os.WriteFile(filepath.Join(dir, "toy.fr"), []byte(fr.String()), 0o644)
+	aligned, _ := trainRun(t, filepath.Join(dir, "aligned"), "--data", filepath.Join(dir, "toy.en"), "--data-target", filepath.Join(dir, "toy.fr"),
+		"--steps", "30", "--held-out", "20", "--eval-every", "0", "--optimizer", "adam", "--workers", "3")
+	if !slices.Equal(aligned, params) {
+		t.Fatal("aligned files trained another model than the TSV of their pairs")
 	}
 	code, _, stderr := runCmd(t, time.Minute, "train", "--data", filepath.Join(dir, "missing.tsv"), "--out", filepath.Join(dir, "r2"))
 	if code != 1 || !strings.Contains(stderr, "missing.tsv") {

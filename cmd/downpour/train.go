@@ -86,7 +86,7 @@ func cmdTrain(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		defer publishRun(*out, spec.Name, c, ep, log)()
 		log.Info("embedded cluster up", "nats", ep.NATS, "etcd", ep.Etcd, "took", time.Since(start))
 	}
-	what := "data " + spec.Data
+	what := "data " + spec.DataName()
 	switch spec.Model {
 	case "gan":
 		what = "GAN on MNIST"

@@ -90,7 +90,7 @@ func Read(ctx context.Context, st job.ObserverStore, nc *nats.Conn) (*Report, er
 		return nil, err
 	}
 	spec, p := lk.Spec, lk.Placement
-	out := &Report{Job: spec.Name, State: lk.State, Model: spec.Model, Data: spec.Data, Mode: spec.Mode,
+	out := &Report{Job: spec.Name, State: lk.State, Model: spec.Model, Data: spec.DataName(), Mode: spec.Mode,
 		Workers: spec.Workers, Steps: spec.Steps, Standby: []string{}, Checkpoint: lk.Checkpoint,
 		Placement: Placement{Version: p.Version, Shards: p.Shards, Blocks: len(p.Blocks), BlockSize: p.BlockSize, Start: p.Start}}
 	for i, c := range lk.Candidates {
@@ -243,7 +243,7 @@ func PrintEnded(dir string, why error, stdout io.Writer) error {
 	if why != nil {
 		fmt.Fprintf(stdout, "; %v", why)
 	}
-	fmt.Fprintf(stdout, "); %s %s, %d workers, %d ps shards, %d steps, mode %s\n", spec.Model, spec.Data, spec.Workers, spec.Shards, spec.Steps, spec.Mode)
+	fmt.Fprintf(stdout, "); %s %s, %d workers, %d ps shards, %d steps, mode %s\n", spec.Model, spec.DataName(), spec.Workers, spec.Shards, spec.Steps, spec.Mode)
 	if s.Last != nil {
 		fmt.Fprintf(stdout, "last logged step: %d of %d, loss %.4f\n", s.Last.Step, spec.Steps, s.Last.Loss)
 	} else {

@@ -27,9 +27,12 @@ type Spec struct {
 	Model   string               `json:"model"` // "seq2seq", "gan" or "synthetic"
 	Seq2Seq models.Seq2SeqConfig `json:"seq2seq"`
 	// Data is "synthetic:<copy|reverse|sort|translate|wmt>" or the path of a parallel
-	// corpus (source<TAB>target lines) that every worker can read.
-	Data    string `json:"data"`
-	DataCRC uint32 `json:"data_crc,omitempty"` // CRC32C of a corpus file, set by the coordinator
+	// corpus (source<TAB>target lines) that every worker can read; with
+	// DataTarget, the source side of two aligned files (line i of one the
+	// translation of line i of the other, as WMT ships them).
+	Data       string `json:"data"`
+	DataTarget string `json:"data_target,omitempty"`
+	DataCRC    uint32 `json:"data_crc,omitempty"` // CRC32C of a corpus (of aligned files: of their two CRC32Cs), set by the coordinator
 	// CorpusDigest names the corpus's summary (its counts and
 	// vocabularies, shard.CorpusSummary), which the coordinator counts
 	// once and stores with the job (Corpus); EpochSteps is the steps of
@@ -352,6 +355,9 @@ func (s *Spec) validateSeq2Seq() error {
 	} else if s.Data == "" {
 		return errors.New("data: give a corpus file, synthetic:<copy|reverse|sort|translate>, or synthetic:wmt")
 	}
+	if s.DataTarget != "" && (s.Data == "" || strings.HasPrefix(s.Data, "synthetic:")) {
+		return fmt.Errorf("data target %s: the target side of aligned files needs their source side as the data (got %q)", s.DataTarget, s.Data)
+	}
 	if s.Epochs < 0 || s.HalveAfterEpochs < 0 || s.HalveEveryEpochs < 0 {
 		return errors.New("epochs must not be negative")
 	}
@@ -364,9 +370,18 @@ func (s *Spec) validateSeq2Seq() error {
 	return nil
 }
 
+// DataName is how the job's data is shown: its source, or its two aligned
+// files.
+func (s *Spec) DataName() string {
+	if s.DataTarget != "" {
+		return s.Data + " + " + s.DataTarget
+	}
+	return s.Data
+}
+
 // DataConfig is the part of the spec that says how to read the data.
 func (s *Spec) DataConfig() shard.DataConfig {
-	return shard.DataConfig{Source: s.Data, MinLen: s.MinLen, MaxLen: s.MaxLen, Reverse: s.Reverse, VocabMax: s.VocabMax, TgtVocabMax: s.TgtVocab,
+	return shard.DataConfig{Source: s.Data, Target: s.DataTarget, MinLen: s.MinLen, MaxLen: s.MaxLen, Reverse: s.Reverse, VocabMax: s.VocabMax, TgtVocabMax: s.TgtVocab,
 		HeldOut: s.HeldOut, Tokenizer: s.Tokenizer, Seed: s.Seed, Shards: s.Workers, CRC: s.DataCRC, Summary: s.corpus}
 }
 
@@ -397,10 +412,10 @@ func (s *Spec) OpenData() (shard.Dataset, error) {
 		return nil, err
 	}
 	if c := shard.SummaryOf(d); c != nil && s.CorpusDigest != "" && c.Digest() != s.CorpusDigest {
-		return nil, fmt.Errorf("data %s: its summary is %s, the job's %s: the corpus or its settings differ from the job's", s.Data, c.Digest(), s.CorpusDigest)
+		return nil, fmt.Errorf("data %s: its summary is %s, the job's %s: the corpus or its settings differ from the job's", s.DataName(), c.Digest(), s.CorpusDigest)
 	}
 	if d.SrcVocab() != s.Seq2Seq.SrcVocab || d.TgtVocab() != s.Seq2Seq.TgtVocab {
-		return nil, fmt.Errorf("data %s has vocabularies of %d and %d words, the job %d and %d", s.Data,
+		return nil, fmt.Errorf("data %s has vocabularies of %d and %d words, the job %d and %d", s.DataName(),
 			d.SrcVocab(), d.TgtVocab(), s.Seq2Seq.SrcVocab, s.Seq2Seq.TgtVocab)
 	}
 	return d, nil
