@@ -13,7 +13,8 @@
 # sets GOGC for every role (default 50). DOWNPOUR_STAGES and DOWNPOUR_SLICES
 # lay the replica out otherwise than the file's 4 and 4 (a seat a process).
 # DOWNPOUR_DATA trains on a corpus file instead of synthetic:wmt (for
-# example the 12M pairs 'downpour corpus --pairs 12000000' writes).
+# example the 12M pairs 'downpour corpus --pairs 12000000' writes); with
+# DOWNPOUR_DATA_TARGET, on aligned files (DOWNPOUR_DATA the source side).
 set -eu
 steps=${1:-10}
 out=${2:-runs/paper-layout-$(date +%Y%m%d-%H%M%S)}
@@ -35,7 +36,7 @@ done
 # The file's epochs and halving schedule need a corpus with an end, and its
 # 8 replicas of 8 seats would be 64 workers: the flags beside it say so.
 timed coordinator "$bin" coordinator -v $EP --config "$here/examples/seq2seq-paper.yaml" --job $job \
-	--data "${DOWNPOUR_DATA:-synthetic:wmt}" --epochs 0 --lr-halve-after-epochs 0 --lr-halve-every-epochs 0 --steps "$steps" \
+	--data "${DOWNPOUR_DATA:-synthetic:wmt}" ${DOWNPOUR_DATA_TARGET:+--data-target "$DOWNPOUR_DATA_TARGET"} --epochs 0 --lr-halve-after-epochs 0 --lr-halve-every-epochs 0 --steps "$steps" \
 	--workers 1 --stages "$stages" --softmax-slices "$slices" \
 	--log-every 1 --eval-every 0 --held-out 0 --checkpoint-every 0 --out "$out/run"
 coord=$!
