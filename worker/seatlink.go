@@ -31,7 +31,8 @@ import (
 type SeatLink struct {
 	nc          *nats.Conn
 	job         string
-	rank, seat  int
+	replica     int
+	seat        int
 	seats       int
 	timeout     time.Duration
 	maxPayload  int
@@ -88,21 +89,21 @@ type SeatStats struct {
 	Stray, Errors        int64
 }
 
-// NewSeatLink listens as seat of job's replica rank (of seats seats).
+// NewSeatLink listens as seat of job's replica (of seats seats).
 // timeout bounds each Recv's wait (a seat that has died is seen as one
 // that does not answer).
-func NewSeatLink(nc *nats.Conn, job string, rank, seat, seats int, timeout time.Duration) (*SeatLink, error) {
+func NewSeatLink(nc *nats.Conn, job string, replica, seat, seats int, timeout time.Duration) (*SeatLink, error) {
 	if seat < 0 || seat >= seats {
 		return nil, fmt.Errorf("seat %d of %d", seat, seats)
 	}
-	l := &SeatLink{nc: nc, job: job, rank: rank, seat: seat, seats: seats, timeout: timeout,
+	l := &SeatLink{nc: nc, job: job, replica: replica, seat: seat, seats: seats, timeout: timeout,
 		maxPayload: int(nc.MaxPayload()), errCounters: map[string]prometheus.Counter{},
-		bytesOut: metrics.SeatBytes.WithLabelValues(job, strconv.Itoa(rank), strconv.Itoa(seat)),
+		bytesOut: metrics.SeatBytes.WithLabelValues(job, strconv.Itoa(replica), strconv.Itoa(seat)),
 		pending:  make([][]*wire.SeatMsg, seats), partial: make([]*wire.SeatMsg, seats),
 		bad: make([]error, seats), sent: make([]uint32, seats), got: make([]uint32, seats),
 		arrived: make(chan struct{}), step: -1, holders: make([]uint64, seats), heard: make([]seatHello, seats),
 		formedAt: make([][2]uint64, seats), ordered: -1}
-	sub, err := nc.Subscribe(wire.SeatSubject(job, rank, seat), l.receive)
+	sub, err := nc.Subscribe(wire.SeatSubject(job, replica, seat), l.receive)
 	if err != nil {
 		return nil, err
 	}
@@ -120,7 +121,7 @@ func NewSeatLink(nc *nats.Conn, job string, rank, seat, seats int, timeout time.
 	// before it answers the flush: say so now, not at the first timeout.
 	if err := nc.LastError(); err != nil && strings.Contains(err.Error(), sub.Subject) {
 		sub.Unsubscribe()
-		return nil, fmt.Errorf("listening as seat %d of replica %d: %w", seat, rank, err)
+		return nil, fmt.Errorf("listening as seat %d of replica %d: %w", seat, replica, err)
 	}
 	l.sub = sub
 	return l, nil
@@ -242,7 +243,7 @@ func (l *SeatLink) SendOrder(o SeatOrder) error {
 
 // publish sends a message's parts to seat to, and counts their bytes.
 func (l *SeatLink) publish(to int, parts [][]byte) error {
-	subj := wire.SeatSubject(l.job, l.rank, to)
+	subj := wire.SeatSubject(l.job, l.replica, to)
 	n := 0
 	for _, p := range parts {
 		if err := l.nc.Publish(subj, p); err != nil {
@@ -354,7 +355,7 @@ func (l *SeatLink) Ready(ctx context.Context, version, holder uint64) (Formation
 	say := func(hello []byte) error {
 		for to := range l.seats {
 			if to != l.seat {
-				if err := l.nc.Publish(wire.SeatSubject(l.job, l.rank, to), hello); err != nil {
+				if err := l.nc.Publish(wire.SeatSubject(l.job, l.replica, to), hello); err != nil {
 					return err
 				}
 			}

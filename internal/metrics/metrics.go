@@ -35,9 +35,9 @@ var (
 		latency, "job", "op", "shard")
 	RequestBytes = counterVec("downpour_client_payload_bytes_total", "Bytes of parameters and gradients moved by pushes and pulls, by shard.", "job", "op", "shard")
 
-	SeatBytes   = counterVec("downpour_seat_sent_bytes_total", "Bytes a seat of a model replica sent to the replica's other seats (activations, gradients, softmax statistics).", "job", "rank", "seat")
-	SeatWait    = counterVec("downpour_seat_wait_seconds_total", "Time a seat of a model replica spent waiting for the other seats' messages (the pipeline's bubble, and the seats' imbalance).", "job", "rank", "seat")
-	SeatDropped = counterVec("downpour_seat_steps_dropped_total", "Steps a seat of a model replica dropped because the replica lost them (a seat died, rejoined or sent what could not be used; async and ssp), each formed again and retried.", "job", "rank", "seat")
+	SeatBytes   = counterVec("downpour_seat_sent_bytes_total", "Bytes a seat of a model replica sent to the replica's other seats (activations, gradients, softmax statistics).", "job", "replica", "seat")
+	SeatWait    = counterVec("downpour_seat_wait_seconds_total", "Time a seat of a model replica spent waiting for the other seats' messages (the pipeline's bubble, and the seats' imbalance).", "job", "replica", "seat")
+	SeatDropped = counterVec("downpour_seat_steps_dropped_total", "Steps a seat of a model replica dropped because the replica lost them (a seat died, rejoined or sent what could not be used; async and ssp), each formed again and retried.", "job", "replica", "seat")
 	SeatErrors  = counterVec("downpour_seat_errors_total", "Messages from other seats of its replica that a seat could not use, by kind (malformed, bad_sender, lost, out_of_order, reconnect, rejoined, fenced).", "job", "kind")
 
 	// Shards.

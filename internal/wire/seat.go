@@ -70,9 +70,9 @@ const MaxSeats = 4096
 // target length).
 const MaxLabels = 1 << 24
 
-// SeatSubject is where seat of job's replica rank listens.
-func SeatSubject(job string, rank, seat int) string {
-	return fmt.Sprintf("downpour.%s.seat.%d.%d", job, rank, seat)
+// SeatSubject is where seat of job's replica listens.
+func SeatSubject(job string, replica, seat int) string {
+	return fmt.Sprintf("downpour.%s.seat.%d.%d", job, replica, seat)
 }
 
 // DecodeSeat decodes a message between seats and checks what a receiver
