@@ -69,14 +69,19 @@ func newLineScanner(r io.Reader) *lineScanner {
 	return s
 }
 
-// err is the scanner's error, saying which line of file it met.
+// err is the scanner's error, saying which line of file (when named) it
+// met.
 func (s *lineScanner) err(file string, line int) error {
 	err := s.Err()
+	where := fmt.Sprintf("line %d", line)
+	if file != "" {
+		where = file + " " + where
+	}
 	if errors.Is(err, bufio.ErrTooLong) {
-		return fmt.Errorf("%s line %d: longer than %d bytes", file, line, MaxLineBytes)
+		return fmt.Errorf("%s: longer than %d bytes", where, MaxLineBytes)
 	}
 	if err != nil {
-		return fmt.Errorf("%s: %w", file, err)
+		return fmt.Errorf("%s: %w", where, err)
 	}
 	return nil
 }

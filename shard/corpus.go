@@ -1,9 +1,7 @@
 package shard
 
 import (
-	"bufio"
 	"bytes"
-	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -90,10 +88,7 @@ func scanCorpus(r io.Reader, tok lineTokens, words bool, pair func(off int64, li
 			}
 		}
 	}
-	if err := sc.Err(); err != nil {
-		if errors.Is(err, bufio.ErrTooLong) {
-			return st, fmt.Errorf("line %d: longer than %d bytes", st.Lines+1, MaxLineBytes)
-		}
+	if err := sc.err("", st.Lines+1); err != nil {
 		return st, err
 	}
 	if st.Pairs == 0 {

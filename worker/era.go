@@ -87,10 +87,8 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 		log.Info("took over a rank: starting at the job's clock", "rank", a.Rank, "step", first)
 	}
 	for step := first; step < spec.Steps; step++ {
-		select {
-		case <-lease.Lost():
-			return nil, 0, fmt.Errorf("%w: lost the etcd lease: this worker is no longer a member of the job", ErrFenced)
-		default:
+		if err := leaseLost(lease); err != nil {
+			return nil, 0, err
 		}
 		if err := t.step(ectx, at{Shard: a.DataShard, Data: step, N: step, Last: step == spec.Steps-1}); err != nil {
 			// A seat of this replica was given to a new holder: the
@@ -198,10 +196,8 @@ func runTasks(ctx context.Context, cfg Config, spec *job.Spec, t trainer, lease 
 			return err
 		}
 		for d := task.From; d < task.To; d++ {
-			select {
-			case <-lease.Lost():
-				return fmt.Errorf("%w: lost the etcd lease: this worker is no longer a member of the job", ErrFenced)
-			default:
+			if err := leaseLost(lease); err != nil {
+				return err
 			}
 			if err := t.step(ctx, at{Shard: task.Shard, Data: d, N: *pushed, Last: d == task.To-1}); err != nil {
 				return err
@@ -237,10 +233,30 @@ func nextTask(ctx context.Context, cfg Config, spec *job.Spec, t trainer, last j
 // taskDone reports task done; in ssp the rank says first that it is idle
 // (it does not hold the others back between tasks).
 func taskDone(ctx context.Context, cfg Config, spec *job.Spec, t trainer, task job.Task) error {
-	if spec.Mode == job.SSP {
-		if err := t.idle(ctx); err != nil {
-			return fmt.Errorf("saying the rank is idle: %w", err)
-		}
+	if err := idleInSSP(ctx, spec, t); err != nil {
+		return err
 	}
 	return cfg.Store.TaskDone(ctx, cfg.ID, task)
+}
+
+// idleInSSP tells the shards, in an ssp job, that the rank has no step in
+// hand: it no longer bounds the others' staleness until it pushes again.
+func idleInSSP(ctx context.Context, spec *job.Spec, t trainer) error {
+	if spec.Mode != job.SSP {
+		return nil
+	}
+	if err := t.idle(ctx); err != nil {
+		return fmt.Errorf("saying the rank is idle: %w", err)
+	}
+	return nil
+}
+
+// leaseLost is ErrFenced once the worker's lease has ended, else nil.
+func leaseLost(lease job.Lease) error {
+	select {
+	case <-lease.Lost():
+		return fmt.Errorf("%w: lost the etcd lease: this worker is no longer a member of the job", ErrFenced)
+	default:
+		return nil
+	}
 }

@@ -272,21 +272,13 @@ func broken(err error) bool {
 // task of a seat 0 that died goes back to the queue, as any worker's.
 func runSeatTasks(ctx context.Context, cfg Config, spec *job.Spec, t *seatTrainer, lease job.Lease, pushed *int64) error {
 	log := cfg.Log.With("worker", cfg.ID, "replica", t.replica, "seat", t.seat)
-	lost := func() error {
-		select {
-		case <-lease.Lost():
-			return fmt.Errorf("%w: lost the etcd lease: this worker is no longer a member of the job", ErrFenced)
-		default:
-			return nil
-		}
-	}
 	// formLoop forms the replica; a seat that cannot (no other seat
 	// answers in time) keeps trying while the job runs. reform does so
 	// after a step was lost; in ssp the seat is idle meanwhile, not
 	// holding the other replicas back.
 	formLoop := func() error {
 		for {
-			if err := lost(); err != nil {
+			if err := leaseLost(lease); err != nil {
 				return err
 			}
 			err := t.form(ctx)
@@ -299,16 +291,14 @@ func runSeatTasks(ctx context.Context, cfg Config, spec *job.Spec, t *seatTraine
 	reform := func(step int64, why error) error {
 		log.Warn("the replica lost the step: forming it again", "step", step, "err", why)
 		t.drop()
-		if spec.Mode == job.SSP {
-			if err := t.idle(ctx); err != nil {
-				return fmt.Errorf("saying the rank is idle: %w", err)
-			}
+		if err := idleInSSP(ctx, spec, t); err != nil {
+			return err
 		}
 		return formLoop()
 	}
 	if t.seat != 0 {
 		for {
-			if err := lost(); err != nil {
+			if err := leaseLost(lease); err != nil {
 				return err
 			}
 			if t.era == 0 {
@@ -328,9 +318,9 @@ func runSeatTasks(ctx context.Context, cfg Config, spec *job.Spec, t *seatTraine
 				}
 			case err != nil:
 				return err
-			case o.Last && spec.Mode == job.SSP:
-				if err := t.idle(ctx); err != nil {
-					return fmt.Errorf("saying the rank is idle: %w", err)
+			case o.Last:
+				if err := idleInSSP(ctx, spec, t); err != nil {
+					return err
 				}
 			}
 		}
@@ -343,7 +333,7 @@ func runSeatTasks(ctx context.Context, cfg Config, spec *job.Spec, t *seatTraine
 		}
 		retry := false // the step at d was lost: order it again
 		for d := task.From; d < task.To; {
-			if err := lost(); err != nil {
+			if err := leaseLost(lease); err != nil {
 				return err
 			}
 			if t.era == 0 {
