@@ -34,25 +34,27 @@ func TestStagedJobGivesOneWorkerBits(t *testing.T) {
 
 // Async and ssp jobs whose replicas are laid out over seats take their
 // data as tasks: each replica's seat 0 takes them and orders its other
-// seats to run each step. Both run all 400 steps of both data shards
-// (the last progress record is step 400) and train: the training loss
-// falls by more than a fifth, and the held-out loss ends below the first
-// training loss.
+// seats to run each step. Both run all 800 steps of both data shards
+// (the last progress record is step 800) and train: the training loss
+// falls by more than a third, and the held-out loss ends below two thirds
+// of the first training loss. (At 400 steps and lr 0.02 an async run
+// sometimes sat at the unigram plateau, about 1.85 from 2.3-2.6, and
+// failed a fifth; at 800 steps and lr 0.01, 16 runs ended at 0.18-1.06.)
 func TestStagedJobTakesTasks(t *testing.T) {
 	dir := t.TempDir()
 	for _, mode := range [][]string{{"--mode", "async"}, {"--mode", "ssp", "--staleness", "2"}} {
 		name := mode[1]
-		args := append([]string{"--job", name, "--steps", "400", "--task-steps", "25", "--log-every", "25", "--eval-every", "200",
+		args := append([]string{"--job", name, "--steps", "800", "--task-steps", "25", "--log-every", "25", "--eval-every", "200",
 			"--workers", "2", "--ps-shards", "2", "--stages", "2", "--softmax-slices", "1", "--layers", "2", "--hidden", "32",
-			"--embed", "16", "--optimizer", "adam", "--lr", "0.02", "--batch", "16", "--data", "synthetic:reverse"}, mode...)
+			"--embed", "16", "--optimizer", "adam", "--lr", "0.01", "--batch", "16", "--data", "synthetic:reverse"}, mode...)
 		trainRun(t, filepath.Join(dir, name), args...)
 		rs, evals := readAllMetrics(t, filepath.Join(dir, name, "metrics.jsonl"))
 		if len(rs) == 0 || len(evals) == 0 {
 			t.Fatalf("%s: %d progress records and %d evaluations", name, len(rs), len(evals))
 		}
 		first, last := rs[0].Loss, rs[len(rs)-1].Loss
-		if rs[len(rs)-1].Step != 400 || !(last < 0.8*first) || !(evals[len(evals)-1].EvalLoss < first) {
-			t.Fatalf("%s: training loss %.3f at step %d, %.3f at step %d, held-out %.3f: not 400 steps trained", name, first, rs[0].Step, last, rs[len(rs)-1].Step, evals[len(evals)-1].EvalLoss)
+		if rs[len(rs)-1].Step != 800 || !(last < first*2/3) || !(evals[len(evals)-1].EvalLoss < first*2/3) {
+			t.Fatalf("%s: training loss %.3f at step %d, %.3f at step %d, held-out %.3f: not 800 steps trained", name, first, rs[0].Step, last, rs[len(rs)-1].Step, evals[len(evals)-1].EvalLoss)
 		}
 		t.Logf("%s: training loss %.3f -> %.3f, held-out %.3f", name, first, last, evals[len(evals)-1].EvalLoss)
 	}
