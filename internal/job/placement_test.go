@@ -1,6 +1,7 @@
 package job
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -144,16 +145,25 @@ func TestPlacementDeterministic(t *testing.T) {
 func TestDecodePlacementRejects(t *testing.T) {
 	p := Place(testTensors, 4, 2)
 	for name, mut := range map[string]func(*Placement){
-		"gap":       func(p *Placement) { p.Blocks[1].Offset++ },
-		"shard":     func(p *Placement) { p.Blocks[0].Shard = 2 },
-		"short":     func(p *Placement) { p.Blocks = p.Blocks[:len(p.Blocks)-1] },
-		"too long":  func(p *Placement) { p.Blocks[0].Len = 5 },
-		"no shards": func(p *Placement) { p.Shards = 0 },
-		"version 0": func(p *Placement) { p.Version = 0 },
-		"start < 0": func(p *Placement) { p.Start = -1 },
-		"tensor":    func(p *Placement) { p.Blocks[0].Tensor = 9 },
+		"gap":                   func(p *Placement) { p.Blocks[1].Offset++ },
+		"shard":                 func(p *Placement) { p.Blocks[0].Shard = 2 },
+		"short":                 func(p *Placement) { p.Blocks = p.Blocks[:len(p.Blocks)-1] },
+		"too long":              func(p *Placement) { p.Blocks[0].Len = 5 },
+		"no shards":             func(p *Placement) { p.Shards = 0 },
+		"version 0":             func(p *Placement) { p.Version = 0 },
+		"start < 0":             func(p *Placement) { p.Start = -1 },
+		"tensor":                func(p *Placement) { p.Blocks[0].Tensor = 9 },
+		"copies":                func(p *Placement) { p.Copies = 3 },
+		"backup on its primary": func(p *Placement) { p.Blocks[0].Backups = []int{p.Blocks[0].Shard} },
+		"backup twice":          func(p *Placement) { p.Blocks[0].Backups = []int{1 - p.Blocks[0].Shard, 1 - p.Blocks[0].Shard} },
+		"backup outside":        func(p *Placement) { p.Blocks[0].Backups = []int{2} },
+		"too many backups":      func(p *Placement) { p.Copies = 1; p.Blocks[0].Backups = []int{1 - p.Blocks[0].Shard} },
+		"primary down":          func(p *Placement) { p.Down = []int{p.Blocks[0].Shard} },
+		"all down":              func(p *Placement) { p.Down = []int{0, 1} },
+		"down twice":            func(p *Placement) { p.Down = []int{1, 1} },
 	} {
 		q, _ := DecodePlacement(p.Encode())
+		q.Copies = 2 // a backup is allowed unless the case says otherwise
 		mut(q)
 		if _, err := DecodePlacement(q.Encode()); err == nil {
 			t.Errorf("%s: accepted", name)
@@ -166,6 +176,10 @@ func TestDecodePlacementRejects(t *testing.T) {
 
 func FuzzDecodePlacement(f *testing.F) {
 	f.Add(Place(testTensors, 4, 2).Encode())
+	f.Add(PlaceCopies(testTensors, 4, 3, 2).Encode())
+	if q, err := PlaceCopies(testTensors, 4, 3, 2).Handover(1); err == nil {
+		f.Add(q.Encode())
+	}
 	f.Add([]byte(`{"shards":1,"block_size":1,"tensors":[{"name":"x","shape":[-1]}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := DecodePlacement(data)
@@ -178,6 +192,142 @@ func FuzzDecodePlacement(f *testing.F) {
 					t.Fatal(fmt.Sprint("bad block ", b))
 				}
 			}
+			for _, b := range p.Held(s) {
+				if !p.Live(s) || b.Shard != s && !slices.Contains(b.Backups, s) {
+					t.Fatal(fmt.Sprint("shard ", s, " holds a block it has no copy of: ", b))
+				}
+			}
 		}
 	})
+}
+
+// With copies, every block lies on that many distinct shards; the primary
+// bytes of every shard stay within 5% of their mean, and the backup bytes
+// within 8% of theirs (a run's backup may not go to its primary, which
+// leaves less choice), for the W2 model at 16Ki-float blocks.
+func TestPlaceCopiesBalanced(t *testing.T) {
+	ts := w2.Tensors()
+	for _, c := range []struct{ shards, copies int }{{2, 2}, {3, 2}, {4, 2}, {8, 2}, {3, 3}, {5, 3}} {
+		p := PlaceCopies(ts, 16<<10, c.shards, c.copies)
+		q, err := DecodePlacement(p.Encode())
+		if err != nil {
+			t.Fatal(err)
+		}
+		primary, backup := make([]int, c.shards), make([]int, c.shards)
+		for _, b := range q.Blocks {
+			held := append([]int{b.Shard}, b.Backups...)
+			slices.Sort(held)
+			if len(slices.Compact(held)) != c.copies {
+				t.Fatalf("%d shards, %d copies: block %d is on shards %d and %v", c.shards, c.copies, b.ID, b.Shard, b.Backups)
+			}
+			primary[b.Shard] += b.Len
+			for _, s := range b.Backups {
+				backup[s] += b.Len
+			}
+		}
+		pr := float64(slices.Max(primary)) / (float64(p.Size()) / float64(c.shards))
+		br := float64(slices.Max(backup)) / (float64((c.copies-1)*p.Size()) / float64(c.shards))
+		t.Logf("W2, %d shards, %d copies: max/mean primary bytes %.4f, backup bytes %.4f", c.shards, c.copies, pr, br)
+		if pr > 1.05 || br > 1.08 {
+			t.Errorf("%d shards, %d copies: max/mean primary %.4f (bound 1.05), backup %.4f (bound 1.08)", c.shards, c.copies, pr, br)
+		}
+		// One copy is today's placement, exactly.
+		if c.copies == 2 && !slices.Equal(primaries(q), primaries(Place(ts, 16<<10, c.shards))) {
+			t.Errorf("%d shards: the primaries moved when backups were added", c.shards)
+		}
+	}
+	if !slices.Equal(PlaceCopies(ts, 1000, 3, 2).Encode(), PlaceCopies(ts, 1000, 3, 2).Encode()) {
+		t.Fatal("placement with copies is not deterministic")
+	}
+	if p := PlaceCopies(ts, 1000, 3, 1); p.Copies != 0 || !slices.Equal(p.Encode(), Place(ts, 1000, 3).Encode()) {
+		t.Fatal("one copy is not Place")
+	}
+}
+
+func primaries(p *Placement) []int {
+	var s []int
+	for _, b := range p.Blocks {
+		s = append(s, b.Shard)
+	}
+	return s
+}
+
+// A handover promotes the first backup of each block the dead shard was
+// primary of, drops the dead shard from every backup list, keeps Start and
+// From and moves the version on; a second death is handed over while a
+// copy is left, and the loss of a block's last copy is ErrCopiesLost.
+func TestPlacementHandover(t *testing.T) {
+	p := PlaceCopies(w2.Tensors(), 64<<10, 4, 3)
+	p.Version, p.Start, p.From = 5, 300, []string{"a", "b", "c", "d"}
+	q, err := p.Handover(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DecodePlacement(q.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	if q.Version != 6 || !q.HandedOver || q.Start != 300 || !slices.Equal(q.From, p.From) || !slices.Equal(q.Down, []int{1}) || q.LiveShards() != 3 {
+		t.Fatalf("handover: version %d, handed over %v, start %d, from %v, down %v", q.Version, q.HandedOver, q.Start, q.From, q.Down)
+	}
+	promoted := 0
+	for i, b := range p.Blocks {
+		nb := q.Blocks[i]
+		want := append([]int{b.Shard}, b.Backups...)
+		want = slices.DeleteFunc(want, func(s int) bool { return s == 1 })
+		if got := append([]int{nb.Shard}, nb.Backups...); !slices.Equal(got, want) {
+			t.Fatalf("block %d: copies %v after the handover, want %v (were %d %v)", b.ID, got, want, b.Shard, b.Backups)
+		}
+		if b.Shard == 1 {
+			promoted++
+		}
+	}
+	if promoted == 0 {
+		t.Fatal("shard 1 was primary of nothing")
+	}
+	// p is unchanged.
+	for _, b := range p.Blocks {
+		if len(b.Backups) != 2 {
+			t.Fatalf("the handover changed the placement it was made from: block %d backups %v", b.ID, b.Backups)
+		}
+	}
+	r, err := q.Handover(3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(r.Down, []int{1, 3}) || r.Version != 7 {
+		t.Fatalf("second handover: down %v, version %d", r.Down, r.Version)
+	}
+	if _, err := r.Handover(3); err == nil {
+		t.Fatal("a shard already down handed over again")
+	}
+	alone := -1 // a shard left with the last copy of some block
+	for i, b := range r.Blocks {
+		want := slices.DeleteFunc(append([]int{p.Blocks[i].Shard}, p.Blocks[i].Backups...), func(s int) bool { return s == 1 || s == 3 })
+		if got := append([]int{b.Shard}, b.Backups...); !slices.Equal(got, want) {
+			t.Fatalf("block %d after shards 1 and 3 died: copies %v, want %v", b.ID, got, want)
+		}
+		if len(b.Backups) == 0 {
+			alone = b.Shard
+		}
+	}
+	if alone < 0 {
+		t.Fatal("two deaths of 4 shards with 3 copies left every block two copies")
+	}
+	if _, err := r.Handover(alone); !errors.Is(err, ErrCopiesLost) {
+		t.Fatalf("a block's last copy lost: %v, want ErrCopiesLost", err)
+	}
+	if _, err := Place(testTensors, 4, 2).Handover(0); !errors.Is(err, ErrCopiesLost) {
+		t.Fatalf("a placement of one copy handed over: %v", err)
+	}
+	// A rollback places every shard afresh, with the job's copies.
+	back, err := r.Reshard(4, 400, []string{"w", "x", "y", "z"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if back.HandedOver || len(back.Down) != 0 || back.Copies != 3 || back.Version != 8 {
+		t.Fatalf("rollback after handovers: %+v", back)
+	}
+	if _, err := r.Reshard(2, 400, []string{"w", "x"}); err == nil {
+		t.Fatal("3 copies placed on 2 shards")
+	}
 }
