@@ -18,6 +18,11 @@ type Stats struct {
 	Applied    int64 // block updates applied (sync: one per block and step)
 	Duplicates int64 // block gradients acknowledged and dropped as resends
 	Skipped    int64 // block gradients dropped for holding NaN or Inf (policy skip)
+	// Replicated shards (see Chain):
+	Replicated     int64 // updates applied as a backup copy (also counted in Applied)
+	ReplDuplicates int64 // entries dropped as resends of updates applied
+	Resent         int64 // entries sent down a chain again
+	StaleAcks      int64 // acknowledgements from a copy the chain no longer runs to
 }
 
 type block struct {
@@ -37,12 +42,23 @@ type block struct {
 	// sync: the parameters at clock keptAt (-1: none), see job.ShardConfig.Keep.
 	kept   []float32
 	keptAt int64
+	// Replication (shard_repl.go): the shards before and after this copy
+	// in the block's chain (-1: none), the clock every copy after it has
+	// applied, the entries sent down the chain and not yet acknowledged (in
+	// clock order), and the tick they were last sent or acknowledged.
+	prev, next int
+	acked      int64
+	log        []wire.Entry
+	sentAt     int64
 }
 
+// waiter is a held pull (req), or a held push acknowledgement (targets:
+// the clocks its blocks must have settled), or both (a push that pulls).
 type waiter struct {
-	token uint64
-	req   *wire.PullRequest
-	since int64 // tick it arrived
+	token   uint64
+	req     *wire.PullRequest
+	targets []target
+	since   int64 // tick it arrived
 }
 
 // Answer tells the adapter to answer the waiting pull token: with the blocks
@@ -79,15 +95,25 @@ type Shard struct {
 	rankClock []int64 // ssp/async: steps each rank has completed on this shard
 	active    []bool  // elastic ssp: the ranks that bound the staleness
 	pushers   []bool  // ssp/async: the ranks that push a block of this shard (with seats, not every one)
-	waiting   []waiter
-	ready     []Answer
-	now       int64 // ticks
-	sum       []float32
-	dense     []byte // a sparse push's block made whole (zeros where it carries nothing)
-	snapAt    int64  // sync: step of the pending snapshot, -1 for none
-	snapped   int    // blocks copied for snapAt
-	snaps     []*Snapshot
-	stats     Stats
+	// Replication (shard_repl.go): the shard's index and placement version
+	// once Chain has made it part of chains (version 0: it keeps no
+	// copies), the blocks it holds a backup copy of (blocks holds its
+	// primaries), and the entries and acknowledgements to send, by shard.
+	self       int
+	version    int64
+	copies     []*block
+	cpos       map[uint32]int
+	outEntries map[int][]wire.Entry
+	outAcks    map[int][]wire.Ack
+	waiting    []waiter
+	ready      []Answer
+	now        int64 // ticks
+	sum        []float32
+	dense      []byte // a sparse push's block made whole (zeros where it carries nothing)
+	snapAt     int64  // sync: step of the pending snapshot, -1 for none
+	snapped    int    // blocks copied for snapAt
+	snaps      []*Snapshot
+	stats      Stats
 }
 
 // NewShard makes the shard that owns blocks, initialising each block's
@@ -100,10 +126,11 @@ func NewShard(cfg job.ShardConfig, blocks []job.Block, init func(b job.Block, ds
 		cfg.NonFinite = job.Refuse
 	}
 	s := &Shard{cfg: cfg, pos: make(map[uint32]int, len(blocks)), epochs: make([]uint64, cfg.Ranks),
-		rankClock: make([]int64, cfg.Ranks), active: make([]bool, cfg.Ranks), snapAt: -1}
+		rankClock: make([]int64, cfg.Ranks), active: make([]bool, cfg.Ranks), snapAt: -1,
+		self: -1, cpos: map[uint32]int{}, outEntries: map[int][]wire.Entry{}, outAcks: map[int][]wire.Ack{}}
 	maxLen := 0
 	for i, b := range blocks {
-		blk := &block{Block: b, w: make([]float32, b.Len), keptAt: -1}
+		blk := &block{Block: b, w: make([]float32, b.Len), keptAt: -1, prev: -1, next: -1}
 		init(b, blk.w)
 		for range cfg.Optimizer.Slots() {
 			blk.slots = append(blk.slots, make([]float32, b.Len))
@@ -122,16 +149,21 @@ func NewShard(cfg job.ShardConfig, blocks []job.Block, init func(b job.Block, ds
 		maxLen = max(maxLen, b.Len)
 	}
 	s.sum = make([]float32, maxLen)
-	s.pushers = make([]bool, cfg.Ranks)
+	s.setPushers()
+	return s
+}
+
+// setPushers finds the ranks that push a block the shard is primary of.
+func (s *Shard) setPushers() {
+	s.pushers = make([]bool, s.cfg.Ranks)
 	for r := range s.pushers {
-		for _, b := range blocks {
-			if cfg.Pushes(r, b.Tensor) {
+		for _, b := range s.blocks {
+			if s.cfg.Pushes(r, b.Tensor) {
 				s.pushers[r] = true
 				break
 			}
 		}
 	}
-	return s
 }
 
 // Clock is the number of steps every block of the shard has applied (sync),
@@ -339,6 +371,9 @@ func (s *Shard) newEpoch(r int, epoch uint64) {
 		for _, b := range s.blocks {
 			b.last[r] = -1
 		}
+		for _, b := range s.copies {
+			b.last[r] = -1
+		}
 		s.rankClock[r] = 0
 		s.active[r] = false
 		return
@@ -364,7 +399,8 @@ func (s *Shard) pushSync(b *block, r int, step int64, pb *wire.Block, finite boo
 	replicas := s.cfg.Replicas()
 	if replicas == 1 { // nothing to wait for: apply straight from the message
 		s.snapBlock(b)
-		if !b.bad {
+		skip := b.bad
+		if !skip {
 			s.apply(b, pb)
 			s.stats.Applied++
 		}
@@ -372,6 +408,11 @@ func (s *Shard) pushSync(b *block, r int, step int64, pb *wire.Block, finite boo
 		b.clock++
 		s.snapBlock(b)
 		s.keepBlock(b)
+		if skip {
+			s.forward(b, wire.Entry{ID: b.ID, At: b.clock - 1, Skip: true})
+		} else {
+			s.forward(b, entryOf(b, pb.Data, pb.Spans))
+		}
 		return true
 	}
 	if b.g[r] == nil {
@@ -393,11 +434,13 @@ func (s *Shard) pushSync(b *block, r int, step int64, pb *wire.Block, finite boo
 		return false
 	}
 	s.snapBlock(b)
-	if !b.bad {
+	skip := b.bad
+	var sum []float32
+	if !skip {
 		// The replicas' gradients in replica order: ranks seat, seat +
 		// Seats, ... (with one seat a replica, every rank in order).
 		seats, seat := max(1, s.cfg.Seats), r%max(1, s.cfg.Seats)
-		sum := s.sum[:b.Len]
+		sum = s.sum[:b.Len]
 		copy(sum, b.g[seat])
 		for q := seat + seats; q < s.cfg.Ranks; q += seats {
 			native.Saxpy(len(sum), 1, b.g[q], 1, sum, 1) // sum + 1*g: the plain sum
@@ -411,6 +454,11 @@ func (s *Shard) pushSync(b *block, r int, step int64, pb *wire.Block, finite boo
 	b.clock++
 	s.snapBlock(b)
 	s.keepBlock(b)
+	if skip {
+		s.forward(b, wire.Entry{ID: b.ID, At: b.clock - 1, Skip: true})
+	} else {
+		s.forward(b, entryOf(b, wire.FloatBytes(sum), nil)) // the mean the copies apply as it is
+	}
 	return true
 }
 
@@ -422,12 +470,15 @@ func (s *Shard) pushAsync(b *block, r int, step int64, pb *wire.Block, finite bo
 	s.stats.Accepted++
 	b.last[r] = step
 	if !finite {
-		s.stats.Skipped++
+		s.stats.Skipped++ // nothing for the copies: a resend after a handover is skipped again
 		return false
 	}
 	s.apply(b, pb)
 	s.stats.Applied++
 	b.clock++
+	e := entryOf(b, pb.Data, pb.Spans)
+	e.Rank, e.Epoch, e.Step = uint32(r), s.epochs[r], step
+	s.forward(b, e)
 	return true
 }
 

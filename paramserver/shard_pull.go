@@ -53,7 +53,7 @@ func (s *Shard) answerable(req *wire.PullRequest) bool {
 	switch s.cfg.Mode {
 	case job.Sync:
 		for _, id := range req.IDs {
-			if s.blocks[s.pos[id]].clock < req.MinClock {
+			if settled(s.blocks[s.pos[id]]) < req.MinClock { // on every copy (shard_repl.go)
 				return false
 			}
 		}
@@ -69,7 +69,7 @@ func (s *Shard) answerable(req *wire.PullRequest) bool {
 func (s *Shard) release() {
 	keep := s.waiting[:0]
 	for _, w := range s.waiting {
-		if s.answerable(w.req) {
+		if s.ready1(w) {
 			s.ready = append(s.ready, Answer{Token: w.token})
 		} else {
 			keep = append(keep, w)
@@ -83,6 +83,9 @@ func (s *Shard) release() {
 // are answered Expired, so that a sender who gave up leaves nothing behind.
 func (s *Shard) Tick() {
 	s.now++
+	if s.version > 0 {
+		s.resendStale()
+	}
 	if s.cfg.PullTTL == 0 {
 		return
 	}

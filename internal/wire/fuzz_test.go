@@ -129,3 +129,33 @@ func FuzzDecodeSeat(f *testing.F) {
 		}
 	})
 }
+
+func FuzzDecodeReplication(f *testing.F) {
+	seeds(f, &ReplMsg{V: Version, Job: "j", Placement: 2, From: 1, Entries: []Entry{{ID: 3, At: 7, Data: make([]byte, 8)},
+		{ID: 4, At: 0, Rank: 1, Epoch: 2, Step: 5, Data: make([]byte, 4), Spans: AppendSpan(nil, 2, 1)}, {ID: 5, At: 1, Skip: true}}},
+		&ReplMsg{V: Version, Job: "j", Placement: 1, Acks: []Ack{{ID: 3, Clock: 8}, {ID: 4, Clock: 2, Gap: true}}})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		m, err := DecodeRepl(data)
+		if err != nil {
+			return
+		}
+		if m.V != Version || ValidJob(m.Job) != nil || m.Placement < 1 || (len(m.Entries) > 0) == (len(m.Acks) > 0) {
+			t.Fatalf("accepted a bad replication message: %+v", m)
+		}
+		for _, e := range m.Entries {
+			if e.At < 0 || e.Step < 0 || len(e.Data)%4 != 0 || e.Skip && e.Data != nil {
+				t.Fatalf("accepted a bad entry: %+v", e)
+			}
+			if e.Spans != nil {
+				if n, _, err := ParseSpans(e.Spans); err != nil || 4*n != len(e.Data) {
+					t.Fatalf("accepted an entry whose spans do not fit its data: %+v", e)
+				}
+			}
+		}
+		for _, a := range m.Acks {
+			if a.Clock < 0 {
+				t.Fatalf("accepted a negative acknowledgement: %+v", a)
+			}
+		}
+	})
+}

@@ -389,3 +389,38 @@ func TestPushAsksToPullParts(t *testing.T) {
 		t.Fatalf("a sparse push asking for whole blocks: %+v, %v", got, err)
 	}
 }
+
+// A replication message round-trips, and each malformed form is refused
+// with its kind.
+func TestReplMsgRefuses(t *testing.T) {
+	good := &ReplMsg{V: Version, Job: "j", Placement: 2, From: 1, Entries: []Entry{{ID: 3, At: 7, Data: make([]byte, 8)},
+		{ID: 4, At: 2, Rank: 1, Epoch: 3, Step: 5, Data: []byte{1, 2, 3, 4}, Spans: AppendSpan(nil, 2, 1)}}}
+	b, _ := Encode(good)
+	m, err := DecodeRepl(b)
+	if err != nil || len(m.Entries) != 2 || m.Entries[1].Step != 5 || m.Entries[1].Epoch != 3 || string(m.Entries[1].Data) != "\x01\x02\x03\x04" {
+		t.Fatalf("round trip: %+v, %v", m, err)
+	}
+	for name, c := range map[string]struct {
+		m    ReplMsg
+		kind Kind
+	}{
+		"version":       {ReplMsg{V: 9, Job: "j", Placement: 1, Acks: []Ack{{}}}, BadVersion},
+		"job":           {ReplMsg{V: Version, Job: "a b", Placement: 1, Acks: []Ack{{}}}, UnknownJob},
+		"placement":     {ReplMsg{V: Version, Job: "j", Acks: []Ack{{}}}, Malformed},
+		"both":          {ReplMsg{V: Version, Job: "j", Placement: 1, Acks: []Ack{{}}, Entries: []Entry{{}}}, Malformed},
+		"neither":       {ReplMsg{V: Version, Job: "j", Placement: 1}, Malformed},
+		"negative ack":  {ReplMsg{V: Version, Job: "j", Placement: 1, Acks: []Ack{{Clock: -1}}}, Malformed},
+		"negative at":   {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{At: -1}}}, Malformed},
+		"odd bytes":     {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{Data: make([]byte, 5)}}}, BadLength},
+		"spans":         {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{Data: make([]byte, 8), Spans: AppendSpan(nil, 0, 1)}}}, BadLength},
+		"skip and data": {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{Skip: true, Data: make([]byte, 4)}}}, Malformed},
+	} {
+		b, _ := Encode(&c.m)
+		if _, err := DecodeRepl(b); ErrKind(err) != c.kind {
+			t.Errorf("%s: %v, want %v", name, err, c.kind)
+		}
+	}
+	if ReplSubject("demo", 3, 1) != "downpour.demo.p3.ps.1.repl" {
+		t.Fatal(ReplSubject("demo", 3, 1))
+	}
+}
