@@ -56,6 +56,10 @@ type Client struct {
 	// shard took from first send to reply (resends included), and how
 	// many bytes of floats it carried: for metrics. It must return at once.
 	Observe func(op Op, shard int, d time.Duration, bytes int)
+	// keep picks the client's blocks (nil: all); hand follows the
+	// placement's handovers (client_handover.go).
+	keep func(job.Block) bool
+	hand handovers
 }
 
 // Op names a client's request kind, for Observe.
@@ -85,8 +89,9 @@ const DefaultPushWindow = 4
 const DefaultAttempt = 3 * time.Second
 
 type group struct {
-	shard  int
-	blocks []job.Block
+	shard   int
+	version int64 // of the placement it was packed under
+	blocks  []job.Block
 	ids    []uint32
 	// contiguous: the blocks follow one another in the flat vector, so a
 	// dense push sends them split (wire.EncodeEnvelope), straight from the
@@ -105,7 +110,9 @@ func NewClient(nc *nats.Conn, jobName string, p *job.Placement, rank int, epoch 
 // NewClientFor is NewClient for the blocks keep accepts (all when nil): a
 // client of one parameter group, such as a GAN's generator.
 func NewClientFor(nc *nats.Conn, jobName string, p *job.Placement, rank int, epoch uint64, keep func(job.Block) bool) (*Client, error) {
-	c := &Client{nc: nc, job: jobName, version: p.Version, shards: p.Shards, rank: uint32(rank), epoch: epoch, Attempt: DefaultAttempt, Window: DefaultWindow, PushWindow: DefaultPushWindow}
+	c := &Client{nc: nc, job: jobName, version: p.Version, shards: p.Shards, rank: uint32(rank), epoch: epoch, Attempt: DefaultAttempt, Window: DefaultWindow, PushWindow: DefaultPushWindow,
+		keep: keep}
+	c.hand.init(p)
 	for s := 0; s < p.Shards; s++ {
 		var bs []job.Block
 		for _, b := range p.OnShard(s) {
@@ -210,7 +217,7 @@ func (c *Client) pack(shard int, blocks []job.Block, sizes []int, push, pull [][
 	var groups []group
 	start := 0
 	for _, end := range ends {
-		g := group{shard: shard, blocks: blocks[start:end], contiguous: !slices.Contains(run[start+1:end], true)}
+		g := group{shard: shard, version: c.version, blocks: blocks[start:end], contiguous: !slices.Contains(run[start+1:end], true)}
 		for _, b := range g.blocks {
 			g.ids = append(g.ids, b.ID)
 		}
@@ -251,6 +258,9 @@ func (c *Client) readRank(offset int) int {
 // Pull fills params (the flat parameter vector) from every shard once each
 // has applied at least minClock steps.
 func (c *Client) Pull(ctx context.Context, minClock int64, params []float32) error {
+	if err := c.adopt(); err != nil {
+		return err
+	}
 	return c.each(ctx, func(ctx context.Context, g group) error { return c.pull(ctx, g, minClock, false, params, nil) })
 }
 
@@ -262,6 +272,9 @@ func (c *Client) PullRanges(ctx context.Context, minClock int64, params []float3
 		return c.Pull(ctx, minClock, params)
 	}
 	if err := checkRanges(ranges, len(params)); err != nil {
+		return err
+	}
+	if err := c.adopt(); err != nil {
 		return err
 	}
 	groups, err := c.transferGroups(ranges, ranges)
@@ -282,12 +295,18 @@ func (c *Client) PullRanges(ctx context.Context, minClock int64, params []float3
 // still reads the step it evaluates; a step neither live nor kept is
 // refused with wire.Gone.
 func (c *Client) PullExact(ctx context.Context, step int64, params []float32) error {
+	if err := c.adopt(); err != nil {
+		return err
+	}
 	return c.each(ctx, func(ctx context.Context, g group) error { return c.pull(ctx, g, step, true, params, nil) })
 }
 
 // Push sends grads (laid out like the flat parameter vector) as this rank's
 // gradient for step.
 func (c *Client) Push(ctx context.Context, step int64, grads []float32) error {
+	if err := c.adopt(); err != nil {
+		return err
+	}
 	return c.each(ctx, func(ctx context.Context, g group) error { return c.push(ctx, g, step, grads, nil) })
 }
 
@@ -310,7 +329,7 @@ func (c *Client) pull(ctx context.Context, g group, minClock int64, exact bool, 
 	var r *wire.PullReply
 	start := time.Now()
 	for {
-		msg, err := c.request(ctx, wire.PullSubject(c.job, c.version, g.shard), nil, data)
+		msg, err := c.request(ctx, g.version, wire.PullSubject(c.job, g.version, g.shard), nil, data)
 		if err != nil {
 			return err
 		}
@@ -322,6 +341,9 @@ func (c *Client) pull(ctx context.Context, g group, minClock int64, exact bool, 
 		}
 	}
 	if err := r.Err(); err != nil {
+		if err := c.supersededWait(ctx, g.version, err); errors.Is(err, errHandedOver) {
+			return err
+		}
 		return fmt.Errorf("pull from shard %d refused: %w", g.shard, err)
 	}
 	n, err := fill(g, r, params, spans)
@@ -374,7 +396,7 @@ func (c *Client) pushThenPull(ctx context.Context, g group, step int64, grads, p
 	hdr, data, n, release := encodePush(g, req, grads, g.push)
 	defer release()
 	start := time.Now()
-	msg, err := c.request(ctx, wire.PushSubject(c.job, c.version, g.shard), hdr, data)
+	msg, err := c.request(ctx, g.version, wire.PushSubject(c.job, g.version, g.shard), hdr, data)
 	if err != nil {
 		return err
 	}
@@ -387,6 +409,9 @@ func (c *Client) pushThenPull(ctx context.Context, g group, step int64, grads, p
 		return c.pull(ctx, g, step+1, false, params, g.pull)
 	}
 	if err := r.Err(); err != nil { // the shard took neither
+		if err := c.supersededWait(ctx, g.version, err); errors.Is(err, errHandedOver) {
+			return err
+		}
 		return fmt.Errorf("push of step %d to shard %d, with its pull, refused: %w", step, g.shard, err)
 	}
 	got, err := fill(g, r, params, g.pull)
@@ -452,9 +477,18 @@ func encodePush(g group, req *wire.PushRequest, grads []float32, spans [][]byte)
 // sendPush sends g's push message (of n bytes of floats) for step.
 func (c *Client) sendPush(ctx context.Context, g group, step int64, hdr nats.Header, data []byte, n int) error {
 	start := time.Now()
-	if refused, err := c.pushTo(ctx, g.shard, hdr, data); err != nil {
+	refused, err := c.pushTo(ctx, g.version, g.shard, hdr, data)
+	for err == nil && errors.Is(refused, &wire.Error{Kind: wire.Expired}) {
+		// Held until its step was on every copy, longer than the shard
+		// holds requests: it was taken; ask again (a resend is dropped).
+		refused, err = c.pushTo(ctx, g.version, g.shard, hdr, data)
+	}
+	if err != nil {
 		return err
 	} else if refused != nil {
+		if err := c.supersededWait(ctx, g.version, refused); errors.Is(err, errHandedOver) {
+			return err
+		}
 		return fmt.Errorf("push of step %d to shard %d refused: %w", step, g.shard, refused)
 	}
 	c.observe(OpPush, g, start, n)
@@ -463,8 +497,8 @@ func (c *Client) sendPush(ctx context.Context, g group, step int64, hdr nats.Hea
 
 // pushTo sends a push message to shard; it returns the shard's refusal, if
 // it refused, or err if the exchange failed.
-func (c *Client) pushTo(ctx context.Context, shard int, hdr nats.Header, data []byte) (refused, err error) {
-	msg, err := c.request(ctx, wire.PushSubject(c.job, c.version, shard), hdr, data)
+func (c *Client) pushTo(ctx context.Context, version int64, shard int, hdr nats.Header, data []byte) (refused, err error) {
+	msg, err := c.request(ctx, version, wire.PushSubject(c.job, version, shard), hdr, data)
 	if err != nil {
 		return nil, err
 	}
@@ -519,7 +553,7 @@ func (c *Client) eachOf(ctx context.Context, groups []group, f func(context.Cont
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			if errs[i] = f(ctx, i, g); errs[i] != nil {
+			if errs[i] = c.route(ctx, g, func(ctx context.Context, g group) error { return f(ctx, i, g) }); errs[i] != nil {
 				cancel()
 			}
 		})

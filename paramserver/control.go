@@ -14,6 +14,9 @@ import (
 // Clock returns the smallest clock of the shards: the number of steps every
 // block has applied (sync), so far as the shards tell.
 func (c *Client) Clock(ctx context.Context) (int64, error) {
+	if err := c.adopt(); err != nil {
+		return 0, err
+	}
 	clock := int64(math.MaxInt64)
 	seen := map[int]bool{}
 	for _, g := range c.groups {
@@ -37,7 +40,7 @@ func (c *Client) shardClock(ctx context.Context, g group) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	msg, err := c.request(ctx, wire.PullSubject(c.job, c.version, g.shard), nil, data)
+	msg, err := c.request(ctx, g.version, wire.PullSubject(c.job, g.version, g.shard), nil, data)
 	if err != nil {
 		return 0, err
 	}
@@ -84,7 +87,7 @@ func (c *Client) Snapshot(ctx context.Context, step int64, timeout time.Duration
 	var errs []error
 	for s := 0; s < c.shards; s++ {
 		sctx, cancel := context.WithTimeout(ctx, timeout)
-		msg, err := c.request(sctx, wire.SnapshotSubject(c.job, c.version, s), nil, req)
+		msg, err := c.request(sctx, c.version, wire.SnapshotSubject(c.job, c.version, s), nil, req)
 		cancel()
 		if err == nil {
 			var r *wire.Reply
@@ -102,6 +105,9 @@ func (c *Client) Snapshot(ctx context.Context, step int64, timeout time.Duration
 // Idle tells every shard that this rank has no work for now (elastic ssp):
 // until it pushes again, it does not hold back the other ranks.
 func (c *Client) Idle(ctx context.Context) error {
+	if err := c.adopt(); err != nil {
+		return err
+	}
 	seen := map[int]bool{}
 	for _, g := range c.groups {
 		if seen[g.shard] {
@@ -112,7 +118,7 @@ func (c *Client) Idle(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if refused, err := c.pushTo(ctx, g.shard, nil, data); err != nil {
+		if refused, err := c.pushTo(ctx, g.version, g.shard, nil, data); err != nil {
 			return err
 		} else if refused != nil {
 			return fmt.Errorf("idle mark to shard %d refused: %w", g.shard, refused)

@@ -71,16 +71,20 @@ func (w *connWatch) current() context.Context {
 // be lost with it), after a pause while no shard is subscribed, and after
 // each attempt's timeout (a request or its reply lost with the shard's
 // server), which doubles from c.Attempt at each timeout, up to 8 times it,
-// so that a slow shard is not flooded.
-func (c *Client) request(ctx context.Context, subject string, hdr nats.Header, data []byte) (*nats.Msg, error) {
+// so that a slow shard is not flooded. A request sent under placement
+// version ends with errHandedOver once the client is handed a newer one.
+func (c *Client) request(ctx context.Context, version int64, subject string, hdr nats.Header, data []byte) (*nats.Msg, error) {
 	backoff := 10 * time.Millisecond
 	attempt := c.Attempt
+	handed := c.handedSince(version)
 	for {
 		actx, cancel := context.WithCancelCause(ctx)
 		stop := context.AfterFunc(watchConn(c.nc).current(), func() { cancel(errConnLost) })
+		stopHanded := context.AfterFunc(handed, func() { cancel(errHandedOver) })
 		tctx, tcancel := context.WithTimeout(actx, attempt)
 		msg, err := c.nc.RequestMsgWithContext(tctx, &nats.Msg{Subject: subject, Header: hdr, Data: data})
 		stop()
+		stopHanded()
 		cause := context.Cause(actx)
 		tcancel()
 		cancel(nil)
@@ -89,6 +93,8 @@ func (c *Client) request(ctx context.Context, subject string, hdr nats.Header, d
 			return msg, nil
 		case ctx.Err() != nil:
 			return nil, fmt.Errorf("%s: %w (last error: %v)", subject, ctx.Err(), err)
+		case errors.Is(cause, errHandedOver):
+			return nil, errHandedOver
 		case errors.Is(cause, errConnLost):
 			continue // resent at once: published while reconnecting, it goes out on the new connection
 		case errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrTimeout):
@@ -100,6 +106,8 @@ func (c *Client) request(ctx context.Context, subject string, hdr nats.Header, d
 		select {
 		case <-ctx.Done():
 			return nil, fmt.Errorf("%s: %w (last error: %v)", subject, ctx.Err(), err)
+		case <-handed.Done():
+			return nil, errHandedOver
 		case <-time.After(backoff):
 		}
 		backoff = min(2*backoff, time.Second)

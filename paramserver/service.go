@@ -1,6 +1,7 @@
 package paramserver
 
 import (
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -74,6 +75,7 @@ type Service struct {
 
 	mu        sync.Mutex // guards shard, held, nextToken, closed
 	shard     *Shard
+	lens      map[uint32]int // the lengths of the blocks it serves pushes of, fixed at Serve
 	held      map[uint64]heldPull
 	nextToken uint64
 	closed    bool
@@ -86,9 +88,14 @@ type Service struct {
 	written atomic.Int64 // snapshots written
 }
 
+// heldPull is a pull held until the shard can answer it, or a push held
+// until its updates are on every copy (push: answered with a wire.Reply),
+// or a push that pulls, held for both.
 type heldPull struct {
 	reply string
 	req   *wire.PullRequest
+	push  bool
+	clock int64 // a held push's answer
 }
 
 // outbox collects replies built under the lock, to send after it. Pooled
@@ -116,23 +123,34 @@ func Serve(nc *nats.Conn, shard *Shard, cfg ServiceConfig) (*Service, error) {
 		cfg.Placement = 1
 	}
 	s := &Service{nc: nc, cfg: cfg, shard: shard, held: map[uint64]heldPull{}, stop: make(chan struct{}),
-		snapsCh: make(chan *Snapshot, 4)}
+		snapsCh: make(chan *Snapshot, 4), lens: map[uint32]int{}}
+	for _, b := range shard.blocks {
+		s.lens[b.ID] = b.Len
+	}
 	if cfg.SnapshotEvery > 0 {
 		if cfg.SnapshotDir == "" {
 			return nil, fmt.Errorf("shard %d: periodic snapshots need a snapshot directory", cfg.Shard)
 		}
 		if shard.cfg.Mode == job.Sync {
+			// (A shard served again after a handover may have one pending.)
 			next := (shard.Clock()/cfg.SnapshotEvery + 1) * cfg.SnapshotEvery
-			if err := shard.RequestSnapshot(next); err != nil {
+			if err := shard.RequestSnapshot(next); err != nil && !errors.Is(err, ErrSnapshotPending) {
 				return nil, err
 			}
 		}
 	}
-	for subj, h := range map[string]nats.MsgHandler{
+	subjects := map[string]nats.MsgHandler{
 		wire.PushSubject(cfg.Job, cfg.Placement, cfg.Shard):     s.onPush,
 		wire.PullSubject(cfg.Job, cfg.Placement, cfg.Shard):     s.onPull,
 		wire.SnapshotSubject(cfg.Job, cfg.Placement, cfg.Shard): s.onSnapshot,
-	} {
+	}
+	if v := shard.Version(); v > 0 {
+		if v != cfg.Placement {
+			return nil, fmt.Errorf("shard %d follows the chains of placement %d, not %d", cfg.Shard, v, cfg.Placement)
+		}
+		subjects[wire.ReplSubject(cfg.Job, cfg.Placement, cfg.Shard)] = s.onRepl
+	}
+	for subj, h := range subjects {
 		sub, err := nc.Subscribe(subj, h)
 		if err != nil {
 			s.unsubscribe()
@@ -195,6 +213,10 @@ func (s *Service) Close() {
 func (s *Service) Idle(r int, epoch uint64) error {
 	var o outbox
 	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return errors.New("paramserver: the service is closed")
+	}
 	err := s.shard.Idle(r, epoch)
 	s.drainLocked(&o)
 	s.mu.Unlock()
@@ -284,7 +306,7 @@ func (s *Service) onPush(m *nats.Msg) {
 	var req *wire.PushRequest
 	var err error
 	if env := m.Header.Get(wire.EnvelopeHeader); env != "" {
-		req, err = wire.DecodeSplitPush(env, m.Data, s.shard.BlockLen)
+		req, err = wire.DecodeSplitPush(env, m.Data, s.blockLen)
 	} else {
 		req, err = wire.DecodePush(m.Data)
 	}
@@ -296,6 +318,10 @@ func (s *Service) onPush(m *nats.Msg) {
 		return
 	}
 	s.mu.Lock()
+	if s.closed { // a handler that was on its way when the service closed: the shard may be another's now
+		s.mu.Unlock()
+		return
+	}
 	var then *wire.PullRequest
 	if req.Pull && m.Reply != "" {
 		// Whatever would refuse the pull refuses the push with it, before
@@ -312,12 +338,26 @@ func (s *Service) onPush(m *nats.Msg) {
 		lag = s.shard.Lag(int(req.Rank))
 	}
 	s.drainLocked(&o)
-	if err == nil && then != nil {
-		// The push's answer is its pull's: after the pulls this push
-		// completed, answered now or held like any pull. (Checked above:
-		// taking the push and answering pulls only frees room.)
-		s.holdLocked(m.Reply, then, &o)
+	held := false
+	if err == nil && m.Reply != "" && (then != nil || s.shard.Version() > 0) {
+		// The push's answer is its pull's (after the pulls this push
+		// completed), or, where the shard keeps copies, waits until what
+		// it made is on every copy: answered now or held like a pull.
+		// (Checked above: taking the push and answering pulls only frees
+		// room.)
+		held = true
+		s.nextToken++
+		if s.shard.HoldPush(req, then, s.nextToken) {
+			if then != nil {
+				o.add(m.Reply, s.readLocked(then, &o))
+			} else {
+				held = false
+			}
+		} else {
+			s.held[s.nextToken] = heldPull{reply: m.Reply, req: then, push: then == nil, clock: clock}
+		}
 	}
+	s.drainLocked(&o)
 	s.mu.Unlock()
 	if err != nil {
 		s.refusal(m.Reply, &o, err, req.Pull)
@@ -326,8 +366,41 @@ func (s *Service) onPush(m *nats.Msg) {
 	if s.cfg.Observer != nil {
 		s.cfg.Observer.Pushed(lag)
 	}
-	if m.Reply != "" && !req.Pull {
+	if m.Reply != "" && !held {
 		o.add(m.Reply, encode(&wire.Reply{V: wire.Version, Clock: clock}))
+	}
+}
+
+// blockLen is the length of a block the service serves pushes of. (The
+// shard's own lookup may change under a handover, while a message is
+// decoded outside the lock.)
+func (s *Service) blockLen(id uint32) (int, bool) {
+	n, ok := s.lens[id]
+	return n, ok
+}
+
+// onRepl takes a replication message from another copy of some of the
+// shard's blocks (see Shard.Replicate); a refusal is counted, and its
+// sender sends again.
+func (s *Service) onRepl(m *nats.Msg) {
+	var o outbox
+	defer s.send(&o)
+	req, err := wire.DecodeRepl(m.Data)
+	if err == nil {
+		err = s.checkJob(req.Job)
+	}
+	if err == nil {
+		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return
+		}
+		err = s.shard.Replicate(req)
+		s.drainLocked(&o)
+		s.mu.Unlock()
+	}
+	if err != nil {
+		s.count(err)
 	}
 }
 
@@ -346,6 +419,9 @@ func (s *Service) onPull(m *nats.Msg) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
 	s.pullLocked(m.Reply, req, &o)
 }
 
@@ -390,6 +466,10 @@ func (s *Service) onSnapshot(m *nats.Msg) {
 	}
 	if err == nil {
 		s.mu.Lock()
+		if s.closed {
+			s.mu.Unlock()
+			return
+		}
 		if err = s.shard.RequestSnapshot(req.Step); err != nil {
 			err = &wire.Error{Kind: wire.Refused, Msg: err.Error()}
 		}
@@ -411,11 +491,20 @@ func (s *Service) drainLocked(o *outbox) {
 			continue
 		}
 		delete(s.held, a.Token)
-		if a.Kind == wire.OK {
+		switch {
+		case h.push && a.Kind == wire.OK:
+			o.add(h.reply, encode(&wire.Reply{V: wire.Version, Clock: h.clock}))
+		case h.push:
+			o.add(h.reply, encode(&wire.Reply{V: wire.Version, Kind: a.Kind, Msg: "held too long; resend"}))
+		case a.Kind == wire.OK:
 			o.add(h.reply, s.readLocked(h.req, o))
-		} else {
+		default:
 			o.add(h.reply, encode(&wire.PullReply{V: wire.Version, Kind: a.Kind, Msg: "held too long; resend"}))
 		}
+	}
+	for _, out := range s.shard.Outgoing() {
+		out.Msg.V, out.Msg.Job = wire.Version, s.cfg.Job
+		o.add(wire.ReplSubject(s.cfg.Job, s.cfg.Placement, out.To), encode(out.Msg))
 	}
 	for _, snap := range s.shard.Snapshots() {
 		if s.closed {
@@ -463,6 +552,10 @@ func (s *Service) ticker() {
 		case <-ticks:
 			var o outbox
 			s.mu.Lock()
+			if s.closed {
+				s.mu.Unlock()
+				return
+			}
 			s.shard.Tick()
 			s.drainLocked(&o)
 			s.mu.Unlock()

@@ -698,7 +698,7 @@ func TestClientResendsWhenConnectionLost(t *testing.T) {
 	responder.Flush()
 	c := &Client{nc: requester, Attempt: time.Minute}
 	done := make(chan error, 1)
-	go func() { _, err := c.request(context.Background(), "q", nil, []byte("x")); done <- err }()
+	go func() { _, err := c.request(context.Background(), 1, "q", nil, []byte("x")); done <- err }()
 	for copies.Load() == 0 {
 		time.Sleep(time.Millisecond)
 	}

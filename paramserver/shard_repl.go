@@ -355,14 +355,25 @@ func (s *Shard) resendStale() {
 	}
 }
 
-// Unsettled lists what a push that Push just took must wait for before it
-// is acknowledged: each of its blocks whose updates so far are not yet on
-// every copy (nil: none, acknowledge it now).
+// unsettled lists what a push that Push just took must wait for before it
+// is acknowledged, in a shard that keeps copies (nil: nothing, acknowledge
+// it now): in sync mode, each of its blocks to have applied its step on
+// every copy (the rank keeps its gradient until then, to push it again
+// should the primary die first); in ssp and async, each of its blocks to
+// have every update so far on every copy.
 func (s *Shard) unsettled(p *wire.PushRequest) []target {
+	if s.version == 0 {
+		return nil
+	}
 	var ts []target
 	for _, pb := range p.Blocks {
-		if b := s.blocks[s.pos[pb.ID]]; settled(b) < b.clock {
-			ts = append(ts, target{b: b, clock: b.clock})
+		b := s.blocks[s.pos[pb.ID]]
+		want := b.clock
+		if s.cfg.Mode == job.Sync {
+			want = p.Step + 1
+		}
+		if settled(b) < want {
+			ts = append(ts, target{b: b, clock: want})
 		}
 	}
 	return ts

@@ -44,7 +44,10 @@ func (c *Client) StartPushPull(ctx context.Context, step int64, grads, params []
 // have them apply, so this changes how much moves, never the parameters.
 func (c *Client) StartPushPullSparse(ctx context.Context, step int64, grads, params []float32, push, pull [][2]int) *Transfer {
 	t := &Transfer{failed: make(chan struct{}), done: make(chan struct{})}
-	err := checkRanges(push, len(grads))
+	err := c.adopt()
+	if err == nil {
+		err = checkRanges(push, len(grads))
+	}
 	if err == nil {
 		err = checkRanges(pull, len(params))
 	}
@@ -112,7 +115,7 @@ func (c *Client) run(ctx context.Context, t *Transfer, step int64, grads, params
 				break
 			}
 			wg.Go(func() {
-				err := c.pushThenPull(ctx, g, step, grads, params)
+				err := c.route(ctx, g, func(ctx context.Context, g group) error { return c.pushThenPull(ctx, g, step, grads, params) })
 				<-pulling
 				if err != nil {
 					fail(err)
@@ -127,7 +130,7 @@ func (c *Client) run(ctx context.Context, t *Transfer, step int64, grads, params
 			break
 		}
 		wg.Go(func() {
-			err := c.push(ctx, g, step, grads, g.push)
+			err := c.route(ctx, g, func(ctx context.Context, g group) error { return c.push(ctx, g, step, grads, g.push) })
 			<-pushing
 			if err != nil {
 				fail(err)
@@ -137,7 +140,7 @@ func (c *Client) run(ctx context.Context, t *Transfer, step int64, grads, params
 			if !acquire(pulling) {
 				return
 			}
-			err = c.pull(ctx, g, step+1, false, params, g.pull)
+			err = c.route(ctx, g, func(ctx context.Context, g group) error { return c.pull(ctx, g, step+1, false, params, g.pull) })
 			<-pulling
 			if err != nil {
 				fail(err)

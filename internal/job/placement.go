@@ -64,11 +64,14 @@ type Placement struct {
 	// HandedOver: this placement carries on from the one before it rather
 	// than from a checkpoint. Its shards keep the state they hold, no step
 	// is redone, and Start and From are the previous placement's.
-	HandedOver bool            `json:"handed_over,omitempty"`
-	BlockSize  int             `json:"block_size"`
-	Shards     int             `json:"shards"`
-	Tensors    []models.Tensor `json:"tensors"`
-	Blocks     []Block         `json:"blocks"` // by id: Blocks[i].ID == i
+	HandedOver bool `json:"handed_over,omitempty"`
+	// Since (with HandedOver) is the version of the placement whose state
+	// this one carries on: the last one that started from a checkpoint.
+	Since     int64           `json:"since,omitempty"`
+	BlockSize int             `json:"block_size"`
+	Shards    int             `json:"shards"`
+	Tensors   []models.Tensor `json:"tensors"`
+	Blocks    []Block         `json:"blocks"` // by id: Blocks[i].ID == i
 }
 
 // HashFunc scores a (block, shard) pair for rendezvous hashing: a block
@@ -253,7 +256,7 @@ func (p *Placement) Handover(dead int) (*Placement, error) {
 		return nil, fmt.Errorf("shard %d is not a live shard of placement %d", dead, p.Version)
 	}
 	q := *p
-	q.Version, q.HandedOver = p.Version+1, true
+	q.Version, q.HandedOver, q.Since = p.Version+1, true, p.Lineage()
 	q.Down = append(slices.Clone(p.Down), dead)
 	slices.Sort(q.Down)
 	q.Blocks = slices.Clone(p.Blocks)
@@ -314,6 +317,16 @@ func (p *Placement) OnShard(s int) []Block {
 	return bs
 }
 
+// Lineage is the version of the placement whose state p carries on: its
+// own, unless it was handed over from an earlier one. A shard or a worker
+// keeps what it holds across placements of one lineage.
+func (p *Placement) Lineage() int64 {
+	if p.HandedOver {
+		return p.Since
+	}
+	return p.Version
+}
+
 // Held lists the blocks shard s holds a copy of, primary or backup, in id
 // order.
 func (p *Placement) Held(s int) []Block {
@@ -358,6 +371,9 @@ func DecodePlacement(data []byte) (*Placement, error) {
 		if d < 0 || d >= p.Shards || i > 0 && d <= p.Down[i-1] {
 			return nil, fmt.Errorf("placement: down shards %v are not distinct shards in order", p.Down)
 		}
+	}
+	if p.HandedOver != (p.Since > 0) || p.Since >= p.Version || !p.HandedOver && len(p.Down) > 0 {
+		return nil, fmt.Errorf("placement: version %d handed over %v since %d with %d shards down", p.Version, p.HandedOver, p.Since, len(p.Down))
 	}
 	if len(p.Down) >= p.Shards {
 		return nil, fmt.Errorf("placement: all %d shards are down", p.Shards)

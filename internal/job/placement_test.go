@@ -145,22 +145,25 @@ func TestPlacementDeterministic(t *testing.T) {
 func TestDecodePlacementRejects(t *testing.T) {
 	p := Place(testTensors, 4, 2)
 	for name, mut := range map[string]func(*Placement){
-		"gap":                   func(p *Placement) { p.Blocks[1].Offset++ },
-		"shard":                 func(p *Placement) { p.Blocks[0].Shard = 2 },
-		"short":                 func(p *Placement) { p.Blocks = p.Blocks[:len(p.Blocks)-1] },
-		"too long":              func(p *Placement) { p.Blocks[0].Len = 5 },
-		"no shards":             func(p *Placement) { p.Shards = 0 },
-		"version 0":             func(p *Placement) { p.Version = 0 },
-		"start < 0":             func(p *Placement) { p.Start = -1 },
-		"tensor":                func(p *Placement) { p.Blocks[0].Tensor = 9 },
-		"copies":                func(p *Placement) { p.Copies = 3 },
-		"backup on its primary": func(p *Placement) { p.Blocks[0].Backups = []int{p.Blocks[0].Shard} },
-		"backup twice":          func(p *Placement) { p.Blocks[0].Backups = []int{1 - p.Blocks[0].Shard, 1 - p.Blocks[0].Shard} },
-		"backup outside":        func(p *Placement) { p.Blocks[0].Backups = []int{2} },
-		"too many backups":      func(p *Placement) { p.Copies = 1; p.Blocks[0].Backups = []int{1 - p.Blocks[0].Shard} },
-		"primary down":          func(p *Placement) { p.Down = []int{p.Blocks[0].Shard} },
-		"all down":              func(p *Placement) { p.Down = []int{0, 1} },
-		"down twice":            func(p *Placement) { p.Down = []int{1, 1} },
+		"gap":                     func(p *Placement) { p.Blocks[1].Offset++ },
+		"shard":                   func(p *Placement) { p.Blocks[0].Shard = 2 },
+		"short":                   func(p *Placement) { p.Blocks = p.Blocks[:len(p.Blocks)-1] },
+		"too long":                func(p *Placement) { p.Blocks[0].Len = 5 },
+		"no shards":               func(p *Placement) { p.Shards = 0 },
+		"version 0":               func(p *Placement) { p.Version = 0 },
+		"start < 0":               func(p *Placement) { p.Start = -1 },
+		"tensor":                  func(p *Placement) { p.Blocks[0].Tensor = 9 },
+		"copies":                  func(p *Placement) { p.Copies = 3 },
+		"backup on its primary":   func(p *Placement) { p.Blocks[0].Backups = []int{p.Blocks[0].Shard} },
+		"backup twice":            func(p *Placement) { p.Blocks[0].Backups = []int{1 - p.Blocks[0].Shard, 1 - p.Blocks[0].Shard} },
+		"backup outside":          func(p *Placement) { p.Blocks[0].Backups = []int{2} },
+		"too many backups":        func(p *Placement) { p.Copies = 1; p.Blocks[0].Backups = []int{1 - p.Blocks[0].Shard} },
+		"primary down":            func(p *Placement) { p.Down = []int{p.Blocks[0].Shard} },
+		"all down":                func(p *Placement) { p.Down = []int{0, 1} },
+		"down twice":              func(p *Placement) { p.Down = []int{1, 1} },
+		"down, not handed over":   func(p *Placement) { p.Blocks[0].Shard = 0; p.Down = []int{1} },
+		"since, not handed over":  func(p *Placement) { p.Since = 1; p.Version = 2 },
+		"handed over from itself": func(p *Placement) { p.HandedOver, p.Since = true, p.Version },
 	} {
 		q, _ := DecodePlacement(p.Encode())
 		q.Copies = 2 // a backup is allowed unless the case says otherwise
@@ -266,7 +269,7 @@ func TestPlacementHandover(t *testing.T) {
 	if _, err := DecodePlacement(q.Encode()); err != nil {
 		t.Fatal(err)
 	}
-	if q.Version != 6 || !q.HandedOver || q.Start != 300 || !slices.Equal(q.From, p.From) || !slices.Equal(q.Down, []int{1}) || q.LiveShards() != 3 {
+	if q.Version != 6 || !q.HandedOver || q.Lineage() != 5 || q.Start != 300 || !slices.Equal(q.From, p.From) || !slices.Equal(q.Down, []int{1}) || q.LiveShards() != 3 {
 		t.Fatalf("handover: version %d, handed over %v, start %d, from %v, down %v", q.Version, q.HandedOver, q.Start, q.From, q.Down)
 	}
 	promoted := 0
@@ -294,7 +297,7 @@ func TestPlacementHandover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(r.Down, []int{1, 3}) || r.Version != 7 {
+	if !slices.Equal(r.Down, []int{1, 3}) || r.Version != 7 || r.Lineage() != 5 {
 		t.Fatalf("second handover: down %v, version %d", r.Down, r.Version)
 	}
 	if _, err := r.Handover(3); err == nil {
