@@ -92,7 +92,7 @@ type group struct {
 	shard   int
 	version int64 // of the placement it was packed under
 	blocks  []job.Block
-	ids    []uint32
+	ids     []uint32
 	// contiguous: the blocks follow one another in the flat vector, so a
 	// dense push sends them split (wire.EncodeEnvelope), straight from the
 	// gradient.
