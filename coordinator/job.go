@@ -23,6 +23,9 @@ import (
 //     fencing every rank at its current holder's epoch (a free rank at the
 //     next one), and every rank runs again from there;
 //   - async, ssp: a dead shard rolls back likewise; a dead worker does not;
+//   - where the placement keeps copies of each block, a dead shard is
+//     handed over instead (no rollback, ranks keep their steps and their
+//     dones), unless it held the last copy of a block;
 //   - a reshard is a rollback onto another number of shards, refused
 //     without a complete checkpoint;
 //   - the job finishes once, when every rank is done under the current
@@ -281,17 +284,33 @@ func (j *Job) WorkerDown(worker string) []Action {
 }
 
 // ShardDown: shard idx's membership ended; it was serving placement version
-// serving (0: none yet).
+// serving (0: none yet). Where the placement keeps copies of each block
+// (job.Placement.Copies), its blocks are handed over to their backups: a
+// placement of the same lineage, one version on, with idx down; nothing is
+// rolled back, and every rank carries on (and stays done, if it was).
+// Where a block had no other copy left, the job rolls back to the last
+// checkpoint.
 func (j *Job) ShardDown(idx int, serving int64) []Action {
-	if j.finished || serving != j.placement.Version || idx >= j.placement.Shards {
-		return nil // it held no progress of this placement
+	p := j.placement
+	if j.finished || serving < p.Lineage() || !p.Live(idx) {
+		return nil // it held no progress of this placement's lineage, or was handed over already
 	}
-	return j.rollback(j.placement.Shards, fmt.Sprintf("parameter-server shard %d died", idx))
+	why := fmt.Sprintf("parameter-server shard %d died", idx)
+	if p.Copies > 1 {
+		q, err := p.Handover(idx)
+		if err == nil {
+			j.placement = q
+			clear(j.snaps) // a checkpoint completes under one version
+			return []Action{{Kind: DoPlace, Placement: q, Why: why + ": its blocks are handed over to their backups", Thrown: 0}}
+		}
+		why += " with " + err.Error() + ": going back to the last checkpoint"
+	}
+	return j.rollback(p.Shards, why)
 }
 
 // SnapshotRecorded: a shard recorded a snapshot.
 func (j *Job) SnapshotRecorded(rec job.SnapshotRecord) []Action {
-	if rec.Shard < 0 || rec.Shard >= j.placement.Shards || rec.Placement != j.placement.Version || rec.Step <= j.last.Step {
+	if !j.placement.Live(rec.Shard) || rec.Placement != j.placement.Version || rec.Step <= j.last.Step {
 		return nil // of an earlier placement, or older than the last checkpoint
 	}
 	m := j.snaps[rec.Step]
@@ -300,7 +319,7 @@ func (j *Job) SnapshotRecorded(rec job.SnapshotRecord) []Action {
 		j.snaps[rec.Step] = m
 	}
 	m[rec.Shard] = rec.Path
-	if len(m) < j.placement.Shards {
+	if len(m) < j.placement.LiveShards() { // (a shard down holds no block: its file stays "")
 		return nil
 	}
 	cp := job.CheckpointRecord{Step: rec.Step, Placement: rec.Placement, Files: make([]string, j.placement.Shards)}

@@ -17,7 +17,7 @@ import (
 // its output is the actions the Job answers with, as render writes them
 // ("-" for none). Commands:
 //
-//	new mode=sync|ssp|async ranks=N shards=N join-ticks=N [tasks=(S,steps,per,timeout,attempts)] [checkpoint-every=N]
+//	new mode=sync|ssp|async ranks=N shards=N join-ticks=N [tasks=(S,steps,per,timeout,attempts)] [checkpoint-every=N] [seats=N] [copies=N]
 //	up W | down W                  worker W registers or dies
 //	shard-down I V                 the process of shard I, serving placement V (0: restoring), dies
 //	snap I STEP V                  shard I recorded its snapshot of STEP under placement V (file sI@STEP)
@@ -70,7 +70,13 @@ func TestJobScripts(t *testing.T) {
 				if d.HasArg("seats") {
 					d.ScanArgs(t, "seats", &seats)
 				}
-				j = NewSeatedJob(mode, ranks, seats, testPlacement(shards), joinTicks)
+				p := testPlacement(shards)
+				if d.HasArg("copies") { // each block on this many shards
+					var copies int
+					d.ScanArgs(t, "copies", &copies)
+					p = job.PlaceCopies(p.Tensors, p.BlockSize, shards, copies)
+				}
+				j = NewSeatedJob(mode, ranks, seats, p, joinTicks)
 				if tasks != nil {
 					j.UseTasks(NewTasks(int(tasks[0]), tasks[1], tasks[2], tasks[3], int(tasks[4])), every)
 				}
@@ -115,6 +121,10 @@ func render(as []Action) string {
 			parts = append(parts, "unassign "+a.Worker)
 		case DoPlace:
 			p := a.Placement
+			if p.HandedOver {
+				parts = append(parts, fmt.Sprintf("hand over v%d (lineage %d) down=%v fence=%v", p.Version, p.Lineage(), p.Down, p.Epochs))
+				break
+			}
 			parts = append(parts, fmt.Sprintf("place v%d shards=%d from=%d files=%s fence=%v", p.Version, p.Shards, p.Start, strings.Join(p.From, ","), p.Epochs))
 		case DoCheckpoint:
 			parts = append(parts, fmt.Sprintf("checkpoint %d %s", a.Checkpoint.Step, strings.Join(a.Checkpoint.Files, ",")))

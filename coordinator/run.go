@@ -376,6 +376,14 @@ func (c *run) do(ctx context.Context, a Action) (finished bool, err error) {
 // throws away.
 func (c *run) place(ctx context.Context, a Action) error {
 	q := a.Placement
+	if q.HandedOver { // nothing thrown away: no rollback record
+		if err := c.st.Place(ctx, c.cfg.Leader, q, nil); err != nil {
+			return err
+		}
+		c.placed = q
+		c.cfg.Log.Warn("handed over", "why", a.Why, "placement", q.Version, "lineage", q.Lineage(), "down", q.Down, "steps_thrown_away", 0)
+		return nil
+	}
 	rec := job.RollbackRecord{Placement: q.Version, Why: a.Why, ToStep: q.Start, FromStep: -1}
 	if a.Thrown >= 0 { // with tasks: in data steps, as the checkpoint's label
 		rec.FromStep = q.Start + a.Thrown

@@ -150,8 +150,9 @@ type CoordinatorStore interface {
 	CheckLeader(ctx context.Context, l Leadership) error
 	Assign(ctx context.Context, l Leadership, worker string, a Assignment) error
 	Unassign(ctx context.Context, l Leadership, worker string) error
-	// Place writes placement q, forgets the ranks that were done and, with
-	// rb, records why the job was re-placed.
+	// Place writes placement q, forgets the ranks that were done (unless q
+	// is handed over: they stay done) and, with rb, records why the job
+	// was re-placed.
 	Place(ctx context.Context, l Leadership, q *Placement, rb *RollbackRecord) error
 	// GiveTasks gives workers their tasks and stores the queue that says
 	// so, as one write.

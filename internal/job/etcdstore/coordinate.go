@@ -395,12 +395,16 @@ func (s *Store) Unassign(ctx context.Context, l job.Leadership, worker string) e
 	return s.guarded(ctx, l, "unassigning "+worker, clientv3.OpDelete(s.keys.Assign(worker)))
 }
 
-// Place writes placement q, deletes the ranks' dones and, with rb, the
-// rollback record, as one transaction on the revision of the placement it
-// replaces: a retry whose first try took effect finds q in place and
-// writes nothing (dones written under q since are kept).
+// Place writes placement q, deletes the ranks' dones (unless q is handed
+// over: they stay done) and, with rb, the rollback record, as one
+// transaction on the revision of the placement it replaces: a retry whose
+// first try took effect finds q in place and writes nothing (dones
+// written under q since are kept).
 func (s *Store) Place(ctx context.Context, l job.Leadership, q *job.Placement, rb *job.RollbackRecord) error {
-	ops := []clientv3.Op{clientv3.OpPut(s.keys.Placement(), string(q.Encode())), clientv3.OpDelete(s.keys.Dones(), clientv3.WithPrefix())}
+	ops := []clientv3.Op{clientv3.OpPut(s.keys.Placement(), string(q.Encode()))}
+	if !q.HandedOver {
+		ops = append(ops, clientv3.OpDelete(s.keys.Dones(), clientv3.WithPrefix()))
+	}
 	if rb != nil {
 		ops = append(ops, putJSON(s.keys.Rollback(q.Version), rb))
 	}

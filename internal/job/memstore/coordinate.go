@@ -170,15 +170,18 @@ func (s *Store) Unassign(ctx context.Context, l job.Leadership, worker string) e
 	})
 }
 
-// Place writes placement q, forgets the ranks done and records rb, unless
-// q (or a later one) is already in place.
+// Place writes placement q, forgets the ranks done (unless q is handed
+// over: they stay done) and records rb, unless q (or a later one) is
+// already in place.
 func (s *Store) Place(ctx context.Context, l job.Leadership, q *job.Placement, rb *job.RollbackRecord) error {
 	return s.guarded(l, func(st *state) {
 		if st.placement != nil && st.placement.Version >= q.Version {
 			return
 		}
 		st.placement, st.placementRev = q, s.c.rev+1
-		clear(st.done)
+		if !q.HandedOver {
+			clear(st.done)
+		}
 		if rb != nil {
 			st.rollbacks[q.Version] = *rb
 		}
