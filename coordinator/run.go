@@ -82,7 +82,7 @@ func Run(ctx context.Context, st job.Store, cfg Config) error {
 	if cfg.JoinTimeout == 0 {
 		cfg.JoinTimeout = 5 * time.Minute
 	}
-	p := job.Place(spec.Tensors(), spec.BlockSize, spec.Shards)
+	p := job.PlaceCopies(spec.Tensors(), spec.BlockSize, spec.Shards, max(1, spec.PSReplicas))
 	if len(p.Blocks) < spec.Shards {
 		return fmt.Errorf("the model has %d blocks of %d floats for %d shards: lower --block-size or --ps-shards", len(p.Blocks), spec.BlockSize, spec.Shards)
 	}

@@ -101,6 +101,7 @@ type Shard struct {
 	// primaries), and the entries and acknowledgements to send, by shard.
 	self       int
 	version    int64
+	lineage    int64
 	copies     []*block
 	cpos       map[uint32]int
 	outEntries map[int][]wire.Entry

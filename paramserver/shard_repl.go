@@ -117,7 +117,7 @@ func (s *Shard) Chain(self int, p *job.Placement) error {
 	for i, b := range backs {
 		s.cpos[b.ID] = i
 	}
-	s.self, s.version = self, p.Version
+	s.self, s.version, s.lineage = self, p.Version, p.Lineage()
 	s.setPushers()
 	if s.cfg.Mode != job.Sync {
 		for r := range s.rankClock {
@@ -148,6 +148,10 @@ func (s *Shard) lookup(id uint32) (b *block, primary bool) {
 // Version is the placement version whose chains the shard follows (0:
 // none, it keeps no copies).
 func (s *Shard) Version() int64 { return s.version }
+
+// Lineage is the lineage (job.Placement.Lineage) of the placement whose
+// chains the shard follows (0: none).
+func (s *Shard) Lineage() int64 { return s.lineage }
 
 // forward sends block b's update of clock e.At (just applied: b.clock is
 // e.At+1) down its chain, or, at the chain's end, settles it.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/downpour-ml/downpour/internal/job"
@@ -23,6 +24,10 @@ type trainer interface {
 	clock(ctx context.Context) (int64, error)
 	// idle tells the shards this rank has no work for now (elastic ssp).
 	idle(ctx context.Context) error
+	// handover moves the trainer's clients to a placement handed over
+	// from theirs (job.Placement.Handover): what they have in flight goes
+	// to the new primaries, and the step goes on.
+	handover(q *job.Placement) error
 }
 
 // ErrFenced is returned by a worker that is no longer a member of its job
@@ -58,7 +63,8 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 	defer t.close()
 	ectx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	next := watchPlacement(ectx, ctx, cancel, cfg, spec, p.Version)
+	w := watchPlacement(ectx, ctx, cancel, cfg, spec, p, rev, t)
+	next := w.next
 	if spec.UsesTasks() {
 		var err error
 		if st, ok := t.(*seatTrainer); ok {
@@ -109,11 +115,21 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 		log.Warn("flushing progress", "err", err)
 	}
 	// Done counts only if the placement this rank ran under is still the
-	// job's: else the job rolled back, and this rank reruns from there.
-	if ok, err := cfg.Store.RankDone(ctx, a, rev); err != nil {
-		return nil, 0, err
-	} else if !ok {
-		return next(false)
+	// job's: else the job rolled back, and this rank reruns from there. (A
+	// placement handed over from it is the job's too: the watch gives its
+	// revision, once it has handed the trainer over.)
+	for {
+		rev := w.rev()
+		ok, err := cfg.Store.RankDone(ctx, a, rev)
+		if err != nil {
+			return nil, 0, err
+		}
+		if ok {
+			break
+		}
+		if !w.handingOver(rev, ectx.Done()) {
+			return next(false)
+		}
 	}
 	// Stay until the job is done: if it rolls back first, this rank reruns
 	// its steps from the checkpoint.
@@ -121,29 +137,85 @@ func runEra(ctx context.Context, cfg Config, spec *job.Spec, a job.Assignment, p
 	return next(true)
 }
 
-// watchPlacement watches, in the background, for the placement after
-// version, and cancels the era (cancel ends ectx) when one comes, or, with
-// tasks, when the job is done: the step in flight belongs to the old
-// placement. The function it returns waits for that placement: the job
-// rolled back or was re-placed. Once this rank has finished (finished),
-// the job's end is the normal way out; before, it means the job ended
-// without this rank. ctx is the worker's own, which the era's cancel does
-// not end.
-func watchPlacement(ectx, ctx context.Context, cancel context.CancelFunc, cfg Config, spec *job.Spec, version int64) func(finished bool) (*job.Placement, int64, error) {
+// placementWatch follows the job's placements during an era: it hands the
+// trainer over to each placement handed over from the era's (same
+// lineage), and ends the era at any other.
+type placementWatch struct {
+	mu     sync.Mutex
+	latest int64         // the store revision of the newest placement the era runs under
+	moved  chan struct{} // closed (and replaced) at each handover
+	next   func(finished bool) (*job.Placement, int64, error)
+}
+
+// rev is the store revision of the newest placement the era runs under.
+func (w *placementWatch) rev() int64 {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.latest
+}
+
+// handingOver waits, after the placement of revision rev turned out not
+// to be the job's, until the watch has handed the era over to a newer one
+// (true) or ended it (false).
+func (w *placementWatch) handingOver(rev int64, ended <-chan struct{}) bool {
+	for {
+		w.mu.Lock()
+		latest, moved := w.latest, w.moved
+		w.mu.Unlock()
+		if latest != rev {
+			return true
+		}
+		select {
+		case <-moved:
+		case <-ended:
+			return false
+		}
+	}
+}
+
+// watchPlacement watches, in the background, for the placements after
+// p (written at revision rev). One handed over from p's lineage goes to
+// the trainer (t.handover), and the era goes on under it. Any other
+// cancels the era (cancel ends ectx), as does, with tasks, the job's end:
+// the step in flight belongs to the old placement. The watch's next waits
+// for that placement: the job rolled back or was re-placed. Once this rank
+// has finished (finished), the job's end is the normal way out; before,
+// it means the job ended without this rank. ctx is the worker's own, which
+// the era's cancel does not end.
+func watchPlacement(ectx, ctx context.Context, cancel context.CancelFunc, cfg Config, spec *job.Spec, p *job.Placement, rev int64, t trainer) *placementWatch {
 	type era struct {
 		p   *job.Placement
 		rev int64
 		err error
 	}
+	w := &placementWatch{latest: rev, moved: make(chan struct{})}
 	nextCh := make(chan era, 1)
 	go func() {
-		next, rev, err := cfg.Store.NextPlacement(ectx, version)
-		if next != nil || err == nil && spec.UsesTasks() {
-			cancel()
+		version, lineage := p.Version, p.Lineage()
+		for {
+			next, rev, err := cfg.Store.NextPlacement(ectx, version)
+			if next != nil && next.HandedOver && next.Lineage() == lineage {
+				if herr := t.handover(next); herr == nil {
+					cfg.Log.Info("placement handed over: carrying on", "worker", cfg.ID, "placement", next.Version, "down", next.Down)
+					w.mu.Lock()
+					w.latest = rev
+					close(w.moved)
+					w.moved = make(chan struct{})
+					w.mu.Unlock()
+					version = next.Version
+					continue
+				} else {
+					cfg.Log.Warn("cannot follow the handover: leaving the era", "worker", cfg.ID, "placement", next.Version, "err", herr)
+				}
+			}
+			if next != nil || err == nil && spec.UsesTasks() {
+				cancel()
+			}
+			nextCh <- era{next, rev, err}
+			return
 		}
-		nextCh <- era{next, rev, err}
 	}()
-	return func(finished bool) (*job.Placement, int64, error) {
+	w.next = func(finished bool) (*job.Placement, int64, error) {
 		e := <-nextCh
 		switch {
 		case e.p != nil:
@@ -157,6 +229,7 @@ func watchPlacement(ectx, ctx context.Context, cancel context.CancelFunc, cfg Co
 		}
 		return nil, 0, nil
 	}
+	return w
 }
 
 // at names the step a trainer runs: the batch of step Data of data shard

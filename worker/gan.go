@@ -106,6 +106,17 @@ func (t *ganTrainer) clock(ctx context.Context) (int64, error) {
 	return t.g.Clock(ctx)
 }
 
+func (t *ganTrainer) handover(q *job.Placement) error {
+	for _, c := range []*paramserver.Client{t.all, t.d, t.g} {
+		if c != nil {
+			if err := c.Handover(q); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
 func (t *ganTrainer) idle(ctx context.Context) error {
 	if t.all != nil {
 		return t.all.Idle(ctx)

@@ -86,6 +86,7 @@ func newSeatTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *job.Placeme
 
 func (t *seatTrainer) clock(ctx context.Context) (int64, error) { return t.client.Clock(ctx) }
 func (t *seatTrainer) idle(ctx context.Context) error           { return t.client.Idle(ctx) }
+func (t *seatTrainer) handover(q *job.Placement) error          { return t.client.Handover(q) }
 
 func (t *seatTrainer) close() {
 	t.abort()

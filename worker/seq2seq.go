@@ -37,7 +37,8 @@ func newSeq2SeqTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *job.Plac
 func (t *seq2seqTrainer) clock(ctx context.Context) (int64, error) { return t.client.Clock(ctx) }
 
 // idle tells the shards this rank has no work for now (elastic ssp).
-func (t *seq2seqTrainer) idle(ctx context.Context) error { return t.client.Idle(ctx) }
+func (t *seq2seqTrainer) idle(ctx context.Context) error  { return t.client.Idle(ctx) }
+func (t *seq2seqTrainer) handover(q *job.Placement) error { return t.client.Handover(q) }
 
 // close stops a transfer still in flight (when the step loop ends early).
 func (t *seq2seqTrainer) close() {

@@ -49,6 +49,7 @@ func newSyntheticTrainer(cfg Config, spec *job.Spec, a job.Assignment, p *job.Pl
 
 func (t *syntheticTrainer) clock(ctx context.Context) (int64, error) { return t.client.Clock(ctx) }
 func (t *syntheticTrainer) idle(ctx context.Context) error           { return t.client.Idle(ctx) }
+func (t *syntheticTrainer) handover(q *job.Placement) error          { return t.client.Handover(q) }
 func (t *syntheticTrainer) close()                                   { t.abort() }
 
 // step runs step s: the parameters of step s (pulled now, or arriving from

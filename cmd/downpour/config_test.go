@@ -50,6 +50,7 @@ func TestPrintConfigRoundTrip(t *testing.T) {
 		{"--lr-schedule", "exp", "--lr-decay", "1.01", "--lr-floor", "0.003", "--job", "x-1", "--connect-timeout", "9s"},
 		{"--mode", "ssp", "--staleness", "3", "--data", "synthetic:sort", "--v", "--seed", "18446744073709551615"},
 		{"--layers", "4", "--stages", "2", "--softmax-slices", "3", "--softmax-blocks", "6"},
+		{"--ps-shards", "3", "--ps-replicas", "2"},
 	} {
 		want := mustSpec(t, args...)
 		code, printed, stderr := runCmd(t, 10*time.Second, append([]string{"train", "--print-config"}, args...)...)

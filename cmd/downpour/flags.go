@@ -224,6 +224,7 @@ func specFlags(fs *flag.FlagSet, s *job.Spec, args []string) *jobFlags {
 	fs.IntVar(&s.Stages, "stages", s.Stages, "seq2seq: lay each replica out over this many stages, the paper's layout (layer l of the encoder and decoder on stage l*stages/layers, the embeddings on stage 0), each its own worker; needs --softmax-slices (0: a replica is one worker)")
 	fs.IntVar(&s.SoftmaxSlices, "softmax-slices", s.SoftmaxSlices, "with --stages: split the output softmax over this many workers of each replica, whole --softmax-blocks each (the paper: 4)")
 	fs.IntVar(&s.Shards, "ps-shards", s.Shards, "parameter-server shards")
+	fs.IntVar(&s.PSReplicas, "ps-replicas", s.PSReplicas, "shards holding each parameter block: a primary and N-1 backups, so that a shard's death is handed over to a backup instead of rolled back (0 or 1: one copy)")
 	fs.IntVar(&s.BlockSize, "block-size", s.BlockSize, "floats per parameter block")
 	fs.IntVar(&s.Batch, "batch", s.Batch, "examples per worker per step (0: the worker's share of --global-batch)")
 	fs.IntVar(&s.GlobalBatch, "global-batch", s.GlobalBatch, "examples per step over all workers, the batch the optimizer sees, split evenly over --workers (0: --batch x --workers)")

@@ -69,8 +69,12 @@ type Spec struct {
 	Stages        int `json:"stages,omitempty"`
 	SoftmaxSlices int `json:"softmax_slices,omitempty"`
 	Shards        int `json:"shards"`
-	BlockSize     int `json:"block_size"` // floats per parameter block
-	Batch         int `json:"batch"`      // examples per worker per step
+	// PSReplicas is how many shards hold each parameter block (a primary
+	// and PSReplicas-1 backups, Placement.Copies): a shard's death is then
+	// a handover to a backup, not a rollback. 0 or 1: one copy.
+	PSReplicas int `json:"ps_replicas,omitempty"`
+	BlockSize  int `json:"block_size"` // floats per parameter block
+	Batch      int `json:"batch"`      // examples per worker per step
 	// GlobalBatch, when set, is the batch the optimizer sees: the examples
 	// of one step over all workers, Batch x Workers. A job that states it
 	// (the paper presets) keeps the paper's updates per epoch for any
@@ -211,6 +215,8 @@ func (s *Spec) Validate() error {
 		return fmt.Errorf("workers must be in 1..1024 (got %d)", s.Workers)
 	case s.Shards < 1 || s.Shards > 1024:
 		return fmt.Errorf("ps shards must be in 1..1024 (got %d)", s.Shards)
+	case s.PSReplicas < 0 || s.PSReplicas > s.Shards:
+		return fmt.Errorf("ps replicas must be in 1..%d, the ps shards: each copy of a block is on a shard of its own (got %d)", s.Shards, s.PSReplicas)
 	case s.BlockSize < 1 || s.BlockSize > 2<<20:
 		return fmt.Errorf("block size must be in 1..%d floats (got %d)", 2<<20, s.BlockSize)
 	case s.GlobalBatch < 0:

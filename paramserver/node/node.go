@@ -72,12 +72,13 @@ func Run(ctx context.Context, cfg Config) (err error) {
 	}
 	log := cfg.Log.With("shard", idx)
 	restore := cfg.Restore
+	var kept *paramserver.Shard // the state a handover carries on (a placement of the same lineage)
 	return job.Eras(ctx, p, 0, func(ctx context.Context, p *job.Placement, _ int64) (*job.Placement, int64, error) {
 		if idx >= p.Shards {
 			log.Info("placement has fewer shards: leaving", "placement", p.Version, "shards", p.Shards)
 			return nil, 0, cfg.Store.LeaveShard(ctx, idx)
 		}
-		next, err := serveEra(ctx, cfg, m.Spec, p, idx, restore, m.Lease, log)
+		next, err := serveEra(ctx, cfg, m.Spec, p, idx, restore, m.Lease, log, &kept)
 		if err == nil && next == nil && retained != "" {
 			pruneOnce(ctx, cfg.Store, retained, m.Spec.KeepCheckpoints, log)
 		}
@@ -130,19 +131,47 @@ func claimIndex(ctx context.Context, cfg Config, m *job.Member) (int, *job.Place
 }
 
 // serveEra serves shard idx of placement p until the job is done (nil), a
-// newer placement appears (it is returned) or ctx ends.
+// newer placement appears (it is returned) or ctx ends. Where p keeps
+// copies of each block, the shard holds its blocks' copies too (primary
+// and backup, Placement.Held) and follows their chains; kept is the state
+// it served the placement before with, which a placement handed over from
+// it (same lineage) carries on, and is set to what it serves.
 func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *job.Placement, idx int, restore string,
-	lease job.Lease, log *slog.Logger) (*job.Placement, error) {
+	lease job.Lease, log *slog.Logger, kept **paramserver.Shard) (*job.Placement, error) {
+	if !p.Live(idx) {
+		log.Info("this shard is down in the placement (its blocks were handed over): waiting for the next one", "placement", p.Version)
+		return replaced(ctx, cfg, p, idx, log)
+	}
 	if served, err := cfg.Store.Served(ctx, p.Version, idx); err != nil {
 		return nil, err
 	} else if served {
 		return replaced(ctx, cfg, p, idx, log)
 	}
-	blocks := p.OnShard(idx)
-	shard, err := newShard(spec, p, blocks, restore)
-	if err != nil {
-		return nil, fmt.Errorf("shard %d: %w", idx, err)
+	var shard *paramserver.Shard
+	switch {
+	case p.HandedOver && *kept != nil && (*kept).Lineage() == p.Lineage():
+		shard = *kept
+		if err := shard.Chain(idx, p); err != nil {
+			return nil, fmt.Errorf("shard %d: %w", idx, err)
+		}
+		log.Info("handed over: serving on from the state it holds", "placement", p.Version, "lineage", p.Lineage(), "down", p.Down, "clock", shard.Clock())
+	case p.HandedOver:
+		// A process new to the index, under a handover: the state it
+		// would serve died with the one before it.
+		return replaced(ctx, cfg, p, idx, log)
+	default:
+		var err error
+		if shard, err = newShard(spec, p, p.Held(idx), restore); err != nil {
+			return nil, fmt.Errorf("shard %d: %w", idx, err)
+		}
+		if p.Copies > 1 {
+			if err := shard.Chain(idx, p); err != nil {
+				return nil, fmt.Errorf("shard %d: %w", idx, err)
+			}
+		}
 	}
+	*kept = shard
+	blocks := p.OnShard(idx)
 	shard.Fence(p.Epochs)
 	svcCfg, err := serviceConfig(ctx, cfg, spec, p, idx, log)
 	if err != nil {
@@ -263,6 +292,9 @@ func newShard(spec *job.Spec, p *job.Placement, blocks []job.Block, restore stri
 	if restore == "" && len(p.From) > 0 {
 		var snaps []*paramserver.Snapshot
 		for _, f := range p.From {
+			if f == "" { // a shard that was down when the checkpoint was taken: it held no block
+				continue
+			}
 			snap, err := paramserver.ReadSnapshot(f)
 			if err != nil {
 				return nil, err

@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"slices"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/downpour-ml/downpour/internal/job"
+	"github.com/downpour-ml/downpour/internal/job/etcdstore"
+)
+
+// The suite's sync job with each parameter block on both shards
+// (--ps-replicas 2): a shard killed with kill -9 (then started again, as a
+// supervisor would), the other shard killed, or a shard frozen with SIGSTOP
+// past its lease, costs no step: the coordinator hands the shard's blocks
+// over to their backups, the workers send what they had in flight to the
+// new primaries, and the job ends with the fault-free run's parameters
+// (of one copy: replication changes no bit) with no rollback, 0 steps
+// redone. The frozen shard, woken, finds itself fenced off.
+func TestFaultsReplicatedShards(t *testing.T) {
+	downpourBinary(t)
+	c, cli, nc := testServers(t)
+	want, _ := trainRun(t, filepath.Join(t.TempDir(), "ref"), faultSpec...)
+	spec := append(slices.Clone(faultSpec), "--ps-replicas", "2")
+	rng := rand.New(rand.NewPCG(2014, 35))
+	for i, fault := range []string{"kill-ps-0", "kill-ps-1", "stop-ps-0"} {
+		t.Run(fault, func(t *testing.T) {
+			f := startFaultCluster(t, c, cli, nc, fmt.Sprint("repl", i), spec)
+			at := int64(30 + rng.IntN(100))
+			f.waitFor(func() bool { return f.clock() >= at }, fmt.Sprintf("step %d", at))
+			v0 := placementVersion(t, cli, f.name)
+			clock := f.clock()
+			idx := int(fault[len(fault)-1] - '0')
+			sh := f.shards[idx]
+			start := time.Now()
+			what := ""
+			switch {
+			case strings.HasPrefix(fault, "kill"):
+				sh.cmd.Process.Kill()
+				err := <-sh.done
+				sh.done <- err
+				what = fmt.Sprintf("kill -9 ps %d", idx)
+				if idx == 0 {
+					f.shards[0] = f.startShard(0) // as a supervisor would: it finds its index down, and waits
+					what += ", then start it again"
+				}
+			default:
+				syscall.Kill(sh.cmd.Process.Pid, syscall.SIGSTOP)
+				f.waitFor(func() bool { return placementVersion(t, cli, f.name) > v0 }, "the handover")
+				syscall.Kill(sh.cmd.Process.Pid, syscall.SIGCONT)
+				what = fmt.Sprintf("SIGSTOP ps %d until its blocks were handed over, then SIGCONT", idx)
+			}
+			f.waitFor(func() bool { return placementVersion(t, cli, f.name) > v0 }, "the handover")
+			handed := time.Since(start)
+			got := f.finish()
+			if !slices.Equal(got, want) {
+				t.Fatalf("%s at step %d: the parameters differ from the fault-free run's", what, clock)
+			}
+			r, err := cli.Get(context.Background(), etcdstore.KeysFor(f.name).Rollbacks(), clientv3.WithPrefix())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(r.Kvs) != 0 {
+				t.Fatalf("%s: %d rollbacks (%s), want none: 0 steps redone", what, len(r.Kvs), r.Kvs[0].Value)
+			}
+			pr, err := cli.Get(context.Background(), etcdstore.KeysFor(f.name).Placement())
+			if err != nil || len(pr.Kvs) != 1 {
+				t.Fatal(err)
+			}
+			p, err := job.DecodePlacement(pr.Kvs[0].Value)
+			if err != nil || !p.HandedOver || p.Lineage() != v0 || !slices.Equal(p.Down, []int{idx}) {
+				t.Fatalf("final placement %d: handed over %v, lineage %d, down %v (%v)", p.Version, p.HandedOver, p.Lineage(), p.Down, err)
+			}
+			if fault == "stop-ps-0" {
+				select {
+				case err := <-sh.done:
+					sh.done <- err
+					if err == nil || !strings.Contains(sh.out.String(), "lease") {
+						t.Fatalf("the woken shard exited with %v:\n%s", err, sh.out.String())
+					}
+				case <-time.After(time.Minute):
+					t.Fatalf("the woken shard did not exit within a minute:\n%s", sh.out.String())
+				}
+			}
+			t.Logf("%s at step %d: completed bit-identical; handed over %.1fs after the fault; no rollback, 0 steps redone; %.1fs from the fault to the end of the job",
+				what, clock, handed.Seconds(), time.Since(start).Seconds())
+		})
+	}
+}
