@@ -75,17 +75,25 @@ func (c *Client) Clocks(ctx context.Context, timeout time.Duration) []int64 {
 	return clocks
 }
 
-// Snapshot asks every shard of the placement to write its snapshot of the
-// boundary of step, each within timeout, and returns the shards' failures
-// joined (each names its shard). A shard snapshots at that boundary
-// whether or not it holds blocks of this client.
+// Snapshot asks every live shard of the placement (not one handed over,
+// job.Placement.Down) to write its snapshot of the boundary of step, each
+// within timeout, and returns the shards' failures joined (each names its
+// shard). A shard snapshots at that boundary whether or not it holds
+// blocks of this client.
 func (c *Client) Snapshot(ctx context.Context, step int64, timeout time.Duration) error {
 	req, err := wire.Encode(&wire.SnapshotRequest{V: wire.Version, Job: c.job, Step: step})
 	if err != nil {
 		return err
 	}
+	if err := c.adopt(); err != nil {
+		return err
+	}
+	p, _ := c.hand.newest()
 	var errs []error
 	for s := 0; s < c.shards; s++ {
+		if p != nil && !p.Live(s) {
+			continue
+		}
 		sctx, cancel := context.WithTimeout(ctx, timeout)
 		msg, err := c.request(sctx, c.version, wire.SnapshotSubject(c.job, c.version, s), nil, req)
 		cancel()

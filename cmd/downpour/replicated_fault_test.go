@@ -95,3 +95,28 @@ func TestFaultsReplicatedShards(t *testing.T) {
 		})
 	}
 }
+
+// Async with one worker is deterministic (each push brings back the
+// parameters it made): with each block on both shards, a shard killed
+// mid-run loses no update and applies none twice, so the job ends with
+// the fault-free run's parameters bit for bit, and no rollback.
+func TestFaultsAsyncReplicatedLosesNothing(t *testing.T) {
+	downpourBinary(t)
+	c, cli, nc := testServers(t)
+	spec := append(slices.Clone(asyncSpec), "--workers", "1", "--ps-replicas", "2")
+	want, _ := trainRun(t, filepath.Join(t.TempDir(), "ref"), spec...)
+	f := startFaultClusterOf(t, c, cli, nc, "async-one", spec, 2)
+	f.waitFor(func() bool { return f.doneSteps() >= 60 }, "60 data steps done")
+	v0 := placementVersion(t, cli, f.name)
+	f.shards[1].cmd.Process.Kill()
+	f.faulty[f.shards[1]] = true
+	f.waitFor(func() bool { return placementVersion(t, cli, f.name) > v0 }, "the handover")
+	got := f.finish()
+	if !slices.Equal(got, want) {
+		t.Fatal("async with one worker: the parameters after the handover differ from the fault-free run's")
+	}
+	r, err := cli.Get(context.Background(), etcdstore.KeysFor(f.name).Rollbacks(), clientv3.WithPrefix())
+	if err != nil || len(r.Kvs) != 0 {
+		t.Fatalf("%d rollbacks (%v), want none", len(r.Kvs), err)
+	}
+}

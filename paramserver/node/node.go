@@ -226,6 +226,9 @@ func serve(ctx context.Context, cfg Config, spec *job.Spec, p *job.Placement, id
 		}
 		st := svc.Stats()
 		counts := []any{"accepted", st.Accepted, "applied", st.Applied, "duplicates", st.Duplicates, "skipped", st.Skipped, "refused", svc.Refused()}
+		if st.Replicated > 0 || st.Resent > 0 { // (applied counts both: as primary and as a copy)
+			counts = append(counts, "replicated", st.Replicated, "replica_duplicates", st.ReplDuplicates, "resent", st.Resent)
+		}
 		if r.next == nil {
 			log.Info("job done", append([]any{"clock", svc.Clock()}, counts...)...)
 		} else {

@@ -9,7 +9,10 @@
 //     and status) may publish pushes and pull requests to J's shards; only
 //     J's workers push (downpour.J.*.ps.*.push).
 //   - Only J's shards subscribe to J's shard subjects; they publish nothing
-//     but replies to the requests they received (NATS's allow_responses).
+//     but replies to the requests they received (NATS's allow_responses)
+//     and, where they keep copies of each other's blocks, the entries and
+//     acknowledgements of their chains (downpour.J.*.ps.*.repl), which no
+//     other role may send or read.
 //   - Only J's coordinator asks J's shards for snapshots and reads J's
 //     progress; only J's workers report progress.
 //   - Every identity receives replies only on its own inbox prefix,
@@ -90,7 +93,7 @@ func Permissions(job string, role Role, replica int) *server.Permissions {
 	case PS:
 		// Replies only, to requests received, within the longest a shard
 		// holds a pull (2 s) with room to spare.
-		return &server.Permissions{Publish: none, Subscribe: allow(shard("push"), shard("pull"), shard("snapshot")),
+		return &server.Permissions{Publish: allow(shard("repl")), Subscribe: allow(shard("push"), shard("pull"), shard("snapshot"), shard("repl")),
 			Response: &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute}}
 	case Coordinator:
 		return &server.Permissions{Publish: allow(shard("snapshot"), shard("pull")), Subscribe: allow(progress, inbox)}

@@ -227,8 +227,41 @@ func TestPermissionsIsolateRolesAndJobs(t *testing.T) {
 		t.Errorf("subscription refusals counted %v -> %v, want 3 more", before, got)
 	}
 
+	// Shards that keep copies of each other's blocks send their chains'
+	// entries on the replication subjects: a shard of job a reaches
+	// another; no worker, and no other job's shard, may send or listen
+	// there.
+	repl := wire.ReplSubject("a", 1, 1)
+	replMsgs := make(chan []byte, 4)
+	ps2, _ := w.conn(t, "a/ps")
+	if _, err := ps2.Subscribe(repl, func(m *nats.Msg) { replMsgs <- m.Data }); err != nil {
+		t.Fatal(err)
+	}
+	ps2.Flush()
+	psPeer, _ := w.conn(t, "a/ps")
+	if err := psPeer.Publish(repl, []byte("entries")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case got := <-replMsgs:
+		if string(got) != "entries" {
+			t.Fatalf("a shard got %q", got)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a shard's entries to another shard of its job did not arrive")
+	}
+	replWorker, replWorkerErrs := w.conn(t, "a/worker")
+	replWorker.Publish(repl, []byte("forged entries"))
+	replWorkerErrs.wait(t, "Permissions Violation for Publish")
+	replWorker.Subscribe(repl, func(*nats.Msg) { t.Error("a worker read a shard's entries") })
+	replWorkerErrs.wait(t, "Permissions Violation for Subscription")
+	replOther, replOtherErrs := w.conn(t, "b/ps")
+	replOther.Publish(repl, []byte("another job's entries"))
+	replOtherErrs.wait(t, "Permissions Violation for Publish")
+
 	// Another job's worker may not push to job a; a shard may not publish
-	// anything but replies; an observer may not push.
+	// anything but replies and its chains' messages; an observer may not
+	// push.
 	before = refused("publish")
 	mu.Lock()
 	n := pushes
