@@ -303,7 +303,7 @@ func (j *Job) ShardDown(idx int, serving int64) []Action {
 			clear(j.snaps) // a checkpoint completes under one version
 			return []Action{{Kind: DoPlace, Placement: q, Why: why + ": its blocks are handed over to their backups", Thrown: 0}}
 		}
-		why += " with " + err.Error() + ": going back to the last checkpoint"
+		why += " (" + err.Error() + "): going back to the last checkpoint"
 	}
 	return j.rollback(p.Shards, why)
 }

@@ -24,23 +24,45 @@ import (
 // over to their backups, the workers send what they had in flight to the
 // new primaries, and the job ends with the fault-free run's parameters
 // (of one copy: replication changes no bit) with no rollback, 0 steps
-// redone. The frozen shard, woken, finds itself fenced off.
+// redone. The frozen shard, woken, finds itself fenced off. Both shards
+// killed at once lose both copies of every block: the job goes back to its
+// last checkpoint, as with one copy, and its rollback record says why.
 func TestFaultsReplicatedShards(t *testing.T) {
 	downpourBinary(t)
 	c, cli, nc := testServers(t)
 	want, _ := trainRun(t, filepath.Join(t.TempDir(), "ref"), faultSpec...)
 	spec := append(slices.Clone(faultSpec), "--ps-replicas", "2")
 	rng := rand.New(rand.NewPCG(2014, 35))
-	for i, fault := range []string{"kill-ps-0", "kill-ps-1", "stop-ps-0"} {
+	for i, fault := range []string{"kill-ps-0", "kill-ps-1", "stop-ps-0", "kill-both"} {
 		t.Run(fault, func(t *testing.T) {
 			f := startFaultCluster(t, c, cli, nc, fmt.Sprint("repl", i), spec)
 			at := int64(30 + rng.IntN(100))
 			f.waitFor(func() bool { return f.clock() >= at }, fmt.Sprintf("step %d", at))
 			v0 := placementVersion(t, cli, f.name)
 			clock := f.clock()
+			start := time.Now()
+			if fault == "kill-both" {
+				// Both copies of every block lost at once: back to the
+				// last checkpoint, as with one copy, and said so.
+				for k, sh := range f.shards {
+					sh.cmd.Process.Kill()
+					err := <-sh.done
+					sh.done <- err
+					f.shards[k] = f.startShard(k)
+				}
+				got := f.finish()
+				if !slices.Equal(got, want) {
+					t.Fatalf("both shards killed at step %d: the parameters differ from the fault-free run's", clock)
+				}
+				r, err := cli.Get(context.Background(), etcdstore.KeysFor(f.name).Rollbacks(), clientv3.WithPrefix())
+				if err != nil || len(r.Kvs) != 1 || !strings.Contains(string(r.Kvs[0].Value), "last copy") {
+					t.Fatalf("both shards killed: rollback records %v (%v), want one that says the last copy was lost", r.Kvs, err)
+				}
+				t.Logf("kill -9 both shards at step %d: completed bit-identical; %s", clock, r.Kvs[0].Value)
+				return
+			}
 			idx := int(fault[len(fault)-1] - '0')
 			sh := f.shards[idx]
-			start := time.Now()
 			what := ""
 			switch {
 			case strings.HasPrefix(fault, "kill"):
