@@ -13,7 +13,8 @@
 #
 # Secrets: the first build makes build/secrets (mode 0700): a TLS authority
 # and the servers' certificate (tls/), the job's per-role credentials
-# (creds/) and the NATS servers' config (nats.conf). Later builds keep them;
+# (creds/) and the NATS servers' config (nats.conf). Later builds keep them
+# (writing the servers' permissions again, for this version's roles);
 # delete the directory to make new ones.
 #
 # JOB_ARGS overrides the job's flags (default: the Seq2Seq copy task, sync,
@@ -41,7 +42,11 @@ build() {
 
 secrets() {
 	local s=build/secrets
-	[ -f "$s/nats.conf" ] && return
+	if [ -f "$s/nats.conf" ]; then
+		# The same identities, this version's permissions.
+		build/downpour creds --refresh --dir "$s/creds" >/dev/null
+		return
+	fi
 	echo "== secrets ($s)"
 	rm -rf "$s"
 	mkdir -m 0700 -p "$s"

@@ -76,10 +76,13 @@ type cluster struct {
 	landed bool
 }
 
+// clusterArgs are the flags a fault's job adds to the suite's (fault.args).
+var clusterArgs string
+
 // compose runs docker-compose on the suite's project.
 func compose(args ...string) (string, error) {
 	cmd := exec.Command("docker-compose", append([]string{"-p", project, "-f", "docker-compose.yml", "-f", "faults.yml"}, args...)...)
-	cmd.Env = append(os.Environ(), "JOB_ARGS="+jobArgs, "ROLE_ARGS="+roleArgs)
+	cmd.Env = append(os.Environ(), "JOB_ARGS="+jobArgs+clusterArgs, "ROLE_ARGS="+roleArgs)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		return string(out), fmt.Errorf("docker-compose %s: %v\n%s", strings.Join(args, " "), err, out)
@@ -418,23 +421,38 @@ type fault struct {
 	name      string
 	rollbacks int                                    // how many the fault must cause
 	inject    func(c *cluster) (string, func() bool) // what it did; when the job has recovered (nil: once past the fault's step)
+	// args are flags the fault's job adds to the suite's; handover says
+	// the job hands the fault over (recovered: the new placement is
+	// published and the job is past the step after the fault's).
+	args     string
+	handover bool
 }
 
 var faults = []fault{
-	{"none", 0, func(c *cluster) (string, func() bool) { return "no fault", nil }},
-	{"worker dies", 1, func(c *cluster) (string, func() bool) {
+	{name: "none", rollbacks: 0, inject: func(c *cluster) (string, func() bool) { return "no fault", nil }},
+	{name: "worker dies", rollbacks: 1, inject: func(c *cluster) (string, func() bool) {
 		w := c.rankHolder()
 		c.kill(w)
 		return "docker kill " + w, nil
 	}},
-	{"PS shard dies", 1, func(c *cluster) (string, func() bool) {
+	{name: "PS shard dies", rollbacks: 1, inject: func(c *cluster) (string, func() bool) {
 		c.kill("ps0")
 		if _, err := docker("start", container("ps0")); err != nil {
 			c.t.Fatal(err)
 		}
 		return "docker kill ps0, docker start ps0", nil
 	}},
-	{"coordinator leader dies", 0, func(c *cluster) (string, func() bool) {
+	// With each block on both shards, the same kill costs no step: the
+	// coordinator hands ps0's blocks over to ps1, and ps0, started again,
+	// finds its index down and waits for the job's end.
+	{name: "PS shard dies, 2 copies", inject: func(c *cluster) (string, func() bool) {
+		c.kill("ps0")
+		if _, err := docker("start", container("ps0")); err != nil {
+			c.t.Fatal(err)
+		}
+		return "docker kill ps0, docker start ps0", nil
+	}, args: " --ps-replicas 2", handover: true},
+	{name: "coordinator leader dies", rollbacks: 0, inject: func(c *cluster) (string, func() bool) {
 		l := c.leader()
 		if l == "" {
 			c.t.Fatal("no coordinator leads")
@@ -442,23 +460,23 @@ var faults = []fault{
 		c.kill(l)
 		return "docker kill " + l + " (the leader)", func() bool { l2 := c.leader(); return l2 != "" && l2 != l }
 	}},
-	{"NATS node dies", 0, func(c *cluster) (string, func() bool) {
+	{name: "NATS node dies", rollbacks: 0, inject: func(c *cluster) (string, func() bool) {
 		n := c.busiestNATS()
 		c.kill(n)
 		return "docker kill " + n + " (the most connected)", nil
 	}},
-	{"etcd node dies", 0, func(c *cluster) (string, func() bool) {
+	{name: "etcd node dies", rollbacks: 0, inject: func(c *cluster) (string, func() bool) {
 		e := c.etcdLeader()
 		c.kill(e)
 		return "docker kill " + e + " (the raft leader)", nil
 	}},
-	{"worker partitioned", 1, func(c *cluster) (string, func() bool) {
+	{name: "worker partitioned", rollbacks: 1, inject: func(c *cluster) (string, func() bool) {
 		w := c.rankHolder()
 		net := project + "_cluster"
 		c.isolate([]string{"network", "disconnect", net, container(w)}, []string{"network", "connect", net, container(w)}, w)
 		return fmt.Sprintf("docker network disconnect %s for %v, then connect", w, 2*lease), nil
 	}},
-	{"worker frozen", 1, func(c *cluster) (string, func() bool) {
+	{name: "worker frozen", rollbacks: 1, inject: func(c *cluster) (string, func() bool) {
 		w := c.rankHolder()
 		c.isolate([]string{"pause", container(w)}, []string{"unpause", container(w)}, w)
 		return fmt.Sprintf("docker pause %s for %v, then unpause", w, 2*lease), nil
@@ -508,7 +526,9 @@ func TestClusterFaults(t *testing.T) {
 	var freeRate float64 // steps per second of the fault-free run, from the step a fault would hit to the end
 	for _, f := range faults {
 		at := int64(200 + rng.IntN(400)) // up to 600: 1,400 steps (3.5-10 s) before the end
-		t.Run(strings.ReplaceAll(f.name, " ", "-"), func(t *testing.T) {
+		t.Run(strings.ReplaceAll(strings.ReplaceAll(f.name, ",", ""), " ", "-"), func(t *testing.T) {
+			clusterArgs = f.args
+			defer func() { clusterArgs = "" }()
 			c := up(t)
 			began := time.Now()
 			var v0, c0 int64
@@ -519,8 +539,11 @@ func TestClusterFaults(t *testing.T) {
 			if !c.landed {
 				c.landedWhileRunning(what, c0)
 			}
-			if recovered == nil { // back past the step the fault hit (after the rollback, if it causes one)
-				recovered = func() bool { v, s := c.clock(); return s > c0 && (f.rollbacks == 0 || v > v0) }
+			if recovered == nil { // back past the step the fault hit (after the rollback or handover, if it causes one)
+				recovered = func() bool {
+					v, s := c.clock()
+					return s > c0 && (f.rollbacks == 0 && !f.handover || v > v0) && (!f.handover || s > c0+1)
+				}
 			}
 			c.waitFor(func() bool { return recovered() || c.done() }, 2*time.Minute, "recovery")
 			recovery := time.Since(injected)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/downpour-ml/downpour/internal/job"
 
+	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 
 	"github.com/downpour-ml/downpour/internal/testenv"
@@ -116,7 +117,17 @@ func byConn(b *testing.B, f func(b *testing.B, conn connKind)) {
 // Each shard and the worker have their own connection, as separate processes
 // would.
 func newRig(b *testing.B, tensors []models.Tensor, shards int, maxPayload int32, conn connKind) *rig {
+	return newRigCopies(b, tensors, shards, 1, maxPayload, conn, "j")
+}
+
+// newRigCopies is newRig with each block on copies shards (the chains of
+// job.PlaceCopies), serving job name (a second rig may share the server).
+func newRigCopies(b *testing.B, tensors []models.Tensor, shards, copies int, maxPayload int32, conn connKind, name string) *rig {
 	srv := testenv.NATS(b, maxPayload)
+	return rigOn(b, srv, tensors, shards, copies, conn, name)
+}
+
+func rigOn(b *testing.B, srv *server.Server, tensors []models.Tensor, shards, copies int, conn connKind, name string) *rig {
 	dial := func() *nats.Conn {
 		var opts []nats.Option
 		if conn == inProcess {
@@ -130,16 +141,21 @@ func newRig(b *testing.B, tensors []models.Tensor, shards int, maxPayload int32,
 		return nc
 	}
 	nc := dial()
-	p := job.Place(tensors, benchBlockSize, shards)
+	p := job.PlaceCopies(tensors, benchBlockSize, shards, copies)
 	for s := 0; s < shards; s++ {
-		sh := NewShard(syncCfg(1, job.DefaultOptimizer("sgd", 1e-6)), p.OnShard(s), func(job.Block, []float32) {})
-		svc, err := Serve(dial(), sh, ServiceConfig{Job: "j", Shard: s, Log: quiet})
+		sh := NewShard(syncCfg(1, job.DefaultOptimizer("sgd", 1e-6)), p.Held(s), func(job.Block, []float32) {})
+		if copies > 1 {
+			if err := sh.Chain(s, p); err != nil {
+				b.Fatal(err)
+			}
+		}
+		svc, err := Serve(dial(), sh, ServiceConfig{Job: name, Shard: s, Placement: p.Version, Log: quiet})
 		if err != nil {
 			b.Fatal(err)
 		}
 		b.Cleanup(svc.Close)
 	}
-	c, err := NewClient(nc, "j", p, 0, 1)
+	c, err := NewClient(nc, name, p, 0, 1)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -593,4 +609,109 @@ func BenchmarkRoundTripTail(b *testing.B) {
 	b.ReportMetric(q(raw, 0.99), "raw_p99_ms")
 	b.ReportMetric(q(ours, 0.99)/q(ours, 0.5), "p99/p50")
 	b.ReportMetric(q(raw, 0.99)/q(raw, 0.5), "raw_p99/p50")
+}
+
+// BenchmarkW2Replicated is the W2 sync step through 2 shards that keep one
+// copy of each block (R=1) and through 2 shards that keep two (R=2:
+// --ps-replicas 2, each step's update applied on the primary and sent
+// down the chain to the backup before the next pull is answered), side by
+// side on one NATS server, in process, alternating which goes first.
+// step=model is the real step as BenchmarkSyncOverheadW2Model's
+// transfer=rows times it (forward, backward, clip, the push and the next
+// pull overlapped with the next forward pass; runs of 4 steps); step=ps is
+// BenchmarkSyncOverheadW2's push and pull of a synthetic W2 gradient
+// alone, no model compute: the replication's cost against the PS's own.
+// It reports each median step time and their ratio, R=2 over R=1.
+func BenchmarkW2Replicated(b *testing.B) {
+	b.Run("step=model", func(b *testing.B) { w2Replicated(b, true) })
+	b.Run("step=ps", func(b *testing.B) { w2Replicated(b, false) })
+}
+
+func w2Replicated(b *testing.B, model bool) {
+	srv := testenv.NATS(b, 0)
+	rigs := []*rig{rigOn(b, srv, w2.Tensors(), 2, 1, inProcess, "r1"), rigOn(b, srv, w2.Tensors(), 2, 2, inProcess, "r2")}
+	run := 4
+	if testing.Short() || !model {
+		run = 1
+	}
+	var m *models.Seq2Seq[float32]
+	var batches [2]*models.SeqBatch
+	var ranges [2][][2]int
+	if model {
+		m = models.NewSeq2Seq[float32](w2)
+		m.Init(1)
+		rng := rand.New(rand.NewPCG(3, 3))
+		for i := range batches {
+			batch := &models.SeqBatch{Size: 128, SrcLen: 20, TgtLen: 20}
+			for range 128 * 20 {
+				batch.Src = append(batch.Src, int32(rng.IntN(w2.SrcVocab)))
+				batch.TgtIn = append(batch.TgtIn, int32(rng.IntN(w2.TgtVocab)))
+				batch.TgtOut = append(batch.TgtOut, int32(rng.IntN(w2.TgtVocab)))
+			}
+			batches[i], ranges[i] = batch, m.Ranges(batch, nil)
+		}
+		for _, r := range rigs {
+			r.client.ReadOrder(m.ReadOrder())
+		}
+	}
+	ctx := context.Background()
+	// step runs a run of steps through r and returns the time a step took.
+	step := func(r *rig) time.Duration {
+		start := time.Now()
+		if !model {
+			r.pushPull(b)
+			return time.Since(start)
+		}
+		var xfer *Transfer
+		wait := func(err error) {
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+		m.Hooks = &models.Hooks{
+			NeedParams: func(lo, hi int) {
+				if xfer != nil {
+					wait(xfer.WaitRange(lo, hi))
+				}
+			},
+			GradsFree: func() {
+				if xfer != nil {
+					wait(xfer.WaitPushed())
+				}
+			},
+		}
+		wait(r.client.Pull(ctx, r.step, m.Params()))
+		start = time.Now()
+		for k := range run {
+			m.Loss(batches[k%2], true)
+			if xfer != nil {
+				wait(xfer.Wait())
+				xfer = nil
+			}
+			m.ClipGrads(5)
+			xfer = r.client.StartPushPullSparse(ctx, r.step, m.Grads(), m.Params(), ranges[k%2], ranges[(k+1)%2])
+			r.step++
+		}
+		wait(xfer.Wait())
+		m.Hooks = nil
+		return time.Since(start) / time.Duration(run)
+	}
+	if !testing.Short() {
+		for _, r := range rigs {
+			step(r)
+		}
+	}
+	times := [2][]time.Duration{}
+	i := 0
+	for b.Loop() {
+		for k := range 2 {
+			j := (i + k) % 2 // who goes first alternates
+			times[j] = append(times[j], step(rigs[j]))
+		}
+		i++
+	}
+	one, two := median(times[0]), median(times[1])
+	b.ReportMetric(float64(one.Microseconds())/1e3, "ms/step_R1")
+	b.ReportMetric(float64(two.Microseconds())/1e3, "ms/step_R2")
+	b.ReportMetric(two.Seconds()/one.Seconds(), "ratio")
 }

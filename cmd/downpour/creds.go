@@ -27,8 +27,12 @@ func cmdCreds(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	name := fs.String("job", "demo", "the job")
 	dir := fs.String("dir", "creds", "directory of the credentials (created 0700)")
 	replicas := fs.Int("replicas", 0, "a job laid out over seats: a worker's file per model replica (<job>-worker-r<R>.creds), each reaching only its replica's seat subjects, instead of one for every worker")
+	refresh := fs.Bool("refresh", false, "make no identity: write nats-auth.conf again from the users in --dir, with this version's permissions (after an upgrade that changed them)")
 	if err := parse(fs, args, stderr, "downpour creds --job demo --dir /etc/downpour/creds"); err != nil {
 		return err
+	}
+	if *refresh {
+		return writeServerAuth(*dir, stdout)
 	}
 	if *replicas < 0 {
 		fmt.Fprintln(stderr, "downpour creds: --replicas must not be negative")
@@ -77,11 +81,20 @@ func cmdCreds(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := os.WriteFile(filepath.Join(*dir, *name+".users"), []byte(pub.String()), 0o644); err != nil {
 		return err
 	}
-	users, err := readUsers(*dir)
+	return writeServerAuth(*dir, stdout)
+}
+
+// writeServerAuth writes dir's nats-auth.conf: the servers' side of every
+// job's users in dir, with this version's permissions.
+func writeServerAuth(dir string, stdout io.Writer) error {
+	users, err := readUsers(dir)
 	if err != nil {
 		return err
 	}
-	f, err := os.Create(filepath.Join(*dir, "nats-auth.conf"))
+	if len(users) == 0 {
+		return fmt.Errorf("no users in %s: run 'downpour creds' first", dir)
+	}
+	f, err := os.Create(filepath.Join(dir, "nats-auth.conf"))
 	if err != nil {
 		return err
 	}
@@ -93,7 +106,7 @@ func cmdCreds(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	fmt.Fprintf(stdout, "NATS servers: include %s in their config (or run 'downpour servers --creds-dir %s'); give each role its file with --creds\n",
-		filepath.Join(*dir, "nats-auth.conf"), *dir)
+		filepath.Join(dir, "nats-auth.conf"), dir)
 	return nil
 }
 

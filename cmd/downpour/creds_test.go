@@ -53,6 +53,26 @@ func TestJobWithCredentials(t *testing.T) {
 			t.Fatalf("nats-auth.conf holds %s's seed or lacks its public key", r)
 		}
 	}
+	// --refresh writes the servers' side again (an upgrade's permissions),
+	// with the same identities: a config whose permissions are gone comes
+	// back whole, and no credentials file changes.
+	before, _ := os.ReadFile(filepath.Join(creds, "sec-ps.creds"))
+	os.WriteFile(filepath.Join(creds, "nats-auth.conf"), []byte("# stale\n"), 0o644)
+	if code, _, stderr := runCmd(t, 10*time.Second, "creds", "--refresh", "--dir", creds); code != 0 {
+		t.Fatalf("creds --refresh: %s", stderr)
+	}
+	if again, err := os.ReadFile(filepath.Join(creds, "nats-auth.conf")); err != nil || string(again) != string(conf) {
+		t.Fatalf("creds --refresh wrote another config (%v):\n%s\nwas\n%s", err, again, conf)
+	}
+	if after, _ := os.ReadFile(filepath.Join(creds, "sec-ps.creds")); string(after) != string(before) {
+		t.Fatal("creds --refresh changed a role's credentials")
+	}
+	if !strings.Contains(string(conf), "downpour.sec.*.ps.*.repl") {
+		t.Fatal("nats-auth.conf does not let shards reach their chains' subjects")
+	}
+	if code, _, _ := runCmd(t, 10*time.Second, "creds", "--refresh", "--dir", t.TempDir()); code == 0 {
+		t.Fatal("creds --refresh of a directory without users succeeded")
+	}
 	// A second job on the same servers.
 	if code, _, stderr := runCmd(t, 10*time.Second, "creds", "--job", "other", "--dir", creds); code != 0 {
 		t.Fatalf("creds: %s", stderr)
