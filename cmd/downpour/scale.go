@@ -30,6 +30,7 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	shards := fs.String("shards", "4", "parameter-server shards (a list)")
 	params := fs.String("params", "65536", "synthetic model's parameters (a list)")
 	modes := fs.String("mode", "sync,async", "consistency modes (a list)")
+	copies := fs.String("ps-replicas", "1", "shards holding each parameter block (a list)")
 	steps := fs.Int64("steps", 200, "steps of each job")
 	stepMs := fs.Float64("step-ms", 100, "milliseconds each step stands for")
 	faults := fs.String("faults", "", "kill -9 while the job runs: role:index@step, comma-separated (for example worker:3@100,ps:1@150; a killed shard starts again, a killed worker's rank goes to a spare)")
@@ -61,7 +62,8 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	ss, err2 := intList(*shards)
 	ps, err3 := intList(*params)
 	fl, err4 := faultList(*faults)
-	for _, err := range []error{err1, err2, err3, err4} {
+	rs, err5 := intList(*copies)
+	for _, err := range []error{err1, err2, err3, err4, err5} {
 		if err != nil {
 			fmt.Fprintf(stderr, "downpour scale: %v\n", err)
 			return errUsage
@@ -84,13 +86,19 @@ func cmdScale(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		for _, p := range ps {
 			for _, s := range ss {
 				for _, w := range ws {
-					cfg := scale.Config{Binary: bin, Dir: filepath.Join(*out, fmt.Sprintf("%s-w%d-s%d-p%d", mode, w, s, p)),
-						Workers: w, Shards: s, Mode: mode, Steps: *steps, Params: p, StepMs: *stepMs, Faults: fl, CheckpointEvery: *ckpt, Procs: *procs, Profile: *profile}
-					res, err := scaleJob(ctx, cfg, *check, results, stdout)
-					if err != nil {
-						return err
+					for _, r := range rs {
+						dir := fmt.Sprintf("%s-w%d-s%d-p%d", mode, w, s, p)
+						if r > 1 {
+							dir += fmt.Sprintf("-r%d", r)
+						}
+						cfg := scale.Config{Binary: bin, Dir: filepath.Join(*out, dir), Workers: w, Shards: s, PSReplicas: r, Mode: mode, Steps: *steps,
+							Params: p, StepMs: *stepMs, Faults: fl, CheckpointEvery: *ckpt, Procs: *procs, Profile: *profile}
+						res, err := scaleJob(ctx, cfg, *check, results, stdout)
+						if err != nil {
+							return err
+						}
+						all = append(all, *res)
 					}
-					all = append(all, *res)
 				}
 			}
 		}

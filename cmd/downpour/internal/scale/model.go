@@ -78,10 +78,10 @@ func (c Costs) plus(d Costs) Costs {
 func (m Model) Total() Costs { return m.Worker.plus(m.Shard).plus(m.Servers) }
 
 // cpu is a step's CPU in seconds by the model, for w workers' steps, msgs
-// messages and p parameters, but for the processes' upkeep.
-func (m Model) cpu(w, msgs, p float64) float64 {
+// messages and bytes moved, but for the processes' upkeep.
+func (m Model) cpu(w, msgs, bytes float64) float64 {
 	t := m.Total()
-	return t.Step*w + t.Msg*msgs + t.Byte*8*p*w
+	return t.Step*w + t.Msg*msgs + t.Byte*bytes
 }
 
 // Messages is what a job step of w workers, s shards and p floats sends
@@ -98,12 +98,52 @@ func Messages(w, s, p float64) float64 {
 	return 4 * w * groups
 }
 
-// messages is r's messages a step: as measured, or by Messages.
+// ReplMessages is what the shards' chains (--ps-replicas r) add to a job
+// step of w workers, s shards and p floats: at each of the r-1 hops, an
+// entry message down the chain for each of a shard's message groups and
+// its acknowledgement up; once a step in sync mode (the chain carries the
+// step's aggregate), once a worker's push otherwise.
+func ReplMessages(mode string, w, s, p, r float64) float64 {
+	if r <= 1 {
+		return 0
+	}
+	n := 2 * s * max(1, math.Ceil(4*p/s/job.MessageBytes)) * (r - 1)
+	if mode != "sync" {
+		n *= w
+	}
+	return n
+}
+
+// ReplBytes is the bytes the chains add to a step: the model's 4p at each
+// of the r-1 hops, once (sync) or once a worker's push (async, ssp).
+func ReplBytes(mode string, w, p, r float64) float64 {
+	if r <= 1 {
+		return 0
+	}
+	if mode != "sync" {
+		return 4 * p * w * (r - 1)
+	}
+	return 4 * p * (r - 1)
+}
+
+// replicas is r's copies of each block (1: none kept).
+func replicas(r Result) float64 { return float64(max(1, r.PSReplicas)) }
+
+// messages is r's messages a step: as measured (the chains' included), or
+// by Messages and ReplMessages.
 func messages(r Result) float64 {
 	if r.NATS.Msgs > 0 {
 		return r.NATS.Msgs
 	}
-	return Messages(float64(r.Workers), float64(r.Shards), float64(r.Params))
+	w, s, p := float64(r.Workers), float64(r.Shards), float64(r.Params)
+	return Messages(w, s, p) + ReplMessages(r.Mode, w, s, p, replicas(r))
+}
+
+// bytesMoved is the bytes a step of r moves: each worker's push and pull
+// (8p), and what the chains add.
+func bytesMoved(r Result) float64 {
+	w, p := float64(r.Workers), float64(r.Params)
+	return 8*p*w + ReplBytes(r.Mode, w, p, replicas(r))
 }
 
 // StepSeconds is the model's time of a job step of r's shape and mode on
@@ -119,8 +159,11 @@ func (m Model) StepSeconds(r Result) float64 {
 
 func (m Model) stepSeconds(r Result, n, eff float64) float64 {
 	w, s, p := float64(r.Workers), float64(r.Shards), float64(r.Params)
-	lat := r.StepMs/1e3 + m.Latency0 + m.LatencyByte*8*p
-	a, b := m.cpu(w, messages(r), p), m.Total().Upkeep*(w+s+1)
+	// A chain adds a hop to the round trip for each backup: the update
+	// down and its acknowledgement up, before the pull is answered.
+	hops := replicas(r) - 1
+	lat := r.StepMs/1e3 + m.Latency0 + m.LatencyByte*8*p + hops*(m.Latency0+m.LatencyByte*4*p)
+	a, b := m.cpu(w, messages(r), bytesMoved(r)), m.Total().Upkeep*(w+s+1)
 	ce := m.Cores * eff
 	// T = f(T) by iteration: the upkeep's share of the cores, b/ce, is
 	// well under 1 (else no step ends), so f contracts.
@@ -150,8 +193,8 @@ func Fit(rs []Result, cores float64) (Model, error) {
 		if r.CPU.Servers == 0 || r.Steps == 0 || r.Seconds <= 0 || r.StepsPerSec <= 0 {
 			continue
 		}
-		w, s, p, n := float64(r.Workers), float64(r.Shards), float64(r.Params), float64(r.Steps)
-		rows = append(rows, []float64{w, messages(r), 8 * p * w, (w + s + 1) * r.Seconds / n})
+		w, s, n := float64(r.Workers), float64(r.Shards), float64(r.Steps)
+		rows = append(rows, []float64{w, messages(r), bytesMoved(r), (w + s + 1) * r.Seconds / n})
 		ks[0] = append(ks[0], r.CPU.Worker/n)
 		ks[1] = append(ks[1], r.CPU.PS/n)
 		ks[2] = append(ks[2], (r.CPU.Servers+r.CPU.Coordinator)/n)
@@ -302,6 +345,7 @@ type Cluster struct {
 	ComputeSeconds  float64 // a worker's forward and backward pass
 	LinkBytesPerSec float64
 	NATSServers     int
+	PSReplicas      int // copies of each block (0 or 1: one)
 }
 
 // Breakdown is where a predicted sync step's time goes, in seconds.
@@ -329,14 +373,18 @@ func (m Model) Predict(c Cluster) Breakdown {
 	b := Breakdown{Compute: c.ComputeSeconds, WorkerLink: 4 * p / bw}
 	// At s shards and n NATS servers: a worker's transfer, and the
 	// slowest of the shards' and the servers' parts.
+	r := float64(max(1, c.PSReplicas))
 	parts := func(s, n float64) (worker, shard, nats float64, bb Breakdown) {
 		bb = b
 		msgs := Messages(w, s, p)
+		// The chains: each shard sends its part of the step's aggregate
+		// (and takes its predecessors' parts) at each of the r-1 hops.
+		rmsgs, rbytes := ReplMessages("sync", w, s, p, r), ReplBytes("sync", w, p, r)
 		bb.WorkerCPU = m.Worker.Step + m.Worker.Msg*msgs/w + m.Worker.Byte*8*p
-		bb.ShardLink = 4 * p * w / s / bw
-		bb.ShardCPU = (m.Shard.Step*w + m.Shard.Msg*msgs + m.Shard.Byte*8*p*w) / s
-		bb.NATSLink = 4 * p * w / n / bw
-		bb.NATSCPU = (m.Servers.Msg*msgs + m.Servers.Byte*8*p*w) / n
+		bb.ShardLink = (4*p*w + rbytes) / s / bw
+		bb.ShardCPU = (m.Shard.Step*w + m.Shard.Msg*(msgs+rmsgs) + m.Shard.Byte*(8*p*w+2*rbytes)) / s
+		bb.NATSLink = (4*p*w + rbytes) / n / bw
+		bb.NATSCPU = (m.Servers.Msg*(msgs+rmsgs) + m.Servers.Byte*(8*p*w+2*rbytes)) / n
 		return bb.WorkerLink + bb.WorkerCPU, max(bb.ShardLink, bb.ShardCPU), max(bb.NATSLink, bb.NATSCPU), bb
 	}
 	worker, shard, nats, bb := parts(float64(c.Shards), float64(max(1, c.NATSServers)))

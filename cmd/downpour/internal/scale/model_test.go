@@ -190,3 +190,42 @@ func TestWriteReport(t *testing.T) {
 		t.Errorf("%d lines:\n%s", n, out)
 	}
 }
+
+// The chains of --ps-replicas add, at each of R-1 hops, an entry message
+// and its acknowledgement for each of a shard's message groups, with the
+// model's 4P bytes: once a step in sync (the aggregate), once a worker's
+// push in async. A step with copies costs more CPU and a longer round
+// trip by the model, and the prediction's shards carry the chains.
+func TestModelCountsReplication(t *testing.T) {
+	const w, s, p = 8, 4, 65536
+	if got := ReplMessages("sync", w, s, p, 1); got != 0 {
+		t.Fatalf("one copy: %v replication messages", got)
+	}
+	if got := ReplMessages("sync", w, s, p, 2); got != 2*s {
+		t.Fatalf("sync, 2 copies: %v messages, want %d (an entry and an ack a shard)", got, 2*s)
+	}
+	if got := ReplMessages("async", w, s, p, 3); got != 2*s*2*w {
+		t.Fatalf("async, 3 copies: %v messages, want %d", got, 2*s*2*w)
+	}
+	if got, want := ReplBytes("sync", w, p, 2), 4.0*p; got != want {
+		t.Fatalf("sync bytes %v, want %v", got, want)
+	}
+	if got, want := ReplBytes("async", w, p, 2), 4.0*p*w; got != want {
+		t.Fatalf("async bytes %v, want %v", got, want)
+	}
+	m := Model{Worker: Costs{Step: 1e-3, Msg: 30e-6, Byte: 1e-9}, Shard: Costs{Msg: 30e-6, Byte: 1e-9}, Servers: Costs{Msg: 6e-6, Byte: 1e-9},
+		Latency0: 2e-3, LatencyByte: 1e-9, Cores: 2, Efficiency: 0.9, SyncN: 2, AsyncN: 6}
+	one := Result{Workers: w, Shards: s, Params: p, Mode: "sync", StepMs: 100}
+	two := one
+	two.PSReplicas = 2
+	if a, b := m.StepSeconds(one), m.StepSeconds(two); !(b > a) {
+		t.Fatalf("a step with 2 copies %v s, with one %v s: the chains cost nothing", b, a)
+	}
+	c := Cluster{Workers: 100, Shards: 20, Params: 33e6, ComputeSeconds: 2.2, LinkBytesPerSec: 1.25e9, NATSServers: 20}
+	a := m.Predict(c)
+	c.PSReplicas = 2
+	b := m.Predict(c)
+	if !(b.ShardLink > a.ShardLink && b.ShardCPU > a.ShardCPU && b.WorkerLink == a.WorkerLink) {
+		t.Fatalf("predicted with 2 copies %+v, with one %+v", b, a)
+	}
+}

@@ -49,10 +49,13 @@ type Config struct {
 	Shards  int
 	Mode    string // sync, ssp or async
 	Steps   int64
-	Params  int     // the synthetic model's parameters
-	Tensors int     // ... in this many tensors (0: 8, or fewer for a small model)
-	StepMs  float64 // its step time
-	LR      float64 // SGD's rate (0: 0.1 in sync mode, 0.1/workers otherwise)
+	Params  int // the synthetic model's parameters
+	// PSReplicas is the shards holding each block (--ps-replicas; 0 or 1:
+	// one).
+	PSReplicas int
+	Tensors    int     // ... in this many tensors (0: 8, or fewer for a small model)
+	StepMs     float64 // its step time
+	LR         float64 // SGD's rate (0: 0.1 in sync mode, 0.1/workers otherwise)
 	// Extra are more flags for the coordinator's job (for example a real
 	// model: --model seq2seq ...), after the harness's own.
 	Extra []string
@@ -80,13 +83,15 @@ type Fault struct {
 
 // Result is what a job cost.
 type Result struct {
-	Workers int     `json:"workers"`
-	Shards  int     `json:"shards"`
-	Mode    string  `json:"mode"`
-	Params  int     `json:"params"`
-	StepMs  float64 `json:"step_ms"`
-	Steps   int64   `json:"steps"`
-	Batch   int     `json:"batch"` // examples per worker per step
+	Workers int `json:"workers"`
+	Shards  int `json:"shards"`
+	// PSReplicas is the copies of each block (omitted: one).
+	PSReplicas int     `json:"ps_replicas,omitempty"`
+	Mode       string  `json:"mode"`
+	Params     int     `json:"params"`
+	StepMs     float64 `json:"step_ms"`
+	Steps      int64   `json:"steps"`
+	Batch      int     `json:"batch"` // examples per worker per step
 	// CheckpointEvery is the job's checkpoint interval in its steps (an
 	// async job's counts the data steps of every worker: workers times
 	// this).
@@ -142,6 +147,9 @@ type TaskCounts struct {
 type ShardCounters struct {
 	Name                                   string `json:"name"`
 	Accepted, Applied, Skipped, Duplicates int64
+	// Replicated is the updates it applied as a backup copy (--ps-replicas),
+	// counted in Applied too, and pushed to another shard.
+	Replicated int64 `json:",omitempty"`
 }
 
 // Reconcile checks that a job's counters add up: every task done and every
@@ -150,7 +158,9 @@ type ShardCounters struct {
 // exactly once. In sync mode a shard applies one update a block and step,
 // the mean of every rank's gradient, so it accepts workers times as many
 // gradients as it applies updates, and a step with a non-finite gradient
-// is skipped whole (its workers' gradients accepted, no update).
+// is skipped whole (its workers' gradients accepted, no update). Updates a
+// shard applied as a backup copy were accepted elsewhere: they are left
+// out.
 func (r *Result) Reconcile() error {
 	if t := r.Tasks; t != nil {
 		if t.Done != t.Total || t.DataSteps != int64(r.Workers)*r.Steps {
@@ -161,6 +171,7 @@ func (r *Result) Reconcile() error {
 		return errors.New("no shard reported its counters")
 	}
 	for _, c := range r.Counters {
+		c.Applied -= c.Replicated
 		ok := c.Accepted > 0 && c.Accepted == c.Applied+c.Skipped
 		if r.Mode == "sync" {
 			// Each skipped step holds between one and every rank's
@@ -259,6 +270,9 @@ func (c *Config) JobArgs() []string {
 		"--synthetic-tensors", strconv.Itoa(c.Tensors), "--step-ms", strconv.FormatFloat(c.StepMs, 'g', -1, 64),
 		"--block-size", strconv.Itoa(block), "--lr", strconv.FormatFloat(c.LR, 'g', -1, 64),
 		"--log-every", strconv.FormatInt(max(1, c.Steps/20), 10), "--eval-every", "0"}
+	if c.PSReplicas > 1 {
+		args = append(args, "--ps-replicas", strconv.Itoa(c.PSReplicas))
+	}
 	if every := c.CheckpointEvery; every > 0 {
 		if c.Mode != "sync" {
 			// An async job counts its checkpoint interval in data steps
@@ -360,7 +374,7 @@ func (h *harness) run(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 	}
-	res := &Result{Workers: cfg.Workers, Shards: cfg.Shards, Mode: cfg.Mode, Params: cfg.Params, StepMs: cfg.StepMs, Steps: cfg.Steps, CheckpointEvery: cfg.CheckpointEvery,
+	res := &Result{Workers: cfg.Workers, Shards: cfg.Shards, PSReplicas: cfg.PSReplicas, Mode: cfg.Mode, Params: cfg.Params, StepMs: cfg.StepMs, Steps: cfg.Steps, CheckpointEvery: cfg.CheckpointEvery,
 		Seconds: seconds, Faults: notes}
 	res.CPU.Servers = (selfCPU() - self0).Seconds()
 	if err := h.measure(res, metricsPath, nats0, etcd0, watch0); err != nil {
@@ -680,6 +694,8 @@ func (h *harness) counters(ctx context.Context, res *Result) error {
 					c.Skipped = n
 				case "duplicates":
 					c.Duplicates = n
+				case "replicated":
+					c.Replicated = n
 				}
 			}
 			res.Counters = append(res.Counters, c)

@@ -118,12 +118,13 @@ func TestReconcile(t *testing.T) {
 		t.Fatal(err)
 	}
 	for name, f := range map[string]func(r *Result){
-		"undone":      func(r *Result) { r.Tasks.Done = 3 },
-		"short":       func(r *Result) { r.Tasks.DataSteps = 19 },
-		"twice":       func(r *Result) { r.Counters[0].Applied = 10 },
-		"none":        func(r *Result) { r.Counters[0] = ShardCounters{Name: "ps-0"} },
-		"silent":      func(r *Result) { r.Counters = nil },
-		"never given": func(r *Result) { r.Tasks.Total = 5 },
+		"undone":                   func(r *Result) { r.Tasks.Done = 3 },
+		"short":                    func(r *Result) { r.Tasks.DataSteps = 19 },
+		"twice":                    func(r *Result) { r.Counters[0].Applied = 10 },
+		"a copy's updates too few": func(r *Result) { r.Counters[0].Applied, r.Counters[0].Replicated = 12, 2 },
+		"none":                     func(r *Result) { r.Counters[0] = ShardCounters{Name: "ps-0"} },
+		"silent":                   func(r *Result) { r.Counters = nil },
+		"never given":              func(r *Result) { r.Tasks.Total = 5 },
 	} {
 		r := ok
 		tc := *ok.Tasks
@@ -133,6 +134,12 @@ func TestReconcile(t *testing.T) {
 		if r.Reconcile() == nil {
 			t.Errorf("%s: reconciles", name)
 		}
+	}
+	// A shard that keeps copies applied 2 updates as a backup besides its own.
+	copies := ok
+	copies.Counters = []ShardCounters{{Name: "ps-0", Accepted: 10, Applied: 11, Skipped: 1, Replicated: 2}}
+	if err := copies.Reconcile(); err != nil {
+		t.Fatalf("a shard with copies: %v", err)
 	}
 	// Sync: 4 workers' gradients make one update; a skipped step is whole.
 	sync := Result{Workers: 4, Steps: 10, Mode: "sync", Counters: []ShardCounters{{Name: "ps-0", Accepted: 80, Applied: 20}}}
