@@ -127,6 +127,9 @@ func replotSweep(dir string) error {
 	if err := writeTable(rs, dir); err != nil {
 		return err
 	}
+	if scale.Dimension(rs) == "" { // nothing to draw a curve along, as the sweep itself found
+		return nil
+	}
 	return scale.Plot(rs, dir)
 }
 
@@ -197,6 +200,9 @@ var modelClusters = []scale.Cluster{
 	// W2 (33M floats), each worker's step the 2.2 s it takes on a core
 	// pair of this machine kind.
 	{Name: "W2-sized", Workers: 100, Shards: 20, Params: 33e6, ComputeSeconds: 2.2, LinkBytesPerSec: 1.25e9, NATSServers: 20},
+	// The same with each block on 2 shards (--ps-replicas 2): the chains
+	// carry each step's aggregate, once, not each worker's push.
+	{Name: "W2-sized, 2 copies", Workers: 100, Shards: 20, Params: 33e6, ComputeSeconds: 2.2, LinkBytesPerSec: 1.25e9, NATSServers: 20, PSReplicas: 2},
 	// The paper's model (384M floats), a step of 128 sentences taken as
 	// the second its 8 GPUs needed (6300 words a second, about 50 words a
 	// sentence pair).
