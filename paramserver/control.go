@@ -13,10 +13,28 @@ import (
 
 // Clock returns the smallest clock of the shards: the number of steps every
 // block has applied (sync), so far as the shards tell.
-func (c *Client) Clock(ctx context.Context) (int64, error) {
-	if err := c.adopt(); err != nil {
-		return 0, err
+func (c *Client) Clock(ctx context.Context) (clock int64, err error) {
+	err = c.again(func() error {
+		clock, err = c.clock(ctx)
+		return err
+	})
+	return clock, err
+}
+
+// again runs f, and again under the newest placement for as long as f
+// ends because the placement it ran under was handed over.
+func (c *Client) again(f func() error) error {
+	for {
+		if err := c.adopt(); err != nil {
+			return err
+		}
+		if err := f(); !errors.Is(err, errHandedOver) {
+			return err
+		}
 	}
+}
+
+func (c *Client) clock(ctx context.Context) (int64, error) {
 	clock := int64(math.MaxInt64)
 	seen := map[int]bool{}
 	for _, g := range c.groups {
@@ -49,6 +67,9 @@ func (c *Client) shardClock(ctx context.Context, g group) (int64, error) {
 		return 0, fmt.Errorf("pull reply from shard %d: %w", g.shard, err)
 	}
 	if err := r.Err(); err != nil {
+		if err := c.supersededWait(ctx, g.version, err); errors.Is(err, errHandedOver) {
+			return 0, err
+		}
 		return 0, fmt.Errorf("pull from shard %d refused: %w", g.shard, err)
 	}
 	return r.Clock, nil
@@ -81,11 +102,12 @@ func (c *Client) Clocks(ctx context.Context, timeout time.Duration) []int64 {
 // shard). A shard snapshots at that boundary whether or not it holds
 // blocks of this client.
 func (c *Client) Snapshot(ctx context.Context, step int64, timeout time.Duration) error {
+	return c.again(func() error { return c.snapshot(ctx, step, timeout) })
+}
+
+func (c *Client) snapshot(ctx context.Context, step int64, timeout time.Duration) error {
 	req, err := wire.Encode(&wire.SnapshotRequest{V: wire.Version, Job: c.job, Step: step})
 	if err != nil {
-		return err
-	}
-	if err := c.adopt(); err != nil {
 		return err
 	}
 	p, _ := c.hand.newest()
@@ -103,6 +125,9 @@ func (c *Client) Snapshot(ctx context.Context, step int64, timeout time.Duration
 				err = r.Err()
 			}
 		}
+		if errors.Is(err, errHandedOver) {
+			return err // asked again under the new placement
+		}
 		if err != nil {
 			errs = append(errs, fmt.Errorf("shard %d: %w", s, err))
 		}
@@ -113,9 +138,10 @@ func (c *Client) Snapshot(ctx context.Context, step int64, timeout time.Duration
 // Idle tells every shard that this rank has no work for now (elastic ssp):
 // until it pushes again, it does not hold back the other ranks.
 func (c *Client) Idle(ctx context.Context) error {
-	if err := c.adopt(); err != nil {
-		return err
-	}
+	return c.again(func() error { return c.idle(ctx) })
+}
+
+func (c *Client) idle(ctx context.Context) error {
 	seen := map[int]bool{}
 	for _, g := range c.groups {
 		if seen[g.shard] {
@@ -129,6 +155,9 @@ func (c *Client) Idle(ctx context.Context) error {
 		if refused, err := c.pushTo(ctx, g.version, g.shard, nil, data); err != nil {
 			return err
 		} else if refused != nil {
+			if err := c.supersededWait(ctx, g.version, refused); errors.Is(err, errHandedOver) {
+				return err
+			}
 			return fmt.Errorf("idle mark to shard %d refused: %w", g.shard, refused)
 		}
 	}

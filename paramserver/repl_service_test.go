@@ -123,6 +123,22 @@ func TestReplicatedShardsHandOverOverNATS(t *testing.T) {
 		}
 	}
 	wg.Wait()
+	// A client made under the old placement and told of the new one reads
+	// the shards' clock under it (a worker's clock read, an idle mark and a
+	// snapshot request go again under the new placement as pushes do).
+	late, err := NewClient(nc, "j", p, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := late.Handover(q); err != nil {
+		t.Fatal(err)
+	}
+	if clock, err := late.Clock(ctx); err != nil || clock != steps {
+		t.Fatalf("the clock after the handover: %d, %v (want %d)", clock, err, steps)
+	}
+	if err := late.Handover(p); err == nil {
+		t.Fatal("a client went back to the placement it was handed over from")
+	}
 	for _, err := range errs {
 		if err != nil {
 			t.Fatal(err)

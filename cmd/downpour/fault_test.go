@@ -395,12 +395,13 @@ func TestFaultsAsync(t *testing.T) {
 	taskFaults(t, asyncSpec, "kill-worker", "kill-ps", "kill-coordinator", "stop-worker")
 }
 
-// The async suite's shard kill with each block on both shards
+// The async (and ssp) suite's shard kill with each block on both shards
 // (--ps-replicas 2): no rollback, no update lost; every data step counted
 // once, and every shard's counters reconcile (what it accepted as a
 // primary, applied once or skipped).
 func TestFaultsAsyncReplicated(t *testing.T) {
-	taskFaults(t, append(slices.Clone(asyncSpec), "--ps-replicas", "2"), "kill-ps")
+	t.Run("async", func(t *testing.T) { taskFaults(t, append(slices.Clone(asyncSpec), "--ps-replicas", "2"), "kill-ps") })
+	t.Run("ssp", func(t *testing.T) { taskFaults(t, append(slices.Clone(sspSpec), "--ps-replicas", "2"), "kill-ps") })
 }
 
 // sspSpec is asyncSpec in ssp mode: elastic (tasks), staleness 2.
