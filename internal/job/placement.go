@@ -61,6 +61,12 @@ type Placement struct {
 	// placement no longer counts: a block whose primary is down has one of
 	// its backups as primary (see Handover).
 	Down []int `json:"down,omitempty"`
+	// Filling lists the shards (in order) that came back after they went
+	// down (Rejoin) and are being filled from their chains: each is the
+	// last copy of the blocks it holds. It acknowledges updates as every
+	// copy does, but is no copy to promote until a placement without it
+	// here says it is filled (Filled).
+	Filling []int `json:"filling,omitempty"`
 	// HandedOver: this placement carries on from the one before it rather
 	// than from a checkpoint. Its shards keep the state they hold, no step
 	// is redone, and Start and From are the previous placement's.
@@ -259,6 +265,10 @@ func (p *Placement) Handover(dead int) (*Placement, error) {
 	q.Version, q.HandedOver, q.Since = p.Version+1, true, p.Lineage()
 	q.Down = append(slices.Clone(p.Down), dead)
 	slices.Sort(q.Down)
+	q.Filling = slices.DeleteFunc(slices.Clone(p.Filling), func(s int) bool { return s == dead })
+	if len(q.Filling) == 0 {
+		q.Filling = nil
+	}
 	q.Blocks = slices.Clone(p.Blocks)
 	lost := 0
 	for i := range q.Blocks {
@@ -268,11 +278,15 @@ func (p *Placement) Handover(dead int) (*Placement, error) {
 		}
 		live := slices.DeleteFunc(slices.Clone(b.Backups), func(s int) bool { return s == dead })
 		if b.Shard == dead {
-			if len(live) == 0 {
+			// The first backup that is filled takes over (one being filled
+			// may lack updates).
+			k := slices.IndexFunc(live, func(s int) bool { return !slices.Contains(p.Filling, s) })
+			if k < 0 {
 				lost++
 				continue
 			}
-			b.Shard, live = live[0], live[1:]
+			b.Shard = live[k]
+			live = slices.Delete(live, k, k+1)
 		}
 		b.Backups = nil
 		if len(live) > 0 {
@@ -315,6 +329,53 @@ func (p *Placement) OnShard(s int) []Block {
 		}
 	}
 	return bs
+}
+
+// Rejoin returns the placement that follows p once shard d, down in p,
+// serves again: d is the last copy of each block it held a copy of in the
+// lineage's first placement (the copies PlaceCopies gives), and is being
+// filled (Filling); nothing else moves, and no step goes back.
+func (p *Placement) Rejoin(d int) (*Placement, error) {
+	if !slices.Contains(p.Down, d) {
+		return nil, fmt.Errorf("shard %d is not down in placement %d", d, p.Version)
+	}
+	base := PlaceCopies(p.Tensors, p.BlockSize, p.Shards, max(1, p.Copies))
+	q := *p
+	q.Version, q.HandedOver, q.Since = p.Version+1, true, p.Lineage()
+	q.Down = slices.DeleteFunc(slices.Clone(p.Down), func(s int) bool { return s == d })
+	if len(q.Down) == 0 {
+		q.Down = nil
+	}
+	q.Filling = append(slices.Clone(p.Filling), d)
+	slices.Sort(q.Filling)
+	q.Blocks = slices.Clone(p.Blocks)
+	held := 0
+	for i := range q.Blocks {
+		b := &q.Blocks[i]
+		if bb := base.Blocks[i]; bb.Shard == d || slices.Contains(bb.Backups, d) {
+			b.Backups = append(slices.Clone(b.Backups), d)
+			held++
+		}
+	}
+	if held == 0 {
+		return nil, fmt.Errorf("shard %d holds no copy of a block in placement %d's lineage", d, p.Version)
+	}
+	return &q, nil
+}
+
+// Filled returns the placement that follows p once shard d, being filled
+// in p, holds every update of its blocks: a copy like any other.
+func (p *Placement) Filled(d int) (*Placement, error) {
+	if !slices.Contains(p.Filling, d) {
+		return nil, fmt.Errorf("shard %d is not being filled in placement %d", d, p.Version)
+	}
+	q := *p
+	q.Version = p.Version + 1
+	q.Filling = slices.DeleteFunc(slices.Clone(p.Filling), func(s int) bool { return s == d })
+	if len(q.Filling) == 0 {
+		q.Filling = nil
+	}
+	return &q, nil
 }
 
 // Lineage is the version of the placement whose state p carries on: its
@@ -372,6 +433,11 @@ func DecodePlacement(data []byte) (*Placement, error) {
 			return nil, fmt.Errorf("placement: down shards %v are not distinct shards in order", p.Down)
 		}
 	}
+	for i, f := range p.Filling {
+		if !p.Live(f) || i > 0 && f <= p.Filling[i-1] || !p.HandedOver {
+			return nil, fmt.Errorf("placement: filling shards %v are not distinct live shards in order of a placement handed over", p.Filling)
+		}
+	}
 	if p.HandedOver != (p.Since > 0) || p.Since >= p.Version || !p.HandedOver && len(p.Down) > 0 {
 		return nil, fmt.Errorf("placement: version %d handed over %v since %d with %d shards down", p.Version, p.HandedOver, p.Since, len(p.Down))
 	}
@@ -388,6 +454,9 @@ func DecodePlacement(data []byte) (*Placement, error) {
 			if !p.Live(s) || s == b.Shard || slices.Contains(b.Backups[:k], s) {
 				return nil, fmt.Errorf("placement: block %d's copies are not on distinct live shards: %+v", i, b)
 			}
+		}
+		if slices.Contains(p.Filling, b.Shard) {
+			return nil, fmt.Errorf("placement: block %d's primary, shard %d, is being filled", i, b.Shard)
 		}
 		off += b.Len
 	}

@@ -145,25 +145,27 @@ func TestPlacementDeterministic(t *testing.T) {
 func TestDecodePlacementRejects(t *testing.T) {
 	p := Place(testTensors, 4, 2)
 	for name, mut := range map[string]func(*Placement){
-		"gap":                     func(p *Placement) { p.Blocks[1].Offset++ },
-		"shard":                   func(p *Placement) { p.Blocks[0].Shard = 2 },
-		"short":                   func(p *Placement) { p.Blocks = p.Blocks[:len(p.Blocks)-1] },
-		"too long":                func(p *Placement) { p.Blocks[0].Len = 5 },
-		"no shards":               func(p *Placement) { p.Shards = 0 },
-		"version 0":               func(p *Placement) { p.Version = 0 },
-		"start < 0":               func(p *Placement) { p.Start = -1 },
-		"tensor":                  func(p *Placement) { p.Blocks[0].Tensor = 9 },
-		"copies":                  func(p *Placement) { p.Copies = 3 },
-		"backup on its primary":   func(p *Placement) { p.Blocks[0].Backups = []int{p.Blocks[0].Shard} },
-		"backup twice":            func(p *Placement) { p.Blocks[0].Backups = []int{1 - p.Blocks[0].Shard, 1 - p.Blocks[0].Shard} },
-		"backup outside":          func(p *Placement) { p.Blocks[0].Backups = []int{2} },
-		"too many backups":        func(p *Placement) { p.Copies = 1; p.Blocks[0].Backups = []int{1 - p.Blocks[0].Shard} },
-		"primary down":            func(p *Placement) { p.Down = []int{p.Blocks[0].Shard} },
-		"all down":                func(p *Placement) { p.Down = []int{0, 1} },
-		"down twice":              func(p *Placement) { p.Down = []int{1, 1} },
-		"down, not handed over":   func(p *Placement) { p.Blocks[0].Shard = 0; p.Down = []int{1} },
-		"since, not handed over":  func(p *Placement) { p.Since = 1; p.Version = 2 },
-		"handed over from itself": func(p *Placement) { p.HandedOver, p.Since = true, p.Version },
+		"gap":                      func(p *Placement) { p.Blocks[1].Offset++ },
+		"shard":                    func(p *Placement) { p.Blocks[0].Shard = 2 },
+		"short":                    func(p *Placement) { p.Blocks = p.Blocks[:len(p.Blocks)-1] },
+		"too long":                 func(p *Placement) { p.Blocks[0].Len = 5 },
+		"no shards":                func(p *Placement) { p.Shards = 0 },
+		"version 0":                func(p *Placement) { p.Version = 0 },
+		"start < 0":                func(p *Placement) { p.Start = -1 },
+		"tensor":                   func(p *Placement) { p.Blocks[0].Tensor = 9 },
+		"copies":                   func(p *Placement) { p.Copies = 3 },
+		"backup on its primary":    func(p *Placement) { p.Blocks[0].Backups = []int{p.Blocks[0].Shard} },
+		"backup twice":             func(p *Placement) { p.Blocks[0].Backups = []int{1 - p.Blocks[0].Shard, 1 - p.Blocks[0].Shard} },
+		"backup outside":           func(p *Placement) { p.Blocks[0].Backups = []int{2} },
+		"too many backups":         func(p *Placement) { p.Copies = 1; p.Blocks[0].Backups = []int{1 - p.Blocks[0].Shard} },
+		"primary down":             func(p *Placement) { p.Down = []int{p.Blocks[0].Shard} },
+		"all down":                 func(p *Placement) { p.Down = []int{0, 1} },
+		"down twice":               func(p *Placement) { p.Down = []int{1, 1} },
+		"down, not handed over":    func(p *Placement) { p.Blocks[0].Shard = 0; p.Down = []int{1} },
+		"since, not handed over":   func(p *Placement) { p.Since = 1; p.Version = 2 },
+		"handed over from itself":  func(p *Placement) { p.HandedOver, p.Since = true, p.Version },
+		"filling, not handed over": func(p *Placement) { p.Filling = []int{1 - p.Blocks[0].Shard} },
+		"filling a primary":        func(p *Placement) { p.Version, p.HandedOver, p.Since, p.Filling = 2, true, 1, []int{p.Blocks[0].Shard} },
 	} {
 		q, _ := DecodePlacement(p.Encode())
 		q.Copies = 2 // a backup is allowed unless the case says otherwise
@@ -182,6 +184,9 @@ func FuzzDecodePlacement(f *testing.F) {
 	f.Add(PlaceCopies(testTensors, 4, 3, 2).Encode())
 	if q, err := PlaceCopies(testTensors, 4, 3, 2).Handover(1); err == nil {
 		f.Add(q.Encode())
+		if r, err := q.Rejoin(1); err == nil {
+			f.Add(r.Encode())
+		}
 	}
 	f.Add([]byte(`{"shards":1,"block_size":1,"tensors":[{"name":"x","shape":[-1]}]}`))
 	f.Fuzz(func(t *testing.T, data []byte) {
@@ -332,5 +337,79 @@ func TestPlacementHandover(t *testing.T) {
 	}
 	if _, err := r.Reshard(2, 400, []string{"w", "x"}); err == nil {
 		t.Fatal("3 copies placed on 2 shards")
+	}
+}
+
+// A shard that comes back rejoins as the last copy of what it held in the
+// lineage's first placement, being filled; until it is filled a handover
+// does not promote it: where it is a block's only other copy, the block is
+// lost. Once filled it is a copy like any other.
+func TestPlacementRejoin(t *testing.T) {
+	p := PlaceCopies(w2.Tensors(), 64<<10, 3, 2)
+	q, err := p.Handover(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Rejoin(0); err == nil {
+		t.Fatal("a live shard rejoined")
+	}
+	r, err := q.Rejoin(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := DecodePlacement(r.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	if r.Version != q.Version+1 || r.Lineage() != p.Version || len(r.Down) != 0 || !slices.Equal(r.Filling, []int{1}) {
+		t.Fatalf("rejoined: version %d, lineage %d, down %v, filling %v", r.Version, r.Lineage(), r.Down, r.Filling)
+	}
+	for i, b := range r.Blocks {
+		held := p.Blocks[i].Shard == 1 || slices.Contains(p.Blocks[i].Backups, 1)
+		want := append([]int{q.Blocks[i].Shard}, q.Blocks[i].Backups...)
+		if held {
+			want = append(want, 1)
+		}
+		if got := append([]int{b.Shard}, b.Backups...); !slices.Equal(got, want) {
+			t.Fatalf("block %d after the rejoin: copies %v, want %v", b.ID, got, want)
+		}
+	}
+	// Its blocks' other copy dies while it is being filled: the blocks
+	// whose copies were that shard and it are lost.
+	var other int = -1
+	for _, b := range r.Blocks {
+		if len(b.Backups) == 1 && b.Backups[0] == 1 {
+			other = b.Shard
+			break
+		}
+	}
+	if other < 0 {
+		t.Fatal("no block is on shard 1 and one other alone")
+	}
+	if _, err := r.Handover(other); !errors.Is(err, ErrCopiesLost) {
+		t.Fatalf("the only filled copy died while the other was filling: %v, want ErrCopiesLost", err)
+	}
+	f, err := r.Filled(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.Version != r.Version+1 || len(f.Filling) != 0 {
+		t.Fatalf("filled: version %d, filling %v", f.Version, f.Filling)
+	}
+	if _, err := f.Filled(1); err == nil {
+		t.Fatal("a shard filled twice")
+	}
+	g, err := f.Handover(other)
+	if err != nil {
+		t.Fatalf("once filled, shard 1 takes over: %v", err)
+	}
+	for i, b := range g.Blocks {
+		if f.Blocks[i].Shard == other && len(f.Blocks[i].Backups) > 0 && b.Shard != f.Blocks[i].Backups[0] {
+			t.Fatalf("block %d: primary %d after the handover, want its first backup %d", b.ID, b.Shard, f.Blocks[i].Backups[0])
+		}
+	}
+	// A shard being filled that dies is simply down again.
+	h, err := r.Handover(1)
+	if err != nil || !slices.Equal(h.Down, []int{1}) || len(h.Filling) != 0 {
+		t.Fatalf("the filling shard died: down %v, filling %v, %v", h.Down, h.Filling, err)
 	}
 }

@@ -23,16 +23,28 @@ import (
 // skipped: the clock moves, the parameters do not). Rank, Epoch and Step
 // name the push it came from (ssp and async), so that a copy drops a
 // resend of it as the primary does.
+//
+// A State entry carries the block's whole state at clock At instead of an
+// update, for a copy that joins the chain (or a next copy that may lack
+// updates the acknowledgements no longer hold): Data is its parameters
+// then each optimizer slot, all little-endian float32s; Lasts, in ssp and
+// async, each rank's last step applied, and Epochs each rank's epoch.
 type Entry struct {
-	ID    uint32 `msgpack:"i"`
-	At    int64  `msgpack:"a"`
-	Skip  bool   `msgpack:"k,omitempty"`
-	Rank  uint32 `msgpack:"r,omitempty"`
-	Epoch uint64 `msgpack:"e,omitempty"`
-	Step  int64  `msgpack:"s,omitempty"`
-	Data  []byte `msgpack:"b,omitempty"`
-	Spans []byte `msgpack:"p,omitempty"`
+	ID     uint32   `msgpack:"i"`
+	At     int64    `msgpack:"a"`
+	Skip   bool     `msgpack:"k,omitempty"`
+	Rank   uint32   `msgpack:"r,omitempty"`
+	Epoch  uint64   `msgpack:"e,omitempty"`
+	Step   int64    `msgpack:"s,omitempty"`
+	Data   []byte   `msgpack:"b,omitempty"`
+	Spans  []byte   `msgpack:"p,omitempty"`
+	State  bool     `msgpack:"st,omitempty"`
+	Lasts  []int64  `msgpack:"l,omitempty"`
+	Epochs []uint64 `msgpack:"ep,omitempty"`
 }
+
+// MaxRanks bounds the ranks a state entry may name.
+const MaxRanks = 1 << 16
 
 // Ack says that every copy of block ID from the sender down the chain has
 // applied Clock updates. Gap: the sender got entries beyond its clock
@@ -91,6 +103,12 @@ func DecodeRepl(data []byte) (*ReplMsg, error) {
 			return bad("block %d: clock %d, step %d", e.ID, e.At, e.Step)
 		case e.Skip && (e.Data != nil || e.Spans != nil):
 			return bad("block %d: a skipped update that carries a gradient", e.ID)
+		case e.State && (e.Skip || e.Spans != nil || len(e.Data) == 0):
+			return bad("block %d: a state entry that is skipped, sparse or empty", e.ID)
+		case !e.State && (e.Lasts != nil || e.Epochs != nil):
+			return bad("block %d: ranks' steps or epochs in an update", e.ID)
+		case len(e.Lasts) > MaxRanks || len(e.Epochs) > MaxRanks:
+			return nil, &Error{Kind: TooLarge, Msg: fmt.Sprintf("block %d: %d ranks' steps and %d epochs (limit %d)", e.ID, len(e.Lasts), len(e.Epochs), MaxRanks)}
 		case len(e.Data)%4 != 0:
 			return nil, &Error{Kind: BadLength, Msg: fmt.Sprintf("block %d: %d bytes is not a whole number of float32", e.ID, len(e.Data))}
 		}

@@ -414,6 +414,9 @@ func TestReplMsgRefuses(t *testing.T) {
 		"odd bytes":     {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{Data: make([]byte, 5)}}}, BadLength},
 		"spans":         {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{Data: make([]byte, 8), Spans: AppendSpan(nil, 0, 1)}}}, BadLength},
 		"skip and data": {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{Skip: true, Data: make([]byte, 4)}}}, Malformed},
+		"empty state":   {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{State: true}}}, Malformed},
+		"sparse state":  {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{State: true, Data: make([]byte, 4), Spans: AppendSpan(nil, 0, 1)}}}, Malformed},
+		"update lasts":  {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{Data: make([]byte, 4), Lasts: []int64{1}}}}, Malformed},
 	} {
 		b, _ := Encode(&c.m)
 		if _, err := DecodeRepl(b); ErrKind(err) != c.kind {
