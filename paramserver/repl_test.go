@@ -26,6 +26,7 @@ type chainNet struct {
 	rng    *rand.Rand
 	lose   float64 // the chance a message is lost
 	lost   int
+	msgs   int // messages sent
 }
 
 var chainTensors = []models.Tensor{{Name: "a", Shape: []int{7, 5}}, {Name: "b", Shape: []int{13}}, {Name: "c", Shape: []int{3, 3}}}
@@ -51,6 +52,16 @@ func newChainNet(t *testing.T, cfg job.ShardConfig, shards, copies int) *chainNe
 
 func (n *chainNet) collect(i int) {
 	for _, o := range n.shards[i].Outgoing() {
+		if lim := n.shards[i].replBytes; lim > 0 && len(o.Msg.Entries) > 1 {
+			size := 0
+			for _, e := range o.Msg.Entries {
+				size += entryBytes(e)
+			}
+			if size > lim {
+				n.t.Fatalf("shard %d sent %d entries of %d bytes in one message; the limit is %d", i, len(o.Msg.Entries), size, lim)
+			}
+		}
+		n.msgs++
 		n.queue = append(n.queue, o)
 		n.from = append(n.from, i)
 	}
@@ -184,13 +195,17 @@ func bitsEqual(a, b []float32) bool {
 var adam = job.ShardConfig{Mode: job.Sync, Ranks: 2, Optimizer: job.DefaultOptimizer("adam", 0.01)}
 
 // Sync with 2 and 3 copies on 3 and 4 shards, a fifth of the messages
-// lost: after every step every copy of every block is bit for bit the
-// unreplicated shard's (parameters, Adam's moments, clock), and a pull of
-// the next clock is answered only once every copy has it.
+// lost, and with messages of one entry each: after every step every copy
+// of every block is bit for bit the unreplicated shard's (parameters,
+// Adam's moments, clock), and a pull of the next clock is answered only
+// once every copy has it.
 func TestChainCopiesMatchOneShard(t *testing.T) {
-	for _, c := range []struct{ shards, copies int }{{3, 2}, {4, 3}} {
+	for _, c := range []struct{ shards, copies, limit int }{{3, 2, 0}, {4, 3, 0}, {3, 2, 100}} {
 		n := newChainNet(t, adam, c.shards, c.copies)
 		n.lose = 0.2
+		for _, s := range n.shards {
+			s.SetReplicationLimit(c.limit) // 100 bytes: an entry (16 floats) a message
+		}
 		ref := NewShard(adam, n.p.Blocks, chainInit)
 		for step := int64(0); step < 12; step++ {
 			n.push(0, 0, step, nil)
@@ -224,7 +239,7 @@ func TestChainCopiesMatchOneShard(t *testing.T) {
 		for _, s := range n.shards {
 			resent += s.Stats().Resent
 		}
-		t.Logf("%d shards, %d copies: %d messages lost, %d entries sent again", c.shards, c.copies, n.lost, resent)
+		t.Logf("%d shards, %d copies, limit %d: %d messages, %d lost, %d entries sent again", c.shards, c.copies, c.limit, n.msgs, n.lost, resent)
 	}
 }
 

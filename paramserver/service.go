@@ -127,6 +127,10 @@ func Serve(nc *nats.Conn, shard *Shard, cfg ServiceConfig) (*Service, error) {
 	for _, b := range shard.blocks {
 		s.lens[b.ID] = b.Len
 	}
+	// Replication messages fit the server's max_payload, with room for
+	// their envelope.
+	payload := nc.MaxPayload()
+	shard.SetReplicationLimit(int(min(int64(job.RunBytes), payload-min(64<<10, payload/4))))
 	if cfg.SnapshotEvery > 0 {
 		if cfg.SnapshotDir == "" {
 			return nil, fmt.Errorf("shard %d: periodic snapshots need a snapshot directory", cfg.Shard)

@@ -106,6 +106,7 @@ type Shard struct {
 	cpos       map[uint32]int
 	outEntries map[int][]wire.Entry
 	outAcks    map[int][]wire.Ack
+	replBytes  int // the bytes of data a replication message carries at most (0: job.RunBytes)
 	waiting    []waiter
 	ready      []Answer
 	now        int64 // ticks

@@ -334,9 +334,22 @@ func (s *Shard) Outgoing() []Outgoing {
 	}
 	slices.Sort(tos)
 	var out []Outgoing
+	limit := s.replBytes
+	if limit <= 0 {
+		limit = job.RunBytes
+	}
 	for _, to := range tos {
-		if es := s.outEntries[to]; len(es) > 0 {
-			out = append(out, Outgoing{To: to, Msg: &wire.ReplMsg{Placement: s.version, From: uint32(s.self), Entries: es}})
+		// Entries go in messages of at most limit bytes of data (a
+		// resend after a loss, or a new next's, may hold every block's).
+		es := s.outEntries[to]
+		for len(es) > 0 {
+			n, size := 0, 0
+			for n < len(es) && (n == 0 || size+entryBytes(es[n]) <= limit) {
+				size += entryBytes(es[n])
+				n++
+			}
+			out = append(out, Outgoing{To: to, Msg: &wire.ReplMsg{Placement: s.version, From: uint32(s.self), Entries: es[:n:n]}})
+			es = es[n:]
 		}
 		if as := s.outAcks[to]; len(as) > 0 {
 			out = append(out, Outgoing{To: to, Msg: &wire.ReplMsg{Placement: s.version, From: uint32(s.self), Acks: as}})
@@ -346,6 +359,15 @@ func (s *Shard) Outgoing() []Outgoing {
 	clear(s.outAcks)
 	return out
 }
+
+// entryBytes is what an entry takes in a message, about: its data and
+// spans, and room for its other fields.
+func entryBytes(e wire.Entry) int { return len(e.Data) + len(e.Spans) + 64 }
+
+// SetReplicationLimit bounds the bytes of data a replication message
+// carries (default job.RunBytes: a message fits NATS's default
+// max_payload); an entry larger than it goes alone.
+func (s *Shard) SetReplicationLimit(bytes int) { s.replBytes = bytes }
 
 // resendStale queues again the entries of every block that has waited
 // ReplResendTicks ticks without an acknowledgement.
