@@ -111,6 +111,16 @@ func (n *chainNet) settle() {
 			return
 		}
 	}
+	for i, s := range n.shards {
+		if s == nil {
+			continue
+		}
+		for _, b := range append(slices.Clone(s.blocks), s.copies...) {
+			if len(b.log) > 0 {
+				n.t.Logf("shard %d block %d: clock %d acked %d next %d prev %d filled %v log %d (first at %d state %v)", i, b.ID, b.clock, b.acked, b.next, b.prev, b.filled, len(b.log), b.log[0].At, b.log[0].State)
+			}
+		}
+	}
 	n.t.Fatal("the chains did not settle in 100 ticks")
 }
 
@@ -479,5 +489,90 @@ func TestChainRefusesWhatDoesNotFit(t *testing.T) {
 	e := wire.Entry{ID: backupOf1.ID, At: 0, Rank: 5, Data: grad(0, 0, backupOf1)}
 	if err := a.shards[to].Replicate(&wire.ReplMsg{Placement: 1, From: 1, Entries: []wire.Entry{e}}); wire.ErrKind(err) != wire.BadRank {
 		t.Errorf("an entry of rank 5 in a job of 1: %v", err)
+	}
+}
+
+// Re-replication: shard 1 dies and its blocks are handed over; it comes
+// back empty (a new process), rejoins as the last copy of what it held, and
+// is filled from its predecessors' state entries while steps go on, under
+// a fifth of the messages lost. Once filled (job.Placement.Filled), shard 0
+// dies too: its blocks are handed over, to shard 1 among others, and the
+// job goes on. After every step every live copy is the unreplicated
+// shard's, bit for bit.
+func TestChainRejoinFillsAndTakesOver(t *testing.T) {
+	for _, mode := range []string{job.Sync, job.Async} {
+		cfg := job.ShardConfig{Mode: mode, Ranks: 2, Optimizer: job.DefaultOptimizer("adam", 0.01)}
+		n := newChainNet(t, cfg, 3, 2)
+		n.lose = 0.2
+		ref := NewShard(cfg, n.p.Blocks, chainInit)
+		step := int64(0)
+		run := func(k int) {
+			for range k {
+				for r := range 2 {
+					n.push(r, 1, step, nil)
+					refPush(t, ref, n.p, r, 1, step)
+					if mode != job.Sync {
+						n.settle() // async: each push applied in turn, as the reference's
+					}
+				}
+				n.settle()
+				n.same(ref, fmt.Sprintf("%s, step %d", mode, step))
+				step++
+			}
+		}
+		chain := func(p *job.Placement) {
+			n.p = p
+			for i, s := range n.shards {
+				if s != nil {
+					if err := s.Chain(i, p); err != nil {
+						t.Fatal(err)
+					}
+					n.collect(i)
+				}
+			}
+			n.settle()
+		}
+		run(3)
+		n.shards[1] = nil
+		q, err := n.p.Handover(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chain(q)
+		run(2)
+		r, err := q.Rejoin(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back := NewShard(cfg, r.Held(1), func(job.Block, []float32) {})
+		back.Empty()
+		n.shards[1] = back
+		chain(r)
+		if !back.Filled() || back.Stats().Filled != int64(len(r.Held(1))) {
+			t.Fatalf("%s: the rejoined shard filled %d of its %d blocks", mode, back.Stats().Filled, len(r.Held(1)))
+		}
+		run(2)
+		f, err := r.Filled(1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chain(f)
+		n.shards[0] = nil
+		g, err := f.Handover(0)
+		if err != nil {
+			t.Fatalf("%s: shard 0 died after shard 1 was filled: %v", mode, err)
+		}
+		chain(g)
+		run(2)
+		primaryOf1 := 0
+		for _, b := range g.Blocks {
+			if b.Shard == 1 {
+				primaryOf1++
+			}
+		}
+		if primaryOf1 == 0 {
+			t.Fatalf("%s: shard 1 took over no block", mode)
+		}
+		t.Logf("%s: shard 1 filled %d blocks, then was primary of %d after shard 0 died; %d messages, %d lost", mode, back.Stats().Filled, primaryOf1, n.msgs, n.lost)
 	}
 }

@@ -23,6 +23,7 @@ type Stats struct {
 	ReplDuplicates int64 // entries dropped as resends of updates applied
 	Resent         int64 // entries sent down a chain again
 	StaleAcks      int64 // acknowledgements from a copy the chain no longer runs to
+	Filled         int64 // blocks filled from a predecessor's state (a copy that joined a chain)
 }
 
 type block struct {
@@ -50,6 +51,12 @@ type block struct {
 	acked      int64
 	log        []wire.Entry
 	sentAt     int64
+	// A copy that joined a chain holds nothing until its predecessor's
+	// state entries have all come (filled): the parts got so far, of the
+	// state at clock fillAt.
+	filled  bool
+	fillAt  int64
+	fillGot uint64
 }
 
 // waiter is a held pull (req), or a held push acknowledgement (targets:
@@ -132,7 +139,7 @@ func NewShard(cfg job.ShardConfig, blocks []job.Block, init func(b job.Block, ds
 		self: -1, cpos: map[uint32]int{}, outEntries: map[int][]wire.Entry{}, outAcks: map[int][]wire.Ack{}}
 	maxLen := 0
 	for i, b := range blocks {
-		blk := &block{Block: b, w: make([]float32, b.Len), keptAt: -1, prev: -1, next: -1}
+		blk := &block{Block: b, w: make([]float32, b.Len), keptAt: -1, prev: -1, next: -1, filled: true}
 		init(b, blk.w)
 		for range cfg.Optimizer.Slots() {
 			blk.slots = append(blk.slots, make([]float32, b.Len))

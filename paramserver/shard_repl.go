@@ -104,8 +104,16 @@ func (s *Shard) Chain(self int, p *job.Placement) error {
 			b.next = next
 			if next < 0 {
 				b.log, b.acked = nil, b.clock
-			} else {
-				s.resend(b, 0) // the new next drops what it has
+			} else if b.filled {
+				// The new next may lack what the old one acknowledged (a
+				// copy that rejoined holds nothing): the block's state at
+				// its clock, after the entries it may still need. It drops
+				// what it has.
+				s.resend(b, 0)
+				for _, e := range s.stateEntries(b) {
+					b.log = append(b.log, e)
+					s.outEntries[next] = append(s.outEntries[next], e)
+				}
 			}
 		}
 	}
@@ -167,6 +175,75 @@ func (s *Shard) forward(b *block, e wire.Entry) {
 	s.outEntries[b.next] = append(s.outEntries[b.next], e)
 }
 
+// stateEntries are b's state at its clock as state entries: its
+// parameters (with the ranks' last steps and epochs), then each optimizer
+// slot.
+func (s *Shard) stateEntries(b *block) []wire.Entry {
+	parts := uint8(1 + len(b.slots))
+	es := []wire.Entry{{ID: b.ID, At: b.clock, State: true, Parts: parts, Data: slices.Clone(wire.FloatBytes(b.w)),
+		Lasts: slices.Clone(b.last), Epochs: slices.Clone(s.epochs)}}
+	for k, sl := range b.slots {
+		es = append(es, wire.Entry{ID: b.ID, At: b.clock, State: true, Part: uint8(k + 1), Parts: parts, Data: slices.Clone(wire.FloatBytes(sl))})
+	}
+	return es
+}
+
+// Empty marks every block of the shard as holding nothing: a shard that
+// rejoins a chain (job.Placement.Rejoin) is filled from its predecessors'
+// state entries.
+func (s *Shard) Empty() {
+	for _, bs := range [][]*block{s.blocks, s.copies} {
+		for _, b := range bs {
+			b.filled, b.fillGot = false, 0
+		}
+	}
+}
+
+// Filled reports whether every block of the shard holds its state.
+func (s *Shard) Filled() bool {
+	for _, bs := range [][]*block{s.blocks, s.copies} {
+		for _, b := range bs {
+			if !b.filled {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+// takeState installs a state entry's part in b (unfilled, or behind it);
+// it reports whether b is filled by it.
+func (s *Shard) takeState(b *block, e wire.Entry) bool {
+	if b.filled {
+		if e.At <= b.clock {
+			s.stats.ReplDuplicates++
+			return false
+		}
+		b.filled, b.fillGot = false, 0 // behind: filled afresh
+	}
+	if b.fillGot == 0 || e.At != b.fillAt {
+		b.fillAt, b.fillGot = e.At, 0
+	}
+	if e.Part == 0 {
+		wire.CopyFloats(b.w, e.Data)
+		copy(b.last, e.Lasts)
+		for r, ep := range e.Epochs {
+			s.epochs[r] = max(s.epochs[r], ep)
+		}
+	} else {
+		wire.CopyFloats(b.slots[e.Part-1], e.Data)
+	}
+	b.fillGot |= 1 << e.Part
+	if b.fillGot != 1<<e.Parts-1 {
+		return false
+	}
+	b.clock, b.filled, b.fillGot = b.fillAt, true, 0
+	b.keptAt = -1
+	s.keepBlock(b)
+	s.stats.Filled++
+	return true
+}
+
 // entryOf is the entry of an update of b from gradient bytes (copied: the
 // message or sum they view is reused) and spans.
 func entryOf(b *block, data, spans []byte) wire.Entry {
@@ -215,7 +292,16 @@ func (s *Shard) takeEntries(from int, es []wire.Entry) error {
 		if b.prev != from {
 			return refuse(wire.Refused, "block %d: its updates come from shard %d, not %d", e.ID, b.prev, from)
 		}
-		if !e.Skip {
+		switch {
+		case e.State:
+			lasts := 0
+			if s.cfg.Mode != job.Sync {
+				lasts = s.cfg.Ranks
+			}
+			if len(e.Data) != 4*b.Len || int(e.Parts) != 1+len(b.slots) || e.Part == 0 && (len(e.Lasts) != lasts || len(e.Epochs) != s.cfg.Ranks) {
+				return refuse(wire.BadLength, "block %d: a state part of %d bytes, %d parts, %d ranks' steps and %d epochs does not fit it", e.ID, len(e.Data), e.Parts, len(e.Lasts), len(e.Epochs))
+			}
+		case !e.Skip:
 			if _, err := checkSpans(b, e.Spans, len(e.Data)); err != nil {
 				return err
 			}
@@ -231,8 +317,22 @@ func (s *Shard) takeEntries(from int, es []wire.Entry) error {
 		if !slices.Contains(touched, e.ID) {
 			touched = append(touched, e.ID)
 		}
+		if e.State {
+			if s.takeState(b, e) && b.next >= 0 { // pass the state on
+				for _, se := range s.stateEntries(b) {
+					s.forward(b, se)
+				}
+			} else if b.filled && b.next < 0 {
+				b.acked = b.clock
+			}
+			delete(gap, e.ID)
+			continue
+		}
 		switch {
 		case gap[e.ID]:
+			continue
+		case !b.filled: // nothing to apply it to until the state comes
+			gap[e.ID] = true
 			continue
 		case e.At < b.clock:
 			s.stats.ReplDuplicates++
@@ -249,7 +349,11 @@ func (s *Shard) takeEntries(from int, es []wire.Entry) error {
 	}
 	for _, id := range touched {
 		b := s.copies[s.cpos[id]]
-		s.outAcks[from] = append(s.outAcks[from], wire.Ack{ID: id, Clock: settled(b), Gap: gap[id]})
+		clock := settled(b)
+		if !b.filled {
+			clock = 0 // it holds nothing yet
+		}
+		s.outAcks[from] = append(s.outAcks[from], wire.Ack{ID: id, Clock: clock, Gap: gap[id] || !b.filled})
 	}
 	return nil
 }
@@ -286,18 +390,23 @@ func (s *Shard) takeAcks(from int, as []wire.Ack) error {
 			s.stats.StaleAcks++ // from a copy the chain no longer runs to
 			continue
 		}
-		if c := min(a.Clock, b.clock); c > b.acked {
-			b.acked = c
+		c := min(a.Clock, b.clock)
+		// What the next has: updates below its clock, and a state at it.
+		k := 0
+		for k < len(b.log) && (b.log[k].At < c || b.log[k].State && b.log[k].At <= c && !a.Gap) {
+			k++
+		}
+		if k > 0 {
 			b.sentAt = s.now
-			k := 0
-			for k < len(b.log) && b.log[k].At < c {
-				k++
-			}
 			clear(b.log[:k])
 			b.log = b.log[k:]
 			if len(b.log) == 0 {
 				b.log = nil
 			}
+		}
+		if c > b.acked {
+			b.acked = c
+			b.sentAt = s.now
 			if b.prev >= 0 {
 				s.outAcks[b.prev] = append(s.outAcks[b.prev], wire.Ack{ID: b.ID, Clock: b.acked})
 			}

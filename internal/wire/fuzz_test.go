@@ -133,7 +133,8 @@ func FuzzDecodeSeat(f *testing.F) {
 func FuzzDecodeReplication(f *testing.F) {
 	seeds(f, &ReplMsg{V: Version, Job: "j", Placement: 2, From: 1, Entries: []Entry{{ID: 3, At: 7, Data: make([]byte, 8)},
 		{ID: 4, At: 0, Rank: 1, Epoch: 2, Step: 5, Data: make([]byte, 4), Spans: AppendSpan(nil, 2, 1)}, {ID: 5, At: 1, Skip: true},
-		{ID: 6, At: 9, State: true, Data: make([]byte, 12), Lasts: []int64{3, -1}, Epochs: []uint64{1, 2}}}},
+		{ID: 6, At: 9, State: true, Parts: 2, Data: make([]byte, 12), Lasts: []int64{3, -1}, Epochs: []uint64{1, 2}},
+		{ID: 6, At: 9, State: true, Part: 1, Parts: 2, Data: make([]byte, 12)}}},
 		&ReplMsg{V: Version, Job: "j", Placement: 1, Acks: []Ack{{ID: 3, Clock: 8}, {ID: 4, Clock: 2, Gap: true}}})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		m, err := DecodeRepl(data)
@@ -145,7 +146,7 @@ func FuzzDecodeReplication(f *testing.F) {
 		}
 		for _, e := range m.Entries {
 			if e.At < 0 || e.Step < 0 || len(e.Data)%4 != 0 || e.Skip && e.Data != nil || e.State && (e.Skip || e.Spans != nil || len(e.Data) == 0) ||
-				!e.State && (e.Lasts != nil || e.Epochs != nil) {
+				!e.State && (e.Lasts != nil || e.Epochs != nil || e.Parts != 0) || e.State && e.Part >= e.Parts {
 				t.Fatalf("accepted a bad entry: %+v", e)
 			}
 			if e.Spans != nil {

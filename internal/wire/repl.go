@@ -24,11 +24,13 @@ import (
 // name the push it came from (ssp and async), so that a copy drops a
 // resend of it as the primary does.
 //
-// A State entry carries the block's whole state at clock At instead of an
-// update, for a copy that joins the chain (or a next copy that may lack
-// updates the acknowledgements no longer hold): Data is its parameters
-// then each optimizer slot, all little-endian float32s; Lasts, in ssp and
-// async, each rank's last step applied, and Epochs each rank's epoch.
+// A State entry carries part of the block's whole state at clock At
+// instead of an update, for a copy that joins the chain (or a next copy
+// that may lack updates the acknowledgements no longer hold): Part 0 its
+// parameters, with, in ssp and async, each rank's last step applied
+// (Lasts) and each rank's epoch (Epochs); Part k its optimizer's slot k-1;
+// Parts is how many parts the state has. Each is little-endian float32s,
+// one block long.
 type Entry struct {
 	ID     uint32   `msgpack:"i"`
 	At     int64    `msgpack:"a"`
@@ -39,6 +41,8 @@ type Entry struct {
 	Data   []byte   `msgpack:"b,omitempty"`
 	Spans  []byte   `msgpack:"p,omitempty"`
 	State  bool     `msgpack:"st,omitempty"`
+	Part   uint8    `msgpack:"pt,omitempty"`
+	Parts  uint8    `msgpack:"ps,omitempty"`
 	Lasts  []int64  `msgpack:"l,omitempty"`
 	Epochs []uint64 `msgpack:"ep,omitempty"`
 }
@@ -105,8 +109,10 @@ func DecodeRepl(data []byte) (*ReplMsg, error) {
 			return bad("block %d: a skipped update that carries a gradient", e.ID)
 		case e.State && (e.Skip || e.Spans != nil || len(e.Data) == 0):
 			return bad("block %d: a state entry that is skipped, sparse or empty", e.ID)
-		case !e.State && (e.Lasts != nil || e.Epochs != nil):
-			return bad("block %d: ranks' steps or epochs in an update", e.ID)
+		case !e.State && (e.Lasts != nil || e.Epochs != nil || e.Part != 0 || e.Parts != 0):
+			return bad("block %d: ranks' steps, epochs or a state's part in an update", e.ID)
+		case e.State && (e.Part >= e.Parts || e.Part > 0 && (e.Lasts != nil || e.Epochs != nil)):
+			return bad("block %d: state part %d of %d", e.ID, e.Part, e.Parts)
 		case len(e.Lasts) > MaxRanks || len(e.Epochs) > MaxRanks:
 			return nil, &Error{Kind: TooLarge, Msg: fmt.Sprintf("block %d: %d ranks' steps and %d epochs (limit %d)", e.ID, len(e.Lasts), len(e.Epochs), MaxRanks)}
 		case len(e.Data)%4 != 0:

@@ -404,19 +404,20 @@ func TestReplMsgRefuses(t *testing.T) {
 		m    ReplMsg
 		kind Kind
 	}{
-		"version":       {ReplMsg{V: 9, Job: "j", Placement: 1, Acks: []Ack{{}}}, BadVersion},
-		"job":           {ReplMsg{V: Version, Job: "a b", Placement: 1, Acks: []Ack{{}}}, UnknownJob},
-		"placement":     {ReplMsg{V: Version, Job: "j", Acks: []Ack{{}}}, Malformed},
-		"both":          {ReplMsg{V: Version, Job: "j", Placement: 1, Acks: []Ack{{}}, Entries: []Entry{{}}}, Malformed},
-		"neither":       {ReplMsg{V: Version, Job: "j", Placement: 1}, Malformed},
-		"negative ack":  {ReplMsg{V: Version, Job: "j", Placement: 1, Acks: []Ack{{Clock: -1}}}, Malformed},
-		"negative at":   {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{At: -1}}}, Malformed},
-		"odd bytes":     {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{Data: make([]byte, 5)}}}, BadLength},
-		"spans":         {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{Data: make([]byte, 8), Spans: AppendSpan(nil, 0, 1)}}}, BadLength},
-		"skip and data": {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{Skip: true, Data: make([]byte, 4)}}}, Malformed},
-		"empty state":   {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{State: true}}}, Malformed},
-		"sparse state":  {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{State: true, Data: make([]byte, 4), Spans: AppendSpan(nil, 0, 1)}}}, Malformed},
-		"update lasts":  {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{Data: make([]byte, 4), Lasts: []int64{1}}}}, Malformed},
+		"version":             {ReplMsg{V: 9, Job: "j", Placement: 1, Acks: []Ack{{}}}, BadVersion},
+		"job":                 {ReplMsg{V: Version, Job: "a b", Placement: 1, Acks: []Ack{{}}}, UnknownJob},
+		"placement":           {ReplMsg{V: Version, Job: "j", Acks: []Ack{{}}}, Malformed},
+		"both":                {ReplMsg{V: Version, Job: "j", Placement: 1, Acks: []Ack{{}}, Entries: []Entry{{}}}, Malformed},
+		"neither":             {ReplMsg{V: Version, Job: "j", Placement: 1}, Malformed},
+		"negative ack":        {ReplMsg{V: Version, Job: "j", Placement: 1, Acks: []Ack{{Clock: -1}}}, Malformed},
+		"negative at":         {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{At: -1}}}, Malformed},
+		"odd bytes":           {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{Data: make([]byte, 5)}}}, BadLength},
+		"spans":               {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{Data: make([]byte, 8), Spans: AppendSpan(nil, 0, 1)}}}, BadLength},
+		"skip and data":       {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{Skip: true, Data: make([]byte, 4)}}}, Malformed},
+		"empty state":         {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{State: true, Parts: 1}}}, Malformed},
+		"part past the parts": {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{State: true, Part: 2, Parts: 2, Data: make([]byte, 4)}}}, Malformed},
+		"sparse state":        {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{State: true, Parts: 1, Data: make([]byte, 4), Spans: AppendSpan(nil, 0, 1)}}}, Malformed},
+		"update lasts":        {ReplMsg{V: Version, Job: "j", Placement: 1, Entries: []Entry{{Data: make([]byte, 4), Lasts: []int64{1}}}}, Malformed},
 	} {
 		b, _ := Encode(&c.m)
 		if _, err := DecodeRepl(b); ErrKind(err) != c.kind {
