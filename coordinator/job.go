@@ -308,6 +308,39 @@ func (j *Job) ShardDown(idx int, serving int64) []Action {
 	return j.rollback(p.Shards, why)
 }
 
+// ShardUp: shard idx's process claimed its index (serving 0), says it
+// serves placement version serving, or that it is filled there. Where the
+// placement keeps copies of each block, a process that claims an index a
+// handover left down rejoins: the placement in which it is the last copy
+// of what it held, being filled (job.Placement.Rejoin); once it says it is
+// filled, the placement in which it is a copy like any other. So the job
+// gets its copies back while it trains.
+func (j *Job) ShardUp(idx int, serving int64, filled bool) []Action {
+	p := j.placement
+	if j.finished || p.Copies < 2 {
+		return nil
+	}
+	switch {
+	case slices.Contains(p.Down, idx):
+		q, err := p.Rejoin(idx)
+		if err != nil {
+			return nil
+		}
+		j.placement = q
+		clear(j.snaps)
+		return []Action{{Kind: DoPlace, Placement: q, Why: fmt.Sprintf("parameter-server shard %d is back: it rejoins its blocks' chains, to be filled", idx), Thrown: 0}}
+	case filled && slices.Contains(p.Filling, idx) && serving >= p.Lineage():
+		q, err := p.Filled(idx)
+		if err != nil {
+			return nil
+		}
+		j.placement = q
+		clear(j.snaps)
+		return []Action{{Kind: DoPlace, Placement: q, Why: fmt.Sprintf("parameter-server shard %d is filled: every block has its copies again", idx), Thrown: 0}}
+	}
+	return nil
+}
+
 // SnapshotRecorded: a shard recorded a snapshot.
 func (j *Job) SnapshotRecorded(rec job.SnapshotRecord) []Action {
 	if !j.placement.Live(rec.Shard) || rec.Placement != j.placement.Version || rec.Step <= j.last.Step {

@@ -20,6 +20,7 @@ import (
 //	new mode=sync|ssp|async ranks=N shards=N join-ticks=N [tasks=(S,steps,per,timeout,attempts)] [checkpoint-every=N] [seats=N] [copies=N]
 //	up W | down W                  worker W registers or dies
 //	shard-down I V                 the process of shard I, serving placement V (0: restoring), dies
+//	shard-up I V [filled]          the process of shard I claims it (V 0), serves placement V, or is filled there
 //	snap I STEP V                  shard I recorded its snapshot of STEP under placement V (file sI@STEP)
 //	done R                         rank R pushed its last step
 //	reshard N                      an operator asks for N shards
@@ -87,6 +88,8 @@ func TestJobScripts(t *testing.T) {
 				out = j.WorkerDown(arg(0))
 			case "shard-down":
 				out = j.ShardDown(num(0), int64(num(1)))
+			case "shard-up":
+				out = j.ShardUp(num(0), int64(num(1)), len(d.CmdArgs) > 2 && d.CmdArgs[2].Key == "filled")
 			case "snap":
 				out = j.SnapshotRecorded(job.SnapshotRecord{Shard: num(0), Step: int64(num(1)), Placement: int64(num(2)),
 					Path: fmt.Sprintf("s%d@%d", num(0), num(1))})
@@ -122,7 +125,7 @@ func render(as []Action) string {
 		case DoPlace:
 			p := a.Placement
 			if p.HandedOver {
-				parts = append(parts, fmt.Sprintf("hand over v%d (lineage %d) down=%v fence=%v", p.Version, p.Lineage(), p.Down, p.Epochs))
+				parts = append(parts, fmt.Sprintf("hand over v%d (lineage %d) down=%v filling=%v fence=%v", p.Version, p.Lineage(), p.Down, p.Filling, p.Epochs))
 				break
 			}
 			parts = append(parts, fmt.Sprintf("place v%d shards=%d from=%d files=%s fence=%v", p.Version, p.Shards, p.Start, strings.Join(p.From, ","), p.Epochs))

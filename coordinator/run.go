@@ -265,6 +265,8 @@ func (c *run) handle(ctx context.Context, ev job.Event) (finished bool, err erro
 		out = c.job.WorkerDown(ev.Worker)
 	case job.ShardDown:
 		out = c.job.ShardDown(ev.Shard, ev.Placement)
+	case job.ShardUp:
+		out = c.job.ShardUp(ev.Shard, ev.Placement, ev.Filled)
 	case job.SnapshotRecorded:
 		out = c.job.SnapshotRecorded(ev.Snapshot)
 	case job.CheckpointRecorded: // read back when the coordinator restarts
@@ -381,7 +383,7 @@ func (c *run) place(ctx context.Context, a Action) error {
 			return err
 		}
 		c.placed = q
-		c.cfg.Log.Warn("handed over", "why", a.Why, "placement", q.Version, "lineage", q.Lineage(), "down", q.Down, "steps_thrown_away", 0)
+		c.cfg.Log.Warn("handed over", "why", a.Why, "placement", q.Version, "lineage", q.Lineage(), "down", q.Down, "filling", q.Filling, "steps_thrown_away", 0)
 		return nil
 	}
 	rec := job.RollbackRecord{Placement: q.Version, Why: a.Why, ToStep: q.Start, FromStep: -1}

@@ -246,6 +246,14 @@ func (s *Service) Clock() int64 {
 	return s.shard.Clock()
 }
 
+// Filled reports whether the shard holds every block's state (see
+// Shard.Empty: a shard that rejoins its chains is filled from the others).
+func (s *Service) Filled() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shard.Filled()
+}
+
 // Stats returns the shard's counts.
 func (s *Service) Stats() Stats {
 	s.mu.Lock()

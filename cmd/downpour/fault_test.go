@@ -400,8 +400,12 @@ func TestFaultsAsync(t *testing.T) {
 // once, and every shard's counters reconcile (what it accepted as a
 // primary, applied once or skipped).
 func TestFaultsAsyncReplicated(t *testing.T) {
-	t.Run("async", func(t *testing.T) { taskFaults(t, append(slices.Clone(asyncSpec), "--ps-replicas", "2"), "kill-ps") })
-	t.Run("ssp", func(t *testing.T) { taskFaults(t, append(slices.Clone(sspSpec), "--ps-replicas", "2"), "kill-ps") })
+	// 300 steps, not 200: a push's answer waits for its backup, and at 200
+	// steps the held-out loss of these runs (0.16-0.48) came near the
+	// suite's bound (a quarter of the untrained 2.56).
+	more := []string{"--ps-replicas", "2", "--steps", "300"}
+	t.Run("async", func(t *testing.T) { taskFaults(t, append(slices.Clone(asyncSpec), more...), "kill-ps") })
+	t.Run("ssp", func(t *testing.T) { taskFaults(t, append(slices.Clone(sspSpec), more...), "kill-ps") })
 }
 
 // sspSpec is asyncSpec in ssp mode: elastic (tasks), staleness 2.
@@ -560,7 +564,7 @@ func taskFaults(t *testing.T, spec []string, faults ...string) {
 			// Counters reconcile on every shard.
 			for i, sh := range f.shards {
 				sh.wait(t, time.Minute)
-				if strings.Contains(sh.out.String(), "this shard is down in the placement") {
+				if strings.Contains(sh.out.String(), "this shard is down in the placement") && !strings.Contains(sh.out.String(), `msg="job done"`) {
 					t.Logf("shard %d: started again after its blocks were handed over: it served nothing", i)
 					continue
 				}
@@ -586,7 +590,7 @@ func taskFaults(t *testing.T, spec []string, faults ...string) {
 						fmt.Sscan(v, &replicated)
 					}
 				}
-				if accepted == 0 || accepted != applied-replicated+skipped {
+				if accepted == 0 && replicated == 0 || accepted != applied-replicated+skipped {
 					t.Fatalf("shard %d: accepted %d, applied %d (%d as a copy), skipped %d (line %q)", i, accepted, applied, replicated, skipped, line)
 				}
 				t.Logf("shard %d: %d block gradients accepted, %d applied (%d of them as a copy), %d duplicates dropped", i, accepted, applied, replicated, duplicates)

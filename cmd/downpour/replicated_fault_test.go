@@ -24,7 +24,9 @@ import (
 // over to their backups, the workers send what they had in flight to the
 // new primaries, and the job ends with the fault-free run's parameters
 // (of one copy: replication changes no bit) with no rollback, 0 steps
-// redone. The frozen shard, woken, finds itself fenced off. Both shards
+// redone. The frozen shard, woken, finds itself fenced off. A killed shard
+// started again rejoins and is filled while the job trains: when the
+// other dies after that, its blocks are handed over to it. Both shards
 // killed at once lose both copies of every block: the job goes back to its
 // last checkpoint, as with one copy, and its rollback record says why.
 func TestFaultsReplicatedShards(t *testing.T) {
@@ -33,7 +35,7 @@ func TestFaultsReplicatedShards(t *testing.T) {
 	want, _ := trainRun(t, filepath.Join(t.TempDir(), "ref"), faultSpec...)
 	spec := append(slices.Clone(faultSpec), "--ps-replicas", "2")
 	rng := rand.New(rand.NewPCG(2014, 35))
-	for i, fault := range []string{"kill-ps-0", "kill-ps-1", "stop-ps-0", "kill-both"} {
+	for i, fault := range []string{"kill-ps-0", "kill-ps-1", "stop-ps-0", "kill-both", "kill-ps-0-then-ps-1"} {
 		t.Run(fault, func(t *testing.T) {
 			f := startFaultCluster(t, c, cli, nc, fmt.Sprint("repl", i), spec)
 			at := int64(30 + rng.IntN(100))
@@ -59,6 +61,43 @@ func TestFaultsReplicatedShards(t *testing.T) {
 					t.Fatalf("both shards killed: rollback records %v (%v), want one that says the last copy was lost", r.Kvs, err)
 				}
 				t.Logf("kill -9 both shards at step %d: completed bit-identical; %s", clock, r.Kvs[0].Value)
+				return
+			}
+			if fault == "kill-ps-0-then-ps-1" {
+				// ps 0 dies and comes back: it rejoins, is filled while
+				// the job trains, and so holds a copy again when ps 1
+				// dies, whose blocks it then takes over.
+				f.shards[0].cmd.Process.Kill()
+				err := <-f.shards[0].done
+				f.shards[0].done <- err
+				f.shards[0] = f.startShard(0)
+				var filledAt int64
+				f.waitFor(func() bool {
+					p := placementOf(t, cli, f.name)
+					filledAt = f.clock()
+					return p.Version > v0+2 && len(p.Down) == 0 && len(p.Filling) == 0
+				}, "ps 0 to rejoin and be filled")
+				refilled := time.Since(start)
+				v1 := placementVersion(t, cli, f.name)
+				f.shards[1].cmd.Process.Kill()
+				f.faulty[f.shards[1]] = true
+				f.waitFor(func() bool { return placementVersion(t, cli, f.name) > v1 }, "the second handover")
+				got := f.finish()
+				if !slices.Equal(got, want) {
+					t.Fatalf("ps 0 killed at step %d, then ps 1: the parameters differ from the fault-free run's", clock)
+				}
+				r, err := cli.Get(context.Background(), etcdstore.KeysFor(f.name).Rollbacks(), clientv3.WithPrefix())
+				if err != nil || len(r.Kvs) != 0 {
+					t.Fatalf("%d rollbacks (%v), want none", len(r.Kvs), err)
+				}
+				if p := placementOf(t, cli, f.name); !p.HandedOver || p.Lineage() != v0 || !slices.Equal(p.Down, []int{1}) {
+					t.Fatalf("final placement %d: handed over %v, lineage %d, down %v", p.Version, p.HandedOver, p.Lineage(), p.Down)
+				}
+				if !strings.Contains(f.shards[0].out.String(), "filled from the other copies") {
+					t.Fatalf("ps 0 did not say it was filled:\n%s", f.shards[0].out.String())
+				}
+				t.Logf("kill -9 ps 0 at step %d, started again: rejoined and filled %.1fs later (step %d); then kill -9 ps 1: completed bit-identical, no rollback, 0 steps redone",
+					clock, refilled.Seconds(), filledAt)
 				return
 			}
 			idx := int(fault[len(fault)-1] - '0')
@@ -98,8 +137,12 @@ func TestFaultsReplicatedShards(t *testing.T) {
 				t.Fatal(err)
 			}
 			p, err := job.DecodePlacement(pr.Kvs[0].Value)
-			if err != nil || !p.HandedOver || p.Lineage() != v0 || !slices.Equal(p.Down, []int{idx}) {
-				t.Fatalf("final placement %d: handed over %v, lineage %d, down %v (%v)", p.Version, p.HandedOver, p.Lineage(), p.Down, err)
+			wantDown := []int{idx}
+			if fault == "kill-ps-0" { // started again: it rejoins
+				wantDown = nil
+			}
+			if err != nil || !p.HandedOver || p.Lineage() != v0 || !slices.Equal(p.Down, wantDown) {
+				t.Fatalf("final placement %d: handed over %v, lineage %d, down %v, want %v (%v)", p.Version, p.HandedOver, p.Lineage(), p.Down, wantDown, err)
 			}
 			if fault == "stop-ps-0" {
 				select {
@@ -141,4 +184,18 @@ func TestFaultsAsyncReplicatedLosesNothing(t *testing.T) {
 	if err != nil || len(r.Kvs) != 0 {
 		t.Fatalf("%d rollbacks (%v), want none", len(r.Kvs), err)
 	}
+}
+
+// placementOf is the job's placement in etcd.
+func placementOf(t *testing.T, cli *clientv3.Client, name string) *job.Placement {
+	t.Helper()
+	r, err := cli.Get(context.Background(), etcdstore.KeysFor(name).Placement())
+	if err != nil || len(r.Kvs) != 1 {
+		t.Fatalf("reading the placement: %v", err)
+	}
+	p, err := job.DecodePlacement(r.Kvs[0].Value)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -40,6 +40,9 @@ type RollbackRecord struct {
 // version it serves (0 while it is still restoring).
 type ShardMember struct {
 	Placement int64 `json:"placement"`
+	// Filled: the shard, which rejoined its chains under Placement, holds
+	// every update of its blocks (ShardStore.ShardFilled).
+	Filled bool `json:"filled,omitempty"`
 }
 
 // ReshardRequest asks the coordinator to move the job to Shards shards. The

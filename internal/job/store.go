@@ -104,6 +104,10 @@ type ShardStore interface {
 	ServeShard(ctx context.Context, l Lease, version int64, i int) (bool, error)
 	// LeaveShard gives index i up.
 	LeaveShard(ctx context.Context, i int) error
+	// ShardFilled records that this process (holding l and index i),
+	// which rejoined its chains under placement version, holds every
+	// update of its blocks.
+	ShardFilled(ctx context.Context, l Lease, version int64, i int) error
 	// RecordSnapshot records a snapshot a shard wrote.
 	RecordSnapshot(ctx context.Context, rec SnapshotRecord) error
 	// Checkpoint is the last complete checkpoint (nil: none) and the
@@ -202,6 +206,10 @@ const (
 	RankReported                            // Rank is done
 	Malformed                               // a record that did not decode: What, Err
 	Failed                                  // the store cannot follow the job any more: Err
+	// ShardUp: Shard's process claimed its index (Placement 0), says it
+	// serves Placement, or (Filled) holds every update of its blocks
+	// there (a shard that rejoined its chains, job.Placement.Rejoin).
+	ShardUp
 )
 
 // Event is one change of the job, typed.
@@ -211,6 +219,7 @@ type Event struct {
 	Member     WorkerMember // WorkerUp: what the worker said of itself
 	Shard      int
 	Placement  int64
+	Filled     bool // ShardUp: the shard is filled
 	Rank       int
 	Snapshot   SnapshotRecord
 	Checkpoint CheckpointRecord

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -155,6 +156,15 @@ func serveEra(ctx context.Context, cfg Config, spec *job.Spec, p *job.Placement,
 			return nil, fmt.Errorf("shard %d: %w", idx, err)
 		}
 		log.Info("handed over: serving on from the state it holds", "placement", p.Version, "lineage", p.Lineage(), "down", p.Down, "clock", shard.Clock())
+	case p.HandedOver && slices.Contains(p.Filling, idx):
+		// A process new to an index that rejoins its chains: it holds
+		// nothing, and is filled from its blocks' other copies.
+		shard = paramserver.NewShard(spec.ShardConfig(), p.Held(idx), func(job.Block, []float32) {})
+		shard.Empty()
+		if err := shard.Chain(idx, p); err != nil {
+			return nil, fmt.Errorf("shard %d: %w", idx, err)
+		}
+		log.Info("rejoining: to be filled from the other copies", "placement", p.Version, "blocks", len(p.Held(idx)))
 	case p.HandedOver:
 		// A process new to the index, under a handover: the state it
 		// would serve died with the one before it.
@@ -214,6 +224,9 @@ func serve(ctx context.Context, cfg Config, spec *job.Spec, p *job.Placement, id
 	if spec.ShardConfig().Elastic {
 		go watchHolders(wctx, cfg.Store, svc, log)
 	}
+	if slices.Contains(p.Filling, idx) {
+		go reportFilled(wctx, cfg.Store, svc, lease, p.Version, idx, log)
+	}
 	done := make(chan result, 1)
 	go func() {
 		next, _, err := cfg.Store.NextPlacement(wctx, p.Version)
@@ -262,6 +275,32 @@ func serviceConfig(ctx context.Context, cfg Config, spec *job.Spec, p *job.Place
 		}
 	}
 	return svcCfg, nil
+}
+
+// reportFilled says in the store, once the shard (rejoining its chains
+// under placement version) holds every update of its blocks, that it is
+// filled: the coordinator then counts it a copy like any other.
+func reportFilled(ctx context.Context, st job.ShardStore, svc *paramserver.Service, lease job.Lease, version int64, idx int, log *slog.Logger) {
+	start := time.Now()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if svc.Filled() {
+			break
+		}
+	}
+	if err := st.ShardFilled(ctx, lease, version, idx); err != nil {
+		if ctx.Err() == nil {
+			log.Warn("recording the shard filled", "err", err)
+		}
+		return
+	}
+	log.Info("filled from the other copies", "placement", version, "took", time.Since(start))
 }
 
 // replaced waits for the placement that replaces p, whose shard idx a

@@ -316,6 +316,13 @@ func (s *Store) event(typ mvccpb.Event_EventType, kv, prev *mvccpb.KeyValue) (jo
 			return job.Event{}, false
 		}
 		return job.Event{Kind: job.ShardDown, Shard: idx, Placement: m.Placement}, true
+	case strings.HasPrefix(k, s.keys.Shards()) && put:
+		var m job.ShardMember
+		idx, err := strconv.Atoi(strings.TrimPrefix(k, s.keys.Shards()))
+		if err != nil || json.Unmarshal(kv.Value, &m) != nil || idx < 0 || m.Placement < 0 {
+			return malformed("shard member", fmt.Errorf("%q", kv.Value))
+		}
+		return job.Event{Kind: job.ShardUp, Shard: idx, Placement: m.Placement, Filled: m.Filled}, true
 	case !put:
 		return job.Event{}, false
 	case strings.HasPrefix(k, s.keys.ShardSnapshots()):

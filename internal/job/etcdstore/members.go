@@ -195,6 +195,31 @@ func (s *Store) ServeShard(ctx context.Context, l job.Lease, version int64, i in
 	return ok, nil
 }
 
+// ShardFilled writes index i's membership key again, under l, saying the
+// shard is filled under placement version (only while l holds the index).
+func (s *Store) ShardFilled(ctx context.Context, l job.Lease, version int64, i int) error {
+	lease := leaseID(l)
+	member, _ := json.Marshal(job.ShardMember{Placement: version, Filled: true})
+	k := s.keys.Shard(i)
+	var ok bool
+	err := s.do(ctx, func(ctx context.Context) error {
+		r, err := s.kv.Txn(ctx).If(clientv3.Compare(clientv3.LeaseValue(k), "=", lease)).
+			Then(clientv3.OpPut(k, string(member), clientv3.WithLease(lease))).Commit()
+		if err != nil {
+			return err
+		}
+		ok = r.Succeeded
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("shard %d: recording it filled: %w", i, err)
+	}
+	if !ok {
+		return fmt.Errorf("shard %d: recording it filled: %w", i, job.ErrFenced)
+	}
+	return nil
+}
+
 // LeaveShard deletes index i's membership key.
 func (s *Store) LeaveShard(ctx context.Context, i int) error {
 	return s.do(ctx, func(ctx context.Context) error {

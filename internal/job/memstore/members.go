@@ -111,7 +111,7 @@ func (s *Store) ClaimShard(ctx context.Context, l job.Lease, shards, want int) (
 	for i := lo; i < hi; i++ {
 		if _, taken := st.shards[i]; !taken {
 			st.shards[i] = shardSeat{lease: l.(*lease).id}
-			s.c.bump()
+			s.c.logEvent(st, job.Event{Kind: job.ShardUp, Shard: i})
 			return i, nil
 		}
 	}
@@ -141,8 +141,24 @@ func (s *Store) ServeShard(ctx context.Context, l job.Lease, version int64, i in
 	}
 	st.served[key] = l.(*lease).id
 	st.shards[i] = shardSeat{member: job.ShardMember{Placement: version}, lease: l.(*lease).id}
-	s.c.bump()
+	s.c.logEvent(st, job.Event{Kind: job.ShardUp, Shard: i, Placement: version})
 	return true, nil
+}
+
+// ShardFilled records index i filled under placement version, while l
+// holds it.
+func (s *Store) ShardFilled(ctx context.Context, l job.Lease, version int64, i int) error {
+	s.c.mu.Lock()
+	defer s.c.mu.Unlock()
+	st := s.c.job(s.name)
+	seat, ok := st.shards[i]
+	if !ok || seat.lease != l.(*lease).id {
+		return fmt.Errorf("shard %d: recording it filled: %w", i, job.ErrFenced)
+	}
+	seat.member = job.ShardMember{Placement: version, Filled: true}
+	st.shards[i] = seat
+	s.c.logEvent(st, job.Event{Kind: job.ShardUp, Shard: i, Placement: version, Filled: true})
+	return nil
 }
 
 // LeaveShard gives index i up.

@@ -360,6 +360,23 @@ func shards(t *testing.T, newStore NewStore) {
 	if err != nil || lk.Shards[1].Member.Placement != 1 || lk.Shards[0].Member.Placement != 0 {
 		t.Fatalf("Look: %+v %v", lk.Shards, err)
 	}
+	// Each claim and serve is told, then a shard that says it is filled
+	// (only the index's holder may).
+	if err := st.ShardFilled(ctx, la, 1, 1); err != nil {
+		t.Fatalf("ShardFilled: %v", err)
+	}
+	if err := st.ShardFilled(ctx, lb, 1, 1); !errors.Is(err, job.ErrFenced) {
+		t.Fatalf("ShardFilled of an index another holds: %v, want ErrFenced", err)
+	}
+	for _, want := range []job.Event{{Kind: job.ShardUp, Shard: 1}, {Kind: job.ShardUp, Shard: 0}, {Kind: job.ShardUp, Shard: 2},
+		{Kind: job.ShardUp, Shard: 1, Placement: 1}, {Kind: job.ShardUp, Shard: 1, Placement: 1, Filled: true}} {
+		if ev := events.next(t); ev.Kind != want.Kind || ev.Shard != want.Shard || ev.Placement != want.Placement || ev.Filled != want.Filled {
+			t.Fatalf("event %+v, want %+v", ev, want)
+		}
+	}
+	if lk, err := st.Look(ctx); err != nil || !lk.Shards[1].Member.Filled {
+		t.Fatalf("Look after ShardFilled: %+v %v", lk.Shards, err)
+	}
 	la.Close()
 	if ev := events.next(t); ev.Kind != job.ShardDown || ev.Shard != 1 || ev.Placement != 1 {
 		t.Fatalf("after shard 1's lease ended: %+v", ev)
