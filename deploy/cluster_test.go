@@ -444,7 +444,7 @@ var faults = []fault{
 	}},
 	// With each block on both shards, the same kill costs no step: the
 	// coordinator hands ps0's blocks over to ps1, and ps0, started again,
-	// finds its index down and waits for the job's end.
+	// rejoins its blocks' chains and is filled from ps1.
 	{name: "PS shard dies, 2 copies", inject: func(c *cluster) (string, func() bool) {
 		c.kill("ps0")
 		if _, err := docker("start", container("ps0")); err != nil {
