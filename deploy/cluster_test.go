@@ -181,9 +181,9 @@ func (c *cluster) down() {
 	if c.cli != nil {
 		c.cli.Close()
 	}
-	if c.t.Failed() {
-		logs, _ := compose("logs", "--no-color", "--tail", "40")
-		c.t.Logf("the cluster's logs (last 40 lines each):\n%s", logs)
+	if c.t.Failed() || os.Getenv("DOWNPOUR_CLUSTER_LOGS") != "" { // (=1: always, to see where time goes)
+		logs, _ := compose("logs", "--no-color", "--timestamps", "--tail", "60")
+		c.t.Logf("the cluster's logs (last 60 lines each):\n%s", logs)
 	}
 	if out, err := compose("down", "-v", "--remove-orphans"); err != nil {
 		c.t.Errorf("%v\n%s", err, out)
@@ -442,6 +442,9 @@ var faults = []fault{
 		}
 		return "docker kill ps0, docker start ps0", nil
 	}},
+	// The same job with each block on both shards, for the time the next
+	// fault's job loses.
+	{name: "none, 2 copies", inject: func(c *cluster) (string, func() bool) { return "no fault", nil }, args: " --ps-replicas 2"},
 	// With each block on both shards, the same kill costs no step: the
 	// coordinator hands ps0's blocks over to ps1, and ps0, started again,
 	// rejoins its blocks' chains and is filled from ps1.
@@ -523,7 +526,7 @@ func TestClusterFaults(t *testing.T) {
 
 	rng := rand.New(rand.NewPCG(2014, 1409))
 	var table []string
-	var freeRate float64 // steps per second of the fault-free run, from the step a fault would hit to the end
+	freeRate := map[string]float64{} // by the job's added flags: steps per second of the fault-free run, from the step a fault would hit to the end
 	for _, f := range faults {
 		at := int64(200 + rng.IntN(400)) // up to 600: 1,400 steps (3.5-10 s) before the end
 		t.Run(strings.ReplaceAll(strings.ReplaceAll(f.name, ",", ""), " ", "-"), func(t *testing.T) {
@@ -564,16 +567,16 @@ func TestClusterFaults(t *testing.T) {
 				redone = fmt.Sprintf("%d (from %d back to the checkpoint of %d)", rb.FromStep-rb.ToStep, rb.FromStep, rb.ToStep)
 			}
 			remaining := float64(steps - c0)
-			if f.name == "none" {
-				freeRate = remaining / end.Seconds()
-				row := fmt.Sprintf("| none | | | | | %.1f s for the whole job (%.0f steps/s) |", time.Since(began).Seconds(), freeRate)
+			if strings.HasPrefix(f.name, "none") {
+				freeRate[f.args] = remaining / end.Seconds()
+				row := fmt.Sprintf("| %s | | | | | %.1f s for the whole job (%.0f steps/s) |", f.name, time.Since(began).Seconds(), freeRate[f.args])
 				t.Log(row)
 				table = append(table, row)
 				return
 			}
 			lost := "?"
-			if freeRate > 0 {
-				lost = fmt.Sprintf("%.1f s", end.Seconds()-remaining/freeRate)
+			if rate := freeRate[f.args]; rate > 0 {
+				lost = fmt.Sprintf("%.1f s", end.Seconds()-remaining/rate)
 			}
 			row := fmt.Sprintf("| %s | `%s` | %d | %.1f s | %s | %s |", f.name, what, c0, recovery.Seconds(), redone, lost)
 			t.Log(row)

@@ -58,8 +58,7 @@ func settled(b *block) int64 {
 // Chain makes the shard shard self of placement p, whose chains say which
 // of its blocks it is the primary of, which it holds a backup of, and
 // where each block's updates come from and go. The shard must hold a copy
-// of exactly the blocks p gives it, and keep the primaries it had (a
-// handover only promotes). A block whose next copy changed sends its
+// of exactly the blocks p gives it. A block whose next copy changed sends its
 // unacknowledged entries to the new one (which drops those it has); a
 // block that became primary takes pushes and pulls from now on. Pending
 // sync snapshots are dropped when the primaries change (the checkpoint of
@@ -76,7 +75,14 @@ func (s *Shard) Chain(self int, p *job.Placement) error {
 			return fmt.Errorf("placement %d gives shard %d block %d, of which it holds no copy", p.Version, self, jb.ID)
 		}
 		if primary && s.self >= 0 && jb.Shard != self {
-			return fmt.Errorf("placement %d makes shard %d a backup of block %d, of which it is the primary", p.Version, self, jb.ID)
+			// A block handed back to the shard that was its primary (a
+			// shard refilled, job.Placement.Filled): this copy steps down.
+			// The step's gradients it stored go; their ranks push them
+			// again to the new primary, as after a handover.
+			if b.g != nil {
+				clear(b.got)
+				b.n, b.bad = 0, false
+			}
 		}
 		if jb.Shard == self {
 			prims = append(prims, b)
@@ -84,7 +90,10 @@ func (s *Shard) Chain(self int, p *job.Placement) error {
 			backs = append(backs, b)
 		}
 	}
-	promoted := len(prims) != len(s.blocks)
+	promoted := len(prims) != len(s.blocks) || slices.ContainsFunc(prims, func(b *block) bool { _, was := s.pos[b.ID]; return !was })
+	// Held pulls and pushes name blocks by id and belonged to the service
+	// of the placement before (closed by now): they go.
+	s.waiting, s.ready = nil, nil
 	for _, b := range append(slices.Clone(prims), backs...) {
 		jb := p.Blocks[b.ID]
 		chain := append([]int{jb.Shard}, jb.Backups...)

@@ -364,16 +364,29 @@ func (p *Placement) Rejoin(d int) (*Placement, error) {
 }
 
 // Filled returns the placement that follows p once shard d, being filled
-// in p, holds every update of its blocks: a copy like any other.
+// in p, holds every update of its blocks: a copy like any other, and again
+// the primary of the blocks it was the primary of in the lineage's first
+// placement (their primary since steps down to be their first backup), so
+// that the shards' load is as it was before d died.
 func (p *Placement) Filled(d int) (*Placement, error) {
 	if !slices.Contains(p.Filling, d) {
 		return nil, fmt.Errorf("shard %d is not being filled in placement %d", d, p.Version)
 	}
+	base := PlaceCopies(p.Tensors, p.BlockSize, p.Shards, max(1, p.Copies))
 	q := *p
 	q.Version = p.Version + 1
 	q.Filling = slices.DeleteFunc(slices.Clone(p.Filling), func(s int) bool { return s == d })
 	if len(q.Filling) == 0 {
 		q.Filling = nil
+	}
+	q.Blocks = slices.Clone(p.Blocks)
+	for i := range q.Blocks {
+		b := &q.Blocks[i]
+		if base.Blocks[i].Shard != d || b.Shard == d {
+			continue
+		}
+		rest := slices.DeleteFunc(append([]int{b.Shard}, b.Backups...), func(s int) bool { return s == d })
+		b.Shard, b.Backups = d, rest
 	}
 	return &q, nil
 }

@@ -395,6 +395,19 @@ func TestPlacementRejoin(t *testing.T) {
 	if f.Version != r.Version+1 || len(f.Filling) != 0 {
 		t.Fatalf("filled: version %d, filling %v", f.Version, f.Filling)
 	}
+	// Filled, it is again the primary of the blocks it was the primary of.
+	if _, err := DecodePlacement(f.Encode()); err != nil {
+		t.Fatal(err)
+	}
+	for i, b := range f.Blocks {
+		if p.Blocks[i].Shard == 1 && b.Shard != 1 || p.Blocks[i].Shard != 1 && b.Shard != r.Blocks[i].Shard {
+			t.Fatalf("block %d: primary %d once shard 1 is filled (first %d, while filling %d)", b.ID, b.Shard, p.Blocks[i].Shard, r.Blocks[i].Shard)
+		}
+		base := append([]int{p.Blocks[i].Shard}, p.Blocks[i].Backups...)
+		if got := append([]int{b.Shard}, b.Backups...); len(got) != 2 || slices.Contains(base, 1) != slices.Contains(got, 1) {
+			t.Fatalf("block %d: copies %v once shard 1 is filled", b.ID, got)
+		}
+	}
 	if _, err := f.Filled(1); err == nil {
 		t.Fatal("a shard filled twice")
 	}
