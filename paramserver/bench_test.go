@@ -374,17 +374,9 @@ func syncOverheadW2Model(b *testing.B, conn connKind, rows bool) {
 	r := newRig(b, w2.Tensors(), 2, 0, conn)
 	m := models.NewSeq2Seq[float32](w2)
 	m.Init(1)
-	rng := rand.New(rand.NewPCG(3, 3))
-	var batches [2]*models.SeqBatch
+	batches := randomW2Batches()
 	var ranges [2][][2]int
-	for i := range batches {
-		batch := &models.SeqBatch{Size: 128, SrcLen: 20, TgtLen: 20}
-		for range 128 * 20 {
-			batch.Src = append(batch.Src, int32(rng.IntN(w2.SrcVocab)))
-			batch.TgtIn = append(batch.TgtIn, int32(rng.IntN(w2.TgtVocab)))
-			batch.TgtOut = append(batch.TgtOut, int32(rng.IntN(w2.TgtVocab)))
-		}
-		batches[i] = batch
+	for i, batch := range batches {
 		if rows {
 			ranges[i] = m.Ranges(batch, nil)
 		}
@@ -611,6 +603,24 @@ func BenchmarkRoundTripTail(b *testing.B) {
 	b.ReportMetric(q(raw, 0.99)/q(raw, 0.5), "raw_p99/p50")
 }
 
+// randomW2Batches are two W2 batches (128 pairs of length 20) of uniformly
+// random tokens: the worst case for sparse rows (real text repeats its
+// frequent words).
+func randomW2Batches() [2]*models.SeqBatch {
+	rng := rand.New(rand.NewPCG(3, 3))
+	var batches [2]*models.SeqBatch
+	for i := range batches {
+		batch := &models.SeqBatch{Size: 128, SrcLen: 20, TgtLen: 20}
+		for range 128 * 20 {
+			batch.Src = append(batch.Src, int32(rng.IntN(w2.SrcVocab)))
+			batch.TgtIn = append(batch.TgtIn, int32(rng.IntN(w2.TgtVocab)))
+			batch.TgtOut = append(batch.TgtOut, int32(rng.IntN(w2.TgtVocab)))
+		}
+		batches[i] = batch
+	}
+	return batches
+}
+
 // BenchmarkW2Replicated is the W2 sync step through 2 shards that keep one
 // copy of each block (R=1) and through 2 shards that keep two (R=2:
 // --ps-replicas 2, each step's update applied on the primary and sent
@@ -640,15 +650,9 @@ func w2Replicated(b *testing.B, model bool) {
 	if model {
 		m = models.NewSeq2Seq[float32](w2)
 		m.Init(1)
-		rng := rand.New(rand.NewPCG(3, 3))
-		for i := range batches {
-			batch := &models.SeqBatch{Size: 128, SrcLen: 20, TgtLen: 20}
-			for range 128 * 20 {
-				batch.Src = append(batch.Src, int32(rng.IntN(w2.SrcVocab)))
-				batch.TgtIn = append(batch.TgtIn, int32(rng.IntN(w2.TgtVocab)))
-				batch.TgtOut = append(batch.TgtOut, int32(rng.IntN(w2.TgtVocab)))
-			}
-			batches[i], ranges[i] = batch, m.Ranges(batch, nil)
+		batches = randomW2Batches()
+		for i, batch := range batches {
+			ranges[i] = m.Ranges(batch, nil)
 		}
 		for _, r := range rigs {
 			r.client.ReadOrder(m.ReadOrder())

@@ -67,6 +67,21 @@ func (n *chainNet) collect(i int) {
 	}
 }
 
+// adopt chains every live shard to placement p (a handover, a rejoin),
+// and queues what each then sends.
+func (n *chainNet) adopt(p *job.Placement) {
+	n.t.Helper()
+	n.p = p
+	for i, s := range n.shards {
+		if s != nil {
+			if err := s.Chain(i, p); err != nil {
+				n.t.Fatal(err)
+			}
+			n.collect(i)
+		}
+	}
+}
+
 // deliver passes messages on (through the codec) until none is left.
 func (n *chainNet) deliver() {
 	for len(n.queue) > 0 {
@@ -282,15 +297,7 @@ func TestChainHandoverRedoesNothing(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.p = q
-	for i, s := range n.shards {
-		if s != nil {
-			if err := s.Chain(i, q); err != nil {
-				t.Fatal(err)
-			}
-			n.collect(i)
-		}
-	}
+	n.adopt(q)
 	n.deliver()
 	// Every rank pushes its step in flight again, to every primary.
 	var dup0 int64
@@ -377,14 +384,7 @@ func TestChainAsyncExactlyOnce(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n.p = q
-	for i, s := range n.shards {
-		if s != nil {
-			if err := s.Chain(i, q); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	n.adopt(q)
 	n.push(0, 1, 2, nil) // acknowledged before: dropped everywhere
 	n.push(0, 1, 3, nil) // applied where it survived, dropped; applied where it was lost
 	n.settle()
@@ -521,15 +521,7 @@ func TestChainRejoinFillsAndTakesOver(t *testing.T) {
 			}
 		}
 		chain := func(p *job.Placement) {
-			n.p = p
-			for i, s := range n.shards {
-				if s != nil {
-					if err := s.Chain(i, p); err != nil {
-						t.Fatal(err)
-					}
-					n.collect(i)
-				}
-			}
+			n.adopt(p)
 			n.settle()
 		}
 		run(3)
