@@ -53,6 +53,10 @@ func FuzzEvent(f *testing.F) {
 		f.Add(seed.key, []byte(seed.value), true)
 	}
 	f.Add("members/ps/1", []byte(`{"placement":2}`), false)
+	f.Add("members/ps/0", []byte("{}"), true)                            // a claim
+	f.Add("members/ps/0", []byte(`{"placement":3,"filled":true}`), true) // a shard filled
+	f.Add("members/ps/0", []byte(`{"placement":-1}`), true)
+	f.Add("members/ps/x", []byte("{}"), true)
 	s := New(nil, "j")
 	f.Fuzz(func(t *testing.T, key string, value []byte, put bool) {
 		typ, prev := mvccpb.DELETE, &mvccpb.KeyValue{Key: []byte(s.keys.Root() + key), Value: value}
@@ -63,8 +67,11 @@ func FuzzEvent(f *testing.F) {
 		if !ok {
 			return
 		}
-		if ev.Kind < job.WorkerUp || ev.Kind > job.Malformed {
+		if (ev.Kind < job.WorkerUp || ev.Kind > job.Malformed) && ev.Kind != job.ShardUp {
 			t.Fatalf("event of kind %d", ev.Kind)
+		}
+		if ev.Kind == job.ShardUp && (ev.Shard < 0 || ev.Placement < 0) {
+			t.Fatalf("a shard's event %+v", ev)
 		}
 		if ev.Kind == job.Malformed && (ev.Err == nil || !strings.Contains(ev.What, key)) {
 			t.Fatalf("a malformed record's event %+v does not say what and why", ev)
