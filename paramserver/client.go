@@ -113,20 +113,38 @@ func NewClientFor(nc *nats.Conn, jobName string, p *job.Placement, rank int, epo
 	c := &Client{nc: nc, job: jobName, version: p.Version, shards: p.Shards, rank: uint32(rank), epoch: epoch, Attempt: DefaultAttempt, Window: DefaultWindow, PushWindow: DefaultPushWindow,
 		keep: keep}
 	c.hand.init(p)
+	var err error
+	if c.groups, err = c.placementGroups(p); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// placementGroups packs the client's blocks (those keep accepts) of
+// placement p into message groups, shard by shard, each shard's in read
+// order once ReadOrder has given one; the groups carry c.version.
+func (c *Client) placementGroups(p *job.Placement) ([]group, error) {
+	var groups []group
 	for s := 0; s < p.Shards; s++ {
 		var bs []job.Block
 		for _, b := range p.OnShard(s) {
-			if keep == nil || keep(b) {
+			if c.keep == nil || c.keep(b) {
 				bs = append(bs, b)
 			}
+		}
+		if len(bs) == 0 {
+			continue
+		}
+		if c.order != nil {
+			slices.SortStableFunc(bs, c.readCmp)
 		}
 		gs, err := c.pack(s, bs, wholeSizes(bs), nil, nil)
 		if err != nil {
 			return nil, err
 		}
-		c.groups = append(c.groups, gs...)
+		groups = append(groups, gs...)
 	}
-	return c, nil
+	return groups, nil
 }
 
 // ReadOrder tells the client in what order a step reads the parameters:

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 
@@ -83,30 +82,14 @@ func (c *Client) adopt() error {
 	if p == nil || p.Version == c.version {
 		return nil
 	}
-	var groups []group
-	for s := 0; s < p.Shards; s++ {
-		var bs []job.Block
-		for _, b := range p.OnShard(s) {
-			if c.keep == nil || c.keep(b) {
-				bs = append(bs, b)
-			}
-		}
-		if len(bs) == 0 {
-			continue
-		}
-		if c.order != nil {
-			slices.SortStableFunc(bs, c.readCmp)
-		}
-		gs, err := c.pack(s, bs, wholeSizes(bs), nil, nil)
-		if err != nil {
-			return err
-		}
-		for i := range gs {
-			gs[i].version = p.Version
-		}
-		groups = append(groups, gs...)
+	version := c.version
+	c.version = p.Version // (pack gives the groups the client's version)
+	groups, err := c.placementGroups(p)
+	if err != nil {
+		c.version = version
+		return err
 	}
-	c.groups, c.version = groups, p.Version
+	c.groups = groups
 	return nil
 }
 

@@ -116,7 +116,7 @@ func (n *chainNet) settle() {
 			if s == nil {
 				continue
 			}
-			for _, b := range append(slices.Clone(s.blocks), s.copies...) {
+			for b := range s.held() {
 				busy = busy || len(b.log) > 0
 			}
 			s.Tick()
@@ -130,7 +130,7 @@ func (n *chainNet) settle() {
 		if s == nil {
 			continue
 		}
-		for _, b := range append(slices.Clone(s.blocks), s.copies...) {
+		for b := range s.held() {
 			if len(b.log) > 0 {
 				n.t.Logf("shard %d block %d: clock %d acked %d next %d prev %d filled %v log %d (first at %d state %v)", i, b.ID, b.clock, b.acked, b.next, b.prev, b.filled, len(b.log), b.log[0].At, b.log[0].State)
 			}

@@ -2,6 +2,7 @@ package paramserver
 
 import (
 	"fmt"
+	"iter"
 	"slices"
 
 	"github.com/downpour-ml/downpour/internal/job"
@@ -120,8 +121,7 @@ func (s *Shard) Chain(self int, p *job.Placement) error {
 				// what it has.
 				s.resend(b, 0)
 				for _, e := range s.stateEntries(b) {
-					b.log = append(b.log, e)
-					s.outEntries[next] = append(s.outEntries[next], e)
+					s.forward(b, e)
 				}
 			}
 		}
@@ -143,12 +143,26 @@ func (s *Shard) Chain(self int, p *job.Placement) error {
 	}
 	if promoted && s.snapAt >= 0 {
 		s.snapAt, s.snapped = -1, 0
-		for _, b := range append(slices.Clone(s.blocks), s.copies...) {
+		for b := range s.held() {
 			b.snap = nil
 		}
 	}
 	s.release()
 	return nil
+}
+
+// held yields every block the shard holds a copy of: its primaries, then
+// its backups.
+func (s *Shard) held() iter.Seq[*block] {
+	return func(yield func(*block) bool) {
+		for _, bs := range [][]*block{s.blocks, s.copies} {
+			for _, b := range bs {
+				if !yield(b) {
+					return
+				}
+			}
+		}
+	}
 }
 
 // lookup finds block id among the shard's primaries, then its backups.
@@ -171,12 +185,15 @@ func (s *Shard) Version() int64 { return s.version }
 func (s *Shard) Lineage() int64 { return s.lineage }
 
 // forward sends block b's update of clock e.At (just applied: b.clock is
-// e.At+1) down its chain, or, at the chain's end, settles it.
+// e.At+1) down its chain, or, at the chain's end, settles it. Its data are
+// copied only to go down a chain (they view a message or a buffer the
+// shard reuses): an unreplicated shard's step copies nothing.
 func (s *Shard) forward(b *block, e wire.Entry) {
 	if b.next < 0 {
 		b.acked = b.clock
 		return
 	}
+	e.Data, e.Spans = slices.Clone(e.Data), slices.Clone(e.Spans)
 	if len(b.log) == 0 {
 		b.sentAt = s.now
 	}
@@ -189,32 +206,28 @@ func (s *Shard) forward(b *block, e wire.Entry) {
 // slot.
 func (s *Shard) stateEntries(b *block) []wire.Entry {
 	parts := uint8(1 + len(b.slots))
-	es := []wire.Entry{{ID: b.ID, At: b.clock, State: true, Parts: parts, Data: slices.Clone(wire.FloatBytes(b.w)),
+	es := []wire.Entry{{ID: b.ID, At: b.clock, State: true, Parts: parts, Data: wire.FloatBytes(b.w),
 		Lasts: slices.Clone(b.last), Epochs: slices.Clone(s.epochs)}}
 	for k, sl := range b.slots {
-		es = append(es, wire.Entry{ID: b.ID, At: b.clock, State: true, Part: uint8(k + 1), Parts: parts, Data: slices.Clone(wire.FloatBytes(sl))})
+		es = append(es, wire.Entry{ID: b.ID, At: b.clock, State: true, Part: uint8(k + 1), Parts: parts, Data: wire.FloatBytes(sl)})
 	}
-	return es
+	return es // (viewing the block: forward copies what it sends)
 }
 
 // Empty marks every block of the shard as holding nothing: a shard that
 // rejoins a chain (job.Placement.Rejoin) is filled from its predecessors'
 // state entries.
 func (s *Shard) Empty() {
-	for _, bs := range [][]*block{s.blocks, s.copies} {
-		for _, b := range bs {
-			b.filled, b.fillGot = false, 0
-		}
+	for b := range s.held() {
+		b.filled, b.fillGot = false, 0
 	}
 }
 
 // Filled reports whether every block of the shard holds its state.
 func (s *Shard) Filled() bool {
-	for _, bs := range [][]*block{s.blocks, s.copies} {
-		for _, b := range bs {
-			if !b.filled {
-				return false
-			}
+	for b := range s.held() {
+		if !b.filled {
+			return false
 		}
 	}
 	return true
@@ -253,10 +266,10 @@ func (s *Shard) takeState(b *block, e wire.Entry) bool {
 	return true
 }
 
-// entryOf is the entry of an update of b from gradient bytes (copied: the
-// message or sum they view is reused) and spans.
+// entryOf is the entry of the update of b from gradient bytes and spans
+// just applied (forward copies what it sends).
 func entryOf(b *block, data, spans []byte) wire.Entry {
-	return wire.Entry{ID: b.ID, At: b.clock - 1, Data: slices.Clone(data), Spans: slices.Clone(spans)}
+	return wire.Entry{ID: b.ID, At: b.clock - 1, Data: data, Spans: spans}
 }
 
 // resend queues b's unacknowledged entries from clock from on to its next
@@ -490,11 +503,9 @@ func (s *Shard) SetReplicationLimit(bytes int) { s.replBytes = bytes }
 // resendStale queues again the entries of every block that has waited
 // ReplResendTicks ticks without an acknowledgement.
 func (s *Shard) resendStale() {
-	for _, bs := range [][]*block{s.blocks, s.copies} {
-		for _, b := range bs {
-			if len(b.log) > 0 && s.now-b.sentAt >= ReplResendTicks {
-				s.resend(b, 0)
-			}
+	for b := range s.held() {
+		if len(b.log) > 0 && s.now-b.sentAt >= ReplResendTicks {
+			s.resend(b, 0)
 		}
 	}
 }
